@@ -1,0 +1,1 @@
+"""The Kiln provider runtime: a hub session that runs activities as hardened Docker containers."""

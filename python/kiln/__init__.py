@@ -1,0 +1,1 @@
+"""Kiln: run work in containers on other people's machines."""

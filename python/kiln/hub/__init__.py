@@ -1,0 +1,1 @@
+"""The hub: the market and the relay between requestors and providers."""

@@ -1,0 +1,75 @@
+"""Binary frames: the data of file streams.
+
+Layout (all integers big-endian)::
+
+    byte 0      kind: 0 = DATA, 1 = END, 2 = ABORT
+    bytes 1-3   zero
+    bytes 4-7   stream id: the id of the request that opened the stream
+    bytes 8-    DATA: up to ``chunk_bytes`` of file data; END: nothing;
+                ABORT: a UTF-8 reason, at most 1024 bytes
+
+Each DATA frame spends one credit of the stream; END and ABORT spend none.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.violation import ProtocolViolation
+
+HEADER: Final = struct.Struct(">B3xI")
+HEADER_SIZE: Final = HEADER.size
+MAX_REASON_BYTES: Final = 1024
+
+
+class FrameKind(enum.IntEnum):
+    DATA = 0
+    END = 1
+    ABORT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: FrameKind
+    stream: int
+    payload: memoryview
+
+
+def encode(kind: FrameKind, stream: int, payload: bytes | memoryview = b"") -> bytes:
+    """The bytes of one binary frame."""
+    return HEADER.pack(kind, stream) + payload
+
+
+def decode(data: bytes, max_payload: int) -> Frame:
+    """Split one binary frame into kind, stream and payload (a view, no copy).
+
+    Raises :class:`ProtocolViolation` (``bad_frame``) on a short header, an unknown
+    kind, a zero stream id or a payload over ``max_payload``.
+    """
+    if len(data) < HEADER_SIZE:
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, f"binary frame shorter than its {HEADER_SIZE}-byte header")
+    raw_kind, stream = HEADER.unpack_from(data)
+    if data[1:4] != b"\x00\x00\x00":
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame header bytes 1-3 must be zero")
+    try:
+        kind = FrameKind(raw_kind)
+    except ValueError:
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, f"unknown binary frame kind {raw_kind}") from None
+    if stream == 0:
+        raise ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame for stream 0")
+    payload = memoryview(data)[HEADER_SIZE:]
+    limit = max_payload if kind is FrameKind.DATA else (0 if kind is FrameKind.END else MAX_REASON_BYTES)
+    if len(payload) > limit:
+        raise ProtocolViolation(
+            ErrorCode.BAD_FRAME, f"{kind.name} frame payload of {len(payload)} bytes exceeds {limit}", stream
+        )
+    return Frame(kind, stream, payload)
+
+
+def with_stream(data: bytes, stream: int) -> bytes:
+    """The same frame re-addressed to ``stream`` (how the hub relays between legs)."""
+    return HEADER.pack(data[0], stream) + memoryview(data)[HEADER_SIZE:]

@@ -1,0 +1,23 @@
+"""Default limits of protocol kiln.v1; the hub announces the ones in force in ``welcome``."""
+
+from __future__ import annotations
+
+from typing import Final
+
+CHUNK_BYTES: Final = 256 * 1024
+"""Most file data in one DATA frame."""
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
+"""Largest JSON text frame answered with an error instead of a close."""
+MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+"""Largest frame of any kind; the connection is closed (1009) above it."""
+WINDOW_CHUNKS: Final = 16
+"""Credit a receiver grants a stream at once: 16 x 256 KiB = 4 MiB in flight."""
+MAX_WINDOW: Final = 64
+MAX_PENDING: Final = 256
+"""Requests one peer may have open at once."""
+MAX_STREAMS: Final = 32
+"""Streams one peer may have open at once."""
+MAX_OUTPUT_BYTES: Final = 256 * 1024
+"""stdout (and separately stderr) an exec returns; the rest is cut and flagged."""
+OUTBOX_BYTES: Final = 64 * 1024 * 1024
+"""Bytes queued toward one slow peer before the hub gives up on it."""

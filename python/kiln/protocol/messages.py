@@ -1,0 +1,402 @@
+"""Every JSON message of protocol kiln.v1, as immutable values that check themselves.
+
+The models here are the source of truth: ``protocol/v1/schema.json`` is generated
+from them (``make schema``) and ``protocol/v1/PROTOCOL.md`` describes them in prose.
+
+Call :func:`parse` on the text of a WebSocket text frame to get a message or a
+:class:`~kiln.protocol.ProtocolViolation`; call :func:`serialize` to get the bytes
+to send. Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.violation import ProtocolViolation
+
+PROTOCOL_NAME: Final = "kiln.v1"
+PROTOCOL_VERSION: Final = "1.0"
+MAJOR_VERSION: Final = 1
+MINOR_VERSION: Final = 0
+
+MAX_ID: Final = 2**31 - 1
+MAX_PATH_LENGTH: Final = 4096
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def _check_container_path(path: str) -> str:
+    """A container path is absolute, normalized, free of ``..`` and of NUL bytes."""
+    if not path.startswith("/"):
+        raise PydanticCustomError("bad_path", "container path must be absolute: {path}", {"path": path})
+    if "\x00" in path:
+        raise PydanticCustomError("bad_path", "container path contains a NUL byte", {})
+    if ".." in path.split("/"):
+        raise PydanticCustomError("bad_path", "container path must not contain '..': {path}", {"path": path})
+    if path != "/" and posixpath.normpath(path) != path.rstrip("/"):
+        raise PydanticCustomError("bad_path", "container path is not normalized: {path}", {"path": path})
+    return path
+
+
+RequestId: TypeAlias = Annotated[int, Field(ge=1, le=MAX_ID)]
+ActivityId: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
+ContainerPath: TypeAlias = Annotated[
+    str, Field(min_length=1, max_length=MAX_PATH_LENGTH), AfterValidator(_check_container_path)
+]
+Labels: TypeAlias = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]],
+    Field(max_length=64),
+]
+Bytes: TypeAlias = Annotated[int, Field(ge=0, le=2**62)]
+Cpus: TypeAlias = Annotated[float, Field(gt=0, le=4096)]
+
+
+# --- values carried inside messages ------------------------------------------------
+
+
+class Resources(_Message):
+    """An amount of capacity: CPUs (fractions allowed), memory and storage in bytes."""
+
+    cpus: Cpus
+    memory: Bytes
+    storage: Bytes = 0
+
+
+class Demand(_Message):
+    """What a requestor asks for: at least these resources, and these labels exactly."""
+
+    cpus: Cpus = 1.0
+    memory: Bytes = 256 * 2**20
+    storage: Bytes = 0
+    labels: Labels = {}
+
+
+class Limits(_Message):
+    """The hub's limits, announced in ``welcome``; a peer must stay within them."""
+
+    max_message_bytes: int
+    max_frame_bytes: int
+    chunk_bytes: int
+    max_window: int
+    max_pending: int
+    max_streams: int
+    max_output_bytes: int
+
+
+class ProviderInfo(_Message):
+    name: Name
+    arch: str
+    labels: Labels
+    images: list[str]
+    offered: Resources
+    free: Resources
+    activities: int
+
+
+# --- handshake -------------------------------------------------------------------
+
+
+class Hello(_Message):
+    """First message on every connection, from the peer that dialled the hub."""
+
+    type: Literal["hello"]
+    version: Annotated[str, Field(pattern=r"^[0-9]{1,4}\.[0-9]{1,4}$")]
+    role: Literal["requestor", "provider"]
+    name: Name
+    token: Annotated[str, Field(max_length=1024)] | None = None
+    software: Annotated[str, Field(max_length=128)] = ""
+
+
+class Welcome(_Message):
+    """The hub's answer to ``hello``: the version both sides now speak, and the limits."""
+
+    type: Literal["welcome"]
+    version: str
+    session: str
+    software: str
+    limits: Limits
+
+
+# --- replies common to every request ---------------------------------------------
+
+
+class Error(_Message):
+    """A request failed (``re`` names it), or a message could not be taken at all."""
+
+    type: Literal["error"]
+    re: RequestId | None = None
+    code: ErrorCode
+    message: Annotated[str, Field(max_length=4096)]
+
+
+class Done(_Message):
+    """A request succeeded and has nothing more to say than ``bytes`` moved, if any."""
+
+    type: Literal["done"]
+    re: RequestId
+    bytes: Bytes | None = None
+
+
+# --- the market ------------------------------------------------------------------
+
+
+class Offer(_Message):
+    """Provider -> hub: the capacity it shares and the images it holds. Sent again on change."""
+
+    type: Literal["offer"]
+    id: RequestId
+    resources: Resources
+    arch: Annotated[str, Field(min_length=1, max_length=32)]
+    labels: Labels = {}
+    images: Annotated[list[ImageRef], Field(max_length=4096)] = []
+
+
+class Rent(_Message):
+    """Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there."""
+
+    type: Literal["rent"]
+    id: RequestId
+    image: ImageRef
+    demand: Demand
+
+
+class Rented(_Message):
+    type: Literal["rented"]
+    re: RequestId
+    activity: ActivityId
+    provider: Name
+    cached: bool
+    resources: Resources
+
+
+class Release(_Message):
+    """Requestor -> hub: destroy the activity's container and free its capacity."""
+
+    type: Literal["release"]
+    id: RequestId
+    activity: ActivityId
+
+
+class Market(_Message):
+    """Requestor -> hub: describe every provider, its offer and what is still free."""
+
+    type: Literal["market"]
+    id: RequestId
+
+
+class MarketInfo(_Message):
+    type: Literal["market_info"]
+    re: RequestId
+    providers: list[ProviderInfo]
+    activities: int
+
+
+class Create(_Message):
+    """Hub -> provider: start a container for a new activity with these resources."""
+
+    type: Literal["create"]
+    id: RequestId
+    activity: ActivityId
+    image: ImageRef
+    resources: Resources
+
+
+class Destroy(_Message):
+    """Hub -> provider: remove the activity's container (answered with ``done``)."""
+
+    type: Literal["destroy"]
+    id: RequestId
+    activity: ActivityId
+
+
+class ActivityLost(_Message):
+    """Hub -> requestor: the activity is gone (provider lost, container died)."""
+
+    type: Literal["activity_lost"]
+    activity: ActivityId
+    code: ErrorCode
+    reason: Annotated[str, Field(max_length=4096)]
+
+
+# --- work inside an activity (requestor -> hub -> provider, same shape both legs) ------
+
+
+class Exec(_Message):
+    """Run ``argv`` exactly as given (no shell) in the activity's container."""
+
+    type: Literal["exec"]
+    id: RequestId
+    activity: ActivityId
+    argv: Annotated[list[Annotated[str, Field(max_length=65536)]], Field(min_length=1, max_length=4096)]
+    env: Annotated[dict[Annotated[str, Field(min_length=1, max_length=256)], str], Field(max_length=1024)] = {}
+    workdir: ContainerPath | None = None
+    timeout: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+
+
+class ExecResult(_Message):
+    """The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped)."""
+
+    type: Literal["exec_result"]
+    re: RequestId
+    exit_code: int
+    timed_out: bool
+    stdout: str
+    stderr: str
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration: Annotated[float, Field(ge=0)]
+
+
+class Upload(_Message):
+    """Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit."""
+
+    type: Literal["upload"]
+    id: RequestId
+    activity: ActivityId
+    path: ContainerPath
+    size: Bytes
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+
+
+class Download(_Message):
+    """Open a stream out of ``path``; ``window`` is the first credit, in chunks."""
+
+    type: Literal["download"]
+    id: RequestId
+    activity: ActivityId
+    path: ContainerPath
+    window: Annotated[int, Field(ge=1, le=1024)]
+
+
+class DownloadInfo(_Message):
+    """Sent before the data of a download: a file's bytes, or a directory as a tar stream."""
+
+    type: Literal["download_info"]
+    re: RequestId
+    kind: Literal["file", "dir"]
+    size: Bytes | None = None
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+
+
+class Credit(_Message):
+    """The receiver of stream ``stream`` may take ``chunks`` more data frames."""
+
+    type: Literal["credit"]
+    stream: RequestId
+    chunks: Annotated[int, Field(ge=1, le=1024)]
+
+
+class Cancel(_Message):
+    """Stop request ``target``; it ends with an error ``cancelled`` unless already done."""
+
+    type: Literal["cancel"]
+    target: RequestId
+
+
+Message: TypeAlias = Annotated[
+    Hello
+    | Welcome
+    | Error
+    | Done
+    | Offer
+    | Rent
+    | Rented
+    | Release
+    | Market
+    | MarketInfo
+    | Create
+    | Destroy
+    | ActivityLost
+    | Exec
+    | ExecResult
+    | Upload
+    | Download
+    | DownloadInfo
+    | Credit
+    | Cancel,
+    Field(discriminator="type"),
+]
+
+Request: TypeAlias = Offer | Rent | Release | Market | Create | Destroy | Exec | Upload | Download
+Reply: TypeAlias = Error | Done | Rented | MarketInfo | ExecResult | DownloadInfo
+
+MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
+MESSAGE_MODELS: Final = (
+    Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, Market, MarketInfo, Create,
+    Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
+)  # fmt: skip
+MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
+
+
+def _request_id_of(raw: Any) -> int | None:
+    """The ``id`` of a message that failed validation, when it has a usable one."""
+    if isinstance(raw, dict):
+        value = raw.get("id")
+        if type(value) is int and 1 <= value <= MAX_ID:
+            return value
+    return None
+
+
+def parse(data: bytes | str) -> Message:
+    """Parse and validate one text frame.
+
+    Raises :class:`ProtocolViolation` with code ``bad_json``, ``unknown_type``,
+    ``bad_path`` or ``bad_message``; its ``re`` is the message's ``id`` when one
+    could be read, so the error reply can name the request.
+    """
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise ProtocolViolation(ErrorCode.BAD_JSON, f"not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
+    re = _request_id_of(raw)
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'", re)
+    if kind not in MESSAGE_TYPES:
+        raise ProtocolViolation(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", re)
+    try:
+        return MESSAGE_ADAPTER.validate_python(raw)
+    except ValidationError as e:
+        raise _violation_from(e, kind, re) from e
+
+
+def _violation_from(error: ValidationError, kind: str, re: int | None) -> ProtocolViolation:
+    problems = error.errors(include_url=False, include_input=False)
+    code = ErrorCode.BAD_PATH if any(p["type"] == "bad_path" for p in problems) else ErrorCode.BAD_MESSAGE
+    details = "; ".join(
+        f"{'.'.join(str(part) for part in p['loc'][1:]) or '(message)'}: {p['msg']}" for p in problems[:5]
+    )
+    return ProtocolViolation(code, f"invalid {kind!r} message: {details}", re)
+
+
+def serialize(message: _Message) -> bytes:
+    """The UTF-8 JSON text of ``message``, fields left at ``None`` omitted."""
+    return orjson.dumps(message.model_dump(mode="json", exclude_none=True))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of every message, as committed in ``protocol/v1/schema.json``."""
+    schema = MESSAGE_ADAPTER.json_schema(ref_template="#/$defs/{model}")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://kiln.invalid/protocol/v1/schema.json"
+    schema["title"] = f"Kiln protocol {PROTOCOL_NAME} (version {PROTOCOL_VERSION}) message"
+    return schema
