@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "bad_frame"
     UNSUPPORTED_VERSION = "unsupported_version"
     UNAUTHORIZED = "unauthorized"
+    NAME_TAKEN = "name_taken"
     OUT_OF_ORDER = "out_of_order"
     DUPLICATE_ID = "duplicate_id"
     TOO_MANY = "too_many"

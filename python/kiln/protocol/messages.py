@@ -40,7 +40,7 @@ class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
-def _check_container_path(path: str) -> str:
+def check_container_path(path: str) -> str:
     """A container path is absolute, normalized, free of ``..`` and of NUL bytes."""
     if not path.startswith("/"):
         raise PydanticCustomError("bad_path", "container path must be absolute: {path}", {"path": path})
@@ -58,14 +58,23 @@ ActivityId: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
 ContainerPath: TypeAlias = Annotated[
-    str, Field(min_length=1, max_length=MAX_PATH_LENGTH), AfterValidator(_check_container_path)
+    str, Field(min_length=1, max_length=MAX_PATH_LENGTH), AfterValidator(check_container_path)
 ]
 Labels: TypeAlias = Annotated[
     dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]],
     Field(max_length=64),
 ]
 Bytes: TypeAlias = Annotated[int, Field(ge=0, le=2**62)]
-Cpus: TypeAlias = Annotated[float, Field(gt=0, le=4096)]
+Code: TypeAlias = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A stable error code. Known codes: "
+        + ", ".join(c.value for c in ErrorCode)
+        + ". A later minor version may add codes; treat an unknown one like 'internal'.",
+    ),
+]
+Cpus: TypeAlias = Annotated[float, Field(ge=0, le=4096)]
 
 
 # --- values carried inside messages ------------------------------------------------
@@ -82,7 +91,7 @@ class Resources(_Message):
 class Demand(_Message):
     """What a requestor asks for: at least these resources, and these labels exactly."""
 
-    cpus: Cpus = 1.0
+    cpus: Annotated[float, Field(gt=0, le=4096)] = 1.0
     memory: Bytes = 256 * 2**20
     storage: Bytes = 0
     labels: Labels = {}
@@ -142,7 +151,7 @@ class Error(_Message):
 
     type: Literal["error"]
     re: RequestId | None = None
-    code: ErrorCode
+    code: Code
     message: Annotated[str, Field(max_length=4096)]
 
 
@@ -194,7 +203,7 @@ class Release(_Message):
     activity: ActivityId
 
 
-class Market(_Message):
+class MarketQuery(_Message):
     """Requestor -> hub: describe every provider, its offer and what is still free."""
 
     type: Literal["market"]
@@ -231,7 +240,7 @@ class ActivityLost(_Message):
 
     type: Literal["activity_lost"]
     activity: ActivityId
-    code: ErrorCode
+    code: Code
     reason: Annotated[str, Field(max_length=4096)]
 
 
@@ -319,7 +328,7 @@ Message: TypeAlias = Annotated[
     | Rent
     | Rented
     | Release
-    | Market
+    | MarketQuery
     | MarketInfo
     | Create
     | Destroy
@@ -334,12 +343,12 @@ Message: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 
-Request: TypeAlias = Offer | Rent | Release | Market | Create | Destroy | Exec | Upload | Download
+Request: TypeAlias = Offer | Rent | Release | MarketQuery | Create | Destroy | Exec | Upload | Download
 Reply: TypeAlias = Error | Done | Rented | MarketInfo | ExecResult | DownloadInfo
 
 MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
 MESSAGE_MODELS: Final = (
-    Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, Market, MarketInfo, Create,
+    Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, MarketQuery, MarketInfo, Create,
     Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
 )  # fmt: skip
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)

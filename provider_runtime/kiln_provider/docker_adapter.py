@@ -1,0 +1,604 @@
+"""Docker, wrapped: the only module in Kiln that imports ``docker``.
+
+Everything here blocks; the provider calls it off the event loop with ``asyncio.to_thread``.
+One :class:`DockerAdapter` serves every activity of a provider, and its methods may run at
+the same time on different containers (docker-py's client is a pooled ``requests`` session).
+
+The life of an activity: :meth:`DockerAdapter.create` a container, then any number of
+:meth:`~DockerAdapter.put_file`, :meth:`~DockerAdapter.start_exec` (then
+:meth:`ExecProcess.wait`) and :meth:`~DockerAdapter.open_download` (then iterate
+``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`.
+On start-up, :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
+
+Killing a command signals its processes from the host, so the provider must run as root
+in dockerd's PID namespace (the normal deployment: on the same host as the engine).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import docker
+import docker.errors
+import requests
+
+from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, InvalidPath, TransferFailed
+from kiln.protocol.codes import ErrorCode
+
+__all__ = [
+    "LABEL_ACTIVITY",
+    "LABEL_PROVIDER",
+    "ContainerSpec",
+    "DockerAdapter",
+    "DownloadStream",
+    "ExecOutcome",
+    "ExecProcess",
+    "HostInfo",
+]
+
+LABEL_PROVIDER = "kiln.provider"
+LABEL_ACTIVITY = "kiln.activity"
+LABEL_BUSYBOX = "kiln.busybox.sha256"
+
+CHUNK = 256 * 1024
+_GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as Docker reports it in the archive stat
+_GO_MODE_SYMLINK = 1 << 27
+_GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setuid, setgid, sticky
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_KILL_GRACE = 2.0  # seconds a killed command's stream may take to end before we cut it
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    cpus: int
+    memory: int
+    arch: str
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    activity: str
+    image: str
+    cpus: float
+    memory: int
+    pids_limit: int = 256
+
+
+@dataclass(frozen=True)
+class ExecOutcome:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    killed: bool
+    duration: float
+
+
+@dataclass
+class DownloadStream:
+    """What :meth:`DockerAdapter.open_download` found. Iterate ``chunks``, then call :meth:`close`.
+
+    For ``kind="file"`` the chunks are the file's bytes (``size`` of them); for ``kind="dir"``
+    they are Docker's tar stream, whose entries start with the folder's own name.
+    """
+
+    kind: Literal["file", "dir"]
+    size: int | None
+    mode: int
+    chunks: Iterator[bytes]
+
+    def close(self) -> None:
+        """Stop the transfer and free the connection; idempotent. Not while another thread is in ``next()``."""
+        if isinstance(self.chunks, Generator):
+            self.chunks.close()
+
+
+@contextmanager
+def _engine(action: str) -> Iterator[None]:
+    """Turn whatever docker-py raises into ContainerFailed; Kiln errors raised inside pass through."""
+    try:
+        yield
+    except docker.errors.APIError as e:
+        raise ContainerFailed(f"{action}: {e.explanation or e}") from e
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise ContainerFailed(f"{action}: Docker engine unreachable: {e}") from e
+
+
+class ExecProcess:
+    """A command running in a container. Call :meth:`wait` exactly once; :meth:`kill` from anywhere."""
+
+    def __init__(self, api: Any, exec_id: str, container_id: str, hijacked: Any, max_output: int) -> None:
+        self._api = api
+        self._exec_id = exec_id
+        self._container_id = container_id
+        self._hijacked = hijacked
+        self._max = max_output
+        self._started = time.monotonic()
+        # Read through our own blocking duplicate of the socket: docker-py's carries the
+        # client's 60 s timeout, and a duplicate lets another thread shut the connection down.
+        self._sock = socket.socket(fileno=os.dup(hijacked.fileno()))
+        self._sock.settimeout(None)
+        self._out = [bytearray(), bytearray()]
+        self._truncated = [False, False]
+        self._done = threading.Event()  # the output stream has ended
+        self._wake = threading.Event()  # the stream ended or kill() was called
+        self._lock = threading.Lock()
+        self._killed = False
+        self._outcome: ExecOutcome | None = None
+        self._reader = threading.Thread(target=self._read, name=f"kiln-exec-{exec_id[:12]}", daemon=True)
+        self._reader.start()
+
+    def wait(self, timeout: float | None) -> ExecOutcome:
+        """Block until the command ends, or kill it after ``timeout`` seconds (``timed_out=True``)."""
+        with self._lock:
+            if self._outcome is not None:
+                return self._outcome
+        deadline = None if timeout is None else self._started + timeout
+        self._wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        info = None if self._killed else self._poll_exit(deadline, stop_on_kill=True)
+        timed_out = False
+        if info is None:
+            with self._lock:
+                timed_out = not self._killed
+                self._killed = True  # a later kill() has nothing left to do
+            self._kill_tree()
+            info = self._poll_exit(time.monotonic() + _KILL_GRACE, stop_on_kill=False)
+        if not self._done.wait(_KILL_GRACE):
+            # Something outside the process tree (a daemonised grandchild) holds the stream open.
+            self._shutdown()
+            self._done.wait(_KILL_GRACE)
+        self._reader.join(_KILL_GRACE)
+        with self._lock:
+            killed = self._killed and not timed_out
+        code = info["ExitCode"] if info is not None and info["ExitCode"] is not None else 137
+        stdout, stderr = bytes(self._out[0]), bytes(self._out[1])
+        if info is not None and not info["Pid"] and not stderr:
+            # The program never started (not found, not executable): Docker wrote why on
+            # the stdout stream; put it where a shell would.
+            stdout, stderr = b"", stdout
+        outcome = ExecOutcome(
+            exit_code=code,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=self._truncated[0],
+            stderr_truncated=self._truncated[1],
+            timed_out=timed_out,
+            killed=killed,
+            duration=time.monotonic() - self._started,
+        )
+        with self._lock:
+            self._outcome = outcome
+        return outcome
+
+    def kill(self) -> None:
+        """SIGKILL the command and all its descendants; :meth:`wait` then returns ``killed=True``."""
+        with self._lock:
+            if self._killed or self._outcome is not None:
+                return
+            self._killed = True
+        self._kill_tree()
+        self._wake.set()
+
+    def _read(self) -> None:
+        """Demultiplex Docker's stream: 8-byte headers (stream id, 3 zero bytes, big-endian length)."""
+        stream = self._sock.makefile("rb", buffering=CHUNK)
+        try:
+            while len(header := stream.read(8)) == 8:
+                kind, length = header[0], int.from_bytes(header[4:8], "big")
+                while length > 0:
+                    data = stream.read(min(length, CHUNK))
+                    if not data:
+                        return
+                    length -= len(data)
+                    if kind in (1, 2):
+                        self._keep(kind - 1, data)
+        except OSError:
+            pass  # the connection broke or we shut it down: the stream is over either way
+        finally:
+            stream.close()
+            self._sock.close()
+            response = getattr(self._hijacked, "_response", None)  # docker-py parks it on the socket
+            if response is not None:
+                response.close()
+            self._hijacked.close()
+            self._done.set()
+            self._wake.set()
+
+    def _keep(self, index: int, data: bytes) -> None:
+        room = self._max - len(self._out[index])
+        if len(data) > room:
+            self._truncated[index] = True
+        if room > 0:
+            self._out[index] += data[:room]
+
+    def _inspect(self) -> dict[str, Any]:
+        with _engine("inspect exec"):
+            info: dict[str, Any] = self._api.exec_inspect(self._exec_id)
+        return info
+
+    def _poll_exit(self, deadline: float | None, stop_on_kill: bool) -> dict[str, Any] | None:
+        """exec_inspect until the command has exited (its stream can close a moment before)."""
+        pause = 0.005
+        while True:
+            info = self._inspect()
+            if not info["Running"]:
+                return info
+            if (deadline is not None and time.monotonic() >= deadline) or (stop_on_kill and self._killed):
+                return None
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.1)
+
+    def _kill_tree(self) -> None:
+        # Docker reports the pid a moment after the stream opens; wait for it briefly.
+        deadline = time.monotonic() + _KILL_GRACE
+        while not (info := self._inspect())["Pid"] and info["Running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if info["Pid"] and info["Running"]:
+            _kill_process_tree(info["Pid"], self._container_id)
+
+    def _shutdown(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the reader
+
+
+def _kill_process_tree(root: int, container_id: str) -> None:
+    """SIGKILL ``root``, its session and all descendants, but only processes of this container.
+
+    Everything is stopped first, in rounds until no new process appears, so that nothing
+    forks past the kill; the cgroup check guards against a reused pid.
+    """
+    stopped: set[int] = set()
+    try:
+        for _ in range(20):
+            fresh = _descendants(root, container_id) - stopped
+            if not fresh:
+                break
+            for pid in fresh:
+                _signal(pid, signal.SIGSTOP)
+            stopped |= fresh
+        for pid in stopped:
+            _signal(pid, signal.SIGKILL)
+    except PermissionError as e:
+        raise ContainerFailed(f"cannot kill pid {root}: the provider must run as root next to dockerd") from e
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass  # it has exited meanwhile
+
+
+def _descendants(root: int, container_id: str) -> set[int]:
+    parents: dict[int, tuple[int, int]] = {}  # pid -> (ppid, session)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue  # exited while we looked
+            fields = stat[stat.rindex(b")") + 2 :].split()  # the name may hold spaces and parens
+            parents[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    found = {pid for pid, (_, session) in parents.items() if session == root} | {root}
+    while True:
+        more = {pid for pid, (ppid, _) in parents.items() if ppid in found} - found
+        if not more:
+            break
+        found |= more
+    return {pid for pid in found if pid in parents and _in_container(pid, container_id)}
+
+
+def _in_container(pid: int, container_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            return container_id.encode() in f.read()
+    except OSError:
+        return False
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over an iterator of byte chunks, for ``tarfile``'s stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            piece = next(self._chunks, None)
+            if piece is None:
+                return 0
+            self._pending = piece
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _guarded(raw: Generator[bytes, None, None], path: str) -> Generator[bytes, None, None]:
+    """Docker's chunks, with a broken connection reported as TransferFailed."""
+    try:
+        yield from raw
+    except requests.RequestException as e:
+        raise TransferFailed(f"download of {path} broke off: {e}") from e
+    finally:
+        raw.close()  # drops docker-py's response, which closes its connection
+
+
+def _file_chunks(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, raw: Generator[bytes, None, None], path: str
+) -> Generator[bytes, None, None]:
+    """The content of the archive's one member, read a piece at a time."""
+    try:
+        content = tar.extractfile(member)
+        assert content is not None  # a regular file always has content
+        while piece := content.read(CHUNK):
+            yield piece
+    except tarfile.TarError as e:
+        raise TransferFailed(f"download of {path} broke off: {e}") from e
+    finally:
+        tar.close()
+        raw.close()
+
+
+def _archive_name(path: str) -> str:
+    parts = path.split("/")
+    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+        raise InvalidPath(f"not a normalised absolute path: {path!r}")
+    return path[1:]
+
+
+class DockerAdapter:
+    """The Docker engine, as a Kiln provider needs it. Errors are :class:`kiln.errors.KilnError`s."""
+
+    def __init__(self, provider: str, client: Any | None = None) -> None:
+        self.provider = provider
+        with _engine("connect"):
+            self._client: Any = client if client is not None else docker.from_env()
+        self._api: Any = self._client.api
+
+    def host_info(self) -> HostInfo:
+        with _engine("docker info"):
+            info = self._api.info()
+        arch = str(info["Architecture"])
+        return HostInfo(cpus=int(info["NCPU"]), memory=int(info["MemTotal"]), arch=_ARCH.get(arch, arch))
+
+    def storage_free(self) -> int:
+        with _engine("docker info"):
+            root = self._api.info()["DockerRootDir"]
+        return shutil.disk_usage(root).free
+
+    def images(self) -> list[str]:
+        with _engine("list images"):
+            found = self._api.images()
+        return sorted(tag for image in found for tag in image.get("RepoTags") or () if tag != "<none>:<none>")
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create and start a hardened container that idles until :meth:`remove`; returns its id.
+
+        The container runs ``sleep infinity``, so a Kiln image needs ``sleep`` on its PATH.
+        Images are never pulled (there may be no registry): a missing one is ImageNotFound.
+        """
+        name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{self.provider}-{spec.activity}")[:200]
+        with _engine(f"create container for {spec.activity}"):
+            host_config = self._api.create_host_config(
+                network_mode="none",
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges"],
+                pids_limit=spec.pids_limit,
+                mem_limit=spec.memory,
+                memswap_limit=spec.memory,  # no swap beyond the memory limit
+                nano_cpus=int(spec.cpus * 1e9),
+                init=True,  # docker-init reaps the orphans commands leave behind
+                auto_remove=False,
+            )
+            try:
+                created = self._api.create_container(
+                    spec.image,
+                    ["sleep", "infinity"],
+                    name=name,
+                    labels={LABEL_PROVIDER: self.provider, LABEL_ACTIVITY: spec.activity},
+                    host_config=host_config,
+                )
+            except docker.errors.ImageNotFound as e:
+                raise ImageNotFound(f"image {spec.image} is not on this provider") from e
+            container_id: str = created["Id"]
+            try:
+                self._api.start(container_id)
+            except docker.errors.APIError:
+                self.remove(container_id)
+                raise
+        return container_id
+
+    def remove(self, container_id: str) -> None:
+        """Kill and remove the container; one that is already gone is fine."""
+        with _engine(f"remove container {container_id[:12]}"):
+            try:
+                self._api.remove_container(container_id, force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as e:
+                if "already in progress" not in str(e.explanation):
+                    raise
+
+    def remove_stale(self) -> int:
+        """Remove every container labelled with this provider (left by an earlier run); returns how many."""
+        with _engine("list containers"):
+            stale = self._api.containers(all=True, filters={"label": f"{LABEL_PROVIDER}={self.provider}"})
+        for container in stale:
+            self.remove(container["Id"])
+        return len(stale)
+
+    def put_file(self, container_id: str, path: str, size: int, mode: int, chunks: Iterator[bytes]) -> int:
+        """Stream ``size`` bytes from ``chunks`` into a file at ``path``; returns the bytes written.
+
+        Missing parent folders are created (mode 0755, by Docker's extraction). The chunks
+        must total exactly ``size``, else TransferFailed (the file may then hold part of
+        the data). A folder at ``path`` is not replaced: FileNotFound with NOT_A_FILE.
+        """
+        name = _archive_name(path)
+        written = 0
+
+        def archive() -> Iterator[bytes]:
+            nonlocal written
+            header = tarfile.TarInfo(name)
+            header.size, header.mode, header.mtime = size, mode & 0o7777, int(time.time())
+            yield header.tobuf(tarfile.PAX_FORMAT)
+            for chunk in chunks:
+                written += len(chunk)
+                if written > size:
+                    raise TransferFailed(f"upload of {path}: more than the announced {size} bytes")
+                if chunk:
+                    yield bytes(chunk)
+            if written != size:
+                raise TransferFailed(f"upload of {path} broke off after {written} of {size} bytes")
+            yield bytes(-size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)  # padding, end of archive
+
+        # docker-py's put_archive cannot pass noOverwriteDirNonDir, without which Docker
+        # would silently replace a folder at ``path`` (and all it holds) with the file.
+        url = f"{self._api.base_url}/v{self._api.api_version}/containers/{container_id}/archive"
+        params = {"path": "/", "noOverwriteDirNonDir": "1"}
+        with _engine(f"upload {path}"):
+            with self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response:
+                try:
+                    response.raise_for_status()
+                except requests.HTTPError as e:
+                    if "cannot overwrite directory" in response.text:
+                        raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
+                    docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
+        return written
+
+    def open_download(self, container_id: str, path: str) -> DownloadStream:
+        """Start fetching ``path``; iterate the stream's ``chunks``, then close it.
+
+        A symlink is followed (Docker resolves its whole chain for us), so a link to a
+        file downloads the file's content; a link to a folder downloads the folder, whose
+        tar entries then carry the target's name.
+        """
+        _archive_name(path)
+        raw, stat = self._get_archive(container_id, path)
+        if stat["mode"] & _GO_MODE_SYMLINK and stat.get("linkTarget"):
+            raw.close()
+            raw, stat = self._get_archive(container_id, stat["linkTarget"])
+        go_mode = int(stat["mode"])
+        mode = go_mode & 0o777 | sum(bit for go, bit in _GO_SPECIAL if go_mode & go)
+        if go_mode & _GO_MODE_DIR:
+            return DownloadStream(kind="dir", size=None, mode=mode, chunks=_guarded(raw, path))
+        chunks = _guarded(raw, path)
+        try:
+            tar = tarfile.open(fileobj=_ChunkReader(chunks), mode="r|")  # reads only the first header
+            member = tar.next()
+        except tarfile.TarError as e:
+            chunks.close()
+            raise TransferFailed(f"download of {path}: bad archive from Docker: {e}") from e
+        if member is None or not member.isreg():
+            chunks.close()
+            raise FileNotFound(f"{path} is not a regular file", ErrorCode.NOT_A_FILE)
+        return DownloadStream(kind="file", size=member.size, mode=mode, chunks=_file_chunks(tar, member, chunks, path))
+
+    def _get_archive(self, container_id: str, path: str) -> tuple[Generator[bytes, None, None], dict[str, Any]]:
+        with _engine(f"download {path}"):
+            try:
+                raw, stat = self._api.get_archive(container_id, path, chunk_size=CHUNK)
+            except docker.errors.NotFound as e:
+                if "No such container" in str(e.explanation):
+                    raise
+                raise FileNotFound(f"no such file or folder: {path}") from e
+        return raw, stat
+
+    def start_exec(
+        self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None, max_output: int
+    ) -> ExecProcess:
+        """Start ``argv`` in the container; call :meth:`ExecProcess.wait` on the result.
+
+        At most ``max_output`` bytes of stdout and of stderr are kept; the rest is read and
+        dropped (the outcome says so). A program that cannot start is not an error here: its
+        outcome carries Docker's exit code (126/127) and reason on stderr.
+        """
+        with _engine(f"exec in {container_id[:12]}"):
+            exec_id: str = self._api.exec_create(
+                container_id, argv, environment=env, workdir=workdir, stdout=True, stderr=True, stdin=False, tty=False
+            )["Id"]
+            hijacked = self._api.exec_start(exec_id, socket=True)
+        return ExecProcess(self._api, exec_id, container_id, hijacked, max_output)
+
+    def cpu_seconds(self, container_id: str) -> float:
+        """CPU time the container has used so far, all its processes together."""
+        with _engine(f"stats of {container_id[:12]}"):
+            stats = self._api.stats(container_id, stream=False, one_shot=True)
+        return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+
+    def build_busybox_image(self, tag: str = "kiln-busybox:latest", busybox: str = "/bin/busybox") -> str:
+        """Build a ``FROM scratch`` image holding a static busybox; returns its id.
+
+        Needs no registry and no network. Kept as is when ``tag`` already holds this busybox.
+        """
+        with open(busybox, "rb") as f:
+            program = f.read()
+        digest = hashlib.sha256(program).hexdigest()
+        with _engine(f"inspect image {tag}"):
+            try:
+                existing = self._api.inspect_image(tag)
+            except docker.errors.ImageNotFound:
+                existing = None
+        if existing is not None and (existing["Config"].get("Labels") or {}).get(LABEL_BUSYBOX) == digest:
+            return str(existing["Id"])
+        applets = subprocess.run([busybox, "--list"], capture_output=True, check=True, text=True).stdout.split()
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+
+            def add(name: str, data: bytes | None = None, mode: int = 0o755, link: str | None = None) -> None:
+                info = tarfile.TarInfo(name)
+                info.mode = mode
+                if link is not None:
+                    info.type, info.linkname = tarfile.SYMTYPE, link
+                elif data is None:
+                    info.type = tarfile.DIRTYPE
+                else:
+                    info.size = len(data)
+                tar.addfile(info, None if data is None else io.BytesIO(data))
+
+            add("Dockerfile", b'FROM scratch\nCOPY rootfs/ /\nWORKDIR /golem/work\nCMD ["sh"]\n', 0o644)
+            for folder in ("rootfs", "rootfs/bin", "rootfs/etc", "rootfs/golem"):
+                add(folder)
+            for folder in ("input", "output", "work"):
+                add(f"rootfs/golem/{folder}")
+            add("rootfs/tmp", mode=0o1777)
+            add("rootfs/bin/busybox", program)
+            for applet in applets:
+                if applet != "busybox":
+                    add(f"rootfs/bin/{applet}", link="busybox")
+            add(
+                "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644
+            )
+            add("rootfs/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)
+        context.seek(0)
+        with _engine(f"build image {tag}"):
+            for line in self._api.build(
+                fileobj=context, custom_context=True, tag=tag, rm=True, labels={LABEL_BUSYBOX: digest}, decode=True
+            ):
+                if "error" in line:
+                    raise ContainerFailed(f"build of {tag} failed: {line['error']}")
+            return str(self._api.inspect_image(tag)["Id"])

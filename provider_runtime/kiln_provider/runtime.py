@@ -1,0 +1,338 @@
+"""The provider service: dial the hub, offer capacity, run each activity as a container.
+
+One activity is one hardened container (see :mod:`kiln_provider.docker_adapter`). The hub
+sends ``create``, ``exec``, ``upload``, ``download``, ``cancel`` and ``destroy``; each request
+runs as a task of the session's task group and ends with exactly one reply. When the
+connection drops, every task is cancelled, every container removed, and the provider
+dials again with backoff: the hub has already told the requestors their activities are lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Final
+
+from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
+from kiln.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized, UnsupportedVersion
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.messages import (
+    Cancel,
+    Create,
+    Credit,
+    Destroy,
+    Done,
+    Download,
+    DownloadInfo,
+    Error,
+    Exec,
+    ExecResult,
+    Message,
+    Offer,
+    Resources,
+    Upload,
+)
+from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
+
+log = logging.getLogger("kiln.provider")
+
+UPLOAD_WINDOW: Final = 16
+IMAGE_REFRESH_SECONDS: Final = 5.0
+BACKOFF_FIRST: Final = 0.25
+BACKOFF_MAX: Final = 5.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    hub: str
+    name: str
+    cpus: float | None = None
+    memory: int | None = None
+    storage: int | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    token: str | None = None
+    pids_limit: int = 256
+
+
+@dataclass
+class Container:
+    id: str
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class ProviderRuntime:
+    """Serves one hub until cancelled. Call :meth:`run`."""
+
+    def __init__(self, config: ProviderConfig, adapter: DockerAdapter) -> None:
+        self.config = config
+        self.adapter = adapter
+        self.offer_resources = self._capacity()
+        self._endpoint: Endpoint | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._containers: dict[str, Container] = {}
+        self._by_request: dict[int, tuple[asyncio.Task[None], Callable[[], None]]] = {}
+        self._images: list[str] = []
+
+    def _capacity(self) -> Resources:
+        """What to offer: what was asked for, never more than the host has."""
+        host = self.adapter.host_info()
+        free_disk = self.adapter.storage_free()
+        want = self.config
+        cpus = min(want.cpus if want.cpus is not None else float(host.cpus), float(host.cpus))
+        memory = min(want.memory if want.memory is not None else host.memory * 3 // 4, host.memory)
+        storage = min(want.storage if want.storage is not None else 10 * 2**30, free_disk)
+        for label, asked, got in (("cpus", want.cpus, cpus), ("memory", want.memory, memory)):
+            if asked is not None and asked > got:
+                log.warning("asked to offer %s=%s but the host has only %s; offering %s", label, asked, got, got)
+        return Resources(cpus=cpus, memory=memory, storage=storage)
+
+    async def run(self) -> None:
+        """Dial the hub, serve, and dial again with backoff whenever the connection ends."""
+        loop = asyncio.get_running_loop()
+        # Exec waits and streams each hold a thread for their whole length.
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="kiln-docker"))
+        removed = await asyncio.to_thread(self.adapter.remove_stale)
+        if removed:
+            log.info("removed %d containers left by an earlier run", removed)
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                ws, welcome = await handshake(
+                    self.config.hub, role="provider", name=self.config.name, token=self.config.token
+                )
+            except (Unauthorized, UnsupportedVersion):
+                raise
+            except KilnError as e:
+                log.warning("cannot join the hub (%s); retrying in %.1f s", e.message, delay)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            delay = BACKOFF_FIRST
+            started = time.monotonic()
+            await self._session(Endpoint(ws, welcome, self._on_message))
+            log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
+
+    async def _session(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                reader = tg.create_task(endpoint.run())
+                refresher = tg.create_task(self._refresh_offer(endpoint))
+                await reader
+                refresher.cancel()
+                for task, _ in list(self._by_request.values()):
+                    task.cancel()
+        finally:
+            self._tg = None
+            self._by_request.clear()
+            containers, self._containers = self._containers, {}
+            for container in containers.values():
+                await asyncio.to_thread(self.adapter.remove, container.id)
+
+    async def _refresh_offer(self, endpoint: Endpoint) -> None:
+        """Offer now, then again whenever the set of local images changes."""
+        while True:
+            images = sorted(await asyncio.to_thread(self.adapter.images))
+            if images != self._images:
+                self._images = images
+                offer = Offer(
+                    type="offer", id=endpoint.new_id(), resources=self.offer_resources,
+                    arch=self.adapter.host_info().arch, labels=self.config.labels, images=images,
+                )  # fmt: skip
+                await endpoint.request(offer)
+                log.info("offered %s with %d images", self.offer_resources, len(images))
+            await asyncio.sleep(IMAGE_REFRESH_SECONDS)
+
+    # --- dispatch (called by the endpoint's reader: must not block) ------------------------
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, Create):
+            self._spawn(message.id, None, self._create(message))
+        elif isinstance(message, Destroy):
+            self._cancel_activity(message.activity)
+            self._spawn(message.id, None, self._destroy(message))
+        elif isinstance(message, Exec):
+            self._spawn(message.id, message.activity, self._exec(message))
+        elif isinstance(message, Upload):
+            incoming = self._ep.incoming(message.id, UPLOAD_WINDOW)
+            stop = lambda: incoming.fail(Cancelled("upload cancelled"))  # noqa: E731
+            self._spawn(message.id, message.activity, self._upload(message, incoming), stop)
+        elif isinstance(message, Download):
+            outgoing = self._ep.outgoing(message.id)
+            outgoing.grant(message.window)
+            stop = lambda: outgoing.fail(Cancelled("download cancelled"))  # noqa: E731
+            self._spawn(message.id, message.activity, self._download(message, outgoing), stop)
+        elif isinstance(message, Cancel):
+            entry = self._by_request.get(message.target)
+            if entry is not None:
+                task, stop = entry
+                stop()
+                task.cancel()
+        elif isinstance(message, Error):
+            if message.code != ErrorCode.CONNECTION_CLOSED:
+                log.warning("the hub reports %s: %s", message.code, message.message)
+        else:
+            log.warning("ignoring unexpected %r from the hub", message.type)
+
+    @property
+    def _ep(self) -> Endpoint:
+        assert self._endpoint is not None
+        return self._endpoint
+
+    def _spawn(
+        self,
+        request_id: int,
+        activity: str | None,
+        work: Awaitable[Message],
+        stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        assert self._tg is not None
+        container = self._containers.get(activity) if activity is not None else None
+        if activity is not None and container is None:
+            self._reply_later(request_id, ErrorCode.UNKNOWN_ACTIVITY, f"no container for activity {activity}")
+            return
+        task = self._tg.create_task(self._serve(request_id, work))
+        self._by_request[request_id] = (task, stop)
+        if container is not None:
+            container.tasks.add(task)
+            task.add_done_callback(container.tasks.discard)
+
+    def _reply_later(self, request_id: int, code: ErrorCode, text: str) -> None:
+        assert self._tg is not None
+        self._tg.create_task(self._send_quietly(Error(type="error", re=request_id, code=code, message=text)))
+
+    async def _serve(self, request_id: int, work: Awaitable[Message]) -> None:
+        """Run one request to its one reply; a failure becomes an ``error`` reply."""
+        try:
+            reply: Message = await work
+        except KilnError as e:
+            reply = Error(type="error", re=request_id, code=e.code, message=e.message)
+        except asyncio.CancelledError:
+            await self._send_quietly(Error(type="error", re=request_id, code=ErrorCode.CANCELLED, message="cancelled"))
+            raise
+        except Exception as e:  # the request boundary: a bug must not take the provider down
+            log.exception("request %d failed unexpectedly", request_id)
+            reply = Error(type="error", re=request_id, code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}")
+        finally:
+            self._by_request.pop(request_id, None)
+        await self._send_quietly(reply)
+
+    async def _send_quietly(self, message: Message) -> None:
+        try:
+            await self._ep.send(message)
+        except ConnectionClosed:
+            pass  # the hub already reported our loss to whoever waited
+
+    def _cancel_activity(self, activity: str) -> None:
+        container = self._containers.get(activity)
+        if container is None:
+            return
+        for task in list(container.tasks):
+            for request_id, (t, stop) in list(self._by_request.items()):
+                if t is task:
+                    stop()
+                    self._by_request.pop(request_id, None)
+            task.cancel()
+
+    # --- the requests -----------------------------------------------------------------------
+
+    async def _create(self, message: Create) -> Message:
+        spec = ContainerSpec(
+            activity=message.activity,
+            image=message.image,
+            cpus=message.resources.cpus,
+            memory=message.resources.memory,
+            pids_limit=self.config.pids_limit,
+        )
+        container_id = await asyncio.to_thread(self.adapter.create, spec)
+        self._containers[message.activity] = Container(container_id)
+        log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
+        return Done(type="done", re=message.id)
+
+    async def _destroy(self, message: Destroy) -> Message:
+        container = self._containers.pop(message.activity, None)
+        if container is not None:
+            if container.tasks:
+                await asyncio.wait(container.tasks, timeout=5)
+            await asyncio.to_thread(self.adapter.remove, container.id)
+            log.info("activity %s: container removed", message.activity)
+        return Done(type="done", re=message.id)
+
+    def _container(self, activity: str) -> str:
+        return self._containers[activity].id
+
+    async def _exec(self, message: Exec) -> Message:
+        process = await asyncio.to_thread(
+            self.adapter.start_exec,
+            self._container(message.activity),
+            message.argv,
+            message.env,
+            message.workdir,
+            self._ep.limits.max_output_bytes,
+        )
+        try:
+            outcome = await asyncio.to_thread(process.wait, message.timeout)
+        except asyncio.CancelledError:
+            process.kill()
+            raise
+        return ExecResult(
+            type="exec_result",
+            re=message.id,
+            exit_code=outcome.exit_code,
+            timed_out=outcome.timed_out,
+            stdout=base64.b64encode(outcome.stdout).decode(),
+            stderr=base64.b64encode(outcome.stderr).decode(),
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            duration=outcome.duration,
+        )
+
+    async def _upload(self, message: Upload, incoming: Incoming) -> Message:
+        container = self._container(message.activity)
+        loop = asyncio.get_running_loop()
+        await self._ep.send(Credit(type="credit", stream=message.id, chunks=UPLOAD_WINDOW))
+
+        def chunks() -> Iterator[bytes]:
+            while (chunk := asyncio.run_coroutine_threadsafe(_next(incoming), loop).result()) is not None:
+                yield chunk
+
+        written = await asyncio.to_thread(
+            self.adapter.put_file, container, message.path, message.size, message.mode, chunks()
+        )
+        return Done(type="done", re=message.id, bytes=written)
+
+    async def _download(self, message: Download, outgoing: Outgoing) -> Message:
+        container = self._container(message.activity)
+        stream = await asyncio.to_thread(self.adapter.open_download, container, message.path)
+        loop = asyncio.get_running_loop()
+        try:
+            info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
+                                mode=stream.mode & 0o7777)  # fmt: skip
+            await self._ep.send(info)
+
+            def pump() -> int:
+                total = 0
+                for chunk in stream.chunks:
+                    asyncio.run_coroutine_threadsafe(outgoing.write(chunk), loop).result()
+                    total += len(chunk)
+                return total
+
+            total = await asyncio.to_thread(pump)
+            await outgoing.end()
+        finally:
+            await asyncio.to_thread(stream.close)
+        return Done(type="done", re=message.id, bytes=total)
+
+
+async def _next(incoming: Incoming) -> bytes | None:
+    try:
+        return await anext(incoming)
+    except StopAsyncIteration:
+        return None

@@ -1,0 +1,353 @@
+"""A rented container: send files in, run commands, get files back.
+
+An :class:`Activity` comes from :meth:`kiln.Requestor.rent`. Its three actions are
+``send_*`` (bytes, a local file, a JSON value), :meth:`Activity.run` and
+``download_*`` (bytes, a local file or folder, a JSON value). Files stream in chunks
+with flow control both ways: nothing holds a whole file in memory except
+:meth:`Activity.download_bytes`, which is capped by ``max_bytes``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import tarfile
+import tempfile
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+from pydantic_core import PydanticCustomError
+
+from kiln.endpoint import Endpoint
+from kiln.errors import (
+    CommandTimeout,
+    FileNotFound,
+    InvalidPath,
+    KilnError,
+    ProviderLost,
+    TransferFailed,
+    UsageError,
+)
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.messages import (
+    Cancel,
+    Done,
+    Download,
+    DownloadInfo,
+    Exec,
+    ExecResult,
+    Release,
+    Resources,
+    Upload,
+    check_container_path,
+)
+
+DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
+READ_BYTES: Final = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a command did. A non-zero ``exit_code`` is a result, not an error."""
+
+    exit_code: int
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    duration: float
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode(errors="replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def container_path(path: str) -> str:
+    """``path`` if it is a valid container path, else :class:`InvalidPath` (nothing is sent)."""
+    if not isinstance(path, str):
+        raise InvalidPath(f"a container path must be a string, not {type(path).__name__}")
+    try:
+        return check_container_path(path)
+    except PydanticCustomError as e:
+        raise InvalidPath(e.message()) from e
+
+
+class Activity:
+    """One container rented on one provider, until :meth:`release` (or its provider is lost)."""
+
+    def __init__(self, endpoint: Endpoint, activity: str, provider: str, resources: Resources, cached: bool) -> None:
+        self._endpoint = endpoint
+        self.id = activity
+        self.provider = provider
+        self.resources = resources
+        self.cached = cached
+        self.lost: KilnError | None = None
+        self.released = False
+
+    def __repr__(self) -> str:
+        return f"<Activity {self.id} on {self.provider}>"
+
+    def _check(self) -> None:
+        if self.lost is not None:
+            raise ProviderLost(f"activity {self.id} is gone: {self.lost.message}", self.lost.code)
+        if self.released:
+            raise UsageError(f"activity {self.id} was released")
+
+    # --- send ------------------------------------------------------------------------
+
+    async def send_bytes(self, data: bytes, path: str, *, mode: int = 0o644) -> None:
+        """Write ``data`` to the file ``path`` in the container (parent folders are made)."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield data
+
+        await self._upload(path, len(data), mode, chunks())
+
+    async def send_json(self, value: Any, path: str) -> None:
+        """Write ``value`` as JSON to ``path`` in the container."""
+        await self.send_bytes(orjson.dumps(value), path)
+
+    async def send_file(self, local: str | os.PathLike[str], path: str, *, mode: int | None = None) -> None:
+        """Stream the local file ``local`` to ``path`` in the container."""
+        source = Path(local)
+        try:
+            handle = await asyncio.to_thread(source.open, "rb")
+        except OSError as e:
+            raise FileNotFound(f"cannot read local file {source}: {e.strerror}") from e
+        try:
+            stat = os.fstat(handle.fileno())
+
+            async def chunks() -> AsyncIterator[bytes]:
+                while block := await asyncio.to_thread(handle.read, READ_BYTES):
+                    yield block
+
+            await self._upload(path, stat.st_size, mode if mode is not None else stat.st_mode & 0o777, chunks())
+        finally:
+            handle.close()
+
+    async def _upload(self, path: str, size: int, mode: int, chunks: AsyncIterator[bytes]) -> None:
+        target = container_path(path)
+        self._check()
+        ep = self._endpoint
+        request_id = ep.new_id()
+        sender = ep.outgoing(request_id)
+        reply = ep.expect(request_id)
+        sent = 0
+        try:
+            await ep.send(Upload(type="upload", id=request_id, activity=self.id, path=target, size=size, mode=mode))
+            async for chunk in chunks:
+                sent += len(chunk)
+                if sent > size:
+                    raise UsageError(f"{target}: the source grew past the {size} bytes announced")
+                await sender.write(chunk)
+            if sent != size:
+                raise UsageError(f"{target}: the source ended after {sent} of {size} bytes")
+            await sender.end()
+            await reply
+        except BaseException as e:
+            if reply.done():
+                _ = reply.cancelled() or reply.exception()  # seen: it is what we raise
+            else:
+                reply.cancel()
+                await _quietly(sender.abort(str(e) or type(e).__name__))
+            raise
+        finally:
+            ep.forget(request_id)
+
+    # --- run ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> Result:
+        """Run ``argv`` exactly as given (use ``["sh", "-c", "..."]`` for a shell).
+
+        Returns a :class:`Result` whatever the exit code. Raises :class:`CommandTimeout`
+        (with ``.result`` holding the output so far) when ``timeout`` seconds pass first;
+        the command is killed.
+        """
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise UsageError("argv must be a non-empty list of strings, e.g. ['sh', '-c', 'echo hi']")
+        wd = container_path(workdir) if workdir is not None else None
+        self._check()
+        ep = self._endpoint
+        request_id = ep.new_id()
+        message = Exec(
+            type="exec", id=request_id, activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
+            timeout=timeout,
+        )  # fmt: skip
+        try:
+            reply = await ep.request(message)
+        except asyncio.CancelledError:
+            await _quietly(ep.send(Cancel(type="cancel", target=request_id)))
+            raise
+        assert isinstance(reply, ExecResult)
+        result = Result(
+            exit_code=reply.exit_code,
+            stdout_bytes=base64.b64decode(reply.stdout),
+            stderr_bytes=base64.b64decode(reply.stderr),
+            duration=reply.duration,
+            timed_out=reply.timed_out,
+            stdout_truncated=reply.stdout_truncated,
+            stderr_truncated=reply.stderr_truncated,
+        )
+        if result.timed_out:
+            raise CommandTimeout(f"{argv[0]!r} ran past its timeout of {timeout:g} s and was killed", result)
+        return result
+
+    # --- download ------------------------------------------------------------------------
+
+    async def _download(self, path: str) -> AsyncGenerator[DownloadInfo | bytes, None]:
+        """Yield the download's info, then its chunks; cancel the stream if abandoned."""
+        source = container_path(path)
+        self._check()
+        ep = self._endpoint
+        request_id = ep.new_id()
+        window = ep.limits.max_window // 2 or 1
+        receiver = ep.incoming(request_id, window)
+        reply = ep.expect(request_id)
+        finished = False
+        try:
+            await ep.send(Download(type="download", id=request_id, activity=self.id, path=source, window=window))
+            yield await receiver.info
+            async for chunk in receiver:
+                yield chunk
+            done = await reply
+            assert isinstance(done, Done)
+            finished = True
+        finally:
+            if not finished:
+                if not reply.done():
+                    await _quietly(ep.send(Cancel(type="cancel", target=request_id)))
+                    reply.cancel()
+                elif not reply.cancelled():
+                    reply.exception()
+            ep.forget(request_id)
+
+    async def download_bytes(self, path: str, *, max_bytes: int = DOWNLOAD_BYTES_LIMIT) -> bytes:
+        """The content of the file ``path``; :class:`UsageError` if it is over ``max_bytes``."""
+        parts: list[bytes] = []
+        total = 0
+        stream = self._download(path)
+        try:
+            async for item in stream:
+                if isinstance(item, DownloadInfo):
+                    _require_file(path, item, max_bytes)
+                    continue
+                total += len(item)
+                if total > max_bytes:
+                    raise UsageError(f"{path} is larger than max_bytes={max_bytes}")
+                parts.append(item)
+        finally:
+            await stream.aclose()
+        return b"".join(parts)
+
+    async def download_json(self, path: str, *, max_bytes: int = 64 * 1024 * 1024) -> Any:
+        """The JSON value in the file ``path``."""
+        data = await self.download_bytes(path, max_bytes=max_bytes)
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError as e:
+            raise UsageError(f"{path} does not hold valid JSON: {e}") from e
+
+    async def download_file(self, path: str, dest: str | os.PathLike[str]) -> Path:
+        """Stream the file or folder ``path`` to the local ``dest`` and return ``dest``.
+
+        A file is written to ``dest`` (through a temporary file, so a failed transfer
+        leaves nothing half-written). A folder's contents are extracted into the folder
+        ``dest``; no entry can land outside it (absolute names, ``..`` and links out
+        are refused).
+        """
+        target = Path(dest)
+        stream = self._download(path)
+        spool: Any = None
+        info: DownloadInfo | None = None
+        try:
+            async for item in stream:
+                if isinstance(item, DownloadInfo):
+                    info = item
+                    folder = target.parent if item.kind == "file" else target
+                    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+                    spool = await asyncio.to_thread(
+                        tempfile.NamedTemporaryFile, dir=folder, prefix=".kiln-", suffix=".part", delete=False
+                    )
+                    continue
+                await asyncio.to_thread(spool.write, item)
+            if info is None or spool is None:
+                raise TransferFailed(f"{path}: the download ended before it began")
+            spool.close()
+            if info.kind == "file":
+                await asyncio.to_thread(os.chmod, spool.name, info.mode & 0o777)
+                await asyncio.to_thread(os.replace, spool.name, target)
+            else:
+                await asyncio.to_thread(_extract_folder, spool.name, target)
+        finally:
+            await stream.aclose()
+            if spool is not None:
+                spool.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spool.name)  # left only when the transfer failed
+        return target
+
+    # --- release ---------------------------------------------------------------------------
+
+    async def release(self) -> None:
+        """Destroy the container and free its capacity. Safe to call twice."""
+        if self.released or self.lost is not None:
+            self.released = True
+            return
+        self.released = True
+        try:
+            await self._endpoint.request(Release(type="release", id=self._endpoint.new_id(), activity=self.id))
+        except ProviderLost:
+            pass  # gone already: nothing left to release
+
+
+def _require_file(path: str, info: DownloadInfo, max_bytes: int) -> None:
+    if info.kind != "file":
+        raise FileNotFound(f"{path} is a folder, not a file (use download_file for folders)", ErrorCode.NOT_A_FILE)
+    if info.size is not None and info.size > max_bytes:
+        raise UsageError(f"{path} holds {info.size} bytes, more than max_bytes={max_bytes}")
+
+
+def _extract_folder(archive: str, dest: Path) -> None:
+    """Extract a folder's tar stream into ``dest``, dropping the folder's own name."""
+
+    def strip(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo | None:
+        _, _, rest = member.name.partition("/")
+        if not rest:
+            return None
+        changes: dict[str, Any] = {"name": rest}
+        if member.islnk():
+            changes["linkname"] = member.linkname.partition("/")[2]
+        return tarfile.data_filter(member.replace(**changes, deep=False), root)
+
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, mode="r:") as tar:
+        tar.extractall(dest, filter=strip)
+
+
+async def _quietly(action: Any) -> None:
+    """Best effort on the way out (cancelling, aborting): the connection may be gone."""
+    try:
+        await action
+    except KilnError:
+        pass

@@ -1,0 +1,163 @@
+"""The ``kiln`` command: run a hub or a provider, look at the market, run one command.
+
+::
+
+    kiln hub --host 127.0.0.1 --port 7465
+    kiln provider --hub ws://127.0.0.1:7465 --name p1 --cpus 2 --memory 2GiB
+    kiln market --hub ws://127.0.0.1:7465
+    kiln run --hub ws://127.0.0.1:7465 kiln-busybox:latest -- sh -c 'echo hi'
+    kiln image busybox
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from kiln import __version__
+from kiln.errors import KilnError
+from kiln.units import format_size, parse_size
+
+DEFAULT_HUB = "ws://127.0.0.1:7465"
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is key=value, not {text!r}")
+    return key, value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except KilnError as e:
+        raise argparse.ArgumentTypeError(e.message) from e
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Run work in containers on other people's machines.")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    hub = sub.add_parser("hub", help="run the hub: the market and the relay")
+    hub.add_argument("--host", default="127.0.0.1")
+    hub.add_argument("--port", type=int, default=7465, help="0 picks a free port (printed)")
+    hub.add_argument("--token", default=None, help="require this token in every hello")
+
+    provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub")
+    provider.add_argument("--hub", default=DEFAULT_HUB)
+    provider.add_argument("--name", required=True)
+    provider.add_argument("--cpus", type=float, default=None, help="CPUs to share (default: all)")
+    provider.add_argument("--memory", type=_size, default=None, help="memory to share, e.g. 2GiB (default: 3/4)")
+    provider.add_argument("--storage", type=_size, default=None, help="storage to share (default: 10GiB)")
+    provider.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
+    provider.add_argument("--token", default=None)
+    provider.add_argument("--pids-limit", type=int, default=256)
+
+    market = sub.add_parser("market", help="list the providers a hub knows")
+    market.add_argument("--hub", default=DEFAULT_HUB)
+    market.add_argument("--token", default=None)
+
+    run = sub.add_parser("run", help="rent one container, run one command in it, print its output")
+    run.add_argument("--hub", default=DEFAULT_HUB)
+    run.add_argument("--token", default=None)
+    run.add_argument("--cpus", type=float, default=1.0)
+    run.add_argument("--memory", type=_size, default=parse_size("256MiB"))
+    run.add_argument("--timeout", type=float, default=None)
+    run.add_argument("image")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
+
+    image = sub.add_parser("image", help="build images for local use")
+    image.add_argument("kind", choices=["busybox"], help="busybox: kiln-busybox:latest FROM scratch")
+    image.add_argument("--tag", default="kiln-busybox:latest")
+    return parser
+
+
+async def _market(url: str, token: str | None) -> int:
+    import kiln
+
+    async with kiln.connect(url, token=token, name="kiln-cli") as requestor:
+        providers = await requestor.market()
+    if not providers:
+        print("no providers")
+    for p in providers:
+        print(
+            f"{p.name:16} cpus {p.free.cpus:g}/{p.offered.cpus:g}  memory {format_size(p.free.memory)}/"
+            f"{format_size(p.offered.memory)}  activities {p.activities}  images {', '.join(p.images) or '-'}"
+        )
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    import kiln
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("kiln run: give the command after --", file=sys.stderr)
+        return 2
+    async with (
+        kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor,
+        requestor.rent(args.image, kiln.Demand(cpus=args.cpus, memory=args.memory)) as act,
+    ):
+        result = await act.run(argv, timeout=args.timeout)
+    sys.stdout.buffer.write(result.stdout_bytes)
+    sys.stderr.buffer.write(result.stderr_bytes)
+    return result.exit_code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(_main(args))
+        return 130
+    except KilnError as e:
+        print(f"kiln: {e.message} [{e.code}]", file=sys.stderr)
+        return 1
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.command == "hub":
+        from kiln.hub.server import run as run_hub
+
+        await run_hub(args.host, args.port, token=args.token)
+        return 0
+    if args.command == "provider":
+        from kiln_provider.docker_adapter import DockerAdapter
+
+        from kiln_provider.runtime import ProviderConfig, ProviderRuntime
+
+        config = ProviderConfig(
+            hub=args.hub, name=args.name, cpus=args.cpus, memory=args.memory, storage=args.storage,
+            labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
+        )  # fmt: skip
+        adapter = await asyncio.to_thread(DockerAdapter, args.name)
+        await ProviderRuntime(config, adapter).run()
+        return 0
+    if args.command == "market":
+        return await _market(args.hub, args.token)
+    if args.command == "run":
+        return await _run(args)
+    if args.command == "image":
+        from kiln_provider.docker_adapter import DockerAdapter
+
+        image_id = await asyncio.to_thread(lambda: DockerAdapter("cli").build_busybox_image(args.tag))
+        print(f"{args.tag} {image_id}")
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,588 @@
+"""The hub's whole logic as a state machine with no I/O: frames in, actions out.
+
+Rules that everything affecting the hub's state must follow live here:
+
+* A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
+* A requestor sends ``rent``, ``release``, ``market``, ``exec``, ``upload``, ``download``,
+  ``credit``, ``cancel`` and upload stream frames. A provider sends ``offer``, ``credit``,
+  replies to the hub's requests and download stream frames. Anything else is ``out_of_order``.
+* Every request a requestor makes on an activity is forwarded to the activity's provider
+  under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
+  only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
+  a request the hub did not send to *this* provider is ``out_of_order``.
+* A stream's data frames are relayed only within the credit its receiver granted, so what
+  the hub buffers per stream is bounded by ``max_window`` chunks.
+* Capacity is reserved when a provider is chosen and released when its container is
+  destroyed or its provider is gone.
+
+Use: the I/O layer calls :meth:`HubCore.connect` for a new connection, then
+:meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame, and
+:meth:`HubCore.disconnect` when it ends. Each returns a list of :data:`Action` to carry
+out in order: send a frame to a peer, close a peer, or log a line.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from kiln.market import Market, NoMatchError
+from kiln.protocol import frames, limits
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import (
+    MAJOR_VERSION,
+    MAX_ID,
+    PROTOCOL_VERSION,
+    ActivityLost,
+    Cancel,
+    Create,
+    Credit,
+    Destroy,
+    Done,
+    Download,
+    DownloadInfo,
+    Error,
+    Exec,
+    ExecResult,
+    Hello,
+    Limits,
+    MarketInfo,
+    MarketQuery,
+    Message,
+    Offer,
+    Release,
+    Rent,
+    Rented,
+    Resources,
+    Upload,
+    Welcome,
+    parse,
+    serialize,
+)
+from kiln.protocol.violation import ProtocolViolation
+
+# WebSocket close codes the hub uses (4000-4999 are the application's own).
+CLOSE_UNSUPPORTED_VERSION = 4001
+CLOSE_UNAUTHORIZED = 4002
+CLOSE_HANDSHAKE = 4003
+CLOSE_NAME_TAKEN = 4004
+CLOSE_SLOW = 4005
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: int
+    data: bytes
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    peer: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["info", "warning"]
+    text: str
+
+
+Action: TypeAlias = Send | Close | Log
+
+
+@dataclass
+class Route:
+    """One file stream: the requestor's leg (its request id) and the provider's leg (the hub's)."""
+
+    requestor: int
+    r_id: int
+    provider: int
+    p_id: int
+    upload: bool
+    credit: int = 0
+    ended: bool = False
+
+
+@dataclass
+class Pending:
+    """A request the hub sent to a provider and awaits the reply to."""
+
+    kind: Literal["create", "destroy", "exec", "upload", "download"]
+    activity: str
+    requestor: int | None
+    r_id: int | None
+    route: Route | None = None
+
+
+@dataclass
+class Activity:
+    id: str
+    requestor: int
+    provider: int
+    resources: Resources
+    cached: bool = False
+    state: Literal["creating", "ready", "destroying"] = "creating"
+
+
+@dataclass
+class Peer:
+    id: int
+    role: Literal["requestor", "provider"] | None = None
+    name: str = ""
+    activities: set[str] = field(default_factory=set)
+    # requestor: its open request ids -> (provider peer, hub id) once forwarded
+    open: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # provider: the hub's requests awaiting a reply, by hub id
+    pending: dict[int, Pending] = field(default_factory=dict)
+    # streams this peer takes part in, by the id it knows them under
+    streams: dict[int, Route] = field(default_factory=dict)
+    next_id: int = 1
+
+    def new_id(self) -> int:
+        value = self.next_id
+        self.next_id = value + 1 if value < MAX_ID else 1
+        return value
+
+
+REQUESTOR_SENDS = frozenset({"rent", "release", "market", "exec", "upload", "download", "credit", "cancel"})
+PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info"})
+
+
+class HubCore:
+    """Everything the hub knows: peers, the market, activities and streams in flight."""
+
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        software: str = "kiln-hub",
+        limits_: Limits | None = None,
+        new_activity_id: Callable[[], str] = lambda: secrets.token_hex(8),
+    ) -> None:
+        self.token = token
+        self.software = software
+        self.limits = limits_ or Limits(
+            max_message_bytes=limits.MAX_MESSAGE_BYTES,
+            max_frame_bytes=limits.MAX_FRAME_BYTES,
+            chunk_bytes=limits.CHUNK_BYTES,
+            max_window=limits.MAX_WINDOW,
+            max_pending=limits.MAX_PENDING,
+            max_streams=limits.MAX_STREAMS,
+            max_output_bytes=limits.MAX_OUTPUT_BYTES,
+        )
+        self.market = Market()
+        self.peers: dict[int, Peer] = {}
+        self.activities: dict[str, Activity] = {}
+        self._new_activity_id = new_activity_id
+        self._out: list[Action] = []
+
+    # --- entry points --------------------------------------------------------------
+
+    def connect(self, peer: int) -> None:
+        self.peers[peer] = Peer(id=peer)
+
+    def receive_text(self, peer: int, data: bytes | str) -> list[Action]:
+        """Take one text frame from ``peer``."""
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        if len(data) > self.limits.max_message_bytes:
+            self._error(
+                p,
+                None,
+                ErrorCode.MESSAGE_TOO_LARGE,
+                f"message of {len(data)} bytes exceeds the limit of {self.limits.max_message_bytes}",
+            )
+            return self._flush()
+        try:
+            message = parse(data)
+        except ProtocolViolation as e:
+            self._error(p, e.re, e.code, e.message)
+            if p.role is None:
+                self._out.append(Close(peer, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
+            return self._flush()
+        if p.role is None:
+            self._handshake(p, message)
+        elif p.role == "requestor":
+            self._from_requestor(p, message)
+        else:
+            self._from_provider(p, message)
+        return self._flush()
+
+    def receive_binary(self, peer: int, data: bytes) -> list[Action]:
+        """Take one binary (stream) frame from ``peer``."""
+        p = self.peers.get(peer)
+        if p is None:
+            return []
+        try:
+            if p.role is None:
+                raise ProtocolViolation(ErrorCode.OUT_OF_ORDER, "binary frame before hello")
+            frame = frames.decode(data, self.limits.chunk_bytes)
+        except ProtocolViolation as e:
+            self._error(p, e.re, e.code, e.message)
+            if p.role is None:
+                self._out.append(Close(peer, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
+            return self._flush()
+        route = p.streams.get(frame.stream)
+        sending = route is not None and (route.upload == (p.role == "requestor"))
+        if route is None or not sending or route.ended:
+            self._error(p, frame.stream, ErrorCode.UNKNOWN_STREAM, f"no open stream {frame.stream} to send on")
+            return self._flush()
+        to_requestor = p.role == "provider"
+        target, target_id = (route.requestor, route.r_id) if to_requestor else (route.provider, route.p_id)
+        if frame.kind is FrameKind.DATA:
+            if route.credit <= 0:
+                self._error(
+                    p,
+                    frame.stream,
+                    ErrorCode.FLOW_CONTROL,
+                    f"DATA frame on stream {frame.stream} without credit; the stream is aborted",
+                )
+                route.ended = True
+                self._send_binary(target, frames.encode(FrameKind.ABORT, target_id, b"sender broke flow control"))
+                return self._flush()
+            route.credit -= 1
+        else:
+            route.ended = True
+        self._send_binary(target, frames.with_stream(data, target_id))
+        return self._flush()
+
+    def disconnect(self, peer: int, reason: str) -> list[Action]:
+        """The connection of ``peer`` is gone: clean up everything it held."""
+        p = self.peers.pop(peer, None)
+        if p is None:
+            return []
+        if p.role == "provider":
+            self._provider_gone(p, reason)
+        elif p.role == "requestor":
+            self._requestor_gone(p)
+        return self._flush()
+
+    # --- handshake -------------------------------------------------------------------
+
+    def _handshake(self, p: Peer, message: Message) -> None:
+        if not isinstance(message, Hello):
+            self._error(p, None, ErrorCode.OUT_OF_ORDER, f"expected hello, got {message.type!r}")
+            self._out.append(Close(p.id, CLOSE_HANDSHAKE, "the first message must be hello"))
+            return
+        major = int(message.version.split(".")[0])
+        if major != MAJOR_VERSION:
+            self._error(
+                p,
+                None,
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"this hub speaks protocol version {PROTOCOL_VERSION} (major {MAJOR_VERSION}), not {message.version}",
+            )
+            self._out.append(Close(p.id, CLOSE_UNSUPPORTED_VERSION, f"unsupported protocol version {message.version}"))
+            return
+        if self.token is not None and not secrets.compare_digest(message.token or "", self.token):
+            self._error(p, None, ErrorCode.UNAUTHORIZED, "wrong or missing token")
+            self._out.append(Close(p.id, CLOSE_UNAUTHORIZED, "unauthorized"))
+            return
+        if message.role == "provider" and any(
+            q.role == "provider" and q.name == message.name for q in self.peers.values()
+        ):
+            self._error(p, None, ErrorCode.NAME_TAKEN, f"a provider named {message.name!r} is already connected")
+            self._out.append(Close(p.id, CLOSE_NAME_TAKEN, "provider name taken"))
+            return
+        p.role = message.role
+        p.name = message.name
+        self._send(
+            p.id,
+            Welcome(
+                type="welcome",
+                version=PROTOCOL_VERSION,
+                session=f"{p.role[0]}{p.id}",
+                software=self.software,
+                limits=self.limits,
+            ),
+        )
+        self._out.append(Log("info", f"{p.role} {p.name!r} joined as peer {p.id} ({message.software or '?'})"))
+
+    # --- requestor ---------------------------------------------------------------------
+
+    def _from_requestor(self, p: Peer, message: Message) -> None:
+        if message.type not in REQUESTOR_SENDS:
+            self._error(
+                p, getattr(message, "id", None), ErrorCode.OUT_OF_ORDER, f"a requestor may not send {message.type!r}"
+            )
+            return
+        if isinstance(message, Credit):
+            self._credit(p, message)
+            return
+        if isinstance(message, Cancel):
+            target = p.open.get(message.target)
+            if target is not None:
+                provider, hub_id = target
+                self._send(provider, Cancel(type="cancel", target=hub_id))
+            return
+        assert not isinstance(
+            message,
+            Hello
+            | Welcome
+            | Error
+            | Done
+            | Offer
+            | Rented
+            | MarketInfo
+            | Create
+            | Destroy
+            | ActivityLost
+            | ExecResult
+            | DownloadInfo,
+        )
+        if message.id in p.open:
+            self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
+            return
+        if len(p.open) >= self.limits.max_pending:
+            self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_pending} requests open at once")
+            return
+        if isinstance(message, MarketQuery):
+            self._send(
+                p.id,
+                MarketInfo(
+                    type="market_info", re=message.id, providers=self.market.describe(), activities=len(self.activities)
+                ),
+            )
+        elif isinstance(message, Rent):
+            self._rent(p, message)
+        else:
+            activity = self.activities.get(message.activity)
+            if activity is None or activity.requestor != p.id or activity.state != "ready":
+                self._error(
+                    p, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {message.activity!r} of yours is ready"
+                )
+                return
+            if isinstance(message, Release):
+                self._destroy(activity, p.id, message.id)
+            else:
+                self._forward(p, activity, message)
+
+    def _rent(self, p: Peer, message: Rent) -> None:
+        try:
+            provider, cached = self.market.choose(message.image, message.demand)
+        except NoMatchError as e:
+            self._error(p, message.id, ErrorCode.NO_MATCH, str(e))
+            return
+        d = message.demand
+        resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
+        activity = Activity(self._new_activity_id(), p.id, provider, resources, cached)
+        self.market.reserve(provider, resources)
+        self.activities[activity.id] = activity
+        p.activities.add(activity.id)
+        q = self.peers[provider]
+        q.activities.add(activity.id)
+        hub_id = q.new_id()
+        q.pending[hub_id] = Pending("create", activity.id, p.id, message.id)
+        p.open[message.id] = (provider, hub_id)
+        self._send(
+            provider, Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources)
+        )
+
+    def _forward(self, p: Peer, activity: Activity, message: Exec | Upload | Download) -> None:
+        q = self.peers[activity.provider]
+        route: Route | None = None
+        if isinstance(message, Upload | Download):
+            if len(p.streams) >= self.limits.max_streams:
+                self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
+                return
+            hub_id = q.new_id()
+            window = min(message.window, self.limits.max_window) if isinstance(message, Download) else 0
+            route = Route(p.id, message.id, q.id, hub_id, upload=isinstance(message, Upload), credit=window)
+            p.streams[message.id] = route
+            q.streams[hub_id] = route
+            if isinstance(message, Download) and window != message.window:
+                message = message.model_copy(update={"window": window})
+        else:
+            hub_id = q.new_id()
+        q.pending[hub_id] = Pending(message.type, activity.id, p.id, message.id, route)
+        p.open[message.id] = (q.id, hub_id)
+        self._send(q.id, message.model_copy(update={"id": hub_id}))
+
+    def _destroy(self, activity: Activity, requestor: int | None, r_id: int | None) -> None:
+        activity.state = "destroying"
+        q = self.peers[activity.provider]
+        hub_id = q.new_id()
+        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id)
+        if requestor is not None and r_id is not None:
+            self.peers[requestor].open[r_id] = (q.id, hub_id)
+        self._send(q.id, Destroy(type="destroy", id=hub_id, activity=activity.id))
+
+    def _credit(self, p: Peer, message: Credit) -> None:
+        route = p.streams.get(message.stream)
+        receiving = route is not None and (route.upload == (p.role == "provider"))
+        if route is None or not receiving:
+            # The stream may have ended while the credit was on its way: not an error.
+            return
+        if route.credit + message.chunks > self.limits.max_window:
+            self._error(
+                p,
+                None,
+                ErrorCode.FLOW_CONTROL,
+                f"credit on stream {message.stream} would exceed the window of {self.limits.max_window}",
+            )
+            return
+        route.credit += message.chunks
+        if route.upload:
+            self._send(route.requestor, Credit(type="credit", stream=route.r_id, chunks=message.chunks))
+        else:
+            self._send(route.provider, Credit(type="credit", stream=route.p_id, chunks=message.chunks))
+
+    # --- provider ----------------------------------------------------------------------
+
+    def _from_provider(self, p: Peer, message: Message) -> None:
+        if message.type not in PROVIDER_SENDS:
+            self._error(
+                p, getattr(message, "id", None), ErrorCode.OUT_OF_ORDER, f"a provider may not send {message.type!r}"
+            )
+            return
+        if isinstance(message, Offer):
+            self.market.update(p.id, p.name, message)
+            self._send(p.id, Done(type="done", re=message.id))
+            return
+        if isinstance(message, Credit):
+            self._credit(p, message)
+            return
+        assert isinstance(message, Done | Error | ExecResult | DownloadInfo)
+        if message.re is None:
+            self._out.append(Log("warning", f"provider {p.name!r} reports {message.code}: {message.message}"))
+            return
+        pending = p.pending.get(message.re)
+        if pending is None or not _answers(pending.kind, message):
+            self._error(p, None, ErrorCode.OUT_OF_ORDER, f"{message.type!r} answers no open request {message.re}")
+            return
+        if isinstance(message, DownloadInfo):
+            self._to_requestor(pending, message)
+            return
+        del p.pending[message.re]
+        self._finish(p, pending, message)
+
+    def _finish(self, p: Peer, pending: Pending, reply: Done | Error | ExecResult) -> None:
+        requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+        if requestor is not None and pending.r_id is not None:
+            requestor.open.pop(pending.r_id, None)
+        if pending.route is not None:
+            p.streams.pop(pending.route.p_id, None)
+            if requestor is not None:
+                requestor.streams.pop(pending.route.r_id, None)
+        activity = self.activities.get(pending.activity)
+        if pending.kind == "create":
+            if activity is None:
+                return
+            if isinstance(reply, Error):
+                self._drop_activity(activity)
+                self._to_requestor(pending, reply)
+            elif requestor is None:
+                self._destroy(activity, None, None)
+            else:
+                activity.state = "ready"
+                self._to_requestor(
+                    pending,
+                    Rented(
+                        type="rented",
+                        re=1,
+                        activity=activity.id,
+                        provider=p.name,
+                        cached=activity.cached,
+                        resources=activity.resources,
+                    ),
+                )
+        elif pending.kind == "destroy":
+            if activity is not None:
+                self._drop_activity(activity)
+            if isinstance(reply, Error):
+                self._out.append(
+                    Log("warning", f"provider {p.name!r} failed to destroy {pending.activity}: {reply.message}")
+                )
+            self._to_requestor(pending, Done(type="done", re=1))
+        else:
+            self._to_requestor(pending, reply)
+
+    def _drop_activity(self, activity: Activity) -> None:
+        self.activities.pop(activity.id, None)
+        self.market.release(activity.provider, activity.resources)
+        for peer in (activity.requestor, activity.provider):
+            q = self.peers.get(peer)
+            if q is not None:
+                q.activities.discard(activity.id)
+
+    def _to_requestor(self, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo | Rented) -> None:
+        if pending.requestor is None or pending.r_id is None or pending.requestor not in self.peers:
+            return
+        self._send(pending.requestor, reply.model_copy(update={"re": pending.r_id}))
+
+    # --- departures ----------------------------------------------------------------------
+
+    def _provider_gone(self, p: Peer, reason: str) -> None:
+        self._out.append(Log("warning", f"provider {p.name!r} left: {reason}"))
+        why = f"provider {p.name!r} disconnected: {reason}"
+        for pending in p.pending.values():
+            requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+            if requestor is None or pending.r_id is None:
+                continue
+            requestor.open.pop(pending.r_id, None)
+            if pending.route is not None:
+                requestor.streams.pop(pending.route.r_id, None)
+            if pending.kind == "destroy":
+                self._to_requestor(pending, Done(type="done", re=1))
+            else:
+                self._to_requestor(pending, Error(type="error", re=1, code=ErrorCode.PROVIDER_LOST, message=why))
+        for activity_id in sorted(p.activities):
+            activity = self.activities.pop(activity_id, None)
+            if activity is None:
+                continue
+            requestor = self.peers.get(activity.requestor)
+            if requestor is not None:
+                requestor.activities.discard(activity_id)
+                if activity.state != "destroying":
+                    self._send(
+                        requestor.id,
+                        ActivityLost(
+                            type="activity_lost", activity=activity_id, code=ErrorCode.PROVIDER_LOST, reason=why
+                        ),
+                    )
+        self.market.remove(p.id)
+
+    def _requestor_gone(self, p: Peer) -> None:
+        self._out.append(Log("info", f"requestor {p.name!r} left; destroying {len(p.activities)} activities"))
+        for route in p.streams.values():
+            q = self.peers.get(route.provider)
+            if q is not None and route.upload and not route.ended:
+                self._send_binary(q.id, frames.encode(FrameKind.ABORT, route.p_id, b"requestor disconnected"))
+        for activity_id in sorted(p.activities):
+            activity = self.activities.get(activity_id)
+            if activity is not None and activity.state == "ready":
+                self._destroy(activity, None, None)
+        # Replies still owed to this requestor are dropped when they come (see _to_requestor);
+        # an activity still being created is destroyed once its create completes (see _finish).
+
+    # --- output ---------------------------------------------------------------------------
+
+    def _send(self, peer: int, message: Message) -> None:
+        self._out.append(Send(peer, serialize(message)))
+
+    def _send_binary(self, peer: int, data: bytes) -> None:
+        self._out.append(Send(peer, data, binary=True))
+
+    def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
+        self._send(p.id, Error(type="error", re=re, code=code, message=message))
+
+    def _flush(self) -> list[Action]:
+        out, self._out = self._out, []
+        return out
+
+
+def _answers(kind: str, reply: Done | Error | ExecResult | DownloadInfo) -> bool:
+    """Whether ``reply`` is a legal answer to a request of ``kind``."""
+    if isinstance(reply, ExecResult):
+        return kind == "exec"
+    if isinstance(reply, DownloadInfo):
+        return kind == "download"
+    if isinstance(reply, Done):
+        return kind != "exec"
+    return True

@@ -1,0 +1,174 @@
+"""The hub's I/O: a websockets server that pumps every frame through :class:`HubCore`.
+
+Each connection has a reader (this coroutine) and a writer task draining a bounded
+outbox, so a slow peer never stalls the others: when more than ``outbox_bytes`` wait
+for one peer, that peer is closed (code 4005) and everyone else carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
+
+from kiln import __version__
+from kiln.hub.core import CLOSE_SLOW, Action, Close, HubCore, Log, Send
+from kiln.protocol import limits
+from kiln.protocol.messages import PROTOCOL_NAME
+
+log = logging.getLogger("kiln.hub")
+
+SUBPROTOCOL = Subprotocol(PROTOCOL_NAME)
+
+
+class OutboxFull(Exception):
+    """More bytes wait for a peer than the hub will hold for it."""
+
+
+@dataclass
+class Outbox:
+    """Frames waiting to be written to one peer, bounded in bytes."""
+
+    limit: int
+    items: deque[Send | Close] = field(default_factory=deque)
+    size: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
+
+    def put(self, item: Send | Close) -> None:
+        if self.closing:
+            return
+        if isinstance(item, Close):
+            self.closing = True
+        else:
+            if self.size + len(item.data) > self.limit:
+                raise OutboxFull
+            self.size += len(item.data)
+        self.items.append(item)
+        self.ready.set()
+
+    async def get(self) -> Send | Close:
+        while not self.items:
+            self.ready.clear()
+            await self.ready.wait()
+        item = self.items.popleft()
+        if isinstance(item, Send):
+            self.size -= len(item.data)
+        return item
+
+
+def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+    # A client that offers no kiln.v1 still gets in: the version in its hello decides.
+    return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
+
+
+class HubServer:
+    """Accepts connections and carries out what the core decides."""
+
+    def __init__(self, core: HubCore, *, outbox_bytes: int = limits.OUTBOX_BYTES) -> None:
+        self.core = core
+        self.outbox_bytes = outbox_bytes
+        self._outboxes: dict[int, Outbox] = {}
+        self._ids = itertools.count(1)
+
+    async def handle(self, ws: ServerConnection) -> None:
+        peer = next(self._ids)
+        outbox = Outbox(self.outbox_bytes)
+        self._outboxes[peer] = outbox
+        self.core.connect(peer)
+        reason = "connection closed"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._write(ws, outbox))
+                try:
+                    async for data in ws:
+                        if isinstance(data, str):
+                            self._apply(self.core.receive_text(peer, data.encode()))
+                        else:
+                            self._apply(self.core.receive_binary(peer, data))
+                except ConnectionClosed as e:
+                    reason = _describe(e)
+                else:
+                    reason = _describe_closed(ws)
+                finally:
+                    writer.cancel()
+        finally:
+            del self._outboxes[peer]
+            self._apply(self.core.disconnect(peer, reason))
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Log):
+                log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.text)
+                continue
+            outbox = self._outboxes.get(action.peer)
+            if outbox is None:
+                continue
+            try:
+                outbox.put(action)
+            except OutboxFull:
+                log.warning("peer %d reads too slowly (%d bytes waiting); closing it", action.peer, outbox.size)
+                outbox.items.clear()
+                outbox.size = 0
+                outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
+
+    async def _write(self, ws: ServerConnection, outbox: Outbox) -> None:
+        while True:
+            item = await outbox.get()
+            if isinstance(item, Close):
+                await ws.close(item.code, item.reason)
+                return
+            try:
+                await ws.send(item.data if item.binary else item.data.decode())
+            except ConnectionClosed:
+                return
+
+
+def _describe(error: ConnectionClosed) -> str:
+    if error.rcvd is None:
+        return "connection lost without a close frame"
+    return f"closed with code {error.rcvd.code}" + (f" ({error.rcvd.reason})" if error.rcvd.reason else "")
+
+
+def _describe_closed(ws: ServerConnection) -> str:
+    code = ws.close_code
+    return f"closed with code {code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
+
+
+async def start(
+    host: str = "127.0.0.1",
+    port: int = 7465,
+    *,
+    token: str | None = None,
+    core: HubCore | None = None,
+) -> Server:
+    """Start a hub listening on ``host:port`` (0 picks a free port); close it with ``server.close()``."""
+    hub = HubServer(core or HubCore(token=token, software=f"kiln-hub/{__version__}"))
+    return await serve(
+        hub.handle,
+        host,
+        port,
+        subprotocols=[SUBPROTOCOL],
+        select_subprotocol=select_subprotocol,
+        max_size=hub.core.limits.max_frame_bytes,
+        max_queue=16,
+        ping_interval=5,
+        ping_timeout=10,
+        compression=None,
+    )
+
+
+async def run(host: str, port: int, token: str | None = None) -> None:
+    """Serve until cancelled, printing the address once listening."""
+    async with await start(host, port, token=token) as server:
+        for sock in server.sockets:
+            address = sock.getsockname()
+            print(f"kiln hub listening on ws://{address[0]}:{address[1]}", flush=True)
+        await server.serve_forever()

@@ -1,0 +1,168 @@
+"""The requestor: connect to a hub, rent activities from the market, release them.
+
+::
+
+    async with kiln.connect("ws://127.0.0.1:7465") as requestor:
+        async with requestor.rent("kiln-busybox:latest", kiln.Demand(cpus=1, memory="256MiB")) as act:
+            ...
+
+Leaving ``connect`` releases every activity still held (the hub destroys them too
+if the connection simply drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from kiln.activity import Activity
+from kiln.endpoint import Endpoint, handshake
+from kiln.errors import ConnectionClosed, KilnError, ProviderLost, UsageError
+from kiln.protocol.messages import ActivityLost, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
+from kiln.protocol.messages import Demand as DemandMessage
+from kiln.units import parse_size
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What a container needs: at least ``cpus``, ``memory`` and ``storage``, and ``labels``.
+
+    Sizes are bytes or strings such as ``"256MiB"`` or ``"2GiB"``.
+    """
+
+    cpus: float = 1.0
+    memory: int | str = "256MiB"
+    storage: int | str = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def to_message(self) -> DemandMessage:
+        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus <= 0:
+            raise UsageError(f"cpus must be a positive number, not {self.cpus!r}")
+        return DemandMessage(
+            cpus=float(self.cpus),
+            memory=parse_size(self.memory),
+            storage=parse_size(self.storage),
+            labels=dict(self.labels),
+        )
+
+
+class Requestor:
+    """A live connection to the hub as a requestor. Get one from :func:`connect`."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self._endpoint = endpoint
+        self._activities: dict[str, Activity] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._endpoint
+
+    @property
+    def activities(self) -> list[Activity]:
+        """The activities this requestor holds now."""
+        return list(self._activities.values())
+
+    def rent(self, image: str, demand: Demand | None = None) -> Rental:
+        """Rent a container of ``image`` on a provider meeting ``demand``.
+
+        Use as ``async with requestor.rent(...) as act`` (released on exit), or
+        ``act = await requestor.rent(...)`` and call ``await act.release()`` yourself.
+        Raises :class:`~kiln.NoMatch` naming the constraint no provider meets,
+        :class:`~kiln.ImageNotFound` when the chosen provider lacks the image.
+        """
+        return Rental(self, image, demand or Demand())
+
+    async def _rent(self, image: str, demand: Demand) -> Activity:
+        message = demand.to_message()
+        ep = self._endpoint
+        reply = await ep.request(Rent(type="rent", id=ep.new_id(), image=image, demand=message))
+        assert isinstance(reply, Rented)
+        activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached)
+        self._activities[activity.id] = activity
+        return activity
+
+    async def market(self) -> list[ProviderInfo]:
+        """Every provider the hub knows: its offer, what is free now, the images it holds."""
+        ep = self._endpoint
+        reply = await ep.request(MarketQuery(type="market", id=ep.new_id()))
+        assert isinstance(reply, MarketInfo)
+        return reply.providers
+
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, ActivityLost):
+            activity = self._activities.pop(message.activity, None)
+            if activity is not None:
+                activity.lost = ProviderLost(message.reason, message.code)
+
+    def _forget(self, activity: Activity) -> None:
+        self._activities.pop(activity.id, None)
+
+    async def close(self) -> None:
+        """Release every activity still held and close the connection."""
+        for activity in list(self._activities.values()):
+            with contextlib.suppress(KilnError):
+                await activity.release()
+        self._activities.clear()
+        await self._endpoint.ws.close()
+        if self._reader is not None:
+            await self._reader
+
+
+class Rental:
+    """The pending result of :meth:`Requestor.rent`: await it, or use it with ``async with``."""
+
+    def __init__(self, requestor: Requestor, image: str, demand: Demand) -> None:
+        self._requestor = requestor
+        self._image = image
+        self._demand = demand
+        self._activity: Activity | None = None
+
+    def __await__(self) -> Generator[Any, None, Activity]:
+        return self._requestor._rent(self._image, self._demand).__await__()
+
+    async def __aenter__(self) -> Activity:
+        self._activity = await self._requestor._rent(self._image, self._demand)
+        return self._activity
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        activity = self._activity
+        if activity is None:
+            return
+        self._requestor._forget(activity)
+        try:
+            await activity.release()
+        except ConnectionClosed:
+            pass  # the hub destroys what a vanished requestor held
+
+
+class connect:  # named like a function: ``async with kiln.connect(url) as r``
+    """Connect to the hub at ``url`` as a requestor; use with ``async with``."""
+
+    def __init__(self, url: str, *, token: str | None = None, name: str = "requestor") -> None:
+        self._url = url
+        self._token = token
+        self._name = name
+        self._requestor: Requestor | None = None
+
+    async def __aenter__(self) -> Requestor:
+        ws, welcome = await handshake(self._url, role="requestor", name=self._name, token=self._token)
+        requestor: Requestor
+        endpoint = Endpoint(ws, welcome, lambda message: requestor._on_message(message))
+        requestor = Requestor(endpoint)
+        # Owned here: awaited in Requestor.close(), which __aexit__ always calls.
+        requestor._reader = asyncio.create_task(endpoint.run(), name=f"kiln-reader-{self._name}")
+        self._requestor = requestor
+        return requestor
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._requestor is not None:
+            await self._requestor.close()
