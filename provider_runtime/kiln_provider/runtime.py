@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
@@ -162,13 +163,13 @@ class ProviderRuntime:
             self._spawn(message.id, message.activity, self._exec(message))
         elif isinstance(message, Upload):
             incoming = self._ep.incoming(message.id, UPLOAD_WINDOW)
-            stop = lambda: incoming.fail(Cancelled("upload cancelled"))  # noqa: E731
-            self._spawn(message.id, message.activity, self._upload(message, incoming), stop)
+            stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
+            self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload)
         elif isinstance(message, Download):
             outgoing = self._ep.outgoing(message.id)
             outgoing.grant(message.window)
-            stop = lambda: outgoing.fail(Cancelled("download cancelled"))  # noqa: E731
-            self._spawn(message.id, message.activity, self._download(message, outgoing), stop)
+            stop_download = partial(outgoing.fail, Cancelled("download cancelled"))
+            self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download)
         elif isinstance(message, Cancel):
             entry = self._by_request.get(message.target)
             if entry is not None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from kiln.activity import Activity
 from kiln.endpoint import Endpoint, handshake
-from kiln.errors import ConnectionClosed, KilnError, ProviderLost, UsageError
+from kiln.errors import ConnectionClosed, KilnError, UsageError, error_from_code
 from kiln.protocol.messages import ActivityLost, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
 from kiln.protocol.messages import Demand as DemandMessage
 from kiln.units import parse_size
@@ -97,7 +97,7 @@ class Requestor:
         if isinstance(message, ActivityLost):
             activity = self._activities.pop(message.activity, None)
             if activity is not None:
-                activity.lost = ProviderLost(message.reason, message.code)
+                activity.lost = error_from_code(message.code, message.reason)
 
     def _forget(self, activity: Activity) -> None:
         self._activities.pop(activity.id, None)

@@ -1,0 +1,274 @@
+"""The hub's state machine, driven with literal messages: no sockets, no Docker."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, Close, HubCore, Send
+from kiln.protocol import frames
+from kiln.protocol.frames import FrameKind
+
+GiB = 2**30
+MiB = 2**20
+
+
+class Harness:
+    def __init__(self) -> None:
+        ids = itertools.count(1)
+        self.core = HubCore(new_activity_id=lambda: f"act{next(ids)}")
+        self.closed: list[Close] = []
+
+    def join(self, peer: int, role: str, name: str) -> None:
+        self.core.connect(peer)
+        out = self.text(peer, {"type": "hello", "version": "1.0", "role": role, "name": name})
+        assert out[0][1]["type"] == "welcome", out
+
+    def text(self, peer: int, message: dict[str, Any] | bytes) -> list[tuple[int, Any]]:
+        data = message if isinstance(message, bytes) else json.dumps(message).encode()
+        return self._decode(self.core.receive_text(peer, data))
+
+    def binary(self, peer: int, data: bytes) -> list[tuple[int, Any]]:
+        return self._decode(self.core.receive_binary(peer, data))
+
+    def leave(self, peer: int) -> list[tuple[int, Any]]:
+        return self._decode(self.core.disconnect(peer, "test"))
+
+    def _decode(self, actions: list[Any]) -> list[tuple[int, Any]]:
+        out: list[tuple[int, Any]] = []
+        for action in actions:
+            if isinstance(action, Send):
+                out.append((action.peer, action.data if action.binary else json.loads(action.data)))
+            elif isinstance(action, Close):
+                self.closed.append(action)
+        return out
+
+    def offer(self, peer: int, cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None) -> None:
+        out = self.text(peer, {"type": "offer", "id": 1, "resources": {"cpus": cpus, "memory": memory},
+                               "arch": "amd64", "images": images or []})  # fmt: skip
+        assert out == [(peer, {"type": "done", "re": 1})]
+
+    def rent(self, requestor: int, rid: int, provider: int, cpus: float = 1, memory: int = 256 * MiB) -> str:
+        out = self.text(requestor, {"type": "rent", "id": rid, "image": "img:1",
+                                    "demand": {"cpus": cpus, "memory": memory}})  # fmt: skip
+        [(to, create)] = out
+        assert to == provider and create["type"] == "create"
+        [(back, rented)] = self.text(provider, {"type": "done", "re": create["id"]})
+        assert back == requestor and rented["type"] == "rented" and rented["re"] == rid
+        return str(rented["activity"])
+
+
+@pytest.fixture
+def hub() -> Harness:
+    h = Harness()
+    h.join(1, "provider", "p1")
+    h.offer(1)
+    h.join(2, "requestor", "r1")
+    return h
+
+
+def test_first_message_must_be_hello() -> None:
+    h = Harness()
+    h.core.connect(5)
+    [(peer, error)] = h.text(5, {"type": "market", "id": 1})
+    assert error["code"] == "out_of_order"
+    assert h.closed[0].code == CLOSE_HANDSHAKE
+
+
+def test_wrong_major_version_is_refused_with_a_close() -> None:
+    h = Harness()
+    h.core.connect(5)
+    [(_, error)] = h.text(5, {"type": "hello", "version": "2.0", "role": "requestor", "name": "x"})
+    assert error["code"] == "unsupported_version"
+    assert "1.0" in error["message"]
+    assert h.closed[0].code == CLOSE_UNSUPPORTED_VERSION
+
+
+def test_later_minor_version_is_welcomed_at_ours() -> None:
+    h = Harness()
+    h.core.connect(5)
+    [(_, welcome)] = h.text(5, {"type": "hello", "version": "1.9", "role": "requestor", "name": "x"})
+    assert welcome["type"] == "welcome"
+    assert welcome["version"] == "1.0"
+
+
+def test_token_is_checked() -> None:
+    h = Harness()
+    h.core = HubCore(token="s3cret")
+    h.core.connect(5)
+    [(_, error)] = h.text(5, {"type": "hello", "version": "1.0", "role": "requestor", "name": "x", "token": "no"})
+    assert error["code"] == "unauthorized"
+
+
+def test_provider_names_are_unique(hub: Harness) -> None:
+    hub.core.connect(9)
+    [(_, error)] = hub.text(9, {"type": "hello", "version": "1.0", "role": "provider", "name": "p1"})
+    assert error["code"] == "name_taken"
+    assert hub.closed[-1].code == CLOSE_NAME_TAKEN
+
+
+def test_roles_are_enforced(hub: Harness) -> None:
+    [(_, error)] = hub.text(2, {"type": "create", "id": 3, "activity": "a", "image": "i",
+                                "resources": {"cpus": 1, "memory": 1}})  # fmt: skip
+    assert (error["code"], error["re"]) == ("out_of_order", 3)
+    [(_, error)] = hub.text(1, {"type": "rent", "id": 4, "image": "i", "demand": {}})
+    assert error["code"] == "out_of_order"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [(b"{nope", "bad_json"), (b'{"type":"warp","id":3}', "unknown_type"), (b'{"type":"market","id":"3"}', "bad_message"),
+     (b'{"type":"exec","id":3,"activity":"a","argv":["ls"],"workdir":"/a/../b"}', "bad_path")],
+)  # fmt: skip
+def test_bad_messages_get_errors_and_the_session_goes_on(hub: Harness, frame: bytes, code: str) -> None:
+    [(peer, error)] = hub.text(2, frame)
+    assert (peer, error["type"], error["code"]) == (2, "error", code)
+    [(_, info)] = hub.text(2, {"type": "market", "id": 50})
+    assert info["type"] == "market_info"
+
+
+def test_oversized_message_is_refused(hub: Harness) -> None:
+    [(_, error)] = hub.text(2, b'{"type":"market","id":1,"pad":"' + b"x" * (2 * MiB) + b'"}')
+    assert error["code"] == "message_too_large"
+
+
+def test_rent_reserves_capacity_and_release_frees_it(hub: Harness) -> None:
+    a1 = hub.rent(2, 10, 1, cpus=1, memory=1 * GiB)
+    a2 = hub.rent(2, 11, 1, cpus=1, memory=1 * GiB)
+    assert a1 != a2
+    [(_, error)] = hub.text(2, {"type": "rent", "id": 12, "image": "img:1", "demand": {"cpus": 1}})
+    assert error["code"] == "no_match"
+    assert "busy" in error["message"]
+    [(_, destroy)] = hub.text(2, {"type": "release", "id": 13, "activity": a1})
+    assert destroy["type"] == "destroy"
+    [(_, done)] = hub.text(1, {"type": "done", "re": destroy["id"]})
+    assert done == {"type": "done", "re": 13}
+    hub.rent(2, 14, 1, cpus=1, memory=1 * GiB)
+
+
+def test_no_match_names_the_constraint(hub: Harness) -> None:
+    [(_, error)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {"memory": 64 * GiB}})
+    assert error["code"] == "no_match"
+    assert "64GiB of memory" in error["message"]
+    [(_, error)] = hub.text(2, {"type": "rent", "id": 4, "image": "img:1", "demand": {"labels": {"gpu": "yes"}}})
+    assert "gpu=yes" in error["message"]
+
+
+def test_provider_holding_the_image_is_preferred(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3, images=["img:1"])
+    [(to, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}})
+    assert to == 3
+
+
+def test_create_failure_releases_the_reservation(hub: Harness) -> None:
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "nope:1", "demand": {"cpus": 2}})
+    [(_, error)] = hub.text(1, {"type": "error", "re": create["id"], "code": "image_not_found",
+                                "message": "no image nope:1"})  # fmt: skip
+    assert (error["re"], error["code"]) == (3, "image_not_found")
+    hub.rent(2, 4, 1, cpus=2)
+
+
+def test_requestors_cannot_touch_each_others_activities(hub: Harness) -> None:
+    hub.join(3, "requestor", "r2")
+    activity = hub.rent(2, 10, 1)
+    for message in (
+        {"type": "exec", "id": 5, "activity": activity, "argv": ["true"]},
+        {"type": "release", "id": 6, "activity": activity},
+        {"type": "download", "id": 7, "activity": activity, "path": "/etc", "window": 4},
+    ):
+        [(peer, error)] = hub.text(3, message)
+        assert (peer, error["code"]) == (3, "unknown_activity")
+
+
+def test_providers_cannot_answer_for_others(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3, cpus=1)
+    activity = hub.rent(2, 10, 1)
+    [(_, exec_)] = hub.text(2, {"type": "exec", "id": 11, "activity": activity, "argv": ["true"]})
+    forged = {"type": "exec_result", "re": exec_["id"], "exit_code": 0, "timed_out": False, "stdout": "", "stderr": "",
+              "duration": 0}  # fmt: skip
+    [(peer, error)] = hub.text(3, forged)
+    assert (peer, error["code"]) == (3, "out_of_order")
+    [(peer, result)] = hub.text(1, forged)
+    assert (peer, result["re"]) == (2, 11)
+
+
+def test_duplicate_request_ids_are_refused(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    hub.text(2, {"type": "exec", "id": 11, "activity": activity, "argv": ["sleep", "5"]})
+    [(_, error)] = hub.text(2, {"type": "exec", "id": 11, "activity": activity, "argv": ["true"]})
+    assert error["code"] == "duplicate_id"
+
+
+def test_upload_is_relayed_within_credit(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, upload)] = hub.text(2, {"type": "upload", "id": 20, "activity": activity, "path": "/in/a", "size": 4})
+    pid = upload["id"]
+    [(to_sender, error), (to_receiver, abort)] = hub.binary(2, frames.encode(FrameKind.DATA, 20, b"ab"))
+    assert (to_sender, error["code"], error["re"]) == (2, "flow_control", 20)
+    assert (to_receiver, abort[:8]) == (1, frames.encode(FrameKind.ABORT, pid))
+
+
+def test_upload_stream_ids_are_translated(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, upload)] = hub.text(2, {"type": "upload", "id": 20, "activity": activity, "path": "/in/a", "size": 4})
+    pid = upload["id"]
+    assert hub.text(1, {"type": "credit", "stream": pid, "chunks": 2}) == [(2, {"type": "credit", "stream": 20,
+                                                                              "chunks": 2})]  # fmt: skip
+    [(to, data)] = hub.binary(2, frames.encode(FrameKind.DATA, 20, b"ab"))
+    assert to == 1 and data == frames.encode(FrameKind.DATA, pid, b"ab")
+    [(to, end)] = hub.binary(2, frames.encode(FrameKind.END, 20))
+    assert end == frames.encode(FrameKind.END, pid)
+    [(_, done)] = hub.text(1, {"type": "done", "re": pid, "bytes": 4})
+    assert done == {"type": "done", "re": 20, "bytes": 4}
+    [(_, error)] = hub.binary(2, frames.encode(FrameKind.DATA, 20, b"late"))
+    assert error["code"] == "unknown_stream"
+
+
+def test_download_is_relayed_within_the_requestors_window(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, download)] = hub.text(2, {"type": "download", "id": 30, "activity": activity, "path": "/o", "window": 1})
+    pid = download["id"]
+    [(_, info)] = hub.text(1, {"type": "download_info", "re": pid, "kind": "file", "size": 3})
+    assert info["re"] == 30
+    [(to, _)] = hub.binary(1, frames.encode(FrameKind.DATA, pid, b"abc"))
+    assert to == 2
+    [(to, error), (to_receiver, abort)] = hub.binary(1, frames.encode(FrameKind.DATA, pid, b"more"))
+    assert (to, error["code"]) == (1, "flow_control")
+    assert (to_receiver, abort[:8]) == (2, frames.encode(FrameKind.ABORT, 30))
+
+
+def test_provider_loss_is_reported_to_everyone_it_affects(hub: Harness) -> None:
+    hub.join(3, "requestor", "r2")
+    a1 = hub.rent(2, 10, 1)
+    a2 = hub.rent(3, 10, 1)
+    hub.text(2, {"type": "exec", "id": 11, "activity": a1, "argv": ["sleep", "100"]})
+    out = hub.leave(1)
+    by_peer = {(peer, m["type"], m.get("re"), m.get("activity")) for peer, m in out}
+    assert (2, "error", 11, None) in by_peer
+    assert (2, "activity_lost", None, a1) in by_peer
+    assert (3, "activity_lost", None, a2) in by_peer
+    assert not hub.core.activities
+    [(_, info)] = hub.text(2, {"type": "market", "id": 12})
+    assert info["providers"] == []
+
+
+def test_requestor_loss_destroys_its_activities(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(to, destroy)] = hub.leave(2)
+    assert (to, destroy["type"], destroy["activity"]) == (1, "destroy", activity)
+    assert hub.text(1, {"type": "done", "re": destroy["id"]}) == []
+    assert not hub.core.activities
+    [(_, seller)] = [(p, s) for p, s in hub.core.market._sellers.items()]
+    assert (seller.cpus, seller.memory, seller.activities) == (0, 0, 0)
+
+
+def test_requestor_gone_while_its_container_is_created(hub: Harness) -> None:
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}})
+    assert hub.leave(2) == []
+    [(to, destroy)] = hub.text(1, {"type": "done", "re": create["id"]})
+    assert destroy["type"] == "destroy"
