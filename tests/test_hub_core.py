@@ -73,7 +73,7 @@ def hub() -> Harness:
 def test_first_message_must_be_hello() -> None:
     h = Harness()
     h.core.connect(5)
-    [(peer, error)] = h.text(5, {"type": "market", "id": 1})
+    [(_, error)] = h.text(5, {"type": "market", "id": 1})
     assert error["code"] == "out_of_order"
     assert h.closed[0].code == CLOSE_HANDSHAKE
 
@@ -120,8 +120,8 @@ def test_roles_are_enforced(hub: Harness) -> None:
 
 @pytest.mark.parametrize(
     ("frame", "code"),
-    [(b"{nope", "bad_json"), (b'{"type":"warp","id":3}', "unknown_type"), (b'{"type":"market","id":"3"}', "bad_message"),
-     (b'{"type":"exec","id":3,"activity":"a","argv":["ls"],"workdir":"/a/../b"}', "bad_path")],
+    [(b"{nope", "bad_json"), (b'{"type":"warp","id":3}', "unknown_type"),
+     (b'{"type":"market","id":"3"}', "bad_message"), (b'{"type":"exec","id":3,"activity":"a","argv":["ls"],"workdir":"/a/../b"}', "bad_path")],
 )  # fmt: skip
 def test_bad_messages_get_errors_and_the_session_goes_on(hub: Harness, frame: bytes, code: str) -> None:
     [(peer, error)] = hub.text(2, frame)
@@ -270,5 +270,5 @@ def test_requestor_loss_destroys_its_activities(hub: Harness) -> None:
 def test_requestor_gone_while_its_container_is_created(hub: Harness) -> None:
     [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}})
     assert hub.leave(2) == []
-    [(to, destroy)] = hub.text(1, {"type": "done", "re": create["id"]})
+    [(_, destroy)] = hub.text(1, {"type": "done", "re": create["id"]})
     assert destroy["type"] == "destroy"
