@@ -121,7 +121,8 @@ def test_roles_are_enforced(hub: Harness) -> None:
 @pytest.mark.parametrize(
     ("frame", "code"),
     [(b"{nope", "bad_json"), (b'{"type":"warp","id":3}', "unknown_type"),
-     (b'{"type":"market","id":"3"}', "bad_message"), (b'{"type":"exec","id":3,"activity":"a","argv":["ls"],"workdir":"/a/../b"}', "bad_path")],
+     (b'{"type":"market","id":"3"}', "bad_message"),
+     (b'{"type":"exec","id":3,"activity":"a","argv":["ls"],"workdir":"/a/../b"}', "bad_path")],
 )  # fmt: skip
 def test_bad_messages_get_errors_and_the_session_goes_on(hub: Harness, frame: bytes, code: str) -> None:
     [(peer, error)] = hub.text(2, frame)
@@ -160,7 +161,7 @@ def test_no_match_names_the_constraint(hub: Harness) -> None:
 def test_provider_holding_the_image_is_preferred(hub: Harness) -> None:
     hub.join(3, "provider", "p2")
     hub.offer(3, images=["img:1"])
-    [(to, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}})
+    [(to, _)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}})
     assert to == 3
 
 

@@ -136,7 +136,6 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "provider":
         from kiln_provider.docker_adapter import DockerAdapter
-
         from kiln_provider.runtime import ProviderConfig, ProviderRuntime
 
         config = ProviderConfig(
