@@ -341,8 +341,13 @@ def _extract_folder(archive: str, dest: Path) -> None:
         return tarfile.data_filter(member.replace(**changes, deep=False), root)
 
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, mode="r:") as tar:
-        tar.extractall(dest, filter=strip)
+    try:
+        with tarfile.open(archive, mode="r:") as tar:
+            tar.extractall(dest, filter=strip)
+    except tarfile.FilterError as e:
+        raise TransferFailed(f"refused to write outside {dest}: {e}") from e
+    except tarfile.TarError as e:
+        raise TransferFailed(f"the folder archive is damaged: {e}") from e
 
 
 async def _quietly(action: Any) -> None:

@@ -521,17 +521,7 @@ class HubCore:
     def _provider_gone(self, p: Peer, reason: str) -> None:
         self._out.append(Log("warning", f"provider {p.name!r} left: {reason}"))
         why = f"provider {p.name!r} disconnected: {reason}"
-        for pending in p.pending.values():
-            requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
-            if requestor is None or pending.r_id is None:
-                continue
-            requestor.open.pop(pending.r_id, None)
-            if pending.route is not None:
-                requestor.streams.pop(pending.route.r_id, None)
-            if pending.kind == "destroy":
-                self._to_requestor(pending, Done(type="done", re=1))
-            else:
-                self._to_requestor(pending, Error(type="error", re=1, code=ErrorCode.PROVIDER_LOST, message=why))
+        # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):
             activity = self.activities.pop(activity_id, None)
             if activity is None:
@@ -546,6 +536,17 @@ class HubCore:
                             type="activity_lost", activity=activity_id, code=ErrorCode.PROVIDER_LOST, reason=why
                         ),
                     )
+        for pending in p.pending.values():
+            requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+            if requestor is None or pending.r_id is None:
+                continue
+            requestor.open.pop(pending.r_id, None)
+            if pending.route is not None:
+                requestor.streams.pop(pending.route.r_id, None)
+            if pending.kind == "destroy":
+                self._to_requestor(pending, Done(type="done", re=1))
+            else:
+                self._to_requestor(pending, Error(type="error", re=1, code=ErrorCode.PROVIDER_LOST, message=why))
         self.market.remove(p.id)
 
     def _requestor_gone(self, p: Peer) -> None:
