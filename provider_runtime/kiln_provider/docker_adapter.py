@@ -28,7 +28,7 @@ import tarfile
 import threading
 import time
 from collections.abc import Generator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,17 +39,6 @@ import requests
 from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, InvalidPath, TransferFailed
 from kiln.protocol.codes import ErrorCode
 
-__all__ = [
-    "LABEL_ACTIVITY",
-    "LABEL_PROVIDER",
-    "ContainerSpec",
-    "DockerAdapter",
-    "DownloadStream",
-    "ExecOutcome",
-    "ExecProcess",
-    "HostInfo",
-]
-
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
@@ -59,6 +48,8 @@ _GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as Docker reports it in the archive s
 _GO_MODE_SYMLINK = 1 << 27
 _GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setuid, setgid, sticky
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+_PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+_GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 _KILL_GRACE = 2.0  # seconds a killed command's stream may take to end before we cut it
 
 
@@ -145,7 +136,11 @@ class ExecProcess:
         self._reader.start()
 
     def wait(self, timeout: float | None) -> ExecOutcome:
-        """Block until the command ends, or kill it after ``timeout`` seconds (``timed_out=True``)."""
+        """Block until the command ends, or kill it ``timeout`` seconds after its start (``timed_out=True``).
+
+        Output a background process still writes after the command exited is waited for
+        until the timeout. ContainerFailed if the container is removed meanwhile.
+        """
         with self._lock:
             if self._outcome is not None:
                 return self._outcome
@@ -161,7 +156,8 @@ class ExecProcess:
             info = self._poll_exit(time.monotonic() + _KILL_GRACE, stop_on_kill=False)
         if not self._done.wait(_KILL_GRACE):
             # Something outside the process tree (a daemonised grandchild) holds the stream open.
-            self._shutdown()
+            with suppress(OSError):  # the reader may have closed it just now
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._done.wait(_KILL_GRACE)
         self._reader.join(_KILL_GRACE)
         with self._lock:
@@ -172,16 +168,8 @@ class ExecProcess:
             # The program never started (not found, not executable): Docker wrote why on
             # the stdout stream; put it where a shell would.
             stdout, stderr = b"", stdout
-        outcome = ExecOutcome(
-            exit_code=code,
-            stdout=stdout,
-            stderr=stderr,
-            stdout_truncated=self._truncated[0],
-            stderr_truncated=self._truncated[1],
-            timed_out=timed_out,
-            killed=killed,
-            duration=time.monotonic() - self._started,
-        )
+        duration = time.monotonic() - self._started
+        outcome = ExecOutcome(code, stdout, stderr, self._truncated[0], self._truncated[1], timed_out, killed, duration)
         with self._lock:
             self._outcome = outcome
         return outcome
@@ -245,18 +233,19 @@ class ExecProcess:
             pause = min(pause * 2, 0.1)
 
     def _kill_tree(self) -> None:
-        # Docker reports the pid a moment after the stream opens; wait for it briefly.
         deadline = time.monotonic() + _KILL_GRACE
-        while not (info := self._inspect())["Pid"] and info["Running"] and time.monotonic() < deadline:
+        while True:
+            with _engine("inspect exec"):
+                try:
+                    info = self._api.exec_inspect(self._exec_id)
+                except docker.errors.NotFound:
+                    return  # the container is gone, and the command with it
+            # Docker reports the pid a moment after the stream opens; wait for it briefly.
+            if info["Pid"] or not info["Running"] or time.monotonic() >= deadline:
+                break
             time.sleep(0.01)
         if info["Pid"] and info["Running"]:
             _kill_process_tree(info["Pid"], self._container_id)
-
-    def _shutdown(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by the reader
 
 
 def _kill_process_tree(root: int, container_id: str) -> None:
@@ -272,19 +261,14 @@ def _kill_process_tree(root: int, container_id: str) -> None:
             if not fresh:
                 break
             for pid in fresh:
-                _signal(pid, signal.SIGSTOP)
+                with suppress(ProcessLookupError):  # it has exited meanwhile
+                    os.kill(pid, signal.SIGSTOP)
             stopped |= fresh
         for pid in stopped:
-            _signal(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     except PermissionError as e:
         raise ContainerFailed(f"cannot kill pid {root}: the provider must run as root next to dockerd") from e
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass  # it has exited meanwhile
 
 
 def _descendants(root: int, container_id: str) -> set[int]:
@@ -320,7 +304,7 @@ class _ChunkReader(io.RawIOBase):
 
     def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._pending = b""
+        self._pending = memoryview(b"")  # a view, so that taking a piece copies nothing
 
     def readable(self) -> bool:
         return True
@@ -330,7 +314,7 @@ class _ChunkReader(io.RawIOBase):
             piece = next(self._chunks, None)
             if piece is None:
                 return 0
-            self._pending = piece
+            self._pending = memoryview(piece)
         n = min(len(buffer), len(self._pending))
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
@@ -480,14 +464,16 @@ class DockerAdapter:
         # would silently replace a folder at ``path`` (and all it holds) with the file.
         url = f"{self._api.base_url}/v{self._api.api_version}/containers/{container_id}/archive"
         params = {"path": "/", "noOverwriteDirNonDir": "1"}
-        with _engine(f"upload {path}"):
-            with self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response:
-                try:
-                    response.raise_for_status()
-                except requests.HTTPError as e:
-                    if "cannot overwrite directory" in response.text:
-                        raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
-                    docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
+        with (
+            _engine(f"upload {path}"),
+            self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response,
+        ):
+            try:
+                response.raise_for_status()
+            except requests.HTTPError as e:
+                if "cannot overwrite directory" in response.text:
+                    raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
+                docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
         return written
 
     def open_download(self, container_id: str, path: str) -> DownloadStream:
@@ -501,14 +487,18 @@ class DockerAdapter:
         raw, stat = self._get_archive(container_id, path)
         if stat["mode"] & _GO_MODE_SYMLINK and stat.get("linkTarget"):
             raw.close()
-            raw, stat = self._get_archive(container_id, stat["linkTarget"])
+            try:
+                raw, stat = self._get_archive(container_id, stat["linkTarget"])
+            except FileNotFound as e:
+                raise FileNotFound(f"{path} is a dangling link to {stat['linkTarget']}") from e
         go_mode = int(stat["mode"])
         mode = go_mode & 0o777 | sum(bit for go, bit in _GO_SPECIAL if go_mode & go)
         if go_mode & _GO_MODE_DIR:
             return DownloadStream(kind="dir", size=None, mode=mode, chunks=_guarded(raw, path))
         chunks = _guarded(raw, path)
         try:
-            tar = tarfile.open(fileobj=_ChunkReader(chunks), mode="r|")  # reads only the first header
+            # Not a with-block: the open archive lives on in the returned chunks.
+            tar = tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK)  # noqa: SIM115
             member = tar.next()
         except tarfile.TarError as e:
             chunks.close()
@@ -590,10 +580,8 @@ class DockerAdapter:
             for applet in applets:
                 if applet != "busybox":
                     add(f"rootfs/bin/{applet}", link="busybox")
-            add(
-                "rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n", 0o644
-            )
-            add("rootfs/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)
+            add("rootfs/etc/passwd", _PASSWD, 0o644)
+            add("rootfs/etc/group", _GROUP, 0o644)
         context.seek(0)
         with _engine(f"build image {tag}"):
             for line in self._api.build(
