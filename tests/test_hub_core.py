@@ -273,3 +273,31 @@ def test_requestor_gone_while_its_container_is_created(hub: Harness) -> None:
     assert hub.leave(2) == []
     [(_, destroy)] = hub.text(1, {"type": "done", "re": create["id"]})
     assert destroy["type"] == "destroy"
+
+
+def test_rent_can_exclude_providers(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3, images=["img:1"])
+    [(to, _)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {}, "exclude": ["p2"]})
+    assert to == 1
+    [(_, error)] = hub.text(2, {"type": "rent", "id": 4, "image": "img:1", "demand": {}, "exclude": ["p1", "p2"]})
+    assert error["code"] == "no_match"
+    assert "excluded" in error["message"]
+
+
+def test_a_cancelled_rent_destroys_the_container_once_it_exists(hub: Harness) -> None:
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "img:1", "demand": {"cpus": 2}})
+    assert hub.text(2, {"type": "cancel", "target": 3}) == []
+    out = hub.text(1, {"type": "done", "re": create["id"]})
+    kinds = {(peer, m["type"], m.get("code")) for peer, m in out}
+    assert kinds == {(1, "destroy", None), (2, "error", "cancelled")}
+    [destroy] = [m for peer, m in out if m["type"] == "destroy"]
+    hub.text(1, {"type": "done", "re": destroy["id"]})
+    hub.rent(2, 4, 1, cpus=2)
+
+
+def test_release_reports_the_cpu_time_the_provider_measured(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, destroy)] = hub.text(2, {"type": "release", "id": 11, "activity": activity})
+    [(_, done)] = hub.text(1, {"type": "done", "re": destroy["id"], "cpu_seconds": 1.25})
+    assert done == {"type": "done", "re": 11, "cpu_seconds": 1.25}

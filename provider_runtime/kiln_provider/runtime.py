@@ -259,12 +259,17 @@ class ProviderRuntime:
 
     async def _destroy(self, message: Destroy) -> Message:
         container = self._containers.pop(message.activity, None)
-        if container is not None:
-            if container.tasks:
-                await asyncio.wait(container.tasks, timeout=5)
-            await asyncio.to_thread(self.adapter.remove, container.id)
-            log.info("activity %s: container removed", message.activity)
-        return Done(type="done", re=message.id)
+        if container is None:
+            return Done(type="done", re=message.id)
+        if container.tasks:
+            await asyncio.wait(container.tasks, timeout=5)
+        try:
+            cpu: float | None = await asyncio.to_thread(self.adapter.cpu_seconds, container.id)
+        except KilnError:
+            cpu = None  # the container died on its own; removing it is what matters
+        await asyncio.to_thread(self.adapter.remove, container.id)
+        log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
+        return Done(type="done", re=message.id, cpu_seconds=cpu)
 
     def _container(self, activity: str) -> str:
         return self._containers[activity].id

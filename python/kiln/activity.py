@@ -97,6 +97,8 @@ class Activity:
         self.cached = cached
         self.lost: KilnError | None = None
         self.released = False
+        self.cpu_seconds: float | None = None
+        """CPU time the container used, known once released."""
 
     def __repr__(self) -> str:
         return f"<Activity {self.id} on {self.provider}>"
@@ -316,9 +318,11 @@ class Activity:
             return
         self.released = True
         try:
-            await self._endpoint.request(Release(type="release", id=self._endpoint.new_id(), activity=self.id))
+            done = await self._endpoint.request(Release(type="release", id=self._endpoint.new_id(), activity=self.id))
         except ProviderLost:
-            pass  # gone already: nothing left to release
+            return  # gone already: nothing left to release
+        if isinstance(done, Done) and done.cpu_seconds is not None:
+            self.cpu_seconds = done.cpu_seconds
 
 
 def _require_file(path: str, info: DownloadInfo, max_bytes: int) -> None:

@@ -82,19 +82,20 @@ class Market:
     def remove(self, peer: int) -> None:
         self._sellers.pop(peer, None)
 
-    def choose(self, image: str, demand: Demand) -> tuple[int, bool]:
+    def choose(self, image: str, demand: Demand, exclude: frozenset[str] = frozenset()) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
-        Providers holding the image come first, then the least loaded. Raises
-        :class:`NoMatchError` naming what nobody offers, or saying that all are busy.
+        Providers named in ``exclude`` are passed over; of the rest, those holding the
+        image come first, then the least loaded. Raises :class:`NoMatchError` naming
+        what nobody offers, or saying that all are busy.
         """
         candidates = [
             (peer, seller)
             for peer, seller in self._sellers.items()
-            if seller.fits(demand) and has_labels(seller.offer.labels, demand.labels)
+            if seller.name not in exclude and seller.fits(demand) and has_labels(seller.offer.labels, demand.labels)
         ]
         if not candidates:
-            raise NoMatchError(self._why_not(demand))
+            raise NoMatchError(self._why_not(demand, exclude))
         peer, seller = min(
             candidates,
             key=lambda c: (image not in c[1].images, c[1].activities, -c[1].free.memory, c[1].name),
@@ -131,10 +132,12 @@ class Market:
             for s in sorted(self._sellers.values(), key=lambda s: s.name)
         ]
 
-    def _why_not(self, demand: Demand) -> str:
-        sellers = list(self._sellers.values())
-        if not sellers:
+    def _why_not(self, demand: Demand, exclude: frozenset[str] = frozenset()) -> str:
+        sellers = [s for s in self._sellers.values() if s.name not in exclude]
+        if not self._sellers:
             return "no provider is connected to the hub"
+        if not sellers:
+            return f"every connected provider ({len(self._sellers)}) is excluded by the request"
         offers = [s.offer for s in sellers]
         checks = [
             (

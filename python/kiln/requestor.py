@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 from kiln.activity import Activity
 from kiln.endpoint import Endpoint, handshake
 from kiln.errors import ConnectionClosed, KilnError, UsageError, error_from_code
-from kiln.protocol.messages import ActivityLost, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
+from kiln.protocol.messages import ActivityLost, Cancel, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
 from kiln.protocol.messages import Demand as DemandMessage
 from kiln.units import parse_size
 
@@ -67,20 +67,28 @@ class Requestor:
         """The activities this requestor holds now."""
         return list(self._activities.values())
 
-    def rent(self, image: str, demand: Demand | None = None) -> Rental:
+    def rent(self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = ()) -> Rental:
         """Rent a container of ``image`` on a provider meeting ``demand``.
 
         Use as ``async with requestor.rent(...) as act`` (released on exit), or
         ``act = await requestor.rent(...)`` and call ``await act.release()`` yourself.
         Raises :class:`~kiln.NoMatch` naming the constraint no provider meets,
         :class:`~kiln.ImageNotFound` when the chosen provider lacks the image.
+        Providers named in ``exclude`` are passed over.
         """
-        return Rental(self, image, demand or Demand())
+        return Rental(self, image, demand or Demand(), exclude)
 
-    async def _rent(self, image: str, demand: Demand) -> Activity:
+    async def _rent(self, image: str, demand: Demand, exclude: Iterable[str] = ()) -> Activity:
         message = demand.to_message()
         ep = self._endpoint
-        reply = await ep.request(Rent(type="rent", id=ep.new_id(), image=image, demand=message))
+        rent = Rent(type="rent", id=ep.new_id(), image=image, demand=message, exclude=sorted(set(exclude)))
+        try:
+            reply = await ep.request(rent)
+        except asyncio.CancelledError:
+            # The hub destroys the container if it comes up after all.
+            with contextlib.suppress(KilnError):
+                await ep.send(Cancel(type="cancel", target=rent.id))
+            raise
         assert isinstance(reply, Rented)
         activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached)
         self._activities[activity.id] = activity
@@ -116,17 +124,18 @@ class Requestor:
 class Rental:
     """The pending result of :meth:`Requestor.rent`: await it, or use it with ``async with``."""
 
-    def __init__(self, requestor: Requestor, image: str, demand: Demand) -> None:
+    def __init__(self, requestor: Requestor, image: str, demand: Demand, exclude: Iterable[str] = ()) -> None:
         self._requestor = requestor
         self._image = image
         self._demand = demand
+        self._exclude = tuple(exclude)
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:
-        return self._requestor._rent(self._image, self._demand).__await__()
+        return self._requestor._rent(self._image, self._demand, self._exclude).__await__()
 
     async def __aenter__(self) -> Activity:
-        self._activity = await self._requestor._rent(self._image, self._demand)
+        self._activity = await self._requestor._rent(self._image, self._demand, self._exclude)
         return self._activity
 
     async def __aexit__(

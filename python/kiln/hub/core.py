@@ -117,6 +117,7 @@ class Pending:
     requestor: int | None
     r_id: int | None
     route: Route | None = None
+    cancelled: bool = False
 
 
 @dataclass
@@ -319,7 +320,11 @@ class HubCore:
             target = p.open.get(message.target)
             if target is not None:
                 provider, hub_id = target
-                self._send(provider, Cancel(type="cancel", target=hub_id))
+                pending = self.peers[provider].pending.get(hub_id)
+                if pending is not None and pending.kind == "create":
+                    pending.cancelled = True  # destroyed as soon as it exists (see _finish)
+                elif pending is not None:
+                    self._send(provider, Cancel(type="cancel", target=hub_id))
             return
         assert not isinstance(
             message,
@@ -365,7 +370,7 @@ class HubCore:
 
     def _rent(self, p: Peer, message: Rent) -> None:
         try:
-            provider, cached = self.market.choose(message.image, message.demand)
+            provider, cached = self.market.choose(message.image, message.demand, frozenset(message.exclude))
         except NoMatchError as e:
             self._error(p, message.id, ErrorCode.NO_MATCH, str(e))
             return
@@ -477,8 +482,11 @@ class HubCore:
             if isinstance(reply, Error):
                 self._drop_activity(activity)
                 self._to_requestor(pending, reply)
-            elif requestor is None:
+            elif requestor is None or pending.cancelled:
                 self._destroy(activity, None, None)
+                self._to_requestor(
+                    pending, Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
+                )
             else:
                 activity.state = "ready"
                 self._to_requestor(
@@ -499,7 +507,8 @@ class HubCore:
                 self._out.append(
                     Log("warning", f"provider {p.name!r} failed to destroy {pending.activity}: {reply.message}")
                 )
-            self._to_requestor(pending, Done(type="done", re=1))
+                reply = Done(type="done", re=1)
+            self._to_requestor(pending, reply)
         else:
             self._to_requestor(pending, reply)
 

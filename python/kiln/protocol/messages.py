@@ -156,11 +156,12 @@ class Error(_Message):
 
 
 class Done(_Message):
-    """A request succeeded and has nothing more to say than ``bytes`` moved, if any."""
+    """A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used."""
 
     type: Literal["done"]
     re: RequestId
     bytes: Bytes | None = None
+    cpu_seconds: Annotated[float, Field(ge=0)] | None = None
 
 
 # --- the market ------------------------------------------------------------------
@@ -184,6 +185,7 @@ class Rent(_Message):
     id: RequestId
     image: ImageRef
     demand: Demand
+    exclude: Annotated[list[Name], Field(max_length=1024)] = []
 
 
 class Rented(_Message):
