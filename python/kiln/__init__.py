@@ -30,6 +30,7 @@ from kiln.errors import (
     UnsupportedVersion,
     UsageError,
 )
+from kiln.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
 from kiln.protocol.codes import ErrorCode
 from kiln.requestor import Demand, Requestor, connect
 
@@ -45,6 +46,9 @@ __all__ = [
     "FileNotFound",
     "ImageNotFound",
     "InvalidPath",
+    "Job",
+    "JobEvent",
+    "JobSummary",
     "KilnError",
     "NoMatch",
     "ProtocolError",
@@ -52,6 +56,8 @@ __all__ = [
     "RemoteError",
     "Requestor",
     "Result",
+    "RetryTask",
+    "TaskFailed",
     "TransferFailed",
     "Unauthorized",
     "UnsupportedVersion",

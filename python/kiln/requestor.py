@@ -14,17 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.activity import Activity
 from kiln.endpoint import Endpoint, handshake
 from kiln.errors import ConnectionClosed, KilnError, UsageError, error_from_code
+from kiln.executor import Hook, Job, JobEvent, Worker
+from kiln.progress import ProgressView
 from kiln.protocol.messages import ActivityLost, Cancel, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
 from kiln.protocol.messages import Demand as DemandMessage
 from kiln.units import parse_size
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,69 @@ class Requestor:
         activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached)
         self._activities[activity.id] = activity
         return activity
+
+    def job(
+        self,
+        worker: Worker[T, R],
+        items: Iterable[T],
+        *,
+        image: str,
+        demand: Demand | None = None,
+        max_providers: int = 4,
+        retries: int = 2,
+        task_timeout: float | None = None,
+        start_timeout: float = 60.0,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        return_exceptions: bool = False,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> Job[T, R]:
+        """A :class:`~kiln.executor.Job` not started yet: follow its events, then run it."""
+        return Job(
+            self, worker, items, image=image, demand=demand, max_providers=max_providers, retries=retries,
+            task_timeout=task_timeout, start_timeout=start_timeout, setup=setup, teardown=teardown,
+            return_exceptions=return_exceptions, on_event=on_event,
+        )  # fmt: skip
+
+    async def map(
+        self,
+        worker: Worker[T, R],
+        items: Iterable[T],
+        *,
+        image: str,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> list[R]:
+        """Run ``await worker(activity, item)`` for every item on rented activities; results in order.
+
+        Options as for :meth:`job`: ``demand``, ``max_providers`` (4), ``retries`` (2),
+        ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
+        ``return_exceptions``, ``on_event``. ``progress``: a live bar and a summary on a
+        terminal (None: only when stderr is a terminal). Raises
+        :class:`~kiln.executor.TaskFailed` when a task fails for good.
+        """
+        job: Job[T, R] = self.job(worker, items, image=image, **options)
+        with ProgressView(job, enabled=progress):
+            return await job.run()  # type: ignore[return-value]
+
+    async def map_unordered(
+        self,
+        worker: Worker[T, R],
+        items: Iterable[T],
+        *,
+        image: str,
+        progress: bool | None = None,
+        **options: Any,
+    ) -> AsyncIterator[tuple[int, R]]:
+        """Like :meth:`map`, but yield ``(index, result)`` as each task finishes."""
+        job: Job[T, R] = self.job(worker, items, image=image, **options)
+        with ProgressView(job, enabled=progress):
+            results = job.results()
+            try:
+                async for index, value in results:
+                    yield index, value  # type: ignore[misc]
+            finally:
+                await results.aclose()
 
     async def market(self) -> list[ProviderInfo]:
         """Every provider the hub knows: its offer, what is free now, the images it holds."""

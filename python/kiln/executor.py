@@ -1,0 +1,433 @@
+"""Split, run, combine: farm a worker over many inputs on rented activities.
+
+:class:`Job` rents up to ``max_providers`` activities, one per provider, and feeds each
+one task after another (a container per activity, not per task). ``setup(act)`` runs
+once per activity before its first task, ``teardown(act)`` before its release.
+
+Failures: an attempt whose provider is lost, that runs past ``task_timeout``, or whose
+worker raises :class:`RetryTask` is tried again, at most ``retries`` more times, on another
+provider when one is available. A provider that fails twice in a job gets no more of its
+tasks. Any other exception from the worker, or a task out of attempts, ends the job with
+:class:`TaskFailed` (or, with ``return_exceptions=True``, that TaskFailed is the task's result). However the
+job ends — done, failed, cancelled — every activity it rented is released.
+
+Use :meth:`kiln.Requestor.map` / :meth:`kiln.Requestor.map_unordered`, or make a
+:class:`Job` to follow its :meth:`Job.events` and read its :attr:`Job.summary`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
+
+from kiln.activity import Activity
+from kiln.errors import ActivityError, ConnectionClosed, KilnError, NoMatch, ProviderLost, UsageError
+from kiln.protocol.codes import ErrorCode
+
+if TYPE_CHECKING:
+    from kiln.requestor import Demand, Requestor
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Worker = Callable[[Activity, T], Awaitable[R]]
+Hook = Callable[[Activity], Awaitable[None]]
+
+EVENT_BUFFER: Final = 1024
+RENT_RETRY_SECONDS: Final = 0.5
+MAX_PROVIDER_FAILURES: Final = 2
+
+
+class RetryTask(KilnError):
+    """Raise from a worker to have the task tried again (on another provider if possible)."""
+
+    default_code = ErrorCode.INTERNAL
+
+
+class TaskFailed(KilnError):
+    """A task failed for good. ``index`` and ``item`` name it; ``attempts`` holds each attempt's error."""
+
+    default_code = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, index: int, item: Any, attempts: list[BaseException]) -> None:
+        super().__init__(message)
+        self.index = index
+        self.item = item
+        self.attempts = attempts
+
+
+EventKind = Literal[
+    "job_started", "rented", "released", "task_started", "task_done", "task_retry", "task_failed",
+    "provider_banned", "waiting", "job_done",
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """Something that happened in a job, ``elapsed`` seconds after it started."""
+
+    kind: EventKind
+    elapsed: float
+    task: int | None = None
+    provider: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class JobSummary:
+    tasks: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    wall_seconds: float = 0.0
+    tasks_per_provider: Counter[str] = field(default_factory=Counter)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    failed_providers: set[str] = field(default_factory=set)
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"tasks {self.tasks}: {self.succeeded} done, {self.failed} failed; attempts {self.attempts}, "
+            f"retries {self.retries}; wall time {self.wall_seconds:.2f} s",
+        ]
+        for provider in sorted(set(self.tasks_per_provider) | set(self.cpu_seconds)):
+            lines.append(
+                f"  {provider}: {self.tasks_per_provider[provider]} tasks, "
+                f"{self.cpu_seconds.get(provider, 0.0):.2f} container CPU-seconds"
+                + ("  (failed)" if provider in self.failed_providers else "")
+            )
+        return lines
+
+
+@dataclass
+class _Task(Generic[T]):
+    index: int
+    item: T
+    errors: list[BaseException] = field(default_factory=list)
+    failed_on: set[str] = field(default_factory=set)
+
+
+class Job(Generic[T, R]):
+    """One split-run-combine job. Run it once with :meth:`run` or :meth:`results`."""
+
+    def __init__(
+        self,
+        requestor: Requestor,
+        worker: Worker[T, R],
+        items: Iterable[T],
+        *,
+        image: str,
+        demand: Demand | None = None,
+        max_providers: int = 4,
+        retries: int = 2,
+        task_timeout: float | None = None,
+        start_timeout: float = 60.0,
+        setup: Hook | None = None,
+        teardown: Hook | None = None,
+        return_exceptions: bool = False,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> None:
+        if max_providers < 1:
+            raise UsageError("max_providers must be at least 1")
+        if retries < 0:
+            raise UsageError("retries cannot be negative")
+
+        self.requestor = requestor
+        self.worker = worker
+        self.image = image
+        self.demand = demand
+        self.max_providers = max_providers
+        self.retries = retries
+        self.task_timeout = task_timeout
+        self.start_timeout = start_timeout
+        self.setup = setup
+        self.teardown = teardown
+        self.return_exceptions = return_exceptions
+        self._listeners: list[Callable[[JobEvent], None]] = [on_event] if on_event else []
+        self._tasks = [_Task(i, item) for i, item in enumerate(items)]
+        self.summary = JobSummary(tasks=len(self._tasks))
+        self._pending: deque[_Task[T]] = deque(self._tasks)
+        self._remaining = len(self._tasks)
+        self._running = 0
+        self._held: dict[int, str] = {}  # slot -> provider of the activity it holds
+        self._failures: Counter[str] = Counter()
+        self._banned: set[str] = set()
+        self._changed = asyncio.Event()
+        self._renting = asyncio.Lock()
+        self._started = 0.0
+        self._emit_result: Callable[[int, Any], None] = lambda index, value: None
+        self._used = False
+
+    # --- following the job ------------------------------------------------------------
+
+    @property
+    def total(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def subscribe(self, listener: Callable[[JobEvent], None]) -> None:
+        """Call ``listener`` (synchronously, so keep it quick) for every event."""
+        self._listeners.append(listener)
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        """The job's events as they happen, until ``job_done``. Start iterating before the job.
+
+        Bounded: a consumer more than 1024 events behind loses the oldest ones.
+        """
+        buffer: deque[JobEvent] = deque(maxlen=EVENT_BUFFER)
+        ready = asyncio.Event()
+
+        def take(event: JobEvent) -> None:
+            buffer.append(event)
+            ready.set()
+
+        self.subscribe(take)
+        try:
+            while True:
+                while not buffer:
+                    ready.clear()
+                    await ready.wait()
+                event = buffer.popleft()
+                yield event
+                if event.kind == "job_done":
+                    return
+        finally:
+            self._listeners.remove(take)
+
+    def _event(self, kind: EventKind, task: int | None = None, provider: str | None = None, detail: str = "") -> None:
+        event = JobEvent(kind, time.monotonic() - self._started, task, provider, detail)
+        for listener in list(self._listeners):
+            listener(event)
+
+    # --- running it ----------------------------------------------------------------------
+
+    async def run(self) -> list[R | BaseException]:
+        """Run the job; the results in input order (exceptions only with ``return_exceptions``)."""
+        results: list[Any] = [None] * self.total
+        async for index, value in self.results():
+            results[index] = value
+        return results
+
+    async def results(self) -> AsyncGenerator[tuple[int, R | BaseException], None]:
+        """Run the job, yielding ``(index, result)`` as each task finishes."""
+        if self._used:
+            raise UsageError("a Job runs once; make a new one")
+        self._used = True
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=max(self.total, 1))
+        self._emit_result = lambda index, value: queue.put_nowait((index, value))
+        # Owned here: awaited on every path out of this generator.
+        runner = asyncio.create_task(self._drive(), name="kiln-job")
+        received = 0
+        try:
+            while received < self.total:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    runner.result()  # the job ended first: raise its error
+                    continue
+                received += 1
+                yield getter.result()
+            await runner
+        finally:
+            if not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+
+    async def _drive(self) -> None:
+        self._started = time.monotonic()
+        self._event("job_started", detail=f"{self.total} tasks")
+        try:
+            if self.total:
+                async with asyncio.TaskGroup() as tg:
+                    for slot in range(min(self.max_providers, self.total)):
+                        tg.create_task(self._slot(slot), name=f"kiln-slot-{slot}")
+        except BaseExceptionGroup as group:
+            raise _first(group) from None
+        finally:
+            self.summary.wall_seconds = time.monotonic() - self._started
+            self.summary.failed_providers = set(self._banned)
+            self._event("job_done", detail="\n".join(self.summary.lines()))
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _changes(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+
+    async def _slot(self, slot: int) -> None:
+        while self._remaining:
+            activity = await self._acquire(slot)
+            if activity is None:
+                return
+            self._event("rented", provider=activity.provider, detail=activity.id)
+            try:
+                await self._serve(activity)
+            finally:
+                del self._held[slot]
+                self._notify()
+                await self._release(activity)
+
+    async def _acquire(self, slot: int) -> Activity | None:
+        """Rent an activity on a provider this job does not use yet (None: nothing left to do)."""
+        waiting_since = time.monotonic()
+        while self._remaining:
+            if not self._pending:
+                await self._changes()
+                continue
+            try:
+                # One rent at a time, so that each sees what the others got: one activity per provider.
+                async with self._renting:
+                    exclude = set(self._held.values()) | self._banned
+                    activity = await self.requestor.rent(self.image, self.demand, exclude=exclude)
+                    self._held[slot] = activity.provider
+                    return activity
+            except ProviderLost:
+                continue  # it vanished while starting our container: try another
+            except NoMatch as e:
+                if self._held:
+                    # Others are working: wait for a provider to join or a change.
+                    await self._changes(RENT_RETRY_SECONDS * 4)
+                    continue
+                if time.monotonic() - waiting_since > self.start_timeout:
+                    raise NoMatch(f"no provider for this job after {self.start_timeout:g} s: {e.message}") from e
+                self._event("waiting", detail=e.message)
+                await self._changes(RENT_RETRY_SECONDS)
+        return None
+
+    async def _release(self, activity: Activity) -> None:
+        if self.teardown is not None and activity.lost is None and not activity.released:
+            with contextlib.suppress(ActivityError):
+                await self.teardown(activity)
+        with contextlib.suppress(KilnError):
+            await activity.release()
+        if activity.cpu_seconds is not None:
+            cpu = self.summary.cpu_seconds
+            cpu[activity.provider] = cpu.get(activity.provider, 0.0) + activity.cpu_seconds
+        self._event("released", provider=activity.provider, detail=activity.id)
+
+    async def _serve(self, activity: Activity) -> None:
+        provider = activity.provider
+        if self.setup is not None:
+            try:
+                await self.setup(activity)
+            except ProviderLost:
+                self._provider_failed(provider)
+                return
+        while (task := await self._next_task(provider)) is not None:
+            healthy = await self._attempt(task, activity)
+            if not healthy or provider in self._banned or activity.lost is not None:
+                return
+
+    async def _next_task(self, provider: str) -> _Task[T] | None:
+        """The next task for ``provider``: one that has not failed there, if any other can take it."""
+        while self._remaining and provider not in self._banned:
+            for task in self._pending:
+                if provider not in task.failed_on:
+                    self._pending.remove(task)
+                    return task
+            for task in self._pending:
+                # It failed here before, but no other provider of this job is a better place.
+                if all(p in task.failed_on for p in self._held.values()):
+                    self._pending.remove(task)
+                    return task
+            await self._changes(RENT_RETRY_SECONDS * 4)
+        return None
+
+    async def _attempt(self, task: _Task[T], activity: Activity) -> bool:
+        """Run one attempt of ``task``; False when the activity should be given up."""
+        provider = activity.provider
+        self._running += 1
+        self.summary.attempts += 1
+        self._event("task_started", task.index, provider)
+        retryable: BaseException
+        try:
+            async with asyncio.timeout(self.task_timeout):
+                value = await self.worker(activity, task.item)
+        except TimeoutError:
+            retryable = KilnError(f"attempt ran past task_timeout={self.task_timeout:g} s", ErrorCode.TIMEOUT)
+        except (ProviderLost, RetryTask) as e:
+            retryable = e
+        except ConnectionClosed:
+            raise  # the hub is gone: nothing to retry on
+        except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
+            self._running -= 1
+            task.errors.append(e)
+            self._finish(task, e, provider, retry=False)
+            return True
+        else:
+            self._running -= 1
+            self.summary.tasks_per_provider[provider] += 1
+            self._done(task, value, provider)
+            return True
+        self._running -= 1
+        task.errors.append(retryable)
+        task.failed_on.add(provider)
+        self._provider_failed(provider)
+        self._finish(task, retryable, provider, retry=True)
+        return not isinstance(retryable, ProviderLost)
+
+    def _done(self, task: _Task[T], value: Any, provider: str) -> None:
+        self.summary.succeeded += 1
+        self._remaining -= 1
+        self._event("task_done", task.index, provider)
+        self._emit_result(task.index, value)
+        self._notify()
+
+    def _finish(self, task: _Task[T], error: BaseException, provider: str, *, retry: bool) -> None:
+        if retry and len(task.errors) <= self.retries:
+            self.summary.retries += 1
+            self._pending.appendleft(task)
+            self._event("task_retry", task.index, provider, f"{type(error).__name__}: {error}")
+            self._notify()
+            return
+        self.summary.failed += 1
+        self._remaining -= 1
+        attempts = len(task.errors)
+        failure = TaskFailed(
+            f"task {task.index} failed after {attempts} attempt{'s' * (attempts != 1)}: "
+            f"{type(error).__name__}: {error}",
+            task.index, task.item, list(task.errors),
+        )  # fmt: skip
+        failure.__cause__ = error
+        self._event("task_failed", task.index, provider, str(failure))
+        self._notify()
+        if not self.return_exceptions:
+            raise failure
+        self._emit_result(task.index, failure)
+
+    def _provider_failed(self, provider: str) -> None:
+        self._failures[provider] += 1
+        if self._failures[provider] >= MAX_PROVIDER_FAILURES and provider not in self._banned:
+            self._banned.add(provider)
+            self._event("provider_banned", provider=provider, detail=f"failed {self._failures[provider]} times")
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended the job (a TaskFailed over anything it caused elsewhere)."""
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        else:
+            leaves.append(error)
+
+    walk(group)
+    for error in leaves:
+        if isinstance(error, TaskFailed):
+            return error
+    return leaves[0]

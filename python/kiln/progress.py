@@ -1,0 +1,78 @@
+"""A live progress bar for a :class:`~kiln.executor.Job`, and its summary at the end.
+
+Quiet unless the console is a terminal (or ``enabled=True``): logs and pipes stay clean.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from kiln.executor import Job, JobEvent
+
+
+class ProgressView:
+    """Shows done/total, running, retries, failed providers, elapsed time and ETA."""
+
+    def __init__(self, job: Job[Any, Any], *, enabled: bool | None = None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = self.console.is_terminal if enabled is None else enabled
+        self.job = job
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "running {task.fields[running]}  retries {task.fields[retries]}  failed providers {task.fields[failed]}"
+            ),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.enabled,
+        )
+        self._task: TaskID | None = None
+        self._retries = 0
+        self._failed: set[str] = set()
+        self._done = 0
+        if self.enabled:
+            job.subscribe(self._on_event)
+
+    def __enter__(self) -> ProgressView:
+        if self.enabled:
+            self._progress.start()
+            self._task = self._progress.add_task("tasks", total=self.job.total, running=0, retries=0, failed=0)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.enabled:
+            return
+        self._progress.stop()
+        for line in self.job.summary.lines():
+            self.console.print(line, highlight=False)
+
+    def _on_event(self, event: JobEvent) -> None:
+        if self._task is None:
+            return
+        if event.kind == "task_done" or event.kind == "task_failed":
+            self._done += 1
+        elif event.kind == "task_retry":
+            self._retries += 1
+        elif event.kind == "provider_banned" and event.provider is not None:
+            self._failed.add(event.provider)
+        self._progress.update(
+            self._task, completed=self._done, running=self.job.running, retries=self._retries, failed=len(self._failed)
+        )
