@@ -3,117 +3,32 @@ the real Docker engine, and the busybox test image built FROM scratch."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import re
 import secrets
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-import kiln
+from kiln.local import DEFAULT_IMAGE, LocalCluster
 
-ROOT = Path(__file__).resolve().parent.parent
-IMAGE = "kiln-busybox:latest"
-START_TIMEOUT = 30.0
+IMAGE = DEFAULT_IMAGE
 
 
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
+class Cluster(LocalCluster):
+    """A LocalCluster whose provider names get a per-test suffix (they share one Docker engine)."""
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+    suffix: str = ""
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        try:
-            self.popen.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(timeout=10)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-@dataclass
-class Cluster:
-    """A hub process and the provider processes a test starts against it."""
-
-    tmp: Path
-    hub: Process | None = None
-    url: str = ""
-    providers: dict[str, Process] = field(default_factory=dict)
-    suffix: str = field(default_factory=lambda: secrets.token_hex(3))
-
-    def _spawn(self, name: str, *args: str) -> Process:
-        log = self.tmp / f"{name}.log"
-        handle = log.open("wb")
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "kiln.cli", *args],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            cwd=self.tmp,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        handle.close()
-        return Process(name, popen, log)
-
-    def start_hub(self, *extra: str) -> str:
-        self.hub = self._spawn("hub", "hub", "--host", "127.0.0.1", "--port", "0", *extra)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on (ws://\S+)", self.hub.output())
-            if match:
-                self.url = match.group(1)
-                return self.url
-            if self.hub.popen.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"the hub did not start:\n{self.hub.output()}")
-
-    def start_provider(self, name: str, *, cpus: float = 2, memory: str = "2GiB", wait: bool = True,
-                       labels: dict[str, str] | None = None) -> str:  # fmt: skip
+    def start_provider(  # type: ignore[override]
+        self, name: str, *, cpus: float = 2, memory: str = "2GiB", wait: bool = True,
+        labels: dict[str, str] | None = None,
+    ) -> str:  # fmt: skip
         full = f"{name}-{self.suffix}"
-        args = ["provider", "--hub", self.url, "--name", full, "--cpus", str(cpus), "--memory", memory]
-        for key, value in (labels or {}).items():
-            args += ["--label", f"{key}={value}"]
-        self.providers[full] = self._spawn(full, *args)
+        super().start_provider(full, cpus=cpus, memory=memory, labels=labels)
         if wait:
             self.wait_for_providers({full})
         return full
-
-    def wait_for_providers(self, names: set[str], image: str = IMAGE) -> None:
-        async def ready() -> bool:
-            async with kiln.connect(self.url, name="probe") as r:
-                offers = {p.name: p for p in await r.market()}
-            return all(n in offers and image in offers[n].images for n in names)
-
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if asyncio.run(ready()):
-                return
-            time.sleep(0.1)
-        logs = "\n".join(self.providers[n].output() for n in names if n in self.providers)
-        raise RuntimeError(f"providers {names} did not offer {image} in time:\n{logs}")
-
-    def stop(self) -> None:
-        for process in self.providers.values():
-            process.kill(signal.SIGTERM)
-        if self.hub is not None:
-            self.hub.kill(signal.SIGTERM)
 
 
 def containers_of(provider: str) -> list[str]:
@@ -139,6 +54,7 @@ def busybox_image() -> str:
 @pytest.fixture
 def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
+    c.suffix = secrets.token_hex(3)
     c.start_hub()
     try:
         yield c
@@ -148,7 +64,3 @@ def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
             ids = containers_of(name)
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-
-
-def run_async(coro_fn: Callable[..., Any], *args: Any) -> Any:
-    return asyncio.run(coro_fn(*args))

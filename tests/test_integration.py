@@ -188,7 +188,7 @@ async def test_provider_killed_mid_command_is_reported_fast(cluster: Cluster) ->
         running = asyncio.create_task(act.run(["sleep", "60"]))
         await asyncio.sleep(0.5)
         started = time.monotonic()
-        cluster.providers[name].kill(signal.SIGKILL)
+        cluster.providers[name].stop(signal.SIGKILL)
         with pytest.raises(kiln.ProviderLost, match="disconnected"):
             await asyncio.wait_for(running, 10)
         elapsed = time.monotonic() - started
@@ -199,7 +199,7 @@ async def test_provider_killed_mid_command_is_reported_fast(cluster: Cluster) ->
         assert await requestor.market() == []
     # The container it left is removed when the provider comes back.
     assert containers_of(name) != []
-    cluster.providers[name] = cluster._spawn(name, "provider", "--hub", cluster.url, "--name", name)
+    cluster.providers[name] = cluster.spawn(name, "provider", "--hub", cluster.url, "--name", name)
     await wait_until(lambda: containers_of(name) == [], timeout=30)
 
 

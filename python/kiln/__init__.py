@@ -31,6 +31,7 @@ from kiln.errors import (
     UsageError,
 )
 from kiln.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
+from kiln.progress import ProgressView
 from kiln.protocol.codes import ErrorCode
 from kiln.requestor import Demand, Requestor, connect
 
@@ -51,6 +52,7 @@ __all__ = [
     "JobSummary",
     "KilnError",
     "NoMatch",
+    "ProgressView",
     "ProtocolError",
     "ProviderLost",
     "RemoteError",

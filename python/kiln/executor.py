@@ -209,14 +209,18 @@ class Job(Generic[T, R]):
 
     # --- running it ----------------------------------------------------------------------
 
-    async def run(self) -> list[R | BaseException]:
-        """Run the job; the results in input order (exceptions only with ``return_exceptions``)."""
+    async def run(self) -> list[R]:
+        """Run the job; the results in input order.
+
+        With ``return_exceptions=True`` a task that failed for good has its
+        :class:`TaskFailed` in its place (typed as ``R`` for the common case).
+        """
         results: list[Any] = [None] * self.total
         async for index, value in self.results():
             results[index] = value
         return results
 
-    async def results(self) -> AsyncGenerator[tuple[int, R | BaseException], None]:
+    async def results(self) -> AsyncGenerator[tuple[int, R], None]:
         """Run the job, yielding ``(index, result)`` as each task finishes."""
         if self._used:
             raise UsageError("a Job runs once; make a new one")

@@ -25,8 +25,16 @@ from kiln.executor import Job, JobEvent
 class ProgressView:
     """Shows done/total, running, retries, failed providers, elapsed time and ETA."""
 
-    def __init__(self, job: Job[Any, Any], *, enabled: bool | None = None, console: Console | None = None) -> None:
+    def __init__(
+        self,
+        job: Job[Any, Any],
+        *,
+        enabled: bool | None = None,
+        summary: bool = True,
+        console: Console | None = None,
+    ) -> None:
         self.console = console or Console(stderr=True)
+        self.summary = summary
         self.enabled = self.console.is_terminal if enabled is None else enabled
         self.job = job
         self._progress = Progress(
@@ -61,7 +69,7 @@ class ProgressView:
         if not self.enabled:
             return
         self._progress.stop()
-        for line in self.job.summary.lines():
+        for line in self.job.summary.lines() if self.summary else []:
             self.console.print(line, highlight=False)
 
     def _on_event(self, event: JobEvent) -> None:

@@ -141,7 +141,7 @@ class Requestor:
         """
         job: Job[T, R] = self.job(worker, items, image=image, **options)
         with ProgressView(job, enabled=progress):
-            return await job.run()  # type: ignore[return-value]
+            return await job.run()
 
     async def map_unordered(
         self,
@@ -158,7 +158,7 @@ class Requestor:
             results = job.results()
             try:
                 async for index, value in results:
-                    yield index, value  # type: ignore[misc]
+                    yield index, value
             finally:
                 await results.aclose()
 
