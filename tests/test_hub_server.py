@@ -123,3 +123,20 @@ async def test_python_client_reports_hub_refusals(hub: str) -> None:
             await requestor.rent("kiln-busybox:latest")
         with pytest.raises(kiln.UsageError):
             await requestor.rent("kiln-busybox:latest", kiln.Demand(memory="lots"))
+
+
+async def test_a_silent_peer_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.hub import server as hub_server
+
+    monkeypatch.setattr(hub_server, "HELLO_TIMEOUT", 0.2)
+    srv = await start("127.0.0.1", 0)
+    port = next(iter(srv.sockets)).getsockname()[1]
+    try:
+        async with connect(f"ws://127.0.0.1:{port}") as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (CLOSE_HANDSHAKE, "no hello within 0.2 s")
+    finally:
+        srv.close()
+        await srv.wait_closed()

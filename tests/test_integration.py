@@ -311,3 +311,13 @@ async def test_200_mib_round_trip_with_bounded_hub_memory(one_provider: Cluster,
     print(f"\n200 MiB up {size / up / MiB:.0f} MiB/s, down {size / down / MiB:.0f} MiB/s; "
           f"hub peak RSS {before / MiB:.0f} MiB before, {peak / MiB:.0f} MiB after")  # fmt: skip
     assert peak < before + 64 * MiB, "the hub buffered far more than its stream windows"
+
+
+async def test_providers_dial_again_when_the_hub_comes_back(one_provider: Cluster) -> None:
+    assert one_provider.hub is not None
+    port = one_provider.url.rsplit(":", 1)[1]
+    one_provider.hub.stop(signal.SIGKILL)
+    assert await asyncio.to_thread(one_provider.start_hub, port=int(port)) == one_provider.url
+    await asyncio.to_thread(one_provider.wait_for_providers, set(one_provider.providers))
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
+        assert (await act.run(["echo", "back"])).stdout == "back\n"

@@ -138,7 +138,8 @@ class ProviderRuntime:
                 await asyncio.to_thread(self.adapter.remove, container.id)
 
     async def _refresh_offer(self, endpoint: Endpoint) -> None:
-        """Offer now, then again whenever the set of local images changes."""
+        """Offer now (every session starts with one), then again whenever the local images change."""
+        self._images = []
         while True:
             images = sorted(await asyncio.to_thread(self.adapter.images))
             if images != self._images:

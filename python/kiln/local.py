@@ -82,9 +82,9 @@ class LocalCluster:
             )  # fmt: skip
         return Process(name, popen, log)
 
-    def start_hub(self, *extra: str) -> str:
-        """Start a hub on a free loopback port; returns (and remembers) its URL."""
-        self.hub = self.spawn("hub", "hub", "--host", "127.0.0.1", "--port", "0", *extra)
+    def start_hub(self, *extra: str, port: int = 0) -> str:
+        """Start a hub on loopback (port 0: a free one); returns (and remembers) its URL."""
+        self.hub = self.spawn("hub", "hub", "--host", "127.0.0.1", "--port", str(port), *extra)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if match := re.search(r"listening on (ws://\S+)", self.hub.output()):

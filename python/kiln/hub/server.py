@@ -19,13 +19,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from kiln import __version__
-from kiln.hub.core import CLOSE_SLOW, Action, Close, HubCore, Log, Send
+from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, Action, Close, HubCore, Log, Send
 from kiln.protocol import limits
 from kiln.protocol.messages import PROTOCOL_NAME
 
 log = logging.getLogger("kiln.hub")
 
 SUBPROTOCOL = Subprotocol(PROTOCOL_NAME)
+HELLO_TIMEOUT = 10.0
 
 
 class OutboxFull(Exception):
@@ -88,11 +89,14 @@ class HubServer:
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._write(ws, outbox))
                 try:
+                    # A peer that connects and says nothing is not kept waiting forever.
+                    async with asyncio.timeout(HELLO_TIMEOUT):
+                        self._take(peer, await ws.recv())
                     async for data in ws:
-                        if isinstance(data, str):
-                            self._apply(self.core.receive_text(peer, data.encode()))
-                        else:
-                            self._apply(self.core.receive_binary(peer, data))
+                        self._take(peer, data)
+                except TimeoutError:
+                    reason = f"no hello within {HELLO_TIMEOUT:g} s"
+                    await ws.close(CLOSE_HANDSHAKE, reason)
                 except ConnectionClosed as e:
                     reason = _describe(e)
                 else:
@@ -102,6 +106,12 @@ class HubServer:
         finally:
             del self._outboxes[peer]
             self._apply(self.core.disconnect(peer, reason))
+
+    def _take(self, peer: int, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self._apply(self.core.receive_text(peer, data.encode()))
+        else:
+            self._apply(self.core.receive_binary(peer, data))
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
