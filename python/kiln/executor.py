@@ -23,7 +23,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeVar
 
 from kiln.activity import Activity
 from kiln.errors import ActivityError, ConnectionClosed, KilnError, NoMatch, ProviderLost, UsageError
@@ -102,6 +102,20 @@ class JobSummary:
                 + ("  (failed)" if provider in self.failed_providers else "")
             )
         return lines
+
+
+class JobOptions(TypedDict, total=False):
+    """The options of a :class:`Job` besides its worker, items and image."""
+
+    demand: Demand | None
+    max_providers: int
+    retries: int
+    task_timeout: float | None
+    start_timeout: float
+    setup: Hook | None
+    teardown: Hook | None
+    return_exceptions: bool
+    on_event: Callable[[JobEvent], None] | None
 
 
 @dataclass

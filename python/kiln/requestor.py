@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from kiln.activity import Activity
 from kiln.endpoint import Endpoint, handshake
 from kiln.errors import ConnectionClosed, KilnError, UsageError, error_from_code
-from kiln.executor import Hook, Job, JobEvent, Worker
+from kiln.executor import Job, JobOptions, Worker
 from kiln.progress import ProgressView
 from kiln.protocol.messages import ActivityLost, Cancel, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
 from kiln.protocol.messages import Demand as DemandMessage
@@ -99,28 +99,13 @@ class Requestor:
         self._activities[activity.id] = activity
         return activity
 
-    def job(
-        self,
-        worker: Worker[T, R],
-        items: Iterable[T],
-        *,
-        image: str,
-        demand: Demand | None = None,
-        max_providers: int = 4,
-        retries: int = 2,
-        task_timeout: float | None = None,
-        start_timeout: float = 60.0,
-        setup: Hook | None = None,
-        teardown: Hook | None = None,
-        return_exceptions: bool = False,
-        on_event: Callable[[JobEvent], None] | None = None,
-    ) -> Job[T, R]:
-        """A :class:`~kiln.executor.Job` not started yet: follow its events, then run it."""
-        return Job(
-            self, worker, items, image=image, demand=demand, max_providers=max_providers, retries=retries,
-            task_timeout=task_timeout, start_timeout=start_timeout, setup=setup, teardown=teardown,
-            return_exceptions=return_exceptions, on_event=on_event,
-        )  # fmt: skip
+    def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
+        """A :class:`~kiln.executor.Job` not started yet: follow its events, then run it.
+
+        Options: ``demand``, ``max_providers`` (4), ``retries`` (2), ``task_timeout``,
+        ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``.
+        """
+        return Job(self, worker, items, image=image, **options)
 
     async def map(
         self,
@@ -129,7 +114,7 @@ class Requestor:
         *,
         image: str,
         progress: bool | None = None,
-        **options: Any,
+        **options: Unpack[JobOptions],
     ) -> list[R]:
         """Run ``await worker(activity, item)`` for every item on rented activities; results in order.
 
@@ -150,7 +135,7 @@ class Requestor:
         *,
         image: str,
         progress: bool | None = None,
-        **options: Any,
+        **options: Unpack[JobOptions],
     ) -> AsyncIterator[tuple[int, R]]:
         """Like :meth:`map`, but yield ``(index, result)`` as each task finishes."""
         job: Job[T, R] = self.job(worker, items, image=image, **options)
