@@ -312,11 +312,24 @@ class Activity:
     # --- release ---------------------------------------------------------------------------
 
     async def release(self) -> None:
-        """Destroy the container and free its capacity. Safe to call twice."""
+        """Destroy the container and free its capacity. Safe to call twice.
+
+        Once begun, a release runs to its end even if the caller is cancelled meanwhile
+        (the cancellation is raised afterwards), so no container outlives its job.
+        """
         if self.released or self.lost is not None:
             self.released = True
             return
         self.released = True
+        releasing = asyncio.ensure_future(self._release())
+        try:
+            await asyncio.shield(releasing)
+        except asyncio.CancelledError:
+            with contextlib.suppress(KilnError):
+                await releasing
+            raise
+
+    async def _release(self) -> None:
         try:
             done = await self._endpoint.request(Release(type="release", id=self._endpoint.new_id(), activity=self.id))
         except ProviderLost:

@@ -173,6 +173,7 @@ class Job(Generic[T, R]):
         self._banned: set[str] = set()
         self._changed = asyncio.Event()
         self._renting = asyncio.Lock()
+        self._failing = False
         self._started = 0.0
         self._emit_result: Callable[[int, Any], None] = lambda index, value: None
         self._used = False
@@ -294,14 +295,15 @@ class Job(Generic[T, R]):
             try:
                 await self._serve(activity)
             finally:
+                # Released before the provider is free for this job again, so no slot rents it twice.
+                await self._release(activity)
                 del self._held[slot]
                 self._notify()
-                await self._release(activity)
 
     async def _acquire(self, slot: int) -> Activity | None:
         """Rent an activity on a provider this job does not use yet (None: nothing left to do)."""
         waiting_since = time.monotonic()
-        while self._remaining:
+        while self._remaining and not self._failing:
             if not self._pending:
                 await self._changes()
                 continue
@@ -421,9 +423,11 @@ class Job(Generic[T, R]):
         )  # fmt: skip
         failure.__cause__ = error
         self._event("task_failed", task.index, provider, str(failure))
-        self._notify()
         if not self.return_exceptions:
+            self._failing = True  # no new rents while the job winds down
+            self._notify()
             raise failure
+        self._notify()
         self._emit_result(task.index, failure)
 
     def _provider_failed(self, provider: str) -> None:

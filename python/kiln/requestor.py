@@ -31,6 +31,8 @@ from kiln.units import parse_size
 T = TypeVar("T")
 R = TypeVar("R")
 
+ABANDON_TIMEOUT = 15.0
+
 
 @dataclass(frozen=True)
 class Demand:
@@ -87,17 +89,29 @@ class Requestor:
         message = demand.to_message()
         ep = self._endpoint
         rent = Rent(type="rent", id=ep.new_id(), image=image, demand=message, exclude=sorted(set(exclude)))
+        future = ep.expect(rent.id)
         try:
-            reply = await ep.request(rent)
+            await ep.send(rent)
+            reply = await future
         except asyncio.CancelledError:
-            # The hub destroys the container if it comes up after all.
-            with contextlib.suppress(KilnError):
-                await ep.send(Cancel(type="cancel", target=rent.id))
+            await self._abandon(rent.id, future)
             raise
+        finally:
+            ep.forget(rent.id)
         assert isinstance(reply, Rented)
         activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached)
         self._activities[activity.id] = activity
         return activity
+
+    async def _abandon(self, rent_id: int, future: asyncio.Future[Message]) -> None:
+        """Cancel a rent and wait until its capacity is free again (the caller is being cancelled)."""
+        with contextlib.suppress(KilnError, TimeoutError):
+            await self._endpoint.send(Cancel(type="cancel", target=rent_id))
+            async with asyncio.timeout(ABANDON_TIMEOUT):
+                reply = await asyncio.shield(future)  # the hub answers once the container is gone
+            if isinstance(reply, Rented):  # it was up before the cancel arrived
+                activity = Activity(self._endpoint, reply.activity, reply.provider, reply.resources, reply.cached)
+                await activity.release()
 
     def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
         """A :class:`~kiln.executor.Job` not started yet: follow its events, then run it.

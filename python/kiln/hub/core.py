@@ -409,13 +409,15 @@ class HubCore:
         p.open[message.id] = (q.id, hub_id)
         self._send(q.id, message.model_copy(update={"id": hub_id}))
 
-    def _destroy(self, activity: Activity, requestor: int | None, r_id: int | None) -> None:
+    def _destroy(self, activity: Activity, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
+        self._out.append(Log("info", f"activity {activity.id}: destroying"))
         activity.state = "destroying"
         q = self.peers[activity.provider]
         hub_id = q.new_id()
-        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id)
-        if requestor is not None and r_id is not None:
-            self.peers[requestor].open[r_id] = (q.id, hub_id)
+        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled)
+        owner = self.peers.get(requestor) if requestor is not None else None
+        if owner is not None and r_id is not None:
+            owner.open[r_id] = (q.id, hub_id)
         self._send(q.id, Destroy(type="destroy", id=hub_id, activity=activity.id))
 
     def _credit(self, p: Peer, message: Credit) -> None:
@@ -483,12 +485,11 @@ class HubCore:
                 self._drop_activity(activity)
                 self._to_requestor(pending, reply)
             elif requestor is None or pending.cancelled:
-                self._destroy(activity, None, None)
-                self._to_requestor(
-                    pending, Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
-                )
+                # The cancelled rent is answered once the container is gone (see the destroy branch).
+                self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
+                self._out.append(Log("info", f"activity {activity.id} of {requestor.name!r} runs on {p.name!r}"))
                 self._to_requestor(
                     pending,
                     Rented(
@@ -508,11 +509,14 @@ class HubCore:
                     Log("warning", f"provider {p.name!r} failed to destroy {pending.activity}: {reply.message}")
                 )
                 reply = Done(type="done", re=1)
+            if pending.cancelled:
+                reply = Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
             self._to_requestor(pending, reply)
         else:
             self._to_requestor(pending, reply)
 
     def _drop_activity(self, activity: Activity) -> None:
+        self._out.append(Log("info", f"activity {activity.id} ended; its capacity is free"))
         self.activities.pop(activity.id, None)
         self.market.release(activity.provider, activity.resources)
         for peer in (activity.requestor, activity.provider):
@@ -552,7 +556,11 @@ class HubCore:
             requestor.open.pop(pending.r_id, None)
             if pending.route is not None:
                 requestor.streams.pop(pending.route.r_id, None)
-            if pending.kind == "destroy":
+            if pending.kind == "destroy" and pending.cancelled:
+                self._to_requestor(
+                    pending, Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
+                )
+            elif pending.kind == "destroy":
                 self._to_requestor(pending, Done(type="done", re=1))
             else:
                 self._to_requestor(pending, Error(type="error", re=1, code=ErrorCode.PROVIDER_LOST, message=why))
