@@ -179,3 +179,37 @@ async def test_a_cancelled_job_leaves_nothing_behind(cluster: Cluster) -> None:
         with pytest.raises(asyncio.CancelledError):
             await job
         await nothing_held(cluster)
+
+
+async def test_events_and_the_progress_bar(cluster: Cluster) -> None:
+    import io
+
+    from rich.console import Console
+
+    await start(cluster, "p1")
+    screen = io.StringIO()
+    async with kiln.connect(cluster.url) as requestor:
+        job = requestor.job(square, range(10), image=IMAGE, demand=SMALL)
+        view = kiln.ProgressView(job, console=Console(file=screen, force_terminal=True, width=160))
+        assert view.enabled
+        events = job.events()
+        seen: list[kiln.JobEvent] = []
+
+        async def follow() -> None:
+            seen.extend([event async for event in events])
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(follow())
+            await asyncio.sleep(0)  # the follower subscribes before the job starts
+            with view:
+                assert await job.run() == [n * n for n in range(10)]
+    kinds = [e.kind for e in seen]
+    assert kinds[0] == "job_started"
+    assert kinds[-1] == "job_done"
+    assert sorted(e.task for e in seen if e.kind == "task_done") == list(range(10))
+    assert [e.elapsed for e in seen] == sorted(e.elapsed for e in seen)
+    shown = screen.getvalue()
+    assert "10/10" in shown
+    assert "tasks 10: 10 done, 0 failed" in shown
+    quiet = kiln.ProgressView(job, console=Console(file=io.StringIO()))
+    assert not quiet.enabled, "no bar when the console is not a terminal"

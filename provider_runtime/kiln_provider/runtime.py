@@ -21,7 +21,7 @@ from functools import partial
 from typing import Final
 
 from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
-from kiln.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized, UnsupportedVersion
+from kiln.errors import Cancelled, ConnectionClosed, ImageNotFound, KilnError, Unauthorized, UnsupportedVersion
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import (
     Cancel,
@@ -253,7 +253,13 @@ class ProviderRuntime:
             memory=message.resources.memory,
             pids_limit=self.config.pids_limit,
         )
-        container_id = await asyncio.to_thread(self.adapter.create, spec)
+        try:
+            container_id = await asyncio.to_thread(self.adapter.create, spec)
+        except ImageNotFound as e:
+            raise ImageNotFound(
+                f"provider {self.config.name!r} does not hold the image {message.image!r} "
+                "(providers do not pull images yet; build or load it there first)"
+            ) from e
         self._containers[message.activity] = Container(container_id)
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         return Done(type="done", re=message.id)

@@ -283,7 +283,7 @@ class Upload(_Message):
     activity: ActivityId
     path: ContainerPath
     size: Bytes
-    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+    mode: Annotated[int, Field(ge=0, le=0o777, description="permission bits; no setuid, setgid or sticky")] = 0o644
 
 
 class Download(_Message):
