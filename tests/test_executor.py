@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +216,29 @@ async def test_events_and_the_progress_bar(cluster: Cluster) -> None:
     assert "tasks 10: 10 done, 0 failed" in shown
     quiet = kiln.ProgressView(job, console=Console(file=io.StringIO()))
     assert not quiet.enabled, "no bar when the console is not a terminal"
+
+
+async def test_ctrl_c_releases_everything(cluster: Cluster, tmp_path: Path) -> None:
+    names = await start(cluster, "p1", "p2")
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import asyncio, kiln\n"
+        "async def hang(act, n):\n"
+        "    print('running', flush=True)\n"
+        "    await act.run(['sleep', '300'])\n"
+        "async def main():\n"
+        f"    async with kiln.connect({cluster.url!r}) as r:\n"
+        f"        await r.map(hang, range(6), image={IMAGE!r}, demand=kiln.Demand(cpus=0.5, memory='64MiB'))\n"
+        "asyncio.run(main())\n"
+    )
+    job = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE)  # fmt: skip
+    assert job.stdout is not None
+    assert (await job.stdout.readline()).strip() == b"running"
+    await asyncio.sleep(1)
+    assert all(containers_of(n) for n in names)
+    job.send_signal(signal.SIGINT)
+    _, stderr = await asyncio.wait_for(job.communicate(), 30)
+    assert job.returncode != 0
+    assert b"KeyboardInterrupt" in stderr
+    await nothing_held(cluster)
