@@ -321,3 +321,31 @@ async def test_providers_dial_again_when_the_hub_comes_back(one_provider: Cluste
     await asyncio.to_thread(one_provider.wait_for_providers, set(one_provider.providers))
     async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
         assert (await act.run(["echo", "back"])).stdout == "back\n"
+
+
+async def test_transfers_cancelled_midway_leave_the_activity_working(one_provider: Cluster, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(150 * MiB)
+    async with (
+        kiln.connect(one_provider.url) as requestor,
+        requestor.rent(IMAGE, kiln.Demand(memory="512MiB")) as act,
+    ):
+        await act.run(["sh", "-c", "mkdir -p /golem/output && head -c 100000000 /dev/zero > /golem/output/big"])
+        for _ in range(3):
+            download = asyncio.create_task(act.download_file("/golem/output/big", tmp_path / "part.bin"))
+            await asyncio.sleep(0.2)
+            download.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await download
+            upload = asyncio.create_task(act.send_file(big, "/golem/input/big.bin"))
+            await asyncio.sleep(0.2)
+            upload.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await upload
+            assert (await asyncio.wait_for(act.run(["echo", "alive"]), 20)).stdout == "alive\n"
+        assert not (tmp_path / "part.bin").exists(), "a cancelled download leaves no partial file"
+        assert len(await asyncio.wait_for(act.download_bytes("/golem/output/big"), 30)) == 100_000_000
+        await asyncio.wait_for(act.send_file(big, "/golem/input/big.bin"), 30)
+        size = await act.run(["sh", "-c", "wc -c < /golem/input/big.bin"])
+        assert size.stdout.strip() == str(150 * MiB)

@@ -36,7 +36,7 @@ import docker
 import docker.errors
 import requests
 
-from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, InvalidPath, TransferFailed
+from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, InvalidPath, KilnError, TransferFailed
 from kiln.protocol.codes import ErrorCode
 
 LABEL_PROVIDER = "kiln.provider"
@@ -444,36 +444,54 @@ class DockerAdapter:
         """
         name = _archive_name(path)
         written = 0
+        failure: BaseException | None = None
 
         def archive() -> Iterator[bytes]:
-            nonlocal written
+            # On any failure the body just ends (a truncated tar Docker refuses): raising
+            # here instead would leave the pooled HTTP connection mid-request, and the next
+            # call on it would hang. The failure is raised once the response is in.
+            nonlocal written, failure
             header = tarfile.TarInfo(name)
             header.size, header.mode, header.mtime = size, mode & 0o7777, int(time.time())
             yield header.tobuf(tarfile.PAX_FORMAT)
-            for chunk in chunks:
-                written += len(chunk)
-                if written > size:
-                    raise TransferFailed(f"upload of {path}: more than the announced {size} bytes")
-                if chunk:
-                    yield bytes(chunk)
+            try:
+                for chunk in chunks:
+                    written += len(chunk)
+                    if written > size:
+                        failure = TransferFailed(f"upload of {path}: more than the announced {size} bytes")
+                        return
+                    if chunk:
+                        yield bytes(chunk)
+            except GeneratorExit:
+                raise
+            except BaseException as e:  # noqa: BLE001 - kept and raised after the request (see above)
+                failure = e
+                return
             if written != size:
-                raise TransferFailed(f"upload of {path} broke off after {written} of {size} bytes")
+                failure = TransferFailed(f"upload of {path} broke off after {written} of {size} bytes")
+                return
             yield bytes(-size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)  # padding, end of archive
 
         # docker-py's put_archive cannot pass noOverwriteDirNonDir, without which Docker
         # would silently replace a folder at ``path`` (and all it holds) with the file.
         url = f"{self._api.base_url}/v{self._api.api_version}/containers/{container_id}/archive"
         params = {"path": "/", "noOverwriteDirNonDir": "1"}
-        with (
-            _engine(f"upload {path}"),
-            self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response,
-        ):
-            try:
-                response.raise_for_status()
-            except requests.HTTPError as e:
-                if "cannot overwrite directory" in response.text:
-                    raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
-                docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
+        try:
+            with (
+                _engine(f"upload {path}"),
+                self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response,
+            ):
+                try:
+                    response.raise_for_status()
+                except requests.HTTPError as e:
+                    if "cannot overwrite directory" in response.text:
+                        raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
+                    docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
+        except KilnError:
+            if failure is None:
+                raise
+        if failure is not None:
+            raise failure
         return written
 
     def open_download(self, container_id: str, path: str) -> DownloadStream:

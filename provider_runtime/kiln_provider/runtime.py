@@ -128,7 +128,8 @@ class ProviderRuntime:
                 refresher = tg.create_task(self._refresh_offer(endpoint))
                 await reader
                 refresher.cancel()
-                for task, _ in list(self._by_request.values()):
+                for task, stop in list(self._by_request.values()):
+                    stop()
                     task.cancel()
         finally:
             self._tg = None
@@ -325,22 +326,29 @@ class ProviderRuntime:
         container = self._container(message.activity)
         stream = await asyncio.to_thread(self.adapter.open_download, container, message.path)
         loop = asyncio.get_running_loop()
+
+        def pump() -> int:
+            # Iterated and closed in this one thread: a generator cannot be closed while
+            # another thread is inside it. A cancelled download fails ``outgoing``, so
+            # the next write raises here and the stream is closed on the way out.
+            total = 0
+            try:
+                for chunk in stream.chunks:
+                    asyncio.run_coroutine_threadsafe(outgoing.write(chunk), loop).result()
+                    total += len(chunk)
+            finally:
+                stream.close()
+            return total
+
         try:
             info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
                                 mode=stream.mode & 0o7777)  # fmt: skip
             await self._ep.send(info)
-
-            def pump() -> int:
-                total = 0
-                for chunk in stream.chunks:
-                    asyncio.run_coroutine_threadsafe(outgoing.write(chunk), loop).result()
-                    total += len(chunk)
-                return total
-
-            total = await asyncio.to_thread(pump)
-            await outgoing.end()
-        finally:
+        except BaseException:
             await asyncio.to_thread(stream.close)
+            raise
+        total = await asyncio.to_thread(pump)
+        await outgoing.end()
         return Done(type="done", re=message.id, bytes=total)
 
 

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final, Literal
 
+import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake
@@ -306,6 +307,10 @@ class Endpoint:
             message = parse(data.encode())
         except ProtocolViolation as e:
             log.warning("ignoring an invalid message from the hub: %s", e.message)
+            # A reply we cannot read must still end the request it answers, not leave it hanging.
+            future = self._replies.get(_reply_to(data) or 0)
+            if future is not None and not future.done():
+                future.set_exception(ProtocolError(f"the hub sent an invalid reply: {e.message}", e.code))
             return
         re = getattr(message, "re", None)
         if isinstance(message, Credit):
@@ -350,3 +355,13 @@ class Endpoint:
         receiver.feed(frame.kind, frame.payload)
         if frame.kind is not FrameKind.DATA:
             self._incoming.pop(frame.stream, None)
+
+
+def _reply_to(data: str) -> int | None:
+    """The ``re`` of a text frame that failed validation, if it has a usable one."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    re = raw.get("re") if isinstance(raw, dict) else None
+    return re if type(re) is int else None
