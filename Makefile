@@ -2,11 +2,11 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: help install docker image schema lint typecheck pytest test demo clean
+.PHONY: help install docker system image schema lint typecheck pytest js-install js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, run the example job, stop everything"
-	@echo "make test   - install what is missing, then ruff, mypy --strict and pytest"
+	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest and the js-client tests"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models"
 
 install:
@@ -14,6 +14,9 @@ install:
 
 docker:
 	scripts/ensure-docker.sh
+
+system:
+	scripts/ensure-system.sh
 
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
@@ -31,10 +34,16 @@ typecheck:
 pytest:
 	$(PYTHON) -m pytest
 
-test: install docker lint typecheck pytest
+js-install:
+	cd js-client && npm ci --no-audit --no-fund
+
+js-test: js-install image
+	cd js-client && npm test
+
+test: install docker system lint typecheck pytest js-test
 
 demo: image
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo
+	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules

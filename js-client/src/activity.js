@@ -1,0 +1,406 @@
+/**
+ * A rented container: send files in, run commands, get files back (`python/kiln/activity.py`).
+ *
+ * An {@link Activity} comes from `requestor.rent()`. Its three actions are `send*`
+ * (bytes, a local file, a JSON value), {@link Activity#run} and `download*` (bytes, a
+ * local file or folder, a JSON value). Files stream in chunks with flow control both
+ * ways: nothing holds a whole file in memory except {@link Activity#downloadBytes},
+ * which is capped by `maxBytes`. Every method takes an optional `signal` (AbortSignal).
+ * @module
+ */
+
+import {
+  CommandTimeoutError,
+  FileNotFoundError,
+  InvalidPathError,
+  ProviderLostError,
+  TransferFailedError,
+  UsageError,
+} from "./errors.js";
+import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
+import { ErrorCode } from "./protocol/codes.js";
+import { containerPathProblem } from "./protocol/messages.js";
+
+export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
+
+/**
+ * A file coming from the requestor's side: its size, mode, and its content in chunks.
+ * @typedef {object} Source
+ * @property {number} size
+ * @property {number} mode
+ * @property {AsyncIterable<Uint8Array>} chunks
+ * @property {() => Promise<void>} close
+ */
+
+/**
+ * How a platform reads local files and writes downloads (Node: the disk; browser: Blobs
+ * and WritableStreams).
+ * @typedef {object} Files
+ * @property {(local: any) => Promise<Source>} open
+ * @property {(info: import("../types/protocol.js").DownloadInfo, chunks: AsyncIterable<Uint8Array>, dest: any, path: string) => Promise<any>} save
+ */
+
+/** What a command did. A non-zero `exitCode` is a result, not an error. */
+export class Result {
+  /**
+   * @param {import("../types/protocol.js").ExecResult} reply
+   */
+  constructor(reply) {
+    /** @type {number} */
+    this.exitCode = reply.exit_code;
+    this.stdoutBytes = fromBase64(reply.stdout);
+    this.stderrBytes = fromBase64(reply.stderr);
+    /** stdout decoded as UTF-8 (bad bytes replaced) */
+    this.stdout = new TextDecoder().decode(this.stdoutBytes);
+    this.stderr = new TextDecoder().decode(this.stderrBytes);
+    /** @type {number} seconds the command ran */
+    this.durationS = reply.duration;
+    /** @type {boolean} */
+    this.timedOut = reply.timed_out;
+    /** @type {boolean} true when stdout was cut at the hub's `max_output_bytes` */
+    this.stdoutTruncated = reply.stdout_truncated;
+    this.stderrTruncated = reply.stderr_truncated;
+  }
+
+  /** Exit code 0 and no timeout. */
+  get ok() {
+    return this.exitCode === 0 && !this.timedOut;
+  }
+}
+
+/** @param {string} text */
+function fromBase64(text) {
+  const binary = atob(text);
+  const out = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) out[i] = binary.charCodeAt(i);
+  return out;
+}
+
+/**
+ * `path` if it is a valid container path, else {@link InvalidPathError} (nothing is sent).
+ * @param {unknown} path
+ * @returns {string}
+ */
+export function containerPath(path) {
+  if (typeof path !== "string") throw new InvalidPathError(`a container path must be a string, not ${typeof path}`);
+  const why = containerPathProblem(path);
+  if (why !== null || path.length === 0 || path.length > 4096) {
+    throw new InvalidPathError(why ?? `container path must be 1 to 4096 characters long`);
+  }
+  return path;
+}
+
+/** One container rented on one provider, until {@link Activity#release} (or its provider is lost). */
+export class Activity {
+  /**
+   * @param {import("./endpoint.js").Endpoint} endpoint
+   * @param {import("../types/protocol.js").Rented} rented
+   * @param {Files} files
+   * @param {(activity: Activity) => void} onRelease
+   */
+  constructor(endpoint, rented, files, onRelease) {
+    this._endpoint = endpoint;
+    this._files = files;
+    this._onRelease = onRelease;
+    /** @type {string} */
+    this.id = rented.activity;
+    /** @type {string} the provider's name */
+    this.provider = rented.provider;
+    /** @type {import("../types/protocol.js").Resources} */
+    this.resources = rented.resources;
+    /** @type {boolean} whether the provider already held the image */
+    this.cached = rented.cached;
+    /** @type {import("./errors.js").KilnError | null} why the activity is gone, once it is */
+    this.lost = null;
+    this.released = false;
+    /** @type {number | null} CPU time the container used, known once released */
+    this.cpuSeconds = null;
+  }
+
+  toString() {
+    return `Activity ${this.id} on ${this.provider}`;
+  }
+
+  _check() {
+    if (this.lost !== null) {
+      throw new ProviderLostError(`activity ${this.id} is gone: ${this.lost.message}`, { code: this.lost.code });
+    }
+    if (this.released) throw new UsageError(`activity ${this.id} was released`);
+  }
+
+  // --- send -------------------------------------------------------------------------
+
+  /**
+   * Write `data` to the file `path` in the container (parent folders are made).
+   * @param {Uint8Array | string} data bytes, or a string written as UTF-8
+   * @param {string} path
+   * @param {{mode?: number, signal?: AbortSignal}} [options]
+   */
+  async sendBytes(data, path, options = {}) {
+    const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
+    if (!(bytes instanceof Uint8Array)) throw new UsageError("sendBytes takes a Uint8Array or a string");
+    await this._upload(path, bytes.byteLength, options.mode ?? 0o644, [bytes], options.signal);
+  }
+
+  /**
+   * Write `value` as JSON to `path` in the container.
+   * @param {unknown} value
+   * @param {string} path
+   * @param {{signal?: AbortSignal}} [options]
+   */
+  async sendJson(value, path, options = {}) {
+    await this.sendBytes(JSON.stringify(value), path, options);
+  }
+
+  /**
+   * Stream a local file to `path` in the container. In Node `local` is a file path
+   * (read in chunks, never whole); in a browser it is a Blob or File.
+   * @param {any} local
+   * @param {string} path
+   * @param {{mode?: number, signal?: AbortSignal}} [options]
+   */
+  async sendFile(local, path, options = {}) {
+    const target = containerPath(path);
+    this._check();
+    const source = await this._files.open(local);
+    try {
+      await this._upload(target, source.size, options.mode ?? source.mode, source.chunks, options.signal);
+    } finally {
+      await source.close();
+    }
+  }
+
+  /**
+   * @param {string} path
+   * @param {number} size
+   * @param {number} mode
+   * @param {Iterable<Uint8Array> | AsyncIterable<Uint8Array>} chunks
+   * @param {AbortSignal | undefined} signal
+   */
+  async _upload(path, size, mode, chunks, signal) {
+    const target = containerPath(path);
+    this._check();
+    throwIfAborted(signal, `upload of ${target}`);
+    const ep = this._endpoint;
+    const id = ep.newId();
+    const sender = ep.outgoing(id);
+    const reply = ep.expect(id);
+    const onAbort = () => sender.fail(cancelledBy(/** @type {AbortSignal} */ (signal), `upload of ${target}`));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let sent = 0;
+    try {
+      ep.send({ type: "upload", id, activity: this.id, path: target, size, mode });
+      for await (const chunk of chunks) {
+        sent += chunk.byteLength;
+        if (sent > size) throw new UsageError(`${target}: the source grew past the ${size} bytes announced`);
+        await sender.write(chunk);
+      }
+      if (sent !== size) throw new UsageError(`${target}: the source ended after ${sent} of ${size} bytes`);
+      await sender.end();
+      await raceAbort(reply.promise, signal, `upload of ${target}`);
+    } catch (e) {
+      if (!reply.settled) sender.abort(e instanceof Error ? e.message : String(e));
+      throw e;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      ep.forget(id);
+    }
+  }
+
+  // --- run ---------------------------------------------------------------------------
+
+  /**
+   * Run `argv` exactly as given (use `["sh", "-c", "..."]` for a shell).
+   *
+   * Resolves to a {@link Result} whatever the exit code. Rejects with
+   * {@link CommandTimeoutError} (its `result` holds the output so far) when `timeoutMs`
+   * passes first (the command is killed), or a CancelledError when `signal` fires (the
+   * command is cancelled on the provider).
+   * @param {string[]} argv
+   * @param {{env?: Record<string, string>, workdir?: string, timeoutMs?: number, signal?: AbortSignal}} [options]
+   * @returns {Promise<Result>}
+   */
+  async run(argv, options = {}) {
+    if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === "string")) {
+      throw new UsageError('argv must be a non-empty array of strings, e.g. ["sh", "-c", "echo hi"]');
+    }
+    const workdir = options.workdir !== undefined ? containerPath(options.workdir) : null;
+    const { timeoutMs, signal } = options;
+    if (timeoutMs !== undefined && !(typeof timeoutMs === "number" && timeoutMs > 0 && timeoutMs <= 7 * 86400_000)) {
+      throw new UsageError(`timeoutMs must be a number of milliseconds in (0, 7 days], not ${timeoutMs}`);
+    }
+    this._check();
+    throwIfAborted(signal, `'${argv[0]}'`);
+    const ep = this._endpoint;
+    const id = ep.newId();
+    const reply = ep.expect(id);
+    /** @type {import("../types/protocol.js").ExecResult} */
+    let done;
+    try {
+      ep.send({
+        type: "exec", id, activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) }, workdir,
+        timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
+      });
+      done = /** @type {any} */ (
+        await raceAbort(reply.promise, signal, `'${argv[0]}'`, () => quietly(() => ep.send({ type: "cancel", target: id })))
+      );
+    } finally {
+      ep.forget(id);
+    }
+    const result = new Result(done);
+    if (result.timedOut) {
+      throw new CommandTimeoutError(`'${argv[0]}' ran past its timeout of ${timeoutMs} ms and was killed`, result);
+    }
+    return result;
+  }
+
+  // --- download ------------------------------------------------------------------------
+
+  /**
+   * The info of a download and its chunks; the stream is cancelled if abandoned.
+   * @param {string} path
+   * @param {AbortSignal | undefined} signal
+   * @returns {AsyncGenerator<import("../types/protocol.js").DownloadInfo | Uint8Array, void, void>}
+   */
+  async *_download(path, signal) {
+    const source = containerPath(path);
+    this._check();
+    throwIfAborted(signal, `download of ${source}`);
+    const ep = this._endpoint;
+    const id = ep.newId();
+    const window = Math.max(1, Math.floor(ep.limits.max_window / 2));
+    const receiver = ep.incoming(id, window);
+    const reply = ep.expect(id);
+    const onAbort = () => receiver.fail(cancelledBy(/** @type {AbortSignal} */ (signal), `download of ${source}`));
+    signal?.addEventListener("abort", onAbort, { once: true });
+    let finished = false;
+    try {
+      ep.send({ type: "download", id, activity: this.id, path: source, window });
+      yield await receiver.info.promise;
+      yield* receiver;
+      await raceAbort(reply.promise, signal, `download of ${source}`);
+      finished = true;
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      if (!finished && !reply.settled) quietly(() => ep.send({ type: "cancel", target: id }));
+      ep.forget(id);
+    }
+  }
+
+  /**
+   * The content of the file `path`; a UsageError if it is over `maxBytes`.
+   * @param {string} path
+   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
+   * @returns {Promise<Uint8Array>}
+   */
+  async downloadBytes(path, options = {}) {
+    const maxBytes = options.maxBytes ?? DOWNLOAD_BYTES_LIMIT;
+    /** @type {Uint8Array[]} */
+    const parts = [];
+    let total = 0;
+    for await (const item of this._download(path, options.signal)) {
+      if (!(item instanceof Uint8Array)) {
+        requireFile(path, item, maxBytes);
+        continue;
+      }
+      total += item.byteLength;
+      if (total > maxBytes) throw new UsageError(`${path} is larger than maxBytes=${maxBytes}`);
+      parts.push(item);
+    }
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const part of parts) {
+      out.set(part, at);
+      at += part.byteLength;
+    }
+    return out;
+  }
+
+  /**
+   * The JSON value in the file `path`.
+   * @param {string} path
+   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
+   * @returns {Promise<any>}
+   */
+  async downloadJson(path, options = {}) {
+    const data = await this.downloadBytes(path, { maxBytes: 64 * 1024 * 1024, ...options });
+    try {
+      return JSON.parse(new TextDecoder().decode(data));
+    } catch (e) {
+      throw new UsageError(`${path} does not hold valid JSON: ${/** @type {Error} */ (e).message}`, { cause: e });
+    }
+  }
+
+  /**
+   * Stream the file or folder `path` to `dest` and resolve to `dest`.
+   *
+   * In Node `dest` is a local path: a file is written there (through a temporary file,
+   * so a failed transfer leaves nothing half-written); a folder's contents are extracted
+   * into the folder `dest`, and no entry can land outside it (absolute names, `..` and
+   * links out are refused with a TransferFailedError). In a browser `dest` is a
+   * WritableStream that receives the file's bytes (a folder comes as a tar stream).
+   * @param {string} path
+   * @param {any} dest
+   * @param {{signal?: AbortSignal}} [options]
+   */
+  async downloadFile(path, dest, options = {}) {
+    const stream = this._download(path, options.signal);
+    const first = await stream.next();
+    if (first.done || first.value instanceof Uint8Array) {
+      throw new TransferFailedError(`${path}: the download ended before it began`);
+    }
+    const info = first.value;
+    const chunks = /** @type {AsyncIterable<Uint8Array>} */ ({ [Symbol.asyncIterator]: () => stream });
+    try {
+      return await this._files.save(info, chunks, dest, path);
+    } finally {
+      await stream.return(undefined);
+    }
+  }
+
+  // --- release ---------------------------------------------------------------------------
+
+  /** Destroy the container and free its capacity. Safe to call twice. */
+  async release() {
+    if (this.released) return;
+    this.released = true;
+    this._onRelease(this);
+    if (this.lost !== null) return;
+    const ep = this._endpoint;
+    try {
+      const done = /** @type {import("../types/protocol.js").Done} */ (
+        await ep.request({ type: "release", id: ep.newId(), activity: this.id })
+      );
+      this.cpuSeconds = done.cpu_seconds ?? null;
+    } catch (e) {
+      // Gone already (provider lost, or the connection closed and the hub destroyed it).
+      const code = /** @type {any} */ (e)?.code;
+      if (code !== ErrorCode.PROVIDER_LOST && code !== ErrorCode.CONNECTION_CLOSED) throw e;
+    }
+  }
+}
+
+/**
+ * @param {string} path
+ * @param {import("../types/protocol.js").DownloadInfo} info
+ * @param {number} maxBytes
+ */
+function requireFile(path, info, maxBytes) {
+  if (info.kind !== "file") {
+    throw new FileNotFoundError(`${path} is a folder, not a file (use downloadFile for folders)`, {
+      code: ErrorCode.NOT_A_FILE,
+    });
+  }
+  if (info.size !== null && info.size > maxBytes) {
+    throw new UsageError(`${path} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
+  }
+}
+
+/** Best effort on the way out (cancelling): the connection may be gone. @param {() => void} action */
+function quietly(action) {
+  try {
+    action();
+  } catch {
+    // nothing to cancel on a closed connection: the hub dropped the request with it
+  }
+}

@@ -1,0 +1,73 @@
+/**
+ * kiln-client for browsers (and any runtime with a global WebSocket): the native
+ * WebSocket, Blobs for `sendFile`, WritableStreams for `downloadFile`. Imports nothing
+ * from Node.
+ *
+ *     import { connect } from "kiln-client";
+ *     const requestor = await connect("ws://127.0.0.1:7465");
+ * @module
+ */
+
+import { UsageError } from "./errors.js";
+import { connectWith } from "./requestor.js";
+
+export * from "./common.js";
+
+const READ_BYTES = 256 * 1024;
+
+/** @type {import("./activity.js").Files} */
+const files = {
+  async open(local) {
+    if (typeof Blob === "undefined" || !(local instanceof Blob)) {
+      throw new UsageError("in a browser, sendFile takes a Blob or File (e.g. from an <input type=file>)");
+    }
+    const blob = local;
+    return {
+      size: blob.size,
+      mode: 0o644,
+      chunks: (async function* () {
+        // Slices, not blob.stream(): each read is bounded and awaited in turn.
+        for (let at = 0; at < blob.size; at += READ_BYTES) {
+          yield new Uint8Array(await blob.slice(at, at + READ_BYTES).arrayBuffer());
+        }
+      })(),
+      close: async () => {},
+    };
+  },
+  async save(_info, chunks, dest) {
+    if (typeof WritableStream === "undefined" || !(dest instanceof WritableStream)) {
+      throw new UsageError("in a browser, downloadFile writes to a WritableStream; use downloadBytes for memory");
+    }
+    const writer = dest.getWriter();
+    try {
+      for await (const chunk of chunks) {
+        await writer.ready;
+        await writer.write(chunk);
+      }
+      await writer.close();
+    } catch (e) {
+      await writer.abort(e).catch(() => {});
+      throw e;
+    }
+    return dest;
+  },
+};
+
+/** @type {import("./requestor.js").Platform} */
+const platform = {
+  openSocket: (url, protocols) => /** @type {any} */ (new WebSocket(url, protocols)),
+  files,
+};
+
+/**
+ * Connect to the hub at `url` as a requestor.
+ *
+ * Rejects with ConnectionClosedError when the hub cannot be reached,
+ * UnsupportedVersionError when it speaks another protocol or major version, and
+ * UnauthorizedError when it refuses the token.
+ * @param {string} url e.g. "ws://127.0.0.1:7465"
+ * @param {{token?: string, name?: string, timeoutMs?: number}} [options]
+ */
+export function connect(url, options = {}) {
+  return connectWith(platform, url, options);
+}

@@ -1,0 +1,81 @@
+/**
+ * Small promise tools: a deferred that never reports an unhandled rejection, and a race
+ * of a promise against an AbortSignal.
+ * @module
+ */
+
+import { CancelledError } from "./errors.js";
+
+/** @template T */
+export class Deferred {
+  constructor() {
+    /** @type {(value: T) => void} */
+    this.resolve = () => {};
+    /** @type {(error: unknown) => void} */
+    this.reject = () => {};
+    this.settled = false;
+    /** @type {Promise<T>} */
+    this.promise = new Promise((resolve, reject) => {
+      this.resolve = (value) => {
+        this.settled = true;
+        resolve(value);
+      };
+      this.reject = (error) => {
+        this.settled = true;
+        reject(error);
+      };
+    });
+    // Whoever awaits it still sees the rejection; nobody awaiting it is not an error.
+    this.promise.catch(() => {});
+  }
+}
+
+/**
+ * The error to throw when `signal` fired: a {@link CancelledError} whose cause is the reason.
+ * @param {AbortSignal} signal
+ * @param {string} what
+ */
+export function cancelledBy(signal, what) {
+  return new CancelledError(`${what} was cancelled`, { cause: signal.reason });
+}
+
+/**
+ * Throw a {@link CancelledError} now if `signal` has fired.
+ * @param {AbortSignal | undefined} signal
+ * @param {string} what
+ */
+export function throwIfAborted(signal, what) {
+  if (signal?.aborted) throw cancelledBy(signal, what);
+}
+
+/**
+ * `promise`, unless `signal` fires first: then `onAbort` runs and a {@link CancelledError}
+ * is thrown.
+ * @template T
+ * @param {Promise<T>} promise
+ * @param {AbortSignal | undefined} signal
+ * @param {string} what
+ * @param {() => void} [onAbort]
+ * @returns {Promise<T>}
+ */
+export async function raceAbort(promise, signal, what, onAbort = () => {}) {
+  if (signal === undefined) return promise;
+  throwIfAborted(signal, what);
+  /** @type {() => void} */
+  let listener = () => {};
+  const aborted = new Promise((_, reject) => {
+    listener = () => {
+      onAbort();
+      reject(cancelledBy(signal, what));
+    };
+    signal.addEventListener("abort", listener, { once: true });
+  });
+  try {
+    return await Promise.race([promise, aborted]);
+  } finally {
+    signal.removeEventListener("abort", listener);
+  }
+}
+
+/** @param {number} ms */
+export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

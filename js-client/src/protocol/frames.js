@@ -1,0 +1,92 @@
+/**
+ * Binary frames: the data of file streams (`python/kiln/protocol/frames.py`).
+ *
+ * Layout (all integers big-endian):
+ *
+ *     byte 0      kind: 0 = DATA, 1 = END, 2 = ABORT
+ *     bytes 1-3   zero
+ *     bytes 4-7   stream id: the id of the request that opened the stream
+ *     bytes 8-    DATA: up to `chunk_bytes` of file data; END: nothing;
+ *                 ABORT: a UTF-8 reason, at most 1024 bytes
+ *
+ * Each DATA frame spends one credit of the stream; END and ABORT spend none.
+ * @module
+ */
+
+import { ErrorCode } from "./codes.js";
+import { ProtocolViolation } from "./violation.js";
+
+export const HEADER_SIZE = 8;
+export const MAX_REASON_BYTES = 1024;
+
+/** @enum {number} */
+export const FrameKind = Object.freeze({ DATA: 0, END: 1, ABORT: 2 });
+const KIND_NAMES = ["DATA", "END", "ABORT"];
+
+/**
+ * @typedef {object} Frame
+ * @property {number} kind one of {@link FrameKind}
+ * @property {number} stream
+ * @property {Uint8Array} payload a view into the frame, not a copy
+ */
+
+/**
+ * The bytes of one binary frame.
+ * @param {number} kind
+ * @param {number} stream
+ * @param {Uint8Array} [payload]
+ * @returns {Uint8Array}
+ */
+export function encodeFrame(kind, stream, payload = new Uint8Array(0)) {
+  const out = new Uint8Array(HEADER_SIZE + payload.byteLength);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, kind);
+  view.setUint32(4, stream);
+  out.set(payload, HEADER_SIZE);
+  return out;
+}
+
+/**
+ * The ABORT frame of `stream`, its reason cut to {@link MAX_REASON_BYTES} bytes.
+ * @param {number} stream
+ * @param {string} reason
+ */
+export function abortFrame(stream, reason) {
+  return encodeFrame(FrameKind.ABORT, stream, new TextEncoder().encode(reason).subarray(0, MAX_REASON_BYTES));
+}
+
+/**
+ * Split one binary frame into kind, stream and payload.
+ * Throws {@link ProtocolViolation} (`bad_frame`) on a short header, nonzero reserved
+ * bytes, an unknown kind, stream 0, or a payload over its limit.
+ * @param {Uint8Array} data
+ * @param {number} maxPayload the largest DATA payload (the hub's `chunk_bytes`)
+ * @returns {Frame}
+ */
+export function decodeFrame(data, maxPayload) {
+  if (data.byteLength < HEADER_SIZE) {
+    throw new ProtocolViolation(ErrorCode.BAD_FRAME, `binary frame shorter than its ${HEADER_SIZE}-byte header`);
+  }
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  const kind = view.getUint8(0);
+  const stream = view.getUint32(4);
+  if (data[1] !== 0 || data[2] !== 0 || data[3] !== 0) {
+    throw new ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame header bytes 1-3 must be zero");
+  }
+  if (kind > FrameKind.ABORT) {
+    throw new ProtocolViolation(ErrorCode.BAD_FRAME, `unknown binary frame kind ${kind}`);
+  }
+  if (stream === 0) {
+    throw new ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame for stream 0");
+  }
+  const payload = data.subarray(HEADER_SIZE);
+  const limit = kind === FrameKind.DATA ? maxPayload : kind === FrameKind.END ? 0 : MAX_REASON_BYTES;
+  if (payload.byteLength > limit) {
+    throw new ProtocolViolation(
+      ErrorCode.BAD_FRAME,
+      `${KIND_NAMES[kind]} frame payload of ${payload.byteLength} bytes exceeds ${limit}`,
+      stream,
+    );
+  }
+  return { kind, stream, payload };
+}

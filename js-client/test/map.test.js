@@ -1,0 +1,147 @@
+// requestor.map on real providers: order, reuse, retries elsewhere, failures, timeouts,
+// cancellation, and a provider killed with SIGKILL mid-job.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+
+import {
+  CancelledError,
+  RetryTaskError,
+  TaskFailedError,
+  TaskTimeoutError,
+  connect,
+} from "../src/node/index.js";
+import { Cluster, IMAGE, containersOf, sleep, startCluster } from "./harness.js";
+
+const DEMAND = { cpus: 0.5, memory: "128MiB" };
+/** @type {Cluster} */
+let cluster;
+let requestor;
+
+before(async () => {
+  cluster = await startCluster([
+    { name: "ma", cpus: 1, memory: "1GiB" },
+    { name: "mb", cpus: 1, memory: "1GiB" },
+  ]);
+  requestor = await connect(cluster.url, { name: "js-map" });
+});
+after(async () => {
+  await requestor?.close();
+  await cluster?.stop();
+});
+
+const noContainersLeft = () => [...cluster.providers.keys()].every((p) => containersOf(p).length === 0);
+
+/** A worker that squares its part in a container and notes which activity ran it. */
+function squarer(seen) {
+  return async (act, n, { signal }) => {
+    seen.push({ activity: act.id, provider: act.provider });
+    await act.sendJson({ n }, "/golem/input/n.json", { signal });
+    const r = await act.run(["sh", "-c", `echo $((${n} * ${n}))`], { signal });
+    return Number(r.stdout.trim());
+  };
+}
+
+test("map gives results in input order, one activity per provider, reused", { timeout: 120_000 }, async () => {
+  const seen = [];
+  const parts = Array.from({ length: 12 }, (_, i) => i);
+  const results = await requestor.map(parts, squarer(seen), { image: IMAGE, demand: DEMAND, maxProviders: 4 });
+  assert.deepEqual(results, parts.map((n) => n * n));
+  const activities = new Set(seen.map((s) => s.activity));
+  const providers = new Set(seen.map((s) => s.provider));
+  assert.equal(providers.size, 2, "both providers did work");
+  assert.equal(activities.size, 2, "one activity per provider, each reused");
+  assert.equal(requestor.activities.length, 0);
+  assert.ok(noContainersLeft());
+  assert.deepEqual(await requestor.map([], squarer([]), { image: IMAGE }), []);
+});
+
+test("a worker error ends the map with TaskFailedError after releasing everything", { timeout: 60_000 }, async () => {
+  const error = await requestor
+    .map([1, 2, 3, 4], async (act, n) => {
+      if (n === 3) throw new Error("bad part");
+      await act.run(["sleep", "1"]);
+      return n;
+    }, { image: IMAGE, demand: DEMAND })
+    .catch((e) => e);
+  assert.ok(error instanceof TaskFailedError, String(error));
+  assert.equal(error.index, 2);
+  assert.equal(error.item, 3);
+  assert.equal(error.attempts.length, 1);
+  assert.equal(error.attempts[0].message, "bad part");
+  assert.equal(error.code, "internal");
+  assert.equal(requestor.activities.length, 0);
+  assert.ok(noContainersLeft());
+});
+
+test("RetryTaskError runs the task again on the other provider", { timeout: 60_000 }, async () => {
+  const attempts = [];
+  const results = await requestor.map([7, 8], async (act, n, { attempt }) => {
+    if (n === 7) attempts.push(act.provider);
+    if (n === 7 && attempt === 1) throw new RetryTaskError("try elsewhere");
+    // Part 8 keeps the first activity busy until the second is rented: then the second is
+    // "available", and the retry must go there.
+    return (await act.run(["sh", "-c", n === 8 ? "sleep 2; echo 8" : `echo ${n}`])).stdout.trim();
+  }, { image: IMAGE, demand: DEMAND, maxProviders: 2 });
+  assert.deepEqual(results, ["7", "8"]);
+  assert.equal(attempts.length, 2);
+  assert.notEqual(attempts[0], attempts[1], "the retry went to the other provider");
+});
+
+test("a task out of attempts fails with each attempt's error; returnExceptions keeps going", { timeout: 90_000 }, async () => {
+  const slow = async (act, n, { signal }) => {
+    if (n === 0) await act.run(["sleep", "30"], { signal });
+    return n;
+  };
+  const error = await requestor
+    .map([0, 1], slow, { image: IMAGE, demand: DEMAND, retries: 1, taskTimeoutMs: 1500 })
+    .catch((e) => e);
+  assert.ok(error instanceof TaskFailedError, String(error));
+  assert.equal(error.index, 0);
+  assert.equal(error.attempts.length, 2);
+  assert.ok(error.attempts.every((e) => e instanceof TaskTimeoutError && e.code === "timeout"));
+
+  const kept = await requestor.map([0, 1, 2], slow, {
+    image: IMAGE, demand: DEMAND, retries: 0, taskTimeoutMs: 1500, returnExceptions: true,
+  });
+  assert.ok(kept[0] instanceof TaskFailedError);
+  assert.deepEqual(kept.slice(1), [1, 2]);
+  assert.ok(noContainersLeft());
+});
+
+test("an AbortSignal cancels a whole map and releases what it rented", { timeout: 60_000 }, async () => {
+  const controller = new AbortController();
+  let started = 0;
+  const running = requestor.map(Array.from({ length: 8 }, (_, i) => i), async (act, n, { signal }) => {
+    started += 1;
+    await act.run(["sleep", "30"], { signal });
+    return n;
+  }, { image: IMAGE, demand: DEMAND, signal: controller.signal });
+  while (started < 2) await sleep(50);
+  const abortedAt = Date.now();
+  controller.abort();
+  await assert.rejects(running, CancelledError);
+  assert.ok(Date.now() - abortedAt < 10_000);
+  assert.equal(requestor.activities.length, 0);
+  assert.ok(noContainersLeft());
+});
+
+test("map finishes with right results when a provider is killed mid-job", { timeout: 180_000 }, async () => {
+  const victim = await cluster.startProvider("mvictim", { cpus: 1, memory: "1GiB" });
+  const seen = [];
+  let killed = false;
+  const parts = Array.from({ length: 18 }, (_, i) => i + 1);
+  const worker = async (act, n, context) => {
+    seen.push(act.provider);
+    if (act.provider === victim && !killed && seen.filter((p) => p === victim).length === 2) {
+      killed = true;
+      setTimeout(() => cluster.providers.get(victim).kill("SIGKILL"), 300);
+    }
+    const r = await act.run(["sh", "-c", `sleep 0.5; echo $((${n} * 3))`], { signal: context.signal });
+    return Number(r.stdout.trim());
+  };
+  const results = await requestor.map(parts, worker, { image: IMAGE, demand: DEMAND, maxProviders: 3, retries: 2 });
+  assert.ok(killed, "the victim provider was used and killed");
+  assert.deepEqual(results, parts.map((n) => n * 3));
+  assert.ok(seen.includes(victim));
+  assert.equal(requestor.activities.length, 0);
+});

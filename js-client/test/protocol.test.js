@@ -1,0 +1,139 @@
+// The pure protocol core: literal frames in, verdicts and values out.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+
+import {
+  ErrorCode,
+  FrameKind,
+  ProtocolViolation,
+  containerPathProblem,
+  decodeFrame,
+  encodeFrame,
+  parse,
+  serialize,
+} from "../src/protocol/index.js";
+
+const VECTORS = fileURLToPath(new URL("../../protocol/v1/vectors/", import.meta.url));
+const vectors = readdirSync(VECTORS)
+  .filter((f) => f.endsWith(".json"))
+  .sort()
+  .map((f) => ({ file: f, ...JSON.parse(readFileSync(join(VECTORS, f), "utf8")) }));
+
+/** The verdict of this implementation on one vector: "valid" or an error code (tests/test_protocol.py::judge). */
+function judge(vector) {
+  try {
+    if ("binary" in vector) decodeFrame(Buffer.from(vector.binary, "hex"), 256 * 1024);
+    else parse(vector.frame);
+  } catch (e) {
+    if (e instanceof ProtocolViolation) return e.code;
+    throw e;
+  }
+  return "valid";
+}
+
+test("there are vectors of both verdicts", () => {
+  assert.ok(vectors.length >= 59, `only ${vectors.length} vectors`);
+  const verdicts = new Set(vectors.map((v) => v.verdict));
+  assert.ok(verdicts.has("valid"));
+  assert.ok(verdicts.size >= 5);
+});
+
+for (const vector of vectors) {
+  test(`vector ${vector.file}: ${vector.verdict}`, () => {
+    assert.equal(judge(vector), vector.verdict, vector.description);
+  });
+  if ("frame" in vector && vector.verdict === "valid") {
+    test(`vector ${vector.file} survives a round trip`, () => {
+      const message = parse(vector.frame);
+      assert.deepEqual(parse(serialize(message)), message);
+    });
+  }
+}
+
+test("a violation carries the request id", () => {
+  assert.throws(
+    () => parse('{"type":"upload","id":42,"activity":"a","path":"/x/../y","size":1}'),
+    (e) => e instanceof ProtocolViolation && e.code === ErrorCode.BAD_PATH && e.re === 42 && e.message.includes("'..'"),
+  );
+});
+
+test("a bad path wins over other problems in the same message, as in pydantic", () => {
+  assert.throws(
+    () => parse('{"type":"upload","id":4,"activity":"a1","path":"rel"}'),
+    (e) => e.code === ErrorCode.BAD_PATH,
+  );
+  // Too long to be a path at all: a plain bad_message, the path check never runs.
+  const long = "/" + "a".repeat(5000);
+  assert.throws(
+    () => parse(JSON.stringify({ type: "upload", id: 4, activity: "a1", path: long, size: 1 })),
+    (e) => e.code === ErrorCode.BAD_MESSAGE,
+  );
+});
+
+test("strict types: no coercion, bool is not a number, null only where optional", () => {
+  const bad = [
+    { type: "credit", stream: "1", chunks: 1 },
+    { type: "credit", stream: 1, chunks: true },
+    { type: "credit", stream: 1.5, chunks: 1 },
+    { type: "rent", id: 1, image: "x", demand: { cpus: null } },
+    { type: "exec_result", re: 1, exit_code: 0, timed_out: 0, stdout: "", stderr: "", duration: 0 },
+    { type: "rent", id: 1, image: "x", demand: { labels: { "": "v" } } },
+    { type: "hello", version: "1.0", role: "requestor", name: "a\nb" },
+    { type: "hello", version: "1.0", role: "requestor", name: "x".repeat(65) },
+    { type: "exec", id: 1, activity: "a", argv: ["true"], env: { X: 1 } },
+  ];
+  for (const message of bad) {
+    assert.throws(() => parse(JSON.stringify(message)), (e) => e.code === ErrorCode.BAD_MESSAGE, JSON.stringify(message));
+  }
+  // Floats take integers; optional fields take null.
+  const ok = parse('{"type":"exec","id":1,"activity":"a","argv":["true"],"timeout":2,"workdir":null}');
+  assert.equal(ok.timeout, 2);
+  // A name of 64 characters counts code points, not UTF-16 units.
+  parse(JSON.stringify({ type: "hello", version: "1.0", role: "requestor", name: "😀".repeat(64) }));
+});
+
+test("defaults are filled in and messages are frozen", () => {
+  const rent = parse('{"type":"rent","id":8,"image":"kiln-busybox:latest","demand":{}}');
+  assert.deepEqual(rent.demand, { cpus: 1, memory: 256 * 2 ** 20, storage: 0, labels: {} });
+  assert.ok(Object.isFrozen(rent) && Object.isFrozen(rent.demand));
+  assert.throws(() => {
+    "use strict";
+    rent.id = 3;
+  }, TypeError);
+});
+
+test("serialize omits unset optionals and refuses an invalid message", () => {
+  const upload = { type: "upload", id: 3, activity: "a", path: "/golem/input/a.txt", size: 5 };
+  assert.deepEqual(JSON.parse(serialize(upload)), { ...upload, mode: 0o644 });
+  assert.deepEqual(JSON.parse(serialize({ type: "error", re: null, code: "internal", message: "x" })), {
+    type: "error",
+    code: "internal",
+    message: "x",
+  });
+  assert.throws(() => serialize({ type: "credit", stream: 0, chunks: 1 }), ProtocolViolation);
+});
+
+test("container paths are checked as in Python", () => {
+  // The verdicts of python/kiln's check_container_path on each of these.
+  for (const good of ["/", "/a", "/a/", "/golem/input/a.txt", "//a", "/a/b//", "//a//"]) {
+    assert.equal(containerPathProblem(good), null, good);
+  }
+  for (const bad of ["a", "", "/a/../b", "/..", "/a//b", "/a/./b", "/.", "///", "//", "/a\0b", "///a", "/a/.", "/./"]) {
+    assert.notEqual(containerPathProblem(bad), null, JSON.stringify(bad));
+  }
+});
+
+test("binary frames round trip and are checked", () => {
+  const data = encodeFrame(FrameKind.DATA, 7, new TextEncoder().encode("hello"));
+  const frame = decodeFrame(data, 16);
+  assert.deepEqual([frame.kind, frame.stream, new TextDecoder().decode(frame.payload)], [FrameKind.DATA, 7, "hello"]);
+  assert.throws(() => decodeFrame(encodeFrame(FrameKind.DATA, 1, new Uint8Array(17)), 16), (e) => e.code === "bad_frame" && e.re === 1);
+  assert.throws(() => decodeFrame(encodeFrame(FrameKind.ABORT, 1, new Uint8Array(1025)), 16), (e) => e.code === "bad_frame");
+  // A frame that is a view into a larger buffer decodes from its own offset.
+  const big = new Uint8Array(20);
+  big.set(encodeFrame(FrameKind.END, 9), 4);
+  assert.equal(decodeFrame(big.subarray(4, 12), 16).stream, 9);
+});

@@ -1,0 +1,200 @@
+// kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
+
+import type { DownloadInfo, KnownErrorCode, ProviderInfo, Resources } from "./protocol.js";
+
+export type { Message, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
+export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
+
+export interface ConnectOptions {
+  /** The hub's token, if it wants one. */
+  token?: string;
+  /** The name this requestor gives the hub (default "requestor"). */
+  name?: string;
+  /** How long the handshake may take (default 10 s). */
+  timeoutMs?: number;
+}
+
+/**
+ * Connect to the hub at `url` as a requestor. Rejects with ConnectionClosedError when the
+ * hub cannot be reached, UnsupportedVersionError when it speaks another protocol or major
+ * version, UnauthorizedError when it refuses the token.
+ */
+export declare function connect(url: string, options?: ConnectOptions): Promise<Requestor>;
+
+export interface DemandOptions {
+  /** At least this many CPUs (fractions allowed); default 1. */
+  cpus?: number;
+  /** Bytes, or e.g. "256MiB"; default 256MiB. */
+  memory?: number | string;
+  /** Bytes, or e.g. "1GiB"; default 0. */
+  storage?: number | string;
+  /** Labels the provider must carry exactly. */
+  labels?: Record<string, string>;
+}
+
+export interface RentOptions {
+  image: string;
+  demand?: DemandOptions;
+  /** Providers (by name) to pass over. */
+  exclude?: Iterable<string>;
+  signal?: AbortSignal;
+}
+
+export interface TaskContext {
+  /** The part's position in the input. */
+  index: number;
+  /** 1 for the first attempt, 2 for the first retry, ... */
+  attempt: number;
+  /** Fires when the attempt times out or the map ends: pass it to run, sendFile, ... */
+  signal: AbortSignal;
+}
+
+export interface MapOptions {
+  image: string;
+  demand?: DemandOptions;
+  /** Most activities (one per provider) at once; default 4. */
+  maxProviders?: number;
+  /** More attempts a task gets after its first; default 2. */
+  retries?: number;
+  /** The most one attempt may take; default no limit. */
+  taskTimeoutMs?: number;
+  /** How long to wait for a first provider; default 60 s. */
+  startTimeoutMs?: number;
+  /** Runs once per activity before its first task. */
+  setup?: (activity: Activity) => Promise<void>;
+  /** Runs once per activity before its release. */
+  teardown?: (activity: Activity) => Promise<void>;
+  /** A task that fails for good gives its TaskFailedError as its result instead of ending the map. */
+  returnExceptions?: boolean;
+  signal?: AbortSignal;
+}
+
+export declare class Requestor {
+  /** The activities this requestor holds now. */
+  readonly activities: Activity[];
+  /** Rent a container; release it with `activity.release()` or `requestor.close()`. */
+  rent(options: RentOptions): Promise<Activity>;
+  /** Every provider the hub knows: its offer, what is free now, the images it holds. */
+  market(): Promise<ProviderInfo[]>;
+  /** Run `worker` for every part on rented activities; the results in input order. */
+  map<P, R>(
+    parts: Iterable<P>,
+    worker: (activity: Activity, part: P, context: TaskContext) => Promise<R>,
+    options: MapOptions,
+  ): Promise<R[]>;
+  /** Release every activity still held and close the connection. */
+  close(): Promise<void>;
+}
+
+export interface SignalOption {
+  signal?: AbortSignal;
+}
+
+export interface RunOptions extends SignalOption {
+  env?: Record<string, string>;
+  workdir?: string;
+  /** Kill the command after this long: the run then rejects with CommandTimeoutError. */
+  timeoutMs?: number;
+}
+
+/** In Node a local path; in a browser a Blob or File. */
+export type LocalSource = string | URL | Blob;
+/** In Node a local path; in a browser a WritableStream. */
+export type LocalDestination = string | URL | WritableStream<Uint8Array>;
+
+export declare class Activity {
+  readonly id: string;
+  /** The provider's name. */
+  readonly provider: string;
+  readonly resources: Resources;
+  /** Whether the provider already held the image. */
+  readonly cached: boolean;
+  /** Why the activity is gone, once it is. */
+  lost: KilnError | null;
+  released: boolean;
+  /** CPU time the container used, known once released. */
+  cpuSeconds: number | null;
+  sendBytes(data: Uint8Array | string, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
+  sendJson(value: unknown, path: string, options?: SignalOption): Promise<void>;
+  /** Node: streamed from disk. Browser: a Blob or File. */
+  sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
+  run(argv: string[], options?: RunOptions): Promise<Result>;
+  downloadBytes(path: string, options?: SignalOption & { maxBytes?: number }): Promise<Uint8Array>;
+  downloadJson<T = unknown>(path: string, options?: SignalOption & { maxBytes?: number }): Promise<T>;
+  /** Node: streamed to disk (a folder is extracted into `dest`); resolves to the absolute path. */
+  downloadFile(path: string, dest: LocalDestination, options?: SignalOption): Promise<string | WritableStream<Uint8Array>>;
+  /** Destroy the container and free its capacity. Safe to call twice. */
+  release(): Promise<void>;
+}
+
+/** What a command did. A non-zero exit code is a result, not an error. */
+export declare class Result {
+  readonly exitCode: number;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly stdoutBytes: Uint8Array;
+  readonly stderrBytes: Uint8Array;
+  /** Seconds the command ran. */
+  readonly durationS: number;
+  readonly timedOut: boolean;
+  readonly stdoutTruncated: boolean;
+  readonly stderrTruncated: boolean;
+  /** Exit code 0 and no timeout. */
+  readonly ok: boolean;
+}
+
+/** `path` if it is a valid container path; else throws InvalidPathError. */
+export declare function containerPath(path: string): string;
+/** Bytes in a size such as "256MiB" or 1024; throws UsageError. */
+export declare function parseSize(value: number | string): number;
+export declare function demandMessage(demand?: DemandOptions): {
+  cpus: number;
+  memory: number;
+  storage: number;
+  labels: Record<string, string>;
+};
+
+export interface KilnErrorOptions {
+  code?: string;
+  cause?: unknown;
+}
+
+/** The root of every Kiln error. `code` is stable; branch on it or on the class. */
+export declare class KilnError extends Error {
+  constructor(message: string, options?: KilnErrorOptions);
+  readonly code: KnownErrorCode | string;
+  static readonly defaultCode: string;
+}
+export declare class UsageError extends KilnError {}
+export declare class InvalidPathError extends UsageError {}
+export declare class ProtocolError extends KilnError {}
+export declare class UnsupportedVersionError extends ProtocolError {}
+export declare class ConnectionClosedError extends KilnError {}
+export declare class UnauthorizedError extends KilnError {}
+export declare class NoMatchError extends KilnError {}
+export declare class ImageNotFoundError extends KilnError {}
+export declare class ActivityError extends KilnError {}
+export declare class ProviderLostError extends ActivityError {}
+export declare class CommandTimeoutError extends ActivityError {
+  constructor(message: string, result: Result);
+  /** What the command wrote before it was killed. */
+  readonly result: Result;
+}
+export declare class FileNotFoundError extends ActivityError {}
+export declare class TransferFailedError extends ActivityError {}
+export declare class ContainerFailedError extends ActivityError {}
+export declare class CancelledError extends KilnError {}
+export declare class TaskTimeoutError extends KilnError {}
+export declare class TaskFailedError extends KilnError {
+  constructor(message: string, task: { index: number; item: unknown; attempts: unknown[] });
+  readonly index: number;
+  readonly item: unknown;
+  /** Each attempt's error, in order. */
+  readonly attempts: unknown[];
+}
+export declare class RetryTaskError extends KilnError {}
+export declare class RemoteError extends KilnError {}
+/** The error for an `error` message with `code`. */
+export declare function errorFromCode(code: string, message: string): KilnError;
+
+export type { DownloadInfo };

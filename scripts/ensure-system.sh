@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# What the tests need from the system besides Python packages: Debian's chromium for the
+# browser test, Node.js >= 20 for js-client. Installs what apt can give; says what it cannot.
+set -euo pipefail
+
+if [ ! -x /usr/bin/chromium ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
+if ! command -v node >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 20 ]; then
+    echo "ensure-system: js-client needs Node.js >= 20, found $(node --version)" >&2
+    exit 1
+fi

@@ -1,0 +1,123 @@
+"""The browser requestor: Chromium (Debian's, driven by Playwright) opens a page served
+locally that imports kiln-client's browser entry, rents a container on a real provider,
+runs a command and shows its output; the test reads the output from the page."""
+
+from __future__ import annotations
+
+import mimetypes
+import threading
+from collections.abc import Iterator
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+from playwright.sync_api import ConsoleMessage, sync_playwright
+
+from tests.conftest import Cluster, containers_of
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT = ROOT / "js-client" / "src"
+PAGE = ROOT / "examples" / "browser.html"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+class _Site(BaseHTTPRequestHandler):
+    """``/`` is the example page; ``/kiln-client/...`` is js-client/src. Nothing else is served."""
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/":
+            file = PAGE
+        elif path.startswith("/kiln-client/"):
+            file = (CLIENT / path.removeprefix("/kiln-client/")).resolve()
+            if not file.is_relative_to(CLIENT) or not file.is_file():
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+        else:
+            self.send_error(HTTPStatus.NOT_FOUND)
+            return
+        body = file.read_bytes()
+        kind = "text/javascript" if file.suffix == ".js" else mimetypes.guess_type(file.name)[0] or "text/plain"
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # quiet: the test reports what matters
+
+
+@pytest.fixture
+def site() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
+    thread = threading.Thread(target=server.serve_forever, name="kiln-test-site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def chromium_path() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    return CHROMIUM
+
+
+def test_a_web_page_rents_a_container_and_shows_the_output(cluster: Cluster, site: str, chromium_path: Path) -> None:
+    provider = cluster.start_provider("pweb", cpus=1, memory="1GiB")
+    query = urlencode({"hub": cluster.url, "autorun": "1"})
+    console: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+
+            def keep(message: ConsoleMessage) -> None:
+                console.append(f"{message.type}: {message.text}")
+
+            page.on("console", keep)
+            page.goto(f"{site}/?{query}")
+            page.wait_for_function(
+                "() => /^(done|failed)/.test(document.getElementById('status').textContent)", timeout=60_000
+            )
+            status = page.text_content("#status")
+            output = page.text_content("#output")
+            exit_code = page.text_content("#exit-code")
+            shown_provider = page.text_content("#provider")
+        finally:
+            browser.close()
+    assert status == "done (23 bytes came back)", f"{status}\nconsole: {console}"
+    assert output == "hello from a kiln container\nLinux\n23\n"
+    assert exit_code == "0"
+    assert shown_provider == provider
+    assert containers_of(provider) == [], "the page released its container"
+
+
+def test_the_browser_entry_refuses_a_hub_that_is_not_there(site: str, chromium_path: Path) -> None:
+    query = urlencode({"hub": "ws://127.0.0.1:9", "autorun": "1"})
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{site}/?{query}")
+            page.wait_for_function("() => document.getElementById('status').textContent.startsWith('failed')")
+            status = page.text_content("#status") or ""
+        finally:
+            browser.close()
+    assert status.startswith("failed [connection_closed]"), status
