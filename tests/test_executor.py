@@ -56,14 +56,21 @@ async def test_fifty_tasks_on_three_providers(cluster: Cluster) -> None:
         setups.append(act.provider)
         await act.send_bytes(b"shared", "/golem/input/shared.txt")
 
+    teardowns: list[str] = []
+
+    async def teardown(act: kiln.Activity) -> None:
+        teardowns.append(act.provider)
+        assert (await act.run(["cat", "/golem/input/shared.txt"])).stdout == "shared"
+
     async with kiln.connect(cluster.url) as requestor:
         job = requestor.job(square, range(50), image=IMAGE, demand=SMALL, max_providers=4, setup=setup,
-                            on_event=events.append)  # fmt: skip
+                            teardown=teardown, on_event=events.append)  # fmt: skip
         results = await job.run()
     assert results == [n * n for n in range(50)]
     rented = [str(e.provider) for e in events if e.kind == "rented"]
     assert sorted(rented) == sorted(names), "one activity per provider, reused for many tasks"
     assert sorted(setups) == sorted(names)
+    assert sorted(teardowns) == sorted(names)
     assert set(job.summary.tasks_per_provider) == set(names)
     assert sum(job.summary.tasks_per_provider.values()) == 50
     assert (job.summary.attempts, job.summary.retries) == (50, 0)
@@ -242,3 +249,23 @@ async def test_ctrl_c_releases_everything(cluster: Cluster, tmp_path: Path) -> N
     assert job.returncode != 0
     assert b"KeyboardInterrupt" in stderr
     await nothing_held(cluster)
+
+
+async def test_a_provider_that_fails_twice_gets_no_more_tasks(cluster: Cluster) -> None:
+    names = await start(cluster, "p1", "p2")
+    bad = names[0]
+    tried_on: Counter[str] = Counter()
+
+    async def picky(act: kiln.Activity, n: int) -> int:
+        tried_on[act.provider] += 1
+        if act.provider == bad:
+            raise kiln.RetryTask(f"{act.provider} gives wrong answers")
+        return await square(act, n)
+
+    async with kiln.connect(cluster.url) as requestor:
+        job = requestor.job(picky, range(12), image=IMAGE, demand=SMALL, retries=2)
+        assert await job.run() == [n * n for n in range(12)]
+    assert tried_on[bad] == 2, "banned after its second failure"
+    assert job.summary.failed_providers == {bad}
+    assert job.summary.tasks_per_provider == Counter({names[1]: 12})
+    assert job.summary.retries == 2

@@ -356,6 +356,17 @@ MESSAGE_MODELS: Final = (
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 
 
+def _by_value(value: Any) -> Any:
+    """JSON numbers are judged by value, as every JSON parser sees them: 1.0 is the integer 1."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    if type(value) is dict:
+        return {key: _by_value(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_by_value(item) for item in value]
+    return value
+
+
 def _request_id_of(raw: Any) -> int | None:
     """The ``id`` of a message that failed validation, when it has a usable one."""
     if isinstance(raw, dict):
@@ -378,6 +389,7 @@ def parse(data: bytes | str) -> Message:
         raise ProtocolViolation(ErrorCode.BAD_JSON, f"not valid JSON: {e}") from e
     if not isinstance(raw, dict):
         raise ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
+    raw = _by_value(raw)
     re = _request_id_of(raw)
     kind = raw.get("type")
     if not isinstance(kind, str):
