@@ -11,6 +11,7 @@
 __version__ = "0.1.0"
 
 from kiln.activity import Activity, Result
+from kiln.demand import Demand
 from kiln.errors import (
     ActivityError,
     Cancelled,
@@ -33,7 +34,7 @@ from kiln.errors import (
 from kiln.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
 from kiln.progress import ProgressView
 from kiln.protocol.codes import ErrorCode
-from kiln.requestor import Demand, Requestor, connect
+from kiln.requestor import Requestor, connect
 
 __all__ = [
     "Activity",

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeVar
 
 from kiln.activity import Activity
+from kiln.demand import Demand
 from kiln.errors import ActivityError, ConnectionClosed, KilnError, NoMatch, ProviderLost, UsageError
 from kiln.protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
-    from kiln.requestor import Demand, Requestor
+    from kiln.requestor import Requestor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -308,12 +309,7 @@ class Job(Generic[T, R]):
                 await self._changes()
                 continue
             try:
-                # One rent at a time, so that each sees what the others got: one activity per provider.
-                async with self._renting:
-                    exclude = set(self._held.values()) | self._banned
-                    activity = await self.requestor.rent(self.image, self.demand, exclude=exclude)
-                    self._held[slot] = activity.provider
-                    return activity
+                return await self._rent(slot)
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
             except NoMatch as e:
@@ -326,6 +322,44 @@ class Job(Generic[T, R]):
                 self._event("waiting", detail=e.message)
                 await self._changes(RENT_RETRY_SECONDS)
         return None
+
+    async def _rent(self, slot: int) -> Activity:
+        """Rent on a provider no other slot of this job holds or is renting on.
+
+        Each slot claims a provider that looks free in the market, then rents there, so
+        slots start their containers in parallel on different providers. When none looks
+        free, the hub chooses, one rent at a time.
+        """
+        async with self._renting:
+            taken = set(self._held.values()) | self._banned
+            target, others = await self._pick(taken)
+            if target is None:
+                activity = await self.requestor.rent(self.image, self.demand, exclude=taken)
+                self._held[slot] = activity.provider
+                return activity
+            self._held[slot] = target  # claimed: the other slots pass it over
+        try:
+            activity = await self.requestor.rent(self.image, self.demand, exclude=others | taken)
+        except BaseException:
+            del self._held[slot]
+            raise
+        self._held[slot] = activity.provider
+        return activity
+
+    async def _pick(self, taken: set[str]) -> tuple[str | None, set[str]]:
+        """A provider not in ``taken`` whose free capacity covers the demand, and all the others."""
+        demand = (self.demand or Demand()).to_message()
+        market = await self.requestor.market()
+        fitting = [
+            p for p in market
+            if p.name not in taken and p.free.cpus >= demand.cpus and p.free.memory >= demand.memory
+            and p.free.storage >= demand.storage
+            and all(p.labels.get(key) == value for key, value in demand.labels.items())
+        ]  # fmt: skip
+        if not fitting:
+            return None, set()
+        best = min(fitting, key=lambda p: (self.image not in p.images, p.activities, p.name))
+        return best.name, {p.name for p in market} - {best.name}
 
     async def _release(self, activity: Activity) -> None:
         if self.teardown is not None and activity.lost is None and not activity.released:

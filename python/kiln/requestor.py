@@ -14,47 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 from kiln.activity import Activity
+from kiln.demand import Demand
 from kiln.endpoint import Endpoint, handshake
-from kiln.errors import ConnectionClosed, KilnError, UsageError, error_from_code
+from kiln.errors import ConnectionClosed, KilnError, error_from_code
 from kiln.executor import Job, JobOptions, Worker
 from kiln.progress import ProgressView
 from kiln.protocol.messages import ActivityLost, Cancel, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
-from kiln.protocol.messages import Demand as DemandMessage
-from kiln.units import parse_size
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 ABANDON_TIMEOUT = 15.0
-
-
-@dataclass(frozen=True)
-class Demand:
-    """What a container needs: at least ``cpus``, ``memory`` and ``storage``, and ``labels``.
-
-    Sizes are bytes or strings such as ``"256MiB"`` or ``"2GiB"``.
-    """
-
-    cpus: float = 1.0
-    memory: int | str = "256MiB"
-    storage: int | str = 0
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-    def to_message(self) -> DemandMessage:
-        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus <= 0:
-            raise UsageError(f"cpus must be a positive number, not {self.cpus!r}")
-        return DemandMessage(
-            cpus=float(self.cpus),
-            memory=parse_size(self.memory),
-            storage=parse_size(self.storage),
-            labels=dict(self.labels),
-        )
 
 
 class Requestor:
