@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kiln.errors import FileNotFound, ImageNotFound, TransferFailed
+from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, TransferFailed
 from kiln.protocol.codes import ErrorCode
 from kiln_provider.docker_adapter import (
     LABEL_ACTIVITY,
@@ -394,3 +394,9 @@ def test_exec_in_parallel_on_several_containers(adapter: DockerAdapter, make_con
     assert time.monotonic() - started < 3
     assert sorted(results) == sorted(boxes)
     assert all(results[b].strip() and b.startswith(results[b].strip().decode()) for b in boxes)
+
+
+def test_limits_docker_would_read_as_none_are_refused(adapter: DockerAdapter, image: str) -> None:
+    for cpus, memory in ((1.0, 0), (1e-12, 256 * MIB)):
+        with pytest.raises(ContainerFailed, match="treat as none"):
+            adapter.create(ContainerSpec(activity="nolimit", image=image, cpus=cpus, memory=memory))

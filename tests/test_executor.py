@@ -269,3 +269,15 @@ async def test_a_provider_that_fails_twice_gets_no_more_tasks(cluster: Cluster) 
     assert job.summary.failed_providers == {bad}
     assert job.summary.tasks_per_provider == Counter({names[1]: 12})
     assert job.summary.retries == 2
+
+
+async def test_a_failing_teardown_still_releases(cluster: Cluster) -> None:
+    await start(cluster, "p1")
+
+    async def teardown(act: kiln.Activity) -> None:
+        raise ValueError("teardown bug")
+
+    async with kiln.connect(cluster.url) as requestor:
+        assert await requestor.map(square, range(4), image=IMAGE, demand=SMALL, teardown=teardown) == [0, 1, 4, 9]
+        assert requestor.activities == []
+    await nothing_held(cluster)

@@ -301,3 +301,20 @@ def test_release_reports_the_cpu_time_the_provider_measured(hub: Harness) -> Non
     [(_, destroy)] = hub.text(2, {"type": "release", "id": 11, "activity": activity})
     [(_, done)] = hub.text(1, {"type": "done", "re": destroy["id"], "cpu_seconds": 1.25})
     assert done == {"type": "done", "re": 11, "cpu_seconds": 1.25}
+
+
+def test_a_release_cannot_be_cancelled_and_a_failed_destroy_keeps_the_capacity(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1, cpus=2)
+    [(_, destroy)] = hub.text(2, {"type": "release", "id": 11, "activity": activity})
+    assert hub.text(2, {"type": "cancel", "target": 11}) == [], "not forwarded: a release always completes"
+    [(to, error)] = hub.text(1, {"type": "error", "re": destroy["id"], "code": "container_failed",
+                                 "message": "docker said no"})  # fmt: skip
+    assert (to, error["re"], error["code"]) == (2, 11, "container_failed")
+    [(_, refused)] = hub.text(2, {"type": "rent", "id": 12, "image": "img:1", "demand": {"cpus": 1}})
+    assert refused["code"] == "no_match", "the container may still run: its CPUs are not sold again"
+
+
+def test_stream_errors_to_a_provider_name_no_request(hub: Harness) -> None:
+    [(to, error)] = hub.binary(1, frames.encode(FrameKind.DATA, 1, b"x"))
+    assert (to, error["code"]) == (1, "unknown_stream")
+    assert "re" not in error

@@ -113,6 +113,12 @@ async def test_folder_download_never_writes_outside_the_destination(one_provider
             await act.download_file("/golem/output", tmp_path / "dest")
     assert not (tmp_path / "passwd").exists()
     assert not (tmp_path / "dest" / "evil").exists()
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE) as act:
+        # Each link alone looks harmless; together they would point above the destination.
+        await act.run(["sh", "-c", "mkdir -p /golem/output && ln -s . /golem/output/l && ln -s l/../s /golem/output/e"])
+        with pytest.raises(kiln.TransferFailed, match="outside"):
+            await act.download_file("/golem/output", tmp_path / "dest2" / "deeper")
+    assert not (tmp_path / "dest2" / "deeper" / "e").exists()
 
 
 async def test_containers_are_hardened(one_provider: Cluster) -> None:

@@ -132,6 +132,8 @@ const unsafe = {
   "a link climbing out": [["output/sub/evil", "symlink", "../../.."]],
   "a hard link to outside": [["output/evil", "hardlink", "../etc/passwd"]],
   "a device or fifo": [["output/fifo", "fifo", ""]],
+  "a link through a link to '.'": [["output/l", "symlink", "."], ["output/esc", "symlink", "l/../secret"]],
+  "a link that climbs and comes back": [["output/sub", "dir"], ["output/sub/back", "symlink", "../sub"]],
 };
 
 for (const [what, entries] of Object.entries(unsafe)) {

@@ -44,6 +44,8 @@ LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
 
 CHUNK = 256 * 1024
+MIN_MEMORY = 6 * 2**20
+MIN_NANO_CPUS = 10_000_000
 _GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as Docker reports it in the archive stat
 _GO_MODE_SYMLINK = 1 << 27
 _GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setuid, setgid, sticky
@@ -385,6 +387,12 @@ class DockerAdapter:
         The container runs ``sleep infinity``, so a Kiln image needs ``sleep`` on its PATH.
         Images are never pulled (there may be no registry): a missing one is ImageNotFound.
         """
+        # Docker reads a zero limit as "no limit": never let one through.
+        if spec.memory < MIN_MEMORY or int(spec.cpus * 1e9) < MIN_NANO_CPUS or spec.pids_limit < 1:
+            raise ContainerFailed(
+                f"refusing limits that Docker would treat as none: cpus={spec.cpus}, memory={spec.memory}, "
+                f"pids={spec.pids_limit} (at least 0.01 CPUs and 6 MiB)"
+            )
         name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{self.provider}-{spec.activity}")[:200]
         with _engine(f"create container for {spec.activity}"):
             host_config = self._api.create_host_config(

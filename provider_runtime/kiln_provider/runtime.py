@@ -14,11 +14,11 @@ import base64
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
+from typing import Final, TypeVar
 
 from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
 from kiln.errors import Cancelled, ConnectionClosed, ImageNotFound, KilnError, Unauthorized, UnsupportedVersion
@@ -43,7 +43,10 @@ from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
 
 log = logging.getLogger("kiln.provider")
 
+T = TypeVar("T")
+
 UPLOAD_WINDOW: Final = 16
+MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
 BACKOFF_FIRST: Final = 0.25
 BACKOFF_MAX: Final = 5.0
@@ -79,6 +82,13 @@ class ProviderRuntime:
         self._containers: dict[str, Container] = {}
         self._by_request: dict[int, tuple[asyncio.Task[None], Callable[[], None]]] = {}
         self._images: list[str] = []
+        # Container lifecycle calls get threads of their own: long execs and streams, which
+        # hold a thread each, can never starve create and remove.
+        self._lifecycle = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kiln-lifecycle")
+
+    async def _docker(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a short Docker call (create, remove, stats, images) on the lifecycle threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._lifecycle, partial(fn, *args))
 
     def _capacity(self) -> Resources:
         """What to offer: what was asked for, never more than the host has."""
@@ -97,12 +107,13 @@ class ProviderRuntime:
         """Dial the hub, serve, and dial again with backoff whenever the connection ends."""
         loop = asyncio.get_running_loop()
         # Exec waits and streams each hold a thread for their whole length.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="kiln-docker"))
-        removed = await asyncio.to_thread(self.adapter.remove_stale)
-        if removed:
-            log.info("removed %d containers left by an earlier run", removed)
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=256, thread_name_prefix="kiln-stream"))
         delay = BACKOFF_FIRST
         while True:
+            # Whatever ran before this session belongs to activities the hub has written off.
+            removed = await self._docker(self.adapter.remove_stale)
+            if removed:
+                log.info("removed %d containers left by an earlier session", removed)
             try:
                 ws, welcome = await handshake(
                     self.config.hub, role="provider", name=self.config.name, token=self.config.token
@@ -136,13 +147,13 @@ class ProviderRuntime:
             self._by_request.clear()
             containers, self._containers = self._containers, {}
             for container in containers.values():
-                await asyncio.to_thread(self.adapter.remove, container.id)
+                await self._docker(self.adapter.remove, container.id)
 
     async def _refresh_offer(self, endpoint: Endpoint) -> None:
         """Offer now (every session starts with one), then again whenever the local images change."""
         self._images = []
         while True:
-            images = sorted(await asyncio.to_thread(self.adapter.images))
+            images = sorted(await self._docker(self.adapter.images))
             if images != self._images:
                 self._images = images
                 offer = Offer(
@@ -199,7 +210,11 @@ class ProviderRuntime:
         assert self._tg is not None
         container = self._containers.get(activity) if activity is not None else None
         if activity is not None and container is None:
-            self._reply_later(request_id, ErrorCode.UNKNOWN_ACTIVITY, f"no container for activity {activity}")
+            self._refuse(request_id, work, ErrorCode.UNKNOWN_ACTIVITY, f"no container for activity {activity}")
+            return
+        if container is not None and len(container.tasks) >= MAX_OPS_PER_ACTIVITY:
+            text = f"more than {MAX_OPS_PER_ACTIVITY} operations at once on activity {activity}"
+            self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
             return
         task = self._tg.create_task(self._serve(request_id, work))
         self._by_request[request_id] = (task, stop)
@@ -207,8 +222,12 @@ class ProviderRuntime:
             container.tasks.add(task)
             task.add_done_callback(container.tasks.discard)
 
-    def _reply_later(self, request_id: int, code: ErrorCode, text: str) -> None:
+    def _refuse(self, request_id: int, work: Awaitable[Message], code: ErrorCode, text: str) -> None:
+        """Answer a request with an error without starting its work."""
         assert self._tg is not None
+        if isinstance(work, Coroutine):
+            work.close()
+        self._ep.forget(request_id)
         self._tg.create_task(self._send_quietly(Error(type="error", re=request_id, code=code, message=text)))
 
     async def _serve(self, request_id: int, work: Awaitable[Message]) -> None:
@@ -225,6 +244,7 @@ class ProviderRuntime:
             reply = Error(type="error", re=request_id, code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}")
         finally:
             self._by_request.pop(request_id, None)
+            self._ep.forget(request_id)
         await self._send_quietly(reply)
 
     async def _send_quietly(self, message: Message) -> None:
@@ -255,7 +275,7 @@ class ProviderRuntime:
             pids_limit=self.config.pids_limit,
         )
         try:
-            container_id = await asyncio.to_thread(self.adapter.create, spec)
+            container_id = await self._docker(self.adapter.create, spec)
         except ImageNotFound as e:
             raise ImageNotFound(
                 f"provider {self.config.name!r} does not hold the image {message.image!r} "
@@ -269,13 +289,17 @@ class ProviderRuntime:
         container = self._containers.pop(message.activity, None)
         if container is None:
             return Done(type="done", re=message.id)
-        if container.tasks:
-            await asyncio.wait(container.tasks, timeout=5)
+        cpu: float | None = None
         try:
-            cpu: float | None = await asyncio.to_thread(self.adapter.cpu_seconds, container.id)
-        except KilnError:
-            cpu = None  # the container died on its own; removing it is what matters
-        await asyncio.to_thread(self.adapter.remove, container.id)
+            if container.tasks:
+                await asyncio.wait(container.tasks, timeout=5)
+            try:
+                cpu = await self._docker(self.adapter.cpu_seconds, container.id)
+            except KilnError:
+                pass  # the container died on its own; removing it is what matters
+        finally:
+            # Untracked from here on, so removed whatever happens (even when cancelled).
+            await self._docker(self.adapter.remove, container.id)
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
@@ -324,7 +348,7 @@ class ProviderRuntime:
 
     async def _download(self, message: Download, outgoing: Outgoing) -> Message:
         container = self._container(message.activity)
-        stream = await asyncio.to_thread(self.adapter.open_download, container, message.path)
+        stream = await self._docker(self.adapter.open_download, container, message.path)
         loop = asyncio.get_running_loop()
 
         def pump() -> int:

@@ -15,7 +15,7 @@ import contextlib
 import os
 import tarfile
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -89,8 +89,17 @@ def container_path(path: str) -> str:
 class Activity:
     """One container rented on one provider, until :meth:`release` (or its provider is lost)."""
 
-    def __init__(self, endpoint: Endpoint, activity: str, provider: str, resources: Resources, cached: bool) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        activity: str,
+        provider: str,
+        resources: Resources,
+        cached: bool,
+        on_released: Callable[[Activity], None] = lambda activity: None,
+    ) -> None:
         self._endpoint = endpoint
+        self._on_released = on_released
         self.id = activity
         self.provider = provider
         self.resources = resources
@@ -328,6 +337,8 @@ class Activity:
             with contextlib.suppress(KilnError):
                 await releasing
             raise
+        finally:
+            self._on_released(self)
 
     async def _release(self) -> None:
         try:
@@ -355,6 +366,11 @@ def _extract_folder(archive: str, dest: Path) -> None:
         changes: dict[str, Any] = {"name": rest}
         if member.islnk():
             changes["linkname"] = member.linkname.partition("/")[2]
+        if (member.issym() or member.islnk()) and (
+            member.linkname.startswith("/") or ".." in member.linkname.split("/")
+        ):
+            # Links only ever point down: then no chain of them can lead out of ``dest``.
+            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
         return tarfile.data_filter(member.replace(**changes, deep=False), root)
 
     dest.mkdir(parents=True, exist_ok=True)

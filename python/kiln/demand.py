@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from kiln.errors import UsageError
 from kiln.protocol.messages import Demand as DemandMessage
 from kiln.units import parse_size
@@ -25,9 +27,13 @@ class Demand:
     def to_message(self) -> DemandMessage:
         if isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus <= 0:
             raise UsageError(f"cpus must be a positive number, not {self.cpus!r}")
-        return DemandMessage(
-            cpus=float(self.cpus),
-            memory=parse_size(self.memory),
-            storage=parse_size(self.storage),
-            labels=dict(self.labels),
-        )
+        try:
+            return DemandMessage(
+                cpus=float(self.cpus),
+                memory=parse_size(self.memory),
+                storage=parse_size(self.storage),
+                labels=dict(self.labels),
+            )
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in e.errors(include_url=False))
+            raise UsageError(f"invalid demand: {problems}") from e

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeV
 
 from kiln.activity import Activity
 from kiln.demand import Demand
-from kiln.errors import ActivityError, ConnectionClosed, KilnError, NoMatch, ProviderLost, UsageError
+from kiln.errors import ConnectionClosed, ContainerFailed, ImageNotFound, KilnError, NoMatch, ProviderLost, UsageError
 from kiln.protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ Hook = Callable[[Activity], Awaitable[None]]
 EVENT_BUFFER: Final = 1024
 RENT_RETRY_SECONDS: Final = 0.5
 MAX_PROVIDER_FAILURES: Final = 2
+TEARDOWN_SECONDS: Final = 60.0
+
+log = logging.getLogger("kiln.executor")
 
 
 class RetryTask(KilnError):
@@ -340,6 +344,12 @@ class Job(Generic[T, R]):
             self._held[slot] = target  # claimed: the other slots pass it over
         try:
             activity = await self.requestor.rent(self.image, self.demand, exclude=others | taken)
+        except (ImageNotFound, ContainerFailed) as e:
+            # This provider cannot run the job's containers; the others may.
+            del self._held[slot]
+            self._banned.add(target)
+            self._event("provider_banned", provider=target, detail=e.message)
+            raise ProviderLost(e.message, e.code) from e
         except BaseException:
             del self._held[slot]
             raise
@@ -358,15 +368,22 @@ class Job(Generic[T, R]):
         ]  # fmt: skip
         if not fitting:
             return None, set()
+        holding = [p for p in fitting if self.image in p.images]
+        fitting = holding or fitting
         best = min(fitting, key=lambda p: (self.image not in p.images, p.activities, p.name))
         return best.name, {p.name for p in market} - {best.name}
 
     async def _release(self, activity: Activity) -> None:
-        if self.teardown is not None and activity.lost is None and not activity.released:
-            with contextlib.suppress(ActivityError):
-                await self.teardown(activity)
-        with contextlib.suppress(KilnError):
-            await activity.release()
+        """Tear down (if asked) and release ``activity``; the release happens whatever teardown does."""
+        try:
+            if self.teardown is not None and activity.lost is None and not activity.released:
+                async with asyncio.timeout(TEARDOWN_SECONDS):
+                    await self.teardown(activity)
+        except Exception as e:  # noqa: BLE001 - a failed teardown must not keep the container alive
+            log.warning("teardown on %s failed: %s: %s", activity.provider, type(e).__name__, e)
+        finally:
+            with contextlib.suppress(KilnError):
+                await activity.release()
         if activity.cpu_seconds is not None:
             cpu = self.summary.cpu_seconds
             cpu[activity.provider] = cpu.get(activity.provider, 0.0) + activity.cpu_seconds

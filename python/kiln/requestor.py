@@ -74,7 +74,7 @@ class Requestor:
         finally:
             ep.forget(rent.id)
         assert isinstance(reply, Rented)
-        activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached)
+        activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached, self._forget)
         self._activities[activity.id] = activity
         return activity
 

@@ -10,6 +10,7 @@
 import { open, mkdir, rename, rm, chmod, realpath, lstat, unlink, symlink, link } from "node:fs/promises";
 import { basename, dirname, join, resolve, relative, sep, isAbsolute, posix } from "node:path";
 import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
 
 import { FileNotFoundError, TransferFailedError, UsageError } from "../errors.js";
 import { TarError, TarReader } from "../tar.js";
@@ -66,7 +67,7 @@ export async function saveDownload(info, chunks, dest, path) {
   if (typeof dest !== "string" && !(dest instanceof URL)) {
     throw new UsageError("downloadFile takes a local destination path (string or file: URL) in Node.js");
   }
-  const target = resolve(dest instanceof URL ? new URL(dest).pathname : dest);
+  const target = resolve(dest instanceof URL ? fileURLToPath(dest) : dest);
   if (info.kind === "dir") {
     await extractFolder(chunks, target, path);
     return target;
@@ -145,6 +146,10 @@ export async function extractFolder(chunks, dest, path) {
         } else if (entry.kind === "symlink") {
           if (isAbsolute(entry.linkname) || posix.isAbsolute(entry.linkname)) {
             throw refuse(`${entry.name} is a link to the absolute path ${entry.linkname}`);
+          }
+          // Links only ever point down: then no chain of them can lead out of the destination.
+          if (entry.linkname.split("/").includes("..")) {
+            throw refuse(`${entry.name} is a link through '..' (${entry.linkname}), outside`);
           }
           const pointsTo = resolve(dirname(target), entry.linkname);
           if (!within(root, pointsTo)) throw refuse(`${entry.name} is a link to ${entry.linkname}, outside`);

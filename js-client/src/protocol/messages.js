@@ -22,6 +22,8 @@ export const MAJOR_VERSION = 1;
 export const MINOR_VERSION = 0;
 
 export const MAX_ID = 2 ** 31 - 1;
+/** The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all. */
+export const MIN_MEMORY = 6 * 2 ** 20;
 export const MAX_PATH_LENGTH = 4096;
 
 // --- field checks -------------------------------------------------------------------
@@ -216,8 +218,8 @@ function model(fields) {
 
 const Resources = model({ cpus: req(cpus), memory: req(bytes), storage: opt(bytes, 0) });
 const Demand = model({
-  cpus: opt(float({ gt: 0, le: 4096 }), 1.0),
-  memory: opt(bytes, 256 * 2 ** 20),
+  cpus: opt(float({ ge: 0.01, le: 4096 }), 1.0),
+  memory: opt(int({ ge: MIN_MEMORY, le: 2 ** 62 }), 256 * 2 ** 20),
   storage: opt(bytes, 0),
   labels: opt(labels, {}),
 });

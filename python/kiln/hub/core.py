@@ -231,8 +231,11 @@ class HubCore:
             return self._flush()
         route = p.streams.get(frame.stream)
         sending = route is not None and (route.upload == (p.role == "requestor"))
+        # A requestor's stream id is its request id, so the error can name it; a provider's is
+        # the hub's, which the provider cannot match against its own requests.
+        re = frame.stream if p.role == "requestor" else None
         if route is None or not sending or route.ended:
-            self._error(p, frame.stream, ErrorCode.UNKNOWN_STREAM, f"no open stream {frame.stream} to send on")
+            self._error(p, re, ErrorCode.UNKNOWN_STREAM, f"no open stream {frame.stream} to send on")
             return self._flush()
         to_requestor = p.role == "provider"
         target, target_id = (route.requestor, route.r_id) if to_requestor else (route.provider, route.p_id)
@@ -240,7 +243,7 @@ class HubCore:
             if route.credit <= 0:
                 self._error(
                     p,
-                    frame.stream,
+                    re,
                     ErrorCode.FLOW_CONTROL,
                     f"DATA frame on stream {frame.stream} without credit; the stream is aborted",
                 )
@@ -323,7 +326,7 @@ class HubCore:
                 pending = self.peers[provider].pending.get(hub_id)
                 if pending is not None and pending.kind == "create":
                     pending.cancelled = True  # destroyed as soon as it exists (see _finish)
-                elif pending is not None:
+                elif pending is not None and pending.kind != "destroy":  # a release always completes
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
         assert not isinstance(
@@ -502,13 +505,13 @@ class HubCore:
                     ),
                 )
         elif pending.kind == "destroy":
-            if activity is not None:
-                self._drop_activity(activity)
             if isinstance(reply, Error):
+                # The container may still run: its capacity stays reserved until the provider goes.
                 self._out.append(
                     Log("warning", f"provider {p.name!r} failed to destroy {pending.activity}: {reply.message}")
                 )
-                reply = Done(type="done", re=1)
+            elif activity is not None:
+                self._drop_activity(activity)
             if pending.cancelled:
                 reply = Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
             self._to_requestor(pending, reply)

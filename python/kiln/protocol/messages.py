@@ -33,6 +33,8 @@ MAJOR_VERSION: Final = 1
 MINOR_VERSION: Final = 0
 
 MAX_ID: Final = 2**31 - 1
+MIN_MEMORY: Final = 6 * 2**20
+"""The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all."""
 MAX_PATH_LENGTH: Final = 4096
 
 
@@ -91,8 +93,8 @@ class Resources(_Message):
 class Demand(_Message):
     """What a requestor asks for: at least these resources, and these labels exactly."""
 
-    cpus: Annotated[float, Field(gt=0, le=4096)] = 1.0
-    memory: Bytes = 256 * 2**20
+    cpus: Annotated[float, Field(ge=0.01, le=4096)] = 1.0
+    memory: Annotated[int, Field(ge=MIN_MEMORY, le=2**62)] = 256 * 2**20
     storage: Bytes = 0
     labels: Labels = {}
 
