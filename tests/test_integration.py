@@ -355,3 +355,24 @@ async def test_transfers_cancelled_midway_leave_the_activity_working(one_provide
         await asyncio.wait_for(act.send_file(big, "/golem/input/big.bin"), 30)
         size = await act.run(["sh", "-c", "wc -c < /golem/input/big.bin"])
         assert size.stdout.strip() == str(150 * MiB)
+
+
+async def test_one_activity_cannot_hog_its_provider(one_provider: Cluster) -> None:
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
+        hogs = [asyncio.create_task(act.run(["sleep", "60"])) for _ in range(32)]
+        await asyncio.sleep(1.0)
+        with pytest.raises(kiln.KilnError) as refused:
+            await act.run(["true"])
+        assert refused.value.code == kiln.ErrorCode.TOO_MANY
+        for hog in hogs:
+            hog.cancel()
+        await asyncio.gather(*hogs, return_exceptions=True)
+        deadline = time.monotonic() + 15
+        while True:  # the provider ends the cancelled commands a moment after we stop waiting
+            try:
+                assert (await act.run(["echo", "free again"])).stdout == "free again\n"
+                break
+            except kiln.KilnError as e:
+                if e.code != kiln.ErrorCode.TOO_MANY or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)

@@ -27,7 +27,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -134,6 +134,7 @@ class ExecProcess:
         self._lock = threading.Lock()
         self._killed = False
         self._outcome: ExecOutcome | None = None
+        self._on_end: list[Callable[[], object]] = []
         self._reader = threading.Thread(target=self._read, name=f"kiln-exec-{exec_id[:12]}", daemon=True)
         self._reader.start()
 
@@ -207,8 +208,23 @@ class ExecProcess:
             if response is not None:
                 response.close()
             self._hijacked.close()
-            self._done.set()
+            with self._lock:
+                self._done.set()
+                callbacks, self._on_end = self._on_end, []
             self._wake.set()
+            for callback in callbacks:
+                callback()
+
+    def when_output_ends(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` (from another thread) once the output stream ends: then :meth:`wait` is quick.
+
+        Lets an event loop wait for a command without holding a thread for its whole run.
+        """
+        with self._lock:
+            if not self._done.is_set():
+                self._on_end.append(callback)
+                return
+        callback()
 
     def _keep(self, index: int, data: bytes) -> None:
         room = self._max - len(self._out[index])

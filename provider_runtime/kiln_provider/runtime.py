@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import random
 import time
@@ -315,7 +316,14 @@ class ProviderRuntime:
             message.workdir,
             self._ep.limits.max_output_bytes,
         )
+        loop = asyncio.get_running_loop()
+        ended = loop.create_future()
+        process.when_output_ends(lambda: loop.call_soon_threadsafe(_settle, ended))
         try:
+            # No thread is held while the command runs: only for the short wait once its
+            # output ended, or once its timeout passed (then wait() kills it).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended, message.timeout)
             outcome = await asyncio.to_thread(process.wait, message.timeout)
         except asyncio.CancelledError:
             process.kill()
@@ -374,6 +382,11 @@ class ProviderRuntime:
         total = await asyncio.to_thread(pump)
         await outgoing.end()
         return Done(type="done", re=message.id, bytes=total)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 async def _next(incoming: Incoming) -> bytes | None:
