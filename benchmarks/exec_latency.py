@@ -56,7 +56,7 @@ def main() -> None:
     print(describe("docker exec via docker-py", direct(args.runs)))
     with tempfile.TemporaryDirectory() as logs, LocalCluster(Path(logs)) as cluster:
         url = cluster.start_hub()
-        cluster.start_provider("bench-latency", cpus=1, memory="512MiB")
+        cluster.start_provider("bench-latency", cpus=1, memory="512MiB", wait=False)
         cluster.wait_for_providers({"bench-latency"})
         print(describe("run through the hub     ", asyncio.run(through_hub(url, args.runs))))
 

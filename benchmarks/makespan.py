@@ -40,7 +40,7 @@ def main() -> None:
         url = cluster.start_hub()
         names = {f"bench-p{i}" for i in range(args.providers)}
         for name in names:
-            cluster.start_provider(name, cpus=0.5, memory="512MiB")
+            cluster.start_provider(name, cpus=0.5, memory="512MiB", wait=False)
         cluster.wait_for_providers(names)
         makespan, summary = asyncio.run(job(url, args.tasks, args.providers, args.seconds))
     ideal = args.tasks * args.seconds / args.providers

@@ -21,7 +21,7 @@ def main() -> None:
         url = cluster.start_hub()
         print(f"hub at {url}")
         for name in ("demo-p1", "demo-p2"):
-            cluster.start_provider(name, cpus=1, memory="1GiB")
+            cluster.start_provider(name, cpus=1, memory="1GiB", wait=False)
         cluster.wait_for_providers({"demo-p1", "demo-p2"})
         print("providers demo-p1 and demo-p2 offer kiln-busybox:latest\n")
         subprocess.run([sys.executable, str(HERE / "word_freq.py"), "--hub", url], check=True)

@@ -15,20 +15,7 @@ from kiln.local import DEFAULT_IMAGE, LocalCluster
 IMAGE = DEFAULT_IMAGE
 
 
-class Cluster(LocalCluster):
-    """A LocalCluster whose provider names get a per-test suffix (they share one Docker engine)."""
-
-    suffix: str = ""
-
-    def start_provider(  # type: ignore[override]
-        self, name: str, *, cpus: float = 2, memory: str = "2GiB", wait: bool = True,
-        labels: dict[str, str] | None = None,
-    ) -> str:  # fmt: skip
-        full = f"{name}-{self.suffix}"
-        super().start_provider(full, cpus=cpus, memory=memory, labels=labels)
-        if wait:
-            self.wait_for_providers({full})
-        return full
+Cluster = LocalCluster
 
 
 def containers_of(provider: str) -> list[str]:
@@ -53,8 +40,7 @@ def busybox_image() -> str:
 
 @pytest.fixture
 def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    c.suffix = secrets.token_hex(3)
+    c = Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}")
     c.start_hub()
     try:
         yield c

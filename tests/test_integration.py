@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -151,9 +152,8 @@ async def test_capacity_is_never_sold_twice(cluster: Cluster) -> None:
 
     refusals: list[str] = []
 
-    async def greedy(index: int) -> list[kiln.Activity]:
+    async def greedy(requestor: kiln.Requestor) -> list[kiln.Activity]:
         got: list[kiln.Activity] = []
-        requestor = await connections[index].__aenter__()
         for _ in range(3):
             try:
                 got.append(await requestor.rent(IMAGE, demand))
@@ -161,9 +161,9 @@ async def test_capacity_is_never_sold_twice(cluster: Cluster) -> None:
                 refusals.append(e.message)
         return got
 
-    connections = [kiln.connect(cluster.url, name=f"r{i}") for i in range(3)]
-    try:
-        held = await asyncio.gather(*(greedy(i) for i in range(3)))
+    async with contextlib.AsyncExitStack() as stack:
+        requestors = [await stack.enter_async_context(kiln.connect(cluster.url, name=f"r{i}")) for i in range(3)]
+        held = await asyncio.gather(*(greedy(r) for r in requestors))
         activities = [a for group in held for a in group]
         assert len(activities) == 4  # 2 providers x (1 GiB / 512 MiB)
         assert len(refusals) == 5
@@ -171,18 +171,14 @@ async def test_capacity_is_never_sold_twice(cluster: Cluster) -> None:
         per_provider = {n: sum(1 for a in activities if a.provider == n) for n in names}
         assert per_provider == dict.fromkeys(names, 2)
         for name in names:
-            ids = containers_of(name)
-            assert len(ids) == 2
+            assert len(containers_of(name)) == 2
         # Releasing one frees exactly one slot, for whoever asks next.
         await activities[0].release()
-        async with kiln.connect(cluster.url) as late:
-            extra = await late.rent(IMAGE, demand)
-            assert extra.provider == activities[0].provider
-            with pytest.raises(kiln.NoMatch):
-                await late.rent(IMAGE, demand)
-    finally:
-        for c in connections:
-            await c.__aexit__(None, None, None)
+        late = await stack.enter_async_context(kiln.connect(cluster.url))
+        extra = await late.rent(IMAGE, demand)
+        assert extra.provider == activities[0].provider
+        with pytest.raises(kiln.NoMatch):
+            await late.rent(IMAGE, demand)
     for name in names:
         await wait_until(lambda n=name: containers_of(n) == [])
 

@@ -23,6 +23,7 @@ from typing import Final, TypeVar
 
 from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
 from kiln.errors import Cancelled, ConnectionClosed, ImageNotFound, KilnError, Unauthorized, UnsupportedVersion
+from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import (
     Cancel,
@@ -46,7 +47,6 @@ log = logging.getLogger("kiln.provider")
 
 T = TypeVar("T")
 
-UPLOAD_WINDOW: Final = 16
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
 BACKOFF_FIRST: Final = 0.25
@@ -65,10 +65,22 @@ class ProviderConfig:
     pids_limit: int = 256
 
 
+@dataclass(eq=False)
+class Operation:
+    """One request being served: its task, and how to unblock it before cancelling."""
+
+    task: asyncio.Task[None]
+    stop: Callable[[], None]
+
+    def halt(self) -> None:
+        self.stop()
+        self.task.cancel()
+
+
 @dataclass
 class Container:
     id: str
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    operations: set[Operation] = field(default_factory=set)
 
 
 class ProviderRuntime:
@@ -78,10 +90,11 @@ class ProviderRuntime:
         self.config = config
         self.adapter = adapter
         self.offer_resources = self._capacity()
+        self.arch = adapter.host_info().arch
         self._endpoint: Endpoint | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._containers: dict[str, Container] = {}
-        self._by_request: dict[int, tuple[asyncio.Task[None], Callable[[], None]]] = {}
+        self._by_request: dict[int, Operation] = {}
         self._images: list[str] = []
         # Container lifecycle calls get threads of their own: long execs and streams, which
         # hold a thread each, can never starve create and remove.
@@ -140,9 +153,8 @@ class ProviderRuntime:
                 refresher = tg.create_task(self._refresh_offer(endpoint))
                 await reader
                 refresher.cancel()
-                for task, stop in list(self._by_request.values()):
-                    stop()
-                    task.cancel()
+                for operation in list(self._by_request.values()):
+                    operation.halt()
         finally:
             self._tg = None
             self._by_request.clear()
@@ -159,7 +171,7 @@ class ProviderRuntime:
                 self._images = images
                 offer = Offer(
                     type="offer", id=endpoint.new_id(), resources=self.offer_resources,
-                    arch=self.adapter.host_info().arch, labels=self.config.labels, images=images,
+                    arch=self.arch, labels=self.config.labels, images=images,
                 )  # fmt: skip
                 await endpoint.request(offer)
                 log.info("offered %s with %d images", self.offer_resources, len(images))
@@ -176,7 +188,7 @@ class ProviderRuntime:
         elif isinstance(message, Exec):
             self._spawn(message.id, message.activity, self._exec(message))
         elif isinstance(message, Upload):
-            incoming = self._ep.incoming(message.id, UPLOAD_WINDOW)
+            incoming = self._ep.incoming(message.id, self._upload_window)
             stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
             self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload)
         elif isinstance(message, Download):
@@ -185,16 +197,18 @@ class ProviderRuntime:
             stop_download = partial(outgoing.fail, Cancelled("download cancelled"))
             self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download)
         elif isinstance(message, Cancel):
-            entry = self._by_request.get(message.target)
-            if entry is not None:
-                task, stop = entry
-                stop()
-                task.cancel()
+            operation = self._by_request.get(message.target)
+            if operation is not None:
+                operation.halt()
         elif isinstance(message, Error):
             if message.code != ErrorCode.CONNECTION_CLOSED:
                 log.warning("the hub reports %s: %s", message.code, message.message)
         else:
             log.warning("ignoring unexpected %r from the hub", message.type)
+
+    @property
+    def _upload_window(self) -> int:
+        return min(limits.WINDOW_CHUNKS, self._ep.limits.max_window)
 
     @property
     def _ep(self) -> Endpoint:
@@ -213,15 +227,15 @@ class ProviderRuntime:
         if activity is not None and container is None:
             self._refuse(request_id, work, ErrorCode.UNKNOWN_ACTIVITY, f"no container for activity {activity}")
             return
-        if container is not None and len(container.tasks) >= MAX_OPS_PER_ACTIVITY:
+        if container is not None and len(container.operations) >= MAX_OPS_PER_ACTIVITY:
             text = f"more than {MAX_OPS_PER_ACTIVITY} operations at once on activity {activity}"
             self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
             return
         task = self._tg.create_task(self._serve(request_id, work))
-        self._by_request[request_id] = (task, stop)
+        operation = self._by_request[request_id] = Operation(task, stop)
         if container is not None:
-            container.tasks.add(task)
-            task.add_done_callback(container.tasks.discard)
+            container.operations.add(operation)
+            task.add_done_callback(lambda _: container.operations.discard(operation))
 
     def _refuse(self, request_id: int, work: Awaitable[Message], code: ErrorCode, text: str) -> None:
         """Answer a request with an error without starting its work."""
@@ -258,12 +272,8 @@ class ProviderRuntime:
         container = self._containers.get(activity)
         if container is None:
             return
-        for task in list(container.tasks):
-            for request_id, (t, stop) in list(self._by_request.items()):
-                if t is task:
-                    stop()
-                    self._by_request.pop(request_id, None)
-            task.cancel()
+        for operation in list(container.operations):
+            operation.halt()
 
     # --- the requests -----------------------------------------------------------------------
 
@@ -292,8 +302,8 @@ class ProviderRuntime:
             return Done(type="done", re=message.id)
         cpu: float | None = None
         try:
-            if container.tasks:
-                await asyncio.wait(container.tasks, timeout=5)
+            if container.operations:
+                await asyncio.wait([operation.task for operation in container.operations], timeout=5)
             try:
                 cpu = await self._docker(self.adapter.cpu_seconds, container.id)
             except KilnError:
@@ -343,7 +353,7 @@ class ProviderRuntime:
     async def _upload(self, message: Upload, incoming: Incoming) -> Message:
         container = self._container(message.activity)
         loop = asyncio.get_running_loop()
-        await self._ep.send(Credit(type="credit", stream=message.id, chunks=UPLOAD_WINDOW))
+        await self._ep.send(Credit(type="credit", stream=message.id, chunks=self._upload_window))
 
         def chunks() -> Iterator[bytes]:
             while (chunk := asyncio.run_coroutine_threadsafe(_next(incoming), loop).result()) is not None:

@@ -25,11 +25,10 @@ class Demand:
     labels: Mapping[str, str] = field(default_factory=dict)
 
     def to_message(self) -> DemandMessage:
-        if isinstance(self.cpus, bool) or not isinstance(self.cpus, int | float) or self.cpus <= 0:
-            raise UsageError(f"cpus must be a positive number, not {self.cpus!r}")
+        """The demand as the protocol carries it; :class:`UsageError` when it breaks a rule."""
         try:
             return DemandMessage(
-                cpus=float(self.cpus),
+                cpus=self.cpus,
                 memory=parse_size(self.memory),
                 storage=parse_size(self.storage),
                 labels=dict(self.labels),

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeV
 from kiln.activity import Activity
 from kiln.demand import Demand
 from kiln.errors import ConnectionClosed, ContainerFailed, ImageNotFound, KilnError, NoMatch, ProviderLost, UsageError
+from kiln.market import meets
 from kiln.protocol.codes import ErrorCode
 
 if TYPE_CHECKING:
@@ -360,16 +361,9 @@ class Job(Generic[T, R]):
         """A provider not in ``taken`` whose free capacity covers the demand, and all the others."""
         demand = (self.demand or Demand()).to_message()
         market = await self.requestor.market()
-        fitting = [
-            p for p in market
-            if p.name not in taken and p.free.cpus >= demand.cpus and p.free.memory >= demand.memory
-            and p.free.storage >= demand.storage
-            and all(p.labels.get(key) == value for key, value in demand.labels.items())
-        ]  # fmt: skip
+        fitting = [p for p in market if p.name not in taken and meets(p.free, p.labels, demand)]
         if not fitting:
             return None, set()
-        holding = [p for p in fitting if self.image in p.images]
-        fitting = holding or fitting
         best = min(fitting, key=lambda p: (self.image not in p.images, p.activities, p.name))
         return best.name, {p.name for p in market} - {best.name}
 

@@ -63,6 +63,8 @@ class LocalCluster:
     hub: Process | None = None
     url: str = ""
     providers: dict[str, Process] = field(default_factory=dict)
+    suffix: str = ""
+    """Appended to every provider name: clusters sharing one Docker engine keep apart."""
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -96,12 +98,16 @@ class LocalCluster:
         raise KilnError(f"the hub did not start:\n{self.hub.output()}")
 
     def start_provider(self, name: str, *, cpus: float = 2, memory: str = "2GiB",
-                       labels: dict[str, str] | None = None) -> Process:  # fmt: skip
-        args = ["provider", "--hub", self.url, "--name", name, "--cpus", str(cpus), "--memory", memory]
+                       labels: dict[str, str] | None = None, wait: bool = True) -> str:  # fmt: skip
+        """Start provider ``name`` + :attr:`suffix`; with ``wait``, until it offers the image. Returns its name."""
+        full = f"{name}{self.suffix}"
+        args = ["provider", "--hub", self.url, "--name", full, "--cpus", str(cpus), "--memory", memory]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
-        self.providers[name] = self.spawn(name, *args)
-        return self.providers[name]
+        self.providers[full] = self.spawn(full, *args)
+        if wait:
+            self.wait_for_providers({full})
+        return full
 
     def wait_for_providers(self, names: set[str], image: str = DEFAULT_IMAGE, timeout: float = START_TIMEOUT) -> None:
         """Block until every provider in ``names`` offers ``image`` (call from a thread in async code)."""

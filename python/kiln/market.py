@@ -40,25 +40,22 @@ class Seller:
         )
 
     def fits(self, demand: Demand) -> bool:
-        total = self.offer.resources
-        return (
-            total.cpus - self.cpus >= demand.cpus - 1e-9
-            and total.memory - self.memory >= demand.memory
-            and total.storage - self.storage >= demand.storage
-        )
+        """Whether what is still free meets ``demand``."""
+        return meets(self.free, self.offer.labels, demand)
 
     def could_ever_fit(self, demand: Demand) -> bool:
-        total = self.offer.resources
-        return (
-            total.cpus >= demand.cpus - 1e-9
-            and total.memory >= demand.memory
-            and total.storage >= demand.storage
-            and has_labels(self.offer.labels, demand.labels)
-        )
+        """Whether the whole offer would meet ``demand`` if nothing were reserved."""
+        return meets(self.offer.resources, self.offer.labels, demand)
 
 
-def has_labels(offered: dict[str, str], wanted: dict[str, str]) -> bool:
-    return all(offered.get(key) == value for key, value in wanted.items())
+def meets(resources: Resources, labels: dict[str, str], demand: Demand) -> bool:
+    """Whether ``resources`` with ``labels`` satisfy ``demand`` (the one matching rule)."""
+    return (
+        resources.cpus >= demand.cpus - 1e-9
+        and resources.memory >= demand.memory
+        and resources.storage >= demand.storage
+        and all(labels.get(key) == value for key, value in demand.labels.items())
+    )
 
 
 class Market:
@@ -92,7 +89,7 @@ class Market:
         candidates = [
             (peer, seller)
             for peer, seller in self._sellers.items()
-            if seller.name not in exclude and seller.fits(demand) and has_labels(seller.offer.labels, demand.labels)
+            if seller.name not in exclude and seller.fits(demand)
         ]
         if not candidates:
             raise NoMatchError(self._why_not(demand, exclude))

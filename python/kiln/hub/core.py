@@ -203,9 +203,7 @@ class HubCore:
         try:
             message = parse(data)
         except ProtocolViolation as e:
-            self._error(p, e.re, e.code, e.message)
-            if p.role is None:
-                self._out.append(Close(peer, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
+            self._violation(p, e)
             return self._flush()
         if p.role is None:
             self._handshake(p, message)
@@ -225,9 +223,7 @@ class HubCore:
                 raise ProtocolViolation(ErrorCode.OUT_OF_ORDER, "binary frame before hello")
             frame = frames.decode(data, self.limits.chunk_bytes)
         except ProtocolViolation as e:
-            self._error(p, e.re, e.code, e.message)
-            if p.role is None:
-                self._out.append(Close(peer, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
+            self._violation(p, e)
             return self._flush()
         route = p.streams.get(frame.stream)
         sending = route is not None and (route.upload == (p.role == "requestor"))
@@ -329,21 +325,7 @@ class HubCore:
                 elif pending is not None and pending.kind != "destroy":  # a release always completes
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
-        assert not isinstance(
-            message,
-            Hello
-            | Welcome
-            | Error
-            | Done
-            | Offer
-            | Rented
-            | MarketInfo
-            | Create
-            | Destroy
-            | ActivityLost
-            | ExecResult
-            | DownloadInfo,
-        )
+        assert isinstance(message, Rent | Release | MarketQuery | Exec | Upload | Download)
         if message.id in p.open:
             self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
             return
@@ -438,10 +420,8 @@ class HubCore:
             )
             return
         route.credit += message.chunks
-        if route.upload:
-            self._send(route.requestor, Credit(type="credit", stream=route.r_id, chunks=message.chunks))
-        else:
-            self._send(route.provider, Credit(type="credit", stream=route.p_id, chunks=message.chunks))
+        sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
+        self._send(sender, Credit(type="credit", stream=stream, chunks=message.chunks))
 
     # --- provider ----------------------------------------------------------------------
 
@@ -487,23 +467,15 @@ class HubCore:
             if isinstance(reply, Error):
                 self._drop_activity(activity)
                 self._to_requestor(pending, reply)
-            elif requestor is None or pending.cancelled:
+            elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
                 self._out.append(Log("info", f"activity {activity.id} of {requestor.name!r} runs on {p.name!r}"))
-                self._to_requestor(
-                    pending,
-                    Rented(
-                        type="rented",
-                        re=1,
-                        activity=activity.id,
-                        provider=p.name,
-                        cached=activity.cached,
-                        resources=activity.resources,
-                    ),
-                )
+                rented = Rented(type="rented", re=pending.r_id, activity=activity.id, provider=p.name,
+                                cached=activity.cached, resources=activity.resources)  # fmt: skip
+                self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
                 # The container may still run: its capacity stays reserved until the provider goes.
@@ -513,8 +485,9 @@ class HubCore:
             elif activity is not None:
                 self._drop_activity(activity)
             if pending.cancelled:
-                reply = Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
-            self._to_requestor(pending, reply)
+                self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
+            else:
+                self._to_requestor(pending, reply)
         else:
             self._to_requestor(pending, reply)
 
@@ -527,10 +500,14 @@ class HubCore:
             if q is not None:
                 q.activities.discard(activity.id)
 
-    def _to_requestor(self, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo | Rented) -> None:
-        if pending.requestor is None or pending.r_id is None or pending.requestor not in self.peers:
-            return
-        self._send(pending.requestor, reply.model_copy(update={"re": pending.r_id}))
+    def _to_requestor(self, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo) -> None:
+        """Relay a provider's reply to the requestor that asked (if still here), under its own id."""
+        if pending.r_id is not None and pending.requestor in self.peers:
+            self._send(pending.requestor, reply.model_copy(update={"re": pending.r_id}))
+
+    def _fail_requestor(self, pending: Pending, code: ErrorCode, message: str) -> None:
+        if pending.r_id is not None and pending.requestor in self.peers:
+            self._send(pending.requestor, Error(type="error", re=pending.r_id, code=code, message=message))
 
     # --- departures ----------------------------------------------------------------------
 
@@ -560,13 +537,11 @@ class HubCore:
             if pending.route is not None:
                 requestor.streams.pop(pending.route.r_id, None)
             if pending.kind == "destroy" and pending.cancelled:
-                self._to_requestor(
-                    pending, Error(type="error", re=1, code=ErrorCode.CANCELLED, message="rent cancelled")
-                )
+                self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
             elif pending.kind == "destroy":
-                self._to_requestor(pending, Done(type="done", re=1))
+                self._send(requestor.id, Done(type="done", re=pending.r_id))  # the container went with it
             else:
-                self._to_requestor(pending, Error(type="error", re=1, code=ErrorCode.PROVIDER_LOST, message=why))
+                self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
         self.market.remove(p.id)
 
     def _requestor_gone(self, p: Peer) -> None:
@@ -592,6 +567,12 @@ class HubCore:
 
     def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
         self._send(p.id, Error(type="error", re=re, code=code, message=message))
+
+    def _violation(self, p: Peer, e: ProtocolViolation) -> None:
+        """Answer a frame that broke the protocol; before the handshake, also close."""
+        self._error(p, e.re, e.code, e.message)
+        if p.role is None:
+            self._out.append(Close(p.id, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []

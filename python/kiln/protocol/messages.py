@@ -30,7 +30,6 @@ from kiln.protocol.violation import ProtocolViolation
 PROTOCOL_NAME: Final = "kiln.v1"
 PROTOCOL_VERSION: Final = "1.0"
 MAJOR_VERSION: Final = 1
-MINOR_VERSION: Final = 0
 
 MAX_ID: Final = 2**31 - 1
 MIN_MEMORY: Final = 6 * 2**20
@@ -347,8 +346,6 @@ Message: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 
-Request: TypeAlias = Offer | Rent | Release | MarketQuery | Create | Destroy | Exec | Upload | Download
-Reply: TypeAlias = Error | Done | Rented | MarketInfo | ExecResult | DownloadInfo
 
 MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
 MESSAGE_MODELS: Final = (
