@@ -10,7 +10,6 @@ to send. Nothing in this module does I/O.
 
 from __future__ import annotations
 
-import posixpath
 from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
 
 import orjson
@@ -25,6 +24,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.paths import FORMAT as PATH_FORMAT
+from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.violation import ProtocolViolation
 
 PROTOCOL_NAME: Final = "kiln.v1"
@@ -34,7 +35,6 @@ MAJOR_VERSION: Final = 1
 MAX_ID: Final = 2**31 - 1
 MIN_MEMORY: Final = 6 * 2**20
 """The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all."""
-MAX_PATH_LENGTH: Final = 4096
 
 
 class _Message(BaseModel):
@@ -42,15 +42,11 @@ class _Message(BaseModel):
 
 
 def check_container_path(path: str) -> str:
-    """A container path is absolute, normalized, free of ``..`` and of NUL bytes."""
-    if not path.startswith("/"):
-        raise PydanticCustomError("bad_path", "container path must be absolute: {path}", {"path": path})
-    if "\x00" in path:
-        raise PydanticCustomError("bad_path", "container path contains a NUL byte", {})
-    if ".." in path.split("/"):
-        raise PydanticCustomError("bad_path", "container path must not contain '..': {path}", {"path": path})
-    if path != "/" and posixpath.normpath(path) != path.rstrip("/"):
-        raise PydanticCustomError("bad_path", "container path is not normalized: {path}", {"path": path})
+    """``path`` if it is a container path (see :mod:`kiln.protocol.paths`), else a ``bad_path`` error."""
+    problem = path_problem(path)
+    if problem is not None:
+        # Braces in the path must not be read as pydantic's message template fields.
+        raise PydanticCustomError("bad_path", "{problem}", {"problem": problem})
     return path
 
 
@@ -59,7 +55,9 @@ ActivityId: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
 ContainerPath: TypeAlias = Annotated[
-    str, Field(min_length=1, max_length=MAX_PATH_LENGTH), AfterValidator(check_container_path)
+    str,
+    Field(min_length=1, max_length=MAX_PATH_LENGTH, json_schema_extra={"format": PATH_FORMAT}),
+    AfterValidator(check_container_path),
 ]
 Labels: TypeAlias = Annotated[
     dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]],
