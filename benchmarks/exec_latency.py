@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import kiln
-from kiln.local import LocalCluster
+from kiln.testing import LocalCluster
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
 
 

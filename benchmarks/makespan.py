@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import kiln
-from kiln.local import LocalCluster
+from kiln.testing import LocalCluster
 
 
 async def job(url: str, tasks: int, providers: int, seconds: float) -> tuple[float, kiln.JobSummary]:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kiln.local import LocalCluster
+from kiln.testing import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 

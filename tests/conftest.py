@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.local import DEFAULT_IMAGE, LocalCluster
+from kiln.testing import DEFAULT_IMAGE, LocalCluster
 
 IMAGE = DEFAULT_IMAGE
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, TransferFailed
 from kiln.protocol.codes import ErrorCode
 from kiln_provider.docker_adapter import (
     LABEL_ACTIVITY,
@@ -24,6 +23,7 @@ from kiln_provider.docker_adapter import (
     DockerAdapter,
     ExecOutcome,
 )
+from kiln_provider.errors import DockerFailed, ImageMissing, NotAFile, PathMissing, TransferBroken
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(30)]
 
@@ -122,7 +122,7 @@ def test_host_info_and_storage(adapter: DockerAdapter) -> None:
 
 
 def test_missing_image_is_image_not_found(make_container: MakeContainer) -> None:
-    with pytest.raises(ImageNotFound, match="kiln-nope:latest"):
+    with pytest.raises(ImageMissing, match="kiln-nope:latest"):
         make_container(image="kiln-nope:latest")
 
 
@@ -196,18 +196,18 @@ def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> No
 
 
 def test_put_file_short_stream_fails(adapter: DockerAdapter, box: str) -> None:
-    with pytest.raises(TransferFailed, match="3 of 10"):
+    with pytest.raises(TransferBroken, match="3 of 10"):
         adapter.put_file(box, "/golem/input/short.txt", 10, 0o644, iter([b"abc"]))
 
 
 def test_put_file_long_stream_fails(adapter: DockerAdapter, box: str) -> None:
-    with pytest.raises(TransferFailed):
+    with pytest.raises(TransferBroken):
         adapter.put_file(box, "/golem/input/long.txt", 2, 0o644, iter([b"abc"]))
 
 
 def test_put_file_does_not_replace_a_folder(adapter: DockerAdapter, box: str) -> None:
     adapter.put_file(box, "/golem/work/keep/me.txt", 2, 0o644, iter([b"ok"]))
-    with pytest.raises(FileNotFound) as caught:
+    with pytest.raises(NotAFile) as caught:
         adapter.put_file(box, "/golem/work/keep", 2, 0o644, iter([b"no"]))
     assert caught.value.code == ErrorCode.NOT_A_FILE
     assert run(adapter, box, "cat", "/golem/work/keep/me.txt").stdout == b"ok"
@@ -291,12 +291,12 @@ def test_download_folder_is_a_tar_stream(adapter: DockerAdapter, box: str) -> No
 
 def test_download_dangling_link_is_file_not_found(adapter: DockerAdapter, box: str) -> None:
     sh(adapter, box, "ln -s /nowhere /golem/output/dangling")
-    with pytest.raises(FileNotFound, match="/golem/output/dangling"):
+    with pytest.raises(PathMissing, match="/golem/output/dangling"):
         adapter.open_download(box, "/golem/output/dangling")
 
 
 def test_download_missing_path_is_file_not_found(adapter: DockerAdapter, box: str) -> None:
-    with pytest.raises(FileNotFound, match="/golem/output/nope") as caught:
+    with pytest.raises(PathMissing, match="/golem/output/nope") as caught:
         adapter.open_download(box, "/golem/output/nope")
     assert caught.value.code == ErrorCode.FILE_NOT_FOUND
 
@@ -398,5 +398,5 @@ def test_exec_in_parallel_on_several_containers(adapter: DockerAdapter, make_con
 
 def test_limits_docker_would_read_as_none_are_refused(adapter: DockerAdapter, image: str) -> None:
     for cpus, memory in ((1.0, 0), (1e-12, 256 * MIB)):
-        with pytest.raises(ContainerFailed, match="treat as none"):
+        with pytest.raises(DockerFailed, match="treat as none"):
             adapter.create(ContainerSpec(activity="nolimit", image=image, cpus=cpus, memory=memory))

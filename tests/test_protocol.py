@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.protocol import ErrorCode, ProtocolViolation, frames, parse, serialize
+from kiln.protocol import ErrorCode, RemoteProtocolError, frames, parse, serialize
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import Credit, Upload
 from kiln.protocol.schema import render
@@ -23,7 +23,7 @@ def judge(vector: dict[str, str]) -> str:
             frames.decode(bytes.fromhex(vector["binary"]), max_payload=256 * 1024)
         else:
             parse(vector["frame"].encode())
-    except ProtocolViolation as e:
+    except RemoteProtocolError as e:
         return e.code.value
     return "valid"
 
@@ -56,7 +56,7 @@ def test_committed_schema_matches_the_models() -> None:
 
 
 def test_violation_carries_the_request_id() -> None:
-    with pytest.raises(ProtocolViolation) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         parse(b'{"type":"upload","id":42,"activity":"a","path":"/x/../y","size":1}')
     assert caught.value.code is ErrorCode.BAD_PATH
     assert caught.value.re == 42
@@ -85,6 +85,6 @@ def test_frame_round_trip_and_readdressing() -> None:
 
 
 def test_data_frame_over_the_chunk_limit_is_refused() -> None:
-    with pytest.raises(ProtocolViolation) as caught:
+    with pytest.raises(RemoteProtocolError) as caught:
         frames.decode(frames.encode(FrameKind.DATA, 1, b"x" * 17), max_payload=16)
     assert caught.value.code is ErrorCode.BAD_FRAME

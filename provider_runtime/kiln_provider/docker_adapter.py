@@ -36,8 +36,15 @@ import docker
 import docker.errors
 import requests
 
-from kiln.errors import ContainerFailed, FileNotFound, ImageNotFound, InvalidPath, KilnError, TransferFailed
-from kiln.protocol.codes import ErrorCode
+from kiln_provider.errors import (
+    BadPath,
+    DockerFailed,
+    ImageMissing,
+    NotAFile,
+    PathMissing,
+    ProviderError,
+    TransferBroken,
+)
 
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
@@ -104,13 +111,13 @@ class DownloadStream:
 
 @contextmanager
 def _engine(action: str) -> Iterator[None]:
-    """Turn whatever docker-py raises into ContainerFailed; Kiln errors raised inside pass through."""
+    """Turn whatever docker-py raises into DockerFailed; provider errors raised inside pass through."""
     try:
         yield
     except docker.errors.APIError as e:
-        raise ContainerFailed(f"{action}: {e.explanation or e}") from e
+        raise DockerFailed(f"{action}: {e.explanation or e}") from e
     except (docker.errors.DockerException, requests.RequestException) as e:
-        raise ContainerFailed(f"{action}: Docker engine unreachable: {e}") from e
+        raise DockerFailed(f"{action}: Docker engine unreachable: {e}") from e
 
 
 class ExecProcess:
@@ -142,7 +149,7 @@ class ExecProcess:
         """Block until the command ends, or kill it ``timeout`` seconds after its start (``timed_out=True``).
 
         Output a background process still writes after the command exited is waited for
-        until the timeout. ContainerFailed if the container is removed meanwhile.
+        until the timeout. DockerFailed if the container is removed meanwhile.
         """
         with self._lock:
             if self._outcome is not None:
@@ -286,7 +293,7 @@ def _kill_process_tree(root: int, container_id: str) -> None:
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     except PermissionError as e:
-        raise ContainerFailed(f"cannot kill pid {root}: the provider must run as root next to dockerd") from e
+        raise DockerFailed(f"cannot kill pid {root}: the provider must run as root next to dockerd") from e
 
 
 def _descendants(root: int, container_id: str) -> set[int]:
@@ -340,11 +347,11 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _guarded(raw: Generator[bytes, None, None], path: str) -> Generator[bytes, None, None]:
-    """Docker's chunks, with a broken connection reported as TransferFailed."""
+    """Docker's chunks, with a broken connection reported as TransferBroken."""
     try:
         yield from raw
     except requests.RequestException as e:
-        raise TransferFailed(f"download of {path} broke off: {e}") from e
+        raise TransferBroken(f"download of {path} broke off: {e}") from e
     finally:
         raw.close()  # drops docker-py's response, which closes its connection
 
@@ -359,7 +366,7 @@ def _file_chunks(
         while piece := content.read(CHUNK):
             yield piece
     except tarfile.TarError as e:
-        raise TransferFailed(f"download of {path} broke off: {e}") from e
+        raise TransferBroken(f"download of {path} broke off: {e}") from e
     finally:
         tar.close()
         raw.close()
@@ -368,12 +375,12 @@ def _file_chunks(
 def _archive_name(path: str) -> str:
     parts = path.split("/")
     if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
-        raise InvalidPath(f"not a normalised absolute path: {path!r}")
+        raise BadPath(f"not a normalised absolute path: {path!r}")
     return path[1:]
 
 
 class DockerAdapter:
-    """The Docker engine, as a Kiln provider needs it. Errors are :class:`kiln.errors.KilnError`s."""
+    """The Docker engine, as a Kiln provider needs it. Errors are :class:`~kiln_provider.errors.ProviderError`s."""
 
     def __init__(self, provider: str, client: Any | None = None) -> None:
         self.provider = provider
@@ -401,11 +408,11 @@ class DockerAdapter:
         """Create and start a hardened container that idles until :meth:`remove`; returns its id.
 
         The container runs ``sleep infinity``, so a Kiln image needs ``sleep`` on its PATH.
-        Images are never pulled (there may be no registry): a missing one is ImageNotFound.
+        Images are never pulled (there may be no registry): a missing one is ImageMissing.
         """
         # Docker reads a zero limit as "no limit": never let one through.
         if spec.memory < MIN_MEMORY or int(spec.cpus * 1e9) < MIN_NANO_CPUS or spec.pids_limit < 1:
-            raise ContainerFailed(
+            raise DockerFailed(
                 f"refusing limits that Docker would treat as none: cpus={spec.cpus}, memory={spec.memory}, "
                 f"pids={spec.pids_limit} (at least 0.01 CPUs and 6 MiB)"
             )
@@ -431,7 +438,7 @@ class DockerAdapter:
                     host_config=host_config,
                 )
             except docker.errors.ImageNotFound as e:
-                raise ImageNotFound(f"image {spec.image} is not on this provider") from e
+                raise ImageMissing(f"image {spec.image} is not on this provider") from e
             container_id: str = created["Id"]
             try:
                 self._api.start(container_id)
@@ -463,8 +470,8 @@ class DockerAdapter:
         """Stream ``size`` bytes from ``chunks`` into a file at ``path``; returns the bytes written.
 
         Missing parent folders are created (mode 0755, by Docker's extraction). The chunks
-        must total exactly ``size``, else TransferFailed (the file may then hold part of
-        the data). A folder at ``path`` is not replaced: FileNotFound with NOT_A_FILE.
+        must total exactly ``size``, else TransferBroken (the file may then hold part of
+        the data). A folder at ``path`` is not replaced: NotAFile.
         """
         name = _archive_name(path)
         written = 0
@@ -482,7 +489,7 @@ class DockerAdapter:
                 for chunk in chunks:
                     written += len(chunk)
                     if written > size:
-                        failure = TransferFailed(f"upload of {path}: more than the announced {size} bytes")
+                        failure = TransferBroken(f"upload of {path}: more than the announced {size} bytes")
                         return
                     if chunk:
                         yield bytes(chunk)
@@ -492,7 +499,7 @@ class DockerAdapter:
                 failure = e
                 return
             if written != size:
-                failure = TransferFailed(f"upload of {path} broke off after {written} of {size} bytes")
+                failure = TransferBroken(f"upload of {path} broke off after {written} of {size} bytes")
                 return
             yield bytes(-size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)  # padding, end of archive
 
@@ -509,9 +516,9 @@ class DockerAdapter:
                     response.raise_for_status()
                 except requests.HTTPError as e:
                     if "cannot overwrite directory" in response.text:
-                        raise FileNotFound(f"{path} is a folder", ErrorCode.NOT_A_FILE) from e
+                        raise NotAFile(f"{path} is a folder") from e
                     docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
-        except KilnError:
+        except ProviderError:
             if failure is None:
                 raise
         if failure is not None:
@@ -531,8 +538,8 @@ class DockerAdapter:
             raw.close()
             try:
                 raw, stat = self._get_archive(container_id, stat["linkTarget"])
-            except FileNotFound as e:
-                raise FileNotFound(f"{path} is a dangling link to {stat['linkTarget']}") from e
+            except PathMissing as e:
+                raise PathMissing(f"{path} is a dangling link to {stat['linkTarget']}") from e
         go_mode = int(stat["mode"])
         mode = go_mode & 0o777 | sum(bit for go, bit in _GO_SPECIAL if go_mode & go)
         if go_mode & _GO_MODE_DIR:
@@ -544,10 +551,10 @@ class DockerAdapter:
             member = tar.next()
         except tarfile.TarError as e:
             chunks.close()
-            raise TransferFailed(f"download of {path}: bad archive from Docker: {e}") from e
+            raise TransferBroken(f"download of {path}: bad archive from Docker: {e}") from e
         if member is None or not member.isreg():
             chunks.close()
-            raise FileNotFound(f"{path} is not a regular file", ErrorCode.NOT_A_FILE)
+            raise NotAFile(f"{path} is not a regular file")
         return DownloadStream(kind="file", size=member.size, mode=mode, chunks=_file_chunks(tar, member, chunks, path))
 
     def _get_archive(self, container_id: str, path: str) -> tuple[Generator[bytes, None, None], dict[str, Any]]:
@@ -557,7 +564,7 @@ class DockerAdapter:
             except docker.errors.NotFound as e:
                 if "No such container" in str(e.explanation):
                     raise
-                raise FileNotFound(f"no such file or folder: {path}") from e
+                raise PathMissing(f"no such file or folder: {path}") from e
         return raw, stat
 
     def start_exec(
@@ -630,5 +637,5 @@ class DockerAdapter:
                 fileobj=context, custom_context=True, tag=tag, rm=True, labels={LABEL_BUSYBOX: digest}, decode=True
             ):
                 if "error" in line:
-                    raise ContainerFailed(f"build of {tag} failed: {line['error']}")
+                    raise DockerFailed(f"build of {tag} failed: {line['error']}")
             return str(self._api.inspect_image(tag)["Id"])

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeVar
 
-from kiln.endpoint import Endpoint, Incoming, Outgoing, handshake
-from kiln.errors import Cancelled, ConnectionClosed, ImageNotFound, KilnError, Unauthorized, UnsupportedVersion
+from kiln.connection import Endpoint, Incoming, Outgoing, handshake
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized, UnsupportedVersion
 from kiln.protocol.messages import (
     Cancel,
     Create,
@@ -42,6 +42,7 @@ from kiln.protocol.messages import (
     Upload,
 )
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
+from kiln_provider.errors import ImageMissing, ProviderError, error_reply
 
 log = logging.getLogger("kiln.provider")
 
@@ -243,20 +244,20 @@ class ProviderRuntime:
         if isinstance(work, Coroutine):
             work.close()
         self._ep.forget(request_id)
-        self._tg.create_task(self._send_quietly(Error(type="error", re=request_id, code=code, message=text)))
+        self._tg.create_task(self._send_quietly(error_reply(request_id, ProviderError(text, code))))
 
     async def _serve(self, request_id: int, work: Awaitable[Message]) -> None:
         """Run one request to its one reply; a failure becomes an ``error`` reply."""
         try:
             reply: Message = await work
         except KilnError as e:
-            reply = Error(type="error", re=request_id, code=e.code, message=e.message)
-        except asyncio.CancelledError:
-            await self._send_quietly(Error(type="error", re=request_id, code=ErrorCode.CANCELLED, message="cancelled"))
+            reply = error_reply(request_id, e)
+        except asyncio.CancelledError as e:
+            await self._send_quietly(error_reply(request_id, e))
             raise
         except Exception as e:  # the request boundary: a bug must not take the provider down
             log.exception("request %d failed unexpectedly", request_id)
-            reply = Error(type="error", re=request_id, code=ErrorCode.INTERNAL, message=f"{type(e).__name__}: {e}")
+            reply = error_reply(request_id, e)
         finally:
             self._by_request.pop(request_id, None)
             self._ep.forget(request_id)
@@ -287,8 +288,8 @@ class ProviderRuntime:
         )
         try:
             container_id = await self._docker(self.adapter.create, spec)
-        except ImageNotFound as e:
-            raise ImageNotFound(
+        except ImageMissing as e:
+            raise ImageMissing(
                 f"provider {self.config.name!r} does not hold the image {message.image!r} "
                 "(providers do not pull images yet; build or load it there first)"
             ) from e

@@ -6,65 +6,80 @@
         async with requestor.rent("kiln-busybox:latest", kiln.Demand(cpus=1, memory="256MiB")) as act:
             await act.send_bytes(b"hello", "/golem/input/a.txt")
             result = await act.run(["sh", "-c", "wc -c < /golem/input/a.txt"], timeout=30)
+
+The names here are the requestor SDK's (:mod:`kiln.requestor`) and the protocol's errors
+(:mod:`kiln.protocol.errors`). They are imported on first use, so that ``import kiln.hub``
+or ``import kiln_provider`` never loads the SDK (the way ``websockets`` exports lazily).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from kiln.activity import Activity, Result
-from kiln.demand import Demand
-from kiln.errors import (
-    ActivityError,
-    Cancelled,
-    CommandTimeout,
-    ConnectionClosed,
-    ContainerFailed,
-    FileNotFound,
-    ImageNotFound,
-    InvalidPath,
-    KilnError,
-    NoMatch,
-    ProtocolError,
-    ProviderLost,
-    RemoteError,
-    TransferFailed,
-    Unauthorized,
-    UnsupportedVersion,
-    UsageError,
-)
-from kiln.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
-from kiln.progress import ProgressView
-from kiln.protocol.codes import ErrorCode
-from kiln.requestor import Requestor, connect
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from kiln.__about__ import __version__
+
+if TYPE_CHECKING:
+    from kiln.protocol.codes import ErrorCode
+    from kiln.protocol.errors import (
+        ActivityError,
+        Cancelled,
+        ConnectionClosed,
+        ConnectionLost,
+        ContainerFailed,
+        FileNotFound,
+        ImageNotFound,
+        InvalidPath,
+        KilnError,
+        LocalProtocolError,
+        NoMatch,
+        ProtocolError,
+        ProviderLost,
+        RemoteError,
+        RemoteProtocolError,
+        TransferFailed,
+        Unauthorized,
+        UnsupportedVersion,
+        UsageError,
+    )
+    from kiln.protocol.messages import Demand
+    from kiln.requestor.activity import Activity, CommandTimeout, Result
+    from kiln.requestor.client import Requestor, connect
+    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
+    from kiln.requestor.progress import ProgressView
+
+_HOMES = {
+    "kiln.protocol.codes": ["ErrorCode"],
+    "kiln.protocol.errors": [
+        "ActivityError", "Cancelled", "ConnectionClosed", "ConnectionLost", "ContainerFailed", "FileNotFound",
+        "ImageNotFound", "InvalidPath", "KilnError", "LocalProtocolError", "NoMatch", "ProtocolError", "ProviderLost",
+        "RemoteError", "RemoteProtocolError", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
+    ],
+    "kiln.protocol.messages": ["Demand"],
+    "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result"],
+    "kiln.requestor.client": ["Requestor", "connect"],
+    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed"],
+    "kiln.requestor.progress": ["ProgressView"],
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "Activity",
-    "ActivityError",
-    "Cancelled",
-    "CommandTimeout",
-    "ConnectionClosed",
-    "ContainerFailed",
-    "Demand",
-    "ErrorCode",
-    "FileNotFound",
-    "ImageNotFound",
-    "InvalidPath",
-    "Job",
-    "JobEvent",
-    "JobSummary",
-    "KilnError",
-    "NoMatch",
-    "ProgressView",
-    "ProtocolError",
-    "ProviderLost",
-    "RemoteError",
-    "Requestor",
-    "Result",
-    "RetryTask",
-    "TaskFailed",
-    "TransferFailed",
-    "Unauthorized",
-    "UnsupportedVersion",
-    "UsageError",
-    "__version__",
-    "connect",
-]
+    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost", "ContainerFailed",
+    "Demand", "ErrorCode", "FileNotFound", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError",
+    "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderLost", "RemoteError",
+    "RemoteProtocolError", "Requestor", "Result", "RetryTask", "TaskFailed", "TransferFailed", "Unauthorized",
+    "UnsupportedVersion", "UsageError", "__version__", "connect",
+]  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain one
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from kiln import __version__
-from kiln.errors import KilnError
-from kiln.units import format_size, parse_size
+from kiln.__about__ import __version__
+from kiln.protocol.errors import KilnError, UsageError
+from kiln.protocol.sizes import format_size, parse_size
 
 DEFAULT_HUB = "ws://127.0.0.1:7465"
 
@@ -128,6 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _require_provider_extra() -> None:
+    """The provider's commands need docker-py, which only ``kiln[provider]`` installs."""
+    try:
+        importlib.import_module("docker")
+    except ModuleNotFoundError as e:
+        raise UsageError("this command needs the provider's dependencies: pip install 'kiln[provider]'") from e
+
+
 async def _main(args: argparse.Namespace) -> int:
     if args.command == "hub":
         from kiln.hub.server import run as run_hub
@@ -135,6 +144,7 @@ async def _main(args: argparse.Namespace) -> int:
         await run_hub(args.host, args.port, token=args.token)
         return 0
     if args.command == "provider":
+        _require_provider_extra()
         from kiln_provider.docker_adapter import DockerAdapter
         from kiln_provider.runtime import ProviderConfig, ProviderRuntime
 
@@ -150,6 +160,7 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "run":
         return await _run(args)
     if args.command == "image":
+        _require_provider_extra()
         from kiln_provider.docker_adapter import DockerAdapter
 
         image_id = await asyncio.to_thread(lambda: DockerAdapter("cli").build_busybox_image(args.tag))

@@ -28,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
-from kiln.market import Market, NoMatchError
+from kiln.hub.market import Market
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import NoMatch, RemoteProtocolError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
@@ -62,7 +63,6 @@ from kiln.protocol.messages import (
     parse,
     serialize,
 )
-from kiln.protocol.violation import ProtocolViolation
 
 # WebSocket close codes the hub uses (4000-4999 are the application's own).
 CLOSE_UNSUPPORTED_VERSION = 4001
@@ -121,7 +121,9 @@ class Pending:
 
 
 @dataclass
-class Activity:
+class Lease:
+    """An activity as the hub keeps it: whose it is, where it runs, the capacity it holds."""
+
     id: str
     requestor: int
     provider: int
@@ -178,7 +180,7 @@ class HubCore:
         )
         self.market = Market()
         self.peers: dict[int, Peer] = {}
-        self.activities: dict[str, Activity] = {}
+        self.activities: dict[str, Lease] = {}
         self._new_activity_id = new_activity_id
         self._out: list[Action] = []
 
@@ -202,7 +204,7 @@ class HubCore:
             return self._flush()
         try:
             message = parse(data)
-        except ProtocolViolation as e:
+        except RemoteProtocolError as e:
             self._violation(p, e)
             return self._flush()
         if p.role is None:
@@ -220,9 +222,9 @@ class HubCore:
             return []
         try:
             if p.role is None:
-                raise ProtocolViolation(ErrorCode.OUT_OF_ORDER, "binary frame before hello")
+                raise RemoteProtocolError("binary frame before hello", ErrorCode.OUT_OF_ORDER)
             frame = frames.decode(data, self.limits.chunk_bytes)
-        except ProtocolViolation as e:
+        except RemoteProtocolError as e:
             self._violation(p, e)
             return self._flush()
         route = p.streams.get(frame.stream)
@@ -356,12 +358,12 @@ class HubCore:
     def _rent(self, p: Peer, message: Rent) -> None:
         try:
             provider, cached = self.market.choose(message.image, message.demand, frozenset(message.exclude))
-        except NoMatchError as e:
-            self._error(p, message.id, ErrorCode.NO_MATCH, str(e))
+        except NoMatch as e:
+            self._error(p, message.id, e.code, e.message)
             return
         d = message.demand
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
-        activity = Activity(self._new_activity_id(), p.id, provider, resources, cached)
+        activity = Lease(self._new_activity_id(), p.id, provider, resources, cached)
         self.market.reserve(provider, resources)
         self.activities[activity.id] = activity
         p.activities.add(activity.id)
@@ -374,7 +376,7 @@ class HubCore:
             provider, Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources)
         )
 
-    def _forward(self, p: Peer, activity: Activity, message: Exec | Upload | Download) -> None:
+    def _forward(self, p: Peer, activity: Lease, message: Exec | Upload | Download) -> None:
         q = self.peers[activity.provider]
         route: Route | None = None
         if isinstance(message, Upload | Download):
@@ -394,7 +396,7 @@ class HubCore:
         p.open[message.id] = (q.id, hub_id)
         self._send(q.id, message.model_copy(update={"id": hub_id}))
 
-    def _destroy(self, activity: Activity, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
+    def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
         self._out.append(Log("info", f"activity {activity.id}: destroying"))
         activity.state = "destroying"
         q = self.peers[activity.provider]
@@ -491,7 +493,7 @@ class HubCore:
         else:
             self._to_requestor(pending, reply)
 
-    def _drop_activity(self, activity: Activity) -> None:
+    def _drop_activity(self, activity: Lease) -> None:
         self._out.append(Log("info", f"activity {activity.id} ended; its capacity is free"))
         self.activities.pop(activity.id, None)
         self.market.release(activity.provider, activity.resources)
@@ -568,7 +570,7 @@ class HubCore:
     def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
         self._send(p.id, Error(type="error", re=re, code=code, message=message))
 
-    def _violation(self, p: Peer, e: ProtocolViolation) -> None:
+    def _violation(self, p: Peer, e: RemoteProtocolError) -> None:
         """Answer a frame that broke the protocol; before the handshake, also close."""
         self._error(p, e.re, e.code, e.message)
         if p.role is None:

@@ -18,7 +18,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from kiln import __version__
+from kiln.__about__ import __version__
 from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, Action, Close, HubCore, Log, Send
 from kiln.protocol import limits
 from kiln.protocol.messages import PROTOCOL_NAME

@@ -1,6 +1,11 @@
-"""Protocol kiln.v1, pure: messages, binary frames, limits and error codes. No I/O here."""
+"""Protocol kiln.v1, pure: messages, binary frames, limits, error codes and the session core.
+
+Nothing here does I/O or reads a clock; it imports no other Kiln package. The hub, the
+provider and the requestor SDK all build on it.
+"""
 
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import KilnError, LocalProtocolError, RemoteProtocolError
 from kiln.protocol.frames import Frame, FrameKind
 from kiln.protocol.messages import (
     PROTOCOL_NAME,
@@ -9,7 +14,6 @@ from kiln.protocol.messages import (
     parse,
     serialize,
 )
-from kiln.protocol.violation import ProtocolViolation
 
 __all__ = [
     "PROTOCOL_NAME",
@@ -17,8 +21,10 @@ __all__ = [
     "ErrorCode",
     "Frame",
     "FrameKind",
+    "KilnError",
+    "LocalProtocolError",
     "Message",
-    "ProtocolViolation",
+    "RemoteProtocolError",
     "parse",
     "serialize",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.violation import ProtocolViolation
+from kiln.protocol.errors import RemoteProtocolError
 
 HEADER: Final = struct.Struct(">B3xI")
 HEADER_SIZE: Final = HEADER.size
@@ -47,25 +47,25 @@ def encode(kind: FrameKind, stream: int, payload: bytes | memoryview = b"") -> b
 def decode(data: bytes, max_payload: int) -> Frame:
     """Split one binary frame into kind, stream and payload (a view, no copy).
 
-    Raises :class:`ProtocolViolation` (``bad_frame``) on a short header, an unknown
+    Raises :class:`~kiln.protocol.errors.RemoteProtocolError` (``bad_frame``) on a short header, an unknown
     kind, a zero stream id or a payload over ``max_payload``.
     """
     if len(data) < HEADER_SIZE:
-        raise ProtocolViolation(ErrorCode.BAD_FRAME, f"binary frame shorter than its {HEADER_SIZE}-byte header")
+        raise RemoteProtocolError(f"binary frame shorter than its {HEADER_SIZE}-byte header", ErrorCode.BAD_FRAME)
     raw_kind, stream = HEADER.unpack_from(data)
     if data[1:4] != b"\x00\x00\x00":
-        raise ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame header bytes 1-3 must be zero")
+        raise RemoteProtocolError("binary frame header bytes 1-3 must be zero", ErrorCode.BAD_FRAME)
     try:
         kind = FrameKind(raw_kind)
     except ValueError:
-        raise ProtocolViolation(ErrorCode.BAD_FRAME, f"unknown binary frame kind {raw_kind}") from None
+        raise RemoteProtocolError(f"unknown binary frame kind {raw_kind}", ErrorCode.BAD_FRAME) from None
     if stream == 0:
-        raise ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame for stream 0")
+        raise RemoteProtocolError("binary frame for stream 0", ErrorCode.BAD_FRAME)
     payload = memoryview(data)[HEADER_SIZE:]
     limit = max_payload if kind is FrameKind.DATA else (0 if kind is FrameKind.END else MAX_REASON_BYTES)
     if len(payload) > limit:
-        raise ProtocolViolation(
-            ErrorCode.BAD_FRAME, f"{kind.name} frame payload of {len(payload)} bytes exceeds {limit}", stream
+        raise RemoteProtocolError(
+            f"{kind.name} frame payload of {len(payload)} bytes exceeds {limit}", ErrorCode.BAD_FRAME, stream
         )
     return Frame(kind, stream, payload)
 

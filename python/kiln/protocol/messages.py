@@ -4,41 +4,80 @@ The models here are the source of truth: ``protocol/v1/schema.json`` is generate
 from them (``make schema``) and ``protocol/v1/PROTOCOL.md`` describes them in prose.
 
 Call :func:`parse` on the text of a WebSocket text frame to get a message or a
-:class:`~kiln.protocol.ProtocolViolation`; call :func:`serialize` to get the bytes
-to send. Nothing in this module does I/O.
+:class:`~kiln.protocol.errors.RemoteProtocolError`; build a message to send with its
+class (an invalid one is a :class:`~kiln.protocol.errors.LocalProtocolError`) and call
+:func:`serialize` to get its bytes. Nothing in this module does I/O.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final, Literal, TypeAlias, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import KilnError, LocalProtocolError, RemoteProtocolError, UsageError
 from kiln.protocol.paths import FORMAT as PATH_FORMAT
 from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
-from kiln.protocol.violation import ProtocolViolation
+from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
 PROTOCOL_VERSION: Final = "1.0"
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
+MAX_TEXT: Final = 4096
+"""The longest free text (an error's message, a loss's reason) a message carries."""
 MIN_MEMORY: Final = 6 * 2**20
 """The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all."""
 
 
+WIRE: Final = {"wire": True}
+"""The validation context of what came off the wire (see :func:`parse`)."""
+
+
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    _invalid: ClassVar[type[KilnError]] = LocalProtocolError
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _built_here(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+        """A message built on this side that breaks the protocol is a LocalProtocolError, never sent.
+
+        What comes off the wire (validated with the context :data:`WIRE`) fails as a
+        ValidationError instead, which :func:`parse` turns into a RemoteProtocolError.
+        """
+        if info.context is WIRE:
+            return handler(data)
+        try:
+            return handler(data)
+        except ValidationError as e:
+            kind = get_args(cls.model_fields["type"].annotation)[0] if "type" in cls.model_fields else None
+            what = f"{kind!r} message" if kind else cls.__name__.lower()
+            raise cls._invalid(_describe(what, e), _code_of(e)) from e
+
+
+def clip(text: str, limit: int = MAX_TEXT) -> str:
+    """``text`` made fit for a message's free-text field: at most ``limit`` characters, valid UTF-8."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    # A lone surrogate (from a decoded file name, say) cannot be encoded as JSON.
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def check_container_path(path: str) -> str:
@@ -87,13 +126,35 @@ class Resources(_Message):
     storage: Bytes = 0
 
 
+def _size_from_python(value: Any, info: ValidationInfo) -> Any:
+    """A size written as text ("256MiB") is taken from Python callers, never from the wire."""
+    if isinstance(value, str) and info.context is not WIRE:
+        return parse_size(value)
+    return value
+
+
 class Demand(_Message):
     """What a requestor asks for: at least these resources, and these labels exactly."""
 
+    # In Python the sizes may be written as text, Demand(cpus=1, memory="256MiB"), and an
+    # invalid demand is the caller's UsageError; on the wire they are bytes.
+    _invalid = UsageError
+
     cpus: Annotated[float, Field(ge=0.01, le=4096)] = 1.0
-    memory: Annotated[int, Field(ge=MIN_MEMORY, le=2**62)] = 256 * 2**20
-    storage: Bytes = 0
+    memory: Annotated[int, Field(ge=MIN_MEMORY, le=2**62), BeforeValidator(_size_from_python)] = 256 * 2**20
+    storage: Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_size_from_python)] = 0
     labels: Labels = {}
+
+    if TYPE_CHECKING:
+        # What a Python caller may pass (sizes as text too); the fields above are what it gets.
+        def __init__(
+            self,
+            *,
+            cpus: float = ...,
+            memory: int | str = ...,
+            storage: int | str = ...,
+            labels: dict[str, str] = ...,
+        ) -> None: ...
 
 
 class Limits(_Message):
@@ -151,7 +212,7 @@ class Error(_Message):
     type: Literal["error"]
     re: RequestId | None = None
     code: Code
-    message: Annotated[str, Field(max_length=4096)]
+    message: Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 class Done(_Message):
@@ -242,7 +303,7 @@ class ActivityLost(_Message):
     type: Literal["activity_lost"]
     activity: ActivityId
     code: Code
-    reason: Annotated[str, Field(max_length=4096)]
+    reason: Annotated[str, Field(max_length=MAX_TEXT)]
 
 
 # --- work inside an activity (requestor -> hub -> provider, same shape both legs) ------
@@ -376,36 +437,40 @@ def _request_id_of(raw: Any) -> int | None:
 def parse(data: bytes | str) -> Message:
     """Parse and validate one text frame.
 
-    Raises :class:`ProtocolViolation` with code ``bad_json``, ``unknown_type``,
-    ``bad_path`` or ``bad_message``; its ``re`` is the message's ``id`` when one
-    could be read, so the error reply can name the request.
+    Raises :class:`~kiln.protocol.errors.RemoteProtocolError` with code ``bad_json``,
+    ``unknown_type``, ``bad_path`` or ``bad_message``; its ``re`` is the message's ``id``
+    when one could be read, so the error reply can name the request.
     """
     try:
         raw = orjson.loads(data)
     except orjson.JSONDecodeError as e:
-        raise ProtocolViolation(ErrorCode.BAD_JSON, f"not valid JSON: {e}") from e
+        raise RemoteProtocolError(f"not valid JSON: {e}", ErrorCode.BAD_JSON) from e
     if not isinstance(raw, dict):
-        raise ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message must be a JSON object")
+        raise RemoteProtocolError("a message must be a JSON object", ErrorCode.BAD_MESSAGE)
     raw = _by_value(raw)
     re = _request_id_of(raw)
     kind = raw.get("type")
     if not isinstance(kind, str):
-        raise ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'", re)
+        raise RemoteProtocolError("a message needs a string field 'type'", ErrorCode.BAD_MESSAGE, re)
     if kind not in MESSAGE_TYPES:
-        raise ProtocolViolation(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", re)
+        raise RemoteProtocolError(f"unknown message type {kind[:64]!r}", ErrorCode.UNKNOWN_TYPE, re)
     try:
-        return MESSAGE_ADAPTER.validate_python(raw)
+        return MESSAGE_ADAPTER.validate_python(raw, context=WIRE)
     except ValidationError as e:
-        raise _violation_from(e, kind, re) from e
+        # The union's tag leads every location: dropped, the kind is named already.
+        raise RemoteProtocolError(_describe(f"{kind!r} message", e, skip=1), _code_of(e), re) from e
 
 
-def _violation_from(error: ValidationError, kind: str, re: int | None) -> ProtocolViolation:
-    problems = error.errors(include_url=False, include_input=False)
-    code = ErrorCode.BAD_PATH if any(p["type"] == "bad_path" for p in problems) else ErrorCode.BAD_MESSAGE
-    details = "; ".join(
-        f"{'.'.join(str(part) for part in p['loc'][1:]) or '(message)'}: {p['msg']}" for p in problems[:5]
-    )
-    return ProtocolViolation(code, f"invalid {kind!r} message: {details}", re)
+def _code_of(error: ValidationError) -> ErrorCode:
+    """``bad_path`` when any problem is a container path (as a client would want to know), else ``bad_message``."""
+    return ErrorCode.BAD_PATH if any(p["type"] == "bad_path" for p in error.errors()) else ErrorCode.BAD_MESSAGE
+
+
+def _describe(what: str, error: ValidationError, skip: int = 0) -> str:
+    """What is wrong with a message, for people: up to five problems, each ``field.path: what``."""
+    problems = error.errors(include_url=False, include_input=False)[:5]
+    details = "; ".join(f"{'.'.join(map(str, p['loc'][skip:])) or '(message)'}: {p['msg']}" for p in problems)
+    return f"invalid {what}: {details}"
 
 
 def serialize(message: _Message) -> bytes:

@@ -1,36 +1,38 @@
-"""Every error Kiln raises, under one root.
+"""Every error Kiln raises, under one root, each with the stable code the protocol carries.
 
 ::
 
     KilnError                      .code: a stable ErrorCode shared with the protocol
      +-- UsageError                the caller's own mistake, found before anything is sent
      |    +-- InvalidPath          a container path that is relative or holds '..'
-     +-- ProtocolError             a peer broke protocol kiln.v1 (or we did, and it said so)
-     |    +-- UnsupportedVersion   the hub speaks another major version
-     +-- ConnectionClosed          the connection to the hub is gone
+     +-- ProtocolError             protocol kiln.v1 was broken
+     |    +-- LocalProtocolError   ... by this side: a message it was about to send (never sent),
+     |    |                        or one the peer refused as invalid
+     |    +-- RemoteProtocolError  ... by the peer: a frame or message it sent is invalid (.re)
+     |    +-- UnsupportedVersion   the two sides speak different major versions
+     +-- ConnectionClosed          the connection to the hub is over: this side closed it
+     |    +-- ConnectionLost       ... it broke: the hub closed it or vanished, or the network failed
      +-- Unauthorized              the hub refused our token
      +-- NoMatch                   no provider meets the demand (the message names the constraint)
      +-- ImageNotFound             the provider does not hold the image
      +-- ActivityError             something went wrong inside a rented activity
      |    +-- ProviderLost         the provider vanished; the activity is gone
-     |    +-- CommandTimeout       a command ran past its timeout and was killed (.result)
      |    +-- FileNotFound         no such file or folder in the container
      |    +-- TransferFailed       a file stream broke off
      |    +-- ContainerFailed      Docker refused an operation on the container
      +-- Cancelled                 the request was cancelled
      +-- RemoteError               any other error a peer reported (.code tells which)
 
+The requestor SDK adds ``CommandTimeout`` (an ActivityError carrying the command's output),
+``RetryTask`` and ``TaskFailed``; the provider adds its own failures under ``ProviderError``.
 :func:`error_from_code` turns an ``error`` message from the wire into the right class.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 from kiln.protocol.codes import ErrorCode
-
-if TYPE_CHECKING:
-    from kiln.activity import Result
 
 
 class KilnError(Exception):
@@ -56,12 +58,28 @@ class ProtocolError(KilnError):
     default_code = ErrorCode.BAD_MESSAGE
 
 
+class LocalProtocolError(ProtocolError):
+    """This side broke the protocol: caught before sending, or reported back by the peer."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol. ``re`` is the id of the request its bad message carried, if readable."""
+
+    def __init__(self, message: str, code: ErrorCode | None = None, re: int | None = None) -> None:
+        super().__init__(message, code)
+        self.re = re
+
+
 class UnsupportedVersion(ProtocolError):
     default_code = ErrorCode.UNSUPPORTED_VERSION
 
 
 class ConnectionClosed(KilnError):
     default_code = ErrorCode.CONNECTION_CLOSED
+
+
+class ConnectionLost(ConnectionClosed):
+    pass
 
 
 class Unauthorized(KilnError):
@@ -82,14 +100,6 @@ class ActivityError(KilnError):
 
 class ProviderLost(ActivityError):
     default_code = ErrorCode.PROVIDER_LOST
-
-
-class CommandTimeout(ActivityError):
-    default_code = ErrorCode.TIMEOUT
-
-    def __init__(self, message: str, result: Result) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 class FileNotFound(ActivityError):
@@ -113,15 +123,16 @@ class RemoteError(KilnError):
 
 
 _BY_CODE: dict[ErrorCode, type[KilnError]] = {
-    ErrorCode.BAD_JSON: ProtocolError,
-    ErrorCode.BAD_MESSAGE: ProtocolError,
-    ErrorCode.UNKNOWN_TYPE: ProtocolError,
-    ErrorCode.MESSAGE_TOO_LARGE: ProtocolError,
-    ErrorCode.BAD_FRAME: ProtocolError,
-    ErrorCode.OUT_OF_ORDER: ProtocolError,
-    ErrorCode.DUPLICATE_ID: ProtocolError,
-    ErrorCode.FLOW_CONTROL: ProtocolError,
-    ErrorCode.UNKNOWN_STREAM: ProtocolError,
+    # The peer says a message of ours broke the protocol.
+    ErrorCode.BAD_JSON: LocalProtocolError,
+    ErrorCode.BAD_MESSAGE: LocalProtocolError,
+    ErrorCode.UNKNOWN_TYPE: LocalProtocolError,
+    ErrorCode.MESSAGE_TOO_LARGE: LocalProtocolError,
+    ErrorCode.BAD_FRAME: LocalProtocolError,
+    ErrorCode.OUT_OF_ORDER: LocalProtocolError,
+    ErrorCode.DUPLICATE_ID: LocalProtocolError,
+    ErrorCode.FLOW_CONTROL: LocalProtocolError,
+    ErrorCode.UNKNOWN_STREAM: LocalProtocolError,
     ErrorCode.UNSUPPORTED_VERSION: UnsupportedVersion,
     ErrorCode.UNAUTHORIZED: Unauthorized,
     ErrorCode.BAD_PATH: InvalidPath,

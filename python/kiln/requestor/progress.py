@@ -19,7 +19,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from kiln.executor import Job, JobEvent
+from kiln.requestor.executor import Job, JobEvent
 
 
 class ProgressView:

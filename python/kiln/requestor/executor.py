@@ -26,14 +26,22 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeVar
 
-from kiln.activity import Activity
-from kiln.demand import Demand
-from kiln.errors import ConnectionClosed, ContainerFailed, ImageNotFound, KilnError, NoMatch, ProviderLost, UsageError
-from kiln.market import meets
+from kiln.hub.market import meets
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import (
+    ConnectionClosed,
+    ContainerFailed,
+    ImageNotFound,
+    KilnError,
+    NoMatch,
+    ProviderLost,
+    UsageError,
+)
+from kiln.protocol.messages import Demand
+from kiln.requestor.activity import Activity
 
 if TYPE_CHECKING:
-    from kiln.requestor import Requestor
+    from kiln.requestor.client import Requestor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -359,7 +367,7 @@ class Job(Generic[T, R]):
 
     async def _pick(self, taken: set[str]) -> tuple[str | None, set[str]]:
         """A provider not in ``taken`` whose free capacity covers the demand, and all the others."""
-        demand = (self.demand or Demand()).to_message()
+        demand = self.demand or Demand()
         market = await self.requestor.market()
         fitting = [p for p in market if p.name not in taken and meets(p.free, p.labels, demand)]
         if not fitting:

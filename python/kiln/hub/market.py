@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from kiln.protocol.errors import NoMatch
 from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
-from kiln.units import format_size
-
-
-class NoMatchError(Exception):
-    """No provider can take the demand now; the message names the constraint nobody meets."""
+from kiln.protocol.sizes import format_size
 
 
 @dataclass
@@ -83,7 +80,7 @@ class Market:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
         Providers named in ``exclude`` are passed over; of the rest, those holding the
-        image come first, then the least loaded. Raises :class:`NoMatchError` naming
+        image come first, then the least loaded. Raises :class:`~kiln.protocol.errors.NoMatch` naming
         what nobody offers, or saying that all are busy.
         """
         candidates = [
@@ -92,7 +89,7 @@ class Market:
             if seller.name not in exclude and seller.fits(demand)
         ]
         if not candidates:
-            raise NoMatchError(self._why_not(demand, exclude))
+            raise NoMatch(self._why_not(demand, exclude))
         peer, seller = min(
             candidates,
             key=lambda c: (image not in c[1].images, c[1].activities, -c[1].free.memory, c[1].name),

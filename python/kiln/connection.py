@@ -26,10 +26,16 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake
 from websockets.typing import Subprotocol
 
-from kiln import __version__
-from kiln.errors import ConnectionClosed, KilnError, ProtocolError, UnsupportedVersion, error_from_code
+from kiln.__about__ import __version__
 from kiln.protocol import frames
 from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import (
+    ConnectionClosed,
+    KilnError,
+    RemoteProtocolError,
+    UnsupportedVersion,
+    error_from_code,
+)
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
@@ -45,7 +51,6 @@ from kiln.protocol.messages import (
     parse,
     serialize,
 )
-from kiln.protocol.violation import ProtocolViolation
 
 log = logging.getLogger("kiln.endpoint")
 
@@ -91,12 +96,12 @@ async def handshake(
         if isinstance(reply, Error):
             raise error_from_code(reply.code, f"the hub refused us: {reply.message}")
         if not isinstance(reply, Welcome):
-            raise ProtocolError(f"expected welcome from the hub, got {reply.type!r}")
+            raise RemoteProtocolError(f"expected welcome from the hub, got {reply.type!r}")
         if int(reply.version.split(".")[0]) != MAJOR_VERSION:
             raise UnsupportedVersion(f"the hub speaks protocol version {reply.version}; we speak {PROTOCOL_VERSION}")
-    except ProtocolViolation as e:
+    except RemoteProtocolError as e:
         await ws.close()
-        raise ProtocolError(f"the hub sent an invalid handshake reply: {e.message}", e.code) from e
+        raise RemoteProtocolError(f"the hub sent an invalid handshake reply: {e.message}", e.code) from e
     except WsConnectionClosed as e:
         raise ConnectionClosed(f"the hub closed the connection during the handshake: {e}") from e
     except TimeoutError as e:
@@ -125,7 +130,9 @@ class Incoming:
     def feed(self, kind: FrameKind, payload: memoryview) -> None:
         if kind is FrameKind.DATA:
             if len(self._chunks) >= self.window:
-                self.fail(ProtocolError(f"stream {self.stream}: peer sent beyond its credit", ErrorCode.FLOW_CONTROL))
+                self.fail(
+                    RemoteProtocolError(f"stream {self.stream}: peer sent beyond its credit", ErrorCode.FLOW_CONTROL)
+                )
                 return
             self._chunks.append(bytes(payload))
         elif kind is FrameKind.END:
@@ -305,12 +312,12 @@ class Endpoint:
     def _take_text(self, data: str) -> None:
         try:
             message = parse(data.encode())
-        except ProtocolViolation as e:
+        except RemoteProtocolError as e:
             log.warning("ignoring an invalid message from the hub: %s", e.message)
             # A reply we cannot read must still end the request it answers, not leave it hanging.
             future = self._replies.get(_reply_to(data) or 0)
             if future is not None and not future.done():
-                future.set_exception(ProtocolError(f"the hub sent an invalid reply: {e.message}", e.code))
+                future.set_exception(RemoteProtocolError(f"the hub sent an invalid reply: {e.message}", e.code))
             return
         re = getattr(message, "re", None)
         if isinstance(message, Credit):
@@ -346,7 +353,7 @@ class Endpoint:
     def _take_binary(self, data: bytes) -> None:
         try:
             frame = frames.decode(data, self.limits.chunk_bytes)
-        except ProtocolViolation as e:
+        except RemoteProtocolError as e:
             log.warning("ignoring an invalid binary frame: %s", e.message)
             return
         receiver = self._incoming.get(frame.stream)

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
-from pydantic_core import PydanticCustomError
 
-from kiln.endpoint import Endpoint
-from kiln.errors import (
-    CommandTimeout,
+from kiln.connection import Endpoint
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import (
+    ActivityError,
     FileNotFound,
     InvalidPath,
     KilnError,
@@ -33,7 +33,6 @@ from kiln.errors import (
     TransferFailed,
     UsageError,
 )
-from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import (
     Cancel,
     Done,
@@ -44,8 +43,8 @@ from kiln.protocol.messages import (
     Release,
     Resources,
     Upload,
-    check_container_path,
 )
+from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 
 DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
 READ_BYTES: Final = 256 * 1024
@@ -76,14 +75,26 @@ class Result:
         return self.exit_code == 0 and not self.timed_out
 
 
+class CommandTimeout(ActivityError):
+    """A command ran past its timeout and was killed; ``result`` holds what it wrote until then."""
+
+    default_code = ErrorCode.TIMEOUT
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 def container_path(path: str) -> str:
     """``path`` if it is a valid container path, else :class:`InvalidPath` (nothing is sent)."""
     if not isinstance(path, str):
         raise InvalidPath(f"a container path must be a string, not {type(path).__name__}")
-    try:
-        return check_container_path(path)
-    except PydanticCustomError as e:
-        raise InvalidPath(e.message()) from e
+    problem = path_problem(path)
+    if problem is None and len(path) > MAX_PATH_LENGTH:
+        problem = f"container path is longer than {MAX_PATH_LENGTH} characters"
+    if problem is not None:
+        raise InvalidPath(problem)
+    return path
 
 
 class Activity:

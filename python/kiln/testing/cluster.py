@@ -25,8 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from kiln.errors import KilnError
-from kiln.requestor import connect
+from kiln.protocol.errors import KilnError
+from kiln.requestor.client import connect
 
 DEFAULT_IMAGE: Final = "kiln-busybox:latest"
 START_TIMEOUT: Final = 30.0

@@ -18,13 +18,22 @@ from collections.abc import AsyncIterator, Generator, Iterable
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from kiln.activity import Activity
-from kiln.demand import Demand
-from kiln.endpoint import Endpoint, handshake
-from kiln.errors import ConnectionClosed, KilnError, error_from_code
-from kiln.executor import Job, JobOptions, Worker
-from kiln.progress import ProgressView
-from kiln.protocol.messages import ActivityLost, Cancel, MarketInfo, MarketQuery, Message, ProviderInfo, Rent, Rented
+from kiln.connection import Endpoint, handshake
+from kiln.protocol.errors import ConnectionClosed, KilnError, error_from_code
+from kiln.protocol.messages import (
+    ActivityLost,
+    Cancel,
+    Demand,
+    MarketInfo,
+    MarketQuery,
+    Message,
+    ProviderInfo,
+    Rent,
+    Rented,
+)
+from kiln.requestor.activity import Activity
+from kiln.requestor.executor import Job, JobOptions, Worker
+from kiln.requestor.progress import ProgressView
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -61,9 +70,8 @@ class Requestor:
         return Rental(self, image, demand or Demand(), exclude)
 
     async def _rent(self, image: str, demand: Demand, exclude: Iterable[str] = ()) -> Activity:
-        message = demand.to_message()
         ep = self._endpoint
-        rent = Rent(type="rent", id=ep.new_id(), image=image, demand=message, exclude=sorted(set(exclude)))
+        rent = Rent(type="rent", id=ep.new_id(), image=image, demand=demand, exclude=sorted(set(exclude)))
         future = ep.expect(rent.id)
         try:
             await ep.send(rent)

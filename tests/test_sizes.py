@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from kiln.errors import UsageError
-from kiln.units import format_size, parse_size
+from kiln.protocol.errors import UsageError
+from kiln.protocol.sizes import format_size, parse_size
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,64 @@
+"""The provider's own failures, and the one place they become ``error`` replies.
+
+::
+
+    ProviderError (a KilnError)     a request the provider could not carry out; .code goes on the wire
+     +-- DockerFailed               container_failed: the engine refused, or could not be reached
+     +-- ImageMissing               image_not_found: the image is not on this host
+     +-- PathMissing                file_not_found: no such file or folder in the container
+     +-- NotAFile                   not_a_file: a folder where a file is needed (or the reverse)
+     +-- TransferBroken             transfer_failed: a stream broke off or had the wrong size
+     +-- BadPath                    bad_path: a path Docker's archive API cannot take
+
+Whatever a request raises is answered by :func:`error_reply`: a ProviderError or any other
+:class:`~kiln.protocol.errors.KilnError` keeps its code, a cancellation is ``cancelled``,
+anything else ``internal``. Its text is clipped to what the protocol carries, so building
+the reply can never fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import KilnError
+from kiln.protocol.messages import Error, clip
+
+
+class ProviderError(KilnError):
+    pass
+
+
+class DockerFailed(ProviderError):
+    default_code = ErrorCode.CONTAINER_FAILED
+
+
+class ImageMissing(ProviderError):
+    default_code = ErrorCode.IMAGE_NOT_FOUND
+
+
+class PathMissing(ProviderError):
+    default_code = ErrorCode.FILE_NOT_FOUND
+
+
+class NotAFile(ProviderError):
+    default_code = ErrorCode.NOT_A_FILE
+
+
+class TransferBroken(ProviderError):
+    default_code = ErrorCode.TRANSFER_FAILED
+
+
+class BadPath(ProviderError):
+    default_code = ErrorCode.BAD_PATH
+
+
+def error_reply(re: int, error: BaseException) -> Error:
+    """The ``error`` reply to request ``re`` that failed with ``error``."""
+    if isinstance(error, KilnError):
+        code, text = error.code, error.message
+    elif isinstance(error, asyncio.CancelledError):
+        code, text = ErrorCode.CANCELLED, "cancelled"
+    else:
+        code, text = ErrorCode.INTERNAL, f"{type(error).__name__}: {error}"
+    return Error(type="error", re=re, code=code, message=clip(text))
