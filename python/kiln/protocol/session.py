@@ -1,0 +1,603 @@
+"""One peer's side of a kiln.v1 session with the hub, as a state machine with no I/O.
+
+A requestor and a provider each hold one :class:`Session`; their connections only pump
+frames through it (as ``websockets`` keeps ``protocol.py`` apart from its asyncio layer).
+The rules everything here follows:
+
+* The session opens with ``hello``; the hub's first frame must be ``welcome``. An ``error``
+  instead (or anything else) ends the session before it began.
+* A request this side sends carries an id unique among its open requests. It stays open
+  until exactly one final reply (``done``, ``error``, ``rented``, ``market_info``,
+  ``exec_result``) names it in ``re``, and the reply must fit the request's kind.
+  ``download_info`` is interim: once, for a download, before its data.
+* A request the hub sends a provider stays open until the provider sends exactly one
+  final reply to it; replying to anything else is this side's misuse.
+* An ``upload`` or ``download`` opens a stream under the request's id, closed with the
+  request. The sender spends one credit per DATA frame and never more than it holds; the
+  receiver grants credit and never lets what is outstanding exceed ``max_window``. Data
+  beyond the credit granted is the peer's violation and fails the stream.
+* A frame for a stream or request that is no longer open is dropped: it crossed its end.
+* When the connection ends, every open request of this side fails once with the reason
+  (:class:`ConnectionClosed` when this side closed it, :class:`ConnectionLost` when it
+  broke), the session is closed, and every further call that would send raises that reason.
+
+Use: make a Session (it queues ``hello``), then for every frame from the hub call
+:meth:`~Session.receive_text` or :meth:`~Session.receive_binary`, and for every action
+:meth:`~Session.request`, :meth:`~Session.reply`, :meth:`~Session.send_data`,
+:meth:`~Session.grant`, ... After each call, you must write what :meth:`~Session.data_to_send`
+returns and handle what :meth:`~Session.events_received` returns, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+import orjson
+
+from kiln.protocol import frames
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    KilnError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TransferFailed,
+    UnsupportedVersion,
+    error_from_code,
+)
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import (
+    MAJOR_VERSION,
+    MAX_ID,
+    PROTOCOL_VERSION,
+    ActivityLost,
+    Cancel,
+    Create,
+    Credit,
+    Destroy,
+    Done,
+    Download,
+    DownloadInfo,
+    Error,
+    Exec,
+    ExecResult,
+    Hello,
+    Limits,
+    MarketInfo,
+    MarketQuery,
+    Message,
+    Offer,
+    Release,
+    Rent,
+    Rented,
+    Upload,
+    Welcome,
+    clip,
+    parse,
+    serialize,
+)
+
+Role: TypeAlias = Literal["requestor", "provider"]
+Request: TypeAlias = Rent | Release | MarketQuery | Exec | Upload | Download | Offer
+"""What this side may ask of the hub."""
+HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
+"""What the hub may ask of a provider."""
+Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo
+"""What a provider answers the hub with."""
+
+SENDS: Final[dict[Role, frozenset[str]]] = {
+    "requestor": frozenset({"rent", "release", "market", "exec", "upload", "download"}),
+    "provider": frozenset({"offer"}),
+}
+"""The requests each role may send."""
+ANSWERS: Final[dict[str, frozenset[str]]] = {
+    "rent": frozenset({"rented", "error"}),
+    "release": frozenset({"done", "error"}),
+    "market": frozenset({"market_info", "error"}),
+    "exec": frozenset({"exec_result", "error"}),
+    "upload": frozenset({"done", "error"}),
+    "download": frozenset({"done", "error"}),
+    "offer": frozenset({"done", "error"}),
+    "create": frozenset({"done", "error"}),
+    "destroy": frozenset({"done", "error"}),
+}
+"""The final replies that fit a request of each kind."""
+FINAL_REPLIES: Final = frozenset({"done", "error", "exec_result", "rented", "market_info"})
+OUT_OF_ORDER: Final = ErrorCode.OUT_OF_ORDER
+
+
+# --- what comes out -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A frame to write: a message's JSON text (UTF-8) or a binary stream frame."""
+
+    data: bytes
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Welcomed:
+    """The hub took our hello; the session is open."""
+
+    welcome: Welcome
+
+
+@dataclass(frozen=True, slots=True)
+class Replied:
+    """Request ``request`` of ours succeeded; ``reply`` is its final reply."""
+
+    request: int
+    reply: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Request ``request`` of ours failed: an ``error`` reply, a bad reply, or the end of the connection."""
+
+    request: int
+    error: KilnError
+
+
+@dataclass(frozen=True, slots=True)
+class Informed:
+    """Our download ``request`` is under way: what is coming (before its data)."""
+
+    request: int
+    info: DownloadInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Requested:
+    """The hub asks this provider for something; answer it with :meth:`Session.reply`, once."""
+
+    message: HubRequest
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    """The hub cancels its open request ``request``; it still gets its one reply."""
+
+    request: int
+
+
+@dataclass(frozen=True, slots=True)
+class Notified:
+    """One-way news from the hub: an activity is gone, or an error about no request of ours."""
+
+    message: ActivityLost | Error
+
+
+@dataclass(frozen=True, slots=True)
+class Credited:
+    """The receiver of ``stream`` lets us send ``chunks`` more DATA frames."""
+
+    stream: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataReceived:
+    """A chunk of ``stream`` arrived (a view into the frame, not a copy)."""
+
+    stream: int
+    data: memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnded:
+    """All of ``stream``'s data arrived; its request's final reply follows."""
+
+    stream: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """``stream`` broke off: its sender aborted it, or sent beyond its credit."""
+
+    stream: int
+    error: KilnError
+
+
+@dataclass(frozen=True, slots=True)
+class Violated:
+    """The hub sent something invalid that concerns no open request of ours; it was dropped."""
+
+    error: RemoteProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The session is over, and why. Always the last event."""
+
+    error: KilnError
+
+
+Event: TypeAlias = (
+    Welcomed
+    | Replied
+    | Failed
+    | Informed
+    | Requested
+    | CancelRequested
+    | Notified
+    | Credited
+    | DataReceived
+    | StreamEnded
+    | StreamFailed
+    | Violated
+    | Closed
+)
+
+
+class State(enum.Enum):
+    HELLO_SENT = "hello_sent"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# --- bookkeeping --------------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    sending: bool
+    credit: int  # sending: DATA frames we may still send; receiving: DATA frames the peer may still send
+    ended: bool = False
+    started: bool = False  # data has moved
+
+
+@dataclass
+class _Open:
+    """An open request: its kind, and its stream if it has one."""
+
+    kind: str
+    stream: _Stream | None = None
+    informed: bool = False
+
+
+class Session:
+    """A requestor's or a provider's side of one connection to the hub."""
+
+    def __init__(self, role: Role, name: str, *, token: str | None = None, software: str = "") -> None:
+        self.role: Role = role
+        self.state = State.HELLO_SENT
+        self.welcome: Welcome | None = None
+        self.closed: KilnError | None = None
+        """Why the session ended, once it has."""
+        self._mine: dict[int, _Open] = {}  # requests we sent, by our id
+        self._theirs: dict[int, _Open] = {}  # requests the hub sent us, by its id
+        self._next_id = 0
+        self._out: list[Outbound] = []
+        self._events: list[Event] = []
+        self._send(Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software))
+
+    @property
+    def limits(self) -> Limits:
+        """The limits the hub announced (only once welcomed)."""
+        if self.welcome is None:
+            raise LocalProtocolError("the session is not open yet: no limits", ErrorCode.OUT_OF_ORDER)
+        return self.welcome.limits
+
+    # --- output -------------------------------------------------------------------------
+
+    def data_to_send(self) -> list[Outbound]:
+        """The frames to write, in order. Call after every other method."""
+        out, self._out = self._out, []
+        return out
+
+    def events_received(self) -> list[Event]:
+        """What happened, in order. Call after every other method."""
+        events, self._events = self._events, []
+        return events
+
+    # --- this side's requests -------------------------------------------------------------
+
+    def new_id(self) -> int:
+        """A request id not in use by any open request of ours."""
+        while True:
+            self._next_id = self._next_id + 1 if self._next_id < MAX_ID else 1
+            if self._next_id not in self._mine:
+                return self._next_id
+
+    def request(self, message: Request) -> None:
+        """Send ``message`` (its id from :meth:`new_id`); its outcome comes as Replied or Failed.
+
+        An upload opens a stream to send on (wait for Credited); a download one to receive on,
+        with ``message.window`` as its first credit. Raises :class:`LocalProtocolError` for a
+        request this role may not send, an id in use, or too many open requests or streams.
+        """
+        self._check_open()
+        if message.type not in SENDS[self.role]:
+            raise LocalProtocolError(f"a {self.role} may not send {message.type!r}", ErrorCode.OUT_OF_ORDER)
+        if message.id in self._mine:
+            raise LocalProtocolError(f"request id {message.id} is already in use", ErrorCode.DUPLICATE_ID)
+        limits = self.limits
+        if len(self._mine) >= limits.max_pending:
+            raise LocalProtocolError(f"more than {limits.max_pending} requests open at once", ErrorCode.TOO_MANY)
+        stream: _Stream | None = None
+        if isinstance(message, Upload | Download):
+            if sum(1 for r in self._mine.values() if r.stream is not None) >= limits.max_streams:
+                raise LocalProtocolError(f"more than {limits.max_streams} streams open at once", ErrorCode.TOO_MANY)
+            if isinstance(message, Download) and message.window > limits.max_window:
+                raise LocalProtocolError(
+                    f"a window of {message.window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
+                )
+            window = message.window if isinstance(message, Download) else 0  # an upload waits for credit
+            stream = _Stream(sending=isinstance(message, Upload), credit=window)
+        self._mine[message.id] = _Open(message.type, stream)
+        self._send(message)
+
+    def cancel(self, request: int) -> None:
+        """Ask the hub to stop our open request ``request``; it still ends with one reply. No-op if not open."""
+        if self.state is State.OPEN and request in self._mine:
+            self._send(Cancel(type="cancel", target=request))
+
+    # --- a provider's replies -------------------------------------------------------------
+
+    def reply(self, message: Reply) -> None:
+        """Answer the hub's open request ``message.re``: once finally, and for a download once with info first."""
+        self._check_open()
+        if message.re is None or (open_ := self._theirs.get(message.re)) is None:
+            raise LocalProtocolError(f"{message.type!r} answers no open request of the hub's", ErrorCode.OUT_OF_ORDER)
+        if isinstance(message, DownloadInfo):
+            if open_.kind != "download" or open_.informed or (open_.stream is not None and open_.stream.started):
+                raise LocalProtocolError(
+                    f"download_info fits only a download, once, before its data (request {message.re})",
+                    ErrorCode.OUT_OF_ORDER,
+                )
+            open_.informed = True
+        elif message.type not in ANSWERS[open_.kind]:
+            raise LocalProtocolError(f"{message.type!r} does not answer a {open_.kind!r}", ErrorCode.OUT_OF_ORDER)
+        else:
+            del self._theirs[message.re]
+        self._send(message)
+
+    # --- streams ------------------------------------------------------------------------------
+
+    def credit(self, stream: int) -> int:
+        """DATA frames we may send on ``stream`` now (0 for a stream we do not send on)."""
+        found = self._stream(stream)
+        return found.credit if found is not None and found.sending and not found.ended else 0
+
+    def send_data(self, stream: int, data: bytes | memoryview) -> None:
+        """Send one DATA frame of at most ``chunk_bytes`` on ``stream``, spending one credit."""
+        self._check_open()
+        found = self._sending(stream)
+        if found.credit <= 0:
+            raise LocalProtocolError(f"no credit to send on stream {stream}", ErrorCode.FLOW_CONTROL)
+        if not 0 < len(data) <= self.limits.chunk_bytes:
+            raise LocalProtocolError(
+                f"a DATA frame carries 1 to {self.limits.chunk_bytes} bytes, not {len(data)}", ErrorCode.BAD_FRAME
+            )
+        found.credit -= 1
+        found.started = True
+        self._out.append(Outbound(frames.encode(FrameKind.DATA, stream, data), binary=True))
+
+    def end_stream(self, stream: int) -> None:
+        """All of ``stream``'s data is sent (an END frame)."""
+        self._check_open()
+        self._sending(stream).ended = True
+        self._out.append(Outbound(frames.encode(FrameKind.END, stream), binary=True))
+
+    def abort_stream(self, stream: int, reason: str) -> None:
+        """Give up sending on ``stream`` (an ABORT frame); its request then ends with an error. No-op if not open."""
+        found = self._stream(stream)
+        if self.state is State.OPEN and found is not None and found.sending and not found.ended:
+            found.ended = True
+            text = reason.encode(errors="replace")[: frames.MAX_REASON_BYTES].decode(errors="ignore")
+            self._out.append(Outbound(frames.encode(FrameKind.ABORT, stream, text.encode()), binary=True))
+
+    def grant(self, stream: int, chunks: int) -> None:
+        """Let the sender of ``stream`` send ``chunks`` more DATA frames. No-op if the stream is over."""
+        found = self._stream(stream)
+        if self.state is not State.OPEN or found is None or found.sending or found.ended:
+            return
+        if chunks < 1 or found.credit + chunks > self.limits.max_window:
+            raise LocalProtocolError(
+                f"credit of {chunks} on stream {stream} would exceed the window of {self.limits.max_window}",
+                ErrorCode.FLOW_CONTROL,
+            )
+        found.credit += chunks
+        self._send(Credit(type="credit", stream=stream, chunks=chunks))
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """This side ends the session (then close the socket): every open request fails with ConnectionClosed."""
+        self._end(ConnectionClosed("the connection to the hub was closed by this side"))
+
+    def connection_lost(self, reason: str) -> None:
+        """The socket ended (after :meth:`close`, or on its own: then ConnectionLost)."""
+        self._end(ConnectionLost(f"the connection to the hub was lost: {reason}"))
+
+    # --- input --------------------------------------------------------------------------------
+
+    def receive_text(self, data: bytes | str) -> None:
+        """Take one text frame from the hub."""
+        if self.state is State.CLOSED:
+            return
+        try:
+            message = parse(data)
+        except RemoteProtocolError as e:
+            self._invalid(data, e)
+            return
+        if self.state is State.HELLO_SENT:
+            self._handshake(message)
+        elif isinstance(message, Credit):
+            found = self._stream(message.stream)
+            if found is not None and found.sending and not found.ended:
+                found.credit += message.chunks
+                self._events.append(Credited(message.stream, message.chunks))
+        elif isinstance(message, Done | Error | ExecResult | Rented | MarketInfo | DownloadInfo) and (
+            message.re is not None
+        ):
+            self._take_reply(message, message.re)
+        elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost)):
+            self._events.append(Notified(message))
+        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download):
+            self._take_request(message)
+        elif self.role == "provider" and isinstance(message, Cancel):
+            if message.target in self._theirs:
+                self._events.append(CancelRequested(message.target))
+        else:
+            self._violated(
+                RemoteProtocolError(f"a {self.role} does not expect {message.type!r}", ErrorCode.OUT_OF_ORDER)
+            )
+
+    def receive_binary(self, data: bytes) -> None:
+        """Take one binary (stream) frame from the hub."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.HELLO_SENT:
+            self._end(RemoteProtocolError("a binary frame before welcome", ErrorCode.OUT_OF_ORDER))
+            return
+        try:
+            frame = frames.decode(data, self.limits.chunk_bytes)
+        except RemoteProtocolError as e:
+            self._violated(e)
+            return
+        found = self._stream(frame.stream)
+        if found is None or found.sending or found.ended:
+            return  # it crossed the stream's end
+        if frame.kind is FrameKind.DATA:
+            if found.credit <= 0:
+                found.ended = True
+                error = RemoteProtocolError(f"data beyond the credit granted on stream {frame.stream}",
+                                            ErrorCode.FLOW_CONTROL, frame.stream)  # fmt: skip
+                self._events.append(StreamFailed(frame.stream, error))
+                return
+            found.credit -= 1
+            found.started = True
+            self._events.append(DataReceived(frame.stream, frame.payload))
+        elif frame.kind is FrameKind.END:
+            found.ended = True
+            self._events.append(StreamEnded(frame.stream))
+        else:
+            found.ended = True
+            reason = bytes(frame.payload).decode(errors="replace")
+            self._events.append(StreamFailed(frame.stream, TransferFailed(f"the sender aborted the stream: {reason}")))
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _handshake(self, message: Message) -> None:
+        if isinstance(message, Welcome):
+            if int(message.version.split(".")[0]) != MAJOR_VERSION:
+                self._end(UnsupportedVersion(f"the hub speaks protocol {message.version}; we speak {PROTOCOL_VERSION}"))
+                return
+            self.welcome = message
+            self.state = State.OPEN
+            self._events.append(Welcomed(message))
+        elif isinstance(message, Error):
+            self._end(error_from_code(message.code, f"the hub refused us: {message.message}"))
+        else:
+            self._end(
+                RemoteProtocolError(f"expected welcome from the hub, got {message.type!r}", ErrorCode.OUT_OF_ORDER)
+            )
+
+    def _take_reply(self, message: Done | Error | ExecResult | Rented | MarketInfo | DownloadInfo, re: int) -> None:
+        open_ = self._mine.get(re)
+        if open_ is None:
+            # Replies to what we never asked are the hub's fault; to what we asked, out of order.
+            self._violated(
+                RemoteProtocolError(f"{message.type!r} answers no open request {re}", ErrorCode.OUT_OF_ORDER)
+            )
+            return
+        if isinstance(message, DownloadInfo):
+            if open_.kind != "download" or open_.informed or (open_.stream is not None and open_.stream.started):
+                del self._mine[re]
+                error = RemoteProtocolError(f"a misplaced download_info for request {re}", ErrorCode.OUT_OF_ORDER, re)
+                self._events.append(Failed(re, error))
+                return
+            open_.informed = True
+            self._events.append(Informed(re, message))
+            return
+        del self._mine[re]
+        if isinstance(message, Error):
+            self._events.append(Failed(re, error_from_code(message.code, message.message)))
+        elif message.type not in ANSWERS[open_.kind]:
+            error = RemoteProtocolError(
+                f"{message.type!r} does not answer a {open_.kind!r}", ErrorCode.OUT_OF_ORDER, re
+            )
+            self._events.append(Failed(re, error))
+        else:
+            self._events.append(Replied(re, message))
+
+    def _take_request(self, message: HubRequest) -> None:
+        if message.id in self._theirs:
+            error = RemoteProtocolError(
+                f"the hub reused the id {message.id} of an open request", ErrorCode.DUPLICATE_ID
+            )
+            self._violated(error)
+            return
+        stream = None
+        if isinstance(message, Upload):
+            stream = _Stream(sending=False, credit=0)  # the provider grants the first credit
+        elif isinstance(message, Download):
+            stream = _Stream(sending=True, credit=message.window)
+        self._theirs[message.id] = _Open(message.type, stream)
+        self._events.append(Requested(message))
+
+    def _invalid(self, data: bytes | str, error: RemoteProtocolError) -> None:
+        """Something unreadable came: it fails the request it names, or is answered, or is dropped."""
+        if self.state is State.HELLO_SENT:
+            self._end(RemoteProtocolError(f"the hub sent an invalid handshake reply: {error.message}", error.code))
+            return
+        re = _reply_to(data)
+        if re is not None and re in self._mine:
+            del self._mine[re]
+            self._events.append(Failed(re, RemoteProtocolError(f"the hub's reply is invalid: {error.message}",
+                                                               error.code, re)))  # fmt: skip
+        elif self.role == "provider" and error.re is not None and error.re not in self._theirs:
+            # The hub waits for an answer to the request it meant to send: it gets one.
+            self._send(Error(type="error", re=error.re, code=error.code, message=clip(error.message)))
+        else:
+            self._violated(error)
+
+    def _violated(self, error: RemoteProtocolError) -> None:
+        self._events.append(Violated(error))
+
+    def _end(self, error: KilnError) -> None:
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSED
+        self.closed = error
+        for re in list(self._mine):
+            self._events.append(Failed(re, error))
+        self._mine.clear()
+        self._theirs.clear()
+        self._events.append(Closed(error))
+
+    def _check_open(self) -> None:
+        if self.state is State.CLOSED:
+            assert self.closed is not None
+            raise self.closed
+        if self.state is not State.OPEN:
+            raise LocalProtocolError("the session is not open yet (no welcome)", ErrorCode.OUT_OF_ORDER)
+
+    def _stream(self, stream: int) -> _Stream | None:
+        open_ = (self._mine if self.role == "requestor" else self._theirs).get(stream)
+        return open_.stream if open_ is not None else None
+
+    def _sending(self, stream: int) -> _Stream:
+        found = self._stream(stream)
+        if found is None or not found.sending or found.ended:
+            raise LocalProtocolError(f"no open stream {stream} to send on", ErrorCode.UNKNOWN_STREAM)
+        return found
+
+    def _send(self, message: Message) -> None:
+        self._out.append(Outbound(serialize(message)))
+
+
+def _reply_to(data: bytes | str) -> int | None:
+    """The ``re`` of a text frame that failed validation, when it has a usable one."""
+    try:
+        raw = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    re = raw.get("re") if isinstance(raw, dict) else None
+    return re if type(re) is int else None
