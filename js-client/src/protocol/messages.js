@@ -14,7 +14,10 @@
  */
 
 import { ErrorCode } from "./codes.js";
+import { MAX_PATH_LENGTH, pathProblem } from "./paths.js";
 import { ProtocolViolation } from "./violation.js";
+
+export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js";
 
 export const PROTOCOL_NAME = "kiln.v1";
 export const PROTOCOL_VERSION = "1.0";
@@ -24,7 +27,6 @@ export const MINOR_VERSION = 0;
 export const MAX_ID = 2 ** 31 - 1;
 /** The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all. */
 export const MIN_MEMORY = 6 * 2 ** 20;
-export const MAX_PATH_LENGTH = 4096;
 
 // --- field checks -------------------------------------------------------------------
 // A check takes (value, loc, problems) and pushes a problem for each thing wrong.
@@ -141,34 +143,12 @@ function orNull(inner) {
   };
 }
 
-/**
- * Why `path` is not a valid container path, or null when it is one: absolute,
- * normalized, free of `..` and of NUL bytes (`check_container_path` in Python).
- * @param {string} path
- * @returns {string | null}
- */
-export function containerPathProblem(path) {
-  if (!path.startsWith("/")) return `container path must be absolute: ${path}`;
-  if (path.includes("\0")) return "container path contains a NUL byte";
-  if (path.split("/").includes("..")) return `container path must not contain '..': ${path}`;
-  if (path !== "/" && normpath(path) !== path.replace(/\/+$/, "")) return `container path is not normalized: ${path}`;
-  return null;
-}
-
-/** Python's `posixpath.normpath` for the paths that reach it (absolute, no `..`). */
-function normpath(/** @type {string} */ path) {
-  // POSIX keeps exactly two leading slashes; one or three-plus collapse to one.
-  const leading = path.startsWith("//") && !path.startsWith("///") ? "//" : path.startsWith("/") ? "/" : "";
-  const parts = path.split("/").filter((p) => p !== "" && p !== ".");
-  return leading + parts.join("/") || ".";
-}
-
 /** @type {Check} */
 const containerPath = (value, loc, problems) => {
   const before = problems.length;
   str({ min: 1, max: MAX_PATH_LENGTH })(value, loc, problems);
   if (problems.length !== before) return;
-  const why = containerPathProblem(/** @type {string} */ (value));
+  const why = pathProblem(/** @type {string} */ (value));
   if (why !== null) problems.push({ loc, msg: why, kind: "bad_path" });
 };
 
