@@ -2,12 +2,12 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: help install docker system image schema lint typecheck pytest js-install js-test test demo clean
+.PHONY: help install docker system image schema lint typecheck pytest js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, run the example job, stop everything"
-	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest and the js-client tests"
-	@echo "make schema - regenerate protocol/v1/schema.json from the models"
+	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
+	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -21,8 +21,9 @@ system:
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
 
-schema:
+schema: js-install
 	$(PYTHON) -m kiln.protocol.schema > protocol/v1/schema.json
+	cd js-client && npm run --silent generate
 
 lint:
 	$(PYTHON) -m ruff check .
@@ -37,10 +38,13 @@ pytest:
 js-install:
 	cd js-client && npm ci --no-audit --no-fund
 
+js-lint: js-install
+	cd js-client && npm run typecheck && npm run lint
+
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker system lint typecheck pytest js-test
+test: install docker system lint typecheck pytest js-lint js-test
 
 demo: image
 	$(PYTHON) examples/demo.py

@@ -19,7 +19,7 @@ import {
 } from "./errors.js";
 import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
 import { ErrorCode } from "./protocol/codes.js";
-import { containerPathProblem } from "./protocol/messages.js";
+import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
 
 export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
 
@@ -83,9 +83,10 @@ function fromBase64(text) {
  */
 export function containerPath(path) {
   if (typeof path !== "string") throw new InvalidPathError(`a container path must be a string, not ${typeof path}`);
-  const why = containerPathProblem(path);
-  if (why !== null || path.length === 0 || path.length > 4096) {
-    throw new InvalidPathError(why ?? `container path must be 1 to 4096 characters long`);
+  const why = pathProblem(path);
+  if (why !== null) throw new InvalidPathError(why);
+  if (path.length > MAX_PATH_LENGTH) {
+    throw new InvalidPathError(`container path is longer than ${MAX_PATH_LENGTH} characters`);
   }
   return path;
 }

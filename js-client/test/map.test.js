@@ -10,10 +10,10 @@ import {
   TaskTimeoutError,
   connect,
 } from "../src/node/index.js";
-import { Cluster, IMAGE, containersOf, sleep, startCluster } from "./harness.js";
+import { IMAGE, containersOf, sleep, startCluster } from "./harness.js";
 
 const DEMAND = { cpus: 0.5, memory: "128MiB" };
-/** @type {Cluster} */
+/** @type {import("./harness.js").Cluster} */
 let cluster;
 let requestor;
 

@@ -14,6 +14,7 @@ import {
   encodeFrame,
   parse,
   serialize,
+  validate,
 } from "../src/protocol/index.js";
 
 const VECTORS = fileURLToPath(new URL("../../protocol/v1/vectors/", import.meta.url));
@@ -66,10 +67,27 @@ test("a bad path wins over other problems in the same message, as in pydantic", 
     (e) => e.code === ErrorCode.BAD_PATH,
   );
   // Too long to be a path at all: a plain bad_message, the path check never runs.
-  const long = "/" + "a".repeat(5000);
+  for (const long of ["/" + "a".repeat(5000), "a".repeat(5000)]) {
+    assert.throws(
+      () => parse(JSON.stringify({ type: "upload", id: 4, activity: "a1", path: long, size: 1 })),
+      (e) => e.code === ErrorCode.BAD_MESSAGE && e.message.includes("path: must NOT have more than 4096 characters"),
+    );
+  }
+});
+
+test("a violation names the field of each problem, five at most", () => {
+  const message = { type: "exec", id: 5, activity: "a b", argv: [], env: { "": 1 }, workdir: "/a/./b", extra: 1 };
   assert.throws(
-    () => parse(JSON.stringify({ type: "upload", id: 4, activity: "a1", path: long, size: 1 })),
-    (e) => e.code === ErrorCode.BAD_MESSAGE,
+    () => parse(JSON.stringify(message)),
+    (e) =>
+      e.code === ErrorCode.BAD_PATH &&
+      e.message ===
+        "invalid 'exec' message: extra: extra field not permitted; activity: must match pattern \"^[A-Za-z0-9_.-]{1,64}$\"; " +
+          "argv: must NOT have fewer than 1 items; env..[key]: must NOT have fewer than 1 characters; env.: must be string",
+  );
+  assert.throws(
+    () => parse('{"type":"rent","id":1,"image":"x"}'),
+    (e) => e.message === "invalid 'rent' message: demand: field required",
   );
 });
 
@@ -103,6 +121,14 @@ test("defaults are filled in and messages are frozen", () => {
     "use strict";
     rent.id = 3;
   }, TypeError);
+});
+
+test("validate checks a copy: the value given stays as it was", () => {
+  const rent = { type: "rent", id: 8, image: "kiln-busybox:latest", demand: { labels: { zone: "eu" } } };
+  const message = validate(rent);
+  assert.deepEqual(rent, { type: "rent", id: 8, image: "kiln-busybox:latest", demand: { labels: { zone: "eu" } } });
+  assert.ok(!Object.isFrozen(rent.demand.labels));
+  assert.equal(message.type === "rent" && message.demand.memory, 256 * 2 ** 20);
 });
 
 test("serialize omits unset optionals and refuses an invalid message", () => {

@@ -1,0 +1,278 @@
+// Generated from protocol/v1/schema.json by js-client/scripts/generate.mjs: do not edit.
+// Run `make schema` after changing the models in python/kiln/protocol/.
+
+export type Message =
+  | Hello
+  | Welcome
+  | Error
+  | Done
+  | Offer
+  | Rent
+  | Rented
+  | Release
+  | MarketQuery
+  | MarketInfo
+  | Create
+  | Destroy
+  | ActivityLost
+  | Exec
+  | ExecResult
+  | Upload
+  | Download
+  | DownloadInfo
+  | Credit
+  | Cancel;
+
+/**
+ * First message on every connection, from the peer that dialled the hub.
+ */
+export interface Hello {
+  name: string;
+  role: "requestor" | "provider";
+  software: string;
+  token: string | null;
+  type: "hello";
+  version: string;
+}
+/**
+ * The hub's answer to ``hello``: the version both sides now speak, and the limits.
+ */
+export interface Welcome {
+  limits: Limits;
+  session: string;
+  software: string;
+  type: "welcome";
+  version: string;
+}
+/**
+ * The hub's limits, announced in ``welcome``; a peer must stay within them.
+ */
+export interface Limits {
+  chunk_bytes: number;
+  max_frame_bytes: number;
+  max_message_bytes: number;
+  max_output_bytes: number;
+  max_pending: number;
+  max_streams: number;
+  max_window: number;
+}
+/**
+ * A request failed (``re`` names it), or a message could not be taken at all.
+ */
+export interface Error {
+  /**
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   */
+  code: string;
+  message: string;
+  re: number | null;
+  type: "error";
+}
+/**
+ * A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used.
+ */
+export interface Done {
+  bytes: number | null;
+  cpu_seconds: number | null;
+  re: number;
+  type: "done";
+}
+/**
+ * Provider -> hub: the capacity it shares and the images it holds. Sent again on change.
+ */
+export interface Offer {
+  arch: string;
+  id: number;
+  /**
+   * @maxItems 4096
+   */
+  images: string[];
+  labels: {
+    [k: string]: string;
+  };
+  resources: Resources;
+  type: "offer";
+}
+/**
+ * An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.
+ */
+export interface Resources {
+  cpus: number;
+  memory: number;
+  storage: number;
+}
+/**
+ * Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.
+ */
+export interface Rent {
+  demand: Demand;
+  /**
+   * @maxItems 1024
+   */
+  exclude: string[];
+  id: number;
+  image: string;
+  type: "rent";
+}
+/**
+ * What a requestor asks for: at least these resources, and these labels exactly.
+ */
+export interface Demand {
+  cpus: number;
+  labels: {
+    [k: string]: string;
+  };
+  memory: number;
+  storage: number;
+}
+export interface Rented {
+  activity: string;
+  cached: boolean;
+  provider: string;
+  re: number;
+  resources: Resources;
+  type: "rented";
+}
+/**
+ * Requestor -> hub: destroy the activity's container and free its capacity.
+ */
+export interface Release {
+  activity: string;
+  id: number;
+  type: "release";
+}
+/**
+ * Requestor -> hub: describe every provider, its offer and what is still free.
+ */
+export interface MarketQuery {
+  id: number;
+  type: "market";
+}
+export interface MarketInfo {
+  activities: number;
+  providers: ProviderInfo[];
+  re: number;
+  type: "market_info";
+}
+export interface ProviderInfo {
+  activities: number;
+  arch: string;
+  free: Resources;
+  images: string[];
+  labels: {
+    [k: string]: string;
+  };
+  name: string;
+  offered: Resources;
+}
+/**
+ * Hub -> provider: start a container for a new activity with these resources.
+ */
+export interface Create {
+  activity: string;
+  id: number;
+  image: string;
+  resources: Resources;
+  type: "create";
+}
+/**
+ * Hub -> provider: remove the activity's container (answered with ``done``).
+ */
+export interface Destroy {
+  activity: string;
+  id: number;
+  type: "destroy";
+}
+/**
+ * Hub -> requestor: the activity is gone (provider lost, container died).
+ */
+export interface ActivityLost {
+  activity: string;
+  /**
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   */
+  code: string;
+  reason: string;
+  type: "activity_lost";
+}
+/**
+ * Run ``argv`` exactly as given (no shell) in the activity's container.
+ */
+export interface Exec {
+  activity: string;
+  /**
+   * @minItems 1
+   * @maxItems 4096
+   */
+  argv: string[];
+  env: {
+    [k: string]: string;
+  };
+  id: number;
+  timeout: number | null;
+  type: "exec";
+  workdir: string | null;
+}
+/**
+ * The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).
+ */
+export interface ExecResult {
+  duration: number;
+  exit_code: number;
+  re: number;
+  stderr: string;
+  stderr_truncated: boolean;
+  stdout: string;
+  stdout_truncated: boolean;
+  timed_out: boolean;
+  type: "exec_result";
+}
+/**
+ * Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.
+ */
+export interface Upload {
+  activity: string;
+  id: number;
+  /**
+   * permission bits; no setuid, setgid or sticky
+   */
+  mode: number;
+  path: string;
+  size: number;
+  type: "upload";
+}
+/**
+ * Open a stream out of ``path``; ``window`` is the first credit, in chunks.
+ */
+export interface Download {
+  activity: string;
+  id: number;
+  path: string;
+  type: "download";
+  window: number;
+}
+/**
+ * Sent before the data of a download: a file's bytes, or a directory as a tar stream.
+ */
+export interface DownloadInfo {
+  kind: "file" | "dir";
+  mode: number;
+  re: number;
+  size: number | null;
+  type: "download_info";
+}
+/**
+ * The receiver of stream ``stream`` may take ``chunks`` more data frames.
+ */
+export interface Credit {
+  chunks: number;
+  stream: number;
+  type: "credit";
+}
+/**
+ * Stop request ``target``; it ends with an error ``cancelled`` unless already done.
+ */
+export interface Cancel {
+  target: number;
+  type: "cancel";
+}
