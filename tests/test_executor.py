@@ -251,7 +251,7 @@ async def test_ctrl_c_releases_everything(cluster: Cluster, tmp_path: Path) -> N
     await nothing_held(cluster)
 
 
-async def test_a_provider_that_fails_twice_gets_no_more_tasks(cluster: Cluster) -> None:
+async def test_a_provider_whose_tasks_succeed_elsewhere_gets_banned(cluster: Cluster) -> None:
     names = await start(cluster, "p1", "p2")
     bad = names[0]
     tried_on: Counter[str] = Counter()
@@ -259,16 +259,33 @@ async def test_a_provider_that_fails_twice_gets_no_more_tasks(cluster: Cluster) 
     async def picky(act: kiln.Activity, n: int) -> int:
         tried_on[act.provider] += 1
         if act.provider == bad:
+            await asyncio.sleep(0.3)  # computing a wrong answer
             raise kiln.RetryTask(f"{act.provider} gives wrong answers")
         return await square(act, n)
 
     async with kiln.connect(cluster.url) as requestor:
-        job = requestor.job(picky, range(12), image=IMAGE, demand=SMALL, retries=2)
-        assert await job.run() == [n * n for n in range(12)]
-    assert tried_on[bad] == 2, "banned after its second failure"
+        job = requestor.job(picky, range(16), image=IMAGE, demand=SMALL, retries=2)
+        assert await job.run() == [n * n for n in range(16)]
     assert job.summary.failed_providers == {bad}
-    assert job.summary.tasks_per_provider == Counter({names[1]: 12})
-    assert job.summary.retries == 2
+    assert job.summary.tasks_per_provider == Counter({names[1]: 16})
+    assert tried_on[bad] < 8, "banned once two of its tasks had succeeded elsewhere"
+    assert job.summary.retries == tried_on[bad]
+
+
+async def test_a_task_failing_everywhere_bans_no_provider(cluster: Cluster) -> None:
+    await start(cluster, "p1", "p2")
+
+    async def hopeless(act: kiln.Activity, n: int) -> int:
+        raise kiln.RetryTask(f"task {n} cannot be done on {act.provider}")
+
+    async with kiln.connect(cluster.url) as requestor:
+        job = requestor.job(hopeless, range(2), image=IMAGE, demand=SMALL, retries=2, start_timeout=5)
+        with pytest.raises(kiln.TaskFailed) as failed:
+            await job.run()
+    assert len(failed.value.attempts) == 3
+    assert all(isinstance(e, kiln.RetryTask) for e in failed.value.attempts)
+    assert job.summary.failed_providers == set()
+    await nothing_held(cluster)
 
 
 async def test_a_failing_teardown_still_releases(cluster: Cluster) -> None:

@@ -264,8 +264,10 @@ def test_requestor_loss_destroys_its_activities(hub: Harness) -> None:
     assert (to, destroy["type"], destroy["activity"]) == (1, "destroy", activity)
     assert hub.text(1, {"type": "done", "re": destroy["id"]}) == []
     assert not hub.core.activities
-    [(_, seller)] = [(p, s) for p, s in hub.core.market._sellers.items()]
-    assert (seller.cpus, seller.memory, seller.activities) == (0, 0, 0)
+    hub.join(3, "requestor", "r2")
+    [(_, info)] = hub.text(3, {"type": "market", "id": 1})
+    [seller] = info["providers"]
+    assert (seller["free"], seller["activities"]) == (seller["offered"], 0)
 
 
 def test_requestor_gone_while_its_container_is_created(hub: Harness) -> None:

@@ -37,6 +37,6 @@ test("an invalid message is refused before it is sent, as a UsageError", async (
     (e) => e instanceof UsageError && e.code === "bad_message",
   );
   assert.deepEqual(sent, []);
-  endpoint.send({ type: "market", id: 1 });
-  assert.deepEqual(sent, ['{"type":"market","id":1}']);
+  endpoint.send({ type: "cancel", target: 1 });
+  assert.deepEqual(sent, ['{"type":"cancel","target":1}']);
 });

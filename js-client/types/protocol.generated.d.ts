@@ -58,6 +58,8 @@ export interface Limits {
 }
 /**
  * A request failed (``re`` names it), or a message could not be taken at all.
+ *
+ * ``provider`` names the provider a failed ``rent`` was tried on, when it got that far.
  */
 export interface Error {
   /**
@@ -65,6 +67,7 @@ export interface Error {
    */
   code: string;
   message: string;
+  provider: string | null;
   re: number | null;
   type: "error";
 }
@@ -103,6 +106,10 @@ export interface Resources {
 }
 /**
  * Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.
+ *
+ * Providers named in ``exclude`` are passed over. Activities of one ``group`` (a name the
+ * requestor chooses, e.g. one per job) are kept on distinct providers: the hub never
+ * picks a provider where this requestor holds a live activity of the same group.
  */
 export interface Rent {
   demand: Demand;
@@ -110,6 +117,7 @@ export interface Rent {
    * @maxItems 1024
    */
   exclude: string[];
+  group: string | null;
   id: number;
   image: string;
   type: "rent";
@@ -142,14 +150,33 @@ export interface Release {
   type: "release";
 }
 /**
- * Requestor -> hub: describe every provider, its offer and what is still free.
+ * Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``
+ * capacity left, at most ``limit`` of them (by name).
  */
 export interface MarketQuery {
+  free: Resources1;
   id: number;
+  image: string | null;
+  labels: {
+    [k: string]: string;
+  };
+  limit: number;
   type: "market";
 }
+/**
+ * An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.
+ */
+export interface Resources1 {
+  cpus: number;
+  memory: number;
+  storage: number;
+}
+/**
+ * The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.
+ */
 export interface MarketInfo {
   activities: number;
+  matched: number;
   providers: ProviderInfo[];
   re: number;
   type: "market_info";

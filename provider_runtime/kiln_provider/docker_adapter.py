@@ -466,7 +466,7 @@ class DockerAdapter:
             self.remove(container["Id"])
         return len(stale)
 
-    def put_file(self, container_id: str, path: str, size: int, mode: int, chunks: Iterator[bytes]) -> int:
+    def put_file(self, container_id: str, path: str, size: int, mode: int, chunks: Iterator[bytes | memoryview]) -> int:
         """Stream ``size`` bytes from ``chunks`` into a file at ``path``; returns the bytes written.
 
         Missing parent folders are created (mode 0755, by Docker's extraction). The chunks

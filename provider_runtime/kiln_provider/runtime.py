@@ -4,7 +4,8 @@ One activity is one hardened container (see :mod:`kiln_provider.docker_adapter`)
 sends ``create``, ``exec``, ``upload``, ``download``, ``cancel`` and ``destroy``; each request
 runs as a task of the session's task group and ends with exactly one reply. When the
 connection drops, every task is cancelled, every container removed, and the provider
-dials again with backoff: the hub has already told the requestors their activities are lost.
+dials again (websockets' reconnecting iterator, with backoff): the hub has already told
+the requestors their activities are lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,26 +21,34 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeVar
 
-from kiln.connection import Endpoint, Incoming, Outgoing, handshake
+from websockets.asyncio.client import connect
+from websockets.client import backoff
+from websockets.exceptions import InvalidURI
+
+from kiln.connection import WEBSOCKET_OPTIONS, Connection, Incoming, Outgoing
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized, UnsupportedVersion
+from kiln.protocol.errors import (
+    Cancelled,
+    ConnectionClosed,
+    KilnError,
+    Unauthorized,
+    UnsupportedVersion,
+    UsageError,
+)
 from kiln.protocol.messages import (
-    Cancel,
     Create,
-    Credit,
     Destroy,
     Done,
     Download,
     DownloadInfo,
-    Error,
     Exec,
     ExecResult,
-    Message,
     Offer,
     Resources,
     Upload,
 )
+from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
 from kiln_provider.errors import ImageMissing, ProviderError, error_reply
 
@@ -50,8 +58,10 @@ T = TypeVar("T")
 
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
-BACKOFF_FIRST: Final = 0.25
-BACKOFF_MAX: Final = 5.0
+RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
+"""Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
+REFUSED_RETRY_SECONDS: Final = 2.0
+"""How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +102,7 @@ class ProviderRuntime:
         self.adapter = adapter
         self.offer_resources = self._capacity()
         self.arch = adapter.host_info().arch
-        self._endpoint: Endpoint | None = None
+        self._conn: Connection | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._containers: dict[str, Container] = {}
         self._by_request: dict[int, Operation] = {}
@@ -119,39 +129,39 @@ class ProviderRuntime:
         return Resources(cpus=cpus, memory=memory, storage=storage)
 
     async def run(self) -> None:
-        """Dial the hub, serve, and dial again with backoff whenever the connection ends."""
+        """Dial the hub, serve, and dial again whenever the connection ends."""
         loop = asyncio.get_running_loop()
         # Exec waits and streams each hold a thread for their whole length.
         loop.set_default_executor(ThreadPoolExecutor(max_workers=256, thread_name_prefix="kiln-stream"))
-        delay = BACKOFF_FIRST
-        while True:
-            # Whatever ran before this session belongs to activities the hub has written off.
-            removed = await self._docker(self.adapter.remove_stale)
-            if removed:
-                log.info("removed %d containers left by an earlier session", removed)
-            try:
-                ws, welcome = await handshake(
-                    self.config.hub, role="provider", name=self.config.name, token=self.config.token
-                )
-            except (Unauthorized, UnsupportedVersion):
-                raise
-            except KilnError as e:
-                log.warning("cannot join the hub (%s); retrying in %.1f s", e.message, delay)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, BACKOFF_MAX)
-                continue
-            delay = BACKOFF_FIRST
-            started = time.monotonic()
-            await self._session(Endpoint(ws, welcome, self._on_message))
-            log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
+        try:
+            async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS, **WEBSOCKET_OPTIONS):
+                # Whatever ran before this session belongs to activities the hub has written off.
+                removed = await self._docker(self.adapter.remove_stale)
+                if removed:
+                    log.info("removed %d containers left by an earlier session", removed)
+                try:
+                    conn = await Connection.handshake(
+                        ws, role="provider", name=self.config.name, token=self.config.token, on_event=self._on_event
+                    )
+                except (Unauthorized, UnsupportedVersion):
+                    raise
+                except KilnError as e:
+                    log.warning("the hub did not take us (%s); trying again in %g s", e.message, REFUSED_RETRY_SECONDS)
+                    await asyncio.sleep(REFUSED_RETRY_SECONDS)
+                    continue
+                started = time.monotonic()
+                await self._session(conn)
+                log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
+        except InvalidURI as e:
+            raise UsageError(f"not a hub address: {self.config.hub!r} (write e.g. ws://127.0.0.1:7465)") from e
 
-    async def _session(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
+    async def _session(self, conn: Connection) -> None:
+        self._conn = conn
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                reader = tg.create_task(endpoint.run())
-                refresher = tg.create_task(self._refresh_offer(endpoint))
+                reader = tg.create_task(conn.run())
+                refresher = tg.create_task(self._refresh_offer(conn))
                 await reader
                 refresher.cancel()
                 for operation in list(self._by_request.values()):
@@ -163,7 +173,7 @@ class ProviderRuntime:
             for container in containers.values():
                 await self._docker(self.adapter.remove, container.id)
 
-    async def _refresh_offer(self, endpoint: Endpoint) -> None:
+    async def _refresh_offer(self, conn: Connection) -> None:
         """Offer now (every session starts with one), then again whenever the local images change."""
         self._images = []
         while True:
@@ -171,16 +181,26 @@ class ProviderRuntime:
             if images != self._images:
                 self._images = images
                 offer = Offer(
-                    type="offer", id=endpoint.new_id(), resources=self.offer_resources,
+                    type="offer", id=conn.new_id(), resources=self.offer_resources,
                     arch=self.arch, labels=self.config.labels, images=images,
                 )  # fmt: skip
-                await endpoint.request(offer)
+                await conn.request(offer)
                 log.info("offered %s with %d images", self.offer_resources, len(images))
             await asyncio.sleep(IMAGE_REFRESH_SECONDS)
 
-    # --- dispatch (called by the endpoint's reader: must not block) ------------------------
+    # --- dispatch (called by the connection's reader: must not block) ------------------------
 
-    def _on_message(self, message: Message) -> None:
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Requested):
+            self._take(event.message)
+        elif isinstance(event, CancelRequested):
+            operation = self._by_request.get(event.request)
+            if operation is not None:
+                operation.halt()
+        elif isinstance(event, Notified):
+            log.warning("the hub reports %s: %s", event.message.code, getattr(event.message, "message", ""))
+
+    def _take(self, message: Create | Destroy | Exec | Upload | Download) -> None:
         if isinstance(message, Create):
             self._spawn(message.id, None, self._create(message))
         elif isinstance(message, Destroy):
@@ -189,38 +209,28 @@ class ProviderRuntime:
         elif isinstance(message, Exec):
             self._spawn(message.id, message.activity, self._exec(message))
         elif isinstance(message, Upload):
-            incoming = self._ep.incoming(message.id, self._upload_window)
+            incoming = self._c.incoming(message.id, self._upload_window)
             stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
             self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload)
-        elif isinstance(message, Download):
-            outgoing = self._ep.outgoing(message.id)
-            outgoing.grant(message.window)
+        else:
+            outgoing = self._c.outgoing(message.id)
             stop_download = partial(outgoing.fail, Cancelled("download cancelled"))
             self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download)
-        elif isinstance(message, Cancel):
-            operation = self._by_request.get(message.target)
-            if operation is not None:
-                operation.halt()
-        elif isinstance(message, Error):
-            if message.code != ErrorCode.CONNECTION_CLOSED:
-                log.warning("the hub reports %s: %s", message.code, message.message)
-        else:
-            log.warning("ignoring unexpected %r from the hub", message.type)
 
     @property
     def _upload_window(self) -> int:
-        return min(limits.WINDOW_CHUNKS, self._ep.limits.max_window)
+        return min(limits.WINDOW_CHUNKS, self._c.session.limits.max_window)
 
     @property
-    def _ep(self) -> Endpoint:
-        assert self._endpoint is not None
-        return self._endpoint
+    def _c(self) -> Connection:
+        assert self._conn is not None
+        return self._conn
 
     def _spawn(
         self,
         request_id: int,
         activity: str | None,
-        work: Awaitable[Message],
+        work: Awaitable[Reply],
         stop: Callable[[], None] = lambda: None,
     ) -> None:
         assert self._tg is not None
@@ -238,18 +248,17 @@ class ProviderRuntime:
             container.operations.add(operation)
             task.add_done_callback(lambda _: container.operations.discard(operation))
 
-    def _refuse(self, request_id: int, work: Awaitable[Message], code: ErrorCode, text: str) -> None:
+    def _refuse(self, request_id: int, work: Awaitable[Reply], code: ErrorCode, text: str) -> None:
         """Answer a request with an error without starting its work."""
         assert self._tg is not None
         if isinstance(work, Coroutine):
             work.close()
-        self._ep.forget(request_id)
         self._tg.create_task(self._send_quietly(error_reply(request_id, ProviderError(text, code))))
 
-    async def _serve(self, request_id: int, work: Awaitable[Message]) -> None:
+    async def _serve(self, request_id: int, work: Awaitable[Reply]) -> None:
         """Run one request to its one reply; a failure becomes an ``error`` reply."""
         try:
-            reply: Message = await work
+            reply: Reply = await work
         except KilnError as e:
             reply = error_reply(request_id, e)
         except asyncio.CancelledError as e:
@@ -260,12 +269,11 @@ class ProviderRuntime:
             reply = error_reply(request_id, e)
         finally:
             self._by_request.pop(request_id, None)
-            self._ep.forget(request_id)
         await self._send_quietly(reply)
 
-    async def _send_quietly(self, message: Message) -> None:
+    async def _send_quietly(self, message: Reply) -> None:
         try:
-            await self._ep.send(message)
+            await self._c.reply(message)
         except ConnectionClosed:
             pass  # the hub already reported our loss to whoever waited
 
@@ -278,7 +286,7 @@ class ProviderRuntime:
 
     # --- the requests -----------------------------------------------------------------------
 
-    async def _create(self, message: Create) -> Message:
+    async def _create(self, message: Create) -> Reply:
         spec = ContainerSpec(
             activity=message.activity,
             image=message.image,
@@ -297,7 +305,7 @@ class ProviderRuntime:
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         return Done(type="done", re=message.id)
 
-    async def _destroy(self, message: Destroy) -> Message:
+    async def _destroy(self, message: Destroy) -> Reply:
         container = self._containers.pop(message.activity, None)
         if container is None:
             return Done(type="done", re=message.id)
@@ -318,14 +326,14 @@ class ProviderRuntime:
     def _container(self, activity: str) -> str:
         return self._containers[activity].id
 
-    async def _exec(self, message: Exec) -> Message:
+    async def _exec(self, message: Exec) -> Reply:
         process = await asyncio.to_thread(
             self.adapter.start_exec,
             self._container(message.activity),
             message.argv,
             message.env,
             message.workdir,
-            self._ep.limits.max_output_bytes,
+            self._c.session.limits.max_output_bytes,
         )
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
@@ -351,12 +359,11 @@ class ProviderRuntime:
             duration=outcome.duration,
         )
 
-    async def _upload(self, message: Upload, incoming: Incoming) -> Message:
+    async def _upload(self, message: Upload, incoming: Incoming) -> Reply:
         container = self._container(message.activity)
         loop = asyncio.get_running_loop()
-        await self._ep.send(Credit(type="credit", stream=message.id, chunks=self._upload_window))
 
-        def chunks() -> Iterator[bytes]:
+        def chunks() -> Iterator[memoryview]:
             while (chunk := asyncio.run_coroutine_threadsafe(_next(incoming), loop).result()) is not None:
                 yield chunk
 
@@ -365,7 +372,7 @@ class ProviderRuntime:
         )
         return Done(type="done", re=message.id, bytes=written)
 
-    async def _download(self, message: Download, outgoing: Outgoing) -> Message:
+    async def _download(self, message: Download, outgoing: Outgoing) -> Reply:
         container = self._container(message.activity)
         stream = await self._docker(self.adapter.open_download, container, message.path)
         loop = asyncio.get_running_loop()
@@ -386,7 +393,7 @@ class ProviderRuntime:
         try:
             info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
                                 mode=stream.mode & 0o7777)  # fmt: skip
-            await self._ep.send(info)
+            await self._c.reply(info)
         except BaseException:
             await asyncio.to_thread(stream.close)
             raise
@@ -400,7 +407,7 @@ def _settle(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _next(incoming: Incoming) -> bytes | None:
+async def _next(incoming: Incoming) -> memoryview | None:
     try:
         return await anext(incoming)
     except StopAsyncIteration:

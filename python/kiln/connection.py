@@ -1,148 +1,100 @@
-"""One peer's connection to the hub: handshake, requests and replies, and file streams.
+"""A peer's connection to the hub: a websockets client pumping a protocol :class:`Session`.
 
-Both the requestor library and the provider runtime sit on an :class:`Endpoint`. Its
-reader (:meth:`Endpoint.run`, owned by the caller's task group) never blocks: replies
-resolve futures, credits wake stream senders, data frames land in a stream's buffer
-(bounded by the credit its receiver granted), anything else goes to ``on_message``.
+The session (:mod:`kiln.protocol.session`) decides everything: ids, which reply ends which
+request, credit, what a lost connection means. This module only moves frames. Its reader
+(:meth:`Connection.run`, owned by the caller's task group) feeds every frame into the
+session and turns the events into wake-ups: a request's future, a stream's buffer or
+credit. Events it has no use for (a provider's requests, an activity lost, the end) go to
+``on_event``. Every call writes what the session wants sent, in order.
 
-Use: ``ws, welcome = await handshake(url, role=..., name=...)``, then
-``Endpoint(ws, welcome, on_message)``, start ``endpoint.run()`` in a task group, and
-call :meth:`Endpoint.request`, :meth:`Endpoint.open_upload` /
-:meth:`Endpoint.open_download` (requestor) or :meth:`Endpoint.incoming` /
-:meth:`Endpoint.outgoing` (provider).
+Both the requestor SDK and the provider runtime sit on a :class:`Connection`::
+
+    conn = await Connection.open(url, role="requestor", name="me", on_event=...)
+    # run conn.run() in a task you own, then:
+    reply = await conn.request(MarketQuery(type="market", id=conn.new_id()))
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Any, Final
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidHandshake
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
-from kiln.protocol import frames
-from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import (
-    ConnectionClosed,
-    KilnError,
-    RemoteProtocolError,
-    UnsupportedVersion,
-    error_from_code,
-)
-from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import (
-    MAJOR_VERSION,
-    MAX_ID,
-    PROTOCOL_NAME,
-    PROTOCOL_VERSION,
-    Credit,
-    DownloadInfo,
-    Error,
-    Hello,
-    Message,
-    Welcome,
-    parse,
-    serialize,
+from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion
+from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Message, Upload
+from kiln.protocol.session import (
+    CancelRequested,
+    Closed,
+    Credited,
+    DataReceived,
+    Event,
+    Failed,
+    Informed,
+    Notified,
+    Replied,
+    Reply,
+    Request,
+    Requested,
+    Role,
+    Session,
+    StreamEnded,
+    StreamFailed,
+    Violated,
+    Welcomed,
 )
 
-log = logging.getLogger("kiln.endpoint")
+log = logging.getLogger("kiln.connection")
 
 HANDSHAKE_TIMEOUT: Final = 10.0
-FINAL_REPLIES: Final = frozenset({"done", "error", "exec_result", "rented", "market_info"})
-
-
-async def handshake(
-    url: str,
-    *,
-    role: Literal["requestor", "provider"],
-    name: str,
-    token: str | None = None,
-    open_timeout: float = HANDSHAKE_TIMEOUT,
-) -> tuple[ClientConnection, Welcome]:
-    """Dial the hub at ``url`` and exchange hello/welcome.
-
-    Raises :class:`ConnectionClosed` when the hub cannot be reached,
-    :class:`UnsupportedVersion` when it speaks another protocol, or the error the hub
-    answered with (e.g. :class:`~kiln.errors.Unauthorized`).
-    """
-    try:
-        ws = await connect(
-            url,
-            subprotocols=[Subprotocol(PROTOCOL_NAME)],
-            max_size=None,
-            open_timeout=open_timeout,
-            ping_interval=5,
-            ping_timeout=10,
-            compression=None,
-        )
-    except (OSError, InvalidHandshake, TimeoutError) as e:
-        raise ConnectionClosed(f"cannot reach the hub at {url}: {e}") from e
-    try:
-        if ws.subprotocol not in (None, PROTOCOL_NAME):
-            raise UnsupportedVersion(f"the hub at {url} speaks {ws.subprotocol}, not {PROTOCOL_NAME}")
-        software = f"kiln-python/{__version__}"
-        hello = Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software)
-        await ws.send(serialize(hello).decode())
-        async with asyncio.timeout(open_timeout):
-            raw = await ws.recv()
-        reply = parse(raw.encode() if isinstance(raw, str) else raw)
-        if isinstance(reply, Error):
-            raise error_from_code(reply.code, f"the hub refused us: {reply.message}")
-        if not isinstance(reply, Welcome):
-            raise RemoteProtocolError(f"expected welcome from the hub, got {reply.type!r}")
-        if int(reply.version.split(".")[0]) != MAJOR_VERSION:
-            raise UnsupportedVersion(f"the hub speaks protocol version {reply.version}; we speak {PROTOCOL_VERSION}")
-    except RemoteProtocolError as e:
-        await ws.close()
-        raise RemoteProtocolError(f"the hub sent an invalid handshake reply: {e.message}", e.code) from e
-    except WsConnectionClosed as e:
-        raise ConnectionClosed(f"the hub closed the connection during the handshake: {e}") from e
-    except TimeoutError as e:
-        await ws.close()
-        raise ConnectionClosed(f"the hub at {url} did not answer hello within {open_timeout:g} s") from e
-    except BaseException:
-        await ws.close()
-        raise
-    return ws, reply
+WEBSOCKET_OPTIONS: Final[dict[str, Any]] = {
+    "subprotocols": [Subprotocol(PROTOCOL_NAME)],
+    "max_size": None,  # the session judges frames; the hub never sends more than max_frame_bytes
+    "ping_interval": 5,
+    "ping_timeout": 10,
+    "compression": None,
+}
+"""How every peer dials the hub (also for websockets' reconnecting iterator)."""
+EventHandler = Callable[[Event], None]
 
 
 class Incoming:
-    """The receiving end of a stream. Iterate it for chunks; credit is granted as you go."""
+    """The receiving end of a stream. Iterate it for chunks; credit goes back as you consume them.
 
-    def __init__(self, endpoint: Endpoint, stream: int, window: int) -> None:
-        self._endpoint = endpoint
+    What it buffers is bounded by the credit granted: the session fails a stream whose
+    sender overruns it.
+    """
+
+    def __init__(self, conn: Connection, stream: int, window: int, *, grant_first: bool) -> None:
+        self._conn = conn
         self.stream = stream
         self.window = window
+        self._grant_first = grant_first  # a provider's upload: the receiver opens the window
         self.info: asyncio.Future[DownloadInfo] = asyncio.get_running_loop().create_future()
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[memoryview] = deque()
         self._wake = asyncio.Event()
         self._ended = False
         self._error: KilnError | None = None
         self._consumed = 0
 
-    def feed(self, kind: FrameKind, payload: memoryview) -> None:
-        if kind is FrameKind.DATA:
-            if len(self._chunks) >= self.window:
-                self.fail(
-                    RemoteProtocolError(f"stream {self.stream}: peer sent beyond its credit", ErrorCode.FLOW_CONTROL)
-                )
-                return
-            self._chunks.append(bytes(payload))
-        elif kind is FrameKind.END:
-            self._ended = True
-        else:
-            reason = bytes(payload).decode(errors="replace")
-            self.fail(error_from_code(ErrorCode.TRANSFER_FAILED, f"the sender aborted the stream: {reason}"))
+    def _feed(self, data: memoryview) -> None:
+        self._chunks.append(data)
+        self._wake.set()
+
+    def _end(self) -> None:
+        self._ended = True
         self._wake.set()
 
     def fail(self, error: KilnError) -> None:
+        """End the stream with ``error`` (what a reader waiting on it then raises)."""
         if self._error is None and not self._ended:
             self._error = error
         if not self.info.done():
@@ -153,7 +105,10 @@ class Incoming:
     def __aiter__(self) -> Incoming:
         return self
 
-    async def __anext__(self) -> bytes:
+    async def __anext__(self) -> memoryview:
+        if self._grant_first:
+            self._grant_first = False
+            await self._conn.grant(self.stream, self.window)
         while not self._chunks:
             if self._error is not None:
                 raise self._error
@@ -163,212 +118,294 @@ class Incoming:
             await self._wake.wait()
         chunk = self._chunks.popleft()
         self._consumed += 1
-        # Grant credit back in batches of half a window: few messages, never a stall.
+        # Credit goes back in batches of half a window: few messages, never a stall.
         if self._consumed * 2 >= self.window and not self._ended:
             grant, self._consumed = self._consumed, 0
-            await self._endpoint.send(Credit(type="credit", stream=self.stream, chunks=grant))
+            await self._conn.grant(self.stream, grant)
         return chunk
 
 
 class Outgoing:
     """The sending end of a stream: :meth:`write` waits for credit, :meth:`end` finishes it."""
 
-    def __init__(self, endpoint: Endpoint, stream: int, chunk_bytes: int) -> None:
-        self._endpoint = endpoint
+    def __init__(self, conn: Connection, stream: int) -> None:
+        self._conn = conn
         self.stream = stream
-        self.chunk_bytes = chunk_bytes
-        self._credit = 0
         self._wake = asyncio.Event()
         self._error: KilnError | None = None
 
-    def grant(self, chunks: int) -> None:
-        self._credit += chunks
+    def _credited(self) -> None:
         self._wake.set()
 
     def fail(self, error: KilnError) -> None:
+        """Stop the stream: a writer waiting for credit raises ``error``."""
         if self._error is None:
             self._error = error
         self._wake.set()
 
     async def write(self, data: bytes | memoryview) -> None:
+        """Send ``data`` in DATA frames of at most ``chunk_bytes``, each within the credit granted."""
         view = memoryview(data)
-        for start in range(0, len(view), self.chunk_bytes):
-            while self._credit <= 0:
-                if self._error is not None:
-                    raise self._error
+        size = self._conn.session.limits.chunk_bytes
+        for start in range(0, len(view), size):
+            while self._error is None and self._conn.session.credit(self.stream) <= 0:
                 self._wake.clear()
                 await self._wake.wait()
             if self._error is not None:
                 raise self._error
-            self._credit -= 1
-            await self._endpoint.send_binary(
-                frames.encode(FrameKind.DATA, self.stream, view[start : start + self.chunk_bytes])
-            )
+            self._conn.session.send_data(self.stream, view[start : start + size])
+            await self._conn.flush()
 
     async def end(self) -> None:
         if self._error is not None:
             raise self._error
-        await self._endpoint.send_binary(frames.encode(FrameKind.END, self.stream))
+        self._conn.session.end_stream(self.stream)
+        await self._conn.flush()
 
     async def abort(self, reason: str) -> None:
-        await self._endpoint.send_binary(frames.encode(FrameKind.ABORT, self.stream, reason.encode()[:1024]))
+        """Give up the stream (best effort: the connection may be gone)."""
+        self._conn.session.abort_stream(self.stream, reason)
+        await self._conn.flush()
 
 
-class Endpoint:
-    """A live connection to the hub after the handshake."""
+class Connection:
+    """A live, welcomed connection to the hub. Get one from :meth:`open`."""
 
-    def __init__(
-        self,
-        ws: ClientConnection,
-        welcome: Welcome,
-        on_message: Callable[[Message], None] | None = None,
-    ) -> None:
+    def __init__(self, ws: ClientConnection, session: Session, on_event: EventHandler | None = None) -> None:
         self.ws = ws
-        self.welcome = welcome
-        self.limits = welcome.limits
-        self._on_message = on_message
-        self._next_id = 0
+        self.session = session
+        self.on_event = on_event
         self._replies: dict[int, asyncio.Future[Message]] = {}
         self._incoming: dict[int, Incoming] = {}
         self._outgoing: dict[int, Outgoing] = {}
-        self.closed: KilnError | None = None
+        self._writing = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        role: Role,
+        name: str,
+        token: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        open_timeout: float = HANDSHAKE_TIMEOUT,
+        on_event: EventHandler | None = None,
+    ) -> Connection:
+        """Dial the hub at ``url`` and exchange hello/welcome (see :meth:`handshake`).
+
+        Raises :class:`ConnectionLost` when the hub cannot be reached.
+        """
+        try:
+            ws = await connect(url, ssl=ssl, open_timeout=open_timeout, **WEBSOCKET_OPTIONS)
+        except (OSError, InvalidHandshake, TimeoutError) as e:
+            raise ConnectionLost(f"cannot reach the hub at {url}: {e}") from e
+        return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event)
+
+    @classmethod
+    async def handshake(
+        cls,
+        ws: ClientConnection,
+        *,
+        role: Role,
+        name: str,
+        token: str | None = None,
+        open_timeout: float = HANDSHAKE_TIMEOUT,
+        on_event: EventHandler | None = None,
+    ) -> Connection:
+        """Exchange hello/welcome over an open WebSocket; the socket is closed if that fails.
+
+        Raises :class:`ConnectionLost` when the hub does not answer or goes away,
+        :class:`UnsupportedVersion` when it speaks another protocol, or the error the hub
+        refused us with (e.g. :class:`~kiln.protocol.errors.Unauthorized`).
+        """
+        session = Session(role, name, token=token, software=f"kiln-python/{__version__}")
+        conn = cls(ws, session, on_event)
+        try:
+            if ws.subprotocol not in (None, PROTOCOL_NAME):
+                raise UnsupportedVersion(f"the hub speaks {ws.subprotocol}, not {PROTOCOL_NAME}")
+            await conn.flush()
+            async with asyncio.timeout(open_timeout):
+                while session.welcome is None:
+                    conn._take(await ws.recv())
+                    for event in session.events_received():
+                        if isinstance(event, Closed):
+                            raise event.error
+        except TimeoutError as e:
+            await ws.close()
+            raise ConnectionLost(f"the hub did not answer hello within {open_timeout:g} s") from e
+        except WsConnectionClosed as e:
+            raise ConnectionLost(f"the hub closed the connection during the handshake: {_describe(e)}") from e
+        except BaseException:
+            await ws.close()
+            raise
+        return conn
 
     def new_id(self) -> int:
-        self._next_id = self._next_id + 1 if self._next_id < MAX_ID else 1
-        return self._next_id
+        return self.session.new_id()
 
-    async def send(self, message: Message) -> None:
-        if self.closed is not None:
-            raise self.closed
-        try:
-            await self.ws.send(serialize(message).decode())
-        except WsConnectionClosed as e:
-            raise ConnectionClosed(f"the connection to the hub is closed: {e}") from e
+    # --- sending ---------------------------------------------------------------------------
 
-    async def send_binary(self, data: bytes) -> None:
-        if self.closed is not None:
-            raise self.closed
-        try:
-            await self.ws.send(data)
-        except WsConnectionClosed as e:
-            raise ConnectionClosed(f"the connection to the hub is closed: {e}") from e
+    async def flush(self) -> None:
+        """Write everything the session has queued, in order (one writer at a time)."""
+        async with self._writing:
+            while out := self.session.data_to_send():
+                for frame in out:
+                    try:
+                        await self.ws.send(frame.data, text=not frame.binary)
+                    except WsConnectionClosed:
+                        return  # the reader reports the loss to the session
 
-    def expect(self, request_id: int) -> asyncio.Future[Message]:
-        """Register interest in the final reply to ``request_id`` (call before sending it)."""
-        if self.closed is not None:
-            raise self.closed
+    async def start(self, message: Request) -> asyncio.Future[Message]:
+        """Send a request; the future resolves to its final reply, or fails with a KilnError."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._replies[request_id] = future
+        self.session.request(message)
+        self._replies[message.id] = future
+        await self.flush()
         return future
 
-    async def request(self, message: Message) -> Message:
+    async def request(self, message: Request) -> Message:
         """Send a request and wait for its final reply; an ``error`` reply is raised as a KilnError."""
-        request_id = getattr(message, "id")  # noqa: B009 - every request has an id
-        future = self.expect(request_id)
+        future = await self.start(message)
         try:
-            await self.send(message)
             return await future
         finally:
-            self._replies.pop(request_id, None)
+            if not future.done():
+                future.cancel()  # abandoned: its reply, when it comes, is dropped
 
-    def forget(self, request_id: int) -> None:
-        self._replies.pop(request_id, None)
-        self._incoming.pop(request_id, None)
-        self._outgoing.pop(request_id, None)
+    async def open_upload(self, message: Upload) -> tuple[Outgoing, asyncio.Future[Message]]:
+        """Start an upload: its sending end (credit comes from the receiver) and its final reply."""
+        sender = self._outgoing[message.id] = Outgoing(self, message.id)
+        try:
+            return sender, await self.start(message)
+        except BaseException:
+            del self._outgoing[message.id]
+            raise
+
+    async def open_download(self, message: Download) -> tuple[Incoming, asyncio.Future[Message]]:
+        """Start a download: its receiving end (``info`` first, then the chunks) and its final reply."""
+        receiver = self._incoming[message.id] = Incoming(self, message.id, message.window, grant_first=False)
+        try:
+            return receiver, await self.start(message)
+        except BaseException:
+            del self._incoming[message.id]
+            raise
+
+    async def cancel(self, request: int) -> None:
+        """Ask the hub to stop ``request`` (best effort); it still ends with its one reply."""
+        self.session.cancel(request)
+        await self.flush()
+
+    async def grant(self, stream: int, chunks: int) -> None:
+        self.session.grant(stream, chunks)
+        await self.flush()
+
+    # --- a provider's side ------------------------------------------------------------------
 
     def incoming(self, stream: int, window: int) -> Incoming:
-        receiver = Incoming(self, stream, window)
-        self._incoming[stream] = receiver
+        """The receiving end of the hub's upload ``stream``; it opens the window on first read."""
+        receiver = self._incoming[stream] = Incoming(self, stream, window, grant_first=True)
         return receiver
 
     def outgoing(self, stream: int) -> Outgoing:
-        sender = Outgoing(self, stream, self.limits.chunk_bytes)
-        self._outgoing[stream] = sender
+        """The sending end of the hub's download ``stream`` (its first credit came with the request)."""
+        sender = self._outgoing[stream] = Outgoing(self, stream)
         return sender
 
+    async def reply(self, message: Reply) -> None:
+        """Answer one of the hub's requests (see :meth:`Session.reply`); its stream is forgotten."""
+        self.session.reply(message)
+        if message.type != "download_info" and message.re is not None:
+            self._incoming.pop(message.re, None)
+            self._outgoing.pop(message.re, None)
+        await self.flush()
+
+    # --- reading -------------------------------------------------------------------------------
+
     async def run(self) -> None:
-        """Read frames until the connection ends; then fail everything still waiting."""
-        reason: KilnError = ConnectionClosed("the connection to the hub closed")
+        """Read frames until the connection ends; then everything still waiting fails."""
+        reason = "the hub closed the connection"
         try:
-            async for data in self.ws:
-                if isinstance(data, str):
-                    self._take_text(data)
-                else:
-                    self._take_binary(data)
+            while True:
+                self._take(await self.ws.recv())
+                self._dispatch()
+                await self.flush()  # what the session answered on its own
         except WsConnectionClosed as e:
-            reason = ConnectionClosed(f"the connection to the hub was lost: {e}")
+            reason = _describe(e)
         finally:
-            self.closed = reason
-            for future in self._replies.values():
-                if not future.done():
-                    future.set_exception(reason)
-            for receiver in self._incoming.values():
-                receiver.fail(reason)
-            for sender in self._outgoing.values():
-                sender.fail(reason)
-            if self._on_message is not None:
-                self._on_message(Error(type="error", code=ErrorCode.CONNECTION_CLOSED, message=reason.message))
+            self.session.connection_lost(reason)
+            self._dispatch()
 
-    def _take_text(self, data: str) -> None:
-        try:
-            message = parse(data.encode())
-        except RemoteProtocolError as e:
-            log.warning("ignoring an invalid message from the hub: %s", e.message)
-            # A reply we cannot read must still end the request it answers, not leave it hanging.
-            future = self._replies.get(_reply_to(data) or 0)
-            if future is not None and not future.done():
-                future.set_exception(RemoteProtocolError(f"the hub sent an invalid reply: {e.message}", e.code))
-            return
-        re = getattr(message, "re", None)
-        if isinstance(message, Credit):
-            sender = self._outgoing.get(message.stream)
-            if sender is not None:
-                sender.grant(message.chunks)
-            return
-        if isinstance(message, DownloadInfo):
-            receiver = self._incoming.get(message.re)
-            if receiver is not None and not receiver.info.done():
-                receiver.info.set_result(message)
-            return
-        if re is not None and message.type in FINAL_REPLIES:
-            error = error_from_code(message.code, message.message) if isinstance(message, Error) else None
-            if error is not None:
-                # The stream of a failed request fails with it.
-                if (receiver := self._incoming.pop(re, None)) is not None:
-                    receiver.fail(error)
-                if (sender := self._outgoing.pop(re, None)) is not None:
-                    sender.fail(error)
-            future = self._replies.get(re)
-            if future is not None and not future.done():
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(message)
-            return
-        if isinstance(message, Error) and re is None:
-            log.warning("the hub reports %s: %s", message.code, message.message)
-        if self._on_message is not None:
-            self._on_message(message)
+    async def close(self) -> None:
+        """End the session from this side (what is open fails with ConnectionClosed) and close the socket."""
+        self.session.close()
+        self._dispatch()
+        await self.ws.close()
 
-    def _take_binary(self, data: bytes) -> None:
-        try:
-            frame = frames.decode(data, self.limits.chunk_bytes)
-        except RemoteProtocolError as e:
-            log.warning("ignoring an invalid binary frame: %s", e.message)
+    def _take(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.session.receive_text(data)
+        else:
+            self.session.receive_binary(data)
+
+    def _dispatch(self) -> None:
+        for event in self.session.events_received():
+            match event:
+                case Replied(request, reply):
+                    self._settle(request, reply, None)
+                case Failed(request, error):
+                    self._settle(request, None, error)
+                case Informed(request, info):
+                    receiver = self._incoming.get(request)
+                    if receiver is not None and not receiver.info.done():
+                        receiver.info.set_result(info)
+                case Credited(stream):
+                    if (sender := self._outgoing.get(stream)) is not None:
+                        sender._credited()
+                case DataReceived(stream, data):
+                    if (receiver := self._incoming.get(stream)) is not None:
+                        receiver._feed(data)
+                case StreamEnded(stream):
+                    if (receiver := self._incoming.get(stream)) is not None:
+                        receiver._end()
+                case StreamFailed(stream, error):
+                    self._fail_streams(error, [self._incoming.get(stream), self._outgoing.get(stream)])
+                case Closed(error):
+                    self._fail_streams(error, [*self._incoming.values(), *self._outgoing.values()])
+                    self._incoming.clear()
+                    self._outgoing.clear()
+                    self._emit(event)
+                case Violated(error):
+                    log.warning("the hub sent something invalid (%s): %s", error.code, error.message)
+                    self._emit(event)
+                case Requested() | CancelRequested() | Notified() | Welcomed():
+                    self._emit(event)
+
+    def _settle(self, request: int, reply: Message | None, error: KilnError | None) -> None:
+        future = self._replies.pop(request, None)
+        ends = [self._incoming.pop(request, None), self._outgoing.pop(request, None)]
+        if error is not None:
+            self._fail_streams(error, ends)  # the stream of a failed request fails with it
+        if future is None or future.done():
             return
-        receiver = self._incoming.get(frame.stream)
-        if receiver is None:
-            return  # a stream we already gave up on
-        receiver.feed(frame.kind, frame.payload)
-        if frame.kind is not FrameKind.DATA:
-            self._incoming.pop(frame.stream, None)
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert reply is not None
+            future.set_result(reply)
+
+    @staticmethod
+    def _fail_streams(error: KilnError, ends: list[Incoming | Outgoing | None]) -> None:
+        for end in ends:
+            if end is not None:
+                end.fail(error)
+
+    def _emit(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
 
-def _reply_to(data: str) -> int | None:
-    """The ``re`` of a text frame that failed validation, if it has a usable one."""
-    try:
-        raw = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    re = raw.get("re") if isinstance(raw, dict) else None
-    return re if type(re) is int else None
+def _describe(error: WsConnectionClosed) -> str:
+    if error.rcvd is None:
+        return "connection lost without a close frame"
+    return f"the hub closed it with code {error.rcvd.code}" + (f" ({error.rcvd.reason})" if error.rcvd.reason else "")

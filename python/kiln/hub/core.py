@@ -24,6 +24,7 @@ out in order: send a frame to a peer, close a peer, or log a line.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
@@ -129,6 +130,7 @@ class Lease:
     provider: int
     resources: Resources
     cached: bool = False
+    group: str | None = None
     state: Literal["creating", "ready", "destroying"] = "creating"
 
 
@@ -138,6 +140,8 @@ class Peer:
     role: Literal["requestor", "provider"] | None = None
     name: str = ""
     activities: set[str] = field(default_factory=set)
+    # requestor: for each group of its rents, how many live leases it holds on each provider peer
+    groups: dict[str, Counter[int]] = field(default_factory=dict)
     # requestor: its open request ids -> (provider peer, hub id) once forwarded
     open: dict[int, tuple[int, int]] = field(default_factory=dict)
     # provider: the hub's requests awaiting a reply, by hub id
@@ -335,12 +339,12 @@ class HubCore:
             self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_pending} requests open at once")
             return
         if isinstance(message, MarketQuery):
-            self._send(
-                p.id,
-                MarketInfo(
-                    type="market_info", re=message.id, providers=self.market.describe(), activities=len(self.activities)
-                ),
+            providers, matched = self.market.describe(
+                image=message.image, labels=message.labels, free=message.free, limit=message.limit
             )
+            info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
+                              activities=len(self.activities))  # fmt: skip
+            self._send(p.id, info)
         elif isinstance(message, Rent):
             self._rent(p, message)
         else:
@@ -356,15 +360,18 @@ class HubCore:
                 self._forward(p, activity, message)
 
     def _rent(self, p: Peer, message: Rent) -> None:
+        group = p.groups.get(message.group) if message.group is not None else None
         try:
-            provider, cached = self.market.choose(message.image, message.demand, frozenset(message.exclude))
+            provider, cached = self.market.choose(message.image, message.demand, set(message.exclude), group or ())
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
             return
         d = message.demand
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
-        activity = Lease(self._new_activity_id(), p.id, provider, resources, cached)
+        activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group)
         self.market.reserve(provider, resources)
+        if message.group is not None:
+            p.groups.setdefault(message.group, Counter())[provider] += 1
         self.activities[activity.id] = activity
         p.activities.add(activity.id)
         q = self.peers[provider]
@@ -468,7 +475,7 @@ class HubCore:
                 return
             if isinstance(reply, Error):
                 self._drop_activity(activity)
-                self._to_requestor(pending, reply)
+                self._to_requestor(pending, reply.model_copy(update={"provider": p.name}))
             elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
@@ -497,10 +504,23 @@ class HubCore:
         self._out.append(Log("info", f"activity {activity.id} ended; its capacity is free"))
         self.activities.pop(activity.id, None)
         self.market.release(activity.provider, activity.resources)
+        self._ungroup(activity)
         for peer in (activity.requestor, activity.provider):
             q = self.peers.get(peer)
             if q is not None:
                 q.activities.discard(activity.id)
+
+    def _ungroup(self, activity: Lease) -> None:
+        """The lease no longer keeps its group off its provider."""
+        owner = self.peers.get(activity.requestor)
+        if activity.group is None or owner is None:
+            return
+        group = owner.groups[activity.group]
+        group[activity.provider] -= 1
+        if group[activity.provider] <= 0:
+            del group[activity.provider]
+            if not group:
+                del owner.groups[activity.group]
 
     def _to_requestor(self, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo) -> None:
         """Relay a provider's reply to the requestor that asked (if still here), under its own id."""
@@ -521,6 +541,7 @@ class HubCore:
             activity = self.activities.pop(activity_id, None)
             if activity is None:
                 continue
+            self._ungroup(activity)
             requestor = self.peers.get(activity.requestor)
             if requestor is not None:
                 requestor.activities.discard(activity_id)

@@ -4,55 +4,80 @@ Pure bookkeeping, no I/O. The hub calls :meth:`Market.choose` to pick a provider
 demand, :meth:`Market.reserve` to take its capacity, and :meth:`Market.release` to give it
 back. Reserved capacity is never offered again until released, so two requestors can
 never be sold the same CPUs, memory or storage, and a provider is never over-committed.
+
+Choosing does not scan every offer: sellers are kept in the order of preference (least
+loaded first), so the first that fits is usually the answer, and the holders of an image
+are looked up in an index of their own.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
+from typing import Final, TypeAlias
 
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
 from kiln.protocol.sizes import format_size
 
+FEW_HOLDERS: Final = 64
+"""Up to this many holders of an image are each looked at; more are met in preference order."""
 
-@dataclass
+Rank: TypeAlias = tuple[int, int, str, int]
+"""A seller's place in the order of preference: (activities, -free memory, name, peer)."""
+
+
+@dataclass(eq=False)
 class Seller:
-    """One provider's standing offer and what is reserved of it."""
+    """One provider's standing offer and what is still free of it (plain numbers: checked per rent)."""
 
+    peer: int
     name: str
     offer: Offer
-    cpus: float = 0.0
-    memory: int = 0
-    storage: int = 0
+    images: frozenset[str]
+    free_cpus: float
+    free_memory: int
+    free_storage: int
     activities: int = 0
-    images: frozenset[str] = field(default_factory=frozenset)
+    rank: Rank = field(init=False)
 
-    @property
-    def free(self) -> Resources:
-        total = self.offer.resources
-        return Resources(
-            cpus=max(round(total.cpus - self.cpus, 6), 0.0),
-            memory=max(total.memory - self.memory, 0),
-            storage=max(total.storage - self.storage, 0),
-        )
+    def __post_init__(self) -> None:
+        self.rank = self._rank()
+
+    def _rank(self) -> Rank:
+        return (self.activities, -self.free_memory, self.name, self.peer)
 
     def fits(self, demand: Demand) -> bool:
         """Whether what is still free meets ``demand``."""
-        return meets(self.free, self.offer.labels, demand)
+        return self.has_free(demand) and has_labels(self.offer.labels, demand.labels)
 
     def could_ever_fit(self, demand: Demand) -> bool:
         """Whether the whole offer would meet ``demand`` if nothing were reserved."""
-        return meets(self.offer.resources, self.offer.labels, demand)
+        total = self.offer.resources
+        return (
+            total.cpus >= demand.cpus - 1e-9
+            and total.memory >= demand.memory
+            and total.storage >= demand.storage
+            and has_labels(self.offer.labels, demand.labels)
+        )
+
+    def has_free(self, wanted: Resources | Demand) -> bool:
+        """Whether at least ``wanted`` is still free."""
+        return (
+            self.free_cpus >= wanted.cpus - 1e-9
+            and self.free_memory >= wanted.memory
+            and self.free_storage >= wanted.storage
+        )
+
+    @property
+    def free(self) -> Resources:
+        return Resources(cpus=max(round(self.free_cpus, 6), 0.0), memory=self.free_memory, storage=self.free_storage)
 
 
-def meets(resources: Resources, labels: dict[str, str], demand: Demand) -> bool:
-    """Whether ``resources`` with ``labels`` satisfy ``demand`` (the one matching rule)."""
-    return (
-        resources.cpus >= demand.cpus - 1e-9
-        and resources.memory >= demand.memory
-        and resources.storage >= demand.storage
-        and all(labels.get(key) == value for key, value in demand.labels.items())
-    )
+def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in wanted.items())
 
 
 class Market:
@@ -60,60 +85,119 @@ class Market:
 
     def __init__(self) -> None:
         self._sellers: dict[int, Seller] = {}
+        self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
+        self._holders: dict[str, set[int]] = {}  # image -> peers offering it
 
     def __contains__(self, peer: int) -> bool:
         return peer in self._sellers
 
+    def __len__(self) -> int:
+        return len(self._sellers)
+
     def update(self, peer: int, name: str, offer: Offer) -> None:
         """Record (or replace) a provider's offer; what it already reserved stays reserved."""
-        seller = self._sellers.get(peer)
-        if seller is None:
-            self._sellers[peer] = Seller(name=name, offer=offer, images=frozenset(offer.images))
-        else:
-            seller.offer = offer
-            seller.images = frozenset(offer.images)
+        old = self._sellers.get(peer)
+        total = offer.resources
+        seller = Seller(peer, name, offer, frozenset(offer.images), total.cpus, total.memory, total.storage)
+        if old is not None:
+            self.remove(peer)
+            taken = old.offer.resources
+            seller.free_cpus -= taken.cpus - old.free_cpus
+            seller.free_memory -= taken.memory - old.free_memory
+            seller.free_storage -= taken.storage - old.free_storage
+            seller.activities = old.activities
+            seller.rank = seller._rank()
+        self._sellers[peer] = seller
+        bisect.insort(self._order, seller.rank)
+        for image in seller.images:
+            self._holders.setdefault(image, set()).add(peer)
 
     def remove(self, peer: int) -> None:
-        self._sellers.pop(peer, None)
+        seller = self._sellers.pop(peer, None)
+        if seller is None:
+            return
+        del self._order[bisect.bisect_left(self._order, seller.rank)]
+        for image in seller.images:
+            holders = self._holders[image]
+            holders.discard(peer)
+            if not holders:
+                del self._holders[image]
 
-    def choose(self, image: str, demand: Demand, exclude: frozenset[str] = frozenset()) -> tuple[int, bool]:
+    def choose(
+        self, image: str, demand: Demand, exclude: Collection[str] = (), avoid: Collection[int] = ()
+    ) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
-        Providers named in ``exclude`` are passed over; of the rest, those holding the
-        image come first, then the least loaded. Raises :class:`~kiln.protocol.errors.NoMatch` naming
-        what nobody offers, or saying that all are busy.
+        Providers named in ``exclude``, and the peers in ``avoid``, are passed over. Of the
+        rest, those holding the image come first, then the least loaded (fewest activities,
+        most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
+        offers, or saying that all are busy.
         """
-        candidates = [
-            (peer, seller)
-            for peer, seller in self._sellers.items()
-            if seller.name not in exclude and seller.fits(demand)
-        ]
-        if not candidates:
-            raise NoMatch(self._why_not(demand, exclude))
-        peer, seller = min(
-            candidates,
-            key=lambda c: (image not in c[1].images, c[1].activities, -c[1].free.memory, c[1].name),
-        )
-        return peer, image in seller.images
+
+        def able(seller: Seller) -> bool:
+            return seller.fits(demand) and seller.peer not in avoid and seller.name not in exclude
+
+        holders = self._holders.get(image, set())
+        if len(holders) <= FEW_HOLDERS:
+            fitting = [self._sellers[peer] for peer in holders if able(self._sellers[peer])]
+            if fitting:
+                return min(fitting, key=lambda s: s.rank).peer, True
+            for seller in self._in_order():
+                if able(seller):
+                    return seller.peer, False
+        else:
+            first_able: Seller | None = None
+            for seller in self._in_order():
+                if able(seller):
+                    if image in seller.images:
+                        return seller.peer, True
+                    first_able = first_able or seller
+            if first_able is not None:
+                return first_able.peer, False
+        raise NoMatch(self._why_not(demand, exclude, avoid))
 
     def reserve(self, peer: int, resources: Resources) -> None:
-        seller = self._sellers[peer]
-        seller.cpus += resources.cpus
-        seller.memory += resources.memory
-        seller.storage += resources.storage
-        seller.activities += 1
+        self._adjust(peer, -1, resources)
 
     def release(self, peer: int, resources: Resources) -> None:
+        self._adjust(peer, +1, resources)
+
+    def _adjust(self, peer: int, sign: int, resources: Resources) -> None:
         seller = self._sellers.get(peer)
         if seller is None:
             return
-        seller.cpus = max(seller.cpus - resources.cpus, 0.0)
-        seller.memory = max(seller.memory - resources.memory, 0)
-        seller.storage = max(seller.storage - resources.storage, 0)
-        seller.activities = max(seller.activities - 1, 0)
+        del self._order[bisect.bisect_left(self._order, seller.rank)]
+        total = seller.offer.resources
+        seller.free_cpus = min(seller.free_cpus + sign * resources.cpus, total.cpus)
+        seller.free_memory = min(seller.free_memory + sign * resources.memory, total.memory)
+        seller.free_storage = min(seller.free_storage + sign * resources.storage, total.storage)
+        seller.activities = max(seller.activities - sign, 0)
+        seller.rank = seller._rank()
+        bisect.insort(self._order, seller.rank)
 
-    def describe(self) -> list[ProviderInfo]:
-        return [
+    def _in_order(self) -> Iterator[Seller]:
+        for rank in self._order:
+            yield self._sellers[rank[-1]]
+
+    def describe(
+        self,
+        *,
+        image: str | None = None,
+        labels: dict[str, str] | None = None,
+        free: Resources | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[ProviderInfo], int]:
+        """The providers that hold ``image``, carry ``labels`` and have ``free`` left, the first
+        ``limit`` by name; and how many match in all."""
+        peers = self._sellers.keys() if image is None else self._holders.get(image, set())
+        matching = [
+            s
+            for s in map(self._sellers.__getitem__, peers)
+            if has_labels(s.offer.labels, labels or {})
+            and (free is None or s.has_free(free))
+        ]
+        shown = heapq.nsmallest(limit or len(matching), matching, key=lambda s: s.name)
+        infos = [
             ProviderInfo(
                 name=s.name,
                 arch=s.offer.arch,
@@ -123,15 +207,16 @@ class Market:
                 free=s.free,
                 activities=s.activities,
             )
-            for s in sorted(self._sellers.values(), key=lambda s: s.name)
+            for s in shown
         ]
+        return infos, len(matching)
 
-    def _why_not(self, demand: Demand, exclude: frozenset[str] = frozenset()) -> str:
-        sellers = [s for s in self._sellers.values() if s.name not in exclude]
+    def _why_not(self, demand: Demand, exclude: Collection[str], avoid: Collection[int]) -> str:
         if not self._sellers:
             return "no provider is connected to the hub"
+        sellers = [s for s in self._sellers.values() if s.name not in exclude and s.peer not in avoid]
         if not sellers:
-            return f"every connected provider ({len(self._sellers)}) is excluded by the request"
+            return f"every connected provider ({len(self._sellers)}) is excluded by the request or already in its group"
         offers = [s.offer for s in sellers]
         checks = [
             (
@@ -154,7 +239,7 @@ class Market:
         for nobody, reason in checks:
             if nobody:
                 return reason
-        if not any(s.could_ever_fit(demand) for s in sellers):
-            return "no single provider meets every constraint of the demand at once"
         able = sum(1 for s in sellers if s.could_ever_fit(demand))
+        if not able:
+            return "no single provider meets every constraint of the demand at once"
         return f"every provider that could take this demand ({able}) is busy: its capacity is reserved"

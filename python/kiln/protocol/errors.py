@@ -36,14 +36,18 @@ from kiln.protocol.codes import ErrorCode
 
 
 class KilnError(Exception):
-    """The root of every Kiln error. ``code`` is stable; branch on it or on the class."""
+    """The root of every Kiln error. ``code`` is stable; branch on it or on the class.
+
+    ``provider`` names the provider involved, when the hub said which (a failed rent).
+    """
 
     default_code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
-    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+    def __init__(self, message: str, code: ErrorCode | None = None, *, provider: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code if code is not None else self.default_code
+        self.provider = provider
 
 
 class UsageError(KilnError):
@@ -148,10 +152,10 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
 }
 
 
-def error_from_code(code: str, message: str) -> KilnError:
+def error_from_code(code: str, message: str, provider: str | None = None) -> KilnError:
     """The exception for an ``error`` message received with ``code`` (unknown codes: RemoteError)."""
     try:
         known = ErrorCode(code)
     except ValueError:
-        return RemoteError(f"{message} [{code}]", ErrorCode.INTERNAL)
-    return _BY_CODE.get(known, RemoteError)(message, known)
+        return RemoteError(f"{message} [{code}]", ErrorCode.INTERNAL, provider=provider)
+    return _BY_CODE.get(known, RemoteError)(message, known, provider=provider)

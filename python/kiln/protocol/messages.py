@@ -39,6 +39,10 @@ PROTOCOL_VERSION: Final = "1.0"
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
+MAX_EXCLUDE: Final = 1024
+"""The most providers one ``rent`` may pass over."""
+MAX_LISTED: Final = 1000
+"""The most providers one ``market`` reply lists."""
 MAX_TEXT: Final = 4096
 """The longest free text (an error's message, a loss's reason) a message carries."""
 MIN_MEMORY: Final = 6 * 2**20
@@ -91,6 +95,7 @@ def check_container_path(path: str) -> str:
 
 RequestId: TypeAlias = Annotated[int, Field(ge=1, le=MAX_ID)]
 ActivityId: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+GroupName: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
 ContainerPath: TypeAlias = Annotated[
@@ -207,12 +212,16 @@ class Welcome(_Message):
 
 
 class Error(_Message):
-    """A request failed (``re`` names it), or a message could not be taken at all."""
+    """A request failed (``re`` names it), or a message could not be taken at all.
+
+    ``provider`` names the provider a failed ``rent`` was tried on, when it got that far.
+    """
 
     type: Literal["error"]
     re: RequestId | None = None
     code: Code
     message: Annotated[str, Field(max_length=MAX_TEXT)]
+    provider: Name | None = None
 
 
 class Done(_Message):
@@ -239,13 +248,19 @@ class Offer(_Message):
 
 
 class Rent(_Message):
-    """Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there."""
+    """Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.
+
+    Providers named in ``exclude`` are passed over. Activities of one ``group`` (a name the
+    requestor chooses, e.g. one per job) are kept on distinct providers: the hub never
+    picks a provider where this requestor holds a live activity of the same group.
+    """
 
     type: Literal["rent"]
     id: RequestId
     image: ImageRef
     demand: Demand
-    exclude: Annotated[list[Name], Field(max_length=1024)] = []
+    exclude: Annotated[list[Name], Field(max_length=MAX_EXCLUDE)] = []
+    group: GroupName | None = None
 
 
 class Rented(_Message):
@@ -266,16 +281,24 @@ class Release(_Message):
 
 
 class MarketQuery(_Message):
-    """Requestor -> hub: describe every provider, its offer and what is still free."""
+    """Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``
+    capacity left, at most ``limit`` of them (by name)."""
 
     type: Literal["market"]
     id: RequestId
+    image: ImageRef | None = None
+    labels: Labels = {}
+    free: Resources = Resources(cpus=0, memory=0)
+    limit: Annotated[int, Field(ge=1, le=MAX_LISTED)] = 100
 
 
 class MarketInfo(_Message):
+    """The providers a ``market`` asked for; ``matched`` counts all that match, listed or not."""
+
     type: Literal["market_info"]
     re: RequestId
     providers: list[ProviderInfo]
+    matched: Annotated[int, Field(ge=0)]
     activities: int
 
 

@@ -518,7 +518,7 @@ class Session:
             return
         del self._mine[re]
         if isinstance(message, Error):
-            self._events.append(Failed(re, error_from_code(message.code, message.message)))
+            self._events.append(Failed(re, error_from_code(message.code, message.message, message.provider)))
         elif message.type not in ANSWERS[open_.kind]:
             error = RemoteProtocolError(
                 f"{message.type!r} does not answer a {open_.kind!r}", ErrorCode.OUT_OF_ORDER, re

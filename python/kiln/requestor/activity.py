@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import orjson
 
-from kiln.connection import Endpoint
+from kiln.connection import Connection
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
     ActivityError,
@@ -34,7 +34,6 @@ from kiln.protocol.errors import (
     UsageError,
 )
 from kiln.protocol.messages import (
-    Cancel,
     Done,
     Download,
     DownloadInfo,
@@ -102,14 +101,14 @@ class Activity:
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        conn: Connection,
         activity: str,
         provider: str,
         resources: Resources,
         cached: bool,
         on_released: Callable[[Activity], None] = lambda activity: None,
     ) -> None:
-        self._endpoint = endpoint
+        self._conn = conn
         self._on_released = on_released
         self.id = activity
         self.provider = provider
@@ -164,13 +163,11 @@ class Activity:
     async def _upload(self, path: str, size: int, mode: int, chunks: AsyncIterator[bytes]) -> None:
         target = container_path(path)
         self._check()
-        ep = self._endpoint
-        request_id = ep.new_id()
-        sender = ep.outgoing(request_id)
-        reply = ep.expect(request_id)
+        conn = self._conn
+        message = Upload(type="upload", id=conn.new_id(), activity=self.id, path=target, size=size, mode=mode)
+        sender, reply = await conn.open_upload(message)
         sent = 0
         try:
-            await ep.send(Upload(type="upload", id=request_id, activity=self.id, path=target, size=size, mode=mode))
             async for chunk in chunks:
                 sent += len(chunk)
                 if sent > size:
@@ -187,8 +184,6 @@ class Activity:
                 reply.cancel()
                 await _quietly(sender.abort(str(e) or type(e).__name__))
             raise
-        finally:
-            ep.forget(request_id)
 
     # --- run ---------------------------------------------------------------------------
 
@@ -210,16 +205,15 @@ class Activity:
             raise UsageError("argv must be a non-empty list of strings, e.g. ['sh', '-c', 'echo hi']")
         wd = container_path(workdir) if workdir is not None else None
         self._check()
-        ep = self._endpoint
-        request_id = ep.new_id()
+        conn = self._conn
         message = Exec(
-            type="exec", id=request_id, activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
+            type="exec", id=conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
             timeout=timeout,
         )  # fmt: skip
         try:
-            reply = await ep.request(message)
+            reply = await conn.request(message)
         except asyncio.CancelledError:
-            await _quietly(ep.send(Cancel(type="cancel", target=request_id)))
+            await _quietly(conn.cancel(message.id))
             raise
         assert isinstance(reply, ExecResult)
         result = Result(
@@ -237,18 +231,16 @@ class Activity:
 
     # --- download ------------------------------------------------------------------------
 
-    async def _download(self, path: str) -> AsyncGenerator[DownloadInfo | bytes, None]:
+    async def _download(self, path: str) -> AsyncGenerator[DownloadInfo | memoryview, None]:
         """Yield the download's info, then its chunks; cancel the stream if abandoned."""
         source = container_path(path)
         self._check()
-        ep = self._endpoint
-        request_id = ep.new_id()
-        window = ep.limits.max_window // 2 or 1
-        receiver = ep.incoming(request_id, window)
-        reply = ep.expect(request_id)
+        conn = self._conn
+        window = conn.session.limits.max_window // 2 or 1
+        message = Download(type="download", id=conn.new_id(), activity=self.id, path=source, window=window)
+        receiver, reply = await conn.open_download(message)
         finished = False
         try:
-            await ep.send(Download(type="download", id=request_id, activity=self.id, path=source, window=window))
             yield await receiver.info
             async for chunk in receiver:
                 yield chunk
@@ -258,15 +250,14 @@ class Activity:
         finally:
             if not finished:
                 if not reply.done():
-                    await _quietly(ep.send(Cancel(type="cancel", target=request_id)))
                     reply.cancel()
+                    await _quietly(conn.cancel(message.id))
                 elif not reply.cancelled():
                     reply.exception()
-            ep.forget(request_id)
 
     async def download_bytes(self, path: str, *, max_bytes: int = DOWNLOAD_BYTES_LIMIT) -> bytes:
         """The content of the file ``path``; :class:`UsageError` if it is over ``max_bytes``."""
-        parts: list[bytes] = []
+        parts: list[memoryview] = []
         total = 0
         stream = self._download(path)
         try:
@@ -353,7 +344,7 @@ class Activity:
 
     async def _release(self) -> None:
         try:
-            done = await self._endpoint.request(Release(type="release", id=self._endpoint.new_id(), activity=self.id))
+            done = await self._conn.request(Release(type="release", id=self._conn.new_id(), activity=self.id))
         except ProviderLost:
             return  # gone already: nothing left to release
         if isinstance(done, Done) and done.cpu_seconds is not None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Generator, Iterable
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from kiln.connection import Endpoint, handshake
+from kiln.connection import Connection
 from kiln.protocol.errors import ConnectionClosed, KilnError, error_from_code
 from kiln.protocol.messages import (
     ActivityLost,
-    Cancel,
     Demand,
     MarketInfo,
     MarketQuery,
@@ -30,7 +30,9 @@ from kiln.protocol.messages import (
     ProviderInfo,
     Rent,
     Rented,
+    Resources,
 )
+from kiln.protocol.session import Event, Notified
 from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, Worker
 from kiln.requestor.progress import ProgressView
@@ -44,56 +46,57 @@ ABANDON_TIMEOUT = 15.0
 class Requestor:
     """A live connection to the hub as a requestor. Get one from :func:`connect`."""
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self._endpoint = endpoint
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
         self._activities: dict[str, Activity] = {}
         self._reader: asyncio.Task[None] | None = None
 
     @property
-    def endpoint(self) -> Endpoint:
-        return self._endpoint
+    def connection(self) -> Connection:
+        return self._conn
 
     @property
     def activities(self) -> list[Activity]:
         """The activities this requestor holds now."""
         return list(self._activities.values())
 
-    def rent(self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = ()) -> Rental:
+    def rent(
+        self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = (), group: str | None = None
+    ) -> Rental:
         """Rent a container of ``image`` on a provider meeting ``demand``.
 
         Use as ``async with requestor.rent(...) as act`` (released on exit), or
         ``act = await requestor.rent(...)`` and call ``await act.release()`` yourself.
         Raises :class:`~kiln.NoMatch` naming the constraint no provider meets,
-        :class:`~kiln.ImageNotFound` when the chosen provider lacks the image.
-        Providers named in ``exclude`` are passed over.
+        :class:`~kiln.ImageNotFound` when the chosen provider lacks the image (its name
+        is the error's ``provider``). Providers named in ``exclude`` are passed over; the
+        activities of one ``group`` are kept on distinct providers.
         """
-        return Rental(self, image, demand or Demand(), exclude)
+        rent = Rent(type="rent", id=self._conn.new_id(), image=image, demand=demand or Demand(),
+                    exclude=sorted(set(exclude)), group=group)  # fmt: skip
+        return Rental(self, rent)
 
-    async def _rent(self, image: str, demand: Demand, exclude: Iterable[str] = ()) -> Activity:
-        ep = self._endpoint
-        rent = Rent(type="rent", id=ep.new_id(), image=image, demand=demand, exclude=sorted(set(exclude)))
-        future = ep.expect(rent.id)
+    async def _rent(self, rent: Rent) -> Activity:
+        conn = self._conn
+        future = await conn.start(rent)
         try:
-            await ep.send(rent)
             reply = await future
         except asyncio.CancelledError:
             await self._abandon(rent.id, future)
             raise
-        finally:
-            ep.forget(rent.id)
         assert isinstance(reply, Rented)
-        activity = Activity(ep, reply.activity, reply.provider, reply.resources, reply.cached, self._forget)
+        activity = Activity(conn, reply.activity, reply.provider, reply.resources, reply.cached, self._forget)
         self._activities[activity.id] = activity
         return activity
 
     async def _abandon(self, rent_id: int, future: asyncio.Future[Message]) -> None:
         """Cancel a rent and wait until its capacity is free again (the caller is being cancelled)."""
         with contextlib.suppress(KilnError, TimeoutError):
-            await self._endpoint.send(Cancel(type="cancel", target=rent_id))
+            await self._conn.cancel(rent_id)
             async with asyncio.timeout(ABANDON_TIMEOUT):
                 reply = await asyncio.shield(future)  # the hub answers once the container is gone
             if isinstance(reply, Rented):  # it was up before the cancel arrived
-                activity = Activity(self._endpoint, reply.activity, reply.provider, reply.resources, reply.cached)
+                activity = Activity(self._conn, reply.activity, reply.provider, reply.resources, reply.cached)
                 await activity.release()
 
     def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
@@ -144,18 +147,35 @@ class Requestor:
             finally:
                 await results.aclose()
 
-    async def market(self) -> list[ProviderInfo]:
-        """Every provider the hub knows: its offer, what is free now, the images it holds."""
-        ep = self._endpoint
-        reply = await ep.request(MarketQuery(type="market", id=ep.new_id()))
+    async def market(
+        self,
+        *,
+        image: str | None = None,
+        labels: dict[str, str] | None = None,
+        free: Demand | None = None,
+        limit: int = 100,
+    ) -> list[ProviderInfo]:
+        """The providers the hub knows (their offer, what is free now, the images they hold), by name.
+
+        Only those holding ``image``, carrying ``labels`` and with at least ``free``
+        capacity left; at most ``limit`` (1 to 1000) of them.
+        """
+        conn = self._conn
+        query = MarketQuery(
+            type="market", id=conn.new_id(), image=image, labels=labels or {}, limit=limit,
+            free=Resources(cpus=0, memory=0) if free is None else Resources(cpus=free.cpus, memory=free.memory,
+                                                                            storage=free.storage),
+        )  # fmt: skip
+        reply = await conn.request(query)
         assert isinstance(reply, MarketInfo)
         return reply.providers
 
-    def _on_message(self, message: Message) -> None:
-        if isinstance(message, ActivityLost):
-            activity = self._activities.pop(message.activity, None)
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, Notified) and isinstance(event.message, ActivityLost):
+            lost = event.message
+            activity = self._activities.pop(lost.activity, None)
             if activity is not None:
-                activity.lost = error_from_code(message.code, message.reason)
+                activity.lost = error_from_code(lost.code, lost.reason)
 
     def _forget(self, activity: Activity) -> None:
         self._activities.pop(activity.id, None)
@@ -166,7 +186,7 @@ class Requestor:
             with contextlib.suppress(KilnError):
                 await activity.release()
         self._activities.clear()
-        await self._endpoint.ws.close()
+        await self._conn.close()
         if self._reader is not None:
             await self._reader
 
@@ -174,18 +194,16 @@ class Requestor:
 class Rental:
     """The pending result of :meth:`Requestor.rent`: await it, or use it with ``async with``."""
 
-    def __init__(self, requestor: Requestor, image: str, demand: Demand, exclude: Iterable[str] = ()) -> None:
+    def __init__(self, requestor: Requestor, rent: Rent) -> None:
         self._requestor = requestor
-        self._image = image
-        self._demand = demand
-        self._exclude = tuple(exclude)
+        self._rent = rent
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:
-        return self._requestor._rent(self._image, self._demand, self._exclude).__await__()
+        return self._requestor._rent(self._rent).__await__()
 
     async def __aenter__(self) -> Activity:
-        self._activity = await self._requestor._rent(self._image, self._demand, self._exclude)
+        self._activity = await self._requestor._rent(self._rent)
         return self._activity
 
     async def __aexit__(
@@ -204,19 +222,21 @@ class Rental:
 class connect:  # named like a function: ``async with kiln.connect(url) as r``
     """Connect to the hub at ``url`` as a requestor; use with ``async with``."""
 
-    def __init__(self, url: str, *, token: str | None = None, name: str = "requestor") -> None:
+    def __init__(
+        self, url: str, *, token: str | None = None, name: str = "requestor", ssl: SSLContext | None = None
+    ) -> None:
         self._url = url
         self._token = token
         self._name = name
+        self._ssl = ssl
         self._requestor: Requestor | None = None
 
     async def __aenter__(self) -> Requestor:
-        ws, welcome = await handshake(self._url, role="requestor", name=self._name, token=self._token)
-        requestor: Requestor
-        endpoint = Endpoint(ws, welcome, lambda message: requestor._on_message(message))
-        requestor = Requestor(endpoint)
+        conn = await Connection.open(self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl)
+        requestor = Requestor(conn)
+        conn.on_event = requestor._on_event
         # Owned here: awaited in Requestor.close(), which __aexit__ always calls.
-        requestor._reader = asyncio.create_task(endpoint.run(), name=f"kiln-reader-{self._name}")
+        requestor._reader = asyncio.create_task(conn.run(), name=f"kiln-reader-{self._name}")
         self._requestor = requestor
         return requestor
 

@@ -4,12 +4,20 @@
 one task after another (a container per activity, not per task). ``setup(act)`` runs
 once per activity before its first task, ``teardown(act)`` before its release.
 
+Placement is the hub's: every rent of a job names the job's group, and the hub keeps a
+group's activities on distinct providers, so a job costs one round trip per rent however
+many providers are connected.
+
 Failures: an attempt whose provider is lost, that runs past ``task_timeout``, or whose
 worker raises :class:`RetryTask` is tried again, at most ``retries`` more times, on another
-provider when one is available. A provider that fails twice in a job gets no more of its
-tasks. Any other exception from the worker, or a task out of attempts, ends the job with
-:class:`TaskFailed` (or, with ``return_exceptions=True``, that TaskFailed is the task's result). However the
-job ends — done, failed, cancelled — every activity it rented is released.
+provider when one is available. A lost provider, or one that cannot start the job's
+containers, is the provider's failure. A failure the worker raises (RetryTask, a timeout)
+is the task's, until the task succeeds on another provider: then it was the provider's.
+A provider that fails twice in a job gets no more of its tasks. Any other exception
+from the worker, or a task out of attempts, ends the job with :class:`TaskFailed` (or, with
+``return_exceptions=True``, that TaskFailed is the task's result); so does a task no
+provider is left to run. However the job ends — done, failed, cancelled — every activity
+it rented is released.
 
 Use :meth:`kiln.Requestor.map` / :meth:`kiln.Requestor.map_unordered`, or make a
 :class:`Job` to follow its :meth:`Job.events` and read its :attr:`Job.summary`.
@@ -20,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypedDict, TypeVar
 
-from kiln.hub.market import meets
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
     ConnectionClosed,
@@ -37,11 +45,8 @@ from kiln.protocol.errors import (
     ProviderLost,
     UsageError,
 )
-from kiln.protocol.messages import Demand
+from kiln.protocol.messages import MAX_EXCLUDE, Demand
 from kiln.requestor.activity import Activity
-
-if TYPE_CHECKING:
-    from kiln.requestor.client import Requestor
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,10 +62,24 @@ TEARDOWN_SECONDS: Final = 60.0
 log = logging.getLogger("kiln.executor")
 
 
+class Renter(Protocol):
+    """What a job needs of a requestor: :meth:`kiln.Requestor.rent`."""
+
+    def rent(
+        self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = (), group: str | None = None
+    ) -> Awaitable[Activity]: ...
+
+
 class RetryTask(KilnError):
     """Raise from a worker to have the task tried again (on another provider if possible)."""
 
     default_code = ErrorCode.INTERNAL
+
+
+class TaskTimeout(KilnError):
+    """An attempt ran past the job's ``task_timeout``; the task is tried again."""
+
+    default_code = ErrorCode.TIMEOUT
 
 
 class TaskFailed(KilnError):
@@ -138,6 +157,8 @@ class _Task(Generic[T]):
     item: T
     errors: list[BaseException] = field(default_factory=list)
     failed_on: set[str] = field(default_factory=set)
+    suspects: set[str] = field(default_factory=set)
+    """Providers where the worker failed it: to blame if it succeeds elsewhere."""
 
 
 class Job(Generic[T, R]):
@@ -145,7 +166,7 @@ class Job(Generic[T, R]):
 
     def __init__(
         self,
-        requestor: Requestor,
+        requestor: Renter,
         worker: Worker[T, R],
         items: Iterable[T],
         *,
@@ -176,6 +197,8 @@ class Job(Generic[T, R]):
         self.setup = setup
         self.teardown = teardown
         self.return_exceptions = return_exceptions
+        self.group = f"job-{secrets.token_hex(8)}"
+        """The hub keeps the job's activities on distinct providers by this name."""
         self._listeners: list[Callable[[JobEvent], None]] = [on_event] if on_event else []
         self._tasks = [_Task(i, item) for i, item in enumerate(items)]
         self.summary = JobSummary(tasks=len(self._tasks))
@@ -186,7 +209,6 @@ class Job(Generic[T, R]):
         self._failures: Counter[str] = Counter()
         self._banned: set[str] = set()
         self._changed = asyncio.Event()
-        self._renting = asyncio.Lock()
         self._failing = False
         self._started = 0.0
         self._emit_result: Callable[[int, Any], None] = lambda index, value: None
@@ -301,79 +323,61 @@ class Job(Generic[T, R]):
                 await self._changed.wait()
 
     async def _slot(self, slot: int) -> None:
-        while self._remaining:
-            activity = await self._acquire(slot)
+        while self._remaining and not self._failing:
+            activity = await self._acquire()
             if activity is None:
                 return
+            self._held[slot] = activity.provider
             self._event("rented", provider=activity.provider, detail=activity.id)
             try:
                 await self._serve(activity)
             finally:
-                # Released before the provider is free for this job again, so no slot rents it twice.
                 await self._release(activity)
                 del self._held[slot]
                 self._notify()
 
-    async def _acquire(self, slot: int) -> Activity | None:
-        """Rent an activity on a provider this job does not use yet (None: nothing left to do)."""
+    async def _acquire(self) -> Activity | None:
+        """Rent an activity on a provider this job does not hold yet (None: nothing left to do)."""
         waiting_since = time.monotonic()
         while self._remaining and not self._failing:
             if not self._pending:
                 await self._changes()
                 continue
+            if len(self._banned) > MAX_EXCLUDE:
+                raise NoMatch(f"more than {MAX_EXCLUDE} providers failed this job; giving up")
             try:
-                return await self._rent(slot)
+                return await self.requestor.rent(self.image, self.demand, exclude=self._banned, group=self.group)
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
+            except (ImageNotFound, ContainerFailed) as e:
+                if e.provider is None:
+                    raise
+                # This provider cannot run the job's containers; the others may.
+                self._ban(e.provider, e.message)
             except NoMatch as e:
                 if self._held:
-                    # Others are working: wait for a provider to join or a change.
+                    # Others are working: wait for a provider to join or to be released.
                     await self._changes(RENT_RETRY_SECONDS * 4)
                     continue
                 if time.monotonic() - waiting_since > self.start_timeout:
-                    raise NoMatch(f"no provider for this job after {self.start_timeout:g} s: {e.message}") from e
+                    self._nowhere_to_run(e)
+                    return None
                 self._event("waiting", detail=e.message)
                 await self._changes(RENT_RETRY_SECONDS)
         return None
 
-    async def _rent(self, slot: int) -> Activity:
-        """Rent on a provider no other slot of this job holds or is renting on.
+    def _nowhere_to_run(self, reason: NoMatch) -> None:
+        """No provider took the job for ``start_timeout``: its tasks fail, not a misleading NoMatch.
 
-        Each slot claims a provider that looks free in the market, then rents there, so
-        slots start their containers in parallel on different providers. When none looks
-        free, the hub chooses, one rent at a time.
+        A task that was tried already fails with its attempts (``TaskFailed``); a job none
+        of whose tasks ever ran ends with the NoMatch itself.
         """
-        async with self._renting:
-            taken = set(self._held.values()) | self._banned
-            target, others = await self._pick(taken)
-            if target is None:
-                activity = await self.requestor.rent(self.image, self.demand, exclude=taken)
-                self._held[slot] = activity.provider
-                return activity
-            self._held[slot] = target  # claimed: the other slots pass it over
-        try:
-            activity = await self.requestor.rent(self.image, self.demand, exclude=others | taken)
-        except (ImageNotFound, ContainerFailed) as e:
-            # This provider cannot run the job's containers; the others may.
-            del self._held[slot]
-            self._banned.add(target)
-            self._event("provider_banned", provider=target, detail=e.message)
-            raise ProviderLost(e.message, e.code) from e
-        except BaseException:
-            del self._held[slot]
-            raise
-        self._held[slot] = activity.provider
-        return activity
-
-    async def _pick(self, taken: set[str]) -> tuple[str | None, set[str]]:
-        """A provider not in ``taken`` whose free capacity covers the demand, and all the others."""
-        demand = self.demand or Demand()
-        market = await self.requestor.market()
-        fitting = [p for p in market if p.name not in taken and meets(p.free, p.labels, demand)]
-        if not fitting:
-            return None, set()
-        best = min(fitting, key=lambda p: (self.image not in p.images, p.activities, p.name))
-        return best.name, {p.name for p in market} - {best.name}
+        why = f"no provider for this job after {self.start_timeout:g} s: {reason.message}"
+        if not self.return_exceptions and not any(task.errors for task in self._pending):
+            raise NoMatch(why) from reason
+        while self._pending:
+            task = self._pending.popleft()
+            self._fail(task, NoMatch(why), note="no provider is left to run it")
 
     async def _release(self, activity: Activity) -> None:
         """Tear down (if asked) and release ``activity``; the release happens whatever teardown does."""
@@ -406,7 +410,7 @@ class Job(Generic[T, R]):
 
     async def _next_task(self, provider: str) -> _Task[T] | None:
         """The next task for ``provider``: one that has not failed there, if any other can take it."""
-        while self._remaining and provider not in self._banned:
+        while self._remaining and provider not in self._banned and not self._failing:
             for task in self._pending:
                 if provider not in task.failed_on:
                     self._pending.remove(task)
@@ -425,32 +429,35 @@ class Job(Generic[T, R]):
         self._running += 1
         self.summary.attempts += 1
         self._event("task_started", task.index, provider)
-        retryable: BaseException
+        error: BaseException
         try:
             async with asyncio.timeout(self.task_timeout):
                 value = await self.worker(activity, task.item)
         except TimeoutError:
-            retryable = KilnError(f"attempt ran past task_timeout={self.task_timeout:g} s", ErrorCode.TIMEOUT)
-        except (ProviderLost, RetryTask) as e:
-            retryable = e
+            error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")
         except ConnectionClosed:
             raise  # the hub is gone: nothing to retry on
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
-            self._running -= 1
-            task.errors.append(e)
-            self._finish(task, e, provider, retry=False)
-            return True
+            error = e
         else:
-            self._running -= 1
             self.summary.tasks_per_provider[provider] += 1
+            for suspect in task.suspects - {provider}:
+                self._provider_failed(suspect)  # the task is fine: where it failed, the provider was not
             self._done(task, value, provider)
             return True
-        self._running -= 1
-        task.errors.append(retryable)
+        finally:
+            self._running -= 1
+        task.errors.append(error)
+        if not isinstance(error, ProviderLost | RetryTask | TaskTimeout):
+            self._fail(task, error, provider)
+            return True
         task.failed_on.add(provider)
-        self._provider_failed(provider)
-        self._finish(task, retryable, provider, retry=True)
-        return not isinstance(retryable, ProviderLost)
+        if isinstance(error, ProviderLost):
+            self._provider_failed(provider)
+        else:
+            task.suspects.add(provider)
+        self._retry_or_fail(task, error, provider)
+        return not isinstance(error, ProviderLost)
 
     def _done(self, task: _Task[T], value: Any, provider: str) -> None:
         self.summary.succeeded += 1
@@ -459,35 +466,43 @@ class Job(Generic[T, R]):
         self._emit_result(task.index, value)
         self._notify()
 
-    def _finish(self, task: _Task[T], error: BaseException, provider: str, *, retry: bool) -> None:
-        if retry and len(task.errors) <= self.retries:
+    def _retry_or_fail(self, task: _Task[T], error: BaseException, provider: str) -> None:
+        if len(task.errors) <= self.retries:
             self.summary.retries += 1
             self._pending.appendleft(task)
             self._event("task_retry", task.index, provider, f"{type(error).__name__}: {error}")
             self._notify()
             return
+        self._fail(task, error, provider)
+
+    def _fail(self, task: _Task[T], error: BaseException, provider: str | None = None, note: str = "") -> None:
+        """``task`` failed for good: the job ends with its TaskFailed, or that is its result."""
         self.summary.failed += 1
         self._remaining -= 1
         attempts = len(task.errors)
         failure = TaskFailed(
-            f"task {task.index} failed after {attempts} attempt{'s' * (attempts != 1)}: "
-            f"{type(error).__name__}: {error}",
+            f"task {task.index} failed after {attempts} attempt{'s' * (attempts != 1)}"
+            + (f" ({note})" if note else "") + f": {type(error).__name__}: {error}",
             task.index, task.item, list(task.errors),
         )  # fmt: skip
         failure.__cause__ = error
         self._event("task_failed", task.index, provider, str(failure))
+        self._notify()
         if not self.return_exceptions:
             self._failing = True  # no new rents while the job winds down
-            self._notify()
             raise failure
-        self._notify()
         self._emit_result(task.index, failure)
 
     def _provider_failed(self, provider: str) -> None:
         self._failures[provider] += 1
-        if self._failures[provider] >= MAX_PROVIDER_FAILURES and provider not in self._banned:
+        if self._failures[provider] >= MAX_PROVIDER_FAILURES:
+            self._ban(provider, f"failed {self._failures[provider]} times")
+
+    def _ban(self, provider: str, why: str) -> None:
+        if provider not in self._banned:
             self._banned.add(provider)
-            self._event("provider_banned", provider=provider, detail=f"failed {self._failures[provider]} times")
+            self._event("provider_banned", provider=provider, detail=why)
+            self._notify()
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1801,7 +1801,8 @@ return errors === 0;
 validate28.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateError = validate29;
-const schema41 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
+const schema41 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
+const pattern11 = new RegExp("^[^\\x00-\\x1f]+$", "u");
 
 function validate29(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -1814,6 +1815,9 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.provider === undefined){
+data.provider = null;
+}
 if(data.re === undefined){
 data.re = null;
 }
@@ -1848,7 +1852,7 @@ vErrors.push(err2);
 errors++;
 }
 for(const key0 in data){
-if(!((((key0 === "code") || (key0 === "message")) || (key0 === "re")) || (key0 === "type"))){
+if(!(((((key0 === "code") || (key0 === "message")) || (key0 === "provider")) || (key0 === "re")) || (key0 === "type"))){
 const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err3];
@@ -1909,12 +1913,13 @@ vErrors.push(err7);
 errors++;
 }
 }
-let data2 = data.re;
+let data2 = data.provider;
 const _errs7 = errors;
 let valid1 = false;
 const _errs8 = errors;
-if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
-const err8 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(typeof data2 === "string"){
+if(func1(data2) > 64){
+const err8 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -1923,9 +1928,8 @@ vErrors.push(err8);
 }
 errors++;
 }
-if((typeof data2 == "number") && (isFinite(data2))){
-if(data2 > 2147483647 || isNaN(data2)){
-const err9 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(func1(data2) < 1){
+const err9 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -1934,8 +1938,8 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(data2 < 1 || isNaN(data2)){
-const err10 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(!pattern11.test(data2)){
+const err10 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -1945,11 +1949,8 @@ vErrors.push(err10);
 errors++;
 }
 }
-var _valid0 = _errs8 === errors;
-valid1 = valid1 || _valid0;
-const _errs10 = errors;
-if(data2 !== null){
-const err11 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+else {
+const err11 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -1958,15 +1959,28 @@ vErrors.push(err11);
 }
 errors++;
 }
-var _valid0 = _errs10 === errors;
+var _valid0 = _errs8 === errors;
 valid1 = valid1 || _valid0;
-if(!valid1){
-const err12 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+const _errs10 = errors;
+if(data2 !== null){
+const err12 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err12];
 }
 else {
 vErrors.push(err12);
+}
+errors++;
+}
+var _valid0 = _errs10 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err13 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
 }
 errors++;
 }
@@ -1981,20 +1995,12 @@ vErrors = null;
 }
 }
 }
-if(data.type !== undefined){
-let data3 = data.type;
-if(typeof data3 !== "string"){
-const err13 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
-if(vErrors === null){
-vErrors = [err13];
-}
-else {
-vErrors.push(err13);
-}
-errors++;
-}
-if("error" !== data3){
-const err14 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "error"},message:"must be equal to constant"};
+let data3 = data.re;
+const _errs13 = errors;
+let valid2 = false;
+const _errs14 = errors;
+if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
+const err14 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -2003,15 +2009,95 @@ vErrors.push(err14);
 }
 errors++;
 }
-}
-}
-else {
-const err15 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 2147483647 || isNaN(data3)){
+const err15 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
 if(vErrors === null){
 vErrors = [err15];
 }
 else {
 vErrors.push(err15);
+}
+errors++;
+}
+if(data3 < 1 || isNaN(data3)){
+const err16 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+var _valid1 = _errs14 === errors;
+valid2 = valid2 || _valid1;
+const _errs16 = errors;
+if(data3 !== null){
+const err17 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+var _valid1 = _errs16 === errors;
+valid2 = valid2 || _valid1;
+if(!valid2){
+const err18 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+else {
+errors = _errs13;
+if(vErrors !== null){
+if(_errs13){
+vErrors.length = _errs13;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.type !== undefined){
+let data4 = data.type;
+if(typeof data4 !== "string"){
+const err19 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if("error" !== data4){
+const err20 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "error"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+}
+else {
+const err21 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
 }
 errors++;
 }
@@ -2482,7 +2568,7 @@ validate30.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateExecResult = validate31;
 const schema43 = {"additionalProperties":false,"description":"The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).","properties":{"duration":{"minimum":0,"title":"Duration","type":"number"},"exit_code":{"title":"Exit Code","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"stderr":{"title":"Stderr","type":"string"},"stderr_truncated":{"default":false,"title":"Stderr Truncated","type":"boolean"},"stdout":{"title":"Stdout","type":"string"},"stdout_truncated":{"default":false,"title":"Stdout Truncated","type":"boolean"},"timed_out":{"title":"Timed Out","type":"boolean"},"type":{"const":"exec_result","title":"Type","type":"string"}},"required":["type","re","exit_code","timed_out","stdout","stderr","duration"],"title":"ExecResult","type":"object"};
-const func12 = Object.prototype.hasOwnProperty;
+const func14 = Object.prototype.hasOwnProperty;
 
 function validate31(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -2572,7 +2658,7 @@ vErrors.push(err6);
 errors++;
 }
 for(const key0 in data){
-if(!(func12.call(schema43.properties, key0))){
+if(!(func14.call(schema43.properties, key0))){
 const err7 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err7];
@@ -2753,8 +2839,7 @@ validate31.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateHello = validate32;
 const schema44 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","title":"Name","type":"string"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
-const pattern12 = new RegExp("^[^\\x00-\\x1f]+$", "u");
-const pattern13 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
+const pattern14 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
 
 function validate32(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -2848,7 +2933,7 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(!pattern12.test(data0)){
+if(!pattern11.test(data0)){
 const err7 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err7];
@@ -3004,7 +3089,7 @@ errors++;
 if(data.version !== undefined){
 let data5 = data.version;
 if(typeof data5 === "string"){
-if(!pattern13.test(data5)){
+if(!pattern14.test(data5)){
 const err19 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,4}\\.[0-9]{1,4}$"},message:"must match pattern \""+"^[0-9]{1,4}\\.[0-9]{1,4}$"+"\""};
 if(vErrors === null){
 vErrors = [err19];
@@ -3043,7 +3128,7 @@ return errors === 0;
 validate32.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateMarketInfo = validate33;
-const schema45 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","activities"],"title":"MarketInfo","type":"object"};
+const schema45 = {"additionalProperties":false,"description":"The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.","properties":{"activities":{"title":"Activities","type":"integer"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","matched","activities"],"title":"MarketInfo","type":"object"};
 const schema46 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"arch":{"title":"Arch","type":"string"},"free":{"$ref":"#/$defs/Resources"},"images":{"items":{"type":"string"},"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","title":"Name","type":"string"},"offered":{"$ref":"#/$defs/Resources"}},"required":["name","arch","labels","images","offered","free","activities"],"title":"ProviderInfo","type":"object"};
 
 function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -3454,7 +3539,7 @@ vErrors.push(err33);
 }
 errors++;
 }
-if(!pattern12.test(data10)){
+if(!pattern11.test(data10)){
 const err34 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err34];
@@ -3687,8 +3772,8 @@ vErrors.push(err2);
 }
 errors++;
 }
-if(data.activities === undefined){
-const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activities"},message:"must have required property '"+"activities"+"'"};
+if(data.matched === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "matched"},message:"must have required property '"+"matched"+"'"};
 if(vErrors === null){
 vErrors = [err3];
 }
@@ -3697,9 +3782,8 @@ vErrors.push(err3);
 }
 errors++;
 }
-for(const key0 in data){
-if(!((((key0 === "activities") || (key0 === "providers")) || (key0 === "re")) || (key0 === "type"))){
-const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(data.activities === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activities"},message:"must have required property '"+"activities"+"'"};
 if(vErrors === null){
 vErrors = [err4];
 }
@@ -3708,11 +3792,9 @@ vErrors.push(err4);
 }
 errors++;
 }
-}
-if(data.activities !== undefined){
-let data0 = data.activities;
-if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
-const err5 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+for(const key0 in data){
+if(!(((((key0 === "activities") || (key0 === "matched")) || (key0 === "providers")) || (key0 === "re")) || (key0 === "type"))){
+const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -3722,19 +3804,10 @@ vErrors.push(err5);
 errors++;
 }
 }
-if(data.providers !== undefined){
-let data1 = data.providers;
-if(Array.isArray(data1)){
-const len0 = data1.length;
-for(let i0=0; i0<len0; i0++){
-if(!(validate34(data1[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data1,parentDataProperty:i0,rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate34.errors : vErrors.concat(validate34.errors);
-errors = vErrors.length;
-}
-}
-}
-else {
-const err6 = {instancePath:instancePath+"/providers",schemaPath:"#/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(data.activities !== undefined){
+let data0 = data.activities;
+if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
+const err6 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err6];
 }
@@ -3744,10 +3817,10 @@ vErrors.push(err6);
 errors++;
 }
 }
-if(data.re !== undefined){
-let data3 = data.re;
-if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
-const err7 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data.matched !== undefined){
+let data1 = data.matched;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err7 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err7];
 }
@@ -3756,9 +3829,9 @@ vErrors.push(err7);
 }
 errors++;
 }
-if((typeof data3 == "number") && (isFinite(data3))){
-if(data3 > 2147483647 || isNaN(data3)){
-const err8 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 < 0 || isNaN(data1)){
+const err8 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -3767,8 +3840,21 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(data3 < 1 || isNaN(data3)){
-const err9 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+}
+}
+if(data.providers !== undefined){
+let data2 = data.providers;
+if(Array.isArray(data2)){
+const len0 = data2.length;
+for(let i0=0; i0<len0; i0++){
+if(!(validate34(data2[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate34.errors : vErrors.concat(validate34.errors);
+errors = vErrors.length;
+}
+}
+}
+else {
+const err9 = {instancePath:instancePath+"/providers",schemaPath:"#/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -3778,11 +3864,10 @@ vErrors.push(err9);
 errors++;
 }
 }
-}
-if(data.type !== undefined){
-let data4 = data.type;
-if(typeof data4 !== "string"){
-const err10 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data.re !== undefined){
+let data4 = data.re;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err10 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -3791,8 +3876,9 @@ vErrors.push(err10);
 }
 errors++;
 }
-if("market_info" !== data4){
-const err11 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "market_info"},message:"must be equal to constant"};
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 2147483647 || isNaN(data4)){
+const err11 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -3801,15 +3887,49 @@ vErrors.push(err11);
 }
 errors++;
 }
-}
-}
-else {
-const err12 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data4 < 1 || isNaN(data4)){
+const err12 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
 if(vErrors === null){
 vErrors = [err12];
 }
 else {
 vErrors.push(err12);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data5 = data.type;
+if(typeof data5 !== "string"){
+const err13 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if("market_info" !== data5){
+const err14 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "market_info"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+}
+else {
+const err15 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
 }
 errors++;
 }
@@ -3819,7 +3939,7 @@ return errors === 0;
 validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateMarketQuery = validate36;
-const schema49 = {"additionalProperties":false,"description":"Requestor -> hub: describe every provider, its offer and what is still free.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
+const schema49 = {"additionalProperties":false,"description":"Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``\ncapacity left, at most ``limit`` of them (by name).","properties":{"free":{"$ref":"#/$defs/Resources","default":{"cpus":0,"memory":0,"storage":0}},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
 
 function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3832,6 +3952,18 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.free === undefined){
+data.free = {"cpus":0,"memory":0,"storage":0};
+}
+if(data.image === undefined){
+data.image = null;
+}
+if(data.labels === undefined){
+data.labels = {};
+}
+if(data.limit === undefined){
+data.limit = 100;
+}
 if(data.type === undefined){
 const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
 if(vErrors === null){
@@ -3853,7 +3985,7 @@ vErrors.push(err1);
 errors++;
 }
 for(const key0 in data){
-if(!((key0 === "id") || (key0 === "type"))){
+if(!((((((key0 === "free") || (key0 === "id")) || (key0 === "image")) || (key0 === "labels")) || (key0 === "limit")) || (key0 === "type"))){
 const err2 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err2];
@@ -3864,10 +3996,13 @@ vErrors.push(err2);
 errors++;
 }
 }
-if(data.id !== undefined){
-let data0 = data.id;
-if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
-const err3 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+let data0 = data.free;
+if(data0 && typeof data0 == "object" && !Array.isArray(data0)){
+if(data0.storage === undefined){
+data0.storage = 0;
+}
+if(data0.cpus === undefined){
+const err3 = {instancePath:instancePath+"/free",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
 if(vErrors === null){
 vErrors = [err3];
 }
@@ -3876,9 +4011,8 @@ vErrors.push(err3);
 }
 errors++;
 }
-if((typeof data0 == "number") && (isFinite(data0))){
-if(data0 > 2147483647 || isNaN(data0)){
-const err4 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(data0.memory === undefined){
+const err4 = {instancePath:instancePath+"/free",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
 if(vErrors === null){
 vErrors = [err4];
 }
@@ -3887,8 +4021,9 @@ vErrors.push(err4);
 }
 errors++;
 }
-if(data0 < 1 || isNaN(data0)){
-const err5 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+for(const key1 in data0){
+if(!(((key1 === "cpus") || (key1 === "memory")) || (key1 === "storage"))){
+const err5 = {instancePath:instancePath+"/free",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -3898,11 +4033,11 @@ vErrors.push(err5);
 errors++;
 }
 }
-}
-if(data.type !== undefined){
-let data1 = data.type;
-if(typeof data1 !== "string"){
-const err6 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data0.cpus !== undefined){
+let data1 = data0.cpus;
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 4096 || isNaN(data1)){
+const err6 = {instancePath:instancePath+"/free/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
 if(vErrors === null){
 vErrors = [err6];
 }
@@ -3911,8 +4046,8 @@ vErrors.push(err6);
 }
 errors++;
 }
-if("market" !== data1){
-const err7 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "market"},message:"must be equal to constant"};
+if(data1 < 0 || isNaN(data1)){
+const err7 = {instancePath:instancePath+"/free/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err7];
 }
@@ -3922,14 +4057,361 @@ vErrors.push(err7);
 errors++;
 }
 }
-}
 else {
-const err8 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err8 = {instancePath:instancePath+"/free/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err8];
 }
 else {
 vErrors.push(err8);
+}
+errors++;
+}
+}
+if(data0.memory !== undefined){
+let data2 = data0.memory;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err9 = {instancePath:instancePath+"/free/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 4611686018427388000 || isNaN(data2)){
+const err10 = {instancePath:instancePath+"/free/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if(data2 < 0 || isNaN(data2)){
+const err11 = {instancePath:instancePath+"/free/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+}
+let data3 = data0.storage;
+if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
+const err12 = {instancePath:instancePath+"/free/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 4611686018427388000 || isNaN(data3)){
+const err13 = {instancePath:instancePath+"/free/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if(data3 < 0 || isNaN(data3)){
+const err14 = {instancePath:instancePath+"/free/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+}
+else {
+const err15 = {instancePath:instancePath+"/free",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+if(data.id !== undefined){
+let data4 = data.id;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err16 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 2147483647 || isNaN(data4)){
+const err17 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+if(data4 < 1 || isNaN(data4)){
+const err18 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+}
+}
+let data5 = data.image;
+const _errs15 = errors;
+let valid3 = false;
+const _errs16 = errors;
+if(typeof data5 === "string"){
+if(func1(data5) > 255){
+const err19 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if(func1(data5) < 1){
+const err20 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+if(!pattern7.test(data5)){
+const err21 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+else {
+const err22 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+var _valid0 = _errs16 === errors;
+valid3 = valid3 || _valid0;
+const _errs18 = errors;
+if(data5 !== null){
+const err23 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+var _valid0 = _errs18 === errors;
+valid3 = valid3 || _valid0;
+if(!valid3){
+const err24 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+else {
+errors = _errs15;
+if(vErrors !== null){
+if(_errs15){
+vErrors.length = _errs15;
+}
+else {
+vErrors = null;
+}
+}
+}
+let data6 = data.labels;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+if(Object.keys(data6).length > 64){
+const err25 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/maxProperties",keyword:"maxProperties",params:{limit: 64},message:"must NOT have more than 64 properties"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+for(const key2 in data6){
+const _errs22 = errors;
+if(typeof key2 === "string"){
+if(func1(key2) > 128){
+const err26 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key2};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+if(func1(key2) < 1){
+const err27 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key2};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+}
+var valid4 = _errs22 === errors;
+if(!valid4){
+const err28 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+}
+for(const key3 in data6){
+let data7 = data6[key3];
+if(typeof data7 === "string"){
+if(func1(data7) > 256){
+const err29 = {instancePath:instancePath+"/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+}
+else {
+const err30 = {instancePath:instancePath+"/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+}
+else {
+const err31 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+let data8 = data.limit;
+if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
+const err32 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 > 1000 || isNaN(data8)){
+const err33 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
+if(data8 < 1 || isNaN(data8)){
+const err34 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err34];
+}
+else {
+vErrors.push(err34);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data9 = data.type;
+if(typeof data9 !== "string"){
+const err35 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err35];
+}
+else {
+vErrors.push(err35);
+}
+errors++;
+}
+if("market" !== data9){
+const err36 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "market"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err36];
+}
+else {
+vErrors.push(err36);
+}
+errors++;
+}
+}
+}
+else {
+const err37 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
 }
 errors++;
 }
@@ -3939,7 +4421,7 @@ return errors === 0;
 validate36.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateOffer = validate37;
-const schema50 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
+const schema51 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
 
 function validate37(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4426,7 +4908,7 @@ return errors === 0;
 validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateRelease = validate38;
-const schema52 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
+const schema53 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
 
 function validate38(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4581,8 +5063,8 @@ return errors === 0;
 validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateRent = validate39;
-const schema53 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.","properties":{"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"rent","title":"Type","type":"string"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
-const schema54 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
+const schema54 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.\n\nProviders named in ``exclude`` are passed over. Activities of one ``group`` (a name the\nrequestor chooses, e.g. one per job) are kept on distinct providers: the hub never\npicks a provider where this requestor holds a live activity of the same group.","properties":{"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"rent","title":"Type","type":"string"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
+const schema55 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
 
 function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4597,6 +5079,9 @@ evaluated0.items = undefined;
 if(data && typeof data == "object" && !Array.isArray(data)){
 if(data.exclude === undefined){
 data.exclude = [];
+}
+if(data.group === undefined){
+data.group = null;
 }
 if(data.type === undefined){
 const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
@@ -4639,7 +5124,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(((((key0 === "demand") || (key0 === "exclude")) || (key0 === "id")) || (key0 === "image")) || (key0 === "type"))){
+if(!((((((key0 === "demand") || (key0 === "exclude")) || (key0 === "group")) || (key0 === "id")) || (key0 === "image")) || (key0 === "type"))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -4908,7 +5393,7 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(!pattern12.test(data7)){
+if(!pattern11.test(data7)){
 const err26 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err26];
@@ -4941,10 +5426,13 @@ vErrors.push(err28);
 }
 errors++;
 }
-if(data.id !== undefined){
-let data8 = data.id;
-if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-const err29 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+let data8 = data.group;
+const _errs23 = errors;
+let valid7 = false;
+const _errs24 = errors;
+if(typeof data8 === "string"){
+if(!pattern4.test(data8)){
+const err29 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -4953,9 +5441,9 @@ vErrors.push(err29);
 }
 errors++;
 }
-if((typeof data8 == "number") && (isFinite(data8))){
-if(data8 > 2147483647 || isNaN(data8)){
-const err30 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+}
+else {
+const err30 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -4964,8 +5452,11 @@ vErrors.push(err30);
 }
 errors++;
 }
-if(data8 < 1 || isNaN(data8)){
-const err31 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+var _valid0 = _errs24 === errors;
+valid7 = valid7 || _valid0;
+const _errs26 = errors;
+if(data8 !== null){
+const err31 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -4974,13 +5465,10 @@ vErrors.push(err31);
 }
 errors++;
 }
-}
-}
-if(data.image !== undefined){
-let data9 = data.image;
-if(typeof data9 === "string"){
-if(func1(data9) > 255){
-const err32 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+var _valid0 = _errs26 === errors;
+valid7 = valid7 || _valid0;
+if(!valid7){
+const err32 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -4989,8 +5477,21 @@ vErrors.push(err32);
 }
 errors++;
 }
-if(func1(data9) < 1){
-const err33 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+else {
+errors = _errs23;
+if(vErrors !== null){
+if(_errs23){
+vErrors.length = _errs23;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data9 = data.id;
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+const err33 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -4999,8 +5500,9 @@ vErrors.push(err33);
 }
 errors++;
 }
-if(!pattern7.test(data9)){
-const err34 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 2147483647 || isNaN(data9)){
+const err34 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -5009,9 +5511,8 @@ vErrors.push(err34);
 }
 errors++;
 }
-}
-else {
-const err35 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data9 < 1 || isNaN(data9)){
+const err35 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -5021,10 +5522,12 @@ vErrors.push(err35);
 errors++;
 }
 }
-if(data.type !== undefined){
-let data10 = data.type;
-if(typeof data10 !== "string"){
-const err36 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+}
+if(data.image !== undefined){
+let data10 = data.image;
+if(typeof data10 === "string"){
+if(func1(data10) > 255){
+const err36 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -5033,8 +5536,8 @@ vErrors.push(err36);
 }
 errors++;
 }
-if("rent" !== data10){
-const err37 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rent"},message:"must be equal to constant"};
+if(func1(data10) < 1){
+const err37 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -5043,15 +5546,59 @@ vErrors.push(err37);
 }
 errors++;
 }
-}
-}
-else {
-const err38 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(!pattern7.test(data10)){
+const err38 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err38];
 }
 else {
 vErrors.push(err38);
+}
+errors++;
+}
+}
+else {
+const err39 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data11 = data.type;
+if(typeof data11 !== "string"){
+const err40 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+if("rent" !== data11){
+const err41 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rent"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
+}
+errors++;
+}
+}
+}
+else {
+const err42 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err42];
+}
+else {
+vErrors.push(err42);
 }
 errors++;
 }
@@ -5061,7 +5608,7 @@ return errors === 0;
 validate39.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateRented = validate40;
-const schema55 = {"additionalProperties":false,"properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
+const schema56 = {"additionalProperties":false,"properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
 
 function validate40(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -5206,7 +5753,7 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(!pattern12.test(data2)){
+if(!pattern11.test(data2)){
 const err12 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f]+$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -5456,7 +6003,7 @@ return errors === 0;
 validate40.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateUpload = validate41;
-const schema57 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"format":"container-path","maxLength":4096,"minLength":1,"title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+const schema58 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"format":"container-path","maxLength":4096,"minLength":1,"title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
 
 function validate41(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -5747,8 +6294,8 @@ return errors === 0;
 validate41.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateWelcome = validate42;
-const schema58 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"limits":{"$ref":"#/$defs/Limits"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
-const schema59 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
+const schema59 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"limits":{"$ref":"#/$defs/Limits"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
+const schema60 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
 
 function validate42(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
