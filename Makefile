@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 
-.PHONY: help install docker system image schema lint typecheck pytest js-install js-lint js-test test demo clean
+.PHONY: help install docker system image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, run the example job, stop everything"
@@ -29,11 +29,22 @@ lint:
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
+# The layering contract (pyproject.toml, [tool.importlinter]): imports run one way between roles.
+contracts:
+	$(PYTHON) -c "from importlinter.cli import lint_imports_command as main; main()" --no-cache
+
 typecheck:
 	$(PYTHON) -m mypy
 
-pytest:
-	$(PYTHON) -m pytest
+# The fast tier (no Docker, no provider processes) with the coverage of the pure modules
+# (floor in pyproject.toml), then the tier of real hubs, providers and containers.
+pytest: pytest-fast pytest-real
+
+pytest-fast:
+	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
+
+pytest-real: docker
+	$(PYTHON) -m pytest -m docker
 
 js-install:
 	cd js-client && npm ci --no-audit --no-fund
@@ -44,7 +55,7 @@ js-lint: js-install
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker system lint typecheck pytest js-lint js-test
+test: install docker system lint contracts typecheck pytest js-lint js-test
 
 demo: image
 	$(PYTHON) examples/demo.py

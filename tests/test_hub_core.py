@@ -165,12 +165,90 @@ def test_provider_holding_the_image_is_preferred(hub: Harness) -> None:
     assert to == 3
 
 
-def test_create_failure_releases_the_reservation(hub: Harness) -> None:
+def test_create_failure_releases_the_reservation_and_names_the_provider(hub: Harness) -> None:
     [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "nope:1", "demand": {"cpus": 2}})
     [(_, error)] = hub.text(1, {"type": "error", "re": create["id"], "code": "image_not_found",
                                 "message": "no image nope:1"})  # fmt: skip
-    assert (error["re"], error["code"]) == (3, "image_not_found")
+    assert (error["re"], error["code"], error["provider"]) == (3, "image_not_found", "p1")
     hub.rent(2, 4, 1, cpus=2)
+
+
+def rent_in(hub: Harness, requestor: int, rid: int, group: str) -> tuple[int, dict[str, Any]]:
+    [(to, sent)] = hub.text(requestor, {"type": "rent", "id": rid, "image": "img:1", "demand": {"cpus": 0.5},
+                                        "group": group})  # fmt: skip
+    return to, sent
+
+
+def test_a_group_is_kept_on_distinct_providers(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3)
+    first, create = rent_in(hub, 2, 10, "job-a")
+    second, _ = rent_in(hub, 2, 11, "job-a")
+    assert {first, second} == {1, 3}, "while the first is still being created"
+    to, refusal = rent_in(hub, 2, 12, "job-a")
+    assert (to, refusal["code"]) == (2, "no_match") and "in its group" in refusal["message"]
+    other, _ = rent_in(hub, 2, 13, "job-b")  # another group may share a provider
+    assert other in (1, 3)
+    hub.join(4, "requestor", "r2")
+    elsewhere, _ = rent_in(hub, 4, 1, "job-a")  # a group is one requestor's
+    assert elsewhere in (1, 3)
+    # The first activity fails to start: its provider is free for the group again.
+    hub.text(first, {"type": "error", "re": create["id"], "code": "container_failed", "message": "no"})
+    again, _ = rent_in(hub, 2, 14, "job-a")
+    assert again == first
+
+
+def test_a_released_or_lost_activity_frees_its_provider_for_the_group(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3)
+    to, create = rent_in(hub, 2, 10, "g")
+    [(_, rented)] = hub.text(to, {"type": "done", "re": create["id"]})
+    other, _ = rent_in(hub, 2, 11, "g")
+    [(_, destroy)] = hub.text(2, {"type": "release", "id": 12, "activity": rented["activity"]})
+    [(_, refusal)] = hub.text(2, {"type": "rent", "id": 13, "image": "img:1", "demand": {"cpus": 0.5}, "group": "g"})
+    assert refusal["code"] == "no_match", "not before its container is gone"
+    hub.text(to, {"type": "done", "re": destroy["id"]})
+    assert rent_in(hub, 2, 14, "g")[0] == to
+    hub.join(5, "provider", "p3")
+    hub.offer(5)
+    assert rent_in(hub, 2, 15, "g")[0] == 5
+    hub.leave(5)  # its activity is lost with it; the group holds the other two still
+    [(_, refusal)] = hub.text(2, {"type": "rent", "id": 16, "image": "img:1", "demand": {"cpus": 0.5}, "group": "g"})
+    assert refusal["code"] == "no_match"
+    hub.leave(other)
+    hub.join(6, "provider", "p2")  # back, under a new connection: free for the group
+    hub.offer(6)
+    assert rent_in(hub, 2, 17, "g")[0] == 6
+
+
+def test_the_least_loaded_provider_is_chosen(hub: Harness) -> None:
+    hub.join(3, "provider", "p2")
+    hub.offer(3)
+    first, _ = rent_in(hub, 2, 10, "a")
+    second, _ = rent_in(hub, 2, 11, "b")
+    third, _ = rent_in(hub, 2, 12, "c")
+    assert first != second and third in (1, 3)
+
+
+def test_market_filters_and_a_limit_keep_a_listing_small(hub: Harness) -> None:
+    hub.rent(2, 10, 1, cpus=2)
+    for peer, name, images, labels in ((3, "p2", ["img:1"], {"zone": "eu"}), (4, "p3", [], {"zone": "us"})):
+        hub.join(peer, "provider", name)
+        hub.text(peer, {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 4 * GiB}, "arch": "amd64",
+                        "images": images, "labels": labels})  # fmt: skip
+
+    def names(**query: Any) -> tuple[list[str], int]:
+        [(_, info)] = hub.text(2, {"type": "market", "id": 99, **query})
+        return [p["name"] for p in info["providers"]], info["matched"]
+
+    assert names() == (["p1", "p2", "p3"], 3)
+    assert names(limit=2) == (["p1", "p2"], 3)
+    assert names(image="img:1") == (["p2"], 1)
+    assert names(labels={"zone": "us"}) == (["p3"], 1)
+    assert names(free={"cpus": 1, "memory": GiB}) == (["p2", "p3"], 2), "p1 has no CPU left"
+    assert names(image="img:1", labels={"zone": "us"}) == ([], 0)
+    [(_, error)] = hub.text(2, {"type": "market", "id": 98, "limit": 5000})
+    assert error["code"] == "bad_message"
 
 
 def test_requestors_cannot_touch_each_others_activities(hub: Harness) -> None:
@@ -320,3 +398,85 @@ def test_stream_errors_to_a_provider_name_no_request(hub: Harness) -> None:
     [(to, error)] = hub.binary(1, frames.encode(FrameKind.DATA, 1, b"x"))
     assert (to, error["code"]) == (1, "unknown_stream")
     assert "re" not in error
+
+
+def test_frames_of_unknown_peers_are_ignored_and_binary_before_hello_is_refused() -> None:
+    h = Harness()
+    assert h.text(7, {"type": "market", "id": 1}) == []
+    assert h.binary(7, frames.encode(FrameKind.END, 1)) == []
+    assert h.leave(7) == []
+    h.core.connect(8)
+    [(_, error)] = h.binary(8, frames.encode(FrameKind.END, 1))
+    assert error["code"] == "out_of_order"
+    assert h.closed[-1].code == CLOSE_HANDSHAKE
+
+
+def test_cancelling_an_exec_reaches_its_provider_and_unknown_targets_are_ignored(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, exec_)] = hub.text(2, {"type": "exec", "id": 11, "activity": activity, "argv": ["sleep", "9"]})
+    assert hub.text(2, {"type": "cancel", "target": 11}) == [(1, {"type": "cancel", "target": exec_["id"]})]
+    assert hub.text(2, {"type": "cancel", "target": 99}) == []
+    [(_, error)] = hub.text(1, {"type": "error", "re": exec_["id"], "code": "cancelled", "message": "cancelled"})
+    assert (error["re"], error["code"]) == (11, "cancelled")
+
+
+def small_hub(**limits: int) -> Harness:
+    h = Harness()
+    h.core = HubCore(new_activity_id=lambda: "act1", limits_=h.core.limits.model_copy(update=limits))
+    h.join(1, "provider", "p1")
+    h.offer(1)
+    h.join(2, "requestor", "r1")
+    return h
+
+
+def test_requests_and_streams_beyond_the_limits_are_refused() -> None:
+    h = small_hub(max_pending=3, max_streams=1, max_window=4)
+    activity = h.rent(2, 10, 1)
+    [(_, download)] = h.text(2, {"type": "download", "id": 11, "activity": activity, "path": "/o", "window": 9})
+    assert download["window"] == 4, "a window is cut to the hub's max_window"
+    [(_, error)] = h.text(2, {"type": "upload", "id": 12, "activity": activity, "path": "/a", "size": 1})
+    assert (error["re"], error["code"]) == (12, "too_many")
+    h.text(2, {"type": "exec", "id": 13, "activity": activity, "argv": ["true"]})
+    h.text(2, {"type": "exec", "id": 14, "activity": activity, "argv": ["true"]})
+    [(_, error)] = h.text(2, {"type": "exec", "id": 15, "activity": activity, "argv": ["true"]})
+    assert (error["re"], error["code"]) == (15, "too_many")
+
+
+def test_credit_is_relayed_only_within_the_window(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, download)] = hub.text(2, {"type": "download", "id": 11, "activity": activity, "path": "/o", "window": 60})
+    [(_, error)] = hub.text(2, {"type": "credit", "stream": 11, "chunks": 8})
+    assert error["code"] == "flow_control", "60 + 8 is over the window of 64"
+    assert hub.text(2, {"type": "credit", "stream": 11, "chunks": 4}) == [
+        (1, {"type": "credit", "stream": download["id"], "chunks": 4})
+    ]
+    assert hub.text(2, {"type": "credit", "stream": 77, "chunks": 4}) == [], "it may have crossed the stream's end"
+
+
+def test_a_providers_error_about_no_request_is_only_logged(hub: Harness) -> None:
+    assert hub.text(1, {"type": "error", "code": "internal", "message": "confused"}) == []
+
+
+def test_provider_loss_answers_every_open_request_as_it_stood(hub: Harness) -> None:
+    doomed = hub.rent(2, 10, 1, cpus=0.5)
+    released = hub.rent(2, 11, 1, cpus=0.5)
+    [(_, upload)] = hub.text(2, {"type": "upload", "id": 12, "activity": doomed, "path": "/a", "size": 9})
+    hub.text(2, {"type": "release", "id": 13, "activity": released})
+    hub.text(2, {"type": "rent", "id": 14, "image": "img:1", "demand": {"cpus": 0.5}})
+    hub.text(2, {"type": "cancel", "target": 14})
+    out = hub.leave(1)
+    replies = {m.get("re"): m for _, m in out if m["type"] in ("error", "done")}
+    assert replies[12]["code"] == "provider_lost"
+    assert replies[13] == {"type": "done", "re": 13}, "the container went with its provider"
+    assert replies[14]["code"] == "provider_lost"
+    lost = [m["activity"] for _, m in out if m["type"] == "activity_lost"]
+    assert doomed in lost and released not in lost, "a release in progress is not reported lost"
+    [(_, error)] = hub.binary(2, frames.encode(FrameKind.DATA, 12, b"late"))
+    assert error["code"] == "unknown_stream", upload
+
+
+def test_a_requestors_loss_aborts_its_uploads(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, upload)] = hub.text(2, {"type": "upload", "id": 11, "activity": activity, "path": "/a", "size": 9})
+    out = hub.leave(2)
+    assert (1, frames.encode(FrameKind.ABORT, upload["id"], b"requestor disconnected")) in out

@@ -193,8 +193,7 @@ class Market:
         matching = [
             s
             for s in map(self._sellers.__getitem__, peers)
-            if has_labels(s.offer.labels, labels or {})
-            and (free is None or s.has_free(free))
+            if has_labels(s.offer.labels, labels or {}) and (free is None or s.has_free(free))
         ]
         shown = heapq.nsmallest(limit or len(matching), matching, key=lambda s: s.name)
         infos = [

@@ -307,7 +307,8 @@ class Job(Generic[T, R]):
                     for slot in range(min(self.max_providers, self.total)):
                         tg.create_task(self._slot(slot), name=f"kiln-slot-{slot}")
         except BaseExceptionGroup as group:
-            raise _first(group) from None
+            error = _first(group)
+            raise error from error.__cause__  # out of the group, keeping what caused it
         finally:
             self.summary.wall_seconds = time.monotonic() - self._started
             self.summary.failed_providers = set(self._banned)

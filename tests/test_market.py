@@ -1,0 +1,99 @@
+"""The market's bookkeeping on its own: offers, choices, reservations, listings."""
+
+from __future__ import annotations
+
+import pytest
+
+from kiln.hub.market import FEW_HOLDERS, Market
+from kiln.protocol.errors import NoMatch
+from kiln.protocol.messages import Demand, Offer, Resources
+
+GiB = 2**30
+
+
+def offer(cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None, **labels: str) -> Offer:
+    return Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory, storage=GiB), arch="amd64",
+                 labels=labels, images=images or [])  # fmt: skip
+
+
+def test_a_new_offer_keeps_what_is_reserved() -> None:
+    market = Market()
+    market.update(1, "p1", offer(cpus=4))
+    market.reserve(1, Resources(cpus=3, memory=GiB))
+    market.update(1, "p1", offer(cpus=4, images=["img:1"]))
+    [info], matched = market.describe()
+    assert (info.free.cpus, info.free.memory, info.activities, info.images, matched) == (1, GiB, 1, ["img:1"], 1)
+    with pytest.raises(NoMatch, match="busy"):
+        market.choose("img:1", Demand(cpus=2))
+    market.release(1, Resources(cpus=3, memory=GiB))
+    market.release(1, Resources(cpus=3, memory=GiB))  # never more free than offered
+    [info], _ = market.describe()
+    assert (info.free.cpus, info.free.memory, info.activities) == (4, 2 * GiB, 0)
+    market.reserve(9, Resources(cpus=1, memory=1))  # a provider that left: nothing to do
+
+
+def test_a_removed_provider_is_no_longer_chosen_or_listed() -> None:
+    market = Market()
+    market.update(1, "p1", offer(images=["img:1"]))
+    market.update(2, "p2", offer(images=["img:1"]))
+    market.remove(1)
+    market.remove(1)
+    assert market.choose("img:1", Demand()) == (2, True)
+    assert [p.name for p in market.describe(image="img:1")[0]] == ["p2"]
+    assert 1 not in market and len(market) == 1
+
+
+def test_holders_of_the_image_come_first_then_the_least_loaded() -> None:
+    market = Market()
+    for peer in range(1, 4):
+        market.update(peer, f"p{peer}", offer(images=["img:1"] if peer == 3 else []))
+    assert market.choose("img:1", Demand()) == (3, True)
+    market.reserve(3, Resources(cpus=2, memory=GiB))
+    assert market.choose("img:1", Demand()) == (1, False), "the holder is full: the least loaded other"
+    market.reserve(1, Resources(cpus=1, memory=GiB))
+    assert market.choose("img:1", Demand()) == (2, False)
+    assert market.choose("img:1", Demand(), exclude={"p2"}) == (1, False)
+    assert market.choose("img:2", Demand(), avoid={2}) == (1, False)
+
+
+def test_an_image_many_hold_is_found_in_preference_order() -> None:
+    market = Market()
+    holders = FEW_HOLDERS + 10
+    for peer in range(1, holders + 2):
+        market.update(peer, f"p{peer:04}", offer(images=["img:1"] if peer <= holders else []))
+    for peer in range(1, holders + 1):
+        market.reserve(peer, Resources(cpus=0.5, memory=GiB))
+    market.reserve(5, Resources(cpus=1.5, memory=GiB))  # full now
+    chosen, cached = market.choose("img:1", Demand(cpus=1))
+    assert cached and chosen != 5
+    assert market.choose("img:1", Demand(cpus=1), avoid=set(range(1, holders + 1))) == (holders + 1, False)
+    assert market.choose("img:1", Demand(cpus=2)) == (holders + 1, False), "no holder has 2 CPUs free"
+    market.reserve(holders + 1, Resources(cpus=1, memory=GiB))
+    with pytest.raises(NoMatch, match="busy"):
+        market.choose("img:1", Demand(cpus=2))
+
+
+@pytest.mark.parametrize(
+    ("demand", "reason"),
+    [(Demand(cpus=8), "no provider offers 8 CPUs (most offered: 2)"),
+     (Demand(memory="4GiB"), "no provider offers 4GiB of memory (most offered: 2GiB)"),
+     (Demand(storage="2GiB"), "no provider offers 2GiB of storage (most offered: 1GiB)"),
+     (Demand(labels={"zone": "mars"}), "no provider has the label zone=mars"),
+     (Demand(cpus=2, labels={"zone": "us"}), "no single provider meets every constraint of the demand at once")],
+)  # fmt: skip
+def test_no_match_names_what_nobody_offers(demand: Demand, reason: str) -> None:
+    market = Market()
+    market.update(1, "p1", offer(cpus=2, zone="eu"))
+    market.update(2, "p2", offer(cpus=1, zone="us"))
+    with pytest.raises(NoMatch) as refused:
+        market.choose("img:1", demand)
+    assert refused.value.message == reason
+
+
+def test_no_match_when_nobody_is_there_or_everyone_is_excluded() -> None:
+    market = Market()
+    with pytest.raises(NoMatch, match="no provider is connected"):
+        market.choose("img:1", Demand())
+    market.update(1, "p1", offer())
+    with pytest.raises(NoMatch, match=r"every connected provider \(1\) is excluded"):
+        market.choose("img:1", Demand(), exclude={"p1"})
