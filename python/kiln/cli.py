@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     market = sub.add_parser("market", help="list the providers a hub knows")
     market.add_argument("--hub", default=DEFAULT_HUB)
     market.add_argument("--token", default=None)
+    market.add_argument("--image", default=None, help="only providers that hold this image")
+    market.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
+    market.add_argument("--limit", type=int, default=100, help="list at most this many (1-1000, by name)")
 
     run = sub.add_parser("run", help="rent one container, run one command in it, print its output")
     run.add_argument("--hub", default=DEFAULT_HUB)
@@ -80,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _market(url: str, token: str | None) -> int:
+async def _market(args: argparse.Namespace) -> int:
     import kiln
 
-    async with kiln.connect(url, token=token, name="kiln-cli") as requestor:
-        providers = await requestor.market()
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+        providers = await requestor.market(image=args.image, labels=dict(args.label), limit=args.limit)
     if not providers:
         print("no providers")
     for p in providers:
@@ -92,6 +95,8 @@ async def _market(url: str, token: str | None) -> int:
             f"{p.name:16} cpus {p.free.cpus:g}/{p.offered.cpus:g}  memory {format_size(p.free.memory)}/"
             f"{format_size(p.offered.memory)}  activities {p.activities}  images {', '.join(p.images) or '-'}"
         )
+    if len(providers) == args.limit:
+        print(f"(the first {args.limit} by name; --limit shows more, --image and --label fewer)")
     return 0
 
 
@@ -156,7 +161,7 @@ async def _main(args: argparse.Namespace) -> int:
         await ProviderRuntime(config, adapter).run()
         return 0
     if args.command == "market":
-        return await _market(args.hub, args.token)
+        return await _market(args)
     if args.command == "run":
         return await _run(args)
     if args.command == "image":

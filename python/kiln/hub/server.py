@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import resource
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -175,8 +176,18 @@ async def start(
     )
 
 
+def raise_open_file_limit() -> int:
+    """Let this process hold as many sockets as the system allows (one per peer); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 async def run(host: str, port: int, token: str | None = None) -> None:
     """Serve until cancelled, printing the address once listening."""
+    limit = raise_open_file_limit()
+    log.info("serving up to %d open files (sockets)", limit)
     async with await start(host, port, token=token) as server:
         for sock in server.sockets:
             address = sock.getsockname()
