@@ -15,7 +15,8 @@
 import {
   ConnectionClosedError,
   KilnError,
-  ProtocolError,
+  LocalProtocolError,
+  RemoteProtocolError,
   TransferFailedError,
   UnsupportedVersionError,
   UsageError,
@@ -33,7 +34,6 @@ import {
   parse,
   serialize,
 } from "./protocol/messages.js";
-import { ProtocolViolation } from "./protocol/violation.js";
 
 export const SOFTWARE = "kiln-js/0.1.0";
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -81,7 +81,7 @@ export class Incoming {
   feed(kind, payload) {
     if (kind === FrameKind.DATA) {
       if (this._chunks.length >= this.window) {
-        this.fail(new ProtocolError(`stream ${this.stream}: peer sent beyond its credit`, { code: ErrorCode.FLOW_CONTROL }));
+        this.fail(new RemoteProtocolError(`stream ${this.stream}: peer sent beyond its credit`, { code: ErrorCode.FLOW_CONTROL }));
         return;
       }
       this._chunks.push(payload);
@@ -303,7 +303,7 @@ export class Endpoint {
     try {
       text = serialize(message);
     } catch (e) {
-      if (!(e instanceof ProtocolViolation)) throw e;
+      if (!(e instanceof LocalProtocolError)) throw e;
       throw new UsageError(`refusing to send an invalid '${message.type}': ${e.message}`, { code: e.code });
     }
     this.sendRaw(text);
@@ -395,7 +395,7 @@ export class Endpoint {
     this._replies.clear();
     this._incoming.clear();
     this._outgoing.clear();
-    this._onMessage({ type: "error", re: null, code: reason.code, message: reason.message });
+    this._onMessage({ type: "error", re: null, code: reason.code, message: reason.message, provider: null });
   }
 
   /** @param {unknown} data */
@@ -412,9 +412,9 @@ export class Endpoint {
     try {
       message = parse(text);
     } catch (e) {
-      if (!(e instanceof ProtocolViolation)) throw e;
+      if (!(e instanceof RemoteProtocolError)) throw e;
       if (this.welcome === null) {
-        this._welcome.reject(new ProtocolError(`the hub sent an invalid handshake reply: ${e.message}`, { code: e.code }));
+        this._welcome.reject(new RemoteProtocolError(`the hub sent an invalid handshake reply: ${e.message}`, { code: e.code }));
       }
       this._invalidReply(text, e);
       return;
@@ -423,7 +423,7 @@ export class Endpoint {
       if (message.type === "welcome") this._welcome.resolve(message);
       else if (message.type === "error") {
         this._welcome.reject(errorFromCode(message.code, `the hub refused us: ${message.message}`));
-      } else this._welcome.reject(new ProtocolError(`expected welcome from the hub, got '${message.type}'`));
+      } else this._welcome.reject(new RemoteProtocolError(`expected welcome from the hub, got '${message.type}'`));
       return;
     }
     if (message.type === "credit") {
@@ -439,7 +439,7 @@ export class Endpoint {
     if (re !== null && re !== undefined && FINAL_REPLIES.has(message.type)) {
       const reply = this._replies.get(re);
       if (message.type === "error") {
-        const error = errorFromCode(message.code, message.message);
+        const error = errorFromCode(message.code, message.message, message.provider);
         // The stream of a failed request fails with it.
         this._incoming.get(re)?.fail(error);
         this._outgoing.get(re)?.fail(error);
@@ -458,7 +458,7 @@ export class Endpoint {
    * An invalid message from the hub cannot be answered; if it names a request we wait
    * on, that request fails (rather than waiting forever), else it is dropped.
    * @param {string} text
-   * @param {ProtocolViolation} violation
+   * @param {RemoteProtocolError} violation
    */
   _invalidReply(text, violation) {
     let re;
@@ -469,7 +469,7 @@ export class Endpoint {
     }
     const reply = typeof re === "number" ? this._replies.get(re) : undefined;
     if (reply === undefined) return;
-    const error = new ProtocolError(`the hub's reply to request ${re} is invalid: ${violation.message}`, {
+    const error = new RemoteProtocolError(`the hub's reply to request ${re} is invalid: ${violation.message}`, {
       code: violation.code,
     });
     this._incoming.get(re)?.fail(error);
@@ -484,7 +484,7 @@ export class Endpoint {
     try {
       frame = decodeFrame(data, this.limits.chunk_bytes);
     } catch (e) {
-      if (!(e instanceof ProtocolViolation)) throw e;
+      if (!(e instanceof RemoteProtocolError)) throw e;
       return; // an invalid frame from the hub is dropped; its stream's reply tells the outcome
     }
     const receiver = this._incoming.get(frame.stream);

@@ -1,6 +1,7 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { DownloadInfo, KnownErrorCode, ProviderInfo, Resources } from "./protocol.js";
+import type { DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
+import { ActivityError, KilnError } from "./protocol.js";
 
 export type { Message, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
@@ -154,47 +155,47 @@ export declare function demandMessage(demand?: DemandOptions): {
   labels: Record<string, string>;
 };
 
-export interface KilnErrorOptions {
-  code?: string;
-  cause?: unknown;
-}
+export {
+  KilnError,
+  UsageError,
+  InvalidPathError,
+  ProtocolError,
+  LocalProtocolError,
+  RemoteProtocolError,
+  UnsupportedVersionError,
+  ConnectionClosedError,
+  ConnectionLostError,
+  UnauthorizedError,
+  NoMatchError,
+  ImageNotFoundError,
+  ActivityError,
+  ProviderLostError,
+  FileNotFoundError,
+  TransferFailedError,
+  ContainerFailedError,
+  CancelledError,
+  RemoteError,
+  errorFromCode,
+} from "./protocol.js";
+export type { KilnErrorOptions } from "./protocol.js";
 
-/** The root of every Kiln error. `code` is stable; branch on it or on the class. */
-export declare class KilnError extends Error {
-  constructor(message: string, options?: KilnErrorOptions);
-  readonly code: KnownErrorCode | string;
-  static readonly defaultCode: string;
-}
-export declare class UsageError extends KilnError {}
-export declare class InvalidPathError extends UsageError {}
-export declare class ProtocolError extends KilnError {}
-export declare class UnsupportedVersionError extends ProtocolError {}
-export declare class ConnectionClosedError extends KilnError {}
-export declare class UnauthorizedError extends KilnError {}
-export declare class NoMatchError extends KilnError {}
-export declare class ImageNotFoundError extends KilnError {}
-export declare class ActivityError extends KilnError {}
-export declare class ProviderLostError extends ActivityError {}
+/** A command ran past its timeout and was killed. */
 export declare class CommandTimeoutError extends ActivityError {
   constructor(message: string, result: Result);
   /** What the command wrote before it was killed. */
   readonly result: Result;
 }
-export declare class FileNotFoundError extends ActivityError {}
-export declare class TransferFailedError extends ActivityError {}
-export declare class ContainerFailedError extends ActivityError {}
-export declare class CancelledError extends KilnError {}
+/** An attempt of a job's task ran past `taskTimeoutMs` (the task is tried again). */
 export declare class TaskTimeoutError extends KilnError {}
+/** A job's task failed for good. */
 export declare class TaskFailedError extends KilnError {
-  constructor(message: string, task: { index: number; item: unknown; attempts: unknown[] });
+  constructor(message: string, task: { index: number; item: unknown; attempts: unknown[]; cause?: unknown });
   readonly index: number;
   readonly item: unknown;
   /** Each attempt's error, in order. */
   readonly attempts: unknown[];
 }
+/** Thrown by a job's worker: run this task again, on another provider if possible. */
 export declare class RetryTaskError extends KilnError {}
-export declare class RemoteError extends KilnError {}
-/** The error for an `error` message with `code`. */
-export declare function errorFromCode(code: string, message: string): KilnError;
 
 export type { DownloadInfo };

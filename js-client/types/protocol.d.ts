@@ -25,18 +25,67 @@ export declare const MAX_PATH_LENGTH: number;
 export declare const MESSAGE_TYPES: ReadonlySet<MessageType>;
 export declare const FINAL_REPLIES: ReadonlySet<MessageType>;
 
-export declare class ProtocolViolation extends globalThis.Error {
-  constructor(code: string, message: string, re?: number | null);
-  code: string;
-  re: number | null;
+export declare const MAX_TEXT: number;
+
+// --- the error tree (src/protocol/errors.js; drawn in src/errors.js) ---------------------
+
+export interface KilnErrorOptions {
+  /** The stable code; the class's `defaultCode` when left out. */
+  code?: string;
+  cause?: unknown;
+  /** The provider involved, when the hub said which. */
+  provider?: string | null;
 }
 
-/** Parse and validate one text frame; throws ProtocolViolation (bad_json, unknown_type, bad_path, bad_message). */
+/** The root of every Kiln error. `code` is stable; branch on it or on the class. */
+export declare class KilnError extends globalThis.Error {
+  constructor(message: string, options?: KilnErrorOptions);
+  readonly code: KnownErrorCode | string;
+  /** The provider involved, when the hub said which (e.g. the provider a failed rent was tried on). */
+  readonly provider: string | null;
+  static readonly defaultCode: string;
+}
+/** The caller's own mistake, found before anything is sent. */
+export declare class UsageError extends KilnError {}
+export declare class InvalidPathError extends UsageError {}
+/** Protocol kiln.v1 was broken. */
+export declare class ProtocolError extends KilnError {}
+/** This side broke the protocol: a message it was about to send (never sent), or one the peer refused as invalid. */
+export declare class LocalProtocolError extends ProtocolError {}
+/** The peer broke the protocol. */
+export declare class RemoteProtocolError extends ProtocolError {
+  constructor(message: string, options?: KilnErrorOptions & { re?: number | null });
+  /** The id of the request the bad message carried, if readable. */
+  readonly re: number | null;
+}
+export declare class UnsupportedVersionError extends ProtocolError {}
+/** The connection to the hub is over: this side closed it. */
+export declare class ConnectionClosedError extends KilnError {}
+/** The connection to the hub broke: the hub closed it or vanished, or the network failed. */
+export declare class ConnectionLostError extends ConnectionClosedError {}
+export declare class UnauthorizedError extends KilnError {}
+export declare class NoMatchError extends KilnError {}
+export declare class ImageNotFoundError extends KilnError {}
+export declare class ActivityError extends KilnError {}
+export declare class ProviderLostError extends ActivityError {}
+export declare class FileNotFoundError extends ActivityError {}
+export declare class TransferFailedError extends ActivityError {}
+export declare class ContainerFailedError extends ActivityError {}
+export declare class CancelledError extends KilnError {}
+export declare class RemoteError extends KilnError {}
+/** The error for an `error` message with `code` (an unknown code: a RemoteError with code `internal`). */
+export declare function errorFromCode(code: string, message: string, provider?: string | null): KilnError;
+
+// --- messages ------------------------------------------------------------------------------
+
+/** Parse and validate one text frame from the peer; throws RemoteProtocolError (bad_json, unknown_type, bad_path, bad_message). */
 export declare function parse(text: string): Message;
-/** Validate a decoded JSON value as a message. */
-export declare function validate(raw: unknown): Message;
-/** The JSON text of a message, null fields omitted; throws ProtocolViolation if it is invalid. */
+/** A message this side means to send, checked (a frozen copy, defaults filled in); throws LocalProtocolError. */
+export declare function build(raw: Message | Record<string, unknown>): Message;
+/** The JSON text of a message, null fields omitted; throws LocalProtocolError if it is invalid. */
 export declare function serialize(message: Message | Record<string, unknown>): string;
+/** `text` cut to fit a message's free-text field (at most `limit` characters, valid UTF-8). */
+export declare function clip(text: string, limit?: number): string;
 /** Why `path` is not a valid container path, or null. */
 export declare function containerPathProblem(path: string): string | null;
 
@@ -49,7 +98,7 @@ export interface Frame {
   payload: Uint8Array;
 }
 export declare function encodeFrame(kind: number, stream: number, payload?: Uint8Array): Uint8Array;
-/** Throws ProtocolViolation (bad_frame). */
+/** Throws RemoteProtocolError (bad_frame). */
 export declare function decodeFrame(data: Uint8Array, maxPayload: number): Frame;
 export declare function abortFrame(stream: number, reason: string): Uint8Array;
 
