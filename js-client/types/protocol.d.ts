@@ -112,3 +112,109 @@ export declare const limits: {
   readonly MAX_STREAMS: number;
   readonly MAX_OUTPUT_BYTES: number;
 };
+
+// --- the session core (src/protocol/session.js) -------------------------------------------
+
+import type {
+  ActivityLost,
+  Create,
+  Destroy,
+  Done,
+  Download,
+  DownloadInfo,
+  Error as ErrorMessage,
+  Exec,
+  ExecResult,
+  Limits,
+  MarketQuery,
+  Offer,
+  Release,
+  Rent,
+  Upload,
+  Welcome,
+} from "./protocol.generated.js";
+
+export type Role = "requestor" | "provider";
+/** What this side may ask of the hub. */
+export type Request = Rent | Release | MarketQuery | Exec | Upload | Download | Offer;
+/** What the hub may ask of a provider. */
+export type HubRequest = Create | Destroy | Exec | Upload | Download;
+/** What a provider answers the hub with. */
+export type Reply = Done | ErrorMessage | ExecResult | DownloadInfo;
+export type SessionState = "hello_sent" | "open" | "closed";
+
+/** A frame to write: a message's JSON text (a text frame) or a binary stream frame. */
+export type Outbound = { readonly binary: false; readonly data: string } | { readonly binary: true; readonly data: Uint8Array };
+
+/** The hub took our hello; the session is open. */
+export interface Welcomed { readonly type: "welcomed"; readonly welcome: Welcome }
+/** Request `request` of ours succeeded; `reply` is its final reply. */
+export interface Replied { readonly type: "replied"; readonly request: number; readonly reply: Message }
+/** Request `request` of ours failed: an `error` reply, a bad reply, or the end of the connection. */
+export interface Failed { readonly type: "failed"; readonly request: number; readonly error: KilnError }
+/** Our download `request` is under way: what is coming (before its data). */
+export interface Informed { readonly type: "informed"; readonly request: number; readonly info: DownloadInfo }
+/** The hub asks this provider for something; answer it with `session.reply()`, once. */
+export interface Requested { readonly type: "requested"; readonly message: HubRequest }
+/** The hub cancels its open request `request`; it still gets its one reply. */
+export interface CancelRequested { readonly type: "cancelRequested"; readonly request: number }
+/** One-way news from the hub: an activity is gone, or an error about no request of ours. */
+export interface Notified { readonly type: "notified"; readonly message: ActivityLost | ErrorMessage }
+/** The receiver of `stream` lets us send `chunks` more DATA frames. */
+export interface Credited { readonly type: "credited"; readonly stream: number; readonly chunks: number }
+/** A chunk of `stream` arrived (a view into the frame, not a copy). */
+export interface DataReceived { readonly type: "dataReceived"; readonly stream: number; readonly data: Uint8Array }
+/** All of `stream`'s data arrived; its request's final reply follows. */
+export interface StreamEnded { readonly type: "streamEnded"; readonly stream: number }
+/** `stream` broke off: its sender aborted it, or sent beyond its credit. */
+export interface StreamFailed { readonly type: "streamFailed"; readonly stream: number; readonly error: KilnError }
+/** The hub sent something invalid that concerns no open request of ours; it was dropped. */
+export interface Violated { readonly type: "violated"; readonly error: RemoteProtocolError }
+/** The session is over, and why. Always the last event. */
+export interface Closed { readonly type: "closed"; readonly error: KilnError }
+export type SessionEvent =
+  | Welcomed | Replied | Failed | Informed | Requested | CancelRequested | Notified
+  | Credited | DataReceived | StreamEnded | StreamFailed | Violated | Closed;
+
+export declare const State: Readonly<{ HELLO_SENT: "hello_sent"; OPEN: "open"; CLOSED: "closed" }>;
+
+/**
+ * One peer's side of a kiln.v1 session with the hub, with no I/O: frames and calls in,
+ * frames to send and events out. After every call, write what `dataToSend()` returns and
+ * handle what `eventsReceived()` returns, in order.
+ */
+export declare class Session {
+  /** Queues `hello`; throws LocalProtocolError for an invalid name or token. */
+  constructor(role: Role, name: string, options?: { token?: string | null; software?: string });
+  readonly role: Role;
+  readonly state: SessionState;
+  readonly welcome: Welcome | null;
+  /** Why the session ended, once it has. */
+  readonly closed: KilnError | null;
+  /** The limits the hub announced; throws LocalProtocolError before `welcome`. */
+  readonly limits: Limits;
+  dataToSend(): Outbound[];
+  eventsReceived(): SessionEvent[];
+  /** A request id not in use by any open request of ours. */
+  newId(): number;
+  /** Send a request (checked first; throws LocalProtocolError, or the end reason once closed). */
+  request(message: Request | Record<string, unknown>): void;
+  /** Ask the hub to stop an open request of ours; no-op if it is not open. */
+  cancel(request: number): void;
+  /** A provider answers the hub's open request `message.re`. */
+  reply(message: Reply | Record<string, unknown>): void;
+  /** DATA frames we may send on `stream` now. */
+  credit(stream: number): number;
+  sendData(stream: number, data: Uint8Array): void;
+  endStream(stream: number): void;
+  /** Give up sending on `stream`; no-op if it is not open. */
+  abortStream(stream: number, reason: string): void;
+  /** Let the sender of `stream` send `chunks` more DATA frames; no-op once the stream is over. */
+  grant(stream: number, chunks: number): void;
+  /** This side ends the session: what is open fails with ConnectionClosedError. */
+  close(): void;
+  /** The socket ended: what is open fails with ConnectionLostError (unless closed already). */
+  connectionLost(reason: string): void;
+  receiveText(data: string): void;
+  receiveBinary(data: Uint8Array): void;
+}

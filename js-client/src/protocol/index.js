@@ -44,3 +44,4 @@ export {
   parse,
   serialize,
 } from "./messages.js";
+export { Session, State } from "./session.js";
