@@ -11,7 +11,7 @@ import { WebSocketServer } from "ws";
 import {
   CancelledError,
   CommandTimeoutError,
-  ConnectionClosedError,
+  ConnectionLostError,
   FileNotFoundError,
   InvalidPathError,
   KilnError,
@@ -21,6 +21,7 @@ import {
   UnauthorizedError,
   UnsupportedVersionError,
   connect,
+  errorFromCode,
 } from "../src/node/index.js";
 import { Cluster, IMAGE, containersOf, sleep, startCluster } from "./harness.js";
 
@@ -102,9 +103,10 @@ test("bad paths are refused before anything is sent, and the hub refuses them to
   const requestor = await connect(cluster.url);
   try {
     const act = await requestor.rent({ image: IMAGE, demand: SMALL });
+    const socket = requestor.connection.socket;
     const sent = [];
-    const send = requestor.endpoint.sendRaw.bind(requestor.endpoint);
-    requestor.endpoint.sendRaw = (data) => (sent.push(data), send(data));
+    const send = socket.send.bind(socket);
+    socket.send = (data) => (sent.push(data), send(data));
     for (const bad of ["/golem/../etc/passwd", "relative/path", "/golem//input", "/golem/./x", "/a\0b"]) {
       await assert.rejects(act.sendBytes("x", bad), (e) => e instanceof InvalidPathError && e.code === "bad_path", bad);
       await assert.rejects(act.downloadBytes(bad), InvalidPathError, bad);
@@ -113,14 +115,19 @@ test("bad paths are refused before anything is sent, and the hub refuses them to
     }
     await assert.rejects(act.run(["ls"], { workdir: "relative" }), InvalidPathError);
     assert.deepEqual(sent, [], "nothing reached the wire");
-    requestor.endpoint.sendRaw = send;
-    // Past the client's own check, the hub judges a bad path the same way (code bad_path).
-    const ep = requestor.endpoint;
-    const id = ep.newId();
-    const reply = ep.expect(id);
-    ep.sendRaw(JSON.stringify({ type: "upload", id, activity: act.id, path: "/golem/../x", size: 1 }));
-    await assert.rejects(reply.promise, (e) => e instanceof InvalidPathError && e.code === "bad_path");
-    ep.forget(id);
+    socket.send = send;
+    // Past the client's own checks (written to the socket under an id the session never
+    // used), the hub judges a bad path the same way: code bad_path, InvalidPathError here.
+    const id = 999_999;
+    const answer = new Promise((resolve) => {
+      socket.addEventListener("message", ({ data }) => {
+        const message = typeof data === "string" ? JSON.parse(data) : null;
+        if (message?.re === id) resolve(message);
+      });
+    });
+    socket.send(JSON.stringify({ type: "upload", id, activity: act.id, path: "/golem/../x", size: 1 }));
+    const refusal = await answer;
+    assert.ok(errorFromCode(refusal.code, refusal.message) instanceof InvalidPathError, JSON.stringify(refusal));
     assert.equal((await act.run(["true"])).exitCode, 0);
   } finally {
     await requestor.close();
@@ -224,7 +231,7 @@ test("failures carry stable codes", { timeout: 60_000 }, async () => {
   } finally {
     await requestor.close();
   }
-  await assert.rejects(connect("ws://127.0.0.1:1"), (e) => e instanceof ConnectionClosedError && e.code === "connection_closed");
+  await assert.rejects(connect("ws://127.0.0.1:1"), (e) => e instanceof ConnectionLostError && e.code === "connection_closed");
 });
 
 test("a provider lost mid-command is reported within seconds", { timeout: 90_000 }, async () => {

@@ -16,9 +16,9 @@ export interface ConnectOptions {
 }
 
 /**
- * Connect to the hub at `url` as a requestor. Rejects with ConnectionClosedError when the
- * hub cannot be reached, UnsupportedVersionError when it speaks another protocol or major
- * version, UnauthorizedError when it refuses the token.
+ * Connect to the hub at `url` as a requestor. Rejects with ConnectionLostError when the
+ * hub cannot be reached or does not answer, UnsupportedVersionError when it speaks
+ * another protocol or major version, UnauthorizedError when it refuses the token.
  */
 export declare function connect(url: string, options?: ConnectOptions): Promise<Requestor>;
 
@@ -38,7 +38,27 @@ export interface RentOptions {
   demand?: DemandOptions;
   /** Providers (by name) to pass over. */
   exclude?: Iterable<string>;
+  /** A name of the caller's: the hub keeps the live activities of one group on distinct providers. */
+  group?: string;
   signal?: AbortSignal;
+}
+
+/** An amount of capacity; sizes as bytes or e.g. "256MiB". */
+export interface ResourcesOptions {
+  cpus?: number;
+  memory?: number | string;
+  storage?: number | string;
+}
+
+export interface MarketOptions {
+  /** Only providers that hold this image. */
+  image?: string;
+  /** Only providers carrying all these labels. */
+  labels?: Record<string, string>;
+  /** Only providers with at least this much capacity free. */
+  free?: ResourcesOptions;
+  /** At most this many providers (1 to 1000); default 100. */
+  limit?: number;
 }
 
 export interface TaskContext {
@@ -75,8 +95,8 @@ export declare class Requestor {
   readonly activities: Activity[];
   /** Rent a container; release it with `activity.release()` or `requestor.close()`. */
   rent(options: RentOptions): Promise<Activity>;
-  /** Every provider the hub knows: its offer, what is free now, the images it holds. */
-  market(): Promise<ProviderInfo[]>;
+  /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
+  market(options?: MarketOptions): Promise<ProviderInfo[]>;
   /** Run `worker` for every part on rented activities; the results in input order. */
   map<P, R>(
     parts: Iterable<P>,
