@@ -15,7 +15,7 @@ import { Activity } from "./activity.js";
 import { Connection } from "./connection.js";
 import { raceAbort, settlesWithin, throwIfAborted } from "./deferred.js";
 import { UsageError, errorFromCode } from "./errors.js";
-import { mapTasks } from "./executor.js";
+import { Job } from "./executor.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
@@ -154,16 +154,44 @@ export class Requestor {
   }
 
   /**
-   * Run `worker(activity, part, context)` for every part on rented activities and resolve
-   * to the results in input order. See `MapOptions` in the types for the semantics.
+   * A job not started yet: follow its `events()` or `onEvent`, then `run()` it (see
+   * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
+   * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
+   * `returnExceptions`, `onEvent`, `signal`.
    * @template P, R
    * @param {Iterable<P>} parts
-   * @param {(activity: Activity, part: P, context: import("./executor.js").TaskContext) => Promise<R>} worker
-   * @param {import("./executor.js").MapOptions} options
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
+   */
+  job(parts, worker, options) {
+    return new Job(this, parts, worker, options);
+  }
+
+  /**
+   * Run `worker(activity, part, context)` for every part on rented activities and resolve
+   * to the results in input order. Rejects with TaskFailedError when a task fails for good.
+   * @template P, R
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
    * @returns {Promise<R[]>}
    */
-  map(parts, worker, options) {
-    return mapTasks(this, [...parts], worker, options);
+  async map(parts, worker, options) {
+    return this.job(parts, worker, options).run();
+  }
+
+  /**
+   * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
+   * Stopping the iteration early ends the job and releases its activities.
+   * @template P, R
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  async *mapUnordered(parts, worker, options) {
+    yield* this.job(parts, worker, options).results();
   }
 
   /** @param {import("../types/protocol.js").SessionEvent} event */

@@ -90,12 +90,12 @@ async function connected() {
   return { socket, conn, events };
 }
 
-test("the handshake: hello once the socket opens, open once welcomed", async () => {
+test("the handshake: hello once the socket opens, open once welcomed", { timeout: 5_000 }, async () => {
   const { conn } = await connected();
   assert.equal(conn.session.limits.chunk_bytes, 4);
 });
 
-test("a refusal, a silent hub or another subprotocol fail the handshake and close the socket", async () => {
+test("a refusal, a silent hub or another subprotocol fail the handshake and close the socket", { timeout: 5_000 }, async () => {
   const refused = new FakeSocket();
   const opening = Connection.open(() => refused, "ws://hub", { name: "t" });
   refused.open();
@@ -122,7 +122,7 @@ test("a refusal, a silent hub or another subprotocol fail the handshake and clos
   await assert.rejects(dialing, (e) => e instanceof ConnectionLostError && /ECONNREFUSED/.test(e.message));
 });
 
-test("an invalid request is refused before anything is sent", async () => {
+test("an invalid request is refused before anything is sent", { timeout: 5_000 }, async () => {
   const { socket, conn } = await connected();
   assert.throws(
     () => conn.request({ type: "upload", id: conn.newId(), activity: "a", path: "/x", size: 1, mode: 0o4755 }),
@@ -131,7 +131,7 @@ test("an invalid request is refused before anything is sent", async () => {
   assert.deepEqual(socket.take(), []);
 });
 
-test("replies settle their requests; an error reply is its class, with the provider it names", async () => {
+test("replies settle their requests; an error reply is its class, with the provider it names", { timeout: 5_000 }, async () => {
   const { socket, conn } = await connected();
   const market = conn.request({ type: "market", id: conn.newId() });
   const rent = conn.request({ type: "rent", id: conn.newId(), image: "x", demand: {} });
@@ -142,7 +142,7 @@ test("replies settle their requests; an error reply is its class, with the provi
   await assert.rejects(rent, (e) => e instanceof ImageNotFoundError && e.provider === "p1");
 });
 
-test("a lost connection fails what is open with ConnectionLostError; a close by us with ConnectionClosedError", async () => {
+test("a lost connection fails what is open with ConnectionLostError; a close by us with ConnectionClosedError", { timeout: 5_000 }, async () => {
   const lost = await connected();
   const pending = lost.conn.request({ type: "market", id: lost.conn.newId() });
   lost.socket.drop();
@@ -156,7 +156,7 @@ test("a lost connection fails what is open with ConnectionLostError; a close by 
   await assert.rejects(waiting, (e) => e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError));
 });
 
-test("an upload writes within the credit granted, in chunks, and waits for a full socket to drain", async () => {
+test("an upload writes within the credit granted, in chunks, and waits for a full socket to drain", { timeout: 5_000 }, async () => {
   const { socket, conn } = await connected();
   const { sender, reply } = conn.openUpload({ type: "upload", id: conn.newId(), activity: "a", path: "/f", size: 10 });
   socket.take();
@@ -178,7 +178,7 @@ test("an upload writes within the credit granted, in chunks, and waits for a ful
   assert.equal((await reply.promise).type, "done");
 });
 
-test("an error reply fails the upload's writer", async () => {
+test("an error reply fails the upload's writer", { timeout: 5_000 }, async () => {
   const { socket, conn } = await connected();
   const { sender, reply } = conn.openUpload({ type: "upload", id: conn.newId(), activity: "a", path: "/f", size: 10 });
   const writing = sender.write(new Uint8Array(10));
@@ -187,7 +187,7 @@ test("an error reply fails the upload's writer", async () => {
   await assert.rejects(reply.promise, (e) => e.code === "not_a_file");
 });
 
-test("a download yields its info and chunks and grants credit back in half-window batches", async () => {
+test("a download yields its info and chunks and grants credit back in half-window batches", { timeout: 5_000 }, async () => {
   const { socket, conn } = await connected();
   const { receiver, reply } = conn.openDownload({ type: "download", id: conn.newId(), activity: "a", path: "/f", window: 4 });
   socket.take();
@@ -206,7 +206,7 @@ test("a download yields its info and chunks and grants credit back in half-windo
   assert.equal((await reply.promise).type, "done");
 });
 
-test("notices the connection has no use for reach onEvent", async () => {
+test("notices the connection has no use for reach onEvent", { timeout: 5_000 }, async () => {
   const { socket, events } = await connected();
   socket.receive({ type: "activity_lost", activity: "a1", code: "provider_lost", reason: "gone" });
   socket.receive({ type: "done", re: 99 });

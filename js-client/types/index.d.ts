@@ -66,11 +66,14 @@ export interface TaskContext {
   index: number;
   /** 1 for the first attempt, 2 for the first retry, ... */
   attempt: number;
-  /** Fires when the attempt times out or the map ends: pass it to run, sendFile, ... */
+  /** Fires when the attempt times out or the job ends: pass it to run, sendFile, ... */
   signal: AbortSignal;
 }
 
-export interface MapOptions {
+/** What a job's worker does with one part on one activity. */
+export type Worker<P, R> = (activity: Activity, part: P, context: TaskContext) => Promise<R>;
+
+export interface JobOptions {
   image: string;
   demand?: DemandOptions;
   /** Most activities (one per provider) at once; default 4. */
@@ -79,15 +82,80 @@ export interface MapOptions {
   retries?: number;
   /** The most one attempt may take; default no limit. */
   taskTimeoutMs?: number;
-  /** How long to wait for a first provider; default 60 s. */
+  /** How long to wait while no provider takes the job; default 60 s. */
   startTimeoutMs?: number;
   /** Runs once per activity before its first task. */
   setup?: (activity: Activity) => Promise<void>;
   /** Runs once per activity before its release. */
   teardown?: (activity: Activity) => Promise<void>;
-  /** A task that fails for good gives its TaskFailedError as its result instead of ending the map. */
+  /** A task that fails for good gives its TaskFailedError as its result instead of ending the job. */
   returnExceptions?: boolean;
+  /** Called (synchronously: keep it quick) for every event of the job. */
+  onEvent?: (event: JobEvent) => void;
+  /** Cancels the job; every activity it rented is released. */
   signal?: AbortSignal;
+}
+
+export type JobEventKind =
+  | "job_started" | "rented" | "released" | "task_started" | "task_done" | "task_retry" | "task_failed"
+  | "provider_banned" | "waiting" | "job_done";
+
+/** Something that happened in a job, `elapsed` seconds after it started. */
+export interface JobEvent {
+  readonly kind: JobEventKind;
+  readonly elapsed: number;
+  /** The task's index, when the event is about one. */
+  readonly task: number | null;
+  /** The provider's name, when the event is about one. */
+  readonly provider: string | null;
+  readonly detail: string;
+}
+
+/** The numbers of a job: filled in as it runs, complete once it is done. */
+export declare class JobSummary {
+  constructor(tasks: number);
+  tasks: number;
+  succeeded: number;
+  failed: number;
+  attempts: number;
+  retries: number;
+  wallSeconds: number;
+  /** Tasks each provider finished. */
+  tasksPerProvider: Map<string, number>;
+  /** CPU time the containers on each provider used. */
+  cpuSeconds: Map<string, number>;
+  /** Providers the job banned. */
+  failedProviders: Set<string>;
+  /** One line for the job and one per provider, as Python's `JobSummary.lines()`. */
+  lines(): string[];
+}
+
+/** What a job needs of a requestor. */
+export interface Renter {
+  rent(options: Omit<RentOptions, "signal">): Promise<Activity>;
+}
+
+/**
+ * One split-run-combine job: rents up to `maxProviders` activities (the hub keeps them on
+ * distinct providers by the job's `group`), feeds each one task after another, retries
+ * and bans as `src/executor.js` describes. Runs once.
+ */
+export declare class Job<P, R> {
+  constructor(requestor: Renter, parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions);
+  /** The name every rent of the job carries (`job-` and 16 hex digits). */
+  readonly group: string;
+  readonly summary: JobSummary;
+  readonly total: number;
+  /** Attempts running now. */
+  readonly running: number;
+  /** Call `listener` for every event; returns what stops the calls. */
+  subscribe(listener: (event: JobEvent) => void): () => void;
+  /** The events as they happen, until `job_done` (call before running; a consumer over 1024 behind loses the oldest). */
+  events(): AsyncGenerator<JobEvent, void, void>;
+  /** Run the job; the results in input order (with `returnExceptions`, a failed task's TaskFailedError in its place). */
+  run(): Promise<R[]>;
+  /** Run the job, yielding `[index, result]` as each task finishes; stopping early ends the job. */
+  results(): AsyncGenerator<[number, R | TaskFailedError], void, void>;
 }
 
 export declare class Requestor {
@@ -97,12 +165,16 @@ export declare class Requestor {
   rent(options: RentOptions): Promise<Activity>;
   /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
   market(options?: MarketOptions): Promise<ProviderInfo[]>;
+  /** A job not started yet: follow its events, then run it. */
+  job<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Job<P, R>;
   /** Run `worker` for every part on rented activities; the results in input order. */
-  map<P, R>(
+  map<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Promise<R[]>;
+  /** Like `map`, but yield `[index, result]` as each task finishes. */
+  mapUnordered<P, R>(
     parts: Iterable<P>,
-    worker: (activity: Activity, part: P, context: TaskContext) => Promise<R>,
-    options: MapOptions,
-  ): Promise<R[]>;
+    worker: Worker<P, R>,
+    options: JobOptions,
+  ): AsyncGenerator<[number, R | TaskFailedError], void, void>;
   /** Release every activity still held and close the connection. */
   close(): Promise<void>;
 }

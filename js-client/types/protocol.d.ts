@@ -21,6 +21,8 @@ export declare const PROTOCOL_NAME: "kiln.v1";
 export declare const PROTOCOL_VERSION: string;
 export declare const MAJOR_VERSION: number;
 export declare const MAX_ID: number;
+/** The most providers one `rent` may pass over. */
+export declare const MAX_EXCLUDE: number;
 export declare const MAX_PATH_LENGTH: number;
 export declare const MESSAGE_TYPES: ReadonlySet<MessageType>;
 export declare const FINAL_REPLIES: ReadonlySet<MessageType>;

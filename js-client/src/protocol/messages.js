@@ -31,6 +31,8 @@ export const PROTOCOL_VERSION = "1.0";
 export const MAJOR_VERSION = 1;
 
 export const MAX_ID = 2 ** 31 - 1;
+/** The most providers one `rent` may pass over. */
+export const MAX_EXCLUDE = 1024;
 
 /** Most problems one violation's message lists (as the Python side). */
 const MAX_PROBLEMS = 5;
