@@ -13,8 +13,10 @@ import {
   CommandTimeoutError,
   ConnectionLostError,
   FileNotFoundError,
+  ImageNotFoundError,
   InvalidPathError,
   KilnError,
+  LocalProtocolError,
   NoMatchError,
   ProviderLostError,
   TransferFailedError,
@@ -227,11 +229,30 @@ test("failures carry stable codes", { timeout: 60_000 }, async () => {
   try {
     await assert.rejects(requestor.rent({ image: IMAGE, demand: { cpus: 64 } }), (e) => e instanceof NoMatchError && e.code === "no_match" && /64 CPUs/.test(e.message));
     await assert.rejects(requestor.rent({ image: IMAGE, demand: { memory: "64GiB" } }), NoMatchError);
-    await assert.rejects(requestor.rent({ image: "no-such-image:1", demand: SMALL }), (e) => e instanceof KilnError && e.code === "image_not_found");
+    await assert.rejects(
+      requestor.rent({ image: "no-such-image:1", demand: SMALL }),
+      (e) => e instanceof ImageNotFoundError && e.code === "image_not_found" && e.provider === provider,
+    );
   } finally {
     await requestor.close();
   }
   await assert.rejects(connect("ws://127.0.0.1:1"), (e) => e instanceof ConnectionLostError && e.code === "connection_closed");
+});
+
+test("the market lists the providers that match its filters", { timeout: 30_000 }, async () => {
+  const requestor = await connect(cluster.url);
+  try {
+    const names = async (options) => (await requestor.market(options)).map((p) => p.name);
+    assert.ok((await names()).includes(provider));
+    assert.ok((await names({ image: IMAGE, free: { cpus: 1, memory: "256MiB" }, limit: 1000 })).includes(provider));
+    assert.deepEqual(await names({ image: "no-such-image:1" }), []);
+    assert.deepEqual(await names({ free: { cpus: 64 } }), []);
+    assert.deepEqual(await names({ labels: { zone: "nowhere" } }), []);
+    assert.equal((await names({ limit: 1 })).length, 1);
+    await assert.rejects(requestor.market({ limit: 0 }), (e) => e instanceof LocalProtocolError && e.code === "bad_message");
+  } finally {
+    await requestor.close();
+  }
 });
 
 test("a provider lost mid-command is reported within seconds", { timeout: 90_000 }, async () => {
