@@ -26,8 +26,8 @@ import { Session } from "./protocol/session.js";
 /** @typedef {import("../types/protocol.js").SessionEvent} SessionEvent */
 /** @typedef {Record<string, unknown> & {id: number}} RequestMessage a request to send, checked by the session */
 
-export const SOFTWARE = "kiln-js/0.1.0";
-export const HANDSHAKE_TIMEOUT_MS = 10_000;
+const SOFTWARE = "kiln-js/0.1.0";
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Bytes the socket may hold unsent before a stream sender waits for it to drain. */
 const HIGH_WATER_BYTES = 8 * 1024 * 1024;
 /** How long `close()` waits for the socket to close. */

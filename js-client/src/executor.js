@@ -352,7 +352,7 @@ export class Job {
     const signal = this.signal;
     const cancel = () => this._end(cancelledBy(/** @type {AbortSignal} */ (signal), "the job"));
     if (signal?.aborted) cancel();
-    signal?.addEventListener("abort", cancel, { once: true });
+    else signal?.addEventListener("abort", cancel, { once: true });
     try {
       const count = Math.min(this.maxProviders, this.total);
       const slots = Promise.all(Array.from({ length: count }, (_, slot) => this._slot(slot).catch((e) => this._end(e))));
@@ -578,7 +578,10 @@ export class Job {
     let outcome;
     try {
       outcome = await Promise.race([
-        running.then((value) => ({ ok: /** @type {const} */ (true), value }), (error) => ({ ok: /** @type {const} */ (false), error })),
+        running.then(
+          (value) => ({ ok: /** @type {const} */ (true), value }),
+          (error) => ({ ok: /** @type {const} */ (false), error }),
+        ),
         timedOut,
       ]);
     } finally {
