@@ -94,13 +94,13 @@ export function containerPath(path) {
 /** One container rented on one provider, until {@link Activity#release} (or its provider is lost). */
 export class Activity {
   /**
-   * @param {import("./endpoint.js").Endpoint} endpoint
+   * @param {import("./connection.js").Connection} conn
    * @param {import("../types/protocol.js").Rented} rented
    * @param {Files} files
    * @param {(activity: Activity) => void} onRelease
    */
-  constructor(endpoint, rented, files, onRelease) {
-    this._endpoint = endpoint;
+  constructor(conn, rented, files, onRelease) {
+    this._conn = conn;
     this._files = files;
     this._onRelease = onRelease;
     /** @type {string} */
@@ -182,29 +182,26 @@ export class Activity {
     const target = containerPath(path);
     this._check();
     throwIfAborted(signal, `upload of ${target}`);
-    const ep = this._endpoint;
-    const id = ep.newId();
-    const sender = ep.outgoing(id);
-    const reply = ep.expect(id);
+    const conn = this._conn;
+    const message = { type: "upload", id: conn.newId(), activity: this.id, path: target, size, mode };
+    const { sender, reply } = conn.openUpload(message);
     const onAbort = () => sender.fail(cancelledBy(/** @type {AbortSignal} */ (signal), `upload of ${target}`));
     signal?.addEventListener("abort", onAbort, { once: true });
     let sent = 0;
     try {
-      ep.send({ type: "upload", id, activity: this.id, path: target, size, mode });
       for await (const chunk of chunks) {
         sent += chunk.byteLength;
         if (sent > size) throw new UsageError(`${target}: the source grew past the ${size} bytes announced`);
         await sender.write(chunk);
       }
       if (sent !== size) throw new UsageError(`${target}: the source ended after ${sent} of ${size} bytes`);
-      await sender.end();
+      sender.end();
       await raceAbort(reply.promise, signal, `upload of ${target}`);
     } catch (e) {
       if (!reply.settled) sender.abort(e instanceof Error ? e.message : String(e));
       throw e;
     } finally {
       signal?.removeEventListener("abort", onAbort);
-      ep.forget(id);
     }
   }
 
@@ -232,22 +229,15 @@ export class Activity {
     }
     this._check();
     throwIfAborted(signal, `'${argv[0]}'`);
-    const ep = this._endpoint;
-    const id = ep.newId();
-    const reply = ep.expect(id);
-    /** @type {import("../types/protocol.js").ExecResult} */
-    let done;
-    try {
-      ep.send({
-        type: "exec", id, activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) }, workdir,
-        timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
-      });
-      done = /** @type {any} */ (
-        await raceAbort(reply.promise, signal, `'${argv[0]}'`, () => quietly(() => ep.send({ type: "cancel", target: id })))
-      );
-    } finally {
-      ep.forget(id);
-    }
+    const conn = this._conn;
+    const id = conn.newId();
+    const reply = conn.request({
+      type: "exec", id, activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) }, workdir,
+      timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
+    });
+    const done = /** @type {import("../types/protocol.js").ExecResult} */ (
+      await raceAbort(reply, signal, `'${argv[0]}'`, () => conn.cancel(id))
+    );
     const result = new Result(done);
     if (result.timedOut) {
       throw new CommandTimeoutError(`'${argv[0]}' ran past its timeout of ${timeoutMs} ms and was killed`, result);
@@ -267,24 +257,21 @@ export class Activity {
     const source = containerPath(path);
     this._check();
     throwIfAborted(signal, `download of ${source}`);
-    const ep = this._endpoint;
-    const id = ep.newId();
-    const window = Math.max(1, Math.floor(ep.limits.max_window / 2));
-    const receiver = ep.incoming(id, window);
-    const reply = ep.expect(id);
+    const conn = this._conn;
+    const window = Math.max(1, Math.floor(conn.session.limits.max_window / 2));
+    const message = { type: "download", id: conn.newId(), activity: this.id, path: source, window };
+    const { receiver, reply } = conn.openDownload(message);
     const onAbort = () => receiver.fail(cancelledBy(/** @type {AbortSignal} */ (signal), `download of ${source}`));
     signal?.addEventListener("abort", onAbort, { once: true });
     let finished = false;
     try {
-      ep.send({ type: "download", id, activity: this.id, path: source, window });
       yield await receiver.info.promise;
       yield* receiver;
       await raceAbort(reply.promise, signal, `download of ${source}`);
       finished = true;
     } finally {
       signal?.removeEventListener("abort", onAbort);
-      if (!finished && !reply.settled) quietly(() => ep.send({ type: "cancel", target: id }));
-      ep.forget(id);
+      if (!finished && !reply.settled) conn.cancel(message.id);
     }
   }
 
@@ -367,14 +354,14 @@ export class Activity {
     this.released = true;
     this._onRelease(this);
     if (this.lost !== null) return;
-    const ep = this._endpoint;
+    const conn = this._conn;
     try {
       const done = /** @type {import("../types/protocol.js").Done} */ (
-        await ep.request({ type: "release", id: ep.newId(), activity: this.id })
+        await conn.request({ type: "release", id: conn.newId(), activity: this.id })
       );
       this.cpuSeconds = done.cpu_seconds ?? null;
     } catch (e) {
-      // Gone already (provider lost, or the connection closed and the hub destroyed it).
+      // Gone already (provider lost, or the connection is over and the hub destroyed it).
       const code = /** @type {any} */ (e)?.code;
       if (code !== ErrorCode.PROVIDER_LOST && code !== ErrorCode.CONNECTION_CLOSED) throw e;
     }
@@ -394,14 +381,5 @@ function requireFile(path, info, maxBytes) {
   }
   if (info.size !== null && info.size > maxBytes) {
     throw new UsageError(`${path} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
-  }
-}
-
-/** Best effort on the way out (cancelling): the connection may be gone. @param {() => void} action */
-function quietly(action) {
-  try {
-    action();
-  } catch {
-    // nothing to cancel on a closed connection: the hub dropped the request with it
   }
 }

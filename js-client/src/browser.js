@@ -62,7 +62,7 @@ const platform = {
 /**
  * Connect to the hub at `url` as a requestor.
  *
- * Rejects with ConnectionClosedError when the hub cannot be reached,
+ * Rejects with ConnectionLostError when the hub cannot be reached or does not answer,
  * UnsupportedVersionError when it speaks another protocol or major version, and
  * UnauthorizedError when it refuses the token.
  * @param {string} url e.g. "ws://127.0.0.1:7465"

@@ -4,6 +4,7 @@
  */
 
 export { Activity, Result, containerPath } from "./activity.js";
+export { Job, JobSummary } from "./executor.js";
 export { Requestor, demandMessage } from "./requestor.js";
 export { parseSize } from "./units.js";
 export { ErrorCode, ERROR_CODES } from "./protocol/codes.js";
@@ -13,8 +14,11 @@ export {
   UsageError,
   InvalidPathError,
   ProtocolError,
+  LocalProtocolError,
+  RemoteProtocolError,
   UnsupportedVersionError,
   ConnectionClosedError,
+  ConnectionLostError,
   UnauthorizedError,
   NoMatchError,
   ImageNotFoundError,

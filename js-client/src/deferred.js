@@ -1,6 +1,6 @@
 /**
- * Small promise tools: a deferred that never reports an unhandled rejection, and a race
- * of a promise against an AbortSignal.
+ * Small promise tools: a deferred that never reports an unhandled rejection, a race of a
+ * promise against an AbortSignal, and a bounded wait that leaves no timer behind.
  * @module
  */
 
@@ -79,3 +79,21 @@ export async function raceAbort(promise, signal, what, onAbort = () => {}) {
 
 /** @param {number} ms */
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Whether `promise` settles (either way) within `ms`. The timer is cleared as soon as it
+ * does, so a bounded wait never keeps a process alive.
+ * @param {Promise<unknown>} promise
+ * @param {number} ms
+ * @returns {Promise<boolean>}
+ */
+export function settlesWithin(promise, ms) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(false), ms);
+    const settled = () => {
+      clearTimeout(timer);
+      resolve(true);
+    };
+    promise.then(settled, settled);
+  });
+}

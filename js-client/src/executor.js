@@ -1,30 +1,44 @@
 /**
- * `requestor.map()`: split, run, combine. Farm a worker over many parts on rented
- * activities and give the results back in input order (mirrors `python/kiln/executor.py`).
+ * Split, run, combine: farm a worker over many parts on rented activities (mirrors
+ * `python/kiln/requestor/executor.py`, rule for rule).
  *
- * A job rents up to `maxProviders` activities, one per provider (each rent excludes the
- * providers the job already holds), and feeds each one task after another: a container
- * per activity, not per task. `setup(act)` runs once per activity before its first
- * task, `teardown(act)` before its release.
+ * A {@link Job} rents up to `maxProviders` activities, one per provider, and feeds each
+ * one task after another (a container per activity, not per task). `setup(act)` runs
+ * once per activity before its first task, `teardown(act)` before its release.
+ *
+ * Placement is the hub's: every rent of a job names the job's group, and the hub keeps a
+ * group's activities on distinct providers, so a job costs one round trip per rent
+ * however many providers are connected.
  *
  * Failures: an attempt whose provider is lost, that runs past `taskTimeoutMs`, or whose
  * worker throws a RetryTaskError is tried again, at most `retries` more times, on another
- * provider when one is available. A provider that fails twice in a job gets no more of
- * its tasks. Any other error from the worker, or a task out of attempts, ends the job
- * with a TaskFailedError (with `returnExceptions: true`, that error is the task's result
- * instead). A lost hub connection ends it with the ConnectionClosedError, a fired
- * `signal` with a CancelledError. However the job ends, every activity it rented is
- * released before `map` settles.
+ * provider when one is available. A lost provider, or one that cannot start the job's
+ * containers, is the provider's failure. A failure the worker raises (RetryTaskError, a
+ * timeout) is the task's, until the task succeeds on another provider: then it was the
+ * provider's. A provider that fails twice in a job gets no more of its tasks. Any other
+ * error from the worker, or a task out of attempts, ends the job with a TaskFailedError
+ * (or, with `returnExceptions`, that TaskFailedError is the task's result); so does a
+ * task no provider is left to run. A job none of whose tasks ever ran ends with a
+ * NoMatchError once `startTimeoutMs` has passed. A lost hub connection ends the job with
+ * the ConnectionClosedError, a fired `signal` with a CancelledError. However the job
+ * ends, every activity it rented is released before it settles.
  *
- * JavaScript cannot stop a running function: a timed-out attempt's `context.signal`
- * fires (pass it to `run`, `sendFile`, ...), and an activity whose worker has not
- * settled shortly after is released rather than reused.
+ * JavaScript cannot stop a running function: a timed-out attempt's `context.signal` fires
+ * (pass it to `run`, `sendFile`, ...), and an activity whose worker has not settled
+ * shortly after is released rather than reused; a job that ends waits a few seconds for
+ * its workers, then releases their activities under them.
+ *
+ * Use `requestor.map()` / `requestor.mapUnordered()`, or make a Job with `requestor.job()`
+ * to follow its {@link Job#events} and read its {@link Job#summary}.
  * @module
  */
 
-import { Deferred, cancelledBy, sleep } from "./deferred.js";
+import { Deferred, cancelledBy, settlesWithin } from "./deferred.js";
 import {
+  CancelledError,
   ConnectionClosedError,
+  ContainerFailedError,
+  ImageNotFoundError,
   KilnError,
   NoMatchError,
   ProviderLostError,
@@ -33,26 +47,25 @@ import {
   TaskTimeoutError,
   UsageError,
 } from "./errors.js";
+import { MAX_EXCLUDE } from "./protocol/messages.js";
 
+/** @typedef {import("./activity.js").Activity} Activity */
+
+/** Events a consumer of {@link Job#events} may fall behind by before it loses the oldest. */
+export const EVENT_BUFFER = 1024;
 const RENT_RETRY_MS = 500;
 const MAX_PROVIDER_FAILURES = 2;
+const TEARDOWN_MS = 60_000;
 /** How long a timed-out worker may take to notice its signal before its activity is given up. */
 const TIMEOUT_GRACE_MS = 2_000;
 /** How long an ending job waits for its workers before releasing their activities anyway. */
 const STOP_GRACE_MS = 5_000;
 
 /**
- * @typedef {object} MapOptions
- * @property {string} image
- * @property {import("./requestor.js").DemandOptions} [demand]
- * @property {number} [maxProviders] most activities (one per provider) at once, default 4
- * @property {number} [retries] more attempts a task gets after its first, default 2
- * @property {number} [taskTimeoutMs] the most one attempt may take, default no limit
- * @property {number} [startTimeoutMs] how long to wait for a first provider, default 60 s
- * @property {(activity: import("./activity.js").Activity) => Promise<void>} [setup]
- * @property {(activity: import("./activity.js").Activity) => Promise<void>} [teardown]
- * @property {boolean} [returnExceptions] a task that fails for good yields its TaskFailedError
- * @property {AbortSignal} [signal]
+ * What a job needs of a requestor: `rent`, honouring `exclude` and `group`.
+ * @typedef {object} Renter
+ * @property {(options: {image: string, demand?: import("./requestor.js").DemandOptions,
+ *   exclude?: Iterable<string>, group?: string}) => Promise<Activity>} rent
  */
 
 /**
@@ -64,223 +77,472 @@ const STOP_GRACE_MS = 5_000;
  */
 
 /**
- * @template P
- * @typedef {{index: number, item: P, errors: unknown[], failedOn: Set<string>}} Task
+ * @template P, R
+ * @typedef {(activity: Activity, part: P, context: TaskContext) => Promise<R>} Worker
  */
 
 /**
- * @template P, R
- * @param {import("./requestor.js").Requestor} requestor
- * @param {P[]} parts
- * @param {(activity: import("./activity.js").Activity, part: P, context: TaskContext) => Promise<R>} worker
- * @param {MapOptions} options
- * @returns {Promise<R[]>}
+ * @typedef {"job_started" | "rented" | "released" | "task_started" | "task_done" | "task_retry"
+ *   | "task_failed" | "provider_banned" | "waiting" | "job_done"} JobEventKind
  */
-export async function mapTasks(requestor, parts, worker, options) {
-  if (typeof worker !== "function") throw new UsageError("map needs a worker: async (activity, part, context) => result");
-  if (typeof options?.image !== "string") throw new UsageError("map needs options.image");
-  const job = new Job(requestor, parts, worker, options);
-  return job.run();
+
+/**
+ * Something that happened in a job, `elapsed` seconds after it started.
+ * @typedef {object} JobEvent
+ * @property {JobEventKind} kind
+ * @property {number} elapsed
+ * @property {number | null} task the task's index, when the event is about one
+ * @property {string | null} provider the provider's name, when the event is about one
+ * @property {string} detail
+ */
+
+/**
+ * The options of a job besides its parts and worker.
+ * @typedef {object} JobOptions
+ * @property {string} image
+ * @property {import("./requestor.js").DemandOptions} [demand]
+ * @property {number} [maxProviders] most activities (one per provider) at once, default 4
+ * @property {number} [retries] more attempts a task gets after its first, default 2
+ * @property {number} [taskTimeoutMs] the most one attempt may take, default no limit
+ * @property {number} [startTimeoutMs] how long to wait while no provider takes the job, default 60 s
+ * @property {(activity: Activity) => Promise<void>} [setup] runs once per activity before its first task
+ * @property {(activity: Activity) => Promise<void>} [teardown] runs once per activity before its release
+ * @property {boolean} [returnExceptions] a task that fails for good yields its TaskFailedError
+ * @property {(event: JobEvent) => void} [onEvent] called (synchronously: keep it quick) for every event
+ * @property {AbortSignal} [signal] cancels the job
+ */
+
+/**
+ * @template P
+ * @typedef {object} Task
+ * @property {number} index
+ * @property {P} item
+ * @property {unknown[]} errors each attempt's error
+ * @property {Set<string>} failedOn providers where it failed
+ * @property {Set<string>} suspects providers where the worker failed it: to blame if it succeeds elsewhere
+ */
+
+/** The numbers of a job: filled in as it runs, complete once it is done. */
+export class JobSummary {
+  /** @param {number} tasks */
+  constructor(tasks) {
+    this.tasks = tasks;
+    this.succeeded = 0;
+    this.failed = 0;
+    this.attempts = 0;
+    this.retries = 0;
+    this.wallSeconds = 0;
+    /** @type {Map<string, number>} tasks each provider finished */
+    this.tasksPerProvider = new Map();
+    /** @type {Map<string, number>} CPU time the containers on each provider used */
+    this.cpuSeconds = new Map();
+    /** @type {Set<string>} providers the job banned */
+    this.failedProviders = new Set();
+  }
+
+  /** The summary as text, one line for the job and one per provider (as Python's `lines()`). */
+  lines() {
+    const lines = [
+      `tasks ${this.tasks}: ${this.succeeded} done, ${this.failed} failed; attempts ${this.attempts}, ` +
+        `retries ${this.retries}; wall time ${this.wallSeconds.toFixed(2)} s`,
+    ];
+    for (const provider of [...new Set([...this.tasksPerProvider.keys(), ...this.cpuSeconds.keys()])].sort()) {
+      lines.push(
+        `  ${provider}: ${this.tasksPerProvider.get(provider) ?? 0} tasks, ` +
+          `${(this.cpuSeconds.get(provider) ?? 0).toFixed(2)} container CPU-seconds` +
+          (this.failedProviders.has(provider) ? "  (failed)" : ""),
+      );
+    }
+    return lines;
+  }
 }
 
-/** @template P, R */
-class Job {
+/**
+ * One split-run-combine job. Run it once, with {@link Job#run} or {@link Job#results}.
+ * @template P, R
+ */
+export class Job {
   /**
-   * @param {import("./requestor.js").Requestor} requestor
-   * @param {P[]} parts
-   * @param {(activity: import("./activity.js").Activity, part: P, context: TaskContext) => Promise<R>} worker
-   * @param {MapOptions} options
+   * @param {Renter} requestor
+   * @param {Iterable<P>} parts
+   * @param {Worker<P, R>} worker
+   * @param {JobOptions} options
    */
   constructor(requestor, parts, worker, options) {
-    this.maxProviders = options.maxProviders ?? 4;
-    this.retries = options.retries ?? 2;
-    if (!Number.isInteger(this.maxProviders) || this.maxProviders < 1) {
+    if (typeof worker !== "function") throw new UsageError("a job needs a worker: async (activity, part, context) => result");
+    if (typeof options?.image !== "string") throw new UsageError("a job needs options.image");
+    const { maxProviders = 4, retries = 2, taskTimeoutMs, startTimeoutMs = 60_000 } = options;
+    if (!Number.isInteger(maxProviders) || maxProviders < 1) {
       throw new UsageError("maxProviders must be an integer of at least 1");
     }
-    if (!Number.isInteger(this.retries) || this.retries < 0) throw new UsageError("retries cannot be negative");
-    if (options.taskTimeoutMs !== undefined && !(options.taskTimeoutMs > 0)) {
+    if (!Number.isInteger(retries) || retries < 0) throw new UsageError("retries must be an integer of at least 0");
+    if (taskTimeoutMs !== undefined && !(taskTimeoutMs > 0)) {
       throw new UsageError("taskTimeoutMs must be a positive number of milliseconds");
     }
+    if (!(startTimeoutMs >= 0)) throw new UsageError("startTimeoutMs must be a number of milliseconds");
     this.requestor = requestor;
     this.worker = worker;
-    this.options = options;
-    this.startTimeoutMs = options.startTimeoutMs ?? 60_000;
+    this.image = options.image;
+    this.demand = options.demand;
+    this.maxProviders = maxProviders;
+    this.retries = retries;
+    this.taskTimeoutMs = taskTimeoutMs;
+    this.startTimeoutMs = startTimeoutMs;
+    this.setup = options.setup;
+    this.teardown = options.teardown;
+    this.returnExceptions = options.returnExceptions ?? false;
+    this.signal = options.signal;
+    /** The hub keeps the job's activities on distinct providers by this name. */
+    this.group = `job-${randomHex(8)}`;
+    /** @type {((event: JobEvent) => void)[]} */
+    this._listeners = options.onEvent === undefined ? [] : [options.onEvent];
     /** @type {Task<P>[]} */
-    this.tasks = parts.map((item, index) => ({ index, item, errors: [], failedOn: new Set() }));
-    /** @type {Task<P>[]} waiting for an activity, retries first */
-    this.pending = [...this.tasks];
-    /** @type {(R | TaskFailedError)[]} */
-    this.results = new Array(parts.length);
-    this.remaining = parts.length;
+    this._tasks = [...parts].map((item, index) => ({ index, item, errors: [], failedOn: new Set(), suspects: new Set() }));
+    this.summary = new JobSummary(this._tasks.length);
+    /** @type {Task<P>[]} waiting for an activity; retries go first */
+    this._pending = [...this._tasks];
+    this._remaining = this._tasks.length;
+    this._running = 0;
     /** @type {Map<number, string>} slot -> provider of the activity it holds */
-    this.held = new Map();
-    /** @type {Set<import("./activity.js").Activity>} rented and not yet released */
-    this.activities = new Set();
+    this._held = new Map();
+    /** @type {Set<Activity>} rented and not yet released */
+    this._activities = new Set();
     /** @type {Map<string, number>} */
-    this.failures = new Map();
+    this._failures = new Map();
     /** @type {Set<string>} */
-    this.banned = new Set();
+    this._banned = new Set();
     /** @type {Deferred<void>} */
-    this.changed = new Deferred();
-    /** one rent at a time, so each sees what the others got: one activity per provider */
-    this.renting = Promise.resolve();
-    /** fires when the job ends: every rent and attempt follows it */
-    this.stop = new AbortController();
-    /** @type {unknown} */
-    this.failure = null;
+    this._changed = new Deferred();
+    /** @type {{error: unknown} | null} what ended the job early (failed, cancelled), once something has */
+    this._failure = null;
+    /** @type {Deferred<void>} settles when the job ends early */
+    this._ended = new Deferred();
+    /** @type {Set<AbortController>} the signals of the attempts running now */
+    this._attempts = new Set();
+    this._started = 0;
+    /** @type {(index: number, value: R | TaskFailedError) => void} */
+    this._emitResult = () => {};
+    this._used = false;
   }
 
+  // --- following the job ----------------------------------------------------------------
+
+  get total() {
+    return this._tasks.length;
+  }
+
+  /** Attempts running now. */
+  get running() {
+    return this._running;
+  }
+
+  /**
+   * Call `listener` (synchronously, so keep it quick) for every event.
+   * @param {(event: JobEvent) => void} listener
+   * @returns {() => void} stops the calls
+   */
+  subscribe(listener) {
+    this._listeners.push(listener);
+    return () => {
+      const at = this._listeners.indexOf(listener);
+      if (at !== -1) this._listeners.splice(at, 1);
+    };
+  }
+
+  /**
+   * The job's events as they happen, until `job_done`. Call it before running the job.
+   * Bounded: a consumer more than {@link EVENT_BUFFER} events behind loses the oldest.
+   * @returns {AsyncGenerator<JobEvent, void, void>}
+   */
+  events() {
+    /** @type {JobEvent[]} */
+    const buffer = [];
+    /** @type {Deferred<void> | null} */
+    let ready = null;
+    const unsubscribe = this.subscribe((event) => {
+      buffer.push(event);
+      if (buffer.length > EVENT_BUFFER) buffer.shift();
+      ready?.resolve();
+    });
+    return (async function* () {
+      try {
+        for (;;) {
+          while (buffer.length === 0) {
+            ready = new Deferred();
+            await ready.promise;
+            ready = null;
+          }
+          const event = /** @type {JobEvent} */ (buffer.shift());
+          yield event;
+          if (event.kind === "job_done") return;
+        }
+      } finally {
+        unsubscribe();
+      }
+    })();
+  }
+
+  /**
+   * @param {JobEventKind} kind
+   * @param {{task?: number | null, provider?: string | null, detail?: string}} [about]
+   */
+  _event(kind, { task = null, provider = null, detail = "" } = {}) {
+    const elapsed = (performance.now() - this._started) / 1000;
+    const event = Object.freeze({ kind, elapsed, task, provider, detail });
+    for (const listener of [...this._listeners]) listener(event);
+  }
+
+  // --- running it -----------------------------------------------------------------------
+
+  /**
+   * Run the job; the results in input order. With `returnExceptions`, a task that failed
+   * for good has its TaskFailedError in its place.
+   * @returns {Promise<R[]>}
+   */
   async run() {
-    const { signal } = this.options;
-    if (signal?.aborted) throw cancelledBy(signal, "map");
-    const onAbort = () => this.fail(cancelledBy(/** @type {AbortSignal} */ (signal), "map"));
-    signal?.addEventListener("abort", onAbort, { once: true });
-    const count = Math.min(this.maxProviders, this.tasks.length);
-    const slots = Array.from({ length: count }, (_, i) => this.slot(i).catch((e) => this.fail(e)));
-    const all = Promise.allSettled(slots);
+    /** @type {(R | TaskFailedError)[]} */
+    const results = new Array(this.total);
+    for await (const [index, value] of this.results()) results[index] = value;
+    return /** @type {R[]} */ (results);
+  }
+
+  /**
+   * Run the job, yielding `[index, result]` as each task finishes. Stopping the iteration
+   * early ends the job (its activities are released before the iteration returns).
+   * @returns {AsyncGenerator<[number, R | TaskFailedError], void, void>}
+   */
+  async *results() {
+    if (this._used) throw new UsageError("a Job runs once; make a new one");
+    this._used = true;
+    /** @type {[number, R | TaskFailedError][]} */
+    const queue = [];
+    /** @type {Deferred<void> | null} */
+    let ready = null;
+    this._emitResult = (index, value) => {
+      queue.push([index, value]);
+      ready?.resolve();
+    };
+    const driving = this._drive();
+    driving.catch(() => {}); // seen below, or abandoned with the iteration
+    let received = 0;
+    let finished = false;
     try {
-      await Promise.race([all, new Promise((resolve) => this.stop.signal.addEventListener("abort", resolve))]);
-      if (this.stop.signal.aborted) await Promise.race([all, sleep(STOP_GRACE_MS)]);
+      while (received < this.total) {
+        while (queue.length === 0) {
+          ready = new Deferred();
+          await Promise.race([ready.promise, driving]); // the job ended first: throws its error
+          ready = null;
+        }
+        received += 1;
+        yield /** @type {[number, R | TaskFailedError]} */ (queue.shift());
+      }
+      await driving;
+      finished = true;
     } finally {
-      signal?.removeEventListener("abort", onAbort);
-      this.stop.abort(new KilnError("the map is over"));
-      this.notify();
-      // Slots release their own activities; these are the ones a stuck worker still holds.
-      await Promise.allSettled([...this.activities].map((a) => this.release(a)));
+      if (!finished) {
+        this._end(new CancelledError("the job's results were abandoned")); // no-op if the job failed
+        await driving.catch(() => {});
+      }
     }
-    if (this.failure !== null) throw this.failure;
-    return /** @type {R[]} */ (this.results);
   }
 
-  /** End the job with `error` (the first one wins). @param {unknown} error */
-  fail(error) {
-    if (this.stop.signal.aborted) return;
-    this.failure = error;
-    this.stop.abort(error);
-    this.notify();
+  async _drive() {
+    this._started = performance.now();
+    this._event("job_started", { detail: `${this.total} tasks` });
+    const signal = this.signal;
+    const cancel = () => this._end(cancelledBy(/** @type {AbortSignal} */ (signal), "the job"));
+    if (signal?.aborted) cancel();
+    else signal?.addEventListener("abort", cancel, { once: true });
+    try {
+      const count = Math.min(this.maxProviders, this.total);
+      const slots = Promise.all(Array.from({ length: count }, (_, slot) => this._slot(slot).catch((e) => this._end(e))));
+      await Promise.race([slots, this._ended.promise]);
+      if (this.stopped && !(await settlesWithin(slots, STOP_GRACE_MS))) {
+        // A worker that ignores its signal cannot be stopped: its activity is released under it.
+        await Promise.all([...this._activities].map((activity) => this._release(activity)));
+      }
+    } finally {
+      signal?.removeEventListener("abort", cancel);
+      this.summary.wallSeconds = (performance.now() - this._started) / 1000;
+      this.summary.failedProviders = new Set(this._banned);
+      this._event("job_done", { detail: this.summary.lines().join("\n") });
+    }
+    if (this._failure !== null) throw this._failure.error;
   }
 
-  notify() {
-    const changed = this.changed;
-    this.changed = new Deferred();
+  /** Whether the job ended early: no new rents or attempts, and what a worker does no longer counts. */
+  get stopped() {
+    return this._failure !== null;
+  }
+
+  /**
+   * End the job early with `error` (the first one counts); every running attempt's signal fires.
+   * @param {unknown} error
+   */
+  _end(error) {
+    if (this.stopped) return;
+    this._failure = { error };
+    for (const attempt of this._attempts) attempt.abort(error);
+    this._ended.resolve();
+    this._notify();
+  }
+
+  _notify() {
+    const changed = this._changed;
+    this._changed = new Deferred();
     changed.resolve();
   }
 
-  /** Wait for a change (or `ms` to pass, or the job to end). @param {number} ms */
-  async changes(ms) {
-    await Promise.race([this.changed.promise, sleep(ms)]);
-  }
-
-  get stopped() {
-    return this.stop.signal.aborted;
+  /**
+   * Until something changes (a task is done or back, an activity released, the job
+   * ended), or `ms` pass.
+   * @param {number} [ms]
+   */
+  _changes(ms) {
+    const changed = this._changed.promise;
+    return ms === undefined ? changed : settlesWithin(changed, ms);
   }
 
   /** @param {number} slot */
-  async slot(slot) {
-    while (this.remaining > 0 && !this.stopped) {
-      const activity = await this.acquire(slot);
+  async _slot(slot) {
+    while (this._remaining > 0 && !this.stopped) {
+      const activity = await this._acquire();
       if (activity === null) return;
+      this._held.set(slot, activity.provider);
+      this._event("rented", { provider: activity.provider, detail: activity.id });
       try {
-        await this.serve(activity);
+        await this._serve(activity);
       } finally {
-        this.held.delete(slot);
-        this.notify();
-        await this.release(activity);
+        await this._release(activity);
+        this._held.delete(slot);
+        this._notify();
       }
     }
   }
 
   /**
-   * Rent an activity on a provider this job does not use yet (null: nothing left to do).
-   * @param {number} slot
+   * Rent an activity on a provider this job does not hold yet (null: nothing left to do).
+   * @returns {Promise<Activity | null>}
    */
-  async acquire(slot) {
-    const waitingSince = Date.now();
-    while (this.remaining > 0 && !this.stopped) {
-      if (this.pending.length === 0) {
-        await this.changes(RENT_RETRY_MS * 4);
+  async _acquire() {
+    const waitingSince = performance.now();
+    while (this._remaining > 0 && !this.stopped) {
+      if (this._pending.length === 0) {
+        await this._changes();
         continue;
       }
-      const turn = this.renting;
-      /** @type {() => void} */
-      let done = () => {};
-      this.renting = new Promise((resolve) => (done = () => resolve(undefined)));
+      if (this._banned.size > MAX_EXCLUDE) {
+        throw new NoMatchError(`more than ${MAX_EXCLUDE} providers failed this job; giving up`);
+      }
       try {
-        await turn;
-        if (this.stopped) return null;
-        const exclude = [...this.held.values(), ...this.banned];
         const activity = await this.requestor.rent({
-          image: this.options.image,
-          demand: this.options.demand,
-          exclude,
-          signal: this.stop.signal,
+          image: this.image,
+          demand: this.demand,
+          exclude: this._banned,
+          group: this.group,
         });
-        this.activities.add(activity);
-        this.held.set(slot, activity.provider);
+        this._activities.add(activity);
         return activity;
       } catch (e) {
-        if (this.stopped) return null;
-        if (e instanceof ProviderLostError) continue; // it vanished while starting our container
-        if (!(e instanceof NoMatchError)) throw e;
-        if (this.held.size > 0) {
-          await this.changes(RENT_RETRY_MS * 4); // others are working: wait for a change
+        if (e instanceof ProviderLostError) continue; // it vanished while starting our container: try another
+        if ((e instanceof ImageNotFoundError || e instanceof ContainerFailedError) && e.provider !== null) {
+          // This provider cannot run the job's containers; the others may.
+          this._ban(e.provider, e.message);
           continue;
         }
-        if (Date.now() - waitingSince > this.startTimeoutMs) {
-          throw new NoMatchError(`no provider for this job after ${this.startTimeoutMs} ms: ${e.message}`, { cause: e });
+        if (!(e instanceof NoMatchError)) throw e;
+        if (this._held.size > 0) {
+          // Others are working: wait for a provider to join or to be released.
+          await this._changes(RENT_RETRY_MS * 4);
+          continue;
         }
-        await this.changes(RENT_RETRY_MS);
-      } finally {
-        done();
+        if (performance.now() - waitingSince > this.startTimeoutMs) {
+          this._nowhereToRun(e);
+          return null;
+        }
+        this._event("waiting", { detail: e.message });
+        await this._changes(RENT_RETRY_MS);
       }
     }
     return null;
   }
 
-  /** @param {import("./activity.js").Activity} activity */
-  async release(activity) {
-    if (!this.activities.delete(activity)) return;
-    const { teardown } = this.options;
-    if (teardown !== undefined && activity.lost === null && !activity.released && !this.stopped) {
-      await teardown(activity).catch(() => {});
+  /**
+   * No provider took the job for `startTimeoutMs`: its tasks fail, not a misleading NoMatch.
+   * A task that was tried already fails with its attempts (a TaskFailedError); a job none
+   * of whose tasks ever ran ends with the NoMatchError itself.
+   * @param {NoMatchError} reason
+   */
+  _nowhereToRun(reason) {
+    const why = `no provider for this job after ${this.startTimeoutMs / 1000} s: ${reason.message}`;
+    if (!this.returnExceptions && !this._pending.some((task) => task.errors.length > 0)) {
+      throw new NoMatchError(why, { cause: reason });
     }
-    await activity.release().catch(() => {});
-  }
-
-  /** @param {import("./activity.js").Activity} activity */
-  async serve(activity) {
-    const provider = activity.provider;
-    if (this.options.setup !== undefined) {
-      try {
-        await this.options.setup(activity);
-      } catch (e) {
-        if (!(e instanceof ProviderLostError)) throw e;
-        this.providerFailed(provider);
-        return;
-      }
-    }
-    for (;;) {
-      const task = await this.nextTask(provider);
-      if (task === null) return;
-      const healthy = await this.attempt(task, activity);
-      if (!healthy || this.banned.has(provider) || activity.lost !== null || this.stopped) return;
+    // Retries wait at the front: without returnExceptions the first of them ends the job.
+    while (this._pending.length > 0) {
+      const task = /** @type {Task<P>} */ (this._pending.shift());
+      this._fail(task, new NoMatchError(why, { cause: reason }), null, "no provider is left to run it");
     }
   }
 
   /**
-   * The next task for `provider`: one that has not failed there, or one that failed
-   * there but has no better place among the providers this job holds.
-   * @param {string} provider
+   * Tear down (if asked) and release `activity`; the release happens whatever teardown does.
+   * @param {Activity} activity
    */
-  async nextTask(provider) {
-    while (this.remaining > 0 && !this.banned.has(provider) && !this.stopped) {
-      let at = this.pending.findIndex((task) => !task.failedOn.has(provider));
-      if (at === -1) {
-        const holders = [...this.held.values()];
-        at = this.pending.findIndex((task) => holders.every((p) => task.failedOn.has(p)));
+  async _release(activity) {
+    if (!this._activities.delete(activity)) return; // released already (by a job that stopped waiting)
+    const teardown = this.teardown;
+    if (teardown !== undefined && activity.lost === null && !activity.released && !this.stopped) {
+      // A failed or stuck teardown must not keep the container alive.
+      await settlesWithin(Promise.resolve().then(() => teardown(activity)), TEARDOWN_MS);
+    }
+    try {
+      await activity.release();
+    } catch (e) {
+      if (!(e instanceof KilnError)) throw e;
+    }
+    if (activity.cpuSeconds !== null) {
+      const cpu = this.summary.cpuSeconds;
+      cpu.set(activity.provider, (cpu.get(activity.provider) ?? 0) + activity.cpuSeconds);
+    }
+    this._event("released", { provider: activity.provider, detail: activity.id });
+  }
+
+  /** @param {Activity} activity */
+  async _serve(activity) {
+    const provider = activity.provider;
+    if (this.setup !== undefined) {
+      try {
+        await this.setup(activity);
+      } catch (e) {
+        if (!(e instanceof ProviderLostError)) throw e;
+        this._providerFailed(provider);
+        return;
       }
-      if (at !== -1) return this.pending.splice(at, 1)[0];
-      await this.changes(RENT_RETRY_MS * 4);
+    }
+    for (;;) {
+      const task = await this._nextTask(provider);
+      if (task === null) return;
+      const healthy = await this._attempt(task, activity);
+      if (!healthy || this._banned.has(provider) || activity.lost !== null) return;
+    }
+  }
+
+  /**
+   * The next task for `provider`: one that has not failed there, if any other can take it.
+   * @param {string} provider
+   * @returns {Promise<Task<P> | null>}
+   */
+  async _nextTask(provider) {
+    while (this._remaining > 0 && !this._banned.has(provider) && !this.stopped) {
+      let at = this._pending.findIndex((task) => !task.failedOn.has(provider));
+      if (at === -1) {
+        // It failed here before, but no other provider of this job is a better place.
+        const holders = [...this._held.values()];
+        at = this._pending.findIndex((task) => holders.every((p) => task.failedOn.has(p)));
+      }
+      if (at !== -1) return this._pending.splice(at, 1)[0];
+      await this._changes(RENT_RETRY_MS * 4);
     }
     return null;
   }
@@ -288,99 +550,144 @@ class Job {
   /**
    * Run one attempt of `task`; false when the activity should be given up.
    * @param {Task<P>} task
-   * @param {import("./activity.js").Activity} activity
+   * @param {Activity} activity
+   * @returns {Promise<boolean>}
    */
-  async attempt(task, activity) {
+  async _attempt(task, activity) {
     const provider = activity.provider;
+    this._running += 1;
+    this.summary.attempts += 1;
+    this._event("task_started", { task: task.index, provider });
     const attempt = new AbortController();
-    const follow = () => attempt.abort(this.stop.signal.reason);
-    this.stop.signal.addEventListener("abort", follow, { once: true });
-    const timeoutMs = this.options.taskTimeoutMs;
-    /** @type {ReturnType<typeof setTimeout> | undefined} */
-    let timer;
-    /** @type {Promise<never>} */
-    const timedOut = new Promise((_, reject) => {
-      if (timeoutMs === undefined) return;
-      timer = setTimeout(() => {
-        const error = new TaskTimeoutError(`attempt ran past taskTimeoutMs=${timeoutMs} on ${provider}`);
-        attempt.abort(error);
-        reject(error);
-      }, timeoutMs);
-    });
+    this._attempts.add(attempt);
     const context = { index: task.index, attempt: task.errors.length + 1, signal: attempt.signal };
     const running = Promise.resolve().then(() => this.worker(activity, task.item, context));
-    running.catch(() => {}); // seen below, or abandoned after a timeout
-    /** @type {unknown} */
-    let retryable;
-    let healthy = true;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
+    /** @type {Promise<{ok: false, error: unknown}>} */
+    const timedOut = new Promise((resolve) => {
+      if (this.taskTimeoutMs === undefined) return;
+      const ms = this.taskTimeoutMs;
+      timer = setTimeout(() => {
+        const error = new TaskTimeoutError(`attempt ran past taskTimeoutMs=${ms} on ${provider}`);
+        attempt.abort(error);
+        resolve({ ok: false, error });
+      }, ms);
+    });
+    /** @type {{ok: true, value: R} | {ok: false, error: unknown}} */
+    let outcome;
     try {
-      const value = await Promise.race([running, timedOut]);
-      if (this.stopped) return false;
-      this.results[task.index] = value;
-      this.done();
-      return true;
-    } catch (e) {
-      if (this.stopped) return false;
-      if (e instanceof TaskTimeoutError) {
-        retryable = e;
-        // Reuse the activity only if the worker let go of it when its signal fired.
-        healthy = await Promise.race([running.then(() => true, () => true), sleep(TIMEOUT_GRACE_MS).then(() => false)]);
-      } else if (e instanceof ProviderLostError || e instanceof RetryTaskError) {
-        retryable = e;
-        healthy = !(e instanceof ProviderLostError);
-      } else if (e instanceof ConnectionClosedError) {
-        throw e; // the hub is gone: nothing to retry on
-      } else {
-        task.errors.push(e);
-        this.finish(task, e, false);
-        return true;
-      }
+      outcome = await Promise.race([
+        running.then(
+          (value) => ({ ok: /** @type {const} */ (true), value }),
+          (error) => ({ ok: /** @type {const} */ (false), error }),
+        ),
+        timedOut,
+      ]);
     } finally {
       clearTimeout(timer);
-      this.stop.signal.removeEventListener("abort", follow);
+      this._attempts.delete(attempt);
+      this._running -= 1;
     }
-    task.errors.push(retryable);
+    if (this.stopped) return false; // the job is over: what the worker did no longer counts
+    if (outcome.ok) {
+      const done = this.summary.tasksPerProvider;
+      done.set(provider, (done.get(provider) ?? 0) + 1);
+      for (const suspect of task.suspects) {
+        if (suspect !== provider) this._providerFailed(suspect); // the task is fine: where it failed, the provider was not
+      }
+      this._done(task, outcome.value, provider);
+      return true;
+    }
+    const error = outcome.error;
+    if (error instanceof ConnectionClosedError) throw error; // the hub is gone: nothing to retry on
+    task.errors.push(error);
+    if (!(error instanceof ProviderLostError || error instanceof RetryTaskError || error instanceof TaskTimeoutError)) {
+      this._fail(task, error, provider);
+      return true;
+    }
     task.failedOn.add(provider);
-    this.providerFailed(provider);
-    this.finish(task, retryable, true);
-    return healthy;
+    if (error instanceof ProviderLostError) this._providerFailed(provider);
+    else task.suspects.add(provider);
+    this._retryOrFail(task, error, provider);
+    if (error instanceof ProviderLostError) return false;
+    // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
+    return error instanceof TaskTimeoutError ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
   }
 
-  done() {
-    this.remaining -= 1;
-    this.notify();
-    if (this.remaining === 0) this.stop.abort(new KilnError("the map is done"));
+  /**
+   * @param {Task<P>} task
+   * @param {R} value
+   * @param {string} provider
+   */
+  _done(task, value, provider) {
+    this.summary.succeeded += 1;
+    this._remaining -= 1;
+    this._event("task_done", { task: task.index, provider });
+    this._emitResult(task.index, value);
+    this._notify();
   }
 
   /**
    * @param {Task<P>} task
    * @param {unknown} error
-   * @param {boolean} retry
+   * @param {string} provider
    */
-  finish(task, error, retry) {
-    if (retry && task.errors.length <= this.retries) {
-      this.pending.unshift(task);
-      this.notify();
+  _retryOrFail(task, error, provider) {
+    if (task.errors.length <= this.retries) {
+      this.summary.retries += 1;
+      this._pending.unshift(task);
+      this._event("task_retry", { task: task.index, provider, detail: describe(error) });
+      this._notify();
       return;
     }
+    this._fail(task, error, provider);
+  }
+
+  /**
+   * `task` failed for good: the job ends with its TaskFailedError, or that is its result.
+   * @param {Task<P>} task
+   * @param {unknown} error
+   * @param {string | null} provider
+   * @param {string} [note]
+   */
+  _fail(task, error, provider, note = "") {
+    this.summary.failed += 1;
+    this._remaining -= 1;
     const attempts = task.errors.length;
-    const name = error instanceof Error ? error.name : typeof error;
     const failure = new TaskFailedError(
-      `task ${task.index} failed after ${attempts} attempt${attempts === 1 ? "" : "s"}: ${name}: ${describe(error)}`,
-      { index: task.index, item: task.item, attempts: [...task.errors] },
+      `task ${task.index} failed after ${attempts} attempt${attempts === 1 ? "" : "s"}` +
+        `${note ? ` (${note})` : ""}: ${describe(error)}`,
+      { index: task.index, item: task.item, attempts: [...task.errors], cause: error },
     );
-    if (!this.options.returnExceptions) throw failure;
-    this.results[task.index] = failure;
-    this.done();
+    this._event("task_failed", { task: task.index, provider, detail: failure.message });
+    this._notify();
+    if (!this.returnExceptions) {
+      this._end(failure); // no new rents or attempts while the job winds down
+      throw failure;
+    }
+    this._emitResult(task.index, failure);
   }
 
   /** @param {string} provider */
-  providerFailed(provider) {
-    const count = (this.failures.get(provider) ?? 0) + 1;
-    this.failures.set(provider, count);
-    if (count >= MAX_PROVIDER_FAILURES) this.banned.add(provider);
+  _providerFailed(provider) {
+    const count = (this._failures.get(provider) ?? 0) + 1;
+    this._failures.set(provider, count);
+    if (count >= MAX_PROVIDER_FAILURES) this._ban(provider, `failed ${count} times`);
+  }
+
+  /** @param {string} provider @param {string} why */
+  _ban(provider, why) {
+    if (this._banned.has(provider)) return;
+    this._banned.add(provider);
+    this._event("provider_banned", { provider, detail: why });
+    this._notify();
   }
 }
 
-/** @param {unknown} e */
-const describe = (e) => (e instanceof Error ? e.message : String(e));
+/** @param {unknown} error */
+const describe = (error) => (error instanceof Error ? `${error.name}: ${error.message}` : String(error));
+
+/** @param {number} bytes */
+const randomHex = (bytes) =>
+  Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, "0")).join("");

@@ -1,6 +1,6 @@
 /**
  * The requestor: connect to a hub, rent activities from the market, release them
- * (`python/kiln/requestor.py`).
+ * (`python/kiln/requestor/client.py`).
  *
  *     const requestor = await connect("ws://127.0.0.1:7465", { token });
  *     const act = await requestor.rent({ image: "kiln-busybox:latest", demand: { cpus: 1, memory: "256MiB" } });
@@ -12,16 +12,19 @@
  */
 
 import { Activity } from "./activity.js";
-import { raceAbort, sleep, throwIfAborted } from "./deferred.js";
-import { Endpoint } from "./endpoint.js";
+import { Connection } from "./connection.js";
+import { raceAbort, settlesWithin, throwIfAborted } from "./deferred.js";
 import { UsageError, errorFromCode } from "./errors.js";
-import { mapTasks } from "./executor.js";
+import { Job } from "./executor.js";
 import { parseSize } from "./units.js";
+
+/** How long `close()` waits for the releases of abandoned rents. */
+const CLEANUP_WAIT_MS = 10_000;
 
 /**
  * What a platform supplies: how to open a WebSocket, and how to read and write local files.
  * @typedef {object} Platform
- * @property {import("./endpoint.js").OpenSocket} openSocket
+ * @property {import("./connection.js").OpenSocket} openSocket
  * @property {import("./activity.js").Files} files
  */
 
@@ -51,11 +54,31 @@ export function demandMessage(demand = {}) {
   };
 }
 
+/**
+ * @typedef {object} ResourcesOptions
+ * @property {number} [cpus] CPUs (fractions allowed), default 0
+ * @property {number | string} [memory] bytes or e.g. "256MiB", default 0
+ * @property {number | string} [storage] bytes or e.g. "1GiB", default 0
+ */
+
+/**
+ * The wire form of an amount of capacity (a market's `free` filter); a UsageError for a bad size.
+ * @param {ResourcesOptions} [resources]
+ */
+function resourcesMessage(resources = {}) {
+  if (typeof resources !== "object" || resources === null) throw new UsageError("free must be an object");
+  return {
+    cpus: resources.cpus ?? 0,
+    memory: parseSize(resources.memory ?? 0),
+    storage: parseSize(resources.storage ?? 0),
+  };
+}
+
 /** A live connection to the hub as a requestor. Get one from `connect()`. */
 export class Requestor {
-  /** @param {Endpoint} endpoint @param {Platform} platform */
-  constructor(endpoint, platform) {
-    this.endpoint = endpoint;
+  /** @param {Connection} connection @param {Platform} platform */
+  constructor(connection, platform) {
+    this.connection = connection;
     this._platform = platform;
     /** @type {Map<string, Activity>} */
     this._activities = new Map();
@@ -73,10 +96,12 @@ export class Requestor {
    * `act.release()` (or `requestor.close()`).
    *
    * Rejects with NoMatchError naming the constraint no provider meets,
-   * ImageNotFoundError when the chosen provider lacks the image, CancelledError when
-   * `signal` fires first (the hub destroys the container if it comes up after all).
-   * Providers named in `exclude` are passed over.
-   * @param {{image: string, demand?: DemandOptions, exclude?: Iterable<string>, signal?: AbortSignal}} options
+   * ImageNotFoundError when the chosen provider lacks the image (its `provider` names
+   * it), CancelledError when `signal` fires first (the hub destroys the container if it
+   * comes up after all). Providers named in `exclude` are passed over; the hub keeps the
+   * live activities of one `group` (a name of the caller's) on distinct providers.
+   * @param {{image: string, demand?: DemandOptions, exclude?: Iterable<string>, group?: string,
+   *          signal?: AbortSignal}} options
    * @returns {Promise<Activity>}
    */
   async rent(options) {
@@ -85,19 +110,12 @@ export class Requestor {
     const demand = demandMessage(options.demand);
     const exclude = [...new Set(options.exclude ?? [])].sort();
     throwIfAborted(signal, `renting ${image}`);
-    const ep = this.endpoint;
-    const id = ep.newId();
-    const reply = ep.expect(id);
-    ep.send({ type: "rent", id, image, demand, exclude });
-    const rented = reply.promise.then((message) => this._adopt(/** @type {any} */ (message)));
-    // Forgotten only once answered: an abandoned rent's answer must still arrive.
-    rented.finally(() => ep.forget(id)).catch(() => {});
+    const conn = this.connection;
+    const id = conn.newId();
+    const reply = conn.request({ type: "rent", id, image, demand, exclude, group: options.group ?? null });
+    const rented = reply.then((message) => this._adopt(/** @type {import("../types/protocol.js").Rented} */ (message)));
     return raceAbort(rented, signal, `renting ${image}`, () => {
-      try {
-        ep.send({ type: "cancel", target: id });
-      } catch {
-        // the connection is gone, and the hub destroys what it held
-      }
+      conn.cancel(id);
       // Rented before the cancel arrived: release it here.
       this._releaseLater(rented);
     });
@@ -105,7 +123,7 @@ export class Requestor {
 
   /** @param {import("../types/protocol.js").Rented} rented */
   _adopt(rented) {
-    const activity = new Activity(this.endpoint, rented, this._platform.files, (a) => this._activities.delete(a.id));
+    const activity = new Activity(this.connection, rented, this._platform.files, (a) => this._activities.delete(a.id));
     this._activities.set(activity.id, activity);
     return activity;
   }
@@ -121,37 +139,69 @@ export class Requestor {
   }
 
   /**
-   * Every provider the hub knows: its offer, what is free now, the images it holds.
+   * The providers the hub knows (their offer, what is free now, the images they hold), by
+   * name: only those holding `image`, carrying `labels` and with at least `free` capacity
+   * left; at most `limit` (1 to 1000, default 100) of them.
+   * @param {{image?: string, labels?: Record<string, string>, free?: ResourcesOptions, limit?: number}} [options]
    * @returns {Promise<import("../types/protocol.js").ProviderInfo[]>}
    */
-  async market() {
-    const ep = this.endpoint;
-    const reply = /** @type {import("../types/protocol.js").MarketInfo} */ (
-      await ep.request({ type: "market", id: ep.newId() })
-    );
+  async market(options = {}) {
+    const { image = null, labels = {}, limit = 100 } = options;
+    const conn = this.connection;
+    const query = { type: "market", id: conn.newId(), image, labels, free: resourcesMessage(options.free), limit };
+    const reply = /** @type {import("../types/protocol.js").MarketInfo} */ (await conn.request(query));
     return reply.providers;
   }
 
   /**
-   * Run `worker(activity, part, context)` for every part on rented activities and resolve
-   * to the results in input order. See `MapOptions` in the types for the semantics.
+   * A job not started yet: follow its `events()` or `onEvent`, then `run()` it (see
+   * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
+   * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
+   * `returnExceptions`, `onEvent`, `signal`.
    * @template P, R
    * @param {Iterable<P>} parts
-   * @param {(activity: Activity, part: P, context: import("./executor.js").TaskContext) => Promise<R>} worker
-   * @param {import("./executor.js").MapOptions} options
-   * @returns {Promise<R[]>}
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
    */
-  map(parts, worker, options) {
-    return mapTasks(this, [...parts], worker, options);
+  job(parts, worker, options) {
+    return new Job(this, parts, worker, options);
   }
 
-  /** @param {import("../types/protocol.js").Message} message */
-  _onMessage(message) {
-    if (message.type === "activity_lost") {
-      const activity = this._activities.get(message.activity);
+  /**
+   * Run `worker(activity, part, context)` for every part on rented activities and resolve
+   * to the results in input order. Rejects with TaskFailedError when a task fails for good.
+   * @template P, R
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Promise<R[]>}
+   */
+  async map(parts, worker, options) {
+    return this.job(parts, worker, options).run();
+  }
+
+  /**
+   * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
+   * Stopping the iteration early ends the job and releases its activities.
+   * @template P, R
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  async *mapUnordered(parts, worker, options) {
+    yield* this.job(parts, worker, options).results();
+  }
+
+  /** @param {import("../types/protocol.js").SessionEvent} event */
+  _onEvent(event) {
+    if (event.type === "notified" && event.message.type === "activity_lost") {
+      const lost = event.message;
+      const activity = this._activities.get(lost.activity);
       if (activity !== undefined) {
-        this._activities.delete(message.activity);
-        activity.lost = errorFromCode(message.code, message.reason);
+        this._activities.delete(lost.activity);
+        activity.lost = errorFromCode(lost.code, lost.reason);
       }
     }
   }
@@ -160,9 +210,9 @@ export class Requestor {
   async close() {
     const held = [...this._activities.values()];
     await Promise.allSettled(held.map((a) => a.release()));
-    await Promise.race([Promise.allSettled([...this._cleanups]), sleep(10_000)]);
+    await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
     this._activities.clear();
-    await this.endpoint.close();
+    await this.connection.close();
   }
 }
 
@@ -174,14 +224,12 @@ export class Requestor {
  * @returns {Promise<Requestor>}
  */
 export async function connectWith(platform, url, options = {}) {
-  /** @type {Requestor | null} */
-  let requestor = null;
-  const endpoint = await Endpoint.open(platform.openSocket, url, {
+  const connection = await Connection.open(platform.openSocket, url, {
     name: options.name ?? "requestor",
     token: options.token ?? null,
     timeoutMs: options.timeoutMs,
-    onMessage: (message) => requestor?._onMessage(message),
   });
-  requestor = new Requestor(endpoint, platform);
+  const requestor = new Requestor(connection, platform);
+  connection.onEvent = (event) => requestor._onEvent(event);
   return requestor;
 }

@@ -11,16 +11,19 @@ import { WebSocketServer } from "ws";
 import {
   CancelledError,
   CommandTimeoutError,
-  ConnectionClosedError,
+  ConnectionLostError,
   FileNotFoundError,
+  ImageNotFoundError,
   InvalidPathError,
   KilnError,
+  LocalProtocolError,
   NoMatchError,
   ProviderLostError,
   TransferFailedError,
   UnauthorizedError,
   UnsupportedVersionError,
   connect,
+  errorFromCode,
 } from "../src/node/index.js";
 import { Cluster, IMAGE, containersOf, sleep, startCluster } from "./harness.js";
 
@@ -102,9 +105,10 @@ test("bad paths are refused before anything is sent, and the hub refuses them to
   const requestor = await connect(cluster.url);
   try {
     const act = await requestor.rent({ image: IMAGE, demand: SMALL });
+    const socket = requestor.connection.socket;
     const sent = [];
-    const send = requestor.endpoint.sendRaw.bind(requestor.endpoint);
-    requestor.endpoint.sendRaw = (data) => (sent.push(data), send(data));
+    const send = socket.send.bind(socket);
+    socket.send = (data) => (sent.push(data), send(data));
     for (const bad of ["/golem/../etc/passwd", "relative/path", "/golem//input", "/golem/./x", "/a\0b"]) {
       await assert.rejects(act.sendBytes("x", bad), (e) => e instanceof InvalidPathError && e.code === "bad_path", bad);
       await assert.rejects(act.downloadBytes(bad), InvalidPathError, bad);
@@ -113,14 +117,19 @@ test("bad paths are refused before anything is sent, and the hub refuses them to
     }
     await assert.rejects(act.run(["ls"], { workdir: "relative" }), InvalidPathError);
     assert.deepEqual(sent, [], "nothing reached the wire");
-    requestor.endpoint.sendRaw = send;
-    // Past the client's own check, the hub judges a bad path the same way (code bad_path).
-    const ep = requestor.endpoint;
-    const id = ep.newId();
-    const reply = ep.expect(id);
-    ep.sendRaw(JSON.stringify({ type: "upload", id, activity: act.id, path: "/golem/../x", size: 1 }));
-    await assert.rejects(reply.promise, (e) => e instanceof InvalidPathError && e.code === "bad_path");
-    ep.forget(id);
+    socket.send = send;
+    // Past the client's own checks (written to the socket under an id the session never
+    // used), the hub judges a bad path the same way: code bad_path, InvalidPathError here.
+    const id = 999_999;
+    const answer = new Promise((resolve) => {
+      socket.addEventListener("message", ({ data }) => {
+        const message = typeof data === "string" ? JSON.parse(data) : null;
+        if (message?.re === id) resolve(message);
+      });
+    });
+    socket.send(JSON.stringify({ type: "upload", id, activity: act.id, path: "/golem/../x", size: 1 }));
+    const refusal = await answer;
+    assert.ok(errorFromCode(refusal.code, refusal.message) instanceof InvalidPathError, JSON.stringify(refusal));
     assert.equal((await act.run(["true"])).exitCode, 0);
   } finally {
     await requestor.close();
@@ -220,11 +229,30 @@ test("failures carry stable codes", { timeout: 60_000 }, async () => {
   try {
     await assert.rejects(requestor.rent({ image: IMAGE, demand: { cpus: 64 } }), (e) => e instanceof NoMatchError && e.code === "no_match" && /64 CPUs/.test(e.message));
     await assert.rejects(requestor.rent({ image: IMAGE, demand: { memory: "64GiB" } }), NoMatchError);
-    await assert.rejects(requestor.rent({ image: "no-such-image:1", demand: SMALL }), (e) => e instanceof KilnError && e.code === "image_not_found");
+    await assert.rejects(
+      requestor.rent({ image: "no-such-image:1", demand: SMALL }),
+      (e) => e instanceof ImageNotFoundError && e.code === "image_not_found" && e.provider === provider,
+    );
   } finally {
     await requestor.close();
   }
-  await assert.rejects(connect("ws://127.0.0.1:1"), (e) => e instanceof ConnectionClosedError && e.code === "connection_closed");
+  await assert.rejects(connect("ws://127.0.0.1:1"), (e) => e instanceof ConnectionLostError && e.code === "connection_closed");
+});
+
+test("the market lists the providers that match its filters", { timeout: 30_000 }, async () => {
+  const requestor = await connect(cluster.url);
+  try {
+    const names = async (options) => (await requestor.market(options)).map((p) => p.name);
+    assert.ok((await names()).includes(provider));
+    assert.ok((await names({ image: IMAGE, free: { cpus: 1, memory: "256MiB" }, limit: 1000 })).includes(provider));
+    assert.deepEqual(await names({ image: "no-such-image:1" }), []);
+    assert.deepEqual(await names({ free: { cpus: 64 } }), []);
+    assert.deepEqual(await names({ labels: { zone: "nowhere" } }), []);
+    assert.equal((await names({ limit: 1 })).length, 1);
+    await assert.rejects(requestor.market({ limit: 0 }), (e) => e instanceof LocalProtocolError && e.code === "bad_message");
+  } finally {
+    await requestor.close();
+  }
 });
 
 test("a provider lost mid-command is reported within seconds", { timeout: 90_000 }, async () => {

@@ -1,5 +1,6 @@
-// requestor.map on real providers: order, reuse, retries elsewhere, failures, timeouts,
-// cancellation, and a provider killed with SIGKILL mid-job.
+// Jobs on real providers: order, reuse, one activity per provider (the hub's group rule),
+// retries elsewhere, failures, timeouts, cancellation, and a provider killed with SIGKILL
+// mid-job. (test/executor.test.js holds the scheduling rules to an in-memory hub.)
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
@@ -44,15 +45,44 @@ function squarer(seen) {
 test("map gives results in input order, one activity per provider, reused", { timeout: 120_000 }, async () => {
   const seen = [];
   const parts = Array.from({ length: 12 }, (_, i) => i);
-  const results = await requestor.map(parts, squarer(seen), { image: IMAGE, demand: DEMAND, maxProviders: 4 });
-  assert.deepEqual(results, parts.map((n) => n * n));
+  const job = requestor.job(parts, squarer(seen), { image: IMAGE, demand: DEMAND, maxProviders: 4 });
+  assert.deepEqual(await job.run(), parts.map((n) => n * n));
   const activities = new Set(seen.map((s) => s.activity));
-  const providers = new Set(seen.map((s) => s.provider));
-  assert.equal(providers.size, 2, "both providers did work");
+  const providers = [...new Set(seen.map((s) => s.provider))].sort();
+  assert.equal(providers.length, 2, "both providers did work");
   assert.equal(activities.size, 2, "one activity per provider, each reused");
+  assert.deepEqual([job.summary.attempts, job.summary.succeeded, job.summary.retries], [12, 12, 0]);
+  assert.deepEqual([...job.summary.tasksPerProvider.keys()].sort(), providers);
+  assert.deepEqual([...job.summary.cpuSeconds.keys()].sort(), providers);
   assert.equal(requestor.activities.length, 0);
   assert.ok(noContainersLeft());
   assert.deepEqual(await requestor.map([], squarer([]), { image: IMAGE }), []);
+});
+
+test("the hub keeps each job's activities on distinct providers while two jobs share them", { timeout: 120_000 }, async () => {
+  // Each provider has room for two of these activities: only the group keeps a job to one.
+  const slow = async (act, n, { signal }) => Number((await act.run(["sh", "-c", `sleep 0.3; echo ${n}`], { signal })).stdout);
+  const parts = Array.from({ length: 8 }, (_, i) => i);
+  const jobs = [0, 1].map(() => requestor.job(parts, slow, { image: IMAGE, demand: DEMAND, maxProviders: 4 }));
+  const rented = jobs.map((job) => {
+    const providers = [];
+    job.subscribe((event) => event.kind === "rented" && providers.push(event.provider));
+    return providers;
+  });
+  const results = await Promise.all(jobs.map((job) => job.run()));
+  assert.deepEqual(results, [parts, parts]);
+  assert.notEqual(jobs[0].group, jobs[1].group);
+  const both = [...cluster.providers.keys()].sort();
+  assert.deepEqual(rented.map((providers) => providers.sort()), [both, both], "one activity per provider per job");
+  assert.ok(noContainersLeft());
+});
+
+test("mapUnordered yields each result as its task finishes", { timeout: 60_000 }, async () => {
+  const seen = new Map();
+  for await (const [index, value] of requestor.mapUnordered([3, 1, 2], squarer([]), { image: IMAGE, demand: DEMAND })) {
+    seen.set(index, value);
+  }
+  assert.deepEqual(seen, new Map([[0, 9], [1, 1], [2, 4]]));
 });
 
 test("a worker error ends the map with TaskFailedError after releasing everything", { timeout: 60_000 }, async () => {

@@ -7,14 +7,17 @@ import { join } from "node:path";
 
 import {
   ErrorCode,
+  abortFrame,
   FrameKind,
-  ProtocolViolation,
+  LocalProtocolError,
+  RemoteProtocolError,
+  build,
+  clip,
   containerPathProblem,
   decodeFrame,
   encodeFrame,
   parse,
   serialize,
-  validate,
 } from "../src/protocol/index.js";
 
 const VECTORS = fileURLToPath(new URL("../../protocol/v1/vectors/", import.meta.url));
@@ -29,7 +32,7 @@ function judge(vector) {
     if ("binary" in vector) decodeFrame(Buffer.from(vector.binary, "hex"), 256 * 1024);
     else parse(vector.frame);
   } catch (e) {
-    if (e instanceof ProtocolViolation) return e.code;
+    if (e instanceof RemoteProtocolError) return e.code;
     throw e;
   }
   return "valid";
@@ -57,8 +60,17 @@ for (const vector of vectors) {
 test("a violation carries the request id", () => {
   assert.throws(
     () => parse('{"type":"upload","id":42,"activity":"a","path":"/x/../y","size":1}'),
-    (e) => e instanceof ProtocolViolation && e.code === ErrorCode.BAD_PATH && e.re === 42 && e.message.includes("'..'"),
+    (e) => e instanceof RemoteProtocolError && e.code === ErrorCode.BAD_PATH && e.re === 42 && e.message.includes("'..'"),
   );
+});
+
+test("a message built on this side that breaks the protocol is a LocalProtocolError", () => {
+  assert.throws(
+    () => build({ type: "upload", id: 42, activity: "a", path: "/x/../y", size: 1 }),
+    (e) => e instanceof LocalProtocolError && !(e instanceof RemoteProtocolError) && e.code === ErrorCode.BAD_PATH,
+  );
+  assert.throws(() => build({ type: "hello" }), (e) => e instanceof LocalProtocolError && e.code === ErrorCode.BAD_MESSAGE);
+  assert.throws(() => build({ type: "nope" }), (e) => e instanceof LocalProtocolError && e.code === ErrorCode.UNKNOWN_TYPE);
 });
 
 test("a bad path wins over other problems in the same message, as in pydantic", () => {
@@ -123,9 +135,9 @@ test("defaults are filled in and messages are frozen", () => {
   }, TypeError);
 });
 
-test("validate checks a copy: the value given stays as it was", () => {
+test("build checks a copy: the value given stays as it was", () => {
   const rent = { type: "rent", id: 8, image: "kiln-busybox:latest", demand: { labels: { zone: "eu" } } };
-  const message = validate(rent);
+  const message = build(rent);
   assert.deepEqual(rent, { type: "rent", id: 8, image: "kiln-busybox:latest", demand: { labels: { zone: "eu" } } });
   assert.ok(!Object.isFrozen(rent.demand.labels));
   assert.equal(message.type === "rent" && message.demand.memory, 256 * 2 ** 20);
@@ -139,7 +151,16 @@ test("serialize omits unset optionals and refuses an invalid message", () => {
     code: "internal",
     message: "x",
   });
-  assert.throws(() => serialize({ type: "credit", stream: 0, chunks: 1 }), ProtocolViolation);
+  assert.throws(() => serialize({ type: "credit", stream: 0, chunks: 1 }), LocalProtocolError);
+});
+
+test("clip makes text fit a free-text field, in characters, with no lone surrogate", () => {
+  assert.equal(clip("short"), "short");
+  assert.equal(clip("abcdef", 4), "abc\u2026");
+  assert.equal(clip("😀😀😀", 2), "😀\u2026");
+  assert.equal(clip("a\uD800b"), "a\uFFFDb");
+  const error = { type: "error", code: "internal", message: clip("x".repeat(10_000)) };
+  assert.equal(JSON.parse(serialize(error)).message.length, 4096);
 });
 
 test("container paths are checked as in Python", () => {
@@ -158,6 +179,9 @@ test("binary frames round trip and are checked", () => {
   assert.deepEqual([frame.kind, frame.stream, new TextDecoder().decode(frame.payload)], [FrameKind.DATA, 7, "hello"]);
   assert.throws(() => decodeFrame(encodeFrame(FrameKind.DATA, 1, new Uint8Array(17)), 16), (e) => e.code === "bad_frame" && e.re === 1);
   assert.throws(() => decodeFrame(encodeFrame(FrameKind.ABORT, 1, new Uint8Array(1025)), 16), (e) => e.code === "bad_frame");
+  // An ABORT's reason is cut to 1024 bytes at a character's start.
+  const reason = decodeFrame(abortFrame(3, "x".repeat(1023) + "é"), 16).payload;
+  assert.deepEqual([reason.byteLength, new TextDecoder("utf-8", { fatal: true }).decode(reason)], [1023, "x".repeat(1023)]);
   // A frame that is a view into a larger buffer decodes from its own offset.
   const big = new Uint8Array(20);
   big.set(encodeFrame(FrameKind.END, 9), 4);

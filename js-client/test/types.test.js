@@ -18,6 +18,7 @@ const schema = JSON.parse(readFileSync(here("../../protocol/v1/schema.json"), "u
 const protocolDts = readFileSync(here("../types/protocol.d.ts"), "utf8");
 const indexDts = readFileSync(here("../types/index.d.ts"), "utf8");
 const codesPy = readFileSync(here("../../python/kiln/protocol/codes.py"), "utf8");
+const errorsPy = readFileSync(here("../../python/kiln/protocol/errors.py"), "utf8");
 
 test("the codes table is codes.py's, and the schema's list of known codes", () => {
   const python = new Set([...codesPy.matchAll(/^\s+[A-Z_]+ = "([a-z_]+)"$/gm)].map((m) => m[1]));
@@ -36,9 +37,23 @@ test("every code maps to a KilnError carrying that code", () => {
     assert.ok(error instanceof KilnError);
     assert.equal(error.code, code);
   }
-  const unknown = errorFromCode("quota_exceeded", "over");
+  const unknown = errorFromCode("quota_exceeded", "over", "p1");
   assert.equal(unknown.code, "internal");
   assert.match(unknown.message, /quota_exceeded/);
+  assert.equal(unknown.provider, "p1");
+  assert.equal(errorFromCode("image_not_found", "no image", "p2").provider, "p2");
+  assert.equal(errorFromCode("no_match", "none").provider, null);
+});
+
+test("each code maps to the class errors.py maps it to", () => {
+  const table = /_BY_CODE[^{]*\{([^}]*)\}/.exec(errorsPy)[1];
+  const python = [...table.matchAll(/ErrorCode\.([A-Z_]+): (\w+),/g)].map(([, name, cls]) => [name, cls]);
+  assert.ok(python.length >= 20);
+  const unmapped = Object.keys(ErrorCode).filter((name) => !python.some(([mapped]) => mapped === name));
+  for (const [name, cls] of [...python, ...unmapped.map((name) => [name, "RemoteError"])]) {
+    // JavaScript's names carry an `Error` suffix that Python's do not.
+    assert.equal(errorFromCode(ErrorCode[name], "x").name.replace(/Error$/, ""), cls.replace(/Error$/, ""), name);
+  }
 });
 
 /** Does the .d.ts text declare `name` as a value (or re-export it)? */
@@ -75,6 +90,22 @@ test("the browser entry imports nothing from Node, nor ws", () => {
   assert.ok(seen.size > 8);
   assert.ok([...seen].some((f) => f.endsWith("/generated/validators.js")), "the generated validators were not visited");
   assert.ok(![...seen].some((f) => f.includes("/node/")));
+});
+
+test("the protocol core imports nothing from outside src/protocol/", () => {
+  const core = here("../src/protocol/");
+  const seen = new Set();
+  const visit = (file) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    for (const match of readFileSync(file, "utf8").matchAll(/^(?:import|export)[^;]*?from\s+"([^"]+)"/gms)) {
+      const target = resolve(dirname(file), match[1]);
+      assert.ok(target.startsWith(core), `${file} imports ${match[1]}`);
+      visit(target);
+    }
+  };
+  visit(here("../src/protocol/index.js"));
+  assert.ok(seen.size >= 8);
 });
 
 test("package.json maps the browser condition away from Node code", () => {

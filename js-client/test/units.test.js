@@ -26,17 +26,3 @@ test("container paths are checked locally", () => {
     assert.throws(() => containerPath(bad), (e) => e instanceof InvalidPathError && e.code === "bad_path");
   }
 });
-
-test("an invalid message is refused before it is sent, as a UsageError", async () => {
-  const { Endpoint } = await import("../src/endpoint.js");
-  const sent = [];
-  const socket = { addEventListener() {}, send: (d) => sent.push(d), close() {}, bufferedAmount: 0 };
-  const endpoint = new Endpoint(socket, undefined);
-  assert.throws(
-    () => endpoint.send({ type: "upload", id: 1, activity: "a", path: "/x", size: 1, mode: 0o4755 }),
-    (e) => e instanceof UsageError && e.code === "bad_message",
-  );
-  assert.deepEqual(sent, []);
-  endpoint.send({ type: "cancel", target: 1 });
-  assert.deepEqual(sent, ['{"type":"cancel","target":1}']);
-});

@@ -1,6 +1,7 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { DownloadInfo, KnownErrorCode, ProviderInfo, Resources } from "./protocol.js";
+import type { DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
+import { ActivityError, KilnError } from "./protocol.js";
 
 export type { Message, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
@@ -15,9 +16,9 @@ export interface ConnectOptions {
 }
 
 /**
- * Connect to the hub at `url` as a requestor. Rejects with ConnectionClosedError when the
- * hub cannot be reached, UnsupportedVersionError when it speaks another protocol or major
- * version, UnauthorizedError when it refuses the token.
+ * Connect to the hub at `url` as a requestor. Rejects with ConnectionLostError when the
+ * hub cannot be reached or does not answer, UnsupportedVersionError when it speaks
+ * another protocol or major version, UnauthorizedError when it refuses the token.
  */
 export declare function connect(url: string, options?: ConnectOptions): Promise<Requestor>;
 
@@ -37,7 +38,27 @@ export interface RentOptions {
   demand?: DemandOptions;
   /** Providers (by name) to pass over. */
   exclude?: Iterable<string>;
+  /** A name of the caller's: the hub keeps the live activities of one group on distinct providers. */
+  group?: string;
   signal?: AbortSignal;
+}
+
+/** An amount of capacity; sizes as bytes or e.g. "256MiB". */
+export interface ResourcesOptions {
+  cpus?: number;
+  memory?: number | string;
+  storage?: number | string;
+}
+
+export interface MarketOptions {
+  /** Only providers that hold this image. */
+  image?: string;
+  /** Only providers carrying all these labels. */
+  labels?: Record<string, string>;
+  /** Only providers with at least this much capacity free. */
+  free?: ResourcesOptions;
+  /** At most this many providers (1 to 1000); default 100. */
+  limit?: number;
 }
 
 export interface TaskContext {
@@ -45,11 +66,14 @@ export interface TaskContext {
   index: number;
   /** 1 for the first attempt, 2 for the first retry, ... */
   attempt: number;
-  /** Fires when the attempt times out or the map ends: pass it to run, sendFile, ... */
+  /** Fires when the attempt times out or the job ends: pass it to run, sendFile, ... */
   signal: AbortSignal;
 }
 
-export interface MapOptions {
+/** What a job's worker does with one part on one activity. */
+export type Worker<P, R> = (activity: Activity, part: P, context: TaskContext) => Promise<R>;
+
+export interface JobOptions {
   image: string;
   demand?: DemandOptions;
   /** Most activities (one per provider) at once; default 4. */
@@ -58,15 +82,80 @@ export interface MapOptions {
   retries?: number;
   /** The most one attempt may take; default no limit. */
   taskTimeoutMs?: number;
-  /** How long to wait for a first provider; default 60 s. */
+  /** How long to wait while no provider takes the job; default 60 s. */
   startTimeoutMs?: number;
   /** Runs once per activity before its first task. */
   setup?: (activity: Activity) => Promise<void>;
   /** Runs once per activity before its release. */
   teardown?: (activity: Activity) => Promise<void>;
-  /** A task that fails for good gives its TaskFailedError as its result instead of ending the map. */
+  /** A task that fails for good gives its TaskFailedError as its result instead of ending the job. */
   returnExceptions?: boolean;
+  /** Called (synchronously: keep it quick) for every event of the job. */
+  onEvent?: (event: JobEvent) => void;
+  /** Cancels the job; every activity it rented is released. */
   signal?: AbortSignal;
+}
+
+export type JobEventKind =
+  | "job_started" | "rented" | "released" | "task_started" | "task_done" | "task_retry" | "task_failed"
+  | "provider_banned" | "waiting" | "job_done";
+
+/** Something that happened in a job, `elapsed` seconds after it started. */
+export interface JobEvent {
+  readonly kind: JobEventKind;
+  readonly elapsed: number;
+  /** The task's index, when the event is about one. */
+  readonly task: number | null;
+  /** The provider's name, when the event is about one. */
+  readonly provider: string | null;
+  readonly detail: string;
+}
+
+/** The numbers of a job: filled in as it runs, complete once it is done. */
+export declare class JobSummary {
+  constructor(tasks: number);
+  tasks: number;
+  succeeded: number;
+  failed: number;
+  attempts: number;
+  retries: number;
+  wallSeconds: number;
+  /** Tasks each provider finished. */
+  tasksPerProvider: Map<string, number>;
+  /** CPU time the containers on each provider used. */
+  cpuSeconds: Map<string, number>;
+  /** Providers the job banned. */
+  failedProviders: Set<string>;
+  /** One line for the job and one per provider, as Python's `JobSummary.lines()`. */
+  lines(): string[];
+}
+
+/** What a job needs of a requestor. */
+export interface Renter {
+  rent(options: Omit<RentOptions, "signal">): Promise<Activity>;
+}
+
+/**
+ * One split-run-combine job: rents up to `maxProviders` activities (the hub keeps them on
+ * distinct providers by the job's `group`), feeds each one task after another, retries
+ * and bans as `src/executor.js` describes. Runs once.
+ */
+export declare class Job<P, R> {
+  constructor(requestor: Renter, parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions);
+  /** The name every rent of the job carries (`job-` and 16 hex digits). */
+  readonly group: string;
+  readonly summary: JobSummary;
+  readonly total: number;
+  /** Attempts running now. */
+  readonly running: number;
+  /** Call `listener` for every event; returns what stops the calls. */
+  subscribe(listener: (event: JobEvent) => void): () => void;
+  /** The events as they happen, until `job_done` (call before running; a consumer over 1024 behind loses the oldest). */
+  events(): AsyncGenerator<JobEvent, void, void>;
+  /** Run the job; the results in input order (with `returnExceptions`, a failed task's TaskFailedError in its place). */
+  run(): Promise<R[]>;
+  /** Run the job, yielding `[index, result]` as each task finishes; stopping early ends the job. */
+  results(): AsyncGenerator<[number, R | TaskFailedError], void, void>;
 }
 
 export declare class Requestor {
@@ -74,14 +163,18 @@ export declare class Requestor {
   readonly activities: Activity[];
   /** Rent a container; release it with `activity.release()` or `requestor.close()`. */
   rent(options: RentOptions): Promise<Activity>;
-  /** Every provider the hub knows: its offer, what is free now, the images it holds. */
-  market(): Promise<ProviderInfo[]>;
+  /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
+  market(options?: MarketOptions): Promise<ProviderInfo[]>;
+  /** A job not started yet: follow its events, then run it. */
+  job<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Job<P, R>;
   /** Run `worker` for every part on rented activities; the results in input order. */
-  map<P, R>(
+  map<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Promise<R[]>;
+  /** Like `map`, but yield `[index, result]` as each task finishes. */
+  mapUnordered<P, R>(
     parts: Iterable<P>,
-    worker: (activity: Activity, part: P, context: TaskContext) => Promise<R>,
-    options: MapOptions,
-  ): Promise<R[]>;
+    worker: Worker<P, R>,
+    options: JobOptions,
+  ): AsyncGenerator<[number, R | TaskFailedError], void, void>;
   /** Release every activity still held and close the connection. */
   close(): Promise<void>;
 }
@@ -154,47 +247,47 @@ export declare function demandMessage(demand?: DemandOptions): {
   labels: Record<string, string>;
 };
 
-export interface KilnErrorOptions {
-  code?: string;
-  cause?: unknown;
-}
+export {
+  KilnError,
+  UsageError,
+  InvalidPathError,
+  ProtocolError,
+  LocalProtocolError,
+  RemoteProtocolError,
+  UnsupportedVersionError,
+  ConnectionClosedError,
+  ConnectionLostError,
+  UnauthorizedError,
+  NoMatchError,
+  ImageNotFoundError,
+  ActivityError,
+  ProviderLostError,
+  FileNotFoundError,
+  TransferFailedError,
+  ContainerFailedError,
+  CancelledError,
+  RemoteError,
+  errorFromCode,
+} from "./protocol.js";
+export type { KilnErrorOptions } from "./protocol.js";
 
-/** The root of every Kiln error. `code` is stable; branch on it or on the class. */
-export declare class KilnError extends Error {
-  constructor(message: string, options?: KilnErrorOptions);
-  readonly code: KnownErrorCode | string;
-  static readonly defaultCode: string;
-}
-export declare class UsageError extends KilnError {}
-export declare class InvalidPathError extends UsageError {}
-export declare class ProtocolError extends KilnError {}
-export declare class UnsupportedVersionError extends ProtocolError {}
-export declare class ConnectionClosedError extends KilnError {}
-export declare class UnauthorizedError extends KilnError {}
-export declare class NoMatchError extends KilnError {}
-export declare class ImageNotFoundError extends KilnError {}
-export declare class ActivityError extends KilnError {}
-export declare class ProviderLostError extends ActivityError {}
+/** A command ran past its timeout and was killed. */
 export declare class CommandTimeoutError extends ActivityError {
   constructor(message: string, result: Result);
   /** What the command wrote before it was killed. */
   readonly result: Result;
 }
-export declare class FileNotFoundError extends ActivityError {}
-export declare class TransferFailedError extends ActivityError {}
-export declare class ContainerFailedError extends ActivityError {}
-export declare class CancelledError extends KilnError {}
+/** An attempt of a job's task ran past `taskTimeoutMs` (the task is tried again). */
 export declare class TaskTimeoutError extends KilnError {}
+/** A job's task failed for good. */
 export declare class TaskFailedError extends KilnError {
-  constructor(message: string, task: { index: number; item: unknown; attempts: unknown[] });
+  constructor(message: string, task: { index: number; item: unknown; attempts: unknown[]; cause?: unknown });
   readonly index: number;
   readonly item: unknown;
   /** Each attempt's error, in order. */
   readonly attempts: unknown[];
 }
+/** Thrown by a job's worker: run this task again, on another provider if possible. */
 export declare class RetryTaskError extends KilnError {}
-export declare class RemoteError extends KilnError {}
-/** The error for an `error` message with `code`. */
-export declare function errorFromCode(code: string, message: string): KilnError;
 
 export type { DownloadInfo };

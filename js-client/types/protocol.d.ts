@@ -21,22 +21,73 @@ export declare const PROTOCOL_NAME: "kiln.v1";
 export declare const PROTOCOL_VERSION: string;
 export declare const MAJOR_VERSION: number;
 export declare const MAX_ID: number;
+/** The most providers one `rent` may pass over. */
+export declare const MAX_EXCLUDE: number;
 export declare const MAX_PATH_LENGTH: number;
 export declare const MESSAGE_TYPES: ReadonlySet<MessageType>;
 export declare const FINAL_REPLIES: ReadonlySet<MessageType>;
 
-export declare class ProtocolViolation extends globalThis.Error {
-  constructor(code: string, message: string, re?: number | null);
-  code: string;
-  re: number | null;
+export declare const MAX_TEXT: number;
+
+// --- the error tree (src/protocol/errors.js; drawn in src/errors.js) ---------------------
+
+export interface KilnErrorOptions {
+  /** The stable code; the class's `defaultCode` when left out. */
+  code?: string;
+  cause?: unknown;
+  /** The provider involved, when the hub said which. */
+  provider?: string | null;
 }
 
-/** Parse and validate one text frame; throws ProtocolViolation (bad_json, unknown_type, bad_path, bad_message). */
+/** The root of every Kiln error. `code` is stable; branch on it or on the class. */
+export declare class KilnError extends globalThis.Error {
+  constructor(message: string, options?: KilnErrorOptions);
+  readonly code: KnownErrorCode | string;
+  /** The provider involved, when the hub said which (e.g. the provider a failed rent was tried on). */
+  readonly provider: string | null;
+  static readonly defaultCode: string;
+}
+/** The caller's own mistake, found before anything is sent. */
+export declare class UsageError extends KilnError {}
+export declare class InvalidPathError extends UsageError {}
+/** Protocol kiln.v1 was broken. */
+export declare class ProtocolError extends KilnError {}
+/** This side broke the protocol: a message it was about to send (never sent), or one the peer refused as invalid. */
+export declare class LocalProtocolError extends ProtocolError {}
+/** The peer broke the protocol. */
+export declare class RemoteProtocolError extends ProtocolError {
+  constructor(message: string, options?: KilnErrorOptions & { re?: number | null });
+  /** The id of the request the bad message carried, if readable. */
+  readonly re: number | null;
+}
+export declare class UnsupportedVersionError extends ProtocolError {}
+/** The connection to the hub is over: this side closed it. */
+export declare class ConnectionClosedError extends KilnError {}
+/** The connection to the hub broke: the hub closed it or vanished, or the network failed. */
+export declare class ConnectionLostError extends ConnectionClosedError {}
+export declare class UnauthorizedError extends KilnError {}
+export declare class NoMatchError extends KilnError {}
+export declare class ImageNotFoundError extends KilnError {}
+export declare class ActivityError extends KilnError {}
+export declare class ProviderLostError extends ActivityError {}
+export declare class FileNotFoundError extends ActivityError {}
+export declare class TransferFailedError extends ActivityError {}
+export declare class ContainerFailedError extends ActivityError {}
+export declare class CancelledError extends KilnError {}
+export declare class RemoteError extends KilnError {}
+/** The error for an `error` message with `code` (an unknown code: a RemoteError with code `internal`). */
+export declare function errorFromCode(code: string, message: string, provider?: string | null): KilnError;
+
+// --- messages ------------------------------------------------------------------------------
+
+/** Parse and validate one text frame from the peer; throws RemoteProtocolError (bad_json, unknown_type, bad_path, bad_message). */
 export declare function parse(text: string): Message;
-/** Validate a decoded JSON value as a message. */
-export declare function validate(raw: unknown): Message;
-/** The JSON text of a message, null fields omitted; throws ProtocolViolation if it is invalid. */
+/** A message this side means to send, checked (a frozen copy, defaults filled in); throws LocalProtocolError. */
+export declare function build(raw: Message | Record<string, unknown>): Message;
+/** The JSON text of a message, null fields omitted; throws LocalProtocolError if it is invalid. */
 export declare function serialize(message: Message | Record<string, unknown>): string;
+/** `text` cut to fit a message's free-text field (at most `limit` characters, valid UTF-8). */
+export declare function clip(text: string, limit?: number): string;
 /** Why `path` is not a valid container path, or null. */
 export declare function containerPathProblem(path: string): string | null;
 
@@ -49,7 +100,7 @@ export interface Frame {
   payload: Uint8Array;
 }
 export declare function encodeFrame(kind: number, stream: number, payload?: Uint8Array): Uint8Array;
-/** Throws ProtocolViolation (bad_frame). */
+/** Throws RemoteProtocolError (bad_frame). */
 export declare function decodeFrame(data: Uint8Array, maxPayload: number): Frame;
 export declare function abortFrame(stream: number, reason: string): Uint8Array;
 
@@ -63,3 +114,109 @@ export declare const limits: {
   readonly MAX_STREAMS: number;
   readonly MAX_OUTPUT_BYTES: number;
 };
+
+// --- the session core (src/protocol/session.js) -------------------------------------------
+
+import type {
+  ActivityLost,
+  Create,
+  Destroy,
+  Done,
+  Download,
+  DownloadInfo,
+  Error as ErrorMessage,
+  Exec,
+  ExecResult,
+  Limits,
+  MarketQuery,
+  Offer,
+  Release,
+  Rent,
+  Upload,
+  Welcome,
+} from "./protocol.generated.js";
+
+export type Role = "requestor" | "provider";
+/** What this side may ask of the hub. */
+export type Request = Rent | Release | MarketQuery | Exec | Upload | Download | Offer;
+/** What the hub may ask of a provider. */
+export type HubRequest = Create | Destroy | Exec | Upload | Download;
+/** What a provider answers the hub with. */
+export type Reply = Done | ErrorMessage | ExecResult | DownloadInfo;
+export type SessionState = "hello_sent" | "open" | "closed";
+
+/** A frame to write: a message's JSON text (a text frame) or a binary stream frame. */
+export type Outbound = { readonly binary: false; readonly data: string } | { readonly binary: true; readonly data: Uint8Array };
+
+/** The hub took our hello; the session is open. */
+export interface Welcomed { readonly type: "welcomed"; readonly welcome: Welcome }
+/** Request `request` of ours succeeded; `reply` is its final reply. */
+export interface Replied { readonly type: "replied"; readonly request: number; readonly reply: Message }
+/** Request `request` of ours failed: an `error` reply, a bad reply, or the end of the connection. */
+export interface Failed { readonly type: "failed"; readonly request: number; readonly error: KilnError }
+/** Our download `request` is under way: what is coming (before its data). */
+export interface Informed { readonly type: "informed"; readonly request: number; readonly info: DownloadInfo }
+/** The hub asks this provider for something; answer it with `session.reply()`, once. */
+export interface Requested { readonly type: "requested"; readonly message: HubRequest }
+/** The hub cancels its open request `request`; it still gets its one reply. */
+export interface CancelRequested { readonly type: "cancelRequested"; readonly request: number }
+/** One-way news from the hub: an activity is gone, or an error about no request of ours. */
+export interface Notified { readonly type: "notified"; readonly message: ActivityLost | ErrorMessage }
+/** The receiver of `stream` lets us send `chunks` more DATA frames. */
+export interface Credited { readonly type: "credited"; readonly stream: number; readonly chunks: number }
+/** A chunk of `stream` arrived (a view into the frame, not a copy). */
+export interface DataReceived { readonly type: "dataReceived"; readonly stream: number; readonly data: Uint8Array }
+/** All of `stream`'s data arrived; its request's final reply follows. */
+export interface StreamEnded { readonly type: "streamEnded"; readonly stream: number }
+/** `stream` broke off: its sender aborted it, or sent beyond its credit. */
+export interface StreamFailed { readonly type: "streamFailed"; readonly stream: number; readonly error: KilnError }
+/** The hub sent something invalid that concerns no open request of ours; it was dropped. */
+export interface Violated { readonly type: "violated"; readonly error: RemoteProtocolError }
+/** The session is over, and why. Always the last event. */
+export interface Closed { readonly type: "closed"; readonly error: KilnError }
+export type SessionEvent =
+  | Welcomed | Replied | Failed | Informed | Requested | CancelRequested | Notified
+  | Credited | DataReceived | StreamEnded | StreamFailed | Violated | Closed;
+
+export declare const State: Readonly<{ HELLO_SENT: "hello_sent"; OPEN: "open"; CLOSED: "closed" }>;
+
+/**
+ * One peer's side of a kiln.v1 session with the hub, with no I/O: frames and calls in,
+ * frames to send and events out. After every call, write what `dataToSend()` returns and
+ * handle what `eventsReceived()` returns, in order.
+ */
+export declare class Session {
+  /** Queues `hello`; throws LocalProtocolError for an invalid name or token. */
+  constructor(role: Role, name: string, options?: { token?: string | null; software?: string });
+  readonly role: Role;
+  readonly state: SessionState;
+  readonly welcome: Welcome | null;
+  /** Why the session ended, once it has. */
+  readonly closed: KilnError | null;
+  /** The limits the hub announced; throws LocalProtocolError before `welcome`. */
+  readonly limits: Limits;
+  dataToSend(): Outbound[];
+  eventsReceived(): SessionEvent[];
+  /** A request id not in use by any open request of ours. */
+  newId(): number;
+  /** Send a request (checked first; throws LocalProtocolError, or the end reason once closed). */
+  request(message: Request | Record<string, unknown>): void;
+  /** Ask the hub to stop an open request of ours; no-op if it is not open. */
+  cancel(request: number): void;
+  /** A provider answers the hub's open request `message.re`. */
+  reply(message: Reply | Record<string, unknown>): void;
+  /** DATA frames we may send on `stream` now. */
+  credit(stream: number): number;
+  sendData(stream: number, data: Uint8Array): void;
+  endStream(stream: number): void;
+  /** Give up sending on `stream`; no-op if it is not open. */
+  abortStream(stream: number, reason: string): void;
+  /** Let the sender of `stream` send `chunks` more DATA frames; no-op once the stream is over. */
+  grant(stream: number, chunks: number): void;
+  /** This side ends the session: what is open fails with ConnectionClosedError. */
+  close(): void;
+  /** The socket ended: what is open fails with ConnectionLostError (unless closed already). */
+  connectionLost(reason: string): void;
+  receiveText(data: string): void;
+  receiveBinary(data: Uint8Array): void;
+}

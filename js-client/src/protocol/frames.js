@@ -14,7 +14,7 @@
  */
 
 import { ErrorCode } from "./codes.js";
-import { ProtocolViolation } from "./violation.js";
+import { RemoteProtocolError } from "./errors.js";
 
 export const HEADER_SIZE = 8;
 export const MAX_REASON_BYTES = 1024;
@@ -47,17 +47,22 @@ export function encodeFrame(kind, stream, payload = new Uint8Array(0)) {
 }
 
 /**
- * The ABORT frame of `stream`, its reason cut to {@link MAX_REASON_BYTES} bytes.
+ * The ABORT frame of `stream`, its reason cut to {@link MAX_REASON_BYTES} bytes (at a
+ * character's start, so the reason stays valid UTF-8).
  * @param {number} stream
  * @param {string} reason
  */
 export function abortFrame(stream, reason) {
-  return encodeFrame(FrameKind.ABORT, stream, new TextEncoder().encode(reason).subarray(0, MAX_REASON_BYTES));
+  const bytes = new TextEncoder().encode(reason);
+  let end = Math.min(bytes.byteLength, MAX_REASON_BYTES);
+  // A UTF-8 continuation byte (10xxxxxx) just past the cut means a character was split.
+  while (end < bytes.byteLength && end > 0 && (bytes[end] & 0xc0) === 0x80) end -= 1;
+  return encodeFrame(FrameKind.ABORT, stream, bytes.subarray(0, end));
 }
 
 /**
  * Split one binary frame into kind, stream and payload.
- * Throws {@link ProtocolViolation} (`bad_frame`) on a short header, nonzero reserved
+ * Throws {@link RemoteProtocolError} (`bad_frame`) on a short header, nonzero reserved
  * bytes, an unknown kind, stream 0, or a payload over its limit.
  * @param {Uint8Array} data
  * @param {number} maxPayload the largest DATA payload (the hub's `chunk_bytes`)
@@ -65,28 +70,27 @@ export function abortFrame(stream, reason) {
  */
 export function decodeFrame(data, maxPayload) {
   if (data.byteLength < HEADER_SIZE) {
-    throw new ProtocolViolation(ErrorCode.BAD_FRAME, `binary frame shorter than its ${HEADER_SIZE}-byte header`);
+    throw badFrame(`binary frame shorter than its ${HEADER_SIZE}-byte header`);
   }
   const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
   const kind = view.getUint8(0);
   const stream = view.getUint32(4);
   if (data[1] !== 0 || data[2] !== 0 || data[3] !== 0) {
-    throw new ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame header bytes 1-3 must be zero");
+    throw badFrame("binary frame header bytes 1-3 must be zero");
   }
   if (kind > FrameKind.ABORT) {
-    throw new ProtocolViolation(ErrorCode.BAD_FRAME, `unknown binary frame kind ${kind}`);
+    throw badFrame(`unknown binary frame kind ${kind}`);
   }
   if (stream === 0) {
-    throw new ProtocolViolation(ErrorCode.BAD_FRAME, "binary frame for stream 0");
+    throw badFrame("binary frame for stream 0");
   }
   const payload = data.subarray(HEADER_SIZE);
   const limit = kind === FrameKind.DATA ? maxPayload : kind === FrameKind.END ? 0 : MAX_REASON_BYTES;
   if (payload.byteLength > limit) {
-    throw new ProtocolViolation(
-      ErrorCode.BAD_FRAME,
-      `${KIND_NAMES[kind]} frame payload of ${payload.byteLength} bytes exceeds ${limit}`,
-      stream,
-    );
+    throw badFrame(`${KIND_NAMES[kind]} frame payload of ${payload.byteLength} bytes exceeds ${limit}`, stream);
   }
   return { kind, stream, payload };
 }
+
+/** @param {string} message @param {number | null} [stream] */
+const badFrame = (message, stream = null) => new RemoteProtocolError(message, { code: ErrorCode.BAD_FRAME, re: stream });

@@ -1,9 +1,32 @@
 /**
- * Protocol kiln.v1, pure: messages, binary frames, limits and error codes. No I/O here.
+ * Protocol kiln.v1, pure: messages, binary frames, limits, error codes, the error tree
+ * and the session core. No I/O here, and no import from outside this folder.
  * @module
  */
 
 export { ErrorCode, ERROR_CODES } from "./codes.js";
+export {
+  KilnError,
+  UsageError,
+  InvalidPathError,
+  ProtocolError,
+  LocalProtocolError,
+  RemoteProtocolError,
+  UnsupportedVersionError,
+  ConnectionClosedError,
+  ConnectionLostError,
+  UnauthorizedError,
+  NoMatchError,
+  ImageNotFoundError,
+  ActivityError,
+  ProviderLostError,
+  FileNotFoundError,
+  TransferFailedError,
+  ContainerFailedError,
+  CancelledError,
+  RemoteError,
+  errorFromCode,
+} from "./errors.js";
 export { FrameKind, HEADER_SIZE, MAX_REASON_BYTES, encodeFrame, decodeFrame, abortFrame } from "./frames.js";
 export * as limits from "./limits.js";
 export {
@@ -11,12 +34,15 @@ export {
   PROTOCOL_VERSION,
   MAJOR_VERSION,
   MAX_ID,
+  MAX_EXCLUDE,
   MAX_PATH_LENGTH,
+  MAX_TEXT,
   MESSAGE_TYPES,
   FINAL_REPLIES,
+  build,
+  clip,
   containerPathProblem,
   parse,
   serialize,
-  validate,
 } from "./messages.js";
-export { ProtocolViolation } from "./violation.js";
+export { Session, State } from "./session.js";

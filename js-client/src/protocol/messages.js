@@ -6,8 +6,10 @@
  * same ranges and patterns, and numbers judged by value (`7.0` is the integer 7).
  *
  * Call {@link parse} on the text of a WebSocket text frame to get a message (a plain
- * deep-frozen object, defaults filled in) or a {@link ProtocolViolation}; call
- * {@link serialize} to get the text to send. Nothing in this module does I/O.
+ * deep-frozen object, defaults filled in) or a {@link RemoteProtocolError}: the peer broke
+ * the protocol. Call {@link build} on a message this side means to send (an invalid one is
+ * a {@link LocalProtocolError}), and {@link serialize} to get its text. Nothing in this
+ * module does I/O.
  *
  * One known difference from Python, from `JSON.parse`: integers beyond 2^53 lose precision.
  * @module
@@ -15,8 +17,8 @@
 
 import { ErrorCode } from "./codes.js";
 import { VALIDATORS } from "./generated/validators.js";
+import { LocalProtocolError, RemoteProtocolError } from "./errors.js";
 import { FORMAT, pathProblem } from "./paths.js";
-import { ProtocolViolation } from "./violation.js";
 
 export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js";
 
@@ -29,9 +31,13 @@ export const PROTOCOL_VERSION = "1.0";
 export const MAJOR_VERSION = 1;
 
 export const MAX_ID = 2 ** 31 - 1;
+/** The most providers one `rent` may pass over. */
+export const MAX_EXCLUDE = 1024;
 
 /** Most problems one violation's message lists (as the Python side). */
 const MAX_PROBLEMS = 5;
+/** The longest free text (an error's message, a loss's reason) a message carries. */
+export const MAX_TEXT = 4096;
 
 /** Every message `type`. */
 export const MESSAGE_TYPES = Object.freeze(new Set(/** @type {MessageType[]} */ (Object.keys(VALIDATORS))));
@@ -42,21 +48,25 @@ export const FINAL_REPLIES = Object.freeze(
 );
 
 /**
- * Check a decoded JSON value as a message; return a deep-frozen copy, defaults filled in.
+ * A message this side means to send, checked: a deep-frozen copy of `raw`, fields left
+ * at `null` or `undefined` omitted and defaults filled in.
  *
- * Throws {@link ProtocolViolation} with code `bad_message`, `unknown_type` or `bad_path`.
- * @param {unknown} raw
+ * Throws {@link LocalProtocolError} (`bad_message`, `unknown_type` or `bad_path`): an
+ * invalid message is never sent.
+ * @param {Message | Record<string, unknown>} raw
  * @returns {Message}
  */
-export function validate(raw) {
-  return check(copyJson(raw));
+export function build(raw) {
+  // Through JSON and back: a plain copy, as the peer would read it.
+  return check(JSON.parse(JSON.stringify(raw, omitNull)), "local");
 }
 
 /**
- * Parse and validate one text frame.
+ * Parse and validate one text frame from the peer.
  *
- * Throws {@link ProtocolViolation} with code `bad_json`, `unknown_type`, `bad_path` or
- * `bad_message`; its `re` is the message's `id` when one could be read.
+ * Throws {@link RemoteProtocolError} with code `bad_json`, `unknown_type`, `bad_path` or
+ * `bad_message`; its `re` is the message's `id` when one could be read, so the error
+ * reply can name the request.
  * @param {string} text
  * @returns {Message}
  */
@@ -65,20 +75,32 @@ export function parse(text) {
   try {
     raw = JSON.parse(text);
   } catch (e) {
-    throw new ProtocolViolation(ErrorCode.BAD_JSON, `not valid JSON: ${/** @type {Error} */ (e).message}`);
+    throw new RemoteProtocolError(`not valid JSON: ${/** @type {Error} */ (e).message}`, { code: ErrorCode.BAD_JSON });
   }
-  return check(raw);
+  return check(raw, "remote");
 }
 
 /**
- * The JSON text of `message`, fields left at `null` or `undefined` omitted.
- * The message is validated first, so a bad one is never sent (a {@link ProtocolViolation}).
+ * The JSON text of `message`, fields left at `null` or `undefined` omitted. The message
+ * is checked first ({@link build}), so a bad one is never sent.
  * @param {Message | Record<string, unknown>} message
  * @returns {string}
  */
 export function serialize(message) {
-  const text = JSON.stringify(message, omitNull);
-  return JSON.stringify(check(JSON.parse(text)), omitNull);
+  return JSON.stringify(build(message), omitNull);
+}
+
+/**
+ * `text` made fit for a message's free-text field (an error's message): at most `limit`
+ * characters (code points, as the schema counts them) and no lone surrogate, which
+ * UTF-8 cannot carry (as `clip` in `python/kiln/protocol/messages.py`).
+ * @param {string} text
+ * @param {number} [limit]
+ */
+export function clip(text, limit = MAX_TEXT) {
+  const chars = [...text];
+  const cut = chars.length > limit ? chars.slice(0, limit - 1).join("") + "\u2026" : text;
+  return cut.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, "\uFFFD");
 }
 
 /** @param {string} _key @param {unknown} value */
@@ -87,34 +109,47 @@ const omitNull = (_key, value) => (value === null ? undefined : value);
 /**
  * Validate `raw` in place (the validators fill in defaults), then freeze it.
  * @param {unknown} raw a value nobody else holds
+ * @param {"local" | "remote"} side who broke the protocol if it is invalid: this side, or the peer
  * @returns {Message}
  */
-function check(raw) {
-  if (!isObject(raw)) throw new ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message must be a JSON object");
+function check(raw, side) {
+  if (!isObject(raw)) throw invalid(side, "a message must be a JSON object", ErrorCode.BAD_MESSAGE);
   const re = requestIdOf(raw);
   const kind = raw.type;
-  if (typeof kind !== "string") {
-    throw new ProtocolViolation(ErrorCode.BAD_MESSAGE, "a message needs a string field 'type'", re);
-  }
+  if (typeof kind !== "string") throw invalid(side, "a message needs a string field 'type'", ErrorCode.BAD_MESSAGE, re);
   if (!Object.hasOwn(VALIDATORS, kind)) {
-    throw new ProtocolViolation(ErrorCode.UNKNOWN_TYPE, `unknown message type '${kind.slice(0, 64)}'`, re);
+    throw invalid(side, `unknown message type '${kind.slice(0, 64)}'`, ErrorCode.UNKNOWN_TYPE, re);
   }
   // Each validator guards its own type; with `kind` known only as one of them, a Message.
   const validator = /** @type {import("./generated/validators.js").Validator<Message>} */ (
     VALIDATORS[/** @type {MessageType} */ (kind)]
   );
-  if (!validator(raw)) throw violation(kind, raw, validator.errors ?? [], re);
+  if (!validator(raw)) {
+    const { code, details } = judge(raw, validator.errors ?? []);
+    throw invalid(side, `invalid '${kind}' message: ${details}`, code, re);
+  }
   return deepFreeze(raw);
 }
 
 /**
- * The violation that ajv's `errors` on `message` amount to, judged as pydantic judges.
- * @param {string} kind
+ * The error for an invalid message: this side's (never sent), or the peer's (with the
+ * `re` its error reply names).
+ * @param {"local" | "remote"} side
+ * @param {string} message
+ * @param {string} code
+ * @param {number | null} [re]
+ */
+function invalid(side, message, code, re = null) {
+  return side === "local" ? new LocalProtocolError(message, { code }) : new RemoteProtocolError(message, { code, re });
+}
+
+/**
+ * The code and the description that ajv's `errors` on `message` amount to, judged as
+ * pydantic judges.
  * @param {Record<string, unknown>} message
  * @param {ValidationProblem[]} errors
- * @param {number | null} re
  */
-function violation(kind, message, errors, re) {
+function judge(message, errors) {
   // Left out as saying nothing more: of `X | None` (pydantic's "X, or null") ajv reports
   // both branches of the anyOf and the anyOf itself, and only X's problems count for a
   // value that is not null; a bad object key has its own problem beside the summary.
@@ -131,8 +166,7 @@ function violation(kind, message, errors, re) {
     .slice(0, MAX_PROBLEMS)
     .map((e) => describe(e, message))
     .join("; ");
-  const code = badPath ? ErrorCode.BAD_PATH : ErrorCode.BAD_MESSAGE;
-  return new ProtocolViolation(code, `invalid '${kind}' message: ${details}`, re);
+  return { code: badPath ? ErrorCode.BAD_PATH : ErrorCode.BAD_MESSAGE, details };
 }
 
 /** @param {ValidationProblem} e */
@@ -178,19 +212,6 @@ const isObject = (value) => typeof value === "object" && value !== null && !Arra
 function requestIdOf(raw) {
   const id = raw.id;
   return typeof id === "number" && Number.isInteger(id) && id >= 1 && id <= MAX_ID ? id : null;
-}
-
-/**
- * A copy of the arrays and objects in `value`, so that checking it (which fills in
- * defaults and freezes) leaves the caller's value alone. Other values are no JSON
- * containers: they are kept, for the validator to judge.
- * @param {unknown} value
- * @returns {unknown}
- */
-function copyJson(value) {
-  if (Array.isArray(value)) return value.map(copyJson);
-  if (isObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, copyJson(v)]));
-  return value;
 }
 
 /**

@@ -1,0 +1,437 @@
+/**
+ * The requestor's connection to the hub: a WebSocket pumping a protocol {@link Session}
+ * (mirrors `python/kiln/connection.py`).
+ *
+ * The session (`src/protocol/session.js`) decides everything: ids, which reply ends which
+ * request, credit, what a lost connection means. This module only moves frames. Every
+ * frame from the socket goes into the session, and the events that come out become
+ * wake-ups: a request's promise, a stream's buffer or credit. Events it has no use for (an
+ * activity lost, a violation, the end) go to `onEvent`. Every call writes what the
+ * session wants sent, in order. Its handlers never wait.
+ *
+ * Use: `const conn = await Connection.open(openSocket, url, {name, token})`, then
+ * {@link Connection#request}, or {@link Connection#openUpload} /
+ * {@link Connection#openDownload} for streams. {@link Connection#close} ends it.
+ * @module
+ */
+
+import { Deferred, settlesWithin, sleep } from "./deferred.js";
+import { ConnectionLostError, UnsupportedVersionError } from "./errors.js";
+import { PROTOCOL_NAME } from "./protocol/messages.js";
+import { Session } from "./protocol/session.js";
+
+/** @typedef {import("./errors.js").KilnError} KilnError */
+/** @typedef {import("../types/protocol.js").Message} Message */
+/** @typedef {import("../types/protocol.js").DownloadInfo} DownloadInfo */
+/** @typedef {import("../types/protocol.js").SessionEvent} SessionEvent */
+/** @typedef {Record<string, unknown> & {id: number}} RequestMessage a request to send, checked by the session */
+
+const SOFTWARE = "kiln-js/0.1.0";
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Bytes the socket may hold unsent before a stream sender waits for it to drain. */
+const HIGH_WATER_BYTES = 8 * 1024 * 1024;
+/** How long `close()` waits for the socket to close. */
+const CLOSE_WAIT_MS = 5_000;
+/** WebSocket.OPEN, the same in browsers and `ws`. */
+const OPEN = 1;
+
+/**
+ * The WebSocket surface kiln-client needs: the browser's, which `ws` and undici share.
+ * @typedef {object} Socket
+ * @property {string} protocol
+ * @property {number} readyState
+ * @property {number} bufferedAmount
+ * @property {string} binaryType
+ * @property {(data: string | Uint8Array) => void} send
+ * @property {(code?: number, reason?: string) => void} close
+ * @property {(type: string, listener: (event: any) => void) => void} addEventListener
+ */
+
+/** @typedef {(url: string, protocols: string[]) => Socket} OpenSocket */
+
+/**
+ * The receiving end of a stream: iterate it for chunks; credit goes back as you consume
+ * them. What it buffers is bounded by the credit granted: the session fails a stream
+ * whose sender overruns it.
+ */
+export class Incoming {
+  /**
+   * @param {Connection} conn
+   * @param {number} stream
+   * @param {number} window the credit granted when the stream was opened
+   */
+  constructor(conn, stream, window) {
+    this._conn = conn;
+    this.stream = stream;
+    this.window = window;
+    /** @type {Deferred<DownloadInfo>} */
+    this.info = new Deferred();
+    /** @type {Uint8Array[]} */
+    this._chunks = [];
+    this._ended = false;
+    /** @type {KilnError | null} */
+    this._error = null;
+    this._consumed = 0;
+    /** @type {Deferred<void> | null} */
+    this._wake = null;
+  }
+
+  /** @param {Uint8Array} data */
+  _feed(data) {
+    this._chunks.push(data);
+    this._wake?.resolve();
+  }
+
+  _end() {
+    this._ended = true;
+    this._wake?.resolve();
+  }
+
+  /**
+   * End the stream with `error` (what a reader waiting on it then throws).
+   * @param {KilnError} error
+   */
+  fail(error) {
+    if (this._error === null && !this._ended) this._error = error;
+    if (!this.info.settled) this.info.reject(error);
+    this._wake?.resolve();
+  }
+
+  /** @returns {AsyncGenerator<Uint8Array, void, void>} */
+  async *[Symbol.asyncIterator]() {
+    for (;;) {
+      while (this._chunks.length === 0) {
+        if (this._error !== null) throw this._error;
+        if (this._ended) return;
+        this._wake = new Deferred();
+        await this._wake.promise;
+        this._wake = null;
+      }
+      const chunk = /** @type {Uint8Array} */ (this._chunks.shift());
+      this._consumed += 1;
+      // Credit goes back in batches of half a window: few messages, never a stall.
+      if (this._consumed * 2 >= this.window && !this._ended) {
+        const grant = this._consumed;
+        this._consumed = 0;
+        this._conn.grant(this.stream, grant);
+      }
+      yield chunk;
+    }
+  }
+}
+
+/** The sending end of a stream: {@link Outgoing#write} waits for credit, {@link Outgoing#end} finishes it. */
+export class Outgoing {
+  /** @param {Connection} conn @param {number} stream */
+  constructor(conn, stream) {
+    this._conn = conn;
+    this.stream = stream;
+    /** @type {KilnError | null} */
+    this._error = null;
+    /** @type {Deferred<void> | null} */
+    this._wake = null;
+  }
+
+  _credited() {
+    this._wake?.resolve();
+  }
+
+  /**
+   * Stop the stream: a writer waiting for credit throws `error`.
+   * @param {KilnError} error
+   */
+  fail(error) {
+    if (this._error === null) this._error = error;
+    this._wake?.resolve();
+  }
+
+  /**
+   * Send `data` in DATA frames of at most `chunk_bytes`, each within the credit granted,
+   * waiting while the socket holds too much unsent data.
+   * @param {Uint8Array} data
+   */
+  async write(data) {
+    const { session, socket } = this._conn;
+    const size = session.limits.chunk_bytes;
+    for (let start = 0; start < data.byteLength; start += size) {
+      while (this._error === null && session.credit(this.stream) <= 0) {
+        this._wake = new Deferred();
+        await this._wake.promise;
+        this._wake = null;
+      }
+      // The socket has no drain event in browsers: poll until it is below the mark.
+      while (this._error === null && socket.bufferedAmount > HIGH_WATER_BYTES) await sleep(5);
+      if (this._error !== null) throw this._error;
+      session.sendData(this.stream, data.subarray(start, start + size));
+      this._conn.flush();
+    }
+  }
+
+  end() {
+    if (this._error !== null) throw this._error;
+    this._conn.session.endStream(this.stream);
+    this._conn.flush();
+  }
+
+  /** Give up the stream (no-op once it is over or the connection is gone). @param {string} reason */
+  abort(reason) {
+    this._conn.session.abortStream(this.stream, reason);
+    this._conn.flush();
+  }
+}
+
+/** A live, welcomed connection to the hub. Get one from {@link Connection.open}. */
+export class Connection {
+  /**
+   * Dial the hub at `url` and exchange hello/welcome; the socket is closed if that fails.
+   *
+   * Throws {@link ConnectionLostError} when the hub cannot be reached or does not answer,
+   * {@link UnsupportedVersionError} when it speaks another protocol or major version,
+   * the error the hub refused us with (e.g. an UnauthorizedError), or a
+   * LocalProtocolError for a name or token the protocol does not allow.
+   * @param {OpenSocket} openSocket
+   * @param {string} url
+   * @param {{name: string, token?: string | null, timeoutMs?: number}} options
+   * @returns {Promise<Connection>}
+   */
+  static async open(openSocket, url, options) {
+    const timeoutMs = options.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    const session = new Session("requestor", options.name, { token: options.token ?? null, software: SOFTWARE });
+    /** @type {Socket} */
+    let socket;
+    try {
+      socket = openSocket(url, [PROTOCOL_NAME]);
+    } catch (e) {
+      throw new ConnectionLostError(`cannot reach the hub at ${url}: ${describe(e)}`, { cause: e });
+    }
+    const conn = new Connection(socket, session);
+    const timer = setTimeout(() => {
+      conn._welcomed.reject(new ConnectionLostError(`the hub at ${url} did not answer hello within ${timeoutMs} ms`));
+    }, timeoutMs);
+    try {
+      await conn._welcomed.promise;
+      return conn;
+    } catch (e) {
+      session.close();
+      conn._dispatch();
+      socket.close(1000);
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * @param {Socket} socket
+   * @param {Session} session
+   */
+  constructor(socket, session) {
+    this.socket = socket;
+    this.session = session;
+    /** @type {(event: SessionEvent) => void} what gets the events the connection has no use for */
+    this.onEvent = () => {};
+    /** @type {Map<number, Deferred<Message>>} */
+    this._replies = new Map();
+    /** @type {Map<number, Incoming>} */
+    this._incoming = new Map();
+    /** @type {Map<number, Outgoing>} */
+    this._outgoing = new Map();
+    /** @type {Deferred<void>} settles with the handshake */
+    this._welcomed = new Deferred();
+    /** @type {Deferred<void>} settles when the socket has closed */
+    this.finished = new Deferred();
+    /** @type {string | null} what the socket's last error said, for the loss's reason */
+    this._socketError = null;
+    socket.binaryType = "arraybuffer";
+    socket.addEventListener("open", () => {
+      // A hub that selects no subprotocol may still speak kiln.v1: its welcome decides.
+      if (socket.protocol !== "" && socket.protocol !== PROTOCOL_NAME) {
+        this._welcomed.reject(new UnsupportedVersionError(`the hub speaks ${socket.protocol}, not ${PROTOCOL_NAME}`));
+        return;
+      }
+      this.flush();
+    });
+    socket.addEventListener("message", (event) => {
+      this._take(event.data);
+      this._dispatch();
+      this.flush();
+    });
+    socket.addEventListener("error", (event) => {
+      const text = describe(event.error ?? event.message ?? event);
+      this._socketError = text;
+      // `ws` refuses a subprotocol it did not offer before the socket opens.
+      if (/subprotocol/i.test(text)) {
+        this._welcomed.reject(new UnsupportedVersionError(`the hub does not speak ${PROTOCOL_NAME}: ${text}`));
+      }
+    });
+    socket.addEventListener("close", (event) => {
+      const detail = event.code === 1006 ? "without a close frame" : `with code ${event.code}`;
+      const reason = this._socketError ?? `the hub closed it ${detail}${event.reason ? ` (${event.reason})` : ""}`;
+      this.session.connectionLost(reason);
+      this._dispatch();
+      this.finished.resolve();
+    });
+  }
+
+  newId() {
+    return this.session.newId();
+  }
+
+  // --- sending ------------------------------------------------------------------------------
+
+  /** Write everything the session has queued, in order. */
+  flush() {
+    for (const frame of this.session.dataToSend()) {
+      // Closing or closed: the close event reports the loss to the session.
+      if (this.socket.readyState !== OPEN) return;
+      this.socket.send(frame.data);
+    }
+  }
+
+  /**
+   * Send a request; the deferred settles with its final reply, or fails with a KilnError.
+   * Throws at once (nothing sent) if the session refuses it.
+   * @param {RequestMessage} message
+   * @returns {Deferred<Message>}
+   */
+  start(message) {
+    this.session.request(message);
+    /** @type {Deferred<Message>} */
+    const reply = new Deferred();
+    this._replies.set(message.id, reply);
+    this.flush();
+    return reply;
+  }
+
+  /**
+   * Send a request and wait for its final reply; an `error` reply is thrown as a KilnError.
+   * @param {RequestMessage} message
+   */
+  request(message) {
+    return this.start(message).promise;
+  }
+
+  /**
+   * Start an upload: its sending end (credit comes from the receiver) and its final reply.
+   * @param {RequestMessage} message
+   */
+  openUpload(message) {
+    const reply = this.start(message);
+    const sender = new Outgoing(this, message.id);
+    this._outgoing.set(message.id, sender);
+    return { sender, reply };
+  }
+
+  /**
+   * Start a download: its receiving end (`info` first, then the chunks) and its final reply.
+   * @param {RequestMessage & {window: number}} message
+   */
+  openDownload(message) {
+    const reply = this.start(message);
+    const receiver = new Incoming(this, message.id, message.window);
+    this._incoming.set(message.id, receiver);
+    return { receiver, reply };
+  }
+
+  /**
+   * Ask the hub to stop `request` (no-op once it is over); it still ends with its one reply.
+   * @param {number} request
+   */
+  cancel(request) {
+    this.session.cancel(request);
+    this.flush();
+  }
+
+  /** @param {number} stream @param {number} chunks */
+  grant(stream, chunks) {
+    this.session.grant(stream, chunks);
+    this.flush();
+  }
+
+  /** End the session from this side (what is open fails with ConnectionClosedError) and close the socket. */
+  async close() {
+    this.session.close();
+    this._dispatch();
+    this.socket.close(1000);
+    await settlesWithin(this.finished.promise, CLOSE_WAIT_MS);
+  }
+
+  // --- reading -------------------------------------------------------------------------------
+
+  /** @param {unknown} data */
+  _take(data) {
+    if (typeof data === "string") this.session.receiveText(data);
+    else if (data instanceof ArrayBuffer) this.session.receiveBinary(new Uint8Array(data));
+    else if (ArrayBuffer.isView(data)) {
+      this.session.receiveBinary(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+    }
+  }
+
+  _dispatch() {
+    for (const event of this.session.eventsReceived()) {
+      switch (event.type) {
+        case "welcomed":
+          this._welcomed.resolve();
+          break;
+        case "replied":
+          this._settle(event.request, event.reply, null);
+          break;
+        case "failed":
+          this._settle(event.request, null, event.error);
+          break;
+        case "informed": {
+          const receiver = this._incoming.get(event.request);
+          if (receiver !== undefined && !receiver.info.settled) receiver.info.resolve(event.info);
+          break;
+        }
+        case "credited":
+          this._outgoing.get(event.stream)?._credited();
+          break;
+        case "dataReceived":
+          this._incoming.get(event.stream)?._feed(event.data);
+          break;
+        case "streamEnded":
+          this._incoming.get(event.stream)?._end();
+          break;
+        case "streamFailed":
+          this._incoming.get(event.stream)?.fail(event.error);
+          this._outgoing.get(event.stream)?.fail(event.error);
+          break;
+        case "closed":
+          for (const end of [...this._incoming.values(), ...this._outgoing.values()]) end.fail(event.error);
+          this._incoming.clear();
+          this._outgoing.clear();
+          this._welcomed.reject(event.error);
+          this.onEvent(event);
+          break;
+        default:
+          this.onEvent(event);
+      }
+    }
+  }
+
+  /**
+   * @param {number} request
+   * @param {Message | null} reply
+   * @param {KilnError | null} error
+   */
+  _settle(request, reply, error) {
+    const future = this._replies.get(request);
+    const ends = [this._incoming.get(request), this._outgoing.get(request)];
+    this._replies.delete(request);
+    this._incoming.delete(request);
+    this._outgoing.delete(request);
+    // The stream of a failed request fails with it.
+    if (error !== null) for (const end of ends) end?.fail(error);
+    if (future === undefined || future.settled) return;
+    if (error !== null) future.reject(error);
+    else future.resolve(/** @type {Message} */ (reply));
+  }
+}
+
+/** @param {unknown} e */
+function describe(e) {
+  if (e instanceof Error) return e.message;
+  if (typeof e === "object" && e !== null && "type" in e) return `WebSocket ${String(/** @type {any} */ (e).type)}`;
+  return String(e);
+}

@@ -1,0 +1,613 @@
+/**
+ * One peer's side of a kiln.v1 session with the hub, as a state machine with no I/O (the
+ * twin of `python/kiln/protocol/session.py`; the vectors in `protocol/v1/vectors/sessions/`
+ * hold both to the same frames, events and errors).
+ *
+ * A requestor and a provider each hold one {@link Session}; their connections only pump
+ * frames through it. The rules everything here follows:
+ *
+ * - The session opens with `hello`; the hub's first frame must be `welcome`. An `error`
+ *   instead (or anything else) ends the session before it began.
+ * - A request this side sends carries an id unique among its open requests. It stays open
+ *   until exactly one final reply (`done`, `error`, `rented`, `market_info`,
+ *   `exec_result`) names it in `re`, and the reply must fit the request's kind.
+ *   `download_info` is interim: once, for a download, before its data.
+ * - A request the hub sends a provider stays open until the provider sends exactly one
+ *   final reply to it; replying to anything else is this side's misuse.
+ * - An `upload` or `download` opens a stream under the request's id, closed with the
+ *   request. The sender spends one credit per DATA frame and never more than it holds; the
+ *   receiver grants credit and never lets what is outstanding exceed `max_window`. Data
+ *   beyond the credit granted is the peer's violation and fails the stream.
+ * - A frame for a stream or request that is no longer open is dropped: it crossed its end.
+ * - When the connection ends, every open request of this side fails once with the reason
+ *   (ConnectionClosedError when this side closed it, ConnectionLostError when it broke),
+ *   the session is closed, and every further call that would send throws that reason.
+ *
+ * Use: make a Session (it queues `hello`), then for every frame from the hub call
+ * {@link Session#receiveText} or {@link Session#receiveBinary}, and for every action
+ * {@link Session#request}, {@link Session#reply}, {@link Session#sendData},
+ * {@link Session#grant}, ... After each call, you must write what
+ * {@link Session#dataToSend} returns and handle what {@link Session#eventsReceived}
+ * returns, in order.
+ * @module
+ */
+
+import { ErrorCode } from "./codes.js";
+import {
+  ConnectionClosedError,
+  ConnectionLostError,
+  LocalProtocolError,
+  RemoteProtocolError,
+  TransferFailedError,
+  UnsupportedVersionError,
+  errorFromCode,
+} from "./errors.js";
+import { FrameKind, abortFrame, decodeFrame, encodeFrame } from "./frames.js";
+import { MAJOR_VERSION, MAX_ID, PROTOCOL_VERSION, build, clip, parse, serialize } from "./messages.js";
+
+// The message, request and event types are declared once, for callers and for tsc alike,
+// in types/protocol.d.ts.
+/** @typedef {import("./errors.js").KilnError} KilnError */
+/** @typedef {import("../../types/protocol.js").Message} Message */
+/** @typedef {import("../../types/protocol.js").Welcome} Welcome */
+/** @typedef {import("../../types/protocol.js").Limits} Limits */
+/** @typedef {import("../../types/protocol.js").Role} Role */
+/** @typedef {import("../../types/protocol.js").Request} Request */
+/** @typedef {import("../../types/protocol.js").HubRequest} HubRequest */
+/** @typedef {import("../../types/protocol.js").Reply} Reply */
+/** @typedef {import("../../types/protocol.js").Outbound} Outbound */
+/** @typedef {import("../../types/protocol.js").SessionEvent} SessionEvent */
+/**
+ * A reply from the hub to a request of ours: final, or `download_info`.
+ * @typedef {Reply | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo} HubReply
+ */
+
+/** The requests each role may send. */
+const SENDS = Object.freeze({
+  requestor: Object.freeze(new Set(["rent", "release", "market", "exec", "upload", "download"])),
+  provider: Object.freeze(new Set(["offer"])),
+});
+
+/**
+ * The final replies that fit a request of each kind.
+ * @type {Readonly<Record<string, ReadonlySet<string>>>}
+ */
+const ANSWERS = Object.freeze({
+  rent: new Set(["rented", "error"]),
+  release: new Set(["done", "error"]),
+  market: new Set(["market_info", "error"]),
+  exec: new Set(["exec_result", "error"]),
+  upload: new Set(["done", "error"]),
+  download: new Set(["done", "error"]),
+  offer: new Set(["done", "error"]),
+  create: new Set(["done", "error"]),
+  destroy: new Set(["done", "error"]),
+});
+
+const HUB_REQUESTS = new Set(["create", "destroy", "exec", "upload", "download"]);
+const REPLIES = new Set(["done", "error", "exec_result", "rented", "market_info", "download_info"]);
+
+/** The states of a session. */
+export const State = Object.freeze({ HELLO_SENT: "hello_sent", OPEN: "open", CLOSED: "closed" });
+
+// --- bookkeeping ------------------------------------------------------------------------
+
+/**
+ * A stream of an open request.
+ * @typedef {object} Stream
+ * @property {boolean} sending whether this side sends its data
+ * @property {number} credit sending: DATA frames we may still send; receiving: DATA frames the peer may still send
+ * @property {boolean} ended
+ * @property {boolean} started data has moved
+ */
+
+/**
+ * An open request: its kind, and its stream if it has one.
+ * @typedef {object} Open
+ * @property {string} kind
+ * @property {Stream | null} stream
+ * @property {boolean} informed
+ */
+
+/** A requestor's or a provider's side of one connection to the hub. */
+export class Session {
+  /**
+   * Queues `hello` (an invalid name or token is a LocalProtocolError).
+   * @param {Role} role
+   * @param {string} name
+   * @param {{token?: string | null, software?: string}} [options]
+   */
+  constructor(role, name, options = {}) {
+    /** @type {Role} */
+    this.role = role;
+    /** @type {import("../../types/protocol.js").SessionState} */
+    this.state = State.HELLO_SENT;
+    /** @type {Welcome | null} */
+    this.welcome = null;
+    /** @type {KilnError | null} why the session ended, once it has */
+    this.closed = null;
+    /** @type {Map<number, Open>} requests we sent, by our id */
+    this._mine = new Map();
+    /** @type {Map<number, Open>} requests the hub sent us, by its id */
+    this._theirs = new Map();
+    this._nextId = 0;
+    /** @type {Outbound[]} */
+    this._out = [];
+    /** @type {SessionEvent[]} */
+    this._events = [];
+    const hello = { type: "hello", version: PROTOCOL_VERSION, role, name, token: options.token ?? null };
+    this._send(build({ ...hello, software: options.software ?? "" }));
+  }
+
+  /** The limits the hub announced (only once welcomed). @returns {Limits} */
+  get limits() {
+    if (this.welcome === null) {
+      throw new LocalProtocolError("the session is not open yet: no limits", { code: ErrorCode.OUT_OF_ORDER });
+    }
+    return this.welcome.limits;
+  }
+
+  // --- output ---------------------------------------------------------------------------
+
+  /** The frames to write, in order. Call after every other method. @returns {Outbound[]} */
+  dataToSend() {
+    const out = this._out;
+    this._out = [];
+    return out;
+  }
+
+  /** What happened, in order. Call after every other method. @returns {SessionEvent[]} */
+  eventsReceived() {
+    const events = this._events;
+    this._events = [];
+    return events;
+  }
+
+  // --- this side's requests -------------------------------------------------------------
+
+  /** A request id not in use by any open request of ours. */
+  newId() {
+    do {
+      this._nextId = this._nextId < MAX_ID ? this._nextId + 1 : 1;
+    } while (this._mine.has(this._nextId));
+    return this._nextId;
+  }
+
+  /**
+   * Send a request; it stays open until its final reply.
+   *
+   * An upload's stream waits for the receiver's credit; a download's has its `window` as
+   * its first credit. Throws LocalProtocolError for an invalid message (checked first),
+   * a request this role may not send, an id in use, or too many open requests or
+   * streams; the session's end reason once it is closed.
+   * @param {Request | Record<string, unknown>} raw
+   */
+  request(raw) {
+    const message = build(raw);
+    this._checkOpen();
+    if (!SENDS[this.role].has(message.type)) {
+      throw new LocalProtocolError(`a ${this.role} may not send '${message.type}'`, { code: ErrorCode.OUT_OF_ORDER });
+    }
+    const request = /** @type {Request} */ (message);
+    if (this._mine.has(request.id)) {
+      throw new LocalProtocolError(`request id ${request.id} is already in use`, { code: ErrorCode.DUPLICATE_ID });
+    }
+    const limits = this.limits;
+    if (this._mine.size >= limits.max_pending) {
+      throw new LocalProtocolError(`more than ${limits.max_pending} requests open at once`, { code: ErrorCode.TOO_MANY });
+    }
+    /** @type {Stream | null} */
+    let stream = null;
+    if (request.type === "upload" || request.type === "download") {
+      const streams = [...this._mine.values()].filter((open) => open.stream !== null).length;
+      if (streams >= limits.max_streams) {
+        throw new LocalProtocolError(`more than ${limits.max_streams} streams open at once`, { code: ErrorCode.TOO_MANY });
+      }
+      if (request.type === "download" && request.window > limits.max_window) {
+        throw new LocalProtocolError(`a window of ${request.window} exceeds the hub's ${limits.max_window}`, {
+          code: ErrorCode.FLOW_CONTROL,
+        });
+      }
+      // An upload waits for credit; a download's window is the credit it grants at once.
+      const credit = request.type === "download" ? request.window : 0;
+      stream = { sending: request.type === "upload", credit, ended: false, started: false };
+    }
+    this._mine.set(request.id, { kind: request.type, stream, informed: false });
+    this._send(request);
+  }
+
+  /**
+   * Ask the hub to stop our open request `request`; it still ends with one reply. No-op if not open.
+   * @param {number} request
+   */
+  cancel(request) {
+    if (this.state === State.OPEN && this._mine.has(request)) this._send(build({ type: "cancel", target: request }));
+  }
+
+  // --- a provider's replies ---------------------------------------------------------------
+
+  /**
+   * Answer the hub's open request `message.re`: once finally, and for a download once
+   * with info first. Throws LocalProtocolError for an invalid message or one that
+   * answers no open request of the hub's, or does not fit it.
+   * @param {Reply | Record<string, unknown>} raw
+   */
+  reply(raw) {
+    const message = build(raw);
+    this._checkOpen();
+    const re = "re" in message ? message.re : null;
+    const open = re === null ? undefined : this._theirs.get(re);
+    if (re === null || open === undefined) {
+      throw new LocalProtocolError(`'${message.type}' answers no open request of the hub's`, {
+        code: ErrorCode.OUT_OF_ORDER,
+      });
+    }
+    if (message.type === "download_info") {
+      if (open.kind !== "download" || open.informed || open.stream?.started) {
+        throw new LocalProtocolError(`download_info fits only a download, once, before its data (request ${re})`, {
+          code: ErrorCode.OUT_OF_ORDER,
+        });
+      }
+      open.informed = true;
+    } else if (!ANSWERS[open.kind].has(message.type)) {
+      throw new LocalProtocolError(`'${message.type}' does not answer a '${open.kind}'`, { code: ErrorCode.OUT_OF_ORDER });
+    } else {
+      this._theirs.delete(re);
+    }
+    this._send(message);
+  }
+
+  // --- streams ------------------------------------------------------------------------------
+
+  /**
+   * DATA frames we may send on `stream` now (0 for a stream we do not send on).
+   * @param {number} stream
+   */
+  credit(stream) {
+    const found = this._stream(stream);
+    return found !== null && found.sending && !found.ended ? found.credit : 0;
+  }
+
+  /**
+   * Send one DATA frame of 1 to `chunk_bytes` bytes on `stream`, spending one credit.
+   * @param {number} stream
+   * @param {Uint8Array} data
+   */
+  sendData(stream, data) {
+    this._checkOpen();
+    const found = this._sending(stream);
+    if (found.credit <= 0) {
+      throw new LocalProtocolError(`no credit to send on stream ${stream}`, { code: ErrorCode.FLOW_CONTROL });
+    }
+    const chunkBytes = this.limits.chunk_bytes;
+    if (!(data.byteLength > 0 && data.byteLength <= chunkBytes)) {
+      throw new LocalProtocolError(`a DATA frame carries 1 to ${chunkBytes} bytes, not ${data.byteLength}`, {
+        code: ErrorCode.BAD_FRAME,
+      });
+    }
+    found.credit -= 1;
+    found.started = true;
+    this._out.push(Object.freeze({ binary: true, data: encodeFrame(FrameKind.DATA, stream, data) }));
+  }
+
+  /**
+   * All of `stream`'s data is sent (an END frame).
+   * @param {number} stream
+   */
+  endStream(stream) {
+    this._checkOpen();
+    this._sending(stream).ended = true;
+    this._out.push(Object.freeze({ binary: true, data: encodeFrame(FrameKind.END, stream) }));
+  }
+
+  /**
+   * Give up sending on `stream` (an ABORT frame, the reason cut to 1024 bytes); its
+   * request then ends with an error. No-op if the stream is not open.
+   * @param {number} stream
+   * @param {string} reason
+   */
+  abortStream(stream, reason) {
+    const found = this._stream(stream);
+    if (this.state === State.OPEN && found !== null && found.sending && !found.ended) {
+      found.ended = true;
+      this._out.push(Object.freeze({ binary: true, data: abortFrame(stream, reason) }));
+    }
+  }
+
+  /**
+   * Let the sender of `stream` send `chunks` more DATA frames. No-op if the stream is
+   * over; a LocalProtocolError if the credit outstanding would exceed `max_window`.
+   * @param {number} stream
+   * @param {number} chunks
+   */
+  grant(stream, chunks) {
+    const found = this._stream(stream);
+    if (this.state !== State.OPEN || found === null || found.sending || found.ended) return;
+    const window = this.limits.max_window;
+    if (chunks < 1 || found.credit + chunks > window) {
+      throw new LocalProtocolError(`credit of ${chunks} on stream ${stream} would exceed the window of ${window}`, {
+        code: ErrorCode.FLOW_CONTROL,
+      });
+    }
+    found.credit += chunks;
+    this._send(build({ type: "credit", stream, chunks }));
+  }
+
+  // --- the end ------------------------------------------------------------------------------
+
+  /** This side ends the session (then close the socket): every open request fails with ConnectionClosedError. */
+  close() {
+    this._end(new ConnectionClosedError("the connection to the hub was closed by this side"));
+  }
+
+  /**
+   * The socket ended (after {@link Session#close}, or on its own: then ConnectionLostError).
+   * @param {string} reason
+   */
+  connectionLost(reason) {
+    this._end(new ConnectionLostError(`the connection to the hub was lost: ${reason}`));
+  }
+
+  // --- input --------------------------------------------------------------------------------
+
+  /**
+   * Take one text frame from the hub.
+   * @param {string} data
+   */
+  receiveText(data) {
+    if (this.state === State.CLOSED) return;
+    /** @type {Message} */
+    let message;
+    try {
+      message = parse(data);
+    } catch (e) {
+      if (!(e instanceof RemoteProtocolError)) throw e;
+      this._invalid(data, e);
+      return;
+    }
+    if (this.state === State.HELLO_SENT) {
+      this._handshake(message);
+    } else if (message.type === "credit") {
+      const found = this._stream(message.stream);
+      if (found !== null && found.sending && !found.ended) {
+        found.credit += message.chunks;
+        this._emit({ type: "credited", stream: message.stream, chunks: message.chunks });
+      }
+    } else if (isReply(message) && message.re !== null) {
+      this._takeReply(message, message.re);
+    } else if (message.type === "error" || (this.role === "requestor" && message.type === "activity_lost")) {
+      this._emit({ type: "notified", message });
+    } else if (this.role === "provider" && HUB_REQUESTS.has(message.type)) {
+      this._takeRequest(/** @type {HubRequest} */ (message));
+    } else if (this.role === "provider" && message.type === "cancel") {
+      if (this._theirs.has(message.target)) this._emit({ type: "cancelRequested", request: message.target });
+    } else {
+      this._violated(new RemoteProtocolError(`a ${this.role} does not expect '${message.type}'`, {
+        code: ErrorCode.OUT_OF_ORDER,
+      }));
+    }
+  }
+
+  /**
+   * Take one binary (stream) frame from the hub.
+   * @param {Uint8Array} data
+   */
+  receiveBinary(data) {
+    if (this.state === State.CLOSED) return;
+    if (this.state === State.HELLO_SENT) {
+      this._end(new RemoteProtocolError("a binary frame before welcome", { code: ErrorCode.OUT_OF_ORDER }));
+      return;
+    }
+    let frame;
+    try {
+      frame = decodeFrame(data, this.limits.chunk_bytes);
+    } catch (e) {
+      if (!(e instanceof RemoteProtocolError)) throw e;
+      this._violated(e);
+      return;
+    }
+    const found = this._stream(frame.stream);
+    if (found === null || found.sending || found.ended) return; // it crossed the stream's end
+    if (frame.kind === FrameKind.DATA) {
+      if (found.credit <= 0) {
+        found.ended = true;
+        const error = new RemoteProtocolError(`data beyond the credit granted on stream ${frame.stream}`, {
+          code: ErrorCode.FLOW_CONTROL,
+          re: frame.stream,
+        });
+        this._emit({ type: "streamFailed", stream: frame.stream, error });
+        return;
+      }
+      found.credit -= 1;
+      found.started = true;
+      this._emit({ type: "dataReceived", stream: frame.stream, data: frame.payload });
+    } else if (frame.kind === FrameKind.END) {
+      found.ended = true;
+      this._emit({ type: "streamEnded", stream: frame.stream });
+    } else {
+      found.ended = true;
+      const reason = new TextDecoder().decode(frame.payload);
+      const error = new TransferFailedError(`the sender aborted the stream: ${reason}`);
+      this._emit({ type: "streamFailed", stream: frame.stream, error });
+    }
+  }
+
+  // --- internals ------------------------------------------------------------------------------
+
+  /** @param {Message} message */
+  _handshake(message) {
+    if (message.type === "welcome") {
+      if (Number(message.version.split(".")[0]) !== MAJOR_VERSION) {
+        this._end(new UnsupportedVersionError(`the hub speaks protocol ${message.version}; we speak ${PROTOCOL_VERSION}`));
+        return;
+      }
+      this.welcome = message;
+      this.state = State.OPEN;
+      this._emit({ type: "welcomed", welcome: message });
+    } else if (message.type === "error") {
+      this._end(errorFromCode(message.code, `the hub refused us: ${message.message}`));
+    } else {
+      this._end(new RemoteProtocolError(`expected welcome from the hub, got '${message.type}'`, {
+        code: ErrorCode.OUT_OF_ORDER,
+      }));
+    }
+  }
+
+  /**
+   * @param {HubReply} message
+   * @param {number} re
+   */
+  _takeReply(message, re) {
+    const open = this._mine.get(re);
+    if (open === undefined) {
+      // Replies to what we never asked are the hub's fault; to what we asked, out of order.
+      this._violated(new RemoteProtocolError(`'${message.type}' answers no open request ${re}`, {
+        code: ErrorCode.OUT_OF_ORDER,
+      }));
+      return;
+    }
+    if (message.type === "download_info") {
+      if (open.kind !== "download" || open.informed || open.stream?.started) {
+        this._mine.delete(re);
+        const error = new RemoteProtocolError(`a misplaced download_info for request ${re}`, {
+          code: ErrorCode.OUT_OF_ORDER,
+          re,
+        });
+        this._emit({ type: "failed", request: re, error });
+        return;
+      }
+      open.informed = true;
+      this._emit({ type: "informed", request: re, info: message });
+      return;
+    }
+    this._mine.delete(re);
+    if (message.type === "error") {
+      this._emit({ type: "failed", request: re, error: errorFromCode(message.code, message.message, message.provider) });
+    } else if (!ANSWERS[open.kind].has(message.type)) {
+      const error = new RemoteProtocolError(`'${message.type}' does not answer a '${open.kind}'`, {
+        code: ErrorCode.OUT_OF_ORDER,
+        re,
+      });
+      this._emit({ type: "failed", request: re, error });
+    } else {
+      this._emit({ type: "replied", request: re, reply: message });
+    }
+  }
+
+  /** @param {HubRequest} message */
+  _takeRequest(message) {
+    if (this._theirs.has(message.id)) {
+      this._violated(new RemoteProtocolError(`the hub reused the id ${message.id} of an open request`, {
+        code: ErrorCode.DUPLICATE_ID,
+      }));
+      return;
+    }
+    /** @type {Stream | null} */
+    let stream = null;
+    if (message.type === "upload") {
+      stream = { sending: false, credit: 0, ended: false, started: false }; // the provider grants the first credit
+    } else if (message.type === "download") {
+      stream = { sending: true, credit: message.window, ended: false, started: false };
+    }
+    this._theirs.set(message.id, { kind: message.type, stream, informed: false });
+    this._emit({ type: "requested", message });
+  }
+
+  /**
+   * Something unreadable came: it fails the request it names, or is answered, or is dropped.
+   * @param {string} data
+   * @param {RemoteProtocolError} error
+   */
+  _invalid(data, error) {
+    if (this.state === State.HELLO_SENT) {
+      this._end(new RemoteProtocolError(`the hub sent an invalid handshake reply: ${error.message}`, { code: error.code }));
+      return;
+    }
+    const re = replyTo(data);
+    if (re !== null && this._mine.has(re)) {
+      this._mine.delete(re);
+      const failure = new RemoteProtocolError(`the hub's reply is invalid: ${error.message}`, { code: error.code, re });
+      this._emit({ type: "failed", request: re, error: failure });
+    } else if (this.role === "provider" && error.re !== null && !this._theirs.has(error.re)) {
+      // The hub waits for an answer to the request it meant to send: it gets one.
+      this._send(build({ type: "error", re: error.re, code: error.code, message: clip(error.message) }));
+    } else {
+      this._violated(error);
+    }
+  }
+
+  /** @param {RemoteProtocolError} error */
+  _violated(error) {
+    this._emit({ type: "violated", error });
+  }
+
+  /** @param {KilnError} error */
+  _end(error) {
+    if (this.state === State.CLOSED) return;
+    this.state = State.CLOSED;
+    this.closed = error;
+    for (const re of this._mine.keys()) this._emit({ type: "failed", request: re, error });
+    this._mine.clear();
+    this._theirs.clear();
+    this._emit({ type: "closed", error });
+  }
+
+  _checkOpen() {
+    if (this.closed !== null) throw this.closed;
+    if (this.state !== State.OPEN) {
+      throw new LocalProtocolError("the session is not open yet (no welcome)", { code: ErrorCode.OUT_OF_ORDER });
+    }
+  }
+
+  /**
+   * @param {number} stream
+   * @returns {Stream | null}
+   */
+  _stream(stream) {
+    return (this.role === "requestor" ? this._mine : this._theirs).get(stream)?.stream ?? null;
+  }
+
+  /**
+   * @param {number} stream
+   * @returns {Stream}
+   */
+  _sending(stream) {
+    const found = this._stream(stream);
+    if (found === null || !found.sending || found.ended) {
+      throw new LocalProtocolError(`no open stream ${stream} to send on`, { code: ErrorCode.UNKNOWN_STREAM });
+    }
+    return found;
+  }
+
+  /** @param {Message} message a message built (checked) already */
+  _send(message) {
+    this._out.push(Object.freeze({ binary: false, data: serialize(message) }));
+  }
+
+  /** @param {SessionEvent} event */
+  _emit(event) {
+    this._events.push(Object.freeze(event));
+  }
+}
+
+/**
+ * @param {Message} message
+ * @returns {message is HubReply}
+ */
+const isReply = (message) => REPLIES.has(message.type);
+
+/**
+ * The `re` of a text frame that failed validation, when it has a usable one.
+ * @param {string} data
+ * @returns {number | null}
+ */
+function replyTo(data) {
+  let raw;
+  try {
+    raw = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  const re = typeof raw === "object" && raw !== null && !Array.isArray(raw) ? raw.re : undefined;
+  return Number.isInteger(re) ? re : null;
+}

@@ -1,0 +1,215 @@
+// The connection pumps the session over a socket: a stand-in socket (the Socket surface
+// browsers and `ws` share) feeds it literal frames and records what it sends.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { Connection } from "../src/connection.js";
+import {
+  ConnectionClosedError,
+  ConnectionLostError,
+  ImageNotFoundError,
+  LocalProtocolError,
+  UnauthorizedError,
+  UnsupportedVersionError,
+} from "../src/errors.js";
+
+const LIMITS = {
+  max_message_bytes: 2 ** 20, max_frame_bytes: 2 ** 22, chunk_bytes: 4, max_window: 4,
+  max_pending: 8, max_streams: 2, max_output_bytes: 1024,
+};
+const WELCOME = { type: "welcome", version: "1.0", session: "r1", software: "hub", limits: LIMITS };
+
+class FakeSocket {
+  constructor(protocol = "kiln.v1") {
+    this.protocol = protocol;
+    this.readyState = 0;
+    this.bufferedAmount = 0;
+    this.binaryType = "blob";
+    this.sent = [];
+    this.listeners = new Map();
+  }
+
+  addEventListener(type, listener) {
+    this.listeners.set(type, [...(this.listeners.get(type) ?? []), listener]);
+  }
+
+  emit(type, event) {
+    for (const listener of this.listeners.get(type) ?? []) listener(event);
+  }
+
+  send(data) {
+    this.sent.push(typeof data === "string" ? JSON.parse(data) : Buffer.from(data).toString("hex"));
+  }
+
+  close(code = 1000) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    setImmediate(() => this.emit("close", { code, reason: "" }));
+  }
+
+  open() {
+    this.readyState = 1;
+    this.emit("open", {});
+  }
+
+  receive(message) {
+    this.emit("message", { data: JSON.stringify(message) });
+  }
+
+  receiveBinary(hex) {
+    const bytes = Buffer.from(hex, "hex");
+    this.emit("message", { data: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) });
+  }
+
+  /** The hub vanishes: no close frame. */
+  drop() {
+    this.readyState = 3;
+    this.emit("close", { code: 1006, reason: "" });
+  }
+
+  /** What was sent since the last call. */
+  take() {
+    const sent = this.sent;
+    this.sent = [];
+    return sent;
+  }
+}
+
+const frame = (kind, stream, payload = "") => `0${kind}000000${stream.toString(16).padStart(8, "0")}${Buffer.from(payload).toString("hex")}`;
+const tick = () => new Promise((resolve) => setImmediate(resolve));
+
+async function connected() {
+  const socket = new FakeSocket();
+  const opening = Connection.open(() => socket, "ws://hub", { name: "t" });
+  socket.open();
+  assert.deepEqual(socket.take(), [{ type: "hello", version: "1.0", role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
+  socket.receive(WELCOME);
+  const conn = await opening;
+  const events = [];
+  conn.onEvent = (event) => events.push(event);
+  return { socket, conn, events };
+}
+
+test("the handshake: hello once the socket opens, open once welcomed", { timeout: 5_000 }, async () => {
+  const { conn } = await connected();
+  assert.equal(conn.session.limits.chunk_bytes, 4);
+});
+
+test("a refusal, a silent hub or another subprotocol fail the handshake and close the socket", { timeout: 5_000 }, async () => {
+  const refused = new FakeSocket();
+  const opening = Connection.open(() => refused, "ws://hub", { name: "t" });
+  refused.open();
+  refused.receive({ type: "error", code: "unauthorized", message: "wrong token" });
+  await assert.rejects(opening, (e) => e instanceof UnauthorizedError && /wrong token/.test(e.message));
+  assert.equal(refused.readyState, 3);
+
+  const silent = new FakeSocket();
+  const waiting = Connection.open(() => silent, "ws://hub", { name: "t", timeoutMs: 20 });
+  silent.open();
+  await assert.rejects(waiting, (e) => e instanceof ConnectionLostError && /did not answer hello/.test(e.message));
+  assert.equal(silent.readyState, 3);
+
+  const other = new FakeSocket("kiln.v2");
+  const mismatched = Connection.open(() => other, "ws://hub", { name: "t" });
+  other.open();
+  await assert.rejects(mismatched, UnsupportedVersionError);
+  assert.deepEqual(other.take(), [], "no hello to a hub of another protocol");
+
+  const unreachable = new FakeSocket();
+  const dialing = Connection.open(() => unreachable, "ws://hub", { name: "t" });
+  unreachable.emit("error", { message: "connect ECONNREFUSED" });
+  unreachable.drop();
+  await assert.rejects(dialing, (e) => e instanceof ConnectionLostError && /ECONNREFUSED/.test(e.message));
+});
+
+test("an invalid request is refused before anything is sent", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected();
+  assert.throws(
+    () => conn.request({ type: "upload", id: conn.newId(), activity: "a", path: "/x", size: 1, mode: 0o4755 }),
+    (e) => e instanceof LocalProtocolError && e.code === "bad_message",
+  );
+  assert.deepEqual(socket.take(), []);
+});
+
+test("replies settle their requests; an error reply is its class, with the provider it names", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected();
+  const market = conn.request({ type: "market", id: conn.newId() });
+  const rent = conn.request({ type: "rent", id: conn.newId(), image: "x", demand: {} });
+  assert.deepEqual(socket.take().map((m) => [m.type, m.id]), [["market", 1], ["rent", 2]]);
+  socket.receive({ type: "error", re: 2, code: "image_not_found", message: "no x", provider: "p1" });
+  socket.receive({ type: "market_info", re: 1, providers: [], matched: 0, activities: 0 });
+  assert.equal((await market).type, "market_info");
+  await assert.rejects(rent, (e) => e instanceof ImageNotFoundError && e.provider === "p1");
+});
+
+test("a lost connection fails what is open with ConnectionLostError; a close by us with ConnectionClosedError", { timeout: 5_000 }, async () => {
+  const lost = await connected();
+  const pending = lost.conn.request({ type: "market", id: lost.conn.newId() });
+  lost.socket.drop();
+  await assert.rejects(pending, (e) => e instanceof ConnectionLostError && /without a close frame/.test(e.message));
+  assert.throws(() => lost.conn.request({ type: "market", id: lost.conn.newId() }), ConnectionLostError);
+  assert.deepEqual(lost.events.map((e) => e.type), ["closed"]);
+
+  const closed = await connected();
+  const waiting = closed.conn.request({ type: "market", id: closed.conn.newId() });
+  await closed.conn.close();
+  await assert.rejects(waiting, (e) => e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError));
+});
+
+test("an upload writes within the credit granted, in chunks, and waits for a full socket to drain", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected();
+  const { sender, reply } = conn.openUpload({ type: "upload", id: conn.newId(), activity: "a", path: "/f", size: 10 });
+  socket.take();
+  const writing = sender.write(new TextEncoder().encode("0123456789"));
+  await tick();
+  assert.deepEqual(socket.take(), [], "no credit yet");
+  socket.receive({ type: "credit", stream: 1, chunks: 2 });
+  await tick();
+  assert.deepEqual(socket.take(), [frame(0, 1, "0123"), frame(0, 1, "4567")]);
+  socket.bufferedAmount = 64 * 2 ** 20;
+  socket.receive({ type: "credit", stream: 1, chunks: 1 });
+  await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.deepEqual(socket.take(), [], "the socket is full");
+  socket.bufferedAmount = 0;
+  await writing;
+  sender.end();
+  assert.deepEqual(socket.take(), [frame(0, 1, "89"), frame(1, 1)]);
+  socket.receive({ type: "done", re: 1, bytes: 10 });
+  assert.equal((await reply.promise).type, "done");
+});
+
+test("an error reply fails the upload's writer", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected();
+  const { sender, reply } = conn.openUpload({ type: "upload", id: conn.newId(), activity: "a", path: "/f", size: 10 });
+  const writing = sender.write(new Uint8Array(10));
+  socket.receive({ type: "error", re: 1, code: "not_a_file", message: "/f is a folder" });
+  await assert.rejects(writing, (e) => e.code === "not_a_file");
+  await assert.rejects(reply.promise, (e) => e.code === "not_a_file");
+});
+
+test("a download yields its info and chunks and grants credit back in half-window batches", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected();
+  const { receiver, reply } = conn.openDownload({ type: "download", id: conn.newId(), activity: "a", path: "/f", window: 4 });
+  socket.take();
+  socket.receive({ type: "download_info", re: 1, kind: "file", size: 12 });
+  assert.equal((await receiver.info.promise).size, 12);
+  const chunks = receiver[Symbol.asyncIterator]();
+  for (const part of ["abcd", "efgh", "ijkl"]) socket.receiveBinary(frame(0, 1, part));
+  const read = async () => Buffer.from((await chunks.next()).value).toString();
+  assert.deepEqual([await read(), await read()], ["abcd", "efgh"]);
+  assert.deepEqual(socket.take(), [{ type: "credit", stream: 1, chunks: 2 }]);
+  socket.receiveBinary(frame(1, 1));
+  socket.receive({ type: "done", re: 1, bytes: 12 });
+  assert.equal(await read(), "ijkl");
+  assert.equal((await chunks.next()).done, true);
+  assert.deepEqual(socket.take(), [], "no credit for a stream that has ended");
+  assert.equal((await reply.promise).type, "done");
+});
+
+test("notices the connection has no use for reach onEvent", { timeout: 5_000 }, async () => {
+  const { socket, events } = await connected();
+  socket.receive({ type: "activity_lost", activity: "a1", code: "provider_lost", reason: "gone" });
+  socket.receive({ type: "done", re: 99 });
+  assert.deepEqual(events.map((e) => e.type), ["notified", "violated"]);
+  assert.equal(events[0].message.activity, "a1");
+});
