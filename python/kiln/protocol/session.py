@@ -600,4 +600,6 @@ def _reply_to(data: bytes | str) -> int | None:
     except orjson.JSONDecodeError:
         return None
     re = raw.get("re") if isinstance(raw, dict) else None
+    if type(re) is float and re.is_integer():
+        re = int(re)  # numbers are judged by value: 2.0 is the request 2
     return re if type(re) is int else None

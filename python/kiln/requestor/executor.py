@@ -345,7 +345,8 @@ class Job(Generic[T, R]):
                 await self._changes()
                 continue
             if len(self._banned) > MAX_EXCLUDE:
-                raise NoMatch(f"more than {MAX_EXCLUDE} providers failed this job; giving up")
+                self._nowhere_to_run(NoMatch(f"more than {MAX_EXCLUDE} providers failed this job"), waited=False)
+                return None
             try:
                 return await self.requestor.rent(self.image, self.demand, exclude=self._banned, group=self.group)
             except ProviderLost:
@@ -367,17 +368,18 @@ class Job(Generic[T, R]):
                 await self._changes(RENT_RETRY_SECONDS)
         return None
 
-    def _nowhere_to_run(self, reason: NoMatch) -> None:
-        """No provider took the job for ``start_timeout``: its tasks fail, not a misleading NoMatch.
+    def _nowhere_to_run(self, reason: NoMatch, *, waited: bool = True) -> None:
+        """No provider is left to take the job: its tasks fail, not a misleading NoMatch.
 
-        A task that was tried already fails with its attempts (``TaskFailed``); a job none
-        of whose tasks ever ran ends with the NoMatch itself.
+        The tasks already tried fail first, each with its attempts (``TaskFailed``); a job
+        none of whose tasks ever ran ends with the NoMatch itself.
         """
-        why = f"no provider for this job after {self.start_timeout:g} s: {reason.message}"
-        if not self.return_exceptions and not any(task.errors for task in self._pending):
+        why = f"no provider for this job after {self.start_timeout:g} s: {reason.message}" if waited else reason.message
+        tried = [task for task in self._pending if task.errors]
+        if not self.return_exceptions and not tried:
             raise NoMatch(why) from reason
-        while self._pending:
-            task = self._pending.popleft()
+        for task in [*tried, *(task for task in self._pending if not task.errors)]:
+            self._pending.remove(task)
             self._fail(task, NoMatch(why), note="no provider is left to run it")
 
     async def _release(self, activity: Activity) -> None:
