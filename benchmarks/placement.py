@@ -4,8 +4,9 @@
 
 A real hub process on loopback; the providers are simulated in this process (real
 connections speaking kiln.v1, answering at once, no Docker), so only placement and relay
-are measured. For each market size it prints the latency of a rent and release in a
-job's group, a job of trivial tasks spread over 16 providers, and a market listing.
+are measured. For each market size it prints the latency of a rent in a job's group, of
+a command's round trip, of a job of trivial tasks spread over 16 providers, and of a
+market listing.
 Prints numbers; asserts nothing.
 """
 
@@ -42,6 +43,17 @@ async def rents(requestor: kiln.Requestor, count: int) -> list[float]:
     return samples
 
 
+async def commands(requestor: kiln.Requestor, count: int) -> list[float]:
+    """Commands on one activity: the relay's own round trip (the provider answers at once)."""
+    samples = []
+    async with requestor.rent(IMAGE) as act:
+        for _ in range(count):
+            started = time.perf_counter()
+            await act.run(["true"])
+            samples.append(time.perf_counter() - started)
+    return samples
+
+
 async def job(requestor: kiln.Requestor, tasks: int) -> float:
     async def trivial(act: kiln.Activity, n: int) -> int:
         await act.run(["true"])
@@ -66,11 +78,13 @@ async def measure(url: str, providers: int, count: int, tasks: int) -> None:
         async with kiln.connect(url, name="bench") as requestor:
             await rents(requestor, 20)  # warm up
             rent = describe(await rents(requestor, count))
+            command = describe(await commands(requestor, count))
             wall = await job(requestor, tasks)
             small = await listing(requestor, 100)
             large = await listing(requestor, 1000)
     print(f"{providers:>6} providers (joined in {joining:.1f} s)")
-    print(f"         rent + release in a group: {rent}")
+    print(f"         rent in a group: {rent}")
+    print(f"         a command's round trip through the hub: {command}")
     print(f"         job of {tasks} tasks on 16 providers: {wall * 1000:.0f} ms")
     print(f"         market listing of 100: {small * 1000:.1f} ms; of 1000: {large * 1000:.1f} ms")
 
