@@ -72,12 +72,11 @@ class Requestor:
         is the error's ``provider``). Providers named in ``exclude`` are passed over; the
         activities of one ``group`` are kept on distinct providers.
         """
-        rent = Rent(type="rent", id=self._conn.new_id(), image=image, demand=demand or Demand(),
-                    exclude=sorted(set(exclude)), group=group)  # fmt: skip
-        return Rental(self, rent)
+        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group)
 
-    async def _rent(self, rent: Rent) -> Activity:
+    async def _rent(self, image: str, demand: Demand, exclude: list[str], group: str | None) -> Activity:
         conn = self._conn
+        rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group)
         future = await conn.start(rent)
         try:
             reply = await future
@@ -194,16 +193,16 @@ class Requestor:
 class Rental:
     """The pending result of :meth:`Requestor.rent`: await it, or use it with ``async with``."""
 
-    def __init__(self, requestor: Requestor, rent: Rent) -> None:
+    def __init__(self, requestor: Requestor, image: str, demand: Demand, exclude: list[str], group: str | None) -> None:
         self._requestor = requestor
-        self._rent = rent
+        self._args = (image, demand, exclude, group)
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:
-        return self._requestor._rent(self._rent).__await__()
+        return self._requestor._rent(*self._args).__await__()
 
     async def __aenter__(self) -> Activity:
-        self._activity = await self._requestor._rent(self._rent)
+        self._activity = await self._requestor._rent(*self._args)
         return self._activity
 
     async def __aexit__(
