@@ -264,6 +264,9 @@ export interface Upload {
    * permission bits; no setuid, setgid or sticky
    */
   mode: number;
+  /**
+   * An absolute, normalized container path of at most 4096 characters.
+   */
   path: string;
   size: number;
   type: "upload";
@@ -274,6 +277,9 @@ export interface Upload {
 export interface Download {
   activity: string;
   id: number;
+  /**
+   * An absolute, normalized container path of at most 4096 characters.
+   */
   path: string;
   type: "download";
   window: number;

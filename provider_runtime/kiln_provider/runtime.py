@@ -16,7 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeVar
@@ -49,8 +49,8 @@ from kiln.protocol.messages import (
     Upload,
 )
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
-from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter
-from kiln_provider.errors import ImageMissing, ProviderError, error_reply
+from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream
+from kiln_provider.errors import ImageMissing, ProviderError, TransferBroken, error_reply
 
 log = logging.getLogger("kiln.provider")
 
@@ -62,6 +62,8 @@ RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, ma
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
+MAX_TRANSFERS_PER_ACTIVITY: Final = 8
+"""Uploads and downloads at once on one activity (within MAX_OPS_PER_ACTIVITY operations)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,10 @@ class ProviderConfig:
     labels: dict[str, str] = field(default_factory=dict)
     token: str | None = None
     pids_limit: int = 256
+    stream_idle_timeout: float = 30.0
+    """A transfer that moves nothing for this long is aborted and its Docker stream closed."""
+    name_wait: float = 30.0
+    """How long to keep trying while the hub says another provider holds our name."""
 
 
 @dataclass(eq=False)
@@ -92,6 +98,21 @@ class Operation:
 class Container:
     id: str
     operations: set[Operation] = field(default_factory=set)
+    transfers: int = 0
+
+
+class Pools:
+    """Threads for blocking Docker calls, by kind, so that no kind can starve another.
+
+    Lifecycle calls (create, remove, stats, images) are short and must never wait behind
+    transfers; a command holds a thread only to start and to collect its end; a transfer
+    holds one only while bytes move (never while it waits for the other side).
+    """
+
+    def __init__(self) -> None:
+        self.lifecycle = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kiln-lifecycle")
+        self.commands = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kiln-command")
+        self.transfers = ThreadPoolExecutor(max_workers=128, thread_name_prefix="kiln-transfer")
 
 
 class ProviderRuntime:
@@ -107,13 +128,14 @@ class ProviderRuntime:
         self._containers: dict[str, Container] = {}
         self._by_request: dict[int, Operation] = {}
         self._images: list[str] = []
-        # Container lifecycle calls get threads of their own: long execs and streams, which
-        # hold a thread each, can never starve create and remove.
-        self._lifecycle = ThreadPoolExecutor(max_workers=8, thread_name_prefix="kiln-lifecycle")
+        self._pools = Pools()
 
     async def _docker(self, fn: Callable[..., T], *args: object) -> T:
         """Run a short Docker call (create, remove, stats, images) on the lifecycle threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._lifecycle, partial(fn, *args))
+        return await asyncio.get_running_loop().run_in_executor(self._pools.lifecycle, partial(fn, *args))
+
+    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
 
     def _capacity(self) -> Resources:
         """What to offer: what was asked for, never more than the host has."""
@@ -129,16 +151,15 @@ class ProviderRuntime:
         return Resources(cpus=cpus, memory=memory, storage=storage)
 
     async def run(self) -> None:
-        """Dial the hub, serve, and dial again whenever the connection ends."""
-        loop = asyncio.get_running_loop()
-        # Exec waits and streams each hold a thread for their whole length.
-        loop.set_default_executor(ThreadPoolExecutor(max_workers=256, thread_name_prefix="kiln-stream"))
+        """Dial the hub, serve, and dial again whenever the connection ends.
+
+        Raises :class:`~kiln.protocol.errors.Unauthorized` or ``UnsupportedVersion`` when the
+        hub refuses us for good, and :class:`~kiln.protocol.errors.UsageError` when another
+        provider keeps our name for longer than ``name_wait``.
+        """
+        name_taken_since: float | None = None
         try:
             async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS, **WEBSOCKET_OPTIONS):
-                # Whatever ran before this session belongs to activities the hub has written off.
-                removed = await self._docker(self.adapter.remove_stale)
-                if removed:
-                    log.info("removed %d containers left by an earlier session", removed)
                 try:
                     conn = await Connection.handshake(
                         ws, role="provider", name=self.config.name, token=self.config.token, on_event=self._on_event
@@ -146,9 +167,23 @@ class ProviderRuntime:
                 except (Unauthorized, UnsupportedVersion):
                     raise
                 except KilnError as e:
+                    if e.code == ErrorCode.NAME_TAKEN:
+                        # Our own earlier session, not yet seen gone by the hub; or another provider.
+                        name_taken_since = name_taken_since or time.monotonic()
+                        if time.monotonic() - name_taken_since > self.config.name_wait:
+                            raise UsageError(
+                                f"another provider named {self.config.name!r} is connected to the hub; "
+                                "start this one with another --name"
+                            ) from e
                     log.warning("the hub did not take us (%s); trying again in %g s", e.message, REFUSED_RETRY_SECONDS)
                     await asyncio.sleep(REFUSED_RETRY_SECONDS)
                     continue
+                name_taken_since = None
+                # Welcomed under our name, so no other live provider holds it: whatever runs
+                # under it belongs to activities the hub has written off.
+                removed = await self._docker(self.adapter.remove_stale)
+                if removed:
+                    log.info("removed %d containers left by an earlier session", removed)
                 started = time.monotonic()
                 await self._session(conn)
                 log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
@@ -211,11 +246,11 @@ class ProviderRuntime:
         elif isinstance(message, Upload):
             incoming = self._c.incoming(message.id, self._upload_window)
             stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
-            self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload)
+            self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload, transfer=True)
         else:
             outgoing = self._c.outgoing(message.id)
             stop_download = partial(outgoing.fail, Cancelled("download cancelled"))
-            self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download)
+            self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download, transfer=True)
 
     @property
     def _upload_window(self) -> int:
@@ -232,6 +267,8 @@ class ProviderRuntime:
         activity: str | None,
         work: Awaitable[Reply],
         stop: Callable[[], None] = lambda: None,
+        *,
+        transfer: bool = False,
     ) -> None:
         assert self._tg is not None
         container = self._containers.get(activity) if activity is not None else None
@@ -242,11 +279,21 @@ class ProviderRuntime:
             text = f"more than {MAX_OPS_PER_ACTIVITY} operations at once on activity {activity}"
             self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
             return
+        if container is not None and transfer and container.transfers >= MAX_TRANSFERS_PER_ACTIVITY:
+            text = f"more than {MAX_TRANSFERS_PER_ACTIVITY} uploads and downloads at once on activity {activity}"
+            self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
+            return
         task = self._tg.create_task(self._serve(request_id, work))
         operation = self._by_request[request_id] = Operation(task, stop)
         if container is not None:
             container.operations.add(operation)
-            task.add_done_callback(lambda _: container.operations.discard(operation))
+            container.transfers += transfer
+
+            def done(_: object) -> None:
+                container.operations.discard(operation)
+                container.transfers -= transfer
+
+            task.add_done_callback(done)
 
     def _refuse(self, request_id: int, work: Awaitable[Reply], code: ErrorCode, text: str) -> None:
         """Answer a request with an error without starting its work."""
@@ -276,6 +323,8 @@ class ProviderRuntime:
             await self._c.reply(message)
         except ConnectionClosed:
             pass  # the hub already reported our loss to whoever waited
+        except KilnError as e:  # a reply the session refuses is a bug here, not a reason to stop serving
+            log.error("could not answer request %s: %s", message.re, e.message)
 
     def _cancel_activity(self, activity: str) -> None:
         container = self._containers.get(activity)
@@ -327,7 +376,8 @@ class ProviderRuntime:
         return self._containers[activity].id
 
     async def _exec(self, message: Exec) -> Reply:
-        process = await asyncio.to_thread(
+        process = await self._on(
+            self._pools.commands,
             self.adapter.start_exec,
             self._container(message.activity),
             message.argv,
@@ -343,7 +393,7 @@ class ProviderRuntime:
             # output ended, or once its timeout passed (then wait() kills it).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended, message.timeout)
-            outcome = await asyncio.to_thread(process.wait, message.timeout)
+            outcome = await self._on(self._pools.commands, process.wait, message.timeout)
         except asyncio.CancelledError:
             process.kill()
             raise
@@ -362,53 +412,71 @@ class ProviderRuntime:
     async def _upload(self, message: Upload, incoming: Incoming) -> Reply:
         container = self._container(message.activity)
         loop = asyncio.get_running_loop()
+        idle = self.config.stream_idle_timeout
+        # No thread (nor Docker connection) is taken before the first data arrives: an
+        # upload that is announced and never fed holds nothing but its place.
+        first = await _next_within(incoming, idle)
 
         def chunks() -> Iterator[memoryview]:
-            while (chunk := asyncio.run_coroutine_threadsafe(_next(incoming), loop).result()) is not None:
+            chunk = first
+            while chunk is not None:
                 yield chunk
+                chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle), loop).result()
 
-        written = await asyncio.to_thread(
-            self.adapter.put_file, container, message.path, message.size, message.mode, chunks()
+        written = await self._on(
+            self._pools.transfers, self.adapter.put_file, container, message.path, message.size, message.mode, chunks()
         )
         return Done(type="done", re=message.id, bytes=written)
 
     async def _download(self, message: Download, outgoing: Outgoing) -> Reply:
         container = self._container(message.activity)
-        stream = await self._docker(self.adapter.open_download, container, message.path)
-        loop = asyncio.get_running_loop()
-
-        def pump() -> int:
-            # Iterated and closed in this one thread: a generator cannot be closed while
-            # another thread is inside it. A cancelled download fails ``outgoing``, so
-            # the next write raises here and the stream is closed on the way out.
-            total = 0
-            try:
-                for chunk in stream.chunks:
-                    asyncio.run_coroutine_threadsafe(outgoing.write(chunk), loop).result()
-                    total += len(chunk)
-            finally:
-                stream.close()
-            return total
-
+        pool = self._pools.transfers
+        stream = await self._on(pool, self.adapter.open_download, container, message.path)
+        idle = self.config.stream_idle_timeout
+        reading: Future[bytes | None] | None = None
+        total = 0
         try:
             info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
                                 mode=stream.mode & 0o7777)  # fmt: skip
             await self._c.reply(info)
-        except BaseException:
-            await asyncio.to_thread(stream.close)
-            raise
-        total = await asyncio.to_thread(pump)
+            while True:
+                # A thread only while Docker hands over a chunk; waiting for credit takes none.
+                reading = pool.submit(next, stream.chunks, None)
+                chunk = await asyncio.wrap_future(reading)
+                if chunk is None:
+                    break
+                try:
+                    async with asyncio.timeout(idle):
+                        await outgoing.write(chunk)
+                except TimeoutError:
+                    raise TransferBroken(f"no credit for {idle:g} s: the download was abandoned") from None
+                total += len(chunk)
+        finally:
+            # Closed in a thread once no thread is inside the generator: that closes the
+            # archive Docker holds open (and the container's lock with it).
+            await self._on(pool, _close_after, reading, stream)
         await outgoing.end()
         return Done(type="done", re=message.id, bytes=total)
+
+
+def _close_after(reading: Future[bytes | None] | None, stream: DownloadStream) -> None:
+    if reading is not None:
+        with contextlib.suppress(BaseException):
+            reading.result()
+    stream.close()
+
+
+async def _next_within(incoming: Incoming, seconds: float) -> memoryview | None:
+    """The next chunk of an upload, None at its end; TransferBroken when nothing comes for ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await anext(incoming)
+    except StopAsyncIteration:
+        return None
+    except TimeoutError:
+        raise TransferBroken(f"no data for {seconds:g} s: the upload was abandoned") from None
 
 
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
-
-
-async def _next(incoming: Incoming) -> memoryview | None:
-    try:
-        return await anext(incoming)
-    except StopAsyncIteration:
-        return None

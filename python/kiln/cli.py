@@ -60,6 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
     provider.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
     provider.add_argument("--token", default=None)
     provider.add_argument("--pids-limit", type=int, default=256)
+    provider.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="abort an upload or download that moves nothing for this long (default 30)",
+    )
+    provider.add_argument(
+        "--name-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to retry while another provider holds --name (default 30)",
+    )
 
     market = sub.add_parser("market", help="list the providers a hub knows")
     market.add_argument("--hub", default=DEFAULT_HUB)
@@ -156,6 +170,7 @@ async def _main(args: argparse.Namespace) -> int:
         config = ProviderConfig(
             hub=args.hub, name=args.name, cpus=args.cpus, memory=args.memory, storage=args.storage,
             labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
+            stream_idle_timeout=args.stream_idle_timeout, name_wait=args.name_wait,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
         await ProviderRuntime(config, adapter).run()

@@ -58,8 +58,9 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 WEBSOCKET_OPTIONS: Final[dict[str, Any]] = {
     "subprotocols": [Subprotocol(PROTOCOL_NAME)],
     "max_size": None,  # the session judges frames; the hub never sends more than max_frame_bytes
-    "ping_interval": 5,
-    "ping_timeout": 10,
+    "ping_interval": 3,  # as the hub: a hub silent for 7 s after a ping is gone
+    "ping_timeout": 7,
+    "close_timeout": 1,
     "compression": None,
 }
 """How every peer dials the hub (also for websockets' reconnecting iterator)."""

@@ -18,6 +18,8 @@ import { RemoteProtocolError } from "./errors.js";
 
 export const HEADER_SIZE = 8;
 export const MAX_REASON_BYTES = 1024;
+/** A stream's id is its request's id. */
+export const MAX_STREAM_ID = 2 ** 31 - 1;
 
 /** @enum {number} */
 export const FrameKind = Object.freeze({ DATA: 0, END: 1, ABORT: 2 });
@@ -63,7 +65,8 @@ export function abortFrame(stream, reason) {
 /**
  * Split one binary frame into kind, stream and payload.
  * Throws {@link RemoteProtocolError} (`bad_frame`) on a short header, nonzero reserved
- * bytes, an unknown kind, stream 0, or a payload over its limit.
+ * bytes, an unknown kind, a stream id outside 1 to 2^31-1 (a stream's id is its request's),
+ * or a payload over its limit.
  * @param {Uint8Array} data
  * @param {number} maxPayload the largest DATA payload (the hub's `chunk_bytes`)
  * @returns {Frame}
@@ -81,8 +84,8 @@ export function decodeFrame(data, maxPayload) {
   if (kind > FrameKind.ABORT) {
     throw badFrame(`unknown binary frame kind ${kind}`);
   }
-  if (stream === 0) {
-    throw badFrame("binary frame for stream 0");
+  if (stream < 1 || stream > MAX_STREAM_ID) {
+    throw badFrame(`binary frame for stream ${stream}: a stream id is 1 to 2^31-1`);
   }
   const payload = data.subarray(HEADER_SIZE);
   const limit = kind === FrameKind.DATA ? maxPayload : kind === FrameKind.END ? 0 : MAX_REASON_BYTES;

@@ -15,26 +15,24 @@ export const MAX_PATH_LENGTH = 4096;
 /**
  * Why `path` is not a container path, or null when it is one.
  *
- * A container path is absolute, normalized (no `//`, no `/./`, no trailing `/` except
- * `/` itself), free of `..` components and of NUL bytes.
+ * A container path is absolute and normalized: `/` itself, or `/` followed by
+ * components separated by single slashes, none empty (no `//`, no trailing `/`), `.` or
+ * `..`; it holds no NUL byte and at most 4096 characters (code points).
  * @param {string} path
  * @returns {string | null}
  */
 export function pathProblem(path) {
-  if (!path.startsWith("/")) return `container path must be absolute: ${path}`;
+  if (!path.startsWith("/")) return `container path must be absolute: ${[...path].slice(0, 64).join("")}`;
+  if (codePoints(path) > MAX_PATH_LENGTH) return `container path is longer than ${MAX_PATH_LENGTH} characters`;
   if (path.includes("\0")) return "container path contains a NUL byte";
-  if (path.split("/").includes("..")) return `container path must not contain '..': ${path}`;
-  if (path !== "/" && normpath(path) !== path.replace(/\/+$/, "")) return `container path is not normalized: ${path}`;
+  if (path === "/") return null;
+  const parts = path.slice(1).split("/");
+  if (parts.includes("..")) return `container path must not contain '..': ${[...path].slice(0, 256).join("")}`;
+  if (parts.includes("") || parts.includes(".")) {
+    return `container path is not normalized: ${[...path].slice(0, 256).join("")}`;
+  }
   return null;
 }
 
-/**
- * Python's `posixpath.normpath` for the paths that reach it (absolute, no `..`).
- * @param {string} path
- */
-function normpath(path) {
-  // POSIX keeps exactly two leading slashes; one or three-plus collapse to one.
-  const leading = path.startsWith("//") && !path.startsWith("///") ? "//" : "/";
-  const parts = path.split("/").filter((p) => p !== "" && p !== ".");
-  return leading + parts.join("/");
-}
+/** Code points, as Python counts a string's length. @param {string} text */
+const codePoints = (text) => [...text].length;

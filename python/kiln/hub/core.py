@@ -32,7 +32,7 @@ from typing import Literal, TypeAlias
 from kiln.hub.market import Market
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import NoMatch, RemoteProtocolError
+from kiln.protocol.errors import NoMatch, RemoteProtocolError, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
@@ -61,6 +61,7 @@ from kiln.protocol.messages import (
     Resources,
     Upload,
     Welcome,
+    clip,
     parse,
     serialize,
 )
@@ -171,6 +172,8 @@ class HubCore:
         limits_: Limits | None = None,
         new_activity_id: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
+        if token == "":
+            raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
         self.token = token
         self.software = software
         self.limits = limits_ or Limits(
@@ -184,6 +187,7 @@ class HubCore:
         )
         self.market = Market()
         self.peers: dict[int, Peer] = {}
+        self.providers: dict[str, int] = {}  # a connected provider's name -> its peer id
         self.activities: dict[str, Lease] = {}
         self._new_activity_id = new_activity_id
         self._out: list[Action] = []
@@ -264,6 +268,7 @@ class HubCore:
         if p is None:
             return []
         if p.role == "provider":
+            del self.providers[p.name]
             self._provider_gone(p, reason)
         elif p.role == "requestor":
             self._requestor_gone(p)
@@ -273,31 +278,24 @@ class HubCore:
 
     def _handshake(self, p: Peer, message: Message) -> None:
         if not isinstance(message, Hello):
-            self._error(p, None, ErrorCode.OUT_OF_ORDER, f"expected hello, got {message.type!r}")
-            self._out.append(Close(p.id, CLOSE_HANDSHAKE, "the first message must be hello"))
+            self._refuse(p, ErrorCode.OUT_OF_ORDER, f"expected hello, got {message.type!r}", CLOSE_HANDSHAKE)
             return
         major = int(message.version.split(".")[0])
         if major != MAJOR_VERSION:
-            self._error(
-                p,
-                None,
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"this hub speaks protocol version {PROTOCOL_VERSION} (major {MAJOR_VERSION}), not {message.version}",
-            )
-            self._out.append(Close(p.id, CLOSE_UNSUPPORTED_VERSION, f"unsupported protocol version {message.version}"))
+            text = f"this hub speaks protocol version {PROTOCOL_VERSION} (major {MAJOR_VERSION}), not {message.version}"
+            self._refuse(p, ErrorCode.UNSUPPORTED_VERSION, text, CLOSE_UNSUPPORTED_VERSION)
             return
-        if self.token is not None and not secrets.compare_digest(message.token or "", self.token):
-            self._error(p, None, ErrorCode.UNAUTHORIZED, "wrong or missing token")
-            self._out.append(Close(p.id, CLOSE_UNAUTHORIZED, "unauthorized"))
+        if self.token is not None and not secrets.compare_digest((message.token or "").encode(), self.token.encode()):
+            self._refuse(p, ErrorCode.UNAUTHORIZED, "wrong or missing token", CLOSE_UNAUTHORIZED)
             return
-        if message.role == "provider" and any(
-            q.role == "provider" and q.name == message.name for q in self.peers.values()
-        ):
-            self._error(p, None, ErrorCode.NAME_TAKEN, f"a provider named {message.name!r} is already connected")
-            self._out.append(Close(p.id, CLOSE_NAME_TAKEN, "provider name taken"))
+        if message.role == "provider" and message.name in self.providers:
+            text = f"a provider named {message.name!r} is already connected"
+            self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN)
             return
         p.role = message.role
         p.name = message.name
+        if p.role == "provider":
+            self.providers[p.name] = p.id
         self._send(
             p.id,
             Welcome(
@@ -308,7 +306,7 @@ class HubCore:
                 limits=self.limits,
             ),
         )
-        self._out.append(Log("info", f"{p.role} {p.name!r} joined as peer {p.id} ({message.software or '?'})"))
+        self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id} ({shown(message.software)})")
 
     # --- requestor ---------------------------------------------------------------------
 
@@ -404,7 +402,7 @@ class HubCore:
         self._send(q.id, message.model_copy(update={"id": hub_id}))
 
     def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
-        self._out.append(Log("info", f"activity {activity.id}: destroying"))
+        self._log("info", f"activity {activity.id}: destroying")
         activity.state = "destroying"
         q = self.peers[activity.provider]
         hub_id = q.new_id()
@@ -449,7 +447,7 @@ class HubCore:
             return
         assert isinstance(message, Done | Error | ExecResult | DownloadInfo)
         if message.re is None:
-            self._out.append(Log("warning", f"provider {p.name!r} reports {message.code}: {message.message}"))
+            self._log("warning", f"provider {shown(p.name)} reports {message.code}: {shown(message.message)}")
             return
         pending = p.pending.get(message.re)
         if pending is None or not _answers(pending.kind, message):
@@ -481,16 +479,15 @@ class HubCore:
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
-                self._out.append(Log("info", f"activity {activity.id} of {requestor.name!r} runs on {p.name!r}"))
+                self._log("info", f"activity {activity.id} of {shown(requestor.name)} runs on {shown(p.name)}")
                 rented = Rented(type="rented", re=pending.r_id, activity=activity.id, provider=p.name,
                                 cached=activity.cached, resources=activity.resources)  # fmt: skip
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
                 # The container may still run: its capacity stays reserved until the provider goes.
-                self._out.append(
-                    Log("warning", f"provider {p.name!r} failed to destroy {pending.activity}: {reply.message}")
-                )
+                why = shown(reply.message)
+                self._log("warning", f"provider {shown(p.name)} failed to destroy {pending.activity}: {why}")
             elif activity is not None:
                 self._drop_activity(activity)
             if pending.cancelled:
@@ -501,7 +498,7 @@ class HubCore:
             self._to_requestor(pending, reply)
 
     def _drop_activity(self, activity: Lease) -> None:
-        self._out.append(Log("info", f"activity {activity.id} ended; its capacity is free"))
+        self._log("info", f"activity {activity.id} ended; its capacity is free")
         self.activities.pop(activity.id, None)
         self.market.release(activity.provider, activity.resources)
         self._ungroup(activity)
@@ -534,7 +531,7 @@ class HubCore:
     # --- departures ----------------------------------------------------------------------
 
     def _provider_gone(self, p: Peer, reason: str) -> None:
-        self._out.append(Log("warning", f"provider {p.name!r} left: {reason}"))
+        self._log("warning", f"provider {shown(p.name)} left: {shown(reason)}")
         why = f"provider {p.name!r} disconnected: {reason}"
         # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):
@@ -568,7 +565,7 @@ class HubCore:
         self.market.remove(p.id)
 
     def _requestor_gone(self, p: Peer) -> None:
-        self._out.append(Log("info", f"requestor {p.name!r} left; destroying {len(p.activities)} activities"))
+        self._log("info", f"requestor {shown(p.name)} left; destroying {len(p.activities)} activities")
         for route in p.streams.values():
             q = self.peers.get(route.provider)
             if q is not None and route.upload and not route.ended:
@@ -582,6 +579,9 @@ class HubCore:
 
     # --- output ---------------------------------------------------------------------------
 
+    def _log(self, level: Literal["info", "warning"], text: str) -> None:
+        self._out.append(Log(level, text))
+
     def _send(self, peer: int, message: Message) -> None:
         self._out.append(Send(peer, serialize(message)))
 
@@ -589,17 +589,30 @@ class HubCore:
         self._out.append(Send(peer, data, binary=True))
 
     def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
-        self._send(p.id, Error(type="error", re=re, code=code, message=message))
+        # The text may quote what the peer sent: clipped, so the reply can always be built.
+        self._send(p.id, Error(type="error", re=re, code=code, message=clip(message)))
 
     def _violation(self, p: Peer, e: RemoteProtocolError) -> None:
         """Answer a frame that broke the protocol; before the handshake, also close."""
-        self._error(p, e.re, e.code, e.message)
         if p.role is None:
-            self._out.append(Close(p.id, CLOSE_HANDSHAKE, "the first message must be a valid hello"))
+            self._refuse(p, e.code, e.message, CLOSE_HANDSHAKE, re=e.re)
+        else:
+            self._error(p, e.re, e.code, e.message)
+
+    def _refuse(self, p: Peer, code: ErrorCode, text: str, close: int, re: int | None = None) -> None:
+        """Turn away a peer that has not been welcomed: an error, a close, and a line in the log."""
+        self._error(p, re, code, text)
+        self._out.append(Close(p.id, close, code.value))
+        self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")
 
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
         return out
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A peer's text as a log line may carry it: quoted (newlines and escapes made visible) and clipped."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def _answers(kind: str, reply: Done | Error | ExecResult | DownloadInfo) -> bool:

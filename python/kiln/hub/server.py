@@ -11,9 +11,11 @@ import asyncio
 import itertools
 import logging
 import resource
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +30,39 @@ log = logging.getLogger("kiln.hub")
 
 SUBPROTOCOL = Subprotocol(PROTOCOL_NAME)
 HELLO_TIMEOUT = 10.0
+# A ping every 3 s; one unanswered for 7 s drops the peer: a stopped peer is gone 8 to 11 s later.
+PING_INTERVAL: Final = 3.0
+PING_TIMEOUT: Final = 7.0
+CLOSE_TIMEOUT: Final = 1.0
+LOG_LINES_PER_SECOND: Final = 20
+LOG_BURST: Final = 100
+
+
+class LogLimiter:
+    """At most ``rate`` lines a second (bursts of ``burst``), so that no peer can flood the log.
+
+    What is held back is counted, and the count logged once lines flow again.
+    """
+
+    def __init__(self, rate: float = LOG_LINES_PER_SECOND, burst: int = LOG_BURST) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self.suppressed = 0
+
+    def emit(self, level: int, text: str) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return
+        self._tokens -= 1
+        if self.suppressed:
+            log.warning("%d log lines were suppressed (more than %g a second)", self.suppressed, self.rate)
+            self.suppressed = 0
+        log.log(level, "%s", text)
 
 
 class OutboxFull(Exception):
@@ -78,6 +113,7 @@ class HubServer:
         self.core = core
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
+        self._log = LogLimiter()
         self._ids = itertools.count(1)
 
     async def handle(self, ws: ServerConnection) -> None:
@@ -117,7 +153,7 @@ class HubServer:
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Log):
-                log.log(logging.WARNING if action.level == "warning" else logging.INFO, "%s", action.text)
+                self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
                 continue
             outbox = self._outboxes.get(action.peer)
             if outbox is None:
@@ -170,8 +206,9 @@ async def start(
         select_subprotocol=select_subprotocol,
         max_size=hub.core.limits.max_frame_bytes,
         max_queue=16,
-        ping_interval=5,
-        ping_timeout=10,
+        ping_interval=PING_INTERVAL,
+        ping_timeout=PING_TIMEOUT,
+        close_timeout=CLOSE_TIMEOUT,
         compression=None,
     )
 

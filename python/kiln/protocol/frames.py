@@ -24,6 +24,8 @@ from kiln.protocol.errors import RemoteProtocolError
 HEADER: Final = struct.Struct(">B3xI")
 HEADER_SIZE: Final = HEADER.size
 MAX_REASON_BYTES: Final = 1024
+MAX_STREAM_ID: Final = 2**31 - 1
+"""A stream's id is its request's id."""
 
 
 class FrameKind(enum.IntEnum):
@@ -59,8 +61,8 @@ def decode(data: bytes, max_payload: int) -> Frame:
         kind = FrameKind(raw_kind)
     except ValueError:
         raise RemoteProtocolError(f"unknown binary frame kind {raw_kind}", ErrorCode.BAD_FRAME) from None
-    if stream == 0:
-        raise RemoteProtocolError("binary frame for stream 0", ErrorCode.BAD_FRAME)
+    if not 1 <= stream <= MAX_STREAM_ID:
+        raise RemoteProtocolError(f"binary frame for stream {stream}: a stream id is 1 to 2^31-1", ErrorCode.BAD_FRAME)
     payload = memoryview(data)[HEADER_SIZE:]
     limit = max_payload if kind is FrameKind.DATA else (0 if kind is FrameKind.END else MAX_REASON_BYTES)
     if len(payload) > limit:

@@ -96,11 +96,19 @@ def check_container_path(path: str) -> str:
 RequestId: TypeAlias = Annotated[int, Field(ge=1, le=MAX_ID)]
 ActivityId: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 GroupName: TypeAlias = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+NAME_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+$"
+"""A name holds no control character (C0, DEL, C1) and no invisible or bidirectional format character."""
+Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
 ContainerPath: TypeAlias = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_PATH_LENGTH, json_schema_extra={"format": PATH_FORMAT}),
+    # The length is part of the path rule (paths.py): a path too long is a bad path.
+    Field(
+        json_schema_extra={
+            "format": PATH_FORMAT,
+            "description": f"An absolute, normalized container path of at most {MAX_PATH_LENGTH} characters.",
+        }
+    ),
     AfterValidator(check_container_path),
 ]
 Labels: TypeAlias = Annotated[
@@ -437,14 +445,20 @@ MESSAGE_MODELS: Final = (
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 
 
-def _by_value(value: Any) -> Any:
+MAX_DEPTH: Final = 32
+"""Nesting deeper than this is refused before validation: no message needs more than a few levels."""
+
+
+def _by_value(value: Any, depth: int = 0) -> Any:
     """JSON numbers are judged by value, as every JSON parser sees them: 1.0 is the integer 1."""
+    if depth > MAX_DEPTH:
+        raise RemoteProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels", ErrorCode.BAD_MESSAGE)
     if type(value) is float and value.is_integer():
         return int(value)
     if type(value) is dict:
-        return {key: _by_value(item) for key, item in value.items()}
+        return {key: _by_value(item, depth + 1) for key, item in value.items()}
     if type(value) is list:
-        return [_by_value(item) for item in value]
+        return [_by_value(item, depth + 1) for item in value]
     return value
 
 
@@ -452,6 +466,8 @@ def _request_id_of(raw: Any) -> int | None:
     """The ``id`` of a message that failed validation, when it has a usable one."""
     if isinstance(raw, dict):
         value = raw.get("id")
+        if type(value) is float and value.is_integer():
+            value = int(value)
         if type(value) is int and 1 <= value <= MAX_ID:
             return value
     return None
@@ -470,8 +486,11 @@ def parse(data: bytes | str) -> Message:
         raise RemoteProtocolError(f"not valid JSON: {e}", ErrorCode.BAD_JSON) from e
     if not isinstance(raw, dict):
         raise RemoteProtocolError("a message must be a JSON object", ErrorCode.BAD_MESSAGE)
-    raw = _by_value(raw)
     re = _request_id_of(raw)
+    try:
+        raw = _by_value(raw)
+    except RemoteProtocolError as e:
+        raise RemoteProtocolError(e.message, e.code, re) from None
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise RemoteProtocolError("a message needs a string field 'type'", ErrorCode.BAD_MESSAGE, re)

@@ -43,7 +43,7 @@ from kiln.protocol.messages import (
     Resources,
     Upload,
 )
-from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
+from kiln.protocol.paths import path_problem
 
 DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
 READ_BYTES: Final = 256 * 1024
@@ -89,8 +89,6 @@ def container_path(path: str) -> str:
     if not isinstance(path, str):
         raise InvalidPath(f"a container path must be a string, not {type(path).__name__}")
     problem = path_problem(path)
-    if problem is None and len(path) > MAX_PATH_LENGTH:
-        problem = f"container path is longer than {MAX_PATH_LENGTH} characters"
     if problem is not None:
         raise InvalidPath(problem)
     return path
