@@ -480,3 +480,46 @@ def test_a_requestors_loss_aborts_its_uploads(hub: Harness) -> None:
     [(_, upload)] = hub.text(2, {"type": "upload", "id": 11, "activity": activity, "path": "/a", "size": 9})
     out = hub.leave(2)
     assert (1, frames.encode(FrameKind.ABORT, upload["id"], b"requestor disconnected")) in out
+
+
+def test_credit_waits_while_a_receivers_buffer_at_the_hub_is_full() -> None:
+    # Chunks of 8 bytes, a buffer of 64 bytes: at most 32 bytes (4 chunks) in flight toward a peer.
+    h = small_hub(chunk_bytes=8, max_window=4)
+    h.core = HubCore(new_activity_id=lambda: "act1", limits_=h.core.limits, buffer_bytes=64)
+    h.join(1, "provider", "p1")
+    h.offer(1)
+    h.join(2, "requestor", "r1")
+    activity = h.rent(2, 10, 1)
+    [(_, up1)] = h.text(2, {"type": "upload", "id": 11, "activity": activity, "path": "/a", "size": 24})
+    [(_, up2)] = h.text(2, {"type": "upload", "id": 12, "activity": activity, "path": "/b", "size": 24})
+    assert h.text(1, {"type": "credit", "stream": up1["id"], "chunks": 3}) == [
+        (2, {"type": "credit", "stream": 11, "chunks": 3})
+    ]
+    assert h.text(1, {"type": "credit", "stream": up2["id"], "chunks": 3}) == [
+        (2, {"type": "credit", "stream": 12, "chunks": 1})
+    ], "only the room left is passed on"
+    for _ in range(3):
+        [(to, _)] = h.binary(2, frames.encode(FrameKind.DATA, 11, b"12345678"))
+        assert to == 1
+    assert h._decode(h.core.delivered(1, 16)) == [], "still no room: 2 frames wait, 1 chunk is held"
+    assert h._decode(h.core.delivered(1, 32)) == [(2, {"type": "credit", "stream": 12, "chunks": 2})]
+    [(_, error)] = h.text(1, {"type": "credit", "stream": up2["id"], "chunks": 2})
+    assert error["code"] == "flow_control", "3 granted + 2 is over the window of 4"
+
+
+def test_a_downloads_first_window_is_cut_to_the_room_left() -> None:
+    h = small_hub(chunk_bytes=8)
+    h.core = HubCore(new_activity_id=lambda: "act1", limits_=h.core.limits, buffer_bytes=48)
+    h.join(1, "provider", "p1")
+    h.offer(1)
+    h.join(2, "requestor", "r1")
+    activity = h.rent(2, 10, 1)
+    [(_, down)] = h.text(2, {"type": "download", "id": 11, "activity": activity, "path": "/o", "window": 4})
+    assert down["window"] == 3, "24 bytes of room: 3 chunks now"
+    h.text(1, {"type": "download_info", "re": down["id"], "kind": "file", "size": 40})
+    [(_, _)] = h.binary(1, frames.encode(FrameKind.DATA, down["id"], b"abcdefgh"))
+    assert h._decode(h.core.delivered(2, 16)) == [(1, {"type": "credit", "stream": down["id"], "chunks": 1})]
+    [(_, done)] = h.text(1, {"type": "error", "re": down["id"], "code": "transfer_failed", "message": "gone"})
+    assert done["code"] == "transfer_failed"
+    assert h._decode(h.core.delivered(2, 100)) == [], "an ended stream gets no more credit"
+    assert h.core.delivered(99, 1) == []

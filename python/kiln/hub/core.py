@@ -10,13 +10,15 @@ Rules that everything affecting the hub's state must follow live here:
   under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
   only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
   a request the hub did not send to *this* provider is ``out_of_order``.
-* A stream's data frames are relayed only within the credit its receiver granted, so what
-  the hub buffers per stream is bounded by ``max_window`` chunks.
+* A stream's data frames are relayed only within the credit its receiver granted, and that
+  credit is passed on to senders only while all the stream data toward the receiver fits
+  in half the buffer the I/O layer keeps for it: a slow receiver slows its own streams.
 * Capacity is reserved when a provider is chosen and released when its container is
   destroyed or its provider is gone.
 
 Use: the I/O layer calls :meth:`HubCore.connect` for a new connection, then
-:meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame, and
+:meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame,
+:meth:`HubCore.delivered` once a binary frame toward a peer is written, and
 :meth:`HubCore.disconnect` when it ends. Each returns a list of :data:`Action` to carry
 out in order: send a frame to a peer, close a peer, or log a line.
 """
@@ -24,7 +26,7 @@ out in order: send a frame to a peer, close a peer, or log a line.
 from __future__ import annotations
 
 import secrets
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
@@ -106,8 +108,13 @@ class Route:
     provider: int
     p_id: int
     upload: bool
-    credit: int = 0
+    credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
+    withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
     ended: bool = False
+
+    @property
+    def receiver(self) -> int:
+        return self.provider if self.upload else self.requestor
 
 
 @dataclass
@@ -149,6 +156,11 @@ class Peer:
     pending: dict[int, Pending] = field(default_factory=dict)
     # streams this peer takes part in, by the id it knows them under
     streams: dict[int, Route] = field(default_factory=dict)
+    # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
+    # (bytes), and the streams whose further credit waits for room
+    inbound: int = 0
+    queued: int = 0
+    waiting: deque[Route] = field(default_factory=deque)
     next_id: int = 1
 
     def new_id(self) -> int:
@@ -170,6 +182,7 @@ class HubCore:
         token: str | None = None,
         software: str = "kiln-hub",
         limits_: Limits | None = None,
+        buffer_bytes: int = limits.OUTBOX_BYTES,
         new_activity_id: Callable[[], str] = lambda: secrets.token_hex(8),
     ) -> None:
         if token == "":
@@ -185,6 +198,8 @@ class HubCore:
             max_streams=limits.MAX_STREAMS,
             max_output_bytes=limits.MAX_OUTPUT_BYTES,
         )
+        self._budget = buffer_bytes // 2
+        """Stream bytes the hub lets be in flight toward one receiver (half its buffer: room for messages)."""
         self.market = Market()
         self.peers: dict[int, Peer] = {}
         self.providers: dict[str, int] = {}  # a connected provider's name -> its peer id
@@ -253,10 +268,11 @@ class HubCore:
                     ErrorCode.FLOW_CONTROL,
                     f"DATA frame on stream {frame.stream} without credit; the stream is aborted",
                 )
-                route.ended = True
+                self._close_route(route)
                 self._send_binary(target, frames.encode(FrameKind.ABORT, target_id, b"sender broke flow control"))
                 return self._flush()
             route.credit -= 1
+            self.peers[target].inbound -= 1  # the target is here: a route ends when either side goes
         else:
             route.ended = True
         self._send_binary(target, frames.with_stream(data, target_id))
@@ -389,12 +405,19 @@ class HubCore:
                 self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
                 return
             hub_id = q.new_id()
-            window = min(message.window, self.limits.max_window) if isinstance(message, Download) else 0
-            route = Route(p.id, message.id, q.id, hub_id, upload=isinstance(message, Upload), credit=window)
+            route = Route(p.id, message.id, q.id, hub_id, upload=isinstance(message, Upload))
             p.streams[message.id] = route
             q.streams[hub_id] = route
-            if isinstance(message, Download) and window != message.window:
-                message = message.model_copy(update={"window": window})
+            if isinstance(message, Download):
+                # The first credit rides in the request: at least one chunk of it now, the rest
+                # as the requestor's buffer at the hub has room (see _release).
+                window = min(message.window, self.limits.max_window)
+                first = min(window, max(self._room(p), 1))
+                route.credit = first
+                p.inbound += first
+                if window > first:
+                    self._withhold(p, route, window - first)
+                message = message.model_copy(update={"window": first})
         else:
             hub_id = q.new_id()
         q.pending[hub_id] = Pending(message.type, activity.id, p.id, message.id, route)
@@ -415,10 +438,10 @@ class HubCore:
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.streams.get(message.stream)
         receiving = route is not None and (route.upload == (p.role == "provider"))
-        if route is None or not receiving:
+        if route is None or not receiving or route.ended:
             # The stream may have ended while the credit was on its way: not an error.
             return
-        if route.credit + message.chunks > self.limits.max_window:
+        if route.credit + route.withheld + message.chunks > self.limits.max_window:
             self._error(
                 p,
                 None,
@@ -426,9 +449,63 @@ class HubCore:
                 f"credit on stream {message.stream} would exceed the window of {self.limits.max_window}",
             )
             return
-        route.credit += message.chunks
-        sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
-        self._send(sender, Credit(type="credit", stream=stream, chunks=message.chunks))
+        self._withhold(p, route, message.chunks)
+        self._release(p)
+
+    # --- what the hub buffers toward a receiver ---------------------------------------------
+    #
+    # A receiver grants credit; the hub passes it on to the sender only while everything
+    # the senders may still send toward that receiver, and all it has queued for it, fits
+    # in ``buffer_bytes // 2``. The rest waits (``withheld``) until the receiver's queue
+    # drains (:meth:`delivered`). So a slow receiver slows its own streams, and the hub
+    # never buffers past what it promised for it.
+
+    def _room(self, q: Peer) -> int:
+        """Chunks of credit that may still be passed on toward ``q``."""
+        chunk = self.limits.chunk_bytes
+        return max(self._budget // chunk - q.inbound - -(-q.queued // chunk), 0)
+
+    def _withhold(self, q: Peer, route: Route, chunks: int) -> None:
+        if route.withheld == 0:
+            q.waiting.append(route)
+        route.withheld += chunks
+
+    def _release(self, q: Peer) -> None:
+        """Pass on withheld credit toward ``q`` while there is room, oldest first."""
+        room = self._room(q)
+        while q.waiting and room > 0:
+            route = q.waiting[0]
+            if route.ended or route.withheld == 0:
+                q.waiting.popleft()
+                continue
+            give = min(route.withheld, room)
+            route.withheld -= give
+            room -= give
+            if route.withheld == 0:
+                q.waiting.popleft()
+            route.credit += give
+            q.inbound += give
+            sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
+            self._send(sender, Credit(type="credit", stream=stream, chunks=give))
+
+    def _close_route(self, route: Route) -> None:
+        """The stream is over: the credit its sender held toward the receiver is free again."""
+        if route.ended and route.credit == 0 and route.withheld == 0:
+            return
+        route.ended = True
+        q = self.peers.get(route.receiver)
+        if q is not None:
+            q.inbound -= route.credit
+        route.credit = route.withheld = 0
+
+    def delivered(self, peer: int, size: int) -> list[Action]:
+        """``size`` bytes of stream frames toward ``peer`` have been written: its credit may flow again."""
+        q = self.peers.get(peer)
+        if q is None:
+            return []
+        q.queued = max(q.queued - size, 0)
+        self._release(q)
+        return self._flush()
 
     # --- provider ----------------------------------------------------------------------
 
@@ -464,6 +541,7 @@ class HubCore:
         if requestor is not None and pending.r_id is not None:
             requestor.open.pop(pending.r_id, None)
         if pending.route is not None:
+            self._close_route(pending.route)
             p.streams.pop(pending.route.p_id, None)
             if requestor is not None:
                 requestor.streams.pop(pending.route.r_id, None)
@@ -555,6 +633,7 @@ class HubCore:
                 continue
             requestor.open.pop(pending.r_id, None)
             if pending.route is not None:
+                self._close_route(pending.route)
                 requestor.streams.pop(pending.route.r_id, None)
             if pending.kind == "destroy" and pending.cancelled:
                 self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
@@ -570,6 +649,7 @@ class HubCore:
             q = self.peers.get(route.provider)
             if q is not None and route.upload and not route.ended:
                 self._send_binary(q.id, frames.encode(FrameKind.ABORT, route.p_id, b"requestor disconnected"))
+            self._close_route(route)
         for activity_id in sorted(p.activities):
             activity = self.activities.get(activity_id)
             if activity is not None and activity.state == "ready":
@@ -586,6 +666,9 @@ class HubCore:
         self._out.append(Send(peer, serialize(message)))
 
     def _send_binary(self, peer: int, data: bytes) -> None:
+        q = self.peers.get(peer)
+        if q is not None:
+            q.queued += len(data)
         self._out.append(Send(peer, data, binary=True))
 
     def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:

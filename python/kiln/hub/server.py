@@ -124,7 +124,7 @@ class HubServer:
         reason = "connection closed"
         try:
             async with asyncio.TaskGroup() as tg:
-                writer = tg.create_task(self._write(ws, outbox))
+                writer = tg.create_task(self._write(peer, ws, outbox))
                 try:
                     # A peer that connects and says nothing is not kept waiting forever.
                     async with asyncio.timeout(HELLO_TIMEOUT):
@@ -166,16 +166,18 @@ class HubServer:
                 outbox.size = 0
                 outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
 
-    async def _write(self, ws: ServerConnection, outbox: Outbox) -> None:
+    async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
         while True:
             item = await outbox.get()
             if isinstance(item, Close):
                 await ws.close(item.code, item.reason)
                 return
             try:
-                await ws.send(item.data if item.binary else item.data.decode())
+                await ws.send(item.data, text=not item.binary)
             except ConnectionClosed:
                 return
+            if item.binary:
+                self._apply(self.core.delivered(peer, len(item.data)))
 
 
 def _describe(error: ConnectionClosed) -> str:
@@ -197,7 +199,7 @@ async def start(
     core: HubCore | None = None,
 ) -> Server:
     """Start a hub listening on ``host:port`` (0 picks a free port); close it with ``server.close()``."""
-    hub = HubServer(core or HubCore(token=token, software=f"kiln-hub/{__version__}"))
+    hub = HubServer(core or HubCore(token=token, software=f"kiln-hub/{__version__}", buffer_bytes=limits.OUTBOX_BYTES))
     return await serve(
         hub.handle,
         host,
