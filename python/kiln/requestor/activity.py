@@ -13,7 +13,6 @@ import asyncio
 import base64
 import contextlib
 import os
-import tarfile
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from kiln.protocol.messages import (
     Upload,
 )
 from kiln.protocol.paths import path_problem
+from kiln.requestor.folders import extract
 
 DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
 READ_BYTES: Final = 256 * 1024
@@ -229,8 +229,13 @@ class Activity:
 
     # --- download ------------------------------------------------------------------------
 
-    async def _download(self, path: str) -> AsyncGenerator[DownloadInfo | memoryview, None]:
-        """Yield the download's info, then its chunks; cancel the stream if abandoned."""
+    async def _download(self, path: str, max_bytes: int | None) -> AsyncGenerator[DownloadInfo | memoryview, None]:
+        """Yield the download's info, then its chunks; cancel the stream if abandoned.
+
+        A file's data must be exactly the size its provider announced (TransferFailed),
+        and no download may pass ``max_bytes`` (UsageError): nothing the provider says
+        makes this side take more than it asked for.
+        """
         source = container_path(path)
         self._check()
         conn = self._conn
@@ -239,9 +244,20 @@ class Activity:
         receiver, reply = await conn.open_download(message)
         finished = False
         try:
-            yield await receiver.info
+            info = await receiver.info
+            if max_bytes is not None and info.size is not None and info.size > max_bytes:
+                raise UsageError(f"{path} holds {info.size} bytes, more than max_bytes={max_bytes}")
+            yield info
+            total = 0
             async for chunk in receiver:
+                total += len(chunk)
+                if info.kind == "file" and info.size is not None and total > info.size:
+                    raise TransferFailed(f"{path}: the provider sent more than the {info.size} bytes it announced")
+                if max_bytes is not None and total > max_bytes:
+                    raise UsageError(f"{path} is larger than max_bytes={max_bytes}")
                 yield chunk
+            if info.kind == "file" and info.size is not None and total != info.size:
+                raise TransferFailed(f"{path}: the provider sent {total} of the {info.size} bytes it announced")
             done = await reply
             assert isinstance(done, Done)
             finished = True
@@ -256,17 +272,13 @@ class Activity:
     async def download_bytes(self, path: str, *, max_bytes: int = DOWNLOAD_BYTES_LIMIT) -> bytes:
         """The content of the file ``path``; :class:`UsageError` if it is over ``max_bytes``."""
         parts: list[memoryview] = []
-        total = 0
-        stream = self._download(path)
+        stream = self._download(path, max_bytes)
         try:
             async for item in stream:
                 if isinstance(item, DownloadInfo):
-                    _require_file(path, item, max_bytes)
-                    continue
-                total += len(item)
-                if total > max_bytes:
-                    raise UsageError(f"{path} is larger than max_bytes={max_bytes}")
-                parts.append(item)
+                    _require_file(path, item)
+                else:
+                    parts.append(item)
         finally:
             await stream.aclose()
         return b"".join(parts)
@@ -279,44 +291,52 @@ class Activity:
         except orjson.JSONDecodeError as e:
             raise UsageError(f"{path} does not hold valid JSON: {e}") from e
 
-    async def download_file(self, path: str, dest: str | os.PathLike[str]) -> Path:
+    async def download_file(self, path: str, dest: str | os.PathLike[str], *, max_bytes: int | None = None) -> Path:
         """Stream the file or folder ``path`` to the local ``dest`` and return ``dest``.
 
-        A file is written to ``dest`` (through a temporary file, so a failed transfer
-        leaves nothing half-written). A folder's contents are extracted into the folder
-        ``dest``; no entry can land outside it (absolute names, ``..`` and links out
-        are refused).
+        A file is written to ``dest`` through a temporary file beside it, so a failed
+        transfer leaves nothing half-written. A folder's contents are extracted into the
+        folder ``dest`` as they arrive (nothing is spooled); no entry can land outside it
+        (absolute names, ``..`` and links out are refused), and a crafted archive is a
+        TransferFailed. ``max_bytes`` bounds what is taken (a UsageError past it).
         """
         target = Path(dest)
-        stream = self._download(path)
-        spool: Any = None
-        info: DownloadInfo | None = None
+        stream = self._download(path, max_bytes)
         try:
-            async for item in stream:
-                if isinstance(item, DownloadInfo):
-                    info = item
-                    folder = target.parent if item.kind == "file" else target
-                    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-                    spool = await asyncio.to_thread(
-                        tempfile.NamedTemporaryFile, dir=folder, prefix=".kiln-", suffix=".part", delete=False
-                    )
-                    continue
-                await asyncio.to_thread(spool.write, item)
-            if info is None or spool is None:
-                raise TransferFailed(f"{path}: the download ended before it began")
-            spool.close()
+            info = await anext(stream)
+            assert isinstance(info, DownloadInfo)
             if info.kind == "file":
-                await asyncio.to_thread(os.chmod, spool.name, info.mode & 0o777)
-                await asyncio.to_thread(os.replace, spool.name, target)
+                await self._save_file(info, stream, target)
             else:
-                await asyncio.to_thread(_extract_folder, spool.name, target)
+                loop = asyncio.get_running_loop()
+
+                def pull() -> memoryview | None:
+                    item = asyncio.run_coroutine_threadsafe(anext(stream, None), loop).result()
+                    assert not isinstance(item, DownloadInfo)
+                    return item
+
+                await asyncio.to_thread(extract, pull, target)
         finally:
             await stream.aclose()
-            if spool is not None:
-                spool.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(spool.name)  # left only when the transfer failed
         return target
+
+    @staticmethod
+    async def _save_file(info: DownloadInfo, chunks: AsyncIterator[DownloadInfo | memoryview], target: Path) -> None:
+        try:
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            fd, spool = await asyncio.to_thread(tempfile.mkstemp, dir=target.parent, prefix=".kiln-", suffix=".part")
+        except OSError as e:
+            raise UsageError(f"cannot write into {target.parent}: {e.strerror or e}") from e
+        try:
+            with os.fdopen(fd, "wb") as out:  # already open: nothing blocks here
+                async for chunk in chunks:
+                    assert not isinstance(chunk, DownloadInfo)  # only the first item is the info
+                    await asyncio.to_thread(out.write, chunk)
+            await asyncio.to_thread(os.chmod, spool, info.mode & 0o777)
+            await asyncio.to_thread(os.replace, spool, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spool)  # left only when the transfer failed
 
     # --- release ---------------------------------------------------------------------------
 
@@ -349,38 +369,9 @@ class Activity:
             self.cpu_seconds = done.cpu_seconds
 
 
-def _require_file(path: str, info: DownloadInfo, max_bytes: int) -> None:
+def _require_file(path: str, info: DownloadInfo) -> None:
     if info.kind != "file":
         raise FileNotFound(f"{path} is a folder, not a file (use download_file for folders)", ErrorCode.NOT_A_FILE)
-    if info.size is not None and info.size > max_bytes:
-        raise UsageError(f"{path} holds {info.size} bytes, more than max_bytes={max_bytes}")
-
-
-def _extract_folder(archive: str, dest: Path) -> None:
-    """Extract a folder's tar stream into ``dest``, dropping the folder's own name."""
-
-    def strip(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo | None:
-        _, _, rest = member.name.partition("/")
-        if not rest:
-            return None
-        changes: dict[str, Any] = {"name": rest}
-        if member.islnk():
-            changes["linkname"] = member.linkname.partition("/")[2]
-        if (member.issym() or member.islnk()) and (
-            member.linkname.startswith("/") or ".." in member.linkname.split("/")
-        ):
-            # Links only ever point down: then no chain of them can lead out of ``dest``.
-            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
-        return tarfile.data_filter(member.replace(**changes, deep=False), root)
-
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        with tarfile.open(archive, mode="r:") as tar:
-            tar.extractall(dest, filter=strip)
-    except tarfile.FilterError as e:
-        raise TransferFailed(f"refused to write outside {dest}: {e}") from e
-    except tarfile.TarError as e:
-        raise TransferFailed(f"the folder archive is damaged: {e}") from e
 
 
 async def _quietly(action: Any) -> None:
