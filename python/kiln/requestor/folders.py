@@ -72,3 +72,6 @@ def extract(pull: Pull, dest: Path) -> None:
     except OSError as e:
         # A crafted archive (an entry twice, a link in a loop, a file where a folder is due).
         raise TransferFailed(f"cannot extract the folder into {dest}: {e.strerror or e}") from e
+    except (KeyError, RuntimeError) as e:
+        # What tarfile raises for a hard link to no earlier entry, and for a loop of links.
+        raise TransferFailed(f"cannot extract the folder into {dest}: {e}") from e

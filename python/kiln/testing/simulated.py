@@ -1,8 +1,10 @@
 """Many simulated providers in one process, for scale tests and benchmarks of the hub.
 
 Each is a real connection speaking kiln.v1 through the session core: it offers capacity
-and an image, says yes to every ``create`` and ``destroy`` at once, and answers every
-``exec`` with an empty result. No Docker is involved, so thousands fit on one machine::
+and an image, says yes to every ``create`` and ``destroy`` at once, answers every
+``exec`` with an empty result, and serves downloads from a table it is given (truthfully
+or not: a rogue provider for tests of the requestor). No Docker is involved, so thousands
+fit on one machine::
 
     async with simulated_providers(url, 5000) as names:
         ...  # rent, map, market against a hub that sees 5000 providers
@@ -12,23 +14,48 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import Final, Literal
 
-from kiln.connection import Connection
+from kiln.connection import Connection, Outgoing
 from kiln.hub.server import raise_open_file_limit
-from kiln.protocol.messages import Create, Destroy, Done, Error, Exec, ExecResult, Offer, Resources, clip
+from kiln.protocol.errors import KilnError
+from kiln.protocol.messages import (
+    Create,
+    Destroy,
+    Done,
+    Download,
+    DownloadInfo,
+    Error,
+    Exec,
+    ExecResult,
+    Offer,
+    Resources,
+    clip,
+)
 from kiln.protocol.session import Event, Requested
 
 DIAL_AT_ONCE: Final = 200
 """Connections opened concurrently: a burst the hub's listen backlog takes."""
 
 
-class SimulatedProvider:
-    """One provider that answers at once, without containers."""
+@dataclass(frozen=True)
+class Served:
+    """What a simulated provider sends for a download of one path: honest, or not."""
 
-    def __init__(self, name: str) -> None:
+    kind: Literal["file", "dir"]
+    data: bytes
+    announced: int | None = None
+    """The size told in download_info (None: the true size; a rogue provider may lie)."""
+
+
+class SimulatedProvider:
+    """One provider that answers at once, without containers; downloads come from ``files``."""
+
+    def __init__(self, name: str, files: dict[str, Served] | None = None) -> None:
         self.name = name
+        self.files = files or {}
         self.conn: Connection | None = None
         self._replies: set[asyncio.Task[None]] = set()
 
@@ -36,17 +63,32 @@ class SimulatedProvider:
         if not isinstance(event, Requested) or self.conn is None:
             return
         message = event.message
-        reply: Done | ExecResult | Error
+        work: Awaitable[None]
         if isinstance(message, Create | Destroy):
-            reply = Done(type="done", re=message.id)
+            work = self.conn.reply(Done(type="done", re=message.id))
         elif isinstance(message, Exec):
-            reply = ExecResult(type="exec_result", re=message.id, exit_code=0, timed_out=False, stdout="", stderr="",
-                               duration=0.0)  # fmt: skip
+            work = self.conn.reply(ExecResult(type="exec_result", re=message.id, exit_code=0, timed_out=False,
+                                              stdout="", stderr="", duration=0.0))  # fmt: skip
+        elif isinstance(message, Download) and message.path in self.files:
+            work = self._serve(message, self.files[message.path], self.conn.outgoing(message.id))
         else:
-            reply = Error(type="error", re=message.id, code="container_failed", message=clip("simulated: no files"))
-        task = asyncio.create_task(self.conn.reply(reply))  # owned: kept until done, awaited on close
+            work = self.conn.reply(Error(type="error", re=message.id, code="file_not_found",
+                                         message=clip(f"simulated: no {message.type} here")))  # fmt: skip
+        task = asyncio.ensure_future(work)  # owned: kept until done, awaited on close
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    async def _serve(self, message: Download, served: Served, outgoing: Outgoing) -> None:
+        assert self.conn is not None
+        size = len(served.data) if served.announced is None else served.announced
+        await self.conn.reply(DownloadInfo(type="download_info", re=message.id, kind=served.kind,
+                                           size=size if served.kind == "file" else None))  # fmt: skip
+        try:
+            await outgoing.write(served.data)
+            await outgoing.end()
+            await self.conn.reply(Done(type="done", re=message.id, bytes=len(served.data)))
+        except KilnError as e:
+            await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
 
     async def close(self) -> None:
         if self._replies:
@@ -64,10 +106,11 @@ async def simulated_providers(
     cpus: float = 4,
     memory: int = 8 * 2**30,
     prefix: str = "sim",
+    files: dict[str, Served] | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url``; yields their names, disconnects on exit."""
     raise_open_file_limit()
-    providers = [SimulatedProvider(f"{prefix}-{i:05}") for i in range(count)]
+    providers = [SimulatedProvider(f"{prefix}-{i:05}", files) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(provider: SimulatedProvider) -> None:
