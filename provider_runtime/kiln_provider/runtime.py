@@ -62,8 +62,6 @@ RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, ma
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
-MAX_TRANSFERS_PER_ACTIVITY: Final = 8
-"""Uploads and downloads at once on one activity (within MAX_OPS_PER_ACTIVITY operations)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,13 @@ class Operation:
 class Container:
     id: str
     operations: set[Operation] = field(default_factory=set)
-    transfers: int = 0
+    archive: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held by an upload or download for its whole Docker stream.
+
+    Docker locks a container while one of its archives streams: every other archive call
+    and every exec on it blocks in dockerd meanwhile. Waiting here instead, in the event
+    loop, holds no thread, so a stalled stream costs its own activity time and nothing else.
+    """
 
 
 class Pools:
@@ -246,11 +250,11 @@ class ProviderRuntime:
         elif isinstance(message, Upload):
             incoming = self._c.incoming(message.id, self._upload_window)
             stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
-            self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload, transfer=True)
+            self._spawn(message.id, message.activity, self._upload(message, incoming), stop_upload)
         else:
             outgoing = self._c.outgoing(message.id)
             stop_download = partial(outgoing.fail, Cancelled("download cancelled"))
-            self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download, transfer=True)
+            self._spawn(message.id, message.activity, self._download(message, outgoing), stop_download)
 
     @property
     def _upload_window(self) -> int:
@@ -267,8 +271,6 @@ class ProviderRuntime:
         activity: str | None,
         work: Awaitable[Reply],
         stop: Callable[[], None] = lambda: None,
-        *,
-        transfer: bool = False,
     ) -> None:
         assert self._tg is not None
         container = self._containers.get(activity) if activity is not None else None
@@ -279,21 +281,11 @@ class ProviderRuntime:
             text = f"more than {MAX_OPS_PER_ACTIVITY} operations at once on activity {activity}"
             self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
             return
-        if container is not None and transfer and container.transfers >= MAX_TRANSFERS_PER_ACTIVITY:
-            text = f"more than {MAX_TRANSFERS_PER_ACTIVITY} uploads and downloads at once on activity {activity}"
-            self._refuse(request_id, work, ErrorCode.TOO_MANY, text)
-            return
         task = self._tg.create_task(self._serve(request_id, work))
         operation = self._by_request[request_id] = Operation(task, stop)
         if container is not None:
             container.operations.add(operation)
-            container.transfers += transfer
-
-            def done(_: object) -> None:
-                container.operations.discard(operation)
-                container.transfers -= transfer
-
-            task.add_done_callback(done)
+            task.add_done_callback(lambda _: container.operations.discard(operation))
 
     def _refuse(self, request_id: int, work: Awaitable[Reply], code: ErrorCode, text: str) -> None:
         """Answer a request with an error without starting its work."""
@@ -372,14 +364,17 @@ class ProviderRuntime:
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
-    def _container(self, activity: str) -> str:
-        return self._containers[activity].id
+    def _container(self, activity: str) -> Container:
+        return self._containers[activity]
 
     async def _exec(self, message: Exec) -> Reply:
+        container = self._container(message.activity)
+        async with container.archive:
+            pass  # Docker would hold the exec back while an archive streams: wait here, holding no thread
         process = await self._on(
             self._pools.commands,
             self.adapter.start_exec,
-            self._container(message.activity),
+            container.id,
             message.argv,
             message.env,
             message.workdir,
@@ -413,48 +408,51 @@ class ProviderRuntime:
         container = self._container(message.activity)
         loop = asyncio.get_running_loop()
         idle = self.config.stream_idle_timeout
-        # No thread (nor Docker connection) is taken before the first data arrives: an
-        # upload that is announced and never fed holds nothing but its place.
-        first = await _next_within(incoming, idle)
+        async with container.archive:
+            # Credit is granted (and the data invited) only now; until its first chunk comes,
+            # the upload holds no thread and no Docker connection.
+            first = await _next_within(incoming, idle)
 
-        def chunks() -> Iterator[memoryview]:
-            chunk = first
-            while chunk is not None:
-                yield chunk
-                chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle), loop).result()
+            def chunks() -> Iterator[memoryview]:
+                chunk = first
+                while chunk is not None:
+                    yield chunk
+                    chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle), loop).result()
 
-        written = await self._on(
-            self._pools.transfers, self.adapter.put_file, container, message.path, message.size, message.mode, chunks()
-        )
+            written = await self._on(
+                self._pools.transfers, self.adapter.put_file, container.id, message.path, message.size,
+                message.mode, chunks(),
+            )  # fmt: skip
         return Done(type="done", re=message.id, bytes=written)
 
     async def _download(self, message: Download, outgoing: Outgoing) -> Reply:
         container = self._container(message.activity)
         pool = self._pools.transfers
-        stream = await self._on(pool, self.adapter.open_download, container, message.path)
         idle = self.config.stream_idle_timeout
-        reading: Future[bytes | None] | None = None
-        total = 0
-        try:
-            info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
-                                mode=stream.mode & 0o7777)  # fmt: skip
-            await self._c.reply(info)
-            while True:
-                # A thread only while Docker hands over a chunk; waiting for credit takes none.
-                reading = pool.submit(next, stream.chunks, None)
-                chunk = await asyncio.wrap_future(reading)
-                if chunk is None:
-                    break
-                try:
-                    async with asyncio.timeout(idle):
-                        await outgoing.write(chunk)
-                except TimeoutError:
-                    raise TransferBroken(f"no credit for {idle:g} s: the download was abandoned") from None
-                total += len(chunk)
-        finally:
-            # Closed in a thread once no thread is inside the generator: that closes the
-            # archive Docker holds open (and the container's lock with it).
-            await self._on(pool, _close_after, reading, stream)
+        async with container.archive:
+            stream = await self._on(pool, self.adapter.open_download, container.id, message.path)
+            reading: Future[bytes | None] | None = None
+            total = 0
+            try:
+                info = DownloadInfo(type="download_info", re=message.id, kind=stream.kind, size=stream.size,
+                                    mode=stream.mode & 0o7777)  # fmt: skip
+                await self._c.reply(info)
+                while True:
+                    # A thread only while Docker hands over a chunk; waiting for credit takes none.
+                    reading = pool.submit(next, stream.chunks, None)
+                    chunk = await asyncio.wrap_future(reading)
+                    if chunk is None:
+                        break
+                    try:
+                        async with asyncio.timeout(idle):
+                            await outgoing.write(chunk)
+                    except TimeoutError:
+                        raise TransferBroken(f"no credit for {idle:g} s: the download was abandoned") from None
+                    total += len(chunk)
+            finally:
+                # Closed in a thread once no thread is inside the generator: that closes the
+                # archive Docker holds open (and the container's lock with it).
+                await self._on(pool, _close_after, reading, stream)
         await outgoing.end()
         return Done(type="done", re=message.id, bytes=total)
 
