@@ -1,0 +1,132 @@
+"""Frames a hostile peer sends the hub, each answered with an error and a stable code, none
+closing a connection with 1011 or leaving a traceback; tokens, and logs a peer can write to.
+A real hub process on loopback, raw WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+import kiln
+from kiln.testing import LocalCluster
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKEN = "pässwort-ключ"
+HELLO = {"type": "hello", "version": "1.0", "role": "requestor", "name": "raw", "token": TOKEN}
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[LocalCluster]:
+    with LocalCluster(tmp_path) as cluster:
+        cluster.start_hub("--token", TOKEN)
+        yield cluster
+
+
+async def answer(ws: ClientConnection, frame: str | bytes) -> dict[str, Any]:
+    await ws.send(frame)
+    reply = json.loads(await ws.recv())
+    assert isinstance(reply, dict)
+    return reply
+
+
+async def welcomed(url: str) -> ClientConnection:
+    ws = await connect(url, subprotocols=["kiln.v1"], max_size=None)  # type: ignore[list-item]
+    assert (await answer(ws, json.dumps(HELLO)))["type"] == "welcome"
+    return ws
+
+
+def no_traceback(cluster: LocalCluster) -> None:
+    assert cluster.hub is not None
+    log = cluster.hub.output()
+    assert "Traceback" not in log and "1011" not in log, log[-3000:]
+
+
+async def test_a_non_ascii_token_admits_its_holder_and_refuses_others(hub: LocalCluster) -> None:
+    async with kiln.connect(hub.url, token=TOKEN) as requestor:
+        assert await requestor.market() == []
+    for wrong in ("pässwort", "", "ключ"):
+        with pytest.raises(kiln.Unauthorized):
+            async with kiln.connect(hub.url, token=wrong):
+                pass
+    no_traceback(hub)
+
+
+def test_an_empty_token_is_refused_at_start_up() -> None:
+    started = subprocess.run([sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--token", ""],
+                             capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    assert started.returncode == 1
+    assert "empty token" in started.stderr
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (bytes.fromhex("00000000ffffffff") + b"x", "bad_frame"),  # a stream id past 2^31-1
+        ('{"type":"market","id":4,"pad":' + "[" * 990 + "]" * 990 + "}", "bad_message"),  # nested deep
+        (json.dumps({"type": "exec", "id": 5, "activity": "a1", "argv": ["true"], "env": {"K" * 5000: "v"}}),
+         "bad_message"),  # a key whose echo would pass 4,096 characters
+        (json.dumps({"type": "rent", "id": 6, "image": "i", "demand": {"labels": {"k" * 5000: "v"}}}), "bad_message"),
+        (json.dumps({"type": "download", "id": 7, "activity": "a1", "path": "/" + "p" * 5000, "window": 1}),
+         "bad_path"),
+        ('{"type":"market","id":8,"x":"\\ud800"}', "bad_json"),  # a lone surrogate is no UTF-8
+    ],
+)  # fmt: skip
+async def test_hostile_frames_get_errors_and_the_connection_stays(
+    hub: LocalCluster, frame: str | bytes, code: str
+) -> None:
+    ws = await welcomed(hub.url)
+    try:
+        error = await answer(ws, frame)
+        assert (error["type"], error["code"]) == ("error", code)
+        assert len(error["message"]) <= 4096
+        market = await answer(ws, json.dumps({"type": "market", "id": 99}))
+        assert market["type"] == "market_info", "the connection is kept"
+    finally:
+        await ws.close()
+    no_traceback(hub)
+
+
+async def test_before_hello_deep_json_is_refused_without_a_crash(hub: LocalCluster) -> None:
+    async with connect(hub.url) as ws:
+        error = await answer(ws, '{"type":"hello","x":' + "[" * 990 + "]" * 990 + "}")
+        assert error["code"] == "bad_message"
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+    no_traceback(hub)
+
+
+async def test_what_peers_send_cannot_forge_or_flood_the_log(hub: LocalCluster) -> None:
+    assert hub.hub is not None
+    before = len(hub.hub.output())
+    forged = "x\n2099-01-01 00:00:00,000 kiln.hub WARNING \x1b[31madmin logged in"
+    async with connect(hub.url) as ws:
+        await answer(ws, json.dumps({**HELLO, "software": forged[:128]}))
+    await asyncio.sleep(0.2)
+    log = hub.hub.output()[before:]
+    assert "\n2099-01-01" not in log and "\x1b" not in log, log
+    assert "\\n2099-01-01" in log, "the value is logged, quoted"
+
+    async def refused() -> None:
+        async with connect(hub.url) as ws:
+            await ws.send(json.dumps({**HELLO, "token": "wrong", "software": "s" * 120}) + " " * 2000)
+            async for _ in ws:  # the error, then the close
+                pass
+
+    before = len(hub.hub.output())
+    await asyncio.gather(*(refused() for _ in range(300)))
+    await asyncio.sleep(0.2)
+    grown = len(hub.hub.output()) - before
+    assert grown < 64 * 1024, f"300 refusals wrote {grown} bytes to the log"
+    assert "log lines were suppressed" in hub.hub.output() or grown < 32 * 1024
+    no_traceback(hub)
