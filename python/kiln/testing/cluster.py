@@ -97,11 +97,12 @@ class LocalCluster:
             time.sleep(0.05)
         raise KilnError(f"the hub did not start:\n{self.hub.output()}")
 
-    def start_provider(self, name: str, *, cpus: float = 2, memory: str = "2GiB",
+    def start_provider(self, name: str, *extra: str, cpus: float = 2, memory: str = "2GiB",
                        labels: dict[str, str] | None = None, wait: bool = True) -> str:  # fmt: skip
-        """Start provider ``name`` + :attr:`suffix`; with ``wait``, until it offers the image. Returns its name."""
+        """Start provider ``name`` + :attr:`suffix` (``extra``: more command-line flags); with ``wait``,
+        until it offers the image. Returns its name."""
         full = f"{name}{self.suffix}"
-        args = ["provider", "--hub", self.url, "--name", full, "--cpus", str(cpus), "--memory", memory]
+        args = ["provider", "--hub", self.url, "--name", full, "--cpus", str(cpus), "--memory", memory, *extra]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
         self.providers[full] = self.spawn(full, *args)
