@@ -26,6 +26,13 @@ def containers_of(provider: str) -> list[str]:
     return out.stdout.split()
 
 
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 @pytest.fixture(scope="session")
 def busybox_image() -> str:
     """The test image, built FROM scratch with Debian's static busybox (no registry needed)."""

@@ -18,7 +18,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 import kiln
-from tests.conftest import IMAGE, Cluster, containers_of
+from tests.conftest import IMAGE, Cluster, containers_of, peak_rss
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -275,13 +275,6 @@ async def test_bad_input_is_answered_while_another_job_goes_on(one_provider: Clu
         "not_mine": "unknown_activity", "unknown_activity": "unknown_activity", "oversized": "message_too_large",
         "out_of_order": "out_of_order",
     }  # fmt: skip
-
-
-def peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
 
 
 async def test_200_mib_round_trip_with_bounded_hub_memory(one_provider: Cluster, tmp_path: Path) -> None:
