@@ -55,8 +55,8 @@ export async function openSource(local) {
 }
 
 /**
- * Write a download to the local `dest`: a file through a temporary file then renamed,
- * a folder extracted into `dest`.
+ * Write a download to the local `dest`: a file through a temporary file beside it, then
+ * renamed (a failed transfer leaves nothing behind), a folder extracted into `dest`.
  * @param {import("../../types/protocol.js").DownloadInfo} info
  * @param {AsyncIterable<Uint8Array>} chunks
  * @param {string | URL} dest
@@ -72,23 +72,37 @@ export async function saveDownload(info, chunks, dest, path) {
     await extractFolder(chunks, target, path);
     return target;
   }
-  await mkdir(dirname(target), { recursive: true });
   const spool = join(dirname(target), `.kiln-${randomBytes(6).toString("hex")}.part`);
-  const handle = await open(spool, "wx", 0o600);
-  let done = false;
+  const handle = await writable(dirname(target), () => open(spool, "wx", 0o600));
   try {
     for await (const chunk of chunks) await handle.write(chunk);
+    await handle.chmod(info.mode & 0o777);
     await handle.close();
-    await chmod(spool, info.mode & 0o777);
     await rename(spool, target);
-    done = true;
-  } finally {
-    if (!done) {
-      await handle.close().catch(() => {});
-      await rm(spool, { force: true });
-    }
+  } catch (e) {
+    // Whatever broke (the stream, its size, the disk), no half-written file stays behind.
+    await handle.close().catch(() => {});
+    await rm(spool, { force: true });
+    throw e;
   }
   return target;
+}
+
+/**
+ * Make the local folder `folder` (and its parents), then run `create` in it; a
+ * UsageError if the caller's destination cannot be written.
+ * @template T
+ * @param {string} folder
+ * @param {() => Promise<T>} create
+ * @returns {Promise<T>}
+ */
+async function writable(folder, create) {
+  try {
+    await mkdir(folder, { recursive: true });
+    return await create();
+  } catch (e) {
+    throw new UsageError(`cannot write into ${folder}: ${/** @type {Error} */ (e).message}`, { cause: e });
+  }
 }
 
 /**
