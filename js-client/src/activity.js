@@ -343,8 +343,9 @@ export class Activity {
    *
    * In Node `dest` is a local path: a file is written there (through a temporary file,
    * so a failed transfer leaves nothing half-written); a folder's contents are extracted
-   * into the folder `dest`, and no entry can land outside it (absolute names, `..` and
-   * links out are refused with a TransferFailedError). In a browser `dest` is a
+   * into the folder `dest` as they arrive, and no entry can land outside it (absolute
+   * names, `..` and links out are refused with a TransferFailedError, as is an archive
+   * that cannot be extracted as it stands). In a browser `dest` is a
    * WritableStream that receives the file's bytes (a folder comes as a tar stream).
    * A file must be the size its provider announced (else TransferFailedError);
    * `maxBytes` bounds what is taken, a folder's archive included (UsageError past it).

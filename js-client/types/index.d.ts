@@ -217,8 +217,9 @@ export declare class Activity {
   /** A file's content as JSON; a UsageError past `maxBytes` (default 64 MiB). */
   downloadJson<T = unknown>(path: string, options?: SignalOption & { maxBytes?: number }): Promise<T>;
   /**
-   * Node: streamed to disk (a folder is extracted into `dest`); resolves to the absolute path.
-   * A file must be the size its provider announced (else TransferFailedError). `maxBytes`
+   * Node: streamed to disk (a folder is extracted into `dest`, and a crafted archive is a
+   * TransferFailedError); resolves to the absolute path. A file must be the size its
+   * provider announced (else TransferFailedError). `maxBytes`
    * bounds what is taken, a folder's archive included (a UsageError past it; no bound by default).
    */
   downloadFile(
