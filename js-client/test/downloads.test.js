@@ -1,7 +1,7 @@
 // Downloads from a provider that does not keep its word, played through a stand-in socket:
 // a file must be exactly the size announced in `download_info`, `maxBytes` bounds what is
-// taken, the stream is cancelled as soon as either rule breaks, and no file (nor its
-// temporary file) is left behind.
+// taken, the stream is cancelled as soon as either rule breaks (or a folder's archive
+// is found broken), and no file (nor its temporary file) is left behind.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -114,6 +114,15 @@ test("maxBytes bounds what streams when no size is announced: a folder's archive
   const second = await answer(socket, { kind: "file", size: null }, ["abcd", "efgh"]);
   await assert.rejects(reading, (e) => e instanceof UsageError && /larger than maxBytes=6/.test(e.message));
   assert.equal(cancelOf(socket, second).length, 1);
+});
+
+test("a folder whose archive is garbage fails as a TransferFailedError, and its stream is cancelled", { timeout: 5_000 }, async () => {
+  const { socket, act, dir } = await setup(512);
+  const extracting = act.downloadFile("/golem/output", join(dir, "out"));
+  const id = await answer(socket, { kind: "dir", size: null }, [Buffer.alloc(512, "garbage ")]);
+  await assert.rejects(extracting, (e) => e instanceof TransferFailedError && /archive of \/golem\/output is damaged/.test(e.message));
+  assert.equal(cancelOf(socket, id).length, 1);
+  assert.deepEqual(readdirSync(join(dir, "out")), []);
 });
 
 test("a maxBytes that is not a whole number of bytes is refused before anything is sent", { timeout: 5_000 }, async () => {
