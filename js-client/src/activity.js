@@ -248,12 +248,17 @@ export class Activity {
   // --- download ------------------------------------------------------------------------
 
   /**
-   * The info of a download and its chunks; the stream is cancelled if abandoned.
+   * The info of a download, then its chunks; the stream is cancelled if abandoned.
+   *
+   * A file's data must be exactly the size its provider announced (TransferFailedError
+   * as soon as it passes it, or when it ends short), and no download may pass `maxBytes`
+   * (UsageError): nothing a provider says makes this side take more than it asked for.
    * @param {string} path
+   * @param {number | null} maxBytes
    * @param {AbortSignal | undefined} signal
    * @returns {AsyncGenerator<import("../types/protocol.js").DownloadInfo | Uint8Array, void, void>}
    */
-  async *_download(path, signal) {
+  async *_download(path, maxBytes, signal) {
     const source = containerPath(path);
     this._check();
     throwIfAborted(signal, `download of ${source}`);
@@ -265,8 +270,24 @@ export class Activity {
     signal?.addEventListener("abort", onAbort, { once: true });
     let finished = false;
     try {
-      yield await receiver.info.promise;
-      yield* receiver;
+      const info = await receiver.info.promise;
+      if (maxBytes !== null && info.size !== null && info.size > maxBytes) {
+        throw new UsageError(`${source} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
+      }
+      const announced = info.kind === "file" ? info.size : null;
+      yield info;
+      let total = 0;
+      for await (const chunk of receiver) {
+        total += chunk.byteLength;
+        if (announced !== null && total > announced) {
+          throw new TransferFailedError(`${source}: the provider sent more than the ${announced} bytes it announced`);
+        }
+        if (maxBytes !== null && total > maxBytes) throw new UsageError(`${source} is larger than maxBytes=${maxBytes}`);
+        yield chunk;
+      }
+      if (announced !== null && total !== announced) {
+        throw new TransferFailedError(`${source}: the provider sent ${total} of the ${announced} bytes it announced`);
+      }
       await raceAbort(reply.promise, signal, `download of ${source}`);
       finished = true;
     } finally {
@@ -282,18 +303,16 @@ export class Activity {
    * @returns {Promise<Uint8Array>}
    */
   async downloadBytes(path, options = {}) {
-    const maxBytes = options.maxBytes ?? DOWNLOAD_BYTES_LIMIT;
     /** @type {Uint8Array[]} */
     const parts = [];
     let total = 0;
-    for await (const item of this._download(path, options.signal)) {
-      if (!(item instanceof Uint8Array)) {
-        requireFile(path, item, maxBytes);
-        continue;
+    for await (const item of this._download(path, byteBound(options.maxBytes ?? DOWNLOAD_BYTES_LIMIT), options.signal)) {
+      if (item instanceof Uint8Array) {
+        total += item.byteLength;
+        parts.push(item);
+      } else {
+        requireFile(path, item);
       }
-      total += item.byteLength;
-      if (total > maxBytes) throw new UsageError(`${path} is larger than maxBytes=${maxBytes}`);
-      parts.push(item);
     }
     const out = new Uint8Array(total);
     let at = 0;
@@ -324,15 +343,18 @@ export class Activity {
    *
    * In Node `dest` is a local path: a file is written there (through a temporary file,
    * so a failed transfer leaves nothing half-written); a folder's contents are extracted
-   * into the folder `dest`, and no entry can land outside it (absolute names, `..` and
-   * links out are refused with a TransferFailedError). In a browser `dest` is a
+   * into the folder `dest` as they arrive, and no entry can land outside it (absolute
+   * names, `..` and links out are refused with a TransferFailedError, as is an archive
+   * that cannot be extracted as it stands). In a browser `dest` is a
    * WritableStream that receives the file's bytes (a folder comes as a tar stream).
+   * A file must be the size its provider announced (else TransferFailedError);
+   * `maxBytes` bounds what is taken, a folder's archive included (UsageError past it).
    * @param {string} path
    * @param {any} dest
-   * @param {{signal?: AbortSignal}} [options]
+   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
    */
   async downloadFile(path, dest, options = {}) {
-    const stream = this._download(path, options.signal);
+    const stream = this._download(path, byteBound(options.maxBytes ?? null), options.signal);
     const first = await stream.next();
     if (first.done || first.value instanceof Uint8Array) {
       throw new TransferFailedError(`${path}: the download ended before it began`);
@@ -371,15 +393,23 @@ export class Activity {
 /**
  * @param {string} path
  * @param {import("../types/protocol.js").DownloadInfo} info
- * @param {number} maxBytes
  */
-function requireFile(path, info, maxBytes) {
+function requireFile(path, info) {
   if (info.kind !== "file") {
     throw new FileNotFoundError(`${path} is a folder, not a file (use downloadFile for folders)`, {
       code: ErrorCode.NOT_A_FILE,
     });
   }
-  if (info.size !== null && info.size > maxBytes) {
-    throw new UsageError(`${path} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
+}
+
+/**
+ * `maxBytes` checked: a whole number of bytes, or null for no bound.
+ * @param {number | null} maxBytes
+ * @returns {number | null}
+ */
+function byteBound(maxBytes) {
+  if (maxBytes !== null && !(Number.isSafeInteger(maxBytes) && maxBytes >= 0)) {
+    throw new UsageError(`maxBytes must be a whole number of bytes, not ${maxBytes}`);
   }
+  return maxBytes;
 }

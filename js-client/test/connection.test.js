@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Connection } from "../src/connection.js";
+import { FakeSocket, connected, frame, tick } from "./fake_socket.js";
 import {
   ConnectionClosedError,
   ConnectionLostError,
@@ -12,83 +13,6 @@ import {
   UnauthorizedError,
   UnsupportedVersionError,
 } from "../src/errors.js";
-
-const LIMITS = {
-  max_message_bytes: 2 ** 20, max_frame_bytes: 2 ** 22, chunk_bytes: 4, max_window: 4,
-  max_pending: 8, max_streams: 2, max_output_bytes: 1024,
-};
-const WELCOME = { type: "welcome", version: "1.0", session: "r1", software: "hub", limits: LIMITS };
-
-class FakeSocket {
-  constructor(protocol = "kiln.v1") {
-    this.protocol = protocol;
-    this.readyState = 0;
-    this.bufferedAmount = 0;
-    this.binaryType = "blob";
-    this.sent = [];
-    this.listeners = new Map();
-  }
-
-  addEventListener(type, listener) {
-    this.listeners.set(type, [...(this.listeners.get(type) ?? []), listener]);
-  }
-
-  emit(type, event) {
-    for (const listener of this.listeners.get(type) ?? []) listener(event);
-  }
-
-  send(data) {
-    this.sent.push(typeof data === "string" ? JSON.parse(data) : Buffer.from(data).toString("hex"));
-  }
-
-  close(code = 1000) {
-    if (this.readyState === 3) return;
-    this.readyState = 3;
-    setImmediate(() => this.emit("close", { code, reason: "" }));
-  }
-
-  open() {
-    this.readyState = 1;
-    this.emit("open", {});
-  }
-
-  receive(message) {
-    this.emit("message", { data: JSON.stringify(message) });
-  }
-
-  receiveBinary(hex) {
-    const bytes = Buffer.from(hex, "hex");
-    this.emit("message", { data: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) });
-  }
-
-  /** The hub vanishes: no close frame. */
-  drop() {
-    this.readyState = 3;
-    this.emit("close", { code: 1006, reason: "" });
-  }
-
-  /** What was sent since the last call. */
-  take() {
-    const sent = this.sent;
-    this.sent = [];
-    return sent;
-  }
-}
-
-const frame = (kind, stream, payload = "") => `0${kind}000000${stream.toString(16).padStart(8, "0")}${Buffer.from(payload).toString("hex")}`;
-const tick = () => new Promise((resolve) => setImmediate(resolve));
-
-async function connected() {
-  const socket = new FakeSocket();
-  const opening = Connection.open(() => socket, "ws://hub", { name: "t" });
-  socket.open();
-  assert.deepEqual(socket.take(), [{ type: "hello", version: "1.0", role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
-  socket.receive(WELCOME);
-  const conn = await opening;
-  const events = [];
-  conn.onEvent = (event) => events.push(event);
-  return { socket, conn, events };
-}
 
 test("the handshake: hello once the socket opens, open once welcomed", { timeout: 5_000 }, async () => {
   const { conn } = await connected();

@@ -212,10 +212,21 @@ export declare class Activity {
   /** Node: streamed from disk. Browser: a Blob or File. */
   sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
   run(argv: string[], options?: RunOptions): Promise<Result>;
+  /** A file's content; a UsageError past `maxBytes` (default 256 MiB). */
   downloadBytes(path: string, options?: SignalOption & { maxBytes?: number }): Promise<Uint8Array>;
+  /** A file's content as JSON; a UsageError past `maxBytes` (default 64 MiB). */
   downloadJson<T = unknown>(path: string, options?: SignalOption & { maxBytes?: number }): Promise<T>;
-  /** Node: streamed to disk (a folder is extracted into `dest`); resolves to the absolute path. */
-  downloadFile(path: string, dest: LocalDestination, options?: SignalOption): Promise<string | WritableStream<Uint8Array>>;
+  /**
+   * Node: streamed to disk (a folder is extracted into `dest`, and a crafted archive is a
+   * TransferFailedError); resolves to the absolute path. A file must be the size its
+   * provider announced (else TransferFailedError). `maxBytes`
+   * bounds what is taken, a folder's archive included (a UsageError past it; no bound by default).
+   */
+  downloadFile(
+    path: string,
+    dest: LocalDestination,
+    options?: SignalOption & { maxBytes?: number },
+  ): Promise<string | WritableStream<Uint8Array>>;
   /** Destroy the container and free its capacity. Safe to call twice. */
   release(): Promise<void>;
 }

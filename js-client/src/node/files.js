@@ -7,7 +7,7 @@
  * @module
  */
 
-import { open, mkdir, rename, rm, chmod, realpath, lstat, unlink, symlink, link } from "node:fs/promises";
+import { open, mkdir, rename, rm, realpath, unlink, symlink, link } from "node:fs/promises";
 import { basename, dirname, join, resolve, relative, sep, isAbsolute, posix } from "node:path";
 import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
@@ -55,8 +55,8 @@ export async function openSource(local) {
 }
 
 /**
- * Write a download to the local `dest`: a file through a temporary file then renamed,
- * a folder extracted into `dest`.
+ * Write a download to the local `dest`: a file through a temporary file beside it, then
+ * renamed (a failed transfer leaves nothing behind), a folder extracted into `dest`.
  * @param {import("../../types/protocol.js").DownloadInfo} info
  * @param {AsyncIterable<Uint8Array>} chunks
  * @param {string | URL} dest
@@ -72,110 +72,207 @@ export async function saveDownload(info, chunks, dest, path) {
     await extractFolder(chunks, target, path);
     return target;
   }
-  await mkdir(dirname(target), { recursive: true });
   const spool = join(dirname(target), `.kiln-${randomBytes(6).toString("hex")}.part`);
-  const handle = await open(spool, "wx", 0o600);
-  let done = false;
+  const handle = await writable(dirname(target), () => open(spool, "wx", 0o600));
   try {
     for await (const chunk of chunks) await handle.write(chunk);
+    await handle.chmod(info.mode & 0o777);
     await handle.close();
-    await chmod(spool, info.mode & 0o777);
     await rename(spool, target);
-    done = true;
-  } finally {
-    if (!done) {
-      await handle.close().catch(() => {});
-      await rm(spool, { force: true });
-    }
+  } catch (e) {
+    // Whatever broke (the stream, its size, the disk), no half-written file stays behind.
+    await handle.close().catch(() => {});
+    await rm(spool, { force: true });
+    throw e;
   }
   return target;
 }
 
 /**
- * Extract a folder's tar stream into `dest`, dropping the folder's own name (the first
- * path component of every entry). Refuses (TransferFailedError) absolute names, `..`,
- * links that point outside `dest`, writing through a link, and device files.
+ * Make the local folder `folder` (and its parents), then run `create` in it; a
+ * UsageError if the caller's destination cannot be written.
+ * @template T
+ * @param {string} folder
+ * @param {() => Promise<T>} create
+ * @returns {Promise<T>}
+ */
+async function writable(folder, create) {
+  try {
+    await mkdir(folder, { recursive: true });
+    return await create();
+  } catch (e) {
+    throw new UsageError(`cannot write into ${folder}: ${/** @type {Error} */ (e).message}`, { cause: e });
+  }
+}
+
+/**
+ * Extract a folder's tar stream into `dest` as it arrives, dropping the folder's own name
+ * (the first path component of every entry).
+ *
+ * Nothing lands outside `dest`: absolute names, `..`, links that do not point down,
+ * writing through a link that leads out, and special files are refused. A later entry
+ * replaces an earlier one of the same name (never writing through it); whatever else a
+ * crafted archive holds (a file where a folder is due, a link in a loop, a hard link to
+ * nothing, a cut or garbled stream) ends in a TransferFailedError, never in an error of
+ * the local file system. An error of the stream itself (cancelled, over `maxBytes`, the
+ * provider lost) passes through as it is.
  * @param {AsyncIterable<Uint8Array>} chunks
  * @param {string} dest
- * @param {string} path
+ * @param {string} path the container path, for messages
  */
 export async function extractFolder(chunks, dest, path) {
-  await mkdir(dest, { recursive: true });
-  const root = await realpath(dest);
+  const extraction = new Extraction(await writable(dest, () => realpath(dest)), dest);
   const reader = new TarReader();
-  /** @type {import("node:fs/promises").FileHandle | null} */
-  let file = null;
-  /** @type {(() => Promise<void>) | null} */
-  let finish = null;
-  const refuse = (/** @type {string} */ why) => new TransferFailedError(`refused to write outside ${dest}: ${why}`);
   try {
     for await (const chunk of chunks) {
-      let events;
-      try {
-        events = reader.push(chunk);
-      } catch (e) {
-        if (e instanceof TarError) throw new TransferFailedError(`the folder archive of ${path} is damaged: ${e.message}`);
-        throw e;
-      }
-      for (const event of events) {
-        if (event.type === "data") {
-          if (file !== null) await file.write(event.bytes);
-          continue;
-        }
-        if (finish !== null) {
-          await finish();
-          finish = null;
-          file = null;
-        }
-        const entry = event.entry;
-        const rel = inside(entry.name, refuse);
-        if (rel === null) continue; // the folder itself
-        const target = join(root, rel);
-        await checkParent(root, target, refuse);
-        if (entry.kind === "dir") {
-          await mkdir(target, { recursive: true, mode: (entry.mode & 0o755) | 0o700 });
-        } else if (entry.kind === "file") {
-          await removeLink(target);
-          const handle = await open(target, "w", (entry.mode & 0o755) | 0o600);
-          file = handle;
-          const mode = (entry.mode & 0o755) | 0o600;
-          finish = async () => {
-            await handle.close();
-            await chmod(target, mode);
-          };
-        } else if (entry.kind === "symlink") {
-          if (isAbsolute(entry.linkname) || posix.isAbsolute(entry.linkname)) {
-            throw refuse(`${entry.name} is a link to the absolute path ${entry.linkname}`);
-          }
-          // Links only ever point down: then no chain of them can lead out of the destination.
-          if (entry.linkname.split("/").includes("..")) {
-            throw refuse(`${entry.name} is a link through '..' (${entry.linkname}), outside`);
-          }
-          const pointsTo = resolve(dirname(target), entry.linkname);
-          if (!within(root, pointsTo)) throw refuse(`${entry.name} is a link to ${entry.linkname}, outside`);
-          await removeLink(target);
-          await symlink(entry.linkname, target);
-        } else if (entry.kind === "hardlink") {
-          const linked = inside(entry.linkname, refuse);
-          if (linked === null) throw refuse(`${entry.name} is a hard link to the folder itself`);
-          const source = join(root, linked);
-          await checkParent(root, source, refuse);
-          await removeLink(target);
-          await link(source, target);
-        } else {
-          throw refuse(`${entry.name} is a special file (type '${entry.typeflag}')`);
-        }
-      }
+      for (const event of readTar(() => reader.push(chunk), path)) await extraction.take(event);
     }
-    if (finish !== null) await finish();
-    finish = null;
-    try {
-      reader.end();
-    } catch (e) {
-      throw new TransferFailedError(`the folder archive of ${path} is damaged: ${/** @type {Error} */ (e).message}`);
-    }
+    readTar(() => reader.end(), path);
+    await extraction.finish();
   } finally {
-    if (file !== null) await /** @type {import("node:fs/promises").FileHandle} */ (file).close().catch(() => {});
+    await extraction.abandon();
+  }
+}
+
+/**
+ * `read()`, with a tar error turned into a TransferFailedError.
+ * @template T
+ * @param {() => T} read
+ * @param {string} path
+ * @returns {T}
+ */
+function readTar(read, path) {
+  try {
+    return read();
+  } catch (e) {
+    if (!(e instanceof TarError)) throw e;
+    throw new TransferFailedError(`the folder archive of ${path} is damaged: ${e.message}`, { cause: e });
+  }
+}
+
+/** The entries of a tar stream, written below `root` one after another as they come. */
+class Extraction {
+  /**
+   * @param {string} root the destination's real path
+   * @param {string} dest the destination as the caller named it, for messages
+   */
+  constructor(root, dest) {
+    this.root = root;
+    this.dest = dest;
+    /** @type {import("node:fs/promises").FileHandle | null} the file whose content is arriving */
+    this._file = null;
+    /** the name in the archive of the entry being written, for messages */
+    this._name = "";
+  }
+
+  /** @param {string} why */
+  _refuse(why) {
+    return new TransferFailedError(`refused to write outside ${this.dest}: ${why}`);
+  }
+
+  /**
+   * Write the tar reader's next event: an entry, or data of the file entry before it.
+   * @param {import("../tar.js").TarEvent} event
+   */
+  async take(event) {
+    await this._guarded(async () => {
+      if (event.type === "data") {
+        await this._file?.write(event.bytes);
+      } else {
+        await this._endFile();
+        await this._entry(event.entry);
+      }
+    });
+  }
+
+  /** The archive is over: close the last file. */
+  async finish() {
+    await this._guarded(() => this._endFile());
+  }
+
+  /** Close the file being written, if any, after a failure (whose error is what matters). */
+  async abandon() {
+    await this._file?.close().catch(() => {});
+  }
+
+  /** @param {() => Promise<void>} step */
+  async _guarded(step) {
+    try {
+      await step();
+    } catch (e) {
+      if (!isSystemError(e)) throw e;
+      // The file system's own refusal (EEXIST, ELOOP, ENOENT...) of what a crafted archive asks.
+      throw new TransferFailedError(`cannot extract ${this._name} into ${this.dest}: ${e.message}`, { cause: e });
+    }
+  }
+
+  async _endFile() {
+    const file = this._file;
+    this._file = null;
+    await file?.close();
+  }
+
+  /** @param {import("../tar.js").TarEntry} entry */
+  async _entry(entry) {
+    this._name = entry.name;
+    const rel = inside(entry.name, (why) => this._refuse(why));
+    if (rel === null) return; // the folder itself
+    if (entry.kind === "other") throw this._refuse(`${entry.name} is a special file (type '${entry.typeflag}')`);
+    const target = join(this.root, rel);
+    await this._checkFolder(target);
+    await mkdir(dirname(target), { recursive: true });
+    if (entry.kind === "dir") {
+      await mkdir(target, { recursive: true, mode: (entry.mode & 0o755) | 0o700 });
+    } else if (entry.kind === "file") {
+      const mode = (entry.mode & 0o755) | 0o600;
+      await clear(target);
+      this._file = await open(target, "wx", mode);
+      await this._file.chmod(mode); // the archive's mode, whatever the umask
+    } else if (entry.kind === "symlink") {
+      const to = entry.linkname;
+      if (isAbsolute(to) || posix.isAbsolute(to)) throw this._refuse(`${entry.name} is a link to the absolute path ${to}`);
+      // Links only ever point down: then no chain of them can lead out of the destination.
+      if (to.split("/").includes("..")) throw this._refuse(`${entry.name} is a link through '..' (${to}), outside`);
+      if (to.includes("\0")) throw this._refuse(`${entry.name} is a link to a name with a bad character`);
+      if (!within(this.root, resolve(dirname(target), to))) throw this._refuse(`${entry.name} is a link to ${to}, outside`);
+      await clear(target);
+      await symlink(to, target);
+    } else if (entry.kind === "hardlink") {
+      const linked = inside(entry.linkname, (why) => this._refuse(why));
+      if (linked === null) throw this._refuse(`${entry.name} is a hard link to the folder itself`);
+      const source = join(this.root, linked);
+      await this._checkFolder(source);
+      await clear(target);
+      try {
+        await link(source, target);
+      } catch (e) {
+        if (!isSystemError(e) || e.code !== "ENOENT") throw e;
+        throw new TransferFailedError(
+          `${entry.name} is a hard link to ${entry.linkname}, which the archive did not hold before it`,
+          { cause: e },
+        );
+      }
+    }
+  }
+
+  /**
+   * The folder of `target` must lie inside the destination once links are followed: a
+   * link extracted earlier must not carry a later entry outside. Of a folder not made
+   * yet, the deepest existing one is checked, so that mkdir never follows a link out.
+   * @param {string} target
+   */
+  async _checkFolder(target) {
+    for (let folder = dirname(target); ; folder = dirname(folder)) {
+      let real;
+      try {
+        real = await realpath(folder);
+      } catch (e) {
+        if (!isSystemError(e) || e.code !== "ENOENT") throw e;
+        continue;
+      }
+      if (!within(this.root, real)) throw this._refuse(`${basename(target)} would be written through a link to ${real}`);
+      return;
+    }
   }
 }
 
@@ -200,35 +297,23 @@ function within(root, path) {
 }
 
 /**
- * The real parent of `target` must lie inside `root` (a link extracted earlier must not
- * carry a later entry outside).
- * @param {string} root
+ * Remove what an earlier entry (or an earlier download) left at `target` (a folder there
+ * is an error): a new entry must never write through an old link or into a hard-linked file.
  * @param {string} target
- * @param {(why: string) => Error} refuse
  */
-async function checkParent(root, target, refuse) {
-  const parent = dirname(target);
-  // Check the deepest folder that exists before making any: mkdir must not follow a link out.
-  let existing = parent;
-  for (;;) {
-    try {
-      const real = await realpath(existing);
-      if (!within(root, real)) throw refuse(`${basename(target)} would be written through a link to ${real}`);
-      break;
-    } catch (e) {
-      if (/** @type {NodeJS.ErrnoException} */ (e).code !== "ENOENT") throw e;
-      existing = dirname(existing);
-    }
+async function clear(target) {
+  try {
+    await unlink(target);
+  } catch (e) {
+    if (!isSystemError(e) || e.code !== "ENOENT") throw e;
   }
-  if (existing !== parent) await mkdir(parent, { recursive: true });
 }
 
-/** Remove `target` if it is a symlink, so writing there never follows it. @param {string} target */
-async function removeLink(target) {
-  try {
-    const stat = await lstat(target);
-    if (stat.isSymbolicLink()) await unlink(target);
-  } catch (e) {
-    if (/** @type {NodeJS.ErrnoException} */ (e).code !== "ENOENT") throw e;
-  }
+/**
+ * An error of a system call (it names one), as opposed to a bug or a Kiln error.
+ * @param {unknown} e
+ * @returns {e is NodeJS.ErrnoException}
+ */
+function isSystemError(e) {
+  return e instanceof Error && typeof (/** @type {NodeJS.ErrnoException} */ (e).syscall) === "string";
 }
