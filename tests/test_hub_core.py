@@ -523,3 +523,11 @@ def test_a_downloads_first_window_is_cut_to_the_room_left() -> None:
     assert done["code"] == "transfer_failed"
     assert h._decode(h.core.delivered(2, 100)) == [], "an ended stream gets no more credit"
     assert h.core.delivered(99, 1) == []
+
+
+def test_an_error_names_the_provider_that_sent_it_whatever_it_claims(hub: Harness) -> None:
+    activity = hub.rent(2, 10, 1)
+    [(_, exec_)] = hub.text(2, {"type": "exec", "id": 11, "activity": activity, "argv": ["true"]})
+    [(_, error)] = hub.text(1, {"type": "error", "re": exec_["id"], "code": "container_failed", "message": "no",
+                                "provider": "somebody-else"})  # fmt: skip
+    assert (error["re"], error["provider"]) == (11, "p1")

@@ -531,7 +531,7 @@ class HubCore:
             self._error(p, None, ErrorCode.OUT_OF_ORDER, f"{message.type!r} answers no open request {message.re}")
             return
         if isinstance(message, DownloadInfo):
-            self._to_requestor(pending, message)
+            self._to_requestor(p, pending, message)
             return
         del p.pending[message.re]
         self._finish(p, pending, message)
@@ -551,7 +551,7 @@ class HubCore:
                 return
             if isinstance(reply, Error):
                 self._drop_activity(activity)
-                self._to_requestor(pending, reply.model_copy(update={"provider": p.name}))
+                self._to_requestor(p, pending, reply)
             elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
@@ -571,9 +571,9 @@ class HubCore:
             if pending.cancelled:
                 self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
             else:
-                self._to_requestor(pending, reply)
+                self._to_requestor(p, pending, reply)
         else:
-            self._to_requestor(pending, reply)
+            self._to_requestor(p, pending, reply)
 
     def _drop_activity(self, activity: Lease) -> None:
         self._log("info", f"activity {activity.id} ended; its capacity is free")
@@ -597,10 +597,16 @@ class HubCore:
             if not group:
                 del owner.groups[activity.group]
 
-    def _to_requestor(self, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo) -> None:
-        """Relay a provider's reply to the requestor that asked (if still here), under its own id."""
+    def _to_requestor(self, p: Peer, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo) -> None:
+        """Relay provider ``p``'s reply to the requestor that asked (if still here), under its own id.
+
+        An error names the provider that sent it: the hub says which, whatever the provider claims.
+        """
         if pending.r_id is not None and pending.requestor in self.peers:
-            self._send(pending.requestor, reply.model_copy(update={"re": pending.r_id}))
+            update: dict[str, object] = {"re": pending.r_id}
+            if isinstance(reply, Error):
+                update["provider"] = p.name
+            self._send(pending.requestor, reply.model_copy(update=update))
 
     def _fail_requestor(self, pending: Pending, code: ErrorCode, message: str) -> None:
         if pending.r_id is not None and pending.requestor in self.peers:
