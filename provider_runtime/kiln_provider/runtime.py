@@ -134,12 +134,13 @@ class ProviderRuntime:
         self._images: list[str] = []
         self._pools = Pools()
 
+    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking Docker call on one of the pools."""
+        return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
+
     async def _docker(self, fn: Callable[..., T], *args: object) -> T:
         """Run a short Docker call (create, remove, stats, images) on the lifecycle threads."""
-        return await asyncio.get_running_loop().run_in_executor(self._pools.lifecycle, partial(fn, *args))
-
-    async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(pool, partial(fn, *args))
+        return await self._on(self._pools.lifecycle, fn, *args)
 
     def _capacity(self) -> Resources:
         """What to offer: what was asked for, never more than the host has."""
