@@ -38,28 +38,8 @@
 import { ErrorCode } from "./protocol/codes.js";
 import { ActivityError, KilnError } from "./protocol/errors.js";
 
-export {
-  KilnError,
-  UsageError,
-  InvalidPathError,
-  ProtocolError,
-  LocalProtocolError,
-  RemoteProtocolError,
-  UnsupportedVersionError,
-  ConnectionClosedError,
-  ConnectionLostError,
-  UnauthorizedError,
-  NoMatchError,
-  ImageNotFoundError,
-  ActivityError,
-  ProviderLostError,
-  FileNotFoundError,
-  TransferFailedError,
-  ContainerFailedError,
-  CancelledError,
-  RemoteError,
-  errorFromCode,
-} from "./protocol/errors.js";
+// Every error of the protocol core, with the requestor's own below.
+export * from "./protocol/errors.js";
 
 /** A command ran past its timeout and was killed; `result` holds what it wrote until then. */
 export class CommandTimeoutError extends ActivityError {

@@ -5,28 +5,7 @@
  */
 
 export { ErrorCode, ERROR_CODES } from "./codes.js";
-export {
-  KilnError,
-  UsageError,
-  InvalidPathError,
-  ProtocolError,
-  LocalProtocolError,
-  RemoteProtocolError,
-  UnsupportedVersionError,
-  ConnectionClosedError,
-  ConnectionLostError,
-  UnauthorizedError,
-  NoMatchError,
-  ImageNotFoundError,
-  ActivityError,
-  ProviderLostError,
-  FileNotFoundError,
-  TransferFailedError,
-  ContainerFailedError,
-  CancelledError,
-  RemoteError,
-  errorFromCode,
-} from "./errors.js";
+export * from "./errors.js";
 export { FrameKind, HEADER_SIZE, MAX_REASON_BYTES, encodeFrame, decodeFrame, abortFrame } from "./frames.js";
 export * as limits from "./limits.js";
 export {

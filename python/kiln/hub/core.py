@@ -25,6 +25,7 @@ out in order: send a frame to a peer, close a peer, or log a line.
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import Counter, deque
 from collections.abc import Callable
@@ -463,7 +464,7 @@ class HubCore:
     def _room(self, q: Peer) -> int:
         """Chunks of credit that may still be passed on toward ``q``."""
         chunk = self.limits.chunk_bytes
-        return max(self._budget // chunk - q.inbound - -(-q.queued // chunk), 0)
+        return max(self._budget // chunk - q.inbound - math.ceil(q.queued / chunk), 0)
 
     def _withhold(self, q: Peer, route: Route, chunks: int) -> None:
         if route.withheld == 0:

@@ -56,24 +56,20 @@ class Seller:
     def could_ever_fit(self, demand: Demand) -> bool:
         """Whether the whole offer would meet ``demand`` if nothing were reserved."""
         total = self.offer.resources
-        return (
-            total.cpus >= demand.cpus - 1e-9
-            and total.memory >= demand.memory
-            and total.storage >= demand.storage
-            and has_labels(self.offer.labels, demand.labels)
-        )
+        return covers(total.cpus, total.memory, total.storage, demand) and has_labels(self.offer.labels, demand.labels)
 
     def has_free(self, wanted: Resources | Demand) -> bool:
         """Whether at least ``wanted`` is still free."""
-        return (
-            self.free_cpus >= wanted.cpus - 1e-9
-            and self.free_memory >= wanted.memory
-            and self.free_storage >= wanted.storage
-        )
+        return covers(self.free_cpus, self.free_memory, self.free_storage, wanted)
 
     @property
     def free(self) -> Resources:
         return Resources(cpus=max(round(self.free_cpus, 6), 0.0), memory=self.free_memory, storage=self.free_storage)
+
+
+def covers(cpus: float, memory: int, storage: int, wanted: Resources | Demand) -> bool:
+    """Whether these amounts are at least ``wanted`` (CPUs compared with room for rounding)."""
+    return cpus >= wanted.cpus - 1e-9 and memory >= wanted.memory and storage >= wanted.storage
 
 
 def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:

@@ -462,10 +462,13 @@ def _by_value(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _request_id_of(raw: Any) -> int | None:
-    """The ``id`` of a message that failed validation, when it has a usable one."""
+def request_number(raw: Any, field: Literal["id", "re"]) -> int | None:
+    """The request id in ``raw[field]`` of a message that may fail validation, when it has a usable one.
+
+    Judged by value as everything else (``2.0`` is 2), so an error can still name the request.
+    """
     if isinstance(raw, dict):
-        value = raw.get("id")
+        value = raw.get(field)
         if type(value) is float and value.is_integer():
             value = int(value)
         if type(value) is int and 1 <= value <= MAX_ID:
@@ -486,7 +489,7 @@ def parse(data: bytes | str) -> Message:
         raise RemoteProtocolError(f"not valid JSON: {e}", ErrorCode.BAD_JSON) from e
     if not isinstance(raw, dict):
         raise RemoteProtocolError("a message must be a JSON object", ErrorCode.BAD_MESSAGE)
-    re = _request_id_of(raw)
+    re = request_number(raw, "id")
     try:
         raw = _by_value(raw)
     except RemoteProtocolError as e:

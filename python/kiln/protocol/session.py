@@ -77,6 +77,7 @@ from kiln.protocol.messages import (
     Welcome,
     clip,
     parse,
+    request_number,
     serialize,
 )
 
@@ -105,7 +106,6 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "destroy": frozenset({"done", "error"}),
 }
 """The final replies that fit a request of each kind."""
-FINAL_REPLIES: Final = frozenset({"done", "error", "exec_result", "rented", "market_info"})
 OUT_OF_ORDER: Final = ErrorCode.OUT_OF_ORDER
 
 
@@ -547,7 +547,7 @@ class Session:
         if self.state is State.HELLO_SENT:
             self._end(RemoteProtocolError(f"the hub sent an invalid handshake reply: {error.message}", error.code))
             return
-        re = _reply_to(data)
+        re = _reply_to(data)  # parse failed: read the raw JSON once more for the request it names
         if re is not None and re in self._mine:
             del self._mine[re]
             self._events.append(Failed(re, RemoteProtocolError(f"the hub's reply is invalid: {error.message}",
@@ -596,10 +596,6 @@ class Session:
 def _reply_to(data: bytes | str) -> int | None:
     """The ``re`` of a text frame that failed validation, when it has a usable one."""
     try:
-        raw = orjson.loads(data)
+        return request_number(orjson.loads(data), "re")
     except orjson.JSONDecodeError:
         return None
-    re = raw.get("re") if isinstance(raw, dict) else None
-    if type(re) is float and re.is_integer():
-        re = int(re)  # numbers are judged by value: 2.0 is the request 2
-    return re if type(re) is int else None

@@ -39,6 +39,7 @@ from kiln.protocol.messages import (
     Exec,
     ExecResult,
     Release,
+    Rented,
     Resources,
     Upload,
 )
@@ -100,18 +101,15 @@ class Activity:
     def __init__(
         self,
         conn: Connection,
-        activity: str,
-        provider: str,
-        resources: Resources,
-        cached: bool,
+        rented: Rented,
         on_released: Callable[[Activity], None] = lambda activity: None,
     ) -> None:
         self._conn = conn
         self._on_released = on_released
-        self.id = activity
-        self.provider = provider
-        self.resources = resources
-        self.cached = cached
+        self.id = rented.activity
+        self.provider = rented.provider
+        self.resources: Resources = rented.resources
+        self.cached = rented.cached
         self.lost: KilnError | None = None
         self.released = False
         self.cpu_seconds: float | None = None

@@ -84,7 +84,7 @@ class Requestor:
             await self._abandon(rent.id, future)
             raise
         assert isinstance(reply, Rented)
-        activity = Activity(conn, reply.activity, reply.provider, reply.resources, reply.cached, self._forget)
+        activity = Activity(conn, reply, self._forget)
         self._activities[activity.id] = activity
         return activity
 
@@ -95,7 +95,7 @@ class Requestor:
             async with asyncio.timeout(ABANDON_TIMEOUT):
                 reply = await asyncio.shield(future)  # the hub answers once the container is gone
             if isinstance(reply, Rented):  # it was up before the cancel arrived
-                activity = Activity(self._conn, reply.activity, reply.provider, reply.resources, reply.cached)
+                activity = Activity(self._conn, reply)
                 await activity.release()
 
     def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
