@@ -3,6 +3,7 @@ and listings keep working and stay small. The timings are benchmarks/placement.p
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -30,9 +31,13 @@ async def test_a_job_past_1024_providers(tmp_path: Path) -> None:
                 assert (await act.run(["true"])).exit_code == 0
                 return act.provider
 
-            used = await requestor.map(worker, range(200), image="kiln-busybox:latest", max_providers=50,
+            # More slots than the hub lets one requestor have requests open (256): they wait their turn.
+            used = await requestor.map(worker, range(600), image="kiln-busybox:latest", max_providers=300,
                                        on_event=events.append, progress=False)  # fmt: skip
             rented = [e.provider for e in events if e.kind == "rented"]
-            assert len(set(rented)) == len(rented) == 50, "one activity per provider, all distinct"
+            assert len(set(rented)) == len(rented) == 300, "one activity per provider, all distinct"
             assert set(used) <= set(names)
             assert requestor.activities == []
+            async with requestor.rent("kiln-busybox:latest") as act:
+                results = await asyncio.gather(*(act.run(["true"]) for _ in range(1000)))
+            assert all(r.exit_code == 0 for r in results)

@@ -16,8 +16,8 @@
  */
 
 import { Deferred, settlesWithin, sleep } from "./deferred.js";
-import { ConnectionLostError, UnsupportedVersionError } from "./errors.js";
-import { PROTOCOL_NAME } from "./protocol/messages.js";
+import { CancelledError, ConnectionLostError, UnsupportedVersionError } from "./errors.js";
+import { PROTOCOL_NAME, build } from "./protocol/messages.js";
 import { Session } from "./protocol/session.js";
 
 /** @typedef {import("./errors.js").KilnError} KilnError */
@@ -25,6 +25,7 @@ import { Session } from "./protocol/session.js";
 /** @typedef {import("../types/protocol.js").DownloadInfo} DownloadInfo */
 /** @typedef {import("../types/protocol.js").SessionEvent} SessionEvent */
 /** @typedef {Record<string, unknown> & {id: number}} RequestMessage a request to send, checked by the session */
+/** @typedef {{message: RequestMessage, reply: Deferred<Message>}} Waiting */
 
 const SOFTWARE = "kiln-js/0.1.0";
 const HANDSHAKE_TIMEOUT_MS = 10_000;
@@ -236,6 +237,8 @@ export class Connection {
     this._incoming = new Map();
     /** @type {Map<number, Outgoing>} */
     this._outgoing = new Map();
+    /** @type {Waiting[]} requests in line for room under the hub's limits, oldest first */
+    this._waiting = [];
     /** @type {Deferred<void>} settles with the handshake */
     this._welcomed = new Deferred();
     /** @type {Deferred<void>} settles when the socket has closed */
@@ -290,17 +293,41 @@ export class Connection {
 
   /**
    * Send a request; the deferred settles with its final reply, or fails with a KilnError.
-   * Throws at once (nothing sent) if the session refuses it.
+   * Throws at once (nothing sent) if the session refuses it. With as many requests (or
+   * streams) open as the hub allows, it waits in line and is sent when one of ours ends:
+   * a caller may start any number at once.
    * @param {RequestMessage} message
    * @returns {Deferred<Message>}
    */
   start(message) {
-    this.session.request(message);
     /** @type {Deferred<Message>} */
     const reply = new Deferred();
+    if (this._waiting.length > 0 || !this.session.hasRoom(message)) {
+      build(message); // refused now, not once its turn comes
+      this._waiting.push({ message, reply });
+      return reply;
+    }
+    this._send(message, reply);
+    return reply;
+  }
+
+  /** @param {RequestMessage} message @param {Deferred<Message>} reply */
+  _send(message, reply) {
+    this.session.request(message);
     this._replies.set(message.id, reply);
     this.flush();
-    return reply;
+  }
+
+  /** Send what waits in line while the hub's limits allow. */
+  _sendWaiting() {
+    while (this._waiting.length > 0 && this.session.hasRoom(this._waiting[0].message)) {
+      const { message, reply } = /** @type {Waiting} */ (this._waiting.shift());
+      try {
+        this._send(message, reply);
+      } catch (e) {
+        reply.reject(e); // the session is over: the reason it ended
+      }
+    }
   }
 
   /**
@@ -338,6 +365,12 @@ export class Connection {
    * @param {number} request
    */
   cancel(request) {
+    const waiting = this._waiting.findIndex((w) => w.message.id === request);
+    if (waiting !== -1) {
+      const [{ reply }] = this._waiting.splice(waiting, 1);
+      reply.reject(new CancelledError("cancelled before it was sent"));
+      return;
+    }
     this.session.cancel(request);
     this.flush();
   }
@@ -375,9 +408,11 @@ export class Connection {
           break;
         case "replied":
           this._settle(event.request, event.reply, null);
+          this._sendWaiting();
           break;
         case "failed":
           this._settle(event.request, null, event.error);
+          this._sendWaiting();
           break;
         case "informed": {
           const receiver = this._incoming.get(event.request);

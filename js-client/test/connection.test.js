@@ -4,8 +4,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { Connection } from "../src/connection.js";
-import { FakeSocket, connected, frame, tick } from "./fake_socket.js";
+import { FakeSocket, LIMITS, connected, frame, tick } from "./fake_socket.js";
 import {
+  CancelledError,
   ConnectionClosedError,
   ConnectionLostError,
   ImageNotFoundError,
@@ -136,4 +137,19 @@ test("notices the connection has no use for reach onEvent", { timeout: 5_000 }, 
   socket.receive({ type: "done", re: 99 });
   assert.deepEqual(events.map((e) => e.type), ["notified", "violated"]);
   assert.equal(events[0].message.activity, "a1");
+});
+
+test("requests past the hub's max_pending wait in line and go as earlier ones end", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await connected({ ...LIMITS, max_pending: 2 });
+  const market = () => ({ type: "market", id: conn.newId() });
+  const replies = [market(), market(), market(), market()].map((m) => conn.request(m).catch((e) => e));
+  assert.deepEqual(socket.take().map((m) => m.id), [1, 2], "two open at once, as the hub allows");
+  assert.throws(() => conn.request({ type: "market", id: conn.newId(), bad: 1 }), LocalProtocolError);
+  conn.cancel(3);
+  socket.receive({ type: "market_info", re: 1, providers: [], matched: 0, activities: 0 });
+  assert.deepEqual(socket.take().map((m) => m.id), [4], "the cancelled one was never sent");
+  assert.ok((await replies[2]) instanceof CancelledError);
+  socket.drop();
+  assert.ok((await replies[3]) instanceof ConnectionLostError);
+  assert.equal((await replies[0]).type, "market_info");
 });

@@ -180,6 +180,7 @@ class Connection:
         self._incoming: dict[int, Incoming] = {}
         self._outgoing: dict[int, Outgoing] = {}
         self._writing = asyncio.Lock()
+        self._room = asyncio.Event()  # set, then replaced, whenever a request of ours ends
 
     @classmethod
     async def open(
@@ -258,7 +259,13 @@ class Connection:
                         return  # the reader reports the loss to the session
 
     async def start(self, message: Request) -> asyncio.Future[Message]:
-        """Send a request; the future resolves to its final reply, or fails with a KilnError."""
+        """Send a request; the future resolves to its final reply, or fails with a KilnError.
+
+        With as many requests (or streams) open as the hub allows, it first waits for one to
+        end: a caller may start any number at once.
+        """
+        while not self.session.has_room(message):
+            await self._room.wait()
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.session.request(message)
         self._replies[message.id] = future
@@ -383,6 +390,8 @@ class Connection:
                     self._emit(event)
 
     def _settle(self, request: int, reply: Message | None, error: KilnError | None) -> None:
+        self._room.set()
+        self._room = asyncio.Event()
         future = self._replies.pop(request, None)
         ends = [self._incoming.pop(request, None), self._outgoing.pop(request, None)]
         if error is not None:

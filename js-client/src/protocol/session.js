@@ -174,6 +174,30 @@ export class Session {
   }
 
   /**
+   * Whether the hub's limits let a request of this type be sent now; if not, wait for one of
+   * ours to end. True when the session is not open, so that {@link Session#request} says why.
+   * @param {object & {type?: unknown}} message a request, built or not yet
+   */
+  hasRoom(message) {
+    return this.state !== State.OPEN || this._full(message) === null;
+  }
+
+  /**
+   * Which of the hub's limits `message` would pass, if any.
+   * @param {object & {type?: unknown}} message a request, built or not yet
+   * @returns {string | null}
+   */
+  _full(message) {
+    const limits = this.limits;
+    if (this._mine.size >= limits.max_pending) return `more than ${limits.max_pending} requests open at once`;
+    const streams = [...this._mine.values()].filter((open) => open.stream !== null).length;
+    if ((message.type === "upload" || message.type === "download") && streams >= limits.max_streams) {
+      return `more than ${limits.max_streams} streams open at once`;
+    }
+    return null;
+  }
+
+  /**
    * Send a request; it stays open until its final reply.
    *
    * An upload's stream waits for the receiver's credit; a download's has its `window` as
@@ -193,16 +217,11 @@ export class Session {
       throw new LocalProtocolError(`request id ${request.id} is already in use`, { code: ErrorCode.DUPLICATE_ID });
     }
     const limits = this.limits;
-    if (this._mine.size >= limits.max_pending) {
-      throw new LocalProtocolError(`more than ${limits.max_pending} requests open at once`, { code: ErrorCode.TOO_MANY });
-    }
+    const full = this._full(request);
+    if (full !== null) throw new LocalProtocolError(full, { code: ErrorCode.TOO_MANY });
     /** @type {Stream | null} */
     let stream = null;
     if (request.type === "upload" || request.type === "download") {
-      const streams = [...this._mine.values()].filter((open) => open.stream !== null).length;
-      if (streams >= limits.max_streams) {
-        throw new LocalProtocolError(`more than ${limits.max_streams} streams open at once`, { code: ErrorCode.TOO_MANY });
-      }
       if (request.type === "download" && request.window > limits.max_window) {
         throw new LocalProtocolError(`a window of ${request.window} exceeds the hub's ${limits.max_window}`, {
           code: ErrorCode.FLOW_CONTROL,

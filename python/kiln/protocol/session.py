@@ -317,12 +317,10 @@ class Session:
         if message.id in self._mine:
             raise LocalProtocolError(f"request id {message.id} is already in use", ErrorCode.DUPLICATE_ID)
         limits = self.limits
-        if len(self._mine) >= limits.max_pending:
-            raise LocalProtocolError(f"more than {limits.max_pending} requests open at once", ErrorCode.TOO_MANY)
+        if (full := self._full(message)) is not None:
+            raise LocalProtocolError(full, ErrorCode.TOO_MANY)
         stream: _Stream | None = None
         if isinstance(message, Upload | Download):
-            if sum(1 for r in self._mine.values() if r.stream is not None) >= limits.max_streams:
-                raise LocalProtocolError(f"more than {limits.max_streams} streams open at once", ErrorCode.TOO_MANY)
             if isinstance(message, Download) and message.window > limits.max_window:
                 raise LocalProtocolError(
                     f"a window of {message.window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
@@ -331,6 +329,23 @@ class Session:
             stream = _Stream(sending=isinstance(message, Upload), credit=window)
         self._mine[message.id] = _Open(message.type, stream)
         self._send(message)
+
+    def has_room(self, message: Request) -> bool:
+        """Whether the hub's limits let ``message`` be sent now; if not, wait for a request to end.
+
+        True when the session is not open, so that :meth:`request` says why it cannot send.
+        """
+        return self.state is not State.OPEN or self._full(message) is None
+
+    def _full(self, message: Request) -> str | None:
+        """Which of the hub's limits ``message`` would pass, if any."""
+        limits = self.limits
+        if len(self._mine) >= limits.max_pending:
+            return f"more than {limits.max_pending} requests open at once"
+        streams = sum(1 for r in self._mine.values() if r.stream is not None)
+        if isinstance(message, Upload | Download) and streams >= limits.max_streams:
+            return f"more than {limits.max_streams} streams open at once"
+        return None
 
     def cancel(self, request: int) -> None:
         """Ask the hub to stop our open request ``request``; it still ends with one reply. No-op if not open."""
