@@ -531,3 +531,25 @@ def test_an_error_names_the_provider_that_sent_it_whatever_it_claims(hub: Harnes
     [(_, error)] = hub.text(1, {"type": "error", "re": exec_["id"], "code": "container_failed", "message": "no",
                                 "provider": "somebody-else"})  # fmt: skip
     assert (error["re"], error["provider"]) == (11, "p1")
+
+
+def test_senders_sitting_on_credit_cannot_stop_another_stream() -> None:
+    # Room for 4 chunks toward the provider; an idle upload holds all 4 and never sends.
+    h = small_hub(chunk_bytes=8, max_window=4)
+    ids = itertools.count(1)
+    h.core = HubCore(new_activity_id=lambda: f"act{next(ids)}", limits_=h.core.limits, buffer_bytes=64)
+    h.join(1, "provider", "p1")
+    h.offer(1)
+    h.join(2, "requestor", "idle")
+    h.join(3, "requestor", "busy")
+    idle = h.rent(2, 10, 1, cpus=0.5)
+    [(_, held)] = h.text(2, {"type": "upload", "id": 11, "activity": idle, "path": "/a", "size": 32})
+    assert h.text(1, {"type": "credit", "stream": held["id"], "chunks": 4})[0][1]["chunks"] == 4
+    busy = h.rent(3, 10, 1, cpus=0.5)
+    [(_, up)] = h.text(3, {"type": "upload", "id": 11, "activity": busy, "path": "/b", "size": 16})
+    assert h.text(1, {"type": "credit", "stream": up["id"], "chunks": 4}) == [
+        (3, {"type": "credit", "stream": 11, "chunks": 1})
+    ], "no room, yet one chunk: the stream moves"
+    [(to, _)] = h.binary(3, frames.encode(FrameKind.DATA, 11, b"abcdefgh"))
+    assert to == 1
+    assert h._decode(h.core.delivered(1, 16)) == [(3, {"type": "credit", "stream": 11, "chunks": 1})]

@@ -400,6 +400,7 @@ class Connection:
             return
         if error is not None:
             future.set_exception(error)
+            future.exception()  # seen here: a caller that let its request go must not get a warning for it
         else:
             assert reply is not None
             future.set_result(reply)

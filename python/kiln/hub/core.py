@@ -457,9 +457,9 @@ class HubCore:
     #
     # A receiver grants credit; the hub passes it on to the sender only while everything
     # the senders may still send toward that receiver, and all it has queued for it, fits
-    # in ``buffer_bytes // 2``. The rest waits (``withheld``) until the receiver's queue
-    # drains (:meth:`delivered`). So a slow receiver slows its own streams, and the hub
-    # never buffers past what it promised for it.
+    # in ``buffer_bytes // 2`` (and one chunk a stream more: see _release). The rest waits
+    # (``withheld``) until the receiver's queue drains (:meth:`delivered`). So a slow
+    # receiver slows its own streams, and the hub never buffers past what it promised for it.
 
     def _room(self, q: Peer) -> int:
         """Chunks of credit that may still be passed on toward ``q``."""
@@ -472,22 +472,28 @@ class HubCore:
         route.withheld += chunks
 
     def _release(self, q: Peer) -> None:
-        """Pass on withheld credit toward ``q`` while there is room, oldest first."""
+        """Pass on withheld credit toward ``q`` while there is room, oldest first.
+
+        A stream that holds no credit at all gets one chunk even when there is no room:
+        senders that sit on credit they do not use (say, uploads never fed) fill the
+        receiver's room, and must not stop everyone else's streams. That lets the hub go
+        over its promise by at most one chunk a stream.
+        """
         room = self._room(q)
-        while q.waiting and room > 0:
-            route = q.waiting[0]
+        waiting, q.waiting = q.waiting, deque()
+        for route in waiting:
             if route.ended or route.withheld == 0:
-                q.waiting.popleft()
                 continue
-            give = min(route.withheld, room)
-            route.withheld -= give
-            room -= give
-            if route.withheld == 0:
-                q.waiting.popleft()
-            route.credit += give
-            q.inbound += give
-            sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
-            self._send(sender, Credit(type="credit", stream=stream, chunks=give))
+            give = min(route.withheld, room) or (1 if route.credit == 0 else 0)
+            room = max(room - give, 0)
+            if give:
+                route.withheld -= give
+                route.credit += give
+                q.inbound += give
+                sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
+                self._send(sender, Credit(type="credit", stream=stream, chunks=give))
+            if route.withheld:
+                q.waiting.append(route)
 
     def _close_route(self, route: Route) -> None:
         """The stream is over: the credit its sender held toward the receiver is free again."""
