@@ -178,7 +178,8 @@ class ProviderRuntime:
                         if time.monotonic() - name_taken_since > self.config.name_wait:
                             raise UsageError(
                                 f"another provider named {self.config.name!r} is connected to the hub; "
-                                "start this one with another --name"
+                                "start this one with another --name",
+                                ErrorCode.NAME_TAKEN,
                             ) from e
                     log.warning("the hub did not take us (%s); trying again in %g s", e.message, REFUSED_RETRY_SECONDS)
                     await asyncio.sleep(REFUSED_RETRY_SECONDS)
