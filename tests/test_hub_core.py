@@ -83,7 +83,7 @@ def test_wrong_major_version_is_refused_with_a_close() -> None:
     h.core.connect(5)
     [(_, error)] = h.text(5, {"type": "hello", "version": "2.0", "role": "requestor", "name": "x"})
     assert error["code"] == "unsupported_version"
-    assert "1.0" in error["message"]
+    assert "1.1" in error["message"]
     assert h.closed[0].code == CLOSE_UNSUPPORTED_VERSION
 
 
@@ -92,6 +92,13 @@ def test_later_minor_version_is_welcomed_at_ours() -> None:
     h.core.connect(5)
     [(_, welcome)] = h.text(5, {"type": "hello", "version": "1.9", "role": "requestor", "name": "x"})
     assert welcome["type"] == "welcome"
+    assert welcome["version"] == "1.1"
+
+
+def test_an_earlier_minor_version_is_welcomed_at_its_own() -> None:
+    h = Harness()
+    h.core.connect(5)
+    [(_, welcome)] = h.text(5, {"type": "hello", "version": "1.0", "role": "requestor", "name": "x"})
     assert welcome["version"] == "1.0"
 
 

@@ -21,7 +21,14 @@ export type Message =
   | Download
   | DownloadInfo
   | Credit
-  | Cancel;
+  | Cancel
+  | RentProgress
+  | Want
+  | PushImage
+  | ImagePushed
+  | ListImages
+  | ImageList
+  | RemoveImage;
 
 /**
  * First message on every connection, from the peer that dialled the hub.
@@ -133,10 +140,14 @@ export interface Demand {
   memory: number;
   storage: number;
 }
+/**
+ * A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.
+ */
 export interface Rented {
   activity: string;
   cached: boolean;
   provider: string;
+  pulled: number | null;
   re: number;
   resources: Resources;
   type: "rented";
@@ -194,13 +205,35 @@ export interface ProviderInfo {
 }
 /**
  * Hub -> provider: start a container for a new activity with these resources.
+ *
+ * ``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a
+ * provider that lacks some of its blobs answers ``want`` and receives them on this request's stream.
  */
 export interface Create {
   activity: string;
   id: number;
   image: string;
+  manifest: Manifest | null;
   resources: Resources;
   type: "create";
+}
+/**
+ * An image as Docker keeps it: its config (whose digest is Docker's image id) and its
+ * layers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first.
+ */
+export interface Manifest {
+  config: Blob;
+  /**
+   * @maxItems 256
+   */
+  layers: Blob[];
+}
+/**
+ * A piece of an image, named by the sha256 of its bytes.
+ */
+export interface Blob {
+  digest: string;
+  size: number;
 }
 /**
  * Hub -> provider: remove the activity's container (answered with ``done``).
@@ -308,4 +341,93 @@ export interface Credit {
 export interface Cancel {
   target: number;
   type: "cancel";
+}
+/**
+ * Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of
+ * ``total`` bytes sent so far.
+ */
+export interface RentProgress {
+  done: number;
+  image: string;
+  provider: string;
+  re: number;
+  total: number;
+  type: "rent_progress";
+}
+/**
+ * Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send
+ * these blobs, whole and in this order, one after another, on the request's stream.
+ */
+export interface Want {
+  /**
+   * @maxItems 257
+   */
+  blobs: string[];
+  re: number;
+  type: "want";
+}
+/**
+ * Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks.
+ */
+export interface PushImage {
+  id: number;
+  manifest: Manifest;
+  /**
+   * @maxItems 16
+   */
+  tags: string[];
+  type: "push_image";
+}
+/**
+ * The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already.
+ */
+export interface ImagePushed {
+  image: ImageInfo;
+  re: number;
+  sent: number;
+  skipped: number;
+  type: "image_pushed";
+}
+/**
+ * An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.
+ */
+export interface ImageInfo {
+  arch: string;
+  digest: string;
+  in_use: number;
+  last_used: number | null;
+  layers: number;
+  os: string;
+  /**
+   * @maxItems 1000
+   */
+  providers: string[];
+  pushed: number;
+  size: number;
+  tags: string[];
+}
+/**
+ * Requestor -> hub: the images in the store.
+ */
+export interface ListImages {
+  id: number;
+  type: "list_images";
+}
+/**
+ * The store's images, most recently used first, and the bytes it holds of its ``limit``.
+ */
+export interface ImageList {
+  images: ImageInfo[];
+  limit: number;
+  re: number;
+  type: "image_list";
+  used: number;
+}
+/**
+ * Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``.
+ */
+export interface RemoveImage {
+  id: number;
+  image: string;
+  type: "remove_image";
 }

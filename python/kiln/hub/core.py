@@ -40,6 +40,7 @@ from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
     MAX_ID,
+    MINOR_VERSION,
     PROTOCOL_VERSION,
     ActivityLost,
     Cancel,
@@ -148,6 +149,7 @@ class Peer:
     id: int
     role: Literal["requestor", "provider"] | None = None
     name: str = ""
+    minor: int = 0  # the minor protocol version spoken with this peer
     activities: set[str] = field(default_factory=set)
     # requestor: for each group of its rents, how many live leases it holds on each provider peer
     groups: dict[str, Counter[int]] = field(default_factory=dict)
@@ -311,13 +313,14 @@ class HubCore:
             return
         p.role = message.role
         p.name = message.name
+        p.minor = min(MINOR_VERSION, int(message.version.split(".")[1]))
         if p.role == "provider":
             self.providers[p.name] = p.id
         self._send(
             p.id,
             Welcome(
                 type="welcome",
-                version=PROTOCOL_VERSION,
+                version=f"{MAJOR_VERSION}.{p.minor}",
                 session=f"{p.role[0]}{p.id}",
                 software=self.software,
                 limits=self.limits,

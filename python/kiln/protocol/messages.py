@@ -35,7 +35,8 @@ from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.0"
+PROTOCOL_VERSION: Final = "1.1"
+MINOR_VERSION: Final = 1
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -45,6 +46,10 @@ MAX_LISTED: Final = 1000
 """The most providers one ``market`` reply lists."""
 MAX_TEXT: Final = 4096
 """The longest free text (an error's message, a loss's reason) a message carries."""
+MAX_LAYERS: Final = 256
+"""The most layers an image may have (Docker's own limit is 127)."""
+MAX_TAGS: Final = 16
+"""The most tags one push may give an image."""
 MIN_MEMORY: Final = 6 * 2**20
 """The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all."""
 
@@ -111,6 +116,13 @@ ContainerPath: TypeAlias = Annotated[
     ),
     AfterValidator(check_container_path),
 ]
+Digest: TypeAlias = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?/)?"
+TAG_PATTERN: Final = rf"^{_DOMAIN}{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?$"
+"""A Docker image reference by name: ``[host[:port]/]path[:tag]`` (no digest)."""
+ImageTag: TypeAlias = Annotated[str, Field(max_length=255, pattern=TAG_PATTERN)]
 Labels: TypeAlias = Annotated[
     dict[Annotated[str, Field(min_length=1, max_length=128)], Annotated[str, Field(max_length=256)]],
     Field(max_length=64),
@@ -180,6 +192,36 @@ class Limits(_Message):
     max_pending: int
     max_streams: int
     max_output_bytes: int
+
+
+class Blob(_Message):
+    """A piece of an image, named by the sha256 of its bytes."""
+
+    digest: Digest
+    size: Bytes
+
+
+class Manifest(_Message):
+    """An image as Docker keeps it: its config (whose digest is Docker's image id) and its
+    layers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first."""
+
+    config: Blob
+    layers: Annotated[list[Blob], Field(max_length=MAX_LAYERS)]
+
+
+class ImageInfo(_Message):
+    """An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds."""
+
+    digest: Digest
+    tags: list[ImageTag]
+    size: Bytes
+    layers: int
+    arch: Annotated[str, Field(max_length=32)]
+    os: Annotated[str, Field(max_length=32)]
+    pushed: Annotated[float, Field(ge=0)]
+    last_used: Annotated[float, Field(ge=0)] | None = None
+    in_use: Annotated[int, Field(ge=0)] = 0
+    providers: Annotated[list[Name], Field(max_length=MAX_LISTED)] = []
 
 
 class ProviderInfo(_Message):
@@ -272,12 +314,27 @@ class Rent(_Message):
 
 
 class Rented(_Message):
+    """A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it."""
+
     type: Literal["rented"]
     re: RequestId
     activity: ActivityId
     provider: Name
     cached: bool
     resources: Resources
+    pulled: Bytes | None = None
+
+
+class RentProgress(_Message):
+    """Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of
+    ``total`` bytes sent so far."""
+
+    type: Literal["rent_progress"]
+    re: RequestId
+    provider: Name
+    image: ImageRef
+    done: Bytes
+    total: Bytes
 
 
 class Release(_Message):
@@ -311,13 +368,18 @@ class MarketInfo(_Message):
 
 
 class Create(_Message):
-    """Hub -> provider: start a container for a new activity with these resources."""
+    """Hub -> provider: start a container for a new activity with these resources.
+
+    ``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a
+    provider that lacks some of its blobs answers ``want`` and receives them on this request's stream.
+    """
 
     type: Literal["create"]
     id: RequestId
     activity: ActivityId
     image: ImageRef
     resources: Resources
+    manifest: Manifest | None = None
 
 
 class Destroy(_Message):
@@ -397,6 +459,62 @@ class DownloadInfo(_Message):
     mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
 
 
+class Want(_Message):
+    """Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send
+    these blobs, whole and in this order, one after another, on the request's stream."""
+
+    type: Literal["want"]
+    re: RequestId
+    blobs: Annotated[list[Digest], Field(max_length=MAX_LAYERS + 1)]
+
+
+# --- the image store (1.1) ---------------------------------------------------------
+
+
+class PushImage(_Message):
+    """Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks."""
+
+    type: Literal["push_image"]
+    id: RequestId
+    manifest: Manifest
+    tags: Annotated[list[ImageTag], Field(max_length=MAX_TAGS)] = []
+
+
+class ImagePushed(_Message):
+    """The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already."""
+
+    type: Literal["image_pushed"]
+    re: RequestId
+    image: ImageInfo
+    sent: Bytes
+    skipped: Bytes
+
+
+class ListImages(_Message):
+    """Requestor -> hub: the images in the store."""
+
+    type: Literal["list_images"]
+    id: RequestId
+
+
+class ImageList(_Message):
+    """The store's images, most recently used first, and the bytes it holds of its ``limit``."""
+
+    type: Literal["image_list"]
+    re: RequestId
+    images: list[ImageInfo]
+    used: Bytes
+    limit: Bytes
+
+
+class RemoveImage(_Message):
+    """Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``."""
+
+    type: Literal["remove_image"]
+    id: RequestId
+    image: ImageRef
+
+
 class Credit(_Message):
     """The receiver of stream ``stream`` may take ``chunks`` more data frames."""
 
@@ -432,7 +550,14 @@ Message: TypeAlias = Annotated[
     | Download
     | DownloadInfo
     | Credit
-    | Cancel,
+    | Cancel
+    | RentProgress
+    | Want
+    | PushImage
+    | ImagePushed
+    | ListImages
+    | ImageList
+    | RemoveImage,
     Field(discriminator="type"),
 ]
 
@@ -441,6 +566,7 @@ MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
 MESSAGE_MODELS: Final = (
     Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, MarketQuery, MarketInfo, Create,
     Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
+    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage,
 )  # fmt: skip
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 

@@ -8,12 +8,17 @@ The rules everything here follows:
   instead (or anything else) ends the session before it began.
 * A request this side sends carries an id unique among its open requests. It stays open
   until exactly one final reply (``done``, ``error``, ``rented``, ``market_info``,
-  ``exec_result``) names it in ``re``, and the reply must fit the request's kind.
-  ``download_info`` is interim: once, for a download, before its data.
+  ``exec_result``, ``image_pushed``, ``image_list``) names it in ``re``, and the reply must
+  fit the request's kind. Interim replies come before it: ``download_info`` once for a
+  download before its data, ``want`` once for a ``push_image`` before its data (and from a
+  provider once for a ``create``), ``rent_progress`` any number of times for a ``rent``.
+* Requests of a later minor version than the hub's ``welcome`` (the image store's, 1.1)
+  are refused here, before they are sent.
 * A request the hub sends a provider stays open until the provider sends exactly one
   final reply to it; replying to anything else is this side's misuse.
-* An ``upload`` or ``download`` opens a stream under the request's id, closed with the
-  request. The sender spends one credit per DATA frame and never more than it holds; the
+* An ``upload``, ``download`` or ``push_image`` opens a stream under the request's id, closed
+  with the request; a provider's ``want`` opens one under the ``create``'s id, to receive on.
+  The sender spends one credit per DATA frame and never more than it holds; the
   receiver grants credit and never lets what is outstanding exceed ``max_window``. Data
   beyond the credit granted is the peer's violation and fails the stream.
 * A frame for a stream or request that is no longer open is dropped: it crossed its end.
@@ -65,15 +70,22 @@ from kiln.protocol.messages import (
     Exec,
     ExecResult,
     Hello,
+    ImageList,
+    ImagePushed,
     Limits,
+    ListImages,
     MarketInfo,
     MarketQuery,
     Message,
     Offer,
+    PushImage,
     Release,
+    RemoveImage,
     Rent,
     Rented,
+    RentProgress,
     Upload,
+    Want,
     Welcome,
     clip,
     parse,
@@ -82,18 +94,36 @@ from kiln.protocol.messages import (
 )
 
 Role: TypeAlias = Literal["requestor", "provider"]
-Request: TypeAlias = Rent | Release | MarketQuery | Exec | Upload | Download | Offer
+Request: TypeAlias = (
+    Rent | Release | MarketQuery | Exec | Upload | Download | Offer | PushImage | ListImages | RemoveImage
+)
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
 """What the hub may ask of a provider."""
-Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo
+Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
+Interim: TypeAlias = DownloadInfo | Want | RentProgress
+"""Replies that come before a request's final one."""
+FinalReply: TypeAlias = Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList
 
 SENDS: Final[dict[Role, frozenset[str]]] = {
-    "requestor": frozenset({"rent", "release", "market", "exec", "upload", "download"}),
+    "requestor": frozenset(
+        {"rent", "release", "market", "exec", "upload", "download", "push_image", "list_images", "remove_image"}
+    ),
     "provider": frozenset({"offer"}),
 }
 """The requests each role may send."""
+SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1}
+"""The minor version that brought each request (absent: 0)."""
+STREAMING: Final = frozenset({"upload", "download", "push_image"})
+"""The requests of this side that open a stream."""
+INTERIM: Final[dict[str, tuple[str, bool]]] = {
+    "download": ("download_info", True),
+    "push_image": ("want", True),
+    "create": ("want", True),
+    "rent": ("rent_progress", False),
+}
+"""For each kind of request, its interim reply, and whether that comes only once, before any data."""
 ANSWERS: Final[dict[str, frozenset[str]]] = {
     "rent": frozenset({"rented", "error"}),
     "release": frozenset({"done", "error"}),
@@ -102,6 +132,9 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "upload": frozenset({"done", "error"}),
     "download": frozenset({"done", "error"}),
     "offer": frozenset({"done", "error"}),
+    "push_image": frozenset({"image_pushed", "error"}),
+    "list_images": frozenset({"image_list", "error"}),
+    "remove_image": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
 }
@@ -145,10 +178,11 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Informed:
-    """Our download ``request`` is under way: what is coming (before its data)."""
+    """Our ``request`` is under way: an interim reply (what a download brings, the blobs a push
+    must send, how far a rent's image has loaded)."""
 
     request: int
-    info: DownloadInfo
+    info: Interim
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +317,18 @@ class Session:
             raise LocalProtocolError("the session is not open yet: no limits", ErrorCode.OUT_OF_ORDER)
         return self.welcome.limits
 
+    @property
+    def minor(self) -> int:
+        """The minor protocol version both sides speak (only once welcomed)."""
+        return int(self.version.split(".")[1])
+
+    @property
+    def version(self) -> str:
+        """The protocol version both sides speak, from ``welcome`` (only once welcomed)."""
+        if self.welcome is None:
+            raise LocalProtocolError("the session is not open yet: no version", ErrorCode.OUT_OF_ORDER)
+        return self.welcome.version
+
     # --- output -------------------------------------------------------------------------
 
     def data_to_send(self) -> list[Outbound]:
@@ -316,17 +362,21 @@ class Session:
             raise LocalProtocolError(f"a {self.role} may not send {message.type!r}", ErrorCode.OUT_OF_ORDER)
         if message.id in self._mine:
             raise LocalProtocolError(f"request id {message.id} is already in use", ErrorCode.DUPLICATE_ID)
+        if SINCE.get(message.type, 0) > self.minor:
+            raise UnsupportedVersion(
+                f"{message.type!r} needs protocol 1.{SINCE[message.type]}; the hub speaks {self.version}"
+            )
         limits = self.limits
         if (full := self._full(message)) is not None:
             raise LocalProtocolError(full, ErrorCode.TOO_MANY)
         stream: _Stream | None = None
-        if isinstance(message, Upload | Download):
+        if isinstance(message, Upload | Download | PushImage):
             if isinstance(message, Download) and message.window > limits.max_window:
                 raise LocalProtocolError(
                     f"a window of {message.window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
                 )
-            window = message.window if isinstance(message, Download) else 0  # an upload waits for credit
-            stream = _Stream(sending=isinstance(message, Upload), credit=window)
+            window = message.window if isinstance(message, Download) else 0  # a sender waits for credit
+            stream = _Stream(sending=not isinstance(message, Download), credit=window)
         self._mine[message.id] = _Open(message.type, stream)
         self._send(message)
 
@@ -343,7 +393,7 @@ class Session:
         if len(self._mine) >= limits.max_pending:
             return f"more than {limits.max_pending} requests open at once"
         streams = sum(1 for r in self._mine.values() if r.stream is not None)
-        if isinstance(message, Upload | Download) and streams >= limits.max_streams:
+        if message.type in STREAMING and streams >= limits.max_streams:
             return f"more than {limits.max_streams} streams open at once"
         return None
 
@@ -359,13 +409,15 @@ class Session:
         self._check_open()
         if message.re is None or (open_ := self._theirs.get(message.re)) is None:
             raise LocalProtocolError(f"{message.type!r} answers no open request of the hub's", ErrorCode.OUT_OF_ORDER)
-        if isinstance(message, DownloadInfo):
-            if open_.kind != "download" or open_.informed or (open_.stream is not None and open_.stream.started):
+        if isinstance(message, DownloadInfo | Want):
+            if not _interim_fits(open_, message.type):
                 raise LocalProtocolError(
-                    f"download_info fits only a download, once, before its data (request {message.re})",
+                    f"{message.type!r} does not fit the hub's {open_.kind!r} now (request {message.re})",
                     ErrorCode.OUT_OF_ORDER,
                 )
             open_.informed = True
+            if isinstance(message, Want):
+                open_.stream = _Stream(sending=False, credit=0)  # the blobs come on the create's stream
         elif message.type not in ANSWERS[open_.kind]:
             raise LocalProtocolError(f"{message.type!r} does not answer a {open_.kind!r}", ErrorCode.OUT_OF_ORDER)
         else:
@@ -448,12 +500,14 @@ class Session:
             if found is not None and found.sending and not found.ended:
                 found.credit += message.chunks
                 self._events.append(Credited(message.stream, message.chunks))
-        elif isinstance(message, Done | Error | ExecResult | Rented | MarketInfo | DownloadInfo) and (
-            message.re is not None
-        ):
+        elif isinstance(
+            message, Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | DownloadInfo | Want
+        ) and (message.re is not None):
             self._take_reply(message, message.re)
         elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost)):
             self._events.append(Notified(message))
+        elif isinstance(message, RentProgress):
+            self._take_reply(message, message.re)
         elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download):
             self._take_request(message)
         elif self.role == "provider" and isinstance(message, Cancel):
@@ -514,7 +568,7 @@ class Session:
                 RemoteProtocolError(f"expected welcome from the hub, got {message.type!r}", ErrorCode.OUT_OF_ORDER)
             )
 
-    def _take_reply(self, message: Done | Error | ExecResult | Rented | MarketInfo | DownloadInfo, re: int) -> None:
+    def _take_reply(self, message: FinalReply | Interim, re: int) -> None:
         open_ = self._mine.get(re)
         if open_ is None:
             # Replies to what we never asked are the hub's fault; to what we asked, out of order.
@@ -522,10 +576,10 @@ class Session:
                 RemoteProtocolError(f"{message.type!r} answers no open request {re}", ErrorCode.OUT_OF_ORDER)
             )
             return
-        if isinstance(message, DownloadInfo):
-            if open_.kind != "download" or open_.informed or (open_.stream is not None and open_.stream.started):
+        if isinstance(message, DownloadInfo | Want | RentProgress):
+            if not _interim_fits(open_, message.type):
                 del self._mine[re]
-                error = RemoteProtocolError(f"a misplaced download_info for request {re}", ErrorCode.OUT_OF_ORDER, re)
+                error = RemoteProtocolError(f"a misplaced {message.type} for request {re}", ErrorCode.OUT_OF_ORDER, re)
                 self._events.append(Failed(re, error))
                 return
             open_.informed = True
@@ -606,6 +660,15 @@ class Session:
 
     def _send(self, message: Message) -> None:
         self._out.append(Outbound(serialize(message)))
+
+
+def _interim_fits(open_: _Open, kind: str) -> bool:
+    """Whether an interim reply of ``kind`` may come now for the request ``open_``."""
+    fit = INTERIM.get(open_.kind)
+    if fit is None or fit[0] != kind:
+        return False
+    once = fit[1]
+    return not once or not (open_.informed or (open_.stream is not None and open_.stream.started))
 
 
 def _reply_to(data: bytes | str) -> int | None:

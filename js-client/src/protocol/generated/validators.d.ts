@@ -15,13 +15,20 @@ import type {
   Exec,
   ExecResult,
   Hello,
+  ImageList,
+  ImagePushed,
+  ListImages,
   MarketInfo,
   MarketQuery,
   Offer,
+  PushImage,
   Release,
+  RemoveImage,
   Rent,
+  RentProgress,
   Rented,
   Upload,
+  Want,
   Welcome,
 } from "../../../types/protocol.generated.js";
 
@@ -58,11 +65,18 @@ export declare const validateError: Validator<Error>;
 export declare const validateExec: Validator<Exec>;
 export declare const validateExecResult: Validator<ExecResult>;
 export declare const validateHello: Validator<Hello>;
+export declare const validateImageList: Validator<ImageList>;
+export declare const validateImagePushed: Validator<ImagePushed>;
+export declare const validateListImages: Validator<ListImages>;
 export declare const validateMarketInfo: Validator<MarketInfo>;
 export declare const validateMarketQuery: Validator<MarketQuery>;
 export declare const validateOffer: Validator<Offer>;
+export declare const validatePushImage: Validator<PushImage>;
 export declare const validateRelease: Validator<Release>;
+export declare const validateRemoveImage: Validator<RemoveImage>;
 export declare const validateRent: Validator<Rent>;
+export declare const validateRentProgress: Validator<RentProgress>;
 export declare const validateRented: Validator<Rented>;
 export declare const validateUpload: Validator<Upload>;
+export declare const validateWant: Validator<Want>;
 export declare const validateWelcome: Validator<Welcome>;
