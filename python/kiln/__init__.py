@@ -28,6 +28,8 @@ if TYPE_CHECKING:
         ConnectionLost,
         ContainerFailed,
         FileNotFound,
+        ImageCorrupt,
+        ImageError,
         ImageNotFound,
         InvalidPath,
         KilnError,
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
         ProviderLost,
         RemoteError,
         RemoteProtocolError,
+        StoreFull,
         TransferFailed,
         Unauthorized,
         UnsupportedVersion,
@@ -52,8 +55,9 @@ _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
     "kiln.protocol.errors": [
         "ActivityError", "Cancelled", "ConnectionClosed", "ConnectionLost", "ContainerFailed", "FileNotFound",
-        "ImageNotFound", "InvalidPath", "KilnError", "LocalProtocolError", "NoMatch", "ProtocolError", "ProviderLost",
-        "RemoteError", "RemoteProtocolError", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
+        "ImageCorrupt", "ImageError", "ImageNotFound", "InvalidPath", "KilnError", "LocalProtocolError", "NoMatch",
+        "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError", "StoreFull", "TransferFailed",
+        "Unauthorized", "UnsupportedVersion", "UsageError",
     ],
     "kiln.protocol.messages": ["Demand"],
     "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result"],
@@ -64,11 +68,12 @@ _HOMES = {
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost", "ContainerFailed",
-    "Demand", "ErrorCode", "FileNotFound", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError",
-    "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderLost", "RemoteError",
-    "RemoteProtocolError", "Requestor", "Result", "RetryTask", "TaskFailed", "TransferFailed", "Unauthorized",
-    "UnsupportedVersion", "UsageError", "__version__", "connect",
+    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost",
+    "ContainerFailed", "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError", "ImageNotFound",
+    "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView",
+    "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError", "Requestor", "Result", "RetryTask",
+    "StoreFull", "TaskFailed", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError", "__version__",
+    "connect",
 ]  # fmt: skip
 
 

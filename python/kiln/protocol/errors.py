@@ -15,6 +15,9 @@
      +-- Unauthorized              the hub refused our token
      +-- NoMatch                   no provider meets the demand (the message names the constraint)
      +-- ImageNotFound             the provider does not hold the image
+     +-- ImageError                not an image (bad ``docker save`` archive, config and layers disagree)
+     |    +-- ImageCorrupt         a blob's bytes do not match its digest or size
+     |    +-- StoreFull            the hub's image store has no room for the image
      +-- ActivityError             something went wrong inside a rented activity
      |    +-- ProviderLost         the provider vanished; the activity is gone
      |    +-- FileNotFound         no such file or folder in the container
@@ -98,6 +101,24 @@ class ImageNotFound(KilnError):
     default_code = ErrorCode.IMAGE_NOT_FOUND
 
 
+class ImageError(KilnError):
+    """An image cannot be stored or loaded: not a ``docker save`` archive, or one whose parts disagree."""
+
+    default_code = ErrorCode.BAD_IMAGE
+
+
+class ImageCorrupt(ImageError):
+    """A blob's bytes do not match its digest or declared size."""
+
+    default_code = ErrorCode.IMAGE_CORRUPT
+
+
+class StoreFull(ImageError):
+    """The hub's image store cannot make room for the image within its limit."""
+
+    default_code = ErrorCode.STORE_FULL
+
+
 class ActivityError(KilnError):
     default_code = ErrorCode.CONTAINER_FAILED
 
@@ -142,6 +163,9 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
     ErrorCode.BAD_PATH: InvalidPath,
     ErrorCode.NO_MATCH: NoMatch,
     ErrorCode.IMAGE_NOT_FOUND: ImageNotFound,
+    ErrorCode.BAD_IMAGE: ImageError,
+    ErrorCode.IMAGE_CORRUPT: ImageCorrupt,
+    ErrorCode.STORE_FULL: StoreFull,
     ErrorCode.PROVIDER_LOST: ProviderLost,
     ErrorCode.UNKNOWN_ACTIVITY: ActivityError,
     ErrorCode.FILE_NOT_FOUND: FileNotFound,
