@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.asyncio.server import Server
 from websockets.exceptions import ConnectionClosed
 
 import kiln
@@ -19,14 +19,10 @@ HELLO = {"type": "hello", "version": "1.0", "role": "requestor", "name": "raw"}
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[str]:
-    server: Server = await start("127.0.0.1", 0, token="t0ken")
-    port = next(iter(server.sockets)).getsockname()[1]
-    try:
+async def hub(tmp_path: Path) -> AsyncIterator[str]:
+    async with start("127.0.0.1", 0, token="t0ken", data_dir=tmp_path) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def send(ws: ClientConnection, message: dict[str, Any] | str) -> dict[str, Any]:
@@ -125,18 +121,14 @@ async def test_python_client_reports_hub_refusals(hub: str) -> None:
             await requestor.rent("kiln-busybox:latest", kiln.Demand(memory="lots"))
 
 
-async def test_a_silent_peer_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_silent_peer_is_closed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from kiln.hub import server as hub_server
 
     monkeypatch.setattr(hub_server, "HELLO_TIMEOUT", 0.2)
-    srv = await start("127.0.0.1", 0)
-    port = next(iter(srv.sockets)).getsockname()[1]
-    try:
+    async with start("127.0.0.1", 0, data_dir=tmp_path) as srv:
+        port = next(iter(srv.sockets)).getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}") as ws:
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             assert closed.value.rcvd is not None
             assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (CLOSE_HANDSHAKE, "no hello within 0.2 s")
-    finally:
-        srv.close()
-        await srv.wait_closed()

@@ -18,6 +18,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from kiln.__about__ import __version__
 from kiln.protocol.errors import KilnError, UsageError
@@ -50,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=7465, help="0 picks a free port (printed)")
     hub.add_argument("--token", default=None, help="require this token in every hello")
+    hub.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the image store lives (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
+    )
+    hub.add_argument(
+        "--store-limit", type=_size, default="20GiB", help="most bytes the image store holds (default 20GiB)"
+    )
 
     provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub")
     provider.add_argument("--hub", default=DEFAULT_HUB)
@@ -160,7 +170,7 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "hub":
         from kiln.hub.server import run as run_hub
 
-        await run_hub(args.host, args.port, token=args.token)
+        await run_hub(args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit)
         return 0
     if args.command == "provider":
         _require_provider_extra()

@@ -15,6 +15,12 @@ Rules that everything affecting the hub's state must follow live here:
   in half the buffer the I/O layer keeps for it: a slow receiver slows its own streams.
 * Capacity is reserved when a provider is chosen and released when its container is
   destroyed or its provider is gone.
+* The image store's bytes are not the core's: a requestor's ``push_image``, ``list_images``
+  and ``remove_image``, and the data of its pushes, go to the store (:class:`StoreRequest`,
+  :class:`PushFrame`), which answers through :meth:`HubCore.store_reply` and grants credit
+  through :meth:`HubCore.store_grant`. A provider's ``want`` for a ``create`` of a stored
+  image starts the store sending blobs (:class:`ServeBlobs`) on the create's stream, within
+  the credit the provider grants (:class:`ServeCredit`), through :meth:`HubCore.serve_data`.
 
 Use: the I/O layer calls :meth:`HubCore.connect` for a new connection, then
 :meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame,
@@ -27,11 +33,13 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Final, Literal, TypeAlias
 
+from kiln.hub.catalog import Catalog, StoredImage
 from kiln.hub.market import Market
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import ErrorCode
@@ -43,6 +51,7 @@ from kiln.protocol.messages import (
     MINOR_VERSION,
     PROTOCOL_VERSION,
     ActivityLost,
+    Blob,
     Cancel,
     Create,
     Credit,
@@ -54,16 +63,23 @@ from kiln.protocol.messages import (
     Exec,
     ExecResult,
     Hello,
+    ImageList,
+    ImagePushed,
     Limits,
+    ListImages,
     MarketInfo,
     MarketQuery,
     Message,
     Offer,
+    PushImage,
     Release,
+    RemoveImage,
     Rent,
     Rented,
+    RentProgress,
     Resources,
     Upload,
+    Want,
     Welcome,
     clip,
     parse,
@@ -98,7 +114,66 @@ class Log:
     text: str
 
 
-Action: TypeAlias = Send | Close | Log
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A requestor's request to the image store; answer it with :meth:`HubCore.store_reply`."""
+
+    peer: int
+    message: PushImage | ListImages | RemoveImage
+
+
+@dataclass(frozen=True, slots=True)
+class PushFrame:
+    """A frame of a requestor's push stream: DATA (within the credit the store granted), END or ABORT."""
+
+    peer: int
+    request: int
+    kind: FrameKind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushCancelled:
+    """A push is cancelled (answer it: ``cancelled``) or its requestor is gone (``answer`` false)."""
+
+    peer: int
+    request: int
+    answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServeBlobs:
+    """Send provider ``peer`` these blobs, one after another, on ``stream`` (see :meth:`HubCore.serve_data`)."""
+
+    peer: int
+    stream: int
+    blobs: tuple[Blob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeCredit:
+    """The provider lets the store send ``chunks`` more DATA frames on ``stream``."""
+
+    peer: int
+    stream: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServeStop:
+    """Stop sending on ``stream``: its create ended or its provider is gone."""
+
+    peer: int
+    stream: int
+
+
+StoreAction: TypeAlias = StoreRequest | PushFrame | PushCancelled | ServeBlobs | ServeCredit | ServeStop
+Action: TypeAlias = Send | Close | Log | StoreAction
+
+HUB: Final = 0
+"""The peer id that stands for the hub itself, as the sender of an image's blobs to a provider."""
+PROGRESS_BYTES: Final = 4 * 2**20
+"""A rent's requestor hears how its image loads at least every this many bytes sent."""
 
 
 @dataclass
@@ -129,6 +204,12 @@ class Pending:
     r_id: int | None
     route: Route | None = None
     cancelled: bool = False
+    # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
+    stored: StoredImage | None = None
+    image: str = ""
+    total: int = 0
+    sent: int = 0
+    told: int = 0
 
 
 @dataclass
@@ -142,6 +223,7 @@ class Lease:
     cached: bool = False
     group: str | None = None
     state: Literal["creating", "ready", "destroying"] = "creating"
+    image: str | None = None  # the digest of a stored image it runs
 
 
 @dataclass
@@ -159,6 +241,8 @@ class Peer:
     pending: dict[int, Pending] = field(default_factory=dict)
     # streams this peer takes part in, by the id it knows them under
     streams: dict[int, Route] = field(default_factory=dict)
+    # requestor: its pushes to the image store, by request id -> credit the store granted, unspent
+    pushes: dict[int, int] = field(default_factory=dict)
     # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
     # (bytes), and the streams whose further credit waits for room
     inbound: int = 0
@@ -172,8 +256,11 @@ class Peer:
         return value
 
 
-REQUESTOR_SENDS = frozenset({"rent", "release", "market", "exec", "upload", "download", "credit", "cancel"})
-PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info"})
+REQUESTOR_SENDS = frozenset(
+    {"rent", "release", "market", "exec", "upload", "download", "credit", "cancel"}
+    | {"push_image", "list_images", "remove_image"}
+)
+PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
 
 
 class HubCore:
@@ -187,6 +274,8 @@ class HubCore:
         limits_: Limits | None = None,
         buffer_bytes: int = limits.OUTBOX_BYTES,
         new_activity_id: Callable[[], str] = lambda: secrets.token_hex(8),
+        catalog: Catalog | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -203,7 +292,10 @@ class HubCore:
         )
         self._budget = buffer_bytes // 2
         """Stream bytes the hub lets be in flight toward one receiver (half its buffer: room for messages)."""
-        self.market = Market()
+        self.catalog = catalog or Catalog(0)
+        """The image store's contents (its files are the I/O layer's)."""
+        self.market = Market(self.catalog)
+        self._clock = clock
         self.peers: dict[int, Peer] = {}
         self.providers: dict[str, int] = {}  # a connected provider's name -> its peer id
         self.activities: dict[str, Lease] = {}
@@ -252,6 +344,9 @@ class HubCore:
             frame = frames.decode(data, self.limits.chunk_bytes)
         except RemoteProtocolError as e:
             self._violation(p, e)
+            return self._flush()
+        if p.role == "requestor" and frame.stream in p.pushes:
+            self._push_frame(p, frame.stream, frame.kind, frame.payload)
             return self._flush()
         route = p.streams.get(frame.stream)
         sending = route is not None and (route.upload == (p.role == "requestor"))
@@ -340,6 +435,9 @@ class HubCore:
             self._credit(p, message)
             return
         if isinstance(message, Cancel):
+            if message.target in p.pushes:
+                self._out.append(PushCancelled(p.id, message.target, answer=True))
+                return
             target = p.open.get(message.target)
             if target is not None:
                 provider, hub_id = target
@@ -349,14 +447,23 @@ class HubCore:
                 elif pending is not None and pending.kind != "destroy":  # a release always completes
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
-        assert isinstance(message, Rent | Release | MarketQuery | Exec | Upload | Download)
-        if message.id in p.open:
+        assert isinstance(message, Rent | Release | MarketQuery | Exec | Upload | Download | PushImage | ListImages
+                          | RemoveImage)  # fmt: skip
+        if message.id in p.open or message.id in p.pushes:
             self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
             return
         if len(p.open) >= self.limits.max_pending:
             self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_pending} requests open at once")
             return
-        if isinstance(message, MarketQuery):
+        if isinstance(message, PushImage | ListImages | RemoveImage):
+            if isinstance(message, PushImage):
+                if len(p.streams) + len(p.pushes) >= self.limits.max_streams:
+                    self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
+                    return
+                p.pushes[message.id] = 0
+            p.open[message.id] = (HUB, 0)
+            self._out.append(StoreRequest(p.id, message))
+        elif isinstance(message, MarketQuery):
             providers, matched = self.market.describe(
                 image=message.image, labels=message.labels, free=message.free, limit=message.limit
             )
@@ -379,14 +486,20 @@ class HubCore:
 
     def _rent(self, p: Peer, message: Rent) -> None:
         group = p.groups.get(message.group) if message.group is not None else None
+        stored = self.catalog.resolve(message.image)
         try:
-            provider, cached = self.market.choose(message.image, message.demand, set(message.exclude), group or ())
+            provider, cached = self.market.choose(
+                message.image, message.demand, set(message.exclude), group or (), stored
+            )
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
             return
         d = message.demand
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group)
+        if stored is not None:
+            activity.image = stored.digest
+            self.catalog.use(stored.digest, self._clock())
         self.market.reserve(provider, resources)
         if message.group is not None:
             p.groups.setdefault(message.group, Counter())[provider] += 1
@@ -395,11 +508,14 @@ class HubCore:
         q = self.peers[provider]
         q.activities.add(activity.id)
         hub_id = q.new_id()
-        q.pending[hub_id] = Pending("create", activity.id, p.id, message.id)
+        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
+        q.pending[hub_id] = pending
         p.open[message.id] = (provider, hub_id)
-        self._send(
-            provider, Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources)
-        )
+        create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources)
+        if stored is not None:
+            manifest = stored.manifest if q.minor >= 1 else None
+            create = create.model_copy(update={"image": stored.digest, "manifest": manifest})
+        self._send(provider, create)
 
     def _forward(self, p: Peer, activity: Lease, message: Exec | Upload | Download) -> None:
         q = self.peers[activity.provider]
@@ -494,7 +610,10 @@ class HubCore:
                 route.credit += give
                 q.inbound += give
                 sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
-                self._send(sender, Credit(type="credit", stream=stream, chunks=give))
+                if sender == HUB:
+                    self._out.append(ServeCredit(route.provider, route.p_id, give))
+                else:
+                    self._send(sender, Credit(type="credit", stream=stream, chunks=give))
             if route.withheld:
                 q.waiting.append(route)
 
@@ -526,13 +645,13 @@ class HubCore:
             )
             return
         if isinstance(message, Offer):
-            self.market.update(p.id, p.name, message)
+            self.market.update(p.id, p.name, message, pulls=p.minor >= 1)
             self._send(p.id, Done(type="done", re=message.id))
             return
         if isinstance(message, Credit):
             self._credit(p, message)
             return
-        assert isinstance(message, Done | Error | ExecResult | DownloadInfo)
+        assert isinstance(message, Done | Error | ExecResult | DownloadInfo | Want)
         if message.re is None:
             self._log("warning", f"provider {shown(p.name)} reports {message.code}: {shown(message.message)}")
             return
@@ -543,6 +662,9 @@ class HubCore:
         if isinstance(message, DownloadInfo):
             self._to_requestor(p, pending, message)
             return
+        if isinstance(message, Want):
+            self._want(p, message.re, pending, message)
+            return
         del p.pending[message.re]
         self._finish(p, pending, message)
 
@@ -551,10 +673,7 @@ class HubCore:
         if requestor is not None and pending.r_id is not None:
             requestor.open.pop(pending.r_id, None)
         if pending.route is not None:
-            self._close_route(pending.route)
-            p.streams.pop(pending.route.p_id, None)
-            if requestor is not None:
-                requestor.streams.pop(pending.route.r_id, None)
+            self._end_route(pending.route)
         activity = self.activities.get(pending.activity)
         if pending.kind == "create":
             if activity is None:
@@ -568,8 +687,11 @@ class HubCore:
             else:
                 activity.state = "ready"
                 self._log("info", f"activity {activity.id} of {shown(requestor.name)} runs on {shown(p.name)}")
+                pulled = reply.bytes if isinstance(reply, Done) and pending.stored is not None else None
                 rented = Rented(type="rented", re=pending.r_id, activity=activity.id, provider=p.name,
-                                cached=activity.cached, resources=activity.resources)  # fmt: skip
+                                cached=activity.cached or pulled == 0, resources=activity.resources,
+                                pulled=(pulled or 0) if pending.stored is not None and requestor.minor >= 1 else None,
+                                )  # fmt: skip
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
@@ -585,11 +707,25 @@ class HubCore:
         else:
             self._to_requestor(p, pending, reply)
 
+    def _end_route(self, route: Route) -> None:
+        """A request with a stream ended: forget the stream on both legs, and stop the store sending on it."""
+        if route.requestor == HUB and not route.ended:
+            self._out.append(ServeStop(route.provider, route.p_id))
+        self._close_route(route)
+        provider = self.peers.get(route.provider)
+        if provider is not None:
+            provider.streams.pop(route.p_id, None)
+        requestor = self.peers.get(route.requestor)
+        if requestor is not None:
+            requestor.streams.pop(route.r_id, None)
+
     def _drop_activity(self, activity: Lease) -> None:
         self._log("info", f"activity {activity.id} ended; its capacity is free")
         self.activities.pop(activity.id, None)
         self.market.release(activity.provider, activity.resources)
         self._ungroup(activity)
+        if activity.image is not None:
+            self.catalog.unuse(activity.image)
         for peer in (activity.requestor, activity.provider):
             q = self.peers.get(peer)
             if q is not None:
@@ -622,6 +758,111 @@ class HubCore:
         if pending.r_id is not None and pending.requestor in self.peers:
             self._send(pending.requestor, Error(type="error", re=pending.r_id, code=code, message=message))
 
+    # --- the image store ------------------------------------------------------------------
+
+    def _want(self, p: Peer, hub_id: int, pending: Pending, want: Want) -> None:
+        """Provider ``p`` lacks these blobs of the stored image it is asked to create: send them."""
+        if pending.route is not None or pending.stored is None:
+            self._error(p, None, ErrorCode.OUT_OF_ORDER, f"'want' fits only once the create {hub_id} of a stored image")
+            return
+        sizes = {blob.digest: blob for blob in pending.stored.blobs}
+        route = Route(HUB, hub_id, p.id, hub_id, upload=True)
+        p.streams[hub_id] = route
+        pending.route = route
+        blobs = [sizes.get(digest) for digest in want.blobs]
+        if len(set(want.blobs)) != len(want.blobs) or None in blobs:
+            self._send_binary(
+                p.id, frames.encode(FrameKind.ABORT, hub_id, b"want names blobs not in the image, or twice")
+            )
+            self._close_route(route)
+            return
+        wanted = tuple(blob for blob in blobs if blob is not None)
+        pending.total = sum(blob.size for blob in wanted)
+        self._out.append(ServeBlobs(p.id, hub_id, wanted))
+        self._progress(pending, p)
+
+    def serve_data(self, peer: int, stream: int, data: bytes) -> list[Action]:
+        """The store sends one DATA frame of a blob to provider ``peer`` (within the credit it was given)."""
+        route, q = self._served(peer, stream)
+        if route is None or q is None:
+            return []
+        if route.credit <= 0:
+            raise UsageError(f"the store sent on stream {stream} without credit")
+        route.credit -= 1
+        q.inbound -= 1
+        self._send_binary(q.id, frames.encode(FrameKind.DATA, stream, data))
+        pending = q.pending.get(stream)
+        if pending is not None:
+            pending.sent += len(data)
+            if pending.sent - pending.told >= PROGRESS_BYTES:
+                self._progress(pending, q)
+        return self._flush()
+
+    def serve_end(self, peer: int, stream: int, error: str | None = None) -> list[Action]:
+        """The store sent every blob (or, with ``error``, gives up: the provider's create fails)."""
+        route, q = self._served(peer, stream)
+        if route is None or q is None:
+            return []
+        kind, payload = (FrameKind.END, b"") if error is None else (FrameKind.ABORT, clip(error, 200).encode())
+        self._send_binary(q.id, frames.encode(kind, stream, payload))
+        self._close_route(route)
+        pending = q.pending.get(stream)
+        if pending is not None and error is None:
+            self._progress(pending, q)
+        return self._flush()
+
+    def _served(self, peer: int, stream: int) -> tuple[Route | None, Peer | None]:
+        q = self.peers.get(peer)
+        route = q.streams.get(stream) if q is not None else None
+        if route is None or route.requestor != HUB or route.ended:
+            return None, None
+        return route, q
+
+    def _progress(self, pending: Pending, provider: Peer) -> None:
+        """Tell the rent's requestor how far its image has loaded (if it speaks 1.1)."""
+        pending.told = pending.sent
+        requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+        if requestor is None or pending.r_id is None or requestor.minor < 1:
+            return
+        self._send(requestor.id, RentProgress(type="rent_progress", re=pending.r_id, provider=provider.name,
+                                              image=pending.image, done=pending.sent, total=pending.total))  # fmt: skip
+
+    def _push_frame(self, p: Peer, request: int, kind: FrameKind, payload: memoryview) -> None:
+        credit = p.pushes[request]
+        if credit < 0:
+            self._error(p, request, ErrorCode.UNKNOWN_STREAM, f"stream {request} has ended")
+            return
+        if kind is not FrameKind.DATA:
+            p.pushes[request] = -1  # ended: nothing more may come on it
+        else:
+            if credit == 0:
+                self._error(p, request, ErrorCode.FLOW_CONTROL,
+                            f"DATA frame on stream {request} without credit; the push is aborted")  # fmt: skip
+                p.pushes[request] = -1
+                self._out.append(PushFrame(p.id, request, FrameKind.ABORT, b"sender broke flow control"))
+                return
+            p.pushes[request] = credit - 1
+        self._out.append(PushFrame(p.id, request, kind, bytes(payload)))
+
+    def store_grant(self, peer: int, request: int, chunks: int) -> list[Action]:
+        """The store lets a push's requestor send ``chunks`` more DATA frames."""
+        p = self.peers.get(peer)
+        if p is not None and p.pushes.get(request, -1) >= 0:
+            p.pushes[request] += chunks
+            self._send(peer, Credit(type="credit", stream=request, chunks=chunks))
+        return self._flush()
+
+    def store_reply(self, peer: int, reply: Want | ImagePushed | ImageList | Done | Error) -> list[Action]:
+        """The store answers a request of ``peer``'s (a final reply ends it)."""
+        p = self.peers.get(peer)
+        if p is None or reply.re is None or p.open.get(reply.re) != (HUB, 0):
+            return []
+        if not isinstance(reply, Want):
+            del p.open[reply.re]
+            p.pushes.pop(reply.re, None)
+        self._send(peer, reply)
+        return self._flush()
+
     # --- departures ----------------------------------------------------------------------
 
     def _provider_gone(self, p: Peer, reason: str) -> None:
@@ -633,6 +874,8 @@ class HubCore:
             if activity is None:
                 continue
             self._ungroup(activity)
+            if activity.image is not None:
+                self.catalog.unuse(activity.image)
             requestor = self.peers.get(activity.requestor)
             if requestor is not None:
                 requestor.activities.discard(activity_id)
@@ -644,13 +887,12 @@ class HubCore:
                         ),
                     )
         for pending in p.pending.values():
+            if pending.route is not None:
+                self._end_route(pending.route)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
             if requestor is None or pending.r_id is None:
                 continue
             requestor.open.pop(pending.r_id, None)
-            if pending.route is not None:
-                self._close_route(pending.route)
-                requestor.streams.pop(pending.route.r_id, None)
             if pending.kind == "destroy" and pending.cancelled:
                 self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
             elif pending.kind == "destroy":
@@ -661,6 +903,8 @@ class HubCore:
 
     def _requestor_gone(self, p: Peer) -> None:
         self._log("info", f"requestor {shown(p.name)} left; destroying {len(p.activities)} activities")
+        for request in p.pushes:
+            self._out.append(PushCancelled(p.id, request, answer=False))
         for route in p.streams.values():
             q = self.peers.get(route.provider)
             if q is not None and route.upload and not route.ended:
@@ -714,8 +958,10 @@ def shown(text: str, limit: int = 200) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
-def _answers(kind: str, reply: Done | Error | ExecResult | DownloadInfo) -> bool:
+def _answers(kind: str, reply: Done | Error | ExecResult | DownloadInfo | Want) -> bool:
     """Whether ``reply`` is a legal answer to a request of ``kind``."""
+    if isinstance(reply, Want):
+        return kind == "create"
     if isinstance(reply, ExecResult):
         return kind == "exec"
     if isinstance(reply, DownloadInfo):

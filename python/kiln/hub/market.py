@@ -8,16 +8,21 @@ never be sold the same CPUs, memory or storage, and a provider is never over-com
 Choosing does not scan every offer: sellers are kept in the order of preference (least
 loaded first), so the first that fits is usually the answer, and the holders of an image
 are looked up in an index of their own.
+
+An image from the hub's store (:mod:`kiln.hub.catalog`) goes first to providers that hold
+it, then to those that can pull it (protocol 1.1, the image's architecture, room for it in
+their free storage) and hold most of its layer bytes, then to the least loaded of those.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
+from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
 from kiln.protocol.sizes import format_size
@@ -41,6 +46,8 @@ class Seller:
     free_memory: int
     free_storage: int
     activities: int = 0
+    pulls: bool = False  # speaks protocol 1.1: can fetch an image from the hub's store
+    chains: frozenset[str] = frozenset()  # layer chains it holds, of images the store knows
     rank: Rank = field(init=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +64,10 @@ class Seller:
         """Whether the whole offer would meet ``demand`` if nothing were reserved."""
         total = self.offer.resources
         return covers(total.cpus, total.memory, total.storage, demand) and has_labels(self.offer.labels, demand.labels)
+
+    def can_pull(self, image: StoredImage) -> bool:
+        """Whether this provider could fetch ``image`` from the store and run it."""
+        return self.pulls and normalize_arch(self.offer.arch) == image.arch and self.free_storage >= image.size
 
     def has_free(self, wanted: Resources | Demand) -> bool:
         """Whether at least ``wanted`` is still free."""
@@ -79,10 +90,12 @@ def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:
 class Market:
     """Offers keyed by the provider's peer id."""
 
-    def __init__(self) -> None:
+    def __init__(self, catalog: Catalog | None = None) -> None:
+        self.catalog = catalog or Catalog(0)
         self._sellers: dict[int, Seller] = {}
         self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
         self._holders: dict[str, set[int]] = {}  # image -> peers offering it
+        self._chains: dict[str, set[int]] = {}  # a chain of layers (StoredImage.chains) -> peers holding it
 
     def __contains__(self, peer: int) -> bool:
         return peer in self._sellers
@@ -90,11 +103,21 @@ class Market:
     def __len__(self) -> int:
         return len(self._sellers)
 
-    def update(self, peer: int, name: str, offer: Offer) -> None:
-        """Record (or replace) a provider's offer; what it already reserved stays reserved."""
+    def update(self, peer: int, name: str, offer: Offer, *, pulls: bool = False) -> None:
+        """Record (or replace) a provider's offer; what it already reserved stays reserved.
+
+        ``pulls``: the provider can fetch images from the hub's store (it speaks 1.1).
+        """
         old = self._sellers.get(peer)
         total = offer.resources
-        seller = Seller(peer, name, offer, frozenset(offer.images), total.cpus, total.memory, total.storage)
+        chains = frozenset(
+            key
+            for image in offer.images
+            if (stored := self.catalog.images.get(image)) is not None
+            for key, _ in stored.chains()
+        )
+        seller = Seller(peer, name, offer, frozenset(offer.images), total.cpus, total.memory, total.storage,
+                        pulls=pulls, chains=chains)  # fmt: skip
         if old is not None:
             self.remove(peer)
             taken = old.offer.resources
@@ -107,6 +130,12 @@ class Market:
         bisect.insort(self._order, seller.rank)
         for image in seller.images:
             self._holders.setdefault(image, set()).add(peer)
+        for key in seller.chains:
+            self._chains.setdefault(key, set()).add(peer)
+
+    def holders(self, image: str) -> list[str]:
+        """The names of the providers that hold ``image``."""
+        return sorted(self._sellers[peer].name for peer in self._holders.get(image, ()))
 
     def remove(self, peer: int) -> None:
         seller = self._sellers.pop(peer, None)
@@ -118,9 +147,19 @@ class Market:
             holders.discard(peer)
             if not holders:
                 del self._holders[image]
+        for key in seller.chains:
+            chain = self._chains[key]
+            chain.discard(peer)
+            if not chain:
+                del self._chains[key]
 
     def choose(
-        self, image: str, demand: Demand, exclude: Collection[str] = (), avoid: Collection[int] = ()
+        self,
+        image: str,
+        demand: Demand,
+        exclude: Collection[str] = (),
+        avoid: Collection[int] = (),
+        stored: StoredImage | None = None,
     ) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
@@ -133,6 +172,8 @@ class Market:
         def able(seller: Seller) -> bool:
             return seller.fits(demand) and seller.peer not in avoid and seller.name not in exclude
 
+        if stored is not None:
+            return self._choose_stored(stored, demand, able, exclude, avoid)
         holders = self._holders.get(image, set())
         if len(holders) <= FEW_HOLDERS:
             fitting = [self._sellers[peer] for peer in holders if able(self._sellers[peer])]
@@ -151,6 +192,37 @@ class Market:
             if first_able is not None:
                 return first_able.peer, False
         raise NoMatch(self._why_not(demand, exclude, avoid))
+
+    def _choose_stored(
+        self,
+        image: StoredImage,
+        demand: Demand,
+        able: Callable[[Seller], bool],
+        exclude: Collection[str],
+        avoid: Collection[int],
+    ) -> tuple[int, bool]:
+        """A holder of the stored ``image``; else the provider that can pull it holding most of its layers."""
+        best = self._best(self._holders.get(image.digest, set()), able)
+        if best is not None:
+            return best.peer, True
+
+        def pulls(seller: Seller) -> bool:
+            return able(seller) and seller.can_pull(image)
+
+        for key, _ in reversed(image.chains()):
+            best = self._best(self._chains.get(key, set()), pulls)
+            if best is not None:
+                return best.peer, False
+        for seller in self._in_order():
+            if pulls(seller):
+                return seller.peer, False
+        raise NoMatch(self._why_not(demand, exclude, avoid, image))
+
+    def _best(self, peers: set[int], ok: Callable[[Seller], bool]) -> Seller | None:
+        """The first in preference order of ``peers`` that is ``ok``."""
+        if len(peers) <= FEW_HOLDERS:
+            return min((s for s in map(self._sellers.__getitem__, peers) if ok(s)), key=lambda s: s.rank, default=None)
+        return next((s for s in self._in_order() if s.peer in peers and ok(s)), None)
 
     def reserve(self, peer: int, resources: Resources) -> None:
         self._adjust(peer, -1, resources)
@@ -206,12 +278,21 @@ class Market:
         ]
         return infos, len(matching)
 
-    def _why_not(self, demand: Demand, exclude: Collection[str], avoid: Collection[int]) -> str:
+    def _why_not(
+        self, demand: Demand, exclude: Collection[str], avoid: Collection[int], image: StoredImage | None = None
+    ) -> str:
         if not self._sellers:
             return "no provider is connected to the hub"
         sellers = [s for s in self._sellers.values() if s.name not in exclude and s.peer not in avoid]
         if not sellers:
             return f"every connected provider ({len(self._sellers)}) is excluded by the request or already in its group"
+        if image is not None:
+            holders = self._holders.get(image.digest, set())
+            if not any(s.peer in holders for s in sellers):
+                why = _why_cannot_pull(image, sellers)
+                if why is not None:
+                    return why
+                sellers = [s for s in sellers if s.can_pull(image)]
         offers = [s.offer for s in sellers]
         checks = [
             (
@@ -238,3 +319,17 @@ class Market:
         if not able:
             return "no single provider meets every constraint of the demand at once"
         return f"every provider that could take this demand ({able}) is busy: its capacity is reserved"
+
+
+def _why_cannot_pull(image: StoredImage, sellers: list[Seller]) -> str | None:
+    """Why none of ``sellers`` could fetch ``image``, if none could; None if some could."""
+    if any(s.can_pull(image) for s in sellers):
+        return None
+    name = f"image {image.digest[:19]} ({image.os}/{image.arch}, {format_size(image.size)})"
+    if not any(s.pulls for s in sellers):
+        return f"no provider holds {name}, and none speaks protocol 1.1 to fetch it from the hub"
+    arches = sorted({normalize_arch(s.offer.arch) for s in sellers if s.pulls})
+    if image.arch not in arches:
+        return f"no provider can run {name}: the providers are {', '.join(arches)}"
+    most = max(s.free_storage for s in sellers if s.pulls and normalize_arch(s.offer.arch) == image.arch)
+    return f"no provider has room for {name} (most free storage: {format_size(most)})"

@@ -13,8 +13,10 @@ import logging
 import resource
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -23,6 +25,7 @@ from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, Action, Close, HubCore, Log, Send
+from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
 from kiln.protocol.messages import PROTOCOL_NAME
 
@@ -109,12 +112,15 @@ def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subp
 class HubServer:
     """Accepts connections and carries out what the core decides."""
 
-    def __init__(self, core: HubCore, *, outbox_bytes: int = limits.OUTBOX_BYTES) -> None:
+    def __init__(
+        self, core: HubCore, *, outbox_bytes: int = limits.OUTBOX_BYTES, store: BlobStore | None = None
+    ) -> None:
         self.core = core
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
         self._log = LogLimiter()
         self._ids = itertools.count(1)
+        self.images = ImageService(core, store, self._apply) if store is not None else None
 
     async def handle(self, ws: ServerConnection) -> None:
         peer = next(self._ids)
@@ -155,6 +161,10 @@ class HubServer:
             if isinstance(action, Log):
                 self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
                 continue
+            if not isinstance(action, Send | Close):
+                if self.images is not None:
+                    self.images.handle(action)
+                continue
             outbox = self._outboxes.get(action.peer)
             if outbox is None:
                 continue
@@ -191,16 +201,35 @@ def _describe_closed(ws: ServerConnection) -> str:
     return f"closed with code {code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
 
 
+DEFAULT_STORE_LIMIT: Final = 20 * 2**30
+
+
+@asynccontextmanager
 async def start(
     host: str = "127.0.0.1",
     port: int = 7465,
     *,
     token: str | None = None,
+    data_dir: Path | None = None,
+    store_limit: int = DEFAULT_STORE_LIMIT,
     core: HubCore | None = None,
-) -> Server:
-    """Start a hub listening on ``host:port`` (0 picks a free port); close it with ``server.close()``."""
-    hub = HubServer(core or HubCore(token=token, software=f"kiln-hub/{__version__}", buffer_bytes=limits.OUTBOX_BYTES))
-    return await serve(
+) -> AsyncIterator[Server]:
+    """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
+
+    Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
+    and keeps within ``store_limit`` bytes.
+    """
+    store = BlobStore(data_dir or default_data_dir())
+    catalog = await asyncio.to_thread(store.open, store_limit)
+    if core is None:
+        core = HubCore(token=token, software=f"kiln-hub/{__version__}", buffer_bytes=limits.OUTBOX_BYTES,
+                       catalog=catalog)  # fmt: skip
+    else:
+        core.catalog = core.market.catalog = catalog
+    hub = HubServer(core, store=store)
+    assert hub.images is not None
+    log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
+    server = await serve(
         hub.handle,
         host,
         port,
@@ -213,6 +242,15 @@ async def start(
         close_timeout=CLOSE_TIMEOUT,
         compression=None,
     )
+    try:
+        async with server, asyncio.TaskGroup() as tg:
+            saver = tg.create_task(hub.images.run())
+            try:
+                yield server
+            finally:
+                saver.cancel()
+    finally:
+        await hub.images.close()
 
 
 def raise_open_file_limit() -> int:
@@ -223,11 +261,17 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-async def run(host: str, port: int, token: str | None = None) -> None:
+async def run(
+    host: str,
+    port: int,
+    token: str | None = None,
+    data_dir: Path | None = None,
+    store_limit: int = DEFAULT_STORE_LIMIT,
+) -> None:
     """Serve until cancelled, printing the address once listening."""
     limit = raise_open_file_limit()
     log.info("serving up to %d open files (sockets)", limit)
-    async with await start(host, port, token=token) as server:
+    async with start(host, port, token=token, data_dir=data_dir, store_limit=store_limit) as server:
         for sock in server.sockets:
             address = sock.getsockname()
             print(f"kiln hub listening on ws://{address[0]}:{address[1]}", flush=True)

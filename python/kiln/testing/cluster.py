@@ -85,7 +85,12 @@ class LocalCluster:
         return Process(name, popen, log)
 
     def start_hub(self, *extra: str, port: int = 0) -> str:
-        """Start a hub on loopback (port 0: a free one); returns (and remembers) its URL."""
+        """Start a hub on loopback (port 0: a free one); returns (and remembers) its URL.
+
+        Its image store is ``logs/hub-data`` unless ``extra`` names a ``--data-dir``.
+        """
+        if "--data-dir" not in extra:
+            extra = (*extra, "--data-dir", str(self.logs / "hub-data"))
         self.hub = self.spawn("hub", "hub", "--host", "127.0.0.1", "--port", str(port), *extra)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

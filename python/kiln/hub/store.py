@@ -1,0 +1,445 @@
+"""The hub's image store on disk, and the tasks that move its bytes.
+
+Layout under the data directory::
+
+    blobs/sha256/<hex>   verified blobs (image configs and layers), stored once each
+    images/<hex>.json    one record per image: manifest, tags, architecture, times
+    tmp/                 blobs being received; emptied at start
+
+A blob reaches ``blobs/`` only by a rename after its size and sha256 were checked, so what
+is there is whole and right, and a push cut off leaves nothing behind but its verified
+blobs (a retried push does not send them again). What the store holds, and every decision
+about it, is the pure :class:`~kiln.hub.catalog.Catalog`; this module does the I/O, file
+work on threads so the hub's event loop never waits on a disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import IO, Any, Final
+
+import orjson
+
+from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, StoredImage
+from kiln.hub.core import (
+    Action,
+    HubCore,
+    PushCancelled,
+    PushFrame,
+    ServeBlobs,
+    ServeCredit,
+    ServeStop,
+    StoreAction,
+    StoreRequest,
+)
+from kiln.protocol import limits
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import Cancelled, ImageCorrupt, ImageNotFound, KilnError, TransferFailed
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import (
+    WIRE,
+    Blob,
+    Done,
+    Error,
+    ImageList,
+    ImagePushed,
+    ListImages,
+    Manifest,
+    PushImage,
+    RemoveImage,
+    Want,
+    clip,
+)
+
+log = logging.getLogger("kiln.hub.store")
+
+PUSH_IDLE_TIMEOUT: Final = 60.0
+"""A push that sends nothing for this long fails (``transfer_failed``); what it verified stays."""
+SAVE_INTERVAL: Final = 10.0
+"""How often the times images were last used are written to disk."""
+READ_BYTES: Final = 1024 * 1024
+"""Bytes read from a blob file at once, sent as several DATA frames."""
+
+
+def default_data_dir() -> Path:
+    """Where the hub keeps its data unless told: ``$XDG_DATA_HOME/kiln/hub`` (``~/.local/share/kiln/hub``)."""
+    home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(home) / "kiln" / "hub"
+
+
+class BlobWriter:
+    """One blob being received into a temporary file; :meth:`finish` verifies and publishes it."""
+
+    def __init__(self, store: BlobStore, blob: Blob) -> None:
+        self.blob = blob
+        self._store = store
+        self._hash = hashlib.sha256()
+        self._written = 0
+        fd, name = tempfile.mkstemp(dir=store.tmp, prefix=blob.digest[7:19] + ".")
+        self._path = Path(name)
+        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None
+        self._written += len(data)
+        if self._written > self.blob.size:
+            raise ImageCorrupt(f"blob {self.blob.digest} is longer than its declared {self.blob.size} bytes")
+        self._hash.update(data)
+        self._file.write(data)
+
+    def finish(self) -> None:
+        """Check size and digest, then move the blob into place (else ImageCorrupt, and nothing kept)."""
+        assert self._file is not None
+        if self._written != self.blob.size:
+            raise ImageCorrupt(f"blob {self.blob.digest} has {self._written} bytes, not its declared {self.blob.size}")
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.blob.digest:
+            raise ImageCorrupt(f"blob {self.blob.digest} does not match its bytes (their sha256 is {actual})")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        self._file = None
+        os.replace(self._path, self._store.path(self.blob.digest))
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._path.unlink(missing_ok=True)
+
+
+class BlobStore:
+    """The files of an image store (blocking calls: run them on a thread)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = root / "blobs" / "sha256"
+        self.meta = root / "images"
+        self.tmp = root / "tmp"
+
+    def open(self, limit: int) -> Catalog:
+        """Make the folders, drop leftovers of an interrupted run, and read what is stored."""
+        for folder in (self.blobs, self.meta, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            leftover.unlink(missing_ok=True)
+        catalog = Catalog(limit)
+        for path in self.blobs.iterdir():
+            catalog.blobs[f"sha256:{path.name}"] = path.stat().st_size
+        records = []
+        for path in self.meta.glob("*.json"):
+            try:
+                records.append(_image_from_json(path.read_bytes()))
+            except (OSError, ValueError, KilnError) as e:
+                log.warning("ignoring the unreadable image record %s: %s", path.name, e)
+        for image in sorted(records, key=lambda i: i.pushed):  # a tag on two images: the later push has it
+            if catalog.missing(image.manifest):
+                log.warning("image %s lacks blobs on disk; forgetting it", image.digest)
+                self.forget(image.digest)
+                continue
+            tags, image.tags = image.tags, set()
+            catalog.images[image.digest] = image
+            for tag in tags:
+                catalog.retag(tag, image)
+        return catalog
+
+    def path(self, digest: str) -> Path:
+        return self.blobs / digest.removeprefix("sha256:")
+
+    def writer(self, blob: Blob) -> BlobWriter:
+        return BlobWriter(self, blob)
+
+    def read_config(self, digest: str) -> bytes:
+        with self.path(digest).open("rb") as f:
+            return f.read(MAX_CONFIG_BYTES + 1)
+
+    def save(self, images: Iterable[StoredImage]) -> None:
+        for image in images:
+            target = self.meta / f"{image.digest.removeprefix('sha256:')}.json"
+            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="image.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(_image_to_json(image))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(name, target)
+
+    def forget(self, digest: str) -> None:
+        (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
+
+    def delete(self, digests: Iterable[str]) -> None:
+        for digest in digests:
+            self.path(digest).unlink(missing_ok=True)
+
+
+def _image_to_json(image: StoredImage) -> bytes:
+    return orjson.dumps(
+        {
+            "manifest": image.manifest.model_dump(mode="json"),
+            "tags": sorted(image.tags),
+            "arch": image.arch,
+            "os": image.os,
+            "pushed": image.pushed,
+            "last_used": image.last_used,
+        }
+    )
+
+
+def _image_from_json(data: bytes) -> StoredImage:
+    raw = orjson.loads(data)
+    manifest = Manifest.model_validate(raw["manifest"], context=WIRE)
+    image = StoredImage(manifest, str(raw["arch"]), str(raw["os"]), float(raw["pushed"]), set(raw["tags"]))
+    image.last_used = raw.get("last_used")
+    return image
+
+
+class _Push:
+    """A push in progress: the frames the core passed on, in order."""
+
+    def __init__(self) -> None:
+        self.frames: asyncio.Queue[tuple[FrameKind, bytes]] = asyncio.Queue()  # bounded by the credit granted
+        self.task: asyncio.Task[None] | None = None
+
+
+class _Serve:
+    """Blobs being sent to a provider: the credit it granted, unspent."""
+
+    def __init__(self) -> None:
+        self.credit = 0
+        self.more = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+
+class ImageService:
+    """Carries out the core's store actions: takes pushes in, serves blobs, lists and removes images."""
+
+    def __init__(self, core: HubCore, store: BlobStore, apply: Callable[[list[Action]], None]) -> None:
+        self.core = core
+        self.catalog = core.catalog
+        self.store = store
+        self._apply = apply
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pushes: dict[tuple[int, int], _Push] = {}
+        self._serves: dict[tuple[int, int], _Serve] = {}
+        self._window = min(limits.WINDOW_CHUNKS, core.limits.max_window)
+
+    def handle(self, action: StoreAction) -> None:
+        """Take one action of the core's (from the event loop, in order)."""
+        if isinstance(action, StoreRequest):
+            key = (action.peer, action.message.id)
+            if isinstance(action.message, PushImage):
+                push = self._pushes[key] = _Push()
+                push.task = self._spawn(self._push(action.peer, action.message, push), key, self._pushes)
+            elif isinstance(action.message, ListImages):
+                self._spawn(self._list(action.peer, action.message))
+            else:
+                self._spawn(self._remove(action.peer, action.message))
+        elif isinstance(action, PushFrame):
+            pushing = self._pushes.get((action.peer, action.request))
+            if pushing is not None:
+                pushing.frames.put_nowait((action.kind, action.payload))
+        elif isinstance(action, PushCancelled):
+            pushing = self._pushes.get((action.peer, action.request))
+            if pushing is not None and pushing.task is not None and action.answer:
+                pushing.task.cancel("cancelled")
+            elif pushing is not None:
+                # Its requestor is gone: what arrived before is still verified and kept.
+                pushing.frames.put_nowait((FrameKind.ABORT, b"the requestor disconnected"))
+        elif isinstance(action, ServeBlobs):
+            key = (action.peer, action.stream)
+            serve = self._serves[key] = _Serve()
+            serve.task = self._spawn(self._serve(action.peer, action.stream, action.blobs, serve), key, self._serves)
+        elif isinstance(action, ServeCredit):
+            serving = self._serves.get((action.peer, action.stream))
+            if serving is not None:
+                serving.credit += action.chunks
+                serving.more.set()
+        elif isinstance(action, ServeStop):
+            serving = self._serves.get((action.peer, action.stream))
+            if serving is not None and serving.task is not None:
+                serving.task.cancel()
+
+    async def run(self) -> None:
+        """Write the times images were last used, now and then, until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(SAVE_INTERVAL)
+                await self._save_used()
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.save([image for image in self.catalog.images.values() if image.last_used])
+
+    async def _save_used(self) -> None:
+        used = [image for image in self.catalog.images.values() if image.in_use]
+        if used:
+            await asyncio.to_thread(self.store.save, used)
+
+    def _spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        key: tuple[int, int] | None = None,
+        table: dict[tuple[int, int], Any] | None = None,
+    ) -> asyncio.Task[None]:
+        """Run ``coro`` as a task the service owns (cancelled and awaited by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if table is not None and key is not None:
+                table.pop(key, None)
+
+        task.add_done_callback(done)
+        return task
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # --- requests --------------------------------------------------------------------------
+
+    def _reply(self, peer: int, reply: Want | ImagePushed | ImageList | Done | Error) -> None:
+        self._apply(self.core.store_reply(peer, reply))
+
+    def _fail(self, peer: int, request: int, error: KilnError) -> None:
+        self._reply(peer, Error(type="error", re=request, code=error.code, message=clip(error.message)))
+
+    async def _list(self, peer: int, message: ListImages) -> None:
+        images = [image.info(self.core.market.holders(image.digest)) for image in self.catalog.by_recency()]
+        used, limit = self.catalog.used, self.catalog.limit
+        self._reply(peer, ImageList(type="image_list", re=message.id, images=images, used=used, limit=limit))
+
+    async def _remove(self, peer: int, message: RemoveImage) -> None:
+        image = self.catalog.resolve(message.image)
+        if image is None:
+            self._fail(peer, message.id, ImageNotFound(f"the hub stores no image {message.image!r}"))
+            return
+        gone = self.catalog.remove(image.digest)
+        await asyncio.to_thread(self._drop, image.digest, gone)
+        log.info("image %s removed (%d blobs deleted)", image.digest, len(gone))
+        self._reply(peer, Done(type="done", re=message.id))
+
+    def _drop(self, digest: str, blobs: list[str]) -> None:
+        self.store.forget(digest)
+        self.store.delete(blobs)
+
+    async def _push(self, peer: int, message: PushImage, push: _Push) -> None:
+        manifest = message.manifest
+        try:
+            wanted, evicted = self.catalog.begin(manifest)
+        except KilnError as e:
+            self._fail(peer, message.id, e)
+            return
+        reserved = sum(blob.size for blob in wanted)
+        try:
+            if evicted:
+                log.info("evicting %d blobs to make room for image %s", len(evicted), manifest.config.digest)
+                await asyncio.to_thread(self._evict, evicted)
+            if wanted:
+                self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
+                self._apply(self.core.store_grant(peer, message.id, self._window))
+                await self._receive(peer, message.id, wanted, push)
+            config = await asyncio.to_thread(self.store.read_config, manifest.config.digest)
+            before = {digest: set(image.tags) for digest, image in self.catalog.images.items()}
+            image = self.catalog.add_image(manifest, config, message.tags, now=_now())
+            changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != i.tags]
+            await asyncio.to_thread(self.store.save, changed)
+        except asyncio.CancelledError as e:
+            if e.args and e.args[0] == "cancelled":
+                self._fail(peer, message.id, Cancelled("push cancelled"))
+            raise
+        except KilnError as e:
+            self._fail(peer, message.id, e)
+            return
+        except OSError as e:
+            log.warning("push of %s failed on disk: %s", manifest.config.digest, e)
+            self._fail(peer, message.id, KilnError(f"the hub could not store the image: {e}", ErrorCode.INTERNAL))
+            return
+        finally:
+            self.catalog.end(manifest, reserved)
+        sent = sum(blob.size for blob in wanted)
+        log.info("image %s stored (%d bytes received, %d held already)", image.digest, sent, image.size - sent)
+        info = image.info(self.core.market.holders(image.digest))
+        pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
+        self._reply(peer, pushed)
+
+    def _evict(self, digests: list[str]) -> None:
+        gone = set(digests)
+        for path in self.store.meta.glob("*.json"):
+            if f"sha256:{path.stem}" not in self.catalog.images:
+                path.unlink(missing_ok=True)
+        self.store.delete(gone)
+
+    async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push) -> None:
+        """Take the wanted blobs off the push's stream, one after another, each verified and stored."""
+        pending = b""
+        for blob in wanted:
+            writer = await asyncio.to_thread(self.store.writer, blob)
+            try:
+                left = blob.size
+                while left > 0:
+                    if not pending:
+                        pending = await self._next_data(peer, request, push, blob, left)
+                    piece, pending = pending[:left], pending[left:]
+                    await asyncio.to_thread(writer.write, piece)
+                    left -= len(piece)
+                await asyncio.to_thread(writer.finish)
+            finally:
+                await asyncio.to_thread(writer.discard)
+            self.catalog.add_blob(blob)
+        if pending:
+            raise ImageCorrupt("the push sent more bytes than its wanted blobs hold")
+        kind, _ = await self._frame(push)
+        if kind is FrameKind.DATA:
+            raise ImageCorrupt("the push sent more bytes than its wanted blobs hold")
+        if kind is FrameKind.ABORT:
+            raise TransferFailed("the requestor aborted the push")
+
+    async def _next_data(self, peer: int, request: int, push: _Push, blob: Blob, left: int) -> bytes:
+        kind, payload = await self._frame(push)
+        if kind is FrameKind.END:
+            raise ImageCorrupt(f"the push ended {left} bytes short of blob {blob.digest}")
+        if kind is FrameKind.ABORT:
+            raise TransferFailed(f"the requestor aborted the push: {payload.decode(errors='replace')}")
+        self._apply(self.core.store_grant(peer, request, 1))
+        return payload
+
+    @staticmethod
+    async def _frame(push: _Push) -> tuple[FrameKind, bytes]:
+        try:
+            async with asyncio.timeout(PUSH_IDLE_TIMEOUT):
+                return await push.frames.get()
+        except TimeoutError:
+            raise TransferFailed(f"the push sent nothing for {PUSH_IDLE_TIMEOUT:g} s") from None
+
+    # --- serving a provider -------------------------------------------------------------------
+
+    async def _serve(self, peer: int, stream: int, blobs: tuple[Blob, ...], serve: _Serve) -> None:
+        chunk = self.core.limits.chunk_bytes
+        try:
+            for blob in blobs:
+                with await asyncio.to_thread(self.store.path(blob.digest).open, "rb") as f:
+                    while data := await asyncio.to_thread(f.read, READ_BYTES):
+                        for start in range(0, len(data), chunk):
+                            while serve.credit <= 0:
+                                serve.more.clear()
+                                await serve.more.wait()
+                            serve.credit -= 1
+                            self._apply(self.core.serve_data(peer, stream, data[start : start + chunk]))
+        except OSError as e:
+            log.warning("serving blobs on stream %d to peer %d failed: %s", stream, peer, e)
+            self._apply(self.core.serve_end(peer, stream, error=f"the hub could not read the image: {e}"))
+            return
+        self._apply(self.core.serve_end(peer, stream))
+
+
+def _now() -> float:
+    return time.time()

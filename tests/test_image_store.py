@@ -1,0 +1,273 @@
+"""The hub's image store, spoken to by raw WebSocket clients over a real port (no Docker).
+
+Images here are made up (a config naming random layer bytes): the store checks digests,
+sizes and that the config describes the layers, not what the layers hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from kiln.hub import store as hub_store
+from kiln.hub.server import start
+from kiln.protocol import frames
+from kiln.protocol.frames import FrameKind
+
+HELLO = {"type": "hello", "version": "1.1", "role": "requestor", "name": "pusher"}
+CHUNK = 256 * 1024
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class FakeImage:
+    config: bytes
+    layers: list[bytes]
+
+    @classmethod
+    def make(cls, *layers: bytes, arch: str = "amd64") -> FakeImage:
+        config = {
+            "architecture": arch,
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [digest(layer) for layer in layers]},
+        }
+        return cls(json.dumps(config).encode(), list(layers))
+
+    @property
+    def digest(self) -> str:
+        return digest(self.config)
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "config": {"digest": digest(self.config), "size": len(self.config)},
+            "layers": [{"digest": digest(layer), "size": len(layer)} for layer in self.layers],
+        }
+
+    def blob(self, wanted: str) -> bytes:
+        return next(b for b in [self.config, *self.layers] if digest(b) == wanted)
+
+    @property
+    def size(self) -> int:
+        return len(self.config) + sum(map(len, self.layers))
+
+
+@asynccontextmanager
+async def hub(data_dir: Path, limit: int = 2**30) -> AsyncIterator[str]:
+    async with start("127.0.0.1", 0, data_dir=data_dir, store_limit=limit) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def requestor(url: str, version: str = "1.1") -> AsyncIterator[ClientConnection]:
+    async with connect(url, subprotocols=["kiln.v1"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({**HELLO, "version": version}))
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome", welcome
+        yield ws
+
+
+async def recv(ws: ClientConnection) -> dict[str, Any]:
+    message = json.loads(await ws.recv())
+    assert isinstance(message, dict)
+    return message
+
+
+async def push(
+    ws: ClientConnection,
+    image: FakeImage,
+    tags: list[str] | None = None,
+    *,
+    id_: int = 1,
+    tamper: dict[str, bytes] | None = None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Push ``image`` as a client must; ``tamper`` replaces a blob's bytes. The blobs wanted, and the final reply."""
+    await ws.send(json.dumps({"type": "push_image", "id": id_, "manifest": image.manifest(), "tags": tags or []}))
+    reply = await recv(ws)
+    if reply["type"] != "want":
+        return [], reply
+    wanted = reply["blobs"]
+    data = b"".join((tamper or {}).get(d, image.blob(d)) for d in wanted)
+    credit = 0
+    sent = 0
+    while sent < len(data):
+        while credit == 0:
+            message = await recv(ws)
+            if message["type"] != "credit":
+                return wanted, message
+            credit += message["chunks"]
+        await ws.send(frames.encode(FrameKind.DATA, id_, data[sent : sent + CHUNK]))
+        sent += CHUNK
+        credit -= 1
+    await ws.send(frames.encode(FrameKind.END, id_))
+    while (message := await recv(ws))["type"] == "credit":
+        pass
+    return wanted, message
+
+
+def stored_files(data_dir: Path) -> tuple[set[str], list[str]]:
+    blobs = {f"sha256:{p.name}" for p in (data_dir / "blobs" / "sha256").iterdir()}
+    return blobs, sorted(p.name for p in (data_dir / "tmp").iterdir())
+
+
+async def test_push_stores_each_blob_once_and_a_second_push_moves_nothing(tmp_path: Path) -> None:
+    base, app, other = os.urandom(700_000), os.urandom(5_000), os.urandom(3_000)
+    first, second = FakeImage.make(base, app), FakeImage.make(base, other)
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        wanted, reply = await push(ws, first, ["app:1"])
+        assert wanted == [first.digest, digest(base), digest(app)], "config first, then layers base first"
+        assert reply["type"] == "image_pushed", reply
+        assert reply["image"]["digest"] == first.digest
+        assert reply["image"]["tags"] == ["app:1"]
+        assert (reply["sent"], reply["skipped"]) == (first.size, 0)
+
+        wanted, reply = await push(ws, first, ["app:latest"], id_=2)
+        assert wanted == [] and reply["type"] == "image_pushed"
+        assert (reply["sent"], reply["skipped"]) == (0, first.size)
+        assert reply["image"]["tags"] == ["app:1", "app:latest"]
+
+        wanted, reply = await push(ws, second, ["other:1"], id_=3)
+        assert wanted == [second.digest, digest(other)], "the shared base layer is not sent again"
+        assert reply["skipped"] == len(base)
+
+        await ws.send(json.dumps({"type": "list_images", "id": 4}))
+        listing = await recv(ws)
+        assert listing["type"] == "image_list"
+        assert {i["digest"] for i in listing["images"]} == {first.digest, second.digest}
+        assert listing["used"] == len(base) + len(app) + len(other) + len(first.config) + len(second.config)
+    blobs, tmp = stored_files(tmp_path)
+    assert blobs == {first.digest, second.digest, digest(base), digest(app), digest(other)}
+    assert tmp == []
+
+
+async def test_the_store_survives_a_hub_restart(tmp_path: Path) -> None:
+    image = FakeImage.make(os.urandom(10_000))
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        assert (await push(ws, image, ["keep:1"]))[1]["type"] == "image_pushed"
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        wanted, reply = await push(ws, image)
+        assert wanted == [] and reply["type"] == "image_pushed"
+        assert reply["image"]["tags"] == ["keep:1"]
+        await ws.send(json.dumps({"type": "remove_image", "id": 5, "image": "keep:1"}))
+        assert (await recv(ws))["type"] == "done"
+        await ws.send(json.dumps({"type": "remove_image", "id": 6, "image": "keep:1"}))
+        assert (await recv(ws))["code"] == "image_not_found"
+    assert stored_files(tmp_path) == (set(), [])
+
+
+async def test_a_corrupt_blob_is_refused_and_a_retry_resumes(tmp_path: Path) -> None:
+    good, bad = os.urandom(300_000), os.urandom(300_000)
+    image = FakeImage.make(good, bad)
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        flipped = bytes([bad[0] ^ 1]) + bad[1:]
+        _, reply = await push(ws, image, tamper={digest(bad): flipped})
+        assert reply["code"] == "image_corrupt", reply
+        assert digest(bad) in reply["message"]
+        blobs, tmp = stored_files(tmp_path)
+        assert blobs == {image.digest, digest(good)} and tmp == [], "verified blobs stay; nothing partial"
+
+        wanted, reply = await push(ws, image, id_=2)
+        assert wanted == [digest(bad)], "the retry sends only what was not verified"
+        assert reply["type"] == "image_pushed"
+
+
+async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Path) -> None:
+    layer = os.urandom(50_000)
+    image = FakeImage.make(layer)
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        _, reply = await push(ws, image, tamper={digest(layer): layer[:-10]})
+        assert reply["code"] == "image_corrupt" and "short" in reply["message"], reply
+        _, reply = await push(ws, image, id_=2, tamper={digest(layer): layer + b"extra"})
+        assert reply["code"] == "image_corrupt" and "more bytes" in reply["message"], reply
+
+        liar = FakeImage(image.config, [os.urandom(100)])  # the config names another layer
+        _, reply = await push(ws, liar, id_=3)
+        assert reply["code"] == "bad_image" and "layers" in reply["message"], reply
+
+        not_json = FakeImage(b"not json", [])
+        _, reply = await push(ws, not_json, id_=4)
+        assert reply["code"] == "bad_image", reply
+
+        await ws.send(json.dumps({"type": "push_image", "id": 5, "manifest": image.manifest(), "tags": ["Bad:Tag"]}))
+        assert (await recv(ws))["code"] == "bad_message"
+    _, tmp = stored_files(tmp_path)
+    assert tmp == []
+
+
+async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path: Path) -> None:
+    old, new, huge = (FakeImage.make(os.urandom(n)) for n in (400_000, 400_000, 2_000_000))
+    async with hub(tmp_path, limit=1_000_000) as url, requestor(url) as ws:
+        assert (await push(ws, old, ["old:1"]))[1]["type"] == "image_pushed"
+        assert (await push(ws, new, ["new:1"], id_=2))[1]["type"] == "image_pushed"
+        _, reply = await push(ws, huge, id_=3)
+        assert reply["code"] == "store_full", reply
+        await ws.send(json.dumps({"type": "list_images", "id": 4}))
+        assert len((await recv(ws))["images"]) == 2, "a push that cannot fit evicts nothing"
+
+        third = FakeImage.make(os.urandom(400_000))
+        assert (await push(ws, third, ["third:1"], id_=5))[1]["type"] == "image_pushed"
+        await ws.send(json.dumps({"type": "list_images", "id": 6}))
+        kept = {tag for image in (await recv(ws))["images"] for tag in image["tags"]}
+        assert kept == {"new:1", "third:1"}, "the least recently used image made room"
+
+
+async def test_a_push_cut_off_leaves_nothing_partial_and_others_are_served(tmp_path: Path) -> None:
+    layer = os.urandom(3 * CHUNK)
+    image = FakeImage.make(layer)
+    async with hub(tmp_path) as url:
+        async with requestor(url) as ws:
+            await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
+            assert (await recv(ws))["type"] == "want"
+            assert (await recv(ws))["type"] == "credit"
+            await ws.send(frames.encode(FrameKind.DATA, 1, image.config))
+            await ws.send(frames.encode(FrameKind.DATA, 1, layer[:CHUNK]))
+        async with requestor(url) as other:
+            wanted, reply = await push(other, image)
+            assert wanted == [digest(layer)] and reply["type"] == "image_pushed"
+    _, tmp = stored_files(tmp_path)
+    assert tmp == []
+
+
+async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.3)
+    image = FakeImage.make(os.urandom(1000))
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
+        assert (await recv(ws))["type"] == "want"
+        while (reply := await recv(ws))["type"] == "credit":
+            pass
+        assert reply["code"] == "transfer_failed" and "nothing" in reply["message"], reply
+
+
+async def test_data_beyond_credit_fails_the_push(tmp_path: Path) -> None:
+    image = FakeImage.make(os.urandom(100 * CHUNK))
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
+        assert (await recv(ws))["type"] == "want"
+        for _ in range(40):  # the hub grants 16 at first
+            await ws.send(frames.encode(FrameKind.DATA, 1, b"x" * CHUNK))
+        codes = set()
+        while "flow_control" not in codes:
+            message = await recv(ws)
+            codes.add(message.get("code"))
+        await ws.send(json.dumps({"type": "list_images", "id": 2}))
+        while (message := await recv(ws))["type"] != "image_list":
+            pass
+
+
+async def test_a_client_of_protocol_1_0_is_welcomed_at_1_0(tmp_path: Path) -> None:
+    async with hub(tmp_path) as url, connect(url) as ws:
+        await ws.send(json.dumps({**HELLO, "version": "1.0"}))
+        assert json.loads(await ws.recv())["version"] == "1.0"
