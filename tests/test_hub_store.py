@@ -251,22 +251,6 @@ async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.
         assert reply["code"] == "transfer_failed" and "nothing" in reply["message"], reply
 
 
-async def test_data_beyond_credit_fails_the_push(tmp_path: Path) -> None:
-    image = FakeImage.make(os.urandom(100 * CHUNK))
-    async with hub(tmp_path) as url, requestor(url) as ws:
-        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
-        assert (await recv(ws))["type"] == "want"
-        for _ in range(40):  # the hub grants 16 at first
-            await ws.send(frames.encode(FrameKind.DATA, 1, b"x" * CHUNK))
-        codes = set()
-        while "flow_control" not in codes:
-            message = await recv(ws)
-            codes.add(message.get("code"))
-        await ws.send(json.dumps({"type": "list_images", "id": 2}))
-        while (message := await recv(ws))["type"] != "image_list":
-            pass
-
-
 async def test_a_client_of_protocol_1_0_is_welcomed_at_1_0(tmp_path: Path) -> None:
     async with hub(tmp_path) as url, connect(url) as ws:
         await ws.send(json.dumps({**HELLO, "version": "1.0"}))
