@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
+import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +253,59 @@ async def test_without_pull_a_missing_image_is_image_not_found(hub: ScriptedHub,
     error = await provider.receive()
     assert error["code"] == "image_not_found"
     assert "--pull" in error["message"]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on a free loopback port, storing in a temp folder: its address."""
+    if shutil.which("docker-registry") is None:
+        pytest.fail("docker-registry is not installed (apt-get install docker-registry; scripts/ensure-system.sh)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        "log:\n  level: error\n"
+    )
+    log = (tmp_path / "registry.log").open("wb")
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, (tmp_path / "registry.log").read_text()
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+async def test_pull_fetches_what_docker_lacks_and_records_it(
+    hub: ScriptedHub, processes: LocalCluster, registry: str, images: list[str], tmp_path: Path,
+    busybox_image: str,
+) -> None:  # fmt: skip
+    ref = f"{registry}/kiln-test/pull:{secrets.token_hex(4)}"
+    image_id = build(tmp_path, base=busybox_image, tag=ref)
+    images.append(image_id)
+    await asyncio.to_thread(subprocess.run, ["docker", "push", ref], check=True, capture_output=True)
+    remove(ref)
+    assert not has(image_id)
+    name, provider = await start(hub, processes, "--pull")
+    await provider.send({"type": "create", "id": 1, "activity": "a1", "image": ref, "resources": RESOURCES})
+    done = await provider.receive(timeout=60)
+    assert done["type"] == "done", done
+    assert has(image_id)
+    await provider.wait_offer(ref)
+    assert image_id in record(processes, name)
+    # A reference no registry holds stays image_not_found.
+    await provider.send({"type": "create", "id": 2, "activity": "a2", "image": f"{registry}/kiln-test/none:x",
+                         "resources": RESOURCES})  # fmt: skip
+    error = await provider.receive(timeout=60)
+    assert error["code"] == "image_not_found"
