@@ -10,6 +10,11 @@ The life of an activity: :meth:`DockerAdapter.create` a container, then any numb
 ``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`.
 On start-up, :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
 
+Images: :meth:`~DockerAdapter.images` names them for the offer, :meth:`~DockerAdapter.layer_chains`
+says which layers are here, :meth:`~DockerAdapter.load` feeds ``docker load`` a
+:class:`~kiln_provider.image_archive.LoadArchive` as it is built, :meth:`~DockerAdapter.pull`
+fetches from a registry, and :meth:`~DockerAdapter.remove_image` evicts.
+
 Killing a command signals its processes from the host, so the provider must run as root
 in dockerd's PID namespace (the normal deployment: on the same host as the engine).
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -45,6 +51,7 @@ from kiln_provider.errors import (
     ProviderError,
     TransferBroken,
 )
+from kiln_provider.image_archive import LoadArchive
 
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
@@ -60,6 +67,9 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 _KILL_GRACE = 2.0  # seconds a killed command's stream may take to end before we cut it
+LOAD_TIMEOUT = 3600.0
+"""Seconds ``docker load`` may take to answer once the archive is in (it registers the layers then)."""
+PULL_TIMEOUT = 3600.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,16 @@ class HostInfo:
     cpus: int
     memory: int
     arch: str
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    id: str
+    """``sha256:<hex>``, the digest of the image's config."""
+    size: int
+    tags: tuple[str, ...]
+    layers: tuple[str, ...]
+    """The diff ids of its layers, base first."""
 
 
 @dataclass(frozen=True)
@@ -372,6 +392,17 @@ def _file_chunks(
         raw.close()
 
 
+def _split_ref(ref: str) -> tuple[str, str | None]:
+    """``repo[:tag]`` or ``repo@digest`` as docker-py's pull takes it (the tag may be a digest)."""
+    if "@" in ref:
+        repository, _, digest = ref.partition("@")
+        return repository, digest
+    name, sep, tag = ref.rpartition(":")
+    if sep and "/" not in tag:
+        return name, tag
+    return ref, "latest"
+
+
 def _archive_name(path: str) -> str:
     parts = path.split("/")
     if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
@@ -387,6 +418,7 @@ class DockerAdapter:
         with _engine("connect"):
             self._client: Any = client if client is not None else docker.from_env()
         self._api: Any = self._client.api
+        self._chains: dict[str, tuple[str, ...]] = {}
 
     def host_info(self) -> HostInfo:
         with _engine("docker info"):
@@ -400,9 +432,108 @@ class DockerAdapter:
         return shutil.disk_usage(root).free
 
     def images(self) -> list[str]:
+        """Every local image, by each of its tags and by ``sha256:<id>``."""
         with _engine("list images"):
             found = self._api.images()
-        return sorted(tag for image in found for tag in image.get("RepoTags") or () if tag != "<none>:<none>")
+        names = {tag for image in found for tag in image.get("RepoTags") or () if tag != "<none>:<none>"}
+        return sorted(names | {str(image["Id"]) for image in found})
+
+    def image(self, ref: str) -> ImageFacts | None:
+        """What Docker knows of the image ``ref`` (a tag, or ``sha256:<id>``); None if it lacks it."""
+        with _engine(f"inspect image {ref}"):
+            try:
+                found = self._api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return None
+        return ImageFacts(
+            id=str(found["Id"]),
+            size=int(found.get("Size") or 0),
+            tags=tuple(found.get("RepoTags") or ()),
+            layers=tuple(found.get("RootFS", {}).get("Layers") or ()),
+        )
+
+    def layer_chains(self) -> list[tuple[str, ...]]:
+        """The layer chain (``RootFS.Layers``, base first) of every local image."""
+        with _engine("list images"):
+            ids = {str(image["Id"]) for image in self._api.images(all=True)}
+        chains = []
+        for image_id in ids:
+            chain = self._chains.get(image_id)  # an id names its content: its chain never changes
+            if chain is None:
+                facts = self.image(image_id)
+                if facts is None:
+                    continue  # removed while we looked
+                chain = self._chains[image_id] = facts.layers
+            chains.append(chain)
+        return chains
+
+    def load(self, archive: LoadArchive) -> None:
+        """``docker load`` the archive as it is built (streamed: a chunked request body, never
+        held whole). Raises the archive's own failure (ImageCorrupt, TransferBroken, ...) if
+        it had one: Docker then refused the truncated tar and loaded nothing. Does not check
+        that the image arrived: ask :meth:`image`."""
+        url = f"{self._api.base_url}/v{self._api.api_version}/images/load"
+        headers = {"Content-Type": "application/x-tar"}
+        try:
+            with (
+                _engine("load image"),
+                self._api.post(
+                    url, params={"quiet": "1"}, data=iter(archive), headers=headers, timeout=LOAD_TIMEOUT
+                ) as response,
+            ):
+                try:
+                    response.raise_for_status()
+                except requests.HTTPError as e:
+                    docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
+                for line in response.text.splitlines():
+                    with suppress(ValueError):
+                        message = json.loads(line)
+                        if isinstance(message, dict) and message.get("error"):
+                            raise DockerFailed(f"docker load: {message['error']}")
+        except ProviderError:
+            if archive.failure is None:
+                raise
+        if archive.failure is not None:
+            raise archive.failure
+
+    def images_in_use(self) -> set[str]:
+        """The ids of the images some container (running or not, anyone's) was made from."""
+        with _engine("list containers"):
+            found = self._api.containers(all=True)
+        return {str(container["ImageID"]) for container in found}
+
+    def remove_image(self, image_id: str, tags: tuple[str, ...] = ()) -> bool:
+        """Remove an image that no container uses, and its ``tags`` (its only ones); False if
+        Docker refused (in use, or other tags). One already gone counts as removed."""
+        with _engine(f"remove image {image_id[:19]}"):
+            try:
+                for ref in (*tags, image_id):
+                    with suppress(docker.errors.ImageNotFound):
+                        # Never forced: Docker refuses to remove what a container uses.
+                        self._api.remove_image(ref, force=False, noprune=False)
+            except docker.errors.APIError as e:
+                if e.status_code == 409:
+                    return False
+                raise
+        return True
+
+    def pull(self, ref: str) -> ImageFacts:
+        """Pull ``ref`` from its registry (``:latest`` when it names no tag); ImageMissing if the
+        registry has no such image or cannot be reached."""
+        repository, tag = _split_ref(ref)
+        with _engine(f"pull {ref}"):
+            try:
+                for line in self._api.pull(repository, tag=tag, stream=True, decode=True):
+                    if isinstance(line, dict) and line.get("error"):
+                        raise ImageMissing(f"cannot pull {ref}: {line['error']}")
+            except docker.errors.APIError as e:
+                if e.status_code in (404, 500):
+                    raise ImageMissing(f"cannot pull {ref}: {e.explanation or e}") from e
+                raise
+        facts = self.image(ref)
+        if facts is None:
+            raise ImageMissing(f"pulled {ref}, but Docker does not hold it")
+        return facts
 
     def create(self, spec: ContainerSpec) -> str:
         """Create and start a hardened container that idles until :meth:`remove`; returns its id.

@@ -9,6 +9,7 @@
      +-- NotAFile                   not_a_file: a folder where a file is needed (or the reverse)
      +-- TransferBroken             transfer_failed: a stream broke off or had the wrong size
      +-- BadPath                    bad_path: a path Docker's archive API cannot take
+     +-- ImageCorrupt               image_corrupt: an image blob's bytes do not match its digest or size
 
 Whatever a request raises is answered by :func:`error_reply`: a ProviderError or any other
 :class:`~kiln.protocol.errors.KilnError` keeps its code, a cancellation is ``cancelled``,
@@ -51,6 +52,10 @@ class TransferBroken(ProviderError):
 
 class BadPath(ProviderError):
     default_code = ErrorCode.BAD_PATH
+
+
+class ImageCorrupt(ProviderError):
+    default_code = ErrorCode.IMAGE_CORRUPT
 
 
 def error_reply(re: int, error: BaseException) -> Error:

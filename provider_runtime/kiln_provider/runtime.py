@@ -2,7 +2,15 @@
 
 One activity is one hardened container (see :mod:`kiln_provider.docker_adapter`). The hub
 sends ``create``, ``exec``, ``upload``, ``download``, ``cancel`` and ``destroy``; each request
-runs as a task of the session's task group and ends with exactly one reply. When the
+runs as a task of the session's task group and ends with exactly one reply.
+
+A ``create`` that brings a ``manifest`` (the hub stores the image, protocol 1.1) for an image
+Docker lacks is answered first with ``want``: the blobs Docker lacks, which then come on the
+create's stream and go straight into ``docker load`` (:mod:`kiln_provider.image_archive`).
+One image loads once at a time; creates of it meanwhile wait for that load. What was loaded
+is recorded (:mod:`kiln_provider.image_cache`) and evicted, least recently used first, past
+the ``--image-cache`` budget. With ``--pull``, a create naming an image Docker lacks (and no
+manifest) pulls it from its registry. When the
 connection drops, every task is cancelled, every container removed, and the provider
 dials again (websockets' reconnecting iterator, with backoff): the hub has already told
 the requestors their activities are lost.
@@ -15,10 +23,12 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Final, TypeVar
 
 from websockets.asyncio.client import connect
@@ -47,10 +57,13 @@ from kiln.protocol.messages import (
     Offer,
     Resources,
     Upload,
+    Want,
 )
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
-from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream
-from kiln_provider.errors import ImageMissing, ProviderError, TransferBroken, error_reply
+from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream, ImageFacts
+from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
+from kiln_provider.image_archive import LoadArchive, held_layers, wanted
+from kiln_provider.image_cache import DEFAULT_BUDGET, ImageCache, default_data_dir, write_atomically
 
 log = logging.getLogger("kiln.provider")
 
@@ -58,6 +71,8 @@ T = TypeVar("T")
 
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
+MAX_OFFERED_IMAGES: Final = 4096
+"""The most image names one offer carries (the protocol's limit)."""
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
@@ -78,11 +93,18 @@ class ProviderConfig:
     """A transfer that moves nothing for this long is aborted and its Docker stream closed."""
     name_wait: float = 30.0
     """How long to keep trying while the hub says another provider holds our name."""
+    image_cache: int = DEFAULT_BUDGET
+    """Bytes of images loaded for requestors to keep; past it the least recently used go."""
+    data_dir: Path | None = None
+    """Where the record of loaded images lives (default: :func:`default_data_dir`)."""
+    pull: bool = False
+    """Pull an image Docker lacks from its registry when a create names it without a manifest."""
 
 
 @dataclass(eq=False)
 class Operation:
-    """One request being served: its task, and how to unblock it before cancelling."""
+    """One request being served: its task, and how to unblock it before cancelling (a create
+    that starts receiving an image sets ``stop`` then)."""
 
     task: asyncio.Task[None]
     stop: Callable[[], None]
@@ -132,7 +154,13 @@ class ProviderRuntime:
         self._containers: dict[str, Container] = {}
         self._by_request: dict[int, Operation] = {}
         self._images: list[str] = []
+        self._images_changed = asyncio.Event()
         self._pools = Pools()
+        self.cache = ImageCache.open(config.data_dir or default_data_dir(config.name), config.image_cache)
+        self._image_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pinned: Counter[str] = Counter()  # images creates are about to use: never evicted
+        self._evicting = asyncio.Lock()
+        self._saving = asyncio.Lock()
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Docker call on one of the pools."""
@@ -163,6 +191,7 @@ class ProviderRuntime:
         provider keeps our name for longer than ``name_wait``.
         """
         name_taken_since: float | None = None
+        await self._tidy_cache()
         try:
             async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS, **WEBSOCKET_OPTIONS):
                 try:
@@ -218,7 +247,8 @@ class ProviderRuntime:
         """Offer now (every session starts with one), then again whenever the local images change."""
         self._images = []
         while True:
-            images = sorted(await self._docker(self.adapter.images))
+            self._images_changed.clear()
+            images = sorted(await self._docker(self.adapter.images))[:MAX_OFFERED_IMAGES]
             if images != self._images:
                 self._images = images
                 offer = Offer(
@@ -227,7 +257,9 @@ class ProviderRuntime:
                 )  # fmt: skip
                 await conn.request(offer)
                 log.info("offered %s with %d images", self.offer_resources, len(images))
-            await asyncio.sleep(IMAGE_REFRESH_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IMAGE_REFRESH_SECONDS):
+                    await self._images_changed.wait()  # set after a load or an eviction
 
     # --- dispatch (called by the connection's reader: must not block) ------------------------
 
@@ -330,23 +362,175 @@ class ProviderRuntime:
     # --- the requests -----------------------------------------------------------------------
 
     async def _create(self, message: Create) -> Reply:
-        spec = ContainerSpec(
-            activity=message.activity,
-            image=message.image,
-            cpus=message.resources.cpus,
-            memory=message.resources.memory,
-            pids_limit=self.config.pids_limit,
-        )
-        try:
-            container_id = await self._docker(self.adapter.create, spec)
-        except ImageMissing as e:
-            raise ImageMissing(
-                f"provider {self.config.name!r} does not hold the image {message.image!r} "
-                "(providers do not pull images yet; build or load it there first)"
-            ) from e
+        async with self._image_for(message) as (image, received):
+            spec = ContainerSpec(
+                activity=message.activity,
+                image=image.id,
+                cpus=message.resources.cpus,
+                memory=message.resources.memory,
+                pids_limit=self.config.pids_limit,
+            )
+            try:
+                container_id = await self._docker(self.adapter.create, spec)
+            except ImageMissing as e:
+                raise ImageMissing(
+                    f"provider {self.config.name!r} lost the image {message.image!r}: {e.message}"
+                ) from e
         self._containers[message.activity] = Container(container_id)
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
-        return Done(type="done", re=message.id)
+        if self.cache.touch(image.id):
+            await self._save_cache()
+        return Done(type="done", re=message.id, bytes=received)
+
+    # --- images -------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _image_for(self, message: Create) -> AsyncIterator[tuple[ImageFacts, int | None]]:
+        """The create's image, in Docker (loaded from the hub's blobs, or pulled, if need be), and
+        the image bytes received for it; never evicted until the block ends."""
+        self._pinned[message.image] += 1
+        pinned = [message.image]
+        try:
+            if message.manifest is not None:
+                self._pinned[message.manifest.config.digest] += 1
+                pinned.append(message.manifest.config.digest)
+                image, received = await self._provide(message)
+            else:
+                image, received = await self._local_or_pulled(message.image), None
+            self._pinned[image.id] += 1
+            pinned.append(image.id)
+            yield image, received
+        finally:
+            self._pinned.subtract(pinned)
+            self._pinned += Counter()  # drops what fell to zero
+
+    async def _local_or_pulled(self, ref: str) -> ImageFacts:
+        found = await self._docker(self.adapter.image, ref)
+        if found is not None:
+            return found
+        if not self.config.pull:
+            raise ImageMissing(
+                f"provider {self.config.name!r} does not hold the image {ref!r} "
+                "(started with --pull it would pull it from its registry; or build or load it there first)"
+            )
+        async with self._image_lock(ref):
+            found = await self._docker(self.adapter.image, ref)
+            if found is not None:
+                return found  # pulled by another create meanwhile
+            before = set(await self._docker(self.adapter.images))
+            log.info("pulling %s", ref)
+            started = time.monotonic()
+            pulled = await self._on(self._pools.transfers, self.adapter.pull, ref)
+            log.info("pulled %s (%s) in %.1f s", ref, pulled.id[:19], time.monotonic() - started)
+            if pulled.id not in before:  # an image that was here already (under another tag) is not ours
+                await self._loaded(pulled)
+            return pulled
+
+    async def _provide(self, message: Create) -> tuple[ImageFacts, int]:
+        """Make Docker hold the image of a create that brings a manifest: (it, bytes received)."""
+        assert message.manifest is not None
+        image_id = message.manifest.config.digest
+        if (found := await self._docker(self.adapter.image, image_id)) is not None:
+            return found, 0
+        # One load per image: a second create waits for it, then finds the image (or, if
+        # that load failed, loads it itself).
+        async with self._image_lock(image_id):
+            if (found := await self._docker(self.adapter.image, image_id)) is not None:
+                return found, 0
+            return await self._load(message)
+
+    @contextlib.asynccontextmanager
+    async def _image_lock(self, image: str) -> AsyncIterator[None]:
+        lock, users = self._image_locks.get(image, (asyncio.Lock(), 0))
+        self._image_locks[image] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._image_locks[image]
+            if users == 1:
+                del self._image_locks[image]
+            else:
+                self._image_locks[image] = (lock, users - 1)
+
+    async def _load(self, message: Create) -> tuple[ImageFacts, int]:
+        """Ask the hub for the blobs Docker lacks (``want``) and feed them to ``docker load``."""
+        manifest = message.manifest
+        assert manifest is not None
+        chains = await self._docker(self.adapter.layer_chains)
+        held = held_layers([layer.digest for layer in manifest.layers], chains)
+        blobs = wanted(manifest, held)
+        await self._c.reply(Want(type="want", re=message.id, blobs=[blob.digest for blob in blobs]))
+        incoming = self._c.incoming(message.id, self._upload_window)
+        if (operation := self._by_request.get(message.id)) is not None:
+            operation.stop = partial(incoming.fail, Cancelled("create cancelled"))
+        loop = asyncio.get_running_loop()
+        idle = self.config.stream_idle_timeout
+        total = sum(blob.size for blob in blobs)
+        log.info("activity %s: loading %s, %d bytes in %d blobs (%d layers here already)",
+                 message.activity, manifest.config.digest[:19], total, len(blobs), held)  # fmt: skip
+        started = time.monotonic()
+        # Credit is granted (and the data invited) only now; until its first chunk comes, the
+        # load holds no thread and no Docker connection.
+        first = await _next_within(incoming, idle, "image")
+
+        def chunks() -> Iterator[memoryview]:
+            chunk = first
+            while chunk is not None:
+                yield chunk
+                chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle, "image"), loop).result()
+
+        archive = LoadArchive(manifest, blobs, chunks())
+        await self._on(self._pools.transfers, self.adapter.load, archive)
+        image = await self._docker(self.adapter.image, manifest.config.digest)
+        if image is None:
+            raise DockerFailed(f"docker load took the image {manifest.config.digest} but Docker does not hold it")
+        seconds = time.monotonic() - started
+        log.info("loaded %s: %d bytes in %.1f s (%.0f MB/s)", image.id[:19], archive.received, seconds,
+                 archive.received / 1e6 / max(seconds, 1e-3))  # fmt: skip
+        await self._loaded(image)
+        return image, archive.received
+
+    async def _loaded(self, image: ImageFacts) -> None:
+        """Record an image loaded for requestors, make room for it, and offer it."""
+        self.cache.add(image.id, image.size, image.tags)
+        self._images_changed.set()
+        await self._evict()
+
+    async def _evict(self) -> None:
+        """Remove recorded images, least recently used first, until they fit the budget; never one
+        a container uses or a create is about to. Saves the record."""
+        async with self._evicting:
+            in_use = await self._docker(self.adapter.images_in_use)
+            for image_id in self.cache.victims(in_use, keep=set(self._pinned)):
+                recorded = self.cache.images[image_id]
+                found = await self._docker(self.adapter.image, image_id)
+                if found is None:
+                    self.cache.forget(image_id)  # removed by someone else
+                elif not set(found.tags) <= set(recorded.tags):
+                    log.info("image %s was tagged %s here: the operator's now, not evicted",
+                             image_id[:19], ", ".join(found.tags))  # fmt: skip
+                    self.cache.forget(image_id)
+                elif await self._docker(self.adapter.remove_image, image_id, found.tags):
+                    log.info("evicted image %s (%d bytes, last used %s)", image_id[:19], recorded.size,
+                             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(recorded.last_used)))  # fmt: skip
+                    self.cache.forget(image_id)
+                    self._images_changed.set()
+            await self._save_cache()
+        if self.cache.total > self.cache.budget:
+            log.warning("the images loaded here take %d bytes, past the budget of %d: the rest are in use",
+                        self.cache.total, self.cache.budget)  # fmt: skip
+
+    async def _tidy_cache(self) -> None:
+        """At start: forget recorded images Docker no longer holds, then evict past the budget."""
+        for image_id in list(self.cache.images):
+            if await self._docker(self.adapter.image, image_id) is None:
+                self.cache.forget(image_id)
+        await self._evict()
+
+    async def _save_cache(self) -> None:
+        async with self._saving:  # one writer at a time, each writing the record as it is now
+            await self._on(self._pools.lifecycle, write_atomically, self.cache.path, self.cache.snapshot())
 
     async def _destroy(self, message: Destroy) -> Reply:
         container = self._containers.pop(message.activity, None)
@@ -413,13 +597,13 @@ class ProviderRuntime:
         async with container.archive:
             # Credit is granted (and the data invited) only now; until its first chunk comes,
             # the upload holds no thread and no Docker connection.
-            first = await _next_within(incoming, idle)
+            first = await _next_within(incoming, idle, "upload")
 
             def chunks() -> Iterator[memoryview]:
                 chunk = first
                 while chunk is not None:
                     yield chunk
-                    chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle), loop).result()
+                    chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle, "upload"), loop).result()
 
             written = await self._on(
                 self._pools.transfers, self.adapter.put_file, container.id, message.path, message.size,
@@ -466,15 +650,15 @@ def _close_after(reading: Future[bytes | None] | None, stream: DownloadStream) -
     stream.close()
 
 
-async def _next_within(incoming: Incoming, seconds: float) -> memoryview | None:
-    """The next chunk of an upload, None at its end; TransferBroken when nothing comes for ``seconds``."""
+async def _next_within(incoming: Incoming, seconds: float, what: str) -> memoryview | None:
+    """The next chunk of an upload (or image), None at its end; TransferBroken when nothing comes for ``seconds``."""
     try:
         async with asyncio.timeout(seconds):
             return await anext(incoming)
     except StopAsyncIteration:
         return None
     except TimeoutError:
-        raise TransferBroken(f"no data for {seconds:g} s: the upload was abandoned") from None
+        raise TransferBroken(f"no data for {seconds:g} s: the {what} was abandoned") from None
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -3,7 +3,7 @@
 ::
 
     kiln hub --host 127.0.0.1 --port 7465
-    kiln provider --hub ws://127.0.0.1:7465 --name p1 --cpus 2 --memory 2GiB
+    kiln provider --hub ws://127.0.0.1:7465 --name p1 --cpus 2 --memory 2GiB --image-cache 20GiB
     kiln market --hub ws://127.0.0.1:7465
     kiln run --hub ws://127.0.0.1:7465 kiln-busybox:latest -- sh -c 'echo hi'
     kiln image busybox
@@ -76,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         metavar="SECONDS",
         help="abort an upload or download that moves nothing for this long (default 30)",
+    )
+    provider.add_argument(
+        "--image-cache",
+        type=_size,
+        default=parse_size("20GiB"),
+        metavar="SIZE",
+        help="images loaded for requestors to keep; past it the least recently used go (default 20GiB)",
+    )
+    provider.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where the provider keeps its record of images (default ~/.local/share/kiln/provider/NAME)",
+    )
+    provider.add_argument(
+        "--pull",
+        action="store_true",
+        help="pull an image this machine lacks from its registry when a rent names it (default: refuse)",
     )
     provider.add_argument(
         "--name-wait",
@@ -181,6 +200,7 @@ async def _main(args: argparse.Namespace) -> int:
             hub=args.hub, name=args.name, cpus=args.cpus, memory=args.memory, storage=args.storage,
             labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
             stream_idle_timeout=args.stream_idle_timeout, name_wait=args.name_wait,
+            image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
         await ProviderRuntime(config, adapter).run()

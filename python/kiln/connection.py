@@ -363,7 +363,7 @@ class Connection:
                     self._settle(request, reply, None)
                 case Failed(request, error):
                     self._settle(request, None, error)
-                case Informed(request, info):
+                case Informed(request, DownloadInfo() as info):
                     receiver = self._incoming.get(request)
                     if receiver is not None and not receiver.info.done():
                         receiver.info.set_result(info)

@@ -108,6 +108,8 @@ class LocalCluster:
         until it offers the image. Returns its name."""
         full = f"{name}{self.suffix}"
         args = ["provider", "--hub", self.url, "--name", full, "--cpus", str(cpus), "--memory", memory, *extra]
+        if "--data-dir" not in extra:  # its record of images with the logs, not in the home folder
+            args += ["--data-dir", str(self.logs / f"{full}.data")]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
         self.providers[full] = self.spawn(full, *args)

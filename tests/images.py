@@ -1,0 +1,89 @@
+"""Test images for the image store, and their blobs as a ``docker save`` archive holds them.
+
+Every image made here has content of its own (random bytes), so its id and its top layer
+are new to the engine: removing it touches nothing another test (or worktree) uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.protocol.messages import Blob, Manifest
+
+
+@dataclass(frozen=True)
+class SavedImage:
+    """An image as the hub would store it: its manifest and its blobs' bytes by digest."""
+
+    id: str
+    manifest: Manifest
+    blobs: dict[str, bytes]
+
+    def stream(self, blobs: list[Blob], chunk: int = 100_000) -> Iterator[bytes]:
+        """The blobs concatenated, in chunks that do not line up with the blobs' ends."""
+        data = b"".join(self.blobs[b.digest] for b in blobs)
+        for start in range(0, len(data), chunk):
+            yield data[start : start + chunk]
+
+    @property
+    def size(self) -> int:
+        return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+
+
+def build(tmp: Path, base: str = "scratch", layers: int = 1, size: int = 4096, tag: str | None = None) -> str:
+    """Build an image ``FROM base`` with ``layers`` new layers of ``size`` random bytes each; returns its id."""
+    context = tmp / f"ctx-{secrets.token_hex(4)}"
+    context.mkdir()
+    lines = [f"FROM {base}"]
+    for n in range(layers):
+        (context / f"f{n}").write_bytes(secrets.token_bytes(size))
+        lines.append(f"COPY f{n} /data/f{n}")
+    (context / "Dockerfile").write_text("\n".join(lines) + "\n")
+    iidfile = context / "iid"
+    command = ["docker", "build", "-q", "--iidfile", str(iidfile), str(context)]
+    if tag is not None:
+        command[2:2] = ["-t", tag]
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    return iidfile.read_text().strip()
+
+
+def save(image: str, tmp: Path) -> SavedImage:
+    """``docker save`` the image and read its blobs (the legacy layout Docker 20.10 writes)."""
+    archive = tmp / f"save-{secrets.token_hex(4)}.tar"
+    subprocess.run(["docker", "save", "-o", str(archive), image], check=True, capture_output=True)
+    with tarfile.open(archive) as tar:
+        index = json.loads(_read(tar, "manifest.json"))[0]
+        config = _read(tar, index["Config"])
+        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        blobs = {"sha256:" + hashlib.sha256(config).hexdigest(): config}
+        layers = []
+        for name, diff_id in zip(index["Layers"], diff_ids, strict=True):
+            data = _read(tar, name)
+            assert "sha256:" + hashlib.sha256(data).hexdigest() == diff_id
+            blobs[diff_id] = data
+            layers.append(Blob(digest=diff_id, size=len(data)))
+    config_blob = Blob(digest="sha256:" + hashlib.sha256(config).hexdigest(), size=len(config))
+    archive.unlink()
+    return SavedImage(config_blob.digest, Manifest(config=config_blob, layers=layers), blobs)
+
+
+def _read(tar: tarfile.TarFile, name: str) -> bytes:
+    f = tar.extractfile(name)
+    assert f is not None
+    return f.read()
+
+
+def remove(*refs: str) -> None:
+    subprocess.run(["docker", "rmi", "-f", *refs], capture_output=True, check=False)
+
+
+def has(ref: str) -> bool:
+    return subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False).returncode == 0
