@@ -1,5 +1,5 @@
 """Reading ``docker save`` archives: both layouts built here byte by byte, every way one can be
-broken, and (docker tier) a real ``docker save``."""
+broken, the ``kiln image`` commands that need no hub, and (docker tier) a real ``docker save``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pytest
 
 import kiln
+from kiln.cli import main
 from kiln.requestor.images import ImageArchive, docker_save, push_tags, read_archive
 
 pytestmark = pytest.mark.timeout(60)
@@ -277,6 +278,34 @@ async def test_without_the_docker_command_saving_is_a_usage_error(monkeypatch: p
     with pytest.raises(kiln.UsageError, match="needs the docker command"):
         async with docker_save("wordcount:1"):
             pass
+
+
+# --- the command line, before any hub is needed ----------------------------------------
+
+
+def test_kiln_image_push_of_a_broken_file_exits_with_its_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = write_tar(tmp_path / "broken.tar", replace(entries_of([BASE]), "manifest.json", None))
+    # No hub listens there: the archive is judged before any is dialled.
+    assert main(["image", "push", "--file", str(broken), "--hub", "ws://127.0.0.1:9"]) == 1
+    err = capsys.readouterr().err
+    assert "manifest.json' is missing [bad_image]" in err.splitlines()[-1]
+    assert main(["image", "push", "--hub", "ws://127.0.0.1:9"]) == 1
+    usage = "give an image of the local engine (REF) or an archive (--file F.tar) [bad_message]"
+    assert usage in capsys.readouterr().err
+
+
+def test_kiln_image_keeps_busybox_and_adds_push_ls_rm() -> None:
+    from kiln.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["image", "busybox"]).tag == "kiln-busybox:latest"
+    push = parser.parse_args(["image", "push", "wc:1", "--hub", "ws://h", "--tag", "a:1", "--tag", "b:2"])
+    assert (push.image_command, push.ref, push.file, push.tag, push.hub) == ("push", "wc:1", None, ["a:1", "b:2"],
+                                                                              "ws://h")  # fmt: skip
+    assert parser.parse_args(["image", "ls", "--hub", "ws://h", "--token", "t"]).token == "t"
+    assert parser.parse_args(["image", "rm", "wc:1"]).ref == "wc:1"
 
 
 # --- a real docker save ---------------------------------------------------------------------
