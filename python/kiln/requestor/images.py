@@ -364,9 +364,9 @@ async def push_archive(
                     if progress is not None:
                         progress(sent, to_send, total - to_send)
             await sender.end()
-        elif progress is not None:
-            progress(0, 0, total)
         done = await reply
+        if not wanted.done() and progress is not None:
+            progress(0, 0, total)  # the hub held every blob
     except BaseException as e:
         if reply.done():
             _ = reply.cancelled() or reply.exception()  # seen: it is what we raise
