@@ -13,6 +13,8 @@ later Dockers write the OCI layout, ``blobs/sha256/<hex>``. Both name their file
         ...
 
 Nothing here needs docker-py: :func:`docker_save` runs the ``docker`` command.
+:func:`push_archive` (behind :meth:`kiln.Requestor.push_image`) sends an archive's image to
+the hub's store: only the blobs the hub's ``want`` names, in its order, within credit.
 """
 
 from __future__ import annotations
