@@ -15,7 +15,7 @@ import pytest
 
 import kiln
 from kiln.protocol.messages import Demand
-from kiln.requestor.executor import Job, JobEvent, Worker
+from kiln.requestor.executor import Job, JobEvent, RentProgressHandler, Worker
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,6 +28,7 @@ class FakeActivity:
     id: str
     provider: str
     group: str | None
+    pulled: int = 0
     lost: kiln.KilnError | None = None
     released: bool = False
     cpu_seconds: float | None = None
@@ -46,17 +47,29 @@ class FakeMarket:
 
     providers: list[str]
     lacking_image: set[str] = field(default_factory=set)
+    loads: dict[str, int] = field(default_factory=dict)
+    """Providers that load the image (from the hub's store) on their first rent: its bytes."""
+    load_step: float = 0.0
+    """Seconds between two reports of a load's progress."""
     live: list[FakeActivity] = field(default_factory=list)
     rented: list[FakeActivity] = field(default_factory=list)
     most_of_a_group_on_one_provider: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def rent(
-        self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = (), group: str | None = None
+        self,
+        image: str,
+        demand: Demand | None = None,
+        *,
+        exclude: Iterable[str] = (),
+        group: str | None = None,
+        on_progress: RentProgressHandler | None = None,
     ) -> Awaitable[kiln.Activity]:
-        return self._rent(set(exclude), group)
+        return self._rent(set(exclude), group, on_progress)
 
-    async def _rent(self, exclude: set[str], group: str | None) -> kiln.Activity:
+    async def _rent(
+        self, exclude: set[str], group: str | None, on_progress: RentProgressHandler | None = None
+    ) -> kiln.Activity:
         await asyncio.sleep(0)
         taken = {a.provider for a in self.live if group is not None and a.group == group}
         able = [p for p in self.providers if p not in exclude and p not in taken]
@@ -65,8 +78,12 @@ class FakeMarket:
         provider = min(able, key=lambda p: sum(a.provider == p for a in self.live))
         if provider in self.lacking_image:
             raise kiln.ImageNotFound(f"{provider} lacks the image", provider=provider)
-        activity = FakeActivity(self, f"a{next(self._ids)}", provider, group)
+        activity = FakeActivity(self, f"a{next(self._ids)}", provider, group, self.loads.pop(provider, 0))
         self.live.append(activity)
+        for done in range(0, activity.pulled + 1, max(activity.pulled // 3, 1)) if activity.pulled else ():
+            if on_progress is not None:
+                on_progress(provider, "sha256:" + "a" * 64, done, activity.pulled)
+            await asyncio.sleep(self.load_step)
         self.rented.append(activity)
         per_provider = Counter(a.provider for a in self.live if a.group == group)
         self.most_of_a_group_on_one_provider = max(self.most_of_a_group_on_one_provider, *per_provider.values())
@@ -255,3 +272,34 @@ async def test_results_come_as_tasks_finish_and_the_summary_adds_up() -> None:
     summary = made.summary
     assert (summary.tasks, summary.succeeded, summary.failed, summary.attempts, summary.retries) == (6, 6, 0, 6, 0)
     assert summary.lines()[0].startswith("tasks 6: 6 done, 0 failed; attempts 6, retries 0; wall time ")
+
+
+async def test_a_job_reports_the_image_its_providers_load_and_the_bytes_they_pulled() -> None:
+    MiB = 2**20
+    market = FakeMarket(["p1", "p2"], loads={"p1": 120 * MiB})
+    made = Recorded(market, square, 6, max_providers=2)
+    assert await made.run() == [n * n for n in range(6)]
+    loading = made.kinds("image_loading")
+    assert {e.provider for e in loading} == {"p1"}
+    assert loading[0].detail == "loading img on p1, 0 of 120 MiB"
+    assert loading[1].detail == "loading img on p1, 40 of 120 MiB"
+    assert (loading[-1].bytes_done, loading[-1].bytes_total) == (120 * MiB, 120 * MiB)
+    assert made.summary.pulled == Counter({"p1": 120 * MiB})
+    p1 = next(line for line in made.summary.lines() if line.startswith("  p1:"))
+    assert "pulled 120MiB of image" in p1
+    assert "pulled" not in next(line for line in made.summary.lines() if line.startswith("  p2:"))
+
+
+async def test_the_progress_bar_shows_an_image_loading() -> None:
+    import io
+
+    from rich.console import Console
+
+    market = FakeMarket(["p1"], loads={"p1": 120 * 2**20}, load_step=0.3)
+    made = Recorded(market, square, 3, max_providers=1)
+    screen = io.StringIO()
+    with kiln.ProgressView(made, console=Console(file=screen, force_terminal=True, width=200)):
+        await made.run()
+    shown = screen.getvalue()
+    assert "loading img on p1, 40 of 120 MiB" in shown
+    assert "pulled 120MiB of image" in shown

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from kiln.requestor.activity import Activity, CommandTimeout, Result
     from kiln.requestor.client import Requestor, connect
     from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
+    from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
 
 _HOMES = {
@@ -63,15 +64,16 @@ _HOMES = {
     "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result"],
     "kiln.requestor.client": ["Requestor", "connect"],
     "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed"],
+    "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost",
-    "ContainerFailed", "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError", "ImageNotFound",
-    "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView",
-    "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError", "Requestor", "Result", "RetryTask",
+    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost", "ContainerFailed",
+    "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError", "ImageNotFound", "InvalidPath", "Job",
+    "JobEvent", "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError",
+    "ProviderLost", "PushedImage", "RemoteError", "RemoteProtocolError", "Requestor", "Result", "RetryTask",
     "StoreFull", "TaskFailed", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError", "__version__",
     "connect",
 ]  # fmt: skip

@@ -7,6 +7,9 @@
     kiln market --hub ws://127.0.0.1:7465
     kiln run --hub ws://127.0.0.1:7465 kiln-busybox:latest -- sh -c 'echo hi'
     kiln image busybox
+    kiln image push wordcount:1 --hub ws://127.0.0.1:7465        # or: --file wordcount.tar
+    kiln image ls --hub ws://127.0.0.1:7465
+    kiln image rm wordcount:1 --hub ws://127.0.0.1:7465
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kiln.__about__ import __version__
@@ -120,9 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("image")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
-    image = sub.add_parser("image", help="build images for local use")
-    image.add_argument("kind", choices=["busybox"], help="busybox: kiln-busybox:latest FROM scratch")
-    image.add_argument("--tag", default="kiln-busybox:latest")
+    image = sub.add_parser("image", help="build images for local use; push, list and remove images in a hub's store")
+    images = image.add_subparsers(dest="image_command", required=True)
+    busybox = images.add_parser("busybox", help="build kiln-busybox:latest FROM scratch (needs kiln[provider])")
+    busybox.add_argument("--tag", default="kiln-busybox:latest")
+    push = images.add_parser(
+        "push", help="store an image in the hub: from the local engine (docker save REF) or a file (--file)"
+    )
+    push.add_argument("ref", nargs="?", default=None, help="an image of the local Docker engine, e.g. wordcount:1")
+    push.add_argument("--file", default=None, help="an archive docker save wrote (no Docker needed)")
+    push.add_argument("--tag", action="append", default=[], help="tag it also with this name, repeatable")
+    ls = images.add_parser("ls", help="list the images in the hub's store")
+    rm = images.add_parser("rm", help="remove an image (by tag or sha256: digest) from the hub's store")
+    rm.add_argument("ref")
+    for command in (push, ls, rm):
+        command.add_argument("--hub", default=DEFAULT_HUB)
+        command.add_argument("--token", default=None)
     return parser
 
 
@@ -158,6 +175,86 @@ async def _run(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(result.stdout_bytes)
     sys.stderr.buffer.write(result.stderr_bytes)
     return result.exit_code
+
+
+def _push_progress(out: Callable[[str], None], every: float = 0.5) -> Callable[[int, int, int], None]:
+    """A push's progress as lines: at most one each ``every`` seconds, and the last."""
+    shown = [0.0]
+
+    def progress(sent: int, total: int, skipped: int) -> None:
+        now = time.monotonic()
+        if sent < total and now - shown[0] < every:
+            return
+        shown[0] = now
+        held = f"; {format_size(skipped)} the hub holds already" if skipped else ""
+        out(f"sent {format_size(sent)} of {format_size(total)}{held}")
+
+    return progress
+
+
+async def _image_push(args: argparse.Namespace) -> int:
+    import kiln
+    from kiln.requestor.images import docker_save, read_archive
+
+    if (args.ref is None) == (args.file is None):
+        raise UsageError("kiln image push: give an image of the local engine (REF) or an archive (--file F.tar)")
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    async with contextlib.AsyncExitStack() as stack:
+        path = args.file
+        if path is None:
+            say(f"saving {args.ref} from the local Docker engine")
+            path = await stack.enter_async_context(docker_save(args.ref))
+        await asyncio.to_thread(read_archive, path)  # a bad archive fails before any hub is dialled
+        requestor = await stack.enter_async_context(kiln.connect(args.hub, token=args.token, name="kiln-cli"))
+        pushed = await requestor.push_image(path=path, tags=args.tag, progress=_push_progress(say))
+    say(
+        f"pushed {', '.join(pushed.tags) or 'an untagged image'}: {format_size(pushed.size)}, sent "
+        f"{format_size(pushed.sent_bytes)}; {pushed.layers_skipped} of {pushed.layers} layers skipped "
+        f"({format_size(pushed.skipped_bytes)}) because the hub has them"
+    )
+    print(pushed.digest, flush=True)
+    return 0
+
+
+def _ago(then: float | None, now: float) -> str:
+    if then is None:
+        return "never"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+async def _image_ls(args: argparse.Namespace) -> int:
+    import kiln
+
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+        listed = await requestor.list_images()
+    now = time.time()
+    rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS")]
+    rows += [
+        (i.digest.removeprefix("sha256:")[:12], ", ".join(i.tags) or "-", format_size(i.size), _ago(i.last_used, now),
+         ", ".join(i.providers) or "-")
+        for i in listed.images
+    ]  # fmt: skip
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    print(f"{len(listed.images)} images, {format_size(listed.used)} of {format_size(listed.limit)} used")
+    return 0
+
+
+async def _image_rm(args: argparse.Namespace) -> int:
+    import kiln
+
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+        await requestor.remove_image(args.ref)
+    print(f"removed {args.ref}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +306,12 @@ async def _main(args: argparse.Namespace) -> int:
         return await _market(args)
     if args.command == "run":
         return await _run(args)
+    if args.command == "image" and args.image_command == "push":
+        return await _image_push(args)
+    if args.command == "image" and args.image_command == "ls":
+        return await _image_ls(args)
+    if args.command == "image" and args.image_command == "rm":
+        return await _image_rm(args)
     if args.command == "image":
         _require_provider_extra()
         from kiln_provider.docker_adapter import DockerAdapter

@@ -30,7 +30,7 @@ from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion
-from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Message, Upload
+from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Message, PushImage, Upload
 from kiln.protocol.session import (
     CancelRequested,
     Closed,
@@ -39,6 +39,7 @@ from kiln.protocol.session import (
     Event,
     Failed,
     Informed,
+    Interim,
     Notified,
     Replied,
     Reply,
@@ -65,6 +66,7 @@ WEBSOCKET_OPTIONS: Final[dict[str, Any]] = {
 }
 """How every peer dials the hub (also for websockets' reconnecting iterator)."""
 EventHandler = Callable[[Event], None]
+InterimHandler = Callable[[Interim], None]
 
 
 class Incoming:
@@ -179,6 +181,7 @@ class Connection:
         self._replies: dict[int, asyncio.Future[Message]] = {}
         self._incoming: dict[int, Incoming] = {}
         self._outgoing: dict[int, Outgoing] = {}
+        self._interim: dict[int, InterimHandler] = {}
         self._writing = asyncio.Lock()
         self._room = asyncio.Event()  # set, then replaced, whenever a request of ours ends
 
@@ -258,17 +261,21 @@ class Connection:
                     except WsConnectionClosed:
                         return  # the reader reports the loss to the session
 
-    async def start(self, message: Request) -> asyncio.Future[Message]:
+    async def start(self, message: Request, on_interim: InterimHandler | None = None) -> asyncio.Future[Message]:
         """Send a request; the future resolves to its final reply, or fails with a KilnError.
 
         With as many requests (or streams) open as the hub allows, it first waits for one to
-        end: a caller may start any number at once.
+        end: a caller may start any number at once. ``on_interim`` is called (by the reader:
+        keep it quick, let it raise nothing) with each interim reply before the final one:
+        ``want`` for a push, ``rent_progress`` for a rent.
         """
         while not self.session.has_room(message):
             await self._room.wait()
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.session.request(message)
         self._replies[message.id] = future
+        if on_interim is not None:
+            self._interim[message.id] = on_interim
         await self.flush()
         return future
 
@@ -281,11 +288,13 @@ class Connection:
             if not future.done():
                 future.cancel()  # abandoned: its reply, when it comes, is dropped
 
-    async def open_upload(self, message: Upload) -> tuple[Outgoing, asyncio.Future[Message]]:
-        """Start an upload: its sending end (credit comes from the receiver) and its final reply."""
+    async def open_upload(
+        self, message: Upload | PushImage, on_interim: InterimHandler | None = None
+    ) -> tuple[Outgoing, asyncio.Future[Message]]:
+        """Start an upload (or a push): its sending end (credit comes from the receiver) and its final reply."""
         sender = self._outgoing[message.id] = Outgoing(self, message.id)
         try:
-            return sender, await self.start(message)
+            return sender, await self.start(message, on_interim)
         except BaseException:
             del self._outgoing[message.id]
             raise
@@ -365,7 +374,9 @@ class Connection:
                     self._settle(request, None, error)
                 case Informed(request, DownloadInfo() as info):
                     receiver = self._incoming.get(request)
-                    if receiver is not None and not receiver.info.done():
+                    if (handler := self._interim.get(request)) is not None:
+                        handler(info)
+                    elif receiver is not None and isinstance(info, DownloadInfo) and not receiver.info.done():
                         receiver.info.set_result(info)
                 case Credited(stream):
                     if (sender := self._outgoing.get(stream)) is not None:
@@ -393,6 +404,7 @@ class Connection:
         self._room.set()
         self._room = asyncio.Event()
         future = self._replies.pop(request, None)
+        self._interim.pop(request, None)
         ends = [self._incoming.pop(request, None), self._outgoing.pop(request, None)]
         if error is not None:
             self._fail_streams(error, ends)  # the stream of a failed request fails with it

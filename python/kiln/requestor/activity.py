@@ -110,6 +110,9 @@ class Activity:
         self.provider = rented.provider
         self.resources: Resources = rented.resources
         self.cached = rented.cached
+        """Whether the provider held the image already."""
+        self.pulled = rented.pulled or 0
+        """The image bytes the provider loaded from the hub's store for this rent (0: it had them)."""
         self.lost: KilnError | None = None
         self.released = False
         self.cpu_seconds: float | None = None

@@ -8,33 +8,46 @@
 
 Leaving ``connect`` releases every activity still held (the hub destroys them too
 if the connection simply drops).
+
+Images the providers lack can go through the hub's store (protocol 1.1)::
+
+    pushed = await requestor.push_image("wordcount:1")        # docker save, then push
+    pushed = await requestor.push_image(path="wordcount.tar")  # or a saved archive
+    await requestor.map(worker, items, image="wordcount:1")   # providers load it from the hub
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Generator, Iterable
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 from kiln.connection import Connection
-from kiln.protocol.errors import ConnectionClosed, KilnError, error_from_code
+from kiln.protocol.errors import ConnectionClosed, KilnError, UsageError, error_from_code
 from kiln.protocol.messages import (
     ActivityLost,
     Demand,
+    Done,
+    ImageList,
+    ListImages,
     MarketInfo,
     MarketQuery,
     Message,
     ProviderInfo,
+    RemoveImage,
     Rent,
     Rented,
+    RentProgress,
     Resources,
 )
-from kiln.protocol.session import Event, Notified
+from kiln.protocol.session import Event, Interim, Notified
 from kiln.requestor.activity import Activity
-from kiln.requestor.executor import Job, JobOptions, Worker
+from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
+from kiln.requestor.images import PushedImage, PushProgress, docker_save, push_archive, read_archive
 from kiln.requestor.progress import ProgressView
 
 T = TypeVar("T")
@@ -61,7 +74,13 @@ class Requestor:
         return list(self._activities.values())
 
     def rent(
-        self, image: str, demand: Demand | None = None, *, exclude: Iterable[str] = (), group: str | None = None
+        self,
+        image: str,
+        demand: Demand | None = None,
+        *,
+        exclude: Iterable[str] = (),
+        group: str | None = None,
+        on_progress: RentProgressHandler | None = None,
     ) -> Rental:
         """Rent a container of ``image`` on a provider meeting ``demand``.
 
@@ -71,17 +90,54 @@ class Requestor:
         :class:`~kiln.ImageNotFound` when the chosen provider lacks the image (its name
         is the error's ``provider``). Providers named in ``exclude`` are passed over; the
         activities of one ``group`` are kept on distinct providers.
-        """
-        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group)
 
-    async def _rent(self, image: str, demand: Demand, exclude: list[str], group: str | None) -> Activity:
+        ``image`` may name an image in the hub's store (a tag or ``sha256:`` digest, see
+        :meth:`push_image`): a provider lacking it loads it from the hub first, and
+        ``on_progress(provider, image, done, total)`` is called as the bytes go (if it
+        raises, the rent is given up and that is raised). The activity's ``pulled`` says
+        how many bytes the provider loaded.
+        """
+        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group, on_progress)
+
+    async def _rent(
+        self,
+        image: str,
+        demand: Demand,
+        exclude: list[str],
+        group: str | None,
+        on_progress: RentProgressHandler | None = None,
+    ) -> Activity:
         conn = self._conn
         rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group)
-        future = await conn.start(rent)
+        # The reader only notes the latest progress; the callback runs here, where its errors belong.
+        latest: list[RentProgress] = []
+        noted = asyncio.Event()
+
+        def on_interim(info: Interim) -> None:
+            if isinstance(info, RentProgress):
+                latest[:] = [info]
+                noted.set()
+
+        future = await conn.start(rent, on_interim if on_progress is not None else None)
         try:
+            if on_progress is not None:
+                while not future.done():
+                    waiter: asyncio.Future[Any] = asyncio.ensure_future(noted.wait())
+                    try:
+                        await asyncio.wait([future, waiter], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                    noted.clear()
+                    if latest:
+                        step = latest.pop()
+                        on_progress(step.provider, step.image, step.done, step.total)
             reply = await future
         except asyncio.CancelledError:
             await self._abandon(rent.id, future)
+            raise
+        except BaseException:  # on_progress raised
+            if not future.done():
+                await self._abandon(rent.id, future)
             raise
         assert isinstance(reply, Rented)
         activity = Activity(conn, reply, self._forget)
@@ -146,6 +202,52 @@ class Requestor:
             finally:
                 await results.aclose()
 
+    async def push_image(
+        self,
+        ref: str | None = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        tags: Iterable[str] = (),
+        progress: PushProgress | None = None,
+    ) -> PushedImage:
+        """Store an image in the hub, so that providers lacking it load it from there.
+
+        Either ``ref``, an image of the local Docker engine (saved with the ``docker``
+        command), or ``path``, an archive ``docker save`` wrote (no Docker needed). The image
+        is tagged with its own tags (the archive's ``RepoTags``) and ``tags``. Only the blobs
+        the hub lacks are sent; ``progress(sent, to_send, skipped)`` follows the bytes. Then
+        rent it by tag or digest (:meth:`rent`, :meth:`map`).
+
+        Raises :class:`~kiln.ImageError` for an archive that is not one image as ``docker
+        save`` writes it (or a failed ``docker save``), :class:`~kiln.StoreFull` when the
+        hub has no room, :class:`~kiln.ImageCorrupt` when a blob's bytes do not match its
+        digest, :class:`~kiln.UnsupportedVersion` for a hub older than protocol 1.1.
+        """
+        if (ref is None) == (path is None):
+            raise UsageError("push_image takes an image of the local engine (ref) or an archive (path=), not both")
+        if path is not None:
+            archive = await asyncio.to_thread(read_archive, path)
+            return await push_archive(self._conn, archive, tags, progress)
+        assert ref is not None
+        async with docker_save(ref) as saved:
+            archive = await asyncio.to_thread(read_archive, saved)
+            return await push_archive(self._conn, archive, tags, progress)
+
+    async def list_images(self) -> ImageList:
+        """The images in the hub's store (``images``, most recently used first) and the bytes it
+        holds (``used``) of its ``limit``."""
+        reply = await self._conn.request(ListImages(type="list_images", id=self._conn.new_id()))
+        assert isinstance(reply, ImageList)
+        return reply
+
+    async def remove_image(self, ref: str) -> None:
+        """Remove an image (by tag or ``sha256:`` digest) from the hub's store.
+
+        Raises :class:`~kiln.ImageNotFound` when the store holds no such image.
+        """
+        reply = await self._conn.request(RemoveImage(type="remove_image", id=self._conn.new_id(), image=ref))
+        assert isinstance(reply, Done)
+
     async def market(
         self,
         *,
@@ -193,9 +295,17 @@ class Requestor:
 class Rental:
     """The pending result of :meth:`Requestor.rent`: await it, or use it with ``async with``."""
 
-    def __init__(self, requestor: Requestor, image: str, demand: Demand, exclude: list[str], group: str | None) -> None:
+    def __init__(
+        self,
+        requestor: Requestor,
+        image: str,
+        demand: Demand,
+        exclude: list[str],
+        group: str | None,
+        on_progress: RentProgressHandler | None = None,
+    ) -> None:
         self._requestor = requestor
-        self._args = (image, demand, exclude, group)
+        self._args = (image, demand, exclude, group, on_progress)
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:

@@ -23,7 +23,8 @@ from kiln.requestor.executor import Job, JobEvent
 
 
 class ProgressView:
-    """Shows done/total, running, retries, failed providers, elapsed time and ETA."""
+    """Shows done/total, running, retries, failed providers, elapsed time and ETA, and while a
+    provider loads the job's image, how far it got (``loading wordcount:1 on p1, 45 of 120 MiB``)."""
 
     def __init__(
         self,
@@ -47,6 +48,7 @@ class ProgressView:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            TextColumn("{task.fields[loading]}"),
             console=self.console,
             disable=not self.enabled,
         )
@@ -54,13 +56,16 @@ class ProgressView:
         self._retries = 0
         self._failed: set[str] = set()
         self._done = 0
+        self._loading: dict[str, str] = {}  # provider -> how far its load got
         if self.enabled:
             job.subscribe(self._on_event)
 
     def __enter__(self) -> ProgressView:
         if self.enabled:
             self._progress.start()
-            self._task = self._progress.add_task("tasks", total=self.job.total, running=0, retries=0, failed=0)
+            self._task = self._progress.add_task(
+                "tasks", total=self.job.total, running=0, retries=0, failed=0, loading=""
+            )
         return self
 
     def __exit__(
@@ -81,6 +86,14 @@ class ProgressView:
             self._retries += 1
         elif event.kind == "provider_banned" and event.provider is not None:
             self._failed.add(event.provider)
+        if event.kind == "image_loading" and event.provider is not None:
+            if event.bytes_done is not None and event.bytes_done >= (event.bytes_total or 0):
+                self._loading.pop(event.provider, None)
+            else:
+                self._loading[event.provider] = event.detail
+        elif event.kind in ("rented", "provider_banned") and event.provider is not None:
+            self._loading.pop(event.provider, None)
         self._progress.update(
-            self._task, completed=self._done, running=self.job.running, retries=self._retries, failed=len(self._failed)
-        )
+            self._task, completed=self._done, running=self.job.running, retries=self._retries, failed=len(self._failed),
+            loading="  ".join(self._loading.values()),
+        )  # fmt: skip
