@@ -10,7 +10,8 @@ export type MessageType = Message["type"];
 export type KnownErrorCode =
   | "bad_json" | "bad_message" | "unknown_type" | "message_too_large" | "bad_frame" | "unsupported_version"
   | "unauthorized" | "name_taken" | "out_of_order" | "duplicate_id" | "too_many" | "flow_control" | "bad_path"
-  | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "provider_lost" | "file_not_found"
+  | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "bad_image" | "image_corrupt"
+  | "store_full" | "provider_lost" | "file_not_found"
   | "not_a_file" | "transfer_failed" | "container_failed" | "cancelled" | "timeout" | "connection_closed"
   | "internal";
 
@@ -68,6 +69,12 @@ export declare class ConnectionLostError extends ConnectionClosedError {}
 export declare class UnauthorizedError extends KilnError {}
 export declare class NoMatchError extends KilnError {}
 export declare class ImageNotFoundError extends KilnError {}
+/** Not an image: a bad `docker save` archive, or one whose config and layers disagree (code bad_image). */
+export declare class ImageError extends KilnError {}
+/** A blob's bytes do not match its digest or size (code image_corrupt). */
+export declare class ImageCorruptError extends ImageError {}
+/** The hub's image store has no room for the image (code store_full). */
+export declare class StoreFullError extends ImageError {}
 export declare class ActivityError extends KilnError {}
 export declare class ProviderLostError extends ActivityError {}
 export declare class FileNotFoundError extends ActivityError {}
