@@ -111,6 +111,8 @@ export class Activity {
     this.resources = rented.resources;
     /** @type {boolean} whether the provider already held the image */
     this.cached = rented.cached;
+    /** @type {number | null} bytes of the image the provider loaded from the hub's store for it (null: the hub did not say) */
+    this.pulled = rented.pulled ?? null;
     /** @type {import("./errors.js").KilnError | null} why the activity is gone, once it is */
     this.lost = null;
     this.released = false;

@@ -1,7 +1,7 @@
 /**
  * kiln-client for browsers (and any runtime with a global WebSocket): the native
- * WebSocket, Blobs for `sendFile`, WritableStreams for `downloadFile`. Imports nothing
- * from Node.
+ * WebSocket, Blobs for `sendFile` and `pushImage`, WritableStreams for `downloadFile`.
+ * Imports nothing from Node.
  *
  *     import { connect } from "kiln-client";
  *     const requestor = await connect("ws://127.0.0.1:7465");
@@ -9,6 +9,7 @@
  */
 
 import { UsageError } from "./errors.js";
+import { readArchive } from "./image.js";
 import { connectWith } from "./requestor.js";
 
 export * from "./common.js";
@@ -53,10 +54,35 @@ const files = {
   },
 };
 
+/**
+ * A `docker save` archive in a Blob (or File), read by slices: never whole.
+ * @param {unknown} local
+ */
+function openArchive(local) {
+  if (typeof Blob === "undefined" || !(local instanceof Blob)) {
+    throw new UsageError("in a browser, pushImage takes a Blob or File of a docker save archive");
+  }
+  const blob = local;
+  /** @param {number} start @param {number} end */
+  const slice = async (start, end) => new Uint8Array(await blob.slice(start, end).arrayBuffer());
+  return readArchive({
+    name: "name" in blob && typeof blob.name === "string" ? blob.name : "the image archive",
+    size: blob.size,
+    read: (position, length) => slice(position, position + length),
+    async *chunks(position, length, chunkBytes) {
+      for (let at = position; at < position + length; at += chunkBytes) {
+        yield await slice(at, Math.min(at + chunkBytes, position + length));
+      }
+    },
+    close: async () => {},
+  });
+}
+
 /** @type {import("./requestor.js").Platform} */
 const platform = {
   openSocket: (url, protocols) => /** @type {any} */ (new WebSocket(url, protocols)),
   files,
+  images: { open: async (local) => openArchive(local) },
 };
 
 /**

@@ -11,7 +11,7 @@
  *
  * Use: `const conn = await Connection.open(openSocket, url, {name, token})`, then
  * {@link Connection#request}, or {@link Connection#openUpload} /
- * {@link Connection#openDownload} for streams. {@link Connection#close} ends it.
+ * {@link Connection#openDownload} for streams (a `push_image` sends like an upload). {@link Connection#close} ends it.
  * @module
  */
 
@@ -23,6 +23,8 @@ import { Session } from "./protocol/session.js";
 /** @typedef {import("./errors.js").KilnError} KilnError */
 /** @typedef {import("../types/protocol.js").Message} Message */
 /** @typedef {import("../types/protocol.js").DownloadInfo} DownloadInfo */
+/** @typedef {import("../types/protocol.js").Interim} Interim */
+/** @typedef {(info: Interim) => void} OnInterim what a request's interim replies go to (keep it quick: it never waits) */
 /** @typedef {import("../types/protocol.js").SessionEvent} SessionEvent */
 /** @typedef {Record<string, unknown> & {id: number}} RequestMessage a request to send, checked by the session */
 /** @typedef {{message: RequestMessage, reply: Deferred<Message>}} Waiting */
@@ -237,6 +239,8 @@ export class Connection {
     this._incoming = new Map();
     /** @type {Map<number, Outgoing>} */
     this._outgoing = new Map();
+    /** @type {Map<number, OnInterim>} where the interim replies of a request go (other than a download's info) */
+    this._interim = new Map();
     /** @type {Waiting[]} requests in line for room under the hub's limits, oldest first */
     this._waiting = [];
     /** @type {Deferred<void>} settles with the handshake */
@@ -295,13 +299,16 @@ export class Connection {
    * Send a request; the deferred settles with its final reply, or fails with a KilnError.
    * Throws at once (nothing sent) if the session refuses it. With as many requests (or
    * streams) open as the hub allows, it waits in line and is sent when one of ours ends:
-   * a caller may start any number at once.
+   * a caller may start any number at once. `onInterim` gets its interim replies
+   * (`want`, `rent_progress`), if any come.
    * @param {RequestMessage} message
+   * @param {OnInterim} [onInterim]
    * @returns {Deferred<Message>}
    */
-  start(message) {
+  start(message, onInterim) {
     /** @type {Deferred<Message>} */
     const reply = new Deferred();
+    if (onInterim !== undefined) this._interim.set(message.id, onInterim);
     if (this._waiting.length > 0 || !this.session.hasRoom(message)) {
       build(message); // refused now, not once its turn comes
       this._waiting.push({ message, reply });
@@ -325,6 +332,7 @@ export class Connection {
       try {
         this._send(message, reply);
       } catch (e) {
+        this._interim.delete(message.id);
         reply.reject(e); // the session is over: the reason it ended
       }
     }
@@ -333,17 +341,20 @@ export class Connection {
   /**
    * Send a request and wait for its final reply; an `error` reply is thrown as a KilnError.
    * @param {RequestMessage} message
+   * @param {OnInterim} [onInterim] what gets its interim replies
    */
-  request(message) {
-    return this.start(message).promise;
+  request(message, onInterim) {
+    return this.start(message, onInterim).promise;
   }
 
   /**
-   * Start an upload: its sending end (credit comes from the receiver) and its final reply.
+   * Start an upload or a push: its sending end (credit comes from the receiver) and its
+   * final reply; `onInterim` gets a push's `want`.
    * @param {RequestMessage} message
+   * @param {OnInterim} [onInterim]
    */
-  openUpload(message) {
-    const reply = this.start(message);
+  openUpload(message, onInterim) {
+    const reply = this.start(message, onInterim);
     const sender = new Outgoing(this, message.id);
     this._outgoing.set(message.id, sender);
     return { sender, reply };
@@ -368,6 +379,7 @@ export class Connection {
     const waiting = this._waiting.findIndex((w) => w.message.id === request);
     if (waiting !== -1) {
       const [{ reply }] = this._waiting.splice(waiting, 1);
+      this._interim.delete(request);
       reply.reject(new CancelledError("cancelled before it was sent"));
       return;
     }
@@ -416,7 +428,11 @@ export class Connection {
           break;
         case "informed": {
           const receiver = this._incoming.get(event.request);
-          if (receiver !== undefined && !receiver.info.settled) receiver.info.resolve(event.info);
+          if (event.info.type === "download_info") {
+            if (receiver !== undefined && !receiver.info.settled) receiver.info.resolve(event.info);
+          } else {
+            this._interim.get(event.request)?.(event.info);
+          }
           break;
         }
         case "credited":
@@ -436,6 +452,7 @@ export class Connection {
           for (const end of [...this._incoming.values(), ...this._outgoing.values()]) end.fail(event.error);
           this._incoming.clear();
           this._outgoing.clear();
+          this._interim.clear();
           this._welcomed.reject(event.error);
           this.onEvent(event);
           break;
@@ -456,6 +473,7 @@ export class Connection {
     this._replies.delete(request);
     this._incoming.delete(request);
     this._outgoing.delete(request);
+    this._interim.delete(request);
     // The stream of a failed request fails with it.
     if (error !== null) for (const end of ends) end?.fail(error);
     if (future === undefined || future.settled) return;

@@ -15,6 +15,9 @@
  *      +-- UnauthorizedError             the hub refused our token
  *      +-- NoMatchError                  no provider meets the demand (the message names the constraint)
  *      +-- ImageNotFoundError            the provider does not hold the image (.provider)
+ *      +-- ImageError                    not an image (a bad `docker save` archive, config and layers disagree)
+ *      |    +-- ImageCorruptError        a blob's bytes do not match its digest or size
+ *      |    +-- StoreFullError           the hub's image store has no room for the image
  *      +-- ActivityError                 something went wrong inside a rented activity
  *      |    +-- ProviderLostError        the provider vanished; the activity is gone
  *      |    +-- CommandTimeoutError      a command ran past its timeout and was killed (.result)

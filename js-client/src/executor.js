@@ -65,7 +65,9 @@ const STOP_GRACE_MS = 5_000;
  * What a job needs of a requestor: `rent`, honouring `exclude` and `group`.
  * @typedef {object} Renter
  * @property {(options: {image: string, demand?: import("./requestor.js").DemandOptions,
- *   exclude?: Iterable<string>, group?: string}) => Promise<Activity>} rent
+ *   exclude?: Iterable<string>, group?: string,
+ *   onProgress?: (progress: {provider: string, image: string, done: number, total: number}) => void
+ * }) => Promise<Activity>} rent
  */
 
 /**
@@ -82,8 +84,8 @@ const STOP_GRACE_MS = 5_000;
  */
 
 /**
- * @typedef {"job_started" | "rented" | "released" | "task_started" | "task_done" | "task_retry"
- *   | "task_failed" | "provider_banned" | "waiting" | "job_done"} JobEventKind
+ * @typedef {"job_started" | "image_loading" | "rented" | "released" | "task_started" | "task_done"
+ *   | "task_retry" | "task_failed" | "provider_banned" | "waiting" | "job_done"} JobEventKind
  */
 
 /**
@@ -440,6 +442,10 @@ export class Job {
           demand: this.demand,
           exclude: this._banned,
           group: this.group,
+          // A provider loading the job's image from the hub's store: how far it is.
+          onProgress: ({ provider, done, total }) => {
+            this._event("image_loading", { provider, detail: `${done} of ${total} bytes` });
+          },
         });
         this._activities.add(activity);
         return activity;

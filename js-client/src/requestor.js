@@ -3,7 +3,8 @@
  * (`python/kiln/requestor/client.py`).
  *
  *     const requestor = await connect("ws://127.0.0.1:7465", { token });
- *     const act = await requestor.rent({ image: "kiln-busybox:latest", demand: { cpus: 1, memory: "256MiB" } });
+ *     await requestor.pushImage("app.tar", { tags: ["app:1"] });   // `docker save app:1 > app.tar` (hub ≥ 1.1)
+ *     const act = await requestor.rent({ image: "app:1", demand: { cpus: 1, memory: "256MiB" } });
  *     ...
  *     await requestor.close();   // releases every activity still held
  *
@@ -13,8 +14,8 @@
 
 import { Activity } from "./activity.js";
 import { Connection } from "./connection.js";
-import { raceAbort, settlesWithin, throwIfAborted } from "./deferred.js";
-import { UsageError, errorFromCode } from "./errors.js";
+import { Deferred, cancelledBy, raceAbort, settlesWithin, throwIfAborted } from "./deferred.js";
+import { LocalProtocolError, UsageError, errorFromCode } from "./errors.js";
 import { Job } from "./executor.js";
 import { parseSize } from "./units.js";
 
@@ -26,6 +27,28 @@ const CLEANUP_WAIT_MS = 10_000;
  * @typedef {object} Platform
  * @property {import("./connection.js").OpenSocket} openSocket
  * @property {import("./activity.js").Files} files
+ * @property {{open: (local: any) => Promise<import("./image.js").ImageArchive>}} images opens a `docker save`
+ *   archive (Node: a path; a browser: a Blob or File); close it with `archive.file.close()`
+ */
+
+/** @typedef {import("../types/protocol.js").ImageInfo} ImageInfo */
+
+/**
+ * What a push did: the image stored (`digest` is Docker's image id), and the bytes sent
+ * and the bytes the hub held already.
+ * @typedef {object} PushedImage
+ * @property {string} digest
+ * @property {string[]} tags
+ * @property {number} size bytes of its config and layers
+ * @property {number} sentBytes
+ * @property {number} skippedBytes
+ * @property {ImageInfo} image as the hub's store holds it
+ */
+
+/**
+ * How far a push's blobs have gone, or a rent's image has loaded on its provider: `done`
+ * of `total` bytes (a rent's also names its `provider` and `image`).
+ * @typedef {{done: number, total: number, provider?: string, image?: string}} Progress
  */
 
 /**
@@ -100,8 +123,13 @@ export class Requestor {
    * it), CancelledError when `signal` fires first (the hub destroys the container if it
    * comes up after all). Providers named in `exclude` are passed over; the hub keeps the
    * live activities of one `group` (a name of the caller's) on distinct providers.
+   *
+   * `image` may name an image pushed to the hub's store (by tag or digest): a provider
+   * that lacks it loads it from the hub first, and `onProgress({provider, image, done,
+   * total})` hears how far (a hub ≥ 1.1 tells; the activity's `pulled` says how many
+   * bytes it took, `cached` whether none were needed).
    * @param {{image: string, demand?: DemandOptions, exclude?: Iterable<string>, group?: string,
-   *          signal?: AbortSignal}} options
+   *          signal?: AbortSignal, onProgress?: (progress: Required<Progress>) => void}} options
    * @returns {Promise<Activity>}
    */
   async rent(options) {
@@ -112,7 +140,18 @@ export class Requestor {
     throwIfAborted(signal, `renting ${image}`);
     const conn = this.connection;
     const id = conn.newId();
-    const reply = conn.request({ type: "rent", id, image, demand, exclude, group: options.group ?? null });
+    const onProgress = options.onProgress;
+    /** @type {import("./connection.js").OnInterim | undefined} */
+    const onInterim =
+      onProgress === undefined
+        ? undefined
+        : (info) => {
+            if (info.type === "rent_progress") {
+              onProgress({ provider: info.provider, image: info.image, done: info.done, total: info.total });
+            }
+          };
+    const message = { type: "rent", id, image, demand, exclude, group: options.group ?? null };
+    const reply = conn.request(message, onInterim);
     const rented = reply.then((message) => this._adopt(/** @type {import("../types/protocol.js").Rented} */ (message)));
     return raceAbort(rented, signal, `renting ${image}`, () => {
       conn.cancel(id);
@@ -151,6 +190,108 @@ export class Requestor {
     const query = { type: "market", id: conn.newId(), image, labels, free: resourcesMessage(options.free), limit };
     const reply = /** @type {import("../types/protocol.js").MarketInfo} */ (await conn.request(query));
     return reply.providers;
+  }
+
+  /**
+   * Push the image in the `docker save` archive `local` (Node: a path; a browser: a Blob)
+   * to the hub's image store, under its own tags (`RepoTags`) and `tags`; then rent it by
+   * tag or digest. Only the blobs the hub lacks are sent, streamed from the archive (never
+   * a layer whole in memory); `onProgress({done, total})` hears how far.
+   *
+   * Rejects with ImageError when `local` is not a `docker save` archive of one image (before
+   * anything is sent), or the hub finds the image bad; ImageCorruptError when a blob's
+   * bytes do not match its digest (blobs verified already are kept: pushing again
+   * resumes); StoreFullError when the hub's store has no room; UsageError for a bad tag;
+   * UnsupportedVersionError when the hub speaks protocol 1.0 (it has no store);
+   * CancelledError when `signal` fires.
+   * @param {any} local
+   * @param {{tags?: string[], onProgress?: (progress: Progress) => void, signal?: AbortSignal}} [options]
+   * @returns {Promise<PushedImage>}
+   */
+  async pushImage(local, options = {}) {
+    const { onProgress, signal } = options;
+    throwIfAborted(signal, "the push");
+    const archive = await this._platform.images.open(local);
+    const what = `the push of ${archive.file.name}`;
+    try {
+      const tags = [...new Set([...archive.tags, ...(options.tags ?? [])])];
+      const conn = this.connection;
+      const message = { type: "push_image", id: conn.newId(), manifest: archive.manifest, tags };
+      /** @type {Deferred<import("../types/protocol.js").Want>} */
+      const wanted = new Deferred();
+      /** @type {ReturnType<import("./connection.js").Connection["openUpload"]>} */
+      let push;
+      try {
+        push = conn.openUpload(message, (info) => {
+          if (info.type === "want") wanted.resolve(info);
+        });
+      } catch (e) {
+        if (e instanceof LocalProtocolError) throw new UsageError(`cannot push ${archive.file.name}: ${e.message}`, { cause: e });
+        throw e;
+      }
+      const { sender, reply } = push;
+      const onAbort = () => sender.fail(cancelledBy(/** @type {AbortSignal} */ (signal), what));
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        // The hub lacks nothing: image_pushed at once, no want.
+        const first = await raceAbort(Promise.race([wanted.promise, reply.promise]), signal, what);
+        if (first.type === "want") {
+          const total = archive.bytesOf(first.blobs);
+          let done = 0;
+          onProgress?.({ done, total });
+          for await (const chunk of archive.blobs(first.blobs, conn.session.limits.chunk_bytes)) {
+            await sender.write(chunk);
+            done += chunk.byteLength;
+            onProgress?.({ done, total });
+          }
+          sender.end();
+        }
+        const pushed = /** @type {import("../types/protocol.js").ImagePushed} */ (await raceAbort(reply.promise, signal, what));
+        return {
+          digest: pushed.image.digest,
+          tags: [...pushed.image.tags],
+          size: pushed.image.size,
+          sentBytes: pushed.sent,
+          skippedBytes: pushed.skipped,
+          image: pushed.image,
+        };
+      } catch (e) {
+        if (!reply.settled) {
+          // The abort ends a push under way; the cancel one the hub has not answered yet.
+          sender.abort(e instanceof Error ? e.message : String(e));
+          conn.cancel(message.id);
+        }
+        throw e;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    } finally {
+      await archive.file.close();
+    }
+  }
+
+  /**
+   * The images in the hub's store, most recently used first, with the bytes the store
+   * holds and its limit. UnsupportedVersionError from a hub of protocol 1.0.
+   * @returns {Promise<{images: ImageInfo[], used: number, limit: number}>}
+   */
+  async listImages() {
+    const conn = this.connection;
+    const list = /** @type {import("../types/protocol.js").ImageList} */ (
+      await conn.request({ type: "list_images", id: conn.newId() })
+    );
+    return { images: [...list.images], used: list.used, limit: list.limit };
+  }
+
+  /**
+   * Remove an image (by tag or digest) from the hub's store. ImageNotFoundError when the
+   * store lacks it; UnsupportedVersionError from a hub of protocol 1.0.
+   * @param {string} ref
+   */
+  async removeImage(ref) {
+    if (typeof ref !== "string") throw new UsageError("removeImage takes a tag or a digest");
+    const conn = this.connection;
+    await conn.request({ type: "remove_image", id: conn.newId(), image: ref });
   }
 
   /**

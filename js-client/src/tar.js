@@ -155,6 +155,18 @@ export class TarReader {
     return events;
   }
 
+  /**
+   * Pass over the content of the entry just read instead of pushing it (to walk an archive
+   * by its headers alone): returns how many bytes of the archive to skip, content and
+   * padding; the next push starts at the next header. Call only right after an `entry` event.
+   */
+  skipContent() {
+    const bytes = this._remaining + this._padding;
+    this._remaining = 0;
+    this._padding = 0;
+    return bytes;
+  }
+
   /** The archive is over: throws {@link TarError} if it stopped inside an entry. */
   end() {
     if (this._remaining > 0 || this._padding > 0 || this._headerFill > 0 || this._meta !== null) {

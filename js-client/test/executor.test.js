@@ -117,6 +117,20 @@ test("results in input order, one activity per provider, reused; every rent name
   assert.ok(Object.isFrozen(events[0]));
 });
 
+test("a provider loading the job's image from the hub's store: image_loading events name it and how far", { timeout: 10_000 }, async () => {
+  const hub = new FakeHub(["p1"]);
+  const rent = hub.rent.bind(hub);
+  hub.rent = async (options) => {
+    for (const done of [50, 100]) options.onProgress({ provider: "p1", image: IMAGE, done, total: 100 });
+    return rent(options);
+  };
+  const { job: j, events } = job(hub, [1, 2], square, { maxProviders: 1 });
+  await j.run();
+  const loading = kinds(events, "image_loading");
+  assert.deepEqual(loading.map((e) => [e.provider, e.detail]), [["p1", "50 of 100 bytes"], ["p1", "100 of 100 bytes"]]);
+  assert.ok(events.indexOf(loading[1]) < events.indexOf(kinds(events, "rented")[0]));
+});
+
 test("events() follows the job until job_done; a Job runs once", { timeout: 10_000 }, async () => {
   const hub = new FakeHub(["p1"]);
   const { job: j, events } = job(hub, [1, 2, 3], square);

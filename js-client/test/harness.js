@@ -107,10 +107,13 @@ export class Cluster {
     throw new Error(`the hub did not start:\n${this.hub.log}`);
   }
 
-  /** Start a provider named `${name}-${suffix}` and (by default) wait until it offers the image. */
-  async startProvider(name, { cpus = 2, memory = "2GiB", wait = true } = {}) {
+  /**
+   * Start a provider named `${name}-${suffix}` (with `args` added to its command line) and
+   * (by default) wait until it offers the image.
+   */
+  async startProvider(name, { cpus = 2, memory = "2GiB", wait = true, args: extra = [] } = {}) {
     const full = `${name}-${this.suffix}`;
-    const args = ["provider", "--hub", this.url, "--name", full, "--cpus", String(cpus), "--memory", memory];
+    const args = ["provider", "--hub", this.url, "--name", full, "--cpus", String(cpus), "--memory", memory, ...extra];
     this.providers.set(full, this._spawn(full, args));
     if (wait) await this.waitForProviders([full]);
     return full;

@@ -1,9 +1,9 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
+import type { DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
 import { ActivityError, KilnError } from "./protocol.js";
 
-export type { Message, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
+export type { Message, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
 
 export interface ConnectOptions {
@@ -41,7 +41,43 @@ export interface RentOptions {
   /** A name of the caller's: the hub keeps the live activities of one group on distinct providers. */
   group?: string;
   signal?: AbortSignal;
+  /** How far the provider has loaded an image of the hub's store (a hub ≥ 1.1 tells). */
+  onProgress?: (progress: RentProgress) => void;
 }
+
+/** A provider loads a rent's image from the hub's store: `done` of `total` bytes so far. */
+export interface RentProgress {
+  provider: string;
+  image: string;
+  done: number;
+  total: number;
+}
+
+export interface PushOptions {
+  /** Tags to give the image besides those in the archive (its `RepoTags`). */
+  tags?: string[];
+  /** How far the blobs the hub wants have gone: `done` of `total` bytes. */
+  onProgress?: (progress: { done: number; total: number }) => void;
+  signal?: AbortSignal;
+}
+
+/** What a push did. */
+export interface PushedImage {
+  /** Docker's image id: the sha256 of its config. */
+  digest: string;
+  tags: string[];
+  /** Bytes of its config and layers. */
+  size: number;
+  /** Bytes sent: the blobs the hub lacked. */
+  sentBytes: number;
+  /** Bytes the hub held already. */
+  skippedBytes: number;
+  /** The image as the hub's store holds it. */
+  image: ImageInfo;
+}
+
+/** In Node the path of a `docker save` archive; in a browser a Blob or File of one. */
+export type ImageArchiveSource = string | URL | Blob;
 
 /** An amount of capacity; sizes as bytes or e.g. "256MiB". */
 export interface ResourcesOptions {
@@ -97,7 +133,7 @@ export interface JobOptions {
 }
 
 export type JobEventKind =
-  | "job_started" | "rented" | "released" | "task_started" | "task_done" | "task_retry" | "task_failed"
+  | "job_started" | "image_loading" | "rented" | "released" | "task_started" | "task_done" | "task_retry" | "task_failed"
   | "provider_banned" | "waiting" | "job_done";
 
 /** Something that happened in a job, `elapsed` seconds after it started. */
@@ -165,6 +201,17 @@ export declare class Requestor {
   rent(options: RentOptions): Promise<Activity>;
   /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
   market(options?: MarketOptions): Promise<ProviderInfo[]>;
+  /**
+   * Push the image in a `docker save` archive to the hub's store (only the blobs it lacks
+   * are sent, streamed); then rent it by tag or digest. ImageError for an archive that is
+   * not one image's (before anything is sent), ImageCorruptError, StoreFullError;
+   * UnsupportedVersionError from a hub of protocol 1.0.
+   */
+  pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
+  /** The images in the hub's store, most recently used first; the bytes it holds of its limit. */
+  listImages(): Promise<{ images: ImageInfo[]; used: number; limit: number }>;
+  /** Remove an image (by tag or digest) from the hub's store; ImageNotFoundError if it lacks it. */
+  removeImage(ref: string): Promise<void>;
   /** A job not started yet: follow its events, then run it. */
   job<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Job<P, R>;
   /** Run `worker` for every part on rented activities; the results in input order. */
@@ -202,6 +249,8 @@ export declare class Activity {
   readonly resources: Resources;
   /** Whether the provider already held the image. */
   readonly cached: boolean;
+  /** Bytes of the image the provider loaded from the hub's store for it (null: the hub did not say). */
+  readonly pulled: number | null;
   /** Why the activity is gone, once it is. */
   lost: KilnError | null;
   released: boolean;
@@ -271,6 +320,9 @@ export {
   UnauthorizedError,
   NoMatchError,
   ImageNotFoundError,
+  ImageError,
+  ImageCorruptError,
+  StoreFullError,
   ActivityError,
   ProviderLostError,
   FileNotFoundError,

@@ -10,7 +10,8 @@ export type MessageType = Message["type"];
 export type KnownErrorCode =
   | "bad_json" | "bad_message" | "unknown_type" | "message_too_large" | "bad_frame" | "unsupported_version"
   | "unauthorized" | "name_taken" | "out_of_order" | "duplicate_id" | "too_many" | "flow_control" | "bad_path"
-  | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "provider_lost" | "file_not_found"
+  | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "bad_image" | "image_corrupt"
+  | "store_full" | "provider_lost" | "file_not_found"
   | "not_a_file" | "transfer_failed" | "container_failed" | "cancelled" | "timeout" | "connection_closed"
   | "internal";
 
@@ -20,12 +21,16 @@ export declare const ERROR_CODES: ReadonlySet<string>;
 export declare const PROTOCOL_NAME: "kiln.v1";
 export declare const PROTOCOL_VERSION: string;
 export declare const MAJOR_VERSION: number;
+/** The minor version this side speaks (a hub may welcome it at a lower one). */
+export declare const MINOR_VERSION: number;
 export declare const MAX_ID: number;
 /** The most providers one `rent` may pass over. */
 export declare const MAX_EXCLUDE: number;
 export declare const MAX_PATH_LENGTH: number;
 export declare const MESSAGE_TYPES: ReadonlySet<MessageType>;
 export declare const FINAL_REPLIES: ReadonlySet<MessageType>;
+/** The types that answer a request before its final reply: `download_info`, `want`, `rent_progress`. */
+export declare const INTERIM_REPLIES: ReadonlySet<MessageType>;
 
 export declare const MAX_TEXT: number;
 
@@ -68,6 +73,12 @@ export declare class ConnectionLostError extends ConnectionClosedError {}
 export declare class UnauthorizedError extends KilnError {}
 export declare class NoMatchError extends KilnError {}
 export declare class ImageNotFoundError extends KilnError {}
+/** Not an image: a bad `docker save` archive, or one whose config and layers disagree (code bad_image). */
+export declare class ImageError extends KilnError {}
+/** A blob's bytes do not match its digest or size (code image_corrupt). */
+export declare class ImageCorruptError extends ImageError {}
+/** The hub's image store has no room for the image (code store_full). */
+export declare class StoreFullError extends ImageError {}
 export declare class ActivityError extends KilnError {}
 export declare class ProviderLostError extends ActivityError {}
 export declare class FileNotFoundError extends ActivityError {}
@@ -128,21 +139,29 @@ import type {
   Exec,
   ExecResult,
   Limits,
+  ListImages,
   MarketQuery,
   Offer,
+  PushImage,
   Release,
+  RemoveImage,
   Rent,
+  RentProgress,
   Upload,
+  Want,
   Welcome,
 } from "./protocol.generated.js";
 
 export type Role = "requestor" | "provider";
 /** What this side may ask of the hub. */
-export type Request = Rent | Release | MarketQuery | Exec | Upload | Download | Offer;
+export type Request =
+  | Rent | Release | MarketQuery | Exec | Upload | Download | Offer | PushImage | ListImages | RemoveImage;
 /** What the hub may ask of a provider. */
 export type HubRequest = Create | Destroy | Exec | Upload | Download;
 /** What a provider answers the hub with. */
-export type Reply = Done | ErrorMessage | ExecResult | DownloadInfo;
+export type Reply = Done | ErrorMessage | ExecResult | DownloadInfo | Want;
+/** Replies that come before a request's final one. */
+export type Interim = DownloadInfo | Want | RentProgress;
 export type SessionState = "hello_sent" | "open" | "closed";
 
 /** A frame to write: a message's JSON text (a text frame) or a binary stream frame. */
@@ -154,8 +173,11 @@ export interface Welcomed { readonly type: "welcomed"; readonly welcome: Welcome
 export interface Replied { readonly type: "replied"; readonly request: number; readonly reply: Message }
 /** Request `request` of ours failed: an `error` reply, a bad reply, or the end of the connection. */
 export interface Failed { readonly type: "failed"; readonly request: number; readonly error: KilnError }
-/** Our download `request` is under way: what is coming (before its data). */
-export interface Informed { readonly type: "informed"; readonly request: number; readonly info: DownloadInfo }
+/**
+ * Our `request` is under way: an interim reply (what a download brings, the blobs a push
+ * must send, how far a rent's image has loaded).
+ */
+export interface Informed { readonly type: "informed"; readonly request: number; readonly info: Interim }
 /** The hub asks this provider for something; answer it with `session.reply()`, once. */
 export interface Requested { readonly type: "requested"; readonly message: HubRequest }
 /** The hub cancels its open request `request`; it still gets its one reply. */
@@ -195,6 +217,10 @@ export declare class Session {
   readonly closed: KilnError | null;
   /** The limits the hub announced; throws LocalProtocolError before `welcome`. */
   readonly limits: Limits;
+  /** The protocol version both sides speak, from `welcome`; throws LocalProtocolError before it. */
+  readonly version: string;
+  /** The minor protocol version both sides speak; throws LocalProtocolError before `welcome`. */
+  readonly minor: number;
   dataToSend(): Outbound[];
   eventsReceived(): SessionEvent[];
   /** A request id not in use by any open request of ours. */

@@ -1,6 +1,7 @@
 /**
  * Node's side of file transfers: read a local file in chunks for `sendFile`, write a
- * download to disk for `downloadFile`, extracting a folder's tar stream safely.
+ * download to disk for `downloadFile`, extracting a folder's tar stream safely, and open
+ * a `docker save` archive for `pushImage`.
  *
  * Nothing is read or written whole: each chunk is written (and awaited) before the next
  * is taken, so the download's credit, not the disk's speed, bounds what is in memory.
@@ -13,6 +14,7 @@ import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 
 import { FileNotFoundError, TransferFailedError, UsageError } from "../errors.js";
+import { readArchive } from "../image.js";
 import { TarError, TarReader } from "../tar.js";
 
 const READ_BYTES = 256 * 1024;
@@ -52,6 +54,55 @@ export async function openSource(local) {
     })(),
     close: () => file.close(),
   };
+}
+
+/**
+ * Read the image in the local `docker save` archive `local` (see `src/image.js`): its
+ * index and config now, its layers later, streamed from disk (fs read streams) as the hub
+ * wants them. Close it with `archive.file.close()`.
+ * @param {string | URL} local
+ * @returns {Promise<import("../image.js").ImageArchive>}
+ */
+export async function openArchive(local) {
+  if (typeof local !== "string" && !(local instanceof URL)) {
+    throw new UsageError("pushImage takes the path of a docker save archive (string or file: URL) in Node.js");
+  }
+  const name = local instanceof URL ? fileURLToPath(local) : local;
+  let handle;
+  try {
+    handle = await open(local, "r");
+  } catch (e) {
+    throw new FileNotFoundError(`cannot read the image archive ${name}: ${/** @type {Error} */ (e).message}`, { cause: e });
+  }
+  const file = handle;
+  try {
+    const stat = await file.stat();
+    if (!stat.isFile()) throw new FileNotFoundError(`${name} is not a regular file`);
+    return await readArchive({
+      name,
+      size: stat.size,
+      async read(position, length) {
+        const buffer = new Uint8Array(length);
+        let filled = 0;
+        while (filled < length) {
+          const { bytesRead } = await file.read(buffer, filled, length - filled, position + filled);
+          if (bytesRead === 0) break;
+          filled += bytesRead;
+        }
+        return buffer.subarray(0, filled);
+      },
+      async *chunks(position, length, chunkBytes) {
+        if (length === 0) return;
+        // A stream of its own over the shared handle, which stays open for the next blob.
+        const end = position + length - 1;
+        yield* file.createReadStream({ start: position, end, highWaterMark: chunkBytes, autoClose: false });
+      },
+      close: () => file.close(),
+    });
+  } catch (e) {
+    await file.close();
+    throw e;
+  }
 }
 
 /**

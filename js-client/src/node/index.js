@@ -10,7 +10,7 @@
 import WebSocket from "ws";
 
 import { connectWith } from "../requestor.js";
-import { openSource, saveDownload } from "./files.js";
+import { openArchive, openSource, saveDownload } from "./files.js";
 
 export * from "../common.js";
 
@@ -25,6 +25,7 @@ const platform = {
     return /** @type {any} */ (new WebSocket(url, protocols, { perMessageDeflate: false, maxPayload: MAX_PAYLOAD_BYTES }));
   },
   files: { open: openSource, save: saveDownload },
+  images: { open: openArchive },
 };
 
 /**

@@ -29,6 +29,10 @@ export const ErrorCode = Object.freeze({
   // The market.
   NO_MATCH: "no_match",
   IMAGE_NOT_FOUND: "image_not_found",
+  // The image store (1.1).
+  BAD_IMAGE: "bad_image",
+  IMAGE_CORRUPT: "image_corrupt",
+  STORE_FULL: "store_full",
   // The work.
   PROVIDER_LOST: "provider_lost",
   FILE_NOT_FOUND: "file_not_found",

@@ -91,6 +91,18 @@ export class NoMatchError extends KilnError {
 export class ImageNotFoundError extends KilnError {
   static defaultCode = ErrorCode.IMAGE_NOT_FOUND;
 }
+/** An image cannot be stored or loaded: not a `docker save` archive, or one whose parts disagree. */
+export class ImageError extends KilnError {
+  static defaultCode = ErrorCode.BAD_IMAGE;
+}
+/** A blob's bytes do not match its digest or declared size. */
+export class ImageCorruptError extends ImageError {
+  static defaultCode = ErrorCode.IMAGE_CORRUPT;
+}
+/** The hub's image store cannot make room for the image within its limit. */
+export class StoreFullError extends ImageError {
+  static defaultCode = ErrorCode.STORE_FULL;
+}
 /** Something went wrong inside a rented activity. */
 export class ActivityError extends KilnError {
   static defaultCode = ErrorCode.CONTAINER_FAILED;
@@ -135,6 +147,9 @@ const BY_CODE = Object.freeze({
   [ErrorCode.BAD_PATH]: InvalidPathError,
   [ErrorCode.NO_MATCH]: NoMatchError,
   [ErrorCode.IMAGE_NOT_FOUND]: ImageNotFoundError,
+  [ErrorCode.BAD_IMAGE]: ImageError,
+  [ErrorCode.IMAGE_CORRUPT]: ImageCorruptError,
+  [ErrorCode.STORE_FULL]: StoreFullError,
   [ErrorCode.PROVIDER_LOST]: ProviderLostError,
   [ErrorCode.UNKNOWN_ACTIVITY]: ActivityError,
   [ErrorCode.FILE_NOT_FOUND]: FileNotFoundError,

@@ -27,8 +27,9 @@ export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js
 /** @typedef {import("./generated/validators.js").ValidationProblem} ValidationProblem */
 
 export const PROTOCOL_NAME = "kiln.v1";
-export const PROTOCOL_VERSION = "1.0";
+export const PROTOCOL_VERSION = "1.1";
 export const MAJOR_VERSION = 1;
+export const MINOR_VERSION = 1;
 
 export const MAX_ID = 2 ** 31 - 1;
 /** The most providers one `rent` may pass over. */
@@ -44,7 +45,13 @@ export const MESSAGE_TYPES = Object.freeze(new Set(/** @type {MessageType[]} */ 
 
 /** The types that end a request (its final reply, matched by `re`). */
 export const FINAL_REPLIES = Object.freeze(
-  new Set(/** @type {MessageType[]} */ (["done", "error", "exec_result", "rented", "market_info"])),
+  new Set(
+    /** @type {MessageType[]} */ (["done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list"]),
+  ),
+);
+/** The types that answer a request before its final reply (matched by `re`). */
+export const INTERIM_REPLIES = Object.freeze(
+  new Set(/** @type {MessageType[]} */ (["download_info", "want", "rent_progress"])),
 );
 
 /**

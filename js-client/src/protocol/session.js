@@ -10,12 +10,17 @@
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
  *   until exactly one final reply (`done`, `error`, `rented`, `market_info`,
- *   `exec_result`) names it in `re`, and the reply must fit the request's kind.
- *   `download_info` is interim: once, for a download, before its data.
+ *   `exec_result`, `image_pushed`, `image_list`) names it in `re`, and the reply must fit
+ *   the request's kind. Interim replies come before it: `download_info` once for a
+ *   download before its data, `want` once for a `push_image` before its data (and from a
+ *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
+ * - Requests of a later minor version than the hub's `welcome` (the image store's, 1.1)
+ *   are refused here, before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
- * - An `upload` or `download` opens a stream under the request's id, closed with the
- *   request. The sender spends one credit per DATA frame and never more than it holds; the
+ * - An `upload`, `download` or `push_image` opens a stream under the request's id, closed
+ *   with the request; a provider's `want` opens one under the `create`'s id, to receive on.
+ *   The sender spends one credit per DATA frame and never more than it holds; the
  *   receiver grants credit and never lets what is outstanding exceed `max_window`. Data
  *   beyond the credit granted is the peer's violation and fails the stream.
  * - A frame for a stream or request that is no longer open is dropped: it crossed its end.
@@ -57,15 +62,39 @@ import { MAJOR_VERSION, MAX_ID, PROTOCOL_VERSION, build, clip, parse, serialize 
 /** @typedef {import("../../types/protocol.js").Reply} Reply */
 /** @typedef {import("../../types/protocol.js").Outbound} Outbound */
 /** @typedef {import("../../types/protocol.js").SessionEvent} SessionEvent */
+/** @typedef {import("../../types/protocol.js").Interim} Interim */
 /**
- * A reply from the hub to a request of ours: final, or `download_info`.
- * @typedef {Reply | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo} HubReply
+ * A reply from the hub to a request of ours: final, or interim.
+ * @typedef {Reply | Interim | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo
+ *   | import("../../types/protocol.js").ImagePushed | import("../../types/protocol.js").ImageList} HubReply
  */
 
 /** The requests each role may send. */
 const SENDS = Object.freeze({
-  requestor: Object.freeze(new Set(["rent", "release", "market", "exec", "upload", "download"])),
+  requestor: Object.freeze(
+    new Set(["rent", "release", "market", "exec", "upload", "download", "push_image", "list_images", "remove_image"]),
+  ),
   provider: Object.freeze(new Set(["offer"])),
+});
+
+/**
+ * The minor version that brought each request (absent: 0).
+ * @type {Readonly<Record<string, number>>}
+ */
+const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1 });
+
+/** The requests of this side that open a stream. */
+const STREAMING = Object.freeze(new Set(["upload", "download", "push_image"]));
+
+/**
+ * For each kind of request, its interim reply, and whether that comes only once, before any data.
+ * @type {Readonly<Record<string, {reply: string, once: boolean}>>}
+ */
+const INTERIM = Object.freeze({
+  download: { reply: "download_info", once: true },
+  push_image: { reply: "want", once: true },
+  create: { reply: "want", once: true },
+  rent: { reply: "rent_progress", once: false },
 });
 
 /**
@@ -80,12 +109,18 @@ const ANSWERS = Object.freeze({
   upload: new Set(["done", "error"]),
   download: new Set(["done", "error"]),
   offer: new Set(["done", "error"]),
+  push_image: new Set(["image_pushed", "error"]),
+  list_images: new Set(["image_list", "error"]),
+  remove_image: new Set(["done", "error"]),
   create: new Set(["done", "error"]),
   destroy: new Set(["done", "error"]),
 });
 
 const HUB_REQUESTS = new Set(["create", "destroy", "exec", "upload", "download"]);
-const REPLIES = new Set(["done", "error", "exec_result", "rented", "market_info", "download_info"]);
+const REPLIES = new Set([
+  "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list",
+  "download_info", "want", "rent_progress",
+]);
 
 /** The states of a session. */
 export const State = Object.freeze({ HELLO_SENT: "hello_sent", OPEN: "open", CLOSED: "closed" });
@@ -147,6 +182,19 @@ export class Session {
     return this.welcome.limits;
   }
 
+  /** The protocol version both sides speak, from `welcome` (only once welcomed). @returns {string} */
+  get version() {
+    if (this.welcome === null) {
+      throw new LocalProtocolError("the session is not open yet: no version", { code: ErrorCode.OUT_OF_ORDER });
+    }
+    return this.welcome.version;
+  }
+
+  /** The minor protocol version both sides speak (only once welcomed). @returns {number} */
+  get minor() {
+    return Number(this.version.split(".")[1]);
+  }
+
   // --- output ---------------------------------------------------------------------------
 
   /** The frames to write, in order. Call after every other method. @returns {Outbound[]} */
@@ -191,7 +239,7 @@ export class Session {
     const limits = this.limits;
     if (this._mine.size >= limits.max_pending) return `more than ${limits.max_pending} requests open at once`;
     const streams = [...this._mine.values()].filter((open) => open.stream !== null).length;
-    if ((message.type === "upload" || message.type === "download") && streams >= limits.max_streams) {
+    if (typeof message.type === "string" && STREAMING.has(message.type) && streams >= limits.max_streams) {
       return `more than ${limits.max_streams} streams open at once`;
     }
     return null;
@@ -200,10 +248,11 @@ export class Session {
   /**
    * Send a request; it stays open until its final reply.
    *
-   * An upload's stream waits for the receiver's credit; a download's has its `window` as
-   * its first credit. Throws LocalProtocolError for an invalid message (checked first),
-   * a request this role may not send, an id in use, or too many open requests or
-   * streams; the session's end reason once it is closed.
+   * An upload's or a push's stream waits for the receiver's credit; a download's has its
+   * `window` as its first credit. Throws LocalProtocolError for an invalid message (checked
+   * first), a request this role may not send, an id in use, or too many open requests or
+   * streams; UnsupportedVersionError for a request of a later minor version than the hub
+   * welcomed us at; the session's end reason once it is closed.
    * @param {Request | Record<string, unknown>} raw
    */
   request(raw) {
@@ -216,20 +265,24 @@ export class Session {
     if (this._mine.has(request.id)) {
       throw new LocalProtocolError(`request id ${request.id} is already in use`, { code: ErrorCode.DUPLICATE_ID });
     }
+    const since = SINCE[request.type] ?? 0;
+    if (since > this.minor) {
+      throw new UnsupportedVersionError(`'${request.type}' needs protocol 1.${since}; the hub speaks ${this.version}`);
+    }
     const limits = this.limits;
     const full = this._full(request);
     if (full !== null) throw new LocalProtocolError(full, { code: ErrorCode.TOO_MANY });
     /** @type {Stream | null} */
     let stream = null;
-    if (request.type === "upload" || request.type === "download") {
+    if (STREAMING.has(request.type)) {
       if (request.type === "download" && request.window > limits.max_window) {
         throw new LocalProtocolError(`a window of ${request.window} exceeds the hub's ${limits.max_window}`, {
           code: ErrorCode.FLOW_CONTROL,
         });
       }
-      // An upload waits for credit; a download's window is the credit it grants at once.
+      // A sender waits for credit; a download's window is the credit it grants at once.
       const credit = request.type === "download" ? request.window : 0;
-      stream = { sending: request.type === "upload", credit, ended: false, started: false };
+      stream = { sending: request.type !== "download", credit, ended: false, started: false };
     }
     this._mine.set(request.id, { kind: request.type, stream, informed: false });
     this._send(request);
@@ -246,9 +299,11 @@ export class Session {
   // --- a provider's replies ---------------------------------------------------------------
 
   /**
-   * Answer the hub's open request `message.re`: once finally, and for a download once
-   * with info first. Throws LocalProtocolError for an invalid message or one that
-   * answers no open request of the hub's, or does not fit it.
+   * Answer the hub's open request `message.re`: once finally, and before that once with
+   * `download_info` for a download, or with `want` for a `create` (which opens a stream
+   * under the create's id to receive the blobs on: grant it credit). Throws
+   * LocalProtocolError for an invalid message or one that answers no open request of the
+   * hub's, or does not fit it.
    * @param {Reply | Record<string, unknown>} raw
    */
   reply(raw) {
@@ -261,13 +316,15 @@ export class Session {
         code: ErrorCode.OUT_OF_ORDER,
       });
     }
-    if (message.type === "download_info") {
-      if (open.kind !== "download" || open.informed || open.stream?.started) {
-        throw new LocalProtocolError(`download_info fits only a download, once, before its data (request ${re})`, {
+    if (message.type === "download_info" || message.type === "want") {
+      if (!interimFits(open, message.type)) {
+        throw new LocalProtocolError(`'${message.type}' does not fit the hub's '${open.kind}' now (request ${re})`, {
           code: ErrorCode.OUT_OF_ORDER,
         });
       }
       open.informed = true;
+      // The blobs come on the create's stream.
+      if (message.type === "want") open.stream = { sending: false, credit: 0, ended: false, started: false };
     } else if (!ANSWERS[open.kind].has(message.type)) {
       throw new LocalProtocolError(`'${message.type}' does not answer a '${open.kind}'`, { code: ErrorCode.OUT_OF_ORDER });
     } else {
@@ -485,10 +542,10 @@ export class Session {
       }));
       return;
     }
-    if (message.type === "download_info") {
-      if (open.kind !== "download" || open.informed || open.stream?.started) {
+    if (message.type === "download_info" || message.type === "want" || message.type === "rent_progress") {
+      if (!interimFits(open, message.type)) {
         this._mine.delete(re);
-        const error = new RemoteProtocolError(`a misplaced download_info for request ${re}`, {
+        const error = new RemoteProtocolError(`a misplaced ${message.type} for request ${re}`, {
           code: ErrorCode.OUT_OF_ORDER,
           re,
         });
@@ -607,6 +664,17 @@ export class Session {
   _emit(event) {
     this._events.push(Object.freeze(event));
   }
+}
+
+/**
+ * Whether an interim reply of `kind` may come now for the request `open`.
+ * @param {Open} open
+ * @param {string} kind
+ */
+function interimFits(open, kind) {
+  const fit = INTERIM[open.kind];
+  if (fit === undefined || fit.reply !== kind) return false;
+  return !fit.once || !(open.informed || open.stream?.started === true);
 }
 
 /**
