@@ -372,7 +372,7 @@ class Connection:
                     self._settle(request, reply, None)
                 case Failed(request, error):
                     self._settle(request, None, error)
-                case Informed(request, DownloadInfo() as info):
+                case Informed(request, info):
                     receiver = self._incoming.get(request)
                     if (handler := self._interim.get(request)) is not None:
                         handler(info)
