@@ -3,6 +3,9 @@
 // container a test provider made is removed in `stop()`.
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 import { connect } from "../src/node/index.js";
@@ -79,6 +82,8 @@ export class Cluster {
     this.url = "";
     /** @type {Process | null} */
     this.hub = null;
+    /** @type {string | null} the hub's image store, removed in `stop()` */
+    this.dataDir = null;
     /** @type {Map<string, Process>} */
     this.providers = new Map();
   }
@@ -92,7 +97,12 @@ export class Cluster {
     return new Process(name, child);
   }
 
+  /** Start a hub on a free loopback port, its image store in a fresh temporary folder unless `extra` names one. */
   async startHub(...extra) {
+    if (!extra.includes("--data-dir")) {
+      this.dataDir = mkdtempSync(join(tmpdir(), "kiln-hub-"));
+      extra = [...extra, "--data-dir", this.dataDir];
+    }
     this.hub = this._spawn("hub", ["hub", "--host", "127.0.0.1", "--port", "0", ...extra]);
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
@@ -138,6 +148,7 @@ export class Cluster {
   async stop() {
     await Promise.all([...this.providers.values()].map((p) => p.kill("SIGTERM")));
     if (this.hub !== null) await this.hub.kill("SIGTERM");
+    if (this.dataDir !== null) rmSync(this.dataDir, { recursive: true, force: true });
     for (const name of this.providers.keys()) {
       const ids = containersOf(name);
       try {
