@@ -762,7 +762,7 @@ class HubCore:
 
     def _want(self, p: Peer, hub_id: int, pending: Pending, want: Want) -> None:
         """Provider ``p`` lacks these blobs of the stored image it is asked to create: send them."""
-        if pending.route is not None or pending.stored is None:
+        if pending.route is not None or pending.stored is None or p.minor < 1:
             self._error(p, None, ErrorCode.OUT_OF_ORDER, f"'want' fits only once the create {hub_id} of a stored image")
             return
         sizes = {blob.digest: blob for blob in pending.stored.blobs}

@@ -1,0 +1,362 @@
+"""The image store's rules, as pure code: the catalog, placement of stored images, and the core's
+part in pushes and pulls. No sockets, no disk, no Docker (the real store is tests/test_hub_store.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from typing import Any
+
+import pytest
+
+from kiln.hub.catalog import Catalog, StoredImage, normalize_arch, normalize_tag, read_config
+from kiln.hub.core import (
+    HubCore,
+    PushCancelled,
+    PushFrame,
+    Send,
+    ServeBlobs,
+    ServeCredit,
+    ServeStop,
+    StoreRequest,
+)
+from kiln.hub.market import Market
+from kiln.protocol import frames
+from kiln.protocol.errors import ImageError, NoMatch, StoreFull, UsageError
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import Blob, Demand, Done, Manifest, Offer, Resources, Want
+
+GiB = 2**30
+MiB = 2**20
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def blob(name: str, size: int) -> Blob:
+    return Blob(digest=sha(name.encode()), size=size)
+
+
+def config_for(layers: list[Blob], arch: str = "amd64") -> bytes:
+    return json.dumps(
+        {"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": [b.digest for b in layers]}}
+    ).encode()
+
+
+def image(
+    catalog: Catalog, *layers: Blob, tags: tuple[str, ...] = (), arch: str = "amd64", now: float = 1.0
+) -> StoredImage:
+    """Store an image made of ``layers`` in ``catalog`` as a push would."""
+    config = config_for(list(layers), arch)
+    manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=list(layers))
+    wanted, _ = catalog.begin(manifest)
+    for b in wanted:
+        catalog.add_blob(b)
+    stored = catalog.add_image(manifest, config, tags, now)
+    catalog.end(manifest, sum(b.size for b in wanted))
+    return stored
+
+
+# --- the catalog ------------------------------------------------------------------------
+
+
+def test_names_of_images_and_machines() -> None:
+    assert normalize_tag("wordcount") == "wordcount:latest"
+    assert normalize_tag("wordcount:1") == "wordcount:1"
+    assert normalize_tag("127.0.0.1:5000/x") == "127.0.0.1:5000/x:latest"
+    assert normalize_arch("x86_64") == "amd64" and normalize_arch("riscv64") == "riscv64"
+
+
+def test_blobs_are_wanted_once_config_first_and_shared_layers_are_not_sent_again() -> None:
+    catalog = Catalog(GiB)
+    base, app, other = blob("base", 100), blob("app", 10), blob("other", 20)
+    first = image(catalog, base, app, tags=("app:1",))
+    assert catalog.resolve("app:1") is first and catalog.resolve("app") is None
+    assert catalog.resolve(first.digest) is first
+    config = config_for([base, other, other])
+    manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=[base, other, other])
+    assert catalog.missing(manifest) == [manifest.config, other]
+    assert first.size == 110 + first.manifest.config.size
+
+
+def test_a_config_must_describe_the_layers() -> None:
+    layers = [blob("a", 1)]
+    manifest = Manifest(config=blob("c", 1), layers=layers)
+    assert read_config(manifest, config_for(layers, "x86_64")) == ("amd64", "linux")
+    with pytest.raises(ImageError, match="not JSON"):
+        read_config(manifest, b"{")
+    with pytest.raises(ImageError, match="rootfs"):
+        read_config(manifest, b'{"rootfs": {"type": "other"}}')
+    with pytest.raises(ImageError, match="layers that are not"):
+        read_config(manifest, config_for([blob("b", 1)]))
+    with pytest.raises(ImageError, match="architecture"):
+        read_config(manifest, json.dumps({"rootfs": {"type": "layers", "diff_ids": [layers[0].digest]}}).encode())
+
+
+def test_declared_sizes_must_agree() -> None:
+    catalog = Catalog(GiB)
+    a = blob("a", 5)
+    image(catalog, a)
+    with pytest.raises(ImageError, match="two sizes"):
+        catalog.check(Manifest(config=blob("c", 1), layers=[blob("x", 1), blob("x", 2)]))
+    with pytest.raises(ImageError, match="has 5 bytes"):
+        catalog.check(Manifest(config=blob("c", 1), layers=[Blob(digest=a.digest, size=6)]))
+    with pytest.raises(ImageError, match="config of"):
+        catalog.check(Manifest(config=blob("c", 5 * MiB), layers=[]))
+    with pytest.raises(ImageError, match="never sent"):
+        catalog.add_image(Manifest(config=blob("c", 1), layers=[blob("missing", 1)]), b"", (), 1.0)
+
+
+def test_a_tag_moves_to_the_image_pushed_last() -> None:
+    catalog = Catalog(GiB)
+    old = image(catalog, blob("a", 1), tags=("app:1",))
+    new = image(catalog, blob("b", 1), tags=("app:1", "app"))
+    assert catalog.resolve("app:1") is new and old.tags == set() and new.tags == {"app:1", "app:latest"}
+    catalog.remove(new.digest)
+    assert catalog.resolve("app:1") is None
+
+
+def test_room_is_made_from_unused_blobs_then_the_least_recently_used_images_not_in_use() -> None:
+    catalog = Catalog(1500)  # each image: 300 bytes of layer and about 140 of config
+    busy = image(catalog, blob("busy", 300), now=1.0)
+    old = image(catalog, blob("old", 300), now=2.0)
+    recent = image(catalog, blob("recent", 300), now=3.0)
+    catalog.use(busy.digest, 4.0)
+    catalog.use(recent.digest, 5.0)
+    catalog.unuse(recent.digest)
+    orphan = blob("orphan", 50)
+    catalog.add_blob(orphan)
+    used = catalog.used
+
+    assert len(catalog.images) == 3
+    big = Manifest(config=blob("c", 10), layers=[blob("big", 1200)])
+    with pytest.raises(StoreFull, match="in use"):
+        catalog.begin(big)
+    assert catalog.used == used and set(catalog.images) == {busy.digest, old.digest, recent.digest}, "nothing dropped"
+    assert orphan.digest in catalog.blobs
+
+    fits = Manifest(config=blob("c2", 10), layers=[blob("new", 300)])
+    wanted, deleted = catalog.begin(fits)
+    assert wanted == [fits.config, fits.layers[0]]
+    assert orphan.digest in deleted and blob("old", 300).digest in deleted, "the orphan, then the oldest not in use"
+    assert set(catalog.images) == {busy.digest, recent.digest}
+    catalog.end(fits, 310)
+
+
+def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
+    catalog = Catalog(700)
+    shared = blob("shared", 300)
+    held = image(catalog, shared, now=1.0)
+    pushing = Manifest(config=blob("c", 10), layers=[shared, blob("top", 50)])
+    catalog.begin(pushing)  # pins `shared`, reserves 60 bytes
+    with pytest.raises(StoreFull):
+        catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    assert held.digest in catalog.images
+    catalog.end(pushing, 60)
+    catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    assert held.digest not in catalog.images
+
+
+# --- placement -------------------------------------------------------------------------------
+
+
+def offer(images: list[str] = [], arch: str = "amd64", storage: int = 10 * GiB) -> Offer:  # noqa: B006
+    return Offer(type="offer", id=1, resources=Resources(cpus=4, memory=4 * GiB, storage=storage), arch=arch,
+                 images=images)  # fmt: skip
+
+
+def test_a_stored_image_goes_to_its_holder_then_to_whoever_holds_most_of_its_layers() -> None:
+    catalog = Catalog(GiB)
+    base, mid, top = blob("base", 100), blob("mid", 100), blob("top", 1)
+    small = image(catalog, base)
+    bigger = image(catalog, base, mid)
+    wanted = image(catalog, base, mid, top)
+    market = Market(catalog)
+    market.update(1, "idle", offer(), pulls=True)
+    market.update(2, "has-base", offer([small.digest]), pulls=True)
+    market.update(3, "has-base-mid", offer([bigger.digest]), pulls=True)
+    for _ in range(2):
+        market.reserve(3, Resources(cpus=0.1, memory=MiB))  # the busiest: layer bytes still win
+    assert market.choose(wanted.digest, Demand(), stored=wanted) == (3, False)
+    assert market.choose(wanted.digest, Demand(), exclude={"has-base-mid"}, stored=wanted) == (2, False)
+    market.update(4, "holder", offer([wanted.digest, "app:1"]), pulls=False)
+    assert market.choose(wanted.digest, Demand(), stored=wanted) == (4, True), "a 1.0 holder still runs it"
+    assert market.holders(wanted.digest) == ["holder"]
+    market.remove(3)
+    assert market.choose(wanted.digest, Demand(), exclude={"holder"}, stored=wanted) == (2, False)
+
+
+def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -> None:
+    catalog = Catalog(GiB)
+    arm = image(catalog, blob("arm", 10), arch="arm64")
+    wide = image(catalog, blob("wide", 2 * MiB))
+    market = Market(catalog)
+    market.update(1, "old", offer(), pulls=False)
+    with pytest.raises(NoMatch, match=r"none speaks protocol 1\.1"):
+        market.choose(arm.digest, Demand(), stored=arm)
+    market.update(2, "x86", offer(arch="x86_64", storage=MiB), pulls=True)
+    with pytest.raises(NoMatch, match="the providers are amd64"):
+        market.choose(arm.digest, Demand(), stored=arm)
+    with pytest.raises(NoMatch, match="no provider has room"):
+        market.choose(wide.digest, Demand(), stored=wide)
+    market.update(3, "roomy", offer(), pulls=True)
+    assert market.choose(wide.digest, Demand(), stored=wide) == (3, False)
+
+
+# --- the core: pulls --------------------------------------------------------------------------
+
+
+class Hub:
+    """A core with a stored image, a provider (1.1) and a requestor of the given version."""
+
+    def __init__(self, requestor_version: str = "1.1", provider_version: str = "1.1") -> None:
+        self.catalog = Catalog(GiB)
+        self.layer = blob("layer", 10 * MiB)
+        self.image = image(self.catalog, self.layer, tags=("app:1",))
+        ids = itertools.count(1)
+        self.core = HubCore(catalog=self.catalog, new_activity_id=lambda: f"act{next(ids)}", clock=lambda: 42.0)
+        self.actions: list[Any] = []
+        self.join(1, "provider", "p1", provider_version)
+        self.send(1, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB, "storage": GiB},
+                      "arch": "amd64"})  # fmt: skip
+        self.join(2, "requestor", "r1", requestor_version)
+
+    def join(self, peer: int, role: str, name: str, version: str) -> None:
+        self.core.connect(peer)
+        self.send(peer, {"type": "hello", "version": version, "role": role, "name": name})
+
+    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, Any]]:
+        return self.take(self.core.receive_text(peer, json.dumps(message).encode()))
+
+    def take(self, actions: list[Any]) -> list[tuple[int, Any]]:
+        self.actions += [a for a in actions if not isinstance(a, Send)]
+        return [
+            (a.peer, frames.decode(a.data, 2**20) if a.binary else json.loads(a.data))
+            for a in actions
+            if isinstance(a, Send)
+        ]
+
+    def rent(self) -> int:
+        [(to, create)] = self.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
+        assert to == 1 and create["image"] == self.image.digest
+        assert create["manifest"] == self.image.manifest.model_dump(mode="json")
+        return int(create["id"])
+
+
+def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_progress() -> None:
+    hub = Hub()
+    create = hub.rent()
+    assert hub.catalog.images[hub.image.digest].in_use == 1
+    out = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    assert hub.actions[-1] == ServeBlobs(1, create, (hub.layer,))
+    assert out == [(2, {"type": "rent_progress", "re": 7, "provider": "p1", "image": "app:1", "done": 0,
+                        "total": hub.layer.size})]  # fmt: skip
+    assert hub.send(1, {"type": "credit", "stream": create, "chunks": 32}) == []
+    assert hub.actions[-1] == ServeCredit(1, create, 32)
+    told = []
+    for _ in range(32):
+        for to, message in hub.take(hub.core.serve_data(1, create, b"x" * (256 * 1024))):
+            if to == 2:
+                told.append(message["done"])
+            else:
+                assert message.kind is FrameKind.DATA and message.stream == create
+    assert told == [4 * MiB, 8 * MiB], "at most one progress message every 4 MiB"
+    with pytest.raises(UsageError, match="without credit"):
+        hub.core.serve_data(1, create, b"x")
+    out = hub.take(hub.core.serve_end(1, create))
+    assert out[0][1].kind is FrameKind.END and out[1] == (2, {**out[1][1], "done": 8 * MiB})
+    [(to, rented)] = hub.send(1, {"type": "done", "re": create, "bytes": 8 * MiB})
+    assert (to, rented["cached"], rented["pulled"]) == (2, False, 8 * MiB)
+    assert hub.take(hub.core.serve_data(1, create, b"late")) == [], "the stream is over"
+
+
+def test_a_requestor_of_1_0_hears_no_progress_and_no_pulled() -> None:
+    hub = Hub(requestor_version="1.0")
+    create = hub.rent()
+    assert hub.send(1, {"type": "want", "re": create, "blobs": [hub.image.digest]}) == []
+    [(_, rented)] = hub.send(1, {"type": "done", "re": create, "bytes": 0})
+    assert "pulled" not in rented and rented["cached"] is True
+
+
+def test_a_want_for_what_the_image_lacks_is_refused_on_its_stream() -> None:
+    hub = Hub()
+    create = hub.rent()
+    [(to, frame)] = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest, hub.layer.digest]})
+    assert to == 1 and frame.kind is FrameKind.ABORT and b"twice" in bytes(frame.payload)
+    [(to, error)] = hub.send(1, {"type": "want", "re": create, "blobs": []})
+    assert error["code"] == "out_of_order", "one want per create"
+
+
+def test_a_provider_of_1_0_gets_no_manifest_and_cannot_want() -> None:
+    hub = Hub(provider_version="1.0")
+    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=False)
+    [(_, create)] = hub.send(2, {"type": "rent", "id": 7, "image": hub.image.digest, "demand": {}})
+    assert "manifest" not in create
+    [(_, error)] = hub.send(1, {"type": "want", "re": create["id"], "blobs": []})
+    assert error["code"] == "out_of_order"
+
+
+def test_a_provider_lost_mid_pull_stops_the_store_and_frees_the_image() -> None:
+    hub = Hub()
+    create = hub.rent()
+    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    hub.take(hub.core.disconnect(1, "gone"))
+    assert ServeStop(1, create) in hub.actions
+    assert hub.catalog.images[hub.image.digest].in_use == 0
+
+
+def test_a_create_that_fails_mid_pull_stops_the_store() -> None:
+    hub = Hub()
+    create = hub.rent()
+    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    [(to, error)] = hub.send(1, {"type": "error", "re": create, "code": "image_corrupt", "message": "bad blob"})
+    assert (to, error["code"], error["provider"]) == (2, "image_corrupt", "p1")
+    assert ServeStop(1, create) in hub.actions
+    assert hub.catalog.images[hub.image.digest].in_use == 0
+
+
+# --- the core: pushes ---------------------------------------------------------------------------
+
+
+def push_message(id_: int = 3) -> dict[str, Any]:
+    manifest = Manifest(config=blob("c", 1), layers=[])
+    return {"type": "push_image", "id": id_, "manifest": manifest.model_dump(mode="json")}
+
+
+def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
+    hub = Hub()
+    assert hub.send(2, push_message()) == []
+    assert isinstance(hub.actions[-1], StoreRequest)
+    [(_, error)] = hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 3, b"early")))
+    assert error["code"] == "flow_control" and error["re"] == 3
+    assert hub.actions[-1] == PushFrame(2, 3, FrameKind.ABORT, b"sender broke flow control")
+    [(_, error)] = hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 3, b"more")))
+    assert error["code"] == "unknown_stream"
+
+    hub.send(2, push_message(4))
+    [(_, credit)] = hub.take(hub.core.store_grant(2, 4, 2))
+    assert credit == {"type": "credit", "stream": 4, "chunks": 2}
+    assert hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 4, b"ok"))) == []
+    assert hub.actions[-1] == PushFrame(2, 4, FrameKind.DATA, b"ok")
+    hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.END, 4)))
+    assert hub.actions[-1].kind is FrameKind.END
+    want = Want(type="want", re=4, blobs=[])
+    assert hub.take(hub.core.store_reply(2, want))[0][1]["type"] == "want"
+    [(_, done)] = hub.take(hub.core.store_reply(2, Done(type="done", re=4)))
+    assert done == {"type": "done", "re": 4}
+    assert hub.take(hub.core.store_reply(2, Done(type="done", re=4))) == [], "answered once"
+    assert hub.send(2, push_message(4)) == [], "the id is free again"
+    assert hub.actions[-1] == StoreRequest(2, hub.actions[-1].message)
+
+
+def test_a_push_cancelled_or_left_behind_is_handed_to_the_store() -> None:
+    hub = Hub()
+    hub.send(2, push_message(3))
+    hub.send(2, {"type": "cancel", "target": 3})
+    assert hub.actions[-1] == PushCancelled(2, 3, answer=True)
+    [(_, error)] = hub.send(2, push_message(3))
+    assert error["code"] == "duplicate_id", "still open until the store answers"
+    hub.take(hub.core.disconnect(2, "gone"))
+    assert hub.actions[-1] == PushCancelled(2, 3, answer=False)
