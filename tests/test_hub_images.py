@@ -328,7 +328,7 @@ def push_message(id_: int = 3) -> dict[str, Any]:
 def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
     hub = Hub()
     assert hub.send(2, push_message()) == []
-    assert isinstance(hub.actions[-1], StoreRequest)
+    assert [type(a) for a in hub.actions[-1:]] == [StoreRequest]
     [(_, error)] = hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 3, b"early")))
     assert error["code"] == "flow_control" and error["re"] == 3
     assert hub.actions[-1] == PushFrame(2, 3, FrameKind.ABORT, b"sender broke flow control")
