@@ -272,6 +272,16 @@ def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_p
     assert hub.take(hub.core.serve_data(1, create, b"late")) == [], "the stream is over"
 
 
+def test_what_the_provider_fetched_says_whether_the_image_was_cached() -> None:
+    hub = Hub()
+    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=True)  # an offer soon to be stale
+    create = hub.rent()
+    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    hub.take(hub.core.serve_end(1, create))
+    [(_, rented)] = [m for m in hub.send(1, {"type": "done", "re": create, "bytes": 5}) if m[1]["type"] == "rented"]
+    assert (rented["cached"], rented["pulled"]) == (False, 5)
+
+
 def test_a_requestor_of_1_0_hears_no_progress_and_no_pulled() -> None:
     hub = Hub(requestor_version="1.0")
     create = hub.rent()

@@ -687,11 +687,12 @@ class HubCore:
             else:
                 activity.state = "ready"
                 self._log("info", f"activity {activity.id} of {shown(requestor.name)} runs on {shown(p.name)}")
+                # What the provider fetched says best whether it held the image (its offer may be stale).
                 pulled = reply.bytes if isinstance(reply, Done) and pending.stored is not None else None
+                cached = activity.cached if pulled is None else pulled == 0
+                told = (pulled or 0) if pending.stored is not None and requestor.minor >= 1 else None
                 rented = Rented(type="rented", re=pending.r_id, activity=activity.id, provider=p.name,
-                                cached=activity.cached or pulled == 0, resources=activity.resources,
-                                pulled=(pulled or 0) if pending.stored is not None and requestor.minor >= 1 else None,
-                                )  # fmt: skip
+                                cached=cached, resources=activity.resources, pulled=told)  # fmt: skip
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
