@@ -282,6 +282,13 @@ def test_what_the_provider_fetched_says_whether_the_image_was_cached() -> None:
     assert (rented["cached"], rented["pulled"]) == (False, 5)
 
 
+def test_the_market_knows_a_stored_image_by_its_tags() -> None:
+    hub = Hub()
+    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=True)
+    [(_, info)] = hub.send(2, {"type": "market", "id": 3, "image": "app:1"})
+    assert [p["name"] for p in info["providers"]] == ["p1"]
+
+
 def test_a_requestor_of_1_0_hears_no_progress_and_no_pulled() -> None:
     hub = Hub(requestor_version="1.0")
     create = hub.rent()

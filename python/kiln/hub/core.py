@@ -464,8 +464,11 @@ class HubCore:
             p.open[message.id] = (HUB, 0)
             self._out.append(StoreRequest(p.id, message))
         elif isinstance(message, MarketQuery):
+            # A tag of the store names the image by its id, as providers offer it.
+            stored = self.catalog.resolve(message.image) if message.image is not None else None
+            image = stored.digest if stored is not None else message.image
             providers, matched = self.market.describe(
-                image=message.image, labels=message.labels, free=message.free, limit=message.limit
+                image=image, labels=message.labels, free=message.free, limit=message.limit
             )
             info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
                               activities=len(self.activities))  # fmt: skip
