@@ -43,7 +43,8 @@ def test_held_layers_is_the_longest_shared_prefix() -> None:
 def test_wanted_is_the_config_then_missing_layers_once() -> None:
     manifest = Manifest(config=blob(0), layers=[blob(1), blob(2), blob(1), blob(3), blob(3)])
     assert wanted(manifest, 0) == [blob(0), blob(1), blob(2), blob(3)]
-    assert wanted(manifest, 2) == [blob(0), blob(3)]  # layer 1 again is held already
+    # Layer 1 comes again after the held ones: Docker needs its file there (its chain differs).
+    assert wanted(manifest, 2) == [blob(0), blob(1), blob(3)]
     assert wanted(manifest, 5) == [blob(0)]
 
 

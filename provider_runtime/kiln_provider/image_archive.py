@@ -46,8 +46,11 @@ def held_layers(chain: Sequence[str], local_chains: Iterable[Sequence[str]]) -> 
 
 def wanted(manifest: Manifest, held: int) -> list[Blob]:
     """The blobs to ask for when Docker lacks the image but holds its first ``held`` layers:
-    the config, then the other layers base first, each digest once."""
-    seen = {layer.digest for layer in manifest.layers[:held]}
+    the config, then the other layers base first, each digest once.
+
+    A layer after the held ones is asked for even when one of the held layers has the same
+    bytes: Docker keys layers by their chain, and needs the file at that place."""
+    seen: set[str] = set()
     blobs = [manifest.config]
     for layer in manifest.layers[held:]:
         if layer.digest not in seen:
