@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import logging
 import resource
+import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -268,11 +269,14 @@ async def run(
     data_dir: Path | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
 ) -> None:
-    """Serve until cancelled, printing the address once listening."""
+    """Serve until cancelled or sent SIGTERM, printing the address once listening."""
     limit = raise_open_file_limit()
     log.info("serving up to %d open files (sockets)", limit)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # a clean stop: the store is saved
     async with start(host, port, token=token, data_dir=data_dir, store_limit=store_limit) as server:
         for sock in server.sockets:
             address = sock.getsockname()
             print(f"kiln hub listening on ws://{address[0]}:{address[1]}", flush=True)
-        await server.serve_forever()
+        await stop.wait()
+    log.info("stopped")

@@ -229,6 +229,7 @@ class ImageService:
         self._pushes: dict[tuple[int, int], _Push] = {}
         self._serves: dict[tuple[int, int], _Serve] = {}
         self._window = min(limits.WINDOW_CHUNKS, core.limits.max_window)
+        self._saved = {digest: image.last_used for digest, image in self.catalog.images.items()}
 
     def handle(self, action: StoreAction) -> None:
         """Take one action of the core's (from the event loop, in order)."""
@@ -271,15 +272,17 @@ class ImageService:
         try:
             while True:
                 await asyncio.sleep(SAVE_INTERVAL)
-                await self._save_used()
+                await asyncio.to_thread(self.store.save, self._used_since_saved())
         finally:
-            with contextlib.suppress(Exception):
-                self.store.save([image for image in self.catalog.images.values() if image.last_used])
+            with contextlib.suppress(OSError):
+                self.store.save(self._used_since_saved())
 
-    async def _save_used(self) -> None:
-        used = [image for image in self.catalog.images.values() if image.in_use]
-        if used:
-            await asyncio.to_thread(self.store.save, used)
+    def _used_since_saved(self) -> list[StoredImage]:
+        """The images used since their record was last written (and marks them written)."""
+        changed = [i for i in self.catalog.images.values() if self._saved.get(i.digest) != i.last_used]
+        for image in changed:
+            self._saved[image.digest] = image.last_used
+        return changed
 
     def _spawn(
         self,
