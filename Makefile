@@ -5,7 +5,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 .PHONY: help install docker system image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
-	@echo "make demo   - start a hub and two providers, run the example job, stop everything"
+	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
 	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 

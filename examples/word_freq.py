@@ -1,8 +1,13 @@
 """Word frequencies over a text corpus: split it, count each part in a container, merge.
 
-    python examples/word_freq.py --hub ws://127.0.0.1:7465 [FILE ...]
+    python examples/word_freq.py --hub ws://127.0.0.1:7465 [--image kiln-word-freq:1] [FILE ...]
 
-With no FILE, the corpus is the license texts every Debian machine carries.
+With no FILE, the corpus is the license texts every Debian machine carries. Each part is
+counted by ``word-freq``, the script of the job's image (``examples/word-freq-image/``):
+``make demo`` builds it and pushes it to the hub; by hand, with a hub running::
+
+    DOCKER_BUILDKIT=0 docker build -t kiln-word-freq:1 examples/word-freq-image
+    kiln image push kiln-word-freq:1 --hub ws://127.0.0.1:7465
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from pathlib import Path
 
 import kiln
 
-IMAGE = "kiln-busybox:latest"
-# Lower-case every word and count it; busybox tr, sort and uniq are all the container needs.
-COUNT = "tr -cs 'A-Za-z' '\\n' < /golem/input/part.txt | tr 'A-Z' 'a-z' | sort | uniq -c > /golem/output/counts.txt"
+IMAGE = "kiln-word-freq:1"
+# word-freq (the image's script) lower-cases every word and counts it, as `uniq -c` writes.
+COUNT = "mkdir -p /golem/output && word-freq /golem/input/part.txt > /golem/output/counts.txt"
 
 
 def corpus(files: list[str]) -> str:
@@ -34,7 +39,7 @@ def split(text: str, parts: int) -> list[bytes]:
 
 async def count_words(act: kiln.Activity, part: bytes) -> Counter[str]:
     await act.send_bytes(part, "/golem/input/part.txt")
-    result = await act.run(["sh", "-c", "mkdir -p /golem/output && " + COUNT], timeout=60)
+    result = await act.run(["sh", "-c", COUNT], timeout=60)
     if result.exit_code != 0:
         raise RuntimeError(f"counting failed: {result.stderr}")
     counts: Counter[str] = Counter()
@@ -48,6 +53,7 @@ async def count_words(act: kiln.Activity, part: bytes) -> Counter[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hub", default="ws://127.0.0.1:7465")
+    parser.add_argument("--image", default=IMAGE, help=f"an image with word-freq on its PATH (default {IMAGE})")
     parser.add_argument("--parts", type=int, default=24)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("files", nargs="*")
@@ -57,7 +63,7 @@ async def main() -> None:
     parts = split(text, args.parts)
     async with kiln.connect(args.hub, name="word-freq") as requestor:
         job = requestor.job(
-            count_words, parts, image=IMAGE, demand=kiln.Demand(cpus=0.5, memory="128MiB"),
+            count_words, parts, image=args.image, demand=kiln.Demand(cpus=0.5, memory="128MiB"),
             max_providers=4, retries=2, task_timeout=60,
         )  # fmt: skip
         with kiln.ProgressView(job, summary=False):  # a live bar when run in a terminal
