@@ -1,12 +1,15 @@
 # Everything a fresh machine needs is set up by the targets themselves.
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
+MUSL_CC ?= musl-gcc
+AGENT_CFLAGS ?= -static -Os -Wall -Wextra -Werror
 
-.PHONY: help install docker system image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker system agent image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
 	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
+	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers (musl-gcc)"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 
 install:
@@ -17,6 +20,14 @@ docker:
 
 system:
 	scripts/ensure-system.sh
+
+# The agent every task container runs as PID 1: a static binary (Debian's musl-tools, from ensure-system.sh).
+agent: agent/build/kiln-agent
+
+agent/build/kiln-agent: agent/kiln-agent.c
+	@mkdir -p agent/build
+	$(MUSL_CC) $(AGENT_CFLAGS) -o $@ $<
+	strip $@
 
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
@@ -43,7 +54,7 @@ pytest: pytest-fast pytest-real
 pytest-fast:
 	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
 
-pytest-real: docker
+pytest-real: docker agent
 	$(PYTHON) -m pytest -m docker
 
 js-install:
@@ -55,10 +66,10 @@ js-lint: js-install
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker system lint contracts typecheck pytest js-lint js-test
+test: install docker system agent lint contracts typecheck pytest js-lint js-test
 
 demo: image
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules
+	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build

@@ -10,6 +10,10 @@
      +-- TransferBroken             transfer_failed: a stream broke off or had the wrong size
      +-- BadPath                    bad_path: a path Docker's archive API cannot take
      +-- ImageCorrupt               image_corrupt: an image blob's bytes do not match its digest or size
+     +-- AgentViolation             container_failed: the container's agent sent a frame that breaks
+     |                              its protocol (.reason: frame_too_long, frame_too_short,
+     |                              unknown_type, bad_payload)
+     +-- AgentMisuse                internal: this side built a message the agent protocol cannot carry
 
 Whatever a request raises is answered by :func:`error_reply`: a ProviderError or any other
 :class:`~kiln.protocol.errors.KilnError` keeps its code, a cancellation is ``cancelled``,
@@ -56,6 +60,20 @@ class BadPath(ProviderError):
 
 class ImageCorrupt(ProviderError):
     default_code = ErrorCode.IMAGE_CORRUPT
+
+
+class AgentViolation(ProviderError):
+    """What the agent sent is not its protocol; ``reason`` is a stable word a program can branch on."""
+
+    default_code = ErrorCode.CONTAINER_FAILED
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(f"the container's agent broke its protocol: {message}")
+        self.reason = reason
+
+
+class AgentMisuse(ProviderError):
+    """A message for the agent that its protocol cannot carry (a local mistake, never sent)."""
 
 
 def error_reply(re: int, error: BaseException) -> Error:
