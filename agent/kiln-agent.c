@@ -52,8 +52,9 @@
  *                  then stops), 6 too many commands, 7 stdin window overrun, 8 stdin after EOF.
  *
  * Every SPAWN ends with exactly one EXIT or ERROR. Before EXIT come STARTED, then the
- * output; STDIN_ACKs may come at any point, even before STARTED. EXIT follows all output the main process wrote before exiting (given
- * credit); output written later by processes it left behind is not sent.
+ * output; STDIN_ACKs may come at any point, even before STARTED. EXIT follows all output
+ * the main process wrote before exiting (given credit; after a KILL, what its pipes still
+ * hold is dropped); output written later by processes it left behind is not sent.
  *
  * Processes: each command has a keeper, a child of the agent and a child subreaper, whose
  * child runs the command in a session of its own. Orphans of the command land on the
@@ -116,6 +117,7 @@ struct cmd {
     int started;        /* STARTED sent: output is read only after it, so that it comes first */
     int exited;         /* the keeper reported the main process's end */
     int how, code;
+    int killed;         /* KILL came: what its pipes still hold is dropped, EXIT comes at once */
     int done;           /* EXIT or ERROR sent */
 };
 
@@ -496,6 +498,7 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t n) 
     if (type == T_KILL) {
         if (n) { refuse(id, R_BAD_PAYLOAD, "KILL takes no payload"); return; }
         if (c->keeper) kill(c->keeper, SIGTERM);
+        c->killed = 1;
         return;
     }
     if (n != 4) { refuse(id, R_BAD_PAYLOAD, "CREDIT takes a u32"); return; }
@@ -545,7 +548,7 @@ static int pump(struct cmd *c, int *fd, uint8_t type) {
 /* After the main process ended: send what its pipes hold now, then EXIT. */
 static void try_finish(struct cmd *c) {
     if (!c->exited || c->done) return;
-    for (;;) {
+    while (!c->killed) {
         int a = pump(c, &c->out, T_STDOUT), b = pump(c, &c->err, T_STDERR);
         if (a < 0 || b < 0) return; /* output waits for credit */
         if (a != 2 && b != 2) break; /* both empty (or closed) */

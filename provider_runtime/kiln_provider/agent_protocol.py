@@ -327,10 +327,10 @@ def decode_frame(kind: int, id: int, payload: bytes) -> Message:
                 raise AgentViolation(f"{frame_type.name} chunk of {len(data)} bytes", reason="bad_payload")
             message = Output(id, frame_type, data)
         case FrameType.EXIT:
-            how, value = r.u8(), r.u32()
+            how, status = r.u8(), r.u32()
             if how not in (0, 1):
                 raise AgentViolation(f"EXIT with unknown kind {how}", reason="bad_payload")
-            message = Exit(id, value, None) if how == 0 else Exit(id, None, value)
+            message = Exit(id, status, None) if how == 0 else Exit(id, None, status)
         case FrameType.ERROR:
             message = SpawnError(id, r.u32(), r.text())
         case FrameType.STDIN_ACK:
