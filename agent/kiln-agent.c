@@ -56,6 +56,10 @@
  * the main process wrote before exiting (given credit; after a KILL, what its pipes still
  * hold is dropped); output written later by processes it left behind is not sent.
  *
+ * Writes to the channel block: the provider must keep reading it, and credit bounds how
+ * much output it has to take. Nothing is buffered without bound on either side: output
+ * stays in the command's pipe without credit, stdin beyond the window is refused.
+ *
  * Processes: each command has a keeper, a child of the agent and a child subreaper, whose
  * child runs the command in a session of its own. Orphans of the command land on the
  * keeper, so KILL finds the whole tree through /proc/<pid>/task/<tid>/children: the

@@ -425,6 +425,16 @@ def test_garbage_from_the_provider_is_refused_and_the_agent_goes_on(start: Calla
     assert refusal(agent) == RefusedReason.BAD_PAYLOAD
     agent.send_raw(frame(0x04, 5, b"xx"))
     assert refusal(agent) == RefusedReason.BAD_PAYLOAD
+    # `sleep` never reads: a pipe's worth goes in, 256 KiB wait in the window, the rest is refused.
+    agent.send(*(Stdin(5, b"x" * 65536) for _ in range(6)), Stdin(5, b""), Stdin(5, b"after EOF"))
+    reasons: list[RefusedReason] = []
+    while len(reasons) < 2:
+        message = agent.next()
+        if isinstance(message, Refused):
+            reasons.append(message.reason)
+        else:
+            assert isinstance(message, StdinAck)
+    assert reasons == [RefusedReason.STDIN_OVERRUN, RefusedReason.STDIN_CLOSED]
     assert agent.run(Spawn(6, ("echo", "fine"), PATH, credit=MIB))[0] == b"fine\n"
     # A length beyond the bound loses the framing: the agent says so and stops, cleanly.
     agent.send_raw(frame(0x02, 5, b"", length=(1 << 20) + 1))
