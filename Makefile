@@ -68,7 +68,7 @@ js-test: js-install image
 
 test: install docker system agent lint contracts typecheck pytest js-lint js-test
 
-demo: image
+demo: image agent
 	$(PYTHON) examples/demo.py
 
 clean:

@@ -4,19 +4,18 @@ Everything here blocks; the provider calls it off the event loop with ``asyncio.
 One :class:`DockerAdapter` serves every activity of a provider, and its methods may run at
 the same time on different containers (docker-py's client is a pooled ``requests`` session).
 
-The life of an activity: :meth:`DockerAdapter.create` a container, then any number of
-:meth:`~DockerAdapter.put_file`, :meth:`~DockerAdapter.start_exec` (then
-:meth:`ExecProcess.wait`) and :meth:`~DockerAdapter.open_download` (then iterate
-``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`.
-On start-up, :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
+The life of an activity: :meth:`DockerAdapter.create` a container whose PID 1 is the agent
+(``agent/kiln-agent.c``), attached to its stdin and stdout (commands go through that channel:
+:mod:`kiln_provider.agent`, never ``docker exec``), then any number of
+:meth:`~DockerAdapter.put_file` and :meth:`~DockerAdapter.open_download` (then iterate
+``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`
+(or the channel's close: the agent exits and Docker removes the container). On start-up,
+:meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
 
 Images: :meth:`~DockerAdapter.images` names them for the offer, :meth:`~DockerAdapter.layer_chains`
 says which layers are here, :meth:`~DockerAdapter.load` feeds ``docker load`` a
 :class:`~kiln_provider.image_archive.LoadArchive` as it is built, :meth:`~DockerAdapter.pull`
 fetches from a registry, and :meth:`~DockerAdapter.remove_image` evicts.
-
-Killing a command signals its processes from the host, so the provider must run as root
-in dockerd's PID namespace (the normal deployment: on the same host as the engine).
 """
 
 from __future__ import annotations
@@ -27,13 +26,11 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tarfile
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +50,8 @@ from kiln_provider.errors import (
 )
 from kiln_provider.image_archive import LoadArchive
 
+AGENT_IN_CONTAINER = "/.kiln-agent"
+"""Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
@@ -66,7 +65,6 @@ _GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setui
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
-_KILL_GRACE = 2.0  # seconds a killed command's stream may take to end before we cut it
 LOAD_TIMEOUT = 3600.0
 """Seconds ``docker load`` may take to answer once the archive is in (it registers the layers then)."""
 PULL_TIMEOUT = 3600.0
@@ -99,15 +97,35 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
-class ExecOutcome:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-    stdout_truncated: bool
-    stderr_truncated: bool
-    timed_out: bool
-    killed: bool
-    duration: float
+class Started:
+    """A task container just started: its id, the socket attached to its agent, and the
+    environment commands start from."""
+
+    id: str
+    channel: socket.socket
+    env: dict[str, str]
+
+
+def _own_socket(hijacked: Any) -> socket.socket:
+    """A socket of our own on the connection docker-py hijacked, whose objects are then closed:
+    the connection lives as long as the socket returned (its own duplicate of the descriptor)."""
+    own = socket.socket(fileno=os.dup(hijacked.fileno()))
+    for part in (getattr(hijacked, "_response", None), hijacked, getattr(hijacked, "_sock", None)):
+        if part is not None:
+            with suppress(Exception):
+                part.close()
+    return own
+
+
+def find_agent() -> str:
+    """The agent binary to mount in task containers: ``$KILN_AGENT``, else the one ``make agent``
+    builds in this source tree; DockerFailed if there is none."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.environ.get("KILN_AGENT", ""), os.path.join(here, "..", "..", "agent", "build", "kiln-agent")]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return os.path.realpath(path)
+    raise DockerFailed("no kiln-agent binary: build it with `make agent`, or name it in $KILN_AGENT")
 
 
 @dataclass
@@ -138,210 +156,6 @@ def _engine(action: str) -> Iterator[None]:
         raise DockerFailed(f"{action}: {e.explanation or e}") from e
     except (docker.errors.DockerException, requests.RequestException) as e:
         raise DockerFailed(f"{action}: Docker engine unreachable: {e}") from e
-
-
-class ExecProcess:
-    """A command running in a container. Call :meth:`wait` exactly once; :meth:`kill` from anywhere."""
-
-    def __init__(self, api: Any, exec_id: str, container_id: str, hijacked: Any, max_output: int) -> None:
-        self._api = api
-        self._exec_id = exec_id
-        self._container_id = container_id
-        self._hijacked = hijacked
-        self._max = max_output
-        self._started = time.monotonic()
-        # Read through our own blocking duplicate of the socket: docker-py's carries the
-        # client's 60 s timeout, and a duplicate lets another thread shut the connection down.
-        self._sock = socket.socket(fileno=os.dup(hijacked.fileno()))
-        self._sock.settimeout(None)
-        self._out = [bytearray(), bytearray()]
-        self._truncated = [False, False]
-        self._done = threading.Event()  # the output stream has ended
-        self._wake = threading.Event()  # the stream ended or kill() was called
-        self._lock = threading.Lock()
-        self._killed = False
-        self._outcome: ExecOutcome | None = None
-        self._on_end: list[Callable[[], object]] = []
-        self._reader = threading.Thread(target=self._read, name=f"kiln-exec-{exec_id[:12]}", daemon=True)
-        self._reader.start()
-
-    def wait(self, timeout: float | None) -> ExecOutcome:
-        """Block until the command ends, or kill it ``timeout`` seconds after its start (``timed_out=True``).
-
-        Output a background process still writes after the command exited is waited for
-        until the timeout. DockerFailed if the container is removed meanwhile.
-        """
-        with self._lock:
-            if self._outcome is not None:
-                return self._outcome
-        deadline = None if timeout is None else self._started + timeout
-        self._wake.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        info = None if self._killed else self._poll_exit(deadline, stop_on_kill=True)
-        timed_out = False
-        if info is None:
-            with self._lock:
-                timed_out = not self._killed
-                self._killed = True  # a later kill() has nothing left to do
-            self._kill_tree()
-            info = self._poll_exit(time.monotonic() + _KILL_GRACE, stop_on_kill=False)
-        if not self._done.wait(_KILL_GRACE):
-            # Something outside the process tree (a daemonised grandchild) holds the stream open.
-            with suppress(OSError):  # the reader may have closed it just now
-                self._sock.shutdown(socket.SHUT_RDWR)
-            self._done.wait(_KILL_GRACE)
-        self._reader.join(_KILL_GRACE)
-        with self._lock:
-            killed = self._killed and not timed_out
-        code = info["ExitCode"] if info is not None and info["ExitCode"] is not None else 137
-        stdout, stderr = bytes(self._out[0]), bytes(self._out[1])
-        if info is not None and not info["Pid"] and not stderr:
-            # The program never started (not found, not executable): Docker wrote why on
-            # the stdout stream; put it where a shell would.
-            stdout, stderr = b"", stdout
-        duration = time.monotonic() - self._started
-        outcome = ExecOutcome(code, stdout, stderr, self._truncated[0], self._truncated[1], timed_out, killed, duration)
-        with self._lock:
-            self._outcome = outcome
-        return outcome
-
-    def kill(self) -> None:
-        """SIGKILL the command and all its descendants; :meth:`wait` then returns ``killed=True``."""
-        with self._lock:
-            if self._killed or self._outcome is not None:
-                return
-            self._killed = True
-        self._kill_tree()
-        self._wake.set()
-
-    def _read(self) -> None:
-        """Demultiplex Docker's stream: 8-byte headers (stream id, 3 zero bytes, big-endian length)."""
-        stream = self._sock.makefile("rb", buffering=CHUNK)
-        try:
-            while len(header := stream.read(8)) == 8:
-                kind, length = header[0], int.from_bytes(header[4:8], "big")
-                while length > 0:
-                    data = stream.read(min(length, CHUNK))
-                    if not data:
-                        return
-                    length -= len(data)
-                    if kind in (1, 2):
-                        self._keep(kind - 1, data)
-        except OSError:
-            pass  # the connection broke or we shut it down: the stream is over either way
-        finally:
-            stream.close()
-            self._sock.close()
-            response = getattr(self._hijacked, "_response", None)  # docker-py parks it on the socket
-            if response is not None:
-                response.close()
-            self._hijacked.close()
-            with self._lock:
-                self._done.set()
-                callbacks, self._on_end = self._on_end, []
-            self._wake.set()
-            for callback in callbacks:
-                callback()
-
-    def when_output_ends(self, callback: Callable[[], object]) -> None:
-        """Call ``callback`` (from another thread) once the output stream ends: then :meth:`wait` is quick.
-
-        Lets an event loop wait for a command without holding a thread for its whole run.
-        """
-        with self._lock:
-            if not self._done.is_set():
-                self._on_end.append(callback)
-                return
-        callback()
-
-    def _keep(self, index: int, data: bytes) -> None:
-        room = self._max - len(self._out[index])
-        if len(data) > room:
-            self._truncated[index] = True
-        if room > 0:
-            self._out[index] += data[:room]
-
-    def _inspect(self) -> dict[str, Any]:
-        with _engine("inspect exec"):
-            info: dict[str, Any] = self._api.exec_inspect(self._exec_id)
-        return info
-
-    def _poll_exit(self, deadline: float | None, stop_on_kill: bool) -> dict[str, Any] | None:
-        """exec_inspect until the command has exited (its stream can close a moment before)."""
-        pause = 0.005
-        while True:
-            info = self._inspect()
-            if not info["Running"]:
-                return info
-            if (deadline is not None and time.monotonic() >= deadline) or (stop_on_kill and self._killed):
-                return None
-            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.1)
-
-    def _kill_tree(self) -> None:
-        deadline = time.monotonic() + _KILL_GRACE
-        while True:
-            with _engine("inspect exec"):
-                try:
-                    info = self._api.exec_inspect(self._exec_id)
-                except docker.errors.NotFound:
-                    return  # the container is gone, and the command with it
-            # Docker reports the pid a moment after the stream opens; wait for it briefly.
-            if info["Pid"] or not info["Running"] or time.monotonic() >= deadline:
-                break
-            time.sleep(0.01)
-        if info["Pid"] and info["Running"]:
-            _kill_process_tree(info["Pid"], self._container_id)
-
-
-def _kill_process_tree(root: int, container_id: str) -> None:
-    """SIGKILL ``root``, its session and all descendants, but only processes of this container.
-
-    Everything is stopped first, in rounds until no new process appears, so that nothing
-    forks past the kill; the cgroup check guards against a reused pid.
-    """
-    stopped: set[int] = set()
-    try:
-        for _ in range(20):
-            fresh = _descendants(root, container_id) - stopped
-            if not fresh:
-                break
-            for pid in fresh:
-                with suppress(ProcessLookupError):  # it has exited meanwhile
-                    os.kill(pid, signal.SIGSTOP)
-            stopped |= fresh
-        for pid in stopped:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    except PermissionError as e:
-        raise DockerFailed(f"cannot kill pid {root}: the provider must run as root next to dockerd") from e
-
-
-def _descendants(root: int, container_id: str) -> set[int]:
-    parents: dict[int, tuple[int, int]] = {}  # pid -> (ppid, session)
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
-                continue  # exited while we looked
-            fields = stat[stat.rindex(b")") + 2 :].split()  # the name may hold spaces and parens
-            parents[int(entry.name)] = (int(fields[1]), int(fields[3]))
-    found = {pid for pid, (_, session) in parents.items() if session == root} | {root}
-    while True:
-        more = {pid for pid, (ppid, _) in parents.items() if ppid in found} - found
-        if not more:
-            break
-        found |= more
-    return {pid for pid in found if pid in parents and _in_container(pid, container_id)}
-
-
-def _in_container(pid: int, container_id: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/cgroup", "rb") as f:
-            return container_id.encode() in f.read()
-    except OSError:
-        return False
 
 
 class _ChunkReader(io.RawIOBase):
@@ -413,12 +227,20 @@ def _archive_name(path: str) -> str:
 class DockerAdapter:
     """The Docker engine, as a Kiln provider needs it. Errors are :class:`~kiln_provider.errors.ProviderError`s."""
 
-    def __init__(self, provider: str, client: Any | None = None) -> None:
+    def __init__(self, provider: str, client: Any | None = None, agent: str | None = None) -> None:
         self.provider = provider
+        self._agent = agent
         with _engine("connect"):
             self._client: Any = client if client is not None else docker.from_env()
         self._api: Any = self._client.api
         self._chains: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def agent(self) -> str:
+        """The agent binary task containers run (found when first needed: see :func:`find_agent`)."""
+        if self._agent is None:
+            self._agent = find_agent()
+        return self._agent
 
     def host_info(self) -> HostInfo:
         with _engine("docker info"):
@@ -535,11 +357,13 @@ class DockerAdapter:
             raise ImageMissing(f"pulled {ref}, but Docker does not hold it")
         return facts
 
-    def create(self, spec: ContainerSpec) -> str:
-        """Create and start a hardened container that idles until :meth:`remove`; returns its id.
+    def create(self, spec: ContainerSpec) -> Started:
+        """Create and start a hardened container whose PID 1 is the agent, attached to its stdin and stdout.
 
-        The container runs ``sleep infinity``, so a Kiln image needs ``sleep`` on its PATH.
-        Images are never pulled (there may be no registry): a missing one is ImageMissing.
+        The agent (bind-mounted read-only) needs nothing of the image: an image holding one
+        static program runs. When the attached channel closes the agent ends everything and
+        exits, and Docker removes the container. Images are never pulled here: a missing one
+        is ImageMissing.
         """
         # Docker reads a zero limit as "no limit": never let one through.
         if spec.memory < MIN_MEMORY or int(spec.cpus * 1e9) < MIN_NANO_CPUS or spec.pids_limit < 1:
@@ -557,13 +381,16 @@ class DockerAdapter:
                 mem_limit=spec.memory,
                 memswap_limit=spec.memory,  # no swap beyond the memory limit
                 nano_cpus=int(spec.cpus * 1e9),
-                init=True,  # docker-init reaps the orphans commands leave behind
-                auto_remove=False,
+                auto_remove=True,  # the agent exits when its channel closes: the container goes with it
+                binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}},
             )
             try:
                 created = self._api.create_container(
                     spec.image,
-                    ["sleep", "infinity"],
+                    entrypoint=[AGENT_IN_CONTAINER],
+                    command=[],
+                    stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
+                    tty=False,
                     name=name,
                     labels={LABEL_PROVIDER: self.provider, LABEL_ACTIVITY: spec.activity},
                     host_config=host_config,
@@ -572,11 +399,15 @@ class DockerAdapter:
                 raise ImageMissing(f"image {spec.image} is not on this provider") from e
             container_id: str = created["Id"]
             try:
+                # Attached before it starts, so that the agent's first words are not lost.
+                streams = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+                channel = _own_socket(self._api.attach_socket(container_id, params=streams))
                 self._api.start(container_id)
+                env = self._api.inspect_container(container_id)["Config"]["Env"] or []
             except docker.errors.APIError:
                 self.remove(container_id)
                 raise
-        return container_id
+        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env))
 
     def remove(self, container_id: str) -> None:
         """Kill and remove the container; one that is already gone is fine."""
@@ -697,22 +528,6 @@ class DockerAdapter:
                     raise
                 raise PathMissing(f"no such file or folder: {path}") from e
         return raw, stat
-
-    def start_exec(
-        self, container_id: str, argv: list[str], env: dict[str, str], workdir: str | None, max_output: int
-    ) -> ExecProcess:
-        """Start ``argv`` in the container; call :meth:`ExecProcess.wait` on the result.
-
-        At most ``max_output`` bytes of stdout and of stderr are kept; the rest is read and
-        dropped (the outcome says so). A program that cannot start is not an error here: its
-        outcome carries Docker's exit code (126/127) and reason on stderr.
-        """
-        with _engine(f"exec in {container_id[:12]}"):
-            exec_id: str = self._api.exec_create(
-                container_id, argv, environment=env, workdir=workdir, stdout=True, stderr=True, stdin=False, tty=False
-            )["Id"]
-            hijacked = self._api.exec_start(exec_id, socket=True)
-        return ExecProcess(self._api, exec_id, container_id, hijacked, max_output)
 
     def cpu_seconds(self, container_id: str) -> float:
         """CPU time the container has used so far, all its processes together."""

@@ -60,6 +60,7 @@ from kiln.protocol.messages import (
     Want,
 )
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
+from kiln_provider.agent import AgentChannel
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream, ImageFacts
 from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
@@ -117,6 +118,9 @@ class Operation:
 @dataclass
 class Container:
     id: str
+    agent: AgentChannel
+    env: dict[str, str]
+    """The environment every command starts from (the image's), under the request's own."""
     operations: set[Operation] = field(default_factory=set)
     archive: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by an upload or download for its whole Docker stream.
@@ -241,6 +245,7 @@ class ProviderRuntime:
             self._by_request.clear()
             containers, self._containers = self._containers, {}
             for container in containers.values():
+                await container.agent.close()
                 await self._docker(self.adapter.remove, container.id)
 
     async def _refresh_offer(self, conn: Connection) -> None:
@@ -379,12 +384,20 @@ class ProviderRuntime:
                 pids_limit=self.config.pids_limit,
             )
             try:
-                container_id = await self._docker(self.adapter.create, spec)
+                started = await self._docker(self.adapter.create, spec)
             except ImageMissing as e:
                 raise ImageMissing(
                     f"provider {self.config.name!r} lost the image {message.image!r}: {e.message}"
                 ) from e
-        self._containers[message.activity] = Container(container_id)
+        container_id = started.id
+        agent = AgentChannel(started.channel, f"{message.activity} ({container_id[:12]})")
+        try:
+            await agent.open()
+        except BaseException:
+            await agent.close()
+            await self._docker(self.adapter.remove, container_id)
+            raise
+        self._containers[message.activity] = Container(container_id, agent, started.env)
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         if self.cache.touch(image.id):
             await self._save_cache()
@@ -554,6 +567,7 @@ class ProviderRuntime:
                 pass  # the container died on its own; removing it is what matters
         finally:
             # Untracked from here on, so removed whatever happens (even when cancelled).
+            await container.agent.close()
             await self._docker(self.adapter.remove, container.id)
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
@@ -563,29 +577,15 @@ class ProviderRuntime:
 
     async def _exec(self, message: Exec) -> Reply:
         container = self._container(message.activity)
-        async with container.archive:
-            pass  # Docker would hold the exec back while an archive streams: wait here, holding no thread
-        process = await self._on(
-            self._pools.commands,
-            self.adapter.start_exec,
-            container.id,
+        # Through the container's agent: no docker exec, no thread, and a timeout or a cancel
+        # kills the command's whole tree (even what left its session).
+        outcome = await container.agent.run(
             message.argv,
-            message.env,
+            {**container.env, **message.env},
             message.workdir,
+            message.timeout,
             self._c.session.limits.max_output_bytes,
         )
-        loop = asyncio.get_running_loop()
-        ended = loop.create_future()
-        process.when_output_ends(lambda: loop.call_soon_threadsafe(_settle, ended))
-        try:
-            # No thread is held while the command runs: only for the short wait once its
-            # output ended, or once its timeout passed (then wait() kills it).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended, message.timeout)
-            outcome = await self._on(self._pools.commands, process.wait, message.timeout)
-        except asyncio.CancelledError:
-            process.kill()
-            raise
         return ExecResult(
             type="exec_result",
             re=message.id,

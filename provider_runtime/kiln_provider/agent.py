@@ -1,0 +1,239 @@
+"""The provider's end of a container's agent channel: commands in, output and exit statuses out.
+
+Every task container runs ``kiln-agent`` (``agent/kiln-agent.c``) as PID 1, and the provider
+talks to it over the container's attach stream (no TTY): frames to the agent on the
+container's stdin, frames from it on its stdout, which Docker multiplexes with the agent's
+stderr behind 8-byte headers. :class:`AgentChannel` reads that stream on the event loop
+(no thread per command), decodes it with the bounded :class:`~kiln_provider.agent_protocol.Decoder`
+and settles each command. What comes from the container is untrusted: a frame out of
+place, or garbage, breaks the channel and fails every command of that container with
+``container_failed``; the provider goes on.
+
+When the channel closes — the provider removed the container, or died — the agent kills
+every process and exits, and Docker removes the container (it was created to be removed
+on exit): no container outlives its provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from kiln_provider import agent_protocol as wire
+from kiln_provider.errors import AgentViolation, DockerFailed
+
+log = logging.getLogger("kiln.provider.agent")
+
+HELLO_TIMEOUT: Final = 10.0
+"""How long a new container's agent may take to say hello."""
+KILL_GRACE: Final = 5.0
+"""How long a killed command may take to report its end."""
+OUTPUT_WINDOW: Final = 1024 * 1024
+"""Output bytes the provider lets a command have in flight: it grants more as it takes them."""
+_DOCKER_HEADER: Final = 8
+_NO_SUCH_PROGRAM: Final = {2: 127, 20: 126, 13: 126, 8: 126}  # ENOENT, ENOTDIR, EACCES, ENOEXEC
+
+
+@dataclass
+class Outcome:
+    """How a command ended, as ``docker exec`` would tell it."""
+
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool
+    stderr_truncated: bool
+    timed_out: bool
+    killed: bool
+    duration: float
+
+
+@dataclass
+class _Command:
+    max_output: int
+    started: float = field(default_factory=time.monotonic)
+    out: list[bytearray] = field(default_factory=lambda: [bytearray(), bytearray()])
+    truncated: list[bool] = field(default_factory=lambda: [False, False])
+    taken: int = 0  # output bytes taken since the last credit
+    ended: asyncio.Future[wire.Exit | wire.SpawnError] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def keep(self, index: int, data: bytes) -> None:
+        room = self.max_output - len(self.out[index])
+        if len(data) > room:
+            self.truncated[index] = True
+        if room > 0:
+            self.out[index] += data[:room]
+
+
+class AgentChannel:
+    """One container's agent, over a socket attached to the container's stdin and stdout."""
+
+    def __init__(self, sock: socket.socket, name: str) -> None:
+        self._sock = sock
+        self._name = name
+        self._decoder = wire.Decoder()
+        self._commands: dict[int, _Command] = {}
+        self._next_id = 0
+        self._hello: asyncio.Future[wire.Hello] = asyncio.get_running_loop().create_future()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.broken: DockerFailed | None = None
+        """Why the channel is over, once it is."""
+
+    async def open(self) -> wire.Hello:
+        """Start reading the channel and wait for the agent's hello."""
+        self._sock.setblocking(False)
+        self._reader, self._writer = await asyncio.open_connection(sock=self._sock, limit=2**20)
+        self._task = asyncio.get_running_loop().create_task(self._read(), name=f"kiln-agent-{self._name}")
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                return await asyncio.shield(self._hello)
+        except TimeoutError:
+            self._break(DockerFailed(f"the agent of {self._name} said nothing for {HELLO_TIMEOUT:g} s"))
+            raise self.broken from None  # type: ignore[misc]
+
+    async def run(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        workdir: str | None,
+        timeout: float | None,
+        max_output: int,
+        uid: int = 0,
+        gid: int = 0,
+    ) -> Outcome:
+        """Run ``argv`` to its end (killed, with its whole tree, after ``timeout`` seconds or when cancelled)."""
+        if self.broken is not None:
+            raise self.broken
+        self._next_id = self._next_id % 0xFFFFFFFF + 1
+        id_ = self._next_id
+        command = self._commands[id_] = _Command(max_output)
+        timed_out = killed = False
+        try:
+            spawn = wire.Spawn(id_, tuple(argv), dict(env), workdir or "", uid, gid, OUTPUT_WINDOW)
+            await self._send(spawn, wire.Stdin(id_, b""))  # run takes no input: its stdin is at its end
+            try:
+                async with asyncio.timeout(timeout):
+                    end = await asyncio.shield(command.ended)
+            except TimeoutError:
+                timed_out = True
+                end = await self._kill(id_, command)
+            except asyncio.CancelledError:
+                killed = True
+                with contextlib.suppress(Exception):
+                    self._write(wire.Kill(id_))
+                raise
+        finally:
+            self._commands.pop(id_, None)
+        stdout, stderr = bytes(command.out[0]), bytes(command.out[1])
+        if isinstance(end, wire.SpawnError):
+            # As docker exec tells it: 127 for a program not found, 126 for one that cannot run.
+            code = _NO_SUCH_PROGRAM.get(end.errno, 126)
+            stderr = f"cannot run {argv[0]!r}: {end.message}\n".encode()
+        else:
+            code = end.code if end.code is not None else 128 + (end.signal or 9)
+        return Outcome(code, stdout, stderr, command.truncated[0], command.truncated[1], timed_out, killed,
+                       time.monotonic() - command.started)  # fmt: skip
+
+    async def _kill(self, id_: int, command: _Command) -> wire.Exit | wire.SpawnError:
+        await self._send(wire.Kill(id_))
+        try:
+            async with asyncio.timeout(KILL_GRACE):
+                return await asyncio.shield(command.ended)
+        except TimeoutError:
+            raise DockerFailed(f"the agent of {self._name} did not end a killed command in {KILL_GRACE:g} s") from None
+
+    async def close(self) -> None:
+        """Stop reading and close the channel (the agent then ends everything and exits)."""
+        self._break(DockerFailed(f"the container {self._name} is being removed"))
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # --- the stream ----------------------------------------------------------------------------
+
+    def _write(self, *messages: wire.ToAgent) -> None:
+        if self.broken is not None:
+            raise self.broken
+        assert self._writer is not None
+        self._writer.write(b"".join(wire.encode(m) for m in messages))
+
+    async def _send(self, *messages: wire.ToAgent) -> None:
+        self._write(*messages)
+        assert self._writer is not None
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as e:
+            self._break(DockerFailed(f"the container {self._name} is gone: {e}"))
+            raise self.broken from e  # type: ignore[misc]
+
+    async def _read(self) -> None:
+        assert self._reader is not None
+        reason: DockerFailed = DockerFailed(f"the container {self._name} ended (its agent closed the channel)")
+        try:
+            while True:
+                header = await self._reader.readexactly(_DOCKER_HEADER)
+                kind, length = header[0], int.from_bytes(header[4:8], "big")
+                while length > 0:
+                    data = await self._reader.read(min(length, 2**16))
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", length)
+                    length -= len(data)
+                    if kind == 1:
+                        self._take(self._decoder.feed(data))
+                    elif kind == 2:
+                        log.debug("agent of %s: %s", self._name, data[:500].decode(errors="replace").rstrip())
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except AgentViolation as e:
+            reason = DockerFailed(f"the container {self._name} broke its agent's protocol: {e.message}")
+            log.warning("%s", reason.message)
+        finally:
+            self._break(reason)
+
+    def _take(self, messages: list[wire.Message]) -> None:
+        for message in messages:
+            if isinstance(message, wire.Hello):
+                if not self._hello.done():
+                    self._hello.set_result(message)
+                continue
+            if isinstance(message, wire.Refused):
+                log.warning("the agent of %s refused a frame: %s", self._name, message.message)
+                continue
+            command = self._commands.get(message.id)
+            if command is None or command.ended.done():
+                continue  # a command we gave up on (killed or cancelled): its last words
+            if isinstance(message, wire.Output):
+                command.keep(0 if message.stream is wire.FrameType.STDOUT else 1, message.data)
+                command.taken += len(message.data)
+                if command.taken >= OUTPUT_WINDOW // 2:
+                    # Output beyond the cap is read and dropped, so the command never blocks on it.
+                    self._writer.write(wire.encode(wire.Credit(message.id, command.taken)))  # type: ignore[union-attr]
+                    command.taken = 0
+            elif isinstance(message, wire.Exit | wire.SpawnError):
+                command.ended.set_result(message)
+
+    def _break(self, reason: DockerFailed) -> None:
+        if self.broken is not None:
+            return
+        self.broken = reason
+        if not self._hello.done():
+            self._hello.set_exception(reason)
+            self._hello.exception()  # seen here: open() raises it
+        for command in self._commands.values():
+            if not command.ended.done():
+                command.ended.set_exception(reason)
+        if self._writer is not None:
+            self._writer.close()
+        else:
+            self._sock.close()
