@@ -117,6 +117,26 @@ def _own_socket(hijacked: Any) -> socket.socket:
     return own
 
 
+def _cgroup_cpu_seconds(pid: int) -> float | None:
+    """The CPU time of the cgroup process ``pid`` is in (cgroup v1's cpuacct or v2), if readable here."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":  # cgroup v2: one hierarchy
+                with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
+                    fields = dict(row.split() for row in f if row.strip())
+                return int(fields["usage_usec"]) / 1e6
+            if "cpuacct" in controllers.split(","):
+                for mount in ("cpuacct", "cpu,cpuacct", controllers):
+                    with suppress(OSError), open(f"/sys/fs/cgroup/{mount}{path}/cpuacct.usage") as f:
+                        return int(f.read()) / 1e9
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def find_agent() -> str:
     """The agent binary to mount in task containers: ``$KILN_AGENT``, else the one ``make agent``
     builds in this source tree; DockerFailed if there is none."""
@@ -530,7 +550,17 @@ class DockerAdapter:
         return raw, stat
 
     def cpu_seconds(self, container_id: str) -> float:
-        """CPU time the container has used so far, all its processes together."""
+        """CPU time the container has used so far, all its processes together.
+
+        Read from the container's cgroup when this host shows it (a few ms); else from
+        ``docker stats``, which answers concurrent callers only once a second.
+        """
+        with _engine(f"inspect {container_id[:12]}"):
+            pid = self._api.inspect_container(container_id)["State"]["Pid"]
+        if pid:
+            used = _cgroup_cpu_seconds(int(pid))
+            if used is not None:
+                return used
         with _engine(f"stats of {container_id[:12]}"):
             stats = self._api.stats(container_id, stream=False, one_shot=True)
         return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
