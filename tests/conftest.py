@@ -3,8 +3,11 @@ the real Docker engine, and the busybox test image built FROM scratch."""
 
 from __future__ import annotations
 
+import io
+import os
 import secrets
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +60,19 @@ def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
             ids = containers_of(name)
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def shell_less_image() -> Iterator[str]:
+    """An image FROM scratch holding one static program, ``/busybox``: no shell, no ``sleep``, no /bin."""
+    tag = f"kiln-lone-{os.getpid()}:latest"
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for name, data, mode in (("Dockerfile", b"FROM scratch\nCOPY busybox /busybox\n", 0o644),
+                                 ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=context.getvalue(), capture_output=True, check=True)
+    yield tag
+    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)

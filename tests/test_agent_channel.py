@@ -7,13 +7,11 @@ every one is removed in teardown. The agent by itself is tests/test_agent.py.
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import subprocess
-import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -128,24 +126,8 @@ async def test_eight_commands_at_once_in_one_container(open_box: Open) -> None:
     assert time.monotonic() - began < 4, "they ran side by side"
 
 
-@pytest.fixture
-def lone_binary_image() -> Iterator[str]:
-    """An image FROM scratch holding one static program: no shell, no ``sleep``, no /bin."""
-    tag = f"kiln-lone-{os.getpid()}:latest"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", b"FROM scratch\nCOPY busybox /busybox\n", 0o644),
-                                 ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=context.getvalue(), capture_output=True, check=True)
-    yield tag
-    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
-
-
-async def test_an_image_without_a_shell_runs(open_box: Open, lone_binary_image: str) -> None:
-    _, agent = await open_box(lone_binary_image)
+async def test_an_image_without_a_shell_runs(open_box: Open, shell_less_image: str) -> None:
+    _, agent = await open_box(shell_less_image)
     assert (await run(agent, "/busybox", "echo", "alone")).stdout == b"alone\n"
 
 

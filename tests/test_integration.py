@@ -364,3 +364,15 @@ async def test_one_activity_cannot_hog_its_provider(one_provider: Cluster) -> No
                 if e.code != kiln.ErrorCode.TOO_MANY or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
+
+
+async def test_an_image_without_a_shell_runs(cluster: Cluster, shell_less_image: str) -> None:
+    await asyncio.to_thread(cluster.start_provider, "p1")
+    async with kiln.connect(cluster.url) as requestor, requestor.rent(shell_less_image) as act:
+        result = await act.run(["/busybox", "echo", "no shell, no sleep"])
+        assert (result.exit_code, result.stdout) == (0, "no shell, no sleep\n")
+        script = "/busybox sleep 100 & (/busybox setsid /busybox sleep 100 &); /busybox sleep 100"
+        with pytest.raises(kiln.CommandTimeout):
+            await act.run(["/busybox", "sh", "-c", script], timeout=1)
+        left = await act.run(["/busybox", "ps", "-o", "args"])
+        assert "sleep 100" not in left.stdout, left.stdout
