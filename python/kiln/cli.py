@@ -300,6 +300,8 @@ async def _main(args: argparse.Namespace) -> int:
             image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
+        # No agent binary is a clear error now, not at the first rent.
+        logging.getLogger("kiln.provider").info("task containers run the agent %s", adapter.agent)
         await ProviderRuntime(config, adapter).run()
         return 0
     if args.command == "market":
