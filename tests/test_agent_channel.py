@@ -41,7 +41,7 @@ async def open_box(adapter: DockerAdapter, busybox_image: str) -> AsyncIterator[
     async def open_(image: str = busybox_image) -> tuple[Started, AgentChannel]:
         spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=256 * MIB)
         started = await asyncio.to_thread(adapter.create, spec)
-        channel = AgentChannel(started.channel, started.id[:12])
+        channel = AgentChannel(started.channel, started.id[:12], started.uid, started.gid)
         opened.append((started, channel))
         await channel.open()
         return started, channel
@@ -143,7 +143,7 @@ async def test_garbage_on_the_channel_fails_that_container_only(
     spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=busybox_image, cpus=1.0, memory=64 * MIB)
     started = await asyncio.to_thread(adapter.create, spec)
     try:
-        channel = AgentChannel(started.channel, "liar")
+        channel = AgentChannel(started.channel, "liar", started.uid, started.gid)
         with pytest.raises(DockerFailed, match="broke its agent's protocol"):
             await channel.open()
         with pytest.raises(DockerFailed):
@@ -168,3 +168,20 @@ async def test_closing_the_channel_removes_the_container(adapter: DockerAdapter,
             break
         await asyncio.sleep(0.1)
     assert gone, "the agent exits when its channel closes, and Docker removes the container"
+
+
+async def test_commands_run_as_nobody_unless_the_image_names_a_user(open_box: Open, busybox_image: str) -> None:
+    started, agent = await open_box()
+    assert (started.uid, started.gid) == (65534, 65534)
+    outcome = await run(agent, "sh", "-c", "id -u; id -g; touch /golem/output/mine && stat -c %u /golem/output/mine")
+    assert outcome.stdout == b"65534\n65534\n65534\n", outcome
+    assert (await run(agent, "touch", "/etc/nope")).exit_code != 0, "nobody cannot write the image's files"
+    tag = f"kiln-user-{os.getpid()}:latest"
+    dockerfile = f"FROM {busybox_image}\nUSER 1234:2345\n".encode()
+    await asyncio.to_thread(subprocess.run, ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile,
+                            capture_output=True, check=True)  # fmt: skip
+    try:
+        _, own = await open_box(tag)
+        assert (await run(own, "sh", "-c", "id -u; id -g")).stdout == b"1234\n2345\n"
+    finally:
+        await asyncio.to_thread(subprocess.run, ["docker", "rmi", "-f", tag], capture_output=True)

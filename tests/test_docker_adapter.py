@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(30)]
 PROVIDER = f"test-{os.getpid()}"
 TAG = "kiln-busybox:latest"
 MIB = 1024 * 1024
+NOBODY = (65534, 65534)  # who commands in these containers run as (the image names no USER)
 
 MakeContainer = Callable[..., str]
 
@@ -183,13 +184,21 @@ def test_cpu_seconds_grows(adapter: DockerAdapter, box: str) -> None:
 
 
 def test_put_file_then_cat(adapter: DockerAdapter, box: str) -> None:
-    assert adapter.put_file(box, "/golem/input/a.txt", 5, 0o640, iter([b"he", b"llo"])) == 5
+    assert adapter.put_file(box, "/golem/input/a.txt", 5, 0o640, iter([b"he", b"llo"]), owner=NOBODY) == 5
     assert run(box, "cat", "/golem/input/a.txt").stdout == b"hello"
     assert sh(adapter, box, "stat -c %a /golem/input/a.txt") == "640\n"
 
 
+def test_put_file_gives_the_file_and_its_work_folders_to_the_owner(adapter: DockerAdapter, box: str) -> None:
+    adapter.put_file(box, "/golem/input/deep/er/f.txt", 3, 0o600, iter([b"abc"]), owner=(65534, 65534))
+    owners = sh(adapter, box, "stat -c %u:%g /golem /golem/input /golem/input/deep /golem/input/deep/er/f.txt")
+    assert owners.split() == ["65534:65534"] * 4
+    adapter.put_file(box, "/elsewhere/g.txt", 1, 0o644, iter([b"x"]), owner=(65534, 65534))
+    assert sh(adapter, box, "stat -c %u /elsewhere /elsewhere/g.txt").split() == ["0", "65534"]
+
+
 def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> None:
-    adapter.put_file(box, "/golem/input/x/y/z/c.txt", 5, 0o644, iter([b"deep!"]))
+    adapter.put_file(box, "/golem/input/x/y/z/c.txt", 5, 0o644, iter([b"deep!"]), owner=NOBODY)
     assert run(box, "cat", "/golem/input/x/y/z/c.txt").stdout == b"deep!"
     assert sh(adapter, box, "stat -c %a /golem/input/x /golem/input/x/y/z") == "755\n755\n"
     assert sh(adapter, box, "stat -c %a /tmp") == "1777\n"  # existing folders keep their mode
@@ -197,18 +206,18 @@ def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> No
 
 def test_put_file_short_stream_fails(adapter: DockerAdapter, box: str) -> None:
     with pytest.raises(TransferBroken, match="3 of 10"):
-        adapter.put_file(box, "/golem/input/short.txt", 10, 0o644, iter([b"abc"]))
+        adapter.put_file(box, "/golem/input/short.txt", 10, 0o644, iter([b"abc"]), owner=NOBODY)
 
 
 def test_put_file_long_stream_fails(adapter: DockerAdapter, box: str) -> None:
     with pytest.raises(TransferBroken):
-        adapter.put_file(box, "/golem/input/long.txt", 2, 0o644, iter([b"abc"]))
+        adapter.put_file(box, "/golem/input/long.txt", 2, 0o644, iter([b"abc"]), owner=NOBODY)
 
 
 def test_put_file_does_not_replace_a_folder(adapter: DockerAdapter, box: str) -> None:
-    adapter.put_file(box, "/golem/work/keep/me.txt", 2, 0o644, iter([b"ok"]))
+    adapter.put_file(box, "/golem/work/keep/me.txt", 2, 0o644, iter([b"ok"]), owner=NOBODY)
     with pytest.raises(NotAFile) as caught:
-        adapter.put_file(box, "/golem/work/keep", 2, 0o644, iter([b"no"]))
+        adapter.put_file(box, "/golem/work/keep", 2, 0o644, iter([b"no"]), owner=NOBODY)
     assert caught.value.code == ErrorCode.NOT_A_FILE
     assert run(box, "cat", "/golem/work/keep/me.txt").stdout == b"ok"
 
@@ -217,7 +226,7 @@ def test_put_and_get_20_mib(adapter: DockerAdapter, box: str) -> None:
     size = 20 * MIB
     piece = os.urandom(MIB)
     expected = hashlib.sha256(piece * 20).hexdigest()
-    assert adapter.put_file(box, "/golem/input/big.bin", size, 0o644, (piece for _ in range(20))) == size
+    assert adapter.put_file(box, "/golem/input/big.bin", size, 0o644, (piece for _ in range(20)), owner=NOBODY) == size
     assert sh(adapter, box, "sha256sum /golem/input/big.bin").split()[0] == expected
     stream = adapter.open_download(box, "/golem/input/big.bin")
     digest, total = hashlib.sha256(), 0

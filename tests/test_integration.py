@@ -376,3 +376,10 @@ async def test_an_image_without_a_shell_runs(cluster: Cluster, shell_less_image:
             await act.run(["/busybox", "sh", "-c", script], timeout=1)
         left = await act.run(["/busybox", "ps", "-o", "args"])
         assert "sleep 100" not in left.stdout, left.stdout
+
+
+async def test_commands_run_as_nobody_and_own_what_was_uploaded(one_provider: Cluster) -> None:
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE) as act:
+        await act.send_bytes(b"data", "/golem/input/sub/a.txt")
+        result = await act.run(["sh", "-c", "id -u; stat -c %u /golem/input/sub/a.txt; echo ok > /golem/input/sub/b"])
+        assert (result.exit_code, result.stdout) == (0, "65534\n65534\n"), result

@@ -76,9 +76,11 @@ class _Command:
 class AgentChannel:
     """One container's agent, over a socket attached to the container's stdin and stdout."""
 
-    def __init__(self, sock: socket.socket, name: str) -> None:
+    def __init__(self, sock: socket.socket, name: str, uid: int, gid: int) -> None:
         self._sock = sock
         self._name = name
+        self.uid, self.gid = uid, gid
+        """Who commands run as (the agent runs as them too: without capabilities it cannot switch)."""
         self._decoder = wire.Decoder()
         self._commands: dict[int, _Command] = {}
         self._next_id = 0
@@ -108,8 +110,6 @@ class AgentChannel:
         workdir: str | None,
         timeout: float | None,
         max_output: int,
-        uid: int = 0,
-        gid: int = 0,
     ) -> Outcome:
         """Run ``argv`` to its end (killed, with its whole tree, after ``timeout`` seconds or when cancelled)."""
         if self.broken is not None:
@@ -119,7 +119,7 @@ class AgentChannel:
         command = self._commands[id_] = _Command(max_output)
         timed_out = killed = False
         try:
-            spawn = wire.Spawn(id_, tuple(argv), dict(env), workdir or "", uid, gid, OUTPUT_WINDOW)
+            spawn = wire.Spawn(id_, tuple(argv), dict(env), workdir or "", self.uid, self.gid, OUTPUT_WINDOW)
             await self._send(spawn, wire.Stdin(id_, b""))  # run takes no input: its stdin is at its end
             try:
                 async with asyncio.timeout(timeout):

@@ -30,10 +30,10 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import docker
 import docker.errors
@@ -96,6 +96,12 @@ class ContainerSpec:
     pids_limit: int = 256
 
 
+NOBODY: Final = "65534:65534"
+"""Who commands run as when the image names no ``USER``."""
+WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
+"""Folders every task container has, owned by the user its commands run as."""
+
+
 @dataclass(frozen=True)
 class Started:
     """A task container just started: its id, the socket attached to its agent, and the
@@ -104,6 +110,9 @@ class Started:
     id: str
     channel: socket.socket
     env: dict[str, str]
+    uid: int
+    gid: int
+    """Who the agent, and every command, runs as."""
 
 
 def _own_socket(hijacked: Any) -> socket.socket:
@@ -135,6 +144,27 @@ def _cgroup_cpu_seconds(pid: int) -> float | None:
     except (OSError, ValueError, KeyError):
         pass
     return None
+
+
+def _ids_of(pid: int) -> tuple[int, int]:
+    """The uid and gid process ``pid`` runs as (seen from the host: the provider runs beside dockerd)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+    except (OSError, KeyError, ValueError, IndexError) as e:
+        raise DockerFailed(f"cannot tell who the container's agent (pid {pid}) runs as: {e}") from e
+
+
+def _folders(paths: Iterable[str], uid: int, gid: int) -> bytes:
+    """A tar of the folders ``paths`` (mode 0755), owned by ``uid``:``gid``."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in paths:
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, gid, int(time.time())
+            tar.addfile(info)
+    return out.getvalue()
 
 
 def find_agent() -> str:
@@ -235,6 +265,14 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     if sep and "/" not in tag:
         return name, tag
     return ref, "latest"
+
+
+def _owned_parents(path: str) -> list[str]:
+    """The parent folders of ``path`` below a work folder (``/golem/input/a`` for ``/golem/input/a/b``):
+    the user owns those, so uploads there make folders its commands can write in."""
+    parts = path.strip("/").split("/")[:-1]
+    folders = ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
 
 
 def _archive_name(path: str) -> str:
@@ -405,8 +443,10 @@ class DockerAdapter:
                 binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}},
             )
             try:
+                user = self._api.inspect_image(spec.image)["Config"].get("User") or NOBODY
                 created = self._api.create_container(
                     spec.image,
+                    user=user,  # the image's USER, else nobody: never root unless the image says so
                     entrypoint=[AGENT_IN_CONTAINER],
                     command=[],
                     stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
@@ -423,11 +463,14 @@ class DockerAdapter:
                 streams = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
                 channel = _own_socket(self._api.attach_socket(container_id, params=streams))
                 self._api.start(container_id)
-                env = self._api.inspect_container(container_id)["Config"]["Env"] or []
-            except docker.errors.APIError:
+                inspected = self._api.inspect_container(container_id)
+                uid, gid = _ids_of(int(inspected["State"]["Pid"]))
+                self._api.put_archive(container_id, "/", _folders(WORK_FOLDERS, uid, gid))
+            except (docker.errors.APIError, DockerFailed):
                 self.remove(container_id)
                 raise
-        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env))
+        env = inspected["Config"]["Env"] or []
+        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid)
 
     def remove(self, container_id: str) -> None:
         """Kill and remove the container; one that is already gone is fine."""
@@ -448,12 +491,22 @@ class DockerAdapter:
             self.remove(container["Id"])
         return len(stale)
 
-    def put_file(self, container_id: str, path: str, size: int, mode: int, chunks: Iterator[bytes | memoryview]) -> int:
-        """Stream ``size`` bytes from ``chunks`` into a file at ``path``; returns the bytes written.
+    def put_file(
+        self,
+        container_id: str,
+        path: str,
+        size: int,
+        mode: int,
+        chunks: Iterator[bytes | memoryview],
+        owner: tuple[int, int] = (0, 0),
+    ) -> int:
+        """Stream ``size`` bytes from ``chunks`` into a file at ``path``, owned by ``owner`` (uid, gid);
+        returns the bytes written.
 
-        Missing parent folders are created (mode 0755, by Docker's extraction). The chunks
-        must total exactly ``size``, else TransferBroken (the file may then hold part of
-        the data). A folder at ``path`` is not replaced: NotAFile.
+        Missing parent folders are created (mode 0755): those inside the work folders
+        (``/golem/...``) owned by ``owner`` too, others by Docker's extraction (root). The
+        chunks must total exactly ``size``, else TransferBroken (the file may then hold part
+        of the data). A folder at ``path`` is not replaced: NotAFile.
         """
         name = _archive_name(path)
         written = 0
@@ -464,8 +517,14 @@ class DockerAdapter:
             # here instead would leave the pooled HTTP connection mid-request, and the next
             # call on it would hang. The failure is raised once the response is in.
             nonlocal written, failure
+            for folder in _owned_parents(path):
+                entry = tarfile.TarInfo(folder.lstrip("/"))
+                entry.type, entry.mode, entry.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+                entry.uid, entry.gid = owner
+                yield entry.tobuf(tarfile.PAX_FORMAT)
             header = tarfile.TarInfo(name)
             header.size, header.mode, header.mtime = size, mode & 0o7777, int(time.time())
+            header.uid, header.gid = owner
             yield header.tobuf(tarfile.PAX_FORMAT)
             try:
                 for chunk in chunks:

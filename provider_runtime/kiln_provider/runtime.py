@@ -121,6 +121,9 @@ class Container:
     agent: AgentChannel
     env: dict[str, str]
     """The environment every command starts from (the image's), under the request's own."""
+    uid: int
+    gid: int
+    """Who its commands run as (the image's USER, else nobody), and who owns what is uploaded."""
     operations: set[Operation] = field(default_factory=set)
     archive: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by an upload or download for its whole Docker stream.
@@ -390,14 +393,14 @@ class ProviderRuntime:
                     f"provider {self.config.name!r} lost the image {message.image!r}: {e.message}"
                 ) from e
         container_id = started.id
-        agent = AgentChannel(started.channel, f"{message.activity} ({container_id[:12]})")
+        agent = AgentChannel(started.channel, f"{message.activity} ({container_id[:12]})", started.uid, started.gid)
         try:
             await agent.open()
         except BaseException:
             await agent.close()
             await self._docker(self.adapter.remove, container_id)
             raise
-        self._containers[message.activity] = Container(container_id, agent, started.env)
+        self._containers[message.activity] = Container(container_id, agent, started.env, started.uid, started.gid)
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         if self.cache.touch(image.id):
             await self._save_cache()
@@ -615,7 +618,7 @@ class ProviderRuntime:
 
             written = await self._on(
                 self._pools.transfers, self.adapter.put_file, container.id, message.path, message.size,
-                message.mode, chunks(),
+                message.mode, chunks(), (container.uid, container.gid),
             )  # fmt: skip
         return Done(type="done", re=message.id, bytes=written)
 
