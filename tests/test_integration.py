@@ -383,3 +383,14 @@ async def test_commands_run_as_nobody_and_own_what_was_uploaded(one_provider: Cl
         await act.send_bytes(b"data", "/golem/input/sub/a.txt")
         result = await act.run(["sh", "-c", "id -u; stat -c %u /golem/input/sub/a.txt; echo ok > /golem/input/sub/b"])
         assert (result.exit_code, result.stdout) == (0, "65534\n65534\n"), result
+
+
+async def test_a_command_that_ends_the_agent_fails_only_its_activity(one_provider: Cluster) -> None:
+    async with kiln.connect(one_provider.url) as requestor:
+        victim, bystander = await asyncio.gather(requestor.rent(IMAGE), requestor.rent(IMAGE))
+        with contextlib.suppress(kiln.ActivityError):
+            await victim.run(["kill", "-TERM", "1"])  # the agent runs as the same user: it may be signalled
+        with pytest.raises(kiln.ActivityError, match="ended"):
+            await victim.run(["true"])
+        assert (await bystander.run(["echo", "unharmed"])).stdout == "unharmed\n"
+        await bystander.release()
