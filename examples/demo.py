@@ -1,6 +1,6 @@
 """`make demo`: a local hub, two providers, the job's image pushed to the hub, the example jobs.
 
-Builds the word-frequency job's image from ``examples/word-freq-image/`` (``FROM
+Builds the word-frequency job's image from ``examples/wordcount-image/`` (``FROM
 kiln-busybox`` plus the job's ``word-freq`` script), starts a hub, pushes the image to the
 hub's store and removes it from the local Docker engine, so that the providers (which share
 this engine) lack it and load it from the hub when the job rents them. Then runs
@@ -24,7 +24,7 @@ from kiln.testing import LocalCluster
 
 HERE = Path(__file__).resolve().parent
 IMAGE = "kiln-word-freq:1"
-CONTEXT = HERE / "word-freq-image"
+CONTEXT = HERE / "wordcount-image"
 LABEL = "org.kiln.example=word-freq"
 """Set by the Dockerfile: every image with it was made by this demo (built, or loaded from its hub)."""
 

@@ -3,10 +3,10 @@
     python examples/word_freq.py --hub ws://127.0.0.1:7465 [--image kiln-word-freq:1] [FILE ...]
 
 With no FILE, the corpus is the license texts every Debian machine carries. Each part is
-counted by ``word-freq``, the script of the job's image (``examples/word-freq-image/``):
+counted by ``word-freq``, the script of the job's image (``examples/wordcount-image/``):
 ``make demo`` builds it and pushes it to the hub; by hand, with a hub running::
 
-    DOCKER_BUILDKIT=0 docker build -t kiln-word-freq:1 examples/word-freq-image
+    DOCKER_BUILDKIT=0 docker build -t kiln-word-freq:1 examples/wordcount-image
     kiln image push kiln-word-freq:1 --hub ws://127.0.0.1:7465
 """
 
