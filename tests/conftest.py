@@ -76,3 +76,13 @@ def shell_less_image() -> Iterator[str]:
     subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=context.getvalue(), capture_output=True, check=True)
     yield tag
     subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
+
+
+@pytest.fixture
+def images() -> Iterator[list[str]]:
+    """Docker images a test made (ids or tags): removed afterwards, whatever happened."""
+    from tests.images import remove
+
+    made: list[str] = []
+    yield made
+    remove(*made)

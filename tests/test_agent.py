@@ -8,12 +8,10 @@ entrypoint. Every container (and the one image) a test creates is removed in tea
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import os
 import queue
 import subprocess
-import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -319,24 +317,8 @@ def test_commands_run_as_the_uid_spawn_asks(start: Callable[..., Agent]) -> None
     assert out.split() == [b"CapInh:", b"0" * 16, b"CapPrm:", b"0" * 16, b"CapEff:", b"0" * 16]
 
 
-@pytest.fixture
-def lone_binary_image(busybox_image: str) -> Iterator[str]:
-    """An image FROM scratch holding one static program and nothing else: no shell, no /bin."""
-    tag = f"{PREFIX}-lone:latest"
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", b"FROM scratch\nCOPY busybox /busybox\n", 0o644),
-                                 ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
-            info = tarfile.TarInfo(name)
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=context.getvalue(), capture_output=True, check=True)
-    yield tag
-    subprocess.run(["docker", "rmi", "-f", tag], capture_output=True, check=False)
-
-
-def test_an_image_with_a_single_static_binary_runs(start: Callable[..., Agent], lone_binary_image: str) -> None:
-    agent = start(*NOBODY, image=lone_binary_image)
+def test_an_image_with_a_single_static_binary_runs(start: Callable[..., Agent], shell_less_image: str) -> None:
+    agent = start(*NOBODY, image=shell_less_image)
     out, _, exit = agent.run(Spawn(1, ("/busybox", "echo", "alone"), {}, credit=MIB))
     assert (out, exit) == (b"alone\n", Exit(1, 0, None))
     out, _, _ = agent.run(Spawn(2, ("/busybox", "ls", "/"), {}, credit=MIB))

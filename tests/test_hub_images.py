@@ -365,7 +365,8 @@ def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
     assert done == {"type": "done", "re": 4}
     assert hub.take(hub.core.store_reply(2, Done(type="done", re=4))) == [], "answered once"
     assert hub.send(2, push_message(4)) == [], "the id is free again"
-    assert hub.actions[-1] == StoreRequest(2, hub.actions[-1].message)
+    again = hub.actions[-1]
+    assert isinstance(again, StoreRequest) and (again.peer, again.message.id) == (2, 4)
 
 
 def test_a_push_cancelled_or_left_behind_is_handed_to_the_store() -> None:

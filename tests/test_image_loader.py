@@ -65,13 +65,6 @@ def adapter() -> DockerAdapter:
 
 
 @pytest.fixture
-def images() -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    remove(*made)
-
-
-@pytest.fixture
 def scratch_image(tmp_path: Path, images: list[str]) -> SavedImage:
     """An image of two layers of its own, saved, then removed from Docker."""
     image_id = build(tmp_path, layers=2)

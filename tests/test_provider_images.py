@@ -38,13 +38,6 @@ async def hub() -> AsyncIterator[ScriptedHub]:
 
 
 @pytest.fixture
-def images() -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    remove(*made)
-
-
-@pytest.fixture
 def processes(tmp_path: Path, images: list[str]) -> Iterator[LocalCluster]:
     """Provider processes; stopped (their containers gone) before the test's images are removed."""
     cluster = LocalCluster(tmp_path / "logs", suffix=f"-{secrets.token_hex(3)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 import orjson
@@ -62,9 +63,14 @@ class StoredImage:
     def blobs(self) -> list[Blob]:
         return [self.manifest.config, *self.manifest.layers]
 
-    @property
+    @cached_property
     def size(self) -> int:
+        """Bytes of its config and layers, each blob counted once (asked per seller on every rent)."""
         return sum(blob.size for blob in unique(self.blobs))
+
+    @cached_property
+    def chain_keys(self) -> tuple[tuple[str, int], ...]:
+        return tuple(self.chains())
 
     def chains(self) -> list[tuple[str, int]]:
         """For each prefix of the layers, base first: a key naming that prefix, and its bytes."""
@@ -206,13 +212,15 @@ class Catalog:
         self.blobs[blob.digest] = blob.size
 
     def add_image(self, manifest: Manifest, config: bytes, tags: Iterable[str], now: float) -> StoredImage:
-        """Record the image whose blobs are all stored, under ``tags`` (taken from any image that had them)."""
+        """Record the image whose blobs are all stored, under ``tags`` (taken from any image that had them).
+
+        ``config`` is read only for an image not stored yet (pass ``b""`` for one that is)."""
         missing = self.missing(manifest)
         if missing:
             raise ImageError(f"{len(missing)} blobs of the image were never sent, e.g. {missing[0].digest}")
-        arch, os_ = read_config(manifest, config)
         image = self.images.get(manifest.config.digest)
         if image is None:
+            arch, os_ = read_config(manifest, config)
             image = StoredImage(manifest, arch, os_, pushed=now)
             self.images[image.digest] = image
         for tag in map(normalize_tag, tags):

@@ -114,7 +114,7 @@ class Market:
             key
             for image in offer.images
             if (stored := self.catalog.images.get(image)) is not None
-            for key, _ in stored.chains()
+            for key, _ in stored.chain_keys
         )
         seller = Seller(peer, name, offer, frozenset(offer.images), total.cpus, total.memory, total.storage,
                         pulls=pulls, chains=chains)  # fmt: skip
@@ -209,7 +209,7 @@ class Market:
         def pulls(seller: Seller) -> bool:
             return able(seller) and seller.can_pull(image)
 
-        for key, _ in reversed(image.chains()):
+        for key, _ in reversed(image.chain_keys):
             best = self._best(self._chains.get(key, set()), pulls)
             if best is not None:
                 return best.peer, False

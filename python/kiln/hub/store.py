@@ -350,9 +350,10 @@ class ImageService:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
                 self._apply(self.core.store_grant(peer, message.id, self._window))
                 await self._receive(peer, message.id, wanted, push)
-            config = await asyncio.to_thread(self.store.read_config, manifest.config.digest)
+            known = manifest.config.digest in self.catalog.images  # a second push only retags: no disk read
+            config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
             before = {digest: set(image.tags) for digest, image in self.catalog.images.items()}
-            image = self.catalog.add_image(manifest, config, message.tags, now=_now())
+            image = self.catalog.add_image(manifest, config, message.tags, now=time.time())
             changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != i.tags]
             await asyncio.to_thread(self.store.save, changed)
         except asyncio.CancelledError as e:
@@ -442,7 +443,3 @@ class ImageService:
             self._apply(self.core.serve_end(peer, stream, error=f"the hub could not read the image: {e}"))
             return
         self._apply(self.core.serve_end(peer, stream))
-
-
-def _now() -> float:
-    return time.time()
