@@ -11,6 +11,7 @@ import pytest
 from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, Close, HubCore, Send
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import PROTOCOL_VERSION
 
 GiB = 2**30
 MiB = 2**20
@@ -83,7 +84,7 @@ def test_wrong_major_version_is_refused_with_a_close() -> None:
     h.core.connect(5)
     [(_, error)] = h.text(5, {"type": "hello", "version": "2.0", "role": "requestor", "name": "x"})
     assert error["code"] == "unsupported_version"
-    assert "1.1" in error["message"]
+    assert PROTOCOL_VERSION in error["message"]
     assert h.closed[0].code == CLOSE_UNSUPPORTED_VERSION
 
 
@@ -92,7 +93,7 @@ def test_later_minor_version_is_welcomed_at_ours() -> None:
     h.core.connect(5)
     [(_, welcome)] = h.text(5, {"type": "hello", "version": "1.9", "role": "requestor", "name": "x"})
     assert welcome["type"] == "welcome"
-    assert welcome["version"] == "1.1"
+    assert welcome["version"] == PROTOCOL_VERSION
 
 
 def test_an_earlier_minor_version_is_welcomed_at_its_own() -> None:

@@ -165,7 +165,7 @@ test("openArchive: a missing file is a FileNotFoundError, a wrong argument a Usa
 
 const PLATFORM = { openSocket: () => assert.fail("no socket"), files: { open: openSource, save: saveDownload }, images: { open: openArchive } };
 
-async function requestor(limits = LIMITS, version = "1.1") {
+async function requestor(limits = LIMITS, version = "1.2") {
   const { socket, conn } = await connected(limits, version);
   return { socket, requestor: new Requestor(conn, PLATFORM) };
 }

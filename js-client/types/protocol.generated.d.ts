@@ -101,6 +101,7 @@ export interface Offer {
     [k: string]: string;
   };
   resources: Resources;
+  root: boolean | null;
   type: "offer";
 }
 /**
@@ -128,6 +129,7 @@ export interface Rent {
   id: number;
   image: string;
   type: "rent";
+  user: "root" | null;
 }
 /**
  * What a requestor asks for: at least these resources, and these labels exactly.
@@ -216,6 +218,7 @@ export interface Create {
   manifest: Manifest | null;
   resources: Resources;
   type: "create";
+  user: "root" | null;
 }
 /**
  * An image as Docker keeps it: its config (whose digest is Docker's image id) and its
@@ -269,8 +272,11 @@ export interface Exec {
     [k: string]: string;
   };
   id: number;
+  stdin: boolean | null;
+  stream: boolean | null;
   timeout: number | null;
   type: "exec";
+  window: number | null;
   workdir: string | null;
 }
 /**

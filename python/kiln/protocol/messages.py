@@ -35,8 +35,8 @@ from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.1"
-MINOR_VERSION: Final = 1
+PROTOCOL_VERSION: Final = "1.2"
+MINOR_VERSION: Final = 2
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -295,6 +295,12 @@ class Offer(_Message):
     arch: Annotated[str, Field(min_length=1, max_length=32)]
     labels: Labels = {}
     images: Annotated[list[ImageRef], Field(max_length=4096)] = []
+    root: bool | None = None
+    """(1.2) Its operator lets a requestor's commands run as root."""
+
+
+User: TypeAlias = Literal["root"]
+"""Whom an activity's commands run as, when not the image's USER (or nobody)."""
 
 
 class Rent(_Message):
@@ -311,6 +317,8 @@ class Rent(_Message):
     demand: Demand
     exclude: Annotated[list[Name], Field(max_length=MAX_EXCLUDE)] = []
     group: GroupName | None = None
+    user: User | None = None
+    """(1.2) ``"root"``: commands run as root, on a provider whose operator allows it."""
 
 
 class Rented(_Message):
@@ -380,6 +388,8 @@ class Create(_Message):
     image: ImageRef
     resources: Resources
     manifest: Manifest | None = None
+    user: User | None = None
+    """(1.2) ``"root"``: the requestor asked for root, and this provider's offer allows it."""
 
 
 class Destroy(_Message):
@@ -412,6 +422,23 @@ class Exec(_Message):
     env: Annotated[dict[Annotated[str, Field(min_length=1, max_length=256)], str], Field(max_length=1024)] = {}
     workdir: ContainerPath | None = None
     timeout: Annotated[float, Field(gt=0, le=7 * 86400)] | None = None
+    stdin: bool | None = None
+    """(1.2) The command's stdin comes on a stream from the requestor (absent: empty)."""
+    stream: bool | None = None
+    """(1.2) The command's output goes out as it comes, on a stream toward the requestor."""
+    window: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """(1.2) The first credit of the output stream, in chunks (only with ``stream``; default 16)."""
+
+    @model_validator(mode="after")
+    def _window_with_stream(self) -> Exec:
+        if self.window is not None and not self.stream:
+            raise ValueError("'window' is the credit of an output stream: it needs 'stream': true")
+        return self
+
+    @property
+    def streams(self) -> bool:
+        """Whether this exec opens a stream (its input, its output, or both)."""
+        return bool(self.stdin or self.stream)
 
 
 class ExecResult(_Message):

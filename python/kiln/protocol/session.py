@@ -12,12 +12,15 @@ The rules everything here follows:
   fit the request's kind. Interim replies come before it: ``download_info`` once for a
   download before its data, ``want`` once for a ``push_image`` before its data (and from a
   provider once for a ``create``), ``rent_progress`` any number of times for a ``rent``.
-* Requests of a later minor version than the hub's ``welcome`` (the image store's, 1.1)
-  are refused here, before they are sent.
+* Requests, and fields, of a later minor version than the hub's ``welcome`` (the image
+  store's, 1.1; an exec's streams and root, 1.2) are refused here, before they are sent.
 * A request the hub sends a provider stays open until the provider sends exactly one
   final reply to it; replying to anything else is this side's misuse.
 * An ``upload``, ``download`` or ``push_image`` opens a stream under the request's id, closed
   with the request; a provider's ``want`` opens one under the ``create``'s id, to receive on.
+  An ``exec`` (1.2) opens one each way: its ``stdin`` toward the provider, its output
+  (``stream``) toward the requestor. A request holds at most one stream in each direction,
+  so frames and credit are told apart by their direction.
   The sender spends one credit per DATA frame and never more than it holds; the
   receiver grants credit and never lets what is outstanding exceed ``max_window``. Data
   beyond the credit granted is the peer's violation and fails the stream.
@@ -115,8 +118,8 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
 """The requests each role may send."""
 SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1}
 """The minor version that brought each request (absent: 0)."""
-STREAMING: Final = frozenset({"upload", "download", "push_image"})
-"""The requests of this side that open a stream."""
+OUTPUT_WINDOW: Final = 16
+"""The first credit of an exec's output stream when the exec names none (chunks)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
     "push_image": ("want", True),
@@ -279,7 +282,6 @@ class State(enum.Enum):
 
 @dataclass
 class _Stream:
-    sending: bool
     credit: int  # sending: DATA frames we may still send; receiving: DATA frames the peer may still send
     ended: bool = False
     started: bool = False  # data has moved
@@ -287,11 +289,16 @@ class _Stream:
 
 @dataclass
 class _Open:
-    """An open request: its kind, and its stream if it has one."""
+    """An open request: its kind, and its streams if it has any (at most one each way)."""
 
     kind: str
-    stream: _Stream | None = None
+    send: _Stream | None = None
+    recv: _Stream | None = None
     informed: bool = False
+
+    @property
+    def streams(self) -> bool:
+        return self.send is not None or self.recv is not None
 
 
 class Session:
@@ -362,22 +369,22 @@ class Session:
             raise LocalProtocolError(f"a {self.role} may not send {message.type!r}", ErrorCode.OUT_OF_ORDER)
         if message.id in self._mine:
             raise LocalProtocolError(f"request id {message.id} is already in use", ErrorCode.DUPLICATE_ID)
-        if SINCE.get(message.type, 0) > self.minor:
-            raise UnsupportedVersion(
-                f"{message.type!r} needs protocol 1.{SINCE[message.type]}; the hub speaks {self.version}"
-            )
+        since, what = _since(message)
+        if since > self.minor:
+            raise UnsupportedVersion(f"{what} needs protocol 1.{since}; the hub speaks {self.version}")
         limits = self.limits
         if (full := self._full(message)) is not None:
             raise LocalProtocolError(full, ErrorCode.TOO_MANY)
-        stream: _Stream | None = None
-        if isinstance(message, Upload | Download | PushImage):
-            if isinstance(message, Download) and message.window > limits.max_window:
-                raise LocalProtocolError(
-                    f"a window of {message.window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
-                )
-            window = message.window if isinstance(message, Download) else 0  # a sender waits for credit
-            stream = _Stream(sending=not isinstance(message, Download), credit=window)
-        self._mine[message.id] = _Open(message.type, stream)
+        window = _window(message)
+        if window is not None and window > limits.max_window:
+            raise LocalProtocolError(
+                f"a window of {window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
+            )
+        open_ = self._mine[message.id] = _Open(message.type)
+        if isinstance(message, Upload | PushImage) or (isinstance(message, Exec) and message.stdin):
+            open_.send = _Stream(credit=0)  # a sender waits for credit
+        if window is not None:
+            open_.recv = _Stream(credit=window)
         self._send(message)
 
     def has_room(self, message: Request) -> bool:
@@ -392,8 +399,8 @@ class Session:
         limits = self.limits
         if len(self._mine) >= limits.max_pending:
             return f"more than {limits.max_pending} requests open at once"
-        streams = sum(1 for r in self._mine.values() if r.stream is not None)
-        if message.type in STREAMING and streams >= limits.max_streams:
+        streams = sum(1 for r in self._mine.values() if r.streams)
+        if _opens_stream(message) and streams >= limits.max_streams:
             return f"more than {limits.max_streams} streams open at once"
         return None
 
@@ -417,7 +424,7 @@ class Session:
                 )
             open_.informed = True
             if isinstance(message, Want):
-                open_.stream = _Stream(sending=False, credit=0)  # the blobs come on the create's stream
+                open_.recv = _Stream(credit=0)  # the blobs come on the create's stream
         elif message.type not in ANSWERS[open_.kind]:
             raise LocalProtocolError(f"{message.type!r} does not answer a {open_.kind!r}", ErrorCode.OUT_OF_ORDER)
         else:
@@ -428,8 +435,8 @@ class Session:
 
     def credit(self, stream: int) -> int:
         """DATA frames we may send on ``stream`` now (0 for a stream we do not send on)."""
-        found = self._stream(stream)
-        return found.credit if found is not None and found.sending and not found.ended else 0
+        found = self._stream(stream, sending=True)
+        return found.credit if found is not None and not found.ended else 0
 
     def send_data(self, stream: int, data: bytes | memoryview) -> None:
         """Send one DATA frame of at most ``chunk_bytes`` on ``stream``, spending one credit."""
@@ -453,16 +460,16 @@ class Session:
 
     def abort_stream(self, stream: int, reason: str) -> None:
         """Give up sending on ``stream`` (an ABORT frame); its request then ends with an error. No-op if not open."""
-        found = self._stream(stream)
-        if self.state is State.OPEN and found is not None and found.sending and not found.ended:
+        found = self._stream(stream, sending=True)
+        if self.state is State.OPEN and found is not None and not found.ended:
             found.ended = True
             text = reason.encode(errors="replace")[: frames.MAX_REASON_BYTES].decode(errors="ignore")
             self._out.append(Outbound(frames.encode(FrameKind.ABORT, stream, text.encode()), binary=True))
 
     def grant(self, stream: int, chunks: int) -> None:
         """Let the sender of ``stream`` send ``chunks`` more DATA frames. No-op if the stream is over."""
-        found = self._stream(stream)
-        if self.state is not State.OPEN or found is None or found.sending or found.ended:
+        found = self._stream(stream, sending=False)
+        if self.state is not State.OPEN or found is None or found.ended:
             return
         if chunks < 1 or found.credit + chunks > self.limits.max_window:
             raise LocalProtocolError(
@@ -496,8 +503,8 @@ class Session:
         if self.state is State.HELLO_SENT:
             self._handshake(message)
         elif isinstance(message, Credit):
-            found = self._stream(message.stream)
-            if found is not None and found.sending and not found.ended:
+            found = self._stream(message.stream, sending=True)
+            if found is not None and not found.ended:
                 found.credit += message.chunks
                 self._events.append(Credited(message.stream, message.chunks))
         elif isinstance(
@@ -530,8 +537,8 @@ class Session:
         except RemoteProtocolError as e:
             self._violated(e)
             return
-        found = self._stream(frame.stream)
-        if found is None or found.sending or found.ended:
+        found = self._stream(frame.stream, sending=False)
+        if found is None or found.ended:
             return  # it crossed the stream's end
         if frame.kind is FrameKind.DATA:
             if found.credit <= 0:
@@ -603,12 +610,11 @@ class Session:
             )
             self._violated(error)
             return
-        stream = None
-        if isinstance(message, Upload):
-            stream = _Stream(sending=False, credit=0)  # the provider grants the first credit
-        elif isinstance(message, Download):
-            stream = _Stream(sending=True, credit=message.window)
-        self._theirs[message.id] = _Open(message.type, stream)
+        open_ = self._theirs[message.id] = _Open(message.type)
+        if isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin):
+            open_.recv = _Stream(credit=0)  # the provider grants the first credit
+        if (window := _window(message)) is not None:
+            open_.send = _Stream(credit=window)
         self._events.append(Requested(message))
 
     def _invalid(self, data: bytes | str, error: RemoteProtocolError) -> None:
@@ -648,13 +654,16 @@ class Session:
         if self.state is not State.OPEN:
             raise LocalProtocolError("the session is not open yet (no welcome)", ErrorCode.OUT_OF_ORDER)
 
-    def _stream(self, stream: int) -> _Stream | None:
+    def _stream(self, stream: int, *, sending: bool) -> _Stream | None:
+        """The half of request ``stream``'s streams that goes our way (``sending``) or the other."""
         open_ = (self._mine if self.role == "requestor" else self._theirs).get(stream)
-        return open_.stream if open_ is not None else None
+        if open_ is None:
+            return None
+        return open_.send if sending else open_.recv
 
     def _sending(self, stream: int) -> _Stream:
-        found = self._stream(stream)
-        if found is None or not found.sending or found.ended:
+        found = self._stream(stream, sending=True)
+        if found is None or found.ended:
             raise LocalProtocolError(f"no open stream {stream} to send on", ErrorCode.UNKNOWN_STREAM)
         return found
 
@@ -668,7 +677,30 @@ def _interim_fits(open_: _Open, kind: str) -> bool:
     if fit is None or fit[0] != kind:
         return False
     once = fit[1]
-    return not once or not (open_.informed or (open_.stream is not None and open_.stream.started))
+    started = any(half is not None and half.started for half in (open_.send, open_.recv))
+    return not once or not (open_.informed or started)
+
+
+def _window(message: Request | HubRequest) -> int | None:
+    """The first credit of the stream ``message`` opens toward its sender, if it opens one."""
+    if isinstance(message, Download):
+        return message.window
+    if isinstance(message, Exec) and message.stream:
+        return message.window or OUTPUT_WINDOW
+    return None
+
+
+def _opens_stream(message: Request) -> bool:
+    return isinstance(message, Upload | Download | PushImage) or (isinstance(message, Exec) and message.streams)
+
+
+def _since(message: Request) -> tuple[int, str]:
+    """The minor version ``message`` needs, and what needs it."""
+    if isinstance(message, Exec) and message.streams:
+        return 2, "an exec's stdin or stream"
+    if isinstance(message, Rent) and message.user is not None:
+        return 2, f"user={message.user!r}"
+    return SINCE.get(message.type, 0), repr(message.type)
 
 
 def _reply_to(data: bytes | str) -> int | None:
