@@ -119,7 +119,7 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
 SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1}
 """The minor version that brought each request (absent: 0)."""
 OUTPUT_WINDOW: Final = 16
-"""The first credit of an exec's output stream when the exec names none (chunks)."""
+"""The first credit of an exec's output stream when the exec names none (chunks; at most ``max_window``)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
     "push_image": ("want", True),
@@ -375,7 +375,7 @@ class Session:
         limits = self.limits
         if (full := self._full(message)) is not None:
             raise LocalProtocolError(full, ErrorCode.TOO_MANY)
-        window = _window(message)
+        window = _window(message, limits)
         if window is not None and window > limits.max_window:
             raise LocalProtocolError(
                 f"a window of {window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
@@ -613,7 +613,7 @@ class Session:
         open_ = self._theirs[message.id] = _Open(message.type)
         if isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin):
             open_.recv = _Stream(credit=0)  # the provider grants the first credit
-        if (window := _window(message)) is not None:
+        if (window := _window(message, self.limits)) is not None:
             open_.send = _Stream(credit=window)
         self._events.append(Requested(message))
 
@@ -681,12 +681,12 @@ def _interim_fits(open_: _Open, kind: str) -> bool:
     return not once or not (open_.informed or started)
 
 
-def _window(message: Request | HubRequest) -> int | None:
+def _window(message: Request | HubRequest, limits: Limits) -> int | None:
     """The first credit of the stream ``message`` opens toward its sender, if it opens one."""
     if isinstance(message, Download):
         return message.window
     if isinstance(message, Exec) and message.stream:
-        return message.window or OUTPUT_WINDOW
+        return message.window or min(OUTPUT_WINDOW, limits.max_window)
     return None
 
 
