@@ -23,9 +23,9 @@ class Harness:
         self.core = HubCore(new_activity_id=lambda: f"act{next(ids)}")
         self.closed: list[Close] = []
 
-    def join(self, peer: int, role: str, name: str) -> None:
+    def join(self, peer: int, role: str, name: str, version: str = "1.0") -> None:
         self.core.connect(peer)
-        out = self.text(peer, {"type": "hello", "version": "1.0", "role": role, "name": name})
+        out = self.text(peer, {"type": "hello", "version": version, "role": role, "name": name})
         assert out[0][1]["type"] == "welcome", out
 
     def text(self, peer: int, message: dict[str, Any] | bytes) -> list[tuple[int, Any]]:
@@ -47,9 +47,11 @@ class Harness:
                 self.closed.append(action)
         return out
 
-    def offer(self, peer: int, cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None) -> None:
+    def offer(
+        self, peer: int, cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None, **more: Any
+    ) -> None:
         out = self.text(peer, {"type": "offer", "id": 1, "resources": {"cpus": cpus, "memory": memory},
-                               "arch": "amd64", "images": images or []})  # fmt: skip
+                               "arch": "amd64", "images": images or [], **more})  # fmt: skip
         assert out == [(peer, {"type": "done", "re": 1})]
 
     def rent(self, requestor: int, rid: int, provider: int, cpus: float = 1, memory: int = 256 * MiB) -> str:

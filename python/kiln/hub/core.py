@@ -178,7 +178,11 @@ PROGRESS_BYTES: Final = 4 * 2**20
 
 @dataclass
 class Route:
-    """One file stream: the requestor's leg (its request id) and the provider's leg (the hub's)."""
+    """One stream, one way: the requestor's leg (its request id) and the provider's leg (the hub's).
+
+    ``upload`` streams go toward the provider (an upload's file, an exec's stdin, a stored
+    image's blobs), the others toward the requestor (a download, an exec's output).
+    """
 
     requestor: int
     r_id: int
@@ -202,7 +206,7 @@ class Pending:
     activity: str
     requestor: int | None
     r_id: int | None
-    route: Route | None = None
+    routes: list[Route] = field(default_factory=list)  # its streams: at most one each way
     cancelled: bool = False
     # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
     stored: StoredImage | None = None
@@ -239,8 +243,9 @@ class Peer:
     open: dict[int, tuple[int, int]] = field(default_factory=dict)
     # provider: the hub's requests awaiting a reply, by hub id
     pending: dict[int, Pending] = field(default_factory=dict)
-    # streams this peer takes part in, by the id it knows them under
-    streams: dict[int, Route] = field(default_factory=dict)
+    # the streams this peer sends on, and those it receives on, by the id it knows them under
+    sends: dict[int, Route] = field(default_factory=dict)
+    receives: dict[int, Route] = field(default_factory=dict)
     # requestor: its pushes to the image store, by request id -> credit the store granted, unspent
     pushes: dict[int, int] = field(default_factory=dict)
     # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
@@ -249,6 +254,10 @@ class Peer:
     queued: int = 0
     waiting: deque[Route] = field(default_factory=deque)
     next_id: int = 1
+
+    def streams(self) -> int:
+        """The requests of this peer's that hold a stream (either way, or both)."""
+        return len(self.sends.keys() | self.receives.keys()) + len(self.pushes)
 
     def new_id(self) -> int:
         value = self.next_id
@@ -348,12 +357,11 @@ class HubCore:
         if p.role == "requestor" and frame.stream in p.pushes:
             self._push_frame(p, frame.stream, frame.kind, frame.payload)
             return self._flush()
-        route = p.streams.get(frame.stream)
-        sending = route is not None and (route.upload == (p.role == "requestor"))
+        route = p.sends.get(frame.stream)
         # A requestor's stream id is its request id, so the error can name it; a provider's is
         # the hub's, which the provider cannot match against its own requests.
         re = frame.stream if p.role == "requestor" else None
-        if route is None or not sending or route.ended:
+        if route is None or route.ended:
             self._error(p, re, ErrorCode.UNKNOWN_STREAM, f"no open stream {frame.stream} to send on")
             return self._flush()
         to_requestor = p.role == "provider"
@@ -457,7 +465,7 @@ class HubCore:
             return
         if isinstance(message, PushImage | ListImages | RemoveImage):
             if isinstance(message, PushImage):
-                if len(p.streams) + len(p.pushes) >= self.limits.max_streams:
+                if p.streams() >= self.limits.max_streams:
                     self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
                     return
                 p.pushes[message.id] = 0
@@ -492,7 +500,7 @@ class HubCore:
         stored = self.catalog.resolve(message.image)
         try:
             provider, cached = self.market.choose(
-                message.image, message.demand, set(message.exclude), group or (), stored
+                message.image, message.demand, set(message.exclude), group or (), stored, root=message.user == "root"
             )
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
@@ -514,7 +522,8 @@ class HubCore:
         pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
         q.pending[hub_id] = pending
         p.open[message.id] = (provider, hub_id)
-        create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources)
+        create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources,
+                        user=message.user)  # fmt: skip
         if stored is not None:
             manifest = stored.manifest if q.minor >= 1 else None
             create = create.model_copy(update={"image": stored.digest, "manifest": manifest})
@@ -522,28 +531,35 @@ class HubCore:
 
     def _forward(self, p: Peer, activity: Lease, message: Exec | Upload | Download) -> None:
         q = self.peers[activity.provider]
-        route: Route | None = None
-        if isinstance(message, Upload | Download):
-            if len(p.streams) >= self.limits.max_streams:
-                self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
-                return
-            hub_id = q.new_id()
-            route = Route(p.id, message.id, q.id, hub_id, upload=isinstance(message, Upload))
-            p.streams[message.id] = route
-            q.streams[hub_id] = route
-            if isinstance(message, Download):
-                # The first credit rides in the request: at least one chunk of it now, the rest
-                # as the requestor's buffer at the hub has room (see _release).
-                window = min(message.window, self.limits.max_window)
-                first = min(window, max(self._room(p), 1))
-                route.credit = first
-                p.inbound += first
-                if window > first:
-                    self._withhold(p, route, window - first)
-                message = message.model_copy(update={"window": first})
-        else:
-            hub_id = q.new_id()
-        q.pending[hub_id] = Pending(message.type, activity.id, p.id, message.id, route)
+        inward = isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin)
+        outward = isinstance(message, Download) or (isinstance(message, Exec) and message.stream)
+        if isinstance(message, Exec) and message.streams and q.minor < 2:
+            text = f"the provider of activity {activity.id} speaks protocol 1.{q.minor}: an exec's streams need 1.2"
+            self._error(p, message.id, ErrorCode.UNSUPPORTED_VERSION, text)
+            return
+        if (inward or outward) and p.streams() >= self.limits.max_streams:
+            self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
+            return
+        hub_id = q.new_id()
+        pending = q.pending[hub_id] = Pending(message.type, activity.id, p.id, message.id)
+        if inward:
+            route = Route(p.id, message.id, q.id, hub_id, upload=True)
+            p.sends[message.id] = q.receives[hub_id] = route
+            pending.routes.append(route)
+        if outward:
+            route = Route(p.id, message.id, q.id, hub_id, upload=False)
+            q.sends[hub_id] = p.receives[message.id] = route
+            pending.routes.append(route)
+            # The first credit rides in the request: at least one chunk of it now, the rest
+            # as the requestor's buffer at the hub has room (see _release).
+            assert not isinstance(message, Upload)
+            window = min(message.window or limits.OUTPUT_WINDOW, self.limits.max_window)
+            first = min(window, max(self._room(p), 1))
+            route.credit = first
+            p.inbound += first
+            if window > first:
+                self._withhold(p, route, window - first)
+            message = message.model_copy(update={"window": first})
         p.open[message.id] = (q.id, hub_id)
         self._send(q.id, message.model_copy(update={"id": hub_id}))
 
@@ -559,9 +575,8 @@ class HubCore:
         self._send(q.id, Destroy(type="destroy", id=hub_id, activity=activity.id))
 
     def _credit(self, p: Peer, message: Credit) -> None:
-        route = p.streams.get(message.stream)
-        receiving = route is not None and (route.upload == (p.role == "provider"))
-        if route is None or not receiving or route.ended:
+        route = p.receives.get(message.stream)
+        if route is None or route.ended:
             # The stream may have ended while the credit was on its way: not an error.
             return
         if route.credit + route.withheld + message.chunks > self.limits.max_window:
@@ -675,8 +690,8 @@ class HubCore:
         requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
         if requestor is not None and pending.r_id is not None:
             requestor.open.pop(pending.r_id, None)
-        if pending.route is not None:
-            self._end_route(pending.route)
+        for route in pending.routes:
+            self._end_route(route)
         activity = self.activities.get(pending.activity)
         if pending.kind == "create":
             if activity is None:
@@ -716,12 +731,11 @@ class HubCore:
         if route.requestor == HUB and not route.ended:
             self._out.append(ServeStop(route.provider, route.p_id))
         self._close_route(route)
-        provider = self.peers.get(route.provider)
+        provider, requestor = self.peers.get(route.provider), self.peers.get(route.requestor)
         if provider is not None:
-            provider.streams.pop(route.p_id, None)
-        requestor = self.peers.get(route.requestor)
+            (provider.receives if route.upload else provider.sends).pop(route.p_id, None)
         if requestor is not None:
-            requestor.streams.pop(route.r_id, None)
+            (requestor.sends if route.upload else requestor.receives).pop(route.r_id, None)
 
     def _drop_activity(self, activity: Lease) -> None:
         self._log("info", f"activity {activity.id} ended; its capacity is free")
@@ -766,13 +780,13 @@ class HubCore:
 
     def _want(self, p: Peer, hub_id: int, pending: Pending, want: Want) -> None:
         """Provider ``p`` lacks these blobs of the stored image it is asked to create: send them."""
-        if pending.route is not None or pending.stored is None or p.minor < 1:
+        if pending.routes or pending.stored is None or p.minor < 1:
             self._error(p, None, ErrorCode.OUT_OF_ORDER, f"'want' fits only once the create {hub_id} of a stored image")
             return
         sizes = {blob.digest: blob for blob in pending.stored.blobs}
         route = Route(HUB, hub_id, p.id, hub_id, upload=True)
-        p.streams[hub_id] = route
-        pending.route = route
+        p.receives[hub_id] = route
+        pending.routes.append(route)
         blobs = [sizes.get(digest) for digest in want.blobs]
         if len(set(want.blobs)) != len(want.blobs) or None in blobs:
             self._send_binary(
@@ -817,7 +831,7 @@ class HubCore:
 
     def _served(self, peer: int, stream: int) -> tuple[Route | None, Peer | None]:
         q = self.peers.get(peer)
-        route = q.streams.get(stream) if q is not None else None
+        route = q.receives.get(stream) if q is not None else None
         if route is None or route.requestor != HUB or route.ended:
             return None, None
         return route, q
@@ -891,8 +905,8 @@ class HubCore:
                         ),
                     )
         for pending in p.pending.values():
-            if pending.route is not None:
-                self._end_route(pending.route)
+            for route in pending.routes:
+                self._end_route(route)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
             if requestor is None or pending.r_id is None:
                 continue
@@ -909,10 +923,12 @@ class HubCore:
         self._log("info", f"requestor {shown(p.name)} left; destroying {len(p.activities)} activities")
         for request in p.pushes:
             self._out.append(PushCancelled(p.id, request, answer=False))
-        for route in p.streams.values():
+        for route in p.sends.values():
             q = self.peers.get(route.provider)
-            if q is not None and route.upload and not route.ended:
+            if q is not None and not route.ended:
                 self._send_binary(q.id, frames.encode(FrameKind.ABORT, route.p_id, b"requestor disconnected"))
+            self._close_route(route)
+        for route in p.receives.values():
             self._close_route(route)
         for activity_id in sorted(p.activities):
             activity = self.activities.get(activity_id)

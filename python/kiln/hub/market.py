@@ -160,20 +160,28 @@ class Market:
         exclude: Collection[str] = (),
         avoid: Collection[int] = (),
         stored: StoredImage | None = None,
+        *,
+        root: bool = False,
     ) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
-        Providers named in ``exclude``, and the peers in ``avoid``, are passed over. Of the
+        Providers named in ``exclude``, and the peers in ``avoid``, are passed over, and with
+        ``root`` those whose operator does not let commands run as root. Of the
         rest, those holding the image come first, then the least loaded (fewest activities,
         most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
         offers, or saying that all are busy.
         """
 
         def able(seller: Seller) -> bool:
-            return seller.fits(demand) and seller.peer not in avoid and seller.name not in exclude
+            return (
+                seller.fits(demand)
+                and seller.peer not in avoid
+                and seller.name not in exclude
+                and (seller.offer.root or not root)
+            )
 
         if stored is not None:
-            return self._choose_stored(stored, demand, able, exclude, avoid)
+            return self._choose_stored(stored, demand, able, exclude, avoid, root)
         holders = self._holders.get(image, set())
         if len(holders) <= FEW_HOLDERS:
             fitting = [self._sellers[peer] for peer in holders if able(self._sellers[peer])]
@@ -191,7 +199,7 @@ class Market:
                     first_able = first_able or seller
             if first_able is not None:
                 return first_able.peer, False
-        raise NoMatch(self._why_not(demand, exclude, avoid))
+        raise NoMatch(self._why_not(demand, exclude, avoid, root=root))
 
     def _choose_stored(
         self,
@@ -200,6 +208,7 @@ class Market:
         able: Callable[[Seller], bool],
         exclude: Collection[str],
         avoid: Collection[int],
+        root: bool,
     ) -> tuple[int, bool]:
         """A holder of the stored ``image``; else the provider that can pull it holding most of its layers."""
         best = self._best(self._holders.get(image.digest, set()), able)
@@ -216,7 +225,7 @@ class Market:
         for seller in self._in_order():
             if pulls(seller):
                 return seller.peer, False
-        raise NoMatch(self._why_not(demand, exclude, avoid, image))
+        raise NoMatch(self._why_not(demand, exclude, avoid, image, root=root))
 
     def _best(self, peers: set[int], ok: Callable[[Seller], bool]) -> Seller | None:
         """The first in preference order of ``peers`` that is ``ok``."""
@@ -279,13 +288,23 @@ class Market:
         return infos, len(matching)
 
     def _why_not(
-        self, demand: Demand, exclude: Collection[str], avoid: Collection[int], image: StoredImage | None = None
+        self,
+        demand: Demand,
+        exclude: Collection[str],
+        avoid: Collection[int],
+        image: StoredImage | None = None,
+        *,
+        root: bool = False,
     ) -> str:
         if not self._sellers:
             return "no provider is connected to the hub"
         sellers = [s for s in self._sellers.values() if s.name not in exclude and s.peer not in avoid]
         if not sellers:
             return f"every connected provider ({len(self._sellers)}) is excluded by the request or already in its group"
+        if root:
+            sellers = [s for s in sellers if s.offer.root]
+            if not sellers:
+                return "no provider lets commands run as root (its operator allows it with --allow-root)"
         if image is not None:
             holders = self._holders.get(image.digest, set())
             if not any(s.peer in holders for s in sellers):

@@ -21,3 +21,5 @@ MAX_OUTPUT_BYTES: Final = 256 * 1024
 """stdout (and separately stderr) an exec returns; the rest is cut and flagged."""
 OUTBOX_BYTES: Final = 64 * 1024 * 1024
 """Bytes queued toward one slow peer before the hub gives up on it."""
+OUTPUT_WINDOW: Final = 16
+"""The first credit of an exec's output stream (1.2) when the exec names none; at most ``max_window``."""

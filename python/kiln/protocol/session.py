@@ -57,6 +57,7 @@ from kiln.protocol.errors import (
     error_from_code,
 )
 from kiln.protocol.frames import FrameKind
+from kiln.protocol.limits import OUTPUT_WINDOW
 from kiln.protocol.messages import (
     MAJOR_VERSION,
     MAX_ID,
@@ -118,8 +119,6 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
 """The requests each role may send."""
 SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1}
 """The minor version that brought each request (absent: 0)."""
-OUTPUT_WINDOW: Final = 16
-"""The first credit of an exec's output stream when the exec names none (chunks; at most ``max_window``)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
     "push_image": ("want", True),
