@@ -185,3 +185,29 @@ async def test_commands_run_as_nobody_unless_the_image_names_a_user(open_box: Op
         assert (await run(own, "sh", "-c", "id -u; id -g")).stdout == b"1234\n2345\n"
     finally:
         await asyncio.to_thread(subprocess.run, ["docker", "rmi", "-f", tag], capture_output=True)
+
+
+async def test_output_beyond_its_credit_breaks_the_channel(busybox_image: str, tmp_path: Path) -> None:
+    # A stand-in agent says hello, then floods a streamed command whose output nobody takes
+    # with more than it was granted (1 MiB): the provider holds no more than it granted, and
+    # fails that container.
+    liar = tmp_path / "flood"
+    hello = r"\000\000\000\021\201\000\000\000\000\000\000\000\001\000\020\000\000\000\004\000\000"
+    chunk = r"\000\000\200\005\203\000\000\000\001"  # STDOUT of command 1, 32 KiB
+    liar.write_text(f"#!/bin/sh\nprintf '{hello}'\nsleep 1\n"
+                    f"for i in $(seq 40); do printf '{chunk}'; head -c 32768 /dev/zero; done\nsleep 30\n")  # fmt: skip
+    liar.chmod(0o755)
+    adapter = DockerAdapter(PROVIDER, agent=str(liar))
+    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=busybox_image, cpus=1.0, memory=64 * MIB)
+    started = await asyncio.to_thread(adapter.create, spec)
+    try:
+        channel = AgentChannel(started.channel, "flood", started.uid, started.gid)
+        await channel.open()
+
+        async def stuck(fd: int, data: bytes) -> None:
+            await asyncio.Event().wait()  # a requestor that never reads: no credit goes back
+
+        with pytest.raises(DockerFailed, match="beyond the credit"):
+            await channel.run(["true"], PATH, None, 10, MIB, sink=stuck)
+    finally:
+        await asyncio.to_thread(adapter.remove, started.id)

@@ -54,6 +54,8 @@ class FakeMarket:
     live: list[FakeActivity] = field(default_factory=list)
     rented: list[FakeActivity] = field(default_factory=list)
     most_of_a_group_on_one_provider: int = 0
+    users: list[str | None] = field(default_factory=list)
+    """The user every rent asked for."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def rent(
@@ -64,7 +66,9 @@ class FakeMarket:
         exclude: Iterable[str] = (),
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
+        user: str | None = None,
     ) -> Awaitable[kiln.Activity]:
+        self.users.append(user)
         return self._rent(set(exclude), group, on_progress)
 
     async def _rent(
@@ -303,3 +307,11 @@ async def test_the_progress_bar_shows_an_image_loading() -> None:
     shown = screen.getvalue()
     assert "loading img on p1, 40 of 120 MiB" in shown
     assert "pulled 120MiB of image" in shown
+
+
+async def test_a_job_as_root_rents_every_activity_as_root() -> None:
+    market = FakeMarket(["p1", "p2"])
+    assert sorted(await Recorded(market, square, 4, user="root").run()) == [0, 1, 4, 9]
+    assert market.users and set(market.users) == {"root"}
+    await Recorded(market, square, 1).run()
+    assert market.users[-1] is None

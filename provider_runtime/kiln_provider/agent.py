@@ -9,6 +9,13 @@ and settles each command. What comes from the container is untrusted: a frame ou
 place, or garbage, breaks the channel and fails every command of that container with
 ``container_failed``; the provider goes on.
 
+A command's input comes from an async iterator of chunks (an exec's ``stdin`` stream),
+fed within the agent's stdin window; its output is either collected (capped, as ``run``
+returns it) or handed to a sink as it comes (an exec's ``stream``). A sink is fed in
+order, and the agent gets more output credit only as the sink takes what it has: a sink
+that waits (a requestor that does not read) stops the command at its next write, with at
+most :data:`OUTPUT_WINDOW` bytes of its output held here.
+
 When the channel closes — the provider removed the container, or died — the agent kills
 every process and exits, and Docker removes the container (it was created to be removed
 on exit): no container outlives its provider.
@@ -21,9 +28,10 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final, TypeAlias
 
 from kiln_provider import agent_protocol as wire
 from kiln_provider.errors import AgentViolation, DockerFailed
@@ -37,6 +45,8 @@ KILL_GRACE: Final = 5.0
 OUTPUT_WINDOW: Final = 1024 * 1024
 """Output bytes the provider lets a command have in flight: it grants more as it takes them."""
 _DOCKER_HEADER: Final = 8
+Sink: TypeAlias = Callable[[int, bytes], Awaitable[None]]
+"""Takes a command's output as it comes: (1 for stdout or 2 for stderr, bytes)."""
 _NO_SUCH_PROGRAM: Final = {2: 127, 20: 126, 13: 126, 8: 126}  # ENOENT, ENOTDIR, EACCES, ENOEXEC
 
 
@@ -57,10 +67,16 @@ class Outcome:
 @dataclass
 class _Command:
     max_output: int
+    streaming: bool = False  # output goes to a sink (see _pump), not into ``out``
     started: float = field(default_factory=time.monotonic)
     out: list[bytearray] = field(default_factory=lambda: [bytearray(), bytearray()])
     truncated: list[bool] = field(default_factory=lambda: [False, False])
+    credit: int = OUTPUT_WINDOW  # output bytes the agent may still send: more is a violation
     taken: int = 0  # output bytes taken since the last credit
+    queue: deque[tuple[int, bytes]] = field(default_factory=deque)  # streaming: output not yet sunk
+    queued: asyncio.Event = field(default_factory=asyncio.Event)
+    unacked: int = 0  # stdin bytes sent and not yet acknowledged
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Future[wire.Exit | wire.SpawnError] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -110,20 +126,37 @@ class AgentChannel:
         workdir: str | None,
         timeout: float | None,
         max_output: int,
+        *,
+        stdin: AsyncIterator[bytes | memoryview] | None = None,
+        sink: Sink | None = None,
+        sink_chunk: int = 256 * 1024,
     ) -> Outcome:
-        """Run ``argv`` to its end (killed, with its whole tree, after ``timeout`` seconds or when cancelled)."""
+        """Run ``argv`` to its end (killed, with its whole tree, after ``timeout`` seconds or when cancelled).
+
+        ``stdin`` feeds the command's input (none: it is empty); an error it raises kills the
+        command and is raised here. With ``sink``, the output goes there as it comes, in
+        pieces of at most ``sink_chunk`` bytes, all of it before this returns (the Outcome's
+        ``stdout``/``stderr`` are then empty); an error the sink raises kills the command
+        and is raised here.
+        """
         if self.broken is not None:
             raise self.broken
         self._next_id = self._next_id % 0xFFFFFFFF + 1
         id_ = self._next_id
-        command = self._commands[id_] = _Command(max_output)
+        command = self._commands[id_] = _Command(max_output, streaming=sink is not None)
         timed_out = killed = False
+        helpers: list[asyncio.Task[None]] = []
         try:
             spawn = wire.Spawn(id_, tuple(argv), dict(env), workdir or "", self.uid, self.gid, OUTPUT_WINDOW)
-            await self._send(spawn, wire.Stdin(id_, b""))  # run takes no input: its stdin is at its end
+            await self._send(spawn, *([wire.Stdin(id_, b"")] if stdin is None else []))  # no input: at its end
+            loop = asyncio.get_running_loop()
+            if stdin is not None:
+                helpers.append(loop.create_task(self._feed(id_, command, stdin)))
+            if sink is not None:
+                helpers.append(loop.create_task(self._pump(id_, command, sink, sink_chunk)))
             try:
                 async with asyncio.timeout(timeout):
-                    end = await asyncio.shield(command.ended)
+                    end = await self._until_end(command, helpers)
             except TimeoutError:
                 timed_out = True
                 end = await self._kill(id_, command)
@@ -132,8 +165,21 @@ class AgentChannel:
                 with contextlib.suppress(Exception):
                     self._write(wire.Kill(id_))
                 raise
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await self._kill(id_, command)
+                raise
+            if sink is not None:
+                command.queue.append((0, b""))  # the end: the pump stops once it has sunk the rest
+                command.queued.set()
+                await helpers[-1]
         finally:
             self._commands.pop(id_, None)
+            for helper in helpers:
+                helper.cancel()
+            for helper in helpers:
+                with contextlib.suppress(BaseException):
+                    await helper
         stdout, stderr = bytes(command.out[0]), bytes(command.out[1])
         if isinstance(end, wire.SpawnError):
             # As docker exec tells it: 127 for a program not found, 126 for one that cannot run.
@@ -143,6 +189,56 @@ class AgentChannel:
             code = end.code if end.code is not None else 128 + (end.signal or 9)
         return Outcome(code, stdout, stderr, command.truncated[0], command.truncated[1], timed_out, killed,
                        time.monotonic() - command.started)  # fmt: skip
+
+    @staticmethod
+    async def _until_end(command: _Command, helpers: list[asyncio.Task[None]]) -> wire.Exit | wire.SpawnError:
+        """The command's end; or the error of its input or its sink, if one fails first."""
+        ended: asyncio.Future[wire.Exit | wire.SpawnError] = asyncio.ensure_future(asyncio.shield(command.ended))
+        waiting: set[asyncio.Future[Any]] = {ended, *helpers}
+        try:
+            while not ended.done():
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for helper in done - {ended}:
+                    helper.result()  # an input that ended is fine; one that failed ends the command
+            return ended.result()
+        finally:
+            ended.cancel()
+
+    async def _feed(self, id_: int, command: _Command, chunks: AsyncIterator[bytes | memoryview]) -> None:
+        """Write the command's input within the agent's stdin window, then close it (EOF)."""
+        window = self._hello.result().stdin_window
+        async for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                while command.unacked >= window:
+                    command.acked.clear()
+                    await command.acked.wait()
+                piece = view[: window - command.unacked]
+                command.unacked += len(piece)
+                await self._send(wire.Stdin(id_, bytes(piece)))
+                view = view[len(piece) :]
+        await self._send(wire.Stdin(id_, b""))
+
+    async def _pump(self, id_: int, command: _Command, sink: Sink, limit: int) -> None:
+        """Hand the command's output to ``sink`` in order (joining small pieces of one stream),
+        and give the agent credit for what the sink took."""
+        while True:
+            while not command.queue:
+                command.queued.clear()
+                await command.queued.wait()
+            fd, data = command.queue.popleft()
+            if not data:
+                return  # the end (see run)
+            while command.queue and command.queue[0][0] == fd and len(data) + len(command.queue[0][1]) <= limit:
+                data += command.queue.popleft()[1]
+            for start in range(0, len(data), limit):
+                await sink(fd, data[start : start + limit])
+            command.taken += len(data)
+            # Credit in batches (few frames), and before the queue runs dry (no stall).
+            if not command.ended.done() and (command.taken >= OUTPUT_WINDOW // 4 or not command.queue):
+                await self._send(wire.Credit(id_, command.taken))
+                command.credit += command.taken
+                command.taken = 0
 
     async def _kill(self, id_: int, command: _Command) -> wire.Exit | wire.SpawnError:
         await self._send(wire.Kill(id_))
@@ -214,12 +310,24 @@ class AgentChannel:
             if command is None or command.ended.done():
                 continue  # a command we gave up on (killed or cancelled): its last words
             if isinstance(message, wire.Output):
-                command.keep(0 if message.stream is wire.FrameType.STDOUT else 1, message.data)
+                command.credit -= len(message.data)
+                if command.credit < 0:
+                    raise AgentViolation(f"output beyond the credit of command {message.id}", reason="over_credit")
+                fd = 1 if message.stream is wire.FrameType.STDOUT else 2
+                if command.streaming:
+                    command.queue.append((fd, message.data))
+                    command.queued.set()
+                    continue
+                command.keep(fd - 1, message.data)
                 command.taken += len(message.data)
                 if command.taken >= OUTPUT_WINDOW // 2:
                     # Output beyond the cap is read and dropped, so the command never blocks on it.
                     self._writer.write(wire.encode(wire.Credit(message.id, command.taken)))  # type: ignore[union-attr]
+                    command.credit += command.taken
                     command.taken = 0
+            elif isinstance(message, wire.StdinAck):
+                command.unacked = max(command.unacked - message.amount, 0)
+                command.acked.set()
             elif isinstance(message, wire.Exit | wire.SpawnError):
                 command.ended.set_result(message)
 

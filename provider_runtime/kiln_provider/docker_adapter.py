@@ -94,10 +94,13 @@ class ContainerSpec:
     cpus: float
     memory: int
     pids_limit: int = 256
+    root: bool = False
+    """Commands run as root (uid 0; the operator allowed it and the requestor asked)."""
 
 
 NOBODY: Final = "65534:65534"
 """Who commands run as when the image names no ``USER``."""
+ROOT: Final = "0:0"
 WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
 """Folders every task container has, owned by the user its commands run as."""
 
@@ -443,10 +446,10 @@ class DockerAdapter:
                 binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}},
             )
             try:
-                user = self._api.inspect_image(spec.image)["Config"].get("User") or NOBODY
+                user = ROOT if spec.root else self._api.inspect_image(spec.image)["Config"].get("User") or NOBODY
                 created = self._api.create_container(
                     spec.image,
-                    user=user,  # the image's USER, else nobody: never root unless the image says so
+                    user=user,  # the image's USER, else nobody: never root unless asked (or the image says so)
                     entrypoint=[AGENT_IN_CONTAINER],
                     command=[],
                     stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF

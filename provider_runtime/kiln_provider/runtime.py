@@ -100,6 +100,8 @@ class ProviderConfig:
     """Where the record of loaded images lives (default: :func:`default_data_dir`)."""
     pull: bool = False
     """Pull an image Docker lacks from its registry when a create names it without a manifest."""
+    allow_root: bool = False
+    """Let a requestor that asks for it run its commands as root (uid 0, still without capabilities)."""
 
 
 @dataclass(eq=False)
@@ -262,6 +264,7 @@ class ProviderRuntime:
                 offer = Offer(
                     type="offer", id=conn.new_id(), resources=self.offer_resources,
                     arch=self.arch, labels=self.config.labels, images=images,
+                    root=True if self.config.allow_root and conn.session.minor >= 2 else None,
                 )  # fmt: skip
                 await conn.request(offer)
                 log.info("offered %s with %d images", self.offer_resources, len(images))
@@ -288,7 +291,15 @@ class ProviderRuntime:
             self._cancel_activity(message.activity)
             self._spawn(message.id, None, self._destroy(message))
         elif isinstance(message, Exec):
-            self._spawn(message.id, message.activity, self._exec(message))
+            stdin = self._c.incoming(message.id, self._upload_window) if message.stdin else None
+            output = self._c.outgoing(message.id) if message.stream else None
+
+            def stop_exec() -> None:
+                for end in (stdin, output):
+                    if end is not None:
+                        end.fail(Cancelled("exec cancelled"))
+
+            self._spawn(message.id, message.activity, self._exec(message, stdin, output), stop_exec)
         elif isinstance(message, Upload):
             incoming = self._c.incoming(message.id, self._upload_window)
             stop_upload = partial(incoming.fail, Cancelled("upload cancelled"))
@@ -378,6 +389,8 @@ class ProviderRuntime:
     # --- the requests -----------------------------------------------------------------------
 
     async def _create(self, message: Create) -> Reply:
+        if message.user == "root" and not self.config.allow_root:
+            raise Unauthorized(f"provider {self.config.name!r} does not let commands run as root (no --allow-root)")
         async with self._image_for(message) as (image, received):
             spec = ContainerSpec(
                 activity=message.activity,
@@ -385,6 +398,7 @@ class ProviderRuntime:
                 cpus=message.resources.cpus,
                 memory=message.resources.memory,
                 pids_limit=self.config.pids_limit,
+                root=message.user == "root",
             )
             try:
                 started = await self._docker(self.adapter.create, spec)
@@ -578,8 +592,18 @@ class ProviderRuntime:
     def _container(self, activity: str) -> Container:
         return self._containers[activity]
 
-    async def _exec(self, message: Exec) -> Reply:
+    async def _exec(self, message: Exec, stdin: Incoming | None, output: Outgoing | None) -> Reply:
         container = self._container(message.activity)
+        idle = self.config.stream_idle_timeout
+
+        async def sink(fd: int, data: bytes) -> None:
+            assert output is not None
+            try:
+                async with asyncio.timeout(idle):
+                    await output.write(bytes((fd,)) + data)  # one DATA frame: the sink's pieces fit one
+            except TimeoutError:
+                raise TransferBroken(f"no credit for the output for {idle:g} s: the exec was abandoned") from None
+
         # Through the container's agent: no docker exec, no thread, and a timeout or a cancel
         # kills the command's whole tree (even what left its session).
         outcome = await container.agent.run(
@@ -588,7 +612,12 @@ class ProviderRuntime:
             message.workdir,
             message.timeout,
             self._c.session.limits.max_output_bytes,
+            stdin=stdin,
+            sink=sink if output is not None else None,
+            sink_chunk=self._c.session.limits.chunk_bytes - 1,
         )
+        if output is not None:
+            await output.end()
         return ExecResult(
             type="exec_result",
             re=message.id,

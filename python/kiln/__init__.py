@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from kiln.protocol.messages import Demand
-    from kiln.requestor.activity import Activity, CommandTimeout, Result
+    from kiln.requestor.activity import Activity, CommandTimeout, Result, StreamEvent
     from kiln.requestor.client import Requestor, connect
     from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
     from kiln.requestor.images import PushedImage
@@ -61,7 +61,7 @@ _HOMES = {
         "Unauthorized", "UnsupportedVersion", "UsageError",
     ],
     "kiln.protocol.messages": ["Demand"],
-    "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result"],
+    "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result", "StreamEvent"],
     "kiln.requestor.client": ["Requestor", "connect"],
     "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed"],
     "kiln.requestor.images": ["PushedImage"],
@@ -74,8 +74,8 @@ __all__ = [
     "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError", "ImageNotFound", "InvalidPath", "Job",
     "JobEvent", "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError",
     "ProviderLost", "PushedImage", "RemoteError", "RemoteProtocolError", "Requestor", "Result", "RetryTask",
-    "StoreFull", "TaskFailed", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError", "__version__",
-    "connect",
+    "StoreFull", "StreamEvent", "TaskFailed", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
+    "__version__", "connect",
 ]  # fmt: skip
 
 

@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pull an image this machine lacks from its registry when a rent names it (default: refuse)",
     )
     provider.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="let a requestor that asks (user='root') run its commands as root in its container, still "
+        "without capabilities or network (default: commands run as the image's USER, else uid 65534)",
+    )
+    provider.add_argument(
         "--name-wait",
         type=float,
         default=30.0,
@@ -297,7 +303,7 @@ async def _main(args: argparse.Namespace) -> int:
             hub=args.hub, name=args.name, cpus=args.cpus, memory=args.memory, storage=args.storage,
             labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
             stream_idle_timeout=args.stream_idle_timeout, name_wait=args.name_wait,
-            image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull,
+            image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull, allow_root=args.allow_root,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
         # No agent binary is a clear error now, not at the first rent.

@@ -29,8 +29,9 @@ from websockets.exceptions import InvalidHandshake
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
+from kiln.protocol import limits
 from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion
-from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Message, PushImage, Upload
+from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Exec, Message, PushImage, Upload
 from kiln.protocol.session import (
     CancelRequested,
     Closed,
@@ -306,6 +307,22 @@ class Connection:
             return receiver, await self.start(message)
         except BaseException:
             del self._incoming[message.id]
+            raise
+
+    async def open_exec(self, message: Exec) -> tuple[Outgoing | None, Incoming | None, asyncio.Future[Message]]:
+        """Start an exec with streams (1.2): the sending end of its stdin (with ``stdin``), the
+        receiving end of its output (with ``stream``), and its final reply."""
+        sender = receiver = None
+        if message.stdin:
+            sender = self._outgoing[message.id] = Outgoing(self, message.id)
+        if message.stream:
+            window = message.window or min(limits.OUTPUT_WINDOW, self.session.limits.max_window)
+            receiver = self._incoming[message.id] = Incoming(self, message.id, window, grant_first=False)
+        try:
+            return sender, receiver, await self.start(message)
+        except BaseException:
+            self._outgoing.pop(message.id, None)
+            self._incoming.pop(message.id, None)
             raise
 
     async def cancel(self, request: int) -> None:

@@ -1,9 +1,10 @@
 """A rented container: send files in, run commands, get files back.
 
 An :class:`Activity` comes from :meth:`kiln.Requestor.rent`. Its three actions are
-``send_*`` (bytes, a local file, a JSON value), :meth:`Activity.run` and
-``download_*`` (bytes, a local file or folder, a JSON value). Files stream in chunks
-with flow control both ways: nothing holds a whole file in memory except
+``send_*`` (bytes, a local file, a JSON value), :meth:`Activity.run` (or
+:meth:`Activity.stream`, for output as it comes) and ``download_*`` (bytes, a local file
+or folder, a JSON value). Files, a command's input and a streamed command's output move
+in chunks with flow control both ways: nothing holds a whole file in memory except
 :meth:`Activity.download_bytes`, which is capped by ``max_bytes``.
 """
 
@@ -14,14 +15,14 @@ import base64
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import orjson
 
-from kiln.connection import Connection
+from kiln.connection import Connection, Outgoing
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
     ActivityError,
@@ -29,6 +30,7 @@ from kiln.protocol.errors import (
     InvalidPath,
     KilnError,
     ProviderLost,
+    RemoteProtocolError,
     TransferFailed,
     UsageError,
 )
@@ -38,6 +40,7 @@ from kiln.protocol.messages import (
     DownloadInfo,
     Exec,
     ExecResult,
+    Message,
     Release,
     Rented,
     Resources,
@@ -48,6 +51,10 @@ from kiln.requestor.folders import extract
 
 DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
 READ_BYTES: Final = 256 * 1024
+Stdin: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str] | AsyncIterable[bytes]"
+"""A command's input: bytes, text (sent as UTF-8), a local file (a Path: streamed from disk),
+or an async iterable of byte chunks (streamed as they come)."""
+OUTPUTS: Final = {1: "stdout", 2: "stderr"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,24 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """What :meth:`Activity.stream` yields: a piece of output as it comes, then the end.
+
+    ``kind`` is ``"stdout"`` or ``"stderr"`` (with ``data``), and ``"exit"`` last (with
+    ``result``, whose stdout and stderr are empty: the output came as events).
+    """
+
+    kind: Literal["stdout", "stderr", "exit"]
+    data: bytes = b""
+    result: Result | None = None
+
+    @property
+    def text(self) -> str:
+        """``data`` decoded as UTF-8 (a character split between two events shows as replaced)."""
+        return self.data.decode(errors="replace")
 
 
 class CommandTimeout(ActivityError):
@@ -193,40 +218,93 @@ class Activity:
         env: Mapping[str, str] | None = None,
         workdir: str | None = None,
         timeout: float | None = None,
+        stdin: Stdin | None = None,
     ) -> Result:
         """Run ``argv`` exactly as given (use ``["sh", "-c", "..."]`` for a shell).
 
-        Returns a :class:`Result` whatever the exit code. Raises :class:`CommandTimeout`
-        (with ``.result`` holding the output so far) when ``timeout`` seconds pass first;
-        the command is killed.
+        ``stdin`` is the command's input (see :data:`Stdin`; none: empty), streamed as the
+        command reads it. Returns a :class:`Result` whatever the exit code. Raises
+        :class:`CommandTimeout` (with ``.result`` holding the output so far) when ``timeout``
+        seconds pass first; the command is killed.
         """
+        message = self._exec(argv, env, workdir, timeout, stdin, stream=False)
+        conn = self._conn
+        sender, _, future = await conn.open_exec(message)
+        feeding = _feed(sender, stdin) if sender is not None and stdin is not None else None
+        try:
+            reply = await future
+        except asyncio.CancelledError:
+            await _quietly(conn.cancel(message.id))
+            raise
+        finally:
+            await _stop(feeding)
+        return _result(argv, timeout, reply)
+
+    async def stream(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        stdin: Stdin | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Run ``argv`` and yield its output as it comes, then its end::
+
+            async for event in act.stream(["sh", "-c", "make 2>&1"]):
+                if event.kind == "exit":
+                    print("exit code", event.result.exit_code)
+                else:
+                    print(event.text, end="")
+
+        Output is flow-controlled end to end: while the loop does not ask for the next
+        event, the command stops at its next write (nothing buffers without bound). Leaving
+        the loop early (``break``, an exception) kills the command; for that to happen at
+        once rather than when the generator is collected, wrap it in
+        ``contextlib.aclosing``. ``stdin`` and ``timeout`` are as for :meth:`run`; a timeout
+        raises :class:`CommandTimeout` after the output written until then. Needs a hub
+        and provider that speak protocol 1.2.
+        """
+        message = self._exec(argv, env, workdir, timeout, stdin, stream=True)
+        conn = self._conn
+        sender, receiver, future = await conn.open_exec(message)
+        assert receiver is not None
+        feeding = _feed(sender, stdin) if sender is not None and stdin is not None else None
+        try:
+            async for chunk in receiver:
+                kind = OUTPUTS.get(chunk[0]) if len(chunk) > 1 else None
+                if kind is None:
+                    raise RemoteProtocolError(
+                        f"an output frame of exec {message.id} must carry 1 (stdout) or 2 (stderr), then output",
+                        ErrorCode.BAD_FRAME,
+                    )
+                yield StreamEvent(kind, bytes(chunk[1:]))  # type: ignore[arg-type]
+            reply = await future
+            yield StreamEvent("exit", result=_result(argv, timeout, reply))
+        finally:
+            if not future.done():
+                future.cancel()
+                await _quietly(conn.cancel(message.id))
+            await _stop(feeding)
+
+    def _exec(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str] | None,
+        workdir: str | None,
+        timeout: float | None,
+        stdin: Stdin | None,
+        *,
+        stream: bool,
+    ) -> Exec:
         if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
             raise UsageError("argv must be a non-empty list of strings, e.g. ['sh', '-c', 'echo hi']")
         wd = container_path(workdir) if workdir is not None else None
         self._check()
-        conn = self._conn
-        message = Exec(
-            type="exec", id=conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
-            timeout=timeout,
+        return Exec(
+            type="exec", id=self._conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
+            timeout=timeout, stdin=True if stdin is not None else None, stream=True if stream else None,
         )  # fmt: skip
-        try:
-            reply = await conn.request(message)
-        except asyncio.CancelledError:
-            await _quietly(conn.cancel(message.id))
-            raise
-        assert isinstance(reply, ExecResult)
-        result = Result(
-            exit_code=reply.exit_code,
-            stdout_bytes=base64.b64decode(reply.stdout),
-            stderr_bytes=base64.b64decode(reply.stderr),
-            duration=reply.duration,
-            timed_out=reply.timed_out,
-            stdout_truncated=reply.stdout_truncated,
-            stderr_truncated=reply.stderr_truncated,
-        )
-        if result.timed_out:
-            raise CommandTimeout(f"{argv[0]!r} ran past its timeout of {timeout:g} s and was killed", result)
-        return result
 
     # --- download ------------------------------------------------------------------------
 
@@ -381,3 +459,71 @@ async def _quietly(action: Any) -> None:
         await action
     except KilnError:
         pass
+
+
+def _result(argv: Sequence[str], timeout: float | None, reply: Message) -> Result:
+    """The Result an ``exec_result`` tells; :class:`CommandTimeout` when the command ran out of time."""
+    assert isinstance(reply, ExecResult)
+    result = Result(
+        exit_code=reply.exit_code,
+        stdout_bytes=base64.b64decode(reply.stdout),
+        stderr_bytes=base64.b64decode(reply.stderr),
+        duration=reply.duration,
+        timed_out=reply.timed_out,
+        stdout_truncated=reply.stdout_truncated,
+        stderr_truncated=reply.stderr_truncated,
+    )
+    if result.timed_out:
+        raise CommandTimeout(f"{argv[0]!r} ran past its timeout of {timeout or 0:g} s and was killed", result)
+    return result
+
+
+def _feed(sender: Outgoing, stdin: Stdin) -> asyncio.Task[None]:
+    """Send a command's input on its stream, in the background, within the credit granted."""
+
+    async def feed() -> None:
+        chunks = _chunks(stdin)
+        try:
+            while True:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except Exception as e:  # noqa: BLE001 - the source failed: the command is killed, the exec says why
+                    await _quietly(sender.abort(f"the requestor's input failed: {e}"))
+                    return
+                await sender.write(chunk)
+            await sender.end()
+        except KilnError:
+            pass  # the exec ended (or failed) first: its reply says how
+        finally:
+            await chunks.aclose()
+
+    return asyncio.get_running_loop().create_task(feed(), name="kiln-stdin")
+
+
+async def _chunks(stdin: Stdin) -> AsyncGenerator[bytes | memoryview, None]:
+    if isinstance(stdin, str):
+        yield stdin.encode()
+    elif isinstance(stdin, bytes | bytearray | memoryview):
+        yield memoryview(stdin)
+    elif isinstance(stdin, os.PathLike):
+        try:
+            handle = await asyncio.to_thread(Path(stdin).open, "rb")
+        except OSError as e:
+            raise FileNotFound(f"cannot read local file {stdin}: {e.strerror}") from e
+        try:
+            while block := await asyncio.to_thread(handle.read, READ_BYTES):
+                yield block
+        finally:
+            handle.close()
+    else:
+        async for chunk in stdin:
+            yield chunk
+
+
+async def _stop(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

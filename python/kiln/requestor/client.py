@@ -43,6 +43,7 @@ from kiln.protocol.messages import (
     Rented,
     RentProgress,
     Resources,
+    User,
 )
 from kiln.protocol.session import Event, Interim, Notified
 from kiln.requestor.activity import Activity
@@ -81,6 +82,7 @@ class Requestor:
         exclude: Iterable[str] = (),
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
+        user: User | None = None,
     ) -> Rental:
         """Rent a container of ``image`` on a provider meeting ``demand``.
 
@@ -96,8 +98,14 @@ class Requestor:
         ``on_progress(provider, image, done, total)`` is called as the bytes go (if it
         raises, the rent is given up and that is raised). The activity's ``pulled`` says
         how many bytes the provider loaded.
+
+        ``user="root"`` runs the activity's commands as root (still without capabilities
+        or network), on a provider whose operator allows it (``--allow-root``); otherwise
+        they run as the image's ``USER``, or uid 65534 when it names none.
         """
-        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group, on_progress)
+        if user not in (None, "root"):
+            raise UsageError(f"user may only be 'root' (or None: the image's USER, else uid 65534), not {user!r}")
+        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group, on_progress, user)
 
     async def _rent(
         self,
@@ -106,9 +114,10 @@ class Requestor:
         exclude: list[str],
         group: str | None,
         on_progress: RentProgressHandler | None = None,
+        user: User | None = None,
     ) -> Activity:
         conn = self._conn
-        rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group)
+        rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group, user=user)
         # The reader only notes the latest progress; the callback runs here, where its errors belong.
         latest: list[RentProgress] = []
         noted = asyncio.Event()
@@ -303,9 +312,10 @@ class Rental:
         exclude: list[str],
         group: str | None,
         on_progress: RentProgressHandler | None = None,
+        user: User | None = None,
     ) -> None:
         self._requestor = requestor
-        self._args = (image, demand, exclude, group, on_progress)
+        self._args = (image, demand, exclude, group, on_progress, user)
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:

@@ -50,7 +50,7 @@ from kiln.protocol.errors import (
     ProviderLost,
     UsageError,
 )
-from kiln.protocol.messages import MAX_EXCLUDE, Demand
+from kiln.protocol.messages import MAX_EXCLUDE, Demand, User
 from kiln.protocol.sizes import format_size
 from kiln.requestor.activity import Activity
 
@@ -82,6 +82,7 @@ class Renter(Protocol):
         exclude: Iterable[str] = (),
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
+        user: User | None = None,
     ) -> Awaitable[Activity]: ...
 
 
@@ -177,6 +178,7 @@ class JobOptions(TypedDict, total=False):
     teardown: Hook | None
     return_exceptions: bool
     on_event: Callable[[JobEvent], None] | None
+    user: User | None
 
 
 @dataclass
@@ -208,6 +210,7 @@ class Job(Generic[T, R]):
         teardown: Hook | None = None,
         return_exceptions: bool = False,
         on_event: Callable[[JobEvent], None] | None = None,
+        user: User | None = None,
     ) -> None:
         if max_providers < 1:
             raise UsageError("max_providers must be at least 1")
@@ -218,6 +221,8 @@ class Job(Generic[T, R]):
         self.worker = worker
         self.image = image
         self.demand = demand
+        self.user: User | None = user
+        """``"root"``: the job's commands run as root, on providers that allow it."""
         self.max_providers = max_providers
         self.retries = retries
         self.task_timeout = task_timeout
@@ -392,8 +397,9 @@ class Job(Generic[T, R]):
                 return None
             try:
                 return await self.requestor.rent(
-                    self.image, self.demand, exclude=self._banned, group=self.group, on_progress=self._loading
-                )
+                    self.image, self.demand, exclude=self._banned, group=self.group, on_progress=self._loading,
+                    user=self.user,
+                )  # fmt: skip
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
             except (ImageNotFound, ImageCorrupt, ContainerFailed) as e:
