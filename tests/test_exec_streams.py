@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -125,3 +127,23 @@ async def test_root_only_by_consent(cluster: Cluster) -> None:
             assert result.stdout.split()[-1] == "0000000000000000", "root, but without capabilities"
         async with requestor.rent(IMAGE, SMALL, exclude=["plain" + cluster.suffix]) as act:
             assert (await act.run(["id", "-u"])).stdout == "65534\n", "without asking: nobody, on any provider"
+
+
+async def test_kiln_run_prints_output_as_it_comes_and_passes_stdin_on(one_provider: Cluster) -> None:
+    script = "echo started; wc -c; echo oops >&2; exit 4"
+    command = [
+        sys.executable,
+        "-m",
+        "kiln.cli",
+        "run",
+        "--hub",
+        one_provider.url,
+        "-i",
+        IMAGE,
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+    done = await asyncio.to_thread(subprocess.run, command, input=b"z" * 300_000, capture_output=True, timeout=60)
+    assert (done.returncode, done.stdout, done.stderr) == (4, b"started\n300000\n", b"oops\n")

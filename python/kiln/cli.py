@@ -19,9 +19,10 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from kiln.__about__ import __version__
@@ -121,12 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     market.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
     market.add_argument("--limit", type=int, default=100, help="list at most this many (1-1000, by name)")
 
-    run = sub.add_parser("run", help="rent one container, run one command in it, print its output")
+    run = sub.add_parser("run", help="rent one container, run one command in it, print its output as it comes")
     run.add_argument("--hub", default=DEFAULT_HUB)
     run.add_argument("--token", default=None)
     run.add_argument("--cpus", type=float, default=1.0)
     run.add_argument("--memory", type=_size, default=parse_size("256MiB"))
     run.add_argument("--timeout", type=float, default=None)
+    run.add_argument("-i", "--stdin", action="store_true", help="pass this command's stdin to the command")
+    run.add_argument("--user", choices=["root"], default=None, help="run as root (on a provider with --allow-root)")
     run.add_argument("image")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
 
@@ -173,14 +176,23 @@ async def _run(args: argparse.Namespace) -> int:
     if not argv:
         print("kiln run: give the command after --", file=sys.stderr)
         return 2
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     async with (
         kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor,
-        requestor.rent(args.image, kiln.Demand(cpus=args.cpus, memory=args.memory)) as act,
+        requestor.rent(args.image, kiln.Demand(cpus=args.cpus, memory=args.memory), user=args.user) as act,
     ):
-        result = await act.run(argv, timeout=args.timeout)
-    sys.stdout.buffer.write(result.stdout_bytes)
-    sys.stderr.buffer.write(result.stderr_bytes)
-    return result.exit_code
+        async for event in act.stream(argv, timeout=args.timeout, stdin=_stdin() if args.stdin else None):
+            if event.result is not None:
+                return event.result.exit_code
+            out[event.kind].write(event.data)
+            out[event.kind].flush()
+    raise AssertionError("a stream ends with its result")
+
+
+async def _stdin() -> AsyncIterator[bytes]:
+    """This process's stdin, chunk by chunk as it comes (a pipe, a file, a terminal)."""
+    while chunk := await asyncio.to_thread(os.read, sys.stdin.fileno(), 256 * 1024):
+        yield chunk
 
 
 def _push_progress(out: Callable[[str], None], every: float = 0.5) -> Callable[[int, int, int], None]:
