@@ -1,7 +1,9 @@
 """Latency of one command through the hub (the container's agent), against docker exec straight
-on the engine; and how many commands one activity runs a second when they are pipelined.
+on the engine; how many commands one activity runs a second when they are pipelined; and
+a command's streams (protocol 1.2): how soon its first output arrives, and how fast its
+output and its input move.
 
-    python benchmarks/exec_latency.py [--runs 100] [--pipelined 2000]
+    python benchmarks/exec_latency.py [--runs 100] [--pipelined 2000] [--stream-mb 200]
 
 Prints medians and 90th percentiles; asserts nothing.
 """
@@ -77,10 +79,38 @@ async def pipelined(url: str, count: int) -> float:
     return count / elapsed
 
 
+async def streams(url: str, runs: int, megabytes: int) -> None:
+    """First output of ``echo`` through stream() against the whole of run(); output and input rates."""
+    size = megabytes * 1_000_000
+    async with kiln.connect(url, name="streams") as requestor, requestor.rent("kiln-busybox:latest") as act:
+        first = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            async for _event in act.stream(["echo", "hi"]):
+                first.append(time.perf_counter() - started)
+                break
+        print(describe("stream: first output    ", first))
+        started, total = time.perf_counter(), 0
+        async for event in act.stream(["head", "-c", str(size), "/dev/zero"]):
+            total += len(event.data)
+        elapsed = time.perf_counter() - started
+        assert total == size
+        print(f"stream: {megabytes} MB of output in {elapsed:.2f} s, {size / elapsed / 1e6:.0f} MB/s")
+        started = time.perf_counter()
+        result = await act.run(["wc", "-c"], stdin=bytes(size))
+        elapsed = time.perf_counter() - started
+        assert int(result.stdout) == size
+        print(f"stdin: {megabytes} MB of input in {elapsed:.2f} s, {size / elapsed / 1e6:.0f} MB/s")
+        started = time.perf_counter()
+        await act.run(["sh", "-c", f"head -c {size} /dev/zero | wc -c"])
+        print(f"the same bytes through a pipe inside the container: {time.perf_counter() - started:.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--pipelined", type=int, default=2000)
+    parser.add_argument("--stream-mb", type=int, default=200)
     args = parser.parse_args()
     docker_exec = direct(args.runs)
     print(describe("docker exec via docker-py", docker_exec))
@@ -94,6 +124,7 @@ def main() -> None:
         rate = asyncio.run(pipelined(url, args.pipelined))
         print(f"pipelined runs on one activity: {rate:,.0f} commands a second", end=" ")
         print(f"({args.pipelined} runs, {IN_FLIGHT} in flight)")
+        asyncio.run(streams(url, args.runs, args.stream_mb))
 
 
 if __name__ == "__main__":
