@@ -147,3 +147,27 @@ async def test_kiln_run_prints_output_as_it_comes_and_passes_stdin_on(one_provid
     ]
     done = await asyncio.to_thread(subprocess.run, command, input=b"z" * 300_000, capture_output=True, timeout=60)
     assert (done.returncode, done.stdout, done.stderr) == (4, b"started\n300000\n", b"oops\n")
+
+
+async def test_input_that_fails_is_what_the_command_raises(one_provider: Cluster, tmp_path: Path) -> None:
+    class Broken(Exception):
+        pass
+
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"some input\n"
+        await asyncio.sleep(0.2)
+        raise Broken("the source broke")
+
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
+        with pytest.raises(Broken):
+            await act.run(["sh", "-c", "cat; sleep 30"], stdin=failing(), timeout=20)
+        with pytest.raises(kiln.FileNotFound):
+            await act.run(["cat"], stdin=tmp_path / "missing.txt")
+        assert "sleep 30" not in (await act.run(["ps", "-o", "args"])).stdout, "the command was killed"
+
+
+async def test_text_is_decoded_along_each_stream(one_provider: Cluster) -> None:
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
+        events = [e async for e in act.stream(["sh", "-c", r"printf 'caf\303'; sleep 0.5; printf '\251!'"])]
+        assert [(e.kind, e.data, e.text) for e in events[:2]] == [("stdout", b"caf\xc3", "caf"),
+                                                                   ("stdout", b"\xa9!", "é!")]  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import contextlib
 import os
 import tempfile
@@ -92,12 +93,10 @@ class StreamEvent:
 
     kind: Literal["stdout", "stderr", "exit"]
     data: bytes = b""
+    text: str = ""
+    """``data`` as UTF-8 text, decoded along its stream: a character split between two events
+    comes whole in the second (bytes that are not UTF-8 show as U+FFFD)."""
     result: Result | None = None
-
-    @property
-    def text(self) -> str:
-        """``data`` decoded as UTF-8 (a character split between two events shows as replaced)."""
-        return self.data.decode(errors="replace")
 
 
 class CommandTimeout(ActivityError):
@@ -229,15 +228,22 @@ class Activity:
         """
         message = self._exec(argv, env, workdir, timeout, stdin, stream=False)
         conn = self._conn
-        sender, _, future = await conn.open_exec(message)
-        feeding = _feed(sender, stdin) if sender is not None and stdin is not None else None
+        source = _Input(stdin) if stdin is not None else None
+        failed: BaseException | None = None
         try:
+            sender, _, future = await conn.open_exec(message)
+            if source is not None and sender is not None:
+                source.start(sender)
             reply = await future
         except asyncio.CancelledError:
             await _quietly(conn.cancel(message.id))
             raise
+        except BaseException as e:
+            failed = e
+            raise
         finally:
-            await _stop(feeding)
+            if source is not None:
+                await source.stop(failed)
         return _result(argv, timeout, reply)
 
     async def stream(
@@ -267,10 +273,16 @@ class Activity:
         """
         message = self._exec(argv, env, workdir, timeout, stdin, stream=True)
         conn = self._conn
-        sender, receiver, future = await conn.open_exec(message)
-        assert receiver is not None
-        feeding = _feed(sender, stdin) if sender is not None and stdin is not None else None
+        source = _Input(stdin) if stdin is not None else None
+        failed: BaseException | None = None
+        future: asyncio.Future[Message] | None = None
+        # Text is decoded per stream, so a character split between two events comes whole.
+        decoders = {kind: codecs.getincrementaldecoder("utf-8")(errors="replace") for kind in OUTPUTS.values()}
         try:
+            sender, receiver, future = await conn.open_exec(message)
+            assert receiver is not None
+            if source is not None and sender is not None:
+                source.start(sender)
             async for chunk in receiver:
                 kind = OUTPUTS.get(chunk[0]) if len(chunk) > 1 else None
                 if kind is None:
@@ -278,14 +290,19 @@ class Activity:
                         f"an output frame of exec {message.id} must carry 1 (stdout) or 2 (stderr), then output",
                         ErrorCode.BAD_FRAME,
                     )
-                yield StreamEvent(kind, bytes(chunk[1:]))  # type: ignore[arg-type]
+                data = bytes(chunk[1:])
+                yield StreamEvent(kind, data, decoders[kind].decode(data))  # type: ignore[arg-type]
             reply = await future
             yield StreamEvent("exit", result=_result(argv, timeout, reply))
+        except BaseException as e:
+            failed = e
+            raise
         finally:
-            if not future.done():
+            if future is not None and not future.done():
                 future.cancel()
                 await _quietly(conn.cancel(message.id))
-            await _stop(feeding)
+            if source is not None:
+                await source.stop(failed if not isinstance(failed, GeneratorExit) else None)
 
     def _exec(
         self,
@@ -478,18 +495,37 @@ def _result(argv: Sequence[str], timeout: float | None, reply: Message) -> Resul
     return result
 
 
-def _feed(sender: Outgoing, stdin: Stdin) -> asyncio.Task[None]:
-    """Send a command's input on its stream, in the background, within the credit granted."""
+class _Input:
+    """A command's input, sent in the background on its exec's stream within the credit granted.
 
-    async def feed() -> None:
-        chunks = _chunks(stdin)
+    A local file is opened at once (a missing one fails before anything is sent); a source
+    that fails midway aborts the stream (the command is killed) and is what the exec raises.
+    """
+
+    def __init__(self, stdin: Stdin) -> None:
+        self.failed: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._file = None
+        if isinstance(stdin, os.PathLike):
+            try:
+                self._file = Path(stdin).open("rb")  # noqa: SIM115 - closed when the feed ends
+            except OSError as e:
+                raise FileNotFound(f"cannot read local file {stdin}: {e.strerror}") from e
+        self._stdin = stdin
+
+    def start(self, sender: Outgoing) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._feed(sender), name="kiln-stdin")
+
+    async def _feed(self, sender: Outgoing) -> None:
+        chunks = self._chunks()
         try:
             while True:
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
                     break
-                except Exception as e:  # noqa: BLE001 - the source failed: the command is killed, the exec says why
+                except Exception as e:  # noqa: BLE001 - any failure of the source: the command is killed
+                    self.failed = e
                     await _quietly(sender.abort(f"the requestor's input failed: {e}"))
                     return
                 await sender.write(chunk)
@@ -499,31 +535,26 @@ def _feed(sender: Outgoing, stdin: Stdin) -> asyncio.Task[None]:
         finally:
             await chunks.aclose()
 
-    return asyncio.get_running_loop().create_task(feed(), name="kiln-stdin")
-
-
-async def _chunks(stdin: Stdin) -> AsyncGenerator[bytes | memoryview, None]:
-    if isinstance(stdin, str):
-        yield stdin.encode()
-    elif isinstance(stdin, bytes | bytearray | memoryview):
-        yield memoryview(stdin)
-    elif isinstance(stdin, os.PathLike):
-        try:
-            handle = await asyncio.to_thread(Path(stdin).open, "rb")
-        except OSError as e:
-            raise FileNotFound(f"cannot read local file {stdin}: {e.strerror}") from e
-        try:
-            while block := await asyncio.to_thread(handle.read, READ_BYTES):
+    async def _chunks(self) -> AsyncGenerator[bytes | memoryview, None]:
+        stdin = self._stdin
+        if isinstance(stdin, str):
+            yield stdin.encode()
+        elif isinstance(stdin, bytes | bytearray | memoryview):
+            yield memoryview(stdin)
+        elif self._file is not None:
+            while block := await asyncio.to_thread(self._file.read, READ_BYTES):
                 yield block
-        finally:
-            handle.close()
-    else:
-        async for chunk in stdin:
-            yield chunk
+        else:
+            async for chunk in stdin:  # type: ignore[union-attr]
+                yield chunk
 
-
-async def _stop(task: asyncio.Task[None] | None) -> None:
-    if task is not None and not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def stop(self, error: BaseException | None = None) -> None:
+        """Stop sending (the exec is over); raise the source's failure instead of ``error``, if it failed."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._file is not None:
+            self._file.close()
+        if error is not None and self.failed is not None:
+            raise self.failed from error
