@@ -230,12 +230,43 @@ export interface SignalOption {
   signal?: AbortSignal;
 }
 
+/**
+ * A command's input (a hub ≥ 1.2): bytes, text (sent as UTF-8), a local file (what
+ * `sendFile` takes: a path in Node, a Blob or File in a browser), or chunks of bytes.
+ */
+export type Stdin =
+  | Uint8Array
+  | string
+  | { file: LocalSource }
+  | AsyncIterable<Uint8Array>
+  | Iterable<Uint8Array>;
+
 export interface RunOptions extends SignalOption {
   env?: Record<string, string>;
   workdir?: string;
   /** Kill the command after this long: the run then rejects with CommandTimeoutError. */
   timeoutMs?: number;
+  /**
+   * The command's input, streamed within the provider's credit, then EOF (a hub ≥ 1.2;
+   * UnsupportedVersionError from an older one). Default: empty input.
+   */
+  stdin?: Stdin;
 }
+
+/** Output of a streamed command as it comes: `text` is `data` decoded as UTF-8 (a character split between chunks is decoded whole in the later one). */
+export interface OutputChunk {
+  readonly kind: "stdout" | "stderr";
+  readonly data: Uint8Array;
+  readonly text: string;
+}
+
+/** The end of a streamed command, always the last event: its Result (stdout and stderr empty: they came as events). */
+export interface ExitEvent {
+  readonly kind: "exit";
+  readonly result: Result;
+}
+
+export type OutputEvent = OutputChunk | ExitEvent;
 
 /** In Node a local path; in a browser a Blob or File. */
 export type LocalSource = string | URL | Blob;
@@ -261,6 +292,14 @@ export declare class Activity {
   /** Node: streamed from disk. Browser: a Blob or File. */
   sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
   run(argv: string[], options?: RunOptions): Promise<Result>;
+  /**
+   * Run `argv` and yield its output as it comes, then its exit (a hub ≥ 1.2). Credit goes
+   * back as events are taken: a consumer that stops reading stops the command. Leaving
+   * the loop early or `signal` firing kills the command. Throws CommandTimeoutError
+   * instead of the exit past `timeoutMs`; RemoteProtocolError `bad_frame` for output
+   * that is neither stdout nor stderr, or empty.
+   */
+  stream(argv: string[], options?: RunOptions): AsyncGenerator<OutputEvent, void, void>;
   /** A file's content; a UsageError past `maxBytes` (default 256 MiB). */
   downloadBytes(path: string, options?: SignalOption & { maxBytes?: number }): Promise<Uint8Array>;
   /** A file's content as JSON; a UsageError past `maxBytes` (default 64 MiB). */
