@@ -11,11 +11,13 @@ import {
   CancelledError,
   CommandTimeoutError,
   FileNotFoundError,
+  NoMatchError,
   RemoteProtocolError,
   UnsupportedVersionError,
   UsageError,
 } from "../src/errors.js";
 import { openSource, saveDownload } from "../src/node/files.js";
+import { Requestor } from "../src/requestor.js";
 import { LIMITS, connected, frame, tick } from "./fake_socket.js";
 
 const RENTED = {
@@ -145,9 +147,11 @@ test("bad stdin is refused before anything is sent", { timeout: 5_000 }, async (
 });
 
 test("a hub welcomed at 1.1 gets no 1.2 field: stdin and stream are refused here, a plain run goes", { timeout: 5_000 }, async () => {
-  const { socket, act } = await setup("1.1");
+  const { socket, act, conn } = await setup("1.1");
   await assert.rejects(act.run(["cat"], { stdin: "x" }), UnsupportedVersionError);
   await assert.rejects(act.stream(["cat"]).next(), UnsupportedVersionError);
+  const requestor = new Requestor(conn, { files: FILES });
+  await assert.rejects(requestor.rent({ image: "x", user: "root" }), UnsupportedVersionError);
   await tick();
   assert.deepEqual(socket.take(), [], "nothing was sent");
   const running = act.run(["true"]);
@@ -292,4 +296,24 @@ test("a reply that comes before the output's END fails the stream rather than le
   await execSent(socket);
   socket.receive(result(1));
   await assert.rejects(first, (e) => e instanceof RemoteProtocolError && e.code === "out_of_order");
+});
+
+// --- root -------------------------------------------------------------------------------------
+
+test("rent passes user root on; anything else is refused here", { timeout: 5_000 }, async () => {
+  const { socket, conn } = await setup();
+  const requestor = new Requestor(conn, { files: FILES });
+  const renting = requestor.rent({ image: "kiln-busybox:latest", user: "root" });
+  await tick();
+  const [rent] = socket.take();
+  assert.equal(rent.user, "root");
+  socket.receive({ type: "error", re: rent.id, code: "no_match", message: "no provider allows root" });
+  await assert.rejects(renting, NoMatchError);
+  await assert.rejects(requestor.rent({ image: "x", user: "admin" }), UsageError);
+  const plain = requestor.rent({ image: "kiln-busybox:latest" });
+  await tick();
+  const [message] = socket.take();
+  assert.equal("user" in message, false, "no user field unless asked");
+  socket.receive({ ...RENTED, re: message.id });
+  assert.equal((await plain).id, "a1");
 });

@@ -40,6 +40,12 @@ export interface RentOptions {
   exclude?: Iterable<string>;
   /** A name of the caller's: the hub keeps the live activities of one group on distinct providers. */
   group?: string;
+  /**
+   * `"root"`: the activity's commands run as root (still without capabilities or network),
+   * on a provider whose operator allows it (NoMatchError when none does; a hub ≥ 1.2).
+   * Default: the image's USER, or nobody.
+   */
+  user?: "root";
   signal?: AbortSignal;
   /** How far the provider has loaded an image of the hub's store (a hub ≥ 1.1 tells). */
   onProgress?: (progress: RentProgress) => void;
@@ -112,6 +118,8 @@ export type Worker<P, R> = (activity: Activity, part: P, context: TaskContext) =
 export interface JobOptions {
   image: string;
   demand?: DemandOptions;
+  /** `"root"`: the job's commands run as root, on providers that allow it (as `RentOptions.user`). */
+  user?: "root";
   /** Most activities (one per provider) at once; default 4. */
   maxProviders?: number;
   /** More attempts a task gets after its first; default 2. */
