@@ -2,9 +2,10 @@
  * A rented container: send files in, run commands, get files back (`python/kiln/activity.py`).
  *
  * An {@link Activity} comes from `requestor.rent()`. Its three actions are `send*`
- * (bytes, a local file, a JSON value), {@link Activity#run} and `download*` (bytes, a
- * local file or folder, a JSON value). Files stream in chunks with flow control both
- * ways: nothing holds a whole file in memory except {@link Activity#downloadBytes},
+ * (bytes, a local file, a JSON value), {@link Activity#run} (or {@link Activity#stream},
+ * for the output as it comes) and `download*` (bytes, a local file or folder, a JSON
+ * value). Files, a command's input and its live output stream in chunks with flow control
+ * both ways: nothing holds a whole file in memory except {@link Activity#downloadBytes},
  * which is capped by `maxBytes`. Every method takes an optional `signal` (AbortSignal).
  * @module
  */
@@ -14,12 +15,14 @@ import {
   FileNotFoundError,
   InvalidPathError,
   ProviderLostError,
+  RemoteProtocolError,
   TransferFailedError,
   UsageError,
 } from "./errors.js";
 import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
 import { ErrorCode } from "./protocol/codes.js";
 import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
+import { OUTPUT_WINDOW } from "./protocol/session.js";
 
 export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
 
@@ -39,6 +42,33 @@ export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
  * @property {(local: any) => Promise<Source>} open
  * @property {(info: import("../types/protocol.js").DownloadInfo, chunks: AsyncIterable<Uint8Array>, dest: any, path: string) => Promise<any>} save
  */
+
+/**
+ * A command's input: bytes, text (sent as UTF-8), a local file (`{file}`: what `sendFile`
+ * takes), or chunks of bytes.
+ * @typedef {Uint8Array | string | {file: any} | AsyncIterable<Uint8Array> | Iterable<Uint8Array>} Stdin
+ */
+
+/**
+ * The options of {@link Activity#run} and {@link Activity#stream}.
+ * @typedef {object} RunOptions
+ * @property {Record<string, string>} [env]
+ * @property {string} [workdir]
+ * @property {number} [timeoutMs]
+ * @property {AbortSignal} [signal]
+ * @property {Stdin} [stdin]
+ */
+
+/**
+ * What {@link Activity#stream} yields: output as it comes (`text` is `data` decoded as
+ * UTF-8, a character split between two chunks decoded whole in the later one), then the
+ * command's exit, last.
+ * @typedef {Readonly<{kind: "stdout" | "stderr", data: Uint8Array, text: string}>
+ *   | Readonly<{kind: "exit", result: Result}>} OutputEvent
+ */
+
+/** The tag of an output DATA frame: its first byte. */
+const OUTPUT_KINDS = /** @type {const} */ ([null, "stdout", "stderr"]);
 
 /** What a command did. A non-zero `exitCode` is a result, not an error. */
 export class Result {
@@ -216,11 +246,129 @@ export class Activity {
    * {@link CommandTimeoutError} (its `result` holds the output so far) when `timeoutMs`
    * passes first (the command is killed), or a CancelledError when `signal` fires (the
    * command is cancelled on the provider).
+   *
+   * `stdin` feeds the command's input (a hub of protocol 1.2: UnsupportedVersionError
+   * from an older one, before anything is sent): bytes, a string (UTF-8), `{file: local}`
+   * (what `sendFile` takes), or an (async) iterable of byte chunks. It streams within the
+   * provider's credit, so a command that reads slowly slows the sending; then the input
+   * ends (EOF). A command that ends before it read it all gets no more of it. A source
+   * that throws or yields something other than bytes kills the command, and the run
+   * rejects with that error. Without `stdin` the command's input is empty.
    * @param {string[]} argv
-   * @param {{env?: Record<string, string>, workdir?: string, timeoutMs?: number, signal?: AbortSignal}} [options]
+   * @param {RunOptions} [options]
    * @returns {Promise<Result>}
    */
   async run(argv, options = {}) {
+    const { message, what } = this._exec(argv, options, false);
+    const { signal } = options;
+    const conn = this._conn;
+    const input = options.stdin === undefined ? null : await this._stdin(options.stdin);
+    /** @type {Feed} */
+    const feed = { error: null };
+    let reply;
+    try {
+      if (input === null) {
+        reply = conn.start(message);
+      } else {
+        const exec = conn.openExec({ ...message, stdin: true });
+        reply = exec.reply;
+        void feedStdin(/** @type {import("./connection.js").Outgoing} */ (exec.sender), input, feed);
+      }
+    } catch (e) {
+      await input?.close();
+      throw e;
+    }
+    let done;
+    try {
+      done = /** @type {import("../types/protocol.js").ExecResult} */ (
+        await raceAbort(reply.promise, signal, what, () => conn.cancel(message.id))
+      );
+    } catch (e) {
+      throw feed.error ?? e;
+    }
+    return finished(new Result(done), what, options.timeoutMs);
+  }
+
+  /**
+   * Run `argv` and yield its output as it comes: `{kind: "stdout" | "stderr", data, text}`
+   * in the order the command wrote it, then `{kind: "exit", result}` last (a
+   * {@link Result} as `run` gives, its stdout and stderr empty). Needs a hub of protocol
+   * 1.2 (UnsupportedVersionError from an older one, before anything is sent).
+   *
+   * The command starts when the iteration does. Credit goes back to the provider as
+   * events are taken, so a consumer that stops reading stops the command at its next
+   * write: nothing buffers without bound. Leaving the loop early (`break`, `return`, a
+   * throw) or `signal` firing cancels the command (it is killed); the signal makes the
+   * loop throw a CancelledError. Throws {@link CommandTimeoutError} instead of the exit
+   * when `timeoutMs` passes (the output came as events already), and RemoteProtocolError
+   * `bad_frame` when the hub sends output that is not tagged stdout or stderr, or empty.
+   * `stdin` works as for {@link Activity#run}.
+   * @param {string[]} argv
+   * @param {RunOptions} [options]
+   * @returns {AsyncGenerator<OutputEvent, void, void>}
+   */
+  async *stream(argv, options = {}) {
+    const { message, what } = this._exec(argv, options, true);
+    const { signal } = options;
+    const conn = this._conn;
+    const input = options.stdin === undefined ? null : await this._stdin(options.stdin);
+    const window = Math.min(OUTPUT_WINDOW, conn.session.limits.max_window);
+    /** @type {Feed} */
+    const feed = { error: null };
+    let exec;
+    try {
+      exec = conn.openExec({ ...message, stdin: input !== null ? true : null, stream: true, window });
+    } catch (e) {
+      await input?.close();
+      throw e;
+    }
+    const { sender, reply } = exec;
+    const receiver = /** @type {import("./connection.js").Incoming} */ (exec.receiver);
+    if (input !== null) void feedStdin(/** @type {import("./connection.js").Outgoing} */ (sender), input, feed);
+    const onAbort = () => {
+      conn.cancel(message.id);
+      receiver.fail(cancelledBy(/** @type {AbortSignal} */ (signal), what));
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const decoders = { stdout: new TextDecoder(), stderr: new TextDecoder() };
+    let over = false;
+    try {
+      try {
+        for await (const chunk of receiver) {
+          throwIfAborted(signal, what);
+          const kind = chunk.byteLength > 1 ? OUTPUT_KINDS[chunk[0]] : undefined;
+          if (kind === undefined || kind === null) {
+            const why = chunk.byteLength > 1 ? `is tagged ${chunk[0]}, not 1 (stdout) or 2 (stderr)` : "carries no output";
+            throw new RemoteProtocolError(`an output frame of '${argv[0]}' ${why}`, {
+              code: ErrorCode.BAD_FRAME,
+              re: message.id,
+            });
+          }
+          const data = chunk.subarray(1);
+          yield Object.freeze({ kind, data, text: decoders[kind].decode(data, { stream: true }) });
+        }
+        const done = /** @type {import("../types/protocol.js").ExecResult} */ (
+          await raceAbort(reply.promise, signal, what)
+        );
+        over = true;
+        yield Object.freeze({ kind: "exit", result: finished(new Result(done), what, options.timeoutMs) });
+      } catch (e) {
+        throw feed.error ?? e;
+      }
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+      if (!over && !reply.settled) conn.cancel(message.id);
+    }
+  }
+
+  /**
+   * The `exec` message for `argv` and `options` (checked: UsageError before anything is
+   * sent), and how errors name the command.
+   * @param {string[]} argv
+   * @param {RunOptions} options
+   * @param {boolean} streaming whether the output is to stream (stream()) or come whole (run())
+   */
+  _exec(argv, options, streaming) {
     if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === "string")) {
       throw new UsageError('argv must be a non-empty array of strings, e.g. ["sh", "-c", "echo hi"]');
     }
@@ -229,22 +377,32 @@ export class Activity {
     if (timeoutMs !== undefined && !(typeof timeoutMs === "number" && timeoutMs > 0 && timeoutMs <= 7 * 86400_000)) {
       throw new UsageError(`timeoutMs must be a number of milliseconds in (0, 7 days], not ${timeoutMs}`);
     }
-    this._check();
-    throwIfAborted(signal, `'${argv[0]}'`);
-    const conn = this._conn;
-    const id = conn.newId();
-    const reply = conn.request({
-      type: "exec", id, activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) }, workdir,
-      timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
-    });
-    const done = /** @type {import("../types/protocol.js").ExecResult} */ (
-      await raceAbort(reply, signal, `'${argv[0]}'`, () => conn.cancel(id))
-    );
-    const result = new Result(done);
-    if (result.timedOut) {
-      throw new CommandTimeoutError(`'${argv[0]}' ran past its timeout of ${timeoutMs} ms and was killed`, result);
+    if (options.stdin !== undefined && !isStdin(options.stdin)) {
+      const method = streaming ? "stream" : "run";
+      throw new UsageError(`${method}'s stdin takes a Uint8Array, a string, {file: local} or an iterable of Uint8Array`);
     }
-    return result;
+    this._check();
+    const what = `'${argv[0]}'`;
+    throwIfAborted(signal, what);
+    const message = {
+      type: "exec", id: this._conn.newId(), activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) },
+      workdir, timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
+    };
+    return { message, what };
+  }
+
+  /**
+   * A command's input as chunks (a local file opened now, so that a missing one fails
+   * before anything is sent).
+   * @param {Stdin} stdin
+   * @returns {Promise<{chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, close: () => Promise<void>}>}
+   */
+  async _stdin(stdin) {
+    const none = async () => {};
+    if (stdin instanceof Uint8Array) return { chunks: [stdin], close: none };
+    if (typeof stdin === "string") return { chunks: [new TextEncoder().encode(stdin)], close: none };
+    if (isFile(stdin)) return this._files.open(stdin.file);
+    return { chunks: /** @type {AsyncIterable<Uint8Array> | Iterable<Uint8Array>} */ (stdin), close: none };
   }
 
   // --- download ------------------------------------------------------------------------
@@ -390,6 +548,67 @@ export class Activity {
       if (code !== ErrorCode.PROVIDER_LOST && code !== ErrorCode.CONNECTION_CLOSED) throw e;
     }
   }
+}
+
+/**
+ * How the feeding of a command's input went: `error` is set (before the stream is
+ * aborted) when its source failed.
+ * @typedef {{error: unknown}} Feed
+ */
+
+/**
+ * Send `input` to a command's stdin within the credit granted, then END; stop quietly
+ * when the command ended first. A source that fails (or yields something other than
+ * bytes) aborts the stream, which kills the command; its error goes to `feed.error`.
+ * Never rejects: a failure of the exec itself comes with its reply.
+ * @param {import("./connection.js").Outgoing} sender
+ * @param {{chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, close: () => Promise<void>}} input
+ * @param {Feed} feed
+ */
+async function feedStdin(sender, input, feed) {
+  try {
+    for await (const chunk of input.chunks) {
+      if (!(chunk instanceof Uint8Array)) throw new UsageError(`stdin yielded ${typeof chunk}, not a Uint8Array`);
+      await sender.write(chunk);
+      if (sender.closed) return;
+    }
+    sender.end();
+  } catch (e) {
+    // The exec failed or ended (its reply says why), or the source failed: then the command is killed.
+    if (sender.error !== null || sender.closed) return;
+    feed.error = e;
+    sender.abort(`the command's input failed: ${e instanceof Error ? e.message : String(e)}`);
+  } finally {
+    await input.close().catch(() => {});
+  }
+}
+
+/**
+ * `result`, unless the command timed out: then a {@link CommandTimeoutError} holding it is thrown.
+ * @param {Result} result
+ * @param {string} what
+ * @param {number | undefined} timeoutMs
+ */
+function finished(result, what, timeoutMs) {
+  if (result.timedOut) {
+    throw new CommandTimeoutError(`${what} ran past its timeout of ${timeoutMs} ms and was killed`, result);
+  }
+  return result;
+}
+
+/**
+ * @param {unknown} value
+ * @returns {value is {file: any}}
+ */
+const isFile = (value) => typeof value === "object" && value !== null && "file" in value;
+
+/**
+ * Whether `value` is something `stdin` takes.
+ * @param {unknown} value
+ */
+function isStdin(value) {
+  if (value instanceof Uint8Array || typeof value === "string" || isFile(value)) return true;
+  return typeof value === "object" && value !== null && (Symbol.asyncIterator in value || Symbol.iterator in value);
 }
 
 /**

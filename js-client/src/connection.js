@@ -11,12 +11,14 @@
  *
  * Use: `const conn = await Connection.open(openSocket, url, {name, token})`, then
  * {@link Connection#request}, or {@link Connection#openUpload} /
- * {@link Connection#openDownload} for streams (a `push_image` sends like an upload). {@link Connection#close} ends it.
+ * {@link Connection#openDownload} / {@link Connection#openExec} for streams (a
+ * `push_image` sends like an upload; an exec may have one stream each way). {@link Connection#close} ends it.
  * @module
  */
 
 import { Deferred, settlesWithin, sleep } from "./deferred.js";
-import { CancelledError, ConnectionLostError, UnsupportedVersionError } from "./errors.js";
+import { CancelledError, ConnectionLostError, RemoteProtocolError, UnsupportedVersionError } from "./errors.js";
+import { ErrorCode } from "./protocol/codes.js";
 import { PROTOCOL_NAME, build } from "./protocol/messages.js";
 import { Session } from "./protocol/session.js";
 
@@ -90,6 +92,11 @@ export class Incoming {
     this._wake?.resolve();
   }
 
+  /** Whether all the stream's data came (END). */
+  get ended() {
+    return this._ended;
+  }
+
   /**
    * End the stream with `error` (what a reader waiting on it then throws).
    * @param {KilnError} error
@@ -123,7 +130,12 @@ export class Incoming {
   }
 }
 
-/** The sending end of a stream: {@link Outgoing#write} waits for credit, {@link Outgoing#end} finishes it. */
+/**
+ * The sending end of a stream: {@link Outgoing#write} waits for credit, {@link Outgoing#end}
+ * finishes it. The stream is over when its request ends: with an error, a writer throws it;
+ * with a reply (an exec whose command ended before reading all its input), it is
+ * {@link Outgoing#closed} and a writer stops quietly.
+ */
 export class Outgoing {
   /** @param {Connection} conn @param {number} stream */
   constructor(conn, stream) {
@@ -131,12 +143,29 @@ export class Outgoing {
     this.stream = stream;
     /** @type {KilnError | null} */
     this._error = null;
+    this._closed = false;
     /** @type {Deferred<void> | null} */
     this._wake = null;
   }
 
   _credited() {
     this._wake?.resolve();
+  }
+
+  /** The request ended with its reply: nothing more is sent, and a writer waiting stops. */
+  _close() {
+    this._closed = true;
+    this._wake?.resolve();
+  }
+
+  /** Whether the request ended with its reply while the stream was open: what is left is not sent. */
+  get closed() {
+    return this._closed;
+  }
+
+  /** Why the stream failed, once it has. */
+  get error() {
+    return this._error;
   }
 
   /**
@@ -150,28 +179,32 @@ export class Outgoing {
 
   /**
    * Send `data` in DATA frames of at most `chunk_bytes`, each within the credit granted,
-   * waiting while the socket holds too much unsent data.
+   * waiting while the socket holds too much unsent data. Throws the stream's error once
+   * it failed; returns at once (sending nothing more) once it is {@link Outgoing#closed}.
    * @param {Uint8Array} data
    */
   async write(data) {
     const { session, socket } = this._conn;
     const size = session.limits.chunk_bytes;
     for (let start = 0; start < data.byteLength; start += size) {
-      while (this._error === null && session.credit(this.stream) <= 0) {
+      while (this._error === null && !this._closed && session.credit(this.stream) <= 0) {
         this._wake = new Deferred();
         await this._wake.promise;
         this._wake = null;
       }
       // The socket has no drain event in browsers: poll until it is below the mark.
-      while (this._error === null && socket.bufferedAmount > HIGH_WATER_BYTES) await sleep(5);
+      while (this._error === null && !this._closed && socket.bufferedAmount > HIGH_WATER_BYTES) await sleep(5);
       if (this._error !== null) throw this._error;
+      if (this._closed) return;
       session.sendData(this.stream, data.subarray(start, start + size));
       this._conn.flush();
     }
   }
 
+  /** All the data is sent (an END frame); no-op once the stream is {@link Outgoing#closed}. */
   end() {
     if (this._error !== null) throw this._error;
+    if (this._closed) return;
     this._conn.session.endStream(this.stream);
     this._conn.flush();
   }
@@ -332,8 +365,9 @@ export class Connection {
       try {
         this._send(message, reply);
       } catch (e) {
-        this._interim.delete(message.id);
-        reply.reject(e); // the session is over: the reason it ended
+        // Refused at its turn (the session is over: the reason it ended): its streams fail with it.
+        this._replies.set(message.id, reply);
+        this._settle(message.id, null, /** @type {KilnError} */ (e));
       }
     }
   }
@@ -369,6 +403,23 @@ export class Connection {
     const receiver = new Incoming(this, message.id, message.window);
     this._incoming.set(message.id, receiver);
     return { receiver, reply };
+  }
+
+  /**
+   * Start an exec with `stdin` and/or `stream` (1.2): its sending end for the command's
+   * input (credit comes from the provider once the command runs), its receiving end for
+   * the command's output (`window` is the first credit), whichever it asked for, and its
+   * final reply. Throws at once (nothing sent) if the session refuses it, e.g.
+   * UnsupportedVersionError from a hub below 1.2.
+   * @param {RequestMessage & {stdin?: boolean | null, stream?: boolean | null, window?: number | null}} message
+   */
+  openExec(message) {
+    const reply = this.start(message);
+    const sender = message.stdin === true ? new Outgoing(this, message.id) : null;
+    const receiver = message.stream === true ? new Incoming(this, message.id, message.window ?? 1) : null;
+    if (sender !== null) this._outgoing.set(message.id, sender);
+    if (receiver !== null) this._incoming.set(message.id, receiver);
+    return { sender, receiver, reply };
   }
 
   /**
@@ -445,8 +496,8 @@ export class Connection {
           this._incoming.get(event.stream)?._end();
           break;
         case "streamFailed":
+          // Only a stream this side receives on fails so: its sender aborted, or overran it.
           this._incoming.get(event.stream)?.fail(event.error);
-          this._outgoing.get(event.stream)?.fail(event.error);
           break;
         case "closed":
           for (const end of [...this._incoming.values(), ...this._outgoing.values()]) end.fail(event.error);
@@ -469,13 +520,27 @@ export class Connection {
    */
   _settle(request, reply, error) {
     const future = this._replies.get(request);
-    const ends = [this._incoming.get(request), this._outgoing.get(request)];
+    const receiver = this._incoming.get(request);
+    const sender = this._outgoing.get(request);
     this._replies.delete(request);
     this._incoming.delete(request);
     this._outgoing.delete(request);
     this._interim.delete(request);
-    // The stream of a failed request fails with it.
-    if (error !== null) for (const end of ends) end?.fail(error);
+    if (error !== null) {
+      // The stream of a failed request fails with it.
+      receiver?.fail(error);
+      sender?.fail(error);
+    } else {
+      // A command may end before it read all its input: the rest is not sent.
+      sender?._close();
+      // The data ends (END) before the final reply; a reader must not wait past it.
+      if (receiver !== undefined && !receiver.ended) {
+        receiver.fail(new RemoteProtocolError(`the final reply to request ${request} came before the end of its stream`, {
+          code: ErrorCode.OUT_OF_ORDER,
+          re: request,
+        }));
+      }
+    }
     if (future === undefined || future.settled) return;
     if (error !== null) future.reject(error);
     else future.resolve(/** @type {Message} */ (reply));

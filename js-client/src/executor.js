@@ -65,7 +65,7 @@ const STOP_GRACE_MS = 5_000;
  * What a job needs of a requestor: `rent`, honouring `exclude` and `group`.
  * @typedef {object} Renter
  * @property {(options: {image: string, demand?: import("./requestor.js").DemandOptions,
- *   exclude?: Iterable<string>, group?: string,
+ *   exclude?: Iterable<string>, group?: string, user?: "root",
  *   onProgress?: (progress: {provider: string, image: string, done: number, total: number}) => void
  * }) => Promise<Activity>} rent
  */
@@ -103,6 +103,7 @@ const STOP_GRACE_MS = 5_000;
  * @typedef {object} JobOptions
  * @property {string} image
  * @property {import("./requestor.js").DemandOptions} [demand]
+ * @property {"root"} [user] run the job's commands as root, on providers that allow it
  * @property {number} [maxProviders] most activities (one per provider) at once, default 4
  * @property {number} [retries] more attempts a task gets after its first, default 2
  * @property {number} [taskTimeoutMs] the most one attempt may take, default no limit
@@ -186,6 +187,7 @@ export class Job {
     this.worker = worker;
     this.image = options.image;
     this.demand = options.demand;
+    this.user = options.user;
     this.maxProviders = maxProviders;
     this.retries = retries;
     this.taskTimeoutMs = taskTimeoutMs;
@@ -440,6 +442,7 @@ export class Job {
         const activity = await this.requestor.rent({
           image: this.image,
           demand: this.demand,
+          ...(this.user === undefined ? {} : { user: this.user }),
           exclude: this._banned,
           group: this.group,
           // A provider loading the job's image from the hub's store: how far it is.

@@ -128,8 +128,13 @@ export class Requestor {
    * that lacks it loads it from the hub first, and `onProgress({provider, image, done,
    * total})` hears how far (a hub ≥ 1.1 tells; the activity's `pulled` says how many
    * bytes it took, `cached` whether none were needed).
+   *
+   * `user: "root"` runs the activity's commands as root (still without capabilities,
+   * privileges to gain or network), on a provider whose operator allows it (`kiln provider
+   * --allow-root`): NoMatchError when none does, UnsupportedVersionError from a hub below
+   * protocol 1.2. Without it, commands run as the image's USER, or nobody.
    * @param {{image: string, demand?: DemandOptions, exclude?: Iterable<string>, group?: string,
-   *          signal?: AbortSignal, onProgress?: (progress: Required<Progress>) => void}} options
+   *          user?: "root", signal?: AbortSignal, onProgress?: (progress: Required<Progress>) => void}} options
    * @returns {Promise<Activity>}
    */
   async rent(options) {
@@ -137,6 +142,8 @@ export class Requestor {
     if (typeof image !== "string") throw new UsageError("rent needs an image, e.g. { image: 'kiln-busybox:latest' }");
     const demand = demandMessage(options.demand);
     const exclude = [...new Set(options.exclude ?? [])].sort();
+    const user = options.user ?? null;
+    if (user !== null && user !== "root") throw new UsageError(`user may only be "root", not ${JSON.stringify(user)}`);
     throwIfAborted(signal, `renting ${image}`);
     const conn = this.connection;
     const id = conn.newId();
@@ -150,7 +157,7 @@ export class Requestor {
               onProgress({ provider: info.provider, image: info.image, done: info.done, total: info.total });
             }
           };
-    const message = { type: "rent", id, image, demand, exclude, group: options.group ?? null };
+    const message = { type: "rent", id, image, demand, exclude, group: options.group ?? null, user };
     const reply = conn.request(message, onInterim);
     const rented = reply.then((message) => this._adopt(/** @type {import("../types/protocol.js").Rented} */ (message)));
     return raceAbort(rented, signal, `renting ${image}`, () => {

@@ -131,6 +131,20 @@ test("a provider loading the job's image from the hub's store: image_loading eve
   assert.ok(events.indexOf(loading[1]) < events.indexOf(kinds(events, "rented")[0]));
 });
 
+test("a job's user reaches every rent it makes; without it, no user is asked for", { timeout: 10_000 }, async () => {
+  for (const [options, expected] of [[{ user: "root" }, ["root", "root"]], [{}, [false, false]]]) {
+    const hub = new FakeHub(["p1", "p2"]);
+    const users = [];
+    const rent = hub.rent.bind(hub);
+    hub.rent = async (rentOptions) => {
+      users.push("user" in rentOptions ? rentOptions.user : false);
+      return rent(rentOptions);
+    };
+    await job(hub, [1, 2, 3, 4], square, { maxProviders: 2, ...options }).job.run();
+    assert.deepEqual(users, expected);
+  }
+});
+
 test("events() follows the job until job_done; a Job runs once", { timeout: 10_000 }, async () => {
   const hub = new FakeHub(["p1"]);
   const { job: j, events } = job(hub, [1, 2, 3], square);

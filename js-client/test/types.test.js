@@ -12,6 +12,8 @@ import { ERROR_CODES, ErrorCode } from "../src/protocol/codes.js";
 import { KilnError, errorFromCode } from "../src/errors.js";
 import * as nodeEntry from "../src/node/index.js";
 import * as protocolEntry from "../src/protocol/index.js";
+import { Activity } from "../src/activity.js";
+import { Requestor } from "../src/requestor.js";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const schema = JSON.parse(readFileSync(here("../../protocol/v1/schema.json"), "utf8"));
@@ -62,6 +64,21 @@ const declares = (dts, name) =>
 
 test("index.d.ts declares everything the entry points export", () => {
   for (const name of Object.keys(nodeEntry)) assert.ok(declares(indexDts, name), `types/index.d.ts does not declare ${name}`);
+});
+
+/** The names of the methods and accessors `class` declares in the .d.ts text. */
+function members(dts, name) {
+  const body = new RegExp(`export declare class ${name}\\b[^{]*\\{([\\s\\S]*?)\\n\\}`).exec(dts)[1];
+  return new Set([...body.matchAll(/^ {2}(?:readonly )?(\w+)(?:<[^>]*>)?[(?:]/gm)].map((m) => m[1]));
+}
+
+test("index.d.ts declares every public method of Activity and Requestor", () => {
+  for (const cls of [Activity, Requestor]) {
+    const declared = members(indexDts, cls.name);
+    const methods = Object.getOwnPropertyNames(cls.prototype).filter((m) => !["constructor", "toString"].includes(m) && !m.startsWith("_"));
+    assert.ok(methods.includes("rent") || methods.includes("stream"));
+    for (const method of methods) assert.ok(declared.has(method), `types/index.d.ts: ${cls.name} lacks ${method}`);
+  }
 });
 
 test("protocol.d.ts declares exactly what kiln-client/protocol exports", () => {

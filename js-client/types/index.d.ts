@@ -40,6 +40,12 @@ export interface RentOptions {
   exclude?: Iterable<string>;
   /** A name of the caller's: the hub keeps the live activities of one group on distinct providers. */
   group?: string;
+  /**
+   * `"root"`: the activity's commands run as root (still without capabilities or network),
+   * on a provider whose operator allows it (NoMatchError when none does; a hub ≥ 1.2).
+   * Default: the image's USER, or nobody.
+   */
+  user?: "root";
   signal?: AbortSignal;
   /** How far the provider has loaded an image of the hub's store (a hub ≥ 1.1 tells). */
   onProgress?: (progress: RentProgress) => void;
@@ -112,6 +118,8 @@ export type Worker<P, R> = (activity: Activity, part: P, context: TaskContext) =
 export interface JobOptions {
   image: string;
   demand?: DemandOptions;
+  /** `"root"`: the job's commands run as root, on providers that allow it (as `RentOptions.user`). */
+  user?: "root";
   /** Most activities (one per provider) at once; default 4. */
   maxProviders?: number;
   /** More attempts a task gets after its first; default 2. */
@@ -230,12 +238,43 @@ export interface SignalOption {
   signal?: AbortSignal;
 }
 
+/**
+ * A command's input (a hub ≥ 1.2): bytes, text (sent as UTF-8), a local file (what
+ * `sendFile` takes: a path in Node, a Blob or File in a browser), or chunks of bytes.
+ */
+export type Stdin =
+  | Uint8Array
+  | string
+  | { file: LocalSource }
+  | AsyncIterable<Uint8Array>
+  | Iterable<Uint8Array>;
+
 export interface RunOptions extends SignalOption {
   env?: Record<string, string>;
   workdir?: string;
   /** Kill the command after this long: the run then rejects with CommandTimeoutError. */
   timeoutMs?: number;
+  /**
+   * The command's input, streamed within the provider's credit, then EOF (a hub ≥ 1.2;
+   * UnsupportedVersionError from an older one). Default: empty input.
+   */
+  stdin?: Stdin;
 }
+
+/** Output of a streamed command as it comes: `text` is `data` decoded as UTF-8 (a character split between chunks is decoded whole in the later one). */
+export interface OutputChunk {
+  readonly kind: "stdout" | "stderr";
+  readonly data: Uint8Array;
+  readonly text: string;
+}
+
+/** The end of a streamed command, always the last event: its Result (stdout and stderr empty: they came as events). */
+export interface ExitEvent {
+  readonly kind: "exit";
+  readonly result: Result;
+}
+
+export type OutputEvent = OutputChunk | ExitEvent;
 
 /** In Node a local path; in a browser a Blob or File. */
 export type LocalSource = string | URL | Blob;
@@ -261,6 +300,14 @@ export declare class Activity {
   /** Node: streamed from disk. Browser: a Blob or File. */
   sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
   run(argv: string[], options?: RunOptions): Promise<Result>;
+  /**
+   * Run `argv` and yield its output as it comes, then its exit (a hub ≥ 1.2). Credit goes
+   * back as events are taken: a consumer that stops reading stops the command. Leaving
+   * the loop early or `signal` firing kills the command. Throws CommandTimeoutError
+   * instead of the exit past `timeoutMs`; RemoteProtocolError `bad_frame` for output
+   * that is neither stdout nor stderr, or empty.
+   */
+  stream(argv: string[], options?: RunOptions): AsyncGenerator<OutputEvent, void, void>;
   /** A file's content; a UsageError past `maxBytes` (default 256 MiB). */
   downloadBytes(path: string, options?: SignalOption & { maxBytes?: number }): Promise<Uint8Array>;
   /** A file's content as JSON; a UsageError past `maxBytes` (default 64 MiB). */

@@ -135,6 +135,12 @@ function check(raw, side) {
     const { code, details } = judge(raw, validator.errors ?? []);
     throw invalid(side, `invalid '${kind}' message: ${details}`, code, re);
   }
+  // The one rule across fields the schema cannot say (Exec's model validator in messages.py).
+  const message = /** @type {Message} */ (raw);
+  if (message.type === "exec" && message.window !== null && message.stream !== true) {
+    const details = "window: 'window' is the credit of an output stream: it needs 'stream': true";
+    throw invalid(side, `invalid 'exec' message: ${details}`, ErrorCode.BAD_MESSAGE, re);
+  }
   return deepFreeze(raw);
 }
 

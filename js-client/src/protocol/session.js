@@ -14,12 +14,16 @@
  *   the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
- * - Requests of a later minor version than the hub's `welcome` (the image store's, 1.1)
- *   are refused here, before they are sent (UnsupportedVersionError).
+ * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
+ *   store's, 1.1; an exec's streams and root, 1.2) are refused here, before they are sent
+ *   (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
  * - An `upload`, `download` or `push_image` opens a stream under the request's id, closed
  *   with the request; a provider's `want` opens one under the `create`'s id, to receive on.
+ *   An `exec` (1.2) opens one each way: its `stdin` toward the provider, its output
+ *   (`stream`) toward the requestor. A request holds at most one stream in each direction,
+ *   so frames and credit are told apart by their direction.
  *   The sender spends one credit per DATA frame and never more than it holds; the
  *   receiver grants credit and never lets what is outstanding exceed `max_window`. Data
  *   beyond the credit granted is the peer's violation and fails the stream.
@@ -83,8 +87,8 @@ const SENDS = Object.freeze({
  */
 const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1 });
 
-/** The requests of this side that open a stream. */
-const STREAMING = Object.freeze(new Set(["upload", "download", "push_image"]));
+/** The first credit of an exec's output stream when the exec names none (chunks; at most `max_window`). */
+export const OUTPUT_WINDOW = 16;
 
 /**
  * For each kind of request, its interim reply, and whether that comes only once, before any data.
@@ -128,21 +132,35 @@ export const State = Object.freeze({ HELLO_SENT: "hello_sent", OPEN: "open", CLO
 // --- bookkeeping ------------------------------------------------------------------------
 
 /**
- * A stream of an open request.
+ * One half of an open request's streams: the one this side sends on, or the one it receives on.
  * @typedef {object} Stream
- * @property {boolean} sending whether this side sends its data
  * @property {number} credit sending: DATA frames we may still send; receiving: DATA frames the peer may still send
  * @property {boolean} ended
  * @property {boolean} started data has moved
  */
 
 /**
- * An open request: its kind, and its stream if it has one.
+ * An open request: its kind, and its streams if it has any (at most one each way).
  * @typedef {object} Open
  * @property {string} kind
- * @property {Stream | null} stream
+ * @property {Stream | null} send the stream this side sends on
+ * @property {Stream | null} recv the stream this side receives on
  * @property {boolean} informed
  */
+
+/**
+ * A stream half, its first credit given.
+ * @param {number} credit
+ * @returns {Stream}
+ */
+const half = (credit) => ({ credit, ended: false, started: false });
+
+/**
+ * A request just opened, with no stream yet.
+ * @param {string} kind
+ * @returns {Open}
+ */
+const opened = (kind) => ({ kind, send: null, recv: null, informed: false });
 
 /** A requestor's or a provider's side of one connection to the hub. */
 export class Session {
@@ -238,8 +256,8 @@ export class Session {
   _full(message) {
     const limits = this.limits;
     if (this._mine.size >= limits.max_pending) return `more than ${limits.max_pending} requests open at once`;
-    const streams = [...this._mine.values()].filter((open) => open.stream !== null).length;
-    if (typeof message.type === "string" && STREAMING.has(message.type) && streams >= limits.max_streams) {
+    const streams = [...this._mine.values()].filter((open) => open.send !== null || open.recv !== null).length;
+    if (opensStream(message) && streams >= limits.max_streams) {
       return `more than ${limits.max_streams} streams open at once`;
     }
     return null;
@@ -248,11 +266,14 @@ export class Session {
   /**
    * Send a request; it stays open until its final reply.
    *
-   * An upload's or a push's stream waits for the receiver's credit; a download's has its
-   * `window` as its first credit. Throws LocalProtocolError for an invalid message (checked
-   * first), a request this role may not send, an id in use, or too many open requests or
-   * streams; UnsupportedVersionError for a request of a later minor version than the hub
-   * welcomed us at; the session's end reason once it is closed.
+   * An upload's, a push's or an exec's `stdin` stream waits for the receiver's credit
+   * (wait for a `credited` event); a download's or an exec's output (`stream`) has its
+   * `window` as its first credit (an exec's default: {@link OUTPUT_WINDOW}, or
+   * `max_window` if less). Throws LocalProtocolError for an invalid message (checked
+   * first), a request this role may not send, an id in use, too many open requests or
+   * streams, or a window over `max_window`; UnsupportedVersionError for a request or
+   * field of a later minor version than the hub welcomed us at; the session's end reason
+   * once it is closed.
    * @param {Request | Record<string, unknown>} raw
    */
   request(raw) {
@@ -265,26 +286,24 @@ export class Session {
     if (this._mine.has(request.id)) {
       throw new LocalProtocolError(`request id ${request.id} is already in use`, { code: ErrorCode.DUPLICATE_ID });
     }
-    const since = SINCE[request.type] ?? 0;
+    const { since, what } = sinceOf(request);
     if (since > this.minor) {
-      throw new UnsupportedVersionError(`'${request.type}' needs protocol 1.${since}; the hub speaks ${this.version}`);
+      throw new UnsupportedVersionError(`${what} needs protocol 1.${since}; the hub speaks ${this.version}`);
     }
     const limits = this.limits;
     const full = this._full(request);
     if (full !== null) throw new LocalProtocolError(full, { code: ErrorCode.TOO_MANY });
-    /** @type {Stream | null} */
-    let stream = null;
-    if (STREAMING.has(request.type)) {
-      if (request.type === "download" && request.window > limits.max_window) {
-        throw new LocalProtocolError(`a window of ${request.window} exceeds the hub's ${limits.max_window}`, {
-          code: ErrorCode.FLOW_CONTROL,
-        });
-      }
-      // A sender waits for credit; a download's window is the credit it grants at once.
-      const credit = request.type === "download" ? request.window : 0;
-      stream = { sending: request.type !== "download", credit, ended: false, started: false };
+    const window = windowOf(request, limits);
+    if (window !== null && window > limits.max_window) {
+      throw new LocalProtocolError(`a window of ${window} exceeds the hub's ${limits.max_window}`, {
+        code: ErrorCode.FLOW_CONTROL,
+      });
     }
-    this._mine.set(request.id, { kind: request.type, stream, informed: false });
+    const open = opened(request.type);
+    // A sender waits for credit; a receiver's window is the credit it grants at once.
+    if (sendsData(request)) open.send = half(0);
+    if (window !== null) open.recv = half(window);
+    this._mine.set(request.id, open);
     this._send(request);
   }
 
@@ -324,7 +343,7 @@ export class Session {
       }
       open.informed = true;
       // The blobs come on the create's stream.
-      if (message.type === "want") open.stream = { sending: false, credit: 0, ended: false, started: false };
+      if (message.type === "want") open.recv = half(0);
     } else if (!ANSWERS[open.kind].has(message.type)) {
       throw new LocalProtocolError(`'${message.type}' does not answer a '${open.kind}'`, { code: ErrorCode.OUT_OF_ORDER });
     } else {
@@ -340,8 +359,8 @@ export class Session {
    * @param {number} stream
    */
   credit(stream) {
-    const found = this._stream(stream);
-    return found !== null && found.sending && !found.ended ? found.credit : 0;
+    const found = this._stream(stream, true);
+    return found !== null && !found.ended ? found.credit : 0;
   }
 
   /**
@@ -383,8 +402,8 @@ export class Session {
    * @param {string} reason
    */
   abortStream(stream, reason) {
-    const found = this._stream(stream);
-    if (this.state === State.OPEN && found !== null && found.sending && !found.ended) {
+    const found = this._stream(stream, true);
+    if (this.state === State.OPEN && found !== null && !found.ended) {
       found.ended = true;
       this._out.push(Object.freeze({ binary: true, data: abortFrame(stream, reason) }));
     }
@@ -397,8 +416,8 @@ export class Session {
    * @param {number} chunks
    */
   grant(stream, chunks) {
-    const found = this._stream(stream);
-    if (this.state !== State.OPEN || found === null || found.sending || found.ended) return;
+    const found = this._stream(stream, false);
+    if (this.state !== State.OPEN || found === null || found.ended) return;
     const window = this.limits.max_window;
     if (chunks < 1 || found.credit + chunks > window) {
       throw new LocalProtocolError(`credit of ${chunks} on stream ${stream} would exceed the window of ${window}`, {
@@ -444,8 +463,8 @@ export class Session {
     if (this.state === State.HELLO_SENT) {
       this._handshake(message);
     } else if (message.type === "credit") {
-      const found = this._stream(message.stream);
-      if (found !== null && found.sending && !found.ended) {
+      const found = this._stream(message.stream, true);
+      if (found !== null && !found.ended) {
         found.credit += message.chunks;
         this._emit({ type: "credited", stream: message.stream, chunks: message.chunks });
       }
@@ -482,8 +501,8 @@ export class Session {
       this._violated(e);
       return;
     }
-    const found = this._stream(frame.stream);
-    if (found === null || found.sending || found.ended) return; // it crossed the stream's end
+    const found = this._stream(frame.stream, false);
+    if (found === null || found.ended) return; // it crossed the stream's end
     if (frame.kind === FrameKind.DATA) {
       if (found.credit <= 0) {
         found.ended = true;
@@ -578,14 +597,12 @@ export class Session {
       }));
       return;
     }
-    /** @type {Stream | null} */
-    let stream = null;
-    if (message.type === "upload") {
-      stream = { sending: false, credit: 0, ended: false, started: false }; // the provider grants the first credit
-    } else if (message.type === "download") {
-      stream = { sending: true, credit: message.window, ended: false, started: false };
-    }
-    this._theirs.set(message.id, { kind: message.type, stream, informed: false });
+    const open = opened(message.type);
+    // The provider grants an upload's (or an exec's stdin's) first credit; the hub's window is ours to spend.
+    if (message.type === "upload" || (message.type === "exec" && message.stdin === true)) open.recv = half(0);
+    const window = windowOf(message, this.limits);
+    if (window !== null) open.send = half(window);
+    this._theirs.set(message.id, open);
     this._emit({ type: "requested", message });
   }
 
@@ -636,11 +653,15 @@ export class Session {
   }
 
   /**
+   * The half of request `stream`'s streams that goes our way (`sending`) or the other.
    * @param {number} stream
+   * @param {boolean} sending
    * @returns {Stream | null}
    */
-  _stream(stream) {
-    return (this.role === "requestor" ? this._mine : this._theirs).get(stream)?.stream ?? null;
+  _stream(stream, sending) {
+    const open = (this.role === "requestor" ? this._mine : this._theirs).get(stream);
+    if (open === undefined) return null;
+    return sending ? open.send : open.recv;
   }
 
   /**
@@ -648,8 +669,8 @@ export class Session {
    * @returns {Stream}
    */
   _sending(stream) {
-    const found = this._stream(stream);
-    if (found === null || !found.sending || found.ended) {
+    const found = this._stream(stream, true);
+    if (found === null || found.ended) {
       throw new LocalProtocolError(`no open stream ${stream} to send on`, { code: ErrorCode.UNKNOWN_STREAM });
     }
     return found;
@@ -674,7 +695,54 @@ export class Session {
 function interimFits(open, kind) {
   const fit = INTERIM[open.kind];
   if (fit === undefined || fit.reply !== kind) return false;
-  return !fit.once || !(open.informed || open.stream?.started === true);
+  const started = open.send?.started === true || open.recv?.started === true;
+  return !fit.once || !(open.informed || started);
+}
+
+/**
+ * The first credit of the stream `message` opens toward its sender, if it opens one.
+ * @param {Request | HubRequest} message
+ * @param {Limits} limits
+ * @returns {number | null}
+ */
+function windowOf(message, limits) {
+  if (message.type === "download") return message.window;
+  if (message.type === "exec" && message.stream === true) {
+    return message.window ?? Math.min(OUTPUT_WINDOW, limits.max_window);
+  }
+  return null;
+}
+
+/**
+ * Whether this side's request `message` opens a stream to send on (it then waits for credit).
+ * @param {Request} message
+ */
+const sendsData = (message) =>
+  message.type === "upload" || message.type === "push_image" || (message.type === "exec" && message.stdin === true);
+
+/**
+ * Whether `message` opens a stream (either way), so that it counts against `max_streams`.
+ * @param {object & {type?: unknown, stdin?: unknown, stream?: unknown}} message a request, built or not yet
+ */
+function opensStream(message) {
+  const kind = message.type;
+  if (kind === "upload" || kind === "download" || kind === "push_image") return true;
+  return kind === "exec" && (message.stdin === true || message.stream === true);
+}
+
+/**
+ * The minor version `message` needs, and what needs it.
+ * @param {Request} message
+ * @returns {{since: number, what: string}}
+ */
+function sinceOf(message) {
+  if (message.type === "exec" && (message.stdin === true || message.stream === true)) {
+    return { since: 2, what: "an exec's stdin or stream" };
+  }
+  if (message.type === "rent" && message.user !== null && message.user !== undefined) {
+    return { since: 2, what: `user='${message.user}'` };
+  }
+  return { since: SINCE[message.type] ?? 0, what: `'${message.type}'` };
 }
 
 /**
