@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,17 @@ async def test_what_peers_send_cannot_forge_or_flood_the_log(hub: LocalCluster) 
                     pass
 
     before = len(hub.hub.output())
+    started = time.monotonic()
     await asyncio.gather(*(refused() for _ in range(300)))
+    took = time.monotonic() - started
     await asyncio.sleep(0.2)  # the limiter refills, and says what it held back with the next line
     await refused()
     await asyncio.sleep(0.2)
     grown = len(hub.hub.output()) - before
-    held_back = re.search(r"(\d+) log lines were suppressed", hub.hub.output()[before:])
-    assert held_back is not None and int(held_back.group(1)) >= 150, "a burst of 100, then 20 lines a second"
+    # Held back lines are counted, and the count logged when lines flow again (once, or
+    # in parts when the burst is spread over more than one refill).
+    held_back = sum(map(int, re.findall(r"(\d+) log lines were suppressed", hub.hub.output()[before:])))
+    # A burst of 100, then 20 lines a second, however long the 300 took on a busy machine.
+    assert held_back >= 300 - (100 + 20 * (took + 0.5)), (took, held_back)
     assert grown < 32 * 1024, f"301 refusals wrote {grown} bytes to the log"
     no_traceback(hub)

@@ -56,6 +56,8 @@ class FakeMarket:
     most_of_a_group_on_one_provider: int = 0
     users: list[str | None] = field(default_factory=list)
     """The user every rent asked for."""
+    max_held: int | None = None
+    """As the hub's --max-activities: a rent past this many live activities is too_many."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     def rent(
@@ -75,6 +77,8 @@ class FakeMarket:
         self, exclude: set[str], group: str | None, on_progress: RentProgressHandler | None = None
     ) -> kiln.Activity:
         await asyncio.sleep(0)
+        if self.max_held is not None and len(self.live) >= self.max_held:
+            raise kiln.RemoteError(f"more than {self.max_held} activities held at once", kiln.ErrorCode.TOO_MANY)
         taken = {a.provider for a in self.live if group is not None and a.group == group}
         able = [p for p in self.providers if p not in exclude and p not in taken]
         if not able:
@@ -315,3 +319,13 @@ async def test_a_job_as_root_rents_every_activity_as_root() -> None:
     assert market.users and set(market.users) == {"root"}
     await Recorded(market, square, 1).run()
     assert market.users[-1] is None
+
+
+async def test_a_job_held_to_fewer_activities_than_it_wants_works_with_what_it_has() -> None:
+    market = FakeMarket(["p1", "p2", "p3", "p4"], max_held=2)
+    job = Recorded(market, square, 12, max_providers=4)
+    assert sorted(await job.run()) == [n * n for n in range(12)]
+    assert len({a.provider for a in market.rented}) == 2
+    empty = FakeMarket(["p1"], max_held=0)
+    with pytest.raises(kiln.RemoteError, match="held at once"):
+        await Recorded(empty, square, 1).run()

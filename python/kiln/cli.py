@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument(
         "--store-limit", type=_size, default="20GiB", help="most bytes the image store holds (default 20GiB)"
     )
+    hub.add_argument("--create-timeout", type=float, default=120.0, metavar="S",
+                     help="drop a provider that takes longer to start a container (its image still loading counts "
+                     "as progress; default 120)")  # fmt: skip
+    hub.add_argument("--destroy-timeout", type=float, default=60.0, metavar="S",
+                     help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
+    hub.add_argument("--max-activities", type=int, default=1024, metavar="N",
+                     help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
 
     provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub")
     provider.add_argument("--hub", default=DEFAULT_HUB)
@@ -304,7 +311,11 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "hub":
         from kiln.hub.server import run as run_hub
 
-        await run_hub(args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit)
+        await run_hub(
+            args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit,
+            create_timeout=args.create_timeout, destroy_timeout=args.destroy_timeout,
+            max_activities=args.max_activities,
+        )  # fmt: skip
         return 0
     if args.command == "provider":
         _require_provider_extra()

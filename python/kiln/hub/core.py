@@ -92,6 +92,13 @@ CLOSE_UNAUTHORIZED = 4002
 CLOSE_HANDSHAKE = 4003
 CLOSE_NAME_TAKEN = 4004
 CLOSE_SLOW = 4005
+CLOSE_UNRESPONSIVE = 4006
+CREATE_TIMEOUT: Final = 120.0
+"""Seconds a provider may take to answer a ``create`` (counted afresh whenever its image moves)."""
+DESTROY_TIMEOUT: Final = 60.0
+"""Seconds a provider may take to answer a ``destroy``."""
+MAX_ACTIVITIES: Final = 1024
+"""Activities one requestor connection may hold at once (being created, running or being released)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +213,7 @@ class Pending:
     activity: str
     requestor: int | None
     r_id: int | None
+    deadline: float = math.inf  # a create or destroy not answered by then: the provider is stuck
     routes: list[Route] = field(default_factory=list)  # its streams: at most one each way
     cancelled: bool = False
     # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
@@ -285,9 +293,15 @@ class HubCore:
         new_activity_id: Callable[[], str] = lambda: secrets.token_hex(8),
         catalog: Catalog | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        create_timeout: float = CREATE_TIMEOUT,
+        destroy_timeout: float = DESTROY_TIMEOUT,
+        max_activities: int = MAX_ACTIVITIES,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
+        if create_timeout <= 0 or destroy_timeout <= 0 or max_activities < 1:
+            raise UsageError("the create and destroy timeouts must be positive, and max_activities at least 1")
         self.token = token
         self.software = software
         self.limits = limits_ or Limits(
@@ -305,6 +319,10 @@ class HubCore:
         """The image store's contents (its files are the I/O layer's)."""
         self.market = Market(self.catalog)
         self._clock = clock
+        self._monotonic = monotonic
+        self.create_timeout = create_timeout
+        self.destroy_timeout = destroy_timeout
+        self.max_activities = max_activities
         self.peers: dict[int, Peer] = {}
         self.providers: dict[str, int] = {}  # a connected provider's name -> its peer id
         self.activities: dict[str, Lease] = {}
@@ -382,6 +400,26 @@ class HubCore:
         else:
             route.ended = True
         self._send_binary(target, frames.with_stream(data, target_id))
+        return self._flush()
+
+    def expire(self) -> list[Action]:
+        """Drop every provider that left a ``create`` or ``destroy`` unanswered past its deadline.
+
+        Call about once a second. A stuck provider (its Docker hung, its process stopped)
+        would otherwise hold a rent, and the capacity reserved for it, forever: it is
+        closed (4006) and handled as lost, so its requestors hear ``provider_lost`` and
+        its capacity leaves the market.
+        """
+        now = self._monotonic()
+        for p in [q for q in self.peers.values() if q.role == "provider"]:
+            late = next((pending for pending in p.pending.values() if pending.deadline < now), None)
+            if late is None:
+                continue
+            waited = self.create_timeout if late.kind == "create" else self.destroy_timeout
+            reason = f"it left a {late.kind} of activity {late.activity} unanswered for {waited:g} s"
+            self._out.append(Close(p.id, CLOSE_UNRESPONSIVE, f"unresponsive: {reason}"))
+            gone = self.disconnect(p.id, reason)  # flushes: what was queued (the Close first) comes back
+            self._out += gone
         return self._flush()
 
     def disconnect(self, peer: int, reason: str) -> list[Action]:
@@ -496,6 +534,10 @@ class HubCore:
                 self._forward(p, activity, message)
 
     def _rent(self, p: Peer, message: Rent) -> None:
+        if len(p.activities) >= self.max_activities:
+            text = f"more than {self.max_activities} activities held at once: release some first"
+            self._error(p, message.id, ErrorCode.TOO_MANY, text)
+            return
         group = p.groups.get(message.group) if message.group is not None else None
         stored = self.catalog.resolve(message.image)
         try:
@@ -519,7 +561,8 @@ class HubCore:
         q = self.peers[provider]
         q.activities.add(activity.id)
         hub_id = q.new_id()
-        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
+        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image,
+                          deadline=self._monotonic() + self.create_timeout)  # fmt: skip
         q.pending[hub_id] = pending
         p.open[message.id] = (provider, hub_id)
         create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources,
@@ -568,7 +611,8 @@ class HubCore:
         activity.state = "destroying"
         q = self.peers[activity.provider]
         hub_id = q.new_id()
-        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled)
+        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled,
+                                    deadline=self._monotonic() + self.destroy_timeout)  # fmt: skip
         owner = self.peers.get(requestor) if requestor is not None else None
         if owner is not None and r_id is not None:
             owner.open[r_id] = (q.id, hub_id)
@@ -837,8 +881,10 @@ class HubCore:
         return route, q
 
     def _progress(self, pending: Pending, provider: Peer) -> None:
-        """Tell the rent's requestor how far its image has loaded (if it speaks 1.1)."""
+        """Tell the rent's requestor how far its image has loaded (if it speaks 1.1); the create's
+        deadline counts afresh (a big image may take longer than the timeout, if it moves)."""
         pending.told = pending.sent
+        pending.deadline = self._monotonic() + self.create_timeout
         requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
         if requestor is None or pending.r_id is None or requestor.minor < 1:
             return

@@ -18,14 +18,25 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
-from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, Action, Close, HubCore, Log, Send
+from kiln.hub.core import (
+    CLOSE_HANDSHAKE,
+    CLOSE_SLOW,
+    CREATE_TIMEOUT,
+    DESTROY_TIMEOUT,
+    MAX_ACTIVITIES,
+    Action,
+    Close,
+    HubCore,
+    Log,
+    Send,
+)
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
 from kiln.protocol.messages import PROTOCOL_NAME
@@ -40,6 +51,12 @@ PING_TIMEOUT: Final = 7.0
 CLOSE_TIMEOUT: Final = 1.0
 LOG_LINES_PER_SECOND: Final = 20
 LOG_BURST: Final = 100
+MAX_UNWELCOMED: Final = 1024
+"""Connections that have not said hello yet the hub keeps; a new one beyond closes the oldest."""
+OPEN_TIMEOUT: Final = 5.0
+"""Seconds a connection may take over the WebSocket opening handshake."""
+EXPIRE_EVERY: Final = 1.0
+"""How often the hub looks for providers that left a create or destroy unanswered too long."""
 
 
 class LogLimiter:
@@ -114,7 +131,12 @@ class HubServer:
     """Accepts connections and carries out what the core decides."""
 
     def __init__(
-        self, core: HubCore, *, outbox_bytes: int = limits.OUTBOX_BYTES, store: BlobStore | None = None
+        self,
+        core: HubCore,
+        *,
+        outbox_bytes: int = limits.OUTBOX_BYTES,
+        store: BlobStore | None = None,
+        max_unwelcomed: int = MAX_UNWELCOMED,
     ) -> None:
         self.core = core
         self.outbox_bytes = outbox_bytes
@@ -122,12 +144,27 @@ class HubServer:
         self._log = LogLimiter()
         self._ids = itertools.count(1)
         self.images = ImageService(core, store, self._apply) if store is not None else None
+        self.max_unwelcomed = max_unwelcomed
+        self._unwelcomed: dict[int, Outbox] = {}  # connections yet to say hello, oldest first
+
+    async def expire(self) -> None:
+        """Drop stuck providers (see :meth:`HubCore.expire`) until cancelled."""
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            self._apply(self.core.expire())
 
     async def handle(self, ws: ServerConnection) -> None:
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
         self.core.connect(peer)
+        # Idle connections cannot crowd out the peers that say hello: past the cap, the
+        # oldest silent one makes room.
+        if len(self._unwelcomed) >= self.max_unwelcomed:
+            oldest, waiting = next(iter(self._unwelcomed.items()))
+            del self._unwelcomed[oldest]
+            waiting.put(Close(oldest, CLOSE_HANDSHAKE, "too many connections waiting to say hello"))
+        self._unwelcomed[peer] = outbox
         reason = "connection closed"
         try:
             async with asyncio.TaskGroup() as tg:
@@ -135,7 +172,9 @@ class HubServer:
                 try:
                     # A peer that connects and says nothing is not kept waiting forever.
                     async with asyncio.timeout(HELLO_TIMEOUT):
-                        self._take(peer, await ws.recv())
+                        first = await ws.recv()
+                    self._unwelcomed.pop(peer, None)
+                    self._take(peer, first)
                     async for data in ws:
                         self._take(peer, data)
                 except TimeoutError:
@@ -149,6 +188,7 @@ class HubServer:
                     writer.cancel()
         finally:
             del self._outboxes[peer]
+            self._unwelcomed.pop(peer, None)
             self._apply(self.core.disconnect(peer, reason))
 
     def _take(self, peer: int, data: str | bytes) -> None:
@@ -214,17 +254,23 @@ async def start(
     data_dir: Path | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
     core: HubCore | None = None,
+    create_timeout: float = CREATE_TIMEOUT,
+    destroy_timeout: float = DESTROY_TIMEOUT,
+    max_activities: int = MAX_ACTIVITIES,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
     Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
-    and keeps within ``store_limit`` bytes.
+    and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
+    ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped; a requestor
+    holds at most ``max_activities`` activities per connection.
     """
     store = BlobStore(data_dir or default_data_dir())
     catalog = await asyncio.to_thread(store.open, store_limit)
     if core is None:
         core = HubCore(token=token, software=f"kiln-hub/{__version__}", buffer_bytes=limits.OUTBOX_BYTES,
-                       catalog=catalog)  # fmt: skip
+                       catalog=catalog, create_timeout=create_timeout, destroy_timeout=destroy_timeout,
+                       max_activities=max_activities)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
     hub = HubServer(core, store=store)
@@ -241,15 +287,18 @@ async def start(
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,
         close_timeout=CLOSE_TIMEOUT,
+        open_timeout=OPEN_TIMEOUT,
         compression=None,
     )
     try:
         async with server, asyncio.TaskGroup() as tg:
             saver = tg.create_task(hub.images.run())
+            expiry = tg.create_task(hub.expire())
             try:
                 yield server
             finally:
                 saver.cancel()
+                expiry.cancel()
     finally:
         await hub.images.close()
 
@@ -262,19 +311,13 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-async def run(
-    host: str,
-    port: int,
-    token: str | None = None,
-    data_dir: Path | None = None,
-    store_limit: int = DEFAULT_STORE_LIMIT,
-) -> None:
+async def run(host: str, port: int, **options: Any) -> None:
     """Serve until cancelled or sent SIGTERM, printing the address once listening."""
     limit = raise_open_file_limit()
     log.info("serving up to %d open files (sockets)", limit)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # a clean stop: the store is saved
-    async with start(host, port, token=token, data_dir=data_dir, store_limit=store_limit) as server:
+    async with start(host, port, **options) as server:
         for sock in server.sockets:
             address = sock.getsockname()
             print(f"kiln hub listening on ws://{address[0]}:{address[1]}", flush=True)

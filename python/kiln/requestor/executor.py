@@ -407,11 +407,16 @@ class Job(Generic[T, R]):
                     raise
                 # This provider cannot run the job's containers; the others may.
                 self._ban(e.provider, e.message)
-            except NoMatch as e:
+            except KilnError as e:
+                if not isinstance(e, NoMatch) and not (e.code == ErrorCode.TOO_MANY and self._held):
+                    raise
                 if self._held:
-                    # Others are working: wait for a provider to join or to be released.
+                    # Others are working (or the hub holds us to as many activities as we have):
+                    # wait for a provider to join or to be released.
                     await self._changes(RENT_RETRY_SECONDS * 4)
                     continue
+                if not isinstance(e, NoMatch):
+                    raise
                 if time.monotonic() - waiting_since > self.start_timeout:
                     self._nowhere_to_run(e)
                     return None

@@ -53,9 +53,11 @@ class Served:
 class SimulatedProvider:
     """One provider that answers at once, without containers; downloads come from ``files``."""
 
-    def __init__(self, name: str, files: dict[str, Served] | None = None) -> None:
+    def __init__(self, name: str, files: dict[str, Served] | None = None, *, stuck: bool = False) -> None:
         self.name = name
         self.files = files or {}
+        self.stuck = stuck
+        """Never answer a create or destroy (as a provider whose Docker hangs), while the connection lives."""
         self.conn: Connection | None = None
         self._replies: set[asyncio.Task[None]] = set()
 
@@ -65,6 +67,8 @@ class SimulatedProvider:
         message = event.message
         work: Awaitable[None]
         if isinstance(message, Create | Destroy):
+            if self.stuck:
+                return
             work = self.conn.reply(Done(type="done", re=message.id))
         elif isinstance(message, Exec):
             work = self.conn.reply(ExecResult(type="exec_result", re=message.id, exit_code=0, timed_out=False,
@@ -107,10 +111,11 @@ async def simulated_providers(
     memory: int = 8 * 2**30,
     prefix: str = "sim",
     files: dict[str, Served] | None = None,
+    stuck: bool = False,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url``; yields their names, disconnects on exit."""
     raise_open_file_limit()
-    providers = [SimulatedProvider(f"{prefix}-{i:05}", files) for i in range(count)]
+    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(provider: SimulatedProvider) -> None:

@@ -1,0 +1,140 @@
+"""The hub bounds what one peer can hold: a provider that leaves a create or destroy
+unanswered is dropped (its rents fail, its capacity leaves the market), a requestor holds a
+bounded number of activities, and connections that never say hello cannot crowd out those
+that do."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+import kiln
+from kiln.hub.core import CLOSE_UNRESPONSIVE, Close, HubCore, Send
+from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
+from kiln.testing import LocalCluster
+from kiln.testing.simulated import simulated_providers
+
+pytestmark = pytest.mark.timeout(120)
+
+GiB = 2**30
+
+
+class Clocked:
+    """A hub core on a clock the test moves."""
+
+    def __init__(self, **options: Any) -> None:
+        self.now = 1000.0
+        ids = itertools.count(1)
+        self.core = HubCore(monotonic=lambda: self.now, new_activity_id=lambda: f"a{next(ids)}", **options)
+        self.closed: list[Close] = []
+
+    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, Any]]:
+        return self._decode(self.core.receive_text(peer, json.dumps(message)))
+
+    def expire(self, after: float) -> list[tuple[int, Any]]:
+        self.now += after
+        return self._decode(self.core.expire())
+
+    def join(self, peer: int, role: str, name: str) -> None:
+        self.core.connect(peer)
+        self.send(peer, {"type": "hello", "version": "1.2", "role": role, "name": name})
+        if role == "provider":
+            self.send(peer, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB}, "arch": "amd64"})
+
+    def _decode(self, actions: list[Any]) -> list[tuple[int, Any]]:
+        self.closed += [a for a in actions if isinstance(a, Close)]
+        return [(a.peer, json.loads(a.data)) for a in actions if isinstance(a, Send) and not a.binary]
+
+
+RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
+
+
+def test_a_provider_that_leaves_a_create_unanswered_is_dropped() -> None:
+    hub = Clocked(create_timeout=30)
+    hub.join(1, "provider", "stuck")
+    hub.join(2, "requestor", "r")
+    [(_, create)] = hub.send(2, {**RENT, "id": 5})
+    assert create["type"] == "create"
+    assert hub.expire(29) == [] and not hub.closed, "not yet"
+    out = hub.expire(2)
+    assert [(c.peer, c.code) for c in hub.closed] == [(1, CLOSE_UNRESPONSIVE)]
+    [(to, error)] = [(peer, m) for peer, m in out if m.get("re") == 5]
+    assert (to, error["code"]) == (2, "provider_lost")
+    assert "create" in error["message"] and "30 s" in error["message"]
+    assert len(hub.core.market) == 0 and not hub.core.activities, "its capacity left the market"
+
+
+def test_a_provider_that_leaves_a_destroy_unanswered_is_dropped() -> None:
+    hub = Clocked(destroy_timeout=10)
+    hub.join(1, "provider", "p")
+    hub.join(2, "requestor", "r")
+    [(_, create)] = hub.send(2, {**RENT, "id": 5})
+    [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"]})
+    [(_, destroy)] = hub.send(2, {"type": "release", "id": 6, "activity": rented["activity"]})
+    assert destroy["type"] == "destroy"
+    out = hub.expire(11)
+    assert [c.code for c in hub.closed] == [CLOSE_UNRESPONSIVE]
+    assert (2, {"type": "done", "re": 6}) in out, "the container went with its provider"
+
+
+def test_a_requestor_holds_a_bounded_number_of_activities() -> None:
+    hub = Clocked(max_activities=2)
+    hub.join(1, "provider", "p")
+    hub.join(2, "requestor", "r")
+    for rid in (5, 6):
+        [(to, _)] = hub.send(2, {**RENT, "id": rid, "demand": {"cpus": 0.5, "memory": 2**28}})
+        assert to == 1
+    [(to, error)] = hub.send(2, {**RENT, "id": 7, "demand": {"cpus": 0.5, "memory": 2**28}})
+    assert (to, error["code"]) == (2, "too_many")
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(kiln.UsageError):
+        HubCore(create_timeout=0)
+    with pytest.raises(kiln.UsageError):
+        HubCore(max_activities=0)
+
+
+@pytest.fixture
+def hub_url(tmp_path: Path) -> Iterator[str]:
+    with LocalCluster(tmp_path) as cluster:
+        yield cluster.start_hub("--create-timeout", "2")
+
+
+async def test_a_stuck_provider_does_not_hold_a_rent(hub_url: str) -> None:
+    async with simulated_providers(hub_url, 1, stuck=True, prefix="stuck"), kiln.connect(hub_url) as requestor:
+        started = time.monotonic()
+        with pytest.raises(kiln.ProviderLost, match="unanswered"):
+            await requestor.rent("kiln-busybox:latest")
+        assert time.monotonic() - started < 10
+        assert await requestor.market() == [], "its capacity left the market"
+        async with simulated_providers(hub_url, 1, prefix="well"), requestor.rent("kiln-busybox:latest") as act:
+            assert act.provider.startswith("well")
+
+
+async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: str) -> None:
+    raise_open_file_limit()
+    idle: list[ClientConnection] = []
+    try:
+        for _ in range(8):  # 2,000 connections that never say hello, 250 at a time
+            idle += await asyncio.gather(*(connect(hub_url, open_timeout=30) for _ in range(250)))
+        started = time.monotonic()
+        async with (
+            simulated_providers(hub_url, 2),
+            kiln.connect(hub_url) as requestor,
+            requestor.rent("kiln-busybox:latest") as act,
+        ):
+            assert (await act.run(["true"])).exit_code == 0
+        assert time.monotonic() - started < 10
+        still_open = sum(1 for ws in idle if ws.close_code is None)
+        assert still_open <= MAX_UNWELCOMED, "the oldest silent connections made room"
+    finally:
+        await asyncio.gather(*(ws.close() for ws in idle), return_exceptions=True)
