@@ -225,3 +225,20 @@ async def test_a_stopped_provider_is_dropped_within_eleven_seconds(
         process.send_signal(signal.SIGCONT)
     report(capsys, f"a stopped provider was reported lost after {dropped:.1f} s")
     assert 6 < dropped < 13, "the spec: gone 8 to 11 s after it stops answering"
+
+
+async def test_a_stopped_provider_does_not_hold_a_rent(
+    cluster: Cluster, provider: str, attacker: kiln.Requestor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    process = cluster.providers[provider].popen
+    process.send_signal(signal.SIGSTOP)
+    started = time.perf_counter()
+    try:
+        with pytest.raises(kiln.ProviderLost):
+            async with asyncio.timeout(30):
+                await attacker.rent(IMAGE, SMALL)
+        failed = time.perf_counter() - started
+    finally:
+        process.send_signal(signal.SIGCONT)
+    report(capsys, f"a rent on a stopped provider failed after {failed:.1f} s")
+    assert failed < 13
