@@ -1,12 +1,13 @@
-"""What a job's rents cost as the market grows: 20 against 5,000 providers connected.
+"""What a job's rents cost as the market grows: 100, 1,000 and 10,000 providers connected.
 
-    python benchmarks/placement.py [--providers 20 5000] [--rents 200] [--tasks 64]
+    python benchmarks/placement.py [--providers 100 1000 10000] [--rents 200] [--tasks 64]
 
 A real hub process on loopback; the providers are simulated in this process (real
 connections speaking kiln.v1, answering at once, no Docker), so only placement and relay
-are measured. For each market size it prints the latency of a rent in a job's group, of
-a command's round trip, of a job of trivial tasks spread over 16 providers, and of a
-market listing.
+are measured. Every tenth provider carries the label zone=z3. For each market size it
+prints the hub's memory per provider, the latency of a rent in a job's group, of a
+command's round trip, of a job of trivial tasks spread over 16 providers, of market
+listings (all, and filtered by a label), and the goals of a market of 10,000.
 Prints numbers; asserts nothing.
 """
 
@@ -18,6 +19,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import kiln
 from kiln.testing import LocalCluster
@@ -65,40 +67,64 @@ async def job(requestor: kiln.Requestor, tasks: int) -> float:
     return time.perf_counter() - started
 
 
-async def listing(requestor: kiln.Requestor, limit: int) -> float:
-    started = time.perf_counter()
-    await requestor.market(limit=limit)
-    return time.perf_counter() - started
+async def listings(requestor: kiln.Requestor, count: int, limit: int, **query: Any) -> list[float]:
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        await requestor.market(limit=limit, **query)
+        samples.append(time.perf_counter() - started)
+    return samples
 
 
-async def measure(url: str, providers: int, count: int, tasks: int) -> None:
+def rss(pid: int) -> int:
+    """The resident memory of process ``pid``, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def measure(url: str, hub_pid: int, providers: int, count: int, tasks: int) -> None:
+    before = rss(hub_pid)
     joined = time.perf_counter()
-    async with simulated_providers(url, providers):
+    async with simulated_providers(url, providers, labels=lambda i: {"zone": f"z{i % 10}"}):
         joining = time.perf_counter() - joined
+        per_provider = (rss(hub_pid) - before) / providers
         async with kiln.connect(url, name="bench") as requestor:
             await rents(requestor, 20)  # warm up
-            rent = describe(await rents(requestor, count))
+            rent = await rents(requestor, count)
             command = describe(await commands(requestor, count))
             wall = await job(requestor, tasks)
-            small = await listing(requestor, 100)
-            large = await listing(requestor, 1000)
+            small = describe(await listings(requestor, 20, 100))
+            large = describe(await listings(requestor, 5, 1000))
+            filtered = await listings(requestor, 50, 100, labels={"zone": "z3"})
     print(f"{providers:>6} providers (joined in {joining:.1f} s)")
-    print(f"         rent in a group: {rent}")
+    print(f"         hub memory per provider: {per_provider / 1024:.1f} KiB")
+    print(f"         rent in a group: {describe(rent)}")
     print(f"         a command's round trip through the hub: {command}")
     print(f"         job of {tasks} tasks on 16 providers: {wall * 1000:.0f} ms")
-    print(f"         market listing of 100: {small * 1000:.1f} ms; of 1000: {large * 1000:.1f} ms")
+    print(f"         market listing of 100: {small}; of 1000: {large}")
+    print(f"         market listing of 100 filtered by a label (1 in 10 carry it): {describe(filtered)}")
+    if providers >= 10_000:
+        goals = [
+            ("memory per provider < 30 KiB", per_provider < 30 * 1024),
+            ("rent median < 5 ms", statistics.median(rent) < 0.005),
+            ("filtered market median < 10 ms", statistics.median(filtered) < 0.010),
+        ]
+        print("         goals: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in goals))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--providers", type=int, nargs="+", default=[20, 5000])
+    parser.add_argument("--providers", type=int, nargs="+", default=[100, 1000, 10000])
     parser.add_argument("--rents", type=int, default=200)
     parser.add_argument("--tasks", type=int, default=64)
     args = parser.parse_args()
     for providers in args.providers:
         with tempfile.TemporaryDirectory() as logs, LocalCluster(Path(logs)) as cluster:
             url = cluster.start_hub()
-            asyncio.run(measure(url, providers, args.rents, args.tasks))
+            assert cluster.hub is not None
+            asyncio.run(measure(url, cluster.hub.pid, providers, args.rents, args.tasks))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from kiln.hub.market import FEW_HOLDERS, Market
@@ -97,3 +99,36 @@ def test_no_match_when_nobody_is_there_or_everyone_is_excluded() -> None:
     market.update(1, "p1", offer())
     with pytest.raises(NoMatch, match=r"every connected provider \(1\) is excluded"):
         market.choose("img:1", Demand(), exclude={"p1"})
+
+
+def test_listings_through_the_indexes_match_a_full_scan() -> None:
+    rng = random.Random(7)
+    market = Market()
+    zones, images = ["eu", "us", "ap"], ["a:1", "b:1", "c:1"]
+    for peer in range(300):
+        labels = {"zone": rng.choice(zones)} | ({"gpu": "yes"} if rng.random() < 0.1 else {})
+        offered = Offer(type="offer", id=1, resources=Resources(cpus=rng.choice([1, 2, 4]), memory=2 * GiB),
+                        arch="amd64", images=rng.sample(images, rng.randrange(3)), labels=labels)  # fmt: skip
+        market.update(peer, f"p{rng.randrange(10**6):06}-{peer}", offered)
+        if rng.random() < 0.3:
+            market.reserve(peer, Resources(cpus=1, memory=GiB))
+    for peer in rng.sample(range(300), 60):  # gone, or offering again with other labels
+        if rng.random() < 0.5:
+            market.remove(peer)
+        else:
+            market.update(peer, market._sellers[peer].name, offer(cpus=2, zone="eu"))
+    sellers = list(market._sellers.values())
+    for _ in range(200):
+        image = rng.choice([None, *images])
+        labels = rng.choice([{}, {"zone": rng.choice(zones)}, {"gpu": "yes"}, {"zone": "eu", "gpu": "yes"}])
+        free = rng.choice([None, Resources(cpus=0, memory=0), Resources(cpus=2, memory=GiB)])
+        limit = rng.choice([1, 10, 100, 1000])
+        listed, matched = market.describe(image=image, labels=labels, free=free, limit=limit)
+        expected = sorted(
+            s.name
+            for s in sellers
+            if (image is None or image in s.images)
+            and all(s.offer.labels.get(k) == v for k, v in labels.items())
+            and (free is None or s.has_free(free))
+        )
+        assert (matched, [p.name for p in listed]) == (len(expected), expected[:limit])

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
@@ -183,7 +183,7 @@ PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Route:
     """One stream, one way: the requestor's leg (its request id) and the provider's leg (the hub's).
 
@@ -205,7 +205,7 @@ class Route:
         return self.provider if self.upload else self.requestor
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A request the hub sent to a provider and awaits the reply to."""
 
@@ -224,7 +224,7 @@ class Pending:
     told: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Lease:
     """An activity as the hub keeps it: whose it is, where it runs, the capacity it holds."""
 
@@ -238,7 +238,7 @@ class Lease:
     image: str | None = None  # the digest of a stored image it runs
 
 
-@dataclass
+@dataclass(slots=True)
 class Peer:
     id: int
     role: Literal["requestor", "provider"] | None = None
@@ -260,7 +260,7 @@ class Peer:
     # (bytes), and the streams whose further credit waits for room
     inbound: int = 0
     queued: int = 0
-    waiting: deque[Route] = field(default_factory=deque)
+    waiting: list[Route] = field(default_factory=list)
     next_id: int = 1
 
     def streams(self) -> int:
@@ -661,7 +661,7 @@ class HubCore:
         over its promise by at most one chunk a stream.
         """
         room = self._room(q)
-        waiting, q.waiting = q.waiting, deque()
+        waiting, q.waiting = q.waiting, []
         for route in waiting:
             if route.ended or route.withheld == 0:
                 continue

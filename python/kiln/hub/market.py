@@ -7,7 +7,9 @@ never be sold the same CPUs, memory or storage, and a provider is never over-com
 
 Choosing does not scan every offer: sellers are kept in the order of preference (least
 loaded first), so the first that fits is usually the answer, and the holders of an image
-are looked up in an index of their own.
+are looked up in an index of their own. A listing does not scan either: names are kept
+sorted, and the providers carrying each label (and holding each image) are indexed, so a
+filtered listing looks only at the providers that carry its rarest filter.
 
 An image from the hub's store (:mod:`kiln.hub.catalog`) goes first to providers that hold
 it, then to those that can pull it (protocol 1.1, the image's architecture, room for it in
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, TypeVar
 
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
 from kiln.protocol.errors import NoMatch
@@ -30,11 +32,12 @@ from kiln.protocol.sizes import format_size
 FEW_HOLDERS: Final = 64
 """Up to this many holders of an image are each looked at; more are met in preference order."""
 
+K = TypeVar("K")
 Rank: TypeAlias = tuple[int, int, str, int]
 """A seller's place in the order of preference: (activities, -free memory, name, peer)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Seller:
     """One provider's standing offer and what is still free of it (plain numbers: checked per rent)."""
 
@@ -96,6 +99,8 @@ class Market:
         self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
         self._holders: dict[str, set[int]] = {}  # image -> peers offering it
         self._chains: dict[str, set[int]] = {}  # a chain of layers (StoredImage.chains) -> peers holding it
+        self._labelled: dict[tuple[str, str], set[int]] = {}  # a label (key, value) -> peers carrying it
+        self._names: list[tuple[str, int]] = []  # (name, peer) of every seller, sorted: listings by name
 
     def __contains__(self, peer: int) -> bool:
         return peer in self._sellers
@@ -128,10 +133,13 @@ class Market:
             seller.rank = seller._rank()
         self._sellers[peer] = seller
         bisect.insort(self._order, seller.rank)
+        bisect.insort(self._names, (name, peer))
         for image in seller.images:
             self._holders.setdefault(image, set()).add(peer)
         for key in seller.chains:
             self._chains.setdefault(key, set()).add(peer)
+        for label in offer.labels.items():
+            self._labelled.setdefault(label, set()).add(peer)
 
     def holders(self, image: str) -> list[str]:
         """The names of the providers that hold ``image``."""
@@ -142,16 +150,10 @@ class Market:
         if seller is None:
             return
         del self._order[bisect.bisect_left(self._order, seller.rank)]
-        for image in seller.images:
-            holders = self._holders[image]
-            holders.discard(peer)
-            if not holders:
-                del self._holders[image]
-        for key in seller.chains:
-            chain = self._chains[key]
-            chain.discard(peer)
-            if not chain:
-                del self._chains[key]
+        del self._names[bisect.bisect_left(self._names, (seller.name, peer))]
+        _unindex(self._holders, seller.images, peer)
+        _unindex(self._chains, seller.chains, peer)
+        _unindex(self._labelled, seller.offer.labels.items(), peer)
 
     def choose(
         self,
@@ -265,14 +267,30 @@ class Market:
         limit: int | None = None,
     ) -> tuple[list[ProviderInfo], int]:
         """The providers that hold ``image``, carry ``labels`` and have ``free`` left, the first
-        ``limit`` by name; and how many match in all."""
-        peers = self._sellers.keys() if image is None else self._holders.get(image, set())
-        matching = [
-            s
-            for s in map(self._sellers.__getitem__, peers)
-            if has_labels(s.offer.labels, labels or {}) and (free is None or s.has_free(free))
-        ]
-        shown = heapq.nsmallest(limit or len(matching), matching, key=lambda s: s.name)
+        ``limit`` by name; and how many match in all.
+
+        Only the providers in the smallest index that applies (the image's holders, a
+        label's carriers) are looked at; with no filter, none are (names are kept sorted).
+        """
+        labels = labels or {}
+        free = free if free is not None and (free.cpus > 0 or free.memory > 0 or free.storage > 0) else None
+        indexes = [self._labelled.get(label, set()) for label in labels.items()]
+        if image is not None:
+            indexes.append(self._holders.get(image, set()))
+        if not indexes and free is None:
+            shown = [self._sellers[peer] for _, peer in self._names[: limit or len(self._names)]]
+            matching_count = len(self._names)
+        else:
+            candidates = min(indexes, key=len) if indexes else self._sellers.keys()
+            matching = [
+                s
+                for s in map(self._sellers.__getitem__, candidates)
+                if (image is None or image in s.images)
+                and has_labels(s.offer.labels, labels)
+                and (free is None or s.has_free(free))
+            ]
+            shown = heapq.nsmallest(limit or len(matching), matching, key=lambda s: s.name)
+            matching_count = len(matching)
         infos = [
             ProviderInfo(
                 name=s.name,
@@ -285,7 +303,7 @@ class Market:
             )
             for s in shown
         ]
-        return infos, len(matching)
+        return infos, matching_count
 
     def _why_not(
         self,
@@ -338,6 +356,15 @@ class Market:
         if not able:
             return "no single provider meets every constraint of the demand at once"
         return f"every provider that could take this demand ({able}) is busy: its capacity is reserved"
+
+
+def _unindex(index: dict[K, set[int]], keys: Iterable[K], peer: int) -> None:
+    """Take ``peer`` out of ``index`` under each of ``keys`` (a key left with no peer goes)."""
+    for key in keys:
+        peers = index[key]
+        peers.discard(peer)
+        if not peers:
+            del index[key]
 
 
 def _why_cannot_pull(image: StoredImage, sellers: list[Seller]) -> str | None:

@@ -90,7 +90,7 @@ class OutboxFull(Exception):
     """More bytes wait for a peer than the hub will hold for it."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Outbox:
     """Frames waiting to be written to one peer, bounded in bytes."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -112,26 +112,28 @@ async def simulated_providers(
     prefix: str = "sim",
     files: dict[str, Served] | None = None,
     stuck: bool = False,
+    labels: Callable[[int], dict[str, str]] = lambda i: {},
 ) -> AsyncIterator[list[str]]:
-    """Connect ``count`` simulated providers to the hub at ``url``; yields their names, disconnects on exit."""
+    """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
+    ``labels(i)``); yields their names, disconnects on exit."""
     raise_open_file_limit()
     providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
-    async def join(provider: SimulatedProvider) -> None:
+    async def join(i: int, provider: SimulatedProvider) -> None:
         async with gate:
             conn = await Connection.open(url, role="provider", name=provider.name, on_event=provider.on_event)
             provider.conn = conn
             offer = Offer(type="offer", id=conn.new_id(), resources=Resources(cpus=cpus, memory=memory), arch="amd64",
-                          images=list(images))  # fmt: skip
+                          images=list(images), labels=labels(i))  # fmt: skip
             await conn.start(offer)
 
     async with asyncio.TaskGroup() as tg:
         readers: list[asyncio.Task[None]] = []
         try:
             async with asyncio.TaskGroup() as joining:
-                for provider in providers:
-                    joining.create_task(join(provider))
+                for i, provider in enumerate(providers):
+                    joining.create_task(join(i, provider))
             for provider in providers:
                 assert provider.conn is not None
                 readers.append(tg.create_task(provider.conn.run()))
