@@ -12,25 +12,31 @@ Both the requestor SDK and the provider runtime sit on a :class:`Connection`::
     conn = await Connection.open(url, role="requestor", name="me", on_event=...)
     # run conn.run() in a task you own, then:
     reply = await conn.request(MarketQuery(type="market", id=conn.new_id()))
+
+A ``wss://`` hub is verified: against the system's trust store, or against the CA of
+``ssl=`` (a context, or the path of a PEM file: :func:`tls_options`). A certificate that
+does not verify is a :class:`ConnectionLost` that says so (:func:`dial_error`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, InvalidMessage
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.protocol import limits
-from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion
+from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion, UsageError
 from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Exec, Message, PushImage, Upload
 from kiln.protocol.session import (
     CancelRequested,
@@ -68,6 +74,65 @@ WEBSOCKET_OPTIONS: Final[dict[str, Any]] = {
 """How every peer dials the hub (also for websockets' reconnecting iterator)."""
 EventHandler = Callable[[Event], None]
 InterimHandler = Callable[[Interim], None]
+Trust = ssl_module.SSLContext | str | os.PathLike[str]
+"""What verifies a ``wss://`` hub: a client context, or the path of the PEM file of the CA that signed it."""
+
+
+def client_context(ca: str | os.PathLike[str] | None = None) -> ssl_module.SSLContext:
+    """A TLS 1.2+ client context that verifies the hub's certificate and name against ``ca``
+    (a PEM file of one or more CA certificates), or the system's trust store without it.
+
+    Raises :class:`~kiln.protocol.errors.UsageError` when ``ca`` cannot be read or holds no certificate.
+    """
+    try:
+        context = ssl_module.create_default_context(cafile=ca)
+    except ssl_module.SSLError as e:
+        raise UsageError(f"{os.fspath(ca or '')} holds no PEM certificate of a CA to trust ({e.reason})") from e
+    except OSError as e:
+        raise UsageError(f"cannot read the CA certificate {os.fspath(ca or '')}: {e.strerror or e}") from e
+    context.minimum_version = ssl_module.TLSVersion.TLSv1_2
+    return context
+
+
+def tls_options(url: str, trust: Trust | None = None) -> dict[str, Any]:
+    """The ``ssl`` argument of websockets' ``connect`` for ``url``: none for ``ws://``; for
+    ``wss://``, ``trust`` (a context, or a CA file for :func:`client_context`) or the system's CAs.
+
+    Raises :class:`~kiln.protocol.errors.UsageError` for ``trust`` with a ``ws://`` url.
+    """
+    if urlsplit(url).scheme != "wss":
+        if trust is not None:
+            raise UsageError(f"a CA or TLS context is for a wss:// hub, and {url} is not one")
+        return {}
+    if isinstance(trust, ssl_module.SSLContext):
+        return {"ssl": trust}
+    return {"ssl": client_context(trust)}
+
+
+NAME_MISMATCH: Final = frozenset({62, 64})
+"""OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: trusted, for another name."""
+
+
+def dial_error(url: str, error: Exception) -> ConnectionLost:
+    """Why dialling the hub at ``url`` failed, said plainly: a certificate this side does
+    not trust above all, and a hint when ``ws://`` and ``wss://`` seem mixed up."""
+    if isinstance(error, ssl_module.SSLCertVerificationError) and error.verify_code in NAME_MISMATCH:
+        return ConnectionLost(
+            f"the hub at {url} presented a certificate for another address ({error.verify_message}): "
+            "dial it by a name or IP address its certificate lists"
+        )
+    if isinstance(error, ssl_module.SSLCertVerificationError):
+        return ConnectionLost(
+            f"the hub at {url} presented a certificate that is not trusted ({error.verify_message}): "
+            "trust the CA that signed it (ssl= in Python, --ca FILE on the command line)"
+        )
+    text = str(error) or type(error).__name__
+    tls = urlsplit(url).scheme == "wss"
+    if tls and isinstance(error, ssl_module.SSLError | ConnectionResetError):
+        text += " (does the hub serve TLS? a hub without --tls-cert has a ws:// address)"
+    elif not tls and isinstance(error, InvalidMessage):
+        text += " (a hub that serves TLS has a wss:// address)"
+    return ConnectionLost(f"cannot reach the hub at {url}: {text}")
 
 
 class Incoming:
@@ -194,18 +259,21 @@ class Connection:
         role: Role,
         name: str,
         token: str | None = None,
-        ssl: ssl_module.SSLContext | None = None,
+        ssl: Trust | None = None,
         open_timeout: float = HANDSHAKE_TIMEOUT,
         on_event: EventHandler | None = None,
     ) -> Connection:
         """Dial the hub at ``url`` and exchange hello/welcome (see :meth:`handshake`).
 
-        Raises :class:`ConnectionLost` when the hub cannot be reached.
+        A ``wss://`` hub's certificate is verified against ``ssl`` (see :func:`tls_options`).
+        Raises :class:`ConnectionLost` when the hub cannot be reached or its certificate is
+        not trusted, :class:`~kiln.protocol.errors.UsageError` for ``ssl`` with a ``ws://`` url.
         """
+        options = tls_options(url, ssl)
         try:
-            ws = await connect(url, ssl=ssl, open_timeout=open_timeout, **WEBSOCKET_OPTIONS)
+            ws = await connect(url, open_timeout=open_timeout, **options, **WEBSOCKET_OPTIONS)
         except (OSError, InvalidHandshake, TimeoutError) as e:
-            raise ConnectionLost(f"cannot reach the hub at {url}: {e}") from e
+            raise dial_error(url, e) from e
         return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event)
 
     @classmethod

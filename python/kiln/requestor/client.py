@@ -22,11 +22,10 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Generator, Iterable
-from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
-from kiln.connection import Connection
+from kiln.connection import Connection, Trust
 from kiln.protocol.errors import ConnectionClosed, KilnError, UsageError, error_from_code
 from kiln.protocol.messages import (
     ActivityLost,
@@ -339,10 +338,16 @@ class Rental:
 
 
 class connect:  # named like a function: ``async with kiln.connect(url) as r``
-    """Connect to the hub at ``url`` as a requestor; use with ``async with``."""
+    """Connect to the hub at ``url`` as a requestor; use with ``async with``.
+
+    A ``wss://`` hub's certificate is verified against ``ssl``: an :class:`ssl.SSLContext`,
+    or the path of the PEM file of the CA that signed it (without it, the system's trust
+    store). Entering raises :class:`~kiln.ConnectionLost` when the hub cannot be reached or
+    its certificate is not trusted (the message says which).
+    """
 
     def __init__(
-        self, url: str, *, token: str | None = None, name: str = "requestor", ssl: SSLContext | None = None
+        self, url: str, *, token: str | None = None, name: str = "requestor", ssl: Trust | None = None
     ) -> None:
         self._url = url
         self._token = token
