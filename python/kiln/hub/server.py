@@ -12,6 +12,7 @@ import itertools
 import logging
 import resource
 import signal
+import ssl as ssl_module
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -257,13 +258,15 @@ async def start(
     create_timeout: float = CREATE_TIMEOUT,
     destroy_timeout: float = DESTROY_TIMEOUT,
     max_activities: int = MAX_ACTIVITIES,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
     Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
     and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
     ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped; a requestor
-    holds at most ``max_activities`` activities per connection.
+    holds at most ``max_activities`` activities per connection. With ``ssl``
+    (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only.
     """
     store = BlobStore(data_dir or default_data_dir())
     catalog = await asyncio.to_thread(store.open, store_limit)
@@ -289,6 +292,7 @@ async def start(
         close_timeout=CLOSE_TIMEOUT,
         open_timeout=OPEN_TIMEOUT,
         compression=None,
+        ssl=ssl,
     )
     try:
         async with server, asyncio.TaskGroup() as tg:
@@ -312,14 +316,15 @@ def raise_open_file_limit() -> int:
 
 
 async def run(host: str, port: int, **options: Any) -> None:
-    """Serve until cancelled or sent SIGTERM, printing the address once listening."""
+    """Serve until cancelled or sent SIGTERM, printing the address once listening (``wss://`` with ``ssl``)."""
     limit = raise_open_file_limit()
     log.info("serving up to %d open files (sockets)", limit)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # a clean stop: the store is saved
     async with start(host, port, **options) as server:
+        scheme = "ws" if options.get("ssl") is None else "wss"
         for sock in server.sockets:
             address = sock.getsockname()
-            print(f"kiln hub listening on ws://{address[0]}:{address[1]}", flush=True)
+            print(f"kiln hub listening on {scheme}://{address[0]}:{address[1]}", flush=True)
         await stop.wait()
     log.info("stopped")
