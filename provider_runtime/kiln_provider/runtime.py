@@ -10,8 +10,9 @@ create's stream and go straight into ``docker load`` (:mod:`kiln_provider.image_
 One image loads once at a time; creates of it meanwhile wait for that load. What was loaded
 is recorded (:mod:`kiln_provider.image_cache`) and evicted, least recently used first, past
 the ``--image-cache`` budget. With ``--pull``, a create naming an image Docker lacks (and no
-manifest) pulls it from its registry. When the
-connection drops, every task is cancelled, every container removed, and the provider
+manifest) pulls it from its registry. A ``wss://`` hub is verified against ``--ca`` (else the
+system's trust store); one whose certificate is not trusted is dialled again, and the log
+says why. When the connection drops, every task is cancelled, every container removed, and the provider
 dials again (websockets' reconnecting iterator, with backoff): the hub has already told
 the requestors their activities are lost.
 """
@@ -32,10 +33,10 @@ from pathlib import Path
 from typing import Final, TypeVar
 
 from websockets.asyncio.client import connect
-from websockets.client import backoff
+from websockets.client import backoff, process_exception
 from websockets.exceptions import InvalidURI
 
-from kiln.connection import WEBSOCKET_OPTIONS, Connection, Incoming, Outgoing
+from kiln.connection import WEBSOCKET_OPTIONS, Connection, Incoming, Outgoing, dial_error, tls_options
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
@@ -102,6 +103,8 @@ class ProviderConfig:
     """Pull an image Docker lacks from its registry when a create names it without a manifest."""
     allow_root: bool = False
     """Let a requestor that asks for it run its commands as root (uid 0, still without capabilities)."""
+    ca: Path | None = None
+    """The PEM file of the CA that signed a ``wss://`` hub's certificate (None: the system's trust store)."""
 
 
 @dataclass(eq=False)
@@ -170,6 +173,7 @@ class ProviderRuntime:
         self._pinned: Counter[str] = Counter()  # images creates are about to use: never evicted
         self._evicting = asyncio.Lock()
         self._saving = asyncio.Lock()
+        self._dial_failure: str | None = None  # why the last dial failed, once told
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Docker call on one of the pools."""
@@ -200,9 +204,12 @@ class ProviderRuntime:
         provider keeps our name for longer than ``name_wait``.
         """
         name_taken_since: float | None = None
+        tls = tls_options(self.config.hub, self.config.ca)  # a bad --ca fails before any dial
         await self._tidy_cache()
         try:
-            async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS, **WEBSOCKET_OPTIONS):
+            async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS,
+                                    process_exception=self._dial_failed, **tls, **WEBSOCKET_OPTIONS):  # fmt: skip
+                self._dial_failure = None
                 try:
                     conn = await Connection.handshake(
                         ws, role="provider", name=self.config.name, token=self.config.token, on_event=self._on_event
@@ -233,6 +240,16 @@ class ProviderRuntime:
                 log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
         except InvalidURI as e:
             raise UsageError(f"not a hub address: {self.config.hub!r} (write e.g. ws://127.0.0.1:7465)") from e
+
+    def _dial_failed(self, error: Exception) -> Exception | None:
+        """websockets' choice (dial again, or give up with ``error``), and a warning saying why,
+        once for each new reason: an untrusted certificate is told, not retried in silence."""
+        fatal = process_exception(error)
+        reason = dial_error(self.config.hub, error).message
+        if fatal is None and reason != self._dial_failure:
+            log.warning("%s; dialling again", reason)
+        self._dial_failure = reason
+        return fatal
 
     async def _session(self, conn: Connection) -> None:
         self._conn = conn

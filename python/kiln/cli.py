@@ -4,6 +4,8 @@
 
     kiln hub --host 127.0.0.1 --port 7465
     kiln provider --hub ws://127.0.0.1:7465 --name p1 --cpus 2 --memory 2GiB --image-cache 20GiB
+    kiln hub --tls-cert hub.pem --tls-key hub.key                      # serves wss://
+    kiln provider --hub wss://hub.example:7465 --ca ca.pem --name p1   # --ca on every command that dials
     kiln market --hub ws://127.0.0.1:7465
     kiln run --hub ws://127.0.0.1:7465 kiln-busybox:latest -- sh -c 'echo hi'
     kiln image busybox
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
     hub.add_argument("--max-activities", type=int, default=1024, metavar="N",
                      help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
+    hub.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
+                     help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
+    hub.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
+                     help="the certificate's unencrypted private key (PEM)")  # fmt: skip
 
     provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub")
     provider.add_argument("--hub", default=DEFAULT_HUB)
@@ -156,13 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (push, ls, rm):
         command.add_argument("--hub", default=DEFAULT_HUB)
         command.add_argument("--token", default=None)
+    for command in (provider, market, run, push, ls, rm):
+        command.add_argument(
+            "--ca",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="trust a wss:// hub whose certificate this CA (PEM) signed (default: the system's trust store)",
+        )
     return parser
 
 
 async def _market(args: argparse.Namespace) -> int:
     import kiln
 
-    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor:
         providers = await requestor.market(image=args.image, labels=dict(args.label), limit=args.limit)
     if not providers:
         print("no providers")
@@ -185,7 +199,7 @@ async def _run(args: argparse.Namespace) -> int:
         return 2
     out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
     async with (
-        kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor,
+        kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor,
         requestor.rent(args.image, kiln.Demand(cpus=args.cpus, memory=args.memory), user=args.user) as act,
     ):
         async for event in act.stream(argv, timeout=args.timeout, stdin=_stdin() if args.stdin else None):
@@ -233,7 +247,9 @@ async def _image_push(args: argparse.Namespace) -> int:
             say(f"saving {args.ref} from the local Docker engine")
             path = await stack.enter_async_context(docker_save(args.ref))
         await asyncio.to_thread(read_archive, path)  # a bad archive fails before any hub is dialled
-        requestor = await stack.enter_async_context(kiln.connect(args.hub, token=args.token, name="kiln-cli"))
+        requestor = await stack.enter_async_context(
+            kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca)
+        )
         pushed = await requestor.push_image(path=path, tags=args.tag, progress=_push_progress(say))
     say(
         f"pushed {', '.join(pushed.tags) or 'an untagged image'}: {format_size(pushed.size)}, sent "
@@ -257,7 +273,7 @@ def _ago(then: float | None, now: float) -> str:
 async def _image_ls(args: argparse.Namespace) -> int:
     import kiln
 
-    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor:
         listed = await requestor.list_images()
     now = time.time()
     rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS")]
@@ -276,7 +292,7 @@ async def _image_ls(args: argparse.Namespace) -> int:
 async def _image_rm(args: argparse.Namespace) -> int:
     import kiln
 
-    async with kiln.connect(args.hub, token=args.token, name="kiln-cli") as requestor:
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor:
         await requestor.remove_image(args.ref)
     print(f"removed {args.ref}")
     return 0
@@ -310,11 +326,15 @@ def _require_provider_extra() -> None:
 async def _main(args: argparse.Namespace) -> int:
     if args.command == "hub":
         from kiln.hub.server import run as run_hub
+        from kiln.hub.tls import server_context
 
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise UsageError("kiln hub: give both --tls-cert and --tls-key (to serve wss://), or neither")
+        tls = server_context(args.tls_cert, args.tls_key) if args.tls_cert is not None else None
         await run_hub(
             args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit,
             create_timeout=args.create_timeout, destroy_timeout=args.destroy_timeout,
-            max_activities=args.max_activities,
+            max_activities=args.max_activities, ssl=tls,
         )  # fmt: skip
         return 0
     if args.command == "provider":
@@ -327,6 +347,7 @@ async def _main(args: argparse.Namespace) -> int:
             labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
             stream_idle_timeout=args.stream_idle_timeout, name_wait=args.name_wait,
             image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull, allow_root=args.allow_root,
+            ca=args.ca,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
         # No agent binary is a clear error now, not at the first rent.

@@ -65,6 +65,9 @@ class LocalCluster:
     providers: dict[str, Process] = field(default_factory=dict)
     suffix: str = ""
     """Appended to every provider name: clusters sharing one Docker engine keep apart."""
+    ca: Path | None = None
+    """The CA that signed the certificate of a hub started with ``--tls-cert``: what the
+    cluster's own probes trust (providers get ``--ca`` only when ``extra`` says so)."""
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -94,7 +97,7 @@ class LocalCluster:
         self.hub = self.spawn("hub", "hub", "--host", "127.0.0.1", "--port", str(port), *extra)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if match := re.search(r"listening on (ws://\S+)", self.hub.output()):
+            if match := re.search(r"listening on (wss?://\S+)", self.hub.output()):
                 self.url = match.group(1)
                 return self.url
             if self.hub.popen.poll() is not None:
@@ -121,7 +124,7 @@ class LocalCluster:
         """Block until every provider in ``names`` offers ``image`` (call from a thread in async code)."""
 
         async def ready() -> set[str]:
-            async with connect(self.url, name="local-probe") as requestor:
+            async with connect(self.url, name="local-probe", ssl=self.ca) as requestor:
                 return {p.name for p in await requestor.market() if image in p.images}
 
         deadline = time.monotonic() + timeout
