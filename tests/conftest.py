@@ -3,6 +3,7 @@ the real Docker engine, and the busybox test image built FROM scratch."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kiln.testing import DEFAULT_IMAGE, LocalCluster
+from tests.tls import Certificates, make_certificates
 
 IMAGE = DEFAULT_IMAGE
 
@@ -48,10 +50,16 @@ def busybox_image() -> str:
     return IMAGE
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}")
-    c.start_hub()
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A CA made for the tests (openssl) and a hub certificate for 127.0.0.1 it signed."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@contextlib.contextmanager
+def started(c: Cluster, *hub_args: str) -> Iterator[Cluster]:
+    """``c`` with its hub started; then every process stopped and every container of its providers removed."""
+    c.start_hub(*hub_args)
     try:
         yield c
     finally:
@@ -60,6 +68,19 @@ def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
             ids = containers_of(name)
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
+    with started(Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}")) as c:
+        yield c
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path, busybox_image: str, tls: Certificates) -> Iterator[Cluster]:
+    """A cluster whose hub serves wss:// with the test CA's certificate (its probes trust that CA)."""
+    with started(Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}", ca=tls.ca), *tls.hub_args()) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")
