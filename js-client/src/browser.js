@@ -86,14 +86,18 @@ const platform = {
 };
 
 /**
- * Connect to the hub at `url` as a requestor.
+ * Connect to the hub at `url` as a requestor. The browser verifies a wss:// hub against
+ * its own trust store: `ca` (Node only) is refused with a UsageError.
  *
  * Rejects with ConnectionLostError when the hub cannot be reached or does not answer,
  * UnsupportedVersionError when it speaks another protocol or major version, and
  * UnauthorizedError when it refuses the token.
  * @param {string} url e.g. "ws://127.0.0.1:7465"
- * @param {{token?: string, name?: string, timeoutMs?: number}} [options]
+ * @param {{token?: string, name?: string, timeoutMs?: number, ca?: unknown}} [options]
  */
-export function connect(url, options = {}) {
+export async function connect(url, options = {}) {
+  if (options.ca !== undefined) {
+    throw new UsageError("a browser verifies the hub's certificate with its own trust store: the ca option is for Node");
+  }
   return connectWith(platform, url, options);
 }

@@ -52,6 +52,42 @@ const OPEN = 1;
  * @property {(type: string, listener: (event: any) => void) => void} addEventListener
  */
 
+/** Node's codes for a hub certificate whose chain leads to no CA this side trusts. */
+const UNTRUSTED_CERTIFICATE = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_UNTRUSTED",
+  "CERT_SIGNATURE_FAILURE",
+]);
+
+/**
+ * Why dialling the hub at `url` failed, said plainly when there is more to say than the
+ * error's own message (else null): a certificate this side does not trust above all, and a
+ * hint when ws:// and wss:// seem mixed up. Node (`ws`) gives the error's code; a browser
+ * tells nothing.
+ * @param {string} url
+ * @param {any} error
+ * @returns {string | null}
+ */
+export function dialError(url, error) {
+  const code = typeof error === "object" && error !== null ? error.code : undefined;
+  const text = describe(error);
+  if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
+    return `the hub at ${url} presented a certificate for another address (${text}): dial it by a name or IP address its certificate lists`;
+  }
+  if (UNTRUSTED_CERTIFICATE.has(code)) {
+    return `the hub at ${url} presented a certificate that is not trusted (${text}): pass the CA that signed it as the ca option`;
+  }
+  if (code !== "ECONNRESET") return null;
+  const hint = /^wss:/i.test(url)
+    ? "does the hub serve TLS? a hub without --tls-cert has a ws:// address"
+    : "a hub that serves TLS has a wss:// address";
+  return `cannot reach the hub at ${url}: ${text} (${hint})`;
+}
+
 /** @typedef {(url: string, protocols: string[]) => Socket} OpenSocket */
 
 /**
@@ -240,7 +276,7 @@ export class Connection {
     } catch (e) {
       throw new ConnectionLostError(`cannot reach the hub at ${url}: ${describe(e)}`, { cause: e });
     }
-    const conn = new Connection(socket, session);
+    const conn = new Connection(socket, session, url);
     const timer = setTimeout(() => {
       conn._welcomed.reject(new ConnectionLostError(`the hub at ${url} did not answer hello within ${timeoutMs} ms`));
     }, timeoutMs);
@@ -260,8 +296,9 @@ export class Connection {
   /**
    * @param {Socket} socket
    * @param {Session} session
+   * @param {string} [url] the hub's address, for the errors of a failed dial
    */
-  constructor(socket, session) {
+  constructor(socket, session, url = "") {
     this.socket = socket;
     this.session = session;
     /** @type {(event: SessionEvent) => void} what gets the events the connection has no use for */
@@ -282,8 +319,10 @@ export class Connection {
     this.finished = new Deferred();
     /** @type {string | null} what the socket's last error said, for the loss's reason */
     this._socketError = null;
+    this._opened = false;
     socket.binaryType = "arraybuffer";
     socket.addEventListener("open", () => {
+      this._opened = true;
       // A hub that selects no subprotocol may still speak kiln.v1: its welcome decides.
       if (socket.protocol !== "" && socket.protocol !== PROTOCOL_NAME) {
         this._welcomed.reject(new UnsupportedVersionError(`the hub speaks ${socket.protocol}, not ${PROTOCOL_NAME}`));
@@ -297,12 +336,16 @@ export class Connection {
       this.flush();
     });
     socket.addEventListener("error", (event) => {
-      const text = describe(event.error ?? event.message ?? event);
+      const error = event.error ?? event.message ?? event;
+      const text = describe(error);
       this._socketError = text;
       // `ws` refuses a subprotocol it did not offer before the socket opens.
       if (/subprotocol/i.test(text)) {
         this._welcomed.reject(new UnsupportedVersionError(`the hub does not speak ${PROTOCOL_NAME}: ${text}`));
+        return;
       }
+      const failed = this._opened ? null : dialError(url, error);
+      if (failed !== null) this._welcomed.reject(new ConnectionLostError(failed, { cause: error }));
     });
     socket.addEventListener("close", (event) => {
       const detail = event.code === 1006 ? "without a close frame" : `with code ${event.code}`;

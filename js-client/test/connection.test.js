@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { Connection } from "../src/connection.js";
+import { Connection, dialError } from "../src/connection.js";
 import { FakeSocket, LIMITS, connected, frame, tick } from "./fake_socket.js";
 import {
   CancelledError,
@@ -45,6 +45,23 @@ test("a refusal, a silent hub or another subprotocol fail the handshake and clos
   unreachable.emit("error", { message: "connect ECONNREFUSED" });
   unreachable.drop();
   await assert.rejects(dialing, (e) => e instanceof ConnectionLostError && /ECONNREFUSED/.test(e.message));
+});
+
+test("a failed dial says why: a certificate not trusted, or for another address; ws:// and wss:// mixed up", { timeout: 5_000 }, async () => {
+  const tlsError = (code, message) => Object.assign(new Error(message), { code });
+  const untrusted = new FakeSocket();
+  const dialing = Connection.open(() => untrusted, "wss://hub", { name: "t" });
+  untrusted.emit("error", { error: tlsError("SELF_SIGNED_CERT_IN_CHAIN", "self-signed certificate in certificate chain") });
+  untrusted.drop();
+  await assert.rejects(dialing, (e) => e instanceof ConnectionLostError && e.message ===
+    "the hub at wss://hub presented a certificate that is not trusted (self-signed certificate in certificate chain): " +
+    "pass the CA that signed it as the ca option");
+  assert.match(dialError("wss://hub", tlsError("ERR_TLS_CERT_ALTNAME_INVALID", "Host: hub. is not in the cert's altnames")),
+    /^the hub at wss:\/\/hub presented a certificate for another address \(Host: hub/);
+  assert.match(dialError("ws://hub", tlsError("ECONNRESET", "socket hang up")), /socket hang up \(a hub that serves TLS has a wss:\/\/ address\)$/);
+  assert.match(dialError("wss://hub", tlsError("ECONNRESET", "disconnected")), /\(does the hub serve TLS\? a hub without --tls-cert has a ws:\/\/ address\)$/);
+  assert.equal(dialError("ws://hub", tlsError("ECONNREFUSED", "connect ECONNREFUSED")), null, "nothing to add");
+  assert.equal(dialError("wss://hub", { type: "error" }), null, "a browser's error event tells nothing");
 });
 
 test("an invalid request is refused before anything is sent", { timeout: 5_000 }, async () => {

@@ -3,7 +3,7 @@
 // container a test provider made is removed in `stop()`.
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -86,6 +86,8 @@ export class Cluster {
     this.dataDir = null;
     /** @type {Map<string, Process>} */
     this.providers = new Map();
+    /** @type {string | undefined} the PEM of the CA a wss:// hub's certificate is from: what the probes trust */
+    this.ca = undefined;
   }
 
   _spawn(name, args) {
@@ -106,7 +108,7 @@ export class Cluster {
     this.hub = this._spawn("hub", ["hub", "--host", "127.0.0.1", "--port", "0", ...extra]);
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
-      const match = /listening on (ws:\/\/\S+)/.exec(this.hub.log);
+      const match = /listening on (wss?:\/\/\S+)/.exec(this.hub.log);
       if (match) {
         this.url = match[1];
         return this.url;
@@ -132,7 +134,7 @@ export class Cluster {
   async waitForProviders(names) {
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
-      const requestor = await connect(this.url, { name: "probe" });
+      const requestor = await connect(this.url, { name: "probe", ca: this.ca });
       try {
         const offers = new Map((await requestor.market()).map((p) => [p.name, p]));
         if (names.every((n) => offers.get(n)?.images.includes(IMAGE))) return;
@@ -158,6 +160,24 @@ export class Cluster {
       }
     }
   }
+}
+
+/**
+ * A CA made for the test with the `openssl` command, in `dir`: `ca` (its certificate), and
+ * `cert` and `key` for a hub on 127.0.0.1 (subjectAltName IP:127.0.0.1) it signed.
+ * @param {string} dir
+ */
+export function makeCertificates(dir) {
+  const openssl = (...args) => execFileSync("openssl", args, { cwd: dir, stdio: ["ignore", "ignore", "pipe"] });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  openssl("req", "-x509", ...ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=Kiln JS test CA",
+    "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign");
+  openssl("req", ...ec, "-keyout", "hub.key", "-out", "hub.csr", "-subj", "/CN=127.0.0.1");
+  writeFileSync(join(dir, "hub.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n" +
+    "extendedKeyUsage=serverAuth\nauthorityKeyIdentifier=keyid,issuer\n");
+  openssl("x509", "-req", "-in", "hub.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "hub.pem",
+    "-days", "2", "-extfile", "hub.ext");
+  return { ca: join(dir, "ca.pem"), cert: join(dir, "hub.pem"), key: join(dir, "hub.key") };
 }
 
 /** A started hub plus `providers` started providers; call `stop()` when done. */

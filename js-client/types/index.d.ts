@@ -13,12 +13,20 @@ export interface ConnectOptions {
   name?: string;
   /** How long the handshake may take (default 10 s). */
   timeoutMs?: number;
+  /**
+   * Node only: the CA that signed a wss:// hub's certificate (its PEM text, or the bytes of
+   * its PEM file), trusted instead of Node's own CAs. A browser verifies the hub with its
+   * own trust store and refuses this option.
+   */
+  ca?: string | Uint8Array;
 }
 
 /**
  * Connect to the hub at `url` as a requestor. Rejects with ConnectionLostError when the
- * hub cannot be reached or does not answer, UnsupportedVersionError when it speaks
- * another protocol or major version, UnauthorizedError when it refuses the token.
+ * hub cannot be reached, does not answer or presents a certificate that is not trusted,
+ * UnsupportedVersionError when it speaks another protocol or major version,
+ * UnauthorizedError when it refuses the token, UsageError for a `ca` that is no PEM
+ * certificate or comes with a ws:// url.
  */
 export declare function connect(url: string, options?: ConnectOptions): Promise<Requestor>;
 
