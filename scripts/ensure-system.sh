@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need from the system besides Python packages: Debian's chromium for the
-# browser test, docker-registry for the provider's --pull test, musl-tools for the agent (make agent), Node.js >= 20 for js-client. Installs what apt can give; says what it cannot.
+# browser test, docker-registry for the provider's --pull test, musl-tools for the agent (make agent), Node.js >= 20 for js-client,
+# openssl for the TLS tests (they make their own CA). Installs what apt can give; says what it cannot.
 set -euo pipefail
 
 if [ ! -x /usr/bin/chromium ]; then
@@ -16,6 +17,11 @@ fi
 if ! command -v musl-gcc >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 fi
 
 if ! command -v node >/dev/null 2>&1; then
