@@ -81,6 +81,24 @@ def test_kiln_hub_takes_both_tls_files_or_neither(tls: Certificates, capsys: pyt
     assert "does not match the certificate" in capsys.readouterr().err
 
 
+async def test_a_silent_tls_handshake_is_cut_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tls: Certificates
+) -> None:
+    from kiln.hub import server as hub_server
+
+    monkeypatch.setattr(hub_server, "OPEN_TIMEOUT", 0.3)
+    async with serve(tmp_path, server_context(tls.cert, tls.key)) as url:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        try:
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed by the hub, not by our timeout
+            assert time.monotonic() - started < 3
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
 # --- the Python client ----------------------------------------------------------------------
 
 

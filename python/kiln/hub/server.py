@@ -279,6 +279,8 @@ async def start(
     hub = HubServer(core, store=store)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
+    # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
+    tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
     server = await serve(
         hub.handle,
         host,
@@ -292,7 +294,7 @@ async def start(
         close_timeout=CLOSE_TIMEOUT,
         open_timeout=OPEN_TIMEOUT,
         compression=None,
-        ssl=ssl,
+        **tls,
     )
     try:
         async with server, asyncio.TaskGroup() as tg:
