@@ -10,6 +10,7 @@
     kiln image push wordcount:1 --hub ws://127.0.0.1:7465        # or: --file wordcount.tar
     kiln image ls --hub ws://127.0.0.1:7465
     kiln image rm wordcount:1 --hub ws://127.0.0.1:7465
+    kiln token create --role provider --name p1      # prints the token; ls and revoke manage them
 """
 
 from __future__ import annotations
@@ -156,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (push, ls, rm):
         command.add_argument("--hub", default=DEFAULT_HUB)
         command.add_argument("--token", default=None)
+
+    token = sub.add_parser("token", help="create, list and revoke the credentials a hub admits (its --data-dir)")
+    tokens = token.add_subparsers(dest="token_command", required=True)
+    create = tokens.add_parser("create", help="make a credential and print its token (shown only this once)")
+    create.add_argument("--role", required=True, choices=["provider", "requestor", "admin"])
+    create.add_argument("--name", default=None, help="a provider's: the one name it joins under (required)")
+    token_ls = tokens.add_parser("ls", help="list credentials (never their tokens)")
+    revoke = tokens.add_parser("revoke", help="revoke a credential; peers that joined with it are closed")
+    revoke.add_argument("which", metavar="ID_OR_NAME")
+    for command in (create, token_ls, revoke):
+        command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
     return parser
 
 
@@ -282,6 +294,33 @@ async def _image_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _token(args: argparse.Namespace) -> int:
+    from kiln.hub.state import HubState
+    from kiln.hub.store import default_data_dir
+
+    with HubState.in_dir(args.data_dir or default_data_dir()) as state:
+        if args.token_command == "create":
+            record, token = state.create(args.role, args.name)
+            bound = f" bound to the name {record.name!r}" if record.role == "provider" else ""
+            print(f"created {record.role} credential {record.id}{bound} in {state.path}; its token:", file=sys.stderr)
+            print(token, flush=True)
+        elif args.token_command == "ls":
+            rows = [("ID", "ROLE", "NAME", "CREATED", "REVOKED")]
+            rows += [(str(c.id), c.role, c.name or "-", _when(c.created), _when(c.revoked))
+                     for c in state.credentials()]  # fmt: skip
+            widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        else:
+            record = state.revoke(args.which)
+            print(f"revoked {record.role} credential {record.id}" + (f" ({record.name})" if record.name else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -291,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
+        if args.command == "token":
+            return _token(args)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_main(args))
         return 130
