@@ -65,6 +65,8 @@ class LocalCluster:
     providers: dict[str, Process] = field(default_factory=dict)
     suffix: str = ""
     """Appended to every provider name: clusters sharing one Docker engine keep apart."""
+    token: str | None = None
+    """What :meth:`wait_for_providers` joins the hub with (a hub with credentials needs one)."""
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -121,7 +123,7 @@ class LocalCluster:
         """Block until every provider in ``names`` offers ``image`` (call from a thread in async code)."""
 
         async def ready() -> set[str]:
-            async with connect(self.url, name="local-probe") as requestor:
+            async with connect(self.url, name="local-probe", token=self.token) as requestor:
                 return {p.name for p in await requestor.market() if image in p.images}
 
         deadline = time.monotonic() + timeout
