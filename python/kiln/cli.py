@@ -56,12 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     hub = sub.add_parser("hub", help="run the hub: the market and the relay")
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=7465, help="0 picks a free port (printed)")
-    hub.add_argument("--token", default=None, help="require this token in every hello")
+    hub.add_argument(
+        "--token",
+        default=None,
+        help="a shared token that admits any role under any free name (with or without credentials: kiln token)",
+    )
     hub.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="where the image store lives (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
+        help="where the image store and hub.db (credentials) live (default: $XDG_DATA_HOME/kiln/hub, "
+        "i.e. ~/.local/share/kiln/hub)",
     )
     hub.add_argument(
         "--store-limit", type=_size, default="20GiB", help="most bytes the image store holds (default 20GiB)"
