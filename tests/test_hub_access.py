@@ -115,7 +115,8 @@ def test_a_provider_credential_cannot_rent_and_a_requestor_credential_cannot_off
 
 def test_a_provider_credential_joins_only_under_its_name() -> None:
     hub = Hub(credentials=store())
-    assert hub.refused("provider", "p2", "prov-p1") == "unauthorized: this credential is provider 'p1''s, not 'p2''s"
+    message = hub.refused("provider", "p2", "prov-p1")
+    assert message == "unauthorized: this credential binds the provider name 'p1', not 'p2'"
 
 
 def test_with_credentials_every_hello_needs_one() -> None:
@@ -162,6 +163,8 @@ def test_a_revoked_credential_closes_the_peers_that_joined_with_it() -> None:
         requestor: CLOSE_UNAUTHORIZED,
     }
     assert other not in errors
+    assert hub.core.credentials_in_use() == {3}
+    assert hub.core.revoked({1, 2}) == []  # closed once
 
 
 @pytest.mark.parametrize("token", [None, "s3cret"])

@@ -106,7 +106,7 @@ async def test_requestor_and_admin_credentials_join_as_requestors(hub: Hub) -> N
 
 
 async def test_a_providers_name_is_its_credentials_connected_or_not(hub: Hub) -> None:
-    assert "not 'p2''s" in await refused(hub.url, "provider", "p2", hub.provider)  # its credential, another name
+    assert "binds the provider name 'p1', not 'p2'" in await refused(hub.url, "provider", "p2", hub.provider)
     provider = await welcomed(hub.url, "provider", "p1", hub.provider)
     # connected: not with the shared token, another credential, nor even its own
     assert "bound to a credential" in await refused(hub.url, "provider", "p1", SHARED)

@@ -96,7 +96,7 @@ def _as(hello: Hello, credential: Credential) -> Admitted | Refused:
         if hello.role != "provider":
             return Refused("a provider credential cannot join as a requestor: use a requestor credential")
         if hello.name != credential.name:
-            return Refused(f"this credential is provider {credential.name!r}'s, not {hello.name!r}'s")
+            return Refused(f"this credential binds the provider name {credential.name!r}, not {hello.name!r}")
     elif hello.role != "requestor":
         return Refused(f"a {credential.role} credential cannot join as a provider: use a provider credential")
     return Admitted(credential)

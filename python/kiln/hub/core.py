@@ -490,6 +490,7 @@ class HubCore:
         for p in self.peers.values():
             if p.credential is not None and p.credential.id in ids:
                 self._refuse(p, ErrorCode.UNAUTHORIZED, f"credential {p.credential.id} was revoked", CLOSE_UNAUTHORIZED)
+                p.credential = None  # closed once: the next look at revocations passes it over
         return self._flush()
 
     # --- requestor ---------------------------------------------------------------------
