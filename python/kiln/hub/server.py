@@ -287,7 +287,8 @@ async def start(
                        destroy_timeout=destroy_timeout, max_activities=max_activities)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
-        core.credentials = core.credentials or state
+        if core.credentials is None:
+            core.credentials = state
     hub = HubServer(core, store=store)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
