@@ -292,6 +292,9 @@ async def start(
     hub = HubServer(core, store=store)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
+    log.info("credentials: %s (%s)", state.path,
+             "every hello needs one" + (" or the shared token" if token else "") if state.required()
+             else "none: " + ("the shared token admits" if token else "the hub is open"))  # fmt: skip
     server = await serve(
         hub.handle,
         host,
