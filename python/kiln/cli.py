@@ -12,6 +12,7 @@
     kiln image push wordcount:1 --hub ws://127.0.0.1:7465        # or: --file wordcount.tar
     kiln image ls --hub ws://127.0.0.1:7465
     kiln image rm wordcount:1 --hub ws://127.0.0.1:7465
+    kiln token create --role provider --name p1      # prints the token; ls and revoke manage them
 """
 
 from __future__ import annotations
@@ -57,12 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     hub = sub.add_parser("hub", help="run the hub: the market and the relay")
     hub.add_argument("--host", default="127.0.0.1")
     hub.add_argument("--port", type=int, default=7465, help="0 picks a free port (printed)")
-    hub.add_argument("--token", default=None, help="require this token in every hello")
+    hub.add_argument(
+        "--token",
+        default=None,
+        help="a shared token that admits any role under any free name (with or without credentials: kiln token)",
+    )
     hub.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="where the image store lives (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
+        help="where the image store and hub.db (credentials) live (default: $XDG_DATA_HOME/kiln/hub, "
+        "i.e. ~/.local/share/kiln/hub)",
     )
     hub.add_argument(
         "--store-limit", type=_size, default="20GiB", help="most bytes the image store holds (default 20GiB)"
@@ -170,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FILE",
             help="trust a wss:// hub whose certificate this CA (PEM) signed (default: the system's trust store)",
         )
+
+    token = sub.add_parser("token", help="create, list and revoke the credentials a hub admits (its --data-dir)")
+    tokens = token.add_subparsers(dest="token_command", required=True)
+    create = tokens.add_parser("create", help="make a credential and print its token (shown only this once)")
+    create.add_argument("--role", required=True, choices=["provider", "requestor", "admin"])
+    create.add_argument("--name", default=None, help="a provider's: the one name it joins under (required)")
+    token_ls = tokens.add_parser("ls", help="list credentials (never their tokens)")
+    revoke = tokens.add_parser("revoke", help="revoke a credential; peers that joined with it are closed")
+    revoke.add_argument("which", metavar="ID_OR_NAME")
+    for command in (create, token_ls, revoke):
+        command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
     return parser
 
 
@@ -298,6 +315,33 @@ async def _image_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(seconds: float | None) -> str:
+    return "-" if seconds is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _token(args: argparse.Namespace) -> int:
+    from kiln.hub.state import HubState
+    from kiln.hub.store import default_data_dir
+
+    with HubState.in_dir(args.data_dir or default_data_dir()) as state:
+        if args.token_command == "create":
+            record, token = state.create(args.role, args.name)
+            bound = f" bound to the name {record.name!r}" if record.role == "provider" else ""
+            print(f"created {record.role} credential {record.id}{bound} in {state.path}; its token:", file=sys.stderr)
+            print(token, flush=True)
+        elif args.token_command == "ls":
+            rows = [("ID", "ROLE", "NAME", "CREATED", "REVOKED")]
+            rows += [(str(c.id), c.role, c.name or "-", _when(c.created), _when(c.revoked))
+                     for c in state.credentials()]  # fmt: skip
+            widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+            for row in rows:
+                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        else:
+            record = state.revoke(args.which)
+            print(f"revoked {record.role} credential {record.id}" + (f" ({record.name})" if record.name else ""))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -307,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
+        if args.command == "token":
+            return _token(args)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_main(args))
         return 130

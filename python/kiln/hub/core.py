@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
+from kiln.hub.access import Admitted, Credential, Credentials, admit
 from kiln.hub.catalog import Catalog, StoredImage
 from kiln.hub.market import Market
 from kiln.protocol import frames, limits
@@ -243,6 +244,7 @@ class Peer:
     id: int
     role: Literal["requestor", "provider"] | None = None
     name: str = ""
+    credential: Credential | None = None  # the credential it joined with, if any
     minor: int = 0  # the minor protocol version spoken with this peer
     activities: set[str] = field(default_factory=set)
     # requestor: for each group of its rents, how many live leases it holds on each provider peer
@@ -287,6 +289,7 @@ class HubCore:
         self,
         *,
         token: str | None = None,
+        credentials: Credentials | None = None,
         software: str = "kiln-hub",
         limits_: Limits | None = None,
         buffer_bytes: int = limits.OUTBOX_BYTES,
@@ -303,6 +306,9 @@ class HubCore:
         if create_timeout <= 0 or destroy_timeout <= 0 or max_activities < 1:
             raise UsageError("the create and destroy timeouts must be positive, and max_activities at least 1")
         self.token = token
+        """The shared token (``kiln hub --token``): admits any role under any free, unbound name."""
+        self.credentials = credentials
+        """The credential store, asked at every hello (see :mod:`kiln.hub.access`)."""
         self.software = software
         self.limits = limits_ or Limits(
             max_message_bytes=limits.MAX_MESSAGE_BYTES,
@@ -445,8 +451,9 @@ class HubCore:
             text = f"this hub speaks protocol version {PROTOCOL_VERSION} (major {MAJOR_VERSION}), not {message.version}"
             self._refuse(p, ErrorCode.UNSUPPORTED_VERSION, text, CLOSE_UNSUPPORTED_VERSION)
             return
-        if self.token is not None and not secrets.compare_digest((message.token or "").encode(), self.token.encode()):
-            self._refuse(p, ErrorCode.UNAUTHORIZED, "wrong or missing token", CLOSE_UNAUTHORIZED)
+        verdict = admit(message, self.token, self.credentials)
+        if not isinstance(verdict, Admitted):
+            self._refuse(p, ErrorCode.UNAUTHORIZED, verdict.message, CLOSE_UNAUTHORIZED)
             return
         if message.role == "provider" and message.name in self.providers:
             text = f"a provider named {message.name!r} is already connected"
@@ -454,6 +461,7 @@ class HubCore:
             return
         p.role = message.role
         p.name = message.name
+        p.credential = verdict.credential
         p.minor = min(MINOR_VERSION, int(message.version.split(".")[1]))
         if p.role == "provider":
             self.providers[p.name] = p.id
@@ -467,7 +475,23 @@ class HubCore:
                 limits=self.limits,
             ),
         )
-        self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id} ({shown(message.software)})")
+        how = "" if p.credential is None else f" with {p.credential.role} credential {p.credential.id}"
+        self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id}{how} ({shown(message.software)})")
+
+    def credentials_in_use(self) -> set[int]:
+        """The ids of the credentials connected peers joined with (for :meth:`revoked`)."""
+        return {p.credential.id for p in self.peers.values() if p.credential is not None}
+
+    def revoked(self, ids: set[int]) -> list[Action]:
+        """Credentials ``ids`` were revoked: each peer that joined with one gets ``unauthorized`` and is closed.
+
+        Call :meth:`disconnect` for each once its connection has ended, as for any other.
+        """
+        for p in self.peers.values():
+            if p.credential is not None and p.credential.id in ids:
+                self._refuse(p, ErrorCode.UNAUTHORIZED, f"credential {p.credential.id} was revoked", CLOSE_UNAUTHORIZED)
+                p.credential = None  # closed once: the next look at revocations passes it over
+        return self._flush()
 
     # --- requestor ---------------------------------------------------------------------
 
@@ -1009,7 +1033,7 @@ class HubCore:
             self._error(p, e.re, e.code, e.message)
 
     def _refuse(self, p: Peer, code: ErrorCode, text: str, close: int, re: int | None = None) -> None:
-        """Turn away a peer that has not been welcomed: an error, a close, and a line in the log."""
+        """Turn away a peer (not yet welcomed, or whose credential was revoked): an error, a close, a log line."""
         self._error(p, re, code, text)
         self._out.append(Close(p.id, close, code.value))
         self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")

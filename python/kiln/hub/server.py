@@ -38,6 +38,7 @@ from kiln.hub.core import (
     Log,
     Send,
 )
+from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
 from kiln.protocol.messages import PROTOCOL_NAME
@@ -58,6 +59,8 @@ OPEN_TIMEOUT: Final = 5.0
 """Seconds a connection may take over the WebSocket opening handshake."""
 EXPIRE_EVERY: Final = 1.0
 """How often the hub looks for providers that left a create or destroy unanswered too long."""
+REVOCATION_CHECK: Final = 2.0
+"""How often the hub looks for revoked credentials among its peers' (and closes those peers)."""
 
 
 class LogLimiter:
@@ -218,6 +221,14 @@ class HubServer:
                 outbox.size = 0
                 outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
 
+    async def watch_credentials(self, state: HubState) -> None:
+        """Close each peer whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK)
+            in_use = self.core.credentials_in_use()
+            if in_use:
+                self._apply(self.core.revoked(state.revoked(in_use)))
+
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
         while True:
             item = await outbox.get()
@@ -266,19 +277,27 @@ async def start(
     and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
     ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped; a requestor
     holds at most ``max_activities`` activities per connection. With ``ssl``
-    (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only.
+    (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
+    live in ``hub.db`` in ``data_dir``.
     """
-    store = BlobStore(data_dir or default_data_dir())
+    data_dir = data_dir or default_data_dir()
+    store = BlobStore(data_dir)
     catalog = await asyncio.to_thread(store.open, store_limit)
+    state = await asyncio.to_thread(HubState.in_dir, data_dir)
     if core is None:
-        core = HubCore(token=token, software=f"kiln-hub/{__version__}", buffer_bytes=limits.OUTBOX_BYTES,
-                       catalog=catalog, create_timeout=create_timeout, destroy_timeout=destroy_timeout,
-                       max_activities=max_activities)  # fmt: skip
+        core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",
+                       buffer_bytes=limits.OUTBOX_BYTES, catalog=catalog, create_timeout=create_timeout,
+                       destroy_timeout=destroy_timeout, max_activities=max_activities)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
+        if core.credentials is None:
+            core.credentials = state
     hub = HubServer(core, store=store)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
+    log.info("credentials: %s (%s)", state.path,
+             "every hello needs one" + (" or the shared token" if token else "") if state.required()
+             else "none: " + ("the shared token admits" if token else "the hub is open"))  # fmt: skip
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
     server = await serve(
@@ -300,13 +319,16 @@ async def start(
         async with server, asyncio.TaskGroup() as tg:
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
+            watcher = tg.create_task(hub.watch_credentials(state))
             try:
                 yield server
             finally:
                 saver.cancel()
                 expiry.cancel()
+                watcher.cancel()
     finally:
         await hub.images.close()
+        state.close()
 
 
 def raise_open_file_limit() -> int:

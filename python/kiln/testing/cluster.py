@@ -68,6 +68,8 @@ class LocalCluster:
     ca: Path | None = None
     """The CA that signed the certificate of a hub started with ``--tls-cert``: what the
     cluster's own probes trust (providers get ``--ca`` only when ``extra`` says so)."""
+    token: str | None = None
+    """What :meth:`wait_for_providers` joins the hub with (a hub with credentials needs one)."""
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -124,7 +126,7 @@ class LocalCluster:
         """Block until every provider in ``names`` offers ``image`` (call from a thread in async code)."""
 
         async def ready() -> set[str]:
-            async with connect(self.url, name="local-probe", ssl=self.ca) as requestor:
+            async with connect(self.url, name="local-probe", ssl=self.ca, token=self.token) as requestor:
                 return {p.name for p in await requestor.market() if image in p.images}
 
         deadline = time.monotonic() + timeout

@@ -1,0 +1,102 @@
+"""Who may join the hub, and as what: the rules a ``hello``'s token is judged by, with no I/O.
+
+A hub admits peers in one of four ways, by what it was given:
+
+* **open** (no ``--token``, no credential ever created): anyone, any role, any free name;
+* **a shared token** (``kiln hub --token T``): a hello carrying T joins as any role, under
+  any name that is free and bound to no credential (a shortcut for demos and tests);
+* **credentials** (``kiln token create``, kept by :mod:`kiln.hub.state`): each admits one
+  role. A ``provider`` credential joins only as a provider, and only under the name it
+  binds; a ``requestor`` or ``admin`` credential joins only as a requestor. Once any
+  credential was created (revoking it does not reopen the hub), every hello needs one;
+* **both**: either the shared token or a credential admits.
+
+Every refusal here is ``unauthorized`` (close 4002): it lasts until the peer is given another
+token, so a client must not retry it. A name held by a *connected* provider is the core's to
+refuse (``name_taken``, 4004), which passes once that provider is gone.
+
+Use: :func:`admit` with the hello, the shared token and the store, then act on the verdict.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeAlias
+
+from kiln.protocol.messages import Hello
+
+Role: TypeAlias = Literal["provider", "requestor", "admin"]
+ROLES: tuple[Role, ...] = ("provider", "requestor", "admin")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A live credential: what its token lets a peer be."""
+
+    id: int
+    role: Role
+    name: str | None
+    """A provider credential's: the one name it joins under. Others': a label for people."""
+
+
+class Credentials(Protocol):
+    """The lookups the hub makes of its credential store (:class:`kiln.hub.state.HubState`)."""
+
+    def required(self) -> bool:
+        """Whether any credential was ever created, revoked ones too: then every hello needs one."""
+        ...
+
+    def find(self, token: str) -> Credential | None:
+        """The live (not revoked) credential whose token this is, if any."""
+        ...
+
+    def bound(self, name: str) -> bool:
+        """Whether a provider credential, live or revoked, binds this name."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    credential: Credential | None
+    """The credential the peer joined with; ``None`` on an open hub or with the shared token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Refuse the hello: ``unauthorized`` with this message, then close 4002."""
+
+    message: str
+
+
+def admit(hello: Hello, token: str | None, credentials: Credentials | None) -> Admitted | Refused:
+    """Judge ``hello`` on a hub with the shared ``token`` (or none) and the store ``credentials`` (or none)."""
+    given = hello.token
+    if given and credentials is not None:
+        credential = credentials.find(given)
+        if credential is not None:
+            return _as(hello, credential)
+    if given and token is not None and hmac.compare_digest(given.encode(), token.encode()):
+        if hello.role == "provider" and credentials is not None and credentials.bound(hello.name):
+            return Refused(
+                f"the provider name {hello.name!r} is bound to a credential: join under it with that "
+                "credential's token, or take another name"
+            )
+        return Admitted(None)
+    required = credentials is not None and credentials.required()
+    if token is None and not required:
+        return Admitted(None)  # an open hub: a token, if any, is not looked at
+    if not given:
+        return Refused("this hub needs a token in hello and none was given")
+    return Refused("unknown or revoked token" if required else "wrong token")
+
+
+def _as(hello: Hello, credential: Credential) -> Admitted | Refused:
+    if credential.role == "provider":
+        if hello.role != "provider":
+            return Refused("a provider credential cannot join as a requestor: use a requestor credential")
+        if hello.name != credential.name:
+            return Refused(f"this credential binds the provider name {credential.name!r}, not {hello.name!r}")
+    elif hello.role != "requestor":
+        return Refused(f"a {credential.role} credential cannot join as a provider: use a provider credential")
+    return Admitted(credential)
