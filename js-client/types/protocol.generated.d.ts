@@ -35,6 +35,7 @@ export type Message =
  */
 export interface Hello {
   name: string;
+  resume: string | null;
   role: "requestor" | "provider";
   software: string;
   token: string | null;
@@ -45,7 +46,10 @@ export interface Hello {
  * The hub's answer to ``hello``: the version both sides now speak, and the limits.
  */
 export interface Welcome {
+  grace: number | null;
   limits: Limits;
+  resume: string | null;
+  resumed: string[] | null;
   session: string;
   software: string;
   type: "welcome";

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
     hub.add_argument("--max-activities", type=int, default=1024, metavar="N",
                      help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
+    hub.add_argument("--grace", type=float, default=60.0, metavar="S",
+                     help="keep a requestor's activities this long after its connection drops, for it to "
+                     "reconnect and take them back (default 60; 0: destroy them at once)")  # fmt: skip
     hub.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                      help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
     hub.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
@@ -380,7 +383,7 @@ async def _main(args: argparse.Namespace) -> int:
         await run_hub(
             args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit,
             create_timeout=args.create_timeout, destroy_timeout=args.destroy_timeout,
-            max_activities=args.max_activities, ssl=tls,
+            max_activities=args.max_activities, grace=args.grace, ssl=tls,
         )  # fmt: skip
         return 0
     if args.command == "provider":

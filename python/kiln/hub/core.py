@@ -15,6 +15,11 @@ Rules that everything affecting the hub's state must follow live here:
   in half the buffer the I/O layer keeps for it: a slow receiver slows its own streams.
 * Capacity is reserved when a provider is chosen and released when its container is
   destroyed or its provider is gone.
+* A requestor whose connection ends keeps its activities for ``grace`` seconds (its open
+  requests are cancelled, its streams aborted): a ``hello`` carrying the ``resume`` secret
+  of its last ``welcome`` takes them over under the new peer id. Past the grace period
+  (:meth:`HubCore.expire`) they are destroyed. The secret is single-use; the hub keeps only
+  its sha256.
 * The image store's bytes are not the core's: a requestor's ``push_image``, ``list_images``
   and ``remove_image``, and the data of its pushes, go to the store (:class:`StoreRequest`,
   :class:`PushFrame`), which answers through :meth:`HubCore.store_reply` and grants credit
@@ -31,6 +36,7 @@ out in order: send a frame to a peer, close a peer, or log a line.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 import time
@@ -94,6 +100,9 @@ CLOSE_HANDSHAKE = 4003
 CLOSE_NAME_TAKEN = 4004
 CLOSE_SLOW = 4005
 CLOSE_UNRESPONSIVE = 4006
+CLOSE_RESUMED = 4007
+GRACE: Final = 60.0
+"""Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
 CREATE_TIMEOUT: Final = 120.0
 """Seconds a provider may take to answer a ``create`` (counted afresh whenever its image moves)."""
 DESTROY_TIMEOUT: Final = 60.0
@@ -264,6 +273,8 @@ class Peer:
     queued: int = 0
     waiting: list[Route] = field(default_factory=list)
     next_id: int = 1
+    # requestor: the sha256 of the resume secret its welcome carried (empty: none)
+    secret: bytes = b""
 
     def streams(self) -> int:
         """The requests of this peer's that hold a stream (either way, or both)."""
@@ -300,6 +311,7 @@ class HubCore:
         create_timeout: float = CREATE_TIMEOUT,
         destroy_timeout: float = DESTROY_TIMEOUT,
         max_activities: int = MAX_ACTIVITIES,
+        grace: float = GRACE,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -334,6 +346,11 @@ class HubCore:
         self.activities: dict[str, Lease] = {}
         self._new_activity_id = new_activity_id
         self._out: list[Action] = []
+        if not 0 <= grace < math.inf:
+            raise UsageError("the grace period must be 0 (none) or a number of seconds")
+        self.grace = grace
+        self._sessions: dict[bytes, int] = {}  # sha256 of a resume secret -> its requestor's peer id
+        self._held: dict[int, tuple[Peer, float]] = {}  # requestors gone, until their grace period ends
 
     # --- entry points --------------------------------------------------------------
 
@@ -417,6 +434,13 @@ class HubCore:
         its capacity leaves the market.
         """
         now = self._monotonic()
+        for old in [old for old, until in self._held.values() if until <= now]:
+            del self._held[old.id]
+            self._sessions.pop(old.secret, None)
+            leases = self._leases(old)
+            self._log("info", f"requestor {shown(old.name)} did not come back within {self.grace:g} s; "
+                              f"destroying {len(leases)} activities")  # fmt: skip
+            self._destroy_ready(leases)
         for p in [q for q in self.peers.values() if q.role == "provider"]:
             late = next((pending for pending in p.pending.values() if pending.deadline < now), None)
             if late is None:
@@ -428,8 +452,12 @@ class HubCore:
             self._out += gone
         return self._flush()
 
-    def disconnect(self, peer: int, reason: str) -> list[Action]:
-        """The connection of ``peer`` is gone: clean up everything it held."""
+    def disconnect(self, peer: int, reason: str, *, ended: bool = False) -> list[Action]:
+        """The connection of ``peer`` is gone: clean up everything it held.
+
+        ``ended``: the peer closed it itself (close code 1000), so a requestor's session ends
+        with it; otherwise its activities are held for the grace period.
+        """
         p = self.peers.pop(peer, None)
         if p is None:
             return []
@@ -437,7 +465,7 @@ class HubCore:
             del self.providers[p.name]
             self._provider_gone(p, reason)
         elif p.role == "requestor":
-            self._requestor_gone(p)
+            self._requestor_gone(p, ended=ended)
         return self._flush()
 
     # --- handshake -------------------------------------------------------------------
@@ -465,6 +493,12 @@ class HubCore:
         p.minor = min(MINOR_VERSION, int(message.version.split(".")[1]))
         if p.role == "provider":
             self.providers[p.name] = p.id
+        resumable = p.role == "requestor" and p.minor >= 2
+        resumed = self._resume(p, message.resume) if resumable and message.resume is not None else None
+        secret = secrets.token_urlsafe(24) if resumable and self.grace > 0 else None
+        if secret is not None:
+            p.secret = _digest(secret)
+            self._sessions[p.secret] = p.id
         self._send(
             p.id,
             Welcome(
@@ -473,6 +507,9 @@ class HubCore:
                 session=f"{p.role[0]}{p.id}",
                 software=self.software,
                 limits=self.limits,
+                resume=secret,
+                grace=self.grace if secret is not None else None,
+                resumed=resumed,
             ),
         )
         how = "" if p.credential is None else f" with {p.credential.role} credential {p.credential.id}"
@@ -491,7 +528,47 @@ class HubCore:
             if p.credential is not None and p.credential.id in ids:
                 self._refuse(p, ErrorCode.UNAUTHORIZED, f"credential {p.credential.id} was revoked", CLOSE_UNAUTHORIZED)
                 p.credential = None  # closed once: the next look at revocations passes it over
+                self._sessions.pop(p.secret, None)
+                p.secret = b""  # nor is its session held for it to resume
         return self._flush()
+
+    def _resume(self, p: Peer, secret: str) -> list[str]:
+        """Requestor ``p`` takes over the session ``secret`` names: the ready activities it gets.
+
+        The session's old connection, if the hub has not found it dead yet, is closed first.
+        An unknown or spent secret takes nothing: ``p`` starts afresh.
+        """
+        # Looked up by its sha256: the time a lookup takes tells nothing of the secret itself.
+        key = _digest(secret)
+        old_id = self._sessions.get(key)
+        owner = self.peers.get(old_id) if old_id is not None else None
+        if owner is None and old_id is not None:
+            owner = self._held[old_id][0]
+        if owner is not None and _credential_id(owner) != _credential_id(p):
+            self._log("warning", f"requestor {shown(p.name)} presented the resume secret of another credential's session")
+            return []
+        self._sessions.pop(key, None)
+        if old_id is not None and (still := self.peers.pop(old_id, None)) is not None:
+            self._out.append(Close(old_id, CLOSE_RESUMED, "resumed elsewhere"))
+            self._requestor_gone(still)
+            self._sessions.pop(still.secret, None)
+        old = self._held.pop(old_id, (None, 0.0))[0] if old_id is not None else None
+        if old is None:
+            self._log("info", f"requestor {shown(p.name)} asked to resume a session unknown or expired")
+            return []
+        leases = self._leases(old)
+        for lease in leases:
+            lease.requestor = p.id
+            p.activities.add(lease.id)
+            if lease.group is not None:
+                p.groups.setdefault(lease.group, Counter())[lease.provider] += 1
+        self._log("info", f"requestor {shown(p.name)} resumed the session of peer {old.id}: {len(leases)} activities")
+        return [lease.id for lease in leases if lease.state == "ready"]
+
+    def _leases(self, p: Peer) -> list[Lease]:
+        """The activities requestor ``p`` still holds (some may have ended while it was away)."""
+        found = (self.activities.get(activity_id) for activity_id in sorted(p.activities))
+        return [lease for lease in found if lease is not None and lease.requestor == p.id]
 
     # --- requestor ---------------------------------------------------------------------
 
@@ -989,8 +1066,14 @@ class HubCore:
                 self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
         self.market.remove(p.id)
 
-    def _requestor_gone(self, p: Peer) -> None:
-        self._log("info", f"requestor {shown(p.name)} left; destroying {len(p.activities)} activities")
+    def _requestor_gone(self, p: Peer, *, ended: bool = False) -> None:
+        self._sessions.pop(p.secret, None)
+        hold = bool(p.secret) and bool(p.activities) and not ended
+        if hold:
+            self._log("info", f"requestor {shown(p.name)} left; holding {len(p.activities)} activities "
+                              f"for {self.grace:g} s")  # fmt: skip
+        else:
+            self._log("info", f"requestor {shown(p.name)} left; destroying {len(p.activities)} activities")
         for request in p.pushes:
             self._out.append(PushCancelled(p.id, request, answer=False))
         for route in p.sends.values():
@@ -1000,12 +1083,23 @@ class HubCore:
             self._close_route(route)
         for route in p.receives.values():
             self._close_route(route)
-        for activity_id in sorted(p.activities):
-            activity = self.activities.get(activity_id)
-            if activity is not None and activity.state == "ready":
-                self._destroy(activity, None, None)
         # Replies still owed to this requestor are dropped when they come (see _to_requestor);
         # an activity still being created is destroyed once its create completes (see _finish).
+        if not hold:
+            self._destroy_ready(self._leases(p))
+            return
+        # The activities stay; what ran in them for this connection has nowhere to report.
+        for provider, hub_id in p.open.values():
+            pending = self.peers[provider].pending.get(hub_id) if provider in self.peers else None
+            if pending is not None and pending.kind in ("exec", "upload", "download"):
+                self._send(provider, Cancel(type="cancel", target=hub_id))
+        self._sessions[p.secret] = p.id
+        self._held[p.id] = (p, self._monotonic() + self.grace)
+
+    def _destroy_ready(self, leases: list[Lease]) -> None:
+        for lease in leases:
+            if lease.state == "ready":
+                self._destroy(lease, None, None)
 
     # --- output ---------------------------------------------------------------------------
 
@@ -1041,6 +1135,14 @@ class HubCore:
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
         return out
+
+
+def _credential_id(p: Peer) -> int | None:
+    return p.credential.id if p.credential is not None else None
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def shown(text: str, limit: int = 200) -> str:

@@ -31,6 +31,7 @@ from kiln.hub.core import (
     CLOSE_SLOW,
     CREATE_TIMEOUT,
     DESTROY_TIMEOUT,
+    GRACE,
     MAX_ACTIVITIES,
     Action,
     Close,
@@ -58,7 +59,8 @@ MAX_UNWELCOMED: Final = 1024
 OPEN_TIMEOUT: Final = 5.0
 """Seconds a connection may take over the WebSocket opening handshake."""
 EXPIRE_EVERY: Final = 1.0
-"""How often the hub looks for providers that left a create or destroy unanswered too long."""
+"""How often the hub looks for providers that left a create or destroy unanswered too long,
+and for requestors gone past their grace period."""
 REVOCATION_CHECK: Final = 2.0
 """How often the hub looks for revoked credentials among its peers' (and closes those peers)."""
 
@@ -193,7 +195,9 @@ class HubServer:
         finally:
             del self._outboxes[peer]
             self._unwelcomed.pop(peer, None)
-            self._apply(self.core.disconnect(peer, reason))
+            # A peer that closed with 1000 is done; any other end may be a blip it comes back from.
+            said = ws.protocol.close_rcvd
+            self._apply(self.core.disconnect(peer, reason, ended=said is not None and said.code == 1000))
 
     def _take(self, peer: int, data: str | bytes) -> None:
         if isinstance(data, str):
@@ -269,6 +273,7 @@ async def start(
     create_timeout: float = CREATE_TIMEOUT,
     destroy_timeout: float = DESTROY_TIMEOUT,
     max_activities: int = MAX_ACTIVITIES,
+    grace: float = GRACE,
     ssl: ssl_module.SSLContext | None = None,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
@@ -276,7 +281,8 @@ async def start(
     Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
     and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
     ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped; a requestor
-    holds at most ``max_activities`` activities per connection. With ``ssl``
+    holds at most ``max_activities`` activities per connection, and keeps them ``grace``
+    seconds after its connection drops (for it to resume the session). With ``ssl``
     (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
@@ -287,7 +293,7 @@ async def start(
     if core is None:
         core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",
                        buffer_bytes=limits.OUTBOX_BYTES, catalog=catalog, create_timeout=create_timeout,
-                       destroy_timeout=destroy_timeout, max_activities=max_activities)  # fmt: skip
+                       destroy_timeout=destroy_timeout, max_activities=max_activities, grace=grace)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:

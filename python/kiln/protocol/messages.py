@@ -246,6 +246,8 @@ class Hello(_Message):
     name: Name
     token: Annotated[str, Field(max_length=1024)] | None = None
     software: Annotated[str, Field(max_length=128)] = ""
+    resume: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
+    """(1.2, a requestor's) The ``resume`` secret of an earlier welcome: take that session's activities over."""
 
 
 class Welcome(_Message):
@@ -256,6 +258,12 @@ class Welcome(_Message):
     session: str
     software: str
     limits: Limits
+    resume: str | None = None
+    """(1.2, to a requestor) The secret that lets a later connection take this session over (``hello.resume``)."""
+    grace: Annotated[float, Field(ge=0)] | None = None
+    """(1.2, with ``resume``) Seconds the hub holds this session's activities after its connection ends."""
+    resumed: Annotated[list[ActivityId], Field(max_length=65536)] | None = None
+    """(1.2, only when the hello carried ``resume``) The activities this connection took over."""
 
 
 # --- replies common to every request ---------------------------------------------
