@@ -60,6 +60,9 @@ class FakeMarket:
     """As the hub's --max-activities: a rent past this many live activities is too_many."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
+    async def reconnected(self) -> bool:
+        return False  # the fake never loses its connection
+
     def rent(
         self,
         image: str,

@@ -262,6 +262,7 @@ class Connection:
         ssl: Trust | None = None,
         open_timeout: float = HANDSHAKE_TIMEOUT,
         on_event: EventHandler | None = None,
+        resume: str | None = None,
     ) -> Connection:
         """Dial the hub at ``url`` and exchange hello/welcome (see :meth:`handshake`).
 
@@ -274,7 +275,8 @@ class Connection:
             ws = await connect(url, open_timeout=open_timeout, **options, **WEBSOCKET_OPTIONS)
         except (OSError, InvalidHandshake, TimeoutError) as e:
             raise dial_error(url, e) from e
-        return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event)
+        return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event,
+                                   resume=resume)  # fmt: skip
 
     @classmethod
     async def handshake(
@@ -286,14 +288,18 @@ class Connection:
         token: str | None = None,
         open_timeout: float = HANDSHAKE_TIMEOUT,
         on_event: EventHandler | None = None,
+        resume: str | None = None,
     ) -> Connection:
         """Exchange hello/welcome over an open WebSocket; the socket is closed if that fails.
+
+        ``resume`` (a requestor's): the ``welcome.resume`` of an earlier connection, whose
+        activities this one takes over (``welcome.resumed`` lists them).
 
         Raises :class:`ConnectionLost` when the hub does not answer or goes away,
         :class:`UnsupportedVersion` when it speaks another protocol, or the error the hub
         refused us with (e.g. :class:`~kiln.protocol.errors.Unauthorized`).
         """
-        session = Session(role, name, token=token, software=f"kiln-python/{__version__}")
+        session = Session(role, name, token=token, software=f"kiln-python/{__version__}", resume=resume)
         conn = cls(ws, session, on_event)
         try:
             if ws.subprotocol not in (None, PROTOCOL_NAME):
@@ -317,6 +323,10 @@ class Connection:
 
     def new_id(self) -> int:
         return self.session.new_id()
+
+    async def connected(self) -> Connection:
+        """This connection (what an activity asks of its requestor's link to the hub)."""
+        return self
 
     # --- sending ---------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ The rules everything here follows:
   (:class:`ConnectionClosed` when this side closed it, :class:`ConnectionLost` when it
   broke), the session is closed, and every further call that would send raises that reason.
 
+A requestor's session may name an earlier one to take over (``resume``, 1.2): the hub's
+``welcome`` then lists the activities it took over in ``resumed``.
+
 Use: make a Session (it queues ``hello``), then for every frame from the hub call
 :meth:`~Session.receive_text` or :meth:`~Session.receive_binary`, and for every action
 :meth:`~Session.request`, :meth:`~Session.reply`, :meth:`~Session.send_data`,
@@ -54,6 +57,7 @@ from kiln.protocol.errors import (
     RemoteProtocolError,
     TransferFailed,
     UnsupportedVersion,
+    UsageError,
     error_from_code,
 )
 from kiln.protocol.frames import FrameKind
@@ -303,7 +307,9 @@ class _Open:
 class Session:
     """A requestor's or a provider's side of one connection to the hub."""
 
-    def __init__(self, role: Role, name: str, *, token: str | None = None, software: str = "") -> None:
+    def __init__(
+        self, role: Role, name: str, *, token: str | None = None, software: str = "", resume: str | None = None
+    ) -> None:
         self.role: Role = role
         self.state = State.HELLO_SENT
         self.welcome: Welcome | None = None
@@ -314,7 +320,10 @@ class Session:
         self._next_id = 0
         self._out: list[Outbound] = []
         self._events: list[Event] = []
-        self._send(Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software))
+        if resume is not None and role != "requestor":
+            raise UsageError("only a requestor resumes a session")
+        self._send(Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software,
+                         resume=resume))  # fmt: skip
 
     @property
     def limits(self) -> Limits:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, Protocol, TypeAlias
 
 import orjson
 
@@ -56,6 +56,14 @@ Stdin: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str] | As
 """A command's input: bytes, text (sent as UTF-8), a local file (a Path: streamed from disk),
 or an async iterable of byte chunks (streamed as they come)."""
 OUTPUTS: Final = {1: "stdout", 2: "stderr"}
+
+
+class Link(Protocol):
+    """Where an activity's requests go: its requestor's connection of the moment."""
+
+    async def connected(self) -> Connection:
+        """The connection to use now (waiting out a reconnect); raises ConnectionClosed once there is none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +132,12 @@ class Activity:
 
     def __init__(
         self,
-        conn: Connection,
+        link: Link,
         rented: Rented,
         on_released: Callable[[Activity], None] = lambda activity: None,
     ) -> None:
-        self._conn = conn
+        # The link, not a connection: a requestor that reconnects keeps its activities.
+        self._link = link
         self._on_released = on_released
         self.id = rented.activity
         self.provider = rented.provider
@@ -186,7 +195,7 @@ class Activity:
     async def _upload(self, path: str, size: int, mode: int, chunks: AsyncIterator[bytes]) -> None:
         target = container_path(path)
         self._check()
-        conn = self._conn
+        conn = await self._link.connected()
         message = Upload(type="upload", id=conn.new_id(), activity=self.id, path=target, size=size, mode=mode)
         sender, reply = await conn.open_upload(message)
         sent = 0
@@ -226,8 +235,8 @@ class Activity:
         :class:`CommandTimeout` (with ``.result`` holding the output so far) when ``timeout``
         seconds pass first; the command is killed.
         """
-        message = self._exec(argv, env, workdir, timeout, stdin, stream=False)
-        conn = self._conn
+        conn = await self._link.connected()
+        message = self._exec(conn, argv, env, workdir, timeout, stdin, stream=False)
         source = _Input(stdin) if stdin is not None else None
         failed: BaseException | None = None
         try:
@@ -271,8 +280,8 @@ class Activity:
         raises :class:`CommandTimeout` after the output written until then. Needs a hub
         and provider that speak protocol 1.2.
         """
-        message = self._exec(argv, env, workdir, timeout, stdin, stream=True)
-        conn = self._conn
+        conn = await self._link.connected()
+        message = self._exec(conn, argv, env, workdir, timeout, stdin, stream=True)
         source = _Input(stdin) if stdin is not None else None
         failed: BaseException | None = None
         future: asyncio.Future[Message] | None = None
@@ -306,6 +315,7 @@ class Activity:
 
     def _exec(
         self,
+        conn: Connection,
         argv: Sequence[str],
         env: Mapping[str, str] | None,
         workdir: str | None,
@@ -319,7 +329,7 @@ class Activity:
         wd = container_path(workdir) if workdir is not None else None
         self._check()
         return Exec(
-            type="exec", id=self._conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
+            type="exec", id=conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
             timeout=timeout, stdin=True if stdin is not None else None, stream=True if stream else None,
         )  # fmt: skip
 
@@ -334,7 +344,7 @@ class Activity:
         """
         source = container_path(path)
         self._check()
-        conn = self._conn
+        conn = await self._link.connected()
         window = conn.session.limits.max_window // 2 or 1
         message = Download(type="download", id=conn.new_id(), activity=self.id, path=source, window=window)
         receiver, reply = await conn.open_download(message)
@@ -458,7 +468,8 @@ class Activity:
 
     async def _release(self) -> None:
         try:
-            done = await self._conn.request(Release(type="release", id=self._conn.new_id(), activity=self.id))
+            conn = await self._link.connected()
+            done = await conn.request(Release(type="release", id=conn.new_id(), activity=self.id))
         except ProviderLost:
             return  # gone already: nothing left to release
         if isinstance(done, Done) and done.cpu_seconds is not None:

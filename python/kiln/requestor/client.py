@@ -6,8 +6,11 @@
         async with requestor.rent("kiln-busybox:latest", kiln.Demand(cpus=1, memory="256MiB")) as act:
             ...
 
-Leaving ``connect`` releases every activity still held (the hub destroys them too
-if the connection simply drops).
+Leaving ``connect`` releases every activity still held. If the connection drops, the
+requestor dials again (protocol 1.2) for as long as the hub holds its activities (the
+``grace`` its welcome announced, ``kiln hub --grace``): requests under way fail with
+:class:`~kiln.ConnectionLost`, the activities the hub kept go on working, and those it did
+not are marked ``lost``. When no reconnect succeeds in time, every activity is lost.
 
 Images the providers lack can go through the hub's store (protocol 1.1)::
 
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from types import TracebackType
-from typing import Any, TypeVar, Unpack
+from typing import Any, Final, TypeVar, Unpack
 
 from kiln.connection import Connection, Trust
-from kiln.protocol.errors import ConnectionClosed, KilnError, UsageError, error_from_code
+from kiln.protocol.errors import ConnectionClosed, ConnectionLost, KilnError, UsageError, error_from_code
 from kiln.protocol.messages import (
     ActivityLost,
     Demand,
@@ -54,19 +58,111 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 ABANDON_TIMEOUT = 15.0
+REDIAL_FIRST: Final = 0.2
+REDIAL_MOST: Final = 2.0
+"""Seconds between two dials of a reconnect: from the first, doubling up to the most."""
+
+log = logging.getLogger("kiln.requestor")
+
+Dial = Callable[[str], Awaitable[Connection]]
+"""Dial the hub again, resuming the session of this secret (``hello.resume``)."""
 
 
 class Requestor:
-    """A live connection to the hub as a requestor. Get one from :func:`connect`."""
+    """A live connection to the hub as a requestor. Get one from :func:`connect`.
 
-    def __init__(self, conn: Connection) -> None:
+    With ``dial``, a connection that drops is dialled again (see the module's docstring).
+    """
+
+    def __init__(self, conn: Connection, dial: Dial | None = None) -> None:
         self._conn = conn
+        self._dial = dial
         self._activities: dict[str, Activity] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._up = asyncio.Event()  # clear while dialling again
+        self._up.set()
+        self._closing = False
+        self.gone: ConnectionClosed | None = None
+        """Why this requestor has no connection for good (closed, or no reconnect in time); None while it has."""
 
     @property
     def connection(self) -> Connection:
+        """The connection of the moment (a reconnect replaces it)."""
         return self._conn
+
+    @property
+    def reconnecting(self) -> bool:
+        """Whether the connection dropped and is being dialled again."""
+        return not self._up.is_set()
+
+    async def connected(self) -> Connection:
+        """The connection to use now: once a reconnect under way is over. Raises
+        :class:`~kiln.ConnectionLost` when it failed (or ConnectionClosed once closed)."""
+        await self._up.wait()
+        if self.gone is not None:
+            raise self.gone
+        return self._conn
+
+    async def reconnected(self) -> bool:
+        """Wait out a reconnect: True when the connection is back, False when it is gone for good."""
+        await self._up.wait()
+        return self.gone is None
+
+    async def run(self) -> None:
+        """Read from the hub, dialling again when the connection drops, until closed or gone for good.
+
+        Started by :func:`connect` (and awaited by :meth:`close`).
+        """
+        while True:
+            await self._conn.run()
+            welcome = self._conn.session.welcome
+            lost = self._conn.session.closed
+            assert welcome is not None and isinstance(lost, ConnectionClosed)
+            if self._closing or self._dial is None or welcome.resume is None or not welcome.grace:
+                self.gone = lost
+                return
+            self._up.clear()
+            try:
+                conn = await self._redial(welcome.resume, welcome.grace, lost)
+            except ConnectionLost as e:
+                self.gone = e
+                for activity in self._activities.values():
+                    activity.lost = e
+                self._activities.clear()
+                self._up.set()
+                return
+            self._take_over(conn)
+
+    async def _redial(self, secret: str, grace: float, lost: ConnectionClosed) -> Connection:
+        assert self._dial is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        delay = REDIAL_FIRST
+        log.warning("%s; dialling the hub again for up to %g s", lost.message, grace)
+        while True:
+            try:
+                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                    return await self._dial(secret)
+            except (ConnectionLost, TimeoutError) as e:
+                why = e.message if isinstance(e, KilnError) else "no answer in time"
+            except KilnError as e:  # the hub refused us (a token revoked, say): dialling again cannot help
+                raise ConnectionLost(f"{lost.message}; the hub refused the reconnect: {e.message}") from e
+            if loop.time() + delay >= deadline:
+                raise ConnectionLost(f"{lost.message}; no reconnect within {grace:g} s (last: {why})") from lost
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REDIAL_MOST)
+
+    def _take_over(self, conn: Connection) -> None:
+        """The new connection is up: what the hub did not keep is lost."""
+        assert conn.session.welcome is not None
+        kept = set(conn.session.welcome.resumed or ())
+        for activity in [a for a in self._activities.values() if a.id not in kept]:
+            activity.lost = ConnectionLost(f"activity {activity.id} was not kept while the connection was down")
+            del self._activities[activity.id]
+        log.warning("reconnected to the hub; %d activities kept", len(self._activities))
+        conn.on_event = self._on_event
+        self._conn = conn
+        self._up.set()
 
     @property
     def activities(self) -> list[Activity]:
@@ -115,7 +211,7 @@ class Requestor:
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
     ) -> Activity:
-        conn = self._conn
+        conn = await self.connected()
         rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group, user=user)
         # The reader only notes the latest progress; the callback runs here, where its errors belong.
         latest: list[RentProgress] = []
@@ -148,7 +244,7 @@ class Requestor:
                 await self._abandon(rent.id, future)
             raise
         assert isinstance(reply, Rented)
-        activity = Activity(conn, reply, self._forget)
+        activity = Activity(self, reply, self._forget)
         self._activities[activity.id] = activity
         return activity
 
@@ -159,7 +255,7 @@ class Requestor:
             async with asyncio.timeout(ABANDON_TIMEOUT):
                 reply = await asyncio.shield(future)  # the hub answers once the container is gone
             if isinstance(reply, Rented):  # it was up before the cancel arrived
-                activity = Activity(self._conn, reply)
+                activity = Activity(self, reply)
                 await activity.release()
 
     def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
@@ -235,16 +331,17 @@ class Requestor:
             raise UsageError("push_image takes an image of the local engine (ref) or an archive (path=), not both")
         if path is not None:
             archive = await asyncio.to_thread(read_archive, path)
-            return await push_archive(self._conn, archive, tags, progress)
+            return await push_archive(await self.connected(), archive, tags, progress)
         assert ref is not None
         async with docker_save(ref) as saved:
             archive = await asyncio.to_thread(read_archive, saved)
-            return await push_archive(self._conn, archive, tags, progress)
+            return await push_archive(await self.connected(), archive, tags, progress)
 
     async def list_images(self) -> ImageList:
         """The images in the hub's store (``images``, most recently used first) and the bytes it
         holds (``used``) of its ``limit``."""
-        reply = await self._conn.request(ListImages(type="list_images", id=self._conn.new_id()))
+        conn = await self.connected()
+        reply = await conn.request(ListImages(type="list_images", id=conn.new_id()))
         assert isinstance(reply, ImageList)
         return reply
 
@@ -253,7 +350,8 @@ class Requestor:
 
         Raises :class:`~kiln.ImageNotFound` when the store holds no such image.
         """
-        reply = await self._conn.request(RemoveImage(type="remove_image", id=self._conn.new_id(), image=ref))
+        conn = await self.connected()
+        reply = await conn.request(RemoveImage(type="remove_image", id=conn.new_id(), image=ref))
         assert isinstance(reply, Done)
 
     async def market(
@@ -269,7 +367,7 @@ class Requestor:
         Only those holding ``image``, carrying ``labels`` and with at least ``free``
         capacity left; at most ``limit`` (1 to 1000) of them.
         """
-        conn = self._conn
+        conn = await self.connected()
         query = MarketQuery(
             type="market", id=conn.new_id(), image=image, labels=labels or {}, limit=limit,
             free=Resources(cpus=0, memory=0) if free is None else Resources(cpus=free.cpus, memory=free.memory,
@@ -290,7 +388,18 @@ class Requestor:
         self._activities.pop(activity.id, None)
 
     async def close(self) -> None:
-        """Release every activity still held and close the connection."""
+        """Release every activity still held and close the connection, for good (no reconnect).
+
+        While a reconnect is under way it is given up: the hub destroys what it held once
+        its grace period ends.
+        """
+        self._closing = True
+        if self.reconnecting and self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self.gone = ConnectionClosed("the requestor was closed while it reconnected")
+            self._up.set()
         for activity in list(self._activities.values()):
             with contextlib.suppress(KilnError):
                 await activity.release()
@@ -344,23 +453,38 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r``
     or the path of the PEM file of the CA that signed it (without it, the system's trust
     store). Entering raises :class:`~kiln.ConnectionLost` when the hub cannot be reached or
     its certificate is not trusted (the message says which).
+
+    With ``reconnect`` (default), a connection that drops is dialled again for as long as
+    the hub keeps the requestor's activities (``kiln hub --grace``, 60 s by default):
+    the activities go on working once it is back; see :class:`Requestor`.
     """
 
     def __init__(
-        self, url: str, *, token: str | None = None, name: str = "requestor", ssl: Trust | None = None
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        name: str = "requestor",
+        ssl: Trust | None = None,
+        reconnect: bool = True,
     ) -> None:
         self._url = url
         self._token = token
         self._name = name
         self._ssl = ssl
+        self._reconnect = reconnect
         self._requestor: Requestor | None = None
 
+    async def _dial(self, resume: str | None = None) -> Connection:
+        return await Connection.open(self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl,
+                                     resume=resume)  # fmt: skip
+
     async def __aenter__(self) -> Requestor:
-        conn = await Connection.open(self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl)
-        requestor = Requestor(conn)
+        conn = await self._dial()
+        requestor = Requestor(conn, self._dial if self._reconnect else None)
         conn.on_event = requestor._on_event
         # Owned here: awaited in Requestor.close(), which __aexit__ always calls.
-        requestor._reader = asyncio.create_task(conn.run(), name=f"kiln-reader-{self._name}")
+        requestor._reader = asyncio.create_task(requestor.run(), name=f"kiln-reader-{self._name}")
         self._requestor = requestor
         return requestor
 

@@ -42,6 +42,7 @@ from typing import Any, Final, Generic, Literal, Protocol, TypedDict, TypeVar
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
     ConnectionClosed,
+    ConnectionLost,
     ContainerFailed,
     ImageCorrupt,
     ImageNotFound,
@@ -84,6 +85,10 @@ class Renter(Protocol):
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
     ) -> Awaitable[Activity]: ...
+
+    async def reconnected(self) -> bool:
+        """Wait out a reconnect: True when the connection is back, False when it is gone for good."""
+        ...
 
 
 class RetryTask(KilnError):
@@ -402,6 +407,10 @@ class Job(Generic[T, R]):
                 )  # fmt: skip
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
+            except ConnectionLost:
+                if not await self.requestor.reconnected():
+                    raise
+                continue  # the connection dropped and is back: rent again
             except (ImageNotFound, ImageCorrupt, ContainerFailed) as e:
                 if e.provider is None:
                     raise
@@ -494,8 +503,16 @@ class Job(Generic[T, R]):
                 value = await self.worker(activity, task.item)
         except TimeoutError:
             error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")
+        except ConnectionLost:
+            if not await self.requestor.reconnected():
+                raise  # the hub is gone: nothing to retry on
+            # Not the task's fault, nor the provider's: tried again, as if never started.
+            self._pending.appendleft(task)
+            self._event("task_retry", task.index, provider, "the connection to the hub dropped and is back")
+            self._notify()
+            return True
         except ConnectionClosed:
-            raise  # the hub is gone: nothing to retry on
+            raise  # closed by us: nothing to retry on
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
             error = e
         else:
