@@ -71,8 +71,9 @@ def started(c: Cluster, *hub_args: str) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, busybox_image: str) -> Iterator[Cluster]:
-    with started(Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}")) as c:
+def cluster(tmp_path: Path, busybox_image: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    marker = request.node.get_closest_marker("hub_args")
+    with started(Cluster(tmp_path, suffix=f"-{secrets.token_hex(3)}"), *(marker.args if marker else ())) as c:
         yield c
 
 

@@ -204,6 +204,7 @@ async def test_provider_killed_mid_command_is_reported_fast(cluster: Cluster) ->
     await wait_until(lambda: containers_of(name) == [], timeout=10)
 
 
+@pytest.mark.hub_args("--grace", "3")
 async def test_a_vanished_requestor_leaves_no_container(one_provider: Cluster, tmp_path: Path) -> None:
     name = next(iter(one_provider.providers))
     script = tmp_path / "holder.py"
@@ -223,6 +224,9 @@ async def test_a_vanished_requestor_leaves_no_container(one_provider: Cluster, t
     assert len(containers_of(name)) == 1
     holder.kill()
     await holder.wait()
+    # Held for the grace period (the requestor might come back), then destroyed.
+    await asyncio.sleep(2)
+    assert len(containers_of(name)) == 1
     await wait_until(lambda: containers_of(name) == [])
     async with kiln.connect(one_provider.url) as requestor:
         [offer] = await requestor.market()

@@ -28,7 +28,8 @@ def describe(event: s.Event) -> dict[str, Any]:
     """An event as the vectors write it."""
     match event:
         case s.Welcomed(welcome):
-            return {"event": "welcomed", "version": welcome.version}
+            resumed = {} if welcome.resumed is None else {"resumed": welcome.resumed}
+            return {"event": "welcomed", "version": welcome.version, **resumed}
         case s.Replied(request, reply):
             return {"event": "replied", "request": request, "reply": orjson.loads(serialize(reply))}
         case s.Failed(request, error):
@@ -100,7 +101,7 @@ def act(session: s.Session, step: dict[str, Any]) -> None:
 @pytest.mark.parametrize("path", SESSIONS, ids=lambda p: p.stem)
 def test_session_vector(path: Path) -> None:
     vector = json.loads(path.read_text())
-    session = s.Session(vector["role"], vector["name"], software=vector["software"])
+    session = s.Session(vector["role"], vector["name"], software=vector["software"], resume=vector.get("resume"))
     for number, step in enumerate(vector["steps"]):
         where = f"{path.name} step {number}: {json.dumps(step)[:160]}"
         raised: KilnError | None = None

@@ -27,7 +27,9 @@ const hex = (bytes) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLen
 function describe(event) {
   switch (event.type) {
     case "welcomed":
-      return { event: "welcomed", version: event.welcome.version };
+      return event.welcome.resumed == null
+        ? { event: "welcomed", version: event.welcome.version }
+        : { event: "welcomed", version: event.welcome.version, resumed: event.welcome.resumed };
     case "replied":
       return { event: "replied", request: event.request, reply: asJson(event.reply) };
     case "failed":
@@ -92,7 +94,7 @@ function act(session, step) {
 
 for (const vector of vectors) {
   test(`session vector ${vector.file}`, () => {
-    const session = new Session(vector.role, vector.name, { software: vector.software });
+    const session = new Session(vector.role, vector.name, { software: vector.software, resume: vector.resume });
     vector.steps.forEach((step, number) => {
       const where = `${vector.file} step ${number}: ${JSON.stringify(step).slice(0, 160)}`;
       let raised = null;

@@ -49,6 +49,7 @@ import {
   RemoteProtocolError,
   TransferFailedError,
   UnsupportedVersionError,
+  UsageError,
   errorFromCode,
 } from "./errors.js";
 import { FrameKind, abortFrame, decodeFrame, encodeFrame } from "./frames.js";
@@ -165,10 +166,12 @@ const opened = (kind) => ({ kind, send: null, recv: null, informed: false });
 /** A requestor's or a provider's side of one connection to the hub. */
 export class Session {
   /**
-   * Queues `hello` (an invalid name or token is a LocalProtocolError).
+   * Queues `hello` (an invalid name or token is a LocalProtocolError). A requestor may name
+   * an earlier session to take over with `resume` (1.2): the `welcome.resume` it was given;
+   * the hub's `welcome.resumed` then lists the activities it kept.
    * @param {Role} role
    * @param {string} name
-   * @param {{token?: string | null, software?: string}} [options]
+   * @param {{token?: string | null, software?: string, resume?: string | null}} [options]
    */
   constructor(role, name, options = {}) {
     /** @type {Role} */
@@ -188,8 +191,11 @@ export class Session {
     this._out = [];
     /** @type {SessionEvent[]} */
     this._events = [];
+    if (options.resume != null && role !== "requestor") {
+      throw new UsageError("only a requestor resumes a session");
+    }
     const hello = { type: "hello", version: PROTOCOL_VERSION, role, name, token: options.token ?? null };
-    this._send(build({ ...hello, software: options.software ?? "" }));
+    this._send(build({ ...hello, software: options.software ?? "", resume: options.resume ?? null }));
   }
 
   /** The limits the hub announced (only once welcomed). @returns {Limits} */

@@ -398,6 +398,7 @@ class Requestor:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+            self._reader = None
             self.gone = ConnectionClosed("the requestor was closed while it reconnected")
             self._up.set()
         for activity in list(self._activities.values()):
