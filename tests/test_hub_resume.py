@@ -11,21 +11,22 @@ import pytest
 
 import kiln
 from kiln.hub.core import CLOSE_RESUMED, Close, HubCore, Log, Send
+from tests.test_hub_access import store
 
 GiB = 2**30
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
 
 
 class Hub:
-    """A hub core on a clock the test moves; provider 1 ("p") offers 2 CPUs."""
+    """A hub core on a clock the test moves; provider 1 offers 2 CPUs."""
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, provider: dict[str, str] | None = None, **options: Any) -> None:
         self.now = 1000.0
         ids = itertools.count(1)
         self.core = HubCore(monotonic=lambda: self.now, new_activity_id=lambda: f"a{next(ids)}", **options)
         self.closed: list[Close] = []
         self.logged: list[str] = []
-        self.hello(1, role="provider", name="p")
+        self.hello(1, role="provider", **(provider or {"name": "p"}))
         self.send(1, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB}, "arch": "amd64"})
 
     def hello(self, peer: int, *, version: str = "1.2", **fields: Any) -> dict[str, Any]:
@@ -183,3 +184,21 @@ def test_a_requestor_that_closes_its_connection_itself_ends_its_session(hub: Hub
     [(to, destroy)] = hub._decode(hub.core.disconnect(2, "closed with code 1000", ended=True))
     assert (to, destroy["activity"]) == (1, activity)
     assert hub.hello(3, resume=welcome["resume"])["resumed"] == []
+
+
+def test_a_session_is_resumed_only_with_the_credential_it_joined_with() -> None:
+    hub = Hub({"name": "p1", "token": "prov-p1"}, grace=30, credentials=store())
+    welcome = hub.hello(2, token="req")
+    activity = hub.rent(2, 5)
+    hub.leave(2)
+    assert hub.hello(3, token="adm", resume=welcome["resume"])["resumed"] == [], "another credential's"
+    assert hub.hello(4, token="req", resume=welcome["resume"])["resumed"] == [activity], "not spent by that"
+
+
+def test_a_requestor_whose_credential_is_revoked_is_not_held() -> None:
+    hub = Hub({"name": "p1", "token": "prov-p1"}, grace=30, credentials=store())
+    hub.hello(2, token="req")
+    activity = hub.rent(2, 5)
+    hub.core.revoked({2})
+    [(to, destroy)] = hub.leave(2)
+    assert (to, destroy["activity"]) == (1, activity)

@@ -545,7 +545,7 @@ class HubCore:
         if owner is None and old_id is not None:
             owner = self._held[old_id][0]
         if owner is not None and _credential_id(owner) != _credential_id(p):
-            self._log("warning", f"requestor {shown(p.name)} presented the resume secret of another credential's session")
+            self._log("warning", f"requestor {shown(p.name)} gave the resume secret of another credential's session")
             return []
         self._sessions.pop(key, None)
         if old_id is not None and (still := self.peers.pop(old_id, None)) is not None:
