@@ -121,16 +121,23 @@ export function containerPath(path) {
   return path;
 }
 
+/**
+ * Where an activity's requests go: its requestor's connection of the moment.
+ * @typedef {object} Link
+ * @property {() => Promise<import("./connection.js").Connection>} _connected the connection to use now
+ *   (waiting out a reconnect); rejects with ConnectionLostError once there is none for good
+ */
+
 /** One container rented on one provider, until {@link Activity#release} (or its provider is lost). */
 export class Activity {
   /**
-   * @param {import("./connection.js").Connection} conn
+   * @param {Link} link a Connection, or a requestor that reconnects (then its activities outlive a connection)
    * @param {import("../types/protocol.js").Rented} rented
    * @param {Files} files
    * @param {(activity: Activity) => void} onRelease
    */
-  constructor(conn, rented, files, onRelease) {
-    this._conn = conn;
+  constructor(link, rented, files, onRelease) {
+    this._link = link;
     this._files = files;
     this._onRelease = onRelease;
     /** @type {string} */
@@ -152,6 +159,16 @@ export class Activity {
 
   toString() {
     return `Activity ${this.id} on ${this.provider}`;
+  }
+
+  /**
+   * The requestor's connection of the moment (waiting out a reconnect: ConnectionLostError
+   * when none came back), once this activity is still there.
+   */
+  async _connection() {
+    const conn = await this._link._connected();
+    this._check();
+    return conn;
   }
 
   _check() {
@@ -194,7 +211,7 @@ export class Activity {
    */
   async sendFile(local, path, options = {}) {
     const target = containerPath(path);
-    this._check();
+    await this._connection();
     const source = await this._files.open(local);
     try {
       await this._upload(target, source.size, options.mode ?? source.mode, source.chunks, options.signal);
@@ -212,9 +229,8 @@ export class Activity {
    */
   async _upload(path, size, mode, chunks, signal) {
     const target = containerPath(path);
-    this._check();
     throwIfAborted(signal, `upload of ${target}`);
-    const conn = this._conn;
+    const conn = await this._connection();
     const message = { type: "upload", id: conn.newId(), activity: this.id, path: target, size, mode };
     const { sender, reply } = conn.openUpload(message);
     const onAbort = () => sender.fail(cancelledBy(/** @type {AbortSignal} */ (signal), `upload of ${target}`));
@@ -259,9 +275,8 @@ export class Activity {
    * @returns {Promise<Result>}
    */
   async run(argv, options = {}) {
-    const { message, what } = this._exec(argv, options, false);
+    const { conn, message, what } = await this._exec(argv, options, false);
     const { signal } = options;
-    const conn = this._conn;
     const input = options.stdin === undefined ? null : await this._stdin(options.stdin);
     /** @type {Feed} */
     const feed = { error: null };
@@ -308,9 +323,8 @@ export class Activity {
    * @returns {AsyncGenerator<OutputEvent, void, void>}
    */
   async *stream(argv, options = {}) {
-    const { message, what } = this._exec(argv, options, true);
+    const { conn, message, what } = await this._exec(argv, options, true);
     const { signal } = options;
-    const conn = this._conn;
     const input = options.stdin === undefined ? null : await this._stdin(options.stdin);
     const window = Math.min(OUTPUT_WINDOW, conn.session.limits.max_window);
     /** @type {Feed} */
@@ -368,7 +382,7 @@ export class Activity {
    * @param {RunOptions} options
    * @param {boolean} streaming whether the output is to stream (stream()) or come whole (run())
    */
-  _exec(argv, options, streaming) {
+  async _exec(argv, options, streaming) {
     if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === "string")) {
       throw new UsageError('argv must be a non-empty array of strings, e.g. ["sh", "-c", "echo hi"]');
     }
@@ -381,14 +395,15 @@ export class Activity {
       const method = streaming ? "stream" : "run";
       throw new UsageError(`${method}'s stdin takes a Uint8Array, a string, {file: local} or an iterable of Uint8Array`);
     }
-    this._check();
     const what = `'${argv[0]}'`;
     throwIfAborted(signal, what);
+    const conn = await this._connection();
+    throwIfAborted(signal, what);
     const message = {
-      type: "exec", id: this._conn.newId(), activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) },
+      type: "exec", id: conn.newId(), activity: this.id, argv: [...argv], env: { ...(options.env ?? {}) },
       workdir, timeout: timeoutMs === undefined ? null : timeoutMs / 1000,
     };
-    return { message, what };
+    return { conn, message, what };
   }
 
   /**
@@ -420,9 +435,8 @@ export class Activity {
    */
   async *_download(path, maxBytes, signal) {
     const source = containerPath(path);
-    this._check();
     throwIfAborted(signal, `download of ${source}`);
-    const conn = this._conn;
+    const conn = await this._connection();
     const window = Math.max(1, Math.floor(conn.session.limits.max_window / 2));
     const message = { type: "download", id: conn.newId(), activity: this.id, path: source, window };
     const { receiver, reply } = conn.openDownload(message);
@@ -536,8 +550,9 @@ export class Activity {
     this.released = true;
     this._onRelease(this);
     if (this.lost !== null) return;
-    const conn = this._conn;
     try {
+      const conn = await this._link._connected();
+      if (this.lost !== null) return; // not kept over a reconnect
       const done = /** @type {import("../types/protocol.js").Done} */ (
         await conn.request({ type: "release", id: conn.newId(), activity: this.id })
       );

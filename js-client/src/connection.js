@@ -263,12 +263,19 @@ export class Connection {
    * LocalProtocolError for a name or token the protocol does not allow.
    * @param {OpenSocket} openSocket
    * @param {string} url
-   * @param {{name: string, token?: string | null, timeoutMs?: number}} options
+   *
+   * `resume` (1.2): the `welcome.resume` of an earlier connection, whose activities this
+   * one takes over (its `welcome.resumed` lists them).
+   * @param {{name: string, token?: string | null, timeoutMs?: number, resume?: string | null}} options
    * @returns {Promise<Connection>}
    */
   static async open(openSocket, url, options) {
     const timeoutMs = options.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
-    const session = new Session("requestor", options.name, { token: options.token ?? null, software: SOFTWARE });
+    const session = new Session("requestor", options.name, {
+      token: options.token ?? null,
+      software: SOFTWARE,
+      resume: options.resume ?? null,
+    });
     /** @type {Socket} */
     let socket;
     try {
@@ -358,6 +365,11 @@ export class Connection {
 
   newId() {
     return this.session.newId();
+  }
+
+  /** This connection (what an activity asks of its requestor's link to the hub). @returns {Promise<Connection>} */
+  async _connected() {
+    return this;
   }
 
   // --- sending ------------------------------------------------------------------------------

@@ -19,8 +19,10 @@
  * error from the worker, or a task out of attempts, ends the job with a TaskFailedError
  * (or, with `returnExceptions`, that TaskFailedError is the task's result); so does a
  * task no provider is left to run. A job none of whose tasks ever ran ends with a
- * NoMatchError once `startTimeoutMs` has passed. A lost hub connection ends the job with
- * the ConnectionClosedError, a fired `signal` with a CancelledError. However the job
+ * NoMatchError once `startTimeoutMs` has passed. A task cut by a reconnect of the
+ * requestor (a ConnectionLostError, then `reconnected()` true) is tried again without
+ * counting against its retries; a hub connection lost for good ends the job with the
+ * ConnectionClosedError, a fired `signal` with a CancelledError. However the job
  * ends, every activity it rented is released before it settles.
  *
  * JavaScript cannot stop a running function: a timed-out attempt's `context.signal` fires
@@ -37,6 +39,7 @@ import { Deferred, cancelledBy, settlesWithin } from "./deferred.js";
 import {
   CancelledError,
   ConnectionClosedError,
+  ConnectionLostError,
   ContainerFailedError,
   ImageNotFoundError,
   KilnError,
@@ -68,6 +71,8 @@ const STOP_GRACE_MS = 5_000;
  *   exclude?: Iterable<string>, group?: string, user?: "root",
  *   onProgress?: (progress: {provider: string, image: string, done: number, total: number}) => void
  * }) => Promise<Activity>} rent
+ * @property {() => Promise<boolean>} [reconnected] waits out a reconnect of the requestor's connection:
+ *   true when it is back, false when it is gone for good (a renter without it never reconnects)
  */
 
 /**
@@ -454,6 +459,7 @@ export class Job {
         return activity;
       } catch (e) {
         if (e instanceof ProviderLostError) continue; // it vanished while starting our container: try another
+        if (e instanceof ConnectionLostError && (await this._reconnected())) continue; // dropped and back: rent again
         if ((e instanceof ImageNotFoundError || e instanceof ContainerFailedError) && e.provider !== null) {
           // This provider cannot run the job's containers; the others may.
           this._ban(e.provider, e.message);
@@ -609,7 +615,15 @@ export class Job {
       return true;
     }
     const error = outcome.error;
-    if (error instanceof ConnectionClosedError) throw error; // the hub is gone: nothing to retry on
+    if (error instanceof ConnectionLostError && (await this._reconnected())) {
+      if (this.stopped) return false;
+      // Not the task's fault, nor the provider's: tried again, as if never started.
+      this._pending.unshift(task);
+      this._event("task_retry", { task: task.index, provider, detail: "the connection to the hub dropped and is back" });
+      this._notify();
+      return true;
+    }
+    if (error instanceof ConnectionClosedError) throw error; // the hub is gone, or closed by us: nothing to retry on
     task.errors.push(error);
     if (!(error instanceof ProviderLostError || error instanceof RetryTaskError || error instanceof TaskTimeoutError)) {
       this._fail(task, error, provider);
@@ -622,6 +636,11 @@ export class Job {
     if (error instanceof ProviderLostError) return false;
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
     return error instanceof TaskTimeoutError ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
+  }
+
+  /** Wait out a reconnect of the requestor's connection: whether it is back. */
+  async _reconnected() {
+    return this.requestor.reconnected === undefined ? false : this.requestor.reconnected();
   }
 
   /**

@@ -8,19 +8,37 @@
  *     ...
  *     await requestor.close();   // releases every activity still held
  *
- * The hub destroys what a requestor held if its connection simply drops.
+ * If the connection drops, the requestor dials again (protocol 1.2) for as long as the hub
+ * holds its activities (the `grace` its welcome announced, `kiln hub --grace`): requests
+ * under way fail with ConnectionLostError, the activities the hub kept go on working, and
+ * those it did not are marked `lost`. When no reconnect succeeds in time, every activity
+ * is lost and every further call rejects with ConnectionLostError.
  * @module
  */
 
 import { Activity } from "./activity.js";
 import { Connection } from "./connection.js";
-import { Deferred, cancelledBy, raceAbort, settlesWithin, throwIfAborted } from "./deferred.js";
-import { LocalProtocolError, UsageError, errorFromCode } from "./errors.js";
+import { Deferred, cancelledBy, raceAbort, settlesWithin, sleep, throwIfAborted } from "./deferred.js";
+import {
+  ConnectionClosedError,
+  ConnectionLostError,
+  LocalProtocolError,
+  UsageError,
+  errorFromCode,
+} from "./errors.js";
 import { Job } from "./executor.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
 const CLEANUP_WAIT_MS = 10_000;
+/** Milliseconds between two dials of a reconnect: from the first, doubling up to the most. */
+const REDIAL_FIRST_MS = 200;
+const REDIAL_MOST_MS = 2_000;
+
+/**
+ * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`.
+ * @typedef {(resume: string, timeoutMs: number) => Promise<Connection>} Dial
+ */
 
 /**
  * What a platform supplies: how to open a WebSocket, and how to read and write local files.
@@ -97,16 +115,135 @@ function resourcesMessage(resources = {}) {
   };
 }
 
-/** A live connection to the hub as a requestor. Get one from `connect()`. */
+/**
+ * A live connection to the hub as a requestor. Get one from `connect()`.
+ *
+ * With `dial`, a connection that drops is dialled again (see the module's comment).
+ */
 export class Requestor {
-  /** @param {Connection} connection @param {Platform} platform */
-  constructor(connection, platform) {
-    this.connection = connection;
+  /** @param {Connection} connection @param {Platform} platform @param {Dial | null} [dial] */
+  constructor(connection, platform, dial = null) {
+    this._conn = connection;
     this._platform = platform;
+    this._dial = dial;
     /** @type {Map<string, Activity>} */
     this._activities = new Map();
     /** @type {Set<Promise<void>>} releases of activities whose rent was abandoned */
     this._cleanups = new Set();
+    /** @type {Deferred<void> | null} settles when a reconnect under way is over (null: none is) */
+    this._up = null;
+    /** @type {Deferred<void>} settles when close() gives up a reconnect */
+    this._closing = new Deferred();
+    /** @type {Promise<void> | null} the reconnect under way, awaited by close() */
+    this._redialing = null;
+    /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
+    this.gone = null;
+    this._watch(connection);
+  }
+
+  /** The connection of the moment (a reconnect replaces it). */
+  get connection() {
+    return this._conn;
+  }
+
+  /** Whether the connection dropped and is being dialled again. */
+  get reconnecting() {
+    return this._up !== null;
+  }
+
+  /**
+   * The connection to use now, once a reconnect under way is over. Rejects with
+   * ConnectionLostError when it failed (ConnectionClosedError once closed).
+   * @returns {Promise<Connection>}
+   */
+  async _connected() {
+    if (this._up !== null) await this._up.promise;
+    if (this.gone !== null) throw this.gone;
+    return this._conn;
+  }
+
+  /** Wait out a reconnect: true when the connection is back, false when it is gone for good. */
+  async reconnected() {
+    if (this._up !== null) await this._up.promise;
+    return this.gone === null;
+  }
+
+  /** When `conn` ends, dial again unless it was closed by us or cannot be resumed. @param {Connection} conn */
+  _watch(conn) {
+    void conn.finished.promise.then(() => {
+      if (conn !== this._conn || this.gone !== null) return;
+      const lost = /** @type {ConnectionClosedError} */ (conn.session.closed);
+      const welcome = conn.session.welcome;
+      if (this._closing.settled || this._dial === null || !(lost instanceof ConnectionLostError) ||
+          !welcome?.resume || !welcome.grace) {
+        this.gone = lost;
+        return;
+      }
+      const up = new Deferred();
+      this._up = up;
+      this._redialing = this._redial(welcome.resume, welcome.grace, lost).then(
+        (next) => this._takeOver(next),
+        (/** @type {ConnectionClosedError} */ e) => {
+          this.gone = e;
+          for (const activity of this._activities.values()) activity.lost = e;
+          this._activities.clear();
+        },
+      ).finally(() => {
+        this._up = null;
+        up.resolve(undefined);
+      });
+    });
+  }
+
+  /**
+   * Dial with `secret` until a dial succeeds, `grace` seconds pass, or close() gives up.
+   * @param {string} secret
+   * @param {number} grace
+   * @param {ConnectionLostError} lost
+   * @returns {Promise<Connection>}
+   */
+  async _redial(secret, grace, lost) {
+    const dial = /** @type {Dial} */ (this._dial);
+    const deadline = Date.now() + grace * 1000;
+    const closing = this._closing.promise.then(() => null);
+    let delay = REDIAL_FIRST_MS;
+    for (;;) {
+      let why;
+      const dialing = dial(secret, Math.max(deadline - Date.now(), 100));
+      try {
+        const conn = await Promise.race([dialing, closing]);
+        if (conn !== null) return conn;
+        dialing.then((late) => late.close(), () => {}); // up after all: nobody wants it
+        throw new ConnectionClosedError("the requestor was closed while it reconnected");
+      } catch (e) {
+        if (e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError)) throw e;
+        if (!(e instanceof ConnectionLostError)) {
+          // The hub refused us (a token revoked, say): dialling again cannot help.
+          const text = e instanceof Error ? e.message : String(e);
+          throw new ConnectionLostError(`${lost.message}; the hub refused the reconnect: ${text}`, { cause: e });
+        }
+        why = e.message;
+      }
+      if (Date.now() + delay >= deadline) {
+        throw new ConnectionLostError(`${lost.message}; no reconnect within ${grace} s (last: ${why})`, { cause: lost });
+      }
+      const slept = await Promise.race([sleep(delay).then(() => true), closing.then(() => false)]);
+      if (!slept) throw new ConnectionClosedError("the requestor was closed while it reconnected");
+      delay = Math.min(delay * 2, REDIAL_MOST_MS);
+    }
+  }
+
+  /** The new connection is up: what the hub did not keep is lost. @param {Connection} conn */
+  _takeOver(conn) {
+    const kept = new Set(conn.session.welcome?.resumed ?? []);
+    for (const activity of [...this._activities.values()]) {
+      if (kept.has(activity.id)) continue;
+      activity.lost = new ConnectionLostError(`activity ${activity.id} was not kept while the connection was down`);
+      this._activities.delete(activity.id);
+    }
+    conn.onEvent = (event) => this._onEvent(event);
+    this._conn = conn;
+    this._watch(conn);
   }
 
   /** The activities this requestor holds now. */
@@ -145,7 +282,8 @@ export class Requestor {
     const user = options.user ?? null;
     if (user !== null && user !== "root") throw new UsageError(`user may only be "root", not ${JSON.stringify(user)}`);
     throwIfAborted(signal, `renting ${image}`);
-    const conn = this.connection;
+    const conn = await this._connected();
+    throwIfAborted(signal, `renting ${image}`);
     const id = conn.newId();
     const onProgress = options.onProgress;
     /** @type {import("./connection.js").OnInterim | undefined} */
@@ -169,7 +307,7 @@ export class Requestor {
 
   /** @param {import("../types/protocol.js").Rented} rented */
   _adopt(rented) {
-    const activity = new Activity(this.connection, rented, this._platform.files, (a) => this._activities.delete(a.id));
+    const activity = new Activity(this, rented, this._platform.files, (a) => this._activities.delete(a.id));
     this._activities.set(activity.id, activity);
     return activity;
   }
@@ -193,7 +331,7 @@ export class Requestor {
    */
   async market(options = {}) {
     const { image = null, labels = {}, limit = 100 } = options;
-    const conn = this.connection;
+    const conn = await this._connected();
     const query = { type: "market", id: conn.newId(), image, labels, free: resourcesMessage(options.free), limit };
     const reply = /** @type {import("../types/protocol.js").MarketInfo} */ (await conn.request(query));
     return reply.providers;
@@ -222,7 +360,7 @@ export class Requestor {
     const what = `the push of ${archive.file.name}`;
     try {
       const tags = [...new Set([...archive.tags, ...(options.tags ?? [])])];
-      const conn = this.connection;
+      const conn = await this._connected();
       const message = { type: "push_image", id: conn.newId(), manifest: archive.manifest, tags };
       /** @type {Deferred<import("../types/protocol.js").Want>} */
       const wanted = new Deferred();
@@ -283,7 +421,7 @@ export class Requestor {
    * @returns {Promise<{images: ImageInfo[], used: number, limit: number}>}
    */
   async listImages() {
-    const conn = this.connection;
+    const conn = await this._connected();
     const list = /** @type {import("../types/protocol.js").ImageList} */ (
       await conn.request({ type: "list_images", id: conn.newId() })
     );
@@ -297,7 +435,7 @@ export class Requestor {
    */
   async removeImage(ref) {
     if (typeof ref !== "string") throw new UsageError("removeImage takes a tag or a digest");
-    const conn = this.connection;
+    const conn = await this._connected();
     await conn.request({ type: "remove_image", id: conn.newId(), image: ref });
   }
 
@@ -354,30 +492,41 @@ export class Requestor {
     }
   }
 
-  /** Release every activity still held and close the connection. */
+  /**
+   * Release every activity still held and close the connection, for good (no reconnect:
+   * the hub ends the session at once). A reconnect under way is given up: the hub destroys
+   * what it held once its grace period ends.
+   */
   async close() {
+    this._closing.resolve();
+    if (this._redialing !== null) await this._redialing;
     const held = [...this._activities.values()];
     await Promise.allSettled(held.map((a) => a.release()));
     await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
     this._activities.clear();
-    await this.connection.close();
+    await this._conn.close();
+    this.gone ??= /** @type {ConnectionClosedError} */ (this._conn.session.closed);
   }
 }
 
 /**
- * Connect to the hub at `url` as a requestor.
+ * Connect to the hub at `url` as a requestor. With `reconnect` (default), a connection
+ * that drops is dialled again for as long as the hub keeps the requestor's activities
+ * (see {@link Requestor}).
  * @param {Platform} platform
  * @param {string} url
- * @param {{token?: string, name?: string, timeoutMs?: number}} [options]
+ * @param {{token?: string, name?: string, timeoutMs?: number, reconnect?: boolean}} [options]
  * @returns {Promise<Requestor>}
  */
 export async function connectWith(platform, url, options = {}) {
-  const connection = await Connection.open(platform.openSocket, url, {
-    name: options.name ?? "requestor",
-    token: options.token ?? null,
-    timeoutMs: options.timeoutMs,
+  const name = options.name ?? "requestor";
+  const token = options.token ?? null;
+  const connection = await Connection.open(platform.openSocket, url, { name, token, timeoutMs: options.timeoutMs });
+  /** @type {Dial} */
+  const dial = (resume, timeoutMs) => Connection.open(platform.openSocket, url, {
+    name, token, resume, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
   });
-  const requestor = new Requestor(connection, platform);
+  const requestor = new Requestor(connection, platform, options.reconnect === false ? null : dial);
   connection.onEvent = (event) => requestor._onEvent(event);
   return requestor;
 }

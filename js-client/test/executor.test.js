@@ -331,6 +331,33 @@ test("a lost hub connection ends the job with it", { timeout: 10_000 }, async ()
   assert.deepEqual(hub.live(), []);
 });
 
+test("a task cut by a reconnect is tried again without counting against its retries", { timeout: 10_000 }, async () => {
+  const hub = new FakeHub(["p1", "p2"]);
+  let blips = 3;
+  hub.reconnected = async () => {
+    await sleep(5);
+    return true; // the connection is back
+  };
+  const worker = async (act, n) => {
+    if (n === 1 && blips > 0) {
+      blips -= 1;
+      throw new ConnectionLostError("the connection to the hub was lost: a blip");
+    }
+    return square(act, n);
+  };
+  const { job: made, events } = job(hub, [0, 1, 2], worker, { retries: 0 });
+  assert.deepEqual(await made.run(), [0, 1, 4]);
+  assert.equal(made.summary.retries, 0, "a blip is not the task's fault");
+  assert.equal(events.filter((e) => e.kind === "task_retry" && /dropped and is back/.test(e.detail)).length, 3);
+
+  const gone = new FakeHub(["p1"]);
+  gone.reconnected = async () => false;
+  const failing = async () => {
+    throw new ConnectionLostError("the connection to the hub was lost: for good");
+  };
+  await assert.rejects(job(gone, [0], failing).job.run(), ConnectionLostError);
+});
+
 test("the AbortSignal cancels the job: every attempt's signal fires and every activity is released", { timeout: 10_000 }, async () => {
   const hub = new FakeHub(["p1", "p2"]);
   const controller = new AbortController();

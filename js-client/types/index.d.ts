@@ -1,7 +1,7 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
 import type { DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
-import { ActivityError, KilnError } from "./protocol.js";
+import { ActivityError, ConnectionClosedError, KilnError } from "./protocol.js";
 
 export type { Message, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
@@ -19,6 +19,13 @@ export interface ConnectOptions {
    * own trust store and refuses this option.
    */
   ca?: string | Uint8Array;
+  /**
+   * Dial again when the connection drops (default true): with backoff 0.2 s doubling to
+   * 2 s, for up to the `grace` the hub announced (protocol 1.2), resuming the session so
+   * that the activities the hub kept go on working. Requests under way when it dropped
+   * reject with ConnectionLostError; activities the hub did not keep are marked `lost`.
+   */
+  reconnect?: boolean;
 }
 
 /**
@@ -213,6 +220,14 @@ export declare class Job<P, R> {
 export declare class Requestor {
   /** The activities this requestor holds now. */
   readonly activities: Activity[];
+  /** The connection of the moment (a reconnect replaces it); its API is internal. */
+  readonly connection: object;
+  /** Whether the connection dropped and is being dialled again. */
+  readonly reconnecting: boolean;
+  /** Why this requestor has no connection for good (closed, or no reconnect in time); null while it has. */
+  readonly gone: ConnectionClosedError | null;
+  /** Wait out a reconnect: true when the connection is back, false when it is gone for good. */
+  reconnected(): Promise<boolean>;
   /** Rent a container; release it with `activity.release()` or `requestor.close()`. */
   rent(options: RentOptions): Promise<Activity>;
   /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
@@ -238,7 +253,7 @@ export declare class Requestor {
     worker: Worker<P, R>,
     options: JobOptions,
   ): AsyncGenerator<[number, R | TaskFailedError], void, void>;
-  /** Release every activity still held and close the connection. */
+  /** Release every activity still held and close the connection, for good (no reconnect; a reconnect under way is given up). */
   close(): Promise<void>;
 }
 
