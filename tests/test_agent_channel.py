@@ -7,6 +7,7 @@ every one is removed in teardown. The agent by itself is tests/test_agent.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -57,6 +58,21 @@ async def run(channel: AgentChannel, *argv: str, timeout: float = 10, **kw: obje
     assert isinstance(env, dict)
     return await channel.run(list(argv), {**PATH, **env}, kw.pop("workdir", None), timeout,  # type: ignore[arg-type]
                              int(kw.pop("max_output", MIB)))  # type: ignore[call-overload]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def stand_in(tmp_path: Path, image: str, script: str) -> AsyncIterator[AgentChannel]:
+    """A container whose "agent" is this shell ``script`` (a liar): its channel, not yet opened."""
+    liar = tmp_path / f"liar-{uuid.uuid4().hex[:6]}"
+    liar.write_text(f"#!/bin/sh\n{script}\n")
+    liar.chmod(0o755)
+    adapter = DockerAdapter(PROVIDER, agent=str(liar))
+    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=64 * MIB)
+    started = await asyncio.to_thread(adapter.create, spec)
+    try:
+        yield AgentChannel(started.channel, liar.name, started.uid, started.gid)
+    finally:
+        await asyncio.to_thread(adapter.remove, started.id)
 
 
 def processes(container_id: str) -> str:
@@ -136,20 +152,11 @@ async def test_garbage_on_the_channel_fails_that_container_only(
 ) -> None:
     # A command cannot reach the agent's channel (PID 1 is not dumpable: /proc/1/fd is closed
     # to it), so the garbage comes from a stand-in for the agent itself.
-    liar = tmp_path / "liar"
-    liar.write_text("#!/bin/sh\nprintf 'garbage, not frames'\nsleep 30\n")
-    liar.chmod(0o755)
-    adapter = DockerAdapter(PROVIDER, agent=str(liar))
-    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=busybox_image, cpus=1.0, memory=64 * MIB)
-    started = await asyncio.to_thread(adapter.create, spec)
-    try:
-        channel = AgentChannel(started.channel, "liar", started.uid, started.gid)
+    async with stand_in(tmp_path, busybox_image, "printf 'garbage, not frames'\nsleep 30") as channel:
         with pytest.raises(DockerFailed, match="broke its agent's protocol"):
             await channel.open()
         with pytest.raises(DockerFailed):
             await run(channel, "true")
-    finally:
-        await asyncio.to_thread(adapter.remove, started.id)
     _, good = await open_box()
     assert (await run(good, "echo", "fine")).stdout == b"fine\n"
     _, other = await open_box()
@@ -191,17 +198,12 @@ async def test_output_beyond_its_credit_breaks_the_channel(busybox_image: str, t
     # A stand-in agent says hello, then floods a streamed command whose output nobody takes
     # with more than it was granted (1 MiB): the provider holds no more than it granted, and
     # fails that container.
-    liar = tmp_path / "flood"
     hello = r"\000\000\000\021\201\000\000\000\000\000\000\000\001\000\020\000\000\000\004\000\000"
     chunk = r"\000\000\200\005\203\000\000\000\001"  # STDOUT of command 1, 32 KiB
-    liar.write_text(f"#!/bin/sh\nprintf '{hello}'\nsleep 1\n"
-                    f"for i in $(seq 40); do printf '{chunk}'; head -c 32768 /dev/zero; done\nsleep 30\n")  # fmt: skip
-    liar.chmod(0o755)
-    adapter = DockerAdapter(PROVIDER, agent=str(liar))
-    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=busybox_image, cpus=1.0, memory=64 * MIB)
-    started = await asyncio.to_thread(adapter.create, spec)
-    try:
-        channel = AgentChannel(started.channel, "flood", started.uid, started.gid)
+    flood = (
+        f"printf '{hello}'\nsleep 1\nfor i in $(seq 40); do printf '{chunk}'; head -c 32768 /dev/zero; done\nsleep 30"
+    )
+    async with stand_in(tmp_path, busybox_image, flood) as channel:
         await channel.open()
 
         async def stuck(fd: int, data: bytes) -> None:
@@ -209,5 +211,3 @@ async def test_output_beyond_its_credit_breaks_the_channel(busybox_image: str, t
 
         with pytest.raises(DockerFailed, match="beyond the credit"):
             await channel.run(["true"], PATH, None, 10, MIB, sink=stuck)
-    finally:
-        await asyncio.to_thread(adapter.remove, started.id)

@@ -123,6 +123,7 @@ async def test_a_stuck_provider_does_not_hold_a_rent(hub_url: str) -> None:
 async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: str) -> None:
     raise_open_file_limit()
     idle: list[ClientConnection] = []
+    opened = time.monotonic()
     try:
         for _ in range(8):  # 2,000 connections that never say hello, 250 at a time
             idle += await asyncio.gather(*(connect(hub_url, open_timeout=30) for _ in range(250)))
@@ -135,6 +136,32 @@ async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: s
             assert (await act.run(["true"])).exit_code == 0
         assert time.monotonic() - started < 10
         still_open = sum(1 for ws in idle if ws.close_code is None)
-        assert still_open <= MAX_UNWELCOMED, "the oldest silent connections made room"
+        assert still_open <= MAX_UNWELCOMED < len(idle), (still_open, "the oldest silent connections made room")
+        assert time.monotonic() - opened < 10, "measured before the hello timeout could close any"
     finally:
         await asyncio.gather(*(ws.close() for ws in idle), return_exceptions=True)
+
+
+def test_a_create_whose_image_moves_gets_more_time() -> None:
+    hub = Clocked(create_timeout=30)
+    hub.join(1, "provider", "loading")
+    hub.join(2, "requestor", "r")
+    [(_, create)] = hub.send(2, {**RENT, "id": 5})
+    pending = hub.core.peers[1].pending[create["id"]]
+    hub.now += 25
+    hub.core._progress(pending, hub.core.peers[1])  # a chunk of the image went out: 30 s afresh
+    told = hub.expire(6)
+    assert [m["type"] for _, m in told] == ["rent_progress"] and not hub.closed, "past 30 s, but the image moved"
+    hub.expire(30)
+    assert [c.code for c in hub.closed] == [CLOSE_UNRESPONSIVE]
+    assert hub.core._deadlines == [], "nothing is kept for a provider that is gone"
+
+
+def test_expiry_looks_only_at_what_is_due() -> None:
+    hub = Clocked(create_timeout=30)
+    for peer in range(1, 2001):
+        hub.join(peer, "provider", f"p{peer}")
+    hub.join(9999, "requestor", "r")
+    hub.send(9999, {**RENT, "id": 5})
+    assert len(hub.core._deadlines) == 1, "one create: one deadline, whatever the number of providers"
+    assert hub.expire(10) == [] and len(hub.core._deadlines) == 1

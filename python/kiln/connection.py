@@ -371,33 +371,33 @@ class Connection:
         self, message: Upload | PushImage, on_interim: InterimHandler | None = None
     ) -> tuple[Outgoing, asyncio.Future[Message]]:
         """Start an upload (or a push): its sending end (credit comes from the receiver) and its final reply."""
-        sender = self._outgoing[message.id] = Outgoing(self, message.id)
-        try:
-            return sender, await self.start(message, on_interim)
-        except BaseException:
-            del self._outgoing[message.id]
-            raise
+        sender, _, reply = await self._open(message, sends=True, window=None, on_interim=on_interim)
+        assert sender is not None
+        return sender, reply
 
     async def open_download(self, message: Download) -> tuple[Incoming, asyncio.Future[Message]]:
         """Start a download: its receiving end (``info`` first, then the chunks) and its final reply."""
-        receiver = self._incoming[message.id] = Incoming(self, message.id, message.window, grant_first=False)
-        try:
-            return receiver, await self.start(message)
-        except BaseException:
-            del self._incoming[message.id]
-            raise
+        _, receiver, reply = await self._open(message, sends=False, window=message.window)
+        assert receiver is not None
+        return receiver, reply
 
     async def open_exec(self, message: Exec) -> tuple[Outgoing | None, Incoming | None, asyncio.Future[Message]]:
         """Start an exec with streams (1.2): the sending end of its stdin (with ``stdin``), the
         receiving end of its output (with ``stream``), and its final reply."""
+        window = message.window or min(limits.OUTPUT_WINDOW, self.session.limits.max_window)
+        return await self._open(message, sends=bool(message.stdin), window=window if message.stream else None)
+
+    async def _open(
+        self, message: Request, *, sends: bool, window: int | None, on_interim: InterimHandler | None = None
+    ) -> tuple[Outgoing | None, Incoming | None, asyncio.Future[Message]]:
+        """Start a request with its streams: one to send on, and one to receive on (``window``: its first credit)."""
         sender = receiver = None
-        if message.stdin:
+        if sends:
             sender = self._outgoing[message.id] = Outgoing(self, message.id)
-        if message.stream:
-            window = message.window or min(limits.OUTPUT_WINDOW, self.session.limits.max_window)
+        if window is not None:
             receiver = self._incoming[message.id] = Incoming(self, message.id, window, grant_first=False)
         try:
-            return sender, receiver, await self.start(message)
+            return sender, receiver, await self.start(message, on_interim)
         except BaseException:
             self._outgoing.pop(message.id, None)
             self._incoming.pop(message.id, None)

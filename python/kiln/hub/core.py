@@ -37,6 +37,7 @@ out in order: send a frame to a peer, close a peer, or log a line.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import secrets
 import time
@@ -350,7 +351,10 @@ class HubCore:
             raise UsageError("the grace period must be 0 (none) or a number of seconds")
         self.grace = grace
         self._sessions: dict[bytes, int] = {}  # sha256 of a resume secret -> its requestor's peer id
-        self._held: dict[int, tuple[Peer, float]] = {}  # requestors gone, until their grace period ends
+        self._held: dict[int, tuple[Peer, float]] = {}
+        self._deadlines: list[
+            tuple[float, int, int]
+        ] = []  # heap: (deadline, provider peer, hub id)  # requestors gone, until their grace period ends
 
     # --- entry points --------------------------------------------------------------
 
@@ -441,9 +445,16 @@ class HubCore:
             self._log("info", f"requestor {shown(old.name)} did not come back within {self.grace:g} s; "
                               f"destroying {len(leases)} activities")  # fmt: skip
             self._destroy_ready(leases)
-        for p in [q for q in self.peers.values() if q.role == "provider"]:
-            late = next((pending for pending in p.pending.values() if pending.deadline < now), None)
-            if late is None:
+        # Only what is due is looked at: a heap of deadlines, each checked against its pending
+        # request (answered: dropped; pushed back by progress: put back at its new deadline).
+        while self._deadlines and self._deadlines[0][0] < now:
+            _, peer, hub_id = heapq.heappop(self._deadlines)
+            p = self.peers.get(peer)
+            late = p.pending.get(hub_id) if p is not None else None
+            if p is None or late is None or late.deadline == math.inf:
+                continue
+            if late.deadline >= now:
+                heapq.heappush(self._deadlines, (late.deadline, peer, hub_id))
                 continue
             waited = self.create_timeout if late.kind == "create" else self.destroy_timeout
             reason = f"it left a {late.kind} of activity {late.activity} unanswered for {waited:g} s"
@@ -451,6 +462,11 @@ class HubCore:
             gone = self.disconnect(p.id, reason)  # flushes: what was queued (the Close first) comes back
             self._out += gone
         return self._flush()
+
+    def _due(self, pending: Pending, peer: int, hub_id: int, seconds: float) -> None:
+        """Provider ``peer`` must answer ``pending`` within ``seconds`` (see :meth:`expire`)."""
+        pending.deadline = self._monotonic() + seconds
+        heapq.heappush(self._deadlines, (pending.deadline, peer, hub_id))
 
     def disconnect(self, peer: int, reason: str, *, ended: bool = False) -> list[Action]:
         """The connection of ``peer`` is gone: clean up everything it held.
@@ -662,9 +678,9 @@ class HubCore:
         q = self.peers[provider]
         q.activities.add(activity.id)
         hub_id = q.new_id()
-        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image,
-                          deadline=self._monotonic() + self.create_timeout)  # fmt: skip
+        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
         q.pending[hub_id] = pending
+        self._due(pending, q.id, hub_id, self.create_timeout)
         p.open[message.id] = (provider, hub_id)
         create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources,
                         user=message.user)  # fmt: skip
@@ -712,8 +728,8 @@ class HubCore:
         activity.state = "destroying"
         q = self.peers[activity.provider]
         hub_id = q.new_id()
-        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled,
-                                    deadline=self._monotonic() + self.destroy_timeout)  # fmt: skip
+        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled)
+        self._due(q.pending[hub_id], q.id, hub_id, self.destroy_timeout)
         owner = self.peers.get(requestor) if requestor is not None else None
         if owner is not None and r_id is not None:
             owner.open[r_id] = (q.id, hub_id)
