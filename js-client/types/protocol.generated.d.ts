@@ -34,6 +34,7 @@ export type Message =
  * First message on every connection, from the peer that dialled the hub.
  */
 export interface Hello {
+  activities: string[] | null;
   name: string;
   resume: string | null;
   role: "requestor" | "provider";

@@ -30,7 +30,7 @@ import socket
 import subprocess
 import tarfile
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -486,12 +486,14 @@ class DockerAdapter:
                 if "already in progress" not in str(e.explanation):
                     raise
 
-    def remove_stale(self) -> int:
-        """Remove every container labelled with this provider (left by an earlier run); returns how many."""
+    def remove_stale(self, keep: Collection[str] = ()) -> int:
+        """Remove every container labelled with this provider (left by an earlier run) but the
+        ids in ``keep``; returns how many."""
         with _engine("list containers"):
-            stale = self._api.containers(all=True, filters={"label": f"{LABEL_PROVIDER}={self.provider}"})
-        for container in stale:
-            self.remove(container["Id"])
+            listed = self._api.containers(all=True, filters={"label": f"{LABEL_PROVIDER}={self.provider}"})
+        stale = [container["Id"] for container in listed if container["Id"] not in keep]
+        for container_id in stale:
+            self.remove(container_id)
         return len(stale)
 
     def put_file(

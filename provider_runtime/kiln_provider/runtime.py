@@ -12,9 +12,14 @@ is recorded (:mod:`kiln_provider.image_cache`) and evicted, least recently used 
 the ``--image-cache`` budget. With ``--pull``, a create naming an image Docker lacks (and no
 manifest) pulls it from its registry. A ``wss://`` hub is verified against ``--ca`` (else the
 system's trust store); one whose certificate is not trusted is dialled again, and the log
-says why. When the connection drops, every task is cancelled, every container removed, and the provider
-dials again (websockets' reconnecting iterator, with backoff): the hub has already told
-the requestors their activities are lost.
+says why.
+
+When the connection drops, every request under way is cancelled, and the provider dials
+again (websockets' reconnecting iterator, with backoff). Its containers stay, for up to
+``grace`` seconds: a hub that restarted holds their leases for their requestors, and the
+provider's ``hello`` (1.3) lists them, so the hub keeps those it holds and has the
+provider destroy the rest. A hub that was not dialled back in time, or that speaks
+below 1.3, gets no list: the containers are removed.
 """
 
 from __future__ import annotations
@@ -105,6 +110,8 @@ class ProviderConfig:
     """Let a requestor that asks for it run its commands as root (uid 0, still without capabilities)."""
     ca: Path | None = None
     """The PEM file of the CA that signed a ``wss://`` hub's certificate (None: the system's trust store)."""
+    grace: float = 120.0
+    """How long containers outlive a lost hub connection, for a restarted hub to hand them back."""
 
 
 @dataclass(eq=False)
@@ -174,6 +181,8 @@ class ProviderRuntime:
         self._evicting = asyncio.Lock()
         self._saving = asyncio.Lock()
         self._dial_failure: str | None = None  # why the last dial failed, once told
+        self._hub_minor = 0  # the minor version the last welcome spoke
+        self._keeping: asyncio.Task[None] | None = None  # removes the containers kept if no hub comes in time
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Docker call on one of the pools."""
@@ -210,10 +219,13 @@ class ProviderRuntime:
             async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS,
                                     process_exception=self._dial_failed, **tls, **WEBSOCKET_OPTIONS):  # fmt: skip
                 self._dial_failure = None
+                # Only a hub that spoke 1.3 knows the list (an older one would refuse the hello).
+                running = self._running() if self._hub_minor >= 3 else []
                 try:
                     conn = await Connection.handshake(
-                        ws, role="provider", name=self.config.name, token=self.config.token, on_event=self._on_event
-                    )
+                        ws, role="provider", name=self.config.name, token=self.config.token, on_event=self._on_event,
+                        activities=running or None,
+                    )  # fmt: skip
                 except (Unauthorized, UnsupportedVersion):
                     raise
                 except KilnError as e:
@@ -230,16 +242,53 @@ class ProviderRuntime:
                     await asyncio.sleep(REFUSED_RETRY_SECONDS)
                     continue
                 name_taken_since = None
-                # Welcomed under our name, so no other live provider holds it: whatever runs
-                # under it belongs to activities the hub has written off.
-                removed = await self._docker(self.adapter.remove_stale)
+                if self._keeping is not None:
+                    self._keeping.cancel()
+                    self._keeping = None
+                self._hub_minor = conn.session.minor
+                # The hub now holds the list: it keeps what it holds, and sends a destroy for the
+                # rest. Containers not on it are nobody's (and those of an earlier run of ours).
+                for activity in [a for a in self._containers if a not in running]:
+                    await self._remove(activity)
+                if running:
+                    log.info("reported %d activities still running to the hub", len(running))
+                keep = {container.id for container in self._containers.values()}
+                removed = await self._docker(self.adapter.remove_stale, keep)
                 if removed:
                     log.info("removed %d containers left by an earlier session", removed)
                 started = time.monotonic()
                 await self._session(conn)
-                log.warning("lost the hub after %.1f s; dialling again", time.monotonic() - started)
+                log.warning("lost the hub after %.1f s; dialling again, keeping %d containers for %g s",
+                            time.monotonic() - started, len(self._containers), self.config.grace)  # fmt: skip
+                self._keeping = asyncio.create_task(self._expire_kept())
         except InvalidURI as e:
             raise UsageError(f"not a hub address: {self.config.hub!r} (write e.g. ws://127.0.0.1:7465)") from e
+        finally:
+            # Stopped for good (or refused for good): nothing is kept for a hub any more.
+            if self._keeping is not None:
+                self._keeping.cancel()
+            for activity in list(self._containers):
+                await self._remove(activity)
+
+    def _running(self) -> list[str]:
+        """The activities whose containers still run (a broken one is no one's: removed later)."""
+        return sorted(a for a, container in self._containers.items() if container.agent.broken is None)
+
+    async def _expire_kept(self) -> None:
+        """No hub took the containers back within the grace period: remove them."""
+        await asyncio.sleep(self.config.grace)
+        if self._containers:
+            log.warning("no hub came back within %g s; removing %d containers", self.config.grace,
+                        len(self._containers))  # fmt: skip
+        for activity in list(self._containers):
+            await self._remove(activity)
+
+    async def _remove(self, activity: str) -> None:
+        """Remove the container of ``activity`` (untracked first, so removed whatever happens)."""
+        container = self._containers.pop(activity, None)
+        if container is not None:
+            await container.agent.close()
+            await self._docker(self.adapter.remove, container.id)
 
     def _dial_failed(self, error: Exception) -> Exception | None:
         """websockets' choice (dial again, or give up with ``error``), and a warning saying why,
@@ -265,10 +314,6 @@ class ProviderRuntime:
         finally:
             self._tg = None
             self._by_request.clear()
-            containers, self._containers = self._containers, {}
-            for container in containers.values():
-                await container.agent.close()
-                await self._docker(self.adapter.remove, container.id)
 
     async def _refresh_offer(self, conn: Connection) -> None:
         """Offer now (every session starts with one), then again whenever the local images change."""

@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         "without capabilities or network (default: commands run as the image's USER, else uid 65534)",
     )
     provider.add_argument(
+        "--grace",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="keep containers running this long after losing the hub, for a restarted hub to hand them back to "
+        "their requestors (default 120)",
+    )
+    provider.add_argument(
         "--name-wait",
         type=float,
         default=30.0,
@@ -396,7 +404,7 @@ async def _main(args: argparse.Namespace) -> int:
             labels=dict(args.label), token=args.token, pids_limit=args.pids_limit,
             stream_idle_timeout=args.stream_idle_timeout, name_wait=args.name_wait,
             image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull, allow_root=args.allow_root,
-            ca=args.ca,
+            ca=args.ca, grace=args.grace,
         )  # fmt: skip
         adapter = await asyncio.to_thread(DockerAdapter, args.name)
         # No agent binary is a clear error now, not at the first rent.

@@ -289,17 +289,21 @@ class Connection:
         open_timeout: float = HANDSHAKE_TIMEOUT,
         on_event: EventHandler | None = None,
         resume: str | None = None,
+        activities: list[str] | None = None,
     ) -> Connection:
         """Exchange hello/welcome over an open WebSocket; the socket is closed if that fails.
 
         ``resume`` (a requestor's): the ``welcome.resume`` of an earlier connection, whose
-        activities this one takes over (``welcome.resumed`` lists them).
+        activities this one takes over (``welcome.resumed`` lists them). ``activities`` (a
+        provider's, 1.3): the activities it still runs, for the hub to keep or destroy.
 
         Raises :class:`ConnectionLost` when the hub does not answer or goes away,
         :class:`UnsupportedVersion` when it speaks another protocol, or the error the hub
         refused us with (e.g. :class:`~kiln.protocol.errors.Unauthorized`).
         """
-        session = Session(role, name, token=token, software=f"kiln-python/{__version__}", resume=resume)
+        session = Session(
+            role, name, token=token, software=f"kiln-python/{__version__}", resume=resume, activities=activities
+        )
         conn = cls(ws, session, on_event)
         try:
             if ws.subprotocol not in (None, PROTOCOL_NAME):

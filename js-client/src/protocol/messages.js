@@ -27,7 +27,7 @@ export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js
 /** @typedef {import("./generated/validators.js").ValidationProblem} ValidationProblem */
 
 export const PROTOCOL_NAME = "kiln.v1";
-export const PROTOCOL_VERSION = "1.2";
+export const PROTOCOL_VERSION = "1.3";
 export const MAJOR_VERSION = 1;
 export const MINOR_VERSION = 2;
 

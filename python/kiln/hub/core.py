@@ -20,6 +20,15 @@ Rules that everything affecting the hub's state must follow live here:
   of its last ``welcome`` takes them over under the new peer id. Past the grace period
   (:meth:`HubCore.expire`) they are destroyed. The secret is single-use; the hub keeps only
   its sha256.
+* What a restart must not lose is written before the peer that relies on it is told
+  (:mod:`kiln.hub.records`: a :class:`~kiln.hub.records.Change` among the actions, ahead
+  of the message). :meth:`HubCore.restore` takes it back at start: each session is held
+  as if its requestor had just left, and each of its leases is *absent* until its
+  provider dials again and reports it in ``hello.activities`` (1.3). Requests on an absent
+  activity wait (within the requestor's ``max_pending``) and go on once it is back; a
+  provider reporting an activity the hub does not hold for it is told to destroy it; one
+  that does not report an absent activity, or does not come back within the grace
+  period, loses it (``activity_lost``).
 * The image store's bytes are not the core's: a requestor's ``push_image``, ``list_images``
   and ``remove_image``, and the data of its pushes, go to the store (:class:`StoreRequest`,
   :class:`PushFrame`), which answers through :meth:`HubCore.store_reply` and grants credit
@@ -49,6 +58,16 @@ from typing import Final, Literal, TypeAlias
 from kiln.hub.access import Admitted, Credential, Credentials, admit
 from kiln.hub.catalog import Catalog, StoredImage
 from kiln.hub.market import Market
+from kiln.hub.records import (
+    Change,
+    Destroying,
+    EndLease,
+    EndSession,
+    LeaseRecord,
+    SaveLease,
+    SaveSession,
+    SessionRecord,
+)
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import NoMatch, RemoteProtocolError, UsageError
@@ -186,7 +205,10 @@ class ServeStop:
 
 
 StoreAction: TypeAlias = StoreRequest | PushFrame | PushCancelled | ServeBlobs | ServeCredit | ServeStop
-Action: TypeAlias = Send | Close | Log | StoreAction
+Action: TypeAlias = Send | Close | Log | StoreAction | Change
+ABSENT: Final = -1
+"""The provider of a lease whose provider has not dialled again since the hub restarted; in a
+requestor's open requests, a request that waits for such a lease."""
 
 HUB: Final = 0
 """The peer id that stands for the hub itself, as the sender of an image's blobs to a provider."""
@@ -245,8 +267,12 @@ class Lease:
     resources: Resources
     cached: bool = False
     group: str | None = None
-    state: Literal["creating", "ready", "destroying"] = "creating"
+    state: Literal["creating", "ready", "destroying", "absent"] = "creating"
     image: str | None = None  # the digest of a stored image it runs
+    provider_name: str = ""
+    started: float = 0.0  # when it became ready (the clock's time)
+    saved: bool = False  # written to the hub's state (once its requestor was told of it)
+    parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
 
 
 @dataclass(slots=True)
@@ -274,8 +300,11 @@ class Peer:
     queued: int = 0
     waiting: list[Route] = field(default_factory=list)
     next_id: int = 1
-    # requestor: the sha256 of the resume secret its welcome carried (empty: none)
+    # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
+    # id of its session (kept by the connections that resume it)
     secret: bytes = b""
+    session: str = ""
+    saved: bool = False  # its session is in the hub's state
 
     def streams(self) -> int:
         """The requests of this peer's that hold a stream (either way, or both)."""
@@ -351,15 +380,47 @@ class HubCore:
             raise UsageError("the grace period must be 0 (none) or a number of seconds")
         self.grace = grace
         self._sessions: dict[bytes, int] = {}  # sha256 of a resume secret -> its requestor's peer id
-        self._held: dict[int, tuple[Peer, float]] = {}
-        self._deadlines: list[
-            tuple[float, int, int]
-        ] = []  # heap: (deadline, provider peer, hub id)  # requestors gone, until their grace period ends
+        self._held: dict[int, tuple[Peer, float]] = {}  # requestors gone, until their grace period ends
+        self._deadlines: list[tuple[float, int, int]] = []  # heap: (deadline, provider peer, hub id)
+        self._absent: dict[str, set[str]] = {}  # since a restart: provider name -> its leases not yet reported
+        self._absent_until = 0.0
 
     # --- entry points --------------------------------------------------------------
 
     def connect(self, peer: int) -> None:
         self.peers[peer] = Peer(id=peer)
+
+    def restore(self, sessions: list[SessionRecord], leases: list[LeaseRecord]) -> list[Action]:
+        """Take back what the last run of the hub wrote down (:meth:`kiln.hub.state.HubState.load`).
+
+        Call once, before any peer connects. Each session is held for the grace period, as if
+        its requestor had just left; its leases are absent until their providers report them.
+        """
+        now = self._monotonic()
+        self._absent_until = now + self.grace
+        held: dict[str, Peer] = {}
+        for number, record in enumerate(sessions, start=2):
+            credential = None if record.credential is None else Credential(record.credential, "requestor", None)
+            old = Peer(id=-number, role="requestor", name=record.name, credential=credential, minor=MINOR_VERSION,
+                       secret=record.secret, session=record.id, saved=True)  # fmt: skip
+            held[record.id] = old
+            self._held[old.id] = (old, self._absent_until)
+            self._sessions[old.secret] = old.id
+        for lr in leases:
+            owner = held.get(lr.session)
+            if owner is None:
+                continue
+            lease = Lease(lr.id, owner.id, ABSENT, lr.resources, group=lr.group, state="absent", image=lr.image,
+                          provider_name=lr.provider, started=lr.started, saved=True)  # fmt: skip
+            self.activities[lease.id] = lease
+            owner.activities.add(lease.id)
+            self._absent.setdefault(lr.provider, set()).add(lease.id)
+            if lease.image is not None:
+                self.catalog.use(lease.image, self._clock())
+        if sessions:
+            self._log("info", f"restored {len(held)} sessions holding {len(self.activities)} activities on "
+                              f"{len(self._absent)} providers; waiting {self.grace:g} s for them")  # fmt: skip
+        return self._flush()
 
     def receive_text(self, peer: int, data: bytes | str) -> list[Action]:
         """Take one text frame from ``peer``."""
@@ -445,6 +506,15 @@ class HubCore:
             self._log("info", f"requestor {shown(old.name)} did not come back within {self.grace:g} s; "
                               f"destroying {len(leases)} activities")  # fmt: skip
             self._destroy_ready(leases)
+            if old.saved:
+                self._out.append(EndSession(old.session))
+        if self._absent and self._absent_until <= now:
+            for name, absent in sorted(self._absent.items()):
+                why = f"provider {name!r} did not come back within {self.grace:g} s of the hub's restart"
+                self._log("warning", f"{why}; {len(absent)} activities lost")
+                for activity_id in sorted(absent):
+                    self._lose(self.activities[activity_id], why)
+            self._absent.clear()
         # Only what is due is looked at: a heap of deadlines, each checked against its pending
         # request (answered: dropped; pushed back by progress: put back at its new deadline).
         while self._deadlines and self._deadlines[0][0] < now:
@@ -511,10 +581,14 @@ class HubCore:
             self.providers[p.name] = p.id
         resumable = p.role == "requestor" and p.minor >= 2
         resumed = self._resume(p, message.resume) if resumable and message.resume is not None else None
+        if p.role == "requestor" and not p.session:
+            p.session = secrets.token_hex(8)
         secret = secrets.token_urlsafe(24) if resumable and self.grace > 0 else None
         if secret is not None:
             p.secret = _digest(secret)
             self._sessions[p.secret] = p.id
+            if p.saved:
+                self._out.append(SaveSession(self._session_record(p)))  # before the welcome that carries it
         self._send(
             p.id,
             Welcome(
@@ -530,6 +604,89 @@ class HubCore:
         )
         how = "" if p.credential is None else f" with {p.credential.role} credential {p.credential.id}"
         self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id}{how} ({shown(message.software)})")
+        if p.role == "provider":
+            self._reconcile(p, message.activities if p.minor >= 3 and message.activities is not None else [])
+
+    def _reconcile(self, p: Peer, running: list[str]) -> None:
+        """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
+        held for it since a restart, and have it destroy what nobody holds."""
+        absent = self._absent.pop(p.name, set())
+        kept = 0
+        for activity_id in dict.fromkeys(running):
+            lease = self.activities.get(activity_id)
+            if lease is None or activity_id not in absent:
+                # Nobody was told of it, or its lease ended while the hub was away: not to be kept.
+                hub_id = p.new_id()
+                p.pending[hub_id] = Pending("destroy", activity_id, None, None)
+                self._due(p.pending[hub_id], p.id, hub_id, self.destroy_timeout)
+                self._send(p.id, Destroy(type="destroy", id=hub_id, activity=activity_id))
+                continue
+            absent.discard(activity_id)
+            kept += 1
+            lease.provider = p.id
+            lease.state = "ready"
+            p.activities.add(lease.id)
+            owner = self.peers.get(lease.requestor)
+            if owner is None and lease.requestor in self._held:
+                owner = self._held[lease.requestor][0]
+            if owner is not None and lease.group is not None:
+                owner.groups.setdefault(lease.group, Counter())[p.id] += 1
+            parked, lease.parked = lease.parked, []
+            for message in parked:
+                self._unpark(lease, message)
+        why = f"provider {p.name!r} came back without it"
+        for activity_id in sorted(absent):
+            self._lose(self.activities[activity_id], why)
+        if kept or absent:
+            self._log("info", f"provider {shown(p.name)} is back: {kept} activities kept, {len(absent)} lost")
+
+    def _unpark(self, lease: Lease, message: Exec | Upload | Download | Release) -> None:
+        """Send on a request that waited for ``lease`` to be back (its requestor may have left since)."""
+        owner = self.peers.get(lease.requestor)
+        if owner is None or owner.open.get(message.id) != (ABSENT, 0):
+            return
+        del owner.open[message.id]
+        if lease.state != "ready":  # released by an earlier request that waited
+            self._error(owner, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {lease.id!r} of yours is ready")
+        elif isinstance(message, Release):
+            self._destroy(lease, owner.id, message.id)
+        else:
+            self._forward(owner, lease, message)
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
+        self.activities.pop(lease.id, None)
+        if lease.image is not None:
+            self.catalog.unuse(lease.image)
+        self._ended(lease, None)
+        owner = self.peers.get(lease.requestor)
+        held = self._held.get(lease.requestor)
+        for q in (owner, held[0] if held is not None else None):
+            if q is not None:
+                q.activities.discard(lease.id)
+        if owner is None:
+            return
+        self._send(owner.id, ActivityLost(type="activity_lost", activity=lease.id, code=ErrorCode.PROVIDER_LOST,
+                                          reason=clip(why)))  # fmt: skip
+        for message in lease.parked:
+            if owner.open.pop(message.id, None) is None:
+                continue
+            if isinstance(message, Release):
+                self._send(owner.id, Done(type="done", re=message.id))  # the container is gone with it
+            else:
+                self._send(owner.id, Error(type="error", re=message.id, code=ErrorCode.PROVIDER_LOST,
+                                           message=clip(why)))  # fmt: skip
+        lease.parked.clear()
+
+    def _ended(self, lease: Lease, cpu_seconds: float | None) -> None:
+        """The lease is over: its record goes (and its usage is appended)."""
+        if lease.saved:
+            lease.saved = False
+            self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+
+    def _session_record(self, p: Peer) -> SessionRecord:
+        p.saved = True
+        return SessionRecord(p.session, p.name, _credential_id(p), p.secret)
 
     def credentials_in_use(self) -> set[int]:
         """The ids of the credentials connected peers joined with (for :meth:`revoked`)."""
@@ -572,14 +729,16 @@ class HubCore:
         if old is None:
             self._log("info", f"requestor {shown(p.name)} asked to resume a session unknown or expired")
             return []
+        p.session, p.saved = old.session, old.saved
         leases = self._leases(old)
         for lease in leases:
             lease.requestor = p.id
             p.activities.add(lease.id)
-            if lease.group is not None:
+            if lease.group is not None and lease.provider != ABSENT:
                 p.groups.setdefault(lease.group, Counter())[lease.provider] += 1
         self._log("info", f"requestor {shown(p.name)} resumed the session of peer {old.id}: {len(leases)} activities")
-        return [lease.id for lease in leases if lease.state == "ready"]
+        # An absent one is back once its provider is: requests on it wait till then.
+        return [lease.id for lease in leases if lease.state in ("ready", "absent")]
 
     def _leases(self, p: Peer) -> list[Lease]:
         """The activities requestor ``p`` still holds (some may have ended while it was away)."""
@@ -602,7 +761,9 @@ class HubCore:
                 self._out.append(PushCancelled(p.id, message.target, answer=True))
                 return
             target = p.open.get(message.target)
-            if target is not None:
+            if target == (ABSENT, 0):
+                self._unwait(p, message.target)
+            elif target is not None:
                 provider, hub_id = target
                 pending = self.peers[provider].pending.get(hub_id)
                 if pending is not None and pending.kind == "create":
@@ -640,6 +801,12 @@ class HubCore:
             self._rent(p, message)
         else:
             activity = self.activities.get(message.activity)
+            if activity is not None and activity.requestor == p.id and activity.state == "absent":
+                # Its provider has not dialled again since the hub restarted: wait for it
+                # (bounded by max_pending, and by the grace period, which loses it).
+                activity.parked.append(message)
+                p.open[message.id] = (ABSENT, 0)
+                return
             if activity is None or activity.requestor != p.id or activity.state != "ready":
                 self._error(
                     p, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {message.activity!r} of yours is ready"
@@ -649,6 +816,13 @@ class HubCore:
                 self._destroy(activity, p.id, message.id)
             else:
                 self._forward(p, activity, message)
+
+    def _unwait(self, p: Peer, request: int) -> None:
+        """Cancel request ``request`` of ``p``'s that waits for an absent lease."""
+        del p.open[request]
+        for lease in self._leases(p):
+            lease.parked = [m for m in lease.parked if m.id != request]
+        self._send(p.id, Error(type="error", re=request, code=ErrorCode.CANCELLED, message="request cancelled"))
 
     def _rent(self, p: Peer, message: Rent) -> None:
         if len(p.activities) >= self.max_activities:
@@ -666,7 +840,9 @@ class HubCore:
             return
         d = message.demand
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
-        activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group)
+        q = self.peers[provider]
+        activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group,
+                         provider_name=q.name)  # fmt: skip
         if stored is not None:
             activity.image = stored.digest
             self.catalog.use(stored.digest, self._clock())
@@ -675,7 +851,6 @@ class HubCore:
             p.groups.setdefault(message.group, Counter())[provider] += 1
         self.activities[activity.id] = activity
         p.activities.add(activity.id)
-        q = self.peers[provider]
         q.activities.add(activity.id)
         hub_id = q.new_id()
         pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
@@ -726,6 +901,8 @@ class HubCore:
     def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
         self._log("info", f"activity {activity.id}: destroying")
         activity.state = "destroying"
+        if activity.saved:
+            self._out.append(Destroying(activity.id))
         q = self.peers[activity.provider]
         hub_id = q.new_id()
         q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled)
@@ -824,7 +1001,11 @@ class HubCore:
             )
             return
         if isinstance(message, Offer):
+            first = p.id not in self.market
             self.market.update(p.id, p.name, message, pulls=p.minor >= 1)
+            if first:  # a provider back after a restart holds its activities' capacity already
+                for activity_id in sorted(p.activities):
+                    self.market.reserve(p.id, self.activities[activity_id].resources)
             self._send(p.id, Done(type="done", re=message.id))
             return
         if isinstance(message, Credit):
@@ -854,6 +1035,8 @@ class HubCore:
         for route in pending.routes:
             self._end_route(route)
         activity = self.activities.get(pending.activity)
+        if activity is not None and activity.provider != p.id:
+            activity = None  # a provider answers only for its own (see _reconcile)
         if pending.kind == "create":
             if activity is None:
                 return
@@ -865,6 +1048,11 @@ class HubCore:
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
+                activity.started = self._clock()
+                activity.saved = True
+                record = LeaseRecord(activity.id, requestor.session, p.name, activity.resources, activity.group,
+                                     activity.image, activity.started)  # fmt: skip
+                self._out.append(SaveLease(record, self._session_record(requestor)))  # before rented
                 self._log("info", f"activity {activity.id} of {shown(requestor.name)} runs on {shown(p.name)}")
                 # What the provider fetched says best whether it held the image (its offer may be stale).
                 pulled = reply.bytes if isinstance(reply, Done) and pending.stored is not None else None
@@ -879,7 +1067,7 @@ class HubCore:
                 why = shown(reply.message)
                 self._log("warning", f"provider {shown(p.name)} failed to destroy {pending.activity}: {why}")
             elif activity is not None:
-                self._drop_activity(activity)
+                self._drop_activity(activity, reply.cpu_seconds if isinstance(reply, Done) else None)
             if pending.cancelled:
                 self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
             else:
@@ -898,9 +1086,10 @@ class HubCore:
         if requestor is not None:
             (requestor.sends if route.upload else requestor.receives).pop(route.r_id, None)
 
-    def _drop_activity(self, activity: Lease) -> None:
+    def _drop_activity(self, activity: Lease, cpu_seconds: float | None = None) -> None:
         self._log("info", f"activity {activity.id} ended; its capacity is free")
         self.activities.pop(activity.id, None)
+        self._ended(activity, cpu_seconds)
         self.market.release(activity.provider, activity.resources)
         self._ungroup(activity)
         if activity.image is not None:
@@ -913,14 +1102,15 @@ class HubCore:
     def _ungroup(self, activity: Lease) -> None:
         """The lease no longer keeps its group off its provider."""
         owner = self.peers.get(activity.requestor)
-        if activity.group is None or owner is None:
+        name = activity.group
+        group = owner.groups.get(name) if name is not None and owner is not None else None
+        if owner is None or name is None or group is None or activity.provider not in group:
             return
-        group = owner.groups[activity.group]
         group[activity.provider] -= 1
         if group[activity.provider] <= 0:
             del group[activity.provider]
             if not group:
-                del owner.groups[activity.group]
+                del owner.groups[name]
 
     def _to_requestor(self, p: Peer, pending: Pending, reply: Done | Error | ExecResult | DownloadInfo) -> None:
         """Relay provider ``p``'s reply to the requestor that asked (if still here), under its own id.
@@ -1054,6 +1244,7 @@ class HubCore:
             activity = self.activities.pop(activity_id, None)
             if activity is None:
                 continue
+            self._ended(activity, None)
             self._ungroup(activity)
             if activity.image is not None:
                 self.catalog.unuse(activity.image)
@@ -1099,10 +1290,14 @@ class HubCore:
             self._close_route(route)
         for route in p.receives.values():
             self._close_route(route)
+        for lease in self._leases(p):
+            lease.parked.clear()  # waiting for nobody now (answered by no one: p is gone)
         # Replies still owed to this requestor are dropped when they come (see _to_requestor);
         # an activity still being created is destroyed once its create completes (see _finish).
         if not hold:
             self._destroy_ready(self._leases(p))
+            if p.saved:
+                self._out.append(EndSession(p.session))
             return
         # The activities stay; what ran in them for this connection has nowhere to report.
         for provider, hub_id in p.open.values():
@@ -1113,9 +1308,13 @@ class HubCore:
         self._held[p.id] = (p, self._monotonic() + self.grace)
 
     def _destroy_ready(self, leases: list[Lease]) -> None:
+        """Destroy what is ready; forget what is absent (its provider, reporting it, will be told to destroy it)."""
         for lease in leases:
             if lease.state == "ready":
                 self._destroy(lease, None, None)
+            elif lease.state == "absent":
+                self._absent.get(lease.provider_name, set()).discard(lease.id)
+                self._drop_activity(lease)
 
     # --- output ---------------------------------------------------------------------------
 

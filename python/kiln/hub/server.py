@@ -12,6 +12,7 @@ import itertools
 import logging
 import resource
 import signal
+import sqlite3
 import ssl as ssl_module
 import time
 from collections import deque
@@ -39,9 +40,11 @@ from kiln.hub.core import (
     Log,
     Send,
 )
+from kiln.hub.records import Change, Destroying, EndLease, EndSession, SaveLease, SaveSession
 from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
+from kiln.protocol.errors import KilnError
 from kiln.protocol.messages import PROTOCOL_NAME
 
 log = logging.getLogger("kiln.hub")
@@ -143,8 +146,11 @@ class HubServer:
         outbox_bytes: int = limits.OUTBOX_BYTES,
         store: BlobStore | None = None,
         max_unwelcomed: int = MAX_UNWELCOMED,
+        state: HubState | None = None,
     ) -> None:
         self.core = core
+        self.state = state
+        """Where the changes the core asks for are written; None while stopping (see :func:`start`)."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
         self._log = LogLimiter()
@@ -210,6 +216,9 @@ class HubServer:
             if isinstance(action, Log):
                 self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
                 continue
+            if isinstance(action, SaveSession | SaveLease | Destroying | EndLease | EndSession):
+                self._save(action)
+                continue
             if not isinstance(action, Send | Close):
                 if self.images is not None:
                     self.images.handle(action)
@@ -224,6 +233,19 @@ class HubServer:
                 outbox.items.clear()
                 outbox.size = 0
                 outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
+
+    def _save(self, change: Change) -> None:
+        """Commit a change before the actions after it (the messages that tell of it) go out.
+
+        A write that fails is logged and the hub goes on: its peers are served, and only a
+        restart would lose what was not written.
+        """
+        if self.state is None:
+            return
+        try:
+            self.state.apply(change)
+        except (sqlite3.Error, KilnError) as e:
+            self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.path}: {e}")
 
     async def watch_credentials(self, state: HubState) -> None:
         """Close each peer whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
@@ -298,7 +320,9 @@ async def start(
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:
             core.credentials = state
-    hub = HubServer(core, store=store)
+    hub = HubServer(core, store=store, state=state)
+    sessions, leases = await asyncio.to_thread(state.load)
+    hub._apply(core.restore(sessions, leases))
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     log.info("credentials: %s (%s)", state.path,
@@ -329,6 +353,9 @@ async def start(
             try:
                 yield server
             finally:
+                # Stopping is not an end of anything: the peers about to be disconnected are
+                # to be held for a restart, so their departures are not written.
+                hub.state = None
                 saver.cancel()
                 expiry.cancel()
                 watcher.cancel()

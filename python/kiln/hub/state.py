@@ -1,7 +1,8 @@
 """The hub's durable state: one SQLite database in WAL mode, ``<data-dir>/hub.db``.
 
-Today it holds the credentials :mod:`kiln.hub.access` judges hellos by; activities,
-sessions and usage are to join them as more tables, each added by one more entry of
+It holds the credentials :mod:`kiln.hub.access` judges hellos by, and what a restart must
+not lose (:mod:`kiln.hub.records`): requestors' sessions, the activities they hold, and an
+append-only usage record of every activity that ended. Each table came with one entry of
 :data:`MIGRATIONS` (the ``schema_version`` table says how many have run). The SQL is plain,
 so that PostgreSQL could hold the same tables: the only SQLite-specific parts are the
 PRAGMAs and ``BEGIN IMMEDIATE`` in this module's connection code, and ``INTEGER PRIMARY
@@ -11,6 +12,10 @@ Several processes use the file at once: the hub reads credentials at every hello
 ``kiln token create`` / ``revoke`` write them while it runs. In WAL mode a reader never
 waits for the writer and sees every transaction committed before its own began, so a
 revoked token is refused at its next hello.
+
+A change is committed before the hub tells a peer about it (``synchronous=NORMAL``: a
+commit is in the WAL file when it returns, so it survives the hub's process being killed;
+the WAL is synced to disk at checkpoints, so a power cut may lose the last moments).
 
 Tokens are ``kiln_`` and 32 random bytes (URL-safe base64). Only their sha256 is stored:
 a token holds 256 random bits, so a leaked hash cannot be reversed by guessing, and the
@@ -35,8 +40,18 @@ from typing import Any, Final
 from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
+from kiln.hub.records import (
+    Change,
+    Destroying,
+    EndLease,
+    EndSession,
+    LeaseRecord,
+    SaveLease,
+    SaveSession,
+    SessionRecord,
+)
 from kiln.protocol.errors import KilnError, UsageError
-from kiln.protocol.messages import Name
+from kiln.protocol.messages import Name, Resources
 
 log = logging.getLogger("kiln.hub.state")
 
@@ -59,6 +74,40 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE UNIQUE INDEX credentials_live_name ON credentials (name) WHERE revoked IS NULL",
         "CREATE INDEX credentials_name ON credentials (name)",
+    ),
+    # 2: sessions, the activities they hold, and the usage of those that ended.
+    (
+        """CREATE TABLE sessions (
+            id VARCHAR(32) PRIMARY KEY,
+            name VARCHAR(64) NOT NULL,
+            credential BIGINT,
+            secret CHAR(64) NOT NULL
+        )""",
+        """CREATE TABLE activities (
+            id VARCHAR(64) PRIMARY KEY,
+            session VARCHAR(32) NOT NULL,
+            provider VARCHAR(64) NOT NULL,
+            cpus DOUBLE PRECISION NOT NULL,
+            memory BIGINT NOT NULL,
+            storage BIGINT NOT NULL,
+            grp VARCHAR(64),
+            image VARCHAR(80),
+            started DOUBLE PRECISION NOT NULL,
+            destroying BOOLEAN NOT NULL DEFAULT FALSE
+        )""",
+        "CREATE INDEX activities_session ON activities (session)",
+        """CREATE TABLE usage (
+            activity VARCHAR(64) NOT NULL,
+            requestor VARCHAR(64) NOT NULL,
+            credential BIGINT,
+            provider VARCHAR(64) NOT NULL,
+            cpus DOUBLE PRECISION NOT NULL,
+            memory BIGINT NOT NULL,
+            storage BIGINT NOT NULL,
+            started DOUBLE PRECISION NOT NULL,
+            ended DOUBLE PRECISION NOT NULL,
+            cpu_seconds DOUBLE PRECISION
+        )""",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -108,6 +157,7 @@ class HubState:
             raise KilnError(f"cannot open the hub's database {path}: {e}") from e
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except BaseException:
             self._db.close()
@@ -253,6 +303,74 @@ class HubState:
             out.update(int(row[0]) for row in rows)
         return out
 
+    # --- what a restart must not lose (kiln.hub.records) -----------------------------------
+
+    def apply(self, change: Change) -> None:
+        """Commit one change the hub's core asked for (before the message that tells a peer of it)."""
+        with self._write() as db:
+            if isinstance(change, SaveSession):
+                _save_session(db, change.session)
+            elif isinstance(change, SaveLease):
+                _save_session(db, change.session)
+                lease, r = change.lease, change.lease.resources
+                db.execute(
+                    "INSERT INTO activities (id, session, provider, cpus, memory, storage, grp, image, started) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (lease.id, lease.session, lease.provider, r.cpus, r.memory, r.storage, lease.group, lease.image,
+                     lease.started),
+                )  # fmt: skip
+            elif isinstance(change, Destroying):
+                db.execute("UPDATE activities SET destroying = TRUE WHERE id = ?", (change.activity,))
+            elif isinstance(change, EndLease):
+                db.execute(
+                    "INSERT INTO usage (activity, requestor, credential, provider, cpus, memory, storage, started, "
+                    "ended, cpu_seconds) SELECT a.id, s.name, s.credential, a.provider, a.cpus, a.memory, a.storage, "
+                    "a.started, ?, ? FROM activities a JOIN sessions s ON s.id = a.session WHERE a.id = ?",
+                    (change.ended, change.cpu_seconds, change.activity),
+                )
+                row = db.execute("SELECT session FROM activities WHERE id = ?", (change.activity,)).fetchone()
+                db.execute("DELETE FROM activities WHERE id = ?", (change.activity,))
+                if row is not None:
+                    _forget_ended(db, row[0])
+            else:
+                assert isinstance(change, EndSession)
+                # No longer resumable; the row goes with its last lease (the usage record names it).
+                db.execute("UPDATE sessions SET secret = '' WHERE id = ?", (change.session,))
+                _forget_ended(db, change.session)
+
+    def load(self) -> tuple[list[SessionRecord], list[LeaseRecord]]:
+        """What the last run of the hub left: the sessions that may be resumed, and their leases.
+
+        Leases that were being destroyed, or whose session ended, are no one's any more:
+        they are forgotten here, and their providers, reporting them, are told to destroy
+        them. So are sessions without a lease or a resume secret (nothing to resume).
+        """
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM activities WHERE destroying OR session NOT IN (SELECT id FROM sessions WHERE secret <> '')"
+            )
+            db.execute("DELETE FROM sessions WHERE id NOT IN (SELECT session FROM activities)")
+            sessions = [
+                SessionRecord(id_, name, credential, bytes.fromhex(secret))
+                for id_, name, credential, secret in db.execute(
+                    "SELECT id, name, credential, secret FROM sessions ORDER BY id"
+                )
+            ]
+            rows = db.execute(
+                "SELECT id, session, provider, cpus, memory, storage, grp, image, started FROM activities ORDER BY id"
+            ).fetchall()
+        leases = [
+            LeaseRecord(id_, session, provider, Resources(cpus=cpus, memory=memory, storage=storage), grp, image, at)
+            for id_, session, provider, cpus, memory, storage, grp, image, at in rows
+        ]
+        return sessions, leases
+
+    def usage(self) -> list[dict[str, Any]]:
+        """The usage record: one row per activity that ended, oldest first."""
+        cursor = self._db.execute("SELECT * FROM usage ORDER BY ended, activity")
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor]
+
     def _read(self, sql: str, args: tuple[object, ...]) -> Any:
         """One row, or ``None`` when there is none or the database cannot be read (logged)."""
         try:
@@ -261,3 +379,19 @@ class HubState:
             log.warning("cannot read credentials from %s: %s", self.path, e)
             return None
         return row
+
+
+def _save_session(db: sqlite3.Connection, session: SessionRecord) -> None:
+    db.execute(
+        "INSERT INTO sessions (id, name, credential, secret) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET secret = excluded.secret",
+        (session.id, session.name, session.credential, session.secret.hex()),
+    )
+
+
+def _forget_ended(db: sqlite3.Connection, session: str) -> None:
+    """Delete the session if it can no longer be resumed and holds no lease."""
+    db.execute(
+        "DELETE FROM sessions WHERE id = ? AND secret = '' AND NOT EXISTS (SELECT 1 FROM activities WHERE session = ?)",
+        (session, session),
+    )

@@ -35,8 +35,8 @@ from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.2"
-MINOR_VERSION: Final = 2
+PROTOCOL_VERSION: Final = "1.3"
+MINOR_VERSION: Final = 3
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -248,6 +248,10 @@ class Hello(_Message):
     software: Annotated[str, Field(max_length=128)] = ""
     resume: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
     """(1.2, a requestor's) The ``resume`` secret of an earlier welcome: take that session's activities over."""
+    activities: Annotated[list[ActivityId], Field(max_length=65536)] | None = None
+    """(1.3, a provider's) The activities it still runs, dialling again: the hub keeps those it holds for it
+    (after a restart of the hub) and sends ``destroy`` for the others. A provider sends it only to a hub that
+    welcomed it at 1.3 before."""
 
 
 class Welcome(_Message):

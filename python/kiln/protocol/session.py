@@ -308,7 +308,14 @@ class Session:
     """A requestor's or a provider's side of one connection to the hub."""
 
     def __init__(
-        self, role: Role, name: str, *, token: str | None = None, software: str = "", resume: str | None = None
+        self,
+        role: Role,
+        name: str,
+        *,
+        token: str | None = None,
+        software: str = "",
+        resume: str | None = None,
+        activities: list[str] | None = None,
     ) -> None:
         self.role: Role = role
         self.state = State.HELLO_SENT
@@ -322,8 +329,10 @@ class Session:
         self._events: list[Event] = []
         if resume is not None and role != "requestor":
             raise UsageError("only a requestor resumes a session")
+        if activities is not None and role != "provider":
+            raise UsageError("only a provider reports the activities it runs")
         self._send(Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software,
-                         resume=resume))  # fmt: skip
+                         resume=resume, activities=activities))  # fmt: skip
 
     @property
     def limits(self) -> Limits:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final
+from urllib.parse import urlsplit
 
 from kiln.protocol.errors import KilnError
 from kiln.requestor.client import connect
@@ -70,6 +71,8 @@ class LocalCluster:
     cluster's own probes trust (providers get ``--ca`` only when ``extra`` says so)."""
     token: str | None = None
     """What :meth:`wait_for_providers` joins the hub with (a hub with credentials needs one)."""
+    _hub_args: tuple[str, ...] = ()
+    _hub_runs: int = 0
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -96,7 +99,10 @@ class LocalCluster:
         """
         if "--data-dir" not in extra:
             extra = (*extra, "--data-dir", str(self.logs / "hub-data"))
-        self.hub = self.spawn("hub", "hub", "--host", "127.0.0.1", "--port", str(port), *extra)
+        self._hub_args = extra
+        self._hub_runs += 1
+        name = "hub" if self._hub_runs == 1 else f"hub-{self._hub_runs}"
+        self.hub = self.spawn(name, "hub", "--host", "127.0.0.1", "--port", str(port), *extra)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if match := re.search(r"listening on (wss?://\S+)", self.hub.output()):
@@ -106,6 +112,14 @@ class LocalCluster:
                 break
             time.sleep(0.05)
         raise KilnError(f"the hub did not start:\n{self.hub.output()}")
+
+    def restart_hub(self, sig: int = signal.SIGKILL, pause: float = 0.0) -> str:
+        """Stop the hub with ``sig`` (default: killed, as by a crash), wait ``pause`` seconds, and
+        start it again on the same port and data directory; returns its URL."""
+        assert self.hub is not None, "no hub started"
+        self.hub.stop(sig)
+        time.sleep(pause)
+        return self.start_hub(*self._hub_args, port=urlsplit(self.url).port or 0)
 
     def start_provider(self, name: str, *extra: str, cpus: float = 2, memory: str = "2GiB",
                        labels: dict[str, str] | None = None, wait: bool = True) -> str:  # fmt: skip

@@ -3392,9 +3392,9 @@ return errors === 0;
 validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateHello = validate34;
-const schema47 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
-const pattern16 = new RegExp("^[A-Za-z0-9_-]+$", "u");
-const pattern17 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
+const schema47 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
+const pattern17 = new RegExp("^[A-Za-z0-9_-]+$", "u");
+const pattern18 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
 
 function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3407,6 +3407,9 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.activities === undefined){
+data.activities = null;
+}
 if(data.resume === undefined){
 data.resume = null;
 }
@@ -3457,7 +3460,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(((((((key0 === "name") || (key0 === "resume")) || (key0 === "role")) || (key0 === "software")) || (key0 === "token")) || (key0 === "type")) || (key0 === "version"))){
+if(!((((((((key0 === "activities") || (key0 === "name")) || (key0 === "resume")) || (key0 === "role")) || (key0 === "software")) || (key0 === "token")) || (key0 === "type")) || (key0 === "version"))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -3468,11 +3471,13 @@ vErrors.push(err4);
 errors++;
 }
 }
-if(data.name !== undefined){
-let data0 = data.name;
-if(typeof data0 === "string"){
-if(func1(data0) > 64){
-const err5 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+let data0 = data.activities;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(Array.isArray(data0)){
+if(data0.length > 65536){
+const err5 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 65536},message:"must NOT have more than 65536 items"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -3481,8 +3486,12 @@ vErrors.push(err5);
 }
 errors++;
 }
-if(func1(data0) < 1){
-const err6 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+let data1 = data0[i0];
+if(typeof data1 === "string"){
+if(!pattern4.test(data1)){
+const err6 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/properties/activities/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
 }
@@ -3491,8 +3500,9 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(!pattern13.test(data0)){
-const err7 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+}
+else {
+const err7 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/properties/activities/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err7];
 }
@@ -3502,8 +3512,9 @@ vErrors.push(err7);
 errors++;
 }
 }
+}
 else {
-const err8 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err8 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -3512,14 +3523,11 @@ vErrors.push(err8);
 }
 errors++;
 }
-}
-let data1 = data.resume;
-const _errs5 = errors;
-let valid1 = false;
-const _errs6 = errors;
-if(typeof data1 === "string"){
-if(func1(data1) > 128){
-const err9 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs8 = errors;
+if(data0 !== null){
+const err9 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -3528,8 +3536,10 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(func1(data1) < 1){
-const err10 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+var _valid0 = _errs8 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err10 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -3538,8 +3548,22 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(!pattern16.test(data1)){
-const err11 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_-]+$"},message:"must match pattern \""+"^[A-Za-z0-9_-]+$"+"\""};
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.name !== undefined){
+let data2 = data.name;
+if(typeof data2 === "string"){
+if(func1(data2) > 64){
+const err11 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -3548,9 +3572,8 @@ vErrors.push(err11);
 }
 errors++;
 }
-}
-else {
-const err12 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(func1(data2) < 1){
+const err12 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -3559,11 +3582,8 @@ vErrors.push(err12);
 }
 errors++;
 }
-var _valid0 = _errs6 === errors;
-valid1 = valid1 || _valid0;
-const _errs8 = errors;
-if(data1 !== null){
-const err13 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(!pattern13.test(data2)){
+const err13 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -3572,10 +3592,9 @@ vErrors.push(err13);
 }
 errors++;
 }
-var _valid0 = _errs8 === errors;
-valid1 = valid1 || _valid0;
-if(!valid1){
-const err14 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+}
+else {
+const err14 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -3584,21 +3603,14 @@ vErrors.push(err14);
 }
 errors++;
 }
-else {
-errors = _errs5;
-if(vErrors !== null){
-if(_errs5){
-vErrors.length = _errs5;
 }
-else {
-vErrors = null;
-}
-}
-}
-if(data.role !== undefined){
-let data2 = data.role;
-if(typeof data2 !== "string"){
-const err15 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/type",keyword:"type",params:{type: "string"},message:"must be string"};
+let data3 = data.resume;
+const _errs13 = errors;
+let valid4 = false;
+const _errs14 = errors;
+if(typeof data3 === "string"){
+if(func1(data3) > 128){
+const err15 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -3607,8 +3619,8 @@ vErrors.push(err15);
 }
 errors++;
 }
-if(!((data2 === "requestor") || (data2 === "provider"))){
-const err16 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema47.properties.role.enum},message:"must be equal to one of the allowed values"};
+if(func1(data3) < 1){
+const err16 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -3617,11 +3629,8 @@ vErrors.push(err16);
 }
 errors++;
 }
-}
-let data3 = data.software;
-if(typeof data3 === "string"){
-if(func1(data3) > 128){
-const err17 = {instancePath:instancePath+"/software",schemaPath:"#/properties/software/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
+if(!pattern17.test(data3)){
+const err17 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_-]+$"},message:"must match pattern \""+"^[A-Za-z0-9_-]+$"+"\""};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -3632,7 +3641,7 @@ errors++;
 }
 }
 else {
-const err18 = {instancePath:instancePath+"/software",schemaPath:"#/properties/software/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err18 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -3641,13 +3650,11 @@ vErrors.push(err18);
 }
 errors++;
 }
-let data4 = data.token;
-const _errs15 = errors;
-let valid2 = false;
+var _valid1 = _errs14 === errors;
+valid4 = valid4 || _valid1;
 const _errs16 = errors;
-if(typeof data4 === "string"){
-if(func1(data4) > 1024){
-const err19 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"};
+if(data3 !== null){
+const err19 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -3656,9 +3663,10 @@ vErrors.push(err19);
 }
 errors++;
 }
-}
-else {
-const err20 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid1 = _errs16 === errors;
+valid4 = valid4 || _valid1;
+if(!valid4){
+const err20 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -3667,11 +3675,21 @@ vErrors.push(err20);
 }
 errors++;
 }
-var _valid1 = _errs16 === errors;
-valid2 = valid2 || _valid1;
-const _errs18 = errors;
-if(data4 !== null){
-const err21 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+else {
+errors = _errs13;
+if(vErrors !== null){
+if(_errs13){
+vErrors.length = _errs13;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.role !== undefined){
+let data4 = data.role;
+if(typeof data4 !== "string"){
+const err21 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -3680,10 +3698,8 @@ vErrors.push(err21);
 }
 errors++;
 }
-var _valid1 = _errs18 === errors;
-valid2 = valid2 || _valid1;
-if(!valid2){
-const err22 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(!((data4 === "requestor") || (data4 === "provider"))){
+const err22 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema47.properties.role.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -3692,21 +3708,11 @@ vErrors.push(err22);
 }
 errors++;
 }
-else {
-errors = _errs15;
-if(vErrors !== null){
-if(_errs15){
-vErrors.length = _errs15;
 }
-else {
-vErrors = null;
-}
-}
-}
-if(data.type !== undefined){
-let data5 = data.type;
-if(typeof data5 !== "string"){
-const err23 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+let data5 = data.software;
+if(typeof data5 === "string"){
+if(func1(data5) > 128){
+const err23 = {instancePath:instancePath+"/software",schemaPath:"#/properties/software/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -3715,8 +3721,9 @@ vErrors.push(err23);
 }
 errors++;
 }
-if("hello" !== data5){
-const err24 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "hello"},message:"must be equal to constant"};
+}
+else {
+const err24 = {instancePath:instancePath+"/software",schemaPath:"#/properties/software/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -3725,12 +3732,13 @@ vErrors.push(err24);
 }
 errors++;
 }
-}
-if(data.version !== undefined){
-let data6 = data.version;
+let data6 = data.token;
+const _errs23 = errors;
+let valid5 = false;
+const _errs24 = errors;
 if(typeof data6 === "string"){
-if(!pattern17.test(data6)){
-const err25 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,4}\\.[0-9]{1,4}$"},message:"must match pattern \""+"^[0-9]{1,4}\\.[0-9]{1,4}$"+"\""};
+if(func1(data6) > 1024){
+const err25 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -3741,7 +3749,7 @@ errors++;
 }
 }
 else {
-const err26 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err26 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -3750,15 +3758,98 @@ vErrors.push(err26);
 }
 errors++;
 }
-}
-}
-else {
-const err27 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+var _valid2 = _errs24 === errors;
+valid5 = valid5 || _valid2;
+const _errs26 = errors;
+if(data6 !== null){
+const err27 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err27];
 }
 else {
 vErrors.push(err27);
+}
+errors++;
+}
+var _valid2 = _errs26 === errors;
+valid5 = valid5 || _valid2;
+if(!valid5){
+const err28 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+else {
+errors = _errs23;
+if(vErrors !== null){
+if(_errs23){
+vErrors.length = _errs23;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.type !== undefined){
+let data7 = data.type;
+if(typeof data7 !== "string"){
+const err29 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+if("hello" !== data7){
+const err30 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "hello"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+if(data.version !== undefined){
+let data8 = data.version;
+if(typeof data8 === "string"){
+if(!pattern18.test(data8)){
+const err31 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,4}\\.[0-9]{1,4}$"},message:"must match pattern \""+"^[0-9]{1,4}\\.[0-9]{1,4}$"+"\""};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+}
+else {
+const err32 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+}
+}
+else {
+const err33 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
 }
 errors++;
 }
@@ -3770,7 +3861,7 @@ validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 export const validateImageList = validate35;
 const schema48 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit``.","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
 const schema49 = {"additionalProperties":false,"description":"An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
-const pattern20 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
+const pattern21 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
 
 function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4262,7 +4353,7 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern20.test(data13)){
+if(!pattern21.test(data13)){
 const err39 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err39];
@@ -4953,7 +5044,7 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern20.test(data12)){
+if(!pattern21.test(data12)){
 const err39 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err39];
@@ -7222,7 +7313,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(!pattern20.test(data3)){
+if(!pattern21.test(data3)){
 const err9 = {instancePath:instancePath+"/tags/" + i0,schemaPath:"#/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err9];

@@ -1,0 +1,307 @@
+"""A hub that restarts loses nothing: the core's changes written to a real database, then a
+new core restored from it, as ``kiln hub`` does after a SIGKILL. Peers are played by the test."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.hub.core import HubCore, Send
+from kiln.hub.records import Destroying, EndLease, EndSession, SaveLease, SaveSession
+from kiln.hub.state import SCHEMA_VERSION, HubState
+
+GiB = 2**30
+RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
+OFFER = {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 8 * GiB}, "arch": "amd64"}
+CHANGES = (SaveSession, SaveLease, Destroying, EndLease, EndSession)
+
+
+class Run:
+    """One run of the hub: a core on a clock the test moves, writing its changes to ``data``."""
+
+    def __init__(self, data: Path, *, grace: float = 30, number: int = 1, **options: Any) -> None:
+        self.now = 1000.0
+        self.state = HubState.in_dir(data)
+        ids = itertools.count(1)
+        self.core = HubCore(monotonic=lambda: self.now, new_activity_id=lambda: f"a{number}-{next(ids)}",
+                            grace=grace, **options)  # fmt: skip
+        self.events: list[Any] = []  # changes and messages, in the order the I/O layer would carry them out
+        self.take(self.core.restore(*self.state.load()))
+
+    def take(self, actions: list[Any]) -> list[tuple[int, dict[str, Any]]]:
+        out: list[tuple[int, dict[str, Any]]] = []
+        for action in actions:
+            if isinstance(action, CHANGES):
+                self.state.apply(action)
+                self.events.append(action)
+            elif isinstance(action, Send) and not action.binary:
+                message = json.loads(action.data)
+                out.append((action.peer, message))
+                self.events.append((action.peer, message))
+        return out
+
+    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+        return self.take(self.core.receive_text(peer, json.dumps(message)))
+
+    def join(self, peer: int, role: str, name: str, version: str = "1.3", **fields: Any) -> list[tuple[int, Any]]:
+        self.core.connect(peer)
+        return self.send(peer, {"type": "hello", "version": version, "role": role, "name": name} | fields)
+
+    def provider(self, peer: int, name: str = "p", **fields: Any) -> list[tuple[int, Any]]:
+        replies = self.join(peer, "provider", name, **fields)
+        return replies + self.send(peer, OFFER)
+
+    def requestor(self, peer: int, **fields: Any) -> dict[str, Any]:
+        [(_, welcome), *_] = self.join(peer, "requestor", "r", **fields)
+        assert welcome["type"] == "welcome"
+        return dict(welcome)
+
+    def rent(self, peer: int, rid: int, provider: int = 1) -> str:
+        [(_, create)] = self.send(peer, {**RENT, "id": rid})
+        [(_, rented)] = self.send(provider, {"type": "done", "re": create["id"]})
+        assert rented["type"] == "rented"
+        return str(rented["activity"])
+
+    def leave(self, peer: int, *, ended: bool = False) -> list[tuple[int, Any]]:
+        return self.take(self.core.disconnect(peer, "test", ended=ended))
+
+    def expire(self, after: float) -> list[tuple[int, Any]]:
+        self.now += after
+        return self.take(self.core.expire())
+
+    def free_cpus(self) -> float:
+        self.join(98, "requestor", "watcher")
+        [(_, info)] = self.send(98, {"type": "market", "id": 1})
+        return float(info["providers"][0]["free"]["cpus"])
+
+    def crash(self) -> None:
+        """The process dies: nothing more is written (the database is what it left)."""
+        self.state.close()
+
+
+def exec_(rid: int, activity: str) -> dict[str, Any]:
+    return {"type": "exec", "id": rid, "activity": activity, "argv": ["true"]}
+
+
+@pytest.fixture
+def before(tmp_path: Path) -> tuple[Run, str, str, str]:
+    """A run with provider 1 (``p``) running two activities of requestor 2; the secret to resume with."""
+    run = Run(tmp_path)
+    run.provider(1)
+    secret = run.requestor(2)["resume"]
+    a1, a2 = run.rent(2, 1), run.rent(2, 2)
+    run.crash()
+    return run, secret, a1, a2
+
+
+def test_the_lease_is_written_before_the_rented_that_tells_of_it(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.provider(1)
+    run.requestor(2)
+    activity = run.rent(2, 1)
+    saved = next(i for i, e in enumerate(run.events) if isinstance(e, SaveLease))
+    told = next(i for i, e in enumerate(run.events) if isinstance(e, tuple) and e[1]["type"] == "rented")
+    assert saved < told
+    assert run.events[saved].lease.id == activity and run.events[saved].lease.provider == "p"
+
+
+def test_a_restarted_hub_hands_the_activities_back(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+    _, secret, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    welcome = run.requestor(5, resume=secret)
+    assert sorted(welcome["resumed"]) == [a1, a2]
+    # Its provider is not back yet: a request waits, answered by no one.
+    assert run.send(5, exec_(7, a1)) == []
+    replies = run.provider(6, activities=[a1, a2])
+    [(to, forwarded)] = [(to, m) for to, m in replies if m["type"] == "exec"]
+    assert to == 6 and forwarded["activity"] == a1
+    finished = {"type": "exec_result", "re": forwarded["id"], "exit_code": 0, "timed_out": False, "stdout": "",
+                "stderr": "", "duration": 0.01}  # fmt: skip
+    [(to, result)] = run.send(6, finished)
+    assert (to, result["re"], result["exit_code"]) == (5, 7, 0)
+    assert run.free_cpus() == 2, "the two leases hold their capacity again"
+    # And it is all a live activity again: released as any other.
+    [(_, destroy)] = run.send(5, {"type": "release", "id": 8, "activity": a2})
+    [(to, done)] = run.send(6, {"type": "done", "re": destroy["id"], "cpu_seconds": 1.5})
+    assert (to, done["type"], done["re"]) == (5, "done", 8)
+    usage = run.state.usage()
+    assert [(u["activity"], u["provider"], u["requestor"], u["cpu_seconds"]) for u in usage] == [(a2, "p", "r", 1.5)]
+
+
+def test_the_requestor_may_come_back_after_the_provider(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+    _, secret, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    assert [m["type"] for _, m in run.provider(6, activities=[a2, a1])] == ["welcome", "done"]
+    welcome = run.requestor(5, resume=secret)
+    assert sorted(welcome["resumed"]) == [a1, a2]
+    [(to, forwarded)] = run.send(5, exec_(7, a1))
+    assert to == 6 and forwarded["type"] == "exec"
+
+
+def test_what_a_provider_reports_that_nobody_holds_is_destroyed(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, _, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    replies = run.provider(6, activities=[a1, a2, "stray"])
+    [(to, destroy)] = [(to, m) for to, m in replies if m["type"] == "destroy"]
+    assert (to, destroy["activity"]) == (6, "stray")
+    assert run.send(6, {"type": "done", "re": destroy["id"]}) == []
+    assert set(run.core.activities) == {a1, a2}
+
+
+def test_an_activity_its_provider_does_not_report_is_lost(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+    _, secret, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    run.requestor(5, resume=secret)
+    run.send(5, exec_(7, a2))
+    replies = run.provider(6, activities=[a1])
+    lost = [m for to, m in replies if to == 5]
+    assert [m["type"] for m in lost] == ["activity_lost", "error"]
+    assert lost[0]["activity"] == a2 and lost[0]["code"] == "provider_lost"
+    assert (lost[1]["re"], lost[1]["code"]) == (7, "provider_lost")
+    assert set(run.core.activities) == {a1}
+    assert [u["activity"] for u in run.state.usage()] == [a2], "its usage is recorded, without CPU time"
+
+
+def test_a_provider_below_1_3_reports_nothing_and_loses_them(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+    _, _, _, _ = before
+    run = Run(tmp_path, number=2)
+    run.join(6, "provider", "p", version="1.2")
+    assert run.core.activities == {}
+
+
+def test_a_provider_that_does_not_come_back_in_time_loses_them(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, secret, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    run.requestor(5, resume=secret)
+    run.send(5, exec_(7, a1))
+    run.send(5, {"type": "release", "id": 8, "activity": a2})
+    assert run.expire(29) == []
+    told = run.expire(2)
+    assert sorted(m["type"] for _, m in told) == ["activity_lost", "activity_lost", "done", "error"]
+    assert {m.get("re") for _, m in told} == {None, 7, 8}
+    assert run.core.activities == {}
+    # It comes back later: its containers are nobody's now.
+    replies = run.provider(6, activities=[a1, a2])
+    assert sorted(m["activity"] for _, m in replies if m["type"] == "destroy") == [a1, a2]
+
+
+def test_a_session_not_resumed_in_time_has_its_activities_destroyed(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, _, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    run.provider(6, activities=[a1, a2])
+    destroys = [m for _, m in run.expire(31) if m["type"] == "destroy"]
+    assert sorted(m["activity"] for m in destroys) == [a1, a2]
+    for destroy in destroys:
+        run.send(6, {"type": "done", "re": destroy["id"]})
+    assert run.free_cpus() == 4
+    again = Run(tmp_path, number=3)
+    assert again.core.activities == {} and sorted(u["activity"] for u in again.state.usage()) == [a1, a2]
+    with sqlite3.connect(tmp_path / "hub.db") as db:
+        assert db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,)
+
+
+def test_a_provider_cannot_claim_another_providers_activity(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+    _, secret, a1, _ = before
+    run = Run(tmp_path, number=2)
+    replies = run.provider(6, name="q", activities=[a1])
+    [destroy] = [m for _, m in replies if m["type"] == "destroy"]
+    run.send(6, {"type": "done", "re": destroy["id"]})
+    assert a1 in run.core.activities, "still p's, waiting for p"
+    run.requestor(5, resume=secret)
+    run.provider(7, activities=[a1])
+    [(to, _)] = run.send(5, exec_(7, a1))
+    assert to == 7
+
+
+def test_requests_waiting_for_an_absent_activity_are_bounded_and_can_be_cancelled(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, secret, a1, _ = before
+    run = Run(tmp_path, number=2)
+    run.requestor(5, resume=secret)
+    most = run.core.limits.max_pending
+    for rid in range(1, most + 1):
+        assert run.send(5, exec_(rid, a1)) == []
+    [(_, refused)] = run.send(5, exec_(most + 1, a1))
+    assert refused["code"] == "too_many"
+    [(_, cancelled)] = run.send(5, {"type": "cancel", "target": 1})
+    assert (cancelled["re"], cancelled["code"]) == (1, "cancelled")
+    replies = run.provider(6, activities=[a1])
+    assert len([m for _, m in replies if m["type"] == "exec"]) == most - 1
+
+
+def test_what_ended_before_the_restart_is_not_restored(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.provider(1)
+    run.requestor(2)
+    released, destroying, kept = run.rent(2, 1), run.rent(2, 2), run.rent(2, 3)
+    [(_, destroy)] = run.send(2, {"type": "release", "id": 4, "activity": released})
+    run.send(1, {"type": "done", "re": destroy["id"]})
+    run.send(2, {"type": "release", "id": 5, "activity": destroying})  # the hub dies before its done
+    run.requestor(3)
+    run.rent(3, 1)
+    run.leave(3, ended=True)  # a session its requestor closed itself
+    run.crash()
+    after = Run(tmp_path, number=2)
+    assert set(after.core.activities) == {kept}
+    replies = after.provider(6, activities=sorted({released, destroying, kept}))
+    assert sorted(m["activity"] for _, m in replies if m["type"] == "destroy") == sorted([released, destroying])
+
+
+def test_a_resume_after_the_restart_writes_the_new_secret_before_the_welcome(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, secret, a1, a2 = before
+    run = Run(tmp_path, number=2)
+    fresh = run.requestor(5, resume=secret)["resume"]
+    [saved] = [i for i, e in enumerate(run.events) if isinstance(e, SaveSession)]
+    [welcomed] = [i for i, e in enumerate(run.events) if isinstance(e, tuple) and e[1]["type"] == "welcome"]
+    assert saved < welcomed
+    run.crash()
+    # A second restart: only the newest secret resumes (the first was spent).
+    third = Run(tmp_path, number=3)
+    assert third.requestor(8, resume=secret).get("resumed") == []
+    third.crash()
+    fourth = Run(tmp_path, number=4)
+    assert sorted(fourth.requestor(8, resume=fresh)["resumed"]) == [a1, a2]
+
+
+def test_a_session_is_resumed_only_by_its_credential_after_a_restart(tmp_path: Path) -> None:
+    state = HubState.in_dir(tmp_path)
+    _, alice = state.create("requestor", "alice")
+    _, bob = state.create("requestor", "bob")
+    _, provider = state.create("provider", "p")
+    run = Run(tmp_path, credentials=state)
+    run.provider(1, token=provider)
+    secret = run.requestor(2, token=alice)["resume"]
+    activity = run.rent(2, 1)
+    run.crash()
+    again = Run(tmp_path, number=2, credentials=HubState.in_dir(tmp_path))
+    assert again.requestor(5, token=bob, resume=secret).get("resumed") == []
+    assert again.requestor(6, token=alice, resume=secret)["resumed"] == [activity]
+
+
+def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) -> None:
+    with HubState.in_dir(tmp_path) as state:
+        _, token = state.create("requestor", "alice")
+    with sqlite3.connect(tmp_path / "hub.db") as db:  # as the first schema left it
+        db.execute("DROP TABLE sessions")
+        db.execute("DROP TABLE activities")
+        db.execute("DROP TABLE usage")
+        db.execute("UPDATE schema_version SET version = 1")
+    with HubState.in_dir(tmp_path) as state:
+        assert state.find(token) is not None
+        assert state.load() == ([], [])
+    with sqlite3.connect(tmp_path / "hub.db") as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
