@@ -263,6 +263,7 @@ class Connection:
         open_timeout: float = HANDSHAKE_TIMEOUT,
         on_event: EventHandler | None = None,
         resume: str | None = None,
+        activities: list[str] | None = None,
     ) -> Connection:
         """Dial the hub at ``url`` and exchange hello/welcome (see :meth:`handshake`).
 
@@ -276,7 +277,7 @@ class Connection:
         except (OSError, InvalidHandshake, TimeoutError) as e:
             raise dial_error(url, e) from e
         return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event,
-                                   resume=resume)  # fmt: skip
+                                   resume=resume, activities=activities)  # fmt: skip
 
     @classmethod
     async def handshake(

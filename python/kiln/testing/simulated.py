@@ -60,6 +60,8 @@ class SimulatedProvider:
         """Never answer a create or destroy (as a provider whose Docker hangs), while the connection lives."""
         self.conn: Connection | None = None
         self._replies: set[asyncio.Task[None]] = set()
+        self.running: set[str] = set()
+        """The activities it was told to create and not yet to destroy (what it reports when it dials again)."""
 
     def on_event(self, event: Event) -> None:
         if not isinstance(event, Requested) or self.conn is None:
@@ -69,6 +71,10 @@ class SimulatedProvider:
         if isinstance(message, Create | Destroy):
             if self.stuck:
                 return
+            if isinstance(message, Create):
+                self.running.add(message.activity)
+            else:
+                self.running.discard(message.activity)
             work = self.conn.reply(Done(type="done", re=message.id))
         elif isinstance(message, Exec):
             work = self.conn.reply(ExecResult(type="exec_result", re=message.id, exit_code=0, timed_out=False,
@@ -93,6 +99,14 @@ class SimulatedProvider:
             await self.conn.reply(Done(type="done", re=message.id, bytes=len(served.data)))
         except KilnError as e:
             await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
+
+    async def join(self, url: str, offer: Offer) -> None:
+        """Dial the hub at ``url`` (listing what it runs, to a hub that spoke 1.3 to it before) and offer."""
+        known = self.conn is not None and self.conn.session.minor >= 3
+        conn = await Connection.open(url, role="provider", name=self.name, on_event=self.on_event,
+                                     activities=sorted(self.running) if known and self.running else None)  # fmt: skip
+        self.conn = conn
+        await conn.start(offer.model_copy(update={"id": conn.new_id()}))
 
     async def close(self) -> None:
         if self._replies:
@@ -122,11 +136,9 @@ async def simulated_providers(
 
     async def join(i: int, provider: SimulatedProvider) -> None:
         async with gate:
-            conn = await Connection.open(url, role="provider", name=provider.name, on_event=provider.on_event)
-            provider.conn = conn
-            offer = Offer(type="offer", id=conn.new_id(), resources=Resources(cpus=cpus, memory=memory), arch="amd64",
+            offer = Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory), arch="amd64",
                           images=list(images), labels=labels(i))  # fmt: skip
-            await conn.start(offer)
+            await provider.join(url, offer)
 
     async with asyncio.TaskGroup() as tg:
         readers: list[asyncio.Task[None]] = []
