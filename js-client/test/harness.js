@@ -88,6 +88,8 @@ export class Cluster {
     this.providers = new Map();
     /** @type {string | undefined} the PEM of the CA a wss:// hub's certificate is from: what the probes trust */
     this.ca = undefined;
+    /** @type {string[] | undefined} what the hub was started with (for restartHub) */
+    this.hubArgs = undefined;
   }
 
   _spawn(name, args) {
@@ -105,7 +107,9 @@ export class Cluster {
       this.dataDir = mkdtempSync(join(tmpdir(), "kiln-hub-"));
       extra = [...extra, "--data-dir", this.dataDir];
     }
-    this.hub = this._spawn("hub", ["hub", "--host", "127.0.0.1", "--port", "0", ...extra]);
+    this.hubArgs = extra;
+    const port = extra.includes("--port") ? [] : ["--port", "0"];
+    this.hub = this._spawn("hub", ["hub", "--host", "127.0.0.1", ...port, ...extra]);
     const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
       const match = /listening on (wss?:\/\/\S+)/.exec(this.hub.log);
@@ -117,6 +121,13 @@ export class Cluster {
       await sleep(50);
     }
     throw new Error(`the hub did not start:\n${this.hub.log}`);
+  }
+
+  /** Kill the hub with SIGKILL (as a crash) and start it again on the same port and data directory. */
+  async restartHub() {
+    await this.hub?.kill("SIGKILL");
+    const args = (this.hubArgs ?? []).filter((_, i, all) => all[i] !== "--port" && all[i - 1] !== "--port");
+    return this.startHub(...args, "--port", new URL(this.url).port);
   }
 
   /**

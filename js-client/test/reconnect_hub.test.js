@@ -1,5 +1,6 @@
 // A requestor's own network blip, end to end: a real hub and provider, and a TCP proxy
-// between the client and the hub that cuts every connection and refuses new ones for a while.
+// between the client and the hub that cuts every connection and refuses new ones for a while;
+// and the hub itself killed with SIGKILL and started again on the same data directory.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createConnection, createServer } from "node:net";
@@ -102,4 +103,32 @@ test("a requestor cut off for 5 s finds its activity after it reconnects", { tim
     await proxy.stop();
   }
   assert.deepEqual(requestor.activities, [], "close() released it");
+});
+
+test("the hub killed and started again: the activity keeps its container, and a job finishes right", { timeout: 120_000 }, async () => {
+  const requestor = await connect(cluster.url, { name: "restart" });
+  try {
+    const act = await requestor.rent({ image: "kiln-busybox:latest", demand: { cpus: 0.5, memory: "64MiB" } });
+    const host = (await act.run(["sh", "-c", "echo kept > /golem/work/note; hostname"])).stdout;
+    await cluster.restartHub();
+    const after = await act.run(["sh", "-c", "cat /golem/work/note; hostname"]); // waits out the reconnect
+    assert.equal(after.stdout, `kept\n${host}`);
+    assert.equal(act.lost, null);
+    await act.release();
+
+    let done = 0;
+    const restarted = (async () => {
+      while (done < 5) await sleep(20);
+      await cluster.restartHub();
+    })();
+    const results = await requestor.map([...Array(20).keys()], async (a, n) => {
+      const out = (await a.run(["sh", "-c", `sleep 0.2; echo $((${n} * ${n}))`])).stdout;
+      done += 1;
+      return Number(out);
+    }, { image: "kiln-busybox:latest", demand: { cpus: 0.5, memory: "64MiB" }, maxProviders: 1, retries: 2 });
+    await restarted;
+    assert.deepEqual(results, [...Array(20).keys()].map((n) => n * n));
+  } finally {
+    await requestor.close();
+  }
 });
