@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=None,
-        help="where the image store and hub.db (credentials) live (default: $XDG_DATA_HOME/kiln/hub, "
-        "i.e. ~/.local/share/kiln/hub)",
+        help="where the image store and hub.db (credentials, sessions, activities, usage) live: a hub started "
+        "again on it takes its activities back (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
     )
     hub.add_argument(
         "--store-limit", type=_size, default="20GiB", help="most bytes the image store holds (default 20GiB)"
@@ -81,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--max-activities", type=int, default=1024, metavar="N",
                      help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
     hub.add_argument("--grace", type=float, default=60.0, metavar="S",
-                     help="keep a requestor's activities this long after its connection drops, for it to "
-                     "reconnect and take them back (default 60; 0: destroy them at once)")  # fmt: skip
+                     help="keep a requestor's activities this long after its connection drops, or after the hub "
+                     "restarts, for it to reconnect and take them back (default 60; 0: none)")  # fmt: skip
     hub.add_argument("--tls-cert", type=Path, default=None, metavar="FILE",
                      help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
     hub.add_argument("--tls-key", type=Path, default=None, metavar="FILE",
