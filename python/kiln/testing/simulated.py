@@ -113,16 +113,18 @@ async def simulated_providers(
     files: dict[str, Served] | None = None,
     stuck: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
+    token: str | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
-    ``labels(i)``); yields their names, disconnects on exit."""
+    ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit."""
     raise_open_file_limit()
     providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(i: int, provider: SimulatedProvider) -> None:
         async with gate:
-            conn = await Connection.open(url, role="provider", name=provider.name, on_event=provider.on_event)
+            conn = await Connection.open(url, role="provider", name=provider.name, token=token,
+                                         on_event=provider.on_event)  # fmt: skip
             provider.conn = conn
             offer = Offer(type="offer", id=conn.new_id(), resources=Resources(cpus=cpus, memory=memory), arch="amd64",
                           images=list(images), labels=labels(i))  # fmt: skip
