@@ -94,9 +94,8 @@ async def measure(count: int, activities: int, grace: float) -> None:
             all_ran = time.perf_counter()
             assert cluster.hub is not None
             restored = [line for line in cluster.hub.output().splitlines() if "restored" in line]
-            print(
-                f"  SIGKILL -> listening again {listening - killed:.2f} s (a new Python process; {restored[0].split(' INFO ')[-1] if restored else 'nothing restored'})"
-            )  # noqa: E501
+            what = restored[0].split(" INFO ")[-1] if restored else "nothing restored"
+            print(f"  SIGKILL -> listening again {listening - killed:.2f} s (a new Python process; {what})")
             print(f"  listening -> {count} providers back, reporting {activities} activities: "
                   f"{providers_back - listening:.2f} s")  # fmt: skip
             print(f"  SIGKILL -> a command run on every activity again: {all_ran - killed:.2f} s")

@@ -1,4 +1,5 @@
-"""Credentials at a real hub on a real port: roles, bound provider names, revocation, the CLI."""
+"""Credentials at a real hub on a real port: roles, bound provider names, revocation, an admin's
+view of every activity, the CLI."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from kiln.hub import server as hub_server
 from kiln.hub.core import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED
 from kiln.hub.server import start
 from kiln.hub.state import HubState
+from kiln.protocol.messages import Exec, Release
+from kiln.testing.simulated import simulated_providers
 
 SHARED = "shared-t0ken"
+IMAGE = "kiln-busybox:latest"
 
 
 @dataclass
@@ -180,3 +184,58 @@ def test_token_ls_shows_no_secret(tmp_path: Path) -> None:
     refused = cli("token", "create", "--role", "provider", "--data-dir", str(tmp_path))
     assert (refused.returncode, refused.stdout) == (1, "")
     assert "a provider credential binds a provider name: give --name" in refused.stderr
+
+
+async def test_an_admin_token_lists_every_activity_and_touches_only_its_own(hub: Hub) -> None:
+    made = await asyncio.to_thread(cli, "token", "create", "--role", "admin", "--name", "ops",
+                                   "--data-dir", str(hub.data_dir))  # fmt: skip
+    assert made.returncode == 0 and made.stderr.startswith("created admin credential 4 "), made
+    admin_token = made.stdout.splitlines()[-1]
+    demand = kiln.Demand(cpus=0.5, memory="64MiB")
+    async with (
+        simulated_providers(hub.url, 2, token=SHARED, prefix="p") as providers,
+        kiln.connect(hub.url, token=hub.requestor, name="alice") as alice,
+        kiln.connect(hub.url, token=admin_token, name="ops") as admin,
+        alice.rent(IMAGE, demand, group="job-1") as first,
+        alice.rent(IMAGE, demand, group="job-1") as second,
+        admin.rent(IMAGE, demand) as own,
+    ):
+        mine = sorted([first.id, second.id])
+        assert [a.id for a in await alice.list_activities()] == mine
+        with pytest.raises(kiln.Unauthorized, match="needs an admin credential"):
+            await alice.list_activities(all=True)
+        assert [a.id for a in await alice.list_activities(limit=1)] == mine[:1], "and the connection goes on"
+
+        every = await admin.list_activities(all=True)
+        assert [a.id for a in every] == sorted([*mine, own.id])
+        assert {a.id: a.requestor for a in every} == {first.id: "alice", second.id: "alice", own.id: "ops"}
+        assert {a.provider for a in every if a.group == "job-1"} == set(providers), "a group on distinct providers"
+        assert all(a.state == "ready" and a.image == IMAGE and a.started is not None for a in every)
+        assert all(a.resources.cpus == 0.5 and a.resources.memory == 64 * 2**20 for a in every)
+        assert [a.id for a in await admin.list_activities()] == [own.id]
+
+        # Seeing them lets the admin touch none of them.
+        conn = admin.connection
+        for request in (Release(type="release", id=conn.new_id(), activity=first.id),
+                        Exec(type="exec", id=conn.new_id(), activity=first.id, argv=["true"])):  # fmt: skip
+            with pytest.raises(kiln.ActivityError) as refused:
+                await conn.request(request)
+            assert refused.value.code == "unknown_activity"
+        assert (await first.run(["true"])).ok, "its owner still can"
+
+        # The CLI, with the admin's token and with the requestor's.
+        listed = await asyncio.to_thread(cli, "activities", "--hub", hub.url, "--token", admin_token, "--all")
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[0].split() == ["ID", "REQUESTOR", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE"]
+        rows = [line.split() for line in lines[1:-1]]
+        assert [row[:6] for row in rows] == [[a.id, a.requestor, a.provider, "ready", "0.5", "64MiB"] for a in every]
+        assert all(" ".join(row[6:]).endswith(" ago") for row in rows), rows
+        assert lines[-1] == "3 activities at the hub"
+        # Without --all, the CLI's own: a new connection holds none.
+        own_only = await asyncio.to_thread(cli, "activities", "--hub", hub.url, "--token", admin_token)
+        assert own_only.stdout.startswith("0 activities held by this connection; --all lists"), own_only
+        refused_cli = await asyncio.to_thread(cli, "activities", "--hub", hub.url, "--token", hub.requestor, "--all")
+        assert refused_cli.returncode == 1 and refused_cli.stderr.strip().endswith("[unauthorized]"), refused_cli
+    async with kiln.connect(hub.url, token=admin_token) as admin:
+        assert await admin.list_activities(all=True) == [], "released on leaving"

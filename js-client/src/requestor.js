@@ -50,6 +50,7 @@ const REDIAL_MOST_MS = 2_000;
  */
 
 /** @typedef {import("../types/protocol.js").ImageInfo} ImageInfo */
+/** @typedef {import("../types/protocol.js").ActivityInfo} ActivityInfo */
 
 /**
  * What a push did: the image stored (`digest` is Docker's image id), and the bytes sent
@@ -335,6 +336,27 @@ export class Requestor {
     const query = { type: "market", id: conn.newId(), image, labels, free: resourcesMessage(options.free), limit };
     const reply = /** @type {import("../types/protocol.js").MarketInfo} */ (await conn.request(query));
     return reply.providers;
+  }
+
+  /**
+   * The activities this requestor holds at the hub, by id: each with its requestor's and
+   * provider's names, its `state` (`creating`, `ready`, `destroying`, or `absent`: held
+   * since a restart of the hub for a provider that has not come back yet), resources,
+   * group, `started` (the hub's clock when it became ready, Unix seconds) and image. With
+   * `all: true`, every activity at the hub: only for a requestor that joined with an admin
+   * credential (`kiln token create --role admin`), else UnauthorizedError. Listing
+   * another's activity lets no one touch it. At most `limit` (1 to 1000, default 1000) of
+   * them; UnsupportedVersionError from a hub below protocol 1.3.
+   * @param {{all?: boolean, limit?: number}} [options]
+   * @returns {Promise<ActivityInfo[]>}
+   */
+  async listActivities(options = {}) {
+    const { all = false, limit = 1000 } = options;
+    const conn = await this._connected();
+    const list = /** @type {import("../types/protocol.js").ActivityList} */ (
+      await conn.request({ type: "activities", id: conn.newId(), all, limit })
+    );
+    return [...list.activities];
   }
 
   /**

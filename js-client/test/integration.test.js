@@ -1,6 +1,7 @@
 // End to end: a hub process, provider processes, the real Docker engine, real containers.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync, statSync } from "node:fs";
 import { open } from "node:fs/promises";
@@ -25,7 +26,7 @@ import {
   connect,
   errorFromCode,
 } from "../src/node/index.js";
-import { Cluster, IMAGE, containersOf, sleep, startCluster } from "./harness.js";
+import { Cluster, IMAGE, PYTHON, ROOT, containersOf, sleep, startCluster } from "./harness.js";
 
 const SMALL = { cpus: 0.5, memory: "128MiB" };
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-"));
@@ -285,6 +286,44 @@ test("a hub with a token refuses a requestor without it", { timeout: 60_000 }, a
     assert.deepEqual(await requestor.market(), []);
     await requestor.close();
   } finally {
+    await guarded.stop();
+  }
+});
+
+test("an admin token lists every requestor's activities and touches none of them", { timeout: 90_000 }, async () => {
+  const guarded = await startCluster([{ name: "adm", cpus: 2, memory: "1GiB" }]);
+  /** A credential made with the CLI while the hub runs: from now on every hello needs one. */
+  const token = (role) =>
+    execFileSync(PYTHON, ["-m", "kiln.cli", "token", "create", "--role", role, "--data-dir", guarded.dataDir],
+      { cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim().split("\n").pop();
+  const opened = [];
+  try {
+    const [adminToken, aliceToken] = [token("admin"), token("requestor")];
+    const alice = await connect(guarded.url, { token: aliceToken, name: "alice" });
+    opened.push(alice);
+    const admin = await connect(guarded.url, { token: adminToken, name: "ops" });
+    opened.push(admin);
+    const hers = await alice.rent({ image: IMAGE, demand: SMALL, group: "job-1" });
+    const mine = await admin.rent({ image: IMAGE, demand: SMALL });
+
+    assert.deepEqual((await alice.listActivities()).map((a) => a.id), [hers.id]);
+    await assert.rejects(alice.listActivities({ all: true }), (e) => e instanceof UnauthorizedError && e.code === "unauthorized");
+    const every = await admin.listActivities({ all: true });
+    assert.deepEqual(every.map((a) => a.id), [hers.id, mine.id].sort());
+    const listed = every.find((a) => a.id === hers.id);
+    assert.deepEqual([listed.requestor, listed.provider, listed.state, listed.group, listed.image],
+      ["alice", hers.provider, "ready", "job-1", IMAGE]);
+    assert.equal(listed.resources.memory, 128 * 2 ** 20);
+    assert.ok(listed.started > 0);
+    assert.deepEqual((await admin.listActivities({ all: true, limit: 1 })).length, 1);
+
+    // Seen, not touched: another's activity is unknown to the admin's connection.
+    const conn = admin.connection;
+    await assert.rejects(conn.request({ type: "release", id: conn.newId(), activity: hers.id }),
+      (e) => e instanceof KilnError && e.code === "unknown_activity");
+    assert.equal((await hers.run(["echo", "still mine"])).stdout, "still mine\n");
+  } finally {
+    for (const requestor of opened) await requestor.close();
     await guarded.stop();
   }
 });

@@ -1,9 +1,9 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
+import type { ActivityInfo, DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
 import { ActivityError, ConnectionClosedError, KilnError } from "./protocol.js";
 
-export type { Message, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
+export type { Message, ActivityInfo, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
 
 export interface ConnectOptions {
@@ -115,6 +115,13 @@ export interface MarketOptions {
   /** Only providers with at least this much capacity free. */
   free?: ResourcesOptions;
   /** At most this many providers (1 to 1000); default 100. */
+  limit?: number;
+}
+
+export interface ActivitiesOptions {
+  /** Every activity at the hub, not only this requestor's (an admin credential's only). */
+  all?: boolean;
+  /** At most this many activities (1 to 1000, by id); default 1000. */
   limit?: number;
 }
 
@@ -232,6 +239,12 @@ export declare class Requestor {
   rent(options: RentOptions): Promise<Activity>;
   /** The providers the hub knows (their offer, what is free, the images they hold), by name, filtered. */
   market(options?: MarketOptions): Promise<ProviderInfo[]>;
+  /**
+   * The activities this requestor holds at the hub, by id (a hub ≥ 1.3). With `all: true`,
+   * every activity at the hub: only for a requestor that joined with an admin credential,
+   * else UnauthorizedError. Listing another's activity lets no one touch it.
+   */
+  listActivities(options?: ActivitiesOptions): Promise<ActivityInfo[]>;
   /**
    * Push the image in a `docker save` archive to the hub's store (only the blobs it lacks
    * are sent, streamed); then rent it by tag or digest. ImageError for an archive that is

@@ -129,6 +129,7 @@ export declare const limits: {
 // --- the session core (src/protocol/session.js) -------------------------------------------
 
 import type {
+  ActivitiesQuery,
   ActivityLost,
   Create,
   Destroy,
@@ -155,7 +156,8 @@ import type {
 export type Role = "requestor" | "provider";
 /** What this side may ask of the hub. */
 export type Request =
-  | Rent | Release | MarketQuery | Exec | Upload | Download | Offer | PushImage | ListImages | RemoveImage;
+  | Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage | ListImages
+  | RemoveImage;
 /** What the hub may ask of a provider. */
 export type HubRequest = Create | Destroy | Exec | Upload | Download;
 /** What a provider answers the hub with. */

@@ -28,7 +28,9 @@ export type Message =
   | ImagePushed
   | ListImages
   | ImageList
-  | RemoveImage;
+  | RemoveImage
+  | ActivitiesQuery
+  | ActivityList;
 
 /**
  * First message on every connection, from the peer that dialled the hub.
@@ -441,4 +443,42 @@ export interface RemoveImage {
   id: number;
   image: string;
   type: "remove_image";
+}
+/**
+ * Requestor -> hub (1.3): the activities this requestor holds, or with ``all`` every activity at
+ * the hub (only for a requestor that joined with an admin credential), at most ``limit`` of them (by id).
+ */
+export interface ActivitiesQuery {
+  all: boolean;
+  id: number;
+  limit: number;
+  type: "activities";
+}
+/**
+ * (1.3) The activities an ``activities`` asked for, by id; ``matched`` counts all that match, listed or not.
+ */
+export interface ActivityList {
+  /**
+   * @maxItems 1000
+   */
+  activities: ActivityInfo[];
+  matched: number;
+  re: number;
+  type: "activity_list";
+}
+/**
+ * (1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it
+ * reserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);
+ * ``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of
+ * the hub).
+ */
+export interface ActivityInfo {
+  group: string | null;
+  id: string;
+  image: string | null;
+  provider: string;
+  requestor: string;
+  resources: Resources;
+  started: number | null;
+  state: "creating" | "ready" | "destroying" | "absent";
 }

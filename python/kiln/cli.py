@@ -7,6 +7,7 @@
     kiln hub --tls-cert hub.pem --tls-key hub.key                      # serves wss://
     kiln provider --hub wss://hub.example:7465 --ca ca.pem --name p1   # --ca on every command that dials
     kiln market --hub ws://127.0.0.1:7465
+    kiln activities --hub ws://127.0.0.1:7465 --all --token T     # every requestor's activities (an admin token)
     kiln run --hub ws://127.0.0.1:7465 kiln-busybox:latest -- sh -c 'echo hi'
     kiln image busybox
     kiln image push wordcount:1 --hub ws://127.0.0.1:7465        # or: --file wordcount.tar
@@ -152,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     market.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
     market.add_argument("--limit", type=int, default=100, help="list at most this many (1-1000, by name)")
 
+    activities = sub.add_parser("activities", help="list every requestor's activities at a hub (--all, an admin token)")
+    activities.add_argument("--hub", default=DEFAULT_HUB)
+    activities.add_argument("--token", default=None)
+    activities.add_argument(
+        "--all",
+        action="store_true",
+        help="every activity at the hub (needs an admin token: kiln token create); "
+        "without it, only this connection's, which are none",
+    )
+
     run = sub.add_parser("run", help="rent one container, run one command in it, print its output as it comes")
     run.add_argument("--hub", default=DEFAULT_HUB)
     run.add_argument("--token", default=None)
@@ -179,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (push, ls, rm):
         command.add_argument("--hub", default=DEFAULT_HUB)
         command.add_argument("--token", default=None)
-    for command in (provider, market, run, push, ls, rm):
+    for command in (provider, market, activities, run, push, ls, rm):
         command.add_argument(
             "--ca",
             type=Path,
@@ -215,6 +226,31 @@ async def _market(args: argparse.Namespace) -> int:
         )
     if len(providers) == args.limit:
         print(f"(the first {args.limit} by name; --limit shows more, --image and --label fewer)")
+    return 0
+
+
+async def _activities(args: argparse.Namespace) -> int:
+    import kiln
+    from kiln.protocol.messages import MAX_LISTED
+
+    async with kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor:
+        listed = await requestor.list_activities(all=args.all)
+    now = time.time()
+    rows = [("ID", "REQUESTOR", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE")]
+    rows += [
+        (a.id, a.requestor, a.provider, a.state, f"{a.resources.cpus:g}", format_size(a.resources.memory),
+         "-" if a.started is None else _ago(a.started, now))
+        for a in listed
+    ]  # fmt: skip
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows if listed else []:
+        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    more = f" (the first {MAX_LISTED} by id; there may be more)" if len(listed) == MAX_LISTED else ""
+    if args.all:
+        print(f"{len(listed)} activities at the hub{more}")
+    else:
+        # A requestor's own are its connection's: this one's new, so only --all shows anything.
+        print(f"{len(listed)} activities held by this connection; --all lists every requestor's (an admin token)")
     return 0
 
 
@@ -413,6 +449,8 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "market":
         return await _market(args)
+    if args.command == "activities":
+        return await _activities(args)
     if args.command == "run":
         return await _run(args)
     if args.command == "image" and args.image_command == "push":

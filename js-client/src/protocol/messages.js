@@ -29,7 +29,7 @@ export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js
 export const PROTOCOL_NAME = "kiln.v1";
 export const PROTOCOL_VERSION = "1.3";
 export const MAJOR_VERSION = 1;
-export const MINOR_VERSION = 2;
+export const MINOR_VERSION = 3;
 
 export const MAX_ID = 2 ** 31 - 1;
 /** The most providers one `rent` may pass over. */
@@ -46,7 +46,9 @@ export const MESSAGE_TYPES = Object.freeze(new Set(/** @type {MessageType[]} */ 
 /** The types that end a request (its final reply, matched by `re`). */
 export const FINAL_REPLIES = Object.freeze(
   new Set(
-    /** @type {MessageType[]} */ (["done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list"]),
+    /** @type {MessageType[]} */ ([
+      "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list", "activity_list",
+    ]),
   ),
 );
 /** The types that answer a request before its final reply (matched by `re`). */

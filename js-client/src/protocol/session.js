@@ -10,13 +10,13 @@
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
  *   until exactly one final reply (`done`, `error`, `rented`, `market_info`,
- *   `exec_result`, `image_pushed`, `image_list`) names it in `re`, and the reply must fit
- *   the request's kind. Interim replies come before it: `download_info` once for a
+ *   `exec_result`, `image_pushed`, `image_list`, `activity_list`) names it in `re`, and
+ *   the reply must fit the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
- *   store's, 1.1; an exec's streams and root, 1.2) are refused here, before they are sent
- *   (UnsupportedVersionError).
+ *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3) are refused here,
+ *   before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
  * - An `upload`, `download` or `push_image` opens a stream under the request's id, closed
@@ -71,13 +71,17 @@ import { MAJOR_VERSION, MAX_ID, PROTOCOL_VERSION, build, clip, parse, serialize 
 /**
  * A reply from the hub to a request of ours: final, or interim.
  * @typedef {Reply | Interim | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo
- *   | import("../../types/protocol.js").ImagePushed | import("../../types/protocol.js").ImageList} HubReply
+ *   | import("../../types/protocol.js").ImagePushed | import("../../types/protocol.js").ImageList
+ *   | import("../../types/protocol.js").ActivityList} HubReply
  */
 
 /** The requests each role may send. */
 const SENDS = Object.freeze({
   requestor: Object.freeze(
-    new Set(["rent", "release", "market", "exec", "upload", "download", "push_image", "list_images", "remove_image"]),
+    new Set([
+      "rent", "release", "market", "activities", "exec", "upload", "download", "push_image", "list_images",
+      "remove_image",
+    ]),
   ),
   provider: Object.freeze(new Set(["offer"])),
 });
@@ -86,7 +90,7 @@ const SENDS = Object.freeze({
  * The minor version that brought each request (absent: 0).
  * @type {Readonly<Record<string, number>>}
  */
-const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1 });
+const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1, activities: 3 });
 
 /** The first credit of an exec's output stream when the exec names none (chunks; at most `max_window`). */
 export const OUTPUT_WINDOW = 16;
@@ -110,6 +114,7 @@ const ANSWERS = Object.freeze({
   rent: new Set(["rented", "error"]),
   release: new Set(["done", "error"]),
   market: new Set(["market_info", "error"]),
+  activities: new Set(["activity_list", "error"]),
   exec: new Set(["exec_result", "error"]),
   upload: new Set(["done", "error"]),
   download: new Set(["done", "error"]),
@@ -123,7 +128,7 @@ const ANSWERS = Object.freeze({
 
 const HUB_REQUESTS = new Set(["create", "destroy", "exec", "upload", "download"]);
 const REPLIES = new Set([
-  "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list",
+  "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list", "activity_list",
   "download_info", "want", "rent_progress",
 ]);
 

@@ -3,13 +3,16 @@
 Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
-* A requestor sends ``rent``, ``release``, ``market``, ``exec``, ``upload``, ``download``,
-  ``credit``, ``cancel`` and upload stream frames. A provider sends ``offer``, ``credit``,
-  replies to the hub's requests and download stream frames. Anything else is ``out_of_order``.
+* A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
+  ``download``, ``credit``, ``cancel`` and upload stream frames. A provider sends ``offer``,
+  ``credit``, replies to the hub's requests and download stream frames. Anything else is
+  ``out_of_order``.
 * Every request a requestor makes on an activity is forwarded to the activity's provider
   under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
   only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
-  a request the hub did not send to *this* provider is ``out_of_order``.
+  a request the hub did not send to *this* provider is ``out_of_order``. A requestor that
+  joined with an admin credential may *list* every activity (``activities`` with ``all``),
+  but touches only its own, as any other.
 * A stream's data frames are relayed only within the credit its receiver granted, and that
   credit is passed on to senders only while all the stream data toward the receiver fits
   in half the buffer the I/O layer keeps for it: a slow receiver slows its own streams.
@@ -77,6 +80,9 @@ from kiln.protocol.messages import (
     MAX_ID,
     MINOR_VERSION,
     PROTOCOL_VERSION,
+    ActivitiesQuery,
+    ActivityInfo,
+    ActivityList,
     ActivityLost,
     Blob,
     Cancel,
@@ -270,6 +276,8 @@ class Lease:
     state: Literal["creating", "ready", "destroying", "absent"] = "creating"
     image: str | None = None  # the digest of a stored image it runs
     provider_name: str = ""
+    requestor_name: str = ""
+    named_image: str | None = None  # the image its rent named, when not the store's (not kept through a restart)
     started: float = 0.0  # when it became ready (the clock's time)
     saved: bool = False  # written to the hub's state (once its requestor was told of it)
     parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
@@ -317,7 +325,7 @@ class Peer:
 
 
 REQUESTOR_SENDS = frozenset(
-    {"rent", "release", "market", "exec", "upload", "download", "credit", "cancel"}
+    {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
     | {"push_image", "list_images", "remove_image"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
@@ -411,7 +419,8 @@ class HubCore:
             if owner is None:
                 continue
             lease = Lease(lr.id, owner.id, ABSENT, lr.resources, group=lr.group, state="absent", image=lr.image,
-                          provider_name=lr.provider, started=lr.started, saved=True)  # fmt: skip
+                          provider_name=lr.provider, requestor_name=owner.name, started=lr.started,
+                          saved=True)  # fmt: skip
             self.activities[lease.id] = lease
             owner.activities.add(lease.id)
             self._absent.setdefault(lr.provider, set()).add(lease.id)
@@ -733,6 +742,7 @@ class HubCore:
         leases = self._leases(old)
         for lease in leases:
             lease.requestor = p.id
+            lease.requestor_name = p.name
             p.activities.add(lease.id)
             if lease.group is not None and lease.provider != ABSENT:
                 p.groups.setdefault(lease.group, Counter())[lease.provider] += 1
@@ -771,8 +781,8 @@ class HubCore:
                 elif pending is not None and pending.kind != "destroy":  # a release always completes
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
-        assert isinstance(message, Rent | Release | MarketQuery | Exec | Upload | Download | PushImage | ListImages
-                          | RemoveImage)  # fmt: skip
+        assert isinstance(message, Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download
+                          | PushImage | ListImages | RemoveImage)  # fmt: skip
         if message.id in p.open or message.id in p.pushes:
             self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
             return
@@ -797,6 +807,8 @@ class HubCore:
             info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
                               activities=len(self.activities))  # fmt: skip
             self._send(p.id, info)
+        elif isinstance(message, ActivitiesQuery):
+            self._list_activities(p, message)
         elif isinstance(message, Rent):
             self._rent(p, message)
         else:
@@ -816,6 +828,21 @@ class HubCore:
                 self._destroy(activity, p.id, message.id)
             else:
                 self._forward(p, activity, message)
+
+    def _list_activities(self, p: Peer, message: ActivitiesQuery) -> None:
+        """Requestor ``p``'s own activities, or with ``all`` every one at the hub: an admin's view only."""
+        if message.all and (p.credential is None or p.credential.role != "admin"):
+            text = "listing every activity at the hub needs an admin credential (kiln token create --role admin)"
+            self._error(p, message.id, ErrorCode.UNAUTHORIZED, text)
+            return
+        leases = [self.activities[key] for key in sorted(self.activities)] if message.all else self._leases(p)
+        listed = [
+            ActivityInfo(id=lease.id, requestor=lease.requestor_name, provider=lease.provider_name, state=lease.state,
+                         resources=lease.resources, group=lease.group, started=lease.started or None,
+                         image=lease.image or lease.named_image)
+            for lease in leases[: message.limit]
+        ]  # fmt: skip
+        self._send(p.id, ActivityList(type="activity_list", re=message.id, activities=listed, matched=len(leases)))
 
     def _unwait(self, p: Peer, request: int) -> None:
         """Cancel request ``request`` of ``p``'s that waits for an absent lease."""
@@ -842,10 +869,12 @@ class HubCore:
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         q = self.peers[provider]
         activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group,
-                         provider_name=q.name)  # fmt: skip
+                         provider_name=q.name, requestor_name=p.name)  # fmt: skip
         if stored is not None:
             activity.image = stored.digest
             self.catalog.use(stored.digest, self._clock())
+        else:
+            activity.named_image = message.image
         self.market.reserve(provider, resources)
         if message.group is not None:
             p.groups.setdefault(message.group, Counter())[provider] += 1

@@ -43,7 +43,7 @@ MAX_ID: Final = 2**31 - 1
 MAX_EXCLUDE: Final = 1024
 """The most providers one ``rent`` may pass over."""
 MAX_LISTED: Final = 1000
-"""The most providers one ``market`` reply lists."""
+"""The most providers one ``market`` reply lists, and the most activities one ``activity_list`` lists."""
 MAX_TEXT: Final = 4096
 """The longest free text (an error's message, a loss's reason) a message carries."""
 MAX_LAYERS: Final = 256
@@ -234,6 +234,27 @@ class ProviderInfo(_Message):
     activities: int
 
 
+ActivityState: TypeAlias = Literal["creating", "ready", "destroying", "absent"]
+"""Where an activity is in its life at the hub: its container being started, running, being removed,
+or held since a restart of the hub for a provider that has not dialled again yet."""
+
+
+class ActivityInfo(_Message):
+    """(1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it
+    reserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);
+    ``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of
+    the hub)."""
+
+    id: ActivityId
+    requestor: Name
+    provider: Name
+    state: ActivityState
+    resources: Resources
+    group: GroupName | None = None
+    started: Annotated[float, Field(ge=0)] | None = None
+    image: ImageRef | None = None
+
+
 # --- handshake -------------------------------------------------------------------
 
 
@@ -385,6 +406,25 @@ class MarketInfo(_Message):
     providers: list[ProviderInfo]
     matched: Annotated[int, Field(ge=0)]
     activities: int
+
+
+class ActivitiesQuery(_Message):
+    """Requestor -> hub (1.3): the activities this requestor holds, or with ``all`` every activity at
+    the hub (only for a requestor that joined with an admin credential), at most ``limit`` of them (by id)."""
+
+    type: Literal["activities"]
+    id: RequestId
+    all: bool = False
+    limit: Annotated[int, Field(ge=1, le=MAX_LISTED)] = MAX_LISTED
+
+
+class ActivityList(_Message):
+    """(1.3) The activities an ``activities`` asked for, by id; ``matched`` counts all that match, listed or not."""
+
+    type: Literal["activity_list"]
+    re: RequestId
+    activities: Annotated[list[ActivityInfo], Field(max_length=MAX_LISTED)]
+    matched: Annotated[int, Field(ge=0)]
 
 
 class Create(_Message):
@@ -596,7 +636,9 @@ Message: TypeAlias = Annotated[
     | ImagePushed
     | ListImages
     | ImageList
-    | RemoveImage,
+    | RemoveImage
+    | ActivitiesQuery
+    | ActivityList,
     Field(discriminator="type"),
 ]
 
@@ -605,7 +647,7 @@ MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
 MESSAGE_MODELS: Final = (
     Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, MarketQuery, MarketInfo, Create,
     Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
-    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage,
+    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage, ActivitiesQuery, ActivityList,
 )  # fmt: skip
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 

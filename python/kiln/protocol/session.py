@@ -8,12 +8,13 @@ The rules everything here follows:
   instead (or anything else) ends the session before it began.
 * A request this side sends carries an id unique among its open requests. It stays open
   until exactly one final reply (``done``, ``error``, ``rented``, ``market_info``,
-  ``exec_result``, ``image_pushed``, ``image_list``) names it in ``re``, and the reply must
-  fit the request's kind. Interim replies come before it: ``download_info`` once for a
+  ``exec_result``, ``image_pushed``, ``image_list``, ``activity_list``) names it in ``re``,
+  and the reply must fit the request's kind. Interim replies come before it: ``download_info`` once for a
   download before its data, ``want`` once for a ``push_image`` before its data (and from a
   provider once for a ``create``), ``rent_progress`` any number of times for a ``rent``.
 * Requests, and fields, of a later minor version than the hub's ``welcome`` (the image
-  store's, 1.1; an exec's streams and root, 1.2) are refused here, before they are sent.
+  store's, 1.1; an exec's streams and root, 1.2; ``activities``, 1.3) are refused here,
+  before they are sent.
 * A request the hub sends a provider stays open until the provider sends exactly one
   final reply to it; replying to anything else is this side's misuse.
 * An ``upload``, ``download`` or ``push_image`` opens a stream under the request's id, closed
@@ -66,6 +67,8 @@ from kiln.protocol.messages import (
     MAJOR_VERSION,
     MAX_ID,
     PROTOCOL_VERSION,
+    ActivitiesQuery,
+    ActivityList,
     ActivityLost,
     Cancel,
     Create,
@@ -102,9 +105,8 @@ from kiln.protocol.messages import (
 )
 
 Role: TypeAlias = Literal["requestor", "provider"]
-Request: TypeAlias = (
-    Rent | Release | MarketQuery | Exec | Upload | Download | Offer | PushImage | ListImages | RemoveImage
-)
+Request: TypeAlias = (Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage
+                      | ListImages | RemoveImage)  # fmt: skip
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
 """What the hub may ask of a provider."""
@@ -112,16 +114,17 @@ Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
 Interim: TypeAlias = DownloadInfo | Want | RentProgress
 """Replies that come before a request's final one."""
-FinalReply: TypeAlias = Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList
+FinalReply: TypeAlias = Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | ActivityList
 
 SENDS: Final[dict[Role, frozenset[str]]] = {
     "requestor": frozenset(
-        {"rent", "release", "market", "exec", "upload", "download", "push_image", "list_images", "remove_image"}
+        {"rent", "release", "market", "activities", "exec", "upload", "download"}
+        | {"push_image", "list_images", "remove_image"}
     ),
     "provider": frozenset({"offer"}),
 }
 """The requests each role may send."""
-SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1}
+SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1, "activities": 3}
 """The minor version that brought each request (absent: 0)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
@@ -134,6 +137,7 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "rent": frozenset({"rented", "error"}),
     "release": frozenset({"done", "error"}),
     "market": frozenset({"market_info", "error"}),
+    "activities": frozenset({"activity_list", "error"}),
     "exec": frozenset({"exec_result", "error"}),
     "upload": frozenset({"done", "error"}),
     "download": frozenset({"done", "error"}),
@@ -524,9 +528,7 @@ class Session:
             if found is not None and not found.ended:
                 found.credit += message.chunks
                 self._events.append(Credited(message.stream, message.chunks))
-        elif isinstance(
-            message, Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | DownloadInfo | Want
-        ) and (message.re is not None):
+        elif isinstance(message, FinalReply | DownloadInfo | Want) and message.re is not None:
             self._take_reply(message, message.re)
         elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost)):
             self._events.append(Notified(message))

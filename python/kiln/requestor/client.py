@@ -32,6 +32,10 @@ from typing import Any, Final, TypeVar, Unpack
 from kiln.connection import Connection, Trust
 from kiln.protocol.errors import ConnectionClosed, ConnectionLost, KilnError, UsageError, error_from_code
 from kiln.protocol.messages import (
+    MAX_LISTED,
+    ActivitiesQuery,
+    ActivityInfo,
+    ActivityList,
     ActivityLost,
     Demand,
     Done,
@@ -376,6 +380,22 @@ class Requestor:
         reply = await conn.request(query)
         assert isinstance(reply, MarketInfo)
         return reply.providers
+
+    async def list_activities(self, *, all: bool = False, limit: int = MAX_LISTED) -> list[ActivityInfo]:
+        """The activities this requestor holds at the hub, by id, at most ``limit`` (1 to 1000) of them.
+
+        Each says whose it is (``requestor``, a name), where it runs (``provider``), its
+        ``state`` (``creating``, ``ready``, ``destroying``, or ``absent``: held since a restart of
+        the hub for a provider that has not come back yet), ``resources``, ``group``, ``started``
+        (the hub's clock when it became ready) and ``image``. With ``all``, every activity at the
+        hub: only for a requestor that joined with an admin credential (``kiln token create --role
+        admin``), else :class:`~kiln.Unauthorized`. Listing another's activity lets no one touch
+        it. Raises :class:`~kiln.UnsupportedVersion` for a hub older than protocol 1.3.
+        """
+        conn = await self.connected()
+        reply = await conn.request(ActivitiesQuery(type="activities", id=conn.new_id(), all=all, limit=limit))
+        assert isinstance(reply, ActivityList)
+        return reply.activities
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Notified) and isinstance(event.message, ActivityLost):

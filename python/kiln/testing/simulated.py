@@ -100,10 +100,10 @@ class SimulatedProvider:
         except KilnError as e:
             await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
 
-    async def join(self, url: str, offer: Offer) -> None:
+    async def join(self, url: str, offer: Offer, token: str | None = None) -> None:
         """Dial the hub at ``url`` (listing what it runs, to a hub that spoke 1.3 to it before) and offer."""
         known = self.conn is not None and self.conn.session.minor >= 3
-        conn = await Connection.open(url, role="provider", name=self.name, on_event=self.on_event,
+        conn = await Connection.open(url, role="provider", name=self.name, token=token, on_event=self.on_event,
                                      activities=sorted(self.running) if known and self.running else None)  # fmt: skip
         self.conn = conn
         await conn.start(offer.model_copy(update={"id": conn.new_id()}))
@@ -127,9 +127,10 @@ async def simulated_providers(
     files: dict[str, Served] | None = None,
     stuck: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
+    token: str | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
-    ``labels(i)``); yields their names, disconnects on exit."""
+    ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit."""
     raise_open_file_limit()
     providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
@@ -138,7 +139,7 @@ async def simulated_providers(
         async with gate:
             offer = Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory), arch="amd64",
                           images=list(images), labels=labels(i))  # fmt: skip
-            await provider.join(url, offer)
+            await provider.join(url, offer, token)
 
     async with asyncio.TaskGroup() as tg:
         readers: list[asyncio.Task[None]] = []

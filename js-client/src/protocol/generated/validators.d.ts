@@ -3,6 +3,8 @@
 
 import type {
   Message,
+  ActivitiesQuery,
+  ActivityList,
   ActivityLost,
   Cancel,
   Create,
@@ -53,6 +55,8 @@ export interface Validator<T> {
 
 export declare const VALIDATORS: { readonly [K in Message["type"]]: Validator<Extract<Message, { type: K }>> };
 
+export declare const validateActivitiesQuery: Validator<ActivitiesQuery>;
+export declare const validateActivityList: Validator<ActivityList>;
 export declare const validateActivityLost: Validator<ActivityLost>;
 export declare const validateCancel: Validator<Cancel>;
 export declare const validateCreate: Validator<Create>;

@@ -6,10 +6,182 @@ import { FORMAT, pathProblem } from "../paths.js";
 /** The formats JSON Schema cannot say, by name, as the code below calls them. */
 const formats = { [FORMAT]: (path) => pathProblem(path) === null };
 
-export const validateActivityLost = validate21;
-const schema32 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
+export const validateActivitiesQuery = validate21;
+const schema32 = {"additionalProperties":false,"description":"Requestor -> hub (1.3): the activities this requestor holds, or with ``all`` every activity at\nthe hub (only for a requestor that joined with an admin credential), at most ``limit`` of them (by id).","properties":{"all":{"default":false,"title":"All","type":"boolean"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"limit":{"default":1000,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"activities","title":"Type","type":"string"}},"required":["type","id"],"title":"ActivitiesQuery","type":"object"};
+
+function validate21(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate21.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.all === undefined){
+data.all = false;
+}
+if(data.limit === undefined){
+data.limit = 1000;
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "all") || (key0 === "id")) || (key0 === "limit")) || (key0 === "type"))){
+const err2 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+}
+if(typeof data.all !== "boolean"){
+const err3 = {instancePath:instancePath+"/all",schemaPath:"#/properties/all/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.id !== undefined){
+let data1 = data.id;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err4 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 2147483647 || isNaN(data1)){
+const err5 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if(data1 < 1 || isNaN(data1)){
+const err6 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+}
+let data2 = data.limit;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err7 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 1000 || isNaN(data2)){
+const err8 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+if(data2 < 1 || isNaN(data2)){
+const err9 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data3 = data.type;
+if(typeof data3 !== "string"){
+const err10 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if("activities" !== data3){
+const err11 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "activities"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+}
+else {
+const err12 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+validate21.errors = vErrors;
+return errors === 0;
+}
+validate21.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateActivityList = validate22;
+const schema33 = {"additionalProperties":false,"description":"(1.3) The activities an ``activities`` asked for, by id; ``matched`` counts all that match, listed or not.","properties":{"activities":{"items":{"$ref":"#/$defs/ActivityInfo"},"maxItems":1000,"title":"Activities","type":"array"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"activity_list","title":"Type","type":"string"}},"required":["type","re","activities","matched"],"title":"ActivityList","type":"object"};
+const schema34 = {"additionalProperties":false,"description":"(1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it\nreserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);\n``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of\nthe hub).","properties":{"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Id","type":"string"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"requestor":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Requestor","type":"string"},"resources":{"$ref":"#/$defs/Resources"},"started":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Started"},"state":{"enum":["creating","ready","destroying","absent"],"title":"State","type":"string"}},"required":["id","requestor","provider","state","resources"],"title":"ActivityInfo","type":"object"};
+const schema35 = {"additionalProperties":false,"description":"An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.","properties":{"cpus":{"maximum":4096,"minimum":0,"title":"Cpus","type":"number"},"memory":{"maximum":4611686018427388000,"minimum":0,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"required":["cpus","memory"],"title":"Resources","type":"object"};
 const pattern4 = new RegExp("^[A-Za-z0-9_.-]{1,64}$", "u");
-const pattern5 = new RegExp("^[a-z][a-z0-9_]{0,63}$", "u");
+const pattern6 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", "u");
+const pattern7 = new RegExp("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$", "u");
 const func1 = function ucs2length(str) {
     const len = str.length;
     let length = 0;
@@ -28,10 +200,804 @@ const func1 = function ucs2length(str) {
     return length;
 };
 
-function validate21(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate21.evaluated;
+const evaluated0 = validate23.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.group === undefined){
+data.group = null;
+}
+if(data.image === undefined){
+data.image = null;
+}
+if(data.started === undefined){
+data.started = null;
+}
+if(data.id === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.requestor === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "requestor"},message:"must have required property '"+"requestor"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.provider === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "provider"},message:"must have required property '"+"provider"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.state === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "state"},message:"must have required property '"+"state"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.resources === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "resources"},message:"must have required property '"+"resources"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((((((key0 === "group") || (key0 === "id")) || (key0 === "image")) || (key0 === "provider")) || (key0 === "requestor")) || (key0 === "resources")) || (key0 === "started")) || (key0 === "state"))){
+const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+let data0 = data.group;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(typeof data0 === "string"){
+if(!pattern4.test(data0)){
+const err6 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+else {
+const err7 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs6 = errors;
+if(data0 !== null){
+const err8 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+var _valid0 = _errs6 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err9 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data1 = data.id;
+if(typeof data1 === "string"){
+if(!pattern4.test(data1)){
+const err10 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+else {
+const err11 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+let data2 = data.image;
+const _errs11 = errors;
+let valid2 = false;
+const _errs12 = errors;
+if(typeof data2 === "string"){
+if(func1(data2) > 255){
+const err12 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(func1(data2) < 1){
+const err13 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if(!pattern6.test(data2)){
+const err14 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+else {
+const err15 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+var _valid1 = _errs12 === errors;
+valid2 = valid2 || _valid1;
+const _errs14 = errors;
+if(data2 !== null){
+const err16 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+var _valid1 = _errs14 === errors;
+valid2 = valid2 || _valid1;
+if(!valid2){
+const err17 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+else {
+errors = _errs11;
+if(vErrors !== null){
+if(_errs11){
+vErrors.length = _errs11;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.provider !== undefined){
+let data3 = data.provider;
+if(typeof data3 === "string"){
+if(func1(data3) > 64){
+const err18 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(func1(data3) < 1){
+const err19 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if(!pattern7.test(data3)){
+const err20 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+else {
+const err21 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+if(data.requestor !== undefined){
+let data4 = data.requestor;
+if(typeof data4 === "string"){
+if(func1(data4) > 64){
+const err22 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+if(func1(data4) < 1){
+const err23 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+if(!pattern7.test(data4)){
+const err24 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+}
+else {
+const err25 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+}
+if(data.resources !== undefined){
+let data5 = data.resources;
+if(data5 && typeof data5 == "object" && !Array.isArray(data5)){
+if(data5.storage === undefined){
+data5.storage = 0;
+}
+if(data5.cpus === undefined){
+const err26 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+if(data5.memory === undefined){
+const err27 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+for(const key1 in data5){
+if(!(((key1 === "cpus") || (key1 === "memory")) || (key1 === "storage"))){
+const err28 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+}
+if(data5.cpus !== undefined){
+let data6 = data5.cpus;
+if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 4096 || isNaN(data6)){
+const err29 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+if(data6 < 0 || isNaN(data6)){
+const err30 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+}
+else {
+const err31 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+}
+if(data5.memory !== undefined){
+let data7 = data5.memory;
+if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
+const err32 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+if((typeof data7 == "number") && (isFinite(data7))){
+if(data7 > 4611686018427388000 || isNaN(data7)){
+const err33 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
+if(data7 < 0 || isNaN(data7)){
+const err34 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err34];
+}
+else {
+vErrors.push(err34);
+}
+errors++;
+}
+}
+}
+let data8 = data5.storage;
+if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
+const err35 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err35];
+}
+else {
+vErrors.push(err35);
+}
+errors++;
+}
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 > 4611686018427388000 || isNaN(data8)){
+const err36 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err36];
+}
+else {
+vErrors.push(err36);
+}
+errors++;
+}
+if(data8 < 0 || isNaN(data8)){
+const err37 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err37];
+}
+else {
+vErrors.push(err37);
+}
+errors++;
+}
+}
+}
+else {
+const err38 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
+}
+errors++;
+}
+}
+let data9 = data.started;
+const _errs31 = errors;
+let valid5 = false;
+const _errs32 = errors;
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 < 0 || isNaN(data9)){
+const err39 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+}
+else {
+const err40 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+var _valid2 = _errs32 === errors;
+valid5 = valid5 || _valid2;
+const _errs34 = errors;
+if(data9 !== null){
+const err41 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
+}
+errors++;
+}
+var _valid2 = _errs34 === errors;
+valid5 = valid5 || _valid2;
+if(!valid5){
+const err42 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err42];
+}
+else {
+vErrors.push(err42);
+}
+errors++;
+}
+else {
+errors = _errs31;
+if(vErrors !== null){
+if(_errs31){
+vErrors.length = _errs31;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.state !== undefined){
+let data10 = data.state;
+if(typeof data10 !== "string"){
+const err43 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err43];
+}
+else {
+vErrors.push(err43);
+}
+errors++;
+}
+if(!((((data10 === "creating") || (data10 === "ready")) || (data10 === "destroying")) || (data10 === "absent"))){
+const err44 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/enum",keyword:"enum",params:{allowedValues: schema34.properties.state.enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+}
+}
+else {
+const err45 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
+}
+errors++;
+}
+validate23.errors = vErrors;
+return errors === 0;
+}
+validate23.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+
+function validate22(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate22.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.re === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "re"},message:"must have required property '"+"re"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.activities === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activities"},message:"must have required property '"+"activities"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.matched === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "matched"},message:"must have required property '"+"matched"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "activities") || (key0 === "matched")) || (key0 === "re")) || (key0 === "type"))){
+const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+if(data.activities !== undefined){
+let data0 = data.activities;
+if(Array.isArray(data0)){
+if(data0.length > 1000){
+const err5 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+if(!(validate23(data0[i0], {instancePath:instancePath+"/activities/" + i0,parentData:data0,parentDataProperty:i0,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate23.errors : vErrors.concat(validate23.errors);
+errors = vErrors.length;
+}
+}
+}
+else {
+const err6 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+if(data.matched !== undefined){
+let data2 = data.matched;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err7 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 < 0 || isNaN(data2)){
+const err8 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+}
+if(data.re !== undefined){
+let data3 = data.re;
+if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
+const err9 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 2147483647 || isNaN(data3)){
+const err10 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if(data3 < 1 || isNaN(data3)){
+const err11 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data4 = data.type;
+if(typeof data4 !== "string"){
+const err12 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if("activity_list" !== data4){
+const err13 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "activity_list"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+}
+}
+else {
+const err14 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+validate22.errors = vErrors;
+return errors === 0;
+}
+validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateActivityLost = validate25;
+const schema36 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
+const pattern10 = new RegExp("^[a-z][a-z0-9_]{0,63}$", "u");
+
+function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate25.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -119,7 +1085,7 @@ errors++;
 if(data.code !== undefined){
 let data1 = data.code;
 if(typeof data1 === "string"){
-if(!pattern5.test(data1)){
+if(!pattern10.test(data1)){
 const err7 = {instancePath:instancePath+"/code",schemaPath:"#/properties/code/pattern",keyword:"pattern",params:{pattern: "^[a-z][a-z0-9_]{0,63}$"},message:"must match pattern \""+"^[a-z][a-z0-9_]{0,63}$"+"\""};
 if(vErrors === null){
 vErrors = [err7];
@@ -200,18 +1166,18 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate21.errors = vErrors;
+validate25.errors = vErrors;
 return errors === 0;
 }
-validate21.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCancel = validate22;
-const schema33 = {"additionalProperties":false,"description":"Stop request ``target``; it ends with an error ``cancelled`` unless already done.","properties":{"target":{"maximum":2147483647,"minimum":1,"title":"Target","type":"integer"},"type":{"const":"cancel","title":"Type","type":"string"}},"required":["type","target"],"title":"Cancel","type":"object"};
+export const validateCancel = validate26;
+const schema37 = {"additionalProperties":false,"description":"Stop request ``target``; it ends with an error ``cancelled`` unless already done.","properties":{"target":{"maximum":2147483647,"minimum":1,"title":"Target","type":"integer"},"type":{"const":"cancel","title":"Type","type":"string"}},"required":["type","target"],"title":"Cancel","type":"object"};
 
-function validate22(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate22.evaluated;
+const evaluated0 = validate26.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -320,23 +1286,21 @@ vErrors.push(err8);
 }
 errors++;
 }
-validate22.errors = vErrors;
+validate26.errors = vErrors;
 return errors === 0;
 }
-validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate26.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCreate = validate23;
-const schema34 = {"additionalProperties":false,"description":"Hub -> provider: start a container for a new activity with these resources.\n\n``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a\nprovider that lacks some of its blobs answers ``want`` and receives them on this request's stream.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"manifest":{"anyOf":[{"$ref":"#/$defs/Manifest"},{"type":"null"}],"default":null},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"create","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","activity","image","resources"],"title":"Create","type":"object"};
-const schema38 = {"additionalProperties":false,"description":"An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.","properties":{"cpus":{"maximum":4096,"minimum":0,"title":"Cpus","type":"number"},"memory":{"maximum":4611686018427388000,"minimum":0,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"required":["cpus","memory"],"title":"Resources","type":"object"};
-const pattern7 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", "u");
-const schema35 = {"additionalProperties":false,"description":"An image as Docker keeps it: its config (whose digest is Docker's image id) and its\nlayers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first.","properties":{"config":{"$ref":"#/$defs/Blob"},"layers":{"items":{"$ref":"#/$defs/Blob"},"maxItems":256,"title":"Layers","type":"array"}},"required":["config","layers"],"title":"Manifest","type":"object"};
-const schema36 = {"additionalProperties":false,"description":"A piece of an image, named by the sha256 of its bytes.","properties":{"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"}},"required":["digest","size"],"title":"Blob","type":"object"};
-const pattern8 = new RegExp("^sha256:[0-9a-f]{64}$", "u");
+export const validateCreate = validate27;
+const schema38 = {"additionalProperties":false,"description":"Hub -> provider: start a container for a new activity with these resources.\n\n``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a\nprovider that lacks some of its blobs answers ``want`` and receives them on this request's stream.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"manifest":{"anyOf":[{"$ref":"#/$defs/Manifest"},{"type":"null"}],"default":null},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"create","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","activity","image","resources"],"title":"Create","type":"object"};
+const schema39 = {"additionalProperties":false,"description":"An image as Docker keeps it: its config (whose digest is Docker's image id) and its\nlayers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first.","properties":{"config":{"$ref":"#/$defs/Blob"},"layers":{"items":{"$ref":"#/$defs/Blob"},"maxItems":256,"title":"Layers","type":"array"}},"required":["config","layers"],"title":"Manifest","type":"object"};
+const schema40 = {"additionalProperties":false,"description":"A piece of an image, named by the sha256 of its bytes.","properties":{"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"}},"required":["digest","size"],"title":"Blob","type":"object"};
+const pattern13 = new RegExp("^sha256:[0-9a-f]{64}$", "u");
 
-function validate24(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate28(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate24.evaluated;
+const evaluated0 = validate28.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -414,7 +1378,7 @@ errors++;
 if(data0.digest !== undefined){
 let data1 = data0.digest;
 if(typeof data1 === "string"){
-if(!pattern8.test(data1)){
+if(!pattern13.test(data1)){
 const err6 = {instancePath:instancePath+"/config/digest",schemaPath:"#/$defs/Blob/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
@@ -535,7 +1499,7 @@ errors++;
 if(data4.digest !== undefined){
 let data5 = data4.digest;
 if(typeof data5 === "string"){
-if(!pattern8.test(data5)){
+if(!pattern13.test(data5)){
 const err16 = {instancePath:instancePath+"/layers/" + i0+"/digest",schemaPath:"#/$defs/Blob/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -627,16 +1591,16 @@ vErrors.push(err23);
 }
 errors++;
 }
-validate24.errors = vErrors;
+validate28.errors = vErrors;
 return errors === 0;
 }
-validate24.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate28.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 
-function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate27(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate23.evaluated;
+const evaluated0 = validate27.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -795,7 +1759,7 @@ vErrors.push(err12);
 }
 errors++;
 }
-if(!pattern7.test(data2)){
+if(!pattern6.test(data2)){
 const err13 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err13];
@@ -821,8 +1785,8 @@ let data3 = data.manifest;
 const _errs9 = errors;
 let valid1 = false;
 const _errs10 = errors;
-if(!(validate24(data3, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate24.errors : vErrors.concat(validate24.errors);
+if(!(validate28(data3, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate28.errors : vErrors.concat(validate28.errors);
 errors = vErrors.length;
 }
 var _valid0 = _errs10 === errors;
@@ -1108,18 +2072,18 @@ vErrors.push(err36);
 }
 errors++;
 }
-validate23.errors = vErrors;
+validate27.errors = vErrors;
 return errors === 0;
 }
-validate23.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate27.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCredit = validate26;
-const schema39 = {"additionalProperties":false,"description":"The receiver of stream ``stream`` may take ``chunks`` more data frames.","properties":{"chunks":{"maximum":1024,"minimum":1,"title":"Chunks","type":"integer"},"stream":{"maximum":2147483647,"minimum":1,"title":"Stream","type":"integer"},"type":{"const":"credit","title":"Type","type":"string"}},"required":["type","stream","chunks"],"title":"Credit","type":"object"};
+export const validateCredit = validate30;
+const schema43 = {"additionalProperties":false,"description":"The receiver of stream ``stream`` may take ``chunks`` more data frames.","properties":{"chunks":{"maximum":1024,"minimum":1,"title":"Chunks","type":"integer"},"stream":{"maximum":2147483647,"minimum":1,"title":"Stream","type":"integer"},"type":{"const":"credit","title":"Type","type":"string"}},"required":["type","stream","chunks"],"title":"Credit","type":"object"};
 
-function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate30(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate26.evaluated;
+const evaluated0 = validate30.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1273,18 +2237,18 @@ vErrors.push(err12);
 }
 errors++;
 }
-validate26.errors = vErrors;
+validate30.errors = vErrors;
 return errors === 0;
 }
-validate26.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate30.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDestroy = validate27;
-const schema40 = {"additionalProperties":false,"description":"Hub -> provider: remove the activity's container (answered with ``done``).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"destroy","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Destroy","type":"object"};
+export const validateDestroy = validate31;
+const schema44 = {"additionalProperties":false,"description":"Hub -> provider: remove the activity's container (answered with ``done``).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"destroy","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Destroy","type":"object"};
 
-function validate27(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate31(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate27.evaluated;
+const evaluated0 = validate31.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1428,18 +2392,18 @@ vErrors.push(err11);
 }
 errors++;
 }
-validate27.errors = vErrors;
+validate31.errors = vErrors;
 return errors === 0;
 }
-validate27.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate31.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDone = validate28;
-const schema41 = {"additionalProperties":false,"description":"A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used.","properties":{"bytes":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Bytes"},"cpu_seconds":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Cpu Seconds"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"done","title":"Type","type":"string"}},"required":["type","re"],"title":"Done","type":"object"};
+export const validateDone = validate32;
+const schema45 = {"additionalProperties":false,"description":"A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used.","properties":{"bytes":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Bytes"},"cpu_seconds":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Cpu Seconds"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"done","title":"Type","type":"string"}},"required":["type","re"],"title":"Done","type":"object"};
 
-function validate28(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate32(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate28.evaluated;
+const evaluated0 = validate32.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1688,19 +2652,19 @@ vErrors.push(err17);
 }
 errors++;
 }
-validate28.errors = vErrors;
+validate32.errors = vErrors;
 return errors === 0;
 }
-validate28.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate32.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDownload = validate29;
-const schema42 = {"additionalProperties":false,"description":"Open a stream out of ``path``; ``window`` is the first credit, in chunks.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"type":{"const":"download","title":"Type","type":"string"},"window":{"maximum":1024,"minimum":1,"title":"Window","type":"integer"}},"required":["type","id","activity","path","window"],"title":"Download","type":"object"};
+export const validateDownload = validate33;
+const schema46 = {"additionalProperties":false,"description":"Open a stream out of ``path``; ``window`` is the first credit, in chunks.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"type":{"const":"download","title":"Type","type":"string"},"window":{"maximum":1024,"minimum":1,"title":"Window","type":"integer"}},"required":["type","id","activity","path","window"],"title":"Download","type":"object"};
 const formats0 = formats["container-path"];
 
-function validate29(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate33(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate29.evaluated;
+const evaluated0 = validate33.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1924,18 +2888,18 @@ vErrors.push(err18);
 }
 errors++;
 }
-validate29.errors = vErrors;
+validate33.errors = vErrors;
 return errors === 0;
 }
-validate29.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDownloadInfo = validate30;
-const schema43 = {"additionalProperties":false,"description":"Sent before the data of a download: a file's bytes, or a directory as a tar stream.","properties":{"kind":{"enum":["file","dir"],"title":"Kind","type":"string"},"mode":{"default":420,"maximum":4095,"minimum":0,"title":"Mode","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"size":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Size"},"type":{"const":"download_info","title":"Type","type":"string"}},"required":["type","re","kind"],"title":"DownloadInfo","type":"object"};
+export const validateDownloadInfo = validate34;
+const schema47 = {"additionalProperties":false,"description":"Sent before the data of a download: a file's bytes, or a directory as a tar stream.","properties":{"kind":{"enum":["file","dir"],"title":"Kind","type":"string"},"mode":{"default":420,"maximum":4095,"minimum":0,"title":"Mode","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"size":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Size"},"type":{"const":"download_info","title":"Type","type":"string"}},"required":["type","re","kind"],"title":"DownloadInfo","type":"object"};
 
-function validate30(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate30.evaluated;
+const evaluated0 = validate34.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2004,7 +2968,7 @@ vErrors.push(err4);
 errors++;
 }
 if(!((data0 === "file") || (data0 === "dir"))){
-const err5 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/enum",keyword:"enum",params:{allowedValues: schema43.properties.kind.enum},message:"must be equal to one of the allowed values"};
+const err5 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/enum",keyword:"enum",params:{allowedValues: schema47.properties.kind.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -2188,19 +3152,18 @@ vErrors.push(err19);
 }
 errors++;
 }
-validate30.errors = vErrors;
+validate34.errors = vErrors;
 return errors === 0;
 }
-validate30.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateError = validate31;
-const schema44 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
-const pattern13 = new RegExp("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$", "u");
+export const validateError = validate35;
+const schema48 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
 
-function validate31(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate31.evaluated;
+const evaluated0 = validate35.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2259,7 +3222,7 @@ errors++;
 if(data.code !== undefined){
 let data0 = data.code;
 if(typeof data0 === "string"){
-if(!pattern5.test(data0)){
+if(!pattern10.test(data0)){
 const err4 = {instancePath:instancePath+"/code",schemaPath:"#/properties/code/pattern",keyword:"pattern",params:{pattern: "^[a-z][a-z0-9_]{0,63}$"},message:"must match pattern \""+"^[a-z][a-z0-9_]{0,63}$"+"\""};
 if(vErrors === null){
 vErrors = [err4];
@@ -2331,7 +3294,7 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(!pattern13.test(data2)){
+if(!pattern7.test(data2)){
 const err10 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
@@ -2494,19 +3457,19 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate31.errors = vErrors;
+validate35.errors = vErrors;
 return errors === 0;
 }
-validate31.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate35.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateExec = validate32;
-const schema45 = {"additionalProperties":false,"description":"Run ``argv`` exactly as given (no shell) in the activity's container.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"argv":{"items":{"maxLength":65536,"type":"string"},"maxItems":4096,"minItems":1,"title":"Argv","type":"array"},"env":{"additionalProperties":{"type":"string"},"default":{},"maxProperties":1024,"propertyNames":{"maxLength":256,"minLength":1},"title":"Env","type":"object"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"stdin":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stdin"},"stream":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stream"},"timeout":{"anyOf":[{"exclusiveMinimum":0,"maximum":604800,"type":"number"},{"type":"null"}],"default":null,"title":"Timeout"},"type":{"const":"exec","title":"Type","type":"string"},"window":{"anyOf":[{"maximum":1024,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Window"},"workdir":{"anyOf":[{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","type":"string"},{"type":"null"}],"default":null,"title":"Workdir"}},"required":["type","id","activity","argv"],"title":"Exec","type":"object"};
-const func7 = Object.prototype.hasOwnProperty;
+export const validateExec = validate36;
+const schema49 = {"additionalProperties":false,"description":"Run ``argv`` exactly as given (no shell) in the activity's container.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"argv":{"items":{"maxLength":65536,"type":"string"},"maxItems":4096,"minItems":1,"title":"Argv","type":"array"},"env":{"additionalProperties":{"type":"string"},"default":{},"maxProperties":1024,"propertyNames":{"maxLength":256,"minLength":1},"title":"Env","type":"object"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"stdin":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stdin"},"stream":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stream"},"timeout":{"anyOf":[{"exclusiveMinimum":0,"maximum":604800,"type":"number"},{"type":"null"}],"default":null,"title":"Timeout"},"type":{"const":"exec","title":"Type","type":"string"},"window":{"anyOf":[{"maximum":1024,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Window"},"workdir":{"anyOf":[{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","type":"string"},{"type":"null"}],"default":null,"title":"Workdir"}},"required":["type","id","activity","argv"],"title":"Exec","type":"object"};
+const func13 = Object.prototype.hasOwnProperty;
 
-function validate32(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate32.evaluated;
+const evaluated0 = validate36.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2573,7 +3536,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(func7.call(schema45.properties, key0))){
+if(!(func13.call(schema49.properties, key0))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -3116,18 +4079,18 @@ vErrors.push(err43);
 }
 errors++;
 }
-validate32.errors = vErrors;
+validate36.errors = vErrors;
 return errors === 0;
 }
-validate32.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate36.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateExecResult = validate33;
-const schema46 = {"additionalProperties":false,"description":"The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).","properties":{"duration":{"minimum":0,"title":"Duration","type":"number"},"exit_code":{"title":"Exit Code","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"stderr":{"title":"Stderr","type":"string"},"stderr_truncated":{"default":false,"title":"Stderr Truncated","type":"boolean"},"stdout":{"title":"Stdout","type":"string"},"stdout_truncated":{"default":false,"title":"Stdout Truncated","type":"boolean"},"timed_out":{"title":"Timed Out","type":"boolean"},"type":{"const":"exec_result","title":"Type","type":"string"}},"required":["type","re","exit_code","timed_out","stdout","stderr","duration"],"title":"ExecResult","type":"object"};
+export const validateExecResult = validate37;
+const schema50 = {"additionalProperties":false,"description":"The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).","properties":{"duration":{"minimum":0,"title":"Duration","type":"number"},"exit_code":{"title":"Exit Code","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"stderr":{"title":"Stderr","type":"string"},"stderr_truncated":{"default":false,"title":"Stderr Truncated","type":"boolean"},"stdout":{"title":"Stdout","type":"string"},"stdout_truncated":{"default":false,"title":"Stdout Truncated","type":"boolean"},"timed_out":{"title":"Timed Out","type":"boolean"},"type":{"const":"exec_result","title":"Type","type":"string"}},"required":["type","re","exit_code","timed_out","stdout","stderr","duration"],"title":"ExecResult","type":"object"};
 
-function validate33(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate37(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate33.evaluated;
+const evaluated0 = validate37.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3212,7 +4175,7 @@ vErrors.push(err6);
 errors++;
 }
 for(const key0 in data){
-if(!(func7.call(schema46.properties, key0))){
+if(!(func13.call(schema50.properties, key0))){
 const err7 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err7];
@@ -3386,20 +4349,20 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate33.errors = vErrors;
+validate37.errors = vErrors;
 return errors === 0;
 }
-validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateHello = validate34;
-const schema47 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
-const pattern17 = new RegExp("^[A-Za-z0-9_-]+$", "u");
-const pattern18 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
+export const validateHello = validate38;
+const schema51 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
+const pattern22 = new RegExp("^[A-Za-z0-9_-]+$", "u");
+const pattern23 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
 
-function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate38(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate34.evaluated;
+const evaluated0 = validate38.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3582,7 +4545,7 @@ vErrors.push(err12);
 }
 errors++;
 }
-if(!pattern13.test(data2)){
+if(!pattern7.test(data2)){
 const err13 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err13];
@@ -3629,7 +4592,7 @@ vErrors.push(err16);
 }
 errors++;
 }
-if(!pattern17.test(data3)){
+if(!pattern22.test(data3)){
 const err17 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_-]+$"},message:"must match pattern \""+"^[A-Za-z0-9_-]+$"+"\""};
 if(vErrors === null){
 vErrors = [err17];
@@ -3699,7 +4662,7 @@ vErrors.push(err21);
 errors++;
 }
 if(!((data4 === "requestor") || (data4 === "provider"))){
-const err22 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema47.properties.role.enum},message:"must be equal to one of the allowed values"};
+const err22 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema51.properties.role.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -3820,7 +4783,7 @@ errors++;
 if(data.version !== undefined){
 let data8 = data.version;
 if(typeof data8 === "string"){
-if(!pattern18.test(data8)){
+if(!pattern23.test(data8)){
 const err31 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,4}\\.[0-9]{1,4}$"},message:"must match pattern \""+"^[0-9]{1,4}\\.[0-9]{1,4}$"+"\""};
 if(vErrors === null){
 vErrors = [err31];
@@ -3853,20 +4816,20 @@ vErrors.push(err33);
 }
 errors++;
 }
-validate34.errors = vErrors;
+validate38.errors = vErrors;
 return errors === 0;
 }
-validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateImageList = validate35;
-const schema48 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit``.","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
-const schema49 = {"additionalProperties":false,"description":"An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
-const pattern21 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
+export const validateImageList = validate39;
+const schema52 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit``.","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
+const schema53 = {"additionalProperties":false,"description":"An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
+const pattern26 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
 
-function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate35.evaluated;
+const evaluated0 = validate39.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4023,7 +4986,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data1){
-if(!(func7.call(schema49.properties, key1))){
+if(!(func13.call(schema53.properties, key1))){
 const err13 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -4062,7 +5025,7 @@ errors++;
 if(data1.digest !== undefined){
 let data3 = data1.digest;
 if(typeof data3 === "string"){
-if(!pattern8.test(data3)){
+if(!pattern13.test(data3)){
 const err16 = {instancePath:instancePath+"/images/" + i0+"/digest",schemaPath:"#/$defs/ImageInfo/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -4243,7 +5206,7 @@ vErrors.push(err29);
 }
 errors++;
 }
-if(!pattern13.test(data9)){
+if(!pattern7.test(data9)){
 const err30 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err30];
@@ -4353,7 +5316,7 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern21.test(data13)){
+if(!pattern26.test(data13)){
 const err39 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err39];
@@ -4550,18 +5513,18 @@ vErrors.push(err55);
 }
 errors++;
 }
-validate35.errors = vErrors;
+validate39.errors = vErrors;
 return errors === 0;
 }
-validate35.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate39.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateImagePushed = validate36;
-const schema50 = {"additionalProperties":false,"description":"The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already.","properties":{"image":{"$ref":"#/$defs/ImageInfo"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"sent":{"maximum":4611686018427388000,"minimum":0,"title":"Sent","type":"integer"},"skipped":{"maximum":4611686018427388000,"minimum":0,"title":"Skipped","type":"integer"},"type":{"const":"image_pushed","title":"Type","type":"string"}},"required":["type","re","image","sent","skipped"],"title":"ImagePushed","type":"object"};
+export const validateImagePushed = validate40;
+const schema54 = {"additionalProperties":false,"description":"The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already.","properties":{"image":{"$ref":"#/$defs/ImageInfo"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"sent":{"maximum":4611686018427388000,"minimum":0,"title":"Sent","type":"integer"},"skipped":{"maximum":4611686018427388000,"minimum":0,"title":"Skipped","type":"integer"},"type":{"const":"image_pushed","title":"Type","type":"string"}},"required":["type","re","image","sent","skipped"],"title":"ImagePushed","type":"object"};
 
-function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate40(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate36.evaluated;
+const evaluated0 = validate40.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4714,7 +5677,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data0){
-if(!(func7.call(schema49.properties, key1))){
+if(!(func13.call(schema53.properties, key1))){
 const err13 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -4753,7 +5716,7 @@ errors++;
 if(data0.digest !== undefined){
 let data2 = data0.digest;
 if(typeof data2 === "string"){
-if(!pattern8.test(data2)){
+if(!pattern13.test(data2)){
 const err16 = {instancePath:instancePath+"/image/digest",schemaPath:"#/$defs/ImageInfo/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -4934,7 +5897,7 @@ vErrors.push(err29);
 }
 errors++;
 }
-if(!pattern13.test(data8)){
+if(!pattern7.test(data8)){
 const err30 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err30];
@@ -5044,7 +6007,7 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern21.test(data12)){
+if(!pattern26.test(data12)){
 const err39 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err39];
@@ -5229,18 +6192,18 @@ vErrors.push(err54);
 }
 errors++;
 }
-validate36.errors = vErrors;
+validate40.errors = vErrors;
 return errors === 0;
 }
-validate36.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate40.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateListImages = validate37;
-const schema52 = {"additionalProperties":false,"description":"Requestor -> hub: the images in the store.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"list_images","title":"Type","type":"string"}},"required":["type","id"],"title":"ListImages","type":"object"};
+export const validateListImages = validate41;
+const schema56 = {"additionalProperties":false,"description":"Requestor -> hub: the images in the store.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"list_images","title":"Type","type":"string"}},"required":["type","id"],"title":"ListImages","type":"object"};
 
-function validate37(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate41(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate37.evaluated;
+const evaluated0 = validate41.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5349,19 +6312,19 @@ vErrors.push(err8);
 }
 errors++;
 }
-validate37.errors = vErrors;
+validate41.errors = vErrors;
 return errors === 0;
 }
-validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate41.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateMarketInfo = validate38;
-const schema53 = {"additionalProperties":false,"description":"The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.","properties":{"activities":{"title":"Activities","type":"integer"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","matched","activities"],"title":"MarketInfo","type":"object"};
-const schema54 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"arch":{"title":"Arch","type":"string"},"free":{"$ref":"#/$defs/Resources"},"images":{"items":{"type":"string"},"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"offered":{"$ref":"#/$defs/Resources"}},"required":["name","arch","labels","images","offered","free","activities"],"title":"ProviderInfo","type":"object"};
+export const validateMarketInfo = validate42;
+const schema57 = {"additionalProperties":false,"description":"The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.","properties":{"activities":{"title":"Activities","type":"integer"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","matched","activities"],"title":"MarketInfo","type":"object"};
+const schema58 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"arch":{"title":"Arch","type":"string"},"free":{"$ref":"#/$defs/Resources"},"images":{"items":{"type":"string"},"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"offered":{"$ref":"#/$defs/Resources"}},"required":["name","arch","labels","images","offered","free","activities"],"title":"ProviderInfo","type":"object"};
 
-function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate43(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate39.evaluated;
+const evaluated0 = validate43.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5766,7 +6729,7 @@ vErrors.push(err33);
 }
 errors++;
 }
-if(!pattern13.test(data10)){
+if(!pattern7.test(data10)){
 const err34 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err34];
@@ -5952,16 +6915,16 @@ vErrors.push(err49);
 }
 errors++;
 }
-validate39.errors = vErrors;
+validate43.errors = vErrors;
 return errors === 0;
 }
-validate39.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate43.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 
-function validate38(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate42(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate38.evaluated;
+const evaluated0 = validate42.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -6074,8 +7037,8 @@ let data2 = data.providers;
 if(Array.isArray(data2)){
 const len0 = data2.length;
 for(let i0=0; i0<len0; i0++){
-if(!(validate39(data2[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate39.errors : vErrors.concat(validate39.errors);
+if(!(validate43(data2[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate43.errors : vErrors.concat(validate43.errors);
 errors = vErrors.length;
 }
 }
@@ -6160,18 +7123,18 @@ vErrors.push(err15);
 }
 errors++;
 }
-validate38.errors = vErrors;
+validate42.errors = vErrors;
 return errors === 0;
 }
-validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate42.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateMarketQuery = validate41;
-const schema57 = {"additionalProperties":false,"description":"Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``\ncapacity left, at most ``limit`` of them (by name).","properties":{"free":{"$ref":"#/$defs/Resources","default":{"cpus":0,"memory":0,"storage":0}},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
+export const validateMarketQuery = validate45;
+const schema61 = {"additionalProperties":false,"description":"Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``\ncapacity left, at most ``limit`` of them (by name).","properties":{"free":{"$ref":"#/$defs/Resources","default":{"cpus":0,"memory":0,"storage":0}},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
 
-function validate41(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate45(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate41.evaluated;
+const evaluated0 = validate45.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -6434,7 +7397,7 @@ vErrors.push(err20);
 }
 errors++;
 }
-if(!pattern7.test(data5)){
+if(!pattern6.test(data5)){
 const err21 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err21];
@@ -6642,18 +7605,18 @@ vErrors.push(err37);
 }
 errors++;
 }
-validate41.errors = vErrors;
+validate45.errors = vErrors;
 return errors === 0;
 }
-validate41.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate45.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateOffer = validate42;
-const schema59 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
+export const validateOffer = validate46;
+const schema63 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
 
-function validate42(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate46(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate42.evaluated;
+const evaluated0 = validate46.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -6828,7 +7791,7 @@ vErrors.push(err13);
 }
 errors++;
 }
-if(!pattern7.test(data3)){
+if(!pattern6.test(data3)){
 const err14 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err14];
@@ -7182,18 +8145,18 @@ vErrors.push(err42);
 }
 errors++;
 }
-validate42.errors = vErrors;
+validate46.errors = vErrors;
 return errors === 0;
 }
-validate42.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate46.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validatePushImage = validate43;
-const schema61 = {"additionalProperties":false,"description":"Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"manifest":{"$ref":"#/$defs/Manifest"},"tags":{"default":[],"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"maxItems":16,"title":"Tags","type":"array"},"type":{"const":"push_image","title":"Type","type":"string"}},"required":["type","id","manifest"],"title":"PushImage","type":"object"};
+export const validatePushImage = validate47;
+const schema65 = {"additionalProperties":false,"description":"Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"manifest":{"$ref":"#/$defs/Manifest"},"tags":{"default":[],"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"maxItems":16,"title":"Tags","type":"array"},"type":{"const":"push_image","title":"Type","type":"string"}},"required":["type","id","manifest"],"title":"PushImage","type":"object"};
 
-function validate43(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate47(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate43.evaluated;
+const evaluated0 = validate47.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7282,8 +8245,8 @@ errors++;
 }
 }
 if(data.manifest !== undefined){
-if(!(validate24(data.manifest, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate24.errors : vErrors.concat(validate24.errors);
+if(!(validate28(data.manifest, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate28.errors : vErrors.concat(validate28.errors);
 errors = vErrors.length;
 }
 }
@@ -7313,7 +8276,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(!pattern21.test(data3)){
+if(!pattern26.test(data3)){
 const err9 = {instancePath:instancePath+"/tags/" + i0,schemaPath:"#/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -7380,18 +8343,18 @@ vErrors.push(err14);
 }
 errors++;
 }
-validate43.errors = vErrors;
+validate47.errors = vErrors;
 return errors === 0;
 }
-validate43.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate47.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRelease = validate45;
-const schema62 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
+export const validateRelease = validate49;
+const schema66 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
 
-function validate45(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate49(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate45.evaluated;
+const evaluated0 = validate49.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7535,18 +8498,18 @@ vErrors.push(err11);
 }
 errors++;
 }
-validate45.errors = vErrors;
+validate49.errors = vErrors;
 return errors === 0;
 }
-validate45.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate49.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRemoveImage = validate46;
-const schema63 = {"additionalProperties":false,"description":"Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"remove_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"RemoveImage","type":"object"};
+export const validateRemoveImage = validate50;
+const schema67 = {"additionalProperties":false,"description":"Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"remove_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"RemoveImage","type":"object"};
 
-function validate46(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate50(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate46.evaluated;
+const evaluated0 = validate50.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7654,7 +8617,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(!pattern7.test(data1)){
+if(!pattern6.test(data1)){
 const err9 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -7710,19 +8673,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate46.errors = vErrors;
+validate50.errors = vErrors;
 return errors === 0;
 }
-validate46.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate50.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRent = validate47;
-const schema64 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.\n\nProviders named in ``exclude`` are passed over. Activities of one ``group`` (a name the\nrequestor chooses, e.g. one per job) are kept on distinct providers: the hub never\npicks a provider where this requestor holds a live activity of the same group.","properties":{"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"rent","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
-const schema65 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
+export const validateRent = validate51;
+const schema68 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.\n\nProviders named in ``exclude`` are passed over. Activities of one ``group`` (a name the\nrequestor chooses, e.g. one per job) are kept on distinct providers: the hub never\npicks a provider where this requestor holds a live activity of the same group.","properties":{"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"rent","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
+const schema69 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
 
-function validate47(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate51(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate47.evaluated;
+const evaluated0 = validate51.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8049,7 +9012,7 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(!pattern13.test(data7)){
+if(!pattern7.test(data7)){
 const err26 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err26];
@@ -8202,7 +9165,7 @@ vErrors.push(err37);
 }
 errors++;
 }
-if(!pattern7.test(data10)){
+if(!pattern6.test(data10)){
 const err38 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err38];
@@ -8318,18 +9281,18 @@ vErrors.push(err46);
 }
 errors++;
 }
-validate47.errors = vErrors;
+validate51.errors = vErrors;
 return errors === 0;
 }
-validate47.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate51.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRentProgress = validate48;
-const schema66 = {"additionalProperties":false,"description":"Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of\n``total`` bytes sent so far.","properties":{"done":{"maximum":4611686018427388000,"minimum":0,"title":"Done","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"total":{"maximum":4611686018427388000,"minimum":0,"title":"Total","type":"integer"},"type":{"const":"rent_progress","title":"Type","type":"string"}},"required":["type","re","provider","image","done","total"],"title":"RentProgress","type":"object"};
+export const validateRentProgress = validate52;
+const schema70 = {"additionalProperties":false,"description":"Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of\n``total`` bytes sent so far.","properties":{"done":{"maximum":4611686018427388000,"minimum":0,"title":"Done","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"total":{"maximum":4611686018427388000,"minimum":0,"title":"Total","type":"integer"},"type":{"const":"rent_progress","title":"Type","type":"string"}},"required":["type","re","provider","image","done","total"],"title":"RentProgress","type":"object"};
 
-function validate48(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate52(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate48.evaluated;
+const evaluated0 = validate52.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8467,7 +9430,7 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(!pattern7.test(data1)){
+if(!pattern6.test(data1)){
 const err12 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -8512,7 +9475,7 @@ vErrors.push(err15);
 }
 errors++;
 }
-if(!pattern13.test(data2)){
+if(!pattern7.test(data2)){
 const err16 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -8638,18 +9601,18 @@ vErrors.push(err26);
 }
 errors++;
 }
-validate48.errors = vErrors;
+validate52.errors = vErrors;
 return errors === 0;
 }
-validate48.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate52.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRented = validate49;
-const schema67 = {"additionalProperties":false,"description":"A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"pulled":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Pulled"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
+export const validateRented = validate53;
+const schema71 = {"additionalProperties":false,"description":"A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"pulled":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Pulled"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
 
-function validate49(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate53(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate49.evaluated;
+const evaluated0 = validate53.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8792,7 +9755,7 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(!pattern13.test(data2)){
+if(!pattern7.test(data2)){
 const err12 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err12];
@@ -9108,18 +10071,18 @@ vErrors.push(err37);
 }
 errors++;
 }
-validate49.errors = vErrors;
+validate53.errors = vErrors;
 return errors === 0;
 }
-validate49.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate53.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateUpload = validate50;
-const schema69 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+export const validateUpload = validate54;
+const schema73 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
 
-function validate50(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate50.evaluated;
+const evaluated0 = validate54.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9379,18 +10342,18 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate50.errors = vErrors;
+validate54.errors = vErrors;
 return errors === 0;
 }
-validate50.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate54.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWant = validate51;
-const schema70 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
+export const validateWant = validate55;
+const schema74 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
 
-function validate51(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate51.evaluated;
+const evaluated0 = validate55.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9457,7 +10420,7 @@ const len0 = data0.length;
 for(let i0=0; i0<len0; i0++){
 let data1 = data0[i0];
 if(typeof data1 === "string"){
-if(!pattern8.test(data1)){
+if(!pattern13.test(data1)){
 const err5 = {instancePath:instancePath+"/blobs/" + i0,schemaPath:"#/properties/blobs/items/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err5];
@@ -9560,19 +10523,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate51.errors = vErrors;
+validate55.errors = vErrors;
 return errors === 0;
 }
-validate51.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate55.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWelcome = validate52;
-const schema71 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
-const schema72 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
+export const validateWelcome = validate56;
+const schema75 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
+const schema76 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
 
-function validate52(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate56(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate52.evaluated;
+const evaluated0 = validate56.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -10109,13 +11072,15 @@ vErrors.push(err40);
 }
 errors++;
 }
-validate52.errors = vErrors;
+validate56.errors = vErrors;
 return errors === 0;
 }
-validate52.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate56.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 /** The validator of every message, by its `type`. */
 export const VALIDATORS = Object.freeze({
+  activities: validateActivitiesQuery,
+  activity_list: validateActivityList,
   activity_lost: validateActivityLost,
   cancel: validateCancel,
   create: validateCreate,
