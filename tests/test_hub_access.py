@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from kiln.hub.access import Credential
-from kiln.hub.core import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED, Close, HubCore, Log, Send
+from kiln.hub.actions import Close, Log, Send
+from kiln.hub.core import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED, HubCore
 
 
 @dataclass

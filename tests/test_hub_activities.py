@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from kiln.hub.access import Credential
+from kiln.hub.actions import Send
 from kiln.hub.catalog import Catalog
-from kiln.hub.core import HubCore, Send
+from kiln.hub.core import HubCore
 from kiln.hub.records import LeaseRecord, SessionRecord
 from kiln.protocol.messages import MAX_LISTED, Resources
 from tests.test_hub_access import FakeCredentials

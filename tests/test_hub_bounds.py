@@ -17,7 +17,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import kiln
-from kiln.hub.core import CLOSE_UNRESPONSIVE, Close, HubCore, Send
+from kiln.hub.actions import Close, Send
+from kiln.hub.core import CLOSE_UNRESPONSIVE, HubCore
 from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
 from kiln.testing import LocalCluster
 from kiln.testing.simulated import simulated_providers

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, Close, HubCore, Send
+from kiln.hub.actions import Close, Send
+from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, HubCore
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import PROTOCOL_VERSION

@@ -10,17 +10,9 @@ from typing import Any
 
 import pytest
 
+from kiln.hub.actions import PushCancelled, PushFrame, Send, ServeBlobs, ServeCredit, ServeStop, StoreRequest
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch, normalize_tag, read_config
-from kiln.hub.core import (
-    HubCore,
-    PushCancelled,
-    PushFrame,
-    Send,
-    ServeBlobs,
-    ServeCredit,
-    ServeStop,
-    StoreRequest,
-)
+from kiln.hub.core import HubCore
 from kiln.hub.market import Market
 from kiln.protocol import frames
 from kiln.protocol.errors import ImageError, NoMatch, StoreFull, UsageError

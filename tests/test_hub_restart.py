@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from kiln.hub.core import HubCore, Send
+from kiln.hub.actions import Send
+from kiln.hub.core import HubCore
 from kiln.hub.records import Destroying, EndLease, EndSession, SaveLease, SaveSession
 from kiln.hub.state import SCHEMA_VERSION, HubState
 

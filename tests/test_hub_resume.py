@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 import kiln
-from kiln.hub.core import CLOSE_RESUMED, Close, HubCore, Log, Send
+from kiln.hub.actions import Close, Log, Send
+from kiln.hub.core import CLOSE_RESUMED, HubCore
 from tests.test_hub_access import store
 
 GiB = 2**30

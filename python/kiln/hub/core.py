@@ -55,14 +55,25 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal
 
 from kiln.hub.access import Admitted, Credential, Credentials, admit
-from kiln.hub.catalog import Catalog, StoredImage
+from kiln.hub.actions import (
+    Action,
+    Close,
+    Log,
+    PushCancelled,
+    PushFrame,
+    Send,
+    ServeBlobs,
+    ServeCredit,
+    ServeStop,
+    StoreRequest,
+)
+from kiln.hub.catalog import Catalog
 from kiln.hub.market import Market
+from kiln.hub.peers import ABSENT, HUB, Lease, Peer, Pending, Route
 from kiln.hub.records import (
-    Change,
     Destroying,
     EndLease,
     EndSession,
@@ -77,14 +88,12 @@ from kiln.protocol.errors import NoMatch, RemoteProtocolError, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
-    MAX_ID,
     MINOR_VERSION,
     PROTOCOL_VERSION,
     ActivitiesQuery,
     ActivityInfo,
     ActivityList,
     ActivityLost,
-    Blob,
     Cancel,
     Create,
     Credit,
@@ -136,192 +145,8 @@ DESTROY_TIMEOUT: Final = 60.0
 MAX_ACTIVITIES: Final = 1024
 """Activities one requestor connection may hold at once (being created, running or being released)."""
 
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    peer: int
-    data: bytes
-    binary: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    peer: int
-    code: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    level: Literal["info", "warning"]
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoreRequest:
-    """A requestor's request to the image store; answer it with :meth:`HubCore.store_reply`."""
-
-    peer: int
-    message: PushImage | ListImages | RemoveImage
-
-
-@dataclass(frozen=True, slots=True)
-class PushFrame:
-    """A frame of a requestor's push stream: DATA (within the credit the store granted), END or ABORT."""
-
-    peer: int
-    request: int
-    kind: FrameKind
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PushCancelled:
-    """A push is cancelled (answer it: ``cancelled``) or its requestor is gone (``answer`` false)."""
-
-    peer: int
-    request: int
-    answer: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ServeBlobs:
-    """Send provider ``peer`` these blobs, one after another, on ``stream`` (see :meth:`HubCore.serve_data`)."""
-
-    peer: int
-    stream: int
-    blobs: tuple[Blob, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ServeCredit:
-    """The provider lets the store send ``chunks`` more DATA frames on ``stream``."""
-
-    peer: int
-    stream: int
-    chunks: int
-
-
-@dataclass(frozen=True, slots=True)
-class ServeStop:
-    """Stop sending on ``stream``: its create ended or its provider is gone."""
-
-    peer: int
-    stream: int
-
-
-StoreAction: TypeAlias = StoreRequest | PushFrame | PushCancelled | ServeBlobs | ServeCredit | ServeStop
-Action: TypeAlias = Send | Close | Log | StoreAction | Change
-ABSENT: Final = -1
-"""The provider of a lease whose provider has not dialled again since the hub restarted; in a
-requestor's open requests, a request that waits for such a lease."""
-
-HUB: Final = 0
-"""The peer id that stands for the hub itself, as the sender of an image's blobs to a provider."""
 PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
-
-
-@dataclass(slots=True)
-class Route:
-    """One stream, one way: the requestor's leg (its request id) and the provider's leg (the hub's).
-
-    ``upload`` streams go toward the provider (an upload's file, an exec's stdin, a stored
-    image's blobs), the others toward the requestor (a download, an exec's output).
-    """
-
-    requestor: int
-    r_id: int
-    provider: int
-    p_id: int
-    upload: bool
-    credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
-    withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
-    ended: bool = False
-
-    @property
-    def receiver(self) -> int:
-        return self.provider if self.upload else self.requestor
-
-
-@dataclass(slots=True)
-class Pending:
-    """A request the hub sent to a provider and awaits the reply to."""
-
-    kind: Literal["create", "destroy", "exec", "upload", "download"]
-    activity: str
-    requestor: int | None
-    r_id: int | None
-    deadline: float = math.inf  # a create or destroy not answered by then: the provider is stuck
-    routes: list[Route] = field(default_factory=list)  # its streams: at most one each way
-    cancelled: bool = False
-    # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
-    stored: StoredImage | None = None
-    image: str = ""
-    total: int = 0
-    sent: int = 0
-    told: int = 0
-
-
-@dataclass(slots=True)
-class Lease:
-    """An activity as the hub keeps it: whose it is, where it runs, the capacity it holds."""
-
-    id: str
-    requestor: int
-    provider: int
-    resources: Resources
-    cached: bool = False
-    group: str | None = None
-    state: Literal["creating", "ready", "destroying", "absent"] = "creating"
-    image: str | None = None  # the digest of a stored image it runs
-    provider_name: str = ""
-    requestor_name: str = ""
-    named_image: str | None = None  # the image its rent named, when not the store's (not kept through a restart)
-    started: float = 0.0  # when it became ready (the clock's time)
-    saved: bool = False  # written to the hub's state (once its requestor was told of it)
-    parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
-
-
-@dataclass(slots=True)
-class Peer:
-    id: int
-    role: Literal["requestor", "provider"] | None = None
-    name: str = ""
-    credential: Credential | None = None  # the credential it joined with, if any
-    minor: int = 0  # the minor protocol version spoken with this peer
-    activities: set[str] = field(default_factory=set)
-    # requestor: for each group of its rents, how many live leases it holds on each provider peer
-    groups: dict[str, Counter[int]] = field(default_factory=dict)
-    # requestor: its open request ids -> (provider peer, hub id) once forwarded
-    open: dict[int, tuple[int, int]] = field(default_factory=dict)
-    # provider: the hub's requests awaiting a reply, by hub id
-    pending: dict[int, Pending] = field(default_factory=dict)
-    # the streams this peer sends on, and those it receives on, by the id it knows them under
-    sends: dict[int, Route] = field(default_factory=dict)
-    receives: dict[int, Route] = field(default_factory=dict)
-    # requestor: its pushes to the image store, by request id -> credit the store granted, unspent
-    pushes: dict[int, int] = field(default_factory=dict)
-    # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
-    # (bytes), and the streams whose further credit waits for room
-    inbound: int = 0
-    queued: int = 0
-    waiting: list[Route] = field(default_factory=list)
-    next_id: int = 1
-    # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
-    # id of its session (kept by the connections that resume it)
-    secret: bytes = b""
-    session: str = ""
-    saved: bool = False  # its session is in the hub's state
-
-    def streams(self) -> int:
-        """The requests of this peer's that hold a stream (either way, or both)."""
-        return len(self.sends.keys() | self.receives.keys()) + len(self.pushes)
-
-    def new_id(self) -> int:
-        value = self.next_id
-        self.next_id = value + 1 if value < MAX_ID else 1
-        return value
 
 
 REQUESTOR_SENDS = frozenset(

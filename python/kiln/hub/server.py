@@ -27,19 +27,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
-from kiln.hub.core import (
-    CLOSE_HANDSHAKE,
-    CLOSE_SLOW,
-    CREATE_TIMEOUT,
-    DESTROY_TIMEOUT,
-    GRACE,
-    MAX_ACTIVITIES,
-    Action,
-    Close,
-    HubCore,
-    Log,
-    Send,
-)
+from kiln.hub.actions import Action, Close, Log, Send
+from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, CREATE_TIMEOUT, DESTROY_TIMEOUT, GRACE, MAX_ACTIVITIES, HubCore
 from kiln.hub.records import Change, Destroying, EndLease, EndSession, SaveLease, SaveSession
 from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir

@@ -28,10 +28,8 @@ from typing import IO, Any, Final
 
 import orjson
 
-from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, StoredImage
-from kiln.hub.core import (
+from kiln.hub.actions import (
     Action,
-    HubCore,
     PushCancelled,
     PushFrame,
     ServeBlobs,
@@ -40,6 +38,8 @@ from kiln.hub.core import (
     StoreAction,
     StoreRequest,
 )
+from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, StoredImage
+from kiln.hub.core import HubCore
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ImageCorrupt, ImageNotFound, KilnError, TransferFailed

@@ -1,0 +1,92 @@
+"""What the hub's core asks its I/O layer to do: the actions :class:`~kiln.hub.core.HubCore` returns.
+
+Send a frame to a peer, close a peer, log a line; hand a request or a stream frame to the
+image store; write a change to the hub's state (:mod:`kiln.hub.records`). The I/O layer
+carries them out in the order given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from kiln.hub.records import Change
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import Blob, ListImages, PushImage, RemoveImage
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: int
+    data: bytes
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    peer: int
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: Literal["info", "warning"]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreRequest:
+    """A requestor's request to the image store; answer it with :meth:`HubCore.store_reply`."""
+
+    peer: int
+    message: PushImage | ListImages | RemoveImage
+
+
+@dataclass(frozen=True, slots=True)
+class PushFrame:
+    """A frame of a requestor's push stream: DATA (within the credit the store granted), END or ABORT."""
+
+    peer: int
+    request: int
+    kind: FrameKind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PushCancelled:
+    """A push is cancelled (answer it: ``cancelled``) or its requestor is gone (``answer`` false)."""
+
+    peer: int
+    request: int
+    answer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServeBlobs:
+    """Send provider ``peer`` these blobs, one after another, on ``stream`` (see :meth:`HubCore.serve_data`)."""
+
+    peer: int
+    stream: int
+    blobs: tuple[Blob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeCredit:
+    """The provider lets the store send ``chunks`` more DATA frames on ``stream``."""
+
+    peer: int
+    stream: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class ServeStop:
+    """Stop sending on ``stream``: its create ended or its provider is gone."""
+
+    peer: int
+    stream: int
+
+
+StoreAction: TypeAlias = StoreRequest | PushFrame | PushCancelled | ServeBlobs | ServeCredit | ServeStop
+Action: TypeAlias = Send | Close | Log | StoreAction | Change

@@ -1,0 +1,127 @@
+"""What the hub's core knows of each connection, lease and request in flight.
+
+:class:`Peer` is one connection (a requestor or a provider), :class:`Lease` one activity,
+:class:`Pending` a request the hub sent a provider and awaits the reply to, and
+:class:`Route` one stream, one way, between a requestor and a provider (or the image
+store). Plain data: :class:`~kiln.hub.core.HubCore` keeps them consistent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from kiln.hub.access import Credential
+from kiln.hub.catalog import StoredImage
+from kiln.protocol.messages import MAX_ID, Download, Exec, Release, Resources, Upload
+
+ABSENT: Final = -1
+"""The provider of a lease whose provider has not dialled again since the hub restarted; in a
+requestor's open requests, a request that waits for such a lease."""
+
+HUB: Final = 0
+"""The peer id that stands for the hub itself, as the sender of an image's blobs to a provider."""
+
+
+@dataclass(slots=True)
+class Route:
+    """One stream, one way: the requestor's leg (its request id) and the provider's leg (the hub's).
+
+    ``upload`` streams go toward the provider (an upload's file, an exec's stdin, a stored
+    image's blobs), the others toward the requestor (a download, an exec's output).
+    """
+
+    requestor: int
+    r_id: int
+    provider: int
+    p_id: int
+    upload: bool
+    credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
+    withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
+    ended: bool = False
+
+    @property
+    def receiver(self) -> int:
+        return self.provider if self.upload else self.requestor
+
+
+@dataclass(slots=True)
+class Pending:
+    """A request the hub sent to a provider and awaits the reply to."""
+
+    kind: Literal["create", "destroy", "exec", "upload", "download"]
+    activity: str
+    requestor: int | None
+    r_id: int | None
+    deadline: float = math.inf  # a create or destroy not answered by then: the provider is stuck
+    routes: list[Route] = field(default_factory=list)  # its streams: at most one each way
+    cancelled: bool = False
+    # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
+    stored: StoredImage | None = None
+    image: str = ""
+    total: int = 0
+    sent: int = 0
+    told: int = 0
+
+
+@dataclass(slots=True)
+class Lease:
+    """An activity as the hub keeps it: whose it is, where it runs, the capacity it holds."""
+
+    id: str
+    requestor: int
+    provider: int
+    resources: Resources
+    cached: bool = False
+    group: str | None = None
+    state: Literal["creating", "ready", "destroying", "absent"] = "creating"
+    image: str | None = None  # the digest of a stored image it runs
+    provider_name: str = ""
+    requestor_name: str = ""
+    named_image: str | None = None  # the image its rent named, when not the store's (not kept through a restart)
+    started: float = 0.0  # when it became ready (the clock's time)
+    saved: bool = False  # written to the hub's state (once its requestor was told of it)
+    parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
+
+
+@dataclass(slots=True)
+class Peer:
+    id: int
+    role: Literal["requestor", "provider"] | None = None
+    name: str = ""
+    credential: Credential | None = None  # the credential it joined with, if any
+    minor: int = 0  # the minor protocol version spoken with this peer
+    activities: set[str] = field(default_factory=set)
+    # requestor: for each group of its rents, how many live leases it holds on each provider peer
+    groups: dict[str, Counter[int]] = field(default_factory=dict)
+    # requestor: its open request ids -> (provider peer, hub id) once forwarded
+    open: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # provider: the hub's requests awaiting a reply, by hub id
+    pending: dict[int, Pending] = field(default_factory=dict)
+    # the streams this peer sends on, and those it receives on, by the id it knows them under
+    sends: dict[int, Route] = field(default_factory=dict)
+    receives: dict[int, Route] = field(default_factory=dict)
+    # requestor: its pushes to the image store, by request id -> credit the store granted, unspent
+    pushes: dict[int, int] = field(default_factory=dict)
+    # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
+    # (bytes), and the streams whose further credit waits for room
+    inbound: int = 0
+    queued: int = 0
+    waiting: list[Route] = field(default_factory=list)
+    next_id: int = 1
+    # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
+    # id of its session (kept by the connections that resume it)
+    secret: bytes = b""
+    session: str = ""
+    saved: bool = False  # its session is in the hub's state
+
+    def streams(self) -> int:
+        """The requests of this peer's that hold a stream (either way, or both)."""
+        return len(self.sends.keys() | self.receives.keys()) + len(self.pushes)
+
+    def new_id(self) -> int:
+        value = self.next_id
+        self.next_id = value + 1 if value < MAX_ID else 1
+        return value
