@@ -153,6 +153,21 @@ async def test_a_container_writes_only_the_storage_it_rented(one_provider: Clust
     await wait_until(volumes_gone)
 
 
+async def test_a_provider_stopped_by_sigterm_takes_its_containers_and_volumes(one_provider: Cluster) -> None:
+    name, process = next(iter(one_provider.providers.items()))
+    volumes = one_provider.logs / f"{name}.data" / "volumes"
+    async with kiln.connect(one_provider.url) as requestor:
+        activities = [await requestor.rent(IMAGE, SMALL) for _ in range(2)]
+        assert len(list(volumes.glob("*.img"))) == 2
+        await asyncio.to_thread(process.stop, signal.SIGTERM)
+        for act in activities:
+            await act.release()  # the provider is lost: nothing left to release
+    assert process.popen.returncode != 0
+    assert containers_of(name) == []
+    assert list(volumes.iterdir()) == []
+    assert str(volumes) not in await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
+
+
 async def test_containers_are_hardened(one_provider: Cluster) -> None:
     async with (
         kiln.connect(one_provider.url) as requestor,

@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, a provider's SIGTERM
             return asyncio.run(_main(args))
         return 130
     except KilnError as e:
@@ -411,6 +412,10 @@ async def _main(args: argparse.Namespace) -> int:
         # No agent binary, or no way to bound what containers write, is a clear error now, not at the first rent.
         logging.getLogger("kiln.provider").info("task containers run the agent %s", adapter.agent)
         await asyncio.to_thread(adapter.volumes.check)
+        # SIGTERM stops it as Ctrl-C does: its containers, and their volumes, are removed on the way out.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         await ProviderRuntime(config, adapter).run()
         return 0
     if args.command == "market":
