@@ -109,7 +109,8 @@ class Volume:
         return all(seen.get(top) == device for top in MOUNTS)
 
     def give(self, uid: int, gid: int, folders: Iterable[str]) -> None:
-        """Make ``folders`` (container paths :meth:`Volumes.make` created, under ``/golem``) the user's."""
+        """Make ``folders`` (container paths :meth:`Volumes.make` created) the user's: never ``/tmp``
+        itself, which stays root's with the sticky bit."""
         for folder in folders:
             host = self.mount / folder.lstrip("/")
             os.chown(host, uid, gid, follow_symlinks=False)
