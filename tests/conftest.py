@@ -58,7 +58,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 @contextlib.contextmanager
 def started(c: Cluster, *hub_args: str) -> Iterator[Cluster]:
-    """``c`` with its hub started; then every process stopped and every container of its providers removed."""
+    """``c`` with its hub started; then every process stopped, and every container and volume of
+    its providers removed (those a killed provider left)."""
+    from kiln_provider.volume import Volumes
+
     c.start_hub(*hub_args)
     try:
         yield c
@@ -68,6 +71,8 @@ def started(c: Cluster, *hub_args: str) -> Iterator[Cluster]:
             ids = containers_of(name)
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        for volumes in c.logs.glob("*.data/volumes"):
+            Volumes(volumes).sweep()  # to a fresh object every volume there is a leftover
 
 
 @pytest.fixture

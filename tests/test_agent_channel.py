@@ -31,8 +31,8 @@ Open = Callable[..., Awaitable[tuple[Started, AgentChannel]]]
 
 
 @pytest.fixture(scope="module")
-def adapter() -> DockerAdapter:
-    return DockerAdapter(PROVIDER)
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> DockerAdapter:
+    return DockerAdapter(PROVIDER, volumes=tmp_path_factory.mktemp("volumes"))
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ async def open_box(adapter: DockerAdapter, busybox_image: str) -> AsyncIterator[
     opened: list[tuple[Started, AgentChannel]] = []
 
     async def open_(image: str = busybox_image) -> tuple[Started, AgentChannel]:
-        spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=256 * MIB)
+        spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=256 * MIB, storage=64 * MIB)
         started = await asyncio.to_thread(adapter.create, spec)
         channel = AgentChannel(started.channel, started.id[:12], started.uid, started.gid)
         opened.append((started, channel))
@@ -66,8 +66,8 @@ async def stand_in(tmp_path: Path, image: str, script: str) -> AsyncIterator[Age
     liar = tmp_path / f"liar-{uuid.uuid4().hex[:6]}"
     liar.write_text(f"#!/bin/sh\n{script}\n")
     liar.chmod(0o755)
-    adapter = DockerAdapter(PROVIDER, agent=str(liar))
-    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=64 * MIB)
+    adapter = DockerAdapter(PROVIDER, agent=str(liar), volumes=tmp_path / "volumes")
+    spec = ContainerSpec(activity=uuid.uuid4().hex[:12], image=image, cpus=1.0, memory=64 * MIB, storage=16 * MIB)
     started = await asyncio.to_thread(adapter.create, spec)
     try:
         yield AgentChannel(started.channel, liar.name, started.uid, started.gid)

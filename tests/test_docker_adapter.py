@@ -15,6 +15,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,8 @@ from kiln_provider.docker_adapter import (
     DockerAdapter,
     Started,
 )
-from kiln_provider.errors import DockerFailed, ImageMissing, NotAFile, PathMissing, TransferBroken
+from kiln_provider.errors import BadPath, DockerFailed, ImageMissing, NotAFile, PathMissing, TransferBroken
+from kiln_provider.volume import volume_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(30)]
 
@@ -40,8 +42,8 @@ MakeContainer = Callable[..., str]
 
 
 @pytest.fixture(scope="module")
-def adapter() -> DockerAdapter:
-    return DockerAdapter(PROVIDER)
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> DockerAdapter:
+    return DockerAdapter(PROVIDER, volumes=tmp_path_factory.mktemp("volumes"))
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,7 @@ def make_container(adapter: DockerAdapter, image: str, containers: list[Started]
             "image": image,
             "cpus": 1.0,
             "memory": 256 * MIB,
+            "storage": 64 * MIB,
         }
         started = on.create(ContainerSpec(**(fields | spec)))  # type: ignore[arg-type]
         containers.append(started)
@@ -141,7 +144,11 @@ def test_create_is_hardened(adapter: DockerAdapter, make_container: MakeContaine
     assert host["NanoCpus"] == 500_000_000
     assert not host.get("Init"), "the agent is PID 1"
     assert host["AutoRemove"] is True, "the container goes when its agent exits"
-    assert host["Binds"] == [f"{adapter.agent}:{AGENT_IN_CONTAINER}:ro"]
+    assert host["ReadonlyRootfs"] is True, "what it writes goes to its volume"
+    volume = adapter.volumes.root / volume_name("act/1")
+    assert sorted(host["Binds"]) == sorted(
+        [f"{adapter.agent}:{AGENT_IN_CONTAINER}:ro", f"{volume}/golem:/golem:rw", f"{volume}/tmp:/tmp:rw"]
+    )
     config = inspected["Config"]
     assert isinstance(config, dict)
     labels = config["Labels"]
@@ -193,8 +200,8 @@ def test_put_file_gives_the_file_and_its_work_folders_to_the_owner(adapter: Dock
     adapter.put_file(box, "/golem/input/deep/er/f.txt", 3, 0o600, iter([b"abc"]), owner=(65534, 65534))
     owners = sh(adapter, box, "stat -c %u:%g /golem /golem/input /golem/input/deep /golem/input/deep/er/f.txt")
     assert owners.split() == ["65534:65534"] * 4
-    adapter.put_file(box, "/elsewhere/g.txt", 1, 0o644, iter([b"x"]), owner=(65534, 65534))
-    assert sh(adapter, box, "stat -c %u /elsewhere /elsewhere/g.txt").split() == ["0", "65534"]
+    adapter.put_file(box, "/tmp/elsewhere/g.txt", 1, 0o644, iter([b"x"]), owner=(65534, 65534))
+    assert sh(adapter, box, "stat -c %u /tmp/elsewhere /tmp/elsewhere/g.txt").split() == ["0", "65534"]
 
 
 def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> None:
@@ -313,4 +320,124 @@ def test_download_missing_path_is_file_not_found(adapter: DockerAdapter, box: st
 def test_limits_docker_would_read_as_none_are_refused(adapter: DockerAdapter, image: str) -> None:
     for cpus, memory in ((1.0, 0), (1e-12, 256 * MIB)):
         with pytest.raises(DockerFailed, match="treat as none"):
-            adapter.create(ContainerSpec(activity="nolimit", image=image, cpus=cpus, memory=memory))
+            adapter.create(ContainerSpec(activity="nolimit", image=image, cpus=cpus, memory=memory, storage=MIB))
+
+
+# -- storage: what a container writes goes to its volume, of the size it rented -------------
+
+
+def write(container_id: str, path: str, mib: int) -> subprocess.CompletedProcess[bytes]:
+    return run(container_id, "dd", "if=/dev/zero", f"of={path}", "bs=1M", f"count={mib}")
+
+
+def test_writing_past_the_rented_storage_fails_inside(make_container: MakeContainer) -> None:
+    box = make_container(storage=64 * MIB)
+    past = write(box, "/golem/work/big", 100)
+    assert past.returncode != 0
+    assert b"No space left on device" in past.stderr
+    run(box, "rm", "/golem/work/big")
+    assert write(box, "/golem/work/half", 32).returncode == 0
+
+
+def test_tmp_and_golem_share_the_one_budget(adapter: DockerAdapter, make_container: MakeContainer) -> None:
+    box = make_container(storage=64 * MIB)
+    assert write(box, "/golem/output/a", 40).returncode == 0
+    past = write(box, "/tmp/b", 40)
+    assert past.returncode != 0 and b"No space left on device" in past.stderr
+    run(box, "rm", "/tmp/b")  # what it wrote up to the end took the rest
+    assert write(box, "/tmp/c", 8).returncode == 0
+    assert sh(adapter, box, "stat -c %a /tmp") == "1777\n"
+
+
+def test_the_rest_of_the_root_filesystem_is_read_only(make_container: MakeContainer) -> None:
+    for user_box in (make_container(), make_container(root=True)):
+        for path in ("/x", "/etc/x", "/bin/x", "/.kiln-agent"):
+            done = run(user_box, "sh", "-c", f"echo x > {path}")
+            assert done.returncode != 0, path
+            assert b"Read-only file system" in done.stderr or b"Permission denied" in done.stderr, done
+        assert b"Read-only file system" in run(user_box, "sh", "-c", "echo x > /etc/passwd").stderr
+
+
+def test_commands_write_their_folders_and_tmp(adapter: DockerAdapter, make_container: MakeContainer) -> None:
+    box = make_container()
+    script = "for d in /golem /golem/input /golem/output /golem/work /tmp; do echo hi > $d/f && cat $d/f; done"
+    assert sh(adapter, box, script) == "hi\n" * 5
+    assert sh(adapter, box, "id -u; stat -c %u /golem/work/f /tmp/f") == "65534\n65534\n65534\n"
+
+
+def test_uploads_fill_the_volume_and_no_more(adapter: DockerAdapter, make_container: MakeContainer) -> None:
+    box = make_container(storage=16 * MIB)
+    piece = bytes(MIB)
+    with pytest.raises(TransferBroken, match="no space left"):
+        adapter.put_file(box, "/golem/input/big", 32 * MIB, 0o644, iter([piece] * 32), owner=NOBODY)
+    assert sh(adapter, box, "ls /golem/input") == ""
+    adapter.put_file(box, "/golem/input/fits", 8 * MIB, 0o644, iter([piece] * 8), owner=NOBODY)
+    assert read_all(adapter, box, "/golem/input/fits") == bytes(8 * MIB)
+
+
+def test_uploads_go_only_to_the_volume(adapter: DockerAdapter, box: str) -> None:
+    with pytest.raises(BadPath, match="read-only") as caught:
+        adapter.put_file(box, "/etc/x", 1, 0o644, iter([b"x"]), owner=NOBODY)
+    assert caught.value.code == ErrorCode.BAD_PATH
+    # Docker's archive API followed this link into the root filesystem; uploads here never do.
+    sh(adapter, box, "ln -s /etc /golem/work/link")
+    with pytest.raises(BadPath, match="do not follow links"):
+        adapter.put_file(box, "/golem/work/link/escaped", 1, 0o644, iter([b"x"]), owner=NOBODY)
+    changed = subprocess.run(["docker", "diff", box], capture_output=True, check=True, text=True).stdout
+    assert "escaped" not in changed
+    adapter.put_file(box, "/tmp/t.txt", 2, 0o600, iter([b"ok"]), owner=NOBODY)
+    assert run(box, "cat", "/tmp/t.txt").stdout == b"ok"
+
+
+def volume_of(adapter: DockerAdapter, activity: str) -> tuple[Path, Path]:
+    name = volume_name(activity)
+    return adapter.volumes.root / name, adapter.volumes.root / f"{name}.img"
+
+
+def test_remove_takes_the_volume(adapter: DockerAdapter, make_container: MakeContainer) -> None:
+    box = make_container(activity="with-volume")
+    mount, file = volume_of(adapter, "with-volume")
+    assert os.path.ismount(mount) and file.exists()
+    adapter.remove(box)
+    assert not mount.exists() and not file.exists()
+    assert str(mount) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_volume_the_container_outlived_goes_too(adapter: DockerAdapter, make_container: MakeContainer) -> None:
+    box = make_container(activity="self-removed")
+    subprocess.run(["docker", "rm", "-f", box], capture_output=True, check=True)  # gone behind our back
+    adapter.remove(box)
+    mount, file = volume_of(adapter, "self-removed")
+    assert not mount.exists() and not file.exists()
+
+
+def test_remove_stale_takes_an_earlier_runs_volumes(
+    adapter: DockerAdapter, make_container: MakeContainer, tmp_path: Path
+) -> None:
+    name = f"stale-{uuid.uuid4().hex[:8]}"
+    earlier = DockerAdapter(name, volumes=tmp_path / "volumes")
+    make_container(on=earlier, activity="a")
+    make_container(on=earlier, activity="b")
+    earlier.volumes.make("orphan", MIB)  # a volume whose container never came
+    restarted = DockerAdapter(name, volumes=tmp_path / "volumes")
+    assert restarted.remove_stale() == 2
+    assert list((tmp_path / "volumes").iterdir()) == []
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_a_failed_create_leaves_no_volume(adapter: DockerAdapter, image: str, tmp_path: Path) -> None:
+    broken = DockerAdapter(PROVIDER, agent="/nonexistent/agent", volumes=tmp_path / "volumes")
+    with pytest.raises(DockerFailed):
+        broken.create(ContainerSpec(activity="broken", image=image, cpus=1.0, memory=64 * MIB, storage=MIB))
+    assert list((tmp_path / "volumes").iterdir()) == []
+
+
+def test_an_images_workdir_on_the_volume_exists(
+    adapter: DockerAdapter, make_container: MakeContainer, image: str, images: list[str]
+) -> None:
+    tag = f"kiln-workdir-{uuid.uuid4().hex[:8]}:1"
+    dockerfile = f"FROM {image}\nWORKDIR /golem/work/deep/er\n".encode()
+    subprocess.run(["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, check=True)
+    images.append(tag)
+    box = make_container(image=tag)
+    assert sh(adapter, box, "pwd; stat -c %u /golem/work/deep/er") == "/golem/work/deep/er\n65534\n"

@@ -261,6 +261,8 @@ async def test_a_provider_whose_tasks_succeed_elsewhere_gets_banned(cluster: Clu
         if act.provider == bad:
             await asyncio.sleep(0.3)  # computing a wrong answer
             raise kiln.RetryTask(f"{act.provider} gives wrong answers")
+        # Not done before the bad provider has failed twice (an upload and a command take ms).
+        await asyncio.sleep(0.1)
         return await square(act, n)
 
     async with kiln.connect(cluster.url) as requestor:

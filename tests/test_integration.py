@@ -122,6 +122,52 @@ async def test_folder_download_never_writes_outside_the_destination(one_provider
     assert not (tmp_path / "dest2" / "deeper" / "e").exists()
 
 
+async def test_a_container_writes_only_the_storage_it_rented(one_provider: Cluster) -> None:
+    volumes = one_provider.logs / f"{next(iter(one_provider.providers))}.data" / "volumes"
+    dd = ["dd", "if=/dev/zero", "bs=1M"]
+    async with kiln.connect(one_provider.url) as requestor:
+        async with requestor.rent(IMAGE, kiln.Demand(cpus=0.5, memory="128MiB", storage="64MiB")) as act:
+            assert act.resources.storage == 64 * MiB
+            past = await act.run([*dd, "of=/golem/work/big", "count=100"])
+            assert past.exit_code != 0 and "No space left on device" in past.stderr
+            assert (await act.run(["rm", "/golem/work/big"])).ok
+            assert (await act.run([*dd, "of=/tmp/half", "count=32"])).ok, "/tmp shares the budget"
+            for path in ("/x", "/etc/x"):
+                refused = await act.run(["sh", "-c", f"echo x > {path}"])
+                assert refused.exit_code != 0 and "Read-only file system" in refused.stderr
+            await act.send_bytes(b"in", "/golem/input/a.txt")
+            assert (await act.run(["sh", "-c", "cp /golem/input/a.txt /golem/output/b.txt"])).ok
+            assert await act.download_bytes("/golem/output/b.txt") == b"in"
+            with pytest.raises(kiln.TransferFailed, match="no space left"):
+                await act.send_bytes(bytes(48 * MiB), "/golem/input/too-big")  # 32 MiB are in /tmp
+            with pytest.raises(kiln.InvalidPath, match="read-only"):
+                await act.send_bytes(b"x", "/etc/x")
+            assert len(list(volumes.glob("*.img"))) == 1
+        async with requestor.rent(IMAGE, SMALL) as act:  # no storage named: the provider's 256 MiB
+            df = await act.run(["df", "-k", "/golem"])
+            assert 240 * 1024 < int(df.stdout.splitlines()[1].split()[1]) <= 256 * 1024
+
+    def volumes_gone() -> bool:
+        return list(volumes.iterdir()) == [] and str(volumes) not in Path("/proc/self/mountinfo").read_text()
+
+    await wait_until(volumes_gone)
+
+
+async def test_a_provider_stopped_by_sigterm_takes_its_containers_and_volumes(one_provider: Cluster) -> None:
+    name, process = next(iter(one_provider.providers.items()))
+    volumes = one_provider.logs / f"{name}.data" / "volumes"
+    async with kiln.connect(one_provider.url) as requestor:
+        activities = [await requestor.rent(IMAGE, SMALL) for _ in range(2)]
+        assert len(list(volumes.glob("*.img"))) == 2
+        await asyncio.to_thread(process.stop, signal.SIGTERM)
+        for act in activities:
+            await act.release()  # the provider is lost: nothing left to release
+    assert process.popen.returncode != 0
+    assert containers_of(name) == []
+    assert list(volumes.iterdir()) == []
+    assert str(volumes) not in await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)
+
+
 async def test_containers_are_hardened(one_provider: Cluster) -> None:
     async with (
         kiln.connect(one_provider.url) as requestor,

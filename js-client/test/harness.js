@@ -3,7 +3,7 @@
 // container a test provider made is removed in `stop()`.
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -84,6 +84,8 @@ export class Cluster {
     this.hub = null;
     /** @type {string | null} the hub's image store, removed in `stop()` */
     this.dataDir = null;
+    /** @type {string | null} the providers' data folders (their records and volumes), removed in `stop()` */
+    this.providersDir = null;
     /** @type {Map<string, Process>} */
     this.providers = new Map();
     /** @type {string | undefined} the PEM of the CA a wss:// hub's certificate is from: what the probes trust */
@@ -136,7 +138,9 @@ export class Cluster {
    */
   async startProvider(name, { cpus = 2, memory = "2GiB", wait = true, args: extra = [] } = {}) {
     const full = `${name}-${this.suffix}`;
-    const args = ["provider", "--hub", this.url, "--name", full, "--cpus", String(cpus), "--memory", memory, ...extra];
+    this.providersDir ??= mkdtempSync(join(tmpdir(), "kiln-providers-"));
+    const args = ["provider", "--hub", this.url, "--name", full, "--cpus", String(cpus), "--memory", memory,
+      "--data-dir", join(this.providersDir, full), ...extra];
     this.providers.set(full, this._spawn(full, args));
     if (wait) await this.waitForProviders([full]);
     return full;
@@ -162,6 +166,14 @@ export class Cluster {
     await Promise.all([...this.providers.values()].map((p) => p.kill("SIGTERM")));
     if (this.hub !== null) await this.hub.kill("SIGTERM");
     if (this.dataDir !== null) rmSync(this.dataDir, { recursive: true, force: true });
+    if (this.providersDir !== null) {
+      // A provider killed outright leaves its containers' volumes mounted: detach them first.
+      const mounted = readFileSync("/proc/self/mountinfo", "utf8").split("\n").map((line) => line.split(" ")[4]);
+      for (const point of mounted) {
+        if (point?.startsWith(`${this.providersDir}/`)) execFileSync("umount", ["-l", point], { stdio: "ignore" });
+      }
+      rmSync(this.providersDir, { recursive: true, force: true });
+    }
     for (const name of this.providers.keys()) {
       const ids = containersOf(name);
       try {

@@ -12,6 +12,11 @@ The life of an activity: :meth:`DockerAdapter.create` a container whose PID 1 is
 (or the channel's close: the agent exits and Docker removes the container). On start-up,
 :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
 
+Storage: a container writes only to its volume (:mod:`kiln_provider.volume`), of the size
+it rented, seen at ``/golem`` and ``/tmp``; the rest of its root filesystem is read-only.
+:meth:`~DockerAdapter.put_file` writes into the volume on the host, not through Docker; the
+volume goes with the container in :meth:`~DockerAdapter.remove` and ``remove_stale``.
+
 Images: :meth:`~DockerAdapter.images` names them for the offer, :meth:`~DockerAdapter.layer_chains`
 says which layers are here, :meth:`~DockerAdapter.load` feeds ``docker load`` a
 :class:`~kiln_provider.image_archive.LoadArchive` as it is built, :meth:`~DockerAdapter.pull`
@@ -29,10 +34,10 @@ import shutil
 import socket
 import subprocess
 import tarfile
-import time
-from collections.abc import Collection, Generator, Iterable, Iterator
+from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import docker
@@ -47,8 +52,11 @@ from kiln_provider.errors import (
     PathMissing,
     ProviderError,
     TransferBroken,
+    VolumeFailed,
 )
 from kiln_provider.image_archive import LoadArchive
+from kiln_provider.image_cache import default_data_dir
+from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, write_file
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
 """Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
@@ -93,6 +101,8 @@ class ContainerSpec:
     image: str
     cpus: float
     memory: int
+    storage: int
+    """Bytes its commands may write, in ``/golem`` and ``/tmp`` together (its volume's size)."""
     pids_limit: int = 256
     root: bool = False
     """Commands run as root (uid 0; the operator allowed it and the requestor asked)."""
@@ -102,7 +112,8 @@ NOBODY: Final = "65534:65534"
 """Who commands run as when the image names no ``USER``."""
 ROOT: Final = "0:0"
 WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
-"""Folders every task container has, owned by the user its commands run as."""
+"""Folders every task container has, owned by the user its commands run as (on its volume,
+like everything under ``/golem`` and ``/tmp``: both start empty, whatever the image holds there)."""
 
 
 @dataclass(frozen=True)
@@ -157,17 +168,6 @@ def _ids_of(pid: int) -> tuple[int, int]:
         return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
     except (OSError, KeyError, ValueError, IndexError) as e:
         raise DockerFailed(f"cannot tell who the container's agent (pid {pid}) runs as: {e}") from e
-
-
-def _folders(paths: Iterable[str], uid: int, gid: int) -> bytes:
-    """A tar of the folders ``paths`` (mode 0755), owned by ``uid``:``gid``."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in paths:
-            info = tarfile.TarInfo(path.lstrip("/"))
-            info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o755, uid, gid, int(time.time())
-            tar.addfile(info)
-    return out.getvalue()
 
 
 def find_agent() -> str:
@@ -278,6 +278,20 @@ def _owned_parents(path: str) -> list[str]:
     return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
 
 
+def _container_name(provider: str, activity: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{provider}-{activity}")[:200]
+
+
+def _made_for_user(workdir: str) -> list[str]:
+    """The folders made on a container's volume and given to its user: the work folders, and
+    the image's ``WORKDIR`` with its parents when it is on the volume (below ``/golem`` or ``/tmp``)."""
+    folders = list(WORK_FOLDERS)
+    if under_mounts(workdir):
+        parts = workdir.split("/")
+        folders += ["/".join(parts[:n]) for n in range(3, len(parts) + 1)]  # below /golem or /tmp
+    return list(dict.fromkeys(folders))
+
+
 def _archive_name(path: str) -> str:
     parts = path.split("/")
     if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
@@ -288,13 +302,19 @@ def _archive_name(path: str) -> str:
 class DockerAdapter:
     """The Docker engine, as a Kiln provider needs it. Errors are :class:`~kiln_provider.errors.ProviderError`s."""
 
-    def __init__(self, provider: str, client: Any | None = None, agent: str | None = None) -> None:
+    def __init__(
+        self, provider: str, client: Any | None = None, agent: str | None = None, volumes: Path | None = None
+    ) -> None:
+        """``volumes``: the folder where containers' volumes live, the provider's own (default:
+        ``volumes`` in :func:`~kiln_provider.image_cache.default_data_dir`); made when first needed."""
         self.provider = provider
         self._agent = agent
         with _engine("connect"):
             self._client: Any = client if client is not None else docker.from_env()
         self._api: Any = self._client.api
         self._chains: dict[str, tuple[str, ...]] = {}
+        self.volumes = Volumes(volumes if volumes is not None else default_data_dir(provider) / "volumes")
+        self._volumes: dict[str, Volume] = {}  # container id -> its volume
 
     @property
     def agent(self) -> str:
@@ -310,9 +330,11 @@ class DockerAdapter:
         return HostInfo(cpus=int(info["NCPU"]), memory=int(info["MemTotal"]), arch=_ARCH.get(arch, arch))
 
     def storage_free(self) -> int:
+        """The most storage to offer: what a new volume may take (see :meth:`Volumes.room`), and
+        never more than the disk of Docker's root (images land there) has free."""
         with _engine("docker info"):
             root = self._api.info()["DockerRootDir"]
-        return shutil.disk_usage(root).free
+        return max(min(shutil.disk_usage(root).free, self.volumes.room()), 0)
 
     def images(self) -> list[str]:
         """Every local image, by each of its tags and by ``sha256:<id>``."""
@@ -422,9 +444,11 @@ class DockerAdapter:
         """Create and start a hardened container whose PID 1 is the agent, attached to its stdin and stdout.
 
         The agent (bind-mounted read-only) needs nothing of the image: an image holding one
-        static program runs. When the attached channel closes the agent ends everything and
-        exits, and Docker removes the container. Images are never pulled here: a missing one
-        is ImageMissing.
+        static program runs. The container's root filesystem is read-only: its commands write
+        to its volume of ``spec.storage`` bytes, at ``/golem`` and ``/tmp`` (VolumeFailed when
+        it cannot be made). When the attached channel closes the agent ends everything and
+        exits, and Docker removes the container; :meth:`remove` then takes its volume. Images
+        are never pulled here: a missing one is ImageMissing.
         """
         # Docker reads a zero limit as "no limit": never let one through.
         if spec.memory < MIN_MEMORY or int(spec.cpus * 1e9) < MIN_NANO_CPUS or spec.pids_limit < 1:
@@ -432,68 +456,98 @@ class DockerAdapter:
                 f"refusing limits that Docker would treat as none: cpus={spec.cpus}, memory={spec.memory}, "
                 f"pids={spec.pids_limit} (at least 0.01 CPUs and 6 MiB)"
             )
-        name = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{self.provider}-{spec.activity}")[:200]
-        with _engine(f"create container for {spec.activity}"):
-            host_config = self._api.create_host_config(
-                network_mode="none",
-                cap_drop=["ALL"],
-                security_opt=["no-new-privileges"],
-                pids_limit=spec.pids_limit,
-                mem_limit=spec.memory,
-                memswap_limit=spec.memory,  # no swap beyond the memory limit
-                nano_cpus=int(spec.cpus * 1e9),
-                auto_remove=True,  # the agent exits when its channel closes: the container goes with it
-                binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}},
-            )
+        with _engine(f"inspect image {spec.image}"):
             try:
-                user = ROOT if spec.root else self._api.inspect_image(spec.image)["Config"].get("User") or NOBODY
-                created = self._api.create_container(
-                    spec.image,
-                    user=user,  # the image's USER, else nobody: never root unless asked (or the image says so)
-                    entrypoint=[AGENT_IN_CONTAINER],
-                    command=[],
-                    stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
-                    tty=False,
-                    name=name,
-                    labels={LABEL_PROVIDER: self.provider, LABEL_ACTIVITY: spec.activity},
-                    host_config=host_config,
-                )
+                config = self._api.inspect_image(spec.image)["Config"] or {}
             except docker.errors.ImageNotFound as e:
                 raise ImageMissing(f"image {spec.image} is not on this provider") from e
-            container_id: str = created["Id"]
-            try:
+        folders = _made_for_user(config.get("WorkingDir") or "")
+        volume = self.volumes.make(volume_name(spec.activity), spec.storage, folders)
+        container_id: str | None = None
+        channel: socket.socket | None = None
+        try:
+            with _engine(f"create container for {spec.activity}"):
+                host_config = self._api.create_host_config(
+                    network_mode="none",
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    pids_limit=spec.pids_limit,
+                    mem_limit=spec.memory,
+                    memswap_limit=spec.memory,  # no swap beyond the memory limit
+                    nano_cpus=int(spec.cpus * 1e9),
+                    auto_remove=True,  # the agent exits when its channel closes: the container goes with it
+                    read_only=True,  # what it writes goes to its volume, of the size it rented
+                    binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}, **volume.binds},
+                )
+                try:
+                    created = self._api.create_container(
+                        spec.image,
+                        # The image's USER, else nobody: never root unless asked (or the image says so).
+                        user=ROOT if spec.root else config.get("User") or NOBODY,
+                        entrypoint=[AGENT_IN_CONTAINER],
+                        command=[],
+                        stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
+                        tty=False,
+                        name=_container_name(self.provider, spec.activity),
+                        labels={LABEL_PROVIDER: self.provider, LABEL_ACTIVITY: spec.activity},
+                        host_config=host_config,
+                    )
+                except docker.errors.ImageNotFound as e:
+                    raise ImageMissing(f"image {spec.image} is not on this provider") from e
+                container_id = created["Id"]
+                self._volumes[container_id] = volume  # from here on, remove() takes it with the container
                 # Attached before it starts, so that the agent's first words are not lost.
                 streams = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
                 channel = _own_socket(self._api.attach_socket(container_id, params=streams))
                 self._api.start(container_id)
                 inspected = self._api.inspect_container(container_id)
-                uid, gid = _ids_of(int(inspected["State"]["Pid"]))
-                self._api.put_archive(container_id, "/", _folders(WORK_FOLDERS, uid, gid))
-            except (docker.errors.APIError, DockerFailed):
-                self.remove(container_id)
-                raise
+                pid = int(inspected["State"]["Pid"])
+                uid, gid = _ids_of(pid)
+                if not volume.seen_by(pid):
+                    raise VolumeFailed(
+                        "the container does not see its volume at /golem and /tmp: the Docker engine "
+                        "runs in another mount namespace than the provider",
+                        reason="unavailable",
+                    )
+                volume.give(uid, gid, folders)
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            if container_id is None:
+                self.volumes.remove(volume.name)
+            else:
+                with suppress(ProviderError):
+                    self.remove(container_id)
+            raise
         env = inspected["Config"]["Env"] or []
         return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid)
 
     def remove(self, container_id: str) -> None:
-        """Kill and remove the container; one that is already gone is fine."""
-        with _engine(f"remove container {container_id[:12]}"):
-            try:
-                self._api.remove_container(container_id, force=True)
-            except docker.errors.NotFound:
-                pass
-            except docker.errors.APIError as e:
-                if "already in progress" not in str(e.explanation):
-                    raise
+        """Kill and remove the container, then its volume; one that is already gone is fine."""
+        try:
+            with _engine(f"remove container {container_id[:12]}"):
+                try:
+                    self._api.remove_container(container_id, force=True)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as e:
+                    if "already in progress" not in str(e.explanation):
+                        raise
+        finally:
+            volume = self._volumes.pop(container_id, None)
+            if volume is not None:
+                self.volumes.remove(volume.name)
 
     def remove_stale(self, keep: Collection[str] = ()) -> int:
-        """Remove every container labelled with this provider (left by an earlier run) but the
-        ids in ``keep``; returns how many."""
+        """Remove every container labelled with this provider (left by an earlier run) but the ids
+        in ``keep``, and every volume of its folder that is not of a container this adapter runs;
+        returns how many containers."""
         with _engine("list containers"):
             listed = self._api.containers(all=True, filters={"label": f"{LABEL_PROVIDER}={self.provider}"})
         stale = [container["Id"] for container in listed if container["Id"] not in keep]
         for container_id in stale:
             self.remove(container_id)
+        self.volumes.sweep()
         return len(stale)
 
     def put_file(
@@ -508,68 +562,18 @@ class DockerAdapter:
         """Stream ``size`` bytes from ``chunks`` into a file at ``path``, owned by ``owner`` (uid, gid);
         returns the bytes written.
 
-        Missing parent folders are created (mode 0755): those inside the work folders
-        (``/golem/...``) owned by ``owner`` too, others by Docker's extraction (root). The
-        chunks must total exactly ``size``, else TransferBroken (the file may then hold part
-        of the data). A folder at ``path`` is not replaced: NotAFile.
+        The file goes into the container's volume, written on the host (so only under
+        ``/golem`` or ``/tmp``, else BadPath; never through a symbolic link). Missing parent
+        folders are created (mode 0755): those inside the work folders (``/golem/...``) owned
+        by ``owner`` too, others by root. The chunks must total exactly ``size``, else
+        TransferBroken, as is a volume that fills up; the file then does not appear. A folder
+        at ``path`` is not replaced: NotAFile.
         """
-        name = _archive_name(path)
-        written = 0
-        failure: BaseException | None = None
-
-        def archive() -> Iterator[bytes]:
-            # On any failure the body just ends (a truncated tar Docker refuses): raising
-            # here instead would leave the pooled HTTP connection mid-request, and the next
-            # call on it would hang. The failure is raised once the response is in.
-            nonlocal written, failure
-            for folder in _owned_parents(path):
-                entry = tarfile.TarInfo(folder.lstrip("/"))
-                entry.type, entry.mode, entry.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-                entry.uid, entry.gid = owner
-                yield entry.tobuf(tarfile.PAX_FORMAT)
-            header = tarfile.TarInfo(name)
-            header.size, header.mode, header.mtime = size, mode & 0o7777, int(time.time())
-            header.uid, header.gid = owner
-            yield header.tobuf(tarfile.PAX_FORMAT)
-            try:
-                for chunk in chunks:
-                    written += len(chunk)
-                    if written > size:
-                        failure = TransferBroken(f"upload of {path}: more than the announced {size} bytes")
-                        return
-                    if chunk:
-                        yield bytes(chunk)
-            except GeneratorExit:
-                raise
-            except BaseException as e:  # noqa: BLE001 - kept and raised after the request (see above)
-                failure = e
-                return
-            if written != size:
-                failure = TransferBroken(f"upload of {path} broke off after {written} of {size} bytes")
-                return
-            yield bytes(-size % tarfile.BLOCKSIZE + 2 * tarfile.BLOCKSIZE)  # padding, end of archive
-
-        # docker-py's put_archive cannot pass noOverwriteDirNonDir, without which Docker
-        # would silently replace a folder at ``path`` (and all it holds) with the file.
-        url = f"{self._api.base_url}/v{self._api.api_version}/containers/{container_id}/archive"
-        params = {"path": "/", "noOverwriteDirNonDir": "1"}
-        try:
-            with (
-                _engine(f"upload {path}"),
-                self._api.put(url, params=params, data=archive(), timeout=self._api.timeout) as response,
-            ):
-                try:
-                    response.raise_for_status()
-                except requests.HTTPError as e:
-                    if "cannot overwrite directory" in response.text:
-                        raise NotAFile(f"{path} is a folder") from e
-                    docker.errors.create_api_error_from_http_exception(e)  # raises the APIError
-        except ProviderError:
-            if failure is None:
-                raise
-        if failure is not None:
-            raise failure
-        return written
+        _archive_name(path)
+        volume = self._volumes.get(container_id)
+        if volume is None:
+            raise DockerFailed(f"container {container_id[:12]} has no volume here: not one this provider runs")
+        return write_file(volume, path, size, mode, chunks, owner, _owned_parents(path))
 
     def open_download(self, container_id: str, path: str) -> DownloadStream:
         """Start fetching ``path``; iterate the stream's ``chunks``, then close it.

@@ -10,6 +10,9 @@
      +-- TransferBroken             transfer_failed: a stream broke off or had the wrong size
      +-- BadPath                    bad_path: a path Docker's archive API cannot take
      +-- ImageCorrupt               image_corrupt: an image blob's bytes do not match its digest or size
+     +-- VolumeFailed               container_failed: the storage a container rents could not be made
+     |                              (.reason: unavailable - no root, loop devices or mkfs here, or
+     |                              Docker does not see the mount; no_room - the disk cannot hold it)
      +-- AgentViolation             container_failed: the container's agent sent a frame that breaks
      |                              its protocol (.reason: frame_too_long, frame_too_short,
      |                              unknown_type, bad_payload)
@@ -60,6 +63,16 @@ class BadPath(ProviderError):
 
 class ImageCorrupt(ProviderError):
     default_code = ErrorCode.IMAGE_CORRUPT
+
+
+class VolumeFailed(ProviderError):
+    """A container's volume could not be made; ``reason`` is a stable word a program can branch on."""
+
+    default_code = ErrorCode.CONTAINER_FAILED
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AgentViolation(ProviderError):

@@ -84,6 +84,8 @@ RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, ma
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
+UNRENTED_STORAGE: Final = 256 * 2**20
+"""The storage of a container whose rent named none (0): what its commands may write to ``/golem`` and ``/tmp``."""
 
 
 @dataclass(frozen=True)
@@ -193,14 +195,16 @@ class ProviderRuntime:
         return await self._on(self._pools.lifecycle, fn, *args)
 
     def _capacity(self) -> Resources:
-        """What to offer: what was asked for, never more than the host has."""
+        """What to offer: what was asked for, never more than the host has (storage: the free
+        space of the disk where containers' volumes live)."""
         host = self.adapter.host_info()
         free_disk = self.adapter.storage_free()
         want = self.config
         cpus = min(want.cpus if want.cpus is not None else float(host.cpus), float(host.cpus))
         memory = min(want.memory if want.memory is not None else host.memory * 3 // 4, host.memory)
         storage = min(want.storage if want.storage is not None else 10 * 2**30, free_disk)
-        for label, asked, got in (("cpus", want.cpus, cpus), ("memory", want.memory, memory)):
+        for label, asked, got in (("cpus", want.cpus, cpus), ("memory", want.memory, memory),
+                                  ("storage", want.storage, storage)):  # fmt: skip
             if asked is not None and asked > got:
                 log.warning("asked to offer %s=%s but the host has only %s; offering %s", label, asked, got, got)
         return Resources(cpus=cpus, memory=memory, storage=storage)
@@ -459,6 +463,7 @@ class ProviderRuntime:
                 image=image.id,
                 cpus=message.resources.cpus,
                 memory=message.resources.memory,
+                storage=message.resources.storage or UNRENTED_STORAGE,
                 pids_limit=self.config.pids_limit,
                 root=message.user == "root",
             )

@@ -24,6 +24,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -94,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     provider.add_argument("--name", required=True)
     provider.add_argument("--cpus", type=float, default=None, help="CPUs to share (default: all)")
     provider.add_argument("--memory", type=_size, default=None, help="memory to share, e.g. 2GiB (default: 3/4)")
-    provider.add_argument("--storage", type=_size, default=None, help="storage to share (default: 10GiB)")
+    provider.add_argument(
+        "--storage",
+        type=_size,
+        default=None,
+        help="storage to share (default: 10GiB, never more than the disk of --data-dir has free); each container "
+        "writes only to a volume of the size it rented (256MiB when it named none), at /golem and /tmp",
+    )
     provider.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
     provider.add_argument("--token", default=None)
     provider.add_argument("--pids-limit", type=int, default=256)
@@ -117,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where the provider keeps its record of images (default ~/.local/share/kiln/provider/NAME)",
+        help="where the provider keeps its record of images and its containers' volumes "
+        "(default ~/.local/share/kiln/provider/NAME)",
     )
     provider.add_argument(
         "--pull",
@@ -400,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, a provider's SIGTERM
             return asyncio.run(_main(args))
         return 130
     except KilnError as e:
@@ -433,6 +441,7 @@ async def _main(args: argparse.Namespace) -> int:
     if args.command == "provider":
         _require_provider_extra()
         from kiln_provider.docker_adapter import DockerAdapter
+        from kiln_provider.image_cache import default_data_dir
         from kiln_provider.runtime import ProviderConfig, ProviderRuntime
 
         config = ProviderConfig(
@@ -442,9 +451,15 @@ async def _main(args: argparse.Namespace) -> int:
             image_cache=args.image_cache, data_dir=args.data_dir, pull=args.pull, allow_root=args.allow_root,
             ca=args.ca, grace=args.grace,
         )  # fmt: skip
-        adapter = await asyncio.to_thread(DockerAdapter, args.name)
-        # No agent binary is a clear error now, not at the first rent.
+        volumes = (args.data_dir or default_data_dir(args.name)) / "volumes"
+        adapter = await asyncio.to_thread(DockerAdapter, args.name, volumes=volumes)
+        # No agent binary, or no way to bound what containers write, is a clear error now, not at the first rent.
         logging.getLogger("kiln.provider").info("task containers run the agent %s", adapter.agent)
+        await asyncio.to_thread(adapter.volumes.check)
+        # SIGTERM stops it as Ctrl-C does: its containers, and their volumes, are removed on the way out.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         await ProviderRuntime(config, adapter).run()
         return 0
     if args.command == "market":
