@@ -347,7 +347,8 @@ class HubCore:
                 why = f"provider {name!r} did not come back within {self.grace:g} s of the hub's restart"
                 self._log("warning", f"{why}; {len(absent)} activities lost")
                 for activity_id in sorted(absent):
-                    self._lose(self.activities[activity_id], why)
+                    if (lease := self.activities.get(activity_id)) is not None:
+                        self._lose(lease, why)
             self._absent.clear()
         # Only what is due is looked at: a heap of deadlines, each checked against its pending
         # request (answered: dropped; pushed back by progress: put back at its new deadline).
@@ -470,7 +471,8 @@ class HubCore:
                 self._unpark(lease, message)
         why = f"provider {p.name!r} came back without it"
         for activity_id in sorted(absent):
-            self._lose(self.activities[activity_id], why)
+            if (lease := self.activities.get(activity_id)) is not None:
+                self._lose(lease, why)
         if kept or absent:
             self._log("info", f"provider {shown(p.name)} is back: {kept} activities kept, {len(absent)} lost")
 
