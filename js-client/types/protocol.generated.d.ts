@@ -470,9 +470,12 @@ export interface ActivityList {
  * (1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it
  * reserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);
  * ``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of
- * the hub).
+ * the hub). ``credential`` is the id of the credential its requestor joined with (``kiln token ls``):
+ * the name is the requestor's own word, the credential the hub's (absent: the shared token or an open
+ * hub).
  */
 export interface ActivityInfo {
+  credential: number | null;
   group: string | null;
   id: string;
   image: string | null;

@@ -244,8 +244,8 @@ class HubCore:
             if owner is None:
                 continue
             lease = Lease(lr.id, owner.id, ABSENT, lr.resources, group=lr.group, state="absent", image=lr.image,
-                          provider_name=lr.provider, requestor_name=owner.name, started=lr.started,
-                          saved=True)  # fmt: skip
+                          provider_name=lr.provider, requestor_name=owner.name, credential=_credential_id(owner),
+                          started=lr.started, saved=True)  # fmt: skip
             self.activities[lease.id] = lease
             owner.activities.add(lease.id)
             self._absent.setdefault(lr.provider, set()).add(lease.id)
@@ -664,7 +664,8 @@ class HubCore:
             return
         leases = [self.activities[key] for key in sorted(self.activities)] if message.all else self._leases(p)
         listed = [
-            ActivityInfo(id=lease.id, requestor=lease.requestor_name, provider=lease.provider_name, state=lease.state,
+            ActivityInfo(id=lease.id, requestor=lease.requestor_name, credential=lease.credential,
+                         provider=lease.provider_name, state=lease.state,
                          resources=lease.resources, group=lease.group, started=lease.started or None,
                          image=lease.image or lease.named_image)
             for lease in leases[: message.limit]
@@ -696,7 +697,7 @@ class HubCore:
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         q = self.peers[provider]
         activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group,
-                         provider_name=q.name, requestor_name=p.name)  # fmt: skip
+                         provider_name=q.name, requestor_name=p.name, credential=_credential_id(p))  # fmt: skip
         if stored is not None:
             activity.image = stored.digest
             self.catalog.use(stored.digest, self._clock())

@@ -80,6 +80,7 @@ class Lease:
     image: str | None = None  # the digest of a stored image it runs
     provider_name: str = ""
     requestor_name: str = ""
+    credential: int | None = None  # the credential its requestor joined with
     named_image: str | None = None  # the image its rent named, when not the store's (not kept through a restart)
     started: float = 0.0  # when it became ready (the clock's time)
     saved: bool = False  # written to the hub's state (once its requestor was told of it)

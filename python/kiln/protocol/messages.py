@@ -243,10 +243,13 @@ class ActivityInfo(_Message):
     """(1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it
     reserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);
     ``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of
-    the hub)."""
+    the hub). ``credential`` is the id of the credential its requestor joined with (``kiln token ls``):
+    the name is the requestor's own word, the credential the hub's (absent: the shared token or an open
+    hub)."""
 
     id: ActivityId
     requestor: Name
+    credential: Annotated[int, Field(ge=0)] | None = None
     provider: Name
     state: ActivityState
     resources: Resources

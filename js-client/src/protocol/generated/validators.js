@@ -177,12 +177,10 @@ validate21.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateActivityList = validate22;
 const schema33 = {"additionalProperties":false,"description":"(1.3) The activities an ``activities`` asked for, by id; ``matched`` counts all that match, listed or not.","properties":{"activities":{"items":{"$ref":"#/$defs/ActivityInfo"},"maxItems":1000,"title":"Activities","type":"array"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"activity_list","title":"Type","type":"string"}},"required":["type","re","activities","matched"],"title":"ActivityList","type":"object"};
-const schema34 = {"additionalProperties":false,"description":"(1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it\nreserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);\n``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of\nthe hub).","properties":{"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Id","type":"string"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"requestor":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Requestor","type":"string"},"resources":{"$ref":"#/$defs/Resources"},"started":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Started"},"state":{"enum":["creating","ready","destroying","absent"],"title":"State","type":"string"}},"required":["id","requestor","provider","state","resources"],"title":"ActivityInfo","type":"object"};
+const schema34 = {"additionalProperties":false,"description":"(1.3) An activity as the hub holds it: whose it is (the requestor's name), where it runs, what it\nreserves. ``started`` is the hub's clock (Unix seconds) when it became ready (absent while creating);\n``image`` the stored image's digest it runs, else the name its rent gave (absent after a restart of\nthe hub). ``credential`` is the id of the credential its requestor joined with (``kiln token ls``):\nthe name is the requestor's own word, the credential the hub's (absent: the shared token or an open\nhub).","properties":{"credential":{"anyOf":[{"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Credential"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Id","type":"string"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"requestor":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Requestor","type":"string"},"resources":{"$ref":"#/$defs/Resources"},"started":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Started"},"state":{"enum":["creating","ready","destroying","absent"],"title":"State","type":"string"}},"required":["id","requestor","provider","state","resources"],"title":"ActivityInfo","type":"object"};
 const schema35 = {"additionalProperties":false,"description":"An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.","properties":{"cpus":{"maximum":4096,"minimum":0,"title":"Cpus","type":"number"},"memory":{"maximum":4611686018427388000,"minimum":0,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"required":["cpus","memory"],"title":"Resources","type":"object"};
-const pattern4 = new RegExp("^[A-Za-z0-9_.-]{1,64}$", "u");
-const pattern6 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", "u");
-const pattern7 = new RegExp("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$", "u");
-const func1 = function ucs2length(str) {
+const func1 = Object.prototype.hasOwnProperty;
+const func2 = function ucs2length(str) {
     const len = str.length;
     let length = 0;
     let pos = 0;
@@ -199,6 +197,9 @@ const func1 = function ucs2length(str) {
     }
     return length;
 };
+const pattern4 = new RegExp("^[A-Za-z0-9_.-]{1,64}$", "u");
+const pattern6 = new RegExp("^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", "u");
+const pattern7 = new RegExp("^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$", "u");
 
 function validate23(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -211,6 +212,9 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.credential === undefined){
+data.credential = null;
+}
 if(data.group === undefined){
 data.group = null;
 }
@@ -271,7 +275,7 @@ vErrors.push(err4);
 errors++;
 }
 for(const key0 in data){
-if(!((((((((key0 === "group") || (key0 === "id")) || (key0 === "image")) || (key0 === "provider")) || (key0 === "requestor")) || (key0 === "resources")) || (key0 === "started")) || (key0 === "state"))){
+if(!(func1.call(schema34.properties, key0))){
 const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err5];
@@ -282,13 +286,12 @@ vErrors.push(err5);
 errors++;
 }
 }
-let data0 = data.group;
+let data0 = data.credential;
 const _errs3 = errors;
 let valid1 = false;
 const _errs4 = errors;
-if(typeof data0 === "string"){
-if(!pattern4.test(data0)){
-const err6 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
+const err6 = {instancePath:instancePath+"/credential",schemaPath:"#/properties/credential/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err6];
 }
@@ -297,9 +300,9 @@ vErrors.push(err6);
 }
 errors++;
 }
-}
-else {
-const err7 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if((typeof data0 == "number") && (isFinite(data0))){
+if(data0 < 0 || isNaN(data0)){
+const err7 = {instancePath:instancePath+"/credential",schemaPath:"#/properties/credential/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err7];
 }
@@ -308,11 +311,12 @@ vErrors.push(err7);
 }
 errors++;
 }
+}
 var _valid0 = _errs4 === errors;
 valid1 = valid1 || _valid0;
 const _errs6 = errors;
 if(data0 !== null){
-const err8 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+const err8 = {instancePath:instancePath+"/credential",schemaPath:"#/properties/credential/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -324,7 +328,7 @@ errors++;
 var _valid0 = _errs6 === errors;
 valid1 = valid1 || _valid0;
 if(!valid1){
-const err9 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+const err9 = {instancePath:instancePath+"/credential",schemaPath:"#/properties/credential/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -344,11 +348,13 @@ vErrors = null;
 }
 }
 }
-if(data.id !== undefined){
-let data1 = data.id;
+let data1 = data.group;
+const _errs9 = errors;
+let valid2 = false;
+const _errs10 = errors;
 if(typeof data1 === "string"){
 if(!pattern4.test(data1)){
-const err10 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+const err10 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -359,7 +365,7 @@ errors++;
 }
 }
 else {
-const err11 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err11 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -368,14 +374,11 @@ vErrors.push(err11);
 }
 errors++;
 }
-}
-let data2 = data.image;
-const _errs11 = errors;
-let valid2 = false;
+var _valid1 = _errs10 === errors;
+valid2 = valid2 || _valid1;
 const _errs12 = errors;
-if(typeof data2 === "string"){
-if(func1(data2) > 255){
-const err12 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(data1 !== null){
+const err12 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -384,8 +387,10 @@ vErrors.push(err12);
 }
 errors++;
 }
-if(func1(data2) < 1){
-const err13 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+var _valid1 = _errs12 === errors;
+valid2 = valid2 || _valid1;
+if(!valid2){
+const err13 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -394,8 +399,22 @@ vErrors.push(err13);
 }
 errors++;
 }
-if(!pattern6.test(data2)){
-const err14 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+else {
+errors = _errs9;
+if(vErrors !== null){
+if(_errs9){
+vErrors.length = _errs9;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data2 = data.id;
+if(typeof data2 === "string"){
+if(!pattern4.test(data2)){
+const err14 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -406,7 +425,7 @@ errors++;
 }
 }
 else {
-const err15 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err15 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -415,11 +434,14 @@ vErrors.push(err15);
 }
 errors++;
 }
-var _valid1 = _errs12 === errors;
-valid2 = valid2 || _valid1;
-const _errs14 = errors;
-if(data2 !== null){
-const err16 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+}
+let data3 = data.image;
+const _errs17 = errors;
+let valid3 = false;
+const _errs18 = errors;
+if(typeof data3 === "string"){
+if(func2(data3) > 255){
+const err16 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -428,10 +450,8 @@ vErrors.push(err16);
 }
 errors++;
 }
-var _valid1 = _errs14 === errors;
-valid2 = valid2 || _valid1;
-if(!valid2){
-const err17 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(func2(data3) < 1){
+const err17 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -440,22 +460,8 @@ vErrors.push(err17);
 }
 errors++;
 }
-else {
-errors = _errs11;
-if(vErrors !== null){
-if(_errs11){
-vErrors.length = _errs11;
-}
-else {
-vErrors = null;
-}
-}
-}
-if(data.provider !== undefined){
-let data3 = data.provider;
-if(typeof data3 === "string"){
-if(func1(data3) > 64){
-const err18 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(!pattern6.test(data3)){
+const err18 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -464,8 +470,9 @@ vErrors.push(err18);
 }
 errors++;
 }
-if(func1(data3) < 1){
-const err19 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+}
+else {
+const err19 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -474,8 +481,11 @@ vErrors.push(err19);
 }
 errors++;
 }
-if(!pattern7.test(data3)){
-const err20 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+var _valid2 = _errs18 === errors;
+valid3 = valid3 || _valid2;
+const _errs20 = errors;
+if(data3 !== null){
+const err20 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -484,9 +494,10 @@ vErrors.push(err20);
 }
 errors++;
 }
-}
-else {
-const err21 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid2 = _errs20 === errors;
+valid3 = valid3 || _valid2;
+if(!valid3){
+const err21 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -495,12 +506,22 @@ vErrors.push(err21);
 }
 errors++;
 }
+else {
+errors = _errs17;
+if(vErrors !== null){
+if(_errs17){
+vErrors.length = _errs17;
 }
-if(data.requestor !== undefined){
-let data4 = data.requestor;
+else {
+vErrors = null;
+}
+}
+}
+if(data.provider !== undefined){
+let data4 = data.provider;
 if(typeof data4 === "string"){
-if(func1(data4) > 64){
-const err22 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(func2(data4) > 64){
+const err22 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -509,8 +530,8 @@ vErrors.push(err22);
 }
 errors++;
 }
-if(func1(data4) < 1){
-const err23 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(func2(data4) < 1){
+const err23 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -520,7 +541,7 @@ vErrors.push(err23);
 errors++;
 }
 if(!pattern7.test(data4)){
-const err24 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+const err24 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -531,7 +552,7 @@ errors++;
 }
 }
 else {
-const err25 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err25 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -541,14 +562,11 @@ vErrors.push(err25);
 errors++;
 }
 }
-if(data.resources !== undefined){
-let data5 = data.resources;
-if(data5 && typeof data5 == "object" && !Array.isArray(data5)){
-if(data5.storage === undefined){
-data5.storage = 0;
-}
-if(data5.cpus === undefined){
-const err26 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+if(data.requestor !== undefined){
+let data5 = data.requestor;
+if(typeof data5 === "string"){
+if(func2(data5) > 64){
+const err26 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -557,8 +575,8 @@ vErrors.push(err26);
 }
 errors++;
 }
-if(data5.memory === undefined){
-const err27 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(func2(data5) < 1){
+const err27 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -567,9 +585,8 @@ vErrors.push(err27);
 }
 errors++;
 }
-for(const key1 in data5){
-if(!(((key1 === "cpus") || (key1 === "memory")) || (key1 === "storage"))){
-const err28 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+if(!pattern7.test(data5)){
+const err28 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -579,11 +596,8 @@ vErrors.push(err28);
 errors++;
 }
 }
-if(data5.cpus !== undefined){
-let data6 = data5.cpus;
-if((typeof data6 == "number") && (isFinite(data6))){
-if(data6 > 4096 || isNaN(data6)){
-const err29 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+else {
+const err29 = {instancePath:instancePath+"/requestor",schemaPath:"#/properties/requestor/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -592,8 +606,15 @@ vErrors.push(err29);
 }
 errors++;
 }
-if(data6 < 0 || isNaN(data6)){
-const err30 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+if(data.resources !== undefined){
+let data6 = data.resources;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+if(data6.storage === undefined){
+data6.storage = 0;
+}
+if(data6.cpus === undefined){
+const err30 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -602,9 +623,8 @@ vErrors.push(err30);
 }
 errors++;
 }
-}
-else {
-const err31 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(data6.memory === undefined){
+const err31 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -613,11 +633,9 @@ vErrors.push(err31);
 }
 errors++;
 }
-}
-if(data5.memory !== undefined){
-let data7 = data5.memory;
-if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
-const err32 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+for(const key1 in data6){
+if(!(((key1 === "cpus") || (key1 === "memory")) || (key1 === "storage"))){
+const err32 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -626,9 +644,12 @@ vErrors.push(err32);
 }
 errors++;
 }
+}
+if(data6.cpus !== undefined){
+let data7 = data6.cpus;
 if((typeof data7 == "number") && (isFinite(data7))){
-if(data7 > 4611686018427388000 || isNaN(data7)){
-const err33 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(data7 > 4096 || isNaN(data7)){
+const err33 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -638,7 +659,7 @@ vErrors.push(err33);
 errors++;
 }
 if(data7 < 0 || isNaN(data7)){
-const err34 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+const err34 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -648,10 +669,8 @@ vErrors.push(err34);
 errors++;
 }
 }
-}
-let data8 = data5.storage;
-if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-const err35 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+else {
+const err35 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -660,9 +679,11 @@ vErrors.push(err35);
 }
 errors++;
 }
-if((typeof data8 == "number") && (isFinite(data8))){
-if(data8 > 4611686018427388000 || isNaN(data8)){
-const err36 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+if(data6.memory !== undefined){
+let data8 = data6.memory;
+if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
+const err36 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -671,8 +692,9 @@ vErrors.push(err36);
 }
 errors++;
 }
-if(data8 < 0 || isNaN(data8)){
-const err37 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 > 4611686018427388000 || isNaN(data8)){
+const err37 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -681,10 +703,8 @@ vErrors.push(err37);
 }
 errors++;
 }
-}
-}
-else {
-const err38 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data8 < 0 || isNaN(data8)){
+const err38 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -694,13 +714,10 @@ vErrors.push(err38);
 errors++;
 }
 }
-let data9 = data.started;
-const _errs31 = errors;
-let valid5 = false;
-const _errs32 = errors;
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 < 0 || isNaN(data9)){
-const err39 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+let data9 = data6.storage;
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+const err39 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -709,9 +726,9 @@ vErrors.push(err39);
 }
 errors++;
 }
-}
-else {
-const err40 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 4611686018427388000 || isNaN(data9)){
+const err40 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -720,11 +737,8 @@ vErrors.push(err40);
 }
 errors++;
 }
-var _valid2 = _errs32 === errors;
-valid5 = valid5 || _valid2;
-const _errs34 = errors;
-if(data9 !== null){
-const err41 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(data9 < 0 || isNaN(data9)){
+const err41 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -733,10 +747,10 @@ vErrors.push(err41);
 }
 errors++;
 }
-var _valid2 = _errs34 === errors;
-valid5 = valid5 || _valid2;
-if(!valid5){
-const err42 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+}
+}
+else {
+const err42 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -745,21 +759,14 @@ vErrors.push(err42);
 }
 errors++;
 }
-else {
-errors = _errs31;
-if(vErrors !== null){
-if(_errs31){
-vErrors.length = _errs31;
 }
-else {
-vErrors = null;
-}
-}
-}
-if(data.state !== undefined){
-let data10 = data.state;
-if(typeof data10 !== "string"){
-const err43 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/type",keyword:"type",params:{type: "string"},message:"must be string"};
+let data10 = data.started;
+const _errs37 = errors;
+let valid6 = false;
+const _errs38 = errors;
+if((typeof data10 == "number") && (isFinite(data10))){
+if(data10 < 0 || isNaN(data10)){
+const err43 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -768,8 +775,9 @@ vErrors.push(err43);
 }
 errors++;
 }
-if(!((((data10 === "creating") || (data10 === "ready")) || (data10 === "destroying")) || (data10 === "absent"))){
-const err44 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/enum",keyword:"enum",params:{allowedValues: schema34.properties.state.enum},message:"must be equal to one of the allowed values"};
+}
+else {
+const err44 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -778,15 +786,73 @@ vErrors.push(err44);
 }
 errors++;
 }
-}
-}
-else {
-const err45 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+var _valid3 = _errs38 === errors;
+valid6 = valid6 || _valid3;
+const _errs40 = errors;
+if(data10 !== null){
+const err45 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err45];
 }
 else {
 vErrors.push(err45);
+}
+errors++;
+}
+var _valid3 = _errs40 === errors;
+valid6 = valid6 || _valid3;
+if(!valid6){
+const err46 = {instancePath:instancePath+"/started",schemaPath:"#/properties/started/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err46];
+}
+else {
+vErrors.push(err46);
+}
+errors++;
+}
+else {
+errors = _errs37;
+if(vErrors !== null){
+if(_errs37){
+vErrors.length = _errs37;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.state !== undefined){
+let data11 = data.state;
+if(typeof data11 !== "string"){
+const err47 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err47];
+}
+else {
+vErrors.push(err47);
+}
+errors++;
+}
+if(!((((data11 === "creating") || (data11 === "ready")) || (data11 === "destroying")) || (data11 === "absent"))){
+const err48 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/enum",keyword:"enum",params:{allowedValues: schema34.properties.state.enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err48];
+}
+else {
+vErrors.push(err48);
+}
+errors++;
+}
+}
+}
+else {
+const err49 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err49];
+}
+else {
+vErrors.push(err49);
 }
 errors++;
 }
@@ -1110,7 +1176,7 @@ errors++;
 if(data.reason !== undefined){
 let data2 = data.reason;
 if(typeof data2 === "string"){
-if(func1(data2) > 4096){
+if(func2(data2) > 4096){
 const err9 = {instancePath:instancePath+"/reason",schemaPath:"#/properties/reason/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"};
 if(vErrors === null){
 vErrors = [err9];
@@ -1739,7 +1805,7 @@ errors++;
 if(data.image !== undefined){
 let data2 = data.image;
 if(typeof data2 === "string"){
-if(func1(data2) > 255){
+if(func2(data2) > 255){
 const err11 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err11];
@@ -1749,7 +1815,7 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(func1(data2) < 1){
+if(func2(data2) < 1){
 const err12 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err12];
@@ -3247,7 +3313,7 @@ errors++;
 if(data.message !== undefined){
 let data1 = data.message;
 if(typeof data1 === "string"){
-if(func1(data1) > 4096){
+if(func2(data1) > 4096){
 const err6 = {instancePath:instancePath+"/message",schemaPath:"#/properties/message/maxLength",keyword:"maxLength",params:{limit: 4096},message:"must NOT have more than 4096 characters"};
 if(vErrors === null){
 vErrors = [err6];
@@ -3274,7 +3340,7 @@ const _errs7 = errors;
 let valid1 = false;
 const _errs8 = errors;
 if(typeof data2 === "string"){
-if(func1(data2) > 64){
+if(func2(data2) > 64){
 const err8 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err8];
@@ -3284,7 +3350,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(func1(data2) < 1){
+if(func2(data2) < 1){
 const err9 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err9];
@@ -3464,7 +3530,6 @@ validate35.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateExec = validate36;
 const schema49 = {"additionalProperties":false,"description":"Run ``argv`` exactly as given (no shell) in the activity's container.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"argv":{"items":{"maxLength":65536,"type":"string"},"maxItems":4096,"minItems":1,"title":"Argv","type":"array"},"env":{"additionalProperties":{"type":"string"},"default":{},"maxProperties":1024,"propertyNames":{"maxLength":256,"minLength":1},"title":"Env","type":"object"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"stdin":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stdin"},"stream":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stream"},"timeout":{"anyOf":[{"exclusiveMinimum":0,"maximum":604800,"type":"number"},{"type":"null"}],"default":null,"title":"Timeout"},"type":{"const":"exec","title":"Type","type":"string"},"window":{"anyOf":[{"maximum":1024,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Window"},"workdir":{"anyOf":[{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","type":"string"},{"type":"null"}],"default":null,"title":"Workdir"}},"required":["type","id","activity","argv"],"title":"Exec","type":"object"};
-const func13 = Object.prototype.hasOwnProperty;
 
 function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -3536,7 +3601,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(func13.call(schema49.properties, key0))){
+if(!(func1.call(schema49.properties, key0))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -3599,7 +3664,7 @@ const len0 = data1.length;
 for(let i0=0; i0<len0; i0++){
 let data2 = data1[i0];
 if(typeof data2 === "string"){
-if(func1(data2) > 65536){
+if(func2(data2) > 65536){
 const err9 = {instancePath:instancePath+"/argv/" + i0,schemaPath:"#/properties/argv/items/maxLength",keyword:"maxLength",params:{limit: 65536},message:"must NOT have more than 65536 characters"};
 if(vErrors === null){
 vErrors = [err9];
@@ -3648,7 +3713,7 @@ errors++;
 for(const key1 in data3){
 const _errs10 = errors;
 if(typeof key1 === "string"){
-if(func1(key1) > 256){
+if(func2(key1) > 256){
 const err13 = {instancePath:instancePath+"/env",schemaPath:"#/properties/env/propertyNames/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err13];
@@ -3658,7 +3723,7 @@ vErrors.push(err13);
 }
 errors++;
 }
-if(func1(key1) < 1){
+if(func2(key1) < 1){
 const err14 = {instancePath:instancePath+"/env",schemaPath:"#/properties/env/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err14];
@@ -4175,7 +4240,7 @@ vErrors.push(err6);
 errors++;
 }
 for(const key0 in data){
-if(!(func13.call(schema50.properties, key0))){
+if(!(func1.call(schema50.properties, key0))){
 const err7 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err7];
@@ -4525,7 +4590,7 @@ vErrors = null;
 if(data.name !== undefined){
 let data2 = data.name;
 if(typeof data2 === "string"){
-if(func1(data2) > 64){
+if(func2(data2) > 64){
 const err11 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err11];
@@ -4535,7 +4600,7 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(func1(data2) < 1){
+if(func2(data2) < 1){
 const err12 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err12];
@@ -4572,7 +4637,7 @@ const _errs13 = errors;
 let valid4 = false;
 const _errs14 = errors;
 if(typeof data3 === "string"){
-if(func1(data3) > 128){
+if(func2(data3) > 128){
 const err15 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
 if(vErrors === null){
 vErrors = [err15];
@@ -4582,7 +4647,7 @@ vErrors.push(err15);
 }
 errors++;
 }
-if(func1(data3) < 1){
+if(func2(data3) < 1){
 const err16 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err16];
@@ -4674,7 +4739,7 @@ errors++;
 }
 let data5 = data.software;
 if(typeof data5 === "string"){
-if(func1(data5) > 128){
+if(func2(data5) > 128){
 const err23 = {instancePath:instancePath+"/software",schemaPath:"#/properties/software/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
 if(vErrors === null){
 vErrors = [err23];
@@ -4700,7 +4765,7 @@ const _errs23 = errors;
 let valid5 = false;
 const _errs24 = errors;
 if(typeof data6 === "string"){
-if(func1(data6) > 1024){
+if(func2(data6) > 1024){
 const err25 = {instancePath:instancePath+"/token",schemaPath:"#/properties/token/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 1024},message:"must NOT have more than 1024 characters"};
 if(vErrors === null){
 vErrors = [err25];
@@ -4986,7 +5051,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data1){
-if(!(func13.call(schema53.properties, key1))){
+if(!(func1.call(schema53.properties, key1))){
 const err13 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -5000,7 +5065,7 @@ errors++;
 if(data1.arch !== undefined){
 let data2 = data1.arch;
 if(typeof data2 === "string"){
-if(func1(data2) > 32){
+if(func2(data2) > 32){
 const err14 = {instancePath:instancePath+"/images/" + i0+"/arch",schemaPath:"#/$defs/ImageInfo/properties/arch/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
 if(vErrors === null){
 vErrors = [err14];
@@ -5148,7 +5213,7 @@ errors++;
 if(data1.os !== undefined){
 let data7 = data1.os;
 if(typeof data7 === "string"){
-if(func1(data7) > 32){
+if(func2(data7) > 32){
 const err25 = {instancePath:instancePath+"/images/" + i0+"/os",schemaPath:"#/$defs/ImageInfo/properties/os/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
 if(vErrors === null){
 vErrors = [err25];
@@ -5186,7 +5251,7 @@ const len1 = data8.length;
 for(let i1=0; i1<len1; i1++){
 let data9 = data8[i1];
 if(typeof data9 === "string"){
-if(func1(data9) > 64){
+if(func2(data9) > 64){
 const err28 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err28];
@@ -5196,7 +5261,7 @@ vErrors.push(err28);
 }
 errors++;
 }
-if(func1(data9) < 1){
+if(func2(data9) < 1){
 const err29 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err29];
@@ -5306,7 +5371,7 @@ const len2 = data12.length;
 for(let i2=0; i2<len2; i2++){
 let data13 = data12[i2];
 if(typeof data13 === "string"){
-if(func1(data13) > 255){
+if(func2(data13) > 255){
 const err38 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err38];
@@ -5677,7 +5742,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data0){
-if(!(func13.call(schema53.properties, key1))){
+if(!(func1.call(schema53.properties, key1))){
 const err13 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -5691,7 +5756,7 @@ errors++;
 if(data0.arch !== undefined){
 let data1 = data0.arch;
 if(typeof data1 === "string"){
-if(func1(data1) > 32){
+if(func2(data1) > 32){
 const err14 = {instancePath:instancePath+"/image/arch",schemaPath:"#/$defs/ImageInfo/properties/arch/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
 if(vErrors === null){
 vErrors = [err14];
@@ -5839,7 +5904,7 @@ errors++;
 if(data0.os !== undefined){
 let data6 = data0.os;
 if(typeof data6 === "string"){
-if(func1(data6) > 32){
+if(func2(data6) > 32){
 const err25 = {instancePath:instancePath+"/image/os",schemaPath:"#/$defs/ImageInfo/properties/os/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
 if(vErrors === null){
 vErrors = [err25];
@@ -5877,7 +5942,7 @@ const len0 = data7.length;
 for(let i0=0; i0<len0; i0++){
 let data8 = data7[i0];
 if(typeof data8 === "string"){
-if(func1(data8) > 64){
+if(func2(data8) > 64){
 const err28 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err28];
@@ -5887,7 +5952,7 @@ vErrors.push(err28);
 }
 errors++;
 }
-if(func1(data8) < 1){
+if(func2(data8) < 1){
 const err29 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err29];
@@ -5997,7 +6062,7 @@ const len1 = data11.length;
 for(let i1=0; i1<len1; i1++){
 let data12 = data11[i1];
 if(typeof data12 === "string"){
-if(func1(data12) > 255){
+if(func2(data12) > 255){
 const err38 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err38];
@@ -6636,7 +6701,7 @@ errors++;
 for(const key2 in data8){
 const _errs22 = errors;
 if(typeof key2 === "string"){
-if(func1(key2) > 128){
+if(func2(key2) > 128){
 const err26 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err26];
@@ -6646,7 +6711,7 @@ vErrors.push(err26);
 }
 errors++;
 }
-if(func1(key2) < 1){
+if(func2(key2) < 1){
 const err27 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err27];
@@ -6672,7 +6737,7 @@ errors++;
 for(const key3 in data8){
 let data9 = data8[key3];
 if(typeof data9 === "string"){
-if(func1(data9) > 256){
+if(func2(data9) > 256){
 const err29 = {instancePath:instancePath+"/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
 if(vErrors === null){
 vErrors = [err29];
@@ -6709,7 +6774,7 @@ errors++;
 if(data.name !== undefined){
 let data10 = data.name;
 if(typeof data10 === "string"){
-if(func1(data10) > 64){
+if(func2(data10) > 64){
 const err32 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err32];
@@ -6719,7 +6784,7 @@ vErrors.push(err32);
 }
 errors++;
 }
-if(func1(data10) < 1){
+if(func2(data10) < 1){
 const err33 = {instancePath:instancePath+"/name",schemaPath:"#/properties/name/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err33];
@@ -7377,7 +7442,7 @@ const _errs15 = errors;
 let valid3 = false;
 const _errs16 = errors;
 if(typeof data5 === "string"){
-if(func1(data5) > 255){
+if(func2(data5) > 255){
 const err19 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err19];
@@ -7387,7 +7452,7 @@ vErrors.push(err19);
 }
 errors++;
 }
-if(func1(data5) < 1){
+if(func2(data5) < 1){
 const err20 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/anyOf/0/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err20];
@@ -7469,7 +7534,7 @@ errors++;
 for(const key2 in data6){
 const _errs22 = errors;
 if(typeof key2 === "string"){
-if(func1(key2) > 128){
+if(func2(key2) > 128){
 const err26 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err26];
@@ -7479,7 +7544,7 @@ vErrors.push(err26);
 }
 errors++;
 }
-if(func1(key2) < 1){
+if(func2(key2) < 1){
 const err27 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err27];
@@ -7505,7 +7570,7 @@ errors++;
 for(const key3 in data6){
 let data7 = data6[key3];
 if(typeof data7 === "string"){
-if(func1(data7) > 256){
+if(func2(data7) > 256){
 const err29 = {instancePath:instancePath+"/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
 if(vErrors === null){
 vErrors = [err29];
@@ -7688,7 +7753,7 @@ errors++;
 if(data.arch !== undefined){
 let data0 = data.arch;
 if(typeof data0 === "string"){
-if(func1(data0) > 32){
+if(func2(data0) > 32){
 const err5 = {instancePath:instancePath+"/arch",schemaPath:"#/properties/arch/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
 if(vErrors === null){
 vErrors = [err5];
@@ -7698,7 +7763,7 @@ vErrors.push(err5);
 }
 errors++;
 }
-if(func1(data0) < 1){
+if(func2(data0) < 1){
 const err6 = {instancePath:instancePath+"/arch",schemaPath:"#/properties/arch/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err6];
@@ -7771,7 +7836,7 @@ const len0 = data2.length;
 for(let i0=0; i0<len0; i0++){
 let data3 = data2[i0];
 if(typeof data3 === "string"){
-if(func1(data3) > 255){
+if(func2(data3) > 255){
 const err12 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err12];
@@ -7781,7 +7846,7 @@ vErrors.push(err12);
 }
 errors++;
 }
-if(func1(data3) < 1){
+if(func2(data3) < 1){
 const err13 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err13];
@@ -7839,7 +7904,7 @@ errors++;
 for(const key1 in data4){
 const _errs12 = errors;
 if(typeof key1 === "string"){
-if(func1(key1) > 128){
+if(func2(key1) > 128){
 const err18 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err18];
@@ -7849,7 +7914,7 @@ vErrors.push(err18);
 }
 errors++;
 }
-if(func1(key1) < 1){
+if(func2(key1) < 1){
 const err19 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err19];
@@ -7875,7 +7940,7 @@ errors++;
 for(const key2 in data4){
 let data5 = data4[key2];
 if(typeof data5 === "string"){
-if(func1(data5) > 256){
+if(func2(data5) > 256){
 const err21 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
 if(vErrors === null){
 vErrors = [err21];
@@ -8266,7 +8331,7 @@ const len0 = data2.length;
 for(let i0=0; i0<len0; i0++){
 let data3 = data2[i0];
 if(typeof data3 === "string"){
-if(func1(data3) > 255){
+if(func2(data3) > 255){
 const err8 = {instancePath:instancePath+"/tags/" + i0,schemaPath:"#/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err8];
@@ -8597,7 +8662,7 @@ errors++;
 if(data.image !== undefined){
 let data1 = data.image;
 if(typeof data1 === "string"){
-if(func1(data1) > 255){
+if(func2(data1) > 255){
 const err7 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err7];
@@ -8607,7 +8672,7 @@ vErrors.push(err7);
 }
 errors++;
 }
-if(func1(data1) < 1){
+if(func2(data1) < 1){
 const err8 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err8];
@@ -8829,7 +8894,7 @@ errors++;
 for(const key2 in data2){
 const _errs10 = errors;
 if(typeof key2 === "string"){
-if(func1(key2) > 128){
+if(func2(key2) > 128){
 const err10 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err10];
@@ -8839,7 +8904,7 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(func1(key2) < 1){
+if(func2(key2) < 1){
 const err11 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key2};
 if(vErrors === null){
 vErrors = [err11];
@@ -8865,7 +8930,7 @@ errors++;
 for(const key3 in data2){
 let data3 = data2[key3];
 if(typeof data3 === "string"){
-if(func1(data3) > 256){
+if(func2(data3) > 256){
 const err13 = {instancePath:instancePath+"/demand/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/$defs/Demand/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
 if(vErrors === null){
 vErrors = [err13];
@@ -8992,7 +9057,7 @@ const len0 = data6.length;
 for(let i0=0; i0<len0; i0++){
 let data7 = data6[i0];
 if(typeof data7 === "string"){
-if(func1(data7) > 64){
+if(func2(data7) > 64){
 const err24 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err24];
@@ -9002,7 +9067,7 @@ vErrors.push(err24);
 }
 errors++;
 }
-if(func1(data7) < 1){
+if(func2(data7) < 1){
 const err25 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err25];
@@ -9145,7 +9210,7 @@ errors++;
 if(data.image !== undefined){
 let data10 = data.image;
 if(typeof data10 === "string"){
-if(func1(data10) > 255){
+if(func2(data10) > 255){
 const err36 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err36];
@@ -9155,7 +9220,7 @@ vErrors.push(err36);
 }
 errors++;
 }
-if(func1(data10) < 1){
+if(func2(data10) < 1){
 const err37 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err37];
@@ -9410,7 +9475,7 @@ errors++;
 if(data.image !== undefined){
 let data1 = data.image;
 if(typeof data1 === "string"){
-if(func1(data1) > 255){
+if(func2(data1) > 255){
 const err10 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err10];
@@ -9420,7 +9485,7 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(func1(data1) < 1){
+if(func2(data1) < 1){
 const err11 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err11];
@@ -9455,7 +9520,7 @@ errors++;
 if(data.provider !== undefined){
 let data2 = data.provider;
 if(typeof data2 === "string"){
-if(func1(data2) > 64){
+if(func2(data2) > 64){
 const err14 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err14];
@@ -9465,7 +9530,7 @@ vErrors.push(err14);
 }
 errors++;
 }
-if(func1(data2) < 1){
+if(func2(data2) < 1){
 const err15 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err15];
@@ -9735,7 +9800,7 @@ errors++;
 if(data.provider !== undefined){
 let data2 = data.provider;
 if(typeof data2 === "string"){
-if(func1(data2) > 64){
+if(func2(data2) > 64){
 const err10 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err10];
@@ -9745,7 +9810,7 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(func1(data2) < 1){
+if(func2(data2) < 1){
 const err11 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err11];
