@@ -91,8 +91,8 @@ def test_a_requestor_lists_only_its_own(hub: Hub) -> None:
     hub.create(alice, 2)  # still being created
     reply = hub.listed(alice)
     assert reply == {"type": "activity_list", "re": 90, "matched": 2, "activities": [
-        {"id": mine, "requestor": "alice", "credential": 3, "provider": "p1", "state": "ready", "group": "job-1", "started": NOW,
-         "image": "img:1", "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 0}},
+        {"id": mine, "requestor": "alice", "credential": 3, "provider": "p1", "state": "ready", "group": "job-1",
+         "started": NOW, "image": "img:1", "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 0}},
         {"id": "a03", "requestor": "alice", "credential": 3, "provider": "p1", "state": "creating", "image": "img:1",
          "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 0}},
     ]}  # fmt: skip
@@ -141,8 +141,8 @@ def test_an_admin_lists_every_activity_in_every_state() -> None:
     resources = {"cpus": 1, "memory": 64 * MiB, "storage": 0}
     reply = hub.listed(admin, all=True)
     assert reply == {"type": "activity_list", "re": 90, "matched": 4, "activities": [
-        {"id": "a00", "requestor": "dave", "credential": 4, "provider": "p2", "state": "absent", "group": "job-9", "started": NOW - 50,
-         "image": stored.digest, "resources": {"cpus": 2, "memory": 128 * MiB, "storage": 0}},
+        {"id": "a00", "requestor": "dave", "credential": 4, "provider": "p2", "state": "absent", "group": "job-9",
+         "started": NOW - 50, "image": stored.digest, "resources": {"cpus": 2, "memory": 128 * MiB, "storage": 0}},
         {"id": ready, "requestor": "alice", "credential": 3, "provider": "p1", "state": "ready", "started": NOW,
          "image": stored.digest, "resources": resources},
         {"id": going, "requestor": "bob", "credential": 4, "provider": "p1", "state": "destroying", "started": NOW + 10,

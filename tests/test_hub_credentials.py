@@ -209,6 +209,7 @@ async def test_an_admin_token_lists_every_activity_and_touches_only_its_own(hub:
         every = await admin.list_activities(all=True)
         assert [a.id for a in every] == sorted([*mine, own.id])
         assert {a.id: a.requestor for a in every} == {first.id: "alice", second.id: "alice", own.id: "ops"}
+        assert len({a.credential for a in every}) == 2 and None not in {a.credential for a in every}
         assert {a.provider for a in every if a.group == "job-1"} == set(providers), "a group on distinct providers"
         assert all(a.state == "ready" and a.image == IMAGE and a.started is not None for a in every)
         assert all(a.resources.cpus == 0.5 and a.resources.memory == 64 * 2**20 for a in every)
@@ -227,10 +228,12 @@ async def test_an_admin_token_lists_every_activity_and_touches_only_its_own(hub:
         listed = await asyncio.to_thread(cli, "activities", "--hub", hub.url, "--token", admin_token, "--all")
         assert listed.returncode == 0, listed.stderr
         lines = listed.stdout.splitlines()
-        assert lines[0].split() == ["ID", "REQUESTOR", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE"]
+        assert lines[0].split() == ["ID", "REQUESTOR", "CREDENTIAL", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE"]
         rows = [line.split() for line in lines[1:-1]]
-        assert [row[:6] for row in rows] == [[a.id, a.requestor, a.provider, "ready", "0.5", "64MiB"] for a in every]
-        assert all(" ".join(row[6:]).endswith(" ago") for row in rows), rows
+        assert [row[:7] for row in rows] == [
+            [a.id, a.requestor, str(a.credential), a.provider, "ready", "0.5", "64MiB"] for a in every
+        ]
+        assert all(" ".join(row[7:]).endswith(" ago") for row in rows), rows
         assert lines[-1] == "3 activities at the hub"
         # Without --all, the CLI's own: a new connection holds none.
         own_only = await asyncio.to_thread(cli, "activities", "--hub", hub.url, "--token", admin_token)

@@ -244,10 +244,10 @@ async def _activities(args: argparse.Namespace) -> int:
     async with kiln.connect(args.hub, token=args.token, name="kiln-cli", ssl=args.ca) as requestor:
         listed = await requestor.list_activities(all=args.all)
     now = time.time()
-    rows = [("ID", "REQUESTOR", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE")]
+    rows = [("ID", "REQUESTOR", "CREDENTIAL", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE")]
     rows += [
-        (a.id, a.requestor, a.provider, a.state, f"{a.resources.cpus:g}", format_size(a.resources.memory),
-         "-" if a.started is None else _ago(a.started, now))
+        (a.id, a.requestor, "-" if a.credential is None else str(a.credential), a.provider, a.state,
+         f"{a.resources.cpus:g}", format_size(a.resources.memory), "-" if a.started is None else _ago(a.started, now))
         for a in listed
     ]  # fmt: skip
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
