@@ -65,11 +65,13 @@ async def test_a_non_ascii_token_admits_its_holder_and_refuses_others(hub: Local
     no_traceback(hub)
 
 
-def test_an_empty_token_is_refused_at_start_up() -> None:
-    started = subprocess.run([sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--token", ""],
+def test_an_empty_token_is_refused_at_start_up(tmp_path: Path) -> None:
+    started = subprocess.run([sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--token", "",
+                              "--data-dir", str(tmp_path)],
                              capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
     assert started.returncode == 1
     assert "empty token" in started.stderr
+    assert not any(tmp_path.iterdir()), "refused before anything was made"
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from kiln.hub.records import Change, Destroying, EndLease, EndSession, SaveLease
 from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
-from kiln.protocol.errors import KilnError
+from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import PROTOCOL_NAME
 
 log = logging.getLogger("kiln.hub")
@@ -297,6 +297,8 @@ async def start(
     (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
+    if token == "":
+        raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
     data_dir = data_dir or default_data_dir()
     store = BlobStore(data_dir)
     catalog = await asyncio.to_thread(store.open, store_limit)
