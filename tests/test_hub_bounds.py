@@ -20,6 +20,8 @@ import kiln
 from kiln.hub.actions import Close, Send
 from kiln.hub.core import CLOSE_UNRESPONSIVE, HubCore
 from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
+from kiln.protocol import frames
+from kiln.protocol.frames import FrameKind
 from kiln.testing import LocalCluster
 from kiln.testing.simulated import simulated_providers
 
@@ -86,6 +88,58 @@ def test_a_provider_that_leaves_a_destroy_unanswered_is_dropped() -> None:
     assert (2, {"type": "done", "re": 6}) in out, "the container went with its provider"
 
 
+def binaries(actions: list[Any]) -> list[tuple[int, frames.Frame]]:
+    return [(a.peer, frames.decode(a.data, 2**20)) for a in actions if isinstance(a, Send) and a.binary]
+
+
+def upload_on(hub: Clocked) -> tuple[str, dict[str, Any]]:
+    """Provider 1 runs an activity of requestor 2, which starts an upload: the upload as the provider got it."""
+    hub.join(1, "provider", "p")
+    hub.join(2, "requestor", "r")
+    [(_, create)] = hub.send(2, {**RENT, "id": 5})
+    [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"]})
+    activity = rented["activity"]
+    [(to, upload)] = hub.send(2, {"type": "upload", "id": 6, "activity": activity, "path": "/golem/input/a", "size": 9})
+    assert (to, upload["type"]) == (1, "upload")
+    return activity, upload
+
+
+def test_a_provider_that_grants_an_upload_no_credit_has_it_aborted() -> None:
+    hub = Clocked(credit_timeout=20, destroy_timeout=10)
+    _, upload = upload_on(hub)
+    hub.now += 21
+    aborted = binaries(hub.core.expire())
+    assert [(to, f.kind, f.stream) for to, f in aborted] == [(1, FrameKind.ABORT, upload["id"])]
+    assert b"no credit for 20 s" in bytes(aborted[0][1].payload)
+    # A provider that answers ends it as any reply would.
+    [(to, error)] = hub.send(1, {"type": "error", "re": upload["id"], "code": "transfer_failed", "message": "aborted"})
+    assert (to, error["re"], error["code"]) == (2, 6, "transfer_failed")
+    assert hub.expire(60) == [] and not hub.closed
+
+
+def test_a_provider_that_does_not_answer_an_aborted_upload_is_dropped() -> None:
+    hub = Clocked(credit_timeout=20, destroy_timeout=10)
+    upload_on(hub)
+    hub.expire(21)
+    assert not hub.closed
+    out = hub.expire(11)
+    assert [c.code for c in hub.closed] == [CLOSE_UNRESPONSIVE]
+    [(to, error)] = [(peer, m) for peer, m in out if m.get("re") == 6]
+    assert (to, error["code"]) == (2, "provider_lost")
+
+
+def test_an_upload_whose_credit_flows_is_not_aborted() -> None:
+    hub = Clocked(credit_timeout=20)
+    _, upload = upload_on(hub)
+    for _ in range(5):  # every 15 s the provider grants a chunk and the requestor spends it
+        hub.now += 15
+        hub.send(1, {"type": "credit", "stream": upload["id"], "chunks": 1})
+        hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 6, b"x"))
+        assert binaries(hub.core.expire()) == []
+    hub.now += 21  # then none: the sender waits on the provider
+    assert [f.kind for _, f in binaries(hub.core.expire())] == [FrameKind.ABORT]
+
+
 def test_a_requestor_holds_a_bounded_number_of_activities() -> None:
     hub = Clocked(max_activities=2)
     hub.join(1, "provider", "p")
@@ -102,6 +156,8 @@ def test_bad_bounds_are_refused() -> None:
         HubCore(create_timeout=0)
     with pytest.raises(kiln.UsageError):
         HubCore(max_activities=0)
+    with pytest.raises(kiln.UsageError):
+        HubCore(credit_timeout=0)
 
 
 @pytest.fixture
@@ -119,6 +175,22 @@ async def test_a_stuck_provider_does_not_hold_a_rent(hub_url: str) -> None:
         assert await requestor.market() == [], "its capacity left the market"
         async with simulated_providers(hub_url, 1, prefix="well"), requestor.rent("kiln-busybox:latest") as act:
             assert act.provider.startswith("well")
+
+
+async def test_a_provider_sitting_on_an_upload_does_not_hold_it_forever(tmp_path: Path) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        url = cluster.start_hub("--credit-timeout", "2", "--destroy-timeout", "2")
+        async with (
+            simulated_providers(url, 1, hoard=True),
+            kiln.connect(url) as requestor,
+            requestor.rent("kiln-busybox:latest") as act,
+        ):
+            started = time.monotonic()
+            with pytest.raises(kiln.ProviderLost, match="abort"):
+                await act.send_bytes(b"x" * 10, "/golem/input/x")
+            waited = time.monotonic() - started
+        assert 3 < waited < 20, waited
+    assert "without credit: aborted (no credit for 2 s)" in (cluster.hub.output() if cluster.hub else "")
 
 
 async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: str) -> None:

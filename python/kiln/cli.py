@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "as progress; default 120)")  # fmt: skip
     hub.add_argument("--destroy-timeout", type=float, default=60.0, metavar="S",
                      help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
+    hub.add_argument("--credit-timeout", type=float, default=120.0, metavar="S",
+                     help="abort a requestor's upload or command input that its provider grants no credit for "
+                     "this long (default 120)")  # fmt: skip
     hub.add_argument("--max-activities", type=int, default=1024, metavar="N",
                      help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
     hub.add_argument("--grace", type=float, default=60.0, metavar="S",
@@ -435,7 +438,7 @@ async def _main(args: argparse.Namespace) -> int:
         await run_hub(
             args.host, args.port, token=args.token, data_dir=args.data_dir, store_limit=args.store_limit,
             create_timeout=args.create_timeout, destroy_timeout=args.destroy_timeout,
-            max_activities=args.max_activities, grace=args.grace, ssl=tls,
+            credit_timeout=args.credit_timeout, max_activities=args.max_activities, grace=args.grace, ssl=tls,
         )  # fmt: skip
         return 0
     if args.command == "provider":

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import itertools
 import math
 import secrets
 import time
@@ -142,6 +143,8 @@ CREATE_TIMEOUT: Final = 120.0
 """Seconds a provider may take to answer a ``create`` (counted afresh whenever its image moves)."""
 DESTROY_TIMEOUT: Final = 60.0
 """Seconds a provider may take to answer a ``destroy``."""
+CREDIT_TIMEOUT: Final = 120.0
+"""Seconds a provider may leave a requestor's stream toward it (an upload, an exec's stdin) without credit."""
 MAX_ACTIVITIES: Final = 1024
 """Activities one requestor connection may hold at once (being created, running or being released)."""
 
@@ -175,11 +178,12 @@ class HubCore:
         destroy_timeout: float = DESTROY_TIMEOUT,
         max_activities: int = MAX_ACTIVITIES,
         grace: float = GRACE,
+        credit_timeout: float = CREDIT_TIMEOUT,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
-        if create_timeout <= 0 or destroy_timeout <= 0 or max_activities < 1:
-            raise UsageError("the create and destroy timeouts must be positive, and max_activities at least 1")
+        if create_timeout <= 0 or destroy_timeout <= 0 or credit_timeout <= 0 or max_activities < 1:
+            raise UsageError("the create, destroy and credit timeouts must be positive, and max_activities at least 1")
         self.token = token
         """The shared token (``kiln hub --token``): admits any role under any free, unbound name."""
         self.credentials = credentials
@@ -215,6 +219,9 @@ class HubCore:
         self._sessions: dict[bytes, int] = {}  # sha256 of a resume secret -> its requestor's peer id
         self._held: dict[int, tuple[Peer, float]] = {}  # requestors gone, until their grace period ends
         self._deadlines: list[tuple[float, int, int]] = []  # heap: (deadline, provider peer, hub id)
+        self.credit_timeout = credit_timeout
+        self._stalls: list[tuple[float, int, Route]] = []  # heap: (deadline, tie-breaker, stream toward a provider)
+        self._stall_order = itertools.count()
         self._absent: dict[str, set[str]] = {}  # since a restart: provider name -> its leases not yet reported
         self._absent_until = 0.0
 
@@ -319,6 +326,8 @@ class HubCore:
                 return self._flush()
             route.credit -= 1
             self.peers[target].inbound -= 1  # the target is here: a route ends when either side goes
+            if route.credit == 0 and route.upload:
+                self._stall(route)
         else:
             route.ended = True
         self._send_binary(target, frames.with_stream(data, target_id))
@@ -350,6 +359,7 @@ class HubCore:
                     if (lease := self.activities.get(activity_id)) is not None:
                         self._lose(lease, why)
             self._absent.clear()
+        self._starved(now)
         # Only what is due is looked at: a heap of deadlines, each checked against its pending
         # request (answered: dropped; pushed back by progress: put back at its new deadline).
         while self._deadlines and self._deadlines[0][0] < now:
@@ -362,11 +372,46 @@ class HubCore:
                 heapq.heappush(self._deadlines, (late.deadline, peer, hub_id))
                 continue
             waited = self.create_timeout if late.kind == "create" else self.destroy_timeout
-            reason = f"it left a {late.kind} of activity {late.activity} unanswered for {waited:g} s"
+            what = late.kind if late.kind in ("create", "destroy") else f"{late.kind} it was told to abort"
+            reason = f"it left a {what} of activity {late.activity} unanswered for {waited:g} s"
             self._out.append(Close(p.id, CLOSE_UNRESPONSIVE, f"unresponsive: {reason}"))
             gone = self.disconnect(p.id, reason)  # flushes: what was queued (the Close first) comes back
             self._out += gone
         return self._flush()
+
+    def _stall(self, route: Route) -> None:
+        """The sender of ``route`` (toward a provider) has no credit left: the provider owes it some."""
+        route.stalled = self._monotonic()
+        if not route.watched:
+            route.watched = True
+            heapq.heappush(self._stalls, (route.stalled + self.credit_timeout, next(self._stall_order), route))
+
+    def _starved(self, now: float) -> None:
+        """Abort each stream toward a provider that granted it no credit for ``credit_timeout``.
+
+        The provider gets ABORT (its request then ends with an error, relayed to the
+        requestor as any reply) and must answer within ``destroy_timeout``, or it is dropped
+        as a stuck provider is: a requestor's upload never waits on a provider forever.
+        """
+        while self._stalls and self._stalls[0][0] <= now:
+            _, _, route = heapq.heappop(self._stalls)
+            if route.ended or route.stalled == math.inf:
+                route.watched = False
+                continue
+            if route.stalled + self.credit_timeout > now:
+                heapq.heappush(self._stalls, (route.stalled + self.credit_timeout, next(self._stall_order), route))
+                continue
+            route.watched = False
+            q = self.peers.get(route.provider)
+            if q is None:
+                continue
+            why = f"no credit for {self.credit_timeout:g} s"
+            self._log("warning", f"provider {shown(q.name)} left stream {route.p_id} without credit: aborted ({why})")
+            self._send_binary(q.id, frames.encode(FrameKind.ABORT, route.p_id, why.encode()))
+            self._close_route(route)
+            pending = q.pending.get(route.p_id)
+            if pending is not None and pending.deadline == math.inf:
+                self._due(pending, q.id, route.p_id, self.destroy_timeout)
 
     def _due(self, pending: Pending, peer: int, hub_id: int, seconds: float) -> None:
         """Provider ``peer`` must answer ``pending`` within ``seconds`` (see :meth:`expire`)."""
@@ -738,6 +783,7 @@ class HubCore:
             route = Route(p.id, message.id, q.id, hub_id, upload=True)
             p.sends[message.id] = q.receives[hub_id] = route
             pending.routes.append(route)
+            self._stall(route)  # until the provider's first credit says it is ready
         if outward:
             route = Route(p.id, message.id, q.id, hub_id, upload=False)
             q.sends[hub_id] = p.receives[message.id] = route
@@ -821,6 +867,7 @@ class HubCore:
             if give:
                 route.withheld -= give
                 route.credit += give
+                route.stalled = math.inf
                 q.inbound += give
                 sender, stream = (route.requestor, route.r_id) if route.upload else (route.provider, route.p_id)
                 if sender == HUB:

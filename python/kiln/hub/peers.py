@@ -41,6 +41,8 @@ class Route:
     credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
     withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
     ended: bool = False
+    stalled: float = math.inf  # since when its sender has held no credit (toward a provider; see HubCore.expire)
+    watched: bool = False  # in the hub's heap of stalled streams
 
     @property
     def receiver(self) -> int:

@@ -28,7 +28,16 @@ from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
-from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_SLOW, CREATE_TIMEOUT, DESTROY_TIMEOUT, GRACE, MAX_ACTIVITIES, HubCore
+from kiln.hub.core import (
+    CLOSE_HANDSHAKE,
+    CLOSE_SLOW,
+    CREATE_TIMEOUT,
+    CREDIT_TIMEOUT,
+    DESTROY_TIMEOUT,
+    GRACE,
+    MAX_ACTIVITIES,
+    HubCore,
+)
 from kiln.hub.records import Change, Destroying, EndLease, EndSession, SaveLease, SaveSession
 from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
@@ -283,6 +292,7 @@ async def start(
     core: HubCore | None = None,
     create_timeout: float = CREATE_TIMEOUT,
     destroy_timeout: float = DESTROY_TIMEOUT,
+    credit_timeout: float = CREDIT_TIMEOUT,
     max_activities: int = MAX_ACTIVITIES,
     grace: float = GRACE,
     ssl: ssl_module.SSLContext | None = None,
@@ -291,7 +301,9 @@ async def start(
 
     Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
     and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
-    ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped; a requestor
+    ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped, and a
+    requestor's stream toward a provider that grants it no credit for ``credit_timeout`` is
+    aborted; a requestor
     holds at most ``max_activities`` activities per connection, and keeps them ``grace``
     seconds after its connection drops (for it to resume the session). With ``ssl``
     (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
@@ -306,7 +318,8 @@ async def start(
     if core is None:
         core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",
                        buffer_bytes=limits.OUTBOX_BYTES, catalog=catalog, create_timeout=create_timeout,
-                       destroy_timeout=destroy_timeout, max_activities=max_activities, grace=grace)  # fmt: skip
+                       destroy_timeout=destroy_timeout, max_activities=max_activities, grace=grace,
+                       credit_timeout=credit_timeout)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:

@@ -32,6 +32,7 @@ from kiln.protocol.messages import (
     ExecResult,
     Offer,
     Resources,
+    Upload,
     clip,
 )
 from kiln.protocol.session import Event, Requested
@@ -53,11 +54,15 @@ class Served:
 class SimulatedProvider:
     """One provider that answers at once, without containers; downloads come from ``files``."""
 
-    def __init__(self, name: str, files: dict[str, Served] | None = None, *, stuck: bool = False) -> None:
+    def __init__(
+        self, name: str, files: dict[str, Served] | None = None, *, stuck: bool = False, hoard: bool = False
+    ) -> None:
         self.name = name
         self.files = files or {}
         self.stuck = stuck
         """Never answer a create or destroy (as a provider whose Docker hangs), while the connection lives."""
+        self.hoard = hoard
+        """Take uploads and never grant them credit nor answer them (a provider that sits on a requestor's stream)."""
         self.conn: Connection | None = None
         self._replies: set[asyncio.Task[None]] = set()
         self.running: set[str] = set()
@@ -68,6 +73,8 @@ class SimulatedProvider:
             return
         message = event.message
         work: Awaitable[None]
+        if isinstance(message, Upload) and self.hoard:
+            return
         if isinstance(message, Create | Destroy):
             if self.stuck:
                 return
@@ -126,13 +133,14 @@ async def simulated_providers(
     prefix: str = "sim",
     files: dict[str, Served] | None = None,
     stuck: bool = False,
+    hoard: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
     token: str | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
     ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit."""
     raise_open_file_limit()
-    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck) for i in range(count)]
+    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(i: int, provider: SimulatedProvider) -> None:
