@@ -370,3 +370,13 @@ def test_a_push_cancelled_or_left_behind_is_handed_to_the_store() -> None:
     assert error["code"] == "duplicate_id", "still open until the store answers"
     hub.take(hub.core.disconnect(2, "gone"))
     assert hub.actions[-1] == PushCancelled(2, 3, answer=False)
+
+
+def test_a_cancel_of_a_request_the_store_answers_is_passed_over() -> None:
+    hub = Hub()
+    hub.send(2, {"type": "list_images", "id": 4})
+    hub.send(2, {"type": "remove_image", "id": 5, "image": "app:1"})
+    for target in (4, 5):
+        assert hub.send(2, {"type": "cancel", "target": target}) == [], "the store answers it soon: nothing to do"
+    [(_, error)] = hub.send(2, {"type": "list_images", "id": 4})
+    assert error["code"] == "duplicate_id", "still open until the store answers"

@@ -372,8 +372,7 @@ class HubCore:
                 heapq.heappush(self._deadlines, (late.deadline, peer, hub_id))
                 continue
             waited = self.create_timeout if late.kind == "create" else self.destroy_timeout
-            what = late.kind if late.kind in ("create", "destroy") else f"{late.kind} it was told to abort"
-            reason = f"it left a {what} of activity {late.activity} unanswered for {waited:g} s"
+            reason = f"it left a {late.kind} of activity {late.activity} unanswered for {waited:g} s"
             self._out.append(Close(p.id, CLOSE_UNRESPONSIVE, f"unresponsive: {reason}"))
             gone = self.disconnect(p.id, reason)  # flushes: what was queued (the Close first) comes back
             self._out += gone
@@ -389,9 +388,10 @@ class HubCore:
     def _starved(self, now: float) -> None:
         """Abort each stream toward a provider that granted it no credit for ``credit_timeout``.
 
-        The provider gets ABORT (its request then ends with an error, relayed to the
-        requestor as any reply) and must answer within ``destroy_timeout``, or it is dropped
-        as a stuck provider is: a requestor's upload never waits on a provider forever.
+        Its request fails at once for the requestor (``transfer_failed``); the provider gets
+        ABORT and a ``cancel`` (its task may wait on something else of the container's), and
+        its late reply is dropped. Only that request ends: the provider, and everyone else's
+        activities on it, go on.
         """
         while self._stalls and self._stalls[0][0] <= now:
             _, _, route = heapq.heappop(self._stalls)
@@ -408,10 +408,20 @@ class HubCore:
             why = f"no credit for {self.credit_timeout:g} s"
             self._log("warning", f"provider {shown(q.name)} left stream {route.p_id} without credit: aborted ({why})")
             self._send_binary(q.id, frames.encode(FrameKind.ABORT, route.p_id, why.encode()))
-            self._close_route(route)
+            self._send(q.id, Cancel(type="cancel", target=route.p_id))
             pending = q.pending.get(route.p_id)
-            if pending is not None and pending.deadline == math.inf:
-                self._due(pending, q.id, route.p_id, self.destroy_timeout)
+            if pending is None:
+                self._close_route(route)
+                continue
+            for each in pending.routes:
+                self._end_route(each)
+            pending.routes = []
+            text = f"provider {q.name!r} granted the stream no credit for {self.credit_timeout:g} s: aborted"
+            self._fail_requestor(pending, ErrorCode.TRANSFER_FAILED, text)
+            requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+            if requestor is not None and pending.r_id is not None:
+                requestor.open.pop(pending.r_id, None)
+            pending.requestor = pending.r_id = None  # its late reply goes to no one
 
     def _due(self, pending: Pending, peer: int, hub_id: int, seconds: float) -> None:
         """Provider ``peer`` must answer ``pending`` within ``seconds`` (see :meth:`expire`)."""
@@ -645,7 +655,7 @@ class HubCore:
             target = p.open.get(message.target)
             if target == (ABSENT, 0):
                 self._unwait(p, message.target)
-            elif target is not None:
+            elif target is not None and target[0] != HUB:  # the store's own requests end on their own
                 provider, hub_id = target
                 pending = self.peers[provider].pending.get(hub_id)
                 if pending is not None and pending.kind == "create":
