@@ -15,6 +15,8 @@ from kiln.hub.actions import Send
 from kiln.hub.core import HubCore
 from kiln.hub.records import Destroying, EndLease, EndSession, SaveLease, SaveSession
 from kiln.hub.state import SCHEMA_VERSION, HubState
+from kiln.protocol import frames
+from kiln.protocol.frames import FrameKind
 
 GiB = 2**30
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
@@ -306,3 +308,27 @@ def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) ->
         assert state.load() == ([], [])
     with sqlite3.connect(tmp_path / "hub.db") as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
+    tmp_path: Path, before: tuple[Run, str, str, str]
+) -> None:
+    _, secret, a1, _ = before
+    run = Run(tmp_path, number=2)
+    run.requestor(5, resume=secret)
+    upload = {"type": "upload", "activity": a1, "path": "/golem/input/empty", "size": 0}
+    run.send(5, {**upload, "id": 7})
+    run.send(5, {**upload, "id": 8})
+    # An empty upload ends at once, before any credit; another is aborted by its requestor.
+    assert run.take(run.core.receive_binary(5, frames.encode(FrameKind.END, 7, b""))) == []
+    assert run.take(run.core.receive_binary(5, frames.encode(FrameKind.ABORT, 8, b"changed my mind"))) == []
+    run.core.connect(6)
+    actions = run.core.receive_text(6, json.dumps({"type": "hello", "version": "1.3", "role": "provider", "name": "p",
+                                                   "activities": [a1]}))  # fmt: skip
+    told = run.take(actions)
+    [(to, forwarded)] = [(to, m) for to, m in told if m["type"] == "upload"]
+    assert (to, forwarded["path"]) == (6, "/golem/input/empty")
+    ends = [frames.decode(a.data, 2**20) for a in actions if isinstance(a, Send) and a.binary]
+    assert [(f.kind, f.stream) for f in ends] == [(FrameKind.END, forwarded["id"])]
+    [(to, refused)] = [(to, m) for to, m in told if m.get("re") == 8]
+    assert (to, refused["code"]) == (5, "cancelled")

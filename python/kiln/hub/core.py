@@ -330,6 +330,9 @@ class HubCore:
                 self._stall(route)
         else:
             route.ended = True
+            route.last = frame.kind
+        if target == ABSENT:
+            return self._flush()  # a request waiting for its provider: END or ABORT is told when it goes on
         self._send_binary(target, frames.with_stream(data, target_id))
         return self._flush()
 
@@ -537,12 +540,27 @@ class HubCore:
         if owner is None or owner.open.get(message.id) != (ABSENT, 0):
             return
         del owner.open[message.id]
+        held = self._held_stream(owner, message.id)
         if lease.state != "ready":  # released by an earlier request that waited
             self._error(owner, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {lease.id!r} of yours is ready")
         elif isinstance(message, Release):
             self._destroy(lease, owner.id, message.id)
+        elif held is not None and held.ended and held.last is not FrameKind.END:
+            self._error(owner, message.id, ErrorCode.CANCELLED, "the stream was aborted before the request went on")
         else:
             self._forward(owner, lease, message)
+            route = owner.sends.get(message.id)
+            if held is not None and held.last is FrameKind.END and route is not None:
+                route.ended = True  # it ended before the provider was back: tell it now
+                self._send_binary(route.provider, frames.encode(FrameKind.END, route.p_id, b""))
+
+    def _held_stream(self, p: Peer, request: int) -> Route | None:
+        """Take back the stream ``p`` opened for a request that waited for an absent lease."""
+        route = p.sends.get(request)
+        if route is None or route.provider != ABSENT:
+            return None
+        del p.sends[request]
+        return route
 
     def _lose(self, lease: Lease, why: str) -> None:
         """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
@@ -562,6 +580,7 @@ class HubCore:
         for message in lease.parked:
             if owner.open.pop(message.id, None) is None:
                 continue
+            self._held_stream(owner, message.id)
             if isinstance(message, Release):
                 self._send(owner.id, Done(type="done", re=message.id))  # the container is gone with it
             else:
@@ -696,10 +715,7 @@ class HubCore:
         else:
             activity = self.activities.get(message.activity)
             if activity is not None and activity.requestor == p.id and activity.state == "absent":
-                # Its provider has not dialled again since the hub restarted: wait for it
-                # (bounded by max_pending, and by the grace period, which loses it).
-                activity.parked.append(message)
-                p.open[message.id] = (ABSENT, 0)
+                self._park(p, activity, message)
                 return
             if activity is None or activity.requestor != p.id or activity.state != "ready":
                 self._error(
@@ -727,9 +743,25 @@ class HubCore:
         ]  # fmt: skip
         self._send(p.id, ActivityList(type="activity_list", re=message.id, activities=listed, matched=len(leases)))
 
+    def _park(self, p: Peer, lease: Lease, message: Exec | Upload | Download | Release) -> None:
+        """The provider of ``lease`` has not dialled again since the hub restarted: ``message``
+        waits for it (bounded by max_pending and max_streams, and by the grace period, which
+        loses the lease). A stream the requestor sends on is held open meanwhile without
+        credit, so its END or ABORT, which need none, is kept for when the request goes on."""
+        inward = isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin)
+        outward = isinstance(message, Download) or (isinstance(message, Exec) and message.stream)
+        if (inward or outward) and p.streams() >= self.limits.max_streams:
+            self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
+            return
+        if inward:
+            p.sends[message.id] = Route(p.id, message.id, ABSENT, 0, upload=True)
+        lease.parked.append(message)
+        p.open[message.id] = (ABSENT, 0)
+
     def _unwait(self, p: Peer, request: int) -> None:
         """Cancel request ``request`` of ``p``'s that waits for an absent lease."""
         del p.open[request]
+        self._held_stream(p, request)
         for lease in self._leases(p):
             lease.parked = [m for m in lease.parked if m.id != request]
         self._send(p.id, Error(type="error", re=request, code=ErrorCode.CANCELLED, message="request cancelled"))

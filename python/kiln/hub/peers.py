@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
+from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MAX_ID, Download, Exec, Release, Resources, Upload
 
 ABSENT: Final = -1
@@ -41,6 +42,7 @@ class Route:
     credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
     withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
     ended: bool = False
+    last: FrameKind | None = None  # how its sender ended it (END or ABORT)
     stalled: float = math.inf  # since when its sender has held no credit (toward a provider; see HubCore.expire)
     watched: bool = False  # in the hub's heap of stalled streams
 
