@@ -18,10 +18,11 @@ from websockets.asyncio.client import ClientConnection, connect
 
 import kiln
 from kiln.hub.actions import Close, Send
-from kiln.hub.core import CLOSE_UNRESPONSIVE, HubCore
+from kiln.hub.core import CLOSE_UNRESPONSIVE, HEAP_FLOOR, HubCore
 from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import MAX_REPORTED
 from kiln.testing import LocalCluster
 from kiln.testing.simulated import simulated_providers
 
@@ -246,3 +247,20 @@ def test_expiry_looks_only_at_what_is_due() -> None:
     hub.send(9999, {**RENT, "id": 5})
     assert len(hub.core._deadlines) == 1, "one create: one deadline, whatever the number of providers"
     assert hub.expire(10) == [] and len(hub.core._deadlines) == 1
+
+
+def test_a_provider_that_comes_and_goes_leaves_no_deadlines_behind() -> None:
+    hub = Clocked()
+    reported = [f"x{i:04}" for i in range(MAX_REPORTED)]
+    for cycle in range(1, 41):  # each hello lists 4,096 activities nobody holds: 4,096 destroys, then it leaves
+        hub.core.connect(cycle)
+        told = hub.send(cycle, {"type": "hello", "version": "1.3", "role": "provider", "name": "p",
+                                "activities": reported})  # fmt: skip
+        assert len(told) == 1 + MAX_REPORTED
+        hub.core.disconnect(cycle, "gone")
+        hub.expire(0.5)
+    assert len(hub.core._deadlines) <= 2 * HEAP_FLOOR, "swept, not kept for the destroy timeout"
+    hub.core.connect(99)
+    [(_, refused)] = hub.send(99, {"type": "hello", "version": "1.3", "role": "provider", "name": "q",
+                                   "activities": [*reported, "one-more"]})  # fmt: skip
+    assert refused["code"] == "bad_message"

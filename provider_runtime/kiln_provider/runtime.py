@@ -53,6 +53,7 @@ from kiln.protocol.errors import (
     UsageError,
 )
 from kiln.protocol.messages import (
+    MAX_REPORTED,
     Create,
     Destroy,
     Done,
@@ -275,8 +276,9 @@ class ProviderRuntime:
                 await self._remove(activity)
 
     def _running(self) -> list[str]:
-        """The activities whose containers still run (a broken one is no one's: removed later)."""
-        return sorted(a for a, container in self._containers.items() if container.agent.broken is None)
+        """The activities whose containers still run (a broken one is no one's: removed later), as
+        many as a hello may list (the rest are removed when the hub welcomes us)."""
+        return sorted(a for a, container in self._containers.items() if container.agent.broken is None)[:MAX_REPORTED]
 
     async def _expire_kept(self) -> None:
         """No hub took the containers back within the grace period: remove them."""

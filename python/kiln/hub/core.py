@@ -148,6 +148,8 @@ CREDIT_TIMEOUT: Final = 120.0
 MAX_ACTIVITIES: Final = 1024
 """Activities one requestor connection may hold at once (being created, running or being released)."""
 
+HEAP_FLOOR: Final = 1024
+"""Entries the heaps of deadlines and stalls may hold before stale ones are swept (at twice the live ones)."""
 PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
 
@@ -222,6 +224,7 @@ class HubCore:
         self.credit_timeout = credit_timeout
         self._stalls: list[tuple[float, int, Route]] = []  # heap: (deadline, tie-breaker, stream toward a provider)
         self._stall_order = itertools.count()
+        self._heap_floor = HEAP_FLOOR
         self._absent: dict[str, set[str]] = {}  # since a restart: provider name -> its leases not yet reported
         self._absent_until = 0.0
 
@@ -363,6 +366,7 @@ class HubCore:
                         self._lose(lease, why)
             self._absent.clear()
         self._starved(now)
+        self._compact()
         # Only what is due is looked at: a heap of deadlines, each checked against its pending
         # request (answered: dropped; pushed back by progress: put back at its new deadline).
         while self._deadlines and self._deadlines[0][0] < now:
@@ -381,9 +385,27 @@ class HubCore:
             self._out += gone
         return self._flush()
 
-    def _stall(self, route: Route) -> None:
+    def _compact(self) -> None:
+        """Rebuild the heaps of deadlines and stalls once they hold mostly entries for what is
+        gone (answered requests, departed peers, ended streams): a peer that comes and goes
+        cannot make them grow without bound."""
+        if len(self._deadlines) > 2 * self._heap_floor:
+            self._deadlines = [(pending.deadline, q.id, hub_id) for q in self.peers.values()
+                               for hub_id, pending in q.pending.items() if pending.deadline < math.inf]  # fmt: skip
+            heapq.heapify(self._deadlines)
+        if len(self._stalls) > 2 * self._heap_floor:
+            for _, _, route in self._stalls:
+                route.watched = False
+            self._stalls = []
+            for q in self.peers.values():
+                for route in q.receives.values():
+                    if route.upload and route.requestor != HUB and not route.ended and route.stalled < math.inf:
+                        self._stall(route, since=route.stalled)
+        self._heap_floor = max(HEAP_FLOOR, len(self._deadlines), len(self._stalls))
+
+    def _stall(self, route: Route, since: float | None = None) -> None:
         """The sender of ``route`` (toward a provider) has no credit left: the provider owes it some."""
-        route.stalled = self._monotonic()
+        route.stalled = self._monotonic() if since is None else since
         if not route.watched:
             route.watched = True
             heapq.heappush(self._stalls, (route.stalled + self.credit_timeout, next(self._stall_order), route))

@@ -48,6 +48,8 @@ MAX_TEXT: Final = 4096
 """The longest free text (an error's message, a loss's reason) a message carries."""
 MAX_LAYERS: Final = 256
 """The most layers an image may have (Docker's own limit is 127)."""
+MAX_REPORTED: Final = 4096
+"""The most activities a provider's hello may list (as many as the images an offer may name)."""
 MAX_TAGS: Final = 16
 """The most tags one push may give an image."""
 MIN_MEMORY: Final = 6 * 2**20
@@ -272,7 +274,7 @@ class Hello(_Message):
     software: Annotated[str, Field(max_length=128)] = ""
     resume: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")] | None = None
     """(1.2, a requestor's) The ``resume`` secret of an earlier welcome: take that session's activities over."""
-    activities: Annotated[list[ActivityId], Field(max_length=65536)] | None = None
+    activities: Annotated[list[ActivityId], Field(max_length=MAX_REPORTED)] | None = None
     """(1.3, a provider's) The activities it still runs, dialling again: the hub keeps those it holds for it
     (after a restart of the hub) and sends ``destroy`` for the others. A provider sends it only to a hub that
     welcomed it at 1.3 before."""
