@@ -545,6 +545,9 @@ class DockerAdapter:
         with _engine("list containers"):
             listed = self._api.containers(all=True, filters={"label": f"{LABEL_PROVIDER}={self.provider}"})
         stale = [container["Id"] for container in listed if container["Id"] not in keep]
+        # And the volumes of containers gone meanwhile (a create whose caller had left, say).
+        seen = {container["Id"] for container in listed}
+        stale += [container_id for container_id in list(self._volumes) if container_id not in seen | set(keep)]
         for container_id in stale:
             self.remove(container_id)
         self.volumes.sweep()

@@ -68,7 +68,7 @@ from kiln.protocol.messages import (
 )
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.agent import AgentChannel
-from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream, ImageFacts
+from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream, ImageFacts, Started
 from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
 from kiln_provider.image_cache import DEFAULT_BUDGET, ImageCache, default_data_dir, write_atomically
@@ -186,6 +186,7 @@ class ProviderRuntime:
         self._dial_failure: str | None = None  # why the last dial failed, once told
         self._hub_minor = 0  # the minor version the last welcome spoke
         self._keeping: asyncio.Task[None] | None = None  # removes the containers kept if no hub comes in time
+        self._keep_until = 0.0  # when the containers kept since the hub was lost are to go
 
     async def _on(self, pool: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking Docker call on one of the pools."""
@@ -224,6 +225,9 @@ class ProviderRuntime:
             async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS,
                                     process_exception=self._dial_failed, **tls, **WEBSOCKET_OPTIONS):  # fmt: skip
                 self._dial_failure = None
+                # No removal may run while the hello lists what is kept: the timer stops here
+                # (what is past its time goes now), and starts again if the hub refuses us.
+                await self._stop_keeping()
                 # Only a hub that spoke 1.3 knows the list (an older one would refuse the hello).
                 running = self._running() if self._hub_minor >= 3 else []
                 try:
@@ -234,6 +238,9 @@ class ProviderRuntime:
                 except (Unauthorized, UnsupportedVersion):
                     raise
                 except KilnError as e:
+                    self._keep()
+                    if e.code == ErrorCode.BAD_MESSAGE:
+                        self._hub_minor = 0  # a hub rolled back below 1.3: dial again without the list
                     if e.code == ErrorCode.NAME_TAKEN:
                         # Our own earlier session, not yet seen gone by the hub; or another provider.
                         name_taken_since = name_taken_since or time.monotonic()
@@ -247,9 +254,6 @@ class ProviderRuntime:
                     await asyncio.sleep(REFUSED_RETRY_SECONDS)
                     continue
                 name_taken_since = None
-                if self._keeping is not None:
-                    self._keeping.cancel()
-                    self._keeping = None
                 self._hub_minor = conn.session.minor
                 # The hub now holds the list: it keeps what it holds, and sends a destroy for the
                 # rest. Containers not on it are nobody's (and those of an earlier run of ours).
@@ -265,13 +269,13 @@ class ProviderRuntime:
                 await self._session(conn)
                 log.warning("lost the hub after %.1f s; dialling again, keeping %d containers for %g s",
                             time.monotonic() - started, len(self._containers), self.config.grace)  # fmt: skip
-                self._keeping = asyncio.create_task(self._expire_kept())
+                self._keep_until = time.monotonic() + self.config.grace
+                self._keep()
         except InvalidURI as e:
             raise UsageError(f"not a hub address: {self.config.hub!r} (write e.g. ws://127.0.0.1:7465)") from e
         finally:
             # Stopped for good (or refused for good): nothing is kept for a hub any more.
-            if self._keeping is not None:
-                self._keeping.cancel()
+            await self._stop_keeping()
             for activity in list(self._containers):
                 await self._remove(activity)
 
@@ -280,9 +284,23 @@ class ProviderRuntime:
         many as a hello may list (the rest are removed when the hub welcomes us)."""
         return sorted(a for a, container in self._containers.items() if container.agent.broken is None)[:MAX_REPORTED]
 
-    async def _expire_kept(self) -> None:
+    def _keep(self) -> None:
+        """Keep the containers until ``_keep_until``, then remove them (unless a hub takes them first)."""
+        if self._keeping is None and self._containers:
+            self._keeping = asyncio.create_task(self._expire_kept())
+
+    async def _stop_keeping(self) -> None:
+        """Stop the timer, waiting for a removal under way; remove now what is past its time."""
+        if self._keeping is not None:
+            self._keeping.cancel()
+            await asyncio.gather(self._keeping, return_exceptions=True)
+            self._keeping = None
+        if self._containers and time.monotonic() >= self._keep_until:
+            await self._expire_kept(0)
+
+    async def _expire_kept(self, wait: float | None = None) -> None:
         """No hub took the containers back within the grace period: remove them."""
-        await asyncio.sleep(self.config.grace)
+        await asyncio.sleep(max(self._keep_until - time.monotonic(), 0) if wait is None else wait)
         if self._containers:
             log.warning("no hub came back within %g s; removing %d containers", self.config.grace,
                         len(self._containers))  # fmt: skip
@@ -290,11 +308,14 @@ class ProviderRuntime:
             await self._remove(activity)
 
     async def _remove(self, activity: str) -> None:
-        """Remove the container of ``activity`` (untracked first, so removed whatever happens)."""
+        """Remove the container of ``activity`` (untracked first; once begun, finished even if cancelled)."""
         container = self._containers.pop(activity, None)
         if container is not None:
-            await container.agent.close()
-            await self._docker(self.adapter.remove, container.id)
+            await asyncio.shield(self._remove_container(container))
+
+    async def _remove_container(self, container: Container) -> None:
+        await container.agent.close()
+        await self._docker(self.adapter.remove, container.id)
 
     def _dial_failed(self, error: Exception) -> Exception | None:
         """websockets' choice (dial again, or give up with ``error``), and a warning saying why,
@@ -470,7 +491,7 @@ class ProviderRuntime:
                 root=message.user == "root",
             )
             try:
-                started = await self._docker(self.adapter.create, spec)
+                started = await self._start(spec)
             except ImageMissing as e:
                 raise ImageMissing(
                     f"provider {self.config.name!r} lost the image {message.image!r}: {e.message}"
@@ -488,6 +509,23 @@ class ProviderRuntime:
         if self.cache.touch(image.id):
             await self._save_cache()
         return Done(type="done", re=message.id, bytes=received)
+
+    async def _start(self, spec: ContainerSpec) -> Started:
+        """``adapter.create`` on a lifecycle thread. Cancelled (the hub gone, say), the create
+        runs on in its thread: what it makes is removed once it is done, volume and all."""
+        future = asyncio.get_running_loop().run_in_executor(self._pools.lifecycle, self.adapter.create, spec)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._discard)
+            raise
+
+    def _discard(self, future: asyncio.Future[Started]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        started = future.result()
+        started.channel.close()  # the agent sees its channel close, and ends
+        self._pools.lifecycle.submit(self.adapter.remove, started.id)
 
     # --- images -------------------------------------------------------------------------------
 
