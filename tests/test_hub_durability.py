@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 
 import pytest
@@ -20,12 +21,13 @@ SMALL = kiln.Demand(cpus=0.5, memory="64MiB")
 
 
 @pytest.mark.hub_args("--grace", "30")
-async def test_an_activity_keeps_its_container_through_a_hub_restart(cluster: Cluster) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "stopped"])
+async def test_an_activity_keeps_its_container_through_a_hub_restart(cluster: Cluster, sig: int) -> None:
     await asyncio.to_thread(cluster.start_provider, "p1")
     async with kiln.connect(cluster.url, name="keeper") as requestor:
         act = await requestor.rent(IMAGE, SMALL)
         before = await act.run(["sh", "-c", "echo kept > /golem/work/note; hostname"])
-        await asyncio.to_thread(cluster.restart_hub, pause=1.0)
+        await asyncio.to_thread(cluster.restart_hub, sig, 1.0)
         # The same container: the note is there, under the same hostname.
         after = await act.run(["sh", "-c", "cat /golem/work/note; hostname"])
         assert after.stdout.split() == ["kept", before.stdout.strip()]

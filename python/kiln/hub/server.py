@@ -149,6 +149,8 @@ class HubServer:
         self.core = core
         self.state = state
         """Where the changes the core asks for are written; None while stopping (see :func:`start`)."""
+        self.stopping = False
+        """Set when the hub stops: frames are no longer taken, and departures no longer written."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
         self._log = LogLimiter()
@@ -204,6 +206,8 @@ class HubServer:
             self._apply(self.core.disconnect(peer, reason, ended=said is not None and said.code == 1000))
 
     def _take(self, peer: int, data: str | bytes) -> None:
+        if self.stopping:
+            return  # nothing more is told to anyone: the state on disk is what the next start takes back
         if isinstance(data, str):
             self._apply(self.core.receive_text(peer, data.encode()))
         else:
@@ -357,8 +361,10 @@ async def start(
             try:
                 yield server
             finally:
-                # Stopping is not an end of anything: the peers about to be disconnected are
-                # to be held for a restart, so their departures are not written.
+                # Stopping is not an end of anything: no frame is taken any more (so nothing
+                # new is told that was not written), and the peers about to be disconnected
+                # are to be held for a restart, so their departures are not written.
+                hub.stopping = True
                 hub.state = None
                 saver.cancel()
                 expiry.cancel()
