@@ -253,11 +253,15 @@ def test_what_ended_before_the_restart_is_not_restored(tmp_path: Path) -> None:
     run.send(1, {"type": "done", "re": destroy["id"]})
     run.send(2, {"type": "release", "id": 5, "activity": destroying})  # the hub dies before its done
     run.requestor(3)
-    run.rent(3, 1)
+    closed = run.rent(3, 1)
     run.leave(3, ended=True)  # a session its requestor closed itself
     run.crash()
     after = Run(tmp_path, number=2)
     assert set(after.core.activities) == {kept}
+    # Each that ended is in the usage record: the last two as ending when the hub started again.
+    usage = {u["activity"]: u for u in after.state.usage()}
+    assert set(usage) == {released, destroying, closed}
+    assert usage[destroying]["ended"] == usage[closed]["ended"] > usage[released]["ended"] - 60
     replies = after.provider(6, activities=sorted({released, destroying, kept}))
     assert sorted(m["activity"] for _, m in replies if m["type"] == "destroy") == sorted([released, destroying])
 

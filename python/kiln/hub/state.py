@@ -342,13 +342,21 @@ class HubState:
         """What the last run of the hub left: the sessions that may be resumed, and their leases.
 
         Leases that were being destroyed, or whose session ended, are no one's any more:
-        they are forgotten here, and their providers, reporting them, are told to destroy
-        them. So are sessions without a lease or a resume secret (nothing to resume).
+        they are forgotten here (their usage recorded as ending now), and their providers,
+        reporting them, are told to destroy them. So are sessions without a lease or a
+        resume secret (nothing to resume).
         """
+        orphan = "destroying OR session NOT IN (SELECT id FROM sessions WHERE secret <> '')"
         with self._write() as db:
+            # Their end is not known: they end now, as far as the usage record can tell.
             db.execute(
-                "DELETE FROM activities WHERE destroying OR session NOT IN (SELECT id FROM sessions WHERE secret <> '')"
+                "INSERT INTO usage (activity, requestor, credential, provider, cpus, memory, storage, started, ended, "
+                "cpu_seconds) SELECT a.id, COALESCE(s.name, ''), s.credential, a.provider, a.cpus, a.memory, "
+                "a.storage, a.started, ?, NULL FROM activities a LEFT JOIN sessions s ON s.id = a.session "
+                f"WHERE {orphan}",
+                (self._clock(),),
             )
+            db.execute(f"DELETE FROM activities WHERE {orphan}")
             db.execute("DELETE FROM sessions WHERE id NOT IN (SELECT session FROM activities)")
             sessions = [
                 SessionRecord(id_, name, credential, bytes.fromhex(secret))
