@@ -203,3 +203,18 @@ def test_an_admin_cannot_touch_anothers_activity(hub: Hub) -> None:
     # Its owner still can.
     [(to, destroy)] = hub.send(alice, {"type": "release", "id": 2, "activity": theirs})
     assert (to, destroy["type"]) == (p1, "destroy")
+
+
+def test_a_listing_never_outgrows_one_message() -> None:
+    limits = HubCore().limits.model_copy(update={"max_message_bytes": 16 * 1024})
+    core = HubCore(token="shared", credentials=FakeCredentials(live=dict(CREDENTIALS)), limits_=limits)
+    hub = Hub()
+    hub.core = core
+    p1 = hub.join("provider", "p" * 64, "shared")
+    admin = hub.join("requestor", "\N{GRINNING FACE}" * 64, "adm")
+    for rid in range(1, 101):
+        hub.rent(admin, rid, p1, image="registry.example:5000/" + "i" * 200, cpus=0.01)
+    [sent] = core.receive_text(admin, json.dumps({"type": "activities", "id": 900, "all": True}))
+    assert isinstance(sent, Send) and len(sent.data) <= 16 * 1024
+    reply = json.loads(sent.data)
+    assert reply["matched"] == 100 and 0 < len(reply["activities"]) < 100

@@ -58,6 +58,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Final, Literal
 
+import orjson
+
 from kiln.hub.access import Admitted, Credential, Credentials, admit
 from kiln.hub.actions import (
     Action,
@@ -756,13 +758,17 @@ class HubCore:
             self._error(p, message.id, ErrorCode.UNAUTHORIZED, text)
             return
         leases = [self.activities[key] for key in sorted(self.activities)] if message.all else self._leases(p)
-        listed = [
-            ActivityInfo(id=lease.id, requestor=lease.requestor_name, credential=lease.credential,
-                         provider=lease.provider_name, state=lease.state,
-                         resources=lease.resources, group=lease.group, started=lease.started or None,
-                         image=lease.image or lease.named_image)
-            for lease in leases[: message.limit]
-        ]  # fmt: skip
+        listed: list[ActivityInfo] = []
+        room = self.limits.max_message_bytes - 256  # what the reply may hold besides its entries
+        for lease in leases[: message.limit]:
+            info = ActivityInfo(id=lease.id, requestor=lease.requestor_name, credential=lease.credential,
+                                provider=lease.provider_name, state=lease.state, resources=lease.resources,
+                                group=lease.group, started=lease.started or None,
+                                image=lease.image or lease.named_image)  # fmt: skip
+            room -= len(orjson.dumps(info.model_dump(mode="json", exclude_none=True))) + 1
+            if room < 0:
+                break  # no more than one message holds: matched tells how many were left out
+            listed.append(info)
         self._send(p.id, ActivityList(type="activity_list", re=message.id, activities=listed, matched=len(leases)))
 
     def _park(self, p: Peer, lease: Lease, message: Exec | Upload | Download | Release) -> None:
