@@ -21,7 +21,7 @@ async function requestor(version = "1.3") {
 
 const RESOURCES = { cpus: 1, memory: 2 ** 28, storage: 0 };
 const READY = {
-  id: "0a1f", requestor: "alice", provider: "p1", state: "ready", resources: RESOURCES, group: "job-1",
+  id: "0a1f", requestor: "alice", credential: 3, provider: "p1", state: "ready", resources: RESOURCES, group: "job-1",
   started: 1700000000.5, image: "kiln-busybox:latest",
 };
 const CREATING = { id: "3c9e", requestor: "bob", provider: "p2", state: "creating", resources: RESOURCES };
@@ -54,6 +54,8 @@ test("listActivities({all: true}) asks for every activity; entries keep their fi
   assert.equal(ready.started, 1700000000.5);
   assert.equal(ready.group, "job-1");
   assert.equal(creating.state, "creating");
+  assert.equal(ready.credential, 3);
+  assert.equal(creating.credential ?? null, null, "a requestor of the shared token or an open hub: no credential");
   assert.equal(creating.started ?? null, null);
   assert.equal(creating.image ?? null, null);
 });
