@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +338,26 @@ def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
     assert [(f.kind, f.stream) for f in ends] == [(FrameKind.END, forwarded["id"])]
     [(to, refused)] = [(to, m) for to, m in told if m.get("re") == 8]
     assert (to, refused["code"]) == (5, "cancelled")
+
+
+def test_kiln_usage_sums_the_record_per_requestor_and_per_provider(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.provider(1)
+    run.requestor(2)
+    wall = [1000.0]
+    run.core._clock = lambda: wall[0]
+    first, second = run.rent(2, 1), run.rent(2, 2)
+    for rid, activity, cpu in ((3, first, 12.5), (4, second, None)):
+        wall[0] += 3600  # one ends an hour on, the other two
+        [(_, destroy)] = run.send(2, {"type": "release", "id": rid, "activity": activity})
+        run.send(1, {"type": "done", "re": destroy["id"], **({"cpu_seconds": cpu} if cpu else {})})
+    run.crash()
+    shown = subprocess.run([sys.executable, "-m", "kiln.cli", "usage", "--data-dir", str(tmp_path)],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    header, row = shown.stdout.splitlines()
+    assert header.split() == ["REQUESTOR", "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS", "USED", "GIB-HOURS"]
+    # Each held 1 CPU and 256 MiB: one for an hour, one for two.
+    assert row.split() == ["r", "-", "2", "3.000", "12.5", "0.750"]
+    by_provider = subprocess.run([sys.executable, "-m", "kiln.cli", "usage", "--by", "provider", "--data-dir",
+                                  str(tmp_path)], capture_output=True, text=True, check=True)  # fmt: skip
+    assert by_provider.stdout.splitlines()[1].split() == ["p", "2", "3.000", "12.5", "0.750"]

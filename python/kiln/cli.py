@@ -218,7 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_ls = tokens.add_parser("ls", help="list credentials (never their tokens)")
     revoke = tokens.add_parser("revoke", help="revoke a credential; peers that joined with it are closed")
     revoke.add_argument("which", metavar="ID_OR_NAME")
-    for command in (create, token_ls, revoke):
+    usage = sub.add_parser("usage", help="what each requestor (or provider) rented, from the hub's usage record")
+    usage.add_argument("--by", choices=["requestor", "provider"], default="requestor")
+    for command in (create, token_ls, revoke, usage):
         command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
     return parser
 
@@ -400,6 +402,26 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from kiln.hub.state import HubState
+    from kiln.hub.store import default_data_dir
+
+    with HubState.in_dir(args.data_dir or default_data_dir()) as state:
+        totals = state.usage_totals(args.by)
+    rows: list[tuple[str, ...]] = [(args.by.upper(), "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS USED",
+                                    "GIB-HOURS")]  # fmt: skip
+    rows += [(t.who, "-" if t.credential is None else str(t.credential), str(t.activities),
+              f"{t.cpu_seconds_rented / 3600:.3f}", f"{t.cpu_seconds_used:.1f}",
+              f"{t.memory_byte_seconds / 2**30 / 3600:.3f}") for t in totals]  # fmt: skip
+    if args.by == "provider":
+        rows = [row[:1] + row[2:] for row in rows]
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{sum(t.activities for t in totals)} activities ended", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -411,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "token":
             return _token(args)
+        if args.command == "usage":
+            return _usage(args)
         with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, a provider's SIGTERM
             return asyncio.run(_main(args))
         return 130

@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -129,6 +129,18 @@ class CredentialRecord:
     @property
     def credential(self) -> Credential:
         return Credential(self.id, self.role, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotal:
+    """What one requestor (or provider) rented, in activities that ended: ``kiln usage``."""
+
+    who: str
+    credential: int | None
+    activities: int
+    cpu_seconds_rented: float  # each activity's CPUs times how long it was held
+    cpu_seconds_used: float  # what the providers measured its commands use
+    memory_byte_seconds: float
 
 
 def token_hash(token: str) -> str:
@@ -372,6 +384,15 @@ class HubState:
             for id_, session, provider, cpus, memory, storage, grp, image, at in rows
         ]
         return sessions, leases
+
+    def usage_totals(self, by: Literal["requestor", "provider"] = "requestor") -> list[UsageTotal]:
+        """The usage record summed per requestor (name and credential) or per provider, by name."""
+        who = "requestor, credential" if by == "requestor" else "provider, NULL"
+        rows = self._db.execute(
+            f"SELECT {who}, COUNT(*), SUM(cpus * (ended - started)), COALESCE(SUM(cpu_seconds), 0), "
+            f"SUM(memory * (ended - started)) FROM usage GROUP BY {who.removesuffix(', NULL')} ORDER BY 1, 2"
+        ).fetchall()
+        return [UsageTotal(*row) for row in rows]
 
     def usage(self) -> list[dict[str, Any]]:
         """The usage record: one row per activity that ended, oldest first."""
