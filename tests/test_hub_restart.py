@@ -15,7 +15,7 @@ import pytest
 
 from kiln.hub.actions import Send
 from kiln.hub.core import HubCore
-from kiln.hub.records import Destroying, EndLease, EndSession, SaveLease, SaveSession
+from kiln.hub.records import Change, SaveLease, SaveSession
 from kiln.hub.state import SCHEMA_VERSION, HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
@@ -23,7 +23,6 @@ from kiln.protocol.frames import FrameKind
 GiB = 2**30
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
 OFFER = {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 8 * GiB}, "arch": "amd64"}
-CHANGES = (SaveSession, SaveLease, Destroying, EndLease, EndSession)
 
 
 class Run:
@@ -41,7 +40,7 @@ class Run:
     def take(self, actions: list[Any]) -> list[tuple[int, dict[str, Any]]]:
         out: list[tuple[int, dict[str, Any]]] = []
         for action in actions:
-            if isinstance(action, CHANGES):
+            if isinstance(action, Change):
                 self.state.apply(action)
                 self.events.append(action)
             elif isinstance(action, Send) and not action.binary:

@@ -691,8 +691,7 @@ class ProviderRuntime:
                 pass  # the container died on its own; removing it is what matters
         finally:
             # Untracked from here on, so removed whatever happens (even when cancelled).
-            await container.agent.close()
-            await self._docker(self.adapter.remove, container.id)
+            await asyncio.shield(self._remove_container(container))
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 

@@ -255,9 +255,8 @@ async def _activities(args: argparse.Namespace) -> int:
          f"{a.resources.cpus:g}", format_size(a.resources.memory), "-" if a.started is None else _ago(a.started, now))
         for a in listed
     ]  # fmt: skip
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-    for row in rows if listed else []:
-        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    if listed:
+        _print_table(rows)
     more = f" (the first {MAX_LISTED} by id; there may be more)" if len(listed) == MAX_LISTED else ""
     if args.all:
         print(f"{len(listed)} activities at the hub{more}")
@@ -359,9 +358,7 @@ async def _image_ls(args: argparse.Namespace) -> int:
          ", ".join(i.providers) or "-")
         for i in listed.images
     ]  # fmt: skip
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)), row[-1]]))
+    _print_table(rows)
     print(f"{len(listed.images)} images, {format_size(listed.used)} of {format_size(listed.limit)} used")
     return 0
 
@@ -373,6 +370,13 @@ async def _image_rm(args: argparse.Namespace) -> int:
         await requestor.remove_image(args.ref)
     print(f"removed {args.ref}")
     return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Print ``rows`` (the header first) in columns two spaces apart."""
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _when(seconds: float | None) -> str:
@@ -393,9 +397,7 @@ def _token(args: argparse.Namespace) -> int:
             rows = [("ID", "ROLE", "NAME", "CREATED", "REVOKED")]
             rows += [(str(c.id), c.role, c.name or "-", _when(c.created), _when(c.revoked))
                      for c in state.credentials()]  # fmt: skip
-            widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-            for row in rows:
-                print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+            _print_table(rows)
         else:
             record = state.revoke(args.which)
             print(f"revoked {record.role} credential {record.id}" + (f" ({record.name})" if record.name else ""))
@@ -415,9 +417,7 @@ def _usage(args: argparse.Namespace) -> int:
               f"{t.memory_byte_seconds / 2**30 / 3600:.3f}") for t in totals]  # fmt: skip
     if args.by == "provider":
         rows = [row[:1] + row[2:] for row in rows]
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(rows)
     print(f"{sum(t.activities for t in totals)} activities ended", file=sys.stderr)
     return 0
 

@@ -533,10 +533,7 @@ class HubCore:
             lease = self.activities.get(activity_id)
             if lease is None or activity_id not in absent:
                 # Nobody was told of it, or its lease ended while the hub was away: not to be kept.
-                hub_id = p.new_id()
-                p.pending[hub_id] = Pending("destroy", activity_id, None, None)
-                self._due(p.pending[hub_id], p.id, hub_id, self.destroy_timeout)
-                self._send(p.id, Destroy(type="destroy", id=hub_id, activity=activity_id))
+                self._send_destroy(p, activity_id, None, None)
                 continue
             absent.discard(activity_id)
             kept += 1
@@ -588,15 +585,8 @@ class HubCore:
 
     def _lose(self, lease: Lease, why: str) -> None:
         """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
-        self.activities.pop(lease.id, None)
-        if lease.image is not None:
-            self.catalog.unuse(lease.image)
-        self._ended(lease, None)
+        self._drop_activity(lease)
         owner = self.peers.get(lease.requestor)
-        held = self._held.get(lease.requestor)
-        for q in (owner, held[0] if held is not None else None):
-            if q is not None:
-                q.activities.discard(lease.id)
         if owner is None:
             return
         self._send(owner.id, ActivityLost(type="activity_lost", activity=lease.id, code=ErrorCode.PROVIDER_LOST,
@@ -877,13 +867,20 @@ class HubCore:
         if activity.saved:
             self._out.append(Destroying(activity.id))
         q = self.peers[activity.provider]
-        hub_id = q.new_id()
-        q.pending[hub_id] = Pending("destroy", activity.id, requestor, r_id, cancelled=cancelled)
-        self._due(q.pending[hub_id], q.id, hub_id, self.destroy_timeout)
+        hub_id = self._send_destroy(q, activity.id, requestor, r_id, cancelled=cancelled)
         owner = self.peers.get(requestor) if requestor is not None else None
         if owner is not None and r_id is not None:
             owner.open[r_id] = (q.id, hub_id)
-        self._send(q.id, Destroy(type="destroy", id=hub_id, activity=activity.id))
+
+    def _send_destroy(
+        self, q: Peer, activity: str, requestor: int | None, r_id: int | None, *, cancelled: bool = False
+    ) -> int:
+        """Ask provider ``q`` to destroy ``activity``, within the destroy timeout; returns the hub's request id."""
+        hub_id = q.new_id()
+        q.pending[hub_id] = Pending("destroy", activity, requestor, r_id, cancelled=cancelled)
+        self._due(q.pending[hub_id], q.id, hub_id, self.destroy_timeout)
+        self._send(q.id, Destroy(type="destroy", id=hub_id, activity=activity))
+        return hub_id
 
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.receives.get(message.stream)

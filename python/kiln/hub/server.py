@@ -38,7 +38,7 @@ from kiln.hub.core import (
     MAX_ACTIVITIES,
     HubCore,
 )
-from kiln.hub.records import Change, Destroying, EndLease, EndSession, SaveLease, SaveSession
+from kiln.hub.records import Change
 from kiln.hub.state import HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
@@ -148,9 +148,9 @@ class HubServer:
     ) -> None:
         self.core = core
         self.state = state
-        """Where the changes the core asks for are written; None while stopping (see :func:`start`)."""
+        """Where the changes the core asks for are written."""
         self.stopping = False
-        """Set when the hub stops: frames are no longer taken, and departures no longer written."""
+        """Set when the hub stops: frames are no longer taken, and departures no longer written (see :func:`start`)."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
         self._log = LogLimiter()
@@ -218,7 +218,7 @@ class HubServer:
             if isinstance(action, Log):
                 self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
                 continue
-            if isinstance(action, SaveSession | SaveLease | Destroying | EndLease | EndSession):
+            if isinstance(action, Change):
                 self._save(action)
                 continue
             if not isinstance(action, Send | Close):
@@ -242,7 +242,7 @@ class HubServer:
         A write that fails is logged and the hub goes on: its peers are served, and only a
         restart would lose what was not written.
         """
-        if self.state is None:
+        if self.state is None or self.stopping:
             return
         try:
             self.state.apply(change)
@@ -307,9 +307,9 @@ async def start(
     and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
     ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped, and a
     requestor's stream toward a provider that grants it no credit for ``credit_timeout`` is
-    aborted; a requestor
-    holds at most ``max_activities`` activities per connection, and keeps them ``grace``
-    seconds after its connection drops (for it to resume the session). With ``ssl``
+    aborted. A requestor holds at most ``max_activities`` activities per connection, and
+    keeps them ``grace`` seconds after its connection drops or the hub restarts (for it to
+    resume the session). With ``ssl``
     (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
@@ -365,7 +365,6 @@ async def start(
                 # new is told that was not written), and the peers about to be disconnected
                 # are to be held for a restart, so their departures are not written.
                 hub.stopping = True
-                hub.state = None
                 saver.cancel()
                 expiry.cancel()
                 watcher.cancel()
