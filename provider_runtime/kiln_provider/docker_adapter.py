@@ -76,6 +76,8 @@ _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 LOAD_TIMEOUT = 3600.0
 """Seconds ``docker load`` may take to answer once the archive is in (it registers the layers then)."""
 PULL_TIMEOUT = 3600.0
+REMOVE_WAIT = 30.0
+"""How long a removal waits for the one Docker already began (when the agent exited) to finish."""
 
 
 @dataclass(frozen=True)
@@ -533,6 +535,10 @@ class DockerAdapter:
                 except docker.errors.APIError as e:
                     if "already in progress" not in str(e.explanation):
                         raise
+                    # Docker's auto-removal (the agent exited) got there first: wait until it is
+                    # done, so that a container reported removed is no longer listed.
+                    with suppress(docker.errors.NotFound):
+                        self._api.wait(container_id, timeout=REMOVE_WAIT, condition="removed")
         finally:
             volume = self._volumes.pop(container_id, None)
             if volume is not None:
