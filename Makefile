@@ -1,15 +1,13 @@
 # Everything a fresh machine needs is set up by the targets themselves.
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
-MUSL_CC ?= musl-gcc
-AGENT_CFLAGS ?= -static -Os -Wall -Wextra -Werror
 
-.PHONY: help install docker system agent image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker system zig agent image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
 	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
-	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers (musl-gcc)"
+	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers, for this machine (zig cc)"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 
 install:
@@ -21,13 +19,17 @@ docker:
 system:
 	scripts/ensure-system.sh
 
-# The agent every task container runs as PID 1: a static binary (Debian's musl-tools, from ensure-system.sh).
+# The agent's C compiler: Zig's `cc` from PyPI (python -m ziglang). It cross-compiles the static
+# musl binary for x86_64 and aarch64 with no system package; agent/compile.py says more and
+# names the version (the wheel's build hook asks for the same).
+zig:
+	$(PYTHON) -m pip install $(PIP_FLAGS) "$$($(PYTHON) agent/compile.py --requirement)"
+
+# The agent every task container runs as PID 1: a static binary for this machine.
 agent: agent/build/kiln-agent
 
-agent/build/kiln-agent: agent/kiln-agent.c
-	@mkdir -p agent/build
-	$(MUSL_CC) $(AGENT_CFLAGS) -o $@ $<
-	strip $@
+agent/build/kiln-agent: agent/kiln-agent.c agent/compile.py | zig
+	$(PYTHON) agent/compile.py -o $@
 
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox

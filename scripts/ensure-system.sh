@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the tests need from the system besides Python packages: Debian's chromium for the
-# browser test, docker-registry for the provider's --pull test, musl-tools for the agent (make agent), Node.js >= 20 for js-client,
+# browser test, docker-registry for the provider's --pull test, Node.js >= 20 for js-client,
 # openssl for the TLS tests (they make their own CA), e2fsprogs and loop devices for the provider's
 # volumes (the storage a container rents). Installs what apt can give; says what it cannot.
 set -euo pipefail
@@ -26,11 +26,6 @@ fi
 if ! command -v docker-registry >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry >/dev/null
-fi
-
-if ! command -v musl-gcc >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
 fi
 
 if ! command -v openssl >/dev/null 2>&1; then
