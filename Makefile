@@ -1,13 +1,16 @@
 # Everything a fresh machine needs is set up by the targets themselves.
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
+DIST_DIR ?= dist
+DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker system zig agent image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
 	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
 	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers, for this machine (zig cc)"
+	@echo "make dist   - build into dist/ the sdist and a platform wheel per architecture (x86_64, aarch64), each with its agent"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 
 install:
@@ -30,6 +33,17 @@ agent: agent/build/kiln-agent
 
 agent/build/kiln-agent: agent/kiln-agent.c agent/compile.py | zig
 	$(PYTHON) agent/compile.py -o $@
+
+# Each wheel is built from the sdist (which so must hold all a wheel needs), in an isolated
+# environment that the build front end fills from pyproject.toml (hatchling, ziglang);
+# hatch_build.py compiles the agent for $KILN_AGENT_ARCH and tags the wheel for it.
+dist:
+	$(PYTHON) -m pip install $(PIP_FLAGS) 'build>=1.6'
+	rm -rf $(DIST_DIR)
+	$(PYTHON) -m build --sdist --outdir $(DIST_DIR) .
+	for arch in $(DIST_ARCHES); do \
+		KILN_AGENT_ARCH=$$arch $(PYTHON) -m build --wheel --outdir $(DIST_DIR) $(DIST_DIR)/kiln-*.tar.gz || exit 1; \
+	done
 
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
@@ -74,4 +88,4 @@ demo: image agent
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build
+	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build $(DIST_DIR)
