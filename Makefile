@@ -4,7 +4,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 DIST_DIR ?= dist
 DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -16,9 +16,19 @@ help:
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 
+# Docker's engine (started when not running) and busybox, which the test image is made of.
 docker:
 	scripts/ensure-docker.sh
 
+# What a provider needs beside Docker: e2fsprogs, mount and loop devices for its volumes.
+volumes:
+	scripts/ensure-volumes.sh
+
+# Node.js >= 20 and npm, for js-client.
+node:
+	scripts/ensure-node.sh
+
+# What only the tests use: chromium, docker-registry, openssl.
 system:
 	scripts/ensure-system.sh
 
@@ -70,10 +80,10 @@ pytest: pytest-fast pytest-real
 pytest-fast:
 	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
 
-pytest-real: docker agent
+pytest-real: docker volumes node system agent
 	$(PYTHON) -m pytest -m docker
 
-js-install:
+js-install: node
 	cd js-client && npm ci --no-audit --no-fund
 
 js-lint: js-install
@@ -82,9 +92,9 @@ js-lint: js-install
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker system agent lint contracts typecheck pytest js-lint js-test
+test: install docker volumes node system agent lint contracts typecheck pytest js-lint js-test
 
-demo: image agent
+demo: image volumes agent
 	$(PYTHON) examples/demo.py
 
 clean:
