@@ -1,33 +1,59 @@
 # Everything a fresh machine needs is set up by the targets themselves.
 PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
-MUSL_CC ?= musl-gcc
-AGENT_CFLAGS ?= -static -Os -Wall -Wextra -Werror
+DIST_DIR ?= dist
+DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker system agent image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
 	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
-	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers (musl-gcc)"
+	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers, for this machine (zig cc)"
+	@echo "make dist   - build into dist/ the sdist and a platform wheel per architecture (x86_64, aarch64), each with its agent"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
 
+# Docker's engine (started when not running) and busybox, which the test image is made of.
 docker:
 	scripts/ensure-docker.sh
 
+# What a provider needs beside Docker: e2fsprogs, mount and loop devices for its volumes.
+volumes:
+	scripts/ensure-volumes.sh
+
+# Node.js >= 20 and npm, for js-client.
+node:
+	scripts/ensure-node.sh
+
+# What only the tests use: chromium, docker-registry, openssl.
 system:
 	scripts/ensure-system.sh
 
-# The agent every task container runs as PID 1: a static binary (Debian's musl-tools, from ensure-system.sh).
+# The agent's C compiler: Zig's `cc` from PyPI (python -m ziglang). It cross-compiles the static
+# musl binary for x86_64 and aarch64 with no system package; agent/compile.py says more and
+# names the version (the wheel's build hook asks for the same).
+zig:
+	$(PYTHON) -m pip install $(PIP_FLAGS) "$$($(PYTHON) agent/compile.py --requirement)"
+
+# The agent every task container runs as PID 1: a static binary for this machine.
 agent: agent/build/kiln-agent
 
-agent/build/kiln-agent: agent/kiln-agent.c
-	@mkdir -p agent/build
-	$(MUSL_CC) $(AGENT_CFLAGS) -o $@ $<
-	strip $@
+agent/build/kiln-agent: agent/kiln-agent.c agent/compile.py | zig
+	$(PYTHON) agent/compile.py -o $@
+
+# Each wheel is built from the sdist (which so must hold all a wheel needs), in an isolated
+# environment that the build front end fills from pyproject.toml (hatchling, ziglang);
+# hatch_build.py compiles the agent for $KILN_AGENT_ARCH and tags the wheel for it.
+dist:
+	$(PYTHON) -m pip install $(PIP_FLAGS) 'build>=1.6'
+	rm -rf $(DIST_DIR)
+	$(PYTHON) -m build --sdist --outdir $(DIST_DIR) .
+	for arch in $(DIST_ARCHES); do \
+		KILN_AGENT_ARCH=$$arch $(PYTHON) -m build --wheel --outdir $(DIST_DIR) $(DIST_DIR)/kiln-*.tar.gz || exit 1; \
+	done
 
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
@@ -54,10 +80,10 @@ pytest: pytest-fast pytest-real
 pytest-fast:
 	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
 
-pytest-real: docker agent
+pytest-real: docker volumes node system agent
 	$(PYTHON) -m pytest -m docker
 
-js-install:
+js-install: node
 	cd js-client && npm ci --no-audit --no-fund
 
 js-lint: js-install
@@ -66,10 +92,10 @@ js-lint: js-install
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker system agent lint contracts typecheck pytest js-lint js-test
+test: install docker volumes node system agent lint contracts typecheck pytest js-lint js-test
 
-demo: image agent
+demo: image volumes agent
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build
+	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build $(DIST_DIR)

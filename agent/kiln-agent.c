@@ -7,10 +7,12 @@
  * Why C with musl: a static binary of a few dozen KiB that runs in any image, even one
  * holding a single program and no libc; direct access to prctl(PR_SET_CHILD_SUBREAPER),
  * setsid, kill, waitpid and /proc with no runtime in between (no GC pauses as PID 1, no
- * threads); and Debian's musl-tools builds it with no third-party code. Rust's musl target
- * and Go's toolchain are not available here, and neither would be smaller.
+ * threads); and Zig's `cc` (the ziglang package on PyPI) cross-compiles it for x86_64 and
+ * aarch64 with musl and no third-party code. Rust's musl target and Go's toolchain are not
+ * available here, and neither would be smaller.
  *
- * Build: `make agent` (musl-gcc -static -Os, stripped) -> agent/build/kiln-agent.
+ * Build: `make agent` (agent/compile.py: zig cc -static -Os -s) -> agent/build/kiln-agent;
+ * `make dist` puts one per architecture into the platform wheels (hatch_build.py).
  *
  * ---------------------------------------------------------------------------------------
  * Wire format (mirrored by provider_runtime/kiln_provider/agent_protocol.py). All integers

@@ -79,8 +79,9 @@ def test_a_plain_install_brings_the_sdk_and_the_hub_without_docker_py(tmp_path: 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", venv], check=True)
     python = str(venv / "bin" / "python")
+    # A wheel without the agent (whose build tests/test_wheel.py covers): this is about what installs.
     subprocess.run([python, "-m", "pip", "--disable-pip-version-check", "install", "--quiet", str(ROOT)],
-                   check=True, capture_output=True)  # fmt: skip
+                   check=True, capture_output=True, env={**os.environ, "KILN_AGENT_ARCH": "none"})  # fmt: skip
     listing = "import importlib.metadata as m, json; print(json.dumps([d.metadata['Name'] for d in m.distributions()]))"
     installed = subprocess.run([python, "-c", listing], check=True, capture_output=True, text=True)
     names = {name.lower() for name in json.loads(installed.stdout)}

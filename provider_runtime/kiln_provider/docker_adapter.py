@@ -29,9 +29,11 @@ import hashlib
 import io
 import json
 import os
+import platform
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tarfile
 from collections.abc import Collection, Generator, Iterator
@@ -71,6 +73,9 @@ _GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as Docker reports it in the archive s
 _GO_MODE_SYMLINK = 1 << 27
 _GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setuid, setgid, sticky
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+AGENT_MACHINES: Final = {"x86_64": 62, "aarch64": 183}
+"""The architectures a kiln wheel carries an agent for, and the ELF ``e_machine`` of each."""
+_MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 LOAD_TIMEOUT = 3600.0
@@ -172,15 +177,63 @@ def _ids_of(pid: int) -> tuple[int, int]:
         raise DockerFailed(f"cannot tell who the container's agent (pid {pid}) runs as: {e}") from e
 
 
-def find_agent() -> str:
-    """The agent binary to mount in task containers: ``$KILN_AGENT``, else the one ``make agent``
-    builds in this source tree; DockerFailed if there is none."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    candidates = [os.environ.get("KILN_AGENT", ""), os.path.join(here, "..", "..", "agent", "build", "kiln-agent")]
-    for path in candidates:
-        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+def machine_arch() -> str:
+    """This machine's architecture as agent binaries are named: ``platform.machine()``, with
+    ``arm64`` as ``aarch64`` and ``amd64`` as ``x86_64``."""
+    machine = platform.machine().lower()
+    return _MACHINE_ALIASES.get(machine, machine)
+
+
+def find_agent(arch: str | None = None) -> str:
+    """The agent binary to mount in task containers, for ``arch`` (default: :func:`machine_arch`).
+
+    Looks in order at ``$KILN_AGENT`` (an override: when set, it must name an executable ELF
+    for ``arch``), the agent a platform wheel installed (``kiln_provider/bin/kiln-agent-<arch>``),
+    and the one ``make agent`` builds in a source tree (``agent/build/kiln-agent``).
+    DockerFailed, naming what was looked at and why it does not do, if none fits.
+    """
+    arch = arch or machine_arch()
+    override = os.environ.get("KILN_AGENT", "")
+    if override:
+        if problem := _unfit_agent(Path(override), arch):
+            raise DockerFailed(f"$KILN_AGENT names {override}, which {problem}")
+        return os.path.realpath(override)
+    here = Path(__file__).resolve().parent
+    places = ((here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
+              (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"))  # fmt: skip
+    looked = []
+    for path, source in places:
+        problem = _unfit_agent(path, arch)
+        if problem is None:
             return os.path.realpath(path)
-    raise DockerFailed("no kiln-agent binary: build it with `make agent`, or name it in $KILN_AGENT")
+        looked.append(f"{path} ({source}) {problem}")
+    if arch not in AGENT_MACHINES:
+        looked.append(f"kiln builds the agent for {' and '.join(AGENT_MACHINES)} only")
+    raise DockerFailed(
+        f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, " + ", and ".join(looked)
+        + f"; install kiln from a wheel built for {arch}, run `make agent` in the source tree,"
+        " or name the binary in $KILN_AGENT"
+    )  # fmt: skip
+
+
+def _unfit_agent(path: Path, arch: str) -> str | None:
+    """Why ``path`` cannot be the agent for ``arch``, or None if it can."""
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        return "is not an executable file"
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if len(header) < 20 or header[:4] != b"\x7fELF":
+        return "is not an ELF binary"
+    (machine,) = struct.unpack_from("<H" if header[5] == 1 else ">H", header, 18)  # e_machine
+    if machine != AGENT_MACHINES.get(arch):
+        names = {number: name for name, number in AGENT_MACHINES.items()}
+        return f"is built for {names.get(machine, f'ELF machine {machine}')}, not {arch}"
+    return None
 
 
 @dataclass
