@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need from the system besides Python packages: Debian's chromium for the
 # browser test, docker-registry for the provider's --pull test, musl-tools for the agent (make agent), Node.js >= 20 for js-client,
-# openssl for the TLS tests (they make their own CA), e2fsprogs and loop devices for the provider's
+# openssl for the TLS tests (they make their own CA), sqlite3 for the docs' backup commands (run on a live hub.db), e2fsprogs and loop devices for the provider's
 # volumes (the storage a container rents). Installs what apt can give; says what it cannot.
 set -euo pipefail
 
@@ -36,6 +36,11 @@ fi
 if ! command -v openssl >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+fi
+
+if ! command -v sqlite3 >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sqlite3 >/dev/null
 fi
 
 if ! command -v node >/dev/null 2>&1; then
