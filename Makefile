@@ -77,8 +77,9 @@ docs-install:
 	$(DOCS_REQUIREMENTS) | xargs -d '\n' $(PYTHON) -m pip install $(PIP_FLAGS)
 	cd js-client/typedoc && npm ci --no-audit --no-fund
 
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2, which says nothing about this build.
 docs: docs-install
-	$(PYTHON) -m mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
 test: install docker system agent lint contracts typecheck docs pytest js-lint js-test
 
