@@ -4,7 +4,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 DIST_DIR ?= dist
 DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test test demo clean
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -12,6 +12,7 @@ help:
 	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers, for this machine (zig cc)"
 	@echo "make dist   - build into dist/ the sdist and a platform wheel per architecture (x86_64, aarch64), each with its agent"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
+	@echo "make docs   - build the documentation site into site/ with mkdocs build --strict (then: mkdocs serve)"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -92,10 +93,24 @@ js-lint: js-install
 js-test: js-install image
 	cd js-client && npm test
 
-test: install docker volumes node system agent lint contracts typecheck pytest js-lint js-test
+# The documentation site (docs/, mkdocs.yml), strict: a broken link or reference fails. It needs kiln's
+# dependencies and the extra `docs` (installed here without reinstalling kiln: the hooks read python/
+# from the tree) and TypeDoc, a package of its own in js-client/typedoc.
+DOCS_REQUIREMENTS = $(PYTHON) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+	print(*p['dependencies'], *p['optional-dependencies']['docs'], sep='\n')"
+
+docs-install: node
+	$(DOCS_REQUIREMENTS) | xargs -d '\n' $(PYTHON) -m pip install $(PIP_FLAGS)
+	cd js-client/typedoc && npm ci --no-audit --no-fund
+
+# NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2, which says nothing about this build.
+docs: docs-install
+	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
+
+test: install docker volumes node system agent lint contracts typecheck docs pytest js-lint js-test
 
 demo: image volumes agent
 	$(PYTHON) examples/demo.py
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules agent/build $(DIST_DIR)
+	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules js-client/typedoc/node_modules agent/build site $(DIST_DIR)

@@ -1,0 +1,350 @@
+"""The documentation does what it says: its examples run, its front door is short, its
+references are generated from the code.
+
+Every fenced ``python`` and ``js`` block of the quickstart, the tutorials and the README runs
+against a real hub and real providers (the docker tier): Python blocks as scripts, JavaScript
+blocks with Node (``kiln-client`` resolving to this tree's js-client), and the web page
+tutorial's blocks in Chromium with the browser entry served. The conventions, which
+docs/development/docs.md states for writers:
+
+- A block is a whole program. It dials ``ws://127.0.0.1:7465``; the test puts the cluster's URL there.
+- ``# prints: TEXT`` (``// prints: TEXT`` in JavaScript) in a block says its output holds TEXT;
+  every block that runs has at least one, and the test checks each and the exit status.
+- ``<!-- docs-test: skip -->`` on the line before a fence keeps a fragment from running. The
+  counts in :data:`EXPECTED` are of the blocks that run, so a page cannot stop being tested
+  without this file saying so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from urllib.parse import urlsplit
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HUB_IN_DOCS = "ws://127.0.0.1:7465"
+SKIP = "<!-- docs-test: skip -->"
+FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)")
+PRINTS = re.compile(r"(?:#|//) prints: (?P<text>.+?)\s*$", re.MULTILINE)
+KINDS = {"python": "python", "py": "python", "js": "node", "javascript": "node", "mjs": "node"}
+
+PAGES = ["README.md", "docs/quickstart.md", "docs/tutorials/python.md", "docs/tutorials/node.md",
+         "docs/tutorials/web-page.md"]  # fmt: skip
+BROWSER_PAGES = {"docs/tutorials/web-page.md"}
+EXPECTED = {
+    ("README.md", "python"): 1,
+    ("README.md", "node"): 1,
+    ("docs/quickstart.md", "python"): 2,
+    ("docs/tutorials/python.md", "python"): 9,
+    ("docs/tutorials/node.md", "node"): 9,
+    ("docs/tutorials/web-page.md", "browser"): 2,
+}
+"""How many blocks of each page run, and where: change it with the page."""
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    line: int
+    kind: str  # "python", "node" or "browser"
+    code: str
+
+    @property
+    def id(self) -> str:
+        return f"{Path(self.page).stem}:{self.line}"
+
+    @property
+    def prints(self) -> list[str]:
+        return [m["text"] for m in PRINTS.finditer(self.code)]
+
+
+def fenced_blocks(text: str) -> Iterator[tuple[int, str, str, bool]]:
+    """``(line, info, code, skipped)`` of each fenced block of a Markdown text (its first line is 1)."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        opening = FENCE.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        before = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].strip()), "")
+        fence, indent = opening["fence"], len(opening["indent"])
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines) and not re.match(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", lines[j]):
+            body.append(lines[j][indent:] if lines[j][:indent].strip() == "" else lines[j])
+            j += 1
+        yield i + 1, opening["info"].lower(), "\n".join(body) + "\n", before == SKIP
+        i = j + 1
+
+
+def blocks_of(page: str) -> list[Block]:
+    found = []
+    for line, info, code, skipped in fenced_blocks((ROOT / page).read_text()):
+        kind = KINDS.get(info)
+        if kind is None or skipped:
+            continue
+        found.append(Block(page, line, "browser" if kind == "node" and page in BROWSER_PAGES else kind, code))
+    return found
+
+
+BLOCKS = [block for page in PAGES for block in blocks_of(page)]
+
+
+# --- the fast tier: what the pages hold ----------------------------------------------------
+
+
+def test_every_page_runs_the_blocks_it_should() -> None:
+    counted: dict[tuple[str, str], int] = {}
+    for block in BLOCKS:
+        counted[block.page, block.kind] = counted.get((block.page, block.kind), 0) + 1
+    assert counted == EXPECTED, "a page gained or lost a runnable block: update EXPECTED with it"
+    for block in BLOCKS:
+        assert block.prints, f"{block.page}:{block.line}: a block that runs says what it prints (# prints: ...)"
+        assert HUB_IN_DOCS in block.code, f"{block.page}:{block.line}: a block dials {HUB_IN_DOCS}"
+
+
+def test_the_fence_reader_finds_blocks_skips_and_languages() -> None:
+    text = "intro\n\n```python\nprint(1)  # prints: 1\n```\n\n" + SKIP + "\n```js\npart(\n```\n\n````md\n```\n````\n"
+    assert list(fenced_blocks(text)) == [
+        (3, "python", "print(1)  # prints: 1\n", False),
+        (8, "js", "part(\n", True),
+        (12, "md", "```\n", False),
+    ]
+
+
+README_LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
+
+
+def test_the_readme_is_a_front_door() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150, "README.md is the front door: at most 150 lines; the rest goes in docs/"
+    targets = [m["target"].partition("#")[0] for m in README_LINK.finditer(text)]
+    assert targets, "the README links into the site"
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing, f"README.md links to files that are not in the repository: {missing}"
+    assert any(t.startswith("docs/") for t in targets)
+
+
+def _hook(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", ROOT / "docs" / "hooks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _commands(sub)
+
+
+def test_the_cli_reference_has_every_command_and_flag() -> None:
+    from kiln.cli import build_parser
+
+    page = _hook("cli_reference").render(build_parser())
+    for command in _commands(build_parser()):
+        assert f"`{command.prog}`" in page, command.prog
+        for action in command._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}`" in page, f"{command.prog} {flag}"
+
+
+# --- the guide's backup commands, on a live hub.db --------------------------------------------
+
+BACKUP_TO = "/var/backups/kiln-hub.db"
+BACKUPS = [
+    f'sqlite3 hub.db ".backup {BACKUP_TO}"',
+    f"python3 -c \"import sqlite3; sqlite3.connect('hub.db').backup(sqlite3.connect('{BACKUP_TO}'))\"",
+]
+
+
+def _kiln(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, check=True,
+                          cwd=cwd, timeout=60)  # fmt: skip
+
+
+def test_the_hub_guides_backups_copy_a_live_hub_db(tmp_path: Path) -> None:
+    guide = (ROOT / "docs" / "guides" / "hub.md").read_text()
+    data = tmp_path / "data"
+    log = tmp_path / "hub.log"
+    with log.open("wb") as out:
+        hub = subprocess.Popen([sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--data-dir", str(data)],
+                               stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "listening on" not in log.read_text() and time.monotonic() < deadline:
+            assert hub.poll() is None, log.read_text()
+            time.sleep(0.05)
+        _kiln("token", "create", "--role", "admin", "--name", "ops", "--data-dir", str(data))
+        assert (data / "hub.db-wal").exists(), "the hub keeps hub.db in WAL mode"
+        for i, command in enumerate(BACKUPS):
+            assert command in guide, f"docs/guides/hub.md gives this backup command: {command}"
+            if command.startswith("sqlite3") and shutil.which("sqlite3") is None:
+                pytest.fail("sqlite3 is missing: apt-get install -y sqlite3 (scripts/ensure-system.sh)")
+            copy = tmp_path / f"backup-{i}" / "hub.db"
+            copy.parent.mkdir()
+            subprocess.run(command.replace(BACKUP_TO, str(copy)), shell=True, cwd=data, check=True, timeout=60)
+            with contextlib.closing(sqlite3.connect(copy)) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            listed = _kiln("token", "ls", "--data-dir", str(copy.parent)).stdout
+            assert re.search(r"\badmin\s+ops\b", listed), listed
+    finally:
+        hub.send_signal(signal.SIGINT)
+        hub.wait(timeout=30)
+
+
+# --- the docker tier: every block runs against a real hub --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def docs_cluster(tmp_path_factory: pytest.TempPathFactory, busybox_image: str) -> Iterator[str]:
+    """One hub and two providers for every block (a job's blocks use two); yields the hub's URL."""
+    import secrets
+
+    from tests.conftest import Cluster, started
+
+    with started(Cluster(tmp_path_factory.mktemp("docs"), suffix=f"-{secrets.token_hex(3)}")) as cluster:
+        cluster.start_provider("docs1", cpus=2, memory="2GiB", wait=False)
+        cluster.start_provider("docs2", cpus=2, memory="2GiB", wait=False)
+        cluster.wait_for_providers(set(cluster.providers))
+        yield cluster.url
+
+
+def _check(block: Block, returncode: int, output: str) -> None:
+    where = f"{block.page}:{block.line}"
+    assert returncode == 0, f"{where} exited with {returncode}:\n{output}"
+    for text in block.prints:
+        assert text in output, f"{where} should print {text!r}; it printed:\n{output}"
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind != "browser"], ids=lambda b: b.id)
+def test_the_block_runs(block: Block, docs_cluster: str, tmp_path: Path) -> None:
+    code = block.code.replace(HUB_IN_DOCS, docs_cluster)
+    env = dict(os.environ)
+    if block.kind == "python":
+        paths = [str(ROOT / "python"), str(ROOT / "provider_runtime"), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        (tmp_path / "step.py").write_text(code)
+        returncode, output = _run([sys.executable, "step.py"], tmp_path, env)
+    else:
+        # ESM ignores NODE_PATH: the package resolves through node_modules, as in a user's project.
+        (tmp_path / "node_modules").mkdir()
+        (tmp_path / "node_modules" / "kiln-client").symlink_to(ROOT / "js-client", target_is_directory=True)
+        (tmp_path / "step.mjs").write_text(code)
+        returncode, output = _run(["node", "step.mjs"], tmp_path, env)
+    _check(block, returncode, output)
+
+
+CLIENT = ROOT / "js-client" / "src"
+HARNESS = """<!doctype html>
+<html><head><meta charset="utf-8">
+<script type="importmap">{ "imports": { "kiln-client": "/kiln-client/browser.js" } }</script>
+</head><body><script type="module">
+import("/block.js").then(() => { window.docsTest = "done"; },
+                         (e) => { console.error(String(e && e.stack || e)); window.docsTest = "failed"; });
+</script></body></html>
+"""
+
+
+def _site(block_js: str) -> type[BaseHTTPRequestHandler]:
+    class Site(BaseHTTPRequestHandler):
+        """``/``: the harness; ``/block.js``: the block; ``/kiln-client/...``: js-client/src."""
+
+        def do_GET(self) -> None:
+            path = urlsplit(self.path).path
+            if path == "/":
+                body, kind = HARNESS.encode(), "text/html"
+            elif path == "/block.js":
+                body, kind = block_js.encode(), "text/javascript"
+            elif path.startswith("/kiln-client/"):
+                file = (CLIENT / path.removeprefix("/kiln-client/")).resolve()
+                if not file.is_relative_to(CLIENT) or not file.is_file():
+                    self.send_error(HTTPStatus.NOT_FOUND)
+                    return
+                body, kind = file.read_bytes(), "text/javascript"
+            else:
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Site
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "browser"], ids=lambda b: b.id)
+def test_the_block_runs_in_chromium(block: Block, docs_cluster: str) -> None:
+    from playwright.sync_api import ConsoleMessage, sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _site(block.code.replace(HUB_IN_DOCS, docs_cluster)))
+    thread = threading.Thread(target=server.serve_forever, name="kiln-docs-site", daemon=True)
+    thread.start()
+    console: list[str] = []
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+
+                def keep(message: ConsoleMessage) -> None:
+                    console.append(message.text)
+
+                page.on("console", keep)
+                page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+                page.wait_for_function("() => window.docsTest !== undefined", timeout=120_000)
+                status = page.evaluate("() => window.docsTest")
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    _check(block, 0 if status == "done" else 1, "\n".join(console))
+
+
+def test_a_block_that_fails_is_reported(tmp_path: Path) -> None:
+    """The checks can fail: a wrong exit status or a missing line is named with its page and line."""
+    block = Block("docs/x.md", 7, "python", "print('a')  # prints: b\n")
+    with pytest.raises(AssertionError, match=r"docs/x.md:7 should print 'b'"):
+        _check(block, 0, "a\n")
+    with pytest.raises(AssertionError, match=r"docs/x.md:7 exited with 1"):
+        _check(block, 1, "b\n")
