@@ -211,7 +211,7 @@ async def hub(settings: DoctorSettings) -> Check:
             return _ok("hub", f"{url} answered; the token is a live provider credential's (the hub checks its "
                        "name when the provider joins)")  # fmt: skip
         fix = "give the token of a credential the hub holds (kiln token create --role provider --name N)"
-        return _fail("hub", f"{url} refused the token: {e.message}", fix)
+        return _fail("hub", f"{url}: {e.message}", fix)
     except ConnectionLost as e:
         return _fail("hub", e.message, "start the hub, or check --hub (and --ca for a wss:// hub)")
     except KilnError as e:

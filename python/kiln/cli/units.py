@@ -60,8 +60,9 @@ WantedBy=multi-user.target
 PROVIDER: Final = """\
 # kiln-provider.service: a Kiln provider, sharing this machine's Docker engine through a hub.
 #   kiln service print-unit provider > /etc/systemd/system/kiln-provider.service
-#   install -m 600 /dev/stdin /etc/kiln/provider.token <<< "$TOKEN"   # kiln token create --role provider ...
-#   kiln doctor --config {config}                                  # what it needs, checked
+#   kiln token create --role provider --name p1 --data-dir /var/lib/kiln/hub   # on the hub: prints the token
+#   install -m 600 /dev/null /etc/kiln/provider.token   # then write the token in it
+#   kiln doctor --config {config} --token-file /etc/kiln/provider.token   # what it needs, checked
 #   systemctl daemon-reload && systemctl enable --now kiln-provider
 # It reads every flag from {config}, e.g.:
 #   hub = "wss://hub.example:7465"
