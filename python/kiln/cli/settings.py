@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, TypeVar
+from typing import Annotated, Any, ClassVar, Final, TypeVar, get_args
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -142,7 +142,12 @@ class ConfigFile(InitSettingsSource):
 
 
 def _is_path(field: FieldInfo) -> bool:
-    return field.annotation is not None and "Path" in str(field.annotation)
+    """Whether the setting is a path (``Path``, ``File | None``, ...): the file's are relative to its folder."""
+
+    def holds_path(annotation: object) -> bool:
+        return annotation is Path or any(holds_path(arg) for arg in get_args(annotation))
+
+    return holds_path(field.annotation)
 
 
 class DialEnvironment(EnvSettingsSource):
