@@ -8,7 +8,7 @@ Exit codes:
   flag, the ``--config`` file or the environment, a token file that cannot be read;
 * ``kiln run``: the command's own exit code; 124 when ``--timeout`` killed it, 127 when the
   image holds no such program (the provider says which on stderr);
-* 130: another command interrupted with Ctrl-C.
+* 130: another command interrupted with Ctrl-C; 141: whoever read its output stopped (``| head``).
 
 No mistake on the command line ends in a traceback: whatever goes wrong is one line.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -29,6 +30,7 @@ from kiln.protocol.errors import KilnError, UsageError
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 DIALS: dict[str, Callable[[DialSettings, argparse.Namespace], Awaitable[int]]] = {
     "market": commands.market,
@@ -71,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KilnError as e:
         print(f"kiln: {e.message} [{e.code}]", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:
+        # Whoever read stdout stopped (| head): end quietly, as a program killed by SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OSError as e:
         # A file or folder the command could not use (the data folder, say): said in one line.
         where = f" {e.filename}" if e.filename is not None else ""

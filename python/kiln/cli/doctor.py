@@ -125,7 +125,7 @@ def cpu_accounting() -> Check:
     try:
         from kiln_provider.docker_adapter import cgroup_cpu_file
     except ModuleNotFoundError:
-        return _fail("cpu accounting", "no provider package", "pip install 'kiln[provider]'")
+        return _fail("cpu accounting", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     found = cgroup_cpu_file(os.getpid())
     if found is None:
         return _fail("cpu accounting", "no readable CPU time in this process's cgroup (cgroup v2 cpu.stat or v1 "
@@ -140,7 +140,7 @@ def agent() -> Check:
     try:
         from kiln_provider.docker_adapter import find_agent
     except ModuleNotFoundError:
-        return _fail("agent", "no provider package", "pip install 'kiln[provider]'")
+        return _fail("agent", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     try:
         path = find_agent()
     except KilnError as e:
