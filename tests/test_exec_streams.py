@@ -149,6 +149,30 @@ async def test_kiln_run_prints_output_as_it_comes_and_passes_stdin_on(one_provid
     assert (done.returncode, done.stdout, done.stderr) == (4, b"started\n300000\n", b"oops\n")
 
 
+async def test_kiln_run_exits_124_on_its_timeout_and_127_with_a_message_for_a_missing_program(
+    one_provider: Cluster,
+) -> None:
+    def kiln_run(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "kiln.cli", "run", "--hub", one_provider.url, "--memory", "64MiB", *args]
+        return subprocess.run(command, capture_output=True, timeout=60, check=False)
+
+    missing = await asyncio.to_thread(kiln_run, IMAGE, "--", "no-such-program", "x")
+    assert (missing.returncode, missing.stdout) == (127, b"")
+    assert missing.stderr == b"cannot run 'no-such-program': exec failed: No such file or directory\n"
+    timed_out = await asyncio.to_thread(kiln_run, "--timeout", "1", IMAGE, "--", "sh", "-c", "echo before; sleep 30")
+    assert (timed_out.returncode, timed_out.stdout) == (124, b"before\n")
+    assert timed_out.stderr == b"kiln: 'sh' ran past its timeout of 1 s and was killed [timeout]\n"
+    unknown = await asyncio.to_thread(kiln_run, "no-such-image:1", "--", "true")
+    assert unknown.returncode == 1 and unknown.stderr.endswith(b"[image_not_found]\n"), unknown.stderr
+    assert unknown.stderr.count(b"\n") == 1 and b"Traceback" not in unknown.stderr
+    # Streamed in Python too: why the program did not start comes as its stderr.
+    async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
+        events = [event async for event in act.stream(["no-such-program"])]
+        assert [(e.kind, e.data) for e in events[:-1]] == [
+            ("stderr", b"cannot run 'no-such-program': exec failed: No such file or directory\n")]  # fmt: skip
+        assert events[-1].result is not None and events[-1].result.exit_code == 127
+
+
 async def test_input_that_fails_is_what_the_command_raises(one_provider: Cluster, tmp_path: Path) -> None:
     class Broken(Exception):
         pass

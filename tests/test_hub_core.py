@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from kiln.hub.actions import Close, Send
+from kiln.hub.actions import Close, Log, Send
 from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, HubCore
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
@@ -564,3 +564,15 @@ def test_senders_sitting_on_credit_cannot_stop_another_stream() -> None:
     [(to, _)] = h.binary(3, frames.encode(FrameKind.DATA, 11, b"abcdefgh"))
     assert to == 1
     assert h._decode(h.core.delivered(1, 16)) == [(3, {"type": "credit", "stream": 11, "chunks": 1})]
+
+
+def test_a_provider_that_leaves_on_purpose_is_news_and_one_that_vanishes_a_warning() -> None:
+    h = Harness()
+    for peer, name in ((1, "stopped"), (2, "vanished")):
+        h.join(peer, "provider", name)
+    # Closed with 1001 (going away: SIGTERM), as the server tells the core.
+    said = [a for a in h.core.disconnect(1, "closed with code 1001 (the provider stops)", leaving=True)
+            if isinstance(a, Log)]  # fmt: skip
+    assert said == [Log("info", "provider 'stopped' left: 'closed with code 1001 (the provider stops)'")]
+    lost = [a for a in h.core.disconnect(2, "connection lost without a close frame") if isinstance(a, Log)]
+    assert [log.level for log in lost] == ["warning"]

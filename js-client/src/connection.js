@@ -17,7 +17,13 @@
  */
 
 import { Deferred, settlesWithin, sleep } from "./deferred.js";
-import { CancelledError, ConnectionLostError, RemoteProtocolError, UnsupportedVersionError } from "./errors.js";
+import {
+  CancelledError,
+  ConnectionLostError,
+  RemoteProtocolError,
+  UnsupportedVersionError,
+  UsageError,
+} from "./errors.js";
 import { ErrorCode } from "./protocol/codes.js";
 import { PROTOCOL_NAME, build } from "./protocol/messages.js";
 import { Session } from "./protocol/session.js";
@@ -39,6 +45,44 @@ const HIGH_WATER_BYTES = 8 * 1024 * 1024;
 const CLOSE_WAIT_MS = 5_000;
 /** WebSocket.OPEN, the same in browsers and `ws`. */
 const OPEN = 1;
+
+const HUB_URL_FORM = "a hub URL looks like ws://host:7465 or wss://host:7465";
+
+/**
+ * `url` when it is a hub's address: ws:// or wss://, a host, and a port from 1 to 65535 if
+ * it names one ("ws://hub.example:7465", "wss://10.0.0.2:7465/"). Otherwise throws a
+ * {@link UsageError} saying what is wrong (no scheme, http://, no host, a bad port) and what
+ * a hub URL looks like. Python's `kiln.connection.check_hub_url` judges alike.
+ * @param {unknown} url
+ * @returns {string}
+ */
+export function checkHubUrl(url) {
+  const text = url instanceof URL ? url.href : url;
+  /** @param {string} why */
+  const bad = (why) => new UsageError(`${JSON.stringify(text)} is not a hub URL (${why}): ${HUB_URL_FORM}`);
+  if (typeof text !== "string" || text.trim() === "") throw new UsageError(`no hub URL given: ${HUB_URL_FORM}`);
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(text);
+  if (scheme === null) throw bad("no ws:// or wss:// in front");
+  const name = scheme[1].toLowerCase();
+  if (name === "http" || name === "https") throw bad(`a hub speaks WebSocket, not ${name.toUpperCase()}`);
+  if (name !== "ws" && name !== "wss") throw bad(`its scheme is ${name}://, not ws:// or wss://`);
+  const authority = text.slice(scheme[0].length).split(/[/?#]/, 1)[0];
+  const hostPort = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/s.exec(authority.slice(authority.lastIndexOf("@") + 1));
+  const host = hostPort?.[1] ?? "";
+  const port = hostPort?.[2];
+  if (/\s/.test(text)) throw bad("it holds white space");
+  if (host === "" || host === "[]") throw bad("it names no host");
+  if (host.startsWith("[") !== host.endsWith("]")) throw bad("an IPv6 address goes between [ and ]");
+  if (port !== undefined && !(/^[0-9]{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65535)) {
+    throw bad("its port must be a number from 1 to 65535");
+  }
+  try {
+    new URL(text);
+  } catch {
+    throw bad("it does not parse as a URL");
+  }
+  return text;
+}
 
 /**
  * The WebSocket surface kiln-client needs: the browser's, which `ws` and undici share.
@@ -259,8 +303,9 @@ export class Connection {
    *
    * Throws {@link ConnectionLostError} when the hub cannot be reached or does not answer,
    * {@link UnsupportedVersionError} when it speaks another protocol or major version,
-   * the error the hub refused us with (e.g. an UnauthorizedError), or a
-   * LocalProtocolError for a name or token the protocol does not allow.
+   * the error the hub refused us with (e.g. an UnauthorizedError), a
+   * LocalProtocolError for a name or token the protocol does not allow, or a
+   * {@link UsageError} for a URL that is not a hub's ({@link checkHubUrl}), before anything is dialled.
    * @param {OpenSocket} openSocket
    * @param {string} url
    *
@@ -270,6 +315,7 @@ export class Connection {
    * @returns {Promise<Connection>}
    */
   static async open(openSocket, url, options) {
+    checkHubUrl(url);
     const timeoutMs = options.timeoutMs ?? HANDSHAKE_TIMEOUT_MS;
     const session = new Session("requestor", options.name, {
       token: options.token ?? null,

@@ -32,8 +32,9 @@ export interface ConnectOptions {
  * Connect to the hub at `url` as a requestor. Rejects with ConnectionLostError when the
  * hub cannot be reached, does not answer or presents a certificate that is not trusted,
  * UnsupportedVersionError when it speaks another protocol or major version,
- * UnauthorizedError when it refuses the token, UsageError for a `ca` that is no PEM
- * certificate or comes with a ws:// url.
+ * UnauthorizedError when it refuses the token, UsageError for a URL that is not a hub's
+ * (no ws:// or wss://, http://, no host, a bad port: the message says what a hub URL looks
+ * like) and for a `ca` that is no PEM certificate or comes with a ws:// url.
  */
 export declare function connect(url: string, options?: ConnectOptions): Promise<Requestor>;
 

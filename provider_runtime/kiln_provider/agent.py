@@ -182,9 +182,13 @@ class AgentChannel:
                     await helper
         stdout, stderr = bytes(command.out[0]), bytes(command.out[1])
         if isinstance(end, wire.SpawnError):
-            # As docker exec tells it: 127 for a program not found, 126 for one that cannot run.
+            # As docker exec tells it: 127 for a program not found, 126 for one that cannot run;
+            # and why, on the command's stderr (streamed as any output when there is a sink).
             code = _NO_SUCH_PROGRAM.get(end.errno, 126)
             stderr = f"cannot run {argv[0]!r}: {end.message}\n".encode()
+            if sink is not None:
+                await sink(2, stderr)
+                stderr = b""
         else:
             code = end.code if end.code is not None else 128 + (end.signal or 9)
         return Outcome(code, stdout, stderr, command.truncated[0], command.truncated[1], timed_out, killed,

@@ -93,6 +93,12 @@ class HostInfo:
 
 
 @dataclass(frozen=True)
+class Engine:
+    version: str
+    api_version: str
+
+
+@dataclass(frozen=True)
 class ImageFacts:
     id: str
     """``sha256:<hex>``, the digest of the image's config."""
@@ -147,21 +153,37 @@ def _own_socket(hijacked: Any) -> socket.socket:
     return own
 
 
-def _cgroup_cpu_seconds(pid: int) -> float | None:
-    """The CPU time of the cgroup process ``pid`` is in (cgroup v1's cpuacct or v2), if readable here."""
+def cgroup_cpu_file(pid: int) -> tuple[Literal["v1", "v2"], Path] | None:
+    """Where the CPU time of the cgroup process ``pid`` is in can be read here: cgroup v2's
+    ``cpu.stat`` or v1's ``cpuacct.usage`` (what :meth:`DockerAdapter.cpu_seconds` reads first)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
         for line in lines:
             _, controllers, path = line.split(":", 2)
             if controllers == "":  # cgroup v2: one hierarchy
-                with open(f"/sys/fs/cgroup{path}/cpu.stat") as f:
-                    fields = dict(row.split() for row in f if row.strip())
-                return int(fields["usage_usec"]) / 1e6
+                stat = Path(f"/sys/fs/cgroup{path}/cpu.stat")
+                return ("v2", stat) if os.access(stat, os.R_OK) else None
             if "cpuacct" in controllers.split(","):
                 for mount in ("cpuacct", "cpu,cpuacct", controllers):
-                    with suppress(OSError), open(f"/sys/fs/cgroup/{mount}{path}/cpuacct.usage") as f:
-                        return int(f.read()) / 1e9
+                    usage = Path(f"/sys/fs/cgroup/{mount}{path}/cpuacct.usage")
+                    if os.access(usage, os.R_OK):
+                        return "v1", usage
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _cgroup_cpu_seconds(pid: int) -> float | None:
+    """The CPU time of the cgroup process ``pid`` is in (cgroup v1's cpuacct or v2), if readable here."""
+    found = cgroup_cpu_file(pid)
+    try:
+        if found is not None and found[0] == "v2":
+            with open(found[1]) as f:
+                fields = dict(row.split() for row in f if row.strip())
+            return int(fields["usage_usec"]) / 1e6
+        if found is not None:
+            return int(found[1].read_text()) / 1e9
     except (OSError, ValueError, KeyError):
         pass
     return None
@@ -383,6 +405,12 @@ class DockerAdapter:
             info = self._api.info()
         arch = str(info["Architecture"])
         return HostInfo(cpus=int(info["NCPU"]), memory=int(info["MemTotal"]), arch=_ARCH.get(arch, arch))
+
+    def engine(self) -> Engine:
+        """The version of the Docker engine this adapter talks to."""
+        with _engine("docker version"):
+            version = self._api.version()
+        return Engine(str(version.get("Version", "?")), str(version.get("ApiVersion", "?")))
 
     def storage_free(self) -> int:
         """The most storage to offer: what a new volume may take (see :meth:`Volumes.room`), and

@@ -37,11 +37,19 @@ from functools import partial
 from pathlib import Path
 from typing import Final, TypeVar
 
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff, process_exception
-from websockets.exceptions import InvalidURI
+from websockets.frames import CloseCode
 
-from kiln.connection import WEBSOCKET_OPTIONS, Connection, Incoming, Outgoing, dial_error, tls_options
+from kiln.connection import (
+    WEBSOCKET_OPTIONS,
+    Connection,
+    Incoming,
+    Outgoing,
+    check_hub_url,
+    dial_error,
+    tls_options,
+)
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
@@ -215,12 +223,16 @@ class ProviderRuntime:
         """Dial the hub, serve, and dial again whenever the connection ends.
 
         Raises :class:`~kiln.protocol.errors.Unauthorized` or ``UnsupportedVersion`` when the
-        hub refuses us for good, and :class:`~kiln.protocol.errors.UsageError` when another
-        provider keeps our name for longer than ``name_wait``.
+        hub refuses us for good, and :class:`~kiln.protocol.errors.UsageError` for a URL that is
+        not a hub's or when another provider keeps our name for longer than ``name_wait``.
+        Cancelled (the provider stops), it says goodbye to the hub (close code 1001, going
+        away: the hub logs a clean departure), then removes its containers.
         """
         name_taken_since: float | None = None
+        check_hub_url(self.config.hub)
         tls = tls_options(self.config.hub, self.config.ca)  # a bad --ca fails before any dial
         await self._tidy_cache()
+        ws: ClientConnection | None = None
         try:
             async for ws in connect(self.config.hub, reconnect_delays=RECONNECT_DELAYS,
                                     process_exception=self._dial_failed, **tls, **WEBSOCKET_OPTIONS):  # fmt: skip
@@ -271,9 +283,10 @@ class ProviderRuntime:
                             time.monotonic() - started, len(self._containers), self.config.grace)  # fmt: skip
                 self._keep_until = time.monotonic() + self.config.grace
                 self._keep()
-        except InvalidURI as e:
-            raise UsageError(f"not a hub address: {self.config.hub!r} (write e.g. ws://127.0.0.1:7465)") from e
         finally:
+            # Left on purpose: said so, not left to websockets' iterator (its cleanup closes with 1011).
+            if ws is not None:
+                await ws.close(CloseCode.GOING_AWAY, "the provider stops")
             # Stopped for good (or refused for good): nothing is kept for a hub any more.
             await self._stop_keeping()
             for activity in list(self._containers):

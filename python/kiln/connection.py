@@ -13,6 +13,8 @@ Both the requestor SDK and the provider runtime sit on a :class:`Connection`::
     # run conn.run() in a task you own, then:
     reply = await conn.request(MarketQuery(type="market", id=conn.new_id()))
 
+A hub's URL is checked before anything is dialled (:func:`check_hub_url`): ``ws://`` or
+``wss://``, a host, a port if any; anything else is the caller's :class:`UsageError`.
 A ``wss://`` hub is verified: against the system's trust store, or against the CA of
 ``ssl=`` (a context, or the path of a PEM file: :func:`tls_options`). A certificate that
 does not verify is a :class:`ConnectionLost` that says so (:func:`dial_error`).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
@@ -31,8 +34,9 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidHandshake, InvalidMessage
+from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidURI
 from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from kiln.__about__ import __version__
 from kiln.protocol import limits
@@ -76,6 +80,52 @@ EventHandler = Callable[[Event], None]
 InterimHandler = Callable[[Interim], None]
 Trust = ssl_module.SSLContext | str | os.PathLike[str]
 """What verifies a ``wss://`` hub: a client context, or the path of the PEM file of the CA that signed it."""
+
+
+HUB_URL_FORM: Final = "a hub URL looks like ws://host:7465 or wss://host:7465"
+_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_HOST_PORT: Final = re.compile(r"(\[[^\]]*\]|[^:]*)(?::(.*))?", re.DOTALL)
+
+
+def check_hub_url(url: object) -> str:
+    """``url`` when it is a hub's address: ``ws://`` or ``wss://``, a host, and a port from 1 to
+    65535 if it names one (``ws://hub.example:7465``, ``wss://10.0.0.2:7465/``).
+
+    Raises :class:`~kiln.protocol.errors.UsageError` saying what is wrong with it (no scheme,
+    ``http://``, no host, a bad port) and what a hub URL looks like. The JavaScript client's
+    ``checkHubUrl`` judges alike.
+    """
+
+    def bad(why: str) -> UsageError:
+        return UsageError(f"{url!r} is not a hub URL ({why}): {HUB_URL_FORM}")
+
+    if not isinstance(url, str) or not url.strip():
+        raise UsageError(f"no hub URL given: {HUB_URL_FORM}")
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        raise bad("no ws:// or wss:// in front")
+    name = scheme.group(1).lower()
+    if name in ("http", "https"):
+        raise bad(f"a hub speaks WebSocket, not {name.upper()}")
+    if name not in ("ws", "wss"):
+        raise bad(f"its scheme is {name}://, not ws:// or wss://")
+    authority = re.split(r"[/?#]", url[scheme.end() :], maxsplit=1)[0]
+    host_port = _HOST_PORT.fullmatch(authority.rpartition("@")[2])
+    assert host_port is not None  # the pattern takes any text
+    host, port = host_port.groups()
+    if re.search(r"\s", url):
+        raise bad("it holds white space")
+    if host in ("", "[]"):
+        raise bad("it names no host")
+    if host.startswith("[") != host.endswith("]"):
+        raise bad("an IPv6 address goes between [ and ]")
+    if port is not None and not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+        raise bad("its port must be a number from 1 to 65535")
+    try:
+        parse_uri(url)
+    except InvalidURI as e:
+        raise bad(e.msg) from e
+    return url
 
 
 def client_context(ca: str | os.PathLike[str] | None = None) -> ssl_module.SSLContext:
@@ -269,8 +319,10 @@ class Connection:
 
         A ``wss://`` hub's certificate is verified against ``ssl`` (see :func:`tls_options`).
         Raises :class:`ConnectionLost` when the hub cannot be reached or its certificate is
-        not trusted, :class:`~kiln.protocol.errors.UsageError` for ``ssl`` with a ``ws://`` url.
+        not trusted, :class:`~kiln.protocol.errors.UsageError` for a URL that is not a hub's
+        (:func:`check_hub_url`) or ``ssl`` with a ``ws://`` url.
         """
+        check_hub_url(url)
         options = tls_options(url, ssl)
         try:
             ws = await connect(url, open_timeout=open_timeout, **options, **WEBSOCKET_OPTIONS)

@@ -10,6 +10,7 @@
 
 import WebSocket from "ws";
 
+import { checkHubUrl } from "../connection.js";
 import { UsageError } from "../errors.js";
 import { connectWith } from "../requestor.js";
 import { openArchive, openSource, saveDownload } from "./files.js";
@@ -68,12 +69,13 @@ function trusted(url, ca) {
  * Rejects with ConnectionLostError when the hub cannot be reached, does not answer or
  * presents a certificate that is not trusted (the message says which),
  * UnsupportedVersionError when it speaks another protocol or major version,
- * UnauthorizedError when it refuses the token, and UsageError for a `ca` that is no PEM
- * certificate or comes with a ws:// url.
+ * UnauthorizedError when it refuses the token, and UsageError for a URL that is not a
+ * hub's or a `ca` that is no PEM certificate or comes with a ws:// url.
  * @param {string} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465"
  * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | Uint8Array}} [options]
  */
 export async function connect(url, options = {}) {
+  checkHubUrl(url); // before the ca option is judged against it
   if (options.ca === undefined) return connectWith(platform, url, options);
   const ca = trusted(url, options.ca);
   return connectWith({ ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) }, url, options);

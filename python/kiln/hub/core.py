@@ -455,18 +455,20 @@ class HubCore:
         pending.deadline = self._monotonic() + seconds
         heapq.heappush(self._deadlines, (pending.deadline, peer, hub_id))
 
-    def disconnect(self, peer: int, reason: str, *, ended: bool = False) -> list[Action]:
+    def disconnect(self, peer: int, reason: str, *, ended: bool = False, leaving: bool = False) -> list[Action]:
         """The connection of ``peer`` is gone: clean up everything it held.
 
         ``ended``: the peer closed it itself (close code 1000), so a requestor's session ends
-        with it; otherwise its activities are held for the grace period.
+        with it; otherwise its activities are held for the grace period. ``leaving``: the
+        peer said it goes away on purpose (1000 or 1001, e.g. a provider stopped with
+        SIGTERM), which is logged as news, not as a warning.
         """
         p = self.peers.pop(peer, None)
         if p is None:
             return []
         if p.role == "provider":
             del self.providers[p.name]
-            self._provider_gone(p, reason)
+            self._provider_gone(p, reason, leaving=ended or leaving)
         elif p.role == "requestor":
             self._requestor_gone(p, ended=ended)
         return self._flush()
@@ -1207,8 +1209,8 @@ class HubCore:
 
     # --- departures ----------------------------------------------------------------------
 
-    def _provider_gone(self, p: Peer, reason: str) -> None:
-        self._log("warning", f"provider {shown(p.name)} left: {shown(reason)}")
+    def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False) -> None:
+        self._log("info" if leaving else "warning", f"provider {shown(p.name)} left: {shown(reason)}")
         why = f"provider {p.name!r} disconnected: {reason}"
         # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):

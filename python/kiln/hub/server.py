@@ -202,8 +202,10 @@ class HubServer:
             del self._outboxes[peer]
             self._unwelcomed.pop(peer, None)
             # A peer that closed with 1000 is done; any other end may be a blip it comes back from.
+            # One that closed with 1001 (going away: a provider stopped) left on purpose too.
             said = ws.protocol.close_rcvd
-            self._apply(self.core.disconnect(peer, reason, ended=said is not None and said.code == 1000))
+            code = None if said is None else said.code
+            self._apply(self.core.disconnect(peer, reason, ended=code == 1000, leaving=code in (1000, 1001)))
 
     def _take(self, peer: int, data: str | bytes) -> None:
         if self.stopping:
@@ -382,11 +384,14 @@ def raise_open_file_limit() -> int:
 
 
 async def run(host: str, port: int, **options: Any) -> None:
-    """Serve until cancelled or sent SIGTERM, printing the address once listening (``wss://`` with ``ssl``)."""
+    """Serve until cancelled or sent SIGTERM or SIGINT (Ctrl-C), printing the address once
+    listening (``wss://`` with ``ssl``). A signal is a clean stop: the store is saved, and this returns."""
     limit = raise_open_file_limit()
     log.info("serving up to %d open files (sockets)", limit)
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)  # a clean stop: the store is saved
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     async with start(host, port, **options) as server:
         scheme = "ws" if options.get("ssl") is None else "wss"
         for sock in server.sockets:

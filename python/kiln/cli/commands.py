@@ -1,0 +1,262 @@
+"""The commands that ask a hub something or run one thing there, and those that read a hub's data folder.
+
+Each takes its :class:`~kiln.cli.settings.DialSettings` (where the hub is, the token, the CA)
+and the command's own flags, prints a table or a record (or, with ``--json``, one JSON
+document: :mod:`kiln.cli.output`), and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from kiln.cli.output import ago, note, print_json, print_table, when
+from kiln.cli.settings import DialSettings
+from kiln.protocol.errors import UsageError
+from kiln.protocol.sizes import format_size
+
+if TYPE_CHECKING:
+    from kiln.requestor.client import connect
+
+EXIT_TIMEOUT: Final = 124
+"""``kiln run``'s code when ``--timeout`` killed the command (as timeout(1) exits)."""
+CLIENT_NAME: Final = "kiln-cli"
+
+
+def _connect(settings: DialSettings) -> connect:
+    import kiln
+
+    return kiln.connect(settings.hub, token=settings.token, name=CLIENT_NAME, ssl=settings.ca)
+
+
+async def market(settings: DialSettings, args: argparse.Namespace) -> int:
+    async with _connect(settings) as requestor:
+        providers = await requestor.market(image=args.image, labels=dict(args.label), limit=args.limit)
+    if args.json:
+        print_json({"providers": providers})
+        return 0
+    if not providers:
+        print("no providers")
+    for p in providers:
+        print(
+            f"{p.name:16} cpus {p.free.cpus:g}/{p.offered.cpus:g}  memory {format_size(p.free.memory)}/"
+            f"{format_size(p.offered.memory)}  activities {p.activities}  images {', '.join(p.images) or '-'}"
+        )
+    if len(providers) == args.limit:
+        print(f"(the first {args.limit} by name; --limit shows more, --image and --label fewer)")
+    return 0
+
+
+async def activities(settings: DialSettings, args: argparse.Namespace) -> int:
+    from kiln.protocol.messages import MAX_LISTED
+
+    async with _connect(settings) as requestor:
+        listed = await requestor.list_activities(all=args.all)
+    more = f" (the first {MAX_LISTED} by id; there may be more)" if len(listed) == MAX_LISTED else ""
+    if args.json:
+        print_json({"activities": listed})
+        if more:
+            note(f"the first {MAX_LISTED} by id; there may be more")
+        return 0
+    now = time.time()
+    rows = [("ID", "REQUESTOR", "CREDENTIAL", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE")]
+    rows += [
+        (a.id, a.requestor, "-" if a.credential is None else str(a.credential), a.provider, a.state,
+         f"{a.resources.cpus:g}", format_size(a.resources.memory), "-" if a.started is None else ago(a.started, now))
+        for a in listed
+    ]  # fmt: skip
+    if listed:
+        print_table(rows)
+    if args.all:
+        print(f"{len(listed)} activities at the hub{more}")
+    else:
+        # A requestor's own are its connection's: this one's new, so only --all shows anything.
+        print(f"{len(listed)} activities held by this connection; --all lists every requestor's (an admin token)")
+    return 0
+
+
+async def run(settings: DialSettings, args: argparse.Namespace) -> int:
+    """The command's exit code; 124 when its timeout killed it. A program the image lacks
+    exits 127 (the provider says which on the command's stderr)."""
+    import kiln
+    from kiln.requestor.activity import CommandTimeout
+
+    argv: list[str] = args.argv
+    out = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer}
+    try:
+        async with (
+            _connect(settings) as requestor,
+            requestor.rent(args.image, kiln.Demand(cpus=args.cpus, memory=args.memory), user=args.user) as act,
+        ):
+            async for event in act.stream(argv, timeout=args.timeout, stdin=_stdin() if args.stdin else None):
+                if event.result is not None:
+                    # Streamed, the output came as events; a provider that says why a program
+                    # could not start puts that on stderr too, or (an older one) in the result.
+                    out["stderr"].write(event.result.stderr_bytes)
+                    out["stderr"].flush()
+                    return event.result.exit_code
+                out[event.kind].write(event.data)
+                out[event.kind].flush()
+    except CommandTimeout as e:
+        note(f"kiln: {e.message} [{e.code}]")
+        return EXIT_TIMEOUT
+    raise AssertionError("a stream ends with its result")
+
+
+async def _stdin() -> AsyncIterator[bytes]:
+    """This process's stdin, chunk by chunk as it comes (a pipe, a file, a terminal)."""
+    while chunk := await asyncio.to_thread(os.read, sys.stdin.fileno(), 256 * 1024):
+        yield chunk
+
+
+def _push_progress(out: Callable[[str], None], every: float = 0.5) -> Callable[[int, int, int], None]:
+    """A push's progress as lines: at most one each ``every`` seconds, and the last."""
+    shown = [0.0]
+
+    def progress(sent: int, total: int, skipped: int) -> None:
+        now = time.monotonic()
+        if sent < total and now - shown[0] < every:
+            return
+        shown[0] = now
+        held = f"; {format_size(skipped)} the hub holds already" if skipped else ""
+        out(f"sent {format_size(sent)} of {format_size(total)}{held}")
+
+    return progress
+
+
+async def image_push(settings: DialSettings, args: argparse.Namespace) -> int:
+    """Push; the digest is the last line on stdout (or, with ``--json``, the pushed image's record)."""
+    from kiln.requestor.images import docker_save, read_archive
+
+    if (args.ref is None) == (args.file is None):
+        raise UsageError("kiln image push: give an image of the local engine (REF) or an archive (--file F.tar)")
+    async with contextlib.AsyncExitStack() as stack:
+        path: Path | None = args.file
+        if path is None:
+            note(f"saving {args.ref} from the local Docker engine")
+            path = await stack.enter_async_context(docker_save(args.ref))
+        elif not path.is_file():
+            raise UsageError(f"no such file: {path}" if not path.exists() else f"{path} is not a file")
+        await asyncio.to_thread(read_archive, path)  # a bad archive fails before any hub is dialled
+        requestor = await stack.enter_async_context(_connect(settings))
+        pushed = await requestor.push_image(path=path, tags=args.tag, progress=_push_progress(note))
+    note(
+        f"pushed {', '.join(pushed.tags) or 'an untagged image'}: {format_size(pushed.size)}, sent "
+        f"{format_size(pushed.sent_bytes)}; {pushed.layers_skipped} of {pushed.layers} layers skipped "
+        f"({format_size(pushed.skipped_bytes)}) because the hub has them"
+    )
+    if args.json:
+        print_json(pushed)
+    else:
+        print(pushed.digest, flush=True)
+    return 0
+
+
+async def image_ls(settings: DialSettings, args: argparse.Namespace) -> int:
+    async with _connect(settings) as requestor:
+        listed = await requestor.list_images()
+    if args.json:
+        print_json({"images": listed.images, "used": listed.used, "limit": listed.limit})
+        return 0
+    now = time.time()
+    rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS")]
+    rows += [
+        (i.digest.removeprefix("sha256:")[:12], ", ".join(i.tags) or "-", format_size(i.size), ago(i.last_used, now),
+         ", ".join(i.providers) or "-")
+        for i in listed.images
+    ]  # fmt: skip
+    print_table(rows)
+    print(f"{len(listed.images)} images, {format_size(listed.used)} of {format_size(listed.limit)} used")
+    return 0
+
+
+async def image_rm(settings: DialSettings, args: argparse.Namespace) -> int:
+    async with _connect(settings) as requestor:
+        await requestor.remove_image(args.ref)
+    if args.json:
+        print_json({"removed": args.ref})
+    else:
+        print(f"removed {args.ref}")
+    return 0
+
+
+async def image_busybox(args: argparse.Namespace) -> int:
+    from kiln_provider.docker_adapter import DockerAdapter
+
+    image_id = await asyncio.to_thread(lambda: DockerAdapter("cli").build_busybox_image(args.tag))
+    print(f"{args.tag} {image_id}")
+    return 0
+
+
+def _hub_data(data_dir: Path | None) -> Path:
+    from kiln.hub.store import default_data_dir
+
+    folder = data_dir or default_data_dir()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--data-dir: {folder} is a file, not a folder")
+    return folder
+
+
+def token(args: argparse.Namespace) -> int:
+    from kiln.hub.state import HubState
+
+    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+        if args.token_command == "create":
+            record, secret = state.create(args.role, args.name)
+            bound = f" bound to the name {record.name!r}" if record.role == "provider" else ""
+            note(f"created {record.role} credential {record.id}{bound} in {state.path}; its token:")
+            if args.json:
+                print_json({**_record(record), "token": secret})
+            else:
+                print(secret, flush=True)
+        elif args.token_command == "ls":
+            credentials = state.credentials()
+            if args.json:
+                print_json({"credentials": credentials})
+                return 0
+            rows = [("ID", "ROLE", "NAME", "CREATED", "REVOKED")]
+            rows += [(str(c.id), c.role, c.name or "-", when(c.created), when(c.revoked))
+                     for c in credentials]  # fmt: skip
+            print_table(rows)
+        else:
+            record = state.revoke(args.which)
+            if args.json:
+                print_json(record)
+            else:
+                print(f"revoked {record.role} credential {record.id}" + (f" ({record.name})" if record.name else ""))
+    return 0
+
+
+def _record(record: object) -> dict[str, object]:
+    from pydantic_core import to_jsonable_python
+
+    shown = to_jsonable_python(record)
+    assert isinstance(shown, dict)
+    return shown
+
+
+def usage(args: argparse.Namespace) -> int:
+    from kiln.hub.state import HubState
+
+    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+        totals = state.usage_totals(args.by)
+    if args.json:
+        print_json({"by": args.by, "totals": totals})
+    else:
+        rows: list[tuple[str, ...]] = [(args.by.upper(), "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS USED",
+                                        "GIB-HOURS")]  # fmt: skip
+        rows += [(t.who, "-" if t.credential is None else str(t.credential), str(t.activities),
+                  f"{t.cpu_seconds_rented / 3600:.3f}", f"{t.cpu_seconds_used:.1f}",
+                  f"{t.memory_byte_seconds / 2**30 / 3600:.3f}") for t in totals]  # fmt: skip
+        if args.by == "provider":
+            rows = [row[:1] + row[2:] for row in rows]
+        print_table(rows)
+    note(f"{sum(t.activities for t in totals)} activities ended")
+    return 0

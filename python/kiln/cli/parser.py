@@ -1,0 +1,261 @@
+"""The ``kiln`` command's flags: argparse for their shape, help and usage errors.
+
+A setting's flag (``--hub``, ``--memory``, ...) has no default here: argparse leaves out what
+was not given, so that :func:`kiln.cli.settings.load` can put the flags given above the
+``--config`` file and the environment, and the settings models hold the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kiln.__about__ import __version__
+from kiln.cli.settings import DEFAULT_HUB
+from kiln.protocol.errors import KilnError
+from kiln.protocol.sizes import parse_size
+
+UNSET = argparse.SUPPRESS
+"""The default of every setting's flag: not given, so the file, the environment or the default decides."""
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"a label is key=value, not {text!r}")
+    return key, value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except KilnError as e:
+        raise argparse.ArgumentTypeError(e.message) from e
+
+
+def _dial(command: argparse.ArgumentParser) -> None:
+    """The flags of every command that dials a hub (each also from the environment)."""
+    hub = f"the hub, ws://host:port or wss://host:port (default: $KILN_HUB, else {DEFAULT_HUB})"
+    command.add_argument("--hub", default=UNSET, metavar="URL", help=hub)
+    command.add_argument("--token", default=UNSET, help="the token to join with (default: $KILN_TOKEN)")
+    command.add_argument("--token-file", type=Path, default=UNSET, metavar="FILE",
+                         help="read the token from FILE (its trailing newline dropped): it then shows in no "
+                         "process list")  # fmt: skip
+    command.add_argument("--ca", type=Path, default=UNSET, metavar="FILE",
+                         help="trust a wss:// hub whose certificate this CA (PEM) signed (default: $KILN_CA, else "
+                         "the system's trust store)")  # fmt: skip
+
+
+def _json(command: argparse.ArgumentParser) -> None:
+    text = "print one JSON document on stdout instead (sizes in bytes, times in Unix seconds)"
+    command.add_argument("--json", action="store_true", help=text)
+
+
+def _config(command: argparse.ArgumentParser, example: str) -> None:
+    command.add_argument("--config", type=Path, default=UNSET, metavar="FILE",
+                         help=f"read the flags from this TOML file, e.g. {example}: keys named as the flags "
+                         "(token-file = ...), flags given here win")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description="Run work in containers on other people's machines.")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", default=UNSET, help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _hub(sub)
+    _provider(sub)
+
+    market = sub.add_parser("market", help="list the providers a hub knows")
+    _dial(market)
+    market.add_argument("--image", default=None, help="only providers that hold this image")
+    market.add_argument("--label", type=_label, action="append", default=[], help="key=value, repeatable")
+    market.add_argument("--limit", type=int, default=100, help="list at most this many (1-1000, by name)")
+    _json(market)
+
+    activities = sub.add_parser("activities", help="list every requestor's activities at a hub (--all, an admin token)")
+    _dial(activities)
+    activities.add_argument(
+        "--all",
+        action="store_true",
+        help="every activity at the hub (needs an admin token: kiln token create); "
+        "without it, only this connection's, which are none",
+    )
+    _json(activities)
+
+    run = sub.add_parser("run", help="rent one container, run one command in it, print its output as it comes",
+                         description="Exits with the command's exit code; 124 when --timeout killed it, 127 when "
+                         "the image has no such program.")  # fmt: skip
+    _dial(run)
+    run.add_argument("--cpus", type=float, default=1.0)
+    run.add_argument("--memory", type=_size, default=parse_size("256MiB"))
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="kill the command after this long")
+    run.add_argument("-i", "--stdin", action="store_true", help="pass this command's stdin to the command")
+    run.add_argument("--user", choices=["root"], default=None, help="run as root (on a provider with --allow-root)")
+    run.add_argument("image")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
+
+    image = sub.add_parser("image", help="build images for local use; push, list and remove images in a hub's store")
+    images = image.add_subparsers(dest="image_command", required=True)
+    busybox = images.add_parser("busybox", help="build kiln-busybox:latest FROM scratch (needs kiln[provider])")
+    busybox.add_argument("--tag", default="kiln-busybox:latest")
+    push = images.add_parser(
+        "push", help="store an image in the hub: from the local engine (docker save REF) or a file (--file)"
+    )
+    push.add_argument("ref", nargs="?", default=None, help="an image of the local Docker engine, e.g. wordcount:1")
+    push.add_argument("--file", type=Path, default=None, help="an archive docker save wrote (no Docker needed)")
+    push.add_argument("--tag", action="append", default=[], help="tag it also with this name, repeatable")
+    ls = images.add_parser("ls", help="list the images in the hub's store")
+    rm = images.add_parser("rm", help="remove an image (by tag or sha256: digest) from the hub's store")
+    rm.add_argument("ref")
+    for command in (push, ls, rm):
+        _dial(command)
+        _json(command)
+
+    token = sub.add_parser("token", help="create, list and revoke the credentials a hub admits (its --data-dir)")
+    tokens = token.add_subparsers(dest="token_command", required=True)
+    create = tokens.add_parser("create", help="make a credential and print its token (shown only this once)")
+    create.add_argument("--role", required=True, choices=["provider", "requestor", "admin"])
+    create.add_argument("--name", default=None, help="a provider's: the one name it joins under (required)")
+    token_ls = tokens.add_parser("ls", help="list credentials (never their tokens)")
+    revoke = tokens.add_parser("revoke", help="revoke a credential; peers that joined with it are closed")
+    revoke.add_argument("which", metavar="ID_OR_NAME")
+    usage = sub.add_parser("usage", help="what each requestor (or provider) rented, from the hub's usage record")
+    usage.add_argument("--by", choices=["requestor", "provider"], default="requestor")
+    for command in (create, token_ls, revoke, usage):
+        command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
+        _json(command)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check what a provider needs on this machine, and the hub it would join",
+        description="One line per check: ok, FAIL (with what to do) or skip. Exits 1 when any check fails.",
+    )
+    _dial(doctor)
+    doctor.add_argument("--name", default=UNSET, help="the provider's name (its default --data-dir is named for it)")
+    where = "the provider's --data-dir, where free disk is checked (default as the provider's)"
+    doctor.add_argument("--data-dir", type=Path, default=UNSET, metavar="DIR", help=where)
+    _config(doctor, "/etc/kiln/provider.toml (the provider's)")
+    _json(doctor)
+
+    service = sub.add_parser("service", help="run Kiln under systemd")
+    services = service.add_subparsers(dest="service_command", required=True)
+    unit = services.add_parser(
+        "print-unit",
+        help="print a systemd unit that runs the hub or a provider from /etc/kiln/ROLE.toml",
+        description="e.g. kiln service print-unit provider > /etc/systemd/system/kiln-provider.service",
+    )
+    unit.add_argument("role", choices=["hub", "provider"])
+    return parser
+
+
+def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    hub = sub.add_parser("hub", help="run the hub: the market and the relay",
+                         description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C.")  # fmt: skip
+    _config(hub, "/etc/kiln/hub.toml")
+    hub.add_argument("--host", default=UNSET, help="the address to listen on (default 127.0.0.1)")
+    hub.add_argument("--port", type=int, default=UNSET, help="default 7465; 0 picks a free port (printed)")
+    hub.add_argument(
+        "--token",
+        default=UNSET,
+        help="a shared token that admits any role under any free name (with or without credentials: kiln token)",
+    )
+    hub.add_argument("--token-file", type=Path, default=UNSET, metavar="FILE",
+                     help="read the shared token from FILE (its trailing newline dropped)")  # fmt: skip
+    hub.add_argument(
+        "--data-dir",
+        type=Path,
+        default=UNSET,
+        help="where the image store and hub.db (credentials, sessions, activities, usage) live: a hub started "
+        "again on it takes its activities back (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
+    )
+    hub.add_argument(
+        "--store-limit", type=_size, default=UNSET, help="most bytes the image store holds (default 20GiB)"
+    )
+    hub.add_argument("--create-timeout", type=float, default=UNSET, metavar="S",
+                     help="drop a provider that takes longer to start a container (its image still loading counts "
+                     "as progress; default 120)")  # fmt: skip
+    hub.add_argument("--destroy-timeout", type=float, default=UNSET, metavar="S",
+                     help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
+    hub.add_argument("--credit-timeout", type=float, default=UNSET, metavar="S",
+                     help="abort a requestor's upload or command input that its provider grants no credit for "
+                     "this long (default 120)")  # fmt: skip
+    hub.add_argument("--max-activities", type=int, default=UNSET, metavar="N",
+                     help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
+    hub.add_argument("--grace", type=float, default=UNSET, metavar="S",
+                     help="keep a requestor's activities this long after its connection drops, or after the hub "
+                     "restarts, for it to reconnect and take them back (default 60; 0: none)")  # fmt: skip
+    hub.add_argument("--tls-cert", type=Path, default=UNSET, metavar="FILE",
+                     help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
+    hub.add_argument("--tls-key", type=Path, default=UNSET, metavar="FILE",
+                     help="the certificate's unencrypted private key (PEM)")  # fmt: skip
+
+
+def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub",
+                              description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C: its containers are "
+                              "removed first.")  # fmt: skip
+    _config(provider, "/etc/kiln/provider.toml")
+    _dial(provider)
+    provider.add_argument("--name", default=UNSET, help="the name it offers under (required: here or in --config)")
+    provider.add_argument("--cpus", type=float, default=UNSET, help="CPUs to share (default: all)")
+    provider.add_argument("--memory", type=_size, default=UNSET, help="memory to share, e.g. 2GiB (default: 3/4)")
+    provider.add_argument(
+        "--storage",
+        type=_size,
+        default=UNSET,
+        help="storage to share (default: 10GiB, never more than the disk of --data-dir has free); each container "
+        "writes only to a volume of the size it rented (256MiB when it named none), at /golem and /tmp",
+    )
+    provider.add_argument("--label", type=_label, action="append", default=UNSET,
+                          help="key=value, repeatable (added to the file's label table)")  # fmt: skip
+    provider.add_argument("--pids-limit", type=int, default=UNSET, help="processes per container (default 256)")
+    provider.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=UNSET,
+        metavar="SECONDS",
+        help="abort an upload or download that moves nothing for this long (default 30)",
+    )
+    provider.add_argument(
+        "--image-cache",
+        type=_size,
+        default=UNSET,
+        metavar="SIZE",
+        help="images loaded for requestors to keep; past it the least recently used go (default 20GiB)",
+    )
+    provider.add_argument(
+        "--data-dir",
+        type=Path,
+        default=UNSET,
+        metavar="DIR",
+        help="where the provider keeps its record of images and its containers' volumes "
+        "(default ~/.local/share/kiln/provider/NAME)",
+    )
+    provider.add_argument(
+        "--pull",
+        action=argparse.BooleanOptionalAction,
+        default=UNSET,
+        help="pull an image this machine lacks from its registry when a rent names it (default: refuse)",
+    )
+    provider.add_argument(
+        "--allow-root",
+        action=argparse.BooleanOptionalAction,
+        default=UNSET,
+        help="let a requestor that asks (user='root') run its commands as root in its container, still "
+        "without capabilities or network (default: commands run as the image's USER, else uid 65534)",
+    )
+    provider.add_argument(
+        "--grace",
+        type=float,
+        default=UNSET,
+        metavar="SECONDS",
+        help="keep containers running this long after losing the hub, for a restarted hub to hand them back to "
+        "their requestors (default 120)",
+    )
+    provider.add_argument(
+        "--name-wait",
+        type=float,
+        default=UNSET,
+        metavar="SECONDS",
+        help="how long to retry while another provider holds --name (default 30)",
+    )

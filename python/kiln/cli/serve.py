@@ -1,0 +1,95 @@
+"""``kiln hub`` and ``kiln provider``: the two commands that run until they are stopped.
+
+SIGTERM (what systemd sends) and SIGINT (Ctrl-C) are a clean stop for both, and a clean
+stop exits 0: the hub saves its store and closes its peers (going away, 1001); the provider
+says goodbye to the hub (1001: the hub logs it at INFO), then removes its containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import importlib
+import logging
+import signal
+
+from kiln.cli.settings import HubSettings, ProviderSettings
+from kiln.protocol.errors import UsageError
+
+log = logging.getLogger("kiln.provider")
+
+
+async def hub(settings: HubSettings) -> int:
+    from kiln.hub.server import run as run_hub
+    from kiln.hub.tls import server_context
+
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = server_context(settings.tls_cert, settings.tls_key)
+    try:
+        await run_hub(
+            settings.host, settings.port, token=settings.token, data_dir=settings.data_dir,
+            store_limit=settings.store_limit, create_timeout=settings.create_timeout,
+            destroy_timeout=settings.destroy_timeout, credit_timeout=settings.credit_timeout,
+            max_activities=settings.max_activities, grace=settings.grace, ssl=tls,
+        )  # fmt: skip
+    except OSError as e:
+        # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.
+        if e.filename is not None:
+            raise UsageError(f"the hub cannot use {e.filename}: {e.strerror or e}") from e
+        why = {
+            errno.EADDRINUSE: "the port is taken (by another hub?): give another --port",
+            errno.EADDRNOTAVAIL: "the address is not one of this machine's: give another --host",
+            errno.EACCES: "a port below 1024 needs root: give another --port",
+        }.get(e.errno or 0, str(e.strerror or e))
+        raise UsageError(f"the hub cannot listen on {settings.host}:{settings.port}: {why}") from e
+    return 0
+
+
+def require_provider_extra() -> None:
+    """The provider's commands need docker-py, which only ``kiln[provider]`` installs."""
+    try:
+        importlib.import_module("docker")
+    except ModuleNotFoundError as e:
+        raise UsageError("this command needs the provider's dependencies: pip install 'kiln[provider]'") from e
+
+
+async def provider(settings: ProviderSettings) -> int:
+    require_provider_extra()
+    from kiln_provider.docker_adapter import DockerAdapter
+    from kiln_provider.image_cache import default_data_dir
+    from kiln_provider.runtime import ProviderConfig, ProviderRuntime
+
+    config = ProviderConfig(
+        hub=settings.hub, name=settings.name, cpus=settings.cpus, memory=settings.memory, storage=settings.storage,
+        labels=dict(settings.label), token=settings.token, pids_limit=settings.pids_limit,
+        stream_idle_timeout=settings.stream_idle_timeout, name_wait=settings.name_wait,
+        image_cache=settings.image_cache, data_dir=settings.data_dir, pull=settings.pull,
+        allow_root=settings.allow_root, ca=settings.ca, grace=settings.grace,
+    )  # fmt: skip
+    main = asyncio.current_task()
+    assert main is not None
+    stopping: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not stopping:
+            log.info("stopping (%s): leaving the hub, removing this provider's containers", sig.name)
+        stopping.append(sig)
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        volumes = (settings.data_dir or default_data_dir(settings.name)) / "volumes"
+        adapter = await asyncio.to_thread(DockerAdapter, settings.name, volumes=volumes)
+        # No agent binary, or no way to bound what containers write, is a clear error now, not at the first rent.
+        log.info("task containers run the agent %s", adapter.agent)
+        await asyncio.to_thread(adapter.volumes.check)
+        await ProviderRuntime(config, adapter).run()
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+        main.uncancel()
+    log.info("stopped")
+    return 0
