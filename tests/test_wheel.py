@@ -119,4 +119,16 @@ def test_a_provider_installed_from_the_wheel_runs_a_command(dist: Path, tmp_path
         assert f"task containers run the agent {agent}\n" in cluster.providers[name].output()
         said = run([str(venv / "bin" / "kiln"), "run", "--hub", cluster.url, IMAGE, "--",
                     "sh", "-c", "echo hello from $(uname -m)"], cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+        # kiln doctor from the venv: every check passes, the agent it finds is the venv's.
+        doctor = [str(venv / "bin" / "kiln"), "doctor", "--data-dir", str(tmp_path / "doctor")]
+        report = run([*doctor, "--hub", cluster.url], cwd=tmp_path, env=env, timeout=60)
+        assert "FAIL" not in report and f"ok    agent            {agent} (static, {ARCH})" in report, report
+        assert "ok    hub" in report, report
+        # ... and with Docker out of reach it says so on one line, and exits 1.
+        unreachable = {**env, "DOCKER_HOST": f"unix://{tmp_path / 'no-docker.sock'}"}
+        failed = subprocess.run(doctor, cwd=tmp_path, env=unreachable, capture_output=True, text=True, timeout=60)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        [docker_line] = [line for line in failed.stdout.splitlines() if line.startswith("FAIL  docker")]
+        assert "cannot reach the Docker engine" in docker_line and "do: " in docker_line
+        assert "Traceback" not in failed.stderr
     assert said == f"hello from {platform.machine()}\n"
