@@ -14,11 +14,13 @@ export interface ConnectOptions {
   /** How long the handshake may take (default 10 s). */
   timeoutMs?: number;
   /**
-   * Node only: the CA that signed a wss:// hub's certificate (its PEM text, or the bytes of
-   * its PEM file), trusted instead of Node's own CAs. A browser verifies the hub with its
-   * own trust store and refuses this option.
+   * Node only: the CA that signed a wss:// hub's certificate, trusted instead of Node's own
+   * CAs: the path of its PEM file (a string, or a file: URL), as Python's `ssl=` takes it; its
+   * PEM text (a string holding "-----BEGIN"); or the bytes of its PEM file. A file that
+   * cannot be read is a UsageError naming it. A browser verifies the hub with its own trust
+   * store and refuses this option.
    */
-  ca?: string | Uint8Array;
+  ca?: string | URL | Uint8Array;
   /**
    * Dial again when the connection drops (default true): with backoff 0.2 s doubling to
    * 2 s, for up to the `grace` the hub announced (protocol 1.2), resuming the session so
@@ -297,6 +299,14 @@ export interface RunOptions extends SignalOption {
   stdin?: Stdin;
 }
 
+export interface RunCheckOptions extends RunOptions {
+  /**
+   * Reject with CommandFailedError (its `result` the Result) when the command exits with a
+   * code other than 0, instead of resolving to that Result (default false).
+   */
+  check?: boolean;
+}
+
 /** Output of a streamed command as it comes: `text` is `data` decoded as UTF-8 (a character split between chunks is decoded whole in the later one). */
 export interface OutputChunk {
   readonly kind: "stdout" | "stderr";
@@ -335,7 +345,11 @@ export declare class Activity {
   sendJson(value: unknown, path: string, options?: SignalOption): Promise<void>;
   /** Node: streamed from disk. Browser: a Blob or File. */
   sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
-  run(argv: string[], options?: RunOptions): Promise<Result>;
+  /**
+   * Run `argv` exactly as given; a Result whatever the exit code (with `check`, a code
+   * other than 0 rejects with CommandFailedError). CommandTimeoutError past `timeoutMs`.
+   */
+  run(argv: string[], options?: RunCheckOptions): Promise<Result>;
   /**
    * Run `argv` and yield its output as it comes, then its exit (a hub ≥ 1.2). Credit goes
    * back as events are taken: a consumer that stops reading stops the command. Leaving
@@ -423,15 +437,26 @@ export declare class CommandTimeoutError extends ActivityError {
   /** What the command wrote before it was killed. */
   readonly result: Result;
 }
+/** A command run with `check: true` exited with a code other than 0 (code `command_failed`). */
+export declare class CommandFailedError extends ActivityError {
+  constructor(message: string, result: Result);
+  /** What the command did: its exit code and output. */
+  readonly result: Result;
+}
 /** An attempt of a job's task ran past `taskTimeoutMs` (the task is tried again). */
 export declare class TaskTimeoutError extends KilnError {}
-/** A job's task failed for good. */
+/**
+ * A job's task failed for good (code `task_failed`): its message names the error that
+ * ended it (its name and message), which is its `cause` — the worker's own error, as thrown.
+ */
 export declare class TaskFailedError extends KilnError {
   constructor(message: string, task: { index: number; item: unknown; attempts: unknown[]; cause?: unknown });
   readonly index: number;
   readonly item: unknown;
   /** Each attempt's error, in order. */
   readonly attempts: unknown[];
+  /** The error that ended the task: the worker's own, or the last attempt's. */
+  readonly cause: unknown;
 }
 /** Thrown by a job's worker: run this task again, on another provider if possible. */
 export declare class RetryTaskError extends KilnError {}
