@@ -1,9 +1,9 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { ActivityInfo, DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
+import type { ActivityInfo, DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
 import { ActivityError, ConnectionClosedError, KilnError } from "./protocol.js";
 
-export type { Message, ActivityInfo, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
+export type { Message, ActivityInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
 
 export interface ConnectOptions {
@@ -82,6 +82,36 @@ export interface PushOptions {
   /** How far the blobs the hub wants have gone: `done` of `total` bytes. */
   onProgress?: (progress: { done: number; total: number }) => void;
   signal?: AbortSignal;
+}
+
+/**
+ * An image in the hub's store (the wire's `image_info`, named as the rest of the JS API:
+ * `kiln-client/protocol`'s `ImageInfo` is the wire form).
+ */
+export interface ImageInfo {
+  /** Docker's image id: the sha256 of its config (`sha256:…`). */
+  digest: string;
+  tags: string[];
+  /** Bytes of its config and layers. */
+  size: number;
+  layers: number;
+  arch: string;
+  os: string;
+  /** When it was pushed: the hub's clock, Unix seconds. */
+  pushed: number;
+  /** When an activity last ran it (Unix seconds); null: never. */
+  lastUsed: number | null;
+  /** How many activities run it now. */
+  inUse: number;
+  /** The providers that hold it. */
+  providers: string[];
+}
+
+/** The images in the hub's store, most recently used first, and the bytes it holds (`used`) of its `limit`. */
+export interface ImageList {
+  images: ImageInfo[];
+  used: number;
+  limit: number;
 }
 
 /** What a push did. */
@@ -255,7 +285,7 @@ export declare class Requestor {
    */
   pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
   /** The images in the hub's store, most recently used first; the bytes it holds of its limit. */
-  listImages(): Promise<{ images: ImageInfo[]; used: number; limit: number }>;
+  listImages(): Promise<ImageList>;
   /** Remove an image (by tag or digest) from the hub's store; ImageNotFoundError if it lacks it. */
   removeImage(ref: string): Promise<void>;
   /** A job not started yet: follow its events, then run it. */
