@@ -170,6 +170,8 @@ export class Requestor {
     this._up = null;
     /** @type {Deferred<void>} settles when close() gives up a reconnect */
     this._closing = new Deferred();
+    /** @type {Deferred<void>} settles when close() is done */
+    this._closed = new Deferred();
     /** @type {Promise<void> | null} the reconnect under way, awaited by close() */
     this._redialing = null;
     /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
@@ -556,13 +558,17 @@ export class Requestor {
    */
   async close() {
     this._closing.resolve();
-    if (this._redialing !== null) await this._redialing;
-    const held = [...this._activities.values()];
-    await Promise.allSettled(held.map((a) => a.release()));
-    await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
-    this._activities.clear();
-    await this._conn.close();
-    this.gone ??= /** @type {ConnectionClosedError} */ (this._conn.session.closed);
+    try {
+      if (this._redialing !== null) await this._redialing;
+      const held = [...this._activities.values()];
+      await Promise.allSettled(held.map((a) => a.release()));
+      await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
+      this._activities.clear();
+      await this._conn.close();
+      this.gone ??= /** @type {ConnectionClosedError} */ (this._conn.session.closed);
+    } finally {
+      this._closed.resolve();
+    }
   }
 }
 

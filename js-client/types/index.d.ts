@@ -28,6 +28,18 @@ export interface ConnectOptions {
    * reject with ConnectionLostError; activities the hub did not keep are marked `lost`.
    */
   reconnect?: boolean;
+  /**
+   * Node only (a browser ignores it): on SIGINT (Ctrl-C) or SIGTERM, close this requestor —
+   * releasing every activity it holds, at once rather than after the hub's grace period —
+   * before the process exits with 130 (SIGINT) or 143 (SIGTERM), as Python does (default
+   * true). The listeners are added when the first such requestor connects and removed when
+   * the last one closes, so a process without an open requestor keeps Node's default
+   * behaviour. When the program listens for the signal too, its requestors are still
+   * closed, but the process does not exit: the program's listener decides what happens
+   * next. A second signal during the release exits at once. `false`: signals are left
+   * alone, and what the requestor holds is the program's to release (`close()`).
+   */
+  releaseOnSignal?: boolean;
 }
 
 /**

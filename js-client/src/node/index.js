@@ -16,6 +16,7 @@ import WebSocket from "ws";
 import { UsageError } from "../errors.js";
 import { connectWith } from "../requestor.js";
 import { openArchive, openSource, saveDownload } from "./files.js";
+import { releaseOnSignal } from "./signals.js";
 
 export * from "../common.js";
 
@@ -92,11 +93,24 @@ async function trusted(url, ca) {
  * UnsupportedVersionError when it speaks another protocol or major version,
  * UnauthorizedError when it refuses the token, and UsageError for a `ca` file that cannot
  * be read, a `ca` that is no PEM certificate, or one that comes with a ws:// url.
+ *
+ * Until it is closed, the requestor is closed on SIGINT (Ctrl-C) or SIGTERM, releasing
+ * what it holds, before the process exits with 130 or 143 (`./signals.js` says how this
+ * goes with a program's own listeners); `releaseOnSignal: false` leaves signals alone.
  * @param {string} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465"
- * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | URL | Uint8Array, reconnect?: boolean}} [options]
+ * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | URL | Uint8Array, reconnect?: boolean,
+ *          releaseOnSignal?: boolean}} [options]
  */
 export async function connect(url, options = {}) {
-  if (options.ca === undefined) return connectWith(platform, url, options);
-  const ca = await trusted(url, options.ca);
-  return connectWith({ ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) }, url, options);
+  const release = options.releaseOnSignal ?? true;
+  if (typeof release !== "boolean") throw new UsageError(`releaseOnSignal is true or false, not ${JSON.stringify(release)}`);
+  /** @type {import("../requestor.js").Platform} */
+  let dialing = platform;
+  if (options.ca !== undefined) {
+    const ca = await trusted(url, options.ca);
+    dialing = { ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) };
+  }
+  const requestor = await connectWith(dialing, url, options);
+  if (release) releaseOnSignal(requestor);
+  return requestor;
 }
