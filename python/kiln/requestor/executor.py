@@ -231,8 +231,8 @@ class Job(Generic[T, R]):
         for role, function in (("worker", worker), ("setup", setup), ("teardown", teardown)):
             if function is not None and not is_async_callable(function):
                 raise UsageError(
-                    f"the {role} must be an async function (async def {role}(activity, ...)), and "
-                    f"{function!r} is not one: every task awaits it on the event loop"
+                    f"the {role} must be an async function (async def {role}(activity, ...), a functools.partial "
+                    f"of one, or an object with an async __call__), and {function!r} is not one"
                 )
         if max_providers < 1:
             raise UsageError("max_providers must be at least 1")
