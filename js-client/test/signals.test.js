@@ -19,6 +19,12 @@ const dir = mkdtempSync(join(tmpdir(), "kiln-js-signals-"));
 /** The hub's grace period: a requestor that vanishes without releasing is held this long. */
 const GRACE_S = 60;
 
+const CAUGHT = `try {
+  await act.run(["sleep", "300"]);
+} catch (e) {
+  console.log("run ended:", e.name);
+}`;
+
 /** @type {Cluster} */
 let cluster;
 let provider = "";
@@ -38,20 +44,17 @@ after(async () => {
  * A Node process that rents an activity and runs `sleep 300` in it; resolves once it has
  * rented, with the process and its output so far.
  * @param {string} name
- * @param {{options?: object, prelude?: string}} [how]
+ * @param {{options?: object, prelude?: string, work?: string}} [how] `work`: what it does then (default: a
+ *   `sleep 300` whose failure it catches)
  */
-async function renter(name, { options = {}, prelude = "" } = {}) {
+async function renter(name, { options = {}, prelude = "", work = CAUGHT } = {}) {
   const script = join(dir, `${name}.mjs`);
   writeFileSync(script, `${prelude}
 import { connect } from ${JSON.stringify(ENTRY)};
 const requestor = await connect(${JSON.stringify(cluster.url)}, { name: ${JSON.stringify(name)}, ...${JSON.stringify(options)} });
 const act = await requestor.rent({ image: ${JSON.stringify(IMAGE)}, demand: { cpus: 0.5, memory: "64MiB" } });
 console.log("rented", act.id);
-try {
-  await act.run(["sleep", "300"]);
-} catch (e) {
-  console.log("run ended:", e.name);
-}
+${work}
 `);
   const child = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "pipe"] });
   const run = { child, out: "", exited: new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal }))) };
@@ -96,6 +99,17 @@ for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143]]) {
     assert.ok(await releasedWithin(3_000), `still held after the process exited (the hub's grace is ${GRACE_S} s)`);
   });
 }
+
+test("a program that does not catch its calls failing as they are released still exits with 130, after the release", { timeout: 60_000 }, async () => {
+  const work = `await requestor.map([1, 2], async (a) => (await a.run(["sleep", "300"])).exitCode,
+                                  { image: ${JSON.stringify(IMAGE)}, demand: { cpus: 0.25, memory: "64MiB" } });`;
+  const run = await renter("sig-uncaught", { work });
+  while (containersOf(provider).length < 2) await sleep(100); // the map's activity as well (one a provider)
+  run.child.kill("SIGINT");
+  assert.deepEqual(await run.exited, { code: 130, signal: null }, run.out);
+  assert.doesNotMatch(run.out, /TaskFailedError|CancelledError/, "no stack trace of what the release made fail");
+  assert.ok(await releasedWithin(3_000), `still held after the process exited (the hub's grace is ${GRACE_S} s)`);
+});
 
 test("a program with its own SIGINT listener: the requestor is released, and the program decides (no exit here)", { timeout: 60_000 }, async () => {
   const prelude = 'process.on("SIGINT", () => console.log("mine"));';

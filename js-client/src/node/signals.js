@@ -17,6 +17,10 @@
  *     requestors left alone on a signal (say, to fetch what is done before it stops)
  *     connects them with `releaseOnSignal: false` and closes them itself.
  * - A second signal while releasing exits at once (unless the program listens too).
+ * - While the release goes on (unless the program listens too), the program's calls fail as
+ *   their activities go, and what it does not catch is passed over rather than ending the
+ *   process early with code 1 and a stack trace: the process exits on the signal, as a
+ *   Python requestor ends with KeyboardInterrupt.
  * @module
  */
 
@@ -35,6 +39,9 @@ const held = new Set();
 /** @type {Promise<void> | null} the release under way, once a signal came */
 let releasing = null;
 
+/** An error the program did not catch while its requestors release on a signal: not the end of the process. */
+const expected = () => {};
+
 /** @param {NodeJS.Signals} signal */
 function onSignal(signal) {
   const theirs = process.listenerCount(signal) > 1; // the program listens too: it decides
@@ -44,6 +51,13 @@ function onSignal(signal) {
   if (releasing !== null) {
     exit(); // a second signal: no more waiting
     return;
+  }
+  if (!theirs) {
+    // The program's calls fail as their activities go (a map rejects with TaskFailedError, a
+    // run with CancelledError): what it does not catch must not end the process, with code 1
+    // and a stack trace, before the release is done. It is exiting on the signal anyway.
+    process.on("uncaughtException", expected);
+    process.on("unhandledRejection", expected);
   }
   const closing = Promise.allSettled([...held].map((requestor) => requestor.close()));
   releasing = settlesWithin(closing, RELEASE_WAIT_MS).then(() => {
