@@ -136,9 +136,10 @@ async def test_worker_errors_fail_at_once_or_become_results(cluster: Cluster) ->
         return await square(act, n)
 
     async with kiln.connect(cluster.url) as requestor:
-        with pytest.raises(kiln.TaskFailed, match="two is not allowed") as failed:
+        with pytest.raises(kiln.TaskFailed, match="ValueError: two is not allowed") as failed:
             await requestor.map(picky, range(5), image=IMAGE, demand=SMALL)
         assert len(failed.value.attempts) == 1
+        assert isinstance(failed.value.__cause__, ValueError) and failed.value.code == "task_failed"
         mixed: list[object] = list(
             await requestor.map(picky, range(5), image=IMAGE, demand=SMALL, return_exceptions=True)
         )

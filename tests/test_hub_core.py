@@ -184,6 +184,24 @@ def test_create_failure_releases_the_reservation_and_names_the_provider(hub: Har
     hub.rent(2, 4, 1, cpus=2)
 
 
+def test_an_image_neither_provider_nor_store_holds_says_the_requestor_can_push_it(hub: Harness) -> None:
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 3, "image": "mine:1", "demand": {}})
+    told = "provider 'p1' does not hold the image 'mine:1' (started with --pull it would pull it)"
+    [(_, error)] = hub.text(1, {"type": "error", "re": create["id"], "code": "image_not_found", "message": told})
+    assert error["code"] == "image_not_found"
+    assert error["message"] == (
+        f"{told}; the hub's image store does not hold 'mine:1' either: push it there (kiln image push mine:1, "
+        "or push_image / pushImage in code), then rent it again"
+    )
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 4, "image": "mine:1", "demand": {}})
+    [(_, error)] = hub.text(1, {"type": "error", "re": create["id"], "code": "container_failed", "message": "no"})
+    assert error["message"] == "no", "only an image not found gets the hint"
+    long = "x" * 4096
+    [(_, create)] = hub.text(2, {"type": "rent", "id": 5, "image": "mine:1", "demand": {}})
+    [(_, error)] = hub.text(1, {"type": "error", "re": create["id"], "code": "image_not_found", "message": long})
+    assert len(error["message"]) <= 4096 and error["message"].endswith("then rent it again")
+
+
 def rent_in(hub: Harness, requestor: int, rid: int, group: str) -> tuple[int, dict[str, Any]]:
     [(to, sent)] = hub.text(requestor, {"type": "rent", "id": rid, "image": "img:1", "demand": {"cpus": 0.5},
                                         "group": group})  # fmt: skip

@@ -70,6 +70,11 @@ async def test_the_three_actions_end_to_end(one_provider: Cluster, tmp_path: Pat
         env = await act.run(["sh", "-c", "echo $GREETING $PWD; echo oops >&2; exit 7"],
                             env={"GREETING": "hi"}, workdir="/golem/input")  # fmt: skip
         assert (env.exit_code, env.stdout, env.stderr) == (7, "hi /golem/input\n", "oops\n")
+        with pytest.raises(kiln.CommandFailed, match=r"^'sh' exited with code 7: oops$") as failed:
+            await act.run(["sh", "-c", "echo out; echo oops >&2; exit 7"], check=True)
+        assert isinstance(failed.value, kiln.ActivityError) and failed.value.code == "command_failed"
+        assert (failed.value.result.exit_code, failed.value.result.stdout) == (7, "out\n")
+        assert (await act.run(["true"], check=True)).ok
         missing = await act.run(["no-such-program"])
         assert missing.exit_code in (126, 127)
         with pytest.raises(kiln.CommandTimeout) as hung:
@@ -312,8 +317,11 @@ async def test_bad_input_is_answered_while_another_job_goes_on(one_provider: Clu
                 for label, frame in frames.items():
                     await ws.send(frame)
                     codes[label] = json.loads(await ws.recv())["code"]
-            with pytest.raises(kiln.ImageNotFound, match="kiln-none:latest"):
+            with pytest.raises(kiln.ImageNotFound, match="kiln-none:latest") as missing:
                 await requestor.rent("kiln-none:latest", SMALL)
+            # What the requestor can do, not only what the provider's operator could (--pull).
+            assert "push it there (kiln image push kiln-none:latest, or push_image" in missing.value.message
+            assert "--pull" in missing.value.message
             assert (await mine.run(["echo", "still here"])).stdout == "still here\n"
         return codes
 

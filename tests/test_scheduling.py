@@ -214,6 +214,16 @@ async def test_with_no_provider_left_and_return_exceptions_every_pending_task_ge
     assert made.summary.failed == 3
 
 
+async def test_a_job_whose_every_provider_lacks_the_image_says_why_it_passed_them_over() -> None:
+    made = Recorded(FakeMarket(["p1", "p2"], lacking_image={"p1", "p2"}), square, 3, start_timeout=0.2)
+    with pytest.raises(kiln.NoMatch) as failed:
+        await made.run()
+    assert failed.value.message.startswith("no provider for this job after 0.2 s: every connected provider (2)")
+    assert failed.value.message.endswith(
+        "(this job passed over 2 providers that failed it; the last, p2: p2 lacks the image)"
+    ), failed.value.message
+
+
 async def test_a_job_with_no_provider_at_all_ends_in_no_match_after_start_timeout() -> None:
     made = Recorded(FakeMarket([]), square, 3, start_timeout=0.2)
     with pytest.raises(kiln.NoMatch, match=r"no provider for this job after 0\.2 s"):

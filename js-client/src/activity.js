@@ -11,6 +11,7 @@
  */
 
 import {
+  CommandFailedError,
   CommandTimeoutError,
   FileNotFoundError,
   InvalidPathError,
@@ -57,6 +58,7 @@ export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
  * @property {number} [timeoutMs]
  * @property {AbortSignal} [signal]
  * @property {Stdin} [stdin]
+ * @property {boolean} [check] (run only) an exit code other than 0 rejects with a CommandFailedError
  */
 
 /**
@@ -258,8 +260,9 @@ export class Activity {
   /**
    * Run `argv` exactly as given (use `["sh", "-c", "..."]` for a shell).
    *
-   * Resolves to a {@link Result} whatever the exit code. Rejects with
-   * {@link CommandTimeoutError} (its `result` holds the output so far) when `timeoutMs`
+   * Resolves to a {@link Result} whatever the exit code, unless `check` is true: then an
+   * exit code other than 0 rejects with a {@link CommandFailedError} (its `result` the
+   * Result). Rejects with {@link CommandTimeoutError} (its `result` holds the output so far) when `timeoutMs`
    * passes first (the command is killed), or a CancelledError when `signal` fires (the
    * command is cancelled on the provider).
    *
@@ -301,7 +304,9 @@ export class Activity {
     } catch (e) {
       throw feed.error ?? e;
     }
-    return finished(new Result(done), what, options.timeoutMs);
+    const result = finished(new Result(done), what, options.timeoutMs);
+    if (options.check === true && result.exitCode !== 0) throw new CommandFailedError(failureText(what, result), result);
+    return result;
   }
 
   /**
@@ -609,6 +614,20 @@ function finished(result, what, timeoutMs) {
     throw new CommandTimeoutError(`${what} ran past its timeout of ${timeoutMs} ms and was killed`, result);
   }
   return result;
+}
+
+/** The most of a failed command's stderr a CommandFailedError's message shows (its last line). */
+const FAILURE_LINE = 200;
+
+/**
+ * `'make' exited with code 2: <the last line of its stderr>`.
+ * @param {string} what the command, as `'make'`
+ * @param {Result} result
+ */
+function failureText(what, result) {
+  const last = result.stderr.trim().split(/\r?\n/).at(-1) ?? "";
+  const shown = last.length <= FAILURE_LINE ? last : `${last.slice(0, FAILURE_LINE - 1)}…`;
+  return `${what} exited with code ${result.exitCode}${shown ? `: ${shown}` : ""}`;
 }
 
 /**

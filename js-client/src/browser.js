@@ -93,7 +93,9 @@ const platform = {
  * UnsupportedVersionError when it speaks another protocol or major version, and
  * UnauthorizedError when it refuses the token.
  * @param {string} url e.g. "ws://127.0.0.1:7465"
- * @param {{token?: string, name?: string, timeoutMs?: number, ca?: unknown}} [options]
+ * `releaseOnSignal` (Node's) is ignored: a page has no signals.
+ * @param {{token?: string, name?: string, timeoutMs?: number, ca?: unknown, reconnect?: boolean,
+ *          releaseOnSignal?: boolean}} [options]
  */
 export async function connect(url, options = {}) {
   if (options.ca !== undefined) {

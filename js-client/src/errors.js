@@ -21,19 +21,20 @@
  *      +-- ActivityError                 something went wrong inside a rented activity
  *      |    +-- ProviderLostError        the provider vanished; the activity is gone
  *      |    +-- CommandTimeoutError      a command ran past its timeout and was killed (.result)
+ *      |    +-- CommandFailedError       a command run with `check` exited with a code other than 0 (.result)
  *      |    +-- FileNotFoundError        no such file or folder in the container
  *      |    +-- TransferFailedError      a file stream broke off
  *      |    +-- ContainerFailedError     Docker refused an operation on the container
  *      +-- CancelledError                the request was cancelled (an AbortSignal fired)
  *      +-- TaskTimeoutError              a job's task ran past taskTimeoutMs (it is retried)
- *      +-- TaskFailedError               a job's task failed for good (.index, .item, .attempts)
+ *      +-- TaskFailedError               a job's task failed for good (.index, .item, .attempts, .cause)
  *      +-- RetryTaskError                thrown by a job's worker: run this task again elsewhere
  *      +-- RemoteError                   any other error a peer reported (.code tells which)
  *
  * Every error has `provider`: the provider involved, when the hub named it (a failed rent).
  * The protocol's errors live in the protocol core (`src/protocol/errors.js`) and are
- * re-exported here; this module adds the requestor's own (CommandTimeoutError and the
- * job's three). The names are Python's with JavaScript's `Error` suffix; the codes are
+ * re-exported here; this module adds the requestor's own (CommandTimeoutError,
+ * CommandFailedError and the job's three). The names are Python's with JavaScript's `Error` suffix; the codes are
  * the same.
  * @module
  */
@@ -57,6 +58,22 @@ export class CommandTimeoutError extends ActivityError {
   }
 }
 
+/**
+ * A command run with `check: true` exited with a code other than 0; `result` holds its
+ * exit code and output (code `command_failed`).
+ */
+export class CommandFailedError extends ActivityError {
+  static defaultCode = ErrorCode.COMMAND_FAILED;
+  /**
+   * @param {string} message
+   * @param {import("./activity.js").Result} result what the command did
+   */
+  constructor(message, result) {
+    super(message);
+    this.result = result;
+  }
+}
+
 /** An attempt of a job's task ran past `taskTimeoutMs`; its worker's signal fired, and the task is tried again. */
 export class TaskTimeoutError extends KilnError {
   static defaultCode = ErrorCode.TIMEOUT;
@@ -65,10 +82,12 @@ export class TaskTimeoutError extends KilnError {
 /**
  * A job's task that failed for good: a worker error that is not retried, a task out of
  * attempts, or one no provider is left to run. `index` and `item` name the task;
- * `attempts` holds each attempt's error; `cause` is the error that ended it. Code
- * `internal`, as in Python.
+ * `attempts` holds each attempt's error; `cause` is the error that ended it (the worker's
+ * own error, whose name and message this one's message includes). Code `task_failed`, as
+ * in Python.
  */
 export class TaskFailedError extends KilnError {
+  static defaultCode = ErrorCode.TASK_FAILED;
   /**
    * @param {string} message
    * @param {{index: number, item: unknown, attempts: unknown[], cause?: unknown}} task

@@ -25,6 +25,15 @@
  * ConnectionClosedError, a fired `signal` with a CancelledError. However the job
  * ends, every activity it rented is released before it settles.
  *
+ * What a worker is: any function that returns a promise. JavaScript cannot tell an `async`
+ * function from a plain one that returns a promise (`(act, n) => act.run(...)`), and both are
+ * fine, so the job refuses a worker (and a `setup` or `teardown`) that is not a function at
+ * all, with a UsageError before anything is rented; an attempt whose worker returns
+ * something that is not a promise (a thenable) fails its task (a TaskFailedError whose cause
+ * is a UsageError saying so, not retried): a worker that did its work synchronously would
+ * have held the event loop that carries every other task's messages. A worker's own error
+ * is the TaskFailedError's `cause`, its name and message in the TaskFailedError's.
+ *
  * JavaScript cannot stop a running function: a timed-out attempt's `context.signal` fires
  * (pass it to `run`, `sendFile`, ...), and an activity whose worker has not settled
  * shortly after is released rather than reused; a job that ends waits a few seconds for
@@ -177,7 +186,14 @@ export class Job {
    * @param {JobOptions} options
    */
   constructor(requestor, parts, worker, options) {
-    if (typeof worker !== "function") throw new UsageError("a job needs a worker: async (activity, part, context) => result");
+    if (typeof worker !== "function") {
+      throw new UsageError(`a job's worker must be a function: async (activity, part, context) => result, not ${kindOf(worker)}`);
+    }
+    for (const hook of /** @type {const} */ (["setup", "teardown"])) {
+      if (options?.[hook] !== undefined && typeof options[hook] !== "function") {
+        throw new UsageError(`a job's ${hook} must be a function: async (activity) => {...}, not ${kindOf(options[hook])}`);
+      }
+    }
     if (typeof options?.image !== "string") throw new UsageError("a job needs options.image");
     const { maxProviders = 4, retries = 2, taskTimeoutMs, startTimeoutMs = 60_000 } = options;
     if (!Number.isInteger(maxProviders) || maxProviders < 1) {
@@ -220,6 +236,8 @@ export class Job {
     this._failures = new Map();
     /** @type {Set<string>} */
     this._banned = new Set();
+    /** why the job last passed over a provider: told when no provider is left */
+    this._lastBan = "";
     /** @type {Deferred<void>} */
     this._changed = new Deferred();
     /** @type {{error: unknown} | null} what ended the job early (failed, cancelled), once something has */
@@ -489,7 +507,9 @@ export class Job {
    * @param {NoMatchError} reason
    */
   _nowhereToRun(reason) {
-    const why = `no provider for this job after ${this.startTimeoutMs / 1000} s: ${reason.message}`;
+    let why = `no provider for this job after ${this.startTimeoutMs / 1000} s: ${reason.message}`;
+    const count = this._banned.size;
+    if (count > 0) why += ` (this job passed over ${count} provider${count === 1 ? "" : "s"} that failed it; ${this._lastBan})`;
     if (!this.returnExceptions && !this._pending.some((task) => task.errors.length > 0)) {
       throw new NoMatchError(why, { cause: reason });
     }
@@ -576,7 +596,13 @@ export class Job {
     const attempt = new AbortController();
     this._attempts.add(attempt);
     const context = { index: task.index, attempt: task.errors.length + 1, signal: attempt.signal };
-    const running = Promise.resolve().then(() => this.worker(activity, task.item, context));
+    const running = Promise.resolve().then(() => {
+      const returned = this.worker(activity, task.item, context);
+      if (!isThenable(returned)) {
+        throw new UsageError(`the worker must return a promise (be an async function), and it returned ${kindOf(returned)}`);
+      }
+      return returned;
+    });
     /** @type {ReturnType<typeof setTimeout> | undefined} */
     let timer;
     /** @type {Promise<{ok: false, error: unknown}>} */
@@ -708,10 +734,22 @@ export class Job {
   _ban(provider, why) {
     if (this._banned.has(provider)) return;
     this._banned.add(provider);
+    this._lastBan = `the last, ${provider}: ${why}`;
     this._event("provider_banned", { provider, detail: why });
     this._notify();
   }
 }
+
+/** @param {unknown} value @returns {value is PromiseLike<unknown>} */
+const isThenable = (value) =>
+  (typeof value === "object" || typeof value === "function") && value !== null && typeof (/** @type {any} */ (value).then) === "function";
+
+/** What `value` is, for a message: `undefined`, `a number`, `an object`, ... @param {unknown} value */
+const kindOf = (value) => {
+  if (value === null || value === undefined) return String(value);
+  const type = typeof value;
+  return `${/^[aeiou]/.test(type) ? "an" : "a"} ${type}`;
+};
 
 /** @param {unknown} error */
 const describe = (error) => (error instanceof Error ? `${error.name}: ${error.message}` : String(error));

@@ -49,8 +49,43 @@ const REDIAL_MOST_MS = 2_000;
  *   archive (Node: a path; a browser: a Blob or File); close it with `archive.file.close()`
  */
 
-/** @typedef {import("../types/protocol.js").ImageInfo} ImageInfo */
 /** @typedef {import("../types/protocol.js").ActivityInfo} ActivityInfo */
+
+/**
+ * An image in the hub's store, as the JS API gives it (the wire's `image_info` with
+ * camelCase names, like the rest of the API).
+ * @typedef {object} ImageInfo
+ * @property {string} digest Docker's image id (`sha256:…`)
+ * @property {string[]} tags
+ * @property {number} size bytes of its config and layers
+ * @property {number} layers
+ * @property {string} arch
+ * @property {string} os
+ * @property {number} pushed when it was pushed (the hub's clock, Unix seconds)
+ * @property {number | null} lastUsed when an activity last ran it (null: never)
+ * @property {number} inUse how many activities run it now
+ * @property {string[]} providers the providers that hold it (at most 1,000)
+ */
+
+/**
+ * The wire's image info in the JS API's names.
+ * @param {import("../types/protocol.js").ImageInfo} wire
+ * @returns {ImageInfo}
+ */
+function imageInfo(wire) {
+  return {
+    digest: wire.digest,
+    tags: [...wire.tags],
+    size: wire.size,
+    layers: wire.layers,
+    arch: wire.arch,
+    os: wire.os,
+    pushed: wire.pushed,
+    lastUsed: wire.last_used,
+    inUse: wire.in_use,
+    providers: [...wire.providers],
+  };
+}
 
 /**
  * What a push did: the image stored (`digest` is Docker's image id), and the bytes sent
@@ -135,6 +170,8 @@ export class Requestor {
     this._up = null;
     /** @type {Deferred<void>} settles when close() gives up a reconnect */
     this._closing = new Deferred();
+    /** @type {Deferred<void>} settles when close() is done */
+    this._closed = new Deferred();
     /** @type {Promise<void> | null} the reconnect under way, awaited by close() */
     this._redialing = null;
     /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
@@ -420,7 +457,7 @@ export class Requestor {
           size: pushed.image.size,
           sentBytes: pushed.sent,
           skippedBytes: pushed.skipped,
-          image: pushed.image,
+          image: imageInfo(pushed.image),
         };
       } catch (e) {
         if (!reply.settled) {
@@ -447,7 +484,7 @@ export class Requestor {
     const list = /** @type {import("../types/protocol.js").ImageList} */ (
       await conn.request({ type: "list_images", id: conn.newId() })
     );
-    return { images: [...list.images], used: list.used, limit: list.limit };
+    return { images: list.images.map(imageInfo), used: list.used, limit: list.limit };
   }
 
   /**
@@ -521,13 +558,17 @@ export class Requestor {
    */
   async close() {
     this._closing.resolve();
-    if (this._redialing !== null) await this._redialing;
-    const held = [...this._activities.values()];
-    await Promise.allSettled(held.map((a) => a.release()));
-    await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
-    this._activities.clear();
-    await this._conn.close();
-    this.gone ??= /** @type {ConnectionClosedError} */ (this._conn.session.closed);
+    try {
+      if (this._redialing !== null) await this._redialing;
+      const held = [...this._activities.values()];
+      await Promise.allSettled(held.map((a) => a.release()));
+      await settlesWithin(Promise.allSettled([...this._cleanups]), CLEANUP_WAIT_MS);
+      this._activities.clear();
+      await this._conn.close();
+      this.gone ??= /** @type {ConnectionClosedError} */ (this._conn.session.closed);
+    } finally {
+      this._closed.resolve();
+    }
   }
 }
 

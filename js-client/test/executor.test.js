@@ -243,17 +243,19 @@ test("a provider that cannot start the job's containers is banned at once", { ti
   assert.deepEqual(hub.rents.map((r) => r.exclude), [[], ["empty"]]);
 });
 
-test("any other worker error fails the task at once; returnExceptions keeps going", { timeout: 10_000 }, async () => {
+test("any other worker error fails the task at once, as itself; returnExceptions keeps going", { timeout: 10_000 }, async () => {
+  const thrown = new RangeError("two is not allowed");
   const picky = async (act, n) => {
-    if (n === 2) throw new Error("two is not allowed");
+    if (n === 2) throw thrown;
     return square(act, n);
   };
   const hub = new FakeHub(["p1"]);
   const error = await job(hub, [0, 1, 2, 3, 4], picky).job.run().catch((e) => e);
   assert.ok(error instanceof TaskFailedError, String(error));
   assert.deepEqual([error.index, error.item, error.attempts.length], [2, 2, 1]);
-  assert.match(error.message, /^task 2 failed after 1 attempt: Error: two is not allowed$/);
-  assert.equal(error.cause.message, "two is not allowed");
+  assert.match(error.message, /^task 2 failed after 1 attempt: RangeError: two is not allowed$/);
+  assert.equal(error.cause, thrown, "the worker's own error, as thrown");
+  assert.equal(error.code, "task_failed");
   assert.deepEqual(hub.live(), []);
 
   const { job: kept } = job(new FakeHub(["p1"]), [0, 1, 2, 3, 4], picky, { returnExceptions: true });
@@ -279,6 +281,14 @@ test("a timed-out attempt's signal fires; it runs again, on a fresh activity if 
   // The worker of task 1 let go: its activity was kept. Task 0's was given up and replaced.
   assert.equal(kinds(events, "rented").length, 3);
   assert.deepEqual(hub.live(), []);
+});
+
+test("a job whose every provider lacks the image says why it passed them over", { timeout: 10_000 }, async () => {
+  const { job: j } = job(new FakeHub(["p1", "p2"], { lacking: ["p1", "p2"] }), [1, 2], square, { startTimeoutMs: 200 });
+  const error = await j.run().catch((e) => e);
+  assert.ok(error instanceof NoMatchError, String(error));
+  assert.match(error.message, /^no provider for this job after 0\.2 s: no provider can take the demand/);
+  assert.match(error.message, /\(this job passed over 2 providers that failed it; the last, p2: p2 does not hold kiln-busybox:latest\)$/);
 });
 
 test("with no provider at all, the job ends with NoMatchError after startTimeoutMs", { timeout: 10_000 }, async () => {
@@ -403,6 +413,27 @@ test("the summary reads as Python's JobSummary.lines()", { timeout: 10_000 }, ()
     "  p3: 0 tasks, 1.23 container CPU-seconds  (failed)",
   ]);
   assert.deepEqual(new JobSummary(0).lines(), ["tasks 0: 0 done, 0 failed; attempts 0, retries 0; wall time 0.00 s"]);
+});
+
+test("a worker that is not a function is refused before anything is rented", { timeout: 10_000 }, () => {
+  const hub = new FakeHub(["p1"]);
+  for (const bad of [undefined, null, 42, "square", { run: square }, Promise.resolve(1)]) {
+    assert.throws(() => new Job(hub, [1], bad, { image: IMAGE }), /worker must be a function/, String(bad));
+  }
+  assert.throws(() => new Job(hub, [1], square, { image: IMAGE, setup: 1 }), /setup must be a function: .*, not a number$/);
+  assert.throws(() => new Job(hub, [1], square, { image: IMAGE, teardown: {} }), /teardown must be a function: .*, not an object$/);
+  assert.deepEqual(hub.rents, [], "no rent was sent");
+});
+
+test("a worker returning no promise fails its task with a UsageError saying so; a plain function returning one is a worker", { timeout: 10_000 }, async () => {
+  const hub = new FakeHub(["p1"]);
+  const error = await job(hub, [1, 2], (act, n) => n * n, { retries: 2 }).job.run().catch((e) => e);
+  assert.ok(error instanceof TaskFailedError, String(error));
+  assert.ok(error.cause instanceof UsageError);
+  assert.match(error.message, /failed after 1 attempt: UsageError: the worker must return a promise \(be an async function\), and it returned a number$/);
+  assert.deepEqual(hub.live(), []);
+  const plain = (act, n) => square(act, n);
+  assert.deepEqual(await job(new FakeHub(["p1"]), [1, 2], plain).job.run(), [1, 4]);
 });
 
 test("options are checked before anything is rented", { timeout: 10_000 }, () => {

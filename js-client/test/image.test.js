@@ -3,7 +3,7 @@
 // progress): archives of both layouts Docker writes, and broken ones, are built here.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -221,6 +221,8 @@ test("a push: the manifest and tags, then exactly the blobs the hub wants, in it
     { digest: CONFIG_DIGEST, tags: ["app:1", "app:latest"], size: info([]).size, sentBytes: expected.length, skippedBytes: LAYER2.length, image: undefined },
   );
   assert.equal(pushed.image.arch, "amd64");
+  assert.deepEqual([pushed.image.inUse, pushed.image.lastUsed], [0, null]);
+  assert.ok(!("in_use" in pushed.image), "camelCase, as listImages gives it");
   assert.deepEqual(progress.at(0), { done: 0, total: expected.length });
   assert.deepEqual(progress.at(-1), { done: expected.length, total: expected.length });
 });
@@ -273,6 +275,13 @@ test("listImages and removeImage", { timeout: 10_000 }, async () => {
   const list = await listing;
   assert.equal(list.images[0].digest, CONFIG_DIGEST);
   assert.deepEqual([list.used, list.limit], [10, 100]);
+  // The wire's snake_case named as the rest of the JS API, every field index.d.ts declares.
+  assert.deepEqual(list.images[0], {
+    digest: CONFIG_DIGEST, tags: ["app:1"], size: info([]).size, layers: 3, arch: "amd64", os: "linux", pushed: 1,
+    lastUsed: null, inUse: 0, providers: [],
+  });
+  const declared = /export interface ImageInfo \{([^}]*)\}/.exec(readFileSync(new URL("../types/index.d.ts", import.meta.url), "utf8"))[1];
+  assert.deepEqual(Object.keys(list.images[0]).sort(), [...declared.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]).sort());
   const removing = r.removeImage("app:1");
   await tick();
   const [remove] = socket.take();

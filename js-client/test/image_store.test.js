@@ -70,6 +70,7 @@ test("push an image, rent it on a provider that lacks it, run it, list and remov
     const listed = images.find((i) => i.digest === imageId);
     assert.ok(listed !== undefined, JSON.stringify(images));
     assert.ok(listed.tags.includes(TAG));
+    assert.deepEqual([listed.inUse, listed.lastUsed], [0, null], "camelCase fields, like the rest of the JS API");
     assert.ok(used >= pushed.size && limit >= used);
 
     const loading = [];

@@ -10,7 +10,9 @@ import { join } from "node:path";
 import { WebSocketServer } from "ws";
 
 import {
+  ActivityError,
   CancelledError,
+  CommandFailedError,
   CommandTimeoutError,
   ConnectionLostError,
   FileNotFoundError,
@@ -69,6 +71,12 @@ test("the three actions end to end", { timeout: 120_000 }, async () => {
       workdir: "/golem/input",
     });
     assert.deepEqual([env.exitCode, env.stdout, env.stderr, env.ok], [7, "hi /golem/input\n", "oops\n", false]);
+    const failed = await act.run(["sh", "-c", "echo out; echo oops >&2; exit 7"], { check: true }).catch((e) => e);
+    assert.ok(failed instanceof CommandFailedError && failed instanceof ActivityError, String(failed));
+    assert.equal(failed.message, "'sh' exited with code 7: oops");
+    assert.equal(failed.code, "command_failed");
+    assert.deepEqual([failed.result.exitCode, failed.result.stdout], [7, "out\n"]);
+    assert.ok((await act.run(["true"], { check: true })).ok);
     assert.ok([126, 127].includes((await act.run(["no-such-program"])).exitCode));
     const hung = await act.run(["sh", "-c", "echo started; sleep 100; echo never"], { timeoutMs: 1000 }).catch((e) => e);
     assert.ok(hung instanceof CommandTimeoutError && hung instanceof KilnError, String(hung));
@@ -232,7 +240,10 @@ test("failures carry stable codes", { timeout: 60_000 }, async () => {
     await assert.rejects(requestor.rent({ image: IMAGE, demand: { memory: "64GiB" } }), NoMatchError);
     await assert.rejects(
       requestor.rent({ image: "no-such-image:1", demand: SMALL }),
-      (e) => e instanceof ImageNotFoundError && e.code === "image_not_found" && e.provider === provider,
+      (e) => e instanceof ImageNotFoundError && e.code === "image_not_found" && e.provider === provider &&
+        // What the requestor can do, not only what the provider's operator could (--pull).
+        /push it there \(kiln image push no-such-image:1, or push_image \/ pushImage in code\)/.test(e.message) &&
+        /--pull/.test(e.message),
     );
   } finally {
     await requestor.close();

@@ -9,6 +9,7 @@ import {
   RetryTaskError,
   TaskFailedError,
   TaskTimeoutError,
+  UsageError,
   connect,
 } from "../src/node/index.js";
 import { IMAGE, containersOf, sleep, startCluster } from "./harness.js";
@@ -85,10 +86,11 @@ test("mapUnordered yields each result as its task finishes", { timeout: 60_000 }
   assert.deepEqual(seen, new Map([[0, 9], [1, 1], [2, 4]]));
 });
 
-test("a worker error ends the map with TaskFailedError after releasing everything", { timeout: 60_000 }, async () => {
+test("a worker error ends the map with TaskFailedError, caused by it, after releasing everything", { timeout: 60_000 }, async () => {
+  const thrown = new TypeError("bad part");
   const error = await requestor
     .map([1, 2, 3, 4], async (act, n) => {
-      if (n === 3) throw new Error("bad part");
+      if (n === 3) throw thrown;
       await act.run(["sleep", "1"]);
       return n;
     }, { image: IMAGE, demand: DEMAND })
@@ -96,11 +98,30 @@ test("a worker error ends the map with TaskFailedError after releasing everythin
   assert.ok(error instanceof TaskFailedError, String(error));
   assert.equal(error.index, 2);
   assert.equal(error.item, 3);
-  assert.equal(error.attempts.length, 1);
-  assert.equal(error.attempts[0].message, "bad part");
-  assert.equal(error.code, "internal");
+  assert.deepEqual(error.attempts, [thrown]);
+  assert.equal(error.cause, thrown);
+  assert.match(error.message, /: TypeError: bad part$/);
+  assert.equal(error.code, "task_failed");
   assert.equal(requestor.activities.length, 0);
   assert.ok(noContainersLeft());
+});
+
+test("a worker that is not a function is refused before anything is rented", { timeout: 30_000 }, async () => {
+  const rents = [];
+  const watcher = await connect(cluster.url, { name: "js-map-watcher" });
+  try {
+    for (const bad of [42, "square", { run: squarer([]) }]) {
+      await assert.rejects(requestor.map([1, 2], bad, { image: IMAGE, demand: DEMAND }), (e) => e instanceof UsageError && /worker must be a function/.test(e.message));
+      const unordered = requestor.mapUnordered([1, 2], bad, { image: IMAGE, demand: DEMAND });
+      await assert.rejects(unordered.next(), UsageError);
+      assert.throws(() => requestor.job([1, 2], bad, { image: IMAGE }), UsageError);
+      rents.push(...(await requestor.listActivities()));
+    }
+    assert.deepEqual(rents, [], "the hub lists no activity of this requestor");
+    assert.ok((await watcher.market()).every((p) => p.activities === 0 && p.free.cpus === p.offered.cpus));
+  } finally {
+    await watcher.close();
+  }
 });
 
 test("RetryTaskError runs the task again on the other provider", { timeout: 60_000 }, async () => {

@@ -5,7 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, relative } from "node:path";
+import { pathToFileURL } from "node:url";
 
 import { ConnectionLostError, UsageError, connect } from "../src/node/index.js";
 import { connect as browserConnect } from "../src/browser.js";
@@ -53,6 +54,29 @@ test("the hub serves wss://; with the ca (text or bytes) a client rents and runs
   }
 });
 
+test("ca may be the path of the CA's PEM file, as Python's ssl= takes it", { timeout: 60_000 }, async () => {
+  for (const path of [files.ca, pathToFileURL(files.ca), relative(process.cwd(), files.ca)]) {
+    const requestor = await connect(cluster.url, { ca: path });
+    try {
+      assert.equal((await requestor.market()).length, 1, String(path));
+    } finally {
+      await requestor.close();
+    }
+  }
+  // A path to another certificate, not the CA's: read, and the hub is refused as untrusted.
+  await assert.rejects(connect(cluster.url, { ca: files.cert }), (e) => e instanceof ConnectionLostError && /not trusted/.test(e.message));
+  const missing = join(dir, "absent.pem");
+  await assert.rejects(
+    connect(cluster.url, { ca: missing }),
+    (e) => e instanceof UsageError && e.message === `cannot read the CA certificate ${missing}: no such file or directory`,
+  );
+  await assert.rejects(connect(cluster.url, { ca: dir }), (e) => e instanceof UsageError && e.message.startsWith(`cannot read the CA certificate ${dir}:`));
+  await assert.rejects(
+    connect(cluster.url, { ca: files.key }),
+    (e) => e instanceof UsageError && e.message.startsWith(`${files.key} holds no PEM certificate`),
+  );
+});
+
 test("without the ca the client refuses the hub: its certificate is not trusted", { timeout: 20_000 }, async () => {
   await assert.rejects(
     connect(cluster.url),
@@ -73,9 +97,15 @@ test("a plain ws:// client of a TLS hub is told that the hub serves wss://", { t
   );
 });
 
-test("ca is PEM, for a wss:// hub, and Node only", { timeout: 5_000 }, async () => {
+test("ca is PEM (or a PEM file), for a wss:// hub, and Node only", { timeout: 5_000 }, async () => {
   await assert.rejects(connect(cluster.url.replace("wss://", "ws://"), { ca }), (e) => e instanceof UsageError && /for a wss:\/\/ hub/.test(e.message));
-  await assert.rejects(connect(cluster.url, { ca: "not a certificate" }), (e) => e instanceof UsageError && /no PEM certificate/.test(e.message));
+  // A string holding "-----BEGIN" is PEM text; any other string is a path.
+  await assert.rejects(
+    connect(cluster.url, { ca: "-----BEGIN GARBAGE-----" }),
+    (e) => e instanceof UsageError && /^ca holds no PEM certificate/.test(e.message),
+  );
+  await assert.rejects(connect(cluster.url, { ca: "not a certificate" }), (e) => e instanceof UsageError && /cannot read the CA certificate not a certificate/.test(e.message));
   await assert.rejects(connect(cluster.url, { ca: /** @type {any} */ (42) }), UsageError);
   await assert.rejects(browserConnect(cluster.url, { ca }), (e) => e instanceof UsageError && /its own trust store/.test(e.message));
+  await assert.rejects(browserConnect(cluster.url, { ca: files.ca }), (e) => e instanceof UsageError && /its own trust store/.test(e.message));
 });

@@ -10,6 +10,7 @@ import { dirname, resolve } from "node:path";
 
 import { ERROR_CODES, ErrorCode } from "../src/protocol/codes.js";
 import { KilnError, errorFromCode } from "../src/errors.js";
+import * as browserEntry from "../src/browser.js";
 import * as nodeEntry from "../src/node/index.js";
 import * as protocolEntry from "../src/protocol/index.js";
 import { Activity } from "../src/activity.js";
@@ -64,6 +65,25 @@ const declares = (dts, name) =>
 
 test("index.d.ts declares everything the entry points export", () => {
   for (const name of Object.keys(nodeEntry)) assert.ok(declares(indexDts, name), `types/index.d.ts does not declare ${name}`);
+});
+
+/** The runtime names (classes, functions, constants) the .d.ts text exports: declared, or re-exported as values. */
+function runtimeExports(dts) {
+  const declared = [...dts.matchAll(/^export declare (?:class|function|const) (\w+)/gm)].map((m) => m[1]);
+  const reexported = [...dts.matchAll(/^export \{([^}]*)\} from/gm)].flatMap((m) => m[1].split(",").map((n) => n.trim()));
+  return [...declared, ...reexported.filter(Boolean)];
+}
+
+test("every runtime name index.d.ts exports exists in the Node and the browser entry", () => {
+  const names = runtimeExports(indexDts);
+  for (const expected of ["connect", "Requestor", "CommandFailedError", "TaskTimeoutError", "ErrorCode", "errorFromCode"]) {
+    assert.ok(names.includes(expected), `the parse found no ${expected}`);
+  }
+  for (const name of names) {
+    assert.ok(name in nodeEntry, `types/index.d.ts exports ${name}, which src/node/index.js does not`);
+    assert.ok(name in browserEntry, `types/index.d.ts exports ${name}, which src/browser.js does not`);
+  }
+  assert.deepEqual(Object.keys(browserEntry).sort(), Object.keys(nodeEntry).sort(), "both entries export the same names");
 });
 
 /** The names of the methods and accessors `class` declares in the .d.ts text. */

@@ -1,9 +1,9 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
-import type { ActivityInfo, DownloadInfo, ImageInfo, ProviderInfo, Resources } from "./protocol.js";
+import type { ActivityInfo, DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
 import { ActivityError, ConnectionClosedError, KilnError } from "./protocol.js";
 
-export type { Message, ActivityInfo, ImageInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
+export type { Message, ActivityInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
 
 export interface ConnectOptions {
@@ -14,11 +14,13 @@ export interface ConnectOptions {
   /** How long the handshake may take (default 10 s). */
   timeoutMs?: number;
   /**
-   * Node only: the CA that signed a wss:// hub's certificate (its PEM text, or the bytes of
-   * its PEM file), trusted instead of Node's own CAs. A browser verifies the hub with its
-   * own trust store and refuses this option.
+   * Node only: the CA that signed a wss:// hub's certificate, trusted instead of Node's own
+   * CAs: the path of its PEM file (a string, or a file: URL), as Python's `ssl=` takes it; its
+   * PEM text (a string holding "-----BEGIN"); or the bytes of its PEM file. A file that
+   * cannot be read is a UsageError naming it. A browser verifies the hub with its own trust
+   * store and refuses this option.
    */
-  ca?: string | Uint8Array;
+  ca?: string | URL | Uint8Array;
   /**
    * Dial again when the connection drops (default true): with backoff 0.2 s doubling to
    * 2 s, for up to the `grace` the hub announced (protocol 1.2), resuming the session so
@@ -26,6 +28,18 @@ export interface ConnectOptions {
    * reject with ConnectionLostError; activities the hub did not keep are marked `lost`.
    */
   reconnect?: boolean;
+  /**
+   * Node only (a browser ignores it): on SIGINT (Ctrl-C) or SIGTERM, close this requestor —
+   * releasing every activity it holds, at once rather than after the hub's grace period —
+   * before the process exits with 130 (SIGINT) or 143 (SIGTERM), as Python does (default
+   * true). The listeners are added when the first such requestor connects and removed when
+   * the last one closes, so a process without an open requestor keeps Node's default
+   * behaviour. When the program listens for the signal too, its requestors are still
+   * closed, but the process does not exit: the program's listener decides what happens
+   * next. A second signal during the release exits at once. `false`: signals are left
+   * alone, and what the requestor holds is the program's to release (`close()`).
+   */
+  releaseOnSignal?: boolean;
 }
 
 /**
@@ -81,6 +95,36 @@ export interface PushOptions {
   /** How far the blobs the hub wants have gone: `done` of `total` bytes. */
   onProgress?: (progress: { done: number; total: number }) => void;
   signal?: AbortSignal;
+}
+
+/**
+ * An image in the hub's store (the wire's `image_info`, named as the rest of the JS API:
+ * `kiln-client/protocol`'s `ImageInfo` is the wire form).
+ */
+export interface ImageInfo {
+  /** Docker's image id: the sha256 of its config (`sha256:…`). */
+  digest: string;
+  tags: string[];
+  /** Bytes of its config and layers. */
+  size: number;
+  layers: number;
+  arch: string;
+  os: string;
+  /** When it was pushed: the hub's clock, Unix seconds. */
+  pushed: number;
+  /** When an activity last ran it (Unix seconds); null: never. */
+  lastUsed: number | null;
+  /** How many activities run it now. */
+  inUse: number;
+  /** The providers that hold it. */
+  providers: string[];
+}
+
+/** The images in the hub's store, most recently used first, and the bytes it holds (`used`) of its `limit`. */
+export interface ImageList {
+  images: ImageInfo[];
+  used: number;
+  limit: number;
 }
 
 /** What a push did. */
@@ -254,7 +298,7 @@ export declare class Requestor {
    */
   pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
   /** The images in the hub's store, most recently used first; the bytes it holds of its limit. */
-  listImages(): Promise<{ images: ImageInfo[]; used: number; limit: number }>;
+  listImages(): Promise<ImageList>;
   /** Remove an image (by tag or digest) from the hub's store; ImageNotFoundError if it lacks it. */
   removeImage(ref: string): Promise<void>;
   /** A job not started yet: follow its events, then run it. */
@@ -298,6 +342,14 @@ export interface RunOptions extends SignalOption {
   stdin?: Stdin;
 }
 
+export interface RunCheckOptions extends RunOptions {
+  /**
+   * Reject with CommandFailedError (its `result` the Result) when the command exits with a
+   * code other than 0, instead of resolving to that Result (default false).
+   */
+  check?: boolean;
+}
+
 /** Output of a streamed command as it comes: `text` is `data` decoded as UTF-8 (a character split between chunks is decoded whole in the later one). */
 export interface OutputChunk {
   readonly kind: "stdout" | "stderr";
@@ -336,7 +388,11 @@ export declare class Activity {
   sendJson(value: unknown, path: string, options?: SignalOption): Promise<void>;
   /** Node: streamed from disk. Browser: a Blob or File. */
   sendFile(local: LocalSource, path: string, options?: SignalOption & { mode?: number }): Promise<void>;
-  run(argv: string[], options?: RunOptions): Promise<Result>;
+  /**
+   * Run `argv` exactly as given; a Result whatever the exit code (with `check`, a code
+   * other than 0 rejects with CommandFailedError). CommandTimeoutError past `timeoutMs`.
+   */
+  run(argv: string[], options?: RunCheckOptions): Promise<Result>;
   /**
    * Run `argv` and yield its output as it comes, then its exit (a hub ≥ 1.2). Credit goes
    * back as events are taken: a consumer that stops reading stops the command. Leaving
@@ -424,15 +480,26 @@ export declare class CommandTimeoutError extends ActivityError {
   /** What the command wrote before it was killed. */
   readonly result: Result;
 }
+/** A command run with `check: true` exited with a code other than 0 (code `command_failed`). */
+export declare class CommandFailedError extends ActivityError {
+  constructor(message: string, result: Result);
+  /** What the command did: its exit code and output. */
+  readonly result: Result;
+}
 /** An attempt of a job's task ran past `taskTimeoutMs` (the task is tried again). */
 export declare class TaskTimeoutError extends KilnError {}
-/** A job's task failed for good. */
+/**
+ * A job's task failed for good (code `task_failed`): its message names the error that
+ * ended it (its name and message), which is its `cause` — the worker's own error, as thrown.
+ */
 export declare class TaskFailedError extends KilnError {
   constructor(message: string, task: { index: number; item: unknown; attempts: unknown[]; cause?: unknown });
   readonly index: number;
   readonly item: unknown;
   /** Each attempt's error, in order. */
   readonly attempts: unknown[];
+  /** The error that ended the task: the worker's own, or the last attempt's. */
+  readonly cause: unknown;
 }
 /** Thrown by a job's worker: run this task again, on another provider if possible. */
 export declare class RetryTaskError extends KilnError {}

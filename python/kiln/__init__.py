@@ -45,10 +45,10 @@ if TYPE_CHECKING:
         UnsupportedVersion,
         UsageError,
     )
-    from kiln.protocol.messages import Demand
-    from kiln.requestor.activity import Activity, CommandTimeout, Result, StreamEvent
-    from kiln.requestor.client import Requestor, connect
-    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed
+    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, ProviderInfo, Resources
+    from kiln.requestor.activity import Activity, CommandFailed, CommandTimeout, Result, StreamEvent
+    from kiln.requestor.client import Rental, Requestor, connect
+    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
 
@@ -60,21 +60,22 @@ _HOMES = {
         "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError", "StoreFull", "TransferFailed",
         "Unauthorized", "UnsupportedVersion", "UsageError",
     ],
-    "kiln.protocol.messages": ["Demand"],
-    "kiln.requestor.activity": ["Activity", "CommandTimeout", "Result", "StreamEvent"],
-    "kiln.requestor.client": ["Requestor", "connect"],
-    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed"],
+    "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
+    "kiln.requestor.activity": ["Activity", "CommandFailed", "CommandTimeout", "Result", "StreamEvent"],
+    "kiln.requestor.client": ["Rental", "Requestor", "connect"],
+    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
 __all__ = [
-    "Activity", "ActivityError", "Cancelled", "CommandTimeout", "ConnectionClosed", "ConnectionLost", "ContainerFailed",
-    "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError", "ImageNotFound", "InvalidPath", "Job",
-    "JobEvent", "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError",
-    "ProviderLost", "PushedImage", "RemoteError", "RemoteProtocolError", "Requestor", "Result", "RetryTask",
-    "StoreFull", "StreamEvent", "TaskFailed", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
+    "Activity", "ActivityError", "ActivityInfo", "Cancelled", "CommandFailed", "CommandTimeout", "ConnectionClosed",
+    "ConnectionLost", "ContainerFailed", "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError",
+    "ImageInfo", "ImageList", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError",
+    "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderInfo", "ProviderLost", "PushedImage",
+    "RemoteError", "RemoteProtocolError", "Rental", "Requestor", "Resources", "Result", "RetryTask", "StoreFull",
+    "StreamEvent", "TaskFailed", "TaskTimeout", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
     "__version__", "connect",
 ]  # fmt: skip
 

@@ -4,9 +4,12 @@
  *
  *     import { connect } from "kiln-client";
  *     const requestor = await connect("ws://127.0.0.1:7465");
- *     const overTls = await connect("wss://hub.example:7465", { ca: readFileSync("ca.pem") });
+ *     const overTls = await connect("wss://hub.example:7465", { ca: "ca.pem" });   // the CA's PEM file
  * @module
  */
+
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
 
 import WebSocket from "ws";
 
@@ -14,6 +17,7 @@ import { checkHubUrl } from "../connection.js";
 import { UsageError } from "../errors.js";
 import { connectWith } from "../requestor.js";
 import { openArchive, openSource, saveDownload } from "./files.js";
+import { releaseOnSignal } from "./signals.js";
 
 export * from "../common.js";
 
@@ -44,18 +48,37 @@ const platform = {
 };
 
 /**
- * The `ca` option as `ws` takes it, checked: PEM text of at least one certificate.
+ * The `ca` option as `ws` takes it, checked: PEM text of at least one certificate. A string
+ * that holds "-----BEGIN" is PEM text; any other string (or a file: URL) is the path of a
+ * PEM file, read here, as Python's `ssl=` takes one.
  * @param {string} url
  * @param {unknown} ca
+ * @returns {Promise<Buffer>}
  */
-function trusted(url, ca) {
+async function trusted(url, ca) {
   if (!/^wss:/i.test(url)) throw new UsageError(`the ca option is for a wss:// hub, and ${url} is not one`);
-  if (typeof ca !== "string" && !(ca instanceof Uint8Array)) {
-    throw new UsageError("ca is the PEM text of the CA's certificate: a string, a Buffer or a Uint8Array");
+  /** @type {Buffer} */
+  let pem;
+  let source = "ca";
+  if (ca instanceof Uint8Array) {
+    pem = Buffer.from(ca.buffer, ca.byteOffset, ca.byteLength);
+  } else if (typeof ca === "string" && ca.includes("-----BEGIN")) {
+    pem = Buffer.from(ca);
+  } else if (typeof ca === "string" || ca instanceof URL) {
+    source = ca instanceof URL ? fileURLToPath(ca) : ca;
+    try {
+      pem = await readFile(ca);
+    } catch (e) {
+      const error = /** @type {NodeJS.ErrnoException} */ (e);
+      // "ENOENT: no such file or directory, open 'ca.pem'": the middle says it.
+      const why = /^[A-Z]+: ([^,]+)/.exec(error.message)?.[1] ?? error.message;
+      throw new UsageError(`cannot read the CA certificate ${source}: ${why}`, { cause: e });
+    }
+  } else {
+    throw new UsageError("ca is the CA's certificate: the path of its PEM file, its PEM text, or the bytes of its PEM file");
   }
-  const pem = typeof ca === "string" ? Buffer.from(ca) : Buffer.from(ca.buffer, ca.byteOffset, ca.byteLength);
   if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
-    throw new UsageError("ca holds no PEM certificate (no -----BEGIN CERTIFICATE----- in it)");
+    throw new UsageError(`${source} holds no PEM certificate of a CA to trust (no -----BEGIN CERTIFICATE----- in it)`);
   }
   return pem;
 }
@@ -63,20 +86,34 @@ function trusted(url, ca) {
 /**
  * Connect to the hub at `url` as a requestor.
  *
- * A wss:// hub's certificate is verified against `ca` (the PEM text or bytes of the CA
- * that signed it) or, without it, Node's trusted CAs.
+ * A wss:// hub's certificate is verified against `ca` (the CA that signed it: the path of
+ * its PEM file, its PEM text, or the bytes of its PEM file) or, without it, Node's trusted CAs.
  *
  * Rejects with ConnectionLostError when the hub cannot be reached, does not answer or
  * presents a certificate that is not trusted (the message says which),
  * UnsupportedVersionError when it speaks another protocol or major version,
  * UnauthorizedError when it refuses the token, and UsageError for a URL that is not a
- * hub's or a `ca` that is no PEM certificate or comes with a ws:// url.
+ * hub's, a `ca` file that cannot be read, a `ca` that is no PEM certificate, or one that
+ * comes with a ws:// url.
+ *
+ * Until it is closed, the requestor is closed on SIGINT (Ctrl-C) or SIGTERM, releasing
+ * what it holds, before the process exits with 130 or 143 (`./signals.js` says how this
+ * goes with a program's own listeners); `releaseOnSignal: false` leaves signals alone.
  * @param {string} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465"
- * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | Uint8Array}} [options]
+ * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | URL | Uint8Array, reconnect?: boolean,
+ *          releaseOnSignal?: boolean}} [options]
  */
 export async function connect(url, options = {}) {
   checkHubUrl(url); // before the ca option is judged against it
-  if (options.ca === undefined) return connectWith(platform, url, options);
-  const ca = trusted(url, options.ca);
-  return connectWith({ ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) }, url, options);
+  const release = options.releaseOnSignal ?? true;
+  if (typeof release !== "boolean") throw new UsageError(`releaseOnSignal is true or false, not ${JSON.stringify(release)}`);
+  /** @type {import("../requestor.js").Platform} */
+  let dialing = platform;
+  if (options.ca !== undefined) {
+    const ca = await trusted(url, options.ca);
+    dialing = { ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) };
+  }
+  const requestor = await connectWith(dialing, url, options);
+  if (release) releaseOnSignal(requestor);
+  return requestor;
 }

@@ -42,6 +42,9 @@ export const ErrorCode = Object.freeze({
   CANCELLED: "cancelled",
   TIMEOUT: "timeout",
   CONNECTION_CLOSED: "connection_closed",
+  // The requestor SDKs' own, never sent on the wire.
+  COMMAND_FAILED: "command_failed",
+  TASK_FAILED: "task_failed",
   INTERNAL: "internal",
 });
 

@@ -91,6 +91,7 @@ from kiln.protocol.errors import NoMatch, RemoteProtocolError, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     MAJOR_VERSION,
+    MAX_TEXT,
     MINOR_VERSION,
     PROTOCOL_VERSION,
     ActivitiesQuery,
@@ -1015,6 +1016,8 @@ class HubCore:
                 return
             if isinstance(reply, Error):
                 self._drop_activity(activity)
+                if reply.code == ErrorCode.IMAGE_NOT_FOUND and pending.stored is None:
+                    reply = reply.model_copy(update={"message": not_stored(reply.message, pending.image)})
                 self._to_requestor(p, pending, reply)
             elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
@@ -1323,6 +1326,16 @@ class HubCore:
     def _flush(self) -> list[Action]:
         out, self._out = self._out, []
         return out
+
+
+def not_stored(told: str, image: str) -> str:
+    """A provider's ``image_not_found`` for an image the hub's store lacks too, with what the
+    requestor can do about it (the provider's own text says what its operator could)."""
+    hint = (
+        f"; the hub's image store does not hold {image!r} either: push it there (kiln image push {image}, "
+        "or push_image / pushImage in code), then rent it again"
+    )
+    return clip(told, MAX_TEXT - len(hint)) + hint
 
 
 def _credential_id(p: Peer) -> int | None:

@@ -43,4 +43,7 @@ class ErrorCode(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     CONNECTION_CLOSED = "connection_closed"
+    # The requestor SDKs' own, never sent on the wire.
+    COMMAND_FAILED = "command_failed"
+    TASK_FAILED = "task_failed"
     INTERNAL = "internal"

@@ -26,8 +26,9 @@
      +-- Cancelled                 the request was cancelled
      +-- RemoteError               any other error a peer reported (.code tells which)
 
-The requestor SDK adds ``CommandTimeout`` (an ActivityError carrying the command's output),
-``RetryTask`` and ``TaskFailed``; the provider adds its own failures under ``ProviderError``.
+The requestor SDK adds ``CommandTimeout`` and ``CommandFailed`` (ActivityErrors carrying the
+command's result), ``RetryTask``, ``TaskTimeout`` and ``TaskFailed``; the provider adds its
+own failures under ``ProviderError``.
 :func:`error_from_code` turns an ``error`` message from the wire into the right class.
 """
 

@@ -56,6 +56,8 @@ Stdin: TypeAlias = "bytes | bytearray | memoryview | str | os.PathLike[str] | As
 """A command's input: bytes, text (sent as UTF-8), a local file (a Path: streamed from disk),
 or an async iterable of byte chunks (streamed as they come)."""
 OUTPUTS: Final = {1: "stdout", 2: "stderr"}
+FAILURE_LINE: Final = 200
+"""The most of a failed command's stderr a CommandFailed's message shows (its last line)."""
 
 
 class Link(Protocol):
@@ -111,6 +113,17 @@ class CommandTimeout(ActivityError):
     """A command ran past its timeout and was killed; ``result`` holds what it wrote until then."""
 
     default_code = ErrorCode.TIMEOUT
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class CommandFailed(ActivityError):
+    """A command run with ``check=True`` exited with a code other than 0; ``result`` holds its
+    exit code and output."""
+
+    default_code = ErrorCode.COMMAND_FAILED
 
     def __init__(self, message: str, result: Result) -> None:
         super().__init__(message)
@@ -227,13 +240,15 @@ class Activity:
         workdir: str | None = None,
         timeout: float | None = None,
         stdin: Stdin | None = None,
+        check: bool = False,
     ) -> Result:
         """Run ``argv`` exactly as given (use ``["sh", "-c", "..."]`` for a shell).
 
         ``stdin`` is the command's input (see :data:`Stdin`; none: empty), streamed as the
-        command reads it. Returns a :class:`Result` whatever the exit code. Raises
-        :class:`CommandTimeout` (with ``.result`` holding the output so far) when ``timeout``
-        seconds pass first; the command is killed.
+        command reads it. Returns a :class:`Result` whatever the exit code, unless ``check``:
+        then an exit code other than 0 raises :class:`CommandFailed` (its ``.result`` the
+        Result). Raises :class:`CommandTimeout` (with ``.result`` holding the output so far)
+        when ``timeout`` seconds pass first; the command is killed.
         """
         conn = await self._link.connected()
         message = self._exec(conn, argv, env, workdir, timeout, stdin, stream=False)
@@ -253,7 +268,10 @@ class Activity:
         finally:
             if source is not None:
                 await source.stop(failed)
-        return _result(argv, timeout, reply)
+        result = _result(argv, timeout, reply)
+        if check and result.exit_code != 0:
+            raise CommandFailed(_failure_text(argv, result), result)
+        return result
 
     async def stream(
         self,
@@ -504,6 +522,14 @@ def _result(argv: Sequence[str], timeout: float | None, reply: Message) -> Resul
     if result.timed_out:
         raise CommandTimeout(f"{argv[0]!r} ran past its timeout of {timeout or 0:g} s and was killed", result)
     return result
+
+
+def _failure_text(argv: Sequence[str], result: Result) -> str:
+    """``'make' exited with code 2: <the last line of its stderr>``."""
+    lines = result.stderr.strip().splitlines()
+    last = lines[-1] if lines else ""
+    shown = last if len(last) <= FAILURE_LINE else last[: FAILURE_LINE - 1] + "…"
+    return f"{argv[0]!r} exited with code {result.exit_code}" + (f": {shown}" if shown else "")
 
 
 class _Input:

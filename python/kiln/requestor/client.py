@@ -6,7 +6,13 @@
         async with requestor.rent("kiln-busybox:latest", kiln.Demand(cpus=1, memory="256MiB")) as act:
             ...
 
-Leaving ``connect`` releases every activity still held. If the connection drops, the
+    requestor = await kiln.connect("ws://127.0.0.1:7465")    # or without a block:
+    try:
+        ...
+    finally:
+        await requestor.close()
+
+Leaving ``connect`` (or ``close()``) releases every activity still held. If the connection drops, the
 requestor dials again (protocol 1.2) for as long as the hub holds its activities (the
 ``grace`` its welcome announced, ``kiln hub --grace``): requests under way fail with
 :class:`~kiln.ConnectionLost`, the activities the hub kept go on working, and those it did
@@ -78,16 +84,20 @@ class Requestor:
     With ``dial``, a connection that drops is dialled again (see the module's docstring).
     """
 
-    def __init__(self, conn: Connection, dial: Dial | None = None) -> None:
+    def __init__(self, conn: Connection, dial: Dial | None = None, *, name: str = "requestor") -> None:
         self._conn = conn
         self._dial = dial
         self._activities: dict[str, Activity] = {}
-        self._reader: asyncio.Task[None] | None = None
         self._up = asyncio.Event()  # clear while dialling again
         self._up.set()
         self._closing = False
         self.gone: ConnectionClosed | None = None
         """Why this requestor has no connection for good (closed, or no reconnect in time); None while it has."""
+        conn.on_event = self._on_event
+        # Owned here: awaited by close(), which every way out of connect() comes to.
+        self._reader: asyncio.Task[None] | None = asyncio.get_running_loop().create_task(
+            self._read(), name=f"kiln-reader-{name}"
+        )
 
     @property
     def connection(self) -> Connection:
@@ -112,10 +122,10 @@ class Requestor:
         await self._up.wait()
         return self.gone is None
 
-    async def run(self) -> None:
+    async def _read(self) -> None:
         """Read from the hub, dialling again when the connection drops, until closed or gone for good.
 
-        Started by :func:`connect` (and awaited by :meth:`close`).
+        Started when the requestor is made, awaited by :meth:`close`.
         """
         while True:
             await self._conn.run()
@@ -408,7 +418,8 @@ class Requestor:
         self._activities.pop(activity.id, None)
 
     async def close(self) -> None:
-        """Release every activity still held and close the connection, for good (no reconnect).
+        """Release every activity still held and close the connection, for good (no reconnect);
+        returns once the requestor has stopped reading from the hub. Safe to call twice.
 
         While a reconnect is under way it is given up: the hub destroys what it held once
         its grace period ends.
@@ -467,12 +478,16 @@ class Rental:
             pass  # the hub destroys what a vanished requestor held
 
 
-class connect:  # named like a function: ``async with kiln.connect(url) as r``
-    """Connect to the hub at ``url`` as a requestor; use with ``async with``.
+class connect:  # named like a function: ``async with kiln.connect(url) as r`` or ``r = await kiln.connect(url)``
+    """Connect to the hub at ``url`` as a requestor.
+
+    Either ``async with kiln.connect(url) as requestor:`` (closed on the way out), or
+    ``requestor = await kiln.connect(url)``, then ``await requestor.close()`` yourself: both
+    give a connected :class:`Requestor`, and closing it releases everything it holds.
 
     A ``wss://`` hub's certificate is verified against ``ssl``: an :class:`ssl.SSLContext`,
     or the path of the PEM file of the CA that signed it (without it, the system's trust
-    store). Entering raises :class:`~kiln.ConnectionLost` when the hub cannot be reached or
+    store). Connecting raises :class:`~kiln.ConnectionLost` when the hub cannot be reached or
     its certificate is not trusted (the message says which).
 
     With ``reconnect`` (default), a connection that drops is dialled again for as long as
@@ -500,14 +515,17 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r``
         return await Connection.open(self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl,
                                      resume=resume)  # fmt: skip
 
-    async def __aenter__(self) -> Requestor:
+    async def _open(self) -> Requestor:
+        """Dial the hub and make the requestor (which starts reading): what both ways of connecting do."""
         conn = await self._dial()
-        requestor = Requestor(conn, self._dial if self._reconnect else None)
-        conn.on_event = requestor._on_event
-        # Owned here: awaited in Requestor.close(), which __aexit__ always calls.
-        requestor._reader = asyncio.create_task(requestor.run(), name=f"kiln-reader-{self._name}")
-        self._requestor = requestor
-        return requestor
+        self._requestor = Requestor(conn, self._dial if self._reconnect else None, name=self._name)
+        return self._requestor
+
+    def __await__(self) -> Generator[Any, None, Requestor]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Requestor:
+        return await self._open()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -23,6 +23,11 @@ An image from the hub's store that a provider lacks is loaded before the contain
 the job emits ``image_loading`` events as the bytes go, and its summary counts the bytes
 each provider pulled.
 
+The worker (and ``setup``, ``teardown``) must be async callables (:func:`is_async_callable`):
+anything else is refused with a :class:`~kiln.UsageError` before anything is rented. An
+exception a worker raises is the task's :class:`TaskFailed` ``__cause__``, its type and
+message in the TaskFailed's message.
+
 Use :meth:`kiln.Requestor.map` / :meth:`kiln.Requestor.map_unordered`, or make a
 :class:`Job` to follow its :meth:`Job.events` and read its :attr:`Job.summary`.
 """
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import inspect
 import logging
 import secrets
 import time
@@ -104,9 +111,13 @@ class TaskTimeout(KilnError):
 
 
 class TaskFailed(KilnError):
-    """A task failed for good. ``index`` and ``item`` name it; ``attempts`` holds each attempt's error."""
+    """A task failed for good. ``index`` and ``item`` name it; ``attempts`` holds each attempt's error.
 
-    default_code = ErrorCode.INTERNAL
+    Its ``__cause__`` is what ended it: the worker's own exception (its type and message are
+    in this one's), or the last attempt's error.
+    """
+
+    default_code = ErrorCode.TASK_FAILED
 
     def __init__(self, message: str, index: int, item: Any, attempts: list[BaseException]) -> None:
         super().__init__(message)
@@ -217,6 +228,12 @@ class Job(Generic[T, R]):
         on_event: Callable[[JobEvent], None] | None = None,
         user: User | None = None,
     ) -> None:
+        for role, function in (("worker", worker), ("setup", setup), ("teardown", teardown)):
+            if function is not None and not is_async_callable(function):
+                raise UsageError(
+                    f"the {role} must be an async function (async def {role}(activity, ...), a functools.partial "
+                    f"of one, or an object with an async __call__), and {function!r} is not one"
+                )
         if max_providers < 1:
             raise UsageError("max_providers must be at least 1")
         if retries < 0:
@@ -246,6 +263,8 @@ class Job(Generic[T, R]):
         self._held: dict[int, str] = {}  # slot -> provider of the activity it holds
         self._failures: Counter[str] = Counter()
         self._banned: set[str] = set()
+        self._last_ban = ""
+        """Why the job last passed over a provider: told when no provider is left."""
         self._changed = asyncio.Event()
         self._failing = False
         self._started = 0.0
@@ -440,6 +459,9 @@ class Job(Generic[T, R]):
         none of whose tasks ever ran ends with the NoMatch itself.
         """
         why = f"no provider for this job after {self.start_timeout:g} s: {reason.message}" if waited else reason.message
+        if self._banned:
+            count = len(self._banned)
+            why += f" (this job passed over {count} provider{'s' * (count != 1)} that failed it; {self._last_ban})"
         tried = [task for task in self._pending if task.errors]
         if not self.return_exceptions and not tried:
             raise NoMatch(why) from reason
@@ -577,8 +599,25 @@ class Job(Generic[T, R]):
     def _ban(self, provider: str, why: str) -> None:
         if provider not in self._banned:
             self._banned.add(provider)
+            self._last_ban = f"the last, {provider}: {why}"
             self._event("provider_banned", provider=provider, detail=why)
             self._notify()
+
+
+def is_async_callable(function: object) -> bool:
+    """Whether calling ``function`` gives a coroutine: an ``async def`` function or method, a
+    :func:`functools.partial` of one, or an object whose ``__call__`` is ``async def``.
+
+    A plain ``def`` (a lambda too) is not, even one that returns an awaitable: wrap what it
+    calls with :func:`functools.partial` instead.
+    """
+    while isinstance(function, functools.partial):
+        function = function.func
+    if inspect.iscoroutinefunction(function):
+        return True
+    if inspect.isroutine(function) or inspect.isclass(function) or not callable(function):
+        return False
+    return inspect.iscoroutinefunction(type(function).__call__)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
