@@ -144,6 +144,37 @@ def test_the_readme_is_a_front_door() -> None:
     assert any(t.startswith("docs/") for t in targets)
 
 
+def test_every_config_file_the_docs_show_is_one_kiln_reads(tmp_path: Path) -> None:
+    """The ``/etc/kiln/hub.toml`` and ``provider.toml`` examples load through the settings
+    ``kiln hub --config`` and ``kiln provider --config`` use (their files made to exist here)."""
+    from kiln.cli.settings import HubSettings, ProviderSettings, load
+    from kiln.protocol.errors import KilnError
+
+    models: dict[str, type[HubSettings] | type[ProviderSettings]] = {
+        "hub.toml": HubSettings, "provider.toml": ProviderSettings,
+    }  # fmt: skip
+    shown = 0
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        for line, info, code, _ in fenced_blocks(page.read_text()):
+            named = re.match(r"# /etc/kiln/(hub|provider)\.toml", code)
+            if info != "toml" or named is None:
+                continue
+            shown += 1
+            # Every file it names exists here, as on the machine it is written for.
+            text = re.sub(r'"/etc/kiln/([^"]+)"', lambda m: f'"{tmp_path / m[1]}"', code)
+            text = re.sub(r'"/var/lib/kiln/([^"]+)"', lambda m: f'"{tmp_path / "lib" / m[1]}"', text)
+            for name in re.findall(r'"/etc/kiln/([^"]+)"', code):
+                (tmp_path / name).write_text("kiln_secret\n")
+            config = tmp_path / f"{named[1]}.toml"
+            config.write_text(text)
+            where = f"{page.relative_to(ROOT)}:{line}"
+            try:
+                load(models[config.name], {"config": str(config)})
+            except KilnError as e:
+                pytest.fail(f"{where}: kiln cannot read this config: {e.message}")
+    assert shown >= 2, "the hub and provider guides show their config files"
+
+
 def _hook(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"docs_hook_{name}", ROOT / "docs" / "hooks" / f"{name}.py")
     assert spec is not None and spec.loader is not None
