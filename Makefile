@@ -81,7 +81,8 @@ pytest: pytest-fast pytest-real
 pytest-fast:
 	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
 
-pytest-real: docker volumes node system agent
+# js-install: the docs test runs the tutorials' Node blocks against the tree's js-client.
+pytest-real: docker volumes node system agent js-install
 	$(PYTHON) -m pytest -m docker
 
 js-install: node
