@@ -4,6 +4,7 @@ caller's UsageError in the Python SDK (``kiln.connect``, the provider) as in Jav
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,22 +18,10 @@ import pytest
 import kiln
 from kiln.connection import check_hub_url
 
-FORM = "a hub URL looks like ws://host:7465 or wss://host:7465"
-# The same cases as js-client/test/connection.test.js's, judged alike.
-BAD_URLS = {
-    "127.0.0.1:7465": "no ws:// or wss:// in front",
-    "localhost:7465": "no ws:// or wss:// in front",
-    "http://127.0.0.1:7465": "a hub speaks WebSocket, not HTTP",
-    "https://hub.example": "a hub speaks WebSocket, not HTTPS",
-    "ftp://hub": "its scheme is ftp://, not ws:// or wss://",
-    "ws://:7465": "it names no host",
-    "ws://hub:0": "its port must be a number from 1 to 65535",
-    "ws://hub:99999": "its port must be a number from 1 to 65535",
-    "ws://hub:http": "its port must be a number from 1 to 65535",
-    "ws://hub:": "its port must be a number from 1 to 65535",
-    "ws://[::1": "an IPv6 address goes between [ and ]",
-    "ws://hub name:7465": "it holds white space",
-}
+HUB_URLS = json.loads((Path(__file__).resolve().parents[1] / "protocol/v1/vectors/hub-urls/hub-urls.json").read_text())
+"""The hub URLs both SDKs judge alike (js-client/test/connection.test.js reads them too)."""
+FORM = HUB_URLS["form"]
+BAD_URLS: dict[str, str] = HUB_URLS["bad"]
 
 
 @pytest.mark.parametrize(("url", "why"), BAD_URLS.items())
@@ -48,7 +37,8 @@ async def test_a_url_that_is_not_a_hubs_is_a_usage_error_before_any_dial(url: st
 
 
 def test_hub_urls_as_they_are_written_pass() -> None:
-    for url in ("ws://127.0.0.1:7465", "wss://hub.example:7465/", "ws://hub", "WS://HUB:1", "ws://[::1]:7465"):
+    assert HUB_URLS["good"], "vectors of both verdicts"
+    for url in HUB_URLS["good"]:
         assert check_hub_url(url) == url
     with pytest.raises(kiln.UsageError, match=f"no hub URL given: {FORM}"):
         check_hub_url("")
