@@ -67,6 +67,7 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
     (tmp_path / "unknown.toml").write_text('colour = "blue"\n')
     (tmp_path / "size.toml").write_text('store-limit = "lots"\n')
     data = str(tmp_path / "hub-data")
+    nothing = str(tmp_path / "no-hub-data")  # no hub ran there
     nowhere = "ws://127.0.0.1:1"  # nothing listens there
     cases: list[tuple[list[str], dict[str, str], int, str]] = [
         (["market", "--hub", "127.0.0.1:7465"], {}, 2, "no ws:// or wss:// in front"),
@@ -101,9 +102,11 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
         (["provider", "--name", "p", "--data-dir", str(a_file)], {}, 2, "is a file, not a folder"),
         (["provider", "--name", "p", "--hub", "127.0.0.1:7465"], {}, 2, "no ws:// or wss:// in front"),
         (["token", "create", "--role", "provider", "--data-dir", data], {}, 1, "give --name"),
-        (["token", "revoke", "nobody", "--data-dir", data], {}, 1, "no credential has the id or live name 'nobody'"),
+        (["token", "revoke", "nobody", "--data-dir", nothing], {}, 1, f"no hub data in {nothing}: give the --data-dir"),
         (["token", "ls", "--data-dir", str(a_file)], {}, 1, "is a file, not a folder"),
-        (["usage", "--data-dir", "/proc/no-such-folder"], {}, 1, "cannot use /proc/no-such-folder"),
+        (["token", "ls", "--data-dir", nothing], {}, 1, f"no hub data in {nothing}: give the --data-dir the hub runs"),
+        (["usage", "--data-dir", "/proc/no-such-folder"], {}, 1, "no hub data in /proc/no-such-folder: give"),
+        (["usage"], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, 1, "no hub data in " + str(tmp_path / "xdg")),
         (["doctor", "--hub", "127.0.0.1"], {}, 2, "no ws:// or wss:// in front"),
         (["doctor", "--config", "missing.toml"], {}, 2, "no config file missing.toml"),
         (["service", "print-unit", "database"], {}, 2, "invalid choice: 'database'"),
@@ -112,6 +115,7 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
     ]
     with ThreadPoolExecutor(4) as pool:
         done = list(pool.map(lambda case: kiln_cli(case[0], case[1]), cases))
+    assert not Path(nothing).exists(), "reading a hub's data made none"
     for (args, env, code, text), ran in zip(cases, done, strict=True):
         shown = f"kiln {' '.join(args)} ({env}): {ran.returncode}\n{ran.stderr}"
         assert "Traceback" not in ran.stderr, shown
