@@ -2,7 +2,7 @@
 
 Each check says ``ok``, ``FAIL`` or ``skip``, what it found and, when it fails, what to do::
 
-    ok    docker           Docker 24.0.7 (API 1.43), linux/amd64, 8 CPUs, 31GiB
+    ok    docker           Docker 24.0.7 (API 1.43) at unix:///var/run/docker.sock, amd64, 8 CPUs, 31GiB
     FAIL  loop devices     no /dev/loop-control; do: load the loop module (modprobe loop) ...
 
 The checks are those the provider makes at its start, or would fail on later: the Docker
