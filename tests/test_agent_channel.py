@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln_provider import agent_protocol as wire
 from kiln_provider.agent import AgentChannel, Outcome
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, Started
 from kiln_provider.errors import DockerFailed
@@ -211,3 +213,36 @@ async def test_output_beyond_its_credit_breaks_the_channel(busybox_image: str, t
 
         with pytest.raises(DockerFailed, match="beyond the credit"):
             await channel.run(["true"], PATH, None, 10, MIB, sink=stuck)
+
+
+def printf(*messages: wire.Message) -> str:
+    """A shell line that writes ``messages`` as the agent would (a stand-in agent's words)."""
+    return "printf '" + "".join(f"\\{byte:03o}" for message in messages for byte in wire.encode(message)) + "'"
+
+
+async def test_a_frame_that_crossed_its_commands_exit_is_no_warning(
+    busybox_image: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agent forgets a command once it has exited: a credit or stdin frame the provider
+    # sent meanwhile is refused as for no such command. Expected, so not a warning; a refusal
+    # about a command the provider never ran still is one.
+    unknown = wire.RefusedReason.UNKNOWN_ID
+    script = "\n".join([
+        printf(wire.Hello(wire.VERSION, wire.AGENT_MAX_LENGTH, 65536)),
+        "sleep 1",  # the spawn of command 1 is on its way
+        printf(wire.Started(1, 7), wire.Exit(1, 0, None)),
+        "sleep 1",
+        printf(wire.Refused(1, unknown, "no such command"), wire.Refused(9, unknown, "no such command")),
+        "sleep 30",
+    ])  # fmt: skip
+    async with stand_in(tmp_path, busybox_image, script) as channel:
+        await channel.open()
+        with caplog.at_level(logging.DEBUG, logger="kiln.provider.agent"):
+            assert (await run(channel, "true")).exit_code == 0
+            deadline = time.monotonic() + 10
+            while len([r for r in caplog.records if "refused a frame" in r.getMessage()]) < 2:
+                assert time.monotonic() < deadline, caplog.text
+                await asyncio.sleep(0.05)
+        await channel.close()
+    levels = [r.levelno for r in caplog.records if "refused a frame" in r.getMessage()]
+    assert levels == [logging.DEBUG, logging.WARNING], caplog.text

@@ -4,6 +4,7 @@ caller's UsageError in the Python SDK (``kiln.connect``, the provider) as in Jav
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -17,22 +18,10 @@ import pytest
 import kiln
 from kiln.connection import check_hub_url
 
-FORM = "a hub URL looks like ws://host:7465 or wss://host:7465"
-# The same cases as js-client/test/connection.test.js's, judged alike.
-BAD_URLS = {
-    "127.0.0.1:7465": "no ws:// or wss:// in front",
-    "localhost:7465": "no ws:// or wss:// in front",
-    "http://127.0.0.1:7465": "a hub speaks WebSocket, not HTTP",
-    "https://hub.example": "a hub speaks WebSocket, not HTTPS",
-    "ftp://hub": "its scheme is ftp://, not ws:// or wss://",
-    "ws://:7465": "it names no host",
-    "ws://hub:0": "its port must be a number from 1 to 65535",
-    "ws://hub:99999": "its port must be a number from 1 to 65535",
-    "ws://hub:http": "its port must be a number from 1 to 65535",
-    "ws://hub:": "its port must be a number from 1 to 65535",
-    "ws://[::1": "an IPv6 address goes between [ and ]",
-    "ws://hub name:7465": "it holds white space",
-}
+HUB_URLS = json.loads((Path(__file__).resolve().parents[1] / "protocol/v1/vectors/hub-urls/hub-urls.json").read_text())
+"""The hub URLs both SDKs judge alike (js-client/test/connection.test.js reads them too)."""
+FORM = HUB_URLS["form"]
+BAD_URLS: dict[str, str] = HUB_URLS["bad"]
 
 
 @pytest.mark.parametrize(("url", "why"), BAD_URLS.items())
@@ -48,7 +37,8 @@ async def test_a_url_that_is_not_a_hubs_is_a_usage_error_before_any_dial(url: st
 
 
 def test_hub_urls_as_they_are_written_pass() -> None:
-    for url in ("ws://127.0.0.1:7465", "wss://hub.example:7465/", "ws://hub", "WS://HUB:1", "ws://[::1]:7465"):
+    assert HUB_URLS["good"], "vectors of both verdicts"
+    for url in HUB_URLS["good"]:
         assert check_hub_url(url) == url
     with pytest.raises(kiln.UsageError, match=f"no hub URL given: {FORM}"):
         check_hub_url("")
@@ -77,6 +67,7 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
     (tmp_path / "unknown.toml").write_text('colour = "blue"\n')
     (tmp_path / "size.toml").write_text('store-limit = "lots"\n')
     data = str(tmp_path / "hub-data")
+    nothing = str(tmp_path / "no-hub-data")  # no hub ran there
     nowhere = "ws://127.0.0.1:1"  # nothing listens there
     cases: list[tuple[list[str], dict[str, str], int, str]] = [
         (["market", "--hub", "127.0.0.1:7465"], {}, 2, "no ws:// or wss:// in front"),
@@ -111,9 +102,11 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
         (["provider", "--name", "p", "--data-dir", str(a_file)], {}, 2, "is a file, not a folder"),
         (["provider", "--name", "p", "--hub", "127.0.0.1:7465"], {}, 2, "no ws:// or wss:// in front"),
         (["token", "create", "--role", "provider", "--data-dir", data], {}, 1, "give --name"),
-        (["token", "revoke", "nobody", "--data-dir", data], {}, 1, "no credential has the id or live name 'nobody'"),
+        (["token", "revoke", "nobody", "--data-dir", nothing], {}, 1, f"no hub data in {nothing}: give the --data-dir"),
         (["token", "ls", "--data-dir", str(a_file)], {}, 1, "is a file, not a folder"),
-        (["usage", "--data-dir", "/proc/no-such-folder"], {}, 1, "cannot use /proc/no-such-folder"),
+        (["token", "ls", "--data-dir", nothing], {}, 1, f"no hub data in {nothing}: give the --data-dir the hub runs"),
+        (["usage", "--data-dir", "/proc/no-such-folder"], {}, 1, "no hub data in /proc/no-such-folder: give"),
+        (["usage"], {"XDG_DATA_HOME": str(tmp_path / "xdg")}, 1, "no hub data in " + str(tmp_path / "xdg")),
         (["doctor", "--hub", "127.0.0.1"], {}, 2, "no ws:// or wss:// in front"),
         (["doctor", "--config", "missing.toml"], {}, 2, "no config file missing.toml"),
         (["service", "print-unit", "database"], {}, 2, "invalid choice: 'database'"),
@@ -122,6 +115,7 @@ def test_mistakes_on_the_command_line_are_one_line_each_never_a_traceback(tmp_pa
     ]
     with ThreadPoolExecutor(4) as pool:
         done = list(pool.map(lambda case: kiln_cli(case[0], case[1]), cases))
+    assert not Path(nothing).exists(), "reading a hub's data made none"
     for (args, env, code, text), ran in zip(cases, done, strict=True):
         shown = f"kiln {' '.join(args)} ({env}): {ran.returncode}\n{ran.stderr}"
         assert "Traceback" not in ran.stderr, shown

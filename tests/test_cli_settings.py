@@ -82,6 +82,9 @@ def test_the_token_and_the_token_file_are_one_setting(tmp_path: Path, monkeypatc
     empty = write(tmp_path / "empty", "\n")
     assert refused(DialSettings, {"token_file": empty}) == f"the token file {empty} is empty"
     assert load(HubSettings, {"token_file": token}).token == "s3cret", "the hub's shared token too"
+    assert refused(HubSettings, {"token": "a", "token_file": token}) == (
+        "give the shared token (--token) or the file that holds it (--token-file), not both"
+    )
 
 
 def test_the_file_spells_keys_as_the_flags_and_says_which_key_is_wrong(tmp_path: Path) -> None:

@@ -168,6 +168,9 @@ async def test_a_provider_stopped_by_sigterm_takes_its_containers_and_volumes(on
         for act in activities:
             await act.release()  # the provider is lost: nothing left to release
     assert process.popen.returncode == 0, "a clean stop, as systemd counts it"
+    # Said as what it is, not as a grace period that ran out: no warning on a clean stop.
+    said = process.output()
+    assert "stopping: removing 2 containers" in said and " WARNING " not in said, said
     assert containers_of(name) == []
     assert list(volumes.iterdir()) == []
     assert str(volumes) not in await asyncio.to_thread(Path("/proc/self/mountinfo").read_text)

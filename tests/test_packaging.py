@@ -31,9 +31,13 @@ def test_the_license_is_mit_in_the_repo_the_wheel_and_the_npm_package() -> None:
     assert "LICENSE" in package["files"]
 
 
-def fake_elf(path: Path, machine: int, mode: int = 0o755) -> Path:
-    """The first bytes of a 64-bit little-endian ELF for ``machine``: all the lookup reads."""
+def fake_elf(path: Path, machine: int, mode: int = 0o755, *, interpreter: bool = False) -> Path:
+    """The first bytes of a 64-bit little-endian ELF for ``machine``: all the lookup reads. With
+    ``interpreter``, one program header, PT_INTERP: a dynamically linked binary's."""
     header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack("<HHI", 2, machine, 1) + bytes(44)
+    if interpreter:
+        header = header[:32] + struct.pack("<Q", 64) + header[40:54] + struct.pack("<HH", 56, 1) + header[58:64]
+        header += struct.pack("<I", 3) + bytes(52)  # p_type PT_INTERP, the rest of the header
     path.write_bytes(header)
     path.chmod(mode)
     return path
@@ -60,6 +64,8 @@ def unfit(path: Path, kind: str) -> Path:
             fake_elf(path, 40)  # EM_ARM
         case "this machine's":
             fake_elf(path, MACHINES[machine_arch()])
+        case "dynamic":
+            fake_elf(path, MACHINES[OTHER], interpreter=True)
     return path
 
 
@@ -70,7 +76,8 @@ def unfit(path: Path, kind: str) -> Path:
      ("a folder", "is not an executable file"),
      ("a script", "is not an ELF binary"),
      ("another machine's", f"is built for ELF machine 40, not {OTHER}"),
-     ("this machine's", f"is built for {machine_arch()}, not {OTHER}")],
+     ("this machine's", f"is built for {machine_arch()}, not {OTHER}"),
+     ("dynamic", "is linked dynamically (it runs in images that have no libc): build it static")],
 )  # fmt: skip
 def test_a_kiln_agent_that_does_not_fit_is_refused_with_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, problem: str

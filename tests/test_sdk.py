@@ -209,3 +209,13 @@ def test_every_record_a_user_receives_is_exported() -> None:
         t.__name__ for t in received if t.__name__ not in INTERNAL and getattr(kiln, t.__name__, None) is not t
     )
     assert unexported == [], f"kiln does not export {unexported}"
+
+
+def test_every_error_class_of_the_sdk_is_on_the_errors_page() -> None:
+    page = (ROOT / "docs" / "reference" / "errors.md").read_text()
+    shown = set(re.findall(r"^::: (\S+)", page, re.MULTILINE))
+    assert "kiln.protocol.errors" in shown, "the page's directives are read"
+    for name in kiln.__all__:
+        error = getattr(kiln, name)
+        if isinstance(error, type) and issubclass(error, kiln.KilnError):
+            assert {error.__module__, f"{error.__module__}.{name}"} & shown, f"docs/reference/errors.md lacks {name}"

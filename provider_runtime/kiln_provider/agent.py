@@ -308,7 +308,7 @@ class AgentChannel:
                     self._hello.set_result(message)
                 continue
             if isinstance(message, wire.Refused):
-                log.warning("the agent of %s refused a frame: %s", self._name, message.message)
+                self._refused(message)
                 continue
             command = self._commands.get(message.id)
             if command is None or command.ended.done():
@@ -334,6 +334,19 @@ class AgentChannel:
                 command.acked.set()
             elif isinstance(message, wire.Exit | wire.SpawnError):
                 command.ended.set_result(message)
+
+    def _refused(self, message: wire.Refused) -> None:
+        """A frame the agent refused: a warning, unless it only crossed its command's end. The
+        agent forgets a command once it has exited, so a credit or stdin frame already on its
+        way is refused as for no such command; that is expected, and said at debug level."""
+        command = self._commands.get(message.id)
+        crossed = (
+            message.reason is wire.RefusedReason.UNKNOWN_ID
+            and 0 < message.id <= self._next_id
+            and (command is None or command.ended.done())
+        )
+        level = logging.DEBUG if crossed else logging.WARNING
+        log.log(level, "the agent of %s refused a frame: %s", self._name, message.message)
 
     def _break(self, reason: DockerFailed) -> None:
         if self.broken is not None:

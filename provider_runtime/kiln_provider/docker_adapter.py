@@ -76,6 +76,8 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 AGENT_MACHINES: Final = {"x86_64": 62, "aarch64": 183}
 """The architectures a kiln wheel carries an agent for, and the ELF ``e_machine`` of each."""
 _MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+_PT_INTERP = 3
+"""The program header of an ELF that asks for a dynamic loader."""
 _PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
 _GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 LOAD_TIMEOUT = 3600.0
@@ -209,8 +211,8 @@ def machine_arch() -> str:
 def find_agent(arch: str | None = None) -> str:
     """The agent binary to mount in task containers, for ``arch`` (default: :func:`machine_arch`).
 
-    Looks in order at ``$KILN_AGENT`` (an override: when set, it must name an executable ELF
-    for ``arch``), the agent a platform wheel installed (``kiln_provider/bin/kiln-agent-<arch>``),
+    Looks in order at ``$KILN_AGENT`` (an override: when set, it must name an executable static
+    ELF for ``arch``), the agent a platform wheel installed (``kiln_provider/bin/kiln-agent-<arch>``),
     and the one ``make agent`` builds in a source tree (``agent/build/kiln-agent``).
     DockerFailed, naming what was looked at and why it does not do, if none fits.
     """
@@ -239,22 +241,33 @@ def find_agent(arch: str | None = None) -> str:
 
 
 def _unfit_agent(path: Path, arch: str) -> str | None:
-    """Why ``path`` cannot be the agent for ``arch``, or None if it can."""
+    """Why ``path`` cannot be the agent for ``arch``, or None if it can: it must be a static
+    64-bit ELF for ``arch`` (it runs as PID 1 in images that have no libc)."""
     if not path.exists():
         return "does not exist"
     if not path.is_file() or not os.access(path, os.X_OK):
         return "is not an executable file"
     try:
         with path.open("rb") as f:
-            header = f.read(20)
+            header = f.read(64)
+            if len(header) < 64 or header[:4] != b"\x7fELF":
+                return "is not an ELF binary"
+            if header[4] != 2:  # EI_CLASS
+                return "is not a 64-bit ELF binary"
+            order = "<" if header[5] == 1 else ">"
+            (machine,) = struct.unpack_from(order + "H", header, 18)  # e_machine
+            if machine != AGENT_MACHINES.get(arch):
+                names = {number: name for name, number in AGENT_MACHINES.items()}
+                return f"is built for {names.get(machine, f'ELF machine {machine}')}, not {arch}"
+            (table_at,) = struct.unpack_from(order + "Q", header, 32)  # e_phoff
+            size, count = struct.unpack_from(order + "HH", header, 54)  # e_phentsize, e_phnum
+            f.seek(table_at)
+            table = f.read(size * count)
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    if len(header) < 20 or header[:4] != b"\x7fELF":
-        return "is not an ELF binary"
-    (machine,) = struct.unpack_from("<H" if header[5] == 1 else ">H", header, 18)  # e_machine
-    if machine != AGENT_MACHINES.get(arch):
-        names = {number: name for name, number in AGENT_MACHINES.items()}
-        return f"is built for {names.get(machine, f'ELF machine {machine}')}, not {arch}"
+    kinds = [struct.unpack_from(order + "I", table, at)[0] for at in range(0, len(table) - 3, max(size, 4))]
+    if _PT_INTERP in kinds:
+        return "is linked dynamically (it runs in images that have no libc): build it static"
     return None
 
 

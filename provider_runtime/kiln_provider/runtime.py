@@ -287,8 +287,11 @@ class ProviderRuntime:
             # Left on purpose: said so, not left to websockets' iterator (its cleanup closes with 1011).
             if ws is not None:
                 await ws.close(CloseCode.GOING_AWAY, "the provider stops")
-            # Stopped for good (or refused for good): nothing is kept for a hub any more.
-            await self._stop_keeping()
+            # Stopped for good (or refused for good): nothing is kept for a hub any more. Not the
+            # grace period's end, so not its warning: what it holds goes now, and the log says so.
+            await self._stop_keeping(expire=False)
+            if self._containers:
+                log.info("stopping: removing %d containers", len(self._containers))
             for activity in list(self._containers):
                 await self._remove(activity)
 
@@ -302,13 +305,13 @@ class ProviderRuntime:
         if self._keeping is None and self._containers:
             self._keeping = asyncio.create_task(self._expire_kept())
 
-    async def _stop_keeping(self) -> None:
-        """Stop the timer, waiting for a removal under way; remove now what is past its time."""
+    async def _stop_keeping(self, *, expire: bool = True) -> None:
+        """Stop the timer, waiting for a removal under way; with ``expire``, remove now what is past its time."""
         if self._keeping is not None:
             self._keeping.cancel()
             await asyncio.gather(self._keeping, return_exceptions=True)
             self._keeping = None
-        if self._containers and time.monotonic() >= self._keep_until:
+        if expire and self._containers and time.monotonic() >= self._keep_until:
             await self._expire_kept(0)
 
     async def _expire_kept(self, wait: float | None = None) -> None:

@@ -195,19 +195,26 @@ async def image_busybox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hub_data(data_dir: Path | None) -> Path:
+def _hub_data(data_dir: Path | None, *, make: bool = False) -> Path:
+    """The hub's data folder. Only ``make`` (a credential made before the hub ever ran) starts
+    a ``hub.db`` there: reading one that is not there would make an empty one in a mistyped
+    folder, and show nothing as if the hub had nothing."""
+    from kiln.hub.state import FILE_NAME
     from kiln.hub.store import default_data_dir
 
     folder = data_dir or default_data_dir()
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--data-dir: {folder} is a file, not a folder")
+    if not make and not (folder / FILE_NAME).is_file():
+        given = "" if data_dir else " (the default)"
+        raise UsageError(f"no hub data in {folder}{given}: give the --data-dir the hub runs with")
     return folder
 
 
 def token(args: argparse.Namespace) -> int:
     from kiln.hub.state import HubState
 
-    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+    with HubState.in_dir(_hub_data(args.data_dir, make=args.token_command == "create")) as state:
         if args.token_command == "create":
             record, secret = state.create(args.role, args.name)
             bound = f" bound to the name {record.name!r}" if record.role == "provider" else ""

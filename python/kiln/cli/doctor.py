@@ -2,7 +2,7 @@
 
 Each check says ``ok``, ``FAIL`` or ``skip``, what it found and, when it fails, what to do::
 
-    ok    docker           Docker 24.0.7 (API 1.43), linux/amd64, 8 CPUs, 31GiB
+    ok    docker           Docker 24.0.7 (API 1.43) at unix:///var/run/docker.sock, amd64, 8 CPUs, 31GiB
     FAIL  loop devices     no /dev/loop-control; do: load the loop module (modprobe loop) ...
 
 The checks are those the provider makes at its start, or would fail on later: the Docker
@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import platform
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -33,7 +31,6 @@ from kiln.protocol.sizes import format_size
 Status = Literal["ok", "fail", "skip"]
 MIN_FREE: Final = 2**30
 """Less free disk than this under the data folder fails: images and volumes would not fit."""
-ELF_MACHINES: Final = {62: "x86_64", 183: "aarch64"}
 HUB_TIMEOUT: Final = 10.0
 
 
@@ -138,43 +135,15 @@ def cpu_accounting() -> Check:
 
 def agent() -> Check:
     try:
-        from kiln_provider.docker_adapter import find_agent
+        from kiln_provider.docker_adapter import find_agent, machine_arch
     except ModuleNotFoundError:
         return _fail("agent", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     try:
-        path = find_agent()
+        path = find_agent()  # the provider's own choice: a static ELF for this machine, or why none is
     except KilnError as e:
         return _fail("agent", e.message, "pip install 'kiln[provider]' (its wheel holds the agent), or name one "
                      "in $KILN_AGENT")  # fmt: skip
-    machine, static = _elf(Path(path))
-    here = platform.machine()
-    if machine is None:
-        return _fail("agent", f"{path} is not an ELF binary", "rebuild it (make agent) or name another in $KILN_AGENT")
-    if machine != here:
-        return _fail("agent", f"{path} is for {machine}, this machine is {here}",
-                     f"install the {here} wheel, or name an agent built for {here} in $KILN_AGENT")  # fmt: skip
-    if not static:
-        return _fail("agent", f"{path} is linked dynamically (it runs inside images that have no libc)",
-                     "build it static (make agent) or name a static one in $KILN_AGENT")  # fmt: skip
-    return _ok("agent", f"{path} (static, {machine})")
-
-
-def _elf(path: Path) -> tuple[str | None, bool]:
-    """The machine an ELF binary is for (None: not a 64-bit little-endian ELF), and whether it is static."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(64)
-            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
-                return None, False
-            machine = struct.unpack_from("<H", head, 18)[0]
-            (phoff,) = struct.unpack_from("<Q", head, 32)
-            phentsize, phnum = struct.unpack_from("<HH", head, 54)
-            f.seek(phoff)
-            table = f.read(phentsize * phnum)
-    except OSError:
-        return None, False
-    types = [struct.unpack_from("<I", table, n * phentsize)[0] for n in range(len(table) // max(phentsize, 1))]
-    return ELF_MACHINES.get(machine, f"machine {machine}"), 3 not in types  # PT_INTERP: a dynamic loader
+    return _ok("agent", f"{path} (static, {machine_arch()})")
 
 
 def disk(settings: DoctorSettings) -> Check:

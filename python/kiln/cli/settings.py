@@ -109,6 +109,13 @@ def read_token(path: Path) -> str:
     return token
 
 
+def one_token(token: str | None, token_file: Path | None, what: str) -> str | None:
+    """The token given, or the one in ``token_file``; ValueError when both are (``what`` names it)."""
+    if token is not None and token_file is not None:
+        raise ValueError(f"give {what} (--token) or the file that holds it (--token-file), not both")
+    return read_token(token_file) if token_file is not None else token
+
+
 class ConfigFile(InitSettingsSource):
     """The TOML file of ``--config``: keys as flags are named (dashes or underscores), relative
     paths from the file's folder. A file that is missing or not TOML is a UsageError."""
@@ -224,10 +231,7 @@ class DialSettings(_Settings):
 
     @model_validator(mode="after")
     def _one_token(self) -> DialSettings:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give the token (--token) or the file that holds it (--token-file), not both")
-        if self.token_file is not None:
-            self.token = read_token(self.token_file)
+        self.token = one_token(self.token, self.token_file, "the token")
         return self
 
 
@@ -279,10 +283,7 @@ class HubSettings(_Settings):
 
     @model_validator(mode="after")
     def _check(self) -> HubSettings:
-        if self.token is not None and self.token_file is not None:
-            raise ValueError("give the shared token (--token) or the file that holds it (--token-file), not both")
-        if self.token_file is not None:
-            self.token = read_token(self.token_file)
+        self.token = one_token(self.token, self.token_file, "the shared token")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("give both --tls-cert and --tls-key (to serve wss://), or neither")
         return self
