@@ -25,6 +25,7 @@ from typing import Final, Literal
 
 from kiln.cli.output import print_json
 from kiln.cli.settings import DoctorSettings
+from kiln.hub.access import PROVIDER_AS_REQUESTOR
 from kiln.protocol.errors import ConnectionLost, KilnError, Unauthorized
 from kiln.protocol.sizes import format_size
 
@@ -176,7 +177,7 @@ async def hub(settings: DoctorSettings) -> Check:
         conn = await Connection.open(url, role="requestor", name="kiln-doctor", token=settings.token,
                                      ssl=settings.ca, open_timeout=HUB_TIMEOUT)  # fmt: skip
     except Unauthorized as e:
-        if "provider credential cannot join as a requestor" in e.message:
+        if PROVIDER_AS_REQUESTOR in e.message:
             return _ok("hub", f"{url} answered; the token is a live provider credential's (the hub checks its "
                        "name when the provider joins)")  # fmt: skip
         fix = "give the token of a credential the hub holds (kiln token create --role provider --name N)"

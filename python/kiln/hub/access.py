@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Literal, Protocol, TypeAlias
+from typing import Final, Literal, Protocol, TypeAlias
 
 from kiln.protocol.messages import Hello
 
@@ -62,6 +62,11 @@ class Admitted:
     """The credential the peer joined with; ``None`` on an open hub or with the shared token."""
 
 
+PROVIDER_AS_REQUESTOR: Final = "a provider credential cannot join as a requestor"
+"""How a refusal begins for a live provider credential offered by a requestor (``kiln doctor``
+dials as one, and reads this as: the token is good)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """Refuse the hello: ``unauthorized`` with this message, then close 4002."""
@@ -94,7 +99,7 @@ def admit(hello: Hello, token: str | None, credentials: Credentials | None) -> A
 def _as(hello: Hello, credential: Credential) -> Admitted | Refused:
     if credential.role == "provider":
         if hello.role != "provider":
-            return Refused("a provider credential cannot join as a requestor: use a requestor credential")
+            return Refused(f"{PROVIDER_AS_REQUESTOR}: use a requestor credential")
         if hello.name != credential.name:
             return Refused(f"this credential binds the provider name {credential.name!r}, not {hello.name!r}")
     elif hello.role != "requestor":
