@@ -4,23 +4,19 @@ runs a command and shows its output; the test reads the output from the page."""
 
 from __future__ import annotations
 
-import mimetypes
-import threading
 from collections.abc import Iterator
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import pytest
 from playwright.sync_api import ConsoleMessage, sync_playwright
 
 from tests.conftest import Cluster, containers_of
+from tests.site import serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENT = ROOT / "js-client" / "src"
 PAGE = ROOT / "examples" / "browser.html"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -32,44 +28,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-class _Site(BaseHTTPRequestHandler):
-    """``/`` is the example page; ``/kiln-client/...`` is js-client/src. Nothing else is served."""
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        if path == "/":
-            file = PAGE
-        elif path.startswith("/kiln-client/"):
-            file = (CLIENT / path.removeprefix("/kiln-client/")).resolve()
-            if not file.is_relative_to(CLIENT) or not file.is_file():
-                self.send_error(HTTPStatus.NOT_FOUND)
-                return
-        else:
-            self.send_error(HTTPStatus.NOT_FOUND)
-            return
-        body = file.read_bytes()
-        kind = "text/javascript" if file.suffix == ".js" else mimetypes.guess_type(file.name)[0] or "text/plain"
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", f"{kind}; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # quiet: the test reports what matters
-
-
 @pytest.fixture
 def site() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Site)
-    thread = threading.Thread(target=server.serve_forever, name="kiln-test-site", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    """``/`` is the example page; ``/kiln-client/...`` is js-client/src."""
+    with serve({"/": (PAGE.read_bytes(), "text/html")}) as url:
+        yield url
 
 
 @pytest.fixture

@@ -27,15 +27,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -296,7 +292,6 @@ def test_the_block_runs(block: Block, docs_cluster: str, tmp_path: Path) -> None
     _check(block, returncode, output)
 
 
-CLIENT = ROOT / "js-client" / "src"
 HARNESS = """<!doctype html>
 <html><head><meta charset="utf-8">
 <script type="importmap">{ "imports": { "kiln-client": "/kiln-client/browser.js" } }</script>
@@ -307,68 +302,32 @@ import("/block.js").then(() => { window.docsTest = "done"; },
 """
 
 
-def _site(block_js: str) -> type[BaseHTTPRequestHandler]:
-    class Site(BaseHTTPRequestHandler):
-        """``/``: the harness; ``/block.js``: the block; ``/kiln-client/...``: js-client/src."""
-
-        def do_GET(self) -> None:
-            path = urlsplit(self.path).path
-            if path == "/":
-                body, kind = HARNESS.encode(), "text/html"
-            elif path == "/block.js":
-                body, kind = block_js.encode(), "text/javascript"
-            elif path.startswith("/kiln-client/"):
-                file = (CLIENT / path.removeprefix("/kiln-client/")).resolve()
-                if not file.is_relative_to(CLIENT) or not file.is_file():
-                    self.send_error(HTTPStatus.NOT_FOUND)
-                    return
-                body, kind = file.read_bytes(), "text/javascript"
-            else:
-                self.send_error(HTTPStatus.NOT_FOUND)
-                return
-            self.send_response(HTTPStatus.OK)
-            self.send_header("Content-Type", f"{kind}; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return Site
-
-
 @pytest.mark.docker
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.kind == "browser"], ids=lambda b: b.id)
 def test_the_block_runs_in_chromium(block: Block, docs_cluster: str) -> None:
     from playwright.sync_api import ConsoleMessage, sync_playwright
 
+    from tests.site import serve
     from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _site(block.code.replace(HUB_IN_DOCS, docs_cluster)))
-    thread = threading.Thread(target=server.serve_forever, name="kiln-docs-site", daemon=True)
-    thread.start()
+    pages = {"/": (HARNESS.encode(), "text/html"),
+             "/block.js": (block.code.replace(HUB_IN_DOCS, docs_cluster).encode(), "text/javascript")}  # fmt: skip
     console: list[str] = []
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
+    with serve(pages) as site, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
 
-                def keep(message: ConsoleMessage) -> None:
-                    console.append(message.text)
+            def keep(message: ConsoleMessage) -> None:
+                console.append(message.text)
 
-                page.on("console", keep)
-                page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
-                page.wait_for_function("() => window.docsTest !== undefined", timeout=120_000)
-                status = page.evaluate("() => window.docsTest")
-            finally:
-                browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+            page.on("console", keep)
+            page.goto(f"{site}/")
+            page.wait_for_function("() => window.docsTest !== undefined", timeout=120_000)
+            status = page.evaluate("() => window.docsTest")
+        finally:
+            browser.close()
     _check(block, 0 if status == "done" else 1, "\n".join(console))
 
 
