@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+from kiln.hub.access import Credential
 from kiln.hub.records import Change
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import Blob, ListImages, PushImage, RemoveImage
@@ -41,6 +42,8 @@ class StoreRequest:
 
     peer: int
     message: PushImage | ListImages | RemoveImage
+    credential: Credential | None = None
+    """The credential its requestor joined with (``None`` on an open hub or with the shared token)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -714,7 +714,7 @@ class HubCore:
                     return
                 p.pushes[message.id] = 0
             p.open[message.id] = (HUB, 0)
-            self._out.append(StoreRequest(p.id, message))
+            self._out.append(StoreRequest(p.id, message, p.credential))
         elif isinstance(message, MarketQuery):
             # A tag of the store names the image by its id, as providers offer it.
             stored = self.catalog.resolve(message.image) if message.image is not None else None
