@@ -11,7 +11,7 @@ import pytest
 
 from kiln.hub.access import Credential
 from kiln.hub.actions import Send
-from kiln.hub.catalog import Catalog
+from kiln.hub.catalog import Catalog, Tenant
 from kiln.hub.core import HubCore
 from kiln.hub.records import LeaseRecord, SessionRecord
 from kiln.protocol.messages import MAX_LISTED, Resources
@@ -123,7 +123,7 @@ def test_listing_every_activity_needs_an_admin_credential(token: str | None) -> 
 
 def test_an_admin_lists_every_activity_in_every_state() -> None:
     catalog = Catalog(2**30)
-    stored = image(catalog, blob("layer", 10), tags=("app:1",))
+    stored = image(catalog, blob("layer", 10), tags=("app:1",), tenant=Tenant(3))  # alice's
     hub = Hub(catalog)
     # A session the last run of the hub held: its activity is absent until provider p2 dials again.
     held = SessionRecord("s-old", "dave", 4, b"\x01" * 32)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from kiln.hub.actions import PushCancelled, PushFrame, Send, ServeBlobs, ServeCredit, ServeStop, StoreRequest
-from kiln.hub.catalog import Catalog, StoredImage, normalize_arch, normalize_tag, read_config
+from kiln.hub.catalog import OPEN, Catalog, StoredImage, Tenant, normalize_arch, normalize_tag, read_config
 from kiln.hub.core import HubCore
 from kiln.hub.market import Market
 from kiln.protocol import frames
@@ -38,15 +38,20 @@ def config_for(layers: list[Blob], arch: str = "amd64") -> bytes:
 
 
 def image(
-    catalog: Catalog, *layers: Blob, tags: tuple[str, ...] = (), arch: str = "amd64", now: float = 1.0
+    catalog: Catalog,
+    *layers: Blob,
+    tags: tuple[str, ...] = (),
+    arch: str = "amd64",
+    now: float = 1.0,
+    tenant: Tenant = OPEN,
 ) -> StoredImage:
-    """Store an image made of ``layers`` in ``catalog`` as a push would."""
+    """Store an image made of ``layers`` in ``catalog`` as a push by ``tenant`` would."""
     config = config_for(list(layers), arch)
     manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=list(layers))
-    wanted, _ = catalog.begin(manifest)
+    wanted, _ = catalog.begin(manifest, tenant)
     for b in wanted:
-        catalog.add_blob(b)
-    stored = catalog.add_image(manifest, config, tags, now)
+        catalog.add_blob(b, tenant)
+    stored = catalog.add_image(manifest, config, tags, now, tenant)
     catalog.end(manifest, sum(b.size for b in wanted))
     return stored
 

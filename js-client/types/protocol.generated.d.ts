@@ -29,6 +29,7 @@ export type Message =
   | ListImages
   | ImageList
   | RemoveImage
+  | ShareImage
   | ActivitiesQuery
   | ActivityList;
 
@@ -402,7 +403,9 @@ export interface ImagePushed {
   type: "image_pushed";
 }
 /**
- * An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.
+ * An image in the hub's store, as the requestor asking may see it: ``size`` counts its config
+ * and layers; times are Unix seconds; ``tags`` are the requestor's own (1.4: tags live in their
+ * owner's namespace).
  */
 export interface ImageInfo {
   arch: string;
@@ -411,11 +414,14 @@ export interface ImageInfo {
   last_used: number | null;
   layers: number;
   os: string;
+  owners: string[] | null;
   /**
    * @maxItems 1000
    */
   providers: string[];
+  public: boolean | null;
   pushed: number;
+  shared: string[] | null;
   size: number;
   tags: string[];
 }
@@ -443,6 +449,22 @@ export interface RemoveImage {
   id: number;
   image: string;
   type: "remove_image";
+}
+/**
+ * Requestor -> hub (1.4): share an image it pushed (by digest or tag) with the tenants ``to``,
+ * and with ``public`` with every tenant; with ``revoke``, take those shares back. Answered with
+ * ``done``.
+ */
+export interface ShareImage {
+  id: number;
+  image: string;
+  public: boolean;
+  revoke: boolean;
+  /**
+   * @maxItems 64
+   */
+  to: string[];
+  type: "share_image";
 }
 /**
  * Requestor -> hub (1.3): the activities this requestor holds, or with ``all`` every activity at

@@ -27,9 +27,9 @@ export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js
 /** @typedef {import("./generated/validators.js").ValidationProblem} ValidationProblem */
 
 export const PROTOCOL_NAME = "kiln.v1";
-export const PROTOCOL_VERSION = "1.3";
+export const PROTOCOL_VERSION = "1.4";
 export const MAJOR_VERSION = 1;
-export const MINOR_VERSION = 3;
+export const MINOR_VERSION = 4;
 
 export const MAX_ID = 2 ** 31 - 1;
 /** The most providers one `rent` may pass over. */

@@ -80,7 +80,7 @@ const SENDS = Object.freeze({
   requestor: Object.freeze(
     new Set([
       "rent", "release", "market", "activities", "exec", "upload", "download", "push_image", "list_images",
-      "remove_image",
+      "remove_image", "share_image",
     ]),
   ),
   provider: Object.freeze(new Set(["offer"])),
@@ -90,7 +90,7 @@ const SENDS = Object.freeze({
  * The minor version that brought each request (absent: 0).
  * @type {Readonly<Record<string, number>>}
  */
-const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1, activities: 3 });
+const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4 });
 
 /** The first credit of an exec's output stream when the exec names none (chunks; at most `max_window`). */
 export const OUTPUT_WINDOW = 16;
@@ -122,6 +122,7 @@ const ANSWERS = Object.freeze({
   push_image: new Set(["image_pushed", "error"]),
   list_images: new Set(["image_list", "error"]),
   remove_image: new Set(["done", "error"]),
+  share_image: new Set(["done", "error"]),
   create: new Set(["done", "error"]),
   destroy: new Set(["done", "error"]),
 });

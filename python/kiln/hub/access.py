@@ -56,6 +56,18 @@ class Credentials(Protocol):
         ...
 
 
+class Directory(Protocol):
+    """What the image store asks of the credential store to name tenants (:mod:`kiln.hub.catalog`)."""
+
+    def tenant(self, name: str) -> Credential | None:
+        """The live requestor or admin credential named ``name``, or with the id ``#<id>``."""
+        ...
+
+    def names(self, ids: set[int]) -> dict[int, str]:
+        """The names of those of the credentials ``ids`` that have one."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Admitted:
     credential: Credential | None

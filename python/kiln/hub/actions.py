@@ -13,7 +13,7 @@ from typing import Literal, TypeAlias
 from kiln.hub.access import Credential
 from kiln.hub.records import Change
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import Blob, ListImages, PushImage, RemoveImage
+from kiln.protocol.messages import Blob, ListImages, PushImage, RemoveImage, ShareImage
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class StoreRequest:
     """A requestor's request to the image store; answer it with :meth:`HubCore.store_reply`."""
 
     peer: int
-    message: PushImage | ListImages | RemoveImage
+    message: PushImage | ListImages | RemoveImage | ShareImage
     credential: Credential | None = None
     """The credential its requestor joined with (``None`` on an open hub or with the shared token)."""
 

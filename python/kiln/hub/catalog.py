@@ -5,19 +5,38 @@ An image is Docker's: a config blob whose sha256 is the image id, and layer blob
 tars) whose sha256s the config lists in ``rootfs.diff_ids``. Blobs are shared between images
 and stored once. The store keeps within ``limit`` bytes: to make room it drops blobs no image
 uses (left by a push that broke off), then the least recently used images no activity uses.
+
+Images belong to the tenants that pushed them. A tenant (:class:`Tenant`) is the credential a
+requestor joined with; requestors without one (an open hub, the shared token) are one tenant,
+the *open* one; an admin credential sees and acts on every tenant's images. The rules:
+
+* Each owner of an image holds it in a :class:`Holding`: its tags, and whom it shares the
+  image with. Tags live in their owner's namespace: one tenant's ``app:1`` is not another's.
+  Two tenants that push the same image (the same config digest) each hold it.
+* A tenant *sees* an image it holds, one an owner shared with it, and a public one; an admin
+  sees all. What a tenant does not see does not exist for it: :meth:`Catalog.resolve` gives
+  ``None`` for it, by tag or by digest, exactly as for an image never pushed.
+* Only a holder moves its own tags, shares its holding, or drops it (:meth:`Catalog.disown`);
+  an admin may drop an image outright. The image goes when its last holder drops it.
+* A push skips a blob only when the pusher could read it already (:meth:`Catalog.wanted`): it
+  is a blob of an image the pusher sees, or one the pusher itself sent before (a push broken
+  off and tried again). Any other blob is sent in full, even one the store holds for another
+  tenant: its bytes are checked and the duplicate dropped, so a push tells nothing about
+  what other tenants hold, and nobody obtains a blob by naming its digest.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import orjson
 
-from kiln.protocol.errors import ImageError, StoreFull
+from kiln.hub.access import Credential
+from kiln.protocol.errors import ImageError, ImageNotFound, StoreFull, Unauthorized
 from kiln.protocol.messages import Blob, ImageInfo, Manifest
 from kiln.protocol.sizes import format_size
 
@@ -43,21 +62,76 @@ def is_digest(ref: str) -> bool:
     return _DIGEST.match(ref) is not None
 
 
+Owner: TypeAlias = int | None
+"""A tenant's key: its credential's id, ``None`` for the open tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """Who asks: the credential a requestor joined with (``id`` ``None``: none, the open tenant)."""
+
+    id: Owner = None
+    admin: bool = False
+
+    @classmethod
+    def of(cls, credential: Credential | None) -> Tenant:
+        if credential is None:
+            return OPEN
+        return cls(credential.id, credential.role == "admin")
+
+
+OPEN: Final = Tenant()
+"""The tenant of every requestor that joined without a credential."""
+
+
+@dataclass
+class Holding:
+    """One owner's hold on an image: when it pushed it, its tags there, whom it shares it with."""
+
+    pushed: float
+    tags: set[str] = field(default_factory=set)
+    shared: set[Owner] = field(default_factory=set)
+    public: bool = False
+
+
 @dataclass
 class StoredImage:
-    """An image in the store."""
+    """An image in the store, and who holds it."""
 
     manifest: Manifest
     arch: str
     os: str
-    pushed: float
-    tags: set[str] = field(default_factory=set)
+    holdings: dict[Owner, Holding] = field(default_factory=dict)
     last_used: float | None = None
     in_use: int = 0  # activities that run it now (not kept across restarts)
 
     @property
     def digest(self) -> str:
         return self.manifest.config.digest
+
+    @property
+    def pushed(self) -> float:
+        """When it was first pushed (by any owner)."""
+        return min((h.pushed for h in self.holdings.values()), default=0.0)
+
+    @property
+    def tags(self) -> set[str]:
+        """Its tags in every owner's namespace (an admin's view, and the log's)."""
+        return {tag for h in self.holdings.values() for tag in h.tags}
+
+    def sees(self, tenant: Tenant) -> bool:
+        """Whether ``tenant`` may see (list, rent, read) this image."""
+        if tenant.admin or tenant.id in self.holdings:
+            return True
+        return any(h.public or tenant.id in h.shared for h in self.holdings.values())
+
+    def shown_owners(self, tenant: Tenant) -> list[Owner]:
+        """The owners ``tenant`` may know of: itself, those that let it see the image; every one to an admin."""
+        return [
+            owner
+            for owner, h in self.holdings.items()
+            if tenant.admin or owner == tenant.id or h.public or tenant.id in h.shared
+        ]
 
     @property
     def blobs(self) -> list[Blob]:
@@ -82,19 +156,48 @@ class StoredImage:
             out.append((key, total))
         return out
 
-    def info(self, providers: Iterable[str] = ()) -> ImageInfo:
+    def info(
+        self, tenant: Tenant = OPEN, providers: Iterable[str] = (), name: Callable[[Owner], str] | None = None
+    ) -> ImageInfo:
+        """The image as ``tenant`` may see it (``name`` shows an owner; default ``#<id>``, ``#open``).
+
+        Its own holding's tags, shares and push time; an image it does not hold shows no tags.
+        How much it is used (``last_used``, ``in_use``, ``providers``) is shown only when every
+        other owner lets ``tenant`` see the image: another tenant's use of an image it also
+        pushed is that tenant's business.
+        """
+        name = name or owner_name
+        own = self.holdings.get(tenant.id)
+        shown = self.shown_owners(tenant)
+        if tenant.admin:
+            tags, shared = self.tags, {o for h in self.holdings.values() for o in h.shared}
+            public = any(h.public for h in self.holdings.values())
+        elif own is not None:
+            tags, shared, public = own.tags, own.shared, own.public
+        else:
+            tags, shared, public = set(), set(), any(h.public for h in self.holdings.values())
+        told = len(shown) == len(self.holdings)
+        pushed = own.pushed if own is not None and not tenant.admin else min(self.holdings[o].pushed for o in shown)
         return ImageInfo(
             digest=self.digest,
-            tags=sorted(self.tags),
+            tags=sorted(tags),
             size=self.size,
             layers=len(self.manifest.layers),
             arch=self.arch,
             os=self.os,
-            pushed=self.pushed,
-            last_used=self.last_used,
-            in_use=self.in_use,
-            providers=sorted(providers),
+            pushed=pushed,
+            last_used=self.last_used if told else None,
+            in_use=self.in_use if told else 0,
+            providers=sorted(providers) if told else [],
+            owners=sorted(map(name, shown)),
+            shared=sorted(map(name, shared)) if tenant.admin or own is not None else None,
+            public=public,
         )
+
+
+def owner_name(owner: Owner) -> str:
+    """How an owner is shown without a name for it: ``#<credential id>``, or ``#open``."""
+    return "#open" if owner is None else f"#{owner}"
 
 
 def unique(blobs: Iterable[Blob]) -> list[Blob]:
@@ -137,7 +240,8 @@ class Catalog:
         self.limit = limit
         self.blobs: dict[str, int] = {}  # digest -> size, verified and on disk
         self.images: dict[str, StoredImage] = {}  # image id -> image
-        self.tags: dict[str, str] = {}  # tag -> image id
+        self.tags: dict[tuple[Owner, str], str] = {}  # (owner, tag) -> image id
+        self.senders: dict[str, set[Owner]] = {}  # blob -> the tenants that sent its bytes (since the hub started)
         self._pinned: dict[str, int] = {}  # blobs a push in flight counts on, and how many pushes
         self._reserved = 0  # bytes promised to pushes in flight, not yet stored
 
@@ -147,45 +251,74 @@ class Catalog:
     def used(self) -> int:
         return sum(self.blobs.values())
 
-    def resolve(self, ref: str) -> StoredImage | None:
-        """The stored image ``ref`` names: its digest or one of its tags."""
+    def resolve(self, ref: str, tenant: Tenant = OPEN) -> StoredImage | None:
+        """The stored image ``ref`` names for ``tenant``: a digest it sees, or a tag of its own
+        namespace; ``None`` for anything else, as for an image that was never pushed."""
         if is_digest(ref):
-            return self.images.get(ref)
-        digest = self.tags.get(normalize_tag(ref))
+            image = self.images.get(ref)
+            return image if image is not None and image.sees(tenant) else None
+        digest = self.tags.get((tenant.id, normalize_tag(ref)))
         return self.images.get(digest) if digest is not None else None
+
+    def hidden(self, ref: str, tenant: Tenant) -> bool:
+        """Whether ``ref`` is the digest of a stored image ``tenant`` may not see (which must then
+        be refused as if nothing had that digest: providers' copies of it came from the store)."""
+        image = self.images.get(ref) if is_digest(ref) else None
+        return image is not None and not image.sees(tenant)
 
     def missing(self, manifest: Manifest) -> list[Blob]:
         """The blobs of ``manifest`` the store lacks, each once: the config first, then the layers base first."""
         return [blob for blob in unique([manifest.config, *manifest.layers]) if blob.digest not in self.blobs]
 
-    def by_recency(self) -> list[StoredImage]:
-        """Every image, most recently used (or pushed) first."""
-        return sorted(self.images.values(), key=lambda i: (i.last_used or i.pushed, i.digest), reverse=True)
+    def readable(self, tenant: Tenant) -> set[str]:
+        """The blobs ``tenant`` could read already: those of the images it sees, and those it sent."""
+        out = {b.digest for image in self.images.values() if image.sees(tenant) for b in image.blobs}
+        out.update(digest for digest, senders in self.senders.items() if tenant.id in senders)
+        return out
+
+    def wanted(self, manifest: Manifest, tenant: Tenant) -> list[Blob]:
+        """The blobs of ``manifest`` a push by ``tenant`` must send, each once, in order: every blob
+        it could not read already, whether the store holds it for someone else or not at all."""
+        readable = self.readable(tenant)
+        return [
+            b
+            for b in unique([manifest.config, *manifest.layers])
+            if b.digest not in readable or b.digest not in self.blobs
+        ]
+
+    def by_recency(self, tenant: Tenant | None = None) -> list[StoredImage]:
+        """Every image (that ``tenant`` sees), most recently used (or pushed) first."""
+        images = [i for i in self.images.values() if tenant is None or i.sees(tenant)]
+        return sorted(images, key=lambda i: (i.last_used or i.pushed, i.digest), reverse=True)
 
     # --- a push ------------------------------------------------------------------------------
 
-    def check(self, manifest: Manifest) -> None:
-        """ImageError unless ``manifest`` could be an image: blobs declared with sane sizes."""
+    def check(self, manifest: Manifest, tenant: Tenant = OPEN) -> None:
+        """ImageError unless ``manifest`` could be an image: blobs declared with sane sizes (a
+        blob ``tenant`` cannot read is judged when its bytes come, as if the store lacked it)."""
         if manifest.config.size > MAX_CONFIG_BYTES:
             raise ImageError(
                 f"an image config of {format_size(manifest.config.size)} is over {format_size(MAX_CONFIG_BYTES)}"
             )
         sizes: dict[str, int] = {}
+        readable = self.readable(tenant)
         for blob in [manifest.config, *manifest.layers]:
             if sizes.setdefault(blob.digest, blob.size) != blob.size:
                 raise ImageError(f"blob {blob.digest} is declared with two sizes")
-            known = self.blobs.get(blob.digest)
+            known = self.blobs.get(blob.digest) if blob.digest in readable else None
             if known is not None and known != blob.size:
                 raise ImageError(f"blob {blob.digest} has {known} bytes, not {blob.size}")
 
-    def begin(self, manifest: Manifest) -> tuple[list[Blob], list[str]]:
-        """Start taking in ``manifest``: the blobs to send, and the blobs to delete to make room.
+    def begin(self, manifest: Manifest, tenant: Tenant = OPEN) -> tuple[list[Blob], list[str]]:
+        """Start taking in ``manifest`` from ``tenant``: the blobs to send (:meth:`wanted`), and the
+        blobs to delete to make room.
 
         Pins the blobs the push counts on (release with :meth:`end`), and reserves room for
-        the rest. Raises :class:`StoreFull` when the store cannot make room within its limit.
+        the rest (all of them, held for another tenant or not: the push must fare as if they
+        were not). Raises :class:`StoreFull` when the store cannot make room within its limit.
         """
-        self.check(manifest)
-        wanted = self.missing(manifest)
+        self.check(manifest, tenant)
+        wanted = self.wanted(manifest, tenant)
         need = sum(blob.size for blob in wanted)
         for blob in unique([manifest.config, *manifest.layers]):
             self._pinned[blob.digest] = self._pinned.get(blob.digest, 0) + 1
@@ -207,12 +340,16 @@ class Catalog:
             else:
                 self._pinned.pop(blob.digest, None)
 
-    def add_blob(self, blob: Blob) -> None:
-        """A blob is verified and on disk."""
+    def add_blob(self, blob: Blob, sender: Tenant = OPEN) -> None:
+        """A blob ``sender`` sent is verified and on disk."""
         self.blobs[blob.digest] = blob.size
+        self.senders.setdefault(blob.digest, set()).add(sender.id)
 
-    def add_image(self, manifest: Manifest, config: bytes, tags: Iterable[str], now: float) -> StoredImage:
-        """Record the image whose blobs are all stored, under ``tags`` (taken from any image that had them).
+    def add_image(
+        self, manifest: Manifest, config: bytes, tags: Iterable[str], now: float, tenant: Tenant = OPEN
+    ) -> StoredImage:
+        """Record that ``tenant`` holds the image whose blobs are all stored, under ``tags`` of its
+        namespace (taken from any of its images that had them).
 
         ``config`` is read only for an image not stored yet (pass ``b""`` for one that is)."""
         missing = self.missing(manifest)
@@ -221,21 +358,60 @@ class Catalog:
         image = self.images.get(manifest.config.digest)
         if image is None:
             arch, os_ = read_config(manifest, config)
-            image = StoredImage(manifest, arch, os_, pushed=now)
+            image = StoredImage(manifest, arch, os_)
             self.images[image.digest] = image
+        image.holdings.setdefault(tenant.id, Holding(pushed=now))
         for tag in map(normalize_tag, tags):
-            self.retag(tag, image)
+            self.retag(tag, image, tenant.id)
         return image
 
-    def retag(self, tag: str, image: StoredImage) -> StoredImage | None:
-        """Point ``tag`` at ``image``; the image it left, if any."""
-        old = self.tags.get(tag)
-        self.tags[tag] = image.digest
-        image.tags.add(tag)
+    def retag(self, tag: str, image: StoredImage, owner: Owner) -> StoredImage | None:
+        """Point ``tag`` of ``owner``'s namespace at ``image`` (which it holds); the image it left, if any."""
+        old = self.tags.get((owner, tag))
+        self.tags[(owner, tag)] = image.digest
+        image.holdings[owner].tags.add(tag)
         if old is not None and old != image.digest and old in self.images:
-            self.images[old].tags.discard(tag)
-            return self.images[old]
+            left = self.images[old]
+            left.holdings[owner].tags.discard(tag)
+            return left
         return None
+
+    # --- ownership ------------------------------------------------------------------------------
+
+    def owned(self, ref: str, tenant: Tenant, doing: str) -> StoredImage:
+        """The image ``ref`` names for ``tenant``, to ``doing`` it: ImageNotFound when it does not see
+        it, Unauthorized when it sees it but neither holds it nor is an admin."""
+        image = self.resolve(ref, tenant)
+        if image is None:
+            raise ImageNotFound(f"the hub stores no image {ref!r}")
+        if tenant.id not in image.holdings and not tenant.admin:
+            raise Unauthorized(f"only a tenant that pushed image {image.digest} (or an admin) may {doing} it")
+        return image
+
+    def disown(self, image: StoredImage, tenant: Tenant) -> list[str]:
+        """``tenant`` drops its hold on ``image`` (an admin that holds none drops the image outright);
+        the image goes with its last holder. The blobs to delete."""
+        if tenant.id in image.holdings:
+            holding = image.holdings.pop(tenant.id)
+            for tag in holding.tags:
+                if self.tags.get((tenant.id, tag)) == image.digest:
+                    del self.tags[(tenant.id, tag)]
+            if image.holdings:
+                return []
+        return self.remove(image.digest)
+
+    def share(self, image: StoredImage, tenant: Tenant, to: Iterable[Owner], *, public: bool, revoke: bool) -> None:
+        """Share ``tenant``'s holding of ``image`` with the tenants ``to`` (and with ``public``, with
+        every tenant), or with ``revoke`` take those shares back. An admin that holds none changes
+        every holding."""
+        holdings = [image.holdings[tenant.id]] if tenant.id in image.holdings else list(image.holdings.values())
+        for holding in holdings:
+            if revoke:
+                holding.shared.difference_update(to)
+            else:
+                holding.shared.update(to)
+            if public:
+                holding.public = not revoke
 
     # --- use and removal ------------------------------------------------------------------------
 
@@ -253,9 +429,10 @@ class Catalog:
     def remove(self, digest: str) -> list[str]:
         """Drop an image; the blobs no other image (nor a push in flight) uses, to delete."""
         image = self.images.pop(digest)
-        for tag in image.tags:
-            if self.tags.get(tag) == digest:
-                del self.tags[tag]
+        for owner, holding in image.holdings.items():
+            for tag in holding.tags:
+                if self.tags.get((owner, tag)) == digest:
+                    del self.tags[(owner, tag)]
         return self._orphans_of(image)
 
     def _orphans_of(self, image: StoredImage) -> list[str]:
@@ -263,6 +440,7 @@ class Catalog:
         gone = [b.digest for b in unique(image.blobs) if b.digest not in used and b.digest not in self._pinned]
         for digest in gone:
             self.blobs.pop(digest, None)
+            self.senders.pop(digest, None)
         return gone
 
     def _make_room(self, need: int) -> list[str]:
@@ -298,6 +476,7 @@ class Catalog:
             )
         for digest in gone:
             del self.blobs[digest]
+            self.senders.pop(digest, None)
         for image in victims:
             gone += self.remove(image.digest)
         return gone

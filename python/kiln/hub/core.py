@@ -32,12 +32,17 @@ Rules that everything affecting the hub's state must follow live here:
   provider reporting an activity the hub does not hold for it is told to destroy it; one
   that does not report an absent activity, or does not come back within the grace
   period, loses it (``activity_lost``).
-* The image store's bytes are not the core's: a requestor's ``push_image``, ``list_images``
-  and ``remove_image``, and the data of its pushes, go to the store (:class:`StoreRequest`,
+* The image store's bytes are not the core's: a requestor's ``push_image``, ``list_images``,
+  ``remove_image`` and ``share_image``, and the data of its pushes, go to the store (:class:`StoreRequest`,
   :class:`PushFrame`), which answers through :meth:`HubCore.store_reply` and grants credit
   through :meth:`HubCore.store_grant`. A provider's ``want`` for a ``create`` of a stored
   image starts the store sending blobs (:class:`ServeBlobs`) on the create's stream, within
   the credit the provider grants (:class:`ServeCredit`), through :meth:`HubCore.serve_data`.
+* Stored images belong to tenants (:mod:`kiln.hub.catalog`): a ``rent`` or ``market`` names an
+  image as its requestor's tenant sees the store. A digest the tenant may not see is as if
+  nothing had it: a rent of a digest goes only to the store or to a provider that offers that
+  digest itself, and the digest of a stored image nobody let the tenant see matches no provider,
+  nor shows in any provider's listed images (a provider's copy of it came from the store).
 
 Use: the I/O layer calls :meth:`HubCore.connect` for a new connection, then
 :meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame,
@@ -73,7 +78,7 @@ from kiln.hub.actions import (
     ServeStop,
     StoreRequest,
 )
-from kiln.hub.catalog import Catalog
+from kiln.hub.catalog import Catalog, Tenant, is_digest
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, HUB, Lease, Peer, Pending, Route
 from kiln.hub.records import (
@@ -109,6 +114,7 @@ from kiln.protocol.messages import (
     Exec,
     ExecResult,
     Hello,
+    ImageInfo,
     ImageList,
     ImagePushed,
     Limits,
@@ -117,6 +123,7 @@ from kiln.protocol.messages import (
     MarketQuery,
     Message,
     Offer,
+    ProviderInfo,
     PushImage,
     Release,
     RemoveImage,
@@ -124,6 +131,7 @@ from kiln.protocol.messages import (
     Rented,
     RentProgress,
     Resources,
+    ShareImage,
     Upload,
     Want,
     Welcome,
@@ -159,7 +167,7 @@ PROGRESS_BYTES: Final = 4 * 2**20
 
 REQUESTOR_SENDS = frozenset(
     {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
-    | {"push_image", "list_images", "remove_image"}
+    | {"push_image", "list_images", "remove_image", "share_image"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
 
@@ -700,14 +708,14 @@ class HubCore:
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
         assert isinstance(message, Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download
-                          | PushImage | ListImages | RemoveImage)  # fmt: skip
+                          | PushImage | ListImages | RemoveImage | ShareImage)  # fmt: skip
         if message.id in p.open or message.id in p.pushes:
             self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
             return
         if len(p.open) >= self.limits.max_pending:
             self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_pending} requests open at once")
             return
-        if isinstance(message, PushImage | ListImages | RemoveImage):
+        if isinstance(message, PushImage | ListImages | RemoveImage | ShareImage):
             if isinstance(message, PushImage):
                 if p.streams() >= self.limits.max_streams:
                     self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
@@ -716,15 +724,7 @@ class HubCore:
             p.open[message.id] = (HUB, 0)
             self._out.append(StoreRequest(p.id, message, p.credential))
         elif isinstance(message, MarketQuery):
-            # A tag of the store names the image by its id, as providers offer it.
-            stored = self.catalog.resolve(message.image) if message.image is not None else None
-            image = stored.digest if stored is not None else message.image
-            providers, matched = self.market.describe(
-                image=image, labels=message.labels, free=message.free, limit=message.limit
-            )
-            info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
-                              activities=len(self.activities))  # fmt: skip
-            self._send(p.id, info)
+            self._describe(p, message)
         elif isinstance(message, ActivitiesQuery):
             self._list_activities(p, message)
         elif isinstance(message, Rent):
@@ -743,6 +743,28 @@ class HubCore:
                 self._destroy(activity, p.id, message.id)
             else:
                 self._forward(p, activity, message)
+
+    def _describe(self, p: Peer, message: MarketQuery) -> None:
+        """The market as requestor ``p``'s tenant may see it (see the rules above)."""
+        tenant = Tenant.of(p.credential)
+        image = message.image
+        providers: list[ProviderInfo]
+        if image is not None and self.catalog.hidden(image, tenant):
+            providers, matched = [], 0
+        else:
+            # A tag of the store names the image by its id, as providers offer it.
+            stored = self.catalog.resolve(image, tenant) if image is not None else None
+            image = stored.digest if stored is not None else image
+            providers, matched = self.market.describe(
+                image=image, labels=message.labels, free=message.free, limit=message.limit
+            )
+            hidden = [i for q in providers for i in q.images if self.catalog.hidden(i, tenant)]
+            if hidden:
+                gone = set(hidden)
+                providers = [q.model_copy(update={"images": [i for i in q.images if i not in gone]}) for q in providers]
+        info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
+                          activities=len(self.activities))  # fmt: skip
+        self._send(p.id, info)
 
     def _list_activities(self, p: Peer, message: ActivitiesQuery) -> None:
         """Requestor ``p``'s own activities, or with ``all`` every one at the hub: an admin's view only."""
@@ -793,7 +815,17 @@ class HubCore:
             self._error(p, message.id, ErrorCode.TOO_MANY, text)
             return
         group = p.groups.get(message.group) if message.group is not None else None
-        stored = self.catalog.resolve(message.image)
+        tenant = Tenant.of(p.credential)
+        stored = self.catalog.resolve(message.image, tenant)
+        if (
+            stored is None
+            and is_digest(message.image)
+            and (self.catalog.hidden(message.image, tenant) or not self.market.holders(message.image))
+        ):
+            # A digest names the image only the store (as this tenant sees it) or a provider's own
+            # offer can run: the same answer whether another tenant stored it or nobody did.
+            self._error(p, message.id, ErrorCode.IMAGE_NOT_FOUND, not_found(message.image))
+            return
         try:
             provider, cached = self.market.choose(
                 message.image, message.demand, set(message.exclude), group or (), stored, root=message.user == "root"
@@ -1207,6 +1239,10 @@ class HubCore:
         if not isinstance(reply, Want):
             del p.open[reply.re]
             p.pushes.pop(reply.re, None)
+        if p.minor < 4 and isinstance(reply, ImagePushed):
+            reply = reply.model_copy(update={"image": _before_owners(reply.image)})
+        elif p.minor < 4 and isinstance(reply, ImageList):
+            reply = reply.model_copy(update={"images": [_before_owners(i) for i in reply.images]})
         self._send(peer, reply)
         return self._flush()
 
@@ -1336,6 +1372,20 @@ def not_stored(told: str, image: str) -> str:
         "or push_image / pushImage in code), then rent it again"
     )
     return clip(told, MAX_TEXT - len(hint)) + hint
+
+
+def not_found(image: str) -> str:
+    """Why a rent of ``image``, a digest, finds nothing: neither the store (as the requestor sees
+    it) nor any provider's offer holds it."""
+    return (
+        f"the hub's image store holds no image {image!r} for you, and no provider offers it: push it "
+        "(kiln image push, or push_image / pushImage in code), or ask its owner to share it (kiln image share)"
+    )
+
+
+def _before_owners(info: ImageInfo) -> ImageInfo:
+    """``info`` as a requestor of protocol 1.3 or older reads it: without the fields of 1.4."""
+    return info.model_copy(update={"owners": None, "shared": None, "public": None})
 
 
 def _credential_id(p: Peer) -> int | None:

@@ -155,7 +155,7 @@ class HubServer:
         self._outboxes: dict[int, Outbox] = {}
         self._log = LogLimiter()
         self._ids = itertools.count(1)
-        self.images = ImageService(core, store, self._apply) if store is not None else None
+        self.images = ImageService(core, store, self._apply, state) if store is not None else None
         self.max_unwelcomed = max_unwelcomed
         self._unwelcomed: dict[int, Outbox] = {}  # connections yet to say hello, oldest first
 

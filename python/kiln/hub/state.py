@@ -298,6 +298,29 @@ class HubState:
         row = self._read("SELECT EXISTS (SELECT 1 FROM credentials WHERE name = ? AND role = 'provider')", (name,))
         return row is None or bool(row[0])
 
+    def tenant(self, name: str) -> Credential | None:
+        columns = "SELECT id, role, name FROM credentials WHERE revoked IS NULL AND role != 'provider' AND"
+        row = self._read(f"{columns} name = ?", (name,))
+        if row is None and name.startswith("#") and name[1:].isdigit() and len(name) < 20:
+            row = self._read(f"{columns} id = ?", (int(name[1:]),))
+        return None if row is None else Credential(int(row[0]), row[1], row[2])
+
+    def names(self, ids: set[int]) -> dict[int, str]:
+        wanted = sorted(ids)
+        out: dict[int, str] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            try:
+                rows = self._db.execute(
+                    f"SELECT id, name FROM credentials WHERE name IS NOT NULL AND id IN ({marks})", chunk
+                ).fetchall()
+            except sqlite3.Error as e:
+                log.warning("cannot read credentials from %s: %s", self.path, e)
+                continue
+            out.update((int(row[0]), str(row[1])) for row in rows)
+        return out
+
     def revoked(self, ids: Collection[int]) -> set[int]:
         """Those of ``ids`` that are revoked (the hub asks for its peers' from time to time)."""
         wanted = sorted(ids)

@@ -3,7 +3,7 @@
 Layout under the data directory::
 
     blobs/sha256/<hex>   verified blobs (image configs and layers), stored once each
-    images/<hex>.json    one record per image: manifest, tags, architecture, times
+    images/<hex>.json    one record per image: manifest, architecture, and each owner's tags, shares, times
     tmp/                 blobs being received; emptied at start
 
 A blob reaches ``blobs/`` only by a rename after its size and sha256 were checked, so what
@@ -11,6 +11,10 @@ is there is whole and right, and a push cut off leaves nothing behind but its ve
 blobs (a retried push does not send them again). What the store holds, and every decision
 about it, is the pure :class:`~kiln.hub.catalog.Catalog`; this module does the I/O, file
 work on threads so the hub's event loop never waits on a disk.
+
+Every request acts as its requestor's tenant (:class:`~kiln.hub.catalog.Tenant`) sees the store:
+a list shows what it may see, a remove or share needs an image it holds (or an admin), and a
+push sends every blob it could not read already (the catalog's rules).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import IO, Any, Final
 
 import orjson
 
+from kiln.hub.access import Directory
 from kiln.hub.actions import (
     Action,
     PushCancelled,
@@ -38,23 +43,25 @@ from kiln.hub.actions import (
     StoreAction,
     StoreRequest,
 )
-from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, StoredImage
+from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, Holding, Owner, StoredImage, Tenant, owner_name
 from kiln.hub.core import HubCore
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import Cancelled, ImageCorrupt, ImageNotFound, KilnError, TransferFailed
+from kiln.protocol.errors import Cancelled, ImageCorrupt, KilnError, TransferFailed, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
     WIRE,
     Blob,
     Done,
     Error,
+    ImageInfo,
     ImageList,
     ImagePushed,
     ListImages,
     Manifest,
     PushImage,
     RemoveImage,
+    ShareImage,
     Want,
     clip,
 )
@@ -145,10 +152,11 @@ class BlobStore:
                 log.warning("image %s lacks blobs on disk; forgetting it", image.digest)
                 self.forget(image.digest)
                 continue
-            tags, image.tags = image.tags, set()
             catalog.images[image.digest] = image
-            for tag in tags:
-                catalog.retag(tag, image)
+            for owner, holding in image.holdings.items():
+                tags, holding.tags = holding.tags, set()
+                for tag in tags:
+                    catalog.retag(tag, image, owner)
         return catalog
 
     def path(self, digest: str) -> Path:
@@ -179,25 +187,56 @@ class BlobStore:
             self.path(digest).unlink(missing_ok=True)
 
 
+OPEN_KEY: Final = "open"
+"""The open tenant's key among a record's ``owners`` (the others: their credential ids)."""
+
+
 def _image_to_json(image: StoredImage) -> bytes:
+    owners = {
+        OPEN_KEY if owner is None else str(owner): {
+            "tags": sorted(h.tags),
+            "shared": sorted(OPEN_KEY if o is None else str(o) for o in h.shared),
+            "public": h.public,
+            "pushed": h.pushed,
+        }
+        for owner, h in image.holdings.items()
+    }
     return orjson.dumps(
         {
             "manifest": image.manifest.model_dump(mode="json"),
-            "tags": sorted(image.tags),
             "arch": image.arch,
             "os": image.os,
-            "pushed": image.pushed,
+            "owners": owners,
             "last_used": image.last_used,
         }
     )
 
 
 def _image_from_json(data: bytes) -> StoredImage:
+    """An image record; one written before images had owners (no ``owners``: ``tags`` and
+    ``pushed`` at the top) belongs to the open tenant."""
     raw = orjson.loads(data)
     manifest = Manifest.model_validate(raw["manifest"], context=WIRE)
-    image = StoredImage(manifest, str(raw["arch"]), str(raw["os"]), float(raw["pushed"]), set(raw["tags"]))
+    image = StoredImage(manifest, str(raw["arch"]), str(raw["os"]))
+    owners = raw.get("owners")
+    if owners is None:
+        owners = {OPEN_KEY: {"tags": raw["tags"], "pushed": raw["pushed"]}}
+    for key, h in owners.items():
+        shared = {_owner(o) for o in h.get("shared", [])}
+        holding = Holding(float(h["pushed"]), {str(t) for t in h["tags"]}, shared, bool(h.get("public", False)))
+        image.holdings[_owner(key)] = holding
+    if not image.holdings:
+        raise ValueError("the record names no owner")
     image.last_used = raw.get("last_used")
     return image
+
+
+def _tags(image: StoredImage) -> dict[Owner, set[str]]:
+    return {owner: set(h.tags) for owner, h in image.holdings.items()}
+
+
+def _owner(key: str) -> Owner:
+    return None if key == OPEN_KEY else int(key)
 
 
 class _Push:
@@ -220,8 +259,16 @@ class _Serve:
 class ImageService:
     """Carries out the core's store actions: takes pushes in, serves blobs, lists and removes images."""
 
-    def __init__(self, core: HubCore, store: BlobStore, apply: Callable[[list[Action]], None]) -> None:
+    def __init__(
+        self,
+        core: HubCore,
+        store: BlobStore,
+        apply: Callable[[list[Action]], None],
+        directory: Directory | None = None,
+    ) -> None:
         self.core = core
+        self.directory = directory
+        """Who the tenants are (the hub's credentials): their names, shown and shared with."""
         self.catalog = core.catalog
         self.store = store
         self._apply = apply
@@ -237,11 +284,14 @@ class ImageService:
             key = (action.peer, action.message.id)
             if isinstance(action.message, PushImage):
                 push = self._pushes[key] = _Push()
-                push.task = self._spawn(self._push(action.peer, action.message, push), key, self._pushes)
+                tenant = Tenant.of(action.credential)
+                push.task = self._spawn(self._push(action.peer, action.message, tenant, push), key, self._pushes)
             elif isinstance(action.message, ListImages):
-                self._spawn(self._list(action.peer, action.message))
+                self._spawn(self._list(action.peer, action.message, Tenant.of(action.credential)))
+            elif isinstance(action.message, ShareImage):
+                self._spawn(self._share(action.peer, action.message, Tenant.of(action.credential)))
             else:
-                self._spawn(self._remove(action.peer, action.message))
+                self._spawn(self._remove(action.peer, action.message, Tenant.of(action.credential)))
         elif isinstance(action, PushFrame):
             pushing = self._pushes.get((action.peer, action.request))
             if pushing is not None:
@@ -315,29 +365,70 @@ class ImageService:
     def _fail(self, peer: int, request: int, error: KilnError) -> None:
         self._reply(peer, Error(type="error", re=request, code=error.code, message=clip(error.message)))
 
-    async def _list(self, peer: int, message: ListImages) -> None:
-        images = [image.info(self.core.market.holders(image.digest)) for image in self.catalog.by_recency()]
+    def _infos(self, images: list[StoredImage], tenant: Tenant) -> list[ImageInfo]:
+        """``images`` as ``tenant`` may see them, each owner shown by its credential's name."""
+        ids = {o for i in images for h in i.holdings.values() for o in (*i.holdings, *h.shared) if o is not None}
+        names = self.directory.names(ids) if self.directory is not None and ids else {}
+
+        def name(owner: Owner) -> str:
+            return names.get(owner) or owner_name(owner) if owner is not None else owner_name(owner)
+
+        return [i.info(tenant, self.core.market.holders(i.digest), name) for i in images]
+
+    async def _list(self, peer: int, message: ListImages, tenant: Tenant) -> None:
+        images = self._infos(self.catalog.by_recency(tenant), tenant)
         used, limit = self.catalog.used, self.catalog.limit
         self._reply(peer, ImageList(type="image_list", re=message.id, images=images, used=used, limit=limit))
 
-    async def _remove(self, peer: int, message: RemoveImage) -> None:
-        image = self.catalog.resolve(message.image)
-        if image is None:
-            self._fail(peer, message.id, ImageNotFound(f"the hub stores no image {message.image!r}"))
+    async def _remove(self, peer: int, message: RemoveImage, tenant: Tenant) -> None:
+        try:
+            image = self.catalog.owned(message.image, tenant, "remove")
+        except KilnError as e:
+            self._fail(peer, message.id, e)
             return
-        gone = self.catalog.remove(image.digest)
-        await asyncio.to_thread(self._drop, image.digest, gone)
-        log.info("image %s removed (%d blobs deleted)", image.digest, len(gone))
+        gone = self.catalog.disown(image, tenant)
+        if image.digest in self.catalog.images:
+            await asyncio.to_thread(self.store.save, [image])
+            log.info("image %s: tenant %s dropped its hold", image.digest, owner_name(tenant.id))
+        else:
+            await asyncio.to_thread(self._drop, image.digest, gone)
+            log.info("image %s removed (%d blobs deleted)", image.digest, len(gone))
         self._reply(peer, Done(type="done", re=message.id))
+
+    async def _share(self, peer: int, message: ShareImage, tenant: Tenant) -> None:
+        try:
+            image = self.catalog.owned(message.image, tenant, "share")
+            to = [self._tenant(name) for name in message.to]
+        except KilnError as e:
+            self._fail(peer, message.id, e)
+            return
+        self.catalog.share(image, tenant, to, public=message.public, revoke=message.revoke)
+        await asyncio.to_thread(self.store.save, [image])
+        log.info("image %s: tenant %s %s %s", image.digest, owner_name(tenant.id),
+                 "unshared it with" if message.revoke else "shared it with",
+                 ", ".join([*message.to, *(["everyone"] if message.public else [])]))  # fmt: skip
+        self._reply(peer, Done(type="done", re=message.id))
+
+    def _tenant(self, name: str) -> Owner:
+        """The tenant a share names: a credential's name or ``#<id>``, or ``#open``."""
+        if name == owner_name(None):
+            return None
+        credential = self.directory.tenant(name) if self.directory is not None else None
+        if credential is None:
+            raise UsageError(
+                f"no live requestor credential is named {name!r} (kiln token ls lists them; "
+                "#<id> names one by its id, #open the requestors without a credential)"
+            )
+        return credential.id
 
     def _drop(self, digest: str, blobs: list[str]) -> None:
         self.store.forget(digest)
         self.store.delete(blobs)
 
-    async def _push(self, peer: int, message: PushImage, push: _Push) -> None:
+    async def _push(self, peer: int, message: PushImage, tenant: Tenant, push: _Push) -> None:
         manifest = message.manifest
         try:
-            wanted, evicted = self.catalog.begin(manifest)
+            wanted, evicted = self.catalog.begin(manifest, tenant)
         except KilnError as e:
             self._fail(peer, message.id, e)
             return
@@ -349,12 +440,12 @@ class ImageService:
             if wanted:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
                 self._apply(self.core.store_grant(peer, message.id, self._window))
-                await self._receive(peer, message.id, wanted, push)
+                await self._receive(peer, message.id, wanted, push, tenant)
             known = manifest.config.digest in self.catalog.images  # a second push only retags: no disk read
             config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
-            before = {digest: set(image.tags) for digest, image in self.catalog.images.items()}
-            image = self.catalog.add_image(manifest, config, message.tags, now=time.time())
-            changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != i.tags]
+            before = {digest: _tags(image) for digest, image in self.catalog.images.items()}
+            image = self.catalog.add_image(manifest, config, message.tags, time.time(), tenant)
+            changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != _tags(i)]
             await asyncio.to_thread(self.store.save, changed)
         except asyncio.CancelledError as e:
             if e.args and e.args[0] == "cancelled":
@@ -371,7 +462,7 @@ class ImageService:
             self.catalog.end(manifest, reserved)
         sent = sum(blob.size for blob in wanted)
         log.info("image %s stored (%d bytes received, %d held already)", image.digest, sent, image.size - sent)
-        info = image.info(self.core.market.holders(image.digest))
+        (info,) = self._infos([image], tenant)
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
@@ -382,7 +473,7 @@ class ImageService:
                 path.unlink(missing_ok=True)
         self.store.delete(gone)
 
-    async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push) -> None:
+    async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, tenant: Tenant) -> None:
         """Take the wanted blobs off the push's stream, one after another, each verified and stored."""
         pending = b""
         for blob in wanted:
@@ -398,7 +489,7 @@ class ImageService:
                 await asyncio.to_thread(writer.finish)
             finally:
                 await asyncio.to_thread(writer.discard)
-            self.catalog.add_blob(blob)
+            self.catalog.add_blob(blob, tenant)
         if pending:
             raise ImageCorrupt("the push sent more bytes than its wanted blobs hold")
         kind, _ = await self._frame(push)

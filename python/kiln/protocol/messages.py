@@ -35,8 +35,8 @@ from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.3"
-MINOR_VERSION: Final = 3
+PROTOCOL_VERSION: Final = "1.4"
+MINOR_VERSION: Final = 4
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -52,6 +52,8 @@ MAX_REPORTED: Final = 4096
 """The most activities a provider's hello may list (as many as the images an offer may name)."""
 MAX_TAGS: Final = 16
 """The most tags one push may give an image."""
+MAX_SHARES: Final = 64
+"""The most tenants one ``share_image`` may name."""
 MIN_MEMORY: Final = 6 * 2**20
 """The least memory a demand may ask for (Docker's own floor); 0 would mean no limit at all."""
 
@@ -107,6 +109,9 @@ NAME_PATTERN: Final = r"^[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u
 """A name holds no control character (C0, DEL, C1) and no invisible or bidirectional format character."""
 Name: TypeAlias = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
 ImageRef: TypeAlias = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")]
+TenantName: TypeAlias = Annotated[str, Field(min_length=1, max_length=65, pattern=NAME_PATTERN)]
+"""(1.4) A tenant of the image store: the name of a credential (``kiln token ls``), ``#<id>`` for its
+id, or ``#open`` for the requestors that join without a credential."""
 ContainerPath: TypeAlias = Annotated[
     str,
     # The length is part of the path rule (paths.py): a path too long is a bad path.
@@ -212,7 +217,9 @@ class Manifest(_Message):
 
 
 class ImageInfo(_Message):
-    """An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds."""
+    """An image in the hub's store, as the requestor asking may see it: ``size`` counts its config
+    and layers; times are Unix seconds; ``tags`` are the requestor's own (1.4: tags live in their
+    owner's namespace)."""
 
     digest: Digest
     tags: list[ImageTag]
@@ -224,6 +231,13 @@ class ImageInfo(_Message):
     last_used: Annotated[float, Field(ge=0)] | None = None
     in_use: Annotated[int, Field(ge=0)] = 0
     providers: Annotated[list[Name], Field(max_length=MAX_LISTED)] = []
+    owners: Annotated[list[TenantName], Field(max_length=MAX_LISTED)] | None = None
+    """(1.4) The tenants that pushed it, as far as the requestor may know: itself, those that share
+    it with it (every one, to an admin)."""
+    shared: Annotated[list[TenantName], Field(max_length=MAX_LISTED)] | None = None
+    """(1.4, to an owner or an admin) The tenants its holding is shared with (``share_image``)."""
+    public: bool | None = None
+    """(1.4) Whether it is shared with every tenant."""
 
 
 class ProviderInfo(_Message):
@@ -599,6 +613,25 @@ class RemoveImage(_Message):
     image: ImageRef
 
 
+class ShareImage(_Message):
+    """Requestor -> hub (1.4): share an image it pushed (by digest or tag) with the tenants ``to``,
+    and with ``public`` with every tenant; with ``revoke``, take those shares back. Answered with
+    ``done``."""
+
+    type: Literal["share_image"]
+    id: RequestId
+    image: ImageRef
+    to: Annotated[list[TenantName], Field(max_length=MAX_SHARES)] = []
+    public: bool = False
+    revoke: bool = False
+
+    @model_validator(mode="after")
+    def _shares_something(self) -> ShareImage:
+        if not self.to and not self.public:
+            raise ValueError("a share names tenants in 'to', or 'public': true, or both")
+        return self
+
+
 class Credit(_Message):
     """The receiver of stream ``stream`` may take ``chunks`` more data frames."""
 
@@ -642,6 +675,7 @@ Message: TypeAlias = Annotated[
     | ListImages
     | ImageList
     | RemoveImage
+    | ShareImage
     | ActivitiesQuery
     | ActivityList,
     Field(discriminator="type"),
@@ -652,7 +686,8 @@ MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
 MESSAGE_MODELS: Final = (
     Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, MarketQuery, MarketInfo, Create,
     Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
-    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage, ActivitiesQuery, ActivityList,
+    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage, ShareImage, ActivitiesQuery,
+    ActivityList,
 )  # fmt: skip
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 

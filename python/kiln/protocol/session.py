@@ -95,6 +95,7 @@ from kiln.protocol.messages import (
     Rent,
     Rented,
     RentProgress,
+    ShareImage,
     Upload,
     Want,
     Welcome,
@@ -106,7 +107,7 @@ from kiln.protocol.messages import (
 
 Role: TypeAlias = Literal["requestor", "provider"]
 Request: TypeAlias = (Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage
-                      | ListImages | RemoveImage)  # fmt: skip
+                      | ListImages | RemoveImage | ShareImage)  # fmt: skip
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
 """What the hub may ask of a provider."""
@@ -119,12 +120,14 @@ FinalReply: TypeAlias = Done | Error | ExecResult | Rented | MarketInfo | ImageP
 SENDS: Final[dict[Role, frozenset[str]]] = {
     "requestor": frozenset(
         {"rent", "release", "market", "activities", "exec", "upload", "download"}
-        | {"push_image", "list_images", "remove_image"}
+        | {"push_image", "list_images", "remove_image", "share_image"}
     ),
     "provider": frozenset({"offer"}),
 }
 """The requests each role may send."""
-SINCE: Final[dict[str, int]] = {"push_image": 1, "list_images": 1, "remove_image": 1, "activities": 3}
+SINCE: Final[dict[str, int]] = {
+    "push_image": 1, "list_images": 1, "remove_image": 1, "activities": 3, "share_image": 4,
+}  # fmt: skip
 """The minor version that brought each request (absent: 0)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
@@ -145,6 +148,7 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "push_image": frozenset({"image_pushed", "error"}),
     "list_images": frozenset({"image_list", "error"}),
     "remove_image": frozenset({"done", "error"}),
+    "share_image": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
 }

@@ -29,6 +29,7 @@ import type {
   Rent,
   RentProgress,
   Rented,
+  ShareImage,
   Upload,
   Want,
   Welcome,
@@ -81,6 +82,7 @@ export declare const validateRemoveImage: Validator<RemoveImage>;
 export declare const validateRent: Validator<Rent>;
 export declare const validateRentProgress: Validator<RentProgress>;
 export declare const validateRented: Validator<Rented>;
+export declare const validateShareImage: Validator<ShareImage>;
 export declare const validateUpload: Validator<Upload>;
 export declare const validateWant: Validator<Want>;
 export declare const validateWelcome: Validator<Welcome>;

@@ -4888,8 +4888,8 @@ validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateImageList = validate39;
 const schema52 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit``.","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
-const schema53 = {"additionalProperties":false,"description":"An image in the hub's store: ``size`` counts its config and layers; times are Unix seconds.","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
-const pattern26 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
+const schema53 = {"additionalProperties":false,"description":"An image in the hub's store, as the requestor asking may see it: ``size`` counts its config\nand layers; times are Unix seconds; ``tags`` are the requestor's own (1.4: tags live in their\nowner's namespace).","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"owners":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Owners"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"public":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Public"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"shared":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Shared"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
+const pattern28 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
 
 function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -4977,8 +4977,17 @@ data1.in_use = 0;
 if(data1.last_used === undefined){
 data1.last_used = null;
 }
+if(data1.owners === undefined){
+data1.owners = null;
+}
 if(data1.providers === undefined){
 data1.providers = [];
+}
+if(data1.public === undefined){
+data1.public = null;
+}
+if(data1.shared === undefined){
+data1.shared = null;
 }
 if(data1.digest === undefined){
 const err6 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/required",keyword:"required",params:{missingProperty: "digest"},message:"must have required property '"+"digest"+"'"};
@@ -5235,10 +5244,13 @@ vErrors.push(err26);
 errors++;
 }
 }
-let data8 = data1.providers;
+let data8 = data1.owners;
+const _errs25 = errors;
+let valid6 = false;
+const _errs26 = errors;
 if(Array.isArray(data8)){
 if(data8.length > 1000){
-const err27 = {instancePath:instancePath+"/images/" + i0+"/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
+const err27 = {instancePath:instancePath+"/images/" + i0+"/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -5251,8 +5263,8 @@ const len1 = data8.length;
 for(let i1=0; i1<len1; i1++){
 let data9 = data8[i1];
 if(typeof data9 === "string"){
-if(func2(data9) > 64){
-const err28 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(func2(data9) > 65){
+const err28 = {instancePath:instancePath+"/images/" + i0+"/owners/" + i1,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/maxLength",keyword:"maxLength",params:{limit: 65},message:"must NOT have more than 65 characters"};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -5262,7 +5274,7 @@ vErrors.push(err28);
 errors++;
 }
 if(func2(data9) < 1){
-const err29 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+const err29 = {instancePath:instancePath+"/images/" + i0+"/owners/" + i1,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -5272,7 +5284,7 @@ vErrors.push(err29);
 errors++;
 }
 if(!pattern7.test(data9)){
-const err30 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+const err30 = {instancePath:instancePath+"/images/" + i0+"/owners/" + i1,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -5283,7 +5295,7 @@ errors++;
 }
 }
 else {
-const err31 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err31 = {instancePath:instancePath+"/images/" + i0+"/owners/" + i1,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -5295,7 +5307,7 @@ errors++;
 }
 }
 else {
-const err32 = {instancePath:instancePath+"/images/" + i0+"/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
+const err32 = {instancePath:instancePath+"/images/" + i0+"/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -5304,11 +5316,11 @@ vErrors.push(err32);
 }
 errors++;
 }
-if(data1.pushed !== undefined){
-let data10 = data1.pushed;
-if((typeof data10 == "number") && (isFinite(data10))){
-if(data10 < 0 || isNaN(data10)){
-const err33 = {instancePath:instancePath+"/images/" + i0+"/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+var _valid1 = _errs26 === errors;
+valid6 = valid6 || _valid1;
+const _errs30 = errors;
+if(data8 !== null){
+const err33 = {instancePath:instancePath+"/images/" + i0+"/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -5317,9 +5329,10 @@ vErrors.push(err33);
 }
 errors++;
 }
-}
-else {
-const err34 = {instancePath:instancePath+"/images/" + i0+"/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/type",keyword:"type",params:{type: "number"},message:"must be number"};
+var _valid1 = _errs30 === errors;
+valid6 = valid6 || _valid1;
+if(!valid6){
+const err34 = {instancePath:instancePath+"/images/" + i0+"/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -5328,11 +5341,21 @@ vErrors.push(err34);
 }
 errors++;
 }
+else {
+errors = _errs25;
+if(vErrors !== null){
+if(_errs25){
+vErrors.length = _errs25;
 }
-if(data1.size !== undefined){
-let data11 = data1.size;
-if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
-const err35 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+else {
+vErrors = null;
+}
+}
+}
+let data10 = data1.providers;
+if(Array.isArray(data10)){
+if(data10.length > 1000){
+const err35 = {instancePath:instancePath+"/images/" + i0+"/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -5341,9 +5364,12 @@ vErrors.push(err35);
 }
 errors++;
 }
-if((typeof data11 == "number") && (isFinite(data11))){
-if(data11 > 4611686018427388000 || isNaN(data11)){
-const err36 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+const len2 = data10.length;
+for(let i2=0; i2<len2; i2++){
+let data11 = data10[i2];
+if(typeof data11 === "string"){
+if(func2(data11) > 64){
+const err36 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i2,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -5352,8 +5378,8 @@ vErrors.push(err36);
 }
 errors++;
 }
-if(data11 < 0 || isNaN(data11)){
-const err37 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(func2(data11) < 1){
+const err37 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i2,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -5362,17 +5388,8 @@ vErrors.push(err37);
 }
 errors++;
 }
-}
-}
-if(data1.tags !== undefined){
-let data12 = data1.tags;
-if(Array.isArray(data12)){
-const len2 = data12.length;
-for(let i2=0; i2<len2; i2++){
-let data13 = data12[i2];
-if(typeof data13 === "string"){
-if(func2(data13) > 255){
-const err38 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(!pattern7.test(data11)){
+const err38 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i2,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -5381,8 +5398,9 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern26.test(data13)){
-const err39 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
+}
+else {
+const err39 = {instancePath:instancePath+"/images/" + i0+"/providers/" + i2,schemaPath:"#/$defs/ImageInfo/properties/providers/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -5392,8 +5410,9 @@ vErrors.push(err39);
 errors++;
 }
 }
+}
 else {
-const err40 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i2,schemaPath:"#/$defs/ImageInfo/properties/tags/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err40 = {instancePath:instancePath+"/images/" + i0+"/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -5402,10 +5421,12 @@ vErrors.push(err40);
 }
 errors++;
 }
-}
-}
-else {
-const err41 = {instancePath:instancePath+"/images/" + i0+"/tags",schemaPath:"#/$defs/ImageInfo/properties/tags/type",keyword:"type",params:{type: "array"},message:"must be array"};
+let data12 = data1.public;
+const _errs37 = errors;
+let valid11 = false;
+const _errs38 = errors;
+if(typeof data12 !== "boolean"){
+const err41 = {instancePath:instancePath+"/images/" + i0+"/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -5414,10 +5435,11 @@ vErrors.push(err41);
 }
 errors++;
 }
-}
-}
-else {
-const err42 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/type",keyword:"type",params:{type: "object"},message:"must be object"};
+var _valid2 = _errs38 === errors;
+valid11 = valid11 || _valid2;
+const _errs40 = errors;
+if(data12 !== null){
+const err42 = {instancePath:instancePath+"/images/" + i0+"/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -5426,10 +5448,10 @@ vErrors.push(err42);
 }
 errors++;
 }
-}
-}
-else {
-const err43 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/type",keyword:"type",params:{type: "array"},message:"must be array"};
+var _valid2 = _errs40 === errors;
+valid11 = valid11 || _valid2;
+if(!valid11){
+const err43 = {instancePath:instancePath+"/images/" + i0+"/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -5438,11 +5460,22 @@ vErrors.push(err43);
 }
 errors++;
 }
+else {
+errors = _errs37;
+if(vErrors !== null){
+if(_errs37){
+vErrors.length = _errs37;
 }
-if(data.limit !== undefined){
-let data14 = data.limit;
-if(!(((typeof data14 == "number") && (!(data14 % 1) && !isNaN(data14))) && (isFinite(data14)))){
-const err44 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+else {
+vErrors = null;
+}
+}
+}
+if(data1.pushed !== undefined){
+let data13 = data1.pushed;
+if((typeof data13 == "number") && (isFinite(data13))){
+if(data13 < 0 || isNaN(data13)){
+const err44 = {instancePath:instancePath+"/images/" + i0+"/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -5451,9 +5484,9 @@ vErrors.push(err44);
 }
 errors++;
 }
-if((typeof data14 == "number") && (isFinite(data14))){
-if(data14 > 4611686018427388000 || isNaN(data14)){
-const err45 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+else {
+const err45 = {instancePath:instancePath+"/images/" + i0+"/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err45];
 }
@@ -5462,8 +5495,14 @@ vErrors.push(err45);
 }
 errors++;
 }
-if(data14 < 0 || isNaN(data14)){
-const err46 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+let data14 = data1.shared;
+const _errs45 = errors;
+let valid12 = false;
+const _errs46 = errors;
+if(Array.isArray(data14)){
+if(data14.length > 1000){
+const err46 = {instancePath:instancePath+"/images/" + i0+"/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err46];
 }
@@ -5472,12 +5511,12 @@ vErrors.push(err46);
 }
 errors++;
 }
-}
-}
-if(data.re !== undefined){
-let data15 = data.re;
-if(!(((typeof data15 == "number") && (!(data15 % 1) && !isNaN(data15))) && (isFinite(data15)))){
-const err47 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+const len3 = data14.length;
+for(let i3=0; i3<len3; i3++){
+let data15 = data14[i3];
+if(typeof data15 === "string"){
+if(func2(data15) > 65){
+const err47 = {instancePath:instancePath+"/images/" + i0+"/shared/" + i3,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/maxLength",keyword:"maxLength",params:{limit: 65},message:"must NOT have more than 65 characters"};
 if(vErrors === null){
 vErrors = [err47];
 }
@@ -5486,9 +5525,8 @@ vErrors.push(err47);
 }
 errors++;
 }
-if((typeof data15 == "number") && (isFinite(data15))){
-if(data15 > 2147483647 || isNaN(data15)){
-const err48 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(func2(data15) < 1){
+const err48 = {instancePath:instancePath+"/images/" + i0+"/shared/" + i3,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err48];
 }
@@ -5497,8 +5535,8 @@ vErrors.push(err48);
 }
 errors++;
 }
-if(data15 < 1 || isNaN(data15)){
-const err49 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(!pattern7.test(data15)){
+const err49 = {instancePath:instancePath+"/images/" + i0+"/shared/" + i3,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err49];
 }
@@ -5508,11 +5546,8 @@ vErrors.push(err49);
 errors++;
 }
 }
-}
-if(data.type !== undefined){
-let data16 = data.type;
-if(typeof data16 !== "string"){
-const err50 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+else {
+const err50 = {instancePath:instancePath+"/images/" + i0+"/shared/" + i3,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err50];
 }
@@ -5521,8 +5556,10 @@ vErrors.push(err50);
 }
 errors++;
 }
-if("image_list" !== data16){
-const err51 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "image_list"},message:"must be equal to constant"};
+}
+}
+else {
+const err51 = {instancePath:instancePath+"/images/" + i0+"/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err51];
 }
@@ -5531,11 +5568,11 @@ vErrors.push(err51);
 }
 errors++;
 }
-}
-if(data.used !== undefined){
-let data17 = data.used;
-if(!(((typeof data17 == "number") && (!(data17 % 1) && !isNaN(data17))) && (isFinite(data17)))){
-const err52 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+var _valid3 = _errs46 === errors;
+valid12 = valid12 || _valid3;
+const _errs50 = errors;
+if(data14 !== null){
+const err52 = {instancePath:instancePath+"/images/" + i0+"/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err52];
 }
@@ -5544,9 +5581,10 @@ vErrors.push(err52);
 }
 errors++;
 }
-if((typeof data17 == "number") && (isFinite(data17))){
-if(data17 > 4611686018427388000 || isNaN(data17)){
-const err53 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+var _valid3 = _errs50 === errors;
+valid12 = valid12 || _valid3;
+if(!valid12){
+const err53 = {instancePath:instancePath+"/images/" + i0+"/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err53];
 }
@@ -5555,8 +5593,21 @@ vErrors.push(err53);
 }
 errors++;
 }
-if(data17 < 0 || isNaN(data17)){
-const err54 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+else {
+errors = _errs45;
+if(vErrors !== null){
+if(_errs45){
+vErrors.length = _errs45;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data1.size !== undefined){
+let data16 = data1.size;
+if(!(((typeof data16 == "number") && (!(data16 % 1) && !isNaN(data16))) && (isFinite(data16)))){
+const err54 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err54];
 }
@@ -5565,16 +5616,240 @@ vErrors.push(err54);
 }
 errors++;
 }
-}
-}
-}
-else {
-const err55 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if((typeof data16 == "number") && (isFinite(data16))){
+if(data16 > 4611686018427388000 || isNaN(data16)){
+const err55 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err55];
 }
 else {
 vErrors.push(err55);
+}
+errors++;
+}
+if(data16 < 0 || isNaN(data16)){
+const err56 = {instancePath:instancePath+"/images/" + i0+"/size",schemaPath:"#/$defs/ImageInfo/properties/size/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+}
+}
+if(data1.tags !== undefined){
+let data17 = data1.tags;
+if(Array.isArray(data17)){
+const len4 = data17.length;
+for(let i4=0; i4<len4; i4++){
+let data18 = data17[i4];
+if(typeof data18 === "string"){
+if(func2(data18) > 255){
+const err57 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i4,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+if(!pattern28.test(data18)){
+const err58 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i4,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+}
+else {
+const err59 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i4,schemaPath:"#/$defs/ImageInfo/properties/tags/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+}
+}
+else {
+const err60 = {instancePath:instancePath+"/images/" + i0+"/tags",schemaPath:"#/$defs/ImageInfo/properties/tags/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+}
+}
+else {
+const err61 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+}
+}
+else {
+const err62 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+}
+if(data.limit !== undefined){
+let data19 = data.limit;
+if(!(((typeof data19 == "number") && (!(data19 % 1) && !isNaN(data19))) && (isFinite(data19)))){
+const err63 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+if((typeof data19 == "number") && (isFinite(data19))){
+if(data19 > 4611686018427388000 || isNaN(data19)){
+const err64 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+if(data19 < 0 || isNaN(data19)){
+const err65 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err65];
+}
+else {
+vErrors.push(err65);
+}
+errors++;
+}
+}
+}
+if(data.re !== undefined){
+let data20 = data.re;
+if(!(((typeof data20 == "number") && (!(data20 % 1) && !isNaN(data20))) && (isFinite(data20)))){
+const err66 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err66];
+}
+else {
+vErrors.push(err66);
+}
+errors++;
+}
+if((typeof data20 == "number") && (isFinite(data20))){
+if(data20 > 2147483647 || isNaN(data20)){
+const err67 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err67];
+}
+else {
+vErrors.push(err67);
+}
+errors++;
+}
+if(data20 < 1 || isNaN(data20)){
+const err68 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err68];
+}
+else {
+vErrors.push(err68);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data21 = data.type;
+if(typeof data21 !== "string"){
+const err69 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err69];
+}
+else {
+vErrors.push(err69);
+}
+errors++;
+}
+if("image_list" !== data21){
+const err70 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "image_list"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err70];
+}
+else {
+vErrors.push(err70);
+}
+errors++;
+}
+}
+if(data.used !== undefined){
+let data22 = data.used;
+if(!(((typeof data22 == "number") && (!(data22 % 1) && !isNaN(data22))) && (isFinite(data22)))){
+const err71 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err71];
+}
+else {
+vErrors.push(err71);
+}
+errors++;
+}
+if((typeof data22 == "number") && (isFinite(data22))){
+if(data22 > 4611686018427388000 || isNaN(data22)){
+const err72 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err72];
+}
+else {
+vErrors.push(err72);
+}
+errors++;
+}
+if(data22 < 0 || isNaN(data22)){
+const err73 = {instancePath:instancePath+"/used",schemaPath:"#/properties/used/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err73];
+}
+else {
+vErrors.push(err73);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err74 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err74];
+}
+else {
+vErrors.push(err74);
 }
 errors++;
 }
@@ -5668,8 +5943,17 @@ data0.in_use = 0;
 if(data0.last_used === undefined){
 data0.last_used = null;
 }
+if(data0.owners === undefined){
+data0.owners = null;
+}
 if(data0.providers === undefined){
 data0.providers = [];
+}
+if(data0.public === undefined){
+data0.public = null;
+}
+if(data0.shared === undefined){
+data0.shared = null;
 }
 if(data0.digest === undefined){
 const err6 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/required",keyword:"required",params:{missingProperty: "digest"},message:"must have required property '"+"digest"+"'"};
@@ -5926,10 +6210,13 @@ vErrors.push(err26);
 errors++;
 }
 }
-let data7 = data0.providers;
+let data7 = data0.owners;
+const _errs23 = errors;
+let valid4 = false;
+const _errs24 = errors;
 if(Array.isArray(data7)){
 if(data7.length > 1000){
-const err27 = {instancePath:instancePath+"/image/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
+const err27 = {instancePath:instancePath+"/image/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -5942,8 +6229,8 @@ const len0 = data7.length;
 for(let i0=0; i0<len0; i0++){
 let data8 = data7[i0];
 if(typeof data8 === "string"){
-if(func2(data8) > 64){
-const err28 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+if(func2(data8) > 65){
+const err28 = {instancePath:instancePath+"/image/owners/" + i0,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/maxLength",keyword:"maxLength",params:{limit: 65},message:"must NOT have more than 65 characters"};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -5953,7 +6240,7 @@ vErrors.push(err28);
 errors++;
 }
 if(func2(data8) < 1){
-const err29 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+const err29 = {instancePath:instancePath+"/image/owners/" + i0,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -5963,7 +6250,7 @@ vErrors.push(err29);
 errors++;
 }
 if(!pattern7.test(data8)){
-const err30 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+const err30 = {instancePath:instancePath+"/image/owners/" + i0,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -5974,7 +6261,7 @@ errors++;
 }
 }
 else {
-const err31 = {instancePath:instancePath+"/image/providers/" + i0,schemaPath:"#/$defs/ImageInfo/properties/providers/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err31 = {instancePath:instancePath+"/image/owners/" + i0,schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -5986,7 +6273,7 @@ errors++;
 }
 }
 else {
-const err32 = {instancePath:instancePath+"/image/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
+const err32 = {instancePath:instancePath+"/image/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -5995,11 +6282,11 @@ vErrors.push(err32);
 }
 errors++;
 }
-if(data0.pushed !== undefined){
-let data9 = data0.pushed;
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 < 0 || isNaN(data9)){
-const err33 = {instancePath:instancePath+"/image/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+var _valid1 = _errs24 === errors;
+valid4 = valid4 || _valid1;
+const _errs28 = errors;
+if(data7 !== null){
+const err33 = {instancePath:instancePath+"/image/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -6008,9 +6295,10 @@ vErrors.push(err33);
 }
 errors++;
 }
-}
-else {
-const err34 = {instancePath:instancePath+"/image/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/type",keyword:"type",params:{type: "number"},message:"must be number"};
+var _valid1 = _errs28 === errors;
+valid4 = valid4 || _valid1;
+if(!valid4){
+const err34 = {instancePath:instancePath+"/image/owners",schemaPath:"#/$defs/ImageInfo/properties/owners/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -6019,11 +6307,21 @@ vErrors.push(err34);
 }
 errors++;
 }
+else {
+errors = _errs23;
+if(vErrors !== null){
+if(_errs23){
+vErrors.length = _errs23;
 }
-if(data0.size !== undefined){
-let data10 = data0.size;
-if(!(((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10))) && (isFinite(data10)))){
-const err35 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+else {
+vErrors = null;
+}
+}
+}
+let data9 = data0.providers;
+if(Array.isArray(data9)){
+if(data9.length > 1000){
+const err35 = {instancePath:instancePath+"/image/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -6032,9 +6330,12 @@ vErrors.push(err35);
 }
 errors++;
 }
-if((typeof data10 == "number") && (isFinite(data10))){
-if(data10 > 4611686018427388000 || isNaN(data10)){
-const err36 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+const len1 = data9.length;
+for(let i1=0; i1<len1; i1++){
+let data10 = data9[i1];
+if(typeof data10 === "string"){
+if(func2(data10) > 64){
+const err36 = {instancePath:instancePath+"/image/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -6043,8 +6344,8 @@ vErrors.push(err36);
 }
 errors++;
 }
-if(data10 < 0 || isNaN(data10)){
-const err37 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(func2(data10) < 1){
+const err37 = {instancePath:instancePath+"/image/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -6053,17 +6354,8 @@ vErrors.push(err37);
 }
 errors++;
 }
-}
-}
-if(data0.tags !== undefined){
-let data11 = data0.tags;
-if(Array.isArray(data11)){
-const len1 = data11.length;
-for(let i1=0; i1<len1; i1++){
-let data12 = data11[i1];
-if(typeof data12 === "string"){
-if(func2(data12) > 255){
-const err38 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(!pattern7.test(data10)){
+const err38 = {instancePath:instancePath+"/image/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -6072,8 +6364,9 @@ vErrors.push(err38);
 }
 errors++;
 }
-if(!pattern26.test(data12)){
-const err39 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
+}
+else {
+const err39 = {instancePath:instancePath+"/image/providers/" + i1,schemaPath:"#/$defs/ImageInfo/properties/providers/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -6083,8 +6376,9 @@ vErrors.push(err39);
 errors++;
 }
 }
+}
 else {
-const err40 = {instancePath:instancePath+"/image/tags/" + i1,schemaPath:"#/$defs/ImageInfo/properties/tags/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err40 = {instancePath:instancePath+"/image/providers",schemaPath:"#/$defs/ImageInfo/properties/providers/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -6093,10 +6387,12 @@ vErrors.push(err40);
 }
 errors++;
 }
-}
-}
-else {
-const err41 = {instancePath:instancePath+"/image/tags",schemaPath:"#/$defs/ImageInfo/properties/tags/type",keyword:"type",params:{type: "array"},message:"must be array"};
+let data11 = data0.public;
+const _errs35 = errors;
+let valid9 = false;
+const _errs36 = errors;
+if(typeof data11 !== "boolean"){
+const err41 = {instancePath:instancePath+"/image/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -6105,10 +6401,11 @@ vErrors.push(err41);
 }
 errors++;
 }
-}
-}
-else {
-const err42 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/type",keyword:"type",params:{type: "object"},message:"must be object"};
+var _valid2 = _errs36 === errors;
+valid9 = valid9 || _valid2;
+const _errs38 = errors;
+if(data11 !== null){
+const err42 = {instancePath:instancePath+"/image/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -6117,11 +6414,10 @@ vErrors.push(err42);
 }
 errors++;
 }
-}
-if(data.re !== undefined){
-let data13 = data.re;
-if(!(((typeof data13 == "number") && (!(data13 % 1) && !isNaN(data13))) && (isFinite(data13)))){
-const err43 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+var _valid2 = _errs38 === errors;
+valid9 = valid9 || _valid2;
+if(!valid9){
+const err43 = {instancePath:instancePath+"/image/public",schemaPath:"#/$defs/ImageInfo/properties/public/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -6130,9 +6426,22 @@ vErrors.push(err43);
 }
 errors++;
 }
-if((typeof data13 == "number") && (isFinite(data13))){
-if(data13 > 2147483647 || isNaN(data13)){
-const err44 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+else {
+errors = _errs35;
+if(vErrors !== null){
+if(_errs35){
+vErrors.length = _errs35;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data0.pushed !== undefined){
+let data12 = data0.pushed;
+if((typeof data12 == "number") && (isFinite(data12))){
+if(data12 < 0 || isNaN(data12)){
+const err44 = {instancePath:instancePath+"/image/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -6141,8 +6450,9 @@ vErrors.push(err44);
 }
 errors++;
 }
-if(data13 < 1 || isNaN(data13)){
-const err45 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+}
+else {
+const err45 = {instancePath:instancePath+"/image/pushed",schemaPath:"#/$defs/ImageInfo/properties/pushed/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err45];
 }
@@ -6152,11 +6462,13 @@ vErrors.push(err45);
 errors++;
 }
 }
-}
-if(data.sent !== undefined){
-let data14 = data.sent;
-if(!(((typeof data14 == "number") && (!(data14 % 1) && !isNaN(data14))) && (isFinite(data14)))){
-const err46 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+let data13 = data0.shared;
+const _errs43 = errors;
+let valid10 = false;
+const _errs44 = errors;
+if(Array.isArray(data13)){
+if(data13.length > 1000){
+const err46 = {instancePath:instancePath+"/image/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1000},message:"must NOT have more than 1000 items"};
 if(vErrors === null){
 vErrors = [err46];
 }
@@ -6165,9 +6477,12 @@ vErrors.push(err46);
 }
 errors++;
 }
-if((typeof data14 == "number") && (isFinite(data14))){
-if(data14 > 4611686018427388000 || isNaN(data14)){
-const err47 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+const len2 = data13.length;
+for(let i2=0; i2<len2; i2++){
+let data14 = data13[i2];
+if(typeof data14 === "string"){
+if(func2(data14) > 65){
+const err47 = {instancePath:instancePath+"/image/shared/" + i2,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/maxLength",keyword:"maxLength",params:{limit: 65},message:"must NOT have more than 65 characters"};
 if(vErrors === null){
 vErrors = [err47];
 }
@@ -6176,8 +6491,8 @@ vErrors.push(err47);
 }
 errors++;
 }
-if(data14 < 0 || isNaN(data14)){
-const err48 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(func2(data14) < 1){
+const err48 = {instancePath:instancePath+"/image/shared/" + i2,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err48];
 }
@@ -6186,12 +6501,8 @@ vErrors.push(err48);
 }
 errors++;
 }
-}
-}
-if(data.skipped !== undefined){
-let data15 = data.skipped;
-if(!(((typeof data15 == "number") && (!(data15 % 1) && !isNaN(data15))) && (isFinite(data15)))){
-const err49 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(!pattern7.test(data14)){
+const err49 = {instancePath:instancePath+"/image/shared/" + i2,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err49];
 }
@@ -6200,9 +6511,9 @@ vErrors.push(err49);
 }
 errors++;
 }
-if((typeof data15 == "number") && (isFinite(data15))){
-if(data15 > 4611686018427388000 || isNaN(data15)){
-const err50 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+else {
+const err50 = {instancePath:instancePath+"/image/shared/" + i2,schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err50];
 }
@@ -6211,8 +6522,10 @@ vErrors.push(err50);
 }
 errors++;
 }
-if(data15 < 0 || isNaN(data15)){
-const err51 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+}
+else {
+const err51 = {instancePath:instancePath+"/image/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err51];
 }
@@ -6221,12 +6534,11 @@ vErrors.push(err51);
 }
 errors++;
 }
-}
-}
-if(data.type !== undefined){
-let data16 = data.type;
-if(typeof data16 !== "string"){
-const err52 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid3 = _errs44 === errors;
+valid10 = valid10 || _valid3;
+const _errs48 = errors;
+if(data13 !== null){
+const err52 = {instancePath:instancePath+"/image/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err52];
 }
@@ -6235,8 +6547,10 @@ vErrors.push(err52);
 }
 errors++;
 }
-if("image_pushed" !== data16){
-const err53 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "image_pushed"},message:"must be equal to constant"};
+var _valid3 = _errs48 === errors;
+valid10 = valid10 || _valid3;
+if(!valid10){
+const err53 = {instancePath:instancePath+"/image/shared",schemaPath:"#/$defs/ImageInfo/properties/shared/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err53];
 }
@@ -6245,15 +6559,251 @@ vErrors.push(err53);
 }
 errors++;
 }
-}
+else {
+errors = _errs43;
+if(vErrors !== null){
+if(_errs43){
+vErrors.length = _errs43;
 }
 else {
-const err54 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+vErrors = null;
+}
+}
+}
+if(data0.size !== undefined){
+let data15 = data0.size;
+if(!(((typeof data15 == "number") && (!(data15 % 1) && !isNaN(data15))) && (isFinite(data15)))){
+const err54 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err54];
 }
 else {
 vErrors.push(err54);
+}
+errors++;
+}
+if((typeof data15 == "number") && (isFinite(data15))){
+if(data15 > 4611686018427388000 || isNaN(data15)){
+const err55 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+if(data15 < 0 || isNaN(data15)){
+const err56 = {instancePath:instancePath+"/image/size",schemaPath:"#/$defs/ImageInfo/properties/size/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+}
+}
+if(data0.tags !== undefined){
+let data16 = data0.tags;
+if(Array.isArray(data16)){
+const len3 = data16.length;
+for(let i3=0; i3<len3; i3++){
+let data17 = data16[i3];
+if(typeof data17 === "string"){
+if(func2(data17) > 255){
+const err57 = {instancePath:instancePath+"/image/tags/" + i3,schemaPath:"#/$defs/ImageInfo/properties/tags/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+if(!pattern28.test(data17)){
+const err58 = {instancePath:instancePath+"/image/tags/" + i3,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+}
+else {
+const err59 = {instancePath:instancePath+"/image/tags/" + i3,schemaPath:"#/$defs/ImageInfo/properties/tags/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+}
+}
+else {
+const err60 = {instancePath:instancePath+"/image/tags",schemaPath:"#/$defs/ImageInfo/properties/tags/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+}
+}
+else {
+const err61 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+}
+if(data.re !== undefined){
+let data18 = data.re;
+if(!(((typeof data18 == "number") && (!(data18 % 1) && !isNaN(data18))) && (isFinite(data18)))){
+const err62 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+if((typeof data18 == "number") && (isFinite(data18))){
+if(data18 > 2147483647 || isNaN(data18)){
+const err63 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+if(data18 < 1 || isNaN(data18)){
+const err64 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+}
+}
+if(data.sent !== undefined){
+let data19 = data.sent;
+if(!(((typeof data19 == "number") && (!(data19 % 1) && !isNaN(data19))) && (isFinite(data19)))){
+const err65 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err65];
+}
+else {
+vErrors.push(err65);
+}
+errors++;
+}
+if((typeof data19 == "number") && (isFinite(data19))){
+if(data19 > 4611686018427388000 || isNaN(data19)){
+const err66 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err66];
+}
+else {
+vErrors.push(err66);
+}
+errors++;
+}
+if(data19 < 0 || isNaN(data19)){
+const err67 = {instancePath:instancePath+"/sent",schemaPath:"#/properties/sent/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err67];
+}
+else {
+vErrors.push(err67);
+}
+errors++;
+}
+}
+}
+if(data.skipped !== undefined){
+let data20 = data.skipped;
+if(!(((typeof data20 == "number") && (!(data20 % 1) && !isNaN(data20))) && (isFinite(data20)))){
+const err68 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err68];
+}
+else {
+vErrors.push(err68);
+}
+errors++;
+}
+if((typeof data20 == "number") && (isFinite(data20))){
+if(data20 > 4611686018427388000 || isNaN(data20)){
+const err69 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err69];
+}
+else {
+vErrors.push(err69);
+}
+errors++;
+}
+if(data20 < 0 || isNaN(data20)){
+const err70 = {instancePath:instancePath+"/skipped",schemaPath:"#/properties/skipped/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err70];
+}
+else {
+vErrors.push(err70);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data21 = data.type;
+if(typeof data21 !== "string"){
+const err71 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err71];
+}
+else {
+vErrors.push(err71);
+}
+errors++;
+}
+if("image_pushed" !== data21){
+const err72 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "image_pushed"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err72];
+}
+else {
+vErrors.push(err72);
+}
+errors++;
+}
+}
+}
+else {
+const err73 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err73];
+}
+else {
+vErrors.push(err73);
 }
 errors++;
 }
@@ -8341,7 +8891,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(!pattern26.test(data3)){
+if(!pattern28.test(data3)){
 const err9 = {instancePath:instancePath+"/tags/" + i0,schemaPath:"#/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -10141,13 +10691,286 @@ return errors === 0;
 }
 validate53.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateUpload = validate54;
-const schema73 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+export const validateShareImage = validate54;
+const schema73 = {"additionalProperties":false,"description":"Requestor -> hub (1.4): share an image it pushed (by digest or tag) with the tenants ``to``,\nand with ``public`` with every tenant; with ``revoke``, take those shares back. Answered with\n``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"public":{"default":false,"title":"Public","type":"boolean"},"revoke":{"default":false,"title":"Revoke","type":"boolean"},"to":{"default":[],"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":64,"title":"To","type":"array"},"type":{"const":"share_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"ShareImage","type":"object"};
 
 function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate54.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.public === undefined){
+data.public = false;
+}
+if(data.revoke === undefined){
+data.revoke = false;
+}
+if(data.to === undefined){
+data.to = [];
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.image === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "image"},message:"must have required property '"+"image"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((((key0 === "id") || (key0 === "image")) || (key0 === "public")) || (key0 === "revoke")) || (key0 === "to")) || (key0 === "type"))){
+const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+}
+if(data.id !== undefined){
+let data0 = data.id;
+if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
+const err4 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+if((typeof data0 == "number") && (isFinite(data0))){
+if(data0 > 2147483647 || isNaN(data0)){
+const err5 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if(data0 < 1 || isNaN(data0)){
+const err6 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+}
+if(data.image !== undefined){
+let data1 = data.image;
+if(typeof data1 === "string"){
+if(func2(data1) > 255){
+const err7 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if(func2(data1) < 1){
+const err8 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+if(!pattern6.test(data1)){
+const err9 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+else {
+const err10 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+if(typeof data.public !== "boolean"){
+const err11 = {instancePath:instancePath+"/public",schemaPath:"#/properties/public/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(typeof data.revoke !== "boolean"){
+const err12 = {instancePath:instancePath+"/revoke",schemaPath:"#/properties/revoke/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+let data4 = data.to;
+if(Array.isArray(data4)){
+if(data4.length > 64){
+const err13 = {instancePath:instancePath+"/to",schemaPath:"#/properties/to/maxItems",keyword:"maxItems",params:{limit: 64},message:"must NOT have more than 64 items"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+const len0 = data4.length;
+for(let i0=0; i0<len0; i0++){
+let data5 = data4[i0];
+if(typeof data5 === "string"){
+if(func2(data5) > 65){
+const err14 = {instancePath:instancePath+"/to/" + i0,schemaPath:"#/properties/to/items/maxLength",keyword:"maxLength",params:{limit: 65},message:"must NOT have more than 65 characters"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+if(func2(data5) < 1){
+const err15 = {instancePath:instancePath+"/to/" + i0,schemaPath:"#/properties/to/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+if(!pattern7.test(data5)){
+const err16 = {instancePath:instancePath+"/to/" + i0,schemaPath:"#/properties/to/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/to/" + i0,schemaPath:"#/properties/to/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+}
+else {
+const err18 = {instancePath:instancePath+"/to",schemaPath:"#/properties/to/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(data.type !== undefined){
+let data6 = data.type;
+if(typeof data6 !== "string"){
+const err19 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if("share_image" !== data6){
+const err20 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "share_image"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+}
+else {
+const err21 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+validate54.errors = vErrors;
+return errors === 0;
+}
+validate54.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateUpload = validate55;
+const schema74 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+
+function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate55.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -10407,18 +11230,18 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate54.errors = vErrors;
+validate55.errors = vErrors;
 return errors === 0;
 }
-validate54.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate55.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWant = validate55;
-const schema74 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
+export const validateWant = validate56;
+const schema75 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
 
-function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate56(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate55.evaluated;
+const evaluated0 = validate56.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -10588,19 +11411,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate55.errors = vErrors;
+validate56.errors = vErrors;
 return errors === 0;
 }
-validate55.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate56.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWelcome = validate56;
-const schema75 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
-const schema76 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
+export const validateWelcome = validate57;
+const schema76 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
+const schema77 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
 
-function validate56(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate57(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate56.evaluated;
+const evaluated0 = validate57.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -11137,10 +11960,10 @@ vErrors.push(err40);
 }
 errors++;
 }
-validate56.errors = vErrors;
+validate57.errors = vErrors;
 return errors === 0;
 }
-validate56.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate57.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 /** The validator of every message, by its `type`. */
 export const VALIDATORS = Object.freeze({
@@ -11170,6 +11993,7 @@ export const VALIDATORS = Object.freeze({
   rent: validateRent,
   rent_progress: validateRentProgress,
   rented: validateRented,
+  share_image: validateShareImage,
   upload: validateUpload,
   want: validateWant,
   welcome: validateWelcome,
