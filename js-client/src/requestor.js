@@ -65,6 +65,9 @@ const REDIAL_MOST_MS = 2_000;
  * @property {number | null} lastUsed when an activity last ran it (null: never)
  * @property {number} inUse how many activities run it now
  * @property {string[]} providers the providers that hold it (at most 1,000)
+ * @property {string[]} owners the tenants that pushed it, as far as this requestor may know (a hub ≥ 1.4; else [])
+ * @property {string[] | null} shared whom the holder shares it with (to its owner or an admin; else null)
+ * @property {boolean} public whether it is shared with every tenant
  */
 
 /**
@@ -84,6 +87,9 @@ function imageInfo(wire) {
     lastUsed: wire.last_used,
     inUse: wire.in_use,
     providers: [...wire.providers],
+    owners: [...(wire.owners ?? [])],
+    shared: wire.shared ? [...wire.shared] : null,
+    public: wire.public ?? false,
   };
 }
 
@@ -496,6 +502,32 @@ export class Requestor {
     if (typeof ref !== "string") throw new UsageError("removeImage takes a tag or a digest");
     const conn = await this._connected();
     await conn.request({ type: "remove_image", id: conn.newId(), image: ref });
+  }
+
+  /**
+   * Share an image this requestor pushed (by tag or digest) with the tenants `with` (credential
+   * names as `kiln token ls` shows them, `#<id>` for an id, `#open` for the requestors that join
+   * without a credential), and with `public: true` with everyone: they can then rent it by its
+   * digest (tags stay each tenant's own). With `revoke: true`, take those shares back.
+   * ImageNotFoundError for an image this requestor cannot see; UnauthorizedError for one it
+   * sees but did not push (unless it joined with an admin credential); UsageError for a name
+   * no live requestor credential has, or when neither `with` nor `public` is given;
+   * UnsupportedVersionError from a hub older than protocol 1.4.
+   * @param {string} ref
+   * @param {{with?: string[], public?: boolean, revoke?: boolean}} options
+   */
+  async shareImage(ref, options) {
+    if (typeof ref !== "string") throw new UsageError("shareImage takes a tag or a digest");
+    const { with: to = [], public: everyone = false, revoke = false } = options ?? {};
+    if (!Array.isArray(to)) throw new UsageError("shareImage's `with` is a list of tenant names");
+    const conn = await this._connected();
+    const message = { type: "share_image", id: conn.newId(), image: ref, to: [...to], public: everyone, revoke };
+    try {
+      await conn.request(message);
+    } catch (e) {
+      if (e instanceof LocalProtocolError) throw new UsageError(`cannot share ${ref}: ${e.message}`, { cause: e });
+      throw e;
+    }
   }
 
   /**

@@ -118,6 +118,22 @@ export interface ImageInfo {
   inUse: number;
   /** The providers that hold it. */
   providers: string[];
+  /** The tenants that pushed it, as far as this requestor may know (a hub ≥ 1.4; else empty). */
+  owners: string[];
+  /** Whom the holder shares it with: shown to its owner or an admin, else null. */
+  shared: string[] | null;
+  /** Whether it is shared with every tenant. */
+  public: boolean;
+}
+
+/** Whom `shareImage` shares an image with (at least one of `with` and `public`). */
+export interface ShareOptions {
+  /** Tenants: credential names (`kiln token ls`), `#<id>` for an id, `#open` for requestors without a credential. */
+  with?: string[];
+  /** Share it with every tenant of the hub. */
+  public?: boolean;
+  /** Take these shares back instead. */
+  revoke?: boolean;
 }
 
 /** The images in the hub's store, most recently used first, and the bytes it holds (`used`) of its `limit`. */
@@ -299,8 +315,14 @@ export declare class Requestor {
   pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
   /** The images in the hub's store, most recently used first; the bytes it holds of its limit. */
   listImages(): Promise<ImageList>;
-  /** Remove an image (by tag or digest) from the hub's store; ImageNotFoundError if it lacks it. */
+  /** Remove an image this requestor pushed (by tag or digest) from the hub's store; ImageNotFoundError if it cannot see it. */
   removeImage(ref: string): Promise<void>;
+  /**
+   * Share an image this requestor pushed with other tenants (`with`) or everyone (`public`),
+   * or take shares back (`revoke`); a hub ≥ 1.4. ImageNotFoundError for an image it cannot
+   * see, UnauthorizedError for one it did not push.
+   */
+  shareImage(ref: string, options: ShareOptions): Promise<void>;
   /** A job not started yet: follow its events, then run it. */
   job<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Job<P, R>;
   /** Run `worker` for every part on rented activities; the results in input order. */

@@ -137,11 +137,15 @@ function check(raw, side) {
     const { code, details } = judge(raw, validator.errors ?? []);
     throw invalid(side, `invalid '${kind}' message: ${details}`, code, re);
   }
-  // The one rule across fields the schema cannot say (Exec's model validator in messages.py).
+  // The rules across fields the schema cannot say (the model validators in messages.py).
   const message = /** @type {Message} */ (raw);
   if (message.type === "exec" && message.window !== null && message.stream !== true) {
     const details = "window: 'window' is the credit of an output stream: it needs 'stream': true";
     throw invalid(side, `invalid 'exec' message: ${details}`, ErrorCode.BAD_MESSAGE, re);
+  }
+  if (message.type === "share_image" && (message.to ?? []).length === 0 && message.public !== true) {
+    const details = "(message): a share names tenants in 'to', or 'public': true, or both";
+    throw invalid(side, `invalid 'share_image' message: ${details}`, ErrorCode.BAD_MESSAGE, re);
   }
   return deepFreeze(raw);
 }

@@ -39,6 +39,7 @@ DIALS: dict[str, Callable[[DialSettings, argparse.Namespace], Awaitable[int]]] =
     "image push": commands.image_push,
     "image ls": commands.image_ls,
     "image rm": commands.image_rm,
+    "image share": commands.image_share,
 }
 """The commands that dial a hub, by name."""
 

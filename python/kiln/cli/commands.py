@@ -23,6 +23,7 @@ from kiln.protocol.errors import UsageError
 from kiln.protocol.sizes import format_size
 
 if TYPE_CHECKING:
+    from kiln.protocol.messages import ImageInfo
     from kiln.requestor.client import connect
 
 EXIT_TIMEOUT: Final = 124
@@ -166,14 +167,34 @@ async def image_ls(settings: DialSettings, args: argparse.Namespace) -> int:
         print_json({"images": listed.images, "used": listed.used, "limit": listed.limit})
         return 0
     now = time.time()
-    rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS")]
+    rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS", "OWNERS", "SHARED")]
     rows += [
         (i.digest.removeprefix("sha256:")[:12], ", ".join(i.tags) or "-", format_size(i.size), ago(i.last_used, now),
-         ", ".join(i.providers) or "-")
+         ", ".join(i.providers) or "-", ", ".join(i.owners or []) or "-", _shared(i))
         for i in listed.images
     ]  # fmt: skip
     print_table(rows)
     print(f"{len(listed.images)} images, {format_size(listed.used)} of {format_size(listed.limit)} used")
+    return 0
+
+
+def _shared(image: ImageInfo) -> str:
+    """Whom an image is shared with, as ``kiln image ls`` shows it."""
+    names = ["everyone"] if image.public else []
+    return ", ".join([*names, *(image.shared or [])]) or "-"
+
+
+async def image_share(settings: DialSettings, args: argparse.Namespace) -> int:
+    if not args.with_ and not args.public:
+        raise UsageError("kiln image share: name whom with --with NAME (repeatable), or --public")
+    async with _connect(settings) as requestor:
+        await requestor.share_image(args.ref, args.with_, public=args.public, revoke=args.revoke)
+    whom = [*args.with_, *(["everyone"] if args.public else [])]
+    if args.json:
+        print_json({"image": args.ref, "with": args.with_, "public": args.public, "revoked": args.revoke})
+    else:
+        done, to = ("unshared", "from") if args.revoke else ("shared", "with")
+        print(f"{done} {args.ref} {to} {', '.join(whom)}")
     return 0
 
 

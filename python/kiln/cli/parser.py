@@ -104,10 +104,21 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("ref", nargs="?", default=None, help="an image of the local Docker engine, e.g. wordcount:1")
     push.add_argument("--file", type=Path, default=None, help="an archive docker save wrote (no Docker needed)")
     push.add_argument("--tag", action="append", default=[], help="tag it also with this name, repeatable")
-    ls = images.add_parser("ls", help="list the images in the hub's store")
-    rm = images.add_parser("rm", help="remove an image (by tag or sha256: digest) from the hub's store")
+    ls = images.add_parser(
+        "ls", help="list the images in the hub's store you may see (yours, and those shared with you)"
+    )
+    rm = images.add_parser("rm", help="remove an image you pushed (by tag or sha256: digest) from the hub's store")
     rm.add_argument("ref")
-    for command in (push, ls, rm):
+    share = images.add_parser(
+        "share", help="let other tenants rent an image you pushed (by its digest), or with --revoke no longer"
+    )
+    share.add_argument("ref", help="your image, by tag or sha256: digest")
+    share.add_argument("--with", dest="with_", action="append", default=[], metavar="NAME",
+                       help="a tenant: a credential's name (kiln token ls), #ID for its id, #open for requestors "
+                       "without a credential; repeatable")  # fmt: skip
+    share.add_argument("--public", action="store_true", help="share it with every tenant of the hub")
+    share.add_argument("--revoke", action="store_true", help="take these shares back instead")
+    for command in (push, ls, rm, share):
         _dial(command)
         _json(command)
 

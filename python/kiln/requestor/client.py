@@ -36,7 +36,14 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
 from kiln.connection import Connection, Trust
-from kiln.protocol.errors import ConnectionClosed, ConnectionLost, KilnError, UsageError, error_from_code
+from kiln.protocol.errors import (
+    ConnectionClosed,
+    ConnectionLost,
+    KilnError,
+    LocalProtocolError,
+    UsageError,
+    error_from_code,
+)
 from kiln.protocol.messages import (
     MAX_LISTED,
     ActivitiesQuery,
@@ -56,6 +63,7 @@ from kiln.protocol.messages import (
     Rented,
     RentProgress,
     Resources,
+    ShareImage,
     User,
 )
 from kiln.protocol.session import Event, Interim, Notified
@@ -366,6 +374,32 @@ class Requestor:
         """
         conn = await self.connected()
         reply = await conn.request(RemoveImage(type="remove_image", id=conn.new_id(), image=ref))
+        assert isinstance(reply, Done)
+
+    async def share_image(
+        self, ref: str, with_: Iterable[str] = (), *, public: bool = False, revoke: bool = False
+    ) -> None:
+        """Share an image this requestor pushed (by tag or ``sha256:`` digest) with the tenants
+        ``with_`` (credential names as ``kiln token ls`` shows them, ``#<id>`` for an id, ``#open``
+        for the requestors that join without a credential), and with ``public`` with everyone.
+        They can then rent it by its digest (tags stay each tenant's own). With ``revoke``, take
+        those shares back (``public=True``: it is private again).
+
+        Raises :class:`~kiln.ImageNotFound` for an image this requestor cannot see,
+        :class:`~kiln.Unauthorized` for one it can see but did not push (unless it joined
+        with an admin credential), :class:`~kiln.UsageError` for a name no live requestor
+        credential has or when neither ``with_`` nor ``public`` is given,
+        :class:`~kiln.UnsupportedVersion` for a hub older than protocol 1.4.
+        """
+        if isinstance(with_, str):
+            raise UsageError("share_image takes a list of tenant names (with_=[name]), not one string")
+        conn = await self.connected()
+        try:
+            message = ShareImage(type="share_image", id=conn.new_id(), image=ref, to=list(with_), public=public,
+                                 revoke=revoke)  # fmt: skip
+        except LocalProtocolError as e:
+            raise UsageError(f"cannot share {ref!r}: {e.message}") from e
+        reply = await conn.request(message)
         assert isinstance(reply, Done)
 
     async def market(
