@@ -445,6 +445,7 @@ class ImageService:
             config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
             before = {digest: _tags(image) for digest, image in self.catalog.images.items()}
             image = self.catalog.add_image(manifest, config, message.tags, time.time(), tenant)
+            (info,) = self._infos([image], tenant)  # now: a remove may come while the record is written
             changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != _tags(i)]
             await asyncio.to_thread(self.store.save, changed)
         except asyncio.CancelledError as e:
@@ -462,7 +463,6 @@ class ImageService:
             self.catalog.end(manifest, reserved)
         sent = sum(blob.size for blob in wanted)
         log.info("image %s stored (%d bytes received, %d held already)", image.digest, sent, image.size - sent)
-        (info,) = self._infos([image], tenant)
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
