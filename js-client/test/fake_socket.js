@@ -77,7 +77,7 @@ export async function connected(limits = LIMITS, version = "1.2") {
   const socket = new FakeSocket();
   const opening = Connection.open(() => socket, "ws://hub", { name: "t" });
   socket.open();
-  assert.deepEqual(socket.take(), [{ type: "hello", version: "1.3", role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
+  assert.deepEqual(socket.take(), [{ type: "hello", version: "1.4", role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
   socket.receive({ type: "welcome", version, session: "r1", software: "hub", limits });
   const conn = await opening;
   const events = [];

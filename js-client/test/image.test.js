@@ -7,7 +7,9 @@ import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { ImageCorruptError, ImageError, RemoteProtocolError, UnsupportedVersionError, UsageError } from "../src/errors.js";
+import {
+  ImageCorruptError, ImageError, ImageNotFoundError, RemoteProtocolError, UnsupportedVersionError, UsageError,
+} from "../src/errors.js";
 import { openArchive, openSource, saveDownload } from "../src/node/files.js";
 import { Requestor } from "../src/requestor.js";
 import { hex, sha, tar } from "./archives.js";
@@ -278,7 +280,7 @@ test("listImages and removeImage", { timeout: 10_000 }, async () => {
   // The wire's snake_case named as the rest of the JS API, every field index.d.ts declares.
   assert.deepEqual(list.images[0], {
     digest: CONFIG_DIGEST, tags: ["app:1"], size: info([]).size, layers: 3, arch: "amd64", os: "linux", pushed: 1,
-    lastUsed: null, inUse: 0, providers: [],
+    lastUsed: null, inUse: 0, providers: [], owners: [], shared: null, public: false,
   });
   const declared = /export interface ImageInfo \{([^}]*)\}/.exec(readFileSync(new URL("../types/index.d.ts", import.meta.url), "utf8"))[1];
   assert.deepEqual(Object.keys(list.images[0]).sort(), [...declared.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]).sort());
@@ -288,6 +290,28 @@ test("listImages and removeImage", { timeout: 10_000 }, async () => {
   assert.deepEqual(remove, { type: "remove_image", id: remove.id, image: "app:1" });
   socket.receive({ type: "done", re: remove.id });
   await removing;
+});
+
+test("shareImage sends share_image (1.4); a hub of 1.3 has none, and a share of nobody is refused", { timeout: 10_000 }, async () => {
+  const { socket, requestor: r } = await requestor(LIMITS, "1.4");
+  const sharing = r.shareImage("app:1", { with: ["bob", "#7"] });
+  await tick();
+  const [share] = socket.take();
+  assert.deepEqual(share, { type: "share_image", id: share.id, image: "app:1", to: ["bob", "#7"], public: false, revoke: false });
+  socket.receive({ type: "done", re: share.id });
+  await sharing;
+  const revoking = r.shareImage(CONFIG_DIGEST, { public: true, revoke: true });
+  await tick();
+  const [revoke] = socket.take();
+  assert.deepEqual([revoke.to, revoke.public, revoke.revoke], [[], true, true]);
+  socket.receive({ type: "error", re: revoke.id, code: "image_not_found", message: "the hub stores no image" });
+  await assert.rejects(revoking, ImageNotFoundError);
+  await assert.rejects(r.shareImage("app:1", {}), UsageError);
+  await assert.rejects(r.shareImage("app:1", { with: "bob" }), UsageError);
+  assert.deepEqual(socket.take(), []);
+  const old = await requestor(LIMITS, "1.3");
+  await assert.rejects(old.requestor.shareImage("app:1", { public: true }), UnsupportedVersionError);
+  assert.deepEqual(old.socket.take(), []);
 });
 
 test("a rent hears how far its image loads, and its activity says what was pulled", { timeout: 10_000 }, async () => {

@@ -355,7 +355,7 @@ const welcome = (version) =>
 
 test("the client refuses a hub of another protocol version", { timeout: 30_000 }, async () => {
   const v2 = await fakeHub(() => "kiln.v1", (ws, hello) => {
-    assert.equal(hello.version, "1.3");
+    assert.equal(hello.version, "1.4");
     ws.send(welcome("2.0"));
   });
   const otherProtocol = await fakeHub(() => "kiln.v2", (ws) => ws.send(welcome("1.0")));

@@ -8,7 +8,7 @@ import { ConnectionClosedError, ConnectionLostError, ProviderLostError } from ".
 import { FakeSocket, LIMITS, tick } from "./fake_socket.js";
 
 const FILES = { open: async () => assert.fail("no files"), save: async () => assert.fail("no files") };
-const HELLO = { type: "hello", version: "1.3", role: "requestor", name: "t", software: "kiln-js/0.1.0" };
+const HELLO = { type: "hello", version: "1.4", role: "requestor", name: "t", software: "kiln-js/0.1.0" };
 const RESOURCES = { cpus: 1, memory: 256 * 2 ** 20, storage: 0 };
 const rented = (re, activity) => ({ type: "rented", re, activity, provider: "p1", cached: true, resources: RESOURCES });
 const welcome = (extra) => ({ type: "welcome", version: "1.2", session: "r1", software: "hub", limits: LIMITS, ...extra });
