@@ -154,6 +154,8 @@ async def test_a_push_sends_another_tenants_blob_in_full_and_owners_survive_a_re
         wanted, pushed = await push(b, b_image, ["mine:1"])
         assert wanted == [b_image.digest, digest(base), b_image.manifest()["layers"][1]["digest"]], "base is sent"
         assert (pushed["sent"], pushed["skipped"]) == (b_image.size, 0), "as if nobody held the base layer"
+        listing = await ask(b, {"type": "list_images", "id": 9})
+        assert listing["used"] == b_image.size, "B's view of the store: the base layer counts as new"
         # B sends the bytes of A's whole image: then it holds it too, with its own tags
         wanted, pushed = await push(b, a_image, ["copy:1"], id_=2)
         assert wanted == [a_image.digest, digest(layer)], "B's own base layer it need not send again"

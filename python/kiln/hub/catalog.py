@@ -260,6 +260,13 @@ class Catalog:
         digest = self.tags.get((tenant.id, normalize_tag(ref)))
         return self.images.get(digest) if digest is not None else None
 
+    def used_by(self, tenant: Tenant) -> int:
+        """The bytes ``tenant`` is told the store holds: its view's blobs, each once (an admin's: all).
+        The store's own total would tell a pusher whether its blobs were there before it."""
+        if tenant.admin:
+            return self.used
+        return sum(self.blobs.get(digest, 0) for digest in self.readable(tenant))
+
     def hidden(self, ref: str, tenant: Tenant) -> bool:
         """Whether ``ref`` is the digest of a stored image ``tenant`` may not see (which must then
         be refused as if nothing had that digest: providers' copies of it came from the store)."""
@@ -470,9 +477,10 @@ class Catalog:
                 if refs[blob.digest] == 0 and blob.digest in self.blobs:
                     free += self.blobs[blob.digest]
         if free < need:
+            # No figure of what the store holds: it would tell whether other tenants hold a blob.
             raise StoreFull(
-                f"the store cannot make room for {format_size(need)}: {format_size(self.used)} of its "
-                f"{format_size(self.limit)} is held by images in use or being pushed"
+                f"the store cannot make room for {format_size(need)}: the rest of its {format_size(self.limit)} "
+                "is held by images in use or being pushed"
             )
         for digest in gone:
             del self.blobs[digest]

@@ -377,7 +377,7 @@ class ImageService:
 
     async def _list(self, peer: int, message: ListImages, tenant: Tenant) -> None:
         images = self._infos(self.catalog.by_recency(tenant), tenant)
-        used, limit = self.catalog.used, self.catalog.limit
+        used, limit = self.catalog.used_by(tenant), self.catalog.limit
         self._reply(peer, ImageList(type="image_list", re=message.id, images=images, used=used, limit=limit))
 
     async def _remove(self, peer: int, message: RemoveImage, tenant: Tenant) -> None:
