@@ -216,6 +216,34 @@ async def test_a_hub_of_protocol_1_0_has_no_store(scripted: Callable[..., Awaita
             await requestor.list_images()
 
 
+async def test_share_image_needs_a_hub_of_1_4_and_says_whom(scripted: Callable[..., Awaitable[str]]) -> None:
+    async def hub(peer: Peer) -> None:
+        share = await peer.recv()
+        assert share == {"type": "share_image", "id": share["id"], "image": "app:1", "to": ["bob", "#7"],
+                         "public": False, "revoke": False}  # fmt: skip
+        await peer.send(type="done", re=share["id"])
+        share = await peer.recv()
+        assert (share["to"], share["public"], share["revoke"]) == ([], True, True)
+        await peer.send(type="error", re=share["id"], code="unauthorized", message="only a tenant that pushed")
+        await peer.ws.wait_closed()
+
+    async with kiln.connect(await scripted(hub, "1.4")) as requestor:
+        await requestor.share_image("app:1", ["bob", "#7"])
+        with pytest.raises(kiln.Unauthorized, match="only a tenant that pushed"):
+            await requestor.share_image("sha256:" + "0" * 64, public=True, revoke=True)
+        with pytest.raises(kiln.UsageError, match="'to', or 'public'"):
+            await requestor.share_image("app:1")
+        with pytest.raises(kiln.UsageError, match="not one string"):
+            await requestor.share_image("app:1", "bob")
+
+    async def old_hub(peer: Peer) -> None:
+        await peer.ws.wait_closed()
+
+    async with kiln.connect(await scripted(old_hub, "1.3")) as old:
+        with pytest.raises(kiln.UnsupportedVersion, match=r"needs protocol 1\.4"):
+            await old.share_image("app:1", public=True)
+
+
 RENTED = {"type": "rented", "activity": "a1", "provider": "p1", "cached": False,
           "resources": {"cpus": 1, "memory": 256 * 2**20, "storage": 0}}  # fmt: skip
 

@@ -177,7 +177,8 @@ class StoredImage:
         else:
             tags, shared, public = set(), set(), any(h.public for h in self.holdings.values())
         told = len(shown) == len(self.holdings)
-        pushed = own.pushed if own is not None and not tenant.admin else min(self.holdings[o].pushed for o in shown)
+        theirs = min((self.holdings[o].pushed for o in shown), default=self.pushed)
+        pushed = own.pushed if own is not None and not tenant.admin else theirs
         return ImageInfo(
             digest=self.digest,
             tags=sorted(tags),

@@ -371,7 +371,7 @@ class ImageService:
         names = self.directory.names(ids) if self.directory is not None and ids else {}
 
         def name(owner: Owner) -> str:
-            return names.get(owner) or owner_name(owner) if owner is not None else owner_name(owner)
+            return owner_name(owner) if owner is None else names.get(owner, owner_name(owner))
 
         return [i.info(tenant, self.core.market.holders(i.digest), name) for i in images]
 

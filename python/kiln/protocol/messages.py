@@ -24,6 +24,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -622,14 +623,17 @@ class ShareImage(_Message):
     id: RequestId
     image: ImageRef
     to: Annotated[list[TenantName], Field(max_length=MAX_SHARES)] = []
-    public: bool = False
+    public: Annotated[bool, Field(validate_default=True)] = False
     revoke: bool = False
 
-    @model_validator(mode="after")
-    def _shares_something(self) -> ShareImage:
-        if not self.to and not self.public:
+    @field_validator("public")
+    @classmethod
+    def _shares_something(cls, public: bool, info: ValidationInfo) -> bool:
+        # A field's check (not the model's): it runs inside _built_here, so a share of nobody
+        # built here is a LocalProtocolError like any other invalid message.
+        if not info.data.get("to") and not public:
             raise ValueError("a share names tenants in 'to', or 'public': true, or both")
-        return self
+        return public
 
 
 class Credit(_Message):
