@@ -481,8 +481,9 @@ export class Requestor {
   }
 
   /**
-   * The images in the hub's store, most recently used first, with the bytes the store
-   * holds and its limit. UnsupportedVersionError from a hub of protocol 1.0.
+   * The images in the hub's store this requestor may see (its own, and those shared with
+   * it), most recently used first, with the bytes they hold and the store's limit.
+   * UnsupportedVersionError from a hub of protocol 1.0.
    * @returns {Promise<{images: ImageInfo[], used: number, limit: number}>}
    */
   async listImages() {
@@ -494,8 +495,9 @@ export class Requestor {
   }
 
   /**
-   * Remove an image (by tag or digest) from the hub's store. ImageNotFoundError when the
-   * store lacks it; UnsupportedVersionError from a hub of protocol 1.0.
+   * Remove an image this requestor pushed (by tag or digest) from the hub's store.
+   * ImageNotFoundError when the store holds no such image it may see; UnauthorizedError for
+   * one shared with it that it did not push; UnsupportedVersionError from a hub of protocol 1.0.
    * @param {string} ref
    */
   async removeImage(ref) {

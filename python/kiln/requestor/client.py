@@ -360,17 +360,22 @@ class Requestor:
             return await push_archive(await self.connected(), archive, tags, progress)
 
     async def list_images(self) -> ImageList:
-        """The images in the hub's store (``images``, most recently used first) and the bytes it
-        holds (``used``) of its ``limit``."""
+        """The images in the hub's store this requestor may see (``images``, most recently used
+        first: those its credential pushed, and those shared with it) and the bytes they hold
+        (``used``) of the store's ``limit``. Each names its ``owners`` and, to an owner, whom it
+        is ``shared`` with (a hub of 1.4)."""
         conn = await self.connected()
         reply = await conn.request(ListImages(type="list_images", id=conn.new_id()))
         assert isinstance(reply, ImageList)
         return reply
 
     async def remove_image(self, ref: str) -> None:
-        """Remove an image (by tag or ``sha256:`` digest) from the hub's store.
+        """Remove an image this requestor pushed (by tag or ``sha256:`` digest) from the hub's store:
+        its tags go, and the image with its last owner.
 
-        Raises :class:`~kiln.ImageNotFound` when the store holds no such image.
+        Raises :class:`~kiln.ImageNotFound` when the store holds no such image that this
+        requestor may see, :class:`~kiln.Unauthorized` for one shared with it that it did not
+        push (unless it joined with an admin credential).
         """
         conn = await self.connected()
         reply = await conn.request(RemoveImage(type="remove_image", id=conn.new_id(), image=ref))
