@@ -313,7 +313,7 @@ export declare class Requestor {
    * UnsupportedVersionError from a hub of protocol 1.0.
    */
   pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
-  /** The images in the hub's store, most recently used first; the bytes it holds of its limit. */
+  /** The images in the hub's store this requestor may see (its own, those shared with it), most recently used first. */
   listImages(): Promise<ImageList>;
   /** Remove an image this requestor pushed (by tag or digest) from the hub's store; ImageNotFoundError if it cannot see it. */
   removeImage(ref: string): Promise<void>;
