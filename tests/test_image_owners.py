@@ -121,6 +121,21 @@ def test_a_push_sends_every_blob_the_pusher_could_not_read() -> None:
     assert catalog.wanted(manifest, C) == [manifest.config, manifest.layers[2]]
 
 
+def test_a_config_alone_does_not_make_a_tenant_an_owner() -> None:
+    catalog = Catalog(GiB)
+    secret = blob("secret", 50)
+    a_image = image(catalog, secret, tenant=A)
+    mine = blob("mine", 5)
+    # B sends A's config (say it saw it) and a layer of its own, naming them one image
+    claim = Manifest(config=a_image.manifest.config, layers=[mine])
+    assert catalog.wanted(claim, B) == [claim.config, mine]
+    catalog.add_blob(claim.config, B)
+    catalog.add_blob(mine, B)
+    with pytest.raises(ImageError, match="lists other layers"):
+        catalog.add_image(claim, b"", (), 2.0, B)
+    assert catalog.resolve(a_image.digest, B) is None and set(a_image.holdings) == {A.id}
+
+
 def test_room_is_reserved_for_every_wanted_blob_as_if_the_store_lacked_it() -> None:
     catalog = Catalog(500)
     held = image(catalog, blob("held", 250), tenant=A)  # and a config of about 140 bytes

@@ -368,6 +368,10 @@ class Catalog:
             arch, os_ = read_config(manifest, config)
             image = StoredImage(manifest, arch, os_)
             self.images[image.digest] = image
+        elif image.manifest != manifest:
+            # Its config is not read again: the layers it names are the stored image's. A push
+            # that names others (to take that image while sending only its config) is no image.
+            raise ImageError(f"the image config {image.digest} lists other layers than the push names")
         image.holdings.setdefault(tenant.id, Holding(pushed=now))
         for tag in map(normalize_tag, tags):
             self.retag(tag, image, tenant.id)
