@@ -80,6 +80,7 @@ from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadS
 from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
 from kiln_provider.image_cache import DEFAULT_BUDGET, ImageCache, default_data_dir, write_atomically
+from kiln_provider.volume import MAX_VOLUMES
 
 log = logging.getLogger("kiln.provider")
 
@@ -93,8 +94,6 @@ RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, ma
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
-UNRENTED_STORAGE: Final = 256 * 2**20
-"""The storage of a container whose rent named none (0): what its commands may write to ``/golem`` and ``/tmp``."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +122,8 @@ class ProviderConfig:
     """The PEM file of the CA that signed a ``wss://`` hub's certificate (None: the system's trust store)."""
     grace: float = 120.0
     """How long containers outlive a lost hub connection, for a restarted hub to hand them back."""
+    max_containers: int = MAX_VOLUMES
+    """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
 
 
 @dataclass(eq=False)
@@ -178,6 +179,8 @@ class ProviderRuntime:
         self.config = config
         self.adapter = adapter
         self.offer_resources = self._capacity()
+        # Volumes are made only within the offer: a hub that sells more gets refusals, not disk.
+        adapter.volumes.bound(self.offer_resources.storage, config.max_containers)
         self.arch = adapter.host_info().arch
         self._conn: Connection | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -502,7 +505,8 @@ class ProviderRuntime:
                 image=image.id,
                 cpus=message.resources.cpus,
                 memory=message.resources.memory,
-                storage=message.resources.storage or UNRENTED_STORAGE,
+                # An older hub sends 0 for a rent that named no storage (and reserved nothing): the default.
+                storage=message.resources.storage or limits.DEFAULT_STORAGE,
                 pids_limit=self.config.pids_limit,
                 root=message.user == "root",
             )

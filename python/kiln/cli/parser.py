@@ -208,6 +208,13 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     provider.add_argument("--label", type=_label, action="append", default=UNSET,
                           help="key=value, repeatable (added to the file's label table)")  # fmt: skip
+    provider.add_argument(
+        "--max-containers",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="the most containers at once (each has a volume on a loop device; default 256)",
+    )
     provider.add_argument("--pids-limit", type=int, default=UNSET, help="processes per container (default 256)")
     provider.add_argument(
         "--stream-idle-timeout",

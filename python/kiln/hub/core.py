@@ -74,7 +74,7 @@ from kiln.hub.actions import (
     StoreRequest,
 )
 from kiln.hub.catalog import Catalog
-from kiln.hub.market import Market
+from kiln.hub.market import Market, granted
 from kiln.hub.peers import ABSENT, HUB, Lease, Peer, Pending, Route
 from kiln.hub.records import (
     Destroying,
@@ -801,7 +801,7 @@ class HubCore:
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
             return
-        d = message.demand
+        d = granted(message.demand)  # the storage its volume will have: reserved, and sent to the provider
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         q = self.peers[provider]
         activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group,

@@ -11,6 +11,11 @@ are looked up in an index of their own. A listing does not scan either: names ar
 sorted, and the providers carrying each label (and holding each image) are indexed, so a
 filtered listing looks only at the providers that carry its rarest filter.
 
+A rent is given, and reserved, the storage its container's volume will have (:func:`granted`):
+:data:`~kiln.protocol.limits.DEFAULT_STORAGE` when it names none, never less than
+:data:`~kiln.protocol.limits.MIN_STORAGE`; so what the market shows free is what providers'
+disks may still be asked to hold.
+
 An image from the hub's store (:mod:`kiln.hub.catalog`) goes first to providers that hold
 it, then to those that can pull it (protocol 1.1, the image's architecture, room for it in
 their free storage) and hold most of its layer bytes, then to the least loaded of those.
@@ -26,6 +31,7 @@ from typing import Final, TypeAlias, TypeVar
 
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
 from kiln.protocol.errors import NoMatch
+from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
 from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
 from kiln.protocol.sizes import format_size
 
@@ -84,6 +90,13 @@ class Seller:
 def covers(cpus: float, memory: int, storage: int, wanted: Resources | Demand) -> bool:
     """Whether these amounts are at least ``wanted`` (CPUs compared with room for rounding)."""
     return cpus >= wanted.cpus - 1e-9 and memory >= wanted.memory and storage >= wanted.storage
+
+
+def granted(demand: Demand) -> Demand:
+    """``demand`` with the storage its activity is given: :data:`DEFAULT_STORAGE` when it names
+    none, at least :data:`MIN_STORAGE` (the provider makes a volume of that size)."""
+    storage = max(demand.storage or DEFAULT_STORAGE, MIN_STORAGE)
+    return demand if storage == demand.storage else demand.model_copy(update={"storage": storage})
 
 
 def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:
@@ -171,8 +184,11 @@ class Market:
         ``root`` those whose operator does not let commands run as root. Of the
         rest, those holding the image come first, then the least loaded (fewest activities,
         most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
-        offers, or saying that all are busy.
+        offers, or saying that all are busy. The storage compared is what the rent is
+        :func:`granted` (the default when it names none).
         """
+        named = demand.storage
+        demand = granted(demand)
 
         def able(seller: Seller) -> bool:
             return (
@@ -182,8 +198,26 @@ class Market:
                 and (seller.offer.root or not root)
             )
 
-        if stored is not None:
-            return self._choose_stored(stored, demand, able, exclude, avoid, root)
+        try:
+            if stored is not None:
+                return self._choose_stored(stored, demand, able, exclude, avoid, root)
+            return self._choose_named(image, demand, able, exclude, avoid, root)
+        except NoMatch as e:
+            if not named and "storage" in e.message:
+                given = format_size(demand.storage)
+                raise NoMatch(f"{e.message}; a rent that names no storage is given {given}") from None
+            raise
+
+    def _choose_named(
+        self,
+        image: str,
+        demand: Demand,
+        able: Callable[[Seller], bool],
+        exclude: Collection[str],
+        avoid: Collection[int],
+        root: bool,
+    ) -> tuple[int, bool]:
+        """A holder of ``image`` (a name the store does not know); else the first able provider."""
         holders = self._holders.get(image, set())
         if len(holders) <= FEW_HOLDERS:
             fitting = [self._sellers[peer] for peer in holders if able(self._sellers[peer])]
