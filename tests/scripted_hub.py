@@ -77,7 +77,8 @@ class Provider:
                 assert isinstance(frame, str), "a provider sends no data on these tests' streams"
                 message = json.loads(frame)
                 if message["type"] == "offer":
-                    self.offers.append(message["images"])
+                    # The images it offers and those it loaded from the store (1.4), as one list.
+                    self.offers.append(message["images"] + message.get("cached", []))
                     self.offered.set()
                     await self.send({"type": "done", "re": message["id"]})
                 elif message["type"] == "credit":

@@ -6,10 +6,11 @@ import random
 
 import pytest
 
+from kiln.hub.catalog import StoredImage
 from kiln.hub.market import FEW_HOLDERS, Market, granted
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
-from kiln.protocol.messages import Demand, Offer, Resources
+from kiln.protocol.messages import Blob, Demand, Manifest, Offer, Resources
 
 GiB = 2**30
 
@@ -152,3 +153,22 @@ def test_a_demand_that_names_no_storage_is_granted_and_checked_at_the_default() 
     market.update(2, "p2", offer().model_copy(update={"resources": Resources(cpus=2, memory=GiB, storage=GiB // 8)}))
     with pytest.raises(NoMatch, match="a rent that names no storage is given 256MiB"):
         market.choose("img:1", Demand(), avoid={1})
+
+
+def test_cached_images_match_only_a_rent_of_the_stored_image() -> None:
+    digest = "sha256:" + "c" * 64
+    stored = StoredImage(Manifest(config=Blob(digest=digest, size=10), layers=[]), arch="amd64", os="linux", pushed=0)
+    market = Market()
+    market.update(1, "p1", offer())
+    market.update(2, "p2", offer().model_copy(update={"cached": [digest]}), pulls=True)
+    # Named by a requestor the store does not let rent it (or after it left the store): not p2's cache.
+    assert market.choose(digest, Demand()) == (1, False)
+    assert market.describe(image=digest)[1] == 0
+    # A rent of the stored image: p2 holds it.
+    assert market.choose(digest, Demand(), stored=stored) == (2, True)
+    assert [p.name for p in market.describe(image=digest, stored=True)[0]] == ["p2"]
+    assert market.holders(digest) == ["p2"]
+    [_, info], _ = market.describe()
+    assert info.images == [], "cached images are not listed as offered"
+    market.remove(2)
+    assert market.holders(digest) == []

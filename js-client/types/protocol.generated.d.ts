@@ -96,9 +96,14 @@ export interface Done {
 }
 /**
  * Provider -> hub: the capacity it shares and the images it holds. Sent again on change.
+ *
+ * ``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)
+ * the ids of images it loaded from the hub's store, which the hub lets only a requestor that
+ * may rent the stored image run.
  */
 export interface Offer {
   arch: string;
+  cached: string[] | null;
   id: number;
   /**
    * @maxItems 4096

@@ -206,6 +206,15 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="storage to share (default: 10GiB, never more than the disk of --data-dir has free); each container "
         "writes only to a volume of the size it rented (256MiB when it named none), at /golem and /tmp",
     )
+    provider.add_argument(
+        "--images",
+        action="append",
+        default=UNSET,
+        metavar="PATTERN",
+        help="offer the local images with a tag that matches (fnmatch, e.g. 'myapp:*'; repeatable); images "
+        "labelled org.kiln.offer=true (kiln image busybox) and those loaded for Kiln are offered anyway, "
+        "and no other image on this Docker engine",
+    )
     provider.add_argument("--label", type=_label, action="append", default=UNSET,
                           help="key=value, repeatable (added to the file's label table)")  # fmt: skip
     provider.add_argument(

@@ -254,6 +254,7 @@ class ProviderSettings(DialSettings):
     grace: Seconds = 120.0
     name_wait: Seconds = 30.0
     max_containers: Annotated[int, Field(ge=1, le=4096)] = 256
+    images: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
 
 
 class DoctorSettings(ProviderSettings):

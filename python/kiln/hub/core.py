@@ -720,7 +720,7 @@ class HubCore:
             stored = self.catalog.resolve(message.image) if message.image is not None else None
             image = stored.digest if stored is not None else message.image
             providers, matched = self.market.describe(
-                image=image, labels=message.labels, free=message.free, limit=message.limit
+                image=image, labels=message.labels, free=message.free, limit=message.limit, stored=stored is not None
             )
             info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
                               activities=len(self.activities))  # fmt: skip
