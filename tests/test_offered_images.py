@@ -52,8 +52,9 @@ async def test_only_allowed_images_are_offered_and_rented(
             assert act.cached
 
 
+@pytest.mark.parametrize("version", ["1.3", "1.4"])
 async def test_an_image_loaded_from_the_store_runs_only_from_a_create_with_its_manifest(
-    tmp_path: Path, images: list[str], busybox_image: str
+    tmp_path: Path, images: list[str], busybox_image: str, version: str
 ) -> None:
     # A hub that lets a requestor name a stored image it may not rent (by id, with no manifest)
     # finds it missing: what a provider loaded from the store is the store's to hand out.
@@ -62,7 +63,7 @@ async def test_an_image_loaded_from_the_store_runs_only_from_a_create_with_its_m
     saved = save(child, tmp_path)
     remove(child)
     cluster = Cluster(tmp_path / "logs", suffix=f"-{secrets.token_hex(3)}")
-    async with scripted_hub() as hub:
+    async with scripted_hub(version) as hub:
         cluster.url = hub.url
         try:
             await asyncio.to_thread(cluster.start_provider, "p", cpus=1, memory="1GiB", wait=False)
@@ -73,6 +74,12 @@ async def test_an_image_loaded_from_the_store_runs_only_from_a_create_with_its_m
             want = await provider.receive(timeout=30)
             await provider.send_data(1, b"".join(saved.blobs[digest] for digest in want["blobs"]))
             assert (await provider.receive(timeout=60))["type"] == "done"
+            await provider.wait_offer(saved.id)
+            offer = provider.raw_offers[-1]
+            if version == "1.4":  # apart: the hub hands it only to those the store lets rent it
+                assert offer["cached"] == [saved.id] and saved.id not in offer["images"], offer
+            else:  # a hub before 1.4 knows only images
+                assert saved.id in offer["images"] and "cached" not in offer, offer
             await provider.send(
                 {"type": "create", "id": 2, "activity": "a2", "image": saved.id, "resources": resources}
             )
