@@ -62,7 +62,10 @@ async def test_rents_that_name_no_storage_fit_only_what_the_offer_holds(cluster:
 async def test_a_rent_past_the_default_is_named_in_the_refusal(cluster: Cluster) -> None:
     await asyncio.to_thread(cluster.start_provider, "p", "--storage", "100MiB", cpus=2, memory="2GiB")
     async with kiln.connect(cluster.url) as requestor:
-        with pytest.raises(kiln.NoMatch, match=r"256MiB of storage .*; a rent that names no storage is given 256MiB"):
+        with pytest.raises(
+            kiln.NoMatch,
+            match=r"256MiB of storage \(most offered: 100MiB; a rent that names no storage is given 256MiB\)",
+        ):
             await requestor.rent(IMAGE, TINY)
         async with requestor.rent(IMAGE, kiln.Demand(cpus=0.1, memory="16MiB", storage="64MiB")) as act:
             assert act.resources.storage == 64 * MiB

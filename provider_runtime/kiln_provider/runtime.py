@@ -95,8 +95,6 @@ T = TypeVar("T")
 
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
-MAX_OFFERED_IMAGES: Final = MAX_OFFERED
-"""The most image names one offer carries (the protocol's limit), and apart the most cached ids."""
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
@@ -130,9 +128,9 @@ class ProviderConfig:
     grace: float = 120.0
     """How long containers outlive a lost hub connection, for a restarted hub to hand them back."""
     max_containers: int = MAX_VOLUMES
+    """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
     images: tuple[str, ...] = ()
     """Patterns (fnmatch) of the tags of local images to offer, besides those labelled ``org.kiln.offer=true``."""
-    """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
 
 
 @dataclass(eq=False)
@@ -381,7 +379,7 @@ class ProviderRuntime:
                 # A hub before 1.4 matches every rent against images alone (it knew no other
                 # list): what was loaded from its store goes there, as before.
                 images, cached = sorted({*images, *cached}), []
-            offered = (images[:MAX_OFFERED_IMAGES], cached[:MAX_OFFERED_IMAGES])
+            offered = (images[:MAX_OFFERED], cached[:MAX_OFFERED])  # the protocol's limit of each
             if offered != self._offered:
                 self._offered = offered
                 offer = Offer(

@@ -7,10 +7,10 @@ never be sold the same CPUs, memory or storage, and a provider is never over-com
 
 Choosing does not scan every offer: sellers are kept in the order of preference (least
 loaded first), so the first that fits is usually the answer, and the holders of an image
-are looked up in an index of their own (two: the images its operator lets anyone run, and
-those it loaded from the hub's store, ``Offer.cached``). A listing does not scan either: names are kept
-sorted, and the providers carrying each label (and holding each image) are indexed, so a
-filtered listing looks only at the providers that carry its rarest filter.
+are looked up in indexes of their own (the images its operator lets anyone run, and apart
+those it loaded from the hub's store, ``Offer.cached``). A listing does not scan either:
+names are kept sorted, and the providers carrying each label (and holding each image) are
+indexed, so a filtered listing looks only at the providers that carry its rarest filter.
 
 A rent is given, and reserved, the storage its container's volume will have (:func:`granted`):
 :data:`~kiln.protocol.limits.DEFAULT_STORAGE` when it names none, never less than
@@ -166,8 +166,10 @@ class Market:
         return sorted(self._sellers[peer].name for peer in self._stored_holders(image))
 
     def _stored_holders(self, digest: str) -> set[int]:
-        """The peers holding the stored image ``digest``: offering it, or having loaded it from the store."""
-        return self._holders.get(digest, set()) | self._cached.get(digest, set())
+        """The peers holding the stored image ``digest``: offering it, or having loaded it from the
+        store (not to be changed: it may be an index's own set)."""
+        offering, cached = self._holders.get(digest, set()), self._cached.get(digest, set())
+        return offering | cached if offering and cached else offering or cached
 
     def remove(self, peer: int) -> None:
         seller = self._sellers.pop(peer, None)
@@ -199,7 +201,6 @@ class Market:
         offers, or saying that all are busy. The storage compared is what the rent is
         :func:`granted` (the default when it names none).
         """
-        named = demand.storage
         demand = granted(demand)
 
         def able(seller: Seller) -> bool:
@@ -210,15 +211,9 @@ class Market:
                 and (seller.offer.root or not root)
             )
 
-        try:
-            if stored is not None:
-                return self._choose_stored(stored, demand, able, exclude, avoid, root)
-            return self._choose_named(image, demand, able, exclude, avoid, root)
-        except NoMatch as e:
-            if not named and "storage" in e.message:
-                given = format_size(demand.storage)
-                raise NoMatch(f"{e.message}; a rent that names no storage is given {given}") from None
-            raise
+        if stored is not None:
+            return self._choose_stored(stored, demand, able, exclude, avoid, root)
+        return self._choose_named(image, demand, able, exclude, avoid, root)
 
     def _choose_named(
         self,
@@ -380,6 +375,9 @@ class Market:
                     return why
                 sellers = [s for s in sellers if s.can_pull(image)]
         offers = [s.offer for s in sellers]
+        most_storage = format_size(max(o.resources.storage for o in offers))
+        if demand.storage == DEFAULT_STORAGE:  # the rent may have named none: say what it was given
+            most_storage += f"; a rent that names no storage is given {format_size(DEFAULT_STORAGE)}"
         checks = [
             (
                 all(o.resources.cpus < demand.cpus - 1e-9 for o in offers),
@@ -392,8 +390,7 @@ class Market:
             ),
             (
                 all(o.resources.storage < demand.storage for o in offers),
-                f"no provider offers {format_size(demand.storage)} of storage "
-                f"(most offered: {format_size(max(o.resources.storage for o in offers))})",
+                f"no provider offers {format_size(demand.storage)} of storage (most offered: {most_storage})",
             ),
         ]
         for key, value in demand.labels.items():
