@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="build images for local use; push, list and remove images in a hub's store")
     images = image.add_subparsers(dest="image_command", required=True)
-    busybox = images.add_parser("busybox", help="build kiln-busybox:latest FROM scratch (needs kiln[provider])")
+    busybox = images.add_parser(
+        "busybox",
+        help="build kiln-busybox:latest FROM scratch, labelled org.kiln.offer=true so that providers offer it "
+        "(needs kiln[provider])",
+    )
     busybox.add_argument("--tag", default="kiln-busybox:latest")
     push = images.add_parser(
         "push", help="store an image in the hub: from the local engine (docker save REF) or a file (--file)"
