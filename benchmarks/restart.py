@@ -54,7 +54,8 @@ async def join_all(url: str, providers: list[SimulatedProvider], offer: Offer) -
 
 
 async def measure(count: int, activities: int, grace: float) -> None:
-    offer = Offer(type="offer", id=1, resources=Resources(cpus=4, memory=8 * 2**30), arch="amd64", images=[IMAGE])
+    resources = Resources(cpus=4, memory=8 * 2**30, storage=2**40)
+    offer = Offer(type="offer", id=1, resources=resources, arch="amd64", images=[IMAGE])
     providers = [SimulatedProvider(f"sim-{i:05}") for i in range(count)]
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(Path(tmp)) as cluster:
         url = cluster.start_hub("--grace", str(grace), port=free_port())

@@ -95,7 +95,8 @@ def shell_less_image() -> Iterator[str]:
     tag = f"kiln-lone-{os.getpid()}:latest"
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        for name, data, mode in (("Dockerfile", b"FROM scratch\nCOPY busybox /busybox\n", 0o644),
+        dockerfile = b"FROM scratch\nLABEL org.kiln.offer=true\nCOPY busybox /busybox\n"
+        for name, data, mode in (("Dockerfile", dockerfile, 0o644),
                                  ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode

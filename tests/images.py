@@ -38,11 +38,20 @@ class SavedImage:
         return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
 
 
-def build(tmp: Path, base: str = "scratch", layers: int = 1, size: int = 4096, tag: str | None = None) -> str:
-    """Build an image ``FROM base`` with ``layers`` new layers of ``size`` random bytes each; returns its id."""
+OFFER_LABEL = "org.kiln.offer=true"
+"""What a test image carries (unless built with ``offer=False``): providers offer it."""
+
+
+def build(
+    tmp: Path, base: str = "scratch", layers: int = 1, size: int = 4096, tag: str | None = None, *, offer: bool = True
+) -> str:
+    """Build an image ``FROM base`` with ``layers`` new layers of ``size`` random bytes each; returns its id.
+
+    With ``offer`` it carries :data:`OFFER_LABEL` (an image FROM one that does carries it anyway).
+    """
     context = tmp / f"ctx-{secrets.token_hex(4)}"
     context.mkdir()
-    lines = [f"FROM {base}"]
+    lines = [f"FROM {base}", *([f"LABEL {OFFER_LABEL}"] if offer else [])]
     for n in range(layers):
         (context / f"f{n}").write_bytes(secrets.token_bytes(size))
         lines.append(f"COPY f{n} /data/f{n}")

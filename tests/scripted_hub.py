@@ -39,6 +39,7 @@ class Provider:
         self.ws = ws
         self.messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.offers: list[list[str]] = []
+        self.raw_offers: list[dict[str, Any]] = []
         self.offered = asyncio.Event()
         self.credit: dict[int, int] = {}
         self._credited = asyncio.Event()
@@ -77,7 +78,9 @@ class Provider:
                 assert isinstance(frame, str), "a provider sends no data on these tests' streams"
                 message = json.loads(frame)
                 if message["type"] == "offer":
-                    self.offers.append(message["images"])
+                    # The images it offers and those it loaded from the store (1.4), as one list.
+                    self.offers.append(message["images"] + message.get("cached", []))
+                    self.raw_offers.append(message)
                     self.offered.set()
                     await self.send({"type": "done", "re": message["id"]})
                 elif message["type"] == "credit":
@@ -92,7 +95,9 @@ class Provider:
 
 
 class ScriptedHub:
-    def __init__(self) -> None:
+    def __init__(self, version: str = "1.1") -> None:
+        self.version = version
+        """What ``welcome`` says: the version a provider then speaks."""
         self.url = ""
         self.providers: asyncio.Queue[Provider] = asyncio.Queue()
 
@@ -100,7 +105,7 @@ class ScriptedHub:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello" and hello["role"] == "provider", hello
         await ws.send(json.dumps({
-            "type": "welcome", "version": "1.1", "session": "p1", "software": "scripted-hub", "limits": LIMITS,
+            "type": "welcome", "version": self.version, "session": "p1", "software": "scripted-hub", "limits": LIMITS,
         }))  # fmt: skip
         provider = Provider(ws)
         await self.providers.put(provider)
@@ -115,8 +120,8 @@ class ScriptedHub:
 
 
 @contextlib.asynccontextmanager
-async def scripted_hub() -> AsyncIterator[ScriptedHub]:
-    hub = ScriptedHub()
+async def scripted_hub(version: str = "1.1") -> AsyncIterator[ScriptedHub]:
+    hub = ScriptedHub(version)
     async with serve(hub._handle, "127.0.0.1", 0, subprotocols=[Subprotocol(PROTOCOL_NAME)], max_size=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         hub.url = f"ws://127.0.0.1:{port}"

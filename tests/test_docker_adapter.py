@@ -29,6 +29,7 @@ from kiln_provider.docker_adapter import (
     Started,
 )
 from kiln_provider.errors import BadPath, DockerFailed, ImageMissing, NotAFile, PathMissing, TransferBroken
+from kiln_provider.offering import OFFER_LABEL
 from kiln_provider.volume import volume_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(30)]
@@ -111,8 +112,9 @@ def test_build_busybox_image_is_idempotent(adapter: DockerAdapter, image: str) -
     assert time.monotonic() - started < 1.0  # found by its label, not rebuilt
 
 
-def test_images_lists_the_busybox_tag(adapter: DockerAdapter, image: str) -> None:
-    assert TAG in adapter.images()
+def test_images_lists_the_busybox_tag_and_its_offer_label(adapter: DockerAdapter, image: str) -> None:
+    [busybox] = [local for local in adapter.images() if TAG in local.tags]
+    assert busybox.labels[OFFER_LABEL] == "true"
 
 
 def test_host_info_and_storage(adapter: DockerAdapter) -> None:

@@ -73,6 +73,7 @@ def test_a_plain_folder_is_extracted_from_any_chunking(tmp_path: Path) -> None:
         ("a link out", [("o/l", "sym", "/etc")], "outside"),
         ("a link up", [("o/l", "sym", "../..")], "outside"),
         ("a name up", [("o/../../escape", "file", b"1")], "outside"),
+        ("an absolute name", [("o/a", "file", b"1"), ("/o/etc/x", "file", b"1")], "has an absolute path"),
         ("a fifo", [("o/f", "fifo", "")], "outside"),
         ("a file where a folder stands", [("o/d", "dir", ""), ("o/d/x", "file", b"1"), ("o/d", "file", b"2")],
          "cannot extract"),

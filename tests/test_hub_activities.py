@@ -50,7 +50,7 @@ class Hub:
                                           "token": token})  # fmt: skip
         assert welcome["type"] == "welcome", welcome
         if role == "provider":
-            resources = {"cpus": 8, "memory": 8 * 2**30}
+            resources = {"cpus": 8, "memory": 8 * 2**30, "storage": 2**40}
             done = self.send(peer, {"type": "offer", "id": 1, "resources": resources, "arch": "amd64", **offer})
             assert done == [(peer, {"type": "done", "re": 1})]
         return peer
@@ -92,9 +92,9 @@ def test_a_requestor_lists_only_its_own(hub: Hub) -> None:
     reply = hub.listed(alice)
     assert reply == {"type": "activity_list", "re": 90, "matched": 2, "activities": [
         {"id": mine, "requestor": "alice", "credential": 3, "provider": "p1", "state": "ready", "group": "job-1",
-         "started": NOW, "image": "img:1", "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 0}},
+         "started": NOW, "image": "img:1", "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 256 * MiB}},
         {"id": "a03", "requestor": "alice", "credential": 3, "provider": "p1", "state": "creating", "image": "img:1",
-         "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 0}},
+         "resources": {"cpus": 1, "memory": 64 * MiB, "storage": 256 * MiB}},
     ]}  # fmt: skip
     assert ids(hub.listed(bob)) == [theirs]
     assert ids(hub.listed(bob, all=False, limit=1)) == [theirs]
@@ -138,7 +138,7 @@ def test_an_admin_lists_every_activity_in_every_state() -> None:
     [(_, destroy)] = hub.send(bob, {"type": "release", "id": 2, "activity": going})
     assert destroy["type"] == "destroy"  # not answered yet: being destroyed
     hub.create(alice, 3, group="job-2")
-    resources = {"cpus": 1, "memory": 64 * MiB, "storage": 0}
+    resources = {"cpus": 1, "memory": 64 * MiB, "storage": 256 * MiB}  # the default, given and reserved
     reply = hub.listed(admin, all=True)
     assert reply == {"type": "activity_list", "re": 90, "matched": 4, "activities": [
         {"id": "a00", "requestor": "dave", "credential": 4, "provider": "p2", "state": "absent", "group": "job-9",

@@ -51,7 +51,8 @@ class Clocked:
         self.core.connect(peer)
         self.send(peer, {"type": "hello", "version": "1.2", "role": role, "name": name})
         if role == "provider":
-            self.send(peer, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB}, "arch": "amd64"})
+            resources = {"cpus": 2, "memory": 2 * GiB, "storage": 2**40}
+            self.send(peer, {"type": "offer", "id": 1, "resources": resources, "arch": "amd64"})
 
     def _decode(self, actions: list[Any]) -> list[tuple[int, Any]]:
         self.closed += [a for a in actions if isinstance(a, Close)]

@@ -51,7 +51,8 @@ class Harness:
     def offer(
         self, peer: int, cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None, **more: Any
     ) -> None:
-        out = self.text(peer, {"type": "offer", "id": 1, "resources": {"cpus": cpus, "memory": memory},
+        resources = {"cpus": cpus, "memory": memory, "storage": 2**40}
+        out = self.text(peer, {"type": "offer", "id": 1, "resources": resources,
                                "arch": "amd64", "images": images or [], **more})  # fmt: skip
         assert out == [(peer, {"type": "done", "re": 1})]
 
@@ -263,7 +264,8 @@ def test_market_filters_and_a_limit_keep_a_listing_small(hub: Harness) -> None:
     hub.rent(2, 10, 1, cpus=2)
     for peer, name, images, labels in ((3, "p2", ["img:1"], {"zone": "eu"}), (4, "p3", [], {"zone": "us"})):
         hub.join(peer, "provider", name)
-        hub.text(peer, {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 4 * GiB}, "arch": "amd64",
+        resources = {"cpus": 4, "memory": 4 * GiB, "storage": 2**40}
+        hub.text(peer, {"type": "offer", "id": 1, "resources": resources, "arch": "amd64",
                         "images": images, "labels": labels})  # fmt: skip
 
     def names(**query: Any) -> tuple[list[str], int]:

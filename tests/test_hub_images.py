@@ -286,6 +286,26 @@ def test_the_market_knows_a_stored_image_by_its_tags() -> None:
     assert [p["name"] for p in info["providers"]] == ["p1"]
 
 
+def test_a_providers_cache_serves_only_rents_of_the_stored_image() -> None:
+    hub = Hub()
+    # What it loaded from the store is listed apart (1.4): a rent by the store's tag finds it.
+    hub.core.market.update(1, "p1", offer().model_copy(update={"cached": [hub.image.digest]}), pulls=True)
+    [(_, info)] = hub.send(2, {"type": "market", "id": 3, "image": "app:1"})
+    assert [p["name"] for p in info["providers"]] == ["p1"] and info["providers"][0]["images"] == []
+    [(to, create)] = hub.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
+    assert to == 1 and create["manifest"] is not None
+    [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"], "bytes": 0})
+    assert rented["cached"] is True
+    # Once the store no longer holds it, its digest names nothing the cache may serve.
+    hub.catalog.remove(hub.image.digest)
+    [(_, info)] = hub.send(2, {"type": "market", "id": 4, "image": hub.image.digest})
+    assert info["providers"] == []
+    [(to, create)] = hub.send(2, {"type": "rent", "id": 8, "image": hub.image.digest, "demand": {}})
+    assert "manifest" not in create  # the provider finds it offers no such image: image_not_found
+    [(_, error)] = hub.send(1, {"type": "error", "re": create["id"], "code": "image_not_found", "message": "no"})
+    assert error["code"] == "image_not_found"
+
+
 def test_a_requestor_of_1_0_hears_no_progress_and_no_pulled() -> None:
     hub = Hub(requestor_version="1.0")
     create = hub.rent()

@@ -22,7 +22,7 @@ from kiln.protocol.frames import FrameKind
 
 GiB = 2**30
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
-OFFER = {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 8 * GiB}, "arch": "amd64"}
+OFFER = {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 8 * GiB, "storage": 2**40}, "arch": "amd64"}
 
 
 class Run:

@@ -28,7 +28,8 @@ class Hub:
         self.closed: list[Close] = []
         self.logged: list[str] = []
         self.hello(1, role="provider", **(provider or {"name": "p"}))
-        self.send(1, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB}, "arch": "amd64"})
+        resources = {"cpus": 2, "memory": 2 * GiB, "storage": 2**40}
+        self.send(1, {"type": "offer", "id": 1, "resources": resources, "arch": "amd64"})
 
     def hello(self, peer: int, *, version: str = "1.2", **fields: Any) -> dict[str, Any]:
         self.core.connect(peer)

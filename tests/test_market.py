@@ -6,9 +6,11 @@ import random
 
 import pytest
 
-from kiln.hub.market import FEW_HOLDERS, Market
+from kiln.hub.catalog import StoredImage
+from kiln.hub.market import FEW_HOLDERS, Market, granted
 from kiln.protocol.errors import NoMatch
-from kiln.protocol.messages import Demand, Offer, Resources
+from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
+from kiln.protocol.messages import Blob, Demand, Manifest, Offer, Resources
 
 GiB = 2**30
 
@@ -107,7 +109,8 @@ def test_listings_through_the_indexes_match_a_full_scan() -> None:
     zones, images = ["eu", "us", "ap"], ["a:1", "b:1", "c:1"]
     for peer in range(300):
         labels = {"zone": rng.choice(zones)} | ({"gpu": "yes"} if rng.random() < 0.1 else {})
-        offered = Offer(type="offer", id=1, resources=Resources(cpus=rng.choice([1, 2, 4]), memory=2 * GiB),
+        resources = Resources(cpus=rng.choice([1, 2, 4]), memory=2 * GiB, storage=GiB)
+        offered = Offer(type="offer", id=1, resources=resources,
                         arch="amd64", images=rng.sample(images, rng.randrange(3)), labels=labels)  # fmt: skip
         market.update(peer, f"p{rng.randrange(10**6):06}-{peer}", offered)
         if rng.random() < 0.3:
@@ -132,3 +135,40 @@ def test_listings_through_the_indexes_match_a_full_scan() -> None:
             and (free is None or s.has_free(free))
         )
         assert (matched, [p.name for p in listed]) == (len(expected), expected[:limit])
+
+
+def test_a_demand_that_names_no_storage_is_granted_and_checked_at_the_default() -> None:
+    market = Market()
+    market.update(1, "p1", offer(cpus=64, memory=64 * GiB))  # 1 GiB of storage: four default volumes
+    assert granted(Demand()).storage == DEFAULT_STORAGE
+    assert granted(Demand(storage=10)).storage == MIN_STORAGE
+    assert granted(Demand(storage=GiB)).storage == GiB
+    for _ in range(4):
+        peer, _ = market.choose("img:1", Demand())
+        market.reserve(peer, Resources(cpus=1, memory=GiB, storage=granted(Demand()).storage))
+    with pytest.raises(NoMatch, match="busy"):
+        market.choose("img:1", Demand())
+    [info], _ = market.describe()
+    assert info.free.storage == 0
+    market.update(2, "p2", offer().model_copy(update={"resources": Resources(cpus=2, memory=GiB, storage=GiB // 8)}))
+    with pytest.raises(NoMatch, match="a rent that names no storage is given 256MiB"):
+        market.choose("img:1", Demand(), avoid={1})
+
+
+def test_cached_images_match_only_a_rent_of_the_stored_image() -> None:
+    digest = "sha256:" + "c" * 64
+    stored = StoredImage(Manifest(config=Blob(digest=digest, size=10), layers=[]), arch="amd64", os="linux")
+    market = Market()
+    market.update(1, "p1", offer())
+    market.update(2, "p2", offer().model_copy(update={"cached": [digest]}), pulls=True)
+    # Named by a requestor the store does not let rent it (or after it left the store): not p2's cache.
+    assert market.choose(digest, Demand()) == (1, False)
+    assert market.describe(image=digest)[1] == 0
+    # A rent of the stored image: p2 holds it.
+    assert market.choose(digest, Demand(), stored=stored) == (2, True)
+    assert [p.name for p in market.describe(image=digest, stored=True)[0]] == ["p2"]
+    assert market.holders(digest) == ["p2"]
+    [_, info], _ = market.describe()
+    assert info.images == [], "cached images are not listed as offered"
+    market.remove(2)
+    assert market.holders(digest) == []

@@ -4,6 +4,8 @@ writes nothing half-done, and answers with a Kiln error."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from tests.test_folders import archive
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 2**20
+ABSOLUTE = f"/tmp/kiln-absolute-{os.getpid()}"
 FILES = {
     "/out/liar": Served("file", b"x" * (3 * MiB), announced=5),
     "/out/short": Served("file", b"only ten b", announced=100),
@@ -24,19 +27,25 @@ FILES = {
     "/out/folder": Served("dir", archive(("folder/a", "file", b"1"), ("folder/b", "file", b"2"))),
     "/out/crafted": Served("dir", archive(("folder/l", "sym", "l"), ("folder/l/x", "file", b"1"))),
     "/out/escape": Served("dir", archive(("folder/../../x", "file", b"1"))),
+    "/out/absolute": Served("dir", archive(("folder/a", "file", b"1"), (ABSOLUTE, "file", b"1"))),
+    "/out/big": Served("file", b"z" * (5 * MiB)),
+    "/out/big-folder": Served("dir", archive(*((f"folder/{n}", "file", b"w" * MiB) for n in range(5)))),
 }
+SMALL = kiln.Demand(cpus=0.5, memory="64MiB", storage="4MiB")
 
 
 @pytest.fixture
-async def act(tmp_path: Path) -> AsyncIterator[kiln.Activity]:
+async def requestor(tmp_path: Path) -> AsyncIterator[kiln.Requestor]:
     with LocalCluster(tmp_path.parent / f"{tmp_path.name}-logs") as cluster:
         url = cluster.start_hub()
-        async with (
-            simulated_providers(url, 1, files=FILES),
-            kiln.connect(url) as requestor,
-            requestor.rent("kiln-busybox:latest") as rented,
-        ):
-            yield rented
+        async with simulated_providers(url, 1, files=FILES), kiln.connect(url) as connected:
+            yield connected
+
+
+@pytest.fixture
+async def act(requestor: kiln.Requestor) -> AsyncIterator[kiln.Activity]:
+    async with requestor.rent("kiln-busybox:latest") as rented:
+        yield rented
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -78,3 +87,34 @@ async def test_crafted_folders_are_transfer_failures(act: kiln.Activity, tmp_pat
         await act.download_file("/out/escape", tmp_path / "escape")
     assert not (tmp_path / "x").exists()
     assert await act.run(["true"]), "the activity still works"
+
+
+async def test_a_download_takes_at_most_the_storage_rented_by_default(
+    requestor: kiln.Requestor, tmp_path: Path
+) -> None:
+    async with requestor.rent("kiln-busybox:latest", SMALL) as small:
+        assert small.resources.storage == 4 * MiB
+        with pytest.raises(kiln.DownloadTooLarge, match="holds 5242880 bytes, more than max_bytes=4194304") as caught:
+            await small.download_file("/out/big", tmp_path / "big")
+        assert caught.value.code == "download_too_large"
+        assert isinstance(caught.value, kiln.UsageError)
+        with pytest.raises(kiln.DownloadTooLarge, match="larger than max_bytes=4194304"):
+            await small.download_file("/out/big-folder", tmp_path / "big-folder")
+        assert leftovers(tmp_path) == ["big-folder"] and len(leftovers(tmp_path / "big-folder")) < 5
+        # max_bytes raises the bound (or lowers it).
+        assert (await small.download_file("/out/big", tmp_path / "big", max_bytes=8 * MiB)).stat().st_size == 5 * MiB
+        await small.download_file("/out/big-folder", tmp_path / "all", max_bytes=8 * MiB)
+        assert len(leftovers(tmp_path / "all")) == 5
+        with pytest.raises(kiln.DownloadTooLarge):
+            await small.download_file("/out/honest", tmp_path / "honest", max_bytes=MiB)
+    async with requestor.rent("kiln-busybox:latest") as default:
+        # A rent that names no storage is given 256 MiB: that is its bound.
+        assert default.resources.storage == 256 * MiB
+        assert (await default.download_file("/out/big", tmp_path / "big2")).stat().st_size == 5 * MiB
+
+
+async def test_an_absolute_name_in_a_folder_is_refused(act: kiln.Activity, tmp_path: Path) -> None:
+    with pytest.raises(kiln.TransferFailed, match="absolute"):
+        await act.download_file("/out/absolute", tmp_path / "absolute")
+    for path in (tmp_path / "absolute" / "tmp", Path(ABSOLUTE)):
+        assert not await asyncio.to_thread(path.exists), f"{path}: extracted"

@@ -105,6 +105,22 @@ def test_room_counts_what_live_volumes_may_still_fill(volumes: Volumes) -> None:
     assert before - volumes.room() > 4 * GIB - 64 * MIB  # sparse, yet promised
 
 
+def test_bound_keeps_volumes_within_the_offer_and_the_count(volumes: Volumes) -> None:
+    volumes.bound(10 * MIB, max_count=3)
+    volumes.make("a", 6 * MIB)
+    with pytest.raises(VolumeFailed, match="offer of 10485760 bytes has 4194304 left") as caught:
+        volumes.make("b", 6 * MIB)
+    assert caught.value.reason == "no_room"
+    assert not (volumes.root / "b.img").exists()
+    volumes.make("b", 2 * MIB)
+    volumes.make("c", MIB)
+    with pytest.raises(VolumeFailed, match="at most 3 containers") as caught:
+        volumes.make("d", MIB)
+    assert caught.value.reason == "too_many"
+    volumes.remove("a")
+    volumes.make("d", 7 * MIB)  # what a removed volume held is free again
+
+
 def test_check_makes_and_removes_a_probe(volumes: Volumes) -> None:
     volumes.check()
     assert list(volumes.root.iterdir()) == []

@@ -13,6 +13,7 @@
 import {
   CommandFailedError,
   CommandTimeoutError,
+  DownloadTooLargeError,
   FileNotFoundError,
   InvalidPathError,
   ProviderLostError,
@@ -22,6 +23,7 @@ import {
 } from "./errors.js";
 import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
 import { ErrorCode } from "./protocol/codes.js";
+import { DEFAULT_STORAGE } from "./protocol/limits.js";
 import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
 import { OUTPUT_WINDOW } from "./protocol/session.js";
 
@@ -157,6 +159,15 @@ export class Activity {
     this.released = false;
     /** @type {number | null} CPU time the container used, known once released */
     this.cpuSeconds = null;
+  }
+
+  /**
+   * Bytes its commands may write (`/golem` and `/tmp`): the storage it rented, or the default
+   * a rent that named none is given; what {@link Activity#downloadFile} takes at most by default.
+   * @returns {number}
+   */
+  get storage() {
+    return this.resources.storage || DEFAULT_STORAGE;
   }
 
   toString() {
@@ -432,7 +443,7 @@ export class Activity {
    *
    * A file's data must be exactly the size its provider announced (TransferFailedError
    * as soon as it passes it, or when it ends short), and no download may pass `maxBytes`
-   * (UsageError): nothing a provider says makes this side take more than it asked for.
+   * (DownloadTooLargeError): nothing a provider says makes this side take more than it asked for.
    * @param {string} path
    * @param {number | null} maxBytes
    * @param {AbortSignal | undefined} signal
@@ -451,7 +462,7 @@ export class Activity {
     try {
       const info = await receiver.info.promise;
       if (maxBytes !== null && info.size !== null && info.size > maxBytes) {
-        throw new UsageError(`${source} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
+        throw new DownloadTooLargeError(`${source} holds ${info.size} bytes, more than maxBytes=${maxBytes}`);
       }
       const announced = info.kind === "file" ? info.size : null;
       yield info;
@@ -461,7 +472,9 @@ export class Activity {
         if (announced !== null && total > announced) {
           throw new TransferFailedError(`${source}: the provider sent more than the ${announced} bytes it announced`);
         }
-        if (maxBytes !== null && total > maxBytes) throw new UsageError(`${source} is larger than maxBytes=${maxBytes}`);
+        if (maxBytes !== null && total > maxBytes) {
+          throw new DownloadTooLargeError(`${source} is larger than maxBytes=${maxBytes}`);
+        }
         yield chunk;
       }
       if (announced !== null && total !== announced) {
@@ -476,7 +489,7 @@ export class Activity {
   }
 
   /**
-   * The content of the file `path`; a UsageError if it is over `maxBytes`.
+   * The content of the file `path`; a DownloadTooLargeError if it is over `maxBytes` (default 256 MiB).
    * @param {string} path
    * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
    * @returns {Promise<Uint8Array>}
@@ -526,14 +539,18 @@ export class Activity {
    * names, `..` and links out are refused with a TransferFailedError, as is an archive
    * that cannot be extracted as it stands). In a browser `dest` is a
    * WritableStream that receives the file's bytes (a folder comes as a tar stream).
-   * A file must be the size its provider announced (else TransferFailedError);
-   * `maxBytes` bounds what is taken, a folder's archive included (UsageError past it).
+   * A file must be the size its provider announced (else TransferFailedError).
+   *
+   * `maxBytes` bounds what is taken, a folder's archive included: by default what the
+   * activity could have written, the storage it rented (256 MiB when it named none), so a
+   * provider cannot fill the local disk with more. Past it the download stops with a
+   * DownloadTooLargeError; pass a larger `maxBytes` to take more (or a smaller one).
    * @param {string} path
    * @param {any} dest
    * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
    */
   async downloadFile(path, dest, options = {}) {
-    const stream = this._download(path, byteBound(options.maxBytes ?? null), options.signal);
+    const stream = this._download(path, byteBound(options.maxBytes ?? this.storage), options.signal);
     const first = await stream.next();
     if (first.done || first.value instanceof Uint8Array) {
       throw new TransferFailedError(`${path}: the download ended before it began`);

@@ -5,6 +5,7 @@
  *     KilnError                          .code: a stable error code shared with the protocol
  *      +-- UsageError                    the caller's own mistake, found before anything is sent
  *      |    +-- InvalidPathError         a container path that is relative or holds '..'
+ *      |    +-- DownloadTooLargeError    a download would pass its maxBytes (by default the storage rented)
  *      +-- ProtocolError                 protocol kiln.v1 was broken
  *      |    +-- LocalProtocolError       ... by this side: a message it was about to send (never
  *      |    |                            sent), or one the hub refused as invalid
@@ -34,13 +35,13 @@
  * Every error has `provider`: the provider involved, when the hub named it (a failed rent).
  * The protocol's errors live in the protocol core (`src/protocol/errors.js`) and are
  * re-exported here; this module adds the requestor's own (CommandTimeoutError,
- * CommandFailedError and the job's three). The names are Python's with JavaScript's `Error` suffix; the codes are
+ * CommandFailedError, DownloadTooLargeError and the job's three). The names are Python's with JavaScript's `Error` suffix; the codes are
  * the same.
  * @module
  */
 
 import { ErrorCode } from "./protocol/codes.js";
-import { ActivityError, KilnError } from "./protocol/errors.js";
+import { ActivityError, KilnError, UsageError } from "./protocol/errors.js";
 
 // Every error of the protocol core, with the requestor's own below.
 export * from "./protocol/errors.js";
@@ -56,6 +57,15 @@ export class CommandTimeoutError extends ActivityError {
     super(message);
     this.result = result;
   }
+}
+
+/**
+ * A download would take more than its `maxBytes` (code `download_too_large`): by default what
+ * the activity could have written, the storage it rented. Nothing of it is kept; pass a larger
+ * `maxBytes` to take it.
+ */
+export class DownloadTooLargeError extends UsageError {
+  static defaultCode = ErrorCode.DOWNLOAD_TOO_LARGE;
 }
 
 /**

@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 import { Activity } from "../src/activity.js";
-import { TransferFailedError, UsageError } from "../src/errors.js";
+import { DownloadTooLargeError, TransferFailedError, UsageError } from "../src/errors.js";
 import { openSource, saveDownload } from "../src/node/files.js";
 import { LIMITS, connected, frame, tick } from "./fake_socket.js";
 
@@ -20,9 +20,9 @@ const RENTED = {
 };
 
 /** An activity over a stand-in hub whose chunks are `chunkBytes` long, and a fresh local folder. */
-async function setup(chunkBytes = LIMITS.chunk_bytes) {
+async function setup(chunkBytes = LIMITS.chunk_bytes, rented = RENTED) {
   const { socket, conn } = await connected({ ...LIMITS, chunk_bytes: chunkBytes, max_window: 8 });
-  const act = new Activity(conn, RENTED, { open: openSource, save: saveDownload }, () => {});
+  const act = new Activity(conn, rented, { open: openSource, save: saveDownload }, () => {});
   const dir = mkdtempSync(join(tmpdir(), "kiln-dl-"));
   return { socket, act, dir };
 }
@@ -132,4 +132,32 @@ test("a maxBytes that is not a whole number of bytes is refused before anything 
     await assert.rejects(act.downloadFile("/golem/output/a.txt", join(dir, "a"), { maxBytes }), UsageError, String(maxBytes));
   }
   assert.deepEqual(socket.take(), []);
+});
+
+test("by default a download to a file takes at most the storage rented (256 MiB when the rent named none)", { timeout: 10_000 }, async () => {
+  const tooLarge = (pattern) => (e) => e instanceof DownloadTooLargeError && e instanceof UsageError
+    && e.code === "download_too_large" && pattern.test(e.message);
+  {
+    const { socket, act, dir } = await setup();
+    assert.equal(act.storage, 256 * MiB);
+    const downloading = act.downloadFile("/golem/output/a.txt", join(dir, "a.txt"));
+    const id = await answer(socket, { kind: "file", size: 300 * MiB });
+    await assert.rejects(downloading, tooLarge(/holds 314572800 bytes, more than maxBytes=268435456/));
+    assert.equal(cancelOf(socket, id).length, 1);
+    assert.deepEqual(readdirSync(dir), []);
+  }
+  const small = { ...RENTED, resources: { ...RENTED.resources, storage: 4 * MiB } };
+  const { socket, act, dir } = await setup(2 * MiB, small);
+  assert.equal(act.storage, 4 * MiB);
+  const downloading = act.downloadFile("/golem/output/a.txt", join(dir, "a.txt"));
+  const id = await answer(socket, { kind: "file", size: null }, [0, 1, 2].map(() => Buffer.alloc(2 * MiB, 0x61)));
+  await assert.rejects(downloading, tooLarge(/larger than maxBytes=4194304/));
+  assert.equal(cancelOf(socket, id).length, 1);
+  assert.deepEqual(readdirSync(dir), []);
+  // maxBytes raises the bound.
+  const raised = act.downloadFile("/golem/output/a.txt", join(dir, "a.txt"), { maxBytes: 8 * MiB });
+  const chunks = [2, 2, 1].map((n) => Buffer.alloc(n * MiB, 0x62));
+  finish(socket, await answer(socket, { kind: "file", size: 5 * MiB }, chunks), 5 * MiB);
+  await raised;
+  assert.equal(readFileSync(join(dir, "a.txt")).byteLength, 5 * MiB);
 });

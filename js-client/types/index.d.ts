@@ -1,7 +1,7 @@
 // kiln-client: the Kiln requestor for Node.js and browsers (protocol kiln.v1).
 
 import type { ActivityInfo, DownloadInfo, ProviderInfo, Resources } from "./protocol.js";
-import { ActivityError, ConnectionClosedError, KilnError } from "./protocol.js";
+import { ActivityError, ConnectionClosedError, KilnError, UsageError } from "./protocol.js";
 
 export type { Message, ActivityInfo, ProviderInfo, Resources, KnownErrorCode } from "./protocol.js";
 export { ErrorCode, ERROR_CODES, PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol.js";
@@ -397,6 +397,8 @@ export declare class Activity {
   /** The provider's name. */
   readonly provider: string;
   readonly resources: Resources;
+  /** Bytes its commands may write: the storage it rented, or 256 MiB when the rent named none. */
+  readonly storage: number;
   /** Whether the provider already held the image. */
   readonly cached: boolean;
   /** Bytes of the image the provider loaded from the hub's store for it (null: the hub did not say). */
@@ -423,15 +425,16 @@ export declare class Activity {
    * that is neither stdout nor stderr, or empty.
    */
   stream(argv: string[], options?: RunOptions): AsyncGenerator<OutputEvent, void, void>;
-  /** A file's content; a UsageError past `maxBytes` (default 256 MiB). */
+  /** A file's content; a DownloadTooLargeError past `maxBytes` (default 256 MiB). */
   downloadBytes(path: string, options?: SignalOption & { maxBytes?: number }): Promise<Uint8Array>;
-  /** A file's content as JSON; a UsageError past `maxBytes` (default 64 MiB). */
+  /** A file's content as JSON; a DownloadTooLargeError past `maxBytes` (default 64 MiB). */
   downloadJson<T = unknown>(path: string, options?: SignalOption & { maxBytes?: number }): Promise<T>;
   /**
    * Node: streamed to disk (a folder is extracted into `dest`, and a crafted archive is a
    * TransferFailedError); resolves to the absolute path. A file must be the size its
    * provider announced (else TransferFailedError). `maxBytes`
-   * bounds what is taken, a folder's archive included (a UsageError past it; no bound by default).
+   * bounds what is taken, a folder's archive included (a DownloadTooLargeError past it); by default
+   * what the activity could have written, its `storage` (256 MiB when the rent named none).
    */
   downloadFile(
     path: string,
@@ -502,6 +505,11 @@ export declare class CommandTimeoutError extends ActivityError {
   /** What the command wrote before it was killed. */
   readonly result: Result;
 }
+/**
+ * A download would take more than its `maxBytes` (code `download_too_large`): by default the
+ * storage the activity rented. Nothing of it is kept.
+ */
+export declare class DownloadTooLargeError extends UsageError {}
 /** A command run with `check: true` exited with a code other than 0 (code `command_failed`). */
 export declare class CommandFailedError extends ActivityError {
   constructor(message: string, result: Result);

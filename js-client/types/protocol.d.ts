@@ -13,7 +13,7 @@ export type KnownErrorCode =
   | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "bad_image" | "image_corrupt"
   | "store_full" | "provider_lost" | "file_not_found"
   | "not_a_file" | "transfer_failed" | "container_failed" | "cancelled" | "timeout" | "connection_closed"
-  | "command_failed" | "task_failed" | "internal";
+  | "command_failed" | "download_too_large" | "task_failed" | "internal";
 
 export declare const ErrorCode: Readonly<Record<string, KnownErrorCode>>;
 export declare const ERROR_CODES: ReadonlySet<string>;

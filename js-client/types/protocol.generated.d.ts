@@ -78,7 +78,7 @@ export interface Limits {
  */
 export interface Error {
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   message: string;
@@ -97,9 +97,14 @@ export interface Done {
 }
 /**
  * Provider -> hub: the capacity it shares and the images it holds. Sent again on change.
+ *
+ * ``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)
+ * the ids of images it loaded from the hub's store, which the hub lets only a requestor that
+ * may rent the stored image run.
  */
 export interface Offer {
   arch: string;
+  cached: string[] | null;
   id: number;
   /**
    * @maxItems 4096
@@ -260,7 +265,7 @@ export interface Destroy {
 export interface ActivityLost {
   activity: string;
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   reason: string;

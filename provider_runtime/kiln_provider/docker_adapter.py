@@ -17,7 +17,8 @@ it rented, seen at ``/golem`` and ``/tmp``; the rest of its root filesystem is r
 :meth:`~DockerAdapter.put_file` writes into the volume on the host, not through Docker; the
 volume goes with the container in :meth:`~DockerAdapter.remove` and ``remove_stale``.
 
-Images: :meth:`~DockerAdapter.images` names them for the offer, :meth:`~DockerAdapter.layer_chains`
+Images: :meth:`~DockerAdapter.images` lists them for the offer (which of them are offered is
+:mod:`kiln_provider.offering`'s to say), :meth:`~DockerAdapter.layer_chains`
 says which layers are here, :meth:`~DockerAdapter.load` feeds ``docker load`` a
 :class:`~kiln_provider.image_archive.LoadArchive` as it is built, :meth:`~DockerAdapter.pull`
 fetches from a registry, and :meth:`~DockerAdapter.remove_image` evicts.
@@ -38,7 +39,7 @@ import subprocess
 import tarfile
 from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -58,6 +59,7 @@ from kiln_provider.errors import (
 )
 from kiln_provider.image_archive import LoadArchive
 from kiln_provider.image_cache import default_data_dir
+from kiln_provider.offering import OFFER_LABEL, LocalImage
 from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, write_file
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
@@ -108,6 +110,11 @@ class ImageFacts:
     tags: tuple[str, ...]
     layers: tuple[str, ...]
     """The diff ids of its layers, base first."""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def local(self) -> LocalImage:
+        return LocalImage(self.id, self.tags, self.labels)
 
 
 @dataclass(frozen=True)
@@ -432,12 +439,18 @@ class DockerAdapter:
             root = self._api.info()["DockerRootDir"]
         return max(min(shutil.disk_usage(root).free, self.volumes.room()), 0)
 
-    def images(self) -> list[str]:
-        """Every local image, by each of its tags and by ``sha256:<id>``."""
+    def images(self) -> list[LocalImage]:
+        """Every local image (but intermediate ones), with its tags and labels."""
         with _engine("list images"):
             found = self._api.images()
-        names = {tag for image in found for tag in image.get("RepoTags") or () if tag != "<none>:<none>"}
-        return sorted(names | {str(image["Id"]) for image in found})
+        return [
+            LocalImage(
+                str(image["Id"]),
+                tuple(tag for tag in image.get("RepoTags") or () if tag != "<none>:<none>"),
+                dict(image.get("Labels") or {}),
+            )
+            for image in found
+        ]
 
     def image(self, ref: str) -> ImageFacts | None:
         """What Docker knows of the image ``ref`` (a tag, or ``sha256:<id>``); None if it lacks it."""
@@ -451,6 +464,7 @@ class DockerAdapter:
             size=int(found.get("Size") or 0),
             tags=tuple(found.get("RepoTags") or ()),
             layers=tuple(found.get("RootFS", {}).get("Layers") or ()),
+            labels=dict((found.get("Config") or {}).get("Labels") or {}),
         )
 
     def layer_chains(self) -> list[tuple[str, ...]]:
@@ -740,6 +754,7 @@ class DockerAdapter:
         """Build a ``FROM scratch`` image holding a static busybox; returns its id.
 
         Needs no registry and no network. Kept as is when ``tag`` already holds this busybox.
+        It carries the label ``org.kiln.offer=true``: a provider offers it (and what is built FROM it).
         """
         with open(busybox, "rb") as f:
             program = f.read()
@@ -749,7 +764,8 @@ class DockerAdapter:
                 existing = self._api.inspect_image(tag)
             except docker.errors.ImageNotFound:
                 existing = None
-        if existing is not None and (existing["Config"].get("Labels") or {}).get(LABEL_BUSYBOX) == digest:
+        labels = {LABEL_BUSYBOX: digest, OFFER_LABEL: "true"}
+        if existing is not None and (existing["Config"].get("Labels") or {}).items() >= labels.items():
             return str(existing["Id"])
         applets = subprocess.run([busybox, "--list"], capture_output=True, check=True, text=True).stdout.split()
         context = io.BytesIO()
@@ -781,7 +797,7 @@ class DockerAdapter:
         context.seek(0)
         with _engine(f"build image {tag}"):
             for line in self._api.build(
-                fileobj=context, custom_context=True, tag=tag, rm=True, labels={LABEL_BUSYBOX: digest}, decode=True
+                fileobj=context, custom_context=True, tag=tag, rm=True, labels=labels, decode=True
             ):
                 if "error" in line:
                     raise DockerFailed(f"build of {tag} failed: {line['error']}")

@@ -12,7 +12,9 @@
      +-- ImageCorrupt               image_corrupt: an image blob's bytes do not match its digest or size
      +-- VolumeFailed               container_failed: the storage a container rents could not be made
      |                              (.reason: unavailable - no root, loop devices or mkfs here, or
-     |                              Docker does not see the mount; no_room - the disk cannot hold it)
+     |                              Docker does not see the mount; no_room - the disk, or what the
+     |                              provider offers, cannot hold it; too_many - as many containers
+     |                              as the provider runs at most)
      +-- AgentViolation             container_failed: the container's agent sent a frame that breaks
      |                              its protocol (.reason: frame_too_long, frame_too_short,
      |                              unknown_type, bad_payload)

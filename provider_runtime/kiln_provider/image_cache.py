@@ -1,7 +1,8 @@
 """The record of the images this provider loaded (or pulled) for requestors, and what to evict.
 
 ``images.json`` in the provider's data folder maps each such image id to its size, its last
-use (Unix seconds) and the tags the provider gave it (a pull's), and survives restarts.
+use (Unix seconds), the tags the provider gave it and whether it was pulled from a registry
+(else it came from the hub's store), and survives restarts.
 Images the operator put there are never in it, so never evicted. This module decides and
 writes the file; removing images from Docker is the runtime's (through the adapter)::
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Final
 
 from kiln.protocol.errors import UsageError
+from kiln_provider.offering import Loaded
 
 log = logging.getLogger("kiln.provider")
 
@@ -40,6 +42,8 @@ class CachedImage:
     size: int
     last_used: float
     tags: tuple[str, ...] = ()
+    pulled: bool = False
+    """Pulled from a registry (``--pull``); else loaded from the hub's store."""
 
 
 class ImageCache:
@@ -60,10 +64,12 @@ class ImageCache:
         path = data_dir / RECORD
         try:
             raw = json.loads(path.read_text())
-            images = {
-                str(image_id): CachedImage(int(entry["size"]), float(entry["last_used"]), tuple(entry.get("tags", ())))
-                for image_id, entry in raw["images"].items()
-            }
+            images = {}
+            for image_id, entry in raw["images"].items():
+                tags = tuple(str(tag) for tag in entry.get("tags", ()))
+                # A record written before "pulled" was: only a pull gave an image tags.
+                pulled = bool(entry.get("pulled", bool(tags)))
+                images[str(image_id)] = CachedImage(int(entry["size"]), float(entry["last_used"]), tags, pulled)
         except FileNotFoundError:
             images = {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -74,8 +80,18 @@ class ImageCache:
     def total(self) -> int:
         return sum(image.size for image in self.images.values())
 
-    def add(self, image_id: str, size: int, tags: tuple[str, ...] = (), now: float | None = None) -> None:
-        self.images[image_id] = CachedImage(size, time.time() if now is None else now, tags)
+    def add(
+        self, image_id: str, size: int, tags: tuple[str, ...] = (), now: float | None = None, *, pulled: bool = False
+    ) -> None:
+        self.images[image_id] = CachedImage(size, time.time() if now is None else now, tags, pulled)
+
+    @property
+    def loaded(self) -> Loaded:
+        """What it holds, as :mod:`kiln_provider.offering` judges images by."""
+        return Loaded(
+            stored=frozenset(image_id for image_id, image in self.images.items() if not image.pulled),
+            pulled={image_id: image.tags for image_id, image in self.images.items() if image.pulled},
+        )
 
     def touch(self, image_id: str, now: float | None = None) -> bool:
         """Mark a recorded image used now; False (and nothing changes) for one not recorded."""
@@ -106,7 +122,12 @@ class ImageCache:
     def snapshot(self) -> bytes:
         """The record as written to disk."""
         images = {
-            image_id: {"size": image.size, "last_used": image.last_used, "tags": list(image.tags)}
+            image_id: {
+                "size": image.size,
+                "last_used": image.last_used,
+                "tags": list(image.tags),
+                "pulled": image.pulled,
+            }
             for image_id, image in sorted(self.images.items())
         }
         return json.dumps({"version": 1, "images": images}, indent=1).encode()

@@ -4,6 +4,11 @@ One activity is one hardened container (see :mod:`kiln_provider.docker_adapter`)
 sends ``create``, ``exec``, ``upload``, ``download``, ``cancel`` and ``destroy``; each request
 runs as a task of the session's task group and ends with exactly one reply.
 
+It offers only the images its operator allows (``--images`` patterns, the ``org.kiln.offer``
+label) and, apart (``Offer.cached``, 1.4), those it loaded from the hub's store
+(:mod:`kiln_provider.offering`); a ``create`` without a manifest that names anything else is
+answered as if Docker lacked the image.
+
 A ``create`` that brings a ``manifest`` (the hub stores the image, protocol 1.1) for an image
 Docker lacks is answered first with ``want``: the blobs Docker lacks, which then come on the
 create's stream and go straight into ``docker load`` (:mod:`kiln_provider.image_archive`).
@@ -61,6 +66,7 @@ from kiln.protocol.errors import (
     UsageError,
 )
 from kiln.protocol.messages import (
+    MAX_OFFERED,
     MAX_REPORTED,
     Create,
     Destroy,
@@ -80,6 +86,8 @@ from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadS
 from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
 from kiln_provider.image_cache import DEFAULT_BUDGET, ImageCache, default_data_dir, write_atomically
+from kiln_provider.offering import Allowed
+from kiln_provider.volume import MAX_VOLUMES
 
 log = logging.getLogger("kiln.provider")
 
@@ -87,14 +95,10 @@ T = TypeVar("T")
 
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
-MAX_OFFERED_IMAGES: Final = 4096
-"""The most image names one offer carries (the protocol's limit)."""
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
-UNRENTED_STORAGE: Final = 256 * 2**20
-"""The storage of a container whose rent named none (0): what its commands may write to ``/golem`` and ``/tmp``."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,10 @@ class ProviderConfig:
     """The PEM file of the CA that signed a ``wss://`` hub's certificate (None: the system's trust store)."""
     grace: float = 120.0
     """How long containers outlive a lost hub connection, for a restarted hub to hand them back."""
+    max_containers: int = MAX_VOLUMES
+    """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
+    images: tuple[str, ...] = ()
+    """Patterns (fnmatch) of the tags of local images to offer, besides those labelled ``org.kiln.offer=true``."""
 
 
 @dataclass(eq=False)
@@ -178,12 +186,15 @@ class ProviderRuntime:
         self.config = config
         self.adapter = adapter
         self.offer_resources = self._capacity()
+        # Volumes are made only within the offer: a hub that sells more gets refusals, not disk.
+        adapter.volumes.bound(self.offer_resources.storage, config.max_containers)
         self.arch = adapter.host_info().arch
         self._conn: Connection | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._containers: dict[str, Container] = {}
         self._by_request: dict[int, Operation] = {}
-        self._images: list[str] = []
+        self._allowed = Allowed(config.images)
+        self._offered: tuple[list[str], list[str]] = ([], [])  # (images, cached) of the last offer
         self._images_changed = asyncio.Event()
         self._pools = Pools()
         self.cache = ImageCache.open(config.data_dir or default_data_dir(config.name), config.image_cache)
@@ -360,19 +371,25 @@ class ProviderRuntime:
 
     async def _refresh_offer(self, conn: Connection) -> None:
         """Offer now (every session starts with one), then again whenever the local images change."""
-        self._images = []
+        self._offered = ([], [])
         while True:
             self._images_changed.clear()
-            images = sorted(await self._docker(self.adapter.images))[:MAX_OFFERED_IMAGES]
-            if images != self._images:
-                self._images = images
+            images, cached = self._allowed.offer(await self._docker(self.adapter.images), self.cache.loaded)
+            if conn.session.minor < 4:
+                # A hub before 1.4 matches every rent against images alone (it knew no other
+                # list): what was loaded from its store goes there, as before.
+                images, cached = sorted({*images, *cached}), []
+            offered = (images[:MAX_OFFERED], cached[:MAX_OFFERED])  # the protocol's limit of each
+            if offered != self._offered:
+                self._offered = offered
                 offer = Offer(
                     type="offer", id=conn.new_id(), resources=self.offer_resources,
-                    arch=self.arch, labels=self.config.labels, images=images,
+                    arch=self.arch, labels=self.config.labels, images=offered[0], cached=offered[1] or None,
                     root=True if self.config.allow_root and conn.session.minor >= 2 else None,
                 )  # fmt: skip
                 await conn.request(offer)
-                log.info("offered %s with %d images", self.offer_resources, len(images))
+                log.info("offered %s with %d images (%d loaded from the hub's store)", self.offer_resources,
+                         len(offered[0]), len(offered[1]))  # fmt: skip
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IMAGE_REFRESH_SECONDS):
                     await self._images_changed.wait()  # set after a load or an eviction
@@ -502,7 +519,8 @@ class ProviderRuntime:
                 image=image.id,
                 cpus=message.resources.cpus,
                 memory=message.resources.memory,
-                storage=message.resources.storage or UNRENTED_STORAGE,
+                # An older hub sends 0 for a rent that named no storage (and reserved nothing): the default.
+                storage=message.resources.storage or limits.DEFAULT_STORAGE,
                 pids_limit=self.config.pids_limit,
                 root=message.user == "root",
             )
@@ -566,25 +584,33 @@ class ProviderRuntime:
             self._pinned += Counter()  # drops what fell to zero
 
     async def _local_or_pulled(self, ref: str) -> ImageFacts:
+        """The image a create without a manifest names: one this provider offers, or (``--pull``)
+        one Docker lacks, pulled. An image on the host that it does not offer is never run (nor
+        its tag pulled over): it is missing, in the same words."""
+        missing = ImageMissing(
+            f"provider {self.config.name!r} does not offer the image {ref!r} (its operator allows images with "
+            "--images or the label org.kiln.offer=true; started with --pull it pulls what Docker lacks)"
+        )
         found = await self._docker(self.adapter.image, ref)
         if found is not None:
-            return found
+            if self._allowed.lets_run(ref, found.local, self.cache.loaded):
+                return found
+            raise missing
         if not self.config.pull:
-            raise ImageMissing(
-                f"provider {self.config.name!r} does not hold the image {ref!r} "
-                "(started with --pull it would pull it from its registry; or build or load it there first)"
-            )
+            raise missing
         async with self._image_lock(ref):
             found = await self._docker(self.adapter.image, ref)
-            if found is not None:
-                return found  # pulled by another create meanwhile
-            before = set(await self._docker(self.adapter.images))
+            if found is not None:  # pulled by another create meanwhile, or put there by someone else
+                if self._allowed.lets_run(ref, found.local, self.cache.loaded):
+                    return found
+                raise missing
+            before = {image.id for image in await self._docker(self.adapter.images)}
             log.info("pulling %s", ref)
             started = time.monotonic()
             pulled = await self._on(self._pools.transfers, self.adapter.pull, ref)
             log.info("pulled %s (%s) in %.1f s", ref, pulled.id[:19], time.monotonic() - started)
             if pulled.id not in before:  # an image that was here already (under another tag) is not ours
-                await self._loaded(pulled)
+                await self._loaded(pulled, pulled=True)
             return pulled
 
     async def _provide(self, message: Create) -> tuple[ImageFacts, int]:
@@ -652,9 +678,10 @@ class ProviderRuntime:
         await self._loaded(image)
         return image, archive.received
 
-    async def _loaded(self, image: ImageFacts) -> None:
-        """Record an image loaded for requestors, make room for it, and offer it."""
-        self.cache.add(image.id, image.size, image.tags)
+    async def _loaded(self, image: ImageFacts, *, pulled: bool = False) -> None:
+        """Record an image loaded for requestors (from the hub's store, or ``pulled``), make room for it,
+        and offer it."""
+        self.cache.add(image.id, image.size, image.tags, pulled=pulled)
         self._images_changed.set()
         await self._evict()
 

@@ -44,12 +44,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from kiln.protocol.limits import MIN_STORAGE
 from kiln_provider.errors import BadPath, NotAFile, TransferBroken, VolumeFailed
 
 MOUNTS: Final = ("/golem", "/tmp")
 """Where a container sees its volume: each a folder of it (``golem``, ``tmp``), bind-mounted."""
-MIN_SIZE: Final = 2**20
-"""The smallest volume (a smaller rent, 0 too, gets this much)."""
+MIN_SIZE: Final = MIN_STORAGE
+"""The smallest volume (a smaller rent gets this much; the hub reserves as much for it)."""
+MAX_VOLUMES: Final = 256
+"""The most volumes (so loop devices) one provider has at once, unless told otherwise."""
 BLOCK: Final = 4096
 MKFS: Final = (
     "mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0",
@@ -118,12 +121,25 @@ class Volume:
 
 class Volumes:
     """The volumes of one provider's containers, in the folder ``root`` (its own: what else is
-    there is taken for a leftover). Thread-safe."""
+    there is taken for a leftover). Thread-safe.
+
+    What they may take together is bounded: by the disk's free space always, and once
+    :meth:`bound` is called by the storage the provider offers and a number of volumes (each
+    is a loop device), so that the host never gives containers more than the market sold.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()  # as the mount table names it
         self._lock = threading.Lock()
         self._live: dict[str, int] = {}  # name -> size, for volumes made and not yet removed
+        self.capacity: int | None = None
+        """Bytes all volumes together may have (None: only the disk bounds them)."""
+        self.max_count = MAX_VOLUMES
+
+    def bound(self, capacity: int, max_count: int = MAX_VOLUMES) -> None:
+        """Make no volume that would take the live ones past ``capacity`` bytes or ``max_count`` volumes."""
+        with self._lock:
+            self.capacity, self.max_count = capacity, max_count
 
     def check(self) -> None:
         """Make and remove a small volume: VolumeFailed (reason ``unavailable``) if this host cannot."""
@@ -142,7 +158,9 @@ class Volumes:
         mounted, with its ``golem`` and ``tmp`` folders and ``folders`` (container paths under
         :data:`MOUNTS`, made root's: see :meth:`Volume.give`). A leftover of the same name is
         removed first. VolumeFailed: ``no_room`` when the disk cannot hold it beside what the
-        live volumes may still fill, ``unavailable`` when it cannot be made or mounted."""
+        live volumes may still fill, or it would take them past the :meth:`bound` capacity;
+        ``too_many`` when the bound's number of volumes are live; ``unavailable`` when it cannot
+        be made or mounted."""
         size = max(MIN_SIZE, size // BLOCK * BLOCK)
         if not all(under_mounts(folder) for folder in folders):
             raise ValueError(f"folders outside {MOUNTS}: {folders}")
@@ -150,6 +168,18 @@ class Volumes:
         with self._lock:
             if name in self._live:
                 raise VolumeFailed(f"volume {name} exists already", reason="unavailable")
+            if len(self._live) >= self.max_count:
+                raise VolumeFailed(
+                    f"no room for another container: this provider runs at most {self.max_count} containers",
+                    reason="too_many",
+                )
+            given = sum(self._live.values())
+            if self.capacity is not None and given + size > self.capacity:
+                raise VolumeFailed(
+                    f"no room for {size} bytes of storage: this provider's offer of {self.capacity} bytes has "
+                    f"{max(self.capacity - given, 0)} left",
+                    reason="no_room",
+                )
             room = self._room()
             if size > room:
                 raise VolumeFailed(

@@ -46,7 +46,14 @@ if TYPE_CHECKING:
         UsageError,
     )
     from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, ProviderInfo, Resources
-    from kiln.requestor.activity import Activity, CommandFailed, CommandTimeout, Result, StreamEvent
+    from kiln.requestor.activity import (
+        Activity,
+        CommandFailed,
+        CommandTimeout,
+        DownloadTooLarge,
+        Result,
+        StreamEvent,
+    )
     from kiln.requestor.client import Rental, Requestor, connect
     from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
@@ -61,7 +68,9 @@ _HOMES = {
         "Unauthorized", "UnsupportedVersion", "UsageError",
     ],
     "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
-    "kiln.requestor.activity": ["Activity", "CommandFailed", "CommandTimeout", "Result", "StreamEvent"],
+    "kiln.requestor.activity": [
+        "Activity", "CommandFailed", "CommandTimeout", "DownloadTooLarge", "Result", "StreamEvent",
+    ],
     "kiln.requestor.client": ["Rental", "Requestor", "connect"],
     "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
@@ -71,12 +80,12 @@ _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names
 
 __all__ = [
     "Activity", "ActivityError", "ActivityInfo", "Cancelled", "CommandFailed", "CommandTimeout", "ConnectionClosed",
-    "ConnectionLost", "ContainerFailed", "Demand", "ErrorCode", "FileNotFound", "ImageCorrupt", "ImageError",
-    "ImageInfo", "ImageList", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary", "KilnError",
-    "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderInfo", "ProviderLost", "PushedImage",
-    "RemoteError", "RemoteProtocolError", "Rental", "Requestor", "Resources", "Result", "RetryTask", "StoreFull",
-    "StreamEvent", "TaskFailed", "TaskTimeout", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
-    "__version__", "connect",
+    "ConnectionLost", "ContainerFailed", "Demand", "DownloadTooLarge", "ErrorCode", "FileNotFound", "ImageCorrupt",
+    "ImageError", "ImageInfo", "ImageList", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary",
+    "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderInfo", "ProviderLost",
+    "PushedImage", "RemoteError", "RemoteProtocolError", "Rental", "Requestor", "Resources", "Result", "RetryTask",
+    "StoreFull", "StreamEvent", "TaskFailed", "TaskTimeout", "TransferFailed", "Unauthorized", "UnsupportedVersion",
+    "UsageError", "__version__", "connect",
 ]  # fmt: skip
 
 

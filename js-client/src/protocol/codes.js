@@ -44,6 +44,7 @@ export const ErrorCode = Object.freeze({
   CONNECTION_CLOSED: "connection_closed",
   // The requestor SDKs' own, never sent on the wire.
   COMMAND_FAILED: "command_failed",
+  DOWNLOAD_TOO_LARGE: "download_too_large",
   TASK_FAILED: "task_failed",
   INTERNAL: "internal",
 });

@@ -19,3 +19,8 @@ export const MAX_PENDING = 256;
 export const MAX_STREAMS = 32;
 /** stdout (and separately stderr) an exec returns; the rest is cut and flagged. */
 export const MAX_OUTPUT_BYTES = 256 * 1024;
+/**
+ * The storage an activity gets when its rent names none (0): the hub reserves it, the provider
+ * makes a volume of it, and a download to a file takes at most that much by default.
+ */
+export const DEFAULT_STORAGE = 256 * 2 ** 20;

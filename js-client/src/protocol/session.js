@@ -754,6 +754,9 @@ function sinceOf(message) {
   if (message.type === "rent" && message.user !== null && message.user !== undefined) {
     return { since: 2, what: `user='${message.user}'` };
   }
+  if (message.type === "offer" && Array.isArray(message.cached) && message.cached.length > 0) {
+    return { since: 4, what: "an offer's cached images" };
+  }
   return { since: SINCE[message.type] ?? 0, what: `'${message.type}'` };
 }
 

@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="build images for local use; push, list and remove images in a hub's store")
     images = image.add_subparsers(dest="image_command", required=True)
-    busybox = images.add_parser("busybox", help="build kiln-busybox:latest FROM scratch (needs kiln[provider])")
+    busybox = images.add_parser(
+        "busybox",
+        help="build kiln-busybox:latest FROM scratch, labelled org.kiln.offer=true so that providers offer it "
+        "(needs kiln[provider])",
+    )
     busybox.add_argument("--tag", default="kiln-busybox:latest")
     push = images.add_parser(
         "push", help="store an image in the hub: from the local engine (docker save REF) or a file (--file)"
@@ -217,8 +221,24 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="storage to share (default: 10GiB, never more than the disk of --data-dir has free); each container "
         "writes only to a volume of the size it rented (256MiB when it named none), at /golem and /tmp",
     )
+    provider.add_argument(
+        "--images",
+        action="append",
+        default=UNSET,
+        metavar="PATTERN",
+        help="offer the local images with a tag that matches (fnmatch, e.g. 'myapp:*'; repeatable); images "
+        "labelled org.kiln.offer=true (kiln image busybox) and those loaded for Kiln are offered anyway, "
+        "and no other image on this Docker engine",
+    )
     provider.add_argument("--label", type=_label, action="append", default=UNSET,
                           help="key=value, repeatable (added to the file's label table)")  # fmt: skip
+    provider.add_argument(
+        "--max-containers",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="the most containers at once (each has a volume on a loop device; default 256)",
+    )
     provider.add_argument("--pids-limit", type=int, default=UNSET, help="processes per container (default 256)")
     provider.add_argument(
         "--stream-idle-timeout",

@@ -66,6 +66,7 @@ async def provider(settings: ProviderSettings) -> int:
         stream_idle_timeout=settings.stream_idle_timeout, name_wait=settings.name_wait,
         image_cache=settings.image_cache, data_dir=settings.data_dir, pull=settings.pull,
         allow_root=settings.allow_root, ca=settings.ca, grace=settings.grace,
+        max_containers=settings.max_containers, images=tuple(settings.images),
     )  # fmt: skip
     main = asyncio.current_task()
     assert main is not None

@@ -253,6 +253,8 @@ class ProviderSettings(DialSettings):
     allow_root: bool = False
     grace: Seconds = 120.0
     name_wait: Seconds = 30.0
+    max_containers: Annotated[int, Field(ge=1, le=4096)] = 256
+    images: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
 
 
 class DoctorSettings(ProviderSettings):

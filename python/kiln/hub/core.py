@@ -79,7 +79,7 @@ from kiln.hub.actions import (
     StoreRequest,
 )
 from kiln.hub.catalog import Catalog, Tenant, is_digest
-from kiln.hub.market import Market
+from kiln.hub.market import Market, granted
 from kiln.hub.peers import ABSENT, HUB, Lease, Peer, Pending, Route
 from kiln.hub.records import (
     Destroying,
@@ -756,7 +756,7 @@ class HubCore:
             stored = self.catalog.resolve(image, tenant) if image is not None else None
             image = stored.digest if stored is not None else image
             providers, matched = self.market.describe(
-                image=image, labels=message.labels, free=message.free, limit=message.limit
+                image=image, labels=message.labels, free=message.free, limit=message.limit, stored=stored is not None
             )
             hidden = [i for q in providers for i in q.images if self.catalog.hidden(i, tenant)]
             if hidden:
@@ -820,7 +820,7 @@ class HubCore:
         if (
             stored is None
             and is_digest(message.image)
-            and (self.catalog.hidden(message.image, tenant) or not self.market.holders(message.image))
+            and (self.catalog.hidden(message.image, tenant) or not self.market.offered(message.image))
         ):
             # A digest names the image only the store (as this tenant sees it) or a provider's own
             # offer can run: the same answer whether another tenant stored it or nobody did.
@@ -833,7 +833,7 @@ class HubCore:
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
             return
-        d = message.demand
+        d = granted(message.demand)  # the storage its volume will have: reserved, and sent to the provider
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         q = self.peers[provider]
         activity = Lease(self._new_activity_id(), p.id, provider, resources, cached, message.group,

@@ -7,13 +7,21 @@ never be sold the same CPUs, memory or storage, and a provider is never over-com
 
 Choosing does not scan every offer: sellers are kept in the order of preference (least
 loaded first), so the first that fits is usually the answer, and the holders of an image
-are looked up in an index of their own. A listing does not scan either: names are kept
-sorted, and the providers carrying each label (and holding each image) are indexed, so a
-filtered listing looks only at the providers that carry its rarest filter.
+are looked up in indexes of their own (the images its operator lets anyone run, and apart
+those it loaded from the hub's store, ``Offer.cached``). A listing does not scan either:
+names are kept sorted, and the providers carrying each label (and holding each image) are
+indexed, so a filtered listing looks only at the providers that carry its rarest filter.
 
-An image from the hub's store (:mod:`kiln.hub.catalog`) goes first to providers that hold
-it, then to those that can pull it (protocol 1.1, the image's architecture, room for it in
-their free storage) and hold most of its layer bytes, then to the least loaded of those.
+A rent is given, and reserved, the storage its container's volume will have (:func:`granted`):
+:data:`~kiln.protocol.limits.DEFAULT_STORAGE` when it names none, never less than
+:data:`~kiln.protocol.limits.MIN_STORAGE`; so what the market shows free is what providers'
+disks may still be asked to hold.
+
+An image from the hub's store (:mod:`kiln.hub.catalog`), which the requestor may rent, goes
+first to providers that hold it (offered, or cached: loaded from the store), then to those that
+can pull it (protocol 1.1, the image's architecture, room for it in their free storage) and hold
+most of its layer bytes, then to the least loaded of those. Any other name goes only to the
+providers that offer it (``Offer.images``), else to any (one that pulls from a registry may).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from typing import Final, TypeAlias, TypeVar
 
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
 from kiln.protocol.errors import NoMatch
+from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
 from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
 from kiln.protocol.sizes import format_size
 
@@ -45,6 +54,7 @@ class Seller:
     name: str
     offer: Offer
     images: frozenset[str]
+    cached: frozenset[str]  # images loaded from the hub's store: only a rent of a stored image matches them
     free_cpus: float
     free_memory: int
     free_storage: int
@@ -86,6 +96,13 @@ def covers(cpus: float, memory: int, storage: int, wanted: Resources | Demand) -
     return cpus >= wanted.cpus - 1e-9 and memory >= wanted.memory and storage >= wanted.storage
 
 
+def granted(demand: Demand) -> Demand:
+    """``demand`` with the storage its activity is given: :data:`DEFAULT_STORAGE` when it names
+    none, at least :data:`MIN_STORAGE` (the provider makes a volume of that size)."""
+    storage = max(demand.storage or DEFAULT_STORAGE, MIN_STORAGE)
+    return demand if storage == demand.storage else demand.model_copy(update={"storage": storage})
+
+
 def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in wanted.items())
 
@@ -97,7 +114,8 @@ class Market:
         self.catalog = catalog or Catalog(0)
         self._sellers: dict[int, Seller] = {}
         self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
-        self._holders: dict[str, set[int]] = {}  # image -> peers offering it
+        self._holders: dict[str, set[int]] = {}  # image -> peers offering it (Offer.images)
+        self._cached: dict[str, set[int]] = {}  # stored image's digest -> peers holding it loaded (Offer.cached)
         self._chains: dict[str, set[int]] = {}  # a chain of layers (StoredImage.chains) -> peers holding it
         self._labelled: dict[tuple[str, str], set[int]] = {}  # a label (key, value) -> peers carrying it
         self._names: list[tuple[str, int]] = []  # (name, peer) of every seller, sorted: listings by name
@@ -117,12 +135,12 @@ class Market:
         total = offer.resources
         chains = frozenset(
             key
-            for image in offer.images
+            for image in (*offer.images, *(offer.cached or ()))
             if (stored := self.catalog.images.get(image)) is not None
             for key, _ in stored.chain_keys
         )
-        seller = Seller(peer, name, offer, frozenset(offer.images), total.cpus, total.memory, total.storage,
-                        pulls=pulls, chains=chains)  # fmt: skip
+        seller = Seller(peer, name, offer, frozenset(offer.images), frozenset(offer.cached or ()), total.cpus,
+                        total.memory, total.storage, pulls=pulls, chains=chains)  # fmt: skip
         if old is not None:
             self.remove(peer)
             taken = old.offer.resources
@@ -136,14 +154,26 @@ class Market:
         bisect.insort(self._names, (name, peer))
         for image in seller.images:
             self._holders.setdefault(image, set()).add(peer)
+        for image in seller.cached:
+            self._cached.setdefault(image, set()).add(peer)
         for key in seller.chains:
             self._chains.setdefault(key, set()).add(peer)
         for label in offer.labels.items():
             self._labelled.setdefault(label, set()).add(peer)
 
     def holders(self, image: str) -> list[str]:
-        """The names of the providers that hold ``image``."""
-        return sorted(self._sellers[peer].name for peer in self._holders.get(image, ()))
+        """The names of the providers that hold ``image`` (offered, or cached from the store)."""
+        return sorted(self._sellers[peer].name for peer in self._stored_holders(image))
+
+    def offered(self, image: str) -> bool:
+        """Whether a provider offers ``image`` itself (its operator allows it; not a copy of the store's)."""
+        return bool(self._holders.get(image))
+
+    def _stored_holders(self, digest: str) -> set[int]:
+        """The peers holding the stored image ``digest``: offering it, or having loaded it from the
+        store (not to be changed: it may be an index's own set)."""
+        offering, cached = self._holders.get(digest, set()), self._cached.get(digest, set())
+        return offering | cached if offering and cached else offering or cached
 
     def remove(self, peer: int) -> None:
         seller = self._sellers.pop(peer, None)
@@ -152,6 +182,7 @@ class Market:
         del self._order[bisect.bisect_left(self._order, seller.rank)]
         del self._names[bisect.bisect_left(self._names, (seller.name, peer))]
         _unindex(self._holders, seller.images, peer)
+        _unindex(self._cached, seller.cached, peer)
         _unindex(self._chains, seller.chains, peer)
         _unindex(self._labelled, seller.offer.labels.items(), peer)
 
@@ -171,8 +202,10 @@ class Market:
         ``root`` those whose operator does not let commands run as root. Of the
         rest, those holding the image come first, then the least loaded (fewest activities,
         most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
-        offers, or saying that all are busy.
+        offers, or saying that all are busy. The storage compared is what the rent is
+        :func:`granted` (the default when it names none).
         """
+        demand = granted(demand)
 
         def able(seller: Seller) -> bool:
             return (
@@ -184,6 +217,18 @@ class Market:
 
         if stored is not None:
             return self._choose_stored(stored, demand, able, exclude, avoid, root)
+        return self._choose_named(image, demand, able, exclude, avoid, root)
+
+    def _choose_named(
+        self,
+        image: str,
+        demand: Demand,
+        able: Callable[[Seller], bool],
+        exclude: Collection[str],
+        avoid: Collection[int],
+        root: bool,
+    ) -> tuple[int, bool]:
+        """A holder of ``image`` (a name the store does not know); else the first able provider."""
         holders = self._holders.get(image, set())
         if len(holders) <= FEW_HOLDERS:
             fitting = [self._sellers[peer] for peer in holders if able(self._sellers[peer])]
@@ -213,7 +258,7 @@ class Market:
         root: bool,
     ) -> tuple[int, bool]:
         """A holder of the stored ``image``; else the provider that can pull it holding most of its layers."""
-        best = self._best(self._holders.get(image.digest, set()), able)
+        best = self._best(self._stored_holders(image.digest), able)
         if best is not None:
             return best.peer, True
 
@@ -265,9 +310,11 @@ class Market:
         labels: dict[str, str] | None = None,
         free: Resources | None = None,
         limit: int | None = None,
+        stored: bool = False,
     ) -> tuple[list[ProviderInfo], int]:
         """The providers that hold ``image``, carry ``labels`` and have ``free`` left, the first
-        ``limit`` by name; and how many match in all.
+        ``limit`` by name; and how many match in all. With ``stored`` (``image`` is the digest of
+        a stored image the asker may rent), those that loaded it from the store hold it too.
 
         Only the providers in the smallest index that applies (the image's holders, a
         label's carriers) are looked at; with no filter, none are (names are kept sorted).
@@ -275,8 +322,9 @@ class Market:
         labels = labels or {}
         free = free if free is not None and (free.cpus > 0 or free.memory > 0 or free.storage > 0) else None
         indexes = [self._labelled.get(label, set()) for label in labels.items()]
+        holding = (self._stored_holders(image) if stored else self._holders.get(image, set())) if image else set()
         if image is not None:
-            indexes.append(self._holders.get(image, set()))
+            indexes.append(holding)
         if not indexes and free is None:
             shown = [self._sellers[peer] for _, peer in self._names[: limit or len(self._names)]]
             matching_count = len(self._names)
@@ -285,7 +333,7 @@ class Market:
             matching = [
                 s
                 for s in map(self._sellers.__getitem__, candidates)
-                if (image is None or image in s.images)
+                if (image is None or s.peer in holding)
                 and has_labels(s.offer.labels, labels)
                 and (free is None or s.has_free(free))
             ]
@@ -324,13 +372,16 @@ class Market:
             if not sellers:
                 return "no provider lets commands run as root (its operator allows it with --allow-root)"
         if image is not None:
-            holders = self._holders.get(image.digest, set())
+            holders = self._stored_holders(image.digest)
             if not any(s.peer in holders for s in sellers):
                 why = _why_cannot_pull(image, sellers)
                 if why is not None:
                     return why
                 sellers = [s for s in sellers if s.can_pull(image)]
         offers = [s.offer for s in sellers]
+        most_storage = format_size(max(o.resources.storage for o in offers))
+        if demand.storage == DEFAULT_STORAGE:  # the rent may have named none: say what it was given
+            most_storage += f"; a rent that names no storage is given {format_size(DEFAULT_STORAGE)}"
         checks = [
             (
                 all(o.resources.cpus < demand.cpus - 1e-9 for o in offers),
@@ -343,8 +394,7 @@ class Market:
             ),
             (
                 all(o.resources.storage < demand.storage for o in offers),
-                f"no provider offers {format_size(demand.storage)} of storage "
-                f"(most offered: {format_size(max(o.resources.storage for o in offers))})",
+                f"no provider offers {format_size(demand.storage)} of storage (most offered: {most_storage})",
             ),
         ]
         for key, value in demand.labels.items():

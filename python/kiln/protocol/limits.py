@@ -23,3 +23,9 @@ OUTBOX_BYTES: Final = 64 * 1024 * 1024
 """Bytes queued toward one slow peer before the hub gives up on it."""
 OUTPUT_WINDOW: Final = 16
 """The first credit of an exec's output stream (1.2) when the exec names none; at most ``max_window``."""
+DEFAULT_STORAGE: Final = 256 * 2**20
+"""The storage an activity gets when its rent names none (0): the hub reserves it, the provider
+makes a volume of it, and a client's download takes at most that much by default."""
+MIN_STORAGE: Final = 2**20
+"""The least storage an activity gets (a provider's smallest volume): a smaller rent is given, and
+reserved, this much."""

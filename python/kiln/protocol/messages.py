@@ -51,6 +51,8 @@ MAX_LAYERS: Final = 256
 """The most layers an image may have (Docker's own limit is 127)."""
 MAX_REPORTED: Final = 4096
 """The most activities a provider's hello may list (as many as the images an offer may name)."""
+MAX_OFFERED: Final = 4096
+"""The most image names an offer's ``images`` (and, apart, its ``cached``) may list."""
 MAX_TAGS: Final = 16
 """The most tags one push may give an image."""
 MAX_SHARES: Final = 64
@@ -340,16 +342,23 @@ class Done(_Message):
 
 
 class Offer(_Message):
-    """Provider -> hub: the capacity it shares and the images it holds. Sent again on change."""
+    """Provider -> hub: the capacity it shares and the images it holds. Sent again on change.
+
+    ``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)
+    the ids of images it loaded from the hub's store, which the hub lets only a requestor that
+    may rent the stored image run.
+    """
 
     type: Literal["offer"]
     id: RequestId
     resources: Resources
     arch: Annotated[str, Field(min_length=1, max_length=32)]
     labels: Labels = {}
-    images: Annotated[list[ImageRef], Field(max_length=4096)] = []
+    images: Annotated[list[ImageRef], Field(max_length=MAX_OFFERED)] = []
     root: bool | None = None
     """(1.2) Its operator lets a requestor's commands run as root."""
+    cached: Annotated[list[Digest], Field(max_length=MAX_OFFERED)] | None = None
+    """(1.4) The images (ids) it loaded from the hub's store: matched only by a rent of a stored image."""
 
 
 User: TypeAlias = Literal["root"]

@@ -723,6 +723,8 @@ def _since(message: Request) -> tuple[int, str]:
         return 2, "an exec's stdin or stream"
     if isinstance(message, Rent) and message.user is not None:
         return 2, f"user={message.user!r}"
+    if isinstance(message, Offer) and message.cached:
+        return 4, "an offer's cached images"
     return SINCE.get(message.type, 0), repr(message.type)
 
 

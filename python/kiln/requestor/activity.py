@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, Protocol, TypeAlias
 import orjson
 
 from kiln.connection import Connection, Outgoing
+from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
     ActivityError,
@@ -119,6 +120,14 @@ class CommandTimeout(ActivityError):
         self.result = result
 
 
+class DownloadTooLarge(UsageError):
+    """A download would take more than its ``max_bytes`` (code ``download_too_large``): by default
+    what the activity could have written, the storage it rented. Nothing of it is kept; pass a
+    larger ``max_bytes`` to take it."""
+
+    default_code = ErrorCode.DOWNLOAD_TOO_LARGE
+
+
 class CommandFailed(ActivityError):
     """A command run with ``check=True`` exited with a code other than 0; ``result`` holds its
     exit code and output."""
@@ -166,6 +175,12 @@ class Activity:
 
     def __repr__(self) -> str:
         return f"<Activity {self.id} on {self.provider}>"
+
+    @property
+    def storage(self) -> int:
+        """Bytes its commands may write (``/golem`` and ``/tmp``): the storage it rented, or the
+        default a rent that named none is given; what :meth:`download_file` takes at most by default."""
+        return self.resources.storage or limits.DEFAULT_STORAGE
 
     def _check(self) -> None:
         if self.lost is not None:
@@ -357,7 +372,7 @@ class Activity:
         """Yield the download's info, then its chunks; cancel the stream if abandoned.
 
         A file's data must be exactly the size its provider announced (TransferFailed),
-        and no download may pass ``max_bytes`` (UsageError): nothing the provider says
+        and no download may pass ``max_bytes`` (DownloadTooLarge): nothing the provider says
         makes this side take more than it asked for.
         """
         source = container_path(path)
@@ -370,7 +385,7 @@ class Activity:
         try:
             info = await receiver.info
             if max_bytes is not None and info.size is not None and info.size > max_bytes:
-                raise UsageError(f"{path} holds {info.size} bytes, more than max_bytes={max_bytes}")
+                raise DownloadTooLarge(f"{path} holds {info.size} bytes, more than max_bytes={max_bytes}")
             yield info
             total = 0
             async for chunk in receiver:
@@ -378,7 +393,7 @@ class Activity:
                 if info.kind == "file" and info.size is not None and total > info.size:
                     raise TransferFailed(f"{path}: the provider sent more than the {info.size} bytes it announced")
                 if max_bytes is not None and total > max_bytes:
-                    raise UsageError(f"{path} is larger than max_bytes={max_bytes}")
+                    raise DownloadTooLarge(f"{path} is larger than max_bytes={max_bytes}")
                 yield chunk
             if info.kind == "file" and info.size is not None and total != info.size:
                 raise TransferFailed(f"{path}: the provider sent {total} of the {info.size} bytes it announced")
@@ -394,7 +409,7 @@ class Activity:
                     reply.exception()
 
     async def download_bytes(self, path: str, *, max_bytes: int = DOWNLOAD_BYTES_LIMIT) -> bytes:
-        """The content of the file ``path``; :class:`UsageError` if it is over ``max_bytes``."""
+        """The content of the file ``path``; :class:`DownloadTooLarge` if it is over ``max_bytes``."""
         parts: list[memoryview] = []
         stream = self._download(path, max_bytes)
         try:
@@ -422,10 +437,15 @@ class Activity:
         transfer leaves nothing half-written. A folder's contents are extracted into the
         folder ``dest`` as they arrive (nothing is spooled); no entry can land outside it
         (absolute names, ``..`` and links out are refused), and a crafted archive is a
-        TransferFailed. ``max_bytes`` bounds what is taken (a UsageError past it).
+        TransferFailed.
+
+        ``max_bytes`` bounds what is taken, a folder's archive included: by default what the
+        activity could have written, the storage it rented (256 MiB when it named none), so a
+        provider cannot fill the local disk with more. Past it the download stops with
+        :class:`DownloadTooLarge`; pass a larger ``max_bytes`` to take more (or a smaller one).
         """
         target = Path(dest)
-        stream = self._download(path, max_bytes)
+        stream = self._download(path, self.storage if max_bytes is None else max_bytes)
         try:
             info = await anext(stream)
             assert isinstance(info, DownloadInfo)

@@ -1,10 +1,11 @@
 """A folder's tar stream from a container, extracted safely as it arrives.
 
 Nothing is spooled: the stream is read a chunk at a time by ``tarfile`` in stream mode,
-and every entry passes Python's ``data`` filter plus one rule of ours, that links only
-point down (absolute or ``..`` link targets are refused), so that no chain of links can
-lead out of the destination. Whatever the archive holds, what goes wrong is a
-:class:`~kiln.protocol.errors.TransferFailed`, never an ``OSError`` of the local file system.
+and every entry passes Python's ``data`` filter plus two rules of ours: an absolute name is
+refused (not extracted below the destination), and links only point down (absolute or ``..``
+link targets are refused), so that no chain of links can lead out of the destination.
+Whatever the archive holds, what goes wrong is a :class:`~kiln.protocol.errors.TransferFailed`,
+never an ``OSError`` of the local file system.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class _Pulled(io.RawIOBase):
 
 def _strip(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo | None:
     """Drop the folder's own name from the entry, and judge it."""
+    if member.name.startswith("/"):
+        # Not taken as a name below the destination: an archive of a folder names none such.
+        raise tarfile.AbsolutePathError(member)
     _, _, rest = member.name.partition("/")
     if not rest:
         return None

@@ -130,6 +130,7 @@ async def simulated_providers(
     images: tuple[str, ...] = ("kiln-busybox:latest",),
     cpus: float = 4,
     memory: int = 8 * 2**30,
+    storage: int = 2**40,
     prefix: str = "sim",
     files: dict[str, Served] | None = None,
     stuck: bool = False,
@@ -145,7 +146,8 @@ async def simulated_providers(
 
     async def join(i: int, provider: SimulatedProvider) -> None:
         async with gate:
-            offer = Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory), arch="amd64",
+            offer = Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory, storage=storage),
+                          arch="amd64",
                           images=list(images), labels=labels(i))  # fmt: skip
             await provider.join(url, offer, token)
 

@@ -1057,7 +1057,7 @@ return errors === 0;
 validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateActivityLost = validate25;
-const schema36 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
+const schema36 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
 const pattern10 = new RegExp("^[a-z][a-z0-9_]{0,63}$", "u");
 
 function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -3224,7 +3224,7 @@ return errors === 0;
 validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateError = validate35;
-const schema48 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
+const schema48 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
 
 function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8226,7 +8226,7 @@ return errors === 0;
 validate45.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateOffer = validate46;
-const schema63 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
+const schema63 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.\n\n``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)\nthe ids of images it loaded from the hub's store, which the hub lets only a requestor that\nmay rent the stored image run.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"cached":{"anyOf":[{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":4096,"type":"array"},{"type":"null"}],"default":null,"title":"Cached"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
 
 function validate46(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
@@ -8239,6 +8239,9 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.cached === undefined){
+data.cached = null;
+}
 if(data.images === undefined){
 data.images = [];
 }
@@ -8289,7 +8292,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(((((((key0 === "arch") || (key0 === "id")) || (key0 === "images")) || (key0 === "labels")) || (key0 === "resources")) || (key0 === "root")) || (key0 === "type"))){
+if(!((((((((key0 === "arch") || (key0 === "cached")) || (key0 === "id")) || (key0 === "images")) || (key0 === "labels")) || (key0 === "resources")) || (key0 === "root")) || (key0 === "type"))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -8335,10 +8338,13 @@ vErrors.push(err7);
 errors++;
 }
 }
-if(data.id !== undefined){
-let data1 = data.id;
-if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
-const err8 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+let data1 = data.cached;
+const _errs5 = errors;
+let valid1 = false;
+const _errs6 = errors;
+if(Array.isArray(data1)){
+if(data1.length > 4096){
+const err8 = {instancePath:instancePath+"/cached",schemaPath:"#/properties/cached/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -8347,9 +8353,12 @@ vErrors.push(err8);
 }
 errors++;
 }
-if((typeof data1 == "number") && (isFinite(data1))){
-if(data1 > 2147483647 || isNaN(data1)){
-const err9 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+const len0 = data1.length;
+for(let i0=0; i0<len0; i0++){
+let data2 = data1[i0];
+if(typeof data2 === "string"){
+if(!pattern13.test(data2)){
+const err9 = {instancePath:instancePath+"/cached/" + i0,schemaPath:"#/properties/cached/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -8358,8 +8367,9 @@ vErrors.push(err9);
 }
 errors++;
 }
-if(data1 < 1 || isNaN(data1)){
-const err10 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+}
+else {
+const err10 = {instancePath:instancePath+"/cached/" + i0,schemaPath:"#/properties/cached/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -8370,10 +8380,8 @@ errors++;
 }
 }
 }
-let data2 = data.images;
-if(Array.isArray(data2)){
-if(data2.length > 4096){
-const err11 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"};
+else {
+const err11 = {instancePath:instancePath+"/cached",schemaPath:"#/properties/cached/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -8382,12 +8390,11 @@ vErrors.push(err11);
 }
 errors++;
 }
-const len0 = data2.length;
-for(let i0=0; i0<len0; i0++){
-let data3 = data2[i0];
-if(typeof data3 === "string"){
-if(func2(data3) > 255){
-const err12 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+var _valid0 = _errs6 === errors;
+valid1 = valid1 || _valid0;
+const _errs10 = errors;
+if(data1 !== null){
+const err12 = {instancePath:instancePath+"/cached",schemaPath:"#/properties/cached/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -8396,8 +8403,10 @@ vErrors.push(err12);
 }
 errors++;
 }
-if(func2(data3) < 1){
-const err13 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+var _valid0 = _errs10 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err13 = {instancePath:instancePath+"/cached",schemaPath:"#/properties/cached/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -8406,8 +8415,21 @@ vErrors.push(err13);
 }
 errors++;
 }
-if(!pattern6.test(data3)){
-const err14 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+else {
+errors = _errs5;
+if(vErrors !== null){
+if(_errs5){
+vErrors.length = _errs5;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data3 = data.id;
+if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
+const err14 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -8416,9 +8438,9 @@ vErrors.push(err14);
 }
 errors++;
 }
-}
-else {
-const err15 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/properties/images/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 2147483647 || isNaN(data3)){
+const err15 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -8427,10 +8449,8 @@ vErrors.push(err15);
 }
 errors++;
 }
-}
-}
-else {
-const err16 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(data3 < 1 || isNaN(data3)){
+const err16 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -8439,10 +8459,12 @@ vErrors.push(err16);
 }
 errors++;
 }
-let data4 = data.labels;
-if(data4 && typeof data4 == "object" && !Array.isArray(data4)){
-if(Object.keys(data4).length > 64){
-const err17 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/maxProperties",keyword:"maxProperties",params:{limit: 64},message:"must NOT have more than 64 properties"};
+}
+}
+let data4 = data.images;
+if(Array.isArray(data4)){
+if(data4.length > 4096){
+const err17 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -8451,11 +8473,12 @@ vErrors.push(err17);
 }
 errors++;
 }
-for(const key1 in data4){
-const _errs12 = errors;
-if(typeof key1 === "string"){
-if(func2(key1) > 128){
-const err18 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key1};
+const len1 = data4.length;
+for(let i1=0; i1<len1; i1++){
+let data5 = data4[i1];
+if(typeof data5 === "string"){
+if(func2(data5) > 255){
+const err18 = {instancePath:instancePath+"/images/" + i1,schemaPath:"#/properties/images/items/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -8464,8 +8487,8 @@ vErrors.push(err18);
 }
 errors++;
 }
-if(func2(key1) < 1){
-const err19 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key1};
+if(func2(data5) < 1){
+const err19 = {instancePath:instancePath+"/images/" + i1,schemaPath:"#/properties/images/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -8474,10 +8497,8 @@ vErrors.push(err19);
 }
 errors++;
 }
-}
-var valid3 = _errs12 === errors;
-if(!valid3){
-const err20 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames",keyword:"propertyNames",params:{propertyName: key1},message:"property name must be valid"};
+if(!pattern6.test(data5)){
+const err20 = {instancePath:instancePath+"/images/" + i1,schemaPath:"#/properties/images/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -8487,11 +8508,8 @@ vErrors.push(err20);
 errors++;
 }
 }
-for(const key2 in data4){
-let data5 = data4[key2];
-if(typeof data5 === "string"){
-if(func2(data5) > 256){
-const err21 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+else {
+const err21 = {instancePath:instancePath+"/images/" + i1,schemaPath:"#/properties/images/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -8501,8 +8519,9 @@ vErrors.push(err21);
 errors++;
 }
 }
+}
 else {
-const err22 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"};
+const err22 = {instancePath:instancePath+"/images",schemaPath:"#/properties/images/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -8511,10 +8530,10 @@ vErrors.push(err22);
 }
 errors++;
 }
-}
-}
-else {
-const err23 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/type",keyword:"type",params:{type: "object"},message:"must be object"};
+let data6 = data.labels;
+if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
+if(Object.keys(data6).length > 64){
+const err23 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/maxProperties",keyword:"maxProperties",params:{limit: 64},message:"must NOT have more than 64 properties"};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -8523,14 +8542,11 @@ vErrors.push(err23);
 }
 errors++;
 }
-if(data.resources !== undefined){
-let data6 = data.resources;
-if(data6 && typeof data6 == "object" && !Array.isArray(data6)){
-if(data6.storage === undefined){
-data6.storage = 0;
-}
-if(data6.cpus === undefined){
-const err24 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+for(const key1 in data6){
+const _errs20 = errors;
+if(typeof key1 === "string"){
+if(func2(key1) > 128){
+const err24 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -8539,8 +8555,8 @@ vErrors.push(err24);
 }
 errors++;
 }
-if(data6.memory === undefined){
-const err25 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(func2(key1) < 1){
+const err25 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key1};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -8549,9 +8565,10 @@ vErrors.push(err25);
 }
 errors++;
 }
-for(const key3 in data6){
-if(!(((key3 === "cpus") || (key3 === "memory")) || (key3 === "storage"))){
-const err26 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
+}
+var valid6 = _errs20 === errors;
+if(!valid6){
+const err26 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames",keyword:"propertyNames",params:{propertyName: key1},message:"property name must be valid"};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -8561,11 +8578,11 @@ vErrors.push(err26);
 errors++;
 }
 }
-if(data6.cpus !== undefined){
-let data7 = data6.cpus;
-if((typeof data7 == "number") && (isFinite(data7))){
-if(data7 > 4096 || isNaN(data7)){
-const err27 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+for(const key2 in data6){
+let data7 = data6[key2];
+if(typeof data7 === "string"){
+if(func2(data7) > 256){
+const err27 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -8574,8 +8591,9 @@ vErrors.push(err27);
 }
 errors++;
 }
-if(data7 < 0 || isNaN(data7)){
-const err28 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+else {
+const err28 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -8585,8 +8603,9 @@ vErrors.push(err28);
 errors++;
 }
 }
+}
 else {
-const err29 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+const err29 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -8595,11 +8614,14 @@ vErrors.push(err29);
 }
 errors++;
 }
+if(data.resources !== undefined){
+let data8 = data.resources;
+if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
+if(data8.storage === undefined){
+data8.storage = 0;
 }
-if(data6.memory !== undefined){
-let data8 = data6.memory;
-if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-const err30 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data8.cpus === undefined){
+const err30 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -8608,9 +8630,8 @@ vErrors.push(err30);
 }
 errors++;
 }
-if((typeof data8 == "number") && (isFinite(data8))){
-if(data8 > 4611686018427388000 || isNaN(data8)){
-const err31 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(data8.memory === undefined){
+const err31 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -8619,8 +8640,9 @@ vErrors.push(err31);
 }
 errors++;
 }
-if(data8 < 0 || isNaN(data8)){
-const err32 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+for(const key3 in data8){
+if(!(((key3 === "cpus") || (key3 === "memory")) || (key3 === "storage"))){
+const err32 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -8630,10 +8652,11 @@ vErrors.push(err32);
 errors++;
 }
 }
-}
-let data9 = data6.storage;
-if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
-const err33 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data8.cpus !== undefined){
+let data9 = data8.cpus;
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 4096 || isNaN(data9)){
+const err33 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -8642,9 +8665,8 @@ vErrors.push(err33);
 }
 errors++;
 }
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 > 4611686018427388000 || isNaN(data9)){
-const err34 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(data9 < 0 || isNaN(data9)){
+const err34 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -8653,8 +8675,9 @@ vErrors.push(err34);
 }
 errors++;
 }
-if(data9 < 0 || isNaN(data9)){
-const err35 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+else {
+const err35 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -8664,9 +8687,10 @@ vErrors.push(err35);
 errors++;
 }
 }
-}
-else {
-const err36 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data8.memory !== undefined){
+let data10 = data8.memory;
+if(!(((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10))) && (isFinite(data10)))){
+const err36 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -8675,13 +8699,9 @@ vErrors.push(err36);
 }
 errors++;
 }
-}
-let data10 = data.root;
-const _errs27 = errors;
-let valid7 = false;
-const _errs28 = errors;
-if(typeof data10 !== "boolean"){
-const err37 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if((typeof data10 == "number") && (isFinite(data10))){
+if(data10 > 4611686018427388000 || isNaN(data10)){
+const err37 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -8690,11 +8710,8 @@ vErrors.push(err37);
 }
 errors++;
 }
-var _valid0 = _errs28 === errors;
-valid7 = valid7 || _valid0;
-const _errs30 = errors;
-if(data10 !== null){
-const err38 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(data10 < 0 || isNaN(data10)){
+const err38 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -8703,10 +8720,11 @@ vErrors.push(err38);
 }
 errors++;
 }
-var _valid0 = _errs30 === errors;
-valid7 = valid7 || _valid0;
-if(!valid7){
-const err39 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+}
+}
+let data11 = data8.storage;
+if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
+const err39 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -8715,21 +8733,9 @@ vErrors.push(err39);
 }
 errors++;
 }
-else {
-errors = _errs27;
-if(vErrors !== null){
-if(_errs27){
-vErrors.length = _errs27;
-}
-else {
-vErrors = null;
-}
-}
-}
-if(data.type !== undefined){
-let data11 = data.type;
-if(typeof data11 !== "string"){
-const err40 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if((typeof data11 == "number") && (isFinite(data11))){
+if(data11 > 4611686018427388000 || isNaN(data11)){
+const err40 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -8738,8 +8744,8 @@ vErrors.push(err40);
 }
 errors++;
 }
-if("offer" !== data11){
-const err41 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "offer"},message:"must be equal to constant"};
+if(data11 < 0 || isNaN(data11)){
+const err41 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -8751,12 +8757,97 @@ errors++;
 }
 }
 else {
-const err42 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err42 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err42];
 }
 else {
 vErrors.push(err42);
+}
+errors++;
+}
+}
+let data12 = data.root;
+const _errs35 = errors;
+let valid10 = false;
+const _errs36 = errors;
+if(typeof data12 !== "boolean"){
+const err43 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err43];
+}
+else {
+vErrors.push(err43);
+}
+errors++;
+}
+var _valid1 = _errs36 === errors;
+valid10 = valid10 || _valid1;
+const _errs38 = errors;
+if(data12 !== null){
+const err44 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+var _valid1 = _errs38 === errors;
+valid10 = valid10 || _valid1;
+if(!valid10){
+const err45 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
+}
+errors++;
+}
+else {
+errors = _errs35;
+if(vErrors !== null){
+if(_errs35){
+vErrors.length = _errs35;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.type !== undefined){
+let data13 = data.type;
+if(typeof data13 !== "string"){
+const err46 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err46];
+}
+else {
+vErrors.push(err46);
+}
+errors++;
+}
+if("offer" !== data13){
+const err47 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "offer"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err47];
+}
+else {
+vErrors.push(err47);
+}
+errors++;
+}
+}
+}
+else {
+const err48 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err48];
+}
+else {
+vErrors.push(err48);
 }
 errors++;
 }
