@@ -162,3 +162,69 @@ async def test_complete_large_frames_before_hello_leave_no_lasting_memory(
     report(capsys, f"50 complete 3.5 MiB frames before hello: hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
                    f"(peak {peak / MiB:.0f} MiB)")  # fmt: skip
     assert now - before < 16 * MiB
+
+
+async def test_strangers_cannot_hold_large_http_requests(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """websockets alone would read 128 header lines of 8 KiB (1 MiB) of each request for 5 s."""
+    raise_open_file_limit()
+    assert cluster.hub is not None
+    pid = cluster.hub.pid
+    host, port = urlsplit(cluster.url).hostname or "", urlsplit(cluster.url).port or 0
+    before, _ = memory(pid)
+    line = b"X-Padding: " + b"p" * 8000 + b"\r\n"
+
+    async def one(n: int) -> bool:
+        """Send a request of 120 such lines, never ended; whether the hub cut the connection."""
+        reader, writer = await asyncio.open_connection(host, port, local_addr=(ADDRESSES[n % len(ADDRESSES)], 0))
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: kiln\r\n" + line * 120)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            async with asyncio.timeout(4):  # within the opening handshake's 5 s
+                return await reader.read() == b""
+        except ConnectionError:
+            return True
+        finally:
+            writer.transport.abort()
+
+    cut = await asyncio.gather(*(one(n) for n in range(512)))
+    now, peak = memory(pid)
+    report(capsys, f"512 strangers sending 940 KiB of HTTP headers: {sum(cut)} cut; hub RSS {before / MiB:.0f} -> "
+                   f"{now / MiB:.0f} MiB (peak {peak / MiB:.0f} MiB)")  # fmt: skip
+    assert all(cut)
+    assert peak - before < 32 * MiB
+
+
+async def test_a_stranger_that_pings_and_never_reads_is_cut(
+    cluster: Cluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each ping is answered with a pong the hub writes on its own: unread, they would pile up in its
+    memory (before the fix, 201 MiB of pings in 8 s took a hub from 45 to 233 MiB)."""
+    assert cluster.hub is not None
+    pid = cluster.hub.pid
+    host, port = urlsplit(cluster.url).hostname or "", urlsplit(cluster.url).port or 0
+    before, _ = memory(pid)
+    ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
+    reader, writer = await asyncio.open_connection(host, port, local_addr=(ADDRESSES[0], 0))
+    writer.write(b"GET / HTTP/1.1\r\nHost: kiln\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    await reader.readuntil(b"\r\n\r\n")
+    sent, started = 0, time.monotonic()
+    try:
+        while time.monotonic() - started < 8 and not writer.transport.is_closing():
+            writer.write(ping * 1000)  # and never a byte read past the client's own buffer
+            sent += len(ping) * 1000
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        cut = writer.transport.is_closing() or reader.at_eof()
+        writer.transport.abort()
+    now, peak = memory(pid)
+    report(capsys, f"a stranger that pinged without reading: cut {cut} after {sent / MiB:.0f} MiB in "
+                   f"{time.monotonic() - started:.1f} s; hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
+                   f"(peak {peak / MiB:.0f} MiB)")  # fmt: skip
+    assert cut
+    assert peak - before < 16 * MiB

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import Protocol
+from websockets.protocol import Protocol, State
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
@@ -71,6 +71,13 @@ MAX_UNWELCOMED: Final = 1024
 """Connections that have not said hello yet the hub keeps; a new one beyond closes the oldest."""
 OPEN_TIMEOUT: Final = 5.0
 """Seconds a connection may take over the WebSocket opening handshake."""
+MAX_HANDSHAKE_BYTES: Final = 16 * 1024
+"""Bytes a connection may send before its WebSocket opening handshake is done (its HTTP request:
+nginx's default allows 32 KiB, browsers send 1-2): websockets itself would take 128 lines of 8 KiB."""
+UNREAD_BYTES: Final = 64 * 1024
+"""Bytes a peer yet to be welcomed may leave unread toward it (what the hub writes unasked: pongs);
+a welcomed one may leave twice ``max_frame_bytes``. Past it, it is cut: a ping flood never read
+would otherwise grow the hub's write buffer without bound."""
 EXPIRE_EVERY: Final = 1.0
 """How often the hub looks for providers that left a create or destroy unanswered too long,
 and for requestors gone past their grace period."""
@@ -153,12 +160,25 @@ class HubConnection(ServerConnection):
         super().connection_made(transport)
         self.source = source(transport.get_extra_info("peername"))
         self.waiting = True
+        self.handshake_bytes = 0
+        self.unread_bound = UNREAD_BYTES
         self.refusal = self.gate.opened(self.source)
         # Refusals are said politely (an error, a close code) after the WebSocket handshake, which
         # holds its bytes for up to OPEN_TIMEOUT; past twice the cap, not even that is spent.
         flooding = self.gate.waiting[self.source] > 2 * self.gate.waiting_per_address
         if flooding and isinstance(transport, asyncio.Transport):
             transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.protocol.state is State.CONNECTING:
+            self.handshake_bytes += len(data)
+            if self.handshake_bytes > MAX_HANDSHAKE_BYTES:
+                self.transport.abort()  # not even parsed: nothing of it is kept
+                return
+        super().data_received(data)
+        # The hub's own sends wait for the buffer to drain; what the protocol answers on its own does not.
+        if self.transport.get_write_buffer_size() > self.unread_bound:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -278,6 +298,7 @@ class HubServer:
             allow_frames(ws.protocol, self.core.limits.max_frame_bytes)
             if isinstance(ws, HubConnection) and ws.waiting:
                 ws.waiting = False
+                ws.unread_bound = 2 * self.core.limits.max_frame_bytes
                 self.gate.welcomed(ws.source)
         elif isinstance(ws, HubConnection) and p.refused not in (None, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY):
             self.gate.failed(ws.source)
