@@ -198,3 +198,27 @@ def test_the_usage_record_is_rolled_up_per_day_past_its_retention_and_its_totals
     assert state.roll_up(0) == 2700 and state.usage() == [] and len(state.usage_days()) == 200
     assert (state.usage_totals(), state.usage_totals("provider")) == before
     state.close()
+
+
+async def test_a_hub_rolls_up_its_usage_record_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from kiln.hub.records import EndLease, LeaseRecord, SaveLease, SessionRecord
+    from kiln.hub.server import start
+    from kiln.hub.state import DAY
+    from kiln.protocol.messages import Resources
+
+    session = SessionRecord("s1", "alice", None, b"\1" * 32)
+    with HubState.in_dir(tmp_path) as state:
+        for n, ended in enumerate([time.time() - 3 * DAY, time.time() - 2 * DAY, time.time()]):
+            lease = LeaseRecord(f"a{n}", "s1", "p1", Resources(cpus=1, memory=2**20), None, None, ended - 60)
+            state.apply(SaveLease(lease, session))
+            state.apply(EndLease(lease.id, ended, None))
+        totals = state.usage_totals()
+    caplog.set_level("INFO", logger="kiln.hub")
+    async with start("127.0.0.1", 0, data_dir=tmp_path, usage_retention=1):
+        pass
+    assert "usage: 2 activities that ended over 1 days ago rolled up per day" in caplog.text
+    with HubState.in_dir(tmp_path) as state:
+        assert [u["activity"] for u in state.usage()] == ["a2"] and len(state.usage_days()) == 2
+        assert state.usage_totals() == totals

@@ -164,6 +164,16 @@ async def test_complete_large_frames_before_hello_leave_no_lasting_memory(
     assert now - before < 16 * MiB
 
 
+async def test_fragments_before_hello_count_as_one_message(cluster: Cluster) -> None:
+    """A message in fragments, none of them large, is as large as their sum: refused once past a hello's bound."""
+    fragment = 32 * 1024
+    first = bytes([0x01, 0x80 | 126]) + fragment.to_bytes(2, "big") + b"\0\0\0\0" + b"x" * fragment  # text, not final
+    more = bytes([0x00, 0x80 | 126]) + fragment.to_bytes(2, "big") + b"\0\0\0\0" + b"x" * fragment  # continuation
+    async with strangers(cluster.url, 64, first + more * (MAX_HELLO_BYTES // fragment)) as readers:
+        codes = await asyncio.gather(*(close_code(r) for r in readers))
+    assert codes.count(1009) == 64, {code: codes.count(code) for code in set(codes)}
+
+
 async def test_strangers_cannot_hold_large_http_requests(cluster: Cluster, capsys: pytest.CaptureFixture[str]) -> None:
     """websockets alone would read 128 header lines of 8 KiB (1 MiB) of each request for 5 s."""
     raise_open_file_limit()

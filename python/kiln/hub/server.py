@@ -355,19 +355,22 @@ class HubServer:
             if in_use:
                 self._apply(self.core.revoked(state.revoked(in_use)))
 
-    async def roll_up_usage(self, state: HubState, days: float) -> None:
-        """Roll up the usage record's rows older than ``days`` days now and every :data:`ROLL_UP_EVERY`
-        seconds, until cancelled. On the event loop, as every write of the state: after the first
-        (at start), each rolls up at most a day's rows."""
+    def roll_up_usage(self, state: HubState, days: float) -> None:
+        """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
+        try:
+            gone = state.roll_up(days)
+        except (sqlite3.Error, KilnError) as e:
+            self._log.emit(logging.ERROR, f"could not roll up the usage record in {state.path}: {e}")
+        else:
+            if gone:
+                log.info("usage: %d activities that ended over %g days ago rolled up per day", gone, days)
+
+    async def roll_up_usage_hourly(self, state: HubState, days: float) -> None:
+        """:meth:`roll_up_usage` every :data:`ROLL_UP_EVERY` seconds, until cancelled. On the event loop,
+        as every write of the state: past the one at start, each rolls up at most a day's rows."""
         while True:
-            try:
-                gone = state.roll_up(days)
-            except (sqlite3.Error, KilnError) as e:
-                self._log.emit(logging.ERROR, f"could not roll up the usage record in {state.path}: {e}")
-            else:
-                if gone:
-                    log.info("usage: %d activities that ended over %g days ago rolled up per day", gone, days)
             await asyncio.sleep(ROLL_UP_EVERY)
+            self.roll_up_usage(state, days)
 
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
         while True:
@@ -455,6 +458,7 @@ async def start(
     hub = HubServer(core, store=store, state=state, gate=gate)
     sessions, leases = await asyncio.to_thread(state.load)
     hub._apply(core.restore(sessions, leases))
+    hub.roll_up_usage(state, usage_retention)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     log.info("credentials: %s (%s)", state.path,
@@ -483,7 +487,7 @@ async def start(
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state))
-            roller = tg.create_task(hub.roll_up_usage(state, usage_retention))
+            roller = tg.create_task(hub.roll_up_usage_hourly(state, usage_retention))
             try:
                 yield server
             finally:
