@@ -241,13 +241,13 @@ class HubServer:
         self._outboxes[peer] = outbox
         self.core.connect(peer)
         # Idle connections cannot crowd out the peers that say hello: past the cap, the
-        # oldest silent one makes room.
-        if len(self._unwelcomed) >= self.max_unwelcomed:
-            oldest, waiting = next(iter(self._unwelcomed.items()))
-            del self._unwelcomed[oldest]
-            waiting.put(Close(oldest, CLOSE_HANDSHAKE, "too many connections waiting to say hello"))
-        self._unwelcomed[peer] = outbox
-        self._gatekeep(peer, ws)
+        # oldest silent one makes room (for a connection the gate lets in: one turned away takes none).
+        if not self._gatekeep(peer, ws):
+            if len(self._unwelcomed) >= self.max_unwelcomed:
+                oldest, waiting = next(iter(self._unwelcomed.items()))
+                del self._unwelcomed[oldest]
+                waiting.put(Close(oldest, CLOSE_HANDSHAKE, "too many connections waiting to say hello"))
+            self._unwelcomed[peer] = outbox
         reason = "connection closed"
         try:
             async with asyncio.TaskGroup() as tg:
@@ -279,15 +279,18 @@ class HubServer:
             code = None if said is None else said.code
             self._apply(self.core.disconnect(peer, reason, ended=code == 1000, leaving=code in (1000, 1001)))
 
-    def _gatekeep(self, peer: int, ws: ServerConnection) -> None:
-        """Turn ``peer`` away before its hello if its address holds too much or failed too often."""
+    def _gatekeep(self, peer: int, ws: ServerConnection) -> bool:
+        """Turn ``peer`` away before its hello if its address holds too much or failed too often (True)."""
         if not isinstance(ws, HubConnection):
-            return
+            return False
         if ws.refusal is not None:
             self._apply(self.core.turn_away(peer, ws.refusal, CLOSE_TOO_MANY))
         elif (wait := self.gate.refusing(ws.source)) is not None:
             why = f"too many failed hellos from {ws.source}: try again in {math.ceil(wait)} s"
             self._apply(self.core.turn_away(peer, why, CLOSE_FAILED_HELLOS))
+        else:
+            return False
+        return True
 
     def _judged(self, peer: int, ws: ServerConnection) -> None:
         """``peer``'s first frame was taken: welcomed, it may send full frames; refused, its address is told."""
