@@ -208,8 +208,9 @@ async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: s
     idle: list[ClientConnection] = []
     opened = time.monotonic()
     try:
-        for _ in range(8):  # 2,000 connections that never say hello, 250 at a time
-            idle += await asyncio.gather(*(connect(hub_url, open_timeout=30) for _ in range(250)))
+        for n in range(8):  # 2,000 connections that never say hello, 250 from each of 8 addresses
+            local = (f"127.0.0.{n + 2}", 0)  # within the waiting connections one address may hold (256)
+            idle += await asyncio.gather(*(connect(hub_url, open_timeout=30, local_addr=local) for _ in range(250)))
         started = time.monotonic()
         async with (
             simulated_providers(hub_url, 2),

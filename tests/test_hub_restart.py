@@ -307,6 +307,7 @@ def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) ->
         db.execute("DROP TABLE sessions")
         db.execute("DROP TABLE activities")
         db.execute("DROP TABLE usage")
+        db.execute("DROP TABLE usage_days")
         db.execute("UPDATE schema_version SET version = 1")
     with HubState.in_dir(tmp_path) as state:
         assert state.find(token) is not None

@@ -161,3 +161,64 @@ def test_concurrent_writers_and_a_reader(tmp_path: Path) -> None:
         assert errors == []
         assert all(reader.find(t) is not None for t in tokens)
         assert len(reader.credentials()) == 40
+
+
+def test_the_usage_record_is_rolled_up_per_day_past_its_retention_and_its_totals_stay(tmp_path: Path) -> None:
+    from kiln.hub.records import EndLease, LeaseRecord, SaveLease, SessionRecord
+    from kiln.hub.state import DAY
+    from kiln.protocol.messages import Resources
+
+    now = [0.0]
+    state = HubState(tmp_path / FILE_NAME, clock=lambda: now[0])
+    alice, bob = SessionRecord("s1", "alice", 7, b"\1" * 32), SessionRecord("s2", "bob", None, b"\2" * 32)
+    one = Resources(cpus=1, memory=2**30, storage=0)
+    n = 0
+    for day in range(100):  # on each of 100 days, 30 activities of an hour: alice 20 on p1, bob 10 on p2
+        for k in range(30):
+            n += 1
+            session, provider = (alice, "p1") if k < 20 else (bob, "p2")
+            start = day * DAY + k * 60
+            state.apply(SaveLease(LeaseRecord(f"a{n}", session.id, provider, one, None, None, start), session))
+            state.apply(EndLease(f"a{n}", start + 3600, 1.5))
+    before = state.usage_totals(), state.usage_totals("provider")
+    assert len(state.usage()) == 3000
+
+    now[0] = 100 * DAY + 5  # the first minutes of day 100: days 0..9 are past 90 days
+    assert state.roll_up(90) == 10 * 30
+    assert len(state.usage()) == 2700 and min(u["started"] for u in state.usage()) == 10 * DAY
+    days = state.usage_days()
+    assert len(days) == 10 * 2, "one row per day, requestor and provider"
+    assert days[0] == {"day": 0, "requestor": "alice", "credential": 7, "provider": "p1", "activities": 20,
+                       "cpu_seconds_rented": 20 * 3600.0, "cpu_seconds_used": 20 * 1.5,
+                       "memory_byte_seconds": 20 * 3600.0 * 2**30}  # fmt: skip
+    assert (state.usage_totals(), state.usage_totals("provider")) == before, "kiln usage sums the same"
+    assert state.roll_up(90) == 0, "nothing twice"
+
+    now[0] = 200 * DAY
+    assert state.roll_up(0) == 2700 and state.usage() == [] and len(state.usage_days()) == 200
+    assert (state.usage_totals(), state.usage_totals("provider")) == before
+    state.close()
+
+
+async def test_a_hub_rolls_up_its_usage_record_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import time
+
+    from kiln.hub.records import EndLease, LeaseRecord, SaveLease, SessionRecord
+    from kiln.hub.server import start
+    from kiln.hub.state import DAY
+    from kiln.protocol.messages import Resources
+
+    session = SessionRecord("s1", "alice", None, b"\1" * 32)
+    with HubState.in_dir(tmp_path) as state:
+        for n, ended in enumerate([time.time() - 3 * DAY, time.time() - 2 * DAY, time.time()]):
+            lease = LeaseRecord(f"a{n}", "s1", "p1", Resources(cpus=1, memory=2**20), None, None, ended - 60)
+            state.apply(SaveLease(lease, session))
+            state.apply(EndLease(lease.id, ended, None))
+        totals = state.usage_totals()
+    caplog.set_level("INFO", logger="kiln.hub")
+    async with start("127.0.0.1", 0, data_dir=tmp_path, usage_retention=1):
+        pass
+    assert "usage: 2 activities that ended over 1 days ago rolled up per day" in caplog.text
+    with HubState.in_dir(tmp_path) as state:
+        assert [u["activity"] for u in state.usage()] == ["a2"] and len(state.usage_days()) == 2
+        assert state.usage_totals() == totals

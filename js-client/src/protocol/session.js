@@ -193,6 +193,8 @@ export class Session {
     /** @type {Map<number, Open>} requests the hub sent us, by its id */
     this._theirs = new Map();
     this._nextId = 0;
+    /** the highest request id this side has sent (ids wrap: then every id was) */
+    this._highest = 0;
     /** @type {Outbound[]} */
     this._out = [];
     /** @type {SessionEvent[]} */
@@ -316,6 +318,7 @@ export class Session {
     if (sendsData(request)) open.send = half(0);
     if (window !== null) open.recv = half(window);
     this._mine.set(request.id, open);
+    this._highest = Math.max(this._highest, request.id);
     this._send(request);
   }
 
@@ -566,6 +569,11 @@ export class Session {
    */
   _takeReply(message, re) {
     const open = this._mine.get(re);
+    if (open === undefined && message.type === "error" && re <= this._highest) {
+      // Not a violation: the hub's answer to a frame of ours that crossed the request's end
+      // (stream data sent as the request failed is refused with unknown_stream). Dropped.
+      return;
+    }
     if (open === undefined) {
       // Replies to what we never asked are the hub's fault; to what we asked, out of order.
       this._violated(new RemoteProtocolError(`'${message.type}' answers no open request ${re}`, {

@@ -199,6 +199,21 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.add_argument("--grace", type=float, default=UNSET, metavar="S",
                      help="keep a requestor's activities this long after its connection drops, or after the hub "
                      "restarts, for it to reconnect and take them back (default 60; 0: none)")  # fmt: skip
+    hub.add_argument("--max-connections-per-address", type=int, default=UNSET, metavar="N",
+                     help="connections one source address (an IPv6 /64) may hold; one more is refused with "
+                     "too_many, close 4008 (default 4096)")  # fmt: skip
+    hub.add_argument("--max-waiting-per-address", type=int, default=UNSET, metavar="N",
+                     help="of those, connections that have not said hello yet (default 256)")  # fmt: skip
+    hub.add_argument("--max-connections-per-credential", type=int, default=UNSET, metavar="N",
+                     help="connections one credential (kiln token) may hold; one more is refused with too_many, "
+                     "close 4008 (default 64)")  # fmt: skip
+    hub.add_argument("--max-failed-hellos", type=int, default=UNSET, metavar="N",
+                     help="refused hellos (a wrong token, say) one source address may have a minute; past "
+                     "them every hello from there is refused unread (too_many, close 4009) till it refills "
+                     "(default 30)")  # fmt: skip
+    hub.add_argument("--usage-retention", type=float, default=UNSET, metavar="DAYS",
+                     help="keep a usage row per ended activity this many days, then roll them up into one row per "
+                     "day, requestor and provider: kiln usage's totals stay (default 90)")  # fmt: skip
     hub.add_argument("--tls-cert", type=Path, default=UNSET, metavar="FILE",
                      help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
     hub.add_argument("--tls-key", type=Path, default=UNSET, metavar="FILE",

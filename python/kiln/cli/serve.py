@@ -32,6 +32,9 @@ async def hub(settings: HubSettings) -> int:
             store_limit=settings.store_limit, create_timeout=settings.create_timeout,
             destroy_timeout=settings.destroy_timeout, credit_timeout=settings.credit_timeout,
             max_activities=settings.max_activities, grace=settings.grace, ssl=tls,
+            per_address=settings.max_connections_per_address, waiting_per_address=settings.max_waiting_per_address,
+            per_credential=settings.max_connections_per_credential, failed_hellos=settings.max_failed_hellos,
+            usage_retention=settings.usage_retention,
         )  # fmt: skip
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.

@@ -280,6 +280,11 @@ class HubSettings(_Settings):
     credit_timeout: Annotated[float, Field(gt=0)] = 120.0
     max_activities: Annotated[int, Field(ge=1)] = 1024
     grace: Seconds = 60.0
+    max_connections_per_address: Annotated[int, Field(ge=1)] = 4096
+    max_waiting_per_address: Annotated[int, Field(ge=1)] = 256
+    max_connections_per_credential: Annotated[int, Field(ge=1)] = 64
+    max_failed_hellos: Annotated[int, Field(ge=1)] = 30
+    usage_retention: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 90.0
     tls_cert: File | None = None
     tls_key: File | None = None
 

@@ -148,6 +148,10 @@ CLOSE_NAME_TAKEN = 4004
 CLOSE_SLOW = 4005
 CLOSE_UNRESPONSIVE = 4006
 CLOSE_RESUMED = 4007
+CLOSE_TOO_MANY = 4008
+"""Too many connections: from the peer's address, or with its credential (``too_many``)."""
+CLOSE_FAILED_HELLOS = 4009
+"""Too many failed hellos from the peer's address: its hello is not read (``too_many``)."""
 GRACE: Final = 60.0
 """Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
 CREATE_TIMEOUT: Final = 120.0
@@ -158,6 +162,8 @@ CREDIT_TIMEOUT: Final = 120.0
 """Seconds a provider may leave a requestor's stream toward it (an upload, an exec's stdin) without credit."""
 MAX_ACTIVITIES: Final = 1024
 """Activities one requestor connection may hold at once (being created, running or being released)."""
+PER_CREDENTIAL: Final = 64
+"""Connections one credential may hold at once (a provider credential holds one: its name's)."""
 
 HEAP_FLOOR: Final = 1024
 """Entries the heaps of deadlines and stalls may hold before stale ones are swept (at twice the live ones)."""
@@ -192,11 +198,16 @@ class HubCore:
         max_activities: int = MAX_ACTIVITIES,
         grace: float = GRACE,
         credit_timeout: float = CREDIT_TIMEOUT,
+        per_credential: int = PER_CREDENTIAL,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
         if create_timeout <= 0 or destroy_timeout <= 0 or credit_timeout <= 0 or max_activities < 1:
             raise UsageError("the create, destroy and credit timeouts must be positive, and max_activities at least 1")
+        if per_credential < 1:
+            raise UsageError("the connections per credential must be at least 1")
+        self.per_credential = per_credential
+        self._per_credential: Counter[int] = Counter()  # a credential's id -> its welcomed peers
         self.token = token
         """The shared token (``kiln hub --token``): admits any role under any free, unbound name."""
         self.credentials = credentials
@@ -280,8 +291,8 @@ class HubCore:
     def receive_text(self, peer: int, data: bytes | str) -> list[Action]:
         """Take one text frame from ``peer``."""
         p = self.peers.get(peer)
-        if p is None:
-            return []
+        if p is None or p.refused is not None:
+            return []  # a peer turned away is closing: nothing more of it is taken
         if len(data) > self.limits.max_message_bytes:
             self._error(
                 p,
@@ -306,7 +317,7 @@ class HubCore:
     def receive_binary(self, peer: int, data: bytes) -> list[Action]:
         """Take one binary (stream) frame from ``peer``."""
         p = self.peers.get(peer)
-        if p is None:
+        if p is None or p.refused is not None:
             return []
         try:
             if p.role is None:
@@ -400,11 +411,14 @@ class HubCore:
         """Rebuild the heaps of deadlines and stalls once they hold mostly entries for what is
         gone (answered requests, departed peers, ended streams): a peer that comes and goes
         cannot make them grow without bound."""
+        rebuilt = False
         if len(self._deadlines) > 2 * self._heap_floor:
+            rebuilt = True
             self._deadlines = [(pending.deadline, q.id, hub_id) for q in self.peers.values()
                                for hub_id, pending in q.pending.items() if pending.deadline < math.inf]  # fmt: skip
             heapq.heapify(self._deadlines)
         if len(self._stalls) > 2 * self._heap_floor:
+            rebuilt = True
             for _, _, route in self._stalls:
                 route.watched = False
             self._stalls = []
@@ -412,7 +426,8 @@ class HubCore:
                 for route in q.receives.values():
                     if route.upload and route.requestor != HUB and not route.ended and route.stalled < math.inf:
                         self._stall(route, since=route.stalled)
-        self._heap_floor = max(HEAP_FLOOR, len(self._deadlines), len(self._stalls))
+        if rebuilt:  # the floor follows what is live: measured on stale entries, it would only ever rise
+            self._heap_floor = max(HEAP_FLOOR, len(self._deadlines), len(self._stalls))
 
     def _stall(self, route: Route, since: float | None = None) -> None:
         """The sender of ``route`` (toward a provider) has no credit left: the provider owes it some."""
@@ -475,6 +490,7 @@ class HubCore:
         p = self.peers.pop(peer, None)
         if p is None:
             return []
+        self._uncount(p)
         if p.role == "provider":
             del self.providers[p.name]
             self._provider_gone(p, reason, leaving=ended or leaving)
@@ -501,9 +517,15 @@ class HubCore:
             text = f"a provider named {message.name!r} is already connected"
             self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN)
             return
+        if verdict.credential is not None and self._per_credential[verdict.credential.id] >= self.per_credential:
+            text = f"credential {verdict.credential.id} holds {self.per_credential} connections already (the most)"
+            self._refuse(p, ErrorCode.TOO_MANY, text, CLOSE_TOO_MANY)
+            return
         p.role = message.role
         p.name = message.name
         p.credential = verdict.credential
+        if p.credential is not None:
+            self._per_credential[p.credential.id] += 1
         p.minor = min(MINOR_VERSION, int(message.version.split(".")[1]))
         if p.role == "provider":
             self.providers[p.name] = p.id
@@ -635,6 +657,7 @@ class HubCore:
         for p in self.peers.values():
             if p.credential is not None and p.credential.id in ids:
                 self._refuse(p, ErrorCode.UNAUTHORIZED, f"credential {p.credential.id} was revoked", CLOSE_UNAUTHORIZED)
+                self._uncount(p)
                 p.credential = None  # closed once: the next look at revocations passes it over
                 self._sessions.pop(p.secret, None)
                 p.secret = b""  # nor is its session held for it to resume
@@ -657,6 +680,7 @@ class HubCore:
             return []
         self._sessions.pop(key, None)
         if old_id is not None and (still := self.peers.pop(old_id, None)) is not None:
+            self._uncount(still)
             self._out.append(Close(old_id, CLOSE_RESUMED, "resumed elsewhere"))
             self._requestor_gone(still)
             self._sessions.pop(still.secret, None)
@@ -1353,8 +1377,23 @@ class HubCore:
         else:
             self._error(p, e.re, e.code, e.message)
 
+    def turn_away(self, peer: int, text: str, close: int) -> list[Action]:
+        """Refuse ``peer`` before its hello is read (the I/O layer's caps, :mod:`kiln.hub.gate`): ``too_many``
+        and ``close``. Call :meth:`disconnect` once its connection has ended, as for any other."""
+        p = self.peers.get(peer)
+        if p is not None and p.role is None:
+            self._refuse(p, ErrorCode.TOO_MANY, text, close)
+        return self._flush()
+
+    def _uncount(self, p: Peer) -> None:
+        if p.role is not None and p.credential is not None:
+            self._per_credential[p.credential.id] -= 1
+            if self._per_credential[p.credential.id] <= 0:
+                del self._per_credential[p.credential.id]
+
     def _refuse(self, p: Peer, code: ErrorCode, text: str, close: int, re: int | None = None) -> None:
         """Turn away a peer (not yet welcomed, or whose credential was revoked): an error, a close, a log line."""
+        p.refused = code
         self._error(p, re, code, text)
         self._out.append(Close(p.id, close, code.value))
         self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")

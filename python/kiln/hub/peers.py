@@ -15,6 +15,7 @@ from typing import Final, Literal
 
 from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
+from kiln.protocol.codes import ErrorCode
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MAX_ID, Download, Exec, Release, Resources, Upload
 
@@ -121,6 +122,7 @@ class Peer:
     secret: bytes = b""
     session: str = ""
     saved: bool = False  # its session is in the hub's state
+    refused: ErrorCode | None = None  # why its hello (or its credential) was refused
 
     def streams(self) -> int:
         """The requests of this peer's that hold a stream (either way, or both)."""

@@ -3,6 +3,11 @@
 Each connection has a reader (this coroutine) and a writer task draining a bounded
 outbox, so a slow peer never stalls the others: when more than ``outbox_bytes`` wait
 for one peer, that peer is closed (code 4005) and everyone else carries on.
+
+Before its hello a peer is a stranger, and holds little: a frame of at most
+:data:`~kiln.protocol.messages.MAX_HELLO_BYTES` (a larger one closes it, 1009, before its
+bytes are read), for at most :data:`HELLO_TIMEOUT` seconds, within its address's share of
+connections (:mod:`kiln.hub.gate`). Once welcomed, it may send frames of ``max_frame_bytes``.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import resource
 import signal
 import sqlite3
@@ -24,26 +30,32 @@ from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import Protocol, State
 from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.core import (
+    CLOSE_FAILED_HELLOS,
     CLOSE_HANDSHAKE,
     CLOSE_SLOW,
+    CLOSE_TOO_MANY,
     CREATE_TIMEOUT,
     CREDIT_TIMEOUT,
     DESTROY_TIMEOUT,
     GRACE,
     MAX_ACTIVITIES,
+    PER_CREDENTIAL,
     HubCore,
 )
+from kiln.hub.gate import FAILED_HELLOS, PER_ADDRESS, WAITING_PER_ADDRESS, Gate, source
 from kiln.hub.records import Change
-from kiln.hub.state import HubState
+from kiln.hub.state import USAGE_RETENTION, HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
+from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
-from kiln.protocol.messages import PROTOCOL_NAME
+from kiln.protocol.messages import MAX_HELLO_BYTES, PROTOCOL_NAME
 
 log = logging.getLogger("kiln.hub")
 
@@ -59,9 +71,18 @@ MAX_UNWELCOMED: Final = 1024
 """Connections that have not said hello yet the hub keeps; a new one beyond closes the oldest."""
 OPEN_TIMEOUT: Final = 5.0
 """Seconds a connection may take over the WebSocket opening handshake."""
+MAX_HANDSHAKE_BYTES: Final = 16 * 1024
+"""Bytes a connection may send before its WebSocket opening handshake is done (its HTTP request:
+nginx's default allows 32 KiB, browsers send 1-2): websockets itself would take 128 lines of 8 KiB."""
+UNREAD_BYTES: Final = 64 * 1024
+"""Bytes a peer yet to be welcomed may leave unread toward it (what the hub writes unasked: pongs);
+a welcomed one may leave twice ``max_frame_bytes``. Past it, it is cut: a ping flood never read
+would otherwise grow the hub's write buffer without bound."""
 EXPIRE_EVERY: Final = 1.0
 """How often the hub looks for providers that left a create or destroy unanswered too long,
 and for requestors gone past their grace period."""
+ROLL_UP_EVERY: Final = 3600.0
+"""How often the hub rolls up the usage record's rows past their retention (:meth:`HubState.roll_up`)."""
 REVOCATION_CHECK: Final = 2.0
 """How often the hub looks for revoked credentials among its peers' (and closes those peers)."""
 
@@ -129,6 +150,53 @@ class Outbox:
         return item
 
 
+class HubConnection(ServerConnection):
+    """A connection counted by its source address from the moment it is accepted (:class:`Gate`)."""
+
+    gate: Gate = Gate()
+    """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.source = source(transport.get_extra_info("peername"))
+        self.waiting = True
+        self.handshake_bytes = 0
+        self.unread_bound = UNREAD_BYTES
+        self.refusal = self.gate.opened(self.source)
+        # Refusals are said politely (an error, a close code) after the WebSocket handshake, which
+        # holds its bytes for up to OPEN_TIMEOUT; past twice the cap, not even that is spent.
+        flooding = self.gate.waiting[self.source] > 2 * self.gate.waiting_per_address
+        if flooding and isinstance(transport, asyncio.Transport):
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if self.protocol.state is State.CONNECTING:
+            self.handshake_bytes += len(data)
+            if self.handshake_bytes > MAX_HANDSHAKE_BYTES:
+                self.transport.abort()  # not even parsed: nothing of it is kept
+                return
+        super().data_received(data)
+        # The hub's own sends wait for the buffer to drain; what the protocol answers on its own does not.
+        if self.transport.get_write_buffer_size() > self.unread_bound:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gate.closed(self.source, waiting=self.waiting)
+
+
+def connection_class(gate: Gate) -> type[HubConnection]:
+    """The connections of a server whose caps ``gate`` keeps."""
+    return type("HubConnection", (HubConnection,), {"gate": gate})
+
+
+def allow_frames(protocol: Protocol, size: int) -> None:
+    """Let ``protocol`` take frames and messages of up to ``size`` bytes from now on."""
+    # websockets >= 15 splits max_size into max_message_size and max_fragment_size.
+    name = "max_message_size" if hasattr(protocol, "max_message_size") else "max_size"
+    setattr(protocol, name, size)
+
+
 def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
     # A client that offers no kiln.v1 still gets in: the version in its hello decides.
     return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
@@ -145,6 +213,7 @@ class HubServer:
         store: BlobStore | None = None,
         max_unwelcomed: int = MAX_UNWELCOMED,
         state: HubState | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.core = core
         self.state = state
@@ -158,6 +227,7 @@ class HubServer:
         self.images = ImageService(core, store, self._apply, state) if store is not None else None
         self.max_unwelcomed = max_unwelcomed
         self._unwelcomed: dict[int, Outbox] = {}  # connections yet to say hello, oldest first
+        self.gate = gate or Gate()
 
     async def expire(self) -> None:
         """Drop stuck providers (see :meth:`HubCore.expire`) until cancelled."""
@@ -171,12 +241,13 @@ class HubServer:
         self._outboxes[peer] = outbox
         self.core.connect(peer)
         # Idle connections cannot crowd out the peers that say hello: past the cap, the
-        # oldest silent one makes room.
-        if len(self._unwelcomed) >= self.max_unwelcomed:
-            oldest, waiting = next(iter(self._unwelcomed.items()))
-            del self._unwelcomed[oldest]
-            waiting.put(Close(oldest, CLOSE_HANDSHAKE, "too many connections waiting to say hello"))
-        self._unwelcomed[peer] = outbox
+        # oldest silent one makes room (for a connection the gate lets in: one turned away takes none).
+        if not self._gatekeep(peer, ws):
+            if len(self._unwelcomed) >= self.max_unwelcomed:
+                oldest, waiting = next(iter(self._unwelcomed.items()))
+                del self._unwelcomed[oldest]
+                waiting.put(Close(oldest, CLOSE_HANDSHAKE, "too many connections waiting to say hello"))
+            self._unwelcomed[peer] = outbox
         reason = "connection closed"
         try:
             async with asyncio.TaskGroup() as tg:
@@ -187,6 +258,7 @@ class HubServer:
                         first = await ws.recv()
                     self._unwelcomed.pop(peer, None)
                     self._take(peer, first)
+                    self._judged(peer, ws)
                     async for data in ws:
                         self._take(peer, data)
                 except TimeoutError:
@@ -206,6 +278,33 @@ class HubServer:
             said = ws.protocol.close_rcvd
             code = None if said is None else said.code
             self._apply(self.core.disconnect(peer, reason, ended=code == 1000, leaving=code in (1000, 1001)))
+
+    def _gatekeep(self, peer: int, ws: ServerConnection) -> bool:
+        """Turn ``peer`` away before its hello if its address holds too much or failed too often (True)."""
+        if not isinstance(ws, HubConnection):
+            return False
+        if ws.refusal is not None:
+            self._apply(self.core.turn_away(peer, ws.refusal, CLOSE_TOO_MANY))
+        elif (wait := self.gate.refusing(ws.source)) is not None:
+            why = f"too many failed hellos from {ws.source}: try again in {math.ceil(wait)} s"
+            self._apply(self.core.turn_away(peer, why, CLOSE_FAILED_HELLOS))
+        else:
+            return False
+        return True
+
+    def _judged(self, peer: int, ws: ServerConnection) -> None:
+        """``peer``'s first frame was taken: welcomed, it may send full frames; refused, its address is told."""
+        p = self.core.peers.get(peer)
+        if p is None:
+            return
+        if p.role is not None:
+            allow_frames(ws.protocol, self.core.limits.max_frame_bytes)
+            if isinstance(ws, HubConnection) and ws.waiting:
+                ws.waiting = False
+                ws.unread_bound = 2 * self.core.limits.max_frame_bytes
+                self.gate.welcomed(ws.source)
+        elif isinstance(ws, HubConnection) and p.refused not in (None, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY):
+            self.gate.failed(ws.source)
 
     def _take(self, peer: int, data: str | bytes) -> None:
         if self.stopping:
@@ -259,6 +358,23 @@ class HubServer:
             if in_use:
                 self._apply(self.core.revoked(state.revoked(in_use)))
 
+    def roll_up_usage(self, state: HubState, days: float) -> None:
+        """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
+        try:
+            gone = state.roll_up(days)
+        except (sqlite3.Error, KilnError) as e:
+            self._log.emit(logging.ERROR, f"could not roll up the usage record in {state.path}: {e}")
+        else:
+            if gone:
+                log.info("usage: %d activities that ended over %g days ago rolled up per day", gone, days)
+
+    async def roll_up_usage_hourly(self, state: HubState, days: float) -> None:
+        """:meth:`roll_up_usage` every :data:`ROLL_UP_EVERY` seconds, until cancelled. On the event loop,
+        as every write of the state: past the one at start, each rolls up at most a day's rows."""
+        while True:
+            await asyncio.sleep(ROLL_UP_EVERY)
+            self.roll_up_usage(state, days)
+
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
         while True:
             item = await outbox.get()
@@ -302,6 +418,11 @@ async def start(
     max_activities: int = MAX_ACTIVITIES,
     grace: float = GRACE,
     ssl: ssl_module.SSLContext | None = None,
+    per_address: int = PER_ADDRESS,
+    waiting_per_address: int = WAITING_PER_ADDRESS,
+    per_credential: int = PER_CREDENTIAL,
+    failed_hellos: int = FAILED_HELLOS,
+    usage_retention: float = USAGE_RETENTION,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -311,12 +432,19 @@ async def start(
     requestor's stream toward a provider that grants it no credit for ``credit_timeout`` is
     aborted. A requestor holds at most ``max_activities`` activities per connection, and
     keeps them ``grace`` seconds after its connection drops or the hub restarts (for it to
-    resume the session). With ``ssl``
+    resume the session). One source address holds at most ``per_address`` connections, of
+    which ``waiting_per_address`` before their hello, and has at most ``failed_hellos`` hellos
+    refused a minute; one credential holds at most ``per_credential`` connections
+    (:mod:`kiln.hub.gate`). The usage record keeps a row per activity for ``usage_retention``
+    days, then one per day, requestor and provider. With ``ssl``
     (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
     if token == "":
         raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
+    if not 0 <= usage_retention < math.inf:
+        raise UsageError("the usage retention must be a number of days, 0 or more")
+    gate = Gate(per_address, waiting_per_address, failed_hellos)
     data_dir = data_dir or default_data_dir()
     store = BlobStore(data_dir)
     catalog = await asyncio.to_thread(store.open, store_limit)
@@ -325,14 +453,15 @@ async def start(
         core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",
                        buffer_bytes=limits.OUTBOX_BYTES, catalog=catalog, create_timeout=create_timeout,
                        destroy_timeout=destroy_timeout, max_activities=max_activities, grace=grace,
-                       credit_timeout=credit_timeout)  # fmt: skip
+                       credit_timeout=credit_timeout, per_credential=per_credential)  # fmt: skip
     else:
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:
             core.credentials = state
-    hub = HubServer(core, store=store, state=state)
+    hub = HubServer(core, store=store, state=state, gate=gate)
     sessions, leases = await asyncio.to_thread(state.load)
     hub._apply(core.restore(sessions, leases))
+    hub.roll_up_usage(state, usage_retention)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     log.info("credentials: %s (%s)", state.path,
@@ -346,7 +475,8 @@ async def start(
         port,
         subprotocols=[SUBPROTOCOL],
         select_subprotocol=select_subprotocol,
-        max_size=hub.core.limits.max_frame_bytes,
+        max_size=MAX_HELLO_BYTES,  # raised to max_frame_bytes once a peer is welcomed
+        create_connection=connection_class(gate),
         max_queue=16,
         ping_interval=PING_INTERVAL,
         ping_timeout=PING_TIMEOUT,
@@ -360,6 +490,7 @@ async def start(
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state))
+            roller = tg.create_task(hub.roll_up_usage_hourly(state, usage_retention))
             try:
                 yield server
             finally:
@@ -370,6 +501,7 @@ async def start(
                 saver.cancel()
                 expiry.cancel()
                 watcher.cancel()
+                roller.cancel()
     finally:
         await hub.images.close()
         state.close()

@@ -2,7 +2,10 @@
 
 It holds the credentials :mod:`kiln.hub.access` judges hellos by, and what a restart must
 not lose (:mod:`kiln.hub.records`): requestors' sessions, the activities they hold, and an
-append-only usage record of every activity that ended. Each table came with one entry of
+usage record of every activity that ended: a row per activity for ``--usage-retention`` days
+(:data:`USAGE_RETENTION`), then rolled up (:meth:`HubState.roll_up`) into one row per day,
+requestor (name and credential) and provider, which ``kiln usage`` sums as it sums the rows.
+Each table came with one entry of
 :data:`MIGRATIONS` (the ``schema_version`` table says how many have run). The SQL is plain,
 so that PostgreSQL could hold the same tables: the only SQLite-specific parts are the
 PRAGMAs and ``BEGIN IMMEDIATE`` in this module's connection code, and ``INTEGER PRIMARY
@@ -109,8 +112,26 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             cpu_seconds DOUBLE PRECISION
         )""",
     ),
+    # 3: the usage record rolled up per day (UTC), requestor and provider, past the retention.
+    (
+        "CREATE INDEX usage_ended ON usage (ended)",
+        """CREATE TABLE usage_days (
+            day BIGINT NOT NULL,
+            requestor VARCHAR(64) NOT NULL,
+            credential BIGINT,
+            provider VARCHAR(64) NOT NULL,
+            activities BIGINT NOT NULL,
+            cpu_seconds_rented DOUBLE PRECISION NOT NULL,
+            cpu_seconds_used DOUBLE PRECISION NOT NULL,
+            memory_byte_seconds DOUBLE PRECISION NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+USAGE_RETENTION: Final = 90.0
+"""Days an ended activity keeps its own row in the usage record before it is rolled up (``--usage-retention``)."""
+DAY: Final = 86400
 
 _NAME: Final = TypeAdapter(Name)
 _IN_CHUNK: Final = 500  # ids per IN (...): far below any database's limit on parameters
@@ -409,16 +430,45 @@ class HubState:
         return sessions, leases
 
     def usage_totals(self, by: Literal["requestor", "provider"] = "requestor") -> list[UsageTotal]:
-        """The usage record summed per requestor (name and credential) or per provider, by name."""
+        """The usage record summed per requestor (name and credential) or per provider, by name:
+        the rows of each activity and the days rolled up alike."""
         who = "requestor, credential" if by == "requestor" else "provider, NULL"
         rows = self._db.execute(
-            f"SELECT {who}, COUNT(*), SUM(cpus * (ended - started)), COALESCE(SUM(cpu_seconds), 0), "
-            f"SUM(memory * (ended - started)) FROM usage GROUP BY {who.removesuffix(', NULL')} ORDER BY 1, 2"
+            f"SELECT {who}, SUM(n), SUM(rented), SUM(used), SUM(memory) FROM ("
+            "SELECT requestor, credential, provider, 1 AS n, cpus * (ended - started) AS rented, "
+            "COALESCE(cpu_seconds, 0) AS used, memory * (ended - started) AS memory FROM usage "
+            "UNION ALL SELECT requestor, credential, provider, activities, cpu_seconds_rented, cpu_seconds_used, "
+            f"memory_byte_seconds FROM usage_days) AS u GROUP BY {who.removesuffix(', NULL')} ORDER BY 1, 2"
         ).fetchall()
         return [UsageTotal(*row) for row in rows]
 
+    def roll_up(self, days: float) -> int:
+        """Roll the rows of activities that ended more than ``days`` days ago (counted in whole UTC
+        days) up into one row per day, requestor and provider; returns how many rows went.
+
+        What ``kiln usage`` sums stays the same; only the rows of single activities go. The hub
+        calls it at start and every hour (:func:`kiln.hub.server.start`).
+        """
+        before = (int(self._clock() - days * DAY) // DAY) * DAY  # the start of a day: whole days only
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO usage_days (day, requestor, credential, provider, activities, cpu_seconds_rented, "
+                "cpu_seconds_used, memory_byte_seconds) SELECT CAST(ended / ? AS INTEGER) * ?, requestor, credential, "
+                "provider, COUNT(*), SUM(cpus * (ended - started)), COALESCE(SUM(cpu_seconds), 0), "
+                "SUM(memory * (ended - started)) FROM usage WHERE ended < ? "
+                "GROUP BY CAST(ended / ? AS INTEGER), requestor, credential, provider",
+                (DAY, DAY, before, DAY),
+            )
+            return db.execute("DELETE FROM usage WHERE ended < ?", (before,)).rowcount
+
+    def usage_days(self) -> list[dict[str, Any]]:
+        """The usage record rolled up (:meth:`roll_up`): one row per day, requestor and provider, oldest first."""
+        cursor = self._db.execute("SELECT * FROM usage_days ORDER BY day, requestor, credential, provider")
+        columns = [column[0] for column in cursor.description]
+        return [dict(zip(columns, row, strict=True)) for row in cursor]
+
     def usage(self) -> list[dict[str, Any]]:
-        """The usage record: one row per activity that ended, oldest first."""
+        """The usage record: one row per activity that ended (within the retention), oldest first."""
         cursor = self._db.execute("SELECT * FROM usage ORDER BY ended, activity")
         columns = [column[0] for column in cursor.description]
         return [dict(zip(columns, row, strict=True)) for row in cursor]

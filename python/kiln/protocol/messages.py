@@ -49,8 +49,9 @@ MAX_TEXT: Final = 4096
 """The longest free text (an error's message, a loss's reason) a message carries."""
 MAX_LAYERS: Final = 256
 """The most layers an image may have (Docker's own limit is 127)."""
-MAX_REPORTED: Final = 4096
-"""The most activities a provider's hello may list (as many as the images an offer may name)."""
+MAX_REPORTED: Final = 1024
+"""The most activities a provider's hello may list (4,096 before 1.4): with them a hello stays small
+enough (:data:`MAX_HELLO_BYTES`) for the hub to read before it knows who speaks."""
 MAX_OFFERED: Final = 4096
 """The most image names an offer's ``images`` (and, apart, its ``cached``) may list."""
 MAX_TAGS: Final = 16
@@ -781,6 +782,22 @@ def _describe(what: str, error: ValidationError, skip: int = 0) -> str:
 def serialize(message: _Message) -> bytes:
     """The UTF-8 JSON text of ``message``, fields left at ``None`` omitted."""
     return orjson.dumps(message.model_dump(mode="json", exclude_none=True))
+
+
+def _largest_hello() -> int:
+    """The bytes of the largest hello the model admits, serialized as both clients do (compact
+    JSON, UTF-8): every field at its longest, free text in 4-byte characters."""
+    widest = "\U0010ffff"
+    hello = Hello.model_construct(
+        type="hello", version="9999.9999", role="requestor", name=widest * 64, token=widest * 1024,
+        software=widest * 128, resume="r" * 128, activities=["a" * 64] * MAX_REPORTED,
+    )  # fmt: skip
+    return len(serialize(hello))
+
+
+MAX_HELLO_BYTES: Final = -(-_largest_hello() // 1024) * 1024
+"""(1.4) The largest frame a peer may send before it is welcomed (the largest hello, rounded up to a
+KiB): a larger one closes the connection (1009) unread. Raised to ``max_frame_bytes`` once welcomed."""
 
 
 def json_schema() -> dict[str, Any]:

@@ -333,6 +333,7 @@ class Session:
         self._mine: dict[int, _Open] = {}  # requests we sent, by our id
         self._theirs: dict[int, _Open] = {}  # requests the hub sent us, by its id
         self._next_id = 0
+        self._highest = 0  # the highest request id this side has sent (ids wrap: then every id was)
         self._out: list[Outbound] = []
         self._events: list[Event] = []
         if resume is not None and role != "requestor":
@@ -406,6 +407,7 @@ class Session:
                 f"a window of {window} exceeds the hub's {limits.max_window}", ErrorCode.FLOW_CONTROL
             )
         open_ = self._mine[message.id] = _Open(message.type)
+        self._highest = max(self._highest, message.id)
         if isinstance(message, Upload | PushImage) or (isinstance(message, Exec) and message.stdin):
             open_.send = _Stream(credit=0)  # a sender waits for credit
         if window is not None:
@@ -600,6 +602,10 @@ class Session:
 
     def _take_reply(self, message: FinalReply | Interim, re: int) -> None:
         open_ = self._mine.get(re)
+        if open_ is None and isinstance(message, Error) and re <= self._highest:
+            # Not a violation: the hub's answer to a frame of ours that crossed the request's end
+            # (stream data sent as the request failed is refused with unknown_stream). Dropped.
+            return
         if open_ is None:
             # Replies to what we never asked are the hub's fault; to what we asked, out of order.
             self._violated(

@@ -4420,7 +4420,7 @@ return errors === 0;
 validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateHello = validate38;
-const schema51 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":4096,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
+const schema51 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":1024,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
 const pattern22 = new RegExp("^[A-Za-z0-9_-]+$", "u");
 const pattern23 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
 
@@ -4504,8 +4504,8 @@ const _errs3 = errors;
 let valid1 = false;
 const _errs4 = errors;
 if(Array.isArray(data0)){
-if(data0.length > 4096){
-const err5 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 4096},message:"must NOT have more than 4096 items"};
+if(data0.length > 1024){
+const err5 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1024},message:"must NOT have more than 1024 items"};
 if(vErrors === null){
 vErrors = [err5];
 }
