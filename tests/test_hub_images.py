@@ -17,7 +17,7 @@ from kiln.hub.market import Market
 from kiln.protocol import frames
 from kiln.protocol.errors import ImageError, NoMatch, StoreFull, UsageError
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import Blob, Demand, Done, Manifest, Offer, Resources, Want
+from kiln.protocol.messages import MINOR_VERSION, Blob, Demand, Done, Manifest, Offer, Resources, Want
 
 GiB = 2**30
 MiB = 2**20
@@ -43,11 +43,12 @@ def image(
     """Store an image made of ``layers`` in ``catalog`` as a push would."""
     config = config_for(list(layers), arch)
     manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=list(layers))
-    wanted, _ = catalog.begin(manifest)
+    wanted, push = catalog.begin(manifest)
     for b in wanted:
-        catalog.add_blob(b)
+        catalog.grow(push, b.size)
+        catalog.add_blob(b, None if b is manifest.config else b.size, push)  # a layer metered at its size
     stored = catalog.add_image(manifest, config, tags, now)
-    catalog.end(manifest, sum(b.size for b in wanted))
+    catalog.end(push)
     return stored
 
 
@@ -130,11 +131,13 @@ def test_room_is_made_from_unused_blobs_then_the_least_recently_used_images_not_
     assert orphan.digest in catalog.blobs
 
     fits = Manifest(config=blob("c2", 10), layers=[blob("new", 300)])
-    wanted, deleted = catalog.begin(fits)
+    wanted, push = catalog.begin(fits)
     assert wanted == [fits.config, fits.layers[0]]
+    assert len(catalog.images) == 3 and orphan.digest in catalog.blobs, "nothing evicted before bytes arrive"
+    deleted = catalog.grow(push, 10) + catalog.grow(push, 310)
     assert orphan.digest in deleted and blob("old", 300).digest in deleted, "the orphan, then the oldest not in use"
     assert set(catalog.images) == {busy.digest, recent.digest}
-    catalog.end(fits, 310)
+    catalog.end(push)
 
 
 def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
@@ -142,12 +145,14 @@ def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
     shared = blob("shared", 300)
     held = image(catalog, shared, now=1.0)
     pushing = Manifest(config=blob("c", 10), layers=[shared, blob("top", 50)])
-    catalog.begin(pushing)  # pins `shared`, reserves 60 bytes
+    _, push = catalog.begin(pushing)  # pins `shared`
     with pytest.raises(StoreFull):
         catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
     assert held.digest in catalog.images
-    catalog.end(pushing, 60)
-    catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    catalog.end(push)
+    _, other = catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    assert held.digest in catalog.images, "evicted only once bytes arrive"
+    catalog.grow(other, 400)
     assert held.digest not in catalog.images
 
 
@@ -233,7 +238,7 @@ class Hub:
     def rent(self) -> int:
         [(to, create)] = self.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
         assert to == 1 and create["image"] == self.image.digest
-        assert create["manifest"] == self.image.manifest.model_dump(mode="json")
+        assert create["manifest"] == self.image.manifest_for(MINOR_VERSION).model_dump(mode="json", exclude_none=True)
         return int(create["id"])
 
 
@@ -242,7 +247,7 @@ def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_p
     create = hub.rent()
     assert hub.catalog.images[hub.image.digest].in_use == 1
     out = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
-    assert hub.actions[-1] == ServeBlobs(1, create, (hub.layer,))
+    assert hub.actions[-1] == ServeBlobs(1, create, (hub.image.manifest.layers[0],))
     assert out == [(2, {"type": "rent_progress", "re": 7, "provider": "p1", "image": "app:1", "done": 0,
                         "total": hub.layer.size})]  # fmt: skip
     assert hub.send(1, {"type": "credit", "stream": create, "chunks": 32}) == []

@@ -1,15 +1,18 @@
 """The hub's image store, spoken to by raw WebSocket clients over a real port (no Docker).
 
-Images here are made up (a config naming random layer bytes): the store checks digests,
-sizes and that the config describes the layers, not what the layers hold.
+Images here are made up (a config naming layers that are tars of one file of random bytes):
+the store checks digests, sizes, that the config describes the layers, and what the layers'
+tar headers say they expand to; not what the files hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
+import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +33,16 @@ CHUNK = 256 * 1024
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def noise(size: int) -> bytes:
+    """A layer: a tar of one file of ``size`` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("noise")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    return out.getvalue()
 
 
 @dataclass
@@ -124,7 +137,7 @@ def stored_files(data_dir: Path) -> tuple[set[str], list[str]]:
 
 
 async def test_push_stores_each_blob_once_and_a_second_push_moves_nothing(tmp_path: Path) -> None:
-    base, app, other = os.urandom(700_000), os.urandom(5_000), os.urandom(3_000)
+    base, app, other = noise(700_000), noise(5_000), noise(3_000)
     first, second = FakeImage.make(base, app), FakeImage.make(base, other)
     async with hub(tmp_path) as url, requestor(url) as ws:
         wanted, reply = await push(ws, first, ["app:1"])
@@ -154,7 +167,7 @@ async def test_push_stores_each_blob_once_and_a_second_push_moves_nothing(tmp_pa
 
 
 async def test_the_store_survives_a_hub_restart(tmp_path: Path) -> None:
-    image = FakeImage.make(os.urandom(10_000))
+    image = FakeImage.make(noise(10_000))
     async with hub(tmp_path) as url, requestor(url) as ws:
         assert (await push(ws, image, ["keep:1"]))[1]["type"] == "image_pushed"
     async with hub(tmp_path) as url, requestor(url) as ws:
@@ -169,7 +182,7 @@ async def test_the_store_survives_a_hub_restart(tmp_path: Path) -> None:
 
 
 async def test_a_corrupt_blob_is_refused_and_a_retry_resumes(tmp_path: Path) -> None:
-    good, bad = os.urandom(300_000), os.urandom(300_000)
+    good, bad = noise(300_000), noise(300_000)
     image = FakeImage.make(good, bad)
     async with hub(tmp_path) as url, requestor(url) as ws:
         flipped = bytes([bad[0] ^ 1]) + bad[1:]
@@ -185,7 +198,7 @@ async def test_a_corrupt_blob_is_refused_and_a_retry_resumes(tmp_path: Path) -> 
 
 
 async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Path) -> None:
-    layer = os.urandom(50_000)
+    layer = noise(50_000)
     image = FakeImage.make(layer)
     async with hub(tmp_path) as url, requestor(url) as ws:
         _, reply = await push(ws, image, tamper={digest(layer): layer[:-10]})
@@ -193,7 +206,7 @@ async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Pa
         _, reply = await push(ws, image, id_=2, tamper={digest(layer): layer + b"extra"})
         assert reply["code"] == "image_corrupt" and "more bytes" in reply["message"], reply
 
-        liar = FakeImage(image.config, [os.urandom(100)])  # the config names another layer
+        liar = FakeImage(image.config, [noise(100)])  # the config names another layer
         _, reply = await push(ws, liar, id_=3)
         assert reply["code"] == "bad_image" and "layers" in reply["message"], reply
 
@@ -208,7 +221,7 @@ async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Pa
 
 
 async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path: Path) -> None:
-    old, new, huge = (FakeImage.make(os.urandom(n)) for n in (400_000, 400_000, 2_000_000))
+    old, new, huge = (FakeImage.make(noise(n)) for n in (400_000, 400_000, 2_000_000))
     async with hub(tmp_path, limit=1_000_000) as url, requestor(url) as ws:
         assert (await push(ws, old, ["old:1"]))[1]["type"] == "image_pushed"
         assert (await push(ws, new, ["new:1"], id_=2))[1]["type"] == "image_pushed"
@@ -217,7 +230,7 @@ async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path
         await ws.send(json.dumps({"type": "list_images", "id": 4}))
         assert len((await recv(ws))["images"]) == 2, "a push that cannot fit evicts nothing"
 
-        third = FakeImage.make(os.urandom(400_000))
+        third = FakeImage.make(noise(400_000))
         assert (await push(ws, third, ["third:1"], id_=5))[1]["type"] == "image_pushed"
         await ws.send(json.dumps({"type": "list_images", "id": 6}))
         kept = {tag for image in (await recv(ws))["images"] for tag in image["tags"]}
@@ -225,7 +238,7 @@ async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path
 
 
 async def test_a_push_cut_off_leaves_nothing_partial_and_others_are_served(tmp_path: Path) -> None:
-    layer = os.urandom(3 * CHUNK)
+    layer = noise(3 * CHUNK)
     image = FakeImage.make(layer)
     async with hub(tmp_path) as url:
         async with requestor(url) as ws:
@@ -247,7 +260,7 @@ async def test_a_push_cut_off_leaves_nothing_partial_and_others_are_served(tmp_p
 
 async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.3)
-    image = FakeImage.make(os.urandom(1000))
+    image = FakeImage.make(noise(1000))
     async with hub(tmp_path) as url, requestor(url) as ws:
         await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
         assert (await recv(ws))["type"] == "want"

@@ -463,6 +463,7 @@ export {
   ImageError,
   ImageCorruptError,
   StoreFullError,
+  ImageTooLargeError,
   ActivityError,
   ProviderLostError,
   FileNotFoundError,

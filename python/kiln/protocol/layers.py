@@ -117,6 +117,21 @@ class TarMeter:
             else:
                 self._extension(collected)
 
+    @property
+    def skippable(self) -> int:
+        """Bytes of file data the meter would pass over unread now: a reader of a file may seek past
+        them and call :meth:`skip` instead of feeding them."""
+        return self._skip if self._state is _State.SKIP else 0
+
+    def skip(self, count: int) -> None:
+        """``count`` bytes (at most :attr:`skippable`) were passed over without being fed."""
+        if not 0 <= count <= self.skippable:
+            raise ValueError(f"cannot skip {count} bytes: {self.skippable} are skippable")
+        self.offset += count
+        self._skip -= count
+        if self._skip == 0 and self._state is _State.SKIP:
+            self._state, self._want = _State.HEADER, BLOCK
+
     def finish(self) -> int:
         """The layer ended: its expanded size; ImageCorrupt if it stopped inside a header or an entry's data."""
         if self._state is _State.END or (self._state is _State.HEADER and not self._buf):

@@ -201,6 +201,10 @@ class Blob(_Message):
 
     digest: Digest
     size: Bytes
+    expanded: Bytes | None = None
+    """(1.4) What the layer takes once extracted, as the hub metered it (each entry's real size,
+    sparse files whole, in 4 KiB blocks): set by the hub in the manifests it sends providers;
+    what a requestor puts here is ignored."""
 
 
 class Manifest(_Message):
