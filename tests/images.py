@@ -87,3 +87,30 @@ def remove(*refs: str) -> None:
 
 def has(ref: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False).returncode == 0
+
+
+def sparse_layer(tmp: Path, size: int = 2**30) -> bytes:
+    """The issue's expansion bomb as a layer: ``truncate -s 1G bomb; tar --sparse --format=posix -cf layer.tar bomb``
+    (a few KiB of tar that Docker writes out as ``size`` bytes)."""
+    folder = tmp / f"bomb-{secrets.token_hex(4)}"
+    folder.mkdir()
+    with open(folder / "bomb", "wb") as f:
+        f.truncate(size)
+    tar = ["tar", "--sparse", "--format=posix", "-C", str(folder), "-cf", "-", "bomb"]
+    return subprocess.run(tar, check=True, capture_output=True).stdout
+
+
+def image_of(*layers: bytes, expanded: int | None = None) -> SavedImage:
+    """An image of these layer tars (linux/amd64, nothing to run), as the hub would store it;
+    ``expanded``: what the manifest says its last layer expands to."""
+    digests = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": digests},
+         "comment": secrets.token_hex(8)}  # a new image id each time
+    ).encode()  # fmt: skip
+    config_blob = Blob(digest="sha256:" + hashlib.sha256(config).hexdigest(), size=len(config))
+    blobs = [Blob(digest=d, size=len(layer)) for d, layer in zip(digests, layers, strict=True)]
+    if expanded is not None:
+        blobs[-1] = blobs[-1].model_copy(update={"expanded": expanded})
+    contents = {config_blob.digest: config, **dict(zip(digests, layers, strict=True))}
+    return SavedImage(config_blob.digest, Manifest(config=config_blob, layers=blobs), contents)

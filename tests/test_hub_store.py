@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from kiln.hub.server import start
 from kiln.hub.state import HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from tests.images import sparse_layer
 
 HELLO = {"type": "hello", "version": "1.1", "role": "requestor", "name": "pusher"}
 CHUNK = 256 * 1024
@@ -287,14 +287,8 @@ async def test_a_client_of_protocol_1_0_is_welcomed_at_1_0(tmp_path: Path) -> No
 needs_tar = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
 
 
-def sparse_bomb(tmp_path: Path, size: int = 2**30) -> bytes:
-    """The issue's layer: ``truncate -s 1G bomb; tar --sparse --format=posix -cf layer.tar bomb``."""
-    folder = tmp_path / "bomb"
-    folder.mkdir()
-    with open(folder / "bomb", "wb") as f:
-        f.truncate(size)
-    tar = ["tar", "--sparse", "--format=posix", "-C", str(folder), "-cf", "-", "bomb"]
-    return subprocess.run(tar, check=True, capture_output=True).stdout
+def sparse_bomb(tmp_path: Path) -> bytes:
+    return sparse_layer(tmp_path)
 
 
 async def listing(ws: ClientConnection, id_: int) -> dict[str, Any]:
