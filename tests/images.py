@@ -7,6 +7,7 @@ are new to the engine: removing it touches nothing another test (or worktree) us
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -36,6 +37,20 @@ class SavedImage:
     @property
     def size(self) -> int:
         return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+
+    def write_archive(self, path: Path) -> Path:
+        """Write it as ``docker save`` does (the legacy layout), for a push from a file."""
+        config = self.manifest.config.digest[7:] + ".json"
+        layers = [f"{layer.digest[7:]}/layer.tar" for layer in self.manifest.layers]
+        index = json.dumps([{"Config": config, "RepoTags": [], "Layers": layers}]).encode()
+        members = [("manifest.json", index), (config, self.blobs[self.manifest.config.digest])]
+        members += [(name, self.blobs[layer.digest]) for name, layer in zip(layers, self.manifest.layers, strict=True)]
+        with tarfile.open(path, "w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
 
 
 def build(tmp: Path, base: str = "scratch", layers: int = 1, size: int = 4096, tag: str | None = None) -> str:

@@ -15,7 +15,8 @@ may weigh) and a provider's placement count weights. A layer may expand to more 
 A push holds room only for bytes that arrived: it starts with none (:meth:`Catalog.begin`
 refuses at once one that could not fit even if every unused image went), and its room grows
 as its data comes (:meth:`Catalog.grow`), which is when images are evicted for it. One tenant
-(a credential) has at most :data:`MAX_PUSHES` pushes in flight, declaring at most the limit.
+(a credential; a connection for requestors without one) has at most :data:`MAX_PUSHES` pushes
+in flight, declaring at most the limit together.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ MAX_PUSHES: Final = 4
 """Pushes one tenant may have in flight at once."""
 EXPANDED_SINCE: Final = 4
 """The minor version of the protocol from which a provider's manifests carry ``Blob.expanded``."""
-OPEN_TENANT: Final = "open"
-"""The tenant of requestors that joined without a credential (an open hub, the shared token)."""
+ANYONE: Final = "anyone"
+"""The tenant of pushes whose caller names none."""
 
 ARCH_ALIASES: Final = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}
 _DIGEST: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -257,7 +258,7 @@ class Catalog:
             if layer.digest in self.blobs and layer.digest not in self.expanded:
                 raise ImageCorrupt(f"blob {layer.digest}, stored here, is not a tar: it cannot be a layer")
 
-    def begin(self, manifest: Manifest, tenant: str = OPEN_TENANT) -> tuple[list[Blob], Push]:
+    def begin(self, manifest: Manifest, tenant: str = ANYONE) -> tuple[list[Blob], Push]:
         """Start taking in ``manifest`` for ``tenant``: the blobs to send, and the push (pass it to
         :meth:`grow` as bytes arrive, :meth:`add_blob`, and :meth:`end` once it is over).
 

@@ -48,7 +48,6 @@ from kiln.hub.catalog import (
     DEFAULT_MAX_EXPANSION,
     DEFAULT_MAX_IMAGE,
     MAX_CONFIG_BYTES,
-    OPEN_TENANT,
     Catalog,
     Push,
     StoredImage,
@@ -335,7 +334,11 @@ class ImageService:
             key = (action.peer, action.message.id)
             if isinstance(action.message, PushImage):
                 push = self._pushes[key] = _Push()
-                tenant = str(action.credential.id) if action.credential is not None else OPEN_TENANT
+                # In-flight bounds are per credential; requestors without one (an open hub, the
+                # shared token) share no credential, so each connection is bounded on its own.
+                tenant = (
+                    f"credential {action.credential.id}" if action.credential is not None else f"peer {action.peer}"
+                )
                 push.task = self._spawn(self._push(action.peer, action.message, push, tenant), key, self._pushes)
             elif isinstance(action.message, ListImages):
                 self._spawn(self._list(action.peer, action.message))
