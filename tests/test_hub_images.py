@@ -11,11 +11,21 @@ from typing import Any
 import pytest
 
 from kiln.hub.actions import PushCancelled, PushFrame, Send, ServeBlobs, ServeCredit, ServeStop, StoreRequest
-from kiln.hub.catalog import Catalog, StoredImage, normalize_arch, normalize_tag, read_config
+from kiln.hub.catalog import (
+    EXPANDED_SINCE,
+    EXPANSION_FLOOR,
+    GROW_STEP,
+    MAX_PUSHES,
+    Catalog,
+    StoredImage,
+    normalize_arch,
+    normalize_tag,
+    read_config,
+)
 from kiln.hub.core import HubCore
 from kiln.hub.market import Market
 from kiln.protocol import frames
-from kiln.protocol.errors import ImageError, NoMatch, StoreFull, UsageError
+from kiln.protocol.errors import ImageError, ImageTooLarge, KilnError, NoMatch, StoreFull, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MINOR_VERSION, Blob, Demand, Done, Manifest, Offer, Resources, Want
 
@@ -38,15 +48,22 @@ def config_for(layers: list[Blob], arch: str = "amd64") -> bytes:
 
 
 def image(
-    catalog: Catalog, *layers: Blob, tags: tuple[str, ...] = (), arch: str = "amd64", now: float = 1.0
+    catalog: Catalog,
+    *layers: Blob,
+    tags: tuple[str, ...] = (),
+    arch: str = "amd64",
+    now: float = 1.0,
+    expanded: dict[str, int] | None = None,
 ) -> StoredImage:
-    """Store an image made of ``layers`` in ``catalog`` as a push would."""
+    """Store an image made of ``layers`` in ``catalog`` as a push would; each layer metered at its
+    size, or at what ``expanded`` says (by digest)."""
     config = config_for(list(layers), arch)
     manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=list(layers))
     wanted, push = catalog.begin(manifest)
     for b in wanted:
-        catalog.grow(push, b.size)
-        catalog.add_blob(b, None if b is manifest.config else b.size, push)  # a layer metered at its size
+        measured = None if b is manifest.config else (expanded or {}).get(b.digest, b.size)
+        catalog.grow(push, max(b.size, measured or 0))
+        catalog.add_blob(b, measured, push)
     stored = catalog.add_image(manifest, config, tags, now)
     catalog.end(push)
     return stored
@@ -156,6 +173,68 @@ def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
     assert held.digest not in catalog.images
 
 
+def test_a_layer_weighs_what_it_expands_to_and_a_requestors_own_measure_is_dropped() -> None:
+    catalog = Catalog(GiB)
+    layer = blob("sparse", 10_000)
+    claimed = layer.model_copy(update={"expanded": 1})
+    stored = image(catalog, claimed, expanded={layer.digest: 300 * MiB})
+    assert stored.manifest.layers[0].expanded == 300 * MiB, "the hub's measure, not the requestor's"
+    assert stored.manifest.config.expanded is None
+    assert stored.size == 10_000 + stored.manifest.config.size
+    assert stored.expanded == 300 * MiB + stored.manifest.config.size
+    assert catalog.used == stored.expanded
+    assert stored.manifest_for(3).layers[0].expanded is None, "a provider of 1.3 would refuse the field"
+    assert stored.manifest_for(EXPANDED_SINCE).layers[0].expanded == 300 * MiB
+
+
+def test_a_layer_that_expands_absurdly_or_past_the_image_limit_is_too_large() -> None:
+    catalog = Catalog(10 * GiB, max_image=GiB, max_expansion=32)
+    layer = blob("bomb", 10_000)
+    _, push = catalog.begin(Manifest(config=blob("c", 10), layers=[layer]))
+    catalog.check_layer(push, layer, EXPANSION_FLOOR)  # tiny layers may expand a lot, up to the floor
+    with pytest.raises(ImageTooLarge, match="32 times its size") as e:
+        catalog.check_layer(push, layer, EXPANSION_FLOOR + 1)
+    assert e.value.code == "image_too_large"
+    big = blob("big", 900 * MiB)
+    catalog.check_layer(push, big, 1000 * MiB)
+    with pytest.raises(ImageTooLarge, match="once its layers are extracted"):
+        catalog.check_layer(push, big, GiB + 1)
+    catalog.end(push)
+    with pytest.raises(ImageTooLarge, match="at least"):
+        catalog.begin(Manifest(config=blob("c", 10), layers=[blob("huge", GiB)]))
+
+
+def test_a_push_holds_room_only_as_its_bytes_come_and_a_tenant_is_bounded() -> None:
+    catalog = Catalog(GiB)
+    old = image(catalog, blob("old", 600 * MiB), now=1.0)
+    layers = [blob(f"l{n}", 100 * MiB) for n in range(5)]
+    _, push = catalog.begin(Manifest(config=blob("c", 10), layers=layers), tenant="alice")
+    assert push.reserved == 0 and old.digest in catalog.images
+    assert catalog.grow(push, MiB) == [] and push.reserved == MiB + GROW_STEP, "a step ahead, no more"
+    assert old.digest in catalog.images
+    evicted = catalog.grow(push, 450 * MiB)
+    assert blob("old", 1).digest in evicted and old.digest not in catalog.images
+    catalog.end(push)
+    assert catalog.used == 0
+    pushes = [catalog.begin(Manifest(config=blob(f"c{n}", 10), layers=[blob(f"x{n}", MiB)]), "bob")[1]
+              for n in range(MAX_PUSHES)]  # fmt: skip
+    with pytest.raises(KilnError, match="in flight") as e:
+        catalog.begin(Manifest(config=blob("c9", 10), layers=[blob("x9", MiB)]), "bob")
+    assert e.value.code == "too_many"
+    catalog.begin(Manifest(config=blob("c9", 10), layers=[blob("x9", MiB)]), "carol")  # another tenant is not
+    catalog.end(pushes[0])
+    with pytest.raises(KilnError, match="would declare"):
+        catalog.begin(Manifest(config=blob("c8", 10), layers=[blob("x8", GiB - 2 * MiB)]), "bob")
+
+
+def test_a_stored_blob_that_is_no_tar_cannot_be_a_layer() -> None:
+    catalog = Catalog(GiB)
+    config = blob("config-like", 100)
+    catalog.add_blob(config, None)
+    with pytest.raises(ImageError, match="not a tar"):
+        catalog.begin(Manifest(config=blob("c", 10), layers=[config]))
+
+
 # --- placement -------------------------------------------------------------------------------
 
 
@@ -186,7 +265,7 @@ def test_a_stored_image_goes_to_its_holder_then_to_whoever_holds_most_of_its_lay
 
 
 def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -> None:
-    catalog = Catalog(GiB)
+    catalog = Catalog(20 * GiB)
     arm = image(catalog, blob("arm", 10), arch="arm64")
     wide = image(catalog, blob("wide", 2 * MiB))
     market = Market(catalog)
@@ -200,6 +279,9 @@ def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -
         market.choose(wide.digest, Demand(), stored=wide)
     market.update(3, "roomy", offer(), pulls=True)
     assert market.choose(wide.digest, Demand(), stored=wide) == (3, False)
+    bomb = image(catalog, blob("bomb", 10_000), expanded={blob("bomb", 0).digest: 11 * GiB})
+    with pytest.raises(NoMatch, match="no provider has room"):  # placement counts what it expands to
+        market.choose(bomb.digest, Demand(), stored=bomb)
 
 
 # --- the core: pulls --------------------------------------------------------------------------
