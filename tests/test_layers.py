@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -244,3 +245,81 @@ def test_an_old_regular_type_named_with_a_slash_is_a_directory_with_no_data() ->
     info.size = 10 * DISK_BLOCK
     header = info.tobuf(tarfile.USTAR_FORMAT)
     assert meter(header + bytes(2 * BLOCK)) == DISK_BLOCK
+
+
+def test_a_reader_of_a_file_may_seek_past_the_data() -> None:
+    raw = bytes(_one_file(size=100_000))
+    m = TarMeter()
+    at = 0
+    while at < len(raw):
+        if m.skippable:
+            count = min(m.skippable, len(raw) - at)
+            m.skip(count)
+            at += count
+        else:
+            m.feed(raw[at : at + 700])
+            at += 700
+    assert m.finish() == meter(raw) == disk_size(100_000)
+    with pytest.raises(ValueError, match="cannot skip"):
+        TarMeter().skip(1)
+
+
+def _header(fmt: Literal[0, 1, 2] = tarfile.GNU_FORMAT, **fields: object) -> bytearray:
+    info = tarfile.TarInfo("h")
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return bytearray(info.tobuf(fmt)[:BLOCK])
+
+
+def _resum(block: bytearray, signed: bool = False) -> bytes:
+    """``block`` with its checksum written again (as the signed sum some old tars wrote)."""
+    block[148:156] = b" " * 8
+    total = sum((b - 256 if signed and b >= 0x80 else b) for b in block)
+    block[148:156] = b"%06o\x00 " % total
+    return bytes(block)
+
+
+def test_numbers_in_headers() -> None:
+    negative = _header()
+    negative[124:136] = b"\xff" * 12  # base-256, the sign bit set
+    with pytest.raises(ImageCorrupt, match="negative size"):
+        meter(_resum(negative))
+    garbage = _header()
+    garbage[124:136] = b"12x4\x00" + bytes(7)
+    with pytest.raises(ImageCorrupt, match="not a number"):
+        meter(_resum(garbage))
+    named = _header(name="caf\xe9-\xff")  # bytes past 0x7f: a checksum written signed is still right
+    assert meter(_resum(named, signed=True) + bytes(2 * BLOCK)) == DISK_BLOCK
+
+
+def test_special_headers() -> None:
+    not_gnu = _header(tarfile.USTAR_FORMAT)
+    not_gnu[156] = ord("S")
+    with pytest.raises(ImageCorrupt, match="not in GNU format"):
+        meter(_resum(not_gnu))
+    long_link = tarfile.TarInfo("l")
+    long_link.type, long_link.linkname = tarfile.SYMTYPE, "x" * 300  # a GNU 'K' header before it
+    data = long_link.tobuf(tarfile.GNU_FORMAT)
+    assert b"././@LongLink" in data
+    assert meter(data + bytes(2 * BLOCK)) == DISK_BLOCK
+    empty_pax = _header(tarfile.USTAR_FORMAT)
+    empty_pax[156] = ord("x")  # a PAX header with no records
+    assert meter(_resum(empty_pax) + bytes(_one_file())) == DISK_BLOCK
+    glob = io.BytesIO()
+    with tarfile.open(fileobj=glob, mode="w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "all"}) as tar:
+        tar.addfile(tarfile.TarInfo("after-a-global-header"))
+    assert meter(glob.getvalue()) == DISK_BLOCK, "a global header is no file"
+    for broken in (b"x comment=a\n", b"99 comment=a\n", b"13 commentxa\n", b"12 comment=a!"):
+        block = _header(tarfile.USTAR_FORMAT, size=len(broken))
+        block[156] = ord("x")
+        with pytest.raises(ImageCorrupt, match="PAX record"):
+            meter(_resum(block) + broken + bytes(-len(broken) % BLOCK))
+
+
+def test_a_ustar_prefix_names_a_directory() -> None:
+    """A type '\\0' entry whose name is only its ustar prefix (``prefix/``) is a directory to Go."""
+    block = _header(tarfile.USTAR_FORMAT, size=10 * DISK_BLOCK)
+    block[156] = 0
+    block[0:100] = bytes(100)
+    block[345:351] = b"folder"
+    assert meter(_resum(block) + bytes(2 * BLOCK)) == DISK_BLOCK
