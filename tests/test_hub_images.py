@@ -291,6 +291,7 @@ class Hub:
     """A core with a stored image, a provider (1.1) and a requestor of the given version."""
 
     def __init__(self, requestor_version: str = "1.1", provider_version: str = "1.1") -> None:
+        self.provider_minor = int(provider_version.split(".")[1])
         self.catalog = Catalog(GiB)
         self.layer = blob("layer", 10 * MiB)
         self.image = image(self.catalog, self.layer, tags=("app:1",))
@@ -320,8 +321,18 @@ class Hub:
     def rent(self) -> int:
         [(to, create)] = self.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
         assert to == 1 and create["image"] == self.image.digest
-        assert create["manifest"] == self.image.manifest_for(MINOR_VERSION).model_dump(mode="json", exclude_none=True)
+        manifest = self.image.manifest_for(self.provider_minor)
+        assert create["manifest"] == manifest.model_dump(mode="json", exclude_none=True)
         return int(create["id"])
+
+
+@pytest.mark.skipif(MINOR_VERSION < EXPANDED_SINCE, reason="Blob.expanded goes to providers from protocol 1.4")
+def test_a_provider_of_1_4_is_told_what_each_layer_expands_to() -> None:
+    hub = Hub(provider_version=f"1.{MINOR_VERSION}")
+    hub.rent()
+    [create] = [message for _, message in hub.send(2, {"type": "rent", "id": 8, "image": "app:1", "demand": {}})]
+    assert [layer["expanded"] for layer in create["manifest"]["layers"]] == [hub.layer.size]
+    assert "expanded" not in create["manifest"]["config"]
 
 
 def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_progress() -> None:
