@@ -186,12 +186,11 @@ class BlobStore:
             catalog.blobs[digest] = path.stat().st_size
             try:
                 text = (self.sizes / path.name).read_text().strip()
-            except FileNotFoundError:
+                expanded = None if text == "-" else int(text)
+            except (OSError, ValueError):  # none yet (or unreadable): measure it again
                 expanded = measure_file(path)
                 self.write_expanded(digest, expanded)
                 measured += 1
-            else:
-                expanded = None if text == "-" else int(text)
             if expanded is not None:
                 catalog.expanded[digest] = expanded
         if measured:
