@@ -428,7 +428,8 @@ export interface ListImages {
   type: "list_images";
 }
 /**
- * The store's images, most recently used first, and the bytes it holds of its ``limit``.
+ * The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each
+ * layer counted at the larger of its size and its expanded size).
  */
 export interface ImageList {
   images: ImageInfo[];

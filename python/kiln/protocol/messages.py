@@ -586,7 +586,8 @@ class ListImages(_Message):
 
 
 class ImageList(_Message):
-    """The store's images, most recently used first, and the bytes it holds of its ``limit``."""
+    """The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each
+    layer counted at the larger of its size and its expanded size)."""
 
     type: Literal["image_list"]
     re: RequestId
