@@ -229,7 +229,8 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_size,
         default=UNSET,
         metavar="SIZE",
-        help="images loaded for requestors to keep; past it the least recently used go (default 20GiB)",
+        help="images loaded for requestors to keep, counted at what their layers take extracted; past it the "
+        "least recently used go, and no one image may take more (default 20GiB)",
     )
     provider.add_argument(
         "--data-dir",
