@@ -7,6 +7,7 @@ are new to the engine: removing it touches nothing another test (or worktree) us
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -36,6 +37,20 @@ class SavedImage:
     @property
     def size(self) -> int:
         return self.manifest.config.size + sum(layer.size for layer in self.manifest.layers)
+
+    def write_archive(self, path: Path) -> Path:
+        """Write it as ``docker save`` does (the legacy layout), for a push from a file."""
+        config = self.manifest.config.digest[7:] + ".json"
+        layers = [f"{layer.digest[7:]}/layer.tar" for layer in self.manifest.layers]
+        index = json.dumps([{"Config": config, "RepoTags": [], "Layers": layers}]).encode()
+        members = [("manifest.json", index), (config, self.blobs[self.manifest.config.digest])]
+        members += [(name, self.blobs[layer.digest]) for name, layer in zip(layers, self.manifest.layers, strict=True)]
+        with tarfile.open(path, "w") as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
 
 
 OFFER_LABEL = "org.kiln.offer=true"
@@ -96,3 +111,30 @@ def remove(*refs: str) -> None:
 
 def has(ref: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", ref], capture_output=True, check=False).returncode == 0
+
+
+def sparse_layer(tmp: Path, size: int = 2**30) -> bytes:
+    """The issue's expansion bomb as a layer: ``truncate -s 1G bomb; tar --sparse --format=posix -cf layer.tar bomb``
+    (a few KiB of tar that Docker writes out as ``size`` bytes)."""
+    folder = tmp / f"bomb-{secrets.token_hex(4)}"
+    folder.mkdir()
+    with open(folder / "bomb", "wb") as f:
+        f.truncate(size)
+    tar = ["tar", "--sparse", "--format=posix", "-C", str(folder), "-cf", "-", "bomb"]
+    return subprocess.run(tar, check=True, capture_output=True).stdout
+
+
+def image_of(*layers: bytes, expanded: int | None = None) -> SavedImage:
+    """An image of these layer tars (linux/amd64, nothing to run), as the hub would store it;
+    ``expanded``: what the manifest says its last layer expands to."""
+    digests = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": digests},
+         "comment": secrets.token_hex(8)}  # a new image id each time
+    ).encode()  # fmt: skip
+    config_blob = Blob(digest="sha256:" + hashlib.sha256(config).hexdigest(), size=len(config))
+    blobs = [Blob(digest=d, size=len(layer)) for d, layer in zip(digests, layers, strict=True)]
+    if expanded is not None:
+        blobs[-1] = blobs[-1].model_copy(update={"expanded": expanded})
+    contents = {config_blob.digest: config, **dict(zip(digests, layers, strict=True))}
+    return SavedImage(config_blob.digest, Manifest(config=config_blob, layers=blobs), contents)

@@ -8,17 +8,23 @@ to the attacker.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import signal
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import connect
 
 import kiln
 from kiln.protocol.messages import Download, Upload
 from tests.conftest import IMAGE, Cluster, containers_of
+from tests.images import build, image_of, remove, save, sparse_layer
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -242,3 +248,61 @@ async def test_a_stopped_provider_does_not_hold_a_rent(
         process.send_signal(signal.SIGCONT)
     report(capsys, f"a rent on a stopped provider failed after {failed:.1f} s")
     assert failed < 13
+
+
+# --- the image store: expansion bombs, and pushes that send nothing ----------------------------------
+
+
+async def test_a_sparse_bomb_is_refused_at_push_and_a_legit_image_still_pushes_and_runs(
+    cluster: Cluster, provider: str, attacker: kiln.Requestor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bomb = image_of(sparse_layer(tmp_path)).write_archive(tmp_path / "bomb.tar")  # 1 GiB in a few KiB
+    with pytest.raises(kiln.ImageTooLarge, match="times its size") as refused:
+        await attacker.push_image(path=bomb, tags=["bomb:1"])
+    assert refused.value.code == "image_too_large"
+    assert (await attacker.list_images()).images == []
+
+    legit = await asyncio.to_thread(build, tmp_path, IMAGE, 1, 64 * 1024)
+    try:
+        archive = (await asyncio.to_thread(save, legit, tmp_path)).write_archive(tmp_path / "legit.tar")
+        remove(legit)  # the provider loads it from the hub
+        async with kiln.connect(cluster.url, name="victim") as victim:
+            pushed = await victim.push_image(path=archive, tags=["legit:1"])
+            async with victim.rent("legit:1", SMALL) as act:
+                assert (await act.run(["cat", "/data/f0"])).exit_code == 0
+    finally:
+        remove(legit)
+    report(capsys, f"the bomb: {refused.value.message}; a legit image of {pushed.size} bytes pushed and ran")
+
+
+@pytest.mark.hub_args("--store-limit", "12MiB")
+async def test_a_push_that_sends_nothing_evicts_nothing_and_blocks_no_other_push(
+    cluster: Cluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = (image_of(noise_layer(2 * 2**20)) for _ in range(2))
+    async with kiln.connect(cluster.url, name="victim") as victim:
+        await victim.push_image(path=first.write_archive(tmp_path / "first.tar"), tags=["first:1"])
+        async with connect(cluster.url, subprotocols=["kiln.v1"]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "hello", "version": "1.1", "role": "requestor", "name": "stall"}))
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            # Declares 10 MiB of blobs (room only if `first` went), then sends nothing.
+            big = image_of(*(noise_layer(2**20) for _ in range(10)))
+            await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": big.manifest.model_dump()}))
+            assert json.loads(await ws.recv())["type"] == "want"
+            started = time.perf_counter()
+            await victim.push_image(path=second.write_archive(tmp_path / "second.tar"), tags=["second:1"])
+            pushed = time.perf_counter() - started
+            tags = {tag for image in (await victim.list_images()).images for tag in image.tags}
+    assert tags == {"first:1", "second:1"}, "nothing evicted for bytes that never came"
+    report(capsys, f"with a stalled push of 10 MiB declared, another push took {pushed * 1000:.0f} ms")
+    assert pushed < BOUND
+
+
+def noise_layer(size: int) -> bytes:
+    """A layer: a tar of one file of ``size`` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("noise")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    return out.getvalue()

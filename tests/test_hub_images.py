@@ -11,13 +11,25 @@ from typing import Any
 import pytest
 
 from kiln.hub.actions import PushCancelled, PushFrame, Send, ServeBlobs, ServeCredit, ServeStop, StoreRequest
-from kiln.hub.catalog import OPEN, Catalog, StoredImage, Tenant, normalize_arch, normalize_tag, read_config
+from kiln.hub.catalog import (
+    EXPANDED_SINCE,
+    EXPANSION_FLOOR,
+    GROW_STEP,
+    MAX_PUSHES,
+    OPEN,
+    Catalog,
+    StoredImage,
+    Tenant,
+    normalize_arch,
+    normalize_tag,
+    read_config,
+)
 from kiln.hub.core import HubCore
 from kiln.hub.market import Market
 from kiln.protocol import frames
-from kiln.protocol.errors import ImageError, NoMatch, StoreFull, UsageError
+from kiln.protocol.errors import ImageError, ImageTooLarge, KilnError, NoMatch, StoreFull, UsageError
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import Blob, Demand, Done, Manifest, Offer, Resources, Want
+from kiln.protocol.messages import MINOR_VERSION, Blob, Demand, Done, Manifest, Offer, Resources, Want
 
 GiB = 2**30
 MiB = 2**20
@@ -44,15 +56,19 @@ def image(
     arch: str = "amd64",
     now: float = 1.0,
     tenant: Tenant = OPEN,
+    expanded: dict[str, int] | None = None,
 ) -> StoredImage:
-    """Store an image made of ``layers`` in ``catalog`` as a push by ``tenant`` would."""
+    """Store an image made of ``layers`` in ``catalog`` as a push by ``tenant`` would; each layer
+    metered at its size, or at what ``expanded`` says (by digest)."""
     config = config_for(list(layers), arch)
     manifest = Manifest(config=Blob(digest=sha(config), size=len(config)), layers=list(layers))
-    wanted, _ = catalog.begin(manifest, tenant)
+    wanted, push = catalog.begin(manifest, tenant)
     for b in wanted:
-        catalog.add_blob(b, tenant)
+        measured = None if b is manifest.config else (expanded or {}).get(b.digest, b.size)
+        catalog.grow(push, max(b.size, measured or 0))
+        catalog.add_blob(b, measured, push)
     stored = catalog.add_image(manifest, config, tags, now, tenant)
-    catalog.end(manifest, sum(b.size for b in wanted))
+    catalog.end(push)
     return stored
 
 
@@ -135,11 +151,13 @@ def test_room_is_made_from_unused_blobs_then_the_least_recently_used_images_not_
     assert orphan.digest in catalog.blobs
 
     fits = Manifest(config=blob("c2", 10), layers=[blob("new", 300)])
-    wanted, deleted = catalog.begin(fits)
+    wanted, push = catalog.begin(fits)
     assert wanted == [fits.config, fits.layers[0]]
+    assert len(catalog.images) == 3 and orphan.digest in catalog.blobs, "nothing evicted before bytes arrive"
+    deleted = catalog.grow(push, 10) + catalog.grow(push, 310)
     assert orphan.digest in deleted and blob("old", 300).digest in deleted, "the orphan, then the oldest not in use"
     assert set(catalog.images) == {busy.digest, recent.digest}
-    catalog.end(fits, 310)
+    catalog.end(push)
 
 
 def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
@@ -147,13 +165,77 @@ def test_blobs_a_push_counts_on_are_not_evicted_under_it() -> None:
     shared = blob("shared", 300)
     held = image(catalog, shared, now=1.0)
     pushing = Manifest(config=blob("c", 10), layers=[shared, blob("top", 50)])
-    catalog.begin(pushing)  # pins `shared`, reserves 60 bytes
+    _, push = catalog.begin(pushing)  # pins `shared`
     with pytest.raises(StoreFull):
         catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
     assert held.digest in catalog.images
-    catalog.end(pushing, 60)
-    catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    catalog.end(push)
+    _, other = catalog.begin(Manifest(config=blob("c3", 10), layers=[blob("huge", 400)]))
+    assert held.digest in catalog.images, "evicted only once bytes arrive"
+    catalog.grow(other, 400)
     assert held.digest not in catalog.images
+
+
+def test_a_layer_weighs_what_it_expands_to_and_a_requestors_own_measure_is_dropped() -> None:
+    catalog = Catalog(GiB)
+    layer = blob("sparse", 10_000)
+    claimed = layer.model_copy(update={"expanded": 1})
+    stored = image(catalog, claimed, expanded={layer.digest: 300 * MiB})
+    assert stored.manifest.layers[0].expanded == 300 * MiB, "the hub's measure, not the requestor's"
+    assert stored.manifest.config.expanded is None
+    assert stored.size == 10_000 + stored.manifest.config.size
+    assert stored.expanded == 300 * MiB + stored.manifest.config.size
+    assert catalog.used == stored.expanded
+    assert stored.manifest_for(3).layers[0].expanded is None, "a provider of 1.3 would refuse the field"
+    assert stored.manifest_for(EXPANDED_SINCE).layers[0].expanded == 300 * MiB
+
+
+def test_a_layer_that_expands_absurdly_or_past_the_image_limit_is_too_large() -> None:
+    catalog = Catalog(10 * GiB, max_image=GiB, max_expansion=32)
+    layer = blob("bomb", 10_000)
+    _, push = catalog.begin(Manifest(config=blob("c", 10), layers=[layer]))
+    catalog.check_layer(push, layer, EXPANSION_FLOOR)  # tiny layers may expand a lot, up to the floor
+    with pytest.raises(ImageTooLarge, match="32 times its size") as e:
+        catalog.check_layer(push, layer, EXPANSION_FLOOR + 1)
+    assert e.value.code == "image_too_large"
+    big = blob("big", 900 * MiB)
+    catalog.check_layer(push, big, 1000 * MiB)
+    with pytest.raises(ImageTooLarge, match="once its layers are extracted"):
+        catalog.check_layer(push, big, GiB + 1)
+    catalog.end(push)
+    with pytest.raises(ImageTooLarge, match="at least"):
+        catalog.begin(Manifest(config=blob("c", 10), layers=[blob("huge", GiB)]))
+
+
+def test_a_push_holds_room_only_as_its_bytes_come_and_a_tenant_is_bounded() -> None:
+    catalog = Catalog(GiB)
+    old = image(catalog, blob("old", 600 * MiB), now=1.0)
+    layers = [blob(f"l{n}", 100 * MiB) for n in range(5)]
+    _, push = catalog.begin(Manifest(config=blob("c", 10), layers=layers), pusher="alice")
+    assert push.reserved == 0 and old.digest in catalog.images
+    assert catalog.grow(push, MiB) == [] and push.reserved == MiB + GROW_STEP, "a step ahead, no more"
+    assert old.digest in catalog.images
+    evicted = catalog.grow(push, 450 * MiB)
+    assert blob("old", 1).digest in evicted and old.digest not in catalog.images
+    catalog.end(push)
+    assert catalog.used == 0
+    pushes = [catalog.begin(Manifest(config=blob(f"c{n}", 10), layers=[blob(f"x{n}", MiB)]), pusher="bob")[1]
+              for n in range(MAX_PUSHES)]  # fmt: skip
+    with pytest.raises(KilnError, match="in flight") as e:
+        catalog.begin(Manifest(config=blob("c9", 10), layers=[blob("x9", MiB)]), pusher="bob")
+    assert e.value.code == "too_many"
+    catalog.begin(Manifest(config=blob("c9", 10), layers=[blob("x9", MiB)]), pusher="carol")  # another tenant is not
+    catalog.end(pushes[0])
+    with pytest.raises(KilnError, match="would declare"):
+        catalog.begin(Manifest(config=blob("c8", 10), layers=[blob("x8", GiB - 2 * MiB)]), pusher="bob")
+
+
+def test_a_stored_blob_that_is_no_tar_cannot_be_a_layer() -> None:
+    catalog = Catalog(GiB)
+    config = blob("config-like", 100)
+    catalog.add_blob(config, None)
+    with pytest.raises(ImageError, match="not a tar"):
+        catalog.begin(Manifest(config=blob("c", 10), layers=[config]))
 
 
 # --- placement -------------------------------------------------------------------------------
@@ -186,7 +268,7 @@ def test_a_stored_image_goes_to_its_holder_then_to_whoever_holds_most_of_its_lay
 
 
 def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -> None:
-    catalog = Catalog(GiB)
+    catalog = Catalog(20 * GiB)
     arm = image(catalog, blob("arm", 10), arch="arm64")
     wide = image(catalog, blob("wide", 2 * MiB))
     market = Market(catalog)
@@ -200,6 +282,9 @@ def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -
         market.choose(wide.digest, Demand(), stored=wide)
     market.update(3, "roomy", offer(), pulls=True)
     assert market.choose(wide.digest, Demand(), stored=wide) == (3, False)
+    bomb = image(catalog, blob("bomb", 10_000), expanded={blob("bomb", 0).digest: 11 * GiB})
+    with pytest.raises(NoMatch, match="no provider has room"):  # placement counts what it expands to
+        market.choose(bomb.digest, Demand(), stored=bomb)
 
 
 # --- the core: pulls --------------------------------------------------------------------------
@@ -209,6 +294,7 @@ class Hub:
     """A core with a stored image, a provider (1.1) and a requestor of the given version."""
 
     def __init__(self, requestor_version: str = "1.1", provider_version: str = "1.1") -> None:
+        self.provider_minor = int(provider_version.split(".")[1])
         self.catalog = Catalog(GiB)
         self.layer = blob("layer", 10 * MiB)
         self.image = image(self.catalog, self.layer, tags=("app:1",))
@@ -238,8 +324,18 @@ class Hub:
     def rent(self) -> int:
         [(to, create)] = self.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
         assert to == 1 and create["image"] == self.image.digest
-        assert create["manifest"] == self.image.manifest.model_dump(mode="json")
+        manifest = self.image.manifest_for(self.provider_minor)
+        assert create["manifest"] == manifest.model_dump(mode="json", exclude_none=True)
         return int(create["id"])
+
+
+@pytest.mark.skipif(MINOR_VERSION < EXPANDED_SINCE, reason="Blob.expanded goes to providers from protocol 1.4")
+def test_a_provider_of_1_4_is_told_what_each_layer_expands_to() -> None:
+    hub = Hub(provider_version=f"1.{MINOR_VERSION}")
+    hub.rent()
+    [create] = [message for _, message in hub.send(2, {"type": "rent", "id": 8, "image": "app:1", "demand": {}})]
+    assert [layer["expanded"] for layer in create["manifest"]["layers"]] == [hub.layer.size]
+    assert "expanded" not in create["manifest"]["config"]
 
 
 def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_progress() -> None:
@@ -247,7 +343,7 @@ def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_p
     create = hub.rent()
     assert hub.catalog.images[hub.image.digest].in_use == 1
     out = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
-    assert hub.actions[-1] == ServeBlobs(1, create, (hub.layer,))
+    assert hub.actions[-1] == ServeBlobs(1, create, (hub.image.manifest.layers[0],))
     assert out == [(2, {"type": "rent_progress", "re": 7, "provider": "p1", "image": "app:1", "done": 0,
                         "total": hub.layer.size})]  # fmt: skip
     assert hub.send(1, {"type": "credit", "stream": create, "chunks": 32}) == []

@@ -1,15 +1,19 @@
 """The hub's image store, spoken to by raw WebSocket clients over a real port (no Docker).
 
-Images here are made up (a config naming random layer bytes): the store checks digests,
-sizes and that the config describes the layers, not what the layers hold.
+Images here are made up (a config naming layers that are tars of one file of random bytes):
+the store checks digests, sizes, that the config describes the layers, and what the layers'
+tar headers say they expand to; not what the files hold.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
+import shutil
+import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,10 +23,13 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from kiln.hub import catalog as hub_catalog
 from kiln.hub import store as hub_store
 from kiln.hub.server import start
+from kiln.hub.state import HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from tests.images import sparse_layer
 
 HELLO = {"type": "hello", "version": "1.1", "role": "requestor", "name": "pusher"}
 CHUNK = 256 * 1024
@@ -30,6 +37,16 @@ CHUNK = 256 * 1024
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def noise(size: int) -> bytes:
+    """A layer: a tar of one file of ``size`` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("noise")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    return out.getvalue()
 
 
 @dataclass
@@ -65,16 +82,19 @@ class FakeImage:
 
 
 @asynccontextmanager
-async def hub(data_dir: Path, limit: int = 2**30) -> AsyncIterator[str]:
-    async with start("127.0.0.1", 0, data_dir=data_dir, store_limit=limit) as server:
+async def hub(data_dir: Path, limit: int = 2**30, **options: Any) -> AsyncIterator[str]:
+    async with start("127.0.0.1", 0, data_dir=data_dir, store_limit=limit, **options) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
 
 
 @asynccontextmanager
-async def requestor(url: str, version: str = "1.1") -> AsyncIterator[ClientConnection]:
+async def requestor(
+    url: str, version: str = "1.1", token: str | None = None, name: str = "pusher"
+) -> AsyncIterator[ClientConnection]:
     async with connect(url, subprotocols=["kiln.v1"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({**HELLO, "version": version}))
+        hello = {**HELLO, "version": version, "name": name}
+        await ws.send(json.dumps(hello if token is None else {**hello, "token": token}))
         welcome = json.loads(await ws.recv())
         assert welcome["type"] == "welcome", welcome
         yield ws
@@ -124,7 +144,7 @@ def stored_files(data_dir: Path) -> tuple[set[str], list[str]]:
 
 
 async def test_push_stores_each_blob_once_and_a_second_push_moves_nothing(tmp_path: Path) -> None:
-    base, app, other = os.urandom(700_000), os.urandom(5_000), os.urandom(3_000)
+    base, app, other = noise(700_000), noise(5_000), noise(3_000)
     first, second = FakeImage.make(base, app), FakeImage.make(base, other)
     async with hub(tmp_path) as url, requestor(url) as ws:
         wanted, reply = await push(ws, first, ["app:1"])
@@ -154,7 +174,7 @@ async def test_push_stores_each_blob_once_and_a_second_push_moves_nothing(tmp_pa
 
 
 async def test_the_store_survives_a_hub_restart(tmp_path: Path) -> None:
-    image = FakeImage.make(os.urandom(10_000))
+    image = FakeImage.make(noise(10_000))
     async with hub(tmp_path) as url, requestor(url) as ws:
         assert (await push(ws, image, ["keep:1"]))[1]["type"] == "image_pushed"
     async with hub(tmp_path) as url, requestor(url) as ws:
@@ -169,7 +189,7 @@ async def test_the_store_survives_a_hub_restart(tmp_path: Path) -> None:
 
 
 async def test_a_corrupt_blob_is_refused_and_a_retry_resumes(tmp_path: Path) -> None:
-    good, bad = os.urandom(300_000), os.urandom(300_000)
+    good, bad = noise(300_000), noise(300_000)
     image = FakeImage.make(good, bad)
     async with hub(tmp_path) as url, requestor(url) as ws:
         flipped = bytes([bad[0] ^ 1]) + bad[1:]
@@ -185,7 +205,7 @@ async def test_a_corrupt_blob_is_refused_and_a_retry_resumes(tmp_path: Path) -> 
 
 
 async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Path) -> None:
-    layer = os.urandom(50_000)
+    layer = noise(50_000)
     image = FakeImage.make(layer)
     async with hub(tmp_path) as url, requestor(url) as ws:
         _, reply = await push(ws, image, tamper={digest(layer): layer[:-10]})
@@ -193,7 +213,7 @@ async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Pa
         _, reply = await push(ws, image, id_=2, tamper={digest(layer): layer + b"extra"})
         assert reply["code"] == "image_corrupt" and "more bytes" in reply["message"], reply
 
-        liar = FakeImage(image.config, [os.urandom(100)])  # the config names another layer
+        liar = FakeImage(image.config, [noise(100)])  # the config names another layer
         _, reply = await push(ws, liar, id_=3)
         assert reply["code"] == "bad_image" and "layers" in reply["message"], reply
 
@@ -208,7 +228,7 @@ async def test_short_and_long_blobs_and_a_lying_config_fail_cleanly(tmp_path: Pa
 
 
 async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path: Path) -> None:
-    old, new, huge = (FakeImage.make(os.urandom(n)) for n in (400_000, 400_000, 2_000_000))
+    old, new, huge = (FakeImage.make(noise(n)) for n in (400_000, 400_000, 2_000_000))
     async with hub(tmp_path, limit=1_000_000) as url, requestor(url) as ws:
         assert (await push(ws, old, ["old:1"]))[1]["type"] == "image_pushed"
         assert (await push(ws, new, ["new:1"], id_=2))[1]["type"] == "image_pushed"
@@ -217,7 +237,7 @@ async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path
         await ws.send(json.dumps({"type": "list_images", "id": 4}))
         assert len((await recv(ws))["images"]) == 2, "a push that cannot fit evicts nothing"
 
-        third = FakeImage.make(os.urandom(400_000))
+        third = FakeImage.make(noise(400_000))
         assert (await push(ws, third, ["third:1"], id_=5))[1]["type"] == "image_pushed"
         await ws.send(json.dumps({"type": "list_images", "id": 6}))
         kept = {tag for image in (await recv(ws))["images"] for tag in image["tags"]}
@@ -225,7 +245,7 @@ async def test_a_push_past_the_limit_fails_and_evicts_only_what_it_must(tmp_path
 
 
 async def test_a_push_cut_off_leaves_nothing_partial_and_others_are_served(tmp_path: Path) -> None:
-    layer = os.urandom(3 * CHUNK)
+    layer = noise(3 * CHUNK)
     image = FakeImage.make(layer)
     async with hub(tmp_path) as url:
         async with requestor(url) as ws:
@@ -247,7 +267,7 @@ async def test_a_push_cut_off_leaves_nothing_partial_and_others_are_served(tmp_p
 
 async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.3)
-    image = FakeImage.make(os.urandom(1000))
+    image = FakeImage.make(noise(1000))
     async with hub(tmp_path) as url, requestor(url) as ws:
         await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
         assert (await recv(ws))["type"] == "want"
@@ -260,3 +280,117 @@ async def test_a_client_of_protocol_1_0_is_welcomed_at_1_0(tmp_path: Path) -> No
     async with hub(tmp_path) as url, connect(url) as ws:
         await ws.send(json.dumps({**HELLO, "version": "1.0"}))
         assert json.loads(await ws.recv())["version"] == "1.0"
+
+
+# --- expansion bombs, and pushes that send nothing ------------------------------------------------
+
+needs_tar = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
+
+
+def sparse_bomb(tmp_path: Path) -> bytes:
+    return sparse_layer(tmp_path)
+
+
+async def listing(ws: ClientConnection, id_: int) -> dict[str, Any]:
+    await ws.send(json.dumps({"type": "list_images", "id": id_}))
+    reply = await recv(ws)
+    assert reply["type"] == "image_list", reply
+    return reply
+
+
+@needs_tar
+async def test_a_sparse_file_bomb_is_refused_at_push(tmp_path: Path) -> None:
+    bomb = sparse_bomb(tmp_path)
+    assert len(bomb) <= 10 * 1024
+    image = FakeImage.make(bomb)
+    async with hub(tmp_path / "hub") as url, requestor(url) as ws:
+        _, reply = await push(ws, image, ["bomb:1"])
+        assert reply["code"] == "image_too_large", reply
+        assert "times its size" in reply["message"] and digest(bomb) in reply["message"], reply
+        assert (await listing(ws, 2))["images"] == []
+    blobs, tmp = stored_files(tmp_path / "hub")
+    assert digest(bomb) not in blobs and tmp == []
+
+
+@needs_tar
+async def test_a_bomb_let_through_is_counted_at_its_expanded_size(tmp_path: Path) -> None:
+    """With the ratio lifted, the bomb weighs its 1 GiB: against --max-image-size, the store limit, and in use."""
+    bomb = sparse_bomb(tmp_path)
+    image = FakeImage.make(bomb)
+    lifted = {"max_expansion": 1e9}
+    async with hub(tmp_path / "a", 4 * 2**30, max_image_size=512 * 2**20, **lifted) as url, requestor(url) as ws:
+        _, reply = await push(ws, image)
+        assert reply["code"] == "image_too_large" and "once its layers are extracted" in reply["message"], reply
+    async with hub(tmp_path / "b", 512 * 2**20, **lifted) as url, requestor(url) as ws:
+        _, reply = await push(ws, image)
+        assert reply["code"] == "store_full", reply
+    async with hub(tmp_path / "c", 4 * 2**30, **lifted) as url, requestor(url) as ws:
+        _, reply = await push(ws, image)
+        assert reply["type"] == "image_pushed", reply
+        assert (await listing(ws, 2))["used"] >= 2**30
+    assert (tmp_path / "c" / "blobs" / "expanded" / digest(bomb)[7:]).read_text() == str(2**30)
+
+
+async def test_expanded_sizes_are_kept_and_measured_at_start_when_missing(tmp_path: Path) -> None:
+    """A store from before expanded sizes were kept has them measured when the hub starts."""
+    layer = noise(300_000)
+    image = FakeImage.make(layer)
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        assert (await push(ws, image, ["a:1"]))[1]["type"] == "image_pushed"
+        used = (await listing(ws, 2))["used"]
+    record = tmp_path / "blobs" / "expanded" / digest(layer)[7:]
+    assert int(record.read_text()) == 303_104  # 300,000 bytes in whole 4 KiB blocks
+    assert (tmp_path / "blobs" / "expanded" / image.digest[7:]).read_text() == "-", "a config is no tar"
+    for path in (tmp_path / "blobs" / "expanded").iterdir():
+        path.unlink()
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        assert (await listing(ws, 1))["used"] == used
+        wanted, reply = await push(ws, image, id_=2)
+        assert wanted == [] and reply["type"] == "image_pushed"
+    assert int(record.read_text()) == 303_104
+
+
+async def test_a_layer_that_is_no_tar_is_refused(tmp_path: Path) -> None:
+    junk = os.urandom(5000)
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        _, reply = await push(ws, FakeImage.make(junk))
+        assert reply["code"] == "image_corrupt" and digest(junk) in reply["message"], reply
+    assert stored_files(tmp_path)[1] == []
+
+
+async def start_push(ws: ClientConnection, image: FakeImage, id_: int) -> dict[str, Any]:
+    """Declare a push and send nothing: the hub's first answer (after want, a credit), or its error."""
+    await ws.send(json.dumps({"type": "push_image", "id": id_, "manifest": image.manifest()}))
+    reply = await recv(ws)
+    if reply["type"] == "want":
+        assert (await recv(ws))["type"] == "credit"
+    return reply
+
+
+async def test_a_push_that_sends_nothing_evicts_nothing_and_blocks_no_other_tenant(tmp_path: Path) -> None:
+    with HubState.in_dir(tmp_path) as state:
+        alice, bob = state.create("requestor", "alice")[1], state.create("requestor", "bob")[1]
+    old, new, third = (FakeImage.make(noise(400_000)) for _ in range(3))
+    async with (
+        hub(tmp_path, limit=1_000_000) as url,
+        requestor(url, token=alice, name="alice") as a,
+        requestor(url, token=bob, name="bob") as b,
+    ):
+        assert (await push(a, old, ["old:1"]))[1]["type"] == "image_pushed"
+        assert (await push(a, new, ["new:1"], id_=2))[1]["type"] == "image_pushed"
+
+        # Bob declares blobs that would need old's room, and sends nothing.
+        for n in range(hub_catalog.MAX_PUSHES):
+            assert (await start_push(b, FakeImage.make(noise(200_000)), 10 + n))["type"] == "want"
+        reply = await start_push(b, FakeImage.make(noise(1000)), 20)
+        assert reply["code"] == "too_many", "one tenant's pushes in flight are bounded"
+        assert len((await listing(a, 3))["images"]) == 2, "nothing evicted for bytes that never came"
+
+        # Too large to ever fit: refused at once, before any byte.
+        reply = await start_push(a, FakeImage.make(noise(1_200_000)), 4)
+        assert reply["code"] == "store_full", reply
+
+        # Alice's push still goes through, making room from her own least recently used image.
+        assert (await push(a, third, ["third:1"], id_=5))[1]["type"] == "image_pushed"
+        kept = {tag for image in (await listing(a, 6))["images"] for tag in image["tags"]}
+        assert kept == {"new:1", "third:1"}

@@ -17,9 +17,9 @@ import pytest
 
 from kiln.protocol.messages import Blob, Manifest
 from kiln_provider.docker_adapter import DockerAdapter
-from kiln_provider.errors import ImageCorrupt, TransferBroken
+from kiln_provider.errors import ImageCorrupt, ImageTooLarge, TransferBroken
 from kiln_provider.image_archive import LoadArchive, held_layers, manifest_json, wanted
-from tests.images import SavedImage, build, has, remove, save
+from tests.images import SavedImage, build, has, image_of, remove, save, sparse_layer
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -85,10 +85,12 @@ def busybox_child(tmp_path: Path, images: list[str], busybox_image: str) -> Save
     return saved
 
 
-def load(adapter: DockerAdapter, image: SavedImage, stream: Iterator[bytes] | None = None) -> LoadArchive:
+def load(
+    adapter: DockerAdapter, image: SavedImage, stream: Iterator[bytes] | None = None, limit: int | None = None
+) -> LoadArchive:
     held = held_layers([layer.digest for layer in image.manifest.layers], adapter.layer_chains())
     blobs = wanted(image.manifest, held)
-    archive = LoadArchive(image.manifest, blobs, stream if stream is not None else image.stream(blobs))
+    archive = LoadArchive(image.manifest, blobs, stream if stream is not None else image.stream(blobs), limit)
     adapter.load(archive)
     return archive
 
@@ -187,3 +189,28 @@ def test_a_failing_source_loads_nothing(adapter: DockerAdapter, scratch_image: S
     started = time.monotonic()
     assert adapter.image(BASE) is not None
     assert time.monotonic() - started < 5
+
+
+# --- expansion: each layer metered as it goes into docker load ---------------------------------
+
+
+def test_a_bomb_past_the_limit_is_cut_before_docker_extracts_it(adapter: DockerAdapter, tmp_path: Path) -> None:
+    bomb = image_of(sparse_layer(tmp_path))  # 1 GiB once extracted, a few KiB of tar
+    with pytest.raises(ImageTooLarge, match="--image-cache"):
+        load(adapter, bomb, limit=256 * 2**20)
+    assert not has(bomb.id)
+
+
+def test_a_layer_that_expands_past_the_hubs_measure_is_corrupt(adapter: DockerAdapter, tmp_path: Path) -> None:
+    bomb = image_of(sparse_layer(tmp_path, 64 * 2**20), expanded=4096)
+    with pytest.raises(ImageCorrupt, match="the hub measured"):
+        load(adapter, bomb)
+    assert not has(bomb.id)
+
+
+def test_the_archive_counts_what_its_layers_expand_to(adapter: DockerAdapter, scratch_image: SavedImage) -> None:
+    archive = load(adapter, scratch_image, limit=2**30)
+    facts = adapter.image(scratch_image.id)
+    assert facts is not None
+    # Docker's size counts the files; the meter counts them in whole 4 KiB blocks, at least one each.
+    assert facts.size <= archive.expanded < facts.size + 4096 * 4096

@@ -115,7 +115,7 @@ def test_a_push_sends_every_blob_the_pusher_could_not_read() -> None:
     with pytest.raises(ImageError, match="has 50 bytes"):
         catalog.check(wrong, A)
     # B proves it has the bytes: its retried push skips them; shared images need no proof
-    catalog.add_blob(secret, B)
+    catalog.add_blob(secret, sender=B)
     assert secret not in catalog.wanted(manifest, B) and base in catalog.wanted(manifest, B)
     catalog.share(a_image, A, [C.id], public=False, revoke=False)
     assert catalog.wanted(manifest, C) == [manifest.config, manifest.layers[2]]
@@ -129,8 +129,8 @@ def test_a_config_alone_does_not_make_a_tenant_an_owner() -> None:
     # B sends A's config (say it saw it) and a layer of its own, naming them one image
     claim = Manifest(config=a_image.manifest.config, layers=[mine])
     assert catalog.wanted(claim, B) == [claim.config, mine]
-    catalog.add_blob(claim.config, B)
-    catalog.add_blob(mine, B)
+    catalog.add_blob(claim.config, sender=B)
+    catalog.add_blob(mine, sender=B)
     with pytest.raises(ImageError, match="lists other layers"):
         catalog.add_image(claim, b"", (), 2.0, B)
     assert catalog.resolve(a_image.digest, B) is None and set(a_image.holdings) == {A.id}

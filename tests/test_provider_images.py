@@ -22,7 +22,7 @@ from kiln.testing import LocalCluster
 from kiln_provider.docker_adapter import DockerAdapter
 from kiln_provider.image_archive import wanted
 from tests.conftest import containers_of
-from tests.images import SavedImage, build, has, remove, save
+from tests.images import SavedImage, build, has, image_of, remove, save, sparse_layer
 from tests.scripted_hub import Provider, ScriptedHub, scripted_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
@@ -302,3 +302,27 @@ async def test_pull_fetches_what_docker_lacks_and_records_it(
                          "resources": RESOURCES})  # fmt: skip
     error = await provider.receive(timeout=60)
     assert error["code"] == "image_not_found"
+
+
+async def test_a_sparse_bomb_never_reaches_the_providers_disk(
+    hub: ScriptedHub, processes: LocalCluster, tmp_path: Path
+) -> None:
+    """The issue's bomb (1 GiB in a few KiB of tar), sent by a hub that let it through: the provider
+    meters it while it streams into docker load and stops before Docker extracts anything."""
+    bomb = image_of(sparse_layer(tmp_path))
+    name, provider = await start(hub, processes, "--image-cache", "256MiB")
+    await provider.send(create(1, bomb))
+    want = await provider.receive()
+    assert want["type"] == "want", want
+    await serve_want(provider, bomb, want)
+    error = await provider.receive()
+    assert error["type"] == "error" and error["code"] == "image_too_large", error
+    assert not has(bomb.id)
+    assert (
+        bomb.id not in record(processes, name) if (processes.logs / f"{name}.data" / "images.json").exists() else True
+    )
+    # One the hub measured past the budget is refused before a byte is asked for.
+    declared = image_of(sparse_layer(tmp_path), expanded=2**30)
+    await provider.send(create(2, declared))
+    error = await provider.receive()
+    assert error["type"] == "error" and error["code"] == "image_too_large", error

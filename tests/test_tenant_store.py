@@ -10,7 +10,6 @@ The same with a real provider and Docker (rents that run the image) is tests/tes
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from kiln.hub.server import start
 from kiln.hub.state import HubState
-from tests.test_hub_store import FakeImage, digest, push, recv
+from tests.test_hub_store import FakeImage, digest, noise, push, recv
 
 SHARED = "shared-t0ken"
 
@@ -93,8 +92,8 @@ async def answers(ws: ClientConnection, ref: str, rid: int) -> list[tuple[str, s
 
 
 async def test_another_tenants_image_is_as_absent_by_tag_and_by_digest(tmp_path: Path, tokens: Tokens) -> None:
-    secret = FakeImage.make(os.urandom(20_000))
-    never = FakeImage.make(os.urandom(20_000))  # pushed by nobody
+    secret = FakeImage.make(noise(20_000))
+    never = FakeImage.make(noise(20_000))  # pushed by nobody
     async with hub(tmp_path) as url, as_tenant(url, tokens.alice) as a, as_tenant(url, tokens.bob) as b:
         _, pushed = await push(a, secret, ["app:1"])
         assert pushed["type"] == "image_pushed" and pushed["image"]["owners"] == ["alice"], pushed
@@ -109,7 +108,7 @@ async def test_another_tenants_image_is_as_absent_by_tag_and_by_digest(tmp_path:
         assert rented["code"] == "image_not_found", rented
 
         # B pushes its own image under A's tag: A's tag still names A's image
-        own = FakeImage.make(os.urandom(5_000))
+        own = FakeImage.make(noise(5_000))
         _, pushed = await push(b, own, ["app:1"], id_=41)
         assert pushed["image"]["owners"] == ["bob"] and pushed["image"]["tags"] == ["app:1"]
         mine = await ask(a, {"type": "list_images", "id": 2})
@@ -141,9 +140,9 @@ async def test_another_tenants_image_is_as_absent_by_tag_and_by_digest(tmp_path:
 async def test_a_push_sends_another_tenants_blob_in_full_and_owners_survive_a_restart(
     tmp_path: Path, tokens: Tokens
 ) -> None:
-    base, layer = os.urandom(300_000), os.urandom(100_000)
+    base, layer = noise(300_000), noise(100_000)
     a_image = FakeImage.make(base, layer)
-    b_image = FakeImage.make(base, os.urandom(1_000))  # shares A's private base layer
+    b_image = FakeImage.make(base, noise(1_000))  # shares A's private base layer
     async with (
         hub(tmp_path) as url,
         as_tenant(url, tokens.alice) as a,
@@ -180,7 +179,7 @@ async def test_a_push_sends_another_tenants_blob_in_full_and_owners_survive_a_re
 
 
 async def test_a_record_without_owners_belongs_to_the_open_tenant(tmp_path: Path, tokens: Tokens) -> None:
-    image = FakeImage.make(os.urandom(10_000))
+    image = FakeImage.make(noise(10_000))
     async with hub(tmp_path) as url, as_tenant(url, SHARED) as open_:
         assert (await push(open_, image, ["old:1"]))[1]["image"]["owners"] == ["#open"]
     # as a hub of 1.3 wrote it

@@ -19,6 +19,7 @@
  *      +-- ImageError                    not an image (a bad `docker save` archive, config and layers disagree)
  *      |    +-- ImageCorruptError        a blob's bytes do not match its digest or size
  *      |    +-- StoreFullError           the hub's image store has no room for the image
+ *      |    +-- ImageTooLargeError       its layers would expand past a limit (1.4)
  *      +-- ActivityError                 something went wrong inside a rented activity
  *      |    +-- ProviderLostError        the provider vanished; the activity is gone
  *      |    +-- CommandTimeoutError      a command ran past its timeout and was killed (.result)

@@ -55,7 +55,12 @@ const DIGEST = /^sha256:[0-9a-f]{64}$/;
  * @property {string} linkname where a link points
  */
 
-/** @typedef {import("../types/protocol.js").Manifest} Manifest */
+/**
+ * The manifest a push sends: a parsed `Manifest` without the blobs' `expanded` (1.4), which only
+ * the hub measures and sets.
+ * @typedef {{config: PushedBlob, layers: PushedBlob[]}} Manifest
+ * @typedef {{digest: string, size: number}} PushedBlob
+ */
 /** @typedef {{offset: number, size: number}} Extent where a blob's bytes lie in the archive */
 
 /** An image read from a `docker save` archive: what to push, and where its blobs lie. */

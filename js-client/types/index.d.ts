@@ -488,6 +488,7 @@ export {
   ImageError,
   ImageCorruptError,
   StoreFullError,
+  ImageTooLargeError,
   ActivityError,
   ProviderLostError,
   FileNotFoundError,

@@ -11,7 +11,7 @@ export type KnownErrorCode =
   | "bad_json" | "bad_message" | "unknown_type" | "message_too_large" | "bad_frame" | "unsupported_version"
   | "unauthorized" | "name_taken" | "out_of_order" | "duplicate_id" | "too_many" | "flow_control" | "bad_path"
   | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "bad_image" | "image_corrupt"
-  | "store_full" | "provider_lost" | "file_not_found"
+  | "store_full" | "image_too_large" | "provider_lost" | "file_not_found"
   | "not_a_file" | "transfer_failed" | "container_failed" | "cancelled" | "timeout" | "connection_closed"
   | "command_failed" | "download_too_large" | "task_failed" | "internal";
 
@@ -79,6 +79,8 @@ export declare class ImageError extends KilnError {}
 export declare class ImageCorruptError extends ImageError {}
 /** The hub's image store has no room for the image (code store_full). */
 export declare class StoreFullError extends ImageError {}
+/** (1.4) The image's layers would take more than a limit once extracted, or expand absurdly. */
+export declare class ImageTooLargeError extends ImageError {}
 export declare class ActivityError extends KilnError {}
 export declare class ProviderLostError extends ActivityError {}
 export declare class FileNotFoundError extends ActivityError {}

@@ -78,7 +78,7 @@ export interface Limits {
  */
 export interface Error {
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   message: string;
@@ -249,6 +249,7 @@ export interface Manifest {
  */
 export interface Blob {
   digest: string;
+  expanded: number | null;
   size: number;
 }
 /**
@@ -265,7 +266,7 @@ export interface Destroy {
 export interface ActivityLost {
   activity: string;
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   reason: string;
@@ -438,7 +439,8 @@ export interface ListImages {
   type: "list_images";
 }
 /**
- * The store's images, most recently used first, and the bytes it holds of its ``limit``.
+ * The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each
+ * layer counted at the larger of its size and its expanded size).
  */
 export interface ImageList {
   images: ImageInfo[];

@@ -67,6 +67,12 @@ class ImageCorrupt(ProviderError):
     default_code = ErrorCode.IMAGE_CORRUPT
 
 
+class ImageTooLarge(ProviderError):
+    """An image whose layers would take more than this provider keeps for images (its cache budget)."""
+
+    default_code = ErrorCode.IMAGE_TOO_LARGE
+
+
 class VolumeFailed(ProviderError):
     """A container's volume could not be made; ``reason`` is a stable word a program can branch on."""
 

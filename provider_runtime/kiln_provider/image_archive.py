@@ -14,6 +14,10 @@ Docker 20.10 loads such a tar when the layers left out are already in its layer 
 Each blob's last piece is held back until the blob's size and sha256 are verified, and the
 end of the archive until the stream ended with nothing more: whatever goes wrong, the tar
 stops inside a member, Docker reads a truncated archive, and loads nothing.
+
+Each layer is metered on the way too (:class:`~kiln.protocol.layers.TarMeter`, the hub's own):
+once what the layers expand to passes ``limit``, or a layer expands past what the hub declared
+(``Blob.expanded``, 1.4), the load stops the same way, before Docker extracts anything.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final
 
+from kiln.protocol.errors import KilnError
+from kiln.protocol.layers import TarMeter
 from kiln.protocol.messages import Blob, Manifest
-from kiln_provider.errors import ImageCorrupt, TransferBroken
+from kiln.protocol.sizes import format_size
+from kiln_provider.errors import ImageCorrupt, ImageTooLarge, TransferBroken
 
 _BLOCK: Final = tarfile.BLOCKSIZE
 
@@ -91,13 +98,22 @@ class LoadArchive:
     on a failure it cuts the tar short, inside a member, and keeps the error in :attr:`failure`
     (ImageCorrupt for a blob that does not match, TransferBroken for a stream that ended
     short, or whatever ``chunks`` raised), for the caller to raise once Docker answered.
-    :attr:`received` counts the blob bytes taken.
+    :attr:`received` counts the blob bytes taken, :attr:`expanded` what the layers among them
+    take once extracted; past ``limit`` the load fails with ImageTooLarge.
     """
 
-    def __init__(self, manifest: Manifest, blobs: Sequence[Blob], chunks: Iterator[bytes | memoryview]) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        blobs: Sequence[Blob],
+        chunks: Iterator[bytes | memoryview],
+        limit: int | None = None,
+    ) -> None:
         self.manifest = manifest
         self.blobs = list(blobs)
+        self.limit = limit
         self.received = 0
+        self.expanded = 0
         self.failure: BaseException | None = None
         self._chunks = chunks
         self._rest = memoryview(b"")
@@ -127,6 +143,8 @@ class LoadArchive:
             self._owed = blob.size
             yield _header(member_name(blob.digest), blob.size)
             hasher = hashlib.sha256()
+            meter = TarMeter() if blob.digest != self.manifest.config.digest else None
+            before = self.expanded
             remaining = blob.size
             while remaining > 0:
                 piece = self._take(remaining)
@@ -134,6 +152,8 @@ class LoadArchive:
                     total = sum(b.size for b in self.blobs)
                     raise TransferBroken(f"the image's blobs ended after {self.received} of {total} bytes")
                 hasher.update(piece)
+                if meter is not None:
+                    self._measure(meter, blob, before, piece, end=remaining == len(piece))
                 remaining -= len(piece)
                 self.received += len(piece)
                 if remaining > 0:
@@ -150,6 +170,23 @@ class LoadArchive:
             self._owed = 0
             yield held + _padding(blob.size)
         yield bytes(2 * _BLOCK)  # the end of the archive
+
+    def _measure(self, meter: TarMeter, blob: Blob, before: int, piece: memoryview, end: bool) -> None:
+        """Feed a layer's piece to its meter; ImageCorrupt or ImageTooLarge as soon as it shows."""
+        try:
+            meter.feed(piece)
+            if end:
+                meter.finish()
+        except KilnError as e:
+            raise ImageCorrupt(f"layer {blob.digest}: {e.message}") from e
+        self.expanded = before + meter.expanded
+        if blob.expanded is not None and meter.expanded > blob.expanded:
+            raise ImageCorrupt(f"layer {blob.digest} expands past the {format_size(blob.expanded)} the hub measured")
+        if self.limit is not None and self.expanded > self.limit:
+            raise ImageTooLarge(
+                f"the image's layers take more than {format_size(self.limit)} once extracted, more than this "
+                "provider keeps for images (--image-cache)"
+            )
 
     def _take(self, limit: int) -> memoryview | None:
         """Up to ``limit`` bytes of the stream (never across a chunk), or None at its end."""

@@ -81,9 +81,10 @@ from kiln.protocol.messages import (
     Want,
 )
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
+from kiln.protocol.sizes import format_size
 from kiln_provider.agent import AgentChannel
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, DownloadStream, ImageFacts, Started
-from kiln_provider.errors import DockerFailed, ImageMissing, ProviderError, TransferBroken, error_reply
+from kiln_provider.errors import DockerFailed, ImageMissing, ImageTooLarge, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
 from kiln_provider.image_cache import DEFAULT_BUDGET, ImageCache, default_data_dir, write_atomically
 from kiln_provider.offering import Allowed
@@ -647,6 +648,12 @@ class ProviderRuntime:
         chains = await self._docker(self.adapter.layer_chains)
         held = held_layers([layer.digest for layer in manifest.layers], chains)
         blobs = wanted(manifest, held)
+        declared = sum(layer.expanded or 0 for layer in blobs[1:])  # the hub's measure (1.4), if it sent one
+        if declared > self.cache.budget:
+            raise ImageTooLarge(
+                f"provider {self.config.name!r} keeps {format_size(self.cache.budget)} of images; this one takes "
+                f"{format_size(declared)} once extracted"
+            )
         await self._c.reply(Want(type="want", re=message.id, blobs=[blob.digest for blob in blobs]))
         incoming = self._c.incoming(message.id, self._image_window)
         if (operation := self._by_request.get(message.id)) is not None:
@@ -667,7 +674,8 @@ class ProviderRuntime:
                 yield chunk
                 chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle, "image"), loop).result()
 
-        archive = LoadArchive(manifest, blobs, chunks())
+        # Metered again on the way in: whatever the hub said, no more than the cache budget is extracted.
+        archive = LoadArchive(manifest, blobs, chunks(), limit=self.cache.budget)
         await self._on(self._pools.transfers, self.adapter.load, archive)
         image = await self._docker(self.adapter.image, manifest.config.digest)
         if image is None:
@@ -675,13 +683,13 @@ class ProviderRuntime:
         seconds = time.monotonic() - started
         log.info("loaded %s: %d bytes in %.1f s (%.0f MB/s)", image.id[:19], archive.received, seconds,
                  archive.received / 1e6 / max(seconds, 1e-3))  # fmt: skip
-        await self._loaded(image)
+        await self._loaded(image, archive.expanded)
         return image, archive.received
 
-    async def _loaded(self, image: ImageFacts, *, pulled: bool = False) -> None:
-        """Record an image loaded for requestors (from the hub's store, or ``pulled``), make room for it,
-        and offer it."""
-        self.cache.add(image.id, image.size, image.tags, pulled=pulled)
+    async def _loaded(self, image: ImageFacts, expanded: int = 0, *, pulled: bool = False) -> None:
+        """Record an image loaded for requestors (from the hub's store, or ``pulled``), at the larger
+        of Docker's size for it and what its layers were metered to take; make room for it, and offer it."""
+        self.cache.add(image.id, max(image.size, expanded), image.tags, pulled=pulled)
         self._images_changed.set()
         await self._evict()
 

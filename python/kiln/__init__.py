@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ImageCorrupt,
         ImageError,
         ImageNotFound,
+        ImageTooLarge,
         InvalidPath,
         KilnError,
         LocalProtocolError,
@@ -63,9 +64,9 @@ _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
     "kiln.protocol.errors": [
         "ActivityError", "Cancelled", "ConnectionClosed", "ConnectionLost", "ContainerFailed", "FileNotFound",
-        "ImageCorrupt", "ImageError", "ImageNotFound", "InvalidPath", "KilnError", "LocalProtocolError", "NoMatch",
-        "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError", "StoreFull", "TransferFailed",
-        "Unauthorized", "UnsupportedVersion", "UsageError",
+        "ImageCorrupt", "ImageError", "ImageNotFound", "ImageTooLarge", "InvalidPath", "KilnError",
+        "LocalProtocolError", "NoMatch", "ProtocolError", "ProviderLost", "RemoteError", "RemoteProtocolError",
+        "StoreFull", "TransferFailed", "Unauthorized", "UnsupportedVersion", "UsageError",
     ],
     "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
     "kiln.requestor.activity": [
@@ -81,11 +82,11 @@ _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names
 __all__ = [
     "Activity", "ActivityError", "ActivityInfo", "Cancelled", "CommandFailed", "CommandTimeout", "ConnectionClosed",
     "ConnectionLost", "ContainerFailed", "Demand", "DownloadTooLarge", "ErrorCode", "FileNotFound", "ImageCorrupt",
-    "ImageError", "ImageInfo", "ImageList", "ImageNotFound", "InvalidPath", "Job", "JobEvent", "JobSummary",
-    "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderInfo", "ProviderLost",
-    "PushedImage", "RemoteError", "RemoteProtocolError", "Rental", "Requestor", "Resources", "Result", "RetryTask",
-    "StoreFull", "StreamEvent", "TaskFailed", "TaskTimeout", "TransferFailed", "Unauthorized", "UnsupportedVersion",
-    "UsageError", "__version__", "connect",
+    "ImageError", "ImageInfo", "ImageList", "ImageNotFound", "ImageTooLarge", "InvalidPath", "Job", "JobEvent",
+    "JobSummary", "KilnError", "LocalProtocolError", "NoMatch", "ProgressView", "ProtocolError", "ProviderInfo",
+    "ProviderLost", "PushedImage", "RemoteError", "RemoteProtocolError", "Rental", "Requestor", "Resources", "Result",
+    "RetryTask", "StoreFull", "StreamEvent", "TaskFailed", "TaskTimeout", "TransferFailed", "Unauthorized",
+    "UnsupportedVersion", "UsageError", "__version__", "connect",
 ]  # fmt: skip
 
 

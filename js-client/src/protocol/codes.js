@@ -33,6 +33,7 @@ export const ErrorCode = Object.freeze({
   BAD_IMAGE: "bad_image",
   IMAGE_CORRUPT: "image_corrupt",
   STORE_FULL: "store_full",
+  IMAGE_TOO_LARGE: "image_too_large",
   // The work.
   PROVIDER_LOST: "provider_lost",
   FILE_NOT_FOUND: "file_not_found",

@@ -103,6 +103,10 @@ export class ImageCorruptError extends ImageError {
 export class StoreFullError extends ImageError {
   static defaultCode = ErrorCode.STORE_FULL;
 }
+/** (1.4) The image's layers would take more than a limit once extracted, or expand absurdly. */
+export class ImageTooLargeError extends ImageError {
+  static defaultCode = ErrorCode.IMAGE_TOO_LARGE;
+}
 /** Something went wrong inside a rented activity. */
 export class ActivityError extends KilnError {
   static defaultCode = ErrorCode.CONTAINER_FAILED;
@@ -150,6 +154,7 @@ const BY_CODE = Object.freeze({
   [ErrorCode.BAD_IMAGE]: ImageError,
   [ErrorCode.IMAGE_CORRUPT]: ImageCorruptError,
   [ErrorCode.STORE_FULL]: StoreFullError,
+  [ErrorCode.IMAGE_TOO_LARGE]: ImageTooLargeError,
   [ErrorCode.PROVIDER_LOST]: ProviderLostError,
   [ErrorCode.UNKNOWN_ACTIVITY]: ActivityError,
   [ErrorCode.FILE_NOT_FOUND]: FileNotFoundError,

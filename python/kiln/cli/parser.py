@@ -184,8 +184,16 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "again on it takes its activities back (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
     )
     hub.add_argument(
-        "--store-limit", type=_size, default=UNSET, help="most bytes the image store holds (default 20GiB)"
-    )
+        "--store-limit", type=_size, default=UNSET,
+        help="most bytes the image store holds, each layer counted at the larger of its size and what its "
+        "files take once extracted (default 20GiB)",
+    )  # fmt: skip
+    hub.add_argument("--max-image-size", type=_size, default=UNSET, metavar="SIZE",
+                     help="refuse a push of an image whose layers take more than this once extracted "
+                     "(default 20GiB)")  # fmt: skip
+    hub.add_argument("--max-expansion", type=float, default=UNSET, metavar="RATIO",
+                     help="refuse a layer whose files take more than RATIO times its size once extracted, past "
+                     "64MiB (a sparse-file bomb; default 32)")  # fmt: skip
     hub.add_argument("--create-timeout", type=float, default=UNSET, metavar="S",
                      help="drop a provider that takes longer to start a container (its image still loading counts "
                      "as progress; default 120)")  # fmt: skip
@@ -267,7 +275,8 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_size,
         default=UNSET,
         metavar="SIZE",
-        help="images loaded for requestors to keep; past it the least recently used go (default 20GiB)",
+        help="images loaded for requestors to keep, counted at what their layers take extracted; past it the "
+        "least recently used go, and no one image may take more (default 20GiB)",
     )
     provider.add_argument(
         "--data-dir",

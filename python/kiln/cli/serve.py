@@ -29,7 +29,8 @@ async def hub(settings: HubSettings) -> int:
     try:
         await run_hub(
             settings.host, settings.port, token=settings.token, data_dir=settings.data_dir,
-            store_limit=settings.store_limit, create_timeout=settings.create_timeout,
+            store_limit=settings.store_limit, max_image_size=settings.max_image_size,
+            max_expansion=settings.max_expansion, create_timeout=settings.create_timeout,
             destroy_timeout=settings.destroy_timeout, credit_timeout=settings.credit_timeout,
             max_activities=settings.max_activities, grace=settings.grace, ssl=tls,
             per_address=settings.max_connections_per_address, waiting_per_address=settings.max_waiting_per_address,

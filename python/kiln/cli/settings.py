@@ -275,6 +275,8 @@ class HubSettings(_Settings):
     token_file: File | None = None
     data_dir: Folder | None = None
     store_limit: Size = 20 * 2**30
+    max_image_size: Size = 20 * 2**30
+    max_expansion: Annotated[float, Field(ge=1)] = 32.0
     create_timeout: Annotated[float, Field(gt=0)] = 120.0
     destroy_timeout: Annotated[float, Field(gt=0)] = 60.0
     credit_timeout: Annotated[float, Field(gt=0)] = 120.0

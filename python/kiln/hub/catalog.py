@@ -6,6 +6,18 @@ tars) whose sha256s the config lists in ``rootfs.diff_ids``. Blobs are shared be
 and stored once. The store keeps within ``limit`` bytes: to make room it drops blobs no image
 uses (left by a push that broke off), then the least recently used images no activity uses.
 
+A layer is counted at what it **weighs**: the larger of its tar's size and its expanded size
+(:mod:`kiln.protocol.layers`: what its files take once extracted, sparse files whole), since
+that is what a provider's disk spends on it. The store limit, ``max_image`` (the most one image
+may weigh) and a provider's placement count weights. A layer may expand to more than
+``max_expansion`` times its tar only while it stays under :data:`EXPANSION_FLOOR`.
+
+A push holds room only for bytes that arrived: it starts with none (:meth:`Catalog.begin`
+refuses at once one that could not fit even if every unused image went), and its room grows
+as its data comes (:meth:`Catalog.grow`), which is when images are evicted for it. One pusher
+(a credential; a connection for requestors without one) has at most :data:`MAX_PUSHES` pushes
+in flight, declaring at most the limit together.
+
 Images belong to the tenants that pushed them. A tenant (:class:`Tenant`) is the credential a
 requestor joined with; requestors without one (an open hub, the shared token) are one tenant,
 the *open* one; an admin credential sees and acts on every tenant's images. The rules:
@@ -36,12 +48,34 @@ from typing import Any, Final, TypeAlias
 import orjson
 
 from kiln.hub.access import Credential
-from kiln.protocol.errors import ImageError, ImageNotFound, StoreFull, Unauthorized
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import (
+    ImageCorrupt,
+    ImageError,
+    ImageNotFound,
+    ImageTooLarge,
+    KilnError,
+    StoreFull,
+    Unauthorized,
+)
 from kiln.protocol.messages import Blob, ImageInfo, Manifest
 from kiln.protocol.sizes import format_size
 
 MAX_CONFIG_BYTES: Final = 4 * 2**20
 """The largest image config the hub takes (Docker's are a few KiB)."""
+DEFAULT_MAX_IMAGE: Final = 20 * 2**30
+"""The most one image may weigh unless ``kiln hub --max-image-size`` says otherwise."""
+DEFAULT_MAX_EXPANSION: Final = 32.0
+"""How many times its tar's size a layer may expand to (past :data:`EXPANSION_FLOOR`); legit layers
+stay near 1 (8 for a tar of nothing but empty files); a sparse-file bomb is in the thousands."""
+EXPANSION_FLOOR: Final = 64 * 2**20
+"""A layer that expands to no more than this passes whatever its ratio (a tar of a few empty folders)."""
+GROW_STEP: Final = 32 * 2**20
+"""A push's room grows this far ahead of the bytes that arrived (fewer eviction plans; a bounded overshoot)."""
+MAX_PUSHES: Final = 4
+"""Pushes one pusher (a credential, or a connection without one) may have in flight at once."""
+EXPANDED_SINCE: Final = 4
+"""The minor version of the protocol from which a provider's manifests carry ``Blob.expanded``."""
 
 ARCH_ALIASES: Final = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i386": "386", "i686": "386"}
 _DIGEST: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -143,6 +177,21 @@ class StoredImage:
         return sum(blob.size for blob in unique(self.blobs))
 
     @cached_property
+    def expanded(self) -> int:
+        """What it takes on a provider's disk: each blob once, at its weight (:func:`weight`)."""
+        return sum(map(weight, unique(self.blobs)))
+
+    @cached_property
+    def _plain_manifest(self) -> Manifest:
+        layers = [layer.model_copy(update={"expanded": None}) for layer in self.manifest.layers]
+        return self.manifest.model_copy(update={"layers": layers})
+
+    def manifest_for(self, minor: int) -> Manifest:
+        """Its manifest as a provider speaking protocol 1.``minor`` takes it: the layers' expanded
+        sizes only from 1.4 (an older provider refuses a field it does not know)."""
+        return self.manifest if minor >= EXPANDED_SINCE else self._plain_manifest
+
+    @cached_property
     def chain_keys(self) -> tuple[tuple[str, int], ...]:
         return tuple(self.chains())
 
@@ -201,6 +250,11 @@ def owner_name(owner: Owner) -> str:
     return "#open" if owner is None else f"#{owner}"
 
 
+def weight(blob: Blob) -> int:
+    """What a blob counts for: the larger of its size and its expanded size (when known)."""
+    return max(blob.size, blob.expanded or 0)
+
+
 def unique(blobs: Iterable[Blob]) -> list[Blob]:
     """``blobs`` with each digest once, in order."""
     seen: set[str] = set()
@@ -234,23 +288,52 @@ def read_config(manifest: Manifest, config: bytes) -> tuple[str, str]:
     return normalize_arch(arch), os_
 
 
-class Catalog:
-    """The images and blobs of one store, within ``limit`` bytes."""
+@dataclass(eq=False)
+class Push:
+    """A push in flight: who sends it, what it declared, and the room it holds (grown as its bytes arrive)."""
 
-    def __init__(self, limit: int) -> None:
+    manifest: Manifest
+    tenant: Tenant
+    pusher: str  # whom the in-flight bounds count it against
+    declared: int  # bytes of the blobs it is to send
+    held: int  # what the image's blobs the store holds already weigh
+    reserved: int = 0  # room held for bytes that arrived (and up to GROW_STEP ahead), not yet stored
+
+
+class Catalog:
+    """The images and blobs of one store, within ``limit`` bytes (weights: see the module's docstring)."""
+
+    def __init__(
+        self, limit: int, max_image: int = DEFAULT_MAX_IMAGE, max_expansion: float = DEFAULT_MAX_EXPANSION
+    ) -> None:
         self.limit = limit
+        self.max_image = max_image
+        self.max_expansion = max_expansion
         self.blobs: dict[str, int] = {}  # digest -> size, verified and on disk
+        self.expanded: dict[str, int] = {}  # digest -> expanded size, of the blobs that are tar layers
         self.images: dict[str, StoredImage] = {}  # image id -> image
         self.tags: dict[tuple[Owner, str], str] = {}  # (owner, tag) -> image id
         self.senders: dict[str, set[Owner]] = {}  # blob -> the tenants that sent its bytes (since the hub started)
         self._pinned: dict[str, int] = {}  # blobs a push in flight counts on, and how many pushes
-        self._reserved = 0  # bytes promised to pushes in flight, not yet stored
+        self._reserved = 0  # room held by pushes in flight for bytes not yet stored
+        self._pushes: list[Push] = []
 
     # --- reading -----------------------------------------------------------------------
 
     @property
     def used(self) -> int:
-        return sum(self.blobs.values())
+        """What the stored blobs weigh."""
+        return sum(max(size, self.expanded.get(digest, 0)) for digest, size in self.blobs.items())
+
+    def weight_of(self, digest: str) -> int:
+        return max(self.blobs.get(digest, 0), self.expanded.get(digest, 0))
+
+    def measured(self, manifest: Manifest) -> Manifest:
+        """``manifest`` with each stored layer's expanded size as the hub measured it (a requestor's
+        own ``expanded`` is dropped: never trusted)."""
+        config = manifest.config.model_copy(update={"expanded": None})
+        layers = [layer.model_copy(update={"expanded": self.expanded.get(layer.digest)}) for layer in manifest.layers]
+        return manifest.model_copy(update={"config": config, "layers": layers})
 
     def resolve(self, ref: str, tenant: Tenant = OPEN) -> StoredImage | None:
         """The stored image ``ref`` names for ``tenant``: a digest it sees, or a tag of its own
@@ -266,7 +349,7 @@ class Catalog:
         The store's own total would tell a pusher whether its blobs were there before it."""
         if tenant.admin:
             return self.used
-        return sum(self.blobs.get(digest, 0) for digest in self.readable(tenant))
+        return sum(self.weight_of(digest) for digest in self.readable(tenant) if digest in self.blobs)
 
     def hidden(self, ref: str, tenant: Tenant) -> bool:
         """Whether ``ref`` is the digest of a stored image ``tenant`` may not see (which must then
@@ -316,31 +399,94 @@ class Catalog:
             known = self.blobs.get(blob.digest) if blob.digest in readable else None
             if known is not None and known != blob.size:
                 raise ImageError(f"blob {blob.digest} has {known} bytes, not {blob.size}")
+        for layer in manifest.layers:
+            if layer.digest in readable and layer.digest in self.blobs and layer.digest not in self.expanded:
+                raise ImageCorrupt(f"blob {layer.digest}, stored here, is not a tar: it cannot be a layer")
 
-    def begin(self, manifest: Manifest, tenant: Tenant = OPEN) -> tuple[list[Blob], list[str]]:
+    def begin(self, manifest: Manifest, tenant: Tenant = OPEN, pusher: str | None = None) -> tuple[list[Blob], Push]:
         """Start taking in ``manifest`` from ``tenant``: the blobs to send (:meth:`wanted`), and the
-        blobs to delete to make room.
+        push (pass it to :meth:`grow` as bytes arrive, :meth:`add_blob`, and :meth:`end` once it is
+        over). ``pusher`` names whom the in-flight bounds count it against (default: the tenant).
 
-        Pins the blobs the push counts on (release with :meth:`end`), and reserves room for
-        the rest (all of them, held for another tenant or not: the push must fare as if they
-        were not). Raises :class:`StoreFull` when the store cannot make room within its limit.
+        Pins the blobs the push counts on and holds no room yet. Refuses (StoreFull) a push that
+        could not fit even if every image no activity or push uses went (counting every wanted
+        blob, held for another tenant or not: the push must fare as if they were not),
+        ImageTooLarge one whose blobs alone weigh more than ``max_image``, and ``too_many`` a
+        pusher's push past its bounds.
         """
         self.check(manifest, tenant)
         wanted = self.wanted(manifest, tenant)
-        need = sum(blob.size for blob in wanted)
+        declared = sum(blob.size for blob in wanted)
+        pusher = pusher if pusher is not None else f"tenant {owner_name(tenant.id)}"
+        mine = [push for push in self._pushes if push.pusher == pusher]
+        if len(mine) >= MAX_PUSHES:
+            raise KilnError(
+                f"{len(mine)} pushes of yours are in flight already (at most {MAX_PUSHES})", ErrorCode.TOO_MANY
+            )
+        if mine and declared + sum(push.declared for push in mine) > self.limit:
+            raise KilnError(
+                f"your pushes in flight would declare {format_size(declared + sum(p.declared for p in mine))}, "
+                f"more than the store's {format_size(self.limit)}",
+                ErrorCode.TOO_MANY,
+            )
+        wanting = {blob.digest for blob in wanted}
+        held = sum(
+            self.weight_of(blob.digest)
+            for blob in unique([manifest.config, *manifest.layers])
+            if blob.digest in self.blobs and blob.digest not in wanting
+        )
+        if held + declared > self.max_image:
+            raise ImageTooLarge(
+                f"the image weighs at least {format_size(held + declared)}, more than the "
+                f"{format_size(self.max_image)} one image may take here"
+            )
         for blob in unique([manifest.config, *manifest.layers]):
             self._pinned[blob.digest] = self._pinned.get(blob.digest, 0) + 1
+        push = Push(manifest, tenant, pusher, declared, held)
         try:
-            evicted = self._make_room(need)
+            self._plan_room(declared)  # refused now rather than after the bytes came
         except StoreFull:
-            self.end(manifest, need)
+            self._unpin(manifest)
             raise
-        self._reserved += need
-        return wanted, evicted
+        self._pushes.append(push)
+        return wanted, push
 
-    def end(self, manifest: Manifest, reserved: int) -> None:
-        """A push of ``manifest`` is over (stored or not): unpin its blobs and free what it reserved."""
-        self._reserved = max(self._reserved - reserved, 0)
+    def grow(self, push: Push, need: int) -> list[str]:
+        """``push`` has ``need`` bytes (its blob in progress, at its weight so far) not yet stored:
+        make sure it holds that much room; the blobs to delete to make it (evicted now). StoreFull
+        (and nothing changed) if they cannot be made."""
+        if need <= push.reserved:
+            return []
+        target = max(need, min(need + GROW_STEP, push.declared))
+        evicted = self._make_room(target - push.reserved)
+        self._reserved += target - push.reserved
+        push.reserved = target
+        return evicted
+
+    def check_layer(self, push: Push, blob: Blob, expanded: int) -> None:
+        """ImageTooLarge if the layer ``blob`` of ``push``, expanded to ``expanded`` so far (its
+        meter's count), expands absurdly or takes the image past ``max_image``."""
+        if expanded > EXPANSION_FLOOR and expanded > self.max_expansion * blob.size:
+            raise ImageTooLarge(
+                f"layer {blob.digest} of {format_size(blob.size)} expands to at least {format_size(expanded)}, "
+                f"more than {self.max_expansion:g} times its size (a sparse-file bomb?)"
+            )
+        total = push.held + max(expanded, blob.size)
+        if total > self.max_image:
+            raise ImageTooLarge(
+                f"the image takes at least {format_size(total)} once its layers are extracted, more than the "
+                f"{format_size(self.max_image)} one image may take here"
+            )
+
+    def end(self, push: Push) -> None:
+        """``push`` is over (stored or not): unpin its blobs and free the room it held."""
+        self._reserved = max(self._reserved - push.reserved, 0)
+        push.reserved = 0
+        if push in self._pushes:
+            self._pushes.remove(push)
+        self._unpin(push.manifest)
+
+    def _unpin(self, manifest: Manifest) -> None:
         for blob in unique([manifest.config, *manifest.layers]):
             left = self._pinned.get(blob.digest, 0) - 1
             if left > 0:
@@ -348,10 +494,23 @@ class Catalog:
             else:
                 self._pinned.pop(blob.digest, None)
 
-    def add_blob(self, blob: Blob, sender: Tenant = OPEN) -> None:
-        """A blob ``sender`` sent is verified and on disk."""
+    def add_blob(
+        self, blob: Blob, expanded: int | None = None, push: Push | None = None, *, sender: Tenant | None = None
+    ) -> None:
+        """A blob ``push`` sent (or ``sender``; default the open tenant) is verified and on disk;
+        ``expanded`` is its layer's expanded size (None: not a tar). What it weighs moves from
+        ``push``'s room to the store's use."""
         self.blobs[blob.digest] = blob.size
-        self.senders.setdefault(blob.digest, set()).add(sender.id)
+        if expanded is not None:
+            self.expanded[blob.digest] = expanded
+        who = push.tenant if push is not None else sender or OPEN
+        self.senders.setdefault(blob.digest, set()).add(who.id)
+        if push is not None:
+            stored = self.weight_of(blob.digest)
+            freed = min(push.reserved, stored)
+            push.reserved -= freed
+            self._reserved = max(self._reserved - freed, 0)
+            push.held += stored
 
     def add_image(
         self, manifest: Manifest, config: bytes, tags: Iterable[str], now: float, tenant: Tenant = OPEN
@@ -366,9 +525,9 @@ class Catalog:
         image = self.images.get(manifest.config.digest)
         if image is None:
             arch, os_ = read_config(manifest, config)
-            image = StoredImage(manifest, arch, os_)
+            image = StoredImage(self.measured(manifest), arch, os_)
             self.images[image.digest] = image
-        elif image.manifest != manifest:
+        elif image.manifest != self.measured(manifest):
             # Its config is not read again: the layers it names are the stored image's. A push
             # that names others (to take that image while sending only its config) is no image.
             raise ImageError(f"the image config {image.digest} lists other layers than the push names")
@@ -452,24 +611,35 @@ class Catalog:
         gone = [b.digest for b in unique(image.blobs) if b.digest not in used and b.digest not in self._pinned]
         for digest in gone:
             self.blobs.pop(digest, None)
+            self.expanded.pop(digest, None)
             self.senders.pop(digest, None)
         return gone
 
     def _make_room(self, need: int) -> list[str]:
-        """Blobs to delete so that ``need`` more bytes fit; StoreFull (and nothing changed) if they cannot.
+        """Blobs to delete so that ``need`` more bytes fit (dropped from the catalog now); StoreFull
+        (and nothing changed) if they cannot."""
+        gone, victims = self._plan_room(need)
+        for digest in gone:
+            del self.blobs[digest]
+            self.expanded.pop(digest, None)
+            self.senders.pop(digest, None)
+        for image in victims:
+            gone += self.remove(image.digest)
+        return gone
 
-        First blobs no image uses, then the least recently used images that no activity
-        runs and no push counts on; planned in full before anything is dropped.
-        """
+    def _plan_room(self, need: int) -> tuple[list[str], list[StoredImage]]:
+        """What to drop so that ``need`` more bytes fit: blobs no image uses, then the least
+        recently used images that no activity runs and no push counts on. StoreFull if even all
+        of them would not do."""
         if self.used + self._reserved + need <= self.limit:
-            return []
+            return [], []
         refs: dict[str, int] = {}
         for image in self.images.values():
             for blob in unique(image.blobs):
                 refs[blob.digest] = refs.get(blob.digest, 0) + 1
         free = self.limit - self.used - self._reserved
         gone = [d for d in self.blobs if d not in refs and d not in self._pinned]
-        free += sum(self.blobs[d] for d in gone)
+        free += sum(self.weight_of(d) for d in gone)
         victims: list[StoredImage] = []
         for image in reversed(self.by_recency()):
             if free >= need:
@@ -480,16 +650,11 @@ class Catalog:
             for blob in unique(image.blobs):
                 refs[blob.digest] -= 1
                 if refs[blob.digest] == 0 and blob.digest in self.blobs:
-                    free += self.blobs[blob.digest]
+                    free += self.weight_of(blob.digest)
         if free < need:
             # No figure of what the store holds: it would tell whether other tenants hold a blob.
             raise StoreFull(
                 f"the store cannot make room for {format_size(need)}: the rest of its {format_size(self.limit)} "
                 "is held by images in use or being pushed"
             )
-        for digest in gone:
-            del self.blobs[digest]
-            self.senders.pop(digest, None)
-        for image in victims:
-            gone += self.remove(image.digest)
-        return gone
+        return gone, victims

@@ -881,7 +881,7 @@ class HubCore:
         create = Create(type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources,
                         user=message.user)  # fmt: skip
         if stored is not None:
-            manifest = stored.manifest if q.minor >= 1 else None
+            manifest = stored.manifest_for(q.minor) if q.minor >= 1 else None
             create = create.model_copy(update={"image": stored.digest, "manifest": manifest})
         self._send(provider, create)
 

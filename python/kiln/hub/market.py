@@ -79,8 +79,9 @@ class Seller:
         return covers(total.cpus, total.memory, total.storage, demand) and has_labels(self.offer.labels, demand.labels)
 
     def can_pull(self, image: StoredImage) -> bool:
-        """Whether this provider could fetch ``image`` from the store and run it."""
-        return self.pulls and normalize_arch(self.offer.arch) == image.arch and self.free_storage >= image.size
+        """Whether this provider could fetch ``image`` from the store and run it (room for its layers
+        extracted, not only for their tars: see :attr:`StoredImage.expanded`)."""
+        return self.pulls and normalize_arch(self.offer.arch) == image.arch and self.free_storage >= image.expanded
 
     def has_free(self, wanted: Resources | Demand) -> bool:
         """Whether at least ``wanted`` is still free."""
@@ -421,7 +422,7 @@ def _why_cannot_pull(image: StoredImage, sellers: list[Seller]) -> str | None:
     """Why none of ``sellers`` could fetch ``image``, if none could; None if some could."""
     if any(s.can_pull(image) for s in sellers):
         return None
-    name = f"image {image.digest[:19]} ({image.os}/{image.arch}, {format_size(image.size)})"
+    name = f"image {image.digest[:19]} ({image.os}/{image.arch}, {format_size(image.expanded)} extracted)"
     if not any(s.pulls for s in sellers):
         return f"no provider holds {name}, and none speaks protocol 1.1 to fetch it from the hub"
     arches = sorted({normalize_arch(s.offer.arch) for s in sellers if s.pulls})

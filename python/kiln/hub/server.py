@@ -35,6 +35,7 @@ from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
+from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
 from kiln.hub.core import (
     CLOSE_FAILED_HELLOS,
     CLOSE_HANDSHAKE,
@@ -411,6 +412,8 @@ async def start(
     token: str | None = None,
     data_dir: Path | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
+    max_image_size: int = DEFAULT_MAX_IMAGE,
+    max_expansion: float = DEFAULT_MAX_EXPANSION,
     core: HubCore | None = None,
     create_timeout: float = CREATE_TIMEOUT,
     destroy_timeout: float = DESTROY_TIMEOUT,
@@ -427,8 +430,10 @@ async def start(
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
     Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
-    and keeps within ``store_limit`` bytes. A provider that leaves a create unanswered for
-    ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped, and a
+    and keeps within ``store_limit`` bytes, counting each layer at the larger of its size and what
+    it expands to; it takes no image that expands to more than ``max_image_size`` bytes, and no
+    layer that expands to more than ``max_expansion`` times its size (past 64 MiB). A provider
+    that leaves a create unanswered for ``create_timeout`` seconds (a destroy for ``destroy_timeout``) is dropped, and a
     requestor's stream toward a provider that grants it no credit for ``credit_timeout`` is
     aborted. A requestor holds at most ``max_activities`` activities per connection, and
     keeps them ``grace`` seconds after its connection drops or the hub restarts (for it to
@@ -447,7 +452,7 @@ async def start(
     gate = Gate(per_address, waiting_per_address, failed_hellos)
     data_dir = data_dir or default_data_dir()
     store = BlobStore(data_dir)
-    catalog = await asyncio.to_thread(store.open, store_limit)
+    catalog = await asyncio.to_thread(store.open, store_limit, max_image_size, max_expansion)
     state = await asyncio.to_thread(HubState.in_dir, data_dir)
     if core is None:
         core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",

@@ -3,6 +3,7 @@
 Layout under the data directory::
 
     blobs/sha256/<hex>   verified blobs (image configs and layers), stored once each
+    blobs/expanded/<hex> a blob's expanded size as a tar layer (``-``: not a tar), written before it
     images/<hex>.json    one record per image: manifest, architecture, and each owner's tags, shares, times
     tmp/                 blobs being received; emptied at start
 
@@ -15,6 +16,11 @@ work on threads so the hub's event loop never waits on a disk.
 Every request acts as its requestor's tenant (:class:`~kiln.hub.catalog.Tenant`) sees the store:
 a list shows what it may see, a remove or share needs an image it holds (or an admin), and a
 push sends every blob it could not read already (the catalog's rules).
+
+Each blob is metered as it streams in (:class:`~kiln.protocol.layers.TarMeter`): a layer that
+expands past the catalog's bounds fails the push (``image_too_large``) as soon as its headers
+say so, and the push's room grows with what arrived, evicting only then. A store written before
+expanded sizes were kept has them measured at start (its blobs' headers read, data skipped).
 """
 
 from __future__ import annotations
@@ -43,12 +49,24 @@ from kiln.hub.actions import (
     StoreAction,
     StoreRequest,
 )
-from kiln.hub.catalog import MAX_CONFIG_BYTES, Catalog, Holding, Owner, StoredImage, Tenant, owner_name
+from kiln.hub.catalog import (
+    DEFAULT_MAX_EXPANSION,
+    DEFAULT_MAX_IMAGE,
+    MAX_CONFIG_BYTES,
+    Catalog,
+    Holding,
+    Owner,
+    Push,
+    StoredImage,
+    Tenant,
+    owner_name,
+)
 from kiln.hub.core import HubCore
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ImageCorrupt, KilnError, TransferFailed, UsageError
 from kiln.protocol.frames import FrameKind
+from kiln.protocol.layers import TarMeter
 from kiln.protocol.messages import (
     WIRE,
     Blob,
@@ -68,8 +86,9 @@ from kiln.protocol.messages import (
 
 log = logging.getLogger("kiln.hub.store")
 
-PUSH_IDLE_TIMEOUT: Final = 60.0
-"""A push that sends nothing for this long fails (``transfer_failed``); what it verified stays."""
+PUSH_IDLE_TIMEOUT: Final = 20.0
+"""A push that sends nothing for this long fails (``transfer_failed``) and gives back the room it
+held; what it verified stays."""
 SAVE_INTERVAL: Final = 10.0
 """How often the times images were last used are written to disk."""
 READ_BYTES: Final = 1024 * 1024
@@ -83,44 +102,83 @@ def default_data_dir() -> Path:
 
 
 class BlobWriter:
-    """One blob being received into a temporary file; :meth:`finish` verifies and publishes it."""
+    """One blob being received into a temporary file, metered as a tar; :meth:`finish` verifies
+    and publishes it.
 
-    def __init__(self, store: BlobStore, blob: Blob) -> None:
+    A ``layer``'s tar must be sound (else ImageCorrupt); any other blob (a config) is metered too,
+    quietly, so that a blob later named as a layer is known for what it is. Making one touches no
+    disk: its file is made at its first write (so a push cancelled in between leaves none open)."""
+
+    def __init__(self, store: BlobStore, blob: Blob, layer: bool) -> None:
         self.blob = blob
+        self.layer = layer
+        self.meter: TarMeter | None = TarMeter()
+        self.written = 0
         self._store = store
         self._hash = hashlib.sha256()
-        self._written = 0
-        fd, name = tempfile.mkstemp(dir=store.tmp, prefix=blob.digest[7:19] + ".")
-        self._path = Path(name)
-        self._file: IO[bytes] | None = os.fdopen(fd, "wb")
+        self._path: Path | None = None
+        self._file: IO[bytes] | None = None
+
+    def _opened(self) -> IO[bytes]:
+        if self._file is None:
+            assert self._path is None, "a blob's file is made once"
+            fd, name = tempfile.mkstemp(dir=self._store.tmp, prefix=self.blob.digest[7:19] + ".")
+            self._path = Path(name)
+            self._file = os.fdopen(fd, "wb")
+        return self._file
+
+    @property
+    def expanded(self) -> int:
+        """The layer's expanded size so far (0 for a blob that is no tar)."""
+        return self.meter.expanded if self.meter is not None else 0
 
     def write(self, data: bytes) -> None:
-        assert self._file is not None
-        self._written += len(data)
-        if self._written > self.blob.size:
+        file = self._opened()
+        self.written += len(data)
+        if self.written > self.blob.size:
             raise ImageCorrupt(f"blob {self.blob.digest} is longer than its declared {self.blob.size} bytes")
+        self._measure(lambda meter: meter.feed(data))
         self._hash.update(data)
-        self._file.write(data)
+        file.write(data)
+
+    def _measure(self, step: Callable[[TarMeter], object]) -> None:
+        if self.meter is None:
+            return
+        try:
+            step(self.meter)
+        except ImageCorrupt as e:
+            if self.layer:
+                raise ImageCorrupt(f"layer {self.blob.digest}: {e.message}") from e
+            self.meter = None  # a config: not a tar, and that is fine
 
     def finish(self) -> None:
         """Check size and digest, then move the blob into place (else ImageCorrupt, and nothing kept)."""
-        assert self._file is not None
-        if self._written != self.blob.size:
-            raise ImageCorrupt(f"blob {self.blob.digest} has {self._written} bytes, not its declared {self.blob.size}")
+        file = self._opened()
+        if self.written != self.blob.size:
+            raise ImageCorrupt(f"blob {self.blob.digest} has {self.written} bytes, not its declared {self.blob.size}")
         actual = "sha256:" + self._hash.hexdigest()
         if actual != self.blob.digest:
             raise ImageCorrupt(f"blob {self.blob.digest} does not match its bytes (their sha256 is {actual})")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        self._measure(TarMeter.finish)
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
         self._file = None
+        self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
+        assert self._path is not None
         os.replace(self._path, self._store.path(self.blob.digest))
+
+    @property
+    def measured(self) -> int | None:
+        """After :meth:`finish`: the expanded size, or None for a blob that is no tar."""
+        return self.meter.expanded if self.meter is not None else None
 
     def discard(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
-            self._path.unlink(missing_ok=True)
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
 
 
 class BlobStore:
@@ -131,16 +189,36 @@ class BlobStore:
         self.blobs = root / "blobs" / "sha256"
         self.meta = root / "images"
         self.tmp = root / "tmp"
+        self.sizes = root / "blobs" / "expanded"
 
-    def open(self, limit: int) -> Catalog:
-        """Make the folders, drop leftovers of an interrupted run, and read what is stored."""
-        for folder in (self.blobs, self.meta, self.tmp):
+    def open(
+        self, limit: int, max_image: int = DEFAULT_MAX_IMAGE, max_expansion: float = DEFAULT_MAX_EXPANSION
+    ) -> Catalog:
+        """Make the folders, drop leftovers of an interrupted run, and read what is stored (measuring
+        the blobs whose expanded size is not written down: a store from before it was kept)."""
+        for folder in (self.blobs, self.sizes, self.meta, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             leftover.unlink(missing_ok=True)
-        catalog = Catalog(limit)
+        catalog = Catalog(limit, max_image, max_expansion)
+        measured = 0
         for path in self.blobs.iterdir():
-            catalog.blobs[f"sha256:{path.name}"] = path.stat().st_size
+            digest = f"sha256:{path.name}"
+            catalog.blobs[digest] = path.stat().st_size
+            try:
+                text = (self.sizes / path.name).read_text().strip()
+                expanded = None if text == "-" else int(text)
+            except (OSError, ValueError):  # none yet (or unreadable): measure it again
+                expanded = measure_file(path)
+                self.write_expanded(digest, expanded)
+                measured += 1
+            if expanded is not None:
+                catalog.expanded[digest] = expanded
+        if measured:
+            log.info("measured the expanded size of %d blobs stored before it was kept", measured)
+        for leftover in self.sizes.iterdir():
+            if not (self.blobs / leftover.name).exists():
+                leftover.unlink(missing_ok=True)
         records = []
         for path in self.meta.glob("*.json"):
             try:
@@ -152,6 +230,7 @@ class BlobStore:
                 log.warning("image %s lacks blobs on disk; forgetting it", image.digest)
                 self.forget(image.digest)
                 continue
+            image.manifest = catalog.measured(image.manifest)
             catalog.images[image.digest] = image
             for owner, holding in image.holdings.items():
                 tags, holding.tags = holding.tags, set()
@@ -162,8 +241,15 @@ class BlobStore:
     def path(self, digest: str) -> Path:
         return self.blobs / digest.removeprefix("sha256:")
 
-    def writer(self, blob: Blob) -> BlobWriter:
-        return BlobWriter(self, blob)
+    def writer(self, blob: Blob, layer: bool) -> BlobWriter:
+        return BlobWriter(self, blob, layer)
+
+    def write_expanded(self, digest: str, expanded: int | None) -> None:
+        """Write down a blob's expanded size (None: it is no tar), before the blob is published."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="expanded.")
+        with os.fdopen(fd, "w") as f:
+            f.write("-" if expanded is None else str(expanded))
+        os.replace(name, self.sizes / digest.removeprefix("sha256:"))
 
     def read_config(self, digest: str) -> bytes:
         with self.path(digest).open("rb") as f:
@@ -185,6 +271,30 @@ class BlobStore:
     def delete(self, digests: Iterable[str]) -> None:
         for digest in digests:
             self.path(digest).unlink(missing_ok=True)
+            (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
+
+
+def measure_file(path: Path) -> int | None:
+    """The expanded size of the tar in ``path`` (None if it is no tar), its file data seeked past."""
+    meter = TarMeter()
+    try:
+        with path.open("rb") as f:
+            left = os.fstat(f.fileno()).st_size
+            while left > 0:
+                skip = min(meter.skippable, left)
+                if skip:
+                    f.seek(skip, os.SEEK_CUR)
+                    meter.skip(skip)
+                    left -= skip
+                    continue
+                data = f.read(min(left, 64 * 1024))
+                if not data:
+                    break
+                meter.feed(data)
+                left -= len(data)
+        return meter.finish()
+    except ImageCorrupt:
+        return None
 
 
 OPEN_KEY: Final = "open"
@@ -285,7 +395,13 @@ class ImageService:
             if isinstance(action.message, PushImage):
                 push = self._pushes[key] = _Push()
                 tenant = Tenant.of(action.credential)
-                push.task = self._spawn(self._push(action.peer, action.message, tenant, push), key, self._pushes)
+                # In-flight bounds are per credential; requestors without one (an open hub, the
+                # shared token) share no credential, so each connection is bounded on its own.
+                credential = action.credential
+                pusher = f"credential {credential.id}" if credential is not None else f"peer {action.peer}"
+                push.task = self._spawn(
+                    self._push(action.peer, action.message, tenant, pusher, push), key, self._pushes
+                )
             elif isinstance(action.message, ListImages):
                 self._spawn(self._list(action.peer, action.message, Tenant.of(action.credential)))
             elif isinstance(action.message, ShareImage):
@@ -425,22 +541,18 @@ class ImageService:
         self.store.forget(digest)
         self.store.delete(blobs)
 
-    async def _push(self, peer: int, message: PushImage, tenant: Tenant, push: _Push) -> None:
+    async def _push(self, peer: int, message: PushImage, tenant: Tenant, pusher: str, push: _Push) -> None:
         manifest = message.manifest
         try:
-            wanted, evicted = self.catalog.begin(manifest, tenant)
+            wanted, room = self.catalog.begin(manifest, tenant, pusher)
         except KilnError as e:
             self._fail(peer, message.id, e)
             return
-        reserved = sum(blob.size for blob in wanted)
         try:
-            if evicted:
-                log.info("evicting %d blobs to make room for image %s", len(evicted), manifest.config.digest)
-                await asyncio.to_thread(self._evict, evicted)
             if wanted:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
                 self._apply(self.core.store_grant(peer, message.id, self._window))
-                await self._receive(peer, message.id, wanted, push, tenant)
+                await self._receive(peer, message.id, wanted, push, room)
             known = manifest.config.digest in self.catalog.images  # a second push only retags: no disk read
             config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
             before = {digest: _tags(image) for digest, image in self.catalog.images.items()}
@@ -460,9 +572,10 @@ class ImageService:
             self._fail(peer, message.id, KilnError(f"the hub could not store the image: {e}", ErrorCode.INTERNAL))
             return
         finally:
-            self.catalog.end(manifest, reserved)
+            self.catalog.end(room)
         sent = sum(blob.size for blob in wanted)
-        log.info("image %s stored (%d bytes received, %d held already)", image.digest, sent, image.size - sent)
+        log.info("image %s stored (%d bytes received, %d held already; %d once extracted)",
+                 image.digest, sent, image.size - sent, image.expanded)  # fmt: skip
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
@@ -473,11 +586,13 @@ class ImageService:
                 path.unlink(missing_ok=True)
         self.store.delete(gone)
 
-    async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, tenant: Tenant) -> None:
-        """Take the wanted blobs off the push's stream, one after another, each verified and stored."""
+    async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, room: Push) -> None:
+        """Take the wanted blobs off the push's stream, one after another, each metered, verified and
+        stored; the push's room grows as its bytes come (evicting then, if need be)."""
+        layers = {layer.digest for layer in room.manifest.layers}
         pending = b""
         for blob in wanted:
-            writer = await asyncio.to_thread(self.store.writer, blob)
+            writer = self.store.writer(blob, blob.digest in layers)
             try:
                 left = blob.size
                 while left > 0:
@@ -486,10 +601,18 @@ class ImageService:
                     piece, pending = pending[:left], pending[left:]
                     await asyncio.to_thread(writer.write, piece)
                     left -= len(piece)
+                    if writer.layer:
+                        self.catalog.check_layer(room, blob, writer.expanded)
+                    evicted = self.catalog.grow(room, max(writer.written, writer.expanded))
+                    if evicted:
+                        log.info(
+                            "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
+                        )
+                        await asyncio.to_thread(self._evict, evicted)
                 await asyncio.to_thread(writer.finish)
             finally:
                 await asyncio.to_thread(writer.discard)
-            self.catalog.add_blob(blob, tenant)
+            self.catalog.add_blob(blob, writer.measured, room)
         if pending:
             raise ImageCorrupt("the push sent more bytes than its wanted blobs hold")
         kind, _ = await self._frame(push)

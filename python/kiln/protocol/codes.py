@@ -34,6 +34,8 @@ class ErrorCode(StrEnum):
     BAD_IMAGE = "bad_image"
     IMAGE_CORRUPT = "image_corrupt"
     STORE_FULL = "store_full"
+    # (1.4) an image's layers would expand past a limit
+    IMAGE_TOO_LARGE = "image_too_large"
     # The work.
     PROVIDER_LOST = "provider_lost"
     FILE_NOT_FOUND = "file_not_found"

@@ -18,6 +18,7 @@
      +-- ImageError                not an image (bad ``docker save`` archive, config and layers disagree)
      |    +-- ImageCorrupt         a blob's bytes do not match its digest or size
      |    +-- StoreFull            the hub's image store has no room for the image
+     |    +-- ImageTooLarge        its layers would expand past a limit (1.4)
      +-- ActivityError             something went wrong inside a rented activity
      |    +-- ProviderLost         the provider vanished; the activity is gone
      |    +-- FileNotFound         no such file or folder in the container
@@ -120,6 +121,13 @@ class StoreFull(ImageError):
     default_code = ErrorCode.STORE_FULL
 
 
+class ImageTooLarge(ImageError):
+    """(1.4) The image's layers would take more than a limit once extracted, or expand absurdly
+    (a few KiB of tar holding a sparse file of GiBs)."""
+
+    default_code = ErrorCode.IMAGE_TOO_LARGE
+
+
 class ActivityError(KilnError):
     default_code = ErrorCode.CONTAINER_FAILED
 
@@ -167,6 +175,7 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
     ErrorCode.BAD_IMAGE: ImageError,
     ErrorCode.IMAGE_CORRUPT: ImageCorrupt,
     ErrorCode.STORE_FULL: StoreFull,
+    ErrorCode.IMAGE_TOO_LARGE: ImageTooLarge,
     ErrorCode.PROVIDER_LOST: ProviderLost,
     ErrorCode.UNKNOWN_ACTIVITY: ActivityError,
     ErrorCode.FILE_NOT_FOUND: FileNotFound,

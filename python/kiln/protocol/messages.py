@@ -210,6 +210,10 @@ class Blob(_Message):
 
     digest: Digest
     size: Bytes
+    expanded: Bytes | None = None
+    """(1.4) What the layer takes once extracted, as the hub metered it (each entry's real size,
+    sparse files whole, in 4 KiB blocks): set by the hub in the manifests it sends providers;
+    what a requestor puts here is ignored."""
 
 
 class Manifest(_Message):
@@ -607,7 +611,8 @@ class ListImages(_Message):
 
 
 class ImageList(_Message):
-    """The store's images, most recently used first, and the bytes it holds of its ``limit``."""
+    """The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each
+    layer counted at the larger of its size and its expanded size)."""
 
     type: Literal["image_list"]
     re: RequestId
