@@ -722,7 +722,7 @@ class ProviderRuntime:
             assert output is not None
             try:
                 async with asyncio.timeout(idle):
-                    await output.write(bytes((fd,)) + data)  # one DATA frame: the sink's pieces fit one
+                    await output.send(bytes((fd,)), data)  # one DATA frame: the sink's pieces fit one
             except TimeoutError:
                 raise TransferBroken(f"no credit for the output for {idle:g} s: the exec was abandoned") from None
 
