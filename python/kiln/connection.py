@@ -204,6 +204,11 @@ class Incoming:
         self._error: KilnError | None = None
         self._consumed = 0
 
+    @property
+    def ready(self) -> int:
+        """Chunks that came and are not taken yet (the next ones return without waiting)."""
+        return len(self._chunks)
+
     def _feed(self, data: memoryview) -> None:
         self._chunks.append(data)
         self._wake.set()
