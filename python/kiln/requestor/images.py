@@ -697,7 +697,9 @@ async def saving(image: EngineImage) -> AsyncIterator[SavedStream]:
         try:
             await saved.ready()
         except ImageError:
-            if (await process.wait()) != 0:
+            # A save that ended early is the engine's failure, said on its stderr; one still
+            # writing (it blocks: nobody reads it) is stopped in the finally clause.
+            if process.stdout.at_eof() and (await process.wait()) != 0:
                 said = (await errors).decode(errors="replace").strip().splitlines()
                 raise ImageError(f"docker save {image.digest} failed: {said[-1] if said else 'no reason'}") from None
             raise
