@@ -4,6 +4,7 @@ broken, the ``kiln image`` commands that need no hub, and (docker tier) a real `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -11,7 +12,7 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -322,14 +323,20 @@ def test_kiln_image_keeps_busybox_and_adds_push_ls_rm() -> None:
 # --- docker save streamed: blobs readable before the save ends ------------------------------
 
 
-def saved_stream(data: bytes, layers: list[bytes], config: bytes, spool: Any, size: int) -> SavedStream:
-    """A SavedStream over ``data`` as ``docker save`` would write it, arriving ``size`` bytes at a time."""
-    reader = asyncio.StreamReader(limit=size)
-    for at in range(0, len(data), size):
-        reader.feed_data(data[at : at + size])
-    reader.feed_eof()
+@contextlib.asynccontextmanager
+async def saved_stream(
+    data: bytes, layers: list[bytes], config: bytes, spool: Any, size: int
+) -> AsyncIterator[SavedStream]:
+    """A SavedStream over ``data`` as ``docker save`` would write it, read ``size`` bytes at a
+    time by its follower thread while the test reads it."""
+    pieces = iter([data[at : at + size] for at in range(0, len(data), size)])
     image = EngineImage(sha(config), tuple(sha(x) for x in layers), ("wordcount:1",))
-    return SavedStream(image, reader, spool)
+    saved = SavedStream(image, lambda _: next(pieces, b""), spool)
+    follower = asyncio.ensure_future(asyncio.to_thread(saved.follow))
+    try:
+        yield saved
+    finally:
+        await follower
 
 
 @pytest.mark.parametrize("layout", ["legacy", "oci"])
@@ -343,29 +350,29 @@ async def test_a_streamed_save_gives_the_manifest_and_every_blob(tmp_path: Path,
     data = write_tar(tmp_path / "image.tar", entries).read_bytes()
     config = config_of(layers)
     with (tmp_path / "spool").open("w+b") as spool:
-        saved = saved_stream(data, layers, config, spool, size)
-        manifest = await saved.ready()
-        assert manifest.config.digest == sha(config) and manifest.config.size == len(config)
-        assert [(b.digest, b.size) for b in manifest.layers] == [(sha(x), len(x)) for x in layers]
-        for blob, expected in ((sha(TOP), TOP), (sha(config), config), (sha(BASE), BASE)):
-            got = b"".join([chunk async for chunk in saved.blob_chunks(blob, 777)])
-            assert got == expected
+        async with saved_stream(data, layers, config, spool, size) as saved:
+            manifest = await saved.ready()
+            assert manifest.config.digest == sha(config) and manifest.config.size == len(config)
+            assert [(b.digest, b.size) for b in manifest.layers] == [(sha(x), len(x)) for x in layers]
+            for blob, expected in ((sha(TOP), TOP), (sha(config), config), (sha(BASE), BASE)):
+                got = b"".join([chunk async for chunk in saved.blob_chunks(blob, 777)])
+                assert got == expected
 
 
 async def test_a_streamed_save_with_a_layer_the_engine_did_not_list_is_an_image_error(tmp_path: Path) -> None:
     data = write_tar(tmp_path / "image.tar", entries_of([BASE, TOP])).read_bytes()
     with (tmp_path / "spool").open("w+b") as spool:
-        saved = saved_stream(data, [BASE, layer(("other", b"x"))], config_of([BASE, TOP]), spool, 4096)
-        with pytest.raises(kiln.ImageError, match="does not list"):
-            await saved.ready()
+        async with saved_stream(data, [BASE, layer(("other", b"x"))], config_of([BASE, TOP]), spool, 4096) as saved:
+            with pytest.raises(kiln.ImageError, match="does not list"):
+                await saved.ready()
 
 
 async def test_a_streamed_save_cut_short_is_an_image_error(tmp_path: Path) -> None:
     data = write_tar(tmp_path / "image.tar", entries_of([BASE, TOP])).read_bytes()
     with (tmp_path / "spool").open("w+b") as spool:
-        saved = saved_stream(data[:4000], [BASE, TOP], config_of([BASE, TOP]), spool, 4096)
-        with pytest.raises(kiln.ImageError, match="ended"):
-            await saved.ready()
+        async with saved_stream(data[:4000], [BASE, TOP], config_of([BASE, TOP]), spool, 4096) as saved:
+            with pytest.raises(kiln.ImageError, match="ended"):
+                await saved.ready()
 
 
 def test_the_tar_reader_takes_pax_sizes_and_long_names() -> None:

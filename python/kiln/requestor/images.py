@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
@@ -30,8 +31,10 @@ import re
 import shutil
 import tarfile
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -53,6 +56,9 @@ from kiln.protocol.messages import (
 from kiln.protocol.session import Interim
 
 READ_BYTES: Final = 256 * 1024
+SAVE_READ_BYTES: Final = 1024 * 1024
+"""What a push from the engine reads of ``docker save`` at once (and its pipe's size)."""
+_F_SETPIPE_SZ: Final = 1031
 MAX_INDEX_BYTES: Final = 16 * 2**20
 """The largest ``manifest.json`` or config read into memory (real ones are a few KiB)."""
 _DIGEST: Final = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -421,7 +427,8 @@ class TarReader:
     """The members of a tar as its bytes come (pure: feed bytes, take events).
 
     :meth:`feed` returns, in order, ``("member", name, size, regular)`` when a member's header
-    is complete, ``("data", bytes)`` for its contents (a regular file's only), and ``("end",)``
+    is complete, ``("data", view)`` for its contents (a regular file's only; a memoryview of
+    what was fed, to be used before the next feed), and ``("end",)``
     at the end of the archive. PAX ``path``/``size`` records and GNU long names are applied to
     the member they precede; padding is skipped.
     """
@@ -447,7 +454,7 @@ class TarReader:
                 if self._meta is not None:
                     self._meta += piece
                 elif self._emit:
-                    events.append(("data", bytes(piece)))
+                    events.append(("data", piece))  # a view of ``data``: use it before the next feed
                 self._left -= take
                 at += take
                 if not self._left and self._meta is not None:
@@ -534,16 +541,17 @@ class SavedStream:
     """``docker save`` of one image, read as it comes and kept in a spool file, each blob
     readable as soon as its bytes are there: what :func:`push_archive` sends from.
 
-    Get one from :func:`saving`. The push can start before the save ends: the manifest (each
-    blob's size) is known once the last blob's tar header arrived, and that blob then goes to
-    the hub as Docker writes it. A layer is named by the sha256 of its bytes (``<id>/layer.tar``,
-    Docker before 25) or by its file name (``blobs/sha256/<hex>``, the OCI layout); the config by
-    its file name (``<id>.json`` or ``blobs/sha256/<id>``).
+    Get one from :func:`saving`, which runs :meth:`follow` in a thread: it reads the save into
+    the spool at Docker's pace while the push sends. The push can start before the save ends:
+    the manifest (each blob's size) is known once the last blob's tar header arrived, and that
+    blob then goes to the hub as Docker writes it. A layer is named by the sha256 of its bytes
+    (``<id>/layer.tar``, Docker before 25) or by its file name (``blobs/sha256/<hex>``, the OCI
+    layout); the config by its file name (``<id>.json`` or ``blobs/sha256/<id>``).
     """
 
-    def __init__(self, image: EngineImage, stdout: asyncio.StreamReader, spool: Any) -> None:
+    def __init__(self, image: EngineImage, read: Callable[[int], bytes], spool: Any) -> None:
         self.image = image
-        self._stdout = stdout
+        self._read = read  # blocking: the next bytes of the save, b"" at its end
         self._spool = spool
         self._tar = TarReader()
         self._end = 0  # bytes in the spool
@@ -552,6 +560,13 @@ class SavedStream:
         self._hash: Any = None
         self._current: _Spooled | None = None  # the regular member whose data is coming
         self._manifest: Manifest | None = None
+        # Between follow() (a thread) and the readers (the event loop):
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._moved = asyncio.Event()
+        self.ended = False
+        """Whether follow() is over (the save read to its end, or failed: :attr:`failure`)."""
+        self.failure: BaseException | None = None
 
     @property
     def manifest(self) -> Manifest:
@@ -562,14 +577,37 @@ class SavedStream:
     def tags(self) -> tuple[str, ...]:
         return self.image.tags
 
+    def follow(self) -> None:
+        """Read the save into the spool, to its end (blocking: run it in a thread). Never
+        raises: a failure is kept in :attr:`failure` for the readers to raise."""
+        try:
+            while data := self._read(SAVE_READ_BYTES):
+                with self._lock:
+                    self._write(data)
+                self._loop.call_soon_threadsafe(self._moved.set)
+            if not self._tar.ended:
+                raise ImageError(f"docker save of {self.image.digest} ended in the middle of its archive")
+        except BaseException as e:  # noqa: BLE001 - kept for the readers, who raise it
+            self.failure = e
+        finally:
+            self.ended = True
+            self._loop.call_soon_threadsafe(self._moved.set)
+
     async def ready(self) -> Manifest:
-        """Read the save until every blob's size is known; the image's manifest."""
-        while (manifest := self._known()) is None:
-            if not await self._pump():
+        """Wait until every blob's size is known; the image's manifest."""
+        while True:
+            self._moved.clear()
+            with self._lock:
+                manifest = self._known()
+            if manifest is not None:
+                self._manifest = manifest
+                return manifest
+            if self.ended:
+                if self.failure is not None:
+                    raise self.failure
                 missing = [d for d in (self.image.digest, *self.image.layers) if d not in self._blobs]
                 raise ImageError(f"docker save of {self.image.digest} ended without {missing[0]}")
-        self._manifest = manifest
-        return manifest
+            await self._moved.wait()
 
     def _known(self) -> Manifest | None:
         layers = set(self.image.layers)
@@ -584,23 +622,13 @@ class SavedStream:
         return Manifest(config=Blob(digest=self.image.digest, size=blob[self.image.digest].size),
                         layers=[Blob(digest=d, size=blob[d].size) for d in self.image.layers])  # fmt: skip
 
-    async def _pump(self) -> bool:
-        """Read the next piece of the save into the spool; False at its end."""
-        data = await self._stdout.read(READ_BYTES * 4)
-        if not data:
-            if not self._tar.ended:
-                raise ImageError(f"docker save of {self.image.digest} ended in the middle of its archive")
-            return False
-        await asyncio.to_thread(self._write, data)
-        return True
-
     def _write(self, data: bytes) -> None:
-        """Spool ``data`` and follow the tar (in a thread: it writes and hashes)."""
+        """Spool ``data`` and follow the tar (it writes and hashes: in follow()'s thread)."""
         for event in self._tar.feed(data):
             if event[0] == "member":
                 self._member(event[1], event[2], event[3])
             elif event[0] == "data":
-                piece: bytes = event[1]
+                piece: memoryview = event[1]
                 if self._current is None:
                     continue  # a file not sent (manifest.json, a layer's json)
                 os.pwrite(self._spool.fileno(), piece, self._end)
@@ -655,26 +683,31 @@ class SavedStream:
         self._blobs.setdefault(digest, current)
 
     async def blob_chunks(self, digest: str, chunk: int = READ_BYTES) -> AsyncIterator[bytes]:
-        """The bytes of blob ``digest``: from the spool, reading more of the save while they are not there yet."""
+        """The bytes of blob ``digest``: from the spool, waiting for follow() while they are not there yet."""
         spooled = self._blobs.get(digest)
         if spooled is None:
             raise ImageError(f"docker save of {self.image.digest} holds no blob {digest}")
         done = 0
         while done < spooled.size:
-            if done >= spooled.written:
-                if not await self._pump():
-                    raise ImageError(f"docker save ended inside blob {digest}")
-                continue
-            want = min(chunk, spooled.written - done)
-            data = await asyncio.to_thread(os.pread, self._spool.fileno(), want, spooled.offset + done)
-            done += len(data)
-            yield data
+            self._moved.clear()
+            with self._lock:
+                written = spooled.written
+            if done < written:
+                want = min(chunk, written - done)
+                data = await asyncio.to_thread(os.pread, self._spool.fileno(), want, spooled.offset + done)
+                done += len(data)
+                yield data
+            elif self.ended:
+                raise self.failure or ImageError(f"docker save ended inside blob {digest}")
+            else:
+                await self._moved.wait()
 
 
 @contextlib.asynccontextmanager
 async def saving(image: EngineImage) -> AsyncIterator[SavedStream]:
     """Run ``docker save`` of ``image`` and yield it as a :class:`SavedStream` (its manifest
-    ready); on exit the save is stopped if it still runs and the spool removed.
+    ready; the save still read into the spool by a thread); on exit the save is stopped if it
+    still runs, and the spool removed.
 
     Raises :class:`ImageError` when the save fails or writes what the engine did not describe.
     """
@@ -682,24 +715,31 @@ async def saving(image: EngineImage) -> AsyncIterator[SavedStream]:
     if docker is None:
         raise UsageError("pushing a local image needs the docker command on PATH (or push a file: --file IMAGE.tar)")
     spool = await asyncio.to_thread(tempfile.TemporaryFile, prefix="kiln-save-")
+    out, into = os.pipe()
+    with contextlib.suppress(OSError):  # a wider pipe: fewer, larger reads (Linux; best effort)
+        fcntl.fcntl(out, _F_SETPIPE_SZ, SAVE_READ_BYTES)
     try:
         process = await asyncio.create_subprocess_exec(
-            docker, "save", image.digest, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, limit=READ_BYTES * 8,
+            docker, "save", image.digest, stdin=asyncio.subprocess.DEVNULL, stdout=into,
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
     except OSError as e:
+        for fd in (out, into):
+            os.close(fd)
         spool.close()
         raise UsageError(f"cannot run {docker}: {e.strerror or e}") from e
-    assert process.stdout is not None and process.stderr is not None
+    os.close(into)  # the save holds the only writing end: its end is our EOF
+    assert process.stderr is not None
     errors = asyncio.ensure_future(process.stderr.read(64 * 1024))
+    saved = SavedStream(image, partial(os.read, out), spool)
+    follower = asyncio.ensure_future(asyncio.to_thread(saved.follow))
     try:
-        saved = SavedStream(image, process.stdout, spool)
         try:
             await saved.ready()
         except ImageError:
             # A save that ended early is the engine's failure, said on its stderr; one still
-            # writing (it blocks: nobody reads it) is stopped in the finally clause.
-            if process.stdout.at_eof() and (await process.wait()) != 0:
+            # writing is stopped below.
+            if saved.ended and (await process.wait()) != 0:
                 said = (await errors).decode(errors="replace").strip().splitlines()
                 raise ImageError(f"docker save {image.digest} failed: {said[-1] if said else 'no reason'}") from None
             raise
@@ -709,9 +749,11 @@ async def saving(image: EngineImage) -> AsyncIterator[SavedStream]:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
         await process.wait()
+        await asyncio.shield(follower)  # ends: the save's end (or kill) is its EOF
         errors.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await errors
+        os.close(out)
         await asyncio.to_thread(spool.close)
 
 
