@@ -330,7 +330,7 @@ async def push_archive(
             if progress is not None:
                 progress(0, to_send, total - to_send)
             for digest in want.blobs:
-                async for chunk in archive.blob_chunks(digest, conn.session.limits.chunk_bytes):
+                async for chunk in archive.blob_chunks(digest, SAVE_READ_BYTES):  # write() cuts it into frames
                     await sender.write(chunk)
                     sent += len(chunk)
                     if progress is not None:
