@@ -4,7 +4,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 DIST_DIR ?= dist
 DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean bench-images bench-streams
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -13,6 +13,8 @@ help:
 	@echo "make dist   - build into dist/ the sdist and a platform wheel per architecture (x86_64, aarch64), each with its agent"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 	@echo "make docs   - build the documentation site into site/ with mkdocs build --strict (then: mkdocs serve)"
+	@echo "make bench-images  - an image of 200 MiB pushed from the engine and loaded by a provider, against docker save + load"
+	@echo "make bench-streams - a command's output streamed through the hub, against a pipe inside its container"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -112,6 +114,13 @@ test: install docker volumes node system agent lint contracts typecheck docs pyt
 
 demo: image volumes agent
 	$(PYTHON) examples/demo.py
+
+# Benchmarks (BENCHMARKS.md): each prints its numbers and ratios and asserts nothing.
+bench-images: image volumes agent
+	$(PYTHON) benchmarks/images.py --runs 5
+
+bench-streams: image volumes agent
+	$(PYTHON) benchmarks/exec_latency.py --streams-only --stream-runs 5
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules js-client/typedoc/node_modules agent/build site $(DIST_DIR)

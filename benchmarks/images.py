@@ -8,14 +8,16 @@ registry), then measures, ``--runs`` times each, on this machine's one Docker en
 - ``docker save -o`` of the image, and ``docker load -i`` of that file while the image is
   absent (removed first): together what ``docker save | docker load`` costs between two
   engines (the two run one after the other here: one engine cannot hold and lack an image);
-- ``push_image`` (the SDK) from the engine (``docker save``, then the push), and from the
-  saved file, each to a hub that lacks the image's layers;
+- ``push_image`` (the SDK) from the engine (``docker save`` read as it comes, each blob sent
+  once its bytes are there), and from the saved file, each to a hub that lacks the image's layers;
 - a first rent on a provider that lacks the image: the pull from the hub and ``docker
   load``, until ``rented``; a second rent on that provider (it holds the image now); and a
   rent of ``kiln-busybox:latest``, an image the provider held from the start (the rent of
   before the store).
 
-Prints medians (and every sample) and the throughput in MiB/s; asserts nothing. The image
+Prints medians (and every sample), the throughput in MiB/s and two ratios: push + first rent
+against ``docker save`` + ``docker load``, and the first rent against a bare ``docker load``;
+asserts nothing. ``make bench-images`` runs it. The image
 it built (and the provider loaded) is removed at the end.
 """
 
@@ -171,8 +173,9 @@ def report(bench: Bench) -> None:
         f"\nimage {image / MIB:.1f} MiB (docker save archive); pushed {bench.bytes['push'] / MIB:.1f} MiB, "
         f"pulled {bench.bytes['pull'] / MIB:.1f} MiB"
     )
-    print(f"push + first rent vs docker save | docker load: {pipe / kiln_path:.2f}x the throughput (goal >= 0.7)")
-    print(f"first rent vs docker load alone: {median(s['docker load']) / median(s['first rent (pull + load)']):.2f}x")
+    print(f"push + first rent vs docker save | docker load: {pipe / kiln_path:.2f}x the throughput (goal >= 0.9)")
+    load = median(s["docker load"]) / median(s["first rent (pull + load)"])
+    print(f"provider load (first rent) vs a bare docker load: {load:.2f}x the throughput")
     cached, today = median(s["second rent (cached)"]), median(s["rent of a provider-held image"])
     print(f"cached rent vs a provider-held image's: {cached * 1000:.0f} ms vs {today * 1000:.0f} ms")
 

@@ -6,10 +6,12 @@ import pytest
 
 from kiln_provider.agent_protocol import (
     AGENT_MAX_LENGTH,
+    ATTACH_HEADER,
     FROM_AGENT,
     MAX_CHUNK,
     PROVIDER_MAX_LENGTH,
     TO_AGENT,
+    AttachStream,
     Credit,
     Decoder,
     Exit,
@@ -105,6 +107,38 @@ def test_a_stream_fed_byte_by_byte_gives_the_same_messages() -> None:
     for i in range(len(stream)):
         got += decoder.feed(stream[i : i + 1])
     assert got == [m for m in ALL if isinstance(m, Started | Output | Exit | StdinAck)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 8, 9, 10, 13, 4096, 32777, 70000])
+def test_a_stream_cut_anywhere_gives_the_same_messages(size: int) -> None:
+    # Several frames in one piece, a frame across pieces, a piece ending inside a header.
+    messages: list[Message] = [Started(1, 7), *(Output(1, FrameType.STDOUT, bytes([i]) * 32768) for i in range(3)),
+                               Output(1, FrameType.STDERR, b"e"), Exit(1, 0, None)]  # fmt: skip
+    stream = b"".join(encode(m) for m in messages)
+    decoder = Decoder()
+    got: list[Message] = []
+    for at in range(0, len(stream), size):
+        got += decoder.feed(stream[at : at + size])
+    assert got == messages
+    assert decoder.pending == 0
+
+
+def attached(*pieces: tuple[int, bytes]) -> bytes:
+    """What Docker writes on an attach stream: each piece behind its 8-byte header."""
+    return b"".join(bytes([kind, 0, 0, 0]) + len(data).to_bytes(4, "big") + data for kind, data in pieces)
+
+
+@pytest.mark.parametrize("size", [1, 3, 8, 9, 100, 32768, 1 << 20])
+def test_the_attach_stream_splits_into_stdout_and_stderr_wherever_it_is_cut(size: int) -> None:
+    pieces = [(1, b"a" * 32768), (2, b"warning\n"), (1, b""), (1, b"b" * 100), (3, b"ignored"), (1, b"c")]
+    stream = attached(*pieces)
+    assert len(stream) == sum(ATTACH_HEADER + len(data) for _, data in pieces)
+    attach = AttachStream()
+    out = err = b""
+    for at in range(0, len(stream), size):
+        o, e = attach.feed(stream[at : at + size])
+        out, err = out + o, err + e
+    assert (out, err) == (b"a" * 32768 + b"b" * 100 + b"c", b"warning\n")
 
 
 @pytest.mark.parametrize(

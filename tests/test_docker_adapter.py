@@ -147,6 +147,7 @@ def test_create_is_hardened(adapter: DockerAdapter, make_container: MakeContaine
     assert not host.get("Init"), "the agent is PID 1"
     assert host["AutoRemove"] is True, "the container goes when its agent exits"
     assert host["ReadonlyRootfs"] is True, "what it writes goes to its volume"
+    assert host["LogConfig"]["Type"] == "none", "the agent's channel (all output) is not copied to a log on the host"
     volume = adapter.volumes.root / volume_name("act/1")
     assert sorted(host["Binds"]) == sorted(
         [f"{adapter.agent}:{AGENT_IN_CONTAINER}:ro", f"{volume}/golem:/golem:rw", f"{volume}/tmp:/tmp:rw"]

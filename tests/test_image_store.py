@@ -178,7 +178,7 @@ async def test_kiln_image_push_ls_rm(cluster: Cluster, wordcount: Built) -> None
 
     missing = await asyncio.to_thread(cli, "image", "push", "kiln-no-such-image:0", "--hub", cluster.url)
     assert missing.returncode == 1
-    assert "docker save kiln-no-such-image:0 failed" in missing.stderr and "[bad_image]" in missing.stderr
+    assert "docker image inspect kiln-no-such-image:0 failed" in missing.stderr and "[bad_image]" in missing.stderr
 
 
 def test_the_archive_digest_is_the_engines_image_id(wordcount: Built) -> None:

@@ -4,6 +4,7 @@ broken, the ``kiln image`` commands that need no hub, and (docker tier) a real `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import hashlib
 import io
@@ -11,7 +12,7 @@ import json
 import os
 import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,7 +20,16 @@ import pytest
 
 import kiln
 from kiln.cli import main
-from kiln.requestor.images import ImageArchive, docker_save, push_tags, read_archive
+from kiln.requestor.images import (
+    EngineImage,
+    ImageArchive,
+    SavedStream,
+    TarReader,
+    inspect_engine_image,
+    push_tags,
+    read_archive,
+    saving,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -276,7 +286,9 @@ def test_push_tags_are_the_archives_then_the_callers_each_once(tmp_path: Path) -
 async def test_without_the_docker_command_saving_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(kiln.UsageError, match="needs the docker command"):
-        async with docker_save("wordcount:1"):
+        await inspect_engine_image("wordcount:1")
+    with pytest.raises(kiln.UsageError, match="needs the docker command"):
+        async with saving(EngineImage(sha(b"c"), (), ())):
             pass
 
 
@@ -308,29 +320,96 @@ def test_kiln_image_keeps_busybox_and_adds_push_ls_rm() -> None:
     assert parser.parse_args(["image", "rm", "wc:1"]).ref == "wc:1"
 
 
+# --- docker save streamed: blobs readable before the save ends ------------------------------
+
+
+@contextlib.asynccontextmanager
+async def saved_stream(
+    data: bytes, layers: list[bytes], config: bytes, spool: Any, size: int
+) -> AsyncIterator[SavedStream]:
+    """A SavedStream over ``data`` as ``docker save`` would write it, read ``size`` bytes at a
+    time by its follower thread while the test reads it."""
+    pieces = iter([data[at : at + size] for at in range(0, len(data), size)])
+    image = EngineImage(sha(config), tuple(sha(x) for x in layers), ("wordcount:1",))
+    saved = SavedStream(image, lambda _: next(pieces, b""), spool)
+    follower = asyncio.ensure_future(asyncio.to_thread(saved.follow))
+    try:
+        yield saved
+    finally:
+        await follower
+
+
+@pytest.mark.parametrize("layout", ["legacy", "oci"])
+@pytest.mark.parametrize("size", [1000, 4096, 1 << 20])
+async def test_a_streamed_save_gives_the_manifest_and_every_blob(tmp_path: Path, layout: Layout, size: int) -> None:
+    layers = [BASE, TOP, BASE]
+    entries = entries_of(layers, layout)
+    if layout == "legacy":  # the repeated layer as Docker writes it: a link to its first copy
+        names = [name for name, _, _ in entries if name.endswith("/layer.tar")]
+        entries = [(n, None, f"../{names[0]}") if n == names[2] else (n, d, link) for n, d, link in entries]
+    data = write_tar(tmp_path / "image.tar", entries).read_bytes()
+    config = config_of(layers)
+    with (tmp_path / "spool").open("w+b") as spool:
+        async with saved_stream(data, layers, config, spool, size) as saved:
+            manifest = await saved.ready()
+            assert manifest.config.digest == sha(config) and manifest.config.size == len(config)
+            assert [(b.digest, b.size) for b in manifest.layers] == [(sha(x), len(x)) for x in layers]
+            for blob, expected in ((sha(TOP), TOP), (sha(config), config), (sha(BASE), BASE)):
+                got = b"".join([chunk async for chunk in saved.blob_chunks(blob, 777)])
+                assert got == expected
+
+
+async def test_a_streamed_save_with_a_layer_the_engine_did_not_list_is_an_image_error(tmp_path: Path) -> None:
+    data = write_tar(tmp_path / "image.tar", entries_of([BASE, TOP])).read_bytes()
+    with (tmp_path / "spool").open("w+b") as spool:
+        async with saved_stream(data, [BASE, layer(("other", b"x"))], config_of([BASE, TOP]), spool, 4096) as saved:
+            with pytest.raises(kiln.ImageError, match="does not list"):
+                await saved.ready()
+
+
+async def test_a_streamed_save_cut_short_is_an_image_error(tmp_path: Path) -> None:
+    data = write_tar(tmp_path / "image.tar", entries_of([BASE, TOP])).read_bytes()
+    with (tmp_path / "spool").open("w+b") as spool:
+        async with saved_stream(data[:4000], [BASE, TOP], config_of([BASE, TOP]), spool, 4096) as saved:
+            with pytest.raises(kiln.ImageError, match="ended"):
+                await saved.ready()
+
+
+def test_the_tar_reader_takes_pax_sizes_and_long_names() -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("x" * 150 + "/layer.tar")  # past ustar's 100 bytes: a PAX path
+        info.size = 3
+        info.pax_headers = {"comment": "ignored"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    reader = TarReader()
+    events = [e for at in range(0, len(out.getvalue()), 100) for e in reader.feed(out.getvalue()[at : at + 100])]
+    assert events[0] == ("member", "x" * 150 + "/layer.tar", 3, True)
+    assert b"".join(e[1] for e in events if e[0] == "data") == b"abc"
+    assert events[-1] == ("end",)
+
+
 # --- a real docker save ---------------------------------------------------------------------
 
 
 @pytest.mark.docker
-async def test_docker_save_of_the_busybox_image_reads_as_docker_describes_it(busybox_image: str) -> None:
+async def test_a_streamed_docker_save_of_the_busybox_image_is_as_docker_describes_it(busybox_image: str) -> None:
     inspect = ["docker", "image", "inspect", busybox_image]
     inspected = json.loads((await asyncio.to_thread(subprocess.run, inspect, capture_output=True, check=True)).stdout)
     inspected = inspected[0]
-    async with docker_save(busybox_image) as saved:
-        folder = saved.parent
-        archive = read_archive(saved)
-        assert archive.digest == inspected["Id"]
-        assert [b.digest for b in archive.manifest.layers] == inspected["RootFS"]["Layers"]
-        assert busybox_image in archive.tags
-        for blob in [archive.manifest.config, *archive.manifest.layers]:
-            data = await read_blob(archive, blob.digest, chunk=64 * 1024)
+    image = await inspect_engine_image(busybox_image)
+    assert image.digest == inspected["Id"]
+    assert list(image.layers) == inspected["RootFS"]["Layers"]
+    assert busybox_image in image.tags
+    async with saving(image) as saved:
+        assert [b.digest for b in saved.manifest.layers] == inspected["RootFS"]["Layers"]
+        for blob in [saved.manifest.config, *saved.manifest.layers]:
+            data = b"".join([chunk async for chunk in saved.blob_chunks(blob.digest, 64 * 1024)])
             assert (sha(data), len(data)) == (blob.digest, blob.size)
-    assert not folder.exists(), "the temporary archive is removed"
 
 
 @pytest.mark.docker
-async def test_docker_save_of_a_missing_image_is_an_image_error() -> None:
-    with pytest.raises(kiln.ImageError, match=r"docker save kiln-no-such-image:0 failed: \S") as raised:
-        async with docker_save("kiln-no-such-image:0"):
-            pass
+async def test_an_image_the_engine_lacks_is_an_image_error_before_any_save() -> None:
+    with pytest.raises(kiln.ImageError, match=r"docker image inspect kiln-no-such-image:0 failed: \S") as raised:
+        await inspect_engine_image("kiln-no-such-image:0")
     assert raised.value.code == kiln.ErrorCode.BAD_IMAGE

@@ -44,7 +44,7 @@ KILL_GRACE: Final = 5.0
 """How long a killed command may take to report its end."""
 OUTPUT_WINDOW: Final = 1024 * 1024
 """Output bytes the provider lets a command have in flight: it grants more as it takes them."""
-_DOCKER_HEADER: Final = 8
+_READ_BYTES: Final = 256 * 1024
 Sink: TypeAlias = Callable[[int, bytes], Awaitable[None]]
 """Takes a command's output as it comes: (1 for stdout or 2 for stderr, bytes)."""
 _NO_SUCH_PROGRAM: Final = {2: 127, 20: 126, 13: 126, 8: 126}  # ENOENT, ENOTDIR, EACCES, ENOEXEC
@@ -233,8 +233,13 @@ class AgentChannel:
             fd, data = command.queue.popleft()
             if not data:
                 return  # the end (see run)
-            while command.queue and command.queue[0][0] == fd and len(data) + len(command.queue[0][1]) <= limit:
-                data += command.queue.popleft()[1]
+            if command.queue and command.queue[0][0] == fd:
+                pieces, size = [data], len(data)
+                while command.queue and command.queue[0][0] == fd and size + len(command.queue[0][1]) <= limit:
+                    piece = command.queue.popleft()[1]
+                    pieces.append(piece)
+                    size += len(piece)
+                data = b"".join(pieces)  # one copy, however many pieces
             for start in range(0, len(data), limit):
                 await sink(fd, data[start : start + limit])
             command.taken += len(data)
@@ -281,18 +286,13 @@ class AgentChannel:
         assert self._reader is not None
         reason: DockerFailed = DockerFailed(f"the container {self._name} ended (its agent closed the channel)")
         try:
-            while True:
-                header = await self._reader.readexactly(_DOCKER_HEADER)
-                kind, length = header[0], int.from_bytes(header[4:8], "big")
-                while length > 0:
-                    data = await self._reader.read(min(length, 2**16))
-                    if not data:
-                        raise asyncio.IncompleteReadError(b"", length)
-                    length -= len(data)
-                    if kind == 1:
-                        self._take(self._decoder.feed(data))
-                    elif kind == 2:
-                        log.debug("agent of %s: %s", self._name, data[:500].decode(errors="replace").rstrip())
+            attach = wire.AttachStream()
+            while data := await self._reader.read(_READ_BYTES):
+                out, err = attach.feed(data)
+                if out:
+                    self._take(self._decoder.feed(out))
+                if err:
+                    log.debug("agent of %s: %s", self._name, err[:500].decode(errors="replace").rstrip())
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except AgentViolation as e:

@@ -368,31 +368,81 @@ class Decoder:
         """Take the next bytes of the stream; returns the messages completed by them, in order."""
         if self._broken is not None:
             raise self._broken
-        self._buffer += data
+        # Frames are cut from ``data`` itself when nothing is pending (the usual case): each
+        # payload is copied once, and only an incomplete tail is kept.
         messages: list[Message] = []
         try:
-            at = 0
-            while len(self._buffer) - at >= HEADER.size:
-                length, kind, id = HEADER.unpack_from(self._buffer, at)
-                if length > self._max:
-                    raise AgentViolation(f"frame of {length} bytes exceeds {self._max}", reason="frame_too_long")
-                if length < 5:
-                    raise AgentViolation(f"frame length {length} is shorter than its header", reason="frame_too_short")
-                if kind not in self._accept:
-                    raise AgentViolation(f"frame type 0x{kind:02x} not expected here", reason="unknown_type")
-                if len(self._buffer) - at < 4 + length:
+            if self._buffer:
+                self._buffer += data
+                if len(self._buffer) < HEADER.size or len(self._buffer) < 4 + self._length(self._buffer):
+                    return messages  # still no whole frame: nothing copied
+                data = bytes(self._buffer)
+                self._buffer.clear()
+            at, size = 0, len(data)
+            while size - at >= HEADER.size:
+                length = self._length(data, at)
+                if size - at < 4 + length:
                     break
-                payload = bytes(self._buffer[at + HEADER.size : at + 4 + length])
-                messages.append(decode_frame(kind, id, payload))
+                _, kind, id = HEADER.unpack_from(data, at)
+                messages.append(decode_frame(kind, id, data[at + HEADER.size : at + 4 + length]))
                 at += 4 + length
-            del self._buffer[:at]
+            self._buffer += data[at:] if at else data
         except AgentViolation as e:
             self._broken = e
             self._buffer.clear()
             raise
         return messages
 
+    def _length(self, data: bytes | bytearray, at: int = 0) -> int:
+        """The length field of the frame whose header starts at ``at``, once its header is checked."""
+        length, kind, _ = HEADER.unpack_from(data, at)
+        if length > self._max:
+            raise AgentViolation(f"frame of {length} bytes exceeds {self._max}", reason="frame_too_long")
+        if length < 5:
+            raise AgentViolation(f"frame length {length} is shorter than its header", reason="frame_too_short")
+        if kind not in self._accept:
+            raise AgentViolation(f"frame type 0x{kind:02x} not expected here", reason="unknown_type")
+        return int(length)
+
     @property
     def pending(self) -> int:
         """Bytes of a frame not yet complete: non-zero at the stream's end means it was cut short."""
         return len(self._buffer)
+
+
+ATTACH_HEADER = 8
+"""The header Docker puts before each piece of a container's output on its attach stream."""
+
+
+class AttachStream:
+    """The stream the frames come over: a container's attach stream (no TTY), in which Docker
+    puts an 8-byte header (u8 stream: 1 stdout, 2 stderr; 3 zero bytes; u32 size) before each
+    piece of output. The agent's frames come on stdout, cut wherever Docker cut them (every
+    32 KiB); feed what is read to :meth:`feed`, then its stdout to :class:`Decoder`."""
+
+    def __init__(self) -> None:
+        self._header = b""
+        self._kind = 0
+        self._left = 0
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes]:
+        """The stdout and the stderr bytes in ``data``, the next bytes of the stream."""
+        out: list[memoryview] = []
+        err: list[memoryview] = []
+        view = memoryview(data)
+        at, size = 0, len(data)
+        while at < size:
+            if not self._left:
+                piece = data[at : at + ATTACH_HEADER - len(self._header)]
+                self._header += piece
+                at += len(piece)
+                if len(self._header) == ATTACH_HEADER:
+                    self._kind, self._left = self._header[0], int.from_bytes(self._header[4:8], "big")
+                    self._header = b""
+                continue
+            take = min(self._left, size - at)
+            if self._kind in (1, 2):
+                (out if self._kind == 1 else err).append(view[at : at + take])
+            at += take
+            self._left -= take
+        return b"".join(out), b"".join(err)

@@ -46,6 +46,7 @@ from typing import Any, Final, Literal
 import docker
 import docker.errors
 import requests
+from docker.types import LogConfig
 
 from kiln_provider.errors import (
     BadPath,
@@ -588,6 +589,10 @@ class DockerAdapter:
                     auto_remove=True,  # the agent exits when its channel closes: the container goes with it
                     read_only=True,  # what it writes goes to its volume, of the size it rented
                     binds={self.agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}, **volume.binds},
+                    # The attach stream is the agent's channel: every command's output passes it.
+                    # Docker's default log driver would copy all of it into a JSON file on the
+                    # host, unbounded (and that copy cost more CPU than the rest of the path).
+                    log_config=LogConfig(type=LogConfig.types.NONE),
                 )
                 try:
                     created = self._api.create_container(

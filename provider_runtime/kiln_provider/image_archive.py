@@ -119,7 +119,7 @@ class LoadArchive:
         self._rest = memoryview(b"")
         self._owed = 0  # bytes of the current tar member not yet yielded: 0 at a member boundary
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         try:
             yield from self._members()
         except GeneratorExit:
@@ -131,7 +131,7 @@ class LoadArchive:
                 # it inside a header instead.
                 yield _header("cut", 0)[: _BLOCK // 2]
 
-    def _members(self) -> Iterator[bytes]:
+    def _members(self) -> Iterator[bytes | memoryview]:
         index = manifest_json(self.manifest)
         self._owed = len(index)
         yield _header("manifest.json", len(index))
@@ -158,7 +158,7 @@ class LoadArchive:
                 self.received += len(piece)
                 if remaining > 0:
                     self._owed -= len(piece)
-                    yield bytes(piece)
+                    yield piece  # a view: the request body's chunk is made from it, no copy here
                 else:
                     held = bytes(piece)
             got = "sha256:" + hasher.hexdigest()

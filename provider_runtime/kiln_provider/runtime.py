@@ -96,6 +96,8 @@ T = TypeVar("T")
 
 MAX_OPS_PER_ACTIVITY: Final = 32
 IMAGE_REFRESH_SECONDS: Final = 5.0
+HAND_OFF_CHUNKS: Final = 8
+"""Most chunks of an upload or image passed to Docker's thread at once (2 MiB beyond the window)."""
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
@@ -667,15 +669,9 @@ class ProviderRuntime:
         # Credit is granted (and the data invited) only now; until its first chunk comes, the
         # load holds no thread and no Docker connection.
         first = await _next_within(incoming, idle, "image")
-
-        def chunks() -> Iterator[memoryview]:
-            chunk = first
-            while chunk is not None:
-                yield chunk
-                chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle, "image"), loop).result()
-
         # Metered again on the way in: whatever the hub said, no more than the cache budget is extracted.
-        archive = LoadArchive(manifest, blobs, chunks(), limit=self.cache.budget)
+        chunks = _chunks_in_thread(first, incoming, idle, "image", loop)
+        archive = LoadArchive(manifest, blobs, chunks, limit=self.cache.budget)
         await self._on(self._pools.transfers, self.adapter.load, archive)
         image = await self._docker(self.adapter.image, manifest.config.digest)
         if image is None:
@@ -757,7 +753,7 @@ class ProviderRuntime:
             assert output is not None
             try:
                 async with asyncio.timeout(idle):
-                    await output.write(bytes((fd,)) + data)  # one DATA frame: the sink's pieces fit one
+                    await output.send(bytes((fd,)), data)  # one DATA frame: the sink's pieces fit one
             except TimeoutError:
                 raise TransferBroken(f"no credit for the output for {idle:g} s: the exec was abandoned") from None
 
@@ -795,16 +791,9 @@ class ProviderRuntime:
             # Credit is granted (and the data invited) only now; until its first chunk comes,
             # the upload holds no thread and no Docker connection.
             first = await _next_within(incoming, idle, "upload")
-
-            def chunks() -> Iterator[memoryview]:
-                chunk = first
-                while chunk is not None:
-                    yield chunk
-                    chunk = asyncio.run_coroutine_threadsafe(_next_within(incoming, idle, "upload"), loop).result()
-
             written = await self._on(
                 self._pools.transfers, self.adapter.put_file, container.id, message.path, message.size,
-                message.mode, chunks(), (container.uid, container.gid),
+                message.mode, _chunks_in_thread(first, incoming, idle, "upload", loop), (container.uid, container.gid),
             )  # fmt: skip
         return Done(type="done", re=message.id, bytes=written)
 
@@ -856,6 +845,31 @@ async def _next_within(incoming: Incoming, seconds: float, what: str) -> memoryv
         return None
     except TimeoutError:
         raise TransferBroken(f"no data for {seconds:g} s: the {what} was abandoned") from None
+
+
+async def _ready_chunks(incoming: Incoming, seconds: float, what: str) -> list[memoryview]:
+    """The next chunk (see :func:`_next_within`) and those that came with it, at most
+    :data:`HAND_OFF_CHUNKS` in all; [] at the stream's end."""
+    chunk = await _next_within(incoming, seconds, what)
+    batch = [] if chunk is None else [chunk]
+    while batch and incoming.ready and len(batch) < HAND_OFF_CHUNKS:
+        if (chunk := await _next_within(incoming, seconds, what)) is None:
+            break
+        batch.append(chunk)
+    return batch
+
+
+def _chunks_in_thread(
+    first: memoryview | None, incoming: Incoming, seconds: float, what: str, loop: asyncio.AbstractEventLoop
+) -> Iterator[memoryview]:
+    """The chunks of an upload (or image) for a thread (Docker's blocking calls): ``first``, then
+    the rest, taken from the event loop in batches (one hand-off between threads per batch,
+    not per chunk: a load spent more time passing chunks than hashing them)."""
+    if first is None:
+        return
+    yield first
+    while batch := asyncio.run_coroutine_threadsafe(_ready_chunks(incoming, seconds, what), loop).result():
+        yield from batch
 
 
 def _settle(future: asyncio.Future[None]) -> None:

@@ -204,6 +204,11 @@ class Incoming:
         self._error: KilnError | None = None
         self._consumed = 0
 
+    @property
+    def ready(self) -> int:
+        """Chunks that came and are not taken yet (the next ones return without waiting)."""
+        return len(self._chunks)
+
     def _feed(self, data: memoryview) -> None:
         self._chunks.append(data)
         self._wake.set()
@@ -267,13 +272,17 @@ class Outgoing:
         view = memoryview(data)
         size = self._conn.session.limits.chunk_bytes
         for start in range(0, len(view), size):
-            while self._error is None and self._conn.session.credit(self.stream) <= 0:
-                self._wake.clear()
-                await self._wake.wait()
-            if self._error is not None:
-                raise self._error
-            self._conn.session.send_data(self.stream, view[start : start + size])
-            await self._conn.flush()
+            await self.send(view[start : start + size])
+
+    async def send(self, *parts: bytes | memoryview) -> None:
+        """Send one DATA frame made of ``parts`` (at most ``chunk_bytes`` in all), within the credit granted."""
+        while self._error is None and self._conn.session.credit(self.stream) <= 0:
+            self._wake.clear()
+            await self._wake.wait()
+        if self._error is not None:
+            raise self._error
+        self._conn.session.send_data(self.stream, *parts)
+        await self._conn.flush()
 
     async def end(self) -> None:
         if self._error is not None:

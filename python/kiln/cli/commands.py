@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import sys
 import time
@@ -134,20 +133,23 @@ def _push_progress(out: Callable[[str], None], every: float = 0.5) -> Callable[[
 
 async def image_push(settings: DialSettings, args: argparse.Namespace) -> int:
     """Push; the digest is the last line on stdout (or, with ``--json``, the pushed image's record)."""
-    from kiln.requestor.images import docker_save, read_archive
+    from kiln.requestor.images import inspect_engine_image, push_archive, read_archive, saving
 
     if (args.ref is None) == (args.file is None):
         raise UsageError("kiln image push: give an image of the local engine (REF) or an archive (--file F.tar)")
-    async with contextlib.AsyncExitStack() as stack:
-        path: Path | None = args.file
-        if path is None:
-            note(f"saving {args.ref} from the local Docker engine")
-            path = await stack.enter_async_context(docker_save(args.ref))
-        elif not path.is_file():
-            raise UsageError(f"no such file: {path}" if not path.exists() else f"{path} is not a file")
+    path: Path | None = args.file
+    if path is None:
+        image = await inspect_engine_image(args.ref)  # an image the engine lacks fails before any hub is dialled
+        note(f"saving {args.ref} from the local Docker engine (sent as it is saved)")
+        async with _connect(settings) as requestor, saving(image) as saved:
+            pushed = await push_archive(await requestor.connected(), saved, args.tag, _push_progress(note))
+    else:
+        if not await asyncio.to_thread(path.is_file):
+            exists = await asyncio.to_thread(path.exists)
+            raise UsageError(f"{path} is not a file" if exists else f"no such file: {path}")
         await asyncio.to_thread(read_archive, path)  # a bad archive fails before any hub is dialled
-        requestor = await stack.enter_async_context(_connect(settings))
-        pushed = await requestor.push_image(path=path, tags=args.tag, progress=_push_progress(note))
+        async with _connect(settings) as requestor:
+            pushed = await requestor.push_image(path=path, tags=args.tag, progress=_push_progress(note))
     note(
         f"pushed {', '.join(pushed.tags) or 'an untagged image'}: {format_size(pushed.size)}, sent "
         f"{format_size(pushed.sent_bytes)}; {pushed.layers_skipped} of {pushed.layers} layers skipped "

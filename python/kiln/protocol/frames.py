@@ -41,9 +41,9 @@ class Frame:
     payload: memoryview
 
 
-def encode(kind: FrameKind, stream: int, payload: bytes | memoryview = b"") -> bytes:
-    """The bytes of one binary frame."""
-    return HEADER.pack(kind, stream) + payload
+def encode(kind: FrameKind, stream: int, *payload: bytes | memoryview) -> bytes:
+    """The bytes of one binary frame; a payload given in parts is joined (one copy in all)."""
+    return b"".join((HEADER.pack(kind, stream), *payload))
 
 
 def decode(data: bytes, max_payload: int) -> Frame:

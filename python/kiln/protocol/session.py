@@ -465,19 +465,21 @@ class Session:
         found = self._stream(stream, sending=True)
         return found.credit if found is not None and not found.ended else 0
 
-    def send_data(self, stream: int, data: bytes | memoryview) -> None:
-        """Send one DATA frame of at most ``chunk_bytes`` on ``stream``, spending one credit."""
+    def send_data(self, stream: int, *data: bytes | memoryview) -> None:
+        """Send one DATA frame of at most ``chunk_bytes`` on ``stream``, spending one credit; its
+        payload may come in parts (joined into the frame: a prefix costs no copy of its own)."""
         self._check_open()
         found = self._sending(stream)
         if found.credit <= 0:
             raise LocalProtocolError(f"no credit to send on stream {stream}", ErrorCode.FLOW_CONTROL)
-        if not 0 < len(data) <= self.limits.chunk_bytes:
+        size = sum(len(part) for part in data)
+        if not 0 < size <= self.limits.chunk_bytes:
             raise LocalProtocolError(
-                f"a DATA frame carries 1 to {self.limits.chunk_bytes} bytes, not {len(data)}", ErrorCode.BAD_FRAME
+                f"a DATA frame carries 1 to {self.limits.chunk_bytes} bytes, not {size}", ErrorCode.BAD_FRAME
             )
         found.credit -= 1
         found.started = True
-        self._out.append(Outbound(frames.encode(FrameKind.DATA, stream, data), binary=True))
+        self._out.append(Outbound(frames.encode(FrameKind.DATA, stream, *data), binary=True))
 
     def end_stream(self, stream: int) -> None:
         """All of ``stream``'s data is sent (an END frame)."""

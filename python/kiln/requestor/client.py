@@ -69,7 +69,7 @@ from kiln.protocol.messages import (
 from kiln.protocol.session import Event, Interim, Notified
 from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
-from kiln.requestor.images import PushedImage, PushProgress, docker_save, push_archive, read_archive
+from kiln.requestor.images import PushedImage, PushProgress, push_archive, push_engine_image, read_archive
 from kiln.requestor.progress import ProgressView
 
 T = TypeVar("T")
@@ -355,9 +355,7 @@ class Requestor:
             archive = await asyncio.to_thread(read_archive, path)
             return await push_archive(await self.connected(), archive, tags, progress)
         assert ref is not None
-        async with docker_save(ref) as saved:
-            archive = await asyncio.to_thread(read_archive, saved)
-            return await push_archive(await self.connected(), archive, tags, progress)
+        return await push_engine_image(await self.connected(), ref, tags, progress)
 
     async def list_images(self) -> ImageList:
         """The images in the hub's store this requestor may see (``images``, most recently used
