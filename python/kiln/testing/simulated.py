@@ -30,6 +30,7 @@ from kiln.protocol.messages import (
     Error,
     Exec,
     ExecResult,
+    Message,
     Offer,
     Resources,
     Upload,
@@ -64,6 +65,7 @@ class SimulatedProvider:
         self.hoard = hoard
         """Take uploads and never grant them credit nor answer them (a provider that sits on a requestor's stream)."""
         self.conn: Connection | None = None
+        self.offered: asyncio.Future[Message] | None = None  # the hub's reply to its offer
         self._replies: set[asyncio.Task[None]] = set()
         self.running: set[str] = set()
         """The activities it was told to create and not yet to destroy (what it reports when it dials again)."""
@@ -113,7 +115,7 @@ class SimulatedProvider:
         conn = await Connection.open(url, role="provider", name=self.name, token=token, on_event=self.on_event,
                                      activities=sorted(self.running) if known and self.running else None)  # fmt: skip
         self.conn = conn
-        await conn.start(offer.model_copy(update={"id": conn.new_id()}))
+        self.offered = await conn.start(offer.model_copy(update={"id": conn.new_id()}))
 
     async def close(self) -> None:
         if self._replies:
@@ -160,6 +162,9 @@ async def simulated_providers(
             for provider in providers:
                 assert provider.conn is not None
                 readers.append(tg.create_task(provider.conn.run()))
+            # In the market once the hub took their offers (a requestor's rent on another
+            # connection may otherwise reach the hub first).
+            await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
             yield [p.name for p in providers]
         finally:
             for provider in providers:
