@@ -126,14 +126,26 @@ def test_a_config_alone_does_not_make_a_tenant_an_owner() -> None:
     secret = blob("secret", 50)
     a_image = image(catalog, secret, tenant=A)
     mine = blob("mine", 5)
+    config = config_for([secret])
+    assert sha(config) == a_image.digest
     # B sends A's config (say it saw it) and a layer of its own, naming them one image
     claim = Manifest(config=a_image.manifest.config, layers=[mine])
     assert catalog.wanted(claim, B) == [claim.config, mine]
     catalog.add_blob(claim.config, sender=B)
     catalog.add_blob(mine, sender=B)
-    with pytest.raises(ImageError, match="lists other layers"):
-        catalog.add_image(claim, b"", (), 2.0, B)
+    with pytest.raises(ImageError) as refused:
+        catalog.add_image(claim, config, (), 2.0, B)
     assert catalog.resolve(a_image.digest, B) is None and set(a_image.holdings) == {A.id}
+    # ... and is refused in the very words it would be if A had never pushed it: no oracle
+    empty = Catalog(GiB)
+    empty.add_blob(claim.config, sender=B)
+    empty.add_blob(mine, sender=B)
+    with pytest.raises(ImageError) as absent:
+        empty.add_image(claim, config, (), 2.0, B)
+    assert refused.value.message == absent.value.message
+    # A itself (who sees the image) is told what is wrong without its config read again
+    with pytest.raises(ImageError, match="lists other layers"):
+        catalog.add_image(claim, b"", (), 2.0, A)
 
 
 def test_room_is_reserved_for_every_wanted_blob_as_if_the_store_lacked_it() -> None:

@@ -518,18 +518,21 @@ class Catalog:
         """Record that ``tenant`` holds the image whose blobs are all stored, under ``tags`` of its
         namespace (taken from any of its images that had them).
 
-        ``config`` is read only for an image not stored yet (pass ``b""`` for one that is)."""
+        ``config`` is read only for an image ``tenant`` does not see (pass ``b""`` for one it does):
+        one stored for others is judged by its config exactly as if it were not stored, so that a
+        push naming another tenant's config with other layers learns nothing of it."""
         missing = self.missing(manifest)
         if missing:
             raise ImageError(f"{len(missing)} blobs of the image were never sent, e.g. {missing[0].digest}")
         image = self.images.get(manifest.config.digest)
-        if image is None:
+        if image is None or not image.sees(tenant):
             arch, os_ = read_config(manifest, config)
-            image = StoredImage(self.measured(manifest), arch, os_)
-            self.images[image.digest] = image
-        elif image.manifest != self.measured(manifest):
-            # Its config is not read again: the layers it names are the stored image's. A push
-            # that names others (to take that image while sending only its config) is no image.
+            if image is None:
+                image = StoredImage(self.measured(manifest), arch, os_)
+                self.images[image.digest] = image
+        if image.manifest != self.measured(manifest):
+            # The layers its config names are the stored image's. A push that names others (to
+            # take that image while sending only its config) is no image.
             raise ImageError(f"the image config {image.digest} lists other layers than the push names")
         image.holdings.setdefault(tenant.id, Holding(pushed=now))
         for tag in map(normalize_tag, tags):

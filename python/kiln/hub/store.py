@@ -553,7 +553,9 @@ class ImageService:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
                 self._apply(self.core.store_grant(peer, message.id, self._window))
                 await self._receive(peer, message.id, wanted, push, room)
-            known = manifest.config.digest in self.catalog.images  # a second push only retags: no disk read
+            # A second push of an image the tenant sees only retags: no disk read. One stored only
+            # for others is read like a new one (its refusals must not tell that it is stored).
+            known = self.catalog.resolve(manifest.config.digest, tenant) is not None
             config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
             before = {digest: _tags(image) for digest, image in self.catalog.images.items()}
             image = self.catalog.add_image(manifest, config, message.tags, time.time(), tenant)
