@@ -71,7 +71,8 @@ stay near 1 (8 for a tar of nothing but empty files); a sparse-file bomb is in t
 EXPANSION_FLOOR: Final = 64 * 2**20
 """A layer that expands to no more than this passes whatever its ratio (a tar of a few empty folders)."""
 GROW_STEP: Final = 32 * 2**20
-"""A push's room grows this far ahead of the bytes that arrived (fewer eviction plans; a bounded overshoot)."""
+"""A push's room grows at most this far ahead of the bytes that arrived, and never further ahead
+than they are (fewer eviction plans; an overshoot bounded by what was sent)."""
 MAX_PUSHES: Final = 4
 """Pushes one pusher (a credential, or a connection without one) may have in flight at once."""
 EXPANDED_SINCE: Final = 4
@@ -297,7 +298,7 @@ class Push:
     pusher: str  # whom the in-flight bounds count it against
     declared: int  # bytes of the blobs it is to send
     held: int  # what the image's blobs the store holds already weigh
-    reserved: int = 0  # room held for bytes that arrived (and up to GROW_STEP ahead), not yet stored
+    reserved: int = 0  # room held for bytes that arrived (and a little ahead: Catalog.grow), not yet stored
 
 
 class Catalog:
@@ -451,13 +452,16 @@ class Catalog:
         self._pushes.append(push)
         return wanted, push
 
-    def grow(self, push: Push, need: int) -> list[str]:
-        """``push`` has ``need`` bytes (its blob in progress, at its weight so far) not yet stored:
-        make sure it holds that much room; the blobs to delete to make it (evicted now). StoreFull
-        (and nothing changed) if they cannot be made."""
+    def grow(self, push: Push, need: int, upto: int = 0) -> list[str]:
+        """``push`` has ``need`` bytes (its blob in progress: the bytes that came, or once all came,
+        its weight) not yet stored: make sure it holds that much room; the blobs to delete to make
+        it (evicted now). StoreFull (and nothing changed) if they cannot be made.
+
+        ``upto`` (the blob's declared size while it comes) lets room be held ahead of ``need``,
+        toward it: by at most :data:`GROW_STEP`, and never more than came (one byte holds two)."""
         if need <= push.reserved:
             return []
-        target = max(need, min(need + GROW_STEP, push.declared))
+        target = max(need, min(need + min(need, GROW_STEP), upto))
         evicted = self._make_room(target - push.reserved)
         self._reserved += target - push.reserved
         push.reserved = target

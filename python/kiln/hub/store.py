@@ -605,7 +605,13 @@ class ImageService:
                     left -= len(piece)
                     if writer.layer:
                         self.catalog.check_layer(room, blob, writer.expanded)
-                    evicted = self.catalog.grow(room, max(writer.written, writer.expanded))
+                    # Room for the bytes that came; what the layer's headers say it expands to
+                    # only once all of it came (a header alone may claim a file as large as the
+                    # layer is declared: that claim evicts nothing).
+                    if left:
+                        evicted = self.catalog.grow(room, writer.written, blob.size)
+                    else:
+                        evicted = self.catalog.grow(room, max(writer.written, writer.expanded))
                     if evicted:
                         log.info(
                             "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
