@@ -427,3 +427,26 @@ async def test_a_push_holds_room_only_for_the_bytes_that_arrived_not_for_what_it
             pass
         assert reply["type"] == "image_pushed", reply
         assert [i["tags"] for i in (await listing(a, 4))["images"]] == [["new:1"]], "evicted once the bytes came"
+
+
+def test_a_blob_evicted_while_a_push_puts_it_back_keeps_its_file(tmp_path: Path) -> None:
+    """An eviction's files go in a thread, after the catalog dropped them: by then a push may have
+    sent the same blob again (pinned, its file put back). Its file stays."""
+    from kiln.protocol.messages import Blob, Manifest
+
+    store = hub_store.BlobStore(tmp_path)
+    catalog = store.open(2**20)
+    layer = noise(1000)
+    blob = Blob(digest=digest(layer), size=len(layer))
+    config = FakeImage.make(layer).config
+    manifest = Manifest(config=Blob(digest=digest(config), size=len(config)), layers=[blob])
+    _, push = catalog.begin(manifest)
+    writer = store.writer(blob, layer=True)
+    writer.write(layer)
+    catalog.pin(push, blob)  # as the push does once the blob's bytes all came
+    writer.finish()
+    store.delete([blob.digest], catalog.keeps)  # an eviction's delete, late
+    assert store.path(blob.digest).exists()
+    catalog.end(push)
+    store.delete([blob.digest], catalog.keeps)
+    assert not store.path(blob.digest).exists(), "neither stored nor pinned: deleted"

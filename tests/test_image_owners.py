@@ -159,6 +159,33 @@ def test_room_is_reserved_for_every_wanted_blob_as_if_the_store_lacked_it() -> N
     assert wanted == []
 
 
+def test_a_push_naming_another_tenants_blob_does_not_keep_its_image_from_eviction() -> None:
+    """B names A's layer (its digest is no secret: a base image's) in a push and sends nothing: A's
+    image is evicted as if B had never pushed (else B holds A's images in the store, and learns
+    from a refusal of its own whether A holds that layer). Once B sent the layer, it keeps it."""
+    catalog = Catalog(1000)
+    layer = blob("base", 400)
+    old = image(catalog, layer, tenant=A, now=1.0)
+    claim, _ = manifest_of(layer, blob("mine", 10))
+    wanted, b_push = catalog.begin(claim, B)
+    assert layer in wanted
+    _, a_push = catalog.begin(manifest_of(blob("new", 700))[0], A)
+    assert layer.digest in catalog.grow(a_push, 700), "A's old image makes room: B sent nothing of it"
+    assert old.digest not in catalog.images and layer.digest not in catalog.blobs
+    catalog.end(a_push)
+    # B sends the layer; now its push counts on it, and no other push's room drops it
+    catalog.grow(b_push, 400)
+    catalog.add_blob(layer, 400, b_push)
+    _, c_push = catalog.begin(manifest_of(blob("other", 300))[0], C)
+    with pytest.raises(StoreFull):
+        catalog.grow(c_push, 700)
+    assert layer.digest in catalog.blobs
+    catalog.end(c_push)
+    catalog.end(b_push)
+    _, d_push = catalog.begin(manifest_of(blob("last", 800))[0], C)
+    assert layer.digest in catalog.grow(d_push, 800), "B's push over: its pins given back"
+
+
 # --- the core: rent and market -----------------------------------------------------------------
 
 

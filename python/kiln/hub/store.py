@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
@@ -164,9 +165,10 @@ class BlobWriter:
         os.fsync(file.fileno())
         file.close()
         self._file = None
-        self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
         assert self._path is not None
-        os.replace(self._path, self._store.path(self.blob.digest))
+        with self._store.publishing:
+            self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
+            os.replace(self._path, self._store.path(self.blob.digest))
 
     @property
     def measured(self) -> int | None:
@@ -190,6 +192,8 @@ class BlobStore:
         self.meta = root / "images"
         self.tmp = root / "tmp"
         self.sizes = root / "blobs" / "expanded"
+        self.publishing = threading.Lock()
+        """Held while a blob is put in place, and while one is deleted (see :meth:`delete`)."""
 
     def open(
         self, limit: int, max_image: int = DEFAULT_MAX_IMAGE, max_expansion: float = DEFAULT_MAX_EXPANSION
@@ -268,10 +272,16 @@ class BlobStore:
     def forget(self, digest: str) -> None:
         (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
 
-    def delete(self, digests: Iterable[str]) -> None:
+    def delete(self, digests: Iterable[str], keep: Callable[[str], bool] = lambda digest: False) -> None:
+        """Delete the files of ``digests``, but not of one that ``keep`` says is wanted again by
+        now (a push put the same blob back meanwhile: the catalog dropped it, a push pinned it and
+        is publishing its file). ``keep`` is asked as each file goes, with no blob being published."""
         for digest in digests:
-            self.path(digest).unlink(missing_ok=True)
-            (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
+            with self.publishing:
+                if keep(digest):
+                    continue
+                self.path(digest).unlink(missing_ok=True)
+                (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
 
 
 def measure_file(path: Path) -> int | None:
@@ -539,7 +549,7 @@ class ImageService:
 
     def _drop(self, digest: str, blobs: list[str]) -> None:
         self.store.forget(digest)
-        self.store.delete(blobs)
+        self.store.delete(blobs, self.catalog.keeps)
 
     async def _push(self, peer: int, message: PushImage, tenant: Tenant, pusher: str, push: _Push) -> None:
         manifest = message.manifest
@@ -586,7 +596,7 @@ class ImageService:
         for path in self.store.meta.glob("*.json"):
             if f"sha256:{path.stem}" not in self.catalog.images:
                 path.unlink(missing_ok=True)
-        self.store.delete(gone)
+        self.store.delete(gone, self.catalog.keeps)
 
     async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, room: Push) -> None:
         """Take the wanted blobs off the push's stream, one after another, each metered, verified and
@@ -617,6 +627,9 @@ class ImageService:
                             "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
                         )
                         await asyncio.to_thread(self._evict, evicted)
+                # Its bytes all came: pinned before they are published, so that no room made for
+                # another push meanwhile drops it (deleting the file this writer just put there).
+                self.catalog.pin(room, blob)
                 await asyncio.to_thread(writer.finish)
             finally:
                 await asyncio.to_thread(writer.discard)
