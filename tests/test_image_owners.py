@@ -221,6 +221,37 @@ def test_a_rent_and_a_market_query_see_the_store_as_the_requestors_tenant_does()
     assert p1
 
 
+def test_an_image_a_provider_offers_itself_is_rented_by_digest_as_if_no_tenant_had_pushed_it() -> None:
+    """A provider of 1.4 offers in ``images`` only what its operator allows (what it loaded from
+    the store is in ``cached``): A pushing that same image privately changes nothing B sees of it.
+    A provider of 1.3 lists its copies of the store's images there too: B is never sent to it."""
+    seen: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for catalog in (Catalog(GiB), Catalog(GiB)):
+        pushed = image(catalog, blob("busybox", 10), tenant=A)
+        if len(seen) == 1:
+            catalog.disown(pushed, A)  # the second hub: nobody pushed it
+        hub = Hub(catalog)
+        p1 = hub.join("provider", "p1", "prov-p1", version="1.4", images=["busybox:latest", pushed.digest])
+        bob = hub.join("requestor", "bob", "bob")
+        [(_, listing)] = hub.send(bob, {"type": "market", "id": 1})
+        [(_, by_digest)] = hub.send(bob, {"type": "market", "id": 2, "image": pushed.digest})
+        [(to, create)] = hub.send(bob, {"type": "rent", "id": 3, "image": pushed.digest,
+                                        "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+        assert (to, create["type"], create.get("manifest")) == (p1, "create", None), create
+        seen.append((listing, by_digest))
+        if len(seen) == 1:
+            p0 = hub.join("provider", "p2", "prov-p2", images=[pushed.digest])  # 1.3: maybe a copy of A's
+            [(_, listing)] = hub.send(bob, {"type": "market", "id": 4})
+            assert [(p["name"], p["images"]) for p in listing["providers"]] == [
+                ("p1", ["busybox:latest", pushed.digest]), ("p2", [])]  # fmt: skip
+            for n in range(5, 9):
+                [(to, create)] = hub.send(bob, {"type": "rent", "id": n, "image": pushed.digest,
+                                                "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+                assert to == p1, "never to a provider whose copy may be A's"
+            assert p0
+    assert seen[0] == seen[1], "B sees the same market whether A pushed it or not"
+
+
 def test_a_requestor_of_1_3_gets_image_info_without_the_fields_of_1_4() -> None:
     from kiln.protocol.messages import ImageList
 
