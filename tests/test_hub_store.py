@@ -450,3 +450,19 @@ def test_a_blob_evicted_while_a_push_puts_it_back_keeps_its_file(tmp_path: Path)
     catalog.end(push)
     store.delete([blob.digest], catalog.keeps)
     assert not store.path(blob.digest).exists(), "neither stored nor pinned: deleted"
+
+
+def test_a_blob_writer_discarded_before_its_first_write_ran_leaves_no_file(tmp_path: Path) -> None:
+    """A push cancelled while its first write waits for a thread: the discard (in a thread of its
+    own) may run first. The write that comes after must make no file (it would stay open, and in tmp/)."""
+    from kiln.protocol.errors import Cancelled
+    from kiln.protocol.messages import Blob
+
+    store = hub_store.BlobStore(tmp_path)
+    store.open(2**20)
+    layer = noise(1000)
+    writer = store.writer(Blob(digest=digest(layer), size=len(layer)), layer=True)
+    writer.discard()
+    with pytest.raises(Cancelled):
+        writer.write(layer)
+    assert stored_files(tmp_path)[1] == []

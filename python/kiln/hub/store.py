@@ -119,8 +119,14 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self._path: Path | None = None
         self._file: IO[bytes] | None = None
+        # A push cancelled while a write or finish runs in a thread discards in another thread:
+        # the discard waits for it, and nothing is written (no file made) after it.
+        self._lock = threading.Lock()
+        self._discarded = False
 
     def _opened(self) -> IO[bytes]:
+        if self._discarded:
+            raise Cancelled(f"the push of blob {self.blob.digest} was given up")
         if self._file is None:
             assert self._path is None, "a blob's file is made once"
             fd, name = tempfile.mkstemp(dir=self._store.tmp, prefix=self.blob.digest[7:19] + ".")
@@ -134,6 +140,10 @@ class BlobWriter:
         return self.meter.expanded if self.meter is not None else 0
 
     def write(self, data: bytes) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         file = self._opened()
         self.written += len(data)
         if self.written > self.blob.size:
@@ -154,6 +164,10 @@ class BlobWriter:
 
     def finish(self) -> None:
         """Check size and digest, then move the blob into place (else ImageCorrupt, and nothing kept)."""
+        with self._lock:
+            self._finish()
+
+    def _finish(self) -> None:
         file = self._opened()
         if self.written != self.blob.size:
             raise ImageCorrupt(f"blob {self.blob.digest} has {self.written} bytes, not its declared {self.blob.size}")
@@ -176,11 +190,13 @@ class BlobWriter:
         return self.meter.expanded if self.meter is not None else None
 
     def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            if self._path is not None:
-                self._path.unlink(missing_ok=True)
+        with self._lock:
+            self._discarded = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                if self._path is not None:
+                    self._path.unlink(missing_ok=True)
 
 
 class BlobStore:
