@@ -43,10 +43,10 @@ class Hub:
         actions = self.core.receive_text(peer, json.dumps(message).encode())
         return [(a.peer, json.loads(a.data)) for a in actions if isinstance(a, Send) and not a.binary]
 
-    def join(self, role: str, name: str, token: str, **offer: Any) -> int:
+    def join(self, role: str, name: str, token: str, version: str = "1.3", **offer: Any) -> int:
         peer = next(self.peers)
         self.core.connect(peer)
-        [(_, welcome)] = self.send(peer, {"type": "hello", "version": "1.3", "role": role, "name": name,
+        [(_, welcome)] = self.send(peer, {"type": "hello", "version": version, "role": role, "name": name,
                                           "token": token})  # fmt: skip
         assert welcome["type"] == "welcome", welcome
         if role == "provider":

@@ -213,7 +213,10 @@ def test_a_push_holds_room_only_as_its_bytes_come_and_a_tenant_is_bounded() -> N
     layers = [blob(f"l{n}", 100 * MiB) for n in range(5)]
     _, push = catalog.begin(Manifest(config=blob("c", 10), layers=layers), pusher="alice")
     assert push.reserved == 0 and old.digest in catalog.images
-    assert catalog.grow(push, MiB) == [] and push.reserved == MiB + GROW_STEP, "a step ahead, no more"
+    assert catalog.grow(push, 1, 100 * MiB) == [] and push.reserved == 2, "ahead by as much as came, no more"
+    assert catalog.grow(push, MiB, 100 * MiB) == [] and push.reserved == 2 * MiB
+    assert catalog.grow(push, 64 * MiB, 100 * MiB) == [] and push.reserved == 64 * MiB + GROW_STEP, "a step at most"
+    assert catalog.grow(push, 97 * MiB, 100 * MiB) == [] and push.reserved == 100 * MiB, "never past the blob"
     assert old.digest in catalog.images
     evicted = catalog.grow(push, 450 * MiB)
     assert blob("old", 1).digest in evicted and old.digest not in catalog.images

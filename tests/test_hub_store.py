@@ -394,3 +394,75 @@ async def test_a_push_that_sends_nothing_evicts_nothing_and_blocks_no_other_tena
         assert (await push(a, third, ["third:1"], id_=5))[1]["type"] == "image_pushed"
         kept = {tag for image in (await listing(a, 6))["images"] for tag in image["tags"]}
         assert kept == {"new:1", "third:1"}
+
+
+async def test_a_push_holds_room_only_for_the_bytes_that_arrived_not_for_what_its_headers_claim(
+    tmp_path: Path,
+) -> None:
+    """A layer's first tar header may claim a file as large as the layer is declared: the push
+    has sent 512 bytes, and evicts nothing for them; once the layer's bytes came, it does."""
+    with HubState.in_dir(tmp_path) as state:
+        alice, bob = state.create("requestor", "alice")[1], state.create("requestor", "bob")[1]
+    old, new = (FakeImage.make(noise(400_000)) for _ in range(2))
+    async with (
+        hub(tmp_path, limit=1_000_000) as url,
+        requestor(url, token=alice, name="alice") as a,
+        requestor(url, token=bob, name="bob") as b,
+    ):
+        assert (await push(a, old, ["old:1"]))[1]["type"] == "image_pushed"
+        assert (await push(a, new, ["new:1"], id_=2))[1]["type"] == "image_pushed"
+        claim = FakeImage.make(noise(400_000))
+        await b.send(json.dumps({"type": "push_image", "id": 7, "manifest": claim.manifest()}))
+        want = await recv(b)
+        assert want["type"] == "want" and (await recv(b))["type"] == "credit"
+        data = b"".join(claim.blob(d) for d in want["blobs"])
+        header_end = len(claim.config) + 512  # the config, then the layer's first header (a 400,000-byte file)
+        await b.send(frames.encode(FrameKind.DATA, 7, data[:header_end]))
+        await asyncio.sleep(0.5)
+        assert len((await listing(a, 3))["images"]) == 2, "nothing evicted for a header's claim"
+        for start in range(header_end, len(data), CHUNK):
+            await b.send(frames.encode(FrameKind.DATA, 7, data[start : start + CHUNK]))
+        await b.send(frames.encode(FrameKind.END, 7))
+        while (reply := await recv(b))["type"] == "credit":
+            pass
+        assert reply["type"] == "image_pushed", reply
+        assert [i["tags"] for i in (await listing(a, 4))["images"]] == [["new:1"]], "evicted once the bytes came"
+
+
+def test_a_blob_evicted_while_a_push_puts_it_back_keeps_its_file(tmp_path: Path) -> None:
+    """An eviction's files go in a thread, after the catalog dropped them: by then a push may have
+    sent the same blob again (pinned, its file put back). Its file stays."""
+    from kiln.protocol.messages import Blob, Manifest
+
+    store = hub_store.BlobStore(tmp_path)
+    catalog = store.open(2**20)
+    layer = noise(1000)
+    blob = Blob(digest=digest(layer), size=len(layer))
+    config = FakeImage.make(layer).config
+    manifest = Manifest(config=Blob(digest=digest(config), size=len(config)), layers=[blob])
+    _, push = catalog.begin(manifest)
+    writer = store.writer(blob, layer=True)
+    writer.write(layer)
+    catalog.pin(push, blob)  # as the push does once the blob's bytes all came
+    writer.finish()
+    store.delete([blob.digest], catalog.keeps)  # an eviction's delete, late
+    assert store.path(blob.digest).exists()
+    catalog.end(push)
+    store.delete([blob.digest], catalog.keeps)
+    assert not store.path(blob.digest).exists(), "neither stored nor pinned: deleted"
+
+
+def test_a_blob_writer_discarded_before_its_first_write_ran_leaves_no_file(tmp_path: Path) -> None:
+    """A push cancelled while its first write waits for a thread: the discard (in a thread of its
+    own) may run first. The write that comes after must make no file (it would stay open, and in tmp/)."""
+    from kiln.protocol.errors import Cancelled
+    from kiln.protocol.messages import Blob
+
+    store = hub_store.BlobStore(tmp_path)
+    store.open(2**20)
+    layer = noise(1000)
+    writer = store.writer(Blob(digest=digest(layer), size=len(layer)), layer=True)
+    writer.discard()
+    with pytest.raises(Cancelled):
+        writer.write(layer)
+    assert stored_files(tmp_path)[1] == []

@@ -126,14 +126,26 @@ def test_a_config_alone_does_not_make_a_tenant_an_owner() -> None:
     secret = blob("secret", 50)
     a_image = image(catalog, secret, tenant=A)
     mine = blob("mine", 5)
+    config = config_for([secret])
+    assert sha(config) == a_image.digest
     # B sends A's config (say it saw it) and a layer of its own, naming them one image
     claim = Manifest(config=a_image.manifest.config, layers=[mine])
     assert catalog.wanted(claim, B) == [claim.config, mine]
     catalog.add_blob(claim.config, sender=B)
     catalog.add_blob(mine, sender=B)
-    with pytest.raises(ImageError, match="lists other layers"):
-        catalog.add_image(claim, b"", (), 2.0, B)
+    with pytest.raises(ImageError) as refused:
+        catalog.add_image(claim, config, (), 2.0, B)
     assert catalog.resolve(a_image.digest, B) is None and set(a_image.holdings) == {A.id}
+    # ... and is refused in the very words it would be if A had never pushed it: no oracle
+    empty = Catalog(GiB)
+    empty.add_blob(claim.config, sender=B)
+    empty.add_blob(mine, sender=B)
+    with pytest.raises(ImageError) as absent:
+        empty.add_image(claim, config, (), 2.0, B)
+    assert refused.value.message == absent.value.message
+    # A itself (who sees the image) is told what is wrong without its config read again
+    with pytest.raises(ImageError, match="lists other layers"):
+        catalog.add_image(claim, b"", (), 2.0, A)
 
 
 def test_room_is_reserved_for_every_wanted_blob_as_if_the_store_lacked_it() -> None:
@@ -145,6 +157,33 @@ def test_room_is_reserved_for_every_wanted_blob_as_if_the_store_lacked_it() -> N
         catalog.begin(manifest, B)
     wanted, _ = catalog.begin(manifest, A)
     assert wanted == []
+
+
+def test_a_push_naming_another_tenants_blob_does_not_keep_its_image_from_eviction() -> None:
+    """B names A's layer (its digest is no secret: a base image's) in a push and sends nothing: A's
+    image is evicted as if B had never pushed (else B holds A's images in the store, and learns
+    from a refusal of its own whether A holds that layer). Once B sent the layer, it keeps it."""
+    catalog = Catalog(1000)
+    layer = blob("base", 400)
+    old = image(catalog, layer, tenant=A, now=1.0)
+    claim, _ = manifest_of(layer, blob("mine", 10))
+    wanted, b_push = catalog.begin(claim, B)
+    assert layer in wanted
+    _, a_push = catalog.begin(manifest_of(blob("new", 700))[0], A)
+    assert layer.digest in catalog.grow(a_push, 700), "A's old image makes room: B sent nothing of it"
+    assert old.digest not in catalog.images and layer.digest not in catalog.blobs
+    catalog.end(a_push)
+    # B sends the layer; now its push counts on it, and no other push's room drops it
+    catalog.grow(b_push, 400)
+    catalog.add_blob(layer, 400, b_push)
+    _, c_push = catalog.begin(manifest_of(blob("other", 300))[0], C)
+    with pytest.raises(StoreFull):
+        catalog.grow(c_push, 700)
+    assert layer.digest in catalog.blobs
+    catalog.end(c_push)
+    catalog.end(b_push)
+    _, d_push = catalog.begin(manifest_of(blob("last", 800))[0], C)
+    assert layer.digest in catalog.grow(d_push, 800), "B's push over: its pins given back"
 
 
 # --- the core: rent and market -----------------------------------------------------------------
@@ -180,6 +219,37 @@ def test_a_rent_and_a_market_query_see_the_store_as_the_requestors_tenant_does()
     catalog.share(a_image, A, [B.id], public=False, revoke=False)
     assert rent(hub, bob, 5, a_image.digest)["image"] == a_image.digest, "shared: B rents it by digest"
     assert p1
+
+
+def test_an_image_a_provider_offers_itself_is_rented_by_digest_as_if_no_tenant_had_pushed_it() -> None:
+    """A provider of 1.4 offers in ``images`` only what its operator allows (what it loaded from
+    the store is in ``cached``): A pushing that same image privately changes nothing B sees of it.
+    A provider of 1.3 lists its copies of the store's images there too: B is never sent to it."""
+    seen: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    for catalog in (Catalog(GiB), Catalog(GiB)):
+        pushed = image(catalog, blob("busybox", 10), tenant=A)
+        if len(seen) == 1:
+            catalog.disown(pushed, A)  # the second hub: nobody pushed it
+        hub = Hub(catalog)
+        p1 = hub.join("provider", "p1", "prov-p1", version="1.4", images=["busybox:latest", pushed.digest])
+        bob = hub.join("requestor", "bob", "bob")
+        [(_, listing)] = hub.send(bob, {"type": "market", "id": 1})
+        [(_, by_digest)] = hub.send(bob, {"type": "market", "id": 2, "image": pushed.digest})
+        [(to, create)] = hub.send(bob, {"type": "rent", "id": 3, "image": pushed.digest,
+                                        "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+        assert (to, create["type"], create.get("manifest")) == (p1, "create", None), create
+        seen.append((listing, by_digest))
+        if len(seen) == 1:
+            p0 = hub.join("provider", "p2", "prov-p2", images=[pushed.digest])  # 1.3: maybe a copy of A's
+            [(_, listing)] = hub.send(bob, {"type": "market", "id": 4})
+            assert [(p["name"], p["images"]) for p in listing["providers"]] == [
+                ("p1", ["busybox:latest", pushed.digest]), ("p2", [])]  # fmt: skip
+            for n in range(5, 9):
+                [(to, create)] = hub.send(bob, {"type": "rent", "id": n, "image": pushed.digest,
+                                                "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+                assert to == p1, "never to a provider whose copy may be A's"
+            assert p0
+    assert seen[0] == seen[1], "B sees the same market whether A pushed it or not"
 
 
 def test_a_requestor_of_1_3_gets_image_info_without_the_fields_of_1_4() -> None:

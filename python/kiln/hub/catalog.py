@@ -71,7 +71,8 @@ stay near 1 (8 for a tar of nothing but empty files); a sparse-file bomb is in t
 EXPANSION_FLOOR: Final = 64 * 2**20
 """A layer that expands to no more than this passes whatever its ratio (a tar of a few empty folders)."""
 GROW_STEP: Final = 32 * 2**20
-"""A push's room grows this far ahead of the bytes that arrived (fewer eviction plans; a bounded overshoot)."""
+"""A push's room grows at most this far ahead of the bytes that arrived, and never further ahead
+than they are (fewer eviction plans; an overshoot bounded by what was sent)."""
 MAX_PUSHES: Final = 4
 """Pushes one pusher (a credential, or a connection without one) may have in flight at once."""
 EXPANDED_SINCE: Final = 4
@@ -297,7 +298,8 @@ class Push:
     pusher: str  # whom the in-flight bounds count it against
     declared: int  # bytes of the blobs it is to send
     held: int  # what the image's blobs the store holds already weigh
-    reserved: int = 0  # room held for bytes that arrived (and up to GROW_STEP ahead), not yet stored
+    pinned: list[str] = field(default_factory=list)  # the blobs it counts on: held for it, or sent by it
+    reserved: int = 0  # room held for bytes that arrived (and a little ahead: Catalog.grow), not yet stored
 
 
 class Catalog:
@@ -324,6 +326,11 @@ class Catalog:
     def used(self) -> int:
         """What the stored blobs weigh."""
         return sum(max(size, self.expanded.get(digest, 0)) for digest, size in self.blobs.items())
+
+    def keeps(self, digest: str) -> bool:
+        """Whether ``digest``'s file is to stay: stored, or pinned by a push (maybe being put in place).
+        Asked from a thread, as files are deleted: one dictionary lookup each, no iteration."""
+        return digest in self.blobs or digest in self._pinned
 
     def weight_of(self, digest: str) -> int:
         return max(self.blobs.get(digest, 0), self.expanded.get(digest, 0))
@@ -408,11 +415,11 @@ class Catalog:
         push (pass it to :meth:`grow` as bytes arrive, :meth:`add_blob`, and :meth:`end` once it is
         over). ``pusher`` names whom the in-flight bounds count it against (default: the tenant).
 
-        Pins the blobs the push counts on and holds no room yet. Refuses (StoreFull) a push that
-        could not fit even if every image no activity or push uses went (counting every wanted
-        blob, held for another tenant or not: the push must fare as if they were not),
-        ImageTooLarge one whose blobs alone weigh more than ``max_image``, and ``too_many`` a
-        pusher's push past its bounds.
+        Pins the blobs the push counts on (those it need not send; the others once they came:
+        :meth:`pin`) and holds no room yet. Refuses (StoreFull) a push that could not fit even if
+        every image no activity or push uses went (counting every wanted blob, held for another
+        tenant or not: the push must fare as if they were not), ImageTooLarge one whose blobs
+        alone weigh more than ``max_image``, and ``too_many`` a pusher's push past its bounds.
         """
         self.check(manifest, tenant)
         wanted = self.wanted(manifest, tenant)
@@ -440,24 +447,31 @@ class Catalog:
                 f"the image weighs at least {format_size(held + declared)}, more than the "
                 f"{format_size(self.max_image)} one image may take here"
             )
-        for blob in unique([manifest.config, *manifest.layers]):
-            self._pinned[blob.digest] = self._pinned.get(blob.digest, 0) + 1
         push = Push(manifest, tenant, pusher, declared, held)
+        # Only what it counts on now: a wanted blob (one the pusher could not read, maybe held
+        # for another tenant) is pinned once its bytes came (:meth:`pin`). Pinned before, its
+        # digest alone would keep another tenant's images from eviction, and tell whether they hold it.
+        for blob in unique([manifest.config, *manifest.layers]):
+            if blob.digest not in wanting:
+                self.pin(push, blob)
         try:
             self._plan_room(declared)  # refused now rather than after the bytes came
         except StoreFull:
-            self._unpin(manifest)
+            self._unpin(push)
             raise
         self._pushes.append(push)
         return wanted, push
 
-    def grow(self, push: Push, need: int) -> list[str]:
-        """``push`` has ``need`` bytes (its blob in progress, at its weight so far) not yet stored:
-        make sure it holds that much room; the blobs to delete to make it (evicted now). StoreFull
-        (and nothing changed) if they cannot be made."""
+    def grow(self, push: Push, need: int, upto: int = 0) -> list[str]:
+        """``push`` has ``need`` bytes (its blob in progress: the bytes that came, or once all came,
+        its weight) not yet stored: make sure it holds that much room; the blobs to delete to make
+        it (evicted now). StoreFull (and nothing changed) if they cannot be made.
+
+        ``upto`` (the blob's declared size while it comes) lets room be held ahead of ``need``,
+        toward it: by at most :data:`GROW_STEP`, and never more than came (one byte holds two)."""
         if need <= push.reserved:
             return []
-        target = max(need, min(need + GROW_STEP, push.declared))
+        target = max(need, min(need + min(need, GROW_STEP), upto))
         evicted = self._make_room(target - push.reserved)
         self._reserved += target - push.reserved
         push.reserved = target
@@ -478,21 +492,29 @@ class Catalog:
                 f"{format_size(self.max_image)} one image may take here"
             )
 
+    def pin(self, push: Push, blob: Blob) -> None:
+        """``push`` counts on ``blob`` (held for it, or all its bytes came): no room made for
+        another push drops it, nor an image that has it, until ``push`` ends."""
+        if blob.digest not in push.pinned:
+            push.pinned.append(blob.digest)
+            self._pinned[blob.digest] = self._pinned.get(blob.digest, 0) + 1
+
     def end(self, push: Push) -> None:
         """``push`` is over (stored or not): unpin its blobs and free the room it held."""
         self._reserved = max(self._reserved - push.reserved, 0)
         push.reserved = 0
         if push in self._pushes:
             self._pushes.remove(push)
-        self._unpin(push.manifest)
+        self._unpin(push)
 
-    def _unpin(self, manifest: Manifest) -> None:
-        for blob in unique([manifest.config, *manifest.layers]):
-            left = self._pinned.get(blob.digest, 0) - 1
+    def _unpin(self, push: Push) -> None:
+        for digest in push.pinned:
+            left = self._pinned.get(digest, 0) - 1
             if left > 0:
-                self._pinned[blob.digest] = left
+                self._pinned[digest] = left
             else:
-                self._pinned.pop(blob.digest, None)
+                self._pinned.pop(digest, None)
+        push.pinned.clear()
 
     def add_blob(
         self, blob: Blob, expanded: int | None = None, push: Push | None = None, *, sender: Tenant | None = None
@@ -506,6 +528,7 @@ class Catalog:
         who = push.tenant if push is not None else sender or OPEN
         self.senders.setdefault(blob.digest, set()).add(who.id)
         if push is not None:
+            self.pin(push, blob)
             stored = self.weight_of(blob.digest)
             freed = min(push.reserved, stored)
             push.reserved -= freed
@@ -518,18 +541,21 @@ class Catalog:
         """Record that ``tenant`` holds the image whose blobs are all stored, under ``tags`` of its
         namespace (taken from any of its images that had them).
 
-        ``config`` is read only for an image not stored yet (pass ``b""`` for one that is)."""
+        ``config`` is read only for an image ``tenant`` does not see (pass ``b""`` for one it does):
+        one stored for others is judged by its config exactly as if it were not stored, so that a
+        push naming another tenant's config with other layers learns nothing of it."""
         missing = self.missing(manifest)
         if missing:
             raise ImageError(f"{len(missing)} blobs of the image were never sent, e.g. {missing[0].digest}")
         image = self.images.get(manifest.config.digest)
-        if image is None:
+        if image is None or not image.sees(tenant):
             arch, os_ = read_config(manifest, config)
-            image = StoredImage(self.measured(manifest), arch, os_)
-            self.images[image.digest] = image
-        elif image.manifest != self.measured(manifest):
-            # Its config is not read again: the layers it names are the stored image's. A push
-            # that names others (to take that image while sending only its config) is no image.
+            if image is None:
+                image = StoredImage(self.measured(manifest), arch, os_)
+                self.images[image.digest] = image
+        if image.manifest != self.measured(manifest):
+            # The layers its config names are the stored image's. A push that names others (to
+            # take that image while sending only its config) is no image.
             raise ImageError(f"the image config {image.digest} lists other layers than the push names")
         image.holdings.setdefault(tenant.id, Holding(pushed=now))
         for tag in map(normalize_tag, tags):

@@ -40,9 +40,10 @@ Rules that everything affecting the hub's state must follow live here:
   the credit the provider grants (:class:`ServeCredit`), through :meth:`HubCore.serve_data`.
 * Stored images belong to tenants (:mod:`kiln.hub.catalog`): a ``rent`` or ``market`` names an
   image as its requestor's tenant sees the store. A digest the tenant may not see is as if
-  nothing had it: a rent of a digest goes only to the store or to a provider that offers that
-  digest itself, and the digest of a stored image nobody let the tenant see matches no provider,
-  nor shows in any provider's listed images (a provider's copy of it came from the store).
+  the store lacked it: a rent of a digest goes only to the store or to a provider that offers
+  that digest itself, and the digest of a stored image nobody let the tenant see matches, and
+  shows in the listed images of, only providers of 1.4 (whose ``images`` are their operators'
+  own; a provider of 1.3 lists there copies the store sent it).
 
 Use: the I/O layer calls :meth:`HubCore.connect` for a new connection, then
 :meth:`HubCore.receive_text` / :meth:`HubCore.receive_binary` for every frame,
@@ -123,7 +124,6 @@ from kiln.protocol.messages import (
     MarketQuery,
     Message,
     Offer,
-    ProviderInfo,
     PushImage,
     Release,
     RemoveImage,
@@ -772,20 +772,14 @@ class HubCore:
         """The market as requestor ``p``'s tenant may see it (see the rules above)."""
         tenant = Tenant.of(p.credential)
         image = message.image
-        providers: list[ProviderInfo]
-        if image is not None and self.catalog.hidden(image, tenant):
-            providers, matched = [], 0
-        else:
-            # A tag of the store names the image by its id, as providers offer it.
-            stored = self.catalog.resolve(image, tenant) if image is not None else None
-            image = stored.digest if stored is not None else image
-            providers, matched = self.market.describe(
-                image=image, labels=message.labels, free=message.free, limit=message.limit, stored=stored is not None
-            )
-            hidden = [i for q in providers for i in q.images if self.catalog.hidden(i, tenant)]
-            if hidden:
-                gone = set(hidden)
-                providers = [q.model_copy(update={"images": [i for i in q.images if i not in gone]}) for q in providers]
+        # A tag of the store names the image by its id, as providers offer it. A stored image
+        # the tenant may not see is as if not stored: held only by providers that offer it themselves.
+        stored = self.catalog.resolve(image, tenant) if image is not None else None
+        image = stored.digest if stored is not None else image
+        providers, matched = self.market.describe(
+            image=image, labels=message.labels, free=message.free, limit=message.limit, stored=stored is not None,
+            hidden=lambda i: self.catalog.hidden(i, tenant),
+        )  # fmt: skip
         info = MarketInfo(type="market_info", re=message.id, providers=providers, matched=matched,
                           activities=len(self.activities))  # fmt: skip
         self._send(p.id, info)
@@ -841,19 +835,19 @@ class HubCore:
         group = p.groups.get(message.group) if message.group is not None else None
         tenant = Tenant.of(p.credential)
         stored = self.catalog.resolve(message.image, tenant)
-        if (
-            stored is None
-            and is_digest(message.image)
-            and (self.catalog.hidden(message.image, tenant) or not self.market.offered(message.image))
-        ):
+        # Another tenant's image runs only from a provider that offers it itself (whose offer
+        # cannot be a copy of the store's): the same answers whether that tenant stored it or not.
+        hidden = self.catalog.hidden(message.image, tenant)
+        if stored is None and is_digest(message.image) and not self.market.offered(message.image, apart=hidden):
             # A digest names the image only the store (as this tenant sees it) or a provider's own
-            # offer can run: the same answer whether another tenant stored it or nobody did.
+            # offer can run.
             self._error(p, message.id, ErrorCode.IMAGE_NOT_FOUND, not_found(message.image))
             return
         try:
             provider, cached = self.market.choose(
-                message.image, message.demand, set(message.exclude), group or (), stored, root=message.user == "root"
-            )
+                message.image, message.demand, set(message.exclude), group or (), stored,
+                root=message.user == "root", apart=hidden,
+            )  # fmt: skip
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)
             return
@@ -1032,7 +1026,7 @@ class HubCore:
             return
         if isinstance(message, Offer):
             first = p.id not in self.market
-            self.market.update(p.id, p.name, message, pulls=p.minor >= 1)
+            self.market.update(p.id, p.name, message, pulls=p.minor >= 1, apart=p.minor >= 4)
             if first:  # a provider back after a restart holds its activities' capacity already
                 for activity_id in sorted(p.activities):
                     self.market.reserve(p.id, self.activities[activity_id].resources)

@@ -60,6 +60,7 @@ class Seller:
     free_storage: int
     activities: int = 0
     pulls: bool = False  # speaks protocol 1.1: can fetch an image from the hub's store
+    apart: bool = False  # speaks 1.4: its images are its operator's alone (what it loaded from the store: cached)
     chains: frozenset[str] = frozenset()  # layer chains it holds, of images the store knows
     rank: Rank = field(init=False)
 
@@ -127,10 +128,12 @@ class Market:
     def __len__(self) -> int:
         return len(self._sellers)
 
-    def update(self, peer: int, name: str, offer: Offer, *, pulls: bool = False) -> None:
+    def update(self, peer: int, name: str, offer: Offer, *, pulls: bool = False, apart: bool = False) -> None:
         """Record (or replace) a provider's offer; what it already reserved stays reserved.
 
-        ``pulls``: the provider can fetch images from the hub's store (it speaks 1.1).
+        ``pulls``: the provider can fetch images from the hub's store (it speaks 1.1). ``apart``:
+        its ``images`` are only what its operator allows (it speaks 1.4: what it loaded from the
+        store is in ``cached``); before, they may be copies of the store's images.
         """
         old = self._sellers.get(peer)
         total = offer.resources
@@ -141,7 +144,7 @@ class Market:
             for key, _ in stored.chain_keys
         )
         seller = Seller(peer, name, offer, frozenset(offer.images), frozenset(offer.cached or ()), total.cpus,
-                        total.memory, total.storage, pulls=pulls, chains=chains)  # fmt: skip
+                        total.memory, total.storage, pulls=pulls, apart=apart, chains=chains)  # fmt: skip
         if old is not None:
             self.remove(peer)
             taken = old.offer.resources
@@ -166,9 +169,11 @@ class Market:
         """The names of the providers that hold ``image`` (offered, or cached from the store)."""
         return sorted(self._sellers[peer].name for peer in self._stored_holders(image))
 
-    def offered(self, image: str) -> bool:
-        """Whether a provider offers ``image`` itself (its operator allows it; not a copy of the store's)."""
-        return bool(self._holders.get(image))
+    def offered(self, image: str, *, apart: bool = False) -> bool:
+        """Whether a provider offers ``image`` itself (its operator allows it; not a copy of the
+        store's); with ``apart``, one whose offer cannot be such a copy (:meth:`update`)."""
+        holders = self._holders.get(image, set())
+        return any(self._sellers[peer].apart for peer in holders) if apart else bool(holders)
 
     def _stored_holders(self, digest: str) -> set[int]:
         """The peers holding the stored image ``digest``: offering it, or having loaded it from the
@@ -196,11 +201,14 @@ class Market:
         stored: StoredImage | None = None,
         *,
         root: bool = False,
+        apart: bool = False,
     ) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
-        Providers named in ``exclude``, and the peers in ``avoid``, are passed over, and with
-        ``root`` those whose operator does not let commands run as root. Of the
+        Providers named in ``exclude``, and the peers in ``avoid``, are passed over, with
+        ``root`` those whose operator does not let commands run as root, and with ``apart``
+        those whose images may be copies of the store's (``image`` names a stored image the
+        requestor may not see: only an operator's own copy of it may run). Of the
         rest, those holding the image come first, then the least loaded (fewest activities,
         most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
         offers, or saying that all are busy. The storage compared is what the rent is
@@ -214,6 +222,7 @@ class Market:
                 and seller.peer not in avoid
                 and seller.name not in exclude
                 and (seller.offer.root or not root)
+                and (seller.apart or not apart)
             )
 
         if stored is not None:
@@ -312,10 +321,13 @@ class Market:
         free: Resources | None = None,
         limit: int | None = None,
         stored: bool = False,
+        hidden: Callable[[str], bool] = lambda image: False,
     ) -> tuple[list[ProviderInfo], int]:
         """The providers that hold ``image``, carry ``labels`` and have ``free`` left, the first
         ``limit`` by name; and how many match in all. With ``stored`` (``image`` is the digest of
         a stored image the asker may rent), those that loaded it from the store hold it too.
+        What ``hidden`` says the asker may not see (stored images of others) is listed, and
+        held, only by providers whose images are their operators' own (see :meth:`update`).
 
         Only the providers in the smallest index that applies (the image's holders, a
         label's carriers) are looked at; with no filter, none are (names are kept sorted).
@@ -335,6 +347,7 @@ class Market:
                 s
                 for s in map(self._sellers.__getitem__, candidates)
                 if (image is None or s.peer in holding)
+                and (image is None or s.apart or not hidden(image))
                 and has_labels(s.offer.labels, labels)
                 and (free is None or s.has_free(free))
             ]
@@ -345,7 +358,7 @@ class Market:
                 name=s.name,
                 arch=s.offer.arch,
                 labels=s.offer.labels,
-                images=sorted(s.images),
+                images=sorted(s.images if s.apart else (i for i in s.images if not hidden(i))),
                 offered=s.offer.resources,
                 free=s.free,
                 activities=s.activities,

@@ -31,6 +31,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
@@ -118,8 +119,14 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self._path: Path | None = None
         self._file: IO[bytes] | None = None
+        # A push cancelled while a write or finish runs in a thread discards in another thread:
+        # the discard waits for it, and nothing is written (no file made) after it.
+        self._lock = threading.Lock()
+        self._discarded = False
 
     def _opened(self) -> IO[bytes]:
+        if self._discarded:
+            raise Cancelled(f"the push of blob {self.blob.digest} was given up")
         if self._file is None:
             assert self._path is None, "a blob's file is made once"
             fd, name = tempfile.mkstemp(dir=self._store.tmp, prefix=self.blob.digest[7:19] + ".")
@@ -133,6 +140,10 @@ class BlobWriter:
         return self.meter.expanded if self.meter is not None else 0
 
     def write(self, data: bytes) -> None:
+        with self._lock:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         file = self._opened()
         self.written += len(data)
         if self.written > self.blob.size:
@@ -153,6 +164,10 @@ class BlobWriter:
 
     def finish(self) -> None:
         """Check size and digest, then move the blob into place (else ImageCorrupt, and nothing kept)."""
+        with self._lock:
+            self._finish()
+
+    def _finish(self) -> None:
         file = self._opened()
         if self.written != self.blob.size:
             raise ImageCorrupt(f"blob {self.blob.digest} has {self.written} bytes, not its declared {self.blob.size}")
@@ -164,9 +179,10 @@ class BlobWriter:
         os.fsync(file.fileno())
         file.close()
         self._file = None
-        self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
         assert self._path is not None
-        os.replace(self._path, self._store.path(self.blob.digest))
+        with self._store.publishing:
+            self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
+            os.replace(self._path, self._store.path(self.blob.digest))
 
     @property
     def measured(self) -> int | None:
@@ -174,11 +190,13 @@ class BlobWriter:
         return self.meter.expanded if self.meter is not None else None
 
     def discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            if self._path is not None:
-                self._path.unlink(missing_ok=True)
+        with self._lock:
+            self._discarded = True
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+                if self._path is not None:
+                    self._path.unlink(missing_ok=True)
 
 
 class BlobStore:
@@ -190,6 +208,8 @@ class BlobStore:
         self.meta = root / "images"
         self.tmp = root / "tmp"
         self.sizes = root / "blobs" / "expanded"
+        self.publishing = threading.Lock()
+        """Held while a blob is put in place, and while one is deleted (see :meth:`delete`)."""
 
     def open(
         self, limit: int, max_image: int = DEFAULT_MAX_IMAGE, max_expansion: float = DEFAULT_MAX_EXPANSION
@@ -268,10 +288,16 @@ class BlobStore:
     def forget(self, digest: str) -> None:
         (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
 
-    def delete(self, digests: Iterable[str]) -> None:
+    def delete(self, digests: Iterable[str], keep: Callable[[str], bool] = lambda digest: False) -> None:
+        """Delete the files of ``digests``, but not of one that ``keep`` says is wanted again by
+        now (a push put the same blob back meanwhile: the catalog dropped it, a push pinned it and
+        is publishing its file). ``keep`` is asked as each file goes, with no blob being published."""
         for digest in digests:
-            self.path(digest).unlink(missing_ok=True)
-            (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
+            with self.publishing:
+                if keep(digest):
+                    continue
+                self.path(digest).unlink(missing_ok=True)
+                (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
 
 
 def measure_file(path: Path) -> int | None:
@@ -539,7 +565,7 @@ class ImageService:
 
     def _drop(self, digest: str, blobs: list[str]) -> None:
         self.store.forget(digest)
-        self.store.delete(blobs)
+        self.store.delete(blobs, self.catalog.keeps)
 
     async def _push(self, peer: int, message: PushImage, tenant: Tenant, pusher: str, push: _Push) -> None:
         manifest = message.manifest
@@ -553,7 +579,9 @@ class ImageService:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
                 self._apply(self.core.store_grant(peer, message.id, self._window))
                 await self._receive(peer, message.id, wanted, push, room)
-            known = manifest.config.digest in self.catalog.images  # a second push only retags: no disk read
+            # A second push of an image the tenant sees only retags: no disk read. One stored only
+            # for others is read like a new one (its refusals must not tell that it is stored).
+            known = self.catalog.resolve(manifest.config.digest, tenant) is not None
             config = b"" if known else await asyncio.to_thread(self.store.read_config, manifest.config.digest)
             before = {digest: _tags(image) for digest, image in self.catalog.images.items()}
             image = self.catalog.add_image(manifest, config, message.tags, time.time(), tenant)
@@ -584,7 +612,7 @@ class ImageService:
         for path in self.store.meta.glob("*.json"):
             if f"sha256:{path.stem}" not in self.catalog.images:
                 path.unlink(missing_ok=True)
-        self.store.delete(gone)
+        self.store.delete(gone, self.catalog.keeps)
 
     async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, room: Push) -> None:
         """Take the wanted blobs off the push's stream, one after another, each metered, verified and
@@ -603,12 +631,21 @@ class ImageService:
                     left -= len(piece)
                     if writer.layer:
                         self.catalog.check_layer(room, blob, writer.expanded)
-                    evicted = self.catalog.grow(room, max(writer.written, writer.expanded))
+                    # Room for the bytes that came; what the layer's headers say it expands to
+                    # only once all of it came (a header alone may claim a file as large as the
+                    # layer is declared: that claim evicts nothing).
+                    if left:
+                        evicted = self.catalog.grow(room, writer.written, blob.size)
+                    else:
+                        evicted = self.catalog.grow(room, max(writer.written, writer.expanded))
                     if evicted:
                         log.info(
                             "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
                         )
                         await asyncio.to_thread(self._evict, evicted)
+                # Its bytes all came: pinned before they are published, so that no room made for
+                # another push meanwhile drops it (deleting the file this writer just put there).
+                self.catalog.pin(room, blob)
                 await asyncio.to_thread(writer.finish)
             finally:
                 await asyncio.to_thread(writer.discard)
