@@ -10,7 +10,7 @@ The same with a real provider and Docker (rents that run the image) is tests/tes
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,3 +193,24 @@ async def test_a_record_without_owners_belongs_to_the_open_tenant(tmp_path: Path
         assert (await ask(a, {"type": "list_images", "id": 1}))["images"] == []
         rented = await ask(a, {"type": "rent", "id": 2, "image": image.digest, "demand": {"cpus": 1}})
         assert rented["code"] == "image_not_found"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: {k: v for k, v in raw.items() if k != "arch"},  # a key missing
+        lambda raw: {**raw, "owners": ["alice"]},  # owners of the wrong type
+        lambda raw: {**raw, "owners": {"open": {"tags": ["x"]}}},  # a holding without its time
+    ],
+)
+async def test_a_damaged_image_record_is_ignored_and_the_hub_serves(
+    tmp_path: Path, tokens: Tokens, damage: Callable[[dict[str, Any]], Any]
+) -> None:
+    image = FakeImage.make(noise(10_000))
+    async with hub(tmp_path) as url, as_tenant(url, SHARED) as open_:
+        assert (await push(open_, image, ["old:1"]))[1]["type"] == "image_pushed"
+    record = next((tmp_path / "images").glob("*.json"))
+    record.write_bytes(orjson.dumps(damage(orjson.loads(record.read_bytes()))))
+    async with hub(tmp_path) as url, as_tenant(url, SHARED) as open_:
+        assert (await ask(open_, {"type": "list_images", "id": 1}))["images"] == []
+        assert (await push(open_, image, ["old:1"], id_=2))[1]["type"] == "image_pushed", "pushed again"

@@ -243,7 +243,7 @@ class BlobStore:
         for path in self.meta.glob("*.json"):
             try:
                 records.append(_image_from_json(path.read_bytes()))
-            except (OSError, ValueError, KilnError) as e:
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, KilnError) as e:
                 log.warning("ignoring the unreadable image record %s: %s", path.name, e)
         for image in sorted(records, key=lambda i: i.pushed):  # a tag on two images: the later push has it
             if catalog.missing(image.manifest):
