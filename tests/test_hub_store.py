@@ -276,6 +276,26 @@ async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.
         assert reply["code"] == "transfer_failed" and "nothing" in reply["message"], reply
 
 
+async def test_a_push_that_trickles_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A byte now and then keeps it from ever being idle; under the rate floor it fails all the same.
+    monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.5)
+    image = FakeImage.make(noise(4000))
+    async with hub(tmp_path) as url, requestor(url) as ws:
+        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
+        assert (await recv(ws))["type"] == "want"
+        data = image.config + image.layers[0]
+        for n in range(40):
+            await ws.send(frames.encode(FrameKind.DATA, 1, data[n : n + 1]))
+            await asyncio.sleep(0.05)
+            try:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 0.01))
+            except TimeoutError:
+                continue
+            if reply["type"] != "credit":
+                break
+        assert reply["code"] == "transfer_failed" and "KiB/s" in reply["message"], reply
+
+
 async def test_a_client_of_protocol_1_0_is_welcomed_at_1_0(tmp_path: Path) -> None:
     async with hub(tmp_path) as url, connect(url) as ws:
         await ws.send(json.dumps({**HELLO, "version": "1.0"}))

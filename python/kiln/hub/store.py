@@ -90,6 +90,9 @@ log = logging.getLogger("kiln.hub.store")
 PUSH_IDLE_TIMEOUT: Final = 20.0
 """A push that sends nothing for this long fails (``transfer_failed``) and gives back the room it
 held; what it verified stays."""
+PUSH_MIN_RATE: Final = 32 * 1024
+"""Bytes a second a push must average over each :data:`PUSH_IDLE_TIMEOUT` window, else it fails
+(``transfer_failed``): a push that trickles a byte now and then would hold its pins and room for ever."""
 SAVE_INTERVAL: Final = 10.0
 """How often the times images were last used are written to disk."""
 READ_BYTES: Final = 1024 * 1024
@@ -381,6 +384,21 @@ class _Push:
     def __init__(self) -> None:
         self.frames: asyncio.Queue[tuple[FrameKind, bytes]] = asyncio.Queue()  # bounded by the credit granted
         self.task: asyncio.Task[None] | None = None
+        self.window = asyncio.get_running_loop().time()  # when the current window of its rate began
+        self.window_bytes = 0  # bytes it sent in that window
+
+    def count(self, received: int) -> None:
+        """``received`` bytes came: TransferFailed if, over a whole window, it averaged under the floor."""
+        self.window_bytes += received
+        now = asyncio.get_running_loop().time()
+        if now - self.window < PUSH_IDLE_TIMEOUT:
+            return
+        if self.window_bytes < PUSH_MIN_RATE * (now - self.window):
+            raise TransferFailed(
+                f"the push sent {self.window_bytes} bytes in {now - self.window:.0f} s, under the "
+                f"{PUSH_MIN_RATE // 1024} KiB/s a push must keep up"
+            )
+        self.window, self.window_bytes = now, 0
 
 
 class _Serve:
@@ -664,6 +682,7 @@ class ImageService:
             raise ImageCorrupt(f"the push ended {left} bytes short of blob {blob.digest}")
         if kind is FrameKind.ABORT:
             raise TransferFailed(f"the requestor aborted the push: {payload.decode(errors='replace')}")
+        push.count(len(payload))
         self._apply(self.core.store_grant(peer, request, 1))
         return payload
 
