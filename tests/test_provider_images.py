@@ -6,11 +6,13 @@ of loaded images and its eviction; ``--pull`` from a local registry."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import secrets
 import shutil
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -326,3 +328,36 @@ async def test_a_sparse_bomb_never_reaches_the_providers_disk(
     await provider.send(create(2, declared))
     error = await provider.receive()
     assert error["type"] == "error" and error["code"] == "image_too_large", error
+
+
+def small_layer() -> bytes:
+    """A layer tar of one small file (its content random: a new digest each time)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        data = secrets.token_bytes(1024)
+        info = tarfile.TarInfo("f")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+async def test_loads_at_once_share_the_image_cache_budget(
+    hub: ScriptedHub, processes: LocalCluster, tmp_path: Path
+) -> None:
+    """Each load holds what the hub declared its image takes: two that together pass the budget
+    are not extracted at once (each alone fits)."""
+    first, second = image_of(small_layer(), expanded=160 * 2**20), image_of(small_layer(), expanded=160 * 2**20)
+    _, provider = await start(hub, processes, "--image-cache", "256MiB")
+    await provider.send(create(1, first))
+    want = await provider.receive()
+    assert want["type"] == "want", want  # the first load now holds 160 MiB, its data not sent yet
+    await provider.send(create(2, second))
+    error = await provider.receive()
+    assert error["code"] == "image_too_large" and "loads in progress" in error["message"], error
+    await serve_want(provider, first, want)
+    assert (await provider.receive(timeout=60))["type"] == "done"
+    await provider.send(create(3, second))  # the first's load is over: room again
+    want = await provider.receive()
+    assert want["type"] == "want", want
+    await serve_want(provider, second, want)
+    assert (await provider.receive(timeout=60))["type"] == "done"

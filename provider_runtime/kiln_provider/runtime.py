@@ -68,6 +68,7 @@ from kiln.protocol.errors import (
 from kiln.protocol.messages import (
     MAX_OFFERED,
     MAX_REPORTED,
+    Blob,
     Create,
     Destroy,
     Done,
@@ -203,6 +204,7 @@ class ProviderRuntime:
         self.cache = ImageCache.open(config.data_dir or default_data_dir(config.name), config.image_cache)
         self._image_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._pinned: Counter[str] = Counter()  # images creates are about to use: never evicted
+        self._loading = 0  # bytes of the image cache's budget that loads in progress hold
         self._evicting = asyncio.Lock()
         self._saving = asyncio.Lock()
         self._dial_failure: str | None = None  # why the last dial failed, once told
@@ -651,11 +653,25 @@ class ProviderRuntime:
         held = held_layers([layer.digest for layer in manifest.layers], chains)
         blobs = wanted(manifest, held)
         declared = sum(layer.expanded or 0 for layer in blobs[1:])  # the hub's measure (1.4), if it sent one
-        if declared > self.cache.budget:
+        # Loads at once share the budget: each holds what the hub declared (its layers may not
+        # pass it) and may extract at most what the others leave.
+        room = self.cache.budget - self._loading
+        if declared > room:
+            loading = f" ({format_size(self._loading)} of it held by loads in progress)" if self._loading else ""
             raise ImageTooLarge(
-                f"provider {self.config.name!r} keeps {format_size(self.cache.budget)} of images; this one takes "
-                f"{format_size(declared)} once extracted"
+                f"provider {self.config.name!r} keeps {format_size(self.cache.budget)} of images{loading}; this one "
+                f"takes {format_size(declared)} once extracted"
             )
+        self._loading += declared
+        try:
+            return await self._load_within(message, blobs, held, room)
+        finally:
+            self._loading -= declared
+
+    async def _load_within(self, message: Create, blobs: list[Blob], held: int, room: int) -> tuple[ImageFacts, int]:
+        """:meth:`_load` once the image's room is held: ``room`` bytes at most are extracted."""
+        manifest = message.manifest
+        assert manifest is not None
         await self._c.reply(Want(type="want", re=message.id, blobs=[blob.digest for blob in blobs]))
         incoming = self._c.incoming(message.id, self._image_window)
         if (operation := self._by_request.get(message.id)) is not None:
@@ -671,7 +687,7 @@ class ProviderRuntime:
         first = await _next_within(incoming, idle, "image")
         # Metered again on the way in: whatever the hub said, no more than the cache budget is extracted.
         chunks = _chunks_in_thread(first, incoming, idle, "image", loop)
-        archive = LoadArchive(manifest, blobs, chunks, limit=self.cache.budget)
+        archive = LoadArchive(manifest, blobs, chunks, limit=room)
         await self._on(self._pools.transfers, self.adapter.load, archive)
         image = await self._docker(self.adapter.image, manifest.config.digest)
         if image is None:
