@@ -124,6 +124,16 @@ def sparse_layer(tmp: Path, size: int = 2**30) -> bytes:
     return subprocess.run(tar, check=True, capture_output=True).stdout
 
 
+def noise_layer(size: int) -> bytes:
+    """A layer: a tar of one file of ``size`` random bytes."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        info = tarfile.TarInfo("noise")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    return out.getvalue()
+
+
 def image_of(*layers: bytes, expanded: int | None = None) -> SavedImage:
     """An image of these layer tars (linux/amd64, nothing to run), as the hub would store it;
     ``expanded``: what the manifest says its last layer expands to."""

@@ -8,11 +8,9 @@ to the attacker.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import os
 import signal
-import tarfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from websockets.asyncio.client import connect
 import kiln
 from kiln.protocol.messages import Download, Upload
 from tests.conftest import IMAGE, Cluster, containers_of
-from tests.images import build, image_of, remove, save, sparse_layer
+from tests.images import build, image_of, noise_layer, remove, save, sparse_layer
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -296,13 +294,3 @@ async def test_a_push_that_sends_nothing_evicts_nothing_and_blocks_no_other_push
     assert tags == {"first:1", "second:1"}, "nothing evicted for bytes that never came"
     report(capsys, f"with a stalled push of 10 MiB declared, another push took {pushed * 1000:.0f} ms")
     assert pushed < BOUND
-
-
-def noise_layer(size: int) -> bytes:
-    """A layer: a tar of one file of ``size`` random bytes."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo("noise")
-        info.size = size
-        tar.addfile(info, io.BytesIO(os.urandom(size)))
-    return out.getvalue()

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import shutil
-import tarfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from kiln.hub.server import start
 from kiln.hub.state import HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from tests.images import noise_layer as noise
 from tests.images import sparse_layer
 
 HELLO = {"type": "hello", "version": "1.1", "role": "requestor", "name": "pusher"}
@@ -37,16 +36,6 @@ CHUNK = 256 * 1024
 
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def noise(size: int) -> bytes:
-    """A layer: a tar of one file of ``size`` random bytes."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo("noise")
-        info.size = size
-        tar.addfile(info, io.BytesIO(os.urandom(size)))
-    return out.getvalue()
 
 
 @dataclass

@@ -6,13 +6,11 @@ of loaded images and its eviction; ``--pull`` from a local registry."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import secrets
 import shutil
 import socket
 import subprocess
-import tarfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +22,7 @@ from kiln.testing import LocalCluster
 from kiln_provider.docker_adapter import DockerAdapter
 from kiln_provider.image_archive import wanted
 from tests.conftest import containers_of
-from tests.images import SavedImage, build, has, image_of, remove, save, sparse_layer
+from tests.images import SavedImage, build, has, image_of, noise_layer, remove, save, sparse_layer
 from tests.scripted_hub import Provider, ScriptedHub, scripted_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
@@ -330,23 +328,12 @@ async def test_a_sparse_bomb_never_reaches_the_providers_disk(
     assert error["type"] == "error" and error["code"] == "image_too_large", error
 
 
-def small_layer() -> bytes:
-    """A layer tar of one small file (its content random: a new digest each time)."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        data = secrets.token_bytes(1024)
-        info = tarfile.TarInfo("f")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
 async def test_loads_at_once_share_the_image_cache_budget(
     hub: ScriptedHub, processes: LocalCluster, tmp_path: Path
 ) -> None:
     """Each load holds what the hub declared its image takes: two that together pass the budget
     are not extracted at once (each alone fits)."""
-    first, second = image_of(small_layer(), expanded=160 * 2**20), image_of(small_layer(), expanded=160 * 2**20)
+    first, second = (image_of(noise_layer(1024), expanded=160 * 2**20) for _ in range(2))
     _, provider = await start(hub, processes, "--image-cache", "256MiB")
     await provider.send(create(1, first))
     want = await provider.receive()

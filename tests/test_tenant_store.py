@@ -22,7 +22,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from kiln.hub.server import start
 from kiln.hub.state import HubState
-from tests.test_hub_store import FakeImage, digest, noise, push, recv
+from tests.images import noise_layer as noise
+from tests.test_hub_store import FakeImage, digest, push, recv
 
 SHARED = "shared-t0ken"
 

@@ -327,36 +327,28 @@ class HubState:
         return None if row is None else Credential(int(row[0]), row[1], row[2])
 
     def names(self, ids: set[int]) -> dict[int, str]:
-        wanted = sorted(ids)
-        out: dict[int, str] = {}
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            try:
-                rows = self._db.execute(
-                    f"SELECT id, name FROM credentials WHERE name IS NOT NULL AND id IN ({marks})", chunk
-                ).fetchall()
-            except sqlite3.Error as e:
-                log.warning("cannot read credentials from %s: %s", self.path, e)
-                continue
-            out.update((int(row[0]), str(row[1])) for row in rows)
-        return out
+        """The names of those of ``ids`` that have one (image owners are shown by them)."""
+        rows = self._credentials_in("id, name", "name IS NOT NULL", ids)
+        return {int(row[0]): str(row[1]) for row in rows}
 
     def revoked(self, ids: Collection[int]) -> set[int]:
         """Those of ``ids`` that are revoked (the hub asks for its peers' from time to time)."""
+        return {int(row[0]) for row in self._credentials_in("id", "revoked IS NOT NULL", ids)}
+
+    def _credentials_in(self, columns: str, where: str, ids: Collection[int]) -> list[tuple[Any, ...]]:
+        """``columns`` of the credentials among ``ids`` that match ``where`` (asked in chunks; none
+        from a chunk the database cannot read, with a warning)."""
         wanted = sorted(ids)
-        out: set[int] = set()
+        out: list[tuple[Any, ...]] = []
         for start in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[start : start + _IN_CHUNK]
             marks = ", ".join("?" * len(chunk))
             try:
-                rows = self._db.execute(
-                    f"SELECT id FROM credentials WHERE revoked IS NOT NULL AND id IN ({marks})", chunk
+                out += self._db.execute(
+                    f"SELECT {columns} FROM credentials WHERE {where} AND id IN ({marks})", chunk
                 ).fetchall()
             except sqlite3.Error as e:
                 log.warning("cannot read credentials from %s: %s", self.path, e)
-                continue
-            out.update(int(row[0]) for row in rows)
         return out
 
     # --- what a restart must not lose (kiln.hub.records) -----------------------------------
