@@ -3,12 +3,14 @@ the real Docker engine, and the busybox test image built FROM scratch."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import os
 import secrets
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +31,17 @@ def containers_of(provider: str) -> list[str]:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return out.stdout.split()
+
+
+async def provider_left(cluster: Cluster, name: str, seconds: float = 10) -> str:
+    """The hub's log line saying provider ``name`` left (waiting up to ``seconds`` for it)."""
+    assert cluster.hub is not None
+    deadline = time.monotonic() + seconds
+    while f"provider {name!r} left" not in cluster.hub.output():
+        assert time.monotonic() < deadline, cluster.hub.output()
+        await asyncio.sleep(0.05)
+    [left] = [line for line in cluster.hub.output().splitlines() if f"provider {name!r} left" in line]
+    return left
 
 
 def peak_rss(pid: int) -> int:

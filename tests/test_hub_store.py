@@ -258,8 +258,7 @@ async def test_a_push_that_stalls_times_out(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.3)
     image = FakeImage.make(noise(1000))
     async with hub(tmp_path) as url, requestor(url) as ws:
-        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
-        assert (await recv(ws))["type"] == "want"
+        assert (await start_push(ws, image, 1))["type"] == "want"
         while (reply := await recv(ws))["type"] == "credit":
             pass
         assert reply["code"] == "transfer_failed" and "nothing" in reply["message"], reply
@@ -270,8 +269,7 @@ async def test_a_push_that_trickles_fails(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(hub_store, "PUSH_IDLE_TIMEOUT", 0.5)
     image = FakeImage.make(noise(4000))
     async with hub(tmp_path) as url, requestor(url) as ws:
-        await ws.send(json.dumps({"type": "push_image", "id": 1, "manifest": image.manifest()}))
-        assert (await recv(ws))["type"] == "want"
+        assert (await start_push(ws, image, 1))["type"] == "want"
         data = image.config + image.layers[0]
         for n in range(40):
             await ws.send(frames.encode(FrameKind.DATA, 1, data[n : n + 1]))

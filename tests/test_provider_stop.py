@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import pytest
 
 import kiln
-from tests.conftest import IMAGE, Cluster
+from tests.conftest import IMAGE, Cluster, provider_left
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -35,11 +34,6 @@ async def test_a_busy_provider_stopped_with_a_signal_leaves_with_1001_logged_at_
     for outcome in outcomes:
         assert isinstance(outcome, kiln.ProviderLost), outcome
         assert "closed with code 1001 (the provider stops)" in str(outcome), outcome
-    assert cluster.hub is not None
-    deadline = time.monotonic() + 10
-    while f"provider {name!r} left" not in cluster.hub.output():
-        assert time.monotonic() < deadline, cluster.hub.output()
-        await asyncio.sleep(0.05)
-    [left] = [line for line in cluster.hub.output().splitlines() if f"provider {name!r} left" in line]
+    left = await provider_left(cluster, name)
     assert " INFO " in left and "1001" in left, left
     assert "Traceback" not in process.output() and "kiln.provider INFO stopped" in process.output()

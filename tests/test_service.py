@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from kiln.cli.units import kiln_command
-from tests.conftest import Cluster
+from tests.conftest import Cluster, provider_left
 
 
 def kiln(*args: str) -> subprocess.CompletedProcess[str]:
@@ -139,11 +139,6 @@ async def test_a_provider_of_the_unit_stopped_with_a_signal_exits_0_and_the_hub_
     finally:
         if provider.poll() is None:
             provider.kill()
-    assert cluster.hub is not None
-    deadline = time.monotonic() + 10
-    while f"provider {name!r} left" not in cluster.hub.output():
-        assert time.monotonic() < deadline, cluster.hub.output()
-        await asyncio.sleep(0.05)
-    [left] = [line for line in cluster.hub.output().splitlines() if f"provider {name!r} left" in line]
+    left = await provider_left(cluster, name)
     assert " INFO " in left and "1011" not in left and "1001" in left, left
     assert "Traceback" not in log.read_text() and "kiln.provider INFO stopped" in log.read_text()

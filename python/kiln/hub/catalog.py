@@ -374,10 +374,11 @@ class Catalog:
         out.update(digest for digest, senders in self.senders.items() if tenant.id in senders)
         return out
 
-    def wanted(self, manifest: Manifest, tenant: Tenant) -> list[Blob]:
+    def wanted(self, manifest: Manifest, tenant: Tenant, readable: set[str] | None = None) -> list[Blob]:
         """The blobs of ``manifest`` a push by ``tenant`` must send, each once, in order: every blob
-        it could not read already, whether the store holds it for someone else or not at all."""
-        readable = self.readable(tenant)
+        it could not read already (``readable``, when the caller has it), whether the store holds it
+        for someone else or not at all."""
+        readable = self.readable(tenant) if readable is None else readable
         return [
             b
             for b in unique([manifest.config, *manifest.layers])
@@ -391,15 +392,16 @@ class Catalog:
 
     # --- a push ------------------------------------------------------------------------------
 
-    def check(self, manifest: Manifest, tenant: Tenant = OPEN) -> None:
+    def check(self, manifest: Manifest, tenant: Tenant = OPEN, readable: set[str] | None = None) -> None:
         """ImageError unless ``manifest`` could be an image: blobs declared with sane sizes (a
-        blob ``tenant`` cannot read is judged when its bytes come, as if the store lacked it)."""
+        blob ``tenant`` cannot read, see :meth:`readable`, is judged when its bytes come, as if
+        the store lacked it)."""
         if manifest.config.size > MAX_CONFIG_BYTES:
             raise ImageError(
                 f"an image config of {format_size(manifest.config.size)} is over {format_size(MAX_CONFIG_BYTES)}"
             )
         sizes: dict[str, int] = {}
-        readable = self.readable(tenant)
+        readable = self.readable(tenant) if readable is None else readable
         for blob in [manifest.config, *manifest.layers]:
             if sizes.setdefault(blob.digest, blob.size) != blob.size:
                 raise ImageError(f"blob {blob.digest} is declared with two sizes")
@@ -421,8 +423,9 @@ class Catalog:
         tenant or not: the push must fare as if they were not), ImageTooLarge one whose blobs
         alone weigh more than ``max_image``, and ``too_many`` a pusher's push past its bounds.
         """
-        self.check(manifest, tenant)
-        wanted = self.wanted(manifest, tenant)
+        readable = self.readable(tenant)  # a walk over every image: once per push
+        self.check(manifest, tenant, readable)
+        wanted = self.wanted(manifest, tenant, readable)
         declared = sum(blob.size for blob in wanted)
         pusher = pusher if pusher is not None else f"tenant {owner_name(tenant.id)}"
         mine = [push for push in self._pushes if push.pusher == pusher]

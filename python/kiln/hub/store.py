@@ -436,9 +436,9 @@ class ImageService:
         """Take one action of the core's (from the event loop, in order)."""
         if isinstance(action, StoreRequest):
             key = (action.peer, action.message.id)
+            tenant = Tenant.of(action.credential)
             if isinstance(action.message, PushImage):
                 push = self._pushes[key] = _Push()
-                tenant = Tenant.of(action.credential)
                 # In-flight bounds are per credential; requestors without one (an open hub, the
                 # shared token) share no credential, so each connection is bounded on its own.
                 credential = action.credential
@@ -447,11 +447,11 @@ class ImageService:
                     self._push(action.peer, action.message, tenant, pusher, push), key, self._pushes
                 )
             elif isinstance(action.message, ListImages):
-                self._spawn(self._list(action.peer, action.message, Tenant.of(action.credential)))
+                self._spawn(self._list(action.peer, action.message, tenant))
             elif isinstance(action.message, ShareImage):
-                self._spawn(self._share(action.peer, action.message, Tenant.of(action.credential)))
+                self._spawn(self._share(action.peer, action.message, tenant))
             else:
-                self._spawn(self._remove(action.peer, action.message, Tenant.of(action.credential)))
+                self._spawn(self._remove(action.peer, action.message, tenant))
         elif isinstance(action, PushFrame):
             pushing = self._pushes.get((action.peer, action.request))
             if pushing is not None:
