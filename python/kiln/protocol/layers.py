@@ -176,9 +176,9 @@ class TarMeter:
     def _special_done(self, data: bytes) -> None:
         kind, size = self._special, len(data)
         if kind == ord("x"):
-            self._pax = _pax_records(data)
+            self._pax = pax_records(data)
         elif kind == ord("g"):
-            _pax_records(data)  # checked as Go does, then dropped: a global header is no file
+            pax_records(data)  # checked as Go does, then dropped: a global header is no file
             self._pax, self._long_name = {}, None
         elif kind == ord("L"):
             self._long_name = data.split(b"\x00", 1)[0].decode("utf-8", "replace")
@@ -268,7 +268,7 @@ def _header_name(block: bytes) -> str:
     return name.decode("utf-8", "replace")
 
 
-def _pax_records(data: bytes) -> dict[str, str]:
+def pax_records(data: bytes) -> dict[str, str]:
     """The records of a PAX header (``"<length> <key>=<value>\\n"`` each), as Go parses them."""
     records: dict[str, str] = {}
     rest = data

@@ -32,7 +32,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,6 +42,7 @@ import orjson
 
 from kiln.connection import Connection
 from kiln.protocol.errors import ImageError, KilnError, RemoteProtocolError, UsageError
+from kiln.protocol.layers import pax_records
 from kiln.protocol.messages import (
     MAX_LAYERS,
     MAX_TAGS,
@@ -507,27 +508,8 @@ class TarReader:
         if kind == tarfile.GNUTYPE_LONGNAME:
             self._pending["path"] = data.rstrip(b"\0").decode(errors="surrogateescape")
         elif kind == tarfile.XHDTYPE:
-            for record in _pax_records(data):
-                if record[0] in ("path", "size"):
-                    self._pending[record[0]] = record[1]
-
-
-def _pax_records(data: bytes) -> Iterator[tuple[str, str]]:
-    """The ``key=value`` records of a PAX extended header (``<length> key=value\\n`` each)."""
-    at = 0
-    while at < len(data):
-        space = data.find(b" ", at)
-        if space < 0:
-            break
-        try:
-            length = int(data[at:space])
-        except ValueError:
-            break
-        key, _, value = data[space + 1 : at + length - 1].partition(b"=")
-        yield key.decode(errors="replace"), value.decode(errors="surrogateescape")
-        if length <= 0:
-            break
-        at += length
+            records = pax_records(data)
+            self._pending.update((key, records[key]) for key in ("path", "size") if key in records)
 
 
 @dataclass
