@@ -105,10 +105,11 @@ def tls_cluster(tmp_path: Path, busybox_image: str, tls: Certificates) -> Iterat
 @pytest.fixture(scope="session")
 def shell_less_image() -> Iterator[str]:
     """An image FROM scratch holding one static program, ``/busybox``: no shell, no ``sleep``, no /bin."""
-    tag = f"kiln-lone-{os.getpid()}:latest"
+    name = f"kiln-lone-{os.getpid()}"
+    tag = f"{name}:latest"
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
-        dockerfile = b"FROM scratch\nLABEL org.kiln.offer=true\nCOPY busybox /busybox\n"
+        dockerfile = f"FROM scratch\nLABEL org.kiln.offer={name}\nCOPY busybox /busybox\n".encode()
         for name, data, mode in (("Dockerfile", dockerfile, 0o644),
                                  ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
             info = tarfile.TarInfo(name)

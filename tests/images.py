@@ -53,8 +53,9 @@ class SavedImage:
         return path
 
 
-OFFER_LABEL = "org.kiln.offer=true"
-"""What a test image carries (unless built with ``offer=False``): providers offer it."""
+OFFER_LABEL = "org.kiln.offer"
+"""A tagged test image carries ``org.kiln.offer=<its tag's name>`` (unless built with ``offer=False``):
+providers offer it (an inherited label names the base's tags, not this image's)."""
 
 
 def build(
@@ -62,11 +63,12 @@ def build(
 ) -> str:
     """Build an image ``FROM base`` with ``layers`` new layers of ``size`` random bytes each; returns its id.
 
-    With ``offer`` it carries :data:`OFFER_LABEL` (an image FROM one that does carries it anyway).
+    With ``offer`` and a ``tag`` it carries :data:`OFFER_LABEL` naming that tag's name.
     """
     context = tmp / f"ctx-{secrets.token_hex(4)}"
     context.mkdir()
-    lines = [f"FROM {base}", *([f"LABEL {OFFER_LABEL}"] if offer else [])]
+    named = tag.rpartition(":")[0] if tag is not None and ":" in tag.rpartition("/")[2] else tag
+    lines = [f"FROM {base}", *([f"LABEL {OFFER_LABEL}={named}"] if offer and named else [])]
     for n in range(layers):
         (context / f"f{n}").write_bytes(secrets.token_bytes(size))
         lines.append(f"COPY f{n} /data/f{n}")

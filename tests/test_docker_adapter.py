@@ -114,7 +114,7 @@ def test_build_busybox_image_is_idempotent(adapter: DockerAdapter, image: str) -
 
 def test_images_lists_the_busybox_tag_and_its_offer_label(adapter: DockerAdapter, image: str) -> None:
     [busybox] = [local for local in adapter.images() if TAG in local.tags]
-    assert busybox.labels[OFFER_LABEL] == "true"
+    assert busybox.labels[OFFER_LABEL] == "kiln-busybox"
 
 
 def test_host_info_and_storage(adapter: DockerAdapter) -> None:

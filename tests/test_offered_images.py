@@ -1,5 +1,5 @@
 """A provider offers only the images its operator allows (``--images`` patterns, the
-``org.kiln.offer=true`` label) and those it loaded for Kiln; nothing else on its Docker engine
+``org.kiln.offer=<name>`` label) and those it loaded for Kiln; nothing else on its Docker engine
 can be rented.
 
 Found by a hostile test (issue 18, defect 6): a provider offered every image on its engine,
@@ -31,9 +31,13 @@ async def test_only_allowed_images_are_offered_and_rented(
     other_tag = f"kiln-other-{stamp}:1"
     other = build(tmp_path, tag=other_tag, offer=False)
     untagged = build(tmp_path, offer=False)
+    # Built FROM kiln-busybox on the host (a tenant's image, say): it inherits the label, which
+    # names kiln-busybox, not it.
+    child_tag = f"kiln-child-{stamp}:1"
+    child = build(tmp_path, base=busybox_image, tag=child_tag, offer=False)
     allowed_tag = f"kiln-allowed-{stamp}:1"
     allowed = build(tmp_path, tag=allowed_tag, offer=False)
-    images.extend([other_tag, other, untagged, allowed_tag, allowed])
+    images.extend([other_tag, other, untagged, child_tag, child, allowed_tag, allowed])
     name = await asyncio.to_thread(cluster.start_provider, "p", "--images", f"kiln-allowed-{stamp}:*")
     busybox = DockerAdapter("test").image(busybox_image)
     assert busybox is not None
@@ -42,8 +46,8 @@ async def test_only_allowed_images_are_offered_and_rented(
         assert info.name == name
         offered = set(info.images)
         assert {allowed_tag, allowed, busybox_image, busybox.id} <= offered, "allowed: by pattern, by label"
-        assert not {other_tag, other, untagged} & offered, offered
-        for ref in (other_tag, other, untagged):
+        assert not {other_tag, other, untagged, child_tag, child} & offered, offered
+        for ref in (other_tag, other, untagged, child_tag, child):
             with pytest.raises(kiln.ImageNotFound, match=r"does not offer|no provider offers"):
                 await requestor.rent(ref)
         async with requestor.rent(allowed_tag) as act:

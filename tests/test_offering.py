@@ -5,7 +5,8 @@ from __future__ import annotations
 from kiln_provider.offering import OFFER_LABEL, Allowed, Loaded, LocalImage
 
 A, B, C, D, E = (f"sha256:{c * 64}" for c in "abcde")
-LABELLED = {OFFER_LABEL: "true"}
+LABELLED = {OFFER_LABEL: "kiln-busybox"}
+BUSYBOX = {OFFER_LABEL: "busybox"}
 
 
 def test_only_labelled_or_matching_tagged_images_are_offered() -> None:
@@ -40,4 +41,15 @@ def test_a_create_without_a_manifest_may_run_only_what_is_offered_under_that_nam
     assert allowed.lets_run(B, image, Loaded())
     assert not allowed.lets_run("secret:1", image, Loaded())
     assert not allowed.lets_run(A, LocalImage(A, (), LABELLED), Loaded(stored=frozenset({A})))
-    assert Allowed().lets_run("busybox", LocalImage(C, ("busybox:latest",), LABELLED), Loaded())
+    assert Allowed().lets_run("busybox", LocalImage(C, ("busybox:latest",), BUSYBOX), Loaded())
+
+
+def test_a_label_inherited_from_the_base_image_offers_nothing_of_the_child() -> None:
+    # Built FROM kiln-busybox, a tenant's image carries its label, naming kiln-busybox: not offered.
+    child = LocalImage(B, ("alice-app:1",), LABELLED)
+    assert Allowed().offer([child], Loaded()) == ([], [])
+    assert not Allowed().lets_run("alice-app:1", child, Loaded())
+    assert not Allowed().lets_run(B, child, Loaded())
+    # An operator who tags it under the labelled name, or allows its name, offers it.
+    assert Allowed().offer([LocalImage(B, ("kiln-busybox:mine",), LABELLED)], Loaded())[0] == ["kiln-busybox:mine", B]
+    assert Allowed(("alice-app",)).offer([child], Loaded())[0] == ["alice-app:1", B]

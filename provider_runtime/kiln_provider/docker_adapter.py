@@ -60,7 +60,7 @@ from kiln_provider.errors import (
 )
 from kiln_provider.image_archive import LoadArchive
 from kiln_provider.image_cache import default_data_dir
-from kiln_provider.offering import OFFER_LABEL, LocalImage
+from kiln_provider.offering import OFFER_LABEL, LocalImage, repository
 from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, write_file
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
@@ -759,7 +759,8 @@ class DockerAdapter:
         """Build a ``FROM scratch`` image holding a static busybox; returns its id.
 
         Needs no registry and no network. Kept as is when ``tag`` already holds this busybox.
-        It carries the label ``org.kiln.offer=true``: a provider offers it (and what is built FROM it).
+        It carries the label ``org.kiln.offer=<its tag's name>``: a provider offers it (an image built
+        FROM it inherits the label, but is offered by it only under that same name).
         """
         with open(busybox, "rb") as f:
             program = f.read()
@@ -769,7 +770,7 @@ class DockerAdapter:
                 existing = self._api.inspect_image(tag)
             except docker.errors.ImageNotFound:
                 existing = None
-        labels = {LABEL_BUSYBOX: digest, OFFER_LABEL: "true"}
+        labels = {LABEL_BUSYBOX: digest, OFFER_LABEL: repository(tag)}
         if existing is not None and (existing["Config"].get("Labels") or {}).items() >= labels.items():
             return str(existing["Id"])
         applets = subprocess.run([busybox, "--list"], capture_output=True, check=True, text=True).stdout.split()

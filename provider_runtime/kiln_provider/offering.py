@@ -3,8 +3,11 @@
 The engine holds whatever its host put there, other software's images too, so a provider
 offers only what its operator allows and what it loaded for Kiln:
 
-- an image carrying the label ``org.kiln.offer=true`` (``kiln image busybox`` sets it), under
-  each of its tags and its id;
+- an image carrying the label ``org.kiln.offer=NAME`` (``kiln image busybox`` sets
+  ``org.kiln.offer=kiln-busybox``), under its tags of that name (``NAME:*``) and its id. The
+  label names its image because an image built FROM another inherits its labels: an image
+  built FROM kiln-busybox and tagged ``myapp:1`` is not offered by it (nor, then, would a
+  tenant's image built on a provider's host be offered to everyone);
 - an image with a tag that matches one of the operator's ``--images`` patterns (``fnmatch``:
   ``myapp:*``, ``team/*``; a pattern without a tag, ``myapp``, matches every tag of that
   name), under its matching tags and its id;
@@ -13,9 +16,8 @@ offers only what its operator allows and what it loaded for Kiln:
 Only a tagged image is ever allowed by its label or a pattern: an untagged one on the host is
 nobody's to offer. The images it loaded from the hub's store are apart (``Offer.cached``, by
 id): the hub lets only a requestor that may rent the stored image run one of those, so they
-are never offered as allowed, whatever labels they carry (an image built FROM kiln-busybox
-carries its label). A ``create`` that brings no manifest may name only an offered name
-(:meth:`Allowed.names`): anything else is as if the engine lacked it.
+are never offered as allowed, whatever labels they carry. A ``create`` that brings no manifest
+may name only an offered name (:meth:`Allowed.names`): anything else is as if the engine lacked it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from fnmatch import fnmatchcase
 from typing import Final
 
 OFFER_LABEL: Final = "org.kiln.offer"
-"""An image whose label of this name is ``true`` is offered (when it has a tag)."""
+"""An image whose label of this name names one of its tags' repository is offered under those tags."""
+
+
+def repository(tag: str) -> str:
+    """The name of ``tag`` without its tag (``team/app:1`` is ``team/app``; ``host:5000/app`` stays)."""
+    return tag.rpartition(":")[0] if ":" in tag.rpartition("/")[2] else tag
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Allowed:
 
     def matches(self, tag: str) -> bool:
         """Whether ``tag`` (``name:tag`` as Docker lists it) matches a pattern."""
-        name = tag.rpartition(":")[0] if ":" in tag.rpartition("/")[2] else tag
+        name = repository(tag)
         return any(fnmatchcase(tag, pattern) or fnmatchcase(name, pattern) for pattern in self.patterns)
 
     def names(self, image: LocalImage, loaded: Loaded) -> list[str]:
@@ -64,10 +71,8 @@ class Allowed:
         if image.id in loaded.stored:
             return []  # the hub's, in Offer.cached: not anyone's to run by name
         pulled = [tag for tag in loaded.pulled.get(image.id, ()) if tag in image.tags]
-        if image.labels.get(OFFER_LABEL) == "true":
-            tags = list(image.tags)
-        else:
-            tags = [tag for tag in image.tags if self.matches(tag) or tag in pulled]
+        labelled = image.labels.get(OFFER_LABEL)
+        tags = [tag for tag in image.tags if repository(tag) == labelled or self.matches(tag) or tag in pulled]
         return [*tags, image.id] if tags else []
 
     def offer(self, images: Iterable[LocalImage], loaded: Loaded) -> tuple[list[str], list[str]]:

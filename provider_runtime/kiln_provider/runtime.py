@@ -134,7 +134,7 @@ class ProviderConfig:
     max_containers: int = MAX_VOLUMES
     """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
     images: tuple[str, ...] = ()
-    """Patterns (fnmatch) of the tags of local images to offer, besides those labelled ``org.kiln.offer=true``."""
+    """Patterns (fnmatch) of the tags of local images to offer, besides labelled ones (``org.kiln.offer``)."""
 
 
 @dataclass(eq=False)
@@ -594,7 +594,7 @@ class ProviderRuntime:
         its tag pulled over): it is missing, in the same words."""
         missing = ImageMissing(
             f"provider {self.config.name!r} does not offer the image {ref!r} (its operator allows images with "
-            "--images or the label org.kiln.offer=true; started with --pull it pulls what Docker lacks)"
+            "--images or the label org.kiln.offer=<its name>; started with --pull it pulls what Docker lacks)"
         )
         found = await self._docker(self.adapter.image, ref)
         if found is not None:

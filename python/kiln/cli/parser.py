@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     images = image.add_subparsers(dest="image_command", required=True)
     busybox = images.add_parser(
         "busybox",
-        help="build kiln-busybox:latest FROM scratch, labelled org.kiln.offer=true so that providers offer it "
+        help="build kiln-busybox:latest FROM scratch, labelled org.kiln.offer=kiln-busybox so that providers offer it "
         "(needs kiln[provider])",
     )
     busybox.add_argument("--tag", default="kiln-busybox:latest")
@@ -250,7 +250,7 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=UNSET,
         metavar="PATTERN",
         help="offer the local images with a tag that matches (fnmatch, e.g. 'myapp:*'; repeatable); images "
-        "labelled org.kiln.offer=true (kiln image busybox) and those loaded for Kiln are offered anyway, "
+        "labelled org.kiln.offer=<their name> (kiln image busybox) and those loaded for Kiln are offered anyway, "
         "and no other image on this Docker engine",
     )
     provider.add_argument("--label", type=_label, action="append", default=UNSET,
