@@ -1,1 +1,18 @@
-"""The Kiln provider runtime: a hub session that runs activities as hardened Docker containers."""
+"""The Kiln provider: a hub session that runs activities as hardened Docker containers.
+
+Its modules, by job:
+
+- ``runtime``: :class:`~kiln_provider.runtime.ProviderRuntime`, the session with the hub (dial,
+  offer, serve, dial again; containers kept for a restarted hub within a grace period);
+- ``config``: :class:`~kiln_provider.config.ProviderConfig`, the settings the process takes;
+- ``handlers``: the hub's requests (create, exec, upload, download, destroy) and the containers;
+- ``image_supply``: the images creates run (loaded from the hub's store, pulled), evicted past a budget;
+- ``image_cache``: the record of the images loaded, and which to evict (no Docker);
+- ``image_archive``: an image's blobs as the tar ``docker load`` takes (no Docker);
+- ``offering``: which local images are offered (pure rules);
+- ``threads``: the threads of Docker's blocking calls, and the one bridge for chunks to and from them;
+- ``docker_adapter``: Docker, wrapped (the only module that imports ``docker``);
+- ``volume``: a container's storage, a filesystem of the rented size, and uploads written into it;
+- ``agent`` and ``agent_protocol``: the channel to the agent in every container, and its wire format;
+- ``errors``: the provider's failures, and the one place they become ``error`` replies.
+"""

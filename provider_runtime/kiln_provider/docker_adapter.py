@@ -1,21 +1,23 @@
 """Docker, wrapped: the only module in Kiln that imports ``docker``.
 
-Everything here blocks; the provider calls it off the event loop with ``asyncio.to_thread``.
+Everything here blocks; the provider calls it off the event loop, on the threads of
+:class:`~kiln_provider.threads.Pools` (a transfer's chunks cross over in :mod:`kiln_provider.threads`).
 One :class:`DockerAdapter` serves every activity of a provider, and its methods may run at
 the same time on different containers (docker-py's client is a pooled ``requests`` session).
 
 The life of an activity: :meth:`DockerAdapter.create` a container whose PID 1 is the agent
 (``agent/kiln-agent.c``), attached to its stdin and stdout (commands go through that channel:
 :mod:`kiln_provider.agent`, never ``docker exec``), then any number of
-:meth:`~DockerAdapter.put_file` and :meth:`~DockerAdapter.open_download` (then iterate
-``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`
+:meth:`~DockerAdapter.open_download` (then iterate ``chunks`` and :meth:`DownloadStream.close`),
+and finally :meth:`~DockerAdapter.remove`
 (or the channel's close: the agent exits and Docker removes the container). On start-up,
 :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
 
 Storage: a container writes only to its volume (:mod:`kiln_provider.volume`), of the size
 it rented, seen at ``/golem`` and ``/tmp``; the rest of its root filesystem is read-only.
-:meth:`~DockerAdapter.put_file` writes into the volume on the host, not through Docker; the
-volume goes with the container in :meth:`~DockerAdapter.remove` and ``remove_stale``.
+:meth:`~DockerAdapter.create` makes the volume (``Started.volume``), and it goes with the
+container in :meth:`~DockerAdapter.remove` and ``remove_stale``. Uploads are written into it
+on the host by :func:`kiln_provider.volume.put_file`, not through Docker.
 
 Images: :meth:`~DockerAdapter.images` lists them for the offer (which of them are offered is
 :mod:`kiln_provider.offering`'s to say), :meth:`~DockerAdapter.layer_chains`
@@ -61,7 +63,7 @@ from kiln_provider.errors import (
 from kiln_provider.image_archive import LoadArchive
 from kiln_provider.image_cache import default_data_dir
 from kiln_provider.offering import OFFER_LABEL, LocalImage, repository
-from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, write_file
+from kiln_provider.volume import WORK_FOLDERS, Volume, Volumes, normalised, under_mounts, volume_name
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
 """Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
@@ -134,15 +136,12 @@ class ContainerSpec:
 NOBODY: Final = "65534:65534"
 """Who commands run as when the image names no ``USER``."""
 ROOT: Final = "0:0"
-WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
-"""Folders every task container has, owned by the user its commands run as (on its volume,
-like everything under ``/golem`` and ``/tmp``: both start empty, whatever the image holds there)."""
 
 
 @dataclass(frozen=True)
 class Started:
-    """A task container just started: its id, the socket attached to its agent, and the
-    environment commands start from."""
+    """A task container just started: its id, the socket attached to its agent, the
+    environment commands start from, who they run as, and its volume."""
 
     id: str
     channel: socket.socket
@@ -150,6 +149,8 @@ class Started:
     uid: int
     gid: int
     """Who the agent, and every command, runs as."""
+    volume: Volume
+    """Where its ``/golem`` and ``/tmp`` are on the host (uploads go there: :func:`~kiln_provider.volume.put_file`)."""
 
 
 def _own_socket(hijacked: Any) -> socket.socket:
@@ -231,8 +232,10 @@ def find_agent(arch: str | None = None) -> str:
             raise DockerFailed(f"$KILN_AGENT names {override}, which {problem}")
         return os.path.realpath(override)
     here = Path(__file__).resolve().parent
-    places = ((here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
-              (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"))  # fmt: skip
+    places = (
+        (here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
+        (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"),
+    )
     looked = []
     for path, source in places:
         problem = _unfit_agent(path, arch)
@@ -242,10 +245,9 @@ def find_agent(arch: str | None = None) -> str:
     if arch not in AGENT_MACHINES:
         looked.append(f"kiln builds the agent for {' and '.join(AGENT_MACHINES)} only")
     raise DockerFailed(
-        f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, " + ", and ".join(looked)
-        + f"; install kiln from a wheel built for {arch}, run `make agent` in the source tree,"
-        " or name the binary in $KILN_AGENT"
-    )  # fmt: skip
+        f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, {', and '.join(looked)}; install kiln from a "
+        f"wheel built for {arch}, run `make agent` in the source tree, or name the binary in $KILN_AGENT"
+    )
 
 
 def _unfit_agent(path: Path, arch: str) -> str | None:
@@ -368,14 +370,6 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     return ref, "latest"
 
 
-def _owned_parents(path: str) -> list[str]:
-    """The parent folders of ``path`` below a work folder (``/golem/input/a`` for ``/golem/input/a/b``):
-    the user owns those, so uploads there make folders its commands can write in."""
-    parts = path.strip("/").split("/")[:-1]
-    folders = ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
-
-
 def _container_name(provider: str, activity: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{provider}-{activity}")[:200]
 
@@ -391,8 +385,7 @@ def _made_for_user(workdir: str) -> list[str]:
 
 
 def _archive_name(path: str) -> str:
-    parts = path.split("/")
-    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+    if not normalised(path):
         raise BadPath(f"not a normalised absolute path: {path!r}")
     return path[1:]
 
@@ -635,7 +628,11 @@ class DockerAdapter:
                     self.remove(container_id)
             raise
         env = inspected["Config"]["Env"] or []
-        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid)
+        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid, volume)
+
+    def volume(self, container_id: str) -> Volume | None:
+        """The volume of a container this adapter created (None: not one of them, or removed)."""
+        return self._volumes.get(container_id)
 
     def remove(self, container_id: str) -> None:
         """Kill and remove the container, then its volume; one that is already gone is fine."""
@@ -671,31 +668,6 @@ class DockerAdapter:
             self.remove(container_id)
         self.volumes.sweep()
         return len(stale)
-
-    def put_file(
-        self,
-        container_id: str,
-        path: str,
-        size: int,
-        mode: int,
-        chunks: Iterator[bytes | memoryview],
-        owner: tuple[int, int] = (0, 0),
-    ) -> int:
-        """Stream ``size`` bytes from ``chunks`` into a file at ``path``, owned by ``owner`` (uid, gid);
-        returns the bytes written.
-
-        The file goes into the container's volume, written on the host (so only under
-        ``/golem`` or ``/tmp``, else BadPath; never through a symbolic link). Missing parent
-        folders are created (mode 0755): those inside the work folders (``/golem/...``) owned
-        by ``owner`` too, others by root. The chunks must total exactly ``size``, else
-        TransferBroken, as is a volume that fills up; the file then does not appear. A folder
-        at ``path`` is not replaced: NotAFile.
-        """
-        _archive_name(path)
-        volume = self._volumes.get(container_id)
-        if volume is None:
-            raise DockerFailed(f"container {container_id[:12]} has no volume here: not one this provider runs")
-        return write_file(volume, path, size, mode, chunks, owner, _owned_parents(path))
 
     def open_download(self, container_id: str, path: str) -> DownloadStream:
         """Start fetching ``path``; iterate the stream's ``chunks``, then close it.
