@@ -84,6 +84,16 @@ def under_mounts(path: str) -> bool:
     return normalised(path) and any(path == top or path.startswith(top + "/") for top in MOUNTS)
 
 
+def made_for_user(workdir: str) -> list[str]:
+    """The folders to make on a container's volume and give to its user: the work folders, and
+    the image's ``WORKDIR`` with its parents when it is on the volume (below ``/golem`` or ``/tmp``)."""
+    folders = list(WORK_FOLDERS)
+    if under_mounts(workdir):
+        parts = workdir.split("/")
+        folders += ["/".join(parts[:n]) for n in range(3, len(parts) + 1)]  # below /golem or /tmp
+    return list(dict.fromkeys(folders))
+
+
 def volume_name(activity: str) -> str:
     """The name of an activity's volume: readable, and distinct for distinct activities."""
     readable = re.sub(r"[^a-zA-Z0-9_.-]", "-", activity)[:64].lstrip(".")
