@@ -12,7 +12,11 @@ Its modules, by job:
 - ``offering``: which local images are offered (pure rules);
 - ``threads``: the threads of Docker's blocking calls, and the one bridge for chunks to and from them;
 - ``docker_adapter``: Docker, wrapped (the only module that imports ``docker``);
+- ``download``: a download's stream out of Docker's tar archive of a path;
 - ``volume``: a container's storage, a filesystem of the rented size, and uploads written into it;
+- ``procfs``: what ``/proc`` and the cgroup files say of a container's processes (CPU time, user);
 - ``agent`` and ``agent_protocol``: the channel to the agent in every container, and its wire format;
+- ``agent_binary``: which ``kiln-agent`` binary containers run, checked to be a static ELF;
+- ``busybox``: the build context of the ``kiln-busybox`` test image;
 - ``errors``: the provider's failures, and the one place they become ``error`` replies.
 """

@@ -26,7 +26,8 @@ _GO_SPECIAL: Final = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  
 
 @dataclass
 class DownloadStream:
-    """What :meth:`DockerAdapter.open_download` found. Iterate ``chunks``, then call :meth:`close`.
+    """What :meth:`~kiln_provider.docker_adapter.DockerAdapter.open_download` found. Iterate ``chunks``, then
+    call :meth:`close`.
 
     For ``kind="file"`` the chunks are the file's bytes (``size`` of them); for ``kind="dir"``
     they are Docker's tar stream, whose entries start with the folder's own name.

@@ -16,7 +16,7 @@ from kiln_provider.errors import DockerFailed
 
 def cgroup_cpu_file(pid: int) -> tuple[Literal["v1", "v2"], Path] | None:
     """Where the CPU time of the cgroup process ``pid`` is in can be read here: cgroup v2's
-    ``cpu.stat`` or v1's ``cpuacct.usage`` (what :meth:`DockerAdapter.cpu_seconds` reads first)."""
+    ``cpu.stat`` or v1's ``cpuacct.usage`` (what :func:`cgroup_cpu_seconds` reads)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             lines = f.read().splitlines()
