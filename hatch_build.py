@@ -4,7 +4,7 @@ The agent (``agent/kiln-agent.c``) is compiled by ``agent/compile.py`` (Zig's ``
 the ``ziglang`` package, which :meth:`AgentBuildHook.dependencies` asks the build front end for) for the architecture
 in ``$KILN_AGENT_ARCH`` (``make dist`` sets it, once per architecture), else for the building
 machine's. It lands in the wheel as ``kiln_provider/bin/kiln-agent-<arch>``, where
-``kiln_provider.docker_adapter.find_agent`` looks for it, and the wheel is tagged for that
+``kiln_provider.agent_binary.find_agent`` looks for it, and the wheel is tagged for that
 platform: the agent is static, so any glibc (manylinux2014) and musl (musllinux) will do.
 
 ``KILN_AGENT_ARCH=none``, or a building machine that is not Linux on x86_64 or aarch64 (a

@@ -26,7 +26,7 @@ import docker
 
 from kiln.protocol.sizes import format_size, parse_size
 from kiln_provider.docker_adapter import AGENT_IN_CONTAINER, ContainerSpec, DockerAdapter
-from kiln_provider.volume import Volumes
+from kiln_provider.volume import Volumes, put_file
 
 IMAGE = "kiln-busybox:latest"
 MIB = 2**20
@@ -121,7 +121,7 @@ def uploads(root: Path, runs: int) -> None:
             data = bytes(size)
             pieces = [data[i : i + 256 * 1024] for i in range(0, size, 256 * 1024)] or [b""]
             host = [
-                timed(adapter.put_file, box.id, "/golem/input/f", size, 0o644, iter(pieces), (65534, 65534))
+                timed(put_file, box.volume, "/golem/input/f", size, 0o644, iter(pieces), (65534, 65534))
                 for _ in range(runs)
             ]
             archive = io.BytesIO()

@@ -30,7 +30,7 @@ from kiln_provider.docker_adapter import (
 )
 from kiln_provider.errors import BadPath, DockerFailed, ImageMissing, NotAFile, PathMissing, TransferBroken
 from kiln_provider.offering import OFFER_LABEL
-from kiln_provider.volume import volume_name
+from kiln_provider.volume import Volume, put_file, volume_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(30)]
 
@@ -94,6 +94,13 @@ def sh(adapter: DockerAdapter, container_id: str, script: str) -> str:
     done = run(container_id, "sh", "-c", script)
     assert done.returncode == 0, done
     return done.stdout.decode()
+
+
+def volume(adapter: DockerAdapter, container_id: str) -> Volume:
+    """The volume of a container the adapter made (where uploads go: ``volume.put_file``)."""
+    found = adapter.volume(container_id)
+    assert found is not None
+    return found
 
 
 def docker_inspect(container_id: str) -> dict[str, object]:
@@ -194,21 +201,21 @@ def test_cpu_seconds_grows(adapter: DockerAdapter, box: str) -> None:
 
 
 def test_put_file_then_cat(adapter: DockerAdapter, box: str) -> None:
-    assert adapter.put_file(box, "/golem/input/a.txt", 5, 0o640, iter([b"he", b"llo"]), owner=NOBODY) == 5
+    assert put_file(volume(adapter, box), "/golem/input/a.txt", 5, 0o640, iter([b"he", b"llo"]), owner=NOBODY) == 5
     assert run(box, "cat", "/golem/input/a.txt").stdout == b"hello"
     assert sh(adapter, box, "stat -c %a /golem/input/a.txt") == "640\n"
 
 
 def test_put_file_gives_the_file_and_its_work_folders_to_the_owner(adapter: DockerAdapter, box: str) -> None:
-    adapter.put_file(box, "/golem/input/deep/er/f.txt", 3, 0o600, iter([b"abc"]), owner=(65534, 65534))
+    put_file(volume(adapter, box), "/golem/input/deep/er/f.txt", 3, 0o600, iter([b"abc"]), owner=(65534, 65534))
     owners = sh(adapter, box, "stat -c %u:%g /golem /golem/input /golem/input/deep /golem/input/deep/er/f.txt")
     assert owners.split() == ["65534:65534"] * 4
-    adapter.put_file(box, "/tmp/elsewhere/g.txt", 1, 0o644, iter([b"x"]), owner=(65534, 65534))
+    put_file(volume(adapter, box), "/tmp/elsewhere/g.txt", 1, 0o644, iter([b"x"]), owner=(65534, 65534))
     assert sh(adapter, box, "stat -c %u /tmp/elsewhere /tmp/elsewhere/g.txt").split() == ["0", "65534"]
 
 
 def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> None:
-    adapter.put_file(box, "/golem/input/x/y/z/c.txt", 5, 0o644, iter([b"deep!"]), owner=NOBODY)
+    put_file(volume(adapter, box), "/golem/input/x/y/z/c.txt", 5, 0o644, iter([b"deep!"]), owner=NOBODY)
     assert run(box, "cat", "/golem/input/x/y/z/c.txt").stdout == b"deep!"
     assert sh(adapter, box, "stat -c %a /golem/input/x /golem/input/x/y/z") == "755\n755\n"
     assert sh(adapter, box, "stat -c %a /tmp") == "1777\n"  # existing folders keep their mode
@@ -216,18 +223,18 @@ def test_put_file_creates_parent_folders(adapter: DockerAdapter, box: str) -> No
 
 def test_put_file_short_stream_fails(adapter: DockerAdapter, box: str) -> None:
     with pytest.raises(TransferBroken, match="3 of 10"):
-        adapter.put_file(box, "/golem/input/short.txt", 10, 0o644, iter([b"abc"]), owner=NOBODY)
+        put_file(volume(adapter, box), "/golem/input/short.txt", 10, 0o644, iter([b"abc"]), owner=NOBODY)
 
 
 def test_put_file_long_stream_fails(adapter: DockerAdapter, box: str) -> None:
     with pytest.raises(TransferBroken):
-        adapter.put_file(box, "/golem/input/long.txt", 2, 0o644, iter([b"abc"]), owner=NOBODY)
+        put_file(volume(adapter, box), "/golem/input/long.txt", 2, 0o644, iter([b"abc"]), owner=NOBODY)
 
 
 def test_put_file_does_not_replace_a_folder(adapter: DockerAdapter, box: str) -> None:
-    adapter.put_file(box, "/golem/work/keep/me.txt", 2, 0o644, iter([b"ok"]), owner=NOBODY)
+    put_file(volume(adapter, box), "/golem/work/keep/me.txt", 2, 0o644, iter([b"ok"]), owner=NOBODY)
     with pytest.raises(NotAFile) as caught:
-        adapter.put_file(box, "/golem/work/keep", 2, 0o644, iter([b"no"]), owner=NOBODY)
+        put_file(volume(adapter, box), "/golem/work/keep", 2, 0o644, iter([b"no"]), owner=NOBODY)
     assert caught.value.code == ErrorCode.NOT_A_FILE
     assert run(box, "cat", "/golem/work/keep/me.txt").stdout == b"ok"
 
@@ -236,7 +243,10 @@ def test_put_and_get_20_mib(adapter: DockerAdapter, box: str) -> None:
     size = 20 * MIB
     piece = os.urandom(MIB)
     expected = hashlib.sha256(piece * 20).hexdigest()
-    assert adapter.put_file(box, "/golem/input/big.bin", size, 0o644, (piece for _ in range(20)), owner=NOBODY) == size
+    assert (
+        put_file(volume(adapter, box), "/golem/input/big.bin", size, 0o644, (piece for _ in range(20)), owner=NOBODY)
+        == size
+    )
     assert sh(adapter, box, "sha256sum /golem/input/big.bin").split()[0] == expected
     stream = adapter.open_download(box, "/golem/input/big.bin")
     digest, total = hashlib.sha256(), 0
@@ -372,23 +382,23 @@ def test_uploads_fill_the_volume_and_no_more(adapter: DockerAdapter, make_contai
     box = make_container(storage=16 * MIB)
     piece = bytes(MIB)
     with pytest.raises(TransferBroken, match="no space left"):
-        adapter.put_file(box, "/golem/input/big", 32 * MIB, 0o644, iter([piece] * 32), owner=NOBODY)
+        put_file(volume(adapter, box), "/golem/input/big", 32 * MIB, 0o644, iter([piece] * 32), owner=NOBODY)
     assert sh(adapter, box, "ls /golem/input") == ""
-    adapter.put_file(box, "/golem/input/fits", 8 * MIB, 0o644, iter([piece] * 8), owner=NOBODY)
+    put_file(volume(adapter, box), "/golem/input/fits", 8 * MIB, 0o644, iter([piece] * 8), owner=NOBODY)
     assert read_all(adapter, box, "/golem/input/fits") == bytes(8 * MIB)
 
 
 def test_uploads_go_only_to_the_volume(adapter: DockerAdapter, box: str) -> None:
     with pytest.raises(BadPath, match="read-only") as caught:
-        adapter.put_file(box, "/etc/x", 1, 0o644, iter([b"x"]), owner=NOBODY)
+        put_file(volume(adapter, box), "/etc/x", 1, 0o644, iter([b"x"]), owner=NOBODY)
     assert caught.value.code == ErrorCode.BAD_PATH
     # Docker's archive API followed this link into the root filesystem; uploads here never do.
     sh(adapter, box, "ln -s /etc /golem/work/link")
     with pytest.raises(BadPath, match="do not follow links"):
-        adapter.put_file(box, "/golem/work/link/escaped", 1, 0o644, iter([b"x"]), owner=NOBODY)
+        put_file(volume(adapter, box), "/golem/work/link/escaped", 1, 0o644, iter([b"x"]), owner=NOBODY)
     changed = subprocess.run(["docker", "diff", box], capture_output=True, check=True, text=True).stdout
     assert "escaped" not in changed
-    adapter.put_file(box, "/tmp/t.txt", 2, 0o600, iter([b"ok"]), owner=NOBODY)
+    put_file(volume(adapter, box), "/tmp/t.txt", 2, 0o600, iter([b"ok"]), owner=NOBODY)
     assert run(box, "cat", "/tmp/t.txt").stdout == b"ok"
 
 

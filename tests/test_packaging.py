@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln_provider.docker_adapter import find_agent, machine_arch
+from kiln_provider.agent_binary import find_agent, machine_arch
 from kiln_provider.errors import DockerFailed
 from tests.elf import MACHINES
 

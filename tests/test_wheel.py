@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kiln.testing import LocalCluster, Process
-from kiln_provider.docker_adapter import machine_arch
+from kiln_provider.agent_binary import machine_arch
 from tests.conftest import IMAGE, started
 from tests.elf import MACHINES, read_elf
 

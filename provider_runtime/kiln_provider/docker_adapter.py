@@ -1,21 +1,23 @@
 """Docker, wrapped: the only module in Kiln that imports ``docker``.
 
-Everything here blocks; the provider calls it off the event loop with ``asyncio.to_thread``.
+Everything here blocks; the provider calls it off the event loop, on the threads of
+:class:`~kiln_provider.threads.Pools` (a transfer's chunks cross over in :mod:`kiln_provider.threads`).
 One :class:`DockerAdapter` serves every activity of a provider, and its methods may run at
 the same time on different containers (docker-py's client is a pooled ``requests`` session).
 
 The life of an activity: :meth:`DockerAdapter.create` a container whose PID 1 is the agent
 (``agent/kiln-agent.c``), attached to its stdin and stdout (commands go through that channel:
 :mod:`kiln_provider.agent`, never ``docker exec``), then any number of
-:meth:`~DockerAdapter.put_file` and :meth:`~DockerAdapter.open_download` (then iterate
-``chunks`` and :meth:`DownloadStream.close`), and finally :meth:`~DockerAdapter.remove`
-(or the channel's close: the agent exits and Docker removes the container). On start-up,
+:meth:`~DockerAdapter.open_download` (then iterate its ``chunks`` and close it:
+:mod:`kiln_provider.download`), and finally :meth:`~DockerAdapter.remove` (or the channel's
+close: the agent exits and Docker removes the container). On start-up,
 :meth:`~DockerAdapter.remove_stale` clears containers a crashed run left.
 
 Storage: a container writes only to its volume (:mod:`kiln_provider.volume`), of the size
 it rented, seen at ``/golem`` and ``/tmp``; the rest of its root filesystem is read-only.
-:meth:`~DockerAdapter.put_file` writes into the volume on the host, not through Docker; the
-volume goes with the container in :meth:`~DockerAdapter.remove` and ``remove_stale``.
+:meth:`~DockerAdapter.create` makes the volume (``Started.volume``), and it goes with the
+container in :meth:`~DockerAdapter.remove` and ``remove_stale``. Uploads are written into it
+on the host by :func:`kiln_provider.volume.put_file`, not through Docker.
 
 Images: :meth:`~DockerAdapter.images` lists them for the offer (which of them are offered is
 :mod:`kiln_provider.offering`'s to say), :meth:`~DockerAdapter.layer_chains`
@@ -27,32 +29,29 @@ fetches from a registry, and :meth:`~DockerAdapter.remove_image` evicts.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import platform
 import re
 import shutil
 import socket
-import struct
-import subprocess
-import tarfile
 from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import docker
 import docker.errors
 import requests
 from docker.types import LogConfig
 
+from kiln_provider.agent_binary import find_agent
+from kiln_provider.busybox import applets_of, busybox_context
+from kiln_provider.download import CHUNK, GO_MODE_SYMLINK, DownloadStream, download_stream
 from kiln_provider.errors import (
     BadPath,
     DockerFailed,
     ImageMissing,
-    NotAFile,
     PathMissing,
     ProviderError,
     TransferBroken,
@@ -61,7 +60,8 @@ from kiln_provider.errors import (
 from kiln_provider.image_archive import LoadArchive
 from kiln_provider.image_cache import default_data_dir
 from kiln_provider.offering import OFFER_LABEL, LocalImage, repository
-from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, write_file
+from kiln_provider.procfs import cgroup_cpu_seconds, ids_of
+from kiln_provider.volume import Volume, Volumes, made_for_user, normalised, volume_name
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
 """Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
@@ -69,23 +69,11 @@ LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
 
-CHUNK = 256 * 1024
 MIN_MEMORY = 6 * 2**20
 MIN_NANO_CPUS = 10_000_000
-_GO_MODE_DIR = 1 << 31  # Go's os.ModeDir, as Docker reports it in the archive stat
-_GO_MODE_SYMLINK = 1 << 27
-_GO_SPECIAL = ((1 << 23, 0o4000), (1 << 22, 0o2000), (1 << 20, 0o1000))  # setuid, setgid, sticky
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
-AGENT_MACHINES: Final = {"x86_64": 62, "aarch64": 183}
-"""The architectures a kiln wheel carries an agent for, and the ELF ``e_machine`` of each."""
-_MACHINE_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
-_PT_INTERP = 3
-"""The program header of an ELF that asks for a dynamic loader."""
-_PASSWD = b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
-_GROUP = b"root:x:0:\nnogroup:x:65534:\n"
 LOAD_TIMEOUT = 3600.0
 """Seconds ``docker load`` may take to answer once the archive is in (it registers the layers then)."""
-PULL_TIMEOUT = 3600.0
 REMOVE_WAIT = 30.0
 """How long a removal waits for the one Docker already began (when the agent exited) to finish."""
 
@@ -134,15 +122,12 @@ class ContainerSpec:
 NOBODY: Final = "65534:65534"
 """Who commands run as when the image names no ``USER``."""
 ROOT: Final = "0:0"
-WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
-"""Folders every task container has, owned by the user its commands run as (on its volume,
-like everything under ``/golem`` and ``/tmp``: both start empty, whatever the image holds there)."""
 
 
 @dataclass(frozen=True)
 class Started:
-    """A task container just started: its id, the socket attached to its agent, and the
-    environment commands start from."""
+    """A task container just started: its id, the socket attached to its agent, the
+    environment commands start from, who they run as, and its volume."""
 
     id: str
     channel: socket.socket
@@ -150,6 +135,8 @@ class Started:
     uid: int
     gid: int
     """Who the agent, and every command, runs as."""
+    volume: Volume
+    """Where its ``/golem`` and ``/tmp`` are on the host (uploads go there: :func:`~kiln_provider.volume.put_file`)."""
 
 
 def _own_socket(hijacked: Any) -> socket.socket:
@@ -163,141 +150,6 @@ def _own_socket(hijacked: Any) -> socket.socket:
     return own
 
 
-def cgroup_cpu_file(pid: int) -> tuple[Literal["v1", "v2"], Path] | None:
-    """Where the CPU time of the cgroup process ``pid`` is in can be read here: cgroup v2's
-    ``cpu.stat`` or v1's ``cpuacct.usage`` (what :meth:`DockerAdapter.cpu_seconds` reads first)."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if controllers == "":  # cgroup v2: one hierarchy
-                stat = Path(f"/sys/fs/cgroup{path}/cpu.stat")
-                return ("v2", stat) if os.access(stat, os.R_OK) else None
-            if "cpuacct" in controllers.split(","):
-                for mount in ("cpuacct", "cpu,cpuacct", controllers):
-                    usage = Path(f"/sys/fs/cgroup/{mount}{path}/cpuacct.usage")
-                    if os.access(usage, os.R_OK):
-                        return "v1", usage
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _cgroup_cpu_seconds(pid: int) -> float | None:
-    """The CPU time of the cgroup process ``pid`` is in (cgroup v1's cpuacct or v2), if readable here."""
-    found = cgroup_cpu_file(pid)
-    try:
-        if found is not None and found[0] == "v2":
-            with open(found[1]) as f:
-                fields = dict(row.split() for row in f if row.strip())
-            return int(fields["usage_usec"]) / 1e6
-        if found is not None:
-            return int(found[1].read_text()) / 1e9
-    except (OSError, ValueError, KeyError):
-        pass
-    return None
-
-
-def _ids_of(pid: int) -> tuple[int, int]:
-    """The uid and gid process ``pid`` runs as (seen from the host: the provider runs beside dockerd)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
-    except (OSError, KeyError, ValueError, IndexError) as e:
-        raise DockerFailed(f"cannot tell who the container's agent (pid {pid}) runs as: {e}") from e
-
-
-def machine_arch() -> str:
-    """This machine's architecture as agent binaries are named: ``platform.machine()``, with
-    ``arm64`` as ``aarch64`` and ``amd64`` as ``x86_64``."""
-    machine = platform.machine().lower()
-    return _MACHINE_ALIASES.get(machine, machine)
-
-
-def find_agent(arch: str | None = None) -> str:
-    """The agent binary to mount in task containers, for ``arch`` (default: :func:`machine_arch`).
-
-    Looks in order at ``$KILN_AGENT`` (an override: when set, it must name an executable static
-    ELF for ``arch``), the agent a platform wheel installed (``kiln_provider/bin/kiln-agent-<arch>``),
-    and the one ``make agent`` builds in a source tree (``agent/build/kiln-agent``).
-    DockerFailed, naming what was looked at and why it does not do, if none fits.
-    """
-    arch = arch or machine_arch()
-    override = os.environ.get("KILN_AGENT", "")
-    if override:
-        if problem := _unfit_agent(Path(override), arch):
-            raise DockerFailed(f"$KILN_AGENT names {override}, which {problem}")
-        return os.path.realpath(override)
-    here = Path(__file__).resolve().parent
-    places = ((here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
-              (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"))  # fmt: skip
-    looked = []
-    for path, source in places:
-        problem = _unfit_agent(path, arch)
-        if problem is None:
-            return os.path.realpath(path)
-        looked.append(f"{path} ({source}) {problem}")
-    if arch not in AGENT_MACHINES:
-        looked.append(f"kiln builds the agent for {' and '.join(AGENT_MACHINES)} only")
-    raise DockerFailed(
-        f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, " + ", and ".join(looked)
-        + f"; install kiln from a wheel built for {arch}, run `make agent` in the source tree,"
-        " or name the binary in $KILN_AGENT"
-    )  # fmt: skip
-
-
-def _unfit_agent(path: Path, arch: str) -> str | None:
-    """Why ``path`` cannot be the agent for ``arch``, or None if it can: it must be a static
-    64-bit ELF for ``arch`` (it runs as PID 1 in images that have no libc)."""
-    if not path.exists():
-        return "does not exist"
-    if not path.is_file() or not os.access(path, os.X_OK):
-        return "is not an executable file"
-    try:
-        with path.open("rb") as f:
-            header = f.read(64)
-            if len(header) < 64 or header[:4] != b"\x7fELF":
-                return "is not an ELF binary"
-            if header[4] != 2:  # EI_CLASS
-                return "is not a 64-bit ELF binary"
-            order = "<" if header[5] == 1 else ">"
-            (machine,) = struct.unpack_from(order + "H", header, 18)  # e_machine
-            if machine != AGENT_MACHINES.get(arch):
-                names = {number: name for name, number in AGENT_MACHINES.items()}
-                return f"is built for {names.get(machine, f'ELF machine {machine}')}, not {arch}"
-            (table_at,) = struct.unpack_from(order + "Q", header, 32)  # e_phoff
-            size, count = struct.unpack_from(order + "HH", header, 54)  # e_phentsize, e_phnum
-            f.seek(table_at)
-            table = f.read(size * count)
-    except OSError as e:
-        return f"cannot be read ({e.strerror})"
-    kinds = [struct.unpack_from(order + "I", table, at)[0] for at in range(0, len(table) - 3, max(size, 4))]
-    if _PT_INTERP in kinds:
-        return "is linked dynamically (it runs in images that have no libc): build it static"
-    return None
-
-
-@dataclass
-class DownloadStream:
-    """What :meth:`DockerAdapter.open_download` found. Iterate ``chunks``, then call :meth:`close`.
-
-    For ``kind="file"`` the chunks are the file's bytes (``size`` of them); for ``kind="dir"``
-    they are Docker's tar stream, whose entries start with the folder's own name.
-    """
-
-    kind: Literal["file", "dir"]
-    size: int | None
-    mode: int
-    chunks: Iterator[bytes]
-
-    def close(self) -> None:
-        """Stop the transfer and free the connection; idempotent. Not while another thread is in ``next()``."""
-        if isinstance(self.chunks, Generator):
-            self.chunks.close()
-
-
 @contextmanager
 def _engine(action: str) -> Iterator[None]:
     """Turn whatever docker-py raises into DockerFailed; provider errors raised inside pass through."""
@@ -309,28 +161,6 @@ def _engine(action: str) -> Iterator[None]:
         raise DockerFailed(f"{action}: Docker engine unreachable: {e}") from e
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of byte chunks, for ``tarfile``'s stream mode."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")  # a view, so that taking a piece copies nothing
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            piece = next(self._chunks, None)
-            if piece is None:
-                return 0
-            self._pending = memoryview(piece)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
 def _guarded(raw: Generator[bytes, None, None], path: str) -> Generator[bytes, None, None]:
     """Docker's chunks, with a broken connection reported as TransferBroken."""
     try:
@@ -339,22 +169,6 @@ def _guarded(raw: Generator[bytes, None, None], path: str) -> Generator[bytes, N
         raise TransferBroken(f"download of {path} broke off: {e}") from e
     finally:
         raw.close()  # drops docker-py's response, which closes its connection
-
-
-def _file_chunks(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, raw: Generator[bytes, None, None], path: str
-) -> Generator[bytes, None, None]:
-    """The content of the archive's one member, read a piece at a time."""
-    try:
-        content = tar.extractfile(member)
-        assert content is not None  # a regular file always has content
-        while piece := content.read(CHUNK):
-            yield piece
-    except tarfile.TarError as e:
-        raise TransferBroken(f"download of {path} broke off: {e}") from e
-    finally:
-        tar.close()
-        raw.close()
 
 
 def _split_ref(ref: str) -> tuple[str, str | None]:
@@ -368,31 +182,12 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     return ref, "latest"
 
 
-def _owned_parents(path: str) -> list[str]:
-    """The parent folders of ``path`` below a work folder (``/golem/input/a`` for ``/golem/input/a/b``):
-    the user owns those, so uploads there make folders its commands can write in."""
-    parts = path.strip("/").split("/")[:-1]
-    folders = ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
-    return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
-
-
 def _container_name(provider: str, activity: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{provider}-{activity}")[:200]
 
 
-def _made_for_user(workdir: str) -> list[str]:
-    """The folders made on a container's volume and given to its user: the work folders, and
-    the image's ``WORKDIR`` with its parents when it is on the volume (below ``/golem`` or ``/tmp``)."""
-    folders = list(WORK_FOLDERS)
-    if under_mounts(workdir):
-        parts = workdir.split("/")
-        folders += ["/".join(parts[:n]) for n in range(3, len(parts) + 1)]  # below /golem or /tmp
-    return list(dict.fromkeys(folders))
-
-
 def _archive_name(path: str) -> str:
-    parts = path.split("/")
-    if not path.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+    if not normalised(path):
         raise BadPath(f"not a normalised absolute path: {path!r}")
     return path[1:]
 
@@ -572,7 +367,7 @@ class DockerAdapter:
                 config = self._api.inspect_image(spec.image)["Config"] or {}
             except docker.errors.ImageNotFound as e:
                 raise ImageMissing(f"image {spec.image} is not on this provider") from e
-        folders = _made_for_user(config.get("WorkingDir") or "")
+        folders = made_for_user(config.get("WorkingDir") or "")
         volume = self.volumes.make(volume_name(spec.activity), spec.storage, folders)
         container_id: str | None = None
         channel: socket.socket | None = None
@@ -617,7 +412,7 @@ class DockerAdapter:
                 self._api.start(container_id)
                 inspected = self._api.inspect_container(container_id)
                 pid = int(inspected["State"]["Pid"])
-                uid, gid = _ids_of(pid)
+                uid, gid = ids_of(pid)
                 if not volume.seen_by(pid):
                     raise VolumeFailed(
                         "the container does not see its volume at /golem and /tmp: the Docker engine "
@@ -635,7 +430,11 @@ class DockerAdapter:
                     self.remove(container_id)
             raise
         env = inspected["Config"]["Env"] or []
-        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid)
+        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid, volume)
+
+    def volume(self, container_id: str) -> Volume | None:
+        """The volume of a container this adapter created (None: not one of them, or removed)."""
+        return self._volumes.get(container_id)
 
     def remove(self, container_id: str) -> None:
         """Kill and remove the container, then its volume; one that is already gone is fine."""
@@ -672,31 +471,6 @@ class DockerAdapter:
         self.volumes.sweep()
         return len(stale)
 
-    def put_file(
-        self,
-        container_id: str,
-        path: str,
-        size: int,
-        mode: int,
-        chunks: Iterator[bytes | memoryview],
-        owner: tuple[int, int] = (0, 0),
-    ) -> int:
-        """Stream ``size`` bytes from ``chunks`` into a file at ``path``, owned by ``owner`` (uid, gid);
-        returns the bytes written.
-
-        The file goes into the container's volume, written on the host (so only under
-        ``/golem`` or ``/tmp``, else BadPath; never through a symbolic link). Missing parent
-        folders are created (mode 0755): those inside the work folders (``/golem/...``) owned
-        by ``owner`` too, others by root. The chunks must total exactly ``size``, else
-        TransferBroken, as is a volume that fills up; the file then does not appear. A folder
-        at ``path`` is not replaced: NotAFile.
-        """
-        _archive_name(path)
-        volume = self._volumes.get(container_id)
-        if volume is None:
-            raise DockerFailed(f"container {container_id[:12]} has no volume here: not one this provider runs")
-        return write_file(volume, path, size, mode, chunks, owner, _owned_parents(path))
-
     def open_download(self, container_id: str, path: str) -> DownloadStream:
         """Start fetching ``path``; iterate the stream's ``chunks``, then close it.
 
@@ -706,28 +480,13 @@ class DockerAdapter:
         """
         _archive_name(path)
         raw, stat = self._get_archive(container_id, path)
-        if stat["mode"] & _GO_MODE_SYMLINK and stat.get("linkTarget"):
+        if stat["mode"] & GO_MODE_SYMLINK and stat.get("linkTarget"):
             raw.close()
             try:
                 raw, stat = self._get_archive(container_id, stat["linkTarget"])
             except PathMissing as e:
                 raise PathMissing(f"{path} is a dangling link to {stat['linkTarget']}") from e
-        go_mode = int(stat["mode"])
-        mode = go_mode & 0o777 | sum(bit for go, bit in _GO_SPECIAL if go_mode & go)
-        if go_mode & _GO_MODE_DIR:
-            return DownloadStream(kind="dir", size=None, mode=mode, chunks=_guarded(raw, path))
-        chunks = _guarded(raw, path)
-        try:
-            # Not a with-block: the open archive lives on in the returned chunks.
-            tar = tarfile.open(fileobj=_ChunkReader(chunks), mode="r|", bufsize=CHUNK)  # noqa: SIM115
-            member = tar.next()
-        except tarfile.TarError as e:
-            chunks.close()
-            raise TransferBroken(f"download of {path}: bad archive from Docker: {e}") from e
-        if member is None or not member.isreg():
-            chunks.close()
-            raise NotAFile(f"{path} is not a regular file")
-        return DownloadStream(kind="file", size=member.size, mode=mode, chunks=_file_chunks(tar, member, chunks, path))
+        return download_stream(_guarded(raw, path), int(stat["mode"]), path)
 
     def _get_archive(self, container_id: str, path: str) -> tuple[Generator[bytes, None, None], dict[str, Any]]:
         with _engine(f"download {path}"):
@@ -748,7 +507,7 @@ class DockerAdapter:
         with _engine(f"inspect {container_id[:12]}"):
             pid = self._api.inspect_container(container_id)["State"]["Pid"]
         if pid:
-            used = _cgroup_cpu_seconds(int(pid))
+            used = cgroup_cpu_seconds(int(pid))
             if used is not None:
                 return used
         with _engine(f"stats of {container_id[:12]}"):
@@ -764,7 +523,7 @@ class DockerAdapter:
         """
         with open(busybox, "rb") as f:
             program = f.read()
-        digest = hashlib.sha256(program).hexdigest()
+        digest = hashlib.sha256(program).hexdigest()  # names the program the image holds: built again if it changed
         with _engine(f"inspect image {tag}"):
             try:
                 existing = self._api.inspect_image(tag)
@@ -773,34 +532,7 @@ class DockerAdapter:
         labels = {LABEL_BUSYBOX: digest, OFFER_LABEL: repository(tag)}
         if existing is not None and (existing["Config"].get("Labels") or {}).items() >= labels.items():
             return str(existing["Id"])
-        applets = subprocess.run([busybox, "--list"], capture_output=True, check=True, text=True).stdout.split()
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-
-            def add(name: str, data: bytes | None = None, mode: int = 0o755, link: str | None = None) -> None:
-                info = tarfile.TarInfo(name)
-                info.mode = mode
-                if link is not None:
-                    info.type, info.linkname = tarfile.SYMTYPE, link
-                elif data is None:
-                    info.type = tarfile.DIRTYPE
-                else:
-                    info.size = len(data)
-                tar.addfile(info, None if data is None else io.BytesIO(data))
-
-            add("Dockerfile", b'FROM scratch\nCOPY rootfs/ /\nWORKDIR /golem/work\nCMD ["sh"]\n', 0o644)
-            for folder in ("rootfs", "rootfs/bin", "rootfs/etc", "rootfs/golem"):
-                add(folder)
-            for folder in ("input", "output", "work"):
-                add(f"rootfs/golem/{folder}")
-            add("rootfs/tmp", mode=0o1777)
-            add("rootfs/bin/busybox", program)
-            for applet in applets:
-                if applet != "busybox":
-                    add(f"rootfs/bin/{applet}", link="busybox")
-            add("rootfs/etc/passwd", _PASSWD, 0o644)
-            add("rootfs/etc/group", _GROUP, 0o644)
-        context.seek(0)
+        context = busybox_context(program, applets_of(busybox))
         with _engine(f"build image {tag}"):
             for line in self._api.build(
                 fileobj=context, custom_context=True, tag=tag, rm=True, labels=labels, decode=True

@@ -8,8 +8,9 @@
      +-- PathMissing                file_not_found: no such file or folder in the container
      +-- NotAFile                   not_a_file: a folder where a file is needed (or the reverse)
      +-- TransferBroken             transfer_failed: a stream broke off or had the wrong size
-     +-- BadPath                    bad_path: a path Docker's archive API cannot take
+     +-- BadPath                    bad_path: a path that is not normalised, or an upload's outside the volume
      +-- ImageCorrupt               image_corrupt: an image blob's bytes do not match its digest or size
+     +-- ImageTooLarge              image_too_large: an image would take more than the provider keeps for images
      +-- VolumeFailed               container_failed: the storage a container rents could not be made
      |                              (.reason: unavailable - no root, loop devices or mkfs here, or
      |                              Docker does not see the mount; no_room - the disk, or what the

@@ -4,7 +4,7 @@
 use (Unix seconds), the tags the provider gave it and whether it was pulled from a registry
 (else it came from the hub's store), and survives restarts.
 Images the operator put there are never in it, so never evicted. This module decides and
-writes the file; removing images from Docker is the runtime's (through the adapter)::
+writes the file; removing images from Docker is :mod:`kiln_provider.image_supply`'s (through the adapter)::
 
     cache = ImageCache.open(data_dir, budget)
     cache.add(image_id, size); cache.save()

@@ -11,7 +11,7 @@ they hold no more than the rented bytes. A write past them fails inside the cont
     volumes.check()                                 # at start: VolumeFailed if this host cannot make them
     volume = volumes.make(volume_name(activity), size, folders)   # before the container is created
     volume.seen_by(pid); volume.give(uid, gid, folders)           # once it runs, as whom
-    write_file(volume, "/golem/input/a.txt", size, mode, chunks, owner, owned)  # an upload
+    put_file(volume, "/golem/input/a.txt", size, mode, chunks, owner)  # an upload
     volumes.remove(volume.name)                     # once the container is gone
     volumes.sweep()                                 # those an earlier run left
 
@@ -19,8 +19,10 @@ Uploads are written here, on the host, and not through Docker's archive API: Doc
 an archive in its own view of the container, where the read-only flag does not hold and a
 symbolic link on an entry's way is followed — an upload to ``/golem/work/link/x``, with
 ``link`` pointing at ``/etc``, wrote the container's root filesystem, and so the host's
-disk. :func:`write_file` opens one path component at a time below the volume's folder, never
-following a link, so it cannot leave the volume.
+disk. :func:`write_file` (which :func:`put_file` calls for an upload) opens one path
+component at a time below the volume's folder, never following a link, so it cannot leave
+the volume. Docker's adapter (:mod:`kiln_provider.docker_adapter`) only makes a volume for
+each container it creates and removes it with the container; it writes nothing in one.
 
 Making and mounting needs root and loop devices (``/dev/loop-control``); :meth:`Volumes.check`
 finds out at start, so that a provider that cannot bound what containers write refuses to run.
@@ -49,17 +51,20 @@ from kiln_provider.errors import BadPath, NotAFile, TransferBroken, VolumeFailed
 
 MOUNTS: Final = ("/golem", "/tmp")
 """Where a container sees its volume: each a folder of it (``golem``, ``tmp``), bind-mounted."""
+WORK_FOLDERS: Final = ("/golem", "/golem/input", "/golem/output", "/golem/work")
+"""Folders every task container has, owned by the user its commands run as (on its volume,
+like everything under ``/golem`` and ``/tmp``: both start empty, whatever the image holds there)."""
 MIN_SIZE: Final = MIN_STORAGE
 """The smallest volume (a smaller rent gets this much; the hub reserves as much for it)."""
 MAX_VOLUMES: Final = 256
 """The most volumes (so loop devices) one provider has at once, unless told otherwise."""
 BLOCK: Final = 4096
 MKFS: Final = (
-    "mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0",
+    *("mkfs.ext4", "-q", "-F", "-T", "default", "-m", "0"),
     # Scratch space that dies with its container: no journal, no room kept for growing it,
     # nothing reserved for root, and no zeroing (a sparse file reads as zeros already).
-    "-O", "^has_journal,^resize_inode", "-E", "nodiscard,lazy_itable_init=1",
-)  # fmt: skip
+    *("-O", "^has_journal,^resize_inode", "-E", "nodiscard,lazy_itable_init=1"),
+)
 MOUNT_OPTIONS: Final = "loop,nodev,nosuid,noatime,noinit_itable"
 COMMAND_TIMEOUT: Final = 60.0
 """Seconds mkfs or mount may take before the volume is given up."""
@@ -69,11 +74,24 @@ _UPLOAD_PREFIX: Final = ".kiln-upload-"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def normalised(path: str) -> bool:
+    """Whether ``path`` is a normalised absolute container path (no empty, ``.`` or ``..`` part)."""
+    return path.startswith("/") and not any(part in ("", ".", "..") for part in path.split("/")[1:])
+
+
 def under_mounts(path: str) -> bool:
     """Whether the normalised absolute container path ``path`` is, or is below, one of :data:`MOUNTS`."""
-    parts = path.split("/")
-    normal = path.startswith("/") and not any(part in ("", ".", "..") for part in parts[1:])
-    return normal and any(path == top or path.startswith(top + "/") for top in MOUNTS)
+    return normalised(path) and any(path == top or path.startswith(top + "/") for top in MOUNTS)
+
+
+def made_for_user(workdir: str) -> list[str]:
+    """The folders to make on a container's volume and give to its user: the work folders, and
+    the image's ``WORKDIR`` with its parents when it is on the volume (below ``/golem`` or ``/tmp``)."""
+    folders = list(WORK_FOLDERS)
+    if under_mounts(workdir):
+        parts = workdir.split("/")
+        folders += ["/".join(parts[:n]) for n in range(3, len(parts) + 1)]  # below /golem or /tmp
+    return list(dict.fromkeys(folders))
 
 
 def volume_name(activity: str) -> str:
@@ -260,6 +278,34 @@ class Volumes:
             mount.rmdir()
         with suppress(FileNotFoundError):
             file.unlink()
+
+
+def put_file(
+    volume: Volume,
+    path: str,
+    size: int,
+    mode: int,
+    chunks: Iterator[bytes | memoryview],
+    owner: tuple[int, int],
+) -> int:
+    """An upload: stream ``size`` bytes from ``chunks`` into a file at container path ``path``,
+    owned by ``owner`` (uid, gid); returns the bytes written.
+
+    As :func:`write_file`, with the path checked first (BadPath unless normalised and
+    absolute) and the missing parent folders inside the work folders (``/golem/...``) given
+    to ``owner`` too, so that its commands can write in them; others are root's.
+    """
+    if not normalised(path):
+        raise BadPath(f"not a normalised absolute path: {path!r}")
+    return write_file(volume, path, size, mode, chunks, owner, _owned_parents(path))
+
+
+def _owned_parents(path: str) -> list[str]:
+    """The parent folders of ``path`` below a work folder (``/golem/input/a`` for ``/golem/input/a/b``):
+    the user owns those, so uploads there make folders its commands can write in."""
+    parts = path.strip("/").split("/")[:-1]
+    folders = ["/" + "/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
 
 
 def write_file(

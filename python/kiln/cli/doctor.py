@@ -8,7 +8,7 @@ Each check says ``ok``, ``FAIL`` or ``skip``, what it found and, when it fails, 
 The checks are those the provider makes at its start, or would fail on later: the Docker
 engine, root, loop devices and mkfs.ext4 (for the volumes that bound what containers
 write), CPU accounting in the cgroup (read as the provider reads it), the agent binary for
-this architecture (:func:`kiln_provider.docker_adapter.find_agent`), free disk under the
+this architecture (:func:`kiln_provider.agent_binary.find_agent`), free disk under the
 data folder, and the hub with the given token and CA. The hub is dialled as a requestor
 named ``kiln-doctor``, never as the provider (which could make a hub waiting for that
 provider drop what it holds for it); with no hub given anywhere it is skipped.
@@ -121,7 +121,7 @@ def mkfs() -> Check:
 
 def cpu_accounting() -> Check:
     try:
-        from kiln_provider.docker_adapter import cgroup_cpu_file
+        from kiln_provider.procfs import cgroup_cpu_file
     except ModuleNotFoundError:
         return _fail("cpu accounting", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     found = cgroup_cpu_file(os.getpid())
@@ -136,7 +136,7 @@ def cpu_accounting() -> Check:
 
 def agent() -> Check:
     try:
-        from kiln_provider.docker_adapter import find_agent, machine_arch
+        from kiln_provider.agent_binary import find_agent, machine_arch
     except ModuleNotFoundError:
         return _fail("agent", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     try:

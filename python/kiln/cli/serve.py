@@ -60,9 +60,10 @@ def require_provider_extra() -> None:
 
 async def provider(settings: ProviderSettings) -> int:
     require_provider_extra()
+    from kiln_provider.config import ProviderConfig
     from kiln_provider.docker_adapter import DockerAdapter
     from kiln_provider.image_cache import default_data_dir
-    from kiln_provider.runtime import ProviderConfig, ProviderRuntime
+    from kiln_provider.runtime import ProviderRuntime
 
     config = ProviderConfig(
         hub=settings.hub, name=settings.name, cpus=settings.cpus, memory=settings.memory, storage=settings.storage,
