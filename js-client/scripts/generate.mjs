@@ -6,6 +6,10 @@
  *                                           code: no ajv at runtime, browsers included)
  *   src/protocol/generated/validators.d.ts  its types, for `tsc` (which skips the code itself)
  *   types/protocol.generated.d.ts           one interface per message and value model
+ *   src/protocol/generated/constants.js     the protocol's name and version, its error codes
+ *                                           and close codes (the schema's x-kiln-* tables)
+ *   src/protocol/generated/limits.js        its default limits and fixed bounds (x-kiln-limits)
+ *   src/protocol/generated/{constants,limits}.d.ts   their types
  *
  *     node scripts/generate.mjs [outDir]    (`make schema` runs it; outDir defaults to js-client/)
  *
@@ -197,6 +201,113 @@ async function typesCode(schema) {
   });
 }
 
+/**
+ * One JSDoc comment, indented by `indent`.
+ * @param {string} text
+ * @param {string} [indent]
+ */
+function doc(text, indent = "") {
+  return `${indent}/** ${text.replaceAll("*/", "*\\/")} */\n`;
+}
+
+/**
+ * `name` as a JavaScript constant's: upper case (the schema's names are snake case).
+ * @param {string} name
+ */
+const constantName = (name) => {
+  if (!/^[a-z][a-z0-9_]*$/.test(name)) throw new Error(`schema.json: ${JSON.stringify(name)} is no snake-case name`);
+  return name.toUpperCase();
+};
+
+/**
+ * The modules of the schema's `x-kiln-*` tables: the protocol's version, error codes, close
+ * codes (constants.js) and limits (limits.js), each with its .d.ts.
+ * @param {Schema} schema
+ * @returns {Record<string, string>}
+ */
+function constantsCode(schema) {
+  const protocol = schema["x-kiln-protocol"];
+  /** @type {Record<string, {meaning: string, sent_by: string[], error: string}>} */
+  const codes = schema["x-kiln-error-codes"];
+  /** @type {Record<string, {code: number, meaning: string}>} */
+  const closeCodes = schema["x-kiln-close-codes"];
+  /** @type {Record<string, number>} */
+  const limits = schema["x-kiln-limits"];
+  if ([protocol, codes, closeCodes, limits].some((table) => typeof table !== "object")) {
+    throw new Error("schema.json lacks an x-kiln-* table: run `make schema`");
+  }
+  const sentBy = (/** @type {string[]} */ who) =>
+    who.includes("client") && who.length === 1 ? "raised by the client itself, never sent" : `sent by: ${who.join(", ")}`;
+  const errorCodes = Object.entries(codes)
+    .map(([code, { meaning, sent_by }]) => doc(`${meaning} (${sentBy(sent_by)})`, "  ") + `  ${constantName(code)}: "${code}",\n`)
+    .join("");
+  const closes = Object.entries(closeCodes)
+    .map(([name, { code, meaning }]) => doc(meaning, "  ") + `  ${constantName(name)}: ${code},\n`)
+    .join("");
+  const version = `${HEADER}
+/** The name of the protocol, offered as the WebSocket subprotocol. */
+export const PROTOCOL_NAME = ${JSON.stringify(protocol.name)};
+/** The "MAJOR.MINOR" version this side speaks. */
+export const PROTOCOL_VERSION = ${JSON.stringify(protocol.version)};
+export const MAJOR_VERSION = ${protocol.major};
+/** The minor version this side speaks (a hub may welcome it at a lower one). */
+export const MINOR_VERSION = ${protocol.minor};
+`;
+  const constants = `${version}
+/**
+ * The stable error codes, by name (\`ErrorCode.NO_MATCH\` is "no_match"). A code never
+ * changes meaning once published; a later minor version may add codes, so treat an unknown
+ * one like \`internal\`.
+ * @type {Readonly<Record<string, string>>}
+ */
+export const ErrorCode = Object.freeze({
+${errorCodes}});
+
+/** Every known code, for membership tests. */
+export const ERROR_CODES = Object.freeze(new Set(Object.values(ErrorCode)));
+
+/** The WebSocket close codes of the protocol, by name: RFC 6455's it gives a meaning, and its own (4000-4999). */
+export const CloseCode = Object.freeze({
+${closes}});
+`;
+  const known = Object.keys(codes).map((code) => `  | "${code}"\n`).join("");
+  const closeTypes = Object.entries(closeCodes)
+    .map(([name, { code, meaning }]) => doc(meaning, "  ") + `  readonly ${constantName(name)}: ${code};\n`)
+    .join("");
+  const constantTypes = `${HEADER}
+export declare const PROTOCOL_NAME: ${JSON.stringify(protocol.name)};
+export declare const PROTOCOL_VERSION: string;
+export declare const MAJOR_VERSION: number;
+/** The minor version this side speaks (a hub may welcome it at a lower one). */
+export declare const MINOR_VERSION: number;
+
+/** Every error code of protocol ${protocol.name}. */
+export type KnownErrorCode =
+${known};
+
+/** The stable error codes, by name (\`ErrorCode.NO_MATCH\` is "no_match"). */
+export declare const ErrorCode: Readonly<Record<string, KnownErrorCode>>;
+/** Every known code, for membership tests. */
+export declare const ERROR_CODES: ReadonlySet<string>;
+
+/** The WebSocket close codes of the protocol, by name. */
+export declare const CloseCode: {
+${closeTypes}};
+`;
+  const limitLines = Object.entries(limits).map(([name, value]) => `export const ${constantName(name)} = ${value};\n`);
+  const limitTypes = Object.keys(limits).map((name) => `export declare const ${constantName(name)}: number;\n`);
+  const intro = `
+// The default limits of protocol ${protocol.name} (the hub announces those in force in \`welcome\`,
+// and those are the ones a client obeys), and the bounds no \`welcome\` changes.
+`;
+  return {
+    "src/protocol/generated/constants.js": constants,
+    "src/protocol/generated/constants.d.ts": constantTypes,
+    "src/protocol/generated/limits.js": `${HEADER}${intro}${limitLines.join("")}`,
+    "src/protocol/generated/limits.d.ts": `${HEADER}${intro}${limitTypes.join("")}`,
+  };
+}
+
 /** @param {string} [outDir] */
 async function main(outDir = PACKAGE) {
   const schema = JSON.parse(await readFile(SCHEMA, "utf8"));
@@ -205,6 +316,7 @@ async function main(outDir = PACKAGE) {
     "src/protocol/generated/validators.js": validatorsCode(schema, models),
     "src/protocol/generated/validators.d.ts": validatorTypes(models),
     "types/protocol.generated.d.ts": await typesCode(schema),
+    ...constantsCode(schema),
   };
   for (const [path, text] of Object.entries(files)) {
     await mkdir(dirname(join(outDir, path)), { recursive: true });

@@ -22,10 +22,9 @@ import {
   UsageError,
 } from "./errors.js";
 import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
-import { ErrorCode } from "./protocol/codes.js";
-import { DEFAULT_STORAGE } from "./protocol/limits.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
+import { DEFAULT_STORAGE, OUTPUT_WINDOW } from "./protocol/generated/limits.js";
 import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
-import { OUTPUT_WINDOW } from "./protocol/session.js";
 
 export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
 

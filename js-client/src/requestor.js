@@ -27,6 +27,7 @@ import {
   errorFromCode,
 } from "./errors.js";
 import { Job } from "./executor.js";
+import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
@@ -394,7 +395,7 @@ export class Requestor {
    * @returns {Promise<ActivityInfo[]>}
    */
   async listActivities(options = {}) {
-    const { all = false, limit = 1000 } = options;
+    const { all = false, limit = MAX_LISTED } = options;
     const conn = await this._connected();
     const list = /** @type {import("../types/protocol.js").ActivityList} */ (
       await conn.request({ type: "activities", id: conn.newId(), all, limit })

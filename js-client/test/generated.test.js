@@ -14,6 +14,10 @@ const GENERATED = [
   "src/protocol/generated/validators.js",
   "src/protocol/generated/validators.d.ts",
   "types/protocol.generated.d.ts",
+  "src/protocol/generated/constants.js",
+  "src/protocol/generated/constants.d.ts",
+  "src/protocol/generated/limits.js",
+  "src/protocol/generated/limits.d.ts",
 ];
 
 test("the committed generated files are the generator's output for the committed schema", async () => {

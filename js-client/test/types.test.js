@@ -1,14 +1,15 @@
-// The hand-written parts kept in step with their sources of truth: the codes table with
-// python/kiln/protocol/codes.py and the schema, the .d.ts files with what the entry points
-// export, and the browser entry free of Node imports. (The message types and validators
-// are generated from the schema: test/generated.test.js.)
+// The hand-written parts kept in step with their sources of truth: the error classes with
+// the schema's table of codes, the .d.ts files with what the entry points export, and the
+// browser entry free of Node imports. (The message types, validators, codes and limits are
+// generated from the schema: test/generated.test.js.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, resolve } from "node:path";
 
-import { ERROR_CODES, ErrorCode } from "../src/protocol/codes.js";
+import { CloseCode, ERROR_CODES, ErrorCode, PROTOCOL_VERSION } from "../src/protocol/generated/constants.js";
+import * as limits from "../src/protocol/generated/limits.js";
 import { KilnError, errorFromCode } from "../src/errors.js";
 import * as browserEntry from "../src/browser.js";
 import * as nodeEntry from "../src/node/index.js";
@@ -20,18 +21,21 @@ const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const schema = JSON.parse(readFileSync(here("../../protocol/v1/schema.json"), "utf8"));
 const protocolDts = readFileSync(here("../types/protocol.d.ts"), "utf8");
 const indexDts = readFileSync(here("../types/index.d.ts"), "utf8");
-const codesPy = readFileSync(here("../../python/kiln/protocol/codes.py"), "utf8");
-const errorsPy = readFileSync(here("../../python/kiln/protocol/errors.py"), "utf8");
+const codes = schema["x-kiln-error-codes"];
 
-test("the codes table is codes.py's, and the schema's list of known codes", () => {
-  const python = new Set([...codesPy.matchAll(/^\s+[A-Z_]+ = "([a-z_]+)"$/gm)].map((m) => m[1]));
-  assert.ok(python.size >= 26);
-  assert.deepEqual(new Set(ERROR_CODES), python);
+test("the codes, close codes and limits are the schema's, and so is its list of known codes", () => {
+  assert.ok(Object.keys(codes).length >= 26);
+  assert.deepEqual(new Set(ERROR_CODES), new Set(Object.keys(codes)));
+  for (const code of Object.keys(codes)) assert.equal(ErrorCode[code.toUpperCase()], code);
   const description = schema.$defs.Error.properties.code.description;
   const listed = new Set(/Known codes: ([a-z_, ]+)\./.exec(description)[1].split(", "));
   assert.deepEqual(new Set(ERROR_CODES), listed);
-  const declared = new Set([...protocolDts.matchAll(/"([a-z_]+)"/g)].map((m) => m[1]));
-  for (const code of python) assert.ok(declared.has(code), `KnownErrorCode lacks ${code}`);
+  const closes = Object.entries(schema["x-kiln-close-codes"]).map(([name, { code }]) => [name.toUpperCase(), code]);
+  assert.deepEqual(Object.entries(CloseCode), closes);
+  assert.equal(CloseCode.HANDSHAKE, 4003);
+  assert.deepEqual({ ...limits }, Object.fromEntries(Object.entries(schema["x-kiln-limits"]).map(([n, v]) => [n.toUpperCase(), v])));
+  assert.equal(limits.CHUNK_BYTES, 256 * 1024);
+  assert.equal(PROTOCOL_VERSION, schema["x-kiln-protocol"].version);
 });
 
 test("every code maps to a KilnError carrying that code", () => {
@@ -48,14 +52,12 @@ test("every code maps to a KilnError carrying that code", () => {
   assert.equal(errorFromCode("no_match", "none").provider, null);
 });
 
-test("each code maps to the class errors.py maps it to", () => {
-  const table = /_BY_CODE[^{]*\{([^}]*)\}/.exec(errorsPy)[1];
-  const python = [...table.matchAll(/ErrorCode\.([A-Z_]+): (\w+),/g)].map(([, name, cls]) => [name, cls]);
-  assert.ok(python.length >= 20);
-  const unmapped = Object.keys(ErrorCode).filter((name) => !python.some(([mapped]) => mapped === name));
-  for (const [name, cls] of [...python, ...unmapped.map((name) => [name, "RemoteError"])]) {
+test("each code maps to the class the schema names (Python's error_from_code makes the same)", () => {
+  const classes = new Set(Object.values(codes).map(({ error }) => error));
+  assert.ok(classes.size >= 15 && classes.has("LocalProtocolError") && classes.has("RemoteError"));
+  for (const [code, { error }] of Object.entries(codes)) {
     // JavaScript's names carry an `Error` suffix that Python's do not.
-    assert.equal(errorFromCode(ErrorCode[name], "x").name.replace(/Error$/, ""), cls.replace(/Error$/, ""), name);
+    assert.equal(errorFromCode(code, "x").name.replace(/Error$/, ""), error.replace(/Error$/, ""), code);
   }
 });
 

@@ -37,10 +37,6 @@ from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
 from kiln.hub.core import (
-    CLOSE_FAILED_HELLOS,
-    CLOSE_HANDSHAKE,
-    CLOSE_SLOW,
-    CLOSE_TOO_MANY,
     CREATE_TIMEOUT,
     CREDIT_TIMEOUT,
     DESTROY_TIMEOUT,
@@ -54,7 +50,7 @@ from kiln.hub.records import Change
 from kiln.hub.state import USAGE_RETENTION, HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
-from kiln.protocol.codes import ErrorCode
+from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import MAX_HELLO_BYTES, PROTOCOL_NAME
 
