@@ -42,8 +42,11 @@ def test_vector(path: Path) -> None:
     assert judge(vector) == vector["verdict"], vector["description"]
 
 
-VALID_MESSAGES = [p for p in VECTORS if json.loads(p.read_text()).keys() >= {"frame"}
-                  and json.loads(p.read_text())["verdict"] == "valid"]  # fmt: skip
+VALID_MESSAGES = [
+    p
+    for p in VECTORS
+    if json.loads(p.read_text()).keys() >= {"frame"} and json.loads(p.read_text())["verdict"] == "valid"
+]
 
 
 @pytest.mark.parametrize("path", VALID_MESSAGES, ids=lambda p: p.stem)
@@ -106,8 +109,13 @@ def test_messages_are_frozen() -> None:
 def test_serialize_omits_unset_optionals() -> None:
     upload = Upload(type="upload", id=3, activity="a", path="/golem/input/a.txt", size=5)
     assert json.loads(serialize(upload)) == {
-        "type": "upload", "id": 3, "activity": "a", "path": "/golem/input/a.txt", "size": 5, "mode": 0o644,
-    }  # fmt: skip
+        "type": "upload",
+        "id": 3,
+        "activity": "a",
+        "path": "/golem/input/a.txt",
+        "size": 5,
+        "mode": 0o644,
+    }
 
 
 def test_frame_round_trip_and_readdressing() -> None:

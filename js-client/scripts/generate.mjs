@@ -10,18 +10,25 @@
  *                                           and close codes (the schema's x-kiln-* tables)
  *   src/protocol/generated/limits.js        its default limits and fixed bounds (x-kiln-limits)
  *   src/protocol/generated/{constants,limits}.d.ts   their types
+ *   types/generated/**.d.ts                 the declarations of src/ (tsc, from the JSDoc
+ *                                           the type check holds to the code), without the
+ *                                           members whose names start with "_" (internal);
+ *                                           types/index.d.ts re-exports them
  *
  *     node scripts/generate.mjs [outDir]    (`make schema` runs it; outDir defaults to js-client/)
  *
- * The output depends only on the schema and the locked versions of ajv and
- * json-schema-to-typescript: the same input gives byte-identical files, which is what
- * test/generated.test.js holds the committed files to.
+ * The output depends only on the schema, the sources' JSDoc and the locked versions of ajv,
+ * json-schema-to-typescript and typescript: the same input gives byte-identical files,
+ * which is what test/generated.test.js holds the committed files to.
  */
 
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { tmpdir } from "node:os";
+import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 
 import { Ajv2020, _ } from "ajv/dist/2020.js";
 import standalone from "ajv/dist/standalone/index.js";
@@ -308,6 +315,89 @@ ${closeTypes}};
   };
 }
 
+/**
+ * Every file under `dir`, as paths relative to it.
+ * @param {string} dir
+ * @returns {Promise<string[]>}
+ */
+async function filesUnder(dir) {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => relative(dir, join(e.parentPath, e.name)));
+}
+
+/**
+ * A declaration file emitted from src/ made fit for types/generated/: the JSDoc's
+ * `../types/x.js` (written from src/, one level below js-client/) becomes `../x.js` (from
+ * types/generated/, one level below types/), and the internal members go.
+ * @param {string} dts
+ */
+function publicDeclarations(dts) {
+  return withoutInternalMembers(dts.replace(/(["'](?:\.\.\/)+)types\//g, "$1"));
+}
+
+/**
+ * `dts` without the class members whose names start with "_" (and their comments): the
+ * sources' convention for what is internal. tsc prints one member per item, indented by 4,
+ * its continuation lines further in or starting with a closing bracket.
+ * @param {string} dts
+ */
+function withoutInternalMembers(dts) {
+  const comment = (/** @type {string} */ line) => /^ {4}(\/\*\*| +\*)/.test(line);
+  /** @type {{lines: string[], member: string | null}[]} */
+  const items = [];
+  for (const line of dts.split("\n")) {
+    const last = items.at(-1);
+    if (!line.startsWith("    ")) {
+      items.push({ lines: [line], member: line }); // not in a class body
+    } else if (/^ {4}\/\*\*/.test(line) || last === undefined) {
+      items.push({ lines: [line], member: null }); // a member's comment begins
+    } else if (comment(line) || !/^ {4}[^ })\]|&]/.test(line)) {
+      last.lines.push(line); // a comment or member goes on
+    } else if (last.member === null) {
+      last.lines.push(line); // the member its comment was about
+      last.member = line;
+    } else {
+      items.push({ lines: [line], member: line });
+    }
+  }
+  const internal = /^ {4}(?:(?:static|readonly|get|set|async|private|protected) )*_\w*[<(:?;]/;
+  return items
+    .filter(({ member }) => member === null || !internal.test(member))
+    .flatMap(({ lines }) => lines)
+    .join("\n");
+}
+
+/**
+ * The declarations of src/ (tsc, from their JSDoc) as types/generated/ holds them, with
+ * the .d.ts files of src/protocol/generated/ they import.
+ * @returns {Promise<Record<string, string>>}
+ */
+async function declarationsCode() {
+  const out = await mkdtemp(join(tmpdir(), "kiln-declarations-"));
+  try {
+    const typescript = dirname(createRequire(import.meta.url).resolve("typescript/package.json"));
+    const tsc = join(typescript, "bin/tsc");
+    await promisify(execFile)(process.execPath, [tsc, "-p", join(PACKAGE, "tsconfig.types.json"), "--outDir", out]).catch(
+      (/** @type {any} */ e) => {
+        throw new Error(`tsc could not emit the declarations of src/:\n${e.stdout}${e.stderr}`);
+      },
+    );
+    const generated = join(PACKAGE, "src/protocol/generated");
+    const copied = (await readdir(generated)).filter((name) => name.endsWith(".d.ts"));
+    /** @type {Record<string, string>} */
+    const files = {};
+    for (const name of copied) {
+      files[`types/generated/protocol/generated/${name}`] = publicDeclarations(await readFile(join(generated, name), "utf8"));
+    }
+    for (const path of (await filesUnder(out)).sort()) {
+      files[`types/generated/${path}`] = publicDeclarations(await readFile(join(out, path), "utf8"));
+    }
+    return files;
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+}
+
 /** @param {string} [outDir] */
 async function main(outDir = PACKAGE) {
   const schema = JSON.parse(await readFile(SCHEMA, "utf8"));
@@ -318,6 +408,17 @@ async function main(outDir = PACKAGE) {
     "types/protocol.generated.d.ts": await typesCode(schema),
     ...constantsCode(schema),
   };
+  await writeAll(outDir, files);
+  // tsc reads what was just written to src/protocol/generated/ (when outDir is the package),
+  // and the types/generated/ of the run before (types/protocol.d.ts re-exports from it): a
+  // declaration names the types it uses by where they are, so that does not change the output.
+  const declarations = await declarationsCode();
+  await rm(join(outDir, "types/generated"), { recursive: true, force: true });
+  await writeAll(outDir, declarations);
+}
+
+/** @param {string} outDir @param {Record<string, string>} files */
+async function writeAll(outDir, files) {
   for (const [path, text] of Object.entries(files)) {
     await mkdir(dirname(join(outDir, path)), { recursive: true });
     await writeFile(join(outDir, path), text);

@@ -19,8 +19,6 @@ import { Requestor } from "../src/requestor.js";
 
 const here = (p) => fileURLToPath(new URL(p, import.meta.url));
 const schema = JSON.parse(readFileSync(here("../../protocol/v1/schema.json"), "utf8"));
-const protocolDts = readFileSync(here("../types/protocol.d.ts"), "utf8");
-const indexDts = readFileSync(here("../types/index.d.ts"), "utf8");
 const codes = schema["x-kiln-error-codes"];
 
 test("the codes, close codes and limits are the schema's, and so is its list of known codes", () => {
@@ -61,23 +59,56 @@ test("each code maps to the class the schema names (Python's error_from_code mak
   }
 });
 
-/** Does the .d.ts text declare `name` as a value (or re-export it)? */
-const declares = (dts, name) =>
-  new RegExp(`export declare (class|function|const) ${name}\\b|export \\{[^}]*\\b${name}\\b[^}]*\\} from`).test(dts);
-
-test("index.d.ts declares everything the entry points export", () => {
-  for (const name of Object.keys(nodeEntry)) assert.ok(declares(indexDts, name), `types/index.d.ts does not declare ${name}`);
-});
-
-/** The runtime names (classes, functions, constants) the .d.ts text exports: declared, or re-exported as values. */
-function runtimeExports(dts) {
-  const declared = [...dts.matchAll(/^export declare (?:class|function|const) (\w+)/gm)].map((m) => m[1]);
-  const reexported = [...dts.matchAll(/^export \{([^}]*)\} from/gm)].flatMap((m) => m[1].split(",").map((n) => n.trim()));
-  return [...declared, ...reexported.filter(Boolean)];
+/**
+ * The names a .d.ts file exports, each with whether it is a value (a class, function or
+ * constant) or only a type, and the file that declares it: its own declarations, and those
+ * of the files it re-exports from (`export *`, `export {…} from`).
+ * @returns {Map<string, {value: boolean, file: string}>}
+ */
+function dtsExports(file) {
+  const dts = readFileSync(file, "utf8");
+  const target = (spec) => resolve(dirname(file), spec.replace(/\.js$/, ".d.ts"));
+  const names = new Map();
+  for (const [, kind, name] of dts.matchAll(/^export (?:declare )?(class|function|const|type|interface) (\w+)/gm)) {
+    names.set(name, { value: !["type", "interface"].includes(kind), file });
+  }
+  for (const [, spec] of dts.matchAll(/^export \* from "([^"]+)"/gm)) {
+    for (const [name, entry] of dtsExports(target(spec))) names.set(name, entry);
+  }
+  for (const [, name, spec] of dts.matchAll(/^export \* as (\w+) from "([^"]+)"/gm)) names.set(name, { value: true, file: target(spec) });
+  for (const [, only, list, spec] of dts.matchAll(/^export (type )?\{([^}]*)\} from "([^"]+)"/gm)) {
+    const there = dtsExports(target(spec));
+    for (const [name, as = name] of list.split(",").map((n) => n.trim().split(/\s+as\s+/)).filter(([n]) => n)) {
+      const entry = there.get(name);
+      assert.ok(entry, `${file} re-exports ${name}, which ${spec} does not export`);
+      names.set(as, only ? { ...entry, value: false } : entry);
+    }
+  }
+  // `export { a };` of a name imported from elsewhere.
+  const imported = new Map();
+  for (const [, list, spec] of dts.matchAll(/^import (?:type )?\{([^}]*)\} from "([^"]+)"/gm)) {
+    for (const name of list.split(",").map((n) => n.trim()).filter(Boolean)) imported.set(name, spec);
+  }
+  for (const [, list] of dts.matchAll(/^export \{([^}]*)\};/gm)) {
+    for (const name of list.split(",").map((n) => n.trim()).filter(Boolean)) {
+      const spec = imported.get(name);
+      assert.ok(spec !== undefined, `${file} exports ${name}, imported from nowhere`);
+      names.set(name, dtsExports(target(spec)).get(name));
+    }
+  }
+  return names;
 }
 
+const indexExports = dtsExports(here("../types/index.d.ts"));
+const protocolExports = dtsExports(here("../types/protocol.d.ts"));
+const values = (exports) => [...exports].filter(([, { value }]) => value).map(([name]) => name);
+
+test("index.d.ts declares everything the entry points export", () => {
+  for (const name of Object.keys(nodeEntry)) assert.ok(indexExports.get(name)?.value, `types/index.d.ts does not declare ${name}`);
+});
+
 test("every runtime name index.d.ts exports exists in the Node and the browser entry", () => {
-  const names = runtimeExports(indexDts);
+  const names = values(indexExports);
   for (const expected of ["connect", "Requestor", "CommandFailedError", "TaskTimeoutError", "ErrorCode", "errorFromCode"]) {
     assert.ok(names.includes(expected), `the parse found no ${expected}`);
   }
@@ -88,26 +119,36 @@ test("every runtime name index.d.ts exports exists in the Node and the browser e
   assert.deepEqual(Object.keys(browserEntry).sort(), Object.keys(nodeEntry).sort(), "both entries export the same names");
 });
 
-/** The names of the methods and accessors `class` declares in the .d.ts text. */
-function members(dts, name) {
+test("index.d.ts names the types its API speaks of", () => {
+  for (const name of ["ConnectOptions", "RentOptions", "RunOptions", "RunCheckOptions", "OutputEvent", "JobOptions", "Worker",
+    "ImageInfo", "PushedImage", "KilnErrorOptions", "KnownErrorCode", "Message", "ActivityInfo"]) {
+    assert.equal(indexExports.get(name)?.value, false, `types/index.d.ts does not export the type ${name}`);
+  }
+});
+
+/** The names of the methods and accessors `name` declares, in the .d.ts file that declares it. */
+function members(exports, name) {
+  const dts = readFileSync(exports.get(name).file, "utf8");
   const body = new RegExp(`export declare class ${name}\\b[^{]*\\{([\\s\\S]*?)\\n\\}`).exec(dts)[1];
-  return new Set([...body.matchAll(/^ {2}(?:readonly )?(\w+)(?:<[^>]*>)?[(?:]/gm)].map((m) => m[1]));
+  return new Set([...body.matchAll(/^ +(?:readonly |get |set |static |async )*(\w+)(?:<[^>]*>)?[(?:]/gm)].map((m) => m[1]));
 }
 
-test("index.d.ts declares every public method of Activity and Requestor", () => {
+test("index.d.ts declares every public method of Activity and Requestor, and none of their internals", () => {
   for (const cls of [Activity, Requestor]) {
-    const declared = members(indexDts, cls.name);
+    const declared = members(indexExports, cls.name);
     const methods = Object.getOwnPropertyNames(cls.prototype).filter((m) => !["constructor", "toString"].includes(m) && !m.startsWith("_"));
     assert.ok(methods.includes("rent") || methods.includes("stream"));
     for (const method of methods) assert.ok(declared.has(method), `types/index.d.ts: ${cls.name} lacks ${method}`);
+    const internal = [...declared].filter((m) => m.startsWith("_"));
+    assert.deepEqual(internal, [], `types/index.d.ts: ${cls.name} declares its internals`);
   }
 });
 
 test("protocol.d.ts declares exactly what kiln-client/protocol exports", () => {
   for (const name of Object.keys(protocolEntry)) {
-    assert.ok(declares(protocolDts, name), `types/protocol.d.ts does not declare ${name}`);
+    assert.ok(protocolExports.get(name)?.value, `types/protocol.d.ts does not declare ${name}`);
   }
-  for (const [, name] of protocolDts.matchAll(/export declare (?:class|function|const) (\w+)/g)) {
+  for (const name of values(protocolExports)) {
     assert.ok(name in protocolEntry, `types/protocol.d.ts declares ${name}, which src/protocol/index.js does not export`);
   }
 });
