@@ -10,7 +10,8 @@ import pytest
 
 from kiln.hub.access import Credential
 from kiln.hub.actions import Close, Log, Send
-from kiln.hub.core import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED, HubCore
+from kiln.hub.core import HubCore
+from kiln.protocol.codes import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED
 
 
 @dataclass

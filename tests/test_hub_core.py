@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from kiln.hub.actions import Close, Log, Send
-from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION, HubCore
+from kiln.hub.core import HubCore
 from kiln.protocol import frames
+from kiln.protocol.codes import CLOSE_HANDSHAKE, CLOSE_NAME_TAKEN, CLOSE_UNSUPPORTED_VERSION
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import PROTOCOL_VERSION
 

@@ -16,10 +16,11 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from kiln.hub.core import CLOSE_FAILED_HELLOS, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED, PER_CREDENTIAL
+from kiln.hub.core import PER_CREDENTIAL
 from kiln.hub.gate import FAILED_HELLOS, Gate, source
 from kiln.hub.server import raise_open_file_limit, start
 from kiln.hub.state import HubState
+from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,8 @@ import pytest
 
 import kiln
 from kiln.hub.actions import Close, Log, Send
-from kiln.hub.core import CLOSE_RESUMED, HubCore
+from kiln.hub.core import HubCore
+from kiln.protocol.codes import CLOSE_RESUMED
 from tests.test_hub_access import store
 
 GiB = 2**30

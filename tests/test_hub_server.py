@@ -12,8 +12,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
-from kiln.hub.core import CLOSE_HANDSHAKE, CLOSE_UNAUTHORIZED, CLOSE_UNSUPPORTED_VERSION
 from kiln.hub.server import start
+from kiln.protocol.codes import CLOSE_HANDSHAKE, CLOSE_UNAUTHORIZED, CLOSE_UNSUPPORTED_VERSION
 
 HELLO = {"type": "hello", "version": "1.0", "role": "requestor", "name": "raw"}
 

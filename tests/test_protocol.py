@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kiln.protocol import ErrorCode, RemoteProtocolError, frames, parse, serialize
+from kiln.protocol import ErrorCode, RemoteProtocolError, errors, frames, limits, parse, serialize
+from kiln.protocol import codes as codes_module
+from kiln.protocol.codes import CloseCode
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import Credit, Upload
+from kiln.protocol.messages import PROTOCOL_VERSION, Credit, Upload
 from kiln.protocol.schema import render
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,8 +42,11 @@ def test_vector(path: Path) -> None:
     assert judge(vector) == vector["verdict"], vector["description"]
 
 
-VALID_MESSAGES = [p for p in VECTORS if json.loads(p.read_text()).keys() >= {"frame"}
-                  and json.loads(p.read_text())["verdict"] == "valid"]  # fmt: skip
+VALID_MESSAGES = [
+    p
+    for p in VECTORS
+    if json.loads(p.read_text()).keys() >= {"frame"} and json.loads(p.read_text())["verdict"] == "valid"
+]
 
 
 @pytest.mark.parametrize("path", VALID_MESSAGES, ids=lambda p: p.stem)
@@ -53,6 +58,38 @@ def test_valid_messages_survive_a_round_trip(path: Path) -> None:
 def test_committed_schema_matches_the_models() -> None:
     committed = (ROOT / "protocol" / "v1" / "schema.json").read_bytes()
     assert committed == render(), "protocol/v1/schema.json is stale: run `make schema`"
+
+
+def test_the_schema_holds_every_code_close_code_and_limit() -> None:
+    schema = json.loads(render())
+    codes = schema["x-kiln-error-codes"]
+    assert list(codes) == sorted(code.value for code in ErrorCode)
+    for code in ErrorCode:
+        # The JavaScript client names each code after its value (ErrorCode.BAD_JSON = "bad_json").
+        assert code.name == code.value.upper()
+        entry = codes[code.value]
+        assert entry["meaning"] and entry["sent_by"], code
+        assert isinstance(getattr(errors, entry["error"]), type), entry
+        assert errors.error_from_code(code.value, "x").code is code
+        assert type(errors.error_from_code(code.value, "x")).__name__ == entry["error"]
+    assert codes["bad_json"] == {
+        "meaning": "the text frame is not JSON",
+        "sent_by": ["hub", "provider"],
+        "error": "LocalProtocolError",
+    }
+    assert codes["timeout"]["sent_by"] == ["client"]
+    close = schema["x-kiln-close-codes"]
+    assert {name: entry["code"] for name, entry in close.items()} == {c.name.lower(): c.value for c in CloseCode}
+    assert close["handshake"]["code"] == codes_module.CLOSE_HANDSHAKE.value == 4003
+    assert close["too_many"]["code"] == 4008 and close["failed_hellos"]["code"] == 4009
+    assert schema["x-kiln-limits"]["chunk_bytes"] == limits.CHUNK_BYTES
+    assert schema["x-kiln-limits"]["max_text"] == 4096
+    assert schema["x-kiln-limits"]["min_storage"] == limits.MIN_STORAGE
+    assert (
+        schema["x-kiln-protocol"]["version"]
+        == PROTOCOL_VERSION
+        == "{major}.{minor}".format_map(schema["x-kiln-protocol"])
+    )
 
 
 def test_violation_carries_the_request_id() -> None:
@@ -72,8 +109,13 @@ def test_messages_are_frozen() -> None:
 def test_serialize_omits_unset_optionals() -> None:
     upload = Upload(type="upload", id=3, activity="a", path="/golem/input/a.txt", size=5)
     assert json.loads(serialize(upload)) == {
-        "type": "upload", "id": 3, "activity": "a", "path": "/golem/input/a.txt", "size": 5, "mode": 0o644,
-    }  # fmt: skip
+        "type": "upload",
+        "id": 3,
+        "activity": "a",
+        "path": "/golem/input/a.txt",
+        "size": 5,
+        "mode": 0o644,
+    }
 
 
 def test_frame_round_trip_and_readdressing() -> None:

@@ -6,18 +6,29 @@
  *                                           code: no ajv at runtime, browsers included)
  *   src/protocol/generated/validators.d.ts  its types, for `tsc` (which skips the code itself)
  *   types/protocol.generated.d.ts           one interface per message and value model
+ *   src/protocol/generated/constants.js     the protocol's name and version, its error codes
+ *                                           and close codes (the schema's x-kiln-* tables)
+ *   src/protocol/generated/limits.js        its default limits and fixed bounds (x-kiln-limits)
+ *   src/protocol/generated/{constants,limits}.d.ts   their types
+ *   types/generated/**.d.ts                 the declarations of src/ (tsc, from the JSDoc
+ *                                           the type check holds to the code), without the
+ *                                           members whose names start with "_" (internal);
+ *                                           types/index.d.ts re-exports them
  *
  *     node scripts/generate.mjs [outDir]    (`make schema` runs it; outDir defaults to js-client/)
  *
- * The output depends only on the schema and the locked versions of ajv and
- * json-schema-to-typescript: the same input gives byte-identical files, which is what
- * test/generated.test.js holds the committed files to.
+ * The output depends only on the schema, the sources' JSDoc and the locked versions of ajv,
+ * json-schema-to-typescript and typescript: the same input gives byte-identical files,
+ * which is what test/generated.test.js holds the committed files to.
  */
 
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
+import { tmpdir } from "node:os";
+import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 
 import { Ajv2020, _ } from "ajv/dist/2020.js";
 import standalone from "ajv/dist/standalone/index.js";
@@ -197,6 +208,196 @@ async function typesCode(schema) {
   });
 }
 
+/**
+ * One JSDoc comment, indented by `indent`.
+ * @param {string} text
+ * @param {string} [indent]
+ */
+function doc(text, indent = "") {
+  return `${indent}/** ${text.replaceAll("*/", "*\\/")} */\n`;
+}
+
+/**
+ * `name` as a JavaScript constant's: upper case (the schema's names are snake case).
+ * @param {string} name
+ */
+const constantName = (name) => {
+  if (!/^[a-z][a-z0-9_]*$/.test(name)) throw new Error(`schema.json: ${JSON.stringify(name)} is no snake-case name`);
+  return name.toUpperCase();
+};
+
+/**
+ * The modules of the schema's `x-kiln-*` tables: the protocol's version, error codes, close
+ * codes (constants.js) and limits (limits.js), each with its .d.ts.
+ * @param {Schema} schema
+ * @returns {Record<string, string>}
+ */
+function constantsCode(schema) {
+  const protocol = schema["x-kiln-protocol"];
+  /** @type {Record<string, {meaning: string, sent_by: string[], error: string}>} */
+  const codes = schema["x-kiln-error-codes"];
+  /** @type {Record<string, {code: number, meaning: string}>} */
+  const closeCodes = schema["x-kiln-close-codes"];
+  /** @type {Record<string, number>} */
+  const limits = schema["x-kiln-limits"];
+  if ([protocol, codes, closeCodes, limits].some((table) => typeof table !== "object")) {
+    throw new Error("schema.json lacks an x-kiln-* table: run `make schema`");
+  }
+  const sentBy = (/** @type {string[]} */ who) =>
+    who.includes("client") && who.length === 1 ? "raised by the client itself, never sent" : `sent by: ${who.join(", ")}`;
+  const errorCodes = Object.entries(codes)
+    .map(([code, { meaning, sent_by }]) => doc(`${meaning} (${sentBy(sent_by)})`, "  ") + `  ${constantName(code)}: "${code}",\n`)
+    .join("");
+  const closes = Object.entries(closeCodes)
+    .map(([name, { code, meaning }]) => doc(meaning, "  ") + `  ${constantName(name)}: ${code},\n`)
+    .join("");
+  const version = `${HEADER}
+/** The name of the protocol, offered as the WebSocket subprotocol. */
+export const PROTOCOL_NAME = ${JSON.stringify(protocol.name)};
+/** The "MAJOR.MINOR" version this side speaks. */
+export const PROTOCOL_VERSION = ${JSON.stringify(protocol.version)};
+export const MAJOR_VERSION = ${protocol.major};
+/** The minor version this side speaks (a hub may welcome it at a lower one). */
+export const MINOR_VERSION = ${protocol.minor};
+`;
+  const constants = `${version}
+/**
+ * The stable error codes, by name (\`ErrorCode.NO_MATCH\` is "no_match"). A code never
+ * changes meaning once published; a later minor version may add codes, so treat an unknown
+ * one like \`internal\`.
+ * @type {Readonly<Record<string, string>>}
+ */
+export const ErrorCode = Object.freeze({
+${errorCodes}});
+
+/** Every known code, for membership tests. */
+export const ERROR_CODES = Object.freeze(new Set(Object.values(ErrorCode)));
+
+/** The WebSocket close codes of the protocol, by name: RFC 6455's it gives a meaning, and its own (4000-4999). */
+export const CloseCode = Object.freeze({
+${closes}});
+`;
+  const known = Object.keys(codes).map((code) => `  | "${code}"\n`).join("");
+  const closeTypes = Object.entries(closeCodes)
+    .map(([name, { code, meaning }]) => doc(meaning, "  ") + `  readonly ${constantName(name)}: ${code};\n`)
+    .join("");
+  const constantTypes = `${HEADER}
+export declare const PROTOCOL_NAME: ${JSON.stringify(protocol.name)};
+export declare const PROTOCOL_VERSION: string;
+export declare const MAJOR_VERSION: number;
+/** The minor version this side speaks (a hub may welcome it at a lower one). */
+export declare const MINOR_VERSION: number;
+
+/** Every error code of protocol ${protocol.name}. */
+export type KnownErrorCode =
+${known};
+
+/** The stable error codes, by name (\`ErrorCode.NO_MATCH\` is "no_match"). */
+export declare const ErrorCode: Readonly<Record<string, KnownErrorCode>>;
+/** Every known code, for membership tests. */
+export declare const ERROR_CODES: ReadonlySet<string>;
+
+/** The WebSocket close codes of the protocol, by name. */
+export declare const CloseCode: {
+${closeTypes}};
+`;
+  const limitLines = Object.entries(limits).map(([name, value]) => `export const ${constantName(name)} = ${value};\n`);
+  const limitTypes = Object.keys(limits).map((name) => `export declare const ${constantName(name)}: number;\n`);
+  const intro = `
+// The default limits of protocol ${protocol.name} (the hub announces those in force in \`welcome\`,
+// and those are the ones a client obeys), and the bounds no \`welcome\` changes.
+`;
+  return {
+    "src/protocol/generated/constants.js": constants,
+    "src/protocol/generated/constants.d.ts": constantTypes,
+    "src/protocol/generated/limits.js": `${HEADER}${intro}${limitLines.join("")}`,
+    "src/protocol/generated/limits.d.ts": `${HEADER}${intro}${limitTypes.join("")}`,
+  };
+}
+
+/**
+ * Every file under `dir`, as paths relative to it.
+ * @param {string} dir
+ * @returns {Promise<string[]>}
+ */
+async function filesUnder(dir) {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile()).map((e) => relative(dir, join(e.parentPath, e.name)));
+}
+
+/**
+ * A declaration file emitted from src/ made fit for types/generated/: the JSDoc's
+ * `../types/x.js` (written from src/, one level below js-client/) becomes `../x.js` (from
+ * types/generated/, one level below types/), and the internal members go.
+ * @param {string} dts
+ */
+function publicDeclarations(dts) {
+  return withoutInternalMembers(dts.replace(/(["'](?:\.\.\/)+)types\//g, "$1"));
+}
+
+/**
+ * `dts` without the class members whose names start with "_" (and their comments): the
+ * sources' convention for what is internal. tsc prints one member per item, indented by 4,
+ * its continuation lines further in or starting with a closing bracket.
+ * @param {string} dts
+ */
+function withoutInternalMembers(dts) {
+  const comment = (/** @type {string} */ line) => /^ {4}(\/\*\*| +\*)/.test(line);
+  /** @type {{lines: string[], member: string | null}[]} */
+  const items = [];
+  for (const line of dts.split("\n")) {
+    const last = items.at(-1);
+    if (!line.startsWith("    ")) {
+      items.push({ lines: [line], member: line }); // not in a class body
+    } else if (/^ {4}\/\*\*/.test(line) || last === undefined) {
+      items.push({ lines: [line], member: null }); // a member's comment begins
+    } else if (comment(line) || !/^ {4}[^ })\]|&]/.test(line)) {
+      last.lines.push(line); // a comment or member goes on
+    } else if (last.member === null) {
+      last.lines.push(line); // the member its comment was about
+      last.member = line;
+    } else {
+      items.push({ lines: [line], member: line });
+    }
+  }
+  const internal = /^ {4}(?:(?:static|readonly|get|set|async|private|protected) )*_\w*[<(:?;]/;
+  return items
+    .filter(({ member }) => member === null || !internal.test(member))
+    .flatMap(({ lines }) => lines)
+    .join("\n");
+}
+
+/**
+ * The declarations of src/ (tsc, from their JSDoc) as types/generated/ holds them, with
+ * the .d.ts files of src/protocol/generated/ they import.
+ * @returns {Promise<Record<string, string>>}
+ */
+async function declarationsCode() {
+  const out = await mkdtemp(join(tmpdir(), "kiln-declarations-"));
+  try {
+    const typescript = dirname(createRequire(import.meta.url).resolve("typescript/package.json"));
+    const tsc = join(typescript, "bin/tsc");
+    await promisify(execFile)(process.execPath, [tsc, "-p", join(PACKAGE, "tsconfig.types.json"), "--outDir", out]).catch(
+      (/** @type {any} */ e) => {
+        throw new Error(`tsc could not emit the declarations of src/:\n${e.stdout}${e.stderr}`);
+      },
+    );
+    const generated = join(PACKAGE, "src/protocol/generated");
+    const copied = (await readdir(generated)).filter((name) => name.endsWith(".d.ts"));
+    /** @type {Record<string, string>} */
+    const files = {};
+    for (const name of copied) {
+      files[`types/generated/protocol/generated/${name}`] = publicDeclarations(await readFile(join(generated, name), "utf8"));
+    }
+    for (const path of (await filesUnder(out)).sort()) {
+      files[`types/generated/${path}`] = publicDeclarations(await readFile(join(out, path), "utf8"));
+    }
+    return files;
+  } finally {
+    await rm(out, { recursive: true, force: true });
+  }
+}
+
 /** @param {string} [outDir] */
 async function main(outDir = PACKAGE) {
   const schema = JSON.parse(await readFile(SCHEMA, "utf8"));
@@ -205,7 +406,19 @@ async function main(outDir = PACKAGE) {
     "src/protocol/generated/validators.js": validatorsCode(schema, models),
     "src/protocol/generated/validators.d.ts": validatorTypes(models),
     "types/protocol.generated.d.ts": await typesCode(schema),
+    ...constantsCode(schema),
   };
+  await writeAll(outDir, files);
+  // tsc reads what was just written to src/protocol/generated/ (when outDir is the package),
+  // and the types/generated/ of the run before (types/protocol.d.ts re-exports from it): a
+  // declaration names the types it uses by where they are, so that does not change the output.
+  const declarations = await declarationsCode();
+  await rm(join(outDir, "types/generated"), { recursive: true, force: true });
+  await writeAll(outDir, declarations);
+}
+
+/** @param {string} outDir @param {Record<string, string>} files */
+async function writeAll(outDir, files) {
   for (const [path, text] of Object.entries(files)) {
     await mkdir(dirname(join(outDir, path)), { recursive: true });
     await writeFile(join(outDir, path), text);

@@ -22,10 +22,9 @@ import {
   UsageError,
 } from "./errors.js";
 import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
-import { ErrorCode } from "./protocol/codes.js";
-import { DEFAULT_STORAGE } from "./protocol/limits.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
+import { DEFAULT_STORAGE, OUTPUT_WINDOW } from "./protocol/generated/limits.js";
 import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
-import { OUTPUT_WINDOW } from "./protocol/session.js";
 
 export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
 
@@ -46,10 +45,14 @@ export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
  * @property {(info: import("../types/protocol.js").DownloadInfo, chunks: AsyncIterable<Uint8Array>, dest: any, path: string) => Promise<any>} save
  */
 
+/** In Node a local path; in a browser a Blob or File. @typedef {string | URL | Blob} LocalSource */
+/** In Node a local path; in a browser a WritableStream. @typedef {string | URL | WritableStream<Uint8Array>} LocalDestination */
+/** @typedef {{signal?: AbortSignal}} SignalOption */
+
 /**
- * A command's input: bytes, text (sent as UTF-8), a local file (`{file}`: what `sendFile`
- * takes), or chunks of bytes.
- * @typedef {Uint8Array | string | {file: any} | AsyncIterable<Uint8Array> | Iterable<Uint8Array>} Stdin
+ * A command's input (a hub ≥ 1.2): bytes, text (sent as UTF-8), a local file (`{file}`: what
+ * `sendFile` takes), or chunks of bytes.
+ * @typedef {Uint8Array | string | {file: LocalSource} | AsyncIterable<Uint8Array> | Iterable<Uint8Array>} Stdin
  */
 
 /**
@@ -57,19 +60,30 @@ export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
  * @typedef {object} RunOptions
  * @property {Record<string, string>} [env]
  * @property {string} [workdir]
- * @property {number} [timeoutMs]
+ * @property {number} [timeoutMs] kill the command after this long: the run then rejects with CommandTimeoutError
  * @property {AbortSignal} [signal]
- * @property {Stdin} [stdin]
- * @property {boolean} [check] (run only) an exit code other than 0 rejects with a CommandFailedError
+ * @property {Stdin} [stdin] the command's input, streamed within the provider's credit, then EOF (a hub ≥ 1.2;
+ *   UnsupportedVersionError from an older one); default: empty input
  */
 
 /**
- * What {@link Activity#stream} yields: output as it comes (`text` is `data` decoded as
- * UTF-8, a character split between two chunks decoded whole in the later one), then the
- * command's exit, last.
- * @typedef {Readonly<{kind: "stdout" | "stderr", data: Uint8Array, text: string}>
- *   | Readonly<{kind: "exit", result: Result}>} OutputEvent
+ * The options of {@link Activity#run}: `check` rejects with CommandFailedError (its `result`
+ * the Result) when the command exits with a code other than 0, instead of resolving to that
+ * Result (default false).
+ * @typedef {RunOptions & {check?: boolean}} RunCheckOptions
  */
+
+/**
+ * Output of a streamed command as it comes: `text` is `data` decoded as UTF-8 (a character
+ * split between chunks is decoded whole in the later one).
+ * @typedef {Readonly<{kind: "stdout" | "stderr", data: Uint8Array, text: string}>} OutputChunk
+ */
+/**
+ * The end of a streamed command, always the last event: its Result (stdout and stderr
+ * empty: they came as events).
+ * @typedef {Readonly<{kind: "exit", result: Result}>} ExitEvent
+ */
+/** What {@link Activity#stream} yields: output as it comes, then the command's exit, last. @typedef {OutputChunk | ExitEvent} OutputEvent */
 
 /** The tag of an output DATA frame: its first byte. */
 const OUTPUT_KINDS = /** @type {const} */ ([null, "stdout", "stderr"]);
@@ -197,7 +211,7 @@ export class Activity {
    * Write `data` to the file `path` in the container (parent folders are made).
    * @param {Uint8Array | string} data bytes, or a string written as UTF-8
    * @param {string} path
-   * @param {{mode?: number, signal?: AbortSignal}} [options]
+   * @param {SignalOption & {mode?: number}} [options]
    */
   async sendBytes(data, path, options = {}) {
     const bytes = typeof data === "string" ? new TextEncoder().encode(data) : data;
@@ -209,7 +223,7 @@ export class Activity {
    * Write `value` as JSON to `path` in the container.
    * @param {unknown} value
    * @param {string} path
-   * @param {{signal?: AbortSignal}} [options]
+   * @param {SignalOption} [options]
    */
   async sendJson(value, path, options = {}) {
     await this.sendBytes(JSON.stringify(value), path, options);
@@ -218,9 +232,9 @@ export class Activity {
   /**
    * Stream a local file to `path` in the container. In Node `local` is a file path
    * (read in chunks, never whole); in a browser it is a Blob or File.
-   * @param {any} local
+   * @param {LocalSource} local
    * @param {string} path
-   * @param {{mode?: number, signal?: AbortSignal}} [options]
+   * @param {SignalOption & {mode?: number}} [options]
    */
   async sendFile(local, path, options = {}) {
     const target = containerPath(path);
@@ -285,7 +299,7 @@ export class Activity {
    * that throws or yields something other than bytes kills the command, and the run
    * rejects with that error. Without `stdin` the command's input is empty.
    * @param {string[]} argv
-   * @param {RunOptions} [options]
+   * @param {RunCheckOptions} [options]
    * @returns {Promise<Result>}
    */
   async run(argv, options = {}) {
@@ -491,7 +505,7 @@ export class Activity {
   /**
    * The content of the file `path`; a DownloadTooLargeError if it is over `maxBytes` (default 256 MiB).
    * @param {string} path
-   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
+   * @param {SignalOption & {maxBytes?: number}} [options]
    * @returns {Promise<Uint8Array>}
    */
   async downloadBytes(path, options = {}) {
@@ -516,10 +530,11 @@ export class Activity {
   }
 
   /**
-   * The JSON value in the file `path`.
+   * The JSON value in the file `path`; a DownloadTooLargeError past `maxBytes` (default 64 MiB).
+   * @template [T=unknown]
    * @param {string} path
-   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
-   * @returns {Promise<any>}
+   * @param {SignalOption & {maxBytes?: number}} [options]
+   * @returns {Promise<T>}
    */
   async downloadJson(path, options = {}) {
     const data = await this.downloadBytes(path, { maxBytes: 64 * 1024 * 1024, ...options });
@@ -546,8 +561,9 @@ export class Activity {
    * provider cannot fill the local disk with more. Past it the download stops with a
    * DownloadTooLargeError; pass a larger `maxBytes` to take more (or a smaller one).
    * @param {string} path
-   * @param {any} dest
-   * @param {{maxBytes?: number, signal?: AbortSignal}} [options]
+   * @param {LocalDestination} dest
+   * @param {SignalOption & {maxBytes?: number}} [options]
+   * @returns {Promise<string | WritableStream<Uint8Array>>} Node: the absolute path written; a browser: `dest`
    */
   async downloadFile(path, dest, options = {}) {
     const stream = this._download(path, byteBound(options.maxBytes ?? this.storage), options.signal);

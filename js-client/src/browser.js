@@ -94,8 +94,8 @@ const platform = {
  * UnauthorizedError when it refuses the token.
  * @param {string} url e.g. "ws://127.0.0.1:7465"
  * `releaseOnSignal` (Node's) is ignored: a page has no signals.
- * @param {{token?: string, name?: string, timeoutMs?: number, ca?: unknown, reconnect?: boolean,
- *          releaseOnSignal?: boolean}} [options]
+ * @param {import("./requestor.js").ConnectOptions} [options]
+ * @returns {Promise<import("./requestor.js").Requestor>}
  */
 export async function connect(url, options = {}) {
   if (options.ca !== undefined) {

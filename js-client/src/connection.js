@@ -24,7 +24,7 @@ import {
   UnsupportedVersionError,
   UsageError,
 } from "./errors.js";
-import { ErrorCode } from "./protocol/codes.js";
+import { CloseCode, ErrorCode } from "./protocol/generated/constants.js";
 import { PROTOCOL_NAME, build } from "./protocol/messages.js";
 import { Session } from "./protocol/session.js";
 
@@ -339,7 +339,7 @@ export class Connection {
     } catch (e) {
       session.close();
       conn._dispatch();
-      socket.close(1000);
+      socket.close(CloseCode.NORMAL);
       throw e;
     } finally {
       clearTimeout(timer);
@@ -401,7 +401,7 @@ export class Connection {
       if (failed !== null) this._welcomed.reject(new ConnectionLostError(failed, { cause: error }));
     });
     socket.addEventListener("close", (event) => {
-      const detail = event.code === 1006 ? "without a close frame" : `with code ${event.code}`;
+      const detail = event.code === CloseCode.ABNORMAL ? "without a close frame" : `with code ${event.code}`;
       const reason = this._socketError ?? `the hub closed it ${detail}${event.reason ? ` (${event.reason})` : ""}`;
       this.session.connectionLost(reason);
       this._dispatch();
@@ -549,7 +549,7 @@ export class Connection {
   async close() {
     this.session.close();
     this._dispatch();
-    this.socket.close(1000);
+    this.socket.close(CloseCode.NORMAL);
     await settlesWithin(this.finished.promise, CLOSE_WAIT_MS);
   }
 

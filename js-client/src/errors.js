@@ -41,7 +41,7 @@
  * @module
  */
 
-import { ErrorCode } from "./protocol/codes.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
 import { ActivityError, KilnError, UsageError } from "./protocol/errors.js";
 
 // Every error of the protocol core, with the requestor's own below.

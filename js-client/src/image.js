@@ -20,7 +20,7 @@
  */
 
 import { ImageError, RemoteProtocolError } from "./errors.js";
-import { ErrorCode } from "./protocol/codes.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
 import { BLOCK, TarError, TarReader } from "./tar.js";
 
 /** The most layers an image may have (the protocol's MAX_LAYERS). */

@@ -27,6 +27,7 @@ import {
   errorFromCode,
 } from "./errors.js";
 import { Job } from "./executor.js";
+import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
@@ -109,6 +110,77 @@ function imageInfo(wire) {
  * How far a push's blobs have gone, or a rent's image has loaded on its provider: `done`
  * of `total` bytes (a rent's also names its `provider` and `image`).
  * @typedef {{done: number, total: number, provider?: string, image?: string}} Progress
+ */
+/** A provider loads a rent's image from the hub's store: `done` of `total` bytes so far. @typedef {Required<Progress>} RentProgress */
+
+/**
+ * The options of {@link connect}.
+ * @typedef {object} ConnectOptions
+ * @property {string} [token] the hub's token, if it wants one
+ * @property {string} [name] the name this requestor gives the hub (default "requestor")
+ * @property {number} [timeoutMs] how long the handshake may take (default 10 s)
+ * @property {string | URL | Uint8Array} [ca] Node only: the CA that signed a wss:// hub's certificate, trusted
+ *   instead of Node's own CAs: the path of its PEM file (a string, or a file: URL), its PEM text (a string holding
+ *   "-----BEGIN"), or the bytes of its PEM file. A browser verifies the hub with its own trust store and refuses it.
+ * @property {boolean} [reconnect] dial again when the connection drops (default true), for up to the `grace` the
+ *   hub announced (protocol 1.2), resuming the session so that the activities the hub kept go on working
+ * @property {boolean} [releaseOnSignal] Node only: on SIGINT or SIGTERM, close this requestor (releasing what it
+ *   holds) before the process exits with 130 or 143 (default true; `src/node/signals.js` says more)
+ */
+
+/**
+ * The options of {@link Requestor#rent}.
+ * @typedef {object} RentOptions
+ * @property {string} image
+ * @property {DemandOptions} [demand]
+ * @property {Iterable<string>} [exclude] providers (by name) to pass over
+ * @property {string} [group] a name of the caller's: the hub keeps the live activities of one group on distinct providers
+ * @property {"root"} [user] `"root"`: the activity's commands run as root (still without capabilities or network),
+ *   on a provider whose operator allows it (NoMatchError when none does; a hub ≥ 1.2). Default: the image's USER, or nobody.
+ * @property {AbortSignal} [signal]
+ * @property {(progress: RentProgress) => void} [onProgress] how far the provider has loaded an image of the hub's store
+ *   (a hub ≥ 1.1 tells)
+ */
+
+/**
+ * The options of {@link Requestor#pushImage}.
+ * @typedef {object} PushOptions
+ * @property {string[]} [tags] tags to give the image besides those in the archive (its `RepoTags`)
+ * @property {(progress: {done: number, total: number}) => void} [onProgress] how far the blobs the hub wants have
+ *   gone: `done` of `total` bytes
+ * @property {AbortSignal} [signal]
+ */
+
+/** In Node the path of a `docker save` archive; in a browser a Blob or File of one. @typedef {string | URL | Blob} ImageArchiveSource */
+
+/**
+ * Whom {@link Requestor#shareImage} shares an image with (at least one of `with` and `public`).
+ * @typedef {object} ShareOptions
+ * @property {string[]} [with] tenants: credential names (`kiln token ls`), `#<id>` for an id, `#open` for requestors
+ *   without a credential
+ * @property {boolean} [public] share it with every tenant of the hub
+ * @property {boolean} [revoke] take these shares back instead
+ */
+
+/**
+ * The images in the hub's store, most recently used first, and the bytes it holds (`used`) of its `limit`.
+ * @typedef {{images: ImageInfo[], used: number, limit: number}} ImageList
+ */
+
+/**
+ * The options of {@link Requestor#market}.
+ * @typedef {object} MarketOptions
+ * @property {string} [image] only providers that hold this image
+ * @property {Record<string, string>} [labels] only providers carrying all these labels
+ * @property {ResourcesOptions} [free] only providers with at least this much capacity free
+ * @property {number} [limit] at most this many providers (1 to 1000); default 100
+ */
+
+/**
+ * The options of {@link Requestor#listActivities}.
+ * @typedef {object} ActivitiesOptions
+ * @property {boolean} [all] every activity at the hub, not only this requestor's (an admin credential's only)
+ * @property {number} [limit] at most this many activities (1 to 1000, by id); default 1000
  */
 
 /**
@@ -314,8 +386,7 @@ export class Requestor {
    * privileges to gain or network), on a provider whose operator allows it (`kiln provider
    * --allow-root`): NoMatchError when none does, UnsupportedVersionError from a hub below
    * protocol 1.2. Without it, commands run as the image's USER, or nobody.
-   * @param {{image: string, demand?: DemandOptions, exclude?: Iterable<string>, group?: string,
-   *          user?: "root", signal?: AbortSignal, onProgress?: (progress: Required<Progress>) => void}} options
+   * @param {RentOptions} options
    * @returns {Promise<Activity>}
    */
   async rent(options) {
@@ -370,7 +441,7 @@ export class Requestor {
    * The providers the hub knows (their offer, what is free now, the images they hold), by
    * name: only those holding `image`, carrying `labels` and with at least `free` capacity
    * left; at most `limit` (1 to 1000, default 100) of them.
-   * @param {{image?: string, labels?: Record<string, string>, free?: ResourcesOptions, limit?: number}} [options]
+   * @param {MarketOptions} [options]
    * @returns {Promise<import("../types/protocol.js").ProviderInfo[]>}
    */
   async market(options = {}) {
@@ -390,11 +461,11 @@ export class Requestor {
    * credential (`kiln token create --role admin`), else UnauthorizedError. Listing
    * another's activity lets no one touch it. At most `limit` (1 to 1000, default 1000) of
    * them; UnsupportedVersionError from a hub below protocol 1.3.
-   * @param {{all?: boolean, limit?: number}} [options]
+   * @param {ActivitiesOptions} [options]
    * @returns {Promise<ActivityInfo[]>}
    */
   async listActivities(options = {}) {
-    const { all = false, limit = 1000 } = options;
+    const { all = false, limit = MAX_LISTED } = options;
     const conn = await this._connected();
     const list = /** @type {import("../types/protocol.js").ActivityList} */ (
       await conn.request({ type: "activities", id: conn.newId(), all, limit })
@@ -414,8 +485,8 @@ export class Requestor {
    * resumes); StoreFullError when the hub's store has no room; UsageError for a bad tag;
    * UnsupportedVersionError when the hub speaks protocol 1.0 (it has no store);
    * CancelledError when `signal` fires.
-   * @param {any} local
-   * @param {{tags?: string[], onProgress?: (progress: Progress) => void, signal?: AbortSignal}} [options]
+   * @param {ImageArchiveSource} local
+   * @param {PushOptions} [options]
    * @returns {Promise<PushedImage>}
    */
   async pushImage(local, options = {}) {
@@ -484,7 +555,7 @@ export class Requestor {
    * The images in the hub's store this requestor may see (its own, and those shared with
    * it), most recently used first, with the bytes they hold and the store's limit.
    * UnsupportedVersionError from a hub of protocol 1.0.
-   * @returns {Promise<{images: ImageInfo[], used: number, limit: number}>}
+   * @returns {Promise<ImageList>}
    */
   async listImages() {
     const conn = await this._connected();
@@ -516,7 +587,7 @@ export class Requestor {
    * no live requestor credential has, or when neither `with` nor `public` is given;
    * UnsupportedVersionError from a hub older than protocol 1.4.
    * @param {string} ref
-   * @param {{with?: string[], public?: boolean, revoke?: boolean}} options
+   * @param {ShareOptions} options
    */
   async shareImage(ref, options) {
     if (typeof ref !== "string") throw new UsageError("shareImage takes a tag or a digest");
@@ -612,7 +683,7 @@ export class Requestor {
  * (see {@link Requestor}).
  * @param {Platform} platform
  * @param {string} url
- * @param {{token?: string, name?: string, timeoutMs?: number, reconnect?: boolean}} [options]
+ * @param {ConnectOptions} [options]
  * @returns {Promise<Requestor>}
  */
 export async function connectWith(platform, url, options = {}) {

@@ -1,6 +1,6 @@
 /**
  * Sizes as people write them ("256MiB", "2GiB", "1.5G", 1024) turned into bytes
- * (`python/kiln/units.py`).
+ * (`python/kiln/protocol/sizes.py`).
  * @module
  */
 

@@ -277,13 +277,14 @@ test("listImages and removeImage", { timeout: 10_000 }, async () => {
   const list = await listing;
   assert.equal(list.images[0].digest, CONFIG_DIGEST);
   assert.deepEqual([list.used, list.limit], [10, 100]);
-  // The wire's snake_case named as the rest of the JS API, every field index.d.ts declares.
+  // The wire's snake_case named as the rest of the JS API, every field the declarations name.
   assert.deepEqual(list.images[0], {
     digest: CONFIG_DIGEST, tags: ["app:1"], size: info([]).size, layers: 3, arch: "amd64", os: "linux", pushed: 1,
     lastUsed: null, inUse: 0, providers: [], owners: [], shared: null, public: false,
   });
-  const declared = /export interface ImageInfo \{([^}]*)\}/.exec(readFileSync(new URL("../types/index.d.ts", import.meta.url), "utf8"))[1];
-  assert.deepEqual(Object.keys(list.images[0]).sort(), [...declared.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]).sort());
+  const dts = readFileSync(new URL("../types/generated/requestor.d.ts", import.meta.url), "utf8");
+  const declared = /export type ImageInfo = \{([^}]*)\}/.exec(dts)[1];
+  assert.deepEqual(Object.keys(list.images[0]).sort(), [...declared.matchAll(/^ +(\w+)\??:/gm)].map((m) => m[1]).sort());
   const removing = r.removeImage("app:1");
   await tick();
   const [remove] = socket.take();

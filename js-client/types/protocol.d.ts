@@ -1,38 +1,30 @@
-// Protocol kiln.v1: the message types are generated from protocol/v1/schema.json
-// (protocol.generated.d.ts, `make schema`); what the schema does not say is written here.
+// Protocol kiln.v1: the message types, the codes and the limits are generated from
+// protocol/v1/schema.json (protocol.generated.d.ts, src/protocol/generated/, `make schema`);
+// what the schema does not say is written here.
 
 export * from "./protocol.generated.js";
 import type { Message } from "./protocol.generated.js";
+import type { KnownErrorCode } from "../src/protocol/generated/constants.js";
+import * as generatedLimits from "../src/protocol/generated/limits.js";
 
 export type MessageType = Message["type"];
 
-/** Every error code of python/kiln/protocol/codes.py. */
-export type KnownErrorCode =
-  | "bad_json" | "bad_message" | "unknown_type" | "message_too_large" | "bad_frame" | "unsupported_version"
-  | "unauthorized" | "name_taken" | "out_of_order" | "duplicate_id" | "too_many" | "flow_control" | "bad_path"
-  | "unknown_activity" | "unknown_stream" | "no_match" | "image_not_found" | "bad_image" | "image_corrupt"
-  | "store_full" | "image_too_large" | "provider_lost" | "file_not_found"
-  | "not_a_file" | "transfer_failed" | "container_failed" | "cancelled" | "timeout" | "connection_closed"
-  | "command_failed" | "download_too_large" | "task_failed" | "internal";
-
-export declare const ErrorCode: Readonly<Record<string, KnownErrorCode>>;
-export declare const ERROR_CODES: ReadonlySet<string>;
-
-export declare const PROTOCOL_NAME: "kiln.v1";
-export declare const PROTOCOL_VERSION: string;
-export declare const MAJOR_VERSION: number;
-/** The minor version this side speaks (a hub may welcome it at a lower one). */
-export declare const MINOR_VERSION: number;
-export declare const MAX_ID: number;
-/** The most providers one `rent` may pass over. */
-export declare const MAX_EXCLUDE: number;
-export declare const MAX_PATH_LENGTH: number;
+export type { KnownErrorCode } from "../src/protocol/generated/constants.js";
+export {
+  ErrorCode,
+  ERROR_CODES,
+  CloseCode,
+  PROTOCOL_NAME,
+  PROTOCOL_VERSION,
+  MAJOR_VERSION,
+  MINOR_VERSION,
+} from "../src/protocol/generated/constants.js";
+/** MAX_EXCLUDE: the most providers one `rent` may pass over; MAX_TEXT: the longest free text a message carries. */
+export { MAX_ID, MAX_EXCLUDE, MAX_PATH_LENGTH, MAX_TEXT, HEADER_SIZE, MAX_REASON_BYTES } from "../src/protocol/generated/limits.js";
 export declare const MESSAGE_TYPES: ReadonlySet<MessageType>;
 export declare const FINAL_REPLIES: ReadonlySet<MessageType>;
 /** The types that answer a request before its final reply: `download_info`, `want`, `rent_progress`. */
 export declare const INTERIM_REPLIES: ReadonlySet<MessageType>;
-
-export declare const MAX_TEXT: number;
 
 // --- the error tree (src/protocol/errors.js; drawn in src/errors.js) ---------------------
 
@@ -105,8 +97,6 @@ export declare function clip(text: string, limit?: number): string;
 export declare function containerPathProblem(path: string): string | null;
 
 export declare const FrameKind: Readonly<{ DATA: 0; END: 1; ABORT: 2 }>;
-export declare const HEADER_SIZE: 8;
-export declare const MAX_REASON_BYTES: 1024;
 export interface Frame {
   kind: 0 | 1 | 2;
   stream: number;
@@ -117,16 +107,8 @@ export declare function encodeFrame(kind: number, stream: number, payload?: Uint
 export declare function decodeFrame(data: Uint8Array, maxPayload: number): Frame;
 export declare function abortFrame(stream: number, reason: string): Uint8Array;
 
-export declare const limits: {
-  readonly CHUNK_BYTES: number;
-  readonly MAX_MESSAGE_BYTES: number;
-  readonly MAX_FRAME_BYTES: number;
-  readonly WINDOW_CHUNKS: number;
-  readonly MAX_WINDOW: number;
-  readonly MAX_PENDING: number;
-  readonly MAX_STREAMS: number;
-  readonly MAX_OUTPUT_BYTES: number;
-};
+/** The default limits of the protocol and its fixed bounds (the hub announces the limits in force in `welcome`). */
+export declare const limits: typeof generatedLimits;
 
 // --- the session core (src/protocol/session.js) -------------------------------------------
 

@@ -100,8 +100,8 @@ async function trusted(url, ca) {
  * what it holds, before the process exits with 130 or 143 (`./signals.js` says how this
  * goes with a program's own listeners); `releaseOnSignal: false` leaves signals alone.
  * @param {string} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465"
- * @param {{token?: string, name?: string, timeoutMs?: number, ca?: string | URL | Uint8Array, reconnect?: boolean,
- *          releaseOnSignal?: boolean}} [options]
+ * @param {import("../requestor.js").ConnectOptions} [options]
+ * @returns {Promise<import("../requestor.js").Requestor>}
  */
 export async function connect(url, options = {}) {
   checkHubUrl(url); // before the ca option is judged against it

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { ERROR_CODES, ErrorCode } from "./codes.js";
+import { ERROR_CODES, ErrorCode } from "./generated/constants.js";
 
 /**
  * @typedef {object} KilnErrorOptions

@@ -13,13 +13,12 @@
  * @module
  */
 
-import { ErrorCode } from "./codes.js";
 import { RemoteProtocolError } from "./errors.js";
+import { ErrorCode } from "./generated/constants.js";
+import { HEADER_SIZE, MAX_REASON_BYTES, MAX_STREAM_ID } from "./generated/limits.js";
 
-export const HEADER_SIZE = 8;
-export const MAX_REASON_BYTES = 1024;
-/** A stream's id is its request's id. */
-export const MAX_STREAM_ID = 2 ** 31 - 1;
+/** MAX_STREAM_ID: a stream's id is its request's id. */
+export { HEADER_SIZE, MAX_REASON_BYTES, MAX_STREAM_ID };
 
 /** @enum {number} */
 export const FrameKind = Object.freeze({ DATA: 0, END: 1, ABORT: 2 });

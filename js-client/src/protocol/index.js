@@ -4,10 +4,10 @@
  * @module
  */
 
-export { ErrorCode, ERROR_CODES } from "./codes.js";
+export { ErrorCode, ERROR_CODES, CloseCode } from "./generated/constants.js";
 export * from "./errors.js";
 export { FrameKind, HEADER_SIZE, MAX_REASON_BYTES, encodeFrame, decodeFrame, abortFrame } from "./frames.js";
-export * as limits from "./limits.js";
+export * as limits from "./generated/limits.js";
 export {
   PROTOCOL_NAME,
   PROTOCOL_VERSION,

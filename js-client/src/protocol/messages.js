@@ -15,7 +15,8 @@
  * @module
  */
 
-import { ErrorCode } from "./codes.js";
+import { ErrorCode } from "./generated/constants.js";
+import { MAX_EXCLUDE, MAX_ID, MAX_TEXT } from "./generated/limits.js";
 import { VALIDATORS } from "./generated/validators.js";
 import { LocalProtocolError, RemoteProtocolError } from "./errors.js";
 import { FORMAT, pathProblem } from "./paths.js";
@@ -26,19 +27,14 @@ export { MAX_PATH_LENGTH, pathProblem as containerPathProblem } from "./paths.js
 /** @typedef {import("../../types/protocol.js").MessageType} MessageType */
 /** @typedef {import("./generated/validators.js").ValidationProblem} ValidationProblem */
 
-export const PROTOCOL_NAME = "kiln.v1";
-export const PROTOCOL_VERSION = "1.4";
-export const MAJOR_VERSION = 1;
-export const MINOR_VERSION = 4;
-
-export const MAX_ID = 2 ** 31 - 1;
-/** The most providers one `rent` may pass over. */
-export const MAX_EXCLUDE = 1024;
+// The protocol's version and bounds, generated from the schema: MAX_EXCLUDE is the most
+// providers one `rent` may pass over, MAX_TEXT the longest free text (an error's message, a
+// loss's reason) a message carries.
+export { PROTOCOL_NAME, PROTOCOL_VERSION, MAJOR_VERSION, MINOR_VERSION } from "./generated/constants.js";
+export { MAX_ID, MAX_EXCLUDE, MAX_TEXT };
 
 /** Most problems one violation's message lists (as the Python side). */
 const MAX_PROBLEMS = 5;
-/** The longest free text (an error's message, a loss's reason) a message carries. */
-export const MAX_TEXT = 4096;
 
 /** Every message `type`. */
 export const MESSAGE_TYPES = Object.freeze(new Set(/** @type {MessageType[]} */ (Object.keys(VALIDATORS))));

@@ -8,9 +8,11 @@
  * @module
  */
 
+import { MAX_PATH_LENGTH } from "./generated/limits.js";
+
 /** The JSON Schema `format` of a container path. */
 export const FORMAT = "container-path";
-export const MAX_PATH_LENGTH = 4096;
+export { MAX_PATH_LENGTH };
 
 /**
  * Why `path` is not a container path, or null when it is one.

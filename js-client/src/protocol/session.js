@@ -41,7 +41,8 @@
  * @module
  */
 
-import { ErrorCode } from "./codes.js";
+import { ErrorCode } from "./generated/constants.js";
+import { OUTPUT_WINDOW } from "./generated/limits.js";
 import {
   ConnectionClosedError,
   ConnectionLostError,
@@ -91,9 +92,6 @@ const SENDS = Object.freeze({
  * @type {Readonly<Record<string, number>>}
  */
 const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4 });
-
-/** The first credit of an exec's output stream when the exec names none (chunks; at most `max_window`). */
-export const OUTPUT_WINDOW = 16;
 
 /**
  * For each kind of request, its interim reply, and whether that comes only once, before any data.

@@ -92,7 +92,16 @@ from kiln.hub.records import (
     SessionRecord,
 )
 from kiln.protocol import frames, limits
-from kiln.protocol.codes import ErrorCode
+from kiln.protocol.codes import (
+    CLOSE_HANDSHAKE,
+    CLOSE_NAME_TAKEN,
+    CLOSE_RESUMED,
+    CLOSE_TOO_MANY,
+    CLOSE_UNAUTHORIZED,
+    CLOSE_UNRESPONSIVE,
+    CLOSE_UNSUPPORTED_VERSION,
+    ErrorCode,
+)
 from kiln.protocol.errors import NoMatch, RemoteProtocolError, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import (
@@ -140,18 +149,6 @@ from kiln.protocol.messages import (
     serialize,
 )
 
-# WebSocket close codes the hub uses (4000-4999 are the application's own).
-CLOSE_UNSUPPORTED_VERSION = 4001
-CLOSE_UNAUTHORIZED = 4002
-CLOSE_HANDSHAKE = 4003
-CLOSE_NAME_TAKEN = 4004
-CLOSE_SLOW = 4005
-CLOSE_UNRESPONSIVE = 4006
-CLOSE_RESUMED = 4007
-CLOSE_TOO_MANY = 4008
-"""Too many connections: from the peer's address, or with its credential (``too_many``)."""
-CLOSE_FAILED_HELLOS = 4009
-"""Too many failed hellos from the peer's address: its hello is not read (``too_many``)."""
 GRACE: Final = 60.0
 """Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
 CREATE_TIMEOUT: Final = 120.0

@@ -37,10 +37,6 @@ from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
 from kiln.hub.core import (
-    CLOSE_FAILED_HELLOS,
-    CLOSE_HANDSHAKE,
-    CLOSE_SLOW,
-    CLOSE_TOO_MANY,
     CREATE_TIMEOUT,
     CREDIT_TIMEOUT,
     DESTROY_TIMEOUT,
@@ -54,7 +50,7 @@ from kiln.hub.records import Change
 from kiln.hub.state import USAGE_RETENTION, HubState
 from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
-from kiln.protocol.codes import ErrorCode
+from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, CloseCode, ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import MAX_HELLO_BYTES, PROTOCOL_NAME
 
@@ -278,7 +274,8 @@ class HubServer:
             # One that closed with 1001 (going away: a provider stopped) left on purpose too.
             said = ws.protocol.close_rcvd
             code = None if said is None else said.code
-            self._apply(self.core.disconnect(peer, reason, ended=code == 1000, leaving=code in (1000, 1001)))
+            ended = code == CloseCode.NORMAL
+            self._apply(self.core.disconnect(peer, reason, ended=ended, leaving=ended or code == CloseCode.GOING_AWAY))
 
     def _gatekeep(self, peer: int, ws: ServerConnection) -> bool:
         """Turn ``peer`` away before its hello if its address holds too much or failed too often (True)."""

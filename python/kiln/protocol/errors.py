@@ -186,10 +186,15 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
 }
 
 
+def error_class(code: ErrorCode) -> type[KilnError]:
+    """The class :func:`error_from_code` makes of an ``error`` message with ``code``."""
+    return _BY_CODE.get(code, RemoteError)
+
+
 def error_from_code(code: str, message: str, provider: str | None = None) -> KilnError:
     """The exception for an ``error`` message received with ``code`` (unknown codes: RemoteError)."""
     try:
         known = ErrorCode(code)
     except ValueError:
         return RemoteError(f"{message} [{code}]", ErrorCode.INTERNAL, provider=provider)
-    return _BY_CODE.get(known, RemoteError)(message, known, provider=provider)
+    return error_class(known)(message, known, provider=provider)

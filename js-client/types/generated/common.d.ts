@@ -1,0 +1,11 @@
+/**
+ * What both entry points (Node and browser) export besides `connect`.
+ * @module
+ */
+export { Activity, Result, containerPath } from "./activity.js";
+export { Job, JobSummary } from "./executor.js";
+export { Requestor, demandMessage } from "./requestor.js";
+export { parseSize } from "./units.js";
+export { ErrorCode, ERROR_CODES } from "./protocol/generated/constants.js";
+export { PROTOCOL_NAME, PROTOCOL_VERSION } from "./protocol/messages.js";
+export * from "./errors.js";

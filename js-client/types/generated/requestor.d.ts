@@ -1,0 +1,500 @@
+/**
+ * The requestor: connect to a hub, rent activities from the market, release them
+ * (`python/kiln/requestor/client.py`).
+ *
+ *     const requestor = await connect("ws://127.0.0.1:7465", { token });
+ *     await requestor.pushImage("app.tar", { tags: ["app:1"] });   // `docker save app:1 > app.tar` (hub ≥ 1.1)
+ *     const act = await requestor.rent({ image: "app:1", demand: { cpus: 1, memory: "256MiB" } });
+ *     ...
+ *     await requestor.close();   // releases every activity still held
+ *
+ * If the connection drops, the requestor dials again (protocol 1.2) for as long as the hub
+ * holds its activities (the `grace` its welcome announced, `kiln hub --grace`): requests
+ * under way fail with ConnectionLostError, the activities the hub kept go on working, and
+ * those it did not are marked `lost`. When no reconnect succeeds in time, every activity
+ * is lost and every further call rejects with ConnectionLostError.
+ * @module
+ */
+import { Activity } from "./activity.js";
+import { Connection } from "./connection.js";
+import { Deferred } from "./deferred.js";
+import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
+import { Job } from "./executor.js";
+export type Dial = (resume: string, timeoutMs: number) => Promise<Connection>;
+export type Platform = {
+    openSocket: import("./connection.js").OpenSocket;
+    files: import("./activity.js").Files;
+    /**
+     * opens a `docker save`
+     * archive (Node: a path; a browser: a Blob or File); close it with `archive.file.close()`
+     */
+    images: {
+        open: (local: any) => Promise<import("./image.js").ImageArchive>;
+    };
+};
+export type ActivityInfo = import("../protocol.js").ActivityInfo;
+export type ImageInfo = {
+    /**
+     * Docker's image id (`sha256:…`)
+     */
+    digest: string;
+    tags: string[];
+    /**
+     * bytes of its config and layers
+     */
+    size: number;
+    layers: number;
+    arch: string;
+    os: string;
+    /**
+     * when it was pushed (the hub's clock, Unix seconds)
+     */
+    pushed: number;
+    /**
+     * when an activity last ran it (null: never)
+     */
+    lastUsed: number | null;
+    /**
+     * how many activities run it now
+     */
+    inUse: number;
+    /**
+     * the providers that hold it (at most 1,000)
+     */
+    providers: string[];
+    /**
+     * the tenants that pushed it, as far as this requestor may know (a hub ≥ 1.4; else [])
+     */
+    owners: string[];
+    /**
+     * whom the holder shares it with (to its owner or an admin; else null)
+     */
+    shared: string[] | null;
+    /**
+     * whether it is shared with every tenant
+     */
+    public: boolean;
+};
+export type PushedImage = {
+    digest: string;
+    tags: string[];
+    /**
+     * bytes of its config and layers
+     */
+    size: number;
+    sentBytes: number;
+    skippedBytes: number;
+    /**
+     * as the hub's store holds it
+     */
+    image: ImageInfo;
+};
+export type Progress = {
+    done: number;
+    total: number;
+    provider?: string;
+    image?: string;
+};
+export type RentProgress = Required<Progress>;
+export type ConnectOptions = {
+    /**
+     * the hub's token, if it wants one
+     */
+    token?: string;
+    /**
+     * the name this requestor gives the hub (default "requestor")
+     */
+    name?: string;
+    /**
+     * how long the handshake may take (default 10 s)
+     */
+    timeoutMs?: number;
+    /**
+     * Node only: the CA that signed a wss:// hub's certificate, trusted
+     * instead of Node's own CAs: the path of its PEM file (a string, or a file: URL), its PEM text (a string holding
+     * "-----BEGIN"), or the bytes of its PEM file. A browser verifies the hub with its own trust store and refuses it.
+     */
+    ca?: string | URL | Uint8Array;
+    /**
+     * dial again when the connection drops (default true), for up to the `grace` the
+     * hub announced (protocol 1.2), resuming the session so that the activities the hub kept go on working
+     */
+    reconnect?: boolean;
+    /**
+     * Node only: on SIGINT or SIGTERM, close this requestor (releasing what it
+     * holds) before the process exits with 130 or 143 (default true; `src/node/signals.js` says more)
+     */
+    releaseOnSignal?: boolean;
+};
+export type RentOptions = {
+    image: string;
+    demand?: DemandOptions;
+    /**
+     * providers (by name) to pass over
+     */
+    exclude?: Iterable<string>;
+    /**
+     * a name of the caller's: the hub keeps the live activities of one group on distinct providers
+     */
+    group?: string;
+    /**
+     * `"root"`: the activity's commands run as root (still without capabilities or network),
+     * on a provider whose operator allows it (NoMatchError when none does; a hub ≥ 1.2). Default: the image's USER, or nobody.
+     */
+    user?: "root";
+    signal?: AbortSignal;
+    /**
+     * how far the provider has loaded an image of the hub's store
+     * (a hub ≥ 1.1 tells)
+     */
+    onProgress?: (progress: RentProgress) => void;
+};
+export type PushOptions = {
+    /**
+     * tags to give the image besides those in the archive (its `RepoTags`)
+     */
+    tags?: string[];
+    /**
+     * how far the blobs the hub wants have
+     * gone: `done` of `total` bytes
+     */
+    onProgress?: (progress: {
+        done: number;
+        total: number;
+    }) => void;
+    signal?: AbortSignal;
+};
+export type ImageArchiveSource = string | URL | Blob;
+export type ShareOptions = {
+    /**
+     * tenants: credential names (`kiln token ls`), `#<id>` for an id, `#open` for requestors
+     * without a credential
+     */
+    with?: string[];
+    /**
+     * share it with every tenant of the hub
+     */
+    public?: boolean;
+    /**
+     * take these shares back instead
+     */
+    revoke?: boolean;
+};
+export type ImageList = {
+    images: ImageInfo[];
+    used: number;
+    limit: number;
+};
+export type MarketOptions = {
+    /**
+     * only providers that hold this image
+     */
+    image?: string;
+    /**
+     * only providers carrying all these labels
+     */
+    labels?: Record<string, string>;
+    /**
+     * only providers with at least this much capacity free
+     */
+    free?: ResourcesOptions;
+    /**
+     * at most this many providers (1 to 1000); default 100
+     */
+    limit?: number;
+};
+export type ActivitiesOptions = {
+    /**
+     * every activity at the hub, not only this requestor's (an admin credential's only)
+     */
+    all?: boolean;
+    /**
+     * at most this many activities (1 to 1000, by id); default 1000
+     */
+    limit?: number;
+};
+export type DemandOptions = {
+    /**
+     * at least this many CPUs (fractions allowed), default 1
+     */
+    cpus?: number;
+    /**
+     * bytes or e.g. "256MiB", default 256MiB
+     */
+    memory?: number | string;
+    /**
+     * bytes or e.g. "1GiB", default 0
+     */
+    storage?: number | string;
+    /**
+     * labels the provider must carry exactly
+     */
+    labels?: Record<string, string>;
+};
+/**
+ * What a push did: the image stored (`digest` is Docker's image id), and the bytes sent
+ * and the bytes the hub held already.
+ * @typedef {object} PushedImage
+ * @property {string} digest
+ * @property {string[]} tags
+ * @property {number} size bytes of its config and layers
+ * @property {number} sentBytes
+ * @property {number} skippedBytes
+ * @property {ImageInfo} image as the hub's store holds it
+ */
+/**
+ * How far a push's blobs have gone, or a rent's image has loaded on its provider: `done`
+ * of `total` bytes (a rent's also names its `provider` and `image`).
+ * @typedef {{done: number, total: number, provider?: string, image?: string}} Progress
+ */
+/** A provider loads a rent's image from the hub's store: `done` of `total` bytes so far. @typedef {Required<Progress>} RentProgress */
+/**
+ * The options of {@link connect}.
+ * @typedef {object} ConnectOptions
+ * @property {string} [token] the hub's token, if it wants one
+ * @property {string} [name] the name this requestor gives the hub (default "requestor")
+ * @property {number} [timeoutMs] how long the handshake may take (default 10 s)
+ * @property {string | URL | Uint8Array} [ca] Node only: the CA that signed a wss:// hub's certificate, trusted
+ *   instead of Node's own CAs: the path of its PEM file (a string, or a file: URL), its PEM text (a string holding
+ *   "-----BEGIN"), or the bytes of its PEM file. A browser verifies the hub with its own trust store and refuses it.
+ * @property {boolean} [reconnect] dial again when the connection drops (default true), for up to the `grace` the
+ *   hub announced (protocol 1.2), resuming the session so that the activities the hub kept go on working
+ * @property {boolean} [releaseOnSignal] Node only: on SIGINT or SIGTERM, close this requestor (releasing what it
+ *   holds) before the process exits with 130 or 143 (default true; `src/node/signals.js` says more)
+ */
+/**
+ * The options of {@link Requestor#rent}.
+ * @typedef {object} RentOptions
+ * @property {string} image
+ * @property {DemandOptions} [demand]
+ * @property {Iterable<string>} [exclude] providers (by name) to pass over
+ * @property {string} [group] a name of the caller's: the hub keeps the live activities of one group on distinct providers
+ * @property {"root"} [user] `"root"`: the activity's commands run as root (still without capabilities or network),
+ *   on a provider whose operator allows it (NoMatchError when none does; a hub ≥ 1.2). Default: the image's USER, or nobody.
+ * @property {AbortSignal} [signal]
+ * @property {(progress: RentProgress) => void} [onProgress] how far the provider has loaded an image of the hub's store
+ *   (a hub ≥ 1.1 tells)
+ */
+/**
+ * The options of {@link Requestor#pushImage}.
+ * @typedef {object} PushOptions
+ * @property {string[]} [tags] tags to give the image besides those in the archive (its `RepoTags`)
+ * @property {(progress: {done: number, total: number}) => void} [onProgress] how far the blobs the hub wants have
+ *   gone: `done` of `total` bytes
+ * @property {AbortSignal} [signal]
+ */
+/** In Node the path of a `docker save` archive; in a browser a Blob or File of one. @typedef {string | URL | Blob} ImageArchiveSource */
+/**
+ * Whom {@link Requestor#shareImage} shares an image with (at least one of `with` and `public`).
+ * @typedef {object} ShareOptions
+ * @property {string[]} [with] tenants: credential names (`kiln token ls`), `#<id>` for an id, `#open` for requestors
+ *   without a credential
+ * @property {boolean} [public] share it with every tenant of the hub
+ * @property {boolean} [revoke] take these shares back instead
+ */
+/**
+ * The images in the hub's store, most recently used first, and the bytes it holds (`used`) of its `limit`.
+ * @typedef {{images: ImageInfo[], used: number, limit: number}} ImageList
+ */
+/**
+ * The options of {@link Requestor#market}.
+ * @typedef {object} MarketOptions
+ * @property {string} [image] only providers that hold this image
+ * @property {Record<string, string>} [labels] only providers carrying all these labels
+ * @property {ResourcesOptions} [free] only providers with at least this much capacity free
+ * @property {number} [limit] at most this many providers (1 to 1000); default 100
+ */
+/**
+ * The options of {@link Requestor#listActivities}.
+ * @typedef {object} ActivitiesOptions
+ * @property {boolean} [all] every activity at the hub, not only this requestor's (an admin credential's only)
+ * @property {number} [limit] at most this many activities (1 to 1000, by id); default 1000
+ */
+/**
+ * @typedef {object} DemandOptions
+ * @property {number} [cpus] at least this many CPUs (fractions allowed), default 1
+ * @property {number | string} [memory] bytes or e.g. "256MiB", default 256MiB
+ * @property {number | string} [storage] bytes or e.g. "1GiB", default 0
+ * @property {Record<string, string>} [labels] labels the provider must carry exactly
+ */
+/**
+ * The wire form of a demand; a UsageError for a bad value.
+ * @param {DemandOptions} [demand]
+ */
+export declare function demandMessage(demand?: DemandOptions): {
+    cpus: number;
+    memory: number;
+    storage: number;
+    labels: {
+        [x: string]: string;
+    };
+};
+export type ResourcesOptions = {
+    /**
+     * CPUs (fractions allowed), default 0
+     */
+    cpus?: number;
+    /**
+     * bytes or e.g. "256MiB", default 0
+     */
+    memory?: number | string;
+    /**
+     * bytes or e.g. "1GiB", default 0
+     */
+    storage?: number | string;
+};
+/**
+ * A live connection to the hub as a requestor. Get one from `connect()`.
+ *
+ * With `dial`, a connection that drops is dialled again (see the module's comment).
+ */
+export declare class Requestor {
+    /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
+    gone: ConnectionClosedError | null;
+    /** @param {Connection} connection @param {Platform} platform @param {Dial | null} [dial] */
+    constructor(connection: Connection, platform: Platform, dial?: Dial | null);
+    /** The connection of the moment (a reconnect replaces it). */
+    get connection(): Connection;
+    /** Whether the connection dropped and is being dialled again. */
+    get reconnecting(): boolean;
+    /** Wait out a reconnect: true when the connection is back, false when it is gone for good. */
+    reconnected(): Promise<boolean>;
+    /** The activities this requestor holds now. */
+    get activities(): Activity[];
+    /**
+     * Rent a container of `image` on a provider meeting `demand`; release it with
+     * `act.release()` (or `requestor.close()`).
+     *
+     * Rejects with NoMatchError naming the constraint no provider meets,
+     * ImageNotFoundError when the chosen provider lacks the image (its `provider` names
+     * it), CancelledError when `signal` fires first (the hub destroys the container if it
+     * comes up after all). Providers named in `exclude` are passed over; the hub keeps the
+     * live activities of one `group` (a name of the caller's) on distinct providers.
+     *
+     * `image` may name an image pushed to the hub's store (by tag or digest): a provider
+     * that lacks it loads it from the hub first, and `onProgress({provider, image, done,
+     * total})` hears how far (a hub ≥ 1.1 tells; the activity's `pulled` says how many
+     * bytes it took, `cached` whether none were needed).
+     *
+     * `user: "root"` runs the activity's commands as root (still without capabilities,
+     * privileges to gain or network), on a provider whose operator allows it (`kiln provider
+     * --allow-root`): NoMatchError when none does, UnsupportedVersionError from a hub below
+     * protocol 1.2. Without it, commands run as the image's USER, or nobody.
+     * @param {RentOptions} options
+     * @returns {Promise<Activity>}
+     */
+    rent(options: RentOptions): Promise<Activity>;
+    /**
+     * The providers the hub knows (their offer, what is free now, the images they hold), by
+     * name: only those holding `image`, carrying `labels` and with at least `free` capacity
+     * left; at most `limit` (1 to 1000, default 100) of them.
+     * @param {MarketOptions} [options]
+     * @returns {Promise<import("../protocol.js").ProviderInfo[]>}
+     */
+    market(options?: MarketOptions): Promise<import("../protocol.js").ProviderInfo[]>;
+    /**
+     * The activities this requestor holds at the hub, by id: each with its requestor's and
+     * provider's names, its `state` (`creating`, `ready`, `destroying`, or `absent`: held
+     * since a restart of the hub for a provider that has not come back yet), resources,
+     * group, `started` (the hub's clock when it became ready, Unix seconds) and image. With
+     * `all: true`, every activity at the hub: only for a requestor that joined with an admin
+     * credential (`kiln token create --role admin`), else UnauthorizedError. Listing
+     * another's activity lets no one touch it. At most `limit` (1 to 1000, default 1000) of
+     * them; UnsupportedVersionError from a hub below protocol 1.3.
+     * @param {ActivitiesOptions} [options]
+     * @returns {Promise<ActivityInfo[]>}
+     */
+    listActivities(options?: ActivitiesOptions): Promise<ActivityInfo[]>;
+    /**
+     * Push the image in the `docker save` archive `local` (Node: a path; a browser: a Blob)
+     * to the hub's image store, under its own tags (`RepoTags`) and `tags`; then rent it by
+     * tag or digest. Only the blobs the hub lacks are sent, streamed from the archive (never
+     * a layer whole in memory); `onProgress({done, total})` hears how far.
+     *
+     * Rejects with ImageError when `local` is not a `docker save` archive of one image (before
+     * anything is sent), or the hub finds the image bad; ImageCorruptError when a blob's
+     * bytes do not match its digest (blobs verified already are kept: pushing again
+     * resumes); StoreFullError when the hub's store has no room; UsageError for a bad tag;
+     * UnsupportedVersionError when the hub speaks protocol 1.0 (it has no store);
+     * CancelledError when `signal` fires.
+     * @param {ImageArchiveSource} local
+     * @param {PushOptions} [options]
+     * @returns {Promise<PushedImage>}
+     */
+    pushImage(local: ImageArchiveSource, options?: PushOptions): Promise<PushedImage>;
+    /**
+     * The images in the hub's store this requestor may see (its own, and those shared with
+     * it), most recently used first, with the bytes they hold and the store's limit.
+     * UnsupportedVersionError from a hub of protocol 1.0.
+     * @returns {Promise<ImageList>}
+     */
+    listImages(): Promise<ImageList>;
+    /**
+     * Remove an image this requestor pushed (by tag or digest) from the hub's store.
+     * ImageNotFoundError when the store holds no such image it may see; UnauthorizedError for
+     * one shared with it that it did not push; UnsupportedVersionError from a hub of protocol 1.0.
+     * @param {string} ref
+     */
+    removeImage(ref: string): Promise<void>;
+    /**
+     * Share an image this requestor pushed (by tag or digest) with the tenants `with` (credential
+     * names as `kiln token ls` shows them, `#<id>` for an id, `#open` for the requestors that join
+     * without a credential), and with `public: true` with everyone: they can then rent it by its
+     * digest (tags stay each tenant's own). With `revoke: true`, take those shares back.
+     * ImageNotFoundError for an image this requestor cannot see; UnauthorizedError for one it
+     * sees but did not push (unless it joined with an admin credential); UsageError for a name
+     * no live requestor credential has, or when neither `with` nor `public` is given;
+     * UnsupportedVersionError from a hub older than protocol 1.4.
+     * @param {string} ref
+     * @param {ShareOptions} options
+     */
+    shareImage(ref: string, options: ShareOptions): Promise<void>;
+    /**
+     * A job not started yet: follow its `events()` or `onEvent`, then `run()` it (see
+     * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
+     * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
+     * `returnExceptions`, `onEvent`, `signal`.
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {Job<P, R>}
+     */
+    job<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): Job<P, R>;
+    /**
+     * Run `worker(activity, part, context)` for every part on rented activities and resolve
+     * to the results in input order. Rejects with TaskFailedError when a task fails for good.
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {Promise<R[]>}
+     */
+    map<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): Promise<R[]>;
+    /**
+     * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
+     * Stopping the iteration early ends the job and releases its activities.
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+     */
+    mapUnordered<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>;
+    /**
+     * Release every activity still held and close the connection, for good (no reconnect:
+     * the hub ends the session at once). A reconnect under way is given up: the hub destroys
+     * what it held once its grace period ends.
+     */
+    close(): Promise<void>;
+}
+/**
+ * Connect to the hub at `url` as a requestor. With `reconnect` (default), a connection
+ * that drops is dialled again for as long as the hub keeps the requestor's activities
+ * (see {@link Requestor}).
+ * @param {Platform} platform
+ * @param {string} url
+ * @param {ConnectOptions} [options]
+ * @returns {Promise<Requestor>}
+ */
+export declare function connectWith(platform: Platform, url: string, options?: ConnectOptions): Promise<Requestor>;
