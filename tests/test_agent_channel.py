@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -55,11 +55,15 @@ async def open_box(adapter: DockerAdapter, busybox_image: str) -> AsyncIterator[
         await asyncio.to_thread(adapter.remove, started.id)
 
 
-async def run(channel: AgentChannel, *argv: str, timeout: float = 10, **kw: object) -> Outcome:
-    env = kw.pop("env", {})
-    assert isinstance(env, dict)
-    return await channel.run(list(argv), {**PATH, **env}, kw.pop("workdir", None), timeout,  # type: ignore[arg-type]
-                             int(kw.pop("max_output", MIB)))  # type: ignore[call-overload]  # fmt: skip
+async def run(
+    channel: AgentChannel,
+    *argv: str,
+    timeout: float = 10,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    max_output: int = MIB,
+) -> Outcome:
+    return await channel.run(list(argv), {**PATH, **(env or {})}, workdir, timeout, max_output)
 
 
 @contextlib.asynccontextmanager
@@ -187,8 +191,9 @@ async def test_commands_run_as_nobody_unless_the_image_names_a_user(open_box: Op
     assert (await run(agent, "touch", "/etc/nope")).exit_code != 0, "nobody cannot write the image's files"
     tag = f"kiln-user-{os.getpid()}:latest"
     dockerfile = f"FROM {busybox_image}\nUSER 1234:2345\n".encode()
-    await asyncio.to_thread(subprocess.run, ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile,
-                            capture_output=True, check=True)  # fmt: skip
+    await asyncio.to_thread(
+        subprocess.run, ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, check=True
+    )
     try:
         _, own = await open_box(tag)
         assert (await run(own, "sh", "-c", "id -u; id -g")).stdout == b"1234\n2345\n"
@@ -227,14 +232,16 @@ async def test_a_frame_that_crossed_its_commands_exit_is_no_warning(
     # sent meanwhile is refused as for no such command. Expected, so not a warning; a refusal
     # about a command the provider never ran still is one.
     unknown = wire.RefusedReason.UNKNOWN_ID
-    script = "\n".join([
-        printf(wire.Hello(wire.VERSION, wire.AGENT_MAX_LENGTH, 65536)),
-        "sleep 1",  # the spawn of command 1 is on its way
-        printf(wire.Started(1, 7), wire.Exit(1, 0, None)),
-        "sleep 1",
-        printf(wire.Refused(1, unknown, "no such command"), wire.Refused(9, unknown, "no such command")),
-        "sleep 30",
-    ])  # fmt: skip
+    script = "\n".join(
+        [
+            printf(wire.Hello(wire.VERSION, wire.AGENT_MAX_LENGTH, 65536)),
+            "sleep 1",  # the spawn of command 1 is on its way
+            printf(wire.Started(1, 7), wire.Exit(1, 0, None)),
+            "sleep 1",
+            printf(wire.Refused(1, unknown, "no such command"), wire.Refused(9, unknown, "no such command")),
+            "sleep 30",
+        ]
+    )
     async with stand_in(tmp_path, busybox_image, script) as channel:
         await channel.open()
         with caplog.at_level(logging.DEBUG, logger="kiln.provider.agent"):
