@@ -17,8 +17,8 @@
  * The channel: frames from the provider on stdin, frames to it on stdout, both framed as
  * agent/PROTOCOL.md specifies (kinds, fields, limits, order, refusals, the end of the channel,
  * KILN_AGENT_DEBUG). That document is the reference; provider_runtime/kiln_provider/
- * agent_protocol.py implements the provider's side of it and tests/test_agent_pipes.py drives
- * this binary through pipes against it. A change to the wire changes the document first.
+ * agent_protocol.py implements the provider's side of it, and the tests of test_agent_pipes.py
+ * drive this binary through pipes against it. A change to the wire changes the document first.
  *
  * Processes: each command has a keeper, a child of the agent and a child subreaper, whose
  * child runs the command in a session of its own. Orphans of the command land on the

@@ -69,8 +69,8 @@ class Agent:
         self.messages: queue.Queue[Message | None] = queue.Queue()
         self.violation: Exception | None = None
         self._ids = itertools.count(10_000)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -164,6 +164,7 @@ def start(busybox_image: str, agent_binary: Path) -> Iterator[Callable[..., Agen
         except subprocess.TimeoutExpired:
             agent.process.kill()
             agent.process.wait()
+        agent.reader.join(10)  # before its descriptor is closed, and perhaps reused by the next agent's pipe
         for stream in (agent.process.stdout, agent.process.stderr):
             if stream is not None:
                 stream.close()

@@ -196,6 +196,7 @@ class Agent:
         status = self.process.wait(timeout)
         for thread in self._threads:
             thread.join(timeout)
+            assert not thread.is_alive(), "the agent exited, but its output did not end"
         return status
 
     @property
@@ -223,10 +224,12 @@ def start(agent_binary: Path, tmp_path: Path) -> Iterator[Start]:
     for agent in started:
         agent.close()
         try:
-            agent.process.wait(10)
+            agent.end()
         except subprocess.TimeoutExpired:
             agent.process.kill()
-            agent.process.wait()
+            agent.end()
+        # Only now that its readers have seen EOF: a descriptor closed under a reader could be
+        # reused by the next agent's pipe, and the old reader would take the new agent's frames.
         for stream in (agent.process.stdout, agent.process.stderr):
             if stream is not None:
                 stream.close()
@@ -246,7 +249,9 @@ def token() -> str:
 
 
 def survivors(token: str) -> list[int]:
-    """Processes (zombies too) whose argv holds ``token``."""
+    """Processes (zombies too) whose argv holds ``token``. For the end of a test only: a process
+    in the middle of an exec shows an empty argv for a moment (so while commands start, the
+    tests follow them by pid: :func:`alive`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -256,6 +261,11 @@ def survivors(token: str) -> list[int]:
             except OSError:
                 continue  # it ended while we looked
     return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie too: nobody reaped it yet)."""
+    return Path(f"/proc/{pid}").exists()
 
 
 def session_of(pid: int) -> int:
@@ -465,14 +475,18 @@ def test_no_credit_no_output(start: Start) -> None:
     assert agent.next() == Exit(1, 0, None)
 
 
-def test_output_comes_in_chunks_of_at_most_32_kib(start: Start) -> None:
+def test_output_comes_in_chunks_of_at_most_32_kib(start: Start, tmp_path: Path) -> None:
     agent = start()
-    agent.send(spawn(1, "head", "-c", "300000", "/dev/zero"))
-    sizes = []
-    while not isinstance(message := agent.next(), Exit):
-        if isinstance(message, Output):
-            sizes.append(len(message.data))
-    assert sum(sizes) == 300_000 and max(sizes) == 32768  # the decoder refuses more than 32 KiB
+    written = tmp_path / "written"
+    agent.send(spawn(1, "sh", "-c", f'head -c 40000 /dev/zero; touch "{written}"; read line', credit=0))
+    agent.until(Started, 1)
+    while not written.exists():  # without credit, all of it waits in the pipe
+        time.sleep(0.005)
+    agent.send(Credit(1, MIB))
+    assert agent.next() == Output(1, FrameType.STDOUT, bytes(32768))
+    assert agent.next() == Output(1, FrameType.STDOUT, bytes(40000 - 32768))
+    agent.send(Stdin(1, b""))
+    assert agent.until(Exit, 1)[0] == Exit(1, 1, None)  # read found no line
 
 
 # --- kills ---------------------------------------------------------------------------------------
@@ -481,11 +495,12 @@ def test_output_comes_in_chunks_of_at_most_32_kib(start: Start) -> None:
 def test_kill_takes_the_whole_tree_even_what_left_the_session(start: Start, token: str) -> None:
     agent = start()
     pids = [int(line) for line in agent.lines(escapes(1, token), 3)]
-    assert sorted(survivors(token)) == sorted(pids)
+    assert all(alive(pid) for pid in pids)
     assert len({session_of(pid) for pid in pids}) == 2, "one escaped into a session of its own"
     agent.send(Kill(1))
     assert agent.until(Exit, 1)[0] == Exit(1, None, 9)
     wait_until_forgotten(agent, 1)  # its keeper has killed and reaped the whole tree, and left
+    assert not any(alive(pid) for pid in pids)
     assert survivors(token) == []
 
 
@@ -493,8 +508,8 @@ def test_kill_after_exit_reaches_what_the_command_left_running(start: Start, tok
     agent = start()
     out, _, end = agent.run(spawn(1, "sh", "-c", f"sleep 1000.{token} & echo $!"))
     assert end == Exit(1, 0, None), "EXIT does not wait for what the command left running"
-    [pid] = survivors(token)
-    assert out == f"{pid}\n".encode()
+    pid = int(out)
+    assert alive(pid)
     agent.send(spawn(1, "true"))
     refused, _ = agent.until(Refused, 1)
     assert refused.reason == RefusedReason.ID_IN_USE, "its keeper is still there"
@@ -586,13 +601,14 @@ def test_a_frame_of_the_largest_length_is_read(start: Start) -> None:
 
 def test_a_frame_too_long_stops_the_agent_and_everything_it_ran(start: Start, token: str) -> None:
     agent = start()
-    agent.lines(escapes(1, token), 3)
-    assert len(survivors(token)) == 3
+    pids = [int(line) for line in agent.lines(escapes(1, token), 3)]
+    assert all(alive(pid) for pid in pids)
     agent.send_raw(frame(0x02, 1, b"", length=PROVIDER_MAX_LENGTH + 1))  # its header alone is enough
     refused = agent.next()
     assert isinstance(refused, Refused) and (refused.id, refused.reason) == (0, RefusedReason.TOO_LONG)
     assert agent.end() == 3
     assert "frame of 1048577 bytes refused; stopping" in agent.stderr
+    assert not any(alive(pid) for pid in pids)
     assert survivors(token) == []
     assert (agent.messages.get_nowait(), agent.leftover) == (None, 0), "nothing after the refusal"
 
@@ -620,23 +636,25 @@ def test_frames_cut_anywhere_or_sent_together_are_read_alike(start: Start) -> No
 
 def test_eof_stops_the_agent_and_everything_it_ran(start: Start, token: str) -> None:
     agent = start()
-    agent.lines(escapes(1, token), 3)
+    pids = [int(line) for line in agent.lines(escapes(1, token), 3)]
     agent.send(spawn(2, "sleep", f"1000.{token}"))
-    agent.until(Started, 2)
-    assert len(survivors(token)) == 4
+    pids.append(agent.until(Started, 2)[0].pid)
+    assert all(alive(pid) for pid in pids)
     agent.close()
     assert agent.end() == 0
-    assert survivors(token) == [], "not PID 1, the agent waits for its keepers to kill their trees"
+    assert not any(alive(pid) for pid in pids), "not PID 1, the agent waits for its keepers to kill their trees"
+    assert survivors(token) == []
     assert (agent.messages.get_nowait(), agent.leftover) == (None, 0)
 
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_or_sigint_stops_the_agent_and_everything_it_ran(start: Start, token: str, signo: int) -> None:
     agent = start()
-    agent.lines(escapes(1, token), 3)
+    pids = [int(line) for line in agent.lines(escapes(1, token), 3)]
     agent.process.send_signal(signo)
     assert agent.end() == 0
     assert f"signal {signo}: stopping" in agent.stderr
+    assert not any(alive(pid) for pid in pids)
     assert survivors(token) == []
 
 

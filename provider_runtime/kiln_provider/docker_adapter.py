@@ -65,6 +65,11 @@ from kiln_provider.volume import Volume, Volumes, under_mounts, volume_name, wri
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
 """Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
+AGENT_DEBUG: Final = "KILN_AGENT_DEBUG"
+"""The agent's debug switch (``agent/PROTOCOL.md``): every task container gets ``1`` when the
+provider's own environment has ``KILN_AGENT_DEBUG=1`` (the agent then logs each frame on its
+stderr, which :mod:`kiln_provider.agent` logs at DEBUG), else ``0``, so an image's ``ENV``
+cannot turn it on. Commands still see the image's value, or none."""
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
@@ -376,6 +381,11 @@ def _owned_parents(path: str) -> list[str]:
     return [f for f in folders if f not in WORK_FOLDERS and any(f.startswith(w + "/") for w in WORK_FOLDERS[1:])]
 
 
+def _environment(entries: list[str] | None) -> dict[str, str]:
+    """An environment as Docker lists it (``NAME=value`` entries, or None) as a mapping."""
+    return dict(item.partition("=")[::2] for item in entries or [])
+
+
 def _container_name(provider: str, activity: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"kiln-{provider}-{activity}")[:200]
 
@@ -601,6 +611,7 @@ class DockerAdapter:
                         user=ROOT if spec.root else config.get("User") or NOBODY,
                         entrypoint=[AGENT_IN_CONTAINER],
                         command=[],
+                        environment={AGENT_DEBUG: "1" if os.environ.get(AGENT_DEBUG) == "1" else "0"},
                         stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
                         tty=False,
                         name=_container_name(self.provider, spec.activity),
@@ -634,8 +645,14 @@ class DockerAdapter:
                 with suppress(ProviderError):
                     self.remove(container_id)
             raise
-        env = inspected["Config"]["Env"] or []
-        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid)
+        env = _environment(inspected["Config"]["Env"])
+        image_env = _environment(config.get("Env"))
+        # The debug switch is the agent's, not the commands': they start from the image's environment.
+        if AGENT_DEBUG in image_env:
+            env[AGENT_DEBUG] = image_env[AGENT_DEBUG]
+        else:
+            env.pop(AGENT_DEBUG, None)
+        return Started(container_id, channel, env, uid, gid)
 
     def remove(self, container_id: str) -> None:
         """Kill and remove the container, then its volume; one that is already gone is fine."""
