@@ -236,8 +236,10 @@ def find_agent(arch: str | None = None) -> str:
             raise DockerFailed(f"$KILN_AGENT names {override}, which {problem}")
         return os.path.realpath(override)
     here = Path(__file__).resolve().parent
-    places = ((here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
-              (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"))  # fmt: skip
+    places = (
+        (here / "bin" / f"kiln-agent-{arch}", "from a platform wheel"),
+        (here.parent.parent / "agent" / "build" / "kiln-agent", "from make agent in a source tree"),
+    )
     looked = []
     for path, source in places:
         problem = _unfit_agent(path, arch)
@@ -246,11 +248,11 @@ def find_agent(arch: str | None = None) -> str:
         looked.append(f"{path} ({source}) {problem}")
     if arch not in AGENT_MACHINES:
         looked.append(f"kiln builds the agent for {' and '.join(AGENT_MACHINES)} only")
-    raise DockerFailed(
-        f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, " + ", and ".join(looked)
-        + f"; install kiln from a wheel built for {arch}, run `make agent` in the source tree,"
+    remedy = (
+        f"install kiln from a wheel built for {arch}, run `make agent` in the source tree,"
         " or name the binary in $KILN_AGENT"
-    )  # fmt: skip
+    )
+    raise DockerFailed(f"no kiln-agent binary for {arch}: $KILN_AGENT is not set, {', and '.join(looked)}; {remedy}")
 
 
 def _unfit_agent(path: Path, arch: str) -> str | None:
