@@ -9,7 +9,7 @@ oversized frames, the end of the channel, and the ``KILN_AGENT_DEBUG`` log on st
 
 Outside a container the agent is not PID 1, so at its end it has each keeper kill its tree
 and waits for them: once the agent's process has exited, nothing its commands started may be
-left, and the tests check exactly that (processes are found by a token in their argv).
+left, and the tests check exactly that (by pid, and by a token in the argv of what they start).
 Commands run as this process's uid and gid, so the tests need no privilege; the one about
 switching users checks the switch as root and its refusal otherwise.
 """
