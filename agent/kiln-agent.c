@@ -14,53 +14,11 @@
  * Build: `make agent` (agent/compile.py: zig cc -static -Os -s) -> agent/build/kiln-agent;
  * `make dist` puts one per architecture into the platform wheels (hatch_build.py).
  *
- * ---------------------------------------------------------------------------------------
- * Wire format (mirrored by provider_runtime/kiln_provider/agent_protocol.py). All integers
- * are big-endian. Every frame is
- *
- *     u32 length | u8 type | u32 id | payload          (length = 5 + payload size)
- *
- * `id` names a command, chosen by the provider (0 is reserved: HELLO and frame-level
- * refusals that concern no command). A str is u32 size | bytes (no NUL inside).
- * The agent accepts frames of length <= 1 MiB; it sends frames of length <= 5 + 32 KiB.
- *
- * Provider -> agent
- *   0x01 SPAWN   u32 uid | u32 gid | u32 credit | str workdir | u32 argc | argc x str
- *                | u32 envc | envc x str ("NAME=value")
- *                Start argv[0] (searched in the PATH of env) with exactly that env, in
- *                workdir ("" = the container's), as uid:gid with no supplementary group
- *                beyond gid, and no capability. credit: the first output credit (CREDIT).
- *   0x02 STDIN   data. Feed the command's stdin; empty = EOF (close it). At most the
- *                HELLO's stdin_window bytes may be unacknowledged (STDIN_ACK) at a time.
- *   0x03 KILL    (empty). SIGKILL the command's whole tree, including processes that left
- *                its session (setsid) or double-forked. Also valid after EXIT, for
- *                what the command left running, until its keeper is gone.
- *   0x04 CREDIT  u32 bytes. Output (STDOUT + STDERR payload bytes) the provider will
- *                take for the command, added to what is left. Without credit the agent
- *                stops reading the command's pipes, so the command blocks on write.
- *
- * Agent -> provider
- *   0x81 HELLO     u32 version (1) | u32 max frame length accepted | u32 stdin_window
- *   0x82 STARTED   u32 pid (in the container)
- *   0x83 STDOUT    data (1..32768 bytes), as it comes
- *   0x84 STDERR    data (1..32768 bytes)
- *   0x85 EXIT      u8 how (0: exited, 1: killed by a signal) | u32 code or signal number
- *   0x86 ERROR     u32 errno (0 if none) | text. The command did not run (no such
- *                  program, bad workdir, setuid refused) or its keeper vanished.
- *   0x87 STDIN_ACK u32 bytes of STDIN written to the command (or dropped: it closed its stdin)
- *   0x88 REFUSED   u8 reason | text. A provider frame was refused; nothing else changed.
- *                  Reasons: 1 unknown type, 2 bad payload, 3 unknown id, 4 id in use,
- *                  5 frame too long (fatal: the stream cannot be resynchronised, the agent
- *                  then stops), 6 too many commands, 7 stdin window overrun, 8 stdin after EOF.
- *
- * Every SPAWN ends with exactly one EXIT or ERROR. Before EXIT come STARTED, then the
- * output; STDIN_ACKs may come at any point, even before STARTED. EXIT follows all output
- * the main process wrote before exiting (given credit; after a KILL, what its pipes still
- * hold is dropped); output written later by processes it left behind is not sent.
- *
- * Writes to the channel block: the provider must keep reading it, and credit bounds how
- * much output it has to take. Nothing is buffered without bound on either side: output
- * stays in the command's pipe without credit, stdin beyond the window is refused.
+ * The channel: frames from the provider on stdin, frames to it on stdout, both framed as
+ * agent/PROTOCOL.md specifies (kinds, fields, limits, order, refusals, the end of the channel,
+ * KILN_AGENT_DEBUG). That document is the reference; provider_runtime/kiln_provider/
+ * agent_protocol.py implements the provider's side of it, and the tests of test_agent_pipes.py
+ * drive this binary through pipes against it. A change to the wire changes the document first.
  *
  * Processes: each command has a keeper, a child of the agent and a child subreaper, whose
  * child runs the command in a session of its own. Orphans of the command land on the
@@ -71,7 +29,12 @@
  *
  * End: when its stdin reaches EOF or fails, or stdout fails (the provider is gone), or on
  * SIGTERM (docker stop), the agent SIGKILLs every process (kill(-1) as PID 1) and exits,
- * so the container stops.
+ * so the container stops. Not PID 1 (a test runs it as a plain child), it cannot kill(-1):
+ * it has every keeper kill its tree and waits for them, so nothing outlives it there either.
+ *
+ * Diagnostics: one line per write(2) on stderr, never when stderr is the channel itself (the
+ * same file as stdin or stdout: a byte there would corrupt the framing). KILN_AGENT_DEBUG=1
+ * adds a line per frame read and sent (kind, id, length, a short escaped prefix).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -80,6 +43,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +51,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -100,6 +65,7 @@
 #define MAX_CMDS 1024
 #define MAX_STRS 65536 /* argc and envc each */
 #define HEADER 9
+#define DEBUG_PREFIX 16 /* payload bytes a debug line shows */
 
 enum { T_SPAWN = 0x01, T_STDIN, T_KILL, T_CREDIT };
 enum { T_HELLO = 0x81, T_STARTED, T_STDOUT, T_STDERR, T_EXIT, T_ERROR, T_STDIN_ACK, T_REFUSED };
@@ -132,6 +98,8 @@ static int ncmds;
 static uint8_t *rbuf; /* frames from the provider */
 static size_t rlen;
 static uint8_t obuf[CHUNK];
+static int diagnostics = 1; /* 0 when stderr is the channel itself: nothing may be written there */
+static int debug;           /* KILN_AGENT_DEBUG=1: a line on stderr per frame read and sent */
 
 static void put32(uint8_t *p, uint32_t v) {
     p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
@@ -142,12 +110,88 @@ static uint32_t get32(const uint8_t *p) {
 
 static void shutdown_all(int status) __attribute__((noreturn));
 
+/* One diagnostic line on stderr, in one write so that lines never interleave. */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    if (!diagnostics) return;
+    char line[512] = "kiln-agent: ";
+    size_t n = strlen(line);
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vsnprintf(line + n, sizeof line - n - 1, fmt, ap);
+    va_end(ap);
+    if (r < 0) return;
+    n += (size_t)r < sizeof line - n - 1 ? (size_t)r : sizeof line - n - 2;
+    line[n++] = '\n';
+    for (size_t at = 0; at < n;) {
+        ssize_t w = write(2, line + at, n - at);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return; /* nobody reads our diagnostics: not a reason to stop */
+        at += w;
+    }
+}
+
+static const char *kind_name(uint8_t type) {
+    static const char *to[] = {"SPAWN", "STDIN", "KILL", "CREDIT"};
+    static const char *from[] = {"HELLO", "STARTED", "STDOUT", "STDERR", "EXIT", "ERROR", "STDIN_ACK", "REFUSED"};
+    if (type >= T_SPAWN && type <= T_CREDIT) return to[type - T_SPAWN];
+    if (type >= T_HELLO && type <= T_REFUSED) return from[type - T_HELLO];
+    return NULL;
+}
+
+/* The integer fields a payload starts with, shown as numbers in a debug line: 4 is a u32, 1 a u8. */
+static const char *leading_fields(uint8_t type) {
+    switch (type) {
+    case T_SPAWN: return "444";  /* uid, gid, credit */
+    case T_CREDIT: return "4";   /* bytes */
+    case T_HELLO: return "444";  /* version, max frame length, stdin window */
+    case T_STARTED: return "4";  /* pid */
+    case T_EXIT: return "14";    /* how, code or signal */
+    case T_ERROR: return "4";    /* errno */
+    case T_STDIN_ACK: return "4"; /* bytes */
+    case T_REFUSED: return "1";  /* reason */
+    default: return "";
+    }
+}
+
+/* The debug line of one frame, whose payload is `a` then `b`: its leading integer fields as
+ * numbers, then at most DEBUG_PREFIX bytes of the rest quoted, printable ASCII as it is and
+ * any other byte (and " and \) as \xHH, with "..." when more follow. */
+static void log_frame(const char *dir, uint8_t type, uint32_t id, uint32_t length, const uint8_t *a, size_t na,
+                      const uint8_t *b, size_t nb) {
+    char text[256], kind[8];
+    const char *name = kind_name(type);
+    if (!name) {
+        snprintf(kind, sizeof kind, "0x%02x", type);
+        name = kind;
+    }
+    size_t k = (size_t)snprintf(text, sizeof text, "%s %s id=%u length=%u", dir, name, id, length), i = 0;
+    for (const char *f = leading_fields(type); *f && na + nb - i >= (size_t)(*f - '0'); f++) {
+        uint32_t v = 0;
+        for (int j = 0; j < *f - '0'; j++, i++) v = v << 8 | (i < na ? a[i] : b[i - na]);
+        k += (size_t)snprintf(text + k, sizeof text - k, " %u", v);
+    }
+    if (i < na + nb) {
+        text[k++] = ' ';
+        text[k++] = '"';
+        for (size_t end = i + DEBUG_PREFIX; i < na + nb && i < end; i++) {
+            uint8_t ch = i < na ? a[i] : b[i - na];
+            if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') text[k++] = (char)ch;
+            else k += (size_t)snprintf(text + k, 5, "\\x%02x", ch);
+        }
+        text[k++] = '"';
+        text[k] = 0;
+        if (i < na + nb) snprintf(text + k, sizeof text - k, "...");
+    }
+    say("%s", text);
+}
+
 static void write_all(int fd, struct iovec *iov, int n) {
     while (n > 0) {
         ssize_t w = writev(fd, iov, n);
         if (w < 0) {
             if (errno == EINTR) continue;
-            fprintf(stderr, "kiln-agent: channel write failed: %s\n", strerror(errno));
+            say("channel write failed: %s", strerror(errno));
             shutdown_all(1);
         }
         while (n > 0 && (size_t)w >= iov->iov_len) { w -= iov->iov_len; iov++; n--; }
@@ -162,6 +206,7 @@ static void send_frame(uint8_t type, uint32_t id, const void *a, size_t na, cons
     put32(h + 5, id);
     struct iovec iov[3] = {{h, HEADER}, {(void *)a, na}, {(void *)b, nb}};
     write_all(1, iov, 3);
+    if (debug) log_frame("sent", type, id, (uint32_t)(5 + na + nb), a, na, b, nb);
 }
 
 static void send_u32(uint8_t type, uint32_t id, uint32_t v) {
@@ -294,6 +339,10 @@ static void exec_command(const struct spawn *s, int status_fd) {
         struct { uint32_t effective, permitted, inheritable; } data[2] = {{0, 0, 0}, {0, 0, 0}};
         syscall(SYS_capset, &head, data);
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        /* Nor gain one at exec: uid 0 gets its bounding set back at execve unless no_new_privs
+         * holds it to what it had. Task containers have it (no-new-privileges); set here, it
+         * holds wherever the agent runs, as outside a container in the tests. */
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     }
     environ = s->envp;
     execvp(s->argv[0], s->argv);
@@ -352,7 +401,12 @@ static void shutdown_all(int status) {
     if (getpid() == 1) {
         kill(-1, SIGKILL); /* everything but us; the kernel would do it when we exit anyway */
     } else {
+        /* Each keeper kills its command's whole tree, then leaves. Were we to exit first, its
+         * PR_SET_PDEATHSIG would kill it before it did, and the tree would outlive us. */
         for (int i = 0; i < ncmds; i++) if (cmds[i]->keeper) kill(cmds[i]->keeper, SIGTERM);
+        for (int i = 0; i < ncmds; i++) {
+            while (cmds[i]->keeper && waitpid(cmds[i]->keeper, NULL, 0) < 0 && errno == EINTR) {}
+        }
     }
     _exit(status);
 }
@@ -517,17 +571,20 @@ static void handle_input(void) {
     while (rlen - at >= 4) {
         uint32_t len = get32(rbuf + at);
         if (len > MAX_FRAME) {
+            if (debug) say("read a frame of length %u: too long", len);
             refuse(0, R_TOO_LONG, "frame too long: the channel cannot be resynchronised");
-            fprintf(stderr, "kiln-agent: frame of %u bytes refused; stopping\n", len);
+            say("frame of %u bytes refused; stopping", len);
             shutdown_all(3);
         }
         if (len < 5) { /* still a length: skip what it covers */
             if (rlen - at < 4 + len) break;
+            if (debug) say("read a frame of length %u: shorter than its header", len);
             refuse(0, R_BAD_PAYLOAD, "frame shorter than its header");
             at += 4 + len;
             continue;
         }
         if (rlen - at < 4 + len) break;
+        if (debug) log_frame("read", rbuf[at + 4], get32(rbuf + at + 5), len, rbuf + at + HEADER, len - 5, NULL, 0);
         handle_frame(rbuf[at + 4], get32(rbuf + at + 5), rbuf + at + HEADER, len - 5);
         at += 4 + len;
     }
@@ -619,7 +676,17 @@ static void forget_finished(void) {
     }
 }
 
+/* Whether descriptors `a` and `b` are open on the same file (the same pipe, socket or tty). */
+static int same_file(int a, int b) {
+    struct stat x, y;
+    return fstat(a, &x) == 0 && fstat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
+}
+
 int main(void) {
+    /* Before any descriptor is opened: a closed stderr would otherwise become one of ours. */
+    if (fcntl(2, F_GETFD) < 0 || same_file(2, 1) || same_file(2, 0)) diagnostics = 0;
+    const char *want_debug = getenv("KILN_AGENT_DEBUG");
+    debug = diagnostics && want_debug && strcmp(want_debug, "1") == 0;
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_DUMPABLE, 0);
     sigset_t mask;
@@ -630,7 +697,8 @@ int main(void) {
     sigprocmask(SIG_BLOCK, &mask, NULL);
     int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
     rbuf = malloc(4 + MAX_FRAME);
-    if (sfd < 0 || !rbuf) { fprintf(stderr, "kiln-agent: cannot start: %s\n", strerror(errno)); return 1; }
+    if (sfd < 0 || !rbuf) { say("cannot start: %s", strerror(errno)); return 1; }
+    if (debug) say("debug log on: pid %d, uid %d, gid %d", (int)getpid(), (int)getuid(), (int)getgid());
     uint8_t hello[12];
     put32(hello, VERSION);
     put32(hello + 4, MAX_FRAME);
@@ -657,14 +725,14 @@ int main(void) {
         }
         if (poll(pfd, n, -1) < 0) {
             if (errno == EINTR) continue;
-            fprintf(stderr, "kiln-agent: poll: %s\n", strerror(errno));
+            say("poll: %s", strerror(errno));
             shutdown_all(1);
         }
         if (pfd[1].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) == sizeof si) {
                 if (si.ssi_signo != SIGCHLD) {
-                    fprintf(stderr, "kiln-agent: signal %u: stopping\n", si.ssi_signo);
+                    say("signal %u: stopping", si.ssi_signo);
                     shutdown_all(0);
                 }
             }
@@ -684,7 +752,7 @@ int main(void) {
             ssize_t r = read(0, rbuf + rlen, 4 + MAX_FRAME - rlen);
             if (r < 0 && errno == EINTR) continue;
             if (r <= 0) {
-                if (r < 0) fprintf(stderr, "kiln-agent: channel read failed: %s\n", strerror(errno));
+                if (r < 0) say("channel read failed: %s", strerror(errno));
                 shutdown_all(0); /* the provider is gone */
             }
             rlen += r;

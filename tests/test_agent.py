@@ -61,21 +61,16 @@ class Agent:
 
     def __init__(self, name: str, image: str, agent: Path, docker_args: list[str]) -> None:
         self.name = name
-        self.process = subprocess.Popen(
-            [
-                "docker", "run", "-i", "--rm", "--name", name,
-                "--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-                "--pids-limit", "128", "--memory", "64m", "--memory-swap", "64m",
-                "-v", f"{agent}:/.kiln/agent:ro", "--entrypoint", "/.kiln/agent",
-                *docker_args, image,
-            ],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        hardening = ["--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+        limits = ["--pids-limit", "128", "--memory", "64m", "--memory-swap", "64m"]
+        entry = ["-v", f"{agent}:/.kiln/agent:ro", "--entrypoint", "/.kiln/agent"]
+        command = ["docker", "run", "-i", "--rm", "--name", name, *hardening, *limits, *entry, *docker_args, image]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.messages: queue.Queue[Message | None] = queue.Queue()
         self.violation: Exception | None = None
         self._ids = itertools.count(10_000)
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -169,6 +164,7 @@ def start(busybox_image: str, agent_binary: Path) -> Iterator[Callable[..., Agen
         except subprocess.TimeoutExpired:
             agent.process.kill()
             agent.process.wait()
+        agent.reader.join(10)  # before its descriptor is closed, and perhaps reused by the next agent's pipe
         for stream in (agent.process.stdout, agent.process.stderr):
             if stream is not None:
                 stream.close()
@@ -184,8 +180,9 @@ NOBODY = ("--user", "65534:65534")
 
 def test_echo_with_env_and_workdir(start: Callable[..., Agent]) -> None:
     agent = start(*NOBODY)
-    agent.send(Spawn(1, ("sh", "-c", 'echo "$GREETING"; pwd; echo oops >&2; exit 3'), {**PATH, "GREETING": "hi"},
-                     workdir="/tmp", uid=65534, gid=65534, credit=MIB))  # fmt: skip
+    script = 'echo "$GREETING"; pwd; echo oops >&2; exit 3'
+    env = {**PATH, "GREETING": "hi"}
+    agent.send(Spawn(1, ("sh", "-c", script), env, workdir="/tmp", uid=65534, gid=65534, credit=MIB))
     started, _ = agent.until(Started, 1)
     assert started.pid > 1
     out, err = bytearray(), bytearray()

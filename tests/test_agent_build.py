@@ -31,8 +31,12 @@ def agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     built = {}
     for arch in MACHINES:
         out = folder / f"kiln-agent-{arch}"
-        done = subprocess.run([sys.executable, str(ROOT / "agent" / "compile.py"), "--arch", arch, "-o", str(out)],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "agent" / "compile.py"), "--arch", arch, "-o", str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         built[arch] = out
     return built

@@ -13,7 +13,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -55,11 +55,15 @@ async def open_box(adapter: DockerAdapter, busybox_image: str) -> AsyncIterator[
         await asyncio.to_thread(adapter.remove, started.id)
 
 
-async def run(channel: AgentChannel, *argv: str, timeout: float = 10, **kw: object) -> Outcome:
-    env = kw.pop("env", {})
-    assert isinstance(env, dict)
-    return await channel.run(list(argv), {**PATH, **env}, kw.pop("workdir", None), timeout,  # type: ignore[arg-type]
-                             int(kw.pop("max_output", MIB)))  # type: ignore[call-overload]  # fmt: skip
+async def run(
+    channel: AgentChannel,
+    *argv: str,
+    timeout: float = 10,
+    env: Mapping[str, str] | None = None,
+    workdir: str | None = None,
+    max_output: int = MIB,
+) -> Outcome:
+    return await channel.run(list(argv), {**PATH, **(env or {})}, workdir, timeout, max_output)
 
 
 @contextlib.asynccontextmanager
@@ -187,8 +191,9 @@ async def test_commands_run_as_nobody_unless_the_image_names_a_user(open_box: Op
     assert (await run(agent, "touch", "/etc/nope")).exit_code != 0, "nobody cannot write the image's files"
     tag = f"kiln-user-{os.getpid()}:latest"
     dockerfile = f"FROM {busybox_image}\nUSER 1234:2345\n".encode()
-    await asyncio.to_thread(subprocess.run, ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile,
-                            capture_output=True, check=True)  # fmt: skip
+    await asyncio.to_thread(
+        subprocess.run, ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, check=True
+    )
     try:
         _, own = await open_box(tag)
         assert (await run(own, "sh", "-c", "id -u; id -g")).stdout == b"1234\n2345\n"
@@ -227,14 +232,16 @@ async def test_a_frame_that_crossed_its_commands_exit_is_no_warning(
     # sent meanwhile is refused as for no such command. Expected, so not a warning; a refusal
     # about a command the provider never ran still is one.
     unknown = wire.RefusedReason.UNKNOWN_ID
-    script = "\n".join([
-        printf(wire.Hello(wire.VERSION, wire.AGENT_MAX_LENGTH, 65536)),
-        "sleep 1",  # the spawn of command 1 is on its way
-        printf(wire.Started(1, 7), wire.Exit(1, 0, None)),
-        "sleep 1",
-        printf(wire.Refused(1, unknown, "no such command"), wire.Refused(9, unknown, "no such command")),
-        "sleep 30",
-    ])  # fmt: skip
+    script = "\n".join(
+        [
+            printf(wire.Hello(wire.VERSION, wire.AGENT_MAX_LENGTH, 65536)),
+            "sleep 1",  # the spawn of command 1 is on its way
+            printf(wire.Started(1, 7), wire.Exit(1, 0, None)),
+            "sleep 1",
+            printf(wire.Refused(1, unknown, "no such command"), wire.Refused(9, unknown, "no such command")),
+            "sleep 30",
+        ]
+    )
     async with stand_in(tmp_path, busybox_image, script) as channel:
         await channel.open()
         with caplog.at_level(logging.DEBUG, logger="kiln.provider.agent"):
@@ -246,3 +253,39 @@ async def test_a_frame_that_crossed_its_commands_exit_is_no_warning(
         await channel.close()
     levels = [r.levelno for r in caplog.records if "refused a frame" in r.getMessage()]
     assert levels == [logging.DEBUG, logging.WARNING], caplog.text
+
+
+async def test_the_agents_debug_switch_is_the_providers(
+    open_box: Open, busybox_image: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # KILN_AGENT_DEBUG=1 in the provider's environment reaches its agents, whose frame lines
+    # the provider logs at DEBUG; commands (which start from the container's env) do not see it.
+    def lines_of(name: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"agent of {name}: ")]
+
+    monkeypatch.setenv("KILN_AGENT_DEBUG", "1")
+    with caplog.at_level(logging.DEBUG, logger="kiln.provider.agent"):
+        started, agent = await open_box()
+        assert "KILN_AGENT_DEBUG" not in started.env
+        assert b"KILN_AGENT_DEBUG" not in (await run(agent, "env", env=started.env)).stdout
+        name = started.id[:12]
+        deadline = time.monotonic() + 10
+        while not any(" sent EXIT id=1 " in line for line in lines_of(name)):  # stderr is not ordered with stdout
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.05)
+        log = lines_of(name)
+        assert f"agent of {name}: kiln-agent: sent HELLO id=0 length=17 1 1048576 262144" in log
+        assert any(line.startswith(f"agent of {name}: kiln-agent: read SPAWN id=1 ") for line in log), log
+        # Off in the provider, it stays off even for an image whose ENV sets it; its commands see the image's value.
+        monkeypatch.delenv("KILN_AGENT_DEBUG")
+        tag = f"kiln-agent-debug-{os.getpid()}:latest"
+        dockerfile = f"FROM {busybox_image}\nENV KILN_AGENT_DEBUG=1\n".encode()
+        build = ["docker", "build", "-q", "-t", tag, "-"]
+        await asyncio.to_thread(subprocess.run, build, input=dockerfile, capture_output=True, check=True)
+        try:
+            started, quiet = await open_box(tag)
+            assert started.env["KILN_AGENT_DEBUG"] == "1"
+            assert (await run(quiet, "sh", "-c", "echo $KILN_AGENT_DEBUG", env=started.env)).stdout == b"1\n"
+            assert lines_of(started.id[:12]) == []
+        finally:
+            await asyncio.to_thread(subprocess.run, ["docker", "rmi", "-f", tag], capture_output=True)

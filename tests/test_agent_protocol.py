@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from kiln_provider.agent_protocol import (
@@ -32,6 +35,9 @@ from kiln_provider.agent_protocol import (
 )
 from kiln_provider.errors import AgentMisuse, AgentViolation, ProviderError
 
+SPEC = next(p / "agent" / "PROTOCOL.md" for p in Path(__file__).resolve().parents if (p / "agent").is_dir())
+"""The agent's wire format, specified (found from wherever this test's tier folder is)."""
+
 
 def frame(kind: int, id: int, payload: bytes, length: int | None = None) -> bytes:
     size = 5 + len(payload) if length is None else length
@@ -40,12 +46,12 @@ def frame(kind: int, id: int, payload: bytes, length: int | None = None) -> byte
 
 def test_spawn_bytes_are_the_documented_layout() -> None:
     data = encode(Spawn(7, ("echo", "hi"), {"A": "b"}, workdir="/w", uid=1, gid=2, credit=3))
-    payload = (
-        bytes.fromhex("00000001 00000002 00000003")
-        + bytes.fromhex("00000002") + b"/w"
-        + bytes.fromhex("00000002") + bytes.fromhex("00000004") + b"echo" + bytes.fromhex("00000002") + b"hi"
-        + bytes.fromhex("00000001") + bytes.fromhex("00000003") + b"A=b"
-    )  # fmt: skip
+    payload = bytes.fromhex(
+        "00000001 00000002 00000003"  # uid, gid, credit
+        "00000002 2f77"  # workdir: "/w"
+        "00000002 00000004 6563686f 00000002 6869"  # argv: "echo", "hi"
+        "00000001 00000003 413d62"  # env: "A=b"
+    )
     assert data == frame(0x01, 7, payload)
 
 
@@ -112,8 +118,12 @@ def test_a_stream_fed_byte_by_byte_gives_the_same_messages() -> None:
 @pytest.mark.parametrize("size", [1, 2, 8, 9, 10, 13, 4096, 32777, 70000])
 def test_a_stream_cut_anywhere_gives_the_same_messages(size: int) -> None:
     # Several frames in one piece, a frame across pieces, a piece ending inside a header.
-    messages: list[Message] = [Started(1, 7), *(Output(1, FrameType.STDOUT, bytes([i]) * 32768) for i in range(3)),
-                               Output(1, FrameType.STDERR, b"e"), Exit(1, 0, None)]  # fmt: skip
+    messages: list[Message] = [
+        Started(1, 7),
+        *(Output(1, FrameType.STDOUT, bytes([i]) * 32768) for i in range(3)),
+        Output(1, FrameType.STDERR, b"e"),
+        Exit(1, 0, None),
+    ]
     stream = b"".join(encode(m) for m in messages)
     decoder = Decoder()
     got: list[Message] = []
@@ -192,14 +202,11 @@ def test_a_partial_frame_waits_and_is_reported_as_pending() -> None:
         bytes.fromhex("00000000 00000000 00000000 00000000 00000000 00000000"),  # no program
         bytes.fromhex("00000000 00000000 00000000 00000009"),  # workdir overruns
         bytes.fromhex("00000000 00000000 00000000 00000000 ffffffff"),  # argc overruns
-        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000001") + b"x"
-        + bytes.fromhex("00000001 00000001") + b"x",  # env entry without '='
-        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000002") + b"a\0"
-        + bytes.fromhex("00000000"),  # NUL in an argument
-        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000001") + b"a"
-        + bytes.fromhex("00000000 00"),  # trailing byte
+        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000001 78 00000001 00000001 78"),  # env "x"
+        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000002 6100 00000000"),  # NUL in an argument
+        bytes.fromhex("00000000 00000000 00000000 00000000 00000001 00000001 61 00000000 00"),  # trailing byte
     ],
-)  # fmt: skip
+)
 def test_bad_spawn_payloads_are_refused(payload: bytes) -> None:
     with pytest.raises(AgentViolation):
         decode_frame(0x01, 1, payload)
@@ -227,3 +234,13 @@ def test_bad_spawn_payloads_are_refused(payload: bytes) -> None:
 def test_what_the_protocol_cannot_carry_is_a_local_mistake(message: Message) -> None:
     with pytest.raises(AgentMisuse):
         encode(message)
+
+
+def test_the_kinds_and_reasons_are_those_agent_protocol_md_specifies() -> None:
+    spec = SPEC.read_text()
+    kinds = {int(code, 16): name for code, name in re.findall(r"^\| `0x([0-9a-f]{2})` \| (\w+) \|", spec, re.M)}
+    assert kinds == {kind.value: kind.name for kind in FrameType}
+    reasons = {int(code): name for code, name in re.findall(r"^\| (\d) \| `([a-z ]+)` \|", spec, re.M)}
+    assert reasons == {reason.value: reason.name.lower().replace("_", " ") for reason in RefusedReason}
+    for limit in (PROVIDER_MAX_LENGTH, MAX_CHUNK, 256 * 1024):
+        assert f"{limit:,}" in spec

@@ -1,13 +1,15 @@
 """The provider's end of a container's agent channel: commands in, output and exit statuses out.
 
 Every task container runs ``kiln-agent`` (``agent/kiln-agent.c``) as PID 1, and the provider
-talks to it over the container's attach stream (no TTY): frames to the agent on the
-container's stdin, frames from it on its stdout, which Docker multiplexes with the agent's
-stderr behind 8-byte headers. :class:`AgentChannel` reads that stream on the event loop
-(no thread per command), decodes it with the bounded :class:`~kiln_provider.agent_protocol.Decoder`
-and settles each command. What comes from the container is untrusted: a frame out of
-place, or garbage, breaks the channel and fails every command of that container with
-``container_failed``; the provider goes on.
+talks to it over the container's attach stream (no TTY), as ``agent/PROTOCOL.md`` specifies:
+frames to the agent on the container's stdin, frames from it on its stdout, which Docker
+multiplexes with the agent's stderr behind 8-byte headers. :class:`AgentChannel` reads that
+stream on the event loop (no thread per command), decodes it with the bounded
+:class:`~kiln_provider.agent_protocol.Decoder` and settles each command. What comes from the
+container is untrusted: a frame out of place, or garbage, breaks the channel and fails every
+command of that container with ``container_failed``; the provider goes on. The agent's stderr
+lines (why it stopped; with ``KILN_AGENT_DEBUG=1``, every frame) are logged at DEBUG on
+``kiln.provider.agent``.
 
 A command's input comes from an async iterator of chunks (an exec's ``stdin`` stream),
 fed within the agent's stdin window; its output is either collected (capped, as ``run``
@@ -45,6 +47,8 @@ KILL_GRACE: Final = 5.0
 OUTPUT_WINDOW: Final = 1024 * 1024
 """Output bytes the provider lets a command have in flight: it grants more as it takes them."""
 _READ_BYTES: Final = 256 * 1024
+_LINE_BYTES: Final = 1024
+"""The longest line of the agent's stderr logged whole (its own are shorter)."""
 Sink: TypeAlias = Callable[[int, bytes], Awaitable[None]]
 """Takes a command's output as it comes: (1 for stdout or 2 for stderr, bytes)."""
 _NO_SUCH_PROGRAM: Final = {2: 127, 20: 126, 13: 126, 8: 126}  # ENOENT, ENOTDIR, EACCES, ENOEXEC
@@ -191,8 +195,9 @@ class AgentChannel:
                 stderr = b""
         else:
             code = end.code if end.code is not None else 128 + (end.signal or 9)
-        return Outcome(code, stdout, stderr, command.truncated[0], command.truncated[1], timed_out, killed,
-                       time.monotonic() - command.started)  # fmt: skip
+        duration = time.monotonic() - command.started
+        truncated = command.truncated
+        return Outcome(code, stdout, stderr, truncated[0], truncated[1], timed_out, killed, duration)
 
     @staticmethod
     async def _until_end(command: _Command, helpers: list[asyncio.Task[None]]) -> wire.Exit | wire.SpawnError:
@@ -287,12 +292,13 @@ class AgentChannel:
         reason: DockerFailed = DockerFailed(f"the container {self._name} ended (its agent closed the channel)")
         try:
             attach = wire.AttachStream()
+            diagnostics = bytearray()  # the agent's stderr: a line not yet whole
             while data := await self._reader.read(_READ_BYTES):
                 out, err = attach.feed(data)
                 if out:
                     self._take(self._decoder.feed(out))
-                if err:
-                    log.debug("agent of %s: %s", self._name, err[:500].decode(errors="replace").rstrip())
+                if err and log.isEnabledFor(logging.DEBUG):
+                    self._log_lines(diagnostics, err)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         except AgentViolation as e:
@@ -300,6 +306,19 @@ class AgentChannel:
             log.warning("%s", reason.message)
         finally:
             self._break(reason)
+
+    def _log_lines(self, pending: bytearray, data: bytes) -> None:
+        """Log the agent's stderr a line at a time: ``data`` is its next bytes, ``pending`` holds
+        a line not yet ended (a bounded one: past :data:`_LINE_BYTES` it is logged as it is)."""
+        pending += data
+        *lines, rest = pending.split(b"\n")
+        if len(rest) > _LINE_BYTES:
+            lines.append(rest)
+            rest = bytearray()
+        pending[:] = rest
+        for line in lines:
+            if line:
+                log.debug("agent of %s: %s", self._name, line[:_LINE_BYTES].decode(errors="replace").rstrip())
 
     def _take(self, messages: list[wire.Message]) -> None:
         for message in messages:

@@ -1,9 +1,9 @@
 """The wire format between the provider and ``kiln-agent``, PID 1 of a task container: pure, no I/O.
 
-The format is documented at the top of ``agent/kiln-agent.c``; this module mirrors it.
-Every frame is ``u32 length | u8 type | u32 id | payload`` (big-endian, ``length`` counts
-what follows it). Messages are frozen dataclasses; :func:`encode` turns one into bytes and
-:class:`Decoder` turns a byte stream back into messages.
+``agent/PROTOCOL.md`` specifies it (frames, kinds, fields, limits, order, refusals); this
+module is the provider's side of it. Messages are frozen dataclasses named for the frame
+kinds; :func:`encode` turns one into bytes and :class:`Decoder` turns a byte stream back
+into messages.
 
 Use: ``data = encode(Spawn(...))`` and write it to the agent; feed whatever the agent wrote
 to :meth:`Decoder.feed`, which returns the complete messages so far. What the agent sends

@@ -65,6 +65,11 @@ from kiln_provider.volume import Volume, Volumes, made_for_user, normalised, vol
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
 """Where the agent is bind-mounted (read-only) in every task container, as its entrypoint."""
+AGENT_DEBUG: Final = "KILN_AGENT_DEBUG"
+"""The agent's debug switch (``agent/PROTOCOL.md``): every task container gets ``1`` when the
+provider's own environment has ``KILN_AGENT_DEBUG=1`` (the agent then logs each frame on its
+stderr, which :mod:`kiln_provider.agent` logs at DEBUG), else ``0``, so an image's ``ENV``
+cannot turn it on. Commands still see the image's value, or none."""
 LABEL_PROVIDER = "kiln.provider"
 LABEL_ACTIVITY = "kiln.activity"
 LABEL_BUSYBOX = "kiln.busybox.sha256"
@@ -180,6 +185,11 @@ def _split_ref(ref: str) -> tuple[str, str | None]:
     if sep and "/" not in tag:
         return name, tag
     return ref, "latest"
+
+
+def _environment(entries: list[str] | None) -> dict[str, str]:
+    """An environment as Docker lists it (``NAME=value`` entries, or None) as a mapping."""
+    return dict(item.partition("=")[::2] for item in entries or [])
 
 
 def _container_name(provider: str, activity: str) -> str:
@@ -396,6 +406,7 @@ class DockerAdapter:
                         user=ROOT if spec.root else config.get("User") or NOBODY,
                         entrypoint=[AGENT_IN_CONTAINER],
                         command=[],
+                        environment={AGENT_DEBUG: "1" if os.environ.get(AGENT_DEBUG) == "1" else "0"},
                         stdin_open=True,  # and, as docker-py sets then, StdinOnce: our close is its EOF
                         tty=False,
                         name=_container_name(self.provider, spec.activity),
@@ -429,8 +440,14 @@ class DockerAdapter:
                 with suppress(ProviderError):
                     self.remove(container_id)
             raise
-        env = inspected["Config"]["Env"] or []
-        return Started(container_id, channel, dict(item.partition("=")[::2] for item in env), uid, gid, volume)
+        env = _environment(inspected["Config"]["Env"])
+        image_env = _environment(config.get("Env"))
+        # The debug switch is the agent's, not the commands': they start from the image's environment.
+        if AGENT_DEBUG in image_env:
+            env[AGENT_DEBUG] = image_env[AGENT_DEBUG]
+        else:
+            env.pop(AGENT_DEBUG, None)
+        return Started(container_id, channel, env, uid, gid, volume)
 
     def volume(self, container_id: str) -> Volume | None:
         """The volume of a container this adapter created (None: not one of them, or removed)."""
