@@ -238,7 +238,7 @@ def test_a_create_whose_image_moves_gets_more_time() -> None:
     assert [m["type"] for _, m in told] == ["rent_progress"] and not hub.closed, "past 30 s, but the image moved"
     hub.expire(30)
     assert [c.code for c in hub.closed] == [CLOSE_UNRESPONSIVE]
-    assert hub.core._deadlines == [], "nothing is kept for a provider that is gone"
+    assert hub.core.deadlines.requests == 0, "nothing is kept for a provider that is gone"
 
 
 def test_expiry_looks_only_at_what_is_due() -> None:
@@ -247,8 +247,8 @@ def test_expiry_looks_only_at_what_is_due() -> None:
         hub.join(peer, "provider", f"p{peer}")
     hub.join(9999, "requestor", "r")
     hub.send(9999, {**RENT, "id": 5})
-    assert len(hub.core._deadlines) == 1, "one create: one deadline, whatever the number of providers"
-    assert hub.expire(10) == [] and len(hub.core._deadlines) == 1
+    assert hub.core.deadlines.requests == 1, "one create: one deadline, whatever the number of providers"
+    assert hub.expire(10) == [] and hub.core.deadlines.requests == 1
 
 
 def test_a_provider_that_comes_and_goes_leaves_no_deadlines_behind() -> None:
@@ -261,7 +261,7 @@ def test_a_provider_that_comes_and_goes_leaves_no_deadlines_behind() -> None:
         assert len(told) == 1 + MAX_REPORTED
         hub.core.disconnect(cycle, "gone")
         hub.expire(0.5)
-    assert len(hub.core._deadlines) <= 2 * HEAP_FLOOR, "swept, not kept for the destroy timeout"
+    assert hub.core.deadlines.requests <= 2 * HEAP_FLOOR, "swept, not kept for the destroy timeout"
     hub.core.connect(99)
     [(_, refused)] = hub.send(99, {"type": "hello", "version": "1.3", "role": "provider", "name": "q",
                                    "activities": [*reported, "one-more"]})  # fmt: skip

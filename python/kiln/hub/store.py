@@ -63,6 +63,7 @@ from kiln.hub.catalog import (
     owner_name,
 )
 from kiln.hub.core import HubCore
+from kiln.hub.flow import Batch
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ImageCorrupt, KilnError, TransferFailed, UsageError
@@ -381,8 +382,9 @@ def _owner(key: str) -> Owner:
 class _Push:
     """A push in progress: the frames the core passed on, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int) -> None:
         self.frames: asyncio.Queue[tuple[FrameKind, bytes]] = asyncio.Queue()  # bounded by the credit granted
+        self.credit = Batch(window)  # given back in batches as its frames are taken
         self.task: asyncio.Task[None] | None = None
         self.window = asyncio.get_running_loop().time()  # when the current window of its rate began
         self.window_bytes = 0  # bytes it sent in that window
@@ -402,11 +404,10 @@ class _Push:
 
 
 class _Serve:
-    """Blobs being sent to a provider: the credit it granted, unspent."""
+    """Blobs being sent to a provider (the credit it granted is the core's: :meth:`HubCore.serve_credit`)."""
 
     def __init__(self) -> None:
-        self.credit = 0
-        self.more = asyncio.Event()
+        self.more = asyncio.Event()  # set when the provider grants credit
         self.task: asyncio.Task[None] | None = None
 
 
@@ -438,7 +439,7 @@ class ImageService:
             key = (action.peer, action.message.id)
             tenant = Tenant.of(action.credential)
             if isinstance(action.message, PushImage):
-                push = self._pushes[key] = _Push()
+                push = self._pushes[key] = _Push(self._window)
                 # In-flight bounds are per credential; requestors without one (an open hub, the
                 # shared token) share no credential, so each connection is bounded on its own.
                 credential = action.credential
@@ -470,7 +471,6 @@ class ImageService:
         elif isinstance(action, ServeCredit):
             serving = self._serves.get((action.peer, action.stream))
             if serving is not None:
-                serving.credit += action.chunks
                 serving.more.set()
         elif isinstance(action, ServeStop):
             serving = self._serves.get((action.peer, action.stream))
@@ -564,9 +564,13 @@ class ImageService:
             return
         self.catalog.share(image, tenant, to, public=message.public, revoke=message.revoke)
         await asyncio.to_thread(self.store.save, [image])
-        log.info("image %s: tenant %s %s %s", image.digest, owner_name(tenant.id),
-                 "unshared it with" if message.revoke else "shared it with",
-                 ", ".join([*message.to, *(["everyone"] if message.public else [])]))  # fmt: skip
+        log.info(
+            "image %s: tenant %s %s %s",
+            image.digest,
+            owner_name(tenant.id),
+            "unshared it with" if message.revoke else "shared it with",
+            ", ".join([*message.to, *(["everyone"] if message.public else [])]),
+        )
         self._reply(peer, Done(type="done", re=message.id))
 
     def _tenant(self, name: str) -> Owner:
@@ -595,7 +599,7 @@ class ImageService:
         try:
             if wanted:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
-                self._apply(self.core.store_grant(peer, message.id, self._window))
+                self._apply(self.core.store_grant(peer, message.id, push.credit.window))
                 await self._receive(peer, message.id, wanted, push, room)
             # A second push of an image the tenant sees only retags: no disk read. One stored only
             # for others is read like a new one (its refusals must not tell that it is stored).
@@ -620,8 +624,13 @@ class ImageService:
         finally:
             self.catalog.end(room)
         sent = sum(blob.size for blob in wanted)
-        log.info("image %s stored (%d bytes received, %d held already; %d once extracted)",
-                 image.digest, sent, image.size - sent, image.expanded)  # fmt: skip
+        log.info(
+            "image %s stored (%d bytes received, %d held already; %d once extracted)",
+            image.digest,
+            sent,
+            image.size - sent,
+            image.expanded,
+        )
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
@@ -683,7 +692,8 @@ class ImageService:
         if kind is FrameKind.ABORT:
             raise TransferFailed(f"the requestor aborted the push: {payload.decode(errors='replace')}")
         push.count(len(payload))
-        self._apply(self.core.store_grant(peer, request, 1))
+        if grant := push.credit.consumed():
+            self._apply(self.core.store_grant(peer, request, grant))
         return payload
 
     @staticmethod
@@ -703,10 +713,11 @@ class ImageService:
                 with await asyncio.to_thread(self.store.path(blob.digest).open, "rb") as f:
                     while data := await asyncio.to_thread(f.read, READ_BYTES):
                         for start in range(0, len(data), chunk):
-                            while serve.credit <= 0:
+                            while (credit := self.core.serve_credit(peer, stream)) == 0:
                                 serve.more.clear()
                                 await serve.more.wait()
-                            serve.credit -= 1
+                            if credit is None:
+                                return  # the stream is over (its create ended): ServeStop is on its way
                             self._apply(self.core.serve_data(peer, stream, data[start : start + chunk]))
         except OSError as e:
             log.warning("serving blobs on stream %d to peer %d failed: %s", stream, peer, e)
