@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 import kiln
 from kiln.hub.actions import Close, Send
 from kiln.hub.core import CLOSE_UNRESPONSIVE, HEAP_FLOOR, HubCore
-from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
+from kiln.hub.io.server import MAX_UNWELCOMED, raise_open_file_limit
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MAX_REPORTED

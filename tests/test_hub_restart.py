@@ -15,8 +15,8 @@ import pytest
 
 from kiln.hub.actions import Send
 from kiln.hub.core import HubCore
+from kiln.hub.io.state import SCHEMA_VERSION, HubState
 from kiln.hub.records import Change, SaveLease, SaveSession
-from kiln.hub.state import SCHEMA_VERSION, HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
 

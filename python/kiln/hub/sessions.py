@@ -59,7 +59,7 @@ class Sessions(StoreLink):
     """Who a peer is, and what outlives its connection (and the hub's)."""
 
     def restore(self, sessions: list[SessionRecord], leases: list[LeaseRecord]) -> list[Action]:
-        """Take back what the last run of the hub wrote down (:meth:`kiln.hub.state.HubState.load`).
+        """Take back what the last run of the hub wrote down (:meth:`kiln.hub.io.state.HubState.load`).
 
         Call once, before any peer connects. Each session is held for the grace period, as if
         its requestor had just left; its leases are absent until their providers report them.
