@@ -78,7 +78,7 @@ class HubHarness:
         self.wall = wall
         self.version = version
         self.frames = frames
-        self.state = state
+        self._state = state
         ids = itertools.count(1)
         self.core = HubCore(
             clock=lambda: self.now if self.wall is None else self.wall,
@@ -90,11 +90,17 @@ class HubHarness:
         self.logs: list[str] = []
         self.actions: list[Any] = []  # Any: a test looks at the fields of the kind it expects
         """Every action that is neither a frame, a close nor a log line (store actions, changes)."""
-        self.events: list[Change | tuple[int, Any]] = []
+        self.events: list[Any] = []
         """Changes and the messages sent, in the order the I/O layer would carry them out."""
         self._peers = itertools.count(1)
         if state is not None:
             self.take(self.core.restore(*state.load()))
+
+    @property
+    def state(self) -> HubState:
+        """The database the core's changes are written to (a harness made with one)."""
+        assert self._state is not None, "a harness made without a state"
+        return self._state
 
     # --- driving the core -------------------------------------------------------------------
 
@@ -117,8 +123,8 @@ class HubHarness:
                 self.actions.append(action)
                 if isinstance(action, Change):
                     self.events.append(action)
-                    if self.state is not None:
-                        self.state.apply(action)
+                    if self._state is not None:
+                        self._state.apply(action)
         return out
 
     def send(self, peer: int, message: dict[str, Any] | bytes | str) -> list[tuple[int, Any]]:

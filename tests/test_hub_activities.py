@@ -35,9 +35,9 @@ def hub_of(catalog: Catalog | None = None, **options: Any) -> HubHarness:
     return HubHarness(version="1.3", activity_ids="a{:02}", now=NOW, frames=False, catalog=catalog, **options)
 
 
-def enter(hub: HubHarness, role: str, name: str, token: str, **offer: Any) -> int:
-    """A peer joined with ``token``; a provider offers 8 CPUs and 8 GiB."""
-    peer = hub.join(role, name, token=token)
+def enter(hub: HubHarness, role: str, name: str, token: str, version: str | None = None, **offer: Any) -> int:
+    """A peer joined with ``token``; a provider offers 8 CPUs and 8 GiB (or ``resources``)."""
+    peer = hub.join(role, name, token=token, version=version)
     if role == "provider":
         hub.offer(peer, cpus=8, memory=8 * 2**30, **offer)
     return peer
