@@ -36,7 +36,7 @@ class Leases(CoreBase):
     """Renting, listing and destroying activities."""
 
     def _describe(self, p: Peer, message: MarketQuery) -> None:
-        """The market as requestor ``p``'s tenant may see it (see the rules above)."""
+        """The market as requestor ``p``'s tenant may see it (the rules are :mod:`kiln.hub.core`'s)."""
         tenant = Tenant.of(p.credential)
         image = message.image
         # A tag of the store names the image by its id, as providers offer it. A stored image
