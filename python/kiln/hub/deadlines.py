@@ -109,8 +109,3 @@ class Deadlines:
     def requests(self) -> int:
         """Entries in the heap of request deadlines (live and stale)."""
         return len(self._deadlines)
-
-    @property
-    def stalls(self) -> int:
-        """Entries in the heap of stalled streams (live and stale)."""
-        return len(self._stalls)
