@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from kiln.hub.server import start
-from kiln.hub.state import HubState
+from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
 from tests.test_images import BASE, TOP, entries_of, write_tar
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kiln.cli.settings import DEFAULT_HUB, DialSettings, DoctorSettings, HubSettings, ProviderSettings, load
-from kiln.hub.server import start
+from kiln.hub.io.server import start
 from kiln.protocol.errors import UsageError
 
 SHARED = "shared-t0ken"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.hub.server import start
-from kiln.hub.state import HubState
+from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
 
 CHECKS = ["docker", "root", "loop devices", "mkfs.ext4", "cpu accounting", "agent", "disk", "hub"]
 

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from kiln.hub.access import Credential
-from kiln.hub.actions import Close, Log, Send
-from kiln.hub.core import HubCore
+from kiln.hub.actions import Close, Send
 from kiln.protocol.codes import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED
-
-
-@dataclass
-class FakeCredentials:
-    """Tokens by value; ``ever`` says whether the hub holds (or held) any credential."""
-
-    live: dict[str, Credential] = field(default_factory=dict)
-    bound_names: set[str] = field(default_factory=set)
-    ever: bool = True
-
-    def required(self) -> bool:
-        return self.ever
-
-    def find(self, token: str) -> Credential | None:
-        return self.live.get(token)
-
-    def bound(self, name: str) -> bool:
-        return name in self.bound_names
+from tests.hubcore import FakeCredentials, HubHarness
 
 
 def store() -> FakeCredentials:
@@ -43,71 +24,55 @@ def store() -> FakeCredentials:
     )
 
 
-class Hub:
-    def __init__(self, token: str | None = None, credentials: FakeCredentials | None = None) -> None:
-        self.core = HubCore(token=token, credentials=credentials)
-        self.next = 1
-        self.closed: dict[int, Close] = {}
-        self.logs: list[str] = []
+def hub_with(token: str | None = None, credentials: FakeCredentials | None = None) -> HubHarness:
+    return HubHarness(token=token, credentials=credentials)
 
-    def hello(self, role: str, name: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
-        """A new peer's hello; returns its id and the hub's one answer to it."""
-        peer, self.next = self.next, self.next + 1
-        self.core.connect(peer)
-        hello = {"type": "hello", "version": "1.2", "role": role, "name": name}
-        if token is not None:
-            hello["token"] = token
-        return peer, self.one(self.core.receive_text(peer, json.dumps(hello).encode()))
 
-    def one(self, actions: list[Any]) -> dict[str, Any]:
-        sent = []
-        for action in actions:
-            if isinstance(action, Send):
-                sent.append(json.loads(action.data))
-            elif isinstance(action, Close):
-                self.closed[action.peer] = action
-            elif isinstance(action, Log):
-                self.logs.append(action.text)
-        [answer] = sent
-        assert isinstance(answer, dict)
-        return answer
+def hello(hub: HubHarness, role: str, name: str, token: str | None = None) -> tuple[int, dict[str, Any]]:
+    """A new peer's hello; returns its id and the hub's one answer to it."""
+    peer, out = hub.hello(role, name) if token is None else hub.hello(role, name, token=token)
+    [(_, answer)] = out
+    assert isinstance(answer, dict)
+    return peer, answer
 
-    def refused(self, role: str, name: str, token: str | None = None, close: int = CLOSE_UNAUTHORIZED) -> str:
-        peer, answer = self.hello(role, name, token)
-        assert answer["type"] == "error", answer
-        assert "re" not in answer
-        assert self.closed[peer].code == close
-        assert self.core.peers[peer].role is None
-        return str(answer["code"]) + ": " + str(answer["message"])
 
-    def welcomed(self, role: str, name: str, token: str | None = None) -> int:
-        peer, answer = self.hello(role, name, token)
-        assert answer["type"] == "welcome", answer
-        return peer
+def refused(hub: HubHarness, role: str, name: str, token: str | None = None, close: int = CLOSE_UNAUTHORIZED) -> str:
+    peer, answer = hello(hub, role, name, token)
+    assert answer["type"] == "error", answer
+    assert "re" not in answer
+    assert hub.close_code(peer) == close
+    assert hub.core.peers[peer].role is None
+    return str(answer["code"]) + ": " + str(answer["message"])
+
+
+def welcomed(hub: HubHarness, role: str, name: str, token: str | None = None) -> int:
+    peer, answer = hello(hub, role, name, token)
+    assert answer["type"] == "welcome", answer
+    return peer
 
 
 def test_an_open_hub_admits_anyone_and_ignores_a_token() -> None:
-    for hub in (Hub(), Hub(credentials=FakeCredentials(ever=False))):
-        hub.welcomed("provider", "p1")
-        hub.welcomed("requestor", "r", token="anything")
+    for hub in (hub_with(), hub_with(credentials=FakeCredentials(ever=False))):
+        welcomed(hub, "provider", "p1")
+        welcomed(hub, "requestor", "r", token="anything")
 
 
 def test_the_shared_token_alone_admits_any_role_and_refuses_others() -> None:
-    hub = Hub(token="s3cret")
-    hub.welcomed("provider", "p1", "s3cret")
-    hub.welcomed("requestor", "r", "s3cret")
-    assert hub.refused("requestor", "r", "nope") == "unauthorized: wrong token"
-    assert hub.refused("requestor", "r").startswith("unauthorized: this hub needs a token")
+    hub = hub_with(token="s3cret")
+    welcomed(hub, "provider", "p1", "s3cret")
+    welcomed(hub, "requestor", "r", "s3cret")
+    assert refused(hub, "requestor", "r", "nope") == "unauthorized: wrong token"
+    assert refused(hub, "requestor", "r").startswith("unauthorized: this hub needs a token")
 
 
 def test_a_provider_credential_cannot_rent_and_a_requestor_credential_cannot_offer() -> None:
-    hub = Hub(credentials=store())
-    assert "cannot join as a requestor" in hub.refused("requestor", "p1", "prov-p1")
-    assert "cannot join as a provider" in hub.refused("provider", "alice", "req")
-    assert "admin credential cannot join as a provider" in hub.refused("provider", "x", "adm")
-    requestor = hub.welcomed("requestor", "anything", "req")
-    admin = hub.welcomed("requestor", "ops", "adm")
-    provider = hub.welcomed("provider", "p1", "prov-p1")
+    hub = hub_with(credentials=store())
+    assert "cannot join as a requestor" in refused(hub, "requestor", "p1", "prov-p1")
+    assert "cannot join as a provider" in refused(hub, "provider", "alice", "req")
+    assert "admin credential cannot join as a provider" in refused(hub, "provider", "x", "adm")
+    requestor = welcomed(hub, "requestor", "anything", "req")
+    admin = welcomed(hub, "requestor", "ops", "adm")
+    provider = welcomed(hub, "provider", "p1", "prov-p1")
     assert hub.core.peers[provider].credential == Credential(1, "provider", "p1")
     assert hub.core.peers[requestor].credential == Credential(2, "requestor", "alice")
     assert hub.core.peers[admin].credential == Credential(3, "admin", None)
@@ -116,43 +81,43 @@ def test_a_provider_credential_cannot_rent_and_a_requestor_credential_cannot_off
 
 
 def test_a_provider_credential_joins_only_under_its_name() -> None:
-    hub = Hub(credentials=store())
-    message = hub.refused("provider", "p2", "prov-p1")
+    hub = hub_with(credentials=store())
+    message = refused(hub, "provider", "p2", "prov-p1")
     assert message == "unauthorized: this credential binds the provider name 'p1', not 'p2'"
 
 
 def test_with_credentials_every_hello_needs_one() -> None:
-    hub = Hub(credentials=store())
-    assert hub.refused("requestor", "r").startswith("unauthorized: this hub needs a token")
-    assert hub.refused("requestor", "r", "kiln_made_up") == "unauthorized: unknown or revoked token"
+    hub = hub_with(credentials=store())
+    assert refused(hub, "requestor", "r").startswith("unauthorized: this hub needs a token")
+    assert refused(hub, "requestor", "r", "kiln_made_up") == "unauthorized: unknown or revoked token"
     # revoked, every one of them: still closed
-    assert "unknown or revoked" in Hub(credentials=FakeCredentials()).refused("requestor", "r", "req")
+    assert "unknown or revoked" in refused(hub_with(credentials=FakeCredentials()), "requestor", "r", "req")
 
 
 def test_a_bound_name_cannot_be_taken_with_the_shared_token() -> None:
-    hub = Hub(token="s3cret", credentials=store())
+    hub = hub_with(token="s3cret", credentials=store())
     for name in ("p1", "gone"):  # the credential's provider connected or not, its credential live or revoked
-        message = hub.refused("provider", name, "s3cret")
+        message = refused(hub, "provider", name, "s3cret")
         assert message.startswith(f"unauthorized: the provider name {name!r} is bound to a credential")
-    hub.welcomed("provider", "free", "s3cret")
-    hub.welcomed("requestor", "p1", "s3cret")  # a requestor's name binds nothing
-    hub.welcomed("provider", "p1", "prov-p1")  # both are accepted
+    welcomed(hub, "provider", "free", "s3cret")
+    welcomed(hub, "requestor", "p1", "s3cret")  # a requestor's name binds nothing
+    welcomed(hub, "provider", "p1", "prov-p1")  # both are accepted
 
 
 def test_a_connected_providers_name_is_taken_even_for_its_own_credential() -> None:
-    hub = Hub(token="s3cret", credentials=store())
-    first = hub.welcomed("provider", "p1", "prov-p1")
-    assert hub.refused("provider", "p1", "prov-p1", close=CLOSE_NAME_TAKEN).startswith("name_taken")
-    assert hub.refused("provider", "p1", "s3cret").startswith("unauthorized")
+    hub = hub_with(token="s3cret", credentials=store())
+    first = welcomed(hub, "provider", "p1", "prov-p1")
+    assert refused(hub, "provider", "p1", "prov-p1", close=CLOSE_NAME_TAKEN).startswith("name_taken")
+    assert refused(hub, "provider", "p1", "s3cret").startswith("unauthorized")
     hub.core.disconnect(first, "test")
-    hub.welcomed("provider", "p1", "prov-p1")
+    welcomed(hub, "provider", "p1", "prov-p1")
 
 
 def test_a_revoked_credential_closes_the_peers_that_joined_with_it() -> None:
-    hub = Hub(credentials=store())
-    provider = hub.welcomed("provider", "p1", "prov-p1")
-    requestor = hub.welcomed("requestor", "r", "req")
-    other = hub.welcomed("requestor", "r2", "adm")
+    hub = hub_with(credentials=store())
+    provider = welcomed(hub, "provider", "p1", "prov-p1")
+    requestor = welcomed(hub, "requestor", "r", "req")
+    other = welcomed(hub, "requestor", "r2", "adm")
     assert hub.core.revoked(set()) == []
     actions = hub.core.revoked({1, 2})
     errors = {a.peer: json.loads(a.data) for a in actions if isinstance(a, Send)}
@@ -171,5 +136,5 @@ def test_a_revoked_credential_closes_the_peers_that_joined_with_it() -> None:
 
 @pytest.mark.parametrize("token", [None, "s3cret"])
 def test_an_empty_hello_token_is_no_token(token: str | None) -> None:
-    hub = Hub(token=token, credentials=store())
-    assert hub.refused("requestor", "r", "").startswith("unauthorized: this hub needs a token")
+    hub = hub_with(token=token, credentials=store())
+    assert refused(hub, "requestor", "r", "").startswith("unauthorized: this hub needs a token")

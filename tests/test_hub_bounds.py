@@ -6,8 +6,6 @@ that do."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,56 +15,41 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 import kiln
-from kiln.hub.actions import Close, Send
+from kiln.hub.actions import Send
 from kiln.hub.core import HEAP_FLOOR, HubCore
-from kiln.hub.server import MAX_UNWELCOMED, raise_open_file_limit
+from kiln.hub.io.server import MAX_UNWELCOMED, raise_open_file_limit
 from kiln.protocol import frames
 from kiln.protocol.codes import CLOSE_UNRESPONSIVE
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MAX_REPORTED
 from kiln.testing import LocalCluster
 from kiln.testing.simulated import simulated_providers
+from tests.hubcore import HubHarness
 
 pytestmark = pytest.mark.timeout(120)
 
 GiB = 2**30
 
 
-class Clocked:
-    """A hub core on a clock the test moves."""
+def clocked(**options: Any) -> HubHarness:
+    """A hub core on a clock the test moves (only messages come back from calls)."""
+    return HubHarness(frames=False, **options)
 
-    def __init__(self, **options: Any) -> None:
-        self.now = 1000.0
-        ids = itertools.count(1)
-        self.core = HubCore(monotonic=lambda: self.now, new_activity_id=lambda: f"a{next(ids)}", **options)
-        self.closed: list[Close] = []
 
-    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, Any]]:
-        return self._decode(self.core.receive_text(peer, json.dumps(message)))
-
-    def expire(self, after: float) -> list[tuple[int, Any]]:
-        self.now += after
-        return self._decode(self.core.expire())
-
-    def join(self, peer: int, role: str, name: str) -> None:
-        self.core.connect(peer)
-        self.send(peer, {"type": "hello", "version": "1.2", "role": role, "name": name})
-        if role == "provider":
-            resources = {"cpus": 2, "memory": 2 * GiB, "storage": 2**40}
-            self.send(peer, {"type": "offer", "id": 1, "resources": resources, "arch": "amd64"})
-
-    def _decode(self, actions: list[Any]) -> list[tuple[int, Any]]:
-        self.closed += [a for a in actions if isinstance(a, Close)]
-        return [(a.peer, json.loads(a.data)) for a in actions if isinstance(a, Send) and not a.binary]
+def enter(hub: HubHarness, peer: int, role: str, name: str) -> None:
+    """A peer joined as ``peer``; a provider offers 2 CPUs and 2 GiB."""
+    hub.join(role, name, peer=peer)
+    if role == "provider":
+        hub.offer(peer)
 
 
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
 
 
 def test_a_provider_that_leaves_a_create_unanswered_is_dropped() -> None:
-    hub = Clocked(create_timeout=30)
-    hub.join(1, "provider", "stuck")
-    hub.join(2, "requestor", "r")
+    hub = clocked(create_timeout=30)
+    enter(hub, 1, "provider", "stuck")
+    enter(hub, 2, "requestor", "r")
     [(_, create)] = hub.send(2, {**RENT, "id": 5})
     assert create["type"] == "create"
     assert hub.expire(29) == [] and not hub.closed, "not yet"
@@ -79,9 +62,9 @@ def test_a_provider_that_leaves_a_create_unanswered_is_dropped() -> None:
 
 
 def test_a_provider_that_leaves_a_destroy_unanswered_is_dropped() -> None:
-    hub = Clocked(destroy_timeout=10)
-    hub.join(1, "provider", "p")
-    hub.join(2, "requestor", "r")
+    hub = clocked(destroy_timeout=10)
+    enter(hub, 1, "provider", "p")
+    enter(hub, 2, "requestor", "r")
     [(_, create)] = hub.send(2, {**RENT, "id": 5})
     [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"]})
     [(_, destroy)] = hub.send(2, {"type": "release", "id": 6, "activity": rented["activity"]})
@@ -95,10 +78,10 @@ def binaries(actions: list[Any]) -> list[tuple[int, frames.Frame]]:
     return [(a.peer, frames.decode(a.data, 2**20)) for a in actions if isinstance(a, Send) and a.binary]
 
 
-def upload_on(hub: Clocked) -> tuple[str, dict[str, Any]]:
+def upload_on(hub: HubHarness) -> tuple[str, dict[str, Any]]:
     """Provider 1 runs an activity of requestor 2, which starts an upload: the upload as the provider got it."""
-    hub.join(1, "provider", "p")
-    hub.join(2, "requestor", "r")
+    enter(hub, 1, "provider", "p")
+    enter(hub, 2, "requestor", "r")
     [(_, create)] = hub.send(2, {**RENT, "id": 5})
     [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"]})
     activity = rented["activity"]
@@ -108,14 +91,14 @@ def upload_on(hub: Clocked) -> tuple[str, dict[str, Any]]:
 
 
 def test_a_provider_that_grants_an_upload_no_credit_has_it_aborted() -> None:
-    hub = Clocked(credit_timeout=20, destroy_timeout=10)
+    hub = clocked(credit_timeout=20, destroy_timeout=10)
     activity, upload = upload_on(hub)
     hub.now += 21
     actions = hub.core.expire()
     aborted = binaries(actions)
     assert [(to, f.kind, f.stream) for to, f in aborted] == [(1, FrameKind.ABORT, upload["id"])]
     assert b"no credit for 20 s" in bytes(aborted[0][1].payload)
-    told = hub._decode(actions)
+    told = hub.take(actions)
     assert (1, {"type": "cancel", "target": upload["id"]}) in told, "its task is stopped, whatever it waits on"
     [(to, error)] = [(peer, m) for peer, m in told if m.get("re") == 6]
     assert (to, error["code"]) == (2, "transfer_failed") and "no credit for 20 s" in error["message"]
@@ -127,9 +110,9 @@ def test_a_provider_that_grants_an_upload_no_credit_has_it_aborted() -> None:
 
 
 def test_a_provider_that_never_answers_an_aborted_upload_keeps_serving() -> None:
-    hub = Clocked(credit_timeout=20, destroy_timeout=10)
+    hub = clocked(credit_timeout=20, destroy_timeout=10)
     upload_on(hub)
-    hub.join(3, "requestor", "other")
+    enter(hub, 3, "requestor", "other")
     [(_, create)] = hub.send(3, {**RENT, "id": 1})
     [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"]})
     hub.expire(21)
@@ -139,7 +122,7 @@ def test_a_provider_that_never_answers_an_aborted_upload_keeps_serving() -> None
 
 
 def test_an_upload_whose_credit_flows_is_not_aborted() -> None:
-    hub = Clocked(credit_timeout=20)
+    hub = clocked(credit_timeout=20)
     _, upload = upload_on(hub)
     for _ in range(5):  # every 15 s the provider grants a chunk and the requestor spends it
         hub.now += 15
@@ -151,9 +134,9 @@ def test_an_upload_whose_credit_flows_is_not_aborted() -> None:
 
 
 def test_a_requestor_holds_a_bounded_number_of_activities() -> None:
-    hub = Clocked(max_activities=2)
-    hub.join(1, "provider", "p")
-    hub.join(2, "requestor", "r")
+    hub = clocked(max_activities=2)
+    enter(hub, 1, "provider", "p")
+    enter(hub, 2, "requestor", "r")
     for rid in (5, 6):
         [(to, _)] = hub.send(2, {**RENT, "id": rid, "demand": {"cpus": 0.5, "memory": 2**28}})
         assert to == 1
@@ -228,9 +211,9 @@ async def test_idle_connections_cannot_crowd_out_peers_that_say_hello(hub_url: s
 
 
 def test_a_create_whose_image_moves_gets_more_time() -> None:
-    hub = Clocked(create_timeout=30)
-    hub.join(1, "provider", "loading")
-    hub.join(2, "requestor", "r")
+    hub = clocked(create_timeout=30)
+    enter(hub, 1, "provider", "loading")
+    enter(hub, 2, "requestor", "r")
     [(_, create)] = hub.send(2, {**RENT, "id": 5})
     pending = hub.core.peers[1].pending[create["id"]]
     hub.now += 25
@@ -239,31 +222,33 @@ def test_a_create_whose_image_moves_gets_more_time() -> None:
     assert [m["type"] for _, m in told] == ["rent_progress"] and not hub.closed, "past 30 s, but the image moved"
     hub.expire(30)
     assert [c.code for c in hub.closed] == [CLOSE_UNRESPONSIVE]
-    assert hub.core._deadlines == [], "nothing is kept for a provider that is gone"
+    assert hub.core.deadlines.requests == 0, "nothing is kept for a provider that is gone"
 
 
 def test_expiry_looks_only_at_what_is_due() -> None:
-    hub = Clocked(create_timeout=30)
+    hub = clocked(create_timeout=30)
     for peer in range(1, 2001):
-        hub.join(peer, "provider", f"p{peer}")
-    hub.join(9999, "requestor", "r")
+        enter(hub, peer, "provider", f"p{peer}")
+    enter(hub, 9999, "requestor", "r")
     hub.send(9999, {**RENT, "id": 5})
-    assert len(hub.core._deadlines) == 1, "one create: one deadline, whatever the number of providers"
-    assert hub.expire(10) == [] and len(hub.core._deadlines) == 1
+    assert hub.core.deadlines.requests == 1, "one create: one deadline, whatever the number of providers"
+    assert hub.expire(10) == [] and hub.core.deadlines.requests == 1
 
 
 def test_a_provider_that_comes_and_goes_leaves_no_deadlines_behind() -> None:
-    hub = Clocked()
+    hub = clocked()
     reported = [f"x{i:04}" for i in range(MAX_REPORTED)]
     for cycle in range(1, 41):  # each hello lists 4,096 activities nobody holds: 4,096 destroys, then it leaves
         hub.core.connect(cycle)
-        told = hub.send(cycle, {"type": "hello", "version": "1.3", "role": "provider", "name": "p",
-                                "activities": reported})  # fmt: skip
+        told = hub.send(
+            cycle, {"type": "hello", "version": "1.3", "role": "provider", "name": "p", "activities": reported}
+        )
         assert len(told) == 1 + MAX_REPORTED
         hub.core.disconnect(cycle, "gone")
         hub.expire(0.5)
-    assert len(hub.core._deadlines) <= 2 * HEAP_FLOOR, "swept, not kept for the destroy timeout"
+    assert hub.core.deadlines.requests <= 2 * HEAP_FLOOR, "swept, not kept for the destroy timeout"
     hub.core.connect(99)
-    [(_, refused)] = hub.send(99, {"type": "hello", "version": "1.3", "role": "provider", "name": "q",
-                                   "activities": [*reported, "one-more"]})  # fmt: skip
+    [(_, refused)] = hub.send(
+        99, {"type": "hello", "version": "1.3", "role": "provider", "name": "q", "activities": [*reported, "one-more"]}
+    )
     assert refused["code"] == "bad_message"

@@ -18,9 +18,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
-from kiln.hub import server as hub_server
-from kiln.hub.server import start
-from kiln.hub.state import HubState
+from kiln.hub.io import server as hub_server
+from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
 from kiln.protocol.codes import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED
 from kiln.protocol.messages import Exec, Release
 from kiln.testing.simulated import simulated_providers

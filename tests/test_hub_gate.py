@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed
 
 from kiln.hub.core import PER_CREDENTIAL
 from kiln.hub.gate import FAILED_HELLOS, Gate, source
-from kiln.hub.server import raise_open_file_limit, start
-from kiln.hub.state import HubState
+from kiln.hub.io.server import raise_open_file_limit, start
+from kiln.hub.io.state import HubState
 from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_TOO_MANY, CLOSE_UNAUTHORIZED
 
 pytestmark = pytest.mark.timeout(120)

@@ -4,13 +4,12 @@ part in pushes and pulls. No sockets, no disk, no Docker (the real store is test
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from typing import Any
 
 import pytest
 
-from kiln.hub.actions import PushCancelled, PushFrame, Send, ServeBlobs, ServeCredit, ServeStop, StoreRequest
+from kiln.hub.actions import PushCancelled, PushFrame, ServeBlobs, ServeCredit, ServeStop, StoreRequest
 from kiln.hub.catalog import (
     EXPANDED_SINCE,
     EXPANSION_FLOOR,
@@ -24,12 +23,12 @@ from kiln.hub.catalog import (
     normalize_tag,
     read_config,
 )
-from kiln.hub.core import HubCore
 from kiln.hub.market import Market
 from kiln.protocol import frames
 from kiln.protocol.errors import ImageError, ImageTooLarge, KilnError, NoMatch, StoreFull, UsageError
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MINOR_VERSION, Blob, Demand, Done, Manifest, Offer, Resources, Want
+from tests.hubcore import HubHarness
 
 GiB = 2**30
 MiB = 2**20
@@ -222,8 +221,10 @@ def test_a_push_holds_room_only_as_its_bytes_come_and_a_tenant_is_bounded() -> N
     assert blob("old", 1).digest in evicted and old.digest not in catalog.images
     catalog.end(push)
     assert catalog.used == 0
-    pushes = [catalog.begin(Manifest(config=blob(f"c{n}", 10), layers=[blob(f"x{n}", MiB)]), pusher="bob")[1]
-              for n in range(MAX_PUSHES)]  # fmt: skip
+    pushes = [
+        catalog.begin(Manifest(config=blob(f"c{n}", 10), layers=[blob(f"x{n}", MiB)]), pusher="bob")[1]
+        for n in range(MAX_PUSHES)
+    ]
     with pytest.raises(KilnError, match="in flight") as e:
         catalog.begin(Manifest(config=blob("c9", 10), layers=[blob("x9", MiB)]), pusher="bob")
     assert e.value.code == "too_many"
@@ -245,8 +246,9 @@ def test_a_stored_blob_that_is_no_tar_cannot_be_a_layer() -> None:
 
 
 def offer(images: list[str] = [], arch: str = "amd64", storage: int = 10 * GiB) -> Offer:  # noqa: B006
-    return Offer(type="offer", id=1, resources=Resources(cpus=4, memory=4 * GiB, storage=storage), arch=arch,
-                 images=images)  # fmt: skip
+    return Offer(
+        type="offer", id=1, resources=Resources(cpus=4, memory=4 * GiB, storage=storage), arch=arch, images=images
+    )
 
 
 def test_a_stored_image_goes_to_its_holder_then_to_whoever_holds_most_of_its_layers() -> None:
@@ -293,62 +295,52 @@ def test_a_stored_image_never_goes_where_it_cannot_run_and_no_match_says_why() -
 # --- the core: pulls --------------------------------------------------------------------------
 
 
-class Hub:
-    """A core with a stored image, a provider (1.1) and a requestor of the given version."""
+LAYER = blob("layer", 10 * MiB)
+"""The one layer of the stored image ``app:1`` a pulling hub holds."""
 
-    def __init__(self, requestor_version: str = "1.1", provider_version: str = "1.1") -> None:
-        self.provider_minor = int(provider_version.split(".")[1])
-        self.catalog = Catalog(GiB)
-        self.layer = blob("layer", 10 * MiB)
-        self.image = image(self.catalog, self.layer, tags=("app:1",))
-        ids = itertools.count(1)
-        self.core = HubCore(catalog=self.catalog, new_activity_id=lambda: f"act{next(ids)}", clock=lambda: 42.0)
-        self.actions: list[Any] = []
-        self.join(1, "provider", "p1", provider_version)
-        self.send(1, {"type": "offer", "id": 1, "resources": {"cpus": 2, "memory": 2 * GiB, "storage": GiB},
-                      "arch": "amd64"})  # fmt: skip
-        self.join(2, "requestor", "r1", requestor_version)
 
-    def join(self, peer: int, role: str, name: str, version: str) -> None:
-        self.core.connect(peer)
-        self.send(peer, {"type": "hello", "version": version, "role": role, "name": name})
+def pulling(requestor_version: str = "1.1", provider_version: str = "1.1") -> tuple[HubHarness, StoredImage]:
+    """A core with a stored image (``app:1``), a provider (1.1) as peer 1 and a requestor (1.1) as peer 2."""
+    catalog = Catalog(GiB)
+    stored = image(catalog, LAYER, tags=("app:1",))
+    hub = HubHarness(activity_ids="act{}", wall=42.0, catalog=catalog)
+    hub.join("provider", "p1", peer=1, version=provider_version)
+    hub.offer(1, storage=GiB)
+    hub.join("requestor", "r1", peer=2, version=requestor_version)
+    return hub, stored
 
-    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, Any]]:
-        return self.take(self.core.receive_text(peer, json.dumps(message).encode()))
 
-    def take(self, actions: list[Any]) -> list[tuple[int, Any]]:
-        self.actions += [a for a in actions if not isinstance(a, Send)]
-        return [
-            (a.peer, frames.decode(a.data, 2**20) if a.binary else json.loads(a.data))
-            for a in actions
-            if isinstance(a, Send)
-        ]
+def rent_stored(hub: HubHarness, stored: StoredImage) -> int:
+    """Requestor 2 rents ``app:1`` (request 7): the id of the create provider 1 is sent, with its manifest."""
+    [(to, create)] = hub.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
+    assert to == 1 and create["image"] == stored.digest
+    manifest = stored.manifest_for(hub.core.peers[1].minor)
+    assert create["manifest"] == manifest.model_dump(mode="json", exclude_none=True)
+    return int(create["id"])
 
-    def rent(self) -> int:
-        [(to, create)] = self.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
-        assert to == 1 and create["image"] == self.image.digest
-        manifest = self.image.manifest_for(self.provider_minor)
-        assert create["manifest"] == manifest.model_dump(mode="json", exclude_none=True)
-        return int(create["id"])
+
+def frame(data: bytes) -> frames.Frame:
+    return frames.decode(data, 2**20)
 
 
 @pytest.mark.skipif(MINOR_VERSION < EXPANDED_SINCE, reason="Blob.expanded goes to providers from protocol 1.4")
 def test_a_provider_of_1_4_is_told_what_each_layer_expands_to() -> None:
-    hub = Hub(provider_version=f"1.{MINOR_VERSION}")
-    hub.rent()
+    hub, stored = pulling(provider_version=f"1.{MINOR_VERSION}")
+    rent_stored(hub, stored)
     [create] = [message for _, message in hub.send(2, {"type": "rent", "id": 8, "image": "app:1", "demand": {}})]
-    assert [layer["expanded"] for layer in create["manifest"]["layers"]] == [hub.layer.size]
+    assert [layer["expanded"] for layer in create["manifest"]["layers"]] == [LAYER.size]
     assert "expanded" not in create["manifest"]["config"]
 
 
 def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_progress() -> None:
-    hub = Hub()
-    create = hub.rent()
-    assert hub.catalog.images[hub.image.digest].in_use == 1
-    out = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
-    assert hub.actions[-1] == ServeBlobs(1, create, (hub.image.manifest.layers[0],))
-    assert out == [(2, {"type": "rent_progress", "re": 7, "provider": "p1", "image": "app:1", "done": 0,
-                        "total": hub.layer.size})]  # fmt: skip
+    hub, stored = pulling()
+    create = rent_stored(hub, stored)
+    assert hub.core.catalog.images[stored.digest].in_use == 1
+    out = hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest]})
+    assert hub.actions[-1] == ServeBlobs(1, create, (stored.manifest.layers[0],))
+    assert out == [
+        (2, {"type": "rent_progress", "re": 7, "provider": "p1", "image": "app:1", "done": 0, "total": LAYER.size})
+    ]
     assert hub.send(1, {"type": "credit", "stream": create, "chunks": 32}) == []
     assert hub.actions[-1] == ServeCredit(1, create, 32)
     told = []
@@ -357,38 +349,38 @@ def test_a_provider_that_lacks_the_image_gets_its_blobs_and_the_requestor_sees_p
             if to == 2:
                 told.append(message["done"])
             else:
-                assert message.kind is FrameKind.DATA and message.stream == create
+                assert frame(message).kind is FrameKind.DATA and frame(message).stream == create
     assert told == [4 * MiB, 8 * MiB], "at most one progress message every 4 MiB"
     with pytest.raises(UsageError, match="without credit"):
         hub.core.serve_data(1, create, b"x")
     out = hub.take(hub.core.serve_end(1, create))
-    assert out[0][1].kind is FrameKind.END and out[1] == (2, {**out[1][1], "done": 8 * MiB})
+    assert frame(out[0][1]).kind is FrameKind.END and out[1] == (2, {**out[1][1], "done": 8 * MiB})
     [(to, rented)] = hub.send(1, {"type": "done", "re": create, "bytes": 8 * MiB})
     assert (to, rented["cached"], rented["pulled"]) == (2, False, 8 * MiB)
     assert hub.take(hub.core.serve_data(1, create, b"late")) == [], "the stream is over"
 
 
 def test_what_the_provider_fetched_says_whether_the_image_was_cached() -> None:
-    hub = Hub()
-    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=True)  # an offer soon to be stale
-    create = hub.rent()
-    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    hub, stored = pulling()
+    hub.core.market.update(1, "p1", offer([stored.digest]), pulls=True)  # an offer soon to be stale
+    create = rent_stored(hub, stored)
+    hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest]})
     hub.take(hub.core.serve_end(1, create))
     [(_, rented)] = [m for m in hub.send(1, {"type": "done", "re": create, "bytes": 5}) if m[1]["type"] == "rented"]
     assert (rented["cached"], rented["pulled"]) == (False, 5)
 
 
 def test_the_market_knows_a_stored_image_by_its_tags() -> None:
-    hub = Hub()
-    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=True)
+    hub, stored = pulling()
+    hub.core.market.update(1, "p1", offer([stored.digest]), pulls=True)
     [(_, info)] = hub.send(2, {"type": "market", "id": 3, "image": "app:1"})
     assert [p["name"] for p in info["providers"]] == ["p1"]
 
 
 def test_a_providers_cache_serves_only_rents_of_the_stored_image() -> None:
-    hub = Hub()
+    hub, stored = pulling()
     # What it loaded from the store is listed apart (1.4): a rent by the store's tag finds it.
-    hub.core.market.update(1, "p1", offer().model_copy(update={"cached": [hub.image.digest]}), pulls=True)
+    hub.core.market.update(1, "p1", offer().model_copy(update={"cached": [stored.digest]}), pulls=True)
     [(_, info)] = hub.send(2, {"type": "market", "id": 3, "image": "app:1"})
     assert [p["name"] for p in info["providers"]] == ["p1"] and info["providers"][0]["images"] == []
     [(to, create)] = hub.send(2, {"type": "rent", "id": 7, "image": "app:1", "demand": {}})
@@ -396,57 +388,57 @@ def test_a_providers_cache_serves_only_rents_of_the_stored_image() -> None:
     [(_, rented)] = hub.send(1, {"type": "done", "re": create["id"], "bytes": 0})
     assert rented["cached"] is True
     # Once the store no longer holds it, its digest names nothing the cache may serve.
-    hub.catalog.remove(hub.image.digest)
-    [(_, info)] = hub.send(2, {"type": "market", "id": 4, "image": hub.image.digest})
+    hub.core.catalog.remove(stored.digest)
+    [(_, info)] = hub.send(2, {"type": "market", "id": 4, "image": stored.digest})
     assert info["providers"] == []
     # No provider offers it itself, so the hub answers as for a digest nobody stored.
-    [(to, error)] = hub.send(2, {"type": "rent", "id": 8, "image": hub.image.digest, "demand": {}})
+    [(to, error)] = hub.send(2, {"type": "rent", "id": 8, "image": stored.digest, "demand": {}})
     assert (to, error["type"], error["code"]) == (2, "error", "image_not_found")
 
 
 def test_a_requestor_of_1_0_hears_no_progress_and_no_pulled() -> None:
-    hub = Hub(requestor_version="1.0")
-    create = hub.rent()
-    assert hub.send(1, {"type": "want", "re": create, "blobs": [hub.image.digest]}) == []
+    hub, stored = pulling(requestor_version="1.0")
+    create = rent_stored(hub, stored)
+    assert hub.send(1, {"type": "want", "re": create, "blobs": [stored.digest]}) == []
     [(_, rented)] = hub.send(1, {"type": "done", "re": create, "bytes": 0})
     assert "pulled" not in rented and rented["cached"] is True
 
 
 def test_a_want_for_what_the_image_lacks_is_refused_on_its_stream() -> None:
-    hub = Hub()
-    create = hub.rent()
-    [(to, frame)] = hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest, hub.layer.digest]})
-    assert to == 1 and frame.kind is FrameKind.ABORT and b"twice" in bytes(frame.payload)
+    hub, stored = pulling()
+    create = rent_stored(hub, stored)
+    [(to, abort)] = hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest, LAYER.digest]})
+    assert to == 1 and frame(abort).kind is FrameKind.ABORT and b"twice" in bytes(frame(abort).payload)
     [(to, error)] = hub.send(1, {"type": "want", "re": create, "blobs": []})
     assert error["code"] == "out_of_order", "one want per create"
 
 
 def test_a_provider_of_1_0_gets_no_manifest_and_cannot_want() -> None:
-    hub = Hub(provider_version="1.0")
-    hub.core.market.update(1, "p1", offer([hub.image.digest]), pulls=False)
-    [(_, create)] = hub.send(2, {"type": "rent", "id": 7, "image": hub.image.digest, "demand": {}})
+    hub, stored = pulling(provider_version="1.0")
+    hub.core.market.update(1, "p1", offer([stored.digest]), pulls=False)
+    [(_, create)] = hub.send(2, {"type": "rent", "id": 7, "image": stored.digest, "demand": {}})
     assert "manifest" not in create
     [(_, error)] = hub.send(1, {"type": "want", "re": create["id"], "blobs": []})
     assert error["code"] == "out_of_order"
 
 
 def test_a_provider_lost_mid_pull_stops_the_store_and_frees_the_image() -> None:
-    hub = Hub()
-    create = hub.rent()
-    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    hub, stored = pulling()
+    create = rent_stored(hub, stored)
+    hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest]})
     hub.take(hub.core.disconnect(1, "gone"))
     assert ServeStop(1, create) in hub.actions
-    assert hub.catalog.images[hub.image.digest].in_use == 0
+    assert hub.core.catalog.images[stored.digest].in_use == 0
 
 
 def test_a_create_that_fails_mid_pull_stops_the_store() -> None:
-    hub = Hub()
-    create = hub.rent()
-    hub.send(1, {"type": "want", "re": create, "blobs": [hub.layer.digest]})
+    hub, stored = pulling()
+    create = rent_stored(hub, stored)
+    hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest]})
     [(to, error)] = hub.send(1, {"type": "error", "re": create, "code": "image_corrupt", "message": "bad blob"})
     assert (to, error["code"], error["provider"]) == (2, "image_corrupt", "p1")
     assert ServeStop(1, create) in hub.actions
-    assert hub.catalog.images[hub.image.digest].in_use == 0
+    assert hub.core.catalog.images[stored.digest].in_use == 0
 
 
 # --- the core: pushes ---------------------------------------------------------------------------
@@ -458,7 +450,7 @@ def push_message(id_: int = 3) -> dict[str, Any]:
 
 
 def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
-    hub = Hub()
+    hub, _ = pulling()
     assert hub.send(2, push_message()) == []
     assert [type(a) for a in hub.actions[-1:]] == [StoreRequest]
     [(_, error)] = hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 3, b"early")))
@@ -473,7 +465,8 @@ def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
     assert hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.DATA, 4, b"ok"))) == []
     assert hub.actions[-1] == PushFrame(2, 4, FrameKind.DATA, b"ok")
     hub.take(hub.core.receive_binary(2, frames.encode(FrameKind.END, 4)))
-    assert hub.actions[-1].kind is FrameKind.END
+    last = hub.actions[-1]
+    assert isinstance(last, PushFrame) and last.kind is FrameKind.END
     want = Want(type="want", re=4, blobs=[])
     assert hub.take(hub.core.store_reply(2, want))[0][1]["type"] == "want"
     [(_, done)] = hub.take(hub.core.store_reply(2, Done(type="done", re=4)))
@@ -485,7 +478,7 @@ def test_a_push_reaches_the_store_and_its_data_only_within_credit() -> None:
 
 
 def test_a_push_cancelled_or_left_behind_is_handed_to_the_store() -> None:
-    hub = Hub()
+    hub, _ = pulling()
     hub.send(2, push_message(3))
     hub.send(2, {"type": "cancel", "target": 3})
     assert hub.actions[-1] == PushCancelled(2, 3, answer=True)
@@ -496,7 +489,7 @@ def test_a_push_cancelled_or_left_behind_is_handed_to_the_store() -> None:
 
 
 def test_a_cancel_of_a_request_the_store_answers_is_passed_over() -> None:
-    hub = Hub()
+    hub, _ = pulling()
     hub.send(2, {"type": "list_images", "id": 4})
     hub.send(2, {"type": "remove_image", "id": 5, "image": "app:1"})
     for target in (4, 5):

@@ -3,89 +3,65 @@ new core restored from it, as ``kiln hub`` does after a SIGKILL. Peers are playe
 
 from __future__ import annotations
 
-import itertools
 import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kiln.hub.actions import Send
-from kiln.hub.core import HubCore
-from kiln.hub.records import Change, SaveLease, SaveSession
-from kiln.hub.state import SCHEMA_VERSION, HubState
+from kiln.hub.io.state import SCHEMA_VERSION, HubState
+from kiln.hub.records import SaveLease, SaveSession
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
+from tests.hubcore import HubHarness
 
 GiB = 2**30
 RENT = {"type": "rent", "image": "img:1", "demand": {"cpus": 1, "memory": 2**28}}
 OFFER = {"type": "offer", "id": 1, "resources": {"cpus": 4, "memory": 8 * GiB, "storage": 2**40}, "arch": "amd64"}
 
 
-class Run:
-    """One run of the hub: a core on a clock the test moves, writing its changes to ``data``."""
+def run_of(data: Path, *, grace: float = 30, number: int = 1, **options: Any) -> HubHarness:
+    """One run of the hub: a core on a clock the test moves (its wall clock from now on), writing
+    its changes to the database in ``data`` and restored from what it holds."""
+    return HubHarness(
+        state=HubState.in_dir(data),
+        version="1.3",
+        activity_ids=f"a{number}-{{}}",
+        wall=time.time(),
+        frames=False,
+        grace=grace,
+        **options,
+    )
 
-    def __init__(self, data: Path, *, grace: float = 30, number: int = 1, **options: Any) -> None:
-        self.now = 1000.0
-        self.state = HubState.in_dir(data)
-        ids = itertools.count(1)
-        self.core = HubCore(monotonic=lambda: self.now, new_activity_id=lambda: f"a{number}-{next(ids)}",
-                            grace=grace, **options)  # fmt: skip
-        self.events: list[Any] = []  # changes and messages, in the order the I/O layer would carry them out
-        self.take(self.core.restore(*self.state.load()))
 
-    def take(self, actions: list[Any]) -> list[tuple[int, dict[str, Any]]]:
-        out: list[tuple[int, dict[str, Any]]] = []
-        for action in actions:
-            if isinstance(action, Change):
-                self.state.apply(action)
-                self.events.append(action)
-            elif isinstance(action, Send) and not action.binary:
-                message = json.loads(action.data)
-                out.append((action.peer, message))
-                self.events.append((action.peer, message))
-        return out
+def provider(run: HubHarness, peer: int, name: str = "p", **fields: Any) -> list[tuple[int, Any]]:
+    """A provider dials (``activities``: what it reports it runs) and offers 4 CPUs: what it is told."""
+    _, replies = run.hello("provider", name, peer=peer, **fields)
+    return replies + run.send(peer, OFFER)
 
-    def send(self, peer: int, message: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
-        return self.take(self.core.receive_text(peer, json.dumps(message)))
 
-    def join(self, peer: int, role: str, name: str, version: str = "1.3", **fields: Any) -> list[tuple[int, Any]]:
-        self.core.connect(peer)
-        return self.send(peer, {"type": "hello", "version": version, "role": role, "name": name} | fields)
+def requestor(run: HubHarness, peer: int, **fields: Any) -> dict[str, Any]:
+    """Requestor ``r`` says hello (``resume``, ``token``): its welcome."""
+    return run.welcome("requestor", "r", peer=peer, **fields)
 
-    def provider(self, peer: int, name: str = "p", **fields: Any) -> list[tuple[int, Any]]:
-        replies = self.join(peer, "provider", name, **fields)
-        return replies + self.send(peer, OFFER)
 
-    def requestor(self, peer: int, **fields: Any) -> dict[str, Any]:
-        [(_, welcome), *_] = self.join(peer, "requestor", "r", **fields)
-        assert welcome["type"] == "welcome"
-        return dict(welcome)
+def rent(run: HubHarness, peer: int, rid: int, provider: int = 1) -> str:
+    return run.rent(peer, rid, provider, memory=2**28)
 
-    def rent(self, peer: int, rid: int, provider: int = 1) -> str:
-        [(_, create)] = self.send(peer, {**RENT, "id": rid})
-        [(_, rented)] = self.send(provider, {"type": "done", "re": create["id"]})
-        assert rented["type"] == "rented"
-        return str(rented["activity"])
 
-    def leave(self, peer: int, *, ended: bool = False) -> list[tuple[int, Any]]:
-        return self.take(self.core.disconnect(peer, "test", ended=ended))
+def free_cpus(run: HubHarness) -> float:
+    run.join("requestor", "watcher", peer=98)
+    return run.free_cpus(98)
 
-    def expire(self, after: float) -> list[tuple[int, Any]]:
-        self.now += after
-        return self.take(self.core.expire())
 
-    def free_cpus(self) -> float:
-        self.join(98, "requestor", "watcher")
-        [(_, info)] = self.send(98, {"type": "market", "id": 1})
-        return float(info["providers"][0]["free"]["cpus"])
-
-    def crash(self) -> None:
-        """The process dies: nothing more is written (the database is what it left)."""
-        self.state.close()
+def crash(run: HubHarness) -> None:
+    """The process dies: nothing more is written (the database is what it left)."""
+    run.state.close()
 
 
 def exec_(rid: int, activity: str) -> dict[str, Any]:
@@ -93,42 +69,49 @@ def exec_(rid: int, activity: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def before(tmp_path: Path) -> tuple[Run, str, str, str]:
+def before(tmp_path: Path) -> tuple[HubHarness, str, str, str]:
     """A run with provider 1 (``p``) running two activities of requestor 2; the secret to resume with."""
-    run = Run(tmp_path)
-    run.provider(1)
-    secret = run.requestor(2)["resume"]
-    a1, a2 = run.rent(2, 1), run.rent(2, 2)
-    run.crash()
+    run = run_of(tmp_path)
+    provider(run, 1)
+    secret = requestor(run, 2)["resume"]
+    a1, a2 = rent(run, 2, 1), rent(run, 2, 2)
+    crash(run)
     return run, secret, a1, a2
 
 
 def test_the_lease_is_written_before_the_rented_that_tells_of_it(tmp_path: Path) -> None:
-    run = Run(tmp_path)
-    run.provider(1)
-    run.requestor(2)
-    activity = run.rent(2, 1)
+    run = run_of(tmp_path)
+    provider(run, 1)
+    requestor(run, 2)
+    activity = rent(run, 2, 1)
     saved = next(i for i, e in enumerate(run.events) if isinstance(e, SaveLease))
     told = next(i for i, e in enumerate(run.events) if isinstance(e, tuple) and e[1]["type"] == "rented")
     assert saved < told
     assert run.events[saved].lease.id == activity and run.events[saved].lease.provider == "p"
 
 
-def test_a_restarted_hub_hands_the_activities_back(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+def test_a_restarted_hub_hands_the_activities_back(tmp_path: Path, before: tuple[HubHarness, str, str, str]) -> None:
     _, secret, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    welcome = run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    welcome = requestor(run, 5, resume=secret)
     assert sorted(welcome["resumed"]) == [a1, a2]
     # Its provider is not back yet: a request waits, answered by no one.
     assert run.send(5, exec_(7, a1)) == []
-    replies = run.provider(6, activities=[a1, a2])
+    replies = provider(run, 6, activities=[a1, a2])
     [(to, forwarded)] = [(to, m) for to, m in replies if m["type"] == "exec"]
     assert to == 6 and forwarded["activity"] == a1
-    finished = {"type": "exec_result", "re": forwarded["id"], "exit_code": 0, "timed_out": False, "stdout": "",
-                "stderr": "", "duration": 0.01}  # fmt: skip
+    finished = {
+        "type": "exec_result",
+        "re": forwarded["id"],
+        "exit_code": 0,
+        "timed_out": False,
+        "stdout": "",
+        "stderr": "",
+        "duration": 0.01,
+    }
     [(to, result)] = run.send(6, finished)
     assert (to, result["re"], result["exit_code"]) == (5, 7, 0)
-    assert run.free_cpus() == 2, "the two leases hold their capacity again"
+    assert free_cpus(run) == 2, "the two leases hold their capacity again"
     # And it is all a live activity again: released as any other.
     [(_, destroy)] = run.send(5, {"type": "release", "id": 8, "activity": a2})
     [(to, done)] = run.send(6, {"type": "done", "re": destroy["id"], "cpu_seconds": 1.5})
@@ -137,34 +120,38 @@ def test_a_restarted_hub_hands_the_activities_back(tmp_path: Path, before: tuple
     assert [(u["activity"], u["provider"], u["requestor"], u["cpu_seconds"]) for u in usage] == [(a2, "p", "r", 1.5)]
 
 
-def test_the_requestor_may_come_back_after_the_provider(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+def test_the_requestor_may_come_back_after_the_provider(
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
+) -> None:
     _, secret, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    assert [m["type"] for _, m in run.provider(6, activities=[a2, a1])] == ["welcome", "done"]
-    welcome = run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    assert [m["type"] for _, m in provider(run, 6, activities=[a2, a1])] == ["welcome", "done"]
+    welcome = requestor(run, 5, resume=secret)
     assert sorted(welcome["resumed"]) == [a1, a2]
     [(to, forwarded)] = run.send(5, exec_(7, a1))
     assert to == 6 and forwarded["type"] == "exec"
 
 
 def test_what_a_provider_reports_that_nobody_holds_is_destroyed(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, _, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    replies = run.provider(6, activities=[a1, a2, "stray"])
+    run = run_of(tmp_path, number=2)
+    replies = provider(run, 6, activities=[a1, a2, "stray"])
     [(to, destroy)] = [(to, m) for to, m in replies if m["type"] == "destroy"]
     assert (to, destroy["activity"]) == (6, "stray")
     assert run.send(6, {"type": "done", "re": destroy["id"]}) == []
     assert set(run.core.activities) == {a1, a2}
 
 
-def test_an_activity_its_provider_does_not_report_is_lost(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+def test_an_activity_its_provider_does_not_report_is_lost(
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
+) -> None:
     _, secret, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    requestor(run, 5, resume=secret)
     run.send(5, exec_(7, a2))
-    replies = run.provider(6, activities=[a1])
+    replies = provider(run, 6, activities=[a1])
     lost = [m for to, m in replies if to == 5]
     assert [m["type"] for m in lost] == ["activity_lost", "error"]
     assert lost[0]["activity"] == a2 and lost[0]["code"] == "provider_lost"
@@ -173,19 +160,21 @@ def test_an_activity_its_provider_does_not_report_is_lost(tmp_path: Path, before
     assert [u["activity"] for u in run.state.usage()] == [a2], "its usage is recorded, without CPU time"
 
 
-def test_a_provider_below_1_3_reports_nothing_and_loses_them(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+def test_a_provider_below_1_3_reports_nothing_and_loses_them(
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
+) -> None:
     _, _, _, _ = before
-    run = Run(tmp_path, number=2)
-    run.join(6, "provider", "p", version="1.2")
+    run = run_of(tmp_path, number=2)
+    run.hello("provider", "p", peer=6, version="1.2")
     assert run.core.activities == {}
 
 
 def test_a_provider_that_does_not_come_back_in_time_loses_them(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, secret, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    requestor(run, 5, resume=secret)
     run.send(5, exec_(7, a1))
     run.send(5, {"type": "release", "id": 8, "activity": a2})
     assert run.expire(29) == []
@@ -194,46 +183,48 @@ def test_a_provider_that_does_not_come_back_in_time_loses_them(
     assert {m.get("re") for _, m in told} == {None, 7, 8}
     assert run.core.activities == {}
     # It comes back later: its containers are nobody's now.
-    replies = run.provider(6, activities=[a1, a2])
+    replies = provider(run, 6, activities=[a1, a2])
     assert sorted(m["activity"] for _, m in replies if m["type"] == "destroy") == [a1, a2]
 
 
 def test_a_session_not_resumed_in_time_has_its_activities_destroyed(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, _, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    run.provider(6, activities=[a1, a2])
+    run = run_of(tmp_path, number=2)
+    provider(run, 6, activities=[a1, a2])
     destroys = [m for _, m in run.expire(31) if m["type"] == "destroy"]
     assert sorted(m["activity"] for m in destroys) == [a1, a2]
     for destroy in destroys:
         run.send(6, {"type": "done", "re": destroy["id"]})
-    assert run.free_cpus() == 4
-    again = Run(tmp_path, number=3)
+    assert free_cpus(run) == 4
+    again = run_of(tmp_path, number=3)
     assert again.core.activities == {} and sorted(u["activity"] for u in again.state.usage()) == [a1, a2]
     with sqlite3.connect(tmp_path / "hub.db") as db:
         assert db.execute("SELECT COUNT(*) FROM sessions").fetchone() == (0,)
 
 
-def test_a_provider_cannot_claim_another_providers_activity(tmp_path: Path, before: tuple[Run, str, str, str]) -> None:
+def test_a_provider_cannot_claim_another_providers_activity(
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
+) -> None:
     _, secret, a1, _ = before
-    run = Run(tmp_path, number=2)
-    replies = run.provider(6, name="q", activities=[a1])
+    run = run_of(tmp_path, number=2)
+    replies = provider(run, 6, name="q", activities=[a1])
     [destroy] = [m for _, m in replies if m["type"] == "destroy"]
     run.send(6, {"type": "done", "re": destroy["id"]})
     assert a1 in run.core.activities, "still p's, waiting for p"
-    run.requestor(5, resume=secret)
-    run.provider(7, activities=[a1])
+    requestor(run, 5, resume=secret)
+    provider(run, 7, activities=[a1])
     [(to, _)] = run.send(5, exec_(7, a1))
     assert to == 7
 
 
 def test_requests_waiting_for_an_absent_activity_are_bounded_and_can_be_cancelled(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, secret, a1, _ = before
-    run = Run(tmp_path, number=2)
-    run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    requestor(run, 5, resume=secret)
     most = run.core.limits.max_pending
     for rid in range(1, most + 1):
         assert run.send(5, exec_(rid, a1)) == []
@@ -241,63 +232,63 @@ def test_requests_waiting_for_an_absent_activity_are_bounded_and_can_be_cancelle
     assert refused["code"] == "too_many"
     [(_, cancelled)] = run.send(5, {"type": "cancel", "target": 1})
     assert (cancelled["re"], cancelled["code"]) == (1, "cancelled")
-    replies = run.provider(6, activities=[a1])
+    replies = provider(run, 6, activities=[a1])
     assert len([m for _, m in replies if m["type"] == "exec"]) == most - 1
 
 
 def test_what_ended_before_the_restart_is_not_restored(tmp_path: Path) -> None:
-    run = Run(tmp_path)
-    run.provider(1)
-    run.requestor(2)
-    released, destroying, kept = run.rent(2, 1), run.rent(2, 2), run.rent(2, 3)
+    run = run_of(tmp_path)
+    provider(run, 1)
+    requestor(run, 2)
+    released, destroying, kept = rent(run, 2, 1), rent(run, 2, 2), rent(run, 2, 3)
     [(_, destroy)] = run.send(2, {"type": "release", "id": 4, "activity": released})
     run.send(1, {"type": "done", "re": destroy["id"]})
     run.send(2, {"type": "release", "id": 5, "activity": destroying})  # the hub dies before its done
-    run.requestor(3)
-    closed = run.rent(3, 1)
+    requestor(run, 3)
+    closed = rent(run, 3, 1)
     run.leave(3, ended=True)  # a session its requestor closed itself
-    run.crash()
-    after = Run(tmp_path, number=2)
+    crash(run)
+    after = run_of(tmp_path, number=2)
     assert set(after.core.activities) == {kept}
     # Each that ended is in the usage record: the last two as ending when the hub started again.
     usage = {u["activity"]: u for u in after.state.usage()}
     assert set(usage) == {released, destroying, closed}
     assert usage[destroying]["ended"] == usage[closed]["ended"] > usage[released]["ended"] - 60
-    replies = after.provider(6, activities=sorted({released, destroying, kept}))
+    replies = provider(after, 6, activities=sorted({released, destroying, kept}))
     assert sorted(m["activity"] for _, m in replies if m["type"] == "destroy") == sorted([released, destroying])
 
 
 def test_a_resume_after_the_restart_writes_the_new_secret_before_the_welcome(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, secret, a1, a2 = before
-    run = Run(tmp_path, number=2)
-    fresh = run.requestor(5, resume=secret)["resume"]
+    run = run_of(tmp_path, number=2)
+    fresh = requestor(run, 5, resume=secret)["resume"]
     [saved] = [i for i, e in enumerate(run.events) if isinstance(e, SaveSession)]
     [welcomed] = [i for i, e in enumerate(run.events) if isinstance(e, tuple) and e[1]["type"] == "welcome"]
     assert saved < welcomed
-    run.crash()
+    crash(run)
     # A second restart: only the newest secret resumes (the first was spent).
-    third = Run(tmp_path, number=3)
-    assert third.requestor(8, resume=secret).get("resumed") == []
-    third.crash()
-    fourth = Run(tmp_path, number=4)
-    assert sorted(fourth.requestor(8, resume=fresh)["resumed"]) == [a1, a2]
+    third = run_of(tmp_path, number=3)
+    assert requestor(third, 8, resume=secret).get("resumed") == []
+    crash(third)
+    fourth = run_of(tmp_path, number=4)
+    assert sorted(requestor(fourth, 8, resume=fresh)["resumed"]) == [a1, a2]
 
 
 def test_a_session_is_resumed_only_by_its_credential_after_a_restart(tmp_path: Path) -> None:
     state = HubState.in_dir(tmp_path)
     _, alice = state.create("requestor", "alice")
     _, bob = state.create("requestor", "bob")
-    _, provider = state.create("provider", "p")
-    run = Run(tmp_path, credentials=state)
-    run.provider(1, token=provider)
-    secret = run.requestor(2, token=alice)["resume"]
-    activity = run.rent(2, 1)
-    run.crash()
-    again = Run(tmp_path, number=2, credentials=HubState.in_dir(tmp_path))
-    assert again.requestor(5, token=bob, resume=secret).get("resumed") == []
-    assert again.requestor(6, token=alice, resume=secret)["resumed"] == [activity]
+    _, provider_token = state.create("provider", "p")
+    run = run_of(tmp_path, credentials=state)
+    provider(run, 1, token=provider_token)
+    secret = requestor(run, 2, token=alice)["resume"]
+    activity = rent(run, 2, 1)
+    crash(run)
+    again = run_of(tmp_path, number=2, credentials=HubState.in_dir(tmp_path))
+    assert requestor(again, 5, token=bob, resume=secret).get("resumed") == []
+    assert requestor(again, 6, token=alice, resume=secret)["resumed"] == [activity]
 
 
 def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) -> None:
@@ -317,11 +308,11 @@ def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) ->
 
 
 def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
-    tmp_path: Path, before: tuple[Run, str, str, str]
+    tmp_path: Path, before: tuple[HubHarness, str, str, str]
 ) -> None:
     _, secret, a1, _ = before
-    run = Run(tmp_path, number=2)
-    run.requestor(5, resume=secret)
+    run = run_of(tmp_path, number=2)
+    requestor(run, 5, resume=secret)
     upload = {"type": "upload", "activity": a1, "path": "/golem/input/empty", "size": 0}
     run.send(5, {**upload, "id": 7})
     run.send(5, {**upload, "id": 8})
@@ -329,8 +320,9 @@ def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
     assert run.take(run.core.receive_binary(5, frames.encode(FrameKind.END, 7, b""))) == []
     assert run.take(run.core.receive_binary(5, frames.encode(FrameKind.ABORT, 8, b"changed my mind"))) == []
     run.core.connect(6)
-    actions = run.core.receive_text(6, json.dumps({"type": "hello", "version": "1.3", "role": "provider", "name": "p",
-                                                   "activities": [a1]}))  # fmt: skip
+    actions = run.core.receive_text(
+        6, json.dumps({"type": "hello", "version": "1.3", "role": "provider", "name": "p", "activities": [a1]})
+    )
     told = run.take(actions)
     [(to, forwarded)] = [(to, m) for to, m in told if m["type"] == "upload"]
     assert (to, forwarded["path"]) == (6, "/golem/input/empty")
@@ -341,23 +333,30 @@ def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
 
 
 def test_kiln_usage_sums_the_record_per_requestor_and_per_provider(tmp_path: Path) -> None:
-    run = Run(tmp_path)
-    run.provider(1)
-    run.requestor(2)
-    wall = [1000.0]
-    run.core._clock = lambda: wall[0]
-    first, second = run.rent(2, 1), run.rent(2, 2)
+    run = run_of(tmp_path)
+    provider(run, 1)
+    requestor(run, 2)
+    run.wall = 1000.0
+    first, second = rent(run, 2, 1), rent(run, 2, 2)
     for rid, activity, cpu in ((3, first, 12.5), (4, second, None)):
-        wall[0] += 3600  # one ends an hour on, the other two
+        run.wall += 3600  # one ends an hour on, the other two
         [(_, destroy)] = run.send(2, {"type": "release", "id": rid, "activity": activity})
         run.send(1, {"type": "done", "re": destroy["id"], **({"cpu_seconds": cpu} if cpu else {})})
-    run.crash()
-    shown = subprocess.run([sys.executable, "-m", "kiln.cli", "usage", "--data-dir", str(tmp_path)],
-                           capture_output=True, text=True, check=True)  # fmt: skip
+    crash(run)
+    shown = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "usage", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     header, row = shown.stdout.splitlines()
     assert header.split() == ["REQUESTOR", "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS", "USED", "GIB-HOURS"]
     # Each held 1 CPU and 256 MiB: one for an hour, one for two.
     assert row.split() == ["r", "-", "2", "3.000", "12.5", "0.750"]
-    by_provider = subprocess.run([sys.executable, "-m", "kiln.cli", "usage", "--by", "provider", "--data-dir",
-                                  str(tmp_path)], capture_output=True, text=True, check=True)  # fmt: skip
+    by_provider = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "usage", "--by", "provider", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert by_provider.stdout.splitlines()[1].split() == ["p", "2", "3.000", "12.5", "0.750"]

@@ -12,7 +12,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
-from kiln.hub.server import start
+from kiln.hub.io.server import start
 from kiln.protocol.codes import CLOSE_HANDSHAKE, CLOSE_UNAUTHORIZED, CLOSE_UNSUPPORTED_VERSION
 
 HELLO = {"type": "hello", "version": "1.0", "role": "requestor", "name": "raw"}
@@ -122,7 +122,7 @@ async def test_python_client_reports_hub_refusals(hub: str) -> None:
 
 
 async def test_a_silent_peer_is_closed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from kiln.hub import server as hub_server
+    from kiln.hub.io import server as hub_server
 
     monkeypatch.setattr(hub_server, "HELLO_TIMEOUT", 0.2)
     async with start("127.0.0.1", 0, data_dir=tmp_path) as srv:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from kiln.hub.access import Credential
-from kiln.hub.state import FILE_NAME, SCHEMA_VERSION, HubState
+from kiln.hub.io.state import FILE_NAME, SCHEMA_VERSION, HubState
 from kiln.protocol.errors import KilnError, UsageError
 
 
@@ -164,8 +164,8 @@ def test_concurrent_writers_and_a_reader(tmp_path: Path) -> None:
 
 
 def test_the_usage_record_is_rolled_up_per_day_past_its_retention_and_its_totals_stay(tmp_path: Path) -> None:
+    from kiln.hub.io.state import DAY
     from kiln.hub.records import EndLease, LeaseRecord, SaveLease, SessionRecord
-    from kiln.hub.state import DAY
     from kiln.protocol.messages import Resources
 
     now = [0.0]
@@ -203,9 +203,9 @@ def test_the_usage_record_is_rolled_up_per_day_past_its_retention_and_its_totals
 async def test_a_hub_rolls_up_its_usage_record_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import time
 
+    from kiln.hub.io.server import start
+    from kiln.hub.io.state import DAY
     from kiln.hub.records import EndLease, LeaseRecord, SaveLease, SessionRecord
-    from kiln.hub.server import start
-    from kiln.hub.state import DAY
     from kiln.protocol.messages import Resources
 
     session = SessionRecord("s1", "alice", None, b"\1" * 32)

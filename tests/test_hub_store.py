@@ -22,9 +22,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from kiln.hub import catalog as hub_catalog
-from kiln.hub import store as hub_store
-from kiln.hub.server import start
-from kiln.hub.state import HubState
+from kiln.hub.io import store as hub_store
+from kiln.hub.io.blobs import BlobStore
+from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
 from kiln.protocol import frames
 from kiln.protocol.frames import FrameKind
 from tests.images import noise_layer as noise
@@ -441,7 +442,7 @@ def test_a_blob_evicted_while_a_push_puts_it_back_keeps_its_file(tmp_path: Path)
     sent the same blob again (pinned, its file put back). Its file stays."""
     from kiln.protocol.messages import Blob, Manifest
 
-    store = hub_store.BlobStore(tmp_path)
+    store = BlobStore(tmp_path)
     catalog = store.open(2**20)
     layer = noise(1000)
     blob = Blob(digest=digest(layer), size=len(layer))
@@ -465,7 +466,7 @@ def test_a_blob_writer_discarded_before_its_first_write_ran_leaves_no_file(tmp_p
     from kiln.protocol.errors import Cancelled
     from kiln.protocol.messages import Blob
 
-    store = hub_store.BlobStore(tmp_path)
+    store = BlobStore(tmp_path)
     store.open(2**20)
     layer = noise(1000)
     writer = store.writer(Blob(digest=digest(layer), size=len(layer)), layer=True)

@@ -13,7 +13,8 @@ from kiln.hub.catalog import OPEN, Catalog, Tenant
 from kiln.hub.core import not_found
 from kiln.protocol.errors import ImageError, ImageNotFound, StoreFull, Unauthorized
 from kiln.protocol.messages import Blob, Manifest
-from tests.test_hub_activities import Hub
+from tests.hubcore import HubHarness
+from tests.test_hub_activities import enter, hub_of
 from tests.test_hub_images import GiB, blob, config_for, image, sha
 
 A, B, C = Tenant(3), Tenant(4), Tenant(6)
@@ -189,20 +190,20 @@ def test_a_push_naming_another_tenants_blob_does_not_keep_its_image_from_evictio
 # --- the core: rent and market -----------------------------------------------------------------
 
 
-def rent(hub: Hub, peer: int, rid: int, image_ref: str) -> dict[str, Any]:
+def rent(hub: HubHarness, peer: int, rid: int, image_ref: str) -> dict[str, Any]:
     [(_, reply)] = hub.send(peer, {"type": "rent", "id": rid, "image": image_ref,
                                    "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
-    return reply
+    return dict(reply)
 
 
 def test_a_rent_and_a_market_query_see_the_store_as_the_requestors_tenant_does() -> None:
     catalog = Catalog(GiB)
     a_image = image(catalog, blob("a", 10), tags=("app:1",), tenant=A)
     b_image = image(catalog, blob("b", 10), tags=("app:1",), tenant=B)
-    hub = Hub(catalog)
+    hub = hub_of(catalog)
     room = {"cpus": 8, "memory": 8 * GiB, "storage": GiB}
-    p1 = hub.join("provider", "p1", "prov-p1", images=[a_image.digest, "busybox:latest"], resources=room)
-    alice, bob = hub.join("requestor", "alice", "alice"), hub.join("requestor", "bob", "bob")
+    p1 = enter(hub, "provider", "p1", "prov-p1", images=[a_image.digest, "busybox:latest"], resources=room)
+    alice, bob = enter(hub, "requestor", "alice", "alice"), enter(hub, "requestor", "bob", "bob")
     assert rent(hub, alice, 1, "app:1")["image"] == a_image.digest, "A's tag runs A's image"
     assert rent(hub, bob, 1, "app:1")["image"] == b_image.digest, "B's tag runs B's image"
     nobody = sha(b"no such image")
@@ -230,9 +231,9 @@ def test_an_image_a_provider_offers_itself_is_rented_by_digest_as_if_no_tenant_h
         pushed = image(catalog, blob("busybox", 10), tenant=A)
         if len(seen) == 1:
             catalog.disown(pushed, A)  # the second hub: nobody pushed it
-        hub = Hub(catalog)
-        p1 = hub.join("provider", "p1", "prov-p1", version="1.4", images=["busybox:latest", pushed.digest])
-        bob = hub.join("requestor", "bob", "bob")
+        hub = hub_of(catalog)
+        p1 = enter(hub, "provider", "p1", "prov-p1", version="1.4", images=["busybox:latest", pushed.digest])
+        bob = enter(hub, "requestor", "bob", "bob")
         [(_, listing)] = hub.send(bob, {"type": "market", "id": 1})
         [(_, by_digest)] = hub.send(bob, {"type": "market", "id": 2, "image": pushed.digest})
         [(to, create)] = hub.send(bob, {"type": "rent", "id": 3, "image": pushed.digest,
@@ -240,7 +241,7 @@ def test_an_image_a_provider_offers_itself_is_rented_by_digest_as_if_no_tenant_h
         assert (to, create["type"], create.get("manifest")) == (p1, "create", None), create
         seen.append((listing, by_digest))
         if len(seen) == 1:
-            p0 = hub.join("provider", "p2", "prov-p2", images=[pushed.digest])  # 1.3: maybe a copy of A's
+            p0 = enter(hub, "provider", "p2", "prov-p2", images=[pushed.digest])  # 1.3: maybe a copy of A's
             [(_, listing)] = hub.send(bob, {"type": "market", "id": 4})
             assert [(p["name"], p["images"]) for p in listing["providers"]] == [
                 ("p1", ["busybox:latest", pushed.digest]), ("p2", [])]  # fmt: skip
@@ -257,11 +258,8 @@ def test_a_requestor_of_1_3_gets_image_info_without_the_fields_of_1_4() -> None:
 
     catalog = Catalog(GiB)
     stored = image(catalog, blob("a", 10), tenant=OPEN)
-    hub = Hub(catalog)
-    peer = next(hub.peers)
-    hub.core.connect(peer)
-    hello = {"type": "hello", "version": "1.3", "role": "requestor", "name": "old", "token": "shared"}
-    hub.send(peer, hello)
+    hub = hub_of(catalog)
+    peer, _ = hub.hello("requestor", "old", version="1.3", token="shared")
     hub.send(peer, {"type": "list_images", "id": 1})
     reply = ImageList(type="image_list", re=1, images=[stored.info(OPEN)], used=1, limit=2)
     [sent] = [json.loads(a.data) for a in hub.core.store_reply(peer, reply) if hasattr(a, "data")]

@@ -30,7 +30,7 @@ def of(modules: set[str], *packages: str) -> set[str]:
 @pytest.mark.parametrize(
     ("statement", "forbidden"),
     [("import kiln.hub.core", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker", "websockets")),
-     ("import kiln.hub.server", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker")),
+     ("import kiln.hub.io.server", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker")),
      ("import kiln.protocol.session", ("kiln.hub", "kiln.requestor", "kiln.connection", "websockets", "docker")),
      ("import kiln_provider.runtime", ("kiln.requestor", "kiln.hub", "rich")),
      ("import kiln", ("kiln.requestor", "kiln.hub", "kiln.connection", "kiln_provider", "pydantic", "websockets"))],

@@ -18,7 +18,7 @@ import pydantic
 import pytest
 
 import kiln
-from kiln.hub.state import HubState
+from kiln.hub.io.state import HubState
 from kiln.protocol import errors as kiln_errors
 from kiln.requestor import activity as kiln_activity
 from kiln.requestor import executor as kiln_executor

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from kiln.hub.server import raise_open_file_limit
+from kiln.hub.io.server import raise_open_file_limit
 from kiln.protocol.messages import MAX_HELLO_BYTES
 from tests.conftest import Cluster
 from tests.test_adversarial import BOUND, report, victim

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import kiln
-from kiln.hub.state import HubState
+from kiln.hub.io.state import HubState
 from tests.conftest import Cluster
 from tests.test_image_store import cli, docker
 

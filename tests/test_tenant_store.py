@@ -20,8 +20,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from kiln.hub.server import start
-from kiln.hub.state import HubState
+from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
 from tests.images import noise_layer as noise
 from tests.test_hub_store import FakeImage, digest, push, recv
 

@@ -21,8 +21,8 @@ import pytest
 import kiln
 from kiln.cli import main
 from kiln.connection import client_context, tls_options
-from kiln.hub.server import start
-from kiln.hub.tls import server_context
+from kiln.hub.io.server import start
+from kiln.hub.io.tls import server_context
 from kiln.testing import LocalCluster
 from tests.conftest import Cluster
 from tests.tls import Certificates
@@ -84,7 +84,7 @@ def test_kiln_hub_takes_both_tls_files_or_neither(tls: Certificates, capsys: pyt
 async def test_a_silent_tls_handshake_is_cut_off(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tls: Certificates
 ) -> None:
-    from kiln.hub import server as hub_server
+    from kiln.hub.io import server as hub_server
 
     monkeypatch.setattr(hub_server, "OPEN_TIMEOUT", 0.3)
     async with serve(tmp_path, server_context(tls.cert, tls.key)) as url:

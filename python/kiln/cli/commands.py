@@ -222,8 +222,8 @@ def _hub_data(data_dir: Path | None, *, make: bool = False) -> Path:
     """The hub's data folder. Only ``make`` (a credential made before the hub ever ran) starts
     a ``hub.db`` there: reading one that is not there would make an empty one in a mistyped
     folder, and show nothing as if the hub had nothing."""
-    from kiln.hub.state import FILE_NAME
-    from kiln.hub.store import default_data_dir
+    from kiln.hub.io.blobs import default_data_dir
+    from kiln.hub.io.state import FILE_NAME
 
     folder = data_dir or default_data_dir()
     if folder.exists() and not folder.is_dir():
@@ -235,7 +235,7 @@ def _hub_data(data_dir: Path | None, *, make: bool = False) -> Path:
 
 
 def token(args: argparse.Namespace) -> int:
-    from kiln.hub.state import HubState
+    from kiln.hub.io.state import HubState
 
     with HubState.in_dir(_hub_data(args.data_dir, make=args.token_command == "create")) as state:
         if args.token_command == "create":
@@ -273,7 +273,7 @@ def _record(record: object) -> dict[str, object]:
 
 
 def usage(args: argparse.Namespace) -> int:
-    from kiln.hub.state import HubState
+    from kiln.hub.io.state import HubState
 
     with HubState.in_dir(_hub_data(args.data_dir)) as state:
         totals = state.usage_totals(args.by)

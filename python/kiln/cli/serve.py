@@ -20,8 +20,8 @@ log = logging.getLogger("kiln.provider")
 
 
 async def hub(settings: HubSettings) -> int:
-    from kiln.hub.server import run as run_hub
-    from kiln.hub.tls import server_context
+    from kiln.hub.io.server import run as run_hub
+    from kiln.hub.io.tls import server_context
 
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:

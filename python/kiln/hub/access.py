@@ -5,7 +5,7 @@ A hub admits peers in one of four ways, by what it was given:
 * **open** (no ``--token``, no credential ever created): anyone, any role, any free name;
 * **a shared token** (``kiln hub --token T``): a hello carrying T joins as any role, under
   any name that is free and bound to no credential (a shortcut for demos and tests);
-* **credentials** (``kiln token create``, kept by :mod:`kiln.hub.state`): each admits one
+* **credentials** (``kiln token create``, kept by :mod:`kiln.hub.io.state`): each admits one
   role. A ``provider`` credential joins only as a provider, and only under the name it
   binds; a ``requestor`` or ``admin`` credential joins only as a requestor. Once any
   credential was created (revoking it does not reopen the hub), every hello needs one;
@@ -41,7 +41,7 @@ class Credential:
 
 
 class Credentials(Protocol):
-    """The lookups the hub makes of its credential store (:class:`kiln.hub.state.HubState`)."""
+    """The lookups the hub makes of its credential store (:class:`kiln.hub.io.state.HubState`)."""
 
     def required(self) -> bool:
         """Whether any credential was ever created, revoked ones too: then every hello needs one."""

@@ -3,7 +3,7 @@
 :class:`Peer` is one connection (a requestor or a provider), :class:`Lease` one activity,
 :class:`Pending` a request the hub sent a provider and awaits the reply to, and
 :class:`Route` one stream, one way, between a requestor and a provider (or the image
-store). Plain data: :class:`~kiln.hub.core.HubCore` keeps them consistent.
+store; see :mod:`kiln.hub.flow`). Plain data: :class:`~kiln.hub.core.HubCore` keeps them consistent.
 """
 
 from __future__ import annotations
@@ -15,41 +15,13 @@ from typing import Final, Literal
 
 from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
+from kiln.hub.flow import Route
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import MAX_ID, Download, Exec, Release, Resources, Upload
 
 ABSENT: Final = -1
 """The provider of a lease whose provider has not dialled again since the hub restarted; in a
 requestor's open requests, a request that waits for such a lease."""
-
-HUB: Final = 0
-"""The peer id that stands for the hub itself, as the sender of an image's blobs to a provider."""
-
-
-@dataclass(slots=True)
-class Route:
-    """One stream, one way: the requestor's leg (its request id) and the provider's leg (the hub's).
-
-    ``upload`` streams go toward the provider (an upload's file, an exec's stdin, a stored
-    image's blobs), the others toward the requestor (a download, an exec's output).
-    """
-
-    requestor: int
-    r_id: int
-    provider: int
-    p_id: int
-    upload: bool
-    credit: int = 0  # DATA frames the sender may still send: relayed to it and unspent
-    withheld: int = 0  # credit the receiver granted that waits for room in the receiver's buffer
-    ended: bool = False
-    last: FrameKind | None = None  # how its sender ended it (END or ABORT)
-    stalled: float = math.inf  # since when its sender has held no credit (toward a provider; see HubCore.expire)
-    watched: bool = False  # in the hub's heap of stalled streams
-
-    @property
-    def receiver(self) -> int:
-        return self.provider if self.upload else self.requestor
 
 
 @dataclass(slots=True)
@@ -107,15 +79,9 @@ class Peer:
     # provider: the hub's requests awaiting a reply, by hub id
     pending: dict[int, Pending] = field(default_factory=dict)
     # the streams this peer sends on, and those it receives on, by the id it knows them under
+    # (a requestor's pushes among those it sends on)
     sends: dict[int, Route] = field(default_factory=dict)
     receives: dict[int, Route] = field(default_factory=dict)
-    # requestor: its pushes to the image store, by request id -> credit the store granted, unspent
-    pushes: dict[int, int] = field(default_factory=dict)
-    # toward this peer: stream credit its senders hold (chunks), stream frames not yet written
-    # (bytes), and the streams whose further credit waits for room
-    inbound: int = 0
-    queued: int = 0
-    waiting: list[Route] = field(default_factory=list)
     next_id: int = 1
     # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
     # id of its session (kept by the connections that resume it)
@@ -126,7 +92,7 @@ class Peer:
 
     def streams(self) -> int:
         """The requests of this peer's that hold a stream (either way, or both)."""
-        return len(self.sends.keys() | self.receives.keys()) + len(self.pushes)
+        return len(self.sends.keys() | self.receives.keys())
 
     def new_id(self) -> int:
         value = self.next_id

@@ -3,7 +3,7 @@
 The core (:mod:`kiln.hub.core`) decides; it asks the I/O layer to write by returning one
 of the changes below among its actions, *before* the message that tells a peer about it
 (write before acknowledging). The I/O layer carries actions out in order, so the row is
-committed before that message leaves. :mod:`kiln.hub.state` holds the tables; at start
+committed before that message leaves. :mod:`kiln.hub.io.state` holds the tables; at start
 it hands back what they hold (:class:`SessionRecord`, :class:`LeaseRecord`) for
 :meth:`kiln.hub.core.HubCore.restore`.
 

@@ -3,4 +3,8 @@
 Its public names are re-exported by :mod:`kiln` (``kiln.connect``, ``kiln.Activity``, ...).
 It builds on :mod:`kiln.protocol` and the shared :mod:`kiln.connection`, never on the hub
 or the provider.
+
+- ``client``: the requestor connected to a hub (rent, release, the market); ``activity``: one rented container
+- ``executor``: split, run, combine: a worker farmed over many inputs; ``progress``: a job's live progress bar
+- ``folders``: a folder's tar stream from a container, extracted safely; ``images``: ``docker save`` archives read
 """

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from kiln.connection import Connection, Outgoing
-from kiln.hub.server import raise_open_file_limit
+from kiln.hub.io.server import raise_open_file_limit
 from kiln.protocol.errors import KilnError
 from kiln.protocol.messages import (
     Create,

@@ -20,18 +20,13 @@ import resource
 import signal
 import sqlite3
 import ssl as ssl_module
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import Protocol, State
-from websockets.typing import Subprotocol
 
 from kiln.__about__ import __version__
 from kiln.hub.actions import Action, Close, Log, Send
@@ -45,36 +40,37 @@ from kiln.hub.core import (
     PER_CREDENTIAL,
     HubCore,
 )
-from kiln.hub.gate import FAILED_HELLOS, PER_ADDRESS, WAITING_PER_ADDRESS, Gate, source
+from kiln.hub.gate import FAILED_HELLOS, PER_ADDRESS, WAITING_PER_ADDRESS, Gate
+from kiln.hub.io.blobs import BlobStore, default_data_dir
+from kiln.hub.io.connections import (
+    SUBPROTOCOL,
+    HubConnection,
+    LogLimiter,
+    Outbox,
+    OutboxFull,
+    allow_frames,
+    connection_class,
+    select_subprotocol,
+)
+from kiln.hub.io.state import USAGE_RETENTION, HubState
+from kiln.hub.io.store import ImageService
 from kiln.hub.records import Change
-from kiln.hub.state import USAGE_RETENTION, HubState
-from kiln.hub.store import BlobStore, ImageService, default_data_dir
 from kiln.protocol import limits
 from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, CloseCode, ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
-from kiln.protocol.messages import MAX_HELLO_BYTES, PROTOCOL_NAME
+from kiln.protocol.messages import MAX_HELLO_BYTES
 
 log = logging.getLogger("kiln.hub")
 
-SUBPROTOCOL = Subprotocol(PROTOCOL_NAME)
 HELLO_TIMEOUT = 10.0
 # A ping every 3 s; one unanswered for 7 s drops the peer: a stopped peer is gone 8 to 11 s later.
 PING_INTERVAL: Final = 3.0
 PING_TIMEOUT: Final = 7.0
 CLOSE_TIMEOUT: Final = 1.0
-LOG_LINES_PER_SECOND: Final = 20
-LOG_BURST: Final = 100
 MAX_UNWELCOMED: Final = 1024
 """Connections that have not said hello yet the hub keeps; a new one beyond closes the oldest."""
 OPEN_TIMEOUT: Final = 5.0
 """Seconds a connection may take over the WebSocket opening handshake."""
-MAX_HANDSHAKE_BYTES: Final = 16 * 1024
-"""Bytes a connection may send before its WebSocket opening handshake is done (its HTTP request:
-nginx's default allows 32 KiB, browsers send 1-2): websockets itself would take 128 lines of 8 KiB."""
-UNREAD_BYTES: Final = 64 * 1024
-"""Bytes a peer yet to be welcomed may leave unread toward it (what the hub writes unasked: pongs);
-a welcomed one may leave twice ``max_frame_bytes``. Past it, it is cut: a ping flood never read
-would otherwise grow the hub's write buffer without bound."""
 EXPIRE_EVERY: Final = 1.0
 """How often the hub looks for providers that left a create or destroy unanswered too long,
 and for requestors gone past their grace period."""
@@ -82,121 +78,6 @@ ROLL_UP_EVERY: Final = 3600.0
 """How often the hub rolls up the usage record's rows past their retention (:meth:`HubState.roll_up`)."""
 REVOCATION_CHECK: Final = 2.0
 """How often the hub looks for revoked credentials among its peers' (and closes those peers)."""
-
-
-class LogLimiter:
-    """At most ``rate`` lines a second (bursts of ``burst``), so that no peer can flood the log.
-
-    What is held back is counted, and the count logged once lines flow again.
-    """
-
-    def __init__(self, rate: float = LOG_LINES_PER_SECOND, burst: int = LOG_BURST) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._last = time.monotonic()
-        self.suppressed = 0
-
-    def emit(self, level: int, text: str) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self._tokens < 1:
-            self.suppressed += 1
-            return
-        self._tokens -= 1
-        if self.suppressed:
-            log.warning("%d log lines were suppressed (more than %g a second)", self.suppressed, self.rate)
-            self.suppressed = 0
-        log.log(level, "%s", text)
-
-
-class OutboxFull(Exception):
-    """More bytes wait for a peer than the hub will hold for it."""
-
-
-@dataclass(slots=True)
-class Outbox:
-    """Frames waiting to be written to one peer, bounded in bytes."""
-
-    limit: int
-    items: deque[Send | Close] = field(default_factory=deque)
-    size: int = 0
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    closing: bool = False
-
-    def put(self, item: Send | Close) -> None:
-        if self.closing:
-            return
-        if isinstance(item, Close):
-            self.closing = True
-        else:
-            if self.size + len(item.data) > self.limit:
-                raise OutboxFull
-            self.size += len(item.data)
-        self.items.append(item)
-        self.ready.set()
-
-    async def get(self) -> Send | Close:
-        while not self.items:
-            self.ready.clear()
-            await self.ready.wait()
-        item = self.items.popleft()
-        if isinstance(item, Send):
-            self.size -= len(item.data)
-        return item
-
-
-class HubConnection(ServerConnection):
-    """A connection counted by its source address from the moment it is accepted (:class:`Gate`)."""
-
-    gate: Gate = Gate()
-    """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.source = source(transport.get_extra_info("peername"))
-        self.waiting = True
-        self.handshake_bytes = 0
-        self.unread_bound = UNREAD_BYTES
-        self.refusal = self.gate.opened(self.source)
-        # Refusals are said politely (an error, a close code) after the WebSocket handshake, which
-        # holds its bytes for up to OPEN_TIMEOUT; past twice the cap, not even that is spent.
-        flooding = self.gate.waiting[self.source] > 2 * self.gate.waiting_per_address
-        if flooding and isinstance(transport, asyncio.Transport):
-            transport.abort()
-
-    def data_received(self, data: bytes) -> None:
-        if self.protocol.state is State.CONNECTING:
-            self.handshake_bytes += len(data)
-            if self.handshake_bytes > MAX_HANDSHAKE_BYTES:
-                self.transport.abort()  # not even parsed: nothing of it is kept
-                return
-        super().data_received(data)
-        # The hub's own sends wait for the buffer to drain; what the protocol answers on its own does not.
-        if self.transport.get_write_buffer_size() > self.unread_bound:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.gate.closed(self.source, waiting=self.waiting)
-
-
-def connection_class(gate: Gate) -> type[HubConnection]:
-    """The connections of a server whose caps ``gate`` keeps."""
-    return type("HubConnection", (HubConnection,), {"gate": gate})
-
-
-def allow_frames(protocol: Protocol, size: int) -> None:
-    """Let ``protocol`` take frames and messages of up to ``size`` bytes from now on."""
-    # websockets >= 15 splits max_size into max_message_size and max_fragment_size.
-    name = "max_message_size" if hasattr(protocol, "max_message_size") else "max_size"
-    setattr(protocol, name, size)
-
-
-def select_subprotocol(connection: ServerConnection, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
-    # A client that offers no kiln.v1 still gets in: the version in its hello decides.
-    return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
 
 
 class HubServer:
@@ -426,7 +307,7 @@ async def start(
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
-    Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.store.default_data_dir`)
+    Its image store lives under ``data_dir`` (default: :func:`~kiln.hub.io.blobs.default_data_dir`)
     and keeps within ``store_limit`` bytes, counting each layer at the larger of its size and what
     it expands to; it takes no image that expands to more than ``max_image_size`` bytes, and no
     layer that expands to more than ``max_expansion`` times its size (past 64 MiB). A provider
@@ -439,7 +320,7 @@ async def start(
     refused a minute; one credential holds at most ``per_credential`` connections
     (:mod:`kiln.hub.gate`). The usage record keeps a row per activity for ``usage_retention``
     days, then one per day, requestor and provider. With ``ssl``
-    (:func:`kiln.hub.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
+    (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
     if token == "":

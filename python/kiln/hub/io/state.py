@@ -56,7 +56,7 @@ from kiln.hub.records import (
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Name, Resources
 
-log = logging.getLogger("kiln.hub.state")
+log = logging.getLogger("kiln.hub.io.state")
 
 FILE_NAME: Final = "hub.db"
 TOKEN_PREFIX: Final = "kiln_"
@@ -439,7 +439,7 @@ class HubState:
         days) up into one row per day, requestor and provider; returns how many rows went.
 
         What ``kiln usage`` sums stays the same; only the rows of single activities go. The hub
-        calls it at start and every hour (:func:`kiln.hub.server.start`).
+        calls it at start and every hour (:func:`kiln.hub.io.server.start`).
         """
         before = (int(self._clock() - days * DAY) // DAY) * DAY  # the start of a day: whole days only
         with self._write() as db:

@@ -1,17 +1,8 @@
-"""The hub's image store on disk, and the tasks that move its bytes.
-
-Layout under the data directory::
-
-    blobs/sha256/<hex>   verified blobs (image configs and layers), stored once each
-    blobs/expanded/<hex> a blob's expanded size as a tar layer (``-``: not a tar), written before it
-    images/<hex>.json    one record per image: manifest, architecture, and each owner's tags, shares, times
-    tmp/                 blobs being received; emptied at start
-
-A blob reaches ``blobs/`` only by a rename after its size and sha256 were checked, so what
-is there is whole and right, and a push cut off leaves nothing behind but its verified
-blobs (a retried push does not send them again). What the store holds, and every decision
-about it, is the pure :class:`~kiln.hub.catalog.Catalog`; this module does the I/O, file
-work on threads so the hub's event loop never waits on a disk.
+"""The image store's service: the tasks that take pushes in, serve blobs to providers, and list,
+remove and share images, carrying out the core's store actions (:mod:`kiln.hub.store_link`).
+Its files are :mod:`kiln.hub.io.blobs`'; what it holds, and every decision about it, the pure
+:class:`~kiln.hub.catalog.Catalog`'s. File work runs on threads, so the hub's event loop never
+waits on a disk.
 
 Every request acts as its requestor's tenant (:class:`~kiln.hub.catalog.Tenant`) sees the store:
 a list shows what it may see, a remove or share needs an image it holds (or an admin), and a
@@ -19,25 +10,21 @@ push sends every blob it could not read already (the catalog's rules).
 
 Each blob is metered as it streams in (:class:`~kiln.protocol.layers.TarMeter`): a layer that
 expands past the catalog's bounds fails the push (``image_too_large``) as soon as its headers
-say so, and the push's room grows with what arrived, evicting only then. A store written before
-expanded sizes were kept has them measured at start (its blobs' headers read, data skipped).
+say so, and the push's room grows with what arrived, evicting only then.
+
+Flow control is the core's (:mod:`kiln.hub.flow`): a push's credit is granted in batches of
+half a window as its frames are taken (:class:`~kiln.hub.flow.Batch`), and blobs go to a
+provider only while :meth:`~kiln.hub.core.HubCore.serve_credit` says there is credit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterable
-from pathlib import Path
-from typing import IO, Any, Final
-
-import orjson
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from kiln.hub.access import Directory
 from kiln.hub.actions import (
@@ -51,11 +38,6 @@ from kiln.hub.actions import (
     StoreRequest,
 )
 from kiln.hub.catalog import (
-    DEFAULT_MAX_EXPANSION,
-    DEFAULT_MAX_IMAGE,
-    MAX_CONFIG_BYTES,
-    Catalog,
-    Holding,
     Owner,
     Push,
     StoredImage,
@@ -63,13 +45,13 @@ from kiln.hub.catalog import (
     owner_name,
 )
 from kiln.hub.core import HubCore
+from kiln.hub.flow import Batch
+from kiln.hub.io.blobs import BlobStore
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ImageCorrupt, KilnError, TransferFailed, UsageError
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.layers import TarMeter
 from kiln.protocol.messages import (
-    WIRE,
     Blob,
     Done,
     Error,
@@ -77,7 +59,6 @@ from kiln.protocol.messages import (
     ImageList,
     ImagePushed,
     ListImages,
-    Manifest,
     PushImage,
     RemoveImage,
     ShareImage,
@@ -85,7 +66,7 @@ from kiln.protocol.messages import (
     clip,
 )
 
-log = logging.getLogger("kiln.hub.store")
+log = logging.getLogger("kiln.hub.io.store")
 
 PUSH_IDLE_TIMEOUT: Final = 20.0
 """A push that sends nothing for this long fails (``transfer_failed``) and gives back the room it
@@ -99,290 +80,16 @@ READ_BYTES: Final = 1024 * 1024
 """Bytes read from a blob file at once, sent as several DATA frames."""
 
 
-def default_data_dir() -> Path:
-    """Where the hub keeps its data unless told: ``$XDG_DATA_HOME/kiln/hub`` (``~/.local/share/kiln/hub``)."""
-    home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(home) / "kiln" / "hub"
-
-
-class BlobWriter:
-    """One blob being received into a temporary file, metered as a tar; :meth:`finish` verifies
-    and publishes it.
-
-    A ``layer``'s tar must be sound (else ImageCorrupt); any other blob (a config) is metered too,
-    quietly, so that a blob later named as a layer is known for what it is. Making one touches no
-    disk: its file is made at its first write (so a push cancelled in between leaves none open)."""
-
-    def __init__(self, store: BlobStore, blob: Blob, layer: bool) -> None:
-        self.blob = blob
-        self.layer = layer
-        self.meter: TarMeter | None = TarMeter()
-        self.written = 0
-        self._store = store
-        self._hash = hashlib.sha256()
-        self._path: Path | None = None
-        self._file: IO[bytes] | None = None
-        # A push cancelled while a write or finish runs in a thread discards in another thread:
-        # the discard waits for it, and nothing is written (no file made) after it.
-        self._lock = threading.Lock()
-        self._discarded = False
-
-    def _opened(self) -> IO[bytes]:
-        if self._discarded:
-            raise Cancelled(f"the push of blob {self.blob.digest} was given up")
-        if self._file is None:
-            assert self._path is None, "a blob's file is made once"
-            fd, name = tempfile.mkstemp(dir=self._store.tmp, prefix=self.blob.digest[7:19] + ".")
-            self._path = Path(name)
-            self._file = os.fdopen(fd, "wb")
-        return self._file
-
-    @property
-    def expanded(self) -> int:
-        """The layer's expanded size so far (0 for a blob that is no tar)."""
-        return self.meter.expanded if self.meter is not None else 0
-
-    def write(self, data: bytes) -> None:
-        with self._lock:
-            self._write(data)
-
-    def _write(self, data: bytes) -> None:
-        file = self._opened()
-        self.written += len(data)
-        if self.written > self.blob.size:
-            raise ImageCorrupt(f"blob {self.blob.digest} is longer than its declared {self.blob.size} bytes")
-        self._measure(lambda meter: meter.feed(data))
-        self._hash.update(data)
-        file.write(data)
-
-    def _measure(self, step: Callable[[TarMeter], object]) -> None:
-        if self.meter is None:
-            return
-        try:
-            step(self.meter)
-        except ImageCorrupt as e:
-            if self.layer:
-                raise ImageCorrupt(f"layer {self.blob.digest}: {e.message}") from e
-            self.meter = None  # a config: not a tar, and that is fine
-
-    def finish(self) -> None:
-        """Check size and digest, then move the blob into place (else ImageCorrupt, and nothing kept)."""
-        with self._lock:
-            self._finish()
-
-    def _finish(self) -> None:
-        file = self._opened()
-        if self.written != self.blob.size:
-            raise ImageCorrupt(f"blob {self.blob.digest} has {self.written} bytes, not its declared {self.blob.size}")
-        actual = "sha256:" + self._hash.hexdigest()
-        if actual != self.blob.digest:
-            raise ImageCorrupt(f"blob {self.blob.digest} does not match its bytes (their sha256 is {actual})")
-        self._measure(TarMeter.finish)
-        file.flush()
-        os.fsync(file.fileno())
-        file.close()
-        self._file = None
-        assert self._path is not None
-        with self._store.publishing:
-            self._store.write_expanded(self.blob.digest, self.meter.expanded if self.meter is not None else None)
-            os.replace(self._path, self._store.path(self.blob.digest))
-
-    @property
-    def measured(self) -> int | None:
-        """After :meth:`finish`: the expanded size, or None for a blob that is no tar."""
-        return self.meter.expanded if self.meter is not None else None
-
-    def discard(self) -> None:
-        with self._lock:
-            self._discarded = True
-            if self._file is not None:
-                self._file.close()
-                self._file = None
-                if self._path is not None:
-                    self._path.unlink(missing_ok=True)
-
-
-class BlobStore:
-    """The files of an image store (blocking calls: run them on a thread)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.blobs = root / "blobs" / "sha256"
-        self.meta = root / "images"
-        self.tmp = root / "tmp"
-        self.sizes = root / "blobs" / "expanded"
-        self.publishing = threading.Lock()
-        """Held while a blob is put in place, and while one is deleted (see :meth:`delete`)."""
-
-    def open(
-        self, limit: int, max_image: int = DEFAULT_MAX_IMAGE, max_expansion: float = DEFAULT_MAX_EXPANSION
-    ) -> Catalog:
-        """Make the folders, drop leftovers of an interrupted run, and read what is stored (measuring
-        the blobs whose expanded size is not written down: a store from before it was kept)."""
-        for folder in (self.blobs, self.sizes, self.meta, self.tmp):
-            folder.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():
-            leftover.unlink(missing_ok=True)
-        catalog = Catalog(limit, max_image, max_expansion)
-        measured = 0
-        for path in self.blobs.iterdir():
-            digest = f"sha256:{path.name}"
-            catalog.blobs[digest] = path.stat().st_size
-            try:
-                text = (self.sizes / path.name).read_text().strip()
-                expanded = None if text == "-" else int(text)
-            except (OSError, ValueError):  # none yet (or unreadable): measure it again
-                expanded = measure_file(path)
-                self.write_expanded(digest, expanded)
-                measured += 1
-            if expanded is not None:
-                catalog.expanded[digest] = expanded
-        if measured:
-            log.info("measured the expanded size of %d blobs stored before it was kept", measured)
-        for leftover in self.sizes.iterdir():
-            if not (self.blobs / leftover.name).exists():
-                leftover.unlink(missing_ok=True)
-        records = []
-        for path in self.meta.glob("*.json"):
-            try:
-                records.append(_image_from_json(path.read_bytes()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError, KilnError) as e:
-                log.warning("ignoring the unreadable image record %s: %s", path.name, e)
-        for image in sorted(records, key=lambda i: i.pushed):  # a tag on two images: the later push has it
-            if catalog.missing(image.manifest):
-                log.warning("image %s lacks blobs on disk; forgetting it", image.digest)
-                self.forget(image.digest)
-                continue
-            image.manifest = catalog.measured(image.manifest)
-            catalog.images[image.digest] = image
-            for owner, holding in image.holdings.items():
-                tags, holding.tags = holding.tags, set()
-                for tag in tags:
-                    catalog.retag(tag, image, owner)
-        return catalog
-
-    def path(self, digest: str) -> Path:
-        return self.blobs / digest.removeprefix("sha256:")
-
-    def writer(self, blob: Blob, layer: bool) -> BlobWriter:
-        return BlobWriter(self, blob, layer)
-
-    def write_expanded(self, digest: str, expanded: int | None) -> None:
-        """Write down a blob's expanded size (None: it is no tar), before the blob is published."""
-        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="expanded.")
-        with os.fdopen(fd, "w") as f:
-            f.write("-" if expanded is None else str(expanded))
-        os.replace(name, self.sizes / digest.removeprefix("sha256:"))
-
-    def read_config(self, digest: str) -> bytes:
-        with self.path(digest).open("rb") as f:
-            return f.read(MAX_CONFIG_BYTES + 1)
-
-    def save(self, images: Iterable[StoredImage]) -> None:
-        for image in images:
-            target = self.meta / f"{image.digest.removeprefix('sha256:')}.json"
-            fd, name = tempfile.mkstemp(dir=self.tmp, prefix="image.")
-            with os.fdopen(fd, "wb") as f:
-                f.write(_image_to_json(image))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(name, target)
-
-    def forget(self, digest: str) -> None:
-        (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
-
-    def delete(self, digests: Iterable[str], keep: Callable[[str], bool] = lambda digest: False) -> None:
-        """Delete the files of ``digests``, but not of one that ``keep`` says is wanted again by
-        now (a push put the same blob back meanwhile: the catalog dropped it, a push pinned it and
-        is publishing its file). ``keep`` is asked as each file goes, with no blob being published."""
-        for digest in digests:
-            with self.publishing:
-                if keep(digest):
-                    continue
-                self.path(digest).unlink(missing_ok=True)
-                (self.sizes / digest.removeprefix("sha256:")).unlink(missing_ok=True)
-
-
-def measure_file(path: Path) -> int | None:
-    """The expanded size of the tar in ``path`` (None if it is no tar), its file data seeked past."""
-    meter = TarMeter()
-    try:
-        with path.open("rb") as f:
-            left = os.fstat(f.fileno()).st_size
-            while left > 0:
-                skip = min(meter.skippable, left)
-                if skip:
-                    f.seek(skip, os.SEEK_CUR)
-                    meter.skip(skip)
-                    left -= skip
-                    continue
-                data = f.read(min(left, 64 * 1024))
-                if not data:
-                    break
-                meter.feed(data)
-                left -= len(data)
-        return meter.finish()
-    except ImageCorrupt:
-        return None
-
-
-OPEN_KEY: Final = "open"
-"""The open tenant's key among a record's ``owners`` (the others: their credential ids)."""
-
-
-def _image_to_json(image: StoredImage) -> bytes:
-    owners = {
-        OPEN_KEY if owner is None else str(owner): {
-            "tags": sorted(h.tags),
-            "shared": sorted(OPEN_KEY if o is None else str(o) for o in h.shared),
-            "public": h.public,
-            "pushed": h.pushed,
-        }
-        for owner, h in image.holdings.items()
-    }
-    return orjson.dumps(
-        {
-            "manifest": image.manifest.model_dump(mode="json"),
-            "arch": image.arch,
-            "os": image.os,
-            "owners": owners,
-            "last_used": image.last_used,
-        }
-    )
-
-
-def _image_from_json(data: bytes) -> StoredImage:
-    """An image record; one written before images had owners (no ``owners``: ``tags`` and
-    ``pushed`` at the top) belongs to the open tenant."""
-    raw = orjson.loads(data)
-    manifest = Manifest.model_validate(raw["manifest"], context=WIRE)
-    image = StoredImage(manifest, str(raw["arch"]), str(raw["os"]))
-    owners = raw.get("owners")
-    if owners is None:
-        owners = {OPEN_KEY: {"tags": raw["tags"], "pushed": raw["pushed"]}}
-    for key, h in owners.items():
-        shared = {_owner(o) for o in h.get("shared", [])}
-        holding = Holding(float(h["pushed"]), {str(t) for t in h["tags"]}, shared, bool(h.get("public", False)))
-        image.holdings[_owner(key)] = holding
-    if not image.holdings:
-        raise ValueError("the record names no owner")
-    image.last_used = raw.get("last_used")
-    return image
-
-
 def _tags(image: StoredImage) -> dict[Owner, set[str]]:
     return {owner: set(h.tags) for owner, h in image.holdings.items()}
-
-
-def _owner(key: str) -> Owner:
-    return None if key == OPEN_KEY else int(key)
 
 
 class _Push:
     """A push in progress: the frames the core passed on, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int) -> None:
         self.frames: asyncio.Queue[tuple[FrameKind, bytes]] = asyncio.Queue()  # bounded by the credit granted
+        self.credit = Batch(window)  # given back in batches as its frames are taken
         self.task: asyncio.Task[None] | None = None
         self.window = asyncio.get_running_loop().time()  # when the current window of its rate began
         self.window_bytes = 0  # bytes it sent in that window
@@ -402,11 +109,10 @@ class _Push:
 
 
 class _Serve:
-    """Blobs being sent to a provider: the credit it granted, unspent."""
+    """Blobs being sent to a provider (the credit it granted is the core's: :meth:`HubCore.serve_credit`)."""
 
     def __init__(self) -> None:
-        self.credit = 0
-        self.more = asyncio.Event()
+        self.more = asyncio.Event()  # set when the provider grants credit
         self.task: asyncio.Task[None] | None = None
 
 
@@ -438,7 +144,7 @@ class ImageService:
             key = (action.peer, action.message.id)
             tenant = Tenant.of(action.credential)
             if isinstance(action.message, PushImage):
-                push = self._pushes[key] = _Push()
+                push = self._pushes[key] = _Push(self._window)
                 # In-flight bounds are per credential; requestors without one (an open hub, the
                 # shared token) share no credential, so each connection is bounded on its own.
                 credential = action.credential
@@ -470,7 +176,6 @@ class ImageService:
         elif isinstance(action, ServeCredit):
             serving = self._serves.get((action.peer, action.stream))
             if serving is not None:
-                serving.credit += action.chunks
                 serving.more.set()
         elif isinstance(action, ServeStop):
             serving = self._serves.get((action.peer, action.stream))
@@ -564,9 +269,13 @@ class ImageService:
             return
         self.catalog.share(image, tenant, to, public=message.public, revoke=message.revoke)
         await asyncio.to_thread(self.store.save, [image])
-        log.info("image %s: tenant %s %s %s", image.digest, owner_name(tenant.id),
-                 "unshared it with" if message.revoke else "shared it with",
-                 ", ".join([*message.to, *(["everyone"] if message.public else [])]))  # fmt: skip
+        log.info(
+            "image %s: tenant %s %s %s",
+            image.digest,
+            owner_name(tenant.id),
+            "unshared it with" if message.revoke else "shared it with",
+            ", ".join([*message.to, *(["everyone"] if message.public else [])]),
+        )
         self._reply(peer, Done(type="done", re=message.id))
 
     def _tenant(self, name: str) -> Owner:
@@ -595,7 +304,7 @@ class ImageService:
         try:
             if wanted:
                 self._reply(peer, Want(type="want", re=message.id, blobs=[blob.digest for blob in wanted]))
-                self._apply(self.core.store_grant(peer, message.id, self._window))
+                self._apply(self.core.store_grant(peer, message.id, push.credit.window))
                 await self._receive(peer, message.id, wanted, push, room)
             # A second push of an image the tenant sees only retags: no disk read. One stored only
             # for others is read like a new one (its refusals must not tell that it is stored).
@@ -620,8 +329,13 @@ class ImageService:
         finally:
             self.catalog.end(room)
         sent = sum(blob.size for blob in wanted)
-        log.info("image %s stored (%d bytes received, %d held already; %d once extracted)",
-                 image.digest, sent, image.size - sent, image.expanded)  # fmt: skip
+        log.info(
+            "image %s stored (%d bytes received, %d held already; %d once extracted)",
+            image.digest,
+            sent,
+            image.size - sent,
+            image.expanded,
+        )
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
@@ -683,7 +397,8 @@ class ImageService:
         if kind is FrameKind.ABORT:
             raise TransferFailed(f"the requestor aborted the push: {payload.decode(errors='replace')}")
         push.count(len(payload))
-        self._apply(self.core.store_grant(peer, request, 1))
+        if grant := push.credit.consumed():
+            self._apply(self.core.store_grant(peer, request, grant))
         return payload
 
     @staticmethod
@@ -703,10 +418,11 @@ class ImageService:
                 with await asyncio.to_thread(self.store.path(blob.digest).open, "rb") as f:
                     while data := await asyncio.to_thread(f.read, READ_BYTES):
                         for start in range(0, len(data), chunk):
-                            while serve.credit <= 0:
+                            while (credit := self.core.serve_credit(peer, stream)) == 0:
                                 serve.more.clear()
                                 await serve.more.wait()
-                            serve.credit -= 1
+                            if credit is None:
+                                return  # the stream is over (its create ended): ServeStop is on its way
                             self._apply(self.core.serve_data(peer, stream, data[start : start + chunk]))
         except OSError as e:
             log.warning("serving blobs on stream %d to peer %d failed: %s", stream, peer, e)

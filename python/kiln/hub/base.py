@@ -1,0 +1,153 @@
+"""What every part of the hub's core shares: what it knows, and how it writes its actions.
+
+The core (:class:`~kiln.hub.core.HubCore`) is one object built in layers, each in a module
+named for its concern, each using only the ones below it:
+
+* :mod:`kiln.hub.base` (this module): the state (peers, activities, the market, the store's
+  catalog), the outbox of actions and the helpers that fill it;
+* :mod:`kiln.hub.leases`: renting, the market and activities listed, destroying;
+* :mod:`kiln.hub.relay`: requests and their replies relayed under translated ids, stream frames
+  within credit (:mod:`kiln.hub.flow`), what a provider's departure ends;
+* :mod:`kiln.hub.store_link`: the image store's requests, pushes and blobs served to providers;
+* :mod:`kiln.hub.sessions`: hello and welcome, resuming a session, the hub's restart;
+* :mod:`kiln.hub.core`: the entry points the I/O layer calls, and dispatch.
+
+Alongside, not layers: :mod:`kiln.hub.flow` (one flow-control mechanism for every stream) and
+:mod:`kiln.hub.deadlines` (when the hub gives up waiting).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from typing import Final, Literal
+
+from kiln.hub.access import Credentials
+from kiln.hub.actions import Action, Close, Log, Send
+from kiln.hub.catalog import Catalog
+from kiln.hub.deadlines import Deadlines
+from kiln.hub.flow import Flow
+from kiln.hub.market import Market
+from kiln.hub.peers import Lease, Peer
+from kiln.hub.records import EndLease, SessionRecord
+from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
+from kiln.protocol.errors import RemoteProtocolError
+from kiln.protocol.messages import Error, Limits, Message, clip, serialize
+
+GRACE: Final = 60.0
+"""Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
+CREATE_TIMEOUT: Final = 120.0
+"""Seconds a provider may take to answer a ``create`` (counted afresh whenever its image moves)."""
+DESTROY_TIMEOUT: Final = 60.0
+"""Seconds a provider may take to answer a ``destroy``."""
+CREDIT_TIMEOUT: Final = 120.0
+"""Seconds a provider may leave a requestor's stream toward it (an upload, an exec's stdin) without credit."""
+MAX_ACTIVITIES: Final = 1024
+"""Activities one requestor connection may hold at once (being created, running or being released)."""
+PER_CREDENTIAL: Final = 64
+"""Connections one credential may hold at once (a provider credential holds one: its name's)."""
+PROGRESS_BYTES: Final = 4 * 2**20
+"""A rent's requestor hears how its image loads at least every this many bytes sent."""
+
+
+class CoreBase:
+    """The state every layer of the core reads and changes (set up by :class:`~kiln.hub.core.HubCore`)."""
+
+    token: str | None
+    """The shared token (``kiln hub --token``): admits any role under any free, unbound name."""
+    credentials: Credentials | None
+    """The credential store, asked at every hello (see :mod:`kiln.hub.access`)."""
+    software: str
+    limits: Limits
+    catalog: Catalog
+    """The image store's contents (its files are the I/O layer's)."""
+    market: Market
+    flow: Flow
+    deadlines: Deadlines
+    create_timeout: float
+    destroy_timeout: float
+    max_activities: int
+    grace: float
+    per_credential: int
+    peers: dict[int, Peer]
+    providers: dict[str, int]  # a connected provider's name -> its peer id
+    activities: dict[str, Lease]
+    _per_credential: Counter[int]  # a credential's id -> its welcomed peers
+    _new_activity_id: Callable[[], str]
+    _clock: Callable[[], float]
+    _monotonic: Callable[[], float]
+    _out: list[Action]
+    _sessions: dict[bytes, int]  # sha256 of a resume secret -> its requestor's peer id
+    _held: dict[int, tuple[Peer, float]]  # requestors gone, until their grace period ends
+    _absent: dict[str, set[str]]  # since a restart: provider name -> its leases not yet reported
+    _absent_until: float
+
+    # --- output ---------------------------------------------------------------------------
+
+    def _log(self, level: Literal["info", "warning"], text: str) -> None:
+        self._out.append(Log(level, text))
+
+    def _send(self, peer: int, message: Message) -> None:
+        self._out.append(Send(peer, serialize(message)))
+
+    def _send_binary(self, peer: int, data: bytes) -> None:
+        self.flow.queue(peer, len(data))
+        self._out.append(Send(peer, data, binary=True))
+
+    def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
+        # The text may quote what the peer sent: clipped, so the reply can always be built.
+        self._send(p.id, Error(type="error", re=re, code=code, message=clip(message)))
+
+    def _violation(self, p: Peer, e: RemoteProtocolError) -> None:
+        """Answer a frame that broke the protocol; before the handshake, also close."""
+        if p.role is None:
+            self._refuse(p, e.code, e.message, CLOSE_HANDSHAKE, re=e.re)
+        else:
+            self._error(p, e.re, e.code, e.message)
+
+    def _uncount(self, p: Peer) -> None:
+        if p.role is not None and p.credential is not None:
+            self._per_credential[p.credential.id] -= 1
+            if self._per_credential[p.credential.id] <= 0:
+                del self._per_credential[p.credential.id]
+
+    def _refuse(self, p: Peer, code: ErrorCode, text: str, close: int, re: int | None = None) -> None:
+        """Turn away a peer (not yet welcomed, or whose credential was revoked): an error, a close, a log line."""
+        p.refused = code
+        self._error(p, re, code, text)
+        self._out.append(Close(p.id, close, code.value))
+        self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")
+
+    def _flush(self) -> list[Action]:
+        out = list(self._out)
+        self._out.clear()  # the same list: the flow's emit appends to it
+        return out
+
+    def _ended(self, lease: Lease, cpu_seconds: float | None) -> None:
+        """The lease is over: its record goes (and its usage is appended)."""
+        if lease.saved:
+            lease.saved = False
+            self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+
+    def _session_record(self, p: Peer) -> SessionRecord:
+        p.saved = True
+        return SessionRecord(p.session, p.name, credential_id(p), p.secret)
+
+    def _leases(self, p: Peer) -> list[Lease]:
+        """The activities requestor ``p`` still holds (some may have ended while it was away)."""
+        found = (self.activities.get(activity_id) for activity_id in sorted(p.activities))
+        return [lease for lease in found if lease is not None and lease.requestor == p.id]
+
+
+def credential_id(p: Peer) -> int | None:
+    return p.credential.id if p.credential is not None else None
+
+
+def secret_digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A peer's text as a log line may carry it: quoted (newlines and escapes made visible) and clipped."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
