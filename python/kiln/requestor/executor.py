@@ -506,9 +506,11 @@ class Job(Generic[T, R]):
             error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")
         except ConnectionLost:
             if not await self.requestor.reconnected():
+                core.abandon()
                 raise  # the hub is gone: nothing to retry on
             outcome = "interrupted"  # not the task's fault, nor the provider's
         except ConnectionClosed:
+            core.abandon()
             raise  # closed by us: nothing to retry on
         except ProviderLost as e:
             outcome, error = "provider_lost", e

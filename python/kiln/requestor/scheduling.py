@@ -298,6 +298,10 @@ class Scheduler(Generic[T]):
             return Verdict(keep=outcome != "provider_lost")
         return Verdict(keep=outcome != "provider_lost", failure=self._fail(task, error, detail, provider))
 
+    def abandon(self) -> None:
+        """An attempt no longer counts (the job ended under it, or its connection did)."""
+        self.running -= 1
+
     def _accept(self, task: Task[T], provider: str) -> None:
         """The task succeeded on ``provider``. (Verification decides here whether it counts.)"""
         self.summary.tasks_per_provider[provider] += 1
