@@ -113,14 +113,15 @@ async def unordered(url: str | None, items: int, providers: int) -> tuple[int, f
     started = time.perf_counter()
     count = 0
     if url is None:
-        job: kiln.Job[int, int] = kiln.Job(InProcess(providers), trivial, generator(items), image=IMAGE,
-                                           max_providers=providers)  # fmt: skip
+        renter = InProcess(providers)
+        job: kiln.Job[int, int] = kiln.Job(renter, trivial, generator(items), image=IMAGE, max_providers=providers)
         async for _ in job.results():
             count += 1
     else:
         async with kiln.connect(url, name="bench-memory") as requestor:
-            results = requestor.map_unordered(trivial, generator(items), image=IMAGE, max_providers=providers,
-                                              progress=False)  # fmt: skip
+            results = requestor.map_unordered(
+                trivial, generator(items), image=IMAGE, max_providers=providers, progress=False
+            )
             async for _ in results:
                 count += 1
     return count, time.perf_counter() - started
@@ -166,14 +167,18 @@ def main() -> None:
         url = cluster.start_hub()
         if not args.skip_throughput:
             print(f"{n:,} trivial tasks on {p} providers, three runs each")
-            print(f"  through the hub (simulated providers, kiln.testing.simulated): {rates(n, asyncio.run(through_hub(url, n, p)))}")  # noqa: E501
-            print(f"  in-process simulated slots (no hub, no connection): {rates(n, asyncio.run(in_process(n, p)))}")
+            hub = rates(n, asyncio.run(through_hub(url, n, p)))
+            print(f"  through the hub (simulated providers, kiln.testing.simulated): {hub}")
+            local = rates(n, asyncio.run(in_process(n, p)))
+            print(f"  in-process simulated slots (no hub, no connection): {local}")
         if not args.skip_memory:
             via = url if args.memory_slots == "hub" else None
             count, wall, peak = asyncio.run(memory(via, args.items, p))
             slots = "the hub's simulated providers" if via else "in-process simulated slots"
-            print(f"map_unordered over a generator of {args.items:,} items on {p} {slots}: {count:,} results "
-                  f"in {wall:.1f} s ({count / wall:,.0f} tasks/s); the requestor's peak RSS {peak / 2**20:.0f} MiB")  # fmt: skip
+            print(
+                f"map_unordered over a generator of {args.items:,} items on {p} {slots}: {count:,} results "
+                f"in {wall:.1f} s ({count / wall:,.0f} tasks/s); the requestor's peak RSS {peak / 2**20:.0f} MiB"
+            )
 
 
 if __name__ == "__main__":

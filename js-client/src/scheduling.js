@@ -386,6 +386,7 @@ export class Scheduler {
       this._read += 1;
       this._live += 1;
       if (this.total === null) this.summary.tasks = this._read;
+      else if (this._read >= this.total) this._exhausted = true; // an array's last part: no need to ask for more
     }
     return this._ahead;
   }

@@ -367,4 +367,6 @@ class Scheduler(Generic[T]):
             self._live += 1
             if self.total is None:
                 self.summary.tasks = self._read
+            elif self._read >= self.total:
+                self._exhausted = True  # a list's last item: no need to ask for more
         return self._ahead[0] if self._ahead else None
