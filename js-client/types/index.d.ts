@@ -268,11 +268,14 @@ export interface Renter {
  * and bans as `src/executor.js` describes. Runs once.
  */
 export declare class Job<P, R> {
+  constructor(requestor: Renter, worker: Worker<P, R>, parts: Iterable<P>, options: JobOptions);
+  /** @deprecated The order of earlier releases (a warning once); pass the worker first. */
   constructor(requestor: Renter, parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions);
   /** The name every rent of the job carries (`job-` and 16 hex digits). */
   readonly group: string;
   readonly summary: JobSummary;
-  readonly total: number;
+  /** How many tasks the job has: null while a generator of parts has not run out. */
+  readonly total: number | null;
   /** Attempts running now. */
   readonly running: number;
   /** Call `listener` for every event; returns what stops the calls. */
@@ -323,11 +326,21 @@ export declare class Requestor {
    * see, UnauthorizedError for one it did not push.
    */
   shareImage(ref: string, options: ShareOptions): Promise<void>;
-  /** A job not started yet: follow its events, then run it. */
+  /** A job not started yet: follow its events, then run it. The parts are read as slots free up. */
+  job<P, R>(worker: Worker<P, R>, parts: Iterable<P>, options: JobOptions): Job<P, R>;
+  /** @deprecated The order of earlier releases (a warning once); pass the worker first. */
   job<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Job<P, R>;
   /** Run `worker` for every part on rented activities; the results in input order. */
+  map<P, R>(worker: Worker<P, R>, parts: Iterable<P>, options: JobOptions): Promise<R[]>;
+  /** @deprecated The order of earlier releases (a warning once); pass the worker first. */
   map<P, R>(parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions): Promise<R[]>;
   /** Like `map`, but yield `[index, result]` as each task finishes. */
+  mapUnordered<P, R>(
+    worker: Worker<P, R>,
+    parts: Iterable<P>,
+    options: JobOptions,
+  ): AsyncGenerator<[number, R | TaskFailedError], void, void>;
+  /** @deprecated The order of earlier releases (a warning once); pass the worker first. */
   mapUnordered<P, R>(
     parts: Iterable<P>,
     worker: Worker<P, R>,
