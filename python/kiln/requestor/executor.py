@@ -28,6 +28,12 @@ anything else is refused with a :class:`~kiln.UsageError` before anything is ren
 exception a worker raises is the task's :class:`TaskFailed` ``__cause__``, its type and
 message in the TaskFailed's message.
 
+The rules above live in :mod:`kiln.requestor.scheduling`, a pure core (no ``await``, no
+clock) that js-client/src/scheduling.js mirrors and the job vectors hold together; this
+module is the asyncio around it: it rents, runs workers, keeps time, waits, and tells the
+core what happened. The items are read as slots free up, so a generator of a million items
+runs in bounded memory, and results wait in a bounded buffer (``RESULT_BUFFER``).
+
 Use :meth:`kiln.Requestor.map` / :meth:`kiln.Requestor.map_unordered`, or make a
 :class:`Job` to follow its :meth:`Job.events` and read its :attr:`Job.summary`.
 """
