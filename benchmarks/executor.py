@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import subprocess
 import sys
@@ -97,10 +98,23 @@ async def timed_job(renter: Any, items: Iterable[int], providers: int) -> float:
     return wall
 
 
-async def through_hub(url: str, tasks: int, providers: int) -> list[float]:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``, or of this one."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def through_hub(url: str, hub: int, tasks: int, providers: int) -> tuple[list[float], float, float]:
+    """The walls of three runs, and the CPU per task of the hub and of this process (requestor and providers)."""
     async with simulated_providers(url, providers), kiln.connect(url, name="bench") as requestor:
         await timed_job(requestor, range(min(tasks, 1000)), providers)  # warm up
-        return [await timed_job(requestor, range(tasks), providers) for _ in range(3)]
+        hub_before, here_before = cpu_seconds(hub), cpu_seconds()
+        walls = [await timed_job(requestor, range(tasks), providers) for _ in range(3)]
+        done = 3 * tasks
+        return walls, (cpu_seconds(hub) - hub_before) / done, (cpu_seconds() - here_before) / done
 
 
 async def in_process(tasks: int, providers: int) -> list[float]:
@@ -167,8 +181,13 @@ def main() -> None:
         url = cluster.start_hub()
         if not args.skip_throughput:
             print(f"{n:,} trivial tasks on {p} providers, three runs each")
-            hub = rates(n, asyncio.run(through_hub(url, n, p)))
-            print(f"  through the hub (simulated providers, kiln.testing.simulated): {hub}")
+            assert cluster.hub is not None
+            walls, hub_cpu, here_cpu = asyncio.run(through_hub(url, cluster.hub.pid, n, p))
+            print(f"  through the hub (simulated providers, kiln.testing.simulated): {rates(n, walls)}")
+            print(
+                f"    CPU per task: the hub {hub_cpu * 1e6:.0f} µs, this process (requestor and providers) "
+                f"{here_cpu * 1e6:.0f} µs"
+            )
             local = rates(n, asyncio.run(in_process(n, p)))
             print(f"  in-process simulated slots (no hub, no connection): {local}")
         if not args.skip_memory:
