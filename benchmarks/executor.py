@@ -15,7 +15,8 @@ Prints numbers; asserts nothing. Three measures:
   and a command answered at once, no connection): the executor's own cost per task.
 - **memory**: ``map_unordered`` over a generator of ``--items`` items in a child process
   (the requestor alone), its peak resident memory (``ru_maxrss``) at the end; its slots are
-  the hub's simulated providers (``--memory-slots hub``) or in-process ones.
+  the hub's simulated providers (``--memory-slots hub``, a few minutes for a million on two
+  cores) or in-process ones (``--memory-slots in-process``, seconds).
 """
 
 from __future__ import annotations
