@@ -4,7 +4,7 @@ PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 DIST_DIR ?= dist
 DIST_ARCHES ?= x86_64 aarch64
 
-.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean bench-images bench-streams
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean bench-images bench-streams bench-executor
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -14,6 +14,7 @@ help:
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
 	@echo "make docs   - build the documentation site into site/ with mkdocs build --strict (then: mkdocs serve)"
 	@echo "make bench-images  - an image of 200 MiB pushed from the engine and loaded by a provider, against docker save + load"
+	@echo "make bench-executor - trivial tasks a second on 16 simulated providers, and a requestor's memory over a generator of 1,000,000 items"
 	@echo "make bench-streams - a command's output streamed through the hub, against a pipe inside its container"
 
 install:
@@ -118,6 +119,9 @@ demo: image volumes agent
 # Benchmarks (BENCHMARKS.md): each prints its numbers and ratios and asserts nothing.
 bench-images: image volumes agent
 	$(PYTHON) benchmarks/images.py --runs 5
+
+bench-executor:
+	$(PYTHON) benchmarks/executor.py
 
 bench-streams: image volumes agent
 	$(PYTHON) benchmarks/exec_latency.py --streams-only --stream-runs 5

@@ -71,7 +71,7 @@ async function main() {
   let perPart;
   const started = Date.now();
   try {
-    perPart = await requestor.map(parts, countWords, {
+    perPart = await requestor.map(countWords, parts, {
       image: IMAGE,
       demand: { cpus: 0.5, memory: "128MiB" },
       maxProviders: 4,

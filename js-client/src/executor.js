@@ -39,8 +39,15 @@
  * shortly after is released rather than reused; a job that ends waits a few seconds for
  * its workers, then releases their activities under them.
  *
- * Use `requestor.map()` / `requestor.mapUnordered()`, or make a Job with `requestor.job()`
- * to follow its {@link Job#events} and read its {@link Job#summary}.
+ * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
+ * a task while it waits or runs, and nothing of it but counters once it is done. The rules
+ * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
+ * this module rents, runs workers, keeps time and waits.
+ *
+ * Use `requestor.map(worker, parts, options)` / `requestor.mapUnordered(...)`, or make a Job
+ * with `requestor.job(worker, parts, options)` to follow its {@link Job#events} and read its
+ * {@link Job#summary}. (The order `(parts, worker, options)` still works, with a deprecation
+ * warning, for one release.)
  * @module
  */
 
@@ -60,13 +67,20 @@ import {
   UsageError,
 } from "./errors.js";
 import { MAX_EXCLUDE } from "./protocol/messages.js";
+import { JobSummary, Scheduler } from "./scheduling.js";
+
+export { JobSummary };
 
 /** @typedef {import("./activity.js").Activity} Activity */
+/** @typedef {import("./scheduling.js").JobEventKind} JobEventKind */
+/** @template P @typedef {import("./scheduling.js").Task<P>} Task */
+/** @template P @typedef {import("./scheduling.js").Failure<P>} Failure */
 
 /** Events a consumer of {@link Job#events} may fall behind by before it loses the oldest. */
 export const EVENT_BUFFER = 1024;
+/** Results a job holds for {@link Job#results} to take: past this many, no task starts. */
+export const RESULT_BUFFER = 1024;
 const RENT_RETRY_MS = 500;
-const MAX_PROVIDER_FAILURES = 2;
 const TEARDOWN_MS = 60_000;
 /** How long a timed-out worker may take to notice its signal before its activity is given up. */
 const TIMEOUT_GRACE_MS = 2_000;
@@ -98,11 +112,6 @@ const STOP_GRACE_MS = 5_000;
  */
 
 /**
- * @typedef {"job_started" | "image_loading" | "rented" | "released" | "task_started" | "task_done"
- *   | "task_retry" | "task_failed" | "provider_banned" | "waiting" | "job_done"} JobEventKind
- */
-
-/**
  * Something that happened in a job, `elapsed` seconds after it started.
  * @typedef {object} JobEvent
  * @property {JobEventKind} kind
@@ -129,49 +138,27 @@ const STOP_GRACE_MS = 5_000;
  * @property {AbortSignal} [signal] cancels the job
  */
 
+let warnedOrder = false;
+
 /**
- * @template P
- * @typedef {object} Task
- * @property {number} index
- * @property {P} item
- * @property {unknown[]} errors each attempt's error
- * @property {Set<string>} failedOn providers where it failed
- * @property {Set<string>} suspects providers where the worker failed it: to blame if it succeeds elsewhere
+ * The worker and the parts of `map(worker, parts)`, also when called the old way round,
+ * `map(parts, worker)` (accepted for one release, with a deprecation warning once).
+ * @template P, R
+ * @param {Worker<P, R> | Iterable<P>} first
+ * @param {Iterable<P> | Worker<P, R>} second
+ * @returns {[Worker<P, R>, Iterable<P>]}
  */
-
-/** The numbers of a job: filled in as it runs, complete once it is done. */
-export class JobSummary {
-  /** @param {number} tasks */
-  constructor(tasks) {
-    this.tasks = tasks;
-    this.succeeded = 0;
-    this.failed = 0;
-    this.attempts = 0;
-    this.retries = 0;
-    this.wallSeconds = 0;
-    /** @type {Map<string, number>} tasks each provider finished */
-    this.tasksPerProvider = new Map();
-    /** @type {Map<string, number>} CPU time the containers on each provider used */
-    this.cpuSeconds = new Map();
-    /** @type {Set<string>} providers the job banned */
-    this.failedProviders = new Set();
+export function workerAndParts(first, second) {
+  const iterable = typeof first !== "function" && first != null && typeof (/** @type {any} */ (first)[Symbol.iterator]) === "function";
+  if (!iterable) return [/** @type {Worker<P, R>} */ (first), /** @type {Iterable<P>} */ (second)];
+  if (!warnedOrder) {
+    warnedOrder = true;
+    const message = "map(parts, worker, options) is deprecated: call map(worker, parts, options) (as job and mapUnordered)";
+    const emitWarning = globalThis.process?.emitWarning;
+    if (typeof emitWarning === "function") emitWarning.call(globalThis.process, message, { type: "DeprecationWarning", code: "KILN_MAP_ORDER" });
+    else console.warn(`DeprecationWarning: ${message}`);
   }
-
-  /** The summary as text, one line for the job and one per provider (as Python's `lines()`). */
-  lines() {
-    const lines = [
-      `tasks ${this.tasks}: ${this.succeeded} done, ${this.failed} failed; attempts ${this.attempts}, ` +
-        `retries ${this.retries}; wall time ${this.wallSeconds.toFixed(2)} s`,
-    ];
-    for (const provider of [...new Set([...this.tasksPerProvider.keys(), ...this.cpuSeconds.keys()])].sort()) {
-      lines.push(
-        `  ${provider}: ${this.tasksPerProvider.get(provider) ?? 0} tasks, ` +
-          `${(this.cpuSeconds.get(provider) ?? 0).toFixed(2)} container CPU-seconds` +
-          (this.failedProviders.has(provider) ? "  (failed)" : ""),
-      );
-    }
-    return lines;
-  }
+  return [/** @type {Worker<P, R>} */ (second), /** @type {Iterable<P>} */ (first)];
 }
 
 /**
@@ -181,13 +168,17 @@ export class JobSummary {
 export class Job {
   /**
    * @param {Renter} requestor
+   * @param {Worker<P, R>} worker also accepted the old way round, `(requestor, parts, worker, options)`
    * @param {Iterable<P>} parts
-   * @param {Worker<P, R>} worker
    * @param {JobOptions} options
    */
-  constructor(requestor, parts, worker, options) {
+  constructor(requestor, worker, parts, options) {
+    [worker, parts] = workerAndParts(worker, parts);
     if (typeof worker !== "function") {
       throw new UsageError(`a job's worker must be a function: async (activity, part, context) => result, not ${kindOf(worker)}`);
+    }
+    if (parts == null || typeof (/** @type {any} */ (parts)[Symbol.iterator]) !== "function") {
+      throw new UsageError(`a job's parts must be iterable (an array, a generator, ...), not ${kindOf(parts)}`);
     }
     for (const hook of /** @type {const} */ (["setup", "teardown"])) {
       if (options?.[hook] !== undefined && typeof options[hook] !== "function") {
@@ -221,23 +212,14 @@ export class Job {
     this.group = `job-${randomHex(8)}`;
     /** @type {((event: JobEvent) => void)[]} */
     this._listeners = options.onEvent === undefined ? [] : [options.onEvent];
-    /** @type {Task<P>[]} */
-    this._tasks = [...parts].map((item, index) => ({ index, item, errors: [], failedOn: new Set(), suspects: new Set() }));
-    this.summary = new JobSummary(this._tasks.length);
-    /** @type {Task<P>[]} waiting for an activity; retries go first */
-    this._pending = [...this._tasks];
-    this._remaining = this._tasks.length;
-    this._running = 0;
-    /** @type {Map<number, string>} slot -> provider of the activity it holds */
-    this._held = new Map();
-    /** @type {Set<Activity>} rented and not yet released */
-    this._activities = new Set();
-    /** @type {Map<string, number>} */
-    this._failures = new Map();
-    /** @type {Set<string>} */
-    this._banned = new Set();
-    /** why the job last passed over a provider: told when no provider is left */
-    this._lastBan = "";
+    /** @type {Scheduler<P>} the rules: which task goes where, blame, bans, retries */
+    this._core = new Scheduler(parts, (kind, task, provider, detail) => this._scheduled(kind, task, provider, detail), {
+      retries,
+      returnExceptions: this.returnExceptions,
+    });
+    this.summary = this._core.summary;
+    /** @type {Map<Activity, number>} rented and not yet released, with the slot that holds it */
+    this._activities = new Map();
     /** @type {Deferred<void>} */
     this._changed = new Deferred();
     /** @type {{error: unknown} | null} what ended the job early (failed, cancelled), once something has */
@@ -249,18 +231,21 @@ export class Job {
     this._started = 0;
     /** @type {(index: number, value: R | TaskFailedError) => void} */
     this._emitResult = () => {};
+    /** results handed to results() and not yet taken */
+    this._undelivered = 0;
     this._used = false;
   }
 
   // --- following the job ----------------------------------------------------------------
 
+  /** How many tasks the job has: null while a generator of parts has not run out. */
   get total() {
-    return this._tasks.length;
+    return this._core.total;
   }
 
   /** Attempts running now. */
   get running() {
-    return this._running;
+    return this._core.running;
   }
 
   /**
@@ -314,9 +299,19 @@ export class Job {
    * @param {{task?: number | null, provider?: string | null, detail?: string}} [about]
    */
   _event(kind, { task = null, provider = null, detail = "" } = {}) {
+    if (this._listeners.length === 0) return;
     const elapsed = (performance.now() - this._started) / 1000;
     const event = Object.freeze({ kind, elapsed, task, provider, detail });
     for (const listener of [...this._listeners]) listener(event);
+  }
+
+  /**
+   * An event of the scheduling core; what it decided may let a waiting slot go on.
+   * @param {JobEventKind} kind @param {number | null} task @param {string | null} provider @param {string} detail
+   */
+  _scheduled(kind, task, provider, detail) {
+    this._event(kind, { task, provider, detail });
+    this._notify();
   }
 
   // --- running it -----------------------------------------------------------------------
@@ -328,7 +323,7 @@ export class Job {
    */
   async run() {
     /** @type {(R | TaskFailedError)[]} */
-    const results = new Array(this.total);
+    const results = new Array(this.total ?? 0);
     for await (const [index, value] of this.results()) results[index] = value;
     return /** @type {R[]} */ (results);
   }
@@ -341,29 +336,35 @@ export class Job {
   async *results() {
     if (this._used) throw new UsageError("a Job runs once; make a new one");
     this._used = true;
-    /** @type {[number, R | TaskFailedError][]} */
+    /** @type {[number, R | TaskFailedError][]} bounded: no task starts while RESULT_BUFFER wait here */
     const queue = [];
     /** @type {Deferred<void> | null} */
     let ready = null;
     this._emitResult = (index, value) => {
+      this._undelivered += 1;
       queue.push([index, value]);
       ready?.resolve();
     };
-    const driving = this._drive();
+    let over = false;
+    const driving = this._drive().finally(() => {
+      over = true;
+      ready?.resolve();
+    });
     driving.catch(() => {}); // seen below, or abandoned with the iteration
-    let received = 0;
     let finished = false;
     try {
-      while (received < this.total) {
-        while (queue.length === 0) {
+      for (;;) {
+        while (queue.length === 0 && !over) {
           ready = new Deferred();
-          await Promise.race([ready.promise, driving]); // the job ended first: throws its error
+          await ready.promise;
           ready = null;
         }
-        received += 1;
+        if (queue.length === 0) break;
+        this._undelivered -= 1;
+        if (this._undelivered === RESULT_BUFFER - 1) this._notify();
         yield /** @type {[number, R | TaskFailedError]} */ (queue.shift());
       }
-      await driving;
+      await driving; // the job's error, if it ended with one
       finished = true;
     } finally {
       if (!finished) {
@@ -375,23 +376,25 @@ export class Job {
 
   async _drive() {
     this._started = performance.now();
-    this._event("job_started", { detail: `${this.total} tasks` });
+    const total = this.total;
+    this._event("job_started", { detail: total === null ? "tasks as the parts come" : `${total} tasks` });
     const signal = this.signal;
     const cancel = () => this._end(cancelledBy(/** @type {AbortSignal} */ (signal), "the job"));
     if (signal?.aborted) cancel();
     else signal?.addEventListener("abort", cancel, { once: true });
     try {
-      const count = Math.min(this.maxProviders, this.total);
+      const count = this._core.slots(this.maxProviders);
       const slots = Promise.all(Array.from({ length: count }, (_, slot) => this._slot(slot).catch((e) => this._end(e))));
       await Promise.race([slots, this._ended.promise]);
       if (this.stopped && !(await settlesWithin(slots, STOP_GRACE_MS))) {
         // A worker that ignores its signal cannot be stopped: its activity is released under it.
-        await Promise.all([...this._activities].map((activity) => this._release(activity)));
+        await Promise.all([...this._activities.keys()].map((activity) => this._release(activity)));
       }
     } finally {
       signal?.removeEventListener("abort", cancel);
+      this._core.stop();
       this.summary.wallSeconds = (performance.now() - this._started) / 1000;
-      this.summary.failedProviders = new Set(this._banned);
+      this.summary.failedProviders = new Set(this._core.banned);
       this._event("job_done", { detail: this.summary.lines().join("\n") });
     }
     if (this._failure !== null) throw this._failure.error;
@@ -409,6 +412,7 @@ export class Job {
   _end(error) {
     if (this.stopped) return;
     this._failure = { error };
+    this._core.stop();
     for (const attempt of this._attempts) attempt.abort(error);
     this._ended.resolve();
     this._notify();
@@ -432,17 +436,16 @@ export class Job {
 
   /** @param {number} slot */
   async _slot(slot) {
-    while (this._remaining > 0 && !this.stopped) {
+    const core = this._core;
+    while (!core.finished && !this.stopped) {
       const activity = await this._acquire();
       if (activity === null) return;
-      this._held.set(slot, activity.provider);
-      this._event("rented", { provider: activity.provider, detail: activity.id });
+      this._activities.set(activity, slot);
+      core.hold(slot, activity.provider, activity.id);
       try {
         await this._serve(activity);
       } finally {
         await this._release(activity);
-        this._held.delete(slot);
-        this._notify();
       }
     }
   }
@@ -452,39 +455,39 @@ export class Job {
    * @returns {Promise<Activity | null>}
    */
   async _acquire() {
+    const core = this._core;
     const waitingSince = performance.now();
-    while (this._remaining > 0 && !this.stopped) {
-      if (this._pending.length === 0) {
-        await this._changes();
+    while (!core.finished && !this.stopped) {
+      if (!core.wantsActivity()) {
+        if (!core.finished) await this._changes();
         continue;
       }
-      if (this._banned.size > MAX_EXCLUDE) {
-        throw new NoMatchError(`more than ${MAX_EXCLUDE} providers failed this job; giving up`);
+      if (core.tooManyBanned()) {
+        this._nowhereToRun(new NoMatchError(`more than ${MAX_EXCLUDE} providers failed this job`), { waited: false });
+        return null;
       }
       try {
-        const activity = await this.requestor.rent({
+        return await this.requestor.rent({
           image: this.image,
           demand: this.demand,
           ...(this.user === undefined ? {} : { user: this.user }),
-          exclude: this._banned,
+          exclude: core.banned,
           group: this.group,
           // A provider loading the job's image from the hub's store: how far it is.
           onProgress: ({ provider, done, total }) => {
             this._event("image_loading", { provider, detail: `${done} of ${total} bytes` });
           },
         });
-        this._activities.add(activity);
-        return activity;
       } catch (e) {
         if (e instanceof ProviderLostError) continue; // it vanished while starting our container: try another
         if (e instanceof ConnectionLostError && (await this._reconnected())) continue; // dropped and back: rent again
         if ((e instanceof ImageNotFoundError || e instanceof ContainerFailedError) && e.provider !== null) {
           // This provider cannot run the job's containers; the others may.
-          this._ban(e.provider, e.message);
+          core.ban(e.provider, e.message);
           continue;
         }
         if (!(e instanceof NoMatchError)) throw e;
-        if (this._held.size > 0) {
+        if (core.holding) {
           // Others are working: wait for a provider to join or to be released.
           await this._changes(RENT_RETRY_MS * 4);
           continue;
@@ -501,23 +504,21 @@ export class Job {
   }
 
   /**
-   * No provider took the job for `startTimeoutMs`: its tasks fail, not a misleading NoMatch.
-   * A task that was tried already fails with its attempts (a TaskFailedError); a job none
-   * of whose tasks ever ran ends with the NoMatchError itself.
+   * No provider is left to take the job: its tasks fail, not a misleading NoMatch. A task
+   * that was tried already fails with its attempts (a TaskFailedError); a job none of whose
+   * tasks ever ran ends with the NoMatchError itself.
    * @param {NoMatchError} reason
+   * @param {{waited?: boolean}} [options]
    */
-  _nowhereToRun(reason) {
-    let why = `no provider for this job after ${this.startTimeoutMs / 1000} s: ${reason.message}`;
-    const count = this._banned.size;
-    if (count > 0) why += ` (this job passed over ${count} provider${count === 1 ? "" : "s"} that failed it; ${this._lastBan})`;
-    if (!this.returnExceptions && !this._pending.some((task) => task.errors.length > 0)) {
-      throw new NoMatchError(why, { cause: reason });
-    }
+  _nowhereToRun(reason, { waited = true } = {}) {
+    const core = this._core;
+    const why = core.nowhereToRun(
+      waited ? `no provider for this job after ${this.startTimeoutMs / 1000} s: ${reason.message}` : reason.message,
+    );
+    const cause = new NoMatchError(why, { cause: reason });
+    if (core.neverRan()) throw cause;
     // Retries wait at the front: without returnExceptions the first of them ends the job.
-    while (this._pending.length > 0) {
-      const task = /** @type {Task<P>} */ (this._pending.shift());
-      this._fail(task, new NoMatchError(why, { cause: reason }), null, "no provider is left to run it");
-    }
+    for (const failure of core.strand(cause, describe(cause))) this._failed(failure);
   }
 
   /**
@@ -525,7 +526,9 @@ export class Job {
    * @param {Activity} activity
    */
   async _release(activity) {
-    if (!this._activities.delete(activity)) return; // released already (by a job that stopped waiting)
+    const slot = this._activities.get(activity);
+    if (slot === undefined) return; // released already (by a job that stopped waiting)
+    this._activities.delete(activity);
     const teardown = this.teardown;
     if (teardown !== undefined && activity.lost === null && !activity.released && !this.stopped) {
       // A failed or stuck teardown must not keep the container alive.
@@ -540,7 +543,7 @@ export class Job {
       const cpu = this.summary.cpuSeconds;
       cpu.set(activity.provider, (cpu.get(activity.provider) ?? 0) + activity.cpuSeconds);
     }
-    this._event("released", { provider: activity.provider, detail: activity.id });
+    this._core.free(slot, activity.id);
   }
 
   /** @param {Activity} activity */
@@ -551,7 +554,7 @@ export class Job {
         await this.setup(activity);
       } catch (e) {
         if (!(e instanceof ProviderLostError)) throw e;
-        this._providerFailed(provider);
+        this._core.providerFailed(provider);
         return;
       }
     }
@@ -559,24 +562,20 @@ export class Job {
       const task = await this._nextTask(provider);
       if (task === null) return;
       const healthy = await this._attempt(task, activity);
-      if (!healthy || this._banned.has(provider) || activity.lost !== null) return;
+      if (!healthy || this._core.banned.has(provider) || activity.lost !== null) return;
     }
   }
 
   /**
-   * The next task for `provider`: one that has not failed there, if any other can take it.
+   * The next task for `provider` (see `Scheduler.nextTask`), once results have room.
    * @param {string} provider
    * @returns {Promise<Task<P> | null>}
    */
   async _nextTask(provider) {
-    while (this._remaining > 0 && !this._banned.has(provider) && !this.stopped) {
-      let at = this._pending.findIndex((task) => !task.failedOn.has(provider));
-      if (at === -1) {
-        // It failed here before, but no other provider of this job is a better place.
-        const holders = [...this._held.values()];
-        at = this._pending.findIndex((task) => holders.every((p) => task.failedOn.has(p)));
-      }
-      if (at !== -1) return this._pending.splice(at, 1)[0];
+    const core = this._core;
+    while (core.mayServe(provider) && !this.stopped) {
+      const task = this._undelivered < RESULT_BUFFER ? core.nextTask(provider) : null;
+      if (task !== null) return task;
       await this._changes(RENT_RETRY_MS * 4);
     }
     return null;
@@ -590,12 +589,10 @@ export class Job {
    */
   async _attempt(task, activity) {
     const provider = activity.provider;
-    this._running += 1;
-    this.summary.attempts += 1;
-    this._event("task_started", { task: task.index, provider });
+    const core = this._core;
     const attempt = new AbortController();
     this._attempts.add(attempt);
-    const context = { index: task.index, attempt: task.errors.length + 1, signal: attempt.signal };
+    const context = { index: task.index, attempt: core.start(task, provider), signal: attempt.signal };
     const running = Promise.resolve().then(() => {
       const returned = this.worker(activity, task.item, context);
       if (!isThenable(returned)) {
@@ -628,40 +625,40 @@ export class Job {
     } finally {
       clearTimeout(timer);
       this._attempts.delete(attempt);
-      this._running -= 1;
     }
-    if (this.stopped) return false; // the job is over: what the worker did no longer counts
+    if (this.stopped) {
+      core.abandon(); // the job is over: what the worker did no longer counts
+      return false;
+    }
     if (outcome.ok) {
-      const done = this.summary.tasksPerProvider;
-      done.set(provider, (done.get(provider) ?? 0) + 1);
-      for (const suspect of task.suspects) {
-        if (suspect !== provider) this._providerFailed(suspect); // the task is fine: where it failed, the provider was not
-      }
-      this._done(task, outcome.value, provider);
+      core.outcome(task, provider, "ok");
+      this._emitResult(task.index, outcome.value);
       return true;
     }
     const error = outcome.error;
     if (error instanceof ConnectionLostError && (await this._reconnected())) {
-      if (this.stopped) return false;
-      // Not the task's fault, nor the provider's: tried again, as if never started.
-      this._pending.unshift(task);
-      this._event("task_retry", { task: task.index, provider, detail: "the connection to the hub dropped and is back" });
-      this._notify();
+      if (this.stopped) {
+        core.abandon();
+        return false;
+      }
+      core.outcome(task, provider, "interrupted"); // not the task's fault, nor the provider's
       return true;
     }
-    if (error instanceof ConnectionClosedError) throw error; // the hub is gone, or closed by us: nothing to retry on
-    task.errors.push(error);
-    if (!(error instanceof ProviderLostError || error instanceof RetryTaskError || error instanceof TaskTimeoutError)) {
-      this._fail(task, error, provider);
-      return true;
+    if (error instanceof ConnectionClosedError) {
+      core.abandon();
+      throw error; // the hub is gone, or closed by us: nothing to retry on
     }
-    task.failedOn.add(provider);
-    if (error instanceof ProviderLostError) this._providerFailed(provider);
-    else task.suspects.add(provider);
-    this._retryOrFail(task, error, provider);
-    if (error instanceof ProviderLostError) return false;
+    /** @type {import("./scheduling.js").Outcome} */
+    const kind =
+      error instanceof ProviderLostError ? "provider_lost"
+      : error instanceof RetryTaskError ? "retry"
+      : error instanceof TaskTimeoutError ? "timeout"
+      : "error";
+    const verdict = core.outcome(task, provider, kind, error, describe(error));
+    if (verdict.failure !== null) this._failed(verdict.failure);
+    if (!verdict.keep) return false;
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
-    return error instanceof TaskTimeoutError ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
+    return kind === "timeout" ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
   }
 
   /** Wait out a reconnect of the requestor's connection: whether it is back. */
@@ -670,73 +667,16 @@ export class Job {
   }
 
   /**
-   * @param {Task<P>} task
-   * @param {R} value
-   * @param {string} provider
+   * A task failed for good: the job ends with its TaskFailedError, or that is its result.
+   * @param {Failure<P>} failure
    */
-  _done(task, value, provider) {
-    this.summary.succeeded += 1;
-    this._remaining -= 1;
-    this._event("task_done", { task: task.index, provider });
-    this._emitResult(task.index, value);
-    this._notify();
-  }
-
-  /**
-   * @param {Task<P>} task
-   * @param {unknown} error
-   * @param {string} provider
-   */
-  _retryOrFail(task, error, provider) {
-    if (task.errors.length <= this.retries) {
-      this.summary.retries += 1;
-      this._pending.unshift(task);
-      this._event("task_retry", { task: task.index, provider, detail: describe(error) });
-      this._notify();
-      return;
+  _failed({ task, message, cause, endsJob }) {
+    const error = new TaskFailedError(message, { index: task.index, item: task.item, attempts: [...task.errors], cause });
+    if (endsJob) {
+      this._end(error); // no new rents or attempts while the job winds down
+      throw error;
     }
-    this._fail(task, error, provider);
-  }
-
-  /**
-   * `task` failed for good: the job ends with its TaskFailedError, or that is its result.
-   * @param {Task<P>} task
-   * @param {unknown} error
-   * @param {string | null} provider
-   * @param {string} [note]
-   */
-  _fail(task, error, provider, note = "") {
-    this.summary.failed += 1;
-    this._remaining -= 1;
-    const attempts = task.errors.length;
-    const failure = new TaskFailedError(
-      `task ${task.index} failed after ${attempts} attempt${attempts === 1 ? "" : "s"}` +
-        `${note ? ` (${note})` : ""}: ${describe(error)}`,
-      { index: task.index, item: task.item, attempts: [...task.errors], cause: error },
-    );
-    this._event("task_failed", { task: task.index, provider, detail: failure.message });
-    this._notify();
-    if (!this.returnExceptions) {
-      this._end(failure); // no new rents or attempts while the job winds down
-      throw failure;
-    }
-    this._emitResult(task.index, failure);
-  }
-
-  /** @param {string} provider */
-  _providerFailed(provider) {
-    const count = (this._failures.get(provider) ?? 0) + 1;
-    this._failures.set(provider, count);
-    if (count >= MAX_PROVIDER_FAILURES) this._ban(provider, `failed ${count} times`);
-  }
-
-  /** @param {string} provider @param {string} why */
-  _ban(provider, why) {
-    if (this._banned.has(provider)) return;
-    this._banned.add(provider);
-    this._lastBan = `the last, ${provider}: ${why}`;
-    this._event("provider_banned", { provider, detail: why });
-    this._notify();
+    this._emitResult(task.index, error);
   }
 }
 

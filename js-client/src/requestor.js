@@ -607,41 +607,43 @@ export class Requestor {
    * A job not started yet: follow its `events()` or `onEvent`, then `run()` it (see
    * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
    * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
-   * `returnExceptions`, `onEvent`, `signal`.
+   * `returnExceptions`, `onEvent`, `signal`. The parts are read as the job's slots free up.
+   * (`job(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
-   * @param {Iterable<P>} parts
    * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Job<P, R>}
    */
-  job(parts, worker, options) {
-    return new Job(this, parts, worker, options);
+  job(worker, parts, options) {
+    return new Job(this, worker, parts, options);
   }
 
   /**
    * Run `worker(activity, part, context)` for every part on rented activities and resolve
    * to the results in input order. Rejects with TaskFailedError when a task fails for good.
+   * (`map(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
-   * @param {Iterable<P>} parts
    * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Promise<R[]>}
    */
-  async map(parts, worker, options) {
-    return this.job(parts, worker, options).run();
+  async map(worker, parts, options) {
+    return this.job(worker, parts, options).run();
   }
 
   /**
    * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
    * Stopping the iteration early ends the job and releases its activities.
    * @template P, R
-   * @param {Iterable<P>} parts
    * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
    */
-  async *mapUnordered(parts, worker, options) {
-    yield* this.job(parts, worker, options).results();
+  async *mapUnordered(worker, parts, options) {
+    yield* this.job(worker, parts, options).results();
   }
 
   /** @param {import("../types/protocol.js").SessionEvent} event */

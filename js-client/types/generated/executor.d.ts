@@ -39,16 +39,33 @@
  * shortly after is released rather than reused; a job that ends waits a few seconds for
  * its workers, then releases their activities under them.
  *
- * Use `requestor.map()` / `requestor.mapUnordered()`, or make a Job with `requestor.job()`
- * to follow its {@link Job#events} and read its {@link Job#summary}.
+ * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
+ * a task while it waits or runs, and nothing of it but counters once it is done. The rules
+ * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
+ * this module rents, runs workers, keeps time and waits.
+ *
+ * Use `requestor.map(worker, parts, options)` / `requestor.mapUnordered(...)`, or make a Job
+ * with `requestor.job(worker, parts, options)` to follow its {@link Job#events} and read its
+ * {@link Job#summary}. (The order `(parts, worker, options)` still works, with a deprecation
+ * warning, for one release.)
  * @module
  */
 import { Deferred } from "./deferred.js";
 import { NoMatchError, TaskFailedError } from "./errors.js";
+import { JobSummary, Scheduler } from "./scheduling.js";
+export { JobSummary };
 export type Activity = import("./activity.js").Activity;
+export type JobEventKind = import("./scheduling.js").JobEventKind;
+export type Task<P> = import("./scheduling.js").Task<P>;
+export type Failure<P> = import("./scheduling.js").Failure<P>;
 /** @typedef {import("./activity.js").Activity} Activity */
+/** @typedef {import("./scheduling.js").JobEventKind} JobEventKind */
+/** @template P @typedef {import("./scheduling.js").Task<P>} Task */
+/** @template P @typedef {import("./scheduling.js").Failure<P>} Failure */
 /** Events a consumer of {@link Job#events} may fall behind by before it loses the oldest. */
 export declare const EVENT_BUFFER = 1024;
+/** Results a job holds for {@link Job#results} to take: past this many, no task starts. */
+export declare const RESULT_BUFFER = 1024;
 export type Renter = {
     rent: (options: {
         image: string;
@@ -84,7 +101,6 @@ export type TaskContext = {
     signal: AbortSignal;
 };
 export type Worker<P, R> = (activity: Activity, part: P, context: TaskContext) => Promise<R>;
-export type JobEventKind = "job_started" | "image_loading" | "rented" | "released" | "task_started" | "task_done" | "task_retry" | "task_failed" | "provider_banned" | "waiting" | "job_done";
 export type JobEvent = {
     kind: JobEventKind;
     elapsed: number;
@@ -142,100 +158,15 @@ export type JobOptions = {
      */
     signal?: AbortSignal;
 };
-export type Task<P> = {
-    index: number;
-    item: P;
-    /**
-     * each attempt's error
-     */
-    errors: unknown[];
-    /**
-     * providers where it failed
-     */
-    failedOn: Set<string>;
-    /**
-     * providers where the worker failed it: to blame if it succeeds elsewhere
-     */
-    suspects: Set<string>;
-};
 /**
- * What a job needs of a requestor: `rent`, honouring `exclude` and `group`.
- * @typedef {object} Renter
- * @property {(options: {image: string, demand?: import("./requestor.js").DemandOptions,
- *   exclude?: Iterable<string>, group?: string, user?: "root",
- *   onProgress?: (progress: {provider: string, image: string, done: number, total: number}) => void
- * }) => Promise<Activity>} rent
- * @property {() => Promise<boolean>} [reconnected] waits out a reconnect of the requestor's connection:
- *   true when it is back, false when it is gone for good (a renter without it never reconnects)
- */
-/**
- * What a worker gets besides its activity and part.
- * @typedef {object} TaskContext
- * @property {number} index the part's position in the input
- * @property {number} attempt 1 for the first attempt, 2 for the first retry, ...
- * @property {AbortSignal} signal fires when the attempt times out or the job ends; pass it on
- */
-/**
+ * The worker and the parts of `map(worker, parts)`, also when called the old way round,
+ * `map(parts, worker)` (accepted for one release, with a deprecation warning once).
  * @template P, R
- * @typedef {(activity: Activity, part: P, context: TaskContext) => Promise<R>} Worker
+ * @param {Worker<P, R> | Iterable<P>} first
+ * @param {Iterable<P> | Worker<P, R>} second
+ * @returns {[Worker<P, R>, Iterable<P>]}
  */
-/**
- * @typedef {"job_started" | "image_loading" | "rented" | "released" | "task_started" | "task_done"
- *   | "task_retry" | "task_failed" | "provider_banned" | "waiting" | "job_done"} JobEventKind
- */
-/**
- * Something that happened in a job, `elapsed` seconds after it started.
- * @typedef {object} JobEvent
- * @property {JobEventKind} kind
- * @property {number} elapsed
- * @property {number | null} task the task's index, when the event is about one
- * @property {string | null} provider the provider's name, when the event is about one
- * @property {string} detail
- */
-/**
- * The options of a job besides its parts and worker.
- * @typedef {object} JobOptions
- * @property {string} image
- * @property {import("./requestor.js").DemandOptions} [demand]
- * @property {"root"} [user] run the job's commands as root, on providers that allow it
- * @property {number} [maxProviders] most activities (one per provider) at once, default 4
- * @property {number} [retries] more attempts a task gets after its first, default 2
- * @property {number} [taskTimeoutMs] the most one attempt may take, default no limit
- * @property {number} [startTimeoutMs] how long to wait while no provider takes the job, default 60 s
- * @property {(activity: Activity) => Promise<void>} [setup] runs once per activity before its first task
- * @property {(activity: Activity) => Promise<void>} [teardown] runs once per activity before its release
- * @property {boolean} [returnExceptions] a task that fails for good yields its TaskFailedError
- * @property {(event: JobEvent) => void} [onEvent] called (synchronously: keep it quick) for every event
- * @property {AbortSignal} [signal] cancels the job
- */
-/**
- * @template P
- * @typedef {object} Task
- * @property {number} index
- * @property {P} item
- * @property {unknown[]} errors each attempt's error
- * @property {Set<string>} failedOn providers where it failed
- * @property {Set<string>} suspects providers where the worker failed it: to blame if it succeeds elsewhere
- */
-/** The numbers of a job: filled in as it runs, complete once it is done. */
-export declare class JobSummary {
-    tasks: number;
-    succeeded: number;
-    failed: number;
-    attempts: number;
-    retries: number;
-    wallSeconds: number;
-    /** @type {Map<string, number>} tasks each provider finished */
-    tasksPerProvider: Map<string, number>;
-    /** @type {Map<string, number>} CPU time the containers on each provider used */
-    cpuSeconds: Map<string, number>;
-    /** @type {Set<string>} providers the job banned */
-    failedProviders: Set<string>;
-    /** @param {number} tasks */
-    constructor(tasks: number);
-    /** The summary as text, one line for the job and one per provider (as Python's `lines()`). */
-    lines(): string[];
-}
+export declare function workerAndParts<P, R>(first: Worker<P, R> | Iterable<P>, second: Iterable<P> | Worker<P, R>): [Worker<P, R>, Iterable<P>];
 /**
  * One split-run-combine job. Run it once, with {@link Job#run} or {@link Job#results}.
  * @template P, R
@@ -259,12 +190,13 @@ export declare class Job<P, R> {
     summary: JobSummary;
     /**
      * @param {Renter} requestor
+     * @param {Worker<P, R>} worker also accepted the old way round, `(requestor, parts, worker, options)`
      * @param {Iterable<P>} parts
-     * @param {Worker<P, R>} worker
      * @param {JobOptions} options
      */
-    constructor(requestor: Renter, parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions);
-    get total(): number;
+    constructor(requestor: Renter, worker: Worker<P, R>, parts: Iterable<P>, options: JobOptions);
+    /** How many tasks the job has: null while a generator of parts has not run out. */
+    get total(): number | null;
     /** Attempts running now. */
     get running(): number;
     /**

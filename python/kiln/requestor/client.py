@@ -299,6 +299,8 @@ class Requestor:
     ) -> list[R]:
         """Run ``await worker(activity, item)`` for every item on rented activities; results in order.
 
+        ``items`` may be any iterable, a generator too: it is read as activities free up.
+
         Options as for :meth:`job`: ``demand``, ``max_providers`` (4), ``retries`` (2),
         ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
         ``return_exceptions``, ``on_event``. ``progress``: a live bar and a summary on a

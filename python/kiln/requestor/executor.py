@@ -28,6 +28,12 @@ anything else is refused with a :class:`~kiln.UsageError` before anything is ren
 exception a worker raises is the task's :class:`TaskFailed` ``__cause__``, its type and
 message in the TaskFailed's message.
 
+The rules above live in :mod:`kiln.requestor.scheduling`, a pure core (no ``await``, no
+clock) that js-client/src/scheduling.js mirrors and the job vectors hold together; this
+module is the asyncio around it: it rents, runs workers, keeps time, waits, and tells the
+core what happened. The items are read as slots free up, so a generator of a million items
+runs in bounded memory, and results wait in a bounded buffer (``RESULT_BUFFER``).
+
 Use :meth:`kiln.Requestor.map` / :meth:`kiln.Requestor.map_unordered`, or make a
 :class:`Job` to follow its :meth:`Job.events` and read its :attr:`Job.summary`.
 """
@@ -41,10 +47,10 @@ import inspect
 import logging
 import secrets
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Final, Generic, Literal, Protocol, TypedDict, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar, cast
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
@@ -59,8 +65,9 @@ from kiln.protocol.errors import (
     UsageError,
 )
 from kiln.protocol.messages import MAX_EXCLUDE, Demand, User
-from kiln.protocol.sizes import format_size
 from kiln.requestor.activity import Activity
+from kiln.requestor.scheduling import EventKind, Failure, Outcome, Scheduler, Task
+from kiln.requestor.scheduling import JobSummary as JobSummary  # re-exported: kiln.JobSummary
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -71,8 +78,9 @@ RentProgressHandler = Callable[[str, str, int, int], None]
 """Called as a provider loads a rent's image: ``(provider, image, done, total)`` in bytes."""
 
 EVENT_BUFFER: Final = 1024
+RESULT_BUFFER: Final = 1024
+"""Results a job holds for :meth:`Job.results` to take: past this many, no task starts."""
 RENT_RETRY_SECONDS: Final = 0.5
-MAX_PROVIDER_FAILURES: Final = 2
 MiB: Final = 2**20
 TEARDOWN_SECONDS: Final = 60.0
 
@@ -126,12 +134,6 @@ class TaskFailed(KilnError):
         self.attempts = attempts
 
 
-EventKind = Literal[
-    "job_started", "rented", "released", "task_started", "task_done", "task_retry", "task_failed",
-    "provider_banned", "waiting", "image_loading", "job_done",
-]  # fmt: skip
-
-
 @dataclass(frozen=True, slots=True)
 class JobEvent:
     """Something that happened in a job, ``elapsed`` seconds after it started.
@@ -153,35 +155,6 @@ def loading_text(image: str, provider: str, done: int, total: int) -> str:
     return f"loading {image} on {provider}, {done // MiB} of {-(-total // MiB)} MiB"
 
 
-@dataclass
-class JobSummary:
-    tasks: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    attempts: int = 0
-    retries: int = 0
-    wall_seconds: float = 0.0
-    tasks_per_provider: Counter[str] = field(default_factory=Counter)
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-    failed_providers: set[str] = field(default_factory=set)
-    pulled: Counter[str] = field(default_factory=Counter)
-    """The image bytes each provider loaded from the hub's store for the job's rents."""
-
-    def lines(self) -> list[str]:
-        lines = [
-            f"tasks {self.tasks}: {self.succeeded} done, {self.failed} failed; attempts {self.attempts}, "
-            f"retries {self.retries}; wall time {self.wall_seconds:.2f} s",
-        ]
-        for provider in sorted(set(self.tasks_per_provider) | set(self.cpu_seconds) | set(self.pulled)):
-            lines.append(
-                f"  {provider}: {self.tasks_per_provider[provider]} tasks, "
-                f"{self.cpu_seconds.get(provider, 0.0):.2f} container CPU-seconds"
-                + (f", pulled {format_size(self.pulled[provider])} of image" if self.pulled[provider] else "")
-                + ("  (failed)" if provider in self.failed_providers else "")
-            )
-        return lines
-
-
 class JobOptions(TypedDict, total=False):
     """The options of a :class:`Job` besides its worker, items and image."""
 
@@ -197,18 +170,12 @@ class JobOptions(TypedDict, total=False):
     user: User | None
 
 
-@dataclass
-class _Task(Generic[T]):
-    index: int
-    item: T
-    errors: list[BaseException] = field(default_factory=list)
-    failed_on: set[str] = field(default_factory=set)
-    suspects: set[str] = field(default_factory=set)
-    """Providers where the worker failed it: to blame if it succeeds elsewhere."""
-
-
 class Job(Generic[T, R]):
-    """One split-run-combine job. Run it once with :meth:`run` or :meth:`results`."""
+    """One split-run-combine job. Run it once with :meth:`run` or :meth:`results`.
+
+    The items are read as slots free up (a generator of a million items is fine): the job
+    keeps a task while it waits or runs, and nothing of it but counters once it is done.
+    """
 
     def __init__(
         self,
@@ -255,31 +222,26 @@ class Job(Generic[T, R]):
         self.group = f"job-{secrets.token_hex(8)}"
         """The hub keeps the job's activities on distinct providers by this name."""
         self._listeners: list[Callable[[JobEvent], None]] = [on_event] if on_event else []
-        self._tasks = [_Task(i, item) for i, item in enumerate(items)]
-        self.summary = JobSummary(tasks=len(self._tasks))
-        self._pending: deque[_Task[T]] = deque(self._tasks)
-        self._remaining = len(self._tasks)
-        self._running = 0
-        self._held: dict[int, str] = {}  # slot -> provider of the activity it holds
-        self._failures: Counter[str] = Counter()
-        self._banned: set[str] = set()
-        self._last_ban = ""
-        """Why the job last passed over a provider: told when no provider is left."""
+        self._core: Scheduler[T] = Scheduler(
+            items, self._scheduled, retries=retries, return_exceptions=return_exceptions
+        )
+        self.summary = self._core.summary
         self._changed = asyncio.Event()
-        self._failing = False
         self._started = 0.0
         self._emit_result: Callable[[int, Any], None] = lambda index, value: None
+        self._undelivered = 0  # results handed to results() and not yet taken
         self._used = False
 
     # --- following the job ------------------------------------------------------------
 
     @property
-    def total(self) -> int:
-        return len(self._tasks)
+    def total(self) -> int | None:
+        """How many tasks the job has: None while a generator of items has not run out."""
+        return self._core.total
 
     @property
     def running(self) -> int:
-        return self._running
+        return self._core.running
 
     def subscribe(self, listener: Callable[[JobEvent], None]) -> None:
         """Call ``listener`` (synchronously, so keep it quick) for every event."""
@@ -318,15 +280,22 @@ class Job(Generic[T, R]):
         detail: str = "",
         progress: tuple[int, int] | None = None,
     ) -> None:
+        if not self._listeners:
+            return
         done, total = progress if progress is not None else (None, None)
         event = JobEvent(kind, time.monotonic() - self._started, task, provider, detail, done, total)
         for listener in list(self._listeners):
             listener(event)
 
+    def _scheduled(self, kind: EventKind, task: int | None, provider: str | None, detail: str) -> None:
+        """An event of the scheduling core; anything it decided may let a waiting slot go on."""
+        self._event(kind, task, provider, detail)
+        self._notify()
+
     def _loading(self, provider: str, image: str, done: int, total: int) -> None:
         # Named as the job names it (the hub may say the digest).
-        self._event("image_loading", provider=provider, detail=loading_text(self.image, provider, done, total),
-                    progress=(done, total))  # fmt: skip
+        detail = loading_text(self.image, provider, done, total)
+        self._event("image_loading", provider=provider, detail=detail, progress=(done, total))
 
     # --- running it ----------------------------------------------------------------------
 
@@ -336,8 +305,10 @@ class Job(Generic[T, R]):
         With ``return_exceptions=True`` a task that failed for good has its
         :class:`TaskFailed` in its place (typed as ``R`` for the common case).
         """
-        results: list[Any] = [None] * self.total
+        results: list[Any] = [None] * (self.total or 0)
         async for index, value in self.results():
+            if index >= len(results):
+                results.extend([None] * (index + 1 - len(results)))
             results[index] = value
         return results
 
@@ -346,21 +317,34 @@ class Job(Generic[T, R]):
         if self._used:
             raise UsageError("a Job runs once; make a new one")
         self._used = True
-        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=max(self.total, 1))
-        self._emit_result = lambda index, value: queue.put_nowait((index, value))
+        # Bounded: a slot takes no new task while RESULT_BUFFER results wait here.
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        def emit(index: int, value: Any) -> None:
+            self._undelivered += 1
+            queue.put_nowait((index, value))
+
+        self._emit_result = emit
         # Owned here: awaited on every path out of this generator.
         runner = asyncio.create_task(self._drive(), name="kiln-job")
-        received = 0
         try:
-            while received < self.total:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():
-                    getter.cancel()
-                    runner.result()  # the job ended first: raise its error
-                    continue
-                received += 1
-                yield getter.result()
+            while True:
+                if queue.empty():
+                    if runner.done():
+                        break
+                    getter = asyncio.ensure_future(queue.get())
+                    await asyncio.wait({getter, runner}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        runner.result()  # the job ended first: raise its error
+                        continue
+                    result = getter.result()
+                else:
+                    result = queue.get_nowait()
+                self._undelivered -= 1
+                if self._undelivered == RESULT_BUFFER - 1:
+                    self._notify()
+                yield result
             await runner
         finally:
             if not runner.done():
@@ -370,18 +354,21 @@ class Job(Generic[T, R]):
 
     async def _drive(self) -> None:
         self._started = time.monotonic()
-        self._event("job_started", detail=f"{self.total} tasks")
+        total = self.total
+        self._event("job_started", detail=f"{total} tasks" if total is not None else "tasks as the items come")
         try:
-            if self.total:
+            slots = self._core.slots(self.max_providers)
+            if slots:
                 async with asyncio.TaskGroup() as tg:
-                    for slot in range(min(self.max_providers, self.total)):
+                    for slot in range(slots):
                         tg.create_task(self._slot(slot), name=f"kiln-slot-{slot}")
         except BaseExceptionGroup as group:
             error = _first(group)
             raise error from error.__cause__  # out of the group, keeping what caused it
         finally:
+            self._core.stop()
             self.summary.wall_seconds = time.monotonic() - self._started
-            self.summary.failed_providers = set(self._banned)
+            self.summary.failed_providers = set(self._core.banned)
             self._event("job_done", detail="\n".join(self.summary.lines()))
 
     def _notify(self) -> None:
@@ -394,36 +381,41 @@ class Job(Generic[T, R]):
                 await self._changed.wait()
 
     async def _slot(self, slot: int) -> None:
-        while self._remaining and not self._failing:
+        core = self._core
+        while not core.finished and not core.stopped:
             activity = await self._acquire()
             if activity is None:
                 return
-            self._held[slot] = activity.provider
             if activity.pulled:
                 self.summary.pulled[activity.provider] += activity.pulled
-            self._event("rented", provider=activity.provider, detail=activity.id)
+            core.hold(slot, activity.provider, activity.id)
             try:
                 await self._serve(activity)
             finally:
                 await self._release(activity)
-                del self._held[slot]
-                self._notify()
+                core.free(slot, activity.id)
 
     async def _acquire(self) -> Activity | None:
         """Rent an activity on a provider this job does not hold yet (None: nothing left to do)."""
+        core = self._core
         waiting_since = time.monotonic()
-        while self._remaining and not self._failing:
-            if not self._pending:
-                await self._changes()
+        while not core.finished and not core.stopped:
+            if not core.wants_activity():
+                if not core.finished:
+                    await self._changes()
                 continue
-            if len(self._banned) > MAX_EXCLUDE:
+            if core.too_many_banned():
                 self._nowhere_to_run(NoMatch(f"more than {MAX_EXCLUDE} providers failed this job"), waited=False)
                 return None
             try:
                 return await self.requestor.rent(
-                    self.image, self.demand, exclude=self._banned, group=self.group, on_progress=self._loading,
+                    self.image,
+                    self.demand,
+                    exclude=core.banned,
+                    group=self.group,
+                    on_progress=self._loading,
                     user=self.user,
-                )  # fmt: skip
+                )
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
             except ConnectionLost:
@@ -434,11 +426,12 @@ class Job(Generic[T, R]):
                 if e.provider is None:
                     raise
                 # This provider cannot run the job's containers; the others may.
-                self._ban(e.provider, e.message)
+                core.ban(e.provider, e.message)
             except KilnError as e:
-                if not isinstance(e, NoMatch) and not (e.code == ErrorCode.TOO_MANY and self._held):
+                held = core.holding
+                if not isinstance(e, NoMatch) and not (e.code == ErrorCode.TOO_MANY and held):
                     raise
-                if self._held:
+                if held:
                     # Others are working (or the hub holds us to as many activities as we have):
                     # wait for a provider to join or to be released.
                     await self._changes(RENT_RETRY_SECONDS * 4)
@@ -459,15 +452,13 @@ class Job(Generic[T, R]):
         none of whose tasks ever ran ends with the NoMatch itself.
         """
         why = f"no provider for this job after {self.start_timeout:g} s: {reason.message}" if waited else reason.message
-        if self._banned:
-            count = len(self._banned)
-            why += f" (this job passed over {count} provider{'s' * (count != 1)} that failed it; {self._last_ban})"
-        tried = [task for task in self._pending if task.errors]
-        if not self.return_exceptions and not tried:
+        why = self._core.nowhere_to_run(why)
+        if self._core.never_ran():
             raise NoMatch(why) from reason
-        for task in [*tried, *(task for task in self._pending if not task.errors)]:
-            self._pending.remove(task)
-            self._fail(task, NoMatch(why), note="no provider is left to run it")
+        cause = NoMatch(why)
+        cause.__cause__ = reason
+        for failure in self._core.strand(cause, describe(cause)):
+            self._failed(failure)
 
     async def _release(self, activity: Activity) -> None:
         """Tear down (if asked) and release ``activity``; the release happens whatever teardown does."""
@@ -483,7 +474,6 @@ class Job(Generic[T, R]):
         if activity.cpu_seconds is not None:
             cpu = self.summary.cpu_seconds
             cpu[activity.provider] = cpu.get(activity.provider, 0.0) + activity.cpu_seconds
-        self._event("released", provider=activity.provider, detail=activity.id)
 
     async def _serve(self, activity: Activity) -> None:
         provider = activity.provider
@@ -491,117 +481,71 @@ class Job(Generic[T, R]):
             try:
                 await self.setup(activity)
             except ProviderLost:
-                self._provider_failed(provider)
+                self._core.provider_failed(provider)
                 return
         while (task := await self._next_task(provider)) is not None:
             healthy = await self._attempt(task, activity)
-            if not healthy or provider in self._banned or activity.lost is not None:
+            if not healthy or provider in self._core.banned or activity.lost is not None:
                 return
 
-    async def _next_task(self, provider: str) -> _Task[T] | None:
-        """The next task for ``provider``: one that has not failed there, if any other can take it."""
-        while self._remaining and provider not in self._banned and not self._failing:
-            for task in self._pending:
-                if provider not in task.failed_on:
-                    self._pending.remove(task)
-                    return task
-            for task in self._pending:
-                # It failed here before, but no other provider of this job is a better place.
-                if all(p in task.failed_on for p in self._held.values()):
-                    self._pending.remove(task)
-                    return task
+    async def _next_task(self, provider: str) -> Task[T] | None:
+        """The next task for ``provider`` (see :meth:`Scheduler.next_task`), once results have room."""
+        core = self._core
+        while core.may_serve(provider):
+            if self._undelivered < RESULT_BUFFER and (task := core.next_task(provider)) is not None:
+                return task
             await self._changes(RENT_RETRY_SECONDS * 4)
         return None
 
-    async def _attempt(self, task: _Task[T], activity: Activity) -> bool:
+    async def _attempt(self, task: Task[T], activity: Activity) -> bool:
         """Run one attempt of ``task``; False when the activity should be given up."""
         provider = activity.provider
-        self._running += 1
-        self.summary.attempts += 1
-        self._event("task_started", task.index, provider)
-        error: BaseException
+        core = self._core
+        core.start(task, provider)
+        outcome: Outcome
+        error: BaseException | None = None
         try:
             async with asyncio.timeout(self.task_timeout):
                 value = await self.worker(activity, task.item)
         except TimeoutError:
+            outcome = "timeout"
             error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")
         except ConnectionLost:
             if not await self.requestor.reconnected():
+                core.abandon()
                 raise  # the hub is gone: nothing to retry on
-            # Not the task's fault, nor the provider's: tried again, as if never started.
-            self._pending.appendleft(task)
-            self._event("task_retry", task.index, provider, "the connection to the hub dropped and is back")
-            self._notify()
-            return True
+            outcome = "interrupted"  # not the task's fault, nor the provider's
         except ConnectionClosed:
+            core.abandon()
             raise  # closed by us: nothing to retry on
+        except ProviderLost as e:
+            outcome, error = "provider_lost", e
+        except RetryTask as e:
+            outcome, error = "retry", e
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
-            error = e
+            outcome, error = "error", e
         else:
-            self.summary.tasks_per_provider[provider] += 1
-            for suspect in task.suspects - {provider}:
-                self._provider_failed(suspect)  # the task is fine: where it failed, the provider was not
-            self._done(task, value, provider)
+            core.outcome(task, provider, "ok")
+            self._emit_result(task.index, value)
             return True
-        finally:
-            self._running -= 1
-        task.errors.append(error)
-        if not isinstance(error, ProviderLost | RetryTask | TaskTimeout):
-            self._fail(task, error, provider)
-            return True
-        task.failed_on.add(provider)
-        if isinstance(error, ProviderLost):
-            self._provider_failed(provider)
-        else:
-            task.suspects.add(provider)
-        self._retry_or_fail(task, error, provider)
-        return not isinstance(error, ProviderLost)
+        verdict = core.outcome(task, provider, outcome, error, describe(error) if error is not None else "")
+        if verdict.failure is not None:
+            self._failed(verdict.failure)
+        return verdict.keep
 
-    def _done(self, task: _Task[T], value: Any, provider: str) -> None:
-        self.summary.succeeded += 1
-        self._remaining -= 1
-        self._event("task_done", task.index, provider)
-        self._emit_result(task.index, value)
-        self._notify()
+    def _failed(self, failure: Failure[T]) -> None:
+        """A task failed for good: the job ends with its TaskFailed, or that is its result."""
+        task = failure.task
+        error = TaskFailed(failure.message, task.index, task.item, cast(list[BaseException], list(task.errors)))
+        error.__cause__ = cast(BaseException, failure.cause)
+        if failure.ends_job:
+            raise error
+        self._emit_result(task.index, error)
 
-    def _retry_or_fail(self, task: _Task[T], error: BaseException, provider: str) -> None:
-        if len(task.errors) <= self.retries:
-            self.summary.retries += 1
-            self._pending.appendleft(task)
-            self._event("task_retry", task.index, provider, f"{type(error).__name__}: {error}")
-            self._notify()
-            return
-        self._fail(task, error, provider)
 
-    def _fail(self, task: _Task[T], error: BaseException, provider: str | None = None, note: str = "") -> None:
-        """``task`` failed for good: the job ends with its TaskFailed, or that is its result."""
-        self.summary.failed += 1
-        self._remaining -= 1
-        attempts = len(task.errors)
-        failure = TaskFailed(
-            f"task {task.index} failed after {attempts} attempt{'s' * (attempts != 1)}"
-            + (f" ({note})" if note else "") + f": {type(error).__name__}: {error}",
-            task.index, task.item, list(task.errors),
-        )  # fmt: skip
-        failure.__cause__ = error
-        self._event("task_failed", task.index, provider, str(failure))
-        self._notify()
-        if not self.return_exceptions:
-            self._failing = True  # no new rents while the job winds down
-            raise failure
-        self._emit_result(task.index, failure)
-
-    def _provider_failed(self, provider: str) -> None:
-        self._failures[provider] += 1
-        if self._failures[provider] >= MAX_PROVIDER_FAILURES:
-            self._ban(provider, f"failed {self._failures[provider]} times")
-
-    def _ban(self, provider: str, why: str) -> None:
-        if provider not in self._banned:
-            self._banned.add(provider)
-            self._last_ban = f"the last, {provider}: {why}"
-            self._event("provider_banned", provider=provider, detail=why)
-            self._notify()
+def describe(error: BaseException) -> str:
+    """An error as events and messages tell it: ``Type: message``."""
+    return f"{type(error).__name__}: {error}"
 
 
 def is_async_callable(function: object) -> bool:
