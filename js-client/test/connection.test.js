@@ -17,7 +17,7 @@ import {
   UsageError,
 } from "../src/errors.js";
 
-/** The hub URLs both SDKs judge alike (tests/test_cli_errors.py reads them too). */
+/** The hub URLs both SDKs judge alike (tests/service/test_cli_errors.py reads them too). */
 const HUB_URLS = JSON.parse(readFileSync(new URL("../../protocol/v1/vectors/hub-urls/hub-urls.json", import.meta.url), "utf8"));
 
 test("the handshake: hello once the socket opens, open once welcomed", { timeout: 5_000 }, async () => {

@@ -1,7 +1,7 @@
 // Protocol 1.4's owners, from JavaScript: a real hub process whose credentials `kiln token create`
 // made, two requestors with their own tokens, a made-up image pushed by one (no Docker needed).
 // The other cannot see it until `shareImage` shares it, cannot remove or share it then, and
-// cannot see it again once the share is revoked: as the Python SDK (tests/test_tenant_store.py).
+// cannot see it again once the share is revoked: as the Python SDK (tests/hostile/test_tenant_store.py).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";

@@ -26,7 +26,7 @@ const vectors = readdirSync(VECTORS)
   .sort()
   .map((f) => ({ file: f, ...JSON.parse(readFileSync(join(VECTORS, f), "utf8")) }));
 
-/** The verdict of this implementation on one vector: "valid" or an error code (tests/test_protocol.py::judge). */
+/** The verdict of this implementation on one vector: "valid" or an error code (tests/unit/test_protocol.py::judge). */
 function judge(vector) {
   try {
     if ("binary" in vector) decodeFrame(Buffer.from(vector.binary, "hex"), 256 * 1024);

@@ -1,5 +1,5 @@
 // The session core, driven by the session vectors both languages run: literal frames and
-// calls in, literal frames, events and errors out. tests/test_session.py runs the same
+// calls in, literal frames, events and errors out. tests/unit/test_session.py runs the same
 // files through the Python Session; this runner reads them the same way.
 import { test } from "node:test";
 import assert from "node:assert/strict";
