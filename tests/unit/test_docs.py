@@ -2,9 +2,9 @@
 references are generated from the code.
 
 Every fenced ``python`` and ``js`` block of the quickstart, the tutorials and the README runs
-against a real hub and real providers (tests/docker/test_docs_blocks.py): Python blocks as scripts, JavaScript
-blocks with Node (``kiln-client`` resolving to this tree's js-client), and the web page
-tutorial's blocks in Chromium with the browser entry served. The conventions, which
+against a real hub and real providers (tests/docker/test_docs_blocks.py): Python blocks as
+scripts, JavaScript blocks with Node (``kiln-client`` resolving to this tree's js-client), and
+the web page tutorial's blocks in Chromium with the browser entry served. The conventions, which
 docs/development/docs.md states for writers:
 
 - A block is a whole program. It dials ``ws://127.0.0.1:7465``; the test puts the cluster's URL there.
