@@ -1,5 +1,13 @@
 """Fixtures that start real things: a hub process on a free port, provider processes on
-the real Docker engine, and the busybox test image built FROM scratch."""
+the real Docker engine, and the busybox test image built FROM scratch.
+
+The tests come in tiers, one folder each: ``unit`` (one process, no network, no real time:
+tests/unit/conftest.py holds it to that), ``service`` (real hubs, processes and sockets, no
+Docker), ``docker`` (the engine, providers, containers, builds of the agent and the packages)
+and ``hostile`` (fuzz, chaos, adversaries, tenants, bounds; some with Docker). The marker
+``docker`` says a test needs what the docker tier needs: every test in tests/docker has it,
+none in tests/unit or tests/service (checked at collection).
+"""
 
 from __future__ import annotations
 
@@ -23,6 +31,18 @@ IMAGE = DEFAULT_IMAGE
 
 
 Cluster = LocalCluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test's tier agrees with its ``docker`` marker (see the module's docstring)."""
+    wrong = []
+    for item in items:
+        tier = item.path.parent.name
+        marked = item.get_closest_marker("docker") is not None
+        if (tier == "docker" and not marked) or (tier in ("unit", "service") and marked):
+            wrong.append(f"{item.nodeid}: {'not ' if not marked else ''}marked docker in tests/{tier}")
+    if wrong:
+        raise pytest.UsageError("tests in the wrong tier:\n" + "\n".join(wrong))
 
 
 def containers_of(provider: str) -> list[str]:

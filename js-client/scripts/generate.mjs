@@ -11,7 +11,7 @@
  *
  * The output depends only on the schema and the locked versions of ajv and
  * json-schema-to-typescript: the same input gives byte-identical files, which is what
- * test/generated.test.js holds the committed files to.
+ * test/unit/generated.test.js holds the committed files to.
  */
 
 import { mkdir, readFile, writeFile } from "node:fs/promises";

@@ -19,7 +19,7 @@ import kiln
 from kiln.connection import check_hub_url
 
 HUB_URLS = json.loads((Path(__file__).resolve().parents[2] / "protocol/v1/vectors/hub-urls/hub-urls.json").read_text())
-"""The hub URLs both SDKs judge alike (js-client/test/connection.test.js reads them too)."""
+"""The hub URLs both SDKs judge alike (js-client/test/unit/connection.test.js reads them too)."""
 FORM = HUB_URLS["form"]
 BAD_URLS: dict[str, str] = HUB_URLS["bad"]
 

@@ -1,5 +1,5 @@
 """The session core, driven by the session vectors both languages run: literal frames and calls in,
-literal frames, events and errors out (js-client/test/session.test.js runs the same files)."""
+literal frames, events and errors out (js-client/test/unit/session.test.js runs the same files)."""
 
 from __future__ import annotations
 

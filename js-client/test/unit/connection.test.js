@@ -4,8 +4,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 
-import { Connection, checkHubUrl, dialError } from "../src/connection.js";
-import { FakeSocket, LIMITS, connected, frame, tick } from "./fake_socket.js";
+import { Connection, checkHubUrl, dialError } from "../../src/connection.js";
+import { FakeSocket, LIMITS, connected, frame, tick } from "../support/fake_socket.js";
 import {
   CancelledError,
   ConnectionClosedError,
@@ -15,10 +15,10 @@ import {
   UnauthorizedError,
   UnsupportedVersionError,
   UsageError,
-} from "../src/errors.js";
+} from "../../src/errors.js";
 
 /** The hub URLs both SDKs judge alike (tests/service/test_cli_errors.py reads them too). */
-const HUB_URLS = JSON.parse(readFileSync(new URL("../../protocol/v1/vectors/hub-urls/hub-urls.json", import.meta.url), "utf8"));
+const HUB_URLS = JSON.parse(readFileSync(new URL("../../../protocol/v1/vectors/hub-urls/hub-urls.json", import.meta.url), "utf8"));
 
 test("the handshake: hello once the socket opens, open once welcomed", { timeout: 5_000 }, async () => {
   const { conn } = await connected();

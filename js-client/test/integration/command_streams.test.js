@@ -7,8 +7,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { CommandTimeoutError, NoMatchError, connect } from "../src/node/index.js";
-import { IMAGE, sleep, startCluster } from "./harness.js";
+import { CommandTimeoutError, NoMatchError, connect } from "../../src/node/index.js";
+import { IMAGE, sleep, startCluster } from "../support/harness.js";
 
 const SMALL = { cpus: 0.5, memory: "128MiB" };
 const MiB = 2 ** 20;

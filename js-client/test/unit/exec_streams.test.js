@@ -6,7 +6,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { Activity } from "../src/activity.js";
+import { Activity } from "../../src/activity.js";
 import {
   CancelledError,
   CommandTimeoutError,
@@ -15,10 +15,10 @@ import {
   RemoteProtocolError,
   UnsupportedVersionError,
   UsageError,
-} from "../src/errors.js";
-import { openSource, saveDownload } from "../src/node/files.js";
-import { Requestor } from "../src/requestor.js";
-import { LIMITS, connected, frame, tick } from "./fake_socket.js";
+} from "../../src/errors.js";
+import { openSource, saveDownload } from "../../src/node/files.js";
+import { Requestor } from "../../src/requestor.js";
+import { LIMITS, connected, frame, tick } from "../support/fake_socket.js";
 
 const RENTED = {
   type: "rented", re: 1, activity: "a1", provider: "p1", cached: true,

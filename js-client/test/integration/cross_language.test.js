@@ -5,8 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 
-import { NoMatchError, connect } from "../src/node/index.js";
-import { IMAGE, PYTHON, ROOT, runningLimits, sleep, startCluster } from "./harness.js";
+import { NoMatchError, connect } from "../../src/node/index.js";
+import { IMAGE, PYTHON, ROOT, runningLimits, sleep, startCluster } from "../support/harness.js";
 
 const OFFER = { cpus: 2, memory: "1GiB" };
 const DEMAND = { cpus: 1, memory: "256MiB" };

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { parseSize, UsageError, demandMessage, containerPath, InvalidPathError } from "../src/node/index.js";
+import { parseSize, UsageError, demandMessage, containerPath, InvalidPathError } from "../../src/node/index.js";
 
 test("sizes as people write them", () => {
   assert.equal(parseSize(1024), 1024);

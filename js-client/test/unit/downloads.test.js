@@ -8,10 +8,10 @@ import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { Activity } from "../src/activity.js";
-import { DownloadTooLargeError, TransferFailedError, UsageError } from "../src/errors.js";
-import { openSource, saveDownload } from "../src/node/files.js";
-import { LIMITS, connected, frame, tick } from "./fake_socket.js";
+import { Activity } from "../../src/activity.js";
+import { DownloadTooLargeError, TransferFailedError, UsageError } from "../../src/errors.js";
+import { openSource, saveDownload } from "../../src/node/files.js";
+import { LIMITS, connected, frame, tick } from "../support/fake_socket.js";
 
 const MiB = 2 ** 20;
 const RENTED = {

@@ -1,6 +1,6 @@
 // Jobs on real providers: order, reuse, one activity per provider (the hub's group rule),
 // retries elsewhere, failures, timeouts, cancellation, and a provider killed with SIGKILL
-// mid-job. (test/executor.test.js holds the scheduling rules to an in-memory hub.)
+// mid-job. (test/unit/executor.test.js holds the scheduling rules to an in-memory hub.)
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 
@@ -11,11 +11,11 @@ import {
   TaskTimeoutError,
   UsageError,
   connect,
-} from "../src/node/index.js";
-import { IMAGE, containersOf, sleep, startCluster } from "./harness.js";
+} from "../../src/node/index.js";
+import { IMAGE, containersOf, sleep, startCluster } from "../support/harness.js";
 
 const DEMAND = { cpus: 0.5, memory: "128MiB" };
-/** @type {import("./harness.js").Cluster} */
+/** @type {import("../support/harness.js").Cluster} */
 let cluster;
 let requestor;
 

@@ -7,9 +7,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { join } from "node:path";
 
-import { KilnError, LocalProtocolError, Session, serialize } from "../src/protocol/index.js";
+import { KilnError, LocalProtocolError, Session, serialize } from "../../src/protocol/index.js";
 
-const SESSIONS = fileURLToPath(new URL("../../protocol/v1/vectors/sessions/", import.meta.url));
+const SESSIONS = fileURLToPath(new URL("../../../protocol/v1/vectors/sessions/", import.meta.url));
 const files = readdirSync(SESSIONS)
   .filter((f) => f.endsWith(".json"))
   .sort();

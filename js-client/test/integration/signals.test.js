@@ -11,10 +11,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-import { connect } from "../src/node/index.js";
-import { Cluster, IMAGE, containersOf, ensureImage, sleep } from "./harness.js";
+import { connect } from "../../src/node/index.js";
+import { Cluster, IMAGE, containersOf, ensureImage, sleep } from "../support/harness.js";
 
-const ENTRY = pathToFileURL(new URL("../src/node/index.js", import.meta.url).pathname).href;
+const ENTRY = pathToFileURL(new URL("../../src/node/index.js", import.meta.url).pathname).href;
 const dir = mkdtempSync(join(tmpdir(), "kiln-js-signals-"));
 /** The hub's grace period: a requestor that vanishes without releasing is held this long. */
 const GRACE_S = 60;

@@ -2,7 +2,7 @@
 // play the hub through it, feeding literal messages and frames and reading what was sent.
 import assert from "node:assert/strict";
 
-import { Connection } from "../src/connection.js";
+import { Connection } from "../../src/connection.js";
 
 export const LIMITS = {
   max_message_bytes: 2 ** 20, max_frame_bytes: 2 ** 22, chunk_bytes: 4, max_window: 4,

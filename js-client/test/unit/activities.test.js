@@ -8,9 +8,9 @@ import {
   RemoteProtocolError,
   UnauthorizedError,
   UnsupportedVersionError,
-} from "../src/errors.js";
-import { Requestor } from "../src/requestor.js";
-import { LIMITS, connected, tick } from "./fake_socket.js";
+} from "../../src/errors.js";
+import { Requestor } from "../../src/requestor.js";
+import { LIMITS, connected, tick } from "../support/fake_socket.js";
 
 const PLATFORM = { openSocket: () => assert.fail("no socket"), files: {}, images: {} };
 

@@ -5,7 +5,7 @@ import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 
-import { startCluster, ROOT } from "./harness.js";
+import { startCluster, ROOT } from "../support/harness.js";
 
 let cluster;
 before(async () => {
@@ -17,8 +17,8 @@ before(async () => {
 after(() => cluster?.stop());
 
 test("examples/word_count.mjs counts words on the providers", { timeout: 120_000 }, async () => {
-  const script = fileURLToPath(new URL("../../examples/word_count.mjs", import.meta.url));
-  const corpus = fileURLToPath(new URL("../../protocol/v1/PROTOCOL.md", import.meta.url));
+  const script = fileURLToPath(new URL("../../../examples/word_count.mjs", import.meta.url));
+  const corpus = fileURLToPath(new URL("../../../protocol/v1/PROTOCOL.md", import.meta.url));
   const { stdout } = await promisify(execFile)(
     process.execPath,
     [script, "--hub", cluster.url, "--parts", "6", "--top", "5", corpus],

@@ -8,9 +8,9 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { pathToFileURL } from "node:url";
 
-import { ConnectionLostError, UsageError, connect } from "../src/node/index.js";
-import { connect as browserConnect } from "../src/browser.js";
-import { Cluster, IMAGE, ensureImage, makeCertificates } from "./harness.js";
+import { ConnectionLostError, UsageError, connect } from "../../src/node/index.js";
+import { connect as browserConnect } from "../../src/browser.js";
+import { Cluster, IMAGE, ensureImage, makeCertificates } from "../support/harness.js";
 
 const dir = mkdtempSync(join(tmpdir(), "kiln-js-tls-"));
 const files = makeCertificates(dir);

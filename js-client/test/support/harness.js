@@ -8,9 +8,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { connect } from "../src/node/index.js";
+import { connect } from "../../src/node/index.js";
 
-export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+export const ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const PYTHON = process.env.PYTHON ?? "python3";
 export const IMAGE = "kiln-busybox:latest";
 const START_TIMEOUT_MS = 30_000;

@@ -1,5 +1,5 @@
 // Tar archives made by hand for the image tests: docker save archives of either layout,
-// and broken ones (test/image.test.js, test/image_store.test.js).
+// and broken ones (test/unit/image.test.js, test/integration/image_store.test.js).
 import { createHash } from "node:crypto";
 
 /** The digest of `data`, as the protocol writes it. */

@@ -8,8 +8,8 @@ import { existsSync, mkdtempSync, readdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { CancelledError, connect } from "../src/node/index.js";
-import { IMAGE, sleep, startCluster } from "./harness.js";
+import { CancelledError, connect } from "../../src/node/index.js";
+import { IMAGE, sleep, startCluster } from "../support/harness.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-abort-"));
 let cluster;

@@ -1,22 +1,23 @@
 // The hand-written parts kept in step with their sources of truth: the codes table with
 // python/kiln/protocol/codes.py and the schema, the .d.ts files with what the entry points
 // export, and the browser entry free of Node imports. (The message types and validators
-// are generated from the schema: test/generated.test.js.)
+// are generated from the schema: test/unit/generated.test.js.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { dirname, resolve } from "node:path";
 
-import { ERROR_CODES, ErrorCode } from "../src/protocol/codes.js";
-import { KilnError, errorFromCode } from "../src/errors.js";
-import * as browserEntry from "../src/browser.js";
-import * as nodeEntry from "../src/node/index.js";
-import * as protocolEntry from "../src/protocol/index.js";
-import { Activity } from "../src/activity.js";
-import { Requestor } from "../src/requestor.js";
+import { ERROR_CODES, ErrorCode } from "../../src/protocol/codes.js";
+import { KilnError, errorFromCode } from "../../src/errors.js";
+import * as browserEntry from "../../src/browser.js";
+import * as nodeEntry from "../../src/node/index.js";
+import * as protocolEntry from "../../src/protocol/index.js";
+import { Activity } from "../../src/activity.js";
+import { Requestor } from "../../src/requestor.js";
 
-const here = (p) => fileURLToPath(new URL(p, import.meta.url));
+// Paths from js-client/test/ (this file is in test/unit/).
+const here = (p) => fileURLToPath(new URL(p, new URL("../", import.meta.url)));
 const schema = JSON.parse(readFileSync(here("../../protocol/v1/schema.json"), "utf8"));
 const protocolDts = readFileSync(here("../types/protocol.d.ts"), "utf8");
 const indexDts = readFileSync(here("../types/index.d.ts"), "utf8");

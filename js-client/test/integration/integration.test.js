@@ -27,8 +27,8 @@ import {
   UnsupportedVersionError,
   connect,
   errorFromCode,
-} from "../src/node/index.js";
-import { Cluster, IMAGE, PYTHON, ROOT, containersOf, sleep, startCluster } from "./harness.js";
+} from "../../src/node/index.js";
+import { Cluster, IMAGE, PYTHON, ROOT, containersOf, sleep, startCluster } from "../support/harness.js";
 
 const SMALL = { cpus: 0.5, memory: "128MiB" };
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-"));

@@ -8,10 +8,10 @@ import { mkdtempSync, readFileSync, readdirSync, readlinkSync, existsSync, lstat
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { TarReader, TarError } from "../src/tar.js";
-import { extractFolder } from "../src/node/files.js";
-import { TransferFailedError, UsageError } from "../src/errors.js";
-import { PYTHON } from "./harness.js";
+import { TarReader, TarError } from "../../src/tar.js";
+import { extractFolder } from "../../src/node/files.js";
+import { TransferFailedError, UsageError } from "../../src/errors.js";
+import { PYTHON } from "../support/harness.js";
 
 /**
  * A tar archive made by Python: `entries` are [name, kind, data-or-linkname, mode?].

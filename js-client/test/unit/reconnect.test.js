@@ -3,9 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { connectWith } from "../src/requestor.js";
-import { ConnectionClosedError, ConnectionLostError, ProviderLostError } from "../src/errors.js";
-import { FakeSocket, LIMITS, tick } from "./fake_socket.js";
+import { connectWith } from "../../src/requestor.js";
+import { ConnectionClosedError, ConnectionLostError, ProviderLostError } from "../../src/errors.js";
+import { FakeSocket, LIMITS, tick } from "../support/fake_socket.js";
 
 const FILES = { open: async () => assert.fail("no files"), save: async () => assert.fail("no files") };
 const HELLO = { type: "hello", version: "1.4", role: "requestor", name: "t", software: "kiln-js/0.1.0" };

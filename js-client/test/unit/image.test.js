@@ -9,11 +9,11 @@ import { join } from "node:path";
 
 import {
   ImageCorruptError, ImageError, ImageNotFoundError, RemoteProtocolError, UnsupportedVersionError, UsageError,
-} from "../src/errors.js";
-import { openArchive, openSource, saveDownload } from "../src/node/files.js";
-import { Requestor } from "../src/requestor.js";
-import { hex, sha, tar } from "./archives.js";
-import { LIMITS, connected, tick } from "./fake_socket.js";
+} from "../../src/errors.js";
+import { openArchive, openSource, saveDownload } from "../../src/node/files.js";
+import { Requestor } from "../../src/requestor.js";
+import { hex, sha, tar } from "../support/archives.js";
+import { LIMITS, connected, tick } from "../support/fake_socket.js";
 
 
 // Two layers (themselves tars, as Docker's are), the second of them twice.
@@ -282,7 +282,7 @@ test("listImages and removeImage", { timeout: 10_000 }, async () => {
     digest: CONFIG_DIGEST, tags: ["app:1"], size: info([]).size, layers: 3, arch: "amd64", os: "linux", pushed: 1,
     lastUsed: null, inUse: 0, providers: [], owners: [], shared: null, public: false,
   });
-  const declared = /export interface ImageInfo \{([^}]*)\}/.exec(readFileSync(new URL("../types/index.d.ts", import.meta.url), "utf8"))[1];
+  const declared = /export interface ImageInfo \{([^}]*)\}/.exec(readFileSync(new URL("../../types/index.d.ts", import.meta.url), "utf8"))[1];
   assert.deepEqual(Object.keys(list.images[0]).sort(), [...declared.matchAll(/^ {2}(\w+)\??:/gm)].map((m) => m[1]).sort());
   const removing = r.removeImage("app:1");
   await tick();

@@ -5,8 +5,8 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createConnection, createServer } from "node:net";
 
-import { ConnectionLostError, connect } from "../src/node/index.js";
-import { Cluster, ensureImage, sleep } from "./harness.js";
+import { ConnectionLostError, connect } from "../../src/node/index.js";
+import { Cluster, ensureImage, sleep } from "../support/harness.js";
 
 /** Relays TCP to `target`; `cut(ms)` destroys every connection and refuses new ones for `ms`. */
 class Proxy {

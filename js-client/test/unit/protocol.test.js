@@ -18,9 +18,9 @@ import {
   encodeFrame,
   parse,
   serialize,
-} from "../src/protocol/index.js";
+} from "../../src/protocol/index.js";
 
-const VECTORS = fileURLToPath(new URL("../../protocol/v1/vectors/", import.meta.url));
+const VECTORS = fileURLToPath(new URL("../../../protocol/v1/vectors/", import.meta.url));
 const vectors = readdirSync(VECTORS)
   .filter((f) => f.endsWith(".json"))
   .sort()

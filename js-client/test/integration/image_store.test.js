@@ -9,16 +9,16 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { ImageCorruptError, ImageNotFoundError, connect } from "../src/node/index.js";
-import { hex, sha, tar } from "./archives.js";
-import { IMAGE, containersOf, startCluster } from "./harness.js";
+import { ImageCorruptError, ImageNotFoundError, connect } from "../../src/node/index.js";
+import { hex, sha, tar } from "../support/archives.js";
+import { IMAGE, containersOf, startCluster } from "../support/harness.js";
 
 const SMALL = { cpus: 0.5, memory: "128MiB" };
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-store-"));
 const stamp = randomBytes(8).toString("hex");
 const TAG = `kiln-e2e-${stamp}:1`;
 
-/** @type {import("./harness.js").Cluster} */
+/** @type {import("../support/harness.js").Cluster} */
 let cluster;
 let provider = "";
 let archive = "";

@@ -7,8 +7,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { CancelledError, connect } from "../src/node/index.js";
-import { IMAGE, startCluster } from "./harness.js";
+import { CancelledError, connect } from "../../src/node/index.js";
+import { IMAGE, startCluster } from "../support/harness.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-bugs-"));
 let cluster;

@@ -10,9 +10,9 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-import { ImageNotFoundError, UnauthorizedError, UsageError, connect } from "../src/node/index.js";
-import { hex, sha, tar } from "./archives.js";
-import { Cluster, PYTHON, ROOT } from "./harness.js";
+import { ImageNotFoundError, UnauthorizedError, UsageError, connect } from "../../src/node/index.js";
+import { hex, sha, tar } from "../support/archives.js";
+import { Cluster, PYTHON, ROOT } from "../support/harness.js";
 
 const tmp = mkdtempSync(join(tmpdir(), "kiln-js-owners-"));
 const dataDir = join(tmp, "hub");

@@ -1,7 +1,7 @@
 // The executor's scheduling, against an in-memory hub: a fake `rent` that honours `group`
 // and `exclude` over a set of fake providers, and fake activities. Retries, bans, deferred
 // blame, distinct providers, joins, cancellation and the summary, without Docker.
-// (test/map.test.js runs jobs on a real hub and real providers.)
+// (test/integration/map.test.js runs jobs on a real hub and real providers.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
@@ -15,8 +15,8 @@ import {
   TaskFailedError,
   TaskTimeoutError,
   UsageError,
-} from "../src/errors.js";
-import { EVENT_BUFFER, Job, JobSummary } from "../src/executor.js";
+} from "../../src/errors.js";
+import { EVENT_BUFFER, Job, JobSummary } from "../../src/executor.js";
 
 const IMAGE = "kiln-busybox:latest";
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
