@@ -48,8 +48,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def containers_of(provider: str) -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=kiln.provider={provider}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -130,8 +132,10 @@ def shell_less_image() -> Iterator[str]:
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         dockerfile = f"FROM scratch\nLABEL org.kiln.offer={name}\nCOPY busybox /busybox\n".encode()
-        for name, data, mode in (("Dockerfile", dockerfile, 0o644),
-                                 ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
+        for name, data, mode in (
+            ("Dockerfile", dockerfile, 0o644),
+            ("busybox", Path("/bin/busybox").read_bytes(), 0o755),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))

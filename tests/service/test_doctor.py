@@ -46,8 +46,14 @@ async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
 
 def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    return subprocess.run([sys.executable, "-m", "kiln.cli", "doctor", *args], capture_output=True, text=True,
-                          timeout=60, env={**base, **env}, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **env},
+        check=False,
+    )
 
 
 def lines(done: subprocess.CompletedProcess[str]) -> dict[str, str]:

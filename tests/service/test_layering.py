@@ -29,12 +29,17 @@ def of(modules: set[str], *packages: str) -> set[str]:
 
 @pytest.mark.parametrize(
     ("statement", "forbidden"),
-    [("import kiln.hub.core", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker", "websockets")),
-     ("import kiln.hub.server", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker")),
-     ("import kiln.protocol.session", ("kiln.hub", "kiln.requestor", "kiln.connection", "websockets", "docker")),
-     ("import kiln_provider.runtime", ("kiln.requestor", "kiln.hub", "rich")),
-     ("import kiln", ("kiln.requestor", "kiln.hub", "kiln.connection", "kiln_provider", "pydantic", "websockets"))],
-)  # fmt: skip
+    [
+        (
+            "import kiln.hub.core",
+            ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker", "websockets"),
+        ),
+        ("import kiln.hub.server", ("kiln.requestor", "kiln.connection", "kiln_provider", "rich", "docker")),
+        ("import kiln.protocol.session", ("kiln.hub", "kiln.requestor", "kiln.connection", "websockets", "docker")),
+        ("import kiln_provider.runtime", ("kiln.requestor", "kiln.hub", "rich")),
+        ("import kiln", ("kiln.requestor", "kiln.hub", "kiln.connection", "kiln_provider", "pydantic", "websockets")),
+    ],
+)
 def test_a_role_loads_nothing_of_the_others(statement: str, forbidden: tuple[str, ...]) -> None:
     assert of(loaded_by(statement), *forbidden) == set()
 

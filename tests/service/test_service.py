@@ -21,8 +21,9 @@ from kiln.cli.units import kiln_command
 
 
 def kiln(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=30,
-                          check=True)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=30, check=True
+    )
 
 
 def parsed(text: str) -> configparser.ConfigParser:
@@ -40,8 +41,10 @@ def exec_start(unit: configparser.ConfigParser, **replace: str) -> list[str]:
 
 
 def test_the_units_parse_and_run_this_installations_kiln_from_etc_kiln() -> None:
-    hub, provider = parsed(kiln("service", "print-unit", "hub").stdout), parsed(kiln("service", "print-unit",
-                                                                                     "provider").stdout)  # fmt: skip
+    hub, provider = (
+        parsed(kiln("service", "print-unit", "hub").stdout),
+        parsed(kiln("service", "print-unit", "provider").stdout),
+    )
     for role, unit in (("hub", hub), ("provider", provider)):
         assert set(unit.sections()) == {"Unit", "Service", "Install"}
         argv = exec_start(unit)
@@ -49,7 +52,10 @@ def test_the_units_parse_and_run_this_installations_kiln_from_etc_kiln() -> None
         assert argv[len(kiln_command()) :][:3] == [role, "--config", f"/etc/kiln/{role}.toml"]
         service = unit["Service"]
         assert (service["Restart"], service["KillSignal"], service["RestartPreventExitStatus"]) == (
-            "on-failure", "SIGTERM", "2")  # fmt: skip
+            "on-failure",
+            "SIGTERM",
+            "2",
+        )
         assert 10 <= int(service["TimeoutStopSec"]) <= 120
         assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert "docker.service" in provider["Unit"]["After"] and provider["Unit"]["Requires"] == "docker.service"
@@ -71,8 +77,9 @@ def test_systemd_finds_nothing_to_say_about_the_units(tmp_path: Path) -> None:
 
 def started(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})  # fmt: skip
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        )
 
 
 def wait_for(log: Path, pattern: str, process: subprocess.Popen[bytes], timeout: float = 30) -> re.Match[str]:

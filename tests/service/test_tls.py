@@ -58,8 +58,11 @@ def test_a_hub_context_serves_tls_1_2_and_later(tls: Certificates) -> None:
 
 def test_bad_tls_files_are_refused_with_the_file_named(tls: Certificates, tmp_path: Path) -> None:
     encrypted = tmp_path / "encrypted.key"
-    subprocess.run(["openssl", "pkey", "-in", str(tls.key), "-aes256", "-passout", "pass:secret", "-out",
-                    str(encrypted)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(tls.key), "-aes256", "-passout", "pass:secret", "-out", str(encrypted)],
+        check=True,
+        capture_output=True,
+    )
     cases = [
         (tmp_path / "missing.pem", tls.key, "cannot read the TLS certificate"),
         (tls.cert, tmp_path / "missing.key", "cannot read the TLS key"),
@@ -158,8 +161,9 @@ async def test_a_ca_is_for_wss_only_and_must_be_a_certificate(plain_hub: str, tl
 
 
 def kiln_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=30,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def test_kiln_hub_serves_wss_and_kiln_market_trusts_its_ca(tmp_path: Path, tls: Certificates) -> None:

@@ -40,7 +40,9 @@ def test_flags_beat_the_file_which_beats_the_environment_which_beats_the_default
     monkeypatch.setenv("KILN_HUB", "ws://env.example:7465")
     monkeypatch.setenv("KILN_TOKEN", "from-env")
     assert (load(DialSettings, {}).hub, load(DialSettings, {}).token) == ("ws://env.example:7465", "from-env")
-    config = write(tmp_path / "provider.toml", """
+    config = write(
+        tmp_path / "provider.toml",
+        """
 hub = "wss://file.example:7465"
 name = "p1"
 cpus = 2
@@ -48,7 +50,8 @@ memory = 1073741824
 image-cache = "2GiB"
 label = {zone = "eu", disk = "ssd"}
 pull = true
-""")  # fmt: skip
+""",
+    )
     settings = load(ProviderSettings, {"config": config, "cpus": 3.0, "label": {"zone": "us"}, "pull": False})
     assert settings.hub == "wss://file.example:7465", "the file over the environment"
     assert settings.token == "from-env", "what the file does not say comes from the environment"

@@ -34,8 +34,13 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\
 PRINTS = re.compile(r"(?:#|//) prints: (?P<text>.+?)\s*$", re.MULTILINE)
 KINDS = {"python": "python", "py": "python", "js": "node", "javascript": "node", "mjs": "node"}
 
-PAGES = ["README.md", "docs/quickstart.md", "docs/tutorials/python.md", "docs/tutorials/node.md",
-         "docs/tutorials/web-page.md"]  # fmt: skip
+PAGES = [
+    "README.md",
+    "docs/quickstart.md",
+    "docs/tutorials/python.md",
+    "docs/tutorials/node.md",
+    "docs/tutorials/web-page.md",
+]
 BROWSER_PAGES = {"docs/tutorials/web-page.md"}
 EXPECTED = {
     ("README.md", "python"): 1,
@@ -136,8 +141,9 @@ def test_every_config_file_the_docs_show_is_one_kiln_reads(tmp_path: Path) -> No
     from kiln.protocol.errors import KilnError
 
     models: dict[str, type[HubSettings] | type[ProviderSettings]] = {
-        "hub.toml": HubSettings, "provider.toml": ProviderSettings,
-    }  # fmt: skip
+        "hub.toml": HubSettings,
+        "provider.toml": ProviderSettings,
+    }
     shown = 0
     for page in sorted((ROOT / "docs").rglob("*.md")):
         for line, info, code, _ in fenced_blocks(page.read_text()):

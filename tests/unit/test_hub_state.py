@@ -167,9 +167,16 @@ def test_the_usage_record_is_rolled_up_per_day_past_its_retention_and_its_totals
     assert len(state.usage()) == 2700 and min(u["started"] for u in state.usage()) == 10 * DAY
     days = state.usage_days()
     assert len(days) == 10 * 2, "one row per day, requestor and provider"
-    assert days[0] == {"day": 0, "requestor": "alice", "credential": 7, "provider": "p1", "activities": 20,
-                       "cpu_seconds_rented": 20 * 3600.0, "cpu_seconds_used": 20 * 1.5,
-                       "memory_byte_seconds": 20 * 3600.0 * 2**30}  # fmt: skip
+    assert days[0] == {
+        "day": 0,
+        "requestor": "alice",
+        "credential": 7,
+        "provider": "p1",
+        "activities": 20,
+        "cpu_seconds_rented": 20 * 3600.0,
+        "cpu_seconds_used": 20 * 1.5,
+        "memory_byte_seconds": 20 * 3600.0 * 2**30,
+    }
     assert (state.usage_totals(), state.usage_totals("provider")) == before, "kiln usage sums the same"
     assert state.roll_up(90) == 0, "nothing twice"
 

@@ -149,8 +149,9 @@ async def test_a_layer_that_recurs_is_a_link_to_its_first_copy_as_docker_writes_
 
 
 def test_untagged_images_have_no_tags(tmp_path: Path) -> None:
-    archive = read_archive(write_tar(tmp_path / "image.tar", entries_of([BASE], manifest=lambda m: [
-        {**m[0], "RepoTags": None}])))  # fmt: skip
+    archive = read_archive(
+        write_tar(tmp_path / "image.tar", entries_of([BASE], manifest=lambda m: [{**m[0], "RepoTags": None}]))
+    )
     assert archive.tags == ()
 
 
@@ -172,40 +173,48 @@ def layer_name(entries: list[Entry], n: int = 0) -> str:
 BROKEN: dict[str, tuple[Callable[[list[Entry]], list[Entry]], str]] = {
     "no manifest.json": (lambda e: replace(e, "manifest.json", None), "manifest.json' is missing"),
     "manifest.json not JSON": (
-        lambda e: replace(e, "manifest.json", ("manifest.json", b"[{", None)), "'manifest.json' is not JSON"
+        lambda e: replace(e, "manifest.json", ("manifest.json", b"[{", None)),
+        "'manifest.json' is not JSON",
     ),
     "manifest.json a folder": (
-        lambda e: replace(e, "manifest.json", ("manifest.json", None, None)), "'manifest.json' is not a regular file"
+        lambda e: replace(e, "manifest.json", ("manifest.json", None, None)),
+        "'manifest.json' is not a regular file",
     ),
     "two images": (
         lambda e: replace(e, "manifest.json", ("manifest.json", json.dumps([{}, {}]).encode(), None)),
         "manifest.json lists 2 images; save exactly one",
     ),
     "no images": (
-        lambda e: replace(e, "manifest.json", ("manifest.json", b"[]", None)), "manifest.json lists 0 images"
+        lambda e: replace(e, "manifest.json", ("manifest.json", b"[]", None)),
+        "manifest.json lists 0 images",
     ),
     "a missing layer": (lambda e: replace(e, layer_name(e, 1), None), "layer 2 '.*/layer.tar' is missing"),
     "a missing config": (lambda e: [x for x in e if x[0] != config_name(e)], "the config '.*' is missing"),
     "a layer that is a folder": (
-        lambda e: replace(e, layer_name(e), (layer_name(e), None, None)), "layer 1 '.*' is not a regular file"
+        lambda e: replace(e, layer_name(e), (layer_name(e), None, None)),
+        "layer 1 '.*' is not a regular file",
     ),
     "a layer that links outside": (
         lambda e: replace(e, layer_name(e), (layer_name(e), None, "../../etc/passwd")),
         "layer 1 '.*' is a link to '../../etc/passwd', outside the archive",
     ),
     "a layer that links to an absolute path": (
-        lambda e: replace(e, layer_name(e), (layer_name(e), None, "/etc/passwd")), "outside the archive"
+        lambda e: replace(e, layer_name(e), (layer_name(e), None, "/etc/passwd")),
+        "outside the archive",
     ),
     "a layer that links to a folder": (
-        lambda e: replace(e, layer_name(e), (layer_name(e), None, ".")), "not to a file in the archive"
+        lambda e: replace(e, layer_name(e), (layer_name(e), None, ".")),
+        "not to a file in the archive",
     ),
     "a layer that links to nothing": (
-        lambda e: replace(e, layer_name(e), (layer_name(e), None, "nowhere.tar")), "not to a file in the archive"
+        lambda e: replace(e, layer_name(e), (layer_name(e), None, "nowhere.tar")),
+        "not to a file in the archive",
     ),
     "a config that links to the manifest": (
-        lambda e: replace(e, config_name(e), (config_name(e), None, "manifest.json")), "no rootfs.diff_ids"
+        lambda e: replace(e, config_name(e), (config_name(e), None, "manifest.json")),
+        "no rootfs.diff_ids",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -219,12 +228,14 @@ def test_a_broken_archive_is_an_image_error_saying_what_is_wrong(tmp_path: Path,
 
 @pytest.mark.parametrize(
     ("config", "message"),
-    [(config_of([BASE]), r"the config names 1 layers \(rootfs.diff_ids\) but manifest.json lists 2"),
-     (config_of([BASE, TOP, TOP]), "names 3 layers"),
-     (json.dumps({"os": "linux"}).encode(), "no rootfs.diff_ids"),
-     (json.dumps({"rootfs": {"diff_ids": ["md5:x", "md5:y"]}}).encode(), "no rootfs.diff_ids"),
-     (b"not json", "the config '.*' is not JSON")],
-)  # fmt: skip
+    [
+        (config_of([BASE]), r"the config names 1 layers \(rootfs.diff_ids\) but manifest.json lists 2"),
+        (config_of([BASE, TOP, TOP]), "names 3 layers"),
+        (json.dumps({"os": "linux"}).encode(), "no rootfs.diff_ids"),
+        (json.dumps({"rootfs": {"diff_ids": ["md5:x", "md5:y"]}}).encode(), "no rootfs.diff_ids"),
+        (b"not json", "the config '.*' is not JSON"),
+    ],
+)
 def test_a_config_that_disagrees_with_the_layers_is_an_image_error(tmp_path: Path, config: bytes, message: str) -> None:
     path = write_tar(tmp_path / "image.tar", entries_of([BASE, TOP], config=config))
     with pytest.raises(kiln.ImageError, match=message):
@@ -274,8 +285,10 @@ async def test_a_file_that_changes_after_it_was_read_fails_the_blob_read(tmp_pat
 def test_push_tags_are_the_archives_then_the_callers_each_once(tmp_path: Path) -> None:
     archive = read_archive(write_tar(tmp_path / "image.tar", entries_of([BASE], tags=["wordcount:1"])))
     assert push_tags(archive, ["wc:2", "wordcount:1", "registry.example:5000/team/wc:v1.2"]) == [
-        "wordcount:1", "wc:2", "registry.example:5000/team/wc:v1.2",
-    ]  # fmt: skip
+        "wordcount:1",
+        "wc:2",
+        "registry.example:5000/team/wc:v1.2",
+    ]
     for bad in ("Upper:1", "wc:", "sha256:" + "a" * 64, "a b"):
         with pytest.raises(kiln.UsageError, match="not an image tag"):
             push_tags(archive, [bad])
@@ -314,8 +327,13 @@ def test_kiln_image_keeps_busybox_and_adds_push_ls_rm() -> None:
     parser = build_parser()
     assert parser.parse_args(["image", "busybox"]).tag == "kiln-busybox:latest"
     push = parser.parse_args(["image", "push", "wc:1", "--hub", "ws://h", "--tag", "a:1", "--tag", "b:2"])
-    assert (push.image_command, push.ref, push.file, push.tag, push.hub) == ("push", "wc:1", None, ["a:1", "b:2"],
-                                                                              "ws://h")  # fmt: skip
+    assert (push.image_command, push.ref, push.file, push.tag, push.hub) == (
+        "push",
+        "wc:1",
+        None,
+        ["a:1", "b:2"],
+        "ws://h",
+    )
     assert parser.parse_args(["image", "ls", "--hub", "ws://h", "--token", "t"]).token == "t"
     assert parser.parse_args(["image", "rm", "wc:1"]).ref == "wc:1"
 
