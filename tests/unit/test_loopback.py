@@ -449,3 +449,35 @@ def test_a_vector_through_the_hub_fails_when_the_side_sees_something_else() -> N
     step["events"] = [{"event": "data", "stream": 1, "data": "21"}]
     with pytest.raises(AssertionError):
         run_through_the_hub(vector)
+
+
+def test_a_requestor_that_leaves_has_its_activity_destroyed_and_one_that_is_lost_keeps_it_for_the_grace() -> None:
+    loop = Loopback()
+    provider = loop.join(Session("provider", "p"))
+    loop.pump()
+    p = loop.session(provider)
+    p.request(Offer(type="offer", id=1, resources=Resources(cpus=2, memory=2**30, storage=2**30), arch="amd64"))
+    loop.pump()
+    p.events_received()
+    destroyed: list[str] = []
+    for leaving in (True, False):
+        requestor = loop.join(Session("requestor", f"r{leaving}"))
+        loop.pump()
+        r = loop.session(requestor)
+        r.request(Rent(type="rent", id=1, image="kiln-busybox:latest", demand=Demand(cpus=1, memory="64MiB")))
+        loop.pump()
+        [create] = [e.message for e in p.events_received() if isinstance(e, Requested)]
+        p.reply(Done(type="done", re=create.id))
+        loop.pump()
+        if leaving:
+            loop.leave(requestor)
+        else:
+            loop.lose(requestor)
+            assert [e for e in p.events_received() if isinstance(e, Requested)] == [], "held for the grace period"
+            loop.advance(loop.hub.grace + 1)
+        [destroy] = [e.message for e in p.events_received() if isinstance(e, Requested)]
+        assert destroy.type == "destroy" and destroy.activity == create.activity
+        destroyed.append(destroy.activity)
+        p.reply(Done(type="done", re=destroy.id))
+        loop.pump()
+    assert destroyed == ["a1", "a2"]

@@ -112,7 +112,7 @@ class Loopback:
         if session is None:
             return
         session.close()
-        self._drop(peer, "closed with code 1000", "closed by this side", ended=True)
+        self._drop(peer, "closed by this side", "closed with code 1000", ended=True)
         self.pump()
 
     # --- moving frames and time ----------------------------------------------------------
