@@ -422,8 +422,16 @@ def test_a_file_goes_from_a_requestor_to_a_provider_and_back_through_the_hub() -
     assert [describe(e)["event"] for e in r.events_received()] == ["replied"]
 
 
+CREATE_TIMEOUT, GRACE = 120.0, 30.0
+
+
+def timed_hub(clock: FakeClock) -> HubCore:
+    """An open hub on the loopback's clock with the deadlines the tests below pass."""
+    return HubCore(clock=clock.time, monotonic=clock.monotonic, create_timeout=CREATE_TIMEOUT, grace=GRACE)
+
+
 def test_a_provider_that_never_answers_a_create_is_dropped_when_the_clock_passes_its_deadline() -> None:
-    loop = Loopback()
+    loop = Loopback(hub_factory=timed_hub)
     requestor = loop.join(Session("requestor", "r"))
     provider = loop.join(Session("provider", "p"))
     loop.pump()
@@ -434,13 +442,13 @@ def test_a_provider_that_never_answers_a_create_is_dropped_when_the_clock_passes
     loop.pump()
     r.events_received()
     p.events_received()
-    loop.advance(loop.hub.create_timeout - 1)
+    loop.advance(CREATE_TIMEOUT - 1)
     assert loop.connected(provider)
     loop.advance(2)
     assert not loop.connected(provider) and loop.closed[provider][0] == 4006
     told = [describe(e) for e in r.events_received()]
     assert [(e["event"], e.get("code")) for e in told] == [("notified", None), ("failed", "provider_lost")], told
-    assert "unanswered for 120 s" in loop.closed[provider][1]
+    assert f"unanswered for {CREATE_TIMEOUT:g} s" in loop.closed[provider][1]
 
 
 def test_a_vector_through_the_hub_fails_when_the_side_sees_something_else() -> None:
@@ -452,7 +460,7 @@ def test_a_vector_through_the_hub_fails_when_the_side_sees_something_else() -> N
 
 
 def test_a_requestor_that_leaves_has_its_activity_destroyed_and_one_that_is_lost_keeps_it_for_the_grace() -> None:
-    loop = Loopback()
+    loop = Loopback(hub_factory=timed_hub)
     provider = loop.join(Session("provider", "p"))
     loop.pump()
     p = loop.session(provider)
@@ -474,10 +482,10 @@ def test_a_requestor_that_leaves_has_its_activity_destroyed_and_one_that_is_lost
         else:
             loop.lose(requestor)
             assert [e for e in p.events_received() if isinstance(e, Requested)] == [], "held for the grace period"
-            loop.advance(loop.hub.grace + 1)
+            loop.advance(GRACE + 1)
         [destroy] = [e.message for e in p.events_received() if isinstance(e, Requested)]
         assert destroy.type == "destroy" and destroy.activity == create.activity
         destroyed.append(destroy.activity)
         p.reply(Done(type="done", re=destroy.id))
         loop.pump()
-    assert destroyed == ["a1", "a2"]
+    assert len(set(destroyed)) == 2
