@@ -3,12 +3,15 @@ PYTHON ?= python3
 PIP_FLAGS ?= --quiet --disable-pip-version-check --root-user-action=ignore
 DIST_DIR ?= dist
 DIST_ARCHES ?= x86_64 aarch64
+# What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
+JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck pytest pytest-fast pytest-real js-install js-lint js-test docs docs-install test demo clean bench-images bench-streams bench-executor
+.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
-	@echo "make test   - install what is missing, then ruff, mypy --strict, pytest, the js-client's tsc and eslint, and its tests"
+	@echo "make check  - ruff, the import contracts, mypy --strict, the js-client's tsc and eslint, and the unit tests of both languages (under a minute)"
+	@echo "make test   - install what is missing, then make check, every other tier of tests in both languages, and the docs built strict"
 	@echo "make agent  - build agent/build/kiln-agent, the static PID 1 of task containers, for this machine (zig cc)"
 	@echo "make dist   - build into dist/ the sdist and a platform wheel per architecture (x86_64, aarch64), each with its agent"
 	@echo "make schema - regenerate protocol/v1/schema.json from the models, and the js-client's validators and types from it"
@@ -62,7 +65,7 @@ dist:
 image: install docker
 	$(PYTHON) -m kiln.cli image busybox
 
-schema: js-install
+schema: $(JS_MODULES)
 	$(PYTHON) -m kiln.protocol.schema > protocol/v1/schema.json
 	cd js-client && npm run --silent generate
 
@@ -77,25 +80,55 @@ contracts:
 typecheck:
 	$(PYTHON) -m mypy
 
-# The fast tier (no Docker, no provider processes) with the coverage of the pure modules
-# (floor in pyproject.toml), then the tier of real hubs, providers and containers.
-pytest: pytest-fast pytest-real
+# The tests come in tiers, one folder each (docs/development/tests.md); each tier runs once.
+#   tests/unit     one process, no network, no real time (tests/unit/conftest.py holds it to that)
+#   tests/service  real hubs, processes and sockets; no Docker
+#   tests/docker   the Docker engine, provider processes, containers, builds of the agent and the packages
+#   tests/hostile  fuzz, chaos, adversaries, tenants, bounds (some with Docker)
+# The coverage of the pure modules is gathered across the unit tier (which starts it afresh), the
+# service and the hostile tiers (where the hub's core runs in the test's process too), and checked
+# against its floor (pyproject.toml) by `make coverage`.
+pytest: pytest-unit pytest-service pytest-docker pytest-hostile
 
-pytest-fast:
-	$(PYTHON) -m pytest -m "not docker" --cov --cov-report=term-missing:skip-covered
+COVERAGE_ARGS = --cov --cov-report= --cov-fail-under=0
 
-# js-install: the docs test runs the tutorials' Node blocks against the tree's js-client.
-pytest-real: docker volumes node system agent js-install
-	$(PYTHON) -m pytest -m docker
+pytest-unit:
+	$(PYTHON) -m pytest tests/unit $(COVERAGE_ARGS)
+
+pytest-service: system agent
+	$(PYTHON) -m pytest tests/service $(COVERAGE_ARGS) --cov-append
+
+# $(JS_MODULES): the docs' blocks run the tutorials' Node code against the tree's js-client.
+pytest-docker: docker volumes node system agent $(JS_MODULES)
+	$(PYTHON) -m pytest tests/docker
+
+pytest-hostile: docker volumes system agent
+	$(PYTHON) -m pytest tests/hostile $(COVERAGE_ARGS) --cov-append
+
+# What the tiers gathered (run them first: `make pytest`), failing under the floor.
+coverage:
+	$(PYTHON) -m coverage report --skip-covered
+
+# What a commit needs, in under a minute: lint, contracts, types, and the unit tiers of both languages.
+check: lint contracts typecheck pytest-unit js-lint js-unit
+
+# node_modules as package-lock.json says (JS_MODULES, above), installed again only when the lock file changes.
+$(JS_MODULES): js-client/package-lock.json | node
+	cd js-client && npm ci --no-audit --no-fund
 
 js-install: node
 	cd js-client && npm ci --no-audit --no-fund
 
-js-lint: js-install
-	cd js-client && npm run typecheck && npm run lint
+js-lint: $(JS_MODULES)
+	cd js-client && npm run --silent typecheck && npm run --silent lint
 
-js-test: js-install image
-	cd js-client && npm test
+js-unit: $(JS_MODULES)
+	cd js-client && npm run --silent test:unit
+
+js-integration: $(JS_MODULES) image
+	cd js-client && npm run --silent test:integration
+
+js-test: js-unit js-integration
 
 # The documentation site (docs/, mkdocs.yml), strict: a broken link or reference fails. It needs kiln's
 # dependencies and the extra `docs` (installed here without reinstalling kiln: the hooks read python/
@@ -111,7 +144,7 @@ docs-install: node
 docs: docs-install
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
-test: install docker volumes node system agent lint contracts typecheck docs pytest js-lint js-test
+test: install docker volumes node system agent check docs pytest-service pytest-docker pytest-hostile coverage js-integration
 
 demo: image volumes agent
 	$(PYTHON) examples/demo.py

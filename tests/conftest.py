@@ -1,5 +1,13 @@
 """Fixtures that start real things: a hub process on a free port, provider processes on
-the real Docker engine, and the busybox test image built FROM scratch."""
+the real Docker engine, and the busybox test image built FROM scratch.
+
+The tests come in tiers, one folder each: ``unit`` (one process, no network, no real time:
+tests/unit/conftest.py holds it to that), ``service`` (real hubs, processes and sockets, no
+Docker), ``docker`` (the engine, providers, containers, builds of the agent and the packages)
+and ``hostile`` (fuzz, chaos, adversaries, tenants, bounds; some with Docker). The marker
+``docker`` says a test needs what the docker tier needs: every test in tests/docker has it,
+none in tests/unit or tests/service (checked at collection).
+"""
 
 from __future__ import annotations
 
@@ -25,11 +33,25 @@ IMAGE = DEFAULT_IMAGE
 Cluster = LocalCluster
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test's tier agrees with its ``docker`` marker (see the module's docstring)."""
+    wrong = []
+    for item in items:
+        tier = item.path.parent.name
+        marked = item.get_closest_marker("docker") is not None
+        if (tier == "docker" and not marked) or (tier in ("unit", "service") and marked):
+            wrong.append(f"{item.nodeid}: {'not ' if not marked else ''}marked docker in tests/{tier}")
+    if wrong:
+        raise pytest.UsageError("tests in the wrong tier:\n" + "\n".join(wrong))
+
+
 def containers_of(provider: str) -> list[str]:
     out = subprocess.run(
         ["docker", "ps", "-aq", "--filter", f"label=kiln.provider={provider}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.split()
 
 
@@ -110,8 +132,10 @@ def shell_less_image() -> Iterator[str]:
     context = io.BytesIO()
     with tarfile.open(fileobj=context, mode="w") as tar:
         dockerfile = f"FROM scratch\nLABEL org.kiln.offer={name}\nCOPY busybox /busybox\n".encode()
-        for name, data, mode in (("Dockerfile", dockerfile, 0o644),
-                                 ("busybox", Path("/bin/busybox").read_bytes(), 0o755)):  # fmt: skip
+        for name, data, mode in (
+            ("Dockerfile", dockerfile, 0o644),
+            ("busybox", Path("/bin/busybox").read_bytes(), 0o755),
+        ):
             info = tarfile.TarInfo(name)
             info.size, info.mode = len(data), mode
             tar.addfile(info, io.BytesIO(data))

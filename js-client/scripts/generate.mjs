@@ -19,7 +19,7 @@
  *
  * The output depends only on the schema, the sources' JSDoc and the locked versions of ajv,
  * json-schema-to-typescript and typescript: the same input gives byte-identical files,
- * which is what test/generated.test.js holds the committed files to.
+ * which is what test/unit/generated.test.js holds the committed files to.
  */
 
 import { execFile } from "node:child_process";

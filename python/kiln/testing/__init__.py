@@ -1,9 +1,8 @@
-"""Real Kiln processes on this machine for tests, demos and benchmarks (not part of the SDK).
-
-- ``cluster``: a local hub and providers as real processes (:class:`LocalCluster`)
-- ``simulated``: many simulated providers in one process, for scale tests and benchmarks of the hub
-"""
+"""Kiln for tests, demos and benchmarks (not part of the SDK): real Kiln processes on this machine
+(:mod:`~kiln.testing.cluster`), many simulated providers in one process (:mod:`~kiln.testing.simulated`),
+and sessions joined through the hub's core in memory (:mod:`~kiln.testing.loopback`)."""
 
 from kiln.testing.cluster import DEFAULT_IMAGE, LocalCluster, Process
+from kiln.testing.loopback import FakeClock, Loopback
 
-__all__ = ["DEFAULT_IMAGE", "LocalCluster", "Process"]
+__all__ = ["DEFAULT_IMAGE", "FakeClock", "LocalCluster", "Loopback", "Process"]

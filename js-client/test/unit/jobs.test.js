@@ -1,0 +1,144 @@
+// The job scheduling core (src/scheduling.js), driven by the job vectors both languages run
+// (tests/test_jobs.py runs the same files): calls in, literal answers and events out. No
+// timers, no promises, no sleeps.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { Scheduler } from "../../src/scheduling.js";
+
+const JOBS = fileURLToPath(new URL("../../../protocol/v1/vectors/jobs/", import.meta.url));
+const files = readdirSync(JOBS).filter((f) => f.endsWith(".json")).sort();
+const vectors = files.map((file) => ({ file, ...JSON.parse(readFileSync(join(JOBS, file), "utf8")) }));
+
+/** One vector's scheduler, the tasks it handed out by index, the events since the last call. */
+class Run {
+  constructor(vector) {
+    const count = vector.items;
+    const items = (vector.sized ?? true) ? Array.from({ length: count }, (_, i) => i) : (function* () {
+      for (let i = 0; i < count; i += 1) yield i;
+    })();
+    const options = vector.options ?? {};
+    this.events = [];
+    this.core = new Scheduler(items, (kind, task, provider, detail) => this.events.push([kind, task, provider, detail]), {
+      retries: options.retries ?? 2,
+      returnExceptions: options.return_exceptions ?? false,
+    });
+    this.tasks = new Map();
+  }
+
+  call(step) {
+    const core = this.core;
+    switch (step.call) {
+      case "slots": return core.slots(step.max_providers);
+      case "wants_activity": return core.wantsActivity();
+      case "too_many_banned": return core.tooManyBanned();
+      case "may_serve": return core.mayServe(step.provider);
+      case "hold": return core.hold(step.slot, step.provider, step.activity);
+      case "free": return core.free(step.slot, step.activity);
+      case "provider_failed": return core.providerFailed(step.provider);
+      case "ban": return core.ban(step.provider, step.why);
+      case "stop": return core.stop();
+      case "abandon": return core.abandon();
+      case "next_task": {
+        const task = core.nextTask(step.provider);
+        if (task === null) return undefined;
+        this.tasks.set(task.index, task);
+        return task.index;
+      }
+      case "start": return core.start(this.tasks.get(step.task), step.provider);
+      case "outcome": {
+        const error = step.error ?? null;
+        const verdict = core.outcome(this.tasks.get(step.task), step.provider, step.outcome, error, error ?? "");
+        if (verdict.failure === null) return { keep: verdict.keep };
+        return { keep: verdict.keep, failed: verdict.failure.message, ends_job: verdict.failure.endsJob };
+      }
+      case "nowhere_to_run": return core.nowhereToRun(step.why);
+      case "never_ran": return core.neverRan();
+      case "strand": {
+        const failures = [];
+        for (const failure of core.strand(step.error, step.error)) {
+          failures.push([failure.task.index, failure.message, failure.endsJob]);
+          if (failure.endsJob) break;
+        }
+        return failures;
+      }
+      case "state": return {
+        finished: core.finished,
+        stopped: core.stopped,
+        read: core.read,
+        total: core.total,
+        running: core.running,
+        holding: core.holding,
+        banned: [...core.banned].sort(),
+      };
+      default: throw new Error(`unknown call ${step.call}`);
+    }
+  }
+
+  summary() {
+    const s = this.core.summary;
+    return {
+      tasks: s.tasks,
+      succeeded: s.succeeded,
+      failed: s.failed,
+      attempts: s.attempts,
+      retries: s.retries,
+      tasks_per_provider: Object.fromEntries([...s.tasksPerProvider].sort(([a], [b]) => (a < b ? -1 : 1))),
+    };
+  }
+}
+
+for (const vector of vectors) {
+  test(`job vector ${vector.file}: ${vector.description}`, () => {
+    const run = new Run(vector);
+    vector.steps.forEach((step, number) => {
+      run.events = [];
+      const returned = run.call(step);
+      const where = `${vector.file} step ${number} (${step.call})`;
+      assert.deepEqual(returned, step.returns, where);
+      assert.deepEqual(run.events, step.events ?? [], where);
+    });
+    assert.deepEqual(run.summary(), vector.summary, vector.file);
+  });
+}
+
+test("there are job vectors for every rule", () => {
+  assert.ok(vectors.length >= 10, `only ${vectors.length} job vectors`);
+  const outcomes = new Set(vectors.flatMap((v) => v.steps.filter((s) => s.call === "outcome").map((s) => s.outcome)));
+  assert.deepEqual([...outcomes].sort(), ["error", "interrupted", "ok", "provider_lost", "retry", "timeout"]);
+});
+
+test("a generator is read as slots need it: one part ahead at most", () => {
+  let read = 0;
+  const parts = (function* () {
+    for (let n = 0; n < 100_000; n += 1) {
+      read += 1;
+      yield n;
+    }
+  })();
+  const core = new Scheduler(parts, () => {});
+  assert.equal(core.total, null);
+  assert.ok(core.wantsActivity());
+  assert.equal(read, 1);
+  core.hold(0, "p1", "a1");
+  for (let task = core.nextTask("p1"); task !== null; task = core.nextTask("p1")) {
+    assert.equal(read, task.index + 1);
+    core.start(task, "p1");
+    core.outcome(task, "p1", "ok");
+  }
+  assert.ok(core.finished);
+  assert.deepEqual([core.total, core.summary.tasks, core.summary.succeeded], [100_000, 100_000, 100_000]);
+});
+
+test("a stopped job hands out nothing and reads nothing more", () => {
+  const core = new Scheduler((function* () {
+    for (let n = 0; ; n += 1) yield n;
+  })(), () => {});
+  core.hold(0, "p1", "a1");
+  assert.notEqual(core.nextTask("p1"), null);
+  core.stop();
+  assert.deepEqual([core.nextTask("p1"), core.wantsActivity(), core.mayServe("p1"), core.read], [null, false, false, 1]);
+});
