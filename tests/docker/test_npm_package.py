@@ -58,7 +58,7 @@ const value = await act.downloadJson<{ n: number }>("/golem/output/x.json");
 const n: number = value.n;
 const worker: Worker<number, number> = async (a, part, context) => part + context.attempt + a.provider.length;
 const job: JobOptions = { image: "kiln-busybox:latest" };
-const results: number[] = await requestor.map([1, 2], worker, job);
+const results: number[] = await requestor.map(worker, [1, 2], job);
 const images: ImageInfo[] = (await requestor.listImages()).images;
 const code: KnownErrorCode = "no_match";
 try {
