@@ -41,8 +41,8 @@ class AgentBuildHook(BuildHookInterface[BuilderConfig]):
             return
         compiler = self._compiler()
         if arch not in compiler.TARGETS:
-            raise ValueError(f"KILN_AGENT_ARCH={arch}: the agent is built for {' and '.join(compiler.TARGETS)}"
-                             " (none: a wheel without it)")  # fmt: skip
+            targets = " and ".join(compiler.TARGETS)
+            raise ValueError(f"KILN_AGENT_ARCH={arch}: the agent is built for {targets} (none: a wheel without it)")
         self._folder = tempfile.mkdtemp(prefix="kiln-agent-")
         binary = Path(self._folder) / f"kiln-agent-{arch}"
         compiler.compile_agent(arch, binary)

@@ -23,8 +23,8 @@ async def job(url: str, tasks: int, providers: int, seconds: float) -> tuple[flo
         await act.run(["sleep", str(seconds)])
 
     async with kiln.connect(url, name="makespan") as requestor:
-        j = requestor.job(sleep, range(tasks), image="kiln-busybox:latest",
-                          demand=kiln.Demand(cpus=0.5, memory="64MiB"), max_providers=providers)  # fmt: skip
+        demand = kiln.Demand(cpus=0.5, memory="64MiB")
+        j = requestor.job(sleep, range(tasks), image="kiln-busybox:latest", demand=demand, max_providers=providers)
         started = time.monotonic()
         await j.run()
         return time.monotonic() - started, j.summary
@@ -46,8 +46,10 @@ def main() -> None:
     ideal = args.tasks * args.seconds / args.providers
     ratio = f", ratio {makespan / ideal:.3f}" if ideal else ""
     per_task = (makespan - ideal) / (args.tasks / args.providers) * 1000
-    print(f"{args.tasks} tasks x {args.seconds:g} s on {args.providers} providers: makespan {makespan:.2f} s, "
-          f"ideal {ideal:.2f} s{ratio}; overhead {per_task:.0f} ms per task and provider")  # fmt: skip
+    print(
+        f"{args.tasks} tasks x {args.seconds:g} s on {args.providers} providers: makespan {makespan:.2f} s, "
+        f"ideal {ideal:.2f} s{ratio}; overhead {per_task:.0f} ms per task and provider"
+    )
     print("\n".join(summary.lines()))
 
 

@@ -80,10 +80,12 @@ async def measure(count: int, activities: int, grace: float) -> None:
                 release_times.append(time.perf_counter() - started)
             db = Path(tmp) / "hub-data" / "hub.db"
             wal = db.with_name("hub.db-wal")
-            print(f"{count} providers, {activities} activities held: rent median "
-                  f"{statistics.median(rent_times) * 1000:.2f} ms ({RENTS_AT_ONCE} at once), release median "
-                  f"{statistics.median(release_times) * 1000:.2f} ms; hub.db {db.stat().st_size // 1024} KiB "
-                  f"+ WAL {wal.stat().st_size // 1024 if wal.exists() else 0} KiB")  # fmt: skip
+            print(
+                f"{count} providers, {activities} activities held: rent median "
+                f"{statistics.median(rent_times) * 1000:.2f} ms ({RENTS_AT_ONCE} at once), release median "
+                f"{statistics.median(release_times) * 1000:.2f} ms; hub.db {db.stat().st_size // 1024} KiB "
+                f"+ WAL {wal.stat().st_size // 1024 if wal.exists() else 0} KiB"
+            )
 
             killed = time.perf_counter()
             await asyncio.to_thread(cluster.restart_hub)
@@ -97,8 +99,10 @@ async def measure(count: int, activities: int, grace: float) -> None:
             restored = [line for line in cluster.hub.output().splitlines() if "restored" in line]
             what = restored[0].split(" INFO ")[-1] if restored else "nothing restored"
             print(f"  SIGKILL -> listening again {listening - killed:.2f} s (a new Python process; {what})")
-            print(f"  listening -> {count} providers back, reporting {activities} activities: "
-                  f"{providers_back - listening:.2f} s")  # fmt: skip
+            print(
+                f"  listening -> {count} providers back, reporting {activities} activities: "
+                f"{providers_back - listening:.2f} s"
+            )
             print(f"  SIGKILL -> a command run on every activity again: {all_ran - killed:.2f} s")
         for reader in readers:
             reader.cancel()

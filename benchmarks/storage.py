@@ -97,14 +97,25 @@ def containers(root: Path, runs: int) -> None:
 def plain_container(api: Any, agent: str) -> tuple[str, Any]:
     """What ``create`` did before volumes: the same hardened container, its root filesystem writable."""
     host_config = api.create_host_config(
-        network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges"], pids_limit=256,
-        mem_limit=128 * MIB, memswap_limit=128 * MIB, nano_cpus=1_000_000_000, auto_remove=True,
+        network_mode="none",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        pids_limit=256,
+        mem_limit=128 * MIB,
+        memswap_limit=128 * MIB,
+        nano_cpus=1_000_000_000,
+        auto_remove=True,
         binds={agent: {"bind": AGENT_IN_CONTAINER, "mode": "ro"}},
-    )  # fmt: skip
+    )
     created = api.create_container(
-        IMAGE, user="65534:65534", entrypoint=[AGENT_IN_CONTAINER], command=[], stdin_open=True,
-        host_config=host_config, name=f"kiln-bench-{uuid.uuid4().hex}",
-    )  # fmt: skip
+        IMAGE,
+        user="65534:65534",
+        entrypoint=[AGENT_IN_CONTAINER],
+        command=[],
+        stdin_open=True,
+        host_config=host_config,
+        name=f"kiln-bench-{uuid.uuid4().hex}",
+    )
     socket = api.attach_socket(created["Id"], params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
     api.start(created["Id"])
     api.inspect_container(created["Id"])

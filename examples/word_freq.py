@@ -62,10 +62,10 @@ async def main() -> None:
     text = corpus(args.files)
     parts = split(text, args.parts)
     async with kiln.connect(args.hub, name="word-freq") as requestor:
+        demand = kiln.Demand(cpus=0.5, memory="128MiB")
         job = requestor.job(
-            count_words, parts, image=args.image, demand=kiln.Demand(cpus=0.5, memory="128MiB"),
-            max_providers=4, retries=2, task_timeout=60,
-        )  # fmt: skip
+            count_words, parts, image=args.image, demand=demand, max_providers=4, retries=2, task_timeout=60
+        )
         with kiln.ProgressView(job, summary=False):  # a live bar when run in a terminal
             per_part = await job.run()
     total = sum(per_part, Counter())

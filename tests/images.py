@@ -140,10 +140,11 @@ def image_of(*layers: bytes, expanded: int | None = None) -> SavedImage:
     """An image of these layer tars (linux/amd64, nothing to run), as the hub would store it;
     ``expanded``: what the manifest says its last layer expands to."""
     digests = ["sha256:" + hashlib.sha256(layer).hexdigest() for layer in layers]
+    rootfs = {"type": "layers", "diff_ids": digests}
+    comment = secrets.token_hex(8)  # a new image id each time
     config = json.dumps(
-        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": digests},
-         "comment": secrets.token_hex(8)}  # a new image id each time
-    ).encode()  # fmt: skip
+        {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": rootfs, "comment": comment}
+    ).encode()
     config_blob = Blob(digest="sha256:" + hashlib.sha256(config).hexdigest(), size=len(config))
     blobs = [Blob(digest=d, size=len(layer)) for d, layer in zip(digests, layers, strict=True)]
     if expanded is not None:

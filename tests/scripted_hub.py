@@ -104,9 +104,14 @@ class ScriptedHub:
     async def _handle(self, ws: ServerConnection) -> None:
         hello = json.loads(await ws.recv())
         assert hello["type"] == "hello" and hello["role"] == "provider", hello
-        await ws.send(json.dumps({
-            "type": "welcome", "version": self.version, "session": "p1", "software": "scripted-hub", "limits": LIMITS,
-        }))  # fmt: skip
+        welcome = {
+            "type": "welcome",
+            "version": self.version,
+            "session": "p1",
+            "software": "scripted-hub",
+            "limits": LIMITS,
+        }
+        await ws.send(json.dumps(welcome))
         provider = Provider(ws)
         await self.providers.put(provider)
         await provider._read()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 DAYS = "2"
+NEW_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+"""``openssl req``'s flags for a new P-256 key, written unencrypted."""
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,9 @@ def _openssl(folder: Path, *args: str) -> None:
 
 
 def _ca(folder: Path, name: str) -> None:
-    _openssl(folder, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", DAYS, "-subj", f"/CN=Kiln test {name}",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-             "-addext", "subjectKeyIdentifier=hash")  # fmt: skip
+    files = ("-keyout", f"{name}.key", "-out", f"{name}.pem", "-days", DAYS, "-subj", f"/CN=Kiln test {name}")
+    usage = ("-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    _openssl(folder, "req", "-x509", *NEW_KEY, *files, *usage, "-addext", "subjectKeyIdentifier=hash")
 
 
 def make_certificates(folder: Path) -> Certificates:
@@ -56,13 +57,17 @@ def make_certificates(folder: Path) -> Certificates:
     folder.mkdir(parents=True, exist_ok=True)
     _ca(folder, "ca")
     _ca(folder, "other-ca")
-    _openssl(folder, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", "hub.key", "-out", "hub.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
+    _openssl(folder, "req", *NEW_KEY, "-keyout", "hub.key", "-out", "hub.csr", "-subj", "/CN=127.0.0.1")
     (folder / "hub.ext").write_text(
         "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
         "extendedKeyUsage=serverAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
     )
-    _openssl(folder, "x509", "-req", "-in", "hub.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "hub.pem", "-days", DAYS, "-extfile", "hub.ext")  # fmt: skip
-    return Certificates(ca=folder / "ca.pem", cert=folder / "hub.pem", key=folder / "hub.key",
-                        other_ca=folder / "other-ca.pem", other_key=folder / "other-ca.key")  # fmt: skip
+    signer = ("-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial")
+    _openssl(folder, "x509", "-req", "-in", "hub.csr", *signer, "-out", "hub.pem", "-days", DAYS, "-extfile", "hub.ext")
+    return Certificates(
+        ca=folder / "ca.pem",
+        cert=folder / "hub.pem",
+        key=folder / "hub.key",
+        other_ca=folder / "other-ca.pem",
+        other_key=folder / "other-ca.key",
+    )

@@ -58,10 +58,8 @@ def generate() -> dict[str, str]:
     if not typedoc.exists():
         raise PluginError(f"TypeDoc is not installed: run `make docs`, or `npm ci` in {TOOL.relative_to(ROOT)}")
     with tempfile.TemporaryDirectory(prefix="kiln-typedoc-") as out:
-        done = subprocess.run(
-            ["node", str(typedoc), "--options", "typedoc.json", "--out", out, "--logLevel", "Warn"],
-            cwd=TOOL, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        command = ["node", str(typedoc), "--options", "typedoc.json", "--out", out, "--logLevel", "Warn"]
+        done = subprocess.run(command, cwd=TOOL, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise PluginError(f"TypeDoc failed:\n{done.stdout}{done.stderr}")
         pages = {p.relative_to(out).as_posix(): p.read_text(encoding="utf-8") for p in Path(out).rglob("*.md")}

@@ -37,8 +37,8 @@ async def test_output_arrives_while_the_command_runs(one_provider: Cluster) -> N
             if event.kind == "exit":
                 assert event.result is not None
                 assert (event.result.exit_code, event.result.stdout, event.result.stderr) == (3, "", "")
-        assert [(kind, data) for kind, data, _ in seen] == [("stdout", b"first\n"), ("stderr", b"second\n"),
-                                                           ("exit", b"")]  # fmt: skip
+        expected = [("stdout", b"first\n"), ("stderr", b"second\n"), ("exit", b"")]
+        assert [(kind, data) for kind, data, _ in seen] == expected
         first, _, end = (at for _, _, at in seen)
         assert end - first > 2.0, "the first line came only when the command ended"
 
@@ -168,8 +168,8 @@ async def test_kiln_run_exits_124_on_its_timeout_and_127_with_a_message_for_a_mi
     # Streamed in Python too: why the program did not start comes as its stderr.
     async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
         events = [event async for event in act.stream(["no-such-program"])]
-        assert [(e.kind, e.data) for e in events[:-1]] == [
-            ("stderr", b"cannot run 'no-such-program': exec failed: No such file or directory\n")]  # fmt: skip
+        why = b"cannot run 'no-such-program': exec failed: No such file or directory\n"
+        assert [(e.kind, e.data) for e in events[:-1]] == [("stderr", why)]
         assert events[-1].result is not None and events[-1].result.exit_code == 127
 
 
@@ -193,5 +193,5 @@ async def test_input_that_fails_is_what_the_command_raises(one_provider: Cluster
 async def test_text_is_decoded_along_each_stream(one_provider: Cluster) -> None:
     async with kiln.connect(one_provider.url) as requestor, requestor.rent(IMAGE, SMALL) as act:
         events = [e async for e in act.stream(["sh", "-c", r"printf 'caf\303'; sleep 0.5; printf '\251!'"])]
-        assert [(e.kind, e.data, e.text) for e in events[:2]] == [("stdout", b"caf\xc3", "caf"),
-                                                                   ("stdout", b"\xa9!", "é!")]  # fmt: skip
+        expected = [("stdout", b"caf\xc3", "caf"), ("stdout", b"\xa9!", "é!")]
+        assert [(e.kind, e.data, e.text) for e in events[:2]] == expected

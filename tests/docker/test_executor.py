@@ -63,8 +63,16 @@ async def test_fifty_tasks_on_three_providers(cluster: Cluster) -> None:
         assert (await act.run(["cat", "/golem/input/shared.txt"])).stdout == "shared"
 
     async with kiln.connect(cluster.url) as requestor:
-        job = requestor.job(square, range(50), image=IMAGE, demand=SMALL, max_providers=4, setup=setup,
-                            teardown=teardown, on_event=events.append)  # fmt: skip
+        job = requestor.job(
+            square,
+            range(50),
+            image=IMAGE,
+            demand=SMALL,
+            max_providers=4,
+            setup=setup,
+            teardown=teardown,
+            on_event=events.append,
+        )
         results = await job.run()
     assert results == [n * n for n in range(50)]
     rented = [str(e.provider) for e in events if e.kind == "rented"]
@@ -239,8 +247,9 @@ async def test_ctrl_c_releases_everything(cluster: Cluster, tmp_path: Path) -> N
         f"        await r.map(hang, range(6), image={IMAGE!r}, demand=kiln.Demand(cpus=0.5, memory='64MiB'))\n"
         "asyncio.run(main())\n"
     )
-    job = await asyncio.create_subprocess_exec(sys.executable, str(script), stdout=subprocess.PIPE,
-                                               stderr=subprocess.PIPE)  # fmt: skip
+    job = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert job.stdout is not None
     assert (await job.stdout.readline()).strip() == b"running"
     await asyncio.sleep(1)

@@ -65,15 +65,18 @@ async def test_a_job_finishes_with_every_result_right_through_a_hub_sigkill(clus
 
     async with kiln.connect(cluster.url, name="job") as requestor:
         killer = asyncio.create_task(kill_mid_job())
-        results = await requestor.map(square, range(40), image=IMAGE, demand=SMALL, max_providers=2, retries=2,
-                                      on_event=on_event)  # fmt: skip
+        results = await requestor.map(
+            square, range(40), image=IMAGE, demand=SMALL, max_providers=2, retries=2, on_event=on_event
+        )
         down = await killer
     assert results == [x * x for x in range(40)]
     assert sorted(done_once) == list(range(40)) and set(done_once.values()) == {1}, "each task counted once"
     kinds = collections.Counter(event.kind for event in events)
     assert kinds["task_failed"] == 0
-    print(f"\n  hub killed after 10 tasks, back {down:.1f} s later; {kinds['rented']} rents, "
-          f"{kinds['task_retry']} retries")  # fmt: skip
+    print(
+        f"\n  hub killed after 10 tasks, back {down:.1f} s later; {kinds['rented']} rents, "
+        f"{kinds['task_retry']} retries"
+    )
 
 
 @pytest.mark.hub_args("--grace", "30")

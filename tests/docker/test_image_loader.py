@@ -50,10 +50,9 @@ def test_wanted_is_the_config_then_missing_layers_once() -> None:
 
 def test_manifest_json_names_every_layer_and_no_tag() -> None:
     manifest = Manifest(config=blob(0), layers=[blob(1), blob(2)])
-    assert manifest_json(manifest) == (
-        b'[{"Config": "blobs/sha256/' + b"0" * 64 + b'", "RepoTags": [], "Layers": ["blobs/sha256/'
-        + b"0" * 63 + b'1", "blobs/sha256/' + b"0" * 63 + b'2"]}]'
-    )  # fmt: skip
+    config, first, second = (b"blobs/sha256/" + b"0" * 63 + last for last in (b"0", b"1", b"2"))
+    expected = b'[{"Config": "%s", "RepoTags": [], "Layers": ["%s", "%s"]}]' % (config, first, second)
+    assert manifest_json(manifest) == expected
 
 
 # --- against Docker ------------------------------------------------------------------------
@@ -121,10 +120,11 @@ def test_only_the_config_when_every_layer_is_here(
     child_dir = tmp_path / "child"
     child_dir.mkdir()
     (child_dir / "Dockerfile").write_text(f"FROM {parent}\nLABEL kiln.test={secrets.token_hex(8)}\n")
-    child = subprocess.run(
-        ["docker", "build", "-q", str(child_dir)], check=True, capture_output=True, text=True,
-        env={**os.environ, "DOCKER_BUILDKIT": "0"},
-    ).stdout.strip()  # fmt: skip
+    env = {**os.environ, "DOCKER_BUILDKIT": "0"}
+    built = subprocess.run(
+        ["docker", "build", "-q", str(child_dir)], check=True, capture_output=True, text=True, env=env
+    )
+    child = built.stdout.strip()
     images.append(child)
     saved = save(child, tmp_path)
     remove(child)

@@ -67,8 +67,9 @@ def wordcount(tmp_path: Path, busybox_image: str) -> Iterator[Built]:
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT / "provider_runtime")])}
-    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 async def start(cluster: Cluster, *names: str) -> list[str]:
@@ -137,8 +138,9 @@ async def test_map_with_a_tag_runs_on_providers_that_load_it(cluster: Cluster, w
 
     async with kiln.connect(cluster.url) as requestor:
         await requestor.push_image(path=wordcount.archive)
-        job = requestor.job(count, ["a", "a b", "a b c", "a b c d"] * 3, image=wordcount.tag, demand=SMALL,
-                            max_providers=2)  # fmt: skip
+        job = requestor.job(
+            count, ["a", "a b", "a b c", "a b c d"] * 3, image=wordcount.tag, demand=SMALL, max_providers=2
+        )
         loading = []
         job.subscribe(lambda e: loading.append(e) if e.kind == "image_loading" else None)
         assert await job.run() == [1, 2, 3, 4] * 3
@@ -149,8 +151,9 @@ async def test_map_with_a_tag_runs_on_providers_that_load_it(cluster: Cluster, w
 
 
 async def test_kiln_image_push_ls_rm(cluster: Cluster, wordcount: Built) -> None:
-    pushed = await asyncio.to_thread(cli, "image", "push", "--file", str(wordcount.archive), "--hub", cluster.url,
-                                     "--tag", "kiln-wc-cli:7")  # fmt: skip
+    pushed = await asyncio.to_thread(
+        cli, "image", "push", "--file", str(wordcount.archive), "--hub", cluster.url, "--tag", "kiln-wc-cli:7"
+    )
     assert pushed.returncode == 0, pushed.stderr
     assert pushed.stdout.splitlines()[-1] == wordcount.digest
     assert "sent " in pushed.stderr and "layers skipped" in pushed.stderr

@@ -27,10 +27,8 @@ SMALL = kiln.Demand(cpus=0.5, memory="128MiB")
 
 
 def inspect(activity: str) -> dict[str, Any]:
-    ids = subprocess.run(
-        ["docker", "ps", "-q", "--filter", f"label=kiln.activity={activity}"], capture_output=True, text=True,
-        check=True,
-    ).stdout.split()  # fmt: skip
+    argv = ["docker", "ps", "-q", "--filter", f"label=kiln.activity={activity}"]
+    ids = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
     assert len(ids) == 1, ids
     data = json.loads(subprocess.run(["docker", "inspect", ids[0]], capture_output=True, check=True).stdout)
     assert isinstance(data, list)
@@ -67,8 +65,9 @@ async def test_the_three_actions_end_to_end(one_provider: Cluster, tmp_path: Pat
         assert (result.exit_code, result.stdout.strip(), result.stderr) == (0, "5", "")
         words = await act.run(["wc", "-w", "/golem/input/data.txt"])
         assert words.stdout.split()[0] == "5"
-        env = await act.run(["sh", "-c", "echo $GREETING $PWD; echo oops >&2; exit 7"],
-                            env={"GREETING": "hi"}, workdir="/golem/input")  # fmt: skip
+        env = await act.run(
+            ["sh", "-c", "echo $GREETING $PWD; echo oops >&2; exit 7"], env={"GREETING": "hi"}, workdir="/golem/input"
+        )
         assert (env.exit_code, env.stdout, env.stderr) == (7, "hi /golem/input\n", "oops\n")
         with pytest.raises(kiln.CommandFailed, match=r"^'sh' exited with code 7: oops$") as failed:
             await act.run(["sh", "-c", "echo out; echo oops >&2; exit 7"], check=True)
@@ -92,9 +91,8 @@ async def test_the_three_actions_end_to_end(one_provider: Cluster, tmp_path: Pat
         assert await act.download_bytes("/golem/output/out.txt") == path.read_bytes()
         assert await act.download_json("/golem/output/result.json") == {"n": 3}
         folder = await act.download_file("/golem/output", tmp_path / "folder")
-        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
-            "out.txt", "result.json", "sub", "sub/y",
-        ]  # fmt: skip
+        names = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+        assert names == ["out.txt", "result.json", "sub", "sub/y"]
 
         with pytest.raises(kiln.FileNotFound, match="/golem/output/none"):
             await act.download_bytes("/golem/output/none")
@@ -288,6 +286,21 @@ async def test_a_vanished_requestor_leaves_no_container(one_provider: Cluster, t
         assert offer.activities == 0
 
 
+def vandal_frames(mine: str, theirs: str) -> dict[str, str]:
+    """Bad frames from a raw requestor connection, by label: ``mine`` is an activity of its
+    SDK connection's, ``theirs`` an id no one holds."""
+    return {
+        "malformed": "{{{",
+        "unknown": json.dumps({"type": "nuke", "id": 1}),
+        "wrong_type": json.dumps({"type": "exec", "id": 2, "activity": mine, "argv": "ls"}),
+        "dotdot": json.dumps({"type": "upload", "id": 3, "activity": mine, "path": "/a/../b", "size": 1}),
+        "not_mine": json.dumps({"type": "exec", "id": 4, "activity": mine, "argv": ["true"]}),
+        "unknown_activity": json.dumps({"type": "exec", "id": 5, "activity": theirs, "argv": ["true"]}),
+        "oversized": json.dumps({"type": "market", "id": 6, "x": "y" * (2 * MiB)}),
+        "out_of_order": json.dumps({"type": "offer", "id": 7, "resources": {"cpus": 1, "memory": 1}, "arch": "amd64"}),
+    }
+
+
 async def test_bad_input_is_answered_while_another_job_goes_on(one_provider: Cluster) -> None:
     async def honest_job() -> list[str]:
         outputs = []
@@ -305,19 +318,7 @@ async def test_bad_input_is_answered_while_another_job_goes_on(one_provider: Clu
             async with ws_connect(one_provider.url, subprotocols=["kiln.v1"]) as ws:  # type: ignore[list-item]
                 await ws.send(json.dumps({"type": "hello", "version": "1.0", "role": "requestor", "name": "raw"}))
                 await ws.recv()
-                frames = {
-                    "malformed": "{{{",
-                    "unknown": json.dumps({"type": "nuke", "id": 1}),
-                    "wrong_type": json.dumps({"type": "exec", "id": 2, "activity": mine.id, "argv": "ls"}),
-                    "dotdot": json.dumps({"type": "upload", "id": 3, "activity": mine.id, "path": "/a/../b",
-                                          "size": 1}),
-                    "not_mine": json.dumps({"type": "exec", "id": 4, "activity": mine.id, "argv": ["true"]}),
-                    "unknown_activity": json.dumps({"type": "exec", "id": 5, "activity": theirs, "argv": ["true"]}),
-                    "oversized": json.dumps({"type": "market", "id": 6, "x": "y" * (2 * MiB)}),
-                    "out_of_order": json.dumps({"type": "offer", "id": 7, "resources": {"cpus": 1, "memory": 1},
-                                                "arch": "amd64"}),
-                }  # fmt: skip
-                for label, frame in frames.items():
+                for label, frame in vandal_frames(mine.id, theirs).items():
                     await ws.send(frame)
                     codes[label] = json.loads(await ws.recv())["code"]
             with pytest.raises(kiln.ImageNotFound, match="kiln-none:latest") as missing:
@@ -331,10 +332,15 @@ async def test_bad_input_is_answered_while_another_job_goes_on(one_provider: Clu
     outputs, codes = await asyncio.gather(honest_job(), vandal())
     assert outputs == [str(len(str(i)) * 1000) for i in range(20)]
     assert codes == {
-        "malformed": "bad_json", "unknown": "unknown_type", "wrong_type": "bad_message", "dotdot": "bad_path",
-        "not_mine": "unknown_activity", "unknown_activity": "unknown_activity", "oversized": "message_too_large",
+        "malformed": "bad_json",
+        "unknown": "unknown_type",
+        "wrong_type": "bad_message",
+        "dotdot": "bad_path",
+        "not_mine": "unknown_activity",
+        "unknown_activity": "unknown_activity",
+        "oversized": "message_too_large",
         "out_of_order": "out_of_order",
-    }  # fmt: skip
+    }
 
 
 async def test_200_mib_round_trip_with_bounded_hub_memory(one_provider: Cluster, tmp_path: Path) -> None:
@@ -363,8 +369,10 @@ async def test_200_mib_round_trip_with_bounded_hub_memory(one_provider: Cluster,
     with back.open("rb") as f:
         assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest()
     peak = peak_rss(one_provider.hub.pid)
-    print(f"\n200 MiB up {size / up / MiB:.0f} MiB/s, down {size / down / MiB:.0f} MiB/s; "
-          f"hub peak RSS {before / MiB:.0f} MiB before, {peak / MiB:.0f} MiB after")  # fmt: skip
+    print(
+        f"\n200 MiB up {size / up / MiB:.0f} MiB/s, down {size / down / MiB:.0f} MiB/s; "
+        f"hub peak RSS {before / MiB:.0f} MiB before, {peak / MiB:.0f} MiB after"
+    )
     assert peak < before + 64 * MiB, "the hub buffered far more than its stream windows"
 
 

@@ -17,6 +17,7 @@ import pytest
 import kiln
 from kiln_provider.docker_adapter import DockerAdapter
 from tests.conftest import Cluster
+from tests.docker.test_provider_images import RESOURCES, create
 from tests.images import build, remove, save
 from tests.scripted_hub import scripted_hub
 
@@ -72,9 +73,7 @@ async def test_an_image_loaded_from_the_store_runs_only_from_a_create_with_its_m
         try:
             await asyncio.to_thread(cluster.start_provider, "p", cpus=1, memory="1GiB", wait=False)
             provider = await hub.provider()
-            resources = {"cpus": 0.5, "memory": 64 * 2**20}
-            await provider.send({"type": "create", "id": 1, "activity": "a1", "image": saved.id,
-                                 "resources": resources, "manifest": saved.manifest.model_dump()})  # fmt: skip
+            await provider.send(create(1, saved))
             want = await provider.receive(timeout=30)
             await provider.send_data(1, b"".join(saved.blobs[digest] for digest in want["blobs"]))
             assert (await provider.receive(timeout=60))["type"] == "done"
@@ -85,12 +84,11 @@ async def test_an_image_loaded_from_the_store_runs_only_from_a_create_with_its_m
             else:  # a hub before 1.4 knows only images
                 assert saved.id in offer["images"] and "cached" not in offer, offer
             await provider.send(
-                {"type": "create", "id": 2, "activity": "a2", "image": saved.id, "resources": resources}
+                {"type": "create", "id": 2, "activity": "a2", "image": saved.id, "resources": RESOURCES}
             )
             refused = await provider.receive(timeout=30)
             assert refused["code"] == "image_not_found" and "does not offer" in refused["message"], refused
-            await provider.send({"type": "create", "id": 3, "activity": "a3", "image": saved.id,
-                                 "resources": resources, "manifest": saved.manifest.model_dump()})  # fmt: skip
+            await provider.send(create(3, saved))
             assert await provider.receive(timeout=30) == {"type": "done", "re": 3, "bytes": 0}
         finally:
             await asyncio.to_thread(cluster.stop)

@@ -17,10 +17,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
 
 def token(cluster: Cluster, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", "token", *args, "--data-dir", str(cluster.logs / "hub-data")],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "kiln.cli", "token", *args, "--data-dir", str(cluster.logs / "hub-data")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
     return done.stdout.splitlines()[-1]
 
 
@@ -31,8 +29,8 @@ def ended(process: Process, timeout: float = 60.0) -> tuple[int, str]:
 
 def impostor(cluster: Cluster, name: str, *args: str) -> Process:
     """Another provider process under ``name`` (not one the cluster tracks: it must not be welcomed)."""
-    return cluster.spawn(f"impostor-{time.monotonic_ns()}", "provider", "--hub", cluster.url, "--name", name,
-                         "--data-dir", str(cluster.logs / "impostor.data"), *args)  # fmt: skip
+    label, data_dir = f"impostor-{time.monotonic_ns()}", str(cluster.logs / "impostor.data")
+    return cluster.spawn(label, "provider", "--hub", cluster.url, "--name", name, "--data-dir", data_dir, *args)
 
 
 async def test_providers_and_requestors_each_join_only_as_their_credential_says(cluster: Cluster) -> None:
@@ -53,16 +51,14 @@ async def test_providers_and_requestors_each_join_only_as_their_credential_says(
         code, log = await asyncio.to_thread(ended, impostor(cluster, name, "--token", requestor_token))
         assert code == 1
         assert "kiln: the hub refused us: a requestor credential cannot join as a provider" in log
-        code, log = await asyncio.to_thread(ended, impostor(cluster, name, "--token", provider_token,
-                                                            "--name-wait", "1"))  # fmt: skip
+        code, log = await asyncio.to_thread(
+            ended, impostor(cluster, name, "--token", provider_token, "--name-wait", "1")
+        )
         assert code == 1 and f"another provider named {name!r} is connected" in log
         # A provider token cannot rent.
-        run = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "kiln.cli", "run", "--hub", cluster.url, "--token", provider_token, IMAGE,
-             "--", "true"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        dial = ["--hub", cluster.url, "--token", provider_token]
+        argv = [sys.executable, "-m", "kiln.cli", "run", *dial, IMAGE, "--", "true"]
+        run = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60, check=False)
         assert run.returncode == 1
         assert "a provider credential cannot join as a requestor" in run.stderr
         # The activity lives on through all of it.

@@ -71,9 +71,13 @@ async def start(hub: ScriptedHub, cluster: LocalCluster, *extra: str, name: str 
 
 def create(request: int, image: SavedImage, activity: str | None = None) -> dict[str, Any]:
     return {
-        "type": "create", "id": request, "activity": activity or f"a{request}", "image": image.id,
-        "resources": RESOURCES, "manifest": image.manifest.model_dump(),
-    }  # fmt: skip
+        "type": "create",
+        "id": request,
+        "activity": activity or f"a{request}",
+        "image": image.id,
+        "resources": RESOURCES,
+        "manifest": image.manifest.model_dump(),
+    }
 
 
 async def serve_want(provider: Provider, image: SavedImage, want: dict[str, Any], corrupt: bool = False) -> None:
@@ -241,8 +245,9 @@ async def test_offers_list_images_by_tag_and_by_id(
 
 async def test_without_pull_a_missing_image_is_image_not_found(hub: ScriptedHub, processes: LocalCluster) -> None:
     _, provider = await start(hub, processes)
-    await provider.send({"type": "create", "id": 1, "activity": "a1", "image": "kiln-no-such:image",
-                         "resources": RESOURCES})  # fmt: skip
+    await provider.send(
+        {"type": "create", "id": 1, "activity": "a1", "image": "kiln-no-such:image", "resources": RESOURCES}
+    )
     error = await provider.receive()
     assert error["code"] == "image_not_found"
     assert "--pull" in error["message"]
@@ -281,9 +286,13 @@ def registry(tmp_path: Path) -> Iterator[str]:
 
 
 async def test_pull_fetches_what_docker_lacks_and_records_it(
-    hub: ScriptedHub, processes: LocalCluster, registry: str, images: list[str], tmp_path: Path,
+    hub: ScriptedHub,
+    processes: LocalCluster,
+    registry: str,
+    images: list[str],
+    tmp_path: Path,
     busybox_image: str,
-) -> None:  # fmt: skip
+) -> None:
     ref = f"{registry}/kiln-test/pull:{secrets.token_hex(4)}"
     image_id = build(tmp_path, base=busybox_image, tag=ref)
     images.append(image_id)
@@ -298,8 +307,9 @@ async def test_pull_fetches_what_docker_lacks_and_records_it(
     await provider.wait_offer(ref)
     assert image_id in record(processes, name)
     # A reference no registry holds stays image_not_found.
-    await provider.send({"type": "create", "id": 2, "activity": "a2", "image": f"{registry}/kiln-test/none:x",
-                         "resources": RESOURCES})  # fmt: skip
+    await provider.send(
+        {"type": "create", "id": 2, "activity": "a2", "image": f"{registry}/kiln-test/none:x", "resources": RESOURCES}
+    )
     error = await provider.receive(timeout=60)
     assert error["code"] == "image_not_found"
 

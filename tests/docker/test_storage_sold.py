@@ -78,8 +78,13 @@ async def hub() -> AsyncIterator[ScriptedHub]:
 
 
 def create(request: int, storage: int) -> dict[str, object]:
-    return {"type": "create", "id": request, "activity": f"a{request}", "image": IMAGE,
-            "resources": {"cpus": 0.1, "memory": 16 * MiB, "storage": storage}}  # fmt: skip
+    return {
+        "type": "create",
+        "id": request,
+        "activity": f"a{request}",
+        "image": IMAGE,
+        "resources": {"cpus": 0.1, "memory": 16 * MiB, "storage": storage},
+    }
 
 
 async def test_a_provider_makes_no_volume_past_its_offer_or_its_count(
@@ -89,8 +94,9 @@ async def test_a_provider_makes_no_volume_past_its_offer_or_its_count(
     cluster = Cluster(tmp_path / "logs", suffix=f"-{os.urandom(3).hex()}")
     cluster.url = hub.url
     try:
-        name = cluster.start_provider("p", "--storage", "96MiB", "--max-containers", "3", cpus=2, memory="1GiB",
-                                      wait=False)  # fmt: skip
+        name = cluster.start_provider(
+            "p", "--storage", "96MiB", "--max-containers", "3", cpus=2, memory="1GiB", wait=False
+        )
         provider = await hub.provider()
         await provider.send(create(1, 64 * MiB))
         assert (await provider.receive(timeout=60))["type"] == "done"

@@ -97,8 +97,10 @@ class VenvCluster(LocalCluster):
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
-            popen = subprocess.Popen([str(self.venv / "bin" / "kiln"), *args], stdout=out, stderr=subprocess.STDOUT,
-                                     env=clean_env(self.venv), cwd=self.logs)  # fmt: skip
+            argv = [str(self.venv / "bin" / "kiln"), *args]
+            popen = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=clean_env(self.venv), cwd=self.logs
+            )
         return Process(name, popen, log)
 
 
@@ -117,8 +119,8 @@ def test_a_provider_installed_from_the_wheel_runs_a_command(dist: Path, tmp_path
     with started(VenvCluster(tmp_path / "logs", venv=venv, suffix=f"-{secrets.token_hex(3)}")) as cluster:
         name = cluster.start_provider("wheel")
         assert f"task containers run the agent {agent}\n" in cluster.providers[name].output()
-        said = run([str(venv / "bin" / "kiln"), "run", "--hub", cluster.url, IMAGE, "--",
-                    "sh", "-c", "echo hello from $(uname -m)"], cwd=tmp_path, env=env, timeout=120)  # fmt: skip
+        hello = ["run", "--hub", cluster.url, IMAGE, "--", "sh", "-c", "echo hello from $(uname -m)"]
+        said = run([str(venv / "bin" / "kiln"), *hello], cwd=tmp_path, env=env, timeout=120)
         # kiln doctor from the venv: every check passes, the agent it finds is the venv's.
         doctor = [str(venv / "bin" / "kiln"), "doctor", "--data-dir", str(tmp_path / "doctor")]
         report = run([*doctor, "--hub", cluster.url], cwd=tmp_path, env=env, timeout=60)

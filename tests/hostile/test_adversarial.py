@@ -48,8 +48,10 @@ class Steps:
         return max(self.rent, self.run, self.upload, self.download, self.release)
 
     def __str__(self) -> str:
-        return (f"rent {self.rent * 1000:.0f} ms, run {self.run * 1000:.0f} ms, upload {self.upload * 1000:.0f} ms, "
-                f"download {self.download * 1000:.0f} ms, release {self.release * 1000:.0f} ms")  # fmt: skip
+        return (
+            f"rent {self.rent * 1000:.0f} ms, run {self.run * 1000:.0f} ms, upload {self.upload * 1000:.0f} ms, "
+            f"download {self.download * 1000:.0f} ms, release {self.release * 1000:.0f} ms"
+        )
 
 
 async def victim(url: str) -> Steps:

@@ -64,8 +64,10 @@ async def test_a_job_survives_providers_and_the_hub_being_killed(
     started = time.monotonic()
     async with kiln.connect(cluster.url, name="chaos") as requestor, asyncio.TaskGroup() as tg:
         killers = [tg.create_task(kill_the_provider()), tg.create_task(kill_the_hub())]
-        results = await requestor.map(cube, range(TASKS), image=IMAGE, demand=kiln.Demand(cpus=0.5, memory="64MiB"),
-                                      max_providers=6, retries=8, on_event=on_event)  # fmt: skip
+        demand = kiln.Demand(cpus=0.5, memory="64MiB")
+        results = await requestor.map(
+            cube, range(TASKS), image=IMAGE, demand=demand, max_providers=6, retries=8, on_event=on_event
+        )
         for killer in killers:
             killer.cancel()
     took = time.monotonic() - started

@@ -36,9 +36,9 @@ FRAMES = 30_000
 CONNECTIONS = 100
 SEED = 7465
 KINDS = [
-    "hello", "rent", "exec", "offer", "create", "credit", "cancel", "activities", "market",
-    "push_image", "list_images", "remove_image", "share_image", "want", "image_list", "image_pushed",
-]  # fmt: skip
+    *("hello", "rent", "exec", "offer", "create", "credit", "cancel", "activities", "market"),
+    *("push_image", "list_images", "remove_image", "share_image", "want", "image_list", "image_pushed"),
+]
 """The types a mutation may give a bare message (the image store's among them)."""
 STORE_SHARE = 0.1
 """The share of a requestor's frames that are well-formed requests to the image store."""
@@ -53,9 +53,10 @@ def seeds() -> list[str | bytes]:
 
 
 ODD_VALUES: list[Any] = [
-    None, True, -1, 0, 2**31, 2**63, -(2**70), 1e308, 0.5, "", "x" * 5000, "\u202e\x00\x1b[2J", "/../..",
-    [], [[[[[]]]]], {}, {"a": {"b": {"c": {}}}}, ["a"] * 2000, {"k" * 300: "v"},
-]  # fmt: skip
+    *(None, True, -1, 0, 2**31, 2**63, -(2**70), 1e308, 0.5),
+    *("", "x" * 5000, "\u202e\x00\x1b[2J", "/../.."),
+    *([], [[[[[]]]]], {}, {"a": {"b": {"c": {}}}}, ["a"] * 2000, {"k" * 300: "v"}),
+]
 
 
 def mutate(rng: random.Random, seed: str | bytes) -> str | bytes:
@@ -105,10 +106,12 @@ def store_requests(rng: random.Random, request: int, pushed: list[str]) -> list[
         layers = [rng.randbytes(rng.choice([1, 1000, 70_000])) for _ in range(rng.randint(0, 2))]
         if rng.random() < 0.5 and pushed:
             layers.append(b"fuzz-shared-layer")  # a blob other pushes hold too
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "rootfs": {"type": "layers", "diff_ids": [sha(b) for b in layers]}}).encode()  # fmt: skip
-        manifest = {"config": {"digest": sha(config), "size": len(config)},
-                    "layers": [{"digest": sha(b), "size": len(b)} for b in layers]}  # fmt: skip
+        rootfs = {"type": "layers", "diff_ids": [sha(b) for b in layers]}
+        config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": rootfs}).encode()
+        manifest = {
+            "config": {"digest": sha(config), "size": len(config)},
+            "layers": [{"digest": sha(b), "size": len(b)} for b in layers],
+        }
         tags = [f"fuzz{rng.randrange(5)}:{rng.randrange(3)}" for _ in range(rng.randint(0, 2))]
         pushed.append(sha(config))
         data = b"".join([config, *layers])
@@ -124,8 +127,14 @@ def store_requests(rng: random.Random, request: int, pushed: list[str]) -> list[
     if choice < 0.7:
         return [json.dumps({"type": "remove_image", "id": request, "image": image})]
     if choice < 0.85:
-        share = {"type": "share_image", "id": request, "image": image, "to": rng.sample(["#open", "nobody", "#1"], 1),
-                 "public": rng.random() < 0.5, "revoke": rng.random() < 0.3}  # fmt: skip
+        share = {
+            "type": "share_image",
+            "id": request,
+            "image": image,
+            "to": rng.sample(["#open", "nobody", "#1"], 1),
+            "public": rng.random() < 0.5,
+            "revoke": rng.random() < 0.3,
+        }
         return [json.dumps(share)]
     return [json.dumps({"type": "rent", "id": request, "image": image, "demand": {"cpus": 64, "memory": 2**40}})]
 
@@ -225,9 +234,11 @@ async def test_the_hub_answers_fuzz_without_1011_while_a_job_runs(
     results, job_seconds = legit.result()
     rss_after = peak_rss(cluster.hub.pid)
     with capsys.disabled():
-        print(f"\n  fuzz: {FRAMES} frames over {opened[0]} connections in {fuzzed:.1f} s; closes {dict(closes)}; "
-              f"hub peak RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB; "
-              f"the job of 40 tasks beside it took {job_seconds:.1f} s")  # fmt: skip
+        print(
+            f"\n  fuzz: {FRAMES} frames over {opened[0]} connections in {fuzzed:.1f} s; closes {dict(closes)}; "
+            f"hub peak RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB; "
+            f"the job of 40 tasks beside it took {job_seconds:.1f} s"
+        )
         print(f"  frames by kind: {dict(kinds.most_common())}")
     assert results == [n * n for n in range(40)]
     store_kinds = ("push_image", "list_images", "remove_image", "share_image", "want", "image_list", "binary")

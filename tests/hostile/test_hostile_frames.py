@@ -66,12 +66,15 @@ async def test_a_non_ascii_token_admits_its_holder_and_refuses_others(hub: Local
 
 
 def test_an_empty_token_is_refused_at_start_up(tmp_path: Path) -> None:
-    started = subprocess.run([sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--token", "",
-                              "--data-dir", str(tmp_path)],
-                             capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
+    argv = [sys.executable, "-m", "kiln.cli", "hub", "--port", "0", "--token", "", "--data-dir", str(tmp_path)]
+    started = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     assert started.returncode == 1
     assert "empty token" in started.stderr
     assert not any(tmp_path.iterdir()), "refused before anything was made"
+
+
+LONG_ENV_KEY = json.dumps({"type": "exec", "id": 5, "activity": "a1", "argv": ["true"], "env": {"K" * 5000: "v"}})
+LONG_PATH = json.dumps({"type": "download", "id": 7, "activity": "a1", "path": "/" + "p" * 5000, "window": 1})
 
 
 @pytest.mark.parametrize(
@@ -79,14 +82,12 @@ def test_an_empty_token_is_refused_at_start_up(tmp_path: Path) -> None:
     [
         (bytes.fromhex("00000000ffffffff") + b"x", "bad_frame"),  # a stream id past 2^31-1
         ('{"type":"market","id":4,"pad":' + "[" * 990 + "]" * 990 + "}", "bad_message"),  # nested deep
-        (json.dumps({"type": "exec", "id": 5, "activity": "a1", "argv": ["true"], "env": {"K" * 5000: "v"}}),
-         "bad_message"),  # a key whose echo would pass 4,096 characters
+        (LONG_ENV_KEY, "bad_message"),  # a key whose echo would pass 4,096 characters
         (json.dumps({"type": "rent", "id": 6, "image": "i", "demand": {"labels": {"k" * 5000: "v"}}}), "bad_message"),
-        (json.dumps({"type": "download", "id": 7, "activity": "a1", "path": "/" + "p" * 5000, "window": 1}),
-         "bad_path"),
+        (LONG_PATH, "bad_path"),
         ('{"type":"market","id":8,"x":"\\ud800"}', "bad_json"),  # a lone surrogate is no UTF-8
     ],
-)  # fmt: skip
+)
 async def test_hostile_frames_get_errors_and_the_connection_stays(
     hub: LocalCluster, frame: str | bytes, code: str
 ) -> None:

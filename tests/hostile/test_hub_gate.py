@@ -37,8 +37,7 @@ class Hub:
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     with HubState.in_dir(tmp_path) as state:
         token = state.create("requestor", "alice")[1]
-    async with start("127.0.0.1", 0, token=SHARED, data_dir=tmp_path, per_address=40,
-                     waiting_per_address=20) as server:  # fmt: skip
+    async with start("127.0.0.1", 0, token=SHARED, data_dir=tmp_path, per_address=40, waiting_per_address=20) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         yield Hub(f"ws://127.0.0.1:{port}", token)
 

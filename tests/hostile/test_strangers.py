@@ -59,8 +59,10 @@ async def strangers(url: str, count: int, first: bytes) -> AsyncIterator[list[as
         reader, writer = await asyncio.open_connection(host, port, local_addr=(ADDRESSES[n % len(ADDRESSES)], 0))
         writers.append(writer)
         key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())  # fmt: skip
+        writer.write(
+            f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
         assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101 ")
         writer.write(first)
         with contextlib.suppress(ConnectionError):
@@ -138,10 +140,13 @@ async def test_a_thousand_strangers_holding_partial_frames_keep_the_hub_under_20
         steps = await victim(cluster.url)
         during = await still_open(readers)
     now, peak = memory(pid)
-    report(capsys, f"{STRANGERS} strangers holding {MAX_HELLO_BYTES - 1} bytes of a frame each (opened in "
-                   f"{opened:.1f} s; {held} held, {during} while the victim worked): hub RSS "
-                   f"{before / MiB:.0f} -> {holding / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "
-                   f"{now / MiB:.0f} MiB after; victim {steps}")  # fmt: skip
+    report(
+        capsys,
+        f"{STRANGERS} strangers holding {MAX_HELLO_BYTES - 1} bytes of a frame each (opened in "
+        f"{opened:.1f} s; {held} held, {during} while the victim worked): hub RSS "
+        f"{before / MiB:.0f} -> {holding / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "
+        f"{now / MiB:.0f} MiB after; victim {steps}",
+    )
     assert held >= STRANGERS - 8, "the hub holds them (opened within its hello timeout): the memory is theirs"
     assert peak < 200 * MiB
     assert steps.slowest < BOUND
@@ -159,8 +164,11 @@ async def test_complete_large_frames_before_hello_leave_no_lasting_memory(
     assert codes.count(1009) == 50, {code: codes.count(code) for code in set(codes)}
     await asyncio.sleep(2)  # past the close timeout: every connection is gone
     now, peak = memory(pid)
-    report(capsys, f"50 complete 3.5 MiB frames before hello: hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
-                   f"(peak {peak / MiB:.0f} MiB)")  # fmt: skip
+    report(
+        capsys,
+        f"50 complete 3.5 MiB frames before hello: hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
+        f"(peak {peak / MiB:.0f} MiB)",
+    )
     assert now - before < 16 * MiB
 
 
@@ -199,8 +207,11 @@ async def test_strangers_cannot_hold_large_http_requests(cluster: Cluster, capsy
 
     cut = await asyncio.gather(*(one(n) for n in range(512)))
     now, peak = memory(pid)
-    report(capsys, f"512 strangers sending 940 KiB of HTTP headers: {sum(cut)} cut; hub RSS {before / MiB:.0f} -> "
-                   f"{now / MiB:.0f} MiB (peak {peak / MiB:.0f} MiB)")  # fmt: skip
+    report(
+        capsys,
+        f"512 strangers sending 940 KiB of HTTP headers: {sum(cut)} cut; hub RSS {before / MiB:.0f} -> "
+        f"{now / MiB:.0f} MiB (peak {peak / MiB:.0f} MiB)",
+    )
     assert all(cut)
     assert peak - before < 32 * MiB
 
@@ -216,8 +227,10 @@ async def test_a_stranger_that_pings_and_never_reads_is_cut(
     before, _ = memory(pid)
     ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125
     reader, writer = await asyncio.open_connection(host, port, local_addr=(ADDRESSES[0], 0))
-    writer.write(b"GET / HTTP/1.1\r\nHost: kiln\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    writer.write(
+        b"GET / HTTP/1.1\r\nHost: kiln\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
     await reader.readuntil(b"\r\n\r\n")
     sent, started = 0, time.monotonic()
     try:
@@ -233,8 +246,11 @@ async def test_a_stranger_that_pings_and_never_reads_is_cut(
         cut = writer.transport.is_closing() or reader.at_eof()
         writer.transport.abort()
     now, peak = memory(pid)
-    report(capsys, f"a stranger that pinged without reading: cut {cut} after {sent / MiB:.0f} MiB in "
-                   f"{time.monotonic() - started:.1f} s; hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
-                   f"(peak {peak / MiB:.0f} MiB)")  # fmt: skip
+    report(
+        capsys,
+        f"a stranger that pinged without reading: cut {cut} after {sent / MiB:.0f} MiB in "
+        f"{time.monotonic() - started:.1f} s; hub RSS {before / MiB:.0f} -> {now / MiB:.0f} MiB "
+        f"(peak {peak / MiB:.0f} MiB)",
+    )
     assert cut
     assert peak - before < 16 * MiB

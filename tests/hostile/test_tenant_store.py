@@ -54,8 +54,8 @@ async def hub(data_dir: Path) -> AsyncIterator[str]:
 @asynccontextmanager
 async def as_tenant(url: str, token: str, version: str = "1.4") -> AsyncIterator[ClientConnection]:
     async with connect(url, subprotocols=["kiln.v1"]) as ws:  # type: ignore[list-item]
-        await ws.send(json.dumps({"type": "hello", "version": version, "role": "requestor", "name": "t",
-                                  "token": token}))  # fmt: skip
+        hello = {"type": "hello", "version": version, "role": "requestor", "name": "t", "token": token}
+        await ws.send(json.dumps(hello))
         welcome = await recv(ws)
         assert welcome["type"] == "welcome", welcome
         yield ws

@@ -54,8 +54,10 @@ def port_in_use() -> Iterator[int]:
 
 def kiln_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=60,
-                          env={**base, **env}, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    argv = [sys.executable, "-m", "kiln.cli", *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, env={**base, **env}, stdin=subprocess.DEVNULL, check=False
+    )
 
 
 @pytest.mark.timeout(180)

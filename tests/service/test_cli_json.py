@@ -24,8 +24,8 @@ from tests.unit.test_images import BASE, TOP, entries_of, write_tar
 def kiln_json(*args: str) -> Any:
     """What ``kiln ARGS --json`` prints: it must be one JSON document and nothing else."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
-    done = subprocess.run([sys.executable, "-m", "kiln.cli", *args, "--json"], capture_output=True, text=True,
-                          timeout=60, env=env, check=False)  # fmt: skip
+    argv = [sys.executable, "-m", "kiln.cli", *args, "--json"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=False)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     return json.loads(done.stdout)  # one document: json.loads refuses anything after it

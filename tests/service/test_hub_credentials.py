@@ -150,8 +150,9 @@ async def test_a_revoked_token_is_cut_off_and_refused(hub: Hub) -> None:
 
 
 async def test_a_credential_created_while_the_hub_runs_is_taken_at_the_next_hello(hub: Hub) -> None:
-    done = await asyncio.to_thread(cli, "token", "create", "--role", "provider", "--name", "p2",
-                                   "--data-dir", str(hub.data_dir))  # fmt: skip
+    done = await asyncio.to_thread(
+        cli, "token", "create", "--role", "provider", "--name", "p2", "--data-dir", str(hub.data_dir)
+    )
     assert done.returncode == 0, done.stderr
     db = hub.data_dir / "hub.db"
     assert done.stderr == f"created provider credential 4 bound to the name 'p2' in {db}; its token:\n"
@@ -173,8 +174,8 @@ def test_token_ls_shows_no_secret(tmp_path: Path) -> None:
     assert listed.returncode == 0
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["ID", "ROLE", "NAME", "CREATED", "REVOKED"]
-    assert [line.split()[:3] for line in lines[1:]] == [["1", "provider", "p1"], ["2", "requestor", "-"],
-                                                       ["3", "admin", "ops"]]  # fmt: skip
+    expected = [["1", "provider", "p1"], ["2", "requestor", "-"], ["3", "admin", "ops"]]
+    assert [line.split()[:3] for line in lines[1:]] == expected
     assert all(line.endswith("-") for line in lines[1:])
     with HubState.in_dir(tmp_path) as state:
         assert all(state.find(t) is not None for t in tokens)
@@ -187,8 +188,9 @@ def test_token_ls_shows_no_secret(tmp_path: Path) -> None:
 
 
 async def test_an_admin_token_lists_every_activity_and_touches_only_its_own(hub: Hub) -> None:
-    made = await asyncio.to_thread(cli, "token", "create", "--role", "admin", "--name", "ops",
-                                   "--data-dir", str(hub.data_dir))  # fmt: skip
+    made = await asyncio.to_thread(
+        cli, "token", "create", "--role", "admin", "--name", "ops", "--data-dir", str(hub.data_dir)
+    )
     assert made.returncode == 0 and made.stderr.startswith("created admin credential 4 "), made
     admin_token = made.stdout.splitlines()[-1]
     demand = kiln.Demand(cpus=0.5, memory="64MiB")
@@ -217,8 +219,10 @@ async def test_an_admin_token_lists_every_activity_and_touches_only_its_own(hub:
 
         # Seeing them lets the admin touch none of them.
         conn = admin.connection
-        for request in (Release(type="release", id=conn.new_id(), activity=first.id),
-                        Exec(type="exec", id=conn.new_id(), activity=first.id, argv=["true"])):  # fmt: skip
+        for request in (
+            Release(type="release", id=conn.new_id(), activity=first.id),
+            Exec(type="exec", id=conn.new_id(), activity=first.id, argv=["true"]),
+        ):
             with pytest.raises(kiln.ActivityError) as refused:
                 await conn.request(request)
             assert refused.value.code == "unknown_activity"

@@ -74,16 +74,16 @@ async def test_bad_input_is_answered_and_the_hub_serves_on(hub: str) -> None:
     bystander = await joined(hub)
     ws = await joined(hub)
     try:
+        early_offer = json.dumps({"type": "offer", "id": 2, "resources": {"cpus": 1, "memory": 1}, "arch": "x"})
         cases: list[tuple[str, str]] = [
             ("{not json", "bad_json"),
             (json.dumps({"type": "fly", "id": 1}), "unknown_type"),
             (json.dumps({"type": "market", "id": "1"}), "bad_message"),
-            (json.dumps({"type": "offer", "id": 2, "resources": {"cpus": 1, "memory": 1}, "arch": "x"}),
-             "out_of_order"),
+            (early_offer, "out_of_order"),
             (json.dumps({"type": "exec", "id": 3, "activity": "nope", "argv": ["true"]}), "unknown_activity"),
             (json.dumps({"type": "upload", "id": 4, "activity": "x", "path": "/../etc", "size": 1}), "bad_path"),
             (json.dumps({"type": "market", "id": 5, "pad": "x" * (2 * 2**20)}), "message_too_large"),
-        ]  # fmt: skip
+        ]
         for frame, code in cases:
             reply = await send(ws, frame)
             assert (reply["type"], reply["code"]) == ("error", code), frame[:80]

@@ -26,9 +26,14 @@ pytestmark = pytest.mark.timeout(30)
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 1000
 LIMITS = {
-    "max_message_bytes": 1 << 20, "max_frame_bytes": CHUNK + 8, "chunk_bytes": CHUNK, "max_window": 8,
-    "max_pending": 64, "max_streams": 8, "max_output_bytes": 1 << 20,
-}  # fmt: skip
+    "max_message_bytes": 1 << 20,
+    "max_frame_bytes": CHUNK + 8,
+    "chunk_bytes": CHUNK,
+    "max_window": 8,
+    "max_pending": 64,
+    "max_streams": 8,
+    "max_output_bytes": 1 << 20,
+}
 CONFIG = config_of([BASE, TOP])
 
 
@@ -90,8 +95,16 @@ async def scripted() -> AsyncIterator[Callable[[Script], Awaitable[str]]]:
 
 
 def image_info(tags: list[str], **extra: Any) -> dict[str, Any]:
-    return {"digest": sha(CONFIG), "tags": tags, "size": len(CONFIG) + len(BASE) + len(TOP), "layers": 2,
-            "arch": "amd64", "os": "linux", "pushed": 1000.0, **extra}  # fmt: skip
+    return {
+        "digest": sha(CONFIG),
+        "tags": tags,
+        "size": len(CONFIG) + len(BASE) + len(TOP),
+        "layers": 2,
+        "arch": "amd64",
+        "os": "linux",
+        "pushed": 1000.0,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -133,8 +146,10 @@ async def test_a_push_sends_exactly_the_wanted_blobs_in_the_hubs_order_within_cr
         # The hub holds the base layer: it wants the config and the top one, in its own order.
         await peer.send(type="want", re=push["id"], blobs=[sha(TOP), sha(CONFIG)])
         assert await receive_blobs(peer, push["id"]) == TOP + CONFIG
-        await peer.send(type="image_pushed", re=push["id"], image=image_info(["wordcount:1", "wc:2"]),
-                        sent=len(TOP) + len(CONFIG), skipped=len(BASE))  # fmt: skip
+        pushed = image_info(["wordcount:1", "wc:2"])
+        await peer.send(
+            type="image_pushed", re=push["id"], image=pushed, sent=len(TOP) + len(CONFIG), skipped=len(BASE)
+        )
         await peer.ws.wait_closed()
 
     seen: list[tuple[int, int, int]] = []
@@ -155,12 +170,12 @@ async def test_a_push_the_hub_holds_entirely_sends_no_data(
 ) -> None:
     async def hub(peer: Peer) -> None:
         push = await peer.recv()
-        await peer.send(type="image_pushed", re=push["id"], image=image_info(["wordcount:1"]), sent=0,
-                        skipped=image_info([])["size"])  # fmt: skip
+        size = image_info([])["size"]
+        await peer.send(type="image_pushed", re=push["id"], image=image_info(["wordcount:1"]), sent=0, skipped=size)
         listing = await peer.recv()  # the next thing the requestor sends is no frame of the push
         assert listing["type"] == "list_images"
-        await peer.send(type="image_list", re=listing["id"], images=[image_info(["wordcount:1"], providers=["p1"])],
-                        used=image_info([])["size"], limit=1 << 30)  # fmt: skip
+        images = [image_info(["wordcount:1"], providers=["p1"])]
+        await peer.send(type="image_list", re=listing["id"], images=images, used=size, limit=1 << 30)
         await peer.ws.wait_closed()
 
     seen: list[tuple[int, int, int]] = []
@@ -219,8 +234,14 @@ async def test_a_hub_of_protocol_1_0_has_no_store(scripted: Callable[..., Awaita
 async def test_share_image_needs_a_hub_of_1_4_and_says_whom(scripted: Callable[..., Awaitable[str]]) -> None:
     async def hub(peer: Peer) -> None:
         share = await peer.recv()
-        assert share == {"type": "share_image", "id": share["id"], "image": "app:1", "to": ["bob", "#7"],
-                         "public": False, "revoke": False}  # fmt: skip
+        assert share == {
+            "type": "share_image",
+            "id": share["id"],
+            "image": "app:1",
+            "to": ["bob", "#7"],
+            "public": False,
+            "revoke": False,
+        }
         await peer.send(type="done", re=share["id"])
         share = await peer.recv()
         assert (share["to"], share["public"], share["revoke"]) == ([], True, True)
@@ -244,8 +265,13 @@ async def test_share_image_needs_a_hub_of_1_4_and_says_whom(scripted: Callable[.
             await old.share_image("app:1", public=True)
 
 
-RENTED = {"type": "rented", "activity": "a1", "provider": "p1", "cached": False,
-          "resources": {"cpus": 1, "memory": 256 * 2**20, "storage": 0}}  # fmt: skip
+RENTED = {
+    "type": "rented",
+    "activity": "a1",
+    "provider": "p1",
+    "cached": False,
+    "resources": {"cpus": 1, "memory": 256 * 2**20, "storage": 0},
+}
 
 
 async def test_a_rent_reports_the_image_loading_and_what_was_pulled(
@@ -255,8 +281,7 @@ async def test_a_rent_reports_the_image_loading_and_what_was_pulled(
         rent = await peer.recv()
         assert rent["image"] == "wordcount:1"
         for done in (0, 40, 120):
-            await peer.send(type="rent_progress", re=rent["id"], provider="p1", image=sha(CONFIG), done=done,
-                            total=120)  # fmt: skip
+            await peer.send(type="rent_progress", re=rent["id"], provider="p1", image=sha(CONFIG), done=done, total=120)
         await peer.send(**RENTED, re=rent["id"], pulled=120)
         release = await peer.recv()
         await peer.send(type="done", re=release["id"])
@@ -303,16 +328,18 @@ async def test_kiln_image_push_prints_progress_to_stderr_and_the_digest_last_on_
         push = await peer.recv()
         await peer.send(type="want", re=push["id"], blobs=[sha(TOP)])
         assert await receive_blobs(peer, push["id"], grant=4) == TOP
-        await peer.send(type="image_pushed", re=push["id"], image=image_info(["wordcount:1"]), sent=len(TOP),
-                        skipped=len(BASE) + len(CONFIG))  # fmt: skip
+        pushed = image_info(["wordcount:1"])
+        await peer.send(
+            type="image_pushed", re=push["id"], image=pushed, sent=len(TOP), skipped=len(BASE) + len(CONFIG)
+        )
         await peer.ws.wait_closed()
 
     url = await scripted(hub)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT / "provider_runtime")])}
+    argv = [sys.executable, "-m", "kiln.cli", "image", "push", "--file", str(archive), "--hub", url]
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "kiln.cli", "image", "push", "--file", str(archive), "--hub", url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
     out, err = await process.communicate()
     assert process.returncode == 0, err.decode()
     assert out.decode().splitlines()[-1] == sha(CONFIG)

@@ -15,6 +15,7 @@ from kiln.testing.simulated import simulated_providers
 pytestmark = pytest.mark.timeout(180)
 
 PROVIDERS = 1100
+IMAGE = "kiln-busybox:latest"
 
 
 async def test_a_job_past_1024_providers(tmp_path: Path) -> None:
@@ -32,8 +33,9 @@ async def test_a_job_past_1024_providers(tmp_path: Path) -> None:
                 return act.provider
 
             # More slots than the hub lets one requestor have requests open (256): they wait their turn.
-            used = await requestor.map(worker, range(600), image="kiln-busybox:latest", max_providers=300,
-                                       on_event=events.append, progress=False)  # fmt: skip
+            used = await requestor.map(
+                worker, range(600), image=IMAGE, max_providers=300, on_event=events.append, progress=False
+            )
             rented = [e.provider for e in events if e.kind == "rented"]
             assert len(set(rented)) == len(rented) == 300, "one activity per provider, all distinct"
             assert set(used) <= set(names)

@@ -141,9 +141,8 @@ async def test_a_worker_that_is_not_async_is_refused_before_anything_is_rented(h
         assert rented_ever(tmp_path) == 0, "nothing was rented"
         # What is async is taken: a partial of an async function, an object with an async __call__.
         for worker in (asynchronous, functools.partial(asynchronous, scale=2), AsyncCall()):
-            assert await requestor.map(worker, range(3), image=IMAGE, progress=False, max_providers=1) in (
-                [0, 1, 2], [0, 2, 4],
-            )  # fmt: skip
+            results = await requestor.map(worker, range(3), image=IMAGE, progress=False, max_providers=1)
+            assert results in ([0, 1, 2], [0, 2, 4])
     assert rented_ever(tmp_path) == 3, "one activity per map"
 
 

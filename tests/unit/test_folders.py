@@ -53,8 +53,13 @@ def files_under(root: Path) -> set[str]:
 
 
 def test_a_plain_folder_is_extracted_from_any_chunking(tmp_path: Path) -> None:
-    data = archive(("out", "dir", ""), ("out/a.txt", "file", b"hello"), ("out/sub", "dir", ""),
-                   ("out/sub/b.txt", "file", b"x" * 3000), ("out/sub/link", "sym", "b.txt"))  # fmt: skip
+    data = archive(
+        ("out", "dir", ""),
+        ("out/a.txt", "file", b"hello"),
+        ("out/sub", "dir", ""),
+        ("out/sub/b.txt", "file", b"x" * 3000),
+        ("out/sub/link", "sym", "b.txt"),
+    )
     for chunk in (1, 7, 512, 100_000):
         dest = tmp_path / f"dest-{chunk}"
         run(data, dest, chunk)
@@ -65,8 +70,11 @@ def test_a_plain_folder_is_extracted_from_any_chunking(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "entries", "reason"),
     [
-        ("an entry twice, file then folder", [("o/a", "file", b"1"), ("o/a", "dir", ""), ("o/a/b", "file", b"2")],
-         "cannot extract"),
+        (
+            "an entry twice, file then folder",
+            [("o/a", "file", b"1"), ("o/a", "dir", ""), ("o/a/b", "file", b"2")],
+            "cannot extract",
+        ),
         ("a link to itself, then a file through it", [("o/l", "sym", "l"), ("o/l/x", "file", b"1")], "cannot extract"),
         ("a link loop", [("o/a", "sym", "b"), ("o/b", "sym", "a"), ("o/a/x", "file", b"1")], "cannot extract"),
         ("a hard link to nothing", [("o/h", "hard", "o/missing")], "not found"),
@@ -75,10 +83,13 @@ def test_a_plain_folder_is_extracted_from_any_chunking(tmp_path: Path) -> None:
         ("a name up", [("o/../../escape", "file", b"1")], "outside"),
         ("an absolute name", [("o/a", "file", b"1"), ("/o/etc/x", "file", b"1")], "has an absolute path"),
         ("a fifo", [("o/f", "fifo", "")], "outside"),
-        ("a file where a folder stands", [("o/d", "dir", ""), ("o/d/x", "file", b"1"), ("o/d", "file", b"2")],
-         "cannot extract"),
+        (
+            "a file where a folder stands",
+            [("o/d", "dir", ""), ("o/d/x", "file", b"1"), ("o/d", "file", b"2")],
+            "cannot extract",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_crafted_archive_is_a_transfer_failure(
     tmp_path: Path, name: str, entries: list[tuple[str, str, bytes | str]], reason: str
 ) -> None:

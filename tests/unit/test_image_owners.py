@@ -19,6 +19,7 @@ from tests.unit.test_hub_images import GiB, blob, config_for, image, sha
 
 A, B, C = Tenant(3), Tenant(4), Tenant(6)
 ADMIN = Tenant(5, admin=True)
+DEMAND = {"cpus": 1, "memory": 64 * 2**20}
 
 
 def manifest_of(*layers: Blob) -> tuple[Manifest, bytes]:
@@ -191,8 +192,7 @@ def test_a_push_naming_another_tenants_blob_does_not_keep_its_image_from_evictio
 
 
 def rent(hub: HubHarness, peer: int, rid: int, image_ref: str) -> dict[str, Any]:
-    [(_, reply)] = hub.send(peer, {"type": "rent", "id": rid, "image": image_ref,
-                                   "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+    [(_, reply)] = hub.send(peer, {"type": "rent", "id": rid, "image": image_ref, "demand": DEMAND})
     return dict(reply)
 
 
@@ -208,8 +208,8 @@ def test_a_rent_and_a_market_query_see_the_store_as_the_requestors_tenant_does()
     assert rent(hub, bob, 1, "app:1")["image"] == b_image.digest, "B's tag runs B's image"
     nobody = sha(b"no such image")
     for ref in (a_image.digest, nobody):
-        assert rent(hub, bob, 2, ref) == {"type": "error", "re": 2, "code": "image_not_found",
-                                          "message": not_found(ref)}, "the same answer: no oracle"  # fmt: skip
+        refused = {"type": "error", "re": 2, "code": "image_not_found", "message": not_found(ref)}
+        assert rent(hub, bob, 2, ref) == refused, "the same answer: no oracle"
     # B's market: no provider holds A's image, and p1's listing does not show its digest
     [(_, info)] = hub.send(bob, {"type": "market", "id": 3, "image": a_image.digest})
     assert (info["providers"], info["matched"]) == ([], 0)
@@ -236,18 +236,16 @@ def test_an_image_a_provider_offers_itself_is_rented_by_digest_as_if_no_tenant_h
         bob = enter(hub, "requestor", "bob", "bob")
         [(_, listing)] = hub.send(bob, {"type": "market", "id": 1})
         [(_, by_digest)] = hub.send(bob, {"type": "market", "id": 2, "image": pushed.digest})
-        [(to, create)] = hub.send(bob, {"type": "rent", "id": 3, "image": pushed.digest,
-                                        "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+        [(to, create)] = hub.send(bob, {"type": "rent", "id": 3, "image": pushed.digest, "demand": DEMAND})
         assert (to, create["type"], create.get("manifest")) == (p1, "create", None), create
         seen.append((listing, by_digest))
         if len(seen) == 1:
             p0 = enter(hub, "provider", "p2", "prov-p2", images=[pushed.digest])  # 1.3: maybe a copy of A's
             [(_, listing)] = hub.send(bob, {"type": "market", "id": 4})
-            assert [(p["name"], p["images"]) for p in listing["providers"]] == [
-                ("p1", ["busybox:latest", pushed.digest]), ("p2", [])]  # fmt: skip
+            expected = [("p1", ["busybox:latest", pushed.digest]), ("p2", [])]
+            assert [(p["name"], p["images"]) for p in listing["providers"]] == expected
             for n in range(5, 9):
-                [(to, create)] = hub.send(bob, {"type": "rent", "id": n, "image": pushed.digest,
-                                                "demand": {"cpus": 1, "memory": 64 * 2**20}})  # fmt: skip
+                [(to, create)] = hub.send(bob, {"type": "rent", "id": n, "image": pushed.digest, "demand": DEMAND})
                 assert to == p1, "never to a provider whose copy may be A's"
             assert p0
     assert seen[0] == seen[1], "B sees the same market whether A pushed it or not"

@@ -16,8 +16,8 @@ GiB = 2**30
 
 
 def offer(cpus: float = 2, memory: int = 2 * GiB, images: list[str] | None = None, **labels: str) -> Offer:
-    return Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory, storage=GiB), arch="amd64",
-                 labels=labels, images=images or [])  # fmt: skip
+    resources = Resources(cpus=cpus, memory=memory, storage=GiB)
+    return Offer(type="offer", id=1, resources=resources, arch="amd64", labels=labels, images=images or [])
 
 
 def test_a_new_offer_keeps_what_is_reserved() -> None:
@@ -79,12 +79,14 @@ def test_an_image_many_hold_is_found_in_preference_order() -> None:
 
 @pytest.mark.parametrize(
     ("demand", "reason"),
-    [(Demand(cpus=8), "no provider offers 8 CPUs (most offered: 2)"),
-     (Demand(memory="4GiB"), "no provider offers 4GiB of memory (most offered: 2GiB)"),
-     (Demand(storage="2GiB"), "no provider offers 2GiB of storage (most offered: 1GiB)"),
-     (Demand(labels={"zone": "mars"}), "no provider has the label zone=mars"),
-     (Demand(cpus=2, labels={"zone": "us"}), "no single provider meets every constraint of the demand at once")],
-)  # fmt: skip
+    [
+        (Demand(cpus=8), "no provider offers 8 CPUs (most offered: 2)"),
+        (Demand(memory="4GiB"), "no provider offers 4GiB of memory (most offered: 2GiB)"),
+        (Demand(storage="2GiB"), "no provider offers 2GiB of storage (most offered: 1GiB)"),
+        (Demand(labels={"zone": "mars"}), "no provider has the label zone=mars"),
+        (Demand(cpus=2, labels={"zone": "us"}), "no single provider meets every constraint of the demand at once"),
+    ],
+)
 def test_no_match_names_what_nobody_offers(demand: Demand, reason: str) -> None:
     market = Market()
     market.update(1, "p1", offer(cpus=2, zone="eu"))
@@ -110,8 +112,8 @@ def test_listings_through_the_indexes_match_a_full_scan() -> None:
     for peer in range(300):
         labels = {"zone": rng.choice(zones)} | ({"gpu": "yes"} if rng.random() < 0.1 else {})
         resources = Resources(cpus=rng.choice([1, 2, 4]), memory=2 * GiB, storage=GiB)
-        offered = Offer(type="offer", id=1, resources=resources,
-                        arch="amd64", images=rng.sample(images, rng.randrange(3)), labels=labels)  # fmt: skip
+        held = rng.sample(images, rng.randrange(3))
+        offered = Offer(type="offer", id=1, resources=resources, arch="amd64", images=held, labels=labels)
         market.update(peer, f"p{rng.randrange(10**6):06}-{peer}", offered)
         if rng.random() < 0.3:
             market.reserve(peer, Resources(cpus=1, memory=GiB))

@@ -71,14 +71,16 @@ def unfit(path: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize(
     ("kind", "problem"),
-    [("missing", "does not exist"),
-     ("not executable", "is not an executable file"),
-     ("a folder", "is not an executable file"),
-     ("a script", "is not an ELF binary"),
-     ("another machine's", f"is built for ELF machine 40, not {OTHER}"),
-     ("this machine's", f"is built for {machine_arch()}, not {OTHER}"),
-     ("dynamic", "is linked dynamically (it runs in images that have no libc): build it static")],
-)  # fmt: skip
+    [
+        ("missing", "does not exist"),
+        ("not executable", "is not an executable file"),
+        ("a folder", "is not an executable file"),
+        ("a script", "is not an ELF binary"),
+        ("another machine's", f"is built for ELF machine 40, not {OTHER}"),
+        ("this machine's", f"is built for {machine_arch()}, not {OTHER}"),
+        ("dynamic", "is linked dynamically (it runs in images that have no libc): build it static"),
+    ],
+)
 def test_a_kiln_agent_that_does_not_fit_is_refused_with_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, problem: str
 ) -> None:

@@ -128,8 +128,15 @@ def test_there_are_session_vectors_for_both_roles() -> None:
 
 def welcomed(role: s.Role = "requestor", **limits: int) -> s.Session:
     session = s.Session(role, "t")
-    base = {"max_message_bytes": 2**20, "max_frame_bytes": 2**22, "chunk_bytes": 8, "max_window": 4,
-            "max_pending": 4, "max_streams": 2, "max_output_bytes": 1024}  # fmt: skip
+    base = {
+        "max_message_bytes": 2**20,
+        "max_frame_bytes": 2**22,
+        "chunk_bytes": 8,
+        "max_window": 4,
+        "max_pending": 4,
+        "max_streams": 2,
+        "max_output_bytes": 1024,
+    }
     welcome = {"type": "welcome", "version": "1.0", "session": "r1", "software": "hub", "limits": base | limits}
     session.receive_text(json.dumps(welcome))
     session.data_to_send()
@@ -155,8 +162,10 @@ def test_limits_exist_only_once_welcomed() -> None:
 
 def test_a_data_frame_is_a_view_of_the_frame_not_a_copy() -> None:
     session = welcomed()
-    session.request(MESSAGE_ADAPTER.validate_python(  # type: ignore[arg-type]
-        {"type": "download", "id": 1, "activity": "a", "path": "/a", "window": 1}))  # fmt: skip
+    download = MESSAGE_ADAPTER.validate_python(
+        {"type": "download", "id": 1, "activity": "a", "path": "/a", "window": 1}
+    )
+    session.request(download)  # type: ignore[arg-type]
     frame = bytes.fromhex("0000000000000001") + b"payload"
     session.receive_binary(frame)
     [event] = session.events_received()

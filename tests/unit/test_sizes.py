@@ -8,9 +8,16 @@ from kiln.protocol.sizes import format_size, parse_size
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("256MiB", 256 * 2**20), ("2GiB", 2 * 2**30), ("1.5G", 1_500_000_000), ("512", 512), ("10 kb", 10_000),
-     (4096, 4096), ("1TiB", 2**40)],
-)  # fmt: skip
+    [
+        ("256MiB", 256 * 2**20),
+        ("2GiB", 2 * 2**30),
+        ("1.5G", 1_500_000_000),
+        ("512", 512),
+        ("10 kb", 10_000),
+        (4096, 4096),
+        ("1TiB", 2**40),
+    ],
+)
 def test_parse_size(text: str | int, size: int) -> None:
     assert parse_size(text) == size
 

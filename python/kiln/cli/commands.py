@@ -67,11 +67,11 @@ async def activities(settings: DialSettings, args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     rows = [("ID", "REQUESTOR", "CREDENTIAL", "PROVIDER", "STATE", "CPUS", "MEMORY", "SINCE")]
-    rows += [
-        (a.id, a.requestor, "-" if a.credential is None else str(a.credential), a.provider, a.state,
-         f"{a.resources.cpus:g}", format_size(a.resources.memory), "-" if a.started is None else ago(a.started, now))
-        for a in listed
-    ]  # fmt: skip
+    for a in listed:
+        credential = "-" if a.credential is None else str(a.credential)
+        memory = format_size(a.resources.memory)
+        since = "-" if a.started is None else ago(a.started, now)
+        rows.append((a.id, a.requestor, credential, a.provider, a.state, f"{a.resources.cpus:g}", memory, since))
     if listed:
         print_table(rows)
     if args.all:
@@ -170,14 +170,18 @@ async def image_ls(settings: DialSettings, args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     rows = [("DIGEST", "TAGS", "SIZE", "LAST USED", "PROVIDERS", "OWNERS", "SHARED")]
-    rows += [
-        (i.digest.removeprefix("sha256:")[:12], ", ".join(i.tags) or "-", format_size(i.size), ago(i.last_used, now),
-         ", ".join(i.providers) or "-", ", ".join(i.owners or []) or "-", _shared(i))
-        for i in listed.images
-    ]  # fmt: skip
+    for i in listed.images:
+        digest = i.digest.removeprefix("sha256:")[:12]
+        tags, providers, owners = _names(i.tags), _names(i.providers), _names(i.owners)
+        rows.append((digest, tags, format_size(i.size), ago(i.last_used, now), providers, owners, _shared(i)))
     print_table(rows)
     print(f"{len(listed.images)} images, {format_size(listed.used)} of {format_size(listed.limit)} used")
     return 0
+
+
+def _names(names: list[str] | None) -> str:
+    """Names as ``kiln image ls`` shows them: comma-separated, or a dash for none."""
+    return ", ".join(names or []) or "-"
 
 
 def _shared(image: ImageInfo) -> str:
@@ -252,8 +256,7 @@ def token(args: argparse.Namespace) -> int:
                 print_json({"credentials": credentials})
                 return 0
             rows = [("ID", "ROLE", "NAME", "CREATED", "REVOKED")]
-            rows += [(str(c.id), c.role, c.name or "-", when(c.created), when(c.revoked))
-                     for c in credentials]  # fmt: skip
+            rows += [(str(c.id), c.role, c.name or "-", when(c.created), when(c.revoked)) for c in credentials]
             print_table(rows)
         else:
             record = state.revoke(args.which)
@@ -280,11 +283,13 @@ def usage(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"by": args.by, "totals": totals})
     else:
-        rows: list[tuple[str, ...]] = [(args.by.upper(), "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS USED",
-                                        "GIB-HOURS")]  # fmt: skip
-        rows += [(t.who, "-" if t.credential is None else str(t.credential), str(t.activities),
-                  f"{t.cpu_seconds_rented / 3600:.3f}", f"{t.cpu_seconds_used:.1f}",
-                  f"{t.memory_byte_seconds / 2**30 / 3600:.3f}") for t in totals]  # fmt: skip
+        header = (args.by.upper(), "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS USED", "GIB-HOURS")
+        rows: list[tuple[str, ...]] = [header]
+        for t in totals:
+            credential = "-" if t.credential is None else str(t.credential)
+            rented, used = f"{t.cpu_seconds_rented / 3600:.3f}", f"{t.cpu_seconds_used:.1f}"
+            gib_hours = f"{t.memory_byte_seconds / 2**30 / 3600:.3f}"
+            rows.append((t.who, credential, str(t.activities), rented, used, gib_hours))
         if args.by == "provider":
             rows = [row[:1] + row[2:] for row in rows]
         print_table(rows)

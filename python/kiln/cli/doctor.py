@@ -86,10 +86,10 @@ def docker() -> Check:
         adapter = DockerAdapter("kiln-doctor")
         engine, host = adapter.engine(), adapter.host_info()
     except KilnError as e:
-        return _fail("docker", f"cannot reach the Docker engine at {where}: {e.message}",
-                     "start it (systemctl start docker), or point DOCKER_HOST at it")  # fmt: skip
-    return _ok("docker", f"Docker {engine.version} (API {engine.api_version}) at {where}, {host.arch}, "
-                         f"{host.cpus} CPUs, {format_size(host.memory)}")  # fmt: skip
+        fix = "start it (systemctl start docker), or point DOCKER_HOST at it"
+        return _fail("docker", f"cannot reach the Docker engine at {where}: {e.message}", fix)
+    machine = f"{host.arch}, {host.cpus} CPUs, {format_size(host.memory)}"
+    return _ok("docker", f"Docker {engine.version} (API {engine.api_version}) at {where}, {machine}")
 
 
 def root() -> Check:
@@ -126,10 +126,12 @@ def cpu_accounting() -> Check:
         return _fail("cpu accounting", "the provider's dependencies are not installed", "pip install 'kiln[provider]'")
     found = cgroup_cpu_file(os.getpid())
     if found is None:
-        return _fail("cpu accounting", "no readable CPU time in this process's cgroup (cgroup v2 cpu.stat or v1 "
-                     "cpuacct.usage under /sys/fs/cgroup)", "mount the cgroup hierarchy at /sys/fs/cgroup (v2, or "
-                     "v1 with the cpuacct controller); else each activity's CPU seconds come from docker stats, "
-                     "once a second at most")  # fmt: skip
+        files = "cgroup v2 cpu.stat or v1 cpuacct.usage under /sys/fs/cgroup"
+        fix = (
+            "mount the cgroup hierarchy at /sys/fs/cgroup (v2, or v1 with the cpuacct controller); "
+            "else each activity's CPU seconds come from docker stats, once a second at most"
+        )
+        return _fail("cpu accounting", f"no readable CPU time in this process's cgroup ({files})", fix)
     version, path = found
     return _ok("cpu accounting", f"cgroup {version}: {path}")
 
@@ -142,8 +144,8 @@ def agent() -> Check:
     try:
         path = find_agent()  # the provider's own choice: a static ELF for this machine, or why none is
     except KilnError as e:
-        return _fail("agent", e.message, "pip install 'kiln[provider]' (its wheel holds the agent), or name one "
-                     "in $KILN_AGENT")  # fmt: skip
+        fix = "pip install 'kiln[provider]' (its wheel holds the agent), or name one in $KILN_AGENT"
+        return _fail("agent", e.message, fix)
     return _ok("agent", f"{path} (static, {machine_arch()})")
 
 
@@ -162,8 +164,11 @@ def disk(settings: DoctorSettings) -> Check:
     free = shutil.disk_usage(existing).free
     found = f"{format_size(free)} free under {folder}"
     if free < MIN_FREE:
-        return _fail("disk", found, f"free at least {format_size(MIN_FREE)} there (images and container volumes "
-                     "land there), or give --data-dir another disk's folder")  # fmt: skip
+        fix = (
+            f"free at least {format_size(MIN_FREE)} there (images and container volumes land there), "
+            "or give --data-dir another disk's folder"
+        )
+        return _fail("disk", found, fix)
     return _ok("disk", found)
 
 
@@ -174,12 +179,13 @@ async def hub(settings: DoctorSettings) -> Check:
         return Check("hub", "skip", "no hub given (--hub, $KILN_HUB or hub in --config): not dialled")
     url = settings.hub
     try:
-        conn = await Connection.open(url, role="requestor", name="kiln-doctor", token=settings.token,
-                                     ssl=settings.ca, open_timeout=HUB_TIMEOUT)  # fmt: skip
+        conn = await Connection.open(
+            url, role="requestor", name="kiln-doctor", token=settings.token, ssl=settings.ca, open_timeout=HUB_TIMEOUT
+        )
     except Unauthorized as e:
         if PROVIDER_AS_REQUESTOR in e.message:
-            return _ok("hub", f"{url} answered; the token is a live provider credential's (the hub checks its "
-                       "name when the provider joins)")  # fmt: skip
+            found = f"{url} answered; the token is a live provider credential's"
+            return _ok("hub", f"{found} (the hub checks its name when the provider joins)")
         fix = "give the token of a credential the hub holds (kiln token create --role provider --name N)"
         return _fail("hub", f"{url}: {e.message}", fix)
     except ConnectionLost as e:

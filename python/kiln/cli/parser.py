@@ -38,12 +38,21 @@ def _dial(command: argparse.ArgumentParser) -> None:
     hub = f"the hub, ws://host:port or wss://host:port (default: $KILN_HUB, else {DEFAULT_HUB})"
     command.add_argument("--hub", default=UNSET, metavar="URL", help=hub)
     command.add_argument("--token", default=UNSET, help="the token to join with (default: $KILN_TOKEN)")
-    command.add_argument("--token-file", type=Path, default=UNSET, metavar="FILE",
-                         help="read the token from FILE (its trailing newline dropped): it then shows in no "
-                         "process list")  # fmt: skip
-    command.add_argument("--ca", type=Path, default=UNSET, metavar="FILE",
-                         help="trust a wss:// hub whose certificate this CA (PEM) signed (default: $KILN_CA, else "
-                         "the system's trust store)")  # fmt: skip
+    command.add_argument(
+        "--token-file",
+        type=Path,
+        default=UNSET,
+        metavar="FILE",
+        help="read the token from FILE (its trailing newline dropped): it then shows in no process list",
+    )
+    command.add_argument(
+        "--ca",
+        type=Path,
+        default=UNSET,
+        metavar="FILE",
+        help="trust a wss:// hub whose certificate this CA (PEM) signed (default: $KILN_CA, else "
+        "the system's trust store)",
+    )
 
 
 def _json(command: argparse.ArgumentParser) -> None:
@@ -52,9 +61,14 @@ def _json(command: argparse.ArgumentParser) -> None:
 
 
 def _config(command: argparse.ArgumentParser, example: str) -> None:
-    command.add_argument("--config", type=Path, default=UNSET, metavar="FILE",
-                         help=f"read the flags from this TOML file, e.g. {example}: keys named as the flags "
-                         "(token-file = ...), flags given here win")  # fmt: skip
+    command.add_argument(
+        "--config",
+        type=Path,
+        default=UNSET,
+        metavar="FILE",
+        help=f"read the flags from this TOML file, e.g. {example}: keys named as the flags "
+        "(token-file = ...), flags given here win",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _json(activities)
 
-    run = sub.add_parser("run", help="rent one container, run one command in it, print its output as it comes",
-                         description="Exits with the command's exit code; 124 when --timeout killed it, 127 when "
-                         "the image has no such program.")  # fmt: skip
+    run = sub.add_parser(
+        "run",
+        help="rent one container, run one command in it, print its output as it comes",
+        description="Exits with the command's exit code; 124 when --timeout killed it, 127 when "
+        "the image has no such program.",
+    )
     _dial(run)
     run.add_argument("--cpus", type=float, default=1.0)
     run.add_argument("--memory", type=_size, default=parse_size("256MiB"))
@@ -117,9 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         "share", help="let other tenants rent an image you pushed (by its digest), or with --revoke no longer"
     )
     share.add_argument("ref", help="your image, by tag or sha256: digest")
-    share.add_argument("--with", dest="with_", action="append", default=[], metavar="NAME",
-                       help="a tenant: a credential's name (kiln token ls), #ID for its id, #open for requestors "
-                       "without a credential; repeatable")  # fmt: skip
+    share.add_argument(
+        "--with",
+        dest="with_",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a tenant: a credential's name (kiln token ls), #ID for its id, #open for requestors "
+        "without a credential; repeatable",
+    )
     share.add_argument("--public", action="store_true", help="share it with every tenant of the hub")
     share.add_argument("--revoke", action="store_true", help="take these shares back instead")
     for command in (push, ls, rm, share):
@@ -164,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    hub = sub.add_parser("hub", help="run the hub: the market and the relay",
-                         description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C.")  # fmt: skip
+    hub = sub.add_parser(
+        "hub", help="run the hub: the market and the relay", description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C."
+    )
     _config(hub, "/etc/kiln/hub.toml")
     hub.add_argument("--host", default=UNSET, help="the address to listen on (default 127.0.0.1)")
     hub.add_argument("--port", type=int, default=UNSET, help="default 7465; 0 picks a free port (printed)")
@@ -174,8 +198,13 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=UNSET,
         help="a shared token that admits any role under any free name (with or without credentials: kiln token)",
     )
-    hub.add_argument("--token-file", type=Path, default=UNSET, metavar="FILE",
-                     help="read the shared token from FILE (its trailing newline dropped)")  # fmt: skip
+    hub.add_argument(
+        "--token-file",
+        type=Path,
+        default=UNSET,
+        metavar="FILE",
+        help="read the shared token from FILE (its trailing newline dropped)",
+    )
     hub.add_argument(
         "--data-dir",
         type=Path,
@@ -184,54 +213,123 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "again on it takes its activities back (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
     )
     hub.add_argument(
-        "--store-limit", type=_size, default=UNSET,
+        "--store-limit",
+        type=_size,
+        default=UNSET,
         help="most bytes the image store holds, each layer counted at the larger of its size and what its "
         "files take once extracted (default 20GiB)",
-    )  # fmt: skip
-    hub.add_argument("--max-image-size", type=_size, default=UNSET, metavar="SIZE",
-                     help="refuse a push of an image whose layers take more than this once extracted "
-                     "(default 20GiB)")  # fmt: skip
-    hub.add_argument("--max-expansion", type=float, default=UNSET, metavar="RATIO",
-                     help="refuse a layer whose files take more than RATIO times its size once extracted, past "
-                     "64MiB (a sparse-file bomb; default 32)")  # fmt: skip
-    hub.add_argument("--create-timeout", type=float, default=UNSET, metavar="S",
-                     help="drop a provider that takes longer to start a container (its image still loading counts "
-                     "as progress; default 120)")  # fmt: skip
-    hub.add_argument("--destroy-timeout", type=float, default=UNSET, metavar="S",
-                     help="drop a provider that takes longer to remove a container (default 60)")  # fmt: skip
-    hub.add_argument("--credit-timeout", type=float, default=UNSET, metavar="S",
-                     help="abort a requestor's upload or command input that its provider grants no credit for "
-                     "this long (default 120)")  # fmt: skip
-    hub.add_argument("--max-activities", type=int, default=UNSET, metavar="N",
-                     help="activities one requestor connection may hold at once (default 1024)")  # fmt: skip
-    hub.add_argument("--grace", type=float, default=UNSET, metavar="S",
-                     help="keep a requestor's activities this long after its connection drops, or after the hub "
-                     "restarts, for it to reconnect and take them back (default 60; 0: none)")  # fmt: skip
-    hub.add_argument("--max-connections-per-address", type=int, default=UNSET, metavar="N",
-                     help="connections one source address (an IPv6 /64) may hold; one more is refused with "
-                     "too_many, close 4008 (default 4096)")  # fmt: skip
-    hub.add_argument("--max-waiting-per-address", type=int, default=UNSET, metavar="N",
-                     help="of those, connections that have not said hello yet (default 256)")  # fmt: skip
-    hub.add_argument("--max-connections-per-credential", type=int, default=UNSET, metavar="N",
-                     help="connections one credential (kiln token) may hold; one more is refused with too_many, "
-                     "close 4008 (default 64)")  # fmt: skip
-    hub.add_argument("--max-failed-hellos", type=int, default=UNSET, metavar="N",
-                     help="refused hellos (a wrong token, say) one source address may have a minute; past "
-                     "them every hello from there is refused unread (too_many, close 4009) till it refills "
-                     "(default 30)")  # fmt: skip
-    hub.add_argument("--usage-retention", type=float, default=UNSET, metavar="DAYS",
-                     help="keep a usage row per ended activity this many days, then roll them up into one row per "
-                     "day, requestor and provider: kiln usage's totals stay (default 90)")  # fmt: skip
-    hub.add_argument("--tls-cert", type=Path, default=UNSET, metavar="FILE",
-                     help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key")  # fmt: skip
-    hub.add_argument("--tls-key", type=Path, default=UNSET, metavar="FILE",
-                     help="the certificate's unencrypted private key (PEM)")  # fmt: skip
+    )
+    hub.add_argument(
+        "--max-image-size",
+        type=_size,
+        default=UNSET,
+        metavar="SIZE",
+        help="refuse a push of an image whose layers take more than this once extracted (default 20GiB)",
+    )
+    hub.add_argument(
+        "--max-expansion",
+        type=float,
+        default=UNSET,
+        metavar="RATIO",
+        help="refuse a layer whose files take more than RATIO times its size once extracted, past "
+        "64MiB (a sparse-file bomb; default 32)",
+    )
+    hub.add_argument(
+        "--create-timeout",
+        type=float,
+        default=UNSET,
+        metavar="S",
+        help="drop a provider that takes longer to start a container (its image still loading counts "
+        "as progress; default 120)",
+    )
+    hub.add_argument(
+        "--destroy-timeout",
+        type=float,
+        default=UNSET,
+        metavar="S",
+        help="drop a provider that takes longer to remove a container (default 60)",
+    )
+    hub.add_argument(
+        "--credit-timeout",
+        type=float,
+        default=UNSET,
+        metavar="S",
+        help="abort a requestor's upload or command input that its provider grants no credit for "
+        "this long (default 120)",
+    )
+    hub.add_argument(
+        "--max-activities",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="activities one requestor connection may hold at once (default 1024)",
+    )
+    hub.add_argument(
+        "--grace",
+        type=float,
+        default=UNSET,
+        metavar="S",
+        help="keep a requestor's activities this long after its connection drops, or after the hub "
+        "restarts, for it to reconnect and take them back (default 60; 0: none)",
+    )
+    hub.add_argument(
+        "--max-connections-per-address",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="connections one source address (an IPv6 /64) may hold; one more is refused with "
+        "too_many, close 4008 (default 4096)",
+    )
+    hub.add_argument(
+        "--max-waiting-per-address",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="of those, connections that have not said hello yet (default 256)",
+    )
+    hub.add_argument(
+        "--max-connections-per-credential",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="connections one credential (kiln token) may hold; one more is refused with too_many, "
+        "close 4008 (default 64)",
+    )
+    hub.add_argument(
+        "--max-failed-hellos",
+        type=int,
+        default=UNSET,
+        metavar="N",
+        help="refused hellos (a wrong token, say) one source address may have a minute; past "
+        "them every hello from there is refused unread (too_many, close 4009) till it refills "
+        "(default 30)",
+    )
+    hub.add_argument(
+        "--usage-retention",
+        type=float,
+        default=UNSET,
+        metavar="DAYS",
+        help="keep a usage row per ended activity this many days, then roll them up into one row per "
+        "day, requestor and provider: kiln usage's totals stay (default 90)",
+    )
+    hub.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=UNSET,
+        metavar="FILE",
+        help="serve wss:// with this PEM certificate (and intermediates); needs --tls-key",
+    )
+    hub.add_argument(
+        "--tls-key", type=Path, default=UNSET, metavar="FILE", help="the certificate's unencrypted private key (PEM)"
+    )
 
 
 def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    provider = sub.add_parser("provider", help="share this machine's Docker engine through a hub",
-                              description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C: its containers are "
-                              "removed first.")  # fmt: skip
+    provider = sub.add_parser(
+        "provider",
+        help="share this machine's Docker engine through a hub",
+        description="Stops cleanly (exit 0) on SIGTERM or Ctrl-C: its containers are removed first.",
+    )
     _config(provider, "/etc/kiln/provider.toml")
     _dial(provider)
     provider.add_argument("--name", default=UNSET, help="the name it offers under (required: here or in --config)")
@@ -253,8 +351,13 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "labelled org.kiln.offer=<their name> (kiln image busybox) and those loaded for Kiln are offered anyway, "
         "and no other image on this Docker engine",
     )
-    provider.add_argument("--label", type=_label, action="append", default=UNSET,
-                          help="key=value, repeatable (added to the file's label table)")  # fmt: skip
+    provider.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=UNSET,
+        help="key=value, repeatable (added to the file's label table)",
+    )
     provider.add_argument(
         "--max-containers",
         type=int,

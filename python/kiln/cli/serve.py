@@ -28,15 +28,25 @@ async def hub(settings: HubSettings) -> int:
         tls = server_context(settings.tls_cert, settings.tls_key)
     try:
         await run_hub(
-            settings.host, settings.port, token=settings.token, data_dir=settings.data_dir,
-            store_limit=settings.store_limit, max_image_size=settings.max_image_size,
-            max_expansion=settings.max_expansion, create_timeout=settings.create_timeout,
-            destroy_timeout=settings.destroy_timeout, credit_timeout=settings.credit_timeout,
-            max_activities=settings.max_activities, grace=settings.grace, ssl=tls,
-            per_address=settings.max_connections_per_address, waiting_per_address=settings.max_waiting_per_address,
-            per_credential=settings.max_connections_per_credential, failed_hellos=settings.max_failed_hellos,
+            settings.host,
+            settings.port,
+            token=settings.token,
+            data_dir=settings.data_dir,
+            store_limit=settings.store_limit,
+            max_image_size=settings.max_image_size,
+            max_expansion=settings.max_expansion,
+            create_timeout=settings.create_timeout,
+            destroy_timeout=settings.destroy_timeout,
+            credit_timeout=settings.credit_timeout,
+            max_activities=settings.max_activities,
+            grace=settings.grace,
+            ssl=tls,
+            per_address=settings.max_connections_per_address,
+            waiting_per_address=settings.max_waiting_per_address,
+            per_credential=settings.max_connections_per_credential,
+            failed_hellos=settings.max_failed_hellos,
             usage_retention=settings.usage_retention,
-        )  # fmt: skip
+        )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.
         if e.filename is not None:
@@ -66,13 +76,25 @@ async def provider(settings: ProviderSettings) -> int:
     from kiln_provider.runtime import ProviderRuntime
 
     config = ProviderConfig(
-        hub=settings.hub, name=settings.name, cpus=settings.cpus, memory=settings.memory, storage=settings.storage,
-        labels=dict(settings.label), token=settings.token, pids_limit=settings.pids_limit,
-        stream_idle_timeout=settings.stream_idle_timeout, name_wait=settings.name_wait,
-        image_cache=settings.image_cache, data_dir=settings.data_dir, pull=settings.pull,
-        allow_root=settings.allow_root, ca=settings.ca, grace=settings.grace,
-        max_containers=settings.max_containers, images=tuple(settings.images),
-    )  # fmt: skip
+        hub=settings.hub,
+        name=settings.name,
+        cpus=settings.cpus,
+        memory=settings.memory,
+        storage=settings.storage,
+        labels=dict(settings.label),
+        token=settings.token,
+        pids_limit=settings.pids_limit,
+        stream_idle_timeout=settings.stream_idle_timeout,
+        name_wait=settings.name_wait,
+        image_cache=settings.image_cache,
+        data_dir=settings.data_dir,
+        pull=settings.pull,
+        allow_root=settings.allow_root,
+        ca=settings.ca,
+        grace=settings.grace,
+        max_containers=settings.max_containers,
+        images=tuple(settings.images),
+    )
     main = asyncio.current_task()
     assert main is not None
     stopping: list[signal.Signals] = []

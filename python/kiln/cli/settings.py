@@ -174,9 +174,11 @@ class _Below(PydanticBaseSettingsSource):
     """``source``, less the token and the token file when a source above it names either."""
 
     def __init__(
-        self, settings_cls: type[BaseSettings], source: PydanticBaseSettingsSource,
+        self,
+        settings_cls: type[BaseSettings],
+        source: PydanticBaseSettingsSource,
         above: list[PydanticBaseSettingsSource],
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(settings_cls)
         self.source = source
         self.above = above

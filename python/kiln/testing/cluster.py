@@ -86,10 +86,10 @@ class LocalCluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         with log.open("wb") as out:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             popen = subprocess.Popen(
-                [sys.executable, "-m", "kiln.cli", *args], stdout=out, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+                [sys.executable, "-m", "kiln.cli", *args], stdout=out, stderr=subprocess.STDOUT, env=env
+            )
         return Process(name, popen, log)
 
     def start_hub(self, *extra: str, port: int = 0) -> str:
@@ -121,8 +121,15 @@ class LocalCluster:
         time.sleep(pause)
         return self.start_hub(*self._hub_args, port=urlsplit(self.url).port or 0)
 
-    def start_provider(self, name: str, *extra: str, cpus: float = 2, memory: str = "2GiB",
-                       labels: dict[str, str] | None = None, wait: bool = True) -> str:  # fmt: skip
+    def start_provider(
+        self,
+        name: str,
+        *extra: str,
+        cpus: float = 2,
+        memory: str = "2GiB",
+        labels: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> str:
         """Start provider ``name`` + :attr:`suffix` (``extra``: more command-line flags); with ``wait``,
         until it offers the image. Returns its name."""
         full = f"{name}{self.suffix}"
