@@ -26,7 +26,7 @@ import {
   UsageError,
   errorFromCode,
 } from "./errors.js";
-import { Job } from "./executor.js";
+import { Job, workerAndParts } from "./executor.js";
 import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
@@ -608,42 +608,99 @@ export class Requestor {
    * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
    * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
    * `returnExceptions`, `onEvent`, `signal`. The parts are read as the job's slots free up.
-   * (`job(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Job<P, R>}
    */
+  /**
+   * The old order of {@link Requestor#job}, accepted for one release with a deprecation warning.
+   * @deprecated call `job(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
+   */
   job(worker, parts, options) {
-    return new Job(this, worker, parts, options);
+    return new Job(this, ...workerAndParts(worker, parts), options);
   }
 
   /**
    * Run `worker(activity, part, context)` for every part on rented activities and resolve
    * to the results in input order. Rejects with TaskFailedError when a task fails for good.
-   * (`map(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Promise<R[]>}
    */
+  /**
+   * The old order of {@link Requestor#map}, accepted for one release with a deprecation warning.
+   * @deprecated call `map(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Promise<R[]>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Promise<R[]>}
+   */
   async map(worker, parts, options) {
-    return this.job(worker, parts, options).run();
+    return this.job(...workerAndParts(worker, parts), options).run();
   }
 
   /**
    * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
    * Stopping the iteration early ends the job and releases its activities.
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
    */
-  async *mapUnordered(worker, parts, options) {
-    yield* this.job(worker, parts, options).results();
+  /**
+   * The old order of {@link Requestor#mapUnordered}, accepted for one release with a deprecation warning.
+   * @deprecated call `mapUnordered(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  mapUnordered(worker, parts, options) {
+    // An async generator of its own (tsc takes no overloads of an `async *` method): as
+    // before, nothing is checked or rented until the first result is asked for.
+    const job = () => this.job(...workerAndParts(worker, parts), options);
+    return (async function* () {
+      yield* job().results();
+    })();
   }
 
   /** @param {import("../types/protocol.js").SessionEvent} event */
