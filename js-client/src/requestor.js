@@ -37,8 +37,9 @@ const REDIAL_FIRST_MS = 200;
 const REDIAL_MOST_MS = 2_000;
 
 /**
- * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`.
- * @typedef {(resume: string, timeoutMs: number) => Promise<Connection>} Dial
+ * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
+ * the signal gives the dial up.
+ * @typedef {(resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>} Dial
  */
 
 /**
@@ -321,17 +322,24 @@ export class Requestor {
   async _redial(secret, grace, lost) {
     const dial = /** @type {Dial} */ (this._dial);
     const deadline = Date.now() + grace * 1000;
-    const closing = this._closing.promise.then(() => null);
+    // close() gives up the dial under way and the wait between two, leaving no timer behind.
+    const abandon = new AbortController();
+    const closing = this._closing.promise.then(() => {
+      abandon.abort();
+      return null;
+    });
+    const givenUp = () => new ConnectionClosedError("the requestor was closed while it reconnected");
     let delay = REDIAL_FIRST_MS;
     for (;;) {
       let why;
-      const dialing = dial(secret, Math.max(deadline - Date.now(), 100));
+      const dialing = dial(secret, Math.max(deadline - Date.now(), 100), abandon.signal);
       try {
         const conn = await Promise.race([dialing, closing]);
         if (conn !== null) return conn;
         dialing.then((late) => late.close(), () => {}); // up after all: nobody wants it
-        throw new ConnectionClosedError("the requestor was closed while it reconnected");
+        throw givenUp();
       } catch (e) {
+        if (abandon.signal.aborted) throw givenUp(); // whatever the abandoned dial said
         if (e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError)) throw e;
         if (!(e instanceof ConnectionLostError)) {
           // The hub refused us (a token revoked, say): dialling again cannot help.
@@ -343,8 +351,7 @@ export class Requestor {
       if (Date.now() + delay >= deadline) {
         throw new ConnectionLostError(`${lost.message}; no reconnect within ${grace} s (last: ${why})`, { cause: lost });
       }
-      const slept = await Promise.race([sleep(delay).then(() => true), closing.then(() => false)]);
-      if (!slept) throw new ConnectionClosedError("the requestor was closed while it reconnected");
+      if (!(await sleep(delay, abandon.signal))) throw givenUp();
       delay = Math.min(delay * 2, REDIAL_MOST_MS);
     }
   }
@@ -750,8 +757,8 @@ export async function connectWith(platform, url, options = {}) {
   const token = options.token ?? null;
   const connection = await Connection.open(platform.openSocket, url, { name, token, timeoutMs: options.timeoutMs });
   /** @type {Dial} */
-  const dial = (resume, timeoutMs) => Connection.open(platform.openSocket, url, {
-    name, token, resume, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
+  const dial = (resume, timeoutMs, signal) => Connection.open(platform.openSocket, url, {
+    name, token, resume, signal, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
   });
   const requestor = new Requestor(connection, platform, options.reconnect === false ? null : dial);
   connection.onEvent = (event) => requestor._onEvent(event);

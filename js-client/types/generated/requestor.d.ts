@@ -20,7 +20,7 @@ import { Connection } from "./connection.js";
 import { Deferred } from "./deferred.js";
 import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
 import { Job } from "./executor.js";
-export type Dial = (resume: string, timeoutMs: number) => Promise<Connection>;
+export type Dial = (resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>;
 export type Platform = {
     openSocket: import("./connection.js").OpenSocket;
     files: import("./activity.js").Files;
