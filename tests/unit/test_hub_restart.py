@@ -1,12 +1,11 @@
 """A hub that restarts loses nothing: the core's changes written to a real database, then a
-new core restored from it, as ``kiln hub`` does after a SIGKILL. Peers are played by the test."""
+new core restored from it, as ``kiln hub`` does after a SIGKILL. Peers are played by the test.
+(``kiln usage`` reading what a run wrote: tests/service/test_hub_restart.py.)"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -330,33 +329,3 @@ def test_a_stream_opened_while_waiting_keeps_its_end_for_the_provider(
     assert [(f.kind, f.stream) for f in ends] == [(FrameKind.END, forwarded["id"])]
     [(to, refused)] = [(to, m) for to, m in told if m.get("re") == 8]
     assert (to, refused["code"]) == (5, "cancelled")
-
-
-def test_kiln_usage_sums_the_record_per_requestor_and_per_provider(tmp_path: Path) -> None:
-    run = run_of(tmp_path)
-    provider(run, 1)
-    requestor(run, 2)
-    run.wall = 1000.0
-    first, second = rent(run, 2, 1), rent(run, 2, 2)
-    for rid, activity, cpu in ((3, first, 12.5), (4, second, None)):
-        run.wall += 3600  # one ends an hour on, the other two
-        [(_, destroy)] = run.send(2, {"type": "release", "id": rid, "activity": activity})
-        run.send(1, {"type": "done", "re": destroy["id"], **({"cpu_seconds": cpu} if cpu else {})})
-    crash(run)
-    shown = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", "usage", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    header, row = shown.stdout.splitlines()
-    assert header.split() == ["REQUESTOR", "CREDENTIAL", "ACTIVITIES", "CPU-HOURS", "CPU-SECONDS", "USED", "GIB-HOURS"]
-    # Each held 1 CPU and 256 MiB: one for an hour, one for two.
-    assert row.split() == ["r", "-", "2", "3.000", "12.5", "0.750"]
-    by_provider = subprocess.run(
-        [sys.executable, "-m", "kiln.cli", "usage", "--by", "provider", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert by_provider.stdout.splitlines()[1].split() == ["p", "2", "3.000", "12.5", "0.750"]
