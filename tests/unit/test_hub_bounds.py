@@ -6,6 +6,7 @@ connections that never say hello: tests/hostile/test_hub_bounds.py.)"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -13,6 +14,9 @@ import pytest
 import kiln
 from kiln.hub.actions import Send
 from kiln.hub.core import HEAP_FLOOR, HubCore
+from kiln.hub.deadlines import Deadlines
+from kiln.hub.flow import Route
+from kiln.hub.peers import Peer
 from kiln.protocol import frames
 from kiln.protocol.codes import CLOSE_UNRESPONSIVE
 from kiln.protocol.frames import FrameKind
@@ -184,3 +188,30 @@ def test_a_provider_that_comes_and_goes_leaves_no_deadlines_behind() -> None:
         99, {"type": "hello", "version": "1.3", "role": "provider", "name": "q", "activities": [*reported, "one-more"]}
     )
     assert refused["code"] == "bad_message"
+
+
+def test_compaction_rebuilds_the_stalls_from_the_live_streams() -> None:
+    now = 0.0
+    deadlines = Deadlines(credit_timeout=20, monotonic=lambda: now)
+    provider = Peer(1, role="provider")
+    waiting = Route(2, 1, 1, 1, upload=True)  # its provider has granted it nothing yet
+    granted = Route(2, 2, 1, 2, upload=True)  # stalled once, then the provider granted credit
+    done = Route(2, 3, 1, 3, upload=True)  # its sender ended it; the provider has not answered yet
+    provider.receives = {1: waiting, 2: granted, 3: done}
+    for route in provider.receives.values():
+        deadlines.stall(route)
+    granted.stalled = math.inf
+    done.ended = True
+    now = 10.0
+    ended = [Route(2, n, 1, n, upload=True) for n in range(10, 10 + 2 * HEAP_FLOOR)]
+    for route in ended:  # streams that stalled, then ended: nobody receives on them any more
+        deadlines.stall(route)
+        route.ended = True
+    deadlines.compact([provider])
+    assert not any(route.watched for route in ended), "what ended left the heap"
+    assert (waiting.watched, granted.watched, done.watched) == (True, False, False)
+    now = 19.5
+    assert deadlines.starved(now) is None
+    now = 20.5  # 20 s after the stall, not after the rebuild: the rebuild kept when it began
+    assert deadlines.starved(now) is waiting
+    assert deadlines.starved(now) is None and not waiting.watched
