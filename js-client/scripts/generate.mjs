@@ -46,7 +46,7 @@ const HEADER =
 /**
  * The runtime helpers ajv's standalone code `require`s that may be copied into it: each
  * is one self-contained function. Copying keeps the generated module free of imports
- * outside `src/`, which is all a browser is served (`tests/test_browser.py`).
+ * outside `src/`, which is all a browser is served (`tests/docker/test_browser.py`).
  */
 const INLINED_HELPERS = new Set(["ucs2length", "equal"]);
 
