@@ -12,7 +12,8 @@
  *   src/protocol/generated/{constants,limits}.d.ts   their types
  *   types/generated/**.d.ts                 the declarations of src/ (tsc, from the JSDoc
  *                                           the type check holds to the code), without the
- *                                           members whose names start with "_" (internal);
+ *                                           members whose names start with "_" (internal),
+ *                                           each overload with its own comment;
  *                                           types/index.d.ts re-exports them
  *
  *     node scripts/generate.mjs [outDir]    (`make schema` runs it; outDir defaults to js-client/)
@@ -45,7 +46,7 @@ const HEADER =
 /**
  * The runtime helpers ajv's standalone code `require`s that may be copied into it: each
  * is one self-contained function. Copying keeps the generated module free of imports
- * outside `src/`, which is all a browser is served (`tests/test_browser.py`).
+ * outside `src/`, which is all a browser is served (`tests/docker/test_browser.py`).
  */
 const INLINED_HELPERS = new Set(["ucs2length", "equal"]);
 
@@ -367,6 +368,66 @@ function withoutInternalMembers(dts) {
     .join("\n");
 }
 
+/** One JSDoc comment of a class member in src/ (two spaces in), and the line break after it. */
+const MEMBER_COMMENT = String.raw`^  \/\*\*(?:(?!\*\/)[\s\S])*\*\/\n`;
+
+/**
+ * The comment of each overload a JSDoc `@overload` declares in `source`, by class and member
+ * ("Job.constructor", "Requestor.map"), in order and laid out as in a .d.ts (without the tag).
+ * @param {string} source
+ * @returns {Map<string, string[]>}
+ */
+function overloadComments(source) {
+  const pattern = new RegExp(String.raw`^(?:export )?class (\w+)|((?:${MEMBER_COMMENT})+)^  (?:static |async |get |set )*\*?(\w+)\(`, "gm");
+  /** @type {Map<string, string[]>} */
+  const found = new Map();
+  let cls = "";
+  for (const [, declared, comments, member] of source.matchAll(pattern)) {
+    if (declared !== undefined) {
+      cls = declared;
+      continue;
+    }
+    const overloads = (comments.match(new RegExp(MEMBER_COMMENT, "gm")) ?? []).filter((c) => /^ +\* @overload$/m.test(c));
+    if (overloads.length > 0) {
+      const layout = (/** @type {string} */ c) => c.replace(/^ +\* @overload\n/m, "").replace(/^/gm, "  ").trimEnd();
+      found.set(`${cls}.${member}`, overloads.map(layout));
+    }
+  }
+  return found;
+}
+
+/**
+ * `dts` with each overload's own comment from `comments` (overloadComments): tsc writes a
+ * method's overloads each with the comments of them all, or with none (a constructor's, an
+ * async method's), and a deprecated overload must be told apart from the others.
+ * @param {string} dts
+ * @param {Map<string, string[]>} comments
+ */
+function withOverloadComments(dts, comments) {
+  /** @type {string[]} */
+  const out = [];
+  /** @type {Map<string, number>} */
+  const written = new Map();
+  let cls = "";
+  for (const line of dts.split("\n")) {
+    cls = /^(?:export )?declare class (\w+)/.exec(line)?.[1] ?? cls;
+    const member = /^ {4}(?:static )?(\w+)(?:<[^(]*>)?\(/.exec(line)?.[1];
+    const own = member === undefined ? undefined : comments.get(`${cls}.${member}`);
+    if (own !== undefined) {
+      while (/^ {4}(?:\/\*\*| +\*)/.test(out.at(-1) ?? "")) out.pop();
+      const index = written.get(`${cls}.${member}`) ?? 0;
+      written.set(`${cls}.${member}`, index + 1);
+      if (index >= own.length) throw new Error(`tsc declared more overloads of ${cls}.${member} than its JSDoc`);
+      out.push(own[index]);
+    }
+    out.push(line);
+  }
+  for (const [key, own] of comments) {
+    if (written.get(key) !== own.length) throw new Error(`tsc declared ${written.get(key) ?? 0} overloads of ${key}, its JSDoc ${own.length}`);
+  }
+  return out.join("\n");
+}
+
 /**
  * The declarations of src/ (tsc, from their JSDoc) as types/generated/ holds them, with
  * the .d.ts files of src/protocol/generated/ they import.
@@ -390,7 +451,9 @@ async function declarationsCode() {
       files[`types/generated/protocol/generated/${name}`] = publicDeclarations(await readFile(join(generated, name), "utf8"));
     }
     for (const path of (await filesUnder(out)).sort()) {
-      files[`types/generated/${path}`] = publicDeclarations(await readFile(join(out, path), "utf8"));
+      const source = await readFile(join(PACKAGE, "src", path.replace(/\.d\.ts$/, ".js")), "utf8");
+      const dts = withOverloadComments(await readFile(join(out, path), "utf8"), overloadComments(source));
+      files[`types/generated/${path}`] = publicDeclarations(dts);
     }
     return files;
   } finally {

@@ -1,5 +1,5 @@
 /**
- * A rented container: send files in, run commands, get files back (`python/kiln/activity.py`).
+ * A rented container: send files in, run commands, get files back (`python/kiln/requestor/activity.py`).
  *
  * An {@link Activity} comes from `requestor.rent()`. Its three actions are `send*`
  * (bytes, a local file, a JSON value), {@link Activity#run} (or {@link Activity#stream},

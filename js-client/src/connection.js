@@ -19,6 +19,7 @@
 import { Deferred, settlesWithin, sleep } from "./deferred.js";
 import {
   CancelledError,
+  ConnectionClosedError,
   ConnectionLostError,
   RemoteProtocolError,
   UnsupportedVersionError,
@@ -310,8 +311,9 @@ export class Connection {
    * @param {string} url
    *
    * `resume` (1.2): the `welcome.resume` of an earlier connection, whose activities this
-   * one takes over (its `welcome.resumed` lists them).
-   * @param {{name: string, token?: string | null, timeoutMs?: number, resume?: string | null}} options
+   * one takes over (its `welcome.resumed` lists them). `signal` gives the dial up: it
+   * rejects with a ConnectionClosedError, its socket closed and its timer cleared.
+   * @param {{name: string, token?: string | null, timeoutMs?: number, resume?: string | null, signal?: AbortSignal}} options
    * @returns {Promise<Connection>}
    */
   static async open(openSocket, url, options) {
@@ -333,6 +335,9 @@ export class Connection {
     const timer = setTimeout(() => {
       conn._welcomed.reject(new ConnectionLostError(`the hub at ${url} did not answer hello within ${timeoutMs} ms`));
     }, timeoutMs);
+    const giveUp = () => conn._welcomed.reject(new ConnectionClosedError(`the dial of the hub at ${url} was given up`));
+    options.signal?.addEventListener("abort", giveUp, { once: true });
+    if (options.signal?.aborted) giveUp();
     try {
       await conn._welcomed.promise;
       return conn;
@@ -343,6 +348,7 @@ export class Connection {
       throw e;
     } finally {
       clearTimeout(timer);
+      options.signal?.removeEventListener("abort", giveUp);
     }
   }
 

@@ -1,6 +1,7 @@
 /**
  * Small promise tools: a deferred that never reports an unhandled rejection, a race of a
- * promise against an AbortSignal, and a bounded wait that leaves no timer behind.
+ * promise against an AbortSignal, a sleep an AbortSignal ends, and a bounded wait that
+ * leaves no timer behind.
  * @module
  */
 
@@ -77,8 +78,26 @@ export async function raceAbort(promise, signal, what, onAbort = () => {}) {
   }
 }
 
-/** @param {number} ms */
-export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+/**
+ * Wait `ms`: true then, or false as soon as `signal` aborts (its timer cleared, none left).
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<boolean>}
+ */
+export function sleep(ms, signal) {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve(false);
+    const abort = () => {
+      clearTimeout(timer);
+      resolve(false);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", abort);
+      resolve(true);
+    }, ms);
+    signal?.addEventListener("abort", abort, { once: true });
+  });
+}
 
 /**
  * Whether `promise` settles (either way) within `ms`. The timer is cleared as soon as it

@@ -167,9 +167,25 @@ export function workerAndParts(first, second) {
  */
 export class Job {
   /**
+   * @overload
    * @param {Renter} requestor
-   * @param {Worker<P, R>} worker also accepted the old way round, `(requestor, parts, worker, options)`
+   * @param {Worker<P, R>} worker
    * @param {Iterable<P>} parts
+   * @param {JobOptions} options
+   */
+  /**
+   * The old order, accepted for one release with a deprecation warning.
+   * @deprecated call `new Job(requestor, worker, parts, options)`
+   * @overload
+   * @param {Renter} requestor
+   * @param {Iterable<P>} parts
+   * @param {Worker<P, R>} worker
+   * @param {JobOptions} options
+   */
+  /**
+   * @param {Renter} requestor
+   * @param {Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | Worker<P, R>} parts
    * @param {JobOptions} options
    */
   constructor(requestor, worker, parts, options) {

@@ -26,7 +26,7 @@ import {
   UsageError,
   errorFromCode,
 } from "./errors.js";
-import { Job } from "./executor.js";
+import { Job, workerAndParts } from "./executor.js";
 import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
@@ -37,8 +37,9 @@ const REDIAL_FIRST_MS = 200;
 const REDIAL_MOST_MS = 2_000;
 
 /**
- * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`.
- * @typedef {(resume: string, timeoutMs: number) => Promise<Connection>} Dial
+ * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
+ * the signal gives the dial up.
+ * @typedef {(resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>} Dial
  */
 
 /**
@@ -321,17 +322,24 @@ export class Requestor {
   async _redial(secret, grace, lost) {
     const dial = /** @type {Dial} */ (this._dial);
     const deadline = Date.now() + grace * 1000;
-    const closing = this._closing.promise.then(() => null);
+    // close() gives up the dial under way and the wait between two, leaving no timer behind.
+    const abandon = new AbortController();
+    const closing = this._closing.promise.then(() => {
+      abandon.abort();
+      return null;
+    });
+    const givenUp = () => new ConnectionClosedError("the requestor was closed while it reconnected");
     let delay = REDIAL_FIRST_MS;
     for (;;) {
       let why;
-      const dialing = dial(secret, Math.max(deadline - Date.now(), 100));
+      const dialing = dial(secret, Math.max(deadline - Date.now(), 100), abandon.signal);
       try {
         const conn = await Promise.race([dialing, closing]);
         if (conn !== null) return conn;
         dialing.then((late) => late.close(), () => {}); // up after all: nobody wants it
-        throw new ConnectionClosedError("the requestor was closed while it reconnected");
+        throw givenUp();
       } catch (e) {
+        if (abandon.signal.aborted) throw givenUp(); // whatever the abandoned dial said
         if (e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError)) throw e;
         if (!(e instanceof ConnectionLostError)) {
           // The hub refused us (a token revoked, say): dialling again cannot help.
@@ -343,8 +351,7 @@ export class Requestor {
       if (Date.now() + delay >= deadline) {
         throw new ConnectionLostError(`${lost.message}; no reconnect within ${grace} s (last: ${why})`, { cause: lost });
       }
-      const slept = await Promise.race([sleep(delay).then(() => true), closing.then(() => false)]);
-      if (!slept) throw new ConnectionClosedError("the requestor was closed while it reconnected");
+      if (!(await sleep(delay, abandon.signal))) throw givenUp();
       delay = Math.min(delay * 2, REDIAL_MOST_MS);
     }
   }
@@ -608,42 +615,99 @@ export class Requestor {
    * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
    * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
    * `returnExceptions`, `onEvent`, `signal`. The parts are read as the job's slots free up.
-   * (`job(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Job<P, R>}
    */
+  /**
+   * The old order of {@link Requestor#job}, accepted for one release with a deprecation warning.
+   * @deprecated call `job(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Job<P, R>}
+   */
   job(worker, parts, options) {
-    return new Job(this, worker, parts, options);
+    return new Job(this, ...workerAndParts(worker, parts), options);
   }
 
   /**
    * Run `worker(activity, part, context)` for every part on rented activities and resolve
    * to the results in input order. Rejects with TaskFailedError when a task fails for good.
-   * (`map(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {Promise<R[]>}
    */
+  /**
+   * The old order of {@link Requestor#map}, accepted for one release with a deprecation warning.
+   * @deprecated call `map(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Promise<R[]>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {Promise<R[]>}
+   */
   async map(worker, parts, options) {
-    return this.job(worker, parts, options).run();
+    return this.job(...workerAndParts(worker, parts), options).run();
   }
 
   /**
    * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
    * Stopping the iteration early ends the job and releases its activities.
    * @template P, R
+   * @overload
    * @param {import("./executor.js").Worker<P, R>} worker
    * @param {Iterable<P>} parts
    * @param {import("./executor.js").JobOptions} options
    * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
    */
-  async *mapUnordered(worker, parts, options) {
-    yield* this.job(worker, parts, options).results();
+  /**
+   * The old order of {@link Requestor#mapUnordered}, accepted for one release with a deprecation warning.
+   * @deprecated call `mapUnordered(worker, parts, options)`
+   * @template P, R
+   * @overload
+   * @param {Iterable<P>} parts
+   * @param {import("./executor.js").Worker<P, R>} worker
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  /**
+   * @template P, R
+   * @param {import("./executor.js").Worker<P, R> | Iterable<P>} worker
+   * @param {Iterable<P> | import("./executor.js").Worker<P, R>} parts
+   * @param {import("./executor.js").JobOptions} options
+   * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+   */
+  mapUnordered(worker, parts, options) {
+    // An async generator of its own (tsc takes no overloads of an `async *` method): as
+    // before, nothing is checked or rented until the first result is asked for.
+    const job = () => this.job(...workerAndParts(worker, parts), options);
+    return (async function* () {
+      yield* job().results();
+    })();
   }
 
   /** @param {import("../types/protocol.js").SessionEvent} event */
@@ -693,8 +757,8 @@ export async function connectWith(platform, url, options = {}) {
   const token = options.token ?? null;
   const connection = await Connection.open(platform.openSocket, url, { name, token, timeoutMs: options.timeoutMs });
   /** @type {Dial} */
-  const dial = (resume, timeoutMs) => Connection.open(platform.openSocket, url, {
-    name, token, resume, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
+  const dial = (resume, timeoutMs, signal) => Connection.open(platform.openSocket, url, {
+    name, token, resume, signal, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
   });
   const requestor = new Requestor(connection, platform, options.reconnect === false ? null : dial);
   connection.onEvent = (event) => requestor._onEvent(event);

@@ -10,6 +10,14 @@
 The names here are the requestor SDK's (:mod:`kiln.requestor`) and the protocol's errors
 (:mod:`kiln.protocol.errors`). They are imported on first use, so that ``import kiln.hub``
 or ``import kiln_provider`` never loads the SDK (the way ``websockets`` exports lazily).
+
+Its packages, by role (each ``__init__`` names its modules; the provider is ``kiln_provider``):
+
+- ``protocol``: protocol kiln.v1, pure (messages, frames, codes, limits, errors, the session core)
+- ``connection``: a peer's connection to the hub, websockets pumping a session
+- ``requestor``: the requestor SDK; ``hub``: the hub's pure core, its I/O in ``hub.io``
+- ``testing``: real processes, simulated providers and an in-memory loopback, for tests
+- ``cli``: the ``kiln`` command
 """
 
 from __future__ import annotations

@@ -12,22 +12,18 @@ import itertools
 import os
 import queue
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from kiln_provider.agent_protocol import (
     Credit,
-    Decoder,
     Exit,
     FrameType,
     Hello,
     Kill,
-    Message,
     Output,
     Refused,
     RefusedReason,
@@ -38,6 +34,7 @@ from kiln_provider.agent_protocol import (
     StdinAck,
     encode,
 )
+from tests.agent_channel import AgentChannel
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(60)]
 
@@ -46,7 +43,6 @@ AGENT = ROOT / "agent" / "build" / "kiln-agent"
 PREFIX = f"kiln-agenttest-{os.getpid()}"
 PATH = {"PATH": "/bin"}
 MIB = 1 << 20
-M = TypeVar("M", bound=Message)
 
 
 @pytest.fixture(scope="module")
@@ -56,74 +52,27 @@ def agent_binary() -> Path:
     return AGENT
 
 
-class Agent:
-    """One container running the agent; ``send`` frames, ``next`` or ``until`` the messages back."""
+class Agent(AgentChannel):
+    """One container running the agent (see :class:`~tests.agent_channel.AgentChannel`)."""
 
     def __init__(self, name: str, image: str, agent: Path, docker_args: list[str]) -> None:
         self.name = name
+        self._ids = itertools.count(10_000)
         hardening = ["--network", "none", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
         limits = ["--pids-limit", "128", "--memory", "64m", "--memory-swap", "64m"]
         entry = ["-v", f"{agent}:/.kiln/agent:ro", "--entrypoint", "/.kiln/agent"]
         command = ["docker", "run", "-i", "--rm", "--name", name, *hardening, *limits, *entry, *docker_args, image]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.messages: queue.Queue[Message | None] = queue.Queue()
-        self.violation: Exception | None = None
-        self._ids = itertools.count(10_000)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        decoder = Decoder()
-        try:
-            while data := os.read(self.process.stdout.fileno(), 65536):
-                for message in decoder.feed(data):
-                    self.messages.put(message)
-        except Exception as e:  # noqa: BLE001 - handed to the test thread
-            self.violation = e
-        finally:
-            self.messages.put(None)
-
-    def send(self, *messages: Message) -> None:
-        self.send_raw(b"".join(encode(m) for m in messages))
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
-
-    def next(self, timeout: float = 10.0) -> Message:
-        message = self.messages.get(timeout=timeout)
-        if message is None:
-            self.messages.put(None)
-            raise AssertionError(f"the agent's channel ended ({self.violation or 'EOF'})")
-        return message
-
-    def until(self, kind: type[M], id: int | None = None, timeout: float = 10.0) -> tuple[M, list[Message]]:
-        """Read up to the first ``kind`` message (of command ``id``); returns it and what came before."""
-        deadline = time.monotonic() + timeout
-        before: list[Message] = []
-        while True:
-            message = self.next(max(0.0, deadline - time.monotonic()))
-            if isinstance(message, kind) and (id is None or message.id == id):
-                return message, before
-            before.append(message)
+        super().__init__(
+            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        )
 
     def run(self, spawn: Spawn, timeout: float = 10.0) -> tuple[bytes, bytes, Exit]:
         """Spawn and collect the command's output up to its EXIT (ERROR fails the test)."""
         self.send(spawn)
-        out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
-        while True:
-            message = self.next(max(0.0, deadline - time.monotonic()))
-            if message.id != spawn.id:
-                continue
-            if isinstance(message, Output):
-                (out if message.stream == FrameType.STDOUT else err).extend(message.data)
-            elif isinstance(message, Exit):
-                return bytes(out), bytes(err), message
-            elif isinstance(message, SpawnError):
-                raise AssertionError(f"spawn failed: {message}")
+        out, err, end = self.outcome(spawn.id, timeout)
+        if isinstance(end, SpawnError):
+            raise AssertionError(f"spawn failed: {end}")
+        return out, err, end
 
     def processes(self) -> list[tuple[int, str, str]]:
         """(pid, name, state) of every process in the container, seen from a command of its own.
@@ -137,11 +86,6 @@ class Agent:
             name, fields = rest.rsplit(") ", 1)
             found.append((int(pid), name, fields.split()[0]))
         return found
-
-    def close(self) -> None:
-        assert self.process.stdin is not None
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
 
 
 @pytest.fixture

@@ -59,6 +59,7 @@ const n: number = value.n;
 const worker: Worker<number, number> = async (a, part, context) => part + context.attempt + a.provider.length;
 const job: JobOptions = { image: "kiln-busybox:latest" };
 const results: number[] = await requestor.map(worker, [1, 2], job);
+const old: number[] = await requestor.map([1, 2], worker, job); // the deprecated order still compiles
 const images: ImageInfo[] = (await requestor.listImages()).images;
 const code: KnownErrorCode = "no_match";
 try {
@@ -69,7 +70,7 @@ try {
 }
 const handshake: 4003 = CloseCode.HANDSHAKE;
 const message: Message = parse('{"type":"credit","stream":1,"chunks":1}');
-console.log(exit, n, results, images, code, handshake, message, limits.CHUNK_BYTES, MAX_TEXT, parseSize("1GiB"));
+console.log(exit, n, results, old, images, code, handshake, message, limits.CHUNK_BYTES, MAX_TEXT, parseSize("1GiB"));
 """
 """A TypeScript program using the package's API and its type names, checked against its declarations."""
 

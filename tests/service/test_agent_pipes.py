@@ -29,14 +29,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from kiln_provider.agent_protocol import (
     PROVIDER_MAX_LENGTH,
     Credit,
-    Decoder,
     Exit,
     FrameType,
     Hello,
@@ -52,6 +50,7 @@ from kiln_provider.agent_protocol import (
     StdinAck,
     encode,
 )
+from tests.agent_channel import AgentChannel
 
 pytestmark = [pytest.mark.agent, pytest.mark.timeout(30)]
 
@@ -63,7 +62,6 @@ MIB = 1 << 20
 WINDOW = 256 * 1024
 QUIET = 0.3
 """How long a test waits to see that nothing comes (the agent holds output without credit)."""
-M = TypeVar("M", bound=Message)
 
 
 @pytest.fixture(scope="module")
@@ -82,76 +80,32 @@ def agent_binary() -> Path:
     return AGENT
 
 
-class Agent:
-    """The agent as a child process: ``send`` frames, ``next`` or ``until`` the messages back.
-
-    Its stdout is decoded by a thread (a violation of the protocol ends the stream and is
-    raised by ``next``); its stderr is collected by another, so it never blocks on it.
-    """
+class Agent(AgentChannel):
+    """The agent as a child process (see :class:`~tests.agent_channel.AgentChannel`); its
+    stderr is collected by a thread of its own, so it never blocks on it."""
 
     def __init__(self, binary: Path, env: Mapping[str, str], cwd: Path, stderr_is_stdout: bool) -> None:
-        self.process = subprocess.Popen(
-            [str(binary)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT if stderr_is_stdout else subprocess.PIPE,
-            env=dict(env),
-            cwd=cwd,
-            start_new_session=True,
+        super().__init__(
+            subprocess.Popen(
+                [str(binary)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT if stderr_is_stdout else subprocess.PIPE,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+            )
         )
-        self.messages: queue.Queue[Message | None] = queue.Queue()
-        self.violation: Exception | None = None
-        self.leftover = 0
-        """Bytes of an unfinished frame when the stream ended."""
         self._stderr = bytearray()
-        self._threads = [threading.Thread(target=self._read_frames, daemon=True)]
+        self._threads = [self.reader]
         if not stderr_is_stdout:
             self._threads.append(threading.Thread(target=self._read_stderr, daemon=True))
-        for thread in self._threads:
-            thread.start()
-
-    def _read_frames(self) -> None:
-        assert self.process.stdout is not None
-        decoder = Decoder()
-        try:
-            while data := os.read(self.process.stdout.fileno(), 65536):
-                for message in decoder.feed(data):
-                    self.messages.put(message)
-            self.leftover = decoder.pending
-        except Exception as e:  # noqa: BLE001 - handed to the test's thread by next()
-            self.violation = e
-        finally:
-            self.messages.put(None)
+            self._threads[-1].start()
 
     def _read_stderr(self) -> None:
         assert self.process.stderr is not None
         while data := os.read(self.process.stderr.fileno(), 65536):
             self._stderr += data
-
-    def send(self, *messages: Message) -> None:
-        self.send_raw(b"".join(encode(m) for m in messages))
-
-    def send_raw(self, data: bytes) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(data)
-        self.process.stdin.flush()
-
-    def next(self, timeout: float = 10.0) -> Message:
-        message = self.messages.get(timeout=timeout)
-        if message is None:
-            self.messages.put(None)
-            raise AssertionError(f"the agent's channel ended ({self.violation or 'EOF'})")
-        return message
-
-    def until(self, kind: type[M], id: int | None = None, timeout: float = 10.0) -> tuple[M, list[Message]]:
-        """Read up to the first ``kind`` message (of command ``id``); returns it and what came before."""
-        deadline = time.monotonic() + timeout
-        before: list[Message] = []
-        while True:
-            message = self.next(max(0.0, deadline - time.monotonic()))
-            if isinstance(message, kind) and (id is None or message.id == id):
-                return message, before
-            before.append(message)
 
     def nothing_comes(self) -> None:
         """Nothing arrives for a while (a negative can only be seen by waiting)."""
@@ -164,15 +118,7 @@ class Agent:
     def run(self, spawn: Spawn) -> tuple[bytes, bytes, Exit | SpawnError]:
         """Spawn and collect the command's output up to its end."""
         self.send(spawn)
-        out, err = bytearray(), bytearray()
-        while True:
-            message = self.next()
-            if message.id != spawn.id:
-                continue
-            if isinstance(message, Output):
-                (out if message.stream == FrameType.STDOUT else err).extend(message.data)
-            elif isinstance(message, Exit | SpawnError):
-                return bytes(out), bytes(err), message
+        return self.outcome(spawn.id)
 
     def lines(self, spawn: Spawn, count: int) -> list[bytes]:
         """Spawn and read the first ``count`` lines of the command's stdout."""
@@ -184,12 +130,6 @@ class Agent:
             if isinstance(message, Output) and message.id == spawn.id:
                 out += message.data
         return bytes(out).splitlines()[:count]
-
-    def close(self) -> None:
-        """Close the channel (EOF on the agent's stdin)."""
-        assert self.process.stdin is not None
-        if not self.process.stdin.closed:
-            self.process.stdin.close()
 
     def end(self, timeout: float = 10.0) -> int:
         """Wait for the agent to exit, and for its streams to end; its exit status."""

@@ -1,5 +1,5 @@
 """The image store's rules, as pure code: the catalog, placement of stored images, and the core's
-part in pushes and pulls. No sockets, no disk, no Docker (the real store is tests/test_hub_store.py)."""
+part in pushes and pulls. No sockets, no disk, no Docker (the real store is tests/service/test_hub_store.py)."""
 
 from __future__ import annotations
 

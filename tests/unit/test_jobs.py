@@ -1,5 +1,5 @@
 """The job scheduling core (kiln.requestor.scheduling), driven by the job vectors both languages
-run (js-client/test/jobs.test.js runs the same files): calls in, literal answers and events
+run (js-client/test/unit/jobs.test.js runs the same files): calls in, literal answers and events
 out. No event loop, no clock, no sleeps."""
 
 from __future__ import annotations

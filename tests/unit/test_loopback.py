@@ -49,7 +49,7 @@ from kiln.protocol.messages import (
 )
 from kiln.protocol.session import DataReceived, Event, Replied, Requested, Role, Session
 from kiln.testing.loopback import FakeClock, Loopback
-from tests.unit.test_session import SESSIONS, act, describe, error_name, matches, sent
+from tests.unit.test_session import SESSIONS, act, describe, judge_raised, matches, sent
 
 NOT_THROUGH_THE_HUB = {
     "activities-old-hub": "a hub of 1.2",
@@ -328,11 +328,7 @@ def run_through_the_hub(vector: dict[str, Any]) -> None:
                 act(t.s, call)
             except KilnError as e:
                 raised = e
-        if "raises" in step:
-            assert raised is not None, f"{where}: expected {step['raises']}, nothing was raised"
-            assert {"error": error_name(raised), "code": raised.code} == step["raises"], where
-        else:
-            assert raised is None, f"{where}: raised {raised!r}"
+        judge_raised(step, raised, where)
         if t.role == "requestor":
             t.pending += [m["id"] for m in step.get("sends", []) if m.get("type") in ("exec", "upload", "download")]
         t.settle()

@@ -98,6 +98,15 @@ def act(session: s.Session, step: dict[str, Any]) -> None:
             raise AssertionError(f"unknown call {call!r}")
 
 
+def judge_raised(step: dict[str, Any], raised: KilnError | None, where: str) -> None:
+    """What a step's call raised is what the vector says (``raises``), or nothing."""
+    if "raises" in step:
+        assert raised is not None, f"{where}: expected {step['raises']}, nothing was raised"
+        assert {"error": error_name(raised), "code": raised.code} == step["raises"], where
+    else:
+        assert raised is None, f"{where}: raised {raised!r}"
+
+
 @pytest.mark.parametrize("path", SESSIONS, ids=lambda p: p.stem)
 def test_session_vector(path: Path) -> None:
     vector = json.loads(path.read_text())
@@ -109,11 +118,7 @@ def test_session_vector(path: Path) -> None:
             act(session, step)
         except KilnError as e:
             raised = e
-        if "raises" in step:
-            assert raised is not None, f"{where}: expected {step['raises']}, nothing was raised"
-            assert {"error": error_name(raised), "code": raised.code} == step["raises"], where
-        else:
-            assert raised is None, f"{where}: raised {raised!r}"
+        judge_raised(step, raised, where)
         sends = [sent(out) for out in session.data_to_send()]
         expected_sends = step.get("sends", [])
         assert len(sends) == len(expected_sends) and all(map(matches, expected_sends, sends)), (where, sends)

@@ -1,5 +1,5 @@
 // The job scheduling core (src/scheduling.js), driven by the job vectors both languages run
-// (tests/test_jobs.py runs the same files): calls in, literal answers and events out. No
+// (tests/unit/test_jobs.py runs the same files): calls in, literal answers and events out. No
 // timers, no promises, no sleeps.
 import { test } from "node:test";
 import assert from "node:assert/strict";

@@ -32,14 +32,18 @@ async function requestorOverFakes(options = {}, grace = 5) {
   return { sockets, requestor: await opening };
 }
 
-/** Until the requestor opened its `n`th socket. */
-async function nthSocket(sockets, n) {
+/** Until the requestor opened its `n`th socket; null if `requestor` stops reconnecting first. */
+async function nthSocket(sockets, n, requestor = null) {
   for (let waited = 0; sockets.length < n; waited += 10) {
+    if (requestor !== null && !requestor.reconnecting) return null;
     assert.ok(waited < 5_000, `socket ${n} was never opened`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   return sockets[n - 1];
 }
+
+/** How many timers the process has running. */
+const timers = () => process.getActiveResourcesInfo().filter((resource) => resource === "Timeout").length;
 
 /** Rent `id` over `socket`: the rent goes out, the stand-in hub answers. */
 async function rent(requestor, socket, id) {
@@ -105,7 +109,7 @@ test("no reconnect within the grace period: every activity is lost, every call f
   sockets[0].drop();
   await tick();
   for (let n = 2; requestor.reconnecting; n += 1) {
-    const refused = await Promise.race([nthSocket(sockets, n), requestor.reconnected().then(() => null)]);
+    const refused = await nthSocket(sockets, n, requestor);
     if (refused === null) break;
     refused.emit("error", { message: "connect ECONNREFUSED" });
     refused.drop();
@@ -141,4 +145,31 @@ test("close() during a reconnect gives it up at once", { timeout: 10_000 }, asyn
   assert.ok(Date.now() - started < 1_000);
   assert.ok(requestor.gone instanceof ConnectionClosedError && !(requestor.gone instanceof ConnectionLostError));
   await assert.rejects(requestor.market(), ConnectionClosedError);
+});
+
+test("close() during a dial of a reconnect gives the dial up: its socket closed, no timer left", { timeout: 10_000 }, async () => {
+  const { sockets, requestor } = await requestorOverFakes();
+  const before = timers();
+  sockets[0].drop();
+  const dialled = await nthSocket(sockets, 2); // never answered: its hello timeout is the grace, 5 s
+  await requestor.close();
+  await tick();
+  assert.equal(dialled.readyState, 3, "the abandoned dial closed its socket");
+  assert.equal(timers(), before, "the abandoned dial's hello timeout is cleared");
+});
+
+test("close() between two dials of a reconnect leaves no timer behind", { timeout: 10_000 }, async () => {
+  const { sockets, requestor } = await requestorOverFakes();
+  const before = timers();
+  sockets[0].drop();
+  const refused = await nthSocket(sockets, 2);
+  refused.emit("error", { message: "connect ECONNREFUSED" });
+  refused.drop();
+  await tick(); // now waiting out the first backoff
+  const started = Date.now();
+  await requestor.close();
+  await tick();
+  assert.ok(Date.now() - started < 100, "close() does not wait out the backoff");
+  assert.equal(sockets.length, 2);
+  assert.equal(timers(), before, "the backoff's timer is cleared");
 });

@@ -4,9 +4,13 @@
 // generated from the schema: test/unit/generated.test.js.)
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { execFile } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
-import { dirname, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { promisify } from "node:util";
 
 import { CloseCode, ERROR_CODES, ErrorCode, PROTOCOL_VERSION } from "../../src/protocol/generated/constants.js";
 import * as limits from "../../src/protocol/generated/limits.js";
@@ -143,6 +147,29 @@ test("index.d.ts declares every public method of Activity and Requestor, and non
     const internal = [...declared].filter((m) => m.startsWith("_"));
     assert.deepEqual(internal, [], `types/index.d.ts: ${cls.name} declares its internals`);
   }
+});
+
+test("map, mapUnordered, job and new Job type-check both ways round, the old order as a deprecated overload", { timeout: 60_000 }, async () => {
+  // test/support/consumer.ts imports the package by name (its own package.json), as a user's
+  // program does; its @ts-expect-error lines make tsc fail if a wrong call compiled.
+  const project = mkdtempSync(join(tmpdir(), "kiln-consumer-"));
+  try {
+    const compilerOptions = { strict: true, noEmit: true, module: "nodenext", moduleResolution: "nodenext", target: "es2022", lib: ["es2022", "dom"], types: [] };
+    writeFileSync(join(project, "tsconfig.json"), JSON.stringify({ compilerOptions, files: [here("support/consumer.ts")] }));
+    const tsc = join(dirname(createRequire(import.meta.url).resolve("typescript/package.json")), "bin/tsc");
+    const checked = await promisify(execFile)(process.execPath, [tsc, "-p", project]).catch((e) => e);
+    assert.equal(checked.code ?? 0, 0, `${checked.stdout}${checked.stderr}`);
+  } finally {
+    rmSync(project, { recursive: true, force: true });
+  }
+  // Each overload's comment, and which comes first of its worker and its parts.
+  const overloads = (file, name) => {
+    const dts = readFileSync(here(`../types/generated/${file}`), "utf8");
+    const pattern = new RegExp(String.raw`(/\*\*(?:(?!\*/)[\s\S])*\*/)\n {4}${name}(?:<[^(]*>)?\((.*)`, "g");
+    return [...dts.matchAll(pattern)].map(([, doc, rest]) => [/(worker|parts):/.exec(rest)[1], /@deprecated/.test(doc)]);
+  };
+  for (const name of ["map", "mapUnordered", "job"]) assert.deepEqual(overloads("requestor.d.ts", name), [["worker", false], ["parts", true]], name);
+  assert.deepEqual(overloads("executor.d.ts", "constructor"), [["worker", false], ["parts", true]]);
 });
 
 test("protocol.d.ts declares exactly what kiln-client/protocol exports", () => {

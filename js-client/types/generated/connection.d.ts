@@ -137,8 +137,9 @@ export declare class Connection {
      * @param {string} url
      *
      * `resume` (1.2): the `welcome.resume` of an earlier connection, whose activities this
-     * one takes over (its `welcome.resumed` lists them).
-     * @param {{name: string, token?: string | null, timeoutMs?: number, resume?: string | null}} options
+     * one takes over (its `welcome.resumed` lists them). `signal` gives the dial up: it
+     * rejects with a ConnectionClosedError, its socket closed and its timer cleared.
+     * @param {{name: string, token?: string | null, timeoutMs?: number, resume?: string | null, signal?: AbortSignal}} options
      * @returns {Promise<Connection>}
      */
     static open(openSocket: OpenSocket, url: string, options: {
@@ -146,6 +147,7 @@ export declare class Connection {
         token?: string | null;
         timeoutMs?: number;
         resume?: string | null;
+        signal?: AbortSignal;
     }): Promise<Connection>;
     /**
      * @param {Socket} socket

@@ -1,6 +1,7 @@
 /**
  * Small promise tools: a deferred that never reports an unhandled rejection, a race of a
- * promise against an AbortSignal, and a bounded wait that leaves no timer behind.
+ * promise against an AbortSignal, a sleep an AbortSignal ends, and a bounded wait that
+ * leaves no timer behind.
  * @module
  */
 import { CancelledError } from "./errors.js";
@@ -38,8 +39,13 @@ export declare function throwIfAborted(signal: AbortSignal | undefined, what: st
  * @returns {Promise<T>}
  */
 export declare function raceAbort<T>(promise: Promise<T>, signal: AbortSignal | undefined, what: string, onAbort?: () => void): Promise<T>;
-/** @param {number} ms */
-export declare const sleep: (ms: number) => Promise<any>;
+/**
+ * Wait `ms`: true then, or false as soon as `signal` aborts (its timer cleared, none left).
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<boolean>}
+ */
+export declare function sleep(ms: number, signal?: AbortSignal): Promise<boolean>;
 /**
  * Whether `promise` settles (either way) within `ms`. The timer is cleared as soon as it
  * does, so a bounded wait never keeps a process alive.

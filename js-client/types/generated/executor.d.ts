@@ -190,11 +190,20 @@ export declare class Job<P, R> {
     summary: JobSummary;
     /**
      * @param {Renter} requestor
-     * @param {Worker<P, R>} worker also accepted the old way round, `(requestor, parts, worker, options)`
+     * @param {Worker<P, R>} worker
      * @param {Iterable<P>} parts
      * @param {JobOptions} options
      */
     constructor(requestor: Renter, worker: Worker<P, R>, parts: Iterable<P>, options: JobOptions);
+    /**
+     * The old order, accepted for one release with a deprecation warning.
+     * @deprecated call `new Job(requestor, worker, parts, options)`
+     * @param {Renter} requestor
+     * @param {Iterable<P>} parts
+     * @param {Worker<P, R>} worker
+     * @param {JobOptions} options
+     */
+    constructor(requestor: Renter, parts: Iterable<P>, worker: Worker<P, R>, options: JobOptions);
     /** How many tasks the job has: null while a generator of parts has not run out. */
     get total(): number | null;
     /** Attempts running now. */

@@ -20,7 +20,7 @@ import { Connection } from "./connection.js";
 import { Deferred } from "./deferred.js";
 import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
 import { Job } from "./executor.js";
-export type Dial = (resume: string, timeoutMs: number) => Promise<Connection>;
+export type Dial = (resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>;
 export type Platform = {
     openSocket: import("./connection.js").OpenSocket;
     files: import("./activity.js").Files;
@@ -454,7 +454,6 @@ export declare class Requestor {
      * `src/executor.js` for the semantics). Options: `image`, `demand`, `maxProviders` (4),
      * `retries` (2), `taskTimeoutMs`, `startTimeoutMs` (60 s), `setup`, `teardown`,
      * `returnExceptions`, `onEvent`, `signal`. The parts are read as the job's slots free up.
-     * (`job(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
      * @template P, R
      * @param {import("./executor.js").Worker<P, R>} worker
      * @param {Iterable<P>} parts
@@ -463,9 +462,18 @@ export declare class Requestor {
      */
     job<P, R>(worker: import("./executor.js").Worker<P, R>, parts: Iterable<P>, options: import("./executor.js").JobOptions): Job<P, R>;
     /**
+     * The old order of {@link Requestor#job}, accepted for one release with a deprecation warning.
+     * @deprecated call `job(worker, parts, options)`
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {Job<P, R>}
+     */
+    job<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): Job<P, R>;
+    /**
      * Run `worker(activity, part, context)` for every part on rented activities and resolve
      * to the results in input order. Rejects with TaskFailedError when a task fails for good.
-     * (`map(parts, worker, options)`, the old order, works for one release with a deprecation warning.)
      * @template P, R
      * @param {import("./executor.js").Worker<P, R>} worker
      * @param {Iterable<P>} parts
@@ -473,6 +481,16 @@ export declare class Requestor {
      * @returns {Promise<R[]>}
      */
     map<P, R>(worker: import("./executor.js").Worker<P, R>, parts: Iterable<P>, options: import("./executor.js").JobOptions): Promise<R[]>;
+    /**
+     * The old order of {@link Requestor#map}, accepted for one release with a deprecation warning.
+     * @deprecated call `map(worker, parts, options)`
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {Promise<R[]>}
+     */
+    map<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): Promise<R[]>;
     /**
      * Like {@link Requestor#map}, but yield `[index, result]` as each task finishes.
      * Stopping the iteration early ends the job and releases its activities.
@@ -483,6 +501,16 @@ export declare class Requestor {
      * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
      */
     mapUnordered<P, R>(worker: import("./executor.js").Worker<P, R>, parts: Iterable<P>, options: import("./executor.js").JobOptions): AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>;
+    /**
+     * The old order of {@link Requestor#mapUnordered}, accepted for one release with a deprecation warning.
+     * @deprecated call `mapUnordered(worker, parts, options)`
+     * @template P, R
+     * @param {Iterable<P>} parts
+     * @param {import("./executor.js").Worker<P, R>} worker
+     * @param {import("./executor.js").JobOptions} options
+     * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
+     */
+    mapUnordered<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>;
     /**
      * Release every activity still held and close the connection, for good (no reconnect:
      * the hub ends the session at once). A reconnect under way is given up: the hub destroys

@@ -38,7 +38,7 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class StoreRequest:
-    """A requestor's request to the image store; answer it with :meth:`HubCore.store_reply`."""
+    """A requestor's request to the image store; answer it with :meth:`~kiln.hub.core.HubCore.store_reply`."""
 
     peer: int
     message: PushImage | ListImages | RemoveImage | ShareImage
@@ -67,7 +67,8 @@ class PushCancelled:
 
 @dataclass(frozen=True, slots=True)
 class ServeBlobs:
-    """Send provider ``peer`` these blobs, one after another, on ``stream`` (see :meth:`HubCore.serve_data`)."""
+    """Send provider ``peer`` these blobs, one after another, on ``stream``
+    (see :meth:`~kiln.hub.core.HubCore.serve_data`)."""
 
     peer: int
     stream: int

@@ -10,7 +10,7 @@ receiver's :class:`Budget`. The rest is *withheld* until the receiver's queue dr
 past what it promised for it.
 
 A peer's budget is half the buffer the I/O layer keeps for it (the other half is room for
-messages). The image store (:data:`~kiln.hub.peers.HUB`) bounds what it takes by the credit it
+messages). The image store (:data:`HUB`) bounds what it takes by the credit it
 grants (:class:`Batch`), so its budget holds no limit of its own.
 
 Credit passed on goes out as a ``credit`` message to a peer, or as

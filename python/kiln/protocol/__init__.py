@@ -5,7 +5,7 @@ provider and the requestor SDK all build on it.
 
 - ``messages``: every message as a frozen pydantic model (the source of the schema); ``schema``: its JSON Schema
 - ``frames``: binary stream frames; ``limits``: sizes and windows
-- ``codes``: error codes; ``errors``: the one error tree
+- ``codes``: error codes and close codes; ``errors``: the one error tree
 - ``session``: a peer's side of a session, sans I/O
 - ``paths``: container paths from the wire; ``sizes``: sizes as people write them; ``layers``: tar layers metered
 """

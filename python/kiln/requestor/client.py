@@ -281,7 +281,7 @@ class Requestor:
                 await activity.release()
 
     def job(self, worker: Worker[T, R], items: Iterable[T], *, image: str, **options: Unpack[JobOptions]) -> Job[T, R]:
-        """A :class:`~kiln.executor.Job` not started yet: follow its events, then run it.
+        """A :class:`~kiln.requestor.executor.Job` not started yet: follow its events, then run it.
 
         Options: ``demand``, ``max_providers`` (4), ``retries`` (2), ``task_timeout``,
         ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``.
@@ -305,7 +305,7 @@ class Requestor:
         ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
         ``return_exceptions``, ``on_event``. ``progress``: a live bar and a summary on a
         terminal (None: only when stderr is a terminal). Raises
-        :class:`~kiln.executor.TaskFailed` when a task fails for good.
+        :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good.
         """
         job: Job[T, R] = self.job(worker, items, image=image, **options)
         with ProgressView(job, enabled=progress):

@@ -1,4 +1,4 @@
-"""A live progress bar for a :class:`~kiln.executor.Job`, and its summary at the end.
+"""A live progress bar for a :class:`~kiln.requestor.executor.Job`, and its summary at the end.
 
 Quiet unless the console is a terminal (or ``enabled=True``): logs and pipes stay clean.
 """

@@ -89,23 +89,24 @@ class _Push:
 
     def __init__(self, window: int) -> None:
         self.frames: asyncio.Queue[tuple[FrameKind, bytes]] = asyncio.Queue()  # bounded by the credit granted
-        self.credit = Batch(window)  # given back in batches as its frames are taken
+        self.credit = Batch(window)  # given back in batches as its frames are taken (window: in chunks)
         self.task: asyncio.Task[None] | None = None
-        self.window = asyncio.get_running_loop().time()  # when the current window of its rate began
-        self.window_bytes = 0  # bytes it sent in that window
+        self.rate_since = asyncio.get_running_loop().time()  # when the current span its rate is measured over began
+        self.rate_bytes = 0  # bytes it sent since
 
     def count(self, received: int) -> None:
-        """``received`` bytes came: TransferFailed if, over a whole window, it averaged under the floor."""
-        self.window_bytes += received
+        """``received`` bytes came: TransferFailed if, over a whole span of ``PUSH_IDLE_TIMEOUT``, it
+        averaged under the floor."""
+        self.rate_bytes += received
         now = asyncio.get_running_loop().time()
-        if now - self.window < PUSH_IDLE_TIMEOUT:
+        if now - self.rate_since < PUSH_IDLE_TIMEOUT:
             return
-        if self.window_bytes < PUSH_MIN_RATE * (now - self.window):
+        if self.rate_bytes < PUSH_MIN_RATE * (now - self.rate_since):
             raise TransferFailed(
-                f"the push sent {self.window_bytes} bytes in {now - self.window:.0f} s, under the "
+                f"the push sent {self.rate_bytes} bytes in {now - self.rate_since:.0f} s, under the "
                 f"{PUSH_MIN_RATE // 1024} KiB/s a push must keep up"
             )
-        self.window, self.window_bytes = now, 0
+        self.rate_since, self.rate_bytes = now, 0
 
 
 class _Serve:

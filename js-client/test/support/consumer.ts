@@ -1,0 +1,31 @@
+// A TypeScript program using the map family both ways round, checked against the package's
+// declarations by test/unit/types.test.js (the package imports itself by name, as a user's
+// project imports it).
+import { Job, connect } from "kiln-client";
+import type { JobOptions, Worker } from "kiln-client";
+
+const requestor = await connect("ws://127.0.0.1:7465");
+const worker: Worker<number, string> = async (act, part, context) => `${part} ${context.attempt} ${act.provider}`;
+const options: JobOptions = { image: "kiln-busybox:latest" };
+
+// map(worker, parts): the order of both languages.
+const results: string[] = await requestor.map(worker, [1, 2], options);
+for await (const [index, result] of requestor.mapUnordered(worker, [1, 2], options)) console.log(index, result);
+const job: Job<number, string> = requestor.job(worker, [1, 2], options);
+const made: Job<number, string> = new Job(requestor, worker, [1, 2], options);
+
+// The old order, (parts, worker): deprecated for one release, still a program that compiles.
+const old: string[] = await requestor.map([1, 2], worker, options);
+for await (const [index, result] of requestor.mapUnordered([1, 2], worker, options)) console.log(index, result);
+const oldJob: Job<number, string> = requestor.job([1, 2], worker, options);
+const oldMade: Job<number, string> = new Job(requestor, [1, 2], worker, options);
+
+// Neither order holds a wrong type.
+// @ts-expect-error the worker makes strings
+const wrong: number[] = await requestor.map(worker, [1, 2], options);
+// @ts-expect-error the worker takes numbers
+await requestor.map(["a"], worker, options);
+// @ts-expect-error two parts lists and no worker
+await requestor.map([1], [2], options);
+
+console.log(results, job, made, old, oldJob, oldMade, wrong);
