@@ -143,8 +143,19 @@ class Market:
             if (stored := self.catalog.images.get(image)) is not None
             for key, _ in stored.chain_keys
         )
-        seller = Seller(peer, name, offer, frozenset(offer.images), frozenset(offer.cached or ()), total.cpus,
-                        total.memory, total.storage, pulls=pulls, apart=apart, chains=chains)  # fmt: skip
+        seller = Seller(
+            peer,
+            name,
+            offer,
+            frozenset(offer.images),
+            frozenset(offer.cached or ()),
+            total.cpus,
+            total.memory,
+            total.storage,
+            pulls=pulls,
+            apart=apart,
+            chains=chains,
+        )
         if old is not None:
             self.remove(peer)
             taken = old.offer.resources

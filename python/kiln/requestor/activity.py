@@ -362,9 +362,16 @@ class Activity:
         wd = container_path(workdir) if workdir is not None else None
         self._check()
         return Exec(
-            type="exec", id=conn.new_id(), activity=self.id, argv=list(argv), env=dict(env or {}), workdir=wd,
-            timeout=timeout, stdin=True if stdin is not None else None, stream=True if stream else None,
-        )  # fmt: skip
+            type="exec",
+            id=conn.new_id(),
+            activity=self.id,
+            argv=list(argv),
+            env=dict(env or {}),
+            workdir=wd,
+            timeout=timeout,
+            stdin=True if stdin is not None else None,
+            stream=True if stream else None,
+        )
 
     # --- download ------------------------------------------------------------------------
 

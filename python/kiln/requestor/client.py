@@ -400,8 +400,9 @@ class Requestor:
             raise UsageError("share_image takes a list of tenant names (with_=[name]), not one string")
         conn = await self.connected()
         try:
-            message = ShareImage(type="share_image", id=conn.new_id(), image=ref, to=list(with_), public=public,
-                                 revoke=revoke)  # fmt: skip
+            message = ShareImage(
+                type="share_image", id=conn.new_id(), image=ref, to=list(with_), public=public, revoke=revoke
+            )
         except LocalProtocolError as e:
             raise UsageError(f"cannot share {ref!r}: {e.message}") from e
         reply = await conn.request(message)
@@ -421,11 +422,10 @@ class Requestor:
         capacity left; at most ``limit`` (1 to 1000) of them.
         """
         conn = await self.connected()
-        query = MarketQuery(
-            type="market", id=conn.new_id(), image=image, labels=labels or {}, limit=limit,
-            free=Resources(cpus=0, memory=0) if free is None else Resources(cpus=free.cpus, memory=free.memory,
-                                                                            storage=free.storage),
-        )  # fmt: skip
+        wanted = Resources(cpus=0, memory=0)
+        if free is not None:
+            wanted = Resources(cpus=free.cpus, memory=free.memory, storage=free.storage)
+        query = MarketQuery(type="market", id=conn.new_id(), image=image, labels=labels or {}, limit=limit, free=wanted)
         reply = await conn.request(query)
         assert isinstance(reply, MarketInfo)
         return reply.providers
@@ -551,8 +551,9 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r`` o
         self._requestor: Requestor | None = None
 
     async def _dial(self, resume: str | None = None) -> Connection:
-        return await Connection.open(self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl,
-                                     resume=resume)  # fmt: skip
+        return await Connection.open(
+            self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl, resume=resume
+        )
 
     async def _open(self) -> Requestor:
         """Dial the hub and make the requestor (which starts reading): what both ways of connecting do."""

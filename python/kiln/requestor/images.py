@@ -351,9 +351,15 @@ async def push_archive(
     assert isinstance(done, ImagePushed)
     info = done.image
     return PushedImage(
-        digest=info.digest, tags=tuple(info.tags), size=info.size, sent_bytes=done.sent, skipped_bytes=done.skipped,
-        info=info, layers=len(manifest.layers), layers_skipped=skipped_layers,
-    )  # fmt: skip
+        digest=info.digest,
+        tags=tuple(info.tags),
+        size=info.size,
+        sent_bytes=done.sent,
+        skipped_bytes=done.skipped,
+        info=info,
+        layers=len(manifest.layers),
+        layers_skipped=skipped_layers,
+    )
 
 
 # --- pushing straight from the engine: `docker save` streamed --------------------------
@@ -388,9 +394,12 @@ async def _docker(what: str, *args: str) -> bytes:
         raise UsageError("pushing a local image needs the docker command on PATH (or push a file: --file IMAGE.tar)")
     try:
         process = await asyncio.create_subprocess_exec(
-            docker, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            docker,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
     except OSError as e:
         raise UsageError(f"cannot run {docker}: {e.strerror or e}") from e
     stdout, stderr = await process.communicate()
@@ -601,8 +610,10 @@ class SavedStream:
                 return None
             self._blobs[unknown.pop()] = self._unnamed
         blob = self._blobs
-        return Manifest(config=Blob(digest=self.image.digest, size=blob[self.image.digest].size),
-                        layers=[Blob(digest=d, size=blob[d].size) for d in self.image.layers])  # fmt: skip
+        return Manifest(
+            config=Blob(digest=self.image.digest, size=blob[self.image.digest].size),
+            layers=[Blob(digest=d, size=blob[d].size) for d in self.image.layers],
+        )
 
     def _write(self, data: bytes) -> None:
         """Spool ``data`` and follow the tar (it writes and hashes: in follow()'s thread)."""
@@ -702,9 +713,13 @@ async def saving(image: EngineImage) -> AsyncIterator[SavedStream]:
         fcntl.fcntl(out, _F_SETPIPE_SZ, SAVE_READ_BYTES)
     try:
         process = await asyncio.create_subprocess_exec(
-            docker, "save", image.digest, stdin=asyncio.subprocess.DEVNULL, stdout=into,
+            docker,
+            "save",
+            image.digest,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=into,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
     except OSError as e:
         for fd in (out, into):
             os.close(fd)

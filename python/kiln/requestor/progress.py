@@ -94,6 +94,10 @@ class ProgressView:
         elif event.kind in ("rented", "provider_banned") and event.provider is not None:
             self._loading.pop(event.provider, None)
         self._progress.update(
-            self._task, completed=self._done, running=self.job.running, retries=self._retries, failed=len(self._failed),
+            self._task,
+            completed=self._done,
+            running=self.job.running,
+            retries=self._retries,
+            failed=len(self._failed),
             loading="  ".join(self._loading.values()),
-        )  # fmt: skip
+        )

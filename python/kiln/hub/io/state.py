@@ -364,9 +364,18 @@ class HubState:
                 db.execute(
                     "INSERT INTO activities (id, session, provider, cpus, memory, storage, grp, image, started) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (lease.id, lease.session, lease.provider, r.cpus, r.memory, r.storage, lease.group, lease.image,
-                     lease.started),
-                )  # fmt: skip
+                    (
+                        lease.id,
+                        lease.session,
+                        lease.provider,
+                        r.cpus,
+                        r.memory,
+                        r.storage,
+                        lease.group,
+                        lease.image,
+                        lease.started,
+                    ),
+                )
             elif isinstance(change, Destroying):
                 db.execute("UPDATE activities SET destroying = TRUE WHERE id = ?", (change.activity,))
             elif isinstance(change, EndLease):

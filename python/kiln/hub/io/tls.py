@@ -25,8 +25,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     Raises :class:`~kiln.protocol.errors.UsageError` for a file that cannot be read, holds
     no certificate or key, an encrypted key, or a key that does not match the certificate.
     """
-    for path, what, marker in ((cert, "certificate", "-----BEGIN CERTIFICATE-----"),
-                               (key, "key", "PRIVATE KEY-----")):  # fmt: skip
+    for path, what, marker in ((cert, "certificate", "-----BEGIN CERTIFICATE-----"), (key, "key", "PRIVATE KEY-----")):
         try:
             text = path.read_text(errors="replace")
         except OSError as e:
