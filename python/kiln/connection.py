@@ -398,6 +398,8 @@ class Connection:
 
     async def flush(self) -> None:
         """Write everything the session has queued, in order (one writer at a time)."""
+        if not self.session.has_data_to_send() and not self._writing.locked():
+            return  # nothing to write, and no write of ours under way to wait for
         async with self._writing:
             while out := self.session.data_to_send():
                 for frame in out:
@@ -492,11 +494,16 @@ class Connection:
 
     async def reply(self, message: Reply) -> None:
         """Answer one of the hub's requests (see :meth:`Session.reply`); its stream is forgotten."""
+        self.reply_soon(message)
+        await self.flush()
+
+    def reply_soon(self, message: Reply) -> None:
+        """:meth:`reply` without waiting, for an ``on_event`` handler that answers at once: the
+        reader calls it between frames, and writes what it queued before it reads the next."""
         self.session.reply(message)
         if message.type != "download_info" and message.re is not None:
             self._incoming.pop(message.re, None)
             self._outgoing.pop(message.re, None)
-        await self.flush()
 
     # --- reading -------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from kiln.hub.io.connections import (
     allow_frames,
     connection_class,
     select_subprotocol,
+    send_frames,
 )
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
@@ -256,16 +257,19 @@ class HubServer:
 
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
         while True:
-            item = await outbox.get()
-            if isinstance(item, Close):
-                await ws.close(item.code, item.reason)
+            items = await outbox.take()
+            frames = [item for item in items if isinstance(item, Send)]
+            if frames:
+                try:
+                    await send_frames(ws, frames)
+                except ConnectionClosed:
+                    return
+                streamed = sum(len(frame.data) for frame in frames if frame.binary)
+                if streamed:
+                    self._apply(self.core.delivered(peer, streamed))
+            if isinstance(last := items[-1], Close):
+                await ws.close(last.code, last.reason)
                 return
-            try:
-                await ws.send(item.data, text=not item.binary)
-            except ConnectionClosed:
-                return
-            if item.binary:
-                self._apply(self.core.delivered(peer, len(item.data)))
 
 
 def _describe(error: ConnectionClosed) -> str:
