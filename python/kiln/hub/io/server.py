@@ -115,6 +115,7 @@ class HubServer:
             self._apply(self.core.expire())
 
     async def handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, HubConnection)  # see start(): the server's connections are
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
@@ -132,21 +133,7 @@ class HubServer:
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._write(peer, ws, outbox))
                 try:
-                    # A peer that connects and says nothing is not kept waiting forever.
-                    async with asyncio.timeout(HELLO_TIMEOUT):
-                        first = await ws.recv()
-                    self._unwelcomed.pop(peer, None)
-                    self._take(peer, first)
-                    self._judged(peer, ws)
-                    async for data in ws:
-                        self._take(peer, data)
-                except TimeoutError:
-                    reason = f"no hello within {HELLO_TIMEOUT:g} s"
-                    await ws.close(CLOSE_HANDSHAKE, reason)
-                except ConnectionClosed as e:
-                    reason = _describe(e)
-                else:
-                    reason = _describe_closed(ws)
+                    reason = await self._read(peer, ws)
                 finally:
                     writer.cancel()
         finally:
@@ -158,6 +145,37 @@ class HubServer:
             code = None if said is None else said.code
             ended = code == CloseCode.NORMAL
             self._apply(self.core.disconnect(peer, reason, ended=ended, leaving=ended or code == CloseCode.GOING_AWAY))
+
+    async def _read(self, peer: int, ws: HubConnection) -> str:
+        """Take ``peer``'s messages as the connection reads them, until it ends; why it ended."""
+        greeted = False
+
+        def take(data: bytes, text: bool) -> None:
+            nonlocal greeted
+            if not greeted:
+                greeted = True
+                self._unwelcomed.pop(peer, None)
+                self._take(peer, data, text)
+                self._judged(peer, ws)
+            else:
+                self._take(peer, data, text)
+
+        ws.take_messages(take)
+        try:
+            # A peer that connects and says nothing is not kept waiting forever.
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                await asyncio.shield(ws.first)
+        except TimeoutError:
+            reason = f"no hello within {HELLO_TIMEOUT:g} s"
+            ws.stop_taking()
+            await ws.close(CLOSE_HANDSHAKE, reason)
+            return reason
+        failure = await ws.ended
+        if failure is not None and failure.error is not None:
+            raise failure.error
+        if failure is not None:
+            await ws.close(failure.code, failure.reason)
+        return _describe(ws)
 
     def _gatekeep(self, peer: int, ws: ServerConnection) -> bool:
         """Turn ``peer`` away before its hello if its address holds too much or failed too often (True)."""
@@ -186,11 +204,11 @@ class HubServer:
         elif isinstance(ws, HubConnection) and p.refused not in (None, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY):
             self.gate.failed(ws.source)
 
-    def _take(self, peer: int, data: str | bytes) -> None:
+    def _take(self, peer: int, data: bytes, text: bool) -> None:
         if self.stopping:
             return  # nothing more is told to anyone: the state on disk is what the next start takes back
-        if isinstance(data, str):
-            self._apply(self.core.receive_text(peer, data.encode()))
+        if text:
+            self._apply(self.core.receive_text(peer, data))
         else:
             self._apply(self.core.receive_binary(peer, data))
 
@@ -272,15 +290,12 @@ class HubServer:
                 return
 
 
-def _describe(error: ConnectionClosed) -> str:
-    if error.rcvd is None:
+def _describe(ws: ServerConnection) -> str:
+    """How ``ws`` ended, once it has: the close frame its peer sent, or none."""
+    said = ws.protocol.close_rcvd
+    if said is None:
         return "connection lost without a close frame"
-    return f"closed with code {error.rcvd.code}" + (f" ({error.rcvd.reason})" if error.rcvd.reason else "")
-
-
-def _describe_closed(ws: ServerConnection) -> str:
-    code = ws.close_code
-    return f"closed with code {code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
+    return f"closed with code {said.code}" + (f" ({said.reason})" if said.reason else "")
 
 
 DEFAULT_STORE_LIMIT: Final = 20 * 2**30
