@@ -374,6 +374,10 @@ class Session:
         """Whether :meth:`data_to_send` has frames to give."""
         return bool(self._out)
 
+    def frames_to_send(self) -> list[Outbound]:
+        """What :meth:`data_to_send` would return, left queued (call that once they are written)."""
+        return self._out
+
     def events_received(self) -> list[Event]:
         """What happened, in order. Call after every other method."""
         events, self._events = self._events, []

@@ -51,7 +51,6 @@ from kiln.hub.io.connections import (
     allow_frames,
     connection_class,
     select_subprotocol,
-    send_frames,
 )
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
@@ -60,6 +59,7 @@ from kiln.protocol import limits
 from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, CloseCode, ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import MAX_HELLO_BYTES
+from kiln.wire import send_frames, send_frames_now
 
 log = logging.getLogger("kiln.hub")
 
@@ -279,7 +279,8 @@ class HubServer:
             frames = [item for item in items if isinstance(item, Send)]
             if frames:
                 try:
-                    await send_frames(ws, frames)
+                    if not send_frames_now(ws, frames):
+                        await send_frames(ws, frames)
                 except ConnectionClosed:
                     return
                 streamed = sum(len(frame.data) for frame in frames if frame.binary)
