@@ -68,6 +68,8 @@ from kiln.wire import TakesMessages, send_frames, send_frames_now
 log = logging.getLogger("kiln.connection")
 
 HANDSHAKE_TIMEOUT: Final = 10.0
+DEFER_BYTES: Final = 16 * 1024
+"""Frames queued up to this size go out with the next ones of the same turn of the event loop."""
 
 
 class HubLink(TakesMessages, ClientConnection):
@@ -310,6 +312,7 @@ class Connection:
     def __init__(self, ws: HubLink, session: Session, on_event: EventHandler | None = None) -> None:
         self.ws = ws
         self._wake: asyncio.Future[None] | None = None  # the reader's, while it waits (see run)
+        self._write_due = False  # a write at the end of this turn of the event loop (see flush)
         self.session = session
         self.on_event = on_event
         self._replies: dict[int, asyncio.Future[Message]] = {}
@@ -421,15 +424,43 @@ class Connection:
     # --- sending ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write everything the session has queued, in order (one writer at a time)."""
-        if not self._writing.locked() and self._write_now():
-            return
+        """Write everything the session has queued, in order (one writer at a time).
+
+        Small frames, while the reader runs, go out at the end of this turn of the event loop
+        with whatever else is queued by then (one write for the requests of many tasks); the
+        reader writes them itself if the socket's buffer is full then.
+        """
+        if not self._writing.locked():
+            if self._wake is not None and self._deferrable():
+                self._write_soon()
+                return
+            if self._write_now():
+                return
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write everything queued, waiting while the socket's buffer is full."""
         async with self._writing:
             while out := self.session.data_to_send():
                 try:
                     await send_frames(self.ws, out)
                 except WsConnectionClosed:
                     return  # the reader reports the loss to the session
+
+    def _deferrable(self) -> bool:
+        return sum(len(frame.data) for frame in self.session.frames_to_send()) <= DEFER_BYTES
+
+    def _write_soon(self) -> None:
+        """Write what the session queued at the end of this turn of the event loop (see :meth:`flush`)."""
+        if not self._write_due:
+            self._write_due = True
+            asyncio.get_running_loop().call_soon(self._write_queued)
+
+    def _write_queued(self) -> None:
+        self._write_due = False
+        if not self._write_now():  # the answers wait for the socket: read no more until written
+            self.ws.transport.pause_reading()
+            self._poke()
 
     def _write_now(self) -> bool:
         """Write what the session queued if that needs no waiting (see :func:`~kiln.wire.send_frames_now`)."""
@@ -556,7 +587,7 @@ class Connection:
             while not ws.ended.done():
                 await self._wake
                 self._wake = loop.create_future()
-                await self.flush()  # what could not be written at once
+                await self._flush()  # what could not be written at once
                 if not self._wake.done():
                     ws.transport.resume_reading()
             await self._failed()
@@ -568,9 +599,8 @@ class Connection:
     def _on_message(self, data: bytes, text: bool) -> None:
         self._take(data, text)
         self._dispatch()
-        if not self._write_now():  # the answers wait for the socket: read no more until written
-            self.ws.transport.pause_reading()
-            self._poke()
+        if self.session.has_data_to_send():
+            self._write_soon()  # with the answers to the other messages of this read
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -586,6 +616,7 @@ class Connection:
 
     async def close(self) -> None:
         """End the session from this side (what is open fails with ConnectionClosed) and close the socket."""
+        self._write_now()  # what waits for the end of this turn goes first, if the socket takes it
         self.session.close()
         self._dispatch()
         await self.ws.close()
