@@ -505,8 +505,11 @@ class Job(Generic[T, R]):
         outcome: Outcome
         error: BaseException | None = None
         try:
-            async with asyncio.timeout(self.task_timeout):
+            if self.task_timeout is None:
                 value = await self.worker(activity, task.item)
+            else:
+                async with asyncio.timeout(self.task_timeout):
+                    value = await self.worker(activity, task.item)
         except TimeoutError:
             outcome = "timeout"
             error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")

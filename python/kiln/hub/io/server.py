@@ -20,10 +20,11 @@ import resource
 import signal
 import sqlite3
 import ssl as ssl_module
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -101,6 +102,7 @@ class HubServer:
         """Set when the hub stops: frames are no longer taken, and departures no longer written (see :func:`start`)."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
+        self._sockets: dict[int, ServerConnection] = {}
         self._log = LogLimiter()
         self._ids = itertools.count(1)
         self.images = ImageService(core, store, self._apply, state) if store is not None else None
@@ -119,6 +121,7 @@ class HubServer:
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
+        self._sockets[peer] = ws
         self.core.connect(peer)
         # Idle connections cannot crowd out the peers that say hello: past the cap, the
         # oldest silent one makes room (for a connection the gate lets in: one turned away takes none).
@@ -138,6 +141,7 @@ class HubServer:
                     writer.cancel()
         finally:
             del self._outboxes[peer]
+            del self._sockets[peer]
             self._unwelcomed.pop(peer, None)
             # A peer that closed with 1000 is done; any other end may be a blip it comes back from.
             # One that closed with 1001 (going away: a provider stopped) left on purpose too.
@@ -214,14 +218,12 @@ class HubServer:
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Log):
-                self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
-                continue
-            if isinstance(action, Change):
-                self._save(action)
-                continue
-            if not isinstance(action, Send | Close):
-                if self.images is not None:
+            if type(action) is not Send and type(action) is not Close:  # frames first: the most of them
+                if isinstance(action, Log):
+                    self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
+                elif isinstance(action, Change):
+                    self._save(action)
+                elif self.images is not None and not isinstance(action, Send | Close):
                     self.images.handle(action)
                 continue
             outbox = self._outboxes.get(action.peer)
@@ -234,6 +236,26 @@ class HubServer:
                 outbox.items.clear()
                 outbox.size = 0
                 outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
+            if not outbox.due:
+                outbox.due = True
+                asyncio.get_running_loop().call_soon(self._flush, action.peer, outbox)
+
+    def _flush(self, peer: int, outbox: Outbox) -> None:
+        """Write what waits for ``peer`` (all that this turn of the event loop queued) if the socket
+        takes it at once; else its writer task writes it, waiting as it must (or closes)."""
+        outbox.due = False
+        ws = self._sockets.get(peer)
+        if ws is None or outbox.busy or not outbox.items:
+            return  # gone, or the writer task takes them next
+        frames = cast(deque[Send], outbox.items)  # Sends only, unless closing
+        if outbox.closing or not send_frames_now(ws, frames):
+            outbox.ready.set()
+            return
+        streamed = sum(len(frame.data) for frame in frames if frame.binary)
+        frames.clear()
+        outbox.size = 0
+        if streamed:
+            self._apply(self.core.delivered(peer, streamed))
 
     def _save(self, change: Change) -> None:
         """Commit a change before the actions after it (the messages that tell of it) go out.
@@ -274,15 +296,18 @@ class HubServer:
             self.roll_up_usage(state, days)
 
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
+        """Write what :meth:`_flush` could not write at once (waiting for the socket), and close."""
         while True:
             items = await outbox.take()
             frames = [item for item in items if isinstance(item, Send)]
             if frames:
+                outbox.busy = True
                 try:
-                    if not send_frames_now(ws, frames):
-                        await send_frames(ws, frames)
+                    await send_frames(ws, frames)
                 except ConnectionClosed:
                     return
+                finally:
+                    outbox.busy = False
                 streamed = sum(len(frame.data) for frame in frames if frame.binary)
                 if streamed:
                     self._apply(self.core.delivered(peer, streamed))
