@@ -65,10 +65,13 @@ class TakesMessages(Connection):
         early, self.early = self.early, []
         for data, text in early:
             self._deliver(on_message, data, text)
+        self.transport.resume_reading()
 
     def pause_taking(self) -> None:
-        """Keep the messages read from now on until :meth:`take_messages` is called again."""
+        """Keep the messages read from now on until :meth:`take_messages` is called again; meanwhile
+        no more is read than what the socket gave already (as websockets' own queue would do)."""
         self.on_message = None
+        self.transport.pause_reading()
 
     def stop_taking(self) -> None:
         """Take no more messages (the connection is being closed)."""

@@ -332,6 +332,7 @@ class Session:
         """Why the session ended, once it has."""
         self._mine: dict[int, _Open] = {}  # requests we sent, by our id
         self._streaming = 0  # how many of them have streams (see _full)
+        self._minor: int | None = None  # the welcome's, once read (see minor)
         self._theirs: dict[int, _Open] = {}  # requests the hub sent us, by its id
         self._next_id = 0
         self._highest = 0  # the highest request id this side has sent (ids wrap: then every id was)
@@ -354,7 +355,9 @@ class Session:
     @property
     def minor(self) -> int:
         """The minor protocol version both sides speak (only once welcomed)."""
-        return int(self.version.split(".")[1])
+        if self._minor is None:
+            self._minor = int(self.version.split(".")[1])
+        return self._minor
 
     @property
     def version(self) -> str:

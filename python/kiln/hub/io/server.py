@@ -174,7 +174,7 @@ class HubServer:
             ws.stop_taking()
             await ws.close(CLOSE_HANDSHAKE, reason)
             return reason
-        failure = await ws.ended
+        failure = await asyncio.shield(ws.ended)
         if failure is not None and failure.error is not None:
             raise failure.error
         if failure is not None:
