@@ -320,7 +320,8 @@ class Connection:
         self._outgoing: dict[int, Outgoing] = {}
         self._interim: dict[int, InterimHandler] = {}
         self._writing = asyncio.Lock()
-        self._room = asyncio.Event()  # set, then replaced, whenever a request of ours ends
+        self._room = asyncio.Event()  # set, then replaced, when a request of ours ends while others wait
+        self._waiting_room = 0
 
     @classmethod
     async def open(
@@ -480,7 +481,11 @@ class Connection:
         ``want`` for a push, ``rent_progress`` for a rent.
         """
         while not self.session.has_room(message):
-            await self._room.wait()
+            self._waiting_room += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting_room -= 1
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.session.request(message)
         self._replies[message.id] = future
@@ -663,8 +668,9 @@ class Connection:
                     self._emit(event)
 
     def _settle(self, request: int, reply: Message | None, error: KilnError | None) -> None:
-        self._room.set()
-        self._room = asyncio.Event()
+        if self._waiting_room:
+            self._room.set()
+            self._room = asyncio.Event()
         future = self._replies.pop(request, None)
         self._interim.pop(request, None)
         ends = [self._incoming.pop(request, None), self._outgoing.pop(request, None)]
