@@ -639,6 +639,8 @@ class Connection:
                     self._settle(request, reply, None)
                 case Failed(request, error):
                     self._settle(request, None, error)
+                case Requested():  # a provider's most frequent event: before the rarer ones
+                    self._emit(event)
                 case Informed(request, info):
                     receiver = self._incoming.get(request)
                     if (handler := self._interim.get(request)) is not None:
@@ -664,7 +666,7 @@ class Connection:
                 case Violated(error):
                     log.warning("the hub sent something invalid (%s): %s", error.code, error.message)
                     self._emit(event)
-                case Requested() | CancelRequested() | Notified() | Welcomed():
+                case CancelRequested() | Notified() | Welcomed():
                     self._emit(event)
 
     def _settle(self, request: int, reply: Message | None, error: KilnError | None) -> None:
