@@ -566,8 +566,8 @@ class Connection:
         await self.flush()
 
     def reply_soon(self, message: Reply) -> None:
-        """:meth:`reply` without waiting, for an ``on_event`` handler that answers at once: the
-        reader calls it between frames, and writes what it queued before it reads the next."""
+        """:meth:`reply` without waiting, for an ``on_event`` handler that answers at once (the
+        reader calls the handler as messages come): the reply goes out with the reader's next write."""
         self.session.reply(message)
         if message.type != "download_info" and message.re is not None:
             self._incoming.pop(message.re, None)
@@ -598,6 +598,7 @@ class Connection:
             await self._failed()
             reason = _describe(ws)
         finally:
+            self._wake = None  # no reader: flush writes itself
             self.session.connection_lost(reason)
             self._dispatch()
 
