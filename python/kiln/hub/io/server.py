@@ -117,7 +117,7 @@ class HubServer:
             self._apply(self.core.expire())
 
     async def handle(self, ws: ServerConnection) -> None:
-        assert isinstance(ws, HubConnection)  # see start(): the server's connections are
+        assert isinstance(ws, HubConnection)  # start() serves HubConnections only
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
