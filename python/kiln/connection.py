@@ -29,7 +29,7 @@ import re
 import ssl as ssl_module
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -63,11 +63,21 @@ from kiln.protocol.session import (
     Violated,
     Welcomed,
 )
+from kiln.wire import TakesMessages, send_frames, send_frames_now
 
 log = logging.getLogger("kiln.connection")
 
 HANDSHAKE_TIMEOUT: Final = 10.0
+DEFER_BYTES: Final = 16 * 1024
+"""Frames queued up to this size go out with the next ones of the same turn of the event loop."""
+
+
+class HubLink(TakesMessages, ClientConnection):
+    """A peer's WebSocket connection to the hub, whose messages :meth:`Connection.run` takes as they are read."""
+
+
 WEBSOCKET_OPTIONS: Final[dict[str, Any]] = {
+    "create_connection": HubLink,
     "subprotocols": [Subprotocol(PROTOCOL_NAME)],
     "max_size": None,  # the session judges frames; the hub never sends more than max_frame_bytes
     "ping_interval": 3,  # as the hub: a hub silent for 7 s after a ping is gone
@@ -299,8 +309,10 @@ class Outgoing:
 class Connection:
     """A live, welcomed connection to the hub. Get one from :meth:`open`."""
 
-    def __init__(self, ws: ClientConnection, session: Session, on_event: EventHandler | None = None) -> None:
+    def __init__(self, ws: HubLink, session: Session, on_event: EventHandler | None = None) -> None:
         self.ws = ws
+        self._wake: asyncio.Future[None] | None = None  # the reader's, while it waits (see run)
+        self._write_due = False  # a write at the end of this turn of the event loop (see flush)
         self.session = session
         self.on_event = on_event
         self._replies: dict[int, asyncio.Future[Message]] = {}
@@ -308,7 +320,8 @@ class Connection:
         self._outgoing: dict[int, Outgoing] = {}
         self._interim: dict[int, InterimHandler] = {}
         self._writing = asyncio.Lock()
-        self._room = asyncio.Event()  # set, then replaced, whenever a request of ours ends
+        self._room = asyncio.Event()  # set, then replaced, when a request of ours ends while others wait
+        self._waiting_room = 0
 
     @classmethod
     async def open(
@@ -366,22 +379,37 @@ class Connection:
         session = Session(
             role, name, token=token, software=f"kiln-python/{__version__}", resume=resume, activities=activities
         )
+        if not isinstance(ws, HubLink):
+            raise UsageError("dial the hub with WEBSOCKET_OPTIONS: its connection must be a kiln.connection.HubLink")
         conn = cls(ws, session, on_event)
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def greet(data: bytes, text: bool) -> None:
+            conn._take(data, text)
+            for event in session.events_received():
+                if isinstance(event, Closed) and not answered.done():
+                    answered.set_exception(event.error)
+            if session.welcome is not None and not answered.done():
+                answered.set_result(None)
+            if answered.done():
+                ws.pause_taking()  # what comes after the welcome is the reader's (see run)
+
         try:
             if ws.subprotocol not in (None, PROTOCOL_NAME):
                 raise UnsupportedVersion(f"the hub speaks {ws.subprotocol}, not {PROTOCOL_NAME}")
             await conn.flush()
+            ws.take_messages(greet)
             async with asyncio.timeout(open_timeout):
-                while session.welcome is None:
-                    conn._take(await ws.recv())
-                    for event in session.events_received():
-                        if isinstance(event, Closed):
-                            raise event.error
+                await asyncio.wait(
+                    [answered, cast("asyncio.Future[None]", ws.ended)], return_when=asyncio.FIRST_COMPLETED
+                )
+            if not answered.done():
+                await conn._failed()
+                raise ConnectionLost(f"the hub closed the connection during the handshake: {_describe(ws)}")
+            answered.result()
         except TimeoutError as e:
             await ws.close()
             raise ConnectionLost(f"the hub did not answer hello within {open_timeout:g} s") from e
-        except WsConnectionClosed as e:
-            raise ConnectionLost(f"the hub closed the connection during the handshake: {_describe(e)}") from e
         except BaseException:
             await ws.close()
             raise
@@ -397,14 +425,52 @@ class Connection:
     # --- sending ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Write everything the session has queued, in order (one writer at a time)."""
+        """Write everything the session has queued, in order (one writer at a time).
+
+        Small frames, while the reader runs, go out at the end of this turn of the event loop
+        with whatever else is queued by then (one write for the requests of many tasks); the
+        reader writes them itself if the socket's buffer is full then.
+        """
+        if not self._writing.locked():
+            if self._wake is not None and self._deferrable():
+                self._write_soon()
+                return
+            if self._write_now():
+                return
+        await self._flush()
+
+    async def _flush(self) -> None:
+        """Write everything queued, waiting while the socket's buffer is full."""
         async with self._writing:
             while out := self.session.data_to_send():
-                for frame in out:
-                    try:
-                        await self.ws.send(frame.data, text=not frame.binary)
-                    except WsConnectionClosed:
-                        return  # the reader reports the loss to the session
+                try:
+                    await send_frames(self.ws, out)
+                except WsConnectionClosed:
+                    return  # the reader reports the loss to the session
+
+    def _deferrable(self) -> bool:
+        return sum(len(frame.data) for frame in self.session.frames_to_send()) <= DEFER_BYTES
+
+    def _write_soon(self) -> None:
+        """Write what the session queued at the end of this turn of the event loop (see :meth:`flush`)."""
+        if not self._write_due:
+            self._write_due = True
+            asyncio.get_running_loop().call_soon(self._write_queued)
+
+    def _write_queued(self) -> None:
+        self._write_due = False
+        if not self._write_now():  # the answers wait for the socket: read no more until written
+            self.ws.transport.pause_reading()
+            self._poke()
+
+    def _write_now(self) -> bool:
+        """Write what the session queued if that needs no waiting (see :func:`~kiln.wire.send_frames_now`)."""
+        if not self.session.has_data_to_send():
+            return True
+        if self._writing.locked() or not send_frames_now(self.ws, self.session.frames_to_send()):
+            return False
+        self.session.data_to_send()  # written
+        return True
 
     async def start(self, message: Request, on_interim: InterimHandler | None = None) -> asyncio.Future[Message]:
         """Send a request; the future resolves to its final reply, or fails with a KilnError.
@@ -415,7 +481,11 @@ class Connection:
         ``want`` for a push, ``rent_progress`` for a rent.
         """
         while not self.session.has_room(message):
-            await self._room.wait()
+            self._waiting_room += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting_room -= 1
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self.session.request(message)
         self._replies[message.id] = future
@@ -492,36 +562,73 @@ class Connection:
 
     async def reply(self, message: Reply) -> None:
         """Answer one of the hub's requests (see :meth:`Session.reply`); its stream is forgotten."""
+        self.reply_soon(message)
+        await self.flush()
+
+    def reply_soon(self, message: Reply) -> None:
+        """:meth:`reply` without waiting, for an ``on_event`` handler that answers at once (the
+        reader calls the handler as messages come): the reply goes out with the reader's next write."""
         self.session.reply(message)
         if message.type != "download_info" and message.re is not None:
             self._incoming.pop(message.re, None)
             self._outgoing.pop(message.re, None)
-        await self.flush()
 
     # --- reading -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read frames until the connection ends; then everything still waiting fails."""
+        """Read frames until the connection ends; then everything still waiting fails.
+
+        Each message is taken as the connection reads it (:class:`HubLink`); what the session
+        and ``on_event`` answer goes out at once, or, when the socket's buffer is full, from
+        here, with reading paused meanwhile.
+        """
         reason = "the hub closed the connection"
+        ws = self.ws
+        loop = asyncio.get_running_loop()
+        ws.ended.add_done_callback(lambda _: self._poke())
+        self._wake = loop.create_future()
         try:
-            while True:
-                self._take(await self.ws.recv())
-                self._dispatch()
-                await self.flush()  # what the session answered on its own
-        except WsConnectionClosed as e:
-            reason = _describe(e)
+            ws.take_messages(self._on_message)
+            while not ws.ended.done():
+                await self._wake
+                self._wake = loop.create_future()
+                await self._flush()  # what could not be written at once
+                if not self._wake.done():
+                    ws.transport.resume_reading()
+            await self._failed()
+            reason = _describe(ws)
         finally:
+            self._wake = None  # no reader: flush writes itself
             self.session.connection_lost(reason)
             self._dispatch()
 
+    def _on_message(self, data: bytes, text: bool) -> None:
+        self._take(data, text)
+        self._dispatch()
+        if self.session.has_data_to_send():
+            self._write_soon()  # with the answers to the other messages of this read
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def _failed(self) -> None:
+        """When a message from the hub failed websockets' checks or ours, close as it says (or raise its bug)."""
+        failure = self.ws.ended.result() if self.ws.ended.done() else None
+        if failure is not None and failure.error is not None:
+            raise failure.error
+        if failure is not None:
+            await self.ws.close(failure.code, failure.reason)
+
     async def close(self) -> None:
         """End the session from this side (what is open fails with ConnectionClosed) and close the socket."""
+        self._write_now()  # what waits for the end of this turn goes first, if the socket takes it
         self.session.close()
         self._dispatch()
         await self.ws.close()
 
-    def _take(self, data: str | bytes) -> None:
-        if isinstance(data, str):
+    def _take(self, data: bytes, text: bool) -> None:
+        if text:
             self.session.receive_text(data)
         else:
             self.session.receive_binary(data)
@@ -533,6 +640,8 @@ class Connection:
                     self._settle(request, reply, None)
                 case Failed(request, error):
                     self._settle(request, None, error)
+                case Requested():  # a provider's most frequent event: before the rarer ones
+                    self._emit(event)
                 case Informed(request, info):
                     receiver = self._incoming.get(request)
                     if (handler := self._interim.get(request)) is not None:
@@ -558,12 +667,13 @@ class Connection:
                 case Violated(error):
                     log.warning("the hub sent something invalid (%s): %s", error.code, error.message)
                     self._emit(event)
-                case Requested() | CancelRequested() | Notified() | Welcomed():
+                case CancelRequested() | Notified() | Welcomed():
                     self._emit(event)
 
     def _settle(self, request: int, reply: Message | None, error: KilnError | None) -> None:
-        self._room.set()
-        self._room = asyncio.Event()
+        if self._waiting_room:
+            self._room.set()
+            self._room = asyncio.Event()
         future = self._replies.pop(request, None)
         self._interim.pop(request, None)
         ends = [self._incoming.pop(request, None), self._outgoing.pop(request, None)]
@@ -589,7 +699,9 @@ class Connection:
             self.on_event(event)
 
 
-def _describe(error: WsConnectionClosed) -> str:
-    if error.rcvd is None:
+def _describe(ws: ClientConnection) -> str:
+    """How ``ws`` ended, once it has: the close frame the hub sent, or none."""
+    said = ws.protocol.close_rcvd
+    if said is None:
         return "connection lost without a close frame"
-    return f"the hub closed it with code {error.rcvd.code}" + (f" ({error.rcvd.reason})" if error.rcvd.reason else "")
+    return f"the hub closed it with code {said.code}" + (f" ({said.reason})" if said.reason else "")

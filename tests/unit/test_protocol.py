@@ -11,7 +11,7 @@ from kiln.protocol import ErrorCode, RemoteProtocolError, errors, frames, limits
 from kiln.protocol import codes as codes_module
 from kiln.protocol.codes import CloseCode
 from kiln.protocol.frames import FrameKind
-from kiln.protocol.messages import PROTOCOL_VERSION, Credit, Upload
+from kiln.protocol.messages import PROTOCOL_VERSION, Credit, Error, Exec, Upload
 from kiln.protocol.schema import render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +116,21 @@ def test_serialize_omits_unset_optionals() -> None:
         "size": 5,
         "mode": 0o644,
     }
+
+
+def test_serialize_with_an_update_is_the_updated_copy_serialized() -> None:
+    """What the hub relays under its own ids: the same bytes as a copy with the fields changed."""
+    exec_ = Exec(type="exec", id=3, activity="a", argv=["true"], env={"A": "1"}, stream=True, window=4)
+    error = Error(type="error", re=5, code="internal", message="oops")
+    named = error.model_copy(update={"provider": "p1"})
+    cases: list[tuple[Exec | Error, dict[str, int | str]]] = [
+        (exec_, {"id": 99}),
+        (error, {"re": 7}),
+        (error, {"re": 7, "provider": "p2"}),  # a field left out before comes in its place
+        (named, {"re": 7, "provider": "p2"}),
+    ]
+    for message, update in cases:
+        assert serialize(message, update) == serialize(message.model_copy(update=update))
 
 
 def test_frame_round_trip_and_readdressing() -> None:

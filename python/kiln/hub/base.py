@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Final, Literal
 
 from kiln.hub.access import Credentials
@@ -88,8 +88,9 @@ class CoreBase:
     def _log(self, level: Literal["info", "warning"], text: str) -> None:
         self._out.append(Log(level, text))
 
-    def _send(self, peer: int, message: Message) -> None:
-        self._out.append(Send(peer, serialize(message)))
+    def _send(self, peer: int, message: Message, update: Mapping[str, int | str] | None = None) -> None:
+        """Send ``message`` to ``peer`` (with ``update``'s fields in place of its own: see :func:`serialize`)."""
+        self._out.append(Send(peer, serialize(message, update)))
 
     def _send_binary(self, peer: int, data: bytes) -> None:
         self.flow.queue(peer, len(data))

@@ -103,7 +103,7 @@ class Relay(Leases):
             window = min(message.window or limits.OUTPUT_WINDOW, self.limits.max_window)
             message = message.model_copy(update={"window": self.flow.first(route, window)})
         p.open[message.id] = (q.id, hub_id)
-        self._send(q.id, message.model_copy(update={"id": hub_id}))
+        self._send(q.id, message, {"id": hub_id})
 
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.receives.get(message.stream)
@@ -209,10 +209,10 @@ class Relay(Leases):
         An error names the provider that sent it: the hub says which, whatever the provider claims.
         """
         if pending.r_id is not None and pending.requestor in self.peers:
-            update: dict[str, object] = {"re": pending.r_id}
+            update: dict[str, int | str] = {"re": pending.r_id}
             if isinstance(reply, Error):
                 update["provider"] = p.name
-            self._send(pending.requestor, reply.model_copy(update=update))
+            self._send(pending.requestor, reply, update)
 
     def _fail_requestor(self, pending: Pending, code: ErrorCode, message: str) -> None:
         if pending.r_id is not None and pending.requestor in self.peers:

@@ -11,6 +11,8 @@ class (an invalid one is a :class:`~kiln.protocol.errors.LocalProtocolError`) an
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Final, Literal, TypeAlias, get_args
 
 import orjson
@@ -715,16 +717,42 @@ MAX_DEPTH: Final = 32
 """Nesting deeper than this is refused before validation: no message needs more than a few levels."""
 
 
+_FLOAT_BYTES: Final = re.compile(rb"[0-9][.eE]")
+_FLOAT_TEXT: Final = re.compile(r"[0-9][.eE]")
+
+
+def _as_is(data: bytes | str) -> bool:
+    """Whether :func:`_by_value` would leave the JSON ``data`` as it is: no float in it (a float
+    literal has a digit right before its '.', 'e' or 'E'), and too few brackets to nest too deep.
+    False may be wrong (a digit and a dot in a string); True never is."""
+    if isinstance(data, str):
+        return data.count("[") + data.count("{") <= MAX_DEPTH and _FLOAT_TEXT.search(data) is None
+    return data.count(b"[") + data.count(b"{") <= MAX_DEPTH and _FLOAT_BYTES.search(data) is None
+
+
 def _by_value(value: Any, depth: int = 0) -> Any:
-    """JSON numbers are judged by value, as every JSON parser sees them: 1.0 is the integer 1."""
+    """JSON numbers are judged by value, as every JSON parser sees them: 1.0 is the integer 1.
+
+    Changes ``value`` (what ``orjson.loads`` gave) in place; raises for anything nested
+    deeper than :data:`MAX_DEPTH`."""
     if depth > MAX_DEPTH:
         raise RemoteProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels", ErrorCode.BAD_MESSAGE)
     if type(value) is float and value.is_integer():
         return int(value)
     if type(value) is dict:
-        return {key: _by_value(item, depth + 1) for key, item in value.items()}
-    if type(value) is list:
-        return [_by_value(item, depth + 1) for item in value]
+        if value and depth == MAX_DEPTH:
+            raise RemoteProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels", ErrorCode.BAD_MESSAGE)
+        for key, item in value.items():
+            kind = type(item)
+            if kind is dict or kind is list or (kind is float and item.is_integer()):
+                value[key] = _by_value(item, depth + 1)
+    elif type(value) is list:
+        if value and depth == MAX_DEPTH:
+            raise RemoteProtocolError(f"JSON nested deeper than {MAX_DEPTH} levels", ErrorCode.BAD_MESSAGE)
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind is dict or kind is list or (kind is float and item.is_integer()):
+                value[index] = _by_value(item, depth + 1)
     return value
 
 
@@ -756,10 +784,11 @@ def parse(data: bytes | str) -> Message:
     if not isinstance(raw, dict):
         raise RemoteProtocolError("a message must be a JSON object", ErrorCode.BAD_MESSAGE)
     re = request_number(raw, "id")
-    try:
-        raw = _by_value(raw)
-    except RemoteProtocolError as e:
-        raise RemoteProtocolError(e.message, e.code, re) from None
+    if not _as_is(data):
+        try:
+            raw = _by_value(raw)
+        except RemoteProtocolError as e:
+            raise RemoteProtocolError(e.message, e.code, re) from None
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise RemoteProtocolError("a message needs a string field 'type'", ErrorCode.BAD_MESSAGE, re)
@@ -784,9 +813,17 @@ def _describe(what: str, error: ValidationError, skip: int = 0) -> str:
     return f"invalid {what}: {details}"
 
 
-def serialize(message: _Message) -> bytes:
-    """The UTF-8 JSON text of ``message``, fields left at ``None`` omitted."""
-    return orjson.dumps(message.model_dump(mode="json", exclude_none=True))
+def serialize(message: _Message, update: Mapping[str, int | str] | None = None) -> bytes:
+    """The UTF-8 JSON text of ``message``, fields left at ``None`` omitted; with ``update``, as
+    ``serialize(message.model_copy(update=update))`` (the same bytes, without the copy: what
+    the hub relays under its own ids)."""
+    fields = message.model_dump(mode="json", exclude_none=True)
+    if update:
+        added = not fields.keys() >= update.keys()
+        fields.update(update)
+        if added:  # in the model's order, as the copy would have them
+            fields = {name: fields[name] for name in type(message).model_fields if name in fields}
+    return orjson.dumps(fields)
 
 
 def _largest_hello() -> int:

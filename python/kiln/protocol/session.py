@@ -331,6 +331,8 @@ class Session:
         self.closed: KilnError | None = None
         """Why the session ended, once it has."""
         self._mine: dict[int, _Open] = {}  # requests we sent, by our id
+        self._streaming = 0  # how many of them have streams (see _full)
+        self._minor: int | None = None  # the welcome's, once read (see minor)
         self._theirs: dict[int, _Open] = {}  # requests the hub sent us, by its id
         self._next_id = 0
         self._highest = 0  # the highest request id this side has sent (ids wrap: then every id was)
@@ -353,7 +355,9 @@ class Session:
     @property
     def minor(self) -> int:
         """The minor protocol version both sides speak (only once welcomed)."""
-        return int(self.version.split(".")[1])
+        if self._minor is None:
+            self._minor = int(self.version.split(".")[1])
+        return self._minor
 
     @property
     def version(self) -> str:
@@ -368,6 +372,14 @@ class Session:
         """The frames to write, in order. Call after every other method."""
         out, self._out = self._out, []
         return out
+
+    def has_data_to_send(self) -> bool:
+        """Whether :meth:`data_to_send` has frames to give."""
+        return bool(self._out)
+
+    def frames_to_send(self) -> list[Outbound]:
+        """What :meth:`data_to_send` would return, left queued (call that once they are written)."""
+        return self._out
 
     def events_received(self) -> list[Event]:
         """What happened, in order. Call after every other method."""
@@ -412,6 +424,7 @@ class Session:
             open_.send = _Stream(credit=0)  # a sender waits for credit
         if window is not None:
             open_.recv = _Stream(credit=window)
+        self._streaming += open_.streams
         self._send(message)
 
     def has_room(self, message: Request) -> bool:
@@ -426,8 +439,7 @@ class Session:
         limits = self.limits
         if len(self._mine) >= limits.max_pending:
             return f"more than {limits.max_pending} requests open at once"
-        streams = sum(1 for r in self._mine.values() if r.streams)
-        if _opens_stream(message) and streams >= limits.max_streams:
+        if self._streaming >= limits.max_streams and _opens_stream(message):
             return f"more than {limits.max_streams} streams open at once"
         return None
 
@@ -616,14 +628,14 @@ class Session:
             return
         if isinstance(message, DownloadInfo | Want | RentProgress):
             if not _interim_fits(open_, message.type):
-                del self._mine[re]
+                self._forget(re)
                 error = RemoteProtocolError(f"a misplaced {message.type} for request {re}", ErrorCode.OUT_OF_ORDER, re)
                 self._events.append(Failed(re, error))
                 return
             open_.informed = True
             self._events.append(Informed(re, message))
             return
-        del self._mine[re]
+        self._forget(re)
         if isinstance(message, Error):
             self._events.append(Failed(re, error_from_code(message.code, message.message, message.provider)))
         elif message.type not in ANSWERS[open_.kind]:
@@ -655,7 +667,7 @@ class Session:
             return
         re = _reply_to(data)  # parse failed: read the raw JSON once more for the request it names
         if re is not None and re in self._mine:
-            del self._mine[re]
+            self._forget(re)
             self._events.append(Failed(re, RemoteProtocolError(f"the hub's reply is invalid: {error.message}",
                                                                error.code, re)))  # fmt: skip
         elif self.role == "provider" and error.re is not None and error.re not in self._theirs:
@@ -675,8 +687,13 @@ class Session:
         for re in list(self._mine):
             self._events.append(Failed(re, error))
         self._mine.clear()
+        self._streaming = 0
         self._theirs.clear()
         self._events.append(Closed(error))
+
+    def _forget(self, re: int) -> None:
+        """Our request ``re`` is over."""
+        self._streaming -= self._mine.pop(re).streams
 
     def _check_open(self) -> None:
         if self.state is State.CLOSED:

@@ -227,6 +227,7 @@ class Job(Generic[T, R]):
         )
         self.summary = self._core.summary
         self._changed = asyncio.Event()
+        self._watching = 0  # tasks waiting in _changes
         self._started = 0.0
         self._emit_result: Callable[[int, Any], None] = lambda index, value: None
         self._undelivered = 0  # results handed to results() and not yet taken
@@ -372,13 +373,18 @@ class Job(Generic[T, R]):
             self._event("job_done", detail="\n".join(self.summary.lines()))
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._watching:  # else there is no one to wake (and no event to make anew)
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     async def _changes(self, timeout: float | None = None) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._changed.wait()
+        self._watching += 1
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+        finally:
+            self._watching -= 1
 
     async def _slot(self, slot: int) -> None:
         core = self._core
@@ -505,8 +511,11 @@ class Job(Generic[T, R]):
         outcome: Outcome
         error: BaseException | None = None
         try:
-            async with asyncio.timeout(self.task_timeout):
+            if self.task_timeout is None:
                 value = await self.worker(activity, task.item)
+            else:
+                async with asyncio.timeout(self.task_timeout):
+                    value = await self.worker(activity, task.item)
         except TimeoutError:
             outcome = "timeout"
             error = TaskTimeout(f"attempt ran past task_timeout={self.task_timeout:g} s on {provider}")

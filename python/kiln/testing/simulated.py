@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -74,8 +74,15 @@ class SimulatedProvider:
         if not isinstance(event, Requested) or self.conn is None:
             return
         message = event.message
-        work: Awaitable[None]
+        # Answers at once go out with the reader's next write; only a download's takes a task.
         if isinstance(message, Upload) and self.hoard:
+            return
+        if isinstance(message, Exec):
+            self.conn.reply_soon(
+                ExecResult(
+                    type="exec_result", re=message.id, exit_code=0, timed_out=False, stdout="", stderr="", duration=0.0
+                )
+            )
             return
         if isinstance(message, Create | Destroy):
             if self.stuck:
@@ -84,15 +91,13 @@ class SimulatedProvider:
                 self.running.add(message.activity)
             else:
                 self.running.discard(message.activity)
-            work = self.conn.reply(Done(type="done", re=message.id))
-        elif isinstance(message, Exec):
-            work = self.conn.reply(ExecResult(type="exec_result", re=message.id, exit_code=0, timed_out=False,
-                                              stdout="", stderr="", duration=0.0))  # fmt: skip
-        elif isinstance(message, Download) and message.path in self.files:
-            work = self._serve(message, self.files[message.path], self.conn.outgoing(message.id))
-        else:
-            work = self.conn.reply(Error(type="error", re=message.id, code="file_not_found",
-                                         message=clip(f"simulated: no {message.type} here")))  # fmt: skip
+            self.conn.reply_soon(Done(type="done", re=message.id))
+            return
+        if not isinstance(message, Download) or message.path not in self.files:
+            text = clip(f"simulated: no {message.type} here")
+            self.conn.reply_soon(Error(type="error", re=message.id, code="file_not_found", message=text))
+            return
+        work = self._serve(message, self.files[message.path], self.conn.outgoing(message.id))
         task = asyncio.ensure_future(work)  # owned: kept until done, awaited on close
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)

@@ -20,6 +20,7 @@ from websockets.typing import Subprotocol
 from kiln.hub.actions import Close, Send
 from kiln.hub.gate import Gate, source
 from kiln.protocol.messages import PROTOCOL_NAME
+from kiln.wire import TakesMessages
 
 log = logging.getLogger("kiln.hub")
 
@@ -68,38 +69,49 @@ class OutboxFull(Exception):
 
 @dataclass(slots=True)
 class Outbox:
-    """Frames waiting to be written to one peer, bounded in bytes."""
+    """Frames waiting to be written to one peer, bounded in bytes.
+
+    The server writes them at the end of each turn of the event loop when the socket takes them
+    at once; its writer task (:meth:`take`) writes them when it must wait, and closes.
+    """
 
     limit: int
     items: deque[Send | Close] = field(default_factory=deque)
     size: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set for the writer task: what waits is its to write."""
     closing: bool = False
+    due: bool = False
+    """A write at the end of this turn of the event loop is on its way."""
+    busy: bool = False
+    """The writer task is writing: what comes meanwhile waits for it."""
 
     def put(self, item: Send | Close) -> None:
         if self.closing:
             return
         if isinstance(item, Close):
             self.closing = True
+            self.ready.set()
         else:
             if self.size + len(item.data) > self.limit:
                 raise OutboxFull
             self.size += len(item.data)
         self.items.append(item)
-        self.ready.set()
 
-    async def get(self) -> Send | Close:
+    async def take(self) -> list[Send | Close]:
+        """Everything waiting, in order (at least one item; a Close is always the last)."""
         while not self.items:
             self.ready.clear()
             await self.ready.wait()
-        item = self.items.popleft()
-        if isinstance(item, Send):
-            self.size -= len(item.data)
-        return item
+        items = list(self.items)
+        self.items.clear()
+        self.size = 0
+        return items
 
 
-class HubConnection(ServerConnection):
-    """A connection counted by its source address from the moment it is accepted (:class:`Gate`)."""
+class HubConnection(TakesMessages, ServerConnection):
+    """A connection counted by its source address from the moment it is accepted (:class:`Gate`),
+    whose messages go to the server's handler as they are read (:class:`~kiln.wire.TakesMessages`)."""
 
     gate: Gate = Gate()
     """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""

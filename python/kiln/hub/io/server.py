@@ -20,10 +20,11 @@ import resource
 import signal
 import sqlite3
 import ssl as ssl_module
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -59,6 +60,7 @@ from kiln.protocol import limits
 from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, CloseCode, ErrorCode
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import MAX_HELLO_BYTES
+from kiln.wire import send_frames, send_frames_now
 
 log = logging.getLogger("kiln.hub")
 
@@ -100,6 +102,7 @@ class HubServer:
         """Set when the hub stops: frames are no longer taken, and departures no longer written (see :func:`start`)."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
+        self._sockets: dict[int, ServerConnection] = {}
         self._log = LogLimiter()
         self._ids = itertools.count(1)
         self.images = ImageService(core, store, self._apply, state) if store is not None else None
@@ -114,9 +117,11 @@ class HubServer:
             self._apply(self.core.expire())
 
     async def handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, HubConnection)  # start() serves HubConnections only
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
+        self._sockets[peer] = ws
         self.core.connect(peer)
         # Idle connections cannot crowd out the peers that say hello: past the cap, the
         # oldest silent one makes room (for a connection the gate lets in: one turned away takes none).
@@ -131,25 +136,12 @@ class HubServer:
             async with asyncio.TaskGroup() as tg:
                 writer = tg.create_task(self._write(peer, ws, outbox))
                 try:
-                    # A peer that connects and says nothing is not kept waiting forever.
-                    async with asyncio.timeout(HELLO_TIMEOUT):
-                        first = await ws.recv()
-                    self._unwelcomed.pop(peer, None)
-                    self._take(peer, first)
-                    self._judged(peer, ws)
-                    async for data in ws:
-                        self._take(peer, data)
-                except TimeoutError:
-                    reason = f"no hello within {HELLO_TIMEOUT:g} s"
-                    await ws.close(CLOSE_HANDSHAKE, reason)
-                except ConnectionClosed as e:
-                    reason = _describe(e)
-                else:
-                    reason = _describe_closed(ws)
+                    reason = await self._read(peer, ws)
                 finally:
                     writer.cancel()
         finally:
             del self._outboxes[peer]
+            del self._sockets[peer]
             self._unwelcomed.pop(peer, None)
             # A peer that closed with 1000 is done; any other end may be a blip it comes back from.
             # One that closed with 1001 (going away: a provider stopped) left on purpose too.
@@ -157,6 +149,37 @@ class HubServer:
             code = None if said is None else said.code
             ended = code == CloseCode.NORMAL
             self._apply(self.core.disconnect(peer, reason, ended=ended, leaving=ended or code == CloseCode.GOING_AWAY))
+
+    async def _read(self, peer: int, ws: HubConnection) -> str:
+        """Take ``peer``'s messages as the connection reads them, until it ends; why it ended."""
+        greeted = False
+
+        def take(data: bytes, text: bool) -> None:
+            nonlocal greeted
+            if not greeted:
+                greeted = True
+                self._unwelcomed.pop(peer, None)
+                self._take(peer, data, text)
+                self._judged(peer, ws)
+            else:
+                self._take(peer, data, text)
+
+        ws.take_messages(take)
+        try:
+            # A peer that connects and says nothing is not kept waiting forever.
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                await asyncio.shield(ws.first)
+        except TimeoutError:
+            reason = f"no hello within {HELLO_TIMEOUT:g} s"
+            ws.stop_taking()
+            await ws.close(CLOSE_HANDSHAKE, reason)
+            return reason
+        failure = await asyncio.shield(ws.ended)
+        if failure is not None and failure.error is not None:
+            raise failure.error
+        if failure is not None:
+            await ws.close(failure.code, failure.reason)
+        return _describe(ws)
 
     def _gatekeep(self, peer: int, ws: ServerConnection) -> bool:
         """Turn ``peer`` away before its hello if its address holds too much or failed too often (True)."""
@@ -185,24 +208,22 @@ class HubServer:
         elif isinstance(ws, HubConnection) and p.refused not in (None, ErrorCode.NAME_TAKEN, ErrorCode.TOO_MANY):
             self.gate.failed(ws.source)
 
-    def _take(self, peer: int, data: str | bytes) -> None:
+    def _take(self, peer: int, data: bytes, text: bool) -> None:
         if self.stopping:
             return  # nothing more is told to anyone: the state on disk is what the next start takes back
-        if isinstance(data, str):
-            self._apply(self.core.receive_text(peer, data.encode()))
+        if text:
+            self._apply(self.core.receive_text(peer, data))
         else:
             self._apply(self.core.receive_binary(peer, data))
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
-            if isinstance(action, Log):
-                self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
-                continue
-            if isinstance(action, Change):
-                self._save(action)
-                continue
-            if not isinstance(action, Send | Close):
-                if self.images is not None:
+            if type(action) is not Send and type(action) is not Close:  # frames first: the most of them
+                if isinstance(action, Log):
+                    self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
+                elif isinstance(action, Change):
+                    self._save(action)
+                elif self.images is not None and not isinstance(action, Send | Close):
                     self.images.handle(action)
                 continue
             outbox = self._outboxes.get(action.peer)
@@ -215,6 +236,26 @@ class HubServer:
                 outbox.items.clear()
                 outbox.size = 0
                 outbox.put(Close(action.peer, CLOSE_SLOW, "too slow: the hub's buffer for this peer is full"))
+            if not outbox.due:
+                outbox.due = True
+                asyncio.get_running_loop().call_soon(self._flush, action.peer, outbox)
+
+    def _flush(self, peer: int, outbox: Outbox) -> None:
+        """Write what waits for ``peer`` (all that this turn of the event loop queued) if the socket
+        takes it at once; else its writer task writes it, waiting as it must (or closes)."""
+        outbox.due = False
+        ws = self._sockets.get(peer)
+        if ws is None or outbox.busy or not outbox.items:
+            return  # gone, or the writer task takes them next
+        frames = cast(deque[Send], outbox.items)  # Sends only, unless closing
+        if outbox.closing or not send_frames_now(ws, frames):
+            outbox.ready.set()
+            return
+        streamed = sum(len(frame.data) for frame in frames if frame.binary)
+        frames.clear()
+        outbox.size = 0
+        if streamed:
+            self._apply(self.core.delivered(peer, streamed))
 
     def _save(self, change: Change) -> None:
         """Commit a change before the actions after it (the messages that tell of it) go out.
@@ -255,28 +296,32 @@ class HubServer:
             self.roll_up_usage(state, days)
 
     async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
+        """Write what :meth:`_flush` could not write at once (waiting for the socket), and close."""
         while True:
-            item = await outbox.get()
-            if isinstance(item, Close):
-                await ws.close(item.code, item.reason)
+            items = await outbox.take()
+            frames = [item for item in items if isinstance(item, Send)]
+            if frames:
+                outbox.busy = True
+                try:
+                    await send_frames(ws, frames)
+                except ConnectionClosed:
+                    return
+                finally:
+                    outbox.busy = False
+                streamed = sum(len(frame.data) for frame in frames if frame.binary)
+                if streamed:
+                    self._apply(self.core.delivered(peer, streamed))
+            if isinstance(last := items[-1], Close):
+                await ws.close(last.code, last.reason)
                 return
-            try:
-                await ws.send(item.data, text=not item.binary)
-            except ConnectionClosed:
-                return
-            if item.binary:
-                self._apply(self.core.delivered(peer, len(item.data)))
 
 
-def _describe(error: ConnectionClosed) -> str:
-    if error.rcvd is None:
+def _describe(ws: ServerConnection) -> str:
+    """How ``ws`` ended, once it has: the close frame its peer sent, or none."""
+    said = ws.protocol.close_rcvd
+    if said is None:
         return "connection lost without a close frame"
-    return f"closed with code {error.rcvd.code}" + (f" ({error.rcvd.reason})" if error.rcvd.reason else "")
-
-
-def _describe_closed(ws: ServerConnection) -> str:
-    code = ws.close_code
-    return f"closed with code {code}" + (f" ({ws.close_reason})" if ws.close_reason else "")
+    return f"closed with code {said.code}" + (f" ({said.reason})" if said.reason else "")
 
 
 DEFAULT_STORE_LIMIT: Final = 20 * 2**30
