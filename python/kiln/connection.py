@@ -350,8 +350,16 @@ class Connection:
             ws = await connect(url, open_timeout=open_timeout, **options, **WEBSOCKET_OPTIONS)
         except (OSError, InvalidHandshake, TimeoutError) as e:
             raise dial_error(url, e) from e
-        return await cls.handshake(ws, role=role, name=name, token=token, open_timeout=open_timeout, on_event=on_event,
-                                   resume=resume, activities=activities)  # fmt: skip
+        return await cls.handshake(
+            ws,
+            role=role,
+            name=name,
+            token=token,
+            open_timeout=open_timeout,
+            on_event=on_event,
+            resume=resume,
+            activities=activities,
+        )
 
     @classmethod
     async def handshake(

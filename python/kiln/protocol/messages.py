@@ -704,12 +704,8 @@ Message: TypeAlias = Annotated[
 
 
 MESSAGE_ADAPTER: Final[TypeAdapter[Message]] = TypeAdapter(Message)
-MESSAGE_MODELS: Final = (
-    Hello, Welcome, Error, Done, Offer, Rent, Rented, Release, MarketQuery, MarketInfo, Create,
-    Destroy, ActivityLost, Exec, ExecResult, Upload, Download, DownloadInfo, Credit, Cancel,
-    RentProgress, Want, PushImage, ImagePushed, ListImages, ImageList, RemoveImage, ShareImage, ActivitiesQuery,
-    ActivityList,
-)  # fmt: skip
+MESSAGE_MODELS: Final[tuple[type[_Message], ...]] = get_args(get_args(Message)[0])
+"""Every message's model, in the order of :data:`Message`."""
 MESSAGE_TYPES: Final = frozenset(get_args(m.model_fields["type"].annotation)[0] for m in MESSAGE_MODELS)
 
 
@@ -831,9 +827,15 @@ def _largest_hello() -> int:
     JSON, UTF-8): every field at its longest, free text in 4-byte characters."""
     widest = "\U0010ffff"
     hello = Hello.model_construct(
-        type="hello", version="9999.9999", role="requestor", name=widest * 64, token=widest * 1024,
-        software=widest * 128, resume="r" * 128, activities=["a" * 64] * MAX_REPORTED,
-    )  # fmt: skip
+        type="hello",
+        version="9999.9999",
+        role="requestor",
+        name=widest * 64,
+        token=widest * 1024,
+        software=widest * 128,
+        resume="r" * 128,
+        activities=["a" * 64] * MAX_REPORTED,
+    )
     return len(serialize(hello))
 
 

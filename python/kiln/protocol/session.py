@@ -106,8 +106,20 @@ from kiln.protocol.messages import (
 )
 
 Role: TypeAlias = Literal["requestor", "provider"]
-Request: TypeAlias = (Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage
-                      | ListImages | RemoveImage | ShareImage)  # fmt: skip
+Request: TypeAlias = (
+    Rent
+    | Release
+    | MarketQuery
+    | ActivitiesQuery
+    | Exec
+    | Upload
+    | Download
+    | Offer
+    | PushImage
+    | ListImages
+    | RemoveImage
+    | ShareImage
+)
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
 """What the hub may ask of a provider."""
@@ -126,8 +138,12 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
 }
 """The requests each role may send."""
 SINCE: Final[dict[str, int]] = {
-    "push_image": 1, "list_images": 1, "remove_image": 1, "activities": 3, "share_image": 4,
-}  # fmt: skip
+    "push_image": 1,
+    "list_images": 1,
+    "remove_image": 1,
+    "activities": 3,
+    "share_image": 4,
+}
 """The minor version that brought each request (absent: 0)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
@@ -342,8 +358,17 @@ class Session:
             raise UsageError("only a requestor resumes a session")
         if activities is not None and role != "provider":
             raise UsageError("only a provider reports the activities it runs")
-        self._send(Hello(type="hello", version=PROTOCOL_VERSION, role=role, name=name, token=token, software=software,
-                         resume=resume, activities=activities))  # fmt: skip
+        hello = Hello(
+            type="hello",
+            version=PROTOCOL_VERSION,
+            role=role,
+            name=name,
+            token=token,
+            software=software,
+            resume=resume,
+            activities=activities,
+        )
+        self._send(hello)
 
     @property
     def limits(self) -> Limits:
@@ -582,8 +607,9 @@ class Session:
         if frame.kind is FrameKind.DATA:
             if found.credit <= 0:
                 found.ended = True
-                error = RemoteProtocolError(f"data beyond the credit granted on stream {frame.stream}",
-                                            ErrorCode.FLOW_CONTROL, frame.stream)  # fmt: skip
+                error = RemoteProtocolError(
+                    f"data beyond the credit granted on stream {frame.stream}", ErrorCode.FLOW_CONTROL, frame.stream
+                )
                 self._events.append(StreamFailed(frame.stream, error))
                 return
             found.credit -= 1
@@ -668,8 +694,9 @@ class Session:
         re = _reply_to(data)  # parse failed: read the raw JSON once more for the request it names
         if re is not None and re in self._mine:
             self._forget(re)
-            self._events.append(Failed(re, RemoteProtocolError(f"the hub's reply is invalid: {error.message}",
-                                                               error.code, re)))  # fmt: skip
+            self._events.append(
+                Failed(re, RemoteProtocolError(f"the hub's reply is invalid: {error.message}", error.code, re))
+            )
         elif self.role == "provider" and error.re is not None and error.re not in self._theirs:
             # The hub waits for an answer to the request it meant to send: it gets one.
             self._send(Error(type="error", re=error.re, code=error.code, message=clip(error.message)))

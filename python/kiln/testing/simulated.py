@@ -105,8 +105,11 @@ class SimulatedProvider:
     async def _serve(self, message: Download, served: Served, outgoing: Outgoing) -> None:
         assert self.conn is not None
         size = len(served.data) if served.announced is None else served.announced
-        await self.conn.reply(DownloadInfo(type="download_info", re=message.id, kind=served.kind,
-                                           size=size if served.kind == "file" else None))  # fmt: skip
+        await self.conn.reply(
+            DownloadInfo(
+                type="download_info", re=message.id, kind=served.kind, size=size if served.kind == "file" else None
+            )
+        )
         try:
             await outgoing.write(served.data)
             await outgoing.end()
@@ -117,8 +120,14 @@ class SimulatedProvider:
     async def join(self, url: str, offer: Offer, token: str | None = None) -> None:
         """Dial the hub at ``url`` (listing what it runs, to a hub that spoke 1.3 to it before) and offer."""
         known = self.conn is not None and self.conn.session.minor >= 3
-        conn = await Connection.open(url, role="provider", name=self.name, token=token, on_event=self.on_event,
-                                     activities=sorted(self.running) if known and self.running else None)  # fmt: skip
+        conn = await Connection.open(
+            url,
+            role="provider",
+            name=self.name,
+            token=token,
+            on_event=self.on_event,
+            activities=sorted(self.running) if known and self.running else None,
+        )
         self.conn = conn
         self.offered = await conn.start(offer.model_copy(update={"id": conn.new_id()}))
 
@@ -153,9 +162,14 @@ async def simulated_providers(
 
     async def join(i: int, provider: SimulatedProvider) -> None:
         async with gate:
-            offer = Offer(type="offer", id=1, resources=Resources(cpus=cpus, memory=memory, storage=storage),
-                          arch="amd64",
-                          images=list(images), labels=labels(i))  # fmt: skip
+            offer = Offer(
+                type="offer",
+                id=1,
+                resources=Resources(cpus=cpus, memory=memory, storage=storage),
+                arch="amd64",
+                images=list(images),
+                labels=labels(i),
+            )
             await provider.join(url, offer, token)
 
     async with asyncio.TaskGroup() as tg:

@@ -378,10 +378,19 @@ async def start(
     catalog = await asyncio.to_thread(store.open, store_limit, max_image_size, max_expansion)
     state = await asyncio.to_thread(HubState.in_dir, data_dir)
     if core is None:
-        core = HubCore(token=token, credentials=state, software=f"kiln-hub/{__version__}",
-                       buffer_bytes=limits.OUTBOX_BYTES, catalog=catalog, create_timeout=create_timeout,
-                       destroy_timeout=destroy_timeout, max_activities=max_activities, grace=grace,
-                       credit_timeout=credit_timeout, per_credential=per_credential)  # fmt: skip
+        core = HubCore(
+            token=token,
+            credentials=state,
+            software=f"kiln-hub/{__version__}",
+            buffer_bytes=limits.OUTBOX_BYTES,
+            catalog=catalog,
+            create_timeout=create_timeout,
+            destroy_timeout=destroy_timeout,
+            max_activities=max_activities,
+            grace=grace,
+            credit_timeout=credit_timeout,
+            per_credential=per_credential,
+        )
     else:
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:
@@ -392,9 +401,11 @@ async def start(
     hub.roll_up_usage(state, usage_retention)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
-    log.info("credentials: %s (%s)", state.path,
-             "every hello needs one" + (" or the shared token" if token else "") if state.required()
-             else "none: " + ("the shared token admits" if token else "the hub is open"))  # fmt: skip
+    if state.required():
+        needed = "every hello needs one" + (" or the shared token" if token else "")
+    else:
+        needed = "none: " + ("the shared token admits" if token else "the hub is open")
+    log.info("credentials: %s (%s)", state.path, needed)
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
     server = await serve(
