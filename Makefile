@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor
+.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -110,7 +110,11 @@ coverage:
 	$(PYTHON) -m coverage report --skip-covered
 
 # What a commit needs, in under a minute: lint, contracts, types, and the unit tiers of both languages.
-check: lint contracts typecheck pytest-unit js-lint js-unit
+check: installed lint contracts typecheck pytest-unit js-lint js-unit
+
+# `make install`, only when kiln is not installed from this tree yet (what `make check` needs of it).
+installed:
+	@$(PYTHON) -c "import kiln, pathlib, sys; sys.exit(not pathlib.Path(kiln.__file__).resolve().is_relative_to(pathlib.Path('python').resolve()))" 2>/dev/null || $(MAKE) --no-print-directory install
 
 # node_modules as package-lock.json says (JS_MODULES, above), installed again only when the lock file changes.
 $(JS_MODULES): js-client/package-lock.json | node
