@@ -66,6 +66,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import TypeAlias
 
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, PushCancelled, StoreRequest
@@ -137,6 +138,12 @@ REQUESTOR_SENDS = frozenset(
     | {"push_image", "list_images", "remove_image", "share_image"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
+
+
+StoreAsk: TypeAlias = PushImage | ListImages | RemoveImage | ShareImage
+"""The requests a requestor sends to the image store."""
+RequestorRequest: TypeAlias = Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | StoreAsk
+"""The requests a requestor may send that open a request of its own (all but ``credit`` and ``cancel``)."""
 
 
 class HubCore(Sessions):
@@ -327,27 +334,14 @@ class HubCore(Sessions):
                 elif pending is not None and pending.kind != "destroy":  # a release always completes
                     self._send(provider, Cancel(type="cancel", target=hub_id))
             return
-        assert isinstance(
-            message,
-            Rent
-            | Release
-            | MarketQuery
-            | ActivitiesQuery
-            | Exec
-            | Upload
-            | Download
-            | PushImage
-            | ListImages
-            | RemoveImage
-            | ShareImage,
-        )
+        assert isinstance(message, RequestorRequest)
         if message.id in p.open:
             self._error(p, message.id, ErrorCode.DUPLICATE_ID, f"request id {message.id} is already in use")
             return
         if len(p.open) >= self.limits.max_pending:
             self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_pending} requests open at once")
             return
-        if isinstance(message, PushImage | ListImages | RemoveImage | ShareImage):
+        if isinstance(message, StoreAsk):
             if isinstance(message, PushImage):
                 if p.streams() >= self.limits.max_streams:
                     self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
