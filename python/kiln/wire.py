@@ -88,7 +88,7 @@ class TakesMessages(Connection):
             self._text = event.opcode is TEXT
             self._parts = []
         elif len(self._parts) >= MAX_FRAGMENTS:
-            self.ended.set_result(Failure(CloseCode.MESSAGE_TOO_BIG, "too many fragments"))
+            self._fail(Failure(CloseCode.MESSAGE_TOO_BIG, "too many fragments"))
             return
         self._parts.append(bytes(event.data))  # the same bytes: no copy
         if not event.fin:
@@ -98,7 +98,7 @@ class TakesMessages(Connection):
             try:
                 data.decode()
             except UnicodeDecodeError as e:
-                self.ended.set_result(Failure(CloseCode.INVALID_DATA, f"{e.reason} at position {e.start}"))
+                self._fail(Failure(CloseCode.INVALID_DATA, f"{e.reason} at position {e.start}"))
                 return
         if self.on_message is None:
             self.early.append((data, self._text))
@@ -120,7 +120,14 @@ class TakesMessages(Connection):
         try:
             on_message(data, text)
         except Exception as e:  # noqa: BLE001 - a bug of the callback's: raised where recv() would raise it
-            self.ended.set_result(Failure(CloseCode.INTERNAL_ERROR, "", e))
+            self._fail(Failure(CloseCode.INTERNAL_ERROR, "", e))
+
+    def _fail(self, failure: Failure) -> None:
+        """Take nothing more: ``ended`` says why, and ``first`` is done too (a peer whose first
+        message fails is closed at once, not after the wait for its hello)."""
+        self.ended.set_result(failure)
+        if not self.first.done():
+            self.first.set_result(None)
 
 
 class Outbound(Protocol):

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.typing import Subprotocol
 
 import kiln
 from kiln.testing import LocalCluster
@@ -46,6 +47,15 @@ async def welcomed(url: str) -> ClientConnection:
     ws = await connect(url, subprotocols=["kiln.v1"], max_size=None)  # type: ignore[list-item]
     assert (await answer(ws, json.dumps(HELLO)))["type"] == "welcome"
     return ws
+
+
+async def closed_with(ws: ClientConnection) -> int | None:
+    """The code of the close frame the hub sends ``ws`` (reading until it comes), None without one."""
+    try:
+        while True:
+            await ws.recv()
+    except ConnectionClosed as e:
+        return None if e.rcvd is None else e.rcvd.code
 
 
 def no_traceback(cluster: LocalCluster) -> None:
@@ -100,6 +110,31 @@ async def test_hostile_frames_get_errors_and_the_connection_stays(
         assert market["type"] == "market_info", "the connection is kept"
     finally:
         await ws.close()
+    no_traceback(hub)
+
+
+@pytest.mark.parametrize("greeted", [False, True], ids=["before hello", "after hello"])
+@pytest.mark.parametrize(
+    ("frames", "close"),
+    [([b"\xff\xfe{}"], 1007), (["a"] * 5000, 1009)],
+    ids=["text that is not UTF-8", "a message in 5,000 fragments"],
+)
+async def test_a_broken_websocket_message_closes_the_connection_at_once(
+    hub: LocalCluster, greeted: bool, frames: list[str | bytes], close: int
+) -> None:
+    if greeted:
+        ws = await welcomed(hub.url)
+    else:
+        ws = await connect(hub.url, subprotocols=[Subprotocol("kiln.v1")], max_size=None)
+    started = time.monotonic()
+    if len(frames) == 1:
+        await ws.send(frames[0], text=True)
+    else:
+        await ws.send(iter(frames))  # fragments of one text message
+    async with asyncio.timeout(5):  # the hub waits 10 s for a hello: closing sooner is what is tested
+        code = await closed_with(ws)
+    assert code == close
+    assert time.monotonic() - started < 5
     no_traceback(hub)
 
 
