@@ -31,7 +31,14 @@ export type Message =
   | RemoveImage
   | ShareImage
   | ActivitiesQuery
-  | ActivityList;
+  | ActivityList
+  | Meter
+  | Cost
+  | BalanceQuery
+  | BalanceInfo
+  | LedgerQuery
+  | LedgerList
+  | VerdictReport;
 
 /**
  * First message on every connection, from the peer that dialled the hub.
@@ -78,7 +85,7 @@ export interface Limits {
  */
 export interface Error {
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   message: string;
@@ -113,9 +120,22 @@ export interface Offer {
   labels: {
     [k: string]: string;
   };
+  price: Price | null;
   resources: Resources;
   root: boolean | null;
   type: "offer";
+}
+/**
+ * (1.5) A provider's linear price, in micro-credits: ``start`` once per activity, ``cpu_hour`` per
+ * hour of CPU time its container used, ``env_hour`` per hour the container is held (wall time).
+ *
+ * In Python the rates are written in credits, ``Price(start=0.01, cpu_hour=0.2)``, and read back
+ * in micro-credits (``price.start == 10000``); :meth:`micro` builds one from micro-credits.
+ */
+export interface Price {
+  cpu_hour: number;
+  env_hour: number;
+  start: number;
 }
 /**
  * An amount of capacity: CPUs (fractions allowed), memory and storage in bytes.
@@ -133,6 +153,8 @@ export interface Resources {
  * picks a provider where this requestor holds a live activity of the same group.
  */
 export interface Rent {
+  allow: string[] | null;
+  budget: number | null;
   demand: Demand;
   /**
    * @maxItems 1024
@@ -141,26 +163,36 @@ export interface Rent {
   group: string | null;
   id: number;
   image: string;
+  max_duration: number | null;
+  min_reputation: number | null;
+  strategy: ("least_loaded" | "cheapest" | "reputation") | null;
   type: "rent";
   user: "root" | null;
 }
 /**
- * What a requestor asks for: at least these resources, and these labels exactly.
+ * What a requestor asks for: at least these resources, and these labels exactly; with
+ * ``max_price`` (1.5), only from a provider whose every rate is at most the cap's.
  */
 export interface Demand {
   cpus: number;
   labels: {
     [k: string]: string;
   };
+  max_price: Price | null;
   memory: number;
   storage: number;
 }
 /**
  * A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.
+ *
+ * ``price`` (1.5) is the provider's; ``hold`` (1.5) what the hub holds of the requestor's credits
+ * for the activity (its worst case for ``max_duration``, or what the group's budget had left).
  */
 export interface Rented {
   activity: string;
   cached: boolean;
+  hold: number | null;
+  price: Price | null;
   provider: string;
   pulled: number | null;
   re: number;
@@ -217,6 +249,8 @@ export interface ProviderInfo {
   };
   name: string;
   offered: Resources;
+  price: Price | null;
+  reputation: number | null;
 }
 /**
  * Hub -> provider: start a container for a new activity with these resources.
@@ -266,7 +300,7 @@ export interface Destroy {
 export interface ActivityLost {
   activity: string;
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   reason: string;
@@ -513,4 +547,98 @@ export interface ActivityInfo {
   resources: Resources;
   started: number | null;
   state: "creating" | "ready" | "destroying" | "absent";
+}
+/**
+ * Hub -> provider (1.5): how much CPU time the activity's container has used so far; answered
+ * with ``done`` carrying ``cpu_seconds``.
+ */
+export interface Meter {
+  activity: string;
+  id: number;
+  type: "meter";
+}
+/**
+ * Hub -> requestor and provider (1.5): what a priced activity owes so far, as the hub captured
+ * it: ``due`` in micro-credits, cumulative (the ``seq``-th capture; ``final`` at its end), for
+ * ``seconds`` held and ``cpu_seconds`` billed.
+ */
+export interface Cost {
+  activity: string;
+  cpu_seconds: number;
+  due: number;
+  final: boolean;
+  seconds: number;
+  seq: number;
+  type: "cost";
+}
+/**
+ * Requestor -> hub (1.5): this credential's account.
+ */
+export interface BalanceQuery {
+  id: number;
+  type: "balance";
+}
+/**
+ * The account of the asking credential: ``available`` to hold, ``held`` for its activities,
+ * ``spent`` in all (micro-credits).
+ */
+export interface BalanceInfo {
+  account: string;
+  available: number;
+  held: number;
+  re: number;
+  spent: number;
+  type: "balance_info";
+}
+/**
+ * Requestor -> hub (1.5): the latest transactions touching the asker's account (an admin's:
+ * ``account``'s, or all), newest first, at most ``limit``.
+ */
+export interface LedgerQuery {
+  account: string | null;
+  id: number;
+  limit: number;
+  type: "ledger";
+}
+export interface LedgerList {
+  matched: number;
+  re: number;
+  transactions: Transaction[];
+  type: "ledger_list";
+}
+/**
+ * A movement of credits: its entries sum to zero. ``key`` is its idempotency key.
+ */
+export interface Transaction {
+  activity: string | null;
+  /**
+   * @maxItems 16
+   */
+  entries: Entry[];
+  id: number;
+  key: string;
+  kind: string;
+  time: number;
+}
+/**
+ * One side of a transaction: ``amount`` micro-credits into ``account`` (out of it when negative).
+ */
+export interface Entry {
+  account: string;
+  amount: number;
+}
+/**
+ * Requestor -> hub (1.5): the result of activity ``lost`` disagreed with those of the activities
+ * ``agreed`` (on other providers, agreeing among themselves). The hub counts it against ``lost``'s
+ * provider and reverses what the requestor paid for ``lost``. Answered with ``done``.
+ */
+export interface VerdictReport {
+  /**
+   * @minItems 2
+   * @maxItems 16
+   */
+  agreed: string[];
+  id: number;
+  lost: string;
+  type: "verdict";
 }

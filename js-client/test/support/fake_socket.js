@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 
 import { Connection } from "../../src/connection.js";
+import { PROTOCOL_VERSION } from "../../src/protocol/generated/constants.js";
 
 export const LIMITS = {
   max_message_bytes: 2 ** 20, max_frame_bytes: 2 ** 22, chunk_bytes: 4, max_window: 4,
@@ -77,7 +78,7 @@ export async function connected(limits = LIMITS, version = "1.2") {
   const socket = new FakeSocket();
   const opening = Connection.open(() => socket, "ws://hub", { name: "t" });
   socket.open();
-  assert.deepEqual(socket.take(), [{ type: "hello", version: "1.4", role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
+  assert.deepEqual(socket.take(), [{ type: "hello", version: PROTOCOL_VERSION, role: "requestor", name: "t", software: "kiln-js/0.1.0" }]);
   socket.receive({ type: "welcome", version, session: "r1", software: "hub", limits });
   const conn = await opening;
   const events = [];

@@ -6,9 +6,10 @@ import assert from "node:assert/strict";
 import { connectWith } from "../../src/requestor.js";
 import { ConnectionClosedError, ConnectionLostError, ProviderLostError } from "../../src/errors.js";
 import { FakeSocket, LIMITS, tick } from "../support/fake_socket.js";
+import { PROTOCOL_VERSION } from "../../src/protocol/generated/constants.js";
 
 const FILES = { open: async () => assert.fail("no files"), save: async () => assert.fail("no files") };
-const HELLO = { type: "hello", version: "1.4", role: "requestor", name: "t", software: "kiln-js/0.1.0" };
+const HELLO = { type: "hello", version: PROTOCOL_VERSION, role: "requestor", name: "t", software: "kiln-js/0.1.0" };
 const RESOURCES = { cpus: 1, memory: 256 * 2 ** 20, storage: 0 };
 const rented = (re, activity) => ({ type: "rented", re, activity, provider: "p1", cached: true, resources: RESOURCES });
 const welcome = (extra) => ({ type: "welcome", version: "1.2", session: "r1", software: "hub", limits: LIMITS, ...extra });

@@ -95,6 +95,20 @@ class ErrorCode(StrEnum):
         "(1.4) the image's layers would expand past a limit: the hub's or a provider's image cache",
         _PEERS,
     )
+    # The ledger (1.5).
+    INSUFFICIENT_FUNDS = (
+        "insufficient_funds",
+        "(1.5) a rent of a priced provider whose worst-case cost the requestor's available credits cannot hold "
+        "(or by a requestor with no account); an activity whose hold ran out",
+        _HUB,
+    )
+    BUDGET_EXCEEDED = (
+        "budget_exceeded",
+        "(1.5) a rent whose hold what is left of its group's budget cannot cover; an activity ended when its "
+        "group's budget ran out (a job's `BudgetExceeded`)",
+        ("hub", "client"),
+    )
+    EXPIRED = "expired", "(1.5) an activity ended by the hub at its rent's `max_duration`", _HUB
     # The work.
     PROVIDER_LOST = "provider_lost", "the activity's provider disconnected", _HUB
     FILE_NOT_FOUND = "file_not_found", "no such path in the container", _PROVIDER

@@ -33,13 +33,14 @@ from pydantic_core import PydanticCustomError
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, LocalProtocolError, RemoteProtocolError, UsageError
+from kiln.protocol.money import MAX_MICRO, to_micro
 from kiln.protocol.paths import FORMAT as PATH_FORMAT
 from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.4"
-MINOR_VERSION: Final = 4
+PROTOCOL_VERSION: Final = "1.5"
+MINOR_VERSION: Final = 5
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -171,8 +172,61 @@ def _size_from_python(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+def _all_required(schema: dict[str, Any]) -> None:
+    """A model's schema with every property required and none defaulted."""
+    properties = schema["properties"]
+    for field in properties.values():
+        field.pop("default", None)
+    schema["required"] = list(properties)
+
+
+def _credits_from_python(value: Any, info: ValidationInfo) -> Any:
+    """A Python caller writes credits (``0.05``); the wire carries micro-credits (integers)."""
+    if info.context is not WIRE:
+        return to_micro(value, info.field_name or "an amount")
+    return value
+
+
+Micro: TypeAlias = Annotated[int, Field(ge=0, le=MAX_MICRO)]
+"""(1.5) An amount in micro-credits (a credit is 1,000,000): never a float."""
+Rate: TypeAlias = Annotated[int, Field(ge=0, le=MAX_MICRO), BeforeValidator(_credits_from_python)]
+
+
+class Price(_Message):
+    """(1.5) A provider's linear price, in micro-credits: ``start`` once per activity, ``cpu_hour`` per
+    hour of CPU time its container used, ``env_hour`` per hour the container is held (wall time).
+
+    In Python the rates are written in credits, ``Price(start=0.01, cpu_hour=0.2)``, and read back
+    in micro-credits (``price.start == 10000``); :meth:`micro` builds one from micro-credits."""
+
+    # Every rate is sent (what pydantic dumps): the schema requires all three, so a validator
+    # never fills a default inside an optional field (strict ajv refuses that).
+    model_config = ConfigDict(json_schema_extra=lambda schema: _all_required(schema))
+    _invalid = UsageError
+
+    start: Rate = 0
+    cpu_hour: Rate = 0
+    env_hour: Rate = 0
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, start: float | str = ..., cpu_hour: float | str = ..., env_hour: float | str = ...
+        ) -> None: ...
+
+    @classmethod
+    def micro(cls, start: int = 0, cpu_hour: int = 0, env_hour: int = 0) -> Price:
+        """A price from amounts in micro-credits (as the wire carries them)."""
+        return cls.model_validate({"start": start, "cpu_hour": cpu_hour, "env_hour": env_hour}, context=WIRE)
+
+    @property
+    def free(self) -> bool:
+        return self.start == 0 and self.cpu_hour == 0 and self.env_hour == 0
+
+
 class Demand(_Message):
-    """What a requestor asks for: at least these resources, and these labels exactly."""
+    """What a requestor asks for: at least these resources, and these labels exactly; with
+    ``max_price`` (1.5), only from a provider whose every rate is at most the cap's."""
 
     # In Python the sizes may be written as text, Demand(cpus=1, memory="256MiB"), and an
     # invalid demand is the caller's UsageError; on the wire they are bytes.
@@ -182,6 +236,8 @@ class Demand(_Message):
     memory: Annotated[int, Field(ge=MIN_MEMORY, le=2**62), BeforeValidator(_size_from_python)] = 256 * 2**20
     storage: Annotated[int, Field(ge=0, le=2**62), BeforeValidator(_size_from_python)] = 0
     labels: Labels = {}
+    max_price: Price | None = None
+    """(1.5) The most this demand pays: a provider whose price passes any rate is not matched."""
 
     if TYPE_CHECKING:
         # What a Python caller may pass (sizes as text too); the fields above are what it gets.
@@ -192,6 +248,7 @@ class Demand(_Message):
             memory: int | str = ...,
             storage: int | str = ...,
             labels: dict[str, str] = ...,
+            max_price: Price | None = ...,
         ) -> None: ...
 
 
@@ -258,6 +315,10 @@ class ProviderInfo(_Message):
     offered: Resources
     free: Resources
     activities: int
+    price: Price | None = None
+    """(1.5) Its price (absent: free)."""
+    reputation: Annotated[float, Field(ge=0, le=1)] | None = None
+    """(1.5) Its score in [0, 1] from what the hub observed of it (see PROTOCOL.md, "Reputation")."""
 
 
 ActivityState: TypeAlias = Literal["creating", "ready", "destroying", "absent"]
@@ -366,7 +427,14 @@ class Offer(_Message):
     """(1.2) Its operator lets a requestor's commands run as root."""
     cached: Annotated[list[Digest], Field(max_length=MAX_OFFERED)] | None = None
     """(1.4) The images (ids) it loaded from the hub's store: matched only by a rent of a stored image."""
+    price: Price | None = None
+    """(1.5) What an activity here costs (absent: free)."""
 
+
+Strategy: TypeAlias = Literal["least_loaded", "cheapest", "reputation"]
+"""(1.5) How the hub picks a provider: the fewest activities and most free memory (``least_loaded``);
+the lowest worst-case cost of the demand for its ``max_duration`` or an hour (``cheapest``); the
+highest reputation (``reputation``). Ties go to the least loaded."""
 
 User: TypeAlias = Literal["root"]
 """Whom an activity's commands run as, when not the image's USER (or nobody)."""
@@ -388,10 +456,31 @@ class Rent(_Message):
     group: GroupName | None = None
     user: User | None = None
     """(1.2) ``"root"``: commands run as root, on a provider whose operator allows it."""
+    max_duration: Annotated[float, Field(gt=0, le=366 * 86400)] | None = None
+    """(1.5) Seconds the activity may be held: the hub ends it then (``activity_lost``, code ``expired``),
+    and holds its worst-case cost for that long."""
+    budget: Micro | None = None
+    """(1.5, with ``group``) The most the group may ever spend, in micro-credits, at this hub: the
+    first rent of a group sets it; a rent whose hold the rest cannot cover is refused (``budget_exceeded``)."""
+    strategy: Strategy | None = None
+    """(1.5) How the hub picks among the providers that fit (absent: ``least_loaded``)."""
+    allow: Annotated[list[Name], Field(min_length=1, max_length=MAX_EXCLUDE)] | None = None
+    """(1.5) Only these providers may be picked (``exclude`` is the deny list)."""
+    min_reputation: Annotated[float, Field(ge=0, le=1)] | None = None
+    """(1.5) Only providers whose reputation is at least this may be picked."""
+
+    @model_validator(mode="after")
+    def _budget_needs_group(self) -> Rent:
+        if self.budget is not None and self.group is None:
+            raise ValueError("a budget is a group's: give the rent a group")
+        return self
 
 
 class Rented(_Message):
-    """A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it."""
+    """A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.
+
+    ``price`` (1.5) is the provider's; ``hold`` (1.5) what the hub holds of the requestor's credits
+    for the activity (its worst case for ``max_duration``, or what the group's budget had left)."""
 
     type: Literal["rented"]
     re: RequestId
@@ -400,6 +489,8 @@ class Rented(_Message):
     cached: bool
     resources: Resources
     pulled: Bytes | None = None
+    price: Price | None = None
+    hold: Micro | None = None
 
 
 class RentProgress(_Message):
@@ -668,6 +759,100 @@ class Cancel(_Message):
     target: RequestId
 
 
+# --- the ledger (1.5) ----------------------------------------------------------------
+
+
+class Meter(_Message):
+    """Hub -> provider (1.5): how much CPU time the activity's container has used so far; answered
+    with ``done`` carrying ``cpu_seconds``."""
+
+    type: Literal["meter"]
+    id: RequestId
+    activity: ActivityId
+
+
+class Cost(_Message):
+    """Hub -> requestor and provider (1.5): what a priced activity owes so far, as the hub captured
+    it: ``due`` in micro-credits, cumulative (the ``seq``-th capture; ``final`` at its end), for
+    ``seconds`` held and ``cpu_seconds`` billed."""
+
+    type: Literal["cost"]
+    activity: ActivityId
+    seq: Annotated[int, Field(ge=1, le=MAX_ID)]
+    due: Micro
+    seconds: Annotated[float, Field(ge=0)]
+    cpu_seconds: Annotated[float, Field(ge=0)]
+    final: bool = False
+
+
+class BalanceQuery(_Message):
+    """Requestor -> hub (1.5): this credential's account."""
+
+    type: Literal["balance"]
+    id: RequestId
+
+
+SignedMicro: TypeAlias = Annotated[int, Field(ge=-(2**62), le=2**62)]
+
+
+class BalanceInfo(_Message):
+    """The account of the asking credential: ``available`` to hold, ``held`` for its activities,
+    ``spent`` in all (micro-credits)."""
+
+    type: Literal["balance_info"]
+    re: RequestId
+    account: Annotated[str, Field(max_length=128)]
+    available: SignedMicro
+    held: SignedMicro
+    spent: SignedMicro = 0
+
+
+class Entry(_Message):
+    """One side of a transaction: ``amount`` micro-credits into ``account`` (out of it when negative)."""
+
+    account: Annotated[str, Field(max_length=128)]
+    amount: SignedMicro
+
+
+class Transaction(_Message):
+    """A movement of credits: its entries sum to zero. ``key`` is its idempotency key."""
+
+    id: Annotated[int, Field(ge=1)]
+    key: Annotated[str, Field(max_length=256)]
+    kind: Annotated[str, Field(max_length=32)]
+    time: Annotated[float, Field(ge=0)]
+    activity: ActivityId | None = None
+    entries: Annotated[list[Entry], Field(max_length=16)]
+
+
+class LedgerQuery(_Message):
+    """Requestor -> hub (1.5): the latest transactions touching the asker's account (an admin's:
+    ``account``'s, or all), newest first, at most ``limit``."""
+
+    type: Literal["ledger"]
+    id: RequestId
+    account: Annotated[str, Field(max_length=128)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LISTED)] = 100
+
+
+class LedgerList(_Message):
+    type: Literal["ledger_list"]
+    re: RequestId
+    transactions: list[Transaction]
+    matched: Annotated[int, Field(ge=0)]
+
+
+class VerdictReport(_Message):
+    """Requestor -> hub (1.5): the result of activity ``lost`` disagreed with those of the activities
+    ``agreed`` (on other providers, agreeing among themselves). The hub counts it against ``lost``'s
+    provider and reverses what the requestor paid for ``lost``. Answered with ``done``."""
+
+    type: Literal["verdict"]
+    id: RequestId
+    lost: ActivityId
+    agreed: Annotated[list[ActivityId], Field(min_length=2, max_length=16)]
+
+
 Message: TypeAlias = Annotated[
     Hello
     | Welcome
@@ -698,7 +883,14 @@ Message: TypeAlias = Annotated[
     | RemoveImage
     | ShareImage
     | ActivitiesQuery
-    | ActivityList,
+    | ActivityList
+    | Meter
+    | Cost
+    | BalanceQuery
+    | BalanceInfo
+    | LedgerQuery
+    | LedgerList
+    | VerdictReport,
     Field(discriminator="type"),
 ]
 

@@ -4,10 +4,10 @@
 /** The name of the protocol, offered as the WebSocket subprotocol. */
 export const PROTOCOL_NAME = "kiln.v1";
 /** The "MAJOR.MINOR" version this side speaks. */
-export const PROTOCOL_VERSION = "1.4";
+export const PROTOCOL_VERSION = "1.5";
 export const MAJOR_VERSION = 1;
 /** The minor version this side speaks (a hub may welcome it at a lower one). */
-export const MINOR_VERSION = 4;
+export const MINOR_VERSION = 5;
 
 /**
  * The stable error codes, by name (`ErrorCode.NO_MATCH` is "no_match"). A code never
@@ -26,6 +26,8 @@ export const ErrorCode = Object.freeze({
   BAD_MESSAGE: "bad_message",
   /** a container path that is relative, not normalized, or holds `..` (sent by: hub, provider) */
   BAD_PATH: "bad_path",
+  /** (1.5) a rent whose hold what is left of its group's budget cannot cover; an activity ended when its group's budget ran out (a job's `BudgetExceeded`) (sent by: hub, client) */
+  BUDGET_EXCEEDED: "budget_exceeded",
   /** the request was cancelled (sent by: hub, provider) */
   CANCELLED: "cancelled",
   /** a command run with `check` exited with a code other than 0 (raised by the client itself, never sent) */
@@ -38,6 +40,8 @@ export const ErrorCode = Object.freeze({
   DOWNLOAD_TOO_LARGE: "download_too_large",
   /** a request id already open on this connection (sent by: hub, provider) */
   DUPLICATE_ID: "duplicate_id",
+  /** (1.5) an activity ended by the hub at its rent's `max_duration` (sent by: hub) */
+  EXPIRED: "expired",
   /** no such path in the container (sent by: provider) */
   FILE_NOT_FOUND: "file_not_found",
   /** data without credit, or credit over `max_window` (sent by: hub, provider) */
@@ -48,6 +52,8 @@ export const ErrorCode = Object.freeze({
   IMAGE_NOT_FOUND: "image_not_found",
   /** (1.4) the image's layers would expand past a limit: the hub's or a provider's image cache (sent by: hub, provider) */
   IMAGE_TOO_LARGE: "image_too_large",
+  /** (1.5) a rent of a priced provider whose worst-case cost the requestor's available credits cannot hold (or by a requestor with no account); an activity whose hold ran out (sent by: hub) */
+  INSUFFICIENT_FUNDS: "insufficient_funds",
   /** anything else; also how to treat a code you do not know (sent by: hub, provider, client) */
   INTERNAL: "internal",
   /** a text frame over `limits.max_message_bytes` (the connection stays open) (sent by: hub) */

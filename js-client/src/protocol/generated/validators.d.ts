@@ -6,7 +6,10 @@ import type {
   ActivitiesQuery,
   ActivityList,
   ActivityLost,
+  BalanceInfo,
+  BalanceQuery,
   Cancel,
+  Cost,
   Create,
   Credit,
   Destroy,
@@ -19,9 +22,12 @@ import type {
   Hello,
   ImageList,
   ImagePushed,
+  LedgerList,
+  LedgerQuery,
   ListImages,
   MarketInfo,
   MarketQuery,
+  Meter,
   Offer,
   PushImage,
   Release,
@@ -31,6 +37,7 @@ import type {
   Rented,
   ShareImage,
   Upload,
+  VerdictReport,
   Want,
   Welcome,
 } from "../../../types/protocol.generated.js";
@@ -59,7 +66,10 @@ export declare const VALIDATORS: { readonly [K in Message["type"]]: Validator<Ex
 export declare const validateActivitiesQuery: Validator<ActivitiesQuery>;
 export declare const validateActivityList: Validator<ActivityList>;
 export declare const validateActivityLost: Validator<ActivityLost>;
+export declare const validateBalanceInfo: Validator<BalanceInfo>;
+export declare const validateBalanceQuery: Validator<BalanceQuery>;
 export declare const validateCancel: Validator<Cancel>;
+export declare const validateCost: Validator<Cost>;
 export declare const validateCreate: Validator<Create>;
 export declare const validateCredit: Validator<Credit>;
 export declare const validateDestroy: Validator<Destroy>;
@@ -72,9 +82,12 @@ export declare const validateExecResult: Validator<ExecResult>;
 export declare const validateHello: Validator<Hello>;
 export declare const validateImageList: Validator<ImageList>;
 export declare const validateImagePushed: Validator<ImagePushed>;
+export declare const validateLedgerList: Validator<LedgerList>;
+export declare const validateLedgerQuery: Validator<LedgerQuery>;
 export declare const validateListImages: Validator<ListImages>;
 export declare const validateMarketInfo: Validator<MarketInfo>;
 export declare const validateMarketQuery: Validator<MarketQuery>;
+export declare const validateMeter: Validator<Meter>;
 export declare const validateOffer: Validator<Offer>;
 export declare const validatePushImage: Validator<PushImage>;
 export declare const validateRelease: Validator<Release>;
@@ -84,5 +97,6 @@ export declare const validateRentProgress: Validator<RentProgress>;
 export declare const validateRented: Validator<Rented>;
 export declare const validateShareImage: Validator<ShareImage>;
 export declare const validateUpload: Validator<Upload>;
+export declare const validateVerdictReport: Validator<VerdictReport>;
 export declare const validateWant: Validator<Want>;
 export declare const validateWelcome: Validator<Welcome>;

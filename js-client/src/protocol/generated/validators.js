@@ -1057,7 +1057,7 @@ return errors === 0;
 validate22.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 export const validateActivityLost = validate25;
-const schema36 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
+const schema36 = {"additionalProperties":false,"description":"Hub -> requestor: the activity is gone (provider lost, container died).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"reason":{"maxLength":4096,"title":"Reason","type":"string"},"type":{"const":"activity_lost","title":"Type","type":"string"}},"required":["type","activity","code","reason"],"title":"ActivityLost","type":"object"};
 const pattern10 = new RegExp("^[a-z][a-z0-9_]{0,63}$", "u");
 
 function validate25(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
@@ -1237,13 +1237,414 @@ return errors === 0;
 }
 validate25.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCancel = validate26;
-const schema37 = {"additionalProperties":false,"description":"Stop request ``target``; it ends with an error ``cancelled`` unless already done.","properties":{"target":{"maximum":2147483647,"minimum":1,"title":"Target","type":"integer"},"type":{"const":"cancel","title":"Type","type":"string"}},"required":["type","target"],"title":"Cancel","type":"object"};
+export const validateBalanceInfo = validate26;
+const schema37 = {"additionalProperties":false,"description":"The account of the asking credential: ``available`` to hold, ``held`` for its activities,\n``spent`` in all (micro-credits).","properties":{"account":{"maxLength":128,"title":"Account","type":"string"},"available":{"maximum":4611686018427388000,"minimum":-4611686018427388000,"title":"Available","type":"integer"},"held":{"maximum":4611686018427388000,"minimum":-4611686018427388000,"title":"Held","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"spent":{"default":0,"maximum":4611686018427388000,"minimum":-4611686018427388000,"title":"Spent","type":"integer"},"type":{"const":"balance_info","title":"Type","type":"string"}},"required":["type","re","account","available","held"],"title":"BalanceInfo","type":"object"};
 
 function validate26(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate26.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.spent === undefined){
+data.spent = 0;
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.re === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "re"},message:"must have required property '"+"re"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.account === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "account"},message:"must have required property '"+"account"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.available === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "available"},message:"must have required property '"+"available"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.held === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "held"},message:"must have required property '"+"held"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((((key0 === "account") || (key0 === "available")) || (key0 === "held")) || (key0 === "re")) || (key0 === "spent")) || (key0 === "type"))){
+const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+if(data.account !== undefined){
+let data0 = data.account;
+if(typeof data0 === "string"){
+if(func2(data0) > 128){
+const err6 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+else {
+const err7 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+if(data.available !== undefined){
+let data1 = data.available;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err8 = {instancePath:instancePath+"/available",schemaPath:"#/properties/available/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 4611686018427388000 || isNaN(data1)){
+const err9 = {instancePath:instancePath+"/available",schemaPath:"#/properties/available/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if(data1 < -4611686018427388000 || isNaN(data1)){
+const err10 = {instancePath:instancePath+"/available",schemaPath:"#/properties/available/minimum",keyword:"minimum",params:{comparison: ">=", limit: -4611686018427388000},message:"must be >= -4611686018427388000"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+}
+if(data.held !== undefined){
+let data2 = data.held;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err11 = {instancePath:instancePath+"/held",schemaPath:"#/properties/held/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 4611686018427388000 || isNaN(data2)){
+const err12 = {instancePath:instancePath+"/held",schemaPath:"#/properties/held/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(data2 < -4611686018427388000 || isNaN(data2)){
+const err13 = {instancePath:instancePath+"/held",schemaPath:"#/properties/held/minimum",keyword:"minimum",params:{comparison: ">=", limit: -4611686018427388000},message:"must be >= -4611686018427388000"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+}
+}
+if(data.re !== undefined){
+let data3 = data.re;
+if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
+const err14 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 2147483647 || isNaN(data3)){
+const err15 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+if(data3 < 1 || isNaN(data3)){
+const err16 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+let data4 = data.spent;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err17 = {instancePath:instancePath+"/spent",schemaPath:"#/properties/spent/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 4611686018427388000 || isNaN(data4)){
+const err18 = {instancePath:instancePath+"/spent",schemaPath:"#/properties/spent/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(data4 < -4611686018427388000 || isNaN(data4)){
+const err19 = {instancePath:instancePath+"/spent",schemaPath:"#/properties/spent/minimum",keyword:"minimum",params:{comparison: ">=", limit: -4611686018427388000},message:"must be >= -4611686018427388000"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data5 = data.type;
+if(typeof data5 !== "string"){
+const err20 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+if("balance_info" !== data5){
+const err21 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "balance_info"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+}
+else {
+const err22 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+validate26.errors = vErrors;
+return errors === 0;
+}
+validate26.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateBalanceQuery = validate27;
+const schema38 = {"additionalProperties":false,"description":"Requestor -> hub (1.5): this credential's account.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"balance","title":"Type","type":"string"}},"required":["type","id"],"title":"BalanceQuery","type":"object"};
+
+function validate27(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate27.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((key0 === "id") || (key0 === "type"))){
+const err2 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+}
+if(data.id !== undefined){
+let data0 = data.id;
+if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
+const err3 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if((typeof data0 == "number") && (isFinite(data0))){
+if(data0 > 2147483647 || isNaN(data0)){
+const err4 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+if(data0 < 1 || isNaN(data0)){
+const err5 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data1 = data.type;
+if(typeof data1 !== "string"){
+const err6 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+if("balance" !== data1){
+const err7 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "balance"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+}
+else {
+const err8 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+validate27.errors = vErrors;
+return errors === 0;
+}
+validate27.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateCancel = validate28;
+const schema39 = {"additionalProperties":false,"description":"Stop request ``target``; it ends with an error ``cancelled`` unless already done.","properties":{"target":{"maximum":2147483647,"minimum":1,"title":"Target","type":"integer"},"type":{"const":"cancel","title":"Type","type":"string"}},"required":["type","target"],"title":"Cancel","type":"object"};
+
+function validate28(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate28.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1352,21 +1753,304 @@ vErrors.push(err8);
 }
 errors++;
 }
-validate26.errors = vErrors;
+validate28.errors = vErrors;
 return errors === 0;
 }
-validate26.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate28.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCreate = validate27;
-const schema38 = {"additionalProperties":false,"description":"Hub -> provider: start a container for a new activity with these resources.\n\n``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a\nprovider that lacks some of its blobs answers ``want`` and receives them on this request's stream.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"manifest":{"anyOf":[{"$ref":"#/$defs/Manifest"},{"type":"null"}],"default":null},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"create","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","activity","image","resources"],"title":"Create","type":"object"};
-const schema39 = {"additionalProperties":false,"description":"An image as Docker keeps it: its config (whose digest is Docker's image id) and its\nlayers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first.","properties":{"config":{"$ref":"#/$defs/Blob"},"layers":{"items":{"$ref":"#/$defs/Blob"},"maxItems":256,"title":"Layers","type":"array"}},"required":["config","layers"],"title":"Manifest","type":"object"};
-const schema40 = {"additionalProperties":false,"description":"A piece of an image, named by the sha256 of its bytes.","properties":{"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"expanded":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Expanded"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"}},"required":["digest","size"],"title":"Blob","type":"object"};
-const pattern13 = new RegExp("^sha256:[0-9a-f]{64}$", "u");
+export const validateCost = validate29;
+const schema40 = {"additionalProperties":false,"description":"Hub -> requestor and provider (1.5): what a priced activity owes so far, as the hub captured\nit: ``due`` in micro-credits, cumulative (the ``seq``-th capture; ``final`` at its end), for\n``seconds`` held and ``cpu_seconds`` billed.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cpu_seconds":{"minimum":0,"title":"Cpu Seconds","type":"number"},"due":{"maximum":1000000000000000,"minimum":0,"title":"Due","type":"integer"},"final":{"default":false,"title":"Final","type":"boolean"},"seconds":{"minimum":0,"title":"Seconds","type":"number"},"seq":{"maximum":2147483647,"minimum":1,"title":"Seq","type":"integer"},"type":{"const":"cost","title":"Type","type":"string"}},"required":["type","activity","seq","due","seconds","cpu_seconds"],"title":"Cost","type":"object"};
 
-function validate28(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate29(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate28.evaluated;
+const evaluated0 = validate29.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.final === undefined){
+data.final = false;
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.activity === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activity"},message:"must have required property '"+"activity"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.seq === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "seq"},message:"must have required property '"+"seq"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.due === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "due"},message:"must have required property '"+"due"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.seconds === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "seconds"},message:"must have required property '"+"seconds"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+if(data.cpu_seconds === undefined){
+const err5 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "cpu_seconds"},message:"must have required property '"+"cpu_seconds"+"'"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+for(const key0 in data){
+if(!(((((((key0 === "activity") || (key0 === "cpu_seconds")) || (key0 === "due")) || (key0 === "final")) || (key0 === "seconds")) || (key0 === "seq")) || (key0 === "type"))){
+const err6 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+if(data.activity !== undefined){
+let data0 = data.activity;
+if(typeof data0 === "string"){
+if(!pattern4.test(data0)){
+const err7 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+else {
+const err8 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+if(data.cpu_seconds !== undefined){
+let data1 = data.cpu_seconds;
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 < 0 || isNaN(data1)){
+const err9 = {instancePath:instancePath+"/cpu_seconds",schemaPath:"#/properties/cpu_seconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+else {
+const err10 = {instancePath:instancePath+"/cpu_seconds",schemaPath:"#/properties/cpu_seconds/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+if(data.due !== undefined){
+let data2 = data.due;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err11 = {instancePath:instancePath+"/due",schemaPath:"#/properties/due/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 1000000000000000 || isNaN(data2)){
+const err12 = {instancePath:instancePath+"/due",schemaPath:"#/properties/due/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(data2 < 0 || isNaN(data2)){
+const err13 = {instancePath:instancePath+"/due",schemaPath:"#/properties/due/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+}
+}
+if(typeof data.final !== "boolean"){
+const err14 = {instancePath:instancePath+"/final",schemaPath:"#/properties/final/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+if(data.seconds !== undefined){
+let data4 = data.seconds;
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 < 0 || isNaN(data4)){
+const err15 = {instancePath:instancePath+"/seconds",schemaPath:"#/properties/seconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+else {
+const err16 = {instancePath:instancePath+"/seconds",schemaPath:"#/properties/seconds/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+if(data.seq !== undefined){
+let data5 = data.seq;
+if(!(((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5))) && (isFinite(data5)))){
+const err17 = {instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+if((typeof data5 == "number") && (isFinite(data5))){
+if(data5 > 2147483647 || isNaN(data5)){
+const err18 = {instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if(data5 < 1 || isNaN(data5)){
+const err19 = {instancePath:instancePath+"/seq",schemaPath:"#/properties/seq/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data6 = data.type;
+if(typeof data6 !== "string"){
+const err20 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+if("cost" !== data6){
+const err21 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "cost"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+}
+}
+else {
+const err22 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+validate29.errors = vErrors;
+return errors === 0;
+}
+validate29.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateCreate = validate30;
+const schema41 = {"additionalProperties":false,"description":"Hub -> provider: start a container for a new activity with these resources.\n\n``manifest`` (1.1) comes when the hub stores the image (``image`` is then its digest): a\nprovider that lacks some of its blobs answers ``want`` and receives them on this request's stream.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"manifest":{"anyOf":[{"$ref":"#/$defs/Manifest"},{"type":"null"}],"default":null},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"create","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","activity","image","resources"],"title":"Create","type":"object"};
+const schema42 = {"additionalProperties":false,"description":"An image as Docker keeps it: its config (whose digest is Docker's image id) and its\nlayers, uncompressed tars whose digests are the config's ``rootfs.diff_ids``, base first.","properties":{"config":{"$ref":"#/$defs/Blob"},"layers":{"items":{"$ref":"#/$defs/Blob"},"maxItems":256,"title":"Layers","type":"array"}},"required":["config","layers"],"title":"Manifest","type":"object"};
+const schema43 = {"additionalProperties":false,"description":"A piece of an image, named by the sha256 of its bytes.","properties":{"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"expanded":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Expanded"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"}},"required":["digest","size"],"title":"Blob","type":"object"};
+const pattern14 = new RegExp("^sha256:[0-9a-f]{64}$", "u");
+
+function validate31(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate31.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -1447,7 +2131,7 @@ errors++;
 if(data0.digest !== undefined){
 let data1 = data0.digest;
 if(typeof data1 === "string"){
-if(!pattern13.test(data1)){
+if(!pattern14.test(data1)){
 const err6 = {instancePath:instancePath+"/config/digest",schemaPath:"#/$defs/Blob/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err6];
@@ -1643,7 +2327,7 @@ errors++;
 if(data5.digest !== undefined){
 let data6 = data5.digest;
 if(typeof data6 === "string"){
-if(!pattern13.test(data6)){
+if(!pattern14.test(data6)){
 const err21 = {instancePath:instancePath+"/layers/" + i0+"/digest",schemaPath:"#/$defs/Blob/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err21];
@@ -1807,16 +2491,16 @@ vErrors.push(err33);
 }
 errors++;
 }
-validate28.errors = vErrors;
+validate31.errors = vErrors;
 return errors === 0;
 }
-validate28.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate31.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 
-function validate27(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate30(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate27.evaluated;
+const evaluated0 = validate30.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2001,8 +2685,8 @@ let data3 = data.manifest;
 const _errs9 = errors;
 let valid1 = false;
 const _errs10 = errors;
-if(!(validate28(data3, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate28.errors : vErrors.concat(validate28.errors);
+if(!(validate31(data3, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate31.errors : vErrors.concat(validate31.errors);
 errors = vErrors.length;
 }
 var _valid0 = _errs10 === errors;
@@ -2288,18 +2972,18 @@ vErrors.push(err36);
 }
 errors++;
 }
-validate27.errors = vErrors;
+validate30.errors = vErrors;
 return errors === 0;
 }
-validate27.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate30.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateCredit = validate30;
-const schema43 = {"additionalProperties":false,"description":"The receiver of stream ``stream`` may take ``chunks`` more data frames.","properties":{"chunks":{"maximum":1024,"minimum":1,"title":"Chunks","type":"integer"},"stream":{"maximum":2147483647,"minimum":1,"title":"Stream","type":"integer"},"type":{"const":"credit","title":"Type","type":"string"}},"required":["type","stream","chunks"],"title":"Credit","type":"object"};
+export const validateCredit = validate33;
+const schema46 = {"additionalProperties":false,"description":"The receiver of stream ``stream`` may take ``chunks`` more data frames.","properties":{"chunks":{"maximum":1024,"minimum":1,"title":"Chunks","type":"integer"},"stream":{"maximum":2147483647,"minimum":1,"title":"Stream","type":"integer"},"type":{"const":"credit","title":"Type","type":"string"}},"required":["type","stream","chunks"],"title":"Credit","type":"object"};
 
-function validate30(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate33(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate30.evaluated;
+const evaluated0 = validate33.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2453,18 +3137,18 @@ vErrors.push(err12);
 }
 errors++;
 }
-validate30.errors = vErrors;
+validate33.errors = vErrors;
 return errors === 0;
 }
-validate30.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDestroy = validate31;
-const schema44 = {"additionalProperties":false,"description":"Hub -> provider: remove the activity's container (answered with ``done``).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"destroy","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Destroy","type":"object"};
+export const validateDestroy = validate34;
+const schema47 = {"additionalProperties":false,"description":"Hub -> provider: remove the activity's container (answered with ``done``).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"destroy","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Destroy","type":"object"};
 
-function validate31(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate31.evaluated;
+const evaluated0 = validate34.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2608,18 +3292,18 @@ vErrors.push(err11);
 }
 errors++;
 }
-validate31.errors = vErrors;
+validate34.errors = vErrors;
 return errors === 0;
 }
-validate31.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDone = validate32;
-const schema45 = {"additionalProperties":false,"description":"A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used.","properties":{"bytes":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Bytes"},"cpu_seconds":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Cpu Seconds"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"done","title":"Type","type":"string"}},"required":["type","re"],"title":"Done","type":"object"};
+export const validateDone = validate35;
+const schema48 = {"additionalProperties":false,"description":"A request succeeded: ``bytes`` moved by a stream; ``cpu_seconds`` a released container used.","properties":{"bytes":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Bytes"},"cpu_seconds":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Cpu Seconds"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"done","title":"Type","type":"string"}},"required":["type","re"],"title":"Done","type":"object"};
 
-function validate32(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate32.evaluated;
+const evaluated0 = validate35.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -2868,19 +3552,19 @@ vErrors.push(err17);
 }
 errors++;
 }
-validate32.errors = vErrors;
+validate35.errors = vErrors;
 return errors === 0;
 }
-validate32.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate35.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDownload = validate33;
-const schema46 = {"additionalProperties":false,"description":"Open a stream out of ``path``; ``window`` is the first credit, in chunks.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"type":{"const":"download","title":"Type","type":"string"},"window":{"maximum":1024,"minimum":1,"title":"Window","type":"integer"}},"required":["type","id","activity","path","window"],"title":"Download","type":"object"};
+export const validateDownload = validate36;
+const schema49 = {"additionalProperties":false,"description":"Open a stream out of ``path``; ``window`` is the first credit, in chunks.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"type":{"const":"download","title":"Type","type":"string"},"window":{"maximum":1024,"minimum":1,"title":"Window","type":"integer"}},"required":["type","id","activity","path","window"],"title":"Download","type":"object"};
 const formats0 = formats["container-path"];
 
-function validate33(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate33.evaluated;
+const evaluated0 = validate36.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3104,18 +3788,18 @@ vErrors.push(err18);
 }
 errors++;
 }
-validate33.errors = vErrors;
+validate36.errors = vErrors;
 return errors === 0;
 }
-validate33.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate36.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateDownloadInfo = validate34;
-const schema47 = {"additionalProperties":false,"description":"Sent before the data of a download: a file's bytes, or a directory as a tar stream.","properties":{"kind":{"enum":["file","dir"],"title":"Kind","type":"string"},"mode":{"default":420,"maximum":4095,"minimum":0,"title":"Mode","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"size":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Size"},"type":{"const":"download_info","title":"Type","type":"string"}},"required":["type","re","kind"],"title":"DownloadInfo","type":"object"};
+export const validateDownloadInfo = validate37;
+const schema50 = {"additionalProperties":false,"description":"Sent before the data of a download: a file's bytes, or a directory as a tar stream.","properties":{"kind":{"enum":["file","dir"],"title":"Kind","type":"string"},"mode":{"default":420,"maximum":4095,"minimum":0,"title":"Mode","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"size":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Size"},"type":{"const":"download_info","title":"Type","type":"string"}},"required":["type","re","kind"],"title":"DownloadInfo","type":"object"};
 
-function validate34(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate37(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate34.evaluated;
+const evaluated0 = validate37.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3184,7 +3868,7 @@ vErrors.push(err4);
 errors++;
 }
 if(!((data0 === "file") || (data0 === "dir"))){
-const err5 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/enum",keyword:"enum",params:{allowedValues: schema47.properties.kind.enum},message:"must be equal to one of the allowed values"};
+const err5 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/enum",keyword:"enum",params:{allowedValues: schema50.properties.kind.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -3368,18 +4052,18 @@ vErrors.push(err19);
 }
 errors++;
 }
-validate34.errors = vErrors;
+validate37.errors = vErrors;
 return errors === 0;
 }
-validate34.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateError = validate35;
-const schema48 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
+export const validateError = validate38;
+const schema51 = {"additionalProperties":false,"description":"A request failed (``re`` names it), or a message could not be taken at all.\n\n``provider`` names the provider a failed ``rent`` was tried on, when it got that far.","properties":{"code":{"description":"A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.","pattern":"^[a-z][a-z0-9_]{0,63}$","title":"Code","type":"string"},"message":{"maxLength":4096,"title":"Message","type":"string"},"provider":{"anyOf":[{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},{"type":"null"}],"default":null,"title":"Provider"},"re":{"anyOf":[{"maximum":2147483647,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Re"},"type":{"const":"error","title":"Type","type":"string"}},"required":["type","code","message"],"title":"Error","type":"object"};
 
-function validate35(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate38(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate35.evaluated;
+const evaluated0 = validate38.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3673,18 +4357,18 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate35.errors = vErrors;
+validate38.errors = vErrors;
 return errors === 0;
 }
-validate35.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateExec = validate36;
-const schema49 = {"additionalProperties":false,"description":"Run ``argv`` exactly as given (no shell) in the activity's container.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"argv":{"items":{"maxLength":65536,"type":"string"},"maxItems":4096,"minItems":1,"title":"Argv","type":"array"},"env":{"additionalProperties":{"type":"string"},"default":{},"maxProperties":1024,"propertyNames":{"maxLength":256,"minLength":1},"title":"Env","type":"object"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"stdin":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stdin"},"stream":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stream"},"timeout":{"anyOf":[{"exclusiveMinimum":0,"maximum":604800,"type":"number"},{"type":"null"}],"default":null,"title":"Timeout"},"type":{"const":"exec","title":"Type","type":"string"},"window":{"anyOf":[{"maximum":1024,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Window"},"workdir":{"anyOf":[{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","type":"string"},{"type":"null"}],"default":null,"title":"Workdir"}},"required":["type","id","activity","argv"],"title":"Exec","type":"object"};
+export const validateExec = validate39;
+const schema52 = {"additionalProperties":false,"description":"Run ``argv`` exactly as given (no shell) in the activity's container.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"argv":{"items":{"maxLength":65536,"type":"string"},"maxItems":4096,"minItems":1,"title":"Argv","type":"array"},"env":{"additionalProperties":{"type":"string"},"default":{},"maxProperties":1024,"propertyNames":{"maxLength":256,"minLength":1},"title":"Env","type":"object"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"stdin":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stdin"},"stream":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Stream"},"timeout":{"anyOf":[{"exclusiveMinimum":0,"maximum":604800,"type":"number"},{"type":"null"}],"default":null,"title":"Timeout"},"type":{"const":"exec","title":"Type","type":"string"},"window":{"anyOf":[{"maximum":1024,"minimum":1,"type":"integer"},{"type":"null"}],"default":null,"title":"Window"},"workdir":{"anyOf":[{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","type":"string"},{"type":"null"}],"default":null,"title":"Workdir"}},"required":["type","id","activity","argv"],"title":"Exec","type":"object"};
 
-function validate36(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate36.evaluated;
+const evaluated0 = validate39.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -3751,7 +4435,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(func1.call(schema49.properties, key0))){
+if(!(func1.call(schema52.properties, key0))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -4294,18 +4978,18 @@ vErrors.push(err43);
 }
 errors++;
 }
-validate36.errors = vErrors;
+validate39.errors = vErrors;
 return errors === 0;
 }
-validate36.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate39.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateExecResult = validate37;
-const schema50 = {"additionalProperties":false,"description":"The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).","properties":{"duration":{"minimum":0,"title":"Duration","type":"number"},"exit_code":{"title":"Exit Code","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"stderr":{"title":"Stderr","type":"string"},"stderr_truncated":{"default":false,"title":"Stderr Truncated","type":"boolean"},"stdout":{"title":"Stdout","type":"string"},"stdout_truncated":{"default":false,"title":"Stdout Truncated","type":"boolean"},"timed_out":{"title":"Timed Out","type":"boolean"},"type":{"const":"exec_result","title":"Type","type":"string"}},"required":["type","re","exit_code","timed_out","stdout","stderr","duration"],"title":"ExecResult","type":"object"};
+export const validateExecResult = validate40;
+const schema53 = {"additionalProperties":false,"description":"The end of an ``exec``: exit code, and stdout/stderr base64-encoded (capped).","properties":{"duration":{"minimum":0,"title":"Duration","type":"number"},"exit_code":{"title":"Exit Code","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"stderr":{"title":"Stderr","type":"string"},"stderr_truncated":{"default":false,"title":"Stderr Truncated","type":"boolean"},"stdout":{"title":"Stdout","type":"string"},"stdout_truncated":{"default":false,"title":"Stdout Truncated","type":"boolean"},"timed_out":{"title":"Timed Out","type":"boolean"},"type":{"const":"exec_result","title":"Type","type":"string"}},"required":["type","re","exit_code","timed_out","stdout","stderr","duration"],"title":"ExecResult","type":"object"};
 
-function validate37(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate40(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate37.evaluated;
+const evaluated0 = validate40.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4390,7 +5074,7 @@ vErrors.push(err6);
 errors++;
 }
 for(const key0 in data){
-if(!(func1.call(schema50.properties, key0))){
+if(!(func1.call(schema53.properties, key0))){
 const err7 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err7];
@@ -4564,20 +5248,20 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate37.errors = vErrors;
+validate40.errors = vErrors;
 return errors === 0;
 }
-validate37.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate40.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateHello = validate38;
-const schema51 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":1024,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
-const pattern22 = new RegExp("^[A-Za-z0-9_-]+$", "u");
-const pattern23 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
+export const validateHello = validate41;
+const schema54 = {"additionalProperties":false,"description":"First message on every connection, from the peer that dialled the hub.","properties":{"activities":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":1024,"type":"array"},{"type":"null"}],"default":null,"title":"Activities"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"resume":{"anyOf":[{"maxLength":128,"minLength":1,"pattern":"^[A-Za-z0-9_-]+$","type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"role":{"enum":["requestor","provider"],"title":"Role","type":"string"},"software":{"default":"","maxLength":128,"title":"Software","type":"string"},"token":{"anyOf":[{"maxLength":1024,"type":"string"},{"type":"null"}],"default":null,"title":"Token"},"type":{"const":"hello","title":"Type","type":"string"},"version":{"pattern":"^[0-9]{1,4}\\.[0-9]{1,4}$","title":"Version","type":"string"}},"required":["type","version","role","name"],"title":"Hello","type":"object"};
+const pattern23 = new RegExp("^[A-Za-z0-9_-]+$", "u");
+const pattern24 = new RegExp("^[0-9]{1,4}\\.[0-9]{1,4}$", "u");
 
-function validate38(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate41(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate38.evaluated;
+const evaluated0 = validate41.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -4807,7 +5491,7 @@ vErrors.push(err16);
 }
 errors++;
 }
-if(!pattern22.test(data3)){
+if(!pattern23.test(data3)){
 const err17 = {instancePath:instancePath+"/resume",schemaPath:"#/properties/resume/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_-]+$"},message:"must match pattern \""+"^[A-Za-z0-9_-]+$"+"\""};
 if(vErrors === null){
 vErrors = [err17];
@@ -4877,7 +5561,7 @@ vErrors.push(err21);
 errors++;
 }
 if(!((data4 === "requestor") || (data4 === "provider"))){
-const err22 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema51.properties.role.enum},message:"must be equal to one of the allowed values"};
+const err22 = {instancePath:instancePath+"/role",schemaPath:"#/properties/role/enum",keyword:"enum",params:{allowedValues: schema54.properties.role.enum},message:"must be equal to one of the allowed values"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -4998,7 +5682,7 @@ errors++;
 if(data.version !== undefined){
 let data8 = data.version;
 if(typeof data8 === "string"){
-if(!pattern23.test(data8)){
+if(!pattern24.test(data8)){
 const err31 = {instancePath:instancePath+"/version",schemaPath:"#/properties/version/pattern",keyword:"pattern",params:{pattern: "^[0-9]{1,4}\\.[0-9]{1,4}$"},message:"must match pattern \""+"^[0-9]{1,4}\\.[0-9]{1,4}$"+"\""};
 if(vErrors === null){
 vErrors = [err31];
@@ -5031,20 +5715,20 @@ vErrors.push(err33);
 }
 errors++;
 }
-validate38.errors = vErrors;
+validate41.errors = vErrors;
 return errors === 0;
 }
-validate38.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate41.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateImageList = validate39;
-const schema52 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each\nlayer counted at the larger of its size and its expanded size).","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
-const schema53 = {"additionalProperties":false,"description":"An image in the hub's store, as the requestor asking may see it: ``size`` counts its config\nand layers; times are Unix seconds; ``tags`` are the requestor's own (1.4: tags live in their\nowner's namespace).","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"owners":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Owners"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"public":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Public"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"shared":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Shared"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
-const pattern28 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
+export const validateImageList = validate42;
+const schema55 = {"additionalProperties":false,"description":"The store's images, most recently used first, and the bytes it holds of its ``limit`` (1.4: each\nlayer counted at the larger of its size and its expanded size).","properties":{"images":{"items":{"$ref":"#/$defs/ImageInfo"},"title":"Images","type":"array"},"limit":{"maximum":4611686018427388000,"minimum":0,"title":"Limit","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"image_list","title":"Type","type":"string"},"used":{"maximum":4611686018427388000,"minimum":0,"title":"Used","type":"integer"}},"required":["type","re","images","used","limit"],"title":"ImageList","type":"object"};
+const schema56 = {"additionalProperties":false,"description":"An image in the hub's store, as the requestor asking may see it: ``size`` counts its config\nand layers; times are Unix seconds; ``tags`` are the requestor's own (1.4: tags live in their\nowner's namespace).","properties":{"arch":{"maxLength":32,"title":"Arch","type":"string"},"digest":{"pattern":"^sha256:[0-9a-f]{64}$","title":"Digest","type":"string"},"in_use":{"default":0,"minimum":0,"title":"In Use","type":"integer"},"last_used":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Last Used"},"layers":{"title":"Layers","type":"integer"},"os":{"maxLength":32,"title":"Os","type":"string"},"owners":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Owners"},"providers":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"title":"Providers","type":"array"},"public":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Public"},"pushed":{"minimum":0,"title":"Pushed","type":"number"},"shared":{"anyOf":[{"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1000,"type":"array"},{"type":"null"}],"default":null,"title":"Shared"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"tags":{"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"title":"Tags","type":"array"}},"required":["digest","tags","size","layers","arch","os","pushed"],"title":"ImageInfo","type":"object"};
+const pattern29 = new RegExp("^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$", "u");
 
-function validate39(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate42(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate39.evaluated;
+const evaluated0 = validate42.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -5210,7 +5894,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data1){
-if(!(func1.call(schema53.properties, key1))){
+if(!(func1.call(schema56.properties, key1))){
 const err13 = {instancePath:instancePath+"/images/" + i0,schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -5249,7 +5933,7 @@ errors++;
 if(data1.digest !== undefined){
 let data3 = data1.digest;
 if(typeof data3 === "string"){
-if(!pattern13.test(data3)){
+if(!pattern14.test(data3)){
 const err16 = {instancePath:instancePath+"/images/" + i0+"/digest",schemaPath:"#/$defs/ImageInfo/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -5806,7 +6490,7 @@ vErrors.push(err57);
 }
 errors++;
 }
-if(!pattern28.test(data18)){
+if(!pattern29.test(data18)){
 const err58 = {instancePath:instancePath+"/images/" + i0+"/tags/" + i4,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err58];
@@ -6003,18 +6687,18 @@ vErrors.push(err74);
 }
 errors++;
 }
-validate39.errors = vErrors;
+validate42.errors = vErrors;
 return errors === 0;
 }
-validate39.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate42.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateImagePushed = validate40;
-const schema54 = {"additionalProperties":false,"description":"The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already.","properties":{"image":{"$ref":"#/$defs/ImageInfo"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"sent":{"maximum":4611686018427388000,"minimum":0,"title":"Sent","type":"integer"},"skipped":{"maximum":4611686018427388000,"minimum":0,"title":"Skipped","type":"integer"},"type":{"const":"image_pushed","title":"Type","type":"string"}},"required":["type","re","image","sent","skipped"],"title":"ImagePushed","type":"object"};
+export const validateImagePushed = validate43;
+const schema57 = {"additionalProperties":false,"description":"The image is stored: ``sent`` bytes moved, ``skipped`` bytes the hub held already.","properties":{"image":{"$ref":"#/$defs/ImageInfo"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"sent":{"maximum":4611686018427388000,"minimum":0,"title":"Sent","type":"integer"},"skipped":{"maximum":4611686018427388000,"minimum":0,"title":"Skipped","type":"integer"},"type":{"const":"image_pushed","title":"Type","type":"string"}},"required":["type","re","image","sent","skipped"],"title":"ImagePushed","type":"object"};
 
-function validate40(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate43(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate40.evaluated;
+const evaluated0 = validate43.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -6176,7 +6860,7 @@ vErrors.push(err12);
 errors++;
 }
 for(const key1 in data0){
-if(!(func1.call(schema53.properties, key1))){
+if(!(func1.call(schema56.properties, key1))){
 const err13 = {instancePath:instancePath+"/image",schemaPath:"#/$defs/ImageInfo/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err13];
@@ -6215,7 +6899,7 @@ errors++;
 if(data0.digest !== undefined){
 let data2 = data0.digest;
 if(typeof data2 === "string"){
-if(!pattern13.test(data2)){
+if(!pattern14.test(data2)){
 const err16 = {instancePath:instancePath+"/image/digest",schemaPath:"#/$defs/ImageInfo/properties/digest/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err16];
@@ -6772,7 +7456,7 @@ vErrors.push(err57);
 }
 errors++;
 }
-if(!pattern28.test(data17)){
+if(!pattern29.test(data17)){
 const err58 = {instancePath:instancePath+"/image/tags/" + i3,schemaPath:"#/$defs/ImageInfo/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err58];
@@ -6957,18 +7641,816 @@ vErrors.push(err73);
 }
 errors++;
 }
-validate40.errors = vErrors;
+validate43.errors = vErrors;
 return errors === 0;
 }
-validate40.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate43.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateListImages = validate41;
-const schema56 = {"additionalProperties":false,"description":"Requestor -> hub: the images in the store.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"list_images","title":"Type","type":"string"}},"required":["type","id"],"title":"ListImages","type":"object"};
+export const validateLedgerList = validate44;
+const schema59 = {"additionalProperties":false,"properties":{"matched":{"minimum":0,"title":"Matched","type":"integer"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"transactions":{"items":{"$ref":"#/$defs/Transaction"},"title":"Transactions","type":"array"},"type":{"const":"ledger_list","title":"Type","type":"string"}},"required":["type","re","transactions","matched"],"title":"LedgerList","type":"object"};
+const schema60 = {"additionalProperties":false,"description":"A movement of credits: its entries sum to zero. ``key`` is its idempotency key.","properties":{"activity":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Activity"},"entries":{"items":{"$ref":"#/$defs/Entry"},"maxItems":16,"title":"Entries","type":"array"},"id":{"minimum":1,"title":"Id","type":"integer"},"key":{"maxLength":256,"title":"Key","type":"string"},"kind":{"maxLength":32,"title":"Kind","type":"string"},"time":{"minimum":0,"title":"Time","type":"number"}},"required":["id","key","kind","time","entries"],"title":"Transaction","type":"object"};
+const schema61 = {"additionalProperties":false,"description":"One side of a transaction: ``amount`` micro-credits into ``account`` (out of it when negative).","properties":{"account":{"maxLength":128,"title":"Account","type":"string"},"amount":{"maximum":4611686018427388000,"minimum":-4611686018427388000,"title":"Amount","type":"integer"}},"required":["account","amount"],"title":"Entry","type":"object"};
 
-function validate41(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate45(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate41.evaluated;
+const evaluated0 = validate45.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.activity === undefined){
+data.activity = null;
+}
+if(data.id === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.key === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "key"},message:"must have required property '"+"key"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.kind === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "kind"},message:"must have required property '"+"kind"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.time === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "time"},message:"must have required property '"+"time"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.entries === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "entries"},message:"must have required property '"+"entries"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((((key0 === "activity") || (key0 === "entries")) || (key0 === "id")) || (key0 === "key")) || (key0 === "kind")) || (key0 === "time"))){
+const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+let data0 = data.activity;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(typeof data0 === "string"){
+if(!pattern4.test(data0)){
+const err6 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+else {
+const err7 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs6 = errors;
+if(data0 !== null){
+const err8 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+var _valid0 = _errs6 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err9 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.entries !== undefined){
+let data1 = data.entries;
+if(Array.isArray(data1)){
+if(data1.length > 16){
+const err10 = {instancePath:instancePath+"/entries",schemaPath:"#/properties/entries/maxItems",keyword:"maxItems",params:{limit: 16},message:"must NOT have more than 16 items"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+const len0 = data1.length;
+for(let i0=0; i0<len0; i0++){
+let data2 = data1[i0];
+if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
+if(data2.account === undefined){
+const err11 = {instancePath:instancePath+"/entries/" + i0,schemaPath:"#/$defs/Entry/required",keyword:"required",params:{missingProperty: "account"},message:"must have required property '"+"account"+"'"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(data2.amount === undefined){
+const err12 = {instancePath:instancePath+"/entries/" + i0,schemaPath:"#/$defs/Entry/required",keyword:"required",params:{missingProperty: "amount"},message:"must have required property '"+"amount"+"'"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+for(const key1 in data2){
+if(!((key1 === "account") || (key1 === "amount"))){
+const err13 = {instancePath:instancePath+"/entries/" + i0,schemaPath:"#/$defs/Entry/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+}
+if(data2.account !== undefined){
+let data3 = data2.account;
+if(typeof data3 === "string"){
+if(func2(data3) > 128){
+const err14 = {instancePath:instancePath+"/entries/" + i0+"/account",schemaPath:"#/$defs/Entry/properties/account/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+else {
+const err15 = {instancePath:instancePath+"/entries/" + i0+"/account",schemaPath:"#/$defs/Entry/properties/account/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+if(data2.amount !== undefined){
+let data4 = data2.amount;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err16 = {instancePath:instancePath+"/entries/" + i0+"/amount",schemaPath:"#/$defs/Entry/properties/amount/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 4611686018427388000 || isNaN(data4)){
+const err17 = {instancePath:instancePath+"/entries/" + i0+"/amount",schemaPath:"#/$defs/Entry/properties/amount/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+if(data4 < -4611686018427388000 || isNaN(data4)){
+const err18 = {instancePath:instancePath+"/entries/" + i0+"/amount",schemaPath:"#/$defs/Entry/properties/amount/minimum",keyword:"minimum",params:{comparison: ">=", limit: -4611686018427388000},message:"must be >= -4611686018427388000"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err19 = {instancePath:instancePath+"/entries/" + i0,schemaPath:"#/$defs/Entry/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+}
+}
+else {
+const err20 = {instancePath:instancePath+"/entries",schemaPath:"#/properties/entries/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+if(data.id !== undefined){
+let data5 = data.id;
+if(!(((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5))) && (isFinite(data5)))){
+const err21 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+if((typeof data5 == "number") && (isFinite(data5))){
+if(data5 < 1 || isNaN(data5)){
+const err22 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+}
+}
+if(data.key !== undefined){
+let data6 = data.key;
+if(typeof data6 === "string"){
+if(func2(data6) > 256){
+const err23 = {instancePath:instancePath+"/key",schemaPath:"#/properties/key/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/key",schemaPath:"#/properties/key/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+}
+if(data.kind !== undefined){
+let data7 = data.kind;
+if(typeof data7 === "string"){
+if(func2(data7) > 32){
+const err25 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/maxLength",keyword:"maxLength",params:{limit: 32},message:"must NOT have more than 32 characters"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+}
+else {
+const err26 = {instancePath:instancePath+"/kind",schemaPath:"#/properties/kind/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+}
+if(data.time !== undefined){
+let data8 = data.time;
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 < 0 || isNaN(data8)){
+const err27 = {instancePath:instancePath+"/time",schemaPath:"#/properties/time/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+}
+else {
+const err28 = {instancePath:instancePath+"/time",schemaPath:"#/properties/time/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+}
+}
+else {
+const err29 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+validate45.errors = vErrors;
+return errors === 0;
+}
+validate45.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+
+function validate44(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate44.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.re === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "re"},message:"must have required property '"+"re"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.transactions === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "transactions"},message:"must have required property '"+"transactions"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.matched === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "matched"},message:"must have required property '"+"matched"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "matched") || (key0 === "re")) || (key0 === "transactions")) || (key0 === "type"))){
+const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+if(data.matched !== undefined){
+let data0 = data.matched;
+if(!(((typeof data0 == "number") && (!(data0 % 1) && !isNaN(data0))) && (isFinite(data0)))){
+const err5 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if((typeof data0 == "number") && (isFinite(data0))){
+if(data0 < 0 || isNaN(data0)){
+const err6 = {instancePath:instancePath+"/matched",schemaPath:"#/properties/matched/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+}
+if(data.re !== undefined){
+let data1 = data.re;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err7 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 2147483647 || isNaN(data1)){
+const err8 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+if(data1 < 1 || isNaN(data1)){
+const err9 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+}
+if(data.transactions !== undefined){
+let data2 = data.transactions;
+if(Array.isArray(data2)){
+const len0 = data2.length;
+for(let i0=0; i0<len0; i0++){
+if(!(validate45(data2[i0], {instancePath:instancePath+"/transactions/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate45.errors : vErrors.concat(validate45.errors);
+errors = vErrors.length;
+}
+}
+}
+else {
+const err10 = {instancePath:instancePath+"/transactions",schemaPath:"#/properties/transactions/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data4 = data.type;
+if(typeof data4 !== "string"){
+const err11 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if("ledger_list" !== data4){
+const err12 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "ledger_list"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+}
+}
+else {
+const err13 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+validate44.errors = vErrors;
+return errors === 0;
+}
+validate44.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateLedgerQuery = validate47;
+const schema62 = {"additionalProperties":false,"description":"Requestor -> hub (1.5): the latest transactions touching the asker's account (an admin's:\n``account``'s, or all), newest first, at most ``limit``.","properties":{"account":{"anyOf":[{"maxLength":128,"type":"string"},{"type":"null"}],"default":null,"title":"Account"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"ledger","title":"Type","type":"string"}},"required":["type","id"],"title":"LedgerQuery","type":"object"};
+
+function validate47(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate47.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.account === undefined){
+data.account = null;
+}
+if(data.limit === undefined){
+data.limit = 100;
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "account") || (key0 === "id")) || (key0 === "limit")) || (key0 === "type"))){
+const err2 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+}
+let data0 = data.account;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(typeof data0 === "string"){
+if(func2(data0) > 128){
+const err3 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+}
+else {
+const err4 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs6 = errors;
+if(data0 !== null){
+const err5 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+var _valid0 = _errs6 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err6 = {instancePath:instancePath+"/account",schemaPath:"#/properties/account/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data1 = data.id;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err7 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 2147483647 || isNaN(data1)){
+const err8 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+if(data1 < 1 || isNaN(data1)){
+const err9 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+}
+let data2 = data.limit;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err10 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 1000 || isNaN(data2)){
+const err11 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(data2 < 1 || isNaN(data2)){
+const err12 = {instancePath:instancePath+"/limit",schemaPath:"#/properties/limit/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data3 = data.type;
+if(typeof data3 !== "string"){
+const err13 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if("ledger" !== data3){
+const err14 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "ledger"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+}
+else {
+const err15 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+validate47.errors = vErrors;
+return errors === 0;
+}
+validate47.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateListImages = validate48;
+const schema63 = {"additionalProperties":false,"description":"Requestor -> hub: the images in the store.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"list_images","title":"Type","type":"string"}},"required":["type","id"],"title":"ListImages","type":"object"};
+
+function validate48(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate48.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7077,19 +8559,20 @@ vErrors.push(err8);
 }
 errors++;
 }
-validate41.errors = vErrors;
+validate48.errors = vErrors;
 return errors === 0;
 }
-validate41.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate48.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateMarketInfo = validate42;
-const schema57 = {"additionalProperties":false,"description":"The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.","properties":{"activities":{"title":"Activities","type":"integer"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","matched","activities"],"title":"MarketInfo","type":"object"};
-const schema58 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"arch":{"title":"Arch","type":"string"},"free":{"$ref":"#/$defs/Resources"},"images":{"items":{"type":"string"},"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"offered":{"$ref":"#/$defs/Resources"}},"required":["name","arch","labels","images","offered","free","activities"],"title":"ProviderInfo","type":"object"};
+export const validateMarketInfo = validate49;
+const schema64 = {"additionalProperties":false,"description":"The providers a ``market`` asked for; ``matched`` counts all that match, listed or not.","properties":{"activities":{"title":"Activities","type":"integer"},"matched":{"minimum":0,"title":"Matched","type":"integer"},"providers":{"items":{"$ref":"#/$defs/ProviderInfo"},"title":"Providers","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"market_info","title":"Type","type":"string"}},"required":["type","re","providers","matched","activities"],"title":"MarketInfo","type":"object"};
+const schema65 = {"additionalProperties":false,"properties":{"activities":{"title":"Activities","type":"integer"},"arch":{"title":"Arch","type":"string"},"free":{"$ref":"#/$defs/Resources"},"images":{"items":{"type":"string"},"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"name":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Name","type":"string"},"offered":{"$ref":"#/$defs/Resources"},"price":{"anyOf":[{"$ref":"#/$defs/Price"},{"type":"null"}],"default":null},"reputation":{"anyOf":[{"maximum":1,"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Reputation"}},"required":["name","arch","labels","images","offered","free","activities"],"title":"ProviderInfo","type":"object"};
+const schema68 = {"additionalProperties":false,"description":"(1.5) A provider's linear price, in micro-credits: ``start`` once per activity, ``cpu_hour`` per\nhour of CPU time its container used, ``env_hour`` per hour the container is held (wall time).\n\nIn Python the rates are written in credits, ``Price(start=0.01, cpu_hour=0.2)``, and read back\nin micro-credits (``price.start == 10000``); :meth:`micro` builds one from micro-credits.","properties":{"cpu_hour":{"maximum":1000000000000000,"minimum":0,"title":"Cpu Hour","type":"integer"},"env_hour":{"maximum":1000000000000000,"minimum":0,"title":"Env Hour","type":"integer"},"start":{"maximum":1000000000000000,"minimum":0,"title":"Start","type":"integer"}},"required":["start","cpu_hour","env_hour"],"title":"Price","type":"object"};
 
-function validate43(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate50(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate43.evaluated;
+const evaluated0 = validate50.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7097,6 +8580,12 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.price === undefined){
+data.price = null;
+}
+if(data.reputation === undefined){
+data.reputation = null;
+}
 if(data.name === undefined){
 const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "name"},message:"must have required property '"+"name"+"'"};
 if(vErrors === null){
@@ -7168,7 +8657,7 @@ vErrors.push(err6);
 errors++;
 }
 for(const key0 in data){
-if(!(((((((key0 === "activities") || (key0 === "arch")) || (key0 === "free")) || (key0 === "images")) || (key0 === "labels")) || (key0 === "name")) || (key0 === "offered"))){
+if(!(func1.call(schema65.properties, key0))){
 const err7 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err7];
@@ -7669,9 +9158,13 @@ vErrors.push(err48);
 errors++;
 }
 }
-}
-else {
-const err49 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+let data15 = data.price;
+const _errs39 = errors;
+let valid9 = false;
+const _errs40 = errors;
+if(data15 && typeof data15 == "object" && !Array.isArray(data15)){
+if(data15.start === undefined){
+const err49 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "start"},message:"must have required property '"+"start"+"'"};
 if(vErrors === null){
 vErrors = [err49];
 }
@@ -7680,16 +9173,283 @@ vErrors.push(err49);
 }
 errors++;
 }
-validate43.errors = vErrors;
+if(data15.cpu_hour === undefined){
+const err50 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "cpu_hour"},message:"must have required property '"+"cpu_hour"+"'"};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+if(data15.env_hour === undefined){
+const err51 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "env_hour"},message:"must have required property '"+"env_hour"+"'"};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+for(const key5 in data15){
+if(!(((key5 === "cpu_hour") || (key5 === "env_hour")) || (key5 === "start"))){
+const err52 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key5},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+}
+if(data15.cpu_hour !== undefined){
+let data16 = data15.cpu_hour;
+if(!(((typeof data16 == "number") && (!(data16 % 1) && !isNaN(data16))) && (isFinite(data16)))){
+const err53 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+if((typeof data16 == "number") && (isFinite(data16))){
+if(data16 > 1000000000000000 || isNaN(data16)){
+const err54 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+if(data16 < 0 || isNaN(data16)){
+const err55 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+}
+}
+if(data15.env_hour !== undefined){
+let data17 = data15.env_hour;
+if(!(((typeof data17 == "number") && (!(data17 % 1) && !isNaN(data17))) && (isFinite(data17)))){
+const err56 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+if((typeof data17 == "number") && (isFinite(data17))){
+if(data17 > 1000000000000000 || isNaN(data17)){
+const err57 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+if(data17 < 0 || isNaN(data17)){
+const err58 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+}
+}
+if(data15.start !== undefined){
+let data18 = data15.start;
+if(!(((typeof data18 == "number") && (!(data18 % 1) && !isNaN(data18))) && (isFinite(data18)))){
+const err59 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+if((typeof data18 == "number") && (isFinite(data18))){
+if(data18 > 1000000000000000 || isNaN(data18)){
+const err60 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+if(data18 < 0 || isNaN(data18)){
+const err61 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err62 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+var _valid0 = _errs40 === errors;
+valid9 = valid9 || _valid0;
+const _errs50 = errors;
+if(data15 !== null){
+const err63 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+var _valid0 = _errs50 === errors;
+valid9 = valid9 || _valid0;
+if(!valid9){
+const err64 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+else {
+errors = _errs39;
+if(vErrors !== null){
+if(_errs39){
+vErrors.length = _errs39;
+}
+else {
+vErrors = null;
+}
+}
+}
+let data19 = data.reputation;
+const _errs53 = errors;
+let valid12 = false;
+const _errs54 = errors;
+if((typeof data19 == "number") && (isFinite(data19))){
+if(data19 > 1 || isNaN(data19)){
+const err65 = {instancePath:instancePath+"/reputation",schemaPath:"#/properties/reputation/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"};
+if(vErrors === null){
+vErrors = [err65];
+}
+else {
+vErrors.push(err65);
+}
+errors++;
+}
+if(data19 < 0 || isNaN(data19)){
+const err66 = {instancePath:instancePath+"/reputation",schemaPath:"#/properties/reputation/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err66];
+}
+else {
+vErrors.push(err66);
+}
+errors++;
+}
+}
+else {
+const err67 = {instancePath:instancePath+"/reputation",schemaPath:"#/properties/reputation/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err67];
+}
+else {
+vErrors.push(err67);
+}
+errors++;
+}
+var _valid1 = _errs54 === errors;
+valid12 = valid12 || _valid1;
+const _errs56 = errors;
+if(data19 !== null){
+const err68 = {instancePath:instancePath+"/reputation",schemaPath:"#/properties/reputation/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err68];
+}
+else {
+vErrors.push(err68);
+}
+errors++;
+}
+var _valid1 = _errs56 === errors;
+valid12 = valid12 || _valid1;
+if(!valid12){
+const err69 = {instancePath:instancePath+"/reputation",schemaPath:"#/properties/reputation/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err69];
+}
+else {
+vErrors.push(err69);
+}
+errors++;
+}
+else {
+errors = _errs53;
+if(vErrors !== null){
+if(_errs53){
+vErrors.length = _errs53;
+}
+else {
+vErrors = null;
+}
+}
+}
+}
+else {
+const err70 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err70];
+}
+else {
+vErrors.push(err70);
+}
+errors++;
+}
+validate50.errors = vErrors;
 return errors === 0;
 }
-validate43.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate50.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 
-function validate42(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate49(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate42.evaluated;
+const evaluated0 = validate49.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -7802,8 +9562,8 @@ let data2 = data.providers;
 if(Array.isArray(data2)){
 const len0 = data2.length;
 for(let i0=0; i0<len0; i0++){
-if(!(validate43(data2[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate43.errors : vErrors.concat(validate43.errors);
+if(!(validate50(data2[i0], {instancePath:instancePath+"/providers/" + i0,parentData:data2,parentDataProperty:i0,rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate50.errors : vErrors.concat(validate50.errors);
 errors = vErrors.length;
 }
 }
@@ -7888,18 +9648,18 @@ vErrors.push(err15);
 }
 errors++;
 }
-validate42.errors = vErrors;
+validate49.errors = vErrors;
 return errors === 0;
 }
-validate42.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate49.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateMarketQuery = validate45;
-const schema61 = {"additionalProperties":false,"description":"Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``\ncapacity left, at most ``limit`` of them (by name).","properties":{"free":{"$ref":"#/$defs/Resources","default":{"cpus":0,"memory":0,"storage":0}},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
+export const validateMarketQuery = validate52;
+const schema69 = {"additionalProperties":false,"description":"Requestor -> hub: describe the providers that hold ``image``, carry ``labels`` and have ``free``\ncapacity left, at most ``limit`` of them (by name).","properties":{"free":{"$ref":"#/$defs/Resources","default":{"cpus":0,"memory":0,"storage":0}},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"anyOf":[{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},{"type":"null"}],"default":null,"title":"Image"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"limit":{"default":100,"maximum":1000,"minimum":1,"title":"Limit","type":"integer"},"type":{"const":"market","title":"Type","type":"string"}},"required":["type","id"],"title":"MarketQuery","type":"object"};
 
-function validate45(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate52(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate45.evaluated;
+const evaluated0 = validate52.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8370,18 +10130,173 @@ vErrors.push(err37);
 }
 errors++;
 }
-validate45.errors = vErrors;
+validate52.errors = vErrors;
 return errors === 0;
 }
-validate45.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate52.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateOffer = validate46;
-const schema63 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.\n\n``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)\nthe ids of images it loaded from the hub's store, which the hub lets only a requestor that\nmay rent the stored image run.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"cached":{"anyOf":[{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":4096,"type":"array"},{"type":"null"}],"default":null,"title":"Cached"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
+export const validateMeter = validate53;
+const schema71 = {"additionalProperties":false,"description":"Hub -> provider (1.5): how much CPU time the activity's container has used so far; answered\nwith ``done`` carrying ``cpu_seconds``.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"meter","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Meter","type":"object"};
 
-function validate46(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate53(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate46.evaluated;
+const evaluated0 = validate53.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.activity === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activity"},message:"must have required property '"+"activity"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+for(const key0 in data){
+if(!(((key0 === "activity") || (key0 === "id")) || (key0 === "type"))){
+const err3 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+}
+if(data.activity !== undefined){
+let data0 = data.activity;
+if(typeof data0 === "string"){
+if(!pattern4.test(data0)){
+const err4 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+else {
+const err5 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+if(data.id !== undefined){
+let data1 = data.id;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err6 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 2147483647 || isNaN(data1)){
+const err7 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+if(data1 < 1 || isNaN(data1)){
+const err8 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data2 = data.type;
+if(typeof data2 !== "string"){
+const err9 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+if("meter" !== data2){
+const err10 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "meter"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+}
+}
+else {
+const err11 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+validate53.errors = vErrors;
+return errors === 0;
+}
+validate53.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateOffer = validate54;
+const schema72 = {"additionalProperties":false,"description":"Provider -> hub: the capacity it shares and the images it holds. Sent again on change.\n\n``images`` are those its operator allows anyone to run (by tag and by id); ``cached`` (1.4)\nthe ids of images it loaded from the hub's store, which the hub lets only a requestor that\nmay rent the stored image run.","properties":{"arch":{"maxLength":32,"minLength":1,"title":"Arch","type":"string"},"cached":{"anyOf":[{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":4096,"type":"array"},{"type":"null"}],"default":null,"title":"Cached"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"images":{"default":[],"items":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","type":"string"},"maxItems":4096,"title":"Images","type":"array"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"price":{"anyOf":[{"$ref":"#/$defs/Price"},{"type":"null"}],"default":null},"resources":{"$ref":"#/$defs/Resources"},"root":{"anyOf":[{"type":"boolean"},{"type":"null"}],"default":null,"title":"Root"},"type":{"const":"offer","title":"Type","type":"string"}},"required":["type","id","resources","arch"],"title":"Offer","type":"object"};
+
+function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate54.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -8397,6 +10312,9 @@ data.images = [];
 }
 if(data.labels === undefined){
 data.labels = {};
+}
+if(data.price === undefined){
+data.price = null;
 }
 if(data.root === undefined){
 data.root = null;
@@ -8442,7 +10360,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!((((((((key0 === "arch") || (key0 === "cached")) || (key0 === "id")) || (key0 === "images")) || (key0 === "labels")) || (key0 === "resources")) || (key0 === "root")) || (key0 === "type"))){
+if(!(func1.call(schema72.properties, key0))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -8507,7 +10425,7 @@ const len0 = data1.length;
 for(let i0=0; i0<len0; i0++){
 let data2 = data1[i0];
 if(typeof data2 === "string"){
-if(!pattern13.test(data2)){
+if(!pattern14.test(data2)){
 const err9 = {instancePath:instancePath+"/cached/" + i0,schemaPath:"#/properties/cached/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -8764,14 +10682,13 @@ vErrors.push(err29);
 }
 errors++;
 }
-if(data.resources !== undefined){
-let data8 = data.resources;
+let data8 = data.price;
+const _errs25 = errors;
+let valid8 = false;
+const _errs26 = errors;
 if(data8 && typeof data8 == "object" && !Array.isArray(data8)){
-if(data8.storage === undefined){
-data8.storage = 0;
-}
-if(data8.cpus === undefined){
-const err30 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+if(data8.start === undefined){
+const err30 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "start"},message:"must have required property '"+"start"+"'"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -8780,8 +10697,8 @@ vErrors.push(err30);
 }
 errors++;
 }
-if(data8.memory === undefined){
-const err31 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(data8.cpu_hour === undefined){
+const err31 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "cpu_hour"},message:"must have required property '"+"cpu_hour"+"'"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -8790,9 +10707,8 @@ vErrors.push(err31);
 }
 errors++;
 }
-for(const key3 in data8){
-if(!(((key3 === "cpus") || (key3 === "memory")) || (key3 === "storage"))){
-const err32 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
+if(data8.env_hour === undefined){
+const err32 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "env_hour"},message:"must have required property '"+"env_hour"+"'"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -8801,12 +10717,9 @@ vErrors.push(err32);
 }
 errors++;
 }
-}
-if(data8.cpus !== undefined){
-let data9 = data8.cpus;
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 > 4096 || isNaN(data9)){
-const err33 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+for(const key3 in data8){
+if(!(((key3 === "cpu_hour") || (key3 === "env_hour")) || (key3 === "start"))){
+const err33 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -8815,8 +10728,11 @@ vErrors.push(err33);
 }
 errors++;
 }
-if(data9 < 0 || isNaN(data9)){
-const err34 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+}
+if(data8.cpu_hour !== undefined){
+let data9 = data8.cpu_hour;
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+const err34 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -8825,9 +10741,9 @@ vErrors.push(err34);
 }
 errors++;
 }
-}
-else {
-const err35 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 1000000000000000 || isNaN(data9)){
+const err35 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -8836,11 +10752,8 @@ vErrors.push(err35);
 }
 errors++;
 }
-}
-if(data8.memory !== undefined){
-let data10 = data8.memory;
-if(!(((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10))) && (isFinite(data10)))){
-const err36 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data9 < 0 || isNaN(data9)){
+const err36 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -8849,9 +10762,12 @@ vErrors.push(err36);
 }
 errors++;
 }
-if((typeof data10 == "number") && (isFinite(data10))){
-if(data10 > 4611686018427388000 || isNaN(data10)){
-const err37 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+}
+if(data8.env_hour !== undefined){
+let data10 = data8.env_hour;
+if(!(((typeof data10 == "number") && (!(data10 % 1) && !isNaN(data10))) && (isFinite(data10)))){
+const err37 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -8860,8 +10776,9 @@ vErrors.push(err37);
 }
 errors++;
 }
-if(data10 < 0 || isNaN(data10)){
-const err38 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if((typeof data10 == "number") && (isFinite(data10))){
+if(data10 > 1000000000000000 || isNaN(data10)){
+const err38 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -8870,11 +10787,8 @@ vErrors.push(err38);
 }
 errors++;
 }
-}
-}
-let data11 = data8.storage;
-if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
-const err39 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data10 < 0 || isNaN(data10)){
+const err39 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -8883,9 +10797,12 @@ vErrors.push(err39);
 }
 errors++;
 }
-if((typeof data11 == "number") && (isFinite(data11))){
-if(data11 > 4611686018427388000 || isNaN(data11)){
-const err40 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+}
+if(data8.start !== undefined){
+let data11 = data8.start;
+if(!(((typeof data11 == "number") && (!(data11 % 1) && !isNaN(data11))) && (isFinite(data11)))){
+const err40 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -8894,8 +10811,9 @@ vErrors.push(err40);
 }
 errors++;
 }
-if(data11 < 0 || isNaN(data11)){
-const err41 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if((typeof data11 == "number") && (isFinite(data11))){
+if(data11 > 1000000000000000 || isNaN(data11)){
+const err41 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -8904,10 +10822,8 @@ vErrors.push(err41);
 }
 errors++;
 }
-}
-}
-else {
-const err42 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data11 < 0 || isNaN(data11)){
+const err42 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -8917,12 +10833,10 @@ vErrors.push(err42);
 errors++;
 }
 }
-let data12 = data.root;
-const _errs35 = errors;
-let valid10 = false;
-const _errs36 = errors;
-if(typeof data12 !== "boolean"){
-const err43 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+}
+}
+else {
+const err43 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -8931,11 +10845,11 @@ vErrors.push(err43);
 }
 errors++;
 }
-var _valid1 = _errs36 === errors;
-valid10 = valid10 || _valid1;
-const _errs38 = errors;
-if(data12 !== null){
-const err44 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+var _valid1 = _errs26 === errors;
+valid8 = valid8 || _valid1;
+const _errs36 = errors;
+if(data8 !== null){
+const err44 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -8944,10 +10858,10 @@ vErrors.push(err44);
 }
 errors++;
 }
-var _valid1 = _errs38 === errors;
-valid10 = valid10 || _valid1;
-if(!valid10){
-const err45 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+var _valid1 = _errs36 === errors;
+valid8 = valid8 || _valid1;
+if(!valid8){
+const err45 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err45];
 }
@@ -8957,20 +10871,24 @@ vErrors.push(err45);
 errors++;
 }
 else {
-errors = _errs35;
+errors = _errs25;
 if(vErrors !== null){
-if(_errs35){
-vErrors.length = _errs35;
+if(_errs25){
+vErrors.length = _errs25;
 }
 else {
 vErrors = null;
 }
 }
 }
-if(data.type !== undefined){
-let data13 = data.type;
-if(typeof data13 !== "string"){
-const err46 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data.resources !== undefined){
+let data12 = data.resources;
+if(data12 && typeof data12 == "object" && !Array.isArray(data12)){
+if(data12.storage === undefined){
+data12.storage = 0;
+}
+if(data12.cpus === undefined){
+const err46 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
 if(vErrors === null){
 vErrors = [err46];
 }
@@ -8979,8 +10897,8 @@ vErrors.push(err46);
 }
 errors++;
 }
-if("offer" !== data13){
-const err47 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "offer"},message:"must be equal to constant"};
+if(data12.memory === undefined){
+const err47 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
 if(vErrors === null){
 vErrors = [err47];
 }
@@ -8989,10 +10907,9 @@ vErrors.push(err47);
 }
 errors++;
 }
-}
-}
-else {
-const err48 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+for(const key4 in data12){
+if(!(((key4 === "cpus") || (key4 === "memory")) || (key4 === "storage"))){
+const err48 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key4},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err48];
 }
@@ -9001,18 +10918,218 @@ vErrors.push(err48);
 }
 errors++;
 }
-validate46.errors = vErrors;
+}
+if(data12.cpus !== undefined){
+let data13 = data12.cpus;
+if((typeof data13 == "number") && (isFinite(data13))){
+if(data13 > 4096 || isNaN(data13)){
+const err49 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+if(vErrors === null){
+vErrors = [err49];
+}
+else {
+vErrors.push(err49);
+}
+errors++;
+}
+if(data13 < 0 || isNaN(data13)){
+const err50 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+}
+else {
+const err51 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+}
+if(data12.memory !== undefined){
+let data14 = data12.memory;
+if(!(((typeof data14 == "number") && (!(data14 % 1) && !isNaN(data14))) && (isFinite(data14)))){
+const err52 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+if((typeof data14 == "number") && (isFinite(data14))){
+if(data14 > 4611686018427388000 || isNaN(data14)){
+const err53 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+if(data14 < 0 || isNaN(data14)){
+const err54 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+}
+}
+let data15 = data12.storage;
+if(!(((typeof data15 == "number") && (!(data15 % 1) && !isNaN(data15))) && (isFinite(data15)))){
+const err55 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+if((typeof data15 == "number") && (isFinite(data15))){
+if(data15 > 4611686018427388000 || isNaN(data15)){
+const err56 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+if(data15 < 0 || isNaN(data15)){
+const err57 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+}
+}
+else {
+const err58 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+}
+let data16 = data.root;
+const _errs49 = errors;
+let valid13 = false;
+const _errs50 = errors;
+if(typeof data16 !== "boolean"){
+const err59 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/0/type",keyword:"type",params:{type: "boolean"},message:"must be boolean"};
+if(vErrors === null){
+vErrors = [err59];
+}
+else {
+vErrors.push(err59);
+}
+errors++;
+}
+var _valid2 = _errs50 === errors;
+valid13 = valid13 || _valid2;
+const _errs52 = errors;
+if(data16 !== null){
+const err60 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err60];
+}
+else {
+vErrors.push(err60);
+}
+errors++;
+}
+var _valid2 = _errs52 === errors;
+valid13 = valid13 || _valid2;
+if(!valid13){
+const err61 = {instancePath:instancePath+"/root",schemaPath:"#/properties/root/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err61];
+}
+else {
+vErrors.push(err61);
+}
+errors++;
+}
+else {
+errors = _errs49;
+if(vErrors !== null){
+if(_errs49){
+vErrors.length = _errs49;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.type !== undefined){
+let data17 = data.type;
+if(typeof data17 !== "string"){
+const err62 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err62];
+}
+else {
+vErrors.push(err62);
+}
+errors++;
+}
+if("offer" !== data17){
+const err63 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "offer"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err63];
+}
+else {
+vErrors.push(err63);
+}
+errors++;
+}
+}
+}
+else {
+const err64 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err64];
+}
+else {
+vErrors.push(err64);
+}
+errors++;
+}
+validate54.errors = vErrors;
 return errors === 0;
 }
-validate46.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate54.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validatePushImage = validate47;
-const schema65 = {"additionalProperties":false,"description":"Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"manifest":{"$ref":"#/$defs/Manifest"},"tags":{"default":[],"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"maxItems":16,"title":"Tags","type":"array"},"type":{"const":"push_image","title":"Type","type":"string"}},"required":["type","id","manifest"],"title":"PushImage","type":"object"};
+export const validatePushImage = validate55;
+const schema75 = {"additionalProperties":false,"description":"Requestor -> hub: store this image under ``tags``; the hub answers ``want`` for the blobs it lacks.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"manifest":{"$ref":"#/$defs/Manifest"},"tags":{"default":[],"items":{"maxLength":255,"pattern":"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$","type":"string"},"maxItems":16,"title":"Tags","type":"array"},"type":{"const":"push_image","title":"Type","type":"string"}},"required":["type","id","manifest"],"title":"PushImage","type":"object"};
 
-function validate47(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate47.evaluated;
+const evaluated0 = validate55.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9101,8 +11218,8 @@ errors++;
 }
 }
 if(data.manifest !== undefined){
-if(!(validate28(data.manifest, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
-vErrors = vErrors === null ? validate28.errors : vErrors.concat(validate28.errors);
+if(!(validate31(data.manifest, {instancePath:instancePath+"/manifest",parentData:data,parentDataProperty:"manifest",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate31.errors : vErrors.concat(validate31.errors);
 errors = vErrors.length;
 }
 }
@@ -9132,7 +11249,7 @@ vErrors.push(err8);
 }
 errors++;
 }
-if(!pattern28.test(data3)){
+if(!pattern29.test(data3)){
 const err9 = {instancePath:instancePath+"/tags/" + i0,schemaPath:"#/properties/tags/items/pattern",keyword:"pattern",params:{pattern: "^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"},message:"must match pattern \""+"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*(?::[0-9]{1,5})?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
@@ -9199,18 +11316,18 @@ vErrors.push(err14);
 }
 errors++;
 }
-validate47.errors = vErrors;
+validate55.errors = vErrors;
 return errors === 0;
 }
-validate47.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate55.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRelease = validate49;
-const schema66 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
+export const validateRelease = validate57;
+const schema76 = {"additionalProperties":false,"description":"Requestor -> hub: destroy the activity's container and free its capacity.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"type":{"const":"release","title":"Type","type":"string"}},"required":["type","id","activity"],"title":"Release","type":"object"};
 
-function validate49(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate57(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate49.evaluated;
+const evaluated0 = validate57.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9354,18 +11471,18 @@ vErrors.push(err11);
 }
 errors++;
 }
-validate49.errors = vErrors;
+validate57.errors = vErrors;
 return errors === 0;
 }
-validate49.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate57.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRemoveImage = validate50;
-const schema67 = {"additionalProperties":false,"description":"Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"remove_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"RemoveImage","type":"object"};
+export const validateRemoveImage = validate58;
+const schema77 = {"additionalProperties":false,"description":"Requestor -> hub: remove an image (by digest or tag) from the store; answered with ``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"remove_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"RemoveImage","type":"object"};
 
-function validate50(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate58(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate50.evaluated;
+const evaluated0 = validate58.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9529,19 +11646,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate50.errors = vErrors;
+validate58.errors = vErrors;
 return errors === 0;
 }
-validate50.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate58.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRent = validate51;
-const schema68 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.\n\nProviders named in ``exclude`` are passed over. Activities of one ``group`` (a name the\nrequestor chooses, e.g. one per job) are kept on distinct providers: the hub never\npicks a provider where this requestor holds a live activity of the same group.","properties":{"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"type":{"const":"rent","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
-const schema69 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
+export const validateRent = validate59;
+const schema78 = {"additionalProperties":false,"description":"Requestor -> hub: find a provider that meets ``demand`` and start ``image`` there.\n\nProviders named in ``exclude`` are passed over. Activities of one ``group`` (a name the\nrequestor chooses, e.g. one per job) are kept on distinct providers: the hub never\npicks a provider where this requestor holds a live activity of the same group.","properties":{"allow":{"anyOf":[{"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1024,"minItems":1,"type":"array"},{"type":"null"}],"default":null,"title":"Allow"},"budget":{"anyOf":[{"maximum":1000000000000000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Budget"},"demand":{"$ref":"#/$defs/Demand"},"exclude":{"default":[],"items":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":1024,"title":"Exclude","type":"array"},"group":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Group"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"max_duration":{"anyOf":[{"exclusiveMinimum":0,"maximum":31622400,"type":"number"},{"type":"null"}],"default":null,"title":"Max Duration"},"min_reputation":{"anyOf":[{"maximum":1,"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Min Reputation"},"strategy":{"anyOf":[{"enum":["least_loaded","cheapest","reputation"],"type":"string"},{"type":"null"}],"default":null,"title":"Strategy"},"type":{"const":"rent","title":"Type","type":"string"},"user":{"anyOf":[{"const":"root","type":"string"},{"type":"null"}],"default":null,"title":"User"}},"required":["type","id","image","demand"],"title":"Rent","type":"object"};
+const schema79 = {"additionalProperties":false,"description":"What a requestor asks for: at least these resources, and these labels exactly; with\n``max_price`` (1.5), only from a provider whose every rate is at most the cap's.","properties":{"cpus":{"default":1,"maximum":4096,"minimum":0.01,"title":"Cpus","type":"number"},"labels":{"additionalProperties":{"maxLength":256,"type":"string"},"default":{},"maxProperties":64,"propertyNames":{"maxLength":128,"minLength":1},"title":"Labels","type":"object"},"max_price":{"anyOf":[{"$ref":"#/$defs/Price"},{"type":"null"}],"default":null},"memory":{"default":268435456,"maximum":4611686018427388000,"minimum":6291456,"title":"Memory","type":"integer"},"storage":{"default":0,"maximum":4611686018427388000,"minimum":0,"title":"Storage","type":"integer"}},"title":"Demand","type":"object"};
 
-function validate51(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate60(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate51.evaluated;
+const evaluated0 = validate60.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -9549,11 +11666,463 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.cpus === undefined){
+data.cpus = 1;
+}
+if(data.labels === undefined){
+data.labels = {};
+}
+if(data.max_price === undefined){
+data.max_price = null;
+}
+if(data.memory === undefined){
+data.memory = 268435456;
+}
+if(data.storage === undefined){
+data.storage = 0;
+}
+for(const key0 in data){
+if(!(((((key0 === "cpus") || (key0 === "labels")) || (key0 === "max_price")) || (key0 === "memory")) || (key0 === "storage"))){
+const err0 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+}
+let data0 = data.cpus;
+if((typeof data0 == "number") && (isFinite(data0))){
+if(data0 > 4096 || isNaN(data0)){
+const err1 = {instancePath:instancePath+"/cpus",schemaPath:"#/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data0 < 0.01 || isNaN(data0)){
+const err2 = {instancePath:instancePath+"/cpus",schemaPath:"#/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0.01},message:"must be >= 0.01"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+}
+else {
+const err3 = {instancePath:instancePath+"/cpus",schemaPath:"#/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+let data1 = data.labels;
+if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
+if(Object.keys(data1).length > 64){
+const err4 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/maxProperties",keyword:"maxProperties",params:{limit: 64},message:"must NOT have more than 64 properties"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+for(const key1 in data1){
+const _errs6 = errors;
+if(typeof key1 === "string"){
+if(func2(key1) > 128){
+const err5 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key1};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if(func2(key1) < 1){
+const err6 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key1};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+var valid1 = _errs6 === errors;
+if(!valid1){
+const err7 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/propertyNames",keyword:"propertyNames",params:{propertyName: key1},message:"property name must be valid"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+for(const key2 in data1){
+let data2 = data1[key2];
+if(typeof data2 === "string"){
+if(func2(data2) > 256){
+const err8 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+else {
+const err9 = {instancePath:instancePath+"/labels/" + key2.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/properties/labels/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+}
+else {
+const err10 = {instancePath:instancePath+"/labels",schemaPath:"#/properties/labels/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+let data3 = data.max_price;
+const _errs11 = errors;
+let valid3 = false;
+const _errs12 = errors;
+if(data3 && typeof data3 == "object" && !Array.isArray(data3)){
+if(data3.start === undefined){
+const err11 = {instancePath:instancePath+"/max_price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "start"},message:"must have required property '"+"start"+"'"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(data3.cpu_hour === undefined){
+const err12 = {instancePath:instancePath+"/max_price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "cpu_hour"},message:"must have required property '"+"cpu_hour"+"'"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+if(data3.env_hour === undefined){
+const err13 = {instancePath:instancePath+"/max_price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "env_hour"},message:"must have required property '"+"env_hour"+"'"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+for(const key3 in data3){
+if(!(((key3 === "cpu_hour") || (key3 === "env_hour")) || (key3 === "start"))){
+const err14 = {instancePath:instancePath+"/max_price",schemaPath:"#/$defs/Price/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key3},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+if(data3.cpu_hour !== undefined){
+let data4 = data3.cpu_hour;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err15 = {instancePath:instancePath+"/max_price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 1000000000000000 || isNaN(data4)){
+const err16 = {instancePath:instancePath+"/max_price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+if(data4 < 0 || isNaN(data4)){
+const err17 = {instancePath:instancePath+"/max_price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+}
+if(data3.env_hour !== undefined){
+let data5 = data3.env_hour;
+if(!(((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5))) && (isFinite(data5)))){
+const err18 = {instancePath:instancePath+"/max_price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if((typeof data5 == "number") && (isFinite(data5))){
+if(data5 > 1000000000000000 || isNaN(data5)){
+const err19 = {instancePath:instancePath+"/max_price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+if(data5 < 0 || isNaN(data5)){
+const err20 = {instancePath:instancePath+"/max_price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+}
+}
+if(data3.start !== undefined){
+let data6 = data3.start;
+if(!(((typeof data6 == "number") && (!(data6 % 1) && !isNaN(data6))) && (isFinite(data6)))){
+const err21 = {instancePath:instancePath+"/max_price/start",schemaPath:"#/$defs/Price/properties/start/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 1000000000000000 || isNaN(data6)){
+const err22 = {instancePath:instancePath+"/max_price/start",schemaPath:"#/$defs/Price/properties/start/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+if(data6 < 0 || isNaN(data6)){
+const err23 = {instancePath:instancePath+"/max_price/start",schemaPath:"#/$defs/Price/properties/start/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/max_price",schemaPath:"#/$defs/Price/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+var _valid0 = _errs12 === errors;
+valid3 = valid3 || _valid0;
+const _errs22 = errors;
+if(data3 !== null){
+const err25 = {instancePath:instancePath+"/max_price",schemaPath:"#/properties/max_price/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+var _valid0 = _errs22 === errors;
+valid3 = valid3 || _valid0;
+if(!valid3){
+const err26 = {instancePath:instancePath+"/max_price",schemaPath:"#/properties/max_price/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+else {
+errors = _errs11;
+if(vErrors !== null){
+if(_errs11){
+vErrors.length = _errs11;
+}
+else {
+vErrors = null;
+}
+}
+}
+let data7 = data.memory;
+if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
+const err27 = {instancePath:instancePath+"/memory",schemaPath:"#/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+if((typeof data7 == "number") && (isFinite(data7))){
+if(data7 > 4611686018427388000 || isNaN(data7)){
+const err28 = {instancePath:instancePath+"/memory",schemaPath:"#/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+if(data7 < 6291456 || isNaN(data7)){
+const err29 = {instancePath:instancePath+"/memory",schemaPath:"#/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 6291456},message:"must be >= 6291456"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+}
+let data8 = data.storage;
+if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
+const err30 = {instancePath:instancePath+"/storage",schemaPath:"#/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err30];
+}
+else {
+vErrors.push(err30);
+}
+errors++;
+}
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 > 4611686018427388000 || isNaN(data8)){
+const err31 = {instancePath:instancePath+"/storage",schemaPath:"#/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err31];
+}
+else {
+vErrors.push(err31);
+}
+errors++;
+}
+if(data8 < 0 || isNaN(data8)){
+const err32 = {instancePath:instancePath+"/storage",schemaPath:"#/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err32];
+}
+else {
+vErrors.push(err32);
+}
+errors++;
+}
+}
+}
+else {
+const err33 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err33];
+}
+else {
+vErrors.push(err33);
+}
+errors++;
+}
+validate60.errors = vErrors;
+return errors === 0;
+}
+validate60.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+
+function validate59(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate59.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.allow === undefined){
+data.allow = null;
+}
+if(data.budget === undefined){
+data.budget = null;
+}
 if(data.exclude === undefined){
 data.exclude = [];
 }
 if(data.group === undefined){
 data.group = null;
+}
+if(data.max_duration === undefined){
+data.max_duration = null;
+}
+if(data.min_reputation === undefined){
+data.min_reputation = null;
+}
+if(data.strategy === undefined){
+data.strategy = null;
 }
 if(data.user === undefined){
 data.user = null;
@@ -9599,7 +12168,7 @@ vErrors.push(err3);
 errors++;
 }
 for(const key0 in data){
-if(!(((((((key0 === "demand") || (key0 === "exclude")) || (key0 === "group")) || (key0 === "id")) || (key0 === "image")) || (key0 === "type")) || (key0 === "user"))){
+if(!(func1.call(schema78.properties, key0))){
 const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err4];
@@ -9610,24 +12179,13 @@ vErrors.push(err4);
 errors++;
 }
 }
-if(data.demand !== undefined){
-let data0 = data.demand;
-if(data0 && typeof data0 == "object" && !Array.isArray(data0)){
-if(data0.cpus === undefined){
-data0.cpus = 1;
-}
-if(data0.labels === undefined){
-data0.labels = {};
-}
-if(data0.memory === undefined){
-data0.memory = 268435456;
-}
-if(data0.storage === undefined){
-data0.storage = 0;
-}
-for(const key1 in data0){
-if(!((((key1 === "cpus") || (key1 === "labels")) || (key1 === "memory")) || (key1 === "storage"))){
-const err5 = {instancePath:instancePath+"/demand",schemaPath:"#/$defs/Demand/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+let data0 = data.allow;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(Array.isArray(data0)){
+if(data0.length > 1024){
+const err5 = {instancePath:instancePath+"/allow",schemaPath:"#/properties/allow/anyOf/0/maxItems",keyword:"maxItems",params:{limit: 1024},message:"must NOT have more than 1024 items"};
 if(vErrors === null){
 vErrors = [err5];
 }
@@ -9636,11 +12194,8 @@ vErrors.push(err5);
 }
 errors++;
 }
-}
-let data1 = data0.cpus;
-if((typeof data1 == "number") && (isFinite(data1))){
-if(data1 > 4096 || isNaN(data1)){
-const err6 = {instancePath:instancePath+"/demand/cpus",schemaPath:"#/$defs/Demand/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+if(data0.length < 1){
+const err6 = {instancePath:instancePath+"/allow",schemaPath:"#/properties/allow/anyOf/0/minItems",keyword:"minItems",params:{limit: 1},message:"must NOT have fewer than 1 items"};
 if(vErrors === null){
 vErrors = [err6];
 }
@@ -9649,8 +12204,12 @@ vErrors.push(err6);
 }
 errors++;
 }
-if(data1 < 0.01 || isNaN(data1)){
-const err7 = {instancePath:instancePath+"/demand/cpus",schemaPath:"#/$defs/Demand/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0.01},message:"must be >= 0.01"};
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+let data1 = data0[i0];
+if(typeof data1 === "string"){
+if(func2(data1) > 64){
+const err7 = {instancePath:instancePath+"/allow/" + i0,schemaPath:"#/properties/allow/anyOf/0/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err7];
 }
@@ -9659,9 +12218,8 @@ vErrors.push(err7);
 }
 errors++;
 }
-}
-else {
-const err8 = {instancePath:instancePath+"/demand/cpus",schemaPath:"#/$defs/Demand/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(func2(data1) < 1){
+const err8 = {instancePath:instancePath+"/allow/" + i0,schemaPath:"#/properties/allow/anyOf/0/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err8];
 }
@@ -9670,10 +12228,8 @@ vErrors.push(err8);
 }
 errors++;
 }
-let data2 = data0.labels;
-if(data2 && typeof data2 == "object" && !Array.isArray(data2)){
-if(Object.keys(data2).length > 64){
-const err9 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/maxProperties",keyword:"maxProperties",params:{limit: 64},message:"must NOT have more than 64 properties"};
+if(!pattern7.test(data1)){
+const err9 = {instancePath:instancePath+"/allow/" + i0,schemaPath:"#/properties/allow/anyOf/0/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err9];
 }
@@ -9682,11 +12238,9 @@ vErrors.push(err9);
 }
 errors++;
 }
-for(const key2 in data2){
-const _errs10 = errors;
-if(typeof key2 === "string"){
-if(func2(key2) > 128){
-const err10 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/propertyNames/maxLength",keyword:"maxLength",params:{limit: 128},message:"must NOT have more than 128 characters",propertyName:key2};
+}
+else {
+const err10 = {instancePath:instancePath+"/allow/" + i0,schemaPath:"#/properties/allow/anyOf/0/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -9695,8 +12249,10 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(func2(key2) < 1){
-const err11 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/propertyNames/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters",propertyName:key2};
+}
+}
+else {
+const err11 = {instancePath:instancePath+"/allow",schemaPath:"#/properties/allow/anyOf/0/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -9705,10 +12261,11 @@ vErrors.push(err11);
 }
 errors++;
 }
-}
-var valid3 = _errs10 === errors;
-if(!valid3){
-const err12 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/propertyNames",keyword:"propertyNames",params:{propertyName: key2},message:"property name must be valid"};
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs8 = errors;
+if(data0 !== null){
+const err12 = {instancePath:instancePath+"/allow",schemaPath:"#/properties/allow/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -9717,12 +12274,10 @@ vErrors.push(err12);
 }
 errors++;
 }
-}
-for(const key3 in data2){
-let data3 = data2[key3];
-if(typeof data3 === "string"){
-if(func2(data3) > 256){
-const err13 = {instancePath:instancePath+"/demand/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/$defs/Demand/properties/labels/additionalProperties/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+var _valid0 = _errs8 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err13 = {instancePath:instancePath+"/allow",schemaPath:"#/properties/allow/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -9731,9 +12286,23 @@ vErrors.push(err13);
 }
 errors++;
 }
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
 }
 else {
-const err14 = {instancePath:instancePath+"/demand/labels/" + key3.replace(/~/g, "~0").replace(/\//g, "~1"),schemaPath:"#/$defs/Demand/properties/labels/additionalProperties/type",keyword:"type",params:{type: "string"},message:"must be string"};
+vErrors = null;
+}
+}
+}
+let data2 = data.budget;
+const _errs11 = errors;
+let valid4 = false;
+const _errs12 = errors;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err14 = {instancePath:instancePath+"/budget",schemaPath:"#/properties/budget/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -9742,10 +12311,9 @@ vErrors.push(err14);
 }
 errors++;
 }
-}
-}
-else {
-const err15 = {instancePath:instancePath+"/demand/labels",schemaPath:"#/$defs/Demand/properties/labels/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 1000000000000000 || isNaN(data2)){
+const err15 = {instancePath:instancePath+"/budget",schemaPath:"#/properties/budget/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -9754,9 +12322,8 @@ vErrors.push(err15);
 }
 errors++;
 }
-let data4 = data0.memory;
-if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
-const err16 = {instancePath:instancePath+"/demand/memory",schemaPath:"#/$defs/Demand/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(data2 < 0 || isNaN(data2)){
+const err16 = {instancePath:instancePath+"/budget",schemaPath:"#/properties/budget/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -9765,9 +12332,12 @@ vErrors.push(err16);
 }
 errors++;
 }
-if((typeof data4 == "number") && (isFinite(data4))){
-if(data4 > 4611686018427388000 || isNaN(data4)){
-const err17 = {instancePath:instancePath+"/demand/memory",schemaPath:"#/$defs/Demand/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+}
+var _valid1 = _errs12 === errors;
+valid4 = valid4 || _valid1;
+const _errs14 = errors;
+if(data2 !== null){
+const err17 = {instancePath:instancePath+"/budget",schemaPath:"#/properties/budget/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -9776,8 +12346,10 @@ vErrors.push(err17);
 }
 errors++;
 }
-if(data4 < 6291456 || isNaN(data4)){
-const err18 = {instancePath:instancePath+"/demand/memory",schemaPath:"#/$defs/Demand/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 6291456},message:"must be >= 6291456"};
+var _valid1 = _errs14 === errors;
+valid4 = valid4 || _valid1;
+if(!valid4){
+const err18 = {instancePath:instancePath+"/budget",schemaPath:"#/properties/budget/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -9786,10 +12358,27 @@ vErrors.push(err18);
 }
 errors++;
 }
+else {
+errors = _errs11;
+if(vErrors !== null){
+if(_errs11){
+vErrors.length = _errs11;
 }
-let data5 = data0.storage;
-if(!(((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5))) && (isFinite(data5)))){
-const err19 = {instancePath:instancePath+"/demand/storage",schemaPath:"#/$defs/Demand/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+else {
+vErrors = null;
+}
+}
+}
+if(data.demand !== undefined){
+if(!(validate60(data.demand, {instancePath:instancePath+"/demand",parentData:data,parentDataProperty:"demand",rootData,dynamicAnchors}))){
+vErrors = vErrors === null ? validate60.errors : vErrors.concat(validate60.errors);
+errors = vErrors.length;
+}
+}
+let data4 = data.exclude;
+if(Array.isArray(data4)){
+if(data4.length > 1024){
+const err19 = {instancePath:instancePath+"/exclude",schemaPath:"#/properties/exclude/maxItems",keyword:"maxItems",params:{limit: 1024},message:"must NOT have more than 1024 items"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -9798,9 +12387,12 @@ vErrors.push(err19);
 }
 errors++;
 }
-if((typeof data5 == "number") && (isFinite(data5))){
-if(data5 > 4611686018427388000 || isNaN(data5)){
-const err20 = {instancePath:instancePath+"/demand/storage",schemaPath:"#/$defs/Demand/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+const len1 = data4.length;
+for(let i1=0; i1<len1; i1++){
+let data5 = data4[i1];
+if(typeof data5 === "string"){
+if(func2(data5) > 64){
+const err20 = {instancePath:instancePath+"/exclude/" + i1,schemaPath:"#/properties/exclude/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -9809,8 +12401,8 @@ vErrors.push(err20);
 }
 errors++;
 }
-if(data5 < 0 || isNaN(data5)){
-const err21 = {instancePath:instancePath+"/demand/storage",schemaPath:"#/$defs/Demand/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(func2(data5) < 1){
+const err21 = {instancePath:instancePath+"/exclude/" + i1,schemaPath:"#/properties/exclude/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -9819,10 +12411,8 @@ vErrors.push(err21);
 }
 errors++;
 }
-}
-}
-else {
-const err22 = {instancePath:instancePath+"/demand",schemaPath:"#/$defs/Demand/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(!pattern7.test(data5)){
+const err22 = {instancePath:instancePath+"/exclude/" + i1,schemaPath:"#/properties/exclude/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -9832,10 +12422,8 @@ vErrors.push(err22);
 errors++;
 }
 }
-let data6 = data.exclude;
-if(Array.isArray(data6)){
-if(data6.length > 1024){
-const err23 = {instancePath:instancePath+"/exclude",schemaPath:"#/properties/exclude/maxItems",keyword:"maxItems",params:{limit: 1024},message:"must NOT have more than 1024 items"};
+else {
+const err23 = {instancePath:instancePath+"/exclude/" + i1,schemaPath:"#/properties/exclude/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -9844,12 +12432,10 @@ vErrors.push(err23);
 }
 errors++;
 }
-const len0 = data6.length;
-for(let i0=0; i0<len0; i0++){
-let data7 = data6[i0];
-if(typeof data7 === "string"){
-if(func2(data7) > 64){
-const err24 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+}
+}
+else {
+const err24 = {instancePath:instancePath+"/exclude",schemaPath:"#/properties/exclude/type",keyword:"type",params:{type: "array"},message:"must be array"};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -9858,8 +12444,13 @@ vErrors.push(err24);
 }
 errors++;
 }
-if(func2(data7) < 1){
-const err25 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+let data6 = data.group;
+const _errs22 = errors;
+let valid7 = false;
+const _errs23 = errors;
+if(typeof data6 === "string"){
+if(!pattern4.test(data6)){
+const err25 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -9868,8 +12459,9 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(!pattern7.test(data7)){
-const err26 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+}
+else {
+const err26 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -9878,9 +12470,11 @@ vErrors.push(err26);
 }
 errors++;
 }
-}
-else {
-const err27 = {instancePath:instancePath+"/exclude/" + i0,schemaPath:"#/properties/exclude/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid2 = _errs23 === errors;
+valid7 = valid7 || _valid2;
+const _errs25 = errors;
+if(data6 !== null){
+const err27 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -9889,10 +12483,10 @@ vErrors.push(err27);
 }
 errors++;
 }
-}
-}
-else {
-const err28 = {instancePath:instancePath+"/exclude",schemaPath:"#/properties/exclude/type",keyword:"type",params:{type: "array"},message:"must be array"};
+var _valid2 = _errs25 === errors;
+valid7 = valid7 || _valid2;
+if(!valid7){
+const err28 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -9901,13 +12495,21 @@ vErrors.push(err28);
 }
 errors++;
 }
-let data8 = data.group;
-const _errs23 = errors;
-let valid7 = false;
-const _errs24 = errors;
-if(typeof data8 === "string"){
-if(!pattern4.test(data8)){
-const err29 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+else {
+errors = _errs22;
+if(vErrors !== null){
+if(_errs22){
+vErrors.length = _errs22;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.id !== undefined){
+let data7 = data.id;
+if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
+const err29 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -9916,9 +12518,9 @@ vErrors.push(err29);
 }
 errors++;
 }
-}
-else {
-const err30 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if((typeof data7 == "number") && (isFinite(data7))){
+if(data7 > 2147483647 || isNaN(data7)){
+const err30 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -9927,11 +12529,8 @@ vErrors.push(err30);
 }
 errors++;
 }
-var _valid0 = _errs24 === errors;
-valid7 = valid7 || _valid0;
-const _errs26 = errors;
-if(data8 !== null){
-const err31 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(data7 < 1 || isNaN(data7)){
+const err31 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -9940,10 +12539,13 @@ vErrors.push(err31);
 }
 errors++;
 }
-var _valid0 = _errs26 === errors;
-valid7 = valid7 || _valid0;
-if(!valid7){
-const err32 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+}
+}
+if(data.image !== undefined){
+let data8 = data.image;
+if(typeof data8 === "string"){
+if(func2(data8) > 255){
+const err32 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -9952,21 +12554,8 @@ vErrors.push(err32);
 }
 errors++;
 }
-else {
-errors = _errs23;
-if(vErrors !== null){
-if(_errs23){
-vErrors.length = _errs23;
-}
-else {
-vErrors = null;
-}
-}
-}
-if(data.id !== undefined){
-let data9 = data.id;
-if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
-const err33 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(func2(data8) < 1){
+const err33 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -9975,9 +12564,8 @@ vErrors.push(err33);
 }
 errors++;
 }
-if((typeof data9 == "number") && (isFinite(data9))){
-if(data9 > 2147483647 || isNaN(data9)){
-const err34 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(!pattern6.test(data8)){
+const err34 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -9986,8 +12574,9 @@ vErrors.push(err34);
 }
 errors++;
 }
-if(data9 < 1 || isNaN(data9)){
-const err35 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+}
+else {
+const err35 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -9997,12 +12586,13 @@ vErrors.push(err35);
 errors++;
 }
 }
-}
-if(data.image !== undefined){
-let data10 = data.image;
-if(typeof data10 === "string"){
-if(func2(data10) > 255){
-const err36 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/maxLength",keyword:"maxLength",params:{limit: 255},message:"must NOT have more than 255 characters"};
+let data9 = data.max_duration;
+const _errs32 = errors;
+let valid8 = false;
+const _errs33 = errors;
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 31622400 || isNaN(data9)){
+const err36 = {instancePath:instancePath+"/max_duration",schemaPath:"#/properties/max_duration/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 31622400},message:"must be <= 31622400"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -10011,8 +12601,8 @@ vErrors.push(err36);
 }
 errors++;
 }
-if(func2(data10) < 1){
-const err37 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if(data9 <= 0 || isNaN(data9)){
+const err37 = {instancePath:instancePath+"/max_duration",schemaPath:"#/properties/max_duration/anyOf/0/exclusiveMinimum",keyword:"exclusiveMinimum",params:{comparison: ">", limit: 0},message:"must be > 0"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -10021,8 +12611,9 @@ vErrors.push(err37);
 }
 errors++;
 }
-if(!pattern6.test(data10)){
-const err38 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"},message:"must match pattern \""+"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"+"\""};
+}
+else {
+const err38 = {instancePath:instancePath+"/max_duration",schemaPath:"#/properties/max_duration/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err38];
 }
@@ -10031,9 +12622,11 @@ vErrors.push(err38);
 }
 errors++;
 }
-}
-else {
-const err39 = {instancePath:instancePath+"/image",schemaPath:"#/properties/image/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid3 = _errs33 === errors;
+valid8 = valid8 || _valid3;
+const _errs35 = errors;
+if(data9 !== null){
+const err39 = {instancePath:instancePath+"/max_duration",schemaPath:"#/properties/max_duration/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err39];
 }
@@ -10042,11 +12635,10 @@ vErrors.push(err39);
 }
 errors++;
 }
-}
-if(data.type !== undefined){
-let data11 = data.type;
-if(typeof data11 !== "string"){
-const err40 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid3 = _errs35 === errors;
+valid8 = valid8 || _valid3;
+if(!valid8){
+const err40 = {instancePath:instancePath+"/max_duration",schemaPath:"#/properties/max_duration/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err40];
 }
@@ -10055,8 +12647,24 @@ vErrors.push(err40);
 }
 errors++;
 }
-if("rent" !== data11){
-const err41 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rent"},message:"must be equal to constant"};
+else {
+errors = _errs32;
+if(vErrors !== null){
+if(_errs32){
+vErrors.length = _errs32;
+}
+else {
+vErrors = null;
+}
+}
+}
+let data10 = data.min_reputation;
+const _errs38 = errors;
+let valid9 = false;
+const _errs39 = errors;
+if((typeof data10 == "number") && (isFinite(data10))){
+if(data10 > 1 || isNaN(data10)){
+const err41 = {instancePath:instancePath+"/min_reputation",schemaPath:"#/properties/min_reputation/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1},message:"must be <= 1"};
 if(vErrors === null){
 vErrors = [err41];
 }
@@ -10065,13 +12673,8 @@ vErrors.push(err41);
 }
 errors++;
 }
-}
-let data12 = data.user;
-const _errs35 = errors;
-let valid8 = false;
-const _errs36 = errors;
-if(typeof data12 !== "string"){
-const err42 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(data10 < 0 || isNaN(data10)){
+const err42 = {instancePath:instancePath+"/min_reputation",schemaPath:"#/properties/min_reputation/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err42];
 }
@@ -10080,8 +12683,9 @@ vErrors.push(err42);
 }
 errors++;
 }
-if("root" !== data12){
-const err43 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/0/const",keyword:"const",params:{allowedValue: "root"},message:"must be equal to constant"};
+}
+else {
+const err43 = {instancePath:instancePath+"/min_reputation",schemaPath:"#/properties/min_reputation/anyOf/0/type",keyword:"type",params:{type: "number"},message:"must be number"};
 if(vErrors === null){
 vErrors = [err43];
 }
@@ -10090,11 +12694,11 @@ vErrors.push(err43);
 }
 errors++;
 }
-var _valid1 = _errs36 === errors;
-valid8 = valid8 || _valid1;
-const _errs38 = errors;
-if(data12 !== null){
-const err44 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+var _valid4 = _errs39 === errors;
+valid9 = valid9 || _valid4;
+const _errs41 = errors;
+if(data10 !== null){
+const err44 = {instancePath:instancePath+"/min_reputation",schemaPath:"#/properties/min_reputation/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err44];
 }
@@ -10103,10 +12707,10 @@ vErrors.push(err44);
 }
 errors++;
 }
-var _valid1 = _errs38 === errors;
-valid8 = valid8 || _valid1;
-if(!valid8){
-const err45 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+var _valid4 = _errs41 === errors;
+valid9 = valid9 || _valid4;
+if(!valid9){
+const err45 = {instancePath:instancePath+"/min_reputation",schemaPath:"#/properties/min_reputation/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err45];
 }
@@ -10116,19 +12720,22 @@ vErrors.push(err45);
 errors++;
 }
 else {
-errors = _errs35;
+errors = _errs38;
 if(vErrors !== null){
-if(_errs35){
-vErrors.length = _errs35;
+if(_errs38){
+vErrors.length = _errs38;
 }
 else {
 vErrors = null;
 }
 }
 }
-}
-else {
-const err46 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+let data11 = data.strategy;
+const _errs44 = errors;
+let valid10 = false;
+const _errs45 = errors;
+if(typeof data11 !== "string"){
+const err46 = {instancePath:instancePath+"/strategy",schemaPath:"#/properties/strategy/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err46];
 }
@@ -10137,18 +12744,158 @@ vErrors.push(err46);
 }
 errors++;
 }
-validate51.errors = vErrors;
+if(!(((data11 === "least_loaded") || (data11 === "cheapest")) || (data11 === "reputation"))){
+const err47 = {instancePath:instancePath+"/strategy",schemaPath:"#/properties/strategy/anyOf/0/enum",keyword:"enum",params:{allowedValues: schema78.properties.strategy.anyOf[0].enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err47];
+}
+else {
+vErrors.push(err47);
+}
+errors++;
+}
+var _valid5 = _errs45 === errors;
+valid10 = valid10 || _valid5;
+const _errs47 = errors;
+if(data11 !== null){
+const err48 = {instancePath:instancePath+"/strategy",schemaPath:"#/properties/strategy/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err48];
+}
+else {
+vErrors.push(err48);
+}
+errors++;
+}
+var _valid5 = _errs47 === errors;
+valid10 = valid10 || _valid5;
+if(!valid10){
+const err49 = {instancePath:instancePath+"/strategy",schemaPath:"#/properties/strategy/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err49];
+}
+else {
+vErrors.push(err49);
+}
+errors++;
+}
+else {
+errors = _errs44;
+if(vErrors !== null){
+if(_errs44){
+vErrors.length = _errs44;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.type !== undefined){
+let data12 = data.type;
+if(typeof data12 !== "string"){
+const err50 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+if("rent" !== data12){
+const err51 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rent"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+}
+let data13 = data.user;
+const _errs52 = errors;
+let valid11 = false;
+const _errs53 = errors;
+if(typeof data13 !== "string"){
+const err52 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+if("root" !== data13){
+const err53 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/0/const",keyword:"const",params:{allowedValue: "root"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+var _valid6 = _errs53 === errors;
+valid11 = valid11 || _valid6;
+const _errs55 = errors;
+if(data13 !== null){
+const err54 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+var _valid6 = _errs55 === errors;
+valid11 = valid11 || _valid6;
+if(!valid11){
+const err55 = {instancePath:instancePath+"/user",schemaPath:"#/properties/user/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+else {
+errors = _errs52;
+if(vErrors !== null){
+if(_errs52){
+vErrors.length = _errs52;
+}
+else {
+vErrors = null;
+}
+}
+}
+}
+else {
+const err56 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+validate59.errors = vErrors;
 return errors === 0;
 }
-validate51.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate59.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRentProgress = validate52;
-const schema70 = {"additionalProperties":false,"description":"Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of\n``total`` bytes sent so far.","properties":{"done":{"maximum":4611686018427388000,"minimum":0,"title":"Done","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"total":{"maximum":4611686018427388000,"minimum":0,"title":"Total","type":"integer"},"type":{"const":"rent_progress","title":"Type","type":"string"}},"required":["type","re","provider","image","done","total"],"title":"RentProgress","type":"object"};
+export const validateRentProgress = validate62;
+const schema81 = {"additionalProperties":false,"description":"Hub -> requestor (1.1), interim reply to ``rent``: the provider loads the image, ``done`` of\n``total`` bytes sent so far.","properties":{"done":{"maximum":4611686018427388000,"minimum":0,"title":"Done","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"total":{"maximum":4611686018427388000,"minimum":0,"title":"Total","type":"integer"},"type":{"const":"rent_progress","title":"Type","type":"string"}},"required":["type","re","provider","image","done","total"],"title":"RentProgress","type":"object"};
 
-function validate52(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate62(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate52.evaluated;
+const evaluated0 = validate62.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -10457,18 +13204,18 @@ vErrors.push(err26);
 }
 errors++;
 }
-validate52.errors = vErrors;
+validate62.errors = vErrors;
 return errors === 0;
 }
-validate52.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate62.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateRented = validate53;
-const schema71 = {"additionalProperties":false,"description":"A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"pulled":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Pulled"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
+export const validateRented = validate63;
+const schema82 = {"additionalProperties":false,"description":"A rent succeeded; ``pulled`` (1.1) counts the image bytes the provider fetched for it.\n\n``price`` (1.5) is the provider's; ``hold`` (1.5) what the hub holds of the requestor's credits\nfor the activity (its worst case for ``max_duration``, or what the group's budget had left).","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cached":{"title":"Cached","type":"boolean"},"hold":{"anyOf":[{"maximum":1000000000000000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Hold"},"price":{"anyOf":[{"$ref":"#/$defs/Price"},{"type":"null"}],"default":null},"provider":{"maxLength":64,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","title":"Provider","type":"string"},"pulled":{"anyOf":[{"maximum":4611686018427388000,"minimum":0,"type":"integer"},{"type":"null"}],"default":null,"title":"Pulled"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"resources":{"$ref":"#/$defs/Resources"},"type":{"const":"rented","title":"Type","type":"string"}},"required":["type","re","activity","provider","cached","resources"],"title":"Rented","type":"object"};
 
-function validate53(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate63(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate53.evaluated;
+const evaluated0 = validate63.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -10476,6 +13223,12 @@ if(evaluated0.dynamicItems){
 evaluated0.items = undefined;
 }
 if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.hold === undefined){
+data.hold = null;
+}
+if(data.price === undefined){
+data.price = null;
+}
 if(data.pulled === undefined){
 data.pulled = null;
 }
@@ -10540,7 +13293,7 @@ vErrors.push(err5);
 errors++;
 }
 for(const key0 in data){
-if(!(((((((key0 === "activity") || (key0 === "cached")) || (key0 === "provider")) || (key0 === "pulled")) || (key0 === "re")) || (key0 === "resources")) || (key0 === "type"))){
+if(!(func1.call(schema82.properties, key0))){
 const err6 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err6];
@@ -10588,11 +13341,12 @@ vErrors.push(err9);
 errors++;
 }
 }
-if(data.provider !== undefined){
-let data2 = data.provider;
-if(typeof data2 === "string"){
-if(func2(data2) > 64){
-const err10 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
+let data2 = data.hold;
+const _errs7 = errors;
+let valid1 = false;
+const _errs8 = errors;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err10 = {instancePath:instancePath+"/hold",schemaPath:"#/properties/hold/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err10];
 }
@@ -10601,8 +13355,9 @@ vErrors.push(err10);
 }
 errors++;
 }
-if(func2(data2) < 1){
-const err11 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 1000000000000000 || isNaN(data2)){
+const err11 = {instancePath:instancePath+"/hold",schemaPath:"#/properties/hold/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err11];
 }
@@ -10611,8 +13366,8 @@ vErrors.push(err11);
 }
 errors++;
 }
-if(!pattern7.test(data2)){
-const err12 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
+if(data2 < 0 || isNaN(data2)){
+const err12 = {instancePath:instancePath+"/hold",schemaPath:"#/properties/hold/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err12];
 }
@@ -10622,8 +13377,11 @@ vErrors.push(err12);
 errors++;
 }
 }
-else {
-const err13 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"};
+var _valid0 = _errs8 === errors;
+valid1 = valid1 || _valid0;
+const _errs10 = errors;
+if(data2 !== null){
+const err13 = {instancePath:instancePath+"/hold",schemaPath:"#/properties/hold/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err13];
 }
@@ -10632,13 +13390,10 @@ vErrors.push(err13);
 }
 errors++;
 }
-}
-let data3 = data.pulled;
-const _errs9 = errors;
-let valid1 = false;
-const _errs10 = errors;
-if(!(((typeof data3 == "number") && (!(data3 % 1) && !isNaN(data3))) && (isFinite(data3)))){
-const err14 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+var _valid0 = _errs10 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err14 = {instancePath:instancePath+"/hold",schemaPath:"#/properties/hold/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err14];
 }
@@ -10647,9 +13402,24 @@ vErrors.push(err14);
 }
 errors++;
 }
-if((typeof data3 == "number") && (isFinite(data3))){
-if(data3 > 4611686018427388000 || isNaN(data3)){
-const err15 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+else {
+errors = _errs7;
+if(vErrors !== null){
+if(_errs7){
+vErrors.length = _errs7;
+}
+else {
+vErrors = null;
+}
+}
+}
+let data3 = data.price;
+const _errs13 = errors;
+let valid2 = false;
+const _errs14 = errors;
+if(data3 && typeof data3 == "object" && !Array.isArray(data3)){
+if(data3.start === undefined){
+const err15 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "start"},message:"must have required property '"+"start"+"'"};
 if(vErrors === null){
 vErrors = [err15];
 }
@@ -10658,8 +13428,8 @@ vErrors.push(err15);
 }
 errors++;
 }
-if(data3 < 0 || isNaN(data3)){
-const err16 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(data3.cpu_hour === undefined){
+const err16 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "cpu_hour"},message:"must have required property '"+"cpu_hour"+"'"};
 if(vErrors === null){
 vErrors = [err16];
 }
@@ -10668,12 +13438,8 @@ vErrors.push(err16);
 }
 errors++;
 }
-}
-var _valid0 = _errs10 === errors;
-valid1 = valid1 || _valid0;
-const _errs12 = errors;
-if(data3 !== null){
-const err17 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(data3.env_hour === undefined){
+const err17 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/required",keyword:"required",params:{missingProperty: "env_hour"},message:"must have required property '"+"env_hour"+"'"};
 if(vErrors === null){
 vErrors = [err17];
 }
@@ -10682,10 +13448,9 @@ vErrors.push(err17);
 }
 errors++;
 }
-var _valid0 = _errs12 === errors;
-valid1 = valid1 || _valid0;
-if(!valid1){
-const err18 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+for(const key1 in data3){
+if(!(((key1 === "cpu_hour") || (key1 === "env_hour")) || (key1 === "start"))){
+const err18 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
 if(vErrors === null){
 vErrors = [err18];
 }
@@ -10694,21 +13459,11 @@ vErrors.push(err18);
 }
 errors++;
 }
-else {
-errors = _errs9;
-if(vErrors !== null){
-if(_errs9){
-vErrors.length = _errs9;
 }
-else {
-vErrors = null;
-}
-}
-}
-if(data.re !== undefined){
-let data4 = data.re;
+if(data3.cpu_hour !== undefined){
+let data4 = data3.cpu_hour;
 if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
-const err19 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+const err19 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err19];
 }
@@ -10718,8 +13473,8 @@ vErrors.push(err19);
 errors++;
 }
 if((typeof data4 == "number") && (isFinite(data4))){
-if(data4 > 2147483647 || isNaN(data4)){
-const err20 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(data4 > 1000000000000000 || isNaN(data4)){
+const err20 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err20];
 }
@@ -10728,8 +13483,8 @@ vErrors.push(err20);
 }
 errors++;
 }
-if(data4 < 1 || isNaN(data4)){
-const err21 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(data4 < 0 || isNaN(data4)){
+const err21 = {instancePath:instancePath+"/price/cpu_hour",schemaPath:"#/$defs/Price/properties/cpu_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err21];
 }
@@ -10740,14 +13495,10 @@ errors++;
 }
 }
 }
-if(data.resources !== undefined){
-let data5 = data.resources;
-if(data5 && typeof data5 == "object" && !Array.isArray(data5)){
-if(data5.storage === undefined){
-data5.storage = 0;
-}
-if(data5.cpus === undefined){
-const err22 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+if(data3.env_hour !== undefined){
+let data5 = data3.env_hour;
+if(!(((typeof data5 == "number") && (!(data5 % 1) && !isNaN(data5))) && (isFinite(data5)))){
+const err22 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err22];
 }
@@ -10756,8 +13507,9 @@ vErrors.push(err22);
 }
 errors++;
 }
-if(data5.memory === undefined){
-const err23 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if((typeof data5 == "number") && (isFinite(data5))){
+if(data5 > 1000000000000000 || isNaN(data5)){
+const err23 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err23];
 }
@@ -10766,9 +13518,8 @@ vErrors.push(err23);
 }
 errors++;
 }
-for(const key1 in data5){
-if(!(((key1 === "cpus") || (key1 === "memory")) || (key1 === "storage"))){
-const err24 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+if(data5 < 0 || isNaN(data5)){
+const err24 = {instancePath:instancePath+"/price/env_hour",schemaPath:"#/$defs/Price/properties/env_hour/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err24];
 }
@@ -10778,11 +13529,11 @@ vErrors.push(err24);
 errors++;
 }
 }
-if(data5.cpus !== undefined){
-let data6 = data5.cpus;
-if((typeof data6 == "number") && (isFinite(data6))){
-if(data6 > 4096 || isNaN(data6)){
-const err25 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+}
+if(data3.start !== undefined){
+let data6 = data3.start;
+if(!(((typeof data6 == "number") && (!(data6 % 1) && !isNaN(data6))) && (isFinite(data6)))){
+const err25 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err25];
 }
@@ -10791,8 +13542,9 @@ vErrors.push(err25);
 }
 errors++;
 }
-if(data6 < 0 || isNaN(data6)){
-const err26 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 1000000000000000 || isNaN(data6)){
+const err26 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000000},message:"must be <= 1000000000000000"};
 if(vErrors === null){
 vErrors = [err26];
 }
@@ -10801,9 +13553,8 @@ vErrors.push(err26);
 }
 errors++;
 }
-}
-else {
-const err27 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(data6 < 0 || isNaN(data6)){
+const err27 = {instancePath:instancePath+"/price/start",schemaPath:"#/$defs/Price/properties/start/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err27];
 }
@@ -10813,10 +13564,10 @@ vErrors.push(err27);
 errors++;
 }
 }
-if(data5.memory !== undefined){
-let data7 = data5.memory;
-if(!(((typeof data7 == "number") && (!(data7 % 1) && !isNaN(data7))) && (isFinite(data7)))){
-const err28 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+}
+}
+else {
+const err28 = {instancePath:instancePath+"/price",schemaPath:"#/$defs/Price/type",keyword:"type",params:{type: "object"},message:"must be object"};
 if(vErrors === null){
 vErrors = [err28];
 }
@@ -10825,9 +13576,11 @@ vErrors.push(err28);
 }
 errors++;
 }
-if((typeof data7 == "number") && (isFinite(data7))){
-if(data7 > 4611686018427388000 || isNaN(data7)){
-const err29 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+var _valid1 = _errs14 === errors;
+valid2 = valid2 || _valid1;
+const _errs24 = errors;
+if(data3 !== null){
+const err29 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
 if(vErrors === null){
 vErrors = [err29];
 }
@@ -10836,8 +13589,10 @@ vErrors.push(err29);
 }
 errors++;
 }
-if(data7 < 0 || isNaN(data7)){
-const err30 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+var _valid1 = _errs24 === errors;
+valid2 = valid2 || _valid1;
+if(!valid2){
+const err30 = {instancePath:instancePath+"/price",schemaPath:"#/properties/price/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
 if(vErrors === null){
 vErrors = [err30];
 }
@@ -10846,11 +13601,22 @@ vErrors.push(err30);
 }
 errors++;
 }
+else {
+errors = _errs13;
+if(vErrors !== null){
+if(_errs13){
+vErrors.length = _errs13;
+}
+else {
+vErrors = null;
 }
 }
-let data8 = data5.storage;
-if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
-const err31 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+}
+if(data.provider !== undefined){
+let data7 = data.provider;
+if(typeof data7 === "string"){
+if(func2(data7) > 64){
+const err31 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/maxLength",keyword:"maxLength",params:{limit: 64},message:"must NOT have more than 64 characters"};
 if(vErrors === null){
 vErrors = [err31];
 }
@@ -10859,9 +13625,8 @@ vErrors.push(err31);
 }
 errors++;
 }
-if((typeof data8 == "number") && (isFinite(data8))){
-if(data8 > 4611686018427388000 || isNaN(data8)){
-const err32 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(func2(data7) < 1){
+const err32 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/minLength",keyword:"minLength",params:{limit: 1},message:"must NOT have fewer than 1 characters"};
 if(vErrors === null){
 vErrors = [err32];
 }
@@ -10870,8 +13635,8 @@ vErrors.push(err32);
 }
 errors++;
 }
-if(data8 < 0 || isNaN(data8)){
-const err33 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(!pattern7.test(data7)){
+const err33 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/pattern",keyword:"pattern",params:{pattern: "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"},message:"must match pattern \""+"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$"+"\""};
 if(vErrors === null){
 vErrors = [err33];
 }
@@ -10881,9 +13646,8 @@ vErrors.push(err33);
 errors++;
 }
 }
-}
 else {
-const err34 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+const err34 = {instancePath:instancePath+"/provider",schemaPath:"#/properties/provider/type",keyword:"type",params:{type: "string"},message:"must be string"};
 if(vErrors === null){
 vErrors = [err34];
 }
@@ -10893,10 +13657,12 @@ vErrors.push(err34);
 errors++;
 }
 }
-if(data.type !== undefined){
-let data9 = data.type;
-if(typeof data9 !== "string"){
-const err35 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+let data8 = data.pulled;
+const _errs29 = errors;
+let valid5 = false;
+const _errs30 = errors;
+if(!(((typeof data8 == "number") && (!(data8 % 1) && !isNaN(data8))) && (isFinite(data8)))){
+const err35 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
 if(vErrors === null){
 vErrors = [err35];
 }
@@ -10905,8 +13671,9 @@ vErrors.push(err35);
 }
 errors++;
 }
-if("rented" !== data9){
-const err36 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rented"},message:"must be equal to constant"};
+if((typeof data8 == "number") && (isFinite(data8))){
+if(data8 > 4611686018427388000 || isNaN(data8)){
+const err36 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
 if(vErrors === null){
 vErrors = [err36];
 }
@@ -10915,10 +13682,8 @@ vErrors.push(err36);
 }
 errors++;
 }
-}
-}
-else {
-const err37 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(data8 < 0 || isNaN(data8)){
+const err37 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/0/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
 if(vErrors === null){
 vErrors = [err37];
 }
@@ -10927,18 +13692,277 @@ vErrors.push(err37);
 }
 errors++;
 }
-validate53.errors = vErrors;
+}
+var _valid2 = _errs30 === errors;
+valid5 = valid5 || _valid2;
+const _errs32 = errors;
+if(data8 !== null){
+const err38 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err38];
+}
+else {
+vErrors.push(err38);
+}
+errors++;
+}
+var _valid2 = _errs32 === errors;
+valid5 = valid5 || _valid2;
+if(!valid5){
+const err39 = {instancePath:instancePath+"/pulled",schemaPath:"#/properties/pulled/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err39];
+}
+else {
+vErrors.push(err39);
+}
+errors++;
+}
+else {
+errors = _errs29;
+if(vErrors !== null){
+if(_errs29){
+vErrors.length = _errs29;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.re !== undefined){
+let data9 = data.re;
+if(!(((typeof data9 == "number") && (!(data9 % 1) && !isNaN(data9))) && (isFinite(data9)))){
+const err40 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err40];
+}
+else {
+vErrors.push(err40);
+}
+errors++;
+}
+if((typeof data9 == "number") && (isFinite(data9))){
+if(data9 > 2147483647 || isNaN(data9)){
+const err41 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err41];
+}
+else {
+vErrors.push(err41);
+}
+errors++;
+}
+if(data9 < 1 || isNaN(data9)){
+const err42 = {instancePath:instancePath+"/re",schemaPath:"#/properties/re/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err42];
+}
+else {
+vErrors.push(err42);
+}
+errors++;
+}
+}
+}
+if(data.resources !== undefined){
+let data10 = data.resources;
+if(data10 && typeof data10 == "object" && !Array.isArray(data10)){
+if(data10.storage === undefined){
+data10.storage = 0;
+}
+if(data10.cpus === undefined){
+const err43 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "cpus"},message:"must have required property '"+"cpus"+"'"};
+if(vErrors === null){
+vErrors = [err43];
+}
+else {
+vErrors.push(err43);
+}
+errors++;
+}
+if(data10.memory === undefined){
+const err44 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(vErrors === null){
+vErrors = [err44];
+}
+else {
+vErrors.push(err44);
+}
+errors++;
+}
+for(const key2 in data10){
+if(!(((key2 === "cpus") || (key2 === "memory")) || (key2 === "storage"))){
+const err45 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key2},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err45];
+}
+else {
+vErrors.push(err45);
+}
+errors++;
+}
+}
+if(data10.cpus !== undefined){
+let data11 = data10.cpus;
+if((typeof data11 == "number") && (isFinite(data11))){
+if(data11 > 4096 || isNaN(data11)){
+const err46 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4096},message:"must be <= 4096"};
+if(vErrors === null){
+vErrors = [err46];
+}
+else {
+vErrors.push(err46);
+}
+errors++;
+}
+if(data11 < 0 || isNaN(data11)){
+const err47 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err47];
+}
+else {
+vErrors.push(err47);
+}
+errors++;
+}
+}
+else {
+const err48 = {instancePath:instancePath+"/resources/cpus",schemaPath:"#/$defs/Resources/properties/cpus/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err48];
+}
+else {
+vErrors.push(err48);
+}
+errors++;
+}
+}
+if(data10.memory !== undefined){
+let data12 = data10.memory;
+if(!(((typeof data12 == "number") && (!(data12 % 1) && !isNaN(data12))) && (isFinite(data12)))){
+const err49 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err49];
+}
+else {
+vErrors.push(err49);
+}
+errors++;
+}
+if((typeof data12 == "number") && (isFinite(data12))){
+if(data12 > 4611686018427388000 || isNaN(data12)){
+const err50 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err50];
+}
+else {
+vErrors.push(err50);
+}
+errors++;
+}
+if(data12 < 0 || isNaN(data12)){
+const err51 = {instancePath:instancePath+"/resources/memory",schemaPath:"#/$defs/Resources/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err51];
+}
+else {
+vErrors.push(err51);
+}
+errors++;
+}
+}
+}
+let data13 = data10.storage;
+if(!(((typeof data13 == "number") && (!(data13 % 1) && !isNaN(data13))) && (isFinite(data13)))){
+const err52 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err52];
+}
+else {
+vErrors.push(err52);
+}
+errors++;
+}
+if((typeof data13 == "number") && (isFinite(data13))){
+if(data13 > 4611686018427388000 || isNaN(data13)){
+const err53 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/maximum",keyword:"maximum",params:{comparison: "<=", limit: 4611686018427388000},message:"must be <= 4611686018427388000"};
+if(vErrors === null){
+vErrors = [err53];
+}
+else {
+vErrors.push(err53);
+}
+errors++;
+}
+if(data13 < 0 || isNaN(data13)){
+const err54 = {instancePath:instancePath+"/resources/storage",schemaPath:"#/$defs/Resources/properties/storage/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err54];
+}
+else {
+vErrors.push(err54);
+}
+errors++;
+}
+}
+}
+else {
+const err55 = {instancePath:instancePath+"/resources",schemaPath:"#/$defs/Resources/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err55];
+}
+else {
+vErrors.push(err55);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data14 = data.type;
+if(typeof data14 !== "string"){
+const err56 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err56];
+}
+else {
+vErrors.push(err56);
+}
+errors++;
+}
+if("rented" !== data14){
+const err57 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "rented"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err57];
+}
+else {
+vErrors.push(err57);
+}
+errors++;
+}
+}
+}
+else {
+const err58 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err58];
+}
+else {
+vErrors.push(err58);
+}
+errors++;
+}
+validate63.errors = vErrors;
 return errors === 0;
 }
-validate53.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate63.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateShareImage = validate54;
-const schema73 = {"additionalProperties":false,"description":"Requestor -> hub (1.4): share an image it pushed (by digest or tag) with the tenants ``to``,\nand with ``public`` with every tenant; with ``revoke``, take those shares back. Answered with\n``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"public":{"default":false,"title":"Public","type":"boolean"},"revoke":{"default":false,"title":"Revoke","type":"boolean"},"to":{"default":[],"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":64,"title":"To","type":"array"},"type":{"const":"share_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"ShareImage","type":"object"};
+export const validateShareImage = validate64;
+const schema85 = {"additionalProperties":false,"description":"Requestor -> hub (1.4): share an image it pushed (by digest or tag) with the tenants ``to``,\nand with ``public`` with every tenant; with ``revoke``, take those shares back. Answered with\n``done``.","properties":{"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"image":{"maxLength":255,"minLength":1,"pattern":"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$","title":"Image","type":"string"},"public":{"default":false,"title":"Public","type":"boolean"},"revoke":{"default":false,"title":"Revoke","type":"boolean"},"to":{"default":[],"items":{"maxLength":65,"minLength":1,"pattern":"^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]+$","type":"string"},"maxItems":64,"title":"To","type":"array"},"type":{"const":"share_image","title":"Type","type":"string"}},"required":["type","id","image"],"title":"ShareImage","type":"object"};
 
-function validate54(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate64(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate54.evaluated;
+const evaluated0 = validate64.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -11200,18 +14224,18 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate54.errors = vErrors;
+validate64.errors = vErrors;
 return errors === 0;
 }
-validate54.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate64.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateUpload = validate55;
-const schema74 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+export const validateUpload = validate65;
+const schema86 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
 
-function validate55(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate65(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate55.evaluated;
+const evaluated0 = validate65.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -11471,18 +14495,244 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate55.errors = vErrors;
+validate65.errors = vErrors;
 return errors === 0;
 }
-validate55.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate65.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWant = validate56;
-const schema75 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
+export const validateVerdictReport = validate66;
+const schema87 = {"additionalProperties":false,"description":"Requestor -> hub (1.5): the result of activity ``lost`` disagreed with those of the activities\n``agreed`` (on other providers, agreeing among themselves). The hub counts it against ``lost``'s\nprovider and reverses what the requestor paid for ``lost``. Answered with ``done``.","properties":{"agreed":{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":16,"minItems":2,"title":"Agreed","type":"array"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"lost":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Lost","type":"string"},"type":{"const":"verdict","title":"Type","type":"string"}},"required":["type","id","lost","agreed"],"title":"VerdictReport","type":"object"};
 
-function validate56(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate66(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate56.evaluated;
+const evaluated0 = validate66.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.id === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "id"},message:"must have required property '"+"id"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.lost === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "lost"},message:"must have required property '"+"lost"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.agreed === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "agreed"},message:"must have required property '"+"agreed"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((key0 === "agreed") || (key0 === "id")) || (key0 === "lost")) || (key0 === "type"))){
+const err4 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+}
+if(data.agreed !== undefined){
+let data0 = data.agreed;
+if(Array.isArray(data0)){
+if(data0.length > 16){
+const err5 = {instancePath:instancePath+"/agreed",schemaPath:"#/properties/agreed/maxItems",keyword:"maxItems",params:{limit: 16},message:"must NOT have more than 16 items"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if(data0.length < 2){
+const err6 = {instancePath:instancePath+"/agreed",schemaPath:"#/properties/agreed/minItems",keyword:"minItems",params:{limit: 2},message:"must NOT have fewer than 2 items"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+let data1 = data0[i0];
+if(typeof data1 === "string"){
+if(!pattern4.test(data1)){
+const err7 = {instancePath:instancePath+"/agreed/" + i0,schemaPath:"#/properties/agreed/items/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+else {
+const err8 = {instancePath:instancePath+"/agreed/" + i0,schemaPath:"#/properties/agreed/items/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+}
+else {
+const err9 = {instancePath:instancePath+"/agreed",schemaPath:"#/properties/agreed/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+if(data.id !== undefined){
+let data2 = data.id;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err10 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 2147483647 || isNaN(data2)){
+const err11 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(data2 < 1 || isNaN(data2)){
+const err12 = {instancePath:instancePath+"/id",schemaPath:"#/properties/id/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+}
+}
+if(data.lost !== undefined){
+let data3 = data.lost;
+if(typeof data3 === "string"){
+if(!pattern4.test(data3)){
+const err13 = {instancePath:instancePath+"/lost",schemaPath:"#/properties/lost/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+}
+else {
+const err14 = {instancePath:instancePath+"/lost",schemaPath:"#/properties/lost/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data4 = data.type;
+if(typeof data4 !== "string"){
+const err15 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+if("verdict" !== data4){
+const err16 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "verdict"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+validate66.errors = vErrors;
+return errors === 0;
+}
+validate66.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateWant = validate67;
+const schema88 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
+
+function validate67(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate67.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -11549,7 +14799,7 @@ const len0 = data0.length;
 for(let i0=0; i0<len0; i0++){
 let data1 = data0[i0];
 if(typeof data1 === "string"){
-if(!pattern13.test(data1)){
+if(!pattern14.test(data1)){
 const err5 = {instancePath:instancePath+"/blobs/" + i0,schemaPath:"#/properties/blobs/items/pattern",keyword:"pattern",params:{pattern: "^sha256:[0-9a-f]{64}$"},message:"must match pattern \""+"^sha256:[0-9a-f]{64}$"+"\""};
 if(vErrors === null){
 vErrors = [err5];
@@ -11652,19 +14902,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate56.errors = vErrors;
+validate67.errors = vErrors;
 return errors === 0;
 }
-validate56.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate67.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWelcome = validate57;
-const schema76 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
-const schema77 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
+export const validateWelcome = validate68;
+const schema89 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
+const schema90 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
 
-function validate57(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate68(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate57.evaluated;
+const evaluated0 = validate68.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -12201,17 +15451,20 @@ vErrors.push(err40);
 }
 errors++;
 }
-validate57.errors = vErrors;
+validate68.errors = vErrors;
 return errors === 0;
 }
-validate57.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate68.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 /** The validator of every message, by its `type`. */
 export const VALIDATORS = Object.freeze({
   activities: validateActivitiesQuery,
   activity_list: validateActivityList,
   activity_lost: validateActivityLost,
+  balance_info: validateBalanceInfo,
+  balance: validateBalanceQuery,
   cancel: validateCancel,
+  cost: validateCost,
   create: validateCreate,
   credit: validateCredit,
   destroy: validateDestroy,
@@ -12224,9 +15477,12 @@ export const VALIDATORS = Object.freeze({
   hello: validateHello,
   image_list: validateImageList,
   image_pushed: validateImagePushed,
+  ledger_list: validateLedgerList,
+  ledger: validateLedgerQuery,
   list_images: validateListImages,
   market_info: validateMarketInfo,
   market: validateMarketQuery,
+  meter: validateMeter,
   offer: validateOffer,
   push_image: validatePushImage,
   release: validateRelease,
@@ -12236,6 +15492,7 @@ export const VALIDATORS = Object.freeze({
   rented: validateRented,
   share_image: validateShareImage,
   upload: validateUpload,
+  verdict: validateVerdictReport,
   want: validateWant,
   welcome: validateWelcome,
 });

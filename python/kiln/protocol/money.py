@@ -1,0 +1,109 @@
+"""Credits as the market counts them: integer micro-credits, and the linear price of an activity.
+
+A credit is :data:`MICRO` micro-credits; every amount on the wire and in the hub's ledger is a
+whole number of micro-credits (never a float), so sums are exact and a ledger balances to
+the last unit. People write credits ("0.05"); :func:`to_micro` takes those, refusing anything
+finer than a micro-credit, and :func:`format_credits` shows an amount back.
+
+An activity's price (:class:`kiln.protocol.messages.Price`) is linear, as Golem's: a ``start``
+fee once, ``cpu_hour`` per hour of CPU time its container used, ``env_hour`` per hour it is
+held (wall time). :func:`due` is what an activity owes after ``seconds`` held with
+``cpu_seconds`` used; :func:`worst_case` what it could owe at most after ``seconds`` with
+``cpus`` rented (every CPU busy all the time: what the hub holds). CPU time billed never
+exceeds the CPUs rented times the wall time (:func:`billable_cpu`): a provider cannot bill
+more than it sold. The JavaScript client mirrors this module in ``js-client/src/money.js``.
+
+Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from typing import Final, Protocol
+
+from kiln.protocol.errors import UsageError
+
+MICRO: Final = 1_000_000
+"""Micro-credits in a credit."""
+MAX_MICRO: Final = 10**15
+"""The largest amount a message carries (a billion credits)."""
+HOUR: Final = 3600
+
+
+class Priced(Protocol):
+    """A price's three rates, in micro-credits (:class:`kiln.protocol.messages.Price`)."""
+
+    @property
+    def start(self) -> int: ...
+    @property
+    def cpu_hour(self) -> int: ...
+    @property
+    def env_hour(self) -> int: ...
+
+
+def to_micro(value: object, what: str = "an amount") -> int:
+    """``value`` credits (a number or its text: ``0.05``, ``"1.5"``) as micro-credits.
+
+    Raises :class:`UsageError` for a negative amount, one finer than a micro-credit, or not a number.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal | Fraction):
+        raise UsageError(f"{what} is a number of credits, not {value!r}")
+    try:
+        # A float is taken as written (0.1 is one tenth, not the binary fraction nearest it).
+        exact = Fraction(Decimal(str(value).strip())) if isinstance(value, str | float) else Fraction(value)
+    except (InvalidOperation, ValueError, OverflowError) as e:
+        raise UsageError(f"{what} is a number of credits, not {value!r}") from e
+    micro = exact * MICRO
+    if micro.denominator != 1:
+        raise UsageError(f"{what} {value} is finer than a micro-credit (0.000001)")
+    if micro < 0 or micro > MAX_MICRO:
+        raise UsageError(f"{what} {value} is out of range: 0 to {MAX_MICRO // MICRO} credits")
+    return int(micro)
+
+
+def format_credits(micro: int) -> str:
+    """``micro`` micro-credits as credits, with no trailing zeros (``1500000`` -> ``"1.5"``)."""
+    sign = "-" if micro < 0 else ""
+    whole, part = divmod(abs(micro), MICRO)
+    return f"{sign}{whole}" + (f".{part:06d}".rstrip("0") if part else "")
+
+
+def billable_cpu(cpu_seconds: float, cpus: float, seconds: float) -> float:
+    """The CPU seconds an activity may be billed: what its provider reported, at most the CPUs
+    rented times the wall time held."""
+    return max(0.0, min(cpu_seconds, cpus * max(seconds, 0.0)))
+
+
+def due(price: Priced, seconds: float, cpu_seconds: float) -> int:
+    """What an activity owes, in micro-credits (rounded down), after ``seconds`` held with
+    ``cpu_seconds`` billable (see :func:`billable_cpu`)."""
+    rates = Fraction(price.cpu_hour) * Fraction(cpu_seconds) + Fraction(price.env_hour) * Fraction(max(seconds, 0.0))
+    return price.start + int(rates / HOUR)
+
+
+def worst_case(price: Priced, cpus: float, seconds: float) -> int:
+    """The most an activity with ``cpus`` rented could owe after ``seconds`` (rounded up)."""
+    rate = Fraction(price.cpu_hour) * Fraction(cpus) + price.env_hour
+    total = rate * Fraction(seconds) / HOUR
+    return price.start + -(-total.numerator // total.denominator)
+
+
+def seconds_covered(price: Priced, cpus: float, amount: int) -> float:
+    """How long an activity with ``cpus`` rented may be held before it could owe more than
+    ``amount`` (infinite for a price with no rates; 0 when ``amount`` cannot cover the start)."""
+    rate = Fraction(price.cpu_hour) * Fraction(cpus) + price.env_hour
+    if amount < price.start:
+        return 0.0
+    if rate == 0:
+        return float("inf")
+    return float(Fraction(amount - price.start) * HOUR / rate)
+
+
+def within(price: Priced, cap: Priced) -> bool:
+    """Whether every rate of ``price`` is at most ``cap``'s."""
+    return price.start <= cap.start and price.cpu_hour <= cap.cpu_hour and price.env_hour <= cap.env_hour
+
+
+def is_free(price: Priced | None) -> bool:
+    return price is None or (price.start == 0 and price.cpu_hour == 0 and price.env_hour == 0)
