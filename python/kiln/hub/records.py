@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from kiln.hub.ledger import Post
 from kiln.protocol.messages import Resources
 
 
@@ -82,4 +83,13 @@ class EndSession:
     session: str
 
 
-Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession
+@dataclass(frozen=True, slots=True)
+class SaveBudget:
+    """A job's budget, set by the first rent of its group (micro-credits)."""
+
+    session: str
+    group: str
+    budget: int
+
+
+Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget
