@@ -294,10 +294,11 @@ def test_the_schema_grows_from_a_database_of_credentials_only(tmp_path: Path) ->
     with HubState.in_dir(tmp_path) as state:
         _, token = state.create("requestor", "alice")
     with sqlite3.connect(tmp_path / "hub.db") as db:  # as the first schema left it
-        db.execute("DROP TABLE sessions")
-        db.execute("DROP TABLE activities")
-        db.execute("DROP TABLE usage")
-        db.execute("DROP TABLE usage_days")
+        later = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN ('credentials', 'schema_version')"
+        ).fetchall()
+        for (table,) in later:
+            db.execute(f"DROP TABLE {table}")
         db.execute("UPDATE schema_version SET version = 1")
     with HubState.in_dir(tmp_path) as state:
         assert state.find(token) is not None

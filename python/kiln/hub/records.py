@@ -1,10 +1,11 @@
-"""What the hub writes down so that a restart loses nothing: sessions, leases, usage.
+"""What the hub writes down so that a restart loses nothing: sessions, leases, usage, the ledger.
 
 The core (:mod:`kiln.hub.core`) decides; it asks the I/O layer to write by returning one
 of the changes below among its actions, *before* the message that tells a peer about it
 (write before acknowledging). The I/O layer carries actions out in order, so the row is
 committed before that message leaves. :mod:`kiln.hub.io.state` holds the tables; at start
-it hands back what they hold (:class:`SessionRecord`, :class:`LeaseRecord`) for
+it hands back what they hold (:class:`SessionRecord`, :class:`LeaseRecord`, and for the
+ledger :class:`MeterRecord`, :class:`BudgetRecord` and the reputation counters) for
 :meth:`kiln.hub.core.HubCore.restore`.
 
 Only what a peer was told is written: a lease once its ``rented`` is about to go out (an
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from kiln.hub.ledger import Post
-from kiln.protocol.messages import Resources
+from kiln.protocol.messages import Price, Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,8 @@ class LeaseRecord:
     group: str | None
     image: str | None  # the digest of the stored image it runs
     started: float
+    price: Price | None = None  # what it costs, when the ledger meters it (micro-credits)
+    max_duration: float | None = None  # seconds after which the hub ends it (rent.max_duration)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,4 +95,58 @@ class SaveBudget:
     budget: int
 
 
-Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget
+@dataclass(frozen=True, slots=True)
+class SaveReputation:
+    """A provider's reputation counters as they are now (:mod:`kiln.hub.reputation` names them)."""
+
+    provider: str
+    counters: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRecord:
+    """A job's budget as a restart finds it: ``committed`` is what its group's holds took minus
+    what their releases gave back (captures stay committed), micro-credits."""
+
+    session: str
+    group: str
+    budget: int
+    committed: int
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRecord:
+    """What the ledger holds of one metered activity, for a restart to meter it on (or settle it).
+
+    An activity is metered once a ``hold`` was posted for it. ``held`` is what its holds put in
+    ``hold:<activity>`` minus what its releases took out; ``captured`` what its captures took
+    out (so the hold's balance is ``held - captured``); ``seq`` how many captures were posted
+    (the next is ``capture:<activity>:<seq + 1>``); ``seconds`` and ``cpu_seconds`` what the
+    last of them billed (0 before the first).
+
+    ``ended`` is None for a live lease (its row is among :meth:`~kiln.hub.io.state.HubState.load`'s).
+    Otherwise the activity is over but its hold still has a balance (the hub died before
+    settling it): settle it as ended at ``ended`` (final capture, then release the rest). Its
+    ``cpu_seconds`` is then the last its provider measured, if the end recorded one. ``price``
+    is None (with ``provider`` None) for a hold whose activity never became a lease (the hub
+    died before ``rented``): nothing is due, release it all.
+    """
+
+    activity: str
+    requestor: str  # the account its holds came from (requestor:<credential>)
+    session: str | None  # the session and group its holds were posted for
+    group: str | None
+    provider: str | None
+    price: Price | None
+    cpus: float
+    started: float
+    max_duration: float | None
+    held: int
+    captured: int
+    seq: int
+    seconds: float
+    cpu_seconds: float
+    ended: float | None = None
+
+
+Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation

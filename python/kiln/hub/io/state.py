@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import os
 import secrets
@@ -43,13 +44,20 @@ from typing import Any, Final, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
+from kiln.hub.io import books
+from kiln.hub.io.books import LedgerPage
+from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
+    BudgetRecord,
     Change,
     Destroying,
     EndLease,
     EndSession,
     LeaseRecord,
+    MeterRecord,
+    SaveBudget,
     SaveLease,
+    SaveReputation,
     SaveSession,
     SessionRecord,
 )
@@ -63,6 +71,10 @@ TOKEN_PREFIX: Final = "kiln_"
 BUSY_TIMEOUT: Final = 2.0
 """Seconds a statement waits for a lock held by another process before it fails."""
 
+_RATES: Final = ("start", "cpu_hour", "env_hour")
+_PRICED: Final = ("activities", "usage")  # the tables whose rows carry a lease's price
+_PRICE: Final = ", ".join(f"price_{rate}" for rate in _RATES)
+_A_PRICE: Final = ", ".join(f"a.price_{rate}" for rate in _RATES)
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 1: credentials. A name is unique among live credentials; a revoked provider
     # credential keeps its name bound (see HubState.bound) until a new one takes it.
@@ -125,6 +137,49 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             cpu_seconds_used DOUBLE PRECISION NOT NULL,
             memory_byte_seconds DOUBLE PRECISION NOT NULL
         )""",
+    ),
+    # 4: the ledger (kiln.hub.io.books), the budgets of jobs, what a metered lease costs (its
+    # price in micro-credits, kept in the usage record too, and its max_duration), and each
+    # provider's reputation counters (JSON text: kiln.hub.reputation names them).
+    (
+        """CREATE TABLE ledger_transactions (
+            id INTEGER PRIMARY KEY,
+            key VARCHAR(256) NOT NULL UNIQUE,
+            kind VARCHAR(32) NOT NULL,
+            time DOUBLE PRECISION NOT NULL,
+            activity VARCHAR(64),
+            session VARCHAR(32),
+            grp VARCHAR(64),
+            seconds DOUBLE PRECISION,
+            cpu_seconds DOUBLE PRECISION
+        )""",
+        "CREATE INDEX ledger_transactions_activity ON ledger_transactions (activity)",
+        "CREATE INDEX ledger_transactions_group ON ledger_transactions (session, grp)",
+        """CREATE TABLE ledger_entries (
+            txn BIGINT NOT NULL REFERENCES ledger_transactions (id),
+            line SMALLINT NOT NULL,
+            account VARCHAR(128) NOT NULL,
+            amount BIGINT NOT NULL,
+            PRIMARY KEY (txn, line)
+        )""",
+        "CREATE INDEX ledger_entries_account ON ledger_entries (account, txn)",
+        """CREATE TABLE ledger_balances (
+            account VARCHAR(128) PRIMARY KEY,
+            balance BIGINT NOT NULL
+        )""",
+        """CREATE TABLE budgets (
+            session VARCHAR(32) NOT NULL,
+            grp VARCHAR(64) NOT NULL,
+            budget BIGINT NOT NULL,
+            PRIMARY KEY (session, grp)
+        )""",
+        """CREATE TABLE reputation (
+            provider VARCHAR(64) PRIMARY KEY,
+            counters TEXT NOT NULL
+        )""",
+        *(f"ALTER TABLE {table} ADD COLUMN price_{rate} BIGINT" for table in _PRICED for rate in _RATES),
+        "ALTER TABLE activities ADD COLUMN max_duration DOUBLE PRECISION",
+        "CREATE INDEX usage_activity ON usage (activity)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -354,16 +409,24 @@ class HubState:
     # --- what a restart must not lose (kiln.hub.records) -----------------------------------
 
     def apply(self, change: Change) -> None:
-        """Commit one change the hub's core asked for (before the message that tells a peer of it)."""
+        """Commit one change the hub's core asked for (before the message that tells a peer of it).
+
+        A :class:`~kiln.hub.ledger.Post` whose key was posted already changes nothing (a
+        replay); a :class:`~kiln.hub.records.SaveBudget` for a group that has one keeps the first.
+        """
         with self._write() as db:
             if isinstance(change, SaveSession):
                 _save_session(db, change.session)
+            elif isinstance(change, Post):
+                books.post(db, change)
             elif isinstance(change, SaveLease):
                 _save_session(db, change.session)
-                lease, r = change.lease, change.lease.resources
+                lease, r, price = change.lease, change.lease.resources, change.lease.price
+                rates = (None, None, None) if price is None else (price.start, price.cpu_hour, price.env_hour)
                 db.execute(
-                    "INSERT INTO activities (id, session, provider, cpus, memory, storage, grp, image, started) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO activities (id, session, provider, cpus, memory, storage, grp, image, started, "
+                    "price_start, price_cpu_hour, price_env_hour, max_duration) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         lease.id,
                         lease.session,
@@ -374,21 +437,36 @@ class HubState:
                         lease.group,
                         lease.image,
                         lease.started,
+                        *rates,
+                        lease.max_duration,
                     ),
                 )
             elif isinstance(change, Destroying):
                 db.execute("UPDATE activities SET destroying = TRUE WHERE id = ?", (change.activity,))
             elif isinstance(change, EndLease):
                 db.execute(
-                    "INSERT INTO usage (activity, requestor, credential, provider, cpus, memory, storage, started, "
-                    "ended, cpu_seconds) SELECT a.id, s.name, s.credential, a.provider, a.cpus, a.memory, a.storage, "
-                    "a.started, ?, ? FROM activities a JOIN sessions s ON s.id = a.session WHERE a.id = ?",
+                    f"INSERT INTO usage (activity, requestor, credential, provider, cpus, memory, storage, started, "
+                    f"ended, cpu_seconds, {_PRICE}) SELECT a.id, s.name, s.credential, a.provider, a.cpus, a.memory, "
+                    f"a.storage, a.started, ?, ?, {_A_PRICE} FROM activities a JOIN sessions s ON s.id = a.session "
+                    "WHERE a.id = ?",
                     (change.ended, change.cpu_seconds, change.activity),
                 )
                 row = db.execute("SELECT session FROM activities WHERE id = ?", (change.activity,)).fetchone()
                 db.execute("DELETE FROM activities WHERE id = ?", (change.activity,))
                 if row is not None:
                     _forget_ended(db, row[0])
+            elif isinstance(change, SaveBudget):
+                # The first rent of a group sets its budget; a later one does not change it.
+                db.execute(
+                    "INSERT INTO budgets (session, grp, budget) VALUES (?, ?, ?) ON CONFLICT (session, grp) DO NOTHING",
+                    (change.session, change.group, change.budget),
+                )
+            elif isinstance(change, SaveReputation):
+                db.execute(
+                    "INSERT INTO reputation (provider, counters) VALUES (?, ?) "
+                    "ON CONFLICT (provider) DO UPDATE SET counters = excluded.counters",
+                    (change.provider, json.dumps(change.counters, sort_keys=True)),
+                )
             else:
                 assert isinstance(change, EndSession)
                 # No longer resumable; the row goes with its last lease (the usage record names it).
@@ -401,20 +479,23 @@ class HubState:
         Leases that were being destroyed, or whose session ended, are no one's any more:
         they are forgotten here (their usage recorded as ending now), and their providers,
         reporting them, are told to destroy them. So are sessions without a lease or a
-        resume secret (nothing to resume).
+        resume secret (nothing to resume), and their jobs' budgets. Call :meth:`meters` next:
+        it names the metered leases among those returned, and those forgotten here that are
+        still to be settled.
         """
         orphan = "destroying OR session NOT IN (SELECT id FROM sessions WHERE secret <> '')"
         with self._write() as db:
             # Their end is not known: they end now, as far as the usage record can tell.
             db.execute(
                 "INSERT INTO usage (activity, requestor, credential, provider, cpus, memory, storage, started, ended, "
-                "cpu_seconds) SELECT a.id, COALESCE(s.name, ''), s.credential, a.provider, a.cpus, a.memory, "
-                "a.storage, a.started, ?, NULL FROM activities a LEFT JOIN sessions s ON s.id = a.session "
-                f"WHERE {orphan}",
+                f"cpu_seconds, {_PRICE}) SELECT a.id, COALESCE(s.name, ''), s.credential, a.provider, a.cpus, "
+                f"a.memory, a.storage, a.started, ?, NULL, {_A_PRICE} FROM activities a "
+                f"LEFT JOIN sessions s ON s.id = a.session WHERE {orphan}",
                 (self._clock(),),
             )
             db.execute(f"DELETE FROM activities WHERE {orphan}")
             db.execute("DELETE FROM sessions WHERE id NOT IN (SELECT session FROM activities)")
+            db.execute("DELETE FROM budgets WHERE session NOT IN (SELECT id FROM sessions)")
             sessions = [
                 SessionRecord(id_, name, credential, bytes.fromhex(secret))
                 for id_, name, credential, secret in db.execute(
@@ -422,11 +503,22 @@ class HubState:
                 )
             ]
             rows = db.execute(
-                "SELECT id, session, provider, cpus, memory, storage, grp, image, started FROM activities ORDER BY id"
+                "SELECT id, session, provider, cpus, memory, storage, grp, image, started, max_duration, "
+                f"{_PRICE} FROM activities ORDER BY id"
             ).fetchall()
         leases = [
-            LeaseRecord(id_, session, provider, Resources(cpus=cpus, memory=memory, storage=storage), grp, image, at)
-            for id_, session, provider, cpus, memory, storage, grp, image, at in rows
+            LeaseRecord(
+                id_,
+                session,
+                provider,
+                Resources(cpus=cpus, memory=memory, storage=storage),
+                grp,
+                image,
+                at,
+                books.price_of(rates),
+                max_duration,
+            )
+            for id_, session, provider, cpus, memory, storage, grp, image, at, max_duration, *rates in rows
         ]
         return sessions, leases
 
@@ -474,12 +566,86 @@ class HubState:
         columns = [column[0] for column in cursor.description]
         return [dict(zip(columns, row, strict=True)) for row in cursor]
 
+    # --- the ledger (kiln.hub.ledger; its tables: kiln.hub.io.books) ----------------------------
+
+    def balance(self, account: str) -> int:
+        """The account's balance as committed, in micro-credits (0 for one never used, and when
+        the database cannot be read: a requestor then has nothing to hold with)."""
+        row = self._read("SELECT balance FROM ledger_balances WHERE account = ?", (account,))
+        return 0 if row is None else int(row[0])
+
+    def held(self, account: str) -> int:
+        """What is held now for the live activities of the requestor ``account`` (micro-credits)."""
+        return books.held(self._db, account)
+
+    def spent(self, account: str) -> int:
+        """What the requestor ``account`` spent in all: what it was granted, less what it has
+        available and what is held for it (reversed charges came back: they count as not spent)."""
+        return books.granted(self._db, account) - self.balance(account) - self.held(account)
+
+    def transactions(self, account: str | None = None, activity: str | None = None, limit: int = 100) -> LedgerPage:
+        """The latest ``limit`` transactions, newest first, with how many matched in all: every
+        one, those of ``account`` (an entry in it, or of an activity it held for), or of ``activity``."""
+        return books.transactions(self._db, account, activity, limit)
+
+    def check(self) -> list[str]:
+        """What is wrong with the ledger, a sentence each; none when it holds: each transaction
+        sums to zero, each cached balance equals its account's entries (see :func:`books.check`)."""
+        return books.check(self._db)
+
+    def ledger_counts(self) -> tuple[int, int]:
+        """How many transactions and how many accounts the ledger holds."""
+        return books.counts(self._db)
+
+    def grant(self, who: str, amount: int) -> Post:
+        """Put ``amount`` micro-credits (more than 0) in the account of the live requestor (or
+        admin) credential named ``who``, or of id ``#<id>``: a ``grant`` from :data:`~kiln.hub.ledger.MINT`,
+        committed; returns it. Raises :class:`UsageError` for no such credential or a bad amount."""
+        if not 0 < amount <= books.MAX_AMOUNT:
+            raise UsageError(f"a grant is of more than 0 credits, not {amount} micro-credits")
+        credential = self.tenant(who)
+        if credential is None:
+            raise UsageError(
+                f"no live requestor credential is named {who!r} or has that #id (kiln token ls lists them; "
+                "kiln token create --role requestor makes one)"
+            )
+        account = requestor_account(credential.id)
+        granted = Post(
+            key=f"grant:{secrets.token_hex(12)}",
+            kind="grant",
+            time=self._clock(),
+            entries=((MINT, -amount), (account, amount)),
+        )
+        self.apply(granted)
+        return granted
+
+    def meters(self) -> list[MeterRecord]:
+        """The ledger's meters, for a restart (after :meth:`load`): one per lease with a hold
+        (``ended`` None), and one per activity that is over but whose hold still has a balance,
+        to settle (see :class:`~kiln.hub.records.MeterRecord`)."""
+        return books.meters(self._db)
+
+    def budgets(self) -> list[BudgetRecord]:
+        """The budgets of the jobs of live sessions, with what each group committed (after :meth:`load`)."""
+        return [BudgetRecord(*row) for row in books.committed(self._db)]
+
+    def reputations(self) -> dict[str, dict[str, float]]:
+        """Each provider's reputation counters as last saved (a row that cannot be read is left out, logged)."""
+        out: dict[str, dict[str, float]] = {}
+        for provider, text in self._db.execute("SELECT provider, counters FROM reputation ORDER BY provider"):
+            try:
+                counters = json.loads(text)
+                out[str(provider)] = {str(k): float(v) for k, v in counters.items()}
+            except (ValueError, TypeError, AttributeError) as e:
+                log.warning("the reputation of %r in %s cannot be read: %s", provider, self.path, e)
+        return out
+
     def _read(self, sql: str, args: tuple[object, ...]) -> Any:
         """One row, or ``None`` when there is none or the database cannot be read (logged)."""
         try:
             row = self._db.execute(sql, args).fetchone()
         except sqlite3.Error as e:
-            log.warning("cannot read credentials from %s: %s", self.path, e)
+            log.warning("cannot read the hub's database %s: %s", self.path, e)
             return None
         return row
 
@@ -493,8 +659,11 @@ def _save_session(db: sqlite3.Connection, session: SessionRecord) -> None:
 
 
 def _forget_ended(db: sqlite3.Connection, session: str) -> None:
-    """Delete the session if it can no longer be resumed and holds no lease."""
+    """Delete the session, and its jobs' budgets, if it can no longer be resumed and holds no lease."""
     db.execute(
         "DELETE FROM sessions WHERE id = ? AND secret = '' AND NOT EXISTS (SELECT 1 FROM activities WHERE session = ?)",
         (session, session),
+    )
+    db.execute(
+        "DELETE FROM budgets WHERE session = ? AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = ?)", (session, session)
     )

@@ -1,0 +1,331 @@
+"""The ledger's tables (:mod:`kiln.hub.ledger`): the SQL :class:`~kiln.hub.io.state.HubState` runs for it.
+
+Three tables hold it (migration 4 of :data:`kiln.hub.io.state.MIGRATIONS`):
+
+* ``ledger_transactions``: one row per :class:`~kiln.hub.ledger.Post`, its ``key`` unique, so a
+  post replayed (after a restart, or twice by mistake) inserts nothing (``ON CONFLICT (key) DO
+  NOTHING``) and moves nothing;
+* ``ledger_entries``: its entries, ``line`` by ``line`` as posted; never updated nor deleted
+  (a wrong capture is undone by a compensating transaction, ``reverse``);
+* ``ledger_balances``: each account's balance, cached: updated in the same database
+  transaction as the entries, so that a balance is one indexed read. :func:`check` compares
+  them with the entries.
+
+Every function here runs inside a transaction its caller opened (reads may run outside one)
+and takes the open connection. The SQL is plain, for PostgreSQL as for SQLite: ``RETURNING``,
+``ON CONFLICT``, ``||`` and ``WITH`` are in both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from kiln.hub.ledger import Post
+from kiln.hub.records import MeterRecord
+from kiln.protocol.errors import KilnError
+from kiln.protocol.messages import Entry, Price, Transaction
+
+MAX_AMOUNT: Final = 2**62
+"""The largest amount an entry (or a balance) may carry: what a message carries, and far inside BIGINT."""
+_IN_CHUNK: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerPage:
+    """Some transactions, newest first, and how many ``matched`` the query in all."""
+
+    transactions: list[Transaction]
+    matched: int
+
+
+def post(db: sqlite3.Connection, p: Post) -> bool:
+    """Commit ``p`` unless a transaction with its key is there already; whether it was new.
+
+    Raises :class:`KilnError` for an amount past :data:`MAX_AMOUNT` (nothing is written).
+    """
+    if any(not -MAX_AMOUNT <= amount <= MAX_AMOUNT for _, amount in p.entries):
+        raise KilnError(f"transaction {p.key}: an amount is out of range")
+    row = db.execute(
+        "INSERT INTO ledger_transactions (key, kind, time, activity, session, grp, seconds, cpu_seconds) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+        (p.key, p.kind, p.time, p.activity, p.session, p.group, p.seconds, p.cpu_seconds),
+    ).fetchall()
+    if not row:
+        return False
+    txn = int(row[0][0])
+    db.executemany(
+        "INSERT INTO ledger_entries (txn, line, account, amount) VALUES (?, ?, ?, ?)",
+        [(txn, line, account, amount) for line, (account, amount) in enumerate(p.entries)],
+    )
+    db.executemany(
+        "INSERT INTO ledger_balances (account, balance) VALUES (?, ?) "
+        "ON CONFLICT (account) DO UPDATE SET balance = ledger_balances.balance + excluded.balance",
+        [(account, amount) for account, amount in p.entries],
+    )
+    return True
+
+
+# A requestor's holds: the activities whose hold transactions took from the account.
+_HOLDS_OF: Final = (
+    "SELECT t.activity FROM ledger_transactions t JOIN ledger_entries e ON e.txn = t.id "
+    "WHERE e.account = ? AND t.kind = 'hold' AND e.amount < 0"
+)
+
+
+def held(db: sqlite3.Connection, account: str) -> int:
+    """What is held now for the activities whose holds came from ``account``."""
+    row = db.execute(
+        "SELECT COALESCE(SUM(balance), 0) FROM ledger_balances WHERE account IN "
+        f"(SELECT 'hold:' || h.activity FROM ({_HOLDS_OF}) h)",
+        (account,),
+    ).fetchone()
+    return int(row[0])
+
+
+def granted(db: sqlite3.Connection, account: str) -> int:
+    """What ``grant`` transactions put in ``account``."""
+    row = db.execute(
+        "SELECT COALESCE(SUM(e.amount), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.txn "
+        "WHERE e.account = ? AND t.kind = 'grant'",
+        (account,),
+    ).fetchone()
+    return int(row[0])
+
+
+def transactions(
+    db: sqlite3.Connection, account: str | None = None, activity: str | None = None, limit: int = 100
+) -> LedgerPage:
+    """The latest ``limit`` transactions, newest first: all, or those of ``account`` (with an
+    entry in it, or of an activity it held for: a requestor sees its activities' captures and
+    releases), or those of ``activity``; both given, those of both."""
+    where, args = ["1 = 1"], []
+    if account is not None:
+        where.append(f"(id IN (SELECT txn FROM ledger_entries WHERE account = ?) OR activity IN ({_HOLDS_OF}))")
+        args += [account, account]
+    if activity is not None:
+        where.append("activity = ?")
+        args.append(activity)
+    condition = " AND ".join(where)
+    matched = int(db.execute(f"SELECT COUNT(*) FROM ledger_transactions WHERE {condition}", args).fetchone()[0])
+    rows = db.execute(
+        f"SELECT id, key, kind, time, activity FROM ledger_transactions WHERE {condition} ORDER BY id DESC LIMIT ?",
+        [*args, max(0, limit)],
+    ).fetchall()
+    entries = _entries(db, [int(row[0]) for row in rows])
+    listed = [
+        Transaction(
+            id=id_,
+            key=key,
+            kind=kind,
+            time=max(0.0, time),
+            activity=activity_,
+            entries=[Entry(account=a, amount=amount) for a, amount in entries.get(id_, [])],
+        )
+        for id_, key, kind, time, activity_ in rows
+    ]
+    return LedgerPage(listed, matched)
+
+
+def _entries(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
+    out: dict[int, list[tuple[str, int]]] = {}
+    sql = "SELECT txn, account, amount FROM ledger_entries WHERE txn IN ({}) ORDER BY txn, line"
+    for rows in _chunked(db, sql, ids):
+        for txn, account, amount in rows:
+            out.setdefault(int(txn), []).append((str(account), int(amount)))
+    return out
+
+
+def _chunked(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterable[list[Any]]:
+    """``sql`` (its ``IN ({})`` filled with marks) run on ``values`` a chunk at a time."""
+    for start in range(0, len(values), _IN_CHUNK):
+        chunk = list(values[start : start + _IN_CHUNK])
+        yield db.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
+
+
+def check(db: sqlite3.Connection) -> list[str]:
+    """What is wrong with the ledger, one sentence each (none: it holds).
+
+    Every transaction's entries sum to zero; every entry belongs to a transaction; every
+    account's cached balance equals the sum of its entries, and every account with entries has
+    one; no requestor's available balance and no hold is below zero.
+    """
+    problems = [
+        f"transaction {id_} ({key}) does not balance: its entries sum to {total}"
+        for id_, key, total in db.execute(
+            "SELECT t.id, t.key, SUM(e.amount) FROM ledger_transactions t JOIN ledger_entries e ON e.txn = t.id "
+            "GROUP BY t.id, t.key HAVING SUM(e.amount) <> 0 ORDER BY t.id"
+        )
+    ]
+    problems += [
+        f"{count} entries belong to no transaction (id {txn})"
+        for txn, count in db.execute(
+            "SELECT txn, COUNT(*) FROM ledger_entries WHERE txn NOT IN (SELECT id FROM ledger_transactions) "
+            "GROUP BY txn ORDER BY txn"
+        )
+    ]
+    for account, cached, summed, known in db.execute(
+        "SELECT account, SUM(cached), SUM(summed), MAX(known) FROM ("
+        "SELECT account, balance AS cached, 0 AS summed, 1 AS known FROM ledger_balances "
+        "UNION ALL SELECT account, 0, amount, 0 FROM ledger_entries"
+        ") AS b GROUP BY account HAVING SUM(cached) <> SUM(summed) OR MAX(known) = 0 ORDER BY account"
+    ):
+        if not known:
+            problems.append(f"account {account} has entries summing to {summed} but no cached balance")
+        else:
+            problems.append(f"account {account}: its cached balance is {cached}, its entries sum to {summed}")
+    problems += [
+        f"account {account} is below zero: {balance}"
+        for account, balance in db.execute(
+            "SELECT account, balance FROM ledger_balances "
+            "WHERE (account LIKE 'requestor:%' OR account LIKE 'hold:%') AND balance < 0 ORDER BY account"
+        )
+    ]
+    return problems
+
+
+def counts(db: sqlite3.Connection) -> tuple[int, int]:
+    """How many transactions, and how many accounts, the ledger holds."""
+    row = db.execute(
+        "SELECT (SELECT COUNT(*) FROM ledger_transactions), (SELECT COUNT(*) FROM ledger_balances)"
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def committed(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+    """Each stored budget (session, group, budget) with what its group's holds took minus what
+    their releases gave back."""
+    rows = db.execute(
+        "SELECT b.session, b.grp, b.budget, COALESCE(SUM(e.amount), 0) FROM budgets b "
+        "LEFT JOIN ledger_transactions t ON t.session = b.session AND t.grp = b.grp AND t.kind IN ('hold', 'release') "
+        "LEFT JOIN ledger_entries e ON e.txn = t.id AND e.account = 'hold:' || t.activity "
+        "GROUP BY b.session, b.grp, b.budget ORDER BY b.session, b.grp"
+    ).fetchall()
+    return [(str(s), str(g), int(budget), int(total)) for s, g, budget, total in rows]
+
+
+# The activities the ledger meters: those in the activities table, and those ended whose hold
+# still has a balance (a restart is to settle them).
+_METERED: Final = (
+    "WITH metered (activity) AS (SELECT id FROM activities UNION "
+    "SELECT SUBSTR(account, 6) FROM ledger_balances WHERE account LIKE 'hold:%' AND balance > 0) "
+)
+
+
+@dataclass(slots=True)
+class _Sums:
+    held: int = 0
+    captured: int = 0
+    seq: int = 0
+    first_hold: int | None = None
+    last_capture: int | None = None
+
+
+def meters(db: sqlite3.Connection) -> list[MeterRecord]:
+    """A :class:`MeterRecord` per activity with a hold: each lease of the activities table
+    (``ended`` None), and each activity no longer there whose hold has a balance left."""
+    sums: dict[str, _Sums] = {}
+    for activity, kind, total, posts, first, last in db.execute(
+        _METERED + "SELECT t.activity, t.kind, SUM(e.amount), COUNT(DISTINCT t.id), MIN(t.id), MAX(t.id) "
+        "FROM ledger_transactions t JOIN ledger_entries e ON e.txn = t.id AND e.account = 'hold:' || t.activity "
+        "WHERE t.activity IN (SELECT activity FROM metered) GROUP BY t.activity, t.kind"
+    ):
+        s = sums.setdefault(str(activity), _Sums())
+        if kind == "capture":
+            s.captured -= int(total)
+            s.seq += int(posts)
+            s.last_capture = int(last)
+        else:
+            s.held += int(total)
+            if kind == "hold":
+                s.first_hold = int(first)
+    sums = {a: s for a, s in sums.items() if s.first_hold is not None}
+    if not sums:
+        return []
+    firsts = {
+        int(id_): (session, grp, str(account), float(time))
+        for rows in _chunked(
+            db,
+            "SELECT t.id, t.session, t.grp, e.account, t.time FROM ledger_transactions t "
+            "JOIN ledger_entries e ON e.txn = t.id WHERE e.amount < 0 AND t.id IN ({})",
+            [s.first_hold for s in sums.values()],
+        )
+        for id_, session, grp, account, time in rows
+    }
+    lasts = {
+        int(id_): (float(seconds or 0.0), float(cpu or 0.0))
+        for rows in _chunked(
+            db,
+            "SELECT id, seconds, cpu_seconds FROM ledger_transactions WHERE id IN ({})",
+            [s.last_capture for s in sums.values() if s.last_capture is not None],
+        )
+        for id_, seconds, cpu in rows
+    }
+    live = {
+        str(row[0]): row[1:]
+        for rows in _chunked(
+            db,
+            "SELECT id, provider, cpus, started, max_duration, price_start, price_cpu_hour, price_env_hour "
+            "FROM activities WHERE id IN ({})",
+            list(sums),
+        )
+        for row in rows
+    }
+    ended = {
+        str(row[0]): row[1:]
+        for rows in _chunked(
+            db,
+            "SELECT activity, provider, cpus, started, ended, cpu_seconds, price_start, price_cpu_hour, "
+            "price_env_hour FROM usage WHERE activity IN ({}) ORDER BY ended",
+            [a for a in sums if a not in live],
+        )
+        for row in rows
+    }
+    out = []
+    for activity, s in sorted(sums.items()):
+        assert s.first_hold is not None
+        session, group, requestor, hold_time = firsts[s.first_hold]
+        seconds, cpu_seconds = lasts.get(s.last_capture or 0, (0.0, 0.0))
+        provider: str | None = None
+        price: Price | None = None
+        max_duration: float | None = None
+        ended_at: float | None = hold_time  # a rent that never became a lease, unless found below
+        cpus, started = 0.0, hold_time
+        if activity in live:
+            provider, cpus, started, max_duration, *rates = live[activity]
+            price, ended_at = price_of(rates), None
+        elif activity in ended:
+            provider, cpus, started, ended_at, measured, *rates = ended[activity]
+            price = price_of(rates)
+            if measured is not None:
+                cpu_seconds = max(cpu_seconds, float(measured))
+        out.append(
+            MeterRecord(
+                activity=activity,
+                requestor=requestor,
+                session=session,
+                group=group,
+                provider=provider,
+                price=price,
+                cpus=float(cpus),
+                started=float(started),
+                max_duration=max_duration,
+                held=s.held,
+                captured=s.captured,
+                seq=s.seq,
+                seconds=seconds,
+                cpu_seconds=cpu_seconds,
+                ended=None if ended_at is None else float(ended_at),
+            )
+        )
+    return out
+
+
+def price_of(rates: Sequence[int | None]) -> Price | None:
+    """The price of a row's ``price_start, price_cpu_hour, price_env_hour`` (None when they are NULL)."""
+    start, cpu_hour, env_hour = rates
+    if start is None or cpu_hour is None or env_hour is None:
+        return None
+    return Price.micro(int(start), int(cpu_hour), int(env_hour))
