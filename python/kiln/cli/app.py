@@ -26,6 +26,7 @@ from kiln.cli import commands, doctor, serve, units
 from kiln.cli.parser import build_parser
 from kiln.cli.settings import DialSettings, DoctorSettings, HubSettings, ProviderSettings, load
 from kiln.protocol.errors import KilnError, UsageError
+from kiln.protocol.money import to_micro
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -40,13 +41,15 @@ DIALS: dict[str, Callable[[DialSettings, argparse.Namespace], Awaitable[int]]] =
     "image ls": commands.image_ls,
     "image rm": commands.image_rm,
     "image share": commands.image_share,
+    "balance": commands.balance,
 }
 """The commands that dial a hub, by name."""
 
 
 def _name(args: argparse.Namespace) -> str:
     sub = getattr(args, "image_command", None) or getattr(args, "token_command", None)
-    sub = sub or getattr(args, "service_command", None)
+    sub = sub or getattr(args, "service_command", None) or getattr(args, "credit_command", None)
+    sub = sub or getattr(args, "ledger_command", None)
     return f"{args.command} {sub}" if sub else str(args.command)
 
 
@@ -110,6 +113,12 @@ def _prepare(command: str, args: argparse.Namespace) -> Callable[[], int]:
         return lambda: commands.token(args)
     if command == "usage":
         return lambda: commands.usage(args)
+    if command == "credit grant":
+        if to_micro(args.amount, "AMOUNT") == 0:
+            raise UsageError("AMOUNT: grant more than 0 credits")
+        return lambda: commands.credit(args)
+    if command in ("ledger", "ledger check"):
+        return lambda: commands.ledger(args)
     if command == "service print-unit":
         return lambda: _print(units.unit(args.role))
     raise AssertionError(command)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from kiln.cli.output import ago, note, print_json, print_table, when
 from kiln.cli.settings import DialSettings
+from kiln.hub.ledger import MINT
 from kiln.protocol.errors import UsageError
 from kiln.protocol.sizes import format_size
 
@@ -294,4 +295,82 @@ def usage(args: argparse.Namespace) -> int:
             rows = [row[:1] + row[2:] for row in rows]
         print_table(rows)
     note(f"{sum(t.activities for t in totals)} activities ended")
+    return 0
+
+
+def credit(args: argparse.Namespace) -> int:
+    """``kiln credit grant``: credits into a requestor credential's account, from the mint."""
+    from kiln.hub.io.state import HubState
+    from kiln.protocol.money import format_credits, to_micro
+
+    amount = to_micro(args.amount, "AMOUNT")  # judged before (app._prepare): exit 2
+    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+        granted = state.grant(args.requestor, amount)
+        [(account, _)] = [entry for entry in granted.entries if entry[0] != MINT]
+        balance = state.balance(account)
+    if args.json:
+        print_json({"transaction": granted.key, "account": account, "granted": amount, "balance": balance})
+    else:
+        now = format_credits(balance)
+        print(f"granted {format_credits(amount)} credits to {args.requestor} ({account}): balance {now}")
+    return 0
+
+
+def ledger(args: argparse.Namespace) -> int:
+    """``kiln ledger``: the latest transactions, one line per entry; ``kiln ledger check``: exit 1 on a problem."""
+    from kiln.hub.io.state import HubState
+    from kiln.protocol.money import format_credits
+
+    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+        if args.ledger_command == "check":
+            problems = state.check()
+            transactions, accounts = state.ledger_counts()
+        else:
+            if args.limit < 1:
+                raise UsageError("--limit is at least 1")
+            page = state.transactions(args.account, args.activity, args.limit)
+    if args.ledger_command == "check":
+        if args.json:
+            print_json({"ok": not problems, "problems": problems, "transactions": transactions, "accounts": accounts})
+        else:
+            for problem in problems:
+                print(problem)
+            verdict = f"{len(problems)} problems" if problems else "the ledger balances"
+            print(f"{verdict}: {transactions} transactions, {accounts} accounts checked")
+        return 1 if problems else 0
+    if args.json:
+        print_json({"transactions": page.transactions, "matched": page.matched})
+        return 0
+    rows = [("ID", "TIME", "KIND", "ACTIVITY", "ACCOUNT", "AMOUNT")]
+    for t in page.transactions:
+        first = (str(t.id), when(t.time), t.kind, t.activity or "-")
+        for n, entry in enumerate(t.entries):
+            rows.append(
+                (*(first if n == 0 else ("", "", "", "")), entry.account, _signed(format_credits(entry.amount)))
+            )
+    if page.transactions:
+        print_table(rows)
+    shown = len(page.transactions)
+    more = f" (the latest {shown}; --limit shows more)" if shown < page.matched else ""
+    print(f"{page.matched} transactions{more}; amounts in credits")
+    return 0
+
+
+def _signed(amount: str) -> str:
+    return amount if amount.startswith("-") or amount == "0" else f"+{amount}"
+
+
+async def balance(settings: DialSettings, args: argparse.Namespace) -> int:
+    """``kiln balance``: this token's account, asked of the hub."""
+    from kiln.protocol.money import format_credits
+
+    async with _connect(settings) as requestor:
+        account = await requestor.balance()
+    if args.json:
+        print_json(account)
+        return 0
+    print(f"account    {account.account}")
+    print(f"available  {format_credits(account.available_micro)} credits")
+    print(f"held       {format_credits(account.held_micro)} credits (for live activities)")
+    print(f"spent      {format_credits(account.spent_micro)} credits")
     return 0

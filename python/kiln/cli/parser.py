@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (create, token_ls, revoke, usage):
         command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
         _json(command)
+    _ledger(sub)
 
     doctor = sub.add_parser(
         "doctor",
@@ -184,6 +185,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     unit.add_argument("role", choices=["hub", "provider"])
     return parser
+
+
+def _ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``kiln credit``, ``kiln ledger`` (on the hub's data folder) and ``kiln balance`` (over the wire)."""
+    credit = sub.add_parser("credit", help="put credits in requestors' accounts at a hub (its --data-dir)")
+    credits = credit.add_subparsers(dest="credit_command", required=True)
+    grant = credits.add_parser(
+        "grant",
+        help="grant credits to a requestor credential's account (the hub may be running)",
+        description="Credits come from the hub's mint account: kiln ledger shows every grant.",
+    )
+    grant.add_argument("requestor", metavar="REQUESTOR", help="a requestor credential: its name, or #ID for its id")
+    grant.add_argument("amount", metavar="AMOUNT", help="credits, e.g. 5 or 0.25 (at most 6 decimals)")
+    ledger = sub.add_parser(
+        "ledger",
+        help="list the transactions of a hub's ledger (its --data-dir), newest first; kiln ledger check verifies it",
+    )
+    ledger.add_argument(
+        "--account",
+        default=None,
+        metavar="A",
+        help="only those of this account: requestor:ID (with its activities' captures), provider:NAME, hold:ACTIVITY, "
+        "hub or mint",
+    )
+    ledger.add_argument("--activity", default=None, metavar="ID", help="only those of this activity")
+    ledger.add_argument("--limit", type=int, default=100, metavar="N", help="list at most N (default 100)")
+    checks = ledger.add_subparsers(dest="ledger_command", required=False, metavar="check")
+    check = checks.add_parser(
+        "check",
+        help="verify that every transaction sums to zero and every balance equals its entries",
+        description="Exits 1 when anything is wrong, with one line per problem.",
+    )
+    for command in (grant, ledger, check):
+        # A subcommand's own default would overwrite what was given before its name: none here.
+        default = None if command is not check else UNSET
+        command.add_argument(
+            "--data-dir", type=Path, default=default, help="the hub's --data-dir (default as the hub's)"
+        )
+        command.add_argument(
+            "--json",
+            action="store_true",
+            default=False if command is not check else UNSET,
+            help="print one JSON document on stdout instead (amounts in micro-credits)",
+        )
+    balance = sub.add_parser(
+        "balance", help="this token's account at a hub: credits available, held for live activities, spent"
+    )
+    _dial(balance)
+    balance.add_argument(
+        "--json", action="store_true", help="print one JSON document on stdout instead (credits, and micro-credits)"
+    )
 
 
 def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -311,6 +363,14 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="DAYS",
         help="keep a usage row per ended activity this many days, then roll them up into one row per "
         "day, requestor and provider: kiln usage's totals stay (default 90)",
+    )
+    hub.add_argument(
+        "--fee",
+        type=float,
+        default=UNSET,
+        metavar="FRACTION",
+        help="the hub's share of what requestors pay providers, e.g. 0.05 for 5%% (default 0); it goes to the "
+        "ledger's hub account",
     )
     hub.add_argument(
         "--tls-cert",

@@ -13,7 +13,7 @@ import importlib
 import logging
 import signal
 
-from kiln.cli.settings import HubSettings, ProviderSettings
+from kiln.cli.settings import HubSettings, ProviderSettings, fee_ppm
 from kiln.protocol.errors import UsageError
 
 log = logging.getLogger("kiln.provider")
@@ -46,6 +46,7 @@ async def hub(settings: HubSettings) -> int:
             per_credential=settings.max_connections_per_credential,
             failed_hellos=settings.max_failed_hellos,
             usage_retention=settings.usage_retention,
+            fee_ppm=fee_ppm(settings.fee),
         )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.

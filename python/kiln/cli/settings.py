@@ -42,6 +42,7 @@ from pydantic_settings import (
 
 from kiln.connection import check_hub_url
 from kiln.protocol.errors import KilnError, UsageError
+from kiln.protocol.money import to_micro
 from kiln.protocol.sizes import parse_size
 
 DEFAULT_HUB: Final = "ws://127.0.0.1:7465"
@@ -49,6 +50,21 @@ ENVIRONMENT: Final = {"hub": "KILN_HUB", "token": "KILN_TOKEN", "ca": "KILN_CA"}
 """The variables commands that dial read, by setting."""
 TOKEN: Final = ("token", "token_file")
 """Two ways to give one setting: a source above that names either hides both below it."""
+
+
+def _fee(value: float) -> float:
+    if value >= 1:
+        raise ValueError(f"a fee is a fraction of each payment below 1 (0.05 for 5%), not {value:g}")
+    try:
+        to_micro(value, "a fee")
+    except KilnError as e:
+        raise ValueError(f"a fee has at most 6 decimals (a millionth of each payment), not {value:g}") from e
+    return value
+
+
+def fee_ppm(fee: float) -> int:
+    """A fee (a fraction, as ``--fee`` takes it) in parts per million of each payment."""
+    return to_micro(fee, "a fee")  # a millionth of a credit, a millionth of a payment: the same digits
 
 
 def _size(value: object) -> int:
@@ -289,6 +305,7 @@ class HubSettings(_Settings):
     max_connections_per_credential: Annotated[int, Field(ge=1)] = 64
     max_failed_hellos: Annotated[int, Field(ge=1)] = 30
     usage_retention: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 90.0
+    fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
     tls_cert: File | None = None
     tls_key: File | None = None
 

@@ -167,6 +167,7 @@ class HubCore(Sessions):
         grace: float = GRACE,
         credit_timeout: float = CREDIT_TIMEOUT,
         per_credential: int = PER_CREDENTIAL,
+        fee_ppm: int = 0,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -176,6 +177,8 @@ class HubCore(Sessions):
             raise UsageError("the connections per credential must be at least 1")
         if not 0 <= grace < math.inf:
             raise UsageError("the grace period must be 0 (none) or a number of seconds")
+        if not 0 <= fee_ppm < 1_000_000:
+            raise UsageError("the hub's fee is a fraction of each payment, at least 0 and below 1")
         self.token = token
         self.credentials = credentials
         self.software = software
@@ -199,6 +202,8 @@ class HubCore(Sessions):
         self.max_activities = max_activities
         self.grace = grace
         self.per_credential = per_credential
+        self.fee_ppm = fee_ppm
+        """The hub's share of each capture, in parts per million (``kiln hub --fee``)."""
         self.peers = {}
         self.providers = {}
         self.activities = {}

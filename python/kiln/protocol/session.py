@@ -70,6 +70,8 @@ from kiln.protocol.messages import (
     ActivitiesQuery,
     ActivityList,
     ActivityLost,
+    BalanceInfo,
+    BalanceQuery,
     Cancel,
     Create,
     Credit,
@@ -83,6 +85,8 @@ from kiln.protocol.messages import (
     Hello,
     ImageList,
     ImagePushed,
+    LedgerList,
+    LedgerQuery,
     Limits,
     ListImages,
     MarketInfo,
@@ -119,6 +123,8 @@ Request: TypeAlias = (
     | ListImages
     | RemoveImage
     | ShareImage
+    | BalanceQuery
+    | LedgerQuery
 )
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
@@ -127,12 +133,15 @@ Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
 Interim: TypeAlias = DownloadInfo | Want | RentProgress
 """Replies that come before a request's final one."""
-FinalReply: TypeAlias = Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | ActivityList
+FinalReply: TypeAlias = (
+    Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | ActivityList | BalanceInfo | LedgerList
+)
 
 SENDS: Final[dict[Role, frozenset[str]]] = {
     "requestor": frozenset(
         {"rent", "release", "market", "activities", "exec", "upload", "download"}
         | {"push_image", "list_images", "remove_image", "share_image"}
+        | {"balance", "ledger"}
     ),
     "provider": frozenset({"offer"}),
 }
@@ -143,6 +152,8 @@ SINCE: Final[dict[str, int]] = {
     "remove_image": 1,
     "activities": 3,
     "share_image": 4,
+    "balance": 5,
+    "ledger": 5,
 }
 """The minor version that brought each request (absent: 0)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
@@ -165,6 +176,8 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "list_images": frozenset({"image_list", "error"}),
     "remove_image": frozenset({"done", "error"}),
     "share_image": frozenset({"done", "error"}),
+    "balance": frozenset({"balance_info", "error"}),
+    "ledger": frozenset({"ledger_list", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
 }

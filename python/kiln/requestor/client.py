@@ -32,6 +32,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
@@ -50,9 +51,13 @@ from kiln.protocol.messages import (
     ActivityInfo,
     ActivityList,
     ActivityLost,
+    BalanceInfo,
+    BalanceQuery,
     Demand,
     Done,
     ImageList,
+    LedgerList,
+    LedgerQuery,
     ListImages,
     MarketInfo,
     MarketQuery,
@@ -66,6 +71,7 @@ from kiln.protocol.messages import (
     ShareImage,
     User,
 )
+from kiln.protocol.money import MICRO
 from kiln.protocol.session import Event, Interim, Notified
 from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
@@ -84,6 +90,24 @@ log = logging.getLogger("kiln.requestor")
 
 Dial = Callable[[str], Awaitable[Connection]]
 """Dial the hub again, resuming the session of this secret (``hello.resume``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A requestor's account at the hub (:meth:`Requestor.balance`): in credits, and in micro-credits."""
+
+    account: str
+    available: float
+    held: float
+    spent: float
+    available_micro: int
+    held_micro: int
+    spent_micro: int
+
+    @classmethod
+    def of(cls, info: BalanceInfo) -> Balance:
+        a, h, s = info.available, info.held, info.spent
+        return cls(info.account, a / MICRO, h / MICRO, s / MICRO, a, h, s)
 
 
 class Requestor:
@@ -445,6 +469,37 @@ class Requestor:
         reply = await conn.request(ActivitiesQuery(type="activities", id=conn.new_id(), all=all, limit=limit))
         assert isinstance(reply, ActivityList)
         return reply.activities
+
+    # --- the ledger (protocol 1.5) ---------------------------------------------------------
+
+    async def balance(self) -> Balance:
+        """This requestor's account at the hub (its credential's): credits ``available`` to hold,
+        ``held`` for its live activities, ``spent`` in all (each also in micro-credits).
+
+        Raises :class:`~kiln.UnsupportedVersion` for a hub older than protocol 1.5.
+        """
+        conn = await self.connected()
+        reply = await conn.request(BalanceQuery(type="balance", id=conn.new_id()))
+        assert isinstance(reply, BalanceInfo)
+        return Balance.of(reply)
+
+    async def ledger(self, account: str | None = None, *, limit: int = 100) -> LedgerList:
+        """The latest ``limit`` (1 to 1000) transactions of this requestor's account, newest first
+        (``transactions``, amounts in micro-credits; ``matched``: how many there are in all). With
+        an admin credential, those of ``account`` (``requestor:<id>``, ``provider:<name>``, ``hub``,
+        ...), or every one when it is None.
+
+        Raises :class:`~kiln.Unauthorized` for another's ``account`` without an admin credential,
+        :class:`~kiln.UnsupportedVersion` for a hub older than protocol 1.5.
+        """
+        conn = await self.connected()
+        try:
+            query = LedgerQuery(type="ledger", id=conn.new_id(), account=account, limit=limit)
+        except LocalProtocolError as e:
+            raise UsageError(f"cannot list the ledger: {e.message}") from e
+        reply = await conn.request(query)
+        assert isinstance(reply, LedgerList)
+        return reply
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Notified) and isinstance(event.message, ActivityLost):

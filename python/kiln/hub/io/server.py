@@ -349,6 +349,7 @@ async def start(
     per_credential: int = PER_CREDENTIAL,
     failed_hellos: int = FAILED_HELLOS,
     usage_retention: float = USAGE_RETENTION,
+    fee_ppm: int = 0,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -364,7 +365,8 @@ async def start(
     which ``waiting_per_address`` before their hello, and has at most ``failed_hellos`` hellos
     refused a minute; one credential holds at most ``per_credential`` connections
     (:mod:`kiln.hub.gate`). The usage record keeps a row per activity for ``usage_retention``
-    days, then one per day, requestor and provider. With ``ssl``
+    days, then one per day, requestor and provider. Of each payment to a provider, the hub's
+    account takes ``fee_ppm`` parts per million (``kiln hub --fee``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     live in ``hub.db`` in ``data_dir``.
     """
@@ -390,6 +392,7 @@ async def start(
             grace=grace,
             credit_timeout=credit_timeout,
             per_credential=per_credential,
+            fee_ppm=fee_ppm,
         )
     else:
         core.catalog = core.market.catalog = catalog
