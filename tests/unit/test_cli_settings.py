@@ -125,3 +125,18 @@ def test_the_environment_is_read_by_commands_that_dial_only_and_named_when_wrong
     monkeypatch.setenv("KILN_CA", str(tmp_path / "ca.pem"))
     assert refused(DialSettings, {}) == f"$KILN_CA: no such file: {tmp_path}/ca.pem"
     assert load(DoctorSettings, {"ca": write(tmp_path / "ca.pem", "x")}).hub is None, "doctor: no hub, none dialled"
+
+
+def test_the_hubs_fee_is_a_fraction_below_one_counted_in_parts_per_million(tmp_path: Path) -> None:
+    from kiln.cli.parser import build_parser
+    from kiln.cli.settings import fee_ppm
+
+    assert load(HubSettings, {}).fee == 0.0
+    flags = vars(build_parser().parse_args(["hub", "--fee", "0.05"]))
+    assert fee_ppm(load(HubSettings, {"fee": flags["fee"]}).fee) == 50_000
+    config = tmp_path / "hub.toml"
+    config.write_text("fee = 0.000001\n")
+    assert fee_ppm(load(HubSettings, {"config": str(config)}).fee) == 1
+    for fee, why in ((1.0, "below 1"), (-0.1, "greater than or equal to 0"), (0.0000001, "at most 6 decimals")):
+        with pytest.raises(UsageError, match=why):
+            load(HubSettings, {"fee": fee})
