@@ -24,7 +24,7 @@ import kiln
 from kiln.hub.io.server import start
 from kiln.hub.io.state import FILE_NAME, HubState
 from kiln.hub.ledger import Post
-from kiln.protocol.errors import UnsupportedVersion
+from kiln.protocol.errors import UnsupportedVersion, UsageError
 from kiln.protocol.messages import PROTOCOL_NAME
 from kiln.requestor.client import Balance
 from tests.scripted_hub import LIMITS
@@ -99,6 +99,8 @@ async def test_the_sdk_asks_the_hub_for_its_balance_and_ledger(hub: PlayedHub) -
         balance = await requestor.balance()
         listed = await requestor.ledger("hub", limit=5)
         everything = await requestor.ledger()
+        with pytest.raises(UsageError, match=r"cannot list the ledger: .*limit"):
+            await requestor.ledger(limit=0)
     assert balance == Balance("requestor:3", 2.5, 0.75, 0.000001, 2_500_000, 750_000, 1)
     assert listed.matched == 12
     [t] = listed.transactions

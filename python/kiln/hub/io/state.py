@@ -5,6 +5,9 @@ not lose (:mod:`kiln.hub.records`): requestors' sessions, the activities they ho
 usage record of every activity that ended: a row per activity for ``--usage-retention`` days
 (:data:`USAGE_RETENTION`), then rolled up (:meth:`HubState.roll_up`) into one row per day,
 requestor (name and credential) and provider, which ``kiln usage`` sums as it sums the rows.
+It holds the ledger too (its SQL in :mod:`kiln.hub.io.books`: transactions, entries, cached
+balances), jobs' budgets and providers' reputation counters, which a restart reads back
+(:meth:`HubState.meters`, :meth:`HubState.budgets`, :meth:`HubState.reputations`).
 Each table came with one entry of
 :data:`MIGRATIONS` (the ``schema_version`` table says how many have run). The SQL is plain,
 so that PostgreSQL could hold the same tables: the only SQLite-specific parts are the
