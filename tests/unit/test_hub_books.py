@@ -177,11 +177,17 @@ def test_check_finds_a_requestor_or_a_hold_below_zero(state: HubState) -> None:
     assert state.check() == ["account requestor:1 is below zero: -2000000"]
 
 
-def test_an_amount_out_of_range_is_refused_and_writes_nothing(state: HubState) -> None:
+def test_a_transaction_a_listing_could_not_show_is_refused_and_writes_nothing(state: HubState) -> None:
     from kiln.protocol.errors import KilnError
 
-    with pytest.raises(KilnError, match="out of range"):
+    with pytest.raises(KilnError, match="an amount is out of range"):
         state.apply(Post(key="k", kind="grant", time=0.0, entries=((MINT, -(2**63)), ("requestor:1", 2**63))))
+    with pytest.raises(KilnError, match="key, kind or number of entries"):
+        state.apply(Post(key="k" * 257, kind="grant", time=0.0, entries=()))
+    with pytest.raises(KilnError, match="key, kind or number of entries"):
+        state.apply(Post(key="k", kind="g" * 33, time=0.0, entries=()))
+    with pytest.raises(KilnError, match="key, kind or number of entries"):
+        state.apply(Post(key="k", kind="grant", time=0.0, entries=tuple((f"a{n}", 0) for n in range(17))))
     assert state.ledger_counts() == (0, 0)
 
 
@@ -335,3 +341,15 @@ def test_a_database_of_schema_3_keeps_its_rows_and_gains_the_ledger(tmp_path: Pa
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(4,)]
     db.close()
+
+
+def test_a_grant_made_beside_a_running_hub_is_what_the_hub_reads_next(tmp_path: Path) -> None:
+    with HubState.in_dir(tmp_path) as hub:
+        hub.create("requestor", "alice")
+        assert hub.balance("requestor:1") == 0
+        with HubState.in_dir(tmp_path) as admin:  # kiln credit grant: another connection, another process
+            admin.grant("alice", 3)
+        assert hub.balance("requestor:1") == 3
+        hub.apply(hold("a1", 2))
+        with HubState.in_dir(tmp_path) as admin:
+            assert admin.balance("requestor:1") == 1 and admin.check() == []

@@ -30,6 +30,10 @@ from kiln.protocol.messages import Entry, Price, Transaction
 
 MAX_AMOUNT: Final = 2**62
 """The largest amount an entry (or a balance) may carry: what a message carries, and far inside BIGINT."""
+MAX_KEY: Final = 256
+MAX_KIND: Final = 32
+MAX_ENTRIES: Final = 16
+"""A transaction's bounds, as the ``ledger_list`` message carries it (:class:`~kiln.protocol.messages.Transaction`)."""
 _IN_CHUNK: Final = 500
 
 
@@ -44,10 +48,14 @@ class LedgerPage:
 def post(db: sqlite3.Connection, p: Post) -> bool:
     """Commit ``p`` unless a transaction with its key is there already; whether it was new.
 
-    Raises :class:`KilnError` for an amount past :data:`MAX_AMOUNT` (nothing is written).
+    Raises :class:`KilnError` (and writes nothing) for one a listing could not show: an amount
+    past :data:`MAX_AMOUNT`, a key of more than 256 characters, a kind of more than 32, more
+    than 16 entries.
     """
     if any(not -MAX_AMOUNT <= amount <= MAX_AMOUNT for _, amount in p.entries):
         raise KilnError(f"transaction {p.key}: an amount is out of range")
+    if len(p.key) > MAX_KEY or len(p.kind) > MAX_KIND or len(p.entries) > MAX_ENTRIES:
+        raise KilnError(f"transaction {p.key[:MAX_KEY]}: its key, kind or number of entries is out of range")
     row = db.execute(
         "INSERT INTO ledger_transactions (key, kind, time, activity, session, grp, seconds, cpu_seconds) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
