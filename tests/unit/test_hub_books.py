@@ -196,19 +196,19 @@ def test_transactions_are_listed_newest_first_per_account_or_activity(state: Hub
     state.apply(hold("a1", 3_000_000))
     state.apply(capture("a1", 1, 1_000_000, fee=10))
     state.apply(hold("a2", 1_000_000))
-    page = state.transactions()
-    assert page.matched == 4
-    assert [t.kind for t in page.transactions] == ["hold", "capture", "hold", "grant"]
-    assert [t.id for t in page.transactions] == [4, 3, 2, 1]
-    [entries] = [t.entries for t in page.transactions if t.kind == "capture"]
+    listed = state.transactions()
+    assert state.count_transactions() == 4
+    assert [t.kind for t in listed] == ["hold", "capture", "hold", "grant"]
+    assert [t.id for t in listed] == [4, 3, 2, 1]
+    [entries] = [t.entries for t in listed if t.kind == "capture"]
     assert [(e.account, e.amount) for e in entries] == [("hold:a1", -1_000_000), ("provider:p1", 999_990), ("hub", 10)]
     # A requestor sees its activities' captures, though its own account has no entry in them.
-    mine = state.transactions(account, limit=2)
-    assert mine.matched == 4 and [t.id for t in mine.transactions] == [4, 3]
-    assert state.transactions(provider_account("p1")).matched == 1
-    assert [t.id for t in state.transactions(activity="a1").transactions] == [3, 2]
-    assert state.transactions("requestor:2").transactions == []
-    assert state.transactions(account, activity="a2").matched == 1
+    assert [t.id for t in state.transactions(account, limit=2)] == [4, 3]
+    assert state.count_transactions(account) == 4
+    assert state.count_transactions(provider_account("p1")) == 1
+    assert [t.id for t in state.transactions(activity="a1")] == [3, 2]
+    assert state.transactions("requestor:2") == [] and state.count_transactions("requestor:2") == 0
+    assert state.count_transactions(account, activity="a2") == 1
 
 
 def test_meters_name_live_leases_and_the_holds_left_to_settle(state: HubState) -> None:
@@ -230,20 +230,24 @@ def test_meters_name_live_leases_and_the_holds_left_to_settle(state: HubState) -
     [a1, a3, a4] = state.meters()
     assert a1 == MeterRecord(
         activity="a1",
-        requestor="requestor:1",
-        session="s1",
-        group="g",
-        provider="p1",
-        price=PRICE,
-        cpus=2.0,
-        started=1500.0,
+        start=10_000,
+        cpu_hour=200_000,
+        env_hour=50_000,
         max_duration=600.0,
         held=3_001_000,
         captured=150_000,
         seq=2,
-        seconds=120.0,
         cpu_seconds=90.0,
+        seconds=120.0,
+        requestor="requestor:1",
+        session="s1",
+        group="g",
+        provider="p1",
+        cpus=2.0,
+        started=1500.0,
+        tops=1,
     )
+    assert a1.price == PRICE
     # Ended, with the CPU its end measured; its max_duration no longer matters.
     assert a3 == replace(
         a1,
@@ -252,11 +256,12 @@ def test_meters_name_live_leases_and_the_holds_left_to_settle(state: HubState) -
         held=500_000,
         captured=0,
         seq=0,
+        tops=0,
         seconds=0.0,
         cpu_seconds=42.5,
         ended=1700.0,
     )
-    assert (a4.price, a4.provider, a4.group, a4.held) == (None, None, None, 200_000)
+    assert (a4.price.free, a4.provider, a4.group, a4.held) == (True, None, None, 200_000)  # nothing is due
     assert (a4.started, a4.ended) == (2000.0, 2000.0)  # when it was held
     state.apply(release("a3", 500_000))
     assert [m.activity for m in state.meters()] == ["a1", "a4"]
@@ -286,6 +291,9 @@ def test_a_budget_keeps_its_first_value_and_counts_what_its_group_committed(stat
     state.apply(release("a1", 2_000_000))
     state.apply(hold("a9", 7, group="other"))
     assert state.budgets() == [BudgetRecord("s1", "g", 5_000_000, 2_000_000), BudgetRecord("s1", "h", 1_000_000, 0)]
+    assert (state.budget("s1", "g"), state.committed("s1", "g")) == (5_000_000, 2_000_000)
+    assert (state.budget("s1", "h"), state.committed("s1", "h")) == (1_000_000, 0)
+    assert (state.budget("s1", "other"), state.committed("s1", "other")) == (None, 7)
     state.apply(EndSession("s1"))
     state.apply(EndLease("a1", 3000.0, None))  # the session goes with its last lease, and its budgets
     assert state.budgets() == []
@@ -353,3 +361,21 @@ def test_a_grant_made_beside_a_running_hub_is_what_the_hub_reads_next(tmp_path: 
         hub.apply(hold("a1", 2))
         with HubState.in_dir(tmp_path) as admin:
             assert admin.balance("requestor:1") == 1 and admin.check() == []
+
+
+def test_the_hubs_database_is_the_cores_accounts_and_fails_closed(state: HubState) -> None:
+    from kiln.hub.ledger import Accounts
+
+    accounts: Accounts = state  # what the core asks of it (mypy holds the protocol)
+    alice(state)
+    state.apply(SaveBudget("s1", "g", 5))
+    assert accounts.balance("requestor:1") == 10_000_000 and state.budget("s1", "g") == 5
+    with sqlite3.connect(state.path) as db:
+        db.execute("DROP TABLE ledger_balances")
+        db.execute("DROP TABLE budgets")
+        db.execute("DROP TABLE ledger_entries")
+    db.close()
+    # Unreadable: nothing to hold with, a budget with nothing left.
+    assert accounts.balance("requestor:1") == 0
+    assert state.budget("s1", "g") == 0
+    assert state.committed("s1", "g") >= 2**62

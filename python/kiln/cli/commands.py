@@ -328,7 +328,8 @@ def ledger(args: argparse.Namespace) -> int:
         else:
             if args.limit < 1:
                 raise UsageError("--limit is at least 1")
-            page = state.transactions(args.account, args.activity, args.limit)
+            listed = state.transactions(args.account, args.activity, args.limit)
+            matched = state.count_transactions(args.account, args.activity)
     if args.ledger_command == "check":
         if args.json:
             print_json({"ok": not problems, "problems": problems, "transactions": transactions, "accounts": accounts})
@@ -339,20 +340,19 @@ def ledger(args: argparse.Namespace) -> int:
             print(f"{verdict}: {transactions} transactions, {accounts} accounts checked")
         return 1 if problems else 0
     if args.json:
-        print_json({"transactions": page.transactions, "matched": page.matched})
+        print_json({"transactions": listed, "matched": matched})
         return 0
     rows = [("ID", "TIME", "KIND", "ACTIVITY", "ACCOUNT", "AMOUNT")]
-    for t in page.transactions:
+    for t in listed:
         first = (str(t.id), when(t.time), t.kind, t.activity or "-")
         for n, entry in enumerate(t.entries):
             rows.append(
                 (*(first if n == 0 else ("", "", "", "")), entry.account, _signed(format_credits(entry.amount)))
             )
-    if page.transactions:
+    if listed:
         print_table(rows)
-    shown = len(page.transactions)
-    more = f" (the latest {shown}; --limit shows more)" if shown < page.matched else ""
-    print(f"{page.matched} transactions{more}; amounts in credits")
+    more = f" (the latest {len(listed)}; --limit shows more)" if len(listed) < matched else ""
+    print(f"{matched} transactions{more}; amounts in credits")
     return 0
 
 

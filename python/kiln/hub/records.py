@@ -118,35 +118,46 @@ class BudgetRecord:
 class MeterRecord:
     """What the ledger holds of one metered activity, for a restart to meter it on (or settle it).
 
-    An activity is metered once a ``hold`` was posted for it. ``held`` is what its holds put in
-    ``hold:<activity>`` minus what its releases took out; ``captured`` what its captures took
-    out (so the hold's balance is ``held - captured``); ``seq`` how many captures were posted
-    (the next is ``capture:<activity>:<seq + 1>``); ``seconds`` and ``cpu_seconds`` what the
-    last of them billed (0 before the first).
+    An activity is metered once a ``hold`` was posted for it. Its price is ``start``,
+    ``cpu_hour`` and ``env_hour`` (micro-credits: :attr:`price`). ``held`` is what its holds
+    (top-ups included) put in ``hold:<activity>`` minus what releases took out; ``captured``
+    what its captures took out (the hold's balance is ``held - captured``); ``seq`` how many
+    captures were posted (the next is ``capture:<activity>:<seq + 1>``), ``tops`` how many
+    top-ups (the next is ``hold:<activity>:<tops + 1>``); ``seconds`` and ``cpu_seconds`` what
+    the last capture billed (0 before the first).
 
-    ``ended`` is None for a live lease (its row is among :meth:`~kiln.hub.io.state.HubState.load`'s).
-    Otherwise the activity is over but its hold still has a balance (the hub died before
-    settling it): settle it as ended at ``ended`` (final capture, then release the rest). Its
-    ``cpu_seconds`` is then the last its provider measured, if the end recorded one. ``price``
-    is None (with ``provider`` None) for a hold whose activity never became a lease (the hub
-    died before ``rented``): nothing is due, release it all.
+    ``requestor`` is the account its holds came from, ``session`` and ``group`` those they were
+    posted for; ``provider``, ``cpus`` and ``started`` are its lease's. ``ended`` is None for a
+    live lease (one of :meth:`~kiln.hub.io.state.HubState.load`'s). Otherwise the activity is
+    over but its hold still has a balance (the hub died before settling it): settle it as
+    ended at ``ended`` (a final capture, then release the rest); its ``cpu_seconds`` are then
+    the last its provider measured, when its end recorded them. A hold whose rent never became
+    a lease (the hub died before ``rented``) has no ``provider``, a price of 0 and ``ended``
+    at its hold: nothing is due, release it all.
     """
 
     activity: str
-    requestor: str  # the account its holds came from (requestor:<credential>)
-    session: str | None  # the session and group its holds were posted for
-    group: str | None
-    provider: str | None
-    price: Price | None
-    cpus: float
-    started: float
+    start: int
+    cpu_hour: int
+    env_hour: int
     max_duration: float | None
     held: int
     captured: int
     seq: int
-    seconds: float
     cpu_seconds: float
+    seconds: float
+    requestor: str | None = None
+    session: str | None = None
+    group: str | None = None
+    provider: str | None = None
+    cpus: float = 0.0
+    started: float | None = None
     ended: float | None = None
+    tops: int = 0
+
+    @property
+    def price(self) -> Price:
+        return Price.micro(self.start, self.cpu_hour, self.env_hour)
 
 
 Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation

@@ -37,14 +37,6 @@ MAX_ENTRIES: Final = 16
 _IN_CHUNK: Final = 500
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerPage:
-    """Some transactions, newest first, and how many ``matched`` the query in all."""
-
-    transactions: list[Transaction]
-    matched: int
-
-
 def post(db: sqlite3.Connection, p: Post) -> bool:
     """Commit ``p`` unless a transaction with its key is there already; whether it was new.
 
@@ -103,12 +95,9 @@ def granted(db: sqlite3.Connection, account: str) -> int:
     return int(row[0])
 
 
-def transactions(
-    db: sqlite3.Connection, account: str | None = None, activity: str | None = None, limit: int = 100
-) -> LedgerPage:
-    """The latest ``limit`` transactions, newest first: all, or those of ``account`` (with an
-    entry in it, or of an activity it held for: a requestor sees its activities' captures and
-    releases), or those of ``activity``; both given, those of both."""
+def _of(account: str | None, activity: str | None) -> tuple[str, list[str]]:
+    """The condition on ``ledger_transactions`` that picks those of ``account`` (with an entry in
+    it, or of an activity it held for) and of ``activity``, and its arguments."""
     where, args = ["1 = 1"], []
     if account is not None:
         where.append(f"(id IN (SELECT txn FROM ledger_entries WHERE account = ?) OR activity IN ({_HOLDS_OF}))")
@@ -116,8 +105,22 @@ def transactions(
     if activity is not None:
         where.append("activity = ?")
         args.append(activity)
-    condition = " AND ".join(where)
-    matched = int(db.execute(f"SELECT COUNT(*) FROM ledger_transactions WHERE {condition}", args).fetchone()[0])
+    return " AND ".join(where), args
+
+
+def count(db: sqlite3.Connection, account: str | None = None, activity: str | None = None) -> int:
+    """How many transactions :func:`transactions` would list with no limit."""
+    condition, args = _of(account, activity)
+    return int(db.execute(f"SELECT COUNT(*) FROM ledger_transactions WHERE {condition}", args).fetchone()[0])
+
+
+def transactions(
+    db: sqlite3.Connection, account: str | None = None, activity: str | None = None, limit: int = 100
+) -> list[Transaction]:
+    """The latest ``limit`` transactions, newest first: all, or those of ``account`` (with an
+    entry in it, or of an activity it held for: a requestor sees its activities' captures and
+    releases), or those of ``activity``; both given, those of both."""
+    condition, args = _of(account, activity)
     rows = db.execute(
         f"SELECT id, key, kind, time, activity FROM ledger_transactions WHERE {condition} ORDER BY id DESC LIMIT ?",
         [*args, max(0, limit)],
@@ -134,7 +137,7 @@ def transactions(
         )
         for id_, key, kind, time, activity_ in rows
     ]
-    return LedgerPage(listed, matched)
+    return listed
 
 
 def _entries(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
@@ -202,9 +205,8 @@ def counts(db: sqlite3.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def committed(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
-    """Each stored budget (session, group, budget) with what its group's holds took minus what
-    their releases gave back."""
+def budgets(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+    """Each stored budget (session, group, budget) with what its group committed (:func:`committed`)."""
     rows = db.execute(
         "SELECT b.session, b.grp, b.budget, COALESCE(SUM(e.amount), 0) FROM budgets b "
         "LEFT JOIN ledger_transactions t ON t.session = b.session AND t.grp = b.grp AND t.kind IN ('hold', 'release') "
@@ -212,6 +214,17 @@ def committed(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
         "GROUP BY b.session, b.grp, b.budget ORDER BY b.session, b.grp"
     ).fetchall()
     return [(str(s), str(g), int(budget), int(total)) for s, g, budget, total in rows]
+
+
+def committed(db: sqlite3.Connection, session: str, group: str) -> int:
+    """What the group's holds (top-ups included) put in their activities' holds minus what
+    their releases took back: captures stay committed."""
+    row = db.execute(
+        "SELECT COALESCE(SUM(e.amount), 0) FROM ledger_transactions t JOIN ledger_entries e ON e.txn = t.id "
+        "AND e.account = 'hold:' || t.activity WHERE t.session = ? AND t.grp = ? AND t.kind IN ('hold', 'release')",
+        (session, group),
+    ).fetchone()
+    return int(row[0])
 
 
 # The activities the ledger meters: those in the activities table, and those ended whose hold
@@ -227,6 +240,7 @@ class _Sums:
     held: int = 0
     captured: int = 0
     seq: int = 0
+    tops: int = 0
     first_hold: int | None = None
     last_capture: int | None = None
 
@@ -248,7 +262,7 @@ def meters(db: sqlite3.Connection) -> list[MeterRecord]:
         else:
             s.held += int(total)
             if kind == "hold":
-                s.first_hold = int(first)
+                s.first_hold, s.tops = int(first), int(posts) - 1
     sums = {a: s for a, s in sums.items() if s.first_hold is not None}
     if not sums:
         return []
@@ -297,26 +311,29 @@ def meters(db: sqlite3.Connection) -> list[MeterRecord]:
         session, group, requestor, hold_time = firsts[s.first_hold]
         seconds, cpu_seconds = lasts.get(s.last_capture or 0, (0.0, 0.0))
         provider: str | None = None
-        price: Price | None = None
+        rates: Sequence[int | None] = (0, 0, 0)
         max_duration: float | None = None
         ended_at: float | None = hold_time  # a rent that never became a lease, unless found below
         cpus, started = 0.0, hold_time
         if activity in live:
             provider, cpus, started, max_duration, *rates = live[activity]
-            price, ended_at = price_of(rates), None
+            ended_at = None
         elif activity in ended:
             provider, cpus, started, ended_at, measured, *rates = ended[activity]
-            price = price_of(rates)
             if measured is not None:
                 cpu_seconds = max(cpu_seconds, float(measured))
+        start, cpu_hour, env_hour = (int(rate or 0) for rate in rates)
         out.append(
             MeterRecord(
                 activity=activity,
+                start=start,
+                cpu_hour=cpu_hour,
+                env_hour=env_hour,
                 requestor=requestor,
                 session=session,
                 group=group,
                 provider=provider,
-                price=price,
+                tops=s.tops,
                 cpus=float(cpus),
                 started=float(started),
                 max_duration=max_duration,

@@ -48,7 +48,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
 from kiln.hub.io import books
-from kiln.hub.io.books import LedgerPage
 from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
     BudgetRecord,
@@ -65,7 +64,7 @@ from kiln.hub.records import (
     SessionRecord,
 )
 from kiln.protocol.errors import KilnError, UsageError
-from kiln.protocol.messages import Name, Resources
+from kiln.protocol.messages import Name, Resources, Transaction
 
 log = logging.getLogger("kiln.hub.io.state")
 
@@ -586,10 +585,37 @@ class HubState:
         available and what is held for it (reversed charges came back: they count as not spent)."""
         return books.granted(self._db, account) - self.balance(account) - self.held(account)
 
-    def transactions(self, account: str | None = None, activity: str | None = None, limit: int = 100) -> LedgerPage:
-        """The latest ``limit`` transactions, newest first, with how many matched in all: every
-        one, those of ``account`` (an entry in it, or of an activity it held for), or of ``activity``."""
+    def transactions(
+        self, account: str | None = None, activity: str | None = None, limit: int = 100
+    ) -> list[Transaction]:
+        """The latest ``limit`` transactions, newest first: every one, those of ``account`` (an
+        entry in it, or of an activity it held for: a requestor's show its activities'
+        captures), or of ``activity``."""
         return books.transactions(self._db, account, activity, limit)
+
+    def count_transactions(self, account: str | None = None, activity: str | None = None) -> int:
+        """How many transactions :meth:`transactions` has to list, with no limit."""
+        return books.count(self._db, account, activity)
+
+    def budget(self, session: str, group: str) -> int | None:
+        """The budget the group's first rent set (:class:`~kiln.hub.records.SaveBudget`), if any;
+        0 when the database cannot be read (nothing more is held for the group)."""
+        try:
+            row = self._db.execute("SELECT budget FROM budgets WHERE session = ? AND grp = ?", (session, group))
+            found = row.fetchone()
+        except sqlite3.Error as e:
+            log.warning("cannot read the hub's database %s: %s", self.path, e)
+            return 0
+        return None if found is None else int(found[0])
+
+    def committed(self, session: str, group: str) -> int:
+        """What the group committed of its budget: its holds and top-ups, less its releases (captures
+        stay committed); a budget's worth when the database cannot be read."""
+        try:
+            return books.committed(self._db, session, group)
+        except sqlite3.Error as e:
+            log.warning("cannot read the hub's database %s: %s", self.path, e)
+            return books.MAX_AMOUNT
 
     def check(self) -> list[str]:
         """What is wrong with the ledger, a sentence each; none when it holds: each transaction
@@ -630,7 +656,7 @@ class HubState:
 
     def budgets(self) -> list[BudgetRecord]:
         """The budgets of the jobs of live sessions, with what each group committed (after :meth:`load`)."""
-        return [BudgetRecord(*row) for row in books.committed(self._db)]
+        return [BudgetRecord(*row) for row in books.budgets(self._db)]
 
     def reputations(self) -> dict[str, dict[str, float]]:
         """Each provider's reputation counters as last saved (a row that cannot be read is left out, logged)."""
