@@ -5,7 +5,7 @@ of the changes below among its actions, *before* the message that tells a peer a
 (write before acknowledging). The I/O layer carries actions out in order, so the row is
 committed before that message leaves. :mod:`kiln.hub.io.state` holds the tables; at start
 it hands back what they hold (:class:`SessionRecord`, :class:`LeaseRecord`, and for the
-ledger :class:`MeterRecord`, :class:`BudgetRecord` and the reputation counters) for
+ledger :class:`MeterRecord` and the reputation counters) for
 :meth:`kiln.hub.core.HubCore.restore`.
 
 Only what a peer was told is written: a lease once its ``rented`` is about to go out (an
@@ -101,17 +101,6 @@ class SaveReputation:
 
     provider: str
     counters: dict[str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetRecord:
-    """A job's budget as a restart finds it: ``committed`` is what its group's holds took minus
-    what their releases gave back (captures stay committed), micro-credits."""
-
-    session: str
-    group: str
-    budget: int
-    committed: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -205,17 +205,6 @@ def counts(db: sqlite3.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def budgets(db: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
-    """Each stored budget (session, group, budget) with what its group committed (:func:`committed`)."""
-    rows = db.execute(
-        "SELECT b.session, b.grp, b.budget, COALESCE(SUM(e.amount), 0) FROM budgets b "
-        "LEFT JOIN ledger_transactions t ON t.session = b.session AND t.grp = b.grp AND t.kind IN ('hold', 'release') "
-        "LEFT JOIN ledger_entries e ON e.txn = t.id AND e.account = 'hold:' || t.activity "
-        "GROUP BY b.session, b.grp, b.budget ORDER BY b.session, b.grp"
-    ).fetchall()
-    return [(str(s), str(g), int(budget), int(total)) for s, g, budget, total in rows]
-
-
 def committed(db: sqlite3.Connection, session: str, group: str) -> int:
     """What the group's holds (top-ups included) put in their activities' holds minus what
     their releases took back: captures stay committed."""

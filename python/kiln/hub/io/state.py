@@ -7,7 +7,8 @@ usage record of every activity that ended: a row per activity for ``--usage-rete
 requestor (name and credential) and provider, which ``kiln usage`` sums as it sums the rows.
 It holds the ledger too (its SQL in :mod:`kiln.hub.io.books`: transactions, entries, cached
 balances), jobs' budgets and providers' reputation counters, which a restart reads back
-(:meth:`HubState.meters`, :meth:`HubState.budgets`, :meth:`HubState.reputations`).
+(:meth:`HubState.meters`, :meth:`HubState.reputations`; a job's budget when the core asks:
+:meth:`HubState.budget`, :meth:`HubState.committed`).
 Each table came with one entry of
 :data:`MIGRATIONS` (the ``schema_version`` table says how many have run). The SQL is plain,
 so that PostgreSQL could hold the same tables: the only SQLite-specific parts are the
@@ -50,7 +51,6 @@ from kiln.hub.access import ROLES, Credential, Role
 from kiln.hub.io import books
 from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
-    BudgetRecord,
     Change,
     Destroying,
     EndLease,
@@ -653,10 +653,6 @@ class HubState:
         (``ended`` None), and one per activity that is over but whose hold still has a balance,
         to settle (see :class:`~kiln.hub.records.MeterRecord`)."""
         return books.meters(self._db)
-
-    def budgets(self) -> list[BudgetRecord]:
-        """The budgets of the jobs of live sessions, with what each group committed (after :meth:`load`)."""
-        return [BudgetRecord(*row) for row in books.budgets(self._db)]
 
     def reputations(self) -> dict[str, dict[str, float]]:
         """Each provider's reputation counters as last saved (a row that cannot be read is left out, logged)."""
