@@ -54,7 +54,18 @@ if TYPE_CHECKING:
         UnsupportedVersion,
         UsageError,
     )
-    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, ProviderInfo, Resources
+    from kiln.protocol.messages import (
+        ActivityInfo,
+        Demand,
+        Entry,
+        ImageInfo,
+        ImageList,
+        LedgerList,
+        Price,
+        ProviderInfo,
+        Resources,
+        Transaction,
+    )
     from kiln.requestor.activity import (
         Activity,
         CommandFailed,
@@ -63,7 +74,7 @@ if TYPE_CHECKING:
         Result,
         StreamEvent,
     )
-    from kiln.requestor.client import Rental, Requestor, connect
+    from kiln.requestor.client import Balance, Rental, Requestor, connect
     from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
@@ -95,7 +106,18 @@ _HOMES = {
         "UnsupportedVersion",
         "UsageError",
     ],
-    "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
+    "kiln.protocol.messages": [
+        "ActivityInfo",
+        "Demand",
+        "Entry",
+        "ImageInfo",
+        "ImageList",
+        "LedgerList",
+        "Price",
+        "ProviderInfo",
+        "Resources",
+        "Transaction",
+    ],
     "kiln.requestor.activity": [
         "Activity",
         "CommandFailed",
@@ -104,7 +126,7 @@ _HOMES = {
         "Result",
         "StreamEvent",
     ],
-    "kiln.requestor.client": ["Rental", "Requestor", "connect"],
+    "kiln.requestor.client": ["Balance", "Rental", "Requestor", "connect"],
     "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
@@ -115,6 +137,7 @@ __all__ = [
     "Activity",
     "ActivityError",
     "ActivityInfo",
+    "Balance",
     "Cancelled",
     "CommandFailed",
     "CommandTimeout",
@@ -123,6 +146,7 @@ __all__ = [
     "ContainerFailed",
     "Demand",
     "DownloadTooLarge",
+    "Entry",
     "ErrorCode",
     "FileNotFound",
     "ImageCorrupt",
@@ -136,8 +160,10 @@ __all__ = [
     "JobEvent",
     "JobSummary",
     "KilnError",
+    "LedgerList",
     "LocalProtocolError",
     "NoMatch",
+    "Price",
     "ProgressView",
     "ProtocolError",
     "ProviderInfo",
@@ -154,6 +180,7 @@ __all__ = [
     "StreamEvent",
     "TaskFailed",
     "TaskTimeout",
+    "Transaction",
     "TransferFailed",
     "Unauthorized",
     "UnsupportedVersion",
