@@ -415,7 +415,7 @@ class HubCore(Sessions):
             return
         if isinstance(message, Offer):
             first = p.id not in self.market
-            p.price = message.price if p.minor >= 5 else None
+            p.price = message.price
             self.market.update(p.id, p.name, message, pulls=p.minor >= 1, apart=p.minor >= 4)
             if first:  # a provider back after a restart holds its activities' capacity already
                 for activity_id in sorted(p.activities):

@@ -53,9 +53,7 @@ class Metering(Relay):
     def _meter_tick(self) -> None:
         """End what reached its ``max_duration``; capture (or ask to meter) what is due; top up holds."""
         now = self._clock()
-        for activity_id, until in sorted(self._expiring.items()):
-            if until > now:
-                continue
+        for activity_id in sorted(a for a, until in self._expiring.items() if until <= now):
             del self._expiring[activity_id]
             lease = self.activities.get(activity_id)
             if lease is not None and lease.state in ("ready", "absent"):
