@@ -4,8 +4,9 @@ Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
 * A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
-  ``download``, ``credit``, ``cancel`` and upload stream frames. A provider sends ``offer``,
-  ``credit``, replies to the hub's requests and download stream frames. Anything else is
+  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict`` and upload stream
+  frames. A provider sends ``offer``, ``credit``, replies to the hub's requests and download
+  stream frames. Anything else is
   ``out_of_order``.
 * Every request a requestor makes on an activity is forwarded to the activity's provider
   under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
@@ -20,6 +21,11 @@ Rules that everything affecting the hub's state must follow live here:
   (:mod:`kiln.hub.flow`).
 * Capacity is reserved when a provider is chosen and released when its container is
   destroyed or its provider is gone.
+* A hub with accounts that admits only by credentials charges for priced providers
+  (:mod:`kiln.hub.metering`): a rent's worst case is held before its ``create`` goes out, what
+  is due is captured every ``capture_interval`` and at every end, after which the hold's rest
+  goes back; every movement is a :class:`~kiln.hub.ledger.Post` among the actions, under a key
+  that makes a replay harmless.
 * A requestor whose connection ends keeps its activities for ``grace`` seconds (its open
   requests are cancelled, its streams aborted): a ``hello`` carrying the ``resume`` secret
   of its last ``welcome`` takes them over under the new peer id. Past the grace period
