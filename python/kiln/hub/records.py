@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from kiln.hub.ledger import Post
-from kiln.protocol.messages import Resources
+from kiln.protocol.messages import Price, Resources
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +43,26 @@ class LeaseRecord:
     group: str | None
     image: str | None  # the digest of the stored image it runs
     started: float
+    price: Price | None = None  # its provider's price when metered (1.5)
+    max_duration: float | None = None  # seconds its rent may hold it (1.5)
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRecord:
+    """A metered activity's account as the ledger holds it, for :meth:`kiln.hub.core.HubCore.restore`:
+    its price (micro-credits), what was held and captured for it, the last capture's ``seq``,
+    and the wall and CPU seconds it billed."""
+
+    activity: str
+    start: int
+    cpu_hour: int
+    env_hour: int
+    max_duration: float | None
+    held: int
+    captured: int
+    seq: int
+    cpu_seconds: float
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
