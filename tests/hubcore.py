@@ -12,13 +12,17 @@ What the core sends comes back from each call as ``(peer, message)`` pairs: a te
 its JSON, a binary frame as its bytes (only text frames with ``frames=False``). Closes,
 log lines and every other action (the store's, the changes to write) are kept in
 :attr:`HubHarness.closed`, :attr:`HubHarness.logs` and :attr:`HubHarness.actions`; with a
-``state`` (:class:`~kiln.hub.io.state.HubState`) the changes are also written to it, in order.
+``state`` (:class:`~kiln.hub.io.state.HubState`) the changes are also written to it, in order,
+and the harness starts from what it holds (leases and their meters); with a ``book``
+(:class:`Book`, the core's accounts) the ledger's are posted to it; ``accounts=state`` makes
+the database itself the core's accounts.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +31,9 @@ from kiln.hub.access import Credential
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.core import HubCore
 from kiln.hub.io.state import HubState
-from kiln.hub.records import Change
+from kiln.hub.ledger import MINT, Post, hold_account, requestor_account
+from kiln.hub.records import Change, MeterRecord, SaveBudget
+from kiln.protocol.messages import Entry, Price, Transaction
 
 GiB = 2**30
 MiB = 2**20
@@ -55,6 +61,102 @@ class FakeCredentials:
         return name in self.bound_names
 
 
+class Book:
+    """An in-memory ledger (:class:`kiln.hub.ledger.Accounts`): the harness applies the core's
+    :class:`Post` and :class:`SaveBudget` changes to it, a key posted once whatever its replays."""
+
+    def __init__(self) -> None:
+        self.posts: list[Post] = []
+        self.replays = 0
+        self._keys: set[str] = set()
+        self._balances: Counter[str] = Counter()
+        self._budgets: dict[tuple[str, str], int] = {}
+
+    def apply(self, change: Post | SaveBudget) -> None:
+        if isinstance(change, SaveBudget):
+            self._budgets.setdefault((change.session, change.group), change.budget)
+            return
+        if change.key in self._keys:
+            self.replays += 1
+            return
+        self._keys.add(change.key)
+        self.posts.append(change)
+        for account, amount in change.entries:
+            self._balances[account] += amount
+
+    def grant(self, credential: int, credits_micro: int) -> None:
+        account = requestor_account(credential)
+        entries = ((MINT, -credits_micro), (account, credits_micro))
+        self.apply(Post(f"grant:{len(self.posts)}", "grant", 0.0, entries))
+
+    # --- Accounts -------------------------------------------------------------------------
+
+    def balance(self, account: str) -> int:
+        return self._balances[account]
+
+    def transactions(
+        self, account: str | None = None, activity: str | None = None, limit: int = 100
+    ) -> list[Transaction]:
+        found = [
+            Transaction(
+                id=number,
+                key=post.key,
+                kind=post.kind,
+                time=post.time,
+                activity=post.activity,
+                entries=[Entry(account=a, amount=x) for a, x in post.entries],
+            )
+            for number, post in enumerate(self.posts, start=1)
+            if (account is None or any(a == account for a, _ in post.entries))
+            and (activity is None or post.activity == activity)
+        ]
+        return found[::-1][:limit]
+
+    def budget(self, session: str, group: str) -> int | None:
+        return self._budgets.get((session, group))
+
+    def committed(self, session: str, group: str) -> int:
+        total = 0
+        for post in self.posts:
+            if post.session == session and post.group == group and post.kind in ("hold", "release"):
+                total += sum(x for a, x in post.entries if a.startswith("hold:"))
+        return total
+
+    # --- what a test looks at --------------------------------------------------------------
+
+    def of(self, kind: str, activity: str | None = None) -> list[Post]:
+        return [p for p in self.posts if p.kind == kind and (activity is None or p.activity == activity)]
+
+    def check(self) -> None:
+        """Every transaction sums to zero and the balances are their entries' sums."""
+        sums: Counter[str] = Counter()
+        for post in self.posts:
+            assert sum(x for _, x in post.entries) == 0, post
+            for account, amount in post.entries:
+                sums[account] += amount
+        assert +sums == +self._balances and -sums == -self._balances
+
+    def meter(self, activity: str, price: Price, max_duration: float | None = None) -> MeterRecord:
+        """The activity's meter as the hub's database would hand it back at a restart."""
+        hold = hold_account(activity)
+        held = sum(x for p in self.of("hold", activity) for a, x in p.entries if a == hold)
+        captures = self.of("capture", activity)
+        captured = -sum(x for p in captures for a, x in p.entries if a == hold)
+        last = captures[-1] if captures else None
+        return MeterRecord(
+            activity,
+            price.start,
+            price.cpu_hour,
+            price.env_hour,
+            max_duration,
+            held,
+            captured,
+            len(captures),
+            last.cpu_seconds or 0.0 if last else 0.0,
+            last.seconds or 0.0 if last else 0.0,
+        )
+
+
 class HubHarness:
     """A hub core on a fake clock (``now``; ``wall`` apart when set), driven with literal messages.
 
@@ -72,6 +174,7 @@ class HubHarness:
         wall: float | None = None,
         frames: bool = True,
         state: HubState | None = None,
+        book: Book | None = None,
         **options: Any,
     ) -> None:
         self.now = now
@@ -79,11 +182,13 @@ class HubHarness:
         self.version = version
         self.frames = frames
         self._state = state
+        self.book = book
         ids = itertools.count(1)
         self.core = HubCore(
             clock=lambda: self.now if self.wall is None else self.wall,
             monotonic=lambda: self.now,
             new_activity_id=lambda: activity_ids.format(next(ids)),
+            accounts=options.pop("accounts", book),  # accounts=state: the hub's database is the book
             **options,
         )
         self.closed: list[Close] = []
@@ -94,7 +199,8 @@ class HubHarness:
         """Changes and the messages sent, in the order the I/O layer would carry them out."""
         self._peers = itertools.count(1)
         if state is not None:
-            self.take(self.core.restore(*state.load()))
+            sessions, leases = state.load()
+            self.take(self.core.restore(sessions, leases, state.meters()))
 
     @property
     def state(self) -> HubState:
@@ -125,6 +231,8 @@ class HubHarness:
                     self.events.append(action)
                     if self._state is not None:
                         self._state.apply(action)
+                    if self.book is not None and isinstance(action, Post | SaveBudget):
+                        self.book.apply(action)
         return out
 
     def send(self, peer: int, message: dict[str, Any] | bytes | str) -> list[tuple[int, Any]]:

@@ -216,3 +216,21 @@ async def test_a_hub_serves_with_a_fee_and_refuses_one_of_a_whole_payment(tmp_pa
         assert server.sockets
     refused = await asyncio.to_thread(kiln_cli, "hub", "--fee", "1", "--data-dir", str(tmp_path))
     assert refused.returncode == 2 and "--fee: a fee is a fraction of each payment below 1" in refused.stderr
+
+
+async def test_kiln_balance_at_a_real_hub_shows_what_was_granted(tmp_path: Path) -> None:
+    with HubState.in_dir(tmp_path) as state:
+        _, token = state.create("requestor", "alice")
+    granted = await asyncio.to_thread(kiln_cli, "credit", "grant", "alice", "2.5", "--data-dir", str(tmp_path))
+    assert granted.returncode == 0, granted.stderr
+    async with start("127.0.0.1", 0, data_dir=tmp_path) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
+        shown = await asyncio.to_thread(kiln_cli, "balance", "--hub", url, "--token", token, "--json")
+        async with kiln.connect(url, token=token, reconnect=False) as requestor:
+            listed = await requestor.ledger()
+    assert shown.returncode == 0, shown.stderr
+    account = json.loads(shown.stdout)
+    assert (account["account"], account["available_micro"], account["held_micro"]) == ("requestor:1", 2_500_000, 0)
+    assert [(t.kind, [(e.account, e.amount) for e in t.entries]) for t in listed.transactions] == [
+        ("grant", [("mint", -2_500_000), ("requestor:1", 2_500_000)])
+    ]

@@ -143,6 +143,10 @@ function check(raw, side) {
     const details = "(message): a share names tenants in 'to', or 'public': true, or both";
     throw invalid(side, `invalid 'share_image' message: ${details}`, ErrorCode.BAD_MESSAGE, re);
   }
+  if (message.type === "rent" && message.budget !== null && message.group === null) {
+    const details = "(message): a budget is a group's: give the rent a group";
+    throw invalid(side, `invalid 'rent' message: ${details}`, ErrorCode.BAD_MESSAGE, re);
+  }
   return deepFreeze(raw);
 }
 

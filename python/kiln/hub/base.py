@@ -8,6 +8,8 @@ named for its concern, each using only the ones below it:
 * :mod:`kiln.hub.leases`: renting, the market and activities listed, destroying;
 * :mod:`kiln.hub.relay`: requests and their replies relayed under translated ids, stream frames
   within credit (:mod:`kiln.hub.flow`), what a provider's departure ends;
+* :mod:`kiln.hub.metering`: priced activities metered and charged (:mod:`kiln.hub.ledger`), ended
+  at their ``max_duration``; the ``balance``, ``ledger`` and ``verdict`` requests;
 * :mod:`kiln.hub.store_link`: the image store's requests, pushes and blobs served to providers;
 * :mod:`kiln.hub.sessions`: hello and welcome, resuming a session, the hub's restart;
 * :mod:`kiln.hub.core`: the entry points the I/O layer calls, and dispatch.
@@ -21,19 +23,20 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Final, Literal
+from typing import Final, Literal, Protocol
 
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import Catalog
 from kiln.hub.deadlines import Deadlines
 from kiln.hub.flow import Flow
+from kiln.hub.ledger import Ended, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import Lease, Peer
 from kiln.hub.records import EndLease, SessionRecord
 from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
 from kiln.protocol.errors import RemoteProtocolError
-from kiln.protocol.messages import Error, Limits, Message, clip, serialize
+from kiln.protocol.messages import Cost, Error, Limits, Message, clip, serialize
 
 GRACE: Final = 60.0
 """Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
@@ -51,6 +54,19 @@ PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
 
 
+class Reputation(Protocol):
+    """What the core tells of providers' track record (:mod:`kiln.hub.reputation` keeps it)."""
+
+    def verdict(self, name: str, won: bool) -> None: ...
+
+
+class NoReputation:
+    """Keeps nothing (until the hub's reputation is given)."""
+
+    def verdict(self, name: str, won: bool) -> None:
+        pass
+
+
 class CoreBase:
     """The state every layer of the core reads and changes (set up by :class:`~kiln.hub.core.HubCore`)."""
 
@@ -63,6 +79,9 @@ class CoreBase:
     catalog: Catalog
     """The image store's contents (its files are the I/O layer's)."""
     market: Market
+    ledger: Ledger
+    """The meters of priced activities (:mod:`kiln.hub.ledger`): in use only with accounts and credentials."""
+    reputation: Reputation
     flow: Flow
     deadlines: Deadlines
     create_timeout: float
@@ -82,6 +101,7 @@ class CoreBase:
     _held: dict[int, tuple[Peer, float]]  # requestors gone, until their grace period ends
     _absent: dict[str, set[str]]  # since a restart: provider name -> its leases not yet reported
     _absent_until: float
+    _expiring: dict[str, float]  # activity -> when its rent's max_duration is reached (the clock's time)
 
     # --- output ---------------------------------------------------------------------------
 
@@ -121,15 +141,44 @@ class CoreBase:
         self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")
 
     def _flush(self) -> list[Action]:
+        self.ledger.flushed()  # what it held is written before the next balance is asked
         out = list(self._out)
         self._out.clear()  # the same list: the flow's emit appends to it
         return out
 
     def _ended(self, lease: Lease, cpu_seconds: float | None) -> None:
-        """The lease is over: its record goes (and its usage is appended)."""
+        """The lease is over: its final capture and the release of its hold (if priced), then its
+        record goes (and its usage is appended)."""
+        self._expiring.pop(lease.id, None)
+        posts, cost = self.ledger.close(lease.id, self._clock(), cpu_seconds)
+        self._out += posts
+        if cost is not None:
+            self._tell_cost(lease, cost)
+        owner = self.peers.get(lease.requestor) or self._held.get(lease.requestor, (None, 0.0))[0]
+        if owner is not None and lease.state != "creating":
+            self.ledger.remember(lease.id, Ended(owner.session, lease.credential, lease.provider_name))
         if lease.saved:
             lease.saved = False
             self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+
+    def _charge(self, lease: Lease, cpu_seconds: float | None) -> None:
+        """Capture what the priced ``lease`` owes by now (``cpu_seconds``: what its provider just
+        reported; ``None``: the last known) and, if anything became due, tell what it owes."""
+        meter = self.ledger.meters.get(lease.id)
+        if meter is None:
+            return
+        post, cost = self.ledger.capture(meter, self._clock(), cpu_seconds)
+        if post is not None:
+            self._out.append(post)
+            if cost is not None:
+                self._tell_cost(lease, cost)
+
+    def _tell_cost(self, lease: Lease, cost: Cost) -> None:
+        """Tell the lease's requestor and provider (those here and speaking 1.5) what it owes so far."""
+        for peer in (lease.requestor, lease.provider):
+            q = self.peers.get(peer)
+            if q is not None and q.minor >= 5:
+                self._send(q.id, cost)
 
     def _session_record(self, p: Peer) -> SessionRecord:
         p.saved = True

@@ -4,8 +4,9 @@ Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
 * A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
-  ``download``, ``credit``, ``cancel`` and upload stream frames. A provider sends ``offer``,
-  ``credit``, replies to the hub's requests and download stream frames. Anything else is
+  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict`` and upload stream
+  frames. A provider sends ``offer``, ``credit``, replies to the hub's requests and download
+  stream frames. Anything else is
   ``out_of_order``.
 * Every request a requestor makes on an activity is forwarded to the activity's provider
   under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
@@ -20,6 +21,11 @@ Rules that everything affecting the hub's state must follow live here:
   (:mod:`kiln.hub.flow`).
 * Capacity is reserved when a provider is chosen and released when its container is
   destroyed or its provider is gone.
+* A hub with accounts that admits only by credentials charges for priced providers
+  (:mod:`kiln.hub.metering`): a rent's worst case is held before its ``create`` goes out, what
+  is due is captured every ``capture_interval`` and at every end, after which the hold's rest
+  goes back; every movement is a :class:`~kiln.hub.ledger.Post` among the actions, under a key
+  that makes a replay harmless.
 * A requestor whose connection ends keeps its activities for ``grace`` seconds (its open
   requests are cancelled, its streams aborted): a ``hello`` carrying the ``resume`` secret
   of its last ``welcome`` takes them over under the new peer id. Past the grace period
@@ -78,12 +84,14 @@ from kiln.hub.base import (
     MAX_ACTIVITIES,
     PER_CREDENTIAL,
     PROGRESS_BYTES,
+    NoReputation,
     shown,
 )
 from kiln.hub.catalog import Catalog
 from kiln.hub.deadlines import HEAP_FLOOR, Deadlines
 from kiln.hub.flow import HUB, Flow, Route
 from kiln.hub.leases import not_found, not_stored
+from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
 from kiln.hub.sessions import Sessions
@@ -95,6 +103,7 @@ from kiln.protocol.codes import (
 from kiln.protocol.errors import RemoteProtocolError, UsageError
 from kiln.protocol.messages import (
     ActivitiesQuery,
+    BalanceQuery,
     Cancel,
     Credit,
     Done,
@@ -103,6 +112,7 @@ from kiln.protocol.messages import (
     Error,
     Exec,
     ExecResult,
+    LedgerQuery,
     Limits,
     ListImages,
     MarketQuery,
@@ -114,6 +124,7 @@ from kiln.protocol.messages import (
     Rent,
     ShareImage,
     Upload,
+    VerdictReport,
     Want,
     parse,
 )
@@ -136,13 +147,26 @@ __all__ = [
 REQUESTOR_SENDS = frozenset(
     {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
     | {"push_image", "list_images", "remove_image", "share_image"}
+    | {"balance", "ledger", "verdict"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
 
 
 StoreAsk: TypeAlias = PushImage | ListImages | RemoveImage | ShareImage
 """The requests a requestor sends to the image store."""
-RequestorRequest: TypeAlias = Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | StoreAsk
+RequestorRequest: TypeAlias = (
+    Rent
+    | Release
+    | MarketQuery
+    | ActivitiesQuery
+    | Exec
+    | Upload
+    | Download
+    | StoreAsk
+    | BalanceQuery
+    | LedgerQuery
+    | VerdictReport
+)
 """The requests a requestor may send that open a request of its own (all but ``credit`` and ``cancel``)."""
 
 
@@ -167,7 +191,10 @@ class HubCore(Sessions):
         grace: float = GRACE,
         credit_timeout: float = CREDIT_TIMEOUT,
         per_credential: int = PER_CREDENTIAL,
+        accounts: Accounts | None = None,
         fee_ppm: int = 0,
+        capture_interval: float = CAPTURE_INTERVAL,
+        hold_window: float = HOLD_WINDOW,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -177,8 +204,11 @@ class HubCore(Sessions):
             raise UsageError("the connections per credential must be at least 1")
         if not 0 <= grace < math.inf:
             raise UsageError("the grace period must be 0 (none) or a number of seconds")
-        if not 0 <= fee_ppm < 1_000_000:
-            raise UsageError("the hub's fee is a fraction of each payment, at least 0 and below 1")
+        if not 0 <= fee_ppm <= PPM or capture_interval <= 0 or hold_window < MIN_HOLD:
+            raise UsageError(
+                f"the fee is 0 to {PPM:,} parts per million, the capture interval positive and the hold window "
+                f"at least {MIN_HOLD:g} s"
+            )
         self.token = token
         self.credentials = credentials
         self.software = software
@@ -193,6 +223,8 @@ class HubCore(Sessions):
         )
         self.catalog = catalog or Catalog(0)
         self.market = Market(self.catalog)
+        self.ledger = Ledger(accounts, fee_ppm=fee_ppm, capture_interval=capture_interval, hold_window=hold_window)
+        self.reputation = NoReputation()
         self._out = []
         # Stream bytes in flight toward one receiver: half its buffer (the rest is room for messages).
         self.flow = Flow(self.limits.chunk_bytes, buffer_bytes // 2, self._out.append)
@@ -202,8 +234,6 @@ class HubCore(Sessions):
         self.max_activities = max_activities
         self.grace = grace
         self.per_credential = per_credential
-        self.fee_ppm = fee_ppm
-        """The hub's share of each capture, in parts per million (``kiln hub --fee``)."""
         self.peers = {}
         self.providers = {}
         self.activities = {}
@@ -215,6 +245,7 @@ class HubCore(Sessions):
         self._held = {}
         self._absent = {}
         self._absent_until = 0.0
+        self._expiring = {}
 
     # --- entry points --------------------------------------------------------------
 
@@ -273,6 +304,7 @@ class HubCore(Sessions):
         its capacity leaves the market.
         """
         now = self._monotonic()
+        self._meter_tick()
         self._expire_sessions(now)
         self._starved(now)
         self.deadlines.compact(self.peers.values())
@@ -360,6 +392,12 @@ class HubCore(Sessions):
             self._list_activities(p, message)
         elif isinstance(message, Rent):
             self._rent(p, message)
+        elif isinstance(message, BalanceQuery):
+            self._balance(p, message)
+        elif isinstance(message, LedgerQuery):
+            self._ledger_list(p, message)
+        elif isinstance(message, VerdictReport):
+            self._verdict(p, message)
         else:
             activity = self.activities.get(message.activity)
             if activity is not None and activity.requestor == p.id and activity.state == "absent":
@@ -383,6 +421,7 @@ class HubCore(Sessions):
             return
         if isinstance(message, Offer):
             first = p.id not in self.market
+            p.price = message.price
             self.market.update(p.id, p.name, message, pulls=p.minor >= 1, apart=p.minor >= 4)
             if first:  # a provider back after a restart holds its activities' capacity already
                 for activity_id in sorted(p.activities):

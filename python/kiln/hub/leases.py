@@ -12,9 +12,10 @@ import orjson
 
 from kiln.hub.base import CoreBase, credential_id
 from kiln.hub.catalog import Tenant, is_digest
+from kiln.hub.ledger import Meter, Refusal, requestor_account
 from kiln.hub.market import granted
 from kiln.hub.peers import Lease, Peer, Pending
-from kiln.hub.records import Destroying
+from kiln.hub.records import Destroying, SaveBudget
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.messages import (
@@ -30,6 +31,7 @@ from kiln.protocol.messages import (
     Resources,
     clip,
 )
+from kiln.protocol.money import is_free
 
 
 class Leases(CoreBase):
@@ -115,8 +117,14 @@ class Leases(CoreBase):
         d = granted(message.demand)  # the storage its volume will have: reserved, and sent to the provider
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         q = self.peers[provider]
+        activity_id = self._new_activity_id()
+        if self._priced(q):  # held before anything starts
+            refusal = self._hold(p, message, q, activity_id, resources.cpus)
+            if refusal is not None:
+                self._error(p, message.id, refusal.code, refusal.message)
+                return
         activity = Lease(
-            self._new_activity_id(),
+            activity_id,
             p.id,
             provider,
             resources,
@@ -126,6 +134,7 @@ class Leases(CoreBase):
             requestor_name=p.name,
             credential=credential_id(p),
         )
+        activity.max_duration = message.max_duration
         if stored is not None:
             activity.image = stored.digest
             self.catalog.use(stored.digest, self._clock())
@@ -149,6 +158,37 @@ class Leases(CoreBase):
             manifest = stored.manifest_for(q.minor) if q.minor >= 1 else None
             create = create.model_copy(update={"image": stored.digest, "manifest": manifest})
         self._send(provider, create)
+
+    def _priced(self, q: Peer) -> bool:
+        """Whether a rent on provider ``q`` is held and charged: the hub keeps accounts, admits
+        only by credentials, and ``q`` is not free (an open hub lists prices, charges nothing)."""
+        return (
+            self.ledger.accounts is not None
+            and self.credentials is not None
+            and self.credentials.required()
+            and not is_free(q.price)
+        )
+
+    def _hold(self, p: Peer, message: Rent, q: Peer, activity: str, cpus: float) -> Refusal | None:
+        """Hold the worst case of the rent on ``q`` for requestor ``p`` (its group's budget set by
+        the group's first rent), or say why it cannot be held."""
+        if p.credential is None:
+            return Refusal(ErrorCode.INSUFFICIENT_FUNDS, "no account: join with a requestor credential")
+        assert q.price is not None
+        group = message.group
+        if (
+            group is not None
+            and message.budget is not None
+            and self.ledger.set_budget(p.session, group, message.budget)
+        ):
+            self._out.append(SaveBudget(p.session, group, message.budget))
+        account = requestor_account(p.credential.id)
+        meter = Meter(activity, account, q.name, q.price, cpus, message.max_duration, p.session, group)
+        held = self.ledger.open(meter, self._clock())
+        if isinstance(held, Refusal):
+            return held
+        self._out.append(held)
+        return None
 
     def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:
         self._log("info", f"activity {activity.id}: destroying")

@@ -17,7 +17,7 @@ from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
 from kiln.hub.flow import Route
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.messages import MAX_ID, Download, Exec, Release, Resources, Upload
+from kiln.protocol.messages import MAX_ID, Download, Exec, Price, Release, Resources, Upload
 
 ABSENT: Final = -1
 """The provider of a lease whose provider has not dialled again since the hub restarted; in a
@@ -28,7 +28,7 @@ requestor's open requests, a request that waits for such a lease."""
 class Pending:
     """A request the hub sent to a provider and awaits the reply to."""
 
-    kind: Literal["create", "destroy", "exec", "upload", "download"]
+    kind: Literal["create", "destroy", "exec", "upload", "download", "meter"]
     activity: str
     requestor: int | None
     r_id: int | None
@@ -60,6 +60,7 @@ class Lease:
     credential: int | None = None  # the credential its requestor joined with
     named_image: str | None = None  # the image its rent named, when not the store's (not kept through a restart)
     started: float = 0.0  # when it became ready (the clock's time)
+    max_duration: float | None = None  # seconds its rent may hold it: the hub ends it then (1.5)
     saved: bool = False  # written to the hub's state (once its requestor was told of it)
     parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
 
@@ -71,6 +72,7 @@ class Peer:
     name: str = ""
     credential: Credential | None = None  # the credential it joined with, if any
     minor: int = 0  # the minor protocol version spoken with this peer
+    price: Price | None = None  # provider: the price of its last offer (None: free)
     activities: set[str] = field(default_factory=set)
     # requestor: for each group of its rents, how many live leases it holds on each provider peer
     groups: dict[str, Counter[int]] = field(default_factory=dict)

@@ -153,6 +153,11 @@ class Relay(Leases):
                 activity.state = "ready"
                 activity.started = self._clock()
                 activity.saved = True
+                meter = self.ledger.meters.get(activity.id)
+                if meter is not None:  # billed from now on
+                    meter.started, meter.next = activity.started, activity.started + self.ledger.capture_interval
+                if activity.max_duration is not None:
+                    self._expiring[activity.id] = activity.started + activity.max_duration
                 record = LeaseRecord(
                     activity.id,
                     requestor.session,
@@ -161,6 +166,8 @@ class Relay(Leases):
                     activity.group,
                     activity.image,
                     activity.started,
+                    price=meter.price if meter is not None else None,
+                    max_duration=activity.max_duration,
                 )
                 self._out.append(SaveLease(record, self._session_record(requestor)))  # before rented
                 self._log("info", f"activity {activity.id} of {shown(requestor.name)} runs on {shown(p.name)}")
@@ -177,6 +184,8 @@ class Relay(Leases):
                     resources=activity.resources,
                     pulled=told,
                 )
+                if requestor.minor >= 5 and p.price is not None:
+                    rented = rented.model_copy(update={"price": p.price, "hold": meter.held if meter else None})
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
@@ -189,6 +198,11 @@ class Relay(Leases):
                 self._fail_requestor(pending, ErrorCode.CANCELLED, "rent cancelled")
             else:
                 self._to_requestor(p, pending, reply)
+        elif pending.kind == "meter":
+            if (meter := self.ledger.meters.get(pending.activity)) is not None:
+                meter.asking = False
+            if activity is not None and activity.state == "ready":
+                self._charge(activity, reply.cpu_seconds if isinstance(reply, Done) else None)
         else:
             self._to_requestor(p, pending, reply)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
+from collections.abc import Sequence
 
 from kiln.hub.access import Admitted, Credential, admit
 from kiln.hub.actions import Action, Close, PushCancelled
@@ -24,8 +25,9 @@ from kiln.hub.base import (
     shown,
 )
 from kiln.hub.flow import Route
+from kiln.hub.ledger import requestor_account
 from kiln.hub.peers import ABSENT, Lease, Peer
-from kiln.hub.records import EndSession, LeaseRecord, SaveSession, SessionRecord
+from kiln.hub.records import EndSession, LeaseRecord, MeterRecord, SaveSession, SessionRecord
 from kiln.hub.store_link import StoreLink
 from kiln.protocol import frames
 from kiln.protocol.codes import (
@@ -60,12 +62,18 @@ from kiln.protocol.messages import (
 class Sessions(StoreLink):
     """Who a peer is, and what outlives its connection (and the hub's)."""
 
-    def restore(self, sessions: list[SessionRecord], leases: list[LeaseRecord]) -> list[Action]:
-        """Take back what the last run of the hub wrote down (:meth:`kiln.hub.io.state.HubState.load`).
+    def restore(
+        self, sessions: list[SessionRecord], leases: list[LeaseRecord], meters: Sequence[MeterRecord] = ()
+    ) -> list[Action]:
+        """Take back what the last run of the hub wrote down (:meth:`kiln.hub.io.state.HubState.load`,
+        and the ``meters`` of priced leases: :meth:`~kiln.hub.io.state.HubState.meters`).
 
         Call once, before any peer connects. Each session is held for the grace period, as if
         its requestor had just left; its leases are absent until their providers report them.
+        A restored lease's meter goes on from its last capture (the next one's key follows it);
+        that of a lease not restored is settled now: captured, and its hold's rest released.
         """
+        accounts: dict[str, str] = {}
         now = self._monotonic()
         self._absent_until = now + self.grace
         held: dict[str, Peer] = {}
@@ -105,8 +113,14 @@ class Sessions(StoreLink):
             self.activities[lease.id] = lease
             owner.activities.add(lease.id)
             self._absent.setdefault(lr.provider, set()).add(lease.id)
+            lease.max_duration = lr.max_duration
+            if lr.max_duration is not None:
+                self._expiring[lease.id] = lr.started + lr.max_duration
+            if owner.credential is not None:
+                accounts[lease.id] = requestor_account(owner.credential.id)
             if lease.image is not None:
                 self.catalog.use(lease.image, self._clock())
+        self._restore_meters(leases, meters, accounts)
         if sessions:
             self._log(
                 "info",

@@ -18,8 +18,8 @@ from __future__ import annotations
 from kiln.hub.actions import Action, ServeBlobs
 from kiln.hub.base import PROGRESS_BYTES
 from kiln.hub.flow import HUB, Route
+from kiln.hub.metering import Metering
 from kiln.hub.peers import Peer, Pending
-from kiln.hub.relay import Relay
 from kiln.protocol import frames
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import UsageError
@@ -27,7 +27,7 @@ from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import Done, Error, ImageInfo, ImageList, ImagePushed, RentProgress, Want, clip
 
 
-class StoreLink(Relay):
+class StoreLink(Metering):
     """What passes between the core and the image store."""
 
     def _want(self, p: Peer, hub_id: int, pending: Pending, want: Want) -> None:

@@ -214,6 +214,16 @@ class Price(_Message):
             self, *, start: float | str = ..., cpu_hour: float | str = ..., env_hour: float | str = ...
         ) -> None: ...
 
+    @model_validator(mode="before")
+    @classmethod
+    def _whole_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        """On the wire a price names every rate (as its schema says): no default is filled in."""
+        if info.context is WIRE and isinstance(data, dict):
+            missing = [name for name in ("start", "cpu_hour", "env_hour") if name not in data]
+            if missing:
+                raise ValueError(f"a price names every rate: {', '.join(missing)} missing")
+        return data
+
     @classmethod
     def micro(cls, start: int = 0, cpu_hour: int = 0, env_hour: int = 0) -> Price:
         """A price from amounts in micro-credits (as the wire carries them)."""

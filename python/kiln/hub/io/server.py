@@ -368,7 +368,7 @@ async def start(
     days, then one per day, requestor and provider. Of each payment to a provider, the hub's
     account takes ``fee_ppm`` parts per million (``kiln hub --fee``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
-    live in ``hub.db`` in ``data_dir``.
+    and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``.
     """
     if token == "":
         raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -392,15 +392,19 @@ async def start(
             grace=grace,
             credit_timeout=credit_timeout,
             per_credential=per_credential,
+            accounts=state,
             fee_ppm=fee_ppm,
         )
     else:
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:
             core.credentials = state
+        if core.ledger.accounts is None:
+            core.ledger.accounts = state
     hub = HubServer(core, store=store, state=state, gate=gate)
     sessions, leases = await asyncio.to_thread(state.load)
-    hub._apply(core.restore(sessions, leases))
+    meters = await asyncio.to_thread(state.meters)
+    hub._apply(core.restore(sessions, leases, meters))
     hub.roll_up_usage(state, usage_retention)
     assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
