@@ -115,6 +115,11 @@ class Book:
     def budget(self, session: str, group: str) -> int | None:
         return self._budgets.get((session, group))
 
+    def spent(self, account: str) -> int:
+        granted = sum(x for p in self.posts if p.kind == "grant" for a, x in p.entries if a == account)
+        holds = {p.activity for p in self.posts if p.kind == "hold" and any(a == account for a, _ in p.entries)}
+        return granted - self._balances[account] - sum(self._balances[f"hold:{a}"] for a in holds)
+
     def committed(self, session: str, group: str) -> int:
         total = 0
         for post in self.posts:

@@ -422,8 +422,9 @@ def test_balance_and_ledger_answer_for_the_askers_account() -> None:
         "account": "requestor:7",
         "available": 10 * MICRO - HOUR_HOLD,
         "held": HOUR_HOLD - captured(book, activity),
-        "spent": 0,
+        "spent": captured(book, activity),
     }
+    assert captured(book, activity) > 0
     [(_, listed)] = hub.send(r, {"type": "ledger", "id": 6})
     assert [t["kind"] for t in listed["transactions"]] == ["hold", "grant"] and listed["matched"] == 2
     [(_, refused)] = hub.send(r, {"type": "ledger", "id": 7, "account": "provider:p1"})

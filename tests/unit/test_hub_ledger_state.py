@@ -37,7 +37,14 @@ def test_a_priced_activity_is_metered_on_across_a_restart_posting_nothing_twice(
     activity = hub.rent(r, 1)
     assert state.balance(hold_account(activity)) == worst_case(PRICED, 1, 3600)
     run(hub, 180, 60, cpu_per_second=1)
-    assert [m.seq for m in state.meters()] == [3]
+    [m] = state.meters()
+    assert m.seq == 3
+    [(_, info)] = hub.send(r, {"type": "balance", "id": 5})
+    assert (info["available"], info["held"], info["spent"]) == (
+        10 * MICRO - m.held,
+        m.held - m.captured,
+        m.captured,
+    )
     # The hub dies; the next one starts from the database and meters on.
     again = hub_on(state, now=hub.now)
     p = provide(again, "p1", activities=[activity])

@@ -110,6 +110,11 @@ class Accounts(Protocol):
         """What the group committed of its budget: its holds (and top-ups) minus its releases."""
         ...
 
+    def spent(self, account: str) -> int:
+        """What the requestor ``account`` spent in all, as committed: what it was granted, less
+        what it has and what is held for it (a charge reversed came back: not spent)."""
+        ...
+
 
 @dataclass(slots=True)
 class Meter:

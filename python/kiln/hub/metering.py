@@ -151,16 +151,18 @@ class Metering(Relay):
         return requestor_account(p.credential.id)
 
     def _balance(self, p: Peer, message: BalanceQuery) -> None:
-        """``p``'s account: available (as committed), held for its live activities."""
+        """``p``'s account: available (as committed), held for its live activities, spent in all."""
         account = self._account(p, message.id)
         if account is None:
             return
+        assert self.ledger.accounts is not None
         info = BalanceInfo(
             type="balance_info",
             re=message.id,
             account=account,
             available=self.ledger.available(account),
             held=self.ledger.held(account),
+            spent=max(self.ledger.accounts.spent(account), 0),
         )
         self._send(p.id, info)
 
