@@ -1,6 +1,13 @@
 """The job scheduling core (kiln.requestor.scheduling), driven by the job vectors both languages
 run (js-client/test/unit/jobs.test.js runs the same files): calls in, literal answers and events
-out. No event loop, no clock, no sleeps."""
+out. No event loop, no clock, no sleeps.
+
+What a vector may say beyond the calls' names: ``options.verify`` (``{"redundant": n}`` or
+``{"spot_check": p}``) and ``options.chances`` (the values ``chance()`` returns, in order); an
+``outcome`` step's ``value`` (the worker's result of an ``ok``); its answer's ``accepted``
+(``[provider, activity, value]``, only in a vector with ``verify``) and ``disputes``
+(``[[provider, activity, [agreed activities]]]``, when any); the calls ``budget_exceeded`` and
+``blocked``; and, with ``verify``, the summary's ``verified``, ``disputed`` and ``lost_by``."""
 
 from __future__ import annotations
 

@@ -251,7 +251,8 @@ class JobSummary:
             lines.append(f"verified {self.verified}, disputed {self.disputed}; runs lost: {lost}")
         if self.spent_micro:
             lines.append(f"spent {self.spent:g} credits")
-        providers = set(self.tasks_per_provider) | set(self.cpu_seconds) | set(self.pulled) | set(self.spent_micro)
+        providers = set(self.tasks_per_provider) | set(self.cpu_seconds) | set(self.pulled)
+        providers |= set(self.spent_micro) | set(self.lost_by)
         for provider in sorted(providers):
             lines.append(
                 f"  {provider}: {self.tasks_per_provider[provider]} tasks, "
