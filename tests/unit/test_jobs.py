@@ -6,8 +6,9 @@ What a vector may say beyond the calls' names: ``options.verify`` (``{"redundant
 ``{"spot_check": p}``) and ``options.chances`` (the values ``chance()`` returns, in order); an
 ``outcome`` step's ``value`` (the worker's result of an ``ok``); its answer's ``accepted``
 (``[provider, activity, value]``, only in a vector with ``verify``) and ``disputes``
-(``[[provider, activity, [agreed activities]]]``, when any); the calls ``budget_exceeded`` and
-``blocked``; and, with ``verify``, the summary's ``verified``, ``disputed`` and ``lost_by``."""
+(``[[provider, activity, [agreed activities]]]``, when any); the calls ``budget_exceeded``,
+``blocked`` and ``avoid`` (its answer sorted); and, with ``verify``, the summary's
+``verified``, ``disputed`` and ``lost_by``."""
 
 from __future__ import annotations
 
@@ -75,6 +76,8 @@ class Run:
             return core.budget_exceeded()
         if call == "blocked":
             return core.blocked()
+        if call == "avoid":
+            return sorted(core.avoid())
         if call == "abandon":
             return core.abandon()
         if call == "next_task":

@@ -523,7 +523,7 @@ class Job(Generic[T, R]):
                 return await self.requestor.rent(
                     self.image,
                     self.demand,
-                    exclude=core.banned | self.deny,
+                    exclude=core.banned | self.deny | core.avoid(),
                     group=self.group,
                     on_progress=self._loading,
                     user=self.user,
@@ -617,6 +617,8 @@ class Job(Generic[T, R]):
         while core.may_serve(provider):
             if self._undelivered < RESULT_BUFFER and (task := core.next_task(provider)) is not None:
                 return task
+            if core.blocked():
+                return None  # what waits needs another provider: give this activity up, rent elsewhere
             await self._changes(RENT_RETRY_SECONDS * 4)
         return None
 

@@ -35,18 +35,20 @@ The rules:
   first result ``chance() < p`` runs one more copy elsewhere: agreeing, the task is
   accepted (verified); else it goes on as ``Redundant(2)`` (a third run breaks the tie).
   Copies wait with the retries, before fresh items, for a slot whose provider is not
-  running the task and has no result of it. A copy's failures follow the retry rules
-  (they count among the task's attempts). Every run whose result disagrees with the
-  accepted one *lost*: the verdict names its activity and those of the agreeing runs
-  (:class:`Dispute`), it never becomes a result, and it is a failure of its provider
-  (two ban it). A result of a task already accepted or failed is ignored.
+  running the task and has no result of it; when no slot's provider may take any (the job
+  is :meth:`~Scheduler.blocked`), slots give their activities up and rent elsewhere. A
+  copy's failures follow the retry rules (they count among the task's attempts). Every
+  run whose result disagrees with the accepted one *lost*: the verdict names its activity
+  and those of the agreeing runs (:class:`Dispute`), it never becomes a result, and it is
+  a failure of its provider (two ban it). A result of a task already accepted or failed
+  is ignored.
 - **Budget**: :meth:`Scheduler.budget_exceeded` stops the job: no attempt starts, those
   running finish (their results count), and :meth:`Scheduler.strand` then fails every
   task not done ("the job's budget is spent").
 
-Call order, per slot: :meth:`Scheduler.wants_activity` (rent only when true), then
-:meth:`Scheduler.hold` with the activity, :meth:`Scheduler.next_task` /
-:meth:`Scheduler.start` / :meth:`Scheduler.outcome` for each task while
+Call order, per slot: :meth:`Scheduler.wants_activity` (rent only when true, excluding
+:meth:`Scheduler.avoid`), then :meth:`Scheduler.hold` with the activity,
+:meth:`Scheduler.next_task` / :meth:`Scheduler.start` / :meth:`Scheduler.outcome` for each task while
 :meth:`Scheduler.may_serve`, and :meth:`Scheduler.free` once the activity is released.
 After each call, the events it emitted have gone to ``emit``, in order.
 """
@@ -395,6 +397,14 @@ class Scheduler(Generic[T]):
             return False
         holders = set(self._held.values())
         return not any(self._placeable(task, p) for task in self._retries for p in holders)
+
+    def avoid(self) -> set[str]:
+        """Providers a new activity would be of no use on: every task waiting has run there or
+        runs there (none while a fresh item waits). A blocked slot gives its activity up and
+        rents again, excluding these."""
+        if not self._retries or self._peek() is not None:
+            return set()
+        return set.intersection(*(task.busy for task in self._retries))
 
     # --- tasks --------------------------------------------------------------------------
 
