@@ -418,25 +418,27 @@ class Scheduler(Generic[T]):
             return None
         for task in self._retries:
             if provider not in task.failed_on and provider not in task.busy:
-                return self._take(task)
+                return self._take(task, provider)
         fresh = self._peek()
         if fresh is not None:
             self._ahead = None
             if isinstance(self.verify, Redundant):
                 fresh.needed = self.verify.n
                 self._want(fresh, self.verify.n - 1)
+            fresh.busy.add(provider)
             return fresh
         holders = self._held.values()
         for task in self._retries:
             if provider not in task.busy and all(p in task.failed_on or p in task.busy for p in holders):
-                return self._take(task)
+                return self._take(task, provider)
         return None
 
     def _placeable(self, task: Task[T], provider: str) -> bool:
         """Whether ``provider`` may run ``task`` (at all: perhaps where it failed)."""
         return provider not in task.busy
 
-    def _take(self, task: Task[T]) -> Task[T]:
+    def _take(self, task: Task[T], provider: str) -> Task[T]:
+        task.busy.add(provider)  # handed to it: no copy goes there
         task.wanted -= 1
         if task.wanted == 0:
             self._retries.remove(task)
