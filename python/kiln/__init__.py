@@ -66,7 +66,7 @@ if TYPE_CHECKING:
         StreamEvent,
     )
     from kiln.requestor.client import Rental, Requestor, connect
-    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
+    from kiln.requestor.executor import Disputed, Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
     from kiln.requestor.scheduling import Redundant, SpotCheck
@@ -118,7 +118,7 @@ _HOMES = {
         "StreamEvent",
     ],
     "kiln.requestor.client": ["Rental", "Requestor", "connect"],
-    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
+    "kiln.requestor.executor": ["Disputed", "Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
     "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
@@ -137,6 +137,7 @@ __all__ = [
     "ConnectionLost",
     "ContainerFailed",
     "Demand",
+    "Disputed",
     "DownloadTooLarge",
     "ErrorCode",
     "FileNotFound",

@@ -329,7 +329,10 @@ class Requestor:
         """A :class:`~kiln.requestor.executor.Job` not started yet: follow its events, then run it.
 
         Options: ``demand``, ``max_providers`` (4), ``retries`` (2), ``task_timeout``,
-        ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``.
+        ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``;
+        the market's (1.5): ``budget`` (credits), ``strategy``, ``allow``, ``deny``,
+        ``min_reputation``, ``max_duration`` (see :meth:`rent`); ``verify``
+        (:class:`~kiln.Redundant` or :class:`~kiln.SpotCheck`).
         """
         return Job(self, worker, items, image=image, **options)
 
@@ -348,9 +351,11 @@ class Requestor:
 
         Options as for :meth:`job`: ``demand``, ``max_providers`` (4), ``retries`` (2),
         ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
-        ``return_exceptions``, ``on_event``. ``progress``: a live bar and a summary on a
-        terminal (None: only when stderr is a terminal). Raises
-        :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good.
+        ``return_exceptions``, ``on_event``, ``budget``, ``strategy``, ``allow``, ``deny``,
+        ``min_reputation``, ``max_duration``, ``verify``. ``progress``: a live bar and a summary
+        on a terminal (None: only when stderr is a terminal). Raises
+        :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good,
+        :class:`~kiln.BudgetExceeded` when the job's budget is spent before its tasks are done.
         """
         job: Job[T, R] = self.job(worker, items, image=image, **options)
         with ProgressView(job, enabled=progress):
