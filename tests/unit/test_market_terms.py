@@ -4,6 +4,7 @@ cost captures and what a job's summary says it spent."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import error_from_code
 from kiln.protocol.messages import Cost, Price, Rented, Resources
 from kiln.requestor.activity import Activity
-from kiln.requestor.scheduling import JobSummary, Redundant, Scheduler, SpotCheck
+from kiln.requestor.scheduling import JobSummary, Redundant, Scheduler, SpotCheck, Task
 from kiln.requestor.terms import Terms, market_terms
 
 
@@ -153,3 +154,40 @@ def test_a_summary_counts_credits_exactly_and_names_the_losers() -> None:
     assert "spent 0.300003 credits" in lines
     assert any(line.startswith("  liar:") and "lost 1 verification" in line for line in lines)
     assert any(line.startswith("  p2:") and "0.200002 credits" in line for line in lines)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("n", [2, 3])
+def test_verified_jobs_driven_at_random_keep_the_rules(seed: int, n: int) -> None:
+    """Attempts end in a random order, some retried; one liar among five providers: every task
+    ends accepted with the honest value, never twice on one provider, within 2n - 1 runs."""
+    rng = random.Random(seed)
+    providers = ["p1", "p2", "p3", "p4", "liar"]
+    core: Scheduler[int] = Scheduler(range(12), lambda *event: None, verify=Redundant(n), retries=5)
+    for slot, provider in enumerate(providers):
+        core.hold(slot, provider, f"a-{provider}")
+    running: list[tuple[Task[int], str]] = []
+    ran: dict[int, list[str]] = {}
+    results: dict[int, int] = {}
+    while not core.finished:
+        idle = [p for p in providers if p not in {q for _, q in running}]
+        for provider in idle:
+            if (task := core.next_task(provider)) is not None:
+                assert provider not in ran.setdefault(task.index, []), "a task ran twice on one provider"
+                ran[task.index].append(provider)
+                core.start(task, provider)
+                running.append((task, provider))
+        assert running, "a verified job that cannot go on"
+        task, provider = running.pop(rng.randrange(len(running)))
+        if rng.random() < 0.1:
+            ran[task.index].remove(provider)  # a retry may come back here, as the rules allow
+            verdict = core.outcome(task, provider, "retry", "RetryTask", "RetryTask: flaky")
+        else:
+            verdict = core.outcome(task, provider, "ok", value=-1 if provider == "liar" else task.index)
+        assert verdict.failure is None, verdict.failure
+        if verdict.accepted is not None:
+            results[task.index] = verdict.accepted.value
+            assert all(d.provider == "liar" and len(d.agreed) >= n for d in verdict.disputes)
+    assert results == {i: i for i in range(12)}
+    assert all(len(set(on)) == len(on) <= 2 * n - 1 for on in ran.values())
+    assert core.summary.verified == 12 and set(core.summary.lost_by) <= {"liar"}

@@ -14,7 +14,7 @@ The rules:
   counters once it is done or failed.
 - **Slots** hold one activity each (one per provider; the hub keeps a job's group on distinct
   providers). A slot takes a task that waits for a retry and has not failed on its provider,
-  else a fresh item, else a retry no provider the job holds has spared.
+  else a fresh item, else a retry no provider the job holds (and has not banned) has spared.
 - **Blame**: a lost provider, or one that cannot start the job's containers, is the
   provider's failure. A failure the worker raises (``retry``, ``timeout``) is the task's,
   until the task succeeds on another provider: then it was the provider's (its *suspects*).
@@ -395,7 +395,7 @@ class Scheduler(Generic[T]):
         task waiting (a copy wants a provider it lacks). Renting is then the only way on."""
         if self.running or self._peek() is not None:
             return False
-        holders = set(self._held.values())
+        holders = self._serving()
         return not any(self._placeable(task, p) for task in self._retries for p in holders)
 
     def avoid(self) -> set[str]:
@@ -427,11 +427,15 @@ class Scheduler(Generic[T]):
                 self._want(fresh, self.verify.n - 1)
             fresh.busy.add(provider)
             return fresh
-        holders = self._held.values()
+        holders = self._serving()
         for task in self._retries:
             if provider not in task.busy and all(p in task.failed_on or p in task.busy for p in holders):
                 return self._take(task, provider)
         return None
+
+    def _serving(self) -> set[str]:
+        """The providers the job holds that may take tasks (not banned)."""
+        return {p for p in self._held.values() if p not in self.banned}
 
     def _placeable(self, task: Task[T], provider: str) -> bool:
         """Whether ``provider`` may run ``task`` (at all: perhaps where it failed)."""
