@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kiln.protocol.codes import ErrorCode
     from kiln.protocol.errors import (
         ActivityError,
+        BudgetExceeded,
         Cancelled,
         ConnectionClosed,
         ConnectionLost,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         ImageError,
         ImageNotFound,
         ImageTooLarge,
+        InsufficientFunds,
         InvalidPath,
         KilnError,
         LocalProtocolError,
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
         UnsupportedVersion,
         UsageError,
     )
-    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, ProviderInfo, Resources
+    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, Price, ProviderInfo, Resources
     from kiln.requestor.activity import (
         Activity,
         CommandFailed,
@@ -64,14 +66,16 @@ if TYPE_CHECKING:
         StreamEvent,
     )
     from kiln.requestor.client import Rental, Requestor, connect
-    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
+    from kiln.requestor.executor import Disputed, Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
+    from kiln.requestor.scheduling import Redundant, SpotCheck
 
 _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
     "kiln.protocol.errors": [
         "ActivityError",
+        "BudgetExceeded",
         "Cancelled",
         "ConnectionClosed",
         "ConnectionLost",
@@ -81,6 +85,7 @@ _HOMES = {
         "ImageError",
         "ImageNotFound",
         "ImageTooLarge",
+        "InsufficientFunds",
         "InvalidPath",
         "KilnError",
         "LocalProtocolError",
@@ -95,7 +100,15 @@ _HOMES = {
         "UnsupportedVersion",
         "UsageError",
     ],
-    "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
+    "kiln.protocol.messages": [
+        "ActivityInfo",
+        "Demand",
+        "ImageInfo",
+        "ImageList",
+        "Price",
+        "ProviderInfo",
+        "Resources",
+    ],
     "kiln.requestor.activity": [
         "Activity",
         "CommandFailed",
@@ -105,9 +118,10 @@ _HOMES = {
         "StreamEvent",
     ],
     "kiln.requestor.client": ["Rental", "Requestor", "connect"],
-    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
+    "kiln.requestor.executor": ["Disputed", "Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
+    "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -115,6 +129,7 @@ __all__ = [
     "Activity",
     "ActivityError",
     "ActivityInfo",
+    "BudgetExceeded",
     "Cancelled",
     "CommandFailed",
     "CommandTimeout",
@@ -122,6 +137,7 @@ __all__ = [
     "ConnectionLost",
     "ContainerFailed",
     "Demand",
+    "Disputed",
     "DownloadTooLarge",
     "ErrorCode",
     "FileNotFound",
@@ -131,6 +147,7 @@ __all__ = [
     "ImageList",
     "ImageNotFound",
     "ImageTooLarge",
+    "InsufficientFunds",
     "InvalidPath",
     "Job",
     "JobEvent",
@@ -138,11 +155,13 @@ __all__ = [
     "KilnError",
     "LocalProtocolError",
     "NoMatch",
+    "Price",
     "ProgressView",
     "ProtocolError",
     "ProviderInfo",
     "ProviderLost",
     "PushedImage",
+    "Redundant",
     "RemoteError",
     "RemoteProtocolError",
     "Rental",
@@ -150,6 +169,7 @@ __all__ = [
     "Resources",
     "Result",
     "RetryTask",
+    "SpotCheck",
     "StoreFull",
     "StreamEvent",
     "TaskFailed",
