@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -55,6 +55,8 @@ class _Activity:
         self.lost: kiln.KilnError | None = None
         self.released = False
         self.cpu_seconds: float | None = None
+        self.cost: object = None  # no hub, no captures
+        self.on_cost: object = None
 
     async def run(self, argv: list[str]) -> None:
         await asyncio.sleep(0)  # a reply comes back through the event loop
@@ -84,6 +86,9 @@ class InProcess:
 
     async def reconnected(self) -> bool:
         return False
+
+    async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
+        pass  # no verification in the benchmark
 
 
 def generator(count: int) -> Iterator[int]:

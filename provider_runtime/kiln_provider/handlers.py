@@ -32,7 +32,7 @@ from kiln.connection import Connection, Incoming, Outgoing
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized
-from kiln.protocol.messages import Create, Destroy, Done, Download, DownloadInfo, Exec, ExecResult, Upload, Want
+from kiln.protocol.messages import Cost, Create, Destroy, Done, Download, DownloadInfo, Exec, ExecResult, Upload, Want
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.agent import AgentChannel
 from kiln_provider.config import ProviderConfig
@@ -137,7 +137,7 @@ class Handlers:
             operation = self._by_request.get(event.request)
             if operation is not None:
                 operation.halt()
-        elif isinstance(event, Notified):
+        elif isinstance(event, Notified) and not isinstance(event.message, Cost):
             log.warning("the hub reports %s: %s", event.message.code, getattr(event.message, "message", ""))
 
     def _take(self, message: Create | Destroy | Exec | Upload | Download) -> None:

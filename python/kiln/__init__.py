@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from kiln.protocol.codes import ErrorCode
     from kiln.protocol.errors import (
         ActivityError,
+        BudgetExceeded,
         Cancelled,
         ConnectionClosed,
         ConnectionLost,
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         ImageError,
         ImageNotFound,
         ImageTooLarge,
+        InsufficientFunds,
         InvalidPath,
         KilnError,
         LocalProtocolError,
@@ -75,14 +77,16 @@ if TYPE_CHECKING:
         StreamEvent,
     )
     from kiln.requestor.client import Balance, Rental, Requestor, connect
-    from kiln.requestor.executor import Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
+    from kiln.requestor.executor import Disputed, Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
+    from kiln.requestor.scheduling import Redundant, SpotCheck
 
 _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
     "kiln.protocol.errors": [
         "ActivityError",
+        "BudgetExceeded",
         "Cancelled",
         "ConnectionClosed",
         "ConnectionLost",
@@ -92,6 +96,7 @@ _HOMES = {
         "ImageError",
         "ImageNotFound",
         "ImageTooLarge",
+        "InsufficientFunds",
         "InvalidPath",
         "KilnError",
         "LocalProtocolError",
@@ -127,9 +132,10 @@ _HOMES = {
         "StreamEvent",
     ],
     "kiln.requestor.client": ["Balance", "Rental", "Requestor", "connect"],
-    "kiln.requestor.executor": ["Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
+    "kiln.requestor.executor": ["Disputed", "Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
+    "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -138,6 +144,7 @@ __all__ = [
     "ActivityError",
     "ActivityInfo",
     "Balance",
+    "BudgetExceeded",
     "Cancelled",
     "CommandFailed",
     "CommandTimeout",
@@ -145,6 +152,7 @@ __all__ = [
     "ConnectionLost",
     "ContainerFailed",
     "Demand",
+    "Disputed",
     "DownloadTooLarge",
     "Entry",
     "ErrorCode",
@@ -155,6 +163,7 @@ __all__ = [
     "ImageList",
     "ImageNotFound",
     "ImageTooLarge",
+    "InsufficientFunds",
     "InvalidPath",
     "Job",
     "JobEvent",
@@ -169,6 +178,7 @@ __all__ = [
     "ProviderInfo",
     "ProviderLost",
     "PushedImage",
+    "Redundant",
     "RemoteError",
     "RemoteProtocolError",
     "Rental",
@@ -176,6 +186,7 @@ __all__ = [
     "Resources",
     "Result",
     "RetryTask",
+    "SpotCheck",
     "StoreFull",
     "StreamEvent",
     "TaskFailed",

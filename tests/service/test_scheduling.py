@@ -7,14 +7,14 @@ import asyncio
 import itertools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import pytest
 
 import kiln
-from kiln.protocol.messages import Demand
+from kiln.protocol.messages import Cost, Demand
 from kiln.requestor.executor import Job, JobEvent, RentProgressHandler, Worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,6 +32,8 @@ class FakeActivity:
     lost: kiln.KilnError | None = None
     released: bool = False
     cpu_seconds: float | None = None
+    cost: Cost | None = None
+    on_cost: Callable[[kiln.Activity, Cost], None] | None = None
 
     async def release(self) -> None:
         if not self.released:
@@ -58,10 +60,19 @@ class FakeMarket:
     """The user every rent asked for."""
     max_held: int | None = None
     """As the hub's --max-activities: a rent past this many live activities is too_many."""
+    terms: list[dict[str, Any]] = field(default_factory=list)
+    """The market terms every rent carried."""
+    budget: int | None = None
+    """Rents the job's budget holds: past this many, a rent is refused budget_exceeded."""
+    verdicts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def reconnected(self) -> bool:
         return False  # the fake never loses its connection
+
+    async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
+        await asyncio.sleep(0)
+        self.verdicts.append((lost, tuple(agreed)))
 
     def rent(
         self,
@@ -72,14 +83,23 @@ class FakeMarket:
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
         user: str | None = None,
+        max_duration: float | None = None,
+        budget: float | str | None = None,
+        strategy: str | None = None,
+        allow: Iterable[str] | None = None,
+        min_reputation: float | None = None,
     ) -> Awaitable[kiln.Activity]:
         self.users.append(user)
+        terms = {"max_duration": max_duration, "budget": budget, "strategy": strategy, "allow": allow}
+        self.terms.append({k: v for k, v in (terms | {"min_reputation": min_reputation}).items() if v is not None})
         return self._rent(set(exclude), group, on_progress)
 
     async def _rent(
         self, exclude: set[str], group: str | None, on_progress: RentProgressHandler | None = None
     ) -> kiln.Activity:
         await asyncio.sleep(0)
+        if self.budget is not None and len(self.rented) >= self.budget:
+            raise kiln.BudgetExceeded("what is left of the group's budget cannot hold another activity")
         if self.max_held is not None and len(self.live) >= self.max_held:
             raise kiln.RemoteError(f"more than {self.max_held} activities held at once", kiln.ErrorCode.TOO_MANY)
         taken = {a.provider for a in self.live if group is not None and a.group == group}

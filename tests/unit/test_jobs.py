@@ -1,6 +1,14 @@
 """The job scheduling core (kiln.requestor.scheduling), driven by the job vectors both languages
 run (js-client/test/unit/jobs.test.js runs the same files): calls in, literal answers and events
-out. No event loop, no clock, no sleeps."""
+out. No event loop, no clock, no sleeps.
+
+What a vector may say beyond the calls' names: ``options.verify`` (``{"redundant": n}`` or
+``{"spot_check": p}``) and ``options.chances`` (the values ``chance()`` returns, in order); an
+``outcome`` step's ``value`` (the worker's result of an ``ok``); its answer's ``accepted``
+(``[provider, activity, value]``, only in a vector with ``verify``) and ``disputes``
+(``[[provider, activity, [agreed activities]]]``, when any); the calls ``budget_exceeded``,
+``blocked`` and ``avoid`` (its answer sorted); and, with ``verify``, the summary's
+``verified``, ``disputed`` and ``lost_by``."""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from kiln.requestor.scheduling import EventKind, Outcome, Scheduler, Task
+from kiln.requestor.scheduling import EventKind, Outcome, Redundant, Scheduler, SpotCheck, Task, Verify
 
 ROOT = Path(__file__).resolve().parents[2]
 JOBS = sorted((ROOT / "protocol" / "v1" / "vectors" / "jobs").glob("*.json"))
@@ -28,12 +36,16 @@ class Run:
         count = vector["items"]
         items: Any = list(range(count)) if vector.get("sized", True) else (n for n in range(count))
         options = vector.get("options", {})
+        self.verifying = "verify" in options
+        chances = iter(options.get("chances", []))
         self.events: list[Event] = []
         self.core: Scheduler[int] = Scheduler(
             items,
             self.emit,
             retries=options.get("retries", 2),
             return_exceptions=options.get("return_exceptions", False),
+            verify=verification(options.get("verify")),
+            chance=lambda: next(chances),
         )
         self.tasks: dict[int, Task[int]] = {}
 
@@ -60,6 +72,12 @@ class Run:
             return core.ban(step["provider"], step["why"])
         if call == "stop":
             return core.stop()
+        if call == "budget_exceeded":
+            return core.budget_exceeded()
+        if call == "blocked":
+            return core.blocked()
+        if call == "avoid":
+            return sorted(core.avoid())
         if call == "abandon":
             return core.abandon()
         if call == "next_task":
@@ -72,10 +90,18 @@ class Run:
             return core.start(self.tasks[step["task"]], step["provider"])
         if call == "outcome":
             error = step.get("error")
-            verdict = core.outcome(self.tasks[step["task"]], step["provider"], step["outcome"], error, error or "")
-            if verdict.failure is None:
-                return {"keep": verdict.keep}
-            return {"keep": verdict.keep, "failed": verdict.failure.message, "ends_job": verdict.failure.ends_job}
+            verdict = core.outcome(
+                self.tasks[step["task"]], step["provider"], step["outcome"], error, error or "", step.get("value")
+            )
+            answer: dict[str, Any] = {"keep": verdict.keep}
+            if self.verifying and verdict.accepted is not None:
+                accepted = verdict.accepted
+                answer["accepted"] = [accepted.provider, accepted.activity, accepted.value]
+            if verdict.disputes:
+                answer["disputes"] = [[d.provider, d.activity, list(d.agreed)] for d in verdict.disputes]
+            if verdict.failure is not None:
+                answer |= {"failed": verdict.failure.message, "ends_job": verdict.failure.ends_job}
+            return answer
         if call == "nowhere_to_run":
             return core.nowhere_to_run(step["why"])
         if call == "never_ran":
@@ -107,7 +133,7 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         s = self.core.summary
-        return {
+        summary = {
             "tasks": s.tasks,
             "succeeded": s.succeeded,
             "failed": s.failed,
@@ -115,6 +141,18 @@ class Run:
             "retries": s.retries,
             "tasks_per_provider": dict(sorted(s.tasks_per_provider.items())),
         }
+        if self.verifying:
+            summary |= {"verified": s.verified, "disputed": s.disputed, "lost_by": dict(sorted(s.lost_by.items()))}
+        return summary
+
+
+def verification(options: dict[str, Any] | None) -> Verify | None:
+    """A vector's ``verify`` option: ``{"redundant": n}`` or ``{"spot_check": p}``."""
+    if options is None:
+        return None
+    if "redundant" in options:
+        return Redundant(options["redundant"])
+    return SpotCheck(options["spot_check"])
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -57,6 +57,8 @@ NOT_THROUGH_THE_HUB = {
     "offer-cached-old-hub": "a hub of 1.3",
     "push-image-old-hub": "a hub of 1.0",
     "share-image-old-hub": "a hub of 1.3",
+    "market-terms-old-hub": "a hub of 1.4",
+    "market-terms": "the hub's costs and verdicts (the ledger's)",
     "exec-output": "a hub of 1.0, which refuses an exec's streams",
     "handshake-bad-json": "a hub that sends what is not JSON",
     "handshake-not-welcome": "a hub that answers hello with something else than welcome",

@@ -73,6 +73,7 @@ from kiln.protocol.messages import (
     BalanceInfo,
     BalanceQuery,
     Cancel,
+    Cost,
     Create,
     Credit,
     Destroy,
@@ -101,6 +102,7 @@ from kiln.protocol.messages import (
     RentProgress,
     ShareImage,
     Upload,
+    VerdictReport,
     Want,
     Welcome,
     clip,
@@ -125,6 +127,7 @@ Request: TypeAlias = (
     | ShareImage
     | BalanceQuery
     | LedgerQuery
+    | VerdictReport
 )
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
@@ -142,6 +145,7 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
         {"rent", "release", "market", "activities", "exec", "upload", "download"}
         | {"push_image", "list_images", "remove_image", "share_image"}
         | {"balance", "ledger"}
+        | {"verdict"}
     ),
     "provider": frozenset({"offer"}),
 }
@@ -154,6 +158,7 @@ SINCE: Final[dict[str, int]] = {
     "share_image": 4,
     "balance": 5,
     "ledger": 5,
+    "verdict": 5,
 }
 """The minor version that brought each request (absent: 0)."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
@@ -178,6 +183,7 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "share_image": frozenset({"done", "error"}),
     "balance": frozenset({"balance_info", "error"}),
     "ledger": frozenset({"ledger_list", "error"}),
+    "verdict": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
 }
@@ -244,9 +250,10 @@ class CancelRequested:
 
 @dataclass(frozen=True, slots=True)
 class Notified:
-    """One-way news from the hub: an activity is gone, or an error about no request of ours."""
+    """One-way news from the hub: an activity is gone, what one costs so far (1.5), or an error
+    about no request of ours."""
 
-    message: ActivityLost | Error
+    message: ActivityLost | Cost | Error
 
 
 @dataclass(frozen=True, slots=True)
@@ -588,7 +595,7 @@ class Session:
                 self._events.append(Credited(message.stream, message.chunks))
         elif isinstance(message, FinalReply | DownloadInfo | Want) and message.re is not None:
             self._take_reply(message, message.re)
-        elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost)):
+        elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost | Cost)):
             self._events.append(Notified(message))
         elif isinstance(message, RentProgress):
             self._take_reply(message, message.re)
@@ -790,7 +797,26 @@ def _since(message: Request) -> tuple[int, str]:
         return 2, f"user={message.user!r}"
     if isinstance(message, Offer) and message.cached:
         return 4, "an offer's cached images"
+    if isinstance(message, Rent) and (market := _market_terms(message)):
+        return 5, market
     return SINCE.get(message.type, 0), repr(message.type)
+
+
+def _market_terms(rent: Rent) -> str:
+    """The 1.5 terms a rent carries (a price cap, a budget...), named as the caller wrote them; empty if none."""
+    terms = [
+        name
+        for name, value in (
+            ("max_price", rent.demand.max_price),
+            ("max_duration", rent.max_duration),
+            ("budget", rent.budget),
+            ("strategy", rent.strategy),
+            ("allow", rent.allow),
+            ("min_reputation", rent.min_reputation),
+        )
+        if value is not None
+    ]
+    return ", ".join(terms)
 
 
 def _reply_to(data: bytes | str) -> int | None:

@@ -37,12 +37,14 @@ from kiln.protocol.errors import (
     UsageError,
 )
 from kiln.protocol.messages import (
+    Cost,
     Done,
     Download,
     DownloadInfo,
     Exec,
     ExecResult,
     Message,
+    Price,
     Release,
     Rented,
     Resources,
@@ -172,6 +174,15 @@ class Activity:
         self.released = False
         self.cpu_seconds: float | None = None
         """CPU time the container used, known once released."""
+        self.price: Price | None = rented.price
+        """(1.5) The provider's price (None: free)."""
+        self.hold = rented.hold or 0
+        """(1.5) What the hub holds of the requestor's credits for it, in micro-credits (0: nothing)."""
+        self.cost: Cost | None = None
+        """(1.5) The hub's latest capture of what it owes (``cost.due``, cumulative micro-credits;
+        ``cost.final`` once it ended): it may come shortly after :meth:`release` returns."""
+        self.on_cost: Callable[[Activity, Cost], None] | None = None
+        """Called with each capture the hub reports (synchronously, so keep it quick)."""
 
     def __repr__(self) -> str:
         return f"<Activity {self.id} on {self.provider}>"
@@ -181,6 +192,14 @@ class Activity:
         """Bytes its commands may write (``/golem`` and ``/tmp``): the storage it rented, or the
         default a rent that named none is given; what :meth:`download_file` takes at most by default."""
         return self.resources.storage or limits.DEFAULT_STORAGE
+
+    def charged(self, cost: Cost) -> None:
+        """The hub captured ``cost`` for this activity: note it (the latest capture wins) and tell ``on_cost``."""
+        if self.cost is not None and cost.seq <= self.cost.seq:
+            return  # an older capture, or the same twice
+        self.cost = cost
+        if self.on_cost is not None:
+            self.on_cost(self, cost)
 
     def _check(self) -> None:
         if self.lost is not None:

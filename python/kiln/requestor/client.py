@@ -31,7 +31,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
@@ -42,6 +43,7 @@ from kiln.protocol.errors import (
     ConnectionLost,
     KilnError,
     LocalProtocolError,
+    NoMatch,
     UsageError,
     error_from_code,
 )
@@ -53,6 +55,7 @@ from kiln.protocol.messages import (
     ActivityLost,
     BalanceInfo,
     BalanceQuery,
+    Cost,
     Demand,
     Done,
     ImageList,
@@ -70,13 +73,15 @@ from kiln.protocol.messages import (
     Resources,
     ShareImage,
     User,
+    VerdictReport,
 )
-from kiln.protocol.money import MICRO
+from kiln.protocol.money import MICRO, within, worst_case
 from kiln.protocol.session import Event, Interim, Notified
 from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
 from kiln.requestor.images import PushedImage, PushProgress, push_archive, push_engine_image, read_archive
 from kiln.requestor.progress import ProgressView
+from kiln.requestor.terms import Terms, market_terms
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,6 +90,8 @@ ABANDON_TIMEOUT = 15.0
 REDIAL_FIRST: Final = 0.2
 REDIAL_MOST: Final = 2.0
 """Seconds between two dials of a reconnect: from the first, doubling up to the most."""
+ENDED_KEPT: Final = 1024
+"""Activities released or lost that a requestor still knows, for the hub's final ``cost`` of each."""
 
 log = logging.getLogger("kiln.requestor")
 
@@ -120,6 +127,7 @@ class Requestor:
         self._conn = conn
         self._dial = dial
         self._activities: dict[str, Activity] = {}
+        self._ended: OrderedDict[str, Activity] = OrderedDict()  # the latest ENDED_KEPT ended ones
         self._up = asyncio.Event()  # clear while dialling again
         self._up.set()
         self._closing = False
@@ -224,6 +232,12 @@ class Requestor:
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
+        max_duration: float | None = None,
+        budget: float | str | None = None,
+        strategy: str | None = None,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] = (),
+        min_reputation: float | None = None,
     ) -> Rental:
         """Rent a container of ``image`` on a provider meeting ``demand``.
 
@@ -243,10 +257,30 @@ class Requestor:
         ``user="root"`` runs the activity's commands as root (still without capabilities
         or network), on a provider whose operator allows it (``--allow-root``); otherwise
         they run as the image's ``USER``, or uid 65534 when it names none.
+
+        The market's terms (protocol 1.5; a hub older than that refuses none of them but
+        cannot honour them, so they raise :class:`~kiln.UnsupportedVersion` here):
+        ``demand.max_price`` caps each rate of the provider's price; ``max_duration``
+        (seconds) ends the activity then (it is lost with code ``expired``) and bounds what the
+        hub holds; ``budget`` (credits, with a ``group``) caps what the group ever spends at
+        the hub (the group's first rent sets it); ``strategy`` picks among the providers that
+        fit: ``"least_loaded"`` (the default), ``"cheapest"`` or ``"reputation"``; only
+        providers named in ``allow``, none named in ``deny`` (or ``exclude``), and none whose
+        reputation is below ``min_reputation``. On a hub with a ledger a rent may raise
+        :class:`~kiln.InsufficientFunds` (the requestor's credits cannot hold its worst case)
+        or :class:`~kiln.BudgetExceeded` (what is left of the group's budget cannot).
         """
         if user not in (None, "root"):
             raise UsageError(f"user may only be 'root' (or None: the image's USER, else uid 65534), not {user!r}")
-        return Rental(self, image, demand or Demand(), sorted(set(exclude)), group, on_progress, user)
+        terms = market_terms(
+            max_duration=max_duration, budget=budget, strategy=strategy, allow=allow, min_reputation=min_reputation
+        )
+        if terms.budget is not None and group is None:
+            raise UsageError("a budget is a group's: give the rent a group (a job's rents share one)")
+        if isinstance(deny, str):
+            raise UsageError("deny takes a list of provider names, not one string")
+        excluded = sorted(set(exclude) | set(deny))
+        return Rental(self, image, demand or Demand(), excluded, group, on_progress, user, terms)
 
     async def _rent(
         self,
@@ -256,9 +290,19 @@ class Requestor:
         group: str | None,
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
+        terms: Terms | None = None,
     ) -> Activity:
         conn = await self.connected()
-        rent = Rent(type="rent", id=conn.new_id(), image=image, demand=demand, exclude=exclude, group=group, user=user)
+        rent = Rent(
+            type="rent",
+            id=conn.new_id(),
+            image=image,
+            demand=demand,
+            exclude=exclude,
+            group=group,
+            user=user,
+            **(terms or Terms()).fields(),
+        )
         # The reader only notes the latest progress; the callback runs here, where its errors belong.
         latest: list[RentProgress] = []
         noted = asyncio.Event()
@@ -308,7 +352,10 @@ class Requestor:
         """A :class:`~kiln.requestor.executor.Job` not started yet: follow its events, then run it.
 
         Options: ``demand``, ``max_providers`` (4), ``retries`` (2), ``task_timeout``,
-        ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``.
+        ``start_timeout`` (60 s), ``setup``, ``teardown``, ``return_exceptions``, ``on_event``;
+        the market's (1.5): ``budget`` (credits), ``strategy``, ``allow``, ``deny``,
+        ``min_reputation``, ``max_duration`` (see :meth:`rent`); ``verify``
+        (:class:`~kiln.Redundant` or :class:`~kiln.SpotCheck`).
         """
         return Job(self, worker, items, image=image, **options)
 
@@ -327,9 +374,11 @@ class Requestor:
 
         Options as for :meth:`job`: ``demand``, ``max_providers`` (4), ``retries`` (2),
         ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
-        ``return_exceptions``, ``on_event``. ``progress``: a live bar and a summary on a
-        terminal (None: only when stderr is a terminal). Raises
-        :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good.
+        ``return_exceptions``, ``on_event``, ``budget``, ``strategy``, ``allow``, ``deny``,
+        ``min_reputation``, ``max_duration``, ``verify``. ``progress``: a live bar and a summary
+        on a terminal (None: only when stderr is a terminal). Raises
+        :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good,
+        :class:`~kiln.BudgetExceeded` when the job's budget is spent before its tasks are done.
         """
         job: Job[T, R] = self.job(worker, items, image=image, **options)
         with ProgressView(job, enabled=progress):
@@ -501,15 +550,96 @@ class Requestor:
         assert isinstance(reply, LedgerList)
         return reply
 
+    # --- the market (1.5): what a job may cost, and verdicts on results ---------------------
+
+    async def estimate(
+        self,
+        demand: Demand | None = None,
+        *,
+        max_duration: float,
+        activities: int = 1,
+        budget: float | str | None = None,
+        image: str | None = None,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] = (),
+        min_reputation: float | None = None,
+    ) -> float:
+        """The most, in credits, that ``activities`` activities meeting ``demand`` could cost
+        if each were held ``max_duration`` seconds, before anything runs: the dearest worst
+        case among the providers that fit (``demand``'s resources, labels and ``max_price``;
+        ``image``, ``allow``, ``deny``, ``min_reputation``), times ``activities``, at most
+        ``budget``. A free provider costs 0. Asks the hub's market (at most 1,000 providers).
+
+        Raises :class:`~kiln.NoMatch` when no provider the hub lists fits.
+        """
+        demand = demand or Demand()
+        terms = market_terms(max_duration=max_duration, budget=budget, allow=allow, min_reputation=min_reputation)
+        if activities < 1:
+            raise UsageError(f"activities must be at least 1, not {activities}")
+        allowed = set(terms.allow) if terms.allow is not None else None
+        denied = set(deny)
+        cap = demand.max_price
+        worst: int | None = None
+        for info in await self.market(image=image, labels=demand.labels, limit=MAX_LISTED):
+            offered = info.offered
+            if offered.cpus < demand.cpus or offered.memory < demand.memory or offered.storage < demand.storage:
+                continue
+            if info.name in denied or (allowed is not None and info.name not in allowed):
+                continue
+            if terms.min_reputation is not None and (info.reputation or 0.0) < terms.min_reputation:
+                continue
+            if cap is not None and info.price is not None and not within(info.price, cap):
+                continue
+            each = 0 if info.price is None else worst_case(info.price, demand.cpus, max_duration)
+            worst = each if worst is None else max(worst, each)
+        if worst is None:
+            raise NoMatch("no provider the hub lists fits this demand and these terms")
+        total = worst * activities
+        if terms.budget is not None:
+            total = min(total, terms.budget)
+        return total / MICRO
+
+    async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
+        """Tell the hub that the result of activity ``lost`` disagreed with those of the
+        activities ``agreed`` (two or more, on other providers, agreeing among themselves): it
+        counts against ``lost``'s provider and gives back what was paid for ``lost``. A job
+        with ``verify=`` sends these itself.
+
+        Raises :class:`~kiln.ActivityError` (code ``unknown_activity``) for an activity that
+        is not this requestor's, :class:`~kiln.UnsupportedVersion` for a hub older than 1.5.
+        """
+        if isinstance(agreed, str):
+            raise UsageError("agreed takes a list of activity ids, not one string")
+        conn = await self.connected()
+        try:
+            message = VerdictReport(type="verdict", id=conn.new_id(), lost=lost, agreed=list(agreed))
+        except LocalProtocolError as e:
+            raise UsageError(f"cannot report a verdict on {lost!r}: {e.message}") from e
+        reply = await conn.request(message)
+        assert isinstance(reply, Done)
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Notified) and isinstance(event.message, ActivityLost):
             lost = event.message
             activity = self._activities.pop(lost.activity, None)
             if activity is not None:
                 activity.lost = error_from_code(lost.code, lost.reason)
+                self._ended_now(activity)
+        elif isinstance(event, Notified) and isinstance(event.message, Cost):
+            cost = event.message
+            known = self._activities.get(cost.activity) or self._ended.get(cost.activity)
+            if known is not None:
+                known.charged(cost)
 
     def _forget(self, activity: Activity) -> None:
-        self._activities.pop(activity.id, None)
+        if self._activities.pop(activity.id, None) is not None:
+            self._ended_now(activity)
+
+    def _ended_now(self, activity: Activity) -> None:
+        """Keep ``activity`` a while after its end: the hub's final ``cost`` of it may follow."""
+        self._ended[activity.id] = activity
+        if len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
 
     async def close(self) -> None:
         """Release every activity still held and close the connection, for good (no reconnect);
@@ -547,9 +677,10 @@ class Rental:
         group: str | None,
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
+        terms: Terms | None = None,
     ) -> None:
         self._requestor = requestor
-        self._args = (image, demand, exclude, group, on_progress, user)
+        self._args = (image, demand, exclude, group, on_progress, user, terms)
         self._activity: Activity | None = None
 
     def __await__(self) -> Generator[Any, None, Activity]:

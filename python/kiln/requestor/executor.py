@@ -19,6 +19,22 @@ from the worker, or a task out of attempts, ends the job with :class:`TaskFailed
 provider is left to run. However the job ends — done, failed, cancelled — every activity
 it rented is released.
 
+Verification (``verify=Redundant(2)`` or ``SpotCheck(0.1)``): a task runs on several
+providers and its result is the one that enough of them agree on (see
+:mod:`kiln.requestor.scheduling`); for each run that lost, the job reports a verdict to the
+hub (:meth:`kiln.Requestor.report_verdict`), emits ``task_disputed``, and never uses that
+run's result. The summary counts the tasks ``verified`` and ``disputed``, and ``lost_by``
+provider.
+
+The market (protocol 1.5): ``budget`` (credits) caps what the job's group ever spends at the
+hub; ``strategy``, ``allow``, ``deny``, ``min_reputation`` and ``max_duration`` go with every
+rent (see :meth:`kiln.Requestor.rent`). When the hub refuses a rent because the budget
+cannot hold another activity, or ends an activity because it ran out, the job stops: no
+attempt starts, those running finish, and the tasks not done fail with
+:class:`~kiln.BudgetExceeded` (the job raises it, or each is a TaskFailed caused by it with
+``return_exceptions``). The hub's captures come as ``cost`` events, and the summary's
+``spent`` and ``spent_by_provider`` add them up.
+
 An image from the hub's store that a provider lacks is loaded before the container starts:
 the job emits ``image_loading`` events as the bytes go, and its summary counts the bytes
 each provider pulled.
@@ -42,18 +58,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar, cast
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
+    BudgetExceeded,
     ConnectionClosed,
     ConnectionLost,
     ContainerFailed,
@@ -64,10 +82,22 @@ from kiln.protocol.errors import (
     ProviderLost,
     UsageError,
 )
-from kiln.protocol.messages import MAX_EXCLUDE, Demand, User
+from kiln.protocol.messages import MAX_EXCLUDE, Cost, Demand, User
+from kiln.protocol.money import MICRO, format_credits
 from kiln.requestor.activity import Activity
-from kiln.requestor.scheduling import EventKind, Failure, Outcome, Scheduler, Task
+from kiln.requestor.scheduling import (
+    Dispute,
+    EventKind,
+    Failure,
+    Outcome,
+    Redundant,
+    Scheduler,
+    SpotCheck,
+    Task,
+    Verify,
+)
 from kiln.requestor.scheduling import JobSummary as JobSummary  # re-exported: kiln.JobSummary
+from kiln.requestor.terms import market_terms
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -99,10 +129,19 @@ class Renter(Protocol):
         group: str | None = None,
         on_progress: RentProgressHandler | None = None,
         user: User | None = None,
+        max_duration: float | None = None,
+        budget: float | str | None = None,
+        strategy: str | None = None,
+        allow: Iterable[str] | None = None,
+        min_reputation: float | None = None,
     ) -> Awaitable[Activity]: ...
 
     async def reconnected(self) -> bool:
         """Wait out a reconnect: True when the connection is back, False when it is gone for good."""
+        ...
+
+    async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
+        """:meth:`kiln.Requestor.report_verdict`."""
         ...
 
 
@@ -116,6 +155,12 @@ class TaskTimeout(KilnError):
     """An attempt ran past the job's ``task_timeout``; the task is tried again."""
 
     default_code = ErrorCode.TIMEOUT
+
+
+class Disputed(KilnError):
+    """A verified task's results disagreed, and no more runs could settle it: its TaskFailed's cause."""
+
+    default_code = ErrorCode.TASK_FAILED
 
 
 class TaskFailed(KilnError):
@@ -139,6 +184,8 @@ class JobEvent:
     """Something that happened in a job, ``elapsed`` seconds after it started.
 
     ``image_loading``: ``provider`` loads the job's image, ``bytes_done`` of ``bytes_total``.
+    ``cost``: the hub captured ``due`` credits so far for ``activity`` on ``provider``
+    (cumulative; ``final`` at its end).
     """
 
     kind: EventKind
@@ -148,6 +195,9 @@ class JobEvent:
     detail: str = ""
     bytes_done: int | None = None
     bytes_total: int | None = None
+    activity: str | None = None
+    due: float | None = None
+    final: bool = False
 
 
 def loading_text(image: str, provider: str, done: int, total: int) -> str:
@@ -168,6 +218,13 @@ class JobOptions(TypedDict, total=False):
     return_exceptions: bool
     on_event: Callable[[JobEvent], None] | None
     user: User | None
+    budget: float | str | None
+    strategy: str | None
+    allow: Iterable[str] | None
+    deny: Iterable[str]
+    min_reputation: float | None
+    max_duration: float | None
+    verify: Verify | None
 
 
 class Job(Generic[T, R]):
@@ -194,6 +251,13 @@ class Job(Generic[T, R]):
         return_exceptions: bool = False,
         on_event: Callable[[JobEvent], None] | None = None,
         user: User | None = None,
+        budget: float | str | None = None,
+        strategy: str | None = None,
+        allow: Iterable[str] | None = None,
+        deny: Iterable[str] = (),
+        min_reputation: float | None = None,
+        max_duration: float | None = None,
+        verify: Verify | None = None,
     ) -> None:
         for role, function in (("worker", worker), ("setup", setup), ("teardown", teardown)):
             if function is not None and not is_async_callable(function):
@@ -205,6 +269,27 @@ class Job(Generic[T, R]):
             raise UsageError("max_providers must be at least 1")
         if retries < 0:
             raise UsageError("retries cannot be negative")
+        if verify is not None and not isinstance(verify, Redundant | SpotCheck):
+            raise UsageError(f"verify takes Redundant(n) or SpotCheck(p), not {verify!r}")
+        if isinstance(verify, Redundant) and max_providers < verify.n:
+            raise UsageError(f"{verify.n} copies of each task need max_providers of {verify.n} at least")
+        if isinstance(deny, str):
+            raise UsageError("deny takes a list of provider names, not one string")
+        # Checked here, before anything is rented; every rent of the job carries them.
+        market_terms(
+            max_duration=max_duration, budget=budget, strategy=strategy, allow=allow, min_reputation=min_reputation
+        )
+        terms: dict[str, Any] = {
+            "max_duration": max_duration,
+            "budget": budget,
+            "strategy": strategy,
+            "allow": list(allow) if allow is not None else None,
+            "min_reputation": min_reputation,
+        }
+        self._terms = {name: value for name, value in terms.items() if value is not None}
+        self.deny = frozenset(deny)
+        """Providers the job never rents from (besides those it bans)."""
+        self.verify = verify
 
         self.requestor = requestor
         self.worker = worker
@@ -223,8 +308,11 @@ class Job(Generic[T, R]):
         """The hub keeps the job's activities on distinct providers by this name."""
         self._listeners: list[Callable[[JobEvent], None]] = [on_event] if on_event else []
         self._core: Scheduler[T] = Scheduler(
-            items, self._scheduled, retries=retries, return_exceptions=return_exceptions
+            items, self._scheduled, retries=retries, return_exceptions=return_exceptions, verify=verify
         )
+        self._spent: BudgetExceeded | None = None
+        """Why the job stopped renting: its budget is spent."""
+        self._due: dict[str, int] = {}  # activity -> the latest due the hub captured (micro-credits)
         self.summary = self._core.summary
         self._changed = asyncio.Event()
         self._watching = 0  # tasks waiting in _changes
@@ -280,11 +368,14 @@ class Job(Generic[T, R]):
         provider: str | None = None,
         detail: str = "",
         progress: tuple[int, int] | None = None,
+        cost: Cost | None = None,
     ) -> None:
         if not self._listeners:
             return
         done, total = progress if progress is not None else (None, None)
         event = JobEvent(kind, time.monotonic() - self._started, task, provider, detail, done, total)
+        if cost is not None:
+            event = dataclasses.replace(event, activity=cost.activity, due=cost.due / MICRO, final=cost.final)
         for listener in list(self._listeners):
             listener(event)
 
@@ -292,6 +383,14 @@ class Job(Generic[T, R]):
         """An event of the scheduling core; anything it decided may let a waiting slot go on."""
         self._event(kind, task, provider, detail)
         self._notify()
+
+    def _charged(self, activity: Activity, cost: Cost) -> None:
+        """The hub captured ``cost`` for one of the job's activities: count it, tell the listeners."""
+        before = self._due.get(activity.id, 0)
+        self._due[activity.id] = max(before, cost.due)
+        self.summary.spent_micro[activity.provider] += max(cost.due - before, 0)
+        detail = f"{activity.id}: {format_credits(cost.due)} credits" + (" in all" if cost.final else " so far")
+        self._event("cost", provider=activity.provider, detail=detail, cost=cost)
 
     def _loading(self, provider: str, image: str, done: int, total: int) -> None:
         # Named as the job names it (the hub may say the digest).
@@ -363,6 +462,10 @@ class Job(Generic[T, R]):
                 async with asyncio.TaskGroup() as tg:
                     for slot in range(slots):
                         tg.create_task(self._slot(slot), name=f"kiln-slot-{slot}")
+            if self._spent is not None:
+                # Every attempt under way has ended: what is not done fails with the budget.
+                for failure in self._core.strand(self._spent, describe(self._spent)):
+                    self._failed(failure)
         except BaseExceptionGroup as group:
             error = _first(group)
             raise error from error.__cause__  # out of the group, keeping what caused it
@@ -394,6 +497,9 @@ class Job(Generic[T, R]):
                 return
             if activity.pulled:
                 self.summary.pulled[activity.provider] += activity.pulled
+            activity.on_cost = self._charged
+            if activity.cost is not None:  # captured before the job saw the activity
+                self._charged(activity, activity.cost)
             core.hold(slot, activity.provider, activity.id)
             try:
                 await self._serve(activity)
@@ -417,11 +523,15 @@ class Job(Generic[T, R]):
                 return await self.requestor.rent(
                     self.image,
                     self.demand,
-                    exclude=core.banned,
+                    exclude=core.banned | self.deny | core.avoid(),
                     group=self.group,
                     on_progress=self._loading,
                     user=self.user,
+                    **self._terms,
                 )
+            except BudgetExceeded as e:
+                self._out_of_budget(e)
+                return None
             except ProviderLost:
                 continue  # it vanished while starting our container: try another
             except ConnectionLost:
@@ -437,7 +547,7 @@ class Job(Generic[T, R]):
                 held = core.holding
                 if not isinstance(e, NoMatch) and not (e.code == ErrorCode.TOO_MANY and held):
                     raise
-                if held:
+                if held and not (isinstance(e, NoMatch) and core.blocked()):
                     # Others are working (or the hub holds us to as many activities as we have):
                     # wait for a provider to join or to be released.
                     await self._changes(RENT_RETRY_SECONDS * 4)
@@ -450,6 +560,13 @@ class Job(Generic[T, R]):
                 self._event("waiting", detail=e.message)
                 await self._changes(RENT_RETRY_SECONDS)
         return None
+
+    def _out_of_budget(self, error: BudgetExceeded) -> None:
+        """The hub says the job's budget is spent: start nothing more; :meth:`_drive` fails the rest."""
+        if self._spent is None:
+            self._spent = error
+            log.warning("the job's budget is spent: %s", error.message)
+        self._core.budget_exceeded()
 
     def _nowhere_to_run(self, reason: NoMatch, *, waited: bool = True) -> None:
         """No provider is left to take the job: its tasks fail, not a misleading NoMatch.
@@ -500,6 +617,8 @@ class Job(Generic[T, R]):
         while core.may_serve(provider):
             if self._undelivered < RESULT_BUFFER and (task := core.next_task(provider)) is not None:
                 return task
+            if core.blocked():
+                return None  # what waits needs another provider: give this activity up, rent elsewhere
             await self._changes(RENT_RETRY_SECONDS * 4)
         return None
 
@@ -528,25 +647,51 @@ class Job(Generic[T, R]):
             core.abandon()
             raise  # closed by us: nothing to retry on
         except ProviderLost as e:
-            outcome, error = "provider_lost", e
+            outcome, error = self._lost(activity, e), e
         except RetryTask as e:
             outcome, error = "retry", e
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
             outcome, error = "error", e
         else:
-            core.outcome(task, provider, "ok")
-            self._emit_result(task.index, value)
-            return True
+            verdict = core.outcome(task, provider, "ok", value=value)
+            if verdict.accepted is not None:
+                self._emit_result(task.index, verdict.accepted.value)
+            for dispute in verdict.disputes:
+                await self._report(dispute)
+            if verdict.failure is not None:
+                self._failed(verdict.failure)
+            return verdict.keep
         verdict = core.outcome(task, provider, outcome, error, describe(error) if error is not None else "")
         if verdict.failure is not None:
             self._failed(verdict.failure)
         return verdict.keep
 
+    def _lost(self, activity: Activity, error: ProviderLost) -> Outcome:
+        """How an attempt whose activity the hub ended counts: by why it ended."""
+        if error.code == ErrorCode.BUDGET_EXCEEDED:
+            self._out_of_budget(BudgetExceeded(error.message))
+            return "interrupted"  # not the task's fault nor the provider's; it fails with the budget
+        if error.code == ErrorCode.INSUFFICIENT_FUNDS:
+            return "interrupted"  # the next rent says so, and ends the job
+        if error.code == ErrorCode.EXPIRED:
+            return "timeout"  # the rent's max_duration: as a task that ran too long
+        return "provider_lost"
+
+    async def _report(self, dispute: Dispute) -> None:
+        """Tell the hub that ``dispute``'s run lost (it counts against the provider, which is not paid for it)."""
+        try:
+            await self.requestor.report_verdict(dispute.activity, dispute.agreed)
+        except KilnError as e:  # the verdict is the hub's to count; the job's results stand without it
+            log.warning("the hub took no verdict on %s (%s): %s", dispute.activity, dispute.provider, e.message)
+
     def _failed(self, failure: Failure[T]) -> None:
         """A task failed for good: the job ends with its TaskFailed, or that is its result."""
         task = failure.task
+        cause = failure.cause if failure.cause is not None else Disputed(failure.message)
+        if failure.ends_job and isinstance(cause, BudgetExceeded):
+            raise BudgetExceeded(f"{cause.message}; the job stopped: {failure.message}") from cause
         error = TaskFailed(failure.message, task.index, task.item, cast(list[BaseException], list(task.errors)))
-        error.__cause__ = cast(BaseException, failure.cause)
+        error.__cause__ = cast(BaseException, cause)
         if failure.ends_job:
             raise error
         self._emit_result(task.index, error)

@@ -2,8 +2,9 @@
 
 Each is a real connection speaking kiln.v1 through the session core: it offers capacity
 and an image, says yes to every ``create`` and ``destroy`` at once, answers every
-``exec`` with an empty result, and serves downloads from a table it is given (truthfully
-or not: a rogue provider for tests of the requestor). No Docker is involved, so thousands
+``exec`` with an empty result (or, a liar, with ``LIE`` as its stdout), and serves
+downloads from a table it is given (truthfully or not: a rogue provider for tests of the
+requestor). No Docker is involved, so thousands
 fit on one machine::
 
     async with simulated_providers(url, 5000) as names:
@@ -38,6 +39,8 @@ from kiln.protocol.messages import (
 )
 from kiln.protocol.session import Event, Requested
 
+LIE: Final = "a lie\n"
+"""What a lying provider's every command prints."""
 DIAL_AT_ONCE: Final = 200
 """Connections opened concurrently: a burst the hub's listen backlog takes."""
 
@@ -56,7 +59,13 @@ class SimulatedProvider:
     """One provider that answers at once, without containers; downloads come from ``files``."""
 
     def __init__(
-        self, name: str, files: dict[str, Served] | None = None, *, stuck: bool = False, hoard: bool = False
+        self,
+        name: str,
+        files: dict[str, Served] | None = None,
+        *,
+        stuck: bool = False,
+        hoard: bool = False,
+        lie: bool = False,
     ) -> None:
         self.name = name
         self.files = files or {}
@@ -64,6 +73,8 @@ class SimulatedProvider:
         """Never answer a create or destroy (as a provider whose Docker hangs), while the connection lives."""
         self.hoard = hoard
         """Take uploads and never grant them credit nor answer them (a provider that sits on a requestor's stream)."""
+        self.lie = lie
+        """Answer every exec with :data:`LIE` as stdout (a provider whose results are wrong)."""
         self.conn: Connection | None = None
         self.offered: asyncio.Future[Message] | None = None  # the hub's reply to its offer
         self._replies: set[asyncio.Task[None]] = set()
@@ -80,7 +91,13 @@ class SimulatedProvider:
         if isinstance(message, Exec):
             self.conn.reply_soon(
                 ExecResult(
-                    type="exec_result", re=message.id, exit_code=0, timed_out=False, stdout="", stderr="", duration=0.0
+                    type="exec_result",
+                    re=message.id,
+                    exit_code=0,
+                    timed_out=False,
+                    stdout=LIE if self.lie else "",
+                    stderr="",
+                    duration=0.0,
                 )
             )
             return
@@ -151,13 +168,15 @@ async def simulated_providers(
     files: dict[str, Served] | None = None,
     stuck: bool = False,
     hoard: bool = False,
+    lie: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
     token: str | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
-    ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit."""
+    ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit.
+    With ``lie``, every one of them answers its commands wrongly (see :class:`SimulatedProvider`)."""
     raise_open_file_limit()
-    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard) for i in range(count)]
+    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard, lie=lie) for i in range(count)]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(i: int, provider: SimulatedProvider) -> None:
