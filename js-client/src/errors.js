@@ -28,6 +28,8 @@
  *      |    +-- TransferFailedError      a file stream broke off
  *      |    +-- ContainerFailedError     Docker refused an operation on the container
  *      +-- CancelledError                the request was cancelled (an AbortSignal fired)
+ *      +-- InsufficientFundsError        (1.5) the requestor's credits cannot hold a rent's worst case
+ *      +-- BudgetExceededError           (1.5) a job's budget cannot cover another rent: its tasks left fail so
  *      +-- TaskTimeoutError              a job's task ran past taskTimeoutMs (it is retried)
  *      +-- TaskFailedError               a job's task failed for good (.index, .item, .attempts, .cause)
  *      +-- RetryTaskError                thrown by a job's worker: run this task again elsewhere

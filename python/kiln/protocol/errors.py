@@ -25,6 +25,8 @@
      |    +-- TransferFailed       a file stream broke off
      |    +-- ContainerFailed      Docker refused an operation on the container
      +-- Cancelled                 the request was cancelled
+     +-- InsufficientFunds         (1.5) the requestor's credits cannot hold a rent's worst case
+     +-- BudgetExceeded            (1.5) what is left of a group's (a job's) budget cannot cover a rent
      +-- RemoteError               any other error a peer reported (.code tells which)
 
 The requestor SDK adds ``CommandTimeout`` and ``CommandFailed`` (ActivityErrors carrying the
@@ -152,6 +154,20 @@ class Cancelled(KilnError):
     default_code = ErrorCode.CANCELLED
 
 
+class InsufficientFunds(KilnError):
+    """(1.5) A rent of a priced provider whose worst case the requestor's available credits cannot
+    hold (or a requestor with no account); an activity whose hold ran out."""
+
+    default_code = ErrorCode.INSUFFICIENT_FUNDS
+
+
+class BudgetExceeded(KilnError):
+    """(1.5) What is left of a group's budget cannot cover another rent's hold; an activity ended
+    when its group's budget ran out; a job's tasks not done when its budget ran out."""
+
+    default_code = ErrorCode.BUDGET_EXCEEDED
+
+
 class RemoteError(KilnError):
     pass
 
@@ -183,6 +199,8 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
     ErrorCode.TRANSFER_FAILED: TransferFailed,
     ErrorCode.CONTAINER_FAILED: ContainerFailed,
     ErrorCode.CANCELLED: Cancelled,
+    ErrorCode.INSUFFICIENT_FUNDS: InsufficientFunds,
+    ErrorCode.BUDGET_EXCEEDED: BudgetExceeded,
 }
 
 
