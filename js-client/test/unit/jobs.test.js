@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { Scheduler } from "../../src/scheduling.js";
+import { Redundant, Scheduler, SpotCheck } from "../../src/scheduling.js";
 
 const JOBS = fileURLToPath(new URL("../../../protocol/v1/vectors/jobs/", import.meta.url));
 const files = readdirSync(JOBS).filter((f) => f.endsWith(".json")).sort();
@@ -21,10 +21,17 @@ class Run {
       for (let i = 0; i < count; i += 1) yield i;
     })();
     const options = vector.options ?? {};
+    this.verifying = "verify" in options;
+    const chances = [...(options.chances ?? [])];
     this.events = [];
     this.core = new Scheduler(items, (kind, task, provider, detail) => this.events.push([kind, task, provider, detail]), {
       retries: options.retries ?? 2,
       returnExceptions: options.return_exceptions ?? false,
+      verify: verification(options.verify),
+      chance: () => {
+        assert.ok(chances.length > 0, "the vector gives no more chances");
+        return chances.shift();
+      },
     });
     this.tasks = new Map();
   }
@@ -41,6 +48,8 @@ class Run {
       case "provider_failed": return core.providerFailed(step.provider);
       case "ban": return core.ban(step.provider, step.why);
       case "stop": return core.stop();
+      case "budget_exceeded": return core.budgetExceeded();
+      case "blocked": return core.blocked();
       case "abandon": return core.abandon();
       case "next_task": {
         const task = core.nextTask(step.provider);
@@ -51,9 +60,13 @@ class Run {
       case "start": return core.start(this.tasks.get(step.task), step.provider);
       case "outcome": {
         const error = step.error ?? null;
-        const verdict = core.outcome(this.tasks.get(step.task), step.provider, step.outcome, error, error ?? "");
-        if (verdict.failure === null) return { keep: verdict.keep };
-        return { keep: verdict.keep, failed: verdict.failure.message, ends_job: verdict.failure.endsJob };
+        const verdict = core.outcome(this.tasks.get(step.task), step.provider, step.outcome, error, error ?? "", step.value ?? null);
+        const answer = { keep: verdict.keep };
+        const accepted = verdict.accepted ?? null;
+        if (this.verifying && accepted !== null) answer.accepted = [accepted.provider, accepted.activity, accepted.value];
+        if ((verdict.disputes ?? []).length > 0) answer.disputes = verdict.disputes.map((d) => [d.provider, d.activity, d.agreed]);
+        if (verdict.failure !== null) Object.assign(answer, { failed: verdict.failure.message, ends_job: verdict.failure.endsJob });
+        return answer;
       }
       case "nowhere_to_run": return core.nowhereToRun(step.why);
       case "never_ran": return core.neverRan();
@@ -80,15 +93,24 @@ class Run {
 
   summary() {
     const s = this.core.summary;
+    const byName = (map) => Object.fromEntries([...map].sort(([a], [b]) => (a < b ? -1 : 1)));
+    const verified = this.verifying ? { verified: s.verified, disputed: s.disputed, lost_by: byName(s.lostBy) } : {};
     return {
       tasks: s.tasks,
       succeeded: s.succeeded,
       failed: s.failed,
       attempts: s.attempts,
       retries: s.retries,
-      tasks_per_provider: Object.fromEntries([...s.tasksPerProvider].sort(([a], [b]) => (a < b ? -1 : 1))),
+      tasks_per_provider: byName(s.tasksPerProvider),
+      ...verified,
     };
   }
+}
+
+/** A vector's `verify` option: `{"redundant": n}` or `{"spot_check": p}`. */
+function verification(options) {
+  if (options === undefined) return null;
+  return "redundant" in options ? new Redundant(options.redundant) : new SpotCheck(options.spot_check);
 }
 
 for (const vector of vectors) {
