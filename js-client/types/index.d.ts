@@ -40,6 +40,7 @@ export type {
   Stdin,
 } from "./generated/activity.js";
 export type { JobEvent, JobEventKind, JobOptions, Renter, TaskContext, Worker } from "./generated/executor.js";
+export type { Agree, Dispute, Verify } from "./generated/scheduling.js";
 export type { PriceOptions, WirePrice } from "./generated/money.js";
 export type { KilnErrorOptions } from "./generated/protocol/errors.js";
 export type {

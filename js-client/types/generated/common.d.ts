@@ -3,7 +3,7 @@
  * @module
  */
 export { Activity, Result, containerPath } from "./activity.js";
-export { Job, JobSummary } from "./executor.js";
+export { Job, JobSummary, Redundant, SpotCheck } from "./executor.js";
 export { Requestor, demandMessage } from "./requestor.js";
 export { parseSize } from "./units.js";
 export { MICRO, due, formatCredits, isFree, secondsCovered, toMicro, within, worstCase } from "./money.js";

@@ -487,18 +487,6 @@ export declare function demandMessage(demand?: DemandOptions): {
     labels: Record<string, string>;
     max_price?: import("./money.js").WirePrice;
 };
-/**
- * The market's fields of a rent (1.5) in the wire's names, only those given; a UsageError for a bad value.
- * @param {RentOptions} options
- * @param {string | null} group
- */
-export declare function marketFields(options: RentOptions, group: string | null): {
-    max_duration?: number;
-    budget?: number;
-    strategy?: Strategy;
-    allow?: string[];
-    min_reputation?: number;
-};
 export type ResourcesOptions = {
     /**
      * CPUs (fractions allowed), default 0
