@@ -73,6 +73,7 @@ import {
   ConnectionClosedError,
   ConnectionLostError,
   ContainerFailedError,
+  DisputedError,
   ImageNotFoundError,
   KilnError,
   NoMatchError,
@@ -85,6 +86,7 @@ import {
 import { MAX_EXCLUDE } from "./protocol/messages.js";
 import { marketFields } from "./market.js";
 import { formatCredits } from "./money.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
 import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
 
 export { JobSummary, Redundant, SpotCheck };
@@ -297,10 +299,6 @@ export class Job {
     /** results handed to results() and not yet taken */
     this._undelivered = 0;
     this._used = false;
-    /** how many slots the job runs (set when it starts) */
-    this._slotCount = 0;
-    /** @type {Set<string>} providers given up because they had run every task waiting: rents pass them over */
-    this._passedOver = new Set();
   }
 
   // --- following the job ----------------------------------------------------------------
@@ -452,7 +450,6 @@ export class Job {
     const unsubscribe = this.requestor.onCost?.((cost) => this._cost(cost)) ?? (() => {});
     try {
       const count = this._core.slots(this.maxProviders);
-      this._slotCount = count;
       const slots = Promise.all(Array.from({ length: count }, (_, slot) => this._slot(slot).catch((e) => this._end(e))));
       await Promise.race([slots, this._ended.promise]);
       if (this.stopped && !(await settlesWithin(slots, STOP_GRACE_MS))) {
@@ -476,20 +473,12 @@ export class Job {
 
   /**
    * The budget is spent and the attempts under way are over: every task not done fails; the
-   * job ends with the BudgetExceededError (with returnExceptions, each task's TaskFailedError
-   * is its result).
+   * job ends with a BudgetExceededError (with returnExceptions, each task's TaskFailedError,
+   * caused by the budget, is its result).
    * @param {BudgetExceededError} spent
    */
   _budgetSpent(spent) {
-    try {
-      for (const failure of this._core.strand(spent, describe(spent))) this._failed(failure);
-    } catch (e) {
-      if (!(e instanceof TaskFailedError)) throw e;
-    }
-    if (!this.returnExceptions) {
-      this._failure = null; // the job's error is the budget's, not its first task's
-      this._end(spent);
-    }
+    for (const failure of this._core.strand(spent, describe(spent))) this._failed(failure);
   }
 
   /** A capture of the hub's for one of the job's activities: a `cost` event, and the summary's spending. @param {import("./requestor.js").CostInfo} cost */
@@ -582,7 +571,7 @@ export class Job {
           demand: this.demand,
           ...(this.user === undefined ? {} : { user: this.user }),
           ...this._market,
-          exclude: [...core.banned, ...this._passedOver],
+          exclude: [...core.banned, ...core.avoid()],
           group: this.group,
           // A provider loading the job's image from the hub's store: how far it is.
           onProgress: ({ provider, done, total }) => {
@@ -690,16 +679,10 @@ export class Job {
     const core = this._core;
     while (core.mayServe(provider) && !this.stopped) {
       const task = this._undelivered < RESULT_BUFFER ? core.nextTask(provider) : null;
-      if (task !== null) {
-        this._passedOver.clear();
-        return task;
-      }
-      if (core.blocked() && this._activities.size >= this._slotCount) {
-        // Every slot holds a provider that has run what waits (a copy wants another): give
-        // this one up, and rent elsewhere.
-        this._passedOver.add(provider);
-        return null;
-      }
+      if (task !== null) return task;
+      // What waits needs another provider (a copy of a task this one has run): give this
+      // activity up, and rent elsewhere.
+      if (core.blocked()) return null;
       await this._changes(RENT_RETRY_MS * 4);
     }
     return null;
@@ -778,7 +761,7 @@ export class Job {
     }
     const error = outcome.error;
     if (error instanceof BudgetExceededError) {
-      // The hub ended the activity: the group's budget ran out. The task waits to be stranded.
+      // The group's budget ran out under the attempt: not the task's fault nor the provider's.
       this._budgetExceeded(error);
       core.outcome(task, provider, "interrupted");
       return false;
@@ -797,7 +780,7 @@ export class Job {
     }
     /** @type {import("./scheduling.js").Outcome} */
     const kind =
-      error instanceof ProviderLostError ? "provider_lost"
+      error instanceof ProviderLostError ? this._lost(error)
       : error instanceof RetryTaskError ? "retry"
       : error instanceof TaskTimeoutError ? "timeout"
       : "error";
@@ -806,6 +789,21 @@ export class Job {
     if (!verdict.keep) return false;
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
     return kind === "timeout" ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
+  }
+
+  /**
+   * How an attempt whose activity the hub ended counts: by why it ended.
+   * @param {ProviderLostError} error
+   * @returns {import("./scheduling.js").Outcome}
+   */
+  _lost(error) {
+    if (error.code === ErrorCode.BUDGET_EXCEEDED) {
+      this._budgetExceeded(new BudgetExceededError(error.message, { cause: error }));
+      return "interrupted"; // not the task's fault nor the provider's; it fails with the budget
+    }
+    if (error.code === ErrorCode.INSUFFICIENT_FUNDS) return "interrupted"; // the next rent says so, and ends the job
+    if (error.code === ErrorCode.EXPIRED) return "timeout"; // the rent's maxDuration: as a task that ran too long
+    return "provider_lost";
   }
 
   /**
@@ -832,7 +830,13 @@ export class Job {
    * @param {Failure<P>} failure
    */
   _failed({ task, message, cause, endsJob }) {
-    const error = new TaskFailedError(message, { index: task.index, item: task.item, attempts: [...task.errors], cause });
+    if (endsJob && cause instanceof BudgetExceededError) {
+      const spent = new BudgetExceededError(`${cause.message}; the job stopped: ${message}`, { cause });
+      this._end(spent);
+      throw spent;
+    }
+    const why = cause ?? new DisputedError(message);
+    const error = new TaskFailedError(message, { index: task.index, item: task.item, attempts: [...task.errors], cause: why });
     if (endsJob) {
       this._end(error); // no new rents or attempts while the job winds down
       throw error;

@@ -12,7 +12,7 @@
  *   counters once it is done or failed.
  * - **Slots** hold one activity each (one per provider). A slot takes a task that waits for a
  *   retry and has not failed on its provider, else a fresh part, else a retry no provider the
- *   job holds has spared.
+ *   job holds (and has not banned) has spared.
  * - **Blame**: a lost provider, or one that cannot start the job's containers, is the
  *   provider's failure. A failure the worker raises (`retry`, `timeout`) is the task's, until
  *   the task succeeds on another provider: then it was the provider's (its suspects).
@@ -32,7 +32,9 @@
  *   task's first result `chance() < p` runs one more copy elsewhere: agreeing, the task is
  *   accepted (verified); else it goes on as `Redundant(2)` (a third run breaks the tie).
  *   Copies wait with the retries, before fresh parts, for a slot whose provider is not
- *   running the task and has no result of it. A copy's failures follow the retry rules (they
+ *   running the task and has no result of it; when no slot's provider may take any (the job
+ *   is `blocked()`), slots give their activities up and rent elsewhere, excluding `avoid()`.
+ *   A copy's failures follow the retry rules (they
  *   count among the task's attempts). Every run whose result disagrees with the accepted one
  *   *lost*: the verdict names its activity and those of the agreeing runs ({@link Dispute}),
  *   it never becomes a result, and it is a failure of its provider (two ban it). A result of
@@ -233,7 +235,9 @@ export class JobSummary {
       lines.push(`verified ${this.verified}, disputed ${this.disputed}; runs lost: ${lost}`);
     }
     if (this.spentMicro.size > 0) lines.push(`spent ${this.spent} credits`);
-    const providers = new Set([...this.tasksPerProvider.keys(), ...this.cpuSeconds.keys(), ...this.spentMicro.keys()]);
+    const providers = new Set([
+      ...this.tasksPerProvider.keys(), ...this.cpuSeconds.keys(), ...this.spentMicro.keys(), ...this.lostBy.keys(),
+    ]);
     for (const provider of [...providers].sort()) {
       const spent = this.spentMicro.get(provider) ?? 0;
       const lost = this.lostBy.get(provider) ?? 0;
@@ -392,8 +396,25 @@ export class Scheduler {
    */
   blocked() {
     if (this.running > 0 || this._peek() !== null) return false;
-    const holders = [...this._held.values()];
+    const holders = this._serving();
     return !this._retries.some((task) => holders.some((p) => !task.busy.has(p)));
+  }
+
+  /**
+   * Providers a new activity would be of no use on: every task waiting has run there or runs
+   * there (none while a fresh part waits). A blocked slot gives its activity up and rents
+   * again, excluding these.
+   * @returns {Set<string>}
+   */
+  avoid() {
+    if (this._retries.length === 0 || this._peek() !== null) return new Set();
+    const [first, ...rest] = this._retries;
+    return new Set([...first.busy].filter((p) => rest.every((task) => task.busy.has(p))));
+  }
+
+  /** The providers the job holds that may take tasks (not banned). */
+  _serving() {
+    return [...new Set(this._held.values())].filter((p) => !this.banned.has(p));
   }
 
   // --- tasks -----------------------------------------------------------------------------
@@ -408,7 +429,7 @@ export class Scheduler {
   nextTask(provider) {
     if (!this.mayServe(provider)) return null;
     const retry = this._retries.find((task) => !task.failedOn.has(provider) && !task.busy.has(provider));
-    if (retry !== undefined) return this._take(retry);
+    if (retry !== undefined) return this._take(retry, provider);
     const fresh = this._peek();
     if (fresh !== null) {
       this._ahead = null;
@@ -416,17 +437,19 @@ export class Scheduler {
         fresh.needed = this.verify.n;
         this._want(fresh, this.verify.n - 1);
       }
+      fresh.busy.add(provider);
       return fresh;
     }
-    const holders = [...this._held.values()];
+    const holders = this._serving();
     const spared = this._retries.find(
       (task) => !task.busy.has(provider) && holders.every((p) => task.failedOn.has(p) || task.busy.has(p)),
     );
-    return spared === undefined ? null : this._take(spared);
+    return spared === undefined ? null : this._take(spared, provider);
   }
 
-  /** Hand out one of the attempts `task` waits for. @param {Task<P>} task */
-  _take(task) {
+  /** Hand out one of the attempts `task` waits for, to `provider`. @param {Task<P>} task @param {string} provider */
+  _take(task, provider) {
+    task.busy.add(provider); // handed to it: no copy goes there
     task.wanted -= 1;
     if (task.wanted === 0) this._retries.splice(this._retries.indexOf(task), 1);
     return task;

@@ -50,6 +50,7 @@ class Run {
       case "stop": return core.stop();
       case "budget_exceeded": return core.budgetExceeded();
       case "blocked": return core.blocked();
+      case "avoid": return [...core.avoid()].sort();
       case "abandon": return core.abandon();
       case "next_task": {
         const task = core.nextTask(step.provider);

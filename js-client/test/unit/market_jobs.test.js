@@ -7,7 +7,14 @@ import assert from "node:assert/strict";
 
 import * as browserEntry from "../../src/browser.js";
 import * as nodeEntry from "../../src/node/index.js";
-import { BudgetExceededError, NoMatchError, TaskFailedError, UsageError } from "../../src/errors.js";
+import {
+  BudgetExceededError,
+  DisputedError,
+  NoMatchError,
+  ProviderLostError,
+  TaskFailedError,
+  UsageError,
+} from "../../src/errors.js";
 import { Job, Redundant, SpotCheck } from "../../src/executor.js";
 
 const IMAGE = "kiln-busybox:latest";
@@ -172,7 +179,7 @@ test("a spent budget stops the job: running work finishes, the rest fails with B
     return n;
   };
   const { job: j, events } = job(hub, [0, 1, 2, 3, 4, 5], worker, { budget: 2, maxProviders: 3, retries: 5 });
-  await assert.rejects(j.run(), (e) => e instanceof BudgetExceededError && e.code === "budget_exceeded");
+  await assert.rejects(j.run(), (e) => e instanceof BudgetExceededError && e.code === "budget_exceeded" && /the job stopped: task \d failed/.test(e.message));
   assert.ok(started >= 2);
   assert.ok(hub.rents.some((r) => r.budget === 2));
   assert.deepEqual(hub.live(), [], "every activity released");
@@ -197,6 +204,40 @@ test("with returnExceptions, each task the budget did not cover is a TaskFailedE
     assert.match(failure.message, /the job's budget is spent/);
   }
   assert.deepEqual(results.filter((r) => !(r instanceof TaskFailedError)), results.slice(0, results.length - failed.length));
+});
+
+test("an activity the hub ends for the budget stops the job as a refused rent does", { timeout: 10_000 }, async () => {
+  const hub = new PricedHub(["p1", "p2"]);
+  let calls = 0;
+  const worker = async (act, n) => {
+    calls += 1;
+    await sleep(2);
+    if (calls === 2) {
+      hub.budgets.set(act.group, 0); // the hub's view: nothing is left
+      throw new ProviderLostError(`activity ${act.id} is gone: the budget ran out`, { code: "budget_exceeded" });
+    }
+    return n;
+  };
+  const { job: j } = job(hub, [0, 1, 2, 3], worker, { budget: 10, maxProviders: 1, retries: 0 });
+  await assert.rejects(j.run(), (e) => e instanceof BudgetExceededError && e.cause instanceof BudgetExceededError);
+  assert.deepEqual(hub.live(), []);
+  assert.equal(j.summary.succeeded, 1);
+  assert.deepEqual([...j.summary.failedProviders], [], "not the provider's fault");
+});
+
+test("results that never agree fail the task as disputed: a TaskFailedError caused by a DisputedError", { timeout: 10_000 }, async () => {
+  const hub = new PricedHub(["p1", "p2", "p3"]);
+  const worker = async (act) => {
+    await sleep(1);
+    return act.provider;
+  };
+  const { job: j } = job(hub, [0], worker, { verify: new Redundant(2), maxProviders: 3, returnExceptions: true });
+  const [result] = await j.run();
+  assert.ok(result instanceof TaskFailedError);
+  assert.ok(result.cause instanceof DisputedError);
+  assert.equal(result.cause.code, "task_failed");
+  assert.match(result.message, /\(disputed\): 3 results on distinct providers, and no 2 agree/);
+  assert.deepEqual(hub.verdicts, []);
 });
 
 test("Redundant(2) catches a liar: its results are never used and each losing run is reported to the hub", { timeout: 10_000 }, async () => {

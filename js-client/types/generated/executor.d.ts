@@ -66,7 +66,7 @@
  * @module
  */
 import { Deferred } from "./deferred.js";
-import { BudgetExceededError, NoMatchError, TaskFailedError } from "./errors.js";
+import { BudgetExceededError, NoMatchError, ProviderLostError, TaskFailedError } from "./errors.js";
 import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
 export { JobSummary, Redundant, SpotCheck };
 export type Activity = import("./activity.js").Activity;

@@ -12,7 +12,7 @@
  *   counters once it is done or failed.
  * - **Slots** hold one activity each (one per provider). A slot takes a task that waits for a
  *   retry and has not failed on its provider, else a fresh part, else a retry no provider the
- *   job holds has spared.
+ *   job holds (and has not banned) has spared.
  * - **Blame**: a lost provider, or one that cannot start the job's containers, is the
  *   provider's failure. A failure the worker raises (`retry`, `timeout`) is the task's, until
  *   the task succeeds on another provider: then it was the provider's (its suspects).
@@ -32,7 +32,9 @@
  *   task's first result `chance() < p` runs one more copy elsewhere: agreeing, the task is
  *   accepted (verified); else it goes on as `Redundant(2)` (a third run breaks the tie).
  *   Copies wait with the retries, before fresh parts, for a slot whose provider is not
- *   running the task and has no result of it. A copy's failures follow the retry rules (they
+ *   running the task and has no result of it; when no slot's provider may take any (the job
+ *   is `blocked()`), slots give their activities up and rent elsewhere, excluding `avoid()`.
+ *   A copy's failures follow the retry rules (they
  *   count among the task's attempts). Every run whose result disagrees with the accepted one
  *   *lost*: the verdict names its activity and those of the agreeing runs ({@link Dispute}),
  *   it never becomes a result, and it is a failure of its provider (two ban it). A result of
@@ -321,6 +323,13 @@ export declare class Scheduler<P> {
      * task waiting (a copy wants a provider it lacks). Renting is then the only way on.
      */
     blocked(): boolean;
+    /**
+     * Providers a new activity would be of no use on: every task waiting has run there or runs
+     * there (none while a fresh part waits). A blocked slot gives its activity up and rents
+     * again, excluding these.
+     * @returns {Set<string>}
+     */
+    avoid(): Set<string>;
     /**
      * The next task for the activity on `provider`; null: none for it now (wait for a change).
      * One that has not failed there, else a fresh part, else one that failed there when no

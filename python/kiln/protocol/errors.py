@@ -24,9 +24,9 @@
      |    +-- FileNotFound         no such file or folder in the container
      |    +-- TransferFailed       a file stream broke off
      |    +-- ContainerFailed      Docker refused an operation on the container
-     +-- Cancelled                 the request was cancelled
-     +-- InsufficientFunds         (1.5) the requestor's credits cannot hold a rent's worst case
-     +-- BudgetExceeded            (1.5) what is left of a group's (a job's) budget cannot cover a rent
+     +-- InsufficientFunds         the requestor's credits cannot hold a rent's worst case (1.5)
+ +-- BudgetExceeded            what is left of a job's budget cannot hold another activity (1.5)
+ +-- Cancelled                 the request was cancelled
      +-- RemoteError               any other error a peer reported (.code tells which)
 
 The requestor SDK adds ``CommandTimeout`` and ``CommandFailed`` (ActivityErrors carrying the
@@ -150,22 +150,22 @@ class ContainerFailed(ActivityError):
     default_code = ErrorCode.CONTAINER_FAILED
 
 
-class Cancelled(KilnError):
-    default_code = ErrorCode.CANCELLED
-
-
 class InsufficientFunds(KilnError):
-    """(1.5) A rent of a priced provider whose worst case the requestor's available credits cannot
-    hold (or a requestor with no account); an activity whose hold ran out."""
+    """(1.5) A rent of a priced provider whose worst-case cost the requestor's available credits
+    cannot hold (or by a requestor with no account at the hub); nothing was started."""
 
     default_code = ErrorCode.INSUFFICIENT_FUNDS
 
 
 class BudgetExceeded(KilnError):
-    """(1.5) What is left of a group's budget cannot cover another rent's hold; an activity ended
-    when its group's budget ran out; a job's tasks not done when its budget ran out."""
+    """(1.5) What is left of a job's budget (its group's, at the hub) cannot hold another
+    activity, or ran out under one: the job stops renting and fails the tasks not done."""
 
     default_code = ErrorCode.BUDGET_EXCEEDED
+
+
+class Cancelled(KilnError):
+    default_code = ErrorCode.CANCELLED
 
 
 class RemoteError(KilnError):
