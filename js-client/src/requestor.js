@@ -23,12 +23,13 @@ import {
   ConnectionClosedError,
   ConnectionLostError,
   LocalProtocolError,
+  NoMatchError,
   UsageError,
   errorFromCode,
 } from "./errors.js";
 import { Job, workerAndParts } from "./executor.js";
 import { marketFields } from "./market.js";
-import { credits, priceMessage, toMicro, within, worstCase } from "./money.js";
+import { credits, priceMessage, within, worstCase } from "./money.js";
 import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
@@ -37,6 +38,8 @@ const CLEANUP_WAIT_MS = 10_000;
 /** Milliseconds between two dials of a reconnect: from the first, doubling up to the most. */
 const REDIAL_FIRST_MS = 200;
 const REDIAL_MOST_MS = 2_000;
+/** Activities released or lost that a requestor still knows, for the hub's final `cost` of each. */
+const ENDED_KEPT = 1024;
 
 /**
  * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
@@ -206,6 +209,9 @@ function imageInfo(wire) {
  * @property {number} [activities] how many activities, default 1
  * @property {number | string} [budget] credits: the estimate is never more
  * @property {string} [image] only providers that hold this image
+ * @property {Iterable<string>} [allow] only these providers
+ * @property {Iterable<string>} [deny] never these providers
+ * @property {number} [minReputation] only providers whose reputation is at least this
  */
 
 /**
@@ -345,6 +351,8 @@ export class Requestor {
     this.gone = null;
     /** @type {Set<(cost: CostInfo) => void>} */
     this._costListeners = new Set();
+    /** @type {Map<string, Activity>} the latest ENDED_KEPT activities released or lost, oldest first */
+    this._ended = new Map();
     this._watch(connection);
   }
 
@@ -530,7 +538,10 @@ export class Requestor {
 
   /** @param {import("../types/protocol.js").Rented} rented */
   _adopt(rented) {
-    const activity = new Activity(this, rented, this._platform.files, (a) => this._activities.delete(a.id));
+    const activity = new Activity(this, rented, this._platform.files, (a) => {
+      this._activities.delete(a.id);
+      this._endedNow(a);
+    });
     this._activities.set(activity.id, activity);
     return activity;
   }
@@ -891,42 +902,53 @@ export class Requestor {
   /**
    * (1.5) The most `activities` activities meeting `demand` could cost, each held
    * `maxDuration` seconds, in credits, before anything runs: the dearest worst case among the
-   * providers the market lists that fit (their resources free, their price within
-   * `demand.maxPrice`), times `activities`, and never more than `budget`. 0 when none fits or
-   * all are free.
+   * providers the market lists that fit (`demand`'s resources, labels and `maxPrice`; `image`,
+   * `allow`, `deny`, `minReputation`), times `activities`, and never more than `budget`. A
+   * free provider costs 0. Asks the hub's market (at most 1,000 providers). NoMatchError
+   * when none fits; UsageError for a bad option.
    * @param {DemandOptions} demand
    * @param {EstimateOptions} options
    * @returns {Promise<number>}
    */
   async estimate(demand, options) {
     const wire = demandMessage(demand);
-    const { maxDuration, activities = 1, budget = null, image } = options ?? {};
-    if (typeof maxDuration !== "number" || !(maxDuration > 0)) throw new UsageError("estimate needs maxDuration, in seconds");
+    const { maxDuration, activities = 1, budget, image, allow, deny = [], minReputation } = options ?? {};
+    if (maxDuration == null) throw new UsageError("estimate needs maxDuration, in seconds");
+    // The group only matters to a rent's budget; here the budget caps the estimate.
+    const terms = marketFields({ maxDuration, budget, allow, minReputation }, "estimate");
     if (!Number.isInteger(activities) || activities < 1) throw new UsageError("activities is an integer of at least 1");
-    const cap = budget === null ? null : toMicro(budget, "budget");
-    const providers = await this.market({
-      ...(image === undefined ? {} : { image }),
-      labels: wire.labels,
-      limit: MAX_LISTED,
-    });
-    let worst = 0;
+    const allowed = terms.allow === undefined ? null : new Set(terms.allow);
+    const denied = new Set(deny);
+    const providers = await this.market({ ...(image === undefined ? {} : { image }), labels: wire.labels, limit: MAX_LISTED });
+    /** @type {number | null} */
+    let worst = null;
     for (const provider of providers) {
       const offered = provider.offered;
       if (offered.cpus < wire.cpus || offered.memory < wire.memory || offered.storage < wire.storage) continue;
+      if (denied.has(provider.name) || (allowed !== null && !allowed.has(provider.name))) continue;
+      if (terms.min_reputation !== undefined && (provider.reputation ?? 0) < terms.min_reputation) continue;
       const price = provider.price ?? null;
-      if (price === null) continue; // free
-      if (wire.max_price !== undefined && !within(price, wire.max_price)) continue;
-      worst = Math.max(worst, worstCase(price, wire.cpus, maxDuration));
+      if (wire.max_price !== undefined && price !== null && !within(price, wire.max_price)) continue;
+      const each = price === null ? 0 : worstCase(price, wire.cpus, maxDuration);
+      worst = worst === null ? each : Math.max(worst, each);
     }
+    if (worst === null) throw new NoMatchError("no provider the hub lists fits this demand and these terms");
     const total = worst * activities;
-    return credits(cap === null ? total : Math.min(total, cap));
+    return credits(terms.budget === undefined ? total : Math.min(total, terms.budget));
+  }
+
+  /** Keep `activity` a while after its end: the hub's final `cost` of it may follow. @param {Activity} activity */
+  _endedNow(activity) {
+    this._ended.delete(activity.id);
+    this._ended.set(activity.id, activity);
+    if (this._ended.size > ENDED_KEPT) this._ended.delete(/** @type {string} */ (this._ended.keys().next().value));
   }
 
   /** @param {import("../types/protocol.js").SessionEvent} event */
   _onEvent(event) {
     if (event.type === "notified" && event.message.type === "cost") {
       const cost = costInfo(event.message);
-      const activity = this._activities.get(cost.activity);
+      const activity = this._activities.get(cost.activity) ?? this._ended.get(cost.activity);
       if (activity !== undefined) activity.cost = cost;
       for (const listener of [...this._costListeners]) listener(cost);
       return;
@@ -937,6 +959,7 @@ export class Requestor {
       if (activity !== undefined) {
         this._activities.delete(lost.activity);
         activity.lost = errorFromCode(lost.code, lost.reason);
+        this._endedNow(activity);
       }
     }
   }

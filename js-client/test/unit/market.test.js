@@ -8,6 +8,7 @@ import {
   BudgetExceededError,
   InsufficientFundsError,
   KilnError,
+  NoMatchError,
   UnsupportedVersionError,
   UsageError,
 } from "../../src/node/index.js";
@@ -167,10 +168,19 @@ test("cost news reaches the activity and every listener, also after its release"
   socket.receive({ type: "cost", activity: "a1", seq: 2, due: 61_000, seconds: 61, cpu_seconds: 1.5, final: true });
   await tick();
   assert.deepEqual(heard, [first, { ...first, seq: 2, due: 0.061, dueMicro: 61_000, seconds: 61, final: true }]);
+  // Released, the activity still hears its final cost.
+  const releasing = activity.release();
+  const release = await sentOne(socket);
+  socket.receive({ type: "done", re: release.id, cpu_seconds: 1.5 });
+  await releasing;
+  socket.receive({ type: "cost", activity: "a1", seq: 3, due: 62_000, seconds: 62, cpu_seconds: 1.5, final: true });
+  await tick();
+  assert.equal(activity.cost.seq, 3);
+  assert.equal(heard.length, 3);
   stop();
   socket.receive({ type: "cost", activity: "a9", seq: 1, due: 1, seconds: 1, cpu_seconds: 0 });
   await tick();
-  assert.equal(heard.length, 2);
+  assert.equal(heard.length, 3);
 });
 
 test("estimate: the dearest fitting provider's worst case, times the activities, capped by the budget", async () => {
@@ -197,5 +207,9 @@ test("estimate: the dearest fitting provider's worst case, times the activities,
   assert.equal(await answer(estimate({ maxDuration: 1800 })), 2);
   assert.equal(await answer(estimate({ maxDuration: 1800, activities: 3 })), 6);
   assert.equal(await answer(estimate({ maxDuration: 1800, activities: 3, budget: 5 })), 5);
+  assert.equal(await answer(estimate({ maxDuration: 1800, deny: ["dear"] })), 0.5, "cheap: 1 credit an hour held");
+  assert.equal(await answer(estimate({ maxDuration: 1800, allow: ["free"] })), 0, "a free provider costs nothing");
+  await assert.rejects(answer(estimate({ maxDuration: 1800, minReputation: 0.9 })), NoMatchError);
   await assert.rejects(r.estimate({}, /** @type {any} */ ({})), UsageError);
+  await assert.rejects(r.estimate({}, { maxDuration: 60, budget: -1 }), UsageError);
 });

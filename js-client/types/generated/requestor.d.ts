@@ -241,6 +241,18 @@ export type EstimateOptions = {
      * only providers that hold this image
      */
     image?: string;
+    /**
+     * only these providers
+     */
+    allow?: Iterable<string>;
+    /**
+     * never these providers
+     */
+    deny?: Iterable<string>;
+    /**
+     * only providers whose reputation is at least this
+     */
+    minReputation?: number;
 };
 export type PushOptions = {
     /**
@@ -429,6 +441,9 @@ export type DemandOptions = {
  * @property {number} [activities] how many activities, default 1
  * @property {number | string} [budget] credits: the estimate is never more
  * @property {string} [image] only providers that hold this image
+ * @property {Iterable<string>} [allow] only these providers
+ * @property {Iterable<string>} [deny] never these providers
+ * @property {number} [minReputation] only providers whose reputation is at least this
  */
 /**
  * The options of {@link Requestor#pushImage}.
@@ -716,9 +731,10 @@ export declare class Requestor {
     /**
      * (1.5) The most `activities` activities meeting `demand` could cost, each held
      * `maxDuration` seconds, in credits, before anything runs: the dearest worst case among the
-     * providers the market lists that fit (their resources free, their price within
-     * `demand.maxPrice`), times `activities`, and never more than `budget`. 0 when none fits or
-     * all are free.
+     * providers the market lists that fit (`demand`'s resources, labels and `maxPrice`; `image`,
+     * `allow`, `deny`, `minReputation`), times `activities`, and never more than `budget`. A
+     * free provider costs 0. Asks the hub's market (at most 1,000 providers). NoMatchError
+     * when none fits; UsageError for a bad option.
      * @param {DemandOptions} demand
      * @param {EstimateOptions} options
      * @returns {Promise<number>}
