@@ -489,7 +489,7 @@ export class Job {
     // Captures are cumulative: the summary takes the difference from the last one heard.
     spent.set(known.provider, (spent.get(known.provider) ?? 0) + Math.max(cost.dueMicro - known.due, 0));
     known.due = Math.max(known.due, cost.dueMicro);
-    const detail = `${cost.activity} owes ${formatCredits(cost.dueMicro)} credits${cost.final ? " (final)" : ""}`;
+    const detail = `${cost.activity}: ${formatCredits(cost.dueMicro)} credits${cost.final ? " in all" : " so far"}`;
     if (this._listeners.length === 0) return;
     const elapsed = (performance.now() - this._started) / 1000;
     const event = Object.freeze({ kind: /** @type {const} */ ("cost"), elapsed, task: null, provider: known.provider, detail, cost });

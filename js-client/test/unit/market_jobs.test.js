@@ -159,7 +159,8 @@ test("cost events follow the hub's captures; the summary adds up what each provi
   const costs = kinds(events, "cost");
   assert.ok(costs.length >= 4);
   assert.ok(costs.every((e) => e.cost.activity.startsWith("a") && typeof e.provider === "string"));
-  assert.match(costs[0].detail, /^a\d owes 0\.25 credits$/);
+  assert.match(costs[0].detail, /^a\d: 0\.25 credits so far$/);
+  assert.ok(costs.some((e) => / credits in all$/.test(e.detail)), "the final capture at each release");
   assert.equal(j.summary.spent, 1, "4 tasks at 0.25 credits");
   const byProvider = j.summary.spentByProvider;
   assert.equal([...byProvider.values()].reduce((a, b) => a + b, 0), 1);
