@@ -299,3 +299,25 @@ test("both entry points export the verification strategies and the money helpers
     }
   }
 });
+
+test("the summary's verification and spending lines read as Python's JobSummary.lines()", async () => {
+  const { JobSummary } = await import("../../src/scheduling.js");
+  const s = new JobSummary(3);
+  Object.assign(s, { succeeded: 2, failed: 1, attempts: 6, wallSeconds: 1.5, verified: 2, disputed: 1 });
+  s.tasksPerProvider.set("p1", 2);
+  s.cpuSeconds.set("p1", 0.5);
+  s.lostBy.set("liar", 1);
+  s.spentMicro.set("p1", 1_250_000);
+  s.spentMicro.set("liar", 250_000);
+  s.failedProviders = new Set(["liar"]);
+  // What python/kiln/requestor/scheduling.py prints for the same numbers.
+  assert.deepEqual(s.lines(), [
+    "tasks 3: 2 done, 1 failed; attempts 6, retries 0; wall time 1.50 s",
+    "verified 2, disputed 1; runs lost: liar 1",
+    "spent 1.5 credits",
+    "  liar: 0 tasks, 0.00 container CPU-seconds, 0.25 credits, lost 1 verification  (failed)",
+    "  p1: 2 tasks, 0.50 container CPU-seconds, 1.25 credits",
+  ]);
+  assert.equal(s.spent, 1.5);
+  assert.deepEqual([...s.spentByProvider], [["liar", 0.25], ["p1", 1.25]]);
+});
