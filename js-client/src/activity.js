@@ -173,6 +173,12 @@ export class Activity {
     this.released = false;
     /** @type {number | null} CPU time the container used, known once released */
     this.cpuSeconds = null;
+    /** @type {import("../types/protocol.js").Price | null} (1.5) the provider's price in micro-credits (null: free, or an older hub) */
+    this.price = rented.price ?? null;
+    /** @type {number | null} (1.5) micro-credits the hub holds of the requestor's for it (null: nothing held) */
+    this.hold = rented.hold ?? null;
+    /** @type {import("./requestor.js").CostInfo | null} (1.5) what it owes so far, as the hub last captured it */
+    this.cost = null;
   }
 
   /**

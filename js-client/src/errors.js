@@ -28,8 +28,11 @@
  *      |    +-- TransferFailedError      a file stream broke off
  *      |    +-- ContainerFailedError     Docker refused an operation on the container
  *      +-- CancelledError                the request was cancelled (an AbortSignal fired)
+ *      +-- InsufficientFundsError        (1.5) the requestor's credits cannot hold a rent's worst case
+ *      +-- BudgetExceededError           (1.5) a job's budget cannot cover another rent: its tasks left fail so
  *      +-- TaskTimeoutError              a job's task ran past taskTimeoutMs (it is retried)
  *      +-- TaskFailedError               a job's task failed for good (.index, .item, .attempts, .cause)
+ *      +-- DisputedError                 a verified task's results disagreed past settling: its TaskFailedError's cause
  *      +-- RetryTaskError                thrown by a job's worker: run this task again elsewhere
  *      +-- RemoteError                   any other error a peer reported (.code tells which)
  *
@@ -109,6 +112,11 @@ export class TaskFailedError extends KilnError {
     this.item = task.item;
     this.attempts = task.attempts;
   }
+}
+
+/** A verified task's results disagreed, and no more runs could settle it: its TaskFailedError's cause (code `task_failed`). */
+export class DisputedError extends KilnError {
+  static defaultCode = ErrorCode.TASK_FAILED;
 }
 
 /** Thrown by a job's worker to have its task tried again (on another provider if possible). */

@@ -39,6 +39,21 @@
  * shortly after is released rather than reused; a job that ends waits a few seconds for
  * its workers, then releases their activities under them.
  *
+ * The market (a hub ≥ 1.5): every rent of a job carries its `strategy`, `allow`, `deny`,
+ * `minReputation`, `maxDuration` and `budget` (credits, held at the hub for the job's group:
+ * never exceeded). When the hub refuses a rent with `budget_exceeded` (or ends an activity
+ * for it), the job stops renting, lets the attempts under way finish (their results count),
+ * and fails every task not done with a TaskFailedError whose cause is the BudgetExceededError;
+ * the job then rejects with that BudgetExceededError (with `returnExceptions`, those
+ * TaskFailedErrors are the tasks' results and the job resolves). Each `cost` the hub captures
+ * for an activity of the job is a `cost` event; the summary's `spent` and `spentByProvider`
+ * add them up (credits).
+ *
+ * Verification (`verify: new Redundant(2)` or `new SpotCheck(0.1)`): tasks run again on
+ * other providers and their results are compared, as `scheduling.js` says; for each run
+ * that lost, the job tells the hub (`reportVerdict`), which counts it against the provider
+ * and pays the requestor back. A losing run's result is never used.
+ *
  * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
  * a task while it waits or runs, and nothing of it but counters once it is done. The rules
  * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
@@ -53,10 +68,12 @@
 
 import { Deferred, cancelledBy, settlesWithin } from "./deferred.js";
 import {
+  BudgetExceededError,
   CancelledError,
   ConnectionClosedError,
   ConnectionLostError,
   ContainerFailedError,
+  DisputedError,
   ImageNotFoundError,
   KilnError,
   NoMatchError,
@@ -67,9 +84,12 @@ import {
   UsageError,
 } from "./errors.js";
 import { MAX_EXCLUDE } from "./protocol/messages.js";
-import { JobSummary, Scheduler } from "./scheduling.js";
+import { marketFields } from "./market.js";
+import { formatCredits } from "./money.js";
+import { ErrorCode } from "./protocol/generated/constants.js";
+import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
 
-export { JobSummary };
+export { JobSummary, Redundant, SpotCheck };
 
 /** @typedef {import("./activity.js").Activity} Activity */
 /** @typedef {import("./scheduling.js").JobEventKind} JobEventKind */
@@ -86,16 +106,19 @@ const TEARDOWN_MS = 60_000;
 const TIMEOUT_GRACE_MS = 2_000;
 /** How long an ending job waits for its workers before releasing their activities anyway. */
 const STOP_GRACE_MS = 5_000;
+/** How long an ending job waits for the hub to take its verdicts. */
+const VERDICT_WAIT_MS = 10_000;
 
 /**
- * What a job needs of a requestor: `rent`, honouring `exclude` and `group`.
+ * What a job needs of a requestor: `rent`, honouring `exclude` and `group` (and the market's options).
  * @typedef {object} Renter
- * @property {(options: {image: string, demand?: import("./requestor.js").DemandOptions,
- *   exclude?: Iterable<string>, group?: string, user?: "root",
- *   onProgress?: (progress: {provider: string, image: string, done: number, total: number}) => void
- * }) => Promise<Activity>} rent
+ * @property {(options: import("./requestor.js").RentOptions) => Promise<Activity>} rent
  * @property {() => Promise<boolean>} [reconnected] waits out a reconnect of the requestor's connection:
  *   true when it is back, false when it is gone for good (a renter without it never reconnects)
+ * @property {(listener: (cost: import("./requestor.js").CostInfo) => void) => () => void} [onCost] hears the
+ *   hub's cost news (a renter without it: no `cost` events, nothing spent in the summary)
+ * @property {(lost: string, agreed: string[]) => Promise<void>} [reportVerdict] tells the hub a run lost a
+ *   verification (a renter without it: the verdicts stay in the job's events)
  */
 
 /**
@@ -119,6 +142,7 @@ const STOP_GRACE_MS = 5_000;
  * @property {number | null} task the task's index, when the event is about one
  * @property {string | null} provider the provider's name, when the event is about one
  * @property {string} detail
+ * @property {import("./requestor.js").CostInfo} [cost] a `cost` event's capture
  */
 
 /**
@@ -136,6 +160,13 @@ const STOP_GRACE_MS = 5_000;
  * @property {boolean} [returnExceptions] a task that fails for good yields its TaskFailedError
  * @property {(event: JobEvent) => void} [onEvent] called (synchronously: keep it quick) for every event
  * @property {AbortSignal} [signal] cancels the job
+ * @property {number | string} [budget] (1.5) the most the job may spend at the hub, in credits (held there for it)
+ * @property {import("./requestor.js").Strategy} [strategy] (1.5) how the hub picks the job's providers
+ * @property {Iterable<string>} [allow] (1.5) only these providers
+ * @property {Iterable<string>} [deny] never these providers
+ * @property {number} [minReputation] (1.5) only providers whose reputation is at least this
+ * @property {number} [maxDuration] (1.5) seconds each activity may be held (the hub ends it then)
+ * @property {Redundant | SpotCheck} [verify] run tasks on several providers and compare their results
  */
 
 let warnedOrder = false;
@@ -211,6 +242,10 @@ export class Job {
       throw new UsageError("taskTimeoutMs must be a positive number of milliseconds");
     }
     if (!(startTimeoutMs >= 0)) throw new UsageError("startTimeoutMs must be a number of milliseconds");
+    const verify = options.verify ?? null;
+    if (verify !== null && !(verify instanceof Redundant || verify instanceof SpotCheck)) {
+      throw new UsageError("verify is a new Redundant(n) or a new SpotCheck(p)");
+    }
     this.requestor = requestor;
     this.worker = worker;
     this.image = options.image;
@@ -226,12 +261,26 @@ export class Job {
     this.signal = options.signal;
     /** The hub keeps the job's activities on distinct providers by this name. */
     this.group = `job-${randomHex(8)}`;
+    /** @type {import("./market.js").RentMarket} the market's options of every rent, checked now */
+    this._market = {};
+    for (const key of /** @type {const} */ (["budget", "strategy", "allow", "deny", "minReputation", "maxDuration"])) {
+      if (options[key] != null) Object.assign(this._market, { [key]: options[key] });
+    }
+    marketFields(this._market, this.group); // a UsageError now rather than at the first rent
+    this.verify = verify;
+    /** @type {Map<string, {provider: string, due: number}>} each activity the job rented: its provider, what it owes so far */
+    this._costs = new Map();
+    /** @type {Set<Promise<void>>} verdicts on their way to the hub */
+    this._verdicts = new Set();
+    /** @type {BudgetExceededError | null} why the job stopped renting, once its budget is spent */
+    this._spent = null;
     /** @type {((event: JobEvent) => void)[]} */
     this._listeners = options.onEvent === undefined ? [] : [options.onEvent];
     /** @type {Scheduler<P>} the rules: which task goes where, blame, bans, retries */
     this._core = new Scheduler(parts, (kind, task, provider, detail) => this._scheduled(kind, task, provider, detail), {
       retries,
       returnExceptions: this.returnExceptions,
+      verify,
     });
     this.summary = this._core.summary;
     /** @type {Map<Activity, number>} rented and not yet released, with the slot that holds it */
@@ -398,6 +447,7 @@ export class Job {
     const cancel = () => this._end(cancelledBy(/** @type {AbortSignal} */ (signal), "the job"));
     if (signal?.aborted) cancel();
     else signal?.addEventListener("abort", cancel, { once: true });
+    const unsubscribe = this.requestor.onCost?.((cost) => this._cost(cost)) ?? (() => {});
     try {
       const count = this._core.slots(this.maxProviders);
       const slots = Promise.all(Array.from({ length: count }, (_, slot) => this._slot(slot).catch((e) => this._end(e))));
@@ -406,7 +456,12 @@ export class Job {
         // A worker that ignores its signal cannot be stopped: its activity is released under it.
         await Promise.all([...this._activities.keys()].map((activity) => this._release(activity)));
       }
+      if (this._spent !== null && !this.stopped) this._budgetSpent(this._spent);
+    } catch (e) {
+      this._end(e);
     } finally {
+      await settlesWithin(Promise.allSettled([...this._verdicts]), VERDICT_WAIT_MS);
+      unsubscribe();
       signal?.removeEventListener("abort", cancel);
       this._core.stop();
       this.summary.wallSeconds = (performance.now() - this._started) / 1000;
@@ -414,6 +469,31 @@ export class Job {
       this._event("job_done", { detail: this.summary.lines().join("\n") });
     }
     if (this._failure !== null) throw this._failure.error;
+  }
+
+  /**
+   * The budget is spent and the attempts under way are over: every task not done fails; the
+   * job ends with a BudgetExceededError (with returnExceptions, each task's TaskFailedError,
+   * caused by the budget, is its result).
+   * @param {BudgetExceededError} spent
+   */
+  _budgetSpent(spent) {
+    for (const failure of this._core.strand(spent, describe(spent))) this._failed(failure);
+  }
+
+  /** A capture of the hub's for one of the job's activities: a `cost` event, and the summary's spending. @param {import("./requestor.js").CostInfo} cost */
+  _cost(cost) {
+    const known = this._costs.get(cost.activity);
+    if (known === undefined) return; // not this job's
+    const spent = this.summary.spentMicro;
+    // Captures are cumulative: the summary takes the difference from the last one heard.
+    spent.set(known.provider, (spent.get(known.provider) ?? 0) + Math.max(cost.dueMicro - known.due, 0));
+    known.due = Math.max(known.due, cost.dueMicro);
+    const detail = `${cost.activity}: ${formatCredits(cost.dueMicro)} credits${cost.final ? " in all" : " so far"}`;
+    if (this._listeners.length === 0) return;
+    const elapsed = (performance.now() - this._started) / 1000;
+    const event = Object.freeze({ kind: /** @type {const} */ ("cost"), elapsed, task: null, provider: known.provider, detail, cost });
+    for (const listener of [...this._listeners]) listener(event);
   }
 
   /** Whether the job ended early: no new rents or attempts, and what a worker does no longer counts. */
@@ -457,6 +537,8 @@ export class Job {
       const activity = await this._acquire();
       if (activity === null) return;
       this._activities.set(activity, slot);
+      if (!this._costs.has(activity.id)) this._costs.set(activity.id, { provider: activity.provider, due: 0 });
+      if (activity.cost != null) this._cost(activity.cost); // captured before the job knew it
       core.hold(slot, activity.provider, activity.id);
       try {
         await this._serve(activity);
@@ -474,6 +556,7 @@ export class Job {
     const core = this._core;
     const waitingSince = performance.now();
     while (!core.finished && !this.stopped) {
+      if (core.overBudget) return null;
       if (!core.wantsActivity()) {
         if (!core.finished) await this._changes();
         continue;
@@ -487,7 +570,8 @@ export class Job {
           image: this.image,
           demand: this.demand,
           ...(this.user === undefined ? {} : { user: this.user }),
-          exclude: core.banned,
+          ...this._market,
+          exclude: [...core.banned, ...core.avoid()],
           group: this.group,
           // A provider loading the job's image from the hub's store: how far it is.
           onProgress: ({ provider, done, total }) => {
@@ -495,6 +579,10 @@ export class Job {
           },
         });
       } catch (e) {
+        if (e instanceof BudgetExceededError) {
+          this._budgetExceeded(e);
+          return null;
+        }
         if (e instanceof ProviderLostError) continue; // it vanished while starting our container: try another
         if (e instanceof ConnectionLostError && (await this._reconnected())) continue; // dropped and back: rent again
         if ((e instanceof ImageNotFoundError || e instanceof ContainerFailedError) && e.provider !== null) {
@@ -503,7 +591,7 @@ export class Job {
           continue;
         }
         if (!(e instanceof NoMatchError)) throw e;
-        if (core.holding) {
+        if (core.holding && !core.blocked()) {
           // Others are working: wait for a provider to join or to be released.
           await this._changes(RENT_RETRY_MS * 4);
           continue;
@@ -592,9 +680,26 @@ export class Job {
     while (core.mayServe(provider) && !this.stopped) {
       const task = this._undelivered < RESULT_BUFFER ? core.nextTask(provider) : null;
       if (task !== null) return task;
+      // What waits needs another provider (a copy of a task this one has run): give this
+      // activity up, and rent elsewhere.
+      if (core.blocked()) return null;
       await this._changes(RENT_RETRY_MS * 4);
     }
     return null;
+  }
+
+  /**
+   * The hub says the job's budget is spent: no new rents or attempts; those running finish,
+   * then every task not done fails (see `_drive`).
+   * @param {BudgetExceededError} error
+   */
+  _budgetExceeded(error) {
+    if (this._spent === null) {
+      this._spent = error;
+      this._event("waiting", { detail: `the job's budget is spent: ${error.message}` });
+    }
+    this._core.budgetExceeded();
+    this._notify();
   }
 
   /**
@@ -647,11 +752,20 @@ export class Job {
       return false;
     }
     if (outcome.ok) {
-      core.outcome(task, provider, "ok");
-      this._emitResult(task.index, outcome.value);
+      const verdict = core.outcome(task, provider, "ok", null, "", outcome.value);
+      for (const dispute of verdict.disputes ?? []) this._reportVerdict(dispute);
+      if (verdict.failure !== null) this._failed(verdict.failure);
+      // The accepted run's value: the first of those that agreed, perhaps another attempt's.
+      if (verdict.accepted != null) this._emitResult(task.index, /** @type {R} */ (verdict.accepted.value));
       return true;
     }
     const error = outcome.error;
+    if (error instanceof BudgetExceededError) {
+      // The group's budget ran out under the attempt: not the task's fault nor the provider's.
+      this._budgetExceeded(error);
+      core.outcome(task, provider, "interrupted");
+      return false;
+    }
     if (error instanceof ConnectionLostError && (await this._reconnected())) {
       if (this.stopped) {
         core.abandon();
@@ -666,7 +780,7 @@ export class Job {
     }
     /** @type {import("./scheduling.js").Outcome} */
     const kind =
-      error instanceof ProviderLostError ? "provider_lost"
+      error instanceof ProviderLostError ? this._lost(error)
       : error instanceof RetryTaskError ? "retry"
       : error instanceof TaskTimeoutError ? "timeout"
       : "error";
@@ -675,6 +789,35 @@ export class Job {
     if (!verdict.keep) return false;
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
     return kind === "timeout" ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
+  }
+
+  /**
+   * How an attempt whose activity the hub ended counts: by why it ended.
+   * @param {ProviderLostError} error
+   * @returns {import("./scheduling.js").Outcome}
+   */
+  _lost(error) {
+    if (error.code === ErrorCode.BUDGET_EXCEEDED) {
+      this._budgetExceeded(new BudgetExceededError(error.message, { cause: error }));
+      return "interrupted"; // not the task's fault nor the provider's; it fails with the budget
+    }
+    if (error.code === ErrorCode.INSUFFICIENT_FUNDS) return "interrupted"; // the next rent says so, and ends the job
+    if (error.code === ErrorCode.EXPIRED) return "timeout"; // the rent's maxDuration: as a task that ran too long
+    return "provider_lost";
+  }
+
+  /**
+   * Tell the hub a run lost a verification (once; the job waits for it before it ends).
+   * @param {import("./scheduling.js").Dispute} dispute
+   */
+  _reportVerdict(dispute) {
+    const report = this.requestor.reportVerdict;
+    if (report === undefined || dispute.activity === "") return;
+    const sending = report.call(this.requestor, dispute.activity, dispute.agreed).catch((/** @type {unknown} */ e) => {
+      this._event("waiting", { provider: dispute.provider, detail: `the hub did not take the verdict on ${dispute.activity}: ${describe(e)}` });
+    });
+    this._verdicts.add(sending);
+    void sending.finally(() => this._verdicts.delete(sending));
   }
 
   /** Wait out a reconnect of the requestor's connection: whether it is back. */
@@ -687,7 +830,13 @@ export class Job {
    * @param {Failure<P>} failure
    */
   _failed({ task, message, cause, endsJob }) {
-    const error = new TaskFailedError(message, { index: task.index, item: task.item, attempts: [...task.errors], cause });
+    if (endsJob && cause instanceof BudgetExceededError) {
+      const spent = new BudgetExceededError(`${cause.message}; the job stopped: ${message}`, { cause });
+      this._end(spent);
+      throw spent;
+    }
+    const why = cause ?? new DisputedError(message);
+    const error = new TaskFailedError(message, { index: task.index, item: task.item, attempts: [...task.errors], cause: why });
     if (endsJob) {
       this._end(error); // no new rents or attempts while the job winds down
       throw error;

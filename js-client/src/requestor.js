@@ -23,10 +23,13 @@ import {
   ConnectionClosedError,
   ConnectionLostError,
   LocalProtocolError,
+  NoMatchError,
   UsageError,
   errorFromCode,
 } from "./errors.js";
 import { Job, workerAndParts } from "./executor.js";
+import { marketFields } from "./market.js";
+import { credits, priceMessage, within, worstCase } from "./money.js";
 import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { parseSize } from "./units.js";
 
@@ -35,6 +38,8 @@ const CLEANUP_WAIT_MS = 10_000;
 /** Milliseconds between two dials of a reconnect: from the first, doubling up to the most. */
 const REDIAL_FIRST_MS = 200;
 const REDIAL_MOST_MS = 2_000;
+/** Activities released or lost that a requestor still knows, for the hub's final `cost` of each. */
+const ENDED_KEPT = 1024;
 
 /**
  * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
@@ -141,6 +146,72 @@ function imageInfo(wire) {
  * @property {AbortSignal} [signal]
  * @property {(progress: RentProgress) => void} [onProgress] how far the provider has loaded an image of the hub's store
  *   (a hub ≥ 1.1 tells)
+ * @property {number} [maxDuration] (1.5) seconds the activity may be held: the hub ends it then (its `lost` is a
+ *   RemoteError with code `expired`) and holds its worst-case cost for that long
+ * @property {number | string} [budget] (1.5, with `group`) the most the group may ever spend at this hub, in credits:
+ *   the first rent of a group sets it; a rent its rest cannot cover is refused with BudgetExceededError
+ * @property {Strategy} [strategy] (1.5) how the hub picks among the providers that fit (default "least_loaded")
+ * @property {Iterable<string>} [allow] (1.5) only these providers (by name) may be picked
+ * @property {Iterable<string>} [deny] providers (by name) never to pick: added to `exclude`
+ * @property {number} [minReputation] (1.5) only providers whose reputation (0 to 1) is at least this
+ */
+
+/** (1.5) How the hub picks a provider among those that fit. @typedef {"least_loaded" | "cheapest" | "reputation"} Strategy */
+
+/**
+ * (1.5) What a priced activity owes so far, as the hub captured it (a `cost` message): `due`
+ * in credits (`dueMicro` exactly), cumulative, for `seconds` held and `cpuSeconds` billed; the
+ * `seq`-th capture, `final` at the activity's end.
+ * @typedef {object} CostInfo
+ * @property {string} activity
+ * @property {number} seq
+ * @property {number} due
+ * @property {number} dueMicro
+ * @property {number} seconds
+ * @property {number} cpuSeconds
+ * @property {boolean} final
+ */
+
+/**
+ * (1.5) This requestor's account at the hub, in credits (and exactly, in micro-credits): what is
+ * `available` to hold, `held` for its live activities, `spent` in all.
+ * @typedef {object} Balance
+ * @property {string} account
+ * @property {number} available
+ * @property {number} held
+ * @property {number} spent
+ * @property {{available: number, held: number, spent: number}} micro
+ */
+
+/**
+ * (1.5) One movement of credits in the hub's ledger: its entries sum to zero (`amount` in
+ * credits, `amountMicro` exactly; negative: out of the account).
+ * @typedef {object} LedgerTransaction
+ * @property {number} id
+ * @property {string} key its idempotency key
+ * @property {string} kind
+ * @property {number} time the hub's clock, Unix seconds
+ * @property {string | null} activity
+ * @property {{account: string, amount: number, amountMicro: number}[]} entries
+ */
+
+/**
+ * The options of {@link Requestor#ledger}.
+ * @typedef {object} LedgerOptions
+ * @property {string} [account] another account's (an admin credential's only)
+ * @property {number} [limit] at most this many transactions (1 to 1000), default 100
+ */
+
+/**
+ * The options of {@link Requestor#estimate}.
+ * @typedef {object} EstimateOptions
+ * @property {number} maxDuration seconds each activity would be held
+ * @property {number} [activities] how many activities, default 1
+ * @property {number | string} [budget] credits: the estimate is never more
+ * @property {string} [image] only providers that hold this image
+ * @property {Iterable<string>} [allow] only these providers
+ * @property {Iterable<string>} [deny] never these providers
+ * @property {number} [minReputation] only providers whose reputation is at least this
  */
 
 /**
@@ -190,11 +261,15 @@ function imageInfo(wire) {
  * @property {number | string} [memory] bytes or e.g. "256MiB", default 256MiB
  * @property {number | string} [storage] bytes or e.g. "1GiB", default 0
  * @property {Record<string, string>} [labels] labels the provider must carry exactly
+ * @property {import("./money.js").PriceOptions} [maxPrice] (1.5) the most to pay, in credits: a provider whose
+ *   `start`, `cpuHour` or `envHour` rate is above the cap's is not matched (a rate left out caps at 0)
  */
 
 /**
  * The wire form of a demand; a UsageError for a bad value.
  * @param {DemandOptions} [demand]
+ * @returns {{cpus: number, memory: number, storage: number, labels: Record<string, string>,
+ *   max_price?: import("./money.js").WirePrice}}
  */
 export function demandMessage(demand = {}) {
   if (typeof demand !== "object" || demand === null) throw new UsageError("demand must be an object");
@@ -202,11 +277,30 @@ export function demandMessage(demand = {}) {
   if (typeof cpus !== "number" || !(cpus > 0) || cpus > 4096) {
     throw new UsageError(`cpus must be a positive number, not ${JSON.stringify(cpus)}`);
   }
-  return {
+  const wire = {
     cpus,
     memory: parseSize(demand.memory ?? "256MiB"),
     storage: parseSize(demand.storage ?? 0),
     labels: { ...(demand.labels ?? {}) },
+  };
+  // Only when given: a hub below 1.5 knows no max_price.
+  return demand.maxPrice == null ? wire : { ...wire, max_price: priceMessage(demand.maxPrice, "maxPrice") };
+}
+
+/**
+ * A `cost` message in the JS API's names and credits.
+ * @param {import("../types/protocol.js").Cost} cost
+ * @returns {CostInfo}
+ */
+function costInfo(cost) {
+  return {
+    activity: cost.activity,
+    seq: cost.seq,
+    due: credits(cost.due),
+    dueMicro: cost.due,
+    seconds: cost.seconds,
+    cpuSeconds: cost.cpu_seconds,
+    final: cost.final ?? false,
   };
 }
 
@@ -255,6 +349,10 @@ export class Requestor {
     this._redialing = null;
     /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
     this.gone = null;
+    /** @type {Set<(cost: CostInfo) => void>} */
+    this._costListeners = new Set();
+    /** @type {Map<string, Activity>} the latest ENDED_KEPT activities released or lost, oldest first */
+    this._ended = new Map();
     this._watch(connection);
   }
 
@@ -393,6 +491,15 @@ export class Requestor {
    * privileges to gain or network), on a provider whose operator allows it (`kiln provider
    * --allow-root`): NoMatchError when none does, UnsupportedVersionError from a hub below
    * protocol 1.2. Without it, commands run as the image's USER, or nobody.
+   *
+   * The market (a hub ≥ 1.5; UnsupportedVersionError before anything is sent to an older
+   * one): `demand.maxPrice` caps the provider's rates (in credits), `strategy` picks among
+   * those that fit ("least_loaded", "cheapest", "reputation"), `allow` and `deny` name
+   * providers, `minReputation` filters, `maxDuration` ends the activity after so many
+   * seconds, and `budget` caps what the whole `group` spends. When the hub keeps a ledger, a
+   * rent holds its worst case of the requestor's credits (the activity's `hold`): refused
+   * with InsufficientFundsError when they cannot, BudgetExceededError when the group's budget
+   * cannot. What a priced activity owes comes as it is captured: {@link Requestor#onCost}.
    * @param {RentOptions} options
    * @returns {Promise<Activity>}
    */
@@ -400,7 +507,9 @@ export class Requestor {
     const { image, signal } = options ?? {};
     if (typeof image !== "string") throw new UsageError("rent needs an image, e.g. { image: 'kiln-busybox:latest' }");
     const demand = demandMessage(options.demand);
-    const exclude = [...new Set(options.exclude ?? [])].sort();
+    const exclude = [...new Set([...(options.exclude ?? []), ...(options.deny ?? [])])].sort();
+    const group = options.group ?? null;
+    const market = marketFields(options, group);
     const user = options.user ?? null;
     if (user !== null && user !== "root") throw new UsageError(`user may only be "root", not ${JSON.stringify(user)}`);
     throwIfAborted(signal, `renting ${image}`);
@@ -417,7 +526,7 @@ export class Requestor {
               onProgress({ provider: info.provider, image: info.image, done: info.done, total: info.total });
             }
           };
-    const message = { type: "rent", id, image, demand, exclude, group: options.group ?? null, user };
+    const message = { type: "rent", id, image, demand, exclude, group, user, ...market };
     const reply = conn.request(message, onInterim);
     const rented = reply.then((message) => this._adopt(/** @type {import("../types/protocol.js").Rented} */ (message)));
     return raceAbort(rented, signal, `renting ${image}`, () => {
@@ -429,7 +538,10 @@ export class Requestor {
 
   /** @param {import("../types/protocol.js").Rented} rented */
   _adopt(rented) {
-    const activity = new Activity(this, rented, this._platform.files, (a) => this._activities.delete(a.id));
+    const activity = new Activity(this, rented, this._platform.files, (a) => {
+      this._activities.delete(a.id);
+      this._endedNow(a);
+    });
     this._activities.set(activity.id, activity);
     return activity;
   }
@@ -710,14 +822,144 @@ export class Requestor {
     })();
   }
 
+  /**
+   * (1.5) Call `listener` with what each priced activity of this requestor owes, every time
+   * the hub captures it (at least every minute while it runs, and once, `final`, at its end,
+   * also after its release).
+   * @param {(cost: CostInfo) => void} listener
+   * @returns {() => void} stops the calls
+   */
+  onCost(listener) {
+    this._costListeners.add(listener);
+    return () => {
+      this._costListeners.delete(listener);
+    };
+  }
+
+  /**
+   * (1.5) This requestor's account at the hub: what is available, held and spent, in credits.
+   * UnsupportedVersionError from a hub below 1.5.
+   * @returns {Promise<Balance>}
+   */
+  async balance() {
+    const conn = await this._connected();
+    const info = /** @type {import("../types/protocol.js").BalanceInfo} */ (await conn.request({ type: "balance", id: conn.newId() }));
+    const spent = info.spent ?? 0;
+    return {
+      account: info.account,
+      available: credits(info.available),
+      held: credits(info.held),
+      spent: credits(spent),
+      micro: { available: info.available, held: info.held, spent },
+    };
+  }
+
+  /**
+   * (1.5) The latest transactions of this requestor's account, newest first (an admin's:
+   * `account`'s, or every account's), at most `limit`; `matched` counts them all.
+   * UnsupportedVersionError from a hub below 1.5.
+   * @param {LedgerOptions} [options]
+   * @returns {Promise<{transactions: LedgerTransaction[], matched: number}>}
+   */
+  async ledger(options = {}) {
+    const { account = null, limit = 100 } = options;
+    if (!Number.isInteger(limit) || limit < 1 || limit > MAX_LISTED) throw new UsageError(`limit is an integer from 1 to ${MAX_LISTED}`);
+    const conn = await this._connected();
+    const list = /** @type {import("../types/protocol.js").LedgerList} */ (
+      await conn.request({ type: "ledger", id: conn.newId(), account, limit })
+    );
+    return {
+      transactions: list.transactions.map((t) => ({
+        id: t.id,
+        key: t.key,
+        kind: t.kind,
+        time: t.time,
+        activity: t.activity ?? null,
+        entries: t.entries.map((e) => ({ account: e.account, amount: credits(e.amount), amountMicro: e.amount })),
+      })),
+      matched: list.matched,
+    };
+  }
+
+  /**
+   * (1.5) Tell the hub that the result of activity `lost` disagreed with those of the
+   * activities `agreed` (at least two, on other providers, agreeing among themselves): it
+   * counts against `lost`'s provider's reputation and the requestor is paid back what `lost`
+   * cost. Jobs with `verify` send this themselves. ActivityError (code `unknown_activity`)
+   * for an activity not this requestor's; UnsupportedVersionError from a hub below 1.5.
+   * @param {string} lost
+   * @param {Iterable<string>} agreed
+   */
+  async reportVerdict(lost, agreed) {
+    const ids = [...agreed];
+    if (typeof lost !== "string" || ids.length < 2 || ids.some((a) => typeof a !== "string" || a === lost)) {
+      throw new UsageError("a verdict names the losing activity and at least two others that agreed");
+    }
+    const conn = await this._connected();
+    await conn.request({ type: "verdict", id: conn.newId(), lost, agreed: ids });
+  }
+
+  /**
+   * (1.5) The most `activities` activities meeting `demand` could cost, each held
+   * `maxDuration` seconds, in credits, before anything runs: the dearest worst case among the
+   * providers the market lists that fit (`demand`'s resources, labels and `maxPrice`; `image`,
+   * `allow`, `deny`, `minReputation`), times `activities`, and never more than `budget`. A
+   * free provider costs 0. Asks the hub's market (at most 1,000 providers). NoMatchError
+   * when none fits; UsageError for a bad option.
+   * @param {DemandOptions} demand
+   * @param {EstimateOptions} options
+   * @returns {Promise<number>}
+   */
+  async estimate(demand, options) {
+    const wire = demandMessage(demand);
+    const { maxDuration, activities = 1, budget, image, allow, deny = [], minReputation } = options ?? {};
+    if (maxDuration == null) throw new UsageError("estimate needs maxDuration, in seconds");
+    // The group only matters to a rent's budget; here the budget caps the estimate.
+    const terms = marketFields({ maxDuration, budget, allow, minReputation }, "estimate");
+    if (!Number.isInteger(activities) || activities < 1) throw new UsageError("activities is an integer of at least 1");
+    const allowed = terms.allow === undefined ? null : new Set(terms.allow);
+    const denied = new Set(deny);
+    const providers = await this.market({ ...(image === undefined ? {} : { image }), labels: wire.labels, limit: MAX_LISTED });
+    /** @type {number | null} */
+    let worst = null;
+    for (const provider of providers) {
+      const offered = provider.offered;
+      if (offered.cpus < wire.cpus || offered.memory < wire.memory || offered.storage < wire.storage) continue;
+      if (denied.has(provider.name) || (allowed !== null && !allowed.has(provider.name))) continue;
+      if (terms.min_reputation !== undefined && (provider.reputation ?? 0) < terms.min_reputation) continue;
+      const price = provider.price ?? null;
+      if (wire.max_price !== undefined && price !== null && !within(price, wire.max_price)) continue;
+      const each = price === null ? 0 : worstCase(price, wire.cpus, maxDuration);
+      worst = worst === null ? each : Math.max(worst, each);
+    }
+    if (worst === null) throw new NoMatchError("no provider the hub lists fits this demand and these terms");
+    const total = worst * activities;
+    return credits(terms.budget === undefined ? total : Math.min(total, terms.budget));
+  }
+
+  /** Keep `activity` a while after its end: the hub's final `cost` of it may follow. @param {Activity} activity */
+  _endedNow(activity) {
+    this._ended.delete(activity.id);
+    this._ended.set(activity.id, activity);
+    if (this._ended.size > ENDED_KEPT) this._ended.delete(/** @type {string} */ (this._ended.keys().next().value));
+  }
+
   /** @param {import("../types/protocol.js").SessionEvent} event */
   _onEvent(event) {
+    if (event.type === "notified" && event.message.type === "cost") {
+      const cost = costInfo(event.message);
+      const activity = this._activities.get(cost.activity) ?? this._ended.get(cost.activity);
+      if (activity !== undefined) activity.cost = cost;
+      for (const listener of [...this._costListeners]) listener(cost);
+      return;
+    }
     if (event.type === "notified" && event.message.type === "activity_lost") {
       const lost = event.message;
       const activity = this._activities.get(lost.activity);
       if (activity !== undefined) {
         this._activities.delete(lost.activity);
         activity.lost = errorFromCode(lost.code, lost.reason);
+        this._endedNow(activity);
       }
     }
   }

@@ -9,7 +9,13 @@ export * from "./generated/node/index.js";
 
 export type {
   ActivitiesOptions,
+  Balance,
   ConnectOptions,
+  CostInfo,
+  EstimateOptions,
+  LedgerOptions,
+  LedgerTransaction,
+  Strategy,
   DemandOptions,
   ImageArchiveSource,
   ImageInfo,
@@ -34,6 +40,8 @@ export type {
   Stdin,
 } from "./generated/activity.js";
 export type { JobEvent, JobEventKind, JobOptions, Renter, TaskContext, Worker } from "./generated/executor.js";
+export type { Agree, Dispute, Verify } from "./generated/scheduling.js";
+export type { PriceOptions, WirePrice } from "./generated/money.js";
 export type { KilnErrorOptions } from "./generated/protocol/errors.js";
 export type {
   ActivityInfo,

@@ -18,6 +18,8 @@ export type { KilnErrorOptions } from "./generated/protocol/errors.js";
 import type {
   ActivitiesQuery,
   ActivityLost,
+  BalanceQuery,
+  Cost,
   Create,
   Destroy,
   Done,
@@ -26,6 +28,7 @@ import type {
   Error as ErrorMessage,
   Exec,
   ExecResult,
+  LedgerQuery,
   Limits,
   ListImages,
   MarketQuery,
@@ -36,6 +39,7 @@ import type {
   Rent,
   RentProgress,
   Upload,
+  VerdictReport,
   Want,
   Welcome,
 } from "./protocol.generated.js";
@@ -44,7 +48,7 @@ export type Role = "requestor" | "provider";
 /** What this side may ask of the hub. */
 export type Request =
   | Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage | ListImages
-  | RemoveImage;
+  | RemoveImage | BalanceQuery | LedgerQuery | VerdictReport;
 /** What the hub may ask of a provider. */
 export type HubRequest = Create | Destroy | Exec | Upload | Download;
 /** What a provider answers the hub with. */
@@ -71,8 +75,8 @@ export interface Informed { readonly type: "informed"; readonly request: number;
 export interface Requested { readonly type: "requested"; readonly message: HubRequest }
 /** The hub cancels its open request `request`; it still gets its one reply. */
 export interface CancelRequested { readonly type: "cancelRequested"; readonly request: number }
-/** One-way news from the hub: an activity is gone, or an error about no request of ours. */
-export interface Notified { readonly type: "notified"; readonly message: ActivityLost | ErrorMessage }
+/** One-way news from the hub: an activity is gone, what a priced one owes so far (1.5), or an error about no request of ours. */
+export interface Notified { readonly type: "notified"; readonly message: ActivityLost | Cost | ErrorMessage }
 /** The receiver of `stream` lets us send `chunks` more DATA frames. */
 export interface Credited { readonly type: "credited"; readonly stream: number; readonly chunks: number }
 /** A chunk of `stream` arrived (a view into the frame, not a copy). */

@@ -132,6 +132,14 @@ export class CancelledError extends KilnError {
   static defaultCode = ErrorCode.CANCELLED;
 }
 /** Any other error a peer reported (`code` tells which). */
+/** (1.5) A rent of a priced provider whose worst case the requestor's available credits cannot hold (or a requestor with no account); an activity whose hold ran out. */
+export class InsufficientFundsError extends KilnError {
+  static defaultCode = ErrorCode.INSUFFICIENT_FUNDS;
+}
+/** (1.5) What is left of a group's (a job's) budget cannot cover a rent's hold; an activity ended when that budget ran out; a job's tasks left when it did. */
+export class BudgetExceededError extends KilnError {
+  static defaultCode = ErrorCode.BUDGET_EXCEEDED;
+}
 export class RemoteError extends KilnError {}
 
 /** @type {Readonly<Record<string, typeof KilnError>>} */
@@ -162,6 +170,8 @@ const BY_CODE = Object.freeze({
   [ErrorCode.TRANSFER_FAILED]: TransferFailedError,
   [ErrorCode.CONTAINER_FAILED]: ContainerFailedError,
   [ErrorCode.CANCELLED]: CancelledError,
+  [ErrorCode.INSUFFICIENT_FUNDS]: InsufficientFundsError,
+  [ErrorCode.BUDGET_EXCEEDED]: BudgetExceededError,
 });
 
 /**

@@ -6,6 +6,7 @@
  * A requestor and a provider each hold one {@link Session}; their connections only pump
  * frames through it. The rules everything here follows:
  *
+ * - A requestor takes `activity_lost` and (1.5) `cost` from the hub as one-way news (`notified`).
  * - The session opens with `hello`; the hub's first frame must be `welcome`. An `error`
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
@@ -15,7 +16,8 @@
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
- *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3) are refused here,
+ *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
+ *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
  *   before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
@@ -73,7 +75,8 @@ import { MAJOR_VERSION, MAX_ID, PROTOCOL_VERSION, build, clip, parse, serialize 
  * A reply from the hub to a request of ours: final, or interim.
  * @typedef {Reply | Interim | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo
  *   | import("../../types/protocol.js").ImagePushed | import("../../types/protocol.js").ImageList
- *   | import("../../types/protocol.js").ActivityList} HubReply
+ *   | import("../../types/protocol.js").ActivityList | import("../../types/protocol.js").BalanceInfo
+ *   | import("../../types/protocol.js").LedgerList} HubReply
  */
 
 /** The requests each role may send. */
@@ -81,7 +84,7 @@ const SENDS = Object.freeze({
   requestor: Object.freeze(
     new Set([
       "rent", "release", "market", "activities", "exec", "upload", "download", "push_image", "list_images",
-      "remove_image", "share_image",
+      "remove_image", "share_image", "balance", "ledger", "verdict",
     ]),
   ),
   provider: Object.freeze(new Set(["offer"])),
@@ -91,7 +94,12 @@ const SENDS = Object.freeze({
  * The minor version that brought each request (absent: 0).
  * @type {Readonly<Record<string, number>>}
  */
-const SINCE = Object.freeze({ push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4 });
+const SINCE = Object.freeze({
+  push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4, balance: 5, ledger: 5, verdict: 5,
+});
+
+/** The fields of a rent that came with 1.5 (the market's): sent only to a hub that welcomed 1.5. */
+const RENT_SINCE_5 = Object.freeze(["max_duration", "budget", "strategy", "allow", "min_reputation"]);
 
 /**
  * For each kind of request, its interim reply, and whether that comes only once, before any data.
@@ -121,6 +129,9 @@ const ANSWERS = Object.freeze({
   list_images: new Set(["image_list", "error"]),
   remove_image: new Set(["done", "error"]),
   share_image: new Set(["done", "error"]),
+  balance: new Set(["balance_info", "error"]),
+  ledger: new Set(["ledger_list", "error"]),
+  verdict: new Set(["done", "error"]),
   create: new Set(["done", "error"]),
   destroy: new Set(["done", "error"]),
 });
@@ -128,7 +139,7 @@ const ANSWERS = Object.freeze({
 const HUB_REQUESTS = new Set(["create", "destroy", "exec", "upload", "download"]);
 const REPLIES = new Set([
   "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list", "activity_list",
-  "download_info", "want", "rent_progress",
+  "download_info", "want", "rent_progress", "balance_info", "ledger_list",
 ]);
 
 /** The states of a session. */
@@ -483,7 +494,7 @@ export class Session {
       }
     } else if (isReply(message) && message.re !== null) {
       this._takeReply(message, message.re);
-    } else if (message.type === "error" || (this.role === "requestor" && message.type === "activity_lost")) {
+    } else if (message.type === "error" || (this.role === "requestor" && (message.type === "activity_lost" || message.type === "cost"))) {
       this._emit({ type: "notified", message });
     } else if (this.role === "provider" && HUB_REQUESTS.has(message.type)) {
       this._takeRequest(/** @type {HubRequest} */ (message));
@@ -759,6 +770,11 @@ function sinceOf(message) {
   }
   if (message.type === "rent" && message.user !== null && message.user !== undefined) {
     return { since: 2, what: `user='${message.user}'` };
+  }
+  if (message.type === "rent") {
+    const later = RENT_SINCE_5.find((field) => /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (message))[field] != null);
+    if (later !== undefined) return { since: 5, what: `a rent's ${later}` };
+    if (message.demand?.max_price != null) return { since: 5, what: "a demand's max_price" };
   }
   if (message.type === "offer" && Array.isArray(message.cached) && message.cached.length > 0) {
     return { since: 4, what: "an offer's cached images" };

@@ -1,8 +1,8 @@
 // A TypeScript program using the map family both ways round, checked against the package's
 // declarations by test/unit/types.test.js (the package imports itself by name, as a user's
 // project imports it).
-import { Job, connect } from "kiln-client";
-import type { JobOptions, Worker } from "kiln-client";
+import { Job, Redundant, SpotCheck, connect, toMicro } from "kiln-client";
+import type { Balance, CostInfo, JobOptions, Worker } from "kiln-client";
 
 const requestor = await connect("ws://127.0.0.1:7465");
 const worker: Worker<number, string> = async (act, part, context) => `${part} ${context.attempt} ${act.provider}`;
@@ -28,4 +28,23 @@ await requestor.map(["a"], worker, options);
 // @ts-expect-error two parts lists and no worker
 await requestor.map([1], [2], options);
 
-console.log(results, job, made, old, oldJob, oldMade, wrong);
+// The market (1.5): caps in credits, a budget, a strategy, verification; balance and costs.
+const priced: JobOptions = {
+  image: "kiln-busybox:latest",
+  demand: { cpus: 1, maxPrice: { start: 0.01, cpuHour: 0.2, envHour: "0.05" } },
+  budget: 5,
+  strategy: "cheapest",
+  deny: ["p9"],
+  minReputation: 0.8,
+  verify: new Redundant(2, { agree: (a, b) => a === b }),
+};
+const checked: JobOptions = { ...priced, verify: new SpotCheck(0.1) };
+const balance: Balance = await requestor.balance();
+const stop = requestor.onCost((cost: CostInfo) => console.log(cost.due, cost.final));
+const worst: number = await requestor.estimate({ cpus: 2 }, { maxDuration: 3600, activities: 4, budget: 10 });
+const micro: number = toMicro("0.05");
+// @ts-expect-error not a strategy the hub knows
+const badStrategy: JobOptions = { image: "x", strategy: "random" };
+stop();
+
+console.log(results, job, made, old, oldJob, oldMade, wrong, checked, balance, worst, micro, badStrategy);

@@ -109,6 +109,12 @@ export declare class Activity {
     released: boolean;
     /** @type {number | null} CPU time the container used, known once released */
     cpuSeconds: number | null;
+    /** @type {import("../protocol.js").Price | null} (1.5) the provider's price in micro-credits (null: free, or an older hub) */
+    price: import("../protocol.js").Price | null;
+    /** @type {number | null} (1.5) micro-credits the hub holds of the requestor's for it (null: nothing held) */
+    hold: number | null;
+    /** @type {import("./requestor.js").CostInfo | null} (1.5) what it owes so far, as the hub last captured it */
+    cost: import("./requestor.js").CostInfo | null;
     /**
      * @param {Link} link a Connection, or a requestor that reconnects (then its activities outlive a connection)
      * @param {import("../protocol.js").Rented} rented

@@ -28,8 +28,11 @@
  *      |    +-- TransferFailedError      a file stream broke off
  *      |    +-- ContainerFailedError     Docker refused an operation on the container
  *      +-- CancelledError                the request was cancelled (an AbortSignal fired)
+ *      +-- InsufficientFundsError        (1.5) the requestor's credits cannot hold a rent's worst case
+ *      +-- BudgetExceededError           (1.5) a job's budget cannot cover another rent: its tasks left fail so
  *      +-- TaskTimeoutError              a job's task ran past taskTimeoutMs (it is retried)
  *      +-- TaskFailedError               a job's task failed for good (.index, .item, .attempts, .cause)
+ *      +-- DisputedError                 a verified task's results disagreed past settling: its TaskFailedError's cause
  *      +-- RetryTaskError                thrown by a job's worker: run this task again elsewhere
  *      +-- RemoteError                   any other error a peer reported (.code tells which)
  *
@@ -99,6 +102,10 @@ export declare class TaskFailedError extends KilnError {
         attempts: unknown[];
         cause?: unknown;
     });
+}
+/** A verified task's results disagreed, and no more runs could settle it: its TaskFailedError's cause (code `task_failed`). */
+export declare class DisputedError extends KilnError {
+    static defaultCode: import("./protocol/generated/constants.js").KnownErrorCode;
 }
 /** Thrown by a job's worker to have its task tried again (on another provider if possible). */
 export declare class RetryTaskError extends KilnError {

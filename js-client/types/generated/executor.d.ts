@@ -39,6 +39,21 @@
  * shortly after is released rather than reused; a job that ends waits a few seconds for
  * its workers, then releases their activities under them.
  *
+ * The market (a hub ≥ 1.5): every rent of a job carries its `strategy`, `allow`, `deny`,
+ * `minReputation`, `maxDuration` and `budget` (credits, held at the hub for the job's group:
+ * never exceeded). When the hub refuses a rent with `budget_exceeded` (or ends an activity
+ * for it), the job stops renting, lets the attempts under way finish (their results count),
+ * and fails every task not done with a TaskFailedError whose cause is the BudgetExceededError;
+ * the job then rejects with that BudgetExceededError (with `returnExceptions`, those
+ * TaskFailedErrors are the tasks' results and the job resolves). Each `cost` the hub captures
+ * for an activity of the job is a `cost` event; the summary's `spent` and `spentByProvider`
+ * add them up (credits).
+ *
+ * Verification (`verify: new Redundant(2)` or `new SpotCheck(0.1)`): tasks run again on
+ * other providers and their results are compared, as `scheduling.js` says; for each run
+ * that lost, the job tells the hub (`reportVerdict`), which counts it against the provider
+ * and pays the requestor back. A losing run's result is never used.
+ *
  * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
  * a task while it waits or runs, and nothing of it but counters once it is done. The rules
  * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
@@ -51,9 +66,9 @@
  * @module
  */
 import { Deferred } from "./deferred.js";
-import { NoMatchError, TaskFailedError } from "./errors.js";
-import { JobSummary, Scheduler } from "./scheduling.js";
-export { JobSummary };
+import { BudgetExceededError, NoMatchError, ProviderLostError, TaskFailedError } from "./errors.js";
+import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
+export { JobSummary, Redundant, SpotCheck };
 export type Activity = import("./activity.js").Activity;
 export type JobEventKind = import("./scheduling.js").JobEventKind;
 export type Task<P> = import("./scheduling.js").Task<P>;
@@ -67,24 +82,22 @@ export declare const EVENT_BUFFER = 1024;
 /** Results a job holds for {@link Job#results} to take: past this many, no task starts. */
 export declare const RESULT_BUFFER = 1024;
 export type Renter = {
-    rent: (options: {
-        image: string;
-        demand?: import("./requestor.js").DemandOptions;
-        exclude?: Iterable<string>;
-        group?: string;
-        user?: "root";
-        onProgress?: (progress: {
-            provider: string;
-            image: string;
-            done: number;
-            total: number;
-        }) => void;
-    }) => Promise<Activity>;
+    rent: (options: import("./requestor.js").RentOptions) => Promise<Activity>;
     /**
      * waits out a reconnect of the requestor's connection:
      * true when it is back, false when it is gone for good (a renter without it never reconnects)
      */
     reconnected?: () => Promise<boolean>;
+    /**
+     * hears the
+     * hub's cost news (a renter without it: no `cost` events, nothing spent in the summary)
+     */
+    onCost?: (listener: (cost: import("./requestor.js").CostInfo) => void) => () => void;
+    /**
+     * tells the hub a run lost a
+     * verification (a renter without it: the verdicts stay in the job's events)
+     */
+    reportVerdict?: (lost: string, agreed: string[]) => Promise<void>;
 };
 export type TaskContext = {
     /**
@@ -113,6 +126,10 @@ export type JobEvent = {
      */
     provider: string | null;
     detail: string;
+    /**
+     * a `cost` event's capture
+     */
+    cost?: import("./requestor.js").CostInfo;
 };
 export type JobOptions = {
     image: string;
@@ -157,6 +174,34 @@ export type JobOptions = {
      * cancels the job
      */
     signal?: AbortSignal;
+    /**
+     * (1.5) the most the job may spend at the hub, in credits (held there for it)
+     */
+    budget?: number | string;
+    /**
+     * (1.5) how the hub picks the job's providers
+     */
+    strategy?: import("./requestor.js").Strategy;
+    /**
+     * (1.5) only these providers
+     */
+    allow?: Iterable<string>;
+    /**
+     * never these providers
+     */
+    deny?: Iterable<string>;
+    /**
+     * (1.5) only providers whose reputation is at least this
+     */
+    minReputation?: number;
+    /**
+     * (1.5) seconds each activity may be held (the hub ends it then)
+     */
+    maxDuration?: number;
+    /**
+     * run tasks on several providers and compare their results
+     */
+    verify?: Redundant | SpotCheck;
 };
 /**
  * The worker and the parts of `map(worker, parts)`, also when called the old way round,
@@ -187,6 +232,7 @@ export declare class Job<P, R> {
     signal: AbortSignal | undefined;
     /** The hub keeps the job's activities on distinct providers by this name. */
     group: string;
+    verify: Redundant | SpotCheck | null;
     summary: JobSummary;
     /**
      * @param {Renter} requestor

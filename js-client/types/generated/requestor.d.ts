@@ -148,6 +148,111 @@ export type RentOptions = {
      * (a hub ≥ 1.1 tells)
      */
     onProgress?: (progress: RentProgress) => void;
+    /**
+     * (1.5) seconds the activity may be held: the hub ends it then (its `lost` is a
+     * RemoteError with code `expired`) and holds its worst-case cost for that long
+     */
+    maxDuration?: number;
+    /**
+     * (1.5, with `group`) the most the group may ever spend at this hub, in credits:
+     * the first rent of a group sets it; a rent its rest cannot cover is refused with BudgetExceededError
+     */
+    budget?: number | string;
+    /**
+     * (1.5) how the hub picks among the providers that fit (default "least_loaded")
+     */
+    strategy?: Strategy;
+    /**
+     * (1.5) only these providers (by name) may be picked
+     */
+    allow?: Iterable<string>;
+    /**
+     * providers (by name) never to pick: added to `exclude`
+     */
+    deny?: Iterable<string>;
+    /**
+     * (1.5) only providers whose reputation (0 to 1) is at least this
+     */
+    minReputation?: number;
+};
+export type Strategy = "least_loaded" | "cheapest" | "reputation";
+export type CostInfo = {
+    activity: string;
+    seq: number;
+    due: number;
+    dueMicro: number;
+    seconds: number;
+    cpuSeconds: number;
+    final: boolean;
+};
+export type Balance = {
+    account: string;
+    available: number;
+    held: number;
+    spent: number;
+    micro: {
+        available: number;
+        held: number;
+        spent: number;
+    };
+};
+export type LedgerTransaction = {
+    id: number;
+    /**
+     * its idempotency key
+     */
+    key: string;
+    kind: string;
+    /**
+     * the hub's clock, Unix seconds
+     */
+    time: number;
+    activity: string | null;
+    entries: {
+        account: string;
+        amount: number;
+        amountMicro: number;
+    }[];
+};
+export type LedgerOptions = {
+    /**
+     * another account's (an admin credential's only)
+     */
+    account?: string;
+    /**
+     * at most this many transactions (1 to 1000), default 100
+     */
+    limit?: number;
+};
+export type EstimateOptions = {
+    /**
+     * seconds each activity would be held
+     */
+    maxDuration: number;
+    /**
+     * how many activities, default 1
+     */
+    activities?: number;
+    /**
+     * credits: the estimate is never more
+     */
+    budget?: number | string;
+    /**
+     * only providers that hold this image
+     */
+    image?: string;
+    /**
+     * only these providers
+     */
+    allow?: Iterable<string>;
+    /**
+     * never these providers
+     */
+    deny?: Iterable<string>;
+    /**
+     * only providers whose reputation is at least this
+     */
+    minReputation?: number;
 };
 export type PushOptions = {
     /**
@@ -230,6 +335,11 @@ export type DemandOptions = {
      * labels the provider must carry exactly
      */
     labels?: Record<string, string>;
+    /**
+     * (1.5) the most to pay, in credits: a provider whose
+     * `start`, `cpuHour` or `envHour` rate is above the cap's is not matched (a rate left out caps at 0)
+     */
+    maxPrice?: import("./money.js").PriceOptions;
 };
 /**
  * What a push did: the image stored (`digest` is Docker's image id), and the bytes sent
@@ -274,6 +384,66 @@ export type DemandOptions = {
  * @property {AbortSignal} [signal]
  * @property {(progress: RentProgress) => void} [onProgress] how far the provider has loaded an image of the hub's store
  *   (a hub ≥ 1.1 tells)
+ * @property {number} [maxDuration] (1.5) seconds the activity may be held: the hub ends it then (its `lost` is a
+ *   RemoteError with code `expired`) and holds its worst-case cost for that long
+ * @property {number | string} [budget] (1.5, with `group`) the most the group may ever spend at this hub, in credits:
+ *   the first rent of a group sets it; a rent its rest cannot cover is refused with BudgetExceededError
+ * @property {Strategy} [strategy] (1.5) how the hub picks among the providers that fit (default "least_loaded")
+ * @property {Iterable<string>} [allow] (1.5) only these providers (by name) may be picked
+ * @property {Iterable<string>} [deny] providers (by name) never to pick: added to `exclude`
+ * @property {number} [minReputation] (1.5) only providers whose reputation (0 to 1) is at least this
+ */
+/** (1.5) How the hub picks a provider among those that fit. @typedef {"least_loaded" | "cheapest" | "reputation"} Strategy */
+/**
+ * (1.5) What a priced activity owes so far, as the hub captured it (a `cost` message): `due`
+ * in credits (`dueMicro` exactly), cumulative, for `seconds` held and `cpuSeconds` billed; the
+ * `seq`-th capture, `final` at the activity's end.
+ * @typedef {object} CostInfo
+ * @property {string} activity
+ * @property {number} seq
+ * @property {number} due
+ * @property {number} dueMicro
+ * @property {number} seconds
+ * @property {number} cpuSeconds
+ * @property {boolean} final
+ */
+/**
+ * (1.5) This requestor's account at the hub, in credits (and exactly, in micro-credits): what is
+ * `available` to hold, `held` for its live activities, `spent` in all.
+ * @typedef {object} Balance
+ * @property {string} account
+ * @property {number} available
+ * @property {number} held
+ * @property {number} spent
+ * @property {{available: number, held: number, spent: number}} micro
+ */
+/**
+ * (1.5) One movement of credits in the hub's ledger: its entries sum to zero (`amount` in
+ * credits, `amountMicro` exactly; negative: out of the account).
+ * @typedef {object} LedgerTransaction
+ * @property {number} id
+ * @property {string} key its idempotency key
+ * @property {string} kind
+ * @property {number} time the hub's clock, Unix seconds
+ * @property {string | null} activity
+ * @property {{account: string, amount: number, amountMicro: number}[]} entries
+ */
+/**
+ * The options of {@link Requestor#ledger}.
+ * @typedef {object} LedgerOptions
+ * @property {string} [account] another account's (an admin credential's only)
+ * @property {number} [limit] at most this many transactions (1 to 1000), default 100
+ */
+/**
+ * The options of {@link Requestor#estimate}.
+ * @typedef {object} EstimateOptions
+ * @property {number} maxDuration seconds each activity would be held
+ * @property {number} [activities] how many activities, default 1
+ * @property {number | string} [budget] credits: the estimate is never more
+ * @property {string} [image] only providers that hold this image
+ * @property {Iterable<string>} [allow] only these providers
+ * @property {Iterable<string>} [deny] never these providers
+ * @property {number} [minReputation] only providers whose reputation is at least this
  */
 /**
  * The options of {@link Requestor#pushImage}.
@@ -316,18 +486,21 @@ export type DemandOptions = {
  * @property {number | string} [memory] bytes or e.g. "256MiB", default 256MiB
  * @property {number | string} [storage] bytes or e.g. "1GiB", default 0
  * @property {Record<string, string>} [labels] labels the provider must carry exactly
+ * @property {import("./money.js").PriceOptions} [maxPrice] (1.5) the most to pay, in credits: a provider whose
+ *   `start`, `cpuHour` or `envHour` rate is above the cap's is not matched (a rate left out caps at 0)
  */
 /**
  * The wire form of a demand; a UsageError for a bad value.
  * @param {DemandOptions} [demand]
+ * @returns {{cpus: number, memory: number, storage: number, labels: Record<string, string>,
+ *   max_price?: import("./money.js").WirePrice}}
  */
 export declare function demandMessage(demand?: DemandOptions): {
     cpus: number;
     memory: number;
     storage: number;
-    labels: {
-        [x: string]: string;
-    };
+    labels: Record<string, string>;
+    max_price?: import("./money.js").WirePrice;
 };
 export type ResourcesOptions = {
     /**
@@ -380,6 +553,15 @@ export declare class Requestor {
      * privileges to gain or network), on a provider whose operator allows it (`kiln provider
      * --allow-root`): NoMatchError when none does, UnsupportedVersionError from a hub below
      * protocol 1.2. Without it, commands run as the image's USER, or nobody.
+     *
+     * The market (a hub ≥ 1.5; UnsupportedVersionError before anything is sent to an older
+     * one): `demand.maxPrice` caps the provider's rates (in credits), `strategy` picks among
+     * those that fit ("least_loaded", "cheapest", "reputation"), `allow` and `deny` name
+     * providers, `minReputation` filters, `maxDuration` ends the activity after so many
+     * seconds, and `budget` caps what the whole `group` spends. When the hub keeps a ledger, a
+     * rent holds its worst case of the requestor's credits (the activity's `hold`): refused
+     * with InsufficientFundsError when they cannot, BudgetExceededError when the group's budget
+     * cannot. What a priced activity owes comes as it is captured: {@link Requestor#onCost}.
      * @param {RentOptions} options
      * @returns {Promise<Activity>}
      */
@@ -511,6 +693,53 @@ export declare class Requestor {
      * @returns {AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>}
      */
     mapUnordered<P, R>(parts: Iterable<P>, worker: import("./executor.js").Worker<P, R>, options: import("./executor.js").JobOptions): AsyncGenerator<[number, R | import("./errors.js").TaskFailedError], void, void>;
+    /**
+     * (1.5) Call `listener` with what each priced activity of this requestor owes, every time
+     * the hub captures it (at least every minute while it runs, and once, `final`, at its end,
+     * also after its release).
+     * @param {(cost: CostInfo) => void} listener
+     * @returns {() => void} stops the calls
+     */
+    onCost(listener: (cost: CostInfo) => void): () => void;
+    /**
+     * (1.5) This requestor's account at the hub: what is available, held and spent, in credits.
+     * UnsupportedVersionError from a hub below 1.5.
+     * @returns {Promise<Balance>}
+     */
+    balance(): Promise<Balance>;
+    /**
+     * (1.5) The latest transactions of this requestor's account, newest first (an admin's:
+     * `account`'s, or every account's), at most `limit`; `matched` counts them all.
+     * UnsupportedVersionError from a hub below 1.5.
+     * @param {LedgerOptions} [options]
+     * @returns {Promise<{transactions: LedgerTransaction[], matched: number}>}
+     */
+    ledger(options?: LedgerOptions): Promise<{
+        transactions: LedgerTransaction[];
+        matched: number;
+    }>;
+    /**
+     * (1.5) Tell the hub that the result of activity `lost` disagreed with those of the
+     * activities `agreed` (at least two, on other providers, agreeing among themselves): it
+     * counts against `lost`'s provider's reputation and the requestor is paid back what `lost`
+     * cost. Jobs with `verify` send this themselves. ActivityError (code `unknown_activity`)
+     * for an activity not this requestor's; UnsupportedVersionError from a hub below 1.5.
+     * @param {string} lost
+     * @param {Iterable<string>} agreed
+     */
+    reportVerdict(lost: string, agreed: Iterable<string>): Promise<void>;
+    /**
+     * (1.5) The most `activities` activities meeting `demand` could cost, each held
+     * `maxDuration` seconds, in credits, before anything runs: the dearest worst case among the
+     * providers the market lists that fit (`demand`'s resources, labels and `maxPrice`; `image`,
+     * `allow`, `deny`, `minReputation`), times `activities`, and never more than `budget`. A
+     * free provider costs 0. Asks the hub's market (at most 1,000 providers). NoMatchError
+     * when none fits; UsageError for a bad option.
+     * @param {DemandOptions} demand
+     * @param {EstimateOptions} options
+     * @returns {Promise<number>}
+     */
+    estimate(demand: DemandOptions, options: EstimateOptions): Promise<number>;
     /**
      * Release every activity still held and close the connection, for good (no reconnect:
      * the hub ends the session at once). A reconnect under way is given up: the hub destroys

@@ -139,6 +139,14 @@ export declare class CancelledError extends KilnError {
     static defaultCode: import("./generated/constants.js").KnownErrorCode;
 }
 /** Any other error a peer reported (`code` tells which). */
+/** (1.5) A rent of a priced provider whose worst case the requestor's available credits cannot hold (or a requestor with no account); an activity whose hold ran out. */
+export declare class InsufficientFundsError extends KilnError {
+    static defaultCode: import("./generated/constants.js").KnownErrorCode;
+}
+/** (1.5) What is left of a group's (a job's) budget cannot cover a rent's hold; an activity ended when that budget ran out; a job's tasks left when it did. */
+export declare class BudgetExceededError extends KilnError {
+    static defaultCode: import("./generated/constants.js").KnownErrorCode;
+}
 export declare class RemoteError extends KilnError {
 }
 /**

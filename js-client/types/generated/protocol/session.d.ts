@@ -6,6 +6,7 @@
  * A requestor and a provider each hold one {@link Session}; their connections only pump
  * frames through it. The rules everything here follows:
  *
+ * - A requestor takes `activity_lost` and (1.5) `cost` from the hub as one-way news (`notified`).
  * - The session opens with `hello`; the hub's first frame must be `welcome`. An `error`
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
@@ -15,7 +16,8 @@
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
- *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3) are refused here,
+ *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
+ *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
  *   before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
@@ -52,7 +54,7 @@ export type Reply = import("../../protocol.js").Reply;
 export type Outbound = import("../../protocol.js").Outbound;
 export type SessionEvent = import("../../protocol.js").SessionEvent;
 export type Interim = import("../../protocol.js").Interim;
-export type HubReply = Reply | Interim | import("../../protocol.js").Rented | import("../../protocol.js").MarketInfo | import("../../protocol.js").ImagePushed | import("../../protocol.js").ImageList | import("../../protocol.js").ActivityList;
+export type HubReply = Reply | Interim | import("../../protocol.js").Rented | import("../../protocol.js").MarketInfo | import("../../protocol.js").ImagePushed | import("../../protocol.js").ImageList | import("../../protocol.js").ActivityList | import("../../protocol.js").BalanceInfo | import("../../protocol.js").LedgerList;
 /** The states of a session. */
 export declare const State: Readonly<{
     HELLO_SENT: "hello_sent";
