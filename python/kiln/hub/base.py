@@ -31,6 +31,7 @@ from kiln.hub.flow import Flow
 from kiln.hub.market import Market
 from kiln.hub.peers import Lease, Peer
 from kiln.hub.records import EndLease, SessionRecord
+from kiln.hub.reputation import Reputation
 from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
 from kiln.protocol.errors import RemoteProtocolError
 from kiln.protocol.messages import Error, Limits, Message, clip, serialize
@@ -63,6 +64,10 @@ class CoreBase:
     catalog: Catalog
     """The image store's contents (its files are the I/O layer's)."""
     market: Market
+    reputation: Reputation
+    """What the hub observed of each provider (the market's, for its strategies): the hooks are called
+    where the core sees an observation."""
+    _joined: dict[int, float]  # a provider's peer id -> when its hello was accepted (monotonic)
     flow: Flow
     deadlines: Deadlines
     create_timeout: float

@@ -65,7 +65,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
 from kiln.hub.access import Credentials
@@ -86,6 +86,7 @@ from kiln.hub.flow import HUB, Flow, Route
 from kiln.hub.leases import not_found, not_stored
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
+from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import (
@@ -167,6 +168,7 @@ class HubCore(Sessions):
         grace: float = GRACE,
         credit_timeout: float = CREDIT_TIMEOUT,
         per_credential: int = PER_CREDENTIAL,
+        reputation: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -189,8 +191,11 @@ class HubCore(Sessions):
             max_output_bytes=limits.MAX_OUTPUT_BYTES,
         )
         self.catalog = catalog or Catalog(0)
-        self.market = Market(self.catalog)
         self._out = []
+        # Given the counters the hub's state loaded, each change of them is written (SaveReputation).
+        self.reputation = Reputation(reputation, self._out.append if reputation is not None else None)
+        self.market = Market(self.catalog, self.reputation)
+        self._joined = {}
         # Stream bytes in flight toward one receiver: half its buffer (the rest is room for messages).
         self.flow = Flow(self.limits.chunk_bytes, buffer_bytes // 2, self._out.append)
         self.deadlines = Deadlines(credit_timeout, monotonic)
@@ -296,6 +301,7 @@ class HubCore(Sessions):
         self.flow.close(peer)
         if p.role == "provider":
             del self.providers[p.name]
+            self.reputation.disconnected(p.name, self._monotonic() - self._joined.pop(p.id, self._monotonic()))
             self._provider_gone(p, reason, leaving=ended or leaving)
         elif p.role == "requestor":
             self._requestor_gone(p, ended=ended)

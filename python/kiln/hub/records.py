@@ -92,4 +92,12 @@ class SaveBudget:
     budget: int
 
 
-Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget
+@dataclass(frozen=True, slots=True)
+class SaveReputation:
+    """What the hub observed of a provider (:mod:`kiln.hub.reputation`): every counter, as it is now."""
+
+    provider: str
+    counters: dict[str, float]
+
+
+Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation
