@@ -49,7 +49,7 @@ from kiln.hub.reputation import Reputation
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
 from kiln.protocol.messages import Demand, Offer, Price, ProviderInfo, Resources, Strategy
-from kiln.protocol.money import format_credits, within, worst_case
+from kiln.protocol.money import format_price, within, worst_case
 from kiln.protocol.sizes import format_size
 
 FEW_HOLDERS: Final = 64
@@ -570,8 +570,8 @@ class Market:
             sellers = [s for s in sellers if within(s.price, cap)]
             if not sellers:
                 return (
-                    f"no provider's price is within the demand's max_price {_shown_price(cap)} "
-                    f"(the cheapest asks {_shown_price(cheapest.price)})"
+                    f"no provider's price is within the demand's max_price {format_price(cap)} "
+                    f"(the cheapest asks {format_price(cheapest.price)})"
                 )
         if root:
             sellers = [s for s in sellers if s.offer.root]
@@ -624,12 +624,6 @@ def _has(ranks: list[Rank], rank: Rank) -> bool:
     """Whether the sorted ``ranks`` hold ``rank``."""
     at = bisect.bisect_left(ranks, rank)
     return at < len(ranks) and ranks[at] == rank
-
-
-def _shown_price(price: PriceKey | Price) -> str:
-    """A price as ``kiln market`` shows it: credits for start, per CPU-hour and per env-hour."""
-    rates = (price.start, price.cpu_hour, price.env_hour)
-    return "start={},cpu-hour={},env-hour={}".format(*map(format_credits, rates))
 
 
 def _unindex(index: dict[K, set[int]], keys: Iterable[K], peer: int) -> None:

@@ -71,6 +71,7 @@ from kiln.protocol.messages import (
     ActivityList,
     ActivityLost,
     Cancel,
+    Cost,
     Create,
     Credit,
     Destroy,
@@ -88,6 +89,7 @@ from kiln.protocol.messages import (
     MarketInfo,
     MarketQuery,
     Message,
+    Meter,
     Offer,
     PushImage,
     Release,
@@ -121,7 +123,7 @@ Request: TypeAlias = (
     | ShareImage
 )
 """What this side may ask of the hub."""
-HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
+HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download | Meter
 """What the hub may ask of a provider."""
 Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
@@ -167,6 +169,7 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "share_image": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
+    "meter": frozenset({"done", "error"}),
 }
 """The final replies that fit a request of each kind."""
 OUT_OF_ORDER: Final = ErrorCode.OUT_OF_ORDER
@@ -231,9 +234,10 @@ class CancelRequested:
 
 @dataclass(frozen=True, slots=True)
 class Notified:
-    """One-way news from the hub: an activity is gone, or an error about no request of ours."""
+    """One-way news from the hub: an activity is gone, an error about no request of ours, or (1.5) what a
+    priced activity owes so far (``cost``)."""
 
-    message: ActivityLost | Error
+    message: ActivityLost | Error | Cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,11 +579,11 @@ class Session:
                 self._events.append(Credited(message.stream, message.chunks))
         elif isinstance(message, FinalReply | DownloadInfo | Want) and message.re is not None:
             self._take_reply(message, message.re)
-        elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost)):
+        elif isinstance(message, Error | Cost) or (self.role == "requestor" and isinstance(message, ActivityLost)):
             self._events.append(Notified(message))
         elif isinstance(message, RentProgress):
             self._take_reply(message, message.re)
-        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download):
+        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download | Meter):
             self._take_request(message)
         elif self.role == "provider" and isinstance(message, Cancel):
             if message.target in self._theirs:
