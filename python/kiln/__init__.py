@@ -54,7 +54,7 @@ if TYPE_CHECKING:
         UnsupportedVersion,
         UsageError,
     )
-    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, ProviderInfo, Resources
+    from kiln.protocol.messages import ActivityInfo, Demand, ImageInfo, ImageList, Price, ProviderInfo, Resources
     from kiln.requestor.activity import (
         Activity,
         CommandFailed,
@@ -95,7 +95,15 @@ _HOMES = {
         "UnsupportedVersion",
         "UsageError",
     ],
-    "kiln.protocol.messages": ["ActivityInfo", "Demand", "ImageInfo", "ImageList", "ProviderInfo", "Resources"],
+    "kiln.protocol.messages": [
+        "ActivityInfo",
+        "Demand",
+        "ImageInfo",
+        "ImageList",
+        "Price",
+        "ProviderInfo",
+        "Resources",
+    ],
     "kiln.requestor.activity": [
         "Activity",
         "CommandFailed",
@@ -138,6 +146,7 @@ __all__ = [
     "KilnError",
     "LocalProtocolError",
     "NoMatch",
+    "Price",
     "ProgressView",
     "ProtocolError",
     "ProviderInfo",

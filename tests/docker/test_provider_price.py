@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import kiln
-from kiln.protocol.messages import Price
 from tests.conftest import IMAGE, Cluster
 from tests.scripted_hub import ScriptedHub, scripted_hub
 
@@ -69,11 +68,11 @@ async def test_the_market_lists_a_priced_provider_and_a_cap_below_it_finds_none(
     name = await asyncio.to_thread(cluster.start_provider, "p", "--price", PRICE)
     async with kiln.connect(cluster.url) as requestor:
         (info,) = await requestor.market()
-        assert info.name == name and info.price == Price(start=0.01, cpu_hour=0.2, env_hour=0.05)
+        assert info.name == name and info.price == kiln.Price(start=0.01, cpu_hour=0.2, env_hour=0.05)
         assert info.reputation == 0.5
         with pytest.raises(kiln.NoMatch, match="max_price"):
-            await requestor.rent(IMAGE, kiln.Demand(cpus=0.1, memory="16MiB", max_price=Price(start=0.001)))
-        cap = Price(start=0.01, cpu_hour=1, env_hour=1)
+            await requestor.rent(IMAGE, kiln.Demand(cpus=0.1, memory="16MiB", max_price=kiln.Price(start=0.001)))
+        cap = kiln.Price(start=0.01, cpu_hour=1, env_hour=1)
         async with requestor.rent(IMAGE, kiln.Demand(cpus=0.1, memory="16MiB", max_price=cap)) as act:
             assert act.provider == name
         (after,) = await requestor.market()
