@@ -288,6 +288,7 @@ class Market:
         demand = granted(demand)
         cap = demand.max_price
         score = self.reputation.score
+        allow = None if allow is None else frozenset(allow)
 
         def able(seller: Seller) -> bool:
             return (
@@ -558,7 +559,8 @@ class Market:
         if allow is not None:
             sellers = [s for s in sellers if s.name in allow]
             if not sellers:
-                return f"none of the providers the rent allows ({', '.join(sorted(allow)[:5])}) is connected or left"
+                named = ", ".join(sorted(allow)[:5])
+                return f"none of the providers the rent allows ({named}) is connected and not excluded"
         if least is not None:
             best = max(self.reputation.score(s.name) for s in sellers)
             sellers = [s for s in sellers if self.reputation.score(s.name) >= least - 1e-9]
