@@ -248,3 +248,17 @@ def test_a_hub_given_loaded_counters_starts_from_them_and_writes_each_change() -
     stateless.leave(stateless.provider("p"))
     assert stateless.core.reputation.counters("p")["connections"] == 1
     assert not any(isinstance(a, SaveReputation) for a in stateless.actions), "no state loaded: nothing to write"
+
+
+def test_a_stream_the_provider_starves_counts_against_it() -> None:
+    hub = HubHarness(version="1.5", credit_timeout=20)
+    p = hub.provider("p")
+    r = hub.join("requestor", "r")
+    activity = hub.rent(r, 1, p)
+    upload = {"type": "upload", "id": 2, "activity": activity, "path": "/golem/input/a", "size": 9}
+    [(to, _)] = hub.send(r, upload)
+    assert to == p
+    told = hub.expire(after=21)  # no credit from the provider: aborted
+    assert any(m.get("code") == "transfer_failed" for _, m in told if isinstance(m, dict))
+    assert hub.core.reputation.counters("p")["transfer_failed"] == 1
+    assert hub.core.reputation.score("p") == 0.5, "one start and one failure: neutral again"
