@@ -1,13 +1,11 @@
 """A real provider's price and meter (protocol 1.5): ``--price`` is in its offer and in the hub's
-market, a bad one stops it at start with a clear line, and ``meter`` is answered with its
+market (a bad one: tests/service/test_market_prices.py), and ``meter`` is answered with its
 container's CPU seconds so far (a hub played by hand sends it, as a ledger hub would)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -77,10 +75,3 @@ async def test_the_market_lists_a_priced_provider_and_a_cap_below_it_finds_none(
             assert act.provider == name
         (after,) = await requestor.market()
         assert after.reputation is not None and after.reputation > 0.5, "a rent that started counts for it"
-
-
-def test_a_bad_price_stops_the_provider_at_start_with_one_clear_line() -> None:
-    argv = [sys.executable, "-m", "kiln.cli", "provider", "--name", "p", "--price", "start=0.01,gpu-hour=1"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
-    assert done.returncode == 2, done
-    assert done.stderr == "kiln: --price: a price has no rate 'gpu-hour': it has start, cpu-hour, env-hour\n"

@@ -1,6 +1,6 @@
 """A priced market through a real hub process: simulated providers at three prices are listed with
 them, a capped cheapest rent lands on the cheapest that fits, a cap below every price finds none,
-and ``kiln market`` shows the PRICE and REPUTATION columns."""
+and ``kiln market`` shows the PRICE and REPUTATION columns; a bad ``--price`` stops a provider at start."""
 
 from __future__ import annotations
 
@@ -59,3 +59,10 @@ async def test_priced_providers_are_listed_capped_and_the_cheapest_chosen(tmp_pa
             assert header.split()[:7] == ["NAME", "CPUS", "MEMORY", "ACTIVITIES", "PRICE", "REPUTATION", "IMAGES"]
             row = next(line for line in rows if line.startswith(names[1]))
             assert "start=0.01,cpu-hour=0.2,env-hour=0.05" in row and "0.6" in row, row  # one started: 3/5
+
+
+def test_a_bad_price_stops_the_provider_at_start_with_one_clear_line() -> None:
+    argv = [sys.executable, "-m", "kiln.cli", "provider", "--name", "p", "--price", "start=0.01,gpu-hour=1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 2, done
+    assert done.stderr == "kiln provider: --price: a price has no rate 'gpu-hour': it has start, cpu-hour, env-hour\n"
