@@ -3,17 +3,19 @@ allow and deny lists, a least reputation; and the same through the hub's core.""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kiln.hub import market as market_module
-from kiln.hub.market import Market, Seller
+from kiln.hub.market import Market, Rank, Seller, granted
 from kiln.hub.records import SaveReputation
 from kiln.hub.reputation import Reputation
 from kiln.protocol.errors import NoMatch
-from kiln.protocol.messages import Demand, Offer, Price, Resources
-from kiln.protocol.money import worst_case
+from kiln.protocol.messages import Demand, Offer, Price, Resources, Strategy
+from kiln.protocol.money import within, worst_case
 from tests.hubcore import HubHarness
 
 GiB = 2**30
@@ -262,3 +264,42 @@ def test_a_stream_the_provider_starves_counts_against_it() -> None:
     assert any(m.get("code") == "transfer_failed" for _, m in told if isinstance(m, dict))
     assert hub.core.reputation.counters("p")["transfer_failed"] == 1
     assert hub.core.reputation.score("p") == 0.5, "one start and one failure: neutral again"
+
+
+def test_the_indexes_by_price_and_by_score_choose_as_a_full_scan_would() -> None:
+    """Offers, reservations, departures and reputations at random: each strategy's choice is the
+    first by (cost or -score, least loaded) of every seller that fits, found without the scan."""
+    rng = random.Random(20)
+    reputation = Reputation()
+    market = Market(reputation=reputation)
+    prices = [Price.micro(start=rng.randrange(0, 5) * 1000, cpu_hour=rng.randrange(0, 3) * 10_000) for _ in range(6)]
+    taken = Resources(cpus=1, memory=GiB)
+    for step in range(600):
+        peer = rng.randrange(10)  # few: prices come and go
+        move = rng.random()
+        if move < 0.3:
+            market.update(peer, f"p{peer:02}", offer(rng.choice([*prices, None])))
+        elif move < 0.5 and peer in market:
+            market.reserve(peer, taken)
+        elif move < 0.6:
+            market.release(peer, taken)
+        elif move < 0.65:
+            market.remove(peer)
+        else:
+            rng.choice([reputation.started, reputation.lost, reputation.failed_to_start])(f"p{peer:02}")
+        demand = Demand(cpus=1, max_price=Price.micro(start=3000, cpu_hour=20_000, env_hour=0))
+        assert demand.max_price is not None
+        cap = demand.max_price
+        sellers = list(market._sellers.values())
+        fitting = [s for s in sellers if s.fits(granted(demand)) and within(s.price, cap)]
+        strategies: list[tuple[Strategy, Callable[[Seller], tuple[float, Rank]]]] = [
+            ("cheapest", lambda s: (worst_case(s.price, 1, 3600), s.rank)),
+            ("reputation", lambda s: (-reputation.score(s.name), s.rank)),
+        ]
+        for strategy, key in strategies:
+            expected = min(fitting, key=key).peer if fitting else None
+            try:
+                chosen: int | None = market.choose("img", demand, strategy=strategy)[0]
+            except NoMatch:
+                chosen = None
+            assert chosen == expected, (step, strategy)

@@ -32,7 +32,9 @@ demand for the rent's expected duration, :func:`~kiln.protocol.money.worst_case`
 ``reputation`` (the highest score first). Ties go to holders of the image, then the least loaded.
 ``cheapest`` does not scan either: sellers are indexed by their distinct price, the distinct
 prices are ordered once per (CPUs, duration) by what the demand would cost at each, and only the
-sellers of the cheapest prices are looked at, least loaded first.
+sellers of the cheapest prices are looked at, least loaded first. ``reputation`` likewise walks
+an index of the sellers by their distinct score, which :class:`~kiln.hub.reputation.Reputation`
+keeps current (it tells the market of each change: :meth:`~kiln.hub.reputation.Reputation.watch`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class Seller:
     chains: frozenset[str] = frozenset()  # layer chains it holds, of images the store knows
     rank: Rank = field(init=False)
     price: PriceKey = field(init=False)
+    score: float = 0.5  # its reputation, as the market's index by score holds it
 
     def __post_init__(self) -> None:
         self.rank = self._rank()
@@ -154,6 +157,9 @@ class Market:
         self._priced: dict[PriceKey, list[Rank]] = {}  # a distinct price -> its sellers' ranks, sorted
         self._cost_orders: dict[tuple[float, float], list[list[PriceKey]]] = {}  # see _by_cost
         self._named: dict[str, int] = {}  # a provider's name -> its peer
+        self._scored: dict[float, list[Rank]] = {}  # a distinct reputation -> its sellers' ranks, sorted
+        self._scores: list[float] = []  # the distinct reputations of the sellers, ascending
+        self.reputation.watch(self._rescore)
         self._sellers: dict[int, Seller] = {}
         self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
         self._holders: dict[str, set[int]] = {}  # image -> peers offering it (Offer.images)
@@ -211,6 +217,8 @@ class Market:
         if seller.price not in self._priced:
             self._cost_orders.clear()  # a new distinct price: every order is to be made again
         bisect.insort(self._priced.setdefault(seller.price, []), seller.rank)
+        seller.score = self.reputation.score(name)
+        self._index_score(seller)
         for image in seller.images:
             self._holders.setdefault(image, set()).add(peer)
         for image in seller.cached:
@@ -249,6 +257,7 @@ class Market:
         if not ranks:
             del self._priced[seller.price]
             self._cost_orders.clear()
+        self._unindex_score(seller)
         _unindex(self._holders, seller.images, peer)
         _unindex(self._cached, seller.cached, peer)
         _unindex(self._chains, seller.chains, peer)
@@ -382,12 +391,9 @@ class Market:
                     yield self._priced[keys[0]]
                 elif keys:
                     yield list(heapq.merge(*(self._priced[key] for key in keys)))
-        else:  # reputation: every seller's score is looked at
-            score = self.reputation.score
-            ranked = sorted((-score(rank[2]), rank) for rank in self._order)
-            for _, ranks in _grouped(ranked):
-                yield ranks
-            return
+        else:  # reputation: the distinct scores, best first, each with its sellers in order
+            for score in reversed(self._scores):
+                yield self._scored[score]
 
     def _by_cost(self, cpus: float, seconds: float) -> list[list[PriceKey]]:
         """The distinct prices in groups of equal worst case for ``cpus`` held ``seconds``, cheapest
@@ -471,6 +477,7 @@ class Market:
         del self._order[bisect.bisect_left(self._order, seller.rank)]
         ranks = self._priced[seller.price]
         del ranks[bisect.bisect_left(ranks, seller.rank)]
+        self._unindex_score(seller)
         total = seller.offer.resources
         seller.free_cpus = min(seller.free_cpus + sign * resources.cpus, total.cpus)
         seller.free_memory = min(seller.free_memory + sign * resources.memory, total.memory)
@@ -479,6 +486,31 @@ class Market:
         seller.rank = seller._rank()
         bisect.insort(self._order, seller.rank)
         bisect.insort(ranks, seller.rank)
+        self._index_score(seller)
+
+    def _index_score(self, seller: Seller) -> None:
+        ranks = self._scored.get(seller.score)
+        if ranks is None:
+            ranks = self._scored[seller.score] = []
+            bisect.insort(self._scores, seller.score)
+        bisect.insort(ranks, seller.rank)
+
+    def _unindex_score(self, seller: Seller) -> None:
+        ranks = self._scored[seller.score]
+        del ranks[bisect.bisect_left(ranks, seller.rank)]
+        if not ranks:
+            del self._scored[seller.score]
+            del self._scores[bisect.bisect_left(self._scores, seller.score)]
+
+    def _rescore(self, name: str, score: float) -> None:
+        """The reputation of ``name`` changed: its seller moves in the index by score."""
+        peer = self._named.get(name)
+        seller = self._sellers.get(peer) if peer is not None else None
+        if seller is None or seller.score == score:
+            return
+        self._unindex_score(seller)
+        seller.score = score
+        self._index_score(seller)
 
     def _in_order(self) -> Iterator[Seller]:
         for rank in self._order:

@@ -95,6 +95,7 @@ class Reputation:
     ) -> None:
         self._counters: dict[str, dict[str, float]] = {}
         self._scores: dict[str, float] = {}
+        self._watchers: list[Callable[[str, float], None]] = []
         self.emit = emit
         for name, counters in (loaded or {}).items():
             self._counters[name] = {key: float(counters[key]) for key in COUNTERS if key in counters}
@@ -111,6 +112,10 @@ class Reputation:
 
     def __contains__(self, name: str) -> bool:
         return name in self._counters
+
+    def watch(self, changed: Callable[[str, float], None]) -> None:
+        """Call ``changed(name, score)`` whenever a provider's score changes (the market keeps an index by score)."""
+        self._watchers.append(changed)
 
     # --- the hooks the core calls ----------------------------------------------------
 
@@ -149,6 +154,10 @@ class Reputation:
     def _count(self, name: str, key: str, amount: float = 1.0) -> None:
         counters = self._counters.setdefault(name, {})
         counters[key] = counters.get(key, 0.0) + amount
-        self._scores[name] = score(counters)
+        old, new = self._scores.get(name, NEUTRAL), score(counters)
+        self._scores[name] = new
+        if new != old:
+            for changed in self._watchers:
+                changed(name, new)
         if self.emit is not None:
             self.emit(SaveReputation(name, self.counters(name)))
