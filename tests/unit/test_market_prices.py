@@ -54,7 +54,8 @@ def test_a_cap_below_a_price_passes_its_provider_over() -> None:
 
 
 def test_a_free_provider_is_within_every_cap() -> None:
-    market = priced_market(DEAR, None)
+    market = priced_market(DEAR, None, Price())
+    assert (market.price(1), market.price(2), market.price(3), market.price(9)) == (DEAR, None, None, None)
     assert market.choose("img", Demand(max_price=Price()), strategy="cheapest") == (2, False)
     assert market.choose("img", Demand(max_price=Price())) == (2, False)
 

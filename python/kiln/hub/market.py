@@ -228,6 +228,11 @@ class Market:
         for label in offer.labels.items():
             self._labelled.setdefault(label, set()).add(peer)
 
+    def price(self, peer: int) -> Price | None:
+        """The price of ``peer``'s offer: what a rent placed there pays (None: free, or no such seller)."""
+        seller = self._sellers.get(peer)
+        return None if seller is None or seller.offer.price is None or seller.offer.price.free else seller.offer.price
+
     def holders(self, image: str) -> list[str]:
         """The names of the providers that hold ``image`` (offered, or cached from the store)."""
         return sorted(self._sellers[peer].name for peer in self._stored_holders(image))
