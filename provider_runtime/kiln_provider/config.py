@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.protocol.messages import Price
 from kiln_provider.image_cache import DEFAULT_BUDGET
 from kiln_provider.volume import MAX_VOLUMES
 
@@ -47,5 +48,7 @@ class ProviderConfig:
     """How long containers outlive a lost hub connection, for a restarted hub to hand them back."""
     max_containers: int = MAX_VOLUMES
     """The most containers (each with a volume, a loop device) at once; a create past it is refused."""
+    price: Price | None = None
+    """(1.5) What an activity here costs (in its offer; None: free)."""
     images: tuple[str, ...] = ()
     """Patterns (fnmatch) of the tags of local images to offer, besides labelled ones (``org.kiln.offer``)."""

@@ -1,4 +1,4 @@
-"""The hub's requests, served: ``create``, ``exec``, ``upload``, ``download`` and ``destroy``.
+"""The hub's requests, served: ``create``, ``exec``, ``upload``, ``download``, ``meter`` and ``destroy``.
 
 The connection's reader hands every event to :meth:`Handlers.on_event` (it must not block):
 each request then runs as a task of the session's task group and ends with exactly one reply
@@ -13,6 +13,7 @@ each request then runs as a task of the session's task group and ends with exact
   ``stdin`` and ``stream`` as streams of the hub;
 - ``upload``: written into the container's volume on the host (:func:`kiln_provider.volume.put_file`);
 - ``download``: Docker's archive stream, read a chunk at a time;
+- ``meter`` (1.5): the CPU time the container used so far, for the hub to bill a priced activity;
 - ``destroy``: the container removed, volume and all, with the CPU time it used.
 
 Transfers cross between the event loop and Docker's threads in :mod:`kiln_provider.threads`.
@@ -32,7 +33,20 @@ from kiln.connection import Connection, Incoming, Outgoing
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized
-from kiln.protocol.messages import Cost, Create, Destroy, Done, Download, DownloadInfo, Exec, ExecResult, Upload, Want
+from kiln.protocol.messages import (
+    Cost,
+    Create,
+    Destroy,
+    Done,
+    Download,
+    DownloadInfo,
+    Exec,
+    ExecResult,
+    Meter,
+    Upload,
+    Want,
+)
+from kiln.protocol.money import format_credits
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.agent import AgentChannel
 from kiln_provider.config import ProviderConfig
@@ -137,11 +151,23 @@ class Handlers:
             operation = self._by_request.get(event.request)
             if operation is not None:
                 operation.halt()
-        elif isinstance(event, Notified) and not isinstance(event.message, Cost):
-            log.warning("the hub reports %s: %s", event.message.code, getattr(event.message, "message", ""))
+        elif isinstance(event, Notified):
+            news = event.message
+            if isinstance(news, Cost):
+                what = "in all" if news.final else "so far"
+                log.info(
+                    "activity %s: owes %s credits %s (before the hub's fee)",
+                    news.activity,
+                    format_credits(news.due),
+                    what,
+                )
+            else:
+                log.warning("the hub reports %s: %s", news.code, getattr(news, "message", ""))
 
-    def _take(self, message: Create | Destroy | Exec | Upload | Download) -> None:
-        if isinstance(message, Create):
+    def _take(self, message: Create | Destroy | Exec | Upload | Download | Meter) -> None:
+        if isinstance(message, Meter):
+            self._spawn(message.id, message.activity, self._meter(message))
+        elif isinstance(message, Create):
             self._spawn(message.id, None, self._create(message))
         elif isinstance(message, Destroy):
             self._cancel_activity(message.activity)
@@ -321,6 +347,12 @@ class Handlers:
             # Untracked from here on, so removed whatever happens (even when cancelled).
             await asyncio.shield(self._remove_container(container))
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
+        return Done(type="done", re=message.id, cpu_seconds=cpu)
+
+    async def _meter(self, message: Meter) -> Reply:
+        """The CPU seconds the activity's container used so far (its cgroup's, as :meth:`_destroy` reads)."""
+        container = self.containers[message.activity]
+        cpu = await self.pools.lifecycle_call(self.adapter.cpu_seconds, container.id)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
     async def _exec(self, message: Exec, stdin: Incoming | None, output: Outgoing | None) -> Reply:

@@ -35,6 +35,7 @@ from kiln.connection import WEBSOCKET_OPTIONS, Connection, check_hub_url, dial_e
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, Unauthorized, UnsupportedVersion, UsageError
 from kiln.protocol.messages import MAX_OFFERED, MAX_REPORTED, Offer, Resources
+from kiln.protocol.money import format_price
 from kiln_provider.config import ProviderConfig
 from kiln_provider.docker_adapter import DockerAdapter
 from kiln_provider.handlers import Handlers
@@ -243,13 +244,15 @@ class ProviderRuntime:
                     images=offered[0],
                     cached=offered[1] or None,
                     root=True if self.config.allow_root and conn.session.minor >= 2 else None,
+                    price=self.config.price if conn.session.minor >= 5 else None,
                 )
                 await conn.request(offer)
                 log.info(
-                    "offered %s with %d images (%d loaded from the hub's store)",
+                    "offered %s with %d images (%d loaded from the hub's store) at %s",
                     self.offer_resources,
                     len(offered[0]),
                     len(offered[1]),
+                    format_price(offer.price),
                 )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IMAGE_REFRESH_SECONDS):

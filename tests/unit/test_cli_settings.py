@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from kiln.cli.app import _flags
+from kiln.cli.parser import build_parser
 from kiln.cli.settings import DEFAULT_HUB, DialSettings, DoctorSettings, HubSettings, ProviderSettings, load
 from kiln.protocol.errors import UsageError
+from kiln.protocol.messages import Price
 
 SHARED = "shared-t0ken"
 
@@ -140,3 +143,25 @@ def test_the_hubs_fee_is_a_fraction_below_one_counted_in_parts_per_million(tmp_p
     for fee, why in ((1.0, "below 1"), (-0.1, "greater than or equal to 0"), (0.0000001, "at most 6 decimals")):
         with pytest.raises(UsageError, match=why):
             load(HubSettings, {"fee": fee})
+
+
+def test_a_providers_price_is_parsed_from_the_flag_or_the_file_and_refused_clearly(tmp_path: Path) -> None:
+    argv = ["provider", "--name", "p1", "--price", "start=0.01,cpu-hour=0.20,env-hour=0.05"]
+    flags = _flags(build_parser().parse_args(argv), ProviderSettings)
+    assert load(ProviderSettings, flags).price == Price(start=0.01, cpu_hour=0.2, env_hour=0.05)
+    assert load(ProviderSettings, {"name": "p1"}).price is None, "no --price: free"
+    assert load(ProviderSettings, {"name": "p1", "price": " env-hour = 1 "}).price == Price.micro(env_hour=10**6)
+    table = write(tmp_path / "p.toml", 'name = "p1"\nprice = {start = 0.5, cpu_hour = "0.25"}\n')
+    assert load(ProviderSettings, {"config": table}).price == Price.micro(start=500_000, cpu_hour=250_000)
+    cases = {
+        "start=0.01,gpu-hour=1": "--price: a price has no rate 'gpu-hour': it has start, cpu-hour, env-hour",
+        "start": "--price: a price is start=C,cpu-hour=C,env-hour=C (credits), not 'start'",
+        "start=1,start=2": "--price: the price names 'start' twice",
+        "start=-1": "--price: start -1 is out of range",
+        "start=0.0000001": "--price: start 0.0000001 is finer than a micro-credit",
+        "cpu-hour=lots": "--price: cpu-hour is a number of credits, not 'lots'",
+    }
+    for text, expected in cases.items():
+        assert refused(ProviderSettings, {"name": "p1", "price": text}).startswith(expected), text
+    bad = write(tmp_path / "bad.toml", 'name = "p1"\nprice = 3\n')
+    assert "price in " in refused(ProviderSettings, {"config": bad})

@@ -434,17 +434,9 @@ def test_balance_and_ledger_answer_for_the_askers_account() -> None:
     assert [t["kind"] for t in theirs["transactions"]] == ["capture"]
 
 
-class Recorded:
-    def __init__(self) -> None:
-        self.verdicts: list[tuple[str, bool]] = []
-
-    def verdict(self, name: str, won: bool) -> None:
-        self.verdicts.append((name, won))
-
-
 def test_a_lost_verdict_reverses_what_was_paid_for_it_once() -> None:
     hub, [_, _, _], r = priced(providers=3, fee_ppm=50_000)
-    hub.core.reputation = reputation = Recorded()
+    reputation = hub.core.reputation
     a1, a2, a3 = (hub.rent(r, n, group="job") for n in (1, 2, 3))
     run(hub, 120, 60, cpu_per_second=1)
     end(hub, r, a1, 120)  # ended already: a verdict still reaches it
@@ -459,10 +451,15 @@ def test_a_lost_verdict_reverses_what_was_paid_for_it_once() -> None:
     assert book.balance("requestor:7") == before + paid
     provider_paid = sum(x for post in book.of("capture", a1) for a, x in post.entries if a == "provider:p1")
     assert dict(reverse.entries)["provider:p1"] == -provider_paid
-    assert reputation.verdicts == [("p1", False), ("p2", True), ("p3", True)]
+    verdicts = {
+        name: (c["won"], c["verdicts_lost"])
+        for name in ("p1", "p2", "p3")
+        for c in [reputation.counters(name)]
+    }
+    assert verdicts == {"p1": (0, 1), "p2": (1, 0), "p3": (1, 0)}
     # Reported again: answered, nothing more moves, reputation hears it once.
     assert hub.send(r, {**verdict, "id": 51}) == [(r, {"type": "done", "re": 51})]
-    assert len(book.of("reverse")) == 1 and len(reputation.verdicts) == 3
+    assert len(book.of("reverse")) == 1 and reputation.counters("p1")["verdicts_lost"] == 1
     book.check()
 
 

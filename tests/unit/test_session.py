@@ -12,7 +12,7 @@ import pytest
 
 from kiln.protocol import session as s
 from kiln.protocol.errors import KilnError, LocalProtocolError
-from kiln.protocol.messages import MAX_ID, MESSAGE_ADAPTER, MarketQuery, serialize
+from kiln.protocol.messages import MAX_ID, MESSAGE_ADAPTER, Cost, Done, MarketQuery, Meter, serialize
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = sorted((ROOT / "protocol" / "v1" / "vectors" / "sessions").glob("*.json"))
@@ -175,3 +175,21 @@ def test_a_data_frame_is_a_view_of_the_frame_not_a_copy() -> None:
     session.receive_binary(frame)
     [event] = session.events_received()
     assert isinstance(event, s.DataReceived) and event.data.obj is frame
+
+
+def test_a_provider_takes_meter_as_a_request_answered_with_done_and_cost_as_news() -> None:
+    provider = welcomed("provider")
+    provider.receive_text(json.dumps({"type": "meter", "id": 7, "activity": "a1"}))
+    cost = {"type": "cost", "activity": "a1", "seq": 1, "due": 10_000, "seconds": 60.0, "cpu_seconds": 3.0}
+    provider.receive_text(json.dumps(cost))
+    requested, notified = provider.events_received()
+    assert isinstance(requested, s.Requested) and requested.message == Meter(type="meter", id=7, activity="a1")
+    assert isinstance(notified, s.Notified) and isinstance(notified.message, Cost) and notified.message.due == 10_000
+    provider.reply(Done(type="done", re=7, cpu_seconds=1.5))
+    assert sent(provider.data_to_send()[0]) == {"type": "done", "re": 7, "cpu_seconds": 1.5}
+    with pytest.raises(LocalProtocolError):
+        provider.reply(Done(type="done", re=7))  # answered once
+    requestor = welcomed()
+    requestor.receive_text(json.dumps(cost))
+    [news] = requestor.events_received()
+    assert isinstance(news, s.Notified) and isinstance(news.message, Cost)

@@ -45,11 +45,17 @@ async def market(settings: DialSettings, args: argparse.Namespace) -> int:
         return 0
     if not providers:
         print("no providers")
-    for p in providers:
-        print(
-            f"{p.name:16} cpus {p.free.cpus:g}/{p.offered.cpus:g}  memory {format_size(p.free.memory)}/"
-            f"{format_size(p.offered.memory)}  activities {p.activities}  images {', '.join(p.images) or '-'}"
-        )
+    else:
+        from kiln.protocol.money import format_price
+
+        rows = [("NAME", "CPUS", "MEMORY", "ACTIVITIES", "PRICE", "REPUTATION", "IMAGES")]
+        for p in providers:
+            memory = f"{format_size(p.free.memory)}/{format_size(p.offered.memory)}"
+            reputation = "-" if p.reputation is None else f"{p.reputation:.2f}"  # a hub before 1.5 tells none
+            cpus = f"{p.free.cpus:g}/{p.offered.cpus:g}"
+            images = ", ".join(p.images) or "-"
+            rows.append((p.name, cpus, memory, str(p.activities), format_price(p.price), reputation, images))
+        print_table(rows)
     if len(providers) == args.limit:
         print(f"(the first {args.limit} by name; --limit shows more, --image and --label fewer)")
     return 0

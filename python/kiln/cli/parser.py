@@ -425,6 +425,13 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="the most containers at once (each has a volume on a loop device; default 256)",
     )
+    provider.add_argument(
+        "--price",
+        default=UNSET,
+        metavar="RATES",
+        help="what an activity here costs, in credits: start=0.01,cpu-hour=0.20,env-hour=0.05 (any subset; "
+        "cpu-hour per hour of CPU time used, env-hour per hour the container is held; default: free)",
+    )
     provider.add_argument("--pids-limit", type=int, default=UNSET, help="processes per container (default 256)")
     provider.add_argument(
         "--stream-idle-timeout",

@@ -95,6 +95,7 @@ async def provider(settings: ProviderSettings) -> int:
         grace=settings.grace,
         max_containers=settings.max_containers,
         images=tuple(settings.images),
+        price=settings.price if settings.price is not None and not settings.price.free else None,
     )
     main = asyncio.current_task()
     assert main is not None

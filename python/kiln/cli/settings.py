@@ -42,6 +42,7 @@ from pydantic_settings import (
 
 from kiln.connection import check_hub_url
 from kiln.protocol.errors import KilnError, UsageError
+from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
 from kiln.protocol.sizes import parse_size
 
@@ -107,6 +108,43 @@ File = Annotated[Path, AfterValidator(_file)]
 Folder = Annotated[Path, AfterValidator(_folder)]
 """A folder, made when needed: anything but an existing file."""
 Seconds = Annotated[float, Field(ge=0)]
+
+PRICE_KEYS: Final = {"start": "start", "cpu-hour": "cpu_hour", "env-hour": "env_hour"}
+"""The rates of ``--price`` as written (``cpu_hour`` is taken too) -> :class:`Price`'s fields."""
+
+
+def parse_price(value: object) -> Price:
+    """A provider's price from ``start=0.01,cpu-hour=0.20,env-hour=0.05`` (credits; any subset,
+    the rest 0) or a TOML table of the same keys; ValueError saying what is wrong."""
+    if isinstance(value, Price):
+        return value
+    if isinstance(value, str):
+        pairs: list[tuple[str, object]] = []
+        for part in value.split(","):
+            key, sep, amount = part.strip().partition("=")
+            if not sep:
+                raise ValueError(f"a price is start=C,cpu-hour=C,env-hour=C (credits), not {value!r}")
+            pairs.append((key.strip(), amount.strip()))
+    elif isinstance(value, dict):
+        pairs = [(str(key), amount) for key, amount in value.items()]
+    else:
+        raise ValueError(f"a price is start=C,cpu-hour=C,env-hour=C (credits), not {value!r}")
+    rates: dict[str, int] = {}
+    for rate, written in pairs:
+        field = PRICE_KEYS.get(rate.replace("_", "-"))
+        if field is None:
+            raise ValueError(f"a price has no rate {rate!r}: it has {', '.join(PRICE_KEYS)}")
+        if field in rates:
+            raise ValueError(f"the price names {rate!r} twice")
+        try:
+            rates[field] = to_micro(written, rate)
+        except UsageError as e:
+            raise ValueError(e.message) from e
+    return Price.micro(**rates)
+
+
+PriceSetting = Annotated[Price, BeforeValidator(parse_price)]
+"""A provider's price in credits: ``start=0.01,cpu-hour=0.20,env-hour=0.05`` or a table of those keys."""
 
 
 def read_token(path: Path) -> str:
@@ -273,6 +311,7 @@ class ProviderSettings(DialSettings):
     name_wait: Seconds = 30.0
     max_containers: Annotated[int, Field(ge=1, le=4096)] = 256
     images: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
+    price: PriceSetting | None = None
 
 
 class DoctorSettings(ProviderSettings):

@@ -74,6 +74,7 @@ PROVIDER: Final = """\
 #   image-cache = "20GiB"
 #   data-dir = "/var/lib/kiln/provider"
 #   label = {{ zone = "eu" }}
+#   price = "start=0.01,cpu-hour=0.20,env-hour=0.05"   # credits; absent: free
 # and its token from /etc/kiln/provider.token (LoadCredential: no other user reads it, no process list shows it).
 # No PrivateTmp=, ProtectSystem= or other mount namespace: dockerd must see the volumes it loop-mounts.
 [Unit]

@@ -12,6 +12,7 @@ Its pure modules (no sockets, no files, no clock reads, no threads) are here; it
 - ``peers``: what it knows of each connection, lease and request
 - ``actions``: what it asks the I/O layer to do; ``records``: what a restart must not lose
 - ``access``: who may join as what; ``gate``: caps on connections per address
-- ``market``: offers, placement, reservations
+- ``market``: offers, prices, placement (strategies, caps, allow/deny), reservations;
+  ``reputation``: what the hub observed of each provider, and its score
 - ``catalog``: the image store's contents and rules; ``images``: one stored image, its owners, tenants
 """

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, Log, Send
@@ -34,6 +34,7 @@ from kiln.hub.ledger import Ended, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import Lease, Peer
 from kiln.hub.records import EndLease, SessionRecord
+from kiln.hub.reputation import Reputation
 from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
 from kiln.protocol.errors import RemoteProtocolError
 from kiln.protocol.messages import Cost, Error, Limits, Message, clip, serialize
@@ -54,19 +55,6 @@ PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
 
 
-class Reputation(Protocol):
-    """What the core tells of providers' track record (:mod:`kiln.hub.reputation` keeps it)."""
-
-    def verdict(self, name: str, won: bool) -> None: ...
-
-
-class NoReputation:
-    """Keeps nothing (until the hub's reputation is given)."""
-
-    def verdict(self, name: str, won: bool) -> None:
-        pass
-
-
 class CoreBase:
     """The state every layer of the core reads and changes (set up by :class:`~kiln.hub.core.HubCore`)."""
 
@@ -82,6 +70,9 @@ class CoreBase:
     ledger: Ledger
     """The meters of priced activities (:mod:`kiln.hub.ledger`): in use only with accounts and credentials."""
     reputation: Reputation
+    """What the hub observed of each provider (the market's, for its strategies): the hooks are called
+    where the core sees an observation."""
+    _joined: dict[int, float]  # a provider's peer id -> when its hello was accepted (monotonic)
     flow: Flow
     deadlines: Deadlines
     create_timeout: float

@@ -71,7 +71,7 @@ import math
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeAlias
 
 from kiln.hub.access import Credentials
@@ -84,7 +84,6 @@ from kiln.hub.base import (
     MAX_ACTIVITIES,
     PER_CREDENTIAL,
     PROGRESS_BYTES,
-    NoReputation,
     shown,
 )
 from kiln.hub.catalog import Catalog
@@ -94,6 +93,7 @@ from kiln.hub.leases import not_found, not_stored
 from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
+from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import (
@@ -195,6 +195,7 @@ class HubCore(Sessions):
         fee_ppm: int = 0,
         capture_interval: float = CAPTURE_INTERVAL,
         hold_window: float = HOLD_WINDOW,
+        reputation: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -222,10 +223,12 @@ class HubCore(Sessions):
             max_output_bytes=limits.MAX_OUTPUT_BYTES,
         )
         self.catalog = catalog or Catalog(0)
-        self.market = Market(self.catalog)
-        self.ledger = Ledger(accounts, fee_ppm=fee_ppm, capture_interval=capture_interval, hold_window=hold_window)
-        self.reputation = NoReputation()
         self._out = []
+        self.ledger = Ledger(accounts, fee_ppm=fee_ppm, capture_interval=capture_interval, hold_window=hold_window)
+        # Given the counters the hub's state loaded, each change of them is written (SaveReputation).
+        self.reputation = Reputation(reputation, self._out.append if reputation is not None else None)
+        self.market = Market(self.catalog, self.reputation)
+        self._joined = {}
         # Stream bytes in flight toward one receiver: half its buffer (the rest is room for messages).
         self.flow = Flow(self.limits.chunk_bytes, buffer_bytes // 2, self._out.append)
         self.deadlines = Deadlines(credit_timeout, monotonic)
@@ -333,6 +336,7 @@ class HubCore(Sessions):
         self.flow.close(peer)
         if p.role == "provider":
             del self.providers[p.name]
+            self.reputation.disconnected(p.name, self._monotonic() - self._joined.pop(p.id, self._monotonic()))
             self._provider_gone(p, reason, leaving=ended or leaving)
         elif p.role == "requestor":
             self._requestor_gone(p, ended=ended)

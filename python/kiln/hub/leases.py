@@ -13,7 +13,7 @@ import orjson
 from kiln.hub.base import CoreBase, credential_id
 from kiln.hub.catalog import Tenant, is_digest
 from kiln.hub.ledger import Meter, Refusal, requestor_account
-from kiln.hub.market import granted
+from kiln.hub.market import EXPECTED_DURATION, granted
 from kiln.hub.peers import Lease, Peer, Pending
 from kiln.hub.records import Destroying, SaveBudget
 from kiln.protocol.codes import ErrorCode
@@ -53,6 +53,8 @@ class Leases(CoreBase):
             stored=stored is not None,
             hidden=lambda i: self.catalog.hidden(i, tenant),
         )
+        if p.minor < 5:  # prices and reputations are 1.5's: an older requestor is sent what it knows
+            providers = [info.model_copy(update={"price": None, "reputation": None}) for info in providers]
         info = MarketInfo(
             type="market_info", re=message.id, providers=providers, matched=matched, activities=len(self.activities)
         )
@@ -110,6 +112,10 @@ class Leases(CoreBase):
                 stored,
                 root=message.user == "root",
                 apart=hidden,
+                strategy=message.strategy,
+                allow=message.allow,
+                min_reputation=message.min_reputation,
+                seconds=message.max_duration or EXPECTED_DURATION,
             )
         except NoMatch as e:
             self._error(p, message.id, e.code, e.message)

@@ -22,28 +22,64 @@ first to providers that hold it (offered, or cached: loaded from the store), the
 can pull it (protocol 1.1, the image's architecture, room for it in their free storage) and hold
 most of its layer bytes, then to the least loaded of those. Any other name goes only to the
 providers that offer it (``Offer.images``), else to any (one that pulls from a registry may).
+
+Prices (protocol 1.5): a seller has its offer's :class:`~kiln.protocol.messages.Price` (none:
+free). A demand's ``max_price`` passes over every seller with a rate above the cap's (a free one
+is within every cap). A rent may name, beside the providers it excludes (its deny list), those it
+allows alone and the least reputation (:mod:`kiln.hub.reputation`) it accepts, and a strategy:
+``least_loaded`` (the order above, the default), ``cheapest`` (the lowest worst-case cost of the
+demand for the rent's expected duration, :func:`~kiln.protocol.money.worst_case`) or
+``reputation`` (the highest score first). Ties go to holders of the image, then the least loaded.
+``cheapest`` does not scan either: sellers are indexed by their distinct price, the distinct
+prices are ordered once per (CPUs, duration) by what the demand would cost at each, and only the
+sellers of the cheapest prices are looked at, least loaded first. ``reputation`` likewise walks
+an index of the sellers by their distinct score, which :class:`~kiln.hub.reputation.Reputation`
+keeps current (it tells the market of each change: :meth:`~kiln.hub.reputation.Reputation.watch`).
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias, TypeVar
+from typing import Final, NamedTuple, TypeAlias, TypeVar
 
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
+from kiln.hub.reputation import Reputation
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
-from kiln.protocol.messages import Demand, Offer, ProviderInfo, Resources
+from kiln.protocol.messages import Demand, Offer, Price, ProviderInfo, Resources, Strategy
+from kiln.protocol.money import format_price, within, worst_case
 from kiln.protocol.sizes import format_size
 
 FEW_HOLDERS: Final = 64
 """Up to this many holders of an image are each looked at; more are met in preference order."""
 
 K = TypeVar("K")
+V = TypeVar("V")
 Rank: TypeAlias = tuple[int, int, str, int]
 """A seller's place in the order of preference: (activities, -free memory, name, peer)."""
+EXPECTED_DURATION: Final = 3600.0
+"""Seconds a rent is expected to hold its activity when it names no ``max_duration`` (``cheapest``)."""
+COST_ORDERS: Final = 256
+"""Orders of the distinct prices kept, one per (CPUs, duration) asked: past that, they are made afresh."""
+
+
+class PriceKey(NamedTuple):
+    """A price's three rates in micro-credits, as the index keys it (a free seller's are 0)."""
+
+    start: int
+    cpu_hour: int
+    env_hour: int
+
+    @classmethod
+    def of(cls, price: Price | None) -> PriceKey:
+        return cls(0, 0, 0) if price is None else cls(price.start, price.cpu_hour, price.env_hour)
+
+
+FREE: Final = PriceKey(0, 0, 0)
 
 
 @dataclass(eq=False, slots=True)
@@ -63,9 +99,12 @@ class Seller:
     apart: bool = False  # speaks 1.4: its images are its operator's alone (what it loaded from the store: cached)
     chains: frozenset[str] = frozenset()  # layer chains it holds, of images the store knows
     rank: Rank = field(init=False)
+    price: PriceKey = field(init=False)
+    score: float = 0.5  # its reputation, as the market's index by score holds it
 
     def __post_init__(self) -> None:
         self.rank = self._rank()
+        self.price = PriceKey.of(self.offer.price)
 
     def _rank(self) -> Rank:
         return (self.activities, -self.free_memory, self.name, self.peer)
@@ -112,8 +151,15 @@ def has_labels(labels: dict[str, str], wanted: dict[str, str]) -> bool:
 class Market:
     """Offers keyed by the provider's peer id."""
 
-    def __init__(self, catalog: Catalog | None = None) -> None:
+    def __init__(self, catalog: Catalog | None = None, reputation: Reputation | None = None) -> None:
         self.catalog = catalog or Catalog(0)
+        self.reputation = reputation or Reputation()
+        self._priced: dict[PriceKey, list[Rank]] = {}  # a distinct price -> its sellers' ranks, sorted
+        self._cost_orders: dict[tuple[float, float], list[list[PriceKey]]] = {}  # see _by_cost
+        self._named: dict[str, int] = {}  # a provider's name -> its peer
+        self._scored: dict[float, list[Rank]] = {}  # a distinct reputation -> its sellers' ranks, sorted
+        self._scores: list[float] = []  # the distinct reputations of the sellers, ascending
+        self.reputation.watch(self._rescore)
         self._sellers: dict[int, Seller] = {}
         self._order: list[Rank] = []  # every seller's rank, sorted: the order of preference
         self._holders: dict[str, set[int]] = {}  # image -> peers offering it (Offer.images)
@@ -167,6 +213,12 @@ class Market:
         self._sellers[peer] = seller
         bisect.insort(self._order, seller.rank)
         bisect.insort(self._names, (name, peer))
+        self._named[name] = peer
+        if seller.price not in self._priced:
+            self._cost_orders.clear()  # a new distinct price: every order is to be made again
+        bisect.insort(self._priced.setdefault(seller.price, []), seller.rank)
+        seller.score = self.reputation.score(name)
+        self._index_score(seller)
         for image in seller.images:
             self._holders.setdefault(image, set()).add(peer)
         for image in seller.cached:
@@ -175,6 +227,11 @@ class Market:
             self._chains.setdefault(key, set()).add(peer)
         for label in offer.labels.items():
             self._labelled.setdefault(label, set()).add(peer)
+
+    def price(self, peer: int) -> Price | None:
+        """The price of ``peer``'s offer: what a rent placed there pays (None: free, or no such seller)."""
+        seller = self._sellers.get(peer)
+        return None if seller is None or seller.offer.price is None or seller.offer.price.free else seller.offer.price
 
     def holders(self, image: str) -> list[str]:
         """The names of the providers that hold ``image`` (offered, or cached from the store)."""
@@ -198,6 +255,14 @@ class Market:
             return
         del self._order[bisect.bisect_left(self._order, seller.rank)]
         del self._names[bisect.bisect_left(self._names, (seller.name, peer))]
+        if self._named.get(seller.name) == peer:
+            del self._named[seller.name]
+        ranks = self._priced[seller.price]
+        del ranks[bisect.bisect_left(ranks, seller.rank)]
+        if not ranks:
+            del self._priced[seller.price]
+            self._cost_orders.clear()
+        self._unindex_score(seller)
         _unindex(self._holders, seller.images, peer)
         _unindex(self._cached, seller.cached, peer)
         _unindex(self._chains, seller.chains, peer)
@@ -213,19 +278,31 @@ class Market:
         *,
         root: bool = False,
         apart: bool = False,
+        strategy: Strategy | None = None,
+        allow: Collection[str] | None = None,
+        min_reputation: float | None = None,
+        seconds: float = EXPECTED_DURATION,
     ) -> tuple[int, bool]:
         """The peer id of the best provider for ``demand`` and whether it holds ``image``.
 
-        Providers named in ``exclude``, and the peers in ``avoid``, are passed over, with
-        ``root`` those whose operator does not let commands run as root, and with ``apart``
-        those whose images may be copies of the store's (``image`` names a stored image the
-        requestor may not see: only an operator's own copy of it may run). Of the
-        rest, those holding the image come first, then the least loaded (fewest activities,
-        most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
-        offers, or saying that all are busy. The storage compared is what the rent is
+                Providers named in ``exclude``, and the peers in ``avoid``, are passed over, with
+                ``root`` those whose operator does not let commands run as root, and with ``apart``
+                those whose images may be copies of the store's (``image`` names a stored image the
+                requestor may not see: only an operator's own copy of it may run). Of the
+                rest, those holding the image come first, then the least loaded (fewest activities,
+                most free memory). Raises :class:`~kiln.protocol.errors.NoMatch` naming what nobody
+                offers, or saying that all are busy. The storage compared is what the rent is
         :func:`granted` (the default when it names none).
+
+                Only sellers whose price is within ``demand.max_price``, named in ``allow`` (when given)
+                and with a reputation of at least ``min_reputation`` (when given) are picked. ``strategy``
+                orders the rest (see the module's docstring); ``cheapest`` compares the worst case of the
+                demand held ``seconds`` (the rent's ``max_duration``, else :data:`EXPECTED_DURATION`).
         """
         demand = granted(demand)
+        cap = demand.max_price
+        score = self.reputation.score
+        allow = None if allow is None else frozenset(allow)
 
         def able(seller: Seller) -> bool:
             return (
@@ -234,20 +311,113 @@ class Market:
                 and seller.name not in exclude
                 and (seller.offer.root or not root)
                 and (seller.apart or not apart)
+                and (cap is None or within(seller.price, cap))
+                and (allow is None or seller.name in allow)
+                and (min_reputation is None or score(seller.name) >= min_reputation - 1e-9)
             )
 
+        def why() -> str:
+            return self._why_not(demand, exclude, avoid, stored, root=root, allow=allow, least=min_reputation)
+
+        if allow is not None or strategy in ("cheapest", "reputation"):
+            found = self._choose_ranked(image, stored, demand, able, strategy, allow, seconds)
+            if found is None:
+                raise NoMatch(why())
+            return found
         if stored is not None:
-            return self._choose_stored(stored, demand, able, exclude, avoid, root)
-        return self._choose_named(image, demand, able, exclude, avoid, root)
+            return self._choose_stored(stored, demand, able, why)
+        return self._choose_named(image, demand, able, why)
+
+    def _choose_ranked(
+        self,
+        image: str,
+        stored: StoredImage | None,
+        demand: Demand,
+        able: Callable[[Seller], bool],
+        strategy: Strategy | None,
+        allow: Collection[str] | None,
+        seconds: float,
+    ) -> tuple[int, bool] | None:
+        """The best by ``strategy`` (of ``allow`` alone, when given): the groups of equal cost or
+        score in order; in the first group with an able seller, a holder of the image first, then
+        the least loaded (a stored image only on a seller that holds it or can pull it)."""
+        holders = self._stored_holders(stored.digest) if stored is not None else self._holders.get(image, set())
+
+        def holds(seller: Seller) -> bool:
+            return seller.peer in holders
+
+        def ok(seller: Seller) -> bool:
+            return able(seller) and (stored is None or holds(seller) or seller.can_pull(stored))
+
+        for group in self._groups(demand, strategy, allow, seconds):
+            if len(holders) <= FEW_HOLDERS:
+                # Few hold the image: look at those of this group alone, then the group in order.
+                held = [s for s in map(self._sellers.__getitem__, holders) if _has(group, s.rank) and ok(s)]
+                if held:
+                    return min(held, key=lambda s: s.rank).peer, True
+                first = next((s for s in self._ranked(group) if ok(s)), None)
+                if first is not None:
+                    return first.peer, False
+                continue
+            first = None
+            for s in self._ranked(group):
+                if ok(s):
+                    if holds(s):
+                        return s.peer, True
+                    first = first or s
+            if first is not None:
+                return first.peer, False
+        return None
+
+    def _ranked(self, ranks: Iterable[Rank]) -> Iterator[Seller]:
+        for rank in ranks:
+            yield self._sellers[rank[-1]]
+
+    def _groups(
+        self, demand: Demand, strategy: Strategy | None, allow: Collection[str] | None, seconds: float
+    ) -> Iterator[list[Rank]]:
+        """The sellers' ranks in groups of equal standing by ``strategy``, best group first, each sorted."""
+        if allow is not None:
+            sellers = [self._sellers[peer] for name in set(allow) if (peer := self._named.get(name)) is not None]
+            keyed: list[tuple[float, Rank]]
+            if strategy == "cheapest":
+                keyed = sorted((worst_case(s.price, demand.cpus, seconds), s.rank) for s in sellers)
+            elif strategy == "reputation":
+                keyed = sorted((-self.reputation.score(s.name), s.rank) for s in sellers)
+            else:
+                keyed = sorted((0, s.rank) for s in sellers)
+            for _, ranks in _grouped(keyed):
+                yield ranks
+        elif strategy == "cheapest":
+            cap = demand.max_price
+            for keys in self._by_cost(demand.cpus, seconds):
+                keys = [key for key in keys if cap is None or within(key, cap)]
+                if len(keys) == 1:
+                    yield self._priced[keys[0]]
+                elif keys:
+                    yield list(heapq.merge(*(self._priced[key] for key in keys)))
+        else:  # reputation: the distinct scores, best first, each with its sellers in order
+            for score in reversed(self._scores):
+                yield self._scored[score]
+
+    def _by_cost(self, cpus: float, seconds: float) -> list[list[PriceKey]]:
+        """The distinct prices in groups of equal worst case for ``cpus`` held ``seconds``, cheapest
+        first: made once per (cpus, seconds) until a distinct price comes or goes."""
+        order = self._cost_orders.get((cpus, seconds))
+        if order is None:
+            if len(self._cost_orders) >= COST_ORDERS:
+                self._cost_orders.clear()
+            costed = sorted((worst_case(key, cpus, seconds), key) for key in self._priced)
+            order = [group for _, group in _grouped(costed)]
+            self._cost_orders[(cpus, seconds)] = order
+        return order
 
     def _choose_named(
         self,
         image: str,
         demand: Demand,
         able: Callable[[Seller], bool],
-        exclude: Collection[str],
-        avoid: Collection[int],
-        root: bool,
+        why: Callable[[], str],
     ) -> tuple[int, bool]:
         """A holder of ``image`` (a name the store does not know); else the first able provider."""
         holders = self._holders.get(image, set())
@@ -267,16 +437,14 @@ class Market:
                     first_able = first_able or seller
             if first_able is not None:
                 return first_able.peer, False
-        raise NoMatch(self._why_not(demand, exclude, avoid, root=root))
+        raise NoMatch(why())
 
     def _choose_stored(
         self,
         image: StoredImage,
         demand: Demand,
         able: Callable[[Seller], bool],
-        exclude: Collection[str],
-        avoid: Collection[int],
-        root: bool,
+        why: Callable[[], str],
     ) -> tuple[int, bool]:
         """A holder of the stored ``image``; else the provider that can pull it holding most of its layers."""
         best = self._best(self._stored_holders(image.digest), able)
@@ -293,7 +461,7 @@ class Market:
         for seller in self._in_order():
             if pulls(seller):
                 return seller.peer, False
-        raise NoMatch(self._why_not(demand, exclude, avoid, image, root=root))
+        raise NoMatch(why())
 
     def _best(self, peers: set[int], ok: Callable[[Seller], bool]) -> Seller | None:
         """The first in preference order of ``peers`` that is ``ok``."""
@@ -312,6 +480,9 @@ class Market:
         if seller is None:
             return
         del self._order[bisect.bisect_left(self._order, seller.rank)]
+        ranks = self._priced[seller.price]
+        del ranks[bisect.bisect_left(ranks, seller.rank)]
+        self._unindex_score(seller)
         total = seller.offer.resources
         seller.free_cpus = min(seller.free_cpus + sign * resources.cpus, total.cpus)
         seller.free_memory = min(seller.free_memory + sign * resources.memory, total.memory)
@@ -319,6 +490,32 @@ class Market:
         seller.activities = max(seller.activities - sign, 0)
         seller.rank = seller._rank()
         bisect.insort(self._order, seller.rank)
+        bisect.insort(ranks, seller.rank)
+        self._index_score(seller)
+
+    def _index_score(self, seller: Seller) -> None:
+        ranks = self._scored.get(seller.score)
+        if ranks is None:
+            ranks = self._scored[seller.score] = []
+            bisect.insort(self._scores, seller.score)
+        bisect.insort(ranks, seller.rank)
+
+    def _unindex_score(self, seller: Seller) -> None:
+        ranks = self._scored[seller.score]
+        del ranks[bisect.bisect_left(ranks, seller.rank)]
+        if not ranks:
+            del self._scored[seller.score]
+            del self._scores[bisect.bisect_left(self._scores, seller.score)]
+
+    def _rescore(self, name: str, score: float) -> None:
+        """The reputation of ``name`` changed: its seller moves in the index by score."""
+        peer = self._named.get(name)
+        seller = self._sellers.get(peer) if peer is not None else None
+        if seller is None or seller.score == score:
+            return
+        self._unindex_score(seller)
+        seller.score = score
+        self._index_score(seller)
 
     def _in_order(self) -> Iterator[Seller]:
         for rank in self._order:
@@ -373,6 +570,8 @@ class Market:
                 offered=s.offer.resources,
                 free=s.free,
                 activities=s.activities,
+                price=s.offer.price,
+                reputation=round(self.reputation.score(s.name), 4),
             )
             for s in shown
         ]
@@ -386,12 +585,33 @@ class Market:
         image: StoredImage | None = None,
         *,
         root: bool = False,
+        allow: Collection[str] | None = None,
+        least: float | None = None,
     ) -> str:
         if not self._sellers:
             return "no provider is connected to the hub"
         sellers = [s for s in self._sellers.values() if s.name not in exclude and s.peer not in avoid]
         if not sellers:
             return f"every connected provider ({len(self._sellers)}) is excluded by the request or already in its group"
+        if allow is not None:
+            sellers = [s for s in sellers if s.name in allow]
+            if not sellers:
+                named = ", ".join(sorted(allow)[:5])
+                return f"none of the providers the rent allows ({named}) is connected and not excluded"
+        if least is not None:
+            best = max(self.reputation.score(s.name) for s in sellers)
+            sellers = [s for s in sellers if self.reputation.score(s.name) >= least - 1e-9]
+            if not sellers:
+                return f"no provider has a reputation of at least {least:g} (the best has {best:.3f})"
+        cap = demand.max_price
+        if cap is not None:
+            cheapest = min(sellers, key=lambda s: s.price)
+            sellers = [s for s in sellers if within(s.price, cap)]
+            if not sellers:
+                return (
+                    f"no provider's price is within the demand's max_price {format_price(cap)} "
+                    f"(the cheapest asks {format_price(cheapest.price)})"
+                )
         if root:
             sellers = [s for s in sellers if s.offer.root]
             if not sellers:
@@ -431,6 +651,18 @@ class Market:
         if not able:
             return "no single provider meets every constraint of the demand at once"
         return f"every provider that could take this demand ({able}) is busy: its capacity is reserved"
+
+
+def _grouped(keyed: list[tuple[K, V]]) -> Iterator[tuple[K, list[V]]]:
+    """``keyed`` (sorted by key) in runs of equal key."""
+    for key, run in itertools.groupby(keyed, key=lambda pair: pair[0]):
+        yield key, [rank for _, rank in run]
+
+
+def _has(ranks: list[Rank], rank: Rank) -> bool:
+    """Whether the sorted ``ranks`` hold ``rank``."""
+    at = bisect.bisect_left(ranks, rank)
+    return at < len(ranks) and ranks[at] == rank
 
 
 def _unindex(index: dict[K, set[int]], keys: Iterable[K], peer: int) -> None:

@@ -142,6 +142,8 @@ class Relay(Leases):
             if activity is None:
                 return
             if isinstance(reply, Error):
+                if reply.code not in (ErrorCode.CANCELLED, ErrorCode.IMAGE_NOT_FOUND):  # not the provider's doing
+                    self.reputation.failed_to_start(p.name)
                 self._drop_activity(activity)
                 if reply.code == ErrorCode.IMAGE_NOT_FOUND and pending.stored is None:
                     reply = reply.model_copy(update={"message": not_stored(reply.message, pending.image)})
@@ -152,6 +154,7 @@ class Relay(Leases):
             else:
                 activity.state = "ready"
                 activity.started = self._clock()
+                self.reputation.started(p.name)
                 activity.saved = True
                 meter = self.ledger.meters.get(activity.id)
                 if meter is not None:  # billed from now on
@@ -204,6 +207,8 @@ class Relay(Leases):
             if activity is not None and activity.state == "ready":
                 self._charge(activity, reply.cpu_seconds if isinstance(reply, Done) else None)
         else:
+            if isinstance(reply, ExecResult) and reply.timed_out:
+                self.reputation.timed_out(p.name)
             self._to_requestor(p, pending, reply)
 
     def _end_route(self, route: Route) -> None:
@@ -241,6 +246,10 @@ class Relay(Leases):
             if activity is None:
                 continue
             self._ended(activity, None)
+            if activity.state == "creating":
+                self.reputation.failed_to_start(p.name)
+            elif activity.state in ("ready", "absent"):
+                self.reputation.lost(p.name)
             self._ungroup(activity)
             if activity.image is not None:
                 self.catalog.unuse(activity.image)
@@ -293,6 +302,7 @@ class Relay(Leases):
             for each in pending.routes:
                 self._end_route(each)
             pending.routes = []
+            self.reputation.transfer_failed(q.name)
             text = f"provider {q.name!r} granted the stream no credit for {timeout:g} s: aborted"
             self._fail_requestor(pending, ErrorCode.TRANSFER_FAILED, text)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None

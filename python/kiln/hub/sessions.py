@@ -158,6 +158,8 @@ class Sessions(StoreLink):
         p.minor = min(MINOR_VERSION, int(message.version.split(".")[1]))
         if p.role == "provider":
             self.providers[p.name] = p.id
+            self._joined[p.id] = self._monotonic()
+            self.reputation.connected(p.name)
         resumable = p.role == "requestor" and p.minor >= 2
         resumed = self._resume(p, message.resume) if resumable and message.resume is not None else None
         if p.role == "requestor" and not p.session:
@@ -247,6 +249,7 @@ class Sessions(StoreLink):
 
     def _lose(self, lease: Lease, why: str) -> None:
         """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
+        self.reputation.lost(lease.provider_name)
         self._drop_activity(lease)
         owner = self.peers.get(lease.requestor)
         if owner is None:

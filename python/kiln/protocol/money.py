@@ -100,6 +100,16 @@ def seconds_covered(price: Priced, cpus: float, amount: int) -> float:
     return float(Fraction(amount - price.start) * HOUR / rate)
 
 
+def format_price(price: Priced | None) -> str:
+    """A price as ``kiln provider --price`` takes it and ``kiln market`` shows it, in credits
+    (``start=0.01,cpu-hour=0.2,env-hour=0.05``); ``free`` for none or all zero."""
+    if is_free(price):
+        return "free"
+    assert price is not None
+    rates = (price.start, price.cpu_hour, price.env_hour)
+    return "start={},cpu-hour={},env-hour={}".format(*map(format_credits, rates))
+
+
 def within(price: Priced, cap: Priced) -> bool:
     """Whether every rate of ``price`` is at most ``cap``'s."""
     return price.start <= cap.start and price.cpu_hour <= cap.cpu_hour and price.env_hour <= cap.env_hour

@@ -93,6 +93,7 @@ from kiln.protocol.messages import (
     MarketInfo,
     MarketQuery,
     Message,
+    Meter,
     Offer,
     PushImage,
     Release,
@@ -130,7 +131,7 @@ Request: TypeAlias = (
     | VerdictReport
 )
 """What this side may ask of the hub."""
-HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download
+HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download | Meter
 """What the hub may ask of a provider."""
 Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
@@ -186,6 +187,7 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "verdict": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
+    "meter": frozenset({"done", "error"}),
 }
 """The final replies that fit a request of each kind."""
 OUT_OF_ORDER: Final = ErrorCode.OUT_OF_ORDER
@@ -595,11 +597,11 @@ class Session:
                 self._events.append(Credited(message.stream, message.chunks))
         elif isinstance(message, FinalReply | DownloadInfo | Want) and message.re is not None:
             self._take_reply(message, message.re)
-        elif isinstance(message, Error) or (self.role == "requestor" and isinstance(message, ActivityLost | Cost)):
+        elif isinstance(message, Error | Cost) or (self.role == "requestor" and isinstance(message, ActivityLost)):
             self._events.append(Notified(message))
         elif isinstance(message, RentProgress):
             self._take_reply(message, message.re)
-        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download):
+        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download | Meter):
             self._take_request(message)
         elif self.role == "provider" and isinstance(message, Cancel):
             if message.target in self._theirs:

@@ -492,7 +492,9 @@ class Requestor:
         """The providers the hub knows (their offer, what is free now, the images they hold), by name.
 
         Only those holding ``image``, carrying ``labels`` and with at least ``free``
-        capacity left; at most ``limit`` (1 to 1000) of them.
+        capacity left; at most ``limit`` (1 to 1000) of them. From a hub of protocol 1.5, each
+        has its ``price`` (a :class:`~kiln.protocol.messages.Price` in micro-credits, None: free)
+        and its ``reputation`` (0 to 1, from what the hub observed of it; see docs/concepts/market.md).
         """
         conn = await self.connected()
         wanted = Resources(cpus=0, memory=0)

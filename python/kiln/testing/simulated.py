@@ -4,8 +4,10 @@ Each is a real connection speaking kiln.v1 through the session core: it offers c
 and an image, says yes to every ``create`` and ``destroy`` at once, answers every
 ``exec`` with an empty result (or, a liar, with ``LIE`` as its stdout), and serves
 downloads from a table it is given (truthfully or not: a rogue provider for tests of the
-requestor). No Docker is involved, so thousands
-fit on one machine::
+requestor). It may offer a price (``price=``, 1.5)
+and answers the hub's ``meter`` with the CPU seconds an activity "used": ``cpu_per_second``
+times the seconds since its create (0 unless told; a value above the CPUs rented plays a
+provider that over-reports). No Docker is involved, so thousands fit on one machine::
 
     async with simulated_providers(url, 5000) as names:
         ...  # rent, map, market against a hub that sees 5000 providers
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -32,7 +35,9 @@ from kiln.protocol.messages import (
     Exec,
     ExecResult,
     Message,
+    Meter,
     Offer,
+    Price,
     Resources,
     Upload,
     clip,
@@ -66,8 +71,12 @@ class SimulatedProvider:
         stuck: bool = False,
         hoard: bool = False,
         lie: bool = False,
+        cpu_per_second: float = 0.0,
     ) -> None:
         self.name = name
+        self.cpu_per_second = cpu_per_second
+        """CPU seconds each activity reports per second it has run (``meter``, and ``destroy``'s done)."""
+        self._created: dict[str, float] = {}  # activity -> when its create came (monotonic)
         self.files = files or {}
         self.stuck = stuck
         """Never answer a create or destroy (as a provider whose Docker hangs), while the connection lives."""
@@ -101,14 +110,21 @@ class SimulatedProvider:
                 )
             )
             return
+        if isinstance(message, Meter):
+            self.conn.reply_soon(Done(type="done", re=message.id, cpu_seconds=self.cpu_seconds(message.activity)))
+            return
         if isinstance(message, Create | Destroy):
             if self.stuck:
                 return
+            cpu: float | None = None
             if isinstance(message, Create):
                 self.running.add(message.activity)
+                self._created[message.activity] = time.monotonic()
             else:
                 self.running.discard(message.activity)
-            self.conn.reply_soon(Done(type="done", re=message.id))
+                cpu = self.cpu_seconds(message.activity) if self.cpu_per_second else None
+                self._created.pop(message.activity, None)
+            self.conn.reply_soon(Done(type="done", re=message.id, cpu_seconds=cpu))
             return
         if not isinstance(message, Download) or message.path not in self.files:
             text = clip(f"simulated: no {message.type} here")
@@ -118,6 +134,11 @@ class SimulatedProvider:
         task = asyncio.ensure_future(work)  # owned: kept until done, awaited on close
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+
+    def cpu_seconds(self, activity: str) -> float:
+        """What ``activity`` reports having used so far: :attr:`cpu_per_second` times the seconds it ran."""
+        created = self._created.get(activity)
+        return 0.0 if created is None else self.cpu_per_second * (time.monotonic() - created)
 
     async def _serve(self, message: Download, served: Served, outgoing: Outgoing) -> None:
         assert self.conn is not None
@@ -171,12 +192,18 @@ async def simulated_providers(
     lie: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
     token: str | None = None,
+    price: Price | Callable[[int], Price | None] | None = None,
+    cpu_per_second: float = 0.0,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
-    ``labels(i)``), with ``token`` in their hello; yields their names, disconnects on exit.
+    ``labels(i)``, at ``price`` or ``price(i)``: none is free), with ``token`` in their hello;
+    yields their names, disconnects on exit. ``cpu_per_second``: see :class:`SimulatedProvider`.
     With ``lie``, every one of them answers its commands wrongly (see :class:`SimulatedProvider`)."""
     raise_open_file_limit()
-    providers = [SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard, lie=lie) for i in range(count)]
+    providers = [
+        SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard, lie=lie, cpu_per_second=cpu_per_second)
+        for i in range(count)
+    ]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async def join(i: int, provider: SimulatedProvider) -> None:
@@ -188,6 +215,7 @@ async def simulated_providers(
                 arch="amd64",
                 images=list(images),
                 labels=labels(i),
+                price=price(i) if callable(price) else price,
             )
             await provider.join(url, offer, token)
 

@@ -379,6 +379,7 @@ async def start(
     store = BlobStore(data_dir)
     catalog = await asyncio.to_thread(store.open, store_limit, max_image_size, max_expansion)
     state = await asyncio.to_thread(HubState.in_dir, data_dir)
+    reputations = await asyncio.to_thread(state.reputations)
     if core is None:
         core = HubCore(
             token=token,
@@ -394,6 +395,7 @@ async def start(
             per_credential=per_credential,
             accounts=state,
             fee_ppm=fee_ppm,
+            reputation=reputations,
         )
     else:
         core.catalog = core.market.catalog = catalog
