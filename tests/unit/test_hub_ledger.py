@@ -452,9 +452,7 @@ def test_a_lost_verdict_reverses_what_was_paid_for_it_once() -> None:
     provider_paid = sum(x for post in book.of("capture", a1) for a, x in post.entries if a == "provider:p1")
     assert dict(reverse.entries)["provider:p1"] == -provider_paid
     verdicts = {
-        name: (c["won"], c["verdicts_lost"])
-        for name in ("p1", "p2", "p3")
-        for c in [reputation.counters(name)]
+        name: (c["won"], c["verdicts_lost"]) for name in ("p1", "p2", "p3") for c in [reputation.counters(name)]
     }
     assert verdicts == {"p1": (0, 1), "p2": (1, 0), "p3": (1, 0)}
     # Reported again: answered, nothing more moves, reputation hears it once.
