@@ -689,8 +689,8 @@ export class Job {
   }
 
   /**
-   * The hub says the job's budget is spent: no new rents or attempts; those running finish,
-   * then every task not done fails (see `_drive`).
+   * The hub says the job's budget is spent: no new rents; the activities held go on, and once
+   * none is left every task not done fails (see `_drive`).
    * @param {BudgetExceededError} error
    */
   _budgetExceeded(error) {
@@ -786,7 +786,7 @@ export class Job {
       : "error";
     const verdict = core.outcome(task, provider, kind, error, describe(error));
     if (verdict.failure !== null) this._failed(verdict.failure);
-    if (!verdict.keep) return false;
+    if (!verdict.keep || error instanceof ProviderLostError) return false; // the hub ended it: give it up
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.
     return kind === "timeout" ? settlesWithin(running, TIMEOUT_GRACE_MS) : true;
   }

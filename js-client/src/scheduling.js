@@ -39,9 +39,9 @@
  *   *lost*: the verdict names its activity and those of the agreeing runs ({@link Dispute}),
  *   it never becomes a result, and it is a failure of its provider (two ban it). A result of
  *   a task already accepted or failed is ignored.
- * - **Budget**: `budgetExceeded()` stops the job: no attempt starts, those running finish
- *   (their results count), and `strand()` then fails every task not done ("the job's budget
- *   is spent").
+ * - **Budget**: after `budgetExceeded()` nothing more is rented; the activities the job holds
+ *   go on taking its tasks (each has its own hold), and once none is held, `strand()` fails
+ *   every task not done ("the job's budget is spent").
  * @module
  */
 
@@ -331,7 +331,7 @@ export class Scheduler {
 
   /** Whether a slot without an activity should rent one: a task waits (or may come). */
   wantsActivity() {
-    return !this.stopped && (this._retries.length > 0 || this._peek() !== null);
+    return !this.stopped && !this.overBudget && (this._retries.length > 0 || this._peek() !== null);
   }
 
   /** More providers banned than a rent can exclude: nowhere is left to run the job. */
@@ -382,11 +382,11 @@ export class Scheduler {
   }
 
   /**
-   * The hub refused a rent, or ended an activity, because the job's budget is spent: no
-   * attempt starts; once those running have ended, `strand()` fails the tasks not done.
+   * The hub refused a rent, or ended an activity, because the job's budget is spent: nothing
+   * more is rented, the activities held go on serving; once none is held, `strand()` fails
+   * the tasks not done.
    */
   budgetExceeded() {
-    this.stopped = true;
     this.overBudget = true;
   }
 

@@ -76,9 +76,14 @@ def test_wrong_terms_are_refused_before_anything_is_rented(options: dict[str, An
 
 async def test_a_spent_budget_stops_the_job_and_the_rest_fails_with_budget_exceeded() -> None:
     market = FakeMarket(["p1", "p2", "p3"], budget=1)
+    ran = 0
 
     async def slow(act: kiln.Activity, n: int) -> int:
+        nonlocal ran
         await asyncio.sleep(0.01)
+        ran += 1
+        if ran > 3:  # the hub ends the activity: its hold ran out, and the budget cannot top it up
+            raise kiln.ProviderLost("the hub ended the activity: the budget is spent", kiln.ErrorCode.BUDGET_EXCEEDED)
         return n
 
     job = Recorded(market, slow, 10, max_providers=3, budget=1)
@@ -88,7 +93,7 @@ async def test_a_spent_budget_stops_the_job_and_the_rest_fails_with_budget_excee
     assert len(market.rented) == 1, "no rent after the refusal"
     assert market.live == [], "what ran finished and was released"
     done = job.kinds("task_done")
-    assert done, "the activity held went on with the task it ran"
+    assert len(done) == 3, "the activity held went on until the hub ended it"
     assert job.summary.succeeded == len(done) and job.summary.failed == 1
 
 

@@ -96,8 +96,11 @@ class PricedHub {
     this.verdicts.push([lost, agreed]);
   }
 
-  /** A task ran on `act`: the hub captures its cost. */
+  /** A task ran on `act`: the hub captures its cost; past its hold, in a group with a budget, the hub ends it. */
   ran(act) {
+    if (this.budgets.has(act.group) && (this.due.get(act) ?? 0) + this.price > this.hold) {
+      throw new ProviderLostError(`activity ${act.id} is gone: its hold ran out and the budget is spent`, { code: "budget_exceeded" });
+    }
     this.due.set(act, (this.due.get(act) ?? 0) + this.price);
     this.charge(act, false);
   }
@@ -168,8 +171,9 @@ test("cost events follow the hub's captures; the summary adds up what each provi
   assert.match(j.summary.lines().join("\n"), /spent 1 credits/);
 });
 
-test("a spent budget stops the job: running work finishes, the rest fails with BudgetExceeded", { timeout: 10_000 }, async () => {
-  // Two activities' holds fit the budget; a third cannot be held: the job never gets it.
+test("a spent budget stops renting: the activities held work on until the hub ends them, then the rest fails with BudgetExceeded", { timeout: 10_000 }, async () => {
+  // Two activities' holds fit the budget; a third cannot be held: the job never gets it. Each
+  // hold covers one task: the hub ends an activity at its second, and the job cannot rent again.
   const hub = new PricedHub(["p1", "p2", "p3"], { hold: 1_000_000, price: 1_000_000 });
   let started = 0;
   const worker = async (act, n) => {

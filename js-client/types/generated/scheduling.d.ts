@@ -39,9 +39,9 @@
  *   *lost*: the verdict names its activity and those of the agreeing runs ({@link Dispute}),
  *   it never becomes a result, and it is a failure of its provider (two ban it). A result of
  *   a task already accepted or failed is ignored.
- * - **Budget**: `budgetExceeded()` stops the job: no attempt starts, those running finish
- *   (their results count), and `strand()` then fails every task not done ("the job's budget
- *   is spent").
+ * - **Budget**: after `budgetExceeded()` nothing more is rented; the activities the job holds
+ *   go on taking its tasks (each has its own hold), and once none is held, `strand()` fails
+ *   every task not done ("the job's budget is spent").
  * @module
  */
 /** The most copies {@link Redundant} asks for (`2n - 1` runs must fit a verdict's `agreed`). */
@@ -314,8 +314,9 @@ export declare class Scheduler<P> {
     /** Start no attempt from now on (the job ends: failed, cancelled, or out of budget). */
     stop(): void;
     /**
-     * The hub refused a rent, or ended an activity, because the job's budget is spent: no
-     * attempt starts; once those running have ended, `strand()` fails the tasks not done.
+     * The hub refused a rent, or ended an activity, because the job's budget is spent: nothing
+     * more is rented, the activities held go on serving; once none is held, `strand()` fails
+     * the tasks not done.
      */
     budgetExceeded(): void;
     /**

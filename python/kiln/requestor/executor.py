@@ -512,6 +512,8 @@ class Job(Generic[T, R]):
         core = self._core
         waiting_since = time.monotonic()
         while not core.finished and not core.stopped:
+            if core.over_budget:
+                return None  # nothing more is rented: the activities held go on
             if not core.wants_activity():
                 if not core.finished:
                     await self._changes()
@@ -562,11 +564,13 @@ class Job(Generic[T, R]):
         return None
 
     def _out_of_budget(self, error: BudgetExceeded) -> None:
-        """The hub says the job's budget is spent: start nothing more; :meth:`_drive` fails the rest."""
+        """The hub says the job's budget is spent: rent nothing more; the activities held go on, and
+        once none is left :meth:`_drive` fails the rest."""
         if self._spent is None:
             self._spent = error
             log.warning("the job's budget is spent: %s", error.message)
         self._core.budget_exceeded()
+        self._notify()
 
     def _nowhere_to_run(self, reason: NoMatch, *, waited: bool = True) -> None:
         """No provider is left to take the job: its tasks fail, not a misleading NoMatch.
@@ -664,7 +668,7 @@ class Job(Generic[T, R]):
         verdict = core.outcome(task, provider, outcome, error, describe(error) if error is not None else "")
         if verdict.failure is not None:
             self._failed(verdict.failure)
-        return verdict.keep
+        return verdict.keep and not isinstance(error, ProviderLost)  # the hub ended it: give it up
 
     def _lost(self, activity: Activity, error: ProviderLost) -> Outcome:
         """How an attempt whose activity the hub ended counts: by why it ended."""

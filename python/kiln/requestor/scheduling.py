@@ -42,9 +42,9 @@ The rules:
   and those of the agreeing runs (:class:`Dispute`), it never becomes a result, and it is
   a failure of its provider (two ban it). A result of a task already accepted or failed
   is ignored.
-- **Budget**: :meth:`Scheduler.budget_exceeded` stops the job: no attempt starts, those
-  running finish (their results count), and :meth:`Scheduler.strand` then fails every
-  task not done ("the job's budget is spent").
+- **Budget**: after :meth:`Scheduler.budget_exceeded` nothing more is rented; the activities
+  the job holds go on taking its tasks (each has its own hold), and once none is held,
+  :meth:`Scheduler.strand` fails every task not done ("the job's budget is spent").
 
 Call order, per slot: :meth:`Scheduler.wants_activity` (rent only when true, excluding
 :meth:`Scheduler.avoid`), then :meth:`Scheduler.hold` with the activity,
@@ -337,7 +337,7 @@ class Scheduler(Generic[T]):
 
     def wants_activity(self) -> bool:
         """Whether a slot without an activity should rent one: a task waits (or may come)."""
-        return not self.stopped and (bool(self._retries) or self._peek() is not None)
+        return not self.stopped and not self.over_budget and (bool(self._retries) or self._peek() is not None)
 
     def too_many_banned(self) -> bool:
         """More providers banned than a rent can exclude: nowhere is left to run the job."""
@@ -385,9 +385,9 @@ class Scheduler(Generic[T]):
         self.stopped = True
 
     def budget_exceeded(self) -> None:
-        """The hub refused a rent, or ended an activity, because the job's budget is spent: no
-        attempt starts; once those running have ended, :meth:`strand` fails the tasks not done."""
-        self.stopped = True
+        """The hub refused a rent, or ended an activity, because the job's budget is spent: nothing
+        more is rented, the activities held go on serving; once none is held, :meth:`strand`
+        fails the tasks not done."""
         self.over_budget = True
 
     def blocked(self) -> bool:
