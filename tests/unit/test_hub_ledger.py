@@ -471,3 +471,30 @@ def test_a_verdict_names_only_the_askers_activities_on_other_providers() -> None
     [(_, error)] = hub.send(r, {"type": "verdict", "id": 2, "lost": a1, "agreed": [a2, a4]})
     assert error["code"] == "bad_message"
     assert hub.book is not None and hub.book.of("reverse") == []
+
+
+def test_a_verdict_on_a_live_activity_pays_back_its_later_captures_at_its_end() -> None:
+    hub, [_, _, _], r = priced(providers=3, fee_ppm=50_000)
+    a1, a2, a3 = (hub.rent(r, n, group="job") for n in (1, 2, 3))
+    elapsed = run(hub, 120, 60, cpu_per_second=1)
+    book = hub.book
+    assert book is not None
+    so_far = captured(book, a1)
+    assert so_far > 0
+    assert hub.send(r, {"type": "verdict", "id": 50, "lost": a1, "agreed": [a2, a3]}) == [
+        (r, {"type": "done", "re": 50})
+    ]
+    [now] = book.of("reverse", a1)
+    assert (now.key, dict(now.entries)["requestor:7"]) == (f"reverse:{a1}", so_far)
+    run(hub, 120, 60, cpu_per_second=1, since=elapsed)  # it still runs, and is captured
+    end(hub, r, a1, 240)
+    assert captured(book, a1) > so_far
+    reversed_ = book.of("reverse", a1)
+    assert [post.key for post in reversed_] == [f"reverse:{a1}", f"reverse:{a1}:end"]
+    back = sum(x for post in reversed_ for a, x in post.entries if a == "requestor:7")
+    assert back == captured(book, a1), "every capture of the activity that lost came back"
+    kept = sum(
+        x for post in [*book.of("capture", a1), *reversed_] for a, x in post.entries if a in ("provider:p1", HUB)
+    )
+    assert kept == 0, "neither its provider nor the hub keeps anything of it"
+    book.check()

@@ -32,6 +32,7 @@ end, and the reversal a lost verdict calls for. It returns the changes to write 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -347,6 +348,10 @@ class Ledger:
             return [], None
         post, cost = self.capture(meter, now, cpu_seconds, final=True)
         posts = [post] if post is not None else []
+        if activity in self._judged:  # it lost a verdict while it ran: nothing it was paid stays paid
+            reversal = self.reverse(activity, meter.account, now, posts, key=f"reverse:{activity}:end")
+            if reversal is not None:
+                posts.append(reversal)
         rest = meter.held - meter.captured
         if rest > 0:
             entries = ((hold_account(activity), -rest), (meter.account, rest))
@@ -373,21 +378,30 @@ class Ledger:
             self._judged.popitem(last=False)
         return True
 
-    def reverse(self, activity: str, account: str, now: float) -> Post | None:
-        """Pay back what ``account`` paid for ``activity`` (its captures, provider and hub parts),
-        as one compensating transaction; ``None`` if nothing was paid or it was paid back already."""
+    def reverse(
+        self, activity: str, account: str, now: float, pending: Sequence[Post] = (), *, key: str | None = None
+    ) -> Post | None:
+        """Pay back what ``account`` paid for ``activity`` and was not paid back yet (its captures,
+        provider and hub parts, as committed and in ``pending``, not committed yet, less earlier
+        reversals), as one compensating transaction under ``key`` (``reverse:<activity>``);
+        ``None`` if nothing is left to pay back.
+
+        A verdict on a live activity pays back what was captured so far; its end (:meth:`close`,
+        once :meth:`judge` noted it) pays back the captures that came after (``reverse:<activity>:end``)."""
         if self.accounts is None:
             return None
         paid = Counter[str]()
-        for txn in self.accounts.transactions(activity=activity, limit=1_000_000):
-            if txn.kind == "reverse":
-                return None
-            if txn.kind == "capture":
-                for entry in txn.entries:
-                    if not entry.account.startswith("hold:"):
-                        paid[entry.account] += entry.amount
+        committed = [
+            (t.kind, [(e.account, e.amount) for e in t.entries])
+            for t in self.accounts.transactions(activity=activity, limit=1_000_000)
+        ]
+        for kind, entries in [*committed, *((p.kind, p.entries) for p in pending if p.activity == activity)]:
+            if kind in ("capture", "reverse"):  # a reversal's entries take back from the same accounts
+                for name, amount in entries:
+                    if not name.startswith("hold:") and name != account:
+                        paid[name] += amount
         total = sum(paid.values())
         if total <= 0:
             return None
         entries = (*((name, -amount) for name, amount in sorted(paid.items()) if amount), (account, total))
-        return Post(f"reverse:{activity}", "reverse", now, entries, activity)
+        return Post(key or f"reverse:{activity}", "reverse", now, entries, activity)

@@ -593,20 +593,32 @@ class Market:
         sellers = [s for s in self._sellers.values() if s.name not in exclude and s.peer not in avoid]
         if not sellers:
             return f"every connected provider ({len(self._sellers)}) is excluded by the request or already in its group"
+        # What narrowed the providers before the demand's resources are weighed: the reasons
+        # below say so ("no provider within the max_price ... offers 2 CPUs"), not of every provider.
+        among: list[str] = []
         if allow is not None:
-            sellers = [s for s in sellers if s.name in allow]
+            allowed = [s for s in sellers if s.name in allow]
+            if len(allowed) < len(sellers):
+                among.append("the rent allows")
+            sellers = allowed
             if not sellers:
                 named = ", ".join(sorted(allow)[:5])
                 return f"none of the providers the rent allows ({named}) is connected and not excluded"
         if least is not None:
             best = max(self.reputation.score(s.name) for s in sellers)
-            sellers = [s for s in sellers if self.reputation.score(s.name) >= least - 1e-9]
+            reputed = [s for s in sellers if self.reputation.score(s.name) >= least - 1e-9]
+            if len(reputed) < len(sellers):
+                among.append(f"with a reputation of at least {least:g}")
+            sellers = reputed
             if not sellers:
                 return f"no provider has a reputation of at least {least:g} (the best has {best:.3f})"
         cap = demand.max_price
         if cap is not None:
             cheapest = min(sellers, key=lambda s: s.price)
-            sellers = [s for s in sellers if within(s.price, cap)]
+            priced = [s for s in sellers if within(s.price, cap)]
+            if len(priced) < len(sellers):
+                among.append(f"within the demand's max_price {format_price(cap)}")
+            sellers = priced
             if not sellers:
                 return (
                     f"no provider's price is within the demand's max_price {format_price(cap)} "
@@ -627,25 +639,26 @@ class Market:
         most_storage = format_size(max(o.resources.storage for o in offers))
         if demand.storage == DEFAULT_STORAGE:  # the rent may have named none: say what it was given
             most_storage += f"; a rent that names no storage is given {format_size(DEFAULT_STORAGE)}"
+        nobody = f"no provider {', '.join(among)}" if among else "no provider"
         checks = [
             (
                 all(o.resources.cpus < demand.cpus - 1e-9 for o in offers),
-                f"no provider offers {demand.cpus:g} CPUs (most offered: {max(o.resources.cpus for o in offers):g})",
+                f"{nobody} offers {demand.cpus:g} CPUs (most offered: {max(o.resources.cpus for o in offers):g})",
             ),
             (
                 all(o.resources.memory < demand.memory for o in offers),
-                f"no provider offers {format_size(demand.memory)} of memory "
+                f"{nobody} offers {format_size(demand.memory)} of memory "
                 f"(most offered: {format_size(max(o.resources.memory for o in offers))})",
             ),
             (
                 all(o.resources.storage < demand.storage for o in offers),
-                f"no provider offers {format_size(demand.storage)} of storage (most offered: {most_storage})",
+                f"{nobody} offers {format_size(demand.storage)} of storage (most offered: {most_storage})",
             ),
         ]
         for key, value in demand.labels.items():
-            checks.append((all(o.labels.get(key) != value for o in offers), f"no provider has the label {key}={value}"))
-        for nobody, reason in checks:
-            if nobody:
+            checks.append((all(o.labels.get(key) != value for o in offers), f"{nobody} has the label {key}={value}"))
+        for failed, reason in checks:
+            if failed:
                 return reason
         able = sum(1 for s in sellers if s.could_ever_fit(demand))
         if not able:
