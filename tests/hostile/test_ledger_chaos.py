@@ -5,8 +5,8 @@ directory mid-job. Real hub and provider processes, real containers.
 
 Afterwards every result is right; ``kiln ledger check`` exits 0; each activity's captures
 are numbered 1..n with no gap and no repeat, never more than was held, and add up to what
-its usage row says it owed (start + CPU + wall time, within 1 %, in fact to the
-micro-credit); every hold is spent or released; and what was granted is all accounted for:
+its usage row says it owed (start + CPU + wall time, within 1 %, in fact within 2
+micro-credits); every hold is spent or released; and what was granted is all accounted for:
 the requestor's balance + what is still held + what the providers and the hub got. The test
 prints what happened."""
 
@@ -31,7 +31,7 @@ from kiln.protocol.money import MICRO, billable_cpu, due
 from kiln.requestor.executor import JobEvent
 from tests.conftest import IMAGE, Cluster
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 TASKS = 60
 SHARED = "ledger-chaos-shared-token"  # what the providers and the cluster's probes join with
