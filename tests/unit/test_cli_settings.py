@@ -145,6 +145,16 @@ def test_the_hubs_fee_is_a_fraction_below_one_counted_in_parts_per_million(tmp_p
             load(HubSettings, {"fee": fee})
 
 
+def test_the_hubs_capture_interval_is_60_s_unless_a_positive_number_of_seconds_is_given() -> None:
+    from kiln.cli.parser import build_parser
+
+    assert load(HubSettings, {}).capture_interval == 60.0
+    flags = vars(build_parser().parse_args(["hub", "--capture-interval", "1.5"]))
+    assert load(HubSettings, {"capture_interval": flags["capture_interval"]}).capture_interval == 1.5
+    with pytest.raises(UsageError, match="capture-interval"):
+        load(HubSettings, {"capture_interval": 0})
+
+
 def test_a_providers_price_is_parsed_from_the_flag_or_the_file_and_refused_clearly(tmp_path: Path) -> None:
     argv = ["provider", "--name", "p1", "--price", "start=0.01,cpu-hour=0.20,env-hour=0.05"]
     flags = _flags(build_parser().parse_args(argv), ProviderSettings)

@@ -1,7 +1,9 @@
 // Verified jobs against a real hub and simulated providers (kiln.testing, no Docker), one of
 // which lies: every command it runs prints a wrong answer. `verify: new Redundant(2)` keeps
 // its answers out of the results, reports a verdict against each of its losing runs, and
-// says so in the summary (tests/service/test_verification.py does the same in Python).
+// says so in the summary (tests/service/test_verification.py does the same in Python). The
+// hub counts those verdicts: the liar's reputation falls below the honest providers', and a
+// rent with `strategy: "reputation"` passes it over.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -49,11 +51,18 @@ after(async () => {
   await cluster?.stop();
 });
 
-test("Redundant(2) catches a provider that lies: its answers are never results, and each losing run is reported", { timeout: 60_000 }, async () => {
+/** Each provider's reputation as the market lists it. */
+async function reputations(requestor) {
+  return new Map((await requestor.market()).map((p) => [p.name, p.reputation]));
+}
+
+test("Redundant(2) catches a provider that lies: its answers are never results, each losing run is reported, its reputation falls and strategy 'reputation' stops choosing it", { timeout: 60_000 }, async () => {
   const liar = names.find((n) => n.startsWith("liar"));
   const honest = names.filter((n) => n.startsWith("honest"));
   const requestor = await connect(cluster.url);
   try {
+    const before = await reputations(requestor);
+    assert.ok(names.every((n) => Math.abs(before.get(n) - 0.5) < 0.01), "every provider starts neutral (0.5)");
     const verdicts = [];
     const reporting = {
       rent: (options) => requestor.rent(options),
@@ -85,6 +94,31 @@ test("Redundant(2) catches a provider that lies: its answers are never results, 
     }
     assert.ok(events.filter((e) => e.kind === "task_disputed").every((e) => e.provider === liar));
     assert.deepEqual(requestor.activities, [], "everything the job rented is released");
+
+    // The hub counted the verdicts: the liar fell, the honest ones rose.
+    const after = await reputations(requestor);
+    assert.ok(after.get(liar) < before.get(liar), `the liar's reputation fell: ${after.get(liar)}`);
+    for (const name of honest) {
+      assert.ok(after.get(name) > after.get(liar), `${name} (${after.get(name)}) above the liar (${after.get(liar)})`);
+    }
+    // The reputation strategy passes it over: rent after rent, and two at once in one group.
+    for (let i = 0; i < 4; i++) {
+      const act = await requestor.rent({ image: IMAGE, strategy: "reputation" });
+      assert.ok(honest.includes(act.provider), `rent ${i} went to ${act.provider}`);
+      await act.release();
+    }
+    const pair = await Promise.all([0, 1].map(() => requestor.rent({ image: IMAGE, strategy: "reputation", group: "best" })));
+    assert.deepEqual(pair.map((a) => a.provider).sort(), [...honest].sort(), "the two best are the honest ones");
+    await Promise.all(pair.map((a) => a.release()));
+    const alone = await requestor.rent({ image: IMAGE, strategy: "reputation", allow: [liar, honest[0]] });
+    assert.equal(alone.provider, honest[0], "between the liar and one honest provider, the honest one");
+    await alone.release();
+    await assert.rejects(
+      requestor.rent({ image: IMAGE, allow: [liar], minReputation: before.get(liar) }),
+      (e) => e.code === "no_match",
+      "and minReputation at the neutral score keeps it out",
+    );
+    console.log(`# reputations before ${JSON.stringify(Object.fromEntries(before))}, after ${JSON.stringify(Object.fromEntries(after))}`);
   } finally {
     await requestor.close();
   }

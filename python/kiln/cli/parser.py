@@ -373,6 +373,14 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "ledger's hub account",
     )
     hub.add_argument(
+        "--capture-interval",
+        type=float,
+        default=UNSET,
+        metavar="S",
+        help="seconds between two captures of what a running priced activity owes (default 60; shorter "
+        "for tests: each is a write to hub.db per activity)",
+    )
+    hub.add_argument(
         "--tls-cert",
         type=Path,
         default=UNSET,

@@ -47,6 +47,7 @@ async def hub(settings: HubSettings) -> int:
             failed_hellos=settings.max_failed_hellos,
             usage_retention=settings.usage_retention,
             fee_ppm=fee_ppm(settings.fee),
+            capture_interval=settings.capture_interval,
         )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.

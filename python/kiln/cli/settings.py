@@ -345,6 +345,7 @@ class HubSettings(_Settings):
     max_failed_hellos: Annotated[int, Field(ge=1)] = 30
     usage_retention: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 90.0
     fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
+    capture_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     tls_cert: File | None = None
     tls_key: File | None = None
 

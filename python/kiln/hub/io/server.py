@@ -55,6 +55,7 @@ from kiln.hub.io.connections import (
 )
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
+from kiln.hub.ledger import CAPTURE_INTERVAL
 from kiln.hub.records import Change
 from kiln.protocol import limits
 from kiln.protocol.codes import CLOSE_FAILED_HELLOS, CLOSE_HANDSHAKE, CLOSE_SLOW, CLOSE_TOO_MANY, CloseCode, ErrorCode
@@ -350,6 +351,7 @@ async def start(
     failed_hellos: int = FAILED_HELLOS,
     usage_retention: float = USAGE_RETENTION,
     fee_ppm: int = 0,
+    capture_interval: float = CAPTURE_INTERVAL,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -366,7 +368,8 @@ async def start(
     refused a minute; one credential holds at most ``per_credential`` connections
     (:mod:`kiln.hub.gate`). The usage record keeps a row per activity for ``usage_retention``
     days, then one per day, requestor and provider. Of each payment to a provider, the hub's
-    account takes ``fee_ppm`` parts per million (``kiln hub --fee``). With ``ssl``
+    account takes ``fee_ppm`` parts per million (``kiln hub --fee``), captured from each priced
+    activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``.
     """
@@ -395,6 +398,7 @@ async def start(
             per_credential=per_credential,
             accounts=state,
             fee_ppm=fee_ppm,
+            capture_interval=capture_interval,
             reputation=reputations,
         )
     else:
