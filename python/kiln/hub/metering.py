@@ -127,9 +127,17 @@ class Metering(Relay):
                 tops=mr.tops,
             )
             self.ledger.meters[mr.activity] = meter
+            if self._reversed(mr.activity):  # it lost a verdict before the restart: its end pays back the rest
+                self.ledger.judge(mr.activity)
             if mr.activity not in self.activities:
                 posts, _ = self.ledger.close(mr.activity, now if mr.ended is None else mr.ended, None)
                 self._out += posts
+
+    def _reversed(self, activity: str) -> bool:
+        """Whether the ledger holds a reversal of what was paid for ``activity`` (it lost a verdict)."""
+        if self.ledger.accounts is None:
+            return False
+        return any(t.kind == "reverse" for t in self.ledger.accounts.transactions(activity=activity, limit=10_000))
 
     def _account_of(self, activity: str) -> str | None:
         """The requestor account an activity's first hold came from (what the ledger says)."""
