@@ -8,6 +8,7 @@ import { open } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { WebSocketServer } from "ws";
+import { PROTOCOL_VERSION } from "../../src/protocol/generated/constants.js";
 
 import {
   ActivityError,
@@ -355,7 +356,7 @@ const welcome = (version) =>
 
 test("the client refuses a hub of another protocol version", { timeout: 30_000 }, async () => {
   const v2 = await fakeHub(() => "kiln.v1", (ws, hello) => {
-    assert.equal(hello.version, "1.4");
+    assert.equal(hello.version, PROTOCOL_VERSION);
     ws.send(welcome("2.0"));
   });
   const otherProtocol = await fakeHub(() => "kiln.v2", (ws) => ws.send(welcome("1.0")));
