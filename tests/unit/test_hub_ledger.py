@@ -427,6 +427,8 @@ def test_balance_and_ledger_answer_for_the_askers_account() -> None:
     assert captured(book, activity) > 0
     [(_, listed)] = hub.send(r, {"type": "ledger", "id": 6})
     assert [t["kind"] for t in listed["transactions"]] == ["hold", "grant"] and listed["matched"] == 2
+    [(_, one)] = hub.send(r, {"type": "ledger", "id": 8, "limit": 1})
+    assert [t["kind"] for t in one["transactions"]] == ["hold"] and one["matched"] == 2, "matched counts all"
     [(_, refused)] = hub.send(r, {"type": "ledger", "id": 7, "account": "provider:p1"})
     assert refused["code"] == "unauthorized"
     admin = hub.join("requestor", "root", token="adm")

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping
-from typing import Final, Literal
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel
 
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, Log, Send
@@ -38,6 +41,8 @@ from kiln.hub.reputation import Reputation
 from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
 from kiln.protocol.errors import RemoteProtocolError
 from kiln.protocol.messages import Cost, Error, Limits, Message, clip, serialize
+
+M = TypeVar("M", bound=BaseModel)
 
 GRACE: Final = 60.0
 """Seconds a requestor's activities outlive its connection, waiting for it to come back (``hello.resume``)."""
@@ -106,6 +111,18 @@ class CoreBase:
     def _send_binary(self, peer: int, data: bytes) -> None:
         self.flow.queue(peer, len(data))
         self._out.append(Send(peer, data, binary=True))
+
+    def _fitting(self, entries: Iterable[M]) -> list[M]:
+        """The first of ``entries`` that one reply can hold (within ``max_message_bytes``, with room
+        for the rest of the reply): a listing's ``matched`` tells how many were left out."""
+        room = self.limits.max_message_bytes - 256
+        fitting: list[M] = []
+        for entry in entries:
+            room -= len(orjson.dumps(entry.model_dump(mode="json", exclude_none=True))) + 1
+            if room < 0:
+                break
+            fitting.append(entry)
+        return fitting
 
     def _error(self, p: Peer, re: int | None, code: ErrorCode, message: str) -> None:
         # The text may quote what the peer sent: clipped, so the reply can always be built.

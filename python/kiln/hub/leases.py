@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import orjson
-
 from kiln.hub.base import CoreBase, credential_id
 from kiln.hub.catalog import Tenant, is_digest
 from kiln.hub.ledger import Meter, Refusal, requestor_account
@@ -67,10 +65,8 @@ class Leases(CoreBase):
             self._error(p, message.id, ErrorCode.UNAUTHORIZED, text)
             return
         leases = [self.activities[key] for key in sorted(self.activities)] if message.all else self._leases(p)
-        listed: list[ActivityInfo] = []
-        room = self.limits.max_message_bytes - 256  # what the reply may hold besides its entries
-        for lease in leases[: message.limit]:
-            info = ActivityInfo(
+        listed = self._fitting(
+            ActivityInfo(
                 id=lease.id,
                 requestor=lease.requestor_name,
                 credential=lease.credential,
@@ -81,10 +77,8 @@ class Leases(CoreBase):
                 started=lease.started or None,
                 image=lease.image or lease.named_image,
             )
-            room -= len(orjson.dumps(info.model_dump(mode="json", exclude_none=True))) + 1
-            if room < 0:
-                break  # no more than one message holds: matched tells how many were left out
-            listed.append(info)
+            for lease in leases[: message.limit]
+        )
         self._send(p.id, ActivityList(type="activity_list", re=message.id, activities=listed, matched=len(leases)))
 
     def _rent(self, p: Peer, message: Rent) -> None:

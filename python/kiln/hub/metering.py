@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import orjson
-
 from kiln.hub.base import credential_id, shown
 from kiln.hub.ledger import Meter, Refusal, requestor_account
 from kiln.hub.peers import Lease, Peer, Pending
@@ -38,7 +36,6 @@ from kiln.protocol.messages import (
     LedgerList,
     LedgerQuery,
     Price,
-    Transaction,
     VerdictReport,
     clip,
 )
@@ -186,14 +183,9 @@ class Metering(Relay):
         account = message.account if admin else own
         assert self.ledger.accounts is not None
         found = self.ledger.accounts.transactions(account=account, limit=message.limit)
-        listed: list[Transaction] = []
-        room = self.limits.max_message_bytes - 256
-        for txn in found:
-            room -= len(orjson.dumps(txn.model_dump(mode="json", exclude_none=True))) + 1
-            if room < 0:
-                break  # no more than one message holds: matched tells how many were left out
-            listed.append(txn)
-        self._send(p.id, LedgerList(type="ledger_list", re=message.id, transactions=listed, matched=len(found)))
+        listed = self._fitting(found)
+        matched = self.ledger.accounts.count_transactions(account=account)
+        self._send(p.id, LedgerList(type="ledger_list", re=message.id, transactions=listed, matched=matched))
 
     def _verdict(self, p: Peer, message: VerdictReport) -> None:
         """Activity ``lost`` disagreed with ``agreed`` (all ``p``'s, ``agreed`` on other providers):
