@@ -169,6 +169,25 @@ const VERDICT_WAIT_MS = 10_000;
  * @property {Redundant | SpotCheck} [verify] run tasks on several providers and compare their results
  */
 
+/** The codes of an `activity_lost` by which the hub itself ended an activity (1.5). */
+/** @type {Set<string>} */
+const HUB_ENDED = new Set([ErrorCode.BUDGET_EXCEEDED, ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.EXPIRED]);
+
+/**
+ * What an attempt failed with, as the job counts it: when the hub ended the activity under a
+ * command (its budget, the funds or the rent's maxDuration: `activity_lost` comes before the
+ * command fails `cancelled`), that end, as a ProviderLostError with its code; else `error`.
+ * @param {Activity} activity
+ * @param {unknown} error
+ * @returns {unknown}
+ */
+function endedUnder(activity, error) {
+  const lost = activity.lost;
+  const known = [ProviderLostError, RetryTaskError, TaskTimeoutError, ConnectionLostError, ConnectionClosedError, BudgetExceededError];
+  if (lost == null || !HUB_ENDED.has(lost.code) || known.some((kind) => error instanceof kind)) return error;
+  return new ProviderLostError(`activity ${activity.id} is gone: ${lost.message}`, { code: lost.code, cause: error });
+}
+
 let warnedOrder = false;
 
 /**
@@ -759,7 +778,7 @@ export class Job {
       if (verdict.accepted != null) this._emitResult(task.index, /** @type {R} */ (verdict.accepted.value));
       return true;
     }
-    const error = outcome.error;
+    const error = endedUnder(activity, outcome.error);
     if (error instanceof BudgetExceededError) {
       // The group's budget ran out under the attempt: not the task's fault nor the provider's.
       this._budgetExceeded(error);

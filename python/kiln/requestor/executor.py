@@ -200,6 +200,18 @@ class JobEvent:
     final: bool = False
 
 
+HUB_ENDED: Final = frozenset({ErrorCode.BUDGET_EXCEEDED, ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.EXPIRED})
+"""The codes of an ``activity_lost`` by which the hub itself ended an activity (1.5)."""
+
+
+def _ended_by_hub(activity: Activity) -> ProviderLost | None:
+    """The hub ended ``activity`` (``activity_lost`` comes before its requests fail): as ProviderLost."""
+    lost = activity.lost
+    if lost is None or lost.code not in HUB_ENDED:
+        return None
+    return ProviderLost(f"activity {activity.id} is gone: {lost.message}", lost.code)
+
+
 def loading_text(image: str, provider: str, done: int, total: int) -> str:
     """How a loading image reads: ``loading wordcount:1 on p1, 45 of 120 MiB``."""
     return f"loading {image} on {provider}, {done // MiB} of {-(-total // MiB)} MiB"
@@ -656,6 +668,11 @@ class Job(Generic[T, R]):
             outcome, error = "retry", e
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
             outcome, error = "error", e
+            if (ended := _ended_by_hub(activity)) is not None:
+                # The hub ended the activity under a command (its budget, funds or max_duration):
+                # the command failed with that (cancelled), and counts as the end it was.
+                ended.__cause__ = e
+                outcome, error = self._lost(activity, ended), ended
         else:
             verdict = core.outcome(task, provider, "ok", value=value)
             if verdict.accepted is not None:
