@@ -29,8 +29,9 @@ provider.
 The market (protocol 1.5): ``budget`` (credits) caps what the job's group ever spends at the
 hub; ``strategy``, ``allow``, ``deny``, ``min_reputation`` and ``max_duration`` go with every
 rent (see :meth:`kiln.Requestor.rent`). When the hub refuses a rent because the budget
-cannot hold another activity, or ends an activity because it ran out, the job stops: no
-attempt starts, those running finish, and the tasks not done fail with
+cannot hold another activity, or ends an activity because it ran out, the job rents nothing
+more: the activities it holds go on taking its tasks (each is covered by its own hold) until
+the hub ends them or the tasks run out, and once none is held the tasks not done fail with
 :class:`~kiln.BudgetExceeded` (the job raises it, or each is a TaskFailed caused by it with
 ``return_exceptions``). The hub's captures come as ``cost`` events, and the summary's
 ``spent`` and ``spent_by_provider`` add them up.
