@@ -367,4 +367,7 @@ test("the summary's verification and spending lines read as Python's JobSummary.
   ]);
   assert.equal(s.spent, 1.5);
   assert.deepEqual([...s.spentByProvider], [["liar", 0.25], ["p1", 1.25]]);
+  s.spentMicro.set("p1", 1_234_250_001); // exactly, as Python's lines() say it
+  assert.ok(s.lines().includes("spent 1234.500001 credits"));
+  assert.ok(s.lines().includes("  p1: 2 tasks, 0.50 container CPU-seconds, 1234.250001 credits"));
 });
