@@ -266,6 +266,9 @@ export class Job {
     if (verify !== null && !(verify instanceof Redundant || verify instanceof SpotCheck)) {
       throw new UsageError("verify is a new Redundant(n) or a new SpotCheck(p)");
     }
+    if (verify instanceof Redundant && maxProviders < verify.n) {
+      throw new UsageError(`${verify.n} copies of each task need maxProviders of ${verify.n} at least`);
+    }
     this.requestor = requestor;
     this.worker = worker;
     this.image = options.image;

@@ -145,6 +145,8 @@ test("bad market or verify options are refused before anything is rented", () =>
   for (const bad of [{ budget: -1 }, { budget: 1e-9 }, { strategy: "random" }, { minReputation: 2 }, { maxDuration: 0 }, { verify: 2 }, { verify: { n: 2 } }]) {
     assert.throws(() => new Job(hub, worker, [1], { image: IMAGE, ...bad }), UsageError, JSON.stringify(bad));
   }
+  // As Python's Job: n copies of each task need n slots.
+  assert.throws(() => new Job(hub, worker, [1], { image: IMAGE, verify: new Redundant(3), maxProviders: 2 }), /maxProviders of 3/);
   assert.throws(() => new Redundant(1), UsageError);
   assert.throws(() => new Redundant(9), UsageError);
   assert.throws(() => new SpotCheck(1.5), UsageError);
