@@ -142,7 +142,7 @@ test("every rent of a job carries its market options, the deny list merged into 
 test("bad market or verify options are refused before anything is rented", () => {
   const hub = new PricedHub(["p1"]);
   const worker = async () => 1;
-  for (const bad of [{ budget: -1 }, { budget: 1e-9 }, { strategy: "random" }, { minReputation: 2 }, { maxDuration: 0 }, { verify: 2 }, { verify: { n: 2 } }]) {
+  for (const bad of [{ budget: -1 }, { budget: 1e-9 }, { strategy: "random" }, { minReputation: 2 }, { maxDuration: 0 }, { deny: "p1" }, { verify: 2 }, { verify: { n: 2 } }]) {
     assert.throws(() => new Job(hub, worker, [1], { image: IMAGE, ...bad }), UsageError, JSON.stringify(bad));
   }
   // As Python's Job: n copies of each task need n slots.
