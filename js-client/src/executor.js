@@ -42,8 +42,9 @@
  * The market (a hub ≥ 1.5): every rent of a job carries its `strategy`, `allow`, `deny`,
  * `minReputation`, `maxDuration` and `budget` (credits, held at the hub for the job's group:
  * never exceeded). When the hub refuses a rent with `budget_exceeded` (or ends an activity
- * for it), the job stops renting, lets the attempts under way finish (their results count),
- * and fails every task not done with a TaskFailedError whose cause is the BudgetExceededError;
+ * for it), the job stops renting; the activities it holds go on taking its tasks (each is
+ * covered by its own hold) until the hub ends them or the tasks run out, and once none is
+ * held every task not done fails with a TaskFailedError whose cause is the BudgetExceededError;
  * the job then rejects with that BudgetExceededError (with `returnExceptions`, those
  * TaskFailedErrors are the tasks' results and the job resolves). Each `cost` the hub captures
  * for an activity of the job is a `cost` event; the summary's `spent` and `spentByProvider`
@@ -169,6 +170,25 @@ const VERDICT_WAIT_MS = 10_000;
  * @property {Redundant | SpotCheck} [verify] run tasks on several providers and compare their results
  */
 
+/** The codes of an `activity_lost` by which the hub itself ended an activity (1.5). */
+/** @type {Set<string>} */
+const HUB_ENDED = new Set([ErrorCode.BUDGET_EXCEEDED, ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.EXPIRED]);
+
+/**
+ * What an attempt failed with, as the job counts it: when the hub ended the activity under a
+ * command (its budget, the funds or the rent's maxDuration: `activity_lost` comes before the
+ * command fails `cancelled`), that end, as a ProviderLostError with its code; else `error`.
+ * @param {Activity} activity
+ * @param {unknown} error
+ * @returns {unknown}
+ */
+function endedUnder(activity, error) {
+  const lost = activity.lost;
+  const known = [ProviderLostError, RetryTaskError, TaskTimeoutError, ConnectionLostError, ConnectionClosedError, BudgetExceededError];
+  if (lost == null || !HUB_ENDED.has(lost.code) || known.some((kind) => error instanceof kind)) return error;
+  return new ProviderLostError(`activity ${activity.id} is gone: ${lost.message}`, { code: lost.code, cause: error });
+}
+
 let warnedOrder = false;
 
 /**
@@ -245,6 +265,9 @@ export class Job {
     const verify = options.verify ?? null;
     if (verify !== null && !(verify instanceof Redundant || verify instanceof SpotCheck)) {
       throw new UsageError("verify is a new Redundant(n) or a new SpotCheck(p)");
+    }
+    if (verify instanceof Redundant && maxProviders < verify.n) {
+      throw new UsageError(`${verify.n} copies of each task need maxProviders of ${verify.n} at least`);
     }
     this.requestor = requestor;
     this.worker = worker;
@@ -759,7 +782,7 @@ export class Job {
       if (verdict.accepted != null) this._emitResult(task.index, /** @type {R} */ (verdict.accepted.value));
       return true;
     }
-    const error = outcome.error;
+    const error = endedUnder(activity, outcome.error);
     if (error instanceof BudgetExceededError) {
       // The group's budget ran out under the attempt: not the task's fault nor the provider's.
       this._budgetExceeded(error);

@@ -24,7 +24,8 @@ const MAX_DURATION = 366 * 86400;
 export function marketFields(options, group) {
   /** @type {{max_duration?: number, budget?: number, strategy?: import("./requestor.js").Strategy, allow?: string[], min_reputation?: number}} */
   const fields = {};
-  const { maxDuration, budget, strategy, allow, minReputation } = options;
+  const { maxDuration, budget, strategy, allow, deny, minReputation } = options;
+  if (typeof deny === "string") throw new UsageError("deny takes a list of provider names, not one string");
   if (maxDuration != null) {
     if (typeof maxDuration !== "number" || !(maxDuration > 0) || maxDuration > MAX_DURATION) {
       throw new UsageError(`maxDuration is a number of seconds above 0 and at most ${MAX_DURATION}, not ${JSON.stringify(maxDuration)}`);

@@ -61,17 +61,31 @@ const SPENT = "the job's budget is spent";
 
 /**
  * Whether two results are the same answer by default: the same value (`Object.is`), or the
- * same JSON text (as Python's `==` compares lists and dicts by content). Pass `agree` for more.
+ * same JSON text (as Python's `==` compares lists and dicts by content; a Map, a Set, NaN,
+ * Infinity and a BigInt by what they hold, not as JSON writes them). Pass `agree` for more.
  * @type {Agree}
  */
 export function sameResult(a, b) {
   if (Object.is(a, b)) return true;
   try {
-    const left = JSON.stringify(a);
-    return left !== undefined && left === JSON.stringify(b);
+    const left = JSON.stringify(a, contents);
+    return left !== undefined && left === JSON.stringify(b, contents);
   } catch {
-    return false; // a cycle, a BigInt: only the same value agrees
+    return false; // a cycle: only the same value agrees
   }
+}
+
+/**
+ * What JSON would lose, kept for the comparison: a Map's entries and a Set's values (JSON
+ * writes both `{}`, so any two would agree), a non-finite number and a BigInt.
+ * @param {string} _key @param {unknown} value
+ */
+function contents(_key, value) {
+  if (value instanceof Map) return { "kiln:Map": [...value] };
+  if (value instanceof Set) return { "kiln:Set": [...value] };
+  if (typeof value === "number" && !Number.isFinite(value)) return { "kiln:number": String(value) };
+  if (typeof value === "bigint") return { "kiln:bigint": String(value) };
+  return value;
 }
 
 /**

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 import kiln
+from kiln.protocol.errors import error_from_code
 from kiln.protocol.messages import Cost
 from tests.service.test_scheduling import FakeActivity, FakeMarket, Recorded, square
 
@@ -216,3 +217,50 @@ async def test_a_tie_break_with_two_slots_gives_an_activity_up_for_a_third_provi
     provider_of = {a.id: a.provider for a in market.rented}
     assert market.verdicts and all(provider_of[lost] == "liar" for lost, _ in market.verdicts)
     assert {a.provider for a in market.rented} == {"good1", "liar", "good2"}
+
+
+# A command the hub cuts by ending its activity (the job's budget, the requestor's funds, the
+# rent's max_duration): activity_lost comes first, then the command fails `cancelled` (the
+# provider halts it as it destroys the container). The attempt counts as the end it was.
+
+
+def cut(act: kiln.Activity, code: kiln.ErrorCode, why: str) -> kiln.KilnError:
+    """The hub ends ``act`` under a command: its activity_lost, then the command's error."""
+    cast(FakeActivity, act).lost = error_from_code(code, why)
+    return error_from_code(kiln.ErrorCode.CANCELLED, "exec cancelled")
+
+
+async def test_a_command_cut_when_the_budget_ran_out_stops_the_job_with_budget_exceeded() -> None:
+    market = FakeMarket(["p1", "p2", "p3"], budget=1)
+    ran = 0
+
+    async def slow(act: kiln.Activity, n: int) -> int:
+        nonlocal ran
+        await asyncio.sleep(0.01)
+        ran += 1
+        if ran > 3:
+            raise cut(act, kiln.ErrorCode.BUDGET_EXCEEDED, "activity a0 ended: the job's budget is spent")
+        return n
+
+    job = Recorded(market, slow, 10, max_providers=3, budget=1)
+    with pytest.raises(kiln.BudgetExceeded, match="budget"):
+        await job.run()
+    assert market.live == []
+    assert job.summary.succeeded == 3 and job.summary.failed_providers == set()
+
+
+async def test_a_command_cut_at_the_rents_max_duration_is_tried_again_as_a_timeout() -> None:
+    market = FakeMarket(["p1", "p2"])
+    cuts = 0
+
+    async def once_cut(act: kiln.Activity, n: int) -> int:
+        nonlocal cuts
+        await asyncio.sleep(0.001)
+        if n == 0 and cuts == 0:
+            cuts += 1
+            raise cut(act, kiln.ErrorCode.EXPIRED, "activity a0 reached the max_duration of its rent")
+        return n
+
+    job = Recorded(market, once_cut, 4, max_providers=2, max_duration=60)
+    assert await job.run() == [0, 1, 2, 3]
+    assert job.summary.retries == 1

@@ -154,6 +154,9 @@ def test_a_summary_counts_credits_exactly_and_names_the_losers() -> None:
     assert "spent 0.300003 credits" in lines
     assert any(line.startswith("  liar:") and "lost 1 verification" in line for line in lines)
     assert any(line.startswith("  p2:") and "0.200002 credits" in line for line in lines)
+    summary.spent_micro["p3"] += 1_234_000_000  # exactly, as JavaScript's lines() say it: never rounded
+    assert "spent 1234.300003 credits" in summary.lines()
+    assert any(line.startswith("  p3:") and "1234 credits" in line for line in summary.lines())
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -768,13 +768,14 @@ function sinceOf(message) {
   if (message.type === "exec" && (message.stdin === true || message.stream === true)) {
     return { since: 2, what: "an exec's stdin or stream" };
   }
-  if (message.type === "rent" && message.user !== null && message.user !== undefined) {
-    return { since: 2, what: `user='${message.user}'` };
-  }
   if (message.type === "rent") {
+    // The latest version first: a rent with user and a budget needs 1.5, not 1.2.
     const later = RENT_SINCE_5.find((field) => /** @type {Record<string, unknown>} */ (/** @type {unknown} */ (message))[field] != null);
     if (later !== undefined) return { since: 5, what: `a rent's ${later}` };
     if (message.demand?.max_price != null) return { since: 5, what: "a demand's max_price" };
+  }
+  if (message.type === "rent" && message.user !== null && message.user !== undefined) {
+    return { since: 2, what: `user='${message.user}'` };
   }
   if (message.type === "offer" && Array.isArray(message.cached) && message.cached.length > 0) {
     return { since: 4, what: "an offer's cached images" };

@@ -7,7 +7,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { Redundant, Scheduler, SpotCheck } from "../../src/scheduling.js";
+import { Redundant, Scheduler, SpotCheck, sameResult } from "../../src/scheduling.js";
 
 const JOBS = fileURLToPath(new URL("../../../protocol/v1/vectors/jobs/", import.meta.url));
 const files = readdirSync(JOBS).filter((f) => f.endsWith(".json")).sort();
@@ -224,3 +224,25 @@ for (const n of [2, 3]) {
     }
   });
 }
+
+test("results agree by content: two Maps, Sets or numbers JSON writes alike are not the same answer", () => {
+  assert.ok(sameResult([1, { a: 2 }], [1, { a: 2 }]));
+  assert.ok(sameResult(new Map([["x", 1]]), new Map([["x", 1]])));
+  assert.ok(sameResult(new Set([1, 2]), new Set([1, 2])));
+  assert.ok(sameResult({ n: 2n }, { n: 2n }));
+  const differ = [
+    [new Map([["x", 1]]), new Map([["x", 2]])], [new Map(), {}], [new Set([1]), new Set([2])], [Number.NaN, null],
+    [[Infinity], [null]], [{ n: Number.NaN }, { n: null }], [1n, 2n], [{ v: new Map([[1, "a"]]) }, { v: new Map([[1, "b"]]) }],
+  ];
+  for (const [a, b] of differ) assert.ok(!sameResult(a, b), `${String(a)} / ${String(b)}`);
+  // A liar's Map is never accepted: the third run breaks the tie.
+  const core = new Scheduler([0], () => {}, { verify: new Redundant(2) });
+  core.hold(0, "honest", "a1");
+  core.hold(1, "liar", "a2");
+  const task = core.nextTask("honest");
+  core.start(task, "honest");
+  assert.equal(core.nextTask("liar"), task);
+  core.start(task, "liar");
+  assert.equal(core.outcome(task, "liar", "ok", null, "", new Map([["sum", 0]])).accepted ?? null, null);
+  assert.equal(core.outcome(task, "honest", "ok", null, "", new Map([["sum", 42]])).accepted ?? null, null, "no two agree yet");
+});

@@ -97,7 +97,7 @@ test("bad market options are the caller's UsageError", async () => {
   const bad = [
     { budget: 1 }, // no group
     { group: "g", budget: 1e-9 }, { group: "g", budget: -1 }, { maxDuration: 0 }, { maxDuration: 400 * 86400 },
-    { strategy: "random" }, { allow: [] }, { allow: "p1" }, { minReputation: 1.5 }, { demand: { maxPrice: { cpu: 1 } } },
+    { strategy: "random" }, { allow: [] }, { allow: "p1" }, { deny: "p1" }, { minReputation: 1.5 }, { demand: { maxPrice: { cpu: 1 } } },
   ];
   for (const extra of bad) await assert.rejects(r.rent({ image: "app:1", ...extra }), UsageError, JSON.stringify(extra));
   await tick();

@@ -16,6 +16,7 @@ import {
   UsageError,
 } from "../../src/errors.js";
 import { Job, Redundant, SpotCheck } from "../../src/executor.js";
+import { errorFromCode } from "../../src/protocol/errors.js";
 
 const IMAGE = "kiln-busybox:latest";
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -141,9 +142,11 @@ test("every rent of a job carries its market options, the deny list merged into 
 test("bad market or verify options are refused before anything is rented", () => {
   const hub = new PricedHub(["p1"]);
   const worker = async () => 1;
-  for (const bad of [{ budget: -1 }, { budget: 1e-9 }, { strategy: "random" }, { minReputation: 2 }, { maxDuration: 0 }, { verify: 2 }, { verify: { n: 2 } }]) {
+  for (const bad of [{ budget: -1 }, { budget: 1e-9 }, { strategy: "random" }, { minReputation: 2 }, { maxDuration: 0 }, { deny: "p1" }, { verify: 2 }, { verify: { n: 2 } }]) {
     assert.throws(() => new Job(hub, worker, [1], { image: IMAGE, ...bad }), UsageError, JSON.stringify(bad));
   }
+  // As Python's Job: n copies of each task need n slots.
+  assert.throws(() => new Job(hub, worker, [1], { image: IMAGE, verify: new Redundant(3), maxProviders: 2 }), /maxProviders of 3/);
   assert.throws(() => new Redundant(1), UsageError);
   assert.throws(() => new Redundant(9), UsageError);
   assert.throws(() => new SpotCheck(1.5), UsageError);
@@ -228,6 +231,48 @@ test("an activity the hub ends for the budget stops the job as a refused rent do
   assert.deepEqual(hub.live(), []);
   assert.equal(j.summary.succeeded, 1);
   assert.deepEqual([...j.summary.failedProviders], [], "not the provider's fault");
+});
+
+// The hub ends an activity under a command: activity_lost first, then the command fails
+// `cancelled` (the provider halts it as it destroys the container). It counts as that end.
+const cut = (act, code, why) => {
+  act.lost = errorFromCode(code, why);
+  return errorFromCode("cancelled", "exec cancelled");
+};
+
+test("a command cut when the hub ends its activity for the budget stops the job with BudgetExceeded", { timeout: 10_000 }, async () => {
+  const hub = new PricedHub(["p1", "p2"]);
+  let calls = 0;
+  const worker = async (act, n) => {
+    calls += 1;
+    await sleep(2);
+    if (calls === 2) {
+      hub.budgets.set(act.group, 0); // the hub's view: nothing is left
+      throw cut(act, "budget_exceeded", `activity ${act.id} ended: the job's budget is spent`);
+    }
+    return n;
+  };
+  const { job: j } = job(hub, [0, 1, 2, 3], worker, { budget: 10, maxProviders: 1, retries: 0 });
+  await assert.rejects(j.run(), (e) => e instanceof BudgetExceededError);
+  assert.deepEqual(hub.live(), []);
+  assert.equal(j.summary.succeeded, 1);
+  assert.deepEqual([...j.summary.failedProviders], [], "not the provider's fault");
+});
+
+test("a command cut at the rent's maxDuration is tried again as a timeout", { timeout: 10_000 }, async () => {
+  const hub = new PricedHub(["p1", "p2"]);
+  let cuts = 0;
+  const worker = async (act, n) => {
+    await sleep(1);
+    if (n === 0 && cuts === 0) {
+      cuts += 1;
+      throw cut(act, "expired", `activity ${act.id} reached the max_duration of its rent`);
+    }
+    return n;
+  };
+  const { job: j } = job(hub, [0, 1, 2, 3], worker, { maxDuration: 60, maxProviders: 2 });
+  assert.deepEqual(await j.run(), [0, 1, 2, 3]);
+  assert.equal(j.summary.retries, 1);
 });
 
 test("results that never agree fail the task as disputed: a TaskFailedError caused by a DisputedError", { timeout: 10_000 }, async () => {
@@ -324,4 +369,7 @@ test("the summary's verification and spending lines read as Python's JobSummary.
   ]);
   assert.equal(s.spent, 1.5);
   assert.deepEqual([...s.spentByProvider], [["liar", 0.25], ["p1", 1.25]]);
+  s.spentMicro.set("p1", 1_234_250_001); // exactly, as Python's lines() say it
+  assert.ok(s.lines().includes("spent 1234.500001 credits"));
+  assert.ok(s.lines().includes("  p1: 2 tasks, 0.50 container CPU-seconds, 1234.250001 credits"));
 });

@@ -20,7 +20,9 @@ test("toMicro refuses what is finer than a micro-credit, negative, too large or 
     assert.throws(() => toMicro(value, "the budget"), (e) => e instanceof UsageError && e.code === "bad_message" && pattern.test(e.message), String(value));
   for (const fine of [1e-7, "0.0000001", 0.1 + 0.2, "1e-7", "1e-999"]) refused(fine, /the budget .* finer than a micro-credit/);
   for (const out of [-1, "-0.5", 1e9 + 1, "1e999999999", Number.MAX_VALUE]) refused(out, /out of range/);
-  for (const bad of ["", "abc", "1.2.3", "0x10", Number.NaN, Infinity, true, null, undefined, {}, [1]]) refused(bad, /a number of credits/);
+  for (const bad of ["", "abc", "1.2.3", "0x10", "1 5", "1_000", "\u0663", "\uff11", "NaN", Number.NaN, Infinity, true, null, undefined, {}, [1]]) {
+    refused(bad, /a number of credits/); // as Python's to_micro (tests/unit/test_money.py)
+  }
 });
 
 test("formatCredits shows micro-credits as credits without trailing zeros", () => {

@@ -42,8 +42,9 @@
  * The market (a hub ≥ 1.5): every rent of a job carries its `strategy`, `allow`, `deny`,
  * `minReputation`, `maxDuration` and `budget` (credits, held at the hub for the job's group:
  * never exceeded). When the hub refuses a rent with `budget_exceeded` (or ends an activity
- * for it), the job stops renting, lets the attempts under way finish (their results count),
- * and fails every task not done with a TaskFailedError whose cause is the BudgetExceededError;
+ * for it), the job stops renting; the activities it holds go on taking its tasks (each is
+ * covered by its own hold) until the hub ends them or the tasks run out, and once none is
+ * held every task not done fails with a TaskFailedError whose cause is the BudgetExceededError;
  * the job then rejects with that BudgetExceededError (with `returnExceptions`, those
  * TaskFailedErrors are the tasks' results and the job resolves). Each `cost` the hub captures
  * for an activity of the job is a `cost` event; the summary's `spent` and `spentByProvider`

@@ -53,7 +53,8 @@ export type Agree = (a: any, b: any) => boolean;
  */
 /**
  * Whether two results are the same answer by default: the same value (`Object.is`), or the
- * same JSON text (as Python's `==` compares lists and dicts by content). Pass `agree` for more.
+ * same JSON text (as Python's `==` compares lists and dicts by content; a Map, a Set, NaN,
+ * Infinity and a BigInt by what they hold, not as JSON writes them). Pass `agree` for more.
  * @type {Agree}
  */
 export declare function sameResult(a: any, b: any): boolean;

@@ -18,7 +18,9 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+import math
+import re
+from decimal import Decimal
 from fractions import Fraction
 from typing import Final, Protocol
 
@@ -42,24 +44,63 @@ class Priced(Protocol):
     def env_hour(self) -> int: ...
 
 
+_DECIMAL: Final = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+))?")
+"""Credits as text, as ``js-client/src/money.js`` reads them: ASCII digits only (no ``_``)."""
+_BLANK: Final = (
+    "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+"""What JavaScript's ``trim()`` takes off the ends of a text."""
+
+
 def to_micro(value: object, what: str = "an amount") -> int:
     """``value`` credits (a number or its text: ``0.05``, ``"1.5"``) as micro-credits.
 
-    Raises :class:`UsageError` for a negative amount, one finer than a micro-credit, or not a number.
+    A text is decimal ASCII (``"1.5"``, ``"1e-6"``; blanks around it are ignored), read as
+    ``js-client/src/money.js`` reads it. Raises :class:`UsageError` for a negative amount,
+    one finer than a micro-credit, one over a billion credits, or not a number.
     """
     if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal | Fraction):
         raise UsageError(f"{what} is a number of credits, not {value!r}")
-    try:
+    if isinstance(value, int | Fraction):
+        micro = Fraction(value) * MICRO
+        if micro.denominator != 1:
+            raise UsageError(f"{what} {value} is finer than a micro-credit (0.000001)")
+        whole = int(micro)
+    else:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{what} is a number of credits, not {value!r}")
         # A float is taken as written (0.1 is one tenth, not the binary fraction nearest it).
-        exact = Fraction(Decimal(str(value).strip())) if isinstance(value, str | float) else Fraction(value)
-    except (InvalidOperation, ValueError, OverflowError) as e:
-        raise UsageError(f"{what} is a number of credits, not {value!r}") from e
-    micro = exact * MICRO
-    if micro.denominator != 1:
-        raise UsageError(f"{what} {value} is finer than a micro-credit (0.000001)")
-    if micro < 0 or micro > MAX_MICRO:
+        text = value.strip(_BLANK) if isinstance(value, str) else str(value)
+        whole = _decimal_micro(text, value, what)
+    if whole < 0 or whole > MAX_MICRO:
         raise UsageError(f"{what} {value} is out of range: 0 to {MAX_MICRO // MICRO} credits")
-    return int(micro)
+    return whole
+
+
+def _decimal_micro(text: str, value: object, what: str) -> int:
+    """Decimal ``text`` in credits as micro-credits, never building a huge power of ten."""
+    match = _DECIMAL.fullmatch(text)
+    if match is None or not (match[2] or match[3]):
+        raise UsageError(f"{what} is a number of credits, not {value!r}")
+    sign, whole, part, exponent = match[1], match[2], match[3] or "", match[4] or "0"
+    figures = (whole + part).lstrip("0")
+    if not figures:
+        return 0
+    if len(exponent.lstrip("+-").lstrip("0")) > 12:  # far out of range, or far finer, whatever the digits
+        shift = -(10**12) if exponent.startswith("-") else 10**12
+    else:
+        shift = int(exponent) - len(part) + 6  # micro-credits: six places to the left
+    if shift > 31 or len(figures) + shift > 40:
+        raise UsageError(f"{what} {value} is out of range: 0 to {MAX_MICRO // MICRO} credits")
+    digits = -int(figures) if sign == "-" else int(figures)
+    if -shift > 400:
+        raise UsageError(f"{what} {value} is finer than a micro-credit (0.000001)")
+    scale: int = 10 ** abs(shift)
+    if shift >= 0:
+        return digits * scale
+    if digits % scale:
+        raise UsageError(f"{what} {value} is finer than a micro-credit (0.000001)")
+    return digits // scale
 
 
 def format_credits(micro: int) -> str:

@@ -793,14 +793,15 @@ def _opens_stream(message: Request) -> bool:
 
 def _since(message: Request) -> tuple[int, str]:
     """The minor version ``message`` needs, and what needs it."""
+    # The latest version first: a rent with user= and a budget needs 1.5, not 1.2.
+    if isinstance(message, Rent) and (market := _market_terms(message)):
+        return 5, market
     if isinstance(message, Exec) and message.streams:
         return 2, "an exec's stdin or stream"
     if isinstance(message, Rent) and message.user is not None:
         return 2, f"user={message.user!r}"
     if isinstance(message, Offer) and message.cached:
         return 4, "an offer's cached images"
-    if isinstance(message, Rent) and (market := _market_terms(message)):
-        return 5, market
     return SINCE.get(message.type, 0), repr(message.type)
 
 

@@ -29,8 +29,9 @@ provider.
 The market (protocol 1.5): ``budget`` (credits) caps what the job's group ever spends at the
 hub; ``strategy``, ``allow``, ``deny``, ``min_reputation`` and ``max_duration`` go with every
 rent (see :meth:`kiln.Requestor.rent`). When the hub refuses a rent because the budget
-cannot hold another activity, or ends an activity because it ran out, the job stops: no
-attempt starts, those running finish, and the tasks not done fail with
+cannot hold another activity, or ends an activity because it ran out, the job rents nothing
+more: the activities it holds go on taking its tasks (each is covered by its own hold) until
+the hub ends them or the tasks run out, and once none is held the tasks not done fail with
 :class:`~kiln.BudgetExceeded` (the job raises it, or each is a TaskFailed caused by it with
 ``return_exceptions``). The hub's captures come as ``cost`` events, and the summary's
 ``spent`` and ``spent_by_provider`` add them up.
@@ -198,6 +199,18 @@ class JobEvent:
     activity: str | None = None
     due: float | None = None
     final: bool = False
+
+
+HUB_ENDED: Final = frozenset({ErrorCode.BUDGET_EXCEEDED, ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.EXPIRED})
+"""The codes of an ``activity_lost`` by which the hub itself ended an activity (1.5)."""
+
+
+def _ended_by_hub(activity: Activity) -> ProviderLost | None:
+    """The hub ended ``activity`` (``activity_lost`` comes before its requests fail): as ProviderLost."""
+    lost = activity.lost
+    if lost is None or lost.code not in HUB_ENDED:
+        return None
+    return ProviderLost(f"activity {activity.id} is gone: {lost.message}", lost.code)
 
 
 def loading_text(image: str, provider: str, done: int, total: int) -> str:
@@ -656,6 +669,11 @@ class Job(Generic[T, R]):
             outcome, error = "retry", e
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
             outcome, error = "error", e
+            if (ended := _ended_by_hub(activity)) is not None:
+                # The hub ended the activity under a command (its budget, funds or max_duration):
+                # the command failed with that (cancelled), and counts as the end it was.
+                ended.__cause__ = e
+                outcome, error = self._lost(activity, ended), ended
         else:
             verdict = core.outcome(task, provider, "ok", value=value)
             if verdict.accepted is not None:

@@ -64,7 +64,7 @@ from typing import Any, Final, Generic, Literal, TypeAlias, TypeVar
 
 from kiln.protocol.errors import UsageError
 from kiln.protocol.messages import MAX_EXCLUDE
-from kiln.protocol.money import MICRO
+from kiln.protocol.money import MICRO, format_credits
 from kiln.protocol.sizes import format_size
 
 T = TypeVar("T")
@@ -252,14 +252,14 @@ class JobSummary:
             lost = ", ".join(f"{p} {n}" for p, n in sorted(self.lost_by.items())) or "none"
             lines.append(f"verified {self.verified}, disputed {self.disputed}; runs lost: {lost}")
         if self.spent_micro:
-            lines.append(f"spent {self.spent:g} credits")
+            lines.append(f"spent {format_credits(sum(self.spent_micro.values()))} credits")
         providers = set(self.tasks_per_provider) | set(self.cpu_seconds) | set(self.pulled)
         providers |= set(self.spent_micro) | set(self.lost_by)
         for provider in sorted(providers):
             lines.append(
                 f"  {provider}: {self.tasks_per_provider[provider]} tasks, "
                 f"{self.cpu_seconds.get(provider, 0.0):.2f} container CPU-seconds"
-                + (f", {self.spent_micro[provider] / MICRO:g} credits" if self.spent_micro[provider] else "")
+                + (f", {format_credits(self.spent_micro[provider])} credits" if self.spent_micro[provider] else "")
                 + (f", pulled {format_size(self.pulled[provider])} of image" if self.pulled[provider] else "")
                 + (f", lost {plural(self.lost_by[provider], 'verification')}" if self.lost_by[provider] else "")
                 + ("  (failed)" if provider in self.failed_providers else "")
