@@ -529,3 +529,16 @@ def test_a_verdict_outlives_a_restart_of_the_hub_its_activity_still_pays_back_at
     )
     assert kept == 0, "the provider that lost keeps nothing of it, restart or not"
     book.check()
+
+
+def test_rented_tells_the_price_the_activity_is_billed_at_not_a_later_offer() -> None:
+    hub, [p], r = priced()
+    to, create = hub.create(r, 1)
+    hub.offer(p, price={"start": 0, "cpu_hour": 0, "env_hour": 0})  # free from now on: this rent is not
+    [(_, rented)] = hub.send(to, {"type": "done", "re": create["id"]})
+    assert rented["price"] == PRICE and rented["hold"] == HOUR_HOLD
+    hub2, [p2], r2 = priced()
+    to, create = hub2.create(r2, 1)
+    hub2.offer(p2, price={**PRICE, "start": 5 * PRICE["start"]})
+    [(_, rented)] = hub2.send(to, {"type": "done", "re": create["id"]})
+    assert rented["price"] == PRICE

@@ -187,8 +187,9 @@ class Relay(Leases):
                     resources=activity.resources,
                     pulled=told,
                 )
-                if requestor.minor >= 5 and p.price is not None:
-                    rented = rented.model_copy(update={"price": p.price, "hold": meter.held if meter else None})
+                price = meter.price if meter is not None else p.price  # what it is billed at, not a later offer
+                if requestor.minor >= 5 and price is not None:
+                    rented = rented.model_copy(update={"price": price, "hold": meter.held if meter else None})
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
