@@ -542,3 +542,28 @@ def test_rented_tells_the_price_the_activity_is_billed_at_not_a_later_offer() ->
     hub2.offer(p2, price={**PRICE, "start": 5 * PRICE["start"]})
     [(_, rented)] = hub2.send(to, {"type": "done", "re": create["id"]})
     assert rented["price"] == PRICE
+
+
+class _Unscannable(dict):  # type: ignore[type-arg]
+    """A dict a tick may look up and change, but not walk through."""
+
+    def values(self) -> Any:
+        raise AssertionError("walked every entry")
+
+    items = keys = __iter__ = values
+
+
+def test_a_tick_looks_only_at_what_is_due_not_at_every_meter_or_deadline() -> None:
+    hub, [_], r = priced(credits=1000 * MICRO)
+    for rid in range(1, 6):
+        hub.rent(r, rid, cpus=0.25, max_duration=3000)
+    core = hub.core
+    core.ledger.meters = _Unscannable(core.ledger.meters)
+    core._expiring = _Unscannable(core._expiring)
+    out = hub.expire(after=30)  # nothing due: nothing walked
+    assert costs(out, r) == []
+    out = meter(hub, hub.expire(after=31), 5.0)  # all five captures due
+    assert len(costs(out, r)) == 5
+    out = hub.expire(after=3000)  # all five expire
+    assert len(core._expiring) == 0
+    assert len([m for _, m in out if isinstance(m, dict) and m["type"] == "destroy"]) == 5

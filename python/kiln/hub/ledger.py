@@ -31,6 +31,7 @@ end, and the reversal a lost verdict calls for. It returns the changes to write 
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -194,6 +195,23 @@ class Ledger:
         self._committed: dict[tuple[str, str], int] = {}
         self._unwritten: Counter[str] = Counter()  # held in the batch not yet committed
         self._judged: OrderedDict[str, None] = OrderedDict()  # activities that lost a verdict
+        self._due: list[tuple[float, str]] = []  # (when, activity): a heap of the captures to come
+
+    def schedule(self, meter: Meter, at: float) -> None:
+        """The next capture of ``meter`` is due at ``at`` (the hub's clock)."""
+        meter.next = at
+        heapq.heappush(self._due, (at, meter.activity))
+
+    def due_meters(self, now: float) -> list[Meter]:
+        """The started meters whose capture :meth:`schedule` made due by ``now``, each taken off the
+        schedule (:meth:`schedule` it again): the tick's work is what is due, not every meter."""
+        out = []
+        while self._due and self._due[0][0] <= now:
+            at, activity = heapq.heappop(self._due)
+            meter = self.meters.get(activity)
+            if meter is not None and meter.next == at and meter.started is not None:
+                out.append(meter)
+        return out
 
     def flushed(self) -> None:
         """The actions given out so far are about to be written: balances asked now include them."""

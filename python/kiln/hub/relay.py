@@ -158,9 +158,10 @@ class Relay(Leases):
                 activity.saved = True
                 meter = self.ledger.meters.get(activity.id)
                 if meter is not None:  # billed from now on
-                    meter.started, meter.next = activity.started, activity.started + self.ledger.capture_interval
+                    meter.started = activity.started
+                    self.ledger.schedule(meter, activity.started + self.ledger.capture_interval)
                 if activity.max_duration is not None:
-                    self._expiring[activity.id] = activity.started + activity.max_duration
+                    self._expire_at(activity.id, activity.started + activity.max_duration)
                 record = LeaseRecord(
                     activity.id,
                     requestor.session,
