@@ -11,7 +11,7 @@ from kiln.hub.access import Credential
 from kiln.hub.ledger import HUB, Post
 from kiln.hub.records import SaveLease
 from kiln.protocol.messages import Price
-from kiln.protocol.money import MICRO, due, worst_case
+from kiln.protocol.money import MAX_MICRO, MICRO, due, worst_case
 from tests.hubcore import Book, FakeCredentials, HubHarness
 
 PRICE = {"start": 10_000, "cpu_hour": 200_000, "env_hour": 50_000}  # 0.01, 0.2 and 0.05 credits
@@ -567,3 +567,22 @@ def test_a_tick_looks_only_at_what_is_due_not_at_every_meter_or_deadline() -> No
     out = hub.expire(after=3000)  # all five expire
     assert len(core._expiring) == 0
     assert len([m for _, m in out if isinstance(m, dict) and m["type"] == "destroy"]) == 5
+
+
+def test_an_absurd_price_never_holds_or_bills_one_activity_more_than_a_message_carries() -> None:
+    book = Book()
+    for _ in range(5):
+        book.grant(7, MAX_MICRO)
+    hub, _, r = priced(book=book, providers=0)
+    provide(hub, "p1", price={"start": MAX_MICRO, "cpu_hour": MAX_MICRO, "env_hour": MAX_MICRO})
+    activity = hub.rent(r, 1)
+    assert book.balance(f"hold:{activity}") <= MAX_MICRO
+    out = []
+    for n in range(1, 11):  # the hub's tick does not fail on a cost past MAX_MICRO
+        out += meter(hub, ticked := hub.expire(after=60), 60.0 * n) + ticked
+    [lost] = [m for _, m in out if isinstance(m, dict) and m["type"] == "activity_lost"]
+    assert lost["code"] == "insufficient_funds" and "the most one activity may be" in lost["reason"]
+    [(to, destroy)] = [(q, m) for q, m in out if isinstance(m, dict) and m["type"] == "destroy"]
+    out += hub.send(to, {"type": "done", "re": destroy["id"], "cpu_seconds": 600.0})
+    assert [c["due"] for c in costs(out, r)] == [MAX_MICRO] == [captured(book, activity)]
+    assert book.balance("requestor:7") == 4 * MAX_MICRO

@@ -39,7 +39,7 @@ from typing import Final, Protocol
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import Cost, Price, Transaction
-from kiln.protocol.money import billable_cpu, due, format_credits, seconds_covered, worst_case
+from kiln.protocol.money import MAX_MICRO, billable_cpu, due, format_credits, seconds_covered, worst_case
 
 CAPTURE_INTERVAL: Final = 60.0
 """Seconds between two captures of a running priced activity (``HubCore(capture_interval=)``)."""
@@ -249,11 +249,13 @@ class Ledger:
         """Place the hold for a new activity (before its ``create`` goes out), or say why not.
 
         The hold is the worst case of its ``max_duration`` (or of the hold window), cut to what
-        its group's budget has left; it is refused ``budget_exceeded`` if the budget cannot
+        its group's budget has left (and to :data:`~kiln.protocol.money.MAX_MICRO`: no activity
+        is ever held, nor billed, more than a message carries); it is refused ``budget_exceeded`` if the budget cannot
         cover :data:`MIN_HOLD` seconds, ``insufficient_funds`` if the requestor's available
         balance cannot cover the hold."""
         price, cpus = meter.price, meter.cpus
-        hold = worst_case(price, cpus, meter.max_duration or self.hold_window)
+        # Never more than a message carries (MAX_MICRO): what is captured of it is told in a Cost.
+        hold = min(worst_case(price, cpus, meter.max_duration or self.hold_window), MAX_MICRO)
         budget, committed = self.budget_of(meter.session, meter.group)
         if budget is not None:
             least = worst_case(price, cpus, MIN_HOLD)
@@ -302,6 +304,9 @@ class Ledger:
             extra = min(extra, worst_case(price, cpus, meter.max_duration) - meter.held)
         code, why = ErrorCode.INSUFFICIENT_FUNDS, f"{meter.account} has no credits left to hold for it"
         amount = min(extra, self.available(meter.account))
+        if MAX_MICRO - meter.held < amount:
+            amount = MAX_MICRO - meter.held
+            why = f"it is held the most one activity may be, {format_credits(MAX_MICRO)} credits"
         budget, committed = self.budget_of(meter.session, meter.group)
         if budget is not None and budget - committed < amount:
             amount = budget - committed
