@@ -112,6 +112,9 @@ class Book:
         ]
         return found[::-1][:limit]
 
+    def count_transactions(self, account: str | None = None, activity: str | None = None) -> int:
+        return len(self.transactions(account, activity, limit=len(self.posts)))
+
     def budget(self, session: str, group: str) -> int | None:
         return self._budgets.get((session, group))
 

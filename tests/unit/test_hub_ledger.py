@@ -586,3 +586,12 @@ def test_an_absurd_price_never_holds_or_bills_one_activity_more_than_a_message_c
     out += hub.send(to, {"type": "done", "re": destroy["id"], "cpu_seconds": 600.0})
     assert [c["due"] for c in costs(out, r)] == [MAX_MICRO] == [captured(book, activity)]
     assert book.balance("requestor:7") == 4 * MAX_MICRO
+
+
+def test_ledger_matched_counts_every_transaction_that_matched_not_only_those_within_the_limit() -> None:
+    book = Book()
+    for _ in range(5):
+        book.grant(7, MICRO)
+    hub, _, r = priced(book=book, providers=0)
+    [(_, listed)] = hub.send(r, {"type": "ledger", "id": 6, "limit": 2})
+    assert len(listed["transactions"]) == 2 and listed["matched"] == 5

@@ -104,6 +104,10 @@ class Accounts(Protocol):
         """The latest transactions touching ``account`` (or of ``activity``; or all), newest first."""
         ...
 
+    def count_transactions(self, account: str | None = None, activity: str | None = None) -> int:
+        """How many transactions :meth:`transactions` has to list, with no limit."""
+        ...
+
     def budget(self, session: str, group: str) -> int | None:
         """The budget the group's first rent set (:class:`~kiln.hub.records.SaveBudget`), if any."""
         ...

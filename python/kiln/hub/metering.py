@@ -199,7 +199,8 @@ class Metering(Relay):
             if room < 0:
                 break  # no more than one message holds: matched tells how many were left out
             listed.append(txn)
-        self._send(p.id, LedgerList(type="ledger_list", re=message.id, transactions=listed, matched=len(found)))
+        matched = self.ledger.accounts.count_transactions(account=account)  # all, not only the latest ``limit``
+        self._send(p.id, LedgerList(type="ledger_list", re=message.id, transactions=listed, matched=matched))
 
     def _verdict(self, p: Peer, message: VerdictReport) -> None:
         """Activity ``lost`` disagreed with ``agreed`` (all ``p``'s, ``agreed`` on other providers):
