@@ -595,3 +595,24 @@ def test_ledger_matched_counts_every_transaction_that_matched_not_only_those_wit
     hub, _, r = priced(book=book, providers=0)
     [(_, listed)] = hub.send(r, {"type": "ledger", "id": 6, "limit": 2})
     assert len(listed["transactions"]) == 2 and listed["matched"] == 5
+
+
+def test_rents_naming_ever_new_groups_do_not_grow_the_hubs_memory_of_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kiln.hub.ledger.BUDGETS_KEPT", 10)
+    hub, [_], r = priced(credits=0)
+    for n in range(1, 50):  # refused every one (no credits): each named a new group
+        rent = {"type": "rent", "id": n, "image": "img:1", "demand": {"cpus": 1}, "group": f"g{n}", "budget": MICRO}
+        [(_, error)] = hub.send(r, rent)
+        assert error["code"] == "insufficient_funds"
+    assert len(hub.core.ledger._budgets) <= 11
+
+
+def test_a_budget_holds_when_the_hub_lets_go_of_its_memory_of_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kiln.hub.ledger.BUDGETS_KEPT", 0)
+    budget = HOUR_HOLD + HOUR_HOLD // 2
+    hub, _, r = priced(providers=3)
+    hub.rent(r, 1, group="g", budget=budget)
+    hub.create(r, 2, group="g")  # what the budget had left: half an hour's worst case
+    assert hub.book is not None and hub.book.balance("hold:a2") == budget - HOUR_HOLD
+    [(_, refused)] = hub.send(r, {"type": "rent", "id": 3, "image": "img:1", "demand": {"cpus": 1}, "group": "g"})
+    assert refused["code"] == "budget_exceeded"

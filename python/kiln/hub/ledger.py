@@ -49,6 +49,8 @@ MIN_HOLD: Final = 60.0
 """A group's budget must still cover this many seconds of an activity's worst case, or the rent is refused."""
 ENDED_KEPT: Final = 65_536
 """Ended activities remembered (whose they were, where they ran) for verdicts reported after their end."""
+BUDGETS_KEPT: Final = 65_536
+"""Groups whose budget and commitment are kept in memory: past that, they are read again from the accounts."""
 PPM: Final = 1_000_000
 """The fee is in parts per million of each capture (``kiln hub --fee 0.05`` is 50,000)."""
 
@@ -218,8 +220,13 @@ class Ledger:
         return out
 
     def flushed(self) -> None:
-        """The actions given out so far are about to be written: balances asked now include them."""
+        """The actions given out so far are about to be written: balances asked now include them,
+        and so do the budgets and commitments the accounts hold (the memory of them is let go
+        past :data:`BUDGETS_KEPT` groups: a requestor naming ever new groups cannot grow it)."""
         self._unwritten.clear()
+        if len(self._budgets) > BUDGETS_KEPT and self.accounts is not None:
+            self._budgets.clear()
+            self._committed.clear()
 
     def available(self, account: str) -> int:
         """What ``account`` may still hold: its committed balance less what the pending batch holds."""
