@@ -616,3 +616,15 @@ def test_a_budget_holds_when_the_hub_lets_go_of_its_memory_of_budgets(monkeypatc
     assert hub.book is not None and hub.book.balance("hold:a2") == budget - HOUR_HOLD
     [(_, refused)] = hub.send(r, {"type": "rent", "id": 3, "image": "img:1", "demand": {"cpus": 1}, "group": "g"})
     assert refused["code"] == "budget_exceeded"
+
+
+def test_a_balance_looks_at_the_askers_meters_alone_not_at_every_meter_of_the_hub() -> None:
+    hub, _, r = priced(providers=2)
+    activity = hub.rent(r, 1)
+    run(hub, 60, 60)
+    hub.core.ledger.meters = _Unscannable(hub.core.ledger.meters)
+    [(_, info)] = hub.send(r, {"type": "balance", "id": 5})
+    assert hub.book is not None and info["held"] == HOUR_HOLD - captured(hub.book, activity) > 0
+    end(hub, r, activity, 1.0)
+    [(_, info)] = hub.send(r, {"type": "balance", "id": 6})
+    assert info["held"] == 0 and hub.core.ledger._of_account == {}

@@ -202,6 +202,12 @@ class Ledger:
         self._unwritten: Counter[str] = Counter()  # held in the batch not yet committed
         self._judged: OrderedDict[str, None] = OrderedDict()  # activities that lost a verdict
         self._due: list[tuple[float, str]] = []  # (when, activity): a heap of the captures to come
+        self._of_account: dict[str, set[str]] = {}  # a requestor's account -> its meters' activities
+
+    def add(self, meter: Meter) -> None:
+        """Meter ``meter``'s activity (its hold placed, or taken back at a restart)."""
+        self.meters[meter.activity] = meter
+        self._of_account.setdefault(meter.account, set()).add(meter.activity)
 
     def schedule(self, meter: Meter, at: float) -> None:
         """The next capture of ``meter`` is due at ``at`` (the hub's clock)."""
@@ -235,7 +241,8 @@ class Ledger:
 
     def held(self, account: str) -> int:
         """What is held for the live activities whose requestor is ``account`` (not yet captured)."""
-        return sum(m.held - m.captured for m in self.meters.values() if m.account == account)
+        meters = (self.meters[activity] for activity in self._of_account.get(account, ()))
+        return sum(m.held - m.captured for m in meters)
 
     # --- holds --------------------------------------------------------------------------
 
@@ -284,7 +291,7 @@ class Ledger:
                 f"this rent needs {format_credits(hold)} credits held and {meter.account} has "
                 f"{format_credits(max(available, 0))} available",
             )
-        self.meters[meter.activity] = meter
+        self.add(meter)
         return self._hold(meter, hold, f"hold:{meter.activity}", now)
 
     def _hold(self, meter: Meter, amount: int, key: str, now: float) -> Post:
@@ -380,6 +387,10 @@ class Ledger:
         meter = self.meters.pop(activity, None)
         if meter is None:
             return [], None
+        mine = self._of_account.get(meter.account, set())
+        mine.discard(activity)
+        if not mine:
+            self._of_account.pop(meter.account, None)
         post, cost = self.capture(meter, now, cpu_seconds, final=True)
         posts = [post] if post is not None else []
         if activity in self._judged:  # it lost a verdict while it ran: nothing it was paid stays paid

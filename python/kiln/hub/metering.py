@@ -131,7 +131,7 @@ class Metering(Relay):
                 started=lr.started if lr is not None else mr.started,
                 tops=mr.tops,
             )
-            self.ledger.meters[mr.activity] = meter
+            self.ledger.add(meter)
             self.ledger.schedule(meter, now + self.ledger.capture_interval)
             if self._reversed(mr.activity):  # it lost a verdict before the restart: its end pays back the rest
                 self.ledger.judge(mr.activity)
