@@ -143,7 +143,8 @@ class Metering(Relay):
         """Whether the ledger holds a reversal of what was paid for ``activity`` (it lost a verdict)."""
         if self.ledger.accounts is None:
             return False
-        return any(t.kind == "reverse" for t in self.ledger.accounts.transactions(activity=activity, limit=10_000))
+        found = self.ledger.accounts.transactions(activity=activity, limit=1_000_000)  # all: as reverse() reads them
+        return any(t.kind == "reverse" for t in found)
 
     def _account_of(self, activity: str) -> str | None:
         """The requestor account an activity's first hold came from (what the ledger says)."""
