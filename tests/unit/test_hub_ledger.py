@@ -11,7 +11,7 @@ from kiln.hub.access import Credential
 from kiln.hub.ledger import HUB, Post
 from kiln.hub.records import SaveLease
 from kiln.protocol.messages import Price
-from kiln.protocol.money import MICRO, due, worst_case
+from kiln.protocol.money import MAX_MICRO, MICRO, due, worst_case
 from tests.hubcore import Book, FakeCredentials, HubHarness
 
 PRICE = {"start": 10_000, "cpu_hour": 200_000, "env_hour": 50_000}  # 0.01, 0.2 and 0.05 credits
@@ -512,6 +512,138 @@ def test_a_verdict_outlives_a_restart_of_the_hub_its_activity_still_pays_back_at
     reversal = hub.core.ledger.reverse(a1, "requestor:7", hub.now, key=f"reverse:{a1}")
     assert reversal is not None
     book.apply(reversal)
+    [saved] = [a for a in hub.actions if isinstance(a, SaveLease)]
+    # The hub dies while the activity runs; the next one must remember it lost.
+    again = HubHarness(
+        version="1.5", credentials=credentials(), book=book, capture_interval=60.0, now=hub.now, grace=600
+    )
+    again.take(again.core.restore([saved.session], [saved.lease], [book.meter(a1, PRICED)]))
+    p = provide(again, "p1", activities=[a1])
+    out = again.expire(after=60)
+    [ask] = [m for q, m in out if m["type"] == "meter" and q == p]
+    again.send(p, {"type": "done", "re": ask["id"], "cpu_seconds": 180})
+    assert captured(book, a1) > 0
+    again.take(again.core.disconnect(p, "gone"))  # its end: every capture after the restart comes back too
+    keys = [post.key for post in book.of("reverse", a1)]
+    assert keys == [f"reverse:{a1}", f"reverse:{a1}:end"]
+    kept = sum(
+        x for post in [*book.of("capture", a1), *book.of("reverse", a1)] for a, x in post.entries if a == "provider:p1"
+    )
+    assert kept == 0, "the provider that lost keeps nothing of it, restart or not"
+    book.check()
+
+
+def test_rented_tells_the_price_the_activity_is_billed_at_not_a_later_offer() -> None:
+    hub, [p], r = priced()
+    to, create = hub.create(r, 1)
+    hub.offer(p, price={"start": 0, "cpu_hour": 0, "env_hour": 0})  # free from now on: this rent is not
+    [(_, rented)] = hub.send(to, {"type": "done", "re": create["id"]})
+    assert rented["price"] == PRICE and rented["hold"] == HOUR_HOLD
+    hub2, [p2], r2 = priced()
+    to, create = hub2.create(r2, 1)
+    hub2.offer(p2, price={**PRICE, "start": 5 * PRICE["start"]})
+    [(_, rented)] = hub2.send(to, {"type": "done", "re": create["id"]})
+    assert rented["price"] == PRICE
+
+
+class _Unscannable(dict):  # type: ignore[type-arg]
+    """A dict a tick may look up and change, but not walk through."""
+
+    def values(self) -> Any:
+        raise AssertionError("walked every entry")
+
+    items = keys = __iter__ = values
+
+
+def test_a_tick_looks_only_at_what_is_due_not_at_every_meter_or_deadline() -> None:
+    hub, [_], r = priced(credits=1000 * MICRO)
+    for rid in range(1, 6):
+        hub.rent(r, rid, cpus=0.25, max_duration=3000)
+    core = hub.core
+    core.ledger.meters = _Unscannable(core.ledger.meters)
+    core._expiring = _Unscannable(core._expiring)
+    out = hub.expire(after=30)  # nothing due: nothing walked
+    assert costs(out, r) == []
+    out = meter(hub, hub.expire(after=31), 5.0)  # all five captures due
+    assert len(costs(out, r)) == 5
+    out = hub.expire(after=3000)  # all five expire
+    assert len(core._expiring) == 0
+    assert len([m for _, m in out if isinstance(m, dict) and m["type"] == "destroy"]) == 5
+
+
+def test_an_absurd_price_never_holds_or_bills_one_activity_more_than_a_message_carries() -> None:
+    book = Book()
+    for _ in range(5):
+        book.grant(7, MAX_MICRO)
+    hub, _, r = priced(book=book, providers=0)
+    provide(hub, "p1", price={"start": MAX_MICRO, "cpu_hour": MAX_MICRO, "env_hour": MAX_MICRO})
+    activity = hub.rent(r, 1)
+    assert book.balance(f"hold:{activity}") <= MAX_MICRO
+    out = []
+    for n in range(1, 11):  # the hub's tick does not fail on a cost past MAX_MICRO
+        out += meter(hub, ticked := hub.expire(after=60), 60.0 * n) + ticked
+    [lost] = [m for _, m in out if isinstance(m, dict) and m["type"] == "activity_lost"]
+    assert lost["code"] == "insufficient_funds" and "the most one activity may be" in lost["reason"]
+    [(to, destroy)] = [(q, m) for q, m in out if isinstance(m, dict) and m["type"] == "destroy"]
+    out += hub.send(to, {"type": "done", "re": destroy["id"], "cpu_seconds": 600.0})
+    assert [c["due"] for c in costs(out, r)] == [MAX_MICRO] == [captured(book, activity)]
+    assert book.balance("requestor:7") == 4 * MAX_MICRO
+
+
+def test_ledger_matched_counts_every_transaction_that_matched_not_only_those_within_the_limit() -> None:
+    book = Book()
+    for _ in range(5):
+        book.grant(7, MICRO)
+    hub, _, r = priced(book=book, providers=0)
+    [(_, listed)] = hub.send(r, {"type": "ledger", "id": 6, "limit": 2})
+    assert len(listed["transactions"]) == 2 and listed["matched"] == 5
+
+
+def test_rents_naming_ever_new_groups_do_not_grow_the_hubs_memory_of_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kiln.hub.ledger.BUDGETS_KEPT", 10)
+    hub, [_], r = priced(credits=0)
+    for n in range(1, 50):  # refused every one (no credits): each named a new group
+        rent = {"type": "rent", "id": n, "image": "img:1", "demand": {"cpus": 1}, "group": f"g{n}", "budget": MICRO}
+        [(_, error)] = hub.send(r, rent)
+        assert error["code"] == "insufficient_funds"
+    assert len(hub.core.ledger._budgets) <= 11
+
+
+def test_a_budget_holds_when_the_hub_lets_go_of_its_memory_of_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kiln.hub.ledger.BUDGETS_KEPT", 0)
+    budget = HOUR_HOLD + HOUR_HOLD // 2
+    hub, _, r = priced(providers=3)
+    hub.rent(r, 1, group="g", budget=budget)
+    hub.create(r, 2, group="g")  # what the budget had left: half an hour's worst case
+    assert hub.book is not None and hub.book.balance("hold:a2") == budget - HOUR_HOLD
+    [(_, refused)] = hub.send(r, {"type": "rent", "id": 3, "image": "img:1", "demand": {"cpus": 1}, "group": "g"})
+    assert refused["code"] == "budget_exceeded"
+
+
+def test_a_balance_looks_at_the_askers_meters_alone_not_at_every_meter_of_the_hub() -> None:
+    hub, _, r = priced(providers=2)
+    activity = hub.rent(r, 1)
+    run(hub, 60, 60)
+    hub.core.ledger.meters = _Unscannable(hub.core.ledger.meters)
+    [(_, info)] = hub.send(r, {"type": "balance", "id": 5})
+    assert hub.book is not None and info["held"] == HOUR_HOLD - captured(hub.book, activity) > 0
+    end(hub, r, activity, 1.0)
+    [(_, info)] = hub.send(r, {"type": "balance", "id": 6})
+    assert info["held"] == 0 and hub.core.ledger._of_account == {}
+
+
+def test_a_verdict_outlives_a_restart_however_many_transactions_its_activity_had_since() -> None:
+    hub, [_], r = priced()
+    a1 = hub.rent(r, 1)
+    run(hub, 120, 60, cpu_per_second=1)
+    book = hub.book
+    assert book is not None
+    assert hub.core.ledger.judge(a1)  # as a verdict does (its reversal posted below)
+    reversal = hub.core.ledger.reverse(a1, "requestor:7", hub.now, key=f"reverse:{a1}")
+    assert reversal is not None
+    book.apply(reversal)
+    for n in range(10_001):  # more of its transactions since than a look at the latest 10,000 sees
+        book.apply(Post(f"memo:{n}", "memo", hub.now, (("hub", 0), ("mint", 0)), a1))
     [saved] = [a for a in hub.actions if isinstance(a, SaveLease)]
     # The hub dies while the activity runs; the next one must remember it lost.
     again = HubHarness(

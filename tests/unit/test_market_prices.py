@@ -304,3 +304,25 @@ def test_the_indexes_by_price_and_by_score_choose_as_a_full_scan_would() -> None
             except NoMatch:
                 chosen = None
             assert chosen == expected, (step, strategy)
+
+
+def test_the_cost_order_of_a_new_duration_is_exact_and_costs_no_fraction_per_price(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kiln.hub.market import PriceKey, _worst_cases
+
+    rng = random.Random(20)
+    keys = [PriceKey(rng.randrange(10**6), rng.randrange(10**15), rng.randrange(10**9)) for _ in range(300)]
+    for cpus, seconds in [(1, 3600.0), (0.3, 0.1), (64, 366 * 86400.0), (2.5, 1e-3), (0.001, 7.77)]:
+        assert _worst_cases(keys, cpus, seconds) == [worst_case(key, cpus, seconds) for key in keys]
+
+    def slow(*_: object) -> int:
+        raise AssertionError("a Fraction's arithmetic per distinct price")
+
+    monkeypatch.setattr(market_module, "worst_case", slow)  # a rent naming a new duration: integers only
+    m = Market()
+    for n, key in enumerate(keys[:50]):
+        m.update(n + 1, f"p{n}", offer(price=Price.micro(*key)))
+    costs = _worst_cases(keys[:50], 1, 123.0)
+    best = min(range(50), key=costs.__getitem__)
+    assert m.choose("img:1", Demand(cpus=1), strategy="cheapest", seconds=123.0) == (best + 1, False)

@@ -21,6 +21,7 @@ Alongside, not layers: :mod:`kiln.hub.flow` (one flow-control mechanism for ever
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Literal, TypeVar
@@ -98,6 +99,7 @@ class CoreBase:
     _absent: dict[str, set[str]]  # since a restart: provider name -> its leases not yet reported
     _absent_until: float
     _expiring: dict[str, float]  # activity -> when its rent's max_duration is reached (the clock's time)
+    _expiry: list[tuple[float, str]]  # (when, activity): a heap of _expiring's deadlines (stale ones skipped)
 
     # --- output ---------------------------------------------------------------------------
 
@@ -168,6 +170,11 @@ class CoreBase:
         if lease.saved:
             lease.saved = False
             self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+
+    def _expire_at(self, activity: str, until: float) -> None:
+        """``activity`` is ended at ``until`` (its rent's ``max_duration``; the clock's time)."""
+        self._expiring[activity] = until
+        heapq.heappush(self._expiry, (until, activity))
 
     def _charge(self, lease: Lease, cpu_seconds: float | None) -> None:
         """Capture what the priced ``lease`` owes by now (``cpu_seconds``: what its provider just

@@ -249,6 +249,7 @@ class HubCore(Sessions):
         self._absent = {}
         self._absent_until = 0.0
         self._expiring = {}
+        self._expiry = []
 
     # --- entry points --------------------------------------------------------------
 

@@ -31,6 +31,7 @@ end, and the reversal a lost verdict calls for. It returns the changes to write 
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from typing import Final, Protocol
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import Cost, Price, Transaction
-from kiln.protocol.money import billable_cpu, due, format_credits, seconds_covered, worst_case
+from kiln.protocol.money import MAX_MICRO, billable_cpu, due, format_credits, seconds_covered, worst_case
 
 CAPTURE_INTERVAL: Final = 60.0
 """Seconds between two captures of a running priced activity (``HubCore(capture_interval=)``)."""
@@ -48,6 +49,8 @@ MIN_HOLD: Final = 60.0
 """A group's budget must still cover this many seconds of an activity's worst case, or the rent is refused."""
 ENDED_KEPT: Final = 65_536
 """Ended activities remembered (whose they were, where they ran) for verdicts reported after their end."""
+BUDGETS_KEPT: Final = 65_536
+"""Groups whose budget and commitment are kept in memory: past that, they are read again from the accounts."""
 PPM: Final = 1_000_000
 """The fee is in parts per million of each capture (``kiln hub --fee 0.05`` is 50,000)."""
 
@@ -198,10 +201,38 @@ class Ledger:
         self._committed: dict[tuple[str, str], int] = {}
         self._unwritten: Counter[str] = Counter()  # held in the batch not yet committed
         self._judged: OrderedDict[str, None] = OrderedDict()  # activities that lost a verdict
+        self._due: list[tuple[float, str]] = []  # (when, activity): a heap of the captures to come
+        self._of_account: dict[str, set[str]] = {}  # a requestor's account -> its meters' activities
+
+    def add(self, meter: Meter) -> None:
+        """Meter ``meter``'s activity (its hold placed, or taken back at a restart)."""
+        self.meters[meter.activity] = meter
+        self._of_account.setdefault(meter.account, set()).add(meter.activity)
+
+    def schedule(self, meter: Meter, at: float) -> None:
+        """The next capture of ``meter`` is due at ``at`` (the hub's clock)."""
+        meter.next = at
+        heapq.heappush(self._due, (at, meter.activity))
+
+    def due_meters(self, now: float) -> list[Meter]:
+        """The started meters whose capture :meth:`schedule` made due by ``now``, each taken off the
+        schedule (:meth:`schedule` it again): the tick's work is what is due, not every meter."""
+        out = []
+        while self._due and self._due[0][0] <= now:
+            at, activity = heapq.heappop(self._due)
+            meter = self.meters.get(activity)
+            if meter is not None and meter.next == at and meter.started is not None:
+                out.append(meter)
+        return out
 
     def flushed(self) -> None:
-        """The actions given out so far are about to be written: balances asked now include them."""
+        """The actions given out so far are about to be written: balances asked now include them,
+        and so do the budgets and commitments the accounts hold (the memory of them is let go
+        past :data:`BUDGETS_KEPT` groups: a requestor naming ever new groups cannot grow it)."""
         self._unwritten.clear()
+        if len(self._budgets) > BUDGETS_KEPT and self.accounts is not None:
+            self._budgets.clear()
+            self._committed.clear()
 
     def available(self, account: str) -> int:
         """What ``account`` may still hold: its committed balance less what the pending batch holds."""
@@ -210,7 +241,8 @@ class Ledger:
 
     def held(self, account: str) -> int:
         """What is held for the live activities whose requestor is ``account`` (not yet captured)."""
-        return sum(m.held - m.captured for m in self.meters.values() if m.account == account)
+        meters = (self.meters[activity] for activity in self._of_account.get(account, ()))
+        return sum(m.held - m.captured for m in meters)
 
     # --- holds --------------------------------------------------------------------------
 
@@ -235,11 +267,13 @@ class Ledger:
         """Place the hold for a new activity (before its ``create`` goes out), or say why not.
 
         The hold is the worst case of its ``max_duration`` (or of the hold window), cut to what
-        its group's budget has left; it is refused ``budget_exceeded`` if the budget cannot
+        its group's budget has left (and to :data:`~kiln.protocol.money.MAX_MICRO`: no activity
+        is ever held, nor billed, more than a message carries); it is refused ``budget_exceeded`` if the budget cannot
         cover :data:`MIN_HOLD` seconds, ``insufficient_funds`` if the requestor's available
         balance cannot cover the hold."""
         price, cpus = meter.price, meter.cpus
-        hold = worst_case(price, cpus, meter.max_duration or self.hold_window)
+        # Never more than a message carries (MAX_MICRO): what is captured of it is told in a Cost.
+        hold = min(worst_case(price, cpus, meter.max_duration or self.hold_window), MAX_MICRO)
         budget, committed = self.budget_of(meter.session, meter.group)
         if budget is not None:
             least = worst_case(price, cpus, MIN_HOLD)
@@ -257,7 +291,7 @@ class Ledger:
                 f"this rent needs {format_credits(hold)} credits held and {meter.account} has "
                 f"{format_credits(max(available, 0))} available",
             )
-        self.meters[meter.activity] = meter
+        self.add(meter)
         return self._hold(meter, hold, f"hold:{meter.activity}", now)
 
     def _hold(self, meter: Meter, amount: int, key: str, now: float) -> Post:
@@ -288,6 +322,9 @@ class Ledger:
             extra = min(extra, worst_case(price, cpus, meter.max_duration) - meter.held)
         code, why = ErrorCode.INSUFFICIENT_FUNDS, f"{meter.account} has no credits left to hold for it"
         amount = min(extra, self.available(meter.account))
+        if MAX_MICRO - meter.held < amount:
+            amount = MAX_MICRO - meter.held
+            why = f"it is held the most one activity may be, {format_credits(MAX_MICRO)} credits"
         budget, committed = self.budget_of(meter.session, meter.group)
         if budget is not None and budget - committed < amount:
             amount = budget - committed
@@ -350,6 +387,10 @@ class Ledger:
         meter = self.meters.pop(activity, None)
         if meter is None:
             return [], None
+        mine = self._of_account.get(meter.account, set())
+        mine.discard(activity)
+        if not mine:
+            self._of_account.pop(meter.account, None)
         post, cost = self.capture(meter, now, cpu_seconds, final=True)
         posts = [post] if post is not None else []
         if activity in self._judged:  # it lost a verdict while it ran: nothing it was paid stays paid

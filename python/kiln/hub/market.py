@@ -44,6 +44,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Final, NamedTuple, TypeAlias, TypeVar
 
 from kiln.hub.catalog import Catalog, StoredImage, normalize_arch
@@ -51,7 +52,7 @@ from kiln.hub.reputation import Reputation
 from kiln.protocol.errors import NoMatch
 from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
 from kiln.protocol.messages import Demand, Offer, Price, ProviderInfo, Resources, Strategy
-from kiln.protocol.money import format_price, within, worst_case
+from kiln.protocol.money import HOUR, format_price, within, worst_case
 from kiln.protocol.sizes import format_size
 
 FEW_HOLDERS: Final = 64
@@ -407,8 +408,16 @@ class Market:
         if order is None:
             if len(self._cost_orders) >= COST_ORDERS:
                 self._cost_orders.clear()
-            costed = sorted((worst_case(key, cpus, seconds), key) for key in self._priced)
-            order = [group for _, group in _grouped(costed)]
+            keys = list(self._priced)
+            costs = _worst_cases(keys, cpus, seconds)
+            order = []
+            last = None
+            for at in sorted(range(len(keys)), key=costs.__getitem__):
+                if order and costs[at] == last:
+                    order[-1].append(keys[at])
+                else:
+                    order.append([keys[at]])
+                    last = costs[at]
             self._cost_orders[(cpus, seconds)] = order
         return order
 
@@ -670,6 +679,16 @@ def _grouped(keyed: list[tuple[K, V]]) -> Iterator[tuple[K, list[V]]]:
     """``keyed`` (sorted by key) in runs of equal key."""
     for key, run in itertools.groupby(keyed, key=lambda pair: pair[0]):
         yield key, [rank for _, rank in run]
+
+
+def _worst_cases(keys: Iterable[PriceKey], cpus: float, seconds: float) -> list[int]:
+    """:func:`~kiln.protocol.money.worst_case` of each price in ``keys``, exactly, in integers: a
+    rent naming a new (CPUs, duration) costs the hub one pass of integer arithmetic over the
+    distinct prices, not a Fraction's arithmetic per price (ten times slower)."""
+    a, b = Fraction(cpus).as_integer_ratio()
+    c, d = Fraction(seconds).as_integer_ratio()
+    den = b * d * HOUR
+    return [key.start + -(-((key.cpu_hour * a + key.env_hour * b) * c) // den) for key in keys]
 
 
 def _has(ranks: list[Rank], rank: Rank) -> bool:

@@ -20,6 +20,7 @@ A layer of :class:`~kiln.hub.core.HubCore` (see :mod:`kiln.hub.base`).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 from kiln.hub.base import credential_id, shown
@@ -50,18 +51,23 @@ class Metering(Relay):
     def _meter_tick(self) -> None:
         """End what reached its ``max_duration``; capture (or ask to meter) what is due; top up holds."""
         now = self._clock()
-        for activity_id in sorted(a for a, until in self._expiring.items() if until <= now):
+        while self._expiry and self._expiry[0][0] <= now:
+            until, activity_id = heapq.heappop(self._expiry)
+            if self._expiring.get(activity_id) != until:
+                continue  # ended, or its deadline set anew
             del self._expiring[activity_id]
             lease = self.activities.get(activity_id)
             if lease is not None and lease.state in ("ready", "absent"):
                 why = f"activity {activity_id} reached the max_duration of its rent"
                 self._end_lease(lease, ErrorCode.EXPIRED, why)
         interval = self.ledger.capture_interval
-        for meter in list(self.ledger.meters.values()):
+        for meter in self.ledger.due_meters(now):
             lease = self.activities.get(meter.activity)
-            if meter.started is None or meter.next > now or lease is None or lease.state != "ready":
+            if lease is None:
                 continue
-            meter.next = now + interval
+            self.ledger.schedule(meter, now + interval)
+            if lease.state != "ready":  # absent or being destroyed: looked at again an interval on
+                continue
             q = self.peers[lease.provider]
             if q.minor >= 5 and not meter.asking:
                 meter.asking = True
@@ -120,10 +126,10 @@ class Metering(Relay):
                 cpu_seconds=mr.cpu_seconds,
                 seconds=mr.seconds,
                 started=lr.started if lr is not None else mr.started,
-                next=now + self.ledger.capture_interval,
                 tops=mr.tops,
             )
-            self.ledger.meters[mr.activity] = meter
+            self.ledger.add(meter)
+            self.ledger.schedule(meter, now + self.ledger.capture_interval)
             if self._reversed(mr.activity):  # it lost a verdict before the restart: its end pays back the rest
                 self.ledger.judge(mr.activity)
             if mr.activity not in self.activities:
@@ -134,7 +140,8 @@ class Metering(Relay):
         """Whether the ledger holds a reversal of what was paid for ``activity`` (it lost a verdict)."""
         if self.ledger.accounts is None:
             return False
-        return any(t.kind == "reverse" for t in self.ledger.accounts.transactions(activity=activity, limit=10_000))
+        found = self.ledger.accounts.transactions(activity=activity, limit=1_000_000)  # all: as reverse() reads them
+        return any(t.kind == "reverse" for t in found)
 
     def _account_of(self, activity: str) -> str | None:
         """The requestor account an activity's first hold came from (what the ledger says)."""

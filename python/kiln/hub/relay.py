@@ -158,9 +158,10 @@ class Relay(Leases):
                 activity.saved = True
                 meter = self.ledger.meters.get(activity.id)
                 if meter is not None:  # billed from now on
-                    meter.started, meter.next = activity.started, activity.started + self.ledger.capture_interval
+                    meter.started = activity.started
+                    self.ledger.schedule(meter, activity.started + self.ledger.capture_interval)
                 if activity.max_duration is not None:
-                    self._expiring[activity.id] = activity.started + activity.max_duration
+                    self._expire_at(activity.id, activity.started + activity.max_duration)
                 record = LeaseRecord(
                     activity.id,
                     requestor.session,
@@ -187,8 +188,9 @@ class Relay(Leases):
                     resources=activity.resources,
                     pulled=told,
                 )
-                if requestor.minor >= 5 and p.price is not None:
-                    rented = rented.model_copy(update={"price": p.price, "hold": meter.held if meter else None})
+                price = meter.price if meter is not None else p.price  # what it is billed at, not a later offer
+                if requestor.minor >= 5 and price is not None:
+                    rented = rented.model_copy(update={"price": price, "hold": meter.held if meter else None})
                 self._send(requestor.id, rented)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):

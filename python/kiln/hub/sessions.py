@@ -115,7 +115,7 @@ class Sessions(StoreLink):
             self._absent.setdefault(lr.provider, set()).add(lease.id)
             lease.max_duration = lr.max_duration
             if lr.max_duration is not None:
-                self._expiring[lease.id] = lr.started + lr.max_duration
+                self._expire_at(lease.id, lr.started + lr.max_duration)
             if owner.credential is not None:
                 accounts[lease.id] = requestor_account(owner.credential.id)
             if lease.image is not None:
