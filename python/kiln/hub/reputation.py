@@ -144,14 +144,15 @@ class Reputation:
         self._count(name, "won" if won else "verdicts_lost")
 
     def connected(self, name: str) -> None:
-        """``name`` connected (its hello was accepted)."""
-        self._count(name, "connections")
+        """``name`` connected (its hello was accepted). Counted, but written with its next change
+        (the score does not use it): a reconnect storm of thousands of providers writes nothing."""
+        self._count(name, "connections", save=False)
 
     def disconnected(self, name: str, seconds: float) -> None:
         """``name``'s connection ended after ``seconds``."""
         self._count(name, "connected_seconds", max(seconds, 0.0))
 
-    def _count(self, name: str, key: str, amount: float = 1.0) -> None:
+    def _count(self, name: str, key: str, amount: float = 1.0, *, save: bool = True) -> None:
         counters = self._counters.setdefault(name, {})
         counters[key] = counters.get(key, 0.0) + amount
         old, new = self._scores.get(name, NEUTRAL), score(counters)
@@ -159,5 +160,5 @@ class Reputation:
         if new != old:
             for changed in self._watchers:
                 changed(name, new)
-        if self.emit is not None:
+        if self.emit is not None and save:
             self.emit(SaveReputation(name, self.counters(name)))
