@@ -105,7 +105,9 @@ def main() -> None:
         print(f"{providers:>6} sellers: Market.choose alone (a cap, cheapest), in this process: {alone}", flush=True)
         with tempfile.TemporaryDirectory() as logs, LocalCluster(Path(logs)) as cluster:
             # Every simulated provider dials from 127.0.0.1: the hub's cap per address must let them all in.
-            url = cluster.start_hub("--max-connections-per-address", str(providers + 100))
+            url = cluster.start_hub(
+                "--max-connections-per-address", str(providers + 100), "--max-waiting-per-address", str(providers + 100)
+            )
             asyncio.run(measure(url, providers, args.prices, args.rents))
 
 

@@ -122,7 +122,9 @@ def main() -> None:
     args = parser.parse_args()
     for providers in args.providers:
         with tempfile.TemporaryDirectory() as logs, LocalCluster(Path(logs)) as cluster:
-            url = cluster.start_hub()
+            url = cluster.start_hub(
+                "--max-connections-per-address", str(providers + 100), "--max-waiting-per-address", str(providers + 100)
+            )
             assert cluster.hub is not None
             asyncio.run(measure(url, cluster.hub.pid, providers, args.rents, args.tasks))
 

@@ -206,28 +206,30 @@ async def simulated_providers(
     ]
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
-    async def join(i: int, provider: SimulatedProvider) -> None:
-        async with gate:
-            offer = Offer(
-                type="offer",
-                id=1,
-                resources=Resources(cpus=cpus, memory=memory, storage=storage),
-                arch="amd64",
-                images=list(images),
-                labels=labels(i),
-                price=price(i) if callable(price) else price,
-            )
-            await provider.join(url, offer, token)
-
     async with asyncio.TaskGroup() as tg:
         readers: list[asyncio.Task[None]] = []
+
+        async def join(i: int, provider: SimulatedProvider) -> None:
+            async with gate:
+                offer = Offer(
+                    type="offer",
+                    id=1,
+                    resources=Resources(cpus=cpus, memory=memory, storage=storage),
+                    arch="amd64",
+                    images=list(images),
+                    labels=labels(i),
+                    price=price(i) if callable(price) else price,
+                )
+                await provider.join(url, offer, token)
+            assert provider.conn is not None
+            # Read at once, not once all have joined: the hub's pings (every 3 s, 7 s to answer)
+            # go unanswered otherwise while thousands more dial, and the hub drops the first.
+            readers.append(tg.create_task(provider.conn.run()))
+
         try:
             async with asyncio.TaskGroup() as joining:
                 for i, provider in enumerate(providers):
                     joining.create_task(join(i, provider))
-            for provider in providers:
-                assert provider.conn is not None
-                readers.append(tg.create_task(provider.conn.run()))
             # In the market once the hub took their offers (a requestor's rent on another
             # connection may otherwise reach the hub first).
             await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
