@@ -158,13 +158,13 @@ demo: image volumes agent
 bench-images: image volumes agent
 	$(PYTHON) benchmarks/images.py --runs 5
 
-bench-executor:
+bench-executor: install
 	$(PYTHON) benchmarks/executor.py
 
 bench-streams: image volumes agent
 	$(PYTHON) benchmarks/exec_latency.py --streams-only --stream-runs 5
 
-bench-market:
+bench-market: install
 	$(PYTHON) benchmarks/market.py
 
 clean:
