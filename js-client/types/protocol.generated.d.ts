@@ -38,7 +38,9 @@ export type Message =
   | BalanceInfo
   | LedgerQuery
   | LedgerList
-  | VerdictReport;
+  | VerdictReport
+  | TaskReport
+  | Usage;
 
 /**
  * First message on every connection, from the peer that dialled the hub.
@@ -641,4 +643,39 @@ export interface VerdictReport {
   id: number;
   lost: string;
   type: "verdict";
+}
+/**
+ * Requestor -> hub (1.6), no reply: an attempt of task ``task`` of the job whose rents name
+ * ``group`` started on ``activity`` (one of the requestor's), or ended, and why (``reason``), having
+ * moved ``bytes`` in all. The hub keeps a bounded record of each group's attempts for its
+ * dashboard, timed by its own clock; what it cannot place (an activity not the requestor's) it drops.
+ */
+export interface TaskReport {
+  activity: string | null;
+  attempt: number;
+  bytes: number;
+  group: string;
+  reason: string | null;
+  state: "started" | "done" | "retried" | "failed";
+  task: number;
+  type: "task";
+}
+/**
+ * Provider -> hub (1.6), no reply: what each of its containers used, from their cgroups, sent
+ * every few seconds while it holds any (and once, empty, after its last one ended).
+ */
+export interface Usage {
+  /**
+   * @maxItems 1024
+   */
+  activities: ActivityUsage[];
+  type: "usage";
+}
+/**
+ * What one container used: ``cpu_seconds`` in all since it started, ``memory`` bytes now.
+ */
+export interface ActivityUsage {
+  activity: string;
+  cpu_seconds: number;
+  memory: number;
 }

@@ -39,8 +39,8 @@ from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.5"
-MINOR_VERSION: Final = 5
+PROTOCOL_VERSION: Final = "1.6"
+MINOR_VERSION: Final = 6
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -863,6 +863,50 @@ class VerdictReport(_Message):
     agreed: Annotated[list[ActivityId], Field(min_length=2, max_length=16)]
 
 
+# --- what the hub shows (1.6) ----------------------------------------------------------
+
+
+TaskState: TypeAlias = Literal["started", "done", "retried", "failed"]
+"""(1.6) Where an attempt of a task is: ``started`` on an activity, or ended: ``done``, ``retried``
+(failed, and the task goes on elsewhere or later) or ``failed`` (the task failed for good)."""
+MAX_TASK_ATTEMPT: Final = 1000
+MAX_REASON: Final = 256
+MAX_USAGE_ACTIVITIES: Final = 1024
+"""The most activities one ``usage`` reports (as many as a ``hello`` may carry)."""
+
+
+class TaskReport(_Message):
+    """Requestor -> hub (1.6), no reply: an attempt of task ``task`` of the job whose rents name
+    ``group`` started on ``activity`` (one of the requestor's), or ended, and why (``reason``), having
+    moved ``bytes`` in all. The hub keeps a bounded record of each group's attempts for its
+    dashboard, timed by its own clock; what it cannot place (an activity not the requestor's) it drops."""
+
+    type: Literal["task"]
+    group: GroupName
+    task: Annotated[int, Field(ge=0, le=MAX_ID)]
+    attempt: Annotated[int, Field(ge=1, le=MAX_TASK_ATTEMPT)]
+    state: TaskState
+    activity: ActivityId | None = None
+    reason: Annotated[str, Field(max_length=MAX_REASON)] | None = None
+    bytes: Annotated[int, Field(ge=0, le=2**53)] = 0
+
+
+class ActivityUsage(_Message):
+    """What one container used: ``cpu_seconds`` in all since it started, ``memory`` bytes now."""
+
+    activity: ActivityId
+    cpu_seconds: Annotated[float, Field(ge=0, le=1e12)]
+    memory: Annotated[int, Field(ge=0, le=2**53)]
+
+
+class Usage(_Message):
+    """Provider -> hub (1.6), no reply: what each of its containers used, from their cgroups, sent
+    every few seconds while it holds any (and once, empty, after its last one ended)."""
+
+    type: Literal["usage"]
+    activities: Annotated[list[ActivityUsage], Field(max_length=MAX_USAGE_ACTIVITIES)]
+
+
 Message: TypeAlias = Annotated[
     Hello
     | Welcome
@@ -900,7 +944,9 @@ Message: TypeAlias = Annotated[
     | BalanceInfo
     | LedgerQuery
     | LedgerList
-    | VerdictReport,
+    | VerdictReport
+    | TaskReport
+    | Usage,
     Field(discriminator="type"),
 ]
 

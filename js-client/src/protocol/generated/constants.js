@@ -4,10 +4,10 @@
 /** The name of the protocol, offered as the WebSocket subprotocol. */
 export const PROTOCOL_NAME = "kiln.v1";
 /** The "MAJOR.MINOR" version this side speaks. */
-export const PROTOCOL_VERSION = "1.5";
+export const PROTOCOL_VERSION = "1.6";
 export const MAJOR_VERSION = 1;
 /** The minor version this side speaks (a hub may welcome it at a lower one). */
-export const MINOR_VERSION = 5;
+export const MINOR_VERSION = 6;
 
 /**
  * The stable error codes, by name (`ErrorCode.NO_MATCH` is "no_match"). A code never

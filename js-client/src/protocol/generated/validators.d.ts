@@ -36,7 +36,9 @@ import type {
   RentProgress,
   Rented,
   ShareImage,
+  TaskReport,
   Upload,
+  Usage,
   VerdictReport,
   Want,
   Welcome,
@@ -96,7 +98,9 @@ export declare const validateRent: Validator<Rent>;
 export declare const validateRentProgress: Validator<RentProgress>;
 export declare const validateRented: Validator<Rented>;
 export declare const validateShareImage: Validator<ShareImage>;
+export declare const validateTaskReport: Validator<TaskReport>;
 export declare const validateUpload: Validator<Upload>;
+export declare const validateUsage: Validator<Usage>;
 export declare const validateVerdictReport: Validator<VerdictReport>;
 export declare const validateWant: Validator<Want>;
 export declare const validateWelcome: Validator<Welcome>;

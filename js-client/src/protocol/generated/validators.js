@@ -14229,13 +14229,412 @@ return errors === 0;
 }
 validate64.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateUpload = validate65;
-const schema86 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+export const validateTaskReport = validate65;
+const schema86 = {"additionalProperties":false,"description":"Requestor -> hub (1.6), no reply: an attempt of task ``task`` of the job whose rents name\n``group`` started on ``activity`` (one of the requestor's), or ended, and why (``reason``), having\nmoved ``bytes`` in all. The hub keeps a bounded record of each group's attempts for its\ndashboard, timed by its own clock; what it cannot place (an activity not the requestor's) it drops.","properties":{"activity":{"anyOf":[{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},{"type":"null"}],"default":null,"title":"Activity"},"attempt":{"maximum":1000,"minimum":1,"title":"Attempt","type":"integer"},"bytes":{"default":0,"maximum":9007199254740992,"minimum":0,"title":"Bytes","type":"integer"},"group":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Group","type":"string"},"reason":{"anyOf":[{"maxLength":256,"type":"string"},{"type":"null"}],"default":null,"title":"Reason"},"state":{"enum":["started","done","retried","failed"],"title":"State","type":"string"},"task":{"maximum":2147483647,"minimum":0,"title":"Task","type":"integer"},"type":{"const":"task","title":"Type","type":"string"}},"required":["type","group","task","attempt","state"],"title":"TaskReport","type":"object"};
 
 function validate65(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
 const evaluated0 = validate65.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.activity === undefined){
+data.activity = null;
+}
+if(data.bytes === undefined){
+data.bytes = 0;
+}
+if(data.reason === undefined){
+data.reason = null;
+}
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.group === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "group"},message:"must have required property '"+"group"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+if(data.task === undefined){
+const err2 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "task"},message:"must have required property '"+"task"+"'"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+if(data.attempt === undefined){
+const err3 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "attempt"},message:"must have required property '"+"attempt"+"'"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+if(data.state === undefined){
+const err4 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "state"},message:"must have required property '"+"state"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((((((((key0 === "activity") || (key0 === "attempt")) || (key0 === "bytes")) || (key0 === "group")) || (key0 === "reason")) || (key0 === "state")) || (key0 === "task")) || (key0 === "type"))){
+const err5 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+}
+let data0 = data.activity;
+const _errs3 = errors;
+let valid1 = false;
+const _errs4 = errors;
+if(typeof data0 === "string"){
+if(!pattern4.test(data0)){
+const err6 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/0/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+}
+else {
+const err7 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+var _valid0 = _errs4 === errors;
+valid1 = valid1 || _valid0;
+const _errs6 = errors;
+if(data0 !== null){
+const err8 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+var _valid0 = _errs6 === errors;
+valid1 = valid1 || _valid0;
+if(!valid1){
+const err9 = {instancePath:instancePath+"/activity",schemaPath:"#/properties/activity/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+else {
+errors = _errs3;
+if(vErrors !== null){
+if(_errs3){
+vErrors.length = _errs3;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.attempt !== undefined){
+let data1 = data.attempt;
+if(!(((typeof data1 == "number") && (!(data1 % 1) && !isNaN(data1))) && (isFinite(data1)))){
+const err10 = {instancePath:instancePath+"/attempt",schemaPath:"#/properties/attempt/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if((typeof data1 == "number") && (isFinite(data1))){
+if(data1 > 1000 || isNaN(data1)){
+const err11 = {instancePath:instancePath+"/attempt",schemaPath:"#/properties/attempt/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000},message:"must be <= 1000"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+if(data1 < 1 || isNaN(data1)){
+const err12 = {instancePath:instancePath+"/attempt",schemaPath:"#/properties/attempt/minimum",keyword:"minimum",params:{comparison: ">=", limit: 1},message:"must be >= 1"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+}
+}
+let data2 = data.bytes;
+if(!(((typeof data2 == "number") && (!(data2 % 1) && !isNaN(data2))) && (isFinite(data2)))){
+const err13 = {instancePath:instancePath+"/bytes",schemaPath:"#/properties/bytes/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if((typeof data2 == "number") && (isFinite(data2))){
+if(data2 > 9007199254740992 || isNaN(data2)){
+const err14 = {instancePath:instancePath+"/bytes",schemaPath:"#/properties/bytes/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740992},message:"must be <= 9007199254740992"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+if(data2 < 0 || isNaN(data2)){
+const err15 = {instancePath:instancePath+"/bytes",schemaPath:"#/properties/bytes/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+if(data.group !== undefined){
+let data3 = data.group;
+if(typeof data3 === "string"){
+if(!pattern4.test(data3)){
+const err16 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/group",schemaPath:"#/properties/group/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+let data4 = data.reason;
+const _errs15 = errors;
+let valid2 = false;
+const _errs16 = errors;
+if(typeof data4 === "string"){
+if(func2(data4) > 256){
+const err18 = {instancePath:instancePath+"/reason",schemaPath:"#/properties/reason/anyOf/0/maxLength",keyword:"maxLength",params:{limit: 256},message:"must NOT have more than 256 characters"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+}
+else {
+const err19 = {instancePath:instancePath+"/reason",schemaPath:"#/properties/reason/anyOf/0/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+var _valid1 = _errs16 === errors;
+valid2 = valid2 || _valid1;
+const _errs18 = errors;
+if(data4 !== null){
+const err20 = {instancePath:instancePath+"/reason",schemaPath:"#/properties/reason/anyOf/1/type",keyword:"type",params:{type: "null"},message:"must be null"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+var _valid1 = _errs18 === errors;
+valid2 = valid2 || _valid1;
+if(!valid2){
+const err21 = {instancePath:instancePath+"/reason",schemaPath:"#/properties/reason/anyOf",keyword:"anyOf",params:{},message:"must match a schema in anyOf"};
+if(vErrors === null){
+vErrors = [err21];
+}
+else {
+vErrors.push(err21);
+}
+errors++;
+}
+else {
+errors = _errs15;
+if(vErrors !== null){
+if(_errs15){
+vErrors.length = _errs15;
+}
+else {
+vErrors = null;
+}
+}
+}
+if(data.state !== undefined){
+let data5 = data.state;
+if(typeof data5 !== "string"){
+const err22 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err22];
+}
+else {
+vErrors.push(err22);
+}
+errors++;
+}
+if(!((((data5 === "started") || (data5 === "done")) || (data5 === "retried")) || (data5 === "failed"))){
+const err23 = {instancePath:instancePath+"/state",schemaPath:"#/properties/state/enum",keyword:"enum",params:{allowedValues: schema86.properties.state.enum},message:"must be equal to one of the allowed values"};
+if(vErrors === null){
+vErrors = [err23];
+}
+else {
+vErrors.push(err23);
+}
+errors++;
+}
+}
+if(data.task !== undefined){
+let data6 = data.task;
+if(!(((typeof data6 == "number") && (!(data6 % 1) && !isNaN(data6))) && (isFinite(data6)))){
+const err24 = {instancePath:instancePath+"/task",schemaPath:"#/properties/task/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err24];
+}
+else {
+vErrors.push(err24);
+}
+errors++;
+}
+if((typeof data6 == "number") && (isFinite(data6))){
+if(data6 > 2147483647 || isNaN(data6)){
+const err25 = {instancePath:instancePath+"/task",schemaPath:"#/properties/task/maximum",keyword:"maximum",params:{comparison: "<=", limit: 2147483647},message:"must be <= 2147483647"};
+if(vErrors === null){
+vErrors = [err25];
+}
+else {
+vErrors.push(err25);
+}
+errors++;
+}
+if(data6 < 0 || isNaN(data6)){
+const err26 = {instancePath:instancePath+"/task",schemaPath:"#/properties/task/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err26];
+}
+else {
+vErrors.push(err26);
+}
+errors++;
+}
+}
+}
+if(data.type !== undefined){
+let data7 = data.type;
+if(typeof data7 !== "string"){
+const err27 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err27];
+}
+else {
+vErrors.push(err27);
+}
+errors++;
+}
+if("task" !== data7){
+const err28 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "task"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err28];
+}
+else {
+vErrors.push(err28);
+}
+errors++;
+}
+}
+}
+else {
+const err29 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err29];
+}
+else {
+vErrors.push(err29);
+}
+errors++;
+}
+validate65.errors = vErrors;
+return errors === 0;
+}
+validate65.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateUpload = validate66;
+const schema87 = {"additionalProperties":false,"description":"Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"mode":{"default":420,"description":"permission bits; no setuid, setgid or sticky","maximum":511,"minimum":0,"title":"Mode","type":"integer"},"path":{"description":"An absolute, normalized container path of at most 4096 characters.","format":"container-path","title":"Path","type":"string"},"size":{"maximum":4611686018427388000,"minimum":0,"title":"Size","type":"integer"},"type":{"const":"upload","title":"Type","type":"string"}},"required":["type","id","activity","path","size"],"title":"Upload","type":"object"};
+
+function validate66(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate66.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -14495,18 +14894,282 @@ vErrors.push(err21);
 }
 errors++;
 }
-validate65.errors = vErrors;
+validate66.errors = vErrors;
 return errors === 0;
 }
-validate65.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate66.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateVerdictReport = validate66;
-const schema87 = {"additionalProperties":false,"description":"Requestor -> hub (1.5): the result of activity ``lost`` disagreed with those of the activities\n``agreed`` (on other providers, agreeing among themselves). The hub counts it against ``lost``'s\nprovider and reverses what the requestor paid for ``lost``. Answered with ``done``.","properties":{"agreed":{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":16,"minItems":2,"title":"Agreed","type":"array"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"lost":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Lost","type":"string"},"type":{"const":"verdict","title":"Type","type":"string"}},"required":["type","id","lost","agreed"],"title":"VerdictReport","type":"object"};
+export const validateUsage = validate67;
+const schema88 = {"additionalProperties":false,"description":"Provider -> hub (1.6), no reply: what each of its containers used, from their cgroups, sent\nevery few seconds while it holds any (and once, empty, after its last one ended).","properties":{"activities":{"items":{"$ref":"#/$defs/ActivityUsage"},"maxItems":1024,"title":"Activities","type":"array"},"type":{"const":"usage","title":"Type","type":"string"}},"required":["type","activities"],"title":"Usage","type":"object"};
+const schema89 = {"additionalProperties":false,"description":"What one container used: ``cpu_seconds`` in all since it started, ``memory`` bytes now.","properties":{"activity":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Activity","type":"string"},"cpu_seconds":{"maximum":1000000000000,"minimum":0,"title":"Cpu Seconds","type":"number"},"memory":{"maximum":9007199254740992,"minimum":0,"title":"Memory","type":"integer"}},"required":["activity","cpu_seconds","memory"],"title":"ActivityUsage","type":"object"};
 
-function validate66(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate67(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate66.evaluated;
+const evaluated0 = validate67.evaluated;
+if(evaluated0.dynamicProps){
+evaluated0.props = undefined;
+}
+if(evaluated0.dynamicItems){
+evaluated0.items = undefined;
+}
+if(data && typeof data == "object" && !Array.isArray(data)){
+if(data.type === undefined){
+const err0 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "type"},message:"must have required property '"+"type"+"'"};
+if(vErrors === null){
+vErrors = [err0];
+}
+else {
+vErrors.push(err0);
+}
+errors++;
+}
+if(data.activities === undefined){
+const err1 = {instancePath,schemaPath:"#/required",keyword:"required",params:{missingProperty: "activities"},message:"must have required property '"+"activities"+"'"};
+if(vErrors === null){
+vErrors = [err1];
+}
+else {
+vErrors.push(err1);
+}
+errors++;
+}
+for(const key0 in data){
+if(!((key0 === "activities") || (key0 === "type"))){
+const err2 = {instancePath,schemaPath:"#/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key0},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err2];
+}
+else {
+vErrors.push(err2);
+}
+errors++;
+}
+}
+if(data.activities !== undefined){
+let data0 = data.activities;
+if(Array.isArray(data0)){
+if(data0.length > 1024){
+const err3 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/maxItems",keyword:"maxItems",params:{limit: 1024},message:"must NOT have more than 1024 items"};
+if(vErrors === null){
+vErrors = [err3];
+}
+else {
+vErrors.push(err3);
+}
+errors++;
+}
+const len0 = data0.length;
+for(let i0=0; i0<len0; i0++){
+let data1 = data0[i0];
+if(data1 && typeof data1 == "object" && !Array.isArray(data1)){
+if(data1.activity === undefined){
+const err4 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/$defs/ActivityUsage/required",keyword:"required",params:{missingProperty: "activity"},message:"must have required property '"+"activity"+"'"};
+if(vErrors === null){
+vErrors = [err4];
+}
+else {
+vErrors.push(err4);
+}
+errors++;
+}
+if(data1.cpu_seconds === undefined){
+const err5 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/$defs/ActivityUsage/required",keyword:"required",params:{missingProperty: "cpu_seconds"},message:"must have required property '"+"cpu_seconds"+"'"};
+if(vErrors === null){
+vErrors = [err5];
+}
+else {
+vErrors.push(err5);
+}
+errors++;
+}
+if(data1.memory === undefined){
+const err6 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/$defs/ActivityUsage/required",keyword:"required",params:{missingProperty: "memory"},message:"must have required property '"+"memory"+"'"};
+if(vErrors === null){
+vErrors = [err6];
+}
+else {
+vErrors.push(err6);
+}
+errors++;
+}
+for(const key1 in data1){
+if(!(((key1 === "activity") || (key1 === "cpu_seconds")) || (key1 === "memory"))){
+const err7 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/$defs/ActivityUsage/additionalProperties",keyword:"additionalProperties",params:{additionalProperty: key1},message:"must NOT have additional properties"};
+if(vErrors === null){
+vErrors = [err7];
+}
+else {
+vErrors.push(err7);
+}
+errors++;
+}
+}
+if(data1.activity !== undefined){
+let data2 = data1.activity;
+if(typeof data2 === "string"){
+if(!pattern4.test(data2)){
+const err8 = {instancePath:instancePath+"/activities/" + i0+"/activity",schemaPath:"#/$defs/ActivityUsage/properties/activity/pattern",keyword:"pattern",params:{pattern: "^[A-Za-z0-9_.-]{1,64}$"},message:"must match pattern \""+"^[A-Za-z0-9_.-]{1,64}$"+"\""};
+if(vErrors === null){
+vErrors = [err8];
+}
+else {
+vErrors.push(err8);
+}
+errors++;
+}
+}
+else {
+const err9 = {instancePath:instancePath+"/activities/" + i0+"/activity",schemaPath:"#/$defs/ActivityUsage/properties/activity/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err9];
+}
+else {
+vErrors.push(err9);
+}
+errors++;
+}
+}
+if(data1.cpu_seconds !== undefined){
+let data3 = data1.cpu_seconds;
+if((typeof data3 == "number") && (isFinite(data3))){
+if(data3 > 1000000000000 || isNaN(data3)){
+const err10 = {instancePath:instancePath+"/activities/" + i0+"/cpu_seconds",schemaPath:"#/$defs/ActivityUsage/properties/cpu_seconds/maximum",keyword:"maximum",params:{comparison: "<=", limit: 1000000000000},message:"must be <= 1000000000000"};
+if(vErrors === null){
+vErrors = [err10];
+}
+else {
+vErrors.push(err10);
+}
+errors++;
+}
+if(data3 < 0 || isNaN(data3)){
+const err11 = {instancePath:instancePath+"/activities/" + i0+"/cpu_seconds",schemaPath:"#/$defs/ActivityUsage/properties/cpu_seconds/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err11];
+}
+else {
+vErrors.push(err11);
+}
+errors++;
+}
+}
+else {
+const err12 = {instancePath:instancePath+"/activities/" + i0+"/cpu_seconds",schemaPath:"#/$defs/ActivityUsage/properties/cpu_seconds/type",keyword:"type",params:{type: "number"},message:"must be number"};
+if(vErrors === null){
+vErrors = [err12];
+}
+else {
+vErrors.push(err12);
+}
+errors++;
+}
+}
+if(data1.memory !== undefined){
+let data4 = data1.memory;
+if(!(((typeof data4 == "number") && (!(data4 % 1) && !isNaN(data4))) && (isFinite(data4)))){
+const err13 = {instancePath:instancePath+"/activities/" + i0+"/memory",schemaPath:"#/$defs/ActivityUsage/properties/memory/type",keyword:"type",params:{type: "integer"},message:"must be integer"};
+if(vErrors === null){
+vErrors = [err13];
+}
+else {
+vErrors.push(err13);
+}
+errors++;
+}
+if((typeof data4 == "number") && (isFinite(data4))){
+if(data4 > 9007199254740992 || isNaN(data4)){
+const err14 = {instancePath:instancePath+"/activities/" + i0+"/memory",schemaPath:"#/$defs/ActivityUsage/properties/memory/maximum",keyword:"maximum",params:{comparison: "<=", limit: 9007199254740992},message:"must be <= 9007199254740992"};
+if(vErrors === null){
+vErrors = [err14];
+}
+else {
+vErrors.push(err14);
+}
+errors++;
+}
+if(data4 < 0 || isNaN(data4)){
+const err15 = {instancePath:instancePath+"/activities/" + i0+"/memory",schemaPath:"#/$defs/ActivityUsage/properties/memory/minimum",keyword:"minimum",params:{comparison: ">=", limit: 0},message:"must be >= 0"};
+if(vErrors === null){
+vErrors = [err15];
+}
+else {
+vErrors.push(err15);
+}
+errors++;
+}
+}
+}
+}
+else {
+const err16 = {instancePath:instancePath+"/activities/" + i0,schemaPath:"#/$defs/ActivityUsage/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err16];
+}
+else {
+vErrors.push(err16);
+}
+errors++;
+}
+}
+}
+else {
+const err17 = {instancePath:instancePath+"/activities",schemaPath:"#/properties/activities/type",keyword:"type",params:{type: "array"},message:"must be array"};
+if(vErrors === null){
+vErrors = [err17];
+}
+else {
+vErrors.push(err17);
+}
+errors++;
+}
+}
+if(data.type !== undefined){
+let data5 = data.type;
+if(typeof data5 !== "string"){
+const err18 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/type",keyword:"type",params:{type: "string"},message:"must be string"};
+if(vErrors === null){
+vErrors = [err18];
+}
+else {
+vErrors.push(err18);
+}
+errors++;
+}
+if("usage" !== data5){
+const err19 = {instancePath:instancePath+"/type",schemaPath:"#/properties/type/const",keyword:"const",params:{allowedValue: "usage"},message:"must be equal to constant"};
+if(vErrors === null){
+vErrors = [err19];
+}
+else {
+vErrors.push(err19);
+}
+errors++;
+}
+}
+}
+else {
+const err20 = {instancePath,schemaPath:"#/type",keyword:"type",params:{type: "object"},message:"must be object"};
+if(vErrors === null){
+vErrors = [err20];
+}
+else {
+vErrors.push(err20);
+}
+errors++;
+}
+validate67.errors = vErrors;
+return errors === 0;
+}
+validate67.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+
+export const validateVerdictReport = validate68;
+const schema90 = {"additionalProperties":false,"description":"Requestor -> hub (1.5): the result of activity ``lost`` disagreed with those of the activities\n``agreed`` (on other providers, agreeing among themselves). The hub counts it against ``lost``'s\nprovider and reverses what the requestor paid for ``lost``. Answered with ``done``.","properties":{"agreed":{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":16,"minItems":2,"title":"Agreed","type":"array"},"id":{"maximum":2147483647,"minimum":1,"title":"Id","type":"integer"},"lost":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","title":"Lost","type":"string"},"type":{"const":"verdict","title":"Type","type":"string"}},"required":["type","id","lost","agreed"],"title":"VerdictReport","type":"object"};
+
+function validate68(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+let vErrors = null;
+let errors = 0;
+const evaluated0 = validate68.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -14721,18 +15384,18 @@ vErrors.push(err17);
 }
 errors++;
 }
-validate66.errors = vErrors;
+validate68.errors = vErrors;
 return errors === 0;
 }
-validate66.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate68.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWant = validate67;
-const schema88 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
+export const validateWant = validate69;
+const schema91 = {"additionalProperties":false,"description":"Interim reply (1.1) to ``push_image`` (from the hub) or ``create`` (from a provider): send\nthese blobs, whole and in this order, one after another, on the request's stream.","properties":{"blobs":{"items":{"pattern":"^sha256:[0-9a-f]{64}$","type":"string"},"maxItems":257,"title":"Blobs","type":"array"},"re":{"maximum":2147483647,"minimum":1,"title":"Re","type":"integer"},"type":{"const":"want","title":"Type","type":"string"}},"required":["type","re","blobs"],"title":"Want","type":"object"};
 
-function validate67(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate69(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate67.evaluated;
+const evaluated0 = validate69.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -14902,19 +15565,19 @@ vErrors.push(err13);
 }
 errors++;
 }
-validate67.errors = vErrors;
+validate69.errors = vErrors;
 return errors === 0;
 }
-validate67.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate69.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
-export const validateWelcome = validate68;
-const schema89 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
-const schema90 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
+export const validateWelcome = validate70;
+const schema92 = {"additionalProperties":false,"description":"The hub's answer to ``hello``: the version both sides now speak, and the limits.","properties":{"grace":{"anyOf":[{"minimum":0,"type":"number"},{"type":"null"}],"default":null,"title":"Grace"},"limits":{"$ref":"#/$defs/Limits"},"resume":{"anyOf":[{"type":"string"},{"type":"null"}],"default":null,"title":"Resume"},"resumed":{"anyOf":[{"items":{"pattern":"^[A-Za-z0-9_.-]{1,64}$","type":"string"},"maxItems":65536,"type":"array"},{"type":"null"}],"default":null,"title":"Resumed"},"session":{"title":"Session","type":"string"},"software":{"title":"Software","type":"string"},"type":{"const":"welcome","title":"Type","type":"string"},"version":{"title":"Version","type":"string"}},"required":["type","version","session","software","limits"],"title":"Welcome","type":"object"};
+const schema93 = {"additionalProperties":false,"description":"The hub's limits, announced in ``welcome``; a peer must stay within them.","properties":{"chunk_bytes":{"title":"Chunk Bytes","type":"integer"},"max_frame_bytes":{"title":"Max Frame Bytes","type":"integer"},"max_message_bytes":{"title":"Max Message Bytes","type":"integer"},"max_output_bytes":{"title":"Max Output Bytes","type":"integer"},"max_pending":{"title":"Max Pending","type":"integer"},"max_streams":{"title":"Max Streams","type":"integer"},"max_window":{"title":"Max Window","type":"integer"}},"required":["max_message_bytes","max_frame_bytes","chunk_bytes","max_window","max_pending","max_streams","max_output_bytes"],"title":"Limits","type":"object"};
 
-function validate68(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
+function validate70(data, {instancePath="", parentData, parentDataProperty, rootData=data, dynamicAnchors={}}={}){
 let vErrors = null;
 let errors = 0;
-const evaluated0 = validate68.evaluated;
+const evaluated0 = validate70.evaluated;
 if(evaluated0.dynamicProps){
 evaluated0.props = undefined;
 }
@@ -15451,10 +16114,10 @@ vErrors.push(err40);
 }
 errors++;
 }
-validate68.errors = vErrors;
+validate70.errors = vErrors;
 return errors === 0;
 }
-validate68.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
+validate70.evaluated = {"props":true,"dynamicProps":false,"dynamicItems":false};
 
 /** The validator of every message, by its `type`. */
 export const VALIDATORS = Object.freeze({
@@ -15491,7 +16154,9 @@ export const VALIDATORS = Object.freeze({
   rent_progress: validateRentProgress,
   rented: validateRented,
   share_image: validateShareImage,
+  task: validateTaskReport,
   upload: validateUpload,
+  usage: validateUsage,
   verdict: validateVerdictReport,
   want: validateWant,
   welcome: validateWelcome,
