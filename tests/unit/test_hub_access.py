@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from kiln.hub.access import Credential
+from kiln.hub.access import Credential, Viewer, viewer
 from kiln.hub.actions import Close, Send
 from kiln.protocol.codes import CLOSE_NAME_TAKEN, CLOSE_UNAUTHORIZED
 from tests.hubcore import FakeCredentials, HubHarness
@@ -138,3 +138,15 @@ def test_a_revoked_credential_closes_the_peers_that_joined_with_it() -> None:
 def test_an_empty_hello_token_is_no_token(token: str | None) -> None:
     hub = hub_with(token=token, credentials=store())
     assert refused(hub, "requestor", "r", "").startswith("unauthorized: this hub needs a token")
+
+
+def test_who_may_look_at_the_dashboard_and_the_metrics() -> None:
+    credentials = store()
+    assert viewer("adm", None, credentials) == Viewer(True, 3, "admin")
+    assert viewer("req", None, credentials) == Viewer(False, 2, "alice")
+    assert viewer("prov-p1", None, credentials) is None  # a provider credential sees nothing
+    assert viewer("shared", "shared", credentials) == Viewer(True, None, "admin")
+    assert viewer("wrong", "shared", credentials) is None
+    assert viewer(None, "shared", None) is None
+    assert viewer(None, None, credentials) is None  # credentials were made: one is needed
+    assert viewer(None, None, FakeCredentials(ever=False)) == Viewer(True, None, "admin")  # an open hub

@@ -117,3 +117,36 @@ def _as(hello: Hello, credential: Credential) -> Admitted | Refused:
     elif hello.role != "requestor":
         return Refused(f"a {credential.role} credential cannot join as a provider: use a provider credential")
     return Admitted(credential)
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who looks at the hub's dashboard or its metrics: an admin sees everything; a requestor
+    credential only its own activities and jobs (and no metrics)."""
+
+    admin: bool
+    credential: int | None = None
+    """The credential it showed (``None``: the shared token, or an open hub)."""
+    name: str = ""
+    """Whom to greet: the credential's name, or its role."""
+
+
+def viewer(given: str | None, token: str | None, credentials: Credentials | None) -> Viewer | None:
+    """Who the token ``given`` (a bearer token, or what a dashboard's login was given) shows, on a hub
+    with the shared ``token`` and the store ``credentials``: ``None`` for nobody allowed.
+
+    An admin credential and the shared token are admins; a requestor credential sees its own; a
+    provider credential sees nothing. On an open hub (no token, no credential ever made) anyone is
+    an admin, as anyone may join it as anything.
+    """
+    if given and credentials is not None:
+        credential = credentials.find(given)
+        if credential is not None:
+            if credential.role == "provider":
+                return None
+            return Viewer(credential.role == "admin", credential.id, credential.name or credential.role)
+    if given and token is not None and hmac.compare_digest(given.encode(), token.encode()):
+        return Viewer(True, None, "admin")
+    if token is None and not (credentials is not None and credentials.required()):
+        return Viewer(True, None, "admin")
+    return None
