@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market
+.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-executor - trivial tasks a second on 16 simulated providers, and a requestor's memory over a generator of 1,000,000 items"
 	@echo "make bench-streams - a command's output streamed through the hub, against a pipe inside its container"
 	@echo "make bench-market  - a rent with a price cap and strategy=cheapest at 10,000 simulated priced providers"
+	@echo "make dashboard-assets - copy uPlot (js-client devDependency, pinned) into the hub's dashboard (python/kiln/hub/dashboard/vendor)"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -134,6 +135,15 @@ js-integration: $(JS_MODULES) image
 	cd js-client && npm run --silent test:integration
 
 js-test: js-unit js-integration
+
+# The hub's dashboard draws its charts with uPlot, vendored: the copy in python/kiln/hub/dashboard/vendor
+# is committed (the wheel ships it; nothing is fetched at run time) and is what npm brings for the
+# version js-client/package.json pins (tests/unit/test_hub_views.py checks they are the same).
+DASHBOARD_VENDOR = python/kiln/hub/dashboard/vendor
+dashboard-assets: $(JS_MODULES)
+	mkdir -p $(DASHBOARD_VENDOR)
+	cp js-client/node_modules/uplot/dist/uPlot.iife.min.js js-client/node_modules/uplot/dist/uPlot.min.css $(DASHBOARD_VENDOR)/
+	cp js-client/node_modules/uplot/LICENSE $(DASHBOARD_VENDOR)/uPlot.LICENSE
 
 # The documentation site (docs/, mkdocs.yml), strict: a broken link or reference fails. It needs kiln's
 # dependencies and the extra `docs` (installed here without reinstalling kiln: the hooks read python/

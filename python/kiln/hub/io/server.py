@@ -30,6 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
+from kiln.hub.access import Viewer
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
 from kiln.hub.core import (
@@ -53,6 +54,7 @@ from kiln.hub.io.connections import (
     connection_class,
     select_subprotocol,
 )
+from kiln.hub.io.live import Live
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -110,6 +112,8 @@ class HubServer:
         self.max_unwelcomed = max_unwelcomed
         self._unwelcomed: dict[int, Outbox] = {}  # connections yet to say hello, oldest first
         self.gate = gate or Gate()
+        self.live = Live(core)
+        """The dashboards connected to ``/api/live`` (:mod:`kiln.hub.io.live`), and the hub's history."""
 
     async def expire(self) -> None:
         """Drop stuck providers (see :meth:`HubCore.expire`) until cancelled."""
@@ -119,6 +123,10 @@ class HubServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, HubConnection)  # start() serves HubConnections only
+        viewer = getattr(ws, "viewer", None)
+        if isinstance(viewer, Viewer):  # a dashboard on /api/live, let in by its HTTP request
+            await self._watch(ws, viewer)
+            return
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
@@ -150,6 +158,16 @@ class HubServer:
             code = None if said is None else said.code
             ended = code == CloseCode.NORMAL
             self._apply(self.core.disconnect(peer, reason, ended=ended, leaving=ended or code == CloseCode.GOING_AWAY))
+
+    async def _watch(self, ws: HubConnection, viewer: Viewer) -> None:
+        """Serve a dashboard (:meth:`Live.serve`) within its address's share of connections; it says no hello."""
+        if ws.refusal is not None:
+            ws.stop_taking()
+            await ws.close(CLOSE_TOO_MANY, ws.refusal)
+            return
+        ws.waiting = False
+        self.gate.welcomed(ws.source)
+        await self.live.serve(ws, viewer)
 
     async def _read(self, peer: int, ws: HubConnection) -> str:
         """Take ``peer``'s messages as the connection reads them, until it ends; why it ended."""
@@ -443,6 +461,7 @@ async def start(
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state))
             roller = tg.create_task(hub.roll_up_usage_hourly(state, usage_retention))
+            sampler = tg.create_task(hub.live.sample())
             try:
                 yield server
             finally:
@@ -454,6 +473,7 @@ async def start(
                 expiry.cancel()
                 watcher.cancel()
                 roller.cancel()
+                sampler.cancel()
     finally:
         await hub.images.close()
         state.close()
