@@ -99,8 +99,8 @@ def totals(core: HubCore) -> Totals:
         offered_memory += offer.memory
         rented_cpus += offer.cpus - seller.free_cpus
         rented_memory += offer.memory - seller.free_memory
-    used_cpus = sum(lease.cpu_rate for lease in core.activities.values())
-    used_memory = sum(lease.memory for lease in core.activities.values())
+    used_cpus = sum(lease.cpu_rate or 0.0 for lease in core.activities.values())
+    used_memory = sum(lease.memory or 0 for lease in core.activities.values())
     return Totals(offered_cpus, max(rented_cpus, 0.0), used_cpus, offered_memory, rented_memory, used_memory)
 
 
@@ -176,11 +176,9 @@ def providers(core: HubCore, viewer: Viewer, text: str, now: float) -> Json:
     (``now``: the wall clock's seconds) it is connected."""
     market = core.market
     names = market._names  # kept sorted: the first rows cost no sort
-    if text:
-        chosen = [peer for name, peer in names if text in name]
-    else:
-        chosen = [peer for _, peer in names[:MAX_ROWS]]
-    matched = len(chosen) if text else len(names)
+    matching = [peer for name, peer in names if text in name] if text else None
+    chosen = matching if matching is not None else [peer for _, peer in names[:MAX_ROWS]]
+    matched = len(matching) if matching is not None else len(names)
     use = _use_by_provider(core) if viewer.admin else {}
     joined = core._joined
     monotonic = core._monotonic()
@@ -211,7 +209,7 @@ def _use_by_provider(core: HubCore) -> dict[int, tuple[float, int]]:
     use: dict[int, tuple[float, int]] = {}
     for lease in core.activities.values():
         cpus, memory = use.get(lease.provider, (0.0, 0))
-        use[lease.provider] = (cpus + lease.cpu_rate, memory + lease.memory)
+        use[lease.provider] = (cpus + (lease.cpu_rate or 0.0), memory + (lease.memory or 0))
     return use
 
 
@@ -242,7 +240,7 @@ def activities(core: HubCore, viewer: Viewer, text: str) -> Json:
             "group": lease.group,
             "cpus": lease.resources.cpus,
             "memory": lease.resources.memory,
-            "used_cpus": round(lease.cpu_rate, 3),
+            "used_cpus": None if lease.cpu_rate is None else round(lease.cpu_rate, 3),
             "used_memory": lease.memory,
         }
         for lease in seen[:MAX_ROWS]
@@ -268,7 +266,7 @@ def jobs(core: HubCore, viewer: Viewer, group: str | None) -> Json:
     ``group`` (the most recent :data:`MAX_ATTEMPTS`) for its timeline."""
     records = [
         record
-        for record in core.jobs.records.values()
+        for record in core.jobs
         if viewer.admin or (viewer.credential is not None and record.credential == viewer.credential)
     ]
     records.sort(key=lambda record: (record.last, record.group), reverse=True)
@@ -296,7 +294,7 @@ def jobs(core: HubCore, viewer: Viewer, group: str | None) -> Json:
         made["job"] = {
             "group": chosen.group,
             "attempts": [
-                [a.task, a.attempt, a.provider, a.start, a.end, a.state, a.reason[:MAX_REASON], a.bytes]
+                [a.task, a.attempt, a.provider, a.start, a.end, a.state, (a.reason or "")[:MAX_REASON], a.bytes]
                 for a in attempts
             ],
             "total": len(chosen.attempts),
@@ -340,7 +338,7 @@ def events(core: HubCore, viewer: Viewer) -> Json:
     elif viewer.credential is None:
         chosen = []
     else:
-        chosen = [e for e in core.journal.last(core.journal.size) if e.credential == viewer.credential]
+        chosen = [e for e in core.journal.last(len(core.journal)) if e.credential == viewer.credential]
         chosen = chosen[-MAX_EVENTS:]
     rows = [
         {"seq": e.seq, "at": e.at, "kind": e.kind, "role": e.role, "name": e.name, "detail": e.detail[:MAX_REASON]}
