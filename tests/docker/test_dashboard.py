@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,8 +48,11 @@ class Loop:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def run(self, work: Coroutine[Any, Any, T], timeout: float = 90) -> T:
-        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
+    def run(self, work: Awaitable[T], timeout: float = 90) -> T:
+        async def awaited() -> T:
+            return await work
+
+        return asyncio.run_coroutine_threadsafe(awaited(), self.loop).result(timeout)
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -193,7 +196,7 @@ def test_a_rent_shows_within_2_s_to_its_requestor_and_admins_only(hub: Hub, dash
     for dashboard in (ops, alice, bob):
         dashboard.page.wait_for_selector("#activities-table tbody tr.empty")
     requestor = hub.requestor("alice")
-    activity = hub.loop.run(requestor.rent(IMAGE, SMALL))
+    activity: kiln.Activity = hub.loop.run(requestor.rent(IMAGE, SMALL))
     rented = time.monotonic()
     row = f'#activities-table tr[data-id="{activity.id}"]'
     for dashboard in (ops, alice):

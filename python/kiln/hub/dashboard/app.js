@@ -325,7 +325,8 @@
   function chartWidth() {
     const box = $('charts');
     const width = box.clientWidth || 600;
-    return width >= 760 ? Math.floor((width - 16) / 2) : width;
+    const frame = 18; // a figure's padding and border
+    return (width >= 760 ? Math.floor((width - 16) / 2) : width) - frame;
   }
 
   function destroyCharts() {
@@ -354,7 +355,7 @@
           height: 180,
           series: [{}, ...chart.series.map((name, i) => ({ label: LABELS[name], stroke: COLORS[i], width: 2 }))],
           axes: [{}, { size: 60, values: chart.bytes ? (u, ticks) => ticks.map(bytes) : undefined }],
-          scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] } },
+          scales: { y: { range: (u, min, max) => [0, Math.max(chart.bytes ? 1024 : 1, max)] } },
           legend: { live: false }
         };
         const data = [columns[0], ...chart.series.map((name) => columns[index[name]])];

@@ -39,6 +39,9 @@ log = logging.getLogger("kiln.hub")
 MAX_VIEWERS: Final = 64
 REFRESH: Final = 0.5
 """Seconds between two looks at a viewer's page."""
+UNREAD_BYTES: Final = 4 * 2**20
+"""Bytes a dashboard may leave unread toward it (a few pages: the largest is a few hundred KiB)
+before its connection is cut (see :data:`kiln.hub.io.connections.UNREAD_BYTES`)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -94,13 +97,16 @@ class Live:
             return
         watcher = Watcher(viewer)
         self.watchers.add(watcher)
+        ws.unread_bound = UNREAD_BYTES
+        refused = ""
 
         def take(data: bytes, text: bool) -> None:
+            nonlocal refused
             try:
                 watcher.query = parse_query(data)
             except ValueError as e:
+                refused = str(e)[:120]
                 ws.stop_taking()
-                asyncio.get_running_loop().create_task(ws.close(CloseCode.POLICY_VIOLATION, str(e)[:100]))
                 return
             watcher.sent = b""
             if watcher.query.page != "overview":
@@ -112,8 +118,12 @@ class Live:
         try:
             async with asyncio.TaskGroup() as tg:
                 sender = tg.create_task(self._send_pages(ws, watcher, orjson.dumps(hello)))
-                await asyncio.shield(ws.ended)
+                failure = await asyncio.shield(ws.ended)
                 sender.cancel()
+            if refused:
+                await ws.close(CloseCode.POLICY_VIOLATION, refused)
+            elif failure is not None:
+                await ws.close(failure.code, failure.reason)
         except* ConnectionClosed:
             pass
         finally:
