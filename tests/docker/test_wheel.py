@@ -69,6 +69,8 @@ def test_the_wheel_carries_the_static_agent_and_the_license(dist: Path) -> None:
         [wheel_file] = [n for n in names if n.endswith(".dist-info/WHEEL")]
         assert "Root-Is-Purelib: false" in archive.read(wheel_file).decode()
     assert not [n for n in names if n.startswith(("tests/", "agent/"))]
+    dashboard = ("index.html", "app.js", "app.css", "vendor/uPlot.iife.min.js", "vendor/uPlot.min.css")
+    assert {f"kiln/hub/dashboard/{name}" for name in dashboard} <= set(names), "the hub's dashboard ships in the wheel"
 
 
 def test_the_sdist_holds_what_a_wheel_is_built_from(dist: Path) -> None:
