@@ -66,7 +66,7 @@ def hub() -> HubHarness:
 
 def shown(hub: HubHarness, viewer: Viewer, query: Query, history: History | None = None) -> dict[str, Any]:
     """The page as the live connection sends it: made, then through JSON."""
-    made = page(hub.core, viewer, query, history or History(), totals(hub.core), NOW)
+    made = page(hub.core, viewer, query, history or History(), NOW)
     return dict(orjson.loads(orjson.dumps(made)))
 
 

@@ -14,8 +14,9 @@ shows it as text, never as markup.
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -129,8 +130,11 @@ def history_rows(history: History, viewer: Viewer, after: float) -> list[list[fl
     return [list(row) for row in zip(*columns, strict=True) if row[0] > after]
 
 
-def page(core: HubCore, viewer: Viewer, query: Query, history: History, sums: Totals, now: float) -> Json:
-    """The page ``query`` asks for, as ``viewer`` may see it, at ``now`` (the wall clock's seconds)."""
+def page(
+    core: HubCore, viewer: Viewer, query: Query, history: History, now: float, sums: Callable[[], Totals] | None = None
+) -> Json:
+    """The page ``query`` asks for, as ``viewer`` may see it, at ``now`` (the wall clock's seconds); the
+    Overview's capacity from ``sums`` (by default :func:`totals`: a caller may keep them a while)."""
     made: Json
     if query.page == "providers":
         made = providers(core, viewer, query.filter, now)
@@ -143,7 +147,7 @@ def page(core: HubCore, viewer: Viewer, query: Query, history: History, sums: To
     elif query.page == "events":
         made = events(core, viewer)
     else:
-        made = overview(core, viewer, history, sums)
+        made = overview(core, viewer, history, sums() if sums is not None else totals(core))
     return {"type": "page", "page": query.page, **made}
 
 
@@ -309,7 +313,8 @@ def images(core: HubCore, viewer: Viewer) -> Json:
     seen = core.catalog.by_recency(tenant)
     rows = []
     for image in seen[:MAX_IMAGES]:
-        holders = core.market.holders(image.digest)
+        holders = core.market._stored_holders(image.digest)  # not sorted: a few of them are named
+        named = sorted(core.market._sellers[peer].name for peer in itertools.islice(holders, MAX_HOLDERS))
         if viewer.admin:
             tags = image.tags
         else:
@@ -323,7 +328,7 @@ def images(core: HubCore, viewer: Viewer) -> Json:
                 "pushed": image.pushed,
                 "last_used": image.last_used,
                 "in_use": image.in_use,
-                "holders": holders[:MAX_HOLDERS],
+                "holders": named,
                 "held": len(holders),
             }
         )

@@ -39,6 +39,8 @@ log = logging.getLogger("kiln.hub")
 MAX_VIEWERS: Final = 64
 REFRESH: Final = 0.5
 """Seconds between two looks at a viewer's page."""
+SUMS_EVERY: Final = 1.0
+"""Seconds the Overview's sums over the providers are reused for."""
 UNREAD_BYTES: Final = 4 * 2**20
 """Bytes a dashboard may leave unread toward it (a few pages: the largest is a few hundred KiB)
 before its connection is cut (see :data:`kiln.hub.io.connections.UNREAD_BYTES`)."""
@@ -75,7 +77,7 @@ class Live:
         self.clock = clock
         self.watchers: set[Watcher] = set()
         self._round = -1
-        self._sums: Totals | None = None
+        self._sums: tuple[float, Totals] | None = None
         self._made: dict[tuple[bool, int | None, Query], bytes] = {}
 
     @property
@@ -166,12 +168,17 @@ class Live:
         if round_ != self._round:
             self._round = round_
             self._made.clear()
-            self._sums = None
         key = (viewer.admin, viewer.credential, query)
         made = self._made.get(key)
         if made is None:
-            if self._sums is None:
-                self._sums = totals(self.core)
-            shown = page(self.core, viewer, query, self.history, self._sums, self.clock())
+            shown = page(self.core, viewer, query, self.history, self.clock(), self._totals)
             made = self._made[key] = orjson.dumps(shown)
         return made
+
+    def _totals(self) -> Totals:
+        """The providers' capacity summed (:func:`~kiln.hub.views.totals`), at most once a second:
+        a pass over every provider, which the Overview's viewers share."""
+        now = asyncio.get_running_loop().time()
+        if self._sums is None or now - self._sums[0] >= SUMS_EVERY:
+            self._sums = (now, totals(self.core))
+        return self._sums[1]
