@@ -251,11 +251,14 @@ def test_every_page_renders_wide_and_on_a_phone(hub: Hub, dashboards: Any) -> No
     shown = {
         "overview": "#charts .uplot",
         "providers": "#providers-table tbody tr[data-name]",
-        "activities": "#activities-table tbody tr",
+        "activities": "#activities-table tbody tr[data-id]",
         "jobs": "#gantt",
-        "images": "#images-table tbody tr",
+        "images": "#images-table tbody tr[data-digest]",
         "events": "#events li.event",
     }
+    requestor = hub.requestor("alice")
+    hub.loop.run(requestor.push_image(IMAGE))
+    activity: kiln.Activity = hub.loop.run(requestor.rent(IMAGE, SMALL))
     for size, viewport in (("1280x800", WIDE), ("390x844", PHONE)):
         ops = dashboards("ops", viewport)
         for name in PAGES:
@@ -265,4 +268,5 @@ def test_every_page_renders_wide_and_on_a_phone(hub: Hub, dashboards: Any) -> No
             ops.page.screenshot(path=str(folder / f"{name}-{size}.png"), full_page=True)
             wide = ops.page.evaluate("() => document.documentElement.scrollWidth")
             assert wide <= viewport["width"], f"{name} at {size} scrolls sideways ({wide} px)"
+    hub.loop.run(activity.release())
     assert {p.name for p in folder.glob("*.png")} >= {f"{n}-{s}.png" for n in PAGES for s in ("1280x800", "390x844")}

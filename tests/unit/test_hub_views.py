@@ -143,10 +143,10 @@ def test_providers_show_offered_rented_and_to_an_admin_used(hub: HubHarness) -> 
     admin = shown(hub, ADMIN, Query("providers"))
     assert [row["name"] for row in admin["rows"]] == ["p1", "p2"] and admin["total"] == 2
     p1 = admin["rows"][0]
-    assert p1["cpus"] == [8.0, 2.0, 0.0] and p1["memory"] == [8 * GiB, 64 * MiB, 0]
-    assert p1["activities"] == 1 and p1["price"] == "free" and p1["since"] == round(NOW)
+    assert p1["cpus"] == [8.0, 3.0, 0.0] and p1["memory"] == [8 * GiB, 128 * MiB, 0]  # a1 and a3
+    assert p1["activities"] == 2 and p1["price"] == "free" and p1["since"] == round(NOW)
     alice = shown(hub, ALICE, Query("providers"))
-    assert alice["rows"][0]["cpus"] == [8.0, 2.0] and alice["used"] is False
+    assert alice["rows"][0]["cpus"] == [8.0, 3.0] and alice["used"] is False
     only = shown(hub, ADMIN, Query("providers", "2"))
     assert [row["name"] for row in only["rows"]] == ["p2"] and only["matched"] == 1 and only["total"] == 2
 

@@ -105,6 +105,10 @@
     return when ? new Date(when * 1000).toLocaleTimeString('en-GB') : '';
   }
 
+  function count(n, one, many) {
+    return number(n) + ' ' + (n === 1 ? one : many);
+  }
+
   function credits(micro) {
     return micro ? (micro / 1e6).toLocaleString('en', { maximumFractionDigits: 6 }) : '0';
   }
@@ -310,7 +314,7 @@
       cards.push(stat('commands', 'Commands a second', number(data.rates.commands)));
       cards.push(stat('bytes', 'Relayed a second', bytes(data.rates.bytes)));
     }
-    if (data.store) cards.push(stat('store', 'Image store', bytes(data.store.bytes), number(data.store.images) + ' images'));
+    if (data.store) cards.push(stat('store', 'Image store', bytes(data.store.bytes), count(data.store.images, 'image', 'images')));
     $('stats').replaceChildren(...cards.filter(Boolean));
   }
 
@@ -409,7 +413,8 @@
     $('providers-table').tBodies[0].replaceChildren(...rows);
     const shown = data.rows.length < data.matched ? 'the first ' + data.rows.length + ' of ' : '';
     $('providers-count').textContent =
-      shown + number(data.matched) + (data.filter ? ' matching, of ' + number(data.total) : '') + ' providers';
+      shown + (data.filter ? number(data.matched) + ' matching, of ' + count(data.total, 'provider', 'providers')
+        : count(data.matched, 'provider', 'providers'));
   }
 
   // --- activities ----------------------------------------------------------------------------
@@ -434,7 +439,7 @@
     body.replaceChildren(...rows);
     $('activities-count').textContent =
       (data.rows.length < data.matched ? 'the latest ' + data.rows.length + ' of ' : '') +
-      number(data.matched) + ' activities';
+      count(data.matched, 'activity', 'activities');
   }
 
   // --- jobs ----------------------------------------------------------------------------------
@@ -471,11 +476,11 @@
     const note = data.job.total > attempts.length
       ? el('p', { class: 'count', text: 'the latest ' + attempts.length + ' of ' + data.job.total + ' attempts' })
       : null;
-    box.replaceChildren(heading, note, gantt(attempts), progressChart(attempts));
+    box.replaceChildren(...[heading, note, gantt(attempts), progressChart(attempts)].filter(Boolean));
   }
 
   function gantt(attempts) {
-    const width = Math.max(320, $('job').clientWidth || 600);
+    const width = Math.max(300, ($('job').clientWidth || 600) - 18); // within the figure's padding and border
     const providers = [...new Set(attempts.map((a) => a.provider))].sort();
     const lane = 24;
     const left = Math.min(160, Math.max(80, width * 0.25));
@@ -512,10 +517,12 @@
       chart.append(bar);
     }
     const axis = top + providers.length * lane + 16;
-    for (let i = 0; i <= 4; i++) {
-      const t = first + (span * i) / 4;
-      const tick = svg('text', { x: x(t), y: axis, class: 'tick', 'text-anchor': i === 0 ? 'start' : i === 4 ? 'end' : 'middle' });
-      tick.textContent = i === 0 ? clock(t) : '+' + duration(t - first);
+    const ticks = width < 500 ? 2 : 4;
+    for (let i = 0; i <= ticks; i++) {
+      const t = first + (span * i) / ticks;
+      const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
+      const tick = svg('text', { x: x(t), y: axis, class: 'tick', 'text-anchor': anchor });
+      tick.textContent = i === 0 ? clock(t) : '+' + (span < 20 ? (t - first).toFixed(1) + ' s' : duration(t - first));
       chart.append(tick);
     }
     const legend = el('figcaption', { class: 'legend' },
@@ -540,7 +547,7 @@
       kinds.forEach((kind, i) => columns[i + 1].push(counts[kind]));
     }
     const options = {
-      width: Math.max(300, $('job').clientWidth || 600),
+      width: Math.max(300, ($('job').clientWidth || 600) - 18),
       height: 160,
       series: [{}, ...kinds.map((kind, i) => ({ label: kind, stroke: ['#2e9e5b', '#c0392b', '#d9822b'][i], width: 2 }))],
       scales: { y: { range: (u, min, max) => [0, Math.max(1, max)] } },
@@ -567,7 +574,7 @@
       ));
     if (rows.length === 0) rows.push(el('tr', { class: 'empty' }, el('td', { colspan: 6, text: 'No image stored.' })));
     $('images-table').tBodies[0].replaceChildren(...rows);
-    $('images-count').textContent = number(data.matched) + ' images' + (data.used !== null ? ', ' + bytes(data.used) : '');
+    $('images-count').textContent = count(data.matched, 'image', 'images') + (data.used !== null ? ', ' + bytes(data.used) : '');
   }
 
   function renderEvents(data) {
