@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from kiln.hub.access import Credential, Viewer
+from kiln.hub.catalog import Catalog, Tenant
 from kiln.hub.history import PUBLIC, SERIES, History, Reading
 from kiln.hub.views import (
     MAX_QUERY_BYTES,
@@ -27,6 +28,7 @@ from kiln.hub.views import (
     totals,
 )
 from tests.hubcore import FakeCredentials, HubHarness
+from tests.unit.test_hub_images import blob, image
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
@@ -204,9 +206,39 @@ def test_events_show_to_an_admin_and_a_requestor_its_own(hub: HubHarness) -> Non
     assert shown(hub, Viewer(False), Query("events"))["rows"] == []
 
 
-def test_images_show_what_the_viewer_sees_of_the_store(hub: HubHarness) -> None:
-    assert shown(hub, ADMIN, Query("images")) == {"type": "page", "page": "images", "rows": [], "matched": 0, "used": 0}
+def test_images_show_what_the_viewer_sees_of_the_store() -> None:
+    catalog = Catalog(2**30)
+    stored = image(catalog, blob("layer", 10), tags=("app:1",), tenant=Tenant(3))  # alice's
+    hub = HubHarness(
+        version="1.6",
+        now=NOW,
+        frames=False,
+        catalog=catalog,
+        token="shared",
+        credentials=FakeCredentials(live=dict(CREDENTIALS)),
+    )
+    alice = hub.join("requestor", "alice", token="alice")
+    assert shown(hub, ADMIN, Query("images"))["rows"][0]["holders"] == []
+    p1 = hub.join("provider", "p1", token="shared")
+    hub.offer(p1, images=[stored.digest])
+    hub.rent(alice, 1, p1, image="app:1")
+    [row] = shown(hub, ALICE, Query("images"))["rows"]
+    assert row == {
+        "digest": stored.digest,
+        "tags": ["app:1"],
+        "size": stored.size,
+        "arch": "amd64",
+        "pushed": 1.0,
+        "last_used": NOW,
+        "in_use": 1,
+        "holders": ["p1"],
+        "held": 1,
+    }
+    assert shown(hub, ADMIN, Query("images"))["used"] == catalog.used
     assert shown(hub, ALICE, Query("images"))["used"] is None
+    assert shown(hub, BOB, Query("images"))["rows"] == []
+    [activity] = shown(hub, ALICE, Query("activities", "app"))["rows"]  # shown by its tag, found by it
+    assert activity["image"] == "app:1"
 
 
 # --- history -----------------------------------------------------------------------------------
