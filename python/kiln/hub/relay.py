@@ -142,6 +142,7 @@ class Relay(Leases):
             if activity is None:
                 return
             if isinstance(reply, Error):
+                self._rent_answered(reply.code, pending.asked)
                 if reply.code not in (ErrorCode.CANCELLED, ErrorCode.IMAGE_NOT_FOUND):  # not the provider's doing
                     self.reputation.failed_to_start(p.name)
                 self._drop_activity(activity)
@@ -150,6 +151,7 @@ class Relay(Leases):
                 self._to_requestor(p, pending, reply)
             elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
+                self._rent_answered(ErrorCode.CANCELLED, pending.asked)
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
@@ -192,6 +194,7 @@ class Relay(Leases):
                 if requestor.minor >= 5 and price is not None:
                     rented = rented.model_copy(update={"price": price, "hold": meter.held if meter else None})
                 self._send(requestor.id, rented)
+                self._rent_answered(None, pending.asked)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
                 # The container may still run: its capacity stays reserved until the provider goes.
@@ -266,6 +269,8 @@ class Relay(Leases):
                         ),
                     )
         for pending in p.pending.values():
+            if pending.kind == "create":
+                self._rent_answered(ErrorCode.PROVIDER_LOST, pending.asked)
             for route in pending.routes:
                 self._end_route(route)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None

@@ -1,0 +1,223 @@
+"""What the hub's core counts and notes for its metrics and dashboard (:mod:`kiln.hub.tallies`,
+:mod:`kiln.hub.journal`, :mod:`kiln.hub.jobs`, the ``usage`` kept on leases), driven with literal
+messages (:mod:`tests.hubcore`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.hub.jobs import Jobs
+from kiln.hub.journal import Journal
+from kiln.hub.tallies import RENT_BUCKETS, Tallies
+from tests.hubcore import HubHarness
+
+GiB = 2**30
+
+
+@pytest.fixture
+def hub() -> HubHarness:
+    h = HubHarness(version="1.6")
+    h.provider("p1", peer=1)
+    h.join("requestor", "r1", peer=2)
+    return h
+
+
+def task(hub: HubHarness, peer: int, **fields: Any) -> list[tuple[int, Any]]:
+    report = {"type": "task", "group": "job-1", "task": 0, "attempt": 1, "state": "started", **fields}
+    return hub.send(peer, report)
+
+
+# --- jobs ------------------------------------------------------------------------------------------
+
+
+def test_task_reports_make_a_job_timed_by_the_hub(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, group="job-1")
+    assert task(hub, 2, activity=activity) == []  # no reply
+    hub.now += 3
+    assert task(hub, 2, activity=activity, state="retried", reason="exit 1", bytes=10) == []
+    task(hub, 2, attempt=2, activity=activity)
+    hub.now += 2
+    task(hub, 2, attempt=2, activity=activity, state="done", bytes=20)
+    task(hub, 2, task=1, state="failed", reason="no provider")  # never reached an activity
+    [job] = hub.core.jobs
+    session = hub.core.peers[2].session
+    assert hub.core.jobs.get(session, "job-1") is job
+    assert (job.group, job.requestor, job.rented) == ("job-1", "r1", 1)
+    assert (job.done, job.retried, job.failed, job.running) == (1, 1, 1, 0)
+    first, second, third = job.attempts
+    assert (first.provider, first.start, first.end, first.state, first.reason, first.bytes) == (
+        "p1",
+        1000.0,
+        1003.0,
+        "retried",
+        "exit 1",
+        10,
+    )
+    assert (second.attempt, second.start, second.end, second.state) == (2, 1003.0, 1005.0, "done")
+    assert (third.task, third.activity, third.provider, third.start, third.end) == (1, None, "", 1005.0, 1005.0)
+    assert (job.first, job.last) == (1000.0, 1005.0)
+
+
+def test_a_running_attempt_counts_as_running(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, group="job-1")
+    task(hub, 2, activity=activity)
+    task(hub, 2, task=1, activity=activity)
+    [job] = hub.core.jobs
+    assert job.running == 2
+    task(hub, 2, task=1, activity=activity, state="done")
+    task(hub, 2, task=1, activity=activity, state="failed")  # a second end of the same attempt
+    assert (job.running, job.done, job.failed) == (1, 1, 0)
+
+
+def test_a_report_naming_another_requestors_activity_is_dropped(hub: HubHarness) -> None:
+    other = hub.join("requestor", "r2", peer=3)
+    activity = hub.rent(other, 7, group="job-1")
+    assert task(hub, 2, activity=activity) == []
+    assert task(hub, 2, activity="nosuch") == []
+    assert hub.core.jobs.get(hub.core.peers[2].session, "job-1") is None
+    [job] = hub.core.jobs
+    assert job.requestor == "r2" and not job.attempts  # made by r2's rent, untouched by r1
+
+
+def test_a_report_on_an_activity_lost_with_its_provider_is_kept(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, group="job-1")
+    task(hub, 2, activity=activity)
+    hub.leave(1)
+    task(hub, 2, activity=activity, state="retried", reason="provider lost")
+    [job] = hub.core.jobs
+    [attempt] = job.attempts
+    assert (attempt.state, attempt.provider) == ("retried", "p1")
+
+
+def test_a_provider_may_not_report_tasks(hub: HubHarness) -> None:
+    [(_, error)] = task(hub, 1)
+    assert error["code"] == "out_of_order"
+
+
+def test_jobs_are_bounded() -> None:
+    jobs = Jobs(max_jobs=2, max_attempts=3, max_all=3)
+    for n in range(3):
+        jobs.report(
+            "s",
+            f"g{n}",
+            None,
+            "r",
+            float(n),
+            task=0,
+            attempt=1,
+            state="started",
+            activity=None,
+            provider="",
+            reason=None,
+            size=0,
+        )
+    assert [job.group for job in jobs] == ["g1", "g2"]
+    for n in range(5):
+        jobs.report(
+            "s",
+            "g2",
+            None,
+            "r",
+            10.0,
+            task=n,
+            attempt=1,
+            state="started",
+            activity=None,
+            provider="",
+            reason=None,
+            size=0,
+        )
+    g2 = jobs.get("s", "g2")
+    assert g2 is not None
+    assert [a.task for a in g2.attempts] == [2, 3, 4] and g2.running == 3  # the oldest forgotten
+    assert [job.group for job in jobs] == ["g2"]  # g1 forgotten: 3 attempts in all at most
+
+
+# --- usage -----------------------------------------------------------------------------------------
+
+
+def test_usage_is_kept_on_the_lease_and_summed(hub: HubHarness) -> None:
+    a1, a2 = hub.rent(2, 7), hub.rent(2, 8)
+    usage = {"type": "usage", "activities": [{"activity": a1, "cpu_seconds": 10.0, "memory": GiB}]}
+    assert hub.send(1, usage) == []
+    lease = hub.core.activities[a1]
+    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (10.0, GiB, None)
+    hub.now += 5
+    usage["activities"] = [
+        {"activity": a1, "cpu_seconds": 17.5, "memory": GiB // 2},
+        {"activity": a2, "cpu_seconds": 1.0, "memory": 100},
+        {"activity": "nosuch", "cpu_seconds": 1.0, "memory": 100},
+    ]
+    hub.send(1, usage)
+    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (17.5, GiB // 2, 1.5)
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (1.5, GiB // 2 + 100)
+    for peer, destroy in hub.leave(2, ended=True):
+        hub.send(peer, {"type": "done", "re": destroy["id"]})
+    assert not hub.core.activities
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.0, 0)
+
+
+def test_usage_of_another_providers_activity_is_dropped(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7)
+    hub.provider("p2", peer=3)
+    hub.send(3, {"type": "usage", "activities": [{"activity": activity, "cpu_seconds": 5.0, "memory": 1}]})
+    assert hub.core.activities[activity].memory is None
+    assert hub.core.tallies.used_memory == 0
+
+
+# --- journal ---------------------------------------------------------------------------------------
+
+
+def test_joins_leaves_and_losses_are_noted(hub: HubHarness) -> None:
+    hub.leave(2, ended=True)
+    hub.leave(1, "connection lost")
+    kinds = [(e.seq, e.kind, e.role, e.name) for e in hub.core.journal.since(0)]
+    assert kinds == [
+        (1, "join", "provider", "p1"),
+        (2, "join", "requestor", "r1"),
+        (3, "leave", "requestor", "r1"),
+        (4, "loss", "provider", "p1"),
+    ]
+    assert hub.core.journal.since(3)[0].detail == "connection lost"
+    assert hub.core.tallies.joins == {"provider": 1, "requestor": 1}
+
+
+def test_refusals_are_counted_and_noted() -> None:
+    hub = HubHarness(version="1.6", token="secret")
+    hub.hello("provider", "p1", token="wrong")
+    hub.hello("provider", "p1", version="2.0")
+    assert hub.core.tallies.refused == {"unauthorized": 1, "unsupported_version": 1}
+    first, second = hub.core.journal.last(5)
+    assert (first.kind, first.role, first.name) == ("refusal", "provider", "p1")
+    assert first.detail.startswith("unauthorized: ")
+    assert second.detail.startswith("unsupported_version: ")
+    hub.leave(1)
+    assert len(hub.core.journal) == 2  # a refused peer's end is not news
+
+
+def test_the_journal_is_a_bounded_ring() -> None:
+    journal = Journal(3)
+    for n in range(5):
+        journal.add(float(n), "join", "provider", f"p{n}", "")
+    assert [e.seq for e in journal.since(0)] == [3, 4, 5]
+    assert [e.seq for e in journal.since(4)] == [5]
+    assert journal.since(5) == [] and journal.seq == 5
+    assert [e.seq for e in journal.last(2)] == [4, 5]
+    assert journal.add(9.0, "loss", None, "x" * 1000, "y" * 1000).detail.endswith("…")
+
+
+# --- tallies ---------------------------------------------------------------------------------------
+
+
+def test_the_rent_histogram_is_cumulative() -> None:
+    tallies = Tallies()
+    for seconds in (0.0005, 0.001, 0.003, 500.0):
+        tallies.rent("ok", seconds)
+    histogram = tallies.rent_histogram()
+    assert histogram[0] == (RENT_BUCKETS[0], 2)
+    assert histogram[2] == (RENT_BUCKETS[2], 3)
+    assert histogram[-2] == (RENT_BUCKETS[-1], 3)
+    assert histogram[-1] == (float("inf"), 4) and tallies.rent_count == 4
+    assert tallies.rent_sum == pytest.approx(500.0045)
