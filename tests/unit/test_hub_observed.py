@@ -8,10 +8,16 @@ from typing import Any
 
 import pytest
 
+from kiln.hub.access import Credential
 from kiln.hub.jobs import Jobs
 from kiln.hub.journal import Journal
-from kiln.hub.tallies import RENT_BUCKETS, Tallies
-from tests.hubcore import HubHarness
+from kiln.hub.tallies import OTHER, RENT_BUCKETS, Tallies
+from kiln.protocol import frames
+from kiln.protocol.frames import FrameKind
+from kiln.protocol.messages import ImagePushed
+from tests.hubcore import FakeCredentials, HubHarness
+from tests.unit.test_hub_images import LAYER, pulling, push_message, rent_stored
+from tests.unit.test_hub_ledger import PRICE, end, priced, run
 
 GiB = 2**30
 
@@ -221,3 +227,97 @@ def test_the_rent_histogram_is_cumulative() -> None:
     assert histogram[-2] == (RENT_BUCKETS[-1], 3)
     assert histogram[-1] == (float("inf"), 4) and tallies.rent_count == 4
     assert tallies.rent_sum == pytest.approx(500.0045)
+
+
+def test_rents_are_counted_by_result_and_timed_from_their_arrival(hub: HubHarness) -> None:
+    hub.rent(2, 7)
+    provider, create = hub.create(2, 8)
+    hub.now += 0.02  # the create takes 20 ms
+    hub.send(provider, {"type": "error", "re": create["id"], "code": "image_not_found", "message": "no"})
+    hub.send(2, {"type": "rent", "id": 9, "image": "x", "demand": {"cpus": 64}})
+    provider, create = hub.create(2, 10)
+    hub.send(provider, {"type": "error", "re": create["id"], "code": "made_up", "message": "?"})
+    hub.create(2, 11)
+    hub.leave(1)
+    tallies = hub.core.tallies
+    assert tallies.rents == {"ok": 1, "image_not_found": 1, "no_match": 1, OTHER: 1, "provider_lost": 1}
+    assert tallies.rent_count == 5 and tallies.rent_sum == pytest.approx(0.02)
+    assert tallies.rent_histogram()[0] == (RENT_BUCKETS[0], 4)  # all but the one that took 20 ms
+    assert tallies.rent_histogram()[4] == (0.025, 5)
+
+
+def test_commands_and_the_bytes_relayed_are_counted(hub: HubHarness) -> None:
+    activity = hub.rent(2, 10)
+    for rid, code in ((11, 0), (12, 3)):
+        [(_, exec_)] = hub.send(2, {"type": "exec", "id": rid, "activity": activity, "argv": ["true"]})
+        result = {"type": "exec_result", "re": exec_["id"], "exit_code": code, "timed_out": False}
+        hub.send(1, {**result, "stdout": "", "stderr": "", "duration": 0.1})
+    [(_, exec_)] = hub.send(2, {"type": "exec", "id": 13, "activity": activity, "argv": ["true"]})
+    hub.send(1, {"type": "error", "re": exec_["id"], "code": "internal", "message": "docker"})
+    [(_, upload)] = hub.send(2, {"type": "upload", "id": 20, "activity": activity, "path": "/in/a", "size": 4})
+    hub.send(1, {"type": "credit", "stream": upload["id"], "chunks": 2})
+    hub.binary(2, frames.encode(FrameKind.DATA, 20, b"abcd"))
+    [(_, download)] = hub.send(2, {"type": "download", "id": 30, "activity": activity, "path": "/o", "window": 1})
+    hub.send(1, {"type": "download_info", "re": download["id"], "kind": "file", "size": 3})
+    hub.binary(1, frames.encode(FrameKind.DATA, download["id"], b"abc"))
+    tallies = hub.core.tallies
+    assert (tallies.commands, tallies.command_failures) == (3, 2)
+    assert (tallies.to_provider_bytes, tallies.to_requestor_bytes) == (4, 3)
+
+
+def test_pushes_pulls_and_the_bytes_pulled_are_counted() -> None:
+    hub, stored = pulling()
+    create = rent_stored(hub, stored)
+    hub.send(1, {"type": "want", "re": create, "blobs": [LAYER.digest]})
+    hub.send(1, {"type": "credit", "stream": create, "chunks": 2})
+    hub.take(hub.core.serve_data(1, create, b"x" * 1000))
+    hub.send(2, push_message())
+    info = stored.info()
+    hub.take(hub.core.store_reply(2, ImagePushed(type="image_pushed", re=3, image=info, sent=1, skipped=0)))
+    tallies = hub.core.tallies
+    assert (tallies.pulls, tallies.pull_bytes, tallies.pushes) == (1, 1000, 1)
+
+
+def test_captures_are_counted_for_providers_the_hub_and_the_job() -> None:
+    hub, [p], r = priced(fee_ppm=100_000)
+    activity = hub.rent(r, 7, p, group="job-1")
+    run(hub, 120, 60)
+    end(hub, r, activity, 0.0)
+    tallies = hub.core.tallies
+    assert tallies.captured > 0 and tallies.fees == pytest.approx(tallies.captured / 9, abs=1)
+    assert hub.book is not None
+    paid = sum(x for post in hub.book.of("capture") for a, x in post.entries if not a.startswith("hold:"))
+    assert tallies.captured + tallies.fees == paid >= PRICE["start"]
+    [job] = hub.core.jobs
+    assert job.cost == paid
+
+
+def test_activities_lost_with_their_provider_make_one_event_per_requestor(hub: HubHarness) -> None:
+    hub.join("requestor", "r2", peer=3)
+    hub.rent(2, 7, cpus=0.5)
+    hub.rent(2, 8, cpus=0.5)
+    other = hub.rent(3, 7, cpus=0.5)
+    hub.create(3, 8, cpus=0.5)  # being created: its rent fails, it is not lost
+    hub.leave(1, "gone")
+    assert hub.core.tallies.lost == 3
+    *_, provider, first, second = hub.core.journal.last(3)
+    assert (provider.kind, provider.name) == ("loss", "p1")
+    assert (first.kind, first.role, first.name, first.detail) == (
+        "loss",
+        "requestor",
+        "r1",
+        "2 activities lost with provider p1: a1, a2",
+    )
+    assert (second.name, second.detail) == ("r2", f"1 activity lost with provider p1: {other}")
+
+
+def test_a_revoked_credential_is_noted() -> None:
+    credentials = FakeCredentials(live={"t": Credential(4, "requestor", None)})
+    hub = HubHarness(version="1.6", credentials=credentials)
+    hub.join("requestor", "r1", peer=2, token="t")
+    hub.take(hub.core.revoked({4}))
+    hub.leave(2)
+    *_, join, revocation = hub.core.journal.since(0)
+    assert (join.kind, join.credential) == ("join", 4)
+    assert (revocation.kind, revocation.name, revocation.credential) == ("revocation", "r1", 4)
+    assert not hub.core.tallies.refused

@@ -63,6 +63,8 @@ PER_CREDENTIAL: Final = 64
 """Connections one credential may hold at once (a provider credential holds one: its name's)."""
 PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
+LOST_NAMED: Final = 5
+"""Activities a requestor lost at once that the event of their loss names (it counts them all)."""
 
 
 class CoreBase:
@@ -180,6 +182,14 @@ class CoreBase:
         """A rent that came at ``since`` (the monotonic clock) is answered: ``rented`` (``None``) or the
         error code ``result``."""
         self.tallies.rent("ok" if result is None else result, self._monotonic() - since)
+
+    def _lost(self, leases: list[Lease], how: str) -> None:
+        """``leases``, all one requestor's, are lost (``how``: with what, or why): counted, and one event."""
+        self.tallies.lost += len(leases)
+        first = leases[0]
+        named = ", ".join(lease.id for lease in leases[:LOST_NAMED]) + ("…" if len(leases) > LOST_NAMED else "")
+        detail = f"{len(leases)} activit{'y' if len(leases) == 1 else 'ies'} lost {how}: {named}"
+        self._note("loss", "requestor", first.requestor_name, detail, first.credential)
 
     def _note(
         self,

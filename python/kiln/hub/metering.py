@@ -93,6 +93,7 @@ class Metering(Relay):
     def _end_lease(self, lease: Lease, code: ErrorCode, why: str) -> None:
         """The hub ends ``lease``: its requestor hears why (``activity_lost``), its container is destroyed."""
         self._log("info", f"activity {lease.id}: {shown(why)}")
+        self._lost([lease], f"as the hub ended it ({code.value})")
         owner = self.peers.get(lease.requestor)
         if owner is not None:
             self._send(owner.id, ActivityLost(type="activity_lost", activity=lease.id, code=code, reason=clip(why)))

@@ -57,6 +57,10 @@ class Relay(Leases):
                 return
             if route.credit == 0 and route.upload and not route.push:
                 self.deadlines.stall(route)
+            if route.upload and not route.push:
+                self.tallies.to_provider_bytes += len(frame.payload)
+            elif not route.upload:
+                self.tallies.to_requestor_bytes += len(frame.payload)
         else:
             route.ended = True
             route.last = frame.kind
@@ -104,6 +108,8 @@ class Relay(Leases):
             message = message.model_copy(update={"window": self.flow.first(route, window)})
         p.open[message.id] = (q.id, hub_id)
         self._send(q.id, message, {"id": hub_id})
+        if isinstance(message, Exec):
+            self.tallies.commands += 1
 
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.receives.get(message.stream)
@@ -214,6 +220,9 @@ class Relay(Leases):
         else:
             if isinstance(reply, ExecResult) and reply.timed_out:
                 self.reputation.timed_out(p.name)
+            failed = isinstance(reply, Error) or (isinstance(reply, ExecResult) and reply.exit_code != 0)
+            if pending.kind == "exec" and failed:
+                self.tallies.command_failures += 1
             self._to_requestor(p, pending, reply)
 
     def _end_route(self, route: Route) -> None:
@@ -245,6 +254,7 @@ class Relay(Leases):
     def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False) -> None:
         self._log("info" if leaving else "warning", f"provider {shown(p.name)} left: {shown(reason)}")
         why = f"provider {p.name!r} disconnected: {reason}"
+        lost: dict[int, list[Lease]] = {}  # by requestor: one event each, however many it lost
         # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):
             activity = self.activities.pop(activity_id, None)
@@ -255,6 +265,7 @@ class Relay(Leases):
                 self.reputation.failed_to_start(p.name)
             elif activity.state in ("ready", "absent"):
                 self.reputation.lost(p.name)
+                lost.setdefault(activity.requestor, []).append(activity)
             self._ungroup(activity)
             if activity.image is not None:
                 self.catalog.unuse(activity.image)
@@ -283,6 +294,8 @@ class Relay(Leases):
                 self._send(requestor.id, Done(type="done", re=pending.r_id))  # the container went with it
             else:
                 self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
+        for leases in lost.values():
+            self._lost(leases, f"with provider {p.name}")
         self.market.remove(p.id)
 
     def _starved(self, now: float) -> None:

@@ -255,6 +255,7 @@ class Sessions(StoreLink):
         """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
         self.reputation.lost(lease.provider_name)
         self._drop_activity(lease)
+        self._lost([lease], f"({why})")
         owner = self.peers.get(lease.requestor)
         if owner is None:
             return

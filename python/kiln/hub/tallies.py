@@ -25,7 +25,7 @@ _KNOWN: Final = frozenset(code.value for code in ErrorCode)
 
 def label(code: str) -> str:
     """An error code as a label: itself if the hub knows it, else :data:`OTHER` (the set stays fixed)."""
-    return code if code in _KNOWN else OTHER
+    return str(code) if code in _KNOWN else OTHER  # str: an ErrorCode as its plain value
 
 
 @dataclass(slots=True)
@@ -38,7 +38,7 @@ class Tallies:
     """
 
     rents: Counter[str] = field(default_factory=Counter)
-    """Rents answered, by result: ``"ok"`` or the error code (``no_capacity``, ``cancelled``,
+    """Rents answered, by result: ``"ok"`` or the error code (``no_match``, ``cancelled``,
     ``provider_lost``, ...; :data:`OTHER` for one the hub does not know); those refused as any
     request is (a duplicate id, too many open) are not counted."""
     rent_buckets: list[int] = field(default_factory=lambda: [0] * (len(RENT_BUCKETS) + 1))
