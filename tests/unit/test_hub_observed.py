@@ -201,6 +201,9 @@ def test_refusals_are_counted_and_noted() -> None:
     assert second.detail.startswith("unsupported_version: ")
     hub.leave(1)
     assert len(hub.core.journal) == 2  # a refused peer's end is not news
+    hub.core.connect(9)
+    hub.leave(9, "no hello within 10 s")
+    assert hub.core.tallies.refused["no_hello"] == 1 and len(hub.core.journal) == 2
 
 
 def test_the_journal_is_a_bounded_ring() -> None:

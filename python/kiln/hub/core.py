@@ -101,7 +101,7 @@ from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
 from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
-from kiln.hub.tallies import Tallies
+from kiln.hub.tallies import NO_HELLO, Tallies
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import (
     CLOSE_UNRESPONSIVE,
@@ -350,6 +350,8 @@ class HubCore(Sessions):
         self.flow.close(peer)
         if p.role is not None and p.refused is None:  # a refusal or revocation was noted already
             self._note("leave" if ended or leaving else "loss", p.role, p.name, reason, credential_id(p))
+        elif p.role is None and p.refused is None:  # gone before its hello was taken (none came in time)
+            self.tallies.refused[NO_HELLO] += 1
         if p.role == "provider":
             del self.providers[p.name]
             self.reputation.disconnected(p.name, self._monotonic() - self._joined.pop(p.id, self._monotonic()))

@@ -187,8 +187,9 @@ class Sessions(StoreLink):
         how = "" if p.credential is None else f" with {p.credential.role} credential {p.credential.id}"
         self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id}{how} ({shown(message.software)})")
         self.tallies.joins[p.role] += 1
-        back = f", resumed {len(resumed)} activities" if resumed else ""
-        self._note("join", p.role, p.name, f"{message.software} at 1.{p.minor}{back}", credential_id(p))
+        back = f", resuming {len(resumed)} activities" if resumed else ""
+        software = message.software or "unnamed software"
+        self._note("join", p.role, p.name, f"{software}, protocol 1.{p.minor}{back}", credential_id(p))
         if p.role == "provider":
             self._reconcile(p, message.activities if p.minor >= 3 and message.activities is not None else [])
 

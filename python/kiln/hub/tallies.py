@@ -20,6 +20,8 @@ RENT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 """The upper bounds (seconds) of the rent latency histogram's buckets; a last one, unbounded, follows."""
 OTHER: Final = "other"
 """The label of an error code this hub does not know (a peer may send any)."""
+NO_HELLO: Final = "no_hello"
+"""The reason a connection that ended before its hello was taken is counted under (among :attr:`Tallies.refused`)."""
 _KNOWN: Final = frozenset(code.value for code in ErrorCode)
 
 
@@ -57,7 +59,8 @@ class Tallies:
     """Stream data relayed from providers to requestors (downloads, an exec's output)."""
     refused: Counter[str] = field(default_factory=Counter)
     """Connections turned away before or at their hello, by the error code's value (``unauthorized``,
-    ``too_many``, ``name_taken``, ``unsupported_version``, ``out_of_order``, ``bad_message``, ...)."""
+    ``too_many``, ``name_taken``, ``unsupported_version``, ``out_of_order``, ``bad_message``, ...), or
+    :data:`NO_HELLO` for one that ended before its hello was taken (none came in time, or it left)."""
     joins: Counter[str] = field(default_factory=Counter)
     """Hellos welcomed, by role (``requestor``, ``provider``)."""
     pushes: int = 0
