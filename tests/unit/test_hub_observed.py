@@ -324,3 +324,15 @@ def test_a_revoked_credential_is_noted() -> None:
     assert (join.kind, join.credential) == ("join", 4)
     assert (revocation.kind, revocation.name, revocation.credential) == ("revocation", "r1", 4)
     assert not hub.core.tallies.refused
+
+
+def test_an_activity_the_hub_ends_counts_as_lost(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, max_duration=60)
+    hub.expire(after=61)
+    assert hub.core.tallies.lost == 1
+    event = hub.core.journal.last(1)[0]
+    assert (event.kind, event.name, event.detail) == (
+        "loss",
+        "r1",
+        f"1 activity lost as the hub ended it (expired): {activity}",
+    )

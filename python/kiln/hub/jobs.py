@@ -9,8 +9,9 @@ only in rents (a requestor whose SDK sends no reports) still has a record: its r
 
 Everything is bounded, whatever requestors send: at most :data:`MAX_JOBS` jobs (the least
 recently updated forgotten first), :data:`MAX_ATTEMPTS` attempts a job (its oldest forgotten
-first; its counts go on) and :data:`MAX_ALL_ATTEMPTS` in all. Nothing here reads a clock or
-does I/O; each report costs O(1) (but the rare eviction of whole jobs).
+first; its counts go on) and :data:`MAX_ALL_ATTEMPTS` in all. The bounds guard the hub's memory,
+not fairness: a requestor naming ever new groups pushes the others' jobs out sooner. Nothing here
+reads a clock or does I/O; each report costs O(1) (but the rare eviction of whole jobs).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ MAX_JOBS: Final = 256
 """Jobs kept; past that the least recently updated is forgotten."""
 MAX_ATTEMPTS: Final = 10_000
 """Attempts kept for one job; past that its oldest are forgotten (its counts go on)."""
-MAX_ALL_ATTEMPTS: Final = 100_000
-"""Attempts kept for all jobs together; past that the least recently updated jobs are forgotten."""
+MAX_ALL_ATTEMPTS: Final = 50_000
+"""Attempts kept for all jobs together; past that the least recently updated jobs are forgotten
+(at most about 30 MiB, each attempt with a reason of the longest)."""
 
 
 @dataclass(slots=True)
