@@ -35,8 +35,10 @@ class Tallies:
     """Counters of what the hub did, each only ever growing (but :attr:`used_cpus` and
     :attr:`used_memory`, what the activities use now).
 
-    A rent is timed by the core's monotonic clock from its arrival to its ``rented`` or its
-    error (a cancelled rent when its ``create`` is answered): :meth:`rent` files it.
+    A rent is timed by the core's monotonic clock from when the core takes it to its ``rented``
+    or its error (a cancelled rent: when its ``create`` is answered; a rent whose provider is
+    lost while creating: then, ``provider_lost``): :meth:`rent` files it. Read the fields at any
+    time, between two calls of the core (they are never half updated then).
     """
 
     rents: Counter[str] = field(default_factory=Counter)
