@@ -185,8 +185,10 @@ def test_the_dashboard_counts_the_providers_after_login(hub: Hub, browser: Brows
     ops = dashboards("ops")
     ops.page.wait_for_function("() => document.querySelector('#stat-providers .value')?.textContent === '2'")
     assert ops.text("#who") == "ops (admin)"
-    ops.go("#/providers")
+    ops.page.focus("#nav a[data-page=providers]")  # the pages are links: the keyboard reaches each
+    ops.page.keyboard.press("Enter")
     ops.page.wait_for_selector("#providers-table tbody tr")
+    assert ops.page.get_attribute("#nav a[data-page=providers]", "aria-current") == "page"
     names = ops.page.eval_on_selector_all("#providers-table tbody tr", "rows => rows.map(r => r.dataset.name)")
     assert names == sorted(hub.providers)
 

@@ -310,6 +310,11 @@
       stat('memory', 'Memory rented / offered', bytes(data.memory.rented) + ' / ' + bytes(data.memory.offered),
         data.memory.used !== undefined ? bytes(data.memory.used) + ' used' : null)
     ];
+    if (data.rents) {
+      const ok = data.rents.ok || 0;
+      const refused = Object.values(data.rents).reduce((sum, n) => sum + n, 0) - ok;
+      cards.push(stat('rents', 'Rents', number(ok), refused ? number(refused) + ' refused' : null));
+    }
     if (data.rates) {
       cards.push(stat('commands', 'Commands a second', number(data.rates.commands)));
       cards.push(stat('bytes', 'Relayed a second', bytes(data.rates.bytes)));
