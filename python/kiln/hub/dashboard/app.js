@@ -311,9 +311,10 @@
         data.memory.used !== undefined ? bytes(data.memory.used) + ' used' : null)
     ];
     if (data.rents) {
-      const ok = data.rents.ok || 0;
-      const refused = Object.values(data.rents).reduce((sum, n) => sum + n, 0) - ok;
-      cards.push(stat('rents', 'Rents', number(ok), refused ? number(refused) + ' refused' : null));
+      // placed, and the others by the error they were answered with (no_match: nothing free then)
+      const others = Object.entries(data.rents).filter(([result]) => result !== 'ok').sort((a, b) => b[1] - a[1]);
+      const note = others.slice(0, 2).map(([result, n]) => number(n) + ' ' + result.replace(/_/g, ' ')).join(', ');
+      cards.push(stat('rents', 'Rents placed', number(data.rents.ok || 0), note || null));
     }
     if (data.rates) {
       cards.push(stat('commands', 'Commands a second', number(data.rates.commands)));
