@@ -354,7 +354,9 @@
       index[name] = i + 1;
     });
     for (let i = 1; i <= history.series.length; i++) columns.push(history.rows.map((row) => row[i]));
-    const wanted = CHARTS.filter((chart) => chart.series.every((name) => name in index));
+    // each chart with those of its series the viewer is shown (a requestor's: the market's)
+    const wanted = CHARTS.map((chart) => ({ ...chart, series: chart.series.filter((name) => name in index) }))
+      .filter((chart) => chart.series.length > 0);
     if (state.charts.length !== wanted.length) {
       destroyCharts();
       for (const chart of wanted) {
