@@ -1,0 +1,89 @@
+"""A job's report, end to end: a job runs on a real hub and simulated providers (no Docker),
+one task is retried for what a provider sent back (hostile markup), ``map(report=...)`` writes
+the HTML file, and Chromium (Debian's, driven by Playwright) opens it: every task has its bar,
+the retry shows its reason as text, no script runs, nothing is fetched, no console error."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.async_api import ConsoleMessage, Request, async_playwright
+
+import kiln
+from kiln.testing import LocalCluster
+from kiln.testing.simulated import Served, simulated_providers
+
+pytestmark = pytest.mark.timeout(90)
+
+IMAGE = "kiln-busybox:latest"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+TASKS = 12
+HOSTILE = b'<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+OUTPUT = "/golem/output/answer.txt"
+
+
+async def test_a_jobs_report_opens_in_chromium_and_shows_every_task(tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    report = tmp_path / "job.html"
+    retried: set[int] = set()
+
+    async def worker(act: kiln.Activity, n: int) -> int:
+        await act.run(["echo", str(n)])
+        said = await act.download_bytes(OUTPUT)
+        if n == 5 and n not in retried:
+            retried.add(n)
+            raise kiln.RetryTask(f"the provider said {said.decode()}")
+        return n
+
+    with LocalCluster(tmp_path) as cluster:
+        url = cluster.start_hub()
+        files = {OUTPUT: Served("file", HOSTILE)}
+        async with simulated_providers(url, 3, files=files) as names, kiln.connect(url) as requestor:
+            results = await requestor.map(worker, range(TASKS), image=IMAGE, max_providers=3, report=report)
+    assert results == list(range(TASKS))
+    page_text = report.read_text()
+    assert "<script>window" not in page_text
+
+    errors: list[str] = []
+    fetched: list[str] = []
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+
+            def on_console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    errors.append(message.text)
+
+            def on_request(request: Request) -> None:
+                if not request.url.startswith("file:"):
+                    fetched.append(request.url)
+
+            page.on("console", on_console)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on("request", on_request)
+            await page.goto(report.as_uri())
+            await page.wait_for_load_state("load")
+
+            shown = await page.eval_on_selector_all(
+                "svg rect.bar", "bars => bars.map(b => [b.dataset.task, b.getBoundingClientRect().width])"
+            )
+            done = await page.eval_on_selector_all("svg rect.bar.done", "bars => bars.map(b => Number(b.dataset.task))")
+            reasons = await page.eval_on_selector_all("td.reason", "cells => cells.map(c => c.textContent)")
+            rows = await page.eval_on_selector_all("svg > text title", "titles => titles.map(t => t.textContent)")
+            pwned = await page.evaluate("window.pwned")
+            if artifacts := os.environ.get("KILN_ARTIFACTS"):
+                await page.screenshot(path=str(Path(artifacts) / "job-report.png"), full_page=True)
+        finally:
+            await browser.close()
+
+    assert sorted(done) == list(range(TASKS)), "every task has a bar of its done attempt"
+    assert len(shown) == TASKS + 1 and all(width > 0 for _, width in shown), "one bar per attempt, each visible"
+    assert f"RetryTask: the provider said {HOSTILE.decode()}" in reasons, "the reason shows as text"
+    assert set(rows) <= set(names) and rows, "a row per provider that ran an attempt"
+    assert pwned is None, "no markup a provider sent ran"
+    assert fetched == [] and errors == []
