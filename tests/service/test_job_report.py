@@ -25,9 +25,14 @@ HOSTILE = b'<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 OUTPUT = "/golem/output/answer.txt"
 
 
-async def test_a_jobs_report_opens_in_chromium_and_shows_every_task(tmp_path: Path) -> None:
+@pytest.fixture
+def chromium_path() -> Path:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    return CHROMIUM
+
+
+async def test_a_jobs_report_opens_in_chromium_and_shows_every_task(tmp_path: Path, chromium_path: Path) -> None:
     report = tmp_path / "job.html"
     retried: set[int] = set()
 
@@ -51,7 +56,7 @@ async def test_a_jobs_report_opens_in_chromium_and_shows_every_task(tmp_path: Pa
     errors: list[str] = []
     fetched: list[str] = []
     async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
 
