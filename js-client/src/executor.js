@@ -381,7 +381,8 @@ export class Job {
     /** @type {typeof import("node:fs/promises")} */
     let fs;
     try {
-      fs = await import("node:fs/promises");
+      // Loaded here, not imported above: the browser entry shares this module and has no files.
+      fs = await import(/* webpackIgnore: true */ /* @vite-ignore */ "node:fs/promises");
     } catch (e) {
       throw new UsageError("job.report(path) writes a file, which only Node can: in a browser, take job.reportHtml()", { cause: e });
     }
