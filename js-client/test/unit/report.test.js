@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { NoMatchError, ProviderLostError, RetryTaskError } from "../../src/errors.js";
 import { Job, JobSummary } from "../../src/executor.js";
 import { ATTEMPTS_KEPT, MAX_REASON, Timeline, renderHtml } from "../../src/report.js";
+import { Requestor } from "../../src/requestor.js";
+import { LIMITS, connected, tick } from "../support/fake_socket.js";
 
 const HOSTILE = "<script>alert('x')</script><img src=x onerror=\"alert(1)\"> & \u2028";
 
@@ -151,5 +153,26 @@ test("job.report(path) writes the page reportHtml() gives", async () => {
     assert.ok(page.includes(job.group));
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test("a requestor sends task reports only to a hub that welcomed it at 1.6, with no id, and clips the reason", async () => {
+  const platform = { openSocket: () => assert.fail("no socket"), files: {}, images: {} };
+  for (const [version, heard] of [["1.6", true], ["1.5", false]]) {
+    const { socket, conn } = await connected(LIMITS, version);
+    const requestor = new Requestor(conn, /** @type {any} */ (platform));
+    requestor.reportTask({ group: "job-1", task: 3, attempt: 2, state: "started", activity: "a1" });
+    requestor.reportTask({ group: "job-1", task: 3, attempt: 2, state: "retried", activity: "a1", reason: "x".repeat(999), bytes: 5 });
+    requestor.reportTask({ group: "not a group!", task: 3, attempt: 1, state: "done" }); // out of bounds: dropped
+    await tick();
+    const sent = socket.take();
+    if (!heard) {
+      assert.deepEqual(sent, [], "nothing goes to a hub of 1.5");
+      continue;
+    }
+    assert.deepEqual(sent[0], { type: "task", group: "job-1", task: 3, attempt: 2, state: "started", activity: "a1", bytes: 0 });
+    assert.equal(sent[1].state, "retried");
+    assert.equal([...sent[1].reason].length, MAX_REASON);
+    assert.equal(sent.length, 2);
   }
 });
