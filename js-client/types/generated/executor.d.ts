@@ -55,6 +55,11 @@
  * that lost, the job tells the hub (`reportVerdict`), which counts it against the provider
  * and pays the requestor back. A losing run's result is never used.
  *
+ * Every attempt is recorded ({@link Job#attempts}: its task, provider, activity, times, outcome,
+ * reason and bytes moved); {@link Job#reportHtml} and {@link Job#report} draw them as an HTML
+ * timeline (`report.js`). A renter with `reportTask` (a requestor whose hub welcomed it at 1.6)
+ * hears of each attempt as it starts and as it ends, without the job waiting.
+ *
  * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
  * a task while it waits or runs, and nothing of it but counters once it is done. The rules
  * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;

@@ -40,6 +40,12 @@ An image from the hub's store that a provider lacks is loaded before the contain
 the job emits ``image_loading`` events as the bytes go, and its summary counts the bytes
 each provider pulled.
 
+Every attempt is recorded (:attr:`Job.attempts`: its task, provider, activity, times, outcome,
+reason and bytes moved), and :meth:`Job.report` draws them as an HTML timeline
+(:mod:`kiln.requestor.report`). A hub that welcomed the requestor at 1.6 hears of each attempt
+as it starts and as it ends (``task`` reports, sent without waiting: they never slow or fail
+the job), for its dashboard.
+
 The worker (and ``setup``, ``teardown``) must be async callables (:func:`is_async_callable`):
 anything else is refused with a :class:`~kiln.UsageError` before anything is rented. An
 exception a worker raises is the task's :class:`TaskFailed` ``__cause__``, its type and
