@@ -1,10 +1,12 @@
-"""A job's report, end to end: a job runs on a real hub and simulated providers (no Docker),
-one task is retried for what a provider sent back (hostile markup), ``map(report=...)`` writes
-the HTML file, and Chromium (Debian's, driven by Playwright) opens it: every task has its bar,
-the retry shows its reason as text, no script runs, nothing is fetched, no console error."""
+"""A job's report, end to end: a job runs on a real hub (on a real port, in this process so
+that its core can be read) and simulated providers (no Docker), one task is retried for what a
+provider sent back (hostile markup), ``map(report=...)`` writes the HTML file, and Chromium
+(Debian's, driven by Playwright) opens it: every task has its bar, the retry shows its reason
+as text, no script runs, nothing is fetched, no console error. The hub heard every attempt."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import pytest
 from playwright.async_api import ConsoleMessage, Request, async_playwright
 
 import kiln
-from kiln.testing import LocalCluster
+from kiln.hub.core import HubCore
+from kiln.hub.io.server import start
+from kiln.hub.jobs import JobRecord
 from kiln.testing.simulated import Served, simulated_providers
 
 pytestmark = pytest.mark.timeout(90)
@@ -23,6 +27,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TASKS = 12
 HOSTILE = b'<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
 OUTPUT = "/golem/output/answer.txt"
+
+
+async def settled(core: HubCore) -> JobRecord:
+    """The hub's record of the one job, once every attempt it heard of has ended (the reports
+    go without waiting: the last may arrive after the job)."""
+    async with asyncio.timeout(10):
+        while True:
+            records = list(core.jobs)
+            if len(records) == 1 and records[0].done + records[0].failed == TASKS and records[0].running == 0:
+                return records[0]
+            await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -44,12 +59,16 @@ async def test_a_jobs_report_opens_in_chromium_and_shows_every_task(tmp_path: Pa
             raise kiln.RetryTask(f"the provider said {said.decode()}")
         return n
 
-    with LocalCluster(tmp_path) as cluster:
-        url = cluster.start_hub()
+    core = HubCore()
+    async with start("127.0.0.1", 0, data_dir=tmp_path / "hub", core=core) as server:
+        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
         files = {OUTPUT: Served("file", HOSTILE)}
         async with simulated_providers(url, 3, files=files) as names, kiln.connect(url) as requestor:
             results = await requestor.map(worker, range(TASKS), image=IMAGE, max_providers=3, report=report)
+        heard = await settled(core)
     assert results == list(range(TASKS))
+    assert (heard.done, heard.retried, heard.failed, heard.running) == (TASKS, 1, 0, 0), "the hub heard every attempt"
+    assert sorted(a.task for a in heard.attempts if a.state == "done") == list(range(TASKS))
     page_text = report.read_text()
     assert "<script>window" not in page_text
 
