@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
+from kiln.hub.io import server as hub_server
 from kiln.hub.io.live import MAX_VIEWERS
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
@@ -33,6 +34,7 @@ IMAGE = "kiln-busybox:latest"
 class Hub:
     url: str  # ws://127.0.0.1:PORT
     tokens: dict[str, str]
+    data_dir: Path
 
     def live(self, name: str) -> Any:
         """The live feed as ``name``'s credential (or the shared token) shows it."""
@@ -41,12 +43,13 @@ class Hub:
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+async def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Hub]:
+    monkeypatch.setattr(hub_server, "REVOCATION_CHECK", 0.1)
     with HubState.in_dir(tmp_path) as state:
         tokens = {name: state.create("requestor", name)[1] for name in ("alice", "bob")}
     async with start("127.0.0.1", 0, token=SHARED, data_dir=tmp_path) as server:
         port = next(iter(server.sockets)).getsockname()[1]
-        yield Hub(f"ws://127.0.0.1:{port}", tokens)
+        yield Hub(f"ws://127.0.0.1:{port}", tokens, tmp_path)
 
 
 async def next_of(ws: ClientConnection, kind: str, seconds: float = 5) -> dict[str, Any]:
@@ -137,3 +140,15 @@ async def test_at_most_64_dashboards_at_once(hub: Hub) -> None:
     finally:
         for ws in opened:
             await ws.close()
+
+
+async def test_a_revoked_credential_closes_its_dashboard(hub: Hub) -> None:
+    async with hub.live("alice") as alice, hub.live("bob") as bob:
+        await next_of(alice, "hello")
+        with HubState.in_dir(hub.data_dir) as state:
+            state.revoke("alice")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(drain(alice), 5)
+        assert alice.close_code == 4002
+        await bob.send(json.dumps({"page": "events"}))
+        assert (await next_of(bob, "page"))["page"] == "events"

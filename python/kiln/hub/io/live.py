@@ -33,6 +33,7 @@ from kiln.hub.core import HubCore
 from kiln.hub.history import History
 from kiln.hub.io.connections import HubConnection
 from kiln.hub.views import Query, Totals, history_rows, page, parse_query, reading, series, totals
+from kiln.protocol.codes import CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("kiln.hub")
 
@@ -51,11 +52,13 @@ class Watcher:
     """One connected dashboard: who looks, at what, and what it was sent."""
 
     viewer: Viewer
+    ws: HubConnection
     query: Query | None = None
     sent: bytes = b""
     history_after: float = -math.inf
     history_sent: bool = False
     asked: asyncio.Event = field(default_factory=asyncio.Event)
+    revoked: bool = False
 
 
 class Live:
@@ -85,6 +88,17 @@ class Live:
         """Dashboards connected now."""
         return len(self.watchers)
 
+    def credentials(self) -> set[int]:
+        """The credentials the connected dashboards were let in with (the hub checks them for revocations)."""
+        return {w.viewer.credential for w in self.watchers if w.viewer.credential is not None}
+
+    def revoke(self, ids: set[int]) -> None:
+        """Close the dashboards let in with one of the credentials ``ids`` (revoked): 4002, as a peer's."""
+        for watcher in self.watchers:
+            if watcher.viewer.credential in ids and not watcher.revoked:
+                watcher.revoked = True
+                watcher.ws.stop_taking()
+
     async def sample(self) -> None:
         """Record the hub into its history every ``history.step`` seconds, until cancelled."""
         while True:
@@ -97,7 +111,7 @@ class Live:
             ws.stop_taking()
             await ws.close(CloseCode.TRY_AGAIN_LATER, f"at most {self.max_viewers} dashboards at once")
             return
-        watcher = Watcher(viewer)
+        watcher = Watcher(viewer, ws)
         self.watchers.add(watcher)
         ws.unread_bound = UNREAD_BYTES
         refused = ""
@@ -122,7 +136,9 @@ class Live:
                 sender = tg.create_task(self._send_pages(ws, watcher, orjson.dumps(hello)))
                 failure = await asyncio.shield(ws.ended)
                 sender.cancel()
-            if refused:
+            if watcher.revoked:
+                await ws.close(CLOSE_UNAUTHORIZED, "the credential of this dashboard's login was revoked")
+            elif refused:
                 await ws.close(CloseCode.POLICY_VIOLATION, refused)
             elif failure is not None:
                 await ws.close(failure.code, failure.reason)

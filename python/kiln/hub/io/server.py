@@ -290,12 +290,14 @@ class HubServer:
             self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.path}: {e}")
 
     async def watch_credentials(self, state: HubState) -> None:
-        """Close each peer whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
+        """Close each peer and dashboard whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK)
-            in_use = self.core.credentials_in_use()
+            in_use = self.core.credentials_in_use() | self.live.credentials()
             if in_use:
-                self._apply(self.core.revoked(state.revoked(in_use)))
+                revoked = state.revoked(in_use)
+                self._apply(self.core.revoked(revoked))
+                self.live.revoke(revoked)
 
     def roll_up_usage(self, state: HubState, days: float) -> None:
         """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
