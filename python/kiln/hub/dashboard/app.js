@@ -481,6 +481,10 @@
       task, attempt, provider, start: startAt, end, outcome, reason, moved
     }));
     const heading = el('h2', { text: 'Timeline of ' + data.job.group });
+    if (attempts.length === 0) {
+      box.replaceChildren(heading, el('p', { class: 'count', text: 'No attempt reported: its requestor sends no task reports.' }));
+      return;
+    }
     const note = data.job.total > attempts.length
       ? el('p', { class: 'count', text: 'the latest ' + attempts.length + ' of ' + data.job.total + ' attempts' })
       : null;
