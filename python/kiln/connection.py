@@ -51,6 +51,7 @@ from kiln.protocol.session import (
     Failed,
     Informed,
     Interim,
+    Notice,
     Notified,
     Replied,
     Reply,
@@ -501,6 +502,11 @@ class Connection:
             self._interim[message.id] = on_interim
         await self.flush()
         return future
+
+    async def notify(self, message: Notice) -> None:
+        """Send a notification (1.6; see :meth:`Session.notify`): written with the rest, never answered."""
+        self.session.notify(message)
+        await self.flush()
 
     async def request(self, message: Request) -> Message:
         """Send a request and wait for its final reply; an ``error`` reply is raised as a KilnError."""

@@ -102,7 +102,9 @@ from kiln.protocol.messages import (
     Rented,
     RentProgress,
     ShareImage,
+    TaskReport,
     Upload,
+    Usage,
     VerdictReport,
     Want,
     Welcome,
@@ -133,6 +135,8 @@ Request: TypeAlias = (
 """What this side may ask of the hub."""
 HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download | Meter
 """What the hub may ask of a provider."""
+Notice: TypeAlias = TaskReport | Usage
+"""What this side tells the hub, with no reply (1.6)."""
 Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
 Interim: TypeAlias = DownloadInfo | Want | RentProgress
@@ -162,6 +166,8 @@ SINCE: Final[dict[str, int]] = {
     "verdict": 5,
 }
 """The minor version that brought each request (absent: 0)."""
+NOTIFIES: Final[dict[Role, dict[str, int]]] = {"requestor": {"task": 6}, "provider": {"usage": 6}}
+"""The notifications each role may send, and the minor version that brought each."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
     "push_image": ("want", True),
@@ -494,6 +500,18 @@ class Session:
         """Ask the hub to stop our open request ``request``; it still ends with one reply. No-op if not open."""
         if self.state is State.OPEN and request in self._mine:
             self._send(Cancel(type="cancel", target=request))
+
+    def notify(self, message: Notice) -> None:
+        """Send a notification: nothing answers it. Raises :class:`LocalProtocolError` for one this
+        role may not send, :class:`UnsupportedVersion` for one the hub's version predates (check
+        :attr:`minor` first: a notification is worth sending only to a hub that knows it)."""
+        self._check_open()
+        since = NOTIFIES[self.role].get(message.type)
+        if since is None:
+            raise LocalProtocolError(f"a {self.role} may not send {message.type!r}", ErrorCode.OUT_OF_ORDER)
+        if since > self.minor:
+            raise UnsupportedVersion(f"{message.type!r} needs protocol 1.{since}; the hub speaks {self.version}")
+        self._send(message)
 
     # --- a provider's replies -------------------------------------------------------------
 
