@@ -3,9 +3,11 @@ what its containers use, as the hub's ``usage`` (1.6) reports it.
 
 :class:`Tallies` holds the provider's counts (plain numbers, bumped on the event loop where things
 happen); :func:`measure` reads containers' cgroups (blocking: on a thread). :func:`serve_metrics`
-serves a registry of the provider's own (never prometheus_client's global one) on a thread of its
+serves a registry of the provider's own (never prometheus_client's global one) on threads of its
 own: each scrape asks the event loop for a snapshot of what it holds (a list, no I/O), then reads
-the cgroups and volumes on the server's thread, so a scrape never blocks the loop::
+the cgroups and volumes on the server's thread, so a scrape never blocks the loop. The server is
+bounded: at most :data:`MAX_SCRAPES` connections at once (more are closed unanswered), each
+dropped after :data:`SCRAPE_TIMEOUT` seconds of silence::
 
     server = serve_metrics(MetricsSource(...), host, port)   # port 0: a free one (server.port)
     ...
@@ -23,14 +25,16 @@ received from the hub's store), ``kiln_provider_agent_channel_errors_total``,
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any, Final, Literal, TypeAlias
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -40,6 +44,10 @@ from kiln_provider.procfs import Cgroup
 
 SNAPSHOT_TIMEOUT: Final = 5.0
 """How long a scrape waits for the event loop's snapshot (a loop that busy fails the scrape)."""
+MAX_SCRAPES: Final = 8
+"""Connections the metrics server serves at once; one more is closed unanswered."""
+SCRAPE_TIMEOUT: Final = 10.0
+"""Seconds a connection to the metrics server may stay silent before it is dropped."""
 PullSource: TypeAlias = Literal["hub", "registry"]
 """Where an image came from: the hub's store (loaded), or a registry (pulled, ``--pull``)."""
 PULL_SOURCES: Final[tuple[PullSource, ...]] = ("hub", "registry")
@@ -170,12 +178,43 @@ class ProviderCollector(Collector):
         )
 
 
-class MetricsServer:
-    """The metrics' HTTP server, on a thread of its own. Call :meth:`close` when the provider stops."""
+class _Handler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # the socket's: a client that stalls is dropped
 
-    def __init__(self, server: WSGIServer, thread: threading.Thread) -> None:
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: a scrape every few seconds is no news."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """A thread per connection, at most :data:`MAX_SCRAPES` of them."""
+
+    daemon_threads = True  # a scrape under way does not hold the provider's exit
+    slots: threading.BoundedSemaphore  # each server's own (see serve_metrics)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class MetricsServer:
+    """The metrics' HTTP server, on threads of its own. Call :meth:`close` when the provider stops."""
+
+    def __init__(self, server: _Server) -> None:
         self._server = server
-        self._thread = thread
+        self._thread = threading.Thread(target=server.serve_forever, name="kiln-metrics", daemon=True)
+        self._thread.start()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -200,8 +239,14 @@ def registry_of(source: MetricsSource) -> CollectorRegistry:
 
 def serve_metrics(source: MetricsSource, host: str, port: int) -> MetricsServer:
     """Serve the provider's metrics at ``http://host:port/metrics``. OSError if it cannot listen."""
-    server, thread = start_http_server(port, addr=host, registry=registry_of(source))
-    return MetricsServer(server, thread)
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(_Server):
+        address_family = family  # IPv6 too, as the host says
+        slots = threading.BoundedSemaphore(MAX_SCRAPES)  # this server's own
+
+    app = make_wsgi_app(registry_of(source))
+    return MetricsServer(make_server(str(address[0]), port, app, Server, handler_class=_Handler))
 
 
 def usage_entries(usage: Sequence[ActivityUsage], most: int) -> list[ActivityUsage]:
