@@ -324,8 +324,7 @@ class ProviderRuntime:
                 told = bool(usage)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(USAGE_SECONDS):
-                    while True:
+                    # Early only to say the last one went (at once, even if it went while we read).
+                    while not (told and not self.handlers.containers):
                         self.handlers.removed.clear()
                         await self.handlers.removed.wait()
-                        if told and not self.handlers.containers:
-                            break
