@@ -316,12 +316,14 @@ class ProviderRuntime:
                 usage = await self._pools.lifecycle_call(measure, probes)
                 self.handlers.measured(usage)
                 try:
-                    await conn.notify(Usage(type="usage", activities=usage_entries(usage, MAX_USAGE_ACTIVITIES)))
+                    # Not sent while the socket is backed up: the next one, in 5 s, says as much.
+                    sent = conn.notify(Usage(type="usage", activities=usage_entries(usage, MAX_USAGE_ACTIVITIES)))
                 except KilnError:
                     if conn.session.closed is None:
                         raise
                     return  # the connection ended: the reader ends the session
-                told = bool(usage)
+                if sent:
+                    told = bool(usage)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(USAGE_SECONDS):
                     # Early only to say the last one went (at once, even if it went while we read).

@@ -11,19 +11,8 @@ import orjson
 import pytest
 
 from kiln.protocol import session as s
-from kiln.protocol.errors import KilnError, LocalProtocolError, UnsupportedVersion
-from kiln.protocol.messages import (
-    MAX_ID,
-    MESSAGE_ADAPTER,
-    ActivityUsage,
-    Cost,
-    Done,
-    MarketQuery,
-    Meter,
-    TaskReport,
-    Usage,
-    serialize,
-)
+from kiln.protocol.errors import KilnError, LocalProtocolError
+from kiln.protocol.messages import MAX_ID, MESSAGE_ADAPTER, Cost, Done, MarketQuery, Meter, serialize
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSIONS = sorted((ROOT / "protocol" / "v1" / "vectors" / "sessions").glob("*.json"))
@@ -142,7 +131,7 @@ def test_there_are_session_vectors_for_both_roles() -> None:
     assert len(SESSIONS) >= 20
 
 
-def welcomed(role: s.Role = "requestor", version: str = "1.0", **limits: int) -> s.Session:
+def welcomed(role: s.Role = "requestor", **limits: int) -> s.Session:
     session = s.Session(role, "t")
     base = {
         "max_message_bytes": 2**20,
@@ -153,7 +142,7 @@ def welcomed(role: s.Role = "requestor", version: str = "1.0", **limits: int) ->
         "max_streams": 2,
         "max_output_bytes": 1024,
     }
-    welcome = {"type": "welcome", "version": version, "session": "r1", "software": "hub", "limits": base | limits}
+    welcome = {"type": "welcome", "version": "1.0", "session": "r1", "software": "hub", "limits": base | limits}
     session.receive_text(json.dumps(welcome))
     session.data_to_send()
     assert [type(e) for e in session.events_received()] == [s.Welcomed]
@@ -204,20 +193,3 @@ def test_a_provider_takes_meter_as_a_request_answered_with_done_and_cost_as_news
     requestor.receive_text(json.dumps(cost))
     [news] = requestor.events_received()
     assert isinstance(news, s.Notified) and isinstance(news.message, Cost)
-
-
-def test_a_provider_notifies_usage_and_a_requestor_tasks_only_to_a_hub_at_1_6() -> None:
-    usage = Usage(type="usage", activities=[ActivityUsage(activity="a1", cpu_seconds=1.5, memory=4096)])
-    task = TaskReport(type="task", group="g", task=0, attempt=1, state="started")
-    provider = welcomed("provider", version="1.6")
-    provider.notify(usage)
-    assert sent(provider.data_to_send()[0]) == orjson.loads(serialize(usage))
-    with pytest.raises(LocalProtocolError):
-        provider.notify(task)  # a requestor's
-    with pytest.raises(UnsupportedVersion):
-        welcomed("provider", version="1.5").notify(usage)
-    requestor = welcomed(version="1.6")
-    requestor.notify(task)
-    assert sent(requestor.data_to_send()[0])["type"] == "task"
-    with pytest.raises(LocalProtocolError):
-        requestor.notify(usage)
