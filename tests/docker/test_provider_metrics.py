@@ -1,7 +1,7 @@
 """A real provider's metrics (``--metrics-port``) and its ``usage`` notifications (protocol 1.6):
-scraped with prometheus_client's parser while a hub played by hand creates a container, runs a
-command in it and destroys it; the provider tells that hub what the container uses, and once,
-empty, that it is gone."""
+scraped with prometheus_client's parser while a hub played by hand creates a container of an
+image it sends the provider, runs a command in it and destroys it; the provider tells that hub
+what the container uses, and once, empty, that it is gone."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kiln.__about__ import __version__
 from kiln.protocol.messages import PROTOCOL_VERSION
-from tests.conftest import IMAGE, Cluster
+from tests.conftest import Cluster
+from tests.images import build, remove, save
 from tests.scripted_hub import Provider, ScriptedHub, scripted_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
@@ -84,8 +85,13 @@ async def reply(provider: Provider, usage: list[dict[str, Any]], timeout: float 
 
 
 async def test_metrics_move_with_a_container_and_usage_is_sent(
-    hub: ScriptedHub, tmp_path: Path, busybox_image: str
+    hub: ScriptedHub, tmp_path: Path, busybox_image: str, images: list[str]
 ) -> None:
+    # An image FROM busybox (it runs sh) with a layer of its own, which the hub sends the provider.
+    image_id = build(tmp_path, base=busybox_image, size=64 * 1024)
+    images.append(image_id)
+    image = save(image_id, tmp_path)
+    remove(image_id)
     cluster = Cluster(tmp_path / "logs", suffix=f"-{os.urandom(3).hex()}")
     cluster.url = hub.url
     try:
@@ -99,10 +105,19 @@ async def test_metrics_move_with_a_container_and_usage_is_sent(
 
         usage: list[dict[str, Any]] = []
         resources = {"cpus": 1, "memory": 64 * MiB, "storage": 16 * MiB}
-        await provider.send({"type": "create", "id": 1, "activity": "a1", "image": IMAGE, "resources": resources})
-        assert (await reply(provider, usage))["type"] == "done"
+        manifest = image.manifest.model_dump()
+        create = {"type": "create", "id": 1, "activity": "a1", "image": image.id, "resources": resources}
+        await provider.send(create | {"manifest": manifest})
+        want = await reply(provider, usage)
+        assert want["type"] == "want", want
+        await provider.send_data(1, b"".join(image.blobs[digest] for digest in want["blobs"]))
+        done = await reply(provider, usage)
+        assert done["type"] == "done" and done["bytes"] > 0, done
         held = await scrape(url)
         assert held["kiln_provider_containers"] == 1 and held["kiln_provider_volumes"] == 1, held
+        assert held['kiln_provider_image_pulls_total{source="hub"}'] == 1, held
+        assert held["kiln_provider_image_pull_bytes_total"] == done["bytes"], held
+        assert held["kiln_provider_image_cache_bytes"] >= 64 * 1024, held
         assert held["kiln_provider_volume_bytes"] > 0 and held["kiln_provider_memory_bytes"] > 0, held
 
         busy = "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"
