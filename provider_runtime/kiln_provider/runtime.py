@@ -311,12 +311,12 @@ class ProviderRuntime:
         any, and once, empty, as soon as the last one went."""
         told = False  # the last usage sent listed containers
         while True:
+            early = True  # wake before the tick to say the last container went
             probes = self.handlers.probes()
             if probes or told:
                 usage = await self._pools.lifecycle_call(measure, probes)
                 self.handlers.measured(usage)
                 try:
-                    # Not sent while the socket is backed up: the next one, in 5 s, says as much.
                     sent = conn.notify(Usage(type="usage", activities=usage_entries(usage, MAX_USAGE_ACTIVITIES)))
                 except KilnError:
                     if conn.session.closed is None:
@@ -324,9 +324,11 @@ class ProviderRuntime:
                     return  # the connection ended: the reader ends the session
                 if sent:
                     told = bool(usage)
+                else:
+                    early = False  # the socket is backed up: the next tick tries again
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(USAGE_SECONDS):
-                    # Early only to say the last one went (at once, even if it went while we read).
-                    while not (told and not self.handlers.containers):
+                    # At once if the last one went while we read, else when it goes.
+                    while not (early and told and not self.handlers.containers):
                         self.handlers.removed.clear()
                         await self.handlers.removed.wait()
