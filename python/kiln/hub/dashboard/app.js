@@ -437,8 +437,8 @@
         el('td', { text: a.state }),
         el('td', { text: ago(a.started) }),
         el('td', { class: 'num', text: number(a.cpus) }),
-        el('td', { class: 'num', text: a.used_cpus === null ? '' : number(a.used_cpus) }),
-        el('td', { class: 'num', text: bytes(a.used_memory) })
+        el('td', { class: 'num', text: a.used_cpus === null ? '–' : number(a.used_cpus) }), // – not reported yet
+        el('td', { class: 'num', text: a.used_memory === null ? '–' : bytes(a.used_memory) })
       ));
     const body = $('activities-table').tBodies[0];
     if (rows.length === 0) {
