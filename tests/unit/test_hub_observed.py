@@ -145,24 +145,36 @@ def test_jobs_are_bounded() -> None:
 
 
 def test_usage_is_kept_on_the_lease_and_summed(hub: HubHarness) -> None:
-    a1, a2 = hub.rent(2, 7), hub.rent(2, 8)
+    a1, a2 = hub.rent(2, 7, memory=GiB), hub.rent(2, 8)
     usage = {"type": "usage", "activities": [{"activity": a1, "cpu_seconds": 10.0, "memory": GiB}]}
     assert hub.send(1, usage) == []
     lease = hub.core.activities[a1]
     assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (10.0, GiB, None)
     hub.now += 5
     usage["activities"] = [
-        {"activity": a1, "cpu_seconds": 17.5, "memory": GiB // 2},
+        {"activity": a1, "cpu_seconds": 14.0, "memory": GiB // 2},
         {"activity": a2, "cpu_seconds": 1.0, "memory": 100},
         {"activity": "nosuch", "cpu_seconds": 1.0, "memory": 100},
     ]
     hub.send(1, usage)
-    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (17.5, GiB // 2, 1.5)
-    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (1.5, GiB // 2 + 100)
+    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (14.0, GiB // 2, 0.8)
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.8, GiB // 2 + 100)
     for peer, destroy in hub.leave(2, ended=True):
         hub.send(peer, {"type": "done", "re": destroy["id"]})
     assert not hub.core.activities
     assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.0, 0)
+
+
+def test_usage_is_capped_at_what_the_lease_was_granted(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, cpus=0.5, memory=GiB)
+    usage = {"type": "usage", "activities": [{"activity": activity, "cpu_seconds": 10.0, "memory": 2**53}]}
+    hub.send(1, usage)
+    hub.now += 0.001  # a report held up behind the one before comes right after it
+    usage["activities"] = [{"activity": activity, "cpu_seconds": 15.0, "memory": 2**53}]
+    hub.send(1, usage)
+    lease = hub.core.activities[activity]
+    assert (lease.cpu_rate, lease.memory) == (0.5, GiB)
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.5, GiB)
 
 
 def test_usage_of_another_providers_activity_is_dropped(hub: HubHarness) -> None:
