@@ -128,6 +128,7 @@ def test_the_report_is_self_contained_and_escapes_what_providers_say() -> None:
     ys = dict(re.findall(r'data-task="(\d+)" data-attempt="1" x="[\d.]+" y="(\d+)"', page))
     assert ys["1"] != ys["2"], "attempts overlapping on one provider go on separate lanes"
     assert "Retries and why" in page and page.count("<tr data-task=") == 1 + len(attempts)
+    assert '<td>p2</td><td class="num">0</td><td class="num">3</td><td class="num">0</td>' in page, "p2's row"
 
 
 def test_a_report_without_retries_says_so() -> None:
