@@ -150,6 +150,17 @@ async def test_job_report_and_progress_view_write_the_file(tmp_path: Path) -> No
     assert job.group in job.report_html()
 
 
+async def test_a_report_that_cannot_be_written_does_not_hide_the_jobs_result(tmp_path: Path) -> None:
+    job = Recorded(FakeMarket(["p1"]), picky, 2)
+    with pytest.raises(kiln.UsageError, match="no folder"):
+        kiln.ProgressView(job, report=tmp_path / "nowhere" / "job.html")
+    (tmp_path / "taken").mkdir()  # a folder where the file should go: the write fails at the end
+    out = io.StringIO()
+    with kiln.ProgressView(job, console=Console(file=out), report=tmp_path / "taken") as view:
+        assert await job.run() == [0, 1]
+    assert view.written is None and "could not write the report" in out.getvalue()
+
+
 async def test_an_interrupted_attempt_is_retried_and_says_why() -> None:
     dropped = False
 
