@@ -7,7 +7,7 @@ serves a registry of the provider's own (never prometheus_client's global one) o
 own: each scrape asks the event loop for a snapshot of what it holds (a list, no I/O), then reads
 the cgroups and volumes on the server's thread, so a scrape never blocks the loop. The server is
 bounded: at most :data:`MAX_SCRAPES` connections at once (more are closed unanswered), each
-dropped after :data:`SCRAPE_TIMEOUT` seconds of silence::
+dropped after :data:`SCRAPE_TIMEOUT` seconds of silence, or that long after it came::
 
     server = serve_metrics(MetricsSource(...), host, port)   # port 0: a free one (server.port)
     ...
@@ -25,6 +25,7 @@ received from the hub's store), ``kiln_provider_agent_channel_errors_total``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections import Counter
@@ -47,7 +48,7 @@ SNAPSHOT_TIMEOUT: Final = 5.0
 MAX_SCRAPES: Final = 8
 """Connections the metrics server serves at once; one more is closed unanswered."""
 SCRAPE_TIMEOUT: Final = 10.0
-"""Seconds a connection to the metrics server may stay silent before it is dropped."""
+"""Seconds a connection to the metrics server may stay silent, and may last in all, before it is dropped."""
 PullSource: TypeAlias = Literal["hub", "registry"]
 """Where an image came from: the hub's store (loaded), or a registry (pulled, ``--pull``)."""
 PULL_SOURCES: Final[tuple[PullSource, ...]] = ("hub", "registry")
@@ -180,6 +181,22 @@ class ProviderCollector(Collector):
 
 class _Handler(WSGIRequestHandler):
     timeout = SCRAPE_TIMEOUT  # the socket's: a client that stalls is dropped
+
+    def setup(self) -> None:
+        super().setup()
+        # A client that trickles its request (a byte now and then) is never silent for long: it is
+        # cut off once the connection is SCRAPE_TIMEOUT old, so it cannot hold a slot for ever.
+        self._deadline = threading.Timer(SCRAPE_TIMEOUT, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing: a scrape every few seconds is no news."""

@@ -5,12 +5,15 @@ tests/docker/test_provider_metrics.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
+from kiln_provider import metrics
 from kiln_provider.metrics import MAX_SCRAPES, MetricsSource, Snapshot, serve_metrics
 
 
@@ -40,3 +43,30 @@ async def test_it_serves_scrapes_within_its_bound_and_stops_when_closed() -> Non
         await asyncio.to_thread(server.close)
     with pytest.raises(urllib.error.URLError):
         await asyncio.to_thread(get, url)
+
+
+async def test_a_client_that_trickles_its_request_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(metrics, "SCRAPE_TIMEOUT", 0.5)  # the whole connection's deadline (the silence's stays)
+    source = MetricsSource(asyncio.get_running_loop(), lambda: Snapshot([], 0.0, {}, 0, 0, 0), lambda: (0, 0))
+    server = serve_metrics(source, "127.0.0.1", 0)
+    try:
+
+        def trickle() -> float:
+            """Send a request's bytes one at a time, never silent for long; seconds until cut off."""
+            started = time.monotonic()
+            with socket.create_connection(server.address, timeout=5) as connection:
+                for byte in b"GET /metrics HTTP/1.0\r\nX-Slow: " + b"x" * 100:
+                    try:
+                        connection.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    if time.monotonic() - started > 4:
+                        break
+                    time.sleep(0.05)
+                with contextlib.suppress(OSError):
+                    connection.recv(1)
+            return time.monotonic() - started
+
+        assert await asyncio.to_thread(trickle) < 3
+    finally:
+        await asyncio.to_thread(server.close)
