@@ -175,6 +175,10 @@ class Market:
     def __len__(self) -> int:
         return len(self._sellers)
 
+    def sellers(self) -> Iterable[Seller]:
+        """Every seller, in no order: what each offers and what is still free of it (the hub's metrics)."""
+        return self._sellers.values()
+
     def update(self, peer: int, name: str, offer: Offer, *, pulls: bool = False, apart: bool = False) -> None:
         """Record (or replace) a provider's offer; what it already reserved stays reserved.
 

@@ -53,6 +53,8 @@ from kiln.hub.io.connections import (
     connection_class,
     select_subprotocol,
 )
+from kiln.hub.io.http import Front, Logins
+from kiln.hub.io.metrics import hub_registry
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -271,13 +273,17 @@ class HubServer:
         except (sqlite3.Error, KilnError) as e:
             self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.path}: {e}")
 
-    async def watch_credentials(self, state: HubState) -> None:
-        """Close each peer whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
+    async def watch_credentials(self, state: HubState, logins: Logins | None = None) -> None:
+        """Close each peer whose credential is revoked, and forget the dashboard's sessions opened with
+        one (``logins``), within :data:`REVOCATION_CHECK` seconds."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK)
-            in_use = self.core.credentials_in_use()
+            in_use = self.core.credentials_in_use() | (logins.credentials() if logins is not None else set())
             if in_use:
-                self._apply(self.core.revoked(state.revoked(in_use)))
+                revoked = state.revoked(in_use)
+                self._apply(self.core.revoked(revoked))
+                if logins is not None:
+                    logins.revoke(revoked)
 
     def roll_up_usage(self, state: HubState, days: float) -> None:
         """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
@@ -352,6 +358,7 @@ async def start(
     usage_retention: float = USAGE_RETENTION,
     fee_ppm: int = 0,
     capture_interval: float = CAPTURE_INTERVAL,
+    public_metrics: bool = False,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -372,6 +379,9 @@ async def start(
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``.
+
+    The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
+    admin's, or anyone's with ``public_metrics``), the dashboard and its login.
     """
     if token == "":
         raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -421,6 +431,20 @@ async def start(
     log.info("credentials: %s (%s)", state.path, needed)
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
+    server: Server | None = None
+
+    def viewers() -> int:
+        connections = () if server is None else server.connections
+        return sum(1 for ws in connections if isinstance(ws, HubConnection) and ws.viewer is not None)
+
+    front = Front(
+        hub_registry(core, viewers),
+        token=core.token,
+        credentials=core.credentials,
+        stopping=lambda: hub.stopping,
+        public_metrics=public_metrics,
+        tls=ssl is not None,
+    )
     server = await serve(
         hub.handle,
         host,
@@ -435,13 +459,14 @@ async def start(
         close_timeout=CLOSE_TIMEOUT,
         open_timeout=OPEN_TIMEOUT,
         compression=None,
+        process_request=front.process_request,
         **tls,
     )
     try:
         async with server, asyncio.TaskGroup() as tg:
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
-            watcher = tg.create_task(hub.watch_credentials(state))
+            watcher = tg.create_task(hub.watch_credentials(state, front.logins))
             roller = tg.create_task(hub.roll_up_usage_hourly(state, usage_retention))
             try:
                 yield server

@@ -1,0 +1,115 @@
+"""The hub's metrics in the Prometheus text format: what ``GET /metrics`` answers (:mod:`kiln.hub.io.http`).
+
+Nothing is counted here: :class:`HubCollector` reads the core's state when Prometheus scrapes
+(peers, the market's sellers, activities, the store's catalog), so a hub that is never scraped
+pays nothing for its metrics. Each hub has a registry of its own (:func:`hub_registry`), with the
+process's own metrics (``process_*``) beside the hub's.
+
+Names follow Prometheus' conventions: the ``kiln_`` prefix, base units (bytes, seconds), ``_total``
+counters, and labels only from fixed sets (an activity's state, a direction), never an activity id
+or a peer's name: a label whose values grow without bound would grow every scrape with it.
+
+A scrape's cost grows with the providers (their offers are summed) and not with anything else:
+a few milliseconds at 10,000 providers (``make bench-observe``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from kiln.__about__ import __version__
+from kiln.hub.core import HubCore
+from kiln.hub.flow import HUB
+from kiln.protocol.messages import PROTOCOL_VERSION
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+"""The media type of the Prometheus text format that :func:`exposition` writes."""
+ACTIVITY_STATES: Final = ("creating", "ready", "destroying", "absent")
+"""Every state an activity is in (:class:`~kiln.hub.peers.Lease`): each is reported, 0 or not."""
+
+
+class HubCollector:
+    """Reads the metrics of a hub's core at each scrape (a prometheus_client collector).
+
+    ``viewers`` counts the dashboards watching the hub live.
+    """
+
+    def __init__(self, core: HubCore, viewers: Callable[[], int]) -> None:
+        self.core = core
+        self.viewers = viewers
+
+    def collect(self) -> Iterator[Metric]:
+        core = self.core
+        build = GaugeMetricFamily(
+            "kiln_build_info",
+            "The hub's version and the newest protocol it speaks (always 1).",
+            labels=["version", "protocol"],
+        )
+        build.add_metric([__version__, PROTOCOL_VERSION], 1)
+        yield build
+        requestors = streams = 0
+        for peer in core.peers.values():
+            if peer.role == "requestor":
+                requestors += 1
+            # Each stream once: at its sending peer, or at its receiver when the image store sends it.
+            streams += len(peer.sends) + sum(1 for route in peer.receives.values() if route.sender[0] == HUB)
+        yield GaugeMetricFamily("kiln_providers", "Providers connected (welcomed).", value=len(core.providers))
+        yield GaugeMetricFamily("kiln_requestors", "Requestors connected (welcomed).", value=requestors)
+        yield GaugeMetricFamily("kiln_streams_open", "Streams the hub relays or serves, each one way.", value=streams)
+        yield from self._capacity()
+        states = Counter(lease.state for lease in core.activities.values())
+        activities = GaugeMetricFamily("kiln_activities", "Activities the hub holds, by state.", labels=["state"])
+        for state in ACTIVITY_STATES:
+            activities.add_metric([state], states[state])
+        yield activities
+        catalog = core.catalog
+        yield GaugeMetricFamily(
+            "kiln_store_bytes",
+            "Bytes the image store holds (each layer at its size or extracted size, if larger).",
+            value=catalog.used,
+        )
+        yield GaugeMetricFamily("kiln_store_images", "Images in the hub's store.", value=len(catalog.images))
+        yield GaugeMetricFamily("kiln_dashboard_viewers", "Dashboards watching the hub live.", value=self.viewers())
+
+    def _capacity(self) -> Iterator[Metric]:
+        """What providers offer and what of it is rented (reserved for activities), summed over the sellers."""
+        cpus = rented_cpus = 0.0
+        memory = rented_memory = storage = rented_storage = 0
+        for seller in self.core.market.sellers():
+            total = seller.offer.resources
+            cpus += total.cpus
+            memory += total.memory
+            storage += total.storage
+            rented_cpus += total.cpus - seller.free_cpus
+            rented_memory += total.memory - seller.free_memory
+            rented_storage += total.storage - seller.free_storage
+        yield GaugeMetricFamily("kiln_offered_cpus", "CPUs the connected providers offer.", value=cpus)
+        yield GaugeMetricFamily(
+            "kiln_rented_cpus", "Of those, CPUs reserved for activities.", value=max(rented_cpus, 0.0)
+        )
+        yield GaugeMetricFamily("kiln_offered_memory_bytes", "Memory the connected providers offer.", value=memory)
+        yield GaugeMetricFamily(
+            "kiln_rented_memory_bytes", "Of that, memory reserved for activities.", value=rented_memory
+        )
+        yield GaugeMetricFamily("kiln_offered_storage_bytes", "Storage the connected providers offer.", value=storage)
+        yield GaugeMetricFamily(
+            "kiln_rented_storage_bytes", "Of that, storage reserved for activities' volumes.", value=rented_storage
+        )
+
+
+def hub_registry(core: HubCore, viewers: Callable[[], int]) -> CollectorRegistry:
+    """A registry of the hub's metrics (:class:`HubCollector`) and its process's (``process_*``)."""
+    registry = CollectorRegistry()
+    registry.register(HubCollector(core, viewers))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The metrics of ``registry``, read now, in the Prometheus text format (:data:`CONTENT_TYPE`)."""
+    return generate_latest(registry)
