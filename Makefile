@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market
+.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market bench-observe
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench-executor - trivial tasks a second on 16 simulated providers, and a requestor's memory over a generator of 1,000,000 items"
 	@echo "make bench-streams - a command's output streamed through the hub, against a pipe inside its container"
 	@echo "make bench-market  - a rent with a price cap and strategy=cheapest at 10,000 simulated priced providers"
+	@echo "make bench-observe - rents at 10,000 simulated providers while /metrics is scraped every second; the hub's memory"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -166,6 +167,9 @@ bench-streams: image volumes agent
 
 bench-market: install
 	$(PYTHON) benchmarks/market.py
+
+bench-observe: install
+	$(PYTHON) benchmarks/observe.py
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules js-client/typedoc/node_modules agent/build site $(DIST_DIR)
