@@ -9,8 +9,8 @@ Names follow Prometheus' conventions: the ``kiln_`` prefix, base units (bytes, s
 counters, and labels only from fixed sets (an activity's state, a direction), never an activity id
 or a peer's name: a label whose values grow without bound would grow every scrape with it.
 
-A scrape's cost grows with the providers (their offers are summed) and not with anything else:
-a few milliseconds at 10,000 providers (``make bench-observe``).
+A scrape looks at each connected peer once (to count requestors and streams) and at nothing else
+per provider: the market keeps its sums as offers come and go (:class:`~kiln.hub.market.Totals`).
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class HubCollector:
             if peer.role == "requestor":
                 requestors += 1
             # Each stream once: at its sending peer, or at its receiver when the image store sends it.
-            streams += len(peer.sends) + sum(1 for route in peer.receives.values() if route.sender[0] == HUB)
+            streams += len(peer.sends)
+            if peer.receives:
+                streams += sum(1 for route in peer.receives.values() if route.sender[0] == HUB)
         yield GaugeMetricFamily("kiln_providers", "Providers connected (welcomed).", value=len(core.providers))
         yield GaugeMetricFamily("kiln_requestors", "Requestors connected (welcomed).", value=requestors)
         yield GaugeMetricFamily("kiln_streams_open", "Streams the hub relays or serves, each one way.", value=streams)
@@ -77,28 +79,26 @@ class HubCollector:
         yield GaugeMetricFamily("kiln_dashboard_viewers", "Dashboards watching the hub live.", value=self.viewers())
 
     def _capacity(self) -> Iterator[Metric]:
-        """What providers offer and what of it is rented (reserved for activities), summed over the sellers."""
-        cpus = rented_cpus = 0.0
-        memory = rented_memory = storage = rented_storage = 0
-        for seller in self.core.market.sellers():
-            total = seller.offer.resources
-            cpus += total.cpus
-            memory += total.memory
-            storage += total.storage
-            rented_cpus += total.cpus - seller.free_cpus
-            rented_memory += total.memory - seller.free_memory
-            rented_storage += total.storage - seller.free_storage
-        yield GaugeMetricFamily("kiln_offered_cpus", "CPUs the connected providers offer.", value=cpus)
+        """What providers offer and what of it is rented (reserved for activities): the market's sums."""
+        offered, free = self.core.market.offered_total, self.core.market.free_total
+        rented = round(max(offered.cpus - free.cpus, 0.0), 6)  # sums of fractions of CPUs: no float noise
         yield GaugeMetricFamily(
-            "kiln_rented_cpus", "Of those, CPUs reserved for activities.", value=max(rented_cpus, 0.0)
+            "kiln_offered_cpus", "CPUs the connected providers offer.", value=round(offered.cpus, 6)
         )
-        yield GaugeMetricFamily("kiln_offered_memory_bytes", "Memory the connected providers offer.", value=memory)
+        yield GaugeMetricFamily("kiln_rented_cpus", "Of those, CPUs reserved for activities.", value=rented)
         yield GaugeMetricFamily(
-            "kiln_rented_memory_bytes", "Of that, memory reserved for activities.", value=rented_memory
+            "kiln_offered_memory_bytes", "Memory the connected providers offer.", value=offered.memory
         )
-        yield GaugeMetricFamily("kiln_offered_storage_bytes", "Storage the connected providers offer.", value=storage)
         yield GaugeMetricFamily(
-            "kiln_rented_storage_bytes", "Of that, storage reserved for activities' volumes.", value=rented_storage
+            "kiln_rented_memory_bytes", "Of that, memory reserved for activities.", value=offered.memory - free.memory
+        )
+        yield GaugeMetricFamily(
+            "kiln_offered_storage_bytes", "Storage the connected providers offer.", value=offered.storage
+        )
+        yield GaugeMetricFamily(
+            "kiln_rented_storage_bytes",
+            "Of that, storage reserved for activities' volumes.",
+            value=offered.storage - free.storage,
         )
 
 
