@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import multiprocessing
 import statistics
 import tempfile
@@ -35,6 +37,8 @@ from kiln.testing.simulated import simulated_providers
 
 IMAGE = "kiln-busybox:latest"
 TOKEN = "observe-t0ken"
+BATCH = 1000
+ATTEMPTS = 5
 
 
 def describe(samples: list[float]) -> str:
@@ -51,9 +55,10 @@ def rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def scrape(url: str, stop: Event, every: float, results: Connection) -> None:
-    """Scrape ``url`` every ``every`` seconds until ``stop``; send the seconds each took (in its own process,
-    so that the providers simulated in the benchmark's do not slow the timing down)."""
+def scrape(url: str, ready: Event, stop: Event, every: float, results: Connection) -> None:
+    """Scrape ``url`` every ``every`` seconds until ``stop`` (``ready`` once the first is done); send the
+    seconds each took (in its own process, so that the providers simulated in the benchmark's do not
+    slow the timing down)."""
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     samples: list[float] = []
     sizes: list[int] = []
@@ -62,6 +67,7 @@ def scrape(url: str, stop: Event, every: float, results: Connection) -> None:
         with urllib.request.urlopen(request, timeout=10) as reply:
             sizes.append(len(reply.read()))
         samples.append(time.perf_counter() - started)
+        ready.set()
         stop.wait(max(0.0, every - (time.perf_counter() - started)))
     results.send((samples, sizes))
 
@@ -99,10 +105,26 @@ def collector_alone(providers: int, runs: int) -> list[float]:
     return samples
 
 
+async def join(stack: contextlib.AsyncExitStack, url: str, providers: int) -> None:
+    """Connect ``providers`` simulated providers, :data:`BATCH` at a time: a batch whose dials time out
+    (a machine busy with more than the benchmark) is dialled again."""
+    for start in range(0, providers, BATCH):
+        for attempt in itertools.count(1):
+            batch = simulated_providers(url, min(BATCH, providers - start), token=TOKEN, prefix=f"sim{start}")
+            try:
+                await stack.enter_async_context(batch)
+                break
+            except* kiln.ConnectionLost:
+                if attempt == ATTEMPTS:
+                    raise
+                print(f"         providers {start} to {start + BATCH}: dials timed out, again", flush=True)
+
+
 async def measure(url: str, hub_pid: int, providers: int, count: int, scrapes: int) -> None:
     idle = rss(hub_pid)
     joined = time.perf_counter()
-    async with simulated_providers(url, providers, token=TOKEN):
+    async with contextlib.AsyncExitStack() as stack:
+        await join(stack, url, providers)
         joining = time.perf_counter() - joined
         await asyncio.sleep(2)  # the joins' garbage collected and buffers settled before the hub is weighed
         full = rss(hub_pid)
@@ -110,11 +132,12 @@ async def measure(url: str, hub_pid: int, providers: int, count: int, scrapes: i
             await rents(requestor, 20)  # warm up
             quiet = await rents(requestor, count)
             context = multiprocessing.get_context("spawn")
-            stop = context.Event()
+            ready, stop = context.Event(), context.Event()
             ours, theirs = context.Pipe(duplex=False)
             metrics = url.replace("ws://", "http://") + "/metrics"
-            scraper = context.Process(target=scrape, args=(metrics, stop, 1.0, theirs))
+            scraper = context.Process(target=scrape, args=(metrics, ready, stop, 1.0, theirs))
             scraper.start()
+            await asyncio.to_thread(ready.wait, 60)
             watched: list[float] = []
             started = time.perf_counter()
             # At least ``scrapes`` scrapes' worth of rents, so that every rent has scrapes around it.
