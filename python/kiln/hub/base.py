@@ -4,7 +4,8 @@ The core (:class:`~kiln.hub.core.HubCore`) is one object built in layers, each i
 named for its concern, each using only the ones below it:
 
 * :mod:`kiln.hub.base` (this module): the state (peers, activities, the market, the store's
-  catalog), the outbox of actions and the helpers that fill it;
+  catalog, what the hub counted and saw: :mod:`kiln.hub.tallies`, :mod:`kiln.hub.journal`,
+  :mod:`kiln.hub.jobs`), the outbox of actions and the helpers that fill it;
 * :mod:`kiln.hub.leases`: renting, the market and activities listed, destroying;
 * :mod:`kiln.hub.relay`: requests and their replies relayed under translated ids, stream frames
   within credit (:mod:`kiln.hub.flow`), what a provider's departure ends;
@@ -34,11 +35,14 @@ from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import Catalog
 from kiln.hub.deadlines import Deadlines
 from kiln.hub.flow import Flow
-from kiln.hub.ledger import Ended, Ledger
+from kiln.hub.jobs import Jobs
+from kiln.hub.journal import Journal, Kind
+from kiln.hub.ledger import HUB, Ended, Ledger, Post
 from kiln.hub.market import Market
 from kiln.hub.peers import Lease, Peer
 from kiln.hub.records import EndLease, SessionRecord
 from kiln.hub.reputation import Reputation
+from kiln.hub.tallies import Tallies
 from kiln.protocol.codes import CLOSE_HANDSHAKE, ErrorCode
 from kiln.protocol.errors import RemoteProtocolError
 from kiln.protocol.messages import Cost, Error, Limits, Message, clip, serialize
@@ -59,6 +63,8 @@ PER_CREDENTIAL: Final = 64
 """Connections one credential may hold at once (a provider credential holds one: its name's)."""
 PROGRESS_BYTES: Final = 4 * 2**20
 """A rent's requestor hears how its image loads at least every this many bytes sent."""
+LOST_NAMED: Final = 5
+"""Activities a requestor lost at once that the event of their loss names (it counts them all)."""
 
 
 class CoreBase:
@@ -78,6 +84,13 @@ class CoreBase:
     reputation: Reputation
     """What the hub observed of each provider (the market's, for its strategies): the hooks are called
     where the core sees an observation."""
+    tallies: Tallies
+    """What the hub counted since it started (its metrics): rents and their latency, commands,
+    bytes relayed, refusals, joins, pushes and pulls, credits captured, activities lost."""
+    journal: Journal
+    """The latest joins, leaves, losses, refusals and revocations, as a feed."""
+    jobs: Jobs
+    """The latest jobs (a session's rents under one group) and their tasks' attempts (1.6 ``task``)."""
     _joined: dict[int, float]  # a provider's peer id -> when its hello was accepted (monotonic)
     flow: Flow
     deadlines: Deadlines
@@ -143,12 +156,67 @@ class CoreBase:
             if self._per_credential[p.credential.id] <= 0:
                 del self._per_credential[p.credential.id]
 
-    def _refuse(self, p: Peer, code: ErrorCode, text: str, close: int, re: int | None = None) -> None:
-        """Turn away a peer (not yet welcomed, or whose credential was revoked): an error, a close, a log line."""
+    def _refuse(
+        self,
+        p: Peer,
+        code: ErrorCode,
+        text: str,
+        close: int,
+        re: int | None = None,
+        claimed: tuple[Literal["requestor", "provider"], str] | None = None,
+    ) -> None:
+        """Turn away a peer (not yet welcomed, or whose credential was revoked): an error, a close, a log
+        line, and the event (``claimed``: the role and name its hello gave, if it got that far)."""
         p.refused = code
         self._error(p, re, code, text)
         self._out.append(Close(p.id, close, code.value))
         self._log("warning", f"peer {p.id} refused ({code.value}): {shown(text)}")
+        if p.role is None:
+            self.tallies.refused[code.value] += 1
+            role, name = claimed or (None, "")
+            self._note("refusal", role, name, f"{code.value}: {text}")
+        else:
+            self._note("revocation", p.role, p.name, text, credential_id(p))
+
+    def _rent_answered(self, result: str | None, since: float) -> None:
+        """A rent that came at ``since`` (the monotonic clock) is answered: ``rented`` (``None``) or the
+        error code ``result``."""
+        self.tallies.rent("ok" if result is None else result, self._monotonic() - since)
+
+    def _lost(self, leases: list[Lease], how: str) -> None:
+        """``leases``, all one requestor's, are lost (``how``: with what, or why): counted, and one event."""
+        self.tallies.lost += len(leases)
+        first = leases[0]
+        named = ", ".join(lease.id for lease in leases[:LOST_NAMED]) + ("…" if len(leases) > LOST_NAMED else "")
+        detail = f"{len(leases)} activit{'y' if len(leases) == 1 else 'ies'} lost {how}: {named}"
+        self._note("loss", "requestor", first.requestor_name, detail, first.credential)
+
+    def _note(
+        self,
+        kind: Kind,
+        role: Literal["requestor", "provider"] | None,
+        name: str,
+        detail: str,
+        credential: int | None = None,
+    ) -> None:
+        """Add an event to the journal, at the clock's time now."""
+        self.journal.add(self._clock(), kind, role, name, detail, credential)
+
+    def _post(self, post: Post) -> None:
+        """Write a movement of the ledger; a capture is counted (to providers, to the hub, to its job)."""
+        self._out.append(post)
+        if post.kind != "capture":
+            return
+        amount = 0
+        for account, value in post.entries:
+            if value > 0:
+                amount += value
+                if account == HUB:
+                    self.tallies.fees += value
+                else:
+                    self.tallies.captured += value
+        if post.session is not None and post.group is not None:
+            self.jobs.charged(post.session, post.group, amount)
 
     def _flush(self) -> list[Action]:
         self.ledger.flushed()  # what it held is written before the next balance is asked
@@ -160,8 +228,10 @@ class CoreBase:
         """The lease is over: its final capture and the release of its hold (if priced), then its
         record goes (and its usage is appended)."""
         self._expiring.pop(lease.id, None)
+        self._used(lease, None, None)
         posts, cost = self.ledger.close(lease.id, self._clock(), cpu_seconds)
-        self._out += posts
+        for post in posts:
+            self._post(post)
         if cost is not None:
             self._tell_cost(lease, cost)
         owner = self.peers.get(lease.requestor) or self._held.get(lease.requestor, (None, 0.0))[0]
@@ -170,6 +240,15 @@ class CoreBase:
         if lease.saved:
             lease.saved = False
             self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+
+    def _used(self, lease: Lease, cpu_rate: float | None, memory: int | None) -> None:
+        """What ``lease``'s container uses now (``None``: unknown, or it ended), in its fields and the totals."""
+        tallies = self.tallies
+        tallies.used_cpus = max(tallies.used_cpus - (lease.cpu_rate or 0.0) + (cpu_rate or 0.0), 0.0)
+        tallies.used_memory += (memory or 0) - (lease.memory or 0)
+        if not self.activities:
+            tallies.used_cpus = 0.0  # no drift of the float sum survives the last activity
+        lease.cpu_rate, lease.memory = cpu_rate, memory
 
     def _expire_at(self, activity: str, until: float) -> None:
         """``activity`` is ended at ``until`` (its rent's ``max_duration``; the clock's time)."""
@@ -184,7 +263,7 @@ class CoreBase:
             return
         post, cost = self.ledger.capture(meter, self._clock(), cpu_seconds)
         if post is not None:
-            self._out.append(post)
+            self._post(post)
             if cost is not None:
                 self._tell_cost(lease, cost)
 

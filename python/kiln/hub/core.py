@@ -4,10 +4,13 @@ Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
 * A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
-  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict`` and upload stream
-  frames. A provider sends ``offer``, ``credit``, replies to the hub's requests and download
-  stream frames. Anything else is
-  ``out_of_order``.
+  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict``, ``task`` and upload
+  stream frames. A provider sends ``offer``, ``credit``, ``usage``, replies to the hub's requests
+  and download stream frames. Anything else is ``out_of_order``.
+* ``task`` and ``usage`` (1.6) are answered by nothing: what they name that is not the
+  sender's (another requestor's activity, an activity the provider does not hold) is dropped.
+  They feed what the hub shows (:mod:`kiln.hub.jobs`; each lease's usage), as every entry point
+  feeds its counts (:mod:`kiln.hub.tallies`) and its feed of events (:mod:`kiln.hub.journal`).
 * Every request a requestor makes on an activity is forwarded to the activity's provider
   under a fresh id of the hub's; the reply comes back under the requestor's id. A peer can
   only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
@@ -84,17 +87,21 @@ from kiln.hub.base import (
     MAX_ACTIVITIES,
     PER_CREDENTIAL,
     PROGRESS_BYTES,
+    credential_id,
     shown,
 )
 from kiln.hub.catalog import Catalog
 from kiln.hub.deadlines import HEAP_FLOOR, Deadlines
 from kiln.hub.flow import HUB, Flow, Route
+from kiln.hub.jobs import Jobs
+from kiln.hub.journal import EVENTS, Journal
 from kiln.hub.leases import not_found, not_stored
 from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
 from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
+from kiln.hub.tallies import NO_HELLO, Tallies
 from kiln.protocol import frames, limits
 from kiln.protocol.codes import (
     CLOSE_UNRESPONSIVE,
@@ -123,7 +130,9 @@ from kiln.protocol.messages import (
     RemoveImage,
     Rent,
     ShareImage,
+    TaskReport,
     Upload,
+    Usage,
     VerdictReport,
     Want,
     parse,
@@ -147,9 +156,9 @@ __all__ = [
 REQUESTOR_SENDS = frozenset(
     {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
     | {"push_image", "list_images", "remove_image", "share_image"}
-    | {"balance", "ledger", "verdict"}
+    | {"balance", "ledger", "verdict", "task"}
 )
-PROVIDER_SENDS = frozenset({"offer", "credit", "done", "error", "exec_result", "download_info", "want"})
+PROVIDER_SENDS = frozenset({"offer", "credit", "usage", "done", "error", "exec_result", "download_info", "want"})
 
 
 StoreAsk: TypeAlias = PushImage | ListImages | RemoveImage | ShareImage
@@ -196,6 +205,7 @@ class HubCore(Sessions):
         capture_interval: float = CAPTURE_INTERVAL,
         hold_window: float = HOLD_WINDOW,
         reputation: Mapping[str, Mapping[str, float]] | None = None,
+        events: int = EVENTS,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -224,6 +234,9 @@ class HubCore(Sessions):
         )
         self.catalog = catalog or Catalog(0)
         self._out = []
+        self.tallies = Tallies()
+        self.journal = Journal(events)
+        self.jobs = Jobs()
         self.ledger = Ledger(accounts, fee_ppm=fee_ppm, capture_interval=capture_interval, hold_window=hold_window)
         # Given the counters the hub's state loaded, each change of them is written (SaveReputation).
         self.reputation = Reputation(reputation, self._out.append if reputation is not None else None)
@@ -335,6 +348,10 @@ class HubCore(Sessions):
             return []
         self._uncount(p)
         self.flow.close(peer)
+        if p.role is not None and p.refused is None:  # a refusal or revocation was noted already
+            self._note("leave" if ended or leaving else "loss", p.role, p.name, reason, credential_id(p))
+        elif p.role is None and p.refused is None:  # gone before its hello was taken (none came in time)
+            self.tallies.refused[NO_HELLO] += 1
         if p.role == "provider":
             del self.providers[p.name]
             self.reputation.disconnected(p.name, self._monotonic() - self._joined.pop(p.id, self._monotonic()))
@@ -359,6 +376,9 @@ class HubCore(Sessions):
             return
         if isinstance(message, Credit):
             self._credit(p, message)
+            return
+        if isinstance(message, TaskReport):
+            self._task(p, message)
             return
         if isinstance(message, Cancel):
             pushing = p.sends.get(message.target)
@@ -435,6 +455,9 @@ class HubCore(Sessions):
             return
         if isinstance(message, Credit):
             self._credit(p, message)
+            return
+        if isinstance(message, Usage):
+            self._usage(p, message)
             return
         assert isinstance(message, Done | Error | ExecResult | DownloadInfo | Want)
         if message.re is None:

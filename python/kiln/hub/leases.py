@@ -82,9 +82,10 @@ class Leases(CoreBase):
         self._send(p.id, ActivityList(type="activity_list", re=message.id, activities=listed, matched=len(leases)))
 
     def _rent(self, p: Peer, message: Rent) -> None:
+        since = self._monotonic()
         if len(p.activities) >= self.max_activities:
             text = f"more than {self.max_activities} activities held at once: release some first"
-            self._error(p, message.id, ErrorCode.TOO_MANY, text)
+            self._rent_failed(p, message, ErrorCode.TOO_MANY, text, since)
             return
         group = p.groups.get(message.group) if message.group is not None else None
         tenant = Tenant.of(p.credential)
@@ -95,7 +96,7 @@ class Leases(CoreBase):
         if stored is None and is_digest(message.image) and not self.market.offered(message.image, apart=hidden):
             # A digest names the image only the store (as this tenant sees it) or a provider's own
             # offer can run.
-            self._error(p, message.id, ErrorCode.IMAGE_NOT_FOUND, not_found(message.image))
+            self._rent_failed(p, message, ErrorCode.IMAGE_NOT_FOUND, not_found(message.image), since)
             return
         try:
             provider, cached = self.market.choose(
@@ -112,7 +113,7 @@ class Leases(CoreBase):
                 seconds=message.max_duration or EXPECTED_DURATION,
             )
         except NoMatch as e:
-            self._error(p, message.id, e.code, e.message)
+            self._rent_failed(p, message, e.code, e.message, since)
             return
         d = granted(message.demand)  # the storage its volume will have: reserved, and sent to the provider
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
@@ -121,7 +122,7 @@ class Leases(CoreBase):
         if self._priced(q):  # held before anything starts
             refusal = self._hold(p, message, q, activity_id, resources.cpus)
             if refusal is not None:
-                self._error(p, message.id, refusal.code, refusal.message)
+                self._rent_failed(p, message, refusal.code, refusal.message, since)
                 return
         activity = Lease(
             activity_id,
@@ -143,11 +144,12 @@ class Leases(CoreBase):
         self.market.reserve(provider, resources)
         if message.group is not None:
             p.groups.setdefault(message.group, Counter())[provider] += 1
+            self.jobs.rented(p.session, message.group, credential_id(p), p.name, self._clock())
         self.activities[activity.id] = activity
         p.activities.add(activity.id)
         q.activities.add(activity.id)
         hub_id = q.new_id()
-        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image)
+        pending = Pending("create", activity.id, p.id, message.id, stored=stored, image=message.image, asked=since)
         q.pending[hub_id] = pending
         self.deadlines.due(pending, q.id, hub_id, self.create_timeout)
         p.open[message.id] = (provider, hub_id)
@@ -158,6 +160,11 @@ class Leases(CoreBase):
             manifest = stored.manifest_for(q.minor) if q.minor >= 1 else None
             create = create.model_copy(update={"image": stored.digest, "manifest": manifest})
         self._send(provider, create)
+
+    def _rent_failed(self, p: Peer, message: Rent, code: ErrorCode, text: str, since: float) -> None:
+        """Answer requestor ``p``'s rent (which came at ``since``, the monotonic clock) with an error."""
+        self._error(p, message.id, code, text)
+        self._rent_answered(code, since)
 
     def _priced(self, q: Peer) -> bool:
         """Whether a rent on provider ``q`` is held and charged: the hub keeps accounts, admits

@@ -15,6 +15,12 @@ account's, or all), and reports a ``verdict``: the provider of the activity that
 falls in reputation, those that agreed rise, and what the requestor paid for it comes back
 (once).
 
+What the hub shows of use, not charged for (1.6): a provider's ``usage`` (what each of its
+containers used, from their cgroups) is kept on each lease (``cpu_seconds``, ``memory``, and
+``cpu_rate``, the cores used between its last two reports) and summed in
+:attr:`~kiln.hub.base.CoreBase.tallies`; a requestor's ``task`` reports go to the record of
+their job (:attr:`~kiln.hub.base.CoreBase.jobs`). Neither is answered.
+
 A layer of :class:`~kiln.hub.core.HubCore` (see :mod:`kiln.hub.base`).
 """
 
@@ -37,6 +43,8 @@ from kiln.protocol.messages import (
     LedgerList,
     LedgerQuery,
     Price,
+    TaskReport,
+    Usage,
     VerdictReport,
     clip,
 )
@@ -85,6 +93,7 @@ class Metering(Relay):
     def _end_lease(self, lease: Lease, code: ErrorCode, why: str) -> None:
         """The hub ends ``lease``: its requestor hears why (``activity_lost``), its container is destroyed."""
         self._log("info", f"activity {lease.id}: {shown(why)}")
+        self._lost([lease], f"as the hub ended it ({code.value})")
         owner = self.peers.get(lease.requestor)
         if owner is not None:
             self._send(owner.id, ActivityLost(type="activity_lost", activity=lease.id, code=code, reason=clip(why)))
@@ -134,7 +143,8 @@ class Metering(Relay):
                 self.ledger.judge(mr.activity)
             if mr.activity not in self.activities:
                 posts, _ = self.ledger.close(mr.activity, now if mr.ended is None else mr.ended, None)
-                self._out += posts
+                for post in posts:
+                    self._post(post)
 
     def _reversed(self, activity: str) -> bool:
         """Whether the ledger holds a reversal of what was paid for ``activity`` (it lost a verdict)."""
@@ -231,3 +241,45 @@ class Metering(Relay):
             return None
         mine = ended.session == p.session or (ended.credential is not None and ended.credential == credential_id(p))
         return ended.provider if mine else None
+
+    # --- what the hub shows -----------------------------------------------------------------
+
+    def _usage(self, p: Peer, message: Usage) -> None:
+        """Provider ``p`` tells what its containers use: kept on each of its leases (others' dropped)."""
+        now = self._monotonic()
+        for entry in message.activities:
+            lease = self.activities.get(entry.activity)
+            if lease is None or lease.provider != p.id:
+                continue
+            rate = None
+            last = lease.cpu_seconds
+            if last is not None and now > lease.sampled and entry.cpu_seconds >= last:
+                rate = (entry.cpu_seconds - last) / (now - lease.sampled)
+            elif last is not None and now <= lease.sampled:
+                rate = lease.cpu_rate  # two reports at once: the rate known stands
+            lease.cpu_seconds, lease.sampled = entry.cpu_seconds, now
+            self._used(lease, rate, entry.memory)
+
+    def _task(self, p: Peer, message: TaskReport) -> None:
+        """Requestor ``p`` reports an attempt of a task of its job ``message.group`` (dropped if it
+        names an activity that is not ``p``'s, live or ended not long ago)."""
+        provider = ""
+        if message.activity is not None:
+            found = self._provider_of(p, message.activity)
+            if found is None:
+                return
+            provider = found
+        self.jobs.report(
+            p.session,
+            message.group,
+            credential_id(p),
+            p.name,
+            self._clock(),
+            task=message.task,
+            attempt=message.attempt,
+            state=message.state,
+            activity=message.activity,
+            provider=provider,
+            reason=message.reason,
+            size=message.bytes,
+        )

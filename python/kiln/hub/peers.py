@@ -33,6 +33,7 @@ class Pending:
     requestor: int | None
     r_id: int | None
     deadline: float = math.inf  # a create or destroy not answered by then: the provider is stuck
+    asked: float = 0.0  # a create: when its rent came (the monotonic clock), to time the rent
     routes: list[Route] = field(default_factory=list)  # its streams: at most one each way
     cancelled: bool = False
     # a create of a stored image: the image, the name the requestor gave it, the bytes sent and told
@@ -63,6 +64,12 @@ class Lease:
     max_duration: float | None = None  # seconds its rent may hold it: the hub ends it then (1.5)
     saved: bool = False  # written to the hub's state (once its requestor was told of it)
     parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
+    # what its container uses, as its provider last reported (1.6 usage; None: not reported yet):
+    # CPU seconds in all, memory bytes now, and the cores it used between its last two reports
+    cpu_seconds: float | None = None
+    memory: int | None = None
+    cpu_rate: float | None = None
+    sampled: float = 0.0  # when the last report came (the monotonic clock)
 
 
 @dataclass(slots=True)

@@ -57,6 +57,10 @@ class Relay(Leases):
                 return
             if route.credit == 0 and route.upload and not route.push:
                 self.deadlines.stall(route)
+            if route.upload and not route.push:
+                self.tallies.to_provider_bytes += len(frame.payload)
+            elif not route.upload:
+                self.tallies.to_requestor_bytes += len(frame.payload)
         else:
             route.ended = True
             route.last = frame.kind
@@ -104,6 +108,8 @@ class Relay(Leases):
             message = message.model_copy(update={"window": self.flow.first(route, window)})
         p.open[message.id] = (q.id, hub_id)
         self._send(q.id, message, {"id": hub_id})
+        if isinstance(message, Exec):
+            self.tallies.commands += 1
 
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.receives.get(message.stream)
@@ -142,6 +148,7 @@ class Relay(Leases):
             if activity is None:
                 return
             if isinstance(reply, Error):
+                self._rent_answered(reply.code, pending.asked)
                 if reply.code not in (ErrorCode.CANCELLED, ErrorCode.IMAGE_NOT_FOUND):  # not the provider's doing
                     self.reputation.failed_to_start(p.name)
                 self._drop_activity(activity)
@@ -150,6 +157,7 @@ class Relay(Leases):
                 self._to_requestor(p, pending, reply)
             elif requestor is None or pending.r_id is None or pending.cancelled:
                 # The cancelled rent is answered once the container is gone (see the destroy branch).
+                self._rent_answered(ErrorCode.CANCELLED, pending.asked)
                 self._destroy(activity, requestor.id if requestor else None, pending.r_id, cancelled=True)
             else:
                 activity.state = "ready"
@@ -192,6 +200,7 @@ class Relay(Leases):
                 if requestor.minor >= 5 and price is not None:
                     rented = rented.model_copy(update={"price": price, "hold": meter.held if meter else None})
                 self._send(requestor.id, rented)
+                self._rent_answered(None, pending.asked)
         elif pending.kind == "destroy":
             if isinstance(reply, Error):
                 # The container may still run: its capacity stays reserved until the provider goes.
@@ -211,6 +220,9 @@ class Relay(Leases):
         else:
             if isinstance(reply, ExecResult) and reply.timed_out:
                 self.reputation.timed_out(p.name)
+            failed = isinstance(reply, Error) or (isinstance(reply, ExecResult) and reply.exit_code != 0)
+            if pending.kind == "exec" and failed:
+                self.tallies.command_failures += 1
             self._to_requestor(p, pending, reply)
 
     def _end_route(self, route: Route) -> None:
@@ -242,6 +254,7 @@ class Relay(Leases):
     def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False) -> None:
         self._log("info" if leaving else "warning", f"provider {shown(p.name)} left: {shown(reason)}")
         why = f"provider {p.name!r} disconnected: {reason}"
+        lost: dict[int, list[Lease]] = {}  # by requestor: one event each, however many it lost
         # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):
             activity = self.activities.pop(activity_id, None)
@@ -252,6 +265,7 @@ class Relay(Leases):
                 self.reputation.failed_to_start(p.name)
             elif activity.state in ("ready", "absent"):
                 self.reputation.lost(p.name)
+                lost.setdefault(activity.requestor, []).append(activity)
             self._ungroup(activity)
             if activity.image is not None:
                 self.catalog.unuse(activity.image)
@@ -266,6 +280,8 @@ class Relay(Leases):
                         ),
                     )
         for pending in p.pending.values():
+            if pending.kind == "create":
+                self._rent_answered(ErrorCode.PROVIDER_LOST, pending.asked)
             for route in pending.routes:
                 self._end_route(route)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
@@ -278,6 +294,8 @@ class Relay(Leases):
                 self._send(requestor.id, Done(type="done", re=pending.r_id))  # the container went with it
             else:
                 self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
+        for leases in lost.values():
+            self._lost(leases, f"with provider {p.name}")
         self.market.remove(p.id)
 
     def _starved(self, now: float) -> None:

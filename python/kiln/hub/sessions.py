@@ -133,22 +133,23 @@ class Sessions(StoreLink):
         if not isinstance(message, Hello):
             self._refuse(p, ErrorCode.OUT_OF_ORDER, f"expected hello, got {message.type!r}", CLOSE_HANDSHAKE)
             return
+        claimed = (message.role, message.name)
         major = int(message.version.split(".")[0])
         if major != MAJOR_VERSION:
             text = f"this hub speaks protocol version {PROTOCOL_VERSION} (major {MAJOR_VERSION}), not {message.version}"
-            self._refuse(p, ErrorCode.UNSUPPORTED_VERSION, text, CLOSE_UNSUPPORTED_VERSION)
+            self._refuse(p, ErrorCode.UNSUPPORTED_VERSION, text, CLOSE_UNSUPPORTED_VERSION, claimed=claimed)
             return
         verdict = admit(message, self.token, self.credentials)
         if not isinstance(verdict, Admitted):
-            self._refuse(p, ErrorCode.UNAUTHORIZED, verdict.message, CLOSE_UNAUTHORIZED)
+            self._refuse(p, ErrorCode.UNAUTHORIZED, verdict.message, CLOSE_UNAUTHORIZED, claimed=claimed)
             return
         if message.role == "provider" and message.name in self.providers:
             text = f"a provider named {message.name!r} is already connected"
-            self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN)
+            self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN, claimed=claimed)
             return
         if verdict.credential is not None and self._per_credential[verdict.credential.id] >= self.per_credential:
             text = f"credential {verdict.credential.id} holds {self.per_credential} connections already (the most)"
-            self._refuse(p, ErrorCode.TOO_MANY, text, CLOSE_TOO_MANY)
+            self._refuse(p, ErrorCode.TOO_MANY, text, CLOSE_TOO_MANY, claimed=claimed)
             return
         p.role = message.role
         p.name = message.name
@@ -185,6 +186,10 @@ class Sessions(StoreLink):
         )
         how = "" if p.credential is None else f" with {p.credential.role} credential {p.credential.id}"
         self._log("info", f"{p.role} {shown(p.name)} joined as peer {p.id}{how} ({shown(message.software)})")
+        self.tallies.joins[p.role] += 1
+        back = f", resuming {len(resumed)} activities" if resumed else ""
+        software = message.software or "unnamed software"
+        self._note("join", p.role, p.name, f"{software}, protocol 1.{p.minor}{back}", credential_id(p))
         if p.role == "provider":
             self._reconcile(p, message.activities if p.minor >= 3 and message.activities is not None else [])
 
@@ -251,6 +256,7 @@ class Sessions(StoreLink):
         """An absent lease will not come back: forget it, and tell its requestor (if here) and what waited."""
         self.reputation.lost(lease.provider_name)
         self._drop_activity(lease)
+        self._lost([lease], f"({why})")
         owner = self.peers.get(lease.requestor)
         if owner is None:
             return

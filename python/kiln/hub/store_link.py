@@ -49,6 +49,7 @@ class StoreLink(Metering):
         wanted = tuple(blob for blob in blobs if blob is not None)
         pending.total = sum(blob.size for blob in wanted)
         self._out.append(ServeBlobs(p.id, hub_id, wanted))
+        self.tallies.pulls += 1
         self._progress(pending, p)
 
     def serve_data(self, peer: int, stream: int, data: bytes) -> list[Action]:
@@ -59,6 +60,7 @@ class StoreLink(Metering):
         if not self.flow.spend(route):
             raise UsageError(f"the store sent on stream {stream} without credit")
         self._send_binary(q.id, frames.encode(FrameKind.DATA, stream, data))
+        self.tallies.pull_bytes += len(data)
         pending = q.pending.get(stream)
         if pending is not None:
             pending.sent += len(data)
@@ -131,6 +133,8 @@ class StoreLink(Metering):
             if route is not None and route.push:
                 del p.sends[reply.re]
                 self._close_route(route)
+        if isinstance(reply, ImagePushed):
+            self.tallies.pushes += 1
         if p.minor < 4 and isinstance(reply, ImagePushed):
             reply = reply.model_copy(update={"image": _before_owners(reply.image)})
         elif p.minor < 4 and isinstance(reply, ImageList):
