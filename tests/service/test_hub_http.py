@@ -206,9 +206,32 @@ async def test_metric_names_follow_the_conventions_and_move_with_a_job(tmp_path:
                 assert metric(busy, "kiln_activities", state="ready") == 1
                 assert metric(busy, "kiln_rented_cpus") == 1
                 assert metric(busy, "kiln_rented_memory_bytes") > 0
+        with pytest.raises(kiln.Unauthorized):
+            async with kiln.connect(url, token="wrong"):
+                pass
         for _ in range(50):  # the hub sees the providers go as their connections end, a moment after they close
             after = await scraped()
             if metric(after, "kiln_providers") == 0:
                 break
             await asyncio.sleep(0.05)
         assert metric(after, "kiln_providers") == 0 and metric(after, "kiln_activities", state="ready") == 0
+        moved = {
+            ("kiln_rents_total", ("result", "ok")): 1,
+            ("kiln_rent_duration_seconds_count", None): 1,
+            ("kiln_commands_total", None): 1,
+            ("kiln_command_failures_total", None): 0,
+            ("kiln_connections_total", ("role", "provider")): 3,
+            ("kiln_connections_total", ("role", "requestor")): 1,
+            ("kiln_connections_refused_total", ("reason", "unauthorized")): 1,
+        }
+        for (name, label), expected in moved.items():
+            labels = dict([label]) if label else {}
+            was = counted(before, name, labels)
+            assert counted(after, name, labels) - was == expected, (name, label)
+        assert 0 < counted(after, "kiln_rent_duration_seconds_sum", {}) < 5
+
+
+def counted(families: dict[str, list[Sample]], name: str, labels: dict[str, str]) -> float:
+    """A counter's (or a histogram's count's) value, 0 when it has no sample for ``labels`` yet."""
+    samples = [s.value for family in families.values() for s in family if s.name == name and s.labels == labels]
+    return samples[0] if samples else 0.0
