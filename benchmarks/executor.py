@@ -57,6 +57,7 @@ class _Activity:
         self.cpu_seconds: float | None = None
         self.cost: object = None  # no hub, no captures
         self.on_cost: object = None
+        self.moved = 0
 
     async def run(self, argv: list[str]) -> None:
         await asyncio.sleep(0)  # a reply comes back through the event loop
@@ -89,6 +90,9 @@ class InProcess:
 
     async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
         pass  # no verification in the benchmark
+
+    def report_task(self, group: str, task: int, attempt: int, state: str, **details: Any) -> None:
+        pass  # no hub to tell
 
 
 def generator(count: int) -> Iterator[int]:

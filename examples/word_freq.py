@@ -1,6 +1,6 @@
 """Word frequencies over a text corpus: split it, count each part in a container, merge.
 
-    python examples/word_freq.py --hub ws://127.0.0.1:7465 [--image kiln-word-freq:1] [FILE ...]
+    python examples/word_freq.py --hub ws://127.0.0.1:7465 [--image kiln-word-freq:1] [--report job.html] [FILE ...]
 
 With no FILE, the corpus is the license texts every Debian machine carries. Each part is
 counted by ``word-freq``, the script of the job's image (``examples/wordcount-image/``):
@@ -8,6 +8,9 @@ counted by ``word-freq``, the script of the job's image (``examples/wordcount-im
 
     DOCKER_BUILDKIT=0 docker build -t kiln-word-freq:1 examples/wordcount-image
     kiln image push kiln-word-freq:1 --hub ws://127.0.0.1:7465
+
+With ``--report job.html`` it writes the job's timeline there (open it in a browser): each
+part's attempts on each provider, the summary, and the retries with why.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ async def main() -> None:
     parser.add_argument("--image", default=IMAGE, help=f"an image with word-freq on its PATH (default {IMAGE})")
     parser.add_argument("--parts", type=int, default=24)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--report", metavar="PATH", help="write the job's HTML timeline to PATH")
     parser.add_argument("files", nargs="*")
     args = parser.parse_args()
 
@@ -66,7 +70,7 @@ async def main() -> None:
         job = requestor.job(
             count_words, parts, image=args.image, demand=demand, max_providers=4, retries=2, task_timeout=60
         )
-        with kiln.ProgressView(job, summary=False):  # a live bar when run in a terminal
+        with kiln.ProgressView(job, summary=False, report=args.report):  # a live bar when run in a terminal
             per_part = await job.run()
     total = sum(per_part, Counter())
     local = Counter(w.lower() for w in "".join(c if c.isascii() and c.isalpha() else " " for c in text).split())

@@ -179,6 +179,8 @@ export class Activity {
     this.hold = rented.hold ?? null;
     /** @type {import("./requestor.js").CostInfo | null} (1.5) what it owes so far, as the hub last captured it */
     this.cost = null;
+    /** bytes sent to it and taken from it so far: uploads, downloads and commands' output */
+    this.moved = 0;
   }
 
   /**
@@ -272,6 +274,7 @@ export class Activity {
     try {
       for await (const chunk of chunks) {
         sent += chunk.byteLength;
+        this.moved += chunk.byteLength;
         if (sent > size) throw new UsageError(`${target}: the source grew past the ${size} bytes announced`);
         await sender.write(chunk);
       }
@@ -336,6 +339,7 @@ export class Activity {
       throw feed.error ?? e;
     }
     const result = finished(new Result(done), what, options.timeoutMs);
+    this.moved += result.stdoutBytes.byteLength + result.stderrBytes.byteLength;
     if (options.check === true && result.exitCode !== 0) throw new CommandFailedError(failureText(what, result), result);
     return result;
   }
@@ -395,6 +399,7 @@ export class Activity {
             });
           }
           const data = chunk.subarray(1);
+          this.moved += data.byteLength;
           yield Object.freeze({ kind, data, text: decoders[kind].decode(data, { stream: true }) });
         }
         const done = /** @type {import("../types/protocol.js").ExecResult} */ (
@@ -489,6 +494,7 @@ export class Activity {
       let total = 0;
       for await (const chunk of receiver) {
         total += chunk.byteLength;
+        this.moved += chunk.byteLength;
         if (announced !== null && total > announced) {
           throw new TransferFailedError(`${source}: the provider sent more than the ${announced} bytes it announced`);
         }

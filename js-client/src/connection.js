@@ -44,6 +44,8 @@ const HANDSHAKE_TIMEOUT_MS = 10_000;
 const HIGH_WATER_BYTES = 8 * 1024 * 1024;
 /** How long `close()` waits for the socket to close. */
 const CLOSE_WAIT_MS = 5_000;
+/** Bytes waiting in the socket's buffer past which a notification is dropped rather than queued. */
+const NOTIFY_BACKLOG_BYTES = 1024 * 1024;
 /** WebSocket.OPEN, the same in browsers and `ws`. */
 const OPEN = 1;
 
@@ -433,6 +435,20 @@ export class Connection {
       if (this.socket.readyState !== OPEN) return;
       this.socket.send(frame.data);
     }
+  }
+
+  /**
+   * Send a notification (see `Session#notify`): no reply comes. False, and nothing sent,
+   * while more than {@link NOTIFY_BACKLOG_BYTES} wait in the socket's buffer: what
+   * notifications say is worth less than slowing what waits. Throws as `Session#notify` does.
+   * @param {import("../types/protocol.js").TaskReport | import("../types/protocol.js").Usage} message
+   * @returns {boolean}
+   */
+  notify(message) {
+    if (this.socket.bufferedAmount > NOTIFY_BACKLOG_BYTES) return false;
+    this.session.notify(message);
+    this.flush();
+    return true;
   }
 
   /**

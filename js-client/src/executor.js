@@ -55,6 +55,11 @@
  * that lost, the job tells the hub (`reportVerdict`), which counts it against the provider
  * and pays the requestor back. A losing run's result is never used.
  *
+ * Every attempt is recorded ({@link Job#attempts}: its task, provider, activity, times, outcome,
+ * reason and bytes moved); {@link Job#reportHtml} and {@link Job#report} draw them as an HTML
+ * timeline (`report.js`). A renter with `reportTask` (a requestor whose hub welcomed it at 1.6)
+ * hears of each attempt as it starts and as it ends, without the job waiting.
+ *
  * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
  * a task while it waits or runs, and nothing of it but counters once it is done. The rules
  * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
@@ -88,11 +93,16 @@ import { MAX_EXCLUDE } from "./protocol/messages.js";
 import { marketFields } from "./market.js";
 import { formatCredits } from "./money.js";
 import { ErrorCode } from "./protocol/generated/constants.js";
-import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
+import { Timeline, renderHtml } from "./report.js";
+import { INTERRUPTED, JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
 
 export { JobSummary, Redundant, SpotCheck };
 
 /** @typedef {import("./activity.js").Activity} Activity */
+/**
+ * An attempt under way: its number in the timeline, and the activity's bytes moved when it began.
+ * @typedef {{started: number, task: number, attempt: number, activity: Activity, moved: number, open: boolean}} Running
+ */
 /** @typedef {import("./scheduling.js").JobEventKind} JobEventKind */
 /** @template P @typedef {import("./scheduling.js").Task<P>} Task */
 /** @template P @typedef {import("./scheduling.js").Failure<P>} Failure */
@@ -120,6 +130,8 @@ const VERDICT_WAIT_MS = 10_000;
  *   hub's cost news (a renter without it: no `cost` events, nothing spent in the summary)
  * @property {(lost: string, agreed: string[]) => Promise<void>} [reportVerdict] tells the hub a run lost a
  *   verification (a renter without it: the verdicts stay in the job's events)
+ * @property {(report: import("./requestor.js").TaskReportFields) => void} [reportTask] tells the hub (1.6)
+ *   how an attempt went, without waiting and never throwing (a renter without it: the hub hears nothing)
  */
 
 /**
@@ -322,6 +334,8 @@ export class Job {
     /** results handed to results() and not yet taken */
     this._undelivered = 0;
     this._used = false;
+    /** every attempt: the report's */
+    this._timeline = new Timeline();
   }
 
   // --- following the job ----------------------------------------------------------------
@@ -334,6 +348,51 @@ export class Job {
   /** Attempts running now. */
   get running() {
     return this._core.running;
+  }
+
+  /**
+   * Every attempt of the job's tasks so far, by start (the latest 10,000 that ended, and those
+   * running): task, attempt number, provider, activity, start and end (seconds since the job
+   * started), outcome, reason, bytes moved. Copies: the job's own record moves on.
+   * @returns {import("./report.js").Attempt[]}
+   */
+  get attempts() {
+    return this._timeline.attempts;
+  }
+
+  /**
+   * The job's report as one self-contained HTML page (see {@link Job#report}): for a browser,
+   * which has no file to write it to.
+   * @param {string} [title] default `Kiln job <group>`
+   * @returns {string}
+   */
+  reportHtml(title) {
+    const timeline = this._timeline;
+    return renderHtml(title ?? `Kiln job ${this.group}`, this.summary, timeline.attempts, { dropped: timeline.dropped });
+  }
+
+  /**
+   * Write the job's report to the file `path` (made or replaced; Node only: a browser takes
+   * {@link Job#reportHtml}); resolves to `path`. One self-contained page (inline CSS and SVG,
+   * nothing fetched, every text escaped): a Gantt chart of the attempts on each provider,
+   * coloured by outcome (hover a bar for its task, times, bytes and reason), the summary
+   * (done, failed, retries, spent, elapsed), and the retries with why.
+   * @param {string} path
+   * @param {{title?: string}} [options]
+   * @returns {Promise<string>}
+   */
+  async report(path, { title } = {}) {
+    const html = this.reportHtml(title);
+    /** @type {typeof import("node:fs/promises")} */
+    let fs;
+    try {
+      // Loaded here, not imported above: the browser entry shares this module and has no files.
+      fs = await import(/* webpackIgnore: true */ /* @vite-ignore */ "node:fs/promises");
+    } catch (e) {
+      throw new UsageError("job.report(path) writes a file, which only Node can: in a browser, take job.reportHtml()", { cause: e });
+    }
+    await fs.writeFile(path, html, "utf8");
+    return path;
   }
 
   /**
@@ -732,11 +791,54 @@ export class Job {
    * @returns {Promise<boolean>}
    */
   async _attempt(task, activity) {
+    const under = this._begin(task, activity);
+    try {
+      return await this._run(task, activity, under);
+    } finally {
+      if (under.open) this._finish(under, "lost", "the job ended while it ran", "failed");
+    }
+  }
+
+  /**
+   * An attempt of `task` starts on `activity`: tell the core, the timeline and the hub.
+   * @param {Task<P>} task @param {Activity} activity
+   * @returns {Running}
+   */
+  _begin(task, activity) {
+    const attempt = this._core.start(task, activity.provider);
+    const at = (performance.now() - this._started) / 1000;
+    const started = this._timeline.start(task.index, attempt, activity.provider, activity.id, at);
+    this.requestor.reportTask?.({ group: this.group, task: task.index, attempt, state: "started", activity: activity.id });
+    return { started, task: task.index, attempt, activity, moved: activity.moved ?? 0, open: true };
+  }
+
+  /**
+   * The attempt `running` ended so: the timeline and the hub hear it (once).
+   * @param {Running} running
+   * @param {import("./report.js").AttemptOutcome} outcome
+   * @param {string} reason
+   * @param {"done" | "retried" | "failed"} state
+   */
+  _finish(running, outcome, reason, state) {
+    running.open = false;
+    const moved = (running.activity.moved ?? 0) - running.moved;
+    this._timeline.end(running.started, outcome, reason, moved, (performance.now() - this._started) / 1000);
+    const { task, attempt, activity } = running;
+    this.requestor.reportTask?.({ group: this.group, task, attempt, state, activity: activity.id, reason, bytes: moved });
+  }
+
+  /**
+   * @param {Task<P>} task
+   * @param {Activity} activity
+   * @param {Running} under
+   * @returns {Promise<boolean>}
+   */
+  async _run(task, activity, under) {
     const provider = activity.provider;
     const core = this._core;
     const attempt = new AbortController();
     this._attempts.add(attempt);
-    const context = { index: task.index, attempt: core.start(task, provider), signal: attempt.signal };
+    const context = { index: task.index, attempt: under.attempt, signal: attempt.signal };
     const running = Promise.resolve().then(() => {
       const returned = this.worker(activity, task.item, context);
       if (!isThenable(returned)) {
@@ -776,6 +878,7 @@ export class Job {
     }
     if (outcome.ok) {
       const verdict = core.outcome(task, provider, "ok", null, "", outcome.value);
+      this._finish(under, "done", "", "done");
       for (const dispute of verdict.disputes ?? []) this._reportVerdict(dispute);
       if (verdict.failure !== null) this._failed(verdict.failure);
       // The accepted run's value: the first of those that agreed, perhaps another attempt's.
@@ -787,6 +890,7 @@ export class Job {
       // The group's budget ran out under the attempt: not the task's fault nor the provider's.
       this._budgetExceeded(error);
       core.outcome(task, provider, "interrupted");
+      this._finish(under, "lost", describe(error), "retried");
       return false;
     }
     if (error instanceof ConnectionLostError && (await this._reconnected())) {
@@ -795,10 +899,12 @@ export class Job {
         return false;
       }
       core.outcome(task, provider, "interrupted"); // not the task's fault, nor the provider's
+      this._finish(under, "retried", INTERRUPTED, "retried");
       return true;
     }
     if (error instanceof ConnectionClosedError) {
       core.abandon();
+      this._finish(under, "lost", describe(error), "failed");
       throw error; // the hub is gone, or closed by us: nothing to retry on
     }
     /** @type {import("./scheduling.js").Outcome} */
@@ -808,6 +914,8 @@ export class Job {
       : error instanceof TaskTimeoutError ? "timeout"
       : "error";
     const verdict = core.outcome(task, provider, kind, error, describe(error));
+    const state = verdict.failure === null ? "retried" : "failed";
+    this._finish(under, error instanceof ProviderLostError ? "lost" : state, describe(error), state);
     if (verdict.failure !== null) this._failed(verdict.failure);
     if (!verdict.keep || error instanceof ProviderLostError) return false; // the hub ended it: give it up
     // Reuse the activity after a timeout only if the worker let go of it when its signal fired.

@@ -22,6 +22,7 @@ import { Deferred, cancelledBy, raceAbort, settlesWithin, sleep, throwIfAborted 
 import {
   ConnectionClosedError,
   ConnectionLostError,
+  KilnError,
   LocalProtocolError,
   NoMatchError,
   UsageError,
@@ -31,6 +32,9 @@ import { Job, workerAndParts } from "./executor.js";
 import { marketFields } from "./market.js";
 import { credits, priceMessage, within, worstCase } from "./money.js";
 import { MAX_LISTED } from "./protocol/generated/limits.js";
+import { clip } from "./protocol/messages.js";
+import { State } from "./protocol/session.js";
+import { MAX_REASON, MAX_TASK_ATTEMPT } from "./report.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
@@ -40,6 +44,20 @@ const REDIAL_FIRST_MS = 200;
 const REDIAL_MOST_MS = 2_000;
 /** Activities released or lost that a requestor still knows, for the hub's final `cost` of each. */
 const ENDED_KEPT = 1024;
+/** The minor version from which a hub takes `task` reports. */
+const TASK_REPORTS = 6;
+
+/**
+ * What a `task` report says (1.6; see {@link Requestor#reportTask}).
+ * @typedef {object} TaskReportFields
+ * @property {string} group the job's group (its rents name it)
+ * @property {number} task the task's index
+ * @property {number} attempt 1 for its first attempt
+ * @property {"started" | "done" | "retried" | "failed"} state
+ * @property {string} [activity] where it ran
+ * @property {string} [reason] why it ended
+ * @property {number} [bytes] bytes it moved
+ */
 
 /**
  * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
@@ -897,6 +915,34 @@ export class Requestor {
     }
     const conn = await this._connected();
     await conn.request({ type: "verdict", id: conn.newId(), lost, agreed: ids });
+  }
+
+  /**
+   * (1.6) Tell the hub how an attempt of a job's task went, for its dashboard: it `started`
+   * on `activity`, or ended (`done`, `retried`, `failed`) for `reason` having moved `bytes`.
+   * Sent without waiting, and no reply comes; a job sends these itself for each attempt's
+   * start and end. Dropped, silently, when the hub is older than 1.6, while the connection is
+   * down or being dialled again, while the socket is backed up, and when a field is out of
+   * the protocol's bounds: a report never slows or fails a job.
+   * @param {TaskReportFields} report
+   */
+  reportTask({ group, task, attempt, state, activity, reason = "", bytes = 0 }) {
+    const conn = this._conn;
+    if (this.reconnecting || conn.session.state !== State.OPEN || conn.session.minor < TASK_REPORTS) return;
+    try {
+      conn.notify({
+        type: "task",
+        group,
+        task,
+        attempt: Math.min(attempt, MAX_TASK_ATTEMPT),
+        state,
+        activity: activity ?? null,
+        reason: reason === "" ? null : clip(reason, MAX_REASON),
+        bytes,
+      });
+    } catch (e) {
+      if (!(e instanceof KilnError)) throw e;
+    }
   }
 
   /**

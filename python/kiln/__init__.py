@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from kiln.requestor.executor import Disputed, Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
     from kiln.requestor.progress import ProgressView
+    from kiln.requestor.report import Attempt
     from kiln.requestor.scheduling import Redundant, SpotCheck
 
 _HOMES = {
@@ -135,6 +136,7 @@ _HOMES = {
     "kiln.requestor.executor": ["Disputed", "Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
     "kiln.requestor.progress": ["ProgressView"],
+    "kiln.requestor.report": ["Attempt"],
     "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
@@ -143,6 +145,7 @@ __all__ = [
     "Activity",
     "ActivityError",
     "ActivityInfo",
+    "Attempt",
     "Balance",
     "BudgetExceeded",
     "Cancelled",

@@ -51,6 +51,7 @@ from kiln.protocol.session import (
     Failed,
     Informed,
     Interim,
+    Notification,
     Notified,
     Replied,
     Reply,
@@ -70,6 +71,8 @@ log = logging.getLogger("kiln.connection")
 HANDSHAKE_TIMEOUT: Final = 10.0
 DEFER_BYTES: Final = 16 * 1024
 """Frames queued up to this size go out with the next ones of the same turn of the event loop."""
+NOTIFY_BACKLOG: Final = 256
+"""Frames waiting for the socket past which a notification is dropped rather than queued."""
 
 
 class HubLink(TakesMessages, ClientConnection):
@@ -478,6 +481,20 @@ class Connection:
         if self._writing.locked() or not send_frames_now(self.ws, self.session.frames_to_send()):
             return False
         self.session.data_to_send()  # written
+        return True
+
+    def notify(self, message: Notification) -> bool:
+        """Send a notification (see :meth:`Session.notify`) without waiting: it goes out with the
+        next write, at the end of this turn of the event loop at the latest while the reader runs.
+
+        False, and nothing sent, while more than :data:`NOTIFY_BACKLOG` frames wait for the socket:
+        what notifications say is worth less than slowing what waits. Raises as
+        :meth:`Session.notify` does.
+        """
+        if len(self.session.frames_to_send()) > NOTIFY_BACKLOG:
+            return False
+        self.session.notify(message)
+        self._write_soon()
         return True
 
     async def start(self, message: Request, on_interim: InterimHandler | None = None) -> asyncio.Future[Message]:

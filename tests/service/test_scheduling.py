@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 import kiln
-from kiln.protocol.messages import Cost, Demand
+from kiln.protocol.messages import Cost, Demand, TaskState
 from kiln.requestor.executor import Job, JobEvent, RentProgressHandler, Worker
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,6 +34,7 @@ class FakeActivity:
     cpu_seconds: float | None = None
     cost: Cost | None = None
     on_cost: Callable[[kiln.Activity, Cost], None] | None = None
+    moved: int = 0
 
     async def release(self) -> None:
         if not self.released:
@@ -65,6 +66,8 @@ class FakeMarket:
     budget: int | None = None
     """Rents the job's budget holds: past this many, a rent is refused budget_exceeded."""
     verdicts: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    reports: list[tuple[int, int, str, str | None, str]] = field(default_factory=list)
+    """The task reports the jobs sent: (task, attempt, state, activity, reason)."""
     _ids: itertools.count[int] = field(default_factory=itertools.count)
 
     async def reconnected(self) -> bool:
@@ -73,6 +76,19 @@ class FakeMarket:
     async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
         await asyncio.sleep(0)
         self.verdicts.append((lost, tuple(agreed)))
+
+    def report_task(
+        self,
+        group: str,
+        task: int,
+        attempt: int,
+        state: TaskState,
+        *,
+        activity: str | None = None,
+        reason: str = "",
+        moved: int = 0,
+    ) -> None:
+        self.reports.append((task, attempt, state, activity, reason))
 
     def rent(
         self,

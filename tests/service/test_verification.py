@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import kiln
+from kiln.protocol.messages import TaskState
 from kiln.requestor.executor import RentProgressHandler
 from kiln.requestor.scheduling import plural
 from kiln.testing import LocalCluster
@@ -48,6 +49,9 @@ class Reporting:
     async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
         self.verdicts.append((lost, tuple(agreed)))
         await self.requestor.report_verdict(lost, agreed)
+
+    def report_task(self, group: str, task: int, attempt: int, state: TaskState, **details: Any) -> None:
+        self.requestor.report_task(group, task, attempt, state, **details)
 
 
 async def answer(act: kiln.Activity, n: int) -> tuple[int, str]:

@@ -58,6 +58,7 @@ NOT_THROUGH_THE_HUB = {
     "push-image-old-hub": "a hub of 1.0",
     "share-image-old-hub": "a hub of 1.3",
     "market-terms-old-hub": "a hub of 1.4",
+    "notify-task-old-hub": "a hub of 1.5",
     "market-terms": "the hub's costs and verdicts (the ledger's)",
     "exec-output": "a hub of 1.0, which refuses an exec's streams",
     "handshake-bad-json": "a hub that sends what is not JSON",

@@ -82,6 +82,8 @@ def act(session: s.Session, step: dict[str, Any]) -> None:
             session.request(MESSAGE_ADAPTER.validate_python(step["message"]))  # type: ignore[arg-type]
         elif call == "reply":
             session.reply(MESSAGE_ADAPTER.validate_python(step["message"]))  # type: ignore[arg-type]
+        elif call == "notify":
+            session.notify(MESSAGE_ADAPTER.validate_python(step["message"]))  # type: ignore[arg-type]
         elif call == "send_data":
             session.send_data(step["stream"], bytes.fromhex(step["data"]))
         elif call == "end_stream":

@@ -15,6 +15,8 @@
  *   the reply must fit the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
+ * - A notification (1.6: a requestor's `task`, a provider's `usage`) has no id and no reply; it
+ *   is sent only to a hub that welcomed at 1.6 or later.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
  *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
  *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
@@ -97,6 +99,12 @@ const SENDS = Object.freeze({
 const SINCE = Object.freeze({
   push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4, balance: 5, ledger: 5, verdict: 5,
 });
+
+/**
+ * The notifications each role may send (no id, no reply), with the minor version that brought each.
+ * @type {Readonly<Record<string, Readonly<Record<string, number>>>>}
+ */
+const NOTIFIES = Object.freeze({ requestor: Object.freeze({ task: 6 }), provider: Object.freeze({ usage: 6 }) });
 
 /** The fields of a rent that came with 1.5 (the market's): sent only to a hub that welcomed 1.5. */
 const RENT_SINCE_5 = Object.freeze(["max_duration", "budget", "strategy", "allow", "min_reputation"]);
@@ -329,6 +337,27 @@ export class Session {
     this._mine.set(request.id, open);
     this._highest = Math.max(this._highest, request.id);
     this._send(request);
+  }
+
+  /**
+   * Send a notification: no id, and no reply comes (a requestor's `task` report, a provider's
+   * `usage`; 1.6). Throws LocalProtocolError for an invalid message or one this role may not
+   * send, UnsupportedVersionError when the hub welcomed us at an older version, and the
+   * session's end reason once it is closed.
+   * @param {import("../../types/protocol.js").TaskReport | import("../../types/protocol.js").Usage
+   *   | Record<string, unknown>} raw
+   */
+  notify(raw) {
+    const message = build(raw);
+    this._checkOpen();
+    const since = NOTIFIES[this.role][message.type];
+    if (since === undefined) {
+      throw new LocalProtocolError(`a ${this.role} may not send '${message.type}'`, { code: ErrorCode.OUT_OF_ORDER });
+    }
+    if (since > this.minor) {
+      throw new UnsupportedVersionError(`'${message.type}' needs protocol 1.${since}; the hub speaks ${this.version}`);
+    }
+    this._send(message);
   }
 
   /**

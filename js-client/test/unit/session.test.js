@@ -82,6 +82,7 @@ function act(session, step) {
     const call = step.call;
     if (call === "request") session.request(step.message);
     else if (call === "reply") session.reply(step.message);
+    else if (call === "notify") session.notify(step.message);
     else if (call === "send_data") session.sendData(step.stream, Buffer.from(step.data, "hex"));
     else if (call === "end_stream") session.endStream(step.stream);
     else if (call === "abort_stream") session.abortStream(step.stream, step.reason);

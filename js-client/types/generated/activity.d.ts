@@ -115,6 +115,8 @@ export declare class Activity {
     hold: number | null;
     /** @type {import("./requestor.js").CostInfo | null} (1.5) what it owes so far, as the hub last captured it */
     cost: import("./requestor.js").CostInfo | null;
+    /** bytes sent to it and taken from it so far: uploads, downloads and commands' output */
+    moved: number;
     /**
      * @param {Link} link a Connection, or a requestor that reconnects (then its activities outlive a connection)
      * @param {import("../protocol.js").Rented} rented

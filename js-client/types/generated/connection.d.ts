@@ -159,6 +159,14 @@ export declare class Connection {
     /** Write everything the session has queued, in order. */
     flush(): void;
     /**
+     * Send a notification (see `Session#notify`): no reply comes. False, and nothing sent,
+     * while more than {@link NOTIFY_BACKLOG_BYTES} wait in the socket's buffer: what
+     * notifications say is worth less than slowing what waits. Throws as `Session#notify` does.
+     * @param {import("../protocol.js").TaskReport | import("../protocol.js").Usage} message
+     * @returns {boolean}
+     */
+    notify(message: import("../protocol.js").TaskReport | import("../protocol.js").Usage): boolean;
+    /**
      * Send a request; the deferred settles with its final reply, or fails with a KilnError.
      * Throws at once (nothing sent) if the session refuses it. With as many requests (or
      * streams) open as the hub allows, it waits in line and is sent when one of ours ends:

@@ -55,6 +55,11 @@
  * that lost, the job tells the hub (`reportVerdict`), which counts it against the provider
  * and pays the requestor back. A losing run's result is never used.
  *
+ * Every attempt is recorded ({@link Job#attempts}: its task, provider, activity, times, outcome,
+ * reason and bytes moved); {@link Job#reportHtml} and {@link Job#report} draw them as an HTML
+ * timeline (`report.js`). A renter with `reportTask` (a requestor whose hub welcomed it at 1.6)
+ * hears of each attempt as it starts and as it ends, without the job waiting.
+ *
  * The parts are read as slots free up (a generator of a million parts is fine): the job keeps
  * a task while it waits or runs, and nothing of it but counters once it is done. The rules
  * themselves (which task goes where, blame, bans, retries) are the pure `scheduling.js`;
@@ -68,13 +73,26 @@
  */
 import { Deferred } from "./deferred.js";
 import { BudgetExceededError, NoMatchError, ProviderLostError, TaskFailedError } from "./errors.js";
+import { Timeline } from "./report.js";
 import { JobSummary, Redundant, Scheduler, SpotCheck } from "./scheduling.js";
 export { JobSummary, Redundant, SpotCheck };
 export type Activity = import("./activity.js").Activity;
+export type Running = {
+    started: number;
+    task: number;
+    attempt: number;
+    activity: Activity;
+    moved: number;
+    open: boolean;
+};
 export type JobEventKind = import("./scheduling.js").JobEventKind;
 export type Task<P> = import("./scheduling.js").Task<P>;
 export type Failure<P> = import("./scheduling.js").Failure<P>;
 /** @typedef {import("./activity.js").Activity} Activity */
+/**
+ * An attempt under way: its number in the timeline, and the activity's bytes moved when it began.
+ * @typedef {{started: number, task: number, attempt: number, activity: Activity, moved: number, open: boolean}} Running
+ */
 /** @typedef {import("./scheduling.js").JobEventKind} JobEventKind */
 /** @template P @typedef {import("./scheduling.js").Task<P>} Task */
 /** @template P @typedef {import("./scheduling.js").Failure<P>} Failure */
@@ -99,6 +117,11 @@ export type Renter = {
      * verification (a renter without it: the verdicts stay in the job's events)
      */
     reportVerdict?: (lost: string, agreed: string[]) => Promise<void>;
+    /**
+     * tells the hub (1.6)
+     * how an attempt went, without waiting and never throwing (a renter without it: the hub hears nothing)
+     */
+    reportTask?: (report: import("./requestor.js").TaskReportFields) => void;
 };
 export type TaskContext = {
     /**
@@ -255,6 +278,33 @@ export declare class Job<P, R> {
     get total(): number | null;
     /** Attempts running now. */
     get running(): number;
+    /**
+     * Every attempt of the job's tasks so far, by start (the latest 10,000 that ended, and those
+     * running): task, attempt number, provider, activity, start and end (seconds since the job
+     * started), outcome, reason, bytes moved. Copies: the job's own record moves on.
+     * @returns {import("./report.js").Attempt[]}
+     */
+    get attempts(): import("./report.js").Attempt[];
+    /**
+     * The job's report as one self-contained HTML page (see {@link Job#report}): for a browser,
+     * which has no file to write it to.
+     * @param {string} [title] default `Kiln job <group>`
+     * @returns {string}
+     */
+    reportHtml(title?: string): string;
+    /**
+     * Write the job's report to the file `path` (made or replaced; Node only: a browser takes
+     * {@link Job#reportHtml}); resolves to `path`. One self-contained page (inline CSS and SVG,
+     * nothing fetched, every text escaped): a Gantt chart of the attempts on each provider,
+     * coloured by outcome (hover a bar for its task, times, bytes and reason), the summary
+     * (done, failed, retries, spent, elapsed), and the retries with why.
+     * @param {string} path
+     * @param {{title?: string}} [options]
+     * @returns {Promise<string>}
+     */
+    report(path: string, { title }?: {
+        title?: string;
+    }): Promise<string>;
     /**
      * Call `listener` (synchronously, so keep it quick) for every event.
      * @param {(event: JobEvent) => void} listener

@@ -20,6 +20,33 @@ import { Connection } from "./connection.js";
 import { Deferred } from "./deferred.js";
 import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
 import { Job } from "./executor.js";
+export type TaskReportFields = {
+    /**
+     * the job's group (its rents name it)
+     */
+    group: string;
+    /**
+     * the task's index
+     */
+    task: number;
+    /**
+     * 1 for its first attempt
+     */
+    attempt: number;
+    state: "started" | "done" | "retried" | "failed";
+    /**
+     * where it ran
+     */
+    activity?: string;
+    /**
+     * why it ended
+     */
+    reason?: string;
+    /**
+     * bytes it moved
+     */
+    bytes?: number;
+};
 export type Dial = (resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>;
 export type Platform = {
     openSocket: import("./connection.js").OpenSocket;
@@ -728,6 +755,16 @@ export declare class Requestor {
      * @param {Iterable<string>} agreed
      */
     reportVerdict(lost: string, agreed: Iterable<string>): Promise<void>;
+    /**
+     * (1.6) Tell the hub how an attempt of a job's task went, for its dashboard: it `started`
+     * on `activity`, or ended (`done`, `retried`, `failed`) for `reason` having moved `bytes`.
+     * Sent without waiting, and no reply comes; a job sends these itself for each attempt's
+     * start and end. Dropped, silently, when the hub is older than 1.6, while the connection is
+     * down or being dialled again, while the socket is backed up, and when a field is out of
+     * the protocol's bounds: a report never slows or fails a job.
+     * @param {TaskReportFields} report
+     */
+    reportTask({ group, task, attempt, state, activity, reason, bytes }: TaskReportFields): void;
     /**
      * (1.5) The most `activities` activities meeting `demand` could cost, each held
      * `maxDuration` seconds, in credits, before anything runs: the dearest worst case among the

@@ -15,6 +15,8 @@ The rules everything here follows:
 * Requests, and fields, of a later minor version than the hub's ``welcome`` (the image
   store's, 1.1; an exec's streams and root, 1.2; ``activities``, 1.3) are refused here,
   before they are sent.
+* A notification (1.6: a requestor's ``task``, a provider's ``usage``) has no id and no reply;
+  it is sent only to a hub that welcomed at 1.6 or later.
 * A request the hub sends a provider stays open until the provider sends exactly one
   final reply to it; replying to anything else is this side's misuse.
 * An ``upload``, ``download`` or ``push_image`` opens a stream under the request's id, closed
@@ -102,7 +104,9 @@ from kiln.protocol.messages import (
     Rented,
     RentProgress,
     ShareImage,
+    TaskReport,
     Upload,
+    Usage,
     VerdictReport,
     Want,
     Welcome,
@@ -135,6 +139,8 @@ HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download | Meter
 """What the hub may ask of a provider."""
 Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
+Notification: TypeAlias = TaskReport | Usage
+"""What a peer tells the hub without a request (1.6): no id, no reply."""
 Interim: TypeAlias = DownloadInfo | Want | RentProgress
 """Replies that come before a request's final one."""
 FinalReply: TypeAlias = (
@@ -162,6 +168,8 @@ SINCE: Final[dict[str, int]] = {
     "verdict": 5,
 }
 """The minor version that brought each request (absent: 0)."""
+NOTIFIES: Final[dict[Role, dict[str, int]]] = {"requestor": {"task": 6}, "provider": {"usage": 6}}
+"""The notifications each role may send (no id, no reply), with the minor version that brought each."""
 INTERIM: Final[dict[str, tuple[str, bool]]] = {
     "download": ("download_info", True),
     "push_image": ("want", True),
@@ -472,6 +480,21 @@ class Session:
         if window is not None:
             open_.recv = _Stream(credit=window)
         self._streaming += open_.streams
+        self._send(message)
+
+    def notify(self, message: Notification) -> None:
+        """Send ``message``, a notification: no id, and no reply comes (a ``task`` report, a ``usage``).
+
+        Raises :class:`LocalProtocolError` for one this role may not send,
+        :class:`UnsupportedVersion` when the hub's welcome is older than the notification, and
+        the session's end reason once it is closed.
+        """
+        self._check_open()
+        since = NOTIFIES[self.role].get(message.type)
+        if since is None:
+            raise LocalProtocolError(f"a {self.role} may not send {message.type!r}", ErrorCode.OUT_OF_ORDER)
+        if since > self.minor:
+            raise UnsupportedVersion(f"{message.type!r} needs protocol 1.{since}; the hub speaks {self.version}")
         self._send(message)
 
     def has_room(self, message: Request) -> bool:

@@ -6,6 +6,7 @@ or the provider.
 
 - ``client``: the requestor connected to a hub (rent, release, the market); ``activity``: one rented container
 - ``executor``: split, run, combine: a worker farmed over many inputs, by the rules of ``scheduling``
-  (the job scheduler, pure: tasks, slots, attempts, blame, bans); ``progress``: a job's live progress bar
+  (the job scheduler, pure: tasks, slots, attempts, blame, bans); ``progress``: a job's live progress bar;
+  ``report``: a job's attempts and its HTML timeline (pure)
 - ``folders``: a folder's tar stream from a container, extracted safely; ``images``: ``docker save`` archives read
 """

@@ -183,6 +183,8 @@ class Activity:
         ``cost.final`` once it ended): it may come shortly after :meth:`release` returns."""
         self.on_cost: Callable[[Activity, Cost], None] | None = None
         """Called with each capture the hub reports (synchronously, so keep it quick)."""
+        self.moved = 0
+        """Bytes sent to it and taken from it so far: uploads, downloads and commands' output."""
 
     def __repr__(self) -> str:
         return f"<Activity {self.id} on {self.provider}>"
@@ -249,6 +251,7 @@ class Activity:
         try:
             async for chunk in chunks:
                 sent += len(chunk)
+                self.moved += len(chunk)
                 if sent > size:
                     raise UsageError(f"{target}: the source grew past the {size} bytes announced")
                 await sender.write(chunk)
@@ -303,6 +306,7 @@ class Activity:
             if source is not None:
                 await source.stop(failed)
         result = _result(argv, timeout, reply)
+        self.moved += len(result.stdout_bytes) + len(result.stderr_bytes)
         if check and result.exit_code != 0:
             raise CommandFailed(_failure_text(argv, result), result)
         return result
@@ -352,6 +356,7 @@ class Activity:
                         ErrorCode.BAD_FRAME,
                     )
                 data = bytes(chunk[1:])
+                self.moved += len(data)
                 yield StreamEvent(kind, data, decoders[kind].decode(data))  # type: ignore[arg-type]
             reply = await future
             yield StreamEvent("exit", result=_result(argv, timeout, reply))
@@ -416,6 +421,7 @@ class Activity:
             total = 0
             async for chunk in receiver:
                 total += len(chunk)
+                self.moved += len(chunk)
                 if info.kind == "file" and info.size is not None and total > info.size:
                     raise TransferFailed(f"{path}: the provider sent more than the {info.size} bytes it announced")
                 if max_bytes is not None and total > max_bytes:

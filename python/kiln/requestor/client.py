@@ -49,6 +49,8 @@ from kiln.protocol.errors import (
 )
 from kiln.protocol.messages import (
     MAX_LISTED,
+    MAX_REASON,
+    MAX_TASK_ATTEMPT,
     ActivitiesQuery,
     ActivityInfo,
     ActivityList,
@@ -72,11 +74,14 @@ from kiln.protocol.messages import (
     RentProgress,
     Resources,
     ShareImage,
+    TaskReport,
+    TaskState,
     User,
     VerdictReport,
+    clip,
 )
 from kiln.protocol.money import MICRO, within, worst_case
-from kiln.protocol.session import Event, Interim, Notified
+from kiln.protocol.session import Event, Interim, Notified, State
 from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
 from kiln.requestor.images import PushedImage, PushProgress, push_archive, push_engine_image, read_archive
@@ -90,6 +95,8 @@ ABANDON_TIMEOUT = 15.0
 REDIAL_FIRST: Final = 0.2
 REDIAL_MOST: Final = 2.0
 """Seconds between two dials of a reconnect: from the first, doubling up to the most."""
+TASK_REPORTS: Final = 6
+"""The minor version from which a hub takes ``task`` reports."""
 ENDED_KEPT: Final = 1024
 """Activities released or lost that a requestor still knows, for the hub's final ``cost`` of each."""
 
@@ -366,6 +373,7 @@ class Requestor:
         *,
         image: str,
         progress: bool | None = None,
+        report: str | os.PathLike[str] | None = None,
         **options: Unpack[JobOptions],
     ) -> list[R]:
         """Run ``await worker(activity, item)`` for every item on rented activities; results in order.
@@ -376,12 +384,13 @@ class Requestor:
         ``task_timeout``, ``start_timeout`` (60 s), ``setup``, ``teardown``,
         ``return_exceptions``, ``on_event``, ``budget``, ``strategy``, ``allow``, ``deny``,
         ``min_reputation``, ``max_duration``, ``verify``. ``progress``: a live bar and a summary
-        on a terminal (None: only when stderr is a terminal). Raises
+        on a terminal (None: only when stderr is a terminal); ``report``: write the job's HTML
+        report (:meth:`Job.report`) to this path at the end, and print it. Raises
         :class:`~kiln.requestor.executor.TaskFailed` when a task fails for good,
         :class:`~kiln.BudgetExceeded` when the job's budget is spent before its tasks are done.
         """
         job: Job[T, R] = self.job(worker, items, image=image, **options)
-        with ProgressView(job, enabled=progress):
+        with ProgressView(job, enabled=progress, report=report):
             return await job.run()
 
     async def map_unordered(
@@ -391,11 +400,12 @@ class Requestor:
         *,
         image: str,
         progress: bool | None = None,
+        report: str | os.PathLike[str] | None = None,
         **options: Unpack[JobOptions],
     ) -> AsyncIterator[tuple[int, R]]:
         """Like :meth:`map`, but yield ``(index, result)`` as each task finishes."""
         job: Job[T, R] = self.job(worker, items, image=image, **options)
-        with ProgressView(job, enabled=progress):
+        with ProgressView(job, enabled=progress, report=report):
             results = job.results()
             try:
                 async for index, value in results:
@@ -619,6 +629,42 @@ class Requestor:
             raise UsageError(f"cannot report a verdict on {lost!r}: {e.message}") from e
         reply = await conn.request(message)
         assert isinstance(reply, Done)
+
+    def report_task(
+        self,
+        group: str,
+        task: int,
+        attempt: int,
+        state: TaskState,
+        *,
+        activity: str | None = None,
+        reason: str = "",
+        moved: int = 0,
+    ) -> None:
+        """Tell the hub how attempt ``attempt`` of task ``task`` of the job whose rents name
+        ``group`` went (1.6, for its dashboard): it ``started`` on ``activity``, or ended
+        (``done``, ``retried``, ``failed``) for ``reason`` having moved ``moved`` bytes. Sent without
+        waiting, and no reply comes; a job sends these itself for each attempt's start and end.
+
+        Dropped, silently, when the hub is older than 1.6, while the connection is down or being
+        dialled again, while the socket is backed up (:data:`kiln.connection.NOTIFY_BACKLOG`), and
+        when a field is out of the protocol's bounds: a report never slows or fails a job.
+        """
+        conn = self._conn
+        if self.reconnecting or conn.session.state is not State.OPEN or conn.session.minor < TASK_REPORTS:
+            return
+        with contextlib.suppress(KilnError):
+            report = TaskReport(
+                type="task",
+                group=group,
+                task=task,
+                attempt=min(attempt, MAX_TASK_ATTEMPT),
+                state=state,
+                activity=activity,
+                reason=clip(reason, MAX_REASON) or None,
+                bytes=moved,
+            )
+            conn.notify(report)
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Notified) and isinstance(event.message, ActivityLost):

@@ -40,6 +40,12 @@ An image from the hub's store that a provider lacks is loaded before the contain
 the job emits ``image_loading`` events as the bytes go, and its summary counts the bytes
 each provider pulled.
 
+Every attempt is recorded (:attr:`Job.attempts`: its task, provider, activity, times, outcome,
+reason and bytes moved), and :meth:`Job.report` draws them as an HTML timeline
+(:mod:`kiln.requestor.report`). A hub that welcomed the requestor at 1.6 hears of each attempt
+as it starts and as it ends (``task`` reports, sent without waiting: they never slow or fail
+the job), for its dashboard.
+
 The worker (and ``setup``, ``teardown``) must be async callables (:func:`is_async_callable`):
 anything else is refused with a :class:`~kiln.UsageError` before anything is rented. An
 exception a worker raises is the task's :class:`TaskFailed` ``__cause__``, its type and
@@ -63,12 +69,14 @@ import dataclasses
 import functools
 import inspect
 import logging
+import os
 import secrets
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypedDict, TypeVar, cast
+from pathlib import Path
+from typing import Any, Final, Generic, Literal, Protocol, TypedDict, TypeVar, cast
 
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import (
@@ -83,10 +91,12 @@ from kiln.protocol.errors import (
     ProviderLost,
     UsageError,
 )
-from kiln.protocol.messages import MAX_EXCLUDE, Cost, Demand, User
+from kiln.protocol.messages import MAX_EXCLUDE, Cost, Demand, TaskState, User
 from kiln.protocol.money import MICRO, format_credits
 from kiln.requestor.activity import Activity
+from kiln.requestor.report import Attempt, AttemptOutcome, Timeline, render_html
 from kiln.requestor.scheduling import (
+    INTERRUPTED,
     Dispute,
     EventKind,
     Failure,
@@ -143,6 +153,20 @@ class Renter(Protocol):
 
     async def report_verdict(self, lost: str, agreed: Sequence[str]) -> None:
         """:meth:`kiln.Requestor.report_verdict`."""
+        ...
+
+    def report_task(
+        self,
+        group: str,
+        task: int,
+        attempt: int,
+        state: TaskState,
+        *,
+        activity: str | None = None,
+        reason: str = "",
+        moved: int = 0,
+    ) -> None:
+        """:meth:`kiln.Requestor.report_task`: never raises, never waits."""
         ...
 
 
@@ -240,6 +264,18 @@ class JobOptions(TypedDict, total=False):
     verify: Verify | None
 
 
+@dataclass(slots=True, eq=False)
+class _Running:
+    """An attempt under way: its number in the timeline, and the activity's bytes moved when it began."""
+
+    started: int
+    task: int
+    attempt: int
+    activity: Activity
+    moved: int
+    open: bool = True
+
+
 class Job(Generic[T, R]):
     """One split-run-combine job. Run it once with :meth:`run` or :meth:`results`.
 
@@ -333,6 +369,7 @@ class Job(Generic[T, R]):
         self._emit_result: Callable[[int, Any], None] = lambda index, value: None
         self._undelivered = 0  # results handed to results() and not yet taken
         self._used = False
+        self._timeline = Timeline()
 
     # --- following the job ------------------------------------------------------------
 
@@ -344,6 +381,30 @@ class Job(Generic[T, R]):
     @property
     def running(self) -> int:
         return self._core.running
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Every attempt of the job's tasks so far, by start (the latest 10,000 that ended, and
+        those running): task, attempt number, provider, activity, start and end (seconds since
+        the job started), outcome, reason, bytes moved. A copy: the job's own record moves on."""
+        return self._timeline.attempts
+
+    def report_html(self, title: str | None = None) -> str:
+        """The job's report as one self-contained HTML page (see :meth:`report`)."""
+        timeline = self._timeline
+        return render_html(title or f"Kiln job {self.group}", self.summary, timeline.attempts, dropped=timeline.dropped)
+
+    def report(self, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+        """Write the job's report to ``path`` (an HTML file, made or replaced); returns its path.
+
+        One self-contained page (inline CSS and SVG, nothing fetched, every text escaped): a
+        Gantt chart of the attempts on each provider, coloured by outcome (hover a bar for its
+        task, times, bytes and reason), the summary (done, failed, retries, spent, elapsed), and
+        the retries with why. Call it once the job is done, or while it runs for what happened so far.
+        """
+        target = Path(path)
+        target.write_text(self.report_html(title), encoding="utf-8")
+        return target
 
     def subscribe(self, listener: Callable[[JobEvent], None]) -> None:
         """Call ``listener`` (synchronously, so keep it quick) for every event."""
@@ -641,9 +702,16 @@ class Job(Generic[T, R]):
 
     async def _attempt(self, task: Task[T], activity: Activity) -> bool:
         """Run one attempt of ``task``; False when the activity should be given up."""
+        running = self._begin(task, activity)
+        try:
+            return await self._run(task, activity, running)
+        finally:
+            if running.open:  # the job ended under it (cancelled, or its connection is gone)
+                self._end(running, "lost", "the job ended while it ran", "failed")
+
+    async def _run(self, task: Task[T], activity: Activity, running: _Running) -> bool:
         provider = activity.provider
         core = self._core
-        core.start(task, provider)
         outcome: Outcome
         error: BaseException | None = None
         try:
@@ -676,6 +744,7 @@ class Job(Generic[T, R]):
                 outcome, error = self._lost(activity, ended), ended
         else:
             verdict = core.outcome(task, provider, "ok", value=value)
+            self._end(running, "done", "", "done")
             if verdict.accepted is not None:
                 self._emit_result(task.index, verdict.accepted.value)
             for dispute in verdict.disputes:
@@ -683,10 +752,38 @@ class Job(Generic[T, R]):
             if verdict.failure is not None:
                 self._failed(verdict.failure)
             return verdict.keep
-        verdict = core.outcome(task, provider, outcome, error, describe(error) if error is not None else "")
+        detail = describe(error) if error is not None else ""
+        verdict = core.outcome(task, provider, outcome, error, detail)
+        state: Literal["retried", "failed"] = "failed" if verdict.failure is not None else "retried"
+        lost = isinstance(error, ProviderLost)
+        self._end(running, "lost" if lost else state, detail or INTERRUPTED, state)
         if verdict.failure is not None:
             self._failed(verdict.failure)
-        return verdict.keep and not isinstance(error, ProviderLost)  # the hub ended it: give it up
+        return verdict.keep and not lost  # the hub ended it: give it up
+
+    def _begin(self, task: Task[T], activity: Activity) -> _Running:
+        """An attempt of ``task`` starts on ``activity``: tell the core, the timeline and the hub."""
+        number = self._core.start(task, activity.provider)
+        at = time.monotonic() - self._started
+        started = self._timeline.start(task.index, number, activity.provider, activity.id, at)
+        self.requestor.report_task(self.group, task.index, number, "started", activity=activity.id)
+        return _Running(started, task.index, number, activity, activity.moved)
+
+    def _end(self, running: _Running, outcome: AttemptOutcome, reason: str, state: TaskState) -> None:
+        """The attempt ``running`` ended so: the timeline and the hub hear it (once)."""
+        running.open = False
+        moved = running.activity.moved - running.moved
+        at = time.monotonic() - self._started
+        self._timeline.end(running.started, outcome, reason, moved, at)
+        self.requestor.report_task(
+            self.group,
+            running.task,
+            running.attempt,
+            state,
+            activity=running.activity.id,
+            reason=reason,
+            moved=moved,
+        )
 
     def _lost(self, activity: Activity, error: ProviderLost) -> Outcome:
         """How an attempt whose activity the hub ended counts: by why it ended."""

@@ -1,10 +1,14 @@
-"""A live progress bar for a :class:`~kiln.requestor.executor.Job`, and its summary at the end.
+"""A live progress bar for a :class:`~kiln.requestor.executor.Job`, its summary at the end, and
+its HTML report when asked (``report="job.html"``).
 
-Quiet unless the console is a terminal (or ``enabled=True``): logs and pipes stay clean.
+The bar and summary are quiet unless the console is a terminal (or ``enabled=True``): logs and
+pipes stay clean. A report asked for is written however the job ends, and its path printed.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,7 +28,11 @@ from kiln.requestor.executor import Job, JobEvent
 
 class ProgressView:
     """Shows done/total, running, retries, failed providers, elapsed time and ETA, and while a
-    provider loads the job's image, how far it got (``loading wordcount:1 on p1, 45 of 120 MiB``)."""
+    provider loads the job's image, how far it got (``loading wordcount:1 on p1, 45 of 120 MiB``).
+
+    With ``report``, the job's HTML report (:meth:`~kiln.requestor.executor.Job.report`) is written
+    there when the view closes, and its path printed (also when the bar is quiet); ``written``
+    holds that path then."""
 
     def __init__(
         self,
@@ -33,9 +41,13 @@ class ProgressView:
         enabled: bool | None = None,
         summary: bool = True,
         console: Console | None = None,
+        report: str | os.PathLike[str] | None = None,
     ) -> None:
         self.console = console or Console(stderr=True)
         self.summary = summary
+        self.report = report
+        self.written: Path | None = None
+        """Where the report went, once written."""
         self.enabled = self.console.is_terminal if enabled is None else enabled
         self.job = job
         self._progress = Progress(
@@ -71,11 +83,13 @@ class ProgressView:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if not self.enabled:
-            return
-        self._progress.stop()
-        for line in self.job.summary.lines() if self.summary else []:
-            self.console.print(line, highlight=False)
+        if self.enabled:
+            self._progress.stop()
+            for line in self.job.summary.lines() if self.summary else []:
+                self.console.print(line, highlight=False)
+        if self.report is not None:
+            self.written = self.job.report(self.report)
+            self.console.print(f"report: {self.written}", highlight=False, soft_wrap=True)
 
     def _on_event(self, event: JobEvent) -> None:
         if self._task is None:

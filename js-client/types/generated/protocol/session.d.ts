@@ -15,6 +15,8 @@
  *   the reply must fit the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
+ * - A notification (1.6: a requestor's `task`, a provider's `usage`) has no id and no reply; it
+ *   is sent only to a hub that welcomed at 1.6 or later.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
  *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
  *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
@@ -141,6 +143,15 @@ export declare class Session {
      * @param {Request | Record<string, unknown>} raw
      */
     request(raw: Request | Record<string, unknown>): void;
+    /**
+     * Send a notification: no id, and no reply comes (a requestor's `task` report, a provider's
+     * `usage`; 1.6). Throws LocalProtocolError for an invalid message or one this role may not
+     * send, UnsupportedVersionError when the hub welcomed us at an older version, and the
+     * session's end reason once it is closed.
+     * @param {import("../../protocol.js").TaskReport | import("../../protocol.js").Usage
+     *   | Record<string, unknown>} raw
+     */
+    notify(raw: import("../../protocol.js").TaskReport | import("../../protocol.js").Usage | Record<string, unknown>): void;
     /**
      * Ask the hub to stop our open request `request`; it still ends with one reply. No-op if not open.
      * @param {number} request
