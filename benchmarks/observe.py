@@ -55,21 +55,27 @@ def rss(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def scrape(url: str, ready: Event, stop: Event, every: float, results: Connection) -> None:
-    """Scrape ``url`` every ``every`` seconds until ``stop`` (``ready`` once the first is done); send the
-    seconds each took (in its own process, so that the providers simulated in the benchmark's do not
-    slow the timing down)."""
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
-    samples: list[float] = []
-    sizes: list[int] = []
+def scrape(base: str, ready: Event, stop: Event, every: float, results: Connection) -> None:
+    """Scrape ``base``'s ``/metrics`` every ``every`` seconds until ``stop`` (``ready`` once the first is
+    done), each after a ``/healthz`` (what any request to the hub takes: its event loop's delay); send the
+    seconds each took. In its own process, so that the providers simulated in the benchmark's do not
+    slow the timing down."""
+    metrics = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    scraped: list[float] = []
+    health: list[float] = []
+    size = 0
     while not stop.is_set():
         started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            sizes.append(len(reply.read()))
-        samples.append(time.perf_counter() - started)
+        with urllib.request.urlopen(base + "/healthz", timeout=10) as reply:
+            reply.read()
+        health.append(time.perf_counter() - started)
+        asked = time.perf_counter()
+        with urllib.request.urlopen(metrics, timeout=10) as reply:
+            size = len(reply.read())
+        scraped.append(time.perf_counter() - asked)
         ready.set()
         stop.wait(max(0.0, every - (time.perf_counter() - started)))
-    results.send((samples, sizes))
+    results.send((scraped, health, size))
 
 
 async def rents(requestor: kiln.Requestor, count: int) -> list[float]:
@@ -134,8 +140,8 @@ async def measure(url: str, hub_pid: int, providers: int, count: int, scrapes: i
             context = multiprocessing.get_context("spawn")
             ready, stop = context.Event(), context.Event()
             ours, theirs = context.Pipe(duplex=False)
-            metrics = url.replace("ws://", "http://") + "/metrics"
-            scraper = context.Process(target=scrape, args=(metrics, ready, stop, 1.0, theirs))
+            base = url.replace("ws://", "http://")
+            scraper = context.Process(target=scrape, args=(base, ready, stop, 1.0, theirs))
             scraper.start()
             await asyncio.to_thread(ready.wait, 60)
             watched: list[float] = []
@@ -144,12 +150,13 @@ async def measure(url: str, hub_pid: int, providers: int, count: int, scrapes: i
             while time.perf_counter() - started < scrapes or len(watched) < count:
                 watched += await rents(requestor, count)
             stop.set()
-            scraped, sizes = await asyncio.to_thread(ours.recv)
+            scraped, health, size = await asyncio.to_thread(ours.recv)
             scraper.join()
     print(f"{providers:>6} providers (joined in {joining:.1f} s)")
     print(f"         rent, nobody watching: {describe(quiet)}")
     print(f"         rent, /metrics scraped every second: {describe(watched)}")
-    print(f"         GET /metrics (from another process, {max(sizes)} bytes): {describe(scraped)}")
+    print(f"         GET /metrics (from another process, {size} bytes): {describe(scraped)}")
+    print(f"         GET /healthz just before each: {describe(health)}")
     per = (full - idle) / providers
     weight = f"{idle / 2**20:.0f} MiB idle, {full / 2**20:.0f} MiB with them"
     print(f"         hub RSS: {weight}: {per / 1024:.1f} KiB a provider")
