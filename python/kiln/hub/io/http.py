@@ -40,14 +40,13 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import orjson
-from prometheus_client import CollectorRegistry
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kiln.hub.access import Credentials, Viewer, viewer
 from kiln.hub.io.connections import HubConnection
-from kiln.hub.io.metrics import CONTENT_TYPE, exposition
+from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 
 SESSION_COOKIE: Final = "kiln_session"
 MAX_LOGINS: Final = 1024
@@ -209,7 +208,7 @@ class Front:
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        metrics: Metrics,
         *,
         token: str | None,
         credentials: Credentials | None,
@@ -219,7 +218,7 @@ class Front:
         assets: Assets | None = None,
         logins: Logins | None = None,
     ) -> None:
-        self.registry = registry
+        self.metrics = metrics
         self.token = token
         self.credentials = credentials
         self.stopping = stopping
@@ -228,7 +227,7 @@ class Front:
         self.assets = assets if assets is not None else Assets.packaged()
         self.logins = logins or Logins()
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
         path = request.path.partition("?")[0]
         if _upgrading(request.headers):
@@ -240,7 +239,7 @@ class Front:
                 return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"stopping\n")
             return _response(http.HTTPStatus.OK, b"ok\n")
         if path == "/metrics":
-            return self._metrics(request)
+            return await self._metrics(request)
         if path == "/api/login":
             return self._login(request)
         if path == "/api/logout":
@@ -269,14 +268,14 @@ class Front:
             return who
         return viewer(None, self.token, self.credentials)
 
-    def _metrics(self, request: Request) -> Response:
+    async def _metrics(self, request: Request) -> Response:
         if not self.public_metrics:
             who = self._viewer(request.headers)
             if who is None:
                 return _unauthorized()
             if not who.admin:
                 return _response(http.HTTPStatus.FORBIDDEN, b"the metrics need an admin credential\n")
-        return _response(http.HTTPStatus.OK, exposition(self.registry), CONTENT_TYPE, cache="no-store")
+        return _response(http.HTTPStatus.OK, await self.metrics.exposition(), CONTENT_TYPE, cache="no-store")
 
     def _login(self, request: Request) -> Response:
         bearer = _bearer(request.headers)

@@ -3,8 +3,8 @@
 Nothing is counted here: :class:`HubCollector` reads the core's state when Prometheus scrapes
 (peers, the market's sums, activities, the store's catalog, and what the core counted:
 :class:`~kiln.hub.tallies.Tallies`), so a hub that is never scraped pays nothing for its metrics.
-Each hub has a registry of its own (:func:`hub_registry`), with the process's own metrics
-(``process_*``) beside the hub's.
+Each hub has registries of its own, with the process's own metrics
+(``process_*``) beside the hub's: :class:`Metrics`.
 
 Names follow Prometheus' conventions: the ``kiln_`` prefix, base units (bytes, seconds, credits),
 ``_total`` counters, and labels only from fixed sets (an activity's state, a direction, a role, an
@@ -13,10 +13,12 @@ grow every scrape with it.
 
 A scrape looks at each connected peer once (to count requestors and streams) and at nothing else
 per provider: the market keeps its sums as offers come and go (:class:`~kiln.hub.market.Totals`).
+The process's metrics are read in a thread: counting its open files lists them, one per peer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,7 +34,7 @@ from kiln.protocol.messages import PROTOCOL_VERSION
 from kiln.protocol.money import MICRO
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-"""The media type of the Prometheus text format that :func:`exposition` writes."""
+"""The media type of the Prometheus text format that :meth:`Metrics.exposition` writes."""
 ACTIVITY_STATES: Final = ("creating", "ready", "destroying", "absent")
 """Every state an activity is in (:class:`~kiln.hub.peers.Lease`): each is reported, 0 or not."""
 ROLES: Final = ("requestor", "provider")
@@ -172,14 +174,22 @@ class HubCollector:
             )
 
 
-def hub_registry(core: HubCore, viewers: Callable[[], int]) -> CollectorRegistry:
-    """A registry of the hub's metrics (:class:`HubCollector`) and its process's (``process_*``)."""
-    registry = CollectorRegistry()
-    registry.register(HubCollector(core, viewers))
-    ProcessCollector(registry=registry)
-    return registry
+class Metrics:
+    """A hub's metrics: its own (:class:`HubCollector`) in one registry, its process's (``process_*``) in
+    another, each read where it costs the hub least (:meth:`exposition`)."""
 
+    def __init__(self, core: HubCore, viewers: Callable[[], int]) -> None:
+        self.hub = CollectorRegistry()
+        self.hub.register(HubCollector(core, viewers))
+        self.process = CollectorRegistry()
+        ProcessCollector(registry=self.process)
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The metrics of ``registry``, read now, in the Prometheus text format (:data:`CONTENT_TYPE`)."""
-    return generate_latest(registry)
+    async def exposition(self) -> bytes:
+        """Both registries, read now, in the Prometheus text format (:data:`CONTENT_TYPE`).
+
+        The hub's are read on the event loop, between two calls of the core (never from another
+        thread: the core is not to be read while it changes); the process's in a thread, as counting
+        its open files lists them (milliseconds at 10,000 peers, which the event loop does not wait for).
+        """
+        hub = generate_latest(self.hub)
+        return hub + await asyncio.to_thread(generate_latest, self.process)

@@ -54,7 +54,7 @@ from kiln.hub.io.connections import (
     select_subprotocol,
 )
 from kiln.hub.io.http import Front, Logins
-from kiln.hub.io.metrics import hub_registry
+from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -438,7 +438,7 @@ async def start(
         return sum(1 for ws in connections if isinstance(ws, HubConnection) and ws.viewer is not None)
 
     front = Front(
-        hub_registry(core, viewers),
+        Metrics(core, viewers),
         token=core.token,
         credentials=core.credentials,
         stopping=lambda: hub.stopping,
