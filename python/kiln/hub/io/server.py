@@ -431,14 +431,8 @@ async def start(
     log.info("credentials: %s (%s)", state.path, needed)
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
-    server: Server | None = None
-
-    def viewers() -> int:
-        connections = () if server is None else server.connections
-        return sum(1 for ws in connections if isinstance(ws, HubConnection) and ws.viewer is not None)
-
     front = Front(
-        Metrics(core, viewers),
+        Metrics(core, lambda: front.viewers()),
         token=core.token,
         credentials=core.credentials,
         stopping=lambda: hub.stopping,
