@@ -271,11 +271,16 @@ function summaryCells(summary, attempts) {
 
 /** @param {import("./scheduling.js").JobSummary} summary @param {readonly Attempt[]} attempts */
 function providers(summary, attempts) {
-  const names = [
-    ...new Set([...attempts.map((a) => a.provider), ...summary.tasksPerProvider.keys(), ...summary.spentMicro.keys()]),
-  ].sort();
+  /** @type {Map<string, Attempt[]>} grouped once: a job may have thousands of each */
+  const byProvider = new Map();
+  for (const attempt of attempts) {
+    const mine = byProvider.get(attempt.provider);
+    if (mine === undefined) byProvider.set(attempt.provider, [attempt]);
+    else mine.push(attempt);
+  }
+  const names = [...new Set([...byProvider.keys(), ...summary.tasksPerProvider.keys(), ...summary.spentMicro.keys()])].sort();
   const rows = names.map((name) => {
-    const mine = attempts.filter((a) => a.provider === name);
+    const mine = byProvider.get(name) ?? [];
     return (
       "<tr>" +
       `<td>${escape(name)}${summary.failedProviders.has(name) ? " (failed the job)" : ""}</td>` +

@@ -3,7 +3,7 @@
 Its modules, by job:
 
 - ``runtime``: :class:`~kiln_provider.runtime.ProviderRuntime`, the session with the hub (dial,
-  offer, serve, dial again; containers kept for a restarted hub within a grace period);
+  offer, serve, report usage, dial again; containers kept for a restarted hub within a grace period);
 - ``config``: :class:`~kiln_provider.config.ProviderConfig`, the settings the process takes;
 - ``handlers``: the hub's requests (create, exec, upload, download, destroy) and the containers;
 - ``image_supply``: the images creates run (loaded from the hub's store, pulled), evicted past a budget;
@@ -14,7 +14,9 @@ Its modules, by job:
 - ``docker_adapter``: Docker, wrapped (the only module that imports ``docker``);
 - ``download``: a download's stream out of Docker's tar archive of a path;
 - ``volume``: a container's storage, a filesystem of the rented size, and uploads written into it;
-- ``procfs``: what ``/proc`` and the cgroup files say of a container's processes (CPU time, user);
+- ``procfs``: what ``/proc`` and the cgroup files say of a container's processes (CPU time, memory, user);
+- ``metrics``: the provider's counts, its Prometheus metrics (``--metrics-port``) and what the hub's
+  ``usage`` (1.6) reports of its containers;
 - ``agent`` and ``agent_protocol``: the channel to the agent in every container, and its wire format;
 - ``agent_binary``: which ``kiln-agent`` binary containers run, checked to be a static ELF;
 - ``busybox``: the build context of the ``kiln-busybox`` test image;

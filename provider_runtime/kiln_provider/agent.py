@@ -96,8 +96,13 @@ class _Command:
 class AgentChannel:
     """One container's agent, over a socket attached to the container's stdin and stdout."""
 
-    def __init__(self, sock: socket.socket, name: str, uid: int, gid: int) -> None:
+    def __init__(
+        self, sock: socket.socket, name: str, uid: int, gid: int, on_failure: Callable[[], None] = lambda: None
+    ) -> None:
+        """``on_failure`` is called once if the channel breaks other than by :meth:`close` (the
+        agent broke its protocol, said no hello, or the container ended): the provider counts them."""
         self._sock = sock
+        self._on_failure = on_failure
         self._name = name
         self.uid, self.gid = uid, gid
         """Who commands run as (the agent runs as them too: without capabilities it cannot switch)."""
@@ -264,7 +269,7 @@ class AgentChannel:
 
     async def close(self) -> None:
         """Stop reading and close the channel (the agent then ends everything and exits)."""
-        self._break(DockerFailed(f"the container {self._name} is being removed"))
+        self._break(DockerFailed(f"the container {self._name} is being removed"), ours=True)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -367,10 +372,12 @@ class AgentChannel:
         level = logging.DEBUG if crossed else logging.WARNING
         log.log(level, "the agent of %s refused a frame: %s", self._name, message.message)
 
-    def _break(self, reason: DockerFailed) -> None:
+    def _break(self, reason: DockerFailed, *, ours: bool = False) -> None:
         if self.broken is not None:
             return
         self.broken = reason
+        if not ours:
+            self._on_failure()
         if not self._hello.done():
             self._hello.set_exception(reason)
             self._hello.exception()  # seen here: open() raises it

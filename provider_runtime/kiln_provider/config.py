@@ -52,3 +52,7 @@ class ProviderConfig:
     """(1.5) What an activity here costs (in its offer; None: free)."""
     images: tuple[str, ...] = ()
     """Patterns (fnmatch) of the tags of local images to offer, besides labelled ones (``org.kiln.offer``)."""
+    metrics_port: int | None = None
+    """Serve the provider's metrics (Prometheus) on this port (0: a free one, logged; None: none)."""
+    metrics_host: str = "127.0.0.1"
+    """The address the metrics are served on (loopback unless told otherwise)."""

@@ -60,7 +60,7 @@ from kiln_provider.errors import (
 from kiln_provider.image_archive import LoadArchive
 from kiln_provider.image_cache import default_data_dir
 from kiln_provider.offering import OFFER_LABEL, LocalImage, repository
-from kiln_provider.procfs import cgroup_cpu_seconds, ids_of
+from kiln_provider.procfs import Cgroup, cgroup_cpu_seconds, cgroup_of, ids_of
 from kiln_provider.volume import Volume, Volumes, made_for_user, normalised, volume_name
 
 AGENT_IN_CONTAINER = "/.kiln-agent"
@@ -142,6 +142,8 @@ class Started:
     """Who the agent, and every command, runs as."""
     volume: Volume
     """Where its ``/golem`` and ``/tmp`` are on the host (uploads go there: :func:`~kiln_provider.volume.put_file`)."""
+    cgroup: Cgroup
+    """Where its CPU time and memory are read (the provider's metrics and ``usage``)."""
 
 
 def _own_socket(hijacked: Any) -> socket.socket:
@@ -447,7 +449,7 @@ class DockerAdapter:
             env[AGENT_DEBUG] = image_env[AGENT_DEBUG]
         else:
             env.pop(AGENT_DEBUG, None)
-        return Started(container_id, channel, env, uid, gid, volume)
+        return Started(container_id, channel, env, uid, gid, volume, cgroup_of(pid))
 
     def volume(self, container_id: str) -> Volume | None:
         """The volume of a container this adapter created (None: not one of them, or removed)."""

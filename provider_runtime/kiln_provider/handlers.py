@@ -16,6 +16,10 @@ each request then runs as a task of the session's task group and ends with exact
 - ``meter`` (1.5): the CPU time the container used so far, for the hub to bill a priced activity;
 - ``destroy``: the container removed, volume and all, with the CPU time it used.
 
+What the containers use is read from their cgroups (:meth:`Handlers.probes`, then
+:func:`~kiln_provider.metrics.measure` on a thread) for the hub's ``usage`` and the metrics;
+the CPU time of those removed goes to the provider's :class:`~kiln_provider.metrics.Tallies`.
+
 Transfers cross between the event loop and Docker's threads in :mod:`kiln_provider.threads`.
 """
 
@@ -34,6 +38,7 @@ from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized
 from kiln.protocol.messages import (
+    ActivityUsage,
     Cost,
     Create,
     Destroy,
@@ -53,6 +58,8 @@ from kiln_provider.config import ProviderConfig
 from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, Started
 from kiln_provider.errors import ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_supply import ImageSupply
+from kiln_provider.metrics import Probe, Tallies
+from kiln_provider.procfs import Cgroup
 from kiln_provider.threads import Pools, ThreadChunks, chunks_for_thread, next_chunk
 from kiln_provider.volume import Volume, put_file
 
@@ -85,6 +92,10 @@ class Container:
     """Who its commands run as (the image's USER, else nobody), and who owns what is uploaded."""
     volume: Volume
     """Its ``/golem`` and ``/tmp``, where uploads are written."""
+    cgroup: Cgroup
+    """Where its CPU time and memory are read."""
+    cpu_seconds: float = 0.0
+    """The CPU time it had used when last read."""
     operations: set[Operation] = field(default_factory=set)
     archive: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held by an upload or download for its whole stream.
@@ -104,12 +115,17 @@ class Handlers:
     :meth:`halt` when its connection ends.
     """
 
-    def __init__(self, config: ProviderConfig, adapter: DockerAdapter, pools: Pools, images: ImageSupply) -> None:
+    def __init__(
+        self, config: ProviderConfig, adapter: DockerAdapter, pools: Pools, images: ImageSupply, tallies: Tallies
+    ) -> None:
         self.config = config
         self.adapter = adapter
         self.pools = pools
         self.images = images
+        self.tallies = tallies
         self.containers: dict[str, Container] = {}
+        self.removed = asyncio.Event()
+        """Set when a container was removed (the hub's ``usage`` then tells of one fewer)."""
         self._by_request: dict[int, Operation] = {}
         self._conn: Connection | None = None
         self._tg: asyncio.TaskGroup | None = None
@@ -132,15 +148,34 @@ class Handlers:
         """The activities whose containers still run (a broken one is no one's: removed later)."""
         return sorted(a for a, container in self.containers.items() if container.agent.broken is None)
 
+    def probes(self) -> list[Probe]:
+        """Every container, as :func:`~kiln_provider.metrics.measure` reads it (on a thread)."""
+        return [Probe(activity, c.cgroup, c.cpu_seconds) for activity, c in self.containers.items()]
+
+    def measured(self, usage: list[ActivityUsage]) -> None:
+        """Keep what :func:`~kiln_provider.metrics.measure` read, for when a cgroup is gone."""
+        for entry in usage:
+            container = self.containers.get(entry.activity)
+            if container is not None:
+                container.cpu_seconds = max(container.cpu_seconds, entry.cpu_seconds)
+
     async def remove(self, activity: str) -> None:
         """Remove the container of ``activity`` (untracked first; once begun, finished even if cancelled)."""
         container = self.containers.pop(activity, None)
         if container is not None:
             await asyncio.shield(self._remove_container(container))
 
-    async def _remove_container(self, container: Container) -> None:
-        await container.agent.close()
-        await self.pools.lifecycle_call(self.adapter.remove, container.id)
+    async def _remove_container(self, container: Container, cpu: float | None = None) -> None:
+        """Remove an untracked container; its CPU time (``cpu``, else read now, else as last
+        read) goes to the tallies."""
+        if cpu is None:
+            cpu = await self.pools.lifecycle_call(container.cgroup.cpu_seconds)
+        self.tallies.ended_cpu_seconds += max(cpu or 0.0, container.cpu_seconds)
+        try:
+            await container.agent.close()
+            await self.pools.lifecycle_call(self.adapter.remove, container.id)
+        finally:
+            self.removed.set()
 
     # --- dispatch (called by the connection's reader: must not block) ------------------------
 
@@ -291,7 +326,8 @@ class Handlers:
                     f"provider {self.config.name!r} lost the image {message.image!r}: {e.message}"
                 ) from e
         container_id = started.id
-        agent = AgentChannel(started.channel, f"{message.activity} ({container_id[:12]})", started.uid, started.gid)
+        name = f"{message.activity} ({container_id[:12]})"
+        agent = AgentChannel(started.channel, name, started.uid, started.gid, self.tallies.agent_failed)
         try:
             await agent.open()
         except BaseException:
@@ -299,7 +335,7 @@ class Handlers:
             await self.pools.lifecycle_call(self.adapter.remove, container_id)
             raise
         self.containers[message.activity] = Container(
-            container_id, agent, started.env, started.uid, started.gid, started.volume
+            container_id, agent, started.env, started.uid, started.gid, started.volume, started.cgroup
         )
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         await self.images.used(image.id)
@@ -345,7 +381,7 @@ class Handlers:
                 pass  # the container died on its own; removing it is what matters
         finally:
             # Untracked from here on, so removed whatever happens (even when cancelled).
-            await asyncio.shield(self._remove_container(container))
+            await asyncio.shield(self._remove_container(container, cpu))
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
@@ -353,6 +389,7 @@ class Handlers:
         """The CPU seconds the activity's container used so far (its cgroup's, as :meth:`_destroy` reads)."""
         container = self.containers[message.activity]
         cpu = await self.pools.lifecycle_call(self.adapter.cpu_seconds, container.id)
+        container.cpu_seconds = max(container.cpu_seconds, cpu)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
     async def _exec(self, message: Exec, stdin: Incoming | None, output: Outgoing | None) -> Reply:

@@ -12,7 +12,7 @@ What was loaded or pulled is recorded (:mod:`kiln_provider.image_cache`) and evi
 recently used first, past the ``--image-cache`` budget; never an image a container uses or a
 create is about to (:meth:`ImageSupply.image_for` pins it until its block ends)::
 
-    supply = ImageSupply(config, adapter, pools)
+    supply = ImageSupply(config, adapter, pools, tallies)
     await supply.tidy()                                    # at start
     async with supply.image_for(create, receive) as (image, received):
         ...                                                # make the container
@@ -37,6 +37,7 @@ from kiln_provider.docker_adapter import DockerAdapter, ImageFacts
 from kiln_provider.errors import DockerFailed, ImageMissing, ImageTooLarge
 from kiln_provider.image_archive import LoadArchive, held_layers, wanted
 from kiln_provider.image_cache import ImageCache, default_data_dir, write_atomically
+from kiln_provider.metrics import Tallies
 from kiln_provider.offering import Allowed
 from kiln_provider.threads import Pools, chunks_for_thread, next_chunk
 
@@ -49,10 +50,12 @@ Receive: TypeAlias = Callable[[list[str]], Awaitable[Incoming]]
 class ImageSupply:
     """The images of one provider's creates, and its record of those it loaded."""
 
-    def __init__(self, config: ProviderConfig, adapter: DockerAdapter, pools: Pools) -> None:
+    def __init__(self, config: ProviderConfig, adapter: DockerAdapter, pools: Pools, tallies: Tallies) -> None:
+        """``tallies``: where the images loaded and pulled, and the bytes received, are counted."""
         self.config = config
         self.adapter = adapter
         self.pools = pools
+        self.tallies = tallies
         self.cache = ImageCache.open(config.data_dir or default_data_dir(config.name), config.image_cache)
         self.allowed = Allowed(config.images)
         self.changed = asyncio.Event()
@@ -125,6 +128,7 @@ class ImageSupply:
             log.info("pulling %s", ref)
             started = time.monotonic()
             pulled = await self.pools.transfer_call(self.adapter.pull, ref)
+            self.tallies.image_pulls["registry"] += 1
             log.info("pulled %s (%s) in %.1f s", ref, pulled.id[:19], time.monotonic() - started)
             if pulled.id not in before:  # an image that was here already (under another tag) is not ours
                 await self._loaded(pulled, pulled=True)
@@ -205,7 +209,11 @@ class ImageSupply:
         # Metered again on the way in: whatever the hub said, no more than the cache budget is extracted.
         chunks = chunks_for_thread(first, incoming, idle, "image", asyncio.get_running_loop())
         archive = LoadArchive(manifest, blobs, chunks, limit=room)
-        await self.pools.transfer_call(self.adapter.load, archive)
+        try:
+            await self.pools.transfer_call(self.adapter.load, archive)
+        finally:
+            self.tallies.image_pull_bytes += archive.received
+        self.tallies.image_pulls["hub"] += 1
         image = await self.pools.lifecycle_call(self.adapter.image, manifest.config.digest)
         if image is None:
             raise DockerFailed(f"docker load took the image {manifest.config.digest} but Docker does not hold it")

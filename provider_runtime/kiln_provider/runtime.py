@@ -16,6 +16,11 @@ again (websockets' reconnecting iterator, with backoff). Its containers stay, fo
 provider's ``hello`` (1.3) lists them, so the hub keeps those it holds and has the
 provider destroy the rest. A hub that was not dialled back in time, or that speaks
 below 1.3, gets no list: the containers are removed.
+
+A hub that speaks 1.6 is told what the containers use (``usage``, from their cgroups) every
+:data:`USAGE_SECONDS` while there are any, and once, empty, after the last one went. With
+``--metrics-port`` the provider serves its own metrics (:mod:`kiln_provider.metrics`) for as
+long as it runs, whether a hub is connected or not.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import contextlib
 import logging
 import time
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff, process_exception
@@ -34,12 +39,13 @@ from websockets.frames import CloseCode
 from kiln.connection import WEBSOCKET_OPTIONS, Connection, check_hub_url, dial_error, tls_options
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, Unauthorized, UnsupportedVersion, UsageError
-from kiln.protocol.messages import MAX_OFFERED, MAX_REPORTED, Offer, Resources
+from kiln.protocol.messages import MAX_OFFERED, MAX_REPORTED, MAX_USAGE_ACTIVITIES, Offer, Resources, Usage
 from kiln.protocol.money import format_price
 from kiln_provider.config import ProviderConfig
 from kiln_provider.docker_adapter import DockerAdapter
 from kiln_provider.handlers import Handlers
 from kiln_provider.image_supply import ImageSupply
+from kiln_provider.metrics import MetricsServer, MetricsSource, Snapshot, Tallies, measure, serve_metrics, usage_entries
 from kiln_provider.threads import Pools
 
 log = logging.getLogger("kiln.provider")
@@ -49,6 +55,8 @@ RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, ma
 """Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
+USAGE_SECONDS: Final = 5.0
+"""How often a hub that speaks 1.6 is told what the containers use."""
 
 
 class ProviderRuntime:
@@ -62,8 +70,9 @@ class ProviderRuntime:
         adapter.volumes.bound(self.offer_resources.storage, config.max_containers)
         self.arch = adapter.host_info().arch
         self._pools = Pools()
-        self.images = ImageSupply(config, adapter, self._pools)
-        self.handlers = Handlers(config, adapter, self._pools, self.images)
+        self.tallies = Tallies()
+        self.images = ImageSupply(config, adapter, self._pools, self.tallies)
+        self.handlers = Handlers(config, adapter, self._pools, self.images, self.tallies)
         self._offered: tuple[list[str], list[str]] = ([], [])  # (images, cached) of the last offer
         self._dial_failure: str | None = None  # why the last dial failed, once told
         self._hub_minor = 0  # the minor version the last welcome spoke
@@ -94,9 +103,45 @@ class ProviderRuntime:
         Cancelled (the provider stops), it says goodbye to the hub (close code 1001, going
         away: the hub logs a clean departure), then removes its containers.
         """
-        name_taken_since: float | None = None
         check_hub_url(self.config.hub)
         tls = tls_options(self.config.hub, self.config.ca)  # a bad --ca fails before any dial
+        metrics = self._serve_metrics()
+        try:
+            await self._serve(tls)
+        finally:
+            if metrics is not None:
+                await asyncio.to_thread(metrics.close)
+
+    def _serve_metrics(self) -> MetricsServer | None:
+        """Start serving the metrics, if asked to (UsageError if it cannot listen); the log says where."""
+        host, port = self.config.metrics_host, self.config.metrics_port
+        if port is None:
+            return None
+        source = MetricsSource(asyncio.get_running_loop(), self._snapshot, self.adapter.volumes.usage)
+        try:
+            server = serve_metrics(source, host, port)
+        except OSError as e:
+            raise UsageError(f"cannot serve the metrics on {host}:{port}: {e.strerror or e}") from e
+        bound_host, bound_port = server.address
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        log.info("serving metrics on http://%s:%d/metrics", shown, bound_port)
+        return server
+
+    def _snapshot(self) -> Snapshot:
+        """What a scrape reads of the provider's state (on the event loop, where it changes)."""
+        tallies = self.tallies
+        return Snapshot(
+            probes=self.handlers.probes(),
+            ended_cpu_seconds=tallies.ended_cpu_seconds,
+            image_pulls=dict(tallies.image_pulls),
+            image_pull_bytes=tallies.image_pull_bytes,
+            agent_channel_errors=tallies.agent_channel_errors,
+            image_cache_bytes=self.images.cache.total,
+        )
+
+    async def _serve(self, tls: dict[str, Any]) -> None:
+        """:meth:`run`'s sessions, once the settings are checked."""
+        name_taken_since: float | None = None
         await self.images.tidy()
         containers = self.handlers.containers
         ws: ClientConnection | None = None
@@ -215,9 +260,12 @@ class ProviderRuntime:
             async with asyncio.TaskGroup() as tg:
                 self.handlers.attach(conn, tg)
                 reader = tg.create_task(conn.run())
-                refresher = tg.create_task(self._refresh_offer(conn))
+                helpers = [tg.create_task(self._refresh_offer(conn))]
+                if conn.session.minor >= 6:
+                    helpers.append(tg.create_task(self._report_usage(conn)))
                 await reader
-                refresher.cancel()
+                for helper in helpers:
+                    helper.cancel()
                 self.handlers.halt()
         finally:
             self.handlers.detach()
@@ -257,3 +305,30 @@ class ProviderRuntime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IMAGE_REFRESH_SECONDS):
                     await self.images.changed.wait()  # set after a load or an eviction
+
+    async def _report_usage(self, conn: Connection) -> None:
+        """Tell the hub what the containers use (1.6): every :data:`USAGE_SECONDS` while there are
+        any, and once, empty, as soon as the last one went."""
+        told = False  # the last usage sent listed containers
+        while True:
+            early = True  # wake before the tick to say the last container went
+            probes = self.handlers.probes()
+            if probes or told:
+                usage = await self._pools.lifecycle_call(measure, probes)
+                self.handlers.measured(usage)
+                try:
+                    sent = conn.notify(Usage(type="usage", activities=usage_entries(usage, MAX_USAGE_ACTIVITIES)))
+                except KilnError:
+                    if conn.session.closed is None:
+                        raise
+                    return  # the connection ended: the reader ends the session
+                if sent:
+                    told = bool(usage)
+                else:
+                    early = False  # the socket is backed up: the next tick tries again
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(USAGE_SECONDS):
+                    # At once if the last one went while we read, else when it goes.
+                    while not (early and told and not self.handlers.containers):
+                        self.handlers.removed.clear()
+                        await self.handlers.removed.wait()

@@ -251,6 +251,16 @@ class Volumes:
             self.remove(name)
         return len(stale)
 
+    def usage(self) -> tuple[int, int]:
+        """How many volumes are live, and the bytes their files take on disk now (the provider's metrics)."""
+        with self._lock:
+            names = list(self._live)
+        used = 0
+        for name in names:
+            with suppress(OSError):
+                used += os.stat(self.root / f"{name}.img").st_blocks * 512
+        return len(names), used
+
     def room(self) -> int:
         """Bytes a new volume may have: the disk's free space, less what live volumes may still fill."""
         with self._lock:

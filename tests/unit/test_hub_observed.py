@@ -145,24 +145,36 @@ def test_jobs_are_bounded() -> None:
 
 
 def test_usage_is_kept_on_the_lease_and_summed(hub: HubHarness) -> None:
-    a1, a2 = hub.rent(2, 7), hub.rent(2, 8)
+    a1, a2 = hub.rent(2, 7, memory=GiB), hub.rent(2, 8)
     usage = {"type": "usage", "activities": [{"activity": a1, "cpu_seconds": 10.0, "memory": GiB}]}
     assert hub.send(1, usage) == []
     lease = hub.core.activities[a1]
     assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (10.0, GiB, None)
     hub.now += 5
     usage["activities"] = [
-        {"activity": a1, "cpu_seconds": 17.5, "memory": GiB // 2},
+        {"activity": a1, "cpu_seconds": 14.0, "memory": GiB // 2},
         {"activity": a2, "cpu_seconds": 1.0, "memory": 100},
         {"activity": "nosuch", "cpu_seconds": 1.0, "memory": 100},
     ]
     hub.send(1, usage)
-    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (17.5, GiB // 2, 1.5)
-    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (1.5, GiB // 2 + 100)
+    assert (lease.cpu_seconds, lease.memory, lease.cpu_rate) == (14.0, GiB // 2, 0.8)
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.8, GiB // 2 + 100)
     for peer, destroy in hub.leave(2, ended=True):
         hub.send(peer, {"type": "done", "re": destroy["id"]})
     assert not hub.core.activities
     assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.0, 0)
+
+
+def test_usage_is_capped_at_what_the_lease_was_granted(hub: HubHarness) -> None:
+    activity = hub.rent(2, 7, cpus=0.5, memory=GiB)
+    usage = {"type": "usage", "activities": [{"activity": activity, "cpu_seconds": 10.0, "memory": 2**53}]}
+    hub.send(1, usage)
+    hub.now += 0.001  # a report held up behind the one before comes right after it
+    usage["activities"] = [{"activity": activity, "cpu_seconds": 15.0, "memory": 2**53}]
+    hub.send(1, usage)
+    lease = hub.core.activities[activity]
+    assert (lease.cpu_rate, lease.memory) == (0.5, GiB)
+    assert (hub.core.tallies.used_cpus, hub.core.tallies.used_memory) == (0.5, GiB)
 
 
 def test_usage_of_another_providers_activity_is_dropped(hub: HubHarness) -> None:
@@ -217,6 +229,19 @@ def test_the_journal_is_a_bounded_ring() -> None:
     assert journal.add(9.0, "loss", None, "x" * 1000, "y" * 1000).detail.endswith("…")
 
 
+def test_a_flood_of_refusals_is_one_event_and_keeps_the_feed() -> None:
+    hub = HubHarness(version="1.6", token="secret")
+    hub.hello("provider", "p0", token="secret")
+    for n in range(2000):
+        hub.hello("provider", f"x{n}", token="wrong")
+    assert hub.core.tallies.refused["unauthorized"] == 2000
+    join, flood = hub.core.journal.last(5)
+    assert (join.kind, join.name) == ("join", "p0")  # not pushed out of the ring
+    assert (flood.kind, flood.repeats, flood.name) == ("refusal", 2000, "x1999")
+    hub.hello("provider", "y", version="2.0")  # another reason: an event of its own
+    assert [e.repeats for e in hub.core.journal.last(5)] == [1, 2000, 1]
+
+
 # --- tallies ---------------------------------------------------------------------------------------
 
 
@@ -257,6 +282,9 @@ def test_commands_and_the_bytes_relayed_are_counted(hub: HubHarness) -> None:
         hub.send(1, {**result, "stdout": "", "stderr": "", "duration": 0.1})
     [(_, exec_)] = hub.send(2, {"type": "exec", "id": 13, "activity": activity, "argv": ["true"]})
     hub.send(1, {"type": "error", "re": exec_["id"], "code": "internal", "message": "docker"})
+    [(_, exec_)] = hub.send(2, {"type": "exec", "id": 14, "activity": activity, "argv": ["sleep", "9"]})
+    hub.send(2, {"type": "cancel", "target": 14})  # asked for: no failure
+    hub.send(1, {"type": "error", "re": exec_["id"], "code": "cancelled", "message": "cancelled"})
     [(_, upload)] = hub.send(2, {"type": "upload", "id": 20, "activity": activity, "path": "/in/a", "size": 4})
     hub.send(1, {"type": "credit", "stream": upload["id"], "chunks": 2})
     hub.binary(2, frames.encode(FrameKind.DATA, 20, b"abcd"))
@@ -264,7 +292,7 @@ def test_commands_and_the_bytes_relayed_are_counted(hub: HubHarness) -> None:
     hub.send(1, {"type": "download_info", "re": download["id"], "kind": "file", "size": 3})
     hub.binary(1, frames.encode(FrameKind.DATA, download["id"], b"abc"))
     tallies = hub.core.tallies
-    assert (tallies.commands, tallies.command_failures) == (3, 2)
+    assert (tallies.commands, tallies.command_failures) == (4, 2)
     assert (tallies.to_provider_bytes, tallies.to_requestor_bytes) == (4, 3)
 
 

@@ -128,6 +128,7 @@ def test_the_report_is_self_contained_and_escapes_what_providers_say() -> None:
     ys = dict(re.findall(r'data-task="(\d+)" data-attempt="1" x="[\d.]+" y="(\d+)"', page))
     assert ys["1"] != ys["2"], "attempts overlapping on one provider go on separate lanes"
     assert "Retries and why" in page and page.count("<tr data-task=") == 1 + len(attempts)
+    assert '<td>p2</td><td class="num">0</td><td class="num">3</td><td class="num">0</td>' in page, "p2's row"
 
 
 def test_a_report_without_retries_says_so() -> None:
@@ -147,6 +148,17 @@ async def test_job_report_and_progress_view_write_the_file(tmp_path: Path) -> No
     assert sorted(task for _, task in bars(page)) == [0, 1, 2, 3]
     assert job.report(tmp_path / "again.html").read_text() == page
     assert job.group in job.report_html()
+
+
+async def test_a_report_that_cannot_be_written_does_not_hide_the_jobs_result(tmp_path: Path) -> None:
+    job = Recorded(FakeMarket(["p1"]), picky, 2)
+    with pytest.raises(kiln.UsageError, match="no folder"):
+        kiln.ProgressView(job, report=tmp_path / "nowhere" / "job.html")
+    (tmp_path / "taken").mkdir()  # a folder where the file should go: the write fails at the end
+    out = io.StringIO()
+    with kiln.ProgressView(job, console=Console(file=out), report=tmp_path / "taken") as view:
+        assert await job.run() == [0, 1]
+    assert view.written is None and "could not write the report" in out.getvalue()
 
 
 async def test_an_interrupted_attempt_is_retried_and_says_why() -> None:

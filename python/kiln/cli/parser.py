@@ -499,3 +499,17 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="SECONDS",
         help="how long to retry while another provider holds --name (default 30)",
     )
+    provider.add_argument(
+        "--metrics-port",
+        type=int,
+        default=UNSET,
+        metavar="PORT",
+        help="serve Prometheus metrics (containers, CPU, memory, volumes, images) at http://HOST:PORT/metrics; "
+        "0 picks a free port (logged) (default: none)",
+    )
+    provider.add_argument(
+        "--metrics-host",
+        default=UNSET,
+        metavar="HOST",
+        help="the address the metrics are served on (default 127.0.0.1: this machine only)",
+    )

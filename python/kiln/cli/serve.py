@@ -98,6 +98,8 @@ async def provider(settings: ProviderSettings) -> int:
         max_containers=settings.max_containers,
         images=tuple(settings.images),
         price=settings.price if settings.price is not None and not settings.price.free else None,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
     main = asyncio.current_task()
     assert main is not None

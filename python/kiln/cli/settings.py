@@ -312,6 +312,8 @@ class ProviderSettings(DialSettings):
     max_containers: Annotated[int, Field(ge=1, le=4096)] = 256
     images: list[Annotated[str, Field(min_length=1, max_length=255)]] = []
     price: PriceSetting | None = None
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
 
 
 class DoctorSettings(ProviderSettings):

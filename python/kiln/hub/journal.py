@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal, TypeAlias
 
 from kiln.protocol.messages import clip
@@ -21,6 +21,8 @@ EVENTS: Final = 1000
 """Events a journal keeps unless told."""
 DETAIL: Final = 300
 """Characters an event's detail keeps (a peer's text is clipped to it)."""
+FOLD_WINDOW: Final = 60.0
+"""Seconds within which a refusal like the latest event is folded into it (see :meth:`Journal.add`)."""
 
 Kind: TypeAlias = Literal["join", "leave", "loss", "refusal", "revocation"]
 """What an event tells: a peer welcomed (``join``); a peer gone on purpose (``leave``); a peer
@@ -42,6 +44,8 @@ class Event:
     name: str
     detail: str
     credential: int | None = None
+    repeats: int = 1
+    """How many times it happened: refusals alike in a row are one event (:meth:`Journal.add`)."""
 
 
 class Journal:
@@ -62,7 +66,25 @@ class Journal:
         detail: str,
         credential: int | None = None,
     ) -> Event:
-        """Note an event (``detail`` clipped to :data:`DETAIL` characters); it is returned."""
+        """Note an event (``detail`` clipped to :data:`DETAIL` characters); it is returned.
+
+        A refusal with the same code (the detail's first word) as the latest event, a refusal
+        too, within :data:`FOLD_WINDOW` seconds of it, is folded into it: that event is counted
+        once more (``repeats``) and takes this one's time, name and detail, keeping its ``seq``.
+        So a flood of connections turned away leaves one event, not a feed emptied of the rest.
+        """
+        latest = self._events[-1] if self._events else None
+        if (
+            kind == "refusal"
+            and latest is not None
+            and latest.kind == "refusal"
+            and latest.detail.split(":", 1)[0] == detail.split(":", 1)[0]
+            and 0 <= at - latest.at <= FOLD_WINDOW
+        ):
+            event = replace(latest, at=at, role=role, name=clip(name, DETAIL), detail=clip(detail, DETAIL))
+            event = replace(event, repeats=latest.repeats + 1)
+            self._events[-1] = event
+            return event
         event = Event(next(self._seq), at, kind, role, clip(name, DETAIL), clip(detail, DETAIL), credential)
         self._events.append(event)
         return event

@@ -245,7 +245,10 @@ class Metering(Relay):
     # --- what the hub shows -----------------------------------------------------------------
 
     def _usage(self, p: Peer, message: Usage) -> None:
-        """Provider ``p`` tells what its containers use: kept on each of its leases (others' dropped)."""
+        """Provider ``p`` tells what its containers use: kept on each of its leases (others' dropped).
+
+        The rate and the memory are capped at what the lease was granted (the container's limits):
+        reports timed by their arrival come bunched after a stall, and a provider may say anything."""
         now = self._monotonic()
         for entry in message.activities:
             lease = self.activities.get(entry.activity)
@@ -254,11 +257,11 @@ class Metering(Relay):
             rate = None
             last = lease.cpu_seconds
             if last is not None and now > lease.sampled and entry.cpu_seconds >= last:
-                rate = (entry.cpu_seconds - last) / (now - lease.sampled)
+                rate = min((entry.cpu_seconds - last) / (now - lease.sampled), lease.resources.cpus)
             elif last is not None and now <= lease.sampled:
                 rate = lease.cpu_rate  # two reports at once: the rate known stands
             lease.cpu_seconds, lease.sampled = entry.cpu_seconds, now
-            self._used(lease, rate, entry.memory)
+            self._used(lease, rate, min(entry.memory, lease.resources.memory))
 
     def _task(self, p: Peer, message: TaskReport) -> None:
         """Requestor ``p`` reports an attempt of a task of its job ``message.group`` (dropped if it

@@ -220,7 +220,9 @@ class Relay(Leases):
         else:
             if isinstance(reply, ExecResult) and reply.timed_out:
                 self.reputation.timed_out(p.name)
-            failed = isinstance(reply, Error) or (isinstance(reply, ExecResult) and reply.exit_code != 0)
+            failed = (isinstance(reply, Error) and reply.code != ErrorCode.CANCELLED) or (
+                isinstance(reply, ExecResult) and reply.exit_code != 0
+            )
             if pending.kind == "exec" and failed:
                 self.tallies.command_failures += 1
             self._to_requestor(p, pending, reply)

@@ -54,7 +54,8 @@ class Tallies:
     commands: int = 0
     """``exec`` requests relayed to providers."""
     command_failures: int = 0
-    """``exec`` requests answered by an error or an ``exec_result`` with a nonzero exit code."""
+    """``exec`` requests answered by an error (but ``cancelled``: the requestor asked for it) or an
+    ``exec_result`` with a nonzero exit code."""
     to_provider_bytes: int = 0
     """Stream data relayed from requestors to providers (uploads, an exec's stdin)."""
     to_requestor_bytes: int = 0

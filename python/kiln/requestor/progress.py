@@ -23,6 +23,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from kiln.protocol.errors import UsageError
 from kiln.requestor.executor import Job, JobEvent
 
 
@@ -32,7 +33,8 @@ class ProgressView:
 
     With ``report``, the job's HTML report (:meth:`~kiln.requestor.executor.Job.report`) is written
     there when the view closes, and its path printed (also when the bar is quiet); ``written``
-    holds that path then."""
+    holds that path then. A report that cannot be written is said on the console and does not hide
+    how the job ended; a folder for it that does not exist is a :class:`~kiln.UsageError` at once."""
 
     def __init__(
         self,
@@ -45,6 +47,8 @@ class ProgressView:
     ) -> None:
         self.console = console or Console(stderr=True)
         self.summary = summary
+        if report is not None and not Path(report).resolve().parent.is_dir():
+            raise UsageError(f"no folder {str(Path(report).resolve().parent)!r} to write the report {str(report)!r} in")
         self.report = report
         self.written: Path | None = None
         """Where the report went, once written."""
@@ -88,8 +92,12 @@ class ProgressView:
             for line in self.job.summary.lines() if self.summary else []:
                 self.console.print(line, highlight=False)
         if self.report is not None:
-            self.written = self.job.report(self.report)
-            self.console.print(f"report: {self.written}", highlight=False, soft_wrap=True)
+            try:
+                self.written = self.job.report(self.report)
+            except OSError as e:
+                self.console.print(f"could not write the report to {self.report}: {e}", highlight=False, soft_wrap=True)
+            else:
+                self.console.print(f"report: {self.written}", highlight=False, soft_wrap=True)
 
     def _on_event(self, event: JobEvent) -> None:
         if self._task is None:

@@ -226,10 +226,13 @@ def _summary(summary: JobSummary, attempts: Sequence[Attempt]) -> str:
 
 
 def _providers(summary: JobSummary, attempts: Sequence[Attempt]) -> str:
-    names = sorted({a.provider for a in attempts} | set(summary.tasks_per_provider) | set(summary.spent_micro))
+    by_provider: dict[str, list[Attempt]] = {}  # grouped once: a job may have thousands of each
+    for attempt in attempts:
+        by_provider.setdefault(attempt.provider, []).append(attempt)
+    names = sorted(by_provider.keys() | set(summary.tasks_per_provider) | set(summary.spent_micro))
     rows = []
     for name in names:
-        mine = [a for a in attempts if a.provider == name]
+        mine = by_provider.get(name, [])
         rows.append(
             "<tr>"
             f"<td>{escape(name)}{' (failed the job)' if name in summary.failed_providers else ''}</td>"
