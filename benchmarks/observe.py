@@ -1,4 +1,5 @@
-"""A hub watched: rents at 10,000 providers while ``/metrics`` is scraped every second (goals: a rent's
+"""A hub watched: rents at 10,000 providers while ``/metrics`` is scraped every second and a dashboard
+is open (goals: a rent's
 median under 5 ms, ``/metrics`` under 50 ms, the hub's memory under 30 KiB a provider).
 
     python benchmarks/observe.py [--providers 10000] [--rents 300] [--scrapes 60]
@@ -6,7 +7,9 @@ median under 5 ms, ``/metrics`` under 50 ms, the hub's memory under 30 KiB a pro
 A real hub process on loopback; the providers are simulated in this process (real connections
 speaking kiln.v1, answering at once, no Docker). The rents (one at a time, each released before the
 next) are timed twice: with nobody watching, then while another process scrapes ``/metrics`` every
-second (with the hub's shared token, as Prometheus would with a bearer token) and times each scrape.
+second (with the hub's shared token, as Prometheus would with a bearer token) and times each scrape,
+and a dashboard watches the Overview on the live feed (``/api/live``; how many pages it was sent is
+printed, or why the feed closed).
 Beside them, the hub's collector alone in this process (a core holding as many sellers, no socket),
 and the hub's resident memory before and after the providers joined, per provider. Prints numbers;
 asserts nothing.
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import multiprocessing
 import statistics
 import tempfile
@@ -28,6 +32,8 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 
 from prometheus_client import generate_latest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import kiln
 from kiln.hub.core import HubCore
@@ -78,6 +84,22 @@ def scrape(base: str, ready: Event, stop: Event, every: float, results: Connecti
         ready.set()
         stop.wait(max(0.0, every - (time.perf_counter() - started)))
     results.send((scraped, health, size))
+
+
+async def watch(url: str, received: list[int]) -> str:
+    """A dashboard on the live feed's Overview (as a browser's, with a bearer token instead of the
+    login's cookie) until cancelled, counting in ``received`` the messages it is sent; how it ended."""
+    live = url + "/api/live"
+    try:
+        async with connect(live, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await ws.send(json.dumps({"page": "overview", "filter": "", "job": None}))
+            async for _ in ws:
+                received[0] += 1
+    except ConnectionClosed as e:
+        return f"closed ({e})"
+    except InvalidStatus as e:
+        return f"refused ({e.response.status_code})"
+    return "ended"
 
 
 async def rents(requestor: kiln.Requestor, count: int) -> list[float]:
@@ -147,17 +169,27 @@ async def measure(url: str, hub_pid: int, providers: int, count: int, scrapes: i
             scraper = context.Process(target=scrape, args=(base, ready, stop, 1.0, theirs))
             scraper.start()
             await asyncio.to_thread(ready.wait, 60)
+            received = [0]
+            dashboard = asyncio.create_task(watch(url, received))
             watched: list[float] = []
             started = time.perf_counter()
             # At least ``scrapes`` scrapes' worth of rents, so that every rent has scrapes around it.
             while time.perf_counter() - started < scrapes or len(watched) < count:
                 watched += await rents(requestor, count)
             stop.set()
+            if dashboard.done():
+                ended = dashboard.result()
+            else:
+                ended = "open"
+                dashboard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await dashboard
             scraped, health, size = await asyncio.to_thread(ours.recv)
             scraper.join()
     print(f"{providers:>6} providers (joined in {joining:.1f} s)")
     print(f"         rent, nobody watching: {describe(quiet)}")
-    print(f"         rent, /metrics scraped every second: {describe(watched)}")
+    print(f"         rent, /metrics scraped every second, a dashboard live: {describe(watched)}")
+    print(f"         the dashboard's live feed: {received[0]} messages, {ended} at the end")
     print(f"         GET /metrics (from another process, {size} bytes): {describe(scraped)}")
     print(f"         GET /healthz just before each: {describe(health)}")
     per = (full - idle) / providers
