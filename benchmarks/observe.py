@@ -1,6 +1,6 @@
 """A hub watched: rents at 10,000 providers while ``/metrics`` is scraped every second and a dashboard
-is open (goals: a rent's
-median under 5 ms, ``/metrics`` under 50 ms, the hub's memory under 30 KiB a provider).
+is open (goals: a rent's median under 5 ms, ``/metrics`` under 50 ms, the hub's memory under 30 KiB
+a provider).
 
     python benchmarks/observe.py [--providers 10000] [--rents 300] [--scrapes 60]
 
