@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -23,7 +24,9 @@ import kiln
 from kiln.hub.io import server as hub_server
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
+from kiln.hub.io.tls import server_context
 from kiln.testing.simulated import simulated_providers
+from tests.tls import Certificates
 
 SHARED = "shared-t0ken"
 IMAGE = "kiln-busybox:latest"
@@ -235,3 +238,20 @@ def counted(families: dict[str, list[Sample]], name: str, labels: dict[str, str]
     """A counter's (or a histogram's count's) value, 0 when it has no sample for ``labels`` yet."""
     samples = [s.value for family in families.values() for s in family if s.name == name and s.labels == labels]
     return samples[0] if samples else 0.0
+
+
+async def test_under_tls_the_same_port_answers_https_and_the_session_cookie_is_secure(
+    tmp_path: Path, tls: Certificates
+) -> None:
+    async with start("127.0.0.1", 0, token=SHARED, data_dir=tmp_path, ssl=server_context(tls.cert, tls.key)) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        trusted = ssl.create_default_context(cafile=str(tls.ca))
+
+        def get(path: str, headers: dict[str, str]) -> tuple[int, str]:
+            request = urllib.request.Request(f"https://127.0.0.1:{port}{path}", headers=headers)
+            with urllib.request.urlopen(request, timeout=10, context=trusted) as reply:
+                return reply.status, reply.headers.get("Set-Cookie", "")
+
+        assert await asyncio.to_thread(get, "/healthz", {}) == (200, "")
+        status, cookie = await asyncio.to_thread(get, "/api/login", {"Authorization": f"Bearer {SHARED}"})
+        assert status == 204 and cookie.endswith("; Secure")
