@@ -90,13 +90,14 @@ typecheck:
 # service and the hostile tiers (where the hub's core runs in the test's process too), and checked
 # against its floor (pyproject.toml) by `make coverage`.
 # The tiers of real processes run on PYTEST_WORKERS pytest-xdist workers, a file to each (so a
-# module's fixtures are made once), the files marked `long` first (tests/conftest.py): most of
-# their time is spent waiting for processes and containers to start, so three workers on two
-# cores take about half as long as one.
+# module's fixtures are made once), the files marked `long` first (tests/conftest.py). Much of
+# their time goes to waiting for processes and containers to start: three workers on two cores
+# take half to two thirds as long as one (docs/development/tests.md).
 pytest: pytest-unit pytest-service pytest-docker pytest-hostile
 
 COVERAGE_ARGS = --cov --cov-report= --cov-fail-under=0
 PYTEST_WORKERS ?= 3
+# -p no:benchmark: pytest-benchmark, where something else installed it, warns under xdist (an error here).
 PARALLEL_ARGS = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -p no:benchmark
 
 pytest-unit:
