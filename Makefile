@@ -90,22 +90,29 @@ typecheck:
 # The coverage of the pure modules is gathered across the unit tier (which starts it afresh), the
 # service and the hostile tiers (where the hub's core runs in the test's process too), and checked
 # against its floor (pyproject.toml) by `make coverage`.
+# The tiers of real processes run on PYTEST_WORKERS pytest-xdist workers, a file to each (so a
+# module's fixtures are made once), the files marked `long` first (tests/conftest.py). Much of
+# their time goes to waiting for processes and containers to start: three workers on two cores
+# take half to two thirds as long as one (docs/development/tests.md).
 pytest: pytest-unit pytest-service pytest-docker pytest-hostile
 
 COVERAGE_ARGS = --cov --cov-report= --cov-fail-under=0
+PYTEST_WORKERS ?= 3
+# -p no:benchmark: pytest-benchmark, where something else installed it, warns under xdist (an error here).
+PARALLEL_ARGS = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -p no:benchmark
 
 pytest-unit:
 	$(PYTHON) -m pytest tests/unit $(COVERAGE_ARGS)
 
 pytest-service: system agent
-	$(PYTHON) -m pytest tests/service $(COVERAGE_ARGS) --cov-append
+	$(PYTHON) -m pytest tests/service $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # $(JS_MODULES): the docs' blocks run the tutorials' Node code against the tree's js-client.
 pytest-docker: docker volumes node system agent $(JS_MODULES)
-	$(PYTHON) -m pytest tests/docker
+	$(PYTHON) -m pytest tests/docker $(PARALLEL_ARGS)
 
 pytest-hostile: docker volumes system agent
-	$(PYTHON) -m pytest tests/hostile $(COVERAGE_ARGS) --cov-append
+	$(PYTHON) -m pytest tests/hostile $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # What the tiers gathered (run them first: `make pytest`), failing under the floor.
 coverage:
