@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets
+.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets bench-observe
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench-streams - a command's output streamed through the hub, against a pipe inside its container"
 	@echo "make bench-market  - a rent with a price cap and strategy=cheapest at 10,000 simulated priced providers"
 	@echo "make dashboard-assets - copy uPlot (js-client devDependency, pinned) into the hub's dashboard (python/kiln/hub/dashboard/vendor)"
+	@echo "make bench-observe - rents at 10,000 simulated providers while /metrics is scraped every second; the hub's memory"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -90,22 +91,29 @@ typecheck:
 # The coverage of the pure modules is gathered across the unit tier (which starts it afresh), the
 # service and the hostile tiers (where the hub's core runs in the test's process too), and checked
 # against its floor (pyproject.toml) by `make coverage`.
+# The tiers of real processes run on PYTEST_WORKERS pytest-xdist workers, a file to each (so a
+# module's fixtures are made once), the files marked `long` first (tests/conftest.py). Much of
+# their time goes to waiting for processes and containers to start: three workers on two cores
+# take half to two thirds as long as one (docs/development/tests.md).
 pytest: pytest-unit pytest-service pytest-docker pytest-hostile
 
 COVERAGE_ARGS = --cov --cov-report= --cov-fail-under=0
+PYTEST_WORKERS ?= 3
+# -p no:benchmark: pytest-benchmark, where something else installed it, warns under xdist (an error here).
+PARALLEL_ARGS = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -p no:benchmark
 
 pytest-unit:
 	$(PYTHON) -m pytest tests/unit $(COVERAGE_ARGS)
 
 pytest-service: system agent
-	$(PYTHON) -m pytest tests/service $(COVERAGE_ARGS) --cov-append
+	$(PYTHON) -m pytest tests/service $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # $(JS_MODULES): the docs' blocks run the tutorials' Node code against the tree's js-client.
 pytest-docker: docker volumes node system agent $(JS_MODULES)
-	$(PYTHON) -m pytest tests/docker
+	$(PYTHON) -m pytest tests/docker $(PARALLEL_ARGS)
 
 pytest-hostile: docker volumes system agent
-	$(PYTHON) -m pytest tests/hostile $(COVERAGE_ARGS) --cov-append
+	$(PYTHON) -m pytest tests/hostile $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # What the tiers gathered (run them first: `make pytest`), failing under the floor.
 coverage:
@@ -176,6 +184,9 @@ bench-streams: image volumes agent
 
 bench-market: install
 	$(PYTHON) benchmarks/market.py
+
+bench-observe: install
+	$(PYTHON) benchmarks/observe.py
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules js-client/typedoc/node_modules agent/build site $(DIST_DIR)

@@ -7,6 +7,11 @@ Docker), ``docker`` (the engine, providers, containers, builds of the agent and 
 and ``hostile`` (fuzz, chaos, adversaries, tenants, bounds; some with Docker). The marker
 ``docker`` says a test needs what the docker tier needs: every test in tests/docker has it,
 none in tests/unit or tests/service (checked at collection).
+
+The service, docker and hostile tiers run on several pytest-xdist workers at once (the Makefile),
+beside other worktrees' tests on the same Docker engine: whatever a test makes is its own and
+named so (a free port, its ``tmp_path``, provider names with a random suffix, images of random
+content), and it removes only that, never by a label every test shares.
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ Cluster = LocalCluster
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test's tier agrees with its ``docker`` marker (see the module's docstring)."""
+    """Each test's tier agrees with its ``docker`` marker (see the module's docstring), and the
+    files marked ``long`` come first.
+
+    The Makefile runs the tiers of real processes on a few pytest-xdist workers, a file to each
+    in this order (``--dist loadfile --no-loadscope-reorder``): a build that takes a minute
+    starts at once, not when the other workers are nearly done.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: files stay in order
     wrong = []
     for item in items:
         tier = item.path.parent.name

@@ -19,7 +19,7 @@ from kiln_provider.agent_binary import find_agent, machine_arch
 from kiln_provider.errors import DockerFailed
 from tests.elf import MACHINES, read_elf
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parents[2]
 

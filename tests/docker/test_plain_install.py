@@ -14,7 +14,7 @@ import pytest
 
 from tests.service.test_layering import ROOT
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(300)]
 
 
 def test_a_plain_install_brings_the_sdk_and_the_hub_without_docker_py(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from kiln_provider.agent_binary import machine_arch
 from tests.conftest import IMAGE, started
 from tests.elf import MACHINES, read_elf
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCH = machine_arch()

@@ -24,7 +24,7 @@ from kiln.protocol.messages import Download, Upload
 from tests.conftest import IMAGE, Cluster, containers_of
 from tests.images import build, image_of, noise_layer, remove, save, sparse_layer
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(240)]
 
 SMALL = kiln.Demand(cpus=0.1, memory="32MiB")
 BOUND = 2.0

@@ -175,3 +175,13 @@ def test_a_providers_price_is_parsed_from_the_flag_or_the_file_and_refused_clear
         assert refused(ProviderSettings, {"name": "p1", "price": text}).startswith(expected), text
     bad = write(tmp_path / "bad.toml", 'name = "p1"\nprice = 3\n')
     assert "price in " in refused(ProviderSettings, {"config": bad})
+
+
+def test_the_hubs_metrics_are_an_admins_unless_public_metrics_is_given(tmp_path: Path) -> None:
+    from kiln.cli.parser import build_parser
+
+    assert load(HubSettings, {}).public_metrics is False
+    flags = vars(build_parser().parse_args(["hub", "--public-metrics"]))
+    assert load(HubSettings, {"public_metrics": flags["public_metrics"]}).public_metrics is True
+    assert "public_metrics" not in vars(build_parser().parse_args(["hub"])), "not given: the file decides"
+    assert load(HubSettings, {"config": write(tmp_path / "hub.toml", "public-metrics = true\n")}).public_metrics

@@ -36,6 +36,21 @@ def test_a_new_offer_keeps_what_is_reserved() -> None:
     market.reserve(9, Resources(cpus=1, memory=1))  # a provider that left: nothing to do
 
 
+def test_the_sums_over_the_sellers_follow_offers_reservations_and_departures() -> None:
+    market = Market()
+    market.update(1, "p1", offer(cpus=4))
+    market.update(2, "p2", offer(cpus=2, memory=GiB))
+    market.reserve(1, Resources(cpus=1.5, memory=GiB, storage=GiB // 2))
+    market.update(1, "p1", offer(cpus=8))  # a new offer: what is reserved stays reserved
+    market.release(2, Resources(cpus=1, memory=1))  # never more free than offered
+    offered, free = market.offered_total, market.free_total
+    assert (offered.cpus, offered.memory, offered.storage) == (10, 3 * GiB, 2 * GiB)
+    assert (free.cpus, free.memory, free.storage) == (8.5, 2 * GiB, 2 * GiB - GiB // 2)
+    market.remove(1)
+    market.remove(1)
+    assert (offered.cpus, offered.memory, free.cpus, free.memory, free.storage) == (2, GiB, 2, GiB, GiB)
+
+
 def test_a_removed_provider_is_no_longer_chosen_or_listed() -> None:
     market = Market()
     market.update(1, "p1", offer(images=["img:1"]))

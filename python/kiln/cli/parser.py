@@ -381,6 +381,13 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "for tests: each is a write to hub.db per activity)",
     )
     hub.add_argument(
+        "--public-metrics",
+        action="store_true",
+        default=UNSET,
+        help="answer GET /metrics to anyone (default: an admin only, by a bearer token or the dashboard's "
+        "login); /healthz is open either way",
+    )
+    hub.add_argument(
         "--tls-cert",
         type=Path,
         default=UNSET,

@@ -48,6 +48,7 @@ async def hub(settings: HubSettings) -> int:
             usage_retention=settings.usage_retention,
             fee_ppm=fee_ppm(settings.fee),
             capture_interval=settings.capture_interval,
+            public_metrics=settings.public_metrics,
         )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.

@@ -348,6 +348,7 @@ class HubSettings(_Settings):
     usage_retention: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 90.0
     fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
     capture_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
+    public_metrics: bool = False
     tls_cert: File | None = None
     tls_key: File | None = None
 

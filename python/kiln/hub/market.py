@@ -133,6 +133,20 @@ class Seller:
         return Resources(cpus=max(round(self.free_cpus, 6), 0.0), memory=self.free_memory, storage=self.free_storage)
 
 
+@dataclass(slots=True)
+class Totals:
+    """Amounts summed over every seller, kept as each changes: reading them costs nothing (the hub's metrics)."""
+
+    cpus: float = 0.0
+    memory: int = 0
+    storage: int = 0
+
+    def add(self, sign: int, cpus: float, memory: int, storage: int) -> None:
+        self.cpus += sign * cpus
+        self.memory += sign * memory
+        self.storage += sign * storage
+
+
 def covers(cpus: float, memory: int, storage: int, wanted: Resources | Demand) -> bool:
     """Whether these amounts are at least ``wanted`` (CPUs compared with room for rounding)."""
     return cpus >= wanted.cpus - 1e-9 and memory >= wanted.memory and storage >= wanted.storage
@@ -168,6 +182,10 @@ class Market:
         self._chains: dict[str, set[int]] = {}  # a chain of layers (StoredImage.chains) -> peers holding it
         self._labelled: dict[tuple[str, str], set[int]] = {}  # a label (key, value) -> peers carrying it
         self._names: list[tuple[str, int]] = []  # (name, peer) of every seller, sorted: listings by name
+        self.offered_total = Totals()
+        """What every seller offers, summed."""
+        self.free_total = Totals()
+        """What is still free of it (not reserved), summed."""
 
     def __contains__(self, peer: int) -> bool:
         return peer in self._sellers
@@ -212,6 +230,8 @@ class Market:
             seller.activities = old.activities
             seller.rank = seller._rank()
         self._sellers[peer] = seller
+        self.offered_total.add(+1, total.cpus, total.memory, total.storage)
+        self.free_total.add(+1, seller.free_cpus, seller.free_memory, seller.free_storage)
         bisect.insort(self._order, seller.rank)
         bisect.insort(self._names, (name, peer))
         self._named[name] = peer
@@ -254,6 +274,9 @@ class Market:
         seller = self._sellers.pop(peer, None)
         if seller is None:
             return
+        total = seller.offer.resources
+        self.offered_total.add(-1, total.cpus, total.memory, total.storage)
+        self.free_total.add(-1, seller.free_cpus, seller.free_memory, seller.free_storage)
         del self._order[bisect.bisect_left(self._order, seller.rank)]
         del self._names[bisect.bisect_left(self._names, (seller.name, peer))]
         if self._named.get(seller.name) == peer:
@@ -493,9 +516,11 @@ class Market:
         del ranks[bisect.bisect_left(ranks, seller.rank)]
         self._unindex_score(seller)
         total = seller.offer.resources
+        self.free_total.add(-1, seller.free_cpus, seller.free_memory, seller.free_storage)
         seller.free_cpus = min(seller.free_cpus + sign * resources.cpus, total.cpus)
         seller.free_memory = min(seller.free_memory + sign * resources.memory, total.memory)
         seller.free_storage = min(seller.free_storage + sign * resources.storage, total.storage)
+        self.free_total.add(+1, seller.free_cpus, seller.free_memory, seller.free_storage)
         seller.activities = max(seller.activities - sign, 0)
         seller.rank = seller._rank()
         bisect.insort(self._order, seller.rank)

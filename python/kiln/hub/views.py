@@ -90,19 +90,19 @@ class Totals:
 
 
 def totals(core: HubCore) -> Totals:
-    """The market's capacity (offered, reserved) and the activities' last reported use. One pass
-    over the providers and one over the activities: made once per refresh, whoever looks."""
-    offered_cpus = rented_cpus = 0.0
-    offered_memory = rented_memory = 0
-    for seller in core.market._sellers.values():
-        offer = seller.offer.resources
-        offered_cpus += offer.cpus
-        offered_memory += offer.memory
-        rented_cpus += offer.cpus - seller.free_cpus
-        rented_memory += offer.memory - seller.free_memory
+    """The market's capacity (offered, reserved: sums the market keeps) and the activities' last
+    reported use (one pass over the activities)."""
+    offered, free = core.market.offered_total, core.market.free_total
     used_cpus = sum(lease.cpu_rate or 0.0 for lease in core.activities.values())
     used_memory = sum(lease.memory or 0 for lease in core.activities.values())
-    return Totals(offered_cpus, max(rented_cpus, 0.0), used_cpus, offered_memory, rented_memory, used_memory)
+    return Totals(
+        offered.cpus,
+        max(round(offered.cpus - free.cpus, 6), 0.0),
+        used_cpus,
+        offered.memory,
+        offered.memory - free.memory,
+        used_memory,
+    )
 
 
 def reading(core: HubCore, sums: Totals) -> Reading:

@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.protocol import Protocol, State
 from websockets.typing import Subprotocol
 
+from kiln.hub.access import Viewer
 from kiln.hub.actions import Close, Send
 from kiln.hub.gate import Gate, source
 from kiln.protocol.messages import PROTOCOL_NAME
@@ -115,6 +116,8 @@ class HubConnection(TakesMessages, ServerConnection):
 
     gate: Gate = Gate()
     """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""
+    viewer: Viewer | None = None
+    """Set for the dashboard's live feed, to whom its upgrade showed (:mod:`kiln.hub.io.http`): no kiln.v1 peer."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

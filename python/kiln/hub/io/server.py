@@ -54,7 +54,9 @@ from kiln.hub.io.connections import (
     connection_class,
     select_subprotocol,
 )
+from kiln.hub.io.http import Front, Logins
 from kiln.hub.io.live import Live
+from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -123,9 +125,8 @@ class HubServer:
 
     async def handle(self, ws: ServerConnection) -> None:
         assert isinstance(ws, HubConnection)  # start() serves HubConnections only
-        viewer = getattr(ws, "viewer", None)
-        if isinstance(viewer, Viewer):  # a dashboard on /api/live, let in by its HTTP request
-            await self._watch(ws, viewer)
+        if ws.viewer is not None:  # a dashboard on /api/live, let in by its HTTP request (kiln.hub.io.http)
+            await self._watch(ws, ws.viewer)
             return
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
@@ -289,15 +290,20 @@ class HubServer:
         except (sqlite3.Error, KilnError) as e:
             self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.path}: {e}")
 
-    async def watch_credentials(self, state: HubState) -> None:
-        """Close each peer and dashboard whose credential is revoked, within :data:`REVOCATION_CHECK` seconds."""
+    async def watch_credentials(self, state: HubState, logins: Logins | None = None) -> None:
+        """Close each peer and dashboard whose credential is revoked, and forget the dashboard's sessions
+        opened with one (``logins``), within :data:`REVOCATION_CHECK` seconds."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK)
             in_use = self.core.credentials_in_use() | self.live.credentials()
+            if logins is not None:
+                in_use |= logins.credentials()
             if in_use:
                 revoked = state.revoked(in_use)
                 self._apply(self.core.revoked(revoked))
                 self.live.revoke(revoked)
+                if logins is not None:
+                    logins.revoke(revoked)
 
     def roll_up_usage(self, state: HubState, days: float) -> None:
         """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
@@ -372,6 +378,7 @@ async def start(
     usage_retention: float = USAGE_RETENTION,
     fee_ppm: int = 0,
     capture_interval: float = CAPTURE_INTERVAL,
+    public_metrics: bool = False,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -392,6 +399,9 @@ async def start(
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``.
+
+    The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
+    admin's, or anyone's with ``public_metrics``), the dashboard and its login.
     """
     if token == "":
         raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -441,6 +451,14 @@ async def start(
     log.info("credentials: %s (%s)", state.path, needed)
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
+    front = Front(
+        Metrics(core, lambda: front.viewers()),
+        token=core.token,
+        credentials=core.credentials,
+        stopping=lambda: hub.stopping,
+        public_metrics=public_metrics,
+        tls=ssl is not None,
+    )
     server = await serve(
         hub.handle,
         host,
@@ -455,13 +473,14 @@ async def start(
         close_timeout=CLOSE_TIMEOUT,
         open_timeout=OPEN_TIMEOUT,
         compression=None,
+        process_request=front.process_request,
         **tls,
     )
     try:
         async with server, asyncio.TaskGroup() as tg:
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
-            watcher = tg.create_task(hub.watch_credentials(state))
+            watcher = tg.create_task(hub.watch_credentials(state, front.logins))
             roller = tg.create_task(hub.roll_up_usage_hourly(state, usage_retention))
             sampler = tg.create_task(hub.live.sample())
             try:
