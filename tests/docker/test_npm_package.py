@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from importlib.resources import files
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests.conftest import IMAGE, Cluster
@@ -157,3 +159,22 @@ def test_a_typescript_consumer_type_checks_against_the_declarations(
     assert checked.returncode != 0
     assert "Type 'number' is not assignable to type 'string'" in checked.stdout
     assert "Property 'nope' does not exist on type 'Activity'" in checked.stdout
+
+
+DASHBOARD = files("kiln.hub.dashboard")
+VENDORED = {
+    "uPlot.iife.min.js": "dist/uPlot.iife.min.js",
+    "uPlot.min.css": "dist/uPlot.min.css",
+    "uPlot.LICENSE": "LICENSE",
+}
+
+
+def test_the_vendored_uplot_is_the_one_npm_installs() -> None:
+    """`make dashboard-assets` copied it from js-client's pinned devDependency: the same bytes."""
+    installed = ROOT / "js-client" / "node_modules" / "uplot"
+    assert installed.is_dir(), "js-client/node_modules has no uplot: npm ci in js-client (make test does)"
+    pinned = orjson.loads((ROOT / "js-client" / "package.json").read_bytes())["devDependencies"]["uplot"]
+    assert orjson.loads((installed / "package.json").read_bytes())["version"] == pinned
+    for name, source in VENDORED.items():
+        shipped = DASHBOARD.joinpath("vendor", name).read_bytes()
+        assert shipped == (installed / source).read_bytes(), f"vendor/{name}: run make dashboard-assets"

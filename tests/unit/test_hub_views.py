@@ -277,11 +277,6 @@ def test_a_requestor_gets_the_markets_series_only(hub: HubHarness) -> None:
 # --- the files served ---------------------------------------------------------------------------
 
 DASHBOARD = files("kiln.hub.dashboard")
-VENDORED = {
-    "uPlot.iife.min.js": "dist/uPlot.iife.min.js",
-    "uPlot.min.css": "dist/uPlot.min.css",
-    "uPlot.LICENSE": "LICENSE",
-}
 
 
 def test_the_page_loads_only_files_of_its_own_and_nothing_inline() -> None:
@@ -296,15 +291,3 @@ def test_the_page_loads_only_files_of_its_own_and_nothing_inline() -> None:
         assert DASHBOARD.joinpath(*url.removeprefix("/assets/").split("/")).is_file(), url
     script = DASHBOARD.joinpath("app.js").read_text()
     assert "innerHTML" not in script and "eval(" not in script  # text from peers is shown as text
-
-
-def test_the_vendored_uplot_is_the_one_npm_installs() -> None:
-    """`make dashboard-assets` copied it from js-client's pinned devDependency: the same bytes."""
-    installed = ROOT / "js-client" / "node_modules" / "uplot"
-    if not installed.is_dir():
-        pytest.skip("js-client/node_modules has no uplot (npm ci in js-client)")
-    pinned = orjson.loads((ROOT / "js-client" / "package.json").read_bytes())["devDependencies"]["uplot"]
-    assert orjson.loads((installed / "package.json").read_bytes())["version"] == pinned
-    for name, source in VENDORED.items():
-        shipped = DASHBOARD.joinpath("vendor", name).read_bytes()
-        assert shipped == (installed / source).read_bytes(), f"vendor/{name}: run make dashboard-assets"
