@@ -1,7 +1,7 @@
 """The npm package as a stranger gets it: `npm pack` in js-client, then a fresh Node project
 `npm install`s the tarball (its dependency `ws` from the registry) and a script there imports
 `kiln-client` by name, connects to a real hub, rents kiln-busybox on a real provider and runs
-a command."""
+a command. Beside it: the uPlot the hub's dashboard ships is the one js-client's npm installs."""
 
 from __future__ import annotations
 
