@@ -18,8 +18,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
+from kiln.hub import views
+from kiln.hub.io import live as hub_live
 from kiln.hub.io import server as hub_server
-from kiln.hub.io.live import MAX_VIEWERS
+from kiln.hub.io.live import MAX_VIEWERS, MIN_GAP
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
 from kiln.testing.simulated import simulated_providers
@@ -120,6 +122,29 @@ async def test_a_query_that_is_not_one_closes_the_feed(hub: Hub, query: bytes) -
         with pytest.raises(ConnectionClosed):
             await drain(ws)
         assert ws.close_code in (1008, 1009), ws.close_code
+
+
+async def test_a_dashboard_asking_as_fast_as_it_reads_gets_a_page_every_min_gap(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def counted(*args: Any) -> dict[str, Any]:
+        made.append(args[2].filter)
+        return views.page(*args)
+
+    monkeypatch.setattr(hub_live, "page", counted)
+    async with hub.live("admin") as ws:
+        await next_of(ws, "hello")
+        began = time.monotonic()
+        asked = 0
+        while time.monotonic() - began < 0.5:  # each query a new filter: a pass over the providers
+            await ws.send(json.dumps({"page": "providers", "filter": f"f{asked}"}))
+            await page_where(ws, lambda page, f=f"f{asked}": page["filter"] == f)
+            asked += 1
+        took = time.monotonic() - began
+        print(f"{asked} queries answered in {took:.2f} s, {len(made)} pages made")
+        assert len(made) <= took / MIN_GAP + 2, "a page at most every MIN_GAP seconds, however fast it asks"
 
 
 async def drain(ws: ClientConnection) -> None:

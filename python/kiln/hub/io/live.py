@@ -40,6 +40,9 @@ log = logging.getLogger("kiln.hub")
 MAX_VIEWERS: Final = 64
 REFRESH: Final = 0.5
 """Seconds between two looks at a viewer's page."""
+MIN_GAP: Final = 0.1
+"""Seconds at least between two pages made for one dashboard: one that sends queries as fast as it
+can (each a new filter, a pass over the providers) is answered the last of them, ten times a second."""
 SUMS_EVERY: Final = 1.0
 """Seconds the Overview's sums over the providers are reused for."""
 UNREAD_BYTES: Final = 4 * 2**20
@@ -149,6 +152,8 @@ class Live:
 
     async def _send_pages(self, ws: HubConnection, watcher: Watcher, hello: bytes) -> None:
         await ws.send(hello.decode())
+        loop = asyncio.get_running_loop()
+        made_at = -math.inf
         while True:
             try:
                 async with asyncio.timeout(self.refresh):
@@ -158,6 +163,10 @@ class Live:
             watcher.asked.clear()
             if watcher.query is None or ws.transport.get_write_buffer_size() > 0:
                 continue  # nothing asked yet, or the last page has not drained: skip this round
+            if (wait := made_at + MIN_GAP - loop.time()) > 0:
+                await asyncio.sleep(wait)
+                watcher.asked.clear()  # the queries that came meanwhile: this page answers the last
+            made_at = loop.time()
             made = self._page(watcher.viewer, watcher.query)
             if made != watcher.sent:
                 watcher.sent = made
