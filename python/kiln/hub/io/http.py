@@ -52,6 +52,9 @@ from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 SESSION_COOKIE: Final = "kiln_session"
 MAX_LOGINS: Final = 1024
 """Sessions the hub keeps; a login past them forgets the oldest."""
+MAX_LOGINS_EACH: Final = 16
+"""Sessions one credential keeps; its login past them forgets its own oldest (so that a requestor
+logging in again and again cannot push an admin's sessions out of :data:`MAX_LOGINS`)."""
 LOGIN_TTL: Final = 12 * 3600.0
 """Seconds a session lasts from its login."""
 LIVE_PATH: Final = "/api/live"
@@ -93,13 +96,21 @@ class Login:
 class Logins:
     """The dashboard's sessions: a random secret (the cookie) for the viewer a login's token showed.
 
-    In memory only (a restart logs everyone out), at most ``limit`` (the oldest forgotten), each
-    for ``ttl`` seconds. The secrets are kept as their sha256, so that finding one takes as long
-    whatever it is. Forget those of revoked credentials with :meth:`revoke`.
+    In memory only (a restart logs everyone out), at most ``limit`` (the oldest forgotten) and
+    ``each`` of one credential (its oldest forgotten), each for ``ttl`` seconds. The secrets are
+    kept as their sha256, so that finding one takes as long whatever it is. Forget those of revoked
+    credentials with :meth:`revoke`.
     """
 
-    def __init__(self, limit: int = MAX_LOGINS, ttl: float = LOGIN_TTL, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limit: int = MAX_LOGINS,
+        ttl: float = LOGIN_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        each: int = MAX_LOGINS_EACH,
+    ):
         self.limit = limit
+        self.each = each
         self.ttl = ttl
         self._clock = clock
         self._logins: OrderedDict[bytes, Login] = OrderedDict()  # oldest first
@@ -110,6 +121,10 @@ class Logins:
     def open(self, who: Viewer) -> str:
         """A new session for ``who``: the secret its cookie carries."""
         secret = secrets.token_urlsafe(32)
+        if who.credential is not None:
+            own = [key for key, login in self._logins.items() if login.viewer.credential == who.credential]
+            for key in own[: len(own) - self.each + 1]:
+                del self._logins[key]
         self._logins[_digest(secret)] = Login(who, self._clock() + self.ttl)
         while len(self._logins) > self.limit:
             self._logins.popitem(last=False)
