@@ -530,11 +530,13 @@
     }
     const axis = top + providers.length * lane + 16;
     const ticks = width < 500 ? 2 : 4;
+    // decimals enough for the ticks to differ: a job of 0.6 s is ticked 0.15, 0.30, ... (not 0.2, 0.3, 0.5)
+    const digits = Math.min(3, Math.max(0, Math.ceil(-Math.log10(span / ticks))) + 1);
     for (let i = 0; i <= ticks; i++) {
       const t = first + (span * i) / ticks;
       const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
       const tick = svg('text', { x: x(t), y: axis, class: 'tick', 'text-anchor': anchor });
-      tick.textContent = i === 0 ? clock(t) : '+' + (span < 20 ? (t - first).toFixed(1) + ' s' : duration(t - first));
+      tick.textContent = i === 0 ? clock(t) : '+' + (span < 20 ? (t - first).toFixed(digits) + ' s' : duration(t - first));
       chart.append(tick);
     }
     const legend = el('figcaption', { class: 'legend' },
