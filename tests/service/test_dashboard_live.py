@@ -21,7 +21,7 @@ import kiln
 from kiln.hub import views
 from kiln.hub.io import live as hub_live
 from kiln.hub.io import server as hub_server
-from kiln.hub.io.live import MAX_VIEWERS, MIN_GAP
+from kiln.hub.io.live import MAX_VIEWERS, MAX_VIEWERS_EACH, MIN_GAP
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
 from kiln.testing.simulated import simulated_providers
@@ -162,6 +162,21 @@ async def test_at_most_64_dashboards_at_once(hub: Hub) -> None:
             with pytest.raises(ConnectionClosed):
                 await one_more.recv()
             assert one_more.close_code == 1013
+    finally:
+        for ws in opened:
+            await ws.close()
+
+
+async def test_one_credentials_dashboards_leave_room_for_the_others(hub: Hub) -> None:
+    opened = [await hub.live("alice") for _ in range(MAX_VIEWERS_EACH)]
+    try:
+        for ws in opened:
+            await next_of(ws, "hello")
+        async with hub.live("alice") as one_more, hub.live("bob") as bob:
+            with pytest.raises(ConnectionClosed):
+                await one_more.recv()
+            assert one_more.close_code == 1013
+            assert (await next_of(bob, "hello"))["name"] == "bob"
     finally:
         for ws in opened:
             await ws.close()
