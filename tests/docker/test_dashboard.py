@@ -191,6 +191,10 @@ def test_the_dashboard_counts_the_providers_after_login(hub: Hub, browser: Brows
     assert ops.page.get_attribute("#nav a[data-page=providers]", "aria-current") == "page"
     names = ops.page.eval_on_selector_all("#providers-table tbody tr", "rows => rows.map(r => r.dataset.name)")
     assert names == sorted(hub.providers)
+    ops.page.focus(".skip")  # the first stop of the keyboard: to the page shown, which stays
+    ops.page.keyboard.press("Enter")
+    assert ops.page.evaluate("[location.hash, document.activeElement.id]") == ["#/providers", "main"]
+    assert ops.page.is_visible("#page-providers")
 
 
 def test_a_rent_shows_within_2_s_to_its_requestor_and_admins_only(hub: Hub, dashboards: Any) -> None:

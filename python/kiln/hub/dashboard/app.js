@@ -626,6 +626,11 @@
   document.addEventListener('DOMContentLoaded', () => {
     $('login-form').addEventListener('submit', login);
     $('logout').addEventListener('click', logout);
+    // The skip link moves the focus to the page, not the route: "#main" is no page (it showed the Overview).
+    document.querySelector('.skip').addEventListener('click', (event) => {
+      event.preventDefault();
+      $('main').focus();
+    });
     for (const input of document.querySelectorAll('input[data-filter]')) input.addEventListener('input', filtered);
     window.addEventListener('hashchange', route);
     window.addEventListener('resize', () => {
