@@ -274,5 +274,11 @@ def test_every_page_renders_wide_and_on_a_phone(hub: Hub, dashboards: Any) -> No
             ops.page.screenshot(path=str(folder / f"{name}-{size}.png"), full_page=True)
             wide = ops.page.evaluate("() => document.documentElement.scrollWidth")
             assert wide <= viewport["width"], f"{name} at {size} scrolls sideways ({wide} px)"
+        hidden = ops.page.eval_on_selector_all(
+            "#nav a",
+            f"links => links.filter(a => a.getBoundingClientRect().right > {viewport['width']})"
+            ".map(a => a.textContent)",
+        )
+        assert hidden == [], f"at {size} the header hides {hidden}"
     hub.loop.run(activity.release())
     assert {p.name for p in folder.glob("*.png")} >= {f"{n}-{s}.png" for n in PAGES for s in ("1280x800", "390x844")}
