@@ -178,7 +178,7 @@ def test_the_dashboard_counts_the_providers_after_login(hub: Hub, browser: Brows
         page.fill("#token", "not-a-token")
         page.click("#login-form button[type=submit]")
         page.wait_for_function("() => document.getElementById('login-error').textContent !== ''")
-        assert page.text_content("#login-error") == "unknown or revoked token"
+        assert page.text_content("#login-error") == "unknown or revoked token (a provider token shows nothing)"
         assert page.is_hidden("#nav")
     finally:
         page.close()

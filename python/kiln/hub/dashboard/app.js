@@ -176,9 +176,11 @@
     if (answer.ok) {
       $('token').value = '';
       await start();
-    } else if (answer.status === 401 || answer.status === 403) {
+    } else if (answer.status === 401) {
+      $('login-error').textContent = 'unknown or revoked token (a provider token shows nothing)';
+    } else if (answer.status === 429) {
       $('login-error').textContent =
-        answer.status === 403 ? 'this token does not show the dashboard (a provider token?)' : 'unknown or revoked token';
+        'too many wrong tokens from here: try again in ' + (answer.headers.get('Retry-After') || 'a few') + ' s';
     } else {
       $('login-error').textContent = 'the hub answered ' + answer.status;
     }
