@@ -178,7 +178,7 @@ def test_the_dashboard_counts_the_providers_after_login(hub: Hub, browser: Brows
         page.fill("#token", "not-a-token")
         page.click("#login-form button[type=submit]")
         page.wait_for_function("() => document.getElementById('login-error').textContent !== ''")
-        assert page.text_content("#login-error") == "unknown or revoked token"
+        assert page.text_content("#login-error") == "unknown or revoked token (a provider token shows nothing)"
         assert page.is_hidden("#nav")
     finally:
         page.close()
@@ -191,6 +191,10 @@ def test_the_dashboard_counts_the_providers_after_login(hub: Hub, browser: Brows
     assert ops.page.get_attribute("#nav a[data-page=providers]", "aria-current") == "page"
     names = ops.page.eval_on_selector_all("#providers-table tbody tr", "rows => rows.map(r => r.dataset.name)")
     assert names == sorted(hub.providers)
+    ops.page.focus(".skip")  # the first stop of the keyboard: to the page shown, which stays
+    ops.page.keyboard.press("Enter")
+    assert ops.page.evaluate("[location.hash, document.activeElement.id]") == ["#/providers", "main"]
+    assert ops.page.is_visible("#page-providers")
 
 
 def test_a_rent_shows_within_2_s_to_its_requestor_and_admins_only(hub: Hub, dashboards: Any) -> None:
@@ -270,5 +274,11 @@ def test_every_page_renders_wide_and_on_a_phone(hub: Hub, dashboards: Any) -> No
             ops.page.screenshot(path=str(folder / f"{name}-{size}.png"), full_page=True)
             wide = ops.page.evaluate("() => document.documentElement.scrollWidth")
             assert wide <= viewport["width"], f"{name} at {size} scrolls sideways ({wide} px)"
+        hidden = ops.page.eval_on_selector_all(
+            "#nav a",
+            f"links => links.filter(a => a.getBoundingClientRect().right > {viewport['width']})"
+            ".map(a => a.textContent)",
+        )
+        assert hidden == [], f"at {size} the header hides {hidden}"
     hub.loop.run(activity.release())
     assert {p.name for p in folder.glob("*.png")} >= {f"{n}-{s}.png" for n in PAGES for s in ("1280x800", "390x844")}

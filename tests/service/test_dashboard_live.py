@@ -18,8 +18,10 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import kiln
+from kiln.hub import views
+from kiln.hub.io import live as hub_live
 from kiln.hub.io import server as hub_server
-from kiln.hub.io.live import MAX_VIEWERS
+from kiln.hub.io.live import MAX_VIEWERS, MAX_VIEWERS_EACH, MIN_GAP
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
 from kiln.testing.simulated import simulated_providers
@@ -122,6 +124,29 @@ async def test_a_query_that_is_not_one_closes_the_feed(hub: Hub, query: bytes) -
         assert ws.close_code in (1008, 1009), ws.close_code
 
 
+async def test_a_dashboard_asking_as_fast_as_it_reads_gets_a_page_every_min_gap(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+
+    def counted(*args: Any) -> dict[str, Any]:
+        made.append(args[2].filter)
+        return views.page(*args)
+
+    monkeypatch.setattr(hub_live, "page", counted)
+    async with hub.live("admin") as ws:
+        await next_of(ws, "hello")
+        began = time.monotonic()
+        asked = 0
+        while time.monotonic() - began < 0.5:  # each query a new filter: a pass over the providers
+            await ws.send(json.dumps({"page": "providers", "filter": f"f{asked}"}))
+            await page_where(ws, lambda page, f=f"f{asked}": page["filter"] == f)
+            asked += 1
+        took = time.monotonic() - began
+        print(f"{asked} queries answered in {took:.2f} s, {len(made)} pages made")
+        assert len(made) <= took / MIN_GAP + 2, "a page at most every MIN_GAP seconds, however fast it asks"
+
+
 async def drain(ws: ClientConnection) -> None:
     """Read until the connection closes (which raises)."""
     while True:
@@ -137,6 +162,21 @@ async def test_at_most_64_dashboards_at_once(hub: Hub) -> None:
             with pytest.raises(ConnectionClosed):
                 await one_more.recv()
             assert one_more.close_code == 1013
+    finally:
+        for ws in opened:
+            await ws.close()
+
+
+async def test_one_credentials_dashboards_leave_room_for_the_others(hub: Hub) -> None:
+    opened = [await hub.live("alice") for _ in range(MAX_VIEWERS_EACH)]
+    try:
+        for ws in opened:
+            await next_of(ws, "hello")
+        async with hub.live("alice") as one_more, hub.live("bob") as bob:
+            with pytest.raises(ConnectionClosed):
+                await one_more.recv()
+            assert one_more.close_code == 1013
+            assert (await next_of(bob, "hello"))["name"] == "bob"
     finally:
         for ws in opened:
             await ws.close()

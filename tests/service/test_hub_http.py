@@ -21,6 +21,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
 import kiln
+from kiln.hub.gate import FAILED_HELLOS
 from kiln.hub.io import server as hub_server
 from kiln.hub.io.server import start
 from kiln.hub.io.state import HubState
@@ -149,6 +150,20 @@ async def test_metrics_need_an_admin_by_bearer_token_or_session(hub: Hub) -> Non
             break
         await asyncio.sleep(0.1)
     assert (await hub.get("/api/me", cookie=alice)).status == 401, "a revoked credential's session ends"
+
+
+async def test_tokens_are_guessed_over_http_no_faster_than_in_hellos(hub: Hub) -> None:
+    for _ in range(FAILED_HELLOS + 5):
+        assert (await hub.get("/metrics", hub.provider)).status == 401, "a provider's token is no guess"
+    assert (await hub.get("/metrics", SHARED)).status == 200
+    for i in range(FAILED_HELLOS):
+        assert (await hub.get("/api/login" if i % 2 else "/metrics", f"guess-{i}")).status == 401
+    refused = await hub.get("/api/me", SHARED)
+    assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1, "the right token too, for a while"
+    with pytest.raises(kiln.KilnError, match="4009"):
+        async with kiln.connect(hub.base.replace("http", "ws"), token=SHARED):
+            pass
+    assert (await hub.get("/healthz")).status == 200
 
 
 def scrape(text: bytes) -> dict[str, list[Sample]]:

@@ -36,6 +36,15 @@ def test_past_the_limit_the_oldest_session_is_forgotten() -> None:
     assert len(logins) == 3
 
 
+def test_a_credential_past_its_share_forgets_its_own_oldest_session_not_anothers() -> None:
+    logins = Logins(limit=4, each=2)
+    ops = logins.open(ADMIN)
+    flood = [logins.open(ALICE) for _ in range(10)]
+    assert logins.find(ops) == ADMIN, "alice's logins cannot end the admin's session"
+    assert [logins.find(secret) for secret in flood] == [None] * 8 + [ALICE, ALICE]
+    assert len(logins) == 3
+
+
 def test_only_plain_files_of_known_kinds_are_served_each_under_one_path(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<!doctype html>")
     (tmp_path / "app.js").write_text("export {}")

@@ -176,9 +176,11 @@
     if (answer.ok) {
       $('token').value = '';
       await start();
-    } else if (answer.status === 401 || answer.status === 403) {
+    } else if (answer.status === 401) {
+      $('login-error').textContent = 'unknown or revoked token (a provider token shows nothing)';
+    } else if (answer.status === 429) {
       $('login-error').textContent =
-        answer.status === 403 ? 'this token does not show the dashboard (a provider token?)' : 'unknown or revoked token';
+        'too many wrong tokens from here: try again in ' + (answer.headers.get('Retry-After') || 'a few') + ' s';
     } else {
       $('login-error').textContent = 'the hub answered ' + answer.status;
     }
@@ -530,11 +532,13 @@
     }
     const axis = top + providers.length * lane + 16;
     const ticks = width < 500 ? 2 : 4;
+    // decimals enough for the ticks to differ: a job of 0.6 s is ticked 0.15, 0.30, ... (not 0.2, 0.3, 0.5)
+    const digits = Math.min(3, Math.max(0, Math.ceil(-Math.log10(span / ticks))) + 1);
     for (let i = 0; i <= ticks; i++) {
       const t = first + (span * i) / ticks;
       const anchor = i === 0 ? 'start' : i === ticks ? 'end' : 'middle';
       const tick = svg('text', { x: x(t), y: axis, class: 'tick', 'text-anchor': anchor });
-      tick.textContent = i === 0 ? clock(t) : '+' + (span < 20 ? (t - first).toFixed(1) + ' s' : duration(t - first));
+      tick.textContent = i === 0 ? clock(t) : '+' + (span < 20 ? (t - first).toFixed(digits) + ' s' : duration(t - first));
       chart.append(tick);
     }
     const legend = el('figcaption', { class: 'legend' },
@@ -624,6 +628,11 @@
   document.addEventListener('DOMContentLoaded', () => {
     $('login-form').addEventListener('submit', login);
     $('logout').addEventListener('click', logout);
+    // The skip link moves the focus to the page, not the route: "#main" is no page (it showed the Overview).
+    document.querySelector('.skip').addEventListener('click', (event) => {
+      event.preventDefault();
+      $('main').focus();
+    });
     for (const input of document.querySelectorAll('input[data-filter]')) input.addEventListener('input', filtered);
     window.addEventListener('hashchange', route);
     window.addEventListener('resize', () => {

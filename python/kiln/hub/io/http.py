@@ -19,6 +19,10 @@ cookie, or a bearer token) and, when the browser names an ``Origin``, that origi
 itself; the connection's :attr:`~kiln.hub.io.connections.HubConnection.viewer` is set and the upgrade
 goes on. Every other upgrade is a peer speaking kiln.v1, judged by its hello as before.
 
+A wrong bearer token counts as a failed hello of its address (:class:`kiln.hub.gate.Gate`): while
+the address has failed too often, any request of it showing a token is answered 429, as its hellos
+are refused, so that HTTP is no faster a way to guess a token.
+
 Who sees what is :func:`kiln.hub.access.viewer`'s: an admin credential or the shared token is an
 admin, a requestor credential sees its own activities (and no metrics), a provider credential
 nothing; on an open hub anyone is an admin.
@@ -30,6 +34,7 @@ import email.utils
 import hashlib
 import http
 import importlib.resources
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -52,6 +57,9 @@ from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 SESSION_COOKIE: Final = "kiln_session"
 MAX_LOGINS: Final = 1024
 """Sessions the hub keeps; a login past them forgets the oldest."""
+MAX_LOGINS_EACH: Final = 16
+"""Sessions one credential keeps; its login past them forgets its own oldest (so that a requestor
+logging in again and again cannot push an admin's sessions out of :data:`MAX_LOGINS`)."""
 LOGIN_TTL: Final = 12 * 3600.0
 """Seconds a session lasts from its login."""
 LIVE_PATH: Final = "/api/live"
@@ -93,13 +101,21 @@ class Login:
 class Logins:
     """The dashboard's sessions: a random secret (the cookie) for the viewer a login's token showed.
 
-    In memory only (a restart logs everyone out), at most ``limit`` (the oldest forgotten), each
-    for ``ttl`` seconds. The secrets are kept as their sha256, so that finding one takes as long
-    whatever it is. Forget those of revoked credentials with :meth:`revoke`.
+    In memory only (a restart logs everyone out), at most ``limit`` (the oldest forgotten) and
+    ``each`` of one credential (its oldest forgotten), each for ``ttl`` seconds. The secrets are
+    kept as their sha256, so that finding one takes as long whatever it is. Forget those of revoked
+    credentials with :meth:`revoke`.
     """
 
-    def __init__(self, limit: int = MAX_LOGINS, ttl: float = LOGIN_TTL, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        limit: int = MAX_LOGINS,
+        ttl: float = LOGIN_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        each: int = MAX_LOGINS_EACH,
+    ):
         self.limit = limit
+        self.each = each
         self.ttl = ttl
         self._clock = clock
         self._logins: OrderedDict[bytes, Login] = OrderedDict()  # oldest first
@@ -110,6 +126,10 @@ class Logins:
     def open(self, who: Viewer) -> str:
         """A new session for ``who``: the secret its cookie carries."""
         secret = secrets.token_urlsafe(32)
+        if who.credential is not None:
+            own = [key for key, login in self._logins.items() if login.viewer.credential == who.credential]
+            for key in own[: len(own) - self.each + 1]:
+                del self._logins[key]
         self._logins[_digest(secret)] = Login(who, self._clock() + self.ttl)
         while len(self._logins) > self.limit:
             self._logins.popitem(last=False)
@@ -232,6 +252,14 @@ class Front:
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
         path = request.path.partition("?")[0]
+        # A token shown here is guessed no faster than in a hello: the same bucket of failures.
+        wait = connection.gate.refusing(connection.source) if isinstance(connection, HubConnection) else None
+        if wait is not None and _bearer(request.headers):
+            return _response(
+                http.HTTPStatus.TOO_MANY_REQUESTS,
+                b"too many wrong tokens from this address\n",
+                headers=[("Retry-After", str(math.ceil(wait)))],
+            )
         if _upgrading(request.headers):
             return self._live(connection, request) if path == LIVE_PATH else None
         if request.method != "GET":
@@ -241,13 +269,13 @@ class Front:
                 return _response(http.HTTPStatus.SERVICE_UNAVAILABLE, b"stopping\n")
             return _response(http.HTTPStatus.OK, b"ok\n")
         if path == "/metrics":
-            return await self._metrics(request)
+            return await self._metrics(connection, request)
         if path == "/api/login":
-            return self._login(request)
+            return self._login(connection, request)
         if path == "/api/logout":
             return self._logout(request)
         if path == "/api/me":
-            who = self._viewer(request.headers)
+            who = self._viewer(request.headers, connection)
             if who is None:
                 return _unauthorized()
             body = orjson.dumps({"admin": who.admin, "name": who.name})
@@ -260,28 +288,36 @@ class Front:
             return _response(http.HTTPStatus.NOT_MODIFIED, b"", headers=headers, cache="no-cache")
         return _response(http.HTTPStatus.OK, asset.body, asset.content_type, headers=headers, cache="no-cache")
 
-    def _viewer(self, headers: Headers) -> Viewer | None:
+    def _viewer(self, headers: Headers, connection: ServerConnection) -> Viewer | None:
         """Who the request shows: its bearer token, else its session cookie, else nobody (anyone on an open hub)."""
         bearer = _bearer(headers)
         if bearer is not None:
-            return viewer(bearer, self.token, self.credentials)
+            return self._bearer_viewer(bearer, connection)
         secret = _cookie(headers, SESSION_COOKIE)
         if secret is not None and (who := self.logins.find(secret)) is not None:
             return who
         return viewer(None, self.token, self.credentials)
 
-    async def _metrics(self, request: Request) -> Response:
+    def _bearer_viewer(self, bearer: str | None, connection: ServerConnection) -> Viewer | None:
+        """Who ``bearer`` shows; a token that is no credential nor the hub's counts as a failed hello
+        of the connection's address (:meth:`kiln.hub.gate.Gate.failed`)."""
+        who = viewer(bearer, self.token, self.credentials)
+        known = who is not None or (self.credentials is not None and self.credentials.find(bearer or "") is not None)
+        if bearer and not known and isinstance(connection, HubConnection):
+            connection.gate.failed(connection.source)
+        return who
+
+    async def _metrics(self, connection: ServerConnection, request: Request) -> Response:
         if not self.public_metrics:
-            who = self._viewer(request.headers)
+            who = self._viewer(request.headers, connection)
             if who is None:
                 return _unauthorized()
             if not who.admin:
                 return _response(http.HTTPStatus.FORBIDDEN, b"the metrics need an admin credential\n")
         return _response(http.HTTPStatus.OK, await self.metrics.exposition(), CONTENT_TYPE, cache="no-store")
 
-    def _login(self, request: Request) -> Response:
-        bearer = _bearer(request.headers)
-        who = viewer(bearer, self.token, self.credentials)
+    def _login(self, connection: ServerConnection, request: Request) -> Response:
+        who = self._bearer_viewer(_bearer(request.headers), connection)
         if who is None:
             return _unauthorized()
         cookie = f"{SESSION_COOKIE}={self.logins.open(who)}; HttpOnly; SameSite=Strict; Path=/"
@@ -297,7 +333,7 @@ class Front:
 
     def _live(self, connection: ServerConnection, request: Request) -> Response | None:
         """The dashboard's live feed: upgraded for a viewer, from the hub's own page (if a browser says)."""
-        who = self._viewer(request.headers)
+        who = self._viewer(request.headers, connection)
         if who is None:
             return _unauthorized()
         origins = request.headers.get_all("Origin")

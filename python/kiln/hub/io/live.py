@@ -9,9 +9,10 @@ for every viewer that asks the same (a round's pages are shared), and is sent on
 before has drained: a browser that reads slowly gets fewer pages, never a growing buffer. On the
 Overview, the history's samples (:mod:`kiln.hub.history`) go once in full, then as they are taken.
 
-At most :data:`MAX_VIEWERS` dashboards are connected at once; one more is closed (1013, try again
-later). A query that is not one closes the connection (1008). Who may connect (a session cookie or a
-bearer token, the Origin) is decided before: :mod:`kiln.hub.io.http` sets the connection's ``viewer``.
+At most :data:`MAX_VIEWERS` dashboards are connected at once, :data:`MAX_VIEWERS_EACH` of one
+credential; one more is closed (1013, try again later). A query that is not one closes the
+connection (1008). Who may connect (a session cookie or a bearer token, the Origin) is decided
+before: :mod:`kiln.hub.io.http` sets the connection's ``viewer``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,14 @@ from kiln.protocol.codes import CLOSE_UNAUTHORIZED
 log = logging.getLogger("kiln.hub")
 
 MAX_VIEWERS: Final = 64
+MAX_VIEWERS_EACH: Final = 8
+"""Dashboards one credential may have connected at once (so that a requestor's cannot fill
+:data:`MAX_VIEWERS` and keep an admin's out)."""
 REFRESH: Final = 0.5
 """Seconds between two looks at a viewer's page."""
+MIN_GAP: Final = 0.1
+"""Seconds at least between two pages made for one dashboard: one that sends queries as fast as it
+can (each a new filter, a pass over the providers) is answered the last of them, ten times a second."""
 SUMS_EVERY: Final = 1.0
 """Seconds the Overview's sums over the providers are reused for."""
 UNREAD_BYTES: Final = 4 * 2**20
@@ -111,6 +118,12 @@ class Live:
             ws.stop_taking()
             await ws.close(CloseCode.TRY_AGAIN_LATER, f"at most {self.max_viewers} dashboards at once")
             return
+        if viewer.credential is not None:
+            own = sum(1 for w in self.watchers if w.viewer.credential == viewer.credential)
+            if own >= MAX_VIEWERS_EACH:
+                ws.stop_taking()
+                await ws.close(CloseCode.TRY_AGAIN_LATER, f"at most {MAX_VIEWERS_EACH} dashboards of one credential")
+                return
         watcher = Watcher(viewer, ws)
         self.watchers.add(watcher)
         ws.unread_bound = UNREAD_BYTES
@@ -149,6 +162,8 @@ class Live:
 
     async def _send_pages(self, ws: HubConnection, watcher: Watcher, hello: bytes) -> None:
         await ws.send(hello.decode())
+        loop = asyncio.get_running_loop()
+        made_at = -math.inf
         while True:
             try:
                 async with asyncio.timeout(self.refresh):
@@ -158,6 +173,10 @@ class Live:
             watcher.asked.clear()
             if watcher.query is None or ws.transport.get_write_buffer_size() > 0:
                 continue  # nothing asked yet, or the last page has not drained: skip this round
+            if (wait := made_at + MIN_GAP - loop.time()) > 0:
+                await asyncio.sleep(wait)
+                watcher.asked.clear()  # the queries that came meanwhile: this page answers the last
+            made_at = loop.time()
             made = self._page(watcher.viewer, watcher.query)
             if made != watcher.sent:
                 watcher.sent = made
