@@ -9,7 +9,7 @@ closes. ``GET`` only, and never a body (websockets refuses a request that has on
   the hub was started with ``public_metrics`` (``kiln hub --public-metrics``);
 * ``/api/login`` with ``Authorization: Bearer <token>``: 204 and a session cookie
   (:data:`SESSION_COOKIE`) that stands for the token from then on (:class:`Logins`);
-  ``/api/logout`` forgets it; ``/api/me`` says who the request shows (JSON ``{admin, name}``);
+  ``/api/logout`` forgets it; ``/api/me`` says who the request shows (JSON ``{admin, name}``, or ``null`` for nobody);
 * ``/`` and ``/assets/<file>``: the dashboard's files, from the package ``kiln.hub.dashboard``
   (:class:`Assets`), under a content security policy that lets the page fetch from the hub alone;
 * anything else: 404.
@@ -275,10 +275,12 @@ class Front:
         if path == "/api/logout":
             return self._logout(request)
         if path == "/api/me":
+            # Nobody is an answer (``null``: the page shows its login), not an error a browser logs;
+            # a bearer token that shows nobody is one.
             who = self._viewer(request.headers, connection)
-            if who is None:
+            if who is None and _bearer(request.headers) is not None:
                 return _unauthorized()
-            body = orjson.dumps({"admin": who.admin, "name": who.name})
+            body = orjson.dumps(None if who is None else {"admin": who.admin, "name": who.name})
             return _response(http.HTTPStatus.OK, body, "application/json", cache="no-store")
         asset = self.assets.files.get(path)
         if asset is None:
