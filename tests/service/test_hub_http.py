@@ -90,6 +90,10 @@ async def test_health_is_open_and_anything_unknown_is_404_beside_the_hubs_peers(
     health = await hub.get("/healthz")
     assert (health.status, health.body) == (200, b"ok\n")
     assert health.headers["X-Content-Type-Options"] == "nosniff"
+    page = await hub.get("/")  # the dashboard's page, to anyone: its data needs a login
+    assert page.status == 200 and b'src="/assets/app.js"' in page.body
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy, policy
     for path in (
         "/nothing",
         "/assets/../hub.db",

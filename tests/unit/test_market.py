@@ -49,6 +49,13 @@ def test_the_sums_over_the_sellers_follow_offers_reservations_and_departures() -
     market.remove(1)
     market.remove(1)
     assert (offered.cpus, offered.memory, free.cpus, free.memory, free.storage) == (2, GiB, 2, GiB, GiB)
+    fractions = {3: 0.1, 4: 0.2, 5: 0.7, 6: 0.3}  # CPUs binary floats cannot hold: no drift once gone
+    for n, cpus in fractions.items():
+        market.update(n, f"p{n}", offer(cpus=cpus))
+        market.reserve(n, Resources(cpus=cpus, memory=1))
+    for n in fractions:
+        market.remove(n)
+    assert (offered.cpus, free.cpus) == (2, 2) and str(offered.cpus) == "2.0"
 
 
 def test_a_removed_provider_is_no_longer_chosen_or_listed() -> None:

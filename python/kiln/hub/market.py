@@ -142,7 +142,8 @@ class Totals:
     storage: int = 0
 
     def add(self, sign: int, cpus: float, memory: int, storage: int) -> None:
-        self.cpus += sign * cpus
+        # Rounded at each step (and never -0.0), so CPUs like 0.1 leave no drift after comings and goings.
+        self.cpus = round(self.cpus + sign * cpus, 9) + 0.0
         self.memory += sign * memory
         self.storage += sign * storage
 

@@ -88,7 +88,10 @@ SECURITY: Final = (
     ("Referrer-Policy", "no-referrer"),
 )
 """Headers of every response: no sniffing of content types, no framing, no referrer."""
-CSP: Final = "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'"
+CSP: Final = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 """The dashboard's content security policy: nothing fetched from elsewhere, no inline script."""
 
 
