@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from prometheus_client.parser import text_string_to_metric_families
 
 import kiln
 from tests.conftest import IMAGE, Cluster, started
@@ -218,6 +220,34 @@ def test_a_rent_shows_within_2_s_to_its_requestor_and_admins_only(hub: Hub, dash
     for dashboard in (ops, alice):
         dashboard.page.wait_for_selector(row, state="detached", timeout=2000)
     print(f"and was gone {time.monotonic() - released:.2f} s after its release")
+
+
+def test_what_containers_use_reaches_the_hub_from_the_providers(hub: Hub) -> None:
+    """The providers' ``usage`` reports (every 5 s) are what the hub's "used" figures are made of."""
+    requestor = hub.requestor("alice")
+    activity: kiln.Activity = hub.loop.run(requestor.rent(IMAGE, SMALL))
+    try:
+        hub.loop.run(activity.run(["sh", "-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"]))
+        deadline = time.monotonic() + 15
+        used: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            asked = urllib.request.Request(
+                hub.http + "/metrics", headers={"Authorization": f"Bearer {hub.tokens['ops']}"}
+            )
+            with urllib.request.urlopen(asked, timeout=10) as reply:
+                text = reply.read().decode()
+            used = {
+                sample.name: sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name in ("kiln_used_memory_bytes", "kiln_used_cpus")
+            }
+            if used.get("kiln_used_memory_bytes", 0) > 0:
+                break
+            time.sleep(0.5)
+        assert used["kiln_used_memory_bytes"] > 0, used
+    finally:
+        hub.loop.run(activity.release())
 
 
 async def square(act: kiln.Activity, n: int) -> int:
