@@ -345,7 +345,7 @@ export function renderHtml(title, summary, attempts, { dropped = 0 } = {}) {
     `<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">` +
     `<title>${escape(title)}</title><style>${STYLE}</style></head><body>` +
     `<h1>${escape(title)}</h1>` +
-    `<p class="muted">${attempts.length} attempts of ${summary.tasks} tasks on ${providerCount} providers in ${escape(seconds(elapsed))}</p>` +
+    `<p class="muted">${count(attempts.length, "attempt")} of ${count(summary.tasks, "task")} on ${count(providerCount, "provider")} in ${escape(seconds(elapsed))}</p>` +
     summaryCells(summary, attempts) +
     `<h2>Attempts per provider</h2><p class="legend">${legend}</p>${note}` +
     `<div class="chart">${gantt(attempts, elapsed)}</div>` +
@@ -354,4 +354,14 @@ export function renderHtml(title, summary, attempts, { dropped = 0 } = {}) {
     `<details><summary>Every attempt (${attempts.length})</summary>${attemptRows(attempts, elapsed)}</details>` +
     "</body></html>\n"
   );
+}
+
+/**
+ * `n` and `noun`, plural but for one: `1 provider`, `2 providers`.
+ * @param {number} n
+ * @param {string} noun
+ * @returns {string}
+ */
+function count(n, noun) {
+  return n === 1 ? `${n} ${noun}` : `${n} ${noun}s`;
 }

@@ -159,6 +159,7 @@ async def test_a_report_that_cannot_be_written_does_not_hide_the_jobs_result(tmp
     with kiln.ProgressView(job, console=Console(file=out), report=tmp_path / "taken") as view:
         assert await job.run() == [0, 1]
     assert view.written is None and "could not write the report" in out.getvalue()
+    assert "2 attempts of 2 tasks on 1 provider in" in job.report_html()
 
 
 async def test_an_interrupted_attempt_is_retried_and_says_why() -> None:

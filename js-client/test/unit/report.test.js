@@ -151,6 +151,7 @@ test("job.report(path) writes the page reportHtml() gives", async () => {
     assert.equal(page, job.reportHtml());
     assert.deepEqual(bars(page).map(([, task]) => task).sort(), [0, 1, 2, 3]);
     assert.ok(page.includes(job.group));
+    assert.match(page, /\d+ attempts of 4 tasks on 2 providers in /);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

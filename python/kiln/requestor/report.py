@@ -293,8 +293,8 @@ def render_html(title: str, summary: JobSummary, attempts: Sequence[Attempt], *,
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
-        f'<p class="muted">{len(attempts)} attempts of {summary.tasks} tasks on '
-        f"{len({a.provider for a in attempts})} providers in {escape(seconds(elapsed))}</p>"
+        f'<p class="muted">{_count(len(attempts), "attempt")} of {_count(summary.tasks, "task")} on '
+        f"{_count(len({a.provider for a in attempts}), 'provider')} in {escape(seconds(elapsed))}</p>"
         f"{_summary(summary, attempts)}"
         f'<h2>Attempts per provider</h2><p class="legend">{legend}</p>{note}'
         f'<div class="chart">{gantt(attempts, elapsed)}</div>'
@@ -303,3 +303,8 @@ def render_html(title: str, summary: JobSummary, attempts: Sequence[Attempt], *,
         f"<details><summary>Every attempt ({len(attempts)})</summary>{_attempt_rows(attempts, elapsed)}</details>"
         "</body></html>\n"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural but for one: ``1 provider``, ``2 providers``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
