@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -90,11 +90,10 @@ class Totals:
 
 
 def totals(core: HubCore) -> Totals:
-    """The market's capacity (offered, reserved: sums the market keeps) and the activities' last
-    reported use (one pass over the activities)."""
+    """The market's capacity (offered, reserved) and the activities' last reported use: sums the
+    market and the tallies keep as they change, so reading them costs nothing."""
     offered, free = core.market.offered_total, core.market.free_total
-    used_cpus = sum(lease.cpu_rate or 0.0 for lease in core.activities.values())
-    used_memory = sum(lease.memory or 0 for lease in core.activities.values())
+    used_cpus, used_memory = core.tallies.used_cpus, core.tallies.used_memory
     return Totals(
         offered.cpus,
         max(round(offered.cpus - free.cpus, 6), 0.0),
@@ -130,11 +129,8 @@ def history_rows(history: History, viewer: Viewer, after: float) -> list[list[fl
     return [list(row) for row in zip(*columns, strict=True) if row[0] > after]
 
 
-def page(
-    core: HubCore, viewer: Viewer, query: Query, history: History, now: float, sums: Callable[[], Totals] | None = None
-) -> Json:
-    """The page ``query`` asks for, as ``viewer`` may see it, at ``now`` (the wall clock's seconds); the
-    Overview's capacity from ``sums`` (by default :func:`totals`: a caller may keep them a while)."""
+def page(core: HubCore, viewer: Viewer, query: Query, history: History, now: float) -> Json:
+    """The page ``query`` asks for, as ``viewer`` may see it, at ``now`` (the wall clock's seconds)."""
     made: Json
     if query.page == "providers":
         made = providers(core, viewer, query.filter, now)
@@ -147,7 +143,7 @@ def page(
     elif query.page == "events":
         made = events(core, viewer)
     else:
-        made = overview(core, viewer, history, sums() if sums is not None else totals(core))
+        made = overview(core, viewer, history, totals(core))
     return {"type": "page", "page": query.page, **made}
 
 

@@ -33,7 +33,7 @@ from kiln.hub.access import Viewer
 from kiln.hub.core import HubCore
 from kiln.hub.history import History
 from kiln.hub.io.connections import HubConnection
-from kiln.hub.views import Query, Totals, history_rows, page, parse_query, reading, series, totals
+from kiln.hub.views import Query, history_rows, page, parse_query, reading, series, totals
 from kiln.protocol.codes import CLOSE_UNAUTHORIZED
 
 log = logging.getLogger("kiln.hub")
@@ -47,8 +47,6 @@ REFRESH: Final = 0.5
 MIN_GAP: Final = 0.1
 """Seconds at least between two pages made for one dashboard: one that sends queries as fast as it
 can (each a new filter, a pass over the providers) is answered the last of them, ten times a second."""
-SUMS_EVERY: Final = 1.0
-"""Seconds the Overview's sums over the providers are reused for."""
 UNREAD_BYTES: Final = 4 * 2**20
 """Bytes a dashboard may leave unread toward it (a few pages: the largest is a few hundred KiB)
 before its connection is cut (see :data:`kiln.hub.io.connections.UNREAD_BYTES`)."""
@@ -87,7 +85,6 @@ class Live:
         self.clock = clock
         self.watchers: set[Watcher] = set()
         self._round = -1
-        self._sums: tuple[float, Totals] | None = None
         self._made: dict[tuple[bool, int | None, Query], bytes] = {}
 
     @property
@@ -206,14 +203,6 @@ class Live:
         key = (viewer.admin, viewer.credential, query)
         made = self._made.get(key)
         if made is None:
-            shown = page(self.core, viewer, query, self.history, self.clock(), self._totals)
+            shown = page(self.core, viewer, query, self.history, self.clock())
             made = self._made[key] = orjson.dumps(shown)
         return made
-
-    def _totals(self) -> Totals:
-        """The providers' capacity summed (:func:`~kiln.hub.views.totals`), at most once a second:
-        a pass over every provider, which the Overview's viewers share."""
-        now = asyncio.get_running_loop().time()
-        if self._sums is None or now - self._sums[0] >= SUMS_EVERY:
-            self._sums = (now, totals(self.core))
-        return self._sums[1]
