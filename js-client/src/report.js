@@ -15,14 +15,13 @@
  */
 
 import { formatCredits } from "./money.js";
+import { MAX_TASK_REASON as MAX_REASON } from "./protocol/generated/limits.js";
 import { clip } from "./protocol/messages.js";
 
 /** Ended attempts a timeline keeps (the latest): a job of a million tasks stays bounded. */
 export const ATTEMPTS_KEPT = 10_000;
-/** The longest reason kept (what the hub takes in a `task` report: protocol/v1/schema.json). */
-export const MAX_REASON = 256;
-/** The highest attempt number a `task` report carries (protocol/v1/schema.json). */
-export const MAX_TASK_ATTEMPT = 1000;
+/** The longest reason kept (what the hub takes in a `task` report), and the highest attempt number one carries. */
+export { MAX_TASK_REASON as MAX_REASON, MAX_TASK_ATTEMPT } from "./protocol/generated/limits.js";
 
 /**
  * How an attempt ended: `done`; it failed and the task was `retried` (elsewhere or later); it

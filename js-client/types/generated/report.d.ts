@@ -15,10 +15,8 @@
  */
 /** Ended attempts a timeline keeps (the latest): a job of a million tasks stays bounded. */
 export declare const ATTEMPTS_KEPT = 10000;
-/** The longest reason kept (what the hub takes in a `task` report: protocol/v1/schema.json). */
-export declare const MAX_REASON = 256;
-/** The highest attempt number a `task` report carries (protocol/v1/schema.json). */
-export declare const MAX_TASK_ATTEMPT = 1000;
+/** The longest reason kept (what the hub takes in a `task` report), and the highest attempt number one carries. */
+export { MAX_TASK_REASON as MAX_REASON, MAX_TASK_ATTEMPT } from "./protocol/generated/limits.js";
 export type AttemptOutcome = "running" | "done" | "retried" | "failed" | "lost";
 export type Attempt = {
     task: number;

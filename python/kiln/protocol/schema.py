@@ -34,6 +34,9 @@ FIXED_BOUNDS: Final = {
     "header_size": frames.HEADER_SIZE,
     "max_reason_bytes": frames.MAX_REASON_BYTES,
     "max_stream_id": frames.MAX_STREAM_ID,
+    "max_task_reason": messages.MAX_REASON,
+    "max_task_attempt": messages.MAX_TASK_ATTEMPT,
+    "max_usage_activities": messages.MAX_USAGE_ACTIVITIES,
 }
 """The protocol's bounds that no ``welcome`` changes, beside the default limits."""
 
