@@ -48,7 +48,6 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from kiln.hub.access import Credentials, Viewer, viewer
 from kiln.hub.io.connections import HubConnection
@@ -250,7 +249,6 @@ class Front:
         self.tls = tls
         self.assets = assets if assets is not None else Assets.packaged()
         self.logins = logins or Logins()
-        self._watching: set[ServerConnection] = set()  # upgraded to the live feed (closed ones pruned by viewers())
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
@@ -346,14 +344,7 @@ class Front:
             return _response(http.HTTPStatus.FORBIDDEN, b"the live feed is for the hub's own page\n")
         if isinstance(connection, HubConnection):
             connection.viewer = who
-        self.viewers()
-        self._watching.add(connection)
         return None
-
-    def viewers(self) -> int:
-        """The connections open on the live feed (the closed ones forgotten)."""
-        self._watching = {ws for ws in self._watching if ws.state is not State.CLOSED}
-        return sum(1 for ws in self._watching if ws.state is State.OPEN)
 
 
 def _upgrading(headers: Headers) -> bool:

@@ -452,7 +452,7 @@ async def start(
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
     front = Front(
-        Metrics(core, lambda: front.viewers()),
+        Metrics(core, lambda: hub.live.viewers),
         token=core.token,
         credentials=core.credentials,
         stopping=lambda: hub.stopping,
