@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from typing import Final
 
 from kiln.hub.io.state import DEAD_AFTER, HubState
@@ -27,9 +28,14 @@ class Seat:
     def __init__(self, state: HubState, address: str) -> None:
         self.state = state
         self.address = address
+        self.secret = secrets.token_urlsafe(32)
+        """What this hub shows another it dials (``Authorization: Bearer``): the other finds it by
+        its sha256 among the live hubs' (:meth:`HubState.hub_of`). New at each start."""
+        self.slot = 0
+        """This hub's share of the ids a provider sees (1 to 63), once joined."""
 
     def join(self) -> None:
-        self.state.join(self.address)
+        self.slot = self.state.join(self.address, self.secret)
         others = [(hub, address) for hub, address, _ in self.state.hubs() if hub != self.state.hub]
         shown = ", ".join(f"{address} ({hub})" for hub, address in others) or "none yet"
         log.info(

@@ -70,6 +70,8 @@ log = logging.getLogger("kiln.hub.io.state")
 
 FILE_NAME: Final = "hub.db"
 HUB_ID_FILE: Final = "hub-id"
+MAX_HUBS: Final = 63
+"""The most hubs one database serves at once: each has a slot of the ids its providers see (:meth:`HubState.join`)."""
 DEAD_AFTER: Final = 5.0
 """Seconds after its last heartbeat that a hub counts as dead: what it held may be adopted."""
 TOKEN_PREFIX: Final = "kiln_"
@@ -184,21 +186,32 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE activities ADD COLUMN max_duration DOUBLE PRECISION",
         "CREATE INDEX usage_activity ON usage (activity)",
     ),
-    # 5: several hubs on one database (kiln.hub.io.seat): a heartbeat row per hub, the hub that holds
-    # each provider's connection, and the hub that holds each session (a dead hub's are adopted).
+    # 5: several hubs on one database (kiln.hub.io.seat): a heartbeat row per hub (with the sha256 of
+    # the token it shows other hubs, and its slot: its share of the ids a provider sees), the hub
+    # that holds each provider's connection with the capacity and offer it shares, the hub that
+    # holds each session (a dead hub's are adopted), and the leases reserved but not yet created.
     (
         """CREATE TABLE hubs (
             id VARCHAR(32) PRIMARY KEY,
             address VARCHAR(256) NOT NULL,
+            secret CHAR(64) NOT NULL,
+            slot SMALLINT NOT NULL UNIQUE,
             started DOUBLE PRECISION NOT NULL,
             seen DOUBLE PRECISION NOT NULL
         )""",
         """CREATE TABLE providers (
             name VARCHAR(64) PRIMARY KEY,
-            hub VARCHAR(32) NOT NULL,
-            since DOUBLE PRECISION NOT NULL
+            hub VARCHAR(32),
+            since DOUBLE PRECISION NOT NULL,
+            changed DOUBLE PRECISION NOT NULL,
+            cpus DOUBLE PRECISION NOT NULL DEFAULT 0,
+            memory BIGINT NOT NULL DEFAULT 0,
+            storage BIGINT NOT NULL DEFAULT 0,
+            offer TEXT
         )""",
         "CREATE INDEX providers_hub ON providers (hub)",
+        "CREATE INDEX providers_changed ON providers (changed)",
+        "ALTER TABLE activities ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE",
         "ALTER TABLE sessions ADD COLUMN hub VARCHAR(32)",
         "CREATE INDEX sessions_hub ON sessions (hub)",
         "CREATE INDEX activities_provider ON activities (provider)",
@@ -589,15 +602,28 @@ class HubState:
 
     # --- several hubs on one database (kiln.hub.io.seat) ---------------------------------------
 
-    def join(self, address: str) -> None:
-        """This hub (:attr:`hub`) is up, reachable at ``address``: its heartbeat row."""
-        with self._write() as db:
+    def join(self, address: str, secret: str) -> int:
+        """This hub (:attr:`hub`) is up, reachable at ``address``, and shows other hubs ``secret``:
+        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has."""
+        with self._db.migrating() as db:  # one hub at a time picks a slot
+            db.execute(f"DELETE FROM hubs WHERE id = ? OR NOT ({self._live('hubs')})", (self.hub,))
+            taken = {int(row[0]) for row in db.execute("SELECT slot FROM hubs")}
+            free = [slot for slot in range(1, MAX_HUBS + 1) if slot not in taken]
+            if not free:
+                raise KilnError(f"{MAX_HUBS} hubs share {self.where} already (the most)")
             db.execute(
-                f"INSERT INTO hubs (id, address, started, seen) VALUES (?, ?, {db.now}, {db.now}) "
-                "ON CONFLICT (id) DO UPDATE SET address = excluded.address, started = excluded.started, "
-                f"seen = {db.now}",
-                (self.hub, address),
+                f"INSERT INTO hubs (id, address, secret, slot, started, seen) VALUES (?, ?, ?, ?, {db.now}, {db.now})",
+                (self.hub, address, token_hash(secret), free[0]),
             )
+        return free[0]
+
+    def hub_of(self, token: str) -> str | None:
+        """The live hub whose token (:meth:`join`'s ``secret``) this is, if any: another hub dialling this one."""
+        digest = token_hash(token)
+        row = self._read(f"SELECT id, secret FROM hubs WHERE secret = ? AND {self._live('hubs')}", (digest,))
+        if row is None or not hmac.compare_digest(str(row[1]), digest):
+            return None
+        return str(row[0])
 
     def beat(self) -> None:
         """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock)."""
@@ -608,7 +634,7 @@ class HubState:
         """This hub stops: its row goes, and with it what it held is anyone's to adopt at once."""
         with self._write() as db:
             db.execute("DELETE FROM hubs WHERE id = ?", (self.hub,))
-            db.execute("DELETE FROM providers WHERE hub = ?", (self.hub,))
+            db.execute(f"UPDATE providers SET hub = NULL, changed = {db.now} WHERE hub = ?", (self.hub,))
 
     def hubs(self) -> list[tuple[str, str, float]]:
         """The live hubs: id, address, and seconds since each was last seen."""
@@ -630,9 +656,11 @@ class HubState:
         (a provider is connected to one hub at a time)."""
         with self._write() as db:
             row = db.execute(
-                f"INSERT INTO providers (name, hub, since) VALUES (?, ?, {db.now}) ON CONFLICT (name) DO UPDATE "
-                "SET hub = excluded.hub, since = excluded.since WHERE providers.hub = excluded.hub OR "
-                f"{self._dead('providers.hub')} RETURNING hub",
+                f"INSERT INTO providers (name, hub, since, changed) VALUES (?, ?, {db.now}, {db.now}) "
+                "ON CONFLICT (name) DO UPDATE SET hub = excluded.hub, since = excluded.since, "
+                "changed = excluded.changed "
+                f"WHERE providers.hub IS NULL OR providers.hub = excluded.hub OR {self._dead('providers.hub')} "
+                "RETURNING hub",
                 (name, self.hub, self.hub),
             ).fetchone()
         return row is not None
@@ -640,7 +668,9 @@ class HubState:
     def release_provider(self, name: str) -> None:
         """Provider ``name`` left this hub: any hub may take it."""
         with self._write() as db:
-            db.execute("DELETE FROM providers WHERE name = ? AND hub = ?", (name, self.hub))
+            db.execute(
+                f"UPDATE providers SET hub = NULL, changed = {db.now} WHERE name = ? AND hub = ?", (name, self.hub)
+            )
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
         """The session of this resume secret's sha256, taken over by this hub if a dead hub held it
