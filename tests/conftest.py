@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from kiln.testing import DEFAULT_IMAGE, LocalCluster
+from kiln.testing.postgres import LocalPostgres, PostgresNotInstalled
 from tests.tls import Certificates, make_certificates
 
 IMAGE = DEFAULT_IMAGE
@@ -164,3 +165,23 @@ def images() -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     remove(*made)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for the whole session (one per pytest-xdist worker), on a free loopback port.
+
+    It needs Debian's ``postgresql`` (``make postgres``): without it the test fails, it is not skipped.
+    """
+    try:
+        server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresNotInstalled as e:
+        pytest.fail(str(e))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: LocalPostgres) -> str:
+    """The URL of a fresh, empty database of its own on the session's PostgreSQL server."""
+    return postgres.create_database(f"test_{secrets.token_hex(6)}")
