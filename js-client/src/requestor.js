@@ -1071,6 +1071,8 @@ export async function connectWith(platform, url, options = {}) {
   const hubs = new HubRing(url);
   /** @type {ConnectionLostError[]} */
   const failures = [];
+  /** @type {string[]} why each hub failed, naming it */
+  const reasons = [];
   for (const at of hubs.order()) {
     /** @type {Connection} */
     let connection;
@@ -1079,6 +1081,7 @@ export async function connectWith(platform, url, options = {}) {
     } catch (e) {
       if (!(e instanceof ConnectionLostError)) throw e; // another hub would say the same
       failures.push(e);
+      reasons.push(e.message.includes(at) ? e.message : `${at}: ${e.message}`);
       continue;
     }
     hubs.moved(at);
@@ -1091,6 +1094,5 @@ export async function connectWith(platform, url, options = {}) {
     return requestor;
   }
   if (failures.length === 1) throw failures[0];
-  const why = failures.map((e) => e.message).join("; ");
-  throw new ConnectionLostError(`no hub answered: ${why}`, { cause: failures[failures.length - 1] });
+  throw new ConnectionLostError(`no hub answered: ${reasons.join("; ")}`, { cause: failures[failures.length - 1] });
 }

@@ -827,13 +827,13 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r`` o
             try:
                 conn = await self._dial(url)
             except ConnectionLost as e:  # another hub may answer; anything else would be said by each
-                failures.append(e)
+                if len(hubs.urls) == 1:
+                    raise
+                failures.append(e if url in e.message else ConnectionLost(f"{url}: {e.message}"))
                 continue
             hubs.moved(url)
             self._requestor = Requestor(conn, hubs, self._dial if self._reconnect else None, name=self._name)
             return self._requestor
-        if len(failures) == 1:
-            raise failures[0]
         raise ConnectionLost(f"no hub answered: {'; '.join(e.message for e in failures)}") from failures[-1]
 
     def __await__(self) -> Generator[Any, None, Requestor]:
