@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install installed docker volumes node system zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets bench-observe
+.PHONY: help install installed docker volumes node system postgres zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets bench-observe
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -41,6 +41,10 @@ node:
 # What only the tests use: chromium, docker-registry, openssl.
 system:
 	scripts/ensure-system.sh
+
+# Debian's PostgreSQL, whose initdb and pg_ctl the tests run to start servers of their own.
+postgres:
+	scripts/ensure-postgres.sh
 
 # The agent's C compiler: Zig's `cc` from PyPI (python -m ziglang). It cross-compiles the static
 # musl binary for x86_64 and aarch64 with no system package; agent/compile.py says more and
@@ -105,14 +109,14 @@ PARALLEL_ARGS = -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -p n
 pytest-unit:
 	$(PYTHON) -m pytest tests/unit $(COVERAGE_ARGS)
 
-pytest-service: system agent
+pytest-service: system postgres agent
 	$(PYTHON) -m pytest tests/service $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # $(JS_MODULES): the docs' blocks run the tutorials' Node code against the tree's js-client.
-pytest-docker: docker volumes node system agent $(JS_MODULES)
+pytest-docker: docker volumes node system postgres agent $(JS_MODULES)
 	$(PYTHON) -m pytest tests/docker $(PARALLEL_ARGS)
 
-pytest-hostile: docker volumes system agent
+pytest-hostile: docker volumes system postgres agent
 	$(PYTHON) -m pytest tests/hostile $(PARALLEL_ARGS) $(COVERAGE_ARGS) --cov-append
 
 # What the tiers gathered (run them first: `make pytest`), failing under the floor.
@@ -167,7 +171,7 @@ docs-install: node
 docs: docs-install
 	NO_MKDOCS_2_WARNING=1 $(PYTHON) -m mkdocs build --strict
 
-test: install docker volumes node system agent check docs pytest-service pytest-docker pytest-hostile coverage js-integration
+test: install docker volumes node system postgres agent check docs pytest-service pytest-docker pytest-hostile coverage js-integration
 
 demo: image volumes agent
 	$(PYTHON) examples/demo.py

@@ -26,11 +26,15 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from kiln.testing import DEFAULT_IMAGE, LocalCluster
 from tests.tls import Certificates, make_certificates
+
+if TYPE_CHECKING:
+    from kiln.testing.postgres import LocalPostgres
 
 IMAGE = DEFAULT_IMAGE
 
@@ -164,3 +168,26 @@ def images() -> Iterator[list[str]]:
     made: list[str] = []
     yield made
     remove(*made)
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for the whole session (one per pytest-xdist worker), on a free loopback port.
+
+    It needs Debian's ``postgresql`` (``make postgres``): without it the test fails, it is not skipped.
+    psycopg is imported here, not at the top: every tier loads this file, few tests use PostgreSQL.
+    """
+    from kiln.testing.postgres import LocalPostgres, PostgresNotInstalled
+
+    try:
+        server = LocalPostgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresNotInstalled as e:
+        pytest.fail(str(e))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres: LocalPostgres) -> str:
+    """The URL of a fresh, empty database of its own on the session's PostgreSQL server."""
+    return postgres.create_database(f"test_{secrets.token_hex(6)}")

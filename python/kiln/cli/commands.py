@@ -23,6 +23,7 @@ from kiln.protocol.errors import UsageError
 from kiln.protocol.sizes import format_size
 
 if TYPE_CHECKING:
+    from kiln.hub.io.state import HubState
     from kiln.protocol.messages import ImageInfo
     from kiln.requestor.client import connect
 
@@ -245,14 +246,21 @@ def _hub_data(data_dir: Path | None, *, make: bool = False) -> Path:
     return folder
 
 
-def token(args: argparse.Namespace) -> int:
-    from kiln.hub.io.state import HubState
+def _state(args: argparse.Namespace, *, make: bool = False) -> HubState:
+    """The hub's state that ``--db`` names, else the one in its ``--data-dir`` (see :func:`_hub_data`)."""
+    from kiln.hub.io.state import HubState  # imported here, not at start: a quick CLI
 
-    with HubState.in_dir(_hub_data(args.data_dir, make=args.token_command == "create")) as state:
+    if args.db is not None:
+        return HubState.open(args.data_dir or Path(), args.db)
+    return HubState.in_dir(_hub_data(args.data_dir, make=make))
+
+
+def token(args: argparse.Namespace) -> int:
+    with _state(args, make=args.token_command == "create") as state:
         if args.token_command == "create":
             record, secret = state.create(args.role, args.name)
             bound = f" bound to the name {record.name!r}" if record.role == "provider" else ""
-            note(f"created {record.role} credential {record.id}{bound} in {state.path}; its token:")
+            note(f"created {record.role} credential {record.id}{bound} in {state.where}; its token:")
             if args.json:
                 print_json({**_record(record), "token": secret})
             else:
@@ -283,9 +291,7 @@ def _record(record: object) -> dict[str, object]:
 
 
 def usage(args: argparse.Namespace) -> int:
-    from kiln.hub.io.state import HubState
-
-    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+    with _state(args) as state:
         totals = state.usage_totals(args.by)
     if args.json:
         print_json({"by": args.by, "totals": totals})
@@ -306,11 +312,10 @@ def usage(args: argparse.Namespace) -> int:
 
 def credit(args: argparse.Namespace) -> int:
     """``kiln credit grant``: credits into a requestor credential's account, from the mint."""
-    from kiln.hub.io.state import HubState
     from kiln.protocol.money import format_credits, to_micro
 
     amount = to_micro(args.amount, "AMOUNT")  # judged before (app._prepare): exit 2
-    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+    with _state(args) as state:
         granted = state.grant(args.requestor, amount)
         [(account, _)] = [entry for entry in granted.entries if entry[0] != MINT]
         balance = state.balance(account)
@@ -324,10 +329,9 @@ def credit(args: argparse.Namespace) -> int:
 
 def ledger(args: argparse.Namespace) -> int:
     """``kiln ledger``: the latest transactions, one line per entry; ``kiln ledger check``: exit 1 on a problem."""
-    from kiln.hub.io.state import HubState
     from kiln.protocol.money import format_credits
 
-    with HubState.in_dir(_hub_data(args.data_dir)) as state:
+    with _state(args) as state:
         if args.ledger_command == "check":
             problems = state.check()
             transactions, accounts = state.ledger_counts()

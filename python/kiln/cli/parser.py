@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Final
 
 from kiln.__about__ import __version__
 from kiln.cli.settings import DEFAULT_HUB
@@ -16,6 +17,10 @@ from kiln.protocol.errors import KilnError
 from kiln.protocol.sizes import parse_size
 
 UNSET = argparse.SUPPRESS
+DB_HELP: Final = (
+    "the hub's database: a postgresql://user@host/db URL that several hubs share, or a SQLite file "
+    "(default: hub.db in --data-dir)"
+)
 """The default of every setting's flag: not given, so the file, the environment or the default decides."""
 
 
@@ -164,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--by", choices=["requestor", "provider"], default="requestor")
     for command in (create, token_ls, revoke, usage):
         command.add_argument("--data-dir", type=Path, default=None, help="the hub's --data-dir (default as the hub's)")
+        command.add_argument("--db", default=None, metavar="URL", help=DB_HELP)
         _json(command)
     _ledger(sub)
 
@@ -226,6 +232,7 @@ def _ledger(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         command.add_argument(
             "--data-dir", type=Path, default=default, help="the hub's --data-dir (default as the hub's)"
         )
+        command.add_argument("--db", default=default, metavar="URL", help=DB_HELP)
         command.add_argument(
             "--json",
             action="store_true",
@@ -267,6 +274,7 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="where the image store and hub.db (credentials, sessions, activities, usage) live: a hub started "
         "again on it takes its activities back (default: $XDG_DATA_HOME/kiln/hub, i.e. ~/.local/share/kiln/hub)",
     )
+    hub.add_argument("--db", default=UNSET, metavar="URL", help=DB_HELP + ": hubs on one PostgreSQL are one market")
     hub.add_argument(
         "--store-limit",
         type=_size,

@@ -32,6 +32,7 @@ async def hub(settings: HubSettings) -> int:
             settings.port,
             token=settings.token,
             data_dir=settings.data_dir,
+            db=settings.db,
             store_limit=settings.store_limit,
             max_image_size=settings.max_image_size,
             max_expansion=settings.max_expansion,

@@ -345,6 +345,7 @@ class HubSettings(_Settings):
     token: Annotated[str | None, Field(repr=False)] = None
     token_file: File | None = None
     data_dir: Folder | None = None
+    db: Annotated[str, Field(min_length=1)] | None = None
     store_limit: Size = 20 * 2**30
     max_image_size: Size = 20 * 2**30
     max_expansion: Annotated[float, Field(ge=1)] = 32.0

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import Catalog
+from kiln.hub.cluster import Cluster
 from kiln.hub.deadlines import Deadlines
 from kiln.hub.flow import Flow
 from kiln.hub.jobs import Jobs
@@ -74,6 +75,8 @@ class CoreBase:
     """The shared token (``kiln hub --token``): admits any role under any free, unbound name."""
     credentials: Credentials | None
     """The credential store, asked at every hello (see :mod:`kiln.hub.access`)."""
+    cluster: Cluster | None
+    """The hubs sharing this hub's database, if any (:mod:`kiln.hub.cluster`)."""
     software: str
     limits: Limits
     catalog: Catalog
@@ -109,6 +112,7 @@ class CoreBase:
     _out: list[Action]
     _sessions: dict[bytes, int]  # sha256 of a resume secret -> its requestor's peer id
     _held: dict[int, tuple[Peer, float]]  # requestors gone, until their grace period ends
+    _held_ids: int  # the last (negative) id given to a session held with no connection
     _absent: dict[str, set[str]]  # since a restart: provider name -> its leases not yet reported
     _absent_until: float
     _expiring: dict[str, float]  # activity -> when its rent's max_duration is reached (the clock's time)

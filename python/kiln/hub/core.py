@@ -91,6 +91,7 @@ from kiln.hub.base import (
     shown,
 )
 from kiln.hub.catalog import Catalog
+from kiln.hub.cluster import Cluster
 from kiln.hub.deadlines import HEAP_FLOOR, Deadlines
 from kiln.hub.flow import HUB, Flow, Route
 from kiln.hub.jobs import Jobs
@@ -187,6 +188,7 @@ class HubCore(Sessions):
         *,
         token: str | None = None,
         credentials: Credentials | None = None,
+        cluster: Cluster | None = None,
         software: str = "kiln-hub",
         limits_: Limits | None = None,
         buffer_bytes: int = limits.OUTBOX_BYTES,
@@ -222,6 +224,7 @@ class HubCore(Sessions):
             )
         self.token = token
         self.credentials = credentials
+        self.cluster = cluster
         self.software = software
         self.limits = limits_ or Limits(
             max_message_bytes=limits.MAX_MESSAGE_BYTES,
@@ -259,6 +262,7 @@ class HubCore(Sessions):
         self._monotonic = monotonic
         self._sessions = {}
         self._held = {}
+        self._held_ids = ABSENT  # held sessions' ids count down from there
         self._absent = {}
         self._absent_until = 0.0
         self._expiring = {}

@@ -150,3 +150,13 @@ class MeterRecord:
 
 
 Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """Sessions another hub held until it died, taken over by this one (several hubs on one
+    database: :mod:`kiln.hub.io.seat`): as a restart loads them, with the meters of their leases."""
+
+    sessions: list[SessionRecord]
+    leases: list[LeaseRecord]
+    meters: list[MeterRecord]

@@ -255,6 +255,8 @@ class Relay(Leases):
 
     def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False) -> None:
         self._log("info" if leaving else "warning", f"provider {shown(p.name)} left: {shown(reason)}")
+        if self.cluster is not None:
+            self.cluster.release_provider(p.name)  # another hub may take it now
         why = f"provider {p.name!r} disconnected: {reason}"
         lost: dict[int, list[Lease]] = {}  # by requestor: one event each, however many it lost
         # activity_lost goes first, so a requestor knows why before its requests fail.

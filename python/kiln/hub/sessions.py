@@ -27,7 +27,7 @@ from kiln.hub.base import (
 from kiln.hub.flow import Route
 from kiln.hub.ledger import requestor_account
 from kiln.hub.peers import ABSENT, Lease, Peer
-from kiln.hub.records import EndSession, LeaseRecord, MeterRecord, SaveSession, SessionRecord
+from kiln.hub.records import Adopted, EndSession, LeaseRecord, MeterRecord, SaveSession, SessionRecord
 from kiln.hub.store_link import StoreLink
 from kiln.protocol import frames
 from kiln.protocol.codes import (
@@ -73,14 +73,37 @@ class Sessions(StoreLink):
         A restored lease's meter goes on from its last capture (the next one's key follows it);
         that of a lease not restored is settled now: captured, and its hold's rest released.
         """
+        held, taken = self._take_back(sessions, leases, meters)
+        if sessions:
+            self._log(
+                "info",
+                f"restored {held} sessions holding {taken} activities on "
+                f"{len(self._absent)} providers; waiting {self.grace:g} s for them",
+            )
+        return self._flush()
+
+    def _adopt(self, adopted: Adopted, why: str) -> None:
+        """Take over sessions a dead hub held (:mod:`kiln.hub.cluster`), as a restart takes back its own."""
+        held, taken = self._take_back(adopted.sessions, adopted.leases, adopted.meters)
+        if held:
+            self._log("info", f"adopted {held} sessions holding {taken} activities from a hub gone ({why})")
+
+    def _take_back(
+        self, sessions: list[SessionRecord], leases: list[LeaseRecord], meters: Sequence[MeterRecord]
+    ) -> tuple[int, int]:
+        """Hold ``sessions`` for the grace period, their ``leases`` absent until their providers
+        report them; how many sessions and leases were taken."""
         accounts: dict[str, str] = {}
-        now = self._monotonic()
-        self._absent_until = now + self.grace
+        until = self._monotonic() + self.grace
+        self._absent_until = max(self._absent_until, until)
         held: dict[str, Peer] = {}
-        for number, record in enumerate(sessions, start=2):
+        for record in sessions:
+            if record.secret in self._sessions:
+                continue  # held here already
             credential = None if record.credential is None else Credential(record.credential, "requestor", None)
+            self._held_ids -= 1
             old = Peer(
-                id=-number,
+                id=self._held_ids,
                 role="requestor",
                 name=record.name,
                 credential=credential,
@@ -90,12 +113,11 @@ class Sessions(StoreLink):
                 saved=True,
             )
             held[record.id] = old
-            self._held[old.id] = (old, self._absent_until)
+            self._held[old.id] = (old, until)
             self._sessions[old.secret] = old.id
-        for lr in leases:
-            owner = held.get(lr.session)
-            if owner is None:
-                continue
+        taken = [lr for lr in leases if lr.session in held and lr.id not in self.activities]
+        for lr in taken:
+            owner = held[lr.session]
             lease = Lease(
                 lr.id,
                 owner.id,
@@ -121,13 +143,7 @@ class Sessions(StoreLink):
             if lease.image is not None:
                 self.catalog.use(lease.image, self._clock())
         self._restore_meters(leases, meters, accounts)
-        if sessions:
-            self._log(
-                "info",
-                f"restored {len(held)} sessions holding {len(self.activities)} activities on "
-                f"{len(self._absent)} providers; waiting {self.grace:g} s for them",
-            )
-        return self._flush()
+        return len(held), len(taken)
 
     def _handshake(self, p: Peer, message: Message) -> None:
         if not isinstance(message, Hello):
@@ -150,6 +166,10 @@ class Sessions(StoreLink):
         if verdict.credential is not None and self._per_credential[verdict.credential.id] >= self.per_credential:
             text = f"credential {verdict.credential.id} holds {self.per_credential} connections already (the most)"
             self._refuse(p, ErrorCode.TOO_MANY, text, CLOSE_TOO_MANY, claimed=claimed)
+            return
+        if message.role == "provider" and self.cluster is not None and not self.cluster.claim_provider(message.name):
+            text = f"a provider named {message.name!r} is connected to another hub"
+            self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN, claimed=claimed)
             return
         p.role = message.role
         p.name = message.name
@@ -195,7 +215,10 @@ class Sessions(StoreLink):
 
     def _reconcile(self, p: Peer, running: list[str]) -> None:
         """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
-        held for it since a restart, and have it destroy what nobody holds."""
+        held for it since a restart (or adopted from a hub gone), and have it destroy what nobody holds."""
+        unknown = [activity for activity in dict.fromkeys(running) if activity not in self.activities]
+        if unknown and self.cluster is not None:
+            self._adopt(self.cluster.adopt_leases(p.name, unknown), f"provider {shown(p.name)} runs their activities")
         absent = self._absent.pop(p.name, set())
         kept = 0
         for activity_id in dict.fromkeys(running):
@@ -303,6 +326,9 @@ class Sessions(StoreLink):
         # Looked up by its sha256: the time a lookup takes tells nothing of the secret itself.
         key = secret_digest(secret)
         old_id = self._sessions.get(key)
+        if old_id is None and self.cluster is not None and (adopted := self.cluster.adopt_session(key)) is not None:
+            self._adopt(adopted, f"requestor {shown(p.name)} resumed one")
+            old_id = self._sessions.get(key)
         owner = self.peers.get(old_id) if old_id is not None else None
         if owner is None and old_id is not None:
             owner = self._held[old_id][0]

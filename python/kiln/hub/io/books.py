@@ -12,17 +12,17 @@ Three tables hold it (migration 4 of :data:`kiln.hub.io.state.MIGRATIONS`):
   them with the entries.
 
 Every function here runs inside a transaction its caller opened (reads may run outside one)
-and takes the open connection. The SQL is plain, for PostgreSQL as for SQLite: ``RETURNING``,
-``ON CONFLICT``, ``||`` and ``WITH`` are in both.
+and takes the open :class:`~kiln.hub.io.sql.Database`. The SQL is plain, for PostgreSQL as for
+SQLite: ``RETURNING``, ``ON CONFLICT``, ``||`` and ``WITH`` are in both.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from kiln.hub.io.sql import Database
 from kiln.hub.ledger import Post
 from kiln.hub.records import MeterRecord
 from kiln.protocol.errors import KilnError
@@ -37,7 +37,7 @@ MAX_ENTRIES: Final = 16
 _IN_CHUNK: Final = 500
 
 
-def post(db: sqlite3.Connection, p: Post) -> bool:
+def post(db: Database, p: Post) -> bool:
     """Commit ``p`` unless a transaction with its key is there already; whether it was new.
 
     Raises :class:`KilnError` (and writes nothing) for one a listing could not show: an amount
@@ -75,7 +75,7 @@ _HOLDS_OF: Final = (
 )
 
 
-def held(db: sqlite3.Connection, account: str) -> int:
+def held(db: Database, account: str) -> int:
     """What is held now for the activities whose holds came from ``account``."""
     row = db.execute(
         "SELECT COALESCE(SUM(balance), 0) FROM ledger_balances WHERE account IN "
@@ -85,7 +85,7 @@ def held(db: sqlite3.Connection, account: str) -> int:
     return int(row[0])
 
 
-def granted(db: sqlite3.Connection, account: str) -> int:
+def granted(db: Database, account: str) -> int:
     """What ``grant`` transactions put in ``account``."""
     row = db.execute(
         "SELECT COALESCE(SUM(e.amount), 0) FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.txn "
@@ -108,14 +108,14 @@ def _of(account: str | None, activity: str | None) -> tuple[str, list[str]]:
     return " AND ".join(where), args
 
 
-def count(db: sqlite3.Connection, account: str | None = None, activity: str | None = None) -> int:
+def count(db: Database, account: str | None = None, activity: str | None = None) -> int:
     """How many transactions :func:`transactions` would list with no limit."""
     condition, args = _of(account, activity)
     return int(db.execute(f"SELECT COUNT(*) FROM ledger_transactions WHERE {condition}", args).fetchone()[0])
 
 
 def transactions(
-    db: sqlite3.Connection, account: str | None = None, activity: str | None = None, limit: int = 100
+    db: Database, account: str | None = None, activity: str | None = None, limit: int = 100
 ) -> list[Transaction]:
     """The latest ``limit`` transactions, newest first: all, or those of ``account`` (with an
     entry in it, or of an activity it held for: a requestor sees its activities' captures and
@@ -140,7 +140,7 @@ def transactions(
     return listed
 
 
-def _entries(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
+def _entries(db: Database, ids: Sequence[int]) -> dict[int, list[tuple[str, int]]]:
     out: dict[int, list[tuple[str, int]]] = {}
     sql = "SELECT txn, account, amount FROM ledger_entries WHERE txn IN ({}) ORDER BY txn, line"
     for rows in _chunked(db, sql, ids):
@@ -149,14 +149,14 @@ def _entries(db: sqlite3.Connection, ids: Sequence[int]) -> dict[int, list[tuple
     return out
 
 
-def _chunked(db: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterable[list[Any]]:
+def _chunked(db: Database, sql: str, values: Sequence[Any]) -> Iterable[list[Any]]:
     """``sql`` (its ``IN ({})`` filled with marks) run on ``values`` a chunk at a time."""
     for start in range(0, len(values), _IN_CHUNK):
         chunk = list(values[start : start + _IN_CHUNK])
         yield db.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
 
 
-def check(db: sqlite3.Connection) -> list[str]:
+def check(db: Database) -> list[str]:
     """What is wrong with the ledger, one sentence each (none: it holds).
 
     Every transaction's entries sum to zero; every entry belongs to a transaction; every
@@ -197,7 +197,7 @@ def check(db: sqlite3.Connection) -> list[str]:
     return problems
 
 
-def counts(db: sqlite3.Connection) -> tuple[int, int]:
+def counts(db: Database) -> tuple[int, int]:
     """How many transactions, and how many accounts, the ledger holds."""
     row = db.execute(
         "SELECT (SELECT COUNT(*) FROM ledger_transactions), (SELECT COUNT(*) FROM ledger_balances)"
@@ -205,7 +205,7 @@ def counts(db: sqlite3.Connection) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def committed(db: sqlite3.Connection, session: str, group: str) -> int:
+def committed(db: Database, session: str, group: str) -> int:
     """What the group's holds (top-ups included) put in their activities' holds minus what
     their releases took back: captures stay committed."""
     row = db.execute(
@@ -234,9 +234,9 @@ class _Sums:
     last_capture: int | None = None
 
 
-def meters(db: sqlite3.Connection) -> list[MeterRecord]:
-    """A :class:`MeterRecord` per activity with a hold: each lease of the activities table
-    (``ended`` None), and each activity no longer there whose hold has a balance left."""
+def meters(db: Database, only: Callable[[str], bool] = lambda activity: True) -> list[MeterRecord]:
+    """A :class:`MeterRecord` per activity with a hold that ``only`` keeps: each lease of the
+    activities table (``ended`` None), and each activity no longer there whose hold has a balance left."""
     sums: dict[str, _Sums] = {}
     for activity, kind, total, posts, first, last in db.execute(
         _METERED + "SELECT t.activity, t.kind, SUM(e.amount), COUNT(DISTINCT t.id), MIN(t.id), MAX(t.id) "
@@ -252,7 +252,7 @@ def meters(db: sqlite3.Connection) -> list[MeterRecord]:
             s.held += int(total)
             if kind == "hold":
                 s.first_hold, s.tops = int(first), int(posts) - 1
-    sums = {a: s for a, s in sums.items() if s.first_hold is not None}
+    sums = {a: s for a, s in sums.items() if s.first_hold is not None and only(a)}
     if not sums:
         return []
     firsts = {

@@ -18,7 +18,6 @@ import logging
 import math
 import resource
 import signal
-import sqlite3
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator
@@ -57,6 +56,7 @@ from kiln.hub.io.connections import (
 from kiln.hub.io.http import Front, Logins
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
+from kiln.hub.io.seat import Seat
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -287,8 +287,8 @@ class HubServer:
             return
         try:
             self.state.apply(change)
-        except (sqlite3.Error, KilnError) as e:
-            self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.path}: {e}")
+        except (*self.state.errors, KilnError) as e:  # type: ignore[misc]  # a tuple of exception types
+            self._log.emit(logging.ERROR, f"could not write {type(change).__name__} to {self.state.where}: {e}")
 
     async def watch_credentials(self, state: HubState, logins: Logins | None = None) -> None:
         """Close each peer and dashboard whose credential is revoked, and forget the dashboard's sessions
@@ -309,8 +309,8 @@ class HubServer:
         """Roll up the usage record's rows older than ``days`` days (:meth:`HubState.roll_up`)."""
         try:
             gone = state.roll_up(days)
-        except (sqlite3.Error, KilnError) as e:
-            self._log.emit(logging.ERROR, f"could not roll up the usage record in {state.path}: {e}")
+        except (*state.errors, KilnError) as e:  # type: ignore[misc]  # a tuple of exception types
+            self._log.emit(logging.ERROR, f"could not roll up the usage record in {state.where}: {e}")
         else:
             if gone:
                 log.info("usage: %d activities that ended over %g days ago rolled up per day", gone, days)
@@ -361,6 +361,7 @@ async def start(
     *,
     token: str | None = None,
     data_dir: Path | None = None,
+    db: str | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
     max_image_size: int = DEFAULT_MAX_IMAGE,
     max_expansion: float = DEFAULT_MAX_EXPANSION,
@@ -398,7 +399,8 @@ async def start(
     account takes ``fee_ppm`` parts per million (``kiln hub --fee``), captured from each priced
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
-    and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``.
+    and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``, or in the
+    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market).
 
     The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
     admin's, or anyone's with ``public_metrics``), the dashboard and its login.
@@ -411,12 +413,14 @@ async def start(
     data_dir = data_dir or default_data_dir()
     store = BlobStore(data_dir)
     catalog = await asyncio.to_thread(store.open, store_limit, max_image_size, max_expansion)
-    state = await asyncio.to_thread(HubState.in_dir, data_dir)
+    state = await asyncio.to_thread(HubState.open, data_dir, db)
     reputations = await asyncio.to_thread(state.reputations)
+    cluster = state if state.database.dialect == "postgresql" else None  # a hub alone needs no seat
     if core is None:
         core = HubCore(
             token=token,
             credentials=state,
+            cluster=cluster,
             software=f"kiln-hub/{__version__}",
             buffer_bytes=limits.OUTBOX_BYTES,
             catalog=catalog,
@@ -435,6 +439,8 @@ async def start(
         core.catalog = core.market.catalog = catalog
         if core.credentials is None:
             core.credentials = state
+        if core.cluster is None:
+            core.cluster = cluster
         if core.ledger.accounts is None:
             core.ledger.accounts = state
     hub = HubServer(core, store=store, state=state, gate=gate)
@@ -448,7 +454,7 @@ async def start(
         needed = "every hello needs one" + (" or the shared token" if token else "")
     else:
         needed = "none: " + ("the shared token admits" if token else "the hub is open")
-    log.info("credentials: %s (%s)", state.path, needed)
+    log.info("credentials: %s (%s)", state.where, needed)
     # The TLS handshake comes before the WebSocket one, and gets as long (asyncio's default: 60 s).
     tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl, "ssl_handshake_timeout": OPEN_TIMEOUT}
     front = Front(
@@ -476,8 +482,14 @@ async def start(
         process_request=front.process_request,
         **tls,
     )
+    seat = None
+    if state.database.dialect == "postgresql":
+        bound = server.sockets[0].getsockname()
+        seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
+        seat.join()
     try:
         async with server, asyncio.TaskGroup() as tg:
+            heart = tg.create_task(seat.keep()) if seat is not None else None
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state, front.logins))
@@ -495,8 +507,12 @@ async def start(
                 watcher.cancel()
                 roller.cancel()
                 sampler.cancel()
+                if heart is not None:
+                    heart.cancel()
     finally:
         await hub.images.close()
+        if seat is not None:
+            seat.leave()
         state.close()
 
 
