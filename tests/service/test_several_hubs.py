@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -57,6 +58,8 @@ async def test_a_requestor_joins_the_first_hub_that_answers(hubs: tuple[LocalClu
     assert f"; cannot reach the hub at {also_dead}: " in said
     with pytest.raises(kiln.UsageError, match="'http://b:7465' is not a hub URL"):
         await kiln.connect([b.url, "http://b:7465"])
+    with pytest.raises(kiln.UsageError, match=f"a CA or TLS context is for a wss:// hub, and {b.url} is not one"):
+        await kiln.connect(["wss://127.0.0.1:1", b.url], ssl=ssl.create_default_context())
 
 
 async def test_a_requestor_whose_hub_is_killed_goes_on_on_the_next(hubs: tuple[LocalCluster, LocalCluster]) -> None:

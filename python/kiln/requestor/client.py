@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
-from kiln.connection import Connection, HubRing, Trust
+from kiln.connection import Connection, HubRing, Trust, tls_options
 from kiln.protocol.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -822,6 +822,8 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r`` o
     async def _open(self) -> Requestor:
         """Dial the hubs and make the requestor (which starts reading): what both ways of connecting do."""
         hubs = HubRing(self._url)
+        for url in hubs.urls:
+            tls_options(url, self._ssl)  # a CA given with a ws:// hub among them fails before any dial
         failures: list[ConnectionLost] = []
         for url in hubs.order():
             try:
