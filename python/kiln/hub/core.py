@@ -420,6 +420,10 @@ class HubCore(Sessions):
             self._forget_remote(p, reason)
         return self._flush()
 
+    def absent(self, provider: str) -> bool:
+        """Whether leases wait for provider ``provider`` to be back (after a restart, or its link broke)."""
+        return bool(self._absent.get(provider))
+
     def _offered(self, p: Peer, offer: Offer) -> None:
         """Sell provider ``p`` as ``offer`` says; a provider new to the market holds its leases' capacity."""
         first = p.id not in self.market

@@ -639,13 +639,14 @@ class HubState:
             )
         return free[0]
 
-    def hub_of(self, token: str) -> str | None:
-        """The live hub whose token (:meth:`join`'s ``secret``) this is, if any: another hub dialling this one."""
+    def hub_of(self, token: str) -> tuple[str, int] | None:
+        """The live hub whose token (:meth:`join`'s ``secret``) this is, if any, and its slot: another
+        hub dialling this one."""
         digest = token_hash(token)
-        row = self._read(f"SELECT id, secret FROM hubs WHERE secret = ? AND {self._live('hubs')}", (digest,))
-        if row is None or not hmac.compare_digest(str(row[1]), digest):
+        row = self._read(f"SELECT id, slot, secret FROM hubs WHERE secret = ? AND {self._live('hubs')}", (digest,))
+        if row is None or not hmac.compare_digest(str(row[2]), digest):
             return None
-        return str(row[0])
+        return str(row[0]), int(row[1])
 
     def beat(self) -> None:
         """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock)."""
