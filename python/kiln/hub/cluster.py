@@ -42,7 +42,8 @@ class Cluster(Protocol):
         ...
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
-        """The session whose resume secret has this sha256, if a dead hub (or none) held it."""
+        """The session whose resume secret has this sha256, if a dead hub (or none) held it; a live
+        hub's: its id in ``elsewhere`` (none adopted); None: no such session."""
         ...
 
     def adopt_leases(self, provider: str, activities: Collection[str]) -> Adopted:

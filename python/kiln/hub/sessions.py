@@ -37,6 +37,7 @@ from kiln.protocol.codes import (
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_VERSION,
+    CloseCode,
     ErrorCode,
 )
 from kiln.protocol.frames import FrameKind
@@ -159,6 +160,8 @@ class Sessions(StoreLink):
         if not isinstance(verdict, Admitted):
             self._refuse(p, ErrorCode.UNAUTHORIZED, verdict.message, CLOSE_UNAUTHORIZED, claimed=claimed)
             return
+        if message.role == "requestor" and message.resume is not None and not self._adopted(p, message.resume):
+            return
         known = self.peers.get(self.providers.get(message.name, 0)) if message.role == "provider" else None
         if known is not None and known.hub is None:
             text = f"a provider named {message.name!r} is already connected"
@@ -218,6 +221,21 @@ class Sessions(StoreLink):
         self._note("join", p.role, p.name, f"{software}, protocol 1.{p.minor}{back}", credential_id(p))
         if p.role == "provider":
             self._reconcile(p, message.activities if p.minor >= 3 and message.activities is not None else [])
+
+    def _adopted(self, p: Peer, secret: str) -> bool:
+        """Adopt the session ``secret`` resumes if a dead hub of the database held it (True: go on).
+        While a hub that holds it is not found dead yet, the hello is closed with 1013, and the
+        requestor dials again (its session is neither lost nor held twice)."""
+        key = secret_digest(secret)
+        if self.cluster is None or key in self._sessions:
+            return True
+        adopted = self.cluster.adopt_session(key)
+        if adopted is not None and adopted.elsewhere:
+            self._out.append(Close(p.id, CloseCode.TRY_AGAIN, "another hub holds this session: try again"))
+            return False
+        if adopted is not None:
+            self._adopt(adopted, "its requestor resumed it here")
+        return True
 
     def _reconcile(self, p: Peer, running: list[str]) -> None:
         """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
@@ -338,9 +356,6 @@ class Sessions(StoreLink):
         # Looked up by its sha256: the time a lookup takes tells nothing of the secret itself.
         key = secret_digest(secret)
         old_id = self._sessions.get(key)
-        if old_id is None and self.cluster is not None and (adopted := self.cluster.adopt_session(key)) is not None:
-            self._adopt(adopted, f"requestor {shown(p.name)} resumed one")
-            old_id = self._sessions.get(key)
         owner = self.peers.get(old_id) if old_id is not None else None
         if owner is None and old_id is not None:
             owner = self._held[old_id][0]

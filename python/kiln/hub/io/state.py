@@ -739,14 +739,17 @@ class HubState:
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
         """The session of this resume secret's sha256, taken over by this hub if a dead hub held it
-        (or none did); None when there is none, or a live hub holds it."""
+        (or none did); None when there is none; when a live hub holds it, none adopted and its id
+        in ``elsewhere``."""
         with self._write() as db:
             row = db.execute(
                 f"UPDATE sessions SET hub = ? WHERE secret = ? AND (hub IS NULL OR {self._dead('hub')}) RETURNING id",
                 (self.hub, secret.hex(), self.hub),
             ).fetchone()
             if row is None:
-                return None
+                held = db.execute("SELECT id FROM sessions WHERE secret = ? AND hub <> ?", (secret.hex(), self.hub))
+                found = held.fetchone()
+                return None if found is None else Adopted([], [], [], frozenset({str(found[0])}))
             sessions, leases = self._sessions_of(db, "id = ?", (row[0],))
         return Adopted(sessions, leases, self.meters(lease.id for lease in leases))
 
