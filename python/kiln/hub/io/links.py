@@ -133,6 +133,8 @@ class Links:
             self.server.apply(self.core.remote(known.peer, name, hub, minor, offer))
             if known.peer not in self.core.peers:  # connected here under another peer meanwhile
                 self._drop(known)
+            elif self.core.absent(name):  # leases wait for it: reach it at its hub now
+                self.sent(known.peer)
 
     def sent(self, peer: int) -> None:
         """The core queued frames for ``peer``: if it is a remote provider, its link carries them."""
