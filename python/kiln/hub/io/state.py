@@ -626,9 +626,12 @@ class HubState:
 
     def join(self, address: str, secret: str) -> int:
         """This hub (:attr:`hub`) is up, reachable at ``address``, and shows other hubs ``secret``:
-        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has."""
+        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has. The
+        providers an earlier run of it held (killed, it never left) are anyone's: their connections
+        died with it, and its new row would keep the other hubs from taking them."""
         with self._db.migrating() as db:  # one hub at a time picks a slot
             db.execute(f"DELETE FROM hubs WHERE id = ? OR NOT ({self._live('hubs')})", (self.hub,))
+            db.execute(f"UPDATE providers SET hub = NULL, changed = {db.now} WHERE hub = ?", (self.hub,))
             taken = {int(row[0]) for row in db.execute("SELECT slot FROM hubs")}
             free = [slot for slot in range(1, MAX_HUBS + 1) if slot not in taken]
             if not free:
