@@ -274,6 +274,8 @@ class Sessions(StoreLink):
         for activity_id in sorted(absent):
             if (lease := self.activities.get(activity_id)) is not None:
                 self._lose(lease, why)
+                if remote:  # its hub told the list of the provider's hello: it may run it still
+                    self._send_destroy(p, activity_id, None, None)
         if kept or absent:
             self._log("info", f"provider {shown(p.name)} is back: {kept} activities kept, {len(absent)} lost")
 
@@ -471,7 +473,10 @@ class Sessions(StoreLink):
             for name, absent in sorted(self._absent.items()):
                 why = f"provider {name!r} did not come back within {self.grace:g} s of the hub's restart"
                 self._log("warning", f"{why}; {len(absent)} activities lost")
+                connected = self.peers.get(self.providers.get(name, ABSENT))
                 for activity_id in sorted(absent):
                     if (lease := self.activities.get(activity_id)) is not None:
                         self._lose(lease, why)
+                        if connected is not None:  # adopted from a hub gone, it never said it was back
+                            self._send_destroy(connected, activity_id, None, None)
             self._absent.clear()
