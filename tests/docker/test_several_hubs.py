@@ -24,7 +24,7 @@ import pytest
 
 import kiln
 from kiln.requestor.executor import JobEvent
-from tests.conftest import IMAGE, Cluster, started
+from tests.conftest import IMAGE, Cluster, containers_of, started
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -120,7 +120,7 @@ async def test_a_job_goes_on_when_its_hub_is_killed_and_its_providers_sit_on_the
     tmp_path: Path, busybox_image: str, postgres_url: str
 ) -> None:
     tasks = 20
-    with hubs_on(postgres_url, tmp_path, "abc", "--grace", "30") as (a, b, c):
+    with hubs_on(postgres_url, tmp_path, "abc", "--grace", "15") as (a, b, c):
         names = {
             await asyncio.to_thread(b.start_provider, "on-b", "--hub", c.url, wait=False),
             await asyncio.to_thread(c.start_provider, "on-c", "--hub", b.url, wait=False),
@@ -161,6 +161,11 @@ async def test_a_job_goes_on_when_its_hub_is_killed_and_its_providers_sit_on_the
         took = time.monotonic() - started_at
         assert results == [x * x for x in range(tasks)], "every result right"
         assert sorted(done) == list(range(tasks)) and set(done.values()) == {1}, "each result told once"
+        deadline = time.monotonic() + 20
+        for name in names:  # a lease given up has its container removed: none outlives the job
+            while containers_of(name):
+                assert time.monotonic() < deadline, f"containers of {name} left: {containers_of(name)}"
+                await asyncio.sleep(0.2)
         logs = "".join(process.output() for cluster in (a, b, c) for process in cluster.providers.values())
         assert f"joined the hub at {a.url}" not in logs, "the providers never sat on hub a"
     kinds = collections.Counter(event.kind for event in events)
