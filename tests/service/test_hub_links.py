@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,4 +124,32 @@ async def test_a_provider_moving_to_another_hub_keeps_the_leases_of_a_third(post
         assert rows(postgres_url, "SELECT provider FROM activities") == [("mover",)]
         await act.release()
         await r.close()
+    await provider.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_hub_started_again_takes_back_its_leases_on_another_hubs_provider(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    provider = SimulatedProvider("kept")
+    port = free_port()
+    async with hub(tmp_path, "b", postgres_url) as b:
+        await join(provider, b)
+        async with start("127.0.0.1", port, data_dir=tmp_path / "a", db=postgres_url, grace=30):
+            a = f"ws://127.0.0.1:{port}"
+            await sold(a, "kept")
+            r = await kiln.connect(a)
+            act = await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"))
+        # Hub a stopped, and starts again on its folder: its lease on b's provider is back (the
+        # provider's hello listed none: b's link says what links created since).
+        async with start("127.0.0.1", port, data_dir=tmp_path / "a", db=postgres_url, grace=30):
+            assert (await act.run(["true"])).exit_code == 0
+            assert act.lost is None and provider.running == {act.id}
+            await act.release()
+            await r.close()
     await provider.close()

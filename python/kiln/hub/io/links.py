@@ -146,11 +146,15 @@ class Links:
             remote.task = asyncio.get_running_loop().create_task(self._keep(remote))
 
     def closed(self, peer: int) -> bool:
-        """The core is done with ``peer`` (a Close): True if it was a remote provider, now forgotten."""
+        """The core closes ``peer``: True if it is a remote provider, which is now forgotten. (A core
+        that finds it unresponsive closes it as it would a connection here: it is sold no more.)"""
         remote = self.by_peer.get(peer)
         if remote is None:
             return False
-        self._drop(remote)
+        if peer in self.core.peers:
+            self._forget(remote, "its hub's link closed by this hub")
+        else:
+            self._drop(remote)
         return True
 
     def _forget(self, remote: Remote, why: str) -> None:
@@ -264,6 +268,8 @@ class Router:
         log.info("hub %s linked to provider %r", ask.hub, ask.provider)
 
         def to_provider(data: bytes, text: bool) -> None:
+            if text:
+                self._track(p.running, data)
             self.server.apply([Send(provider, data, binary=not text)])
 
         try:
@@ -274,6 +280,25 @@ class Router:
                 if not self.links[provider]:
                     del self.links[provider]
             self.server.close_outbox(link)
+
+    @staticmethod
+    def _track(running: list[str], data: bytes) -> None:
+        """Keep ``running`` (what the provider's hello listed) what it runs as links create and
+        destroy: a hub linking later (after its restart) learns which of its leases are still there.
+        A create that fails leaves a name no hub holds, which each passes over."""
+        if not (data.startswith(b'{"type":"create"') or data.startswith(b'{"type":"destroy"')):
+            return
+        try:
+            activity = orjson.loads(data).get("activity")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if not isinstance(activity, str):
+            return
+        if data.startswith(b'{"type":"create"'):
+            if activity not in running:
+                running.append(activity)
+        elif activity in running:
+            running.remove(activity)
 
     def route(self, peer: int, data: bytes, text: bool) -> bool:
         """Send on what provider ``peer`` sent if it is for another hub (True); False: it is this hub's."""
