@@ -439,6 +439,7 @@ async def start(
     token: str | None = None,
     data_dir: Path | None = None,
     db: str | None = None,
+    advertise: str | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
     max_image_size: int = DEFAULT_MAX_IMAGE,
     max_expansion: float = DEFAULT_MAX_EXPANSION,
@@ -477,7 +478,8 @@ async def start(
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``, or in the
-    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market).
+    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market, each reached
+    by the others at ``advertise``, by default the address it listens on).
 
     The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
     admin's, or anyone's with ``public_metrics``), the dashboard and its login.
@@ -562,7 +564,7 @@ async def start(
     seat = None
     if state.database.dialect == "postgresql":
         bound = server.sockets[0].getsockname()
-        seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
+        seat = Seat(state, advertise or f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
         seat.join()
         core.slot = seat.slot
         hub.links = Links(hub, state, seat)
