@@ -30,19 +30,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from kiln.connection import WEBSOCKET_OPTIONS, HubLink
 from kiln.hub.actions import Action, Send
 from kiln.hub.cluster import ID_STEP, offer_of
-from kiln.hub.io.connections import LINK_PATH, LinkAsk, Outbox
+from kiln.hub.io.connections import LINK_PATH, SUBPROTOCOL, LinkAsk, Outbox
 from kiln.hub.io.state import HubState
 from kiln.protocol import frames
+from kiln.wire import TakesMessages
 
 if TYPE_CHECKING:
     from kiln.hub.core import HubCore
@@ -59,6 +59,21 @@ REDIAL_EVERY: Final = 0.5
 """Seconds between two dials of a link that failed, while it is needed."""
 LINK_TIMEOUT: Final = 5.0
 """Seconds a link's opening (and its first message) may take."""
+
+
+class LinkConnection(TakesMessages, ClientConnection):
+    """A link this hub opened, whose messages go to a callback as they are read."""
+
+
+LINK_OPTIONS: Final[dict[str, Any]] = {
+    "create_connection": LinkConnection,
+    "subprotocols": [SUBPROTOCOL],
+    "max_size": None,  # the provider's hub sends no more than its limits let the provider send it
+    "ping_interval": 3,  # as a peer dials the hub: a hub silent for 7 s after a ping is gone
+    "ping_timeout": 7,
+    "close_timeout": 1,
+    "compression": None,
+}
 
 
 @dataclass(slots=True)
@@ -190,8 +205,8 @@ class Links:
         url = address.rstrip("/") + LINK_PATH + quote(remote.name, safe="")
         headers = [("Authorization", f"Bearer {self.seat.secret}")]
         async with asyncio.timeout(LINK_TIMEOUT):
-            ws = await connect(url, additional_headers=headers, open_timeout=LINK_TIMEOUT, **WEBSOCKET_OPTIONS)
-        assert isinstance(ws, HubLink)
+            ws = await connect(url, additional_headers=headers, open_timeout=LINK_TIMEOUT, **LINK_OPTIONS)
+        assert isinstance(ws, LinkConnection)
         try:
             first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -229,7 +244,7 @@ class LinkHost:
     def apply(self, actions: list[Action]) -> None:
         raise NotImplementedError
 
-    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+    async def carry(self, peer: int, ws: LinkConnection | HubConnection, on_message: OnFrame | None = None) -> None:
         """Write ``peer``'s outbox to ``ws`` and hand what it reads to ``on_message`` (the core's
         :meth:`take` when None), until the connection ends."""
         raise NotImplementedError

@@ -30,7 +30,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
-from kiln.connection import HubLink
 from kiln.hub.access import Viewer
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
@@ -56,7 +55,7 @@ from kiln.hub.io.connections import (
     select_subprotocol,
 )
 from kiln.hub.io.http import Front, Logins
-from kiln.hub.io.links import LinkAsk, LinkHost, Links, OnFrame, Router
+from kiln.hub.io.links import LinkAsk, LinkConnection, LinkHost, Links, OnFrame, Router
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
@@ -206,7 +205,7 @@ class HubServer(LinkHost):
     def apply(self, actions: list[Action]) -> None:
         self._apply(actions)
 
-    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+    async def carry(self, peer: int, ws: LinkConnection | HubConnection, on_message: OnFrame | None = None) -> None:
         outbox = self._outboxes.get(peer)
         if outbox is None:
             return
