@@ -209,7 +209,13 @@ class Leases(CoreBase):
         held = self.ledger.open(meter, self._clock())
         if isinstance(held, Refusal):
             return held
-        self._out.append(held)
+        if self.cluster is None:
+            self._out.append(held)
+        elif self.cluster.hold(held):  # several hubs hold from one balance: the database decides
+            self.ledger.written(held)
+        else:
+            self.ledger.withdraw(meter, held)
+            return Refusal(ErrorCode.INSUFFICIENT_FUNDS, f"{account} has not enough left: other hubs held it first")
         return None
 
     def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:

@@ -724,6 +724,20 @@ class HubState:
                 )
         return fits
 
+    def hold(self, post: Post) -> bool:
+        """Commit the hold ``post`` unless its debit takes the account below zero (the account's row
+        locked meanwhile: hubs holding from one balance at once take turns); whether it was."""
+        with self._write() as db:
+            for account, amount in post.entries:
+                if amount >= 0:
+                    continue
+                row = db.execute(f"SELECT balance FROM ledger_balances WHERE account = ?{db.for_update}", (account,))
+                found = row.fetchone()
+                if found is None or int(found[0]) + amount < 0:
+                    return False
+            books.post(db, post)
+        return True
+
     def unreserve(self, activity: str) -> None:
         """The reservation of ``activity`` is over before it became a lease (its create failed)."""
         with self._write() as db:
