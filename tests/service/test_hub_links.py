@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
-import pytest
 
 import kiln
 from kiln.hub.io.server import start
