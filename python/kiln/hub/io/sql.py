@@ -159,7 +159,10 @@ class PostgresDatabase(Database):
                 "a PostgreSQL --db needs psycopg 3: pip install 'kiln[postgres]' (or 'psycopg[binary]')"
             ) from e
         self._psycopg = psycopg
-        self.where = hide_password(url)
+        try:
+            self.where = hide_password(url)
+        except ValueError as e:
+            raise UsageError(f"--db: not a PostgreSQL URL ({e}): postgresql://USER@HOST:PORT/DATABASE") from e
         self.errors = (psycopg.Error,)
         self.conflict = (psycopg.errors.UniqueViolation,)
         self._url = url
@@ -225,16 +228,21 @@ def open_database(where: Path | str) -> Database:
 
 def is_url(where: str) -> bool:
     """Whether ``--db`` names a PostgreSQL database (rather than a SQLite file)."""
-    return urlsplit(where).scheme in SCHEMES
+    # Not urlsplit: it raises for a malformed URL, which is to be said as such (PostgresDatabase).
+    return where.partition("://")[0].lower() in SCHEMES
 
 
 def hide_password(url: str) -> str:
-    """``url`` with its password, if any, shown as ``***``: for logs and messages."""
+    """``url`` with its password, if any, shown as ``***``: for logs and messages. libpq takes one
+    after the user name (``user:password@``) or as a parameter (``?password=``): both are hidden.
+    Raises ValueError for a URL that cannot be parsed."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    pairs = parts.query.split("&") if parts.query else []
+    query = "&".join("password=***" if pair.partition("=")[0] == "password" else pair for pair in pairs)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 @functools.lru_cache(maxsize=512)
