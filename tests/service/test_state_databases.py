@@ -19,8 +19,8 @@ from typing import TypeVar
 
 import pytest
 
-from kiln.hub.io.sql import Database
-from kiln.hub.io.state import DAY, DEAD_AFTER, FILE_NAME, MAX_HUBS, SCHEMA_VERSION, HubState
+from kiln.hub.io.sql import Database, open_database
+from kiln.hub.io.state import DAY, DEAD_AFTER, FILE_NAME, MAX_HUBS, MIGRATIONS, SCHEMA_VERSION, HubState
 from kiln.hub.ledger import HUB, MINT, Post, hold_account, provider_account, requestor_account
 from kiln.hub.records import (
     Destroying,
@@ -44,6 +44,7 @@ BOB = SessionRecord("s2", "bob", None, b"\x02" * 32)
 Where = Path | str
 Open = Callable[..., HubState]
 T = TypeVar("T")
+X = TypeVar("X")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -376,13 +377,16 @@ def test_hubs_join_with_distinct_slots_and_a_silent_one_is_dead(opened: Open) ->
     assert (b.hub_of("secret-a"), a.hub_of("secret-b"), a.hub_of("secret-c")) == ("aaa", "bbb", None)
     age(a, "aaa")
     assert [hub for hub, _, _ in b.hubs()] == ["bbb"] and b.hub_of("secret-a") is None
+    assert not a.beat(), "it was taken for dead"
+    assert b.beat() and [hub for hub, _, _ in b.hubs()] == ["aaa", "bbb"]
+    age(a, "aaa")
     c = opened("ccc")
     assert c.join("ws://127.0.0.1:3", "secret-c") == 1, "a dead hub's slot is free again"
-    a.beat()  # too late: its row went with its slot
+    assert not a.beat()  # too late: its row went with its slot
     assert [hub for hub, _, _ in c.hubs()] == ["bbb", "ccc"]
     assert a.join("ws://127.0.0.1:1", "secret-a2") == 3 and a.hub_of("secret-a2") == "aaa"
     age(a, "bbb", DEAD_AFTER - 2)
-    b.beat()
+    assert b.beat()
     assert [ago < 1 for _, _, ago in a.hubs()] == [True, True, True]
     b.leave()
     assert [hub for hub, _, _ in a.hubs()] == ["aaa", "ccc"]
@@ -425,7 +429,7 @@ def test_a_provider_is_claimed_by_one_live_hub_at_a_time(opened: Open) -> None:
     assert [tuple(row) for row in rows] == [("p1", "bbb"), ("p2", "bbb")]
 
 
-def race(hubs: list[HubState], call: Callable[[HubState], T]) -> list[T]:
+def race(hubs: list[X], call: Callable[[X], T]) -> list[T]:
     """``call`` on each hub at once, a thread each (each hub its own connection, as hubs in their
     own processes have): what each returned."""
     barrier = threading.Barrier(len(hubs))
@@ -475,8 +479,10 @@ def sessions_on(hub: HubState, n: int, *, first: int = 0) -> list[SessionRecord]
     return made
 
 
-def holders(state: HubState) -> dict[str, str]:
-    return {str(id_): str(hub) for id_, hub in state.database.execute("SELECT id, hub FROM sessions").fetchall()}
+def holders(state: HubState) -> dict[str, str | None]:
+    """Each session's hub, as the database says."""
+    rows = state.database.execute("SELECT id, hub FROM sessions").fetchall()
+    return {str(id_): None if hub is None else str(hub) for id_, hub in rows}
 
 
 def test_a_dead_hubs_sessions_are_adopted_and_a_live_ones_never(opened: Open) -> None:
@@ -602,3 +608,39 @@ def test_a_commit_and_a_read_on_each_database(state: HubState, where: Where) -> 
         f"\n{name}: a commit {statistics.median(commits) * 1000:.3f} ms, "
         f"a read {statistics.median(reads) * 1000:.3f} ms (medians of 300)"
     )
+
+
+def test_hubs_opening_and_joining_a_fresh_database_at_once_migrate_once_and_take_distinct_slots(
+    where: Where, clock: Clock
+) -> None:
+    def start(n: int) -> int:
+        with HubState(where, clock=clock, hub=f"h{n}") as state:
+            return state.join(f"ws://127.0.0.1:{n}", f"s{n}")
+
+    slots = race([1, 2, 3, 4], start)
+    assert sorted(slots) == [1, 2, 3, 4]
+    with HubState(where) as state:
+        rows = state.database.execute("SELECT version FROM schema_version").fetchall()
+        assert [tuple(row) for row in rows] == [(SCHEMA_VERSION,)]
+        assert [hub for hub, _, _ in state.hubs()] == ["h1", "h2", "h3", "h4"]
+
+
+def test_a_database_of_schema_4_keeps_its_sessions_for_the_hub_that_opens_it_first(where: Where, clock: Clock) -> None:
+    old = open_database(where)
+    with old.write() as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for statements in MIGRATIONS[:4]:
+            for statement in statements:
+                db.execute(db.ddl(statement))
+        db.execute("INSERT INTO schema_version (version) VALUES (4)")
+        db.execute("INSERT INTO sessions (id, name, credential, secret) VALUES ('s1', 'alice', 1, ?)", ("01" * 32,))
+        db.execute(
+            "INSERT INTO activities (id, session, provider, cpus, memory, storage, started) "
+            "VALUES ('a1', 's1', 'p1', 1, 1073741824, 0, 1500)"
+        )
+    old.close()
+    with HubState(where, clock=clock, hub="aaa") as first, HubState(where, clock=clock, hub="bbb") as second:
+        assert holders(first) == {"s1": None}  # (written before hubs had ids)
+        sessions, leases = first.load()
+        assert sessions == [ALICE] and leases == [LeaseRecord("a1", "s1", "p1", ONE, None, None, 1500.0)]
+        assert second.load() == ([], []) and holders(second) == {"s1": "aaa"}

@@ -625,10 +625,18 @@ class HubState:
             return None
         return str(row[0])
 
-    def beat(self) -> None:
-        """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock)."""
+    def beat(self) -> bool:
+        """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock). False
+        when the others took it for dead meanwhile (its last beat was more than :data:`DEAD_AFTER`
+        seconds ago, or its row is gone: a hub joining removes a dead one's): they may have adopted
+        its sessions and claimed its providers, and a row gone is not made again (:meth:`join` again)."""
         with self._write() as db:
-            db.execute(f"UPDATE hubs SET seen = {db.now} WHERE id = ?", (self.hub,))
+            live = db.execute(
+                f"UPDATE hubs SET seen = {db.now} WHERE id = ? AND {self._live('hubs')} RETURNING id", (self.hub,)
+            ).fetchone()
+            if live is None:
+                db.execute(f"UPDATE hubs SET seen = {db.now} WHERE id = ?", (self.hub,))
+        return live is not None
 
     def leave(self) -> None:
         """This hub stops: its row goes, and with it what it held is anyone's to adopt at once."""
