@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection
@@ -50,7 +50,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kiln.hub.access import Credentials, Viewer, viewer
-from kiln.hub.io.connections import HubConnection
+from kiln.hub.io.connections import LINK_PATH, HubConnection, LinkAsk
 from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 
 SESSION_COOKIE: Final = "kiln_session"
@@ -249,6 +249,8 @@ class Front:
         self.tls = tls
         self.assets = assets if assets is not None else Assets.packaged()
         self.logins = logins or Logins()
+        self.hubs: Callable[[str], tuple[str, int] | None] | None = None
+        """Which live hub of the database a token is, and its slot (several hubs only: links)."""
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
@@ -262,6 +264,8 @@ class Front:
                 headers=[("Retry-After", str(math.ceil(wait)))],
             )
         if _upgrading(request.headers):
+            if path.startswith(LINK_PATH):
+                return self._link(connection, request, path)
             return self._live(connection, request) if path == LIVE_PATH else None
         if request.method != "GET":
             return _response(http.HTTPStatus.METHOD_NOT_ALLOWED, b"only GET\n", headers=[("Allow", "GET")])
@@ -333,6 +337,19 @@ class Front:
             self.logins.close(secret)
         cookie = f"{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0" + ("; Secure" if self.tls else "")
         return _response(http.HTTPStatus.NO_CONTENT, b"", headers=[("Set-Cookie", cookie)], cache="no-store")
+
+    def _link(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
+        """Another hub of the database, to a provider connected here (:mod:`kiln.hub.io.links`):
+        upgraded for a live hub's token only."""
+        bearer = _bearer(request.headers)
+        found = self.hubs(bearer) if self.hubs is not None and bearer else None
+        if found is None:
+            if bearer and isinstance(connection, HubConnection):
+                connection.gate.failed(connection.source)
+            return _unauthorized()
+        if isinstance(connection, HubConnection):
+            connection.link = LinkAsk(found[0], found[1], unquote(path.removeprefix(LINK_PATH)))
+        return None
 
     def _live(self, connection: ServerConnection, request: Request) -> Response | None:
         """The dashboard's live feed: upgraded for a viewer, from the hub's own page (if a browser says)."""
