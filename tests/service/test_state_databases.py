@@ -23,12 +23,14 @@ from kiln.hub.io.sql import Database, open_database
 from kiln.hub.io.state import DAY, DEAD_AFTER, FILE_NAME, MAX_HUBS, MIGRATIONS, SCHEMA_VERSION, HubState
 from kiln.hub.ledger import HUB, MINT, Post, hold_account, provider_account, requestor_account
 from kiln.hub.records import (
+    Adopted,
     Destroying,
     EndLease,
     EndSession,
     LeaseRecord,
     SaveBudget,
     SaveLease,
+    SaveOffer,
     SaveReputation,
     SaveSession,
     SessionRecord,
@@ -374,7 +376,7 @@ def test_hubs_join_with_distinct_slots_and_a_silent_one_is_dead(opened: Open) ->
         ("bbb", "ws://127.0.0.1:2"),
     ]
     assert all(0 <= ago < 1 for _, _, ago in b.hubs())
-    assert (b.hub_of("secret-a"), a.hub_of("secret-b"), a.hub_of("secret-c")) == ("aaa", "bbb", None)
+    assert (b.hub_of("secret-a"), a.hub_of("secret-b"), a.hub_of("secret-c")) == (("aaa", 1), ("bbb", 2), None)
     age(a, "aaa")
     assert [hub for hub, _, _ in b.hubs()] == ["bbb"] and b.hub_of("secret-a") is None
     assert not a.beat(), "it was taken for dead"
@@ -384,7 +386,7 @@ def test_hubs_join_with_distinct_slots_and_a_silent_one_is_dead(opened: Open) ->
     assert c.join("ws://127.0.0.1:3", "secret-c") == 1, "a dead hub's slot is free again"
     assert not a.beat()  # too late: its row went with its slot
     assert [hub for hub, _, _ in c.hubs()] == ["bbb", "ccc"]
-    assert a.join("ws://127.0.0.1:1", "secret-a2") == 3 and a.hub_of("secret-a2") == "aaa"
+    assert a.join("ws://127.0.0.1:1", "secret-a2") == 3 and a.hub_of("secret-a2") == ("aaa", 3)
     age(a, "bbb", DEAD_AFTER - 2)
     assert b.beat()
     assert [ago < 1 for _, _, ago in a.hubs()] == [True, True, True]
@@ -502,8 +504,8 @@ def test_a_dead_hubs_sessions_are_adopted_and_a_live_ones_never(opened: Open) ->
         )
     )
     a.apply(Destroying("aaa-s2-y"))
-    assert b.adopt_session(s0.secret) is None, "its hub is alive"
-    assert b.adopt_leases("p1", ["aaa-s1-x"]).sessions == []
+    assert b.adopt_session(s0.secret) == Adopted([], [], [], frozenset({"aaa-s0"})), "its hub is alive"
+    assert b.adopt_leases("p1", ["aaa-s1-x", "stray"]) == Adopted([], [], [], frozenset({"aaa-s1-x"}))
     assert b.load() == ([], []), "another hub's sessions are its own"
     assert holders(b) == {s.id: "aaa" for s in (s0, s1, s2)}
     assert [m.activity for m in a.meters()] == ["aaa-s0-x"]
@@ -513,9 +515,10 @@ def test_a_dead_hubs_sessions_are_adopted_and_a_live_ones_never(opened: Open) ->
     assert adopted is not None
     assert adopted.sessions == [s0] and [x.id for x in adopted.leases] == ["aaa-s0-x", "aaa-s0-y"]
     assert [(m.activity, m.held) for m in adopted.meters] == [("aaa-s0-x", 500)]
-    assert b.adopt_session(s0.secret) is None and c.adopt_session(s0.secret) is None, "adopted once"
+    assert b.adopt_session(s0.secret) is None, "its own already"
+    assert c.adopt_session(s0.secret) == Adopted([], [], [], frozenset({"aaa-s0"})), "adopted once"
     assert b.adopt_session(b"\xff" * 32) is None
-    assert c.adopt_leases("p1", ["aaa-s1-y", "stray"]).sessions == [], "a2 runs on p2, not p1"
+    assert c.adopt_leases("p1", ["aaa-s1-y", "stray"]).sessions == [], "aaa-s1-y runs on p2, not p1"
     by_provider = c.adopt_leases("p2", ["aaa-s1-y", "aaa-s2-y", "stray"])
     assert [s.id for s in by_provider.sessions] == ["aaa-s1", "aaa-s2"]
     assert [x.id for x in by_provider.leases] == ["aaa-s1-x", "aaa-s1-y", "aaa-s2-x", "aaa-s2-y"]
@@ -533,7 +536,9 @@ def test_a_session_is_adopted_once_when_hubs_race_for_it(opened: Open) -> None:
     dead, *live = joined(opened, "dead", "h1", "h2", "h3")
     sessions = sessions_on(dead, 20)
     age(dead, "dead")
-    adopted = race(live, lambda hub: [a.sessions[0].id for s in sessions if (a := hub.adopt_session(s.secret))])
+    adopted = race(
+        live, lambda hub: [a.sessions[0].id for s in sessions if (a := hub.adopt_session(s.secret)) and a.sessions]
+    )
     assert sorted(id_ for mine in adopted for id_ in mine) == sorted(s.id for s in sessions)
     by_hub = holders(dead)
     assert all(by_hub[id_] == hub.hub for hub, mine in zip(live, adopted, strict=True) for id_ in mine)
@@ -588,7 +593,7 @@ def test_a_hub_whose_connection_was_cut_reconnects_at_its_next_statement(postgre
                 state.beat()
             state.beat()
             state.create("requestor", "bob")
-        assert [c.name for c in state.credentials()] == ["alice", "bob"] and state.hub_of("secret") == "aaa"
+        assert [c.name for c in state.credentials()] == ["alice", "bob"] and state.hub_of("secret") == ("aaa", 1)
 
 
 def test_a_commit_and_a_read_on_each_database(state: HubState, where: Where) -> None:
@@ -644,3 +649,69 @@ def test_a_database_of_schema_4_keeps_its_sessions_for_the_hub_that_opens_it_fir
         sessions, leases = first.load()
         assert sessions == [ALICE] and leases == [LeaseRecord("a1", "s1", "p1", ONE, None, None, 1500.0)]
         assert second.load() == ([], []) and holders(second) == {"s1": "aaa"}
+
+
+def offered(hub: HubState, provider: str, cpus: float) -> None:
+    """``hub`` holds ``provider``, which shares ``cpus`` CPUs and 1 GiB a CPU."""
+    assert hub.claim_provider(provider)
+    resources = Resources(cpus=cpus, memory=int(cpus) * 2**30, storage=0)
+    hub.apply(SaveOffer(provider, resources, f'{{"cpus": {cpus}}}'))
+
+
+def test_what_a_provider_shares_is_seen_by_the_other_hubs(opened: Open) -> None:
+    a, b = joined(opened, "aaa", "bbb")
+    since, changed = b.providers_changed(0.0)
+    assert changed == []
+    offered(a, "p1", 4)
+    b.apply(SaveOffer("p1", ONE, "{}"))  # not b's: nothing
+    since, changed = b.providers_changed(since)
+    assert changed == [("p1", "aaa", '{"cpus": 4}')]
+    a.release_provider("p1")
+    assert b.providers_changed(since)[1] == [("p1", None, '{"cpus": 4}')]
+    execute(a.database, "UPDATE providers SET changed = changed - 60")
+    assert b.providers_changed(since)[1] == [], "only what changed since (less a little overlap)"
+
+
+def test_capacity_is_reserved_once_when_hubs_race_for_it(opened: Open) -> None:
+    owner, *others = joined(opened, "h0", "h1", "h2", "h3")
+    offered(owner, "p1", 4)
+    hubs = [owner, *others]
+
+    def rent(hub: HubState) -> list[str]:
+        tried = [f"{hub.hub}-r{n}" for n in range(3)]
+        return [x for x in tried if hub.reserve(x, "s1", "p1", ONE)]
+
+    reserved = race(hubs, rent)
+    won = sorted(x for mine in reserved for x in mine)
+    assert len(won) == 4, f"4 CPUs sold once each, not {won}"
+    assert not owner.reserve("one-more", "s1", "p1", ONE) and not owner.reserve("x", "s1", "nobody", ONE)
+    holder = next(hub for hub, mine in zip(hubs, reserved, strict=True) if mine)
+    gone = next(x for mine in reserved for x in mine if x.startswith(holder.hub))
+    holder.unreserve(gone)
+    assert owner.reserve("one-more", "s1", "p1", ONE)
+    assert not owner.reserve("two-more", "s1", "p1", Resources(cpus=0.5, memory=1, storage=0)), "no CPU left"
+
+    # A reservation becomes a lease; those a hub reserved but never created go at its restart.
+    kept = next(x for x in won if x != gone)
+    keeper = next(hub for hub in hubs if kept.startswith(hub.hub))
+    keeper.apply(lease(kept, provider="p1"))
+    pending = "SELECT id FROM activities WHERE pending ORDER BY id"
+    before = {str(row[0]) for row in owner.database.execute(pending).fetchall()}
+    assert kept not in before and len(before) == 3
+    keeper.load()
+    after = {str(row[0]) for row in owner.database.execute(pending).fetchall()}
+    assert after == {x for x in before if not x.startswith(keeper.hub)}
+    assert keeper.load()[1] == [lease(kept, provider="p1").lease], "the others' reservations are no leases"
+
+
+def test_what_a_dead_hub_reserved_and_never_created_is_free_again(opened: Open) -> None:
+    owner, dead = joined(opened, "own", "dead")
+    offered(owner, "p1", 2)
+    [session] = sessions_on(dead, 1)  # its leases: 2 CPUs on p1 and p2, the first of p1's two
+    assert dead.reserve("never-created", session.id, "p1", ONE)
+    assert not owner.reserve("mine", "s9", "p1", ONE), "p1's 2 CPUs are taken"
+    age(owner, "dead")
+    adopted = owner.adopt_session(session.secret)
+    assert adopted is not None and [x.id for x in adopted.leases] == ["dead-s0-x", "dead-s0-y"], "not the reservation"
+    assert owner.reserve("mine", "s9", "p1", ONE), "what the dead hub reserved is free again"
+    assert not owner.reserve("more", "s9", "p1", ONE)

@@ -603,7 +603,8 @@ class HubState:
         ]
         rows = db.execute(
             "SELECT id, session, provider, cpus, memory, storage, grp, image, started, max_duration, "
-            f"{_PRICE} FROM activities WHERE session IN (SELECT id FROM sessions WHERE {where}) ORDER BY id",
+            f"{_PRICE} FROM activities WHERE NOT pending AND session IN (SELECT id FROM sessions WHERE {where}) "
+            "ORDER BY id",
             args,
         ).fetchall()
         leases = [
@@ -714,6 +715,11 @@ class HubState:
             offered = row.fetchone()
             if offered is None:
                 return False
+            # What a dead hub reserved and never created: nobody was told of it (as load() forgets it).
+            db.execute(
+                f"DELETE FROM activities WHERE provider = ? AND pending AND (hub IS NULL OR {self._dead('hub')})",
+                (provider, self.hub),
+            )
             used = db.execute(
                 "SELECT COALESCE(SUM(cpus), 0), COALESCE(SUM(memory), 0), COALESCE(SUM(storage), 0) "
                 "FROM activities WHERE provider = ?",
