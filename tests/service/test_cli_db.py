@@ -74,6 +74,11 @@ def test_the_admin_commands_work_on_a_postgresql_database(tmp_path: Path, postgr
     revoked = kiln_cli(tmp_path, "token", "revoke", "alice", "--db", postgres_url)
     assert (revoked.returncode, revoked.stdout) == (0, "revoked requestor credential 1 (alice)\n")
     assert list(tmp_path.iterdir()) == []
+    # The server trusts loopback, so a password in the URL is taken and not needed: it is not shown either.
+    with_password = postgres_url.replace("kiln@", f"kiln:{PASSWORD}@", 1)
+    made = kiln_cli(tmp_path, "token", "create", "--role", "admin", "--db", with_password)
+    assert made.returncode == 0 and PASSWORD not in made.stderr + made.stdout
+    assert f"in {postgres_url.replace('kiln@', 'kiln:***@', 1)}" in made.stderr
 
 
 def test_a_sqlite_file_given_as_db_is_the_hubs_database(tmp_path: Path) -> None:
