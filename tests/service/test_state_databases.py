@@ -506,6 +506,7 @@ def test_a_dead_hubs_sessions_are_adopted_and_a_live_ones_never(opened: Open) ->
     a.apply(Destroying("aaa-s2-y"))
     assert b.adopt_session(s0.secret) == Adopted([], [], [], frozenset({"aaa-s0"})), "its hub is alive"
     assert b.adopt_leases("p1", ["aaa-s1-x", "stray"]) == Adopted([], [], [], frozenset({"aaa-s1-x"}))
+    assert b.adopt_leases("p1", ["aaa-s1-y"]) == Adopted([], [], []), "it runs on p2: p1's is a stray"
     assert b.load() == ([], []), "another hub's sessions are its own"
     assert holders(b) == {s.id: "aaa" for s in (s0, s1, s2)}
     assert [m.activity for m in a.meters()] == ["aaa-s0-x"]

@@ -792,8 +792,8 @@ class HubState:
                     str(row[0])
                     for row in db.execute(
                         f"SELECT a.id FROM activities a JOIN sessions s ON s.id = a.session WHERE a.id IN ({marks}) "
-                        "AND s.hub <> ? AND NOT pending",
-                        (*chunk, self.hub),
+                        "AND a.provider = ? AND s.hub <> ? AND NOT pending",
+                        (*chunk, provider, self.hub),
                     )
                 }
             if not ids:
