@@ -691,12 +691,14 @@ def test_capacity_is_reserved_once_when_hubs_race_for_it(opened: Open) -> None:
     reserved = race(hubs, rent)
     won = sorted(x for mine in reserved for x in mine)
     assert len(won) == 4, f"4 CPUs sold once each, not {won}"
-    assert not owner.reserve("one-more", "s1", "p1", ONE) and not owner.reserve("x", "s1", "nobody", ONE)
+    assert not owner.reserve(f"{owner.hub}-more", "s1", "p1", ONE) and not owner.reserve("x", "s1", "nobody", ONE)
     holder = next(hub for hub, mine in zip(hubs, reserved, strict=True) if mine)
     gone = next(x for mine in reserved for x in mine if x.startswith(holder.hub))
     holder.unreserve(gone)
-    assert owner.reserve("one-more", "s1", "p1", ONE)
-    assert not owner.reserve("two-more", "s1", "p1", Resources(cpus=0.5, memory=1, storage=0)), "no CPU left"
+    assert owner.reserve(f"{owner.hub}-more", "s1", "p1", ONE)
+    assert not owner.reserve(f"{owner.hub}-two-more", "s1", "p1", Resources(cpus=0.5, memory=1, storage=0)), (
+        "no CPU left"
+    )
 
     # A reservation becomes a lease; those a hub reserved but never created go at its restart.
     kept = next(x for x in won if x != gone)
@@ -722,3 +724,27 @@ def test_what_a_dead_hub_reserved_and_never_created_is_free_again(opened: Open) 
     assert adopted is not None and [x.id for x in adopted.leases] == ["dead-s0-x", "dead-s0-y"], "not the reservation"
     assert owner.reserve("mine", "s9", "p1", ONE), "what the dead hub reserved is free again"
     assert not owner.reserve("more", "s9", "p1", ONE)
+
+
+def test_hubs_rolling_up_at_once_roll_each_row_up_once(opened: Open, clock: Clock) -> None:
+    hubs = [opened(f"h{n}") for n in range(3)]
+    writer = hubs[0]
+    for day in range(20):
+        for k in range(50):
+            activity = f"a{day}-{k}"
+            writer.apply(lease(activity, started=day * DAY + k))
+            writer.apply(EndLease(activity, day * DAY + k + 3600, 1.0))
+    before = writer.usage_totals()
+    clock.now = 30 * DAY
+    gone = race(hubs, lambda hub: hub.roll_up(1))  # each hub rolls up every hour
+    assert sum(gone) == 1000 and writer.usage() == []
+    assert writer.usage_totals() == before, "no day counted twice"
+
+
+def test_hubs_starting_at_once_record_a_forgotten_lease_once(opened: Open) -> None:
+    hubs = [opened(f"h{n}") for n in range(3)]
+    for n in range(200):
+        hubs[0].apply(lease(f"a{n}", SessionRecord(f"s{n}", "alice", 1, bytes([n % 256]) * 32)))
+    execute(hubs[0].database, "DELETE FROM sessions")  # leases no session holds: nobody's, whoever wrote them
+    race(hubs, lambda hub: hub.load())
+    assert len(hubs[0].usage()) == 200, "each lease forgotten once, its usage recorded once"

@@ -84,7 +84,9 @@ class Database:
         raise NotImplementedError
 
     def migrating(self) -> contextlib.AbstractContextManager[Database]:
-        """The write transaction that migrates the schema: one hub at a time."""
+        """A write transaction that one hub at a time runs (PostgreSQL: under an advisory lock;
+        SQLite's write lock is the file's): migrating the schema, picking a slot, loading after a
+        start, rolling the usage up: what reads rows and then writes what it read."""
         return self.write()
 
     def close(self) -> None:

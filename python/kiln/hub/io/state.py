@@ -559,7 +559,7 @@ class HubState:
         one, as their peers come: :meth:`adopt_session`, :meth:`adopt_leases`).
         """
         mine = "(hub IS NULL OR hub = ?)"
-        with self._write() as db:
+        with self._db.migrating() as db:  # one hub at a time: hubs starting at once would forget a lease twice
             # Reserved by this hub (or a dead one) but never created: nobody was told of them.
             db.execute(
                 f"DELETE FROM activities WHERE pending AND (hub IS NULL OR hub = ? OR {self._dead('hub')})",
@@ -827,7 +827,9 @@ class HubState:
         calls it at start and every hour (:func:`kiln.hub.io.server.start`).
         """
         before = (int(self._clock() - days * DAY) // DAY) * DAY  # the start of a day: whole days only
-        with self._write() as db:
+        # One hub at a time: a PostgreSQL transaction reads what another has not yet deleted, so
+        # two hubs rolling up at once would both count the rows.
+        with self._db.migrating() as db:
             db.execute(
                 "INSERT INTO usage_days (day, requestor, credential, provider, activities, cpu_seconds_rented, "
                 "cpu_seconds_used, memory_byte_seconds) SELECT day, requestor, credential, provider, COUNT(*), "
