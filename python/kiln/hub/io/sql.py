@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
@@ -40,7 +41,11 @@ SCHEMES: Final = ("postgresql", "postgres")
 BUSY_TIMEOUT: Final = 2.0
 """Seconds a statement waits for a lock another process holds before it fails (SQLite)."""
 CONNECT_TIMEOUT: Final = 10
-"""Seconds to reach a PostgreSQL server before giving up."""
+"""Seconds to reach a PostgreSQL server before giving up, at start."""
+RECONNECT_TIMEOUT: Final = 2
+"""Seconds to reach it again once the connection was lost (the hub's event loop waits meanwhile)."""
+RECONNECT_EVERY: Final = 5.0
+"""Seconds after a failed try to reach it again before the next: in between, statements fail at once."""
 _MIGRATION_LOCK: Final = 0x6B696C6E  # "kiln": hubs starting together migrate one at a time
 
 Params = Sequence[Any]
@@ -171,13 +176,14 @@ class PostgresDatabase(Database):
         self.conflict = (psycopg.errors.UniqueViolation,)
         self._url = url
         self._writing = False
+        self._next_try = 0.0
         try:
             self._db = self._connect()
         except psycopg.Error as e:
             raise KilnError(f"cannot reach the hub's database {self.where}: {_first_line(e)}") from e
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        return self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT)
+    def _connect(self, timeout: float = CONNECT_TIMEOUT) -> psycopg.Connection[Any]:
+        return self._psycopg.connect(self._url, autocommit=True, connect_timeout=max(1, round(timeout)))
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The open connection, made again if the last one was lost (the server restarted, or a
@@ -186,7 +192,16 @@ class PostgresDatabase(Database):
         heartbeats until it is restarted. Failing to connect raises the driver's error, as a statement
         would. Never inside a transaction: the rest of it would run outside it."""
         if self._db.broken and not self._writing:
-            self._db = self._connect()
+            # The hub waits for the database on its event loop: a server that does not answer is
+            # tried at most every RECONNECT_EVERY seconds, each time for RECONNECT_TIMEOUT at most.
+            now = time.monotonic()
+            if now < self._next_try:
+                raise self._psycopg.OperationalError(f"{self.where} is unreachable (tried again within seconds)")
+            try:
+                self._db = self._connect(RECONNECT_TIMEOUT)
+            except self._psycopg.Error:
+                self._next_try = now + RECONNECT_EVERY
+                raise
         return self._db
 
     def execute(self, sql: str, args: Params = ()) -> Cursor:

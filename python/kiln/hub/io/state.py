@@ -625,13 +625,17 @@ class HubState:
 
     # --- several hubs on one database (kiln.hub.io.seat) ---------------------------------------
 
-    def join(self, address: str, secret: str) -> int:
+    def join(self, address: str, secret: str, slot: int | None = None) -> int:
         """This hub (:attr:`hub`) is up, reachable at ``address``, and shows other hubs ``secret``:
-        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has."""
+        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has. Given
+        ``slot`` (a hub joining again after it was taken for dead), that one or a KilnError: the
+        ids it gave its providers carry it."""
         with self._db.migrating() as db:  # one hub at a time picks a slot
             db.execute(f"DELETE FROM hubs WHERE id = ? OR NOT ({self._live('hubs')})", (self.hub,))
             taken = {int(row[0]) for row in db.execute("SELECT slot FROM hubs")}
-            free = [slot for slot in range(1, MAX_HUBS + 1) if slot not in taken]
+            free = [n for n in range(1, MAX_HUBS + 1) if n not in taken and slot in (None, n)]
+            if not free and slot is not None:
+                raise KilnError(f"slot {slot} is another hub's now: this hub was taken for dead; start it again")
             if not free:
                 raise KilnError(f"{MAX_HUBS} hubs share {self.where} already (the most)")
             db.execute(
