@@ -118,6 +118,8 @@ class HubConnection(TakesMessages, ServerConnection):
     """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""
     viewer: Viewer | None = None
     """Set for the dashboard's live feed, to whom its upgrade showed (:mod:`kiln.hub.io.http`): no kiln.v1 peer."""
+    blob: str | None = None
+    """Set for another hub fetching a blob, its digest (:mod:`kiln.hub.io.http`): no kiln.v1 peer either."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

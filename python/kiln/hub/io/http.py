@@ -12,6 +12,12 @@ closes. ``GET`` only, and never a body (websockets refuses a request that has on
   ``/api/logout`` forgets it; ``/api/me`` says who the request shows (JSON ``{admin, name}``, or ``null`` for nobody);
 * ``/`` and ``/assets/<file>``: the dashboard's files, from the package ``kiln.hub.dashboard``
   (:class:`Assets`), under a content security policy that lets the page fetch from the hub alone;
+* ``/hub/blobs/<sha256:...>``: for another hub of the same database (``kiln hub --db
+  postgresql://...``) that lacks a blob a provider of its needs (:mod:`kiln.hub.io.shared`). It
+  shows its token (``Authorization: Bearer``: its :attr:`~kiln.hub.io.seat.Seat.secret`, which
+  must be a live hub's; else 401, counted as a failed hello), and upgrades to a WebSocket on which
+  the blob's bytes come, streamed from its file (404 for a blob this hub does not hold, 426 for
+  a request that does not upgrade);
 * anything else: 404.
 
 A WebSocket upgrade to :data:`LIVE_PATH` is the dashboard's live feed: it needs a viewer (the
@@ -41,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import orjson
@@ -50,6 +56,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kiln.hub.access import Credentials, Viewer, viewer
+from kiln.hub.images import is_digest
 from kiln.hub.io.connections import HubConnection
 from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 
@@ -62,6 +69,7 @@ logging in again and again cannot push an admin's sessions out of :data:`MAX_LOG
 LOGIN_TTL: Final = 12 * 3600.0
 """Seconds a session lasts from its login."""
 LIVE_PATH: Final = "/api/live"
+BLOBS_PATH: Final = "/hub/blobs/"
 DASHBOARD_PACKAGE: Final = "kiln.hub.dashboard"
 CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -92,6 +100,18 @@ CSP: Final = (
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 """The dashboard's content security policy: nothing fetched from elsewhere, no inline script."""
+
+
+class Lending(Protocol):
+    """What lends this hub's blobs to the other hubs of its database (:class:`kiln.hub.io.shared.SharedStore`)."""
+
+    def hub_of(self, token: str) -> str | None:
+        """The live hub whose token this is, if any."""
+        ...
+
+    def holds(self, digest: str) -> bool:
+        """Whether the blob ``digest`` is on this hub's disk."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +246,8 @@ class Front:
 
     Pass :meth:`process_request` to websockets' ``serve``. ``stopping`` says whether the hub is
     stopping (health turns 503); ``token`` and ``credentials`` are the core's (who a token shows is
-    judged as a hello is); ``tls`` marks the session cookie ``Secure``.
+    judged as a hello is); ``tls`` marks the session cookie ``Secure``; ``lending`` lends blobs to
+    the other hubs of the database (none: a hub alone).
     """
 
     def __init__(
@@ -240,6 +261,7 @@ class Front:
         tls: bool = False,
         assets: Assets | None = None,
         logins: Logins | None = None,
+        lending: Lending | None = None,
     ) -> None:
         self.metrics = metrics
         self.token = token
@@ -249,6 +271,7 @@ class Front:
         self.tls = tls
         self.assets = assets if assets is not None else Assets.packaged()
         self.logins = logins or Logins()
+        self.lending = lending
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
@@ -261,6 +284,8 @@ class Front:
                 b"too many wrong tokens from this address\n",
                 headers=[("Retry-After", str(math.ceil(wait)))],
             )
+        if path.startswith(BLOBS_PATH):
+            return self._blob(connection, request, path.removeprefix(BLOBS_PATH))
         if _upgrading(request.headers):
             return self._live(connection, request) if path == LIVE_PATH else None
         if request.method != "GET":
@@ -344,6 +369,25 @@ class Front:
             return _response(http.HTTPStatus.FORBIDDEN, b"the live feed is for the hub's own page\n")
         if isinstance(connection, HubConnection):
             connection.viewer = who
+        return None
+
+    def _blob(self, connection: ServerConnection, request: Request, digest: str) -> Response | None:
+        """Another hub's fetch of a blob: upgraded when its token is a live hub's and the blob is here."""
+        if self.lending is None:
+            return _response(http.HTTPStatus.NOT_FOUND, b"not found\n")
+        token = _bearer(request.headers)
+        if not token or self.lending.hub_of(token) is None:
+            if token is not None and isinstance(connection, HubConnection):
+                connection.gate.failed(connection.source)
+            return _unauthorized()
+        if not is_digest(digest) or not self.lending.holds(digest):
+            return _response(http.HTTPStatus.NOT_FOUND, b"this hub holds no such blob\n")
+        if not _upgrading(request.headers):
+            return _response(
+                http.HTTPStatus.UPGRADE_REQUIRED, b"a blob comes over a WebSocket\n", headers=[("Upgrade", "websocket")]
+            )
+        if isinstance(connection, HubConnection):
+            connection.blob = digest
         return None
 
 

@@ -57,6 +57,7 @@ from kiln.hub.io.http import Front, Logins
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
+from kiln.hub.io.shared import SharedStore
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -127,6 +128,9 @@ class HubServer:
         assert isinstance(ws, HubConnection)  # start() serves HubConnections only
         if ws.viewer is not None:  # a dashboard on /api/live, let in by its HTTP request (kiln.hub.io.http)
             await self._watch(ws, ws.viewer)
+            return
+        if ws.blob is not None and self.images is not None and self.images.shared is not None:
+            await self.images.shared.lend(ws, ws.blob)  # another hub's fetch, let in the same way
             return
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
@@ -444,11 +448,14 @@ async def start(
         if core.ledger.accounts is None:
             core.ledger.accounts = state
     hub = HubServer(core, store=store, state=state, gate=gate)
+    assert hub.images is not None
+    if cluster is not None:  # the hubs of the database share their images
+        hub.images.shared = SharedStore(state, store, catalog)
+        await hub.images.shared.open()
     sessions, leases = await asyncio.to_thread(state.load)
     meters = await asyncio.to_thread(state.meters)
     hub._apply(core.restore(sessions, leases, meters))
     hub.roll_up_usage(state, usage_retention)
-    assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     if state.required():
         needed = "every hello needs one" + (" or the shared token" if token else "")
@@ -464,6 +471,7 @@ async def start(
         stopping=lambda: hub.stopping,
         public_metrics=public_metrics,
         tls=ssl is not None,
+        lending=hub.images.shared,
     )
     server = await serve(
         hub.handle,
@@ -487,9 +495,12 @@ async def start(
         bound = server.sockets[0].getsockname()
         seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
         seat.join()
+        if hub.images.shared is not None:
+            hub.images.shared.secret = seat.secret
     try:
         async with server, asyncio.TaskGroup() as tg:
             heart = tg.create_task(seat.keep()) if seat is not None else None
+            shelf = tg.create_task(hub.images.shared.run()) if hub.images.shared is not None else None
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state, front.logins))
@@ -509,8 +520,12 @@ async def start(
                 sampler.cancel()
                 if heart is not None:
                     heart.cancel()
+                if shelf is not None:
+                    shelf.cancel()
     finally:
         await hub.images.close()
+        if hub.images.shared is not None:
+            await hub.images.shared.close()
         if seat is not None:
             seat.leave()
         state.close()
