@@ -87,6 +87,71 @@ export function checkHubUrl(url) {
   return text;
 }
 
+/** The most hub URLs one client takes (the hubs of one market it may move between). */
+export const MAX_HUB_URLS = 16;
+
+/**
+ * The hub URLs `urls` names, in order, each once: one URL, several separated by commas
+ * ("ws://a:7465,ws://b:7465"), or an array of those. Throws a {@link UsageError} naming the
+ * first that is not a hub's ({@link checkHubUrl}), for none at all, or for more than
+ * {@link MAX_HUB_URLS}. Python's `kiln.connection.hub_urls` reads alike.
+ * @param {unknown} urls
+ * @returns {string[]}
+ */
+export function hubUrls(urls) {
+  const given = Array.isArray(urls) ? urls : [urls];
+  /** @type {string[]} */
+  const found = [];
+  for (const item of given) {
+    const text = item instanceof URL ? item.href : item;
+    if (typeof text !== "string" || text.trim() === "") checkHubUrl(text); // throws: no URL given
+    for (const part of /** @type {string} */ (text).split(",")) {
+      if (part.trim() === "") {
+        throw new UsageError(`${JSON.stringify(text)} holds an empty hub URL between its commas: ${HUB_URL_FORM}`);
+      }
+      const url = checkHubUrl(part.trim());
+      if (!found.includes(url)) found.push(url);
+    }
+  }
+  if (found.length === 0) throw new UsageError(`no hub URL given: ${HUB_URL_FORM}`);
+  if (found.length > MAX_HUB_URLS) {
+    throw new UsageError(`${found.length} hub URLs given; a client takes at most ${MAX_HUB_URLS}`);
+  }
+  return found;
+}
+
+/**
+ * The hubs a client may dial ({@link hubUrls}) and the one it is on. A client dials them in
+ * {@link HubRing#order}: the one it is on (at first, the first given), then each other in
+ * turn, round robin; the one that answers becomes the one it is on ({@link HubRing#moved}).
+ * Its backoff counts full rounds, not single dials. Mirrors Python's `kiln.connection.HubRing`.
+ */
+export class HubRing {
+  /** @param {unknown} urls */
+  constructor(urls) {
+    /** @type {readonly string[]} */
+    this.urls = Object.freeze(hubUrls(urls));
+    this._at = 0;
+  }
+
+  /** The hub the client is on (or was on last). */
+  get current() {
+    return this.urls[this._at];
+  }
+
+  /** One round of dials: the current hub, then the others in turn. @returns {string[]} */
+  order() {
+    return [...this.urls.slice(this._at), ...this.urls.slice(0, this._at)];
+  }
+
+  /** The client is on `url` now (one of {@link HubRing#urls}). @param {string} url */
+  moved(url) {
+    const at = this.urls.indexOf(url);
+    if (at === -1) throw new UsageError(`${url} is not one of this client's hubs`);
+    this._at = at;
+  }
+}
+
 /**
  * The WebSocket surface kiln-client needs: the browser's, which `ws` and undici share.
  * @typedef {object} Socket

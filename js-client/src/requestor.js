@@ -13,11 +13,17 @@
  * under way fail with ConnectionLostError, the activities the hub kept go on working, and
  * those it did not are marked `lost`. When no reconnect succeeds in time, every activity
  * is lost and every further call rejects with ConnectionLostError.
+ *
+ * A market of several hubs (on one database) is given as an array, or as one string with
+ * commas: the requestor joins the first that answers, and when its hub dies it dials that
+ * one first, then each other in turn (`HubRing`); `requestor.url` says which hub it is on.
+ *
+ *     const requestor = await connect(["ws://hub-a:7465", "ws://hub-b:7465"]);   // or "ws://hub-a:7465,ws://hub-b:7465"
  * @module
  */
 
 import { Activity } from "./activity.js";
-import { Connection } from "./connection.js";
+import { Connection, HubRing } from "./connection.js";
 import { Deferred, cancelledBy, raceAbort, settlesWithin, sleep, throwIfAborted } from "./deferred.js";
 import {
   ConnectionClosedError,
@@ -60,9 +66,9 @@ const TASK_REPORTS = 6;
  */
 
 /**
- * Dial the hub again, resuming the session of this secret (`hello.resume`), within `timeoutMs`;
- * the signal gives the dial up.
- * @typedef {(resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>} Dial
+ * Dial the hub at `url` again, resuming the session of this secret (`hello.resume`), within
+ * `timeoutMs`; the signal gives the dial up.
+ * @typedef {(url: string, resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>} Dial
  */
 
 /**
@@ -345,13 +351,15 @@ function resourcesMessage(resources = {}) {
 /**
  * A live connection to the hub as a requestor. Get one from `connect()`.
  *
- * With `dial`, a connection that drops is dialled again (see the module's comment).
+ * `connection` is to `hubs.current`. With `dial`, a connection that drops is dialled again,
+ * to the hubs of `hubs` in its order (see the module's comment).
  */
 export class Requestor {
-  /** @param {Connection} connection @param {Platform} platform @param {Dial | null} [dial] */
-  constructor(connection, platform, dial = null) {
+  /** @param {Connection} connection @param {Platform} platform @param {HubRing} hubs @param {Dial | null} [dial] */
+  constructor(connection, platform, hubs, dial = null) {
     this._conn = connection;
     this._platform = platform;
+    this._hubs = hubs;
     this._dial = dial;
     /** @type {Map<string, Activity>} */
     this._activities = new Map();
@@ -377,6 +385,11 @@ export class Requestor {
   /** The connection of the moment (a reconnect replaces it). */
   get connection() {
     return this._conn;
+  }
+
+  /** The URL of the hub this requestor is on (while it reconnects, the one it was on). */
+  get url() {
+    return this._hubs.current;
   }
 
   /** Whether the connection dropped and is being dialled again. */
@@ -429,7 +442,8 @@ export class Requestor {
   }
 
   /**
-   * Dial with `secret` until a dial succeeds, `grace` seconds pass, or close() gives up.
+   * Dial with `secret` until a dial succeeds, `grace` seconds pass, or close() gives up: in
+   * rounds, each of every hub (the one it was on first), waiting between two rounds.
    * @param {string} secret
    * @param {number} grace
    * @param {ConnectionLostError} lost
@@ -446,23 +460,29 @@ export class Requestor {
     });
     const givenUp = () => new ConnectionClosedError("the requestor was closed while it reconnected");
     let delay = REDIAL_FIRST_MS;
+    let why = "";
     for (;;) {
-      let why;
-      const dialing = dial(secret, Math.max(deadline - Date.now(), 100), abandon.signal);
-      try {
-        const conn = await Promise.race([dialing, closing]);
-        if (conn !== null) return conn;
-        dialing.then((late) => late.close(), () => {}); // up after all: nobody wants it
-        throw givenUp();
-      } catch (e) {
-        if (abandon.signal.aborted) throw givenUp(); // whatever the abandoned dial said
-        if (e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError)) throw e;
-        if (!(e instanceof ConnectionLostError)) {
-          // The hub refused us (a token revoked, say): dialling again cannot help.
-          const text = e instanceof Error ? e.message : String(e);
-          throw new ConnectionLostError(`${lost.message}; the hub refused the reconnect: ${text}`, { cause: e });
+      for (const url of this._hubs.order()) {
+        const dialing = dial(url, secret, Math.max(deadline - Date.now(), 100), abandon.signal);
+        try {
+          const conn = await Promise.race([dialing, closing]);
+          if (conn !== null) {
+            this._hubs.moved(url);
+            return conn;
+          }
+          dialing.then((late) => late.close(), () => {}); // up after all: nobody wants it
+          throw givenUp();
+        } catch (e) {
+          if (abandon.signal.aborted) throw givenUp(); // whatever the abandoned dial said
+          if (e instanceof ConnectionClosedError && !(e instanceof ConnectionLostError)) throw e;
+          if (!(e instanceof ConnectionLostError)) {
+            // The hub refused us (a token revoked, say): dialling again cannot help.
+            const text = e instanceof Error ? e.message : String(e);
+            throw new ConnectionLostError(`${lost.message}; the hub refused the reconnect: ${text}`, { cause: e });
+          }
+          why = e.message;
         }
-        why = e.message;
+        if (Date.now() >= deadline) break;
       }
       if (Date.now() + delay >= deadline) {
         throw new ConnectionLostError(`${lost.message}; no reconnect within ${grace} s (last: ${why})`, { cause: lost });
@@ -1032,23 +1052,47 @@ export class Requestor {
 }
 
 /**
- * Connect to the hub at `url` as a requestor. With `reconnect` (default), a connection
- * that drops is dialled again for as long as the hub keeps the requestor's activities
- * (see {@link Requestor}).
+ * Connect to the hub at `url` as a requestor: one hub's URL, or those of several hubs of one
+ * market (an array, or one string with commas), of which it joins the first that answers.
+ * With `reconnect` (default), a connection that drops is dialled again for as long as the
+ * hub keeps the requestor's activities, to the hub it was on first, then to the others (see
+ * {@link Requestor}).
+ *
+ * Throws a UsageError (before any dial) naming a URL that is not a hub's, and a
+ * ConnectionLostError saying why each hub failed when none answers.
  * @param {Platform} platform
- * @param {string} url
+ * @param {string | string[]} url
  * @param {ConnectOptions} [options]
  * @returns {Promise<Requestor>}
  */
 export async function connectWith(platform, url, options = {}) {
   const name = options.name ?? "requestor";
   const token = options.token ?? null;
-  const connection = await Connection.open(platform.openSocket, url, { name, token, timeoutMs: options.timeoutMs });
-  /** @type {Dial} */
-  const dial = (resume, timeoutMs, signal) => Connection.open(platform.openSocket, url, {
-    name, token, resume, signal, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
-  });
-  const requestor = new Requestor(connection, platform, options.reconnect === false ? null : dial);
-  connection.onEvent = (event) => requestor._onEvent(event);
-  return requestor;
+  const hubs = new HubRing(url);
+  /** @type {ConnectionLostError[]} */
+  const failures = [];
+  /** @type {string[]} why each hub failed, naming it */
+  const reasons = [];
+  for (const at of hubs.order()) {
+    /** @type {Connection} */
+    let connection;
+    try {
+      connection = await Connection.open(platform.openSocket, at, { name, token, timeoutMs: options.timeoutMs });
+    } catch (e) {
+      if (!(e instanceof ConnectionLostError)) throw e; // another hub would say the same
+      failures.push(e);
+      reasons.push(e.message.includes(at) ? e.message : `${at}: ${e.message}`);
+      continue;
+    }
+    hubs.moved(at);
+    /** @type {Dial} */
+    const dial = (to, resume, timeoutMs, signal) => Connection.open(platform.openSocket, to, {
+      name, token, resume, signal, timeoutMs: Math.min(timeoutMs, options.timeoutMs ?? timeoutMs),
+    });
+    const requestor = new Requestor(connection, platform, hubs, options.reconnect === false ? null : dial);
+    connection.onEvent = (event) => requestor._onEvent(event);
+    return requestor;
+  }
+  if (failures.length === 1) throw failures[0];
+  throw new ConnectionLostError(`no hub answered: ${reasons.join("; ")}`, { cause: failures[failures.length - 1] });
 }

@@ -16,8 +16,9 @@ from kiln_provider.volume import MAX_VOLUMES
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    hub: str
-    """The hub's URL (``ws://`` or ``wss://``)."""
+    hubs: tuple[str, ...]
+    """The URLs (``ws://`` or ``wss://``) of the hubs of one market: the provider is on one at a
+    time, and dials the next in turn when its hub dies (:class:`~kiln.connection.HubRing`)."""
     name: str
     """The provider's name at the hub (one provider per name at a time)."""
     cpus: float | None = None

@@ -11,7 +11,9 @@ whenever they change. A ``wss://`` hub is verified against ``--ca`` (else the sy
 store); one whose certificate is not trusted is dialled again, and the log says why.
 
 When the connection drops, every request under way is cancelled, and the provider dials
-again (websockets' reconnecting iterator, with backoff). Its containers stay, for up to
+again: the hub it was on first, then, given several hubs of one market (``--hub A --hub B``),
+each other in turn, with backoff between rounds in which none answered
+(:meth:`ProviderRuntime._connections`). Its containers stay, for up to
 ``grace`` seconds: a hub that restarted holds their leases for their requestors, and the
 provider's ``hello`` (1.3) lists them, so the hub keeps those it holds and has the
 provider destroy the rest. A hub that was not dialled back in time, or that speaks
@@ -29,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncGenerator, Iterator
 from functools import partial
 from typing import Any, Final
 
@@ -36,7 +39,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.client import backoff, process_exception
 from websockets.frames import CloseCode
 
-from kiln.connection import WEBSOCKET_OPTIONS, Connection, check_hub_url, dial_error, tls_options
+from kiln.connection import WEBSOCKET_OPTIONS, Connection, HubRing, dial_error, tls_options
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, Unauthorized, UnsupportedVersion, UsageError
 from kiln.protocol.messages import MAX_OFFERED, MAX_REPORTED, MAX_USAGE_ACTIVITIES, Offer, Resources, Usage
@@ -52,7 +55,8 @@ log = logging.getLogger("kiln.provider")
 
 IMAGE_REFRESH_SECONDS: Final = 5.0
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
-"""Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s."""
+"""Dialling again: at once after a lost session, then within 0.5 s, then 0.25 s doubling up to 5 s
+(between two rounds of dials, each of every hub given)."""
 REFUSED_RETRY_SECONDS: Final = 2.0
 """How long to wait after a hub refused us for a reason that passes (our old session still seen, say)."""
 USAGE_SECONDS: Final = 5.0
@@ -60,7 +64,7 @@ USAGE_SECONDS: Final = 5.0
 
 
 class ProviderRuntime:
-    """Serves one hub until cancelled. Call :meth:`run`."""
+    """Serves a hub (one of those given at a time) until cancelled. Call :meth:`run`."""
 
     def __init__(self, config: ProviderConfig, adapter: DockerAdapter) -> None:
         self.config = config
@@ -74,7 +78,7 @@ class ProviderRuntime:
         self.images = ImageSupply(config, adapter, self._pools, self.tallies)
         self.handlers = Handlers(config, adapter, self._pools, self.images, self.tallies)
         self._offered: tuple[list[str], list[str]] = ([], [])  # (images, cached) of the last offer
-        self._dial_failure: str | None = None  # why the last dial failed, once told
+        self._dial_failures: dict[str, str] = {}  # why the last dial of each hub failed, once told
         self._hub_minor = 0  # the minor version the last welcome spoke
         self._keeping: asyncio.Task[None] | None = None  # removes the containers kept if no hub comes in time
         self._keep_until = 0.0  # when the containers kept since the hub was lost are to go
@@ -95,7 +99,7 @@ class ProviderRuntime:
         return Resources(cpus=cpus, memory=memory, storage=storage)
 
     async def run(self) -> None:
-        """Dial the hub, serve, and dial again whenever the connection ends.
+        """Dial a hub, serve, and dial again whenever the connection ends.
 
         Raises :class:`~kiln.protocol.errors.Unauthorized` or ``UnsupportedVersion`` when the
         hub refuses us for good, and :class:`~kiln.protocol.errors.UsageError` for a URL that is
@@ -103,11 +107,11 @@ class ProviderRuntime:
         Cancelled (the provider stops), it says goodbye to the hub (close code 1001, going
         away: the hub logs a clean departure), then removes its containers.
         """
-        check_hub_url(self.config.hub)
-        tls = tls_options(self.config.hub, self.config.ca)  # a bad --ca fails before any dial
+        hubs = HubRing(self.config.hubs)
+        tls = {url: tls_options(url, self.config.ca) for url in hubs.urls}  # a bad --ca fails before any dial
         metrics = self._serve_metrics()
         try:
-            await self._serve(tls)
+            await self._serve(hubs, tls)
         finally:
             if metrics is not None:
                 await asyncio.to_thread(metrics.close)
@@ -139,21 +143,44 @@ class ProviderRuntime:
             image_cache_bytes=self.images.cache.total,
         )
 
-    async def _serve(self, tls: dict[str, Any]) -> None:
+    async def _connections(self, hubs: HubRing, tls: dict[str, dict[str, Any]]) -> AsyncGenerator[ClientConnection]:
+        """WebSocket connections to the hubs, one after the other, each closed once the caller is
+        done with it. Each round dials the hub it was on first, then the others in turn; the next
+        round comes at once after a connection, else after a delay (:data:`RECONNECT_DELAYS`).
+
+        Raises what no dial again can mend (websockets' :func:`~websockets.client.process_exception`).
+        """
+        delays: Iterator[float] | None = None
+        while True:
+            for url in hubs.order():
+                try:
+                    ws = await connect(url, **tls[url], **WEBSOCKET_OPTIONS)
+                except Exception as e:  # as websockets' own reconnecting iterator judges them
+                    fatal = self._dial_failed(url, e)
+                    if fatal is e:
+                        raise
+                    if fatal is not None:
+                        raise fatal from e
+                    continue
+                self._dial_failures.pop(url, None)
+                hubs.moved(url)
+                delays = None
+                async with ws:
+                    yield ws
+                break
+            else:
+                delays = delays or RECONNECT_DELAYS()
+                await asyncio.sleep(next(delays))
+
+    async def _serve(self, hubs: HubRing, tls: dict[str, dict[str, Any]]) -> None:
         """:meth:`run`'s sessions, once the settings are checked."""
         name_taken_since: float | None = None
         await self.images.tidy()
         containers = self.handlers.containers
         ws: ClientConnection | None = None
+        connections = self._connections(hubs, tls)
         try:
-            async for ws in connect(
-                self.config.hub,
-                reconnect_delays=RECONNECT_DELAYS,
-                process_exception=self._dial_failed,
-                **tls,
-                **WEBSOCKET_OPTIONS,
-            ):
-                self._dial_failure = None
+            async for ws in connections:
                 # No removal may run while the hello lists what is kept: the timer stops here
                 # (what is past its time goes now), and starts again if the hub refuses us.
                 await self._stop_keeping()
@@ -193,6 +220,7 @@ class ProviderRuntime:
                 # rest. Containers not on it are nobody's (and those of an earlier run of ours).
                 for activity in [a for a in containers if a not in running]:
                     await self.handlers.remove(activity)
+                log.info("joined the hub at %s", hubs.current)
                 if running:
                     log.info("reported %d activities still running to the hub", len(running))
                 keep = {container.id for container in containers.values()}
@@ -202,7 +230,8 @@ class ProviderRuntime:
                 started = time.monotonic()
                 await self._session(conn)
                 log.warning(
-                    "lost the hub after %.1f s; dialling again, keeping %d containers for %g s",
+                    "lost the hub at %s after %.1f s; dialling again, keeping %d containers for %g s",
+                    hubs.current,
                     time.monotonic() - started,
                     len(containers),
                     self.config.grace,
@@ -210,9 +239,10 @@ class ProviderRuntime:
                 self._keep_until = time.monotonic() + self.config.grace
                 self._keep()
         finally:
-            # Left on purpose: said so, not left to websockets' iterator (its cleanup closes with 1011).
+            # Left on purpose: said so, before the dialling ends (its cleanup would close with 1000).
             if ws is not None:
                 await ws.close(CloseCode.GOING_AWAY, "the provider stops")
+            await connections.aclose()
             # Stopped for good (or refused for good): nothing is kept for a hub any more. Not the
             # grace period's end, so not its warning: what it holds goes now, and the log says so.
             await self._stop_keeping(expire=False)
@@ -244,14 +274,14 @@ class ProviderRuntime:
         for activity in list(containers):
             await self.handlers.remove(activity)
 
-    def _dial_failed(self, error: Exception) -> Exception | None:
+    def _dial_failed(self, url: str, error: Exception) -> Exception | None:
         """websockets' choice (dial again, or give up with ``error``), and a warning saying why,
-        once for each new reason: an untrusted certificate is told, not retried in silence."""
+        once for each new reason of each hub: an untrusted certificate is told, not retried in silence."""
         fatal = process_exception(error)
-        reason = dial_error(self.config.hub, error).message
-        if fatal is None and reason != self._dial_failure:
+        reason = dial_error(url, error).message
+        if fatal is None and reason != self._dial_failures.get(url):
             log.warning("%s; dialling again", reason)
-        self._dial_failure = reason
+        self._dial_failures[url] = reason
         return fatal
 
     async def _session(self, conn: Connection) -> None:

@@ -15,6 +15,8 @@ Both the requestor SDK and the provider runtime sit on a :class:`Connection`::
 
 A hub's URL is checked before anything is dialled (:func:`check_hub_url`): ``ws://`` or
 ``wss://``, a host, a port if any; anything else is the caller's :class:`UsageError`.
+A client may be given several hubs of one market (:func:`hub_urls`); a :class:`HubRing`
+says which to dial, and in which order, when the one it is on dies.
 A ``wss://`` hub is verified: against the system's trust store, or against the CA of
 ``ssl=`` (a context, or the path of a PEM file: :func:`tls_options`). A certificate that
 does not verify is a :class:`ConnectionLost` that says so (:func:`dial_error`).
@@ -28,7 +30,7 @@ import os
 import re
 import ssl as ssl_module
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
 from urllib.parse import urlsplit
 
@@ -139,6 +141,61 @@ def check_hub_url(url: object) -> str:
     except InvalidURI as e:
         raise bad(e.msg) from e
     return url
+
+
+MAX_HUB_URLS: Final = 16
+"""The most hub URLs one client takes (the hubs of one market it may move between)."""
+
+
+def hub_urls(urls: str | Iterable[str]) -> tuple[str, ...]:
+    """The hub URLs ``urls`` names, in order, each once: one URL, several separated by commas
+    (``"ws://a:7465,ws://b:7465"``, as ``KILN_HUB`` holds them), or a sequence of those.
+
+    Raises :class:`~kiln.protocol.errors.UsageError` naming the first that is not a hub's
+    (:func:`check_hub_url`), for none at all, or for more than :data:`MAX_HUB_URLS`.
+    """
+    given = [urls] if isinstance(urls, str) else list(urls)
+    found: list[str] = []
+    for text in given:
+        if not isinstance(text, str) or not text.strip():
+            check_hub_url(text)  # raises, saying that no URL was given
+        for part in text.split(","):
+            if not part.strip():
+                raise UsageError(f"{text!r} holds an empty hub URL between its commas: {HUB_URL_FORM}")
+            url = check_hub_url(part.strip())
+            if url not in found:
+                found.append(url)
+    if not found:
+        raise UsageError(f"no hub URL given: {HUB_URL_FORM}")
+    if len(found) > MAX_HUB_URLS:
+        raise UsageError(f"{len(found)} hub URLs given; a client takes at most {MAX_HUB_URLS}")
+    return tuple(found)
+
+
+class HubRing:
+    """The hubs a client may dial (:func:`hub_urls`) and the one it is on.
+
+    A client dials them in :meth:`order`: the one it is on (at first, the first given), then
+    each other in turn, round robin; the one that answers becomes the one it is on
+    (:meth:`moved`). Its backoff counts full rounds, not single dials.
+    """
+
+    def __init__(self, urls: str | Iterable[str]) -> None:
+        self.urls = hub_urls(urls)
+        self._at = 0
+
+    @property
+    def current(self) -> str:
+        """The hub the client is on (or was on last)."""
+        return self.urls[self._at]
+
+    def order(self) -> list[str]:
+        """One round of dials: the current hub, then the others in turn."""
+        return [*self.urls[self._at :], *self.urls[: self._at]]
+
+    def moved(self, url: str) -> None:
+        """The client is on ``url`` now (one of :attr:`urls`)."""
+        self._at = self.urls.index(url)
 
 
 def client_context(ca: str | os.PathLike[str] | None = None) -> ssl_module.SSLContext:

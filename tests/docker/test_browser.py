@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 from playwright.sync_api import ConsoleMessage, sync_playwright
 
+from kiln.testing import LocalCluster
 from tests.conftest import Cluster, containers_of
 from tests.site import serve
 
@@ -84,3 +85,21 @@ def test_the_browser_entry_refuses_a_hub_that_is_not_there(site: str, chromium_p
         finally:
             browser.close()
     assert status.startswith("failed [connection_closed]"), status
+
+
+def test_the_browser_entry_given_two_hubs_joins_the_one_that_answers(
+    tmp_path: Path, site: str, chromium_path: Path
+) -> None:
+    with LocalCluster(tmp_path) as cluster:
+        hub = cluster.start_hub()  # no provider: a rent there fails with no_match, once joined
+        query = urlencode({"hub": f"ws://127.0.0.1:9,{hub}", "autorun": "1"})
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(f"{site}/?{query}")
+                page.wait_for_function("() => document.getElementById('status').textContent.startsWith('failed')")
+                status = page.text_content("#status") or ""
+            finally:
+                browser.close()
+    assert status.startswith("failed [no_match]"), status

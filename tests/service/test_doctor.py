@@ -94,3 +94,12 @@ async def test_doctor_fails_with_a_clear_line_when_the_hub_is_unreachable_or_ref
     assert as_json["ok"] is False
     [checked] = [c for c in as_json["checks"] if c["check"] == "hub"]
     assert checked["status"] == "fail" and "unknown or revoked token" in checked["found"] and checked["fix"]
+
+
+async def test_doctor_checks_each_hub_given(hub: Hub, tmp_path: Path) -> None:
+    hubs = f"ws://127.0.0.1:1,{hub.url}"
+    done = await asyncio.to_thread(doctor, "--json", "--data-dir", str(tmp_path), KILN_HUB=hubs, KILN_TOKEN=hub.token)
+    checked = [c for c in json.loads(done.stdout)["checks"] if c["check"] == "hub"]
+    assert [c["status"] for c in checked] == ["fail", "ok"], checked
+    assert checked[0]["found"].startswith("cannot reach the hub at ws://127.0.0.1:1: ")
+    assert checked[1]["found"].startswith(f"{hub.url} answered; the token is a live provider credential's")

@@ -39,10 +39,10 @@ def refused(model: type[DialSettings] | type[HubSettings], flags: dict[str, obje
 def test_flags_beat_the_file_which_beats_the_environment_which_beats_the_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert load(DialSettings, {}).hub == DEFAULT_HUB
+    assert load(DialSettings, {}).hub == (DEFAULT_HUB,)
     monkeypatch.setenv("KILN_HUB", "ws://env.example:7465")
     monkeypatch.setenv("KILN_TOKEN", "from-env")
-    assert (load(DialSettings, {}).hub, load(DialSettings, {}).token) == ("ws://env.example:7465", "from-env")
+    assert (load(DialSettings, {}).hub, load(DialSettings, {}).token) == (("ws://env.example:7465",), "from-env")
     config = write(
         tmp_path / "provider.toml",
         """
@@ -56,13 +56,13 @@ pull = true
 """,
     )
     settings = load(ProviderSettings, {"config": config, "cpus": 3.0, "label": {"zone": "us"}, "pull": False})
-    assert settings.hub == "wss://file.example:7465", "the file over the environment"
+    assert settings.hub == ("wss://file.example:7465",), "the file over the environment"
     assert settings.token == "from-env", "what the file does not say comes from the environment"
     assert (settings.name, settings.cpus, settings.memory, settings.image_cache) == ("p1", 3.0, 2**30, 2 * 2**30)
     assert settings.label == {"zone": "us", "disk": "ssd"}, "a flag's label over the file's, the others kept"
     assert settings.pull is False, "--no-pull over the file's pull = true"
     assert (settings.storage, settings.grace, settings.pids_limit) == (None, 120.0, 256), "the defaults"
-    assert load(ProviderSettings, {"config": config, "hub": "ws://flag:1"}).hub == "ws://flag:1"
+    assert load(ProviderSettings, {"config": config, "hub": ["ws://flag:1"]}).hub == ("ws://flag:1",)
 
 
 def test_the_token_and_the_token_file_are_one_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -122,12 +122,41 @@ def test_the_environment_is_read_by_commands_that_dial_only_and_named_when_wrong
     assert load(HubSettings, {}).token is None, "a hub never opens with a client's token"
     monkeypatch.setenv("KILN_HUB", "http://hub.example:7465")
     assert refused(DialSettings, {}).startswith("$KILN_HUB: 'http://hub.example:7465' is not a hub URL (a hub speaks ")
-    assert load(DialSettings, {"hub": "ws://flag:1"}).hub == "ws://flag:1", "a flag given, the variable is not read"
+    flagged = load(DialSettings, {"hub": ["ws://flag:1"]})
+    assert flagged.hub == ("ws://flag:1",), "a flag given, the variable is not read"
     monkeypatch.setenv("KILN_HUB", "")
-    assert load(DialSettings, {}).hub == DEFAULT_HUB, "an empty variable is none"
+    assert load(DialSettings, {}).hub == (DEFAULT_HUB,), "an empty variable is none"
     monkeypatch.setenv("KILN_CA", str(tmp_path / "ca.pem"))
     assert refused(DialSettings, {}) == f"$KILN_CA: no such file: {tmp_path}/ca.pem"
     assert load(DoctorSettings, {"ca": write(tmp_path / "ca.pem", "x")}).hub is None, "doctor: no hub, none dialled"
+
+
+def test_several_hubs_come_from_repeated_flags_a_variable_with_commas_or_a_files_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b, c = "ws://a.example:7465", "wss://b.example:7465", "ws://[::1]:7465"
+    flags = _flags(build_parser().parse_args(["market", "--hub", a, "--hub", f"{b},{c}"]), DialSettings)
+    assert load(DialSettings, flags).hub == (a, b, c), "in order, a flag's commas too"
+    monkeypatch.setenv("KILN_HUB", f"{a}, {b},{a}")
+    assert load(DialSettings, {}).hub == (a, b), "spaces after the commas go, a repeated hub counts once"
+    as_list = write(tmp_path / "list.toml", f'name = "p1"\nhub = ["{b}", "{a}"]\n')
+    assert load(ProviderSettings, {"config": as_list}).hub == (b, a), "the file over the environment, whole"
+    as_text = write(tmp_path / "text.toml", f'name = "p1"\nhub = "{c},{b}"\n')
+    assert load(ProviderSettings, {"config": as_text}).hub == (c, b)
+    assert load(DoctorSettings, {}).hub == (a, b), "the doctor dials each"
+    assert refused(DialSettings, {"hub": [a, "http://b.example:7465"]}) == (
+        "--hub: 'http://b.example:7465' is not a hub URL (a hub speaks WebSocket, not HTTP): "
+        "a hub URL looks like ws://host:7465 or wss://host:7465"
+    ), "the bad one named"
+    monkeypatch.setenv("KILN_HUB", f"{a},,{b}")
+    assert refused(DialSettings, {}).startswith(f"$KILN_HUB: '{a},,{b}' holds an empty hub URL between its commas")
+    monkeypatch.setenv("KILN_HUB", f'["{a}"]')
+    assert "$KILN_HUB: '[\"ws://a.example:7465\"]' is not a hub URL" in refused(DialSettings, {}), "text, not JSON"
+    numbers = write(tmp_path / "numbers.toml", 'name = "p1"\nhub = 7465\n')
+    said = refused(ProviderSettings, {"config": numbers})
+    assert said == f"hub in {numbers}: hub is a URL, or a list of URLs, not 7465"
+    many = [f"ws://h{n}.example:7465" for n in range(17)]
+    assert refused(DialSettings, {"hub": many}) == "--hub: 17 hub URLs given; a client takes at most 16"
 
 
 def test_the_hubs_fee_is_a_fraction_below_one_counted_in_parts_per_million(tmp_path: Path) -> None:

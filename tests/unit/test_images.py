@@ -332,7 +332,7 @@ def test_kiln_image_keeps_busybox_and_adds_push_ls_rm() -> None:
         "wc:1",
         None,
         ["a:1", "b:2"],
-        "ws://h",
+        ["ws://h"],
     )
     assert parser.parse_args(["image", "ls", "--hub", "ws://h", "--token", "t"]).token == "t"
     assert parser.parse_args(["image", "rm", "wc:1"]).ref == "wc:1"

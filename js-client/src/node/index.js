@@ -5,6 +5,7 @@
  *     import { connect } from "kiln-client";
  *     const requestor = await connect("ws://127.0.0.1:7465");
  *     const overTls = await connect("wss://hub.example:7465", { ca: "ca.pem" });   // the CA's PEM file
+ *     const either = await connect(["ws://hub-a:7465", "ws://hub-b:7465"]);       // two hubs of one market
  * @module
  */
 
@@ -13,7 +14,7 @@ import { fileURLToPath } from "node:url";
 
 import WebSocket from "ws";
 
-import { checkHubUrl } from "../connection.js";
+import { hubUrls } from "../connection.js";
 import { UsageError } from "../errors.js";
 import { connectWith } from "../requestor.js";
 import { openArchive, openSource, saveDownload } from "./files.js";
@@ -50,13 +51,14 @@ const platform = {
 /**
  * The `ca` option as `ws` takes it, checked: PEM text of at least one certificate. A string
  * that holds "-----BEGIN" is PEM text; any other string (or a file: URL) is the path of a
- * PEM file, read here, as Python's `ssl=` takes one.
- * @param {string} url
+ * PEM file, read here, as Python's `ssl=` takes one. Every hub of `urls` must be a wss:// one.
+ * @param {string[]} urls
  * @param {unknown} ca
  * @returns {Promise<Buffer>}
  */
-async function trusted(url, ca) {
-  if (!/^wss:/i.test(url)) throw new UsageError(`the ca option is for a wss:// hub, and ${url} is not one`);
+async function trusted(urls, ca) {
+  const plain = urls.find((url) => !/^wss:/i.test(url));
+  if (plain !== undefined) throw new UsageError(`the ca option is for a wss:// hub, and ${plain} is not one`);
   /** @type {Buffer} */
   let pem;
   let source = "ca";
@@ -84,7 +86,9 @@ async function trusted(url, ca) {
 }
 
 /**
- * Connect to the hub at `url` as a requestor.
+ * Connect to the hub at `url` as a requestor: one hub's URL, or those of several hubs of one
+ * market (an array, or one string with commas), of which it joins the first that answers and,
+ * when that one dies, dials the next (`requestor.url` says which it is on).
  *
  * A wss:// hub's certificate is verified against `ca` (the CA that signed it: the path of
  * its PEM file, its PEM text, or the bytes of its PEM file) or, without it, Node's trusted CAs.
@@ -99,21 +103,21 @@ async function trusted(url, ca) {
  * Until it is closed, the requestor is closed on SIGINT (Ctrl-C) or SIGTERM, releasing
  * what it holds, before the process exits with 130 or 143 (`./signals.js` says how this
  * goes with a program's own listeners); `releaseOnSignal: false` leaves signals alone.
- * @param {string} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465"
+ * @param {string | string[]} url e.g. "ws://127.0.0.1:7465", "wss://hub.example:7465", ["ws://a:7465", "ws://b:7465"]
  * @param {import("../requestor.js").ConnectOptions} [options]
  * @returns {Promise<import("../requestor.js").Requestor>}
  */
 export async function connect(url, options = {}) {
-  checkHubUrl(url); // before the ca option is judged against it
+  const urls = hubUrls(url); // before the ca option is judged against them
   const release = options.releaseOnSignal ?? true;
   if (typeof release !== "boolean") throw new UsageError(`releaseOnSignal is true or false, not ${JSON.stringify(release)}`);
   /** @type {import("../requestor.js").Platform} */
   let dialing = platform;
   if (options.ca !== undefined) {
-    const ca = await trusted(url, options.ca);
+    const ca = await trusted(urls, options.ca);
     dialing = { ...platform, openSocket: (u, protocols) => openWs(u, protocols, ca) };
   }
-  const requestor = await connectWith(dialing, url, options);
+  const requestor = await connectWith(dialing, urls, options);
   if (release) releaseOnSignal(requestor);
   return requestor;
 }

@@ -3,8 +3,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
+import { HubRing, MAX_HUB_URLS, hubUrls } from "../../src/connection.js";
 import { connectWith } from "../../src/requestor.js";
-import { ConnectionClosedError, ConnectionLostError, ProviderLostError } from "../../src/errors.js";
+import { ConnectionClosedError, ConnectionLostError, ProviderLostError, UsageError } from "../../src/errors.js";
 import { FakeSocket, LIMITS, tick } from "../support/fake_socket.js";
 import { PROTOCOL_VERSION } from "../../src/protocol/generated/constants.js";
 
@@ -173,4 +174,75 @@ test("close() between two dials of a reconnect leaves no timer behind", { timeou
   assert.ok(Date.now() - started < 100, "close() does not wait out the backoff");
   assert.equal(sockets.length, 2);
   assert.equal(timers(), before, "the backoff's timer is cleared");
+});
+
+test("several hubs: their URLs each once, in order; a round starts at the one the client is on", () => {
+  const [a, b, c] = ["ws://a.example:7465", "wss://b.example:7465", "ws://10.0.0.3:7465/"];
+  assert.deepEqual(hubUrls(a), [a]);
+  assert.deepEqual(hubUrls(`${a},${b}, ${c}`), [a, b, c]);
+  assert.deepEqual(hubUrls([b, `${a},${c}`, b]), [b, a, c]);
+  const refusals = [
+    [[], /no hub URL given/],
+    [`${a},`, /holds an empty hub URL between its commas/],
+    [[a, "127.0.0.1:7465"], /"127.0.0.1:7465" is not a hub URL \(no ws:\/\/ or wss:\/\/ in front\)/],
+    [Array.from({ length: MAX_HUB_URLS + 1 }, (_, n) => `ws://h${n}:1`), /a client takes at most 16/],
+  ];
+  for (const [urls, said] of refusals) assert.throws(() => hubUrls(urls), (e) => e instanceof UsageError && said.test(e.message));
+  const ring = new HubRing([a, b, c]);
+  assert.deepEqual([ring.current, ring.order()], [a, [a, b, c]], "at first, the first given");
+  ring.moved(b);
+  assert.deepEqual([ring.current, ring.order()], [b, [b, c, a]]);
+  assert.throws(() => ring.moved("ws://elsewhere:7465"), UsageError);
+});
+
+test("several hubs: the first that answers is joined; a drop dials that one first, then the others", { timeout: 10_000 }, async () => {
+  /** @type {{url: string, socket: FakeSocket}[]} */
+  const dials = [];
+  const platform = {
+    openSocket: (url) => {
+      const socket = new FakeSocket();
+      dials.push({ url, socket });
+      return socket;
+    },
+    files: FILES,
+    images: { open: async () => assert.fail("no images") },
+  };
+  const dialled = async (n) => {
+    for (let waited = 0; dials.length < n; waited += 10) {
+      assert.ok(waited < 5_000, `dial ${n} never came`);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return dials[n - 1];
+  };
+  /** @param {FakeSocket} socket */
+  const refuse = (socket) => {
+    socket.emit("error", { message: "connect ECONNREFUSED" });
+    socket.drop();
+  };
+  const opening = connectWith(platform, "ws://a:1,ws://b:1", { name: "t" });
+  refuse((await dialled(1)).socket);
+  const b = await dialled(2);
+  assert.deepEqual(dials.map((d) => d.url), ["ws://a:1", "ws://b:1"]);
+  b.socket.open();
+  assert.deepEqual(b.socket.take(), [HELLO]);
+  b.socket.receive(welcome({ resume: "secret-1", grace: 5 }));
+  const requestor = await opening;
+  assert.equal(requestor.url, "ws://b:1");
+
+  b.socket.drop();
+  refuse((await dialled(3)).socket);
+  const a = await dialled(4);
+  assert.deepEqual(dials.slice(2).map((d) => d.url), ["ws://b:1", "ws://a:1"], "the hub it was on first");
+  a.socket.open();
+  assert.deepEqual(a.socket.take(), [{ ...HELLO, resume: "secret-1" }]);
+  a.socket.receive(welcome({ resume: "secret-2", grace: 5 }));
+  assert.equal(await requestor.reconnected(), true);
+  assert.equal(requestor.url, "ws://a:1");
+  assert.equal(dials.length, 4);
+  await requestor.close();
+
+  const none = connectWith(platform, ["ws://c:1", "ws://d:1"], { name: "t" });
+  refuse((await dialled(5)).socket);
+  refuse((await dialled(6)).socket);
+  await assert.rejects(none, (e) => e instanceof ConnectionLostError && /^no hub answered: ws:\/\/c:1: the connection to the hub was lost: connect ECONNREFUSED; ws:\/\/d:1: /.test(e.message));
 });

@@ -39,6 +39,35 @@ export type Waiting = {
  * @returns {string}
  */
 export declare function checkHubUrl(url: unknown): string;
+/** The most hub URLs one client takes (the hubs of one market it may move between). */
+export declare const MAX_HUB_URLS = 16;
+/**
+ * The hub URLs `urls` names, in order, each once: one URL, several separated by commas
+ * ("ws://a:7465,ws://b:7465"), or an array of those. Throws a {@link UsageError} naming the
+ * first that is not a hub's ({@link checkHubUrl}), for none at all, or for more than
+ * {@link MAX_HUB_URLS}. Python's `kiln.connection.hub_urls` reads alike.
+ * @param {unknown} urls
+ * @returns {string[]}
+ */
+export declare function hubUrls(urls: unknown): string[];
+/**
+ * The hubs a client may dial ({@link hubUrls}) and the one it is on. A client dials them in
+ * {@link HubRing#order}: the one it is on (at first, the first given), then each other in
+ * turn, round robin; the one that answers becomes the one it is on ({@link HubRing#moved}).
+ * Its backoff counts full rounds, not single dials. Mirrors Python's `kiln.connection.HubRing`.
+ */
+export declare class HubRing {
+    /** @type {readonly string[]} */
+    urls: readonly string[];
+    /** @param {unknown} urls */
+    constructor(urls: unknown);
+    /** The hub the client is on (or was on last). */
+    get current(): string;
+    /** One round of dials: the current hub, then the others in turn. @returns {string[]} */
+    order(): string[];
+    /** The client is on `url` now (one of {@link HubRing#urls}). @param {string} url */
+    moved(url: string): void;
+}
 export type Socket = {
     protocol: string;
     readyState: number;

@@ -13,10 +13,16 @@
  * under way fail with ConnectionLostError, the activities the hub kept go on working, and
  * those it did not are marked `lost`. When no reconnect succeeds in time, every activity
  * is lost and every further call rejects with ConnectionLostError.
+ *
+ * A market of several hubs (on one database) is given as an array, or as one string with
+ * commas: the requestor joins the first that answers, and when its hub dies it dials that
+ * one first, then each other in turn (`HubRing`); `requestor.url` says which hub it is on.
+ *
+ *     const requestor = await connect(["ws://hub-a:7465", "ws://hub-b:7465"]);   // or "ws://hub-a:7465,ws://hub-b:7465"
  * @module
  */
 import { Activity } from "./activity.js";
-import { Connection } from "./connection.js";
+import { Connection, HubRing } from "./connection.js";
 import { Deferred } from "./deferred.js";
 import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
 import { Job } from "./executor.js";
@@ -47,7 +53,7 @@ export type TaskReportFields = {
      */
     bytes?: number;
 };
-export type Dial = (resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>;
+export type Dial = (url: string, resume: string, timeoutMs: number, signal: AbortSignal) => Promise<Connection>;
 export type Platform = {
     openSocket: import("./connection.js").OpenSocket;
     files: import("./activity.js").Files;
@@ -546,15 +552,18 @@ export type ResourcesOptions = {
 /**
  * A live connection to the hub as a requestor. Get one from `connect()`.
  *
- * With `dial`, a connection that drops is dialled again (see the module's comment).
+ * `connection` is to `hubs.current`. With `dial`, a connection that drops is dialled again,
+ * to the hubs of `hubs` in its order (see the module's comment).
  */
 export declare class Requestor {
     /** @type {ConnectionClosedError | null} why this requestor has no connection for good (closed, or no reconnect in time) */
     gone: ConnectionClosedError | null;
-    /** @param {Connection} connection @param {Platform} platform @param {Dial | null} [dial] */
-    constructor(connection: Connection, platform: Platform, dial?: Dial | null);
+    /** @param {Connection} connection @param {Platform} platform @param {HubRing} hubs @param {Dial | null} [dial] */
+    constructor(connection: Connection, platform: Platform, hubs: HubRing, dial?: Dial | null);
     /** The connection of the moment (a reconnect replaces it). */
     get connection(): Connection;
+    /** The URL of the hub this requestor is on (while it reconnects, the one it was on). */
+    get url(): string;
     /** Whether the connection dropped and is being dialled again. */
     get reconnecting(): boolean;
     /** Wait out a reconnect: true when the connection is back, false when it is gone for good. */
@@ -785,12 +794,17 @@ export declare class Requestor {
     close(): Promise<void>;
 }
 /**
- * Connect to the hub at `url` as a requestor. With `reconnect` (default), a connection
- * that drops is dialled again for as long as the hub keeps the requestor's activities
- * (see {@link Requestor}).
+ * Connect to the hub at `url` as a requestor: one hub's URL, or those of several hubs of one
+ * market (an array, or one string with commas), of which it joins the first that answers.
+ * With `reconnect` (default), a connection that drops is dialled again for as long as the
+ * hub keeps the requestor's activities, to the hub it was on first, then to the others (see
+ * {@link Requestor}).
+ *
+ * Throws a UsageError (before any dial) naming a URL that is not a hub's, and a
+ * ConnectionLostError saying why each hub failed when none answers.
  * @param {Platform} platform
- * @param {string} url
+ * @param {string | string[]} url
  * @param {ConnectOptions} [options]
  * @returns {Promise<Requestor>}
  */
-export declare function connectWith(platform: Platform, url: string, options?: ConnectOptions): Promise<Requestor>;
+export declare function connectWith(platform: Platform, url: string | string[], options?: ConnectOptions): Promise<Requestor>;

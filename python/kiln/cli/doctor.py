@@ -9,9 +9,10 @@ The checks are those the provider makes at its start, or would fail on later: th
 engine, root, loop devices and mkfs.ext4 (for the volumes that bound what containers
 write), CPU accounting in the cgroup (read as the provider reads it), the agent binary for
 this architecture (:func:`kiln_provider.agent_binary.find_agent`), free disk under the
-data folder, and the hub with the given token and CA. The hub is dialled as a requestor
-named ``kiln-doctor``, never as the provider (which could make a hub waiting for that
-provider drop what it holds for it); with no hub given anywhere it is skipped.
+data folder, and the hub with the given token and CA (each hub, one line each, when several
+are given). The hub is dialled as a requestor named ``kiln-doctor``, never as the provider
+(which could make a hub waiting for that provider drop what it holds for it); with no hub
+given anywhere it is skipped.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ async def run(settings: DoctorSettings, *, as_json: bool) -> int:
         cpu_accounting(),
         agent(),
         disk(settings),
-        await hub(settings),
+        *await hubs(settings),
     ]
     failed = any(c.status == "fail" for c in checks)
     if as_json:
@@ -172,12 +173,16 @@ def disk(settings: DoctorSettings) -> Check:
     return _ok("disk", found)
 
 
-async def hub(settings: DoctorSettings) -> Check:
+async def hubs(settings: DoctorSettings) -> list[Check]:
+    """Dial each hub given, one after the other (a skip when none is)."""
+    if settings.hub is None:
+        return [Check("hub", "skip", "no hub given (--hub, $KILN_HUB or hub in --config): not dialled")]
+    return [await hub(url, settings) for url in settings.hub]
+
+
+async def hub(url: str, settings: DoctorSettings) -> Check:
     from kiln.connection import Connection
 
-    if settings.hub is None:
-        return Check("hub", "skip", "no hub given (--hub, $KILN_HUB or hub in --config): not dialled")
-    url = settings.hub
     try:
         conn = await Connection.open(
             url, role="requestor", name="kiln-doctor", token=settings.token, ssl=settings.ca, open_timeout=HUB_TIMEOUT

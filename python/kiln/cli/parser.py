@@ -40,8 +40,11 @@ def _size(text: str) -> int:
 
 def _dial(command: argparse.ArgumentParser) -> None:
     """The flags of every command that dials a hub (each also from the environment)."""
-    hub = f"the hub, ws://host:port or wss://host:port (default: $KILN_HUB, else {DEFAULT_HUB})"
-    command.add_argument("--hub", default=UNSET, metavar="URL", help=hub)
+    hub = (
+        "the hub, ws://host:port or wss://host:port; repeated (or URLs separated by commas), the hubs of one "
+        f"market, dialled in turn when one dies (default: $KILN_HUB, else {DEFAULT_HUB})"
+    )
+    command.add_argument("--hub", action="append", default=UNSET, metavar="URL", help=hub)
     command.add_argument("--token", default=UNSET, help="the token to join with (default: $KILN_TOKEN)")
     command.add_argument(
         "--token-file",

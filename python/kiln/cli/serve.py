@@ -80,7 +80,7 @@ async def provider(settings: ProviderSettings) -> int:
     from kiln_provider.runtime import ProviderRuntime
 
     config = ProviderConfig(
-        hub=settings.hub,
+        hubs=settings.hub,
         name=settings.name,
         cpus=settings.cpus,
         memory=settings.memory,

@@ -11,6 +11,11 @@ given on the command line (argparse leaves out those not given). Highest first:
    (``kiln hub`` reads none, so a ``KILN_TOKEN`` meant for clients never opens a hub);
 4. the defaults.
 
+The hub is a list: the hubs of one market, dialled in turn when the one a client is on dies
+(:class:`~kiln.connection.HubRing`). ``--hub`` may be given more than once, ``KILN_HUB``
+separates them with commas (``ws://a:7465,ws://b:7465``), and a file's ``hub`` is either
+(``hub = ["ws://a:7465", "ws://b:7465"]``). The source highest up gives them all.
+
 The token and the token file are one setting: whichever the highest source names wins, and a
 source naming both is a usage error. ``--token-file`` holds the token (its trailing newline is
 dropped), so that it shows neither in ``ps`` nor in a shell's history.
@@ -40,7 +45,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from kiln.connection import check_hub_url
+from kiln.connection import hub_urls
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
@@ -75,9 +80,11 @@ def _size(value: object) -> int:
         raise ValueError(e.message) from e
 
 
-def _hub_url(value: str) -> str:
+def _hub_urls(value: object) -> tuple[str, ...]:
+    if not isinstance(value, str | list | tuple):
+        raise ValueError(f"hub is a URL, or a list of URLs, not {value!r}")
     try:
-        return check_hub_url(value)
+        return hub_urls(value)
     except KilnError as e:
         raise ValueError(e.message) from e
 
@@ -102,7 +109,8 @@ def _folder(value: Path) -> Path:
 
 Size = Annotated[int, BeforeValidator(_size)]
 """Bytes, written as a number or as text with a unit ("2GiB")."""
-HubUrl = Annotated[str, AfterValidator(_hub_url)]
+HubUrls = Annotated[tuple[str, ...], BeforeValidator(_hub_urls)]
+"""The hubs of one market: a URL, several separated by commas, or a list of either."""
 File = Annotated[Path, AfterValidator(_file)]
 """A file that exists and can be read."""
 Folder = Annotated[Path, AfterValidator(_folder)]
@@ -213,7 +221,8 @@ def _is_path(field: FieldInfo) -> bool:
 
 class DialEnvironment(EnvSettingsSource):
     """``KILN_HUB``, ``KILN_TOKEN`` and ``KILN_CA`` (an empty one counts as unset): the only
-    variables a command reads for its settings."""
+    variables a command reads for its settings. Each is plain text, never JSON: ``KILN_HUB``
+    separates several hubs with commas."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         super().__init__(settings_cls, env_prefix="KILN_", env_ignore_empty=True)
@@ -222,6 +231,9 @@ class DialEnvironment(EnvSettingsSource):
         if field_name not in ENVIRONMENT:
             return None, field_name, False
         return super().get_field_value(field, field_name)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        return value  # the settings' own validators read the text
 
 
 class _Below(PydanticBaseSettingsSource):
@@ -280,7 +292,7 @@ class DialSettings(_Settings):
 
     reads_environment: ClassVar[bool] = True
 
-    hub: HubUrl = DEFAULT_HUB
+    hub: HubUrls = (DEFAULT_HUB,)
     token: Annotated[str | None, Field(repr=False)] = None
     token_file: File | None = None
     ca: File | None = None
@@ -320,7 +332,7 @@ class DoctorSettings(ProviderSettings):
     """``kiln doctor``: a provider's settings (``--config provider.toml`` too), none required."""
 
     name: Annotated[str, Field(min_length=1, max_length=64)] | None = None  # type: ignore[assignment]
-    hub: HubUrl | None = None  # type: ignore[assignment]  # none given: the hub is not checked
+    hub: HubUrls | None = None  # type: ignore[assignment]  # none given: the hub is not checked
 
 
 class HubSettings(_Settings):

@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from kiln.hub.access import Credentials
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import Catalog
-from kiln.hub.cluster import Cluster
+from kiln.hub.cluster import ID_STEP, Cluster
 from kiln.hub.deadlines import Deadlines
 from kiln.hub.flow import Flow
 from kiln.hub.jobs import Jobs
@@ -77,6 +77,8 @@ class CoreBase:
     """The credential store, asked at every hello (see :mod:`kiln.hub.access`)."""
     cluster: Cluster | None
     """The hubs sharing this hub's database, if any (:mod:`kiln.hub.cluster`)."""
+    slot: int
+    """This hub's slot among the hubs of its database (1 to 63; 0: a hub alone): see :meth:`number`."""
     software: str
     limits: Limits
     catalog: Catalog
@@ -244,6 +246,13 @@ class CoreBase:
         if lease.saved:
             lease.saved = False
             self._out.append(EndLease(lease.id, self._clock(), cpu_seconds))
+        elif self.cluster is not None:
+            self.cluster.unreserve(lease.id)  # it never became a lease
+
+    def number(self, p: Peer) -> None:
+        """Give provider ``p`` this hub's ids: from its slot, in steps of :data:`~kiln.hub.cluster.ID_STEP`."""
+        if self.slot:
+            p.next_id, p.id_step = self.slot, ID_STEP
 
     def _used(self, lease: Lease, cpu_rate: float | None, memory: int | None) -> None:
         """What ``lease``'s container uses now (``None``: unknown, or it ended), in its fields and the totals."""

@@ -17,9 +17,17 @@ A hub alone (SQLite, the default) has none of this: its core is given no :class:
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Protocol
+from typing import Final, Protocol
+
+import orjson
+from pydantic import ValidationError
 
 from kiln.hub.records import Adopted
+from kiln.protocol.messages import Offer, Resources
+
+ID_STEP: Final = 64
+"""The ids a hub gives its requests to a provider step by this much from the hub's slot (1 to 63),
+so that the provider's hub tells by an id alone which hub a reply or a stream frame is for."""
 
 
 class Cluster(Protocol):
@@ -34,9 +42,33 @@ class Cluster(Protocol):
         ...
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
-        """The session whose resume secret has this sha256, if a dead hub (or none) held it."""
+        """The session whose resume secret has this sha256, if a dead hub (or none) held it; a live
+        hub's: its id in ``elsewhere`` (none adopted); None: no such session."""
         ...
 
     def adopt_leases(self, provider: str, activities: Collection[str]) -> Adopted:
-        """The sessions a dead hub held that hold any of ``activities`` on ``provider``."""
+        """The sessions a dead hub held that hold any of ``activities`` on ``provider``; and which
+        of ``activities`` a live hub holds (``Adopted.elsewhere``: not to be destroyed)."""
         ...
+
+    def reserve(self, activity: str, session: str, provider: str, resources: Resources) -> bool:
+        """Reserve ``resources`` of ``provider`` for ``activity``: False when the capacity is sold (by any hub)."""
+        ...
+
+    def unreserve(self, activity: str) -> None:
+        """``activity`` will not be: its reservation goes."""
+        ...
+
+
+def offer_text(minor: int, offer: Offer) -> str:
+    """A provider's offer as the database keeps it for the other hubs, with its protocol's minor version."""
+    return orjson.dumps({"minor": minor, "offer": offer.model_dump(mode="json", exclude_none=True)}).decode()
+
+
+def offer_of(text: str) -> tuple[int, Offer] | None:
+    """The minor version and the offer :func:`offer_text` wrote (None when it cannot be read)."""
+    try:
+        data = orjson.loads(text)
+        return int(data["minor"]), Offer.model_validate(data["offer"])
+    except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError):
+        return None

@@ -91,7 +91,7 @@ from kiln.hub.base import (
     shown,
 )
 from kiln.hub.catalog import Catalog
-from kiln.hub.cluster import Cluster
+from kiln.hub.cluster import Cluster, offer_text
 from kiln.hub.deadlines import HEAP_FLOOR, Deadlines
 from kiln.hub.flow import HUB, Flow, Route
 from kiln.hub.jobs import Jobs
@@ -100,6 +100,7 @@ from kiln.hub.leases import not_found, not_stored
 from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, Peer
+from kiln.hub.records import SaveOffer
 from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
 from kiln.hub.tallies import NO_HELLO, Tallies
@@ -110,6 +111,7 @@ from kiln.protocol.codes import (
 )
 from kiln.protocol.errors import RemoteProtocolError, UsageError
 from kiln.protocol.messages import (
+    MINOR_VERSION,
     ActivitiesQuery,
     BalanceQuery,
     Cancel,
@@ -225,6 +227,7 @@ class HubCore(Sessions):
         self.token = token
         self.credentials = credentials
         self.cluster = cluster
+        self.slot = 0
         self.software = software
         self.limits = limits_ or Limits(
             max_message_bytes=limits.MAX_MESSAGE_BYTES,
@@ -364,6 +367,71 @@ class HubCore(Sessions):
             self._requestor_gone(p, ended=ended)
         return self._flush()
 
+    # --- providers of other hubs (several hubs on one database: kiln.hub.cluster) ---------------
+
+    def remote(self, peer: int, name: str, hub: str, minor: int, offer: Offer) -> list[Action]:
+        """Provider ``name`` is connected to ``hub``, another hub of the database: this hub sells it
+        too, as peer ``peer``, whose frames the server carries over a link to that hub. Called
+        again when its offer changes, or it moved to another hub. Nothing when it is connected
+        here (under another peer)."""
+        p = self.peers.get(peer)
+        if p is None:
+            if name in self.providers:
+                return []
+            self.connect(peer)
+            p = self.peers[peer]
+            p.role, p.name, p.minor = "provider", name, min(minor, MINOR_VERSION)
+            self.number(p)
+            self.providers[name] = peer
+        p.hub, p.offer, p.price = hub, offer, offer.price
+        if p.incarnation or not p.activities:  # linked, or nothing held: sold as it is offered now
+            self._offered(p, offer)
+        return self._flush()
+
+    def remote_linked(self, peer: int, incarnation: str, running: list[str]) -> list[Action]:
+        """The link to the hub of remote provider ``peer`` is open, and reaches the provider's
+        connection ``incarnation``, which said it runs ``running``: the leases it held here are
+        back (all of them when the link reaches the same connection as before)."""
+        p = self.peers.get(peer)
+        if p is None or p.hub is None:
+            return []
+        if incarnation == p.incarnation:
+            running = sorted(self._absent.get(p.name, ()))
+        p.incarnation = incarnation
+        self._reconcile(p, running)
+        if p.offer is not None:
+            self._offered(p, p.offer)
+        return self._flush()
+
+    def remote_unlinked(self, peer: int, reason: str) -> list[Action]:
+        """The link to remote provider ``peer``'s hub broke: what was asked of it fails, its leases
+        are absent until it is linked again within the grace period (or lost)."""
+        p = self.peers.get(peer)
+        if p is None or p.hub is None:
+            return []
+        self._provider_gone(p, reason, away=True)
+        return self._flush()
+
+    def remote_gone(self, peer: int, reason: str) -> list[Action]:
+        """Remote provider ``peer`` is connected to no hub any more (or to this one now): it is no
+        longer sold here; its leases wait for it to come back within the grace period."""
+        p = self.peers.get(peer)
+        if p is not None and p.hub is not None:
+            self._forget_remote(p, reason)
+        return self._flush()
+
+    def absent(self, provider: str) -> bool:
+        """Whether leases wait for provider ``provider`` to be back (after a restart, or its link broke)."""
+        return bool(self._absent.get(provider))
+
+    def _offered(self, p: Peer, offer: Offer) -> None:
+        """Sell provider ``p`` as ``offer`` says; a provider new to the market holds its leases' capacity."""
+        first = p.id not in self.market
+        self.market.update(p.id, p.name, offer, pulls=p.minor >= 1, apart=p.minor >= 4)
+        if first:
+            for activity_id in sorted(p.activities):
+                self.market.reserve(p.id, self.activities[activity_id].resources)
+
     def turn_away(self, peer: int, text: str, close: int) -> list[Action]:
         """Refuse ``peer`` before its hello is read (the I/O layer's caps, :mod:`kiln.hub.gate`): ``too_many``
         and ``close``. Call :meth:`disconnect` once its connection has ended, as for any other."""
@@ -449,12 +517,10 @@ class HubCore(Sessions):
             )
             return
         if isinstance(message, Offer):
-            first = p.id not in self.market
             p.price = message.price
-            self.market.update(p.id, p.name, message, pulls=p.minor >= 1, apart=p.minor >= 4)
-            if first:  # a provider back after a restart holds its activities' capacity already
-                for activity_id in sorted(p.activities):
-                    self.market.reserve(p.id, self.activities[activity_id].resources)
+            self._offered(p, message)  # a provider back after a restart holds its activities' capacity already
+            if self.cluster is not None:  # the other hubs sell it too
+                self._out.append(SaveOffer(p.name, message.resources, offer_text(p.minor, message)))
             self._send(p.id, Done(type="done", re=message.id))
             return
         if isinstance(message, Credit):

@@ -7,6 +7,7 @@ A layer of :class:`~kiln.hub.core.HubCore` (see :mod:`kiln.hub.base`).
 from __future__ import annotations
 
 from collections import Counter
+from typing import Final
 
 from kiln.hub.base import CoreBase, credential_id
 from kiln.hub.catalog import Tenant, is_digest
@@ -30,6 +31,10 @@ from kiln.protocol.messages import (
     clip,
 )
 from kiln.protocol.money import is_free
+
+RESERVE_TRIES: Final = 3
+"""Providers a rent tries before it fails when other hubs of the database sold each one it chose
+(:meth:`kiln.hub.cluster.Cluster.reserve`): the view a hub matches on is a moment behind theirs."""
 
 
 class Leases(CoreBase):
@@ -98,27 +103,37 @@ class Leases(CoreBase):
             # offer can run.
             self._rent_failed(p, message, ErrorCode.IMAGE_NOT_FOUND, not_found(message.image), since)
             return
-        try:
-            provider, cached = self.market.choose(
-                message.image,
-                message.demand,
-                set(message.exclude),
-                group or (),
-                stored,
-                root=message.user == "root",
-                apart=hidden,
-                strategy=message.strategy,
-                allow=message.allow,
-                min_reputation=message.min_reputation,
-                seconds=message.max_duration or EXPECTED_DURATION,
-            )
-        except NoMatch as e:
-            self._rent_failed(p, message, e.code, e.message, since)
-            return
         d = granted(message.demand)  # the storage its volume will have: reserved, and sent to the provider
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
-        q = self.peers[provider]
         activity_id = self._new_activity_id()
+        excluded = set(message.exclude)
+        for _ in range(RESERVE_TRIES):
+            try:
+                provider, cached = self.market.choose(
+                    message.image,
+                    message.demand,
+                    excluded,
+                    group or (),
+                    stored,
+                    root=message.user == "root",
+                    apart=hidden,
+                    strategy=message.strategy,
+                    allow=message.allow,
+                    min_reputation=message.min_reputation,
+                    seconds=message.max_duration or EXPECTED_DURATION,
+                )
+            except NoMatch as e:
+                self._rent_failed(p, message, e.code, e.message, since)
+                return
+            q = self.peers[provider]
+            # Several hubs sell each provider: the database decides who has its capacity.
+            if self.cluster is None or self.cluster.reserve(activity_id, p.session, q.name, resources):
+                break
+            excluded.add(q.name)  # sold by another hub meanwhile: this hub's view of it is behind
+        else:
+            text = f"the capacity of {RESERVE_TRIES} providers that matched was taken by other hubs' rents meanwhile"
+            self._rent_failed(p, message, ErrorCode.NO_MATCH, text, since)
+            return
         if self._priced(q):  # held before anything starts
             refusal = self._hold(p, message, q, activity_id, resources.cpus)
             if refusal is not None:

@@ -17,7 +17,7 @@ from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
 from kiln.hub.flow import Route
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.messages import MAX_ID, Download, Exec, Price, Release, Resources, Upload
+from kiln.protocol.messages import MAX_ID, Download, Exec, Offer, Price, Release, Resources, Upload
 
 ABSENT: Final = -1
 """The provider of a lease whose provider has not dialled again since the hub restarted; in a
@@ -92,6 +92,13 @@ class Peer:
     sends: dict[int, Route] = field(default_factory=dict)
     receives: dict[int, Route] = field(default_factory=dict)
     next_id: int = 1
+    id_step: int = 1  # provider: its hub ids step by this much (kiln.hub.cluster.ID_STEP with several hubs)
+    # provider: the hub that holds its connection, when not this one (several hubs: kiln.hub.cluster),
+    # and which connection of it the link to that hub last reached (its hub's id and peer id)
+    hub: str | None = None
+    incarnation: str = ""
+    running: list[str] = field(default_factory=list)  # provider: the activities its hello said it runs
+    offer: Offer | None = None  # a provider of another hub: its offer as the database has it
     # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
     # id of its session (kept by the connections that resume it)
     secret: bytes = b""
@@ -105,5 +112,5 @@ class Peer:
 
     def new_id(self) -> int:
         value = self.next_id
-        self.next_id = value + 1 if value < MAX_ID else 1
+        self.next_id = value + self.id_step if value <= MAX_ID - self.id_step else value % self.id_step or self.id_step
         return value

@@ -64,6 +64,16 @@ class SaveLease:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveOffer:
+    """Write what provider ``provider`` shares, for the other hubs of the database to sell too
+    (several hubs only): ``offer`` is the JSON they take it back from (:func:`kiln.hub.cluster.offer_text`)."""
+
+    provider: str
+    resources: Resources
+    offer: str
+
+
+@dataclass(frozen=True, slots=True)
 class Destroying:
     """The lease is being destroyed: after a restart it is not handed back."""
 
@@ -149,7 +159,9 @@ class MeterRecord:
         return Price.micro(self.start, self.cpu_hour, self.env_hour)
 
 
-Change: TypeAlias = SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation
+Change: TypeAlias = (
+    SaveSession | SaveLease | Destroying | EndLease | EndSession | Post | SaveBudget | SaveReputation | SaveOffer
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +172,5 @@ class Adopted:
     sessions: list[SessionRecord]
     leases: list[LeaseRecord]
     meters: list[MeterRecord]
+    elsewhere: frozenset[str] = frozenset()
+    """Activities asked about that a live hub holds: neither adopted nor to be destroyed."""

@@ -7,14 +7,14 @@ A layer of :class:`~kiln.hub.core.HubCore` (see :mod:`kiln.hub.base`).
 
 from __future__ import annotations
 
-from kiln.hub.actions import Action, PushFrame, ServeStop
+from kiln.hub.actions import Action, Close, PushFrame, ServeStop
 from kiln.hub.base import shown
 from kiln.hub.flow import HUB, Route
 from kiln.hub.leases import Leases, not_stored
 from kiln.hub.peers import ABSENT, Lease, Peer, Pending
 from kiln.hub.records import LeaseRecord, SaveLease
 from kiln.protocol import frames, limits
-from kiln.protocol.codes import ErrorCode
+from kiln.protocol.codes import CloseCode, ErrorCode
 from kiln.protocol.frames import Frame, FrameKind
 from kiln.protocol.messages import (
     ActivityLost,
@@ -253,17 +253,30 @@ class Relay(Leases):
         if pending.r_id is not None and pending.requestor in self.peers:
             self._send(pending.requestor, Error(type="error", re=pending.r_id, code=code, message=message))
 
-    def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False) -> None:
+    def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False, away: bool = False) -> None:
+        """Provider ``p`` is gone: what it held is lost, and what was asked of it fails. ``away``: it
+        was another hub's, and the link to that hub broke (or the provider is moving to another
+        hub): its live leases are absent instead, as after a restart, until it is reached again
+        within the grace period (:meth:`~kiln.hub.core.HubCore.remote_linked`)."""
         self._log("info" if leaving else "warning", f"provider {shown(p.name)} left: {shown(reason)}")
-        if self.cluster is not None:
+        if self.cluster is not None and p.hub is None:
             self.cluster.release_provider(p.name)  # another hub may take it now
         why = f"provider {p.name!r} disconnected: {reason}"
         lost: dict[int, list[Lease]] = {}  # by requestor: one event each, however many it lost
+        if away:
+            self._absent_until = max(self._absent_until, self._monotonic() + self.grace)
         # activity_lost goes first, so a requestor knows why before its requests fail.
         for activity_id in sorted(p.activities):
-            activity = self.activities.pop(activity_id, None)
+            activity = self.activities.get(activity_id)
             if activity is None:
                 continue
+            if away and activity.state in ("ready", "absent"):
+                self._ungroup(activity)
+                self.market.release(p.id, activity.resources)
+                activity.provider, activity.state = ABSENT, "absent"
+                self._absent.setdefault(p.name, set()).add(activity_id)
+                continue
+            del self.activities[activity_id]
             self._ended(activity, None)
             if activity.state == "creating":
                 self.reputation.failed_to_start(p.name)
@@ -300,7 +313,21 @@ class Relay(Leases):
                 self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
         for leases in lost.values():
             self._lost(leases, f"with provider {p.name}")
+        for route in [*p.sends.values(), *p.receives.values()]:
+            self._end_route(route)
+        p.activities.clear()
+        p.pending.clear()
         self.market.remove(p.id)
+
+    def _forget_remote(self, p: Peer, reason: str) -> None:
+        """Remote provider ``p`` is sold here no more (connected to no hub, or to this one now): its
+        leases wait for it to come back within the grace period; its link goes."""
+        self._provider_gone(p, reason, away=True)
+        del self.peers[p.id]
+        self.flow.close(p.id)
+        if self.providers.get(p.name) == p.id:
+            del self.providers[p.name]
+        self._out.append(Close(p.id, CloseCode.GOING_AWAY, reason))
 
     def _starved(self, now: float) -> None:
         """Abort each stream toward a provider that granted it no credit for the credit timeout.

@@ -37,6 +37,7 @@ from kiln.protocol.codes import (
     CLOSE_TOO_MANY,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_VERSION,
+    CloseCode,
     ErrorCode,
 )
 from kiln.protocol.frames import FrameKind
@@ -159,7 +160,10 @@ class Sessions(StoreLink):
         if not isinstance(verdict, Admitted):
             self._refuse(p, ErrorCode.UNAUTHORIZED, verdict.message, CLOSE_UNAUTHORIZED, claimed=claimed)
             return
-        if message.role == "provider" and message.name in self.providers:
+        if message.role == "requestor" and message.resume is not None and not self._adopted(p, message.resume):
+            return
+        known = self.peers.get(self.providers.get(message.name, 0)) if message.role == "provider" else None
+        if known is not None and known.hub is None:
             text = f"a provider named {message.name!r} is already connected"
             self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN, claimed=claimed)
             return
@@ -167,10 +171,15 @@ class Sessions(StoreLink):
             text = f"credential {verdict.credential.id} holds {self.per_credential} connections already (the most)"
             self._refuse(p, ErrorCode.TOO_MANY, text, CLOSE_TOO_MANY, claimed=claimed)
             return
-        if message.role == "provider" and self.cluster is not None and not self.cluster.claim_provider(message.name):
-            text = f"a provider named {message.name!r} is connected to another hub"
-            self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN, claimed=claimed)
-            return
+        if message.role == "provider" and self.cluster is not None:
+            if not self.cluster.claim_provider(message.name):
+                text = f"a provider named {message.name!r} is connected to another hub"
+                self._refuse(p, ErrorCode.NAME_TAKEN, text, CLOSE_NAME_TAKEN, claimed=claimed)
+                return
+            if known is not None:  # sold here from its old hub until now: its leases wait for this connection
+                self._forget_remote(known, "connected to this hub now")
+            self.number(p)
+            p.running = list(message.activities or ())
         p.role = message.role
         p.name = message.name
         p.credential = verdict.credential
@@ -213,19 +222,40 @@ class Sessions(StoreLink):
         if p.role == "provider":
             self._reconcile(p, message.activities if p.minor >= 3 and message.activities is not None else [])
 
+    def _adopted(self, p: Peer, secret: str) -> bool:
+        """Adopt the session ``secret`` resumes if a dead hub of the database held it (True: go on).
+        While a hub that holds it is not found dead yet, the hello is closed with 1013, and the
+        requestor dials again (its session is neither lost nor held twice)."""
+        key = secret_digest(secret)
+        if self.cluster is None or key in self._sessions:
+            return True
+        adopted = self.cluster.adopt_session(key)
+        if adopted is not None and adopted.elsewhere:
+            self._out.append(Close(p.id, CloseCode.TRY_AGAIN, "another hub holds this session: try again"))
+            return False
+        if adopted is not None:
+            self._adopt(adopted, "its requestor resumed it here")
+        return True
+
     def _reconcile(self, p: Peer, running: list[str]) -> None:
         """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
         held for it since a restart (or adopted from a hub gone), and have it destroy what nobody holds."""
+        # A provider of another hub runs others' activities too: that hub (or their own) keeps or ends them.
+        remote = p.hub is not None
         unknown = [activity for activity in dict.fromkeys(running) if activity not in self.activities]
-        if unknown and self.cluster is not None:
-            self._adopt(self.cluster.adopt_leases(p.name, unknown), f"provider {shown(p.name)} runs their activities")
+        elsewhere: frozenset[str] = frozenset()
+        if unknown and self.cluster is not None and not remote:
+            adopted = self.cluster.adopt_leases(p.name, unknown)
+            self._adopt(adopted, f"provider {shown(p.name)} runs their activities")
+            elsewhere = adopted.elsewhere
         absent = self._absent.pop(p.name, set())
         kept = 0
         for activity_id in dict.fromkeys(running):
             lease = self.activities.get(activity_id)
             if lease is None or activity_id not in absent:
                 # Nobody was told of it, or its lease ended while the hub was away: not to be kept.
-                self._send_destroy(p, activity_id, None, None)
+                if not remote and activity_id not in elsewhere:
+                    self._send_destroy(p, activity_id, None, None)
                 continue
             absent.discard(activity_id)
             kept += 1
@@ -326,9 +356,6 @@ class Sessions(StoreLink):
         # Looked up by its sha256: the time a lookup takes tells nothing of the secret itself.
         key = secret_digest(secret)
         old_id = self._sessions.get(key)
-        if old_id is None and self.cluster is not None and (adopted := self.cluster.adopt_session(key)) is not None:
-            self._adopt(adopted, f"requestor {shown(p.name)} resumed one")
-            old_id = self._sessions.get(key)
         owner = self.peers.get(old_id) if old_id is not None else None
         if owner is None and old_id is not None:
             owner = self._held[old_id][0]

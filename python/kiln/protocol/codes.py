@@ -146,6 +146,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001, "the peer is going away on purpose: a provider stopped, or the hub shuts down"
     ABNORMAL = 1006, "never sent: the connection ended without a close frame"
     MESSAGE_TOO_BIG = 1009, "a frame over `limits.max_frame_bytes` (a hello over its own bound), closed unread"
+    TRY_AGAIN = 1013, "the hub cannot take the hello yet: another hub of its database holds the session resumed"
     UNSUPPORTED_VERSION = 4001, "the hello's major version differs from the hub's (`unsupported_version`)"
     UNAUTHORIZED = 4002, "the hub refused the hello's token, or revoked its credential (`unauthorized`)"
     HANDSHAKE = 4003, "no valid `hello` as the first frame, or none in time"

@@ -18,6 +18,14 @@ requestor dials again (protocol 1.2) for as long as the hub holds its activities
 :class:`~kiln.ConnectionLost`, the activities the hub kept go on working, and those it did
 not are marked ``lost``. When no reconnect succeeds in time, every activity is lost.
 
+A market of several hubs (on one database) is given as a list, or as one string with
+commas: the requestor joins the first that answers, and when its hub dies it dials that one
+first, then each other in turn (:class:`~kiln.connection.HubRing`); ``requestor.url`` says
+which hub it is on::
+
+    async with kiln.connect(["ws://hub-a:7465", "ws://hub-b:7465"]) as requestor:   # or "ws://hub-a:7465,ws://hub-b:7465"
+        ...
+
 Images the providers lack can go through the hub's store (protocol 1.1)::
 
     pushed = await requestor.push_image("wordcount:1")        # docker save, then push
@@ -37,7 +45,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
 
-from kiln.connection import Connection, Trust
+from kiln.connection import Connection, HubRing, Trust, tls_options
 from kiln.protocol.errors import (
     ConnectionClosed,
     ConnectionLost,
@@ -102,8 +110,8 @@ ENDED_KEPT: Final = 1024
 
 log = logging.getLogger("kiln.requestor")
 
-Dial = Callable[[str], Awaitable[Connection]]
-"""Dial the hub again, resuming the session of this secret (``hello.resume``)."""
+Dial = Callable[[str, str], Awaitable[Connection]]
+"""Dial the hub at this URL again, resuming the session of this secret (``hello.resume``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +135,13 @@ class Balance:
 class Requestor:
     """A live connection to the hub as a requestor. Get one from :func:`connect`.
 
-    With ``dial``, a connection that drops is dialled again (see the module's docstring).
+    ``conn`` is a connection to ``hubs.current``. With ``dial``, a connection that drops is
+    dialled again, to the hubs of ``hubs`` in its order (see the module's docstring).
     """
 
-    def __init__(self, conn: Connection, dial: Dial | None = None, *, name: str = "requestor") -> None:
+    def __init__(self, conn: Connection, hubs: HubRing, dial: Dial | None = None, *, name: str = "requestor") -> None:
         self._conn = conn
+        self._hubs = hubs
         self._dial = dial
         self._activities: dict[str, Activity] = {}
         self._ended: OrderedDict[str, Activity] = OrderedDict()  # the latest ENDED_KEPT ended ones
@@ -150,6 +160,11 @@ class Requestor:
     def connection(self) -> Connection:
         """The connection of the moment (a reconnect replaces it)."""
         return self._conn
+
+    @property
+    def url(self) -> str:
+        """The URL of the hub this requestor is on (while it reconnects, the one it was on)."""
+        return self._hubs.current
 
     @property
     def reconnecting(self) -> bool:
@@ -195,19 +210,28 @@ class Requestor:
             self._take_over(conn)
 
     async def _redial(self, secret: str, grace: float, lost: ConnectionClosed) -> Connection:
+        """Dial the hubs in rounds (the one it was on first, then the others) until one answers,
+        waiting between two rounds, for up to ``grace`` seconds."""
         assert self._dial is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         delay = REDIAL_FIRST
-        log.warning("%s; dialling the hub again for up to %g s", lost.message, grace)
+        hubs = "the hub" if len(self._hubs.urls) == 1 else f"the {len(self._hubs.urls)} hubs"
+        log.warning("%s; dialling %s again for up to %g s", lost.message, hubs, grace)
         while True:
-            try:
-                async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
-                    return await self._dial(secret)
-            except (ConnectionLost, TimeoutError) as e:
-                why = e.message if isinstance(e, KilnError) else "no answer in time"
-            except KilnError as e:  # the hub refused us (a token revoked, say): dialling again cannot help
-                raise ConnectionLost(f"{lost.message}; the hub refused the reconnect: {e.message}") from e
+            for url in self._hubs.order():
+                try:
+                    async with asyncio.timeout(max(deadline - loop.time(), 0.1)):
+                        conn = await self._dial(url, secret)
+                except (ConnectionLost, TimeoutError) as e:
+                    why = e.message if isinstance(e, KilnError) else f"{url} gave no answer in time"
+                    if loop.time() >= deadline:
+                        break
+                    continue
+                except KilnError as e:  # the hub refused us (a token revoked, say): dialling again cannot help
+                    raise ConnectionLost(f"{lost.message}; the hub refused the reconnect: {e.message}") from e
+                self._hubs.moved(url)
+                return conn
             if loop.time() + delay >= deadline:
                 raise ConnectionLost(f"{lost.message}; no reconnect within {grace:g} s (last: {why})") from lost
             await asyncio.sleep(delay)
@@ -220,7 +244,7 @@ class Requestor:
         for activity in [a for a in self._activities.values() if a.id not in kept]:
             activity.lost = ConnectionLost(f"activity {activity.id} was not kept while the connection was down")
             del self._activities[activity.id]
-        log.warning("reconnected to the hub; %d activities kept", len(self._activities))
+        log.warning("reconnected to the hub at %s; %d activities kept", self.url, len(self._activities))
         conn.on_event = self._on_event
         self._conn = conn
         self._up.set()
@@ -752,7 +776,9 @@ class Rental:
 
 
 class connect:  # named like a function: ``async with kiln.connect(url) as r`` or ``r = await kiln.connect(url)``
-    """Connect to the hub at ``url`` as a requestor.
+    """Connect to the hub at ``url`` as a requestor: one hub's URL, or those of several hubs
+    of one market (a list, or one string with commas: ``"ws://a:7465,ws://b:7465"``), of
+    which it joins the first that answers.
 
     Either ``async with kiln.connect(url) as requestor:`` (closed on the way out), or
     ``requestor = await kiln.connect(url)``, then ``await requestor.close()`` yourself: both
@@ -763,14 +789,18 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r`` o
     store). Connecting raises :class:`~kiln.ConnectionLost` when the hub cannot be reached or
     its certificate is not trusted (the message says which).
 
+    Connecting raises :class:`~kiln.protocol.errors.UsageError` (before any dial) naming a
+    URL that is not a hub's, and ConnectionLost saying why each hub failed when none answers.
+
     With ``reconnect`` (default), a connection that drops is dialled again for as long as
-    the hub keeps the requestor's activities (``kiln hub --grace``, 60 s by default):
-    the activities go on working once it is back; see :class:`Requestor`.
+    the hub keeps the requestor's activities (``kiln hub --grace``, 60 s by default), to
+    the hub it was on first, then to the others: the activities go on working once it is
+    back; see :class:`Requestor`.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         name: str = "requestor",
@@ -784,16 +814,29 @@ class connect:  # named like a function: ``async with kiln.connect(url) as r`` o
         self._reconnect = reconnect
         self._requestor: Requestor | None = None
 
-    async def _dial(self, resume: str | None = None) -> Connection:
+    async def _dial(self, url: str, resume: str | None = None) -> Connection:
         return await Connection.open(
-            self._url, role="requestor", name=self._name, token=self._token, ssl=self._ssl, resume=resume
+            url, role="requestor", name=self._name, token=self._token, ssl=self._ssl, resume=resume
         )
 
     async def _open(self) -> Requestor:
-        """Dial the hub and make the requestor (which starts reading): what both ways of connecting do."""
-        conn = await self._dial()
-        self._requestor = Requestor(conn, self._dial if self._reconnect else None, name=self._name)
-        return self._requestor
+        """Dial the hubs and make the requestor (which starts reading): what both ways of connecting do."""
+        hubs = HubRing(self._url)
+        for url in hubs.urls:
+            tls_options(url, self._ssl)  # a CA given with a ws:// hub among them fails before any dial
+        failures: list[ConnectionLost] = []
+        for url in hubs.order():
+            try:
+                conn = await self._dial(url)
+            except ConnectionLost as e:  # another hub may answer; anything else would be said by each
+                if len(hubs.urls) == 1:
+                    raise
+                failures.append(e if url in e.message else ConnectionLost(f"{url}: {e.message}"))
+                continue
+            hubs.moved(url)
+            self._requestor = Requestor(conn, hubs, self._dial if self._reconnect else None, name=self._name)
+            return self._requestor
+        raise ConnectionLost(f"no hub answered: {'; '.join(e.message for e in failures)}") from failures[-1]
 
     def __await__(self) -> Generator[Any, None, Requestor]:
         return self._open().__await__()

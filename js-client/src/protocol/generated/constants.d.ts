@@ -74,6 +74,8 @@ export declare const CloseCode: {
   readonly SLOW: 4005;
   /** too many connections: from the peer's address, or with its credential (`too_many`) */
   readonly TOO_MANY: 4008;
+  /** the hub cannot take the hello yet: another hub of its database holds the session resumed */
+  readonly TRY_AGAIN: 1013;
   /** the hub refused the hello's token, or revoked its credential (`unauthorized`) */
   readonly UNAUTHORIZED: 4002;
   /** a provider left a `create` or `destroy` unanswered past its timeout */

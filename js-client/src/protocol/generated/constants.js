@@ -115,6 +115,8 @@ export const CloseCode = Object.freeze({
   SLOW: 4005,
   /** too many connections: from the peer's address, or with its credential (`too_many`) */
   TOO_MANY: 4008,
+  /** the hub cannot take the hello yet: another hub of its database holds the session resumed */
+  TRY_AGAIN: 1013,
   /** the hub refused the hello's token, or revoked its credential (`unauthorized`) */
   UNAUTHORIZED: 4002,
   /** a provider left a `create` or `destroy` unanswered past its timeout */

@@ -110,6 +110,20 @@ class Outbox:
         return items
 
 
+LINK_PATH: Final = "/hub/link/"
+"""Where another hub of the database opens a link to a provider connected here (:mod:`kiln.hub.io.links`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAsk:
+    """A link's upgrade, let in by the HTTP front (:mod:`kiln.hub.io.http`): from which hub (and
+    its slot), to which provider (:mod:`kiln.hub.io.links`)."""
+
+    hub: str
+    slot: int
+    provider: str
+
+
 class HubConnection(TakesMessages, ServerConnection):
     """A connection counted by its source address from the moment it is accepted (:class:`Gate`),
     whose messages go to the server's handler as they are read (:class:`~kiln.wire.TakesMessages`)."""
@@ -118,6 +132,8 @@ class HubConnection(TakesMessages, ServerConnection):
     """The server's gate (a subclass per server sets it: see :func:`connection_class`)."""
     viewer: Viewer | None = None
     """Set for the dashboard's live feed, to whom its upgrade showed (:mod:`kiln.hub.io.http`): no kiln.v1 peer."""
+    link: LinkAsk | None = None
+    """Set for a link from another hub of the database to a provider here (:mod:`kiln.hub.io.links`)."""
     blob: str | None = None
     """Set for another hub fetching a blob, its digest (:mod:`kiln.hub.io.http`): no kiln.v1 peer either."""
 

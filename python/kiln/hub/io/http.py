@@ -47,8 +47,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
-from typing import Final, Protocol
-from urllib.parse import urlsplit
+from typing import Final
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from websockets.asyncio.server import ServerConnection
@@ -57,7 +57,7 @@ from websockets.http11 import Request, Response
 
 from kiln.hub.access import Credentials, Viewer, viewer
 from kiln.hub.images import is_digest
-from kiln.hub.io.connections import HubConnection
+from kiln.hub.io.connections import LINK_PATH, HubConnection, LinkAsk
 from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 
 SESSION_COOKIE: Final = "kiln_session"
@@ -100,18 +100,6 @@ CSP: Final = (
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 """The dashboard's content security policy: nothing fetched from elsewhere, no inline script."""
-
-
-class Lending(Protocol):
-    """What lends this hub's blobs to the other hubs of its database (:class:`kiln.hub.io.shared.SharedStore`)."""
-
-    def hub_of(self, token: str) -> str | None:
-        """The live hub whose token this is, if any."""
-        ...
-
-    def holds(self, digest: str) -> bool:
-        """Whether the blob ``digest`` is on this hub's disk."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +234,7 @@ class Front:
 
     Pass :meth:`process_request` to websockets' ``serve``. ``stopping`` says whether the hub is
     stopping (health turns 503); ``token`` and ``credentials`` are the core's (who a token shows is
-    judged as a hello is); ``tls`` marks the session cookie ``Secure``; ``lending`` lends blobs to
-    the other hubs of the database (none: a hub alone).
+    judged as a hello is); ``tls`` marks the session cookie ``Secure``.
     """
 
     def __init__(
@@ -261,7 +248,6 @@ class Front:
         tls: bool = False,
         assets: Assets | None = None,
         logins: Logins | None = None,
-        lending: Lending | None = None,
     ) -> None:
         self.metrics = metrics
         self.token = token
@@ -271,7 +257,10 @@ class Front:
         self.tls = tls
         self.assets = assets if assets is not None else Assets.packaged()
         self.logins = logins or Logins()
-        self.lending = lending
+        self.hubs: Callable[[str], tuple[str, int] | None] | None = None
+        """Which live hub of the database a token is, and its slot (several hubs only: links)."""
+        self.lending: Callable[[str], bool] | None = None
+        """Whether a blob is on this hub's disk, for another hub of the database to fetch (several hubs only)."""
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
@@ -287,6 +276,8 @@ class Front:
         if path.startswith(BLOBS_PATH):
             return self._blob(connection, request, path.removeprefix(BLOBS_PATH))
         if _upgrading(request.headers):
+            if path.startswith(LINK_PATH):
+                return self._link(connection, request, path)
             return self._live(connection, request) if path == LIVE_PATH else None
         if request.method != "GET":
             return _response(http.HTTPStatus.METHOD_NOT_ALLOWED, b"only GET\n", headers=[("Allow", "GET")])
@@ -359,6 +350,19 @@ class Front:
         cookie = f"{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0" + ("; Secure" if self.tls else "")
         return _response(http.HTTPStatus.NO_CONTENT, b"", headers=[("Set-Cookie", cookie)], cache="no-store")
 
+    def _link(self, connection: ServerConnection, request: Request, path: str) -> Response | None:
+        """Another hub of the database, to a provider connected here (:mod:`kiln.hub.io.links`):
+        upgraded for a live hub's token only."""
+        bearer = _bearer(request.headers)
+        found = self.hubs(bearer) if self.hubs is not None and bearer else None
+        if found is None:
+            if bearer and isinstance(connection, HubConnection):
+                connection.gate.failed(connection.source)
+            return _unauthorized()
+        if isinstance(connection, HubConnection):
+            connection.link = LinkAsk(found[0], found[1], unquote(path.removeprefix(LINK_PATH)))
+        return None
+
     def _live(self, connection: ServerConnection, request: Request) -> Response | None:
         """The dashboard's live feed: upgraded for a viewer, from the hub's own page (if a browser says)."""
         who = self._viewer(request.headers, connection)
@@ -373,14 +377,14 @@ class Front:
 
     def _blob(self, connection: ServerConnection, request: Request, digest: str) -> Response | None:
         """Another hub's fetch of a blob: upgraded when its token is a live hub's and the blob is here."""
-        if self.lending is None:
+        if self.lending is None or self.hubs is None:
             return _response(http.HTTPStatus.NOT_FOUND, b"not found\n")
-        token = _bearer(request.headers)
-        if not token or self.lending.hub_of(token) is None:
-            if token is not None and isinstance(connection, HubConnection):
+        bearer = _bearer(request.headers)
+        if not bearer or self.hubs(bearer) is None:
+            if bearer and isinstance(connection, HubConnection):
                 connection.gate.failed(connection.source)
             return _unauthorized()
-        if not is_digest(digest) or not self.lending.holds(digest):
+        if not is_digest(digest) or not self.lending(digest):
             return _response(http.HTTPStatus.NOT_FOUND, b"this hub holds no such blob\n")
         if not _upgrading(request.headers):
             return _response(

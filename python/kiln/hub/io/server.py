@@ -25,10 +25,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Final, cast
 
+from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
+from kiln.connection import HubLink
 from kiln.hub.access import Viewer
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
@@ -54,6 +56,7 @@ from kiln.hub.io.connections import (
     select_subprotocol,
 )
 from kiln.hub.io.http import Front, Logins
+from kiln.hub.io.links import LinkAsk, LinkHost, Links, OnFrame, Router
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
@@ -88,7 +91,7 @@ REVOCATION_CHECK: Final = 2.0
 """How often the hub looks for revoked credentials among its peers' (and closes those peers)."""
 
 
-class HubServer:
+class HubServer(LinkHost):
     """Accepts connections and carries out what the core decides."""
 
     def __init__(
@@ -108,7 +111,7 @@ class HubServer:
         """Set when the hub stops: frames are no longer taken, and departures no longer written (see :func:`start`)."""
         self.outbox_bytes = outbox_bytes
         self._outboxes: dict[int, Outbox] = {}
-        self._sockets: dict[int, ServerConnection] = {}
+        self._sockets: dict[int, Connection] = {}
         self._log = LogLimiter()
         self._ids = itertools.count(1)
         self.images = ImageService(core, store, self._apply, state) if store is not None else None
@@ -117,6 +120,10 @@ class HubServer:
         self.gate = gate or Gate()
         self.live = Live(core)
         """The dashboards connected to ``/api/live`` (:mod:`kiln.hub.io.live`), and the hub's history."""
+        self.links: Links | None = None
+        """The providers of the other hubs of the database this hub sells, and its links to them."""
+        self.router: Router | None = None
+        """The links other hubs opened to the providers connected here (several hubs only)."""
 
     async def expire(self) -> None:
         """Drop stuck providers (see :meth:`HubCore.expire`) until cancelled."""
@@ -128,6 +135,9 @@ class HubServer:
         assert isinstance(ws, HubConnection)  # start() serves HubConnections only
         if ws.viewer is not None:  # a dashboard on /api/live, let in by its HTTP request (kiln.hub.io.http)
             await self._watch(ws, ws.viewer)
+            return
+        if ws.link is not None:  # another hub of the database, to a provider connected here
+            await self._route(ws, ws.link)
             return
         if ws.blob is not None and self.images is not None and self.images.shared is not None:
             await self.images.shared.lend(ws, ws.blob)  # another hub's fetch, let in the same way
@@ -162,7 +172,68 @@ class HubServer:
             said = ws.protocol.close_rcvd
             code = None if said is None else said.code
             ended = code == CloseCode.NORMAL
+            if self.router is not None:
+                self.router.gone(peer)
             self._apply(self.core.disconnect(peer, reason, ended=ended, leaving=ended or code == CloseCode.GOING_AWAY))
+
+    async def _route(self, ws: HubConnection, ask: LinkAsk) -> None:
+        """Carry a link another hub opened (:class:`~kiln.hub.io.links.Router`); it says no hello."""
+        if ws.refusal is not None or self.router is None:
+            ws.stop_taking()
+            await ws.close(CLOSE_TOO_MANY, ws.refusal or "this hub shares no database with others")
+            return
+        ws.waiting = False
+        ws.unread_bound = 2 * self.core.limits.max_frame_bytes
+        allow_frames(ws.protocol, self.core.limits.max_frame_bytes)
+        self.gate.welcomed(ws.source)
+        await self.router.serve(ws, ask)
+
+    # --- what links use (kiln.hub.io.links.LinkHost) -------------------------------------------
+
+    def new_peer(self) -> int:
+        return next(self._ids)
+
+    def open_outbox(self, peer: int) -> Outbox:
+        outbox = self._outboxes[peer] = Outbox(self.outbox_bytes)
+        return outbox
+
+    def close_outbox(self, peer: int) -> None:
+        """Close ``peer``'s link (if it has one, its writer closes it), and forget its outbox."""
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            return
+        if peer in self._sockets:
+            outbox.put(Close(peer, CloseCode.NORMAL, "link no longer needed"))
+        else:
+            del self._outboxes[peer]
+
+    def apply(self, actions: list[Action]) -> None:
+        self._apply(actions)
+
+    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            return
+        self._sockets[peer] = ws
+        take = on_message or (lambda data, text: self._take(peer, data, text))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                writer = tg.create_task(self._write(peer, ws, outbox))
+                ws.take_messages(take)
+                if outbox.items:
+                    outbox.ready.set()
+                try:
+                    ended: asyncio.Future[Any] = asyncio.shield(ws.ended)
+                    await asyncio.wait([ended, writer], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    writer.cancel()
+        finally:
+            self._sockets.pop(peer, None)
+            if outbox.closing:
+                self._outboxes.pop(peer, None)
+            else:  # what waited for this link was failed by the core when it broke
+                outbox.items.clear()
+                outbox.size = 0
 
     async def _watch(self, ws: HubConnection, viewer: Viewer) -> None:
         """Serve a dashboard (:meth:`Live.serve`) within its address's share of connections; it says no hello."""
@@ -235,6 +306,8 @@ class HubServer:
     def _take(self, peer: int, data: bytes, text: bool) -> None:
         if self.stopping:
             return  # nothing more is told to anyone: the state on disk is what the next start takes back
+        if self.router is not None and self.router.route(peer, data, text):
+            return  # a provider's answer to another hub of the database
         if text:
             self._apply(self.core.receive_text(peer, data))
         else:
@@ -253,6 +326,10 @@ class HubServer:
             outbox = self._outboxes.get(action.peer)
             if outbox is None:
                 continue
+            if self.links is not None:
+                if type(action) is Close and self.links.closed(action.peer):
+                    continue
+                self.links.sent(action.peer)
             try:
                 outbox.put(action)
             except OutboxFull:
@@ -326,7 +403,7 @@ class HubServer:
             await asyncio.sleep(ROLL_UP_EVERY)
             self.roll_up_usage(state, days)
 
-    async def _write(self, peer: int, ws: ServerConnection, outbox: Outbox) -> None:
+    async def _write(self, peer: int, ws: Connection, outbox: Outbox) -> None:
         """Write what :meth:`_flush` could not write at once (waiting for the socket), and close."""
         while True:
             items = await outbox.take()
@@ -471,7 +548,6 @@ async def start(
         stopping=lambda: hub.stopping,
         public_metrics=public_metrics,
         tls=ssl is not None,
-        lending=hub.images.shared,
     )
     server = await serve(
         hub.handle,
@@ -495,11 +571,17 @@ async def start(
         bound = server.sockets[0].getsockname()
         seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
         seat.join()
+        core.slot = seat.slot
+        hub.links = Links(hub, state, seat)
+        hub.router = Router(hub, state.hub, seat.slot)
+        front.hubs = state.hub_of
         if hub.images.shared is not None:
             hub.images.shared.secret = seat.secret
+            front.lending = hub.images.shared.holds
     try:
         async with server, asyncio.TaskGroup() as tg:
             heart = tg.create_task(seat.keep()) if seat is not None else None
+            poll = tg.create_task(hub.links.poll()) if hub.links is not None else None
             shelf = tg.create_task(hub.images.shared.run()) if hub.images.shared is not None else None
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
@@ -520,6 +602,8 @@ async def start(
                 sampler.cancel()
                 if heart is not None:
                     heart.cancel()
+                if poll is not None:
+                    poll.cancel()
                 if shelf is not None:
                     shelf.cancel()
     finally:

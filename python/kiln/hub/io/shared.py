@@ -283,11 +283,8 @@ class SharedStore:
 
     # --- lending a blob to another hub ----------------------------------------------------------
 
-    def hub_of(self, token: str) -> str | None:
-        """The live hub whose token this is, if any (:meth:`HubState.hub_of`)."""
-        return self.state.hub_of(token)
-
     def holds(self, digest: str) -> bool:
+        """Whether the blob ``digest`` is on this hub's disk (for :mod:`kiln.hub.io.http` to lend)."""
         return digest in self.catalog.blobs
 
     async def lend(self, ws: HubConnection, digest: str) -> None:

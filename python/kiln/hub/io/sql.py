@@ -95,6 +95,8 @@ class Database:
         """The SQL of the start of the UTC day of the time ``seconds`` (an expression, in seconds)."""
         return f"CAST({seconds} / 86400 AS INTEGER) * 86400"
 
+    for_update: str = ""
+    """What locks the rows a ``SELECT`` reads until the transaction ends (SQLite's write lock is the file's)."""
     now: str = "((julianday('now') - 2440587.5) * 86400.0)"
     """The SQL of the database's own clock, in seconds since 1970: hubs on several machines compare
     heartbeats by it, so their own clocks may drift apart."""
@@ -192,6 +194,7 @@ class PostgresDatabase(Database):
         return f"CAST(FLOOR({seconds} / 86400) AS BIGINT) * 86400"
 
     now = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
+    for_update = " FOR UPDATE"
 
 
 def open_database(where: Path | str) -> Database:

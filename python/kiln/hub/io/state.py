@@ -59,6 +59,7 @@ from kiln.hub.records import (
     MeterRecord,
     SaveBudget,
     SaveLease,
+    SaveOffer,
     SaveReputation,
     SaveSession,
     SessionRecord,
@@ -72,6 +73,9 @@ FILE_NAME: Final = "hub.db"
 HUB_ID_FILE: Final = "hub-id"
 MAX_HUBS: Final = 63
 """The most hubs one database serves at once: each has a slot of the ids its providers see (:meth:`HubState.join`)."""
+CHANGES_OVERLAP: Final = 2.0
+"""Seconds of changes asked for again at each look (:meth:`HubState.providers_changed`): a
+transaction commits after the time it wrote."""
 DEAD_AFTER: Final = 5.0
 """Seconds after its last heartbeat that a hub counts as dead: what it held may be adopted."""
 TOKEN_PREFIX: Final = "kiln_"
@@ -212,6 +216,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX providers_hub ON providers (hub)",
         "CREATE INDEX providers_changed ON providers (changed)",
         "ALTER TABLE activities ADD COLUMN pending BOOLEAN NOT NULL DEFAULT FALSE",
+        "ALTER TABLE activities ADD COLUMN hub VARCHAR(32)",
         "ALTER TABLE sessions ADD COLUMN hub VARCHAR(32)",
         "CREATE INDEX sessions_hub ON sessions (hub)",
         "CREATE INDEX activities_provider ON activities (provider)",
@@ -499,10 +504,15 @@ class HubState:
                 _save_session(db, change.session, self.hub)
                 lease, r, price = change.lease, change.lease.resources, change.lease.price
                 rates = (None, None, None) if price is None else (price.start, price.cpu_hour, price.env_hour)
+                # Reserved already when several hubs share the database (reserve): then it is no longer pending.
                 db.execute(
                     "INSERT INTO activities (id, session, provider, cpus, memory, storage, grp, image, started, "
                     "price_start, price_cpu_hour, price_env_hour, max_duration) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                    "session = excluded.session, grp = excluded.grp, image = excluded.image, "
+                    "started = excluded.started, "
+                    "price_start = excluded.price_start, price_cpu_hour = excluded.price_cpu_hour, "
+                    "price_env_hour = excluded.price_env_hour, max_duration = excluded.max_duration, pending = FALSE",
                     (
                         lease.id,
                         lease.session,
@@ -537,6 +547,13 @@ class HubState:
                     "INSERT INTO budgets (session, grp, budget) VALUES (?, ?, ?) ON CONFLICT (session, grp) DO NOTHING",
                     (change.session, change.group, change.budget),
                 )
+            elif isinstance(change, SaveOffer):
+                r = change.resources
+                db.execute(
+                    f"UPDATE providers SET offer = ?, cpus = ?, memory = ?, storage = ?, changed = {db.now} "
+                    "WHERE name = ? AND hub = ?",
+                    (change.offer, r.cpus, r.memory, r.storage, change.provider, self.hub),
+                )
             elif isinstance(change, SaveReputation):
                 db.execute(
                     "INSERT INTO reputation (provider, counters) VALUES (?, ?) "
@@ -562,9 +579,14 @@ class HubState:
         """
         mine = "(hub IS NULL OR hub = ?)"
         with self._write() as db:
+            # Reserved by this hub (or a dead one) but never created: nobody was told of them.
+            db.execute(
+                f"DELETE FROM activities WHERE pending AND (hub IS NULL OR hub = ? OR {self._dead('hub')})",
+                (self.hub, self.hub),
+            )
             self._forget_orphans(db, f"IN (SELECT id FROM sessions WHERE {mine})", (self.hub,))
             # A lease whose session row is gone is nobody's, whichever hub wrote it.
-            self._forget_orphans(db, "NOT IN (SELECT id FROM sessions)", ())
+            self._forget_orphans(db, "NOT IN (SELECT id FROM sessions) AND NOT pending", ())
             db.execute(f"DELETE FROM sessions WHERE {mine} AND id NOT IN (SELECT session FROM activities)", (self.hub,))
             db.execute("DELETE FROM budgets WHERE session NOT IN (SELECT id FROM sessions)")
             db.execute(f"UPDATE sessions SET hub = ? WHERE {mine}", (self.hub, self.hub))
@@ -636,13 +658,14 @@ class HubState:
             )
         return free[0]
 
-    def hub_of(self, token: str) -> str | None:
-        """The live hub whose token (:meth:`join`'s ``secret``) this is, if any: another hub dialling this one."""
+    def hub_of(self, token: str) -> tuple[str, int] | None:
+        """The live hub whose token (:meth:`join`'s ``secret``) this is, if any, and its slot: another
+        hub dialling this one."""
         digest = token_hash(token)
-        row = self._read(f"SELECT id, secret FROM hubs WHERE secret = ? AND {self._live('hubs')}", (digest,))
-        if row is None or not hmac.compare_digest(str(row[1]), digest):
+        row = self._read(f"SELECT id, slot, secret FROM hubs WHERE secret = ? AND {self._live('hubs')}", (digest,))
+        if row is None or not hmac.compare_digest(str(row[2]), digest):
             return None
-        return str(row[0])
+        return str(row[0]), int(row[1])
 
     def beat(self) -> None:
         """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock)."""
@@ -691,16 +714,61 @@ class HubState:
                 f"UPDATE providers SET hub = NULL, changed = {db.now} WHERE name = ? AND hub = ?", (name, self.hub)
             )
 
+    def reserve(self, activity: str, session: str, provider: str, resources: Resources) -> bool:
+        r"""Reserve ``resources`` of ``provider`` for ``activity`` (a pending row, until its lease is
+        saved or :meth:`unreserve`\ d): False when what the provider shares does not hold it beside
+        what every hub reserved there. The provider's row is locked meanwhile (PostgreSQL's ``FOR
+        UPDATE``; SQLite's write lock is the whole file's), so two hubs never sell it twice."""
+        r = resources
+        with self._write() as db:
+            row = db.execute(f"SELECT cpus, memory, storage FROM providers WHERE name = ?{db.for_update}", (provider,))
+            offered = row.fetchone()
+            if offered is None:
+                return False
+            used = db.execute(
+                "SELECT COALESCE(SUM(cpus), 0), COALESCE(SUM(memory), 0), COALESCE(SUM(storage), 0) "
+                "FROM activities WHERE provider = ?",
+                (provider,),
+            ).fetchone()
+            fits = (
+                float(used[0]) + r.cpus <= float(offered[0]) + 1e-9
+                and int(used[1]) + r.memory <= int(offered[1])
+                and int(used[2]) + r.storage <= int(offered[2])
+            )
+            if fits:
+                db.execute(
+                    "INSERT INTO activities (id, session, provider, cpus, memory, storage, started, pending, hub) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, {db.now}, TRUE, ?)",
+                    (activity, session, provider, r.cpus, r.memory, r.storage, self.hub),
+                )
+        return fits
+
+    def unreserve(self, activity: str) -> None:
+        """The reservation of ``activity`` is over before it became a lease (its create failed)."""
+        with self._write() as db:
+            db.execute("DELETE FROM activities WHERE id = ? AND pending", (activity,))
+
+    def providers_changed(self, since: float) -> tuple[float, list[tuple[str, str | None, str | None]]]:
+        """The providers whose row changed after ``since`` (the database's clock): name, hub (None:
+        connected to none) and offer; and the time to ask from next (a little before now, as a
+        row written in a transaction still open may show a time already past)."""
+        now = float(self._db.execute(f"SELECT {self._db.now}").fetchone()[0])
+        rows = self._db.execute("SELECT name, hub, offer FROM providers WHERE changed > ?", (since,)).fetchall()
+        return now - CHANGES_OVERLAP, [(str(n), None if h is None else str(h), o) for n, h, o in rows]
+
     def adopt_session(self, secret: bytes) -> Adopted | None:
         """The session of this resume secret's sha256, taken over by this hub if a dead hub held it
-        (or none did); None when there is none, or a live hub holds it."""
+        (or none did); None when there is none; when a live hub holds it, none adopted and its id
+        in ``elsewhere``."""
         with self._write() as db:
             row = db.execute(
                 f"UPDATE sessions SET hub = ? WHERE secret = ? AND (hub IS NULL OR {self._dead('hub')}) RETURNING id",
                 (self.hub, secret.hex(), self.hub),
             ).fetchone()
             if row is None:
-                return None
+                held = db.execute("SELECT id FROM sessions WHERE secret = ? AND hub <> ?", (secret.hex(), self.hub))
+                found = held.fetchone()
+                return None if found is None else Adopted([], [], [], frozenset({str(found[0])}))
             sessions, leases = self._sessions_of(db, "id = ?", (row[0],))
         return Adopted(sessions, leases, self.meters(lease.id for lease in leases))
 
@@ -721,12 +789,24 @@ class HubState:
                         (self.hub, self.hub, provider, *chunk),
                     )
                 }
+            elsewhere: set[str] = set()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[start : start + _IN_CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                elsewhere |= {
+                    str(row[0])
+                    for row in db.execute(
+                        f"SELECT a.id FROM activities a JOIN sessions s ON s.id = a.session WHERE a.id IN ({marks}) "
+                        "AND s.hub <> ? AND NOT pending",
+                        (*chunk, self.hub),
+                    )
+                }
             if not ids:
-                return Adopted([], [], [])
+                return Adopted([], [], [], frozenset(elsewhere))
             found = sorted(ids)
             marks = ", ".join("?" * len(found))
             sessions, leases = self._sessions_of(db, f"id IN ({marks})", tuple(found))
-        return Adopted(sessions, leases, self.meters(lease.id for lease in leases))
+        return Adopted(sessions, leases, self.meters(lease.id for lease in leases), frozenset(elsewhere))
 
     def usage_totals(self, by: Literal["requestor", "provider"] = "requestor") -> list[UsageTotal]:
         """The usage record summed per requestor (name and credential) or per provider, by name:
