@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -201,3 +202,37 @@ async def test_a_corrupt_blob_is_refused_and_only_a_live_hubs_token_is_lent_one(
                 ):
                     pass
             assert missing.value.response.status_code == 404
+
+
+async def test_two_pulls_of_one_image_through_a_hub_that_lacks_it_fetch_each_blob_once(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = FakeImage.make(noise(2_000_000), noise(100_000))
+    async with AsyncExitStack() as stack:
+        a, b = await stack.enter_async_context(two_hubs(tmp_path, postgres_url))
+        on_a = await stack.enter_async_context(requestor(a))
+        on_b = await stack.enter_async_context(requestor(b, name="renter"))
+        assert (await push(on_a, image, ["app:2"]))[1]["type"] == "image_pushed"
+
+        async def b_lists_it() -> bool:
+            return image.digest in await listed(on_b)
+
+        await until(b_lists_it, "B lists it")
+        # One provider on each hub, each with room for one rent: B serves both (its requestor's
+        # hub), one of them over the link to hub A.
+        providers = [await stack.enter_async_context(provider(url, f"p-{n}")) for n, url in enumerate((a, b))]
+
+        async def b_sells_both() -> bool:
+            await on_b.send(json.dumps({"type": "market", "id": 91}))
+            return len((await recv(on_b))["providers"]) == 2
+
+        await until(b_sells_both, "B sells both providers")
+        caplog.set_level(logging.INFO, "kiln.hub.io.store")
+        for id_ in (1, 2):
+            await on_b.send(json.dumps({"type": "rent", "id": id_, "image": "app:2", "demand": {"cpus": 4}}))
+        pulls = await asyncio.gather(*(pull(p) for p in providers))
+        for create, got, end, _ in pulls:
+            assert create["image"] == image.digest
+            assert end is FrameKind.END and got == image.config + b"".join(image.layers)
+        fetched = [r.getMessage() for r in caplog.records if "fetched from the hub at" in r.getMessage()]
+        assert len(fetched) == 3, fetched
