@@ -205,7 +205,13 @@ class SharedStore:
         task = self._fetches.get(blob.digest)
         if task is None:
             task = self._fetches[blob.digest] = asyncio.get_running_loop().create_task(self._fetch(blob))
-            task.add_done_callback(lambda _: self._fetches.pop(blob.digest, None))
+
+            def done(t: asyncio.Task[None]) -> None:
+                self._fetches.pop(blob.digest, None)
+                if not t.cancelled():
+                    t.exception()  # told to every asker still there (and logged): none left is fine too
+
+            task.add_done_callback(done)
         await asyncio.shield(task)  # an asker gone (its provider left) stops no one else's fetch
 
     async def close(self) -> None:

@@ -193,10 +193,10 @@ class ImageService:
         try:
             while True:
                 await asyncio.sleep(SAVE_INTERVAL)
-                await asyncio.to_thread(self.store.save, self._used_since_saved())
+                await asyncio.to_thread(self.store.save, self._on_disk(self._used_since_saved()))
         finally:
             with contextlib.suppress(OSError):
-                self.store.save(self._used_since_saved())
+                self.store.save(self._on_disk(self._used_since_saved()))
 
     def _used_since_saved(self) -> list[StoredImage]:
         """The images used since their record was last written (and marks them written)."""
@@ -353,12 +353,17 @@ class ImageService:
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
+    def _on_disk(self, images: list[StoredImage]) -> list[StoredImage]:
+        """Those of ``images`` whose records are kept on disk: all, but with a shared store those
+        whose blobs are all here (one another hub stores is the shared store's to keep: a record
+        here would lack its blobs)."""
+        if self.shared is None:
+            return images
+        return [image for image in images if not self.catalog.missing(image.manifest)]
+
     async def _save(self, images: list[StoredImage]) -> None:
-        """Write the records of ``images`` to disk: those whose blobs are all here (an image another
-        hub stores is the shared store's to keep, and a record here would lack its blobs)."""
-        if self.shared is not None:
-            images = [image for image in images if not self.catalog.missing(image.manifest)]
-        await asyncio.to_thread(self.store.save, images)
+        """Write the records of ``images`` to disk (:meth:`_on_disk`)."""
+        await asyncio.to_thread(self.store.save, self._on_disk(images))
 
     def _evict(self, digests: list[str]) -> None:
         gone = set(digests)
