@@ -197,11 +197,22 @@ class SharedStore:
 
     # --- fetching a blob another hub holds ------------------------------------------------------
 
+    def prefetch(self, blobs: Iterable[Blob]) -> None:
+        """Start fetching those of ``blobs`` this hub lacks, side by side (:meth:`fetch` waits for one)."""
+        for blob in blobs:
+            self._fetching(blob)
+
     async def fetch(self, blob: Blob) -> None:
         """Make sure ``blob`` is on this hub's disk, fetching it from a live hub that holds it
         (one fetch for every asker); TransferFailed (or StoreFull, ImageCorrupt) if it could not be."""
+        task = self._fetching(blob)
+        if task is not None:
+            await asyncio.shield(task)  # an asker gone (its provider left) stops no one else's fetch
+
+    def _fetching(self, blob: Blob) -> asyncio.Task[None] | None:
+        """The fetch of ``blob`` under way, started if need be; None when it is here."""
         if blob.digest in self.catalog.blobs:
-            return
+            return None
         task = self._fetches.get(blob.digest)
         if task is None:
             task = self._fetches[blob.digest] = asyncio.get_running_loop().create_task(self._fetch(blob))
@@ -212,7 +223,7 @@ class SharedStore:
                     t.exception()  # told to every asker still there (and logged): none left is fine too
 
             task.add_done_callback(done)
-        await asyncio.shield(task)  # an asker gone (its provider left) stops no one else's fetch
+        return task
 
     async def close(self) -> None:
         """Stop the fetches under way."""

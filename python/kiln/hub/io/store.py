@@ -444,6 +444,8 @@ class ImageService:
 
     async def _serve(self, peer: int, stream: int, blobs: tuple[Blob, ...], serve: _Serve) -> None:
         chunk = self.core.limits.chunk_bytes
+        if self.shared is not None:
+            self.shared.prefetch(blobs)  # those another hub holds come side by side; sent in order
         try:
             for blob in blobs:
                 if self.shared is not None:
