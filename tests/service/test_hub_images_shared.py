@@ -248,3 +248,25 @@ async def test_two_pulls_of_one_image_through_a_hub_that_lacks_it_fetch_each_blo
             assert end is FrameKind.END and got == image.config + b"".join(image.layers)
         fetched = [r.getMessage() for r in caplog.records if "fetched from the hub at" in r.getMessage()]
         assert len(fetched) == 3, fetched
+
+
+async def test_a_hub_started_again_takes_what_changed_while_it_was_down(tmp_path: Path, postgres_url: str) -> None:
+    kept, removed, pushed = (FakeImage.make(noise(10_000 + n)) for n in range(3))
+    async with hub(tmp_path / "a", db=postgres_url) as a, requestor(a) as on_a:
+        async with hub(tmp_path / "b", db=postgres_url) as b, requestor(b, name="b") as on_b:
+            for n, image in enumerate((kept, removed)):
+                assert (await push(on_b, image, [f"b:{n}"], id_=n + 1))[1]["type"] == "image_pushed"
+
+            async def a_lists_both() -> bool:
+                return await listed(on_a) == {kept.digest, removed.digest}
+
+            await until(a_lists_both, "A lists B's images")
+        # B is down: A removes one of B's images and stores another.
+        await on_a.send(json.dumps({"type": "remove_image", "id": 7, "image": removed.digest}))
+        assert (await recv(on_a))["type"] == "done"
+        assert (await push(on_a, pushed, ["a:1"], id_=8))[1]["type"] == "image_pushed"
+        async with hub(tmp_path / "b", db=postgres_url) as b, requestor(b, name="b") as on_b:
+            assert await tags(on_b) == {kept.digest: ["b:0"], pushed.digest: ["a:1"]}, "at once, from the database"
+        blobs = {f"sha256:{path.name}" for path in (tmp_path / "b" / "blobs" / "sha256").iterdir()}
+        assert removed.digest not in blobs and kept.digest in blobs, "what went while it was down is deleted"
+        assert not (tmp_path / "b" / "images" / f"{removed.digest[7:]}.json").exists()

@@ -242,6 +242,14 @@ class BlobStore:
     def forget(self, digest: str) -> None:
         (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
 
+    def evict(self, digests: Iterable[str], catalog: Catalog) -> None:
+        """Delete the records of the images ``catalog`` dropped to make room, and the files of the
+        blobs ``digests`` it evicted (see :meth:`delete`)."""
+        for path in self.meta.glob("*.json"):
+            if f"sha256:{path.stem}" not in catalog.images:
+                path.unlink(missing_ok=True)
+        self.delete(set(digests), catalog.keeps)
+
     def delete(self, digests: Iterable[str], keep: Callable[[str], bool] = lambda digest: False) -> None:
         """Delete the files of ``digests``, but not of one that ``keep`` says is wanted again by
         now (a push put the same blob back meanwhile: the catalog dropped it, a push pinned it and

@@ -75,7 +75,7 @@ class SharedStore:
     async def open(self) -> None:
         """Take every row of the shared store (the database's word over the files' here, which may be
         older), then write those this hub's files hold that it lacks, and which blobs are here."""
-        gone = self._take(self.state.shelf_changes(None), everyone=True)
+        went, gone = self._take(self.state.shelf_changes(None), everyone=True)
         missing = [
             (image.digest, owner)
             for image in self.catalog.images.values()
@@ -83,7 +83,7 @@ class SharedStore:
             if (image.digest, owner_key(owner)) not in self._rows
         ]
         self.publish(missing)
-        await self._delete(gone)
+        await self._delete(went, gone)
         self.state.hold_blobs(self.catalog.blobs, only=True)
 
     async def run(self) -> None:
@@ -94,18 +94,20 @@ class SharedStore:
             await asyncio.sleep(POLL)
             try:
                 since = None if self._since is None else self._since - OVERLAP
-                gone = self._take(self.state.shelf_changes(since))
+                went, gone = self._take(self.state.shelf_changes(since))
             except self.state.errors as e:
                 if not failing:
                     log.error("cannot read the shared image store in %s: %s", self.state.where, e)
                 failing = True
                 continue
             failing = False
-            await self._delete(gone)
+            await self._delete(went, gone)
 
-    def _take(self, read: tuple[float, list[Row]], *, everyone: bool = False) -> list[str]:
-        """Merge the rows ``read`` that are new (of other hubs, unless ``everyone``); the blobs to delete."""
+    def _take(self, read: tuple[float, list[Row]], *, everyone: bool = False) -> tuple[list[str], list[str]]:
+        """Merge the rows ``read`` that are new (of other hubs, unless ``everyone``); the images that
+        went with their last holder, and the blobs to delete."""
         self._since, rows = read
+        went: list[str] = []
         gone: list[str] = []
         for row in rows:
             key = (row.digest, row.owner)
@@ -119,6 +121,7 @@ class SharedStore:
                     image = self.catalog.images.get(row.digest)
                     if image is not None:  # a record of it with no holdings: the owner's is dropped
                         gone += self.catalog.merge(StoredImage(image.manifest, image.arch, image.os), owner)
+                        went += [] if row.digest in self.catalog.images else [row.digest]
                     continue
                 if len(row.record) > MAX_RECORD:
                     raise ValueError(f"a record of {len(row.record)} characters")
@@ -128,7 +131,7 @@ class SharedStore:
                 gone += self.catalog.merge(record, owner)
             except (ValueError, KeyError, TypeError, AttributeError, KilnError) as e:
                 log.warning("ignoring the unreadable record of %s (owner %s) in the shared store: %s", *key, e)
-        return gone
+        return went, gone
 
     def publish(self, held: Iterable[tuple[str, Owner]]) -> None:
         """Write ``(digest, owner)``'s hold as this hub's catalog has it now (none: dropped)."""
@@ -190,10 +193,16 @@ class SharedStore:
             log.info("%d images evicted here were stored nowhere else: they are gone", len({d for d, _ in dropped}))
         self.publish(dropped)
 
-    async def _delete(self, digests: list[str]) -> None:
-        if digests:
-            await asyncio.to_thread(self.store.delete, digests, self.catalog.keeps)
-            self.deleted(digests)
+    async def _delete(self, images: list[str], blobs: list[str]) -> None:
+        """Delete the records of ``images`` and the files of ``blobs``, which went through another hub."""
+        if images or blobs:
+            await asyncio.to_thread(self._forget, images, blobs)
+            self.deleted(blobs)
+
+    def _forget(self, images: list[str], blobs: list[str]) -> None:
+        for digest in images:
+            self.store.forget(digest)
+        self.store.delete(blobs, self.catalog.keeps)
 
     # --- fetching a blob another hub holds ------------------------------------------------------
 
@@ -294,7 +303,7 @@ class SharedStore:
         """Delete the blobs evicted to make room (and say what went)."""
         if digests:
             log.info("evicting %d blobs to make room for a blob fetched from another hub", len(digests))
-            await asyncio.to_thread(self.store.delete, digests, self.catalog.keeps)
+            await asyncio.to_thread(self.store.evict, digests, self.catalog)
             self.deleted(digests)
             self.evicted()
 

@@ -365,13 +365,6 @@ class ImageService:
         """Write the records of ``images`` to disk (:meth:`_on_disk`)."""
         await asyncio.to_thread(self.store.save, self._on_disk(images))
 
-    def _evict(self, digests: list[str]) -> None:
-        gone = set(digests)
-        for path in self.store.meta.glob("*.json"):
-            if f"sha256:{path.stem}" not in self.catalog.images:
-                path.unlink(missing_ok=True)
-        self.store.delete(gone, self.catalog.keeps)
-
     async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, room: Push) -> None:
         """Take the wanted blobs off the push's stream, one after another, each metered, verified and
         stored; the push's room grows as its bytes come (evicting then, if need be)."""
@@ -400,7 +393,7 @@ class ImageService:
                         log.info(
                             "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
                         )
-                        await asyncio.to_thread(self._evict, evicted)
+                        await asyncio.to_thread(self.store.evict, evicted, self.catalog)
                         if self.shared is not None:
                             self.shared.deleted(evicted)
                             self.shared.evicted()
