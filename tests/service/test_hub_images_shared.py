@@ -270,3 +270,26 @@ async def test_a_hub_started_again_takes_what_changed_while_it_was_down(tmp_path
         blobs = {f"sha256:{path.name}" for path in (tmp_path / "b" / "blobs" / "sha256").iterdir()}
         assert removed.digest not in blobs and kept.digest in blobs, "what went while it was down is deleted"
         assert not (tmp_path / "b" / "images" / f"{removed.digest[7:]}.json").exists()
+
+
+async def test_a_tenants_image_stays_its_own_through_every_hub(tmp_path: Path, postgres_url: str) -> None:
+    with HubState(postgres_url) as state:
+        alice, bob = (state.create("requestor", name)[1] for name in ("alice", "bob"))
+    image = FakeImage.make(noise(30_000))
+    async with AsyncExitStack() as stack:
+        a, b = await stack.enter_async_context(two_hubs(tmp_path, postgres_url))
+        alice_a = await stack.enter_async_context(requestor(a, token=alice, name="alice"))
+        alice_b = await stack.enter_async_context(requestor(b, token=alice, name="alice"))
+        bob_b = await stack.enter_async_context(requestor(b, token=bob, name="bob"))
+        assert (await push(alice_a, image, ["mine:1"]))[1]["type"] == "image_pushed"
+
+        async def alice_sees_it_on_b() -> bool:
+            return await tags(alice_b) == {image.digest: ["mine:1"]}
+
+        await until(alice_sees_it_on_b, "alice sees her image on B")
+        assert await listed(bob_b) == set(), "bob sees nothing of it"
+        for id_, ref in enumerate((image.digest, "mine:1"), start=1):
+            await bob_b.send(json.dumps({"type": "remove_image", "id": id_, "image": ref}))
+            assert (await recv(bob_b))["code"] == "image_not_found"
+        await rent(bob_b, image.digest, id_=3)
+        assert (await recv(bob_b))["code"] == "image_not_found", "as for an image never pushed"
