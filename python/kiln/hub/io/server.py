@@ -30,7 +30,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
-from kiln.connection import HubLink
 from kiln.hub.access import Viewer
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
@@ -56,7 +55,7 @@ from kiln.hub.io.connections import (
     select_subprotocol,
 )
 from kiln.hub.io.http import Front, Logins
-from kiln.hub.io.links import LinkAsk, LinkHost, Links, OnFrame, Router
+from kiln.hub.io.links import LinkAsk, LinkConnection, LinkHost, Links, OnFrame, Router
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
@@ -210,7 +209,7 @@ class HubServer(LinkHost):
     def apply(self, actions: list[Action]) -> None:
         self._apply(actions)
 
-    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+    async def carry(self, peer: int, ws: LinkConnection | HubConnection, on_message: OnFrame | None = None) -> None:
         outbox = self._outboxes.get(peer)
         if outbox is None:
             return
@@ -443,6 +442,7 @@ async def start(
     token: str | None = None,
     data_dir: Path | None = None,
     db: str | None = None,
+    advertise: str | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
     max_image_size: int = DEFAULT_MAX_IMAGE,
     max_expansion: float = DEFAULT_MAX_EXPANSION,
@@ -481,7 +481,8 @@ async def start(
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``, or in the
-    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market).
+    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market, each reached
+    by the others at ``advertise``, by default the address it listens on).
 
     The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
     admin's, or anyone's with ``public_metrics``), the dashboard and its login.
@@ -569,7 +570,7 @@ async def start(
     seat = None
     if state.database.dialect == "postgresql":
         bound = server.sockets[0].getsockname()
-        seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
+        seat = Seat(state, advertise or f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
         seat.join()
         core.slot = seat.slot
         hub.links = Links(hub, state, seat)
