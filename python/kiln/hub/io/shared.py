@@ -14,7 +14,7 @@ A blob a provider needs that this hub lacks (an image pushed elsewhere) is fetch
 (:attr:`~kiln.hub.io.seat.Seat.secret`), which the other finds among the live hubs'. The bytes go
 to a temporary file, their size and sha256 checked as a pushed blob's are
 (:class:`~kiln.hub.io.blobs.BlobWriter`), then into the store, counted against its limit (evicting
-as a push does). Two provider asking for one blob fetch it once. The other end of it is
+as a push does). Two providers asking for one blob fetch it once. The other end of it is
 :meth:`SharedStore.lend`, which streams the file.
 
 A hub alone (SQLite) has none of this: its store is its own, exactly as before.

@@ -279,8 +279,9 @@ class ImageService:
             return
         self.catalog.share(image, tenant, to, public=message.public, revoke=message.revoke)
         await self._save([image])
-        if self.shared is not None:
-            self.shared.publish((image.digest, owner) for owner in list(image.holdings))
+        if self.shared is not None:  # the holdings share() changed: the tenant's, or an admin's every one
+            owners = [tenant.id] if tenant.id in image.holdings else list(image.holdings)
+            self.shared.publish((image.digest, owner) for owner in owners)
         log.info(
             "image %s: tenant %s %s %s",
             image.digest,
