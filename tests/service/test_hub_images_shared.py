@@ -278,7 +278,7 @@ async def test_a_tenants_image_stays_its_own_through_every_hub(tmp_path: Path, p
     image = FakeImage.make(noise(30_000))
     async with AsyncExitStack() as stack:
         a, b = await stack.enter_async_context(two_hubs(tmp_path, postgres_url))
-        alice_a = await stack.enter_async_context(requestor(a, token=alice, name="alice"))
+        alice_a = await stack.enter_async_context(requestor(a, "1.4", token=alice, name="alice"))
         alice_b = await stack.enter_async_context(requestor(b, token=alice, name="alice"))
         bob_b = await stack.enter_async_context(requestor(b, token=bob, name="bob"))
         assert (await push(alice_a, image, ["mine:1"]))[1]["type"] == "image_pushed"
@@ -293,3 +293,12 @@ async def test_a_tenants_image_stays_its_own_through_every_hub(tmp_path: Path, p
             assert (await recv(bob_b))["code"] == "image_not_found"
         await rent(bob_b, image.digest, id_=3)
         assert (await recv(bob_b))["code"] == "image_not_found", "as for an image never pushed"
+
+        # Shared through A, it is bob's to see through B too.
+        await alice_a.send(json.dumps({"type": "share_image", "id": 4, "image": "mine:1", "to": ["bob"]}))
+        assert (await recv(alice_a))["type"] == "done"
+
+        async def bob_sees_it_on_b() -> bool:
+            return await listed(bob_b) == {image.digest}
+
+        await until(bob_sees_it_on_b, "bob sees the image shared with him")
