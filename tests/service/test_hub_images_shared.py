@@ -302,3 +302,29 @@ async def test_a_tenants_image_stays_its_own_through_every_hub(tmp_path: Path, p
             return await listed(bob_b) == {image.digest}
 
         await until(bob_sees_it_on_b, "bob sees the image shared with him")
+
+
+async def test_an_image_evicted_from_one_hub_stays_while_another_holds_it(tmp_path: Path, postgres_url: str) -> None:
+    both, mine, last = (FakeImage.make(noise(600_000 + n)) for n in range(3))
+    async with (
+        hub(tmp_path / "a", db=postgres_url) as a,
+        hub(tmp_path / "b", 700_000, db=postgres_url) as b,  # room for one image
+        requestor(a) as on_a,
+        requestor(b, name="b") as on_b,
+    ):
+        assert (await push(on_a, both, ["both:1"]))[1]["type"] == "image_pushed"
+        for id_, image in enumerate((both, mine, last), start=1):  # each push to B evicts the one before
+            assert (await push(on_b, image, id_=id_))[1]["type"] == "image_pushed"
+
+            async def a_lists_it() -> bool:
+                return image.digest in await listed(on_a)  # noqa: B023 - awaited within the loop
+
+            await until(a_lists_it, "A lists what was pushed to B")
+        assert await listed(on_b) == {both.digest, last.digest}, "A still holds one; the other was B's alone"
+
+        async def a_forgot_it() -> bool:
+            return await listed(on_a) == {both.digest, last.digest}
+
+        await until(a_forgot_it, "A forgets the image evicted from the only hub that held it")
+        blobs = {f"sha256:{path.name}" for path in (tmp_path / "b" / "blobs" / "sha256").iterdir()}
+        assert blobs == {last.digest, *(digest(layer) for layer in last.layers)}
