@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,6 +57,11 @@ async def join(provider: SimulatedProvider, url: str, cpus: float = 2) -> asynci
     return asyncio.create_task(provider.conn.run())
 
 
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def rows(db: str, sql: str) -> list[tuple[object, ...]]:
     with psycopg.connect(db, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
@@ -67,6 +73,8 @@ async def test_a_requestor_on_one_hub_rents_a_provider_on_another(postgres_url: 
     async with hub(tmp_path, "a", postgres_url) as a, hub(tmp_path, "b", postgres_url) as b:
         await join(provider, b)
         await sold(a, "far")
+        scraped = await asyncio.to_thread(metrics, a)
+        assert "kiln_providers 0.0" in scraped and "kiln_market_providers 1.0" in scraped  # sold, not connected
         async with kiln.connect(a) as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
             assert act.provider == "far"
             assert (await act.run(["true"])).exit_code == 0
