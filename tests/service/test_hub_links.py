@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 import kiln
 from kiln.hub.io.server import start
@@ -206,3 +210,22 @@ def test_the_database_commits_a_hold_only_if_the_balance_covers_it(postgres_url:
         assert a.hold(hold("x"))
         assert not b.hold(hold("y"))  # 0.5 left
         assert (a.balance(account), b.balance("hold:y"), b.check()) == (500_000, 0, [])
+
+
+async def test_a_link_needs_a_live_hubs_token_and_a_provider_connected_there(postgres_url: str, tmp_path: Path) -> None:
+    async with hub(tmp_path, "b", postgres_url) as b:
+        url = b + "/hub/link/nobody"
+        for headers in ([], [("Authorization", "Bearer kiln_not-a-hub")]):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers, subprotocols=[Subprotocol("kiln.v1")])
+            assert refused.value.response.status_code == 401
+        with HubState(postgres_url, hub="other") as other:
+            other.join("ws://127.0.0.1:1", "the-others-token")
+            async with connect(
+                url,
+                additional_headers=[("Authorization", "Bearer the-others-token")],
+                subprotocols=[Subprotocol("kiln.v1")],
+            ) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
