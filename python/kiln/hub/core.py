@@ -384,8 +384,7 @@ class HubCore(Sessions):
             self.number(p)
             self.providers[name] = peer
         p.hub, p.offer, p.price = hub, offer, offer.price
-        if p.incarnation or not p.activities:  # linked, or nothing held: sold as it is offered now
-            self._offered(p, offer)
+        self._offered(p, offer)
         return self._flush()
 
     def remote_linked(self, peer: int, incarnation: str, running: list[str]) -> list[Action]:

@@ -123,8 +123,16 @@ class Links:
             await asyncio.sleep(POLL_EVERY)
 
     def look(self) -> None:
-        """Take the providers whose hub or offer changed since the last look."""
+        """Take the providers whose hub or offer changed since the last look; forget those whose
+        hub is found dead (their leases wait for them to join another hub); sell again those a
+        link that failed took off the market."""
         self.hubs = {hub: address for hub, address, _ in self.state.hubs()}
+        for remote in [r for r in self.remotes.values() if r.hub not in self.hubs]:
+            self._forget(remote, f"its hub {remote.hub} is gone")
+        for remote in self.remotes.values():
+            p = self.core.peers.get(remote.peer)
+            if p is not None and p.offer is not None and remote.peer not in self.core.market:
+                self.server.apply(self.core.remote(remote.peer, remote.name, remote.hub, p.minor, p.offer))
         self._since, rows = self.state.providers_changed(self._since)
         for name, hub, text in rows:
             known = self.remotes.get(name)
@@ -193,6 +201,9 @@ class Links:
                 await self._link(remote)
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as e:
                 log.info("cannot link to provider %r at hub %s: %s", remote.name, remote.hub, e)
+                # What waited for the link fails now (retryable), rather than at its timeout; the
+                # provider is off this hub's market until the next look sells it again.
+                self.server.apply(self.core.remote_unlinked(remote.peer, f"its hub {remote.hub} cannot be reached"))
             p = self.core.peers.get(remote.peer)
             if p is not None and (p.activities or self.core.absent(remote.name)):
                 await asyncio.sleep(REDIAL_EVERY)
