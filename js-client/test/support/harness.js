@@ -255,7 +255,8 @@ export class Postgres {
 
   async stop() {
     this.process.child.stdin?.end();
-    await this.process.kill("SIGTERM");
+    const ended = await Promise.race([this.process.exited.then(() => true), sleep(15_000).then(() => false)]);
+    if (!ended) await this.process.kill("SIGTERM");
     rmSync(this.root, { recursive: true, force: true });
   }
 }
