@@ -9,10 +9,15 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 import kiln
 from kiln.hub.io.server import start
@@ -56,6 +61,11 @@ async def join(provider: SimulatedProvider, url: str, cpus: float = 2) -> asynci
     return asyncio.create_task(provider.conn.run())
 
 
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def rows(db: str, sql: str) -> list[tuple[object, ...]]:
     with psycopg.connect(db, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
@@ -67,6 +77,8 @@ async def test_a_requestor_on_one_hub_rents_a_provider_on_another(postgres_url: 
     async with hub(tmp_path, "a", postgres_url) as a, hub(tmp_path, "b", postgres_url) as b:
         await join(provider, b)
         await sold(a, "far")
+        scraped = await asyncio.to_thread(metrics, a)
+        assert "kiln_providers 0.0" in scraped and "kiln_market_providers 1.0" in scraped  # sold, not connected
         async with kiln.connect(a) as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
             assert act.provider == "far"
             assert (await act.run(["true"])).exit_code == 0
@@ -198,3 +210,22 @@ def test_the_database_commits_a_hold_only_if_the_balance_covers_it(postgres_url:
         assert a.hold(hold("x"))
         assert not b.hold(hold("y"))  # 0.5 left
         assert (a.balance(account), b.balance("hold:y"), b.check()) == (500_000, 0, [])
+
+
+async def test_a_link_needs_a_live_hubs_token_and_a_provider_connected_there(postgres_url: str, tmp_path: Path) -> None:
+    async with hub(tmp_path, "b", postgres_url) as b:
+        url = b + "/hub/link/nobody"
+        for headers in ([], [("Authorization", "Bearer kiln_not-a-hub")]):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers, subprotocols=[Subprotocol("kiln.v1")])
+            assert refused.value.response.status_code == 401
+        with HubState(postgres_url, hub="other") as other:
+            other.join("ws://127.0.0.1:1", "the-others-token")
+            async with connect(
+                url,
+                additional_headers=[("Authorization", "Bearer the-others-token")],
+                subprotocols=[Subprotocol("kiln.v1")],
+            ) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404

@@ -59,6 +59,7 @@ from kiln.hub.io.links import LinkAsk, LinkConnection, LinkHost, Links, OnFrame,
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
+from kiln.hub.io.shared import SharedStore
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -136,6 +137,9 @@ class HubServer(LinkHost):
             return
         if ws.link is not None:  # another hub of the database, to a provider connected here
             await self._route(ws, ws.link)
+            return
+        if ws.blob is not None and self.images is not None and self.images.shared is not None:
+            await self.images.shared.lend(ws, ws.blob)  # another hub's fetch, let in the same way
             return
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
@@ -522,11 +526,14 @@ async def start(
         if core.ledger.accounts is None:
             core.ledger.accounts = state
     hub = HubServer(core, store=store, state=state, gate=gate)
+    assert hub.images is not None
+    if cluster is not None:  # the hubs of the database share their images
+        hub.images.shared = SharedStore(state, store, catalog)
+        await hub.images.shared.open()
     sessions, leases = await asyncio.to_thread(state.load)
     meters = await asyncio.to_thread(state.meters)
     hub._apply(core.restore(sessions, leases, meters))
     hub.roll_up_usage(state, usage_retention)
-    assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     if state.required():
         needed = "every hello needs one" + (" or the shared token" if token else "")
@@ -569,10 +576,14 @@ async def start(
         hub.links = Links(hub, state, seat)
         hub.router = Router(hub, state.hub, seat.slot)
         front.hubs = state.hub_of
+        if hub.images.shared is not None:
+            hub.images.shared.secret = seat.secret
+            front.lending = hub.images.shared.holds
     try:
         async with server, asyncio.TaskGroup() as tg:
             heart = tg.create_task(seat.keep()) if seat is not None else None
             poll = tg.create_task(hub.links.poll()) if hub.links is not None else None
+            shelf = tg.create_task(hub.images.shared.run()) if hub.images.shared is not None else None
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state, front.logins))
@@ -594,8 +605,12 @@ async def start(
                     heart.cancel()
                 if poll is not None:
                     poll.cancel()
+                if shelf is not None:
+                    shelf.cancel()
     finally:
         await hub.images.close()
+        if hub.images.shared is not None:
+            await hub.images.shared.close()
         if seat is not None:
             seat.leave()
         state.close()

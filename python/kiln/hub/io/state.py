@@ -46,7 +46,7 @@ from typing import Any, Final, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
-from kiln.hub.io import books
+from kiln.hub.io import books, shelf
 from kiln.hub.io.sql import Database, is_url, open_database
 from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
@@ -220,6 +220,25 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE sessions ADD COLUMN hub VARCHAR(32)",
         "CREATE INDEX sessions_hub ON sessions (hub)",
         "CREATE INDEX activities_provider ON activities (provider)",
+    ),
+    # 6: the image store the hubs of one database share (kiln.hub.io.shelf): each owner's hold on
+    # each image, and which hub holds which blob.
+    (
+        """CREATE TABLE shelf (
+            digest VARCHAR(80) NOT NULL,
+            owner VARCHAR(24) NOT NULL,
+            record TEXT,
+            hub VARCHAR(32) NOT NULL,
+            changed DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (digest, owner)
+        )""",
+        "CREATE INDEX shelf_changed ON shelf (changed)",
+        """CREATE TABLE shelf_blobs (
+            digest VARCHAR(80) NOT NULL,
+            hub VARCHAR(32) NOT NULL,
+            PRIMARY KEY (digest, hub)
+        )""",
+        "CREATE INDEX shelf_blobs_hub ON shelf_blobs (hub)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -983,6 +1002,41 @@ class HubState:
             log.warning("cannot read the hub's database %s: %s", self.where, e)
             return None
         return row
+
+    # --- the image store the hubs share (kiln.hub.io.shared; its SQL: kiln.hub.io.shelf) ---------
+
+    def shelve(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+        """Write ``(digest, owner, record)`` rows of the shared store as this hub's (record None: dropped)."""
+        with self._write() as db:
+            shelf.write(db, self.hub, rows)
+
+    def shelf_changes(self, since: float | None) -> tuple[float, list[shelf.Row]]:
+        """The database's clock now, and the rows of the shared store changed after ``since`` (all for None)."""
+        return shelf.changes(self._db, since)
+
+    def hold_blobs(self, digests: Iterable[str], *, only: bool = False) -> None:
+        """This hub holds the blobs ``digests`` (with ``only``: those and no others)."""
+        with self._write() as db:
+            shelf.hold(db, self.hub, digests, only=only)
+
+    def drop_blobs(self, digests: Iterable[str]) -> None:
+        """This hub holds the blobs ``digests`` no more."""
+        with self._write() as db:
+            shelf.drop(db, self.hub, digests)
+
+    def blobs_elsewhere(self, digests: Iterable[str]) -> set[str]:
+        """Those of ``digests`` another hub holds (live or not)."""
+        return shelf.held_elsewhere(self._db, self.hub, digests)
+
+    def blob_holders(self, digest: str) -> list[str]:
+        """The addresses of the live hubs other than this one that hold the blob ``digest``, the
+        most recently seen first."""
+        rows = self._db.execute(
+            "SELECT h.address FROM shelf_blobs b JOIN hubs h ON h.id = b.hub "
+            f"WHERE b.digest = ? AND b.hub <> ? AND {self._live('h')} ORDER BY h.seen DESC",
+            (digest, self.hub),
+        )
+        return [str(row[0]) for row in rows]
 
 
 def _save_session(db: Database, session: SessionRecord, hub: str | None) -> None:
