@@ -143,7 +143,7 @@ js-lint: $(JS_MODULES)
 js-unit: $(JS_MODULES)
 	cd js-client && npm run --silent test:unit
 
-js-integration: $(JS_MODULES) image
+js-integration: $(JS_MODULES) image postgres
 	cd js-client && npm run --silent test:integration
 
 js-test: js-unit js-integration

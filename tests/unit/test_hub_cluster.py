@@ -23,6 +23,7 @@ class Cluster:
     taken: set[str] = field(default_factory=set)  # providers a live hub holds
     sold: set[str] = field(default_factory=set)  # providers whose capacity other hubs sold
     held: dict[bytes, str] = field(default_factory=dict)  # resume secrets' sha256 -> a live hub's session
+    gone: dict[bytes, Adopted] = field(default_factory=dict)  # resume secrets' sha256 -> a dead hub's session
     dead: dict[str, Adopted] = field(default_factory=dict)  # activity -> what adopting it takes back
     elsewhere: set[str] = field(default_factory=set)  # activities a live hub holds
     reserved: list[str] = field(default_factory=list)
@@ -35,7 +36,9 @@ class Cluster:
         self.taken.discard(name)
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
-        return Adopted([], [], [], frozenset({self.held[secret]})) if secret in self.held else None
+        if secret in self.held:
+            return Adopted([], [], [], frozenset({self.held[secret]}))
+        return self.gone.pop(secret, None)
 
     def adopt_leases(self, provider: str, activities: Collection[str]) -> Adopted:
         found = [self.dead.pop(a) for a in activities if a in self.dead]
@@ -113,6 +116,25 @@ def test_a_provider_back_with_activities_keeps_those_a_live_hub_holds_and_takes_
     assert hub.core.activities["dead1"].state == "ready" and hub.core.activities["dead1"].provider == p1
     r = hub.join("requestor", "r", resume="s9")
     assert r > 0 and hub.core.activities["dead1"].requestor == r
+
+
+def test_a_session_adopted_from_a_dead_hub_finds_its_leases_on_a_provider_connected_here() -> None:
+    """Hub A rented p1 of this hub through a link, then died; its requestor resumes here. p1 runs
+    "dead1" (its hello said so while A was alive) and not "dead2": the first is back at once, the
+    second lost at once; neither waits for a hello that will not come."""
+    resources = Resources(cpus=1, memory=1, storage=0)
+    adopted = Adopted(
+        [SessionRecord("s9", "r", None, secret_digest("s9"))],
+        [LeaseRecord(a, "s9", "p1", resources, None, None, 0.0) for a in ("dead1", "dead2")],
+        [],
+    )
+    cluster = Cluster(elsewhere={"dead1"}, gone={secret_digest("s9"): adopted})
+    hub = harness(cluster)
+    p1 = hub.join("provider", "p1", activities=["dead1"])  # hub A alive: its activity is kept
+    r = hub.join("requestor", "r", resume="s9")
+    lease = hub.core.activities["dead1"]
+    assert (lease.state, lease.provider, lease.requestor) == ("ready", p1, r)
+    assert "dead2" not in hub.core.activities
 
 
 def offer(cpus: float) -> Offer:
