@@ -144,7 +144,7 @@ js-unit: $(JS_MODULES)
 	cd js-client && npm run --silent test:unit
 
 js-integration: $(JS_MODULES) image postgres
-	cd js-client && npm run --silent test:integration
+	cd js-client && PYTHON="$$(command -v $(PYTHON))" npm run --silent test:integration
 
 js-test: js-unit js-integration
 
