@@ -25,6 +25,7 @@ from kiln.hub.io.state import HubState
 from kiln.hub.ledger import Post
 from kiln.protocol.errors import KilnError, NoMatch
 from kiln.protocol.messages import Demand, Offer, Price, Resources
+from kiln.testing import LocalCluster
 from kiln.testing.simulated import Served, SimulatedProvider
 
 IMAGE = "kiln-busybox:latest"
@@ -229,3 +230,32 @@ async def test_a_link_needs_a_live_hubs_token_and_a_provider_connected_there(pos
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.recv()
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+async def test_hub_processes_renting_one_provider_at_once_never_sell_it_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Three hub processes (each its own event loop: the database alone orders them), twelve rents
+    of one CPU at once of a 3-CPU provider: three are granted, and the database agrees."""
+    provider = SimulatedProvider("scarce")
+    with contextlib.ExitStack() as stack:
+        clusters = [stack.enter_context(LocalCluster(tmp_path / n)) for n in "abc"]
+        urls = [c.start_hub("--db", postgres_url, "--grace", "30") for c in clusters]
+        reader = await join(provider, urls[0], cpus=3)
+        await asyncio.gather(*(sold(url, "scarce", timeout=20) for url in urls))
+        async with contextlib.AsyncExitStack() as requestors:
+            rs = [await requestors.enter_async_context(kiln.connect(url)) for url in urls for _ in range(4)]
+
+            async def rent(r: kiln.Requestor) -> bool:
+                try:
+                    await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"))
+                except NoMatch:
+                    return False
+                return True
+
+            granted = await asyncio.gather(*(rent(r) for r in rs))
+            assert sum(granted) == 3, granted
+            [(cpus, count)] = rows(postgres_url, "SELECT SUM(cpus), COUNT(*) FROM activities WHERE provider = 'scarce'")
+            assert (cpus, count) == (3.0, 3)
+        reader.cancel()
+    await provider.close()
