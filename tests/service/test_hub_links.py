@@ -83,6 +83,9 @@ async def test_a_requestor_on_one_hub_rents_a_provider_on_another(postgres_url: 
         async with kiln.connect(a) as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
             assert act.provider == "far"
             assert (await act.run(["true"])).exit_code == 0
+            async with kiln.connect(b) as watcher, asyncio.timeout(5):  # b sees what a rented of its provider
+                while [p.free.cpus for p in await watcher.market()] != [1.0]:  # noqa: ASYNC110  # over the wire
+                    await asyncio.sleep(0.05)
             got = tmp_path / "got"
             await act.download_file("/out/data", got)
             assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(data).digest()

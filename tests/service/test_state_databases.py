@@ -672,9 +672,13 @@ def test_what_a_provider_shares_is_seen_by_the_other_hubs(opened: Open) -> None:
     offered(a, "p1", 4)
     b.apply(SaveOffer("p1", ONE, "{}"))  # not b's: nothing
     since, changed = b.providers_changed(since)
-    assert changed == [("p1", "aaa", '{"cpus": 4}')]
+    assert [(row.name, row.hub, row.offer, row.elsewhere.cpus) for row in changed] == [("p1", "aaa", '{"cpus": 4}', 0)]
+    assert a.reserve("x", "s1", "p1", ONE)  # a's: what b sees of p1 held elsewhere, not what a sees
+    assert [row.elsewhere for row in b.providers_changed(since)[1]] == [ONE]
+    assert [row.elsewhere.cpus for row in a.providers_changed(since)[1]] == [0]
+    a.unreserve("x")
     a.release_provider("p1")
-    assert b.providers_changed(since)[1] == [("p1", None, '{"cpus": 4}')]
+    assert [(row.name, row.hub, row.elsewhere.cpus) for row in b.providers_changed(since)[1]] == [("p1", None, 0)]
     execute(a.database, "UPDATE providers SET changed = changed - 60")
     assert b.providers_changed(since)[1] == [], "only what changed since (less a little overlap)"
 

@@ -134,11 +134,14 @@ class Links:
             if p is not None and p.offer is not None and remote.peer not in self.core.market:
                 self.server.apply(self.core.remote(remote.peer, remote.name, remote.hub, p.minor, p.offer))
         self._since, rows = self.state.providers_changed(self._since)
-        for name, hub, text in rows:
+        for row in rows:
+            name, hub, text = row.name, row.hub, row.offer
             known = self.remotes.get(name)
             if hub is None or hub == self.state.hub or text is None:
                 if known is not None:  # connected to none, or to this hub now: its leases wait for it
                     self._forget(known, "it left its hub" if hub is None else "it is connected here now")
+                if hub == self.state.hub:
+                    self.server.apply(self.core.elsewhere(name, row.elsewhere))
                 continue
             read = offer_of(text)
             if read is None:
@@ -154,6 +157,7 @@ class Links:
                 if known.task is not None:
                     known.wanted.set()  # dial its new hub now
             self.server.apply(self.core.remote(known.peer, name, hub, minor, offer))
+            self.server.apply(self.core.elsewhere(name, row.elsewhere))
             if known.peer not in self.core.peers:  # connected here under another peer meanwhile
                 self._drop(known)
             elif self.core.absent(name):  # leases wait for it: reach it at its hub now
