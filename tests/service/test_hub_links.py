@@ -8,19 +8,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 import kiln
 from kiln.hub.io.server import start
+from kiln.hub.io.state import HubState
+from kiln.hub.ledger import Post
 from kiln.protocol.errors import KilnError, NoMatch
-from kiln.protocol.messages import Demand, Offer, Resources
+from kiln.protocol.messages import Demand, Offer, Price, Resources
+from kiln.testing import LocalCluster
 from kiln.testing.simulated import Served, SimulatedProvider
-
-pytestmark = pytest.mark.asyncio
 
 IMAGE = "kiln-busybox:latest"
 
@@ -41,9 +47,9 @@ async def hub(tmp_path: Path, name: str, db: str) -> AsyncIterator[str]:
         yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def sold(url: str, provider: str, timeout: float = 5.0) -> None:
+async def sold(url: str, provider: str, timeout: float = 5.0, token: str | None = None) -> None:
     """Wait until the hub at ``url`` sells ``provider`` (it learns of another hub's from the database)."""
-    async with kiln.connect(url) as r:
+    async with kiln.connect(url, token=token) as r:
         async with asyncio.timeout(timeout):
             while provider not in {p.name for p in await r.market()}:  # noqa: ASYNC110  # polled over the wire
                 await asyncio.sleep(0.05)
@@ -54,6 +60,11 @@ async def join(provider: SimulatedProvider, url: str, cpus: float = 2) -> asynci
     await provider.join(url, offer(cpus))
     assert provider.conn is not None
     return asyncio.create_task(provider.conn.run())
+
+
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
 
 
 def rows(db: str, sql: str) -> list[tuple[object, ...]]:
@@ -67,9 +78,14 @@ async def test_a_requestor_on_one_hub_rents_a_provider_on_another(postgres_url: 
     async with hub(tmp_path, "a", postgres_url) as a, hub(tmp_path, "b", postgres_url) as b:
         await join(provider, b)
         await sold(a, "far")
+        scraped = await asyncio.to_thread(metrics, a)
+        assert "kiln_providers 0.0" in scraped and "kiln_market_providers 1.0" in scraped  # sold, not connected
         async with kiln.connect(a) as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
             assert act.provider == "far"
             assert (await act.run(["true"])).exit_code == 0
+            async with kiln.connect(b) as watcher, asyncio.timeout(5):  # b sees what a rented of its provider
+                while [p.free.cpus for p in await watcher.market()] != [1.0]:  # noqa: ASYNC110  # over the wire
+                    await asyncio.sleep(0.05)
             got = tmp_path / "got"
             await act.download_file("/out/data", got)
             assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(data).digest()
@@ -123,4 +139,126 @@ async def test_a_provider_moving_to_another_hub_keeps_the_leases_of_a_third(post
         assert rows(postgres_url, "SELECT provider FROM activities") == [("mover",)]
         await act.release()
         await r.close()
+    await provider.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_hub_started_again_takes_back_its_leases_on_another_hubs_provider(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    provider = SimulatedProvider("kept")
+    port = free_port()
+    async with hub(tmp_path, "b", postgres_url) as b:
+        await join(provider, b)
+        async with start("127.0.0.1", port, data_dir=tmp_path / "a", db=postgres_url, grace=30):
+            a = f"ws://127.0.0.1:{port}"
+            await sold(a, "kept")
+            r = await kiln.connect(a)
+            act = await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"))
+        # Hub a stopped, and starts again on its folder: its lease on b's provider is back (the
+        # provider's hello listed none: b's link says what links created since).
+        async with start("127.0.0.1", port, data_dir=tmp_path / "a", db=postgres_url, grace=30):
+            assert (await act.run(["true"])).exit_code == 0
+            assert act.lost is None and provider.running == {act.id}
+            await act.release()
+            await r.close()
+    await provider.close()
+
+
+async def test_a_balance_that_covers_one_hold_rents_once_through_two_hubs(postgres_url: str, tmp_path: Path) -> None:
+    """A requestor's balance covers one hold: two rents through two hubs, one is refused, and the
+    ledger holds (the race itself is decided by the database: the test below)."""
+    with HubState(postgres_url) as state:
+        _, payer = state.create("requestor", "payer")
+        _, seller = state.create("provider", "pricey")
+        state.grant("payer", 1_500_000)  # 1.5 credits: one hold of 1 credit, not two
+    provider = SimulatedProvider("pricey")
+    priced = offer(4).model_copy(update={"price": Price(start=1)})
+    async with hub(tmp_path, "a", postgres_url) as a, hub(tmp_path, "b", postgres_url) as b:
+        await provider.join(b, priced, seller)
+        assert provider.conn is not None
+        reader = asyncio.create_task(provider.conn.run())
+        async with kiln.connect(a, token=payer) as ra, kiln.connect(b, token=payer) as rb:
+            await sold(a, "pricey", token=payer)
+
+            async def rent(r: kiln.Requestor) -> str:
+                try:
+                    await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"), max_duration=60)
+                except KilnError as e:
+                    return e.code
+                return "rented"
+
+            assert sorted(await asyncio.gather(rent(ra), rent(rb))) == ["insufficient_funds", "rented"]
+        with HubState(postgres_url) as state:
+            assert state.check() == []
+        reader.cancel()
+    await provider.close()
+
+
+def test_the_database_commits_a_hold_only_if_the_balance_covers_it(postgres_url: str) -> None:
+    """What decides between two hubs holding from one balance at the same moment: each hold is
+    committed with the account's row locked, and refused if it would take the balance below zero."""
+    with HubState(postgres_url, hub="a") as a, HubState(postgres_url, hub="b") as b:
+        record, _ = a.create("requestor", "payer")
+        a.grant("payer", 1_500_000)
+        account = f"requestor:{record.id}"
+
+        def hold(activity: str) -> Post:
+            return Post(f"hold:{activity}", "hold", 0.0, ((account, -1_000_000), (f"hold:{activity}", 1_000_000)))
+
+        assert a.hold(hold("x"))
+        assert not b.hold(hold("y"))  # 0.5 left
+        assert (a.balance(account), b.balance("hold:y"), b.check()) == (500_000, 0, [])
+
+
+async def test_a_link_needs_a_live_hubs_token_and_a_provider_connected_there(postgres_url: str, tmp_path: Path) -> None:
+    async with hub(tmp_path, "b", postgres_url) as b:
+        url = b + "/hub/link/nobody"
+        for headers in ([], [("Authorization", "Bearer kiln_not-a-hub")]):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers, subprotocols=[Subprotocol("kiln.v1")])
+            assert refused.value.response.status_code == 401
+        with HubState(postgres_url, hub="other") as other:
+            other.join("ws://127.0.0.1:1", "the-others-token")
+            async with connect(
+                url,
+                additional_headers=[("Authorization", "Bearer the-others-token")],
+                subprotocols=[Subprotocol("kiln.v1")],
+            ) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+async def test_hub_processes_renting_one_provider_at_once_never_sell_it_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Three hub processes (each its own event loop: the database alone orders them), twelve rents
+    of one CPU at once of a 3-CPU provider: three are granted, and the database agrees."""
+    provider = SimulatedProvider("scarce")
+    with contextlib.ExitStack() as stack:
+        clusters = [stack.enter_context(LocalCluster(tmp_path / n)) for n in "abc"]
+        urls = [c.start_hub("--db", postgres_url, "--grace", "30") for c in clusters]
+        reader = await join(provider, urls[0], cpus=3)
+        await asyncio.gather(*(sold(url, "scarce", timeout=20) for url in urls))
+        async with contextlib.AsyncExitStack() as requestors:
+            rs = [await requestors.enter_async_context(kiln.connect(url)) for url in urls for _ in range(4)]
+
+            async def rent(r: kiln.Requestor) -> bool:
+                try:
+                    await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"))
+                except NoMatch:
+                    return False
+                return True
+
+            granted = await asyncio.gather(*(rent(r) for r in rs))
+            assert sum(granted) == 3, granted
+            [(cpus, count)] = rows(postgres_url, "SELECT SUM(cpus), COUNT(*) FROM activities WHERE provider = 'scarce'")
+            assert (cpus, count) == (3.0, 3)
+        reader.cancel()
     await provider.close()

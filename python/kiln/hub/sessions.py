@@ -235,7 +235,17 @@ class Sessions(StoreLink):
             return False
         if adopted is not None:
             self._adopt(adopted, "its requestor resumed it here")
+            self._found_here(adopted)
         return True
+
+    def _found_here(self, adopted: Adopted) -> None:
+        """Adopted leases on providers connected to this hub are back at once if their provider runs
+        them (links created them: :attr:`Peer.running`), lost if not: no hello will report them."""
+        for name in sorted({lr.provider for lr in adopted.leases}):
+            peer = self.providers.get(name)
+            p = self.peers.get(peer) if peer is not None else None
+            if p is not None and p.hub is None and name in self._absent:
+                self._reconcile(p, [a for a in p.running if a in self._absent[name]])
 
     def _reconcile(self, p: Peer, running: list[str]) -> None:
         """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
