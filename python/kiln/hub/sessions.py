@@ -284,8 +284,6 @@ class Sessions(StoreLink):
         for activity_id in sorted(absent):
             if (lease := self.activities.get(activity_id)) is not None:
                 self._lose(lease, why)
-                if remote:  # its hub told the list of the provider's hello: it may run it still
-                    self._send_destroy(p, activity_id, None, None)
         if kept or absent:
             self._log("info", f"provider {shown(p.name)} is back: {kept} activities kept, {len(absent)} lost")
 
