@@ -133,6 +133,8 @@ class Links:
             p = self.core.peers.get(remote.peer)
             if p is not None and p.offer is not None and remote.peer not in self.core.market:
                 self.server.apply(self.core.remote(remote.peer, remote.name, remote.hub, p.minor, p.offer))
+            if remote.task is None and self.core.absent(remote.name):  # a session adopted here holds its leases
+                self.sent(remote.peer)
         self._since, rows = self.state.providers_changed(self._since)
         for row in rows:
             name, hub, text = row.name, row.hub, row.offer
