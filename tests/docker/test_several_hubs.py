@@ -169,6 +169,7 @@ async def test_a_job_goes_on_when_its_hub_is_killed_and_its_providers_sit_on_the
         logs = "".join(process.output() for cluster in (a, b, c) for process in cluster.providers.values())
         assert f"joined the hub at {a.url}" not in logs, "the providers never sat on hub a"
     kinds = collections.Counter(event.kind for event in events)
+    assert kinds["rented"] == len(names), "the activities lived through the kill: none rented again"
     after = [e for e in events if e.kind == "task_done" and started_at + e.elapsed > killed[0]]
     print(
         f"\n  {tasks} tasks in {took:.1f} s, hub a killed after {killed[0] - started_at:.1f} s; {len(after)} tasks "
