@@ -33,6 +33,10 @@ pytestmark = [pytest.mark.docker, pytest.mark.long, pytest.mark.timeout(240)]
 
 TASKS = 200
 KILL_EVERY = 15.0
+KILLS = 4
+"""At most: a, b, c and a again (the job takes about 75 s). Each kill of a provider's hub fails what
+the other hubs asked of it as provider_lost, and a job bans a provider that failed it twice: many
+more kills could ban them all (see the report of issue 22)."""
 DEMAND = kiln.Demand(cpus=0.5, memory="64MiB")
 CPUS = 0.5  # what each provider offers: one activity of the demand at a time, two would be sold twice
 SHARED = "chaos-hubs-shared-token"  # what the providers and the clusters' probes join with
@@ -116,7 +120,7 @@ async def test_a_job_over_three_hubs_killed_in_turn_ends_right_and_sells_nothing
                 await asyncio.sleep(0.2)
 
         async def kill_in_turn() -> None:
-            for hub in itertools.cycle(hubs):
+            for hub in itertools.islice(itertools.cycle(hubs), KILLS):
                 await asyncio.sleep(KILL_EVERY)
                 kills.append((hub.url, time.monotonic()))
                 await asyncio.to_thread(hub.restart_hub, signal.SIGKILL, 0.5)
@@ -172,7 +176,8 @@ async def test_a_job_over_three_hubs_killed_in_turn_ends_right_and_sells_nothing
     print(
         f"\n  chaos over 3 hubs: {TASKS} tasks in {took:.1f} s; {len(kills)} hub kills "
         f"({', '.join(f'{url} at {at - started:.0f} s' for url, at in kills)}); {len(usage)} activities, "
-        f"{kinds['rented']} rents, {kinds['task_retry']} retries, {kinds['provider_banned']} providers banned; "
+        f"{kinds['rented']} rents, {kinds['task_retry']} retries, providers banned "
+        f"{[e.provider for e in events if e.kind == 'provider_banned']}; "
         f"most CPUs at once {peaks}, most containers at once {dict(most_containers)}; tasks per provider "
         f"{dict(collections.Counter(e.provider for e in events if e.kind == 'task_done'))}; "
         f"ledger transactions {transactions}"
