@@ -44,11 +44,8 @@ PRICE = "start=0.01,cpu-hour=0.20,env-hour=0.05"
 GRANTED = 100 * MICRO
 
 
-def cli(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``kiln ARGS`` run in the folder ``where`` (with ``--db`` and no ``--data-dir``, the command
-    line writes a ``hub-id`` file in its working folder)."""
-    command = [sys.executable, "-m", "kiln.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=where)
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, timeout=60)
 
 
 async def running(names: list[str]) -> collections.Counter[str]:
@@ -83,10 +80,10 @@ async def test_a_job_over_three_hubs_killed_in_turn_ends_right_and_sells_nothing
     args = ("--grace", "20", "--token", SHARED, "--capture-interval", "1", "--fee", "0.05")
     with hubs_on(postgres_url, tmp_path, "abc", *args) as hubs:
         urls = [hub.url for hub in hubs]
-        made = cli(tmp_path, "token", "create", "--role", "requestor", "--name", "alice", "--db", postgres_url)
+        made = cli("token", "create", "--role", "requestor", "--name", "alice", "--db", postgres_url)
         assert made.returncode == 0, made.stderr
         alice = made.stdout.strip()
-        granted = cli(tmp_path, "credit", "grant", "alice", str(GRANTED // MICRO), "--db", postgres_url)
+        granted = cli("credit", "grant", "alice", str(GRANTED // MICRO), "--db", postgres_url)
         assert granted.returncode == 0, granted.stderr
         names: list[str] = []
         for hub in hubs:
@@ -166,7 +163,7 @@ async def test_a_job_over_three_hubs_killed_in_turn_ends_right_and_sells_nothing
             for account, amount in db.execute("SELECT account, amount FROM ledger_entries WHERE account LIKE 'hold:%'"):
                 holds[account] += amount
         assert holds and not any(holds.values()), f"holds left: {+holds}"
-        checked = cli(tmp_path, "ledger", "check", "--json", "--db", postgres_url)
+        checked = cli("ledger", "check", "--json", "--db", postgres_url)
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert json.loads(checked.stdout)["problems"] == []
         counted = rows(postgres_url, "SELECT kind, COUNT(*) FROM ledger_transactions GROUP BY kind")
