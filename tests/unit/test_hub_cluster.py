@@ -175,3 +175,20 @@ def test_an_offer_comes_back_from_the_database_as_it_was_with_its_price_in_micro
     assert offer_of(offer_text(5, offer)) == (5, offer)
     assert (price.start, price.cpu_hour, price.env_hour) == (10_000, 200_000, 50_000)
     assert offer_of("{") is None and offer_of('{"minor": 5}') is None
+
+
+def test_a_lease_adopted_on_a_provider_no_link_reached_is_destroyed_there_when_the_grace_ends() -> None:
+    """A session adopted here holds a lease on a provider of another hub, which it never reached
+    within the grace period: the lease is lost, and the provider told to destroy its container (else
+    it runs on, its capacity sold again)."""
+    lease = LeaseRecord("far1", "s9", "far", Resources(cpus=1, memory=1, storage=0), None, None, 0.0)
+    adopted = Adopted([SessionRecord("s9", "r", None, secret_digest("s9"))], [lease], [])
+    hub = harness(Cluster(gone={secret_digest("s9"): adopted}))
+    remote = 100
+    hub.take(hub.core.remote(remote, "far", "hubB", 6, offer(4)))
+    hub.join("requestor", "r", resume="s9")
+    assert hub.core.activities["far1"].state == "absent"
+    hub.expire(61)
+    assert "far1" not in hub.core.activities
+    destroyed = [(e[0], e[1]["activity"]) for e in hub.events if isinstance(e, tuple) and e[1]["type"] == "destroy"]
+    assert destroyed == [(remote, "far1")]
