@@ -414,7 +414,7 @@ def test_no_more_hubs_join_than_there_are_slots(opened: Open) -> None:
 def test_a_provider_is_claimed_by_one_live_hub_at_a_time(opened: Open) -> None:
     a, b = opened("aaa"), opened("bbb")
     a.join("ws://127.0.0.1:1", "sa")
-    b.join("ws://127.0.0.1:2", "sb")
+    slot = b.join("ws://127.0.0.1:2", "sb")
     assert a.claim_provider("p1") and a.claim_provider("p1"), "its own reconnect"
     assert not b.claim_provider("p1")
     a.release_provider("p1")
@@ -423,7 +423,7 @@ def test_a_provider_is_claimed_by_one_live_hub_at_a_time(opened: Open) -> None:
     age(a, "bbb")
     assert a.claim_provider("p1"), "taken from a dead hub"
     assert b.claim_provider("p2")
-    b.join("ws://127.0.0.1:2", "sb")
+    b.join("ws://127.0.0.1:2", "sb", slot)  # alive, taken for dead: joining again, it keeps its providers
     assert not b.claim_provider("p1")
     a.leave()  # what it held is anyone's at once
     assert b.claim_provider("p1")
