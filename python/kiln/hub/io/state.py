@@ -319,6 +319,7 @@ class HubState:
 
     def __init__(self, where: Path | str, *, clock: Callable[[], float] = time.time, hub: str = "hub") -> None:
         self._clock = clock
+        self._required = False
         self.hub = hub
         """This hub's id among those sharing the database (:meth:`join`): its sessions and providers carry it."""
         if isinstance(where, Path):
@@ -452,8 +453,13 @@ class HubState:
     # --- the hub's lookups -------------------------------------------------------------------
 
     def required(self) -> bool:
+        # Asked at every hello and every rent. A credential is never deleted (a revoked one still
+        # counts), so once there is one the answer stands: no more round trips to the database.
+        if self._required:
+            return True
         row = self._read("SELECT EXISTS (SELECT 1 FROM credentials)", ())
-        return row is None or bool(row[0])
+        self._required = row is not None and bool(row[0])
+        return row is None or self._required
 
     def find(self, token: str) -> Credential | None:
         digest = token_hash(token)
