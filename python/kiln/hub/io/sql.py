@@ -175,7 +175,9 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Database]:
-        with self._db.transaction():
+        # In pipeline mode: BEGIN, the statements whose results are not read, and COMMIT go out
+        # together, a round trip only where a result is read (fetchone) and at the end.
+        with self._db.pipeline(), self._db.transaction():
             yield self
 
     @contextlib.contextmanager
