@@ -27,7 +27,7 @@ def state(tmp_path: Path) -> Iterator[HubState]:
 
 def test_the_cli_writes_while_a_reader_holds_a_transaction(state: HubState) -> None:
     """WAL: a hub in the middle of a read never stops ``kiln token`` writing, nor sees half of it."""
-    reader = sqlite3.connect(state.path, isolation_level=None)
+    reader = sqlite3.connect(state.where, isolation_level=None)
     reader.execute("BEGIN")
     assert reader.execute("SELECT count(*) FROM credentials").fetchone() == (0,)
     done = subprocess.run(
@@ -40,7 +40,7 @@ def test_the_cli_writes_while_a_reader_holds_a_transaction(state: HubState) -> N
             "--role",
             "requestor",
             "--data-dir",
-            str(state.path.parent),
+            str(Path(state.where).parent),
         ],
         capture_output=True,
         text=True,

@@ -145,7 +145,7 @@ def test_check_finds_a_tampered_entry_a_tampered_balance_and_a_missing_one(state
     account = alice(state)
     state.apply(hold("a1", 3_000_000))
     assert state.check() == []
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("UPDATE ledger_entries SET amount = 4000000 WHERE account = ?", (hold_account("a1"),))
     db.close()
     problems = state.check()
@@ -153,12 +153,12 @@ def test_check_finds_a_tampered_entry_a_tampered_balance_and_a_missing_one(state
         "transaction 2 (hold:a1) does not balance: its entries sum to 1000000",
         "account hold:a1: its cached balance is 3000000, its entries sum to 4000000",
     ]
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("UPDATE ledger_entries SET amount = 3000000 WHERE account = ?", (hold_account("a1"),))
         db.execute("UPDATE ledger_balances SET balance = balance + 1 WHERE account = ?", (account,))
     db.close()
     assert state.check() == [f"account {account}: its cached balance is 7000001, its entries sum to 7000000"]
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("UPDATE ledger_balances SET balance = 7000000 WHERE account = ?", (account,))
         db.execute("DELETE FROM ledger_balances WHERE account = ?", (MINT,))
         db.execute("INSERT INTO ledger_entries (txn, line, account, amount) VALUES (99, 0, 'x', 0)")
@@ -272,7 +272,7 @@ def test_a_lease_keeps_its_price_and_max_duration_and_its_usage_row_the_price(st
     _, leases = state.load()
     assert [(x.price, x.max_duration) for x in leases] == [(PRICE, 600.0), (None, None)]
     state.apply(EndLease("a1", 1600.0, 1.0))
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         row = db.execute("SELECT price_start, price_cpu_hour, price_env_hour FROM usage").fetchone()
     db.close()
     assert row == (10_000, 200_000, 50_000)
@@ -312,7 +312,7 @@ def test_reputation_counters_are_saved_replaced_and_loaded(state: HubState) -> N
     state.apply(SaveReputation("p1", {"started": 3.0, "lost": 1.0}))
     state.apply(SaveReputation("p2", {}))
     state.apply(SaveReputation("p1", {"started": 4.0, "lost": 1.0, "verdicts_lost": 0.5}))
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("INSERT INTO reputation (provider, counters) VALUES ('p3', 'not json')")
     db.close()
     assert state.reputations() == {"p1": {"started": 4.0, "lost": 1.0, "verdicts_lost": 0.5}, "p2": {}}
@@ -347,7 +347,7 @@ def test_a_database_of_schema_3_keeps_its_rows_and_gains_the_ledger(tmp_path: Pa
         state.grant("alice", 1)
         assert state.balance("requestor:1") == 1 and state.check() == []
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)] == [(len(MIGRATIONS),)]
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
 
 
@@ -370,7 +370,7 @@ def test_the_hubs_database_is_the_cores_accounts_and_fails_closed(state: HubStat
     alice(state)
     state.apply(SaveBudget("s1", "g", 5))
     assert accounts.balance("requestor:1") == 10_000_000 and state.budget("s1", "g") == 5
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("DROP TABLE ledger_balances")
         db.execute("DROP TABLE budgets")
         db.execute("DROP TABLE ledger_entries")

@@ -56,14 +56,14 @@ def test_a_credential_is_created_found_listed_and_revoked(tmp_path: Path) -> Non
 def test_only_hashes_are_stored_in_a_private_file(state: HubState) -> None:
     _, token = state.create("requestor", "r")
     state.close()
-    assert stat.S_IMODE(state.path.stat().st_mode) == 0o600
-    with sqlite3.connect(state.path) as db:
+    assert stat.S_IMODE(Path(state.where).stat().st_mode) == 0o600
+    with sqlite3.connect(state.where) as db:
         [(stored,)] = db.execute("SELECT hash FROM credentials").fetchall()
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
     assert stored == hashlib.sha256(token.encode()).hexdigest()
-    assert token.encode() not in state.path.read_bytes()
+    assert token.encode() not in Path(state.where).read_bytes()
 
 
 def test_bad_requests_are_usage_errors(state: HubState) -> None:
@@ -102,7 +102,7 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
 def test_an_unreadable_database_admits_no_one(state: HubState) -> None:
     _, token = state.create("requestor")
-    with sqlite3.connect(state.path) as db:
+    with sqlite3.connect(state.where) as db:
         db.execute("DROP TABLE credentials")
     db.close()
     assert state.find(token) is None

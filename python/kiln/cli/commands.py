@@ -248,10 +248,12 @@ def _hub_data(data_dir: Path | None, *, make: bool = False) -> Path:
 
 def _state(args: argparse.Namespace, *, make: bool = False) -> HubState:
     """The hub's state that ``--db`` names, else the one in its ``--data-dir`` (see :func:`_hub_data`)."""
+    from kiln.hub.io.sql import is_url
     from kiln.hub.io.state import HubState  # imported here, not at start: a quick CLI
 
     if args.db is not None:
-        return HubState.open(args.data_dir or Path(), args.db)
+        # Not HubState.open: a command is no hub, it has no hub id to keep (in a hub-id file of the working folder).
+        return HubState(args.db if is_url(args.db) else Path(args.db))
     return HubState.in_dir(_hub_data(args.data_dir, make=make))
 
 

@@ -276,6 +276,13 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     hub.add_argument("--db", default=UNSET, metavar="URL", help=DB_HELP + ": hubs on one PostgreSQL are one market")
     hub.add_argument(
+        "--advertise",
+        default=UNSET,
+        metavar="URL",
+        help="with a PostgreSQL --db: the ws:// or wss:// URL the other hubs reach this one at (default: the "
+        "address it listens on, which must then be theirs to reach: not 0.0.0.0)",
+    )
+    hub.add_argument(
         "--store-limit",
         type=_size,
         default=UNSET,

@@ -33,6 +33,7 @@ async def hub(settings: HubSettings) -> int:
             token=settings.token,
             data_dir=settings.data_dir,
             db=settings.db,
+            advertise=settings.advertise,
             store_limit=settings.store_limit,
             max_image_size=settings.max_image_size,
             max_expansion=settings.max_expansion,

@@ -45,7 +45,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from kiln.connection import hub_urls
+from kiln.connection import check_hub_url, hub_urls
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
@@ -89,6 +89,13 @@ def _hub_urls(value: object) -> tuple[str, ...]:
         raise ValueError(e.message) from e
 
 
+def _hub_url(value: str) -> str:
+    try:
+        return check_hub_url(value)
+    except KilnError as e:
+        raise ValueError(e.message) from e
+
+
 def _file(value: Path) -> Path:
     path = value.expanduser()
     if not path.exists():
@@ -111,6 +118,8 @@ Size = Annotated[int, BeforeValidator(_size)]
 """Bytes, written as a number or as text with a unit ("2GiB")."""
 HubUrls = Annotated[tuple[str, ...], BeforeValidator(_hub_urls)]
 """The hubs of one market: a URL, several separated by commas, or a list of either."""
+HubUrl = Annotated[str, AfterValidator(_hub_url)]
+"""One hub's URL (ws:// or wss://)."""
 File = Annotated[Path, AfterValidator(_file)]
 """A file that exists and can be read."""
 Folder = Annotated[Path, AfterValidator(_folder)]
@@ -346,6 +355,7 @@ class HubSettings(_Settings):
     token_file: File | None = None
     data_dir: Folder | None = None
     db: Annotated[str, Field(min_length=1)] | None = None
+    advertise: HubUrl | None = None
     store_limit: Size = 20 * 2**30
     max_image_size: Size = 20 * 2**30
     max_expansion: Annotated[float, Field(ge=1)] = 32.0

@@ -376,6 +376,46 @@ class Catalog:
             return left
         return None
 
+    # --- images other hubs store (kiln hub --db postgresql://...: kiln.hub.io.shared) -----------
+
+    def merge(self, record: StoredImage, owner: Owner) -> list[str]:
+        """Take another hub's word on ``owner``'s hold on an image: ``record``'s holding of
+        ``owner`` (none: the owner dropped it) replaces the one here, its tags taken from any image
+        that had them here. The image may have none of its blobs here: they are fetched when a
+        provider needs them (:meth:`fetching`). What is used here (``in_use``, ``last_used``)
+        stays. The blobs to delete (the image went with its last holder)."""
+        holding = record.holdings.get(owner)
+        image = self.images.get(record.digest)
+        if image is None:
+            if holding is None:
+                return []
+            image = self.images[record.digest] = StoredImage(record.manifest, record.arch, record.os)
+        old = image.holdings.pop(owner, None)
+        for tag in old.tags if old is not None else ():
+            if self.tags.get((owner, tag)) == image.digest:
+                del self.tags[(owner, tag)]
+        if holding is None:
+            return [] if image.holdings else self.remove(image.digest)
+        tags, holding.tags = holding.tags, set()
+        image.holdings[owner] = holding
+        for tag in tags:
+            self.retag(tag, image, owner)
+        return []
+
+    def fetching(self, image: StoredImage, blob: Blob) -> Push:
+        """Start taking in ``blob`` of ``image`` from another hub: the room it takes (pass it to
+        :meth:`grow` as its bytes arrive and to :meth:`pin` once all came, then :meth:`fetched`,
+        or :meth:`end` if it fails). No tenant sends it: it makes none its sender."""
+        return Push(image.manifest, OPEN, "another hub", blob.size, 0)
+
+    def fetched(self, blob: Blob, expanded: int | None, room: Push) -> None:
+        """``blob`` fetched (:meth:`fetching`) is verified and on disk: stored, its room moved to the
+        store's use; ``expanded`` as :meth:`add_blob` takes it."""
+        self.blobs[blob.digest] = blob.size
+        if expanded is not None:
+            self.expanded[blob.digest] = expanded
+        self.end(room)
+
     # --- ownership ------------------------------------------------------------------------------
 
     def owned(self, ref: str, tenant: Tenant, doing: str) -> StoredImage:
@@ -475,6 +515,8 @@ class Catalog:
                 break
             if image.in_use or any(blob.digest in self._pinned for blob in image.blobs):
                 continue
+            if not any(blob.digest in self.blobs for blob in image.blobs):
+                continue  # only another hub stores it (see merge): dropping it here frees nothing
             victims.append(image)
             for blob in unique(image.blobs):
                 refs[blob.digest] -= 1

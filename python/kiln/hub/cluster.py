@@ -22,6 +22,7 @@ from typing import Final, Protocol
 import orjson
 from pydantic import ValidationError
 
+from kiln.hub.ledger import Post
 from kiln.hub.records import Adopted
 from kiln.protocol.messages import Offer, Resources
 
@@ -57,6 +58,11 @@ class Cluster(Protocol):
 
     def unreserve(self, activity: str) -> None:
         """``activity`` will not be: its reservation goes."""
+        ...
+
+    def hold(self, post: Post) -> bool:
+        """Commit ``post`` (a hold, or a top-up) unless it would take its requestor's balance below
+        zero (other hubs hold from the same balance): whether it was."""
         ...
 
 

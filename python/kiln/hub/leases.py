@@ -107,7 +107,7 @@ class Leases(CoreBase):
         resources = Resources(cpus=d.cpus, memory=d.memory, storage=d.storage)
         activity_id = self._new_activity_id()
         excluded = set(message.exclude)
-        for _ in range(RESERVE_TRIES):
+        for taken in range(RESERVE_TRIES):  # how many the database refused so far
             try:
                 provider, cached = self.market.choose(
                     message.image,
@@ -123,7 +123,8 @@ class Leases(CoreBase):
                     seconds=message.max_duration or EXPECTED_DURATION,
                 )
             except NoMatch as e:
-                self._rent_failed(p, message, e.code, e.message, since)
+                text = e.message if not taken else f"{taken} providers that matched were sold by other hubs meanwhile"
+                self._rent_failed(p, message, e.code, text, since)
                 return
             q = self.peers[provider]
             # Several hubs sell each provider: the database decides who has its capacity.
@@ -131,7 +132,7 @@ class Leases(CoreBase):
                 break
             excluded.add(q.name)  # sold by another hub meanwhile: this hub's view of it is behind
         else:
-            text = f"the capacity of {RESERVE_TRIES} providers that matched was taken by other hubs' rents meanwhile"
+            text = f"{RESERVE_TRIES} providers that matched were sold by other hubs meanwhile"
             self._rent_failed(p, message, ErrorCode.NO_MATCH, text, since)
             return
         if self._priced(q):  # held before anything starts
@@ -209,7 +210,13 @@ class Leases(CoreBase):
         held = self.ledger.open(meter, self._clock())
         if isinstance(held, Refusal):
             return held
-        self._out.append(held)
+        if self.cluster is None:
+            self._out.append(held)
+        elif self.cluster.hold(held):  # several hubs hold from one balance: the database decides
+            self.ledger.written(held)
+        else:
+            self.ledger.withdraw(meter, held)
+            return Refusal(ErrorCode.INSUFFICIENT_FUNDS, f"{account} has not enough left: other hubs held it first")
         return None
 
     def _destroy(self, activity: Lease, requestor: int | None, r_id: int | None, *, cancelled: bool = False) -> None:

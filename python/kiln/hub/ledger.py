@@ -302,6 +302,28 @@ class Ledger:
         entries = ((meter.account, -amount), (hold_account(meter.activity), amount))
         return Post(key, "hold", now, entries, meter.activity, meter.session, meter.group)
 
+    def written(self, hold: Post) -> None:
+        """``hold`` (a hold or a top-up of :meth:`open` or :meth:`top_up`) is committed already (the
+        database decided it: several hubs): the balance asked from now on includes it."""
+        for account, amount in hold.entries:
+            if amount < 0:
+                self._unwritten[account] += amount
+
+    def withdraw(self, meter: Meter, hold: Post) -> None:
+        """``hold`` could not be committed (another hub held the balance first): as if never placed;
+        a hold of :meth:`open` forgets ``meter`` too."""
+        amount = sum(value for _, value in hold.entries if value > 0)
+        meter.held -= amount
+        self._unwritten[meter.account] -= amount
+        if meter.group is not None:
+            key = (meter.session, meter.group)
+            self._committed[key] = self.budget_of(meter.session, meter.group)[1] - amount
+        if hold.key == hold_account(meter.activity):  # the first hold: the meter goes with it
+            self.meters.pop(meter.activity, None)
+            self._of_account.get(meter.account, set()).discard(meter.activity)
+        else:
+            meter.tops -= 1
+
     def top_up(self, meter: Meter, now: float) -> Post | Refusal | None:
         """Hold more for a running activity whose hold covers less than two more capture intervals.
 

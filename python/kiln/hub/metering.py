@@ -30,7 +30,7 @@ import heapq
 from collections.abc import Sequence
 
 from kiln.hub.base import credential_id, shown
-from kiln.hub.ledger import Meter, Refusal, requestor_account
+from kiln.hub.ledger import Meter, Post, Refusal, requestor_account
 from kiln.hub.peers import Lease, Peer, Pending
 from kiln.hub.records import LeaseRecord, MeterRecord
 from kiln.hub.relay import Relay
@@ -85,6 +85,12 @@ class Metering(Relay):
             else:  # no meter (or no answer to the last one yet): the wall time, the CPU known so far
                 self._charge(lease, None)
             topped = self.ledger.top_up(meter, now)
+            if isinstance(topped, Post) and self.cluster is not None:  # the database decides (several hubs)
+                if self.cluster.hold(topped):
+                    self.ledger.written(topped)
+                    continue
+                self.ledger.withdraw(meter, topped)
+                topped = Refusal(ErrorCode.INSUFFICIENT_FUNDS, f"activity {meter.activity} ended: no credits left")
             if isinstance(topped, Refusal):
                 self._end_lease(lease, topped.code, topped.message)
             elif topped is not None:

@@ -24,7 +24,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import IO, Final
 
@@ -196,7 +196,7 @@ class BlobStore:
         records = []
         for path in self.meta.glob("*.json"):
             try:
-                records.append(_image_from_json(path.read_bytes()))
+                records.append(image_from_json(path.read_bytes()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError, KilnError) as e:
                 log.warning("ignoring the unreadable image record %s: %s", path.name, e)
         for image in sorted(records, key=lambda i: i.pushed):  # a tag on two images: the later push has it
@@ -234,13 +234,21 @@ class BlobStore:
             target = self.meta / f"{image.digest.removeprefix('sha256:')}.json"
             fd, name = tempfile.mkstemp(dir=self.tmp, prefix="image.")
             with os.fdopen(fd, "wb") as f:
-                f.write(_image_to_json(image))
+                f.write(image_to_json(image))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(name, target)
 
     def forget(self, digest: str) -> None:
         (self.meta / f"{digest.removeprefix('sha256:')}.json").unlink(missing_ok=True)
+
+    def evict(self, digests: Iterable[str], catalog: Catalog) -> None:
+        """Delete the records of the images ``catalog`` dropped to make room, and the files of the
+        blobs ``digests`` it evicted (see :meth:`delete`)."""
+        for path in self.meta.glob("*.json"):
+            if f"sha256:{path.stem}" not in catalog.images:
+                path.unlink(missing_ok=True)
+        self.delete(set(digests), catalog.keeps)
 
     def delete(self, digests: Iterable[str], keep: Callable[[str], bool] = lambda digest: False) -> None:
         """Delete the files of ``digests``, but not of one that ``keep`` says is wanted again by
@@ -281,28 +289,35 @@ OPEN_KEY: Final = "open"
 """The open tenant's key among a record's ``owners`` (the others: their credential ids)."""
 
 
-def _image_to_json(image: StoredImage) -> bytes:
-    owners = {
-        OPEN_KEY if owner is None else str(owner): {
+def owner_key(owner: Owner) -> str:
+    """``owner``'s key in a record (and in the shared store's rows: :mod:`kiln.hub.io.shelf`)."""
+    return OPEN_KEY if owner is None else str(owner)
+
+
+def image_to_json(image: StoredImage, owners: Collection[Owner] | None = None) -> bytes:
+    """The record of ``image`` (with the holdings of ``owners`` only, when given)."""
+    held = {
+        owner_key(owner): {
             "tags": sorted(h.tags),
-            "shared": sorted(OPEN_KEY if o is None else str(o) for o in h.shared),
+            "shared": sorted(owner_key(o) for o in h.shared),
             "public": h.public,
             "pushed": h.pushed,
         }
         for owner, h in image.holdings.items()
+        if owners is None or owner in owners
     }
     return orjson.dumps(
         {
             "manifest": image.manifest.model_dump(mode="json"),
             "arch": image.arch,
             "os": image.os,
-            "owners": owners,
+            "owners": held,
             "last_used": image.last_used,
         }
     )
 
 
-def _image_from_json(data: bytes) -> StoredImage:
+def image_from_json(data: bytes | str) -> StoredImage:
     """An image record; one written before images had owners (no ``owners``: ``tags`` and
     ``pushed`` at the top) belongs to the open tenant."""
     raw = orjson.loads(data)
@@ -312,14 +327,15 @@ def _image_from_json(data: bytes) -> StoredImage:
     if owners is None:
         owners = {OPEN_KEY: {"tags": raw["tags"], "pushed": raw["pushed"]}}
     for key, h in owners.items():
-        shared = {_owner(o) for o in h.get("shared", [])}
+        shared = {owner_of(o) for o in h.get("shared", [])}
         holding = Holding(float(h["pushed"]), {str(t) for t in h["tags"]}, shared, bool(h.get("public", False)))
-        image.holdings[_owner(key)] = holding
+        image.holdings[owner_of(key)] = holding
     if not image.holdings:
         raise ValueError("the record names no owner")
     image.last_used = raw.get("last_used")
     return image
 
 
-def _owner(key: str) -> Owner:
+def owner_of(key: str) -> Owner:
+    """The owner a record's key names (ValueError for none)."""
     return None if key == OPEN_KEY else int(key)

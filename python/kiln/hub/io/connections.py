@@ -134,6 +134,8 @@ class HubConnection(TakesMessages, ServerConnection):
     """Set for the dashboard's live feed, to whom its upgrade showed (:mod:`kiln.hub.io.http`): no kiln.v1 peer."""
     link: LinkAsk | None = None
     """Set for a link from another hub of the database to a provider here (:mod:`kiln.hub.io.links`)."""
+    blob: str | None = None
+    """Set for another hub fetching a blob, its digest (:mod:`kiln.hub.io.http`): no kiln.v1 peer either."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

@@ -12,6 +12,12 @@ closes. ``GET`` only, and never a body (websockets refuses a request that has on
   ``/api/logout`` forgets it; ``/api/me`` says who the request shows (JSON ``{admin, name}``, or ``null`` for nobody);
 * ``/`` and ``/assets/<file>``: the dashboard's files, from the package ``kiln.hub.dashboard``
   (:class:`Assets`), under a content security policy that lets the page fetch from the hub alone;
+* ``/hub/blobs/<sha256:...>``: for another hub of the same database (``kiln hub --db
+  postgresql://...``) that lacks a blob a provider of its needs (:mod:`kiln.hub.io.shared`). It
+  shows its token (``Authorization: Bearer``: its :attr:`~kiln.hub.io.seat.Seat.secret`, which
+  must be a live hub's; else 401, counted as a failed hello), and upgrades to a WebSocket on which
+  the blob's bytes come, streamed from its file (404 for a blob this hub does not hold, 426 for
+  a request that does not upgrade);
 * anything else: 404.
 
 A WebSocket upgrade to :data:`LIVE_PATH` is the dashboard's live feed: it needs a viewer (the
@@ -50,6 +56,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from kiln.hub.access import Credentials, Viewer, viewer
+from kiln.hub.images import is_digest
 from kiln.hub.io.connections import LINK_PATH, HubConnection, LinkAsk
 from kiln.hub.io.metrics import CONTENT_TYPE, Metrics
 
@@ -62,6 +69,7 @@ logging in again and again cannot push an admin's sessions out of :data:`MAX_LOG
 LOGIN_TTL: Final = 12 * 3600.0
 """Seconds a session lasts from its login."""
 LIVE_PATH: Final = "/api/live"
+BLOBS_PATH: Final = "/hub/blobs/"
 DASHBOARD_PACKAGE: Final = "kiln.hub.dashboard"
 CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",
@@ -251,6 +259,8 @@ class Front:
         self.logins = logins or Logins()
         self.hubs: Callable[[str], tuple[str, int] | None] | None = None
         """Which live hub of the database a token is, and its slot (several hubs only: links)."""
+        self.lending: Callable[[str], bool] | None = None
+        """Whether a blob is on this hub's disk, for another hub of the database to fetch (several hubs only)."""
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """websockets' ``process_request``: a response to send instead of upgrading, or None to upgrade."""
@@ -263,6 +273,8 @@ class Front:
                 b"too many wrong tokens from this address\n",
                 headers=[("Retry-After", str(math.ceil(wait)))],
             )
+        if path.startswith(BLOBS_PATH):
+            return self._blob(connection, request, path.removeprefix(BLOBS_PATH))
         if _upgrading(request.headers):
             if path.startswith(LINK_PATH):
                 return self._link(connection, request, path)
@@ -361,6 +373,25 @@ class Front:
             return _response(http.HTTPStatus.FORBIDDEN, b"the live feed is for the hub's own page\n")
         if isinstance(connection, HubConnection):
             connection.viewer = who
+        return None
+
+    def _blob(self, connection: ServerConnection, request: Request, digest: str) -> Response | None:
+        """Another hub's fetch of a blob: upgraded when its token is a live hub's and the blob is here."""
+        if self.lending is None or self.hubs is None:
+            return _response(http.HTTPStatus.NOT_FOUND, b"not found\n")
+        bearer = _bearer(request.headers)
+        if not bearer or self.hubs(bearer) is None:
+            if bearer and isinstance(connection, HubConnection):
+                connection.gate.failed(connection.source)
+            return _unauthorized()
+        if not is_digest(digest) or not self.lending(digest):
+            return _response(http.HTTPStatus.NOT_FOUND, b"this hub holds no such blob\n")
+        if not _upgrading(request.headers):
+            return _response(
+                http.HTTPStatus.UPGRADE_REQUIRED, b"a blob comes over a WebSocket\n", headers=[("Upgrade", "websocket")]
+            )
+        if isinstance(connection, HubConnection):
+            connection.blob = digest
         return None
 
 

@@ -30,19 +30,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 import orjson
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from kiln.connection import WEBSOCKET_OPTIONS, HubLink
 from kiln.hub.actions import Action, Send
 from kiln.hub.cluster import ID_STEP, offer_of
-from kiln.hub.io.connections import LINK_PATH, LinkAsk, Outbox
+from kiln.hub.io.connections import LINK_PATH, SUBPROTOCOL, LinkAsk, Outbox
 from kiln.hub.io.state import HubState
 from kiln.protocol import frames
+from kiln.wire import TakesMessages
 
 if TYPE_CHECKING:
     from kiln.hub.core import HubCore
@@ -59,6 +59,21 @@ REDIAL_EVERY: Final = 0.5
 """Seconds between two dials of a link that failed, while it is needed."""
 LINK_TIMEOUT: Final = 5.0
 """Seconds a link's opening (and its first message) may take."""
+
+
+class LinkConnection(TakesMessages, ClientConnection):
+    """A link this hub opened, whose messages go to a callback as they are read."""
+
+
+LINK_OPTIONS: Final[dict[str, Any]] = {
+    "create_connection": LinkConnection,
+    "subprotocols": [SUBPROTOCOL],
+    "max_size": None,  # the provider's hub sends no more than its limits let the provider send it
+    "ping_interval": 3,  # as a peer dials the hub: a hub silent for 7 s after a ping is gone
+    "ping_timeout": 7,
+    "close_timeout": 1,
+    "compression": None,
+}
 
 
 @dataclass(slots=True)
@@ -146,11 +161,15 @@ class Links:
             remote.task = asyncio.get_running_loop().create_task(self._keep(remote))
 
     def closed(self, peer: int) -> bool:
-        """The core is done with ``peer`` (a Close): True if it was a remote provider, now forgotten."""
+        """The core closes ``peer``: True if it is a remote provider, which is now forgotten. (A core
+        that finds it unresponsive closes it as it would a connection here: it is sold no more.)"""
         remote = self.by_peer.get(peer)
         if remote is None:
             return False
-        self._drop(remote)
+        if peer in self.core.peers:
+            self._forget(remote, "its hub's link closed by this hub")
+        else:
+            self._drop(remote)
         return True
 
     def _forget(self, remote: Remote, why: str) -> None:
@@ -186,8 +205,8 @@ class Links:
         url = address.rstrip("/") + LINK_PATH + quote(remote.name, safe="")
         headers = [("Authorization", f"Bearer {self.seat.secret}")]
         async with asyncio.timeout(LINK_TIMEOUT):
-            ws = await connect(url, additional_headers=headers, open_timeout=LINK_TIMEOUT, **WEBSOCKET_OPTIONS)
-        assert isinstance(ws, HubLink)
+            ws = await connect(url, additional_headers=headers, open_timeout=LINK_TIMEOUT, **LINK_OPTIONS)
+        assert isinstance(ws, LinkConnection)
         try:
             first: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
@@ -225,7 +244,7 @@ class LinkHost:
     def apply(self, actions: list[Action]) -> None:
         raise NotImplementedError
 
-    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+    async def carry(self, peer: int, ws: LinkConnection | HubConnection, on_message: OnFrame | None = None) -> None:
         """Write ``peer``'s outbox to ``ws`` and hand what it reads to ``on_message`` (the core's
         :meth:`take` when None), until the connection ends."""
         raise NotImplementedError
@@ -264,6 +283,8 @@ class Router:
         log.info("hub %s linked to provider %r", ask.hub, ask.provider)
 
         def to_provider(data: bytes, text: bool) -> None:
+            if text:
+                self._track(p.running, data)
             self.server.apply([Send(provider, data, binary=not text)])
 
         try:
@@ -274,6 +295,25 @@ class Router:
                 if not self.links[provider]:
                     del self.links[provider]
             self.server.close_outbox(link)
+
+    @staticmethod
+    def _track(running: list[str], data: bytes) -> None:
+        """Keep ``running`` (what the provider's hello listed) what it runs as links create and
+        destroy: a hub linking later (after its restart) learns which of its leases are still there.
+        A create that fails leaves a name no hub holds, which each passes over."""
+        if not (data.startswith(b'{"type":"create"') or data.startswith(b'{"type":"destroy"')):
+            return
+        try:
+            activity = orjson.loads(data).get("activity")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if not isinstance(activity, str):
+            return
+        if data.startswith(b'{"type":"create"'):
+            if activity not in running:
+                running.append(activity)
+        elif activity in running:
+            running.remove(activity)
 
     def route(self, peer: int, data: bytes, text: bool) -> bool:
         """Send on what provider ``peer`` sent if it is for another hub (True); False: it is this hub's."""

@@ -43,12 +43,18 @@ class Seat:
         )
 
     async def keep(self) -> None:
-        """Renew the heartbeat until cancelled; a beat that fails is logged, and the next one tried."""
+        """Renew the heartbeat until cancelled; a beat that fails is logged, and the next one tried.
+
+        A hub whose row went (the others took it for dead: it missed its beats for DEAD_AFTER
+        seconds, its event loop or its database stalled) joins again under its slot; if another
+        hub has that slot now, this one stops (a KilnError): the ids its providers answer carry it."""
         failing = False
         while True:
             await asyncio.sleep(HEARTBEAT)
             try:
-                self.state.beat()
+                if not self.state.beat():
+                    log.warning("the other hubs took this one for dead; joining again under slot %d", self.slot)
+                    self.state.join(self.address, self.secret, self.slot)
             except self.state.errors as e:
                 if not failing:
                     log.error("cannot renew this hub's heartbeat in %s: %s", self.state.where, e)

@@ -30,7 +30,6 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
-from kiln.connection import HubLink
 from kiln.hub.access import Viewer
 from kiln.hub.actions import Action, Close, Log, Send
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
@@ -56,10 +55,11 @@ from kiln.hub.io.connections import (
     select_subprotocol,
 )
 from kiln.hub.io.http import Front, Logins
-from kiln.hub.io.links import LinkAsk, LinkHost, Links, OnFrame, Router
+from kiln.hub.io.links import LinkAsk, LinkConnection, LinkHost, Links, OnFrame, Router
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
 from kiln.hub.io.seat import Seat
+from kiln.hub.io.shared import SharedStore
 from kiln.hub.io.state import USAGE_RETENTION, HubState
 from kiln.hub.io.store import ImageService
 from kiln.hub.ledger import CAPTURE_INTERVAL
@@ -138,6 +138,9 @@ class HubServer(LinkHost):
         if ws.link is not None:  # another hub of the database, to a provider connected here
             await self._route(ws, ws.link)
             return
+        if ws.blob is not None and self.images is not None and self.images.shared is not None:
+            await self.images.shared.lend(ws, ws.blob)  # another hub's fetch, let in the same way
+            return
         peer = next(self._ids)
         outbox = Outbox(self.outbox_bytes)
         self._outboxes[peer] = outbox
@@ -206,7 +209,7 @@ class HubServer(LinkHost):
     def apply(self, actions: list[Action]) -> None:
         self._apply(actions)
 
-    async def carry(self, peer: int, ws: HubLink | HubConnection, on_message: OnFrame | None = None) -> None:
+    async def carry(self, peer: int, ws: LinkConnection | HubConnection, on_message: OnFrame | None = None) -> None:
         outbox = self._outboxes.get(peer)
         if outbox is None:
             return
@@ -439,6 +442,7 @@ async def start(
     token: str | None = None,
     data_dir: Path | None = None,
     db: str | None = None,
+    advertise: str | None = None,
     store_limit: int = DEFAULT_STORE_LIMIT,
     max_image_size: int = DEFAULT_MAX_IMAGE,
     max_expansion: float = DEFAULT_MAX_EXPANSION,
@@ -477,7 +481,8 @@ async def start(
     activity's hold every ``capture_interval`` seconds (``kiln hub --capture-interval``). With ``ssl``
     (:func:`kiln.hub.io.tls.server_context`) it serves ``wss://`` only. Its credentials (``kiln token``)
     and its ledger (``kiln credit``, ``kiln ledger``) live in ``hub.db`` in ``data_dir``, or in the
-    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market).
+    database ``db`` names (a ``postgresql://`` URL: hubs sharing it are one market, each reached
+    by the others at ``advertise``, by default the address it listens on).
 
     The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
     admin's, or anyone's with ``public_metrics``), the dashboard and its login.
@@ -521,11 +526,14 @@ async def start(
         if core.ledger.accounts is None:
             core.ledger.accounts = state
     hub = HubServer(core, store=store, state=state, gate=gate)
+    assert hub.images is not None
+    if cluster is not None:  # the hubs of the database share their images
+        hub.images.shared = SharedStore(state, store, catalog)
+        await hub.images.shared.open()
     sessions, leases = await asyncio.to_thread(state.load)
     meters = await asyncio.to_thread(state.meters)
     hub._apply(core.restore(sessions, leases, meters))
     hub.roll_up_usage(state, usage_retention)
-    assert hub.images is not None
     log.info("image store: %s (%d images, %d bytes of %d)", store.root, len(catalog.images), catalog.used, store_limit)
     if state.required():
         needed = "every hello needs one" + (" or the shared token" if token else "")
@@ -562,16 +570,20 @@ async def start(
     seat = None
     if state.database.dialect == "postgresql":
         bound = server.sockets[0].getsockname()
-        seat = Seat(state, f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
+        seat = Seat(state, advertise or f"{'ws' if ssl is None else 'wss'}://{bound[0]}:{bound[1]}")
         seat.join()
         core.slot = seat.slot
         hub.links = Links(hub, state, seat)
         hub.router = Router(hub, state.hub, seat.slot)
         front.hubs = state.hub_of
+        if hub.images.shared is not None:
+            hub.images.shared.secret = seat.secret
+            front.lending = hub.images.shared.holds
     try:
         async with server, asyncio.TaskGroup() as tg:
             heart = tg.create_task(seat.keep()) if seat is not None else None
             poll = tg.create_task(hub.links.poll()) if hub.links is not None else None
+            shelf = tg.create_task(hub.images.shared.run()) if hub.images.shared is not None else None
             saver = tg.create_task(hub.images.run())
             expiry = tg.create_task(hub.expire())
             watcher = tg.create_task(hub.watch_credentials(state, front.logins))
@@ -593,8 +605,12 @@ async def start(
                     heart.cancel()
                 if poll is not None:
                     poll.cancel()
+                if shelf is not None:
+                    shelf.cancel()
     finally:
         await hub.images.close()
+        if hub.images.shared is not None:
+            await hub.images.shared.close()
         if seat is not None:
             seat.leave()
         state.close()

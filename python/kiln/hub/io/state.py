@@ -46,7 +46,7 @@ from typing import Any, Final, Literal
 from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
-from kiln.hub.io import books
+from kiln.hub.io import books, shelf
 from kiln.hub.io.sql import Database, is_url, open_database
 from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
@@ -220,6 +220,25 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "ALTER TABLE sessions ADD COLUMN hub VARCHAR(32)",
         "CREATE INDEX sessions_hub ON sessions (hub)",
         "CREATE INDEX activities_provider ON activities (provider)",
+    ),
+    # 6: the image store the hubs of one database share (kiln.hub.io.shelf): each owner's hold on
+    # each image, and which hub holds which blob.
+    (
+        """CREATE TABLE shelf (
+            digest VARCHAR(80) NOT NULL,
+            owner VARCHAR(24) NOT NULL,
+            record TEXT,
+            hub VARCHAR(32) NOT NULL,
+            changed DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (digest, owner)
+        )""",
+        "CREATE INDEX shelf_changed ON shelf (changed)",
+        """CREATE TABLE shelf_blobs (
+            digest VARCHAR(80) NOT NULL,
+            hub VARCHAR(32) NOT NULL,
+            PRIMARY KEY (digest, hub)
+        )""",
+        "CREATE INDEX shelf_blobs_hub ON shelf_blobs (hub)",
     ),
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
@@ -559,7 +578,7 @@ class HubState:
         one, as their peers come: :meth:`adopt_session`, :meth:`adopt_leases`).
         """
         mine = "(hub IS NULL OR hub = ?)"
-        with self._write() as db:
+        with self._db.migrating() as db:  # one hub at a time: hubs starting at once would forget a lease twice
             # Reserved by this hub (or a dead one) but never created: nobody was told of them.
             db.execute(
                 f"DELETE FROM activities WHERE pending AND (hub IS NULL OR hub = ? OR {self._dead('hub')})",
@@ -603,7 +622,8 @@ class HubState:
         ]
         rows = db.execute(
             "SELECT id, session, provider, cpus, memory, storage, grp, image, started, max_duration, "
-            f"{_PRICE} FROM activities WHERE session IN (SELECT id FROM sessions WHERE {where}) ORDER BY id",
+            f"{_PRICE} FROM activities WHERE NOT pending AND session IN (SELECT id FROM sessions WHERE {where}) "
+            "ORDER BY id",
             args,
         ).fetchall()
         leases = [
@@ -624,13 +644,17 @@ class HubState:
 
     # --- several hubs on one database (kiln.hub.io.seat) ---------------------------------------
 
-    def join(self, address: str, secret: str) -> int:
+    def join(self, address: str, secret: str, slot: int | None = None) -> int:
         """This hub (:attr:`hub`) is up, reachable at ``address``, and shows other hubs ``secret``:
-        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has."""
+        its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has. Given
+        ``slot`` (a hub joining again after it was taken for dead), that one or a KilnError: the
+        ids it gave its providers carry it."""
         with self._db.migrating() as db:  # one hub at a time picks a slot
             db.execute(f"DELETE FROM hubs WHERE id = ? OR NOT ({self._live('hubs')})", (self.hub,))
             taken = {int(row[0]) for row in db.execute("SELECT slot FROM hubs")}
-            free = [slot for slot in range(1, MAX_HUBS + 1) if slot not in taken]
+            free = [n for n in range(1, MAX_HUBS + 1) if n not in taken and slot in (None, n)]
+            if not free and slot is not None:
+                raise KilnError(f"slot {slot} is another hub's now: this hub was taken for dead; start it again")
             if not free:
                 raise KilnError(f"{MAX_HUBS} hubs share {self.where} already (the most)")
             db.execute(
@@ -648,10 +672,18 @@ class HubState:
             return None
         return str(row[0]), int(row[1])
 
-    def beat(self) -> None:
-        """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock)."""
+    def beat(self) -> bool:
+        """This hub is alive: its heartbeat row's ``seen`` is now (by the database's clock). False
+        when the others took it for dead meanwhile (its last beat was more than :data:`DEAD_AFTER`
+        seconds ago, or its row is gone: a hub joining removes a dead one's): they may have adopted
+        its sessions and claimed its providers, and a row gone is not made again (:meth:`join` again)."""
         with self._write() as db:
-            db.execute(f"UPDATE hubs SET seen = {db.now} WHERE id = ?", (self.hub,))
+            live = db.execute(
+                f"UPDATE hubs SET seen = {db.now} WHERE id = ? AND {self._live('hubs')} RETURNING id", (self.hub,)
+            ).fetchone()
+            if live is None:
+                db.execute(f"UPDATE hubs SET seen = {db.now} WHERE id = ?", (self.hub,))
+        return live is not None
 
     def leave(self) -> None:
         """This hub stops: its row goes, and with it what it held is anyone's to adopt at once."""
@@ -706,6 +738,11 @@ class HubState:
             offered = row.fetchone()
             if offered is None:
                 return False
+            # What a dead hub reserved and never created: nobody was told of it (as load() forgets it).
+            db.execute(
+                f"DELETE FROM activities WHERE provider = ? AND pending AND (hub IS NULL OR {self._dead('hub')})",
+                (provider, self.hub),
+            )
             used = db.execute(
                 "SELECT COALESCE(SUM(cpus), 0), COALESCE(SUM(memory), 0), COALESCE(SUM(storage), 0) "
                 "FROM activities WHERE provider = ?",
@@ -723,6 +760,20 @@ class HubState:
                     (activity, session, provider, r.cpus, r.memory, r.storage, self.hub),
                 )
         return fits
+
+    def hold(self, post: Post) -> bool:
+        """Commit the hold ``post`` unless its debit takes the account below zero (the account's row
+        locked meanwhile: hubs holding from one balance at once take turns); whether it was."""
+        with self._write() as db:
+            for account, amount in post.entries:
+                if amount >= 0:
+                    continue
+                row = db.execute(f"SELECT balance FROM ledger_balances WHERE account = ?{db.for_update}", (account,))
+                found = row.fetchone()
+                if found is None or int(found[0]) + amount < 0:
+                    return False
+            books.post(db, post)
+        return True
 
     def unreserve(self, activity: str) -> None:
         """The reservation of ``activity`` is over before it became a lease (its create failed)."""
@@ -778,8 +829,8 @@ class HubState:
                     str(row[0])
                     for row in db.execute(
                         f"SELECT a.id FROM activities a JOIN sessions s ON s.id = a.session WHERE a.id IN ({marks}) "
-                        "AND s.hub <> ? AND NOT pending",
-                        (*chunk, self.hub),
+                        "AND a.provider = ? AND s.hub <> ? AND NOT pending",
+                        (*chunk, provider, self.hub),
                     )
                 }
             if not ids:
@@ -813,7 +864,9 @@ class HubState:
         calls it at start and every hour (:func:`kiln.hub.io.server.start`).
         """
         before = (int(self._clock() - days * DAY) // DAY) * DAY  # the start of a day: whole days only
-        with self._write() as db:
+        # One hub at a time: a PostgreSQL transaction reads what another has not yet deleted, so
+        # two hubs rolling up at once would both count the rows.
+        with self._db.migrating() as db:
             db.execute(
                 "INSERT INTO usage_days (day, requestor, credential, provider, activities, cpu_seconds_rented, "
                 "cpu_seconds_used, memory_byte_seconds) SELECT day, requestor, credential, provider, COUNT(*), "
@@ -949,6 +1002,41 @@ class HubState:
             log.warning("cannot read the hub's database %s: %s", self.where, e)
             return None
         return row
+
+    # --- the image store the hubs share (kiln.hub.io.shared; its SQL: kiln.hub.io.shelf) ---------
+
+    def shelve(self, rows: Iterable[tuple[str, str, str | None]]) -> None:
+        """Write ``(digest, owner, record)`` rows of the shared store as this hub's (record None: dropped)."""
+        with self._write() as db:
+            shelf.write(db, self.hub, rows)
+
+    def shelf_changes(self, since: float | None) -> tuple[float, list[shelf.Row]]:
+        """The database's clock now, and the rows of the shared store changed after ``since`` (all for None)."""
+        return shelf.changes(self._db, since)
+
+    def hold_blobs(self, digests: Iterable[str], *, only: bool = False) -> None:
+        """This hub holds the blobs ``digests`` (with ``only``: those and no others)."""
+        with self._write() as db:
+            shelf.hold(db, self.hub, digests, only=only)
+
+    def drop_blobs(self, digests: Iterable[str]) -> None:
+        """This hub holds the blobs ``digests`` no more."""
+        with self._write() as db:
+            shelf.drop(db, self.hub, digests)
+
+    def blobs_elsewhere(self, digests: Iterable[str]) -> set[str]:
+        """Those of ``digests`` another hub holds (live or not)."""
+        return shelf.held_elsewhere(self._db, self.hub, digests)
+
+    def blob_holders(self, digest: str) -> list[str]:
+        """The addresses of the live hubs other than this one that hold the blob ``digest``, the
+        most recently seen first."""
+        rows = self._db.execute(
+            "SELECT h.address FROM shelf_blobs b JOIN hubs h ON h.id = b.hub "
+            f"WHERE b.digest = ? AND b.hub <> ? AND {self._live('h')} ORDER BY h.seen DESC",
+            (digest, self.hub),
+        )
+        return [str(row[0]) for row in rows]
 
 
 def _save_session(db: Database, session: SessionRecord, hub: str | None) -> None:

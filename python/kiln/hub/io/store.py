@@ -47,6 +47,7 @@ from kiln.hub.catalog import (
 from kiln.hub.core import HubCore
 from kiln.hub.flow import Batch
 from kiln.hub.io.blobs import BlobStore
+from kiln.hub.io.shared import SharedStore
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import Cancelled, ImageCorrupt, KilnError, TransferFailed, UsageError
@@ -126,8 +127,12 @@ class ImageService:
         store: BlobStore,
         apply: Callable[[list[Action]], None],
         directory: Directory | None = None,
+        shared: SharedStore | None = None,
     ) -> None:
         self.core = core
+        self.shared = shared
+        """The store of the hubs sharing this hub's database, if any: what changes here is written
+        there, and a blob a provider needs that is not here is fetched from another hub."""
         self.directory = directory
         """Who the tenants are (the hub's credentials): their names, shown and shared with."""
         self.catalog = core.catalog
@@ -188,10 +193,10 @@ class ImageService:
         try:
             while True:
                 await asyncio.sleep(SAVE_INTERVAL)
-                await asyncio.to_thread(self.store.save, self._used_since_saved())
+                await asyncio.to_thread(self.store.save, self._on_disk(self._used_since_saved()))
         finally:
             with contextlib.suppress(OSError):
-                self.store.save(self._used_since_saved())
+                self.store.save(self._on_disk(self._used_since_saved()))
 
     def _used_since_saved(self) -> list[StoredImage]:
         """The images used since their record was last written (and marks them written)."""
@@ -252,13 +257,17 @@ class ImageService:
         except KilnError as e:
             self._fail(peer, message.id, e)
             return
+        owners = list(image.holdings)
         gone = self.catalog.disown(image, tenant)
         if image.digest in self.catalog.images:
-            await asyncio.to_thread(self.store.save, [image])
+            await self._save([image])
             log.info("image %s: tenant %s dropped its hold", image.digest, owner_name(tenant.id))
         else:
             await asyncio.to_thread(self._drop, image.digest, gone)
             log.info("image %s removed (%d blobs deleted)", image.digest, len(gone))
+        if self.shared is not None:
+            self.shared.publish((image.digest, owner) for owner in owners if owner not in image.holdings)
+            self.shared.deleted(gone)
         self._reply(peer, Done(type="done", re=message.id))
 
     async def _share(self, peer: int, message: ShareImage, tenant: Tenant) -> None:
@@ -269,7 +278,10 @@ class ImageService:
             self._fail(peer, message.id, e)
             return
         self.catalog.share(image, tenant, to, public=message.public, revoke=message.revoke)
-        await asyncio.to_thread(self.store.save, [image])
+        await self._save([image])
+        if self.shared is not None:  # the holdings share() changed: the tenant's, or an admin's every one
+            owners = [tenant.id] if tenant.id in image.holdings else list(image.holdings)
+            self.shared.publish((image.digest, owner) for owner in owners)
         log.info(
             "image %s: tenant %s %s %s",
             image.digest,
@@ -315,7 +327,9 @@ class ImageService:
             image = self.catalog.add_image(manifest, config, message.tags, time.time(), tenant)
             (info,) = self._infos([image], tenant)  # now: a remove may come while the record is written
             changed = [i for i in self.catalog.images.values() if i is image or before.get(i.digest) != _tags(i)]
-            await asyncio.to_thread(self.store.save, changed)
+            await self._save(changed)
+            if self.shared is not None:
+                self.shared.publish((i.digest, tenant.id) for i in changed)
         except asyncio.CancelledError as e:
             if e.args and e.args[0] == "cancelled":
                 self._fail(peer, message.id, Cancelled("push cancelled"))
@@ -340,12 +354,17 @@ class ImageService:
         pushed = ImagePushed(type="image_pushed", re=message.id, image=info, sent=sent, skipped=image.size - sent)
         self._reply(peer, pushed)
 
-    def _evict(self, digests: list[str]) -> None:
-        gone = set(digests)
-        for path in self.store.meta.glob("*.json"):
-            if f"sha256:{path.stem}" not in self.catalog.images:
-                path.unlink(missing_ok=True)
-        self.store.delete(gone, self.catalog.keeps)
+    def _on_disk(self, images: list[StoredImage]) -> list[StoredImage]:
+        """Those of ``images`` whose records are kept on disk: all, but with a shared store those
+        whose blobs are all here (one another hub stores is the shared store's to keep: a record
+        here would lack its blobs)."""
+        if self.shared is None:
+            return images
+        return [image for image in images if not self.catalog.missing(image.manifest)]
+
+    async def _save(self, images: list[StoredImage]) -> None:
+        """Write the records of ``images`` to disk (:meth:`_on_disk`)."""
+        await asyncio.to_thread(self.store.save, self._on_disk(images))
 
     async def _receive(self, peer: int, request: int, wanted: list[Blob], push: _Push, room: Push) -> None:
         """Take the wanted blobs off the push's stream, one after another, each metered, verified and
@@ -375,7 +394,10 @@ class ImageService:
                         log.info(
                             "evicting %d blobs to make room for image %s", len(evicted), room.manifest.config.digest
                         )
-                        await asyncio.to_thread(self._evict, evicted)
+                        await asyncio.to_thread(self.store.evict, evicted, self.catalog)
+                        if self.shared is not None:
+                            self.shared.deleted(evicted)
+                            self.shared.evicted()
                 # Its bytes all came: pinned before they are published, so that no room made for
                 # another push meanwhile drops it (deleting the file this writer just put there).
                 self.catalog.pin(room, blob)
@@ -383,6 +405,8 @@ class ImageService:
             finally:
                 await asyncio.to_thread(writer.discard)
             self.catalog.add_blob(blob, writer.measured, room)
+            if self.shared is not None:
+                self.shared.held([blob.digest])
         if pending:
             raise ImageCorrupt("the push sent more bytes than its wanted blobs hold")
         kind, _ = await self._frame(push)
@@ -414,8 +438,12 @@ class ImageService:
 
     async def _serve(self, peer: int, stream: int, blobs: tuple[Blob, ...], serve: _Serve) -> None:
         chunk = self.core.limits.chunk_bytes
+        if self.shared is not None:
+            self.shared.prefetch(blobs)  # those another hub holds come side by side; sent in order
         try:
             for blob in blobs:
+                if self.shared is not None:
+                    await self.shared.fetch(blob)
                 with await asyncio.to_thread(self.store.path(blob.digest).open, "rb") as f:
                     while data := await asyncio.to_thread(f.read, READ_BYTES):
                         for start in range(0, len(data), chunk):
@@ -428,5 +456,8 @@ class ImageService:
         except OSError as e:
             log.warning("serving blobs on stream %d to peer %d failed: %s", stream, peer, e)
             self._apply(self.core.serve_end(peer, stream, error=f"the hub could not read the image: {e}"))
+            return
+        except KilnError as e:  # a blob another hub holds could not be fetched
+            self._apply(self.core.serve_end(peer, stream, error=e.message))
             return
         self._apply(self.core.serve_end(peer, stream))
