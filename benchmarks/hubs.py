@@ -43,6 +43,8 @@ from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import psycopg
+
 import kiln
 from kiln.protocol.messages import Demand, Release, Rent, Rented
 from kiln.testing import LocalCluster
@@ -108,15 +110,15 @@ async def commands(act: kiln.Activity, count: int) -> list[float]:
     return samples
 
 
-async def through(url: str, count: int, data: bytes, scratch: Path) -> tuple[list[float], float, float]:
+async def through(url: str, count: int, data: bytes) -> tuple[list[float], float, float]:
     """From a requestor on ``url``: command latencies, then download and upload throughput (MiB/s)."""
     async with kiln.connect(url, name="bench") as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
         await commands(act, 20)  # warm up (the link opened)
         latencies = await commands(act, count)
         started = time.perf_counter()
-        await act.download_file("/out/big", scratch)
+        got = await act.download_bytes("/out/big", max_bytes=len(data))
         down = len(data) / 2**20 / (time.perf_counter() - started)
-        scratch.unlink()
+        assert got == data
         started = time.perf_counter()
         await act.send_bytes(data, "/in/big")
         up = len(data) / 2**20 / (time.perf_counter() - started)
@@ -127,7 +129,7 @@ async def sold(url: str, count: int, timeout: float) -> float:
     """Wait until the hub at ``url`` sells ``count`` providers; the seconds it took."""
     started = time.perf_counter()
     async with asyncio.timeout(timeout):
-        while (await asyncio.to_thread(metrics, url)).get("kiln_providers", 0) < count:
+        while (await asyncio.to_thread(metrics, url)).get("kiln_providers", 0) < count:  # noqa: ASYNC110  # over HTTP
             await asyncio.sleep(0.5)
     return time.perf_counter() - started
 
@@ -135,14 +137,13 @@ async def sold(url: str, count: int, timeout: float) -> float:
 async def relay(pg: LocalPostgres, root: Path, count: int, mib: int) -> None:
     """The relay's cost: one provider on hub B, used from B and from A."""
     data = os.urandom(2**20) * mib
-    scratch = Path("/dev/shm" if Path("/dev/shm").is_dir() else root) / f"kiln-bench-{os.getpid()}"
     db = pg.create_database("relay")
     with hub(db, root, "relay-a", 100) as a, hub(db, root, "relay-b", 100) as b:
         files = {"/out/big": Served("file", data)}
         async with simulated(b.url, 1, prefix="far", files=files, uploads=True):
             await sold(a.url, 1, 30)
-            one = await through(b.url, count, data, scratch)
-            two = await through(a.url, count, data, scratch)
+            one = await through(b.url, count, data)
+            two = await through(a.url, count, data)
     print(f"the relay: one simulated provider on hub B, {count} commands, {mib} MiB each way")
     for what, (latencies, down, up) in (("one hub (requestor on B)", one), ("two hubs (requestor on A)", two)):
         print(f"   {what}: run(['true']) {describe(latencies)}; download {down:.0f} MiB/s, upload {up:.0f} MiB/s")
@@ -168,14 +169,15 @@ async def serve(urls: list[str], count: int, prefix: str, pipe: Connection) -> N
             moving = [p for p in fleet if p.url == dead or (p.url is None and p.joined_at < killed)]
             refused = sum(p.refused for p in fleet)
             deadline = time.monotonic() + BACK_TIMEOUT
-            while any(p.url is None or p.url == dead for p in moving) and time.monotonic() < deadline:
+            while any(p.url is None or p.url == dead for p in moving) and time.monotonic() < deadline:  # noqa: ASYNC110  # polled
                 await asyncio.sleep(0.02)
             back = [(p.joined_at - killed, p.url) for p in moving if p.url is not None and p.url != dead]
             pipe.send((len(moving), back, sum(p.refused for p in fleet) - refused))
 
 
-async def rents(url: str, count: int) -> list[float]:
-    """Rent and release from a requestor on ``url``, one at a time: the time from the rent to its ``rented``."""
+async def rents(url: str, count: int) -> list[tuple[float, str]]:
+    """Rent and release from a requestor on ``url``, one at a time: the time from each rent to its
+    ``rented``, and the provider rented."""
     async with kiln.connect(url, name="bench") as requestor:
         conn = await requestor.connected()
         demand = Demand(cpus=1, memory="256MiB")
@@ -184,10 +186,17 @@ async def rents(url: str, count: int) -> list[float]:
             rent = Rent(type="rent", id=conn.new_id(), image=IMAGE, demand=demand)
             started = time.perf_counter()
             rented = await conn.request(rent)
-            samples.append(time.perf_counter() - started)
             assert isinstance(rented, Rented)
+            samples.append((time.perf_counter() - started, rented.provider))
             await conn.request(Release(type="release", id=conn.new_id(), activity=rented.activity))
     return samples[20:]
+
+
+def homes(db: str) -> dict[str, str]:
+    """The address of the hub each provider is connected to, from the database."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        rows = conn.execute("SELECT p.name, h.address FROM providers p JOIN hubs h ON h.id = p.hub").fetchall()
+    return {str(name): str(address) for name, address in rows}
 
 
 async def scale(pg: LocalPostgres, root: Path, hubs: int, per_hub: int, count: int) -> None:
@@ -220,10 +229,16 @@ async def scale(pg: LocalPostgres, root: Path, hubs: int, per_hub: int, count: i
             await asyncio.sleep(SETTLE)
             for i, (url, pid, before) in enumerate(zip(urls, pids, idle, strict=True)):
                 samples = await rents(url, count)
+                home = homes(db)
+                here = [seconds for seconds, name in samples if home.get(name) == url]
+                there = [seconds for seconds, name in samples if home.get(name) != url]
+                print(f"   hub {i}: rent {describe([seconds for seconds, _ in samples])}")
+                if here and there:
+                    print(f"          of a provider on this hub {describe(here)}, on another {describe(there)}")
                 after = rss(pid)
                 grown = after - before
                 print(
-                    f"   hub {i}: rent {describe(samples)}; RSS {before / 2**20:.0f} MiB idle, "
+                    f"          RSS {before / 2**20:.0f} MiB idle, "
                     f"{after / 2**20:.0f} MiB with them: {grown / max(1, on[url]) / 1024:.1f} KiB a provider connected "
                     f"to it ({on[url]}), {grown / total / 1024:.1f} KiB a provider in its market ({total})",
                     flush=True,
