@@ -15,7 +15,8 @@ of their own (``LocalPostgres``, synced to disk as a deployment's would be), all
 - The scale: ``--hubs`` hubs; ``--providers`` simulated providers per hub, given every hub's URL
   (each stays on one, dialling the others when it drops), in as many processes as hubs, spread over
   the hubs (``kiln.testing.simulated.order``). Each hub sells all of them (its own and, over links,
-  the others'). A requestor on each hub rents (``--rents``, each released before the next); each
+  the others'). A requestor on each hub rents (``--rents``, each released before the next) a
+  provider on its own hub, then one on another (by a label naming the hub each dials first); each
   hub's resident memory is weighed before and after, per provider connected to it and per provider
   in its market.
 - The SIGKILL: the first hub is killed; its providers dial the others, which refuse them while the
@@ -43,13 +44,11 @@ from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import psycopg
-
 import kiln
 from kiln.protocol.messages import Demand, Release, Rent, Rented
 from kiln.testing import LocalCluster
 from kiln.testing.postgres import LocalPostgres
-from kiln.testing.simulated import Served, simulated
+from kiln.testing.simulated import Served, order, simulated
 
 IMAGE = "kiln-busybox:latest"
 SETTLE = 3.0
@@ -162,7 +161,9 @@ def providers(urls: list[str], count: int, prefix: str, pipe: Connection) -> Non
 
 async def serve(urls: list[str], count: int, prefix: str, pipe: Connection) -> None:
     started = time.perf_counter()
-    async with simulated(urls, count, prefix=prefix) as fleet:
+    # Labelled with the hub each dials first (where it stays while that hub lives): a rent may ask for either.
+    first = {url: str(i) for i, url in enumerate(urls)}
+    async with simulated(urls, count, prefix=prefix, labels=lambda i: {"home": first[order(urls, i)[0]]}) as fleet:
         pipe.send((time.perf_counter() - started, Counter(p.url for p in fleet)))
         while (ask := await asyncio.to_thread(pipe.recv)) is not None:
             dead, killed = ask  # a hub's URL, and when it was killed (time.monotonic: one clock for the machine)
@@ -175,28 +176,21 @@ async def serve(urls: list[str], count: int, prefix: str, pipe: Connection) -> N
             pipe.send((len(moving), back, sum(p.refused for p in fleet) - refused))
 
 
-async def rents(url: str, count: int) -> list[tuple[float, str]]:
-    """Rent and release from a requestor on ``url``, one at a time: the time from each rent to its
-    ``rented``, and the provider rented."""
+async def rents(url: str, count: int, home: int) -> list[float]:
+    """Rent a provider whose first hub is hub ``home`` and release it, from a requestor on ``url``, one
+    at a time: the time from each rent to its ``rented``."""
     async with kiln.connect(url, name="bench") as requestor:
         conn = await requestor.connected()
-        demand = Demand(cpus=1, memory="256MiB")
+        demand = Demand(cpus=1, memory="256MiB", labels={"home": str(home)})
         samples = []
         for _ in range(20 + count):  # the first 20 warm up
             rent = Rent(type="rent", id=conn.new_id(), image=IMAGE, demand=demand)
             started = time.perf_counter()
             rented = await conn.request(rent)
+            samples.append(time.perf_counter() - started)
             assert isinstance(rented, Rented)
-            samples.append((time.perf_counter() - started, rented.provider))
             await conn.request(Release(type="release", id=conn.new_id(), activity=rented.activity))
     return samples[20:]
-
-
-def homes(db: str) -> dict[str, str]:
-    """The address of the hub each provider is connected to, from the database."""
-    with psycopg.connect(db, autocommit=True) as conn:
-        rows = conn.execute("SELECT p.name, h.address FROM providers p JOIN hubs h ON h.id = p.hub").fetchall()
-    return {str(name): str(address) for name, address in rows}
 
 
 async def scale(pg: LocalPostgres, root: Path, hubs: int, per_hub: int, count: int) -> None:
@@ -228,13 +222,9 @@ async def scale(pg: LocalPostgres, root: Path, hubs: int, per_hub: int, count: i
             print(f"   every hub sells all {total} (its own and the others'): {max(waits):.1f} s more", flush=True)
             await asyncio.sleep(SETTLE)
             for i, (url, pid, before) in enumerate(zip(urls, pids, idle, strict=True)):
-                samples = await rents(url, count)
-                home = homes(db)
-                here = [seconds for seconds, name in samples if home.get(name) == url]
-                there = [seconds for seconds, name in samples if home.get(name) != url]
-                print(f"   hub {i}: rent {describe([seconds for seconds, _ in samples])}")
-                if here and there:
-                    print(f"          of a provider on this hub {describe(here)}, on another {describe(there)}")
+                here = await rents(url, count, i)
+                there = await rents(url, count, (i + 1) % hubs)
+                print(f"   hub {i}: rent of a provider on this hub {describe(here)}, on another {describe(there)}")
                 after = rss(pid)
                 grown = after - before
                 print(
