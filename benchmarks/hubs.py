@@ -155,8 +155,12 @@ async def relay(pg: LocalPostgres, root: Path, count: int, mib: int) -> None:
 
 
 def providers(urls: list[str], count: int, prefix: str, pipe: Connection) -> None:
-    """A process of ``count`` simulated providers over the hubs at ``urls``, told what to do through ``pipe``."""
-    asyncio.run(serve(urls, count, prefix, pipe))
+    """A process of ``count`` simulated providers over the hubs at ``urls``, told what to do through ``pipe``
+    (what broke it, if anything, is sent as a string)."""
+    try:
+        asyncio.run(serve(urls, count, prefix, pipe))
+    except Exception as e:  # noqa: BLE001  # told to the benchmark, which stops
+        pipe.send(f"{prefix}: {type(e).__name__}: {e}")
 
 
 async def serve(urls: list[str], count: int, prefix: str, pipe: Connection) -> None:
@@ -212,6 +216,8 @@ async def scale(pg: LocalPostgres, root: Path, hubs: int, per_hub: int, count: i
             workers.append(worker)
         try:
             joined = [await asyncio.to_thread(pipe.recv) for pipe in pipes]
+            if broken := [str(j) for j in joined if isinstance(j, str)]:
+                raise RuntimeError(f"simulated providers failed: {'; '.join(broken)}")
             print(f"{hubs} hubs x {per_hub} simulated providers ({hubs} processes of {per_hub}, over every hub)")
             on = sum((where for _, where in joined), Counter[str | None]())
             print(

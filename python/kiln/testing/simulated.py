@@ -112,6 +112,12 @@ class SimulatedProvider:
         self.running: set[str] = set()
         """The activities it was told to create and not yet to destroy (what it reports when it dials again)."""
 
+    @property
+    def offering(self) -> bool:
+        """Connected, and its offer taken by the hub."""
+        offered = self.offered
+        return self.url is not None and offered is not None and offered.done() and offered.exception() is None
+
     def on_event(self, event: Event) -> None:
         if not isinstance(event, Requested) or self.conn is None:
             return
@@ -318,7 +324,11 @@ async def simulated(
                     joining.create_task(join(i, provider))
             # In the market once the hub took their offers (a requestor's rent on another
             # connection may otherwise reach the hub first).
-            await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
+            if len(urls) == 1:
+                await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
+            else:  # one dropped before its offer was taken dials again (stay): polled, as its offer changes
+                while not all(p.offering for p in providers):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
             yield providers
         finally:
             for reader in readers if len(urls) > 1 else ():
