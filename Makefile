@@ -144,8 +144,8 @@ js-lint: $(JS_MODULES)
 js-unit: $(JS_MODULES)
 	cd js-client && npm run --silent test:unit
 
-js-integration: $(JS_MODULES) image
-	cd js-client && npm run --silent test:integration
+js-integration: $(JS_MODULES) image postgres
+	cd js-client && PYTHON="$$(command -v $(PYTHON))" npm run --silent test:integration
 
 js-test: js-unit js-integration
 

@@ -203,7 +203,9 @@ class ProviderRuntime:
                     if e.code == ErrorCode.BAD_MESSAGE:
                         self._hub_minor = 0  # a hub rolled back below 1.3: dial again without the list
                     if e.code == ErrorCode.NAME_TAKEN:
-                        # Our own earlier session, not yet seen gone by the hub; or another provider.
+                        # Our own earlier session, not yet seen gone by the hub (or by another hub of
+                        # its database, which holds us still: the next hub is tried); or another provider.
+                        hubs.skip()
                         name_taken_since = name_taken_since or time.monotonic()
                         if time.monotonic() - name_taken_since > self.config.name_wait:
                             raise UsageError(

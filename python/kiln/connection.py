@@ -197,6 +197,10 @@ class HubRing:
         """The client is on ``url`` now (one of :attr:`urls`)."""
         self._at = self.urls.index(url)
 
+    def skip(self) -> None:
+        """The hub it is on refused it for now: the next round starts at the next one."""
+        self._at = (self._at + 1) % len(self.urls)
+
 
 def client_context(ca: str | os.PathLike[str] | None = None) -> ssl_module.SSLContext:
     """A TLS 1.2+ client context that verifies the hub's certificate and name against ``ca``

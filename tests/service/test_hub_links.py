@@ -9,10 +9,15 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
 
 import kiln
 from kiln.hub.io.server import start
@@ -20,6 +25,7 @@ from kiln.hub.io.state import HubState
 from kiln.hub.ledger import Post
 from kiln.protocol.errors import KilnError, NoMatch
 from kiln.protocol.messages import Demand, Offer, Price, Resources
+from kiln.testing import LocalCluster
 from kiln.testing.simulated import Served, SimulatedProvider
 
 IMAGE = "kiln-busybox:latest"
@@ -56,6 +62,11 @@ async def join(provider: SimulatedProvider, url: str, cpus: float = 2) -> asynci
     return asyncio.create_task(provider.conn.run())
 
 
+def metrics(url: str) -> str:
+    with urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def rows(db: str, sql: str) -> list[tuple[object, ...]]:
     with psycopg.connect(db, autocommit=True) as conn:
         return conn.execute(sql).fetchall()
@@ -67,9 +78,14 @@ async def test_a_requestor_on_one_hub_rents_a_provider_on_another(postgres_url: 
     async with hub(tmp_path, "a", postgres_url) as a, hub(tmp_path, "b", postgres_url) as b:
         await join(provider, b)
         await sold(a, "far")
+        scraped = await asyncio.to_thread(metrics, a)
+        assert "kiln_providers 0.0" in scraped and "kiln_market_providers 1.0" in scraped  # sold, not connected
         async with kiln.connect(a) as r, r.rent(IMAGE, Demand(cpus=1, memory="64MiB")) as act:
             assert act.provider == "far"
             assert (await act.run(["true"])).exit_code == 0
+            async with kiln.connect(b) as watcher, asyncio.timeout(5):  # b sees what a rented of its provider
+                while [p.free.cpus for p in await watcher.market()] != [1.0]:  # noqa: ASYNC110  # over the wire
+                    await asyncio.sleep(0.05)
             got = tmp_path / "got"
             await act.download_file("/out/data", got)
             assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(data).digest()
@@ -198,3 +214,51 @@ def test_the_database_commits_a_hold_only_if_the_balance_covers_it(postgres_url:
         assert a.hold(hold("x"))
         assert not b.hold(hold("y"))  # 0.5 left
         assert (a.balance(account), b.balance("hold:y"), b.check()) == (500_000, 0, [])
+
+
+async def test_a_link_needs_a_live_hubs_token_and_a_provider_connected_there(postgres_url: str, tmp_path: Path) -> None:
+    async with hub(tmp_path, "b", postgres_url) as b:
+        url = b + "/hub/link/nobody"
+        for headers in ([], [("Authorization", "Bearer kiln_not-a-hub")]):
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers, subprotocols=[Subprotocol("kiln.v1")])
+            assert refused.value.response.status_code == 401
+        with HubState(postgres_url, hub="other") as other:
+            other.join("ws://127.0.0.1:1", "the-others-token")
+            async with connect(
+                url,
+                additional_headers=[("Authorization", "Bearer the-others-token")],
+                subprotocols=[Subprotocol("kiln.v1")],
+            ) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
+
+
+async def test_hub_processes_renting_one_provider_at_once_never_sell_it_twice(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """Three hub processes (each its own event loop: the database alone orders them), twelve rents
+    of one CPU at once of a 3-CPU provider: three are granted, and the database agrees."""
+    provider = SimulatedProvider("scarce")
+    with contextlib.ExitStack() as stack:
+        clusters = [stack.enter_context(LocalCluster(tmp_path / n)) for n in "abc"]
+        urls = [c.start_hub("--db", postgres_url, "--grace", "30") for c in clusters]
+        reader = await join(provider, urls[0], cpus=3)
+        await asyncio.gather(*(sold(url, "scarce", timeout=20) for url in urls))
+        async with contextlib.AsyncExitStack() as requestors:
+            rs = [await requestors.enter_async_context(kiln.connect(url)) for url in urls for _ in range(4)]
+
+            async def rent(r: kiln.Requestor) -> bool:
+                try:
+                    await r.rent(IMAGE, Demand(cpus=1, memory="64MiB"))
+                except NoMatch:
+                    return False
+                return True
+
+            granted = await asyncio.gather(*(rent(r) for r in rs))
+            assert sum(granted) == 3, granted
+            [(cpus, count)] = rows(postgres_url, "SELECT SUM(cpus), COUNT(*) FROM activities WHERE provider = 'scarce'")
+            assert (cpus, count) == (3.0, 3)
+        reader.cancel()
+    await provider.close()

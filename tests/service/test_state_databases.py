@@ -414,7 +414,7 @@ def test_no_more_hubs_join_than_there_are_slots(opened: Open) -> None:
 def test_a_provider_is_claimed_by_one_live_hub_at_a_time(opened: Open) -> None:
     a, b = opened("aaa"), opened("bbb")
     a.join("ws://127.0.0.1:1", "sa")
-    b.join("ws://127.0.0.1:2", "sb")
+    slot = b.join("ws://127.0.0.1:2", "sb")
     assert a.claim_provider("p1") and a.claim_provider("p1"), "its own reconnect"
     assert not b.claim_provider("p1")
     a.release_provider("p1")
@@ -423,7 +423,7 @@ def test_a_provider_is_claimed_by_one_live_hub_at_a_time(opened: Open) -> None:
     age(a, "bbb")
     assert a.claim_provider("p1"), "taken from a dead hub"
     assert b.claim_provider("p2")
-    b.join("ws://127.0.0.1:2", "sb")
+    b.join("ws://127.0.0.1:2", "sb", slot)  # alive, taken for dead: joining again, it keeps its providers
     assert not b.claim_provider("p1")
     a.leave()  # what it held is anyone's at once
     assert b.claim_provider("p1")
@@ -672,9 +672,13 @@ def test_what_a_provider_shares_is_seen_by_the_other_hubs(opened: Open) -> None:
     offered(a, "p1", 4)
     b.apply(SaveOffer("p1", ONE, "{}"))  # not b's: nothing
     since, changed = b.providers_changed(since)
-    assert changed == [("p1", "aaa", '{"cpus": 4}')]
+    assert [(row.name, row.hub, row.offer, row.elsewhere.cpus) for row in changed] == [("p1", "aaa", '{"cpus": 4}', 0)]
+    assert a.reserve("x", "s1", "p1", ONE)  # a's: what b sees of p1 held elsewhere, not what a sees
+    assert [row.elsewhere for row in b.providers_changed(since)[1]] == [ONE]
+    assert [row.elsewhere.cpus for row in a.providers_changed(since)[1]] == [0]
+    a.unreserve("x")
     a.release_provider("p1")
-    assert b.providers_changed(since)[1] == [("p1", None, '{"cpus": 4}')]
+    assert [(row.name, row.hub, row.elsewhere.cpus) for row in b.providers_changed(since)[1]] == [("p1", None, 0)]
     execute(a.database, "UPDATE providers SET changed = changed - 60")
     assert b.providers_changed(since)[1] == [], "only what changed since (less a little overlap)"
 

@@ -8,9 +8,10 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from kiln.hub.base import secret_digest
+from kiln.hub.cluster import offer_of, offer_text
 from kiln.hub.ledger import Post
 from kiln.hub.records import Adopted, LeaseRecord, SessionRecord
-from kiln.protocol.messages import Offer, Resources
+from kiln.protocol.messages import Offer, Price, Resources
 from tests.hubcore import HubHarness
 
 SLOT = 5
@@ -23,6 +24,7 @@ class Cluster:
     taken: set[str] = field(default_factory=set)  # providers a live hub holds
     sold: set[str] = field(default_factory=set)  # providers whose capacity other hubs sold
     held: dict[bytes, str] = field(default_factory=dict)  # resume secrets' sha256 -> a live hub's session
+    gone: dict[bytes, Adopted] = field(default_factory=dict)  # resume secrets' sha256 -> a dead hub's session
     dead: dict[str, Adopted] = field(default_factory=dict)  # activity -> what adopting it takes back
     elsewhere: set[str] = field(default_factory=set)  # activities a live hub holds
     reserved: list[str] = field(default_factory=list)
@@ -35,7 +37,9 @@ class Cluster:
         self.taken.discard(name)
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
-        return Adopted([], [], [], frozenset({self.held[secret]})) if secret in self.held else None
+        if secret in self.held:
+            return Adopted([], [], [], frozenset({self.held[secret]}))
+        return self.gone.pop(secret, None)
 
     def adopt_leases(self, provider: str, activities: Collection[str]) -> Adopted:
         found = [self.dead.pop(a) for a in activities if a in self.dead]
@@ -115,6 +119,25 @@ def test_a_provider_back_with_activities_keeps_those_a_live_hub_holds_and_takes_
     assert r > 0 and hub.core.activities["dead1"].requestor == r
 
 
+def test_a_session_adopted_from_a_dead_hub_finds_its_leases_on_a_provider_connected_here() -> None:
+    """Hub A rented p1 of this hub through a link, then died; its requestor resumes here. p1 runs
+    "dead1" (its hello said so while A was alive) and not "dead2": the first is back at once, the
+    second lost at once; neither waits for a hello that will not come."""
+    resources = Resources(cpus=1, memory=1, storage=0)
+    adopted = Adopted(
+        [SessionRecord("s9", "r", None, secret_digest("s9"))],
+        [LeaseRecord(a, "s9", "p1", resources, None, None, 0.0) for a in ("dead1", "dead2")],
+        [],
+    )
+    cluster = Cluster(elsewhere={"dead1"}, gone={secret_digest("s9"): adopted})
+    hub = harness(cluster)
+    p1 = hub.join("provider", "p1", activities=["dead1"])  # hub A alive: its activity is kept
+    r = hub.join("requestor", "r", resume="s9")
+    lease = hub.core.activities["dead1"]
+    assert (lease.state, lease.provider, lease.requestor) == ("ready", p1, r)
+    assert "dead2" not in hub.core.activities
+
+
 def offer(cpus: float) -> Offer:
     resources = Resources(cpus=cpus, memory=2**30, storage=2**40)
     return Offer(type="offer", id=1, resources=resources, arch="amd64", images=["img:1"])
@@ -137,3 +160,35 @@ def test_a_remote_providers_leases_wait_while_its_link_is_down_and_come_back() -
     assert activity not in hub.core.activities
     destroyed = [e for e in hub.events if isinstance(e, tuple) and e[1]["type"] == "destroy"]
     assert destroyed == []  # another hub's activity ("other") is its own hub's to keep or end
+
+
+def test_an_offer_comes_back_from_the_database_as_it_was_with_its_price_in_micro_credits() -> None:
+    price = Price(start=0.01, cpu_hour=0.2, env_hour=0.05)
+    offer = Offer(
+        type="offer",
+        id=1,
+        resources=Resources(cpus=1, memory=2**30, storage=2**30),
+        arch="amd64",
+        images=["kiln-busybox:latest"],
+        price=price,
+    )
+    assert offer_of(offer_text(5, offer)) == (5, offer)
+    assert (price.start, price.cpu_hour, price.env_hour) == (10_000, 200_000, 50_000)
+    assert offer_of("{") is None and offer_of('{"minor": 5}') is None
+
+
+def test_a_lease_adopted_on_a_provider_no_link_reached_is_destroyed_there_when_the_grace_ends() -> None:
+    """A session adopted here holds a lease on a provider of another hub, which it never reached
+    within the grace period: the lease is lost, and the provider told to destroy its container (else
+    it runs on, its capacity sold again)."""
+    lease = LeaseRecord("far1", "s9", "far", Resources(cpus=1, memory=1, storage=0), None, None, 0.0)
+    adopted = Adopted([SessionRecord("s9", "r", None, secret_digest("s9"))], [lease], [])
+    hub = harness(Cluster(gone={secret_digest("s9"): adopted}))
+    remote = 100
+    hub.take(hub.core.remote(remote, "far", "hubB", 6, offer(4)))
+    hub.join("requestor", "r", resume="s9")
+    assert hub.core.activities["far1"].state == "absent"
+    hub.expire(61)
+    assert "far1" not in hub.core.activities
+    destroyed = [(e[0], e[1]["activity"]) for e in hub.events if isinstance(e, tuple) and e[1]["type"] == "destroy"]
+    assert destroyed == [(remote, "far1")]

@@ -47,3 +47,13 @@ def test_a_round_starts_at_the_hub_the_client_is_on_then_goes_round() -> None:
     assert HubRing(A).order() == [A], "one hub: the round is that hub"
     with pytest.raises(ValueError, match="not in tuple"):
         ring.moved("ws://elsewhere:7465")
+
+
+def test_a_hub_that_refuses_for_now_is_skipped_to_the_next() -> None:
+    ring = HubRing(["ws://a:1", "ws://b:1", "ws://c:1"])
+    ring.moved("ws://c:1")
+    ring.skip()
+    assert ring.order() == ["ws://a:1", "ws://b:1", "ws://c:1"]
+    one = HubRing("ws://a:1")
+    one.skip()
+    assert one.order() == ["ws://a:1"]

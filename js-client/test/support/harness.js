@@ -1,6 +1,6 @@
 // Real things for the integration tests: a hub process on a free port, provider processes
-// on the real Docker engine, the busybox image. Everything started is stopped and every
-// container a test provider made is removed in `stop()`.
+// on the real Docker engine, the busybox image, a PostgreSQL server for several hubs. Everything
+// started is stopped and every container a test provider made is removed in `stop()`.
 import { spawn, spawnSync, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -217,6 +217,48 @@ export async function startCluster(providers = []) {
     throw e;
   }
   return cluster;
+}
+
+/**
+ * A PostgreSQL server of the test's own (`python -m kiln.testing.postgres`: Debian's binaries, which
+ * `make postgres` installs) on a free loopback port, in a fresh temporary folder: `url` is a fresh
+ * database on it, what `kiln hub --db` takes. `stop()` closes the server's stdin, which stops it.
+ */
+export class Postgres {
+  /** @param {Process} process @param {string} root @param {string} url */
+  constructor(process, root, url) {
+    this.process = process;
+    this.root = root;
+    this.url = url;
+  }
+
+  /** Start a server and wait (up to a minute) for the URL of its database. */
+  static async start() {
+    const root = mkdtempSync(join(tmpdir(), "kiln-postgres-"));
+    const child = spawn(PYTHON, ["-m", "kiln.testing.postgres", root], {
+      cwd: ROOT,
+      env: { ...process.env, PYTHONUNBUFFERED: "1" },
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const server = new Process("postgres", child);
+    const deadline = Date.now() + 60_000;
+    while (Date.now() < deadline) {
+      const match = /^(postgresql:\/\/\S+)\n/m.exec(server.log);
+      if (match) return new Postgres(server, root, match[1]);
+      if (!server.running) break;
+      await sleep(50);
+    }
+    await server.kill("SIGTERM");
+    rmSync(root, { recursive: true, force: true });
+    throw new Error(`PostgreSQL did not start (make postgres installs it):\n${server.log}`);
+  }
+
+  async stop() {
+    this.process.child.stdin?.end();
+    const ended = await Promise.race([this.process.exited.then(() => true), sleep(15_000).then(() => false)]);
+    if (!ended) await this.process.kill("SIGTERM");
+    rmSync(this.root, { recursive: true, force: true });
+  }
 }
 
 export { sleep };

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from kiln.hub.ledger import Post
 from kiln.hub.records import Adopted
-from kiln.protocol.messages import Offer, Resources
+from kiln.protocol.messages import WIRE, Offer, Resources
 
 ID_STEP: Final = 64
 """The ids a hub gives its requests to a provider step by this much from the hub's slot (1 to 63),
@@ -75,6 +75,6 @@ def offer_of(text: str) -> tuple[int, Offer] | None:
     """The minor version and the offer :func:`offer_text` wrote (None when it cannot be read)."""
     try:
         data = orjson.loads(text)
-        return int(data["minor"]), Offer.model_validate(data["offer"])
+        return int(data["minor"]), Offer.model_validate(data["offer"], context=WIRE)  # micro-credits
     except (orjson.JSONDecodeError, ValidationError, KeyError, TypeError, ValueError):
         return None

@@ -99,7 +99,7 @@ from kiln.hub.journal import EVENTS, Journal
 from kiln.hub.leases import not_found, not_stored
 from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
-from kiln.hub.peers import ABSENT, Peer
+from kiln.hub.peers import ABSENT, NONE, Peer
 from kiln.hub.records import SaveOffer
 from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
@@ -132,6 +132,7 @@ from kiln.protocol.messages import (
     Release,
     RemoveImage,
     Rent,
+    Resources,
     ShareImage,
     TaskReport,
     Upload,
@@ -384,8 +385,7 @@ class HubCore(Sessions):
             self.number(p)
             self.providers[name] = peer
         p.hub, p.offer, p.price = hub, offer, offer.price
-        if p.incarnation or not p.activities:  # linked, or nothing held: sold as it is offered now
-            self._offered(p, offer)
+        self._offered(p, offer)
         return self._flush()
 
     def remote_linked(self, peer: int, incarnation: str, running: list[str]) -> list[Action]:
@@ -420,6 +420,18 @@ class HubCore(Sessions):
             self._forget_remote(p, reason)
         return self._flush()
 
+    def elsewhere(self, provider: str, held: Resources) -> list[Action]:
+        """The other hubs of the database hold ``held`` of provider ``provider`` (their leases and
+        reservations there): this hub sells only the rest, so that its view matches the database's
+        (which alone decides: :meth:`~kiln.hub.cluster.Cluster.reserve`)."""
+        p = self.peers.get(self.providers.get(provider, 0))
+        if p is None or held == p.elsewhere:
+            return []
+        if p.id in self.market:
+            self.market.held_elsewhere(p.id, p.elsewhere, held)
+        p.elsewhere = held
+        return []
+
     def absent(self, provider: str) -> bool:
         """Whether leases wait for provider ``provider`` to be back (after a restart, or its link broke)."""
         return bool(self._absent.get(provider))
@@ -431,6 +443,7 @@ class HubCore(Sessions):
         if first:
             for activity_id in sorted(p.activities):
                 self.market.reserve(p.id, self.activities[activity_id].resources)
+            self.market.held_elsewhere(p.id, NONE, p.elsewhere)  # the other hubs' (several hubs)
 
     def turn_away(self, peer: int, text: str, close: int) -> list[Action]:
         """Refuse ``peer`` before its hello is read (the I/O layer's caps, :mod:`kiln.hub.gate`): ``too_many``

@@ -508,7 +508,13 @@ class Market:
     def release(self, peer: int, resources: Resources) -> None:
         self._adjust(peer, +1, resources)
 
-    def _adjust(self, peer: int, sign: int, resources: Resources) -> None:
+    def held_elsewhere(self, peer: int, before: Resources, now: Resources) -> None:
+        """What other hubs of the database hold of ``peer`` went from ``before`` to ``now``: not this
+        hub's to sell (nor its activities to count)."""
+        self._adjust(peer, +1, before, count=False)
+        self._adjust(peer, -1, now, count=False)
+
+    def _adjust(self, peer: int, sign: int, resources: Resources, *, count: bool = True) -> None:
         seller = self._sellers.get(peer)
         if seller is None:
             return
@@ -522,7 +528,8 @@ class Market:
         seller.free_memory = min(seller.free_memory + sign * resources.memory, total.memory)
         seller.free_storage = min(seller.free_storage + sign * resources.storage, total.storage)
         self.free_total.add(+1, seller.free_cpus, seller.free_memory, seller.free_storage)
-        seller.activities = max(seller.activities - sign, 0)
+        if count:
+            seller.activities = max(seller.activities - sign, 0)
         seller.rank = seller._rank()
         bisect.insort(self._order, seller.rank)
         bisect.insort(ranks, seller.rank)

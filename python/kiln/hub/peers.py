@@ -19,6 +19,7 @@ from kiln.hub.flow import Route
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.messages import MAX_ID, Download, Exec, Offer, Price, Release, Resources, Upload
 
+NONE: Final = Resources(cpus=0, memory=0, storage=0)
 ABSENT: Final = -1
 """The provider of a lease whose provider has not dialled again since the hub restarted; in a
 requestor's open requests, a request that waits for such a lease."""
@@ -99,6 +100,7 @@ class Peer:
     incarnation: str = ""
     running: list[str] = field(default_factory=list)  # provider: the activities its hello said it runs
     offer: Offer | None = None  # a provider of another hub: its offer as the database has it
+    elsewhere: Resources = field(default_factory=lambda: NONE)  # provider: what other hubs hold of it
     # requestor: the sha256 of the resume secret its welcome carried (empty: none), and the
     # id of its session (kept by the connections that resume it)
     secret: bytes = b""

@@ -235,7 +235,17 @@ class Sessions(StoreLink):
             return False
         if adopted is not None:
             self._adopt(adopted, "its requestor resumed it here")
+            self._found_here(adopted)
         return True
+
+    def _found_here(self, adopted: Adopted) -> None:
+        """Adopted leases on providers connected to this hub are back at once if their provider runs
+        them (links created them: :attr:`Peer.running`), lost if not: no hello will report them."""
+        for name in sorted({lr.provider for lr in adopted.leases}):
+            peer = self.providers.get(name)
+            p = self.peers.get(peer) if peer is not None else None
+            if p is not None and p.hub is None and name in self._absent:
+                self._reconcile(p, [a for a in p.running if a in self._absent[name]])
 
     def _reconcile(self, p: Peer, running: list[str]) -> None:
         """Provider ``p`` (dialling again) still runs ``running``: take back the leases the hub
@@ -471,7 +481,10 @@ class Sessions(StoreLink):
             for name, absent in sorted(self._absent.items()):
                 why = f"provider {name!r} did not come back within {self.grace:g} s of the hub's restart"
                 self._log("warning", f"{why}; {len(absent)} activities lost")
+                connected = self.peers.get(self.providers.get(name, ABSENT))
                 for activity_id in sorted(absent):
                     if (lease := self.activities.get(activity_id)) is not None:
                         self._lose(lease, why)
+                        if connected is not None:  # adopted from a hub gone, it never said it was back
+                            self._send_destroy(connected, activity_id, None, None)
             self._absent.clear()

@@ -17,18 +17,26 @@ Unless ``durable``, the server does not sync to disk (``fsync``, ``synchronous_c
 ``full_page_writes`` off): what a test's data is worth, and a commit costs a third to a half of a
 synced one (0.03-0.04 ms against 0.09 ms on this machine's disk, more on a slow one). A benchmark
 whose figures should hold for a real deployment passes ``durable=True``.
+
+A harness in another language (js-client's tests) runs ``python -m kiln.testing.postgres ROOT``:
+it starts a server in ROOT, prints the URL of a fresh database on one line of its stdout, and
+stops the server when its stdin closes or on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Final
 
 import psycopg
@@ -162,3 +170,34 @@ class LocalPostgres:
     def _remove_data(self) -> None:
         if self._user and self._data is not None:
             shutil.rmtree(self._data, ignore_errors=True)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until stdin closes or a SIGTERM or SIGINT comes; the URL of database ``kiln`` on stdout."""
+    parser = argparse.ArgumentParser(
+        prog="python -m kiln.testing.postgres",
+        description="Start a PostgreSQL server in ROOT, print the URL of a fresh database, "
+        "stop the server when stdin closes or on SIGTERM.",
+    )
+    parser.add_argument("root", type=Path, help="where the server's log (and, unless root, its data) go")
+    root: Path = parser.parse_args(argv).root
+    # Raised as SystemExit, the signal leaves the blocking read below and the block stops the server.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        with LocalPostgres(root) as server:
+            print(server.create_database("kiln"), flush=True)
+            while sys.stdin.buffer.read(4096):
+                pass  # what the harness writes means nothing: only the end of stdin counts
+    except KilnError as e:
+        print(e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -123,14 +123,27 @@ class Links:
             await asyncio.sleep(POLL_EVERY)
 
     def look(self) -> None:
-        """Take the providers whose hub or offer changed since the last look."""
+        """Take the providers whose hub or offer changed since the last look; forget those whose
+        hub is found dead (their leases wait for them to join another hub); sell again those a
+        link that failed took off the market."""
         self.hubs = {hub: address for hub, address, _ in self.state.hubs()}
+        for remote in [r for r in self.remotes.values() if r.hub not in self.hubs]:
+            self._forget(remote, f"its hub {remote.hub} is gone")
+        for remote in self.remotes.values():
+            p = self.core.peers.get(remote.peer)
+            if p is not None and p.offer is not None and remote.peer not in self.core.market:
+                self.server.apply(self.core.remote(remote.peer, remote.name, remote.hub, p.minor, p.offer))
+            if remote.task is None and self.core.absent(remote.name):  # a session adopted here holds its leases
+                self.sent(remote.peer)
         self._since, rows = self.state.providers_changed(self._since)
-        for name, hub, text in rows:
+        for row in rows:
+            name, hub, text = row.name, row.hub, row.offer
             known = self.remotes.get(name)
             if hub is None or hub == self.state.hub or text is None:
                 if known is not None:  # connected to none, or to this hub now: its leases wait for it
                     self._forget(known, "it left its hub" if hub is None else "it is connected here now")
+                if hub == self.state.hub:
+                    self.server.apply(self.core.elsewhere(name, row.elsewhere))
                 continue
             read = offer_of(text)
             if read is None:
@@ -146,6 +159,7 @@ class Links:
                 if known.task is not None:
                     known.wanted.set()  # dial its new hub now
             self.server.apply(self.core.remote(known.peer, name, hub, minor, offer))
+            self.server.apply(self.core.elsewhere(name, row.elsewhere))
             if known.peer not in self.core.peers:  # connected here under another peer meanwhile
                 self._drop(known)
             elif self.core.absent(name):  # leases wait for it: reach it at its hub now
@@ -193,6 +207,9 @@ class Links:
                 await self._link(remote)
             except (OSError, InvalidHandshake, InvalidURI, TimeoutError, ConnectionClosed) as e:
                 log.info("cannot link to provider %r at hub %s: %s", remote.name, remote.hub, e)
+                # What waited for the link fails now (retryable), rather than at its timeout; the
+                # provider is off this hub's market until the next look sells it again.
+                self.server.apply(self.core.remote_unlinked(remote.peer, f"its hub {remote.hub} cannot be reached"))
             p = self.core.peers.get(remote.peer)
             if p is not None and (p.activities or self.core.absent(remote.name)):
                 await asyncio.sleep(REDIAL_EVERY)

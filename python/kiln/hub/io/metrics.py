@@ -60,15 +60,22 @@ class HubCollector:
         )
         build.add_metric([__version__, PROTOCOL_VERSION], 1)
         yield build
-        requestors = streams = 0
+        requestors = streams = remote = 0
         for peer in core.peers.values():
             if peer.role == "requestor":
                 requestors += 1
+            elif peer.hub is not None:  # another hub's provider (several hubs): sold here, not connected
+                remote += 1
             # Each stream once: at its sending peer, or at its receiver when the image store sends it.
             streams += len(peer.sends)
             if peer.receives:
                 streams += sum(1 for route in peer.receives.values() if route.sender[0] == HUB)
-        yield GaugeMetricFamily("kiln_providers", "Providers connected (welcomed).", value=len(core.providers))
+        yield GaugeMetricFamily("kiln_providers", "Providers connected (welcomed).", value=len(core.providers) - remote)
+        yield GaugeMetricFamily(
+            "kiln_market_providers",
+            "Providers this hub sells: those connected, and those of the other hubs of its database.",
+            value=len(core.providers),
+        )
         yield GaugeMetricFamily("kiln_requestors", "Requestors connected (welcomed).", value=requestors)
         yield GaugeMetricFamily("kiln_streams_open", "Streams the hub relays or serves, each one way.", value=streams)
         yield from self._capacity()

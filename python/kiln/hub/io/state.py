@@ -267,6 +267,19 @@ class CredentialRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderRow:
+    """A provider as the hubs of one database see it (:meth:`HubState.providers_changed`)."""
+
+    name: str
+    hub: str | None
+    """The hub that holds its connection (None: none does)."""
+    offer: str | None
+    """Its last offer (:func:`kiln.hub.cluster.offer_text`)."""
+    elsewhere: Resources
+    """What the other hubs' activities (and reservations) hold of it."""
+
+
+@dataclass(frozen=True, slots=True)
 class UsageTotal:
     """What one requestor (or provider) rented, in activities that ended: ``kiln usage``."""
 
@@ -538,6 +551,7 @@ class HubState:
                     (change.ended, change.cpu_seconds, change.activity),
                 )
                 row = db.execute("SELECT session FROM activities WHERE id = ?", (change.activity,)).fetchone()
+                _changed(db, "(SELECT provider FROM activities WHERE id = ?)", change.activity)
                 db.execute("DELETE FROM activities WHERE id = ?", (change.activity,))
                 if row is not None:
                     _forget_ended(db, row[0])
@@ -648,9 +662,13 @@ class HubState:
         """This hub (:attr:`hub`) is up, reachable at ``address``, and shows other hubs ``secret``:
         its heartbeat row; returns its slot (1 to :data:`MAX_HUBS`), which no live hub has. Given
         ``slot`` (a hub joining again after it was taken for dead), that one or a KilnError: the
-        ids it gave its providers carry it."""
+        ids it gave its providers carry it. Without (the hub starts), the providers an earlier run of
+        it held (killed, it never left) are anyone's: their connections died with it, and its new row
+        would keep the other hubs from taking them."""
         with self._db.migrating() as db:  # one hub at a time picks a slot
             db.execute(f"DELETE FROM hubs WHERE id = ? OR NOT ({self._live('hubs')})", (self.hub,))
+            if slot is None:
+                db.execute(f"UPDATE providers SET hub = NULL, changed = {db.now} WHERE hub = ?", (self.hub,))
             taken = {int(row[0]) for row in db.execute("SELECT slot FROM hubs")}
             free = [n for n in range(1, MAX_HUBS + 1) if n not in taken and slot in (None, n)]
             if not free and slot is not None:
@@ -754,6 +772,7 @@ class HubState:
                 and int(used[2]) + r.storage <= int(offered[2])
             )
             if fits:
+                _changed(db, "?", provider)
                 db.execute(
                     "INSERT INTO activities (id, session, provider, cpus, memory, storage, started, pending, hub) "
                     f"VALUES (?, ?, ?, ?, ?, ?, {db.now}, TRUE, ?)",
@@ -778,15 +797,25 @@ class HubState:
     def unreserve(self, activity: str) -> None:
         """The reservation of ``activity`` is over before it became a lease (its create failed)."""
         with self._write() as db:
+            _changed(db, "(SELECT provider FROM activities WHERE id = ? AND pending)", activity)
             db.execute("DELETE FROM activities WHERE id = ? AND pending", (activity,))
 
-    def providers_changed(self, since: float) -> tuple[float, list[tuple[str, str | None, str | None]]]:
-        """The providers whose row changed after ``since`` (the database's clock): name, hub (None:
-        connected to none) and offer; and the time to ask from next (a little before now, as a
-        row written in a transaction still open may show a time already past)."""
+    def providers_changed(self, since: float) -> tuple[float, list[ProviderRow]]:
+        """The providers whose row changed after ``since`` (the database's clock: an offer, a hub,
+        a reservation or the end of an activity there); and the time to ask from next (a little
+        before now, as a row written in a transaction still open may show a time already past)."""
         now = float(self._db.execute(f"SELECT {self._db.now}").fetchone()[0])
-        rows = self._db.execute("SELECT name, hub, offer FROM providers WHERE changed > ?", (since,)).fetchall()
-        return now - CHANGES_OVERLAP, [(str(n), None if h is None else str(h), o) for n, h, o in rows]
+        rows = self._db.execute(
+            "SELECT p.name, p.hub, p.offer, COALESCE(SUM(a.cpus), 0), COALESCE(SUM(a.memory), 0), "
+            "COALESCE(SUM(a.storage), 0) FROM providers p LEFT JOIN activities a ON a.provider = p.name "
+            "AND (a.hub IS NULL OR a.hub <> ?) WHERE p.changed > ? GROUP BY p.name, p.hub, p.offer",
+            (self.hub, since),
+        ).fetchall()
+        found = [
+            ProviderRow(str(name), None if hub is None else str(hub), offer, _resources(cpus, memory, storage))
+            for name, hub, offer, cpus, memory, storage in rows
+        ]
+        return now - CHANGES_OVERLAP, found
 
     def adopt_session(self, secret: bytes) -> Adopted | None:
         """The session of this resume secret's sha256, taken over by this hub if a dead hub held it
@@ -801,6 +830,7 @@ class HubState:
                 held = db.execute("SELECT id FROM sessions WHERE secret = ? AND hub <> ?", (secret.hex(), self.hub))
                 found = held.fetchone()
                 return None if found is None else Adopted([], [], [], frozenset({str(found[0])}))
+            db.execute("UPDATE activities SET hub = ? WHERE session = ? AND NOT pending", (self.hub, row[0]))
             sessions, leases = self._sessions_of(db, "id = ?", (row[0],))
         return Adopted(sessions, leases, self.meters(lease.id for lease in leases))
 
@@ -837,6 +867,7 @@ class HubState:
                 return Adopted([], [], [], frozenset(elsewhere))
             found = sorted(ids)
             marks = ", ".join("?" * len(found))
+            db.execute(f"UPDATE activities SET hub = ? WHERE session IN ({marks}) AND NOT pending", (self.hub, *found))
             sessions, leases = self._sessions_of(db, f"id IN ({marks})", tuple(found))
         return Adopted(sessions, leases, self.meters(lease.id for lease in leases), frozenset(elsewhere))
 
@@ -1037,6 +1068,16 @@ class HubState:
             (digest, self.hub),
         )
         return [str(row[0]) for row in rows]
+
+
+def _resources(cpus: float, memory: int, storage: int) -> Resources:
+    """Sums a database returned (PostgreSQL's of BIGINT are ``numeric``) as resources."""
+    return Resources(cpus=round(float(cpus), 6), memory=int(memory), storage=int(storage))
+
+
+def _changed(db: Database, provider: str, *args: object) -> None:
+    """Mark the row of ``provider`` (a name, or a subquery of ``args``) changed: the other hubs look again."""
+    db.execute(f"UPDATE providers SET changed = {db.now} WHERE name = {provider}", args)
 
 
 def _save_session(db: Database, session: SessionRecord, hub: str | None) -> None:
