@@ -128,7 +128,7 @@ async def sold(url: str, count: int, timeout: float) -> float:
     """Wait until the hub at ``url`` sells ``count`` providers; the seconds it took."""
     started = time.perf_counter()
     async with asyncio.timeout(timeout):
-        while (await asyncio.to_thread(metrics, url)).get("kiln_providers", 0) < count:  # noqa: ASYNC110  # over HTTP
+        while (await asyncio.to_thread(metrics, url)).get("kiln_market_providers", 0) < count:  # noqa: ASYNC110  # over HTTP
             await asyncio.sleep(0.5)
     return time.perf_counter() - started
 

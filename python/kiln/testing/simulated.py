@@ -33,6 +33,7 @@ from websockets.client import backoff
 from kiln.connection import Connection, HubRing, Incoming, Outgoing
 from kiln.hub.io.server import raise_open_file_limit
 from kiln.protocol import limits
+from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import ConnectionLost, KilnError
 from kiln.protocol.messages import (
     Create,
@@ -215,8 +216,9 @@ class SimulatedProvider:
 
     async def dial(self, hubs: HubRing, offer: Offer, token: str | None = None) -> None:
         """Join one of ``hubs`` as ``kiln provider`` does: each round dials the hub it was on, then the
-        others in turn; a hub that refuses the hello is dialled again after :data:`REFUSED_RETRY`
-        seconds, and a round in which none answered is followed by a wait (:data:`RECONNECT_DELAYS`)."""
+        others in turn; after a hub refused the hello the next round comes :data:`REFUSED_RETRY` seconds
+        later (from the next hub when its name was taken), and after a round in which none answered
+        a wait (:data:`RECONNECT_DELAYS`)."""
         delays: Iterator[float] | None = None
         while True:
             for url in hubs.order():
@@ -224,8 +226,10 @@ class SimulatedProvider:
                     await self.join(url, offer, token)
                 except ConnectionLost:
                     continue
-                except KilnError:
+                except KilnError as e:
                     hubs.moved(url)
+                    if e.code == ErrorCode.NAME_TAKEN:
+                        hubs.skip()  # another hub of the database may hold it still: the next is tried
                     self.refused += 1
                     await asyncio.sleep(REFUSED_RETRY)
                     break
