@@ -11,6 +11,11 @@ provider that over-reports). No Docker is involved, so thousands fit on one mach
 
     async with simulated_providers(url, 5000) as names:
         ...  # rent, map, market against a hub that sees 5000 providers
+
+Given several hub URLs (hubs on one database), each stays connected to one of them as ``kiln
+provider --hub A --hub B`` does: when its hub dies it dials the next, listing what it runs, and a
+hub that refuses it (its name still held by the dead hub, not yet found dead) is dialled again a
+little later.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, Literal
 
-from kiln.connection import Connection, Outgoing
+from websockets.client import backoff
+
+from kiln.connection import Connection, HubRing, Incoming, Outgoing
 from kiln.hub.io.server import raise_open_file_limit
-from kiln.protocol.errors import KilnError
+from kiln.protocol import limits
+from kiln.protocol.codes import ErrorCode
+from kiln.protocol.errors import ConnectionLost, KilnError
 from kiln.protocol.messages import (
     Create,
     Destroy,
@@ -48,6 +58,10 @@ LIE: Final = "a lie\n"
 """What a lying provider's every command prints."""
 DIAL_AT_ONCE: Final = 200
 """Connections opened concurrently: a burst the hub's listen backlog takes."""
+REFUSED_RETRY: Final = 2.0
+"""Seconds before a hub that refused the hello is dialled again (as ``kiln provider`` waits)."""
+RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
+"""The waits between two rounds of dials in which no hub answered (as ``kiln provider``'s)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,7 @@ class SimulatedProvider:
         hoard: bool = False,
         lie: bool = False,
         cpu_per_second: float = 0.0,
+        uploads: bool = False,
     ) -> None:
         self.name = name
         self.cpu_per_second = cpu_per_second
@@ -84,11 +99,25 @@ class SimulatedProvider:
         """Take uploads and never grant them credit nor answer them (a provider that sits on a requestor's stream)."""
         self.lie = lie
         """Answer every exec with :data:`LIE` as stdout (a provider whose results are wrong)."""
+        self.uploads = uploads
+        """Take uploads, counting their bytes and keeping none (otherwise an upload is refused)."""
+        self.url: str | None = None
+        """The hub it is connected to (:meth:`stay`), None while it dials."""
+        self.joined_at = 0.0
+        """When a hub last took its hello (monotonic)."""
+        self.refused = 0
+        """Hellos refused so far (:meth:`stay`: its name held at another hub)."""
         self.conn: Connection | None = None
         self.offered: asyncio.Future[Message] | None = None  # the hub's reply to its offer
         self._replies: set[asyncio.Task[None]] = set()
         self.running: set[str] = set()
         """The activities it was told to create and not yet to destroy (what it reports when it dials again)."""
+
+    @property
+    def offering(self) -> bool:
+        """Connected, and its offer taken by the hub."""
+        offered = self.offered
+        return self.url is not None and offered is not None and offered.done() and offered.exception() is None
 
     def on_event(self, event: Event) -> None:
         if not isinstance(event, Requested) or self.conn is None:
@@ -96,6 +125,10 @@ class SimulatedProvider:
         message = event.message
         # Answers at once go out with the reader's next write; only a download's takes a task.
         if isinstance(message, Upload) and self.hoard:
+            return
+        if isinstance(message, Upload) and self.uploads:
+            window = min(limits.WINDOW_CHUNKS, self.conn.session.limits.max_window)
+            self._spawn(self._take(message, self.conn.incoming(message.id, window)))
             return
         if isinstance(message, Exec):
             self.conn.reply_soon(
@@ -130,7 +163,9 @@ class SimulatedProvider:
             text = clip(f"simulated: no {message.type} here")
             self.conn.reply_soon(Error(type="error", re=message.id, code="file_not_found", message=text))
             return
-        work = self._serve(message, self.files[message.path], self.conn.outgoing(message.id))
+        self._spawn(self._serve(message, self.files[message.path], self.conn.outgoing(message.id)))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
         task = asyncio.ensure_future(work)  # owned: kept until done, awaited on close
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
@@ -155,6 +190,16 @@ class SimulatedProvider:
         except KilnError as e:
             await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
 
+    async def _take(self, message: Upload, incoming: Incoming) -> None:
+        assert self.conn is not None
+        size = 0
+        try:
+            async for chunk in incoming:
+                size += len(chunk)
+            await self.conn.reply(Done(type="done", re=message.id, bytes=size))
+        except KilnError as e:
+            await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
+
     async def join(self, url: str, offer: Offer, token: str | None = None) -> None:
         """Dial the hub at ``url`` (listing what it runs, to a hub that spoke 1.3 to it before) and offer."""
         known = self.conn is not None and self.conn.session.minor >= 3
@@ -169,6 +214,41 @@ class SimulatedProvider:
         self.conn = conn
         self.offered = await conn.start(offer.model_copy(update={"id": conn.new_id()}))
 
+    async def dial(self, hubs: HubRing, offer: Offer, token: str | None = None) -> None:
+        """Join one of ``hubs`` as ``kiln provider`` does: each round dials the hub it was on, then the
+        others in turn; after a hub refused the hello the next round comes :data:`REFUSED_RETRY` seconds
+        later (from the next hub when its name was taken), and after a round in which none answered
+        a wait (:data:`RECONNECT_DELAYS`)."""
+        delays: Iterator[float] | None = None
+        while True:
+            for url in hubs.order():
+                try:
+                    await self.join(url, offer, token)
+                except ConnectionLost:
+                    continue
+                except KilnError as e:
+                    hubs.moved(url)
+                    if e.code == ErrorCode.NAME_TAKEN:
+                        hubs.skip()  # another hub of the database may hold it still: the next is tried
+                    self.refused += 1
+                    await asyncio.sleep(REFUSED_RETRY)
+                    break
+                hubs.moved(url)
+                self.url, self.joined_at = url, time.monotonic()
+                return
+            else:
+                delays = delays or RECONNECT_DELAYS()
+                await asyncio.sleep(next(delays))
+
+    async def stay(self, hubs: HubRing, offer: Offer, token: str | None = None) -> None:
+        """Read the connection :meth:`dial` opened, and when it drops dial ``hubs`` again, until cancelled."""
+        while True:
+            assert self.conn is not None
+            with contextlib.suppress(KilnError):
+                await self.conn.run()
+            self.url = None
+            await self.dial(hubs, offer, token)
+
     async def close(self) -> None:
         if self._replies:
             await asyncio.gather(*self._replies, return_exceptions=True)
@@ -176,9 +256,19 @@ class SimulatedProvider:
             await self.conn.close()
 
 
+def order(urls: Sequence[str], i: int) -> list[str]:
+    """The order in which the ``i``-th provider given several hub URLs dials them: from the ``i``-th
+    (modulo), then the others in turn, forward for some and backward for the next ones, so that
+    the providers spread over the hubs and those of a hub that dies over the others."""
+    n = len(urls)
+    first = i % n
+    step = 1 if (i // n) % 2 == 0 else -1
+    return [urls[(first + step * k) % n] for k in range(n)]
+
+
 @contextlib.asynccontextmanager
-async def simulated_providers(
-    url: str,
+async def simulated(
+    url: str | Sequence[str],
     count: int,
     *,
     images: tuple[str, ...] = ("kiln-busybox:latest",),
@@ -190,41 +280,47 @@ async def simulated_providers(
     stuck: bool = False,
     hoard: bool = False,
     lie: bool = False,
+    uploads: bool = False,
     labels: Callable[[int], dict[str, str]] = lambda i: {},
     token: str | None = None,
     price: Price | Callable[[int], Price | None] | None = None,
     cpu_per_second: float = 0.0,
-) -> AsyncIterator[list[str]]:
-    """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
-    ``labels(i)``, at ``price`` or ``price(i)``: none is free), with ``token`` in their hello;
-    yields their names, disconnects on exit. ``cpu_per_second``: see :class:`SimulatedProvider`.
-    With ``lie``, every one of them answers its commands wrongly (see :class:`SimulatedProvider`)."""
+) -> AsyncIterator[list[SimulatedProvider]]:
+    """:func:`simulated_providers`, yielding the providers themselves (which hub each is on, when it joined)."""
     raise_open_file_limit()
     providers = [
-        SimulatedProvider(f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard, lie=lie, cpu_per_second=cpu_per_second)
+        SimulatedProvider(
+            f"{prefix}-{i:05}", files, stuck=stuck, hoard=hoard, lie=lie, cpu_per_second=cpu_per_second, uploads=uploads
+        )
         for i in range(count)
     ]
+    urls = [url] if isinstance(url, str) else list(url)
     gate = asyncio.Semaphore(DIAL_AT_ONCE)
 
     async with asyncio.TaskGroup() as tg:
         readers: list[asyncio.Task[None]] = []
 
         async def join(i: int, provider: SimulatedProvider) -> None:
+            offer = Offer(
+                type="offer",
+                id=1,
+                resources=Resources(cpus=cpus, memory=memory, storage=storage),
+                arch="amd64",
+                images=list(images),
+                labels=labels(i),
+                price=price(i) if callable(price) else price,
+            )
+            hubs = HubRing(order(urls, i)) if len(urls) > 1 else None
             async with gate:
-                offer = Offer(
-                    type="offer",
-                    id=1,
-                    resources=Resources(cpus=cpus, memory=memory, storage=storage),
-                    arch="amd64",
-                    images=list(images),
-                    labels=labels(i),
-                    price=price(i) if callable(price) else price,
-                )
-                await provider.join(url, offer, token)
+                if hubs is None:
+                    await provider.join(urls[0], offer, token)
+                else:
+                    await provider.dial(hubs, offer, token)
             assert provider.conn is not None
             # Read at once, not once all have joined: the hub's pings (every 3 s, 7 s to answer)
             # go unanswered otherwise while thousands more dial, and the hub drops the first.
-            readers.append(tg.create_task(provider.conn.run()))
+            reading = provider.conn.run() if hubs is None else provider.stay(hubs, offer, token)
+            readers.append(tg.create_task(reading))
 
         try:
             async with asyncio.TaskGroup() as joining:
@@ -232,10 +328,66 @@ async def simulated_providers(
                     joining.create_task(join(i, provider))
             # In the market once the hub took their offers (a requestor's rent on another
             # connection may otherwise reach the hub first).
-            await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
-            yield [p.name for p in providers]
+            if len(urls) == 1:
+                await asyncio.gather(*(p.offered for p in providers if p.offered is not None))
+            else:  # one dropped before its offer was taken dials again (stay): polled, as its offer changes
+                while not all(p.offering for p in providers):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            yield providers
         finally:
+            for reader in readers if len(urls) > 1 else ():
+                reader.cancel()  # no dialling again as they leave
             for provider in providers:
                 await provider.close()
             for reader in readers:
                 reader.cancel()
+
+
+@contextlib.asynccontextmanager
+async def simulated_providers(
+    url: str | Sequence[str],
+    count: int,
+    *,
+    images: tuple[str, ...] = ("kiln-busybox:latest",),
+    cpus: float = 4,
+    memory: int = 8 * 2**30,
+    storage: int = 2**40,
+    prefix: str = "sim",
+    files: dict[str, Served] | None = None,
+    stuck: bool = False,
+    hoard: bool = False,
+    lie: bool = False,
+    uploads: bool = False,
+    labels: Callable[[int], dict[str, str]] = lambda i: {},
+    token: str | None = None,
+    price: Price | Callable[[int], Price | None] | None = None,
+    cpu_per_second: float = 0.0,
+) -> AsyncIterator[list[str]]:
+    """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
+    ``labels(i)``, at ``price`` or ``price(i)``: none is free), with ``token`` in their hello;
+    yields their names, disconnects on exit. ``cpu_per_second`` and ``uploads``: see
+    :class:`SimulatedProvider`. With ``lie``, every one of them answers its commands wrongly
+    (see :class:`SimulatedProvider`).
+
+    ``url`` may be several hubs' (one database): each provider then stays connected to one of
+    them (:meth:`SimulatedProvider.stay`), dialling them in :func:`order`, so that they spread
+    over the hubs. :func:`simulated` yields the providers themselves."""
+    async with simulated(
+        url,
+        count,
+        images=images,
+        cpus=cpus,
+        memory=memory,
+        storage=storage,
+        prefix=prefix,
+        files=files,
+        stuck=stuck,
+        hoard=hoard,
+        lie=lie,
+        uploads=uploads,
+        labels=labels,
+        token=token,
+        price=price,
+        cpu_per_second=cpu_per_second,
+    ) as providers:
+        yield [p.name for p in providers]

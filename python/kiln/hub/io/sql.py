@@ -85,7 +85,8 @@ class Database:
         raise NotImplementedError
 
     def write(self) -> contextlib.AbstractContextManager[Database]:
-        """One write transaction: committed when the block ends, rolled back when it raises."""
+        """One write transaction: committed when the block ends, rolled back when it raises.
+        Inside it a cursor's ``rowcount`` may be unknown (-1, PostgreSQL): read it in :meth:`migrating`."""
         raise NotImplementedError
 
     def migrating(self) -> contextlib.AbstractContextManager[Database]:
@@ -213,18 +214,27 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Database]:
-        with self._connection().transaction():
-            self._writing = True
-            try:
-                yield self
-            finally:
-                self._writing = False
+        # In pipeline mode BEGIN, the statements whose results are not read and COMMIT go out
+        # together: a round trip only where a result is read (fetchone) and at the end. The hub
+        # waits for each on its event loop (a rent's 13 round trips took 6-11 ms on 2 busy cores).
+        with self._transaction(pipelined=True):
+            yield self
 
     @contextlib.contextmanager
     def migrating(self) -> Iterator[Database]:
-        with self.write():
+        with self._transaction(pipelined=False):
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             yield self
+
+    @contextlib.contextmanager
+    def _transaction(self, *, pipelined: bool) -> Iterator[None]:
+        db = self._connection()
+        with db.pipeline() if pipelined else contextlib.nullcontext(), db.transaction():
+            self._writing = True
+            try:
+                yield
+            finally:
+                self._writing = False
 
     def close(self) -> None:
         self._db.close()
