@@ -16,8 +16,13 @@ partial indexes, ``WITH``). What differs is here, and only here:
 * a parameter in a ``SELECT`` list has no type in PostgreSQL: cast it (``CAST(? AS DOUBLE PRECISION)``).
 
 The PostgreSQL driver is psycopg 3 (``pip install 'kiln[postgres]'``), used the way the hub uses
-SQLite: synchronously, on the event loop, one connection per process. On loopback a commit takes
-about 0.25 ms and an indexed read 0.07 ms (see docs/hub-state.md), the same order as SQLite's.
+SQLite: synchronously, on the event loop, one connection per process, a write transaction's
+statements pipelined (one round trip where no result is read). So the core's rule holds as it is:
+a change is committed before the message that tells of it goes out, in the order the core gave
+them. On loopback a commit takes about 0.3 ms and an indexed read 0.2 ms (docs/hub-state.md). The
+price is that the loop waits for each round trip: at thousands of hellos a second (a hub's
+providers moving to the others) it falls behind; an asynchronous connection, with the actions
+after a change queued until it commits, is the way past it (BENCHMARKS.md, "Several hubs").
 """
 
 from __future__ import annotations
