@@ -907,6 +907,14 @@ export class Job {
       this._finish(under, "lost", describe(error), "failed");
       throw error; // the hub is gone, or closed by us: nothing to retry on
     }
+    if (error instanceof ProviderLostError && activity.lost === null && error.code === ErrorCode.PROVIDER_LOST) {
+      // The request failed, not the activity (no activity_lost came first): the hub lost its way to
+      // the provider for a moment (a link between hubs broke) and holds the activity until the
+      // provider is back. Neither the task's fault nor the provider's: again on it.
+      core.outcome(task, provider, "interrupted");
+      this._finish(under, "retried", INTERRUPTED, "retried");
+      return true;
+    }
     /** @type {import("./scheduling.js").Outcome} */
     const kind =
       error instanceof ProviderLostError ? this._lost(error)

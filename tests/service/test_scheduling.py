@@ -378,3 +378,21 @@ async def test_a_job_held_to_fewer_activities_than_it_wants_works_with_what_it_h
     empty = FakeMarket(["p1"], max_held=0)
     with pytest.raises(kiln.RemoteError, match="held at once"):
         await Recorded(empty, square, 1).run()
+
+
+async def test_a_request_lost_while_its_activity_lives_is_tried_again_on_it_and_blames_nobody() -> None:
+    """A ProviderLost with no activity_lost before it (a link between hubs broke under the request;
+    the hub holds the activity until its provider is back): the attempt is interrupted, the
+    provider neither struck nor banned, and the activity kept."""
+    market = FakeMarket(["moving"])
+    hiccups = iter(range(2))
+
+    async def worker(act: kiln.Activity, n: int) -> int:
+        if n % 3 == 0 and next(hiccups, None) is not None:
+            raise kiln.ProviderLost("provider 'moving' disconnected: the link to its hub ended")
+        return n
+
+    made = Recorded(market, worker, 9, retries=1)
+    assert await made.run() == list(range(9))
+    assert made.kinds("provider_banned") == [] and made.summary.failed_providers == set()
+    assert len(market.rented) == 1, "the activity is kept"

@@ -445,3 +445,17 @@ test("options are checked before anything is rented", { timeout: 10_000 }, () =>
   }
   assert.deepEqual(hub.rents, []);
 });
+
+test("a request lost while its activity lives is tried again on it and blames nobody", { timeout: 10_000 }, async () => {
+  // A provider_lost with no activity_lost before it: a link between hubs broke under the request,
+  // and the hub holds the activity until its provider is back.
+  const hub = new FakeHub(["moving"]);
+  let hiccups = 2;
+  const made = job(hub, Array.from({ length: 9 }, (_, i) => i), async (act, n) => {
+    if (n % 3 === 0 && hiccups-- > 0) throw new ProviderLostError("provider 'moving' disconnected: the link to its hub ended");
+    return n;
+  }, { retries: 1 });
+  assert.deepEqual(await made.job.run(), [0, 1, 2, 3, 4, 5, 6, 7, 8]);
+  assert.deepEqual(kinds(made.events, "provider_banned"), []);
+  assert.equal(hub.rented.length, 1, "the activity is kept");
+});

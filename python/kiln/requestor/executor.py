@@ -732,7 +732,13 @@ class Job(Generic[T, R]):
             core.abandon()
             raise  # closed by us: nothing to retry on
         except ProviderLost as e:
-            outcome, error = self._lost(activity, e), e
+            if activity.lost is None and e.code == ErrorCode.PROVIDER_LOST:
+                # The request failed, not the activity (no activity_lost came first): the hub lost its
+                # way to the provider for a moment (a link between hubs broke) and holds the activity
+                # until the provider is back. Neither the task's fault nor the provider's: again on it.
+                outcome = "interrupted"
+            else:
+                outcome, error = self._lost(activity, e), e
         except RetryTask as e:
             outcome, error = "retry", e
         except Exception as e:  # noqa: BLE001 - the worker's own failure is the task's outcome
