@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from kiln.hub.io.sql import Database
+from kiln.hub.io.sql import Database, chunks
 from kiln.hub.ledger import Post
 from kiln.hub.records import MeterRecord
 from kiln.protocol.errors import KilnError
@@ -34,7 +34,6 @@ MAX_KEY: Final = 256
 MAX_KIND: Final = 32
 MAX_ENTRIES: Final = 16
 """A transaction's bounds, as the ``ledger_list`` message carries it (:class:`~kiln.protocol.messages.Transaction`)."""
-_IN_CHUNK: Final = 500
 
 
 def post(db: Database, p: Post) -> bool:
@@ -151,9 +150,8 @@ def _entries(db: Database, ids: Sequence[int]) -> dict[int, list[tuple[str, int]
 
 def _chunked(db: Database, sql: str, values: Sequence[Any]) -> Iterable[list[Any]]:
     """``sql`` (its ``IN ({})`` filled with marks) run on ``values`` a chunk at a time."""
-    for start in range(0, len(values), _IN_CHUNK):
-        chunk = list(values[start : start + _IN_CHUNK])
-        yield db.execute(sql.format(", ".join("?" * len(chunk))), chunk).fetchall()
+    for chunk, marks in chunks(values):
+        yield db.execute(sql.format(marks), chunk).fetchall()
 
 
 def check(db: Database) -> list[str]:

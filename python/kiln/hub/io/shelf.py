@@ -21,11 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 
-from kiln.hub.io.sql import Database
-
-_IN_CHUNK: Final = 500
+from kiln.hub.io.sql import Database, chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +78,7 @@ def held_elsewhere(db: Database, hub: str, digests: Iterable[str]) -> set[str]:
     """Those of ``digests`` some hub other than ``hub`` holds (live or not: a hub stopped comes back with its disk)."""
     wanted = sorted(set(digests))
     found: set[str] = set()
-    for start in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[start : start + _IN_CHUNK]
-        marks = ", ".join("?" * len(chunk))
+    for chunk, marks in chunks(wanted):
         rows = db.execute(
             f"SELECT DISTINCT digest FROM shelf_blobs WHERE hub <> ? AND digest IN ({marks})", (hub, *chunk)
         )

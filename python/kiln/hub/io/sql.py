@@ -33,7 +33,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from kiln.protocol.errors import KilnError, UsageError
@@ -54,6 +54,7 @@ RECONNECT_EVERY: Final = 5.0
 _MIGRATION_LOCK: Final = 0x6B696C6E  # "kiln": hubs starting together migrate one at a time
 
 Params = Sequence[Any]
+T = TypeVar("T")
 
 
 class Cursor(Protocol):
@@ -252,6 +253,17 @@ class PostgresDatabase(Database):
 
     now = "EXTRACT(EPOCH FROM clock_timestamp())::DOUBLE PRECISION"
     for_update = " FOR UPDATE"
+
+
+IN_CHUNK: Final = 500
+"""Values per ``IN (...)``: far below any database's limit on parameters."""
+
+
+def chunks(values: Sequence[T]) -> Iterator[tuple[list[T], str]]:
+    """``values`` a chunk of :data:`IN_CHUNK` at a time, each with the marks of its ``IN (...)``."""
+    for start in range(0, len(values), IN_CHUNK):
+        chunk = list(values[start : start + IN_CHUNK])
+        yield chunk, ", ".join("?" * len(chunk))
 
 
 def open_database(where: Path | str) -> Database:

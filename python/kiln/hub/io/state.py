@@ -47,7 +47,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from kiln.hub.access import ROLES, Credential, Role
 from kiln.hub.io import books, shelf
-from kiln.hub.io.sql import Database, is_url, open_database
+from kiln.hub.io.sql import Database, chunks, is_url, open_database
 from kiln.hub.ledger import MINT, Post, requestor_account
 from kiln.hub.records import (
     Adopted,
@@ -248,7 +248,6 @@ USAGE_RETENTION: Final = 90.0
 DAY: Final = 86400
 
 _NAME: Final = TypeAdapter(Name)
-_IN_CHUNK: Final = 500  # ids per IN (...): far below any database's limit on parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,9 +494,7 @@ class HubState:
         from a chunk the database cannot read, with a warning)."""
         wanted = sorted(ids)
         out: list[tuple[Any, ...]] = []
-        for start in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[start : start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
+        for chunk, marks in chunks(wanted):
             try:
                 out += self._db.execute(
                     f"SELECT {columns} FROM credentials WHERE {where} AND id IN ({marks})", chunk
@@ -846,9 +843,7 @@ class HubState:
         wanted = sorted(activities)
         ids: set[str] = set()
         with self._write() as db:
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                marks = ", ".join("?" * len(chunk))
+            for chunk, marks in chunks(wanted):
                 ids |= {
                     str(row[0])
                     for row in db.execute(
@@ -858,9 +853,7 @@ class HubState:
                     )
                 }
             elsewhere: set[str] = set()
-            for start in range(0, len(wanted), _IN_CHUNK):
-                chunk = wanted[start : start + _IN_CHUNK]
-                marks = ", ".join("?" * len(chunk))
+            for chunk, marks in chunks(wanted):
                 elsewhere |= {
                     str(row[0])
                     for row in db.execute(
