@@ -27,6 +27,7 @@
  *      |    +-- FileNotFoundError        no such file or folder in the container
  *      |    +-- TransferFailedError      a file stream broke off
  *      |    +-- ContainerFailedError     Docker refused an operation on the container
+ *      |    +-- ConnectionRefusedError   (1.7) nothing listens on the container's port a connect named
  *      +-- CancelledError                the request was cancelled (an AbortSignal fired)
  *      +-- InsufficientFundsError        (1.5) the requestor's credits cannot hold a rent's worst case
  *      +-- BudgetExceededError           (1.5) a job's budget cannot cover another rent: its tasks left fail so

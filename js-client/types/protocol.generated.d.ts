@@ -17,6 +17,10 @@ export type Message =
   | ActivityLost
   | Exec
   | ExecResult
+  | Connect
+  | Publish
+  | Published
+  | Unpublish
   | Upload
   | Download
   | DownloadInfo
@@ -87,7 +91,7 @@ export interface Limits {
  */
 export interface Error {
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, connection_refused, not_published, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   message: string;
@@ -122,6 +126,7 @@ export interface Offer {
   labels: {
     [k: string]: string;
   };
+  outbound: "any" | string[] | null;
   price: Price | null;
   resources: Resources;
   root: boolean | null;
@@ -182,6 +187,7 @@ export interface Demand {
   };
   max_price: Price | null;
   memory: number;
+  outbound: string[] | null;
   storage: number;
 }
 /**
@@ -251,6 +257,7 @@ export interface ProviderInfo {
   };
   name: string;
   offered: Resources;
+  outbound: "any" | string[] | null;
   price: Price | null;
   reputation: number | null;
 }
@@ -265,6 +272,7 @@ export interface Create {
   id: number;
   image: string;
   manifest: Manifest | null;
+  outbound: string[] | null;
   resources: Resources;
   type: "create";
   user: "root" | null;
@@ -302,7 +310,7 @@ export interface Destroy {
 export interface ActivityLost {
   activity: string;
   /**
-   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
+   * A stable error code. Known codes: bad_json, bad_message, unknown_type, message_too_large, bad_frame, unsupported_version, unauthorized, name_taken, out_of_order, duplicate_id, too_many, flow_control, bad_path, unknown_activity, unknown_stream, no_match, image_not_found, bad_image, image_corrupt, store_full, image_too_large, insufficient_funds, budget_exceeded, expired, provider_lost, file_not_found, not_a_file, transfer_failed, container_failed, cancelled, connection_refused, not_published, timeout, connection_closed, command_failed, download_too_large, task_failed, internal. A later minor version may add codes; treat an unknown one like 'internal'.
    */
   code: string;
   reason: string;
@@ -342,6 +350,48 @@ export interface ExecResult {
   stdout_truncated: boolean;
   timed_out: boolean;
   type: "exec_result";
+}
+/**
+ * (1.7) Open a TCP connection to ``127.0.0.1:port`` inside the activity's container.
+ *
+ * The bytes flow on one stream each way under the request's id: the provider grants the first
+ * credit toward the container once the connection is open; ``window`` is the first credit of
+ * the stream out of it (default 16). END is a half-close; the reply (``done`` with ``bytes``
+ * received from the container) comes once both ways have ended.
+ */
+export interface Connect {
+  activity: string;
+  id: number;
+  port: number;
+  type: "connect";
+  window: number | null;
+}
+/**
+ * (1.7) Requestor -> hub: serve the activity's ``port`` as HTTP at an unguessable URL of the hub's.
+ */
+export interface Publish {
+  activity: string;
+  id: number;
+  port: number;
+  type: "publish";
+}
+/**
+ * (1.7) The answer to ``publish``: ``url`` (``.../s/<token>/``) serves the port until ``unpublish``
+ * or the activity's end; ``token`` names it in ``unpublish``.
+ */
+export interface Published {
+  re: number;
+  token: string;
+  type: "published";
+  url: string;
+}
+/**
+ * (1.7) Requestor -> hub: the published URL of ``token`` serves nothing from now on (``done``).
+ */
+export interface Unpublish {
+  id: number;
+  token: string;
+  type: "unpublish";
 }
 /**
  * Open a stream of ``size`` bytes into the file ``path``; the receiver grants credit.

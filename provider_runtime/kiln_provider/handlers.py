@@ -36,9 +36,10 @@ from typing import Final
 from kiln.connection import Connection, Incoming, Outgoing
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized
+from kiln.protocol.errors import Cancelled, ConnectionClosed, ConnectionRefused, KilnError, Unauthorized
 from kiln.protocol.messages import (
     ActivityUsage,
+    Connect,
     Cost,
     Create,
     Destroy,
@@ -199,8 +200,10 @@ class Handlers:
             else:
                 log.warning("the hub reports %s: %s", news.code, getattr(news, "message", ""))
 
-    def _take(self, message: Create | Destroy | Exec | Upload | Download | Meter) -> None:
-        if isinstance(message, Meter):
+    def _take(self, message: Create | Destroy | Exec | Connect | Upload | Download | Meter) -> None:
+        if isinstance(message, Connect):
+            self._spawn(message.id, message.activity, self._connect(message))
+        elif isinstance(message, Meter):
             self._spawn(message.id, message.activity, self._meter(message))
         elif isinstance(message, Create):
             self._spawn(message.id, None, self._create(message))
@@ -384,6 +387,9 @@ class Handlers:
             await asyncio.shield(self._remove_container(container, cpu))
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
+
+    async def _connect(self, message: Connect) -> Reply:
+        raise ConnectionRefused(f"port {message.port}: connections are not carried yet")
 
     async def _meter(self, message: Meter) -> Reply:
         """The CPU seconds the activity's container used so far (its cgroup's, as :meth:`_destroy` reads)."""

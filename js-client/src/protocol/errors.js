@@ -127,6 +127,10 @@ export class TransferFailedError extends ActivityError {
 export class ContainerFailedError extends ActivityError {
   static defaultCode = ErrorCode.CONTAINER_FAILED;
 }
+/** (1.7) Nothing listens on the container's port that a connect named. */
+export class ConnectionRefusedError extends ActivityError {
+  static defaultCode = ErrorCode.CONNECTION_REFUSED;
+}
 /** The request was cancelled. */
 export class CancelledError extends KilnError {
   static defaultCode = ErrorCode.CANCELLED;
@@ -170,6 +174,8 @@ const BY_CODE = Object.freeze({
   [ErrorCode.TRANSFER_FAILED]: TransferFailedError,
   [ErrorCode.CONTAINER_FAILED]: ContainerFailedError,
   [ErrorCode.CANCELLED]: CancelledError,
+  [ErrorCode.CONNECTION_REFUSED]: ConnectionRefusedError,
+  [ErrorCode.NOT_PUBLISHED]: ActivityError,
   [ErrorCode.INSUFFICIENT_FUNDS]: InsufficientFundsError,
   [ErrorCode.BUDGET_EXCEEDED]: BudgetExceededError,
 });

@@ -131,7 +131,7 @@ test("strict types: no coercion, bool is not a number, null only where optional"
 
 test("defaults are filled in and messages are frozen", () => {
   const rent = parse('{"type":"rent","id":8,"image":"kiln-busybox:latest","demand":{}}');
-  assert.deepEqual(rent.demand, { cpus: 1, memory: 256 * 2 ** 20, storage: 0, labels: {}, max_price: null });
+  assert.deepEqual(rent.demand, { cpus: 1, memory: 256 * 2 ** 20, storage: 0, labels: {}, max_price: null, outbound: null });
   assert.ok(Object.isFrozen(rent) && Object.isFrozen(rent.demand));
   assert.throws(() => {
     "use strict";

@@ -116,6 +116,12 @@ class ErrorCode(StrEnum):
     TRANSFER_FAILED = "transfer_failed", "a stream broke off, or its size was wrong", _PEERS
     CONTAINER_FAILED = "container_failed", "Docker refused an operation", _PROVIDER
     CANCELLED = "cancelled", "the request was cancelled", _PEERS
+    CONNECTION_REFUSED = (
+        "connection_refused",
+        "(1.7) a `connect` to a port of the container where nothing listens",
+        _PROVIDER,
+    )
+    NOT_PUBLISHED = "not_published", "(1.7) an `unpublish` of a token that is not one of yours", _HUB
     # The requestor SDKs' own, never sent on the wire.
     TIMEOUT = "timeout", "a command ran past its timeout (or a job's task past its own)", _CLIENT
     CONNECTION_CLOSED = "connection_closed", "the connection to the hub is gone", _CLIENT

@@ -24,6 +24,7 @@
      |    +-- FileNotFound         no such file or folder in the container
      |    +-- TransferFailed       a file stream broke off
      |    +-- ContainerFailed      Docker refused an operation on the container
+     |    +-- ConnectionRefused    nothing listens on the container's port a connect named (1.7)
      +-- InsufficientFunds         the requestor's credits cannot hold a rent's worst case (1.5)
  +-- BudgetExceeded            what is left of a job's budget cannot hold another activity (1.5)
  +-- Cancelled                 the request was cancelled
@@ -150,6 +151,12 @@ class ContainerFailed(ActivityError):
     default_code = ErrorCode.CONTAINER_FAILED
 
 
+class ConnectionRefused(ActivityError):
+    """(1.7) Nothing listens on the port of the container that a ``connect`` named."""
+
+    default_code = ErrorCode.CONNECTION_REFUSED
+
+
 class InsufficientFunds(KilnError):
     """(1.5) A rent of a priced provider whose worst-case cost the requestor's available credits
     cannot hold (or by a requestor with no account at the hub); nothing was started."""
@@ -199,6 +206,8 @@ _BY_CODE: dict[ErrorCode, type[KilnError]] = {
     ErrorCode.TRANSFER_FAILED: TransferFailed,
     ErrorCode.CONTAINER_FAILED: ContainerFailed,
     ErrorCode.CANCELLED: Cancelled,
+    ErrorCode.CONNECTION_REFUSED: ConnectionRefused,
+    ErrorCode.NOT_PUBLISHED: ActivityError,
     ErrorCode.INSUFFICIENT_FUNDS: InsufficientFunds,
     ErrorCode.BUDGET_EXCEEDED: BudgetExceeded,
 }

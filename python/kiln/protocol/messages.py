@@ -34,13 +34,14 @@ from pydantic_core import PydanticCustomError
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import KilnError, LocalProtocolError, RemoteProtocolError, UsageError
 from kiln.protocol.money import MAX_MICRO, to_micro
+from kiln.protocol.outbound import MAX_RULE_LENGTH, MAX_RULES, RULE_PATTERN, RuleError, parse_rule
 from kiln.protocol.paths import FORMAT as PATH_FORMAT
 from kiln.protocol.paths import MAX_PATH_LENGTH, path_problem
 from kiln.protocol.sizes import parse_size
 
 PROTOCOL_NAME: Final = "kiln.v1"
-PROTOCOL_VERSION: Final = "1.6"
-MINOR_VERSION: Final = 6
+PROTOCOL_VERSION: Final = "1.7"
+MINOR_VERSION: Final = 7
 MAJOR_VERSION: Final = 1
 
 MAX_ID: Final = 2**31 - 1
@@ -234,6 +235,20 @@ class Price(_Message):
         return self.start == 0 and self.cpu_hour == 0 and self.env_hour == 0
 
 
+def _rule(value: str) -> str:
+    try:
+        return str(parse_rule(value))
+    except RuleError as e:
+        raise PydanticCustomError("bad_rule", str(e)) from None
+
+
+OutboundRule: TypeAlias = Annotated[str, Field(max_length=MAX_RULE_LENGTH, pattern=RULE_PATTERN), AfterValidator(_rule)]
+"""(1.7) ``HOST:PORT``: a DNS name, ``*.`` and a name, an IPv4 address or ``[IPv6]``; a port or ``*``."""
+OutboundRules: TypeAlias = Annotated[list[OutboundRule], Field(min_length=1, max_length=MAX_RULES)]
+OutboundPolicy: TypeAlias = Literal["any"] | OutboundRules
+"""(1.7) What a provider lets its containers reach: ``"any"`` site, or those its rules name."""
+
+
 class Demand(_Message):
     """What a requestor asks for: at least these resources, and these labels exactly; with
     ``max_price`` (1.5), only from a provider whose every rate is at most the cap's."""
@@ -248,6 +263,9 @@ class Demand(_Message):
     labels: Labels = {}
     max_price: Price | None = None
     """(1.5) The most this demand pays: a provider whose price passes any rate is not matched."""
+    outbound: OutboundRules | None = None
+    """(1.7) The sites the container may reach (``HOST:PORT`` rules, :mod:`kiln.protocol.outbound`),
+    through its provider's proxy: only a provider whose policy covers every one is matched."""
 
     if TYPE_CHECKING:
         # What a Python caller may pass (sizes as text too); the fields above are what it gets.
@@ -259,6 +277,7 @@ class Demand(_Message):
             storage: int | str = ...,
             labels: dict[str, str] = ...,
             max_price: Price | None = ...,
+            outbound: list[str] | None = ...,
         ) -> None: ...
 
 
@@ -329,6 +348,8 @@ class ProviderInfo(_Message):
     """(1.5) Its price (absent: free)."""
     reputation: Annotated[float, Field(ge=0, le=1)] | None = None
     """(1.5) Its score in [0, 1] from what the hub observed of it (see PROTOCOL.md, "Reputation")."""
+    outbound: OutboundPolicy | None = None
+    """(1.7) The sites its containers may reach (absent: none)."""
 
 
 ActivityState: TypeAlias = Literal["creating", "ready", "destroying", "absent"]
@@ -439,6 +460,8 @@ class Offer(_Message):
     """(1.4) The images (ids) it loaded from the hub's store: matched only by a rent of a stored image."""
     price: Price | None = None
     """(1.5) What an activity here costs (absent: free)."""
+    outbound: OutboundPolicy | None = None
+    """(1.7) The sites its containers may reach through its proxy (absent: none)."""
 
 
 Strategy: TypeAlias = Literal["least_loaded", "cheapest", "reputation"]
@@ -579,6 +602,9 @@ class Create(_Message):
     manifest: Manifest | None = None
     user: User | None = None
     """(1.2) ``"root"``: the requestor asked for root, and this provider's offer allows it."""
+    outbound: OutboundRules | None = None
+    """(1.7) The rent's ``demand.outbound``: the sites the container may reach through the provider's
+    proxy (``127.0.0.1:3128`` in the container), within the provider's own policy."""
 
 
 class Destroy(_Message):
@@ -642,6 +668,48 @@ class ExecResult(_Message):
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     duration: Annotated[float, Field(ge=0)]
+
+
+class Connect(_Message):
+    """(1.7) Open a TCP connection to ``127.0.0.1:port`` inside the activity's container.
+
+    The bytes flow on one stream each way under the request's id: the provider grants the first
+    credit toward the container once the connection is open; ``window`` is the first credit of
+    the stream out of it (default 16). END is a half-close; the reply (``done`` with ``bytes``
+    received from the container) comes once both ways have ended."""
+
+    type: Literal["connect"]
+    id: RequestId
+    activity: ActivityId
+    port: Annotated[int, Field(ge=1, le=65535)]
+    window: Annotated[int, Field(ge=1, le=1024)] | None = None
+
+
+class Publish(_Message):
+    """(1.7) Requestor -> hub: serve the activity's ``port`` as HTTP at an unguessable URL of the hub's."""
+
+    type: Literal["publish"]
+    id: RequestId
+    activity: ActivityId
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class Published(_Message):
+    """(1.7) The answer to ``publish``: ``url`` (``.../s/<token>/``) serves the port until ``unpublish``
+    or the activity's end; ``token`` names it in ``unpublish``."""
+
+    type: Literal["published"]
+    re: RequestId
+    token: Annotated[str, Field(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+
+
+class Unpublish(_Message):
+    """(1.7) Requestor -> hub: the published URL of ``token`` serves nothing from now on (``done``)."""
+
+    type: Literal["unpublish"]
+    id: RequestId
+    token: Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class Upload(_Message):
@@ -923,6 +991,10 @@ Message: TypeAlias = Annotated[
     | ActivityLost
     | Exec
     | ExecResult
+    | Connect
+    | Publish
+    | Published
+    | Unpublish
     | Upload
     | Download
     | DownloadInfo

@@ -75,6 +75,7 @@ from kiln.protocol.messages import (
     BalanceInfo,
     BalanceQuery,
     Cancel,
+    Connect,
     Cost,
     Create,
     Credit,
@@ -97,6 +98,8 @@ from kiln.protocol.messages import (
     Message,
     Meter,
     Offer,
+    Publish,
+    Published,
     PushImage,
     Release,
     RemoveImage,
@@ -105,6 +108,7 @@ from kiln.protocol.messages import (
     RentProgress,
     ShareImage,
     TaskReport,
+    Unpublish,
     Upload,
     Usage,
     VerdictReport,
@@ -123,6 +127,7 @@ Request: TypeAlias = (
     | MarketQuery
     | ActivitiesQuery
     | Exec
+    | Connect
     | Upload
     | Download
     | Offer
@@ -133,9 +138,11 @@ Request: TypeAlias = (
     | BalanceQuery
     | LedgerQuery
     | VerdictReport
+    | Publish
+    | Unpublish
 )
 """What this side may ask of the hub."""
-HubRequest: TypeAlias = Create | Destroy | Exec | Upload | Download | Meter
+HubRequest: TypeAlias = Create | Destroy | Exec | Connect | Upload | Download | Meter
 """What the hub may ask of a provider."""
 Reply: TypeAlias = Done | Error | ExecResult | DownloadInfo | Want
 """What a provider answers the hub with."""
@@ -144,7 +151,17 @@ Notification: TypeAlias = TaskReport | Usage
 Interim: TypeAlias = DownloadInfo | Want | RentProgress
 """Replies that come before a request's final one."""
 FinalReply: TypeAlias = (
-    Done | Error | ExecResult | Rented | MarketInfo | ImagePushed | ImageList | ActivityList | BalanceInfo | LedgerList
+    Done
+    | Error
+    | ExecResult
+    | Rented
+    | MarketInfo
+    | ImagePushed
+    | ImageList
+    | ActivityList
+    | BalanceInfo
+    | LedgerList
+    | Published
 )
 
 SENDS: Final[dict[Role, frozenset[str]]] = {
@@ -153,6 +170,7 @@ SENDS: Final[dict[Role, frozenset[str]]] = {
         | {"push_image", "list_images", "remove_image", "share_image"}
         | {"balance", "ledger"}
         | {"verdict"}
+        | {"connect", "publish", "unpublish"}
     ),
     "provider": frozenset({"offer"}),
 }
@@ -166,6 +184,9 @@ SINCE: Final[dict[str, int]] = {
     "balance": 5,
     "ledger": 5,
     "verdict": 5,
+    "connect": 7,
+    "publish": 7,
+    "unpublish": 7,
 }
 """The minor version that brought each request (absent: 0)."""
 NOTIFIES: Final[dict[Role, dict[str, int]]] = {"requestor": {"task": 6}, "provider": {"usage": 6}}
@@ -193,6 +214,9 @@ ANSWERS: Final[dict[str, frozenset[str]]] = {
     "balance": frozenset({"balance_info", "error"}),
     "ledger": frozenset({"ledger_list", "error"}),
     "verdict": frozenset({"done", "error"}),
+    "connect": frozenset({"done", "error"}),
+    "publish": frozenset({"published", "error"}),
+    "unpublish": frozenset({"done", "error"}),
     "create": frozenset({"done", "error"}),
     "destroy": frozenset({"done", "error"}),
     "meter": frozenset({"done", "error"}),
@@ -475,7 +499,7 @@ class Session:
             )
         open_ = self._mine[message.id] = _Open(message.type)
         self._highest = max(self._highest, message.id)
-        if isinstance(message, Upload | PushImage) or (isinstance(message, Exec) and message.stdin):
+        if isinstance(message, Upload | PushImage | Connect) or (isinstance(message, Exec) and message.stdin):
             open_.send = _Stream(credit=0)  # a sender waits for credit
         if window is not None:
             open_.recv = _Stream(credit=window)
@@ -725,7 +749,7 @@ class Session:
             self._violated(error)
             return
         open_ = self._theirs[message.id] = _Open(message.type)
-        if isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin):
+        if isinstance(message, Upload | Connect) or (isinstance(message, Exec) and message.stdin):
             open_.recv = _Stream(credit=0)  # the provider grants the first credit
         if (window := _window(message, self.limits)) is not None:
             open_.send = _Stream(credit=window)
@@ -805,18 +829,22 @@ def _window(message: Request | HubRequest, limits: Limits) -> int | None:
     """The first credit of the stream ``message`` opens toward its sender, if it opens one."""
     if isinstance(message, Download):
         return message.window
-    if isinstance(message, Exec) and message.stream:
+    if (isinstance(message, Exec) and message.stream) or isinstance(message, Connect):
         return message.window or min(OUTPUT_WINDOW, limits.max_window)
     return None
 
 
 def _opens_stream(message: Request) -> bool:
-    return isinstance(message, Upload | Download | PushImage) or (isinstance(message, Exec) and message.streams)
+    return isinstance(message, Upload | Download | PushImage | Connect) or (
+        isinstance(message, Exec) and message.streams
+    )
 
 
 def _since(message: Request) -> tuple[int, str]:
     """The minor version ``message`` needs, and what needs it."""
     # The latest version first: a rent with user= and a budget needs 1.5, not 1.2.
+    if isinstance(message, Rent | Offer) and (message.demand if isinstance(message, Rent) else message).outbound:
+        return 7, "outbound access"
     if isinstance(message, Rent) and (market := _market_terms(message)):
         return 5, market
     if isinstance(message, Exec) and message.streams:

@@ -4,10 +4,10 @@
 /** The name of the protocol, offered as the WebSocket subprotocol. */
 export const PROTOCOL_NAME = "kiln.v1";
 /** The "MAJOR.MINOR" version this side speaks. */
-export const PROTOCOL_VERSION = "1.6";
+export const PROTOCOL_VERSION = "1.7";
 export const MAJOR_VERSION = 1;
 /** The minor version this side speaks (a hub may welcome it at a lower one). */
-export const MINOR_VERSION = 6;
+export const MINOR_VERSION = 7;
 
 /**
  * The stable error codes, by name (`ErrorCode.NO_MATCH` is "no_match"). A code never
@@ -34,6 +34,8 @@ export const ErrorCode = Object.freeze({
   COMMAND_FAILED: "command_failed",
   /** the connection to the hub is gone (raised by the client itself, never sent) */
   CONNECTION_CLOSED: "connection_closed",
+  /** (1.7) a `connect` to a port of the container where nothing listens (sent by: provider) */
+  CONNECTION_REFUSED: "connection_refused",
   /** Docker refused an operation (sent by: provider) */
   CONTAINER_FAILED: "container_failed",
   /** a download would pass its bound (by default the storage rented) (raised by the client itself, never sent) */
@@ -64,6 +66,8 @@ export const ErrorCode = Object.freeze({
   NO_MATCH: "no_match",
   /** a folder where a file is needed (or the reverse) (sent by: provider) */
   NOT_A_FILE: "not_a_file",
+  /** (1.7) an `unpublish` of a token that is not one of yours (sent by: hub) */
+  NOT_PUBLISHED: "not_published",
   /** a message not allowed now or for this role (anything before `hello`, a reply to no open request) (sent by: hub, provider) */
   OUT_OF_ORDER: "out_of_order",
   /** the activity's provider disconnected (sent by: hub) */

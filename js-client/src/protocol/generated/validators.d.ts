@@ -9,6 +9,7 @@ import type {
   BalanceInfo,
   BalanceQuery,
   Cancel,
+  Connect,
   Cost,
   Create,
   Credit,
@@ -29,6 +30,8 @@ import type {
   MarketQuery,
   Meter,
   Offer,
+  Publish,
+  Published,
   PushImage,
   Release,
   RemoveImage,
@@ -37,6 +40,7 @@ import type {
   Rented,
   ShareImage,
   TaskReport,
+  Unpublish,
   Upload,
   Usage,
   VerdictReport,
@@ -71,6 +75,7 @@ export declare const validateActivityLost: Validator<ActivityLost>;
 export declare const validateBalanceInfo: Validator<BalanceInfo>;
 export declare const validateBalanceQuery: Validator<BalanceQuery>;
 export declare const validateCancel: Validator<Cancel>;
+export declare const validateConnect: Validator<Connect>;
 export declare const validateCost: Validator<Cost>;
 export declare const validateCreate: Validator<Create>;
 export declare const validateCredit: Validator<Credit>;
@@ -91,6 +96,8 @@ export declare const validateMarketInfo: Validator<MarketInfo>;
 export declare const validateMarketQuery: Validator<MarketQuery>;
 export declare const validateMeter: Validator<Meter>;
 export declare const validateOffer: Validator<Offer>;
+export declare const validatePublish: Validator<Publish>;
+export declare const validatePublished: Validator<Published>;
 export declare const validatePushImage: Validator<PushImage>;
 export declare const validateRelease: Validator<Release>;
 export declare const validateRemoveImage: Validator<RemoveImage>;
@@ -99,6 +106,7 @@ export declare const validateRentProgress: Validator<RentProgress>;
 export declare const validateRented: Validator<Rented>;
 export declare const validateShareImage: Validator<ShareImage>;
 export declare const validateTaskReport: Validator<TaskReport>;
+export declare const validateUnpublish: Validator<Unpublish>;
 export declare const validateUpload: Validator<Upload>;
 export declare const validateUsage: Validator<Usage>;
 export declare const validateVerdictReport: Validator<VerdictReport>;

@@ -134,6 +134,10 @@ export declare class TransferFailedError extends ActivityError {
 export declare class ContainerFailedError extends ActivityError {
     static defaultCode: import("./generated/constants.js").KnownErrorCode;
 }
+/** (1.7) Nothing listens on the container's port that a connect named. */
+export declare class ConnectionRefusedError extends ActivityError {
+    static defaultCode: import("./generated/constants.js").KnownErrorCode;
+}
 /** The request was cancelled. */
 export declare class CancelledError extends KilnError {
     static defaultCode: import("./generated/constants.js").KnownErrorCode;
