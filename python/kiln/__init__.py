@@ -83,6 +83,7 @@ if TYPE_CHECKING:
     from kiln.requestor.progress import ProgressView
     from kiln.requestor.report import Attempt
     from kiln.requestor.scheduling import Redundant, SpotCheck
+    from kiln.requestor.service import Http, Service, ServiceEvent, Tcp
 
 _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
@@ -140,6 +141,7 @@ _HOMES = {
     "kiln.requestor.progress": ["ProgressView"],
     "kiln.requestor.report": ["Attempt"],
     "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
+    "kiln.requestor.service": ["Http", "Service", "ServiceEvent", "Tcp"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -163,6 +165,7 @@ __all__ = [
     "Entry",
     "ErrorCode",
     "FileNotFound",
+    "Http",
     "ImageCorrupt",
     "ImageError",
     "ImageInfo",
@@ -192,11 +195,14 @@ __all__ = [
     "Resources",
     "Result",
     "RetryTask",
+    "Service",
+    "ServiceEvent",
     "SpotCheck",
     "StoreFull",
     "StreamEvent",
     "TaskFailed",
     "TaskTimeout",
+    "Tcp",
     "Transaction",
     "TransferFailed",
     "Unauthorized",

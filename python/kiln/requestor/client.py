@@ -40,7 +40,7 @@ import contextlib
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar, Unpack
@@ -94,6 +94,9 @@ from kiln.requestor.activity import Activity
 from kiln.requestor.executor import Job, JobOptions, RentProgressHandler, Worker
 from kiln.requestor.images import PushedImage, PushProgress, push_archive, push_engine_image, read_archive
 from kiln.requestor.progress import ProgressView
+from kiln.requestor.service import EventHandler as ServiceEventHandler
+from kiln.requestor.service import Health, Restart, Service, Setup
+from kiln.requestor.service import start as start_service
 from kiln.requestor.terms import Terms, market_terms
 
 T = TypeVar("T")
@@ -436,6 +439,48 @@ class Requestor:
                     yield index, value
             finally:
                 await results.aclose()
+
+    async def service(
+        self,
+        image: str,
+        demand: Demand | None = None,
+        *,
+        command: Sequence[str],
+        ports: Sequence[int] = (),
+        health: Health,
+        replicas: int = 1,
+        restart: Restart = "on-failure",
+        setup: Setup | None = None,
+        env: Mapping[str, str] | None = None,
+        on_event: ServiceEventHandler | None = None,
+        start_timeout: float = 60.0,
+    ) -> Service:
+        """Keep ``replicas`` copies of ``command`` running on distinct providers, each healthy by
+        ``health`` (:class:`~kiln.Http` or :class:`~kiln.Tcp`); returns once every one is healthy.
+
+        Each replica is rented, ``await setup(act)`` puts its inputs in, and ``command`` runs
+        until the service stops (with ``env``). A replica whose health fails, whose provider is
+        lost, or whose command ends past what ``restart`` (``"no"``, ``"on-failure"``,
+        ``"always"``) restarts in place is replaced on another provider; ``on_event`` is told
+        of each :class:`~kiln.ServiceEvent`. ``ports`` are those :meth:`Service.forward` may
+        carry (default: the health check's). Raises
+        :class:`~kiln.requestor.service.ServiceFailed` when a replica is not healthy on
+        three activities in a row (``start_timeout`` seconds each). See :mod:`kiln.requestor.service`.
+        """
+        return await start_service(
+            self,
+            image,
+            demand,
+            command=command,
+            ports=ports,
+            health=health,
+            replicas=replicas,
+            restart=restart,
+            setup=setup,
+            env=env,
+            on_event=on_event,
+            start_timeout=start_timeout,
+        )
 
     async def push_image(
         self,
