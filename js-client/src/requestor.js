@@ -41,6 +41,7 @@ import { MAX_LISTED } from "./protocol/generated/limits.js";
 import { clip } from "./protocol/messages.js";
 import { State } from "./protocol/session.js";
 import { MAX_REASON, MAX_TASK_ATTEMPT } from "./report.js";
+import { Service } from "./service.js";
 import { parseSize } from "./units.js";
 
 /** How long `close()` waits for the releases of abandoned rents. */
@@ -592,6 +593,19 @@ export class Requestor {
     );
     this._cleanups.add(cleanup);
     cleanup.finally(() => this._cleanups.delete(cleanup));
+  }
+
+  /**
+   * Keep `replicas` copies of `command` running on distinct providers, each healthy by
+   * `health` (`Http(port, path)` or `Tcp(port)`); resolves once every one is healthy. A
+   * replica whose health fails, whose provider is lost, or whose command ends past what
+   * `restart` restarts in place is replaced on another provider (rented, `setup(act)`,
+   * started); `onEvent` hears each event. See `src/service.js`.
+   * @param {import("./service.js").ServiceOptions} options
+   * @returns {Promise<Service>}
+   */
+  async service(options) {
+    return new Service(this, options).start();
   }
 
   /**
