@@ -43,6 +43,7 @@ export type {
 export type { JobEvent, JobEventKind, JobOptions, Renter, TaskContext, Worker } from "./generated/executor.js";
 export type { Attempt, AttemptOutcome } from "./generated/report.js";
 export type { Agree, Dispute, Verify } from "./generated/scheduling.js";
+export type { HealthCheck, ReplicaStatus, Restart, ServiceEvent, ServiceOptions } from "./generated/service.js";
 export type { PriceOptions, WirePrice } from "./generated/money.js";
 export type { KilnErrorOptions } from "./generated/protocol/errors.js";
 export type {

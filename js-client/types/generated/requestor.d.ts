@@ -26,6 +26,7 @@ import { Connection, HubRing } from "./connection.js";
 import { Deferred } from "./deferred.js";
 import { ConnectionClosedError, ConnectionLostError } from "./errors.js";
 import { Job } from "./executor.js";
+import { Service } from "./service.js";
 export type TaskReportFields = {
     /**
      * the job's group (its rents name it)
@@ -602,6 +603,16 @@ export declare class Requestor {
      * @returns {Promise<Activity>}
      */
     rent(options: RentOptions): Promise<Activity>;
+    /**
+     * Keep `replicas` copies of `command` running on distinct providers, each healthy by
+     * `health` (`Http(port, path)` or `Tcp(port)`); resolves once every one is healthy. A
+     * replica whose health fails, whose provider is lost, or whose command ends past what
+     * `restart` restarts in place is replaced on another provider (rented, `setup(act)`,
+     * started); `onEvent` hears each event. See `src/service.js`.
+     * @param {import("./service.js").ServiceOptions} options
+     * @returns {Promise<Service>}
+     */
+    service(options: import("./service.js").ServiceOptions): Promise<Service>;
     /**
      * The providers the hub knows (their offer, what is free now, the images they hold), by
      * name: only those holding `image`, carrying `labels` and with at least `free` capacity
