@@ -396,6 +396,9 @@ class Service:
             while True:
                 if all(m.state == "healthy" for m in self._machines):
                     return self
+                for task in self._tasks:
+                    if task.done() and not task.cancelled() and (error := task.exception()) is not None:
+                        raise error
                 stuck = [m for m in self._machines if m.given_up or (m.state == "stopped" and not m.healthy_once)]
                 if stuck:
                     reasons = "; ".join(self._last_reason(m.index) for m in stuck)
@@ -461,7 +464,16 @@ class Service:
         return f"replica {index}: {reasons[-1] if reasons else 'no reason known'}"
 
     async def _keep(self, m: Replica) -> None:
-        """Keep replica ``m`` running until it stops: rent, set up, run, replace."""
+        """Keep replica ``m`` running until it stops: rent, set up, run, replace. What nothing
+        expects (a bug) stops the replica, and :meth:`start` raises it."""
+        try:
+            await self._replicate(m)
+        except Exception as e:
+            self._errors[m.index] = e
+            self._note(m.stop(f"stopped by an unexpected error: {type(e).__name__}: {e}", time.monotonic()))
+            raise
+
+    async def _replicate(self, m: Replica) -> None:
         wait = RENT_RETRY_FIRST
         while m.state != "stopped" and not m.given_up:
             try:
@@ -600,21 +612,26 @@ class ServiceForward:
         self._server = await asyncio.start_server(self._accepted, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
 
-    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Carried by a task of ours, which close() cancels and awaits.
+        task = asyncio.get_running_loop().create_task(self._carry(reader, writer), name="kiln-service-forward")
         self._pipes.add(task)
+        task.add_done_callback(self._pipes.discard)
+
+    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             for act in self._service.pick():
                 try:
                     far_reader, far_writer = await act.connect(self.target)
                 except (KilnError, OSError):
                     continue  # that replica refuses or just went: the next
-                await asyncio.gather(_pipe(reader, far_writer), _pipe(far_reader, writer))
+                try:
+                    await asyncio.gather(_pipe(reader, far_writer), _pipe(far_reader, writer))
+                finally:
+                    far_writer.close()
                 return
         finally:
             writer.close()
-            self._pipes.discard(task)
 
     async def close(self) -> None:
         """Stop listening and cut the connections it carries. Safe to call twice."""
@@ -624,6 +641,7 @@ class ServiceForward:
         self._server = None
         for task in list(self._pipes):
             task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
         with contextlib.suppress(ValueError):
             self._service._forwards.remove(self)
 
