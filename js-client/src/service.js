@@ -423,10 +423,10 @@ export class Service {
     this._waiters.clear();
   }
 
-  /** @param {number} index */
+  /** Why replica `index` last failed or stopped. @param {number} index */
   _lastReason(index) {
     const reasons = this.events.filter((e) => e.replica === index && (e.kind === "failure" || e.kind === "stop") && e.reason);
-    return `replica ${index}: ${reasons.length ? reasons[reasons.length - 1].reason : "no reason known"}`;
+    return reasons.length ? reasons[reasons.length - 1].reason : "no reason known";
   }
 
   /**
@@ -441,7 +441,7 @@ export class Service {
         if (this._machines.every((m) => m.state === "healthy")) return this;
         const stuck = this._machines.filter((m) => m.givenUp || (m.state === "stopped" && !m.healthyOnce));
         if (stuck.length > 0) {
-          const reasons = stuck.map((m) => this._lastReason(m.index)).join("; ");
+          const reasons = stuck.map((m) => `replica ${m.index}: ${this._lastReason(m.index)}`).join("; ");
           const cause = stuck.map((m) => this._errors[m.index]).find((e) => e !== undefined);
           throw new ServiceFailedError(`${stuck.length} replica(s) never became healthy: ${reasons}`, { cause });
         }

@@ -401,7 +401,7 @@ class Service:
                         raise error
                 stuck = [m for m in self._machines if m.given_up or (m.state == "stopped" and not m.healthy_once)]
                 if stuck:
-                    reasons = "; ".join(self._last_reason(m.index) for m in stuck)
+                    reasons = "; ".join(f"replica {m.index}: {self._last_reason(m.index)}" for m in stuck)
                     cause = next((self._errors[m.index] for m in stuck if self._errors[m.index] is not None), None)
                     raise ServiceFailed(f"{len(stuck)} replica(s) never became healthy: {reasons}") from cause
                 self._changed.clear()
@@ -460,8 +460,9 @@ class Service:
             self._changed.set()
 
     def _last_reason(self, index: int) -> str:
+        """Why replica ``index`` last failed or stopped (as its latest such event says)."""
         reasons = [e.reason for e in self.events if e.replica == index and e.kind in ("failure", "stop") and e.reason]
-        return f"replica {index}: {reasons[-1] if reasons else 'no reason known'}"
+        return reasons[-1] if reasons else "no reason known"
 
     async def _keep(self, m: Replica) -> None:
         """Keep replica ``m`` running until it stops: rent, set up, run, replace. What nothing
