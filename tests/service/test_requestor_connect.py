@@ -1,0 +1,110 @@
+"""``act.connect`` and ``act.forward`` (1.7) against a real hub process and a simulated provider,
+whose container echoes every port but :data:`HTTP_PORT` (a tiny web server) and
+:data:`REFUSED_PORT` (nothing listens). No Docker: the streams, their flow control and their
+ends, as the requestor sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import kiln
+from kiln.testing import LocalCluster
+from kiln.testing.simulated import HTTP_PORT, REFUSED_PORT, simulated
+
+pytestmark = pytest.mark.timeout(60)
+
+ECHO_PORT = 7
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[str]:
+    with LocalCluster(tmp_path) as cluster:
+        yield cluster.start_hub()
+
+
+async def test_bytes_go_through_and_come_back_with_a_slow_reader_and_half_closes(hub: str) -> None:
+    data = os.urandom(24 * 2**20)  # more than a window of chunks either way
+    async with simulated(hub, 1), kiln.connect(hub) as requestor, requestor.rent("kiln-busybox:latest") as act:
+        reader, writer = await act.connect(ECHO_PORT, limit=2**16)
+        assert writer.can_write_eof() and writer.get_extra_info("peername") == (act.id, ECHO_PORT)
+
+        async def send() -> None:
+            for start in range(0, len(data), 3 * 2**20):  # drain() waits for credit
+                writer.write(data[start : start + 3 * 2**20])
+                await writer.drain()
+                assert writer.transport.get_write_buffer_size() <= 2**18
+            writer.write_eof()
+
+        sending = asyncio.create_task(send())
+        await asyncio.sleep(0.3)  # read nothing meanwhile: the transport pauses, credit stops
+        transport = writer.transport
+        assert isinstance(transport, asyncio.ReadTransport)
+        assert not transport.is_reading(), "a reader past twice its limit pauses the transport"
+        back = bytearray()
+        while chunk := await reader.read(2**20):
+            back += chunk
+        await sending
+        assert back == data and reader.at_eof()
+        writer.close()
+        await writer.wait_closed()
+
+        # A connection closed early, with bytes still coming, is stopped; the next one is fine.
+        reader, writer = await act.connect(ECHO_PORT)
+        writer.write(b"x" * 2**20)
+        assert await reader.readexactly(10) == b"x" * 10
+        writer.close()
+        await writer.wait_closed()
+        reader, writer = await act.connect(ECHO_PORT)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+
+
+async def test_refused_and_lost_are_errors_of_connect_and_of_reads(hub: str) -> None:
+    async with simulated(hub, 1) as providers, kiln.connect(hub) as requestor:
+        act = await requestor.rent("kiln-busybox:latest")
+        with pytest.raises(kiln.ConnectionRefused):
+            await act.connect(REFUSED_PORT)
+        with pytest.raises(kiln.UsageError):
+            await act.connect(0)
+        reader, writer = await act.connect(ECHO_PORT)
+        writer.write(b"still here")
+        assert await reader.readexactly(10) == b"still here"
+        gone = providers[0].conn
+        assert gone is not None
+        await gone.close()  # the provider vanishes while the connection is open
+        with pytest.raises(kiln.KilnError) as lost:
+            await reader.read()
+        assert lost.value.code == "provider_lost"
+        writer.write(b"more")  # goes nowhere, as on a socket that broke
+        with pytest.raises(kiln.KilnError):
+            await writer.drain()
+
+
+async def test_a_forward_carries_many_connections_at_once_each_its_own(hub: str) -> None:
+    async with simulated(hub, 1), kiln.connect(hub) as requestor, requestor.rent("kiln-busybox:latest") as act:
+
+        def get(url: str) -> bytes:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert answer.status == 200
+                return bytes(answer.read())
+
+        async with await act.forward(HTTP_PORT) as fwd:
+            assert isinstance(fwd, kiln.Forward) and fwd.host == "127.0.0.1" and fwd.port > 0
+            urls = [f"http://{fwd.host}:{fwd.port}/page/{i}" for i in range(8)]
+            bodies = await asyncio.gather(*(asyncio.to_thread(get, url) for url in urls))
+            assert [body.split(b" ")[:2] for body in bodies] == [[b"GET", f"/page/{i}".encode()] for i in range(8)]
+            assert fwd.accepted == 8
+
+        async with await act.forward(REFUSED_PORT) as refused:  # refused there: the local connection closes
+            reader, writer = await asyncio.open_connection(refused.host, refused.port)
+            assert await reader.read() == b""
+            writer.close()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(fwd.host, fwd.port)  # closed: nothing listens any more
