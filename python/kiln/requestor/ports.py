@@ -149,21 +149,20 @@ class PortTransport(asyncio.Transport):
         try:
             while True:
                 await self._reading.wait()
-                if self._closing:
-                    return
                 try:
                     chunk = await anext(self._receiver)  # taking it grants credit, in batches
                 except StopAsyncIteration:
                     break
-                if self.is_closing():  # closed meanwhile: nobody reads this
-                    return
-                self._protocol.data_received(bytes(chunk))
+                if not self._closing:
+                    self._protocol.data_received(bytes(chunk))
+                # Closed, it takes and drops what comes while what was written goes out: a
+                # service blocked writing to nobody would read no more of it.
         except KilnError as e:
-            if not self._closing:  # closing fails it on purpose; the sending task ends the connection
+            if not self._closing:  # closing, the sending task ends the connection
                 self._lose(e)
             return
         self._received_eof = True
-        if not self._protocol.eof_received():
+        if not self._closing and not self._protocol.eof_received():
             self.close()
 
     # --- writing -------------------------------------------------------------------------------
@@ -255,13 +254,13 @@ class PortTransport(asyncio.Transport):
         return self._closing
 
     def close(self) -> None:
-        """Send what is written, then END; stop the connection unless the service closed its side.
-        The protocol's ``connection_lost(None)`` follows (what ``writer.wait_closed()`` waits for)."""
+        """Send what is written, then END; stop the connection (cancel) unless the service closed
+        its side. What comes meanwhile is dropped. The protocol's ``connection_lost(None)`` follows
+        (what ``writer.wait_closed()`` waits for)."""
         if self._closing:
             return
         self._closing = True
-        self._reading.set()  # a paused receiving task ends now
-        self._receiver.fail(ConnectionClosed("the connection was closed by this side"))
+        self._reading.set()  # a paused receiving task drops what comes from now on
         self._poked.set()
 
     def abort(self) -> None:
