@@ -8,7 +8,8 @@ each request then runs as a task of the session's task group and ends with exact
 ``unknown_activity``, and one past :data:`MAX_OPS_PER_ACTIVITY` at once ``too_many``.
 
 - ``create``: the image (:mod:`kiln_provider.image_supply`), then a hardened container
-  (:meth:`~kiln_provider.docker_adapter.DockerAdapter.create`) and its agent's hello;
+  (:meth:`~kiln_provider.docker_adapter.DockerAdapter.create`) and its agent's hello; with
+  ``outbound`` (1.7), its proxy (:mod:`kiln_provider.proxy`) and the environment that points there;
 - ``exec``: a command through the container's agent (:mod:`kiln_provider.agent`), its
   ``stdin`` and ``stream`` as streams of the hub;
 - ``connect`` (1.7): a TCP connection to a port of the container's loopback, made in its network
@@ -55,6 +56,7 @@ from kiln.protocol.messages import (
     Want,
 )
 from kiln.protocol.money import format_credits
+from kiln.protocol.outbound import covers
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.agent import AgentChannel
 from kiln_provider.config import ProviderConfig
@@ -63,8 +65,10 @@ from kiln_provider.errors import ImageMissing, ProviderError, TransferBroken, er
 from kiln_provider.image_supply import ImageSupply
 from kiln_provider.metrics import Probe, Tallies
 from kiln_provider.netns import NetNamespace
+from kiln_provider.outbound import proxy_env
 from kiln_provider.ports import carry, open_port
 from kiln_provider.procfs import Cgroup
+from kiln_provider.proxy import OutboundProxy
 from kiln_provider.threads import Pools, ThreadChunks, chunks_for_thread, next_chunk
 from kiln_provider.volume import Volume, put_file
 
@@ -101,6 +105,8 @@ class Container:
     """Where its CPU time and memory are read."""
     netns: NetNamespace
     """Its network namespace, where connections to its ports are made."""
+    proxy: OutboundProxy | None = None
+    """Its outbound proxy, when its rent asked for outbound access (PROTOCOL.md §5.2)."""
     cpu_seconds: float = 0.0
     """The CPU time it had used when last read."""
     operations: set[Operation] = field(default_factory=set)
@@ -182,6 +188,8 @@ class Handlers:
             operation.halt()  # its connections (PROTOCOL.md §5.1) close with it
         container.netns.close()
         try:
+            if container.proxy is not None:
+                await container.proxy.close()
             await container.agent.close()
             await self.pools.lifecycle_call(self.adapter.remove, container.id)
         finally:
@@ -327,6 +335,8 @@ class Handlers:
     async def _create(self, message: Create) -> Reply:
         if message.user == "root" and not self.config.allow_root:
             raise Unauthorized(f"provider {self.config.name!r} does not let commands run as root (no --allow-root)")
+        if message.outbound and not covers(self.config.outbound.rules, message.outbound):
+            raise Unauthorized(f"provider {self.config.name!r} does not let containers reach all of {message.outbound}")
         async with self.images.image_for(message, partial(self._receive_image, message)) as (image, received):
             spec = ContainerSpec(
                 activity=message.activity,
@@ -347,15 +357,26 @@ class Handlers:
         container_id = started.id
         name = f"{message.activity} ({container_id[:12]})"
         agent = AgentChannel(started.channel, name, started.uid, started.gid, self.tallies.agent_failed)
+        netns: NetNamespace | None = None
+        proxy: OutboundProxy | None = None
+        env = dict(started.env)
         try:
             await agent.open()
             netns = await self.pools.lifecycle_call(NetNamespace.of_process, started.pid, name)
+            if message.outbound:
+                proxy = OutboundProxy(message.outbound, self.config.outbound, self.tallies, name)
+                await proxy.start(netns)
+                env |= proxy_env()  # under each exec's own env, which may set them otherwise
         except BaseException:
+            if proxy is not None:
+                await proxy.close()
+            if netns is not None:
+                netns.close()
             await agent.close()
             await self.pools.lifecycle_call(self.adapter.remove, container_id)
             raise
         self.containers[message.activity] = Container(
-            container_id, agent, started.env, started.uid, started.gid, started.volume, started.cgroup, netns
+            container_id, agent, env, started.uid, started.gid, started.volume, started.cgroup, netns, proxy
         )
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         await self.images.used(image.id)
