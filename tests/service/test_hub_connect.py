@@ -82,6 +82,15 @@ class Raw:
         return activity
 
 
+async def carries(provider: SimulatedProvider, count: int) -> None:
+    """Wait (a second at most) until ``provider`` carries ``count`` connections."""
+    for _ in range(100):
+        if provider.carrying == count:
+            return
+        await asyncio.sleep(0.01)
+    assert provider.carrying == count
+
+
 async def test_echo_with_a_half_close(hub: Hub) -> None:
     alice = await Raw.join(hub.url, "requestor", "alice", hub.tokens["alice"])
     activity = await alice.rent()
@@ -148,14 +157,10 @@ async def test_who_may_connect(hub: Hub) -> None:
     await sibling.send({"type": "connect", "id": 9, "activity": activity, "port": 8080})
     assert (await sibling.message())["type"] == "credit"
     await sibling.ws.close()
-    for _ in range(100):
-        if not hub.provider.carrying:
-            break
-        await asyncio.sleep(0.01)
-    assert not hub.provider.carrying
+    await carries(hub.provider, 0)
     await alice.send({"type": "connect", "id": 2, "activity": activity, "port": 8080})
     assert (await alice.message())["type"] == "credit"
-    assert hub.provider.carrying == 1
+    await carries(hub.provider, 1)
     for ws in (alice, bob):
         await ws.ws.close()
 
