@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,13 @@ from kiln.testing.simulated import HTTP_PORT, REFUSED_PORT, simulated
 pytestmark = pytest.mark.timeout(60)
 
 ECHO_PORT = 7
+
+
+def get(url: str) -> bytes:
+    """The body of a GET of ``url`` (in a thread: the simulated provider shares the test's event loop)."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert answer.status == 200
+        return bytes(answer.read())
 
 
 @pytest.fixture
@@ -100,12 +108,6 @@ async def test_refused_and_lost_are_errors_of_connect_and_of_reads(hub: str) -> 
 
 async def test_a_forward_carries_many_connections_at_once_each_its_own(hub: str) -> None:
     async with simulated(hub, 1), kiln.connect(hub) as requestor, requestor.rent("kiln-busybox:latest") as act:
-
-        def get(url: str) -> bytes:
-            with urllib.request.urlopen(url, timeout=10) as answer:
-                assert answer.status == 200
-                return bytes(answer.read())
-
         async with await act.forward(HTTP_PORT) as fwd:
             assert isinstance(fwd, kiln.Forward) and fwd.host == "127.0.0.1" and fwd.port > 0
             urls = [f"http://{fwd.host}:{fwd.port}/page/{i}" for i in range(8)]
@@ -119,3 +121,18 @@ async def test_a_forward_carries_many_connections_at_once_each_its_own(hub: str)
             writer.close()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(fwd.host, fwd.port)  # closed: nothing listens any more
+
+
+async def test_a_published_port_answers_at_its_url_until_revoked(hub: str) -> None:
+    async with simulated(hub, 1), kiln.connect(hub) as requestor, requestor.rent("kiln-busybox:latest") as act:
+        pub = await act.publish(HTTP_PORT)
+        assert isinstance(pub, kiln.Publication) and pub.token in pub.url and pub.token not in repr(pub)
+        assert (await asyncio.to_thread(get, pub.url + "some/page")).startswith(b"GET /some/page HTTP/1.1")
+        await pub.revoke()
+        with pytest.raises(urllib.error.HTTPError) as gone:
+            await asyncio.to_thread(get, pub.url)
+        gone.value.close()
+        assert gone.value.code == 404
+        with pytest.raises(kiln.ActivityError) as unknown:
+            await act.unpublish(pub.token)
+        assert unknown.value.code == "not_published"
