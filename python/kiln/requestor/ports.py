@@ -133,6 +133,14 @@ class PortTransport(asyncio.Transport):
             loop.create_task(self._send(), name=f"kiln-connect-{request}-out"),
         )
 
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        if not isinstance(protocol, asyncio.Protocol):
+            raise TypeError("a connection's transport takes a streaming asyncio.Protocol")
+        self._protocol = protocol
+
     # --- reading -----------------------------------------------------------------------------
 
     def is_reading(self) -> bool:
