@@ -13,7 +13,7 @@ import importlib
 import logging
 import signal
 
-from kiln.cli.settings import HubSettings, ProviderSettings, fee_ppm
+from kiln.cli.settings import HubSettings, ProviderSettings, fee_ppm, listen_address
 from kiln.protocol.errors import UsageError
 
 log = logging.getLogger("kiln.provider")
@@ -23,6 +23,10 @@ async def hub(settings: HubSettings) -> int:
     from kiln.hub.io.server import run as run_hub
     from kiln.hub.io.tls import server_context
 
+    publish_host: str | None = None
+    publish_port: int | None = None
+    if settings.publish_listen is not None:
+        publish_host, publish_port = listen_address(settings.publish_listen)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_context(settings.tls_cert, settings.tls_key)
@@ -51,6 +55,8 @@ async def hub(settings: HubSettings) -> int:
             fee_ppm=fee_ppm(settings.fee),
             capture_interval=settings.capture_interval,
             public_metrics=settings.public_metrics,
+            publish_host=publish_host,
+            publish_port=publish_port,
         )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.

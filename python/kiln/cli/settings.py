@@ -68,6 +68,20 @@ def _fee(value: float) -> float:
     return value
 
 
+def listen_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 address in brackets) as a host and a port (0: a free one)."""
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"give an address to listen on as HOST:PORT (port 0 to 65535), not {value!r}")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    listen_address(value)
+    return value
+
+
 def fee_ppm(fee: float) -> int:
     """A fee (a fraction, as ``--fee`` takes it) in parts per million of each payment."""
     return to_micro(fee, "a fee")  # a millionth of a credit, a millionth of a payment: the same digits
@@ -372,6 +386,7 @@ class HubSettings(_Settings):
     fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
     capture_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     public_metrics: bool = False
+    publish_listen: Annotated[str, AfterValidator(_listen)] | None = None
     tls_cert: File | None = None
     tls_key: File | None = None
 
