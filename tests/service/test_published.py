@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +12,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from kiln.connection import client_context
 from kiln.hub.io.published import HEAD_BYTES
 from kiln.hub.io.server import start
+from kiln.hub.io.tls import server_context
 from kiln.testing.simulated import HTTP_PORT, REFUSED_PORT, SimulatedProvider, simulated
 from tests.service.test_hub_connect import Raw, carries
+from tests.tls import Certificates
 
 
 @dataclass
@@ -132,3 +136,19 @@ async def test_an_upgrade_passes_raw_until_unpublished(hub: Hub) -> None:
             break
         await asyncio.sleep(0.01)
     assert status(await fetch(url, b"GET ./ HTTP/1.1\r\n\r\n")) == 404
+
+
+async def test_the_listener_speaks_tls_when_the_hub_does(tmp_path: Path, tls: Certificates) -> None:
+    with socket.socket() as s:  # a port free now, for the listener
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    context = server_context(tls.cert, tls.key)
+    async with start("127.0.0.1", 0, data_dir=tmp_path, ssl=context, publish_port=port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(tls.ca))
+        writer.write(b"GET /s/" + b"A" * 43 + b"/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status(await asyncio.wait_for(reader.read(), 5)) == 404
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # no TLS: nothing is answered
+        writer.write(b"GET /s/x/ HTTP/1.1\r\n\r\n")
+        assert not (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP")
+        writer.close()

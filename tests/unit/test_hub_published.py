@@ -48,6 +48,10 @@ def test_a_request_head_is_read_and_rewritten() -> None:
         (b"GET /s/tok/ HTTP/1.1\r\n folded\r\n\r\n", 400),
         (b"GET /s/tok/ HTTP/1.1\r\nNo colon\r\n\r\n", 400),
         (b"GET  /s/tok/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET /s/tok/a\nX-Forwarded-Prefix:/ HTTP/1.1\r\n\r\n", 400),
+        (b"GET /s/tok/ HTTP/1.1\r\nA: b\nC: d\r\n\r\n", 400),
+        (b"GET /s/tok/\n HTTP/1.1\r\n\r\n", 400),
+        (b"GET /s/tok/ HTTP/1.1\r\nA\n: b\r\n\r\n", 400),
     ]:
         with pytest.raises(Refused) as refused:
             parse(bad)

@@ -46,9 +46,10 @@ WINDOW: Final = 8
 MAX_HEADERS: Final = 128
 """Header lines in a request head."""
 
-_METHOD: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_TOKEN: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_METHOD: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_TARGET: Final = re.compile(r"[\x21-\x7e]+")
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _DROPPED: Final = frozenset({"connection", "keep-alive", "proxy-connection", "x-forwarded-prefix"})
 _REASONS: Final = {
     400: "Bad Request",
@@ -104,15 +105,17 @@ def parse(head: bytes) -> Request:
         raise Refused(400, "a request head ends with a blank line")
     request_line, fields = lines[0], lines[1:-2]
     parts = request_line.split(" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
+    if len(parts) != 3 or not _METHOD.fullmatch(parts[0]) or parts[2] not in ("HTTP/1.0", "HTTP/1.1"):
         raise Refused(400, "not an HTTP/1.x request line")
     method, target, version = parts
+    if not _TARGET.fullmatch(target):
+        raise Refused(400, "a request target is printable ASCII without spaces")
     if not target.startswith("/s/"):
         raise Refused(404, "published ports are served under /s/<token>/")
     rest = target[3:]
     cut = min((at for at in (rest.find("/"), rest.find("?")) if at >= 0), default=len(rest))
     token, path = rest[:cut], rest[cut:]
-    if not _TOKEN.match(token):
+    if not _TOKEN.fullmatch(token):
         raise Refused(404, "no such published port")
     path = path if path.startswith("/") else "/" + path
     if len(fields) > MAX_HEADERS:
@@ -120,7 +123,7 @@ def parse(head: bytes) -> Request:
     headers: list[tuple[str, str]] = []
     for line in fields:
         name, colon, value = line.partition(":")
-        if not colon or not _HEADER_NAME.match(name) or "\n" in value or "\r" in value:
+        if not colon or not _HEADER_NAME.fullmatch(name) or any(c in value for c in "\r\n\x00"):
             raise Refused(400, "a header line is not NAME: VALUE")
         headers.append((name, value.strip(" \t")))
     connection = {
