@@ -123,11 +123,12 @@ async def hub(tmp_path: Path, busybox_image: str) -> AsyncIterator[Hub]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pumping
     finally:
-        cluster.stop()
         stopped_containers(cluster)
 
 
 def stopped_containers(cluster: LocalCluster) -> None:
+    """Stop the cluster's processes, and remove the containers a provider left."""
+    cluster.stop()
     for name in cluster.providers:
         if ids := containers_of(name):
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
