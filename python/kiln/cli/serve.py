@@ -84,8 +84,13 @@ async def provider(settings: ProviderSettings) -> int:
     from kiln_provider.config import ProviderConfig
     from kiln_provider.docker_adapter import DockerAdapter
     from kiln_provider.image_cache import default_data_dir
+    from kiln_provider.outbound import PolicyError, load_policy
     from kiln_provider.runtime import ProviderRuntime
 
+    try:
+        outbound = load_policy(settings.outbound, settings.outbound_private, settings.hosts)
+    except (PolicyError, OSError) as e:  # a file changed since the settings read it
+        raise UsageError(f"cannot read the outbound policy: {e}") from e
     config = ProviderConfig(
         hubs=settings.hub,
         name=settings.name,
@@ -108,6 +113,7 @@ async def provider(settings: ProviderSettings) -> int:
         price=settings.price if settings.price is not None and not settings.price.free else None,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        outbound=outbound,
     )
     main = asyncio.current_task()
     assert main is not None
