@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from kiln.connection import client_context
+from kiln.hub.io import published
 from kiln.hub.io.published import HEAD_BYTES
 from kiln.hub.io.server import start
 from kiln.hub.io.tls import server_context
@@ -85,7 +86,9 @@ async def test_a_published_port_answers_http_with_its_prefix_stripped(hub: Hub) 
     await raw.ws.close()
 
 
-async def test_what_is_not_a_published_request_is_answered_by_the_listener(hub: Hub) -> None:
+async def test_what_is_not_a_published_request_is_answered_by_the_listener(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     raw = await Raw.join(hub.url, "requestor", "alice")
     activity = await raw.rent()
     url, token = await publish(raw, activity, HTTP_PORT)
@@ -96,6 +99,13 @@ async def test_what_is_not_a_published_request_is_answered_by_the_listener(hub: 
     assert status(await fetch(url, b"hello there\r\n\r\n")) == 400
     huge = b"GET ./ HTTP/1.1\r\nX-Big: " + b"x" * HEAD_BYTES + b"\r\n\r\n"
     assert status(await fetch(url, huge)) == 431
+    # A client that sends no head holds a place among the connections until its time is up.
+    monkeypatch.setattr(published, "MAX_CONNECTIONS", 1)
+    parts = urlsplit(url)
+    _, silent = await asyncio.open_connection(parts.hostname, parts.port)
+    await asyncio.sleep(0.05)
+    assert status(await fetch(url, b"GET ./ HTTP/1.1\r\n\r\n")) == 503
+    silent.close()
     await raw.ws.close()
 
 

@@ -13,7 +13,8 @@ headers, and the connection then carries raw bytes both ways.
 The bytes go over a ``connect`` the hub opens itself (:mod:`kiln.hub.ports`): toward the
 service within the credit it grants, out of it within :data:`WINDOW` chunks per connection,
 granted again as they are written to the client. So a connection holds at most ``WINDOW``
-chunks here, and the listener at most :data:`MAX_CONNECTIONS` connections. A service that cannot
+chunks here, and the listener at most :data:`MAX_CONNECTIONS` connections (those whose head it
+still reads too). A service that cannot
 be reached before it answered anything is ``502``. ``unpublish``, the end of the activity or of
 its session close every connection of the token at once.
 """
@@ -40,9 +41,13 @@ HEAD_BYTES: Final = 16 * 1024
 HEAD_TIMEOUT: Final = 10.0
 """Seconds a client has to send its request head (``408`` after)."""
 MAX_CONNECTIONS: Final = 1024
-"""Connections the listener carries at once (``503`` past it)."""
+"""Connections the listener holds at once, those whose head it reads among them (``503`` past it)."""
 WINDOW: Final = 8
 """Chunks out of a service one connection may have in flight (the most the listener holds for it)."""
+LINGER: Final = 1.0
+"""Seconds a refused client's further bytes are read (and dropped) before the connection closes."""
+LINGER_READS: Final = 16
+"""Reads of them at most (of :data:`HEAD_BYTES` each)."""
 MAX_HEADERS: Final = 128
 """Header lines in a request head."""
 
@@ -143,6 +148,22 @@ def answer(status: int, text: str) -> bytes:
     return head.encode() + body
 
 
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int, text: str) -> None:
+    """Answer ``status`` and close this side; what the client still sends is read (a while, and a
+    little of it) so that closing does not reset the connection before the client read the answer
+    (over TLS, which cannot close one side alone, the connection closes at once)."""
+    writer.write(answer(status, text))
+    await writer.drain()
+    if not writer.can_write_eof():  # TLS: a client waits for the close itself
+        return
+    writer.write_eof()
+    with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+        async with asyncio.timeout(LINGER):
+            for _ in range(LINGER_READS):
+                if not await reader.read(HEAD_BYTES):
+                    break
+
+
 @dataclass(eq=False, slots=True)
 class _Carried:
     """One connection the listener carries."""
@@ -162,6 +183,7 @@ class PublishedFront:
         self._apply = apply
         self._ids = itertools.count(1)
         self._carried: dict[int, _Carried] = {}
+        self._reading = 0  # connections whose request head is being read
         self._by_token: dict[str, set[int]] = {}
         self._chunk = core.limits.chunk_bytes
 
@@ -196,24 +218,25 @@ class PublishedFront:
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Request | None:
         """The request head, or None once the client was answered (or left)."""
         try:
-            if len(self._carried) >= MAX_CONNECTIONS:
-                raise Refused(503, f"the hub carries {MAX_CONNECTIONS} published connections already")
-            async with asyncio.timeout(HEAD_TIMEOUT):
-                head = await reader.readuntil(b"\r\n\r\n")
+            if len(self._carried) + self._reading >= MAX_CONNECTIONS:
+                raise Refused(503, f"the hub holds {MAX_CONNECTIONS} connections of published ports already")
+            self._reading += 1
+            try:
+                async with asyncio.timeout(HEAD_TIMEOUT):
+                    head = await reader.readuntil(b"\r\n\r\n")
+            finally:
+                self._reading -= 1
             request = parse(head)
             if self.core.published.get(request.token) is None:
                 raise Refused(404, "no such published port")
         except Refused as e:
-            writer.write(answer(e.status, e.text))
-            await writer.drain()
+            await _refuse(reader, writer, e.status, e.text)
             return None
         except TimeoutError:
-            writer.write(answer(408, f"no request head within {HEAD_TIMEOUT:g} s"))
-            await writer.drain()
+            await _refuse(reader, writer, 408, f"no request head within {HEAD_TIMEOUT:g} s")
             return None
         except asyncio.LimitOverrunError:
-            writer.write(answer(431, f"a request head is at most {HEAD_BYTES} bytes"))
-            await writer.drain()
+            await _refuse(reader, writer, 431, f"a request head is at most {HEAD_BYTES} bytes")
             return None
         except asyncio.IncompleteReadError:
             return None
