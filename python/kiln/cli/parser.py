@@ -431,6 +431,13 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "login); /healthz is open either way",
     )
     hub.add_argument(
+        "--publish-listen",
+        default=UNSET,
+        metavar="HOST:PORT",
+        help="where to serve the ports requestors publish for browsers, under /s/<token>/ (over TLS with "
+        "--tls-cert; default: --host and --port + 1, a free port with --port 0)",
+    )
+    hub.add_argument(
         "--tls-cert",
         type=Path,
         default=UNSET,
