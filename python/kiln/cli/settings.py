@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -50,6 +50,7 @@ from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
 from kiln.protocol.sizes import parse_size
+from kiln_provider.outbound import PolicyError, parse_hosts, parse_policy, parse_private
 
 DEFAULT_HUB: Final = "ws://127.0.0.1:7465"
 ENVIRONMENT: Final = {"hub": "KILN_HUB", "token": "KILN_TOKEN", "ca": "KILN_CA"}
@@ -65,6 +66,20 @@ def _fee(value: float) -> float:
         to_micro(value, "a fee")
     except KilnError as e:
         raise ValueError(f"a fee has at most 6 decimals (a millionth of each payment), not {value:g}") from e
+    return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 address in brackets) as a host and a port (0: a free one)."""
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"give an address to listen on as HOST:PORT (port 0 to 65535), not {value!r}")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    listen_address(value)
     return value
 
 
@@ -107,6 +122,35 @@ def _file(value: Path) -> Path:
     return path
 
 
+def _outbound(value: str | Path) -> str | Path:
+    """``--outbound none|any|FILE``: a file is read now, so that a rule that does not parse is told at start."""
+    if isinstance(value, str):
+        return value
+    path = _file(value)
+    try:
+        parse_policy(path.read_text(errors="replace"))
+    except PolicyError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return path
+
+
+def _outbound_private(value: str) -> str:
+    try:
+        parse_private(value)
+    except PolicyError as e:
+        raise ValueError(str(e)) from e
+    return value
+
+
+def _hosts_file(value: Path) -> Path:
+    """``--hosts FILE``: read now, so that a line that is not hosts(5) is told at start."""
+    try:
+        parse_hosts(value.read_text(errors="replace"))
+    except PolicyError as e:
+        raise ValueError(f"{value}: {e}") from e
+    return value
+
+
 def _folder(value: Path) -> Path:
     path = value.expanduser()
     if path.exists() and not path.is_dir():
@@ -125,6 +169,10 @@ File = Annotated[Path, AfterValidator(_file)]
 Folder = Annotated[Path, AfterValidator(_folder)]
 """A folder, made when needed: anything but an existing file."""
 Seconds = Annotated[float, Field(ge=0)]
+OutboundSetting = Annotated[Literal["none", "any"] | Path, AfterValidator(_outbound)]
+"""What containers may reach: none, any, or the sites a file of rules lists (:mod:`kiln.protocol.outbound`)."""
+HostsFile = Annotated[File, AfterValidator(_hosts_file)]
+"""Names the outbound proxy resolves before DNS, in hosts(5) format."""
 
 PRICE_KEYS: Final = {"start": "start", "cpu-hour": "cpu_hour", "env-hour": "env_hour"}
 """The rates of ``--price`` as written (``cpu_hour`` is taken too) -> :class:`Price`'s fields."""
@@ -213,7 +261,7 @@ class ConfigFile(InitSettingsSource):
                 raise UsageError(f"{path}: {self.written[name]!r} and {key!r} are the same key")
             self.written[name] = key
             field = settings_cls.model_fields.get(name)
-            if isinstance(value, str) and field is not None and _is_path(field):
+            if isinstance(value, str) and field is not None and _is_path(field) and value not in _words(field):
                 value = str(path.parent / Path(value).expanduser())
             values[name] = value
         super().__init__(settings_cls, values)
@@ -226,6 +274,17 @@ def _is_path(field: FieldInfo) -> bool:
         return annotation is Path or any(holds_path(arg) for arg in get_args(annotation))
 
     return holds_path(field.annotation)
+
+
+def _words(field: FieldInfo) -> set[object]:
+    """The words a setting takes besides a path (``--outbound none|any|FILE``): never made paths."""
+
+    def words(annotation: object) -> set[object]:
+        if get_origin(annotation) is Literal:
+            return set(get_args(annotation))
+        return set().union(*(words(arg) for arg in get_args(annotation)))
+
+    return words(field.annotation)
 
 
 class DialEnvironment(EnvSettingsSource):
@@ -335,6 +394,9 @@ class ProviderSettings(DialSettings):
     price: PriceSetting | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     metrics_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    outbound: OutboundSetting = "none"
+    outbound_private: list[Annotated[str, AfterValidator(_outbound_private)]] = []
+    hosts: HostsFile | None = None
 
 
 class DoctorSettings(ProviderSettings):
@@ -372,6 +434,7 @@ class HubSettings(_Settings):
     fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
     capture_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     public_metrics: bool = False
+    publish_listen: Annotated[str, AfterValidator(_listen)] | None = None
     tls_cert: File | None = None
     tls_key: File | None = None
 
