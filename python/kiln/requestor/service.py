@@ -53,9 +53,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from kiln.protocol.errors import ActivityError, KilnError, ProviderLost, UsageError
+from kiln.protocol.errors import ActivityError, ConnectionRefused, KilnError, ProviderLost, UsageError
 from kiln.protocol.messages import Demand
 from kiln.requestor.activity import Activity
+from kiln.requestor.ports import Forward, Streams
+from kiln.requestor.ports import forward as forward_port
 
 if TYPE_CHECKING:
     from kiln.requestor.client import Requestor
@@ -354,7 +356,7 @@ class Service:
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._turn = itertools.count()
-        self._forwards: list[ServiceForward] = []
+        self._forwards: list[Forward] = []
         self._stopping = False
         self.events: list[ServiceEvent] = []
         """What happened, oldest first (the latest :data:`EVENTS_KEPT`)."""
@@ -426,18 +428,28 @@ class Service:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    async def forward(self, port: int, local_port: int = 0, *, host: str = "127.0.0.1") -> ServiceForward:
+    async def forward(self, port: int, local_port: int = 0, *, host: str = "127.0.0.1") -> Forward:
         """Listen on ``host:local_port`` (0: a free port) and carry each connection accepted there
         to ``port`` of a healthy replica, the next in turn (one that refuses: the next after it).
 
-        Returns the :class:`ServiceForward` (``.host``, ``.port``, ``await fwd.close()``, or ``async with``).
+        Returns the :class:`~kiln.Forward` (``.host``, ``.port``, ``await fwd.close()``, or
+        ``async with``); :meth:`stop` closes it too. Raises OSError when the address cannot be used.
         """
         if port not in self.ports:
             raise UsageError(f"port {port} is not one of the service's ports {self.ports}")
-        forward = ServiceForward(self, port)
-        await forward.listen(host, local_port)
-        self._forwards.append(forward)
-        return forward
+        fwd = await forward_port(lambda: self._open(port), f"service:{port}", local_port=local_port, host=host)
+        self._forwards.append(fwd)
+        return fwd
+
+    async def _open(self, port: int) -> Streams:
+        """A connection to ``port`` of the next healthy replica that takes it."""
+        why = "no replica is healthy"
+        for act in self.pick():
+            try:
+                return await act.connect(port)
+            except KilnError as e:  # that replica refuses or just went: the next
+                why = f"{act.provider}: {e.message}"
+        raise ConnectionRefused(f"no replica of the service took a connection to port {port} ({why})")
 
     async def __aenter__(self) -> Service:
         return self
@@ -596,75 +608,6 @@ def _status_ok(line: bytes) -> tuple[bool, str]:
     if 200 <= status < 400:
         return True, ""
     return False, f"HTTP {status}"
-
-
-class ServiceForward:
-    """A local listener of :meth:`Service.forward`: each connection goes to a healthy replica's port."""
-
-    def __init__(self, service: Service, port: int) -> None:
-        self._service = service
-        self.target = port
-        self.host = ""
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
-
-    async def listen(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accepted, host, port)
-        self.host, self.port = self._server.sockets[0].getsockname()[:2]
-
-    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # Carried by a task of ours, which close() cancels and awaits.
-        task = asyncio.get_running_loop().create_task(self._carry(reader, writer), name="kiln-service-forward")
-        self._pipes.add(task)
-        task.add_done_callback(self._pipes.discard)
-
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            for act in self._service.pick():
-                try:
-                    far_reader, far_writer = await act.connect(self.target)
-                except (KilnError, OSError):
-                    continue  # that replica refuses or just went: the next
-                try:
-                    await asyncio.gather(_pipe(reader, far_writer), _pipe(far_reader, writer))
-                finally:
-                    far_writer.close()
-                return
-        finally:
-            writer.close()
-
-    async def close(self) -> None:
-        """Stop listening and cut the connections it carries. Safe to call twice."""
-        if self._server is None:
-            return
-        self._server.close()
-        self._server = None
-        for task in list(self._pipes):
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        with contextlib.suppress(ValueError):
-            self._service._forwards.remove(self)
-
-    async def __aenter__(self) -> ServiceForward:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy ``reader`` to ``writer`` until its end, then half-close ``writer``."""
-    try:
-        while data := await reader.read(64 * 1024):
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (OSError, KilnError):
-        writer.close()
 
 
 async def start(
