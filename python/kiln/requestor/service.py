@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 from kiln.protocol.errors import ActivityError, ConnectionRefused, KilnError, ProviderLost, UsageError
 from kiln.protocol.messages import Demand
 from kiln.requestor.activity import Activity
-from kiln.requestor.ports import Forward, Streams
+from kiln.requestor.ports import Forward, Streams, check_port
 from kiln.requestor.ports import forward as forward_port
 
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ class Http:
 
     def __post_init__(self) -> None:
         _check_health(self.port, self.interval, self.timeout, self.retries)
-        if not self.path.startswith("/") or not self.path.isprintable() or " " in self.path or len(self.path) > 1024:
+        path = self.path
+        if not path.startswith("/") or not (path.isascii() and path.isprintable()) or " " in path or len(path) > 1024:
             raise UsageError(f"an Http check's path is a URL path like '/health' (no spaces), not {self.path!r}")
 
 
@@ -333,9 +334,7 @@ class Service:
             raise UsageError("health is kiln.Http(port, path) or kiln.Tcp(port)")
         if not start_timeout > 0:
             raise UsageError("start_timeout is positive seconds")
-        self.ports = [*ports]
-        for port in self.ports:
-            _check_health(port, 1.0, 1.0, 1)
+        self.ports = [check_port(port) for port in ports]
         self._requestor = requestor
         self._image = image
         self._demand = demand
@@ -352,7 +351,7 @@ class Service:
         ]
         self._activities: list[Activity | None] = [None] * replicas
         self._errors: list[BaseException | None] = [None] * replicas
-        """The latest exception ``setup`` raised for each replica (the cause of a ServiceFailed)."""
+        """The latest exception ``setup`` (or a bug) raised for each replica: the cause of a ServiceFailed."""
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
         self._turn = itertools.count()
