@@ -1,0 +1,80 @@
+// Ports of a container (protocol 1.7) end to end: a hub process, a provider process, the real
+// Docker engine, a real container running busybox's httpd on its loopback. Reached with
+// act.connect (a Duplex) and act.forward (a local port fetched through).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { once } from "node:events";
+
+import { ConnectionRefusedError, connect } from "../../src/node/index.js";
+import { IMAGE, sleep, startCluster } from "../support/harness.js";
+
+const SMALL = { cpus: 0.5, memory: "128MiB" };
+const MiB = 2 ** 20;
+const PORT = 8080;
+const PAGE = "hello from the container\n";
+
+let cluster;
+let requestor;
+let act;
+const serving = new AbortController();
+before(async () => {
+  cluster = await startCluster([{ name: "pc", cpus: 2, memory: "2GiB" }]);
+  requestor = await connect(cluster.url, { name: "js-connect" });
+  act = await requestor.rent({ image: IMAGE, demand: SMALL });
+  await act.sendBytes(PAGE, "/golem/www/index.html");
+  await act.run(["dd", "if=/dev/urandom", "of=/golem/www/big", "bs=1048576", "count=8"], { check: true });
+  // The server runs until the test ends (its run is cancelled then).
+  act.run(["httpd", "-f", "-p", String(PORT), "-h", "/golem/www"], { signal: serving.signal }).catch(() => {});
+  await listening(PORT);
+});
+after(async () => {
+  serving.abort();
+  await requestor?.close();
+  await cluster?.stop();
+});
+
+/** Wait until something listens on `port` in the container (each try is a connect, reset at once). */
+async function listening(port) {
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await act.connect(port)).destroy();
+      return;
+    } catch (e) {
+      if (!(e instanceof ConnectionRefusedError)) throw e;
+      await sleep(50);
+    }
+  }
+  assert.fail(`nothing listens on port ${port}`);
+}
+
+test("act.connect: a Duplex carries an HTTP request and its answer; end() is a half-close, 'end' the server's close", { timeout: 60_000 }, async () => {
+  const sock = await act.connect(PORT);
+  sock.end("GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n");
+  const chunks = [];
+  sock.on("data", (chunk) => chunks.push(chunk));
+  await once(sock, "end");
+  const answer = Buffer.concat(chunks).toString();
+  assert.match(answer, /^HTTP\/1\.[01] 200/);
+  assert.ok(answer.endsWith(PAGE), answer);
+  await assert.rejects(act.connect(9), ConnectionRefusedError);
+});
+
+test("act.forward: fetch through a local port, several connections at once, each its own connect", { timeout: 60_000 }, async () => {
+  const fwd = await act.forward(PORT, { localPort: 0 });
+  try {
+    const base = `http://${fwd.host}:${fwd.port}`;
+    const pages = await Promise.all(Array.from({ length: 6 }, () => fetch(`${base}/index.html`).then((r) => r.text())));
+    assert.deepEqual(pages, Array(6).fill(PAGE));
+    const started = performance.now();
+    const big = Buffer.from(await (await fetch(`${base}/big`)).arrayBuffer());
+    const seconds = (performance.now() - started) / 1000;
+    const downloaded = await act.downloadBytes("/golem/www/big", { maxBytes: 16 * MiB });
+    assert.equal(big.byteLength, 8 * MiB);
+    assert.ok(big.equals(Buffer.from(downloaded)), "the bytes through the forward are the file's");
+    console.log(`# forward: 8 MiB fetched in ${(seconds * 1000).toFixed(0)} ms (${(8 / seconds).toFixed(1)} MiB/s)`);
+  } finally {
+    await fwd.close();
+  }
+  // Closed: nothing listens there any more.
+  await assert.rejects(fetch(`http://${fwd.host}:${fwd.port}/`));
+});
