@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from playwright.async_api import ConsoleMessage, async_playwright
+from playwright.async_api import async_playwright
+from playwright.sync_api import ConsoleMessage, sync_playwright
 
 import kiln
 from kiln.requestor.activity import Activity
@@ -27,7 +28,7 @@ from tests.site import serve
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 SERVED = "<h1>served from a kiln container</h1>\n"
-HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/golem/www"]
+HTTPD = ["httpd", "-f", "-p", "8080", "-h", "/golem/work"]
 
 # The page: rent, start httpd (its run stays open until the page is done), then one HTTP request
 # through a connect read as events and one through read()/write(); each answer goes in its element.
@@ -76,9 +77,9 @@ try {
   const requestor = await connect(params.get("hub"));
   const act = await requestor.rent({ image: params.get("image"), demand: { cpus: 0.5, memory: "128MiB" } });
   show("provider", act.provider);
-  await act.sendBytes(params.get("page"), "/golem/www/index.html");
+  await act.sendBytes(params.get("page"), "/golem/work/index.html");
   const serving = new AbortController();
-  act.run(["httpd", "-f", "-p", "8080", "-h", "/golem/www"], { signal: serving.signal }).catch(() => {});
+  act.run(["httpd", "-f", "-p", "8080", "-h", "/golem/work"], { signal: serving.signal }).catch(() => {});
   for (let i = 0; ; i++) {
     try {
       (await act.connect(8080)).abort();
@@ -115,29 +116,35 @@ def chromium_path() -> Path:
     return CHROMIUM
 
 
-async def test_a_page_talks_to_a_port_of_its_container(cluster: Cluster, site: str, chromium_path: Path) -> None:
-    provider = cluster.start_provider("pport", cpus=1, memory="1GiB")
+@pytest.fixture
+def provider(cluster: Cluster) -> str:
+    return cluster.start_provider("pport", cpus=1, memory="1GiB")
+
+
+def test_a_page_talks_to_a_port_of_its_container(
+    cluster: Cluster, provider: str, site: str, chromium_path: Path
+) -> None:
     query = urlencode({"hub": cluster.url, "image": IMAGE, "page": SERVED})
     console: list[str] = []
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
         try:
-            page = await browser.new_page()
+            page = browser.new_page()
 
             def keep(message: ConsoleMessage) -> None:
                 console.append(f"{message.type}: {message.text}")
 
             page.on("console", keep)
-            await page.goto(f"{site}/?{query}")
-            await page.wait_for_function(
+            page.goto(f"{site}/?{query}")
+            page.wait_for_function(
                 "() => /^(done|failed)/.test(document.getElementById('status').textContent)", timeout=60_000
             )
-            status = await page.text_content("#status")
-            by_events = await page.text_content("#events") or ""
-            by_promises = await page.text_content("#promises") or ""
-            shown_provider = await page.text_content("#provider")
+            status = page.text_content("#status")
+            by_events = page.text_content("#events") or ""
+            by_promises = page.text_content("#promises") or ""
+            shown_provider = page.text_content("#provider")
         finally:
-            await browser.close()
+            browser.close()
     assert status == "done", f"{status}\nconsole: {console}"
     assert by_events.startswith("HTTP/1.0 200") or by_events.startswith("HTTP/1.1 200"), by_events
     assert by_events.endswith(f"{SERVED}[close 1000 clean=true]"), by_events
@@ -149,7 +156,7 @@ async def test_a_page_talks_to_a_port_of_its_container(cluster: Cluster, site: s
 @contextlib.asynccontextmanager
 async def serving(act: Activity) -> AsyncIterator[None]:
     """httpd on port 8080 of ``act``'s container, serving :data:`SERVED`, until the block ends."""
-    await act.send_bytes(SERVED.encode(), "/golem/www/index.html")
+    await act.send_bytes(SERVED.encode(), "/golem/work/index.html")
     server = asyncio.create_task(act.run(HTTPD))
     try:
         for _ in range(100):
@@ -167,8 +174,9 @@ async def serving(act: Activity) -> AsyncIterator[None]:
             await server
 
 
-async def test_chromium_opens_a_port_published_from_python(cluster: Cluster, chromium_path: Path) -> None:
-    cluster.start_provider("ppub", cpus=1, memory="1GiB")
+async def test_chromium_opens_a_port_published_from_python(
+    cluster: Cluster, provider: str, chromium_path: Path
+) -> None:
     async with (
         kiln.connect(cluster.url) as requestor,
         requestor.rent(IMAGE, kiln.Demand(cpus=0.5, memory="128MiB")) as act,
