@@ -2,7 +2,8 @@
 
 For the provider's side of protocol 1.1 before the hub has it: the test sends ``create``
 with a manifest, reads the provider's ``want``, and sends the blobs within the credit the
-provider grants. Offers are answered (and remembered) on their own.
+provider grants. Offers are answered (and remembered) on their own. The frames a provider
+sends (a connect's output, 1.7) wait in :meth:`Provider.frame`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
 from kiln.protocol import limits
-from kiln.protocol.frames import FrameKind, encode
+from kiln.protocol.frames import Frame, FrameKind, decode, encode
 from kiln.protocol.messages import PROTOCOL_NAME
 
 LIMITS = {
@@ -43,6 +44,7 @@ class Provider:
         self.offered = asyncio.Event()
         self.credit: dict[int, int] = {}
         self._credited = asyncio.Event()
+        self.frames: asyncio.Queue[Frame] = asyncio.Queue()
         self.closed = asyncio.Event()
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -52,6 +54,18 @@ class Provider:
         """The next message that is not an offer or a credit."""
         async with asyncio.timeout(timeout):
             return await self.messages.get()
+
+    async def frame(self, timeout: float = 30) -> Frame:
+        """The next binary frame the provider sent."""
+        async with asyncio.timeout(timeout):
+            return await self.frames.get()
+
+    async def wait_credit(self, stream: int, timeout: float = 30) -> None:
+        """Until the provider has granted credit on ``stream``."""
+        async with asyncio.timeout(timeout):
+            while self.credit.get(stream, 0) <= 0:
+                self._credited.clear()
+                await self._credited.wait()
 
     async def send_data(self, stream: int, data: bytes, end: bool = True) -> None:
         """Send ``data`` on ``stream`` in chunks, each within the credit granted; then END."""
@@ -75,7 +89,9 @@ class Provider:
     async def _read(self) -> None:
         try:
             async for frame in self.ws:
-                assert isinstance(frame, str), "a provider sends no data on these tests' streams"
+                if isinstance(frame, bytes):
+                    await self.frames.put(decode(frame, LIMITS["chunk_bytes"]))
+                    continue
                 message = json.loads(frame)
                 if message["type"] == "offer":
                     # The images it offers and those it loaded from the store (1.4), as one list.

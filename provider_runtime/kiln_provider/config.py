@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kiln.protocol.messages import Price
 from kiln_provider.image_cache import DEFAULT_BUDGET
+from kiln_provider.outbound import OutboundPolicy
 from kiln_provider.volume import MAX_VOLUMES
 
 
@@ -57,3 +58,6 @@ class ProviderConfig:
     """Serve the provider's metrics (Prometheus) on this port (0: a free one, logged; None: none)."""
     metrics_host: str = "127.0.0.1"
     """The address the metrics are served on (loopback unless told otherwise)."""
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    """(1.7) What containers may reach through their proxy (default: nothing; ``--outbound``,
+    ``--outbound-private``, ``--hosts``)."""

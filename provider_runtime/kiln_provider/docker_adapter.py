@@ -144,6 +144,8 @@ class Started:
     """Where its ``/golem`` and ``/tmp`` are on the host (uploads go there: :func:`~kiln_provider.volume.put_file`)."""
     cgroup: Cgroup
     """Where its CPU time and memory are read (the provider's metrics and ``usage``)."""
+    pid: int
+    """Its agent's process id, on the host (whose network namespace is the container's)."""
 
 
 def _own_socket(hijacked: Any) -> socket.socket:
@@ -449,7 +451,7 @@ class DockerAdapter:
             env[AGENT_DEBUG] = image_env[AGENT_DEBUG]
         else:
             env.pop(AGENT_DEBUG, None)
-        return Started(container_id, channel, env, uid, gid, volume, cgroup_of(pid))
+        return Started(container_id, channel, env, uid, gid, volume, cgroup_of(pid), pid)
 
     def volume(self, container_id: str) -> Volume | None:
         """The volume of a container this adapter created (None: not one of them, or removed)."""

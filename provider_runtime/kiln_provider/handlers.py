@@ -1,4 +1,4 @@
-"""The hub's requests, served: ``create``, ``exec``, ``upload``, ``download``, ``meter`` and ``destroy``.
+"""The hub's requests, served: ``create``, ``exec``, ``connect``, ``upload``, ``download``, ``meter`` and ``destroy``.
 
 The connection's reader hands every event to :meth:`Handlers.on_event` (it must not block):
 each request then runs as a task of the session's task group and ends with exactly one reply
@@ -8,9 +8,12 @@ each request then runs as a task of the session's task group and ends with exact
 ``unknown_activity``, and one past :data:`MAX_OPS_PER_ACTIVITY` at once ``too_many``.
 
 - ``create``: the image (:mod:`kiln_provider.image_supply`), then a hardened container
-  (:meth:`~kiln_provider.docker_adapter.DockerAdapter.create`) and its agent's hello;
+  (:meth:`~kiln_provider.docker_adapter.DockerAdapter.create`) and its agent's hello; with
+  ``outbound`` (1.7), its proxy (:mod:`kiln_provider.proxy`) and the environment that points there;
 - ``exec``: a command through the container's agent (:mod:`kiln_provider.agent`), its
   ``stdin`` and ``stream`` as streams of the hub;
+- ``connect`` (1.7): a TCP connection to a port of the container's loopback, made in its network
+  namespace (:mod:`kiln_provider.netns`) and carried both ways (:mod:`kiln_provider.ports`);
 - ``upload``: written into the container's volume on the host (:func:`kiln_provider.volume.put_file`);
 - ``download``: Docker's archive stream, read a chunk at a time;
 - ``meter`` (1.5): the CPU time the container used so far, for the hub to bill a priced activity;
@@ -36,7 +39,7 @@ from typing import Final
 from kiln.connection import Connection, Incoming, Outgoing
 from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.errors import Cancelled, ConnectionClosed, ConnectionRefused, KilnError, Unauthorized
+from kiln.protocol.errors import Cancelled, ConnectionClosed, KilnError, Unauthorized
 from kiln.protocol.messages import (
     ActivityUsage,
     Connect,
@@ -53,6 +56,7 @@ from kiln.protocol.messages import (
     Want,
 )
 from kiln.protocol.money import format_credits
+from kiln.protocol.outbound import covers
 from kiln.protocol.session import CancelRequested, Event, Notified, Reply, Requested
 from kiln_provider.agent import AgentChannel
 from kiln_provider.config import ProviderConfig
@@ -60,7 +64,11 @@ from kiln_provider.docker_adapter import ContainerSpec, DockerAdapter, Started
 from kiln_provider.errors import ImageMissing, ProviderError, TransferBroken, error_reply
 from kiln_provider.image_supply import ImageSupply
 from kiln_provider.metrics import Probe, Tallies
+from kiln_provider.netns import NetNamespace
+from kiln_provider.outbound import proxy_env
+from kiln_provider.ports import carry, open_port
 from kiln_provider.procfs import Cgroup
+from kiln_provider.proxy import OutboundProxy
 from kiln_provider.threads import Pools, ThreadChunks, chunks_for_thread, next_chunk
 from kiln_provider.volume import Volume, put_file
 
@@ -95,6 +103,10 @@ class Container:
     """Its ``/golem`` and ``/tmp``, where uploads are written."""
     cgroup: Cgroup
     """Where its CPU time and memory are read."""
+    netns: NetNamespace
+    """Its network namespace, where connections to its ports are made."""
+    proxy: OutboundProxy | None = None
+    """Its outbound proxy, when its rent asked for outbound access (PROTOCOL.md §5.2)."""
     cpu_seconds: float = 0.0
     """The CPU time it had used when last read."""
     operations: set[Operation] = field(default_factory=set)
@@ -172,7 +184,12 @@ class Handlers:
         if cpu is None:
             cpu = await self.pools.lifecycle_call(container.cgroup.cpu_seconds)
         self.tallies.ended_cpu_seconds += max(cpu or 0.0, container.cpu_seconds)
+        for operation in list(container.operations):
+            operation.halt()  # its connections (PROTOCOL.md §5.1) close with it
+        container.netns.close()
         try:
+            if container.proxy is not None:
+                await container.proxy.close()
             await container.agent.close()
             await self.pools.lifecycle_call(self.adapter.remove, container.id)
         finally:
@@ -202,7 +219,14 @@ class Handlers:
 
     def _take(self, message: Create | Destroy | Exec | Connect | Upload | Download | Meter) -> None:
         if isinstance(message, Connect):
-            self._spawn(message.id, message.activity, self._connect(message))
+            inward = self._c.incoming(message.id, self._upload_window)
+            outward = self._c.outgoing(message.id)
+
+            def stop_connect() -> None:
+                for end in (inward, outward):
+                    end.fail(Cancelled("connect cancelled"))
+
+            self._spawn(message.id, message.activity, self._connect(message, inward, outward), stop_connect)
         elif isinstance(message, Meter):
             self._spawn(message.id, message.activity, self._meter(message))
         elif isinstance(message, Create):
@@ -311,6 +335,8 @@ class Handlers:
     async def _create(self, message: Create) -> Reply:
         if message.user == "root" and not self.config.allow_root:
             raise Unauthorized(f"provider {self.config.name!r} does not let commands run as root (no --allow-root)")
+        if message.outbound and not covers(self.config.outbound.rules, message.outbound):
+            raise Unauthorized(f"provider {self.config.name!r} does not let containers reach all of {message.outbound}")
         async with self.images.image_for(message, partial(self._receive_image, message)) as (image, received):
             spec = ContainerSpec(
                 activity=message.activity,
@@ -331,14 +357,26 @@ class Handlers:
         container_id = started.id
         name = f"{message.activity} ({container_id[:12]})"
         agent = AgentChannel(started.channel, name, started.uid, started.gid, self.tallies.agent_failed)
+        netns: NetNamespace | None = None
+        proxy: OutboundProxy | None = None
+        env = dict(started.env)
         try:
             await agent.open()
+            netns = await self.pools.lifecycle_call(NetNamespace.of_process, started.pid, name)
+            if message.outbound:
+                proxy = OutboundProxy(message.outbound, self.config.outbound, self.tallies, name)
+                await proxy.start(netns)
+                env |= proxy_env()  # under each exec's own env, which may set them otherwise
         except BaseException:
+            if proxy is not None:
+                await proxy.close()
+            if netns is not None:
+                netns.close()
             await agent.close()
             await self.pools.lifecycle_call(self.adapter.remove, container_id)
             raise
         self.containers[message.activity] = Container(
-            container_id, agent, started.env, started.uid, started.gid, started.volume, started.cgroup
+            container_id, agent, env, started.uid, started.gid, started.volume, started.cgroup, netns, proxy
         )
         log.info("activity %s: container %s of %s", message.activity, container_id[:12], message.image)
         await self.images.used(image.id)
@@ -388,8 +426,16 @@ class Handlers:
         log.info("activity %s: container removed (%.2f CPU-seconds)", message.activity, cpu or 0.0)
         return Done(type="done", re=message.id, cpu_seconds=cpu)
 
-    async def _connect(self, message: Connect) -> Reply:
-        raise ConnectionRefused(f"port {message.port}: connections are not carried yet")
+    async def _connect(self, message: Connect, inward: Incoming, outward: Outgoing) -> Reply:
+        """A TCP connection to the port, carried until both ways end (:mod:`kiln_provider.ports`).
+
+        Iterating ``inward`` grants its first credit: only once connected, as the hub's
+        requestor waits for that sign.
+        """
+        container = self.containers[message.activity]
+        sock = await open_port(container.netns, message.port)
+        sent = await carry(sock, inward, outward, self._c.session.limits.chunk_bytes)
+        return Done(type="done", re=message.id, bytes=sent)
 
     async def _meter(self, message: Meter) -> Reply:
         """The CPU seconds the activity's container used so far (its cgroup's, as :meth:`_destroy` reads)."""

@@ -13,12 +13,14 @@ dropped after :data:`SCRAPE_TIMEOUT` seconds of silence, or that long after it c
     ...
     server.close()                                         # when the provider stops
 
-The metrics (no label whose values can grow: ``source`` is ``hub`` or ``registry``):
+The metrics (no label whose values can grow: ``source`` is ``hub`` or ``registry``, ``reason`` one of four words):
 ``kiln_provider_containers``, ``kiln_provider_cpu_seconds_total`` (all its containers', ended
 ones too), ``kiln_provider_memory_bytes``, ``kiln_provider_volumes``, ``kiln_provider_volume_bytes``
 (what the volumes' files take on disk), ``kiln_provider_image_cache_bytes``,
 ``kiln_provider_image_pulls_total{source}``, ``kiln_provider_image_pull_bytes_total`` (bytes
 received from the hub's store), ``kiln_provider_agent_channel_errors_total``,
+``kiln_provider_outbound_allowed_total`` and ``kiln_provider_outbound_refused_total{reason}``
+(the containers' outbound proxies),
 ``kiln_build_info{version,protocol}`` and the process's own (``process_*``).
 """
 
@@ -41,6 +43,7 @@ from prometheus_client.registry import Collector
 
 from kiln.__about__ import __version__
 from kiln.protocol.messages import PROTOCOL_VERSION, ActivityUsage
+from kiln_provider.outbound import REFUSAL_REASONS, RefusalReason
 from kiln_provider.procfs import Cgroup
 
 SNAPSHOT_TIMEOUT: Final = 5.0
@@ -66,6 +69,10 @@ class Tallies:
     """Bytes of images received from the hub's store."""
     agent_channel_errors: int = 0
     """Containers whose agent channel broke other than by the provider's close."""
+    outbound_allowed: int = 0
+    """Connections the containers' outbound proxies made (PROTOCOL.md §5.2)."""
+    outbound_refused: Counter[RefusalReason] = field(default_factory=Counter)
+    """Requests those proxies refused, by why (:data:`~kiln_provider.outbound.REFUSAL_REASONS`)."""
 
     def agent_failed(self) -> None:
         self.agent_channel_errors += 1
@@ -107,6 +114,8 @@ class Snapshot:
     image_pull_bytes: int
     agent_channel_errors: int
     image_cache_bytes: int
+    outbound_allowed: int = 0
+    outbound_refused: dict[RefusalReason, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,20 @@ class ProviderCollector(Collector):
             "Containers whose agent channel broke (a protocol violation, no hello, the container ended).",
             snapshot.agent_channel_errors,
         )
+        yield CounterMetricFamily(
+            "kiln_provider_outbound_allowed",
+            "Connections the containers' outbound proxies made to sites their rent and the provider allow.",
+            snapshot.outbound_allowed,
+        )
+        refused = CounterMetricFamily(
+            "kiln_provider_outbound_refused",
+            "Requests the containers' outbound proxies refused (403, or 503 when busy), by why: outside the "
+            "rent's rules (rent), outside the provider's policy (policy), a private address (private), busy.",
+            labels=["reason"],
+        )
+        for reason in REFUSAL_REASONS:
+            refused.add_metric([reason], snapshot.outbound_refused.get(reason, 0))
+        yield refused
         yield InfoMetricFamily(
             "kiln_build", "The Kiln version.", {"version": __version__, "protocol": PROTOCOL_VERSION}
         )

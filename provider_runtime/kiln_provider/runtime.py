@@ -141,6 +141,8 @@ class ProviderRuntime:
             image_pull_bytes=tallies.image_pull_bytes,
             agent_channel_errors=tallies.agent_channel_errors,
             image_cache_bytes=self.images.cache.total,
+            outbound_allowed=tallies.outbound_allowed,
+            outbound_refused=dict(tallies.outbound_refused),
         )
 
     async def _connections(self, hubs: HubRing, tls: dict[str, dict[str, Any]]) -> AsyncGenerator[ClientConnection]:
@@ -325,6 +327,7 @@ class ProviderRuntime:
                     cached=offered[1] or None,
                     root=True if self.config.allow_root and conn.session.minor >= 2 else None,
                     price=self.config.price if conn.session.minor >= 5 else None,
+                    outbound=self.config.outbound.rules if conn.session.minor >= 7 else None,
                 )
                 await conn.request(offer)
                 log.info(

@@ -221,7 +221,7 @@ async def test_metric_names_follow_the_conventions_and_move_with_a_job(tmp_path:
             return scrape(reply.body)
 
         before = await scraped()
-        assert metric(before, "kiln_build_info", version=kiln.__version__, protocol="1.6") == 1
+        assert metric(before, "kiln_build_info", version=kiln.__version__, protocol="1.7") == 1
         assert metric(before, "process_resident_memory_bytes") > 0
         async with simulated_providers(url, 3, token=SHARED, cpus=2), kiln.connect(url, token=SHARED) as requestor:
             idle = await scraped()

@@ -503,6 +503,28 @@ def _provider(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "without capabilities or network (default: commands run as the image's USER, else uid 65534)",
     )
     provider.add_argument(
+        "--outbound",
+        default=UNSET,
+        metavar="none|any|FILE",
+        help="what containers whose rent asks for it may reach, through a proxy the provider serves inside "
+        "them: none (the default), any site, or the sites a FILE lists (one HOST:PORT a line, *.example.org:443 "
+        "for the names under it, :* for any port, # comments)",
+    )
+    provider.add_argument(
+        "--outbound-private",
+        action="append",
+        default=UNSET,
+        metavar="HOST:PORT",
+        help="let this exact name (or address) reach private, loopback or link-local addresses through the "
+        "proxy (repeatable; default: every such address is refused, whatever a name resolves to)",
+    )
+    provider.add_argument(
+        "--hosts",
+        default=UNSET,
+        metavar="FILE",
+        help="names the proxy resolves from this file (hosts(5) format: ADDRESS NAME... a line) before DNS",
+    )
+    provider.add_argument(
         "--grace",
         type=float,
         default=UNSET,

@@ -78,6 +78,7 @@ async def provider(settings: ProviderSettings) -> int:
     from kiln_provider.config import ProviderConfig
     from kiln_provider.docker_adapter import DockerAdapter
     from kiln_provider.image_cache import default_data_dir
+    from kiln_provider.outbound import OutboundPolicy, parse_private
     from kiln_provider.runtime import ProviderRuntime
 
     config = ProviderConfig(
@@ -102,6 +103,9 @@ async def provider(settings: ProviderSettings) -> int:
         price=settings.price if settings.price is not None and not settings.price.free else None,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
+        outbound=OutboundPolicy(
+            settings.outbound, frozenset(map(parse_private, settings.outbound_private)), settings.hosts or {}
+        ),
     )
     main = asyncio.current_task()
     assert main is not None

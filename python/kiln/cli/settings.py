@@ -49,7 +49,9 @@ from kiln.connection import check_hub_url, hub_urls
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
+from kiln.protocol.outbound import Policy
 from kiln.protocol.sizes import parse_size
+from kiln_provider.outbound import PolicyError, parse_hosts, parse_policy, parse_private
 
 DEFAULT_HUB: Final = "ws://127.0.0.1:7465"
 ENVIRONMENT: Final = {"hub": "KILN_HUB", "token": "KILN_TOKEN", "ca": "KILN_CA"}
@@ -107,6 +109,44 @@ def _file(value: Path) -> Path:
     return path
 
 
+def _outbound(value: object) -> Policy | None:
+    """``--outbound``: ``none``, ``any``, a file of rules (one a line), or (in the settings file) a list of rules."""
+    if value is None or value == "none":
+        return None
+    if value == "any":
+        return "any"
+    try:
+        if isinstance(value, list):
+            return parse_policy("\n".join(str(rule) for rule in value))
+        if not isinstance(value, str | Path):
+            raise ValueError(f"outbound is none, any or a file of rules, not {value!r}")
+        path = _file(Path(value))
+        return parse_policy(path.read_text(errors="replace"))
+    except PolicyError as e:
+        raise ValueError(f"{value}: {e}") from e
+
+
+def _outbound_private(value: str) -> str:
+    try:
+        host, port = parse_private(value)
+    except PolicyError as e:
+        raise ValueError(str(e)) from e
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _hosts(value: object) -> dict[str, tuple[str, ...]]:
+    """``--hosts``: a file in hosts(5) format, read now."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str | Path):
+        raise ValueError(f"hosts is a file (hosts(5) format), not {value!r}")
+    path = _file(Path(value))
+    try:
+        return parse_hosts(path.read_text(errors="replace"))
+    except PolicyError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def _folder(value: Path) -> Path:
     path = value.expanduser()
     if path.exists() and not path.is_dir():
@@ -125,6 +165,10 @@ File = Annotated[Path, AfterValidator(_file)]
 Folder = Annotated[Path, AfterValidator(_folder)]
 """A folder, made when needed: anything but an existing file."""
 Seconds = Annotated[float, Field(ge=0)]
+OutboundSetting = Annotated[Policy | None, BeforeValidator(_outbound)]
+"""What containers may reach: none, any, or the rules of a file (:mod:`kiln.protocol.outbound`)."""
+HostsFile = Annotated[dict[str, tuple[str, ...]], BeforeValidator(_hosts)]
+"""Names resolved from a hosts(5) file: name -> its addresses."""
 
 PRICE_KEYS: Final = {"start": "start", "cpu-hour": "cpu_hour", "env-hour": "env_hour"}
 """The rates of ``--price`` as written (``cpu_hour`` is taken too) -> :class:`Price`'s fields."""
@@ -335,6 +379,9 @@ class ProviderSettings(DialSettings):
     price: PriceSetting | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     metrics_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    outbound: OutboundSetting = None
+    outbound_private: list[Annotated[str, AfterValidator(_outbound_private)]] = []
+    hosts: HostsFile | None = None
 
 
 class DoctorSettings(ProviderSettings):

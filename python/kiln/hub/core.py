@@ -4,8 +4,8 @@ Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
 * A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
-  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict``, ``task`` and upload
-  stream frames. A provider sends ``offer``, ``credit``, ``usage``, replies to the hub's requests
+  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict``, ``task``, ``connect``
+  and upload stream frames. A provider sends ``offer``, ``credit``, ``usage``, replies to the hub's requests
   and download stream frames. Anything else is ``out_of_order``.
 * ``task`` and ``usage`` (1.6) are answered by nothing: what they name that is not the
   sender's (another requestor's activity, an activity the provider does not hold) is dropped.
@@ -16,7 +16,9 @@ Rules that everything affecting the hub's state must follow live here:
   only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
   a request the hub did not send to *this* provider is ``out_of_order``. A requestor that
   joined with an admin credential may *list* every activity (``activities`` with ``all``),
-  but touches only its own, as any other.
+  but touches only its own, as any other. One exception: a ``connect`` (1.7) may reach the
+  activities of another session of the same credential, and on a hub without credentials any
+  session's (so that ``kiln forward`` from a second process reaches a job's containers).
 * A stream's data frames are relayed only within the credit its receiver granted, and that
   credit is passed on to senders only while all the stream data toward the receiver fits
   in half the buffer the I/O layer keeps for it: a slow receiver slows its own streams.
@@ -115,6 +117,7 @@ from kiln.protocol.messages import (
     ActivitiesQuery,
     BalanceQuery,
     Cancel,
+    Connect,
     Credit,
     Done,
     Download,
@@ -161,6 +164,7 @@ REQUESTOR_SENDS = frozenset(
     {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
     | {"push_image", "list_images", "remove_image", "share_image"}
     | {"balance", "ledger", "verdict", "task"}
+    | {"connect"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "usage", "done", "error", "exec_result", "download_info", "want"})
 
@@ -179,6 +183,7 @@ RequestorRequest: TypeAlias = (
     | BalanceQuery
     | LedgerQuery
     | VerdictReport
+    | Connect
 )
 """The requests a requestor may send that open a request of its own (all but ``credit`` and ``cancel``)."""
 
@@ -513,7 +518,8 @@ class HubCore(Sessions):
             if activity is not None and activity.requestor == p.id and activity.state == "absent":
                 self._park(p, activity, message)
                 return
-            if activity is None or activity.requestor != p.id or activity.state != "ready":
+            reaches = isinstance(message, Connect) and self._reaches(p, activity)
+            if activity is None or not (activity.requestor == p.id or reaches) or activity.state != "ready":
                 self._error(
                     p, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {message.activity!r} of yours is ready"
                 )

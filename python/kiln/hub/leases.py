@@ -58,6 +58,8 @@ class Leases(CoreBase):
         )
         if p.minor < 5:  # prices and reputations are 1.5's: an older requestor is sent what it knows
             providers = [info.model_copy(update={"price": None, "reputation": None}) for info in providers]
+        if p.minor < 7:  # outbound policies are 1.7's
+            providers = [info.model_copy(update={"outbound": None}) for info in providers]
         info = MarketInfo(
             type="market_info", re=message.id, providers=providers, matched=matched, activities=len(self.activities)
         )
@@ -170,7 +172,13 @@ class Leases(CoreBase):
         self.deadlines.due(pending, q.id, hub_id, self.create_timeout)
         p.open[message.id] = (provider, hub_id)
         create = Create(
-            type="create", id=hub_id, activity=activity.id, image=message.image, resources=resources, user=message.user
+            type="create",
+            id=hub_id,
+            activity=activity.id,
+            image=message.image,
+            resources=resources,
+            user=message.user,
+            outbound=message.demand.outbound,
         )
         if stored is not None:
             manifest = stored.manifest_for(q.minor) if q.minor >= 1 else None

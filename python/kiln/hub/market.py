@@ -53,6 +53,7 @@ from kiln.protocol.errors import NoMatch
 from kiln.protocol.limits import DEFAULT_STORAGE, MIN_STORAGE
 from kiln.protocol.messages import Demand, Offer, Price, ProviderInfo, Resources, Strategy
 from kiln.protocol.money import HOUR, format_price, within, worst_case
+from kiln.protocol.outbound import covers as outbound_covers
 from kiln.protocol.sizes import format_size
 
 FEW_HOLDERS: Final = 64
@@ -118,6 +119,10 @@ class Seller:
         """Whether the whole offer would meet ``demand`` if nothing were reserved."""
         total = self.offer.resources
         return covers(total.cpus, total.memory, total.storage, demand) and has_labels(self.offer.labels, demand.labels)
+
+    def reaches(self, outbound: list[str]) -> bool:
+        """Whether this provider's outbound policy covers every rule of ``outbound`` (1.7)."""
+        return outbound_covers(self.offer.outbound, outbound)
 
     def can_pull(self, image: StoredImage) -> bool:
         """Whether this provider could fetch ``image`` from the store and run it (room for its layers
@@ -328,6 +333,7 @@ class Market:
         cap = demand.max_price
         score = self.reputation.score
         allow = None if allow is None else frozenset(allow)
+        outbound = demand.outbound
 
         def able(seller: Seller) -> bool:
             return (
@@ -339,6 +345,7 @@ class Market:
                 and (cap is None or within(seller.price, cap))
                 and (allow is None or seller.name in allow)
                 and (min_reputation is None or score(seller.name) >= min_reputation - 1e-9)
+                and (not outbound or seller.reaches(outbound))
             )
 
         def why() -> str:
@@ -614,6 +621,7 @@ class Market:
                 activities=s.activities,
                 price=s.offer.price,
                 reputation=round(self.reputation.score(s.name), 4),
+                outbound=s.offer.outbound,
             )
             for s in shown
         ]
@@ -670,6 +678,17 @@ class Market:
             sellers = [s for s in sellers if s.offer.root]
             if not sellers:
                 return "no provider lets commands run as root (its operator allows it with --allow-root)"
+        if demand.outbound:
+            reaching = [s for s in sellers if s.reaches(demand.outbound)]
+            if not reaching:
+                asked = ", ".join(demand.outbound[:5]) + (", …" if len(demand.outbound) > 5 else "")
+                return (
+                    f"no provider's outbound policy covers the demand's outbound access ({asked}); "
+                    "its operator allows sites with --outbound"
+                )
+            if len(reaching) < len(sellers):
+                among.append("whose outbound policy covers the demand's")
+            sellers = reaching
         if image is not None:
             holders = self._stored_holders(image.digest)
             if not any(s.peer in holders for s in sellers):

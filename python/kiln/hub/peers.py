@@ -17,7 +17,7 @@ from kiln.hub.access import Credential
 from kiln.hub.catalog import StoredImage
 from kiln.hub.flow import Route
 from kiln.protocol.codes import ErrorCode
-from kiln.protocol.messages import MAX_ID, Download, Exec, Offer, Price, Release, Resources, Upload
+from kiln.protocol.messages import MAX_ID, Connect, Download, Exec, Offer, Price, Release, Resources, Upload
 
 NONE: Final = Resources(cpus=0, memory=0, storage=0)
 ABSENT: Final = -1
@@ -29,7 +29,7 @@ requestor's open requests, a request that waits for such a lease."""
 class Pending:
     """A request the hub sent to a provider and awaits the reply to."""
 
-    kind: Literal["create", "destroy", "exec", "upload", "download", "meter"]
+    kind: Literal["create", "destroy", "exec", "upload", "download", "meter", "connect"]
     activity: str
     requestor: int | None
     r_id: int | None
@@ -64,7 +64,7 @@ class Lease:
     started: float = 0.0  # when it became ready (the clock's time)
     max_duration: float | None = None  # seconds its rent may hold it: the hub ends it then (1.5)
     saved: bool = False  # written to the hub's state (once its requestor was told of it)
-    parked: list[Exec | Upload | Download | Release] = field(default_factory=list)  # absent: waiting for it
+    parked: list[Exec | Upload | Download | Connect | Release] = field(default_factory=list)  # absent: waiting for it
     # what its container uses, as its provider last reported (1.6 usage; None: not reported yet):
     # CPU seconds in all, memory bytes now, and the cores it used between its last two reports
     cpu_seconds: float | None = None

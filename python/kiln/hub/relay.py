@@ -19,6 +19,7 @@ from kiln.protocol.frames import Frame, FrameKind
 from kiln.protocol.messages import (
     ActivityLost,
     Cancel,
+    Connect,
     Credit,
     Done,
     Download,
@@ -79,12 +80,26 @@ class Relay(Leases):
         else:
             self._send_binary(target, frames.encode(kind, target_id, bytes(payload)))
 
-    def _forward(self, p: Peer, activity: Lease, message: Exec | Upload | Download) -> None:
+    def _reaches(self, p: Peer, activity: Lease | None) -> bool:
+        """Whether requestor ``p`` may reach a port of ``activity`` (``connect``, ``publish``) though
+        another session holds it: one of the same credential, or any on a hub without credentials
+        (so that ``kiln forward`` from a second process reaches a job's containers)."""
+        if activity is None:
+            return False
+        if self.credentials is None or not self.credentials.required():
+            return True
+        return p.credential is not None and activity.credential == p.credential.id
+
+    def _forward(self, p: Peer, activity: Lease, message: Exec | Upload | Download | Connect) -> None:
         q = self.peers[activity.provider]
-        inward = isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin)
-        outward = isinstance(message, Download) or (isinstance(message, Exec) and message.stream)
+        inward = isinstance(message, Upload | Connect) or (isinstance(message, Exec) and message.stdin)
+        outward = isinstance(message, Download | Connect) or (isinstance(message, Exec) and message.stream)
         if isinstance(message, Exec) and message.streams and q.minor < 2:
             text = f"the provider of activity {activity.id} speaks protocol 1.{q.minor}: an exec's streams need 1.2"
+            self._error(p, message.id, ErrorCode.UNSUPPORTED_VERSION, text)
+            return
+        if isinstance(message, Connect) and q.minor < 7:
+            text = f"the provider of activity {activity.id} speaks protocol 1.{q.minor}: a connect needs 1.7"
             self._error(p, message.id, ErrorCode.UNSUPPORTED_VERSION, text)
             return
         if (inward or outward) and p.streams() >= self.limits.max_streams:
@@ -110,6 +125,8 @@ class Relay(Leases):
         self._send(q.id, message, {"id": hub_id})
         if isinstance(message, Exec):
             self.tallies.commands += 1
+        elif isinstance(message, Connect):
+            self.tallies.connects += 1
 
     def _credit(self, p: Peer, message: Credit) -> None:
         route = p.receives.get(message.stream)

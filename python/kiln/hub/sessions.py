@@ -47,6 +47,7 @@ from kiln.protocol.messages import (
     PROTOCOL_VERSION,
     ActivityLost,
     Cancel,
+    Connect,
     Done,
     Download,
     Error,
@@ -287,7 +288,7 @@ class Sessions(StoreLink):
         if kept or absent:
             self._log("info", f"provider {shown(p.name)} is back: {kept} activities kept, {len(absent)} lost")
 
-    def _unpark(self, lease: Lease, message: Exec | Upload | Download | Release) -> None:
+    def _unpark(self, lease: Lease, message: Exec | Upload | Download | Connect | Release) -> None:
         """Send on a request that waited for ``lease`` to be back (its requestor may have left since)."""
         owner = self.peers.get(lease.requestor)
         if owner is None or owner.open.get(message.id) != (ABSENT, 0):
@@ -394,13 +395,13 @@ class Sessions(StoreLink):
         # An absent one is back once its provider is: requests on it wait till then.
         return [lease.id for lease in leases if lease.state in ("ready", "absent")]
 
-    def _park(self, p: Peer, lease: Lease, message: Exec | Upload | Download | Release) -> None:
+    def _park(self, p: Peer, lease: Lease, message: Exec | Upload | Download | Connect | Release) -> None:
         """The provider of ``lease`` has not dialled again since the hub restarted: ``message``
         waits for it (bounded by max_pending and max_streams, and by the grace period, which
         loses the lease). A stream the requestor sends on is held open meanwhile without
         credit, so its END or ABORT, which need none, is kept for when the request goes on."""
-        inward = isinstance(message, Upload) or (isinstance(message, Exec) and message.stdin)
-        outward = isinstance(message, Download) or (isinstance(message, Exec) and message.stream)
+        inward = isinstance(message, Upload | Connect) or (isinstance(message, Exec) and message.stdin)
+        outward = isinstance(message, Download | Connect) or (isinstance(message, Exec) and message.stream)
         if (inward or outward) and p.streams() >= self.limits.max_streams:
             self._error(p, message.id, ErrorCode.TOO_MANY, f"more than {self.limits.max_streams} streams open")
             return
@@ -441,6 +442,11 @@ class Sessions(StoreLink):
         # Replies still owed to this requestor are dropped when they come (see _to_requestor);
         # an activity still being created is destroyed once its create completes (see _finish).
         if not hold:
+            # Its connections to others' activities (a sibling session's: connect) end with it.
+            for provider, hub_id in p.open.values():
+                pending = self.peers[provider].pending.get(hub_id) if provider in self.peers else None
+                if pending is not None and pending.kind == "connect":
+                    self._send(provider, Cancel(type="cancel", target=hub_id))
             self._destroy_ready(self._leases(p))
             if p.saved:
                 self._out.append(EndSession(p.session))
@@ -448,7 +454,7 @@ class Sessions(StoreLink):
         # The activities stay; what ran in them for this connection has nowhere to report.
         for provider, hub_id in p.open.values():
             pending = self.peers[provider].pending.get(hub_id) if provider in self.peers else None
-            if pending is not None and pending.kind in ("exec", "upload", "download"):
+            if pending is not None and pending.kind in ("exec", "upload", "download", "connect"):
                 self._send(provider, Cancel(type="cancel", target=hub_id))
         self._sessions[p.secret] = p.id
         self._held[p.id] = (p, self._monotonic() + self.grace)

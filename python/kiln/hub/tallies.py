@@ -53,6 +53,8 @@ class Tallies:
     rent_count: int = 0
     commands: int = 0
     """``exec`` requests relayed to providers."""
+    connects: int = 0
+    """(1.7) ``connect`` requests relayed to providers: a requestor's, and the hub's own for published ports."""
     command_failures: int = 0
     """``exec`` requests answered by an error (but ``cancelled``: the requestor asked for it) or an
     ``exec_result`` with a nonzero exit code."""

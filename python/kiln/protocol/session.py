@@ -648,7 +648,7 @@ class Session:
             self._events.append(Notified(message))
         elif isinstance(message, RentProgress):
             self._take_reply(message, message.re)
-        elif self.role == "provider" and isinstance(message, Create | Destroy | Exec | Upload | Download | Meter):
+        elif self.role == "provider" and isinstance(message, HubRequest):
             self._take_request(message)
         elif self.role == "provider" and isinstance(message, Cancel):
             if message.target in self._theirs:

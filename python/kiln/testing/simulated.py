@@ -7,7 +7,10 @@ downloads from a table it is given (truthfully or not: a rogue provider for test
 requestor). It may offer a price (``price=``, 1.5)
 and answers the hub's ``meter`` with the CPU seconds an activity "used": ``cpu_per_second``
 times the seconds since its create (0 unless told; a value above the CPUs rented plays a
-provider that over-reports). No Docker is involved, so thousands fit on one machine::
+provider that over-reports). A ``connect`` (1.7) reaches an echo server on every port (what
+comes back is what went in; a half-close is echoed too), but :data:`HTTP_PORT`, where a tiny web
+server answers each request with its own head, and :data:`REFUSED_PORT`, where nothing listens.
+No Docker is involved, so thousands fit on one machine::
 
     async with simulated_providers(url, 5000) as names:
         ...  # rent, map, market against a hub that sees 5000 providers
@@ -36,6 +39,7 @@ from kiln.protocol import limits
 from kiln.protocol.codes import ErrorCode
 from kiln.protocol.errors import ConnectionLost, KilnError
 from kiln.protocol.messages import (
+    Connect,
     Create,
     Destroy,
     Done,
@@ -52,12 +56,19 @@ from kiln.protocol.messages import (
     Upload,
     clip,
 )
-from kiln.protocol.session import Event, Requested
+from kiln.protocol.outbound import Policy
+from kiln.protocol.session import CancelRequested, Event, Requested
 
 LIE: Final = "a lie\n"
 """What a lying provider's every command prints."""
 DIAL_AT_ONCE: Final = 200
 """Connections opened concurrently: a burst the hub's listen backlog takes."""
+HTTP_PORT: Final = 80
+"""The port where a simulated container answers HTTP: ``200``, the request's head as the body, then it closes."""
+REFUSED_PORT: Final = 1
+"""The port where nothing listens in a simulated container (``connection_refused``)."""
+HTTP_HEAD: Final = 16 * 1024
+"""The most of a request's head the simulated web server reads."""
 REFUSED_RETRY: Final = 2.0
 """Seconds before a hub that refused the hello is dialled again (as ``kiln provider`` waits)."""
 RECONNECT_DELAYS: Final = partial(backoff, initial_delay=0.5, min_delay=0.25, max_delay=5.0, factor=2.0)
@@ -110,6 +121,7 @@ class SimulatedProvider:
         self.conn: Connection | None = None
         self.offered: asyncio.Future[Message] | None = None  # the hub's reply to its offer
         self._replies: set[asyncio.Task[None]] = set()
+        self._connects: dict[int, asyncio.Task[None]] = {}  # a connect's id -> the task carrying it
         self.running: set[str] = set()
         """The activities it was told to create and not yet to destroy (what it reports when it dials again)."""
 
@@ -120,9 +132,15 @@ class SimulatedProvider:
         return self.url is not None and offered is not None and offered.done() and offered.exception() is None
 
     def on_event(self, event: Event) -> None:
+        if isinstance(event, CancelRequested) and (task := self._connects.get(event.request)) is not None:
+            task.cancel()
+            return
         if not isinstance(event, Requested) or self.conn is None:
             return
         message = event.message
+        if isinstance(message, Connect):
+            self._connect(message)
+            return
         # Answers at once go out with the reader's next write; only a download's takes a task.
         if isinstance(message, Upload) and self.hoard:
             return
@@ -165,10 +183,69 @@ class SimulatedProvider:
             return
         self._spawn(self._serve(message, self.files[message.path], self.conn.outgoing(message.id)))
 
-    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+    def _spawn(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         task = asyncio.ensure_future(work)  # owned: kept until done, awaited on close
         self._replies.add(task)
         task.add_done_callback(self._replies.discard)
+        return task
+
+    def _connect(self, message: Connect) -> None:
+        """Carry a connect (1.7) to the simulated container's port (see the module's docstring)."""
+        assert self.conn is not None
+        if message.port == REFUSED_PORT:
+            text = f"simulated: nothing listens on port {message.port}"
+            self.conn.reply_soon(Error(type="error", re=message.id, code="connection_refused", message=text))
+            return
+        window = min(limits.WINDOW_CHUNKS, self.conn.session.limits.max_window)
+        incoming, outgoing = self.conn.incoming(message.id, window), self.conn.outgoing(message.id)
+        serve = self._http if message.port == HTTP_PORT else self._echo
+        task = self._spawn(self._carry(message, serve(incoming, outgoing)))
+        self._connects[message.id] = task
+        task.add_done_callback(lambda _: self._connects.pop(message.id, None))
+
+    async def _carry(self, message: Connect, serving: Coroutine[None, None, int]) -> None:
+        """Answer the connect once ``serving`` ended both ways (``done`` with the bytes it sent), or failed."""
+        assert self.conn is not None
+        try:
+            sent = await serving
+        except asyncio.CancelledError:
+            await self.conn.reply(Error(type="error", re=message.id, code="cancelled", message="connect cancelled"))
+        except KilnError as e:
+            await self.conn.reply(Error(type="error", re=message.id, code=e.code, message=clip(e.message)))
+        else:
+            await self.conn.reply(Done(type="done", re=message.id, bytes=sent))
+
+    @staticmethod
+    async def _echo(incoming: Incoming, outgoing: Outgoing) -> int:
+        """Send back what comes, until the requestor's half-close; then close this side too."""
+        sent = 0
+        async for chunk in incoming:
+            await outgoing.write(chunk)
+            sent += len(chunk)
+        await outgoing.end()
+        return sent
+
+    @staticmethod
+    async def _http(incoming: Incoming, outgoing: Outgoing) -> int:
+        """Answer one HTTP request with its head as the body, close, and drop what else comes."""
+        head = b""
+        async for chunk in incoming:
+            head += chunk
+            if b"\r\n\r\n" in head or len(head) > HTTP_HEAD:
+                break
+        body = head.partition(b"\r\n\r\n")[0][:HTTP_HEAD]
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+        data = answer % (len(body), body)
+        await outgoing.write(data)
+        await outgoing.end()
+        async for _ in incoming:  # until the requestor's half-close
+            pass
+        return len(data)
+
+    @property
+    def carrying(self) -> int:
+        """The connects (1.7) it carries now."""
+        return len(self._connects)
 
     def cpu_seconds(self, activity: str) -> float:
         """What ``activity`` reports having used so far: :attr:`cpu_per_second` times the seconds it ran."""
@@ -285,8 +362,10 @@ async def simulated(
     token: str | None = None,
     price: Price | Callable[[int], Price | None] | None = None,
     cpu_per_second: float = 0.0,
+    outbound: Policy | None = None,
 ) -> AsyncIterator[list[SimulatedProvider]]:
-    """:func:`simulated_providers`, yielding the providers themselves (which hub each is on, when it joined)."""
+    """:func:`simulated_providers`, yielding the providers themselves (which hub each is on, when it joined).
+    ``outbound`` (1.7) is what their offers say their containers may reach (none by default)."""
     raise_open_file_limit()
     providers = [
         SimulatedProvider(
@@ -309,6 +388,7 @@ async def simulated(
                 images=list(images),
                 labels=labels(i),
                 price=price(i) if callable(price) else price,
+                outbound=outbound,
             )
             hubs = HubRing(order(urls, i)) if len(urls) > 1 else None
             async with gate:

@@ -144,6 +144,9 @@ class HubCollector:
         )
         yield CounterMetricFamily("kiln_commands", "Commands (exec) relayed to providers.", value=tallies.commands)
         yield CounterMetricFamily(
+            "kiln_connects", "Connections to a port of a container relayed to providers.", value=tallies.connects
+        )
+        yield CounterMetricFamily(
             "kiln_command_failures", "Commands that failed or exited nonzero.", value=tallies.command_failures
         )
         relayed = CounterMetricFamily("kiln_relayed_bytes", "Stream data relayed, by direction.", labels=["direction"])
