@@ -5,7 +5,11 @@ Its modules, by job:
 - ``runtime``: :class:`~kiln_provider.runtime.ProviderRuntime`, the session with the hub (dial,
   offer, serve, report usage, dial again; containers kept for a restarted hub within a grace period);
 - ``config``: :class:`~kiln_provider.config.ProviderConfig`, the settings the process takes;
-- ``handlers``: the hub's requests (create, exec, upload, download, destroy) and the containers;
+- ``handlers``: the hub's requests (create, exec, connect, upload, download, destroy) and the containers;
+- ``netns``: sockets made in a container's network namespace (its loopback, reached from the host);
+- ``ports``: a ``connect``, carried both ways between the hub's streams and a port of the container;
+- ``outbound``: the operator's outbound policy and the proxy's rules (pure); ``proxy``: a
+  container's outbound proxy, served inside its namespace;
 - ``image_supply``: the images creates run (loaded from the hub's store, pulled), evicted past a budget;
 - ``image_cache``: the record of the images loaded, and which to evict (no Docker);
 - ``image_archive``: an image's blobs as the tar ``docker load`` takes (no Docker);

@@ -1,5 +1,6 @@
 """Outbound access (PROTOCOL.md §5.2), its rules: the operator's policy, and what the proxy of a
-container lets through. Pure: no socket, no DNS (:mod:`kiln_provider.proxy` does the I/O).
+container lets through. Pure but for reading the operator's files (:func:`load_policy`): no socket, no DNS
+(:mod:`kiln_provider.proxy` does the I/O).
 
 The operator says what containers may reach (``kiln provider --outbound none|any|FILE``, a
 FILE holding one rule of :mod:`kiln.protocol.outbound` a line), which exact names may reach
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias
+from pathlib import Path
+from typing import Final, Literal, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from kiln.protocol.outbound import MAX_RULES, Policy, RuleError, allowed, normal_host, parse_rule, public
+
+T = TypeVar("T")
 
 PROXY_PORT: Final = 3128
 """Where the proxy listens, on the container's loopback."""
@@ -68,6 +72,26 @@ class OutboundPolicy:
     def private_allowed(self, host: str, port: int) -> bool:
         """Whether the operator let exactly ``host`` (normalized) on ``port`` reach private addresses."""
         return (host, port) in self.private
+
+
+def load_policy(outbound: str | Path, private: list[str], hosts: Path | None) -> OutboundPolicy:
+    """The operator's policy from ``kiln provider``'s settings: ``--outbound`` (``none``, ``any`` or a
+    file of rules), ``--outbound-private`` entries and the ``--hosts`` file (None: none). Reads
+    the files; raises PolicyError (or OSError) naming what is wrong."""
+    rules: Policy | None = None
+    if outbound == "any":
+        rules = "any"
+    elif outbound != "none":
+        rules = _read(Path(outbound), parse_policy)
+    names = _read(hosts, parse_hosts) if hosts is not None else {}
+    return OutboundPolicy(rules, frozenset(map(parse_private, private)), names)
+
+
+def _read(path: Path, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(path.read_text(errors="replace"))
+    except PolicyError as e:
+        raise PolicyError(f"{path}: {e}") from None
 
 
 def parse_policy(text: str) -> list[str]:

@@ -72,7 +72,11 @@ async def carry(sock: socket.socket, incoming: Incoming, outgoing: Outgoing, chu
     Raises ServiceReset when the service resets it (the requestor's stream gets an ABORT), and
     the requestor's stream's error when it aborts or the request is cancelled.
     """
-    reader, writer = await asyncio.open_connection(sock=sock, limit=chunk_bytes)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=chunk_bytes)
+    except BaseException:
+        sock.close()
+        raise
     loop = asyncio.get_running_loop()
     inward = loop.create_task(_inward(incoming, writer))
     outward = loop.create_task(_outward(reader, outgoing, chunk_bytes))

@@ -49,6 +49,8 @@ CONNECT_TIMEOUT: Final = 10.0
 MAX_CONNECTIONS: Final = 64
 """Connections one container's proxy carries at once."""
 _COPY_BYTES: Final = 64 * 1024
+LINGER: Final = 1.0
+"""How long a refused client's last bytes are taken, so that the refusal reaches it."""
 
 
 class OutboundProxy:
@@ -104,8 +106,7 @@ class OutboundProxy:
                 if refusal.counted is not None:
                     self.tallies.outbound_refused[refusal.counted] += 1
                     log.debug("%s: refused (%s): %s", self.name, refusal.counted, refusal.reason)
-                writer.write(refusal.response())
-                await writer.drain()
+                await _answer(refusal, reader, writer)
                 return
             try:
                 if request.tunnel:
@@ -167,6 +168,20 @@ async def _connect(addresses: list[str], port: int) -> tuple[asyncio.StreamReade
             failure = e
     why = failure.strerror if failure is not None and failure.strerror else str(failure)
     raise Refusal(502, f"cannot connect to {addresses[0]} port {port}: {why}")
+
+
+async def _answer(refusal: Refusal, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send the refusal, then take what the client still sends (a little, for a short while) before
+    the connection is closed: closed on unread bytes, it would be reset, the answer maybe lost."""
+    writer.write(refusal.response())
+    if writer.can_write_eof():
+        writer.write_eof()
+    await writer.drain()
+    taken = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER):
+            while taken < MAX_HEAD * 4 and (data := await reader.read(_COPY_BYTES)):
+                taken += len(data)
 
 
 async def _both(*copies: Coroutine[Any, Any, None]) -> None:

@@ -80,6 +80,7 @@ if TYPE_CHECKING:
     from kiln.requestor.client import Balance, Rental, Requestor, connect
     from kiln.requestor.executor import Disputed, Job, JobEvent, JobSummary, RetryTask, TaskFailed, TaskTimeout
     from kiln.requestor.images import PushedImage
+    from kiln.requestor.ports import Forward, Publication
     from kiln.requestor.progress import ProgressView
     from kiln.requestor.report import Attempt
     from kiln.requestor.scheduling import Redundant, SpotCheck
@@ -137,6 +138,7 @@ _HOMES = {
     "kiln.requestor.client": ["Balance", "Rental", "Requestor", "connect"],
     "kiln.requestor.executor": ["Disputed", "Job", "JobEvent", "JobSummary", "RetryTask", "TaskFailed", "TaskTimeout"],
     "kiln.requestor.images": ["PushedImage"],
+    "kiln.requestor.ports": ["Forward", "Publication"],
     "kiln.requestor.progress": ["ProgressView"],
     "kiln.requestor.report": ["Attempt"],
     "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
@@ -163,6 +165,7 @@ __all__ = [
     "Entry",
     "ErrorCode",
     "FileNotFound",
+    "Forward",
     "ImageCorrupt",
     "ImageError",
     "ImageInfo",
@@ -183,6 +186,7 @@ __all__ = [
     "ProtocolError",
     "ProviderInfo",
     "ProviderLost",
+    "Publication",
     "PushedImage",
     "Redundant",
     "RemoteError",

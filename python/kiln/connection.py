@@ -43,7 +43,16 @@ from websockets.uri import parse_uri
 from kiln.__about__ import __version__
 from kiln.protocol import limits
 from kiln.protocol.errors import ConnectionLost, KilnError, UnsupportedVersion, UsageError
-from kiln.protocol.messages import PROTOCOL_NAME, Download, DownloadInfo, Exec, Message, PushImage, Upload
+from kiln.protocol.messages import (
+    PROTOCOL_NAME,
+    Connect,
+    Download,
+    DownloadInfo,
+    Exec,
+    Message,
+    PushImage,
+    Upload,
+)
 from kiln.protocol.session import (
     CancelRequested,
     Closed,
@@ -348,13 +357,18 @@ class Outgoing:
         for start in range(0, len(view), size):
             await self.send(view[start : start + size])
 
-    async def send(self, *parts: bytes | memoryview) -> None:
-        """Send one DATA frame made of ``parts`` (at most ``chunk_bytes`` in all), within the credit granted."""
+    async def ready(self) -> None:
+        """Wait until the receiver lets us send a DATA frame (its first credit also says it is
+        ready: a connect's is the sign that it is open); raise the stream's failure instead."""
         while self._error is None and self._conn.session.credit(self.stream) <= 0:
             self._wake.clear()
             await self._wake.wait()
         if self._error is not None:
             raise self._error
+
+    async def send(self, *parts: bytes | memoryview) -> None:
+        """Send one DATA frame made of ``parts`` (at most ``chunk_bytes`` in all), within the credit granted."""
+        await self.ready()
         self._conn.session.send_data(self.stream, *parts)
         await self._conn.flush()
 
@@ -608,6 +622,14 @@ class Connection:
         receiving end of its output (with ``stream``), and its final reply."""
         window = message.window or min(limits.OUTPUT_WINDOW, self.session.limits.max_window)
         return await self._open(message, sends=bool(message.stdin), window=window if message.stream else None)
+
+    async def open_connect(self, message: Connect) -> tuple[Outgoing, Incoming, asyncio.Future[Message]]:
+        """Start a connect (1.7): the sending end toward the container's port (its first credit
+        says the connection is open), the receiving end out of it, and its final reply."""
+        window = message.window or min(limits.OUTPUT_WINDOW, self.session.limits.max_window)
+        sender, receiver, reply = await self._open(message, sends=True, window=window)
+        assert sender is not None and receiver is not None
+        return sender, receiver, reply
 
     async def _open(
         self, message: Request, *, sends: bool, window: int | None, on_interim: InterimHandler | None = None

@@ -25,14 +25,15 @@ from tests.scripted_hub import Provider, scripted_hub
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
-ECHO, COUNT, HTTP = 8080, 8081, 8082
+ECHO, COUNT, HTTP, RESET = 8080, 8081, 8082, 8083
 BODY = b"kiln\n" * 20_000
 SERVERS = (
-    f"nc -ll -p {ECHO} -e cat & nc -ll -p {COUNT} -e wc -c & "
+    f"nc -ll -p {ECHO} -e cat & nc -ll -p {COUNT} -e wc -c & nc -ll -p {RESET} -e sleep 0.2 & "
     f"mkdir /tmp/www && yes kiln | head -c {len(BODY)} >/tmp/www/body && httpd -f -p {HTTP} -h /tmp/www"
 )
 """An echo server, one that answers with the count of bytes it read once its input ended (neither
-takes many connections at once: busybox nc resets some), and a web server."""
+takes many connections at once: busybox nc resets some), one that reads nothing and closes (a
+reset, as data came that it did not read), and a web server."""
 
 
 class Hub:
@@ -115,7 +116,7 @@ async def hub(tmp_path: Path, busybox_image: str) -> AsyncIterator[Hub]:
                 )
                 assert (await hub.reply(1))["type"] == "done"
                 await hub.provider.send({"type": "exec", "id": 2, "activity": "a1", "argv": ["sh", "-c", SERVERS]})
-                for port in (ECHO, COUNT, HTTP):
+                for port in (ECHO, COUNT, HTTP):  # (RESET starts with them)
                     await listening(hub, port)
                 yield hub
             finally:
@@ -123,11 +124,12 @@ async def hub(tmp_path: Path, busybox_image: str) -> AsyncIterator[Hub]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await pumping
     finally:
-        cluster.stop()
         stopped_containers(cluster)
 
 
 def stopped_containers(cluster: LocalCluster) -> None:
+    """Stop the cluster's processes, and remove the containers a provider left."""
+    cluster.stop()
     for name in cluster.providers:
         if ids := containers_of(name):
             subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
@@ -185,6 +187,10 @@ async def test_many_connections_at_once(hub: Hub) -> None:
 
 
 async def test_abort_cancel_and_destroy_end_connections(hub: Hub) -> None:
+    reset = await hub.connect(RESET)
+    await hub.provider.send_data(reset, b"unread" * 1000, end=False)
+    assert await hub.read_all(reset) == (b"", FrameKind.ABORT)
+    assert (await hub.reply(reset))["code"] == "transfer_failed"
     aborted = await hub.connect(ECHO)
     await hub.provider.ws.send(encode(FrameKind.ABORT, aborted, b"changed my mind"))
     assert (await hub.reply(aborted))["code"] == "transfer_failed"

@@ -47,11 +47,11 @@ class Raw:
         self.ws = ws
 
     @classmethod
-    async def join(cls, url: str, role: str, name: str, token: str, version: str = "1.7") -> Raw:
+    async def join(cls, url: str, role: str, name: str, token: str | None = None, version: str = "1.7") -> Raw:
         ws = await connect(url, subprotocols=["kiln.v1"])  # type: ignore[list-item]
         raw = cls(ws)
-        hello = {"type": "hello", "version": version, "role": role, "name": name, "token": token}
-        welcome = await raw.ask(hello)
+        hello = {"type": "hello", "version": version, "role": role, "name": name}
+        welcome = await raw.ask(hello if token is None else {**hello, "token": token})
         assert welcome["type"] == "welcome", welcome
         return raw
 

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from prometheus_client import generate_latest
 
-from kiln_provider.metrics import Tallies
+from kiln_provider.metrics import MetricsSource, Snapshot, Tallies, registry_of
 from kiln_provider.outbound import MAX_HEAD, OutboundPolicy, parse_hosts
 from kiln_provider.proxy import OutboundProxy
 
@@ -113,6 +114,14 @@ async def test_what_is_not_allowed_is_refused_and_counted(setup: Setup) -> None:
     assert status.startswith(b"HTTP/1.1 403 ") and b"private address" in body
     assert setup.tallies.outbound_refused == {"rent": 1, "policy": 1, "private": 2}
     assert setup.tallies.outbound_allowed == 0
+    # As the provider's metrics tell them.
+    tallies = setup.tallies
+    snapshot = Snapshot([], 0.0, {}, 0, 0, 0, tallies.outbound_allowed, dict(tallies.outbound_refused))
+    source = MetricsSource(asyncio.get_running_loop(), lambda: snapshot, lambda: (0, 0))
+    text = (await asyncio.to_thread(generate_latest, registry_of(source))).decode()
+    assert 'kiln_provider_outbound_refused_total{reason="private"} 2.0' in text
+    assert 'kiln_provider_outbound_refused_total{reason="busy"} 0.0' in text
+    assert "kiln_provider_outbound_allowed_total 0.0" in text
 
 
 async def test_bad_requests_and_unreachable_sites(setup: Setup) -> None:

@@ -2,7 +2,7 @@
 
 Exit codes:
 
-* 0: done; and a clean stop of ``kiln hub`` or ``kiln provider`` (SIGTERM, or Ctrl-C);
+* 0: done; and a clean stop of ``kiln hub``, ``kiln provider`` or ``kiln forward`` (SIGTERM, or Ctrl-C);
 * 1: it failed: one line on stderr, ``kiln: <message> [<code>]`` (the code is the error's stable code);
 * 2: a usage error, found before anything ran: a bad flag (argparse), a bad setting in a
   flag, the ``--config`` file or the environment, a token file that cannot be read;
@@ -37,6 +37,7 @@ DIALS: dict[str, Callable[[DialSettings, argparse.Namespace], Awaitable[int]]] =
     "market": commands.market,
     "activities": commands.activities,
     "run": commands.run,
+    "forward": commands.forward,
     "image push": commands.image_push,
     "image ls": commands.image_ls,
     "image rm": commands.image_rm,
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"kiln {command}: {e.message}", file=sys.stderr)
         return EXIT_USAGE
-    serving = command in ("hub", "provider")
+    serving = command in ("hub", "provider", "forward")
     try:
         return job()
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -116,6 +117,35 @@ async def run(settings: DialSettings, args: argparse.Namespace) -> int:
         note(f"kiln: {e.message} [{e.code}]")
         return EXIT_TIMEOUT
     raise AssertionError("a stream ends with its result")
+
+
+async def forward(settings: DialSettings, args: argparse.Namespace) -> int:
+    """Carry local connections to a port of an activity until SIGINT or SIGTERM (then 0)."""
+    from kiln.requestor import ports
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with _connect(settings) as requestor:
+
+            async def opener() -> ports.Streams:
+                return await ports.open_connection(await requestor.connected(), args.activity, args.port)
+
+            target = f"{args.activity}:{args.port}"
+            async with await ports.forward(opener, target, local_port=args.local, host=args.bind) as fwd:
+                if args.json:
+                    print_json(
+                        {"host": fwd.host, "port": fwd.port, "activity": args.activity, "target_port": args.port}
+                    )
+                else:
+                    print(f"forwarding {fwd.host}:{fwd.port} -> {target}", flush=True)
+                await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 async def _stdin() -> AsyncIterator[bytes]:

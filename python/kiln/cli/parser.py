@@ -38,6 +38,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(e.message) from e
 
 
+def _port(text: str, low: int = 1) -> int:
+    if not (text.isascii() and text.isdigit() and low <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"a port is a number from {low} to 65535, not {text!r}")
+    return int(text)
+
+
+def _local_port(text: str) -> int:
+    return _port(text, 0)
+
+
 def _dial(command: argparse.ArgumentParser) -> None:
     """The flags of every command that dials a hub (each also from the environment)."""
     hub = (
@@ -118,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--user", choices=["root"], default=None, help="run as root (on a provider with --allow-root)")
     run.add_argument("image")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="the command, after --")
+
+    forward = sub.add_parser(
+        "forward",
+        help="listen on a local port and carry each connection to a port in an activity's container",
+        description="Prints the local address, then forwards until Ctrl-C or SIGTERM (exit 0). The activity "
+        "is one of a live session of the same token (or any, on a hub without tokens).",
+    )
+    _dial(forward)
+    forward.add_argument(
+        "--local", type=_local_port, default=0, metavar="PORT", help="the local port (default: a free one)"
+    )
+    forward.add_argument("--bind", default="127.0.0.1", metavar="HOST", help="the local address (default: 127.0.0.1)")
+    forward.add_argument("activity", metavar="ACTIVITY", help="the activity's id (kiln activities --all lists them)")
+    forward.add_argument("port", type=_port, metavar="PORT", help="the port in its container")
+    _json(forward)
 
     image = sub.add_parser("image", help="build images for local use; push, list and remove images in a hub's store")
     images = image.add_subparsers(dest="image_command", required=True)
@@ -404,6 +429,13 @@ def _hub(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=UNSET,
         help="answer GET /metrics to anyone (default: an admin only, by a bearer token or the dashboard's "
         "login); /healthz is open either way",
+    )
+    hub.add_argument(
+        "--publish-listen",
+        default=UNSET,
+        metavar="HOST:PORT",
+        help="where to serve the ports requestors publish for browsers, under /s/<token>/ (over TLS with "
+        "--tls-cert; default: --host and --port + 1, a free port with --port 0)",
     )
     hub.add_argument(
         "--tls-cert",

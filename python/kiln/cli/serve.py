@@ -13,7 +13,7 @@ import importlib
 import logging
 import signal
 
-from kiln.cli.settings import HubSettings, ProviderSettings, fee_ppm
+from kiln.cli.settings import HubSettings, ProviderSettings, fee_ppm, listen_address
 from kiln.protocol.errors import UsageError
 
 log = logging.getLogger("kiln.provider")
@@ -23,6 +23,10 @@ async def hub(settings: HubSettings) -> int:
     from kiln.hub.io.server import run as run_hub
     from kiln.hub.io.tls import server_context
 
+    publish_host: str | None = None
+    publish_port: int | None = None
+    if settings.publish_listen is not None:
+        publish_host, publish_port = listen_address(settings.publish_listen)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = server_context(settings.tls_cert, settings.tls_key)
@@ -51,6 +55,8 @@ async def hub(settings: HubSettings) -> int:
             fee_ppm=fee_ppm(settings.fee),
             capture_interval=settings.capture_interval,
             public_metrics=settings.public_metrics,
+            publish_host=publish_host,
+            publish_port=publish_port,
         )
     except OSError as e:
         # The port is taken, the address is not this machine's, the data folder cannot be made: a sentence.
@@ -78,9 +84,13 @@ async def provider(settings: ProviderSettings) -> int:
     from kiln_provider.config import ProviderConfig
     from kiln_provider.docker_adapter import DockerAdapter
     from kiln_provider.image_cache import default_data_dir
-    from kiln_provider.outbound import OutboundPolicy, parse_private
+    from kiln_provider.outbound import PolicyError, load_policy
     from kiln_provider.runtime import ProviderRuntime
 
+    try:
+        outbound = load_policy(settings.outbound, settings.outbound_private, settings.hosts)
+    except (PolicyError, OSError) as e:  # a file changed since the settings read it
+        raise UsageError(f"cannot read the outbound policy: {e}") from e
     config = ProviderConfig(
         hubs=settings.hub,
         name=settings.name,
@@ -103,9 +113,7 @@ async def provider(settings: ProviderSettings) -> int:
         price=settings.price if settings.price is not None and not settings.price.free else None,
         metrics_port=settings.metrics_port,
         metrics_host=settings.metrics_host,
-        outbound=OutboundPolicy(
-            settings.outbound, frozenset(map(parse_private, settings.outbound_private)), settings.hosts or {}
-        ),
+        outbound=outbound,
     )
     main = asyncio.current_task()
     assert main is not None

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, TypeVar, get_args, get_origin
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -49,7 +49,6 @@ from kiln.connection import check_hub_url, hub_urls
 from kiln.protocol.errors import KilnError, UsageError
 from kiln.protocol.messages import Price
 from kiln.protocol.money import to_micro
-from kiln.protocol.outbound import Policy
 from kiln.protocol.sizes import parse_size
 from kiln_provider.outbound import PolicyError, parse_hosts, parse_policy, parse_private
 
@@ -67,6 +66,20 @@ def _fee(value: float) -> float:
         to_micro(value, "a fee")
     except KilnError as e:
         raise ValueError(f"a fee has at most 6 decimals (a millionth of each payment), not {value:g}") from e
+    return value
+
+
+def listen_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 address in brackets) as a host and a port (0: a free one)."""
+    host, colon, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"give an address to listen on as HOST:PORT (port 0 to 65535), not {value!r}")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    listen_address(value)
     return value
 
 
@@ -109,42 +122,33 @@ def _file(value: Path) -> Path:
     return path
 
 
-def _outbound(value: object) -> Policy | None:
-    """``--outbound``: ``none``, ``any``, a file of rules (one a line), or (in the settings file) a list of rules."""
-    if value is None or value == "none":
-        return None
-    if value == "any":
-        return "any"
+def _outbound(value: str | Path) -> str | Path:
+    """``--outbound none|any|FILE``: a file is read now, so that a rule that does not parse is told at start."""
+    if isinstance(value, str):
+        return value
+    path = _file(value)
     try:
-        if isinstance(value, list):
-            return parse_policy("\n".join(str(rule) for rule in value))
-        if not isinstance(value, str | Path):
-            raise ValueError(f"outbound is none, any or a file of rules, not {value!r}")
-        path = _file(Path(value))
-        return parse_policy(path.read_text(errors="replace"))
+        parse_policy(path.read_text(errors="replace"))
     except PolicyError as e:
-        raise ValueError(f"{value}: {e}") from e
+        raise ValueError(f"{path}: {e}") from e
+    return path
 
 
 def _outbound_private(value: str) -> str:
     try:
-        host, port = parse_private(value)
+        parse_private(value)
     except PolicyError as e:
         raise ValueError(str(e)) from e
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return value
 
 
-def _hosts(value: object) -> dict[str, tuple[str, ...]]:
-    """``--hosts``: a file in hosts(5) format, read now."""
-    if isinstance(value, dict):
-        return value
-    if not isinstance(value, str | Path):
-        raise ValueError(f"hosts is a file (hosts(5) format), not {value!r}")
-    path = _file(Path(value))
+def _hosts_file(value: Path) -> Path:
+    """``--hosts FILE``: read now, so that a line that is not hosts(5) is told at start."""
     try:
-        return parse_hosts(path.read_text(errors="replace"))
+        parse_hosts(value.read_text(errors="replace"))
     except PolicyError as e:
-        raise ValueError(f"{path}: {e}") from e
+        raise ValueError(f"{value}: {e}") from e
+    return value
 
 
 def _folder(value: Path) -> Path:
@@ -165,10 +169,10 @@ File = Annotated[Path, AfterValidator(_file)]
 Folder = Annotated[Path, AfterValidator(_folder)]
 """A folder, made when needed: anything but an existing file."""
 Seconds = Annotated[float, Field(ge=0)]
-OutboundSetting = Annotated[Policy | None, BeforeValidator(_outbound)]
-"""What containers may reach: none, any, or the rules of a file (:mod:`kiln.protocol.outbound`)."""
-HostsFile = Annotated[dict[str, tuple[str, ...]], BeforeValidator(_hosts)]
-"""Names resolved from a hosts(5) file: name -> its addresses."""
+OutboundSetting = Annotated[Literal["none", "any"] | Path, AfterValidator(_outbound)]
+"""What containers may reach: none, any, or the sites a file of rules lists (:mod:`kiln.protocol.outbound`)."""
+HostsFile = Annotated[File, AfterValidator(_hosts_file)]
+"""Names the outbound proxy resolves before DNS, in hosts(5) format."""
 
 PRICE_KEYS: Final = {"start": "start", "cpu-hour": "cpu_hour", "env-hour": "env_hour"}
 """The rates of ``--price`` as written (``cpu_hour`` is taken too) -> :class:`Price`'s fields."""
@@ -257,7 +261,7 @@ class ConfigFile(InitSettingsSource):
                 raise UsageError(f"{path}: {self.written[name]!r} and {key!r} are the same key")
             self.written[name] = key
             field = settings_cls.model_fields.get(name)
-            if isinstance(value, str) and field is not None and _is_path(field):
+            if isinstance(value, str) and field is not None and _is_path(field) and value not in _words(field):
                 value = str(path.parent / Path(value).expanduser())
             values[name] = value
         super().__init__(settings_cls, values)
@@ -270,6 +274,17 @@ def _is_path(field: FieldInfo) -> bool:
         return annotation is Path or any(holds_path(arg) for arg in get_args(annotation))
 
     return holds_path(field.annotation)
+
+
+def _words(field: FieldInfo) -> set[object]:
+    """The words a setting takes besides a path (``--outbound none|any|FILE``): never made paths."""
+
+    def words(annotation: object) -> set[object]:
+        if get_origin(annotation) is Literal:
+            return set(get_args(annotation))
+        return set().union(*(words(arg) for arg in get_args(annotation)))
+
+    return words(field.annotation)
 
 
 class DialEnvironment(EnvSettingsSource):
@@ -379,7 +394,7 @@ class ProviderSettings(DialSettings):
     price: PriceSetting | None = None
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     metrics_host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
-    outbound: OutboundSetting = None
+    outbound: OutboundSetting = "none"
     outbound_private: list[Annotated[str, AfterValidator(_outbound_private)]] = []
     hosts: HostsFile | None = None
 
@@ -419,6 +434,7 @@ class HubSettings(_Settings):
     fee: Annotated[float, Field(ge=0, allow_inf_nan=False), AfterValidator(_fee)] = 0.0
     capture_interval: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     public_metrics: bool = False
+    publish_listen: Annotated[str, AfterValidator(_listen)] | None = None
     tls_cert: File | None = None
     tls_key: File | None = None
 

@@ -1,8 +1,8 @@
 """What the hub's core asks its I/O layer to do: the actions :class:`~kiln.hub.core.HubCore` returns.
 
 Send a frame to a peer, close a peer, log a line; hand a request or a stream frame to the
-image store; write a change to the hub's state (:mod:`kiln.hub.records`). The I/O layer
-carries them out in the order given.
+image store, or to the listener of published ports; write a change to the hub's state
+(:mod:`kiln.hub.records`). The I/O layer carries them out in the order given.
 """
 
 from __future__ import annotations
@@ -92,5 +92,40 @@ class ServeStop:
     stream: int
 
 
+@dataclass(frozen=True, slots=True)
+class PortCredit:
+    """(1.7) The service of published connection ``conn`` lets the hub send ``chunks`` more DATA frames."""
+
+    conn: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class PortFrame:
+    """(1.7) A frame from the service of published connection ``conn``: DATA, END (it closed its
+    side) or ABORT (it reset the connection). The listener grants credit as it writes DATA out."""
+
+    conn: int
+    kind: FrameKind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PortClosed:
+    """(1.7) The connect of published connection ``conn`` is over: ``error`` says why it failed (None: done)."""
+
+    conn: int
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """(1.7) ``token`` is published no more: close the connections it carries; 404 from now on."""
+
+    token: str
+
+
+PortAction: TypeAlias = PortCredit | PortFrame | PortClosed | Withdrawn
+"""What the publish listener (:mod:`kiln.hub.io.published`) carries out."""
 StoreAction: TypeAlias = StoreRequest | PushFrame | PushCancelled | ServeBlobs | ServeCredit | ServeStop
-Action: TypeAlias = Send | Close | Log | StoreAction | Change
+Action: TypeAlias = Send | Close | Log | StoreAction | PortAction | Change

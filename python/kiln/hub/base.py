@@ -12,6 +12,7 @@ named for its concern, each using only the ones below it:
 * :mod:`kiln.hub.metering`: priced activities metered and charged (:mod:`kiln.hub.ledger`), ended
   at their ``max_duration``; the ``balance``, ``ledger`` and ``verdict`` requests;
 * :mod:`kiln.hub.store_link`: the image store's requests, pushes and blobs served to providers;
+* :mod:`kiln.hub.ports`: published ports (1.7), and the connects the hub opens itself to carry them;
 * :mod:`kiln.hub.sessions`: hello and welcome, resuming a session, the hub's restart;
 * :mod:`kiln.hub.core`: the entry points the I/O layer calls, and dispatch.
 
@@ -31,7 +32,7 @@ import orjson
 from pydantic import BaseModel
 
 from kiln.hub.access import Credentials
-from kiln.hub.actions import Action, Close, Log, Send
+from kiln.hub.actions import Action, Close, Log, Send, Withdrawn
 from kiln.hub.catalog import Catalog
 from kiln.hub.cluster import ID_STEP, Cluster
 from kiln.hub.deadlines import Deadlines
@@ -41,6 +42,7 @@ from kiln.hub.journal import Journal, Kind
 from kiln.hub.ledger import HUB, Ended, Ledger, Post
 from kiln.hub.market import Market
 from kiln.hub.peers import Lease, Peer
+from kiln.hub.publications import Publications
 from kiln.hub.records import EndLease, SessionRecord
 from kiln.hub.reputation import Reputation
 from kiln.hub.tallies import Tallies
@@ -117,6 +119,11 @@ class CoreBase:
     _held_ids: int  # the last (negative) id given to a session held with no connection
     _absent: dict[str, set[str]]  # since a restart: provider name -> its leases not yet reported
     _absent_until: float
+    published: Publications
+    """(1.7) The ports published for browsers, by token."""
+    publish_base: str | None
+    """(1.7) Where the publish listener serves (``scheme://host:port``; None: no listener, nothing published)."""
+    _ports: dict[int, tuple[int, int]]  # the publish listener's connection -> (provider peer, hub id) of its connect
     _expiring: dict[str, float]  # activity -> when its rent's max_duration is reached (the clock's time)
     _expiry: list[tuple[float, str]]  # (when, activity): a heap of _expiring's deadlines (stale ones skipped)
 
@@ -232,9 +239,12 @@ class CoreBase:
 
     def _ended(self, lease: Lease, cpu_seconds: float | None) -> None:
         """The lease is over: its final capture and the release of its hold (if priced), then its
-        record goes (and its usage is appended)."""
+        record goes (and its usage is appended); its published ports are withdrawn."""
         self._expiring.pop(lease.id, None)
         self._used(lease, None, None)
+        for token in self.published.of_activity(lease.id):  # its published ports go with it
+            self.published.remove(token)
+            self._out.append(Withdrawn(token))
         posts, cost = self.ledger.close(lease.id, self._clock(), cpu_seconds)
         for post in posts:
             self._post(post)

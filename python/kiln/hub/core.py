@@ -4,8 +4,9 @@ Rules that everything affecting the hub's state must follow live here:
 
 * A peer speaks only after ``hello``/``welcome``; the first frame must be ``hello``.
 * A requestor sends ``rent``, ``release``, ``market``, ``activities``, ``exec``, ``upload``,
-  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict``, ``task``, ``connect``
-  and upload stream frames. A provider sends ``offer``, ``credit``, ``usage``, replies to the hub's requests
+  ``download``, ``credit``, ``cancel``, ``balance``, ``ledger``, ``verdict``, ``task``, ``connect``,
+  ``publish``, ``unpublish`` and upload stream frames.
+  A provider sends ``offer``, ``credit``, ``usage``, replies to the hub's requests
   and download stream frames. Anything else is ``out_of_order``.
 * ``task`` and ``usage`` (1.6) are answered by nothing: what they name that is not the
   sender's (another requestor's activity, an activity the provider does not hold) is dropped.
@@ -16,7 +17,7 @@ Rules that everything affecting the hub's state must follow live here:
   only name what it owns: another requestor's activity is ``unknown_activity``, a reply to
   a request the hub did not send to *this* provider is ``out_of_order``. A requestor that
   joined with an admin credential may *list* every activity (``activities`` with ``all``),
-  but touches only its own, as any other. One exception: a ``connect`` (1.7) may reach the
+  but touches only its own, as any other. One exception: a ``connect`` or ``publish`` (1.7) may reach the
   activities of another session of the same credential, and on a hub without credentials any
   session's (so that ``kiln forward`` from a second process reaches a job's containers).
 * A stream's data frames are relayed only within the credit its receiver granted, and that
@@ -102,6 +103,7 @@ from kiln.hub.leases import not_found, not_stored
 from kiln.hub.ledger import CAPTURE_INTERVAL, HOLD_WINDOW, MIN_HOLD, PPM, Accounts, Ledger
 from kiln.hub.market import Market
 from kiln.hub.peers import ABSENT, NONE, Peer
+from kiln.hub.publications import Publications
 from kiln.hub.records import SaveOffer
 from kiln.hub.reputation import Reputation
 from kiln.hub.sessions import Sessions
@@ -131,6 +133,7 @@ from kiln.protocol.messages import (
     MarketQuery,
     Message,
     Offer,
+    Publish,
     PushImage,
     Release,
     RemoveImage,
@@ -138,6 +141,7 @@ from kiln.protocol.messages import (
     Resources,
     ShareImage,
     TaskReport,
+    Unpublish,
     Upload,
     Usage,
     VerdictReport,
@@ -164,7 +168,7 @@ REQUESTOR_SENDS = frozenset(
     {"rent", "release", "market", "activities", "exec", "upload", "download", "credit", "cancel"}
     | {"push_image", "list_images", "remove_image", "share_image"}
     | {"balance", "ledger", "verdict", "task"}
-    | {"connect"}
+    | {"connect", "publish", "unpublish"}
 )
 PROVIDER_SENDS = frozenset({"offer", "credit", "usage", "done", "error", "exec_result", "download_info", "want"})
 
@@ -184,6 +188,8 @@ RequestorRequest: TypeAlias = (
     | LedgerQuery
     | VerdictReport
     | Connect
+    | Publish
+    | Unpublish
 )
 """The requests a requestor may send that open a request of its own (all but ``credit`` and ``cancel``)."""
 
@@ -216,6 +222,7 @@ class HubCore(Sessions):
         hold_window: float = HOLD_WINDOW,
         reputation: Mapping[str, Mapping[str, float]] | None = None,
         events: int = EVENTS,
+        publish_base: str | None = None,
     ) -> None:
         if token == "":
             raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -274,6 +281,9 @@ class HubCore(Sessions):
         self._held_ids = ABSENT  # held sessions' ids count down from there
         self._absent = {}
         self._absent_until = 0.0
+        self.published = Publications()
+        self.publish_base = publish_base
+        self._ports = {}
         self._expiring = {}
         self._expiry = []
 
@@ -513,12 +523,15 @@ class HubCore(Sessions):
             self._ledger_list(p, message)
         elif isinstance(message, VerdictReport):
             self._verdict(p, message)
+        elif isinstance(message, Unpublish):
+            self._unpublish(p, message)
         else:
             activity = self.activities.get(message.activity)
-            if activity is not None and activity.requestor == p.id and activity.state == "absent":
+            absent = activity is not None and activity.requestor == p.id and activity.state == "absent"
+            if activity is not None and absent and not isinstance(message, Publish):  # a publish needs it ready
                 self._park(p, activity, message)
                 return
-            reaches = isinstance(message, Connect) and self._reaches(p, activity)
+            reaches = isinstance(message, Connect | Publish) and self._reaches(p, activity)
             if activity is None or not (activity.requestor == p.id or reaches) or activity.state != "ready":
                 self._error(
                     p, message.id, ErrorCode.UNKNOWN_ACTIVITY, f"no activity {message.activity!r} of yours is ready"
@@ -526,6 +539,8 @@ class HubCore(Sessions):
                 return
             if isinstance(message, Release):
                 self._destroy(activity, p.id, message.id)
+            elif isinstance(message, Publish):
+                self._publish(p, activity, message)
             else:
                 self._forward(p, activity, message)
 

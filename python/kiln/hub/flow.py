@@ -11,10 +11,12 @@ past what it promised for it.
 
 A peer's budget is half the buffer the I/O layer keeps for it (the other half is room for
 messages). The image store (:data:`HUB`) bounds what it takes by the credit it
-grants (:class:`Batch`), so its budget holds no limit of its own.
+grants (:class:`Batch`), and so does the publish listener (:data:`PORTS`), so their budgets
+hold no limit of their own.
 
-Credit passed on goes out as a ``credit`` message to a peer, or as
-:class:`~kiln.hub.actions.ServeCredit` to the store when the store sends.
+Credit passed on goes out as a ``credit`` message to a peer, as
+:class:`~kiln.hub.actions.ServeCredit` to the store when the store sends, or as
+:class:`~kiln.hub.actions.PortCredit` to the publish listener.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from kiln.hub.actions import Action, Send, ServeCredit
+from kiln.hub.actions import Action, PortCredit, Send, ServeCredit
 from kiln.protocol.frames import FrameKind
 from kiln.protocol.messages import Credit, serialize
 
 HUB: Final = 0
 """The peer id that stands for the hub itself: the image store, as the sender of an image's
 blobs to a provider and as the receiver of a requestor's push."""
+PORTS: Final = -2
+"""The peer id that stands for the hub's publish listener (1.7): the requestor of the connects that
+carry published ports (:mod:`kiln.hub.io.published`), under the listener's connection ids."""
 
 
 @dataclass(slots=True)
@@ -93,7 +98,7 @@ class Flow:
         self.chunk_bytes = chunk_bytes
         self.budget_chunks = budget_bytes // chunk_bytes
         self._emit = emit
-        self.budgets: dict[int, Budget] = {HUB: Budget(math.inf)}
+        self.budgets: dict[int, Budget] = {HUB: Budget(math.inf), PORTS: Budget(math.inf)}
 
     def open(self, peer: int) -> None:
         self.budgets[peer] = Budget(self.budget_chunks)
@@ -192,6 +197,8 @@ class Flow:
                 sender, stream = route.sender
                 if sender == HUB:
                     self._emit(ServeCredit(route.provider, route.p_id, give))
+                elif sender == PORTS:
+                    self._emit(PortCredit(stream, give))
                 else:
                     self._emit(Send(sender, serialize(Credit(type="credit", stream=stream, chunks=give))))
             if route.withheld:

@@ -7,9 +7,9 @@ A layer of :class:`~kiln.hub.core.HubCore` (see :mod:`kiln.hub.base`).
 
 from __future__ import annotations
 
-from kiln.hub.actions import Action, Close, PushFrame, ServeStop
+from kiln.hub.actions import Action, Close, PortClosed, PortFrame, PushFrame, ServeStop
 from kiln.hub.base import shown
-from kiln.hub.flow import HUB, Route
+from kiln.hub.flow import HUB, PORTS, Route
 from kiln.hub.leases import Leases, not_stored
 from kiln.hub.peers import ABSENT, Lease, Peer, Pending
 from kiln.hub.records import LeaseRecord, SaveLease
@@ -75,7 +75,9 @@ class Relay(Leases):
             self._out.append(PushFrame(route.requestor, route.r_id, kind, bytes(payload)))
             return
         target, target_id = (route.provider, route.p_id) if route.upload else (route.requestor, route.r_id)
-        if data is not None:
+        if target == PORTS:
+            self._out.append(PortFrame(target_id, kind, bytes(payload)))
+        elif data is not None:
             self._send_binary(target, frames.with_stream(data, target_id))
         else:
             self._send_binary(target, frames.encode(kind, target_id, bytes(payload)))
@@ -260,14 +262,23 @@ class Relay(Leases):
 
         An error names the provider that sent it: the hub says which, whatever the provider claims.
         """
-        if pending.r_id is not None and pending.requestor in self.peers:
+        if pending.requestor == PORTS and pending.r_id is not None:
+            self._port_ended(pending.r_id, reply.message if isinstance(reply, Error) else None)
+        elif pending.r_id is not None and pending.requestor in self.peers:
             update: dict[str, int | str] = {"re": pending.r_id}
             if isinstance(reply, Error):
                 update["provider"] = p.name
             self._send(pending.requestor, reply, update)
 
+    def _port_ended(self, conn: int, error: str | None) -> None:
+        """The connect that carried the publish listener's connection ``conn`` is over."""
+        self._ports.pop(conn, None)
+        self._out.append(PortClosed(conn, error))
+
     def _fail_requestor(self, pending: Pending, code: ErrorCode, message: str) -> None:
-        if pending.r_id is not None and pending.requestor in self.peers:
+        if pending.requestor == PORTS and pending.r_id is not None:
+            self._port_ended(pending.r_id, message)
+        elif pending.r_id is not None and pending.requestor in self.peers:
             self._send(pending.requestor, Error(type="error", re=pending.r_id, code=code, message=message))
 
     def _provider_gone(self, p: Peer, reason: str, *, leaving: bool = False, away: bool = False) -> None:
@@ -319,6 +330,8 @@ class Relay(Leases):
             for route in pending.routes:
                 self._end_route(route)
             requestor = self.peers.get(pending.requestor) if pending.requestor is not None else None
+            if pending.requestor == PORTS:
+                self._fail_requestor(pending, ErrorCode.PROVIDER_LOST, why)
             if requestor is None or pending.r_id is None:
                 continue
             requestor.open.pop(pending.r_id, None)

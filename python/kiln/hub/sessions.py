@@ -27,8 +27,8 @@ from kiln.hub.base import (
 from kiln.hub.flow import Route
 from kiln.hub.ledger import requestor_account
 from kiln.hub.peers import ABSENT, Lease, Peer
+from kiln.hub.ports import Ports
 from kiln.hub.records import Adopted, EndSession, LeaseRecord, MeterRecord, SaveSession, SessionRecord
-from kiln.hub.store_link import StoreLink
 from kiln.protocol import frames
 from kiln.protocol.codes import (
     CLOSE_HANDSHAKE,
@@ -61,7 +61,7 @@ from kiln.protocol.messages import (
 )
 
 
-class Sessions(StoreLink):
+class Sessions(Ports):
     """Who a peer is, and what outlives its connection (and the hub's)."""
 
     def restore(
@@ -447,6 +447,7 @@ class Sessions(StoreLink):
                 pending = self.peers[provider].pending.get(hub_id) if provider in self.peers else None
                 if pending is not None and pending.kind == "connect":
                     self._send(provider, Cancel(type="cancel", target=hub_id))
+            self._withdraw_session(p.session)
             self._destroy_ready(self._leases(p))
             if p.saved:
                 self._out.append(EndSession(p.session))
@@ -480,6 +481,7 @@ class Sessions(StoreLink):
                 f"requestor {shown(old.name)} did not come back within {self.grace:g} s; "
                 f"destroying {len(leases)} activities",
             )
+            self._withdraw_session(old.session)
             self._destroy_ready(leases)
             if old.saved:
                 self._out.append(EndSession(old.session))

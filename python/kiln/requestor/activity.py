@@ -3,7 +3,9 @@
 An :class:`Activity` comes from :meth:`kiln.Requestor.rent`. Its three actions are
 ``send_*`` (bytes, a local file, a JSON value), :meth:`Activity.run` (or
 :meth:`Activity.stream`, for output as it comes) and ``download_*`` (bytes, a local file
-or folder, a JSON value). Files, a command's input and a streamed command's output move
+or folder, a JSON value). A port a process in it listens on is reached with
+:meth:`Activity.connect` (asyncio streams), :meth:`Activity.forward` (a local port) or
+:meth:`Activity.publish` (a URL of the hub's). Files, a command's input and a streamed command's output move
 in chunks with flow control both ways: nothing holds a whole file in memory except
 :meth:`Activity.download_bytes`, which is capped by ``max_bytes``.
 """
@@ -45,12 +47,16 @@ from kiln.protocol.messages import (
     ExecResult,
     Message,
     Price,
+    Publish,
+    Published,
     Release,
     Rented,
     Resources,
+    Unpublish,
     Upload,
 )
 from kiln.protocol.paths import path_problem
+from kiln.requestor import ports
 from kiln.requestor.folders import extract
 
 DOWNLOAD_BYTES_LIMIT: Final = 256 * 1024 * 1024
@@ -513,6 +519,55 @@ class Activity:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spool)  # left only when the transfer failed
+
+    # --- ports (1.7) ---------------------------------------------------------------------------
+
+    async def connect(self, port: int, *, limit: int = ports.STREAM_LIMIT) -> ports.Streams:
+        """Open a TCP connection to ``127.0.0.1:port`` inside the container (its own loopback,
+        which exists though it has no network) and return ``(reader, writer)``, asyncio streams::
+
+            reader, writer = await act.connect(8080)
+            writer.write(b"GET / HTTP/1.0\r\n\r\n")
+            writer.write_eof()  # a half-close: the service reads EOF
+            answer = await reader.read()  # until the service closes its side
+            writer.close()
+
+        Flow-controlled both ways (see :mod:`kiln.requestor.ports`). Raises
+        :class:`~kiln.protocol.errors.ConnectionRefused` when nothing listens on ``port``; a
+        failure later (the provider lost, the service reset the connection) is what a read,
+        or ``drain()``, raises. Needs a hub and provider that speak protocol 1.7.
+        """
+        ports.check_port(port)
+        self._check()
+        return await ports.open_connection(await self._link.connected(), self.id, port, limit=limit)
+
+    async def forward(self, port: int, local_port: int = 0, host: str = "127.0.0.1") -> ports.Forward:
+        """Listen on ``host:local_port`` here (0: a free port, see ``.port``) and carry every
+        connection accepted to ``port`` in the container, each over a :meth:`connect` of its own::
+
+            async with await act.forward(8080) as fwd:
+                urllib.request.urlopen(f"http://{fwd.host}:{fwd.port}/")
+        """
+        ports.check_port(port)
+        self._check()
+        return await ports.forward(lambda: self.connect(port), f"{self.id}:{port}", local_port=local_port, host=host)
+
+    async def publish(self, port: int) -> ports.Publication:
+        """Have the hub serve ``port`` as HTTP at an unguessable URL of its own (``.url``), for a
+        browser, until ``revoke()`` (or :meth:`unpublish`) or the activity's end."""
+        ports.check_port(port)
+        self._check()
+        conn = await self._link.connected()
+        published = await conn.request(Publish(type="publish", id=conn.new_id(), activity=self.id, port=port))
+        assert isinstance(published, Published)
+        return ports.Publication(published.url, published.token, self.id, port, self.unpublish)
+
+    async def unpublish(self, token: str) -> None:
+        """The URL that :meth:`publish` gave with ``token`` serves nothing from now on (404), and the
+        connections it carries close. Raises :class:`~kiln.protocol.errors.ActivityError`
+        (``not_published``) for a token that is not published, or is another requestor's."""
+        conn = await self._link.connected()
+        await conn.request(Unpublish(type="unpublish", id=conn.new_id(), token=token))
 
     # --- release ---------------------------------------------------------------------------
 

@@ -31,7 +31,18 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from kiln.hub.actions import Action, Close, Log, Send, StoreAction
+from kiln.hub.actions import (
+    Action,
+    Close,
+    Log,
+    PortAction,
+    PortClosed,
+    PortCredit,
+    PortFrame,
+    Send,
+    StoreAction,
+    Withdrawn,
+)
 from kiln.hub.core import HubCore
 from kiln.hub.records import Change
 from kiln.protocol.session import Outbound, Session
@@ -74,6 +85,8 @@ class Loopback:
     """What the hub would write to its state, in order."""
     store: list[StoreAction] = field(default_factory=list)
     """What the hub asked of its image store (there is none here)."""
+    ports: list[PortAction] = field(default_factory=list)
+    """What the hub asked of its publish listener (there is none here)."""
     closed: dict[int, tuple[int, str]] = field(default_factory=dict)
     """Peers the hub closed: the close code and reason."""
     record: bool = False
@@ -162,6 +175,8 @@ class Loopback:
                 self.logs.append(action)
             elif isinstance(action, Change):
                 self.changes.append(action)
+            elif isinstance(action, PortCredit | PortFrame | PortClosed | Withdrawn):
+                self.ports.append(action)
             else:
                 self.store.append(action)
 

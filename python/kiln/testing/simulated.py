@@ -442,12 +442,13 @@ async def simulated_providers(
     token: str | None = None,
     price: Price | Callable[[int], Price | None] | None = None,
     cpu_per_second: float = 0.0,
+    outbound: Policy | None = None,
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
     ``labels(i)``, at ``price`` or ``price(i)``: none is free), with ``token`` in their hello;
     yields their names, disconnects on exit. ``cpu_per_second`` and ``uploads``: see
-    :class:`SimulatedProvider`. With ``lie``, every one of them answers its commands wrongly
-    (see :class:`SimulatedProvider`).
+    :class:`SimulatedProvider`; ``outbound`` (1.7): what their offers let containers reach. With
+    ``lie``, every one of them answers its commands wrongly (see :class:`SimulatedProvider`).
 
     ``url`` may be several hubs' (one database): each provider then stays connected to one of
     them (:meth:`SimulatedProvider.stay`), dialling them in :func:`order`, so that they spread
@@ -469,5 +470,6 @@ async def simulated_providers(
         token=token,
         price=price,
         cpu_per_second=cpu_per_second,
+        outbound=outbound,
     ) as providers:
         yield [p.name for p in providers]

@@ -18,6 +18,7 @@ import logging
 import math
 import resource
 import signal
+import socket
 import ssl as ssl_module
 from collections import deque
 from collections.abc import AsyncIterator
@@ -31,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 
 from kiln.__about__ import __version__
 from kiln.hub.access import Viewer
-from kiln.hub.actions import Action, Close, Log, Send
+from kiln.hub.actions import Action, Close, Log, PortClosed, PortCredit, PortFrame, Send, Withdrawn
 from kiln.hub.catalog import DEFAULT_MAX_EXPANSION, DEFAULT_MAX_IMAGE
 from kiln.hub.core import (
     CREATE_TIMEOUT,
@@ -58,6 +59,7 @@ from kiln.hub.io.http import Front, Logins
 from kiln.hub.io.links import LinkAsk, LinkConnection, LinkHost, Links, OnFrame, Router
 from kiln.hub.io.live import Live
 from kiln.hub.io.metrics import Metrics
+from kiln.hub.io.published import HEAD_BYTES, PublishedFront
 from kiln.hub.io.seat import Seat
 from kiln.hub.io.shared import SharedStore
 from kiln.hub.io.state import USAGE_RETENTION, HubState
@@ -123,6 +125,8 @@ class HubServer(LinkHost):
         """The providers of the other hubs of the database this hub sells, and its links to them."""
         self.router: Router | None = None
         """The links other hubs opened to the providers connected here (several hubs only)."""
+        self.ports: PublishedFront | None = None
+        """The listener of published ports (:mod:`kiln.hub.io.published`), once it listens."""
 
     async def expire(self) -> None:
         """Drop stuck providers (see :meth:`HubCore.expire`) until cancelled."""
@@ -319,6 +323,9 @@ class HubServer(LinkHost):
                     self._log.emit(logging.WARNING if action.level == "warning" else logging.INFO, action.text)
                 elif isinstance(action, Change):
                     self._save(action)
+                elif isinstance(action, PortCredit | PortFrame | PortClosed | Withdrawn):
+                    if self.ports is not None:
+                        self.ports.handle(action)
                 elif self.images is not None and not isinstance(action, Send | Close):
                     self.images.handle(action)
                 continue
@@ -461,6 +468,8 @@ async def start(
     fee_ppm: int = 0,
     capture_interval: float = CAPTURE_INTERVAL,
     public_metrics: bool = False,
+    publish_host: str | None = None,
+    publish_port: int | None = None,
 ) -> AsyncIterator[Server]:
     """Serve a hub on ``host:port`` (0 picks a free port) while the context lasts.
 
@@ -485,7 +494,9 @@ async def start(
     by the others at ``advertise``, by default the address it listens on).
 
     The same port answers plain HTTP (:mod:`kiln.hub.io.http`): ``/healthz``, ``/metrics`` (an
-    admin's, or anyone's with ``public_metrics``), the dashboard and its login.
+    admin's, or anyone's with ``public_metrics``), the dashboard and its login. Published ports
+    (1.7, :mod:`kiln.hub.io.published`) are served on ``publish_host:publish_port`` (by default
+    ``host`` and ``port`` + 1, or a free port when ``port`` is 0), over TLS with ``ssl``.
     """
     if token == "":
         raise UsageError("an empty token would admit anyone: give a token, or none for an open hub")
@@ -567,6 +578,15 @@ async def start(
         process_request=front.process_request,
         **tls,
     )
+    hub.ports = PublishedFront(core, hub._apply)
+    where = (publish_host or host, publish_port if publish_port is not None else port + 1 if port else 0)
+    try:
+        published = await asyncio.start_server(hub.ports.serve, *where, limit=HEAD_BYTES, **tls)
+    except OSError as e:
+        server.close()
+        raise UsageError(f"cannot listen for published ports on {where[0]}:{where[1]} (--publish-listen): {e}") from e
+    core.publish_base = publish_base(published.sockets[0].getsockname(), tls=ssl is not None)
+    log.info("published ports are served at %s/s/...", core.publish_base)
     seat = None
     if state.database.dialect == "postgresql":
         bound = server.sockets[0].getsockname()
@@ -608,12 +628,25 @@ async def start(
                 if shelf is not None:
                     shelf.cancel()
     finally:
+        hub.ports.close()
+        published.close()
         await hub.images.close()
         if hub.images.shared is not None:
             await hub.images.shared.close()
         if seat is not None:
             seat.leave()
         state.close()
+
+
+def publish_base(address: tuple[Any, ...], *, tls: bool) -> str:
+    """The base of published URLs on the listener bound to ``address``: its host (this machine's
+    name when it listens on every address), in brackets when IPv6, and its port."""
+    host, port = str(address[0]), int(address[1])
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{host}:{port}"
 
 
 def raise_open_file_limit() -> int:
