@@ -11,6 +11,7 @@ import { IMAGE, sleep, startCluster } from "../support/harness.js";
 const SMALL = { cpus: 0.5, memory: "128MiB" };
 const MiB = 2 ** 20;
 const PORT = 8080;
+const ECHO = 9001;
 const PAGE = "hello from the container\n";
 
 let cluster;
@@ -25,7 +26,9 @@ before(async () => {
   await act.run(["dd", "if=/dev/urandom", "of=/golem/work/big", "bs=1048576", "count=8"], { check: true });
   // The server runs until the test ends (its run is cancelled then).
   act.run(["httpd", "-f", "-p", String(PORT), "-h", "/golem/work"], { signal: serving.signal }).catch(() => {});
+  act.run(["nc", "-ll", "-p", String(ECHO), "-e", "cat"], { signal: serving.signal }).catch(() => {});
   await listening(PORT);
+  await listening(ECHO);
 });
 after(async () => {
   serving.abort();
@@ -59,6 +62,21 @@ test("act.connect: a Duplex carries an HTTP request and its answer; end() is a h
   await assert.rejects(act.connect(9), ConnectionRefusedError);
 });
 
+test("act.connect: an echo server's bytes come back; the round trip of one byte", { timeout: 60_000 }, async () => {
+  const sock = await act.connect(ECHO);
+  const times = [];
+  for (let i = 0; i < 200; i++) {
+    const started = performance.now();
+    sock.write(Buffer.from([i]));
+    const [back] = await once(sock, "data");
+    times.push(performance.now() - started);
+    assert.deepEqual([...back], [i]);
+  }
+  sock.destroy();
+  times.sort((a, b) => a - b);
+  console.log(`# 1-byte round trip: median ${times[100].toFixed(2)} ms, p90 ${times[180].toFixed(2)} ms`);
+});
+
 test("act.forward: fetch through a local port, several connections at once, each its own connect", { timeout: 60_000 }, async () => {
   const fwd = await act.forward(PORT, { localPort: 0 });
   try {
@@ -81,4 +99,14 @@ test("act.forward: fetch through a local port, several connections at once, each
   }
   // Closed: nothing listens there any more.
   await assert.rejects(fetch(`http://${fwd.host}:${fwd.port}/`));
+});
+
+test("act.publish: the hub serves the port at its URL until revoke(), then 404", { timeout: 60_000 }, async () => {
+  const pub = await act.publish(PORT);
+  assert.ok(pub.url.endsWith(`/s/${pub.token}/`), pub.url);
+  const answer = await fetch(`${pub.url}index.html`);
+  assert.deepEqual([answer.status, await answer.text()], [200, PAGE]);
+  await pub.revoke();
+  assert.equal((await fetch(`${pub.url}index.html`)).status, 404);
+  await assert.rejects(act.unpublish(pub.token), (e) => e.code === "not_published");
 });
