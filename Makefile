@@ -6,7 +6,7 @@ DIST_ARCHES ?= x86_64 aarch64
 # What `npm ci` leaves in js-client/node_modules: targets that need the packages depend on it.
 JS_MODULES = js-client/node_modules/.package-lock.json
 
-.PHONY: help install installed docker volumes node system postgres zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets bench-observe bench-hubs
+.PHONY: help install installed docker volumes node system postgres zig agent dist image schema lint contracts typecheck check pytest pytest-unit pytest-service pytest-docker pytest-hostile coverage js-install js-lint js-unit js-integration js-test docs docs-install test demo clean bench-images bench-streams bench-executor bench-market dashboard-assets bench-observe bench-hubs bench-connect
 
 help:
 	@echo "make demo   - start a hub and two providers, push the example job's image to the hub, run the job on it, stop everything"
@@ -23,6 +23,7 @@ help:
 	@echo "make dashboard-assets - copy uPlot (js-client devDependency, pinned) into the hub's dashboard (python/kiln/hub/dashboard/vendor)"
 	@echo "make bench-observe - rents at 10,000 simulated providers while /metrics is scraped every second; the hub's memory"
 	@echo "make bench-hubs    - several hubs on one PostgreSQL: the relay's cost, 3 hubs x 10,000 simulated providers, a hub SIGKILLed"
+	@echo "make bench-connect - a file through act.connect against download_file on one activity, and a 1-byte round trip through a connection"
 
 install:
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[test]'
@@ -195,6 +196,9 @@ bench-observe: install
 
 bench-hubs: install postgres
 	$(PYTHON) benchmarks/hubs.py
+
+bench-connect: image volumes agent
+	$(PYTHON) benchmarks/connect.py --mb 200 --runs 5
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache out .demo js-client/node_modules js-client/typedoc/node_modules agent/build site $(DIST_DIR)

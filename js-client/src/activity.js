@@ -7,6 +7,10 @@
  * value). Files, a command's input and its live output stream in chunks with flow control
  * both ways: nothing holds a whole file in memory except {@link Activity#downloadBytes},
  * which is capped by `maxBytes`. Every method takes an optional `signal` (AbortSignal).
+ *
+ * (1.7) A port a process of the container listens on is reached with {@link Activity#connect}
+ * (one TCP connection; `./ports.js`), {@link Activity#forward} (a local port, Node) and
+ * {@link Activity#publish} (an HTTP URL of the hub's, for a browser).
  * @module
  */
 
@@ -25,6 +29,7 @@ import { raceAbort, throwIfAborted, cancelledBy } from "./deferred.js";
 import { ErrorCode } from "./protocol/generated/constants.js";
 import { DEFAULT_STORAGE, OUTPUT_WINDOW } from "./protocol/generated/limits.js";
 import { MAX_PATH_LENGTH, pathProblem } from "./protocol/paths.js";
+import { PortChannel, Publication, SOCKET_PORTS, checkPort } from "./ports.js";
 
 export const DOWNLOAD_BYTES_LIMIT = 256 * 1024 * 1024;
 
@@ -153,10 +158,12 @@ export class Activity {
    * @param {import("../types/protocol.js").Rented} rented
    * @param {Files} files
    * @param {(activity: Activity) => void} onRelease
+   * @param {import("./ports.js").Ports} [ports] how the platform presents a connection (default: a PortSocket)
    */
-  constructor(link, rented, files, onRelease) {
+  constructor(link, rented, files, onRelease, ports = SOCKET_PORTS) {
     this._link = link;
     this._files = files;
+    this._ports = ports;
     this._onRelease = onRelease;
     /** @type {string} */
     this.id = rented.activity;
@@ -590,6 +597,103 @@ export class Activity {
     } finally {
       await stream.return(undefined);
     }
+  }
+
+  // --- ports (1.7) --------------------------------------------------------------------------
+
+  /**
+   * Open a TCP connection to `127.0.0.1:port` inside the container (its own loopback, which
+   * exists though it has no network), carried through the hub with flow control both ways.
+   * Resolves once the port answered: in Node to a `stream.Duplex` (writes wait for credit,
+   * `end()` half-closes, `'end'` when the service closed its side, `destroy(err)` resets), in
+   * a browser to a {@link import("./ports.js").PortSocket} (a WebSocket's surface, plus
+   * `read()`/`write()` promises).
+   *
+   * Rejects with ConnectionRefusedError when nothing listens there, UnsupportedVersionError
+   * from a hub below 1.7 (before anything is sent), UsageError for a port outside 1-65535,
+   * and CancelledError when `signal` fires first.
+   * @param {number} port
+   * @param {import("./ports.js").PortOptions} [options]
+   * @returns {Promise<import("./ports.js").PortStream>}
+   */
+  async connect(port, options = {}) {
+    return this._ports.wrap(await this._channel(checkPort(port), options.signal));
+  }
+
+  /**
+   * Listen on a local port (`localPort`, default 0: any free one; `host`, default
+   * 127.0.0.1) and carry each connection accepted to `port` in the container, each over a
+   * connect of its own with its own credit. Resolves once listening to `{port, host,
+   * close()}`. Node only (a UsageError in a browser, which cannot listen).
+   * @param {number} port
+   * @param {import("./ports.js").ForwardOptions} [options]
+   * @returns {Promise<import("./ports.js").Forward>}
+   */
+  async forward(port, options = {}) {
+    const target = checkPort(port);
+    const listen = this._ports.forward;
+    if (listen === null) throw new UsageError("forward listens on a local port: Node only (in a browser, use connect)");
+    this._check();
+    return listen(() => this._channel(target, undefined), options);
+  }
+
+  /**
+   * Ask the hub to serve `port` as HTTP at an unguessable URL of its own (`…/s/<token>/`),
+   * for a browser: every request under it goes to the port, the prefix removed. Resolves to
+   * a {@link Publication} (`url`, `token`, `revoke()`); the URL serves until it is revoked
+   * or the activity ends. Anyone who knows the URL reaches the port: keep it as a secret.
+   * UnsupportedVersionError from a hub below 1.7.
+   * @param {number} port
+   * @param {SignalOption} [options]
+   * @returns {Promise<Publication>}
+   */
+  async publish(port, options = {}) {
+    const target = checkPort(port);
+    throwIfAborted(options.signal, `publish of port ${target}`);
+    const conn = await this._connection();
+    const id = conn.newId();
+    const reply = conn.start({ type: "publish", id, activity: this.id, port: target });
+    const published = /** @type {import("../types/protocol.js").Published} */ (
+      await raceAbort(reply.promise, options.signal, `publish of port ${target}`, () => conn.cancel(id))
+    );
+    return new Publication(published, target, (token) => this.unpublish(token));
+  }
+
+  /**
+   * The published URL of `token` serves nothing from now on (404), and the connections it
+   * carries close. Rejects with an ActivityError (`not_published`) for a token that is not
+   * one of this requestor's publications.
+   * @param {string} token
+   */
+  async unpublish(token) {
+    if (typeof token !== "string" || token === "") throw new UsageError("unpublish takes the token of a publication");
+    const conn = await this._link._connected();
+    await conn.request({ type: "unpublish", id: conn.newId(), token });
+  }
+
+  /**
+   * A connect to `port`, once the port answered (the provider's first credit).
+   * @param {number} port
+   * @param {AbortSignal | undefined} signal
+   */
+  async _channel(port, signal) {
+    const what = `connection to port ${port}`;
+    throwIfAborted(signal, what);
+    const conn = await this._connection();
+    const window = Math.min(OUTPUT_WINDOW, conn.session.limits.max_window);
+    const message = { type: "connect", id: conn.newId(), activity: this.id, port, window };
+    const streams = conn.openConnect(message);
+    try {
+      await raceAbort(Promise.race([streams.sender.ready.promise, streams.reply.promise]), signal, what, () =>
+        conn.cancel(message.id),
+      );
+    } catch (e) {
+      if (!streams.reply.settled) conn.cancel(message.id);
+      throw e;
+    }
+    return new PortChannel(streams, port, (bytes) => {
+      this.moved += bytes;
+    });
   }
 
   // --- release ---------------------------------------------------------------------------

@@ -11,8 +11,9 @@
  *
  * Use: `const conn = await Connection.open(openSocket, url, {name, token})`, then
  * {@link Connection#request}, or {@link Connection#openUpload} /
- * {@link Connection#openDownload} / {@link Connection#openExec} for streams (a
- * `push_image` sends like an upload; an exec may have one stream each way). {@link Connection#close} ends it.
+ * {@link Connection#openDownload} / {@link Connection#openExec} / {@link Connection#openConnect}
+ * for streams (a `push_image` sends like an upload; an exec and a connect may have one stream
+ * each way). {@link Connection#close} ends it.
  * @module
  */
 
@@ -294,15 +295,23 @@ export class Outgoing {
     this._closed = false;
     /** @type {Deferred<void> | null} */
     this._wake = null;
+    /**
+     * Settles with the receiver's first credit (for a connect, the sign that the port
+     * answered), or fails with the stream; a request that ended first settles it too.
+     * @type {Deferred<void>}
+     */
+    this.ready = new Deferred();
   }
 
   _credited() {
+    this.ready.resolve();
     this._wake?.resolve();
   }
 
   /** The request ended with its reply: nothing more is sent, and a writer waiting stops. */
   _close() {
     this._closed = true;
+    this.ready.resolve();
     this._wake?.resolve();
   }
 
@@ -322,6 +331,7 @@ export class Outgoing {
    */
   fail(error) {
     if (this._error === null) this._error = error;
+    if (!this.ready.settled) this.ready.reject(error);
     this._wake?.resolve();
   }
 
@@ -607,6 +617,23 @@ export class Connection {
     const receiver = message.stream === true ? new Incoming(this, message.id, message.window ?? 1) : null;
     if (sender !== null) this._outgoing.set(message.id, sender);
     if (receiver !== null) this._incoming.set(message.id, receiver);
+    return { sender, receiver, reply };
+  }
+
+  /**
+   * Start a connect (1.7): its sending end toward the container's port (the provider's
+   * first credit, {@link Outgoing#ready}, says the port answered), its receiving end for
+   * what the service writes (`window` is the first credit), and its final reply (`done`
+   * once both ways ended). Throws at once (nothing sent) if the session refuses it, e.g.
+   * UnsupportedVersionError from a hub below 1.7.
+   * @param {RequestMessage & {window: number}} message
+   */
+  openConnect(message) {
+    const reply = this.start(message);
+    const sender = new Outgoing(this, message.id);
+    const receiver = new Incoming(this, message.id, message.window);
+    this._outgoing.set(message.id, sender);
+    this._incoming.set(message.id, receiver);
     return { sender, receiver, reply };
   }
 

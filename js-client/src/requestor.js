@@ -77,6 +77,8 @@ const TASK_REPORTS = 6;
  * @typedef {object} Platform
  * @property {import("./connection.js").OpenSocket} openSocket
  * @property {import("./activity.js").Files} files
+ * @property {import("./ports.js").Ports} [ports] how a connection to a container's port is presented
+ *   (Node: a Duplex, and forwarding; default: a PortSocket)
  * @property {{open: (local: any) => Promise<import("./image.js").ImageArchive>}} images opens a `docker save`
  *   archive (Node: a path; a browser: a Blob or File); close it with `archive.file.close()`
  */
@@ -577,10 +579,11 @@ export class Requestor {
 
   /** @param {import("../types/protocol.js").Rented} rented */
   _adopt(rented) {
-    const activity = new Activity(this, rented, this._platform.files, (a) => {
+    const onRelease = (/** @type {Activity} */ a) => {
       this._activities.delete(a.id);
       this._endedNow(a);
-    });
+    };
+    const activity = new Activity(this, rented, this._platform.files, onRelease, this._platform.ports);
     this._activities.set(activity.id, activity);
     return activity;
   }

@@ -41,6 +41,7 @@ export type {
   Stdin,
 } from "./generated/activity.js";
 export type { JobEvent, JobEventKind, JobOptions, Renter, TaskContext, Worker } from "./generated/executor.js";
+export type { Forward, ForwardOptions, NodeDuplex, PortOptions, PortStream } from "./generated/ports.js";
 export type { Attempt, AttemptOutcome } from "./generated/report.js";
 export type { Agree, Dispute, Verify } from "./generated/scheduling.js";
 export type { HealthCheck, ReplicaStatus, Restart, ServiceEvent, ServiceOptions } from "./generated/service.js";

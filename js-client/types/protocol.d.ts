@@ -19,6 +19,7 @@ import type {
   ActivitiesQuery,
   ActivityLost,
   BalanceQuery,
+  Connect,
   Cost,
   Create,
   Destroy,
@@ -33,11 +34,13 @@ import type {
   ListImages,
   MarketQuery,
   Offer,
+  Publish,
   PushImage,
   Release,
   RemoveImage,
   Rent,
   RentProgress,
+  Unpublish,
   Upload,
   VerdictReport,
   Want,
@@ -48,9 +51,9 @@ export type Role = "requestor" | "provider";
 /** What this side may ask of the hub. */
 export type Request =
   | Rent | Release | MarketQuery | ActivitiesQuery | Exec | Upload | Download | Offer | PushImage | ListImages
-  | RemoveImage | BalanceQuery | LedgerQuery | VerdictReport;
+  | RemoveImage | BalanceQuery | LedgerQuery | VerdictReport | Connect | Publish | Unpublish;
 /** What the hub may ask of a provider. */
-export type HubRequest = Create | Destroy | Exec | Upload | Download;
+export type HubRequest = Create | Destroy | Exec | Connect | Upload | Download;
 /** What a provider answers the hub with. */
 export type Reply = Done | ErrorMessage | ExecResult | DownloadInfo | Want;
 /** Replies that come before a request's final one. */

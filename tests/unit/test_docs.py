@@ -46,8 +46,8 @@ EXPECTED = {
     ("README.md", "python"): 1,
     ("README.md", "node"): 1,
     ("docs/quickstart.md", "python"): 2,
-    ("docs/tutorials/python.md", "python"): 9,
-    ("docs/tutorials/node.md", "node"): 9,
+    ("docs/tutorials/python.md", "python"): 10,
+    ("docs/tutorials/node.md", "node"): 10,
     ("docs/tutorials/web-page.md", "browser"): 2,
 }
 """How many blocks of each page run, and where: change it with the page."""

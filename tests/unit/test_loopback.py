@@ -4,7 +4,7 @@ session, the hub's core and a provider's session joined in memory).
 A vector scripts one side (its *role*) against a hub played by literal frames. Here the hub is
 the real core, and what the vector says that side receives is caused from the other end: a
 reply, credit or stream frame from the hub becomes the counterpart's reply, grant or frame
-under the ids the hub gave it; a ``create``, ``exec``, ``upload``, ``download``, ``destroy`` or
+under the ids the hub gave it; a ``create``, ``exec``, ``connect``, ``upload``, ``download``, ``destroy`` or
 ``cancel`` toward a provider becomes the counterpart requestor's rent, request, release or
 cancel. Then the side the vector scripts must send, raise and see exactly what the vector
 says, its ids read through the hub's translation (the welcome is this hub's, of its own
@@ -59,6 +59,8 @@ NOT_THROUGH_THE_HUB = {
     "share-image-old-hub": "a hub of 1.3",
     "market-terms-old-hub": "a hub of 1.4",
     "notify-task-old-hub": "a hub of 1.5",
+    "connect-old-hub": "a hub of 1.6",
+    "publish": "the hub's own answers to publish and unpublish, and one of the wrong kind",
     "market-terms": "the hub's costs and verdicts (the ledger's)",
     "exec-output": "a hub of 1.0, which refuses an exec's streams",
     "handshake-bad-json": "a hub that sends what is not JSON",
@@ -253,7 +255,7 @@ class Through:
             self.o.grant(self.counterpart_id(message["stream"]), message["chunks"])
         elif "re" in message and self.role == "requestor":
             self.o.reply(MESSAGE_ADAPTER.validate_python({**message, "re": self.hub_ids[message["re"]]}))  # type: ignore[arg-type]
-        elif self.role == "provider" and kind in ("exec", "upload", "download"):
+        elif self.role == "provider" and kind in ("exec", "connect", "upload", "download"):
             activity = self.activities[message["activity"]]
             self.ask(message["id"], {**message, "id": self.own(message["id"]), "activity": activity})
         elif self.role == "provider" and kind == "create":
@@ -333,7 +335,9 @@ def run_through_the_hub(vector: dict[str, Any]) -> None:
                 raised = e
         judge_raised(step, raised, where)
         if t.role == "requestor":
-            t.pending += [m["id"] for m in step.get("sends", []) if m.get("type") in ("exec", "upload", "download")]
+            t.pending += [
+                m["id"] for m in step.get("sends", []) if m.get("type") in ("exec", "connect", "upload", "download")
+            ]
         t.settle()
         sends += t.sends()
         if number == 1 and uses_activities and t.role == "requestor":

@@ -18,6 +18,7 @@ import { hubUrls } from "../connection.js";
 import { UsageError } from "../errors.js";
 import { connectWith } from "../requestor.js";
 import { openArchive, openSource, saveDownload } from "./files.js";
+import { NODE_PORTS } from "./ports.js";
 import { releaseOnSignal } from "./signals.js";
 
 export * from "../common.js";
@@ -46,6 +47,7 @@ const platform = {
   },
   files: { open: openSource, save: saveDownload },
   images: { open: openArchive },
+  ports: NODE_PORTS,
 };
 
 /**

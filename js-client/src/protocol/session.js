@@ -11,7 +11,8 @@
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
  *   until exactly one final reply (`done`, `error`, `rented`, `market_info`,
- *   `exec_result`, `image_pushed`, `image_list`, `activity_list`) names it in `re`, and
+ *   `exec_result`, `image_pushed`, `image_list`, `activity_list`, `balance_info`, `ledger_list`,
+ *   `published`) names it in `re`, and
  *   the reply must fit the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
@@ -19,14 +20,17 @@
  *   is sent only to a hub that welcomed at 1.6 or later.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
  *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
- *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
+ *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5; `connect`, `publish`,
+ *   `unpublish` and a demand's or an offer's `outbound`, 1.7) are refused here,
  *   before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
  * - An `upload`, `download` or `push_image` opens a stream under the request's id, closed
  *   with the request; a provider's `want` opens one under the `create`'s id, to receive on.
  *   An `exec` (1.2) opens one each way: its `stdin` toward the provider, its output
- *   (`stream`) toward the requestor. A request holds at most one stream in each direction,
+ *   (`stream`) toward the requestor. A `connect` (1.7) opens one each way too: toward the
+ *   provider, waiting for its first credit (the sign that the port answered), and back, with
+ *   `window` as its first credit. A request holds at most one stream in each direction,
  *   so frames and credit are told apart by their direction.
  *   The sender spends one credit per DATA frame and never more than it holds; the
  *   receiver grants credit and never lets what is outstanding exceed `max_window`. Data
@@ -78,7 +82,7 @@ import { MAJOR_VERSION, MAX_ID, PROTOCOL_VERSION, build, clip, parse, serialize 
  * @typedef {Reply | Interim | import("../../types/protocol.js").Rented | import("../../types/protocol.js").MarketInfo
  *   | import("../../types/protocol.js").ImagePushed | import("../../types/protocol.js").ImageList
  *   | import("../../types/protocol.js").ActivityList | import("../../types/protocol.js").BalanceInfo
- *   | import("../../types/protocol.js").LedgerList} HubReply
+ *   | import("../../types/protocol.js").LedgerList | import("../../types/protocol.js").Published} HubReply
  */
 
 /** The requests each role may send. */
@@ -86,7 +90,7 @@ const SENDS = Object.freeze({
   requestor: Object.freeze(
     new Set([
       "rent", "release", "market", "activities", "exec", "upload", "download", "push_image", "list_images",
-      "remove_image", "share_image", "balance", "ledger", "verdict",
+      "remove_image", "share_image", "balance", "ledger", "verdict", "connect", "publish", "unpublish",
     ]),
   ),
   provider: Object.freeze(new Set(["offer"])),
@@ -98,6 +102,7 @@ const SENDS = Object.freeze({
  */
 const SINCE = Object.freeze({
   push_image: 1, list_images: 1, remove_image: 1, activities: 3, share_image: 4, balance: 5, ledger: 5, verdict: 5,
+  connect: 7, publish: 7, unpublish: 7,
 });
 
 /**
@@ -140,14 +145,17 @@ const ANSWERS = Object.freeze({
   balance: new Set(["balance_info", "error"]),
   ledger: new Set(["ledger_list", "error"]),
   verdict: new Set(["done", "error"]),
+  connect: new Set(["done", "error"]),
+  publish: new Set(["published", "error"]),
+  unpublish: new Set(["done", "error"]),
   create: new Set(["done", "error"]),
   destroy: new Set(["done", "error"]),
 });
 
-const HUB_REQUESTS = new Set(["create", "destroy", "exec", "upload", "download"]);
+const HUB_REQUESTS = new Set(["create", "destroy", "exec", "connect", "upload", "download"]);
 const REPLIES = new Set([
   "done", "error", "exec_result", "rented", "market_info", "image_pushed", "image_list", "activity_list",
-  "download_info", "want", "rent_progress", "balance_info", "ledger_list",
+  "download_info", "want", "rent_progress", "balance_info", "ledger_list", "published",
 ]);
 
 /** The states of a session. */
@@ -297,10 +305,10 @@ export class Session {
   /**
    * Send a request; it stays open until its final reply.
    *
-   * An upload's, a push's or an exec's `stdin` stream waits for the receiver's credit
-   * (wait for a `credited` event); a download's or an exec's output (`stream`) has its
-   * `window` as its first credit (an exec's default: {@link OUTPUT_WINDOW}, or
-   * `max_window` if less). Throws LocalProtocolError for an invalid message (checked
+   * An upload's, a push's, an exec's `stdin` or a connect's stream waits for the receiver's
+   * credit (wait for a `credited` event); a download's, an exec's output (`stream`) or the
+   * bytes a connect brings back have `window` as their first credit (an exec's or a
+   * connect's default: {@link OUTPUT_WINDOW}, or `max_window` if less). Throws LocalProtocolError for an invalid message (checked
    * first), a request this role may not send, an id in use, too many open requests or
    * streams, or a window over `max_window`; UnsupportedVersionError for a request or
    * field of a later minor version than the hub welcomed us at; the session's end reason
@@ -656,8 +664,10 @@ export class Session {
       return;
     }
     const open = opened(message.type);
-    // The provider grants an upload's (or an exec's stdin's) first credit; the hub's window is ours to spend.
-    if (message.type === "upload" || (message.type === "exec" && message.stdin === true)) open.recv = half(0);
+    // The provider grants an upload's (an exec's stdin's, a connect's) first credit; the hub's window is ours to spend.
+    if (message.type === "upload" || message.type === "connect" || (message.type === "exec" && message.stdin === true)) {
+      open.recv = half(0);
+    }
     const window = windowOf(message, this.limits);
     if (window !== null) open.send = half(window);
     this._theirs.set(message.id, open);
@@ -765,7 +775,7 @@ function interimFits(open, kind) {
  */
 function windowOf(message, limits) {
   if (message.type === "download") return message.window;
-  if (message.type === "exec" && message.stream === true) {
+  if ((message.type === "exec" && message.stream === true) || message.type === "connect") {
     return message.window ?? Math.min(OUTPUT_WINDOW, limits.max_window);
   }
   return null;
@@ -776,7 +786,8 @@ function windowOf(message, limits) {
  * @param {Request} message
  */
 const sendsData = (message) =>
-  message.type === "upload" || message.type === "push_image" || (message.type === "exec" && message.stdin === true);
+  message.type === "upload" || message.type === "push_image" || message.type === "connect"
+  || (message.type === "exec" && message.stdin === true);
 
 /**
  * Whether `message` opens a stream (either way), so that it counts against `max_streams`.
@@ -784,7 +795,7 @@ const sendsData = (message) =>
  */
 function opensStream(message) {
   const kind = message.type;
-  if (kind === "upload" || kind === "download" || kind === "push_image") return true;
+  if (kind === "upload" || kind === "download" || kind === "push_image" || kind === "connect") return true;
   return kind === "exec" && (message.stdin === true || message.stream === true);
 }
 
@@ -794,6 +805,9 @@ function opensStream(message) {
  * @returns {{since: number, what: string}}
  */
 function sinceOf(message) {
+  // The latest version first: a rent with outbound rules and a budget needs 1.7, not 1.5.
+  const outbound = message.type === "rent" ? message.demand?.outbound : message.type === "offer" ? message.outbound : null;
+  if (outbound != null && outbound.length > 0) return { since: 7, what: "outbound access" };
   if (message.type === "exec" && (message.stdin === true || message.stream === true)) {
     return { since: 2, what: "an exec's stdin or stream" };
   }

@@ -1,8 +1,8 @@
 // A TypeScript program using the map family both ways round, checked against the package's
 // declarations by test/unit/types.test.js (the package imports itself by name, as a user's
 // project imports it).
-import { Job, Redundant, SpotCheck, connect, toMicro } from "kiln-client";
-import type { Balance, CostInfo, JobOptions, Worker } from "kiln-client";
+import { Job, PortSocket, Publication, Redundant, SpotCheck, connect, toMicro } from "kiln-client";
+import type { Balance, CostInfo, Forward, JobOptions, Worker } from "kiln-client";
 
 const requestor = await connect("ws://127.0.0.1:7465");
 const worker: Worker<number, string> = async (act, part, context) => `${part} ${context.attempt} ${act.provider}`;
@@ -47,4 +47,15 @@ const micro: number = toMicro("0.05");
 const badStrategy: JobOptions = { image: "x", strategy: "random" };
 stop();
 
-console.log(results, job, made, old, oldJob, oldMade, wrong, checked, balance, worst, micro, badStrategy);
+// Ports (1.7): a connection is a PortSocket in a browser (a Duplex in Node), a forward has its port, a publication its URL.
+const act = await requestor.rent({ image: "kiln-busybox:latest" });
+const sock = await act.connect(8080);
+if (sock instanceof PortSocket) sock.send("GET / HTTP/1.0\r\n\r\n");
+const fwd: Forward = await act.forward(8080, { localPort: 0 });
+const pub: Publication = await act.publish(8080);
+const where: string = `${fwd.host}:${fwd.port} ${pub.url}`;
+await pub.revoke();
+// @ts-expect-error a port is a number
+await act.connect("8080");
+
+console.log(where, results, job, made, old, oldJob, oldMade, wrong, checked, balance, worst, micro, badStrategy);

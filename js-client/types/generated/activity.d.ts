@@ -7,8 +7,13 @@
  * value). Files, a command's input and its live output stream in chunks with flow control
  * both ways: nothing holds a whole file in memory except {@link Activity#downloadBytes},
  * which is capped by `maxBytes`. Every method takes an optional `signal` (AbortSignal).
+ *
+ * (1.7) A port a process of the container listens on is reached with {@link Activity#connect}
+ * (one TCP connection; `./ports.js`), {@link Activity#forward} (a local port, Node) and
+ * {@link Activity#publish} (an HTTP URL of the hub's, for a browser).
  * @module
  */
+import { PortChannel, Publication } from "./ports.js";
 export declare const DOWNLOAD_BYTES_LIMIT: number;
 export type Source = {
     size: number;
@@ -122,8 +127,9 @@ export declare class Activity {
      * @param {import("../protocol.js").Rented} rented
      * @param {Files} files
      * @param {(activity: Activity) => void} onRelease
+     * @param {import("./ports.js").Ports} [ports] how the platform presents a connection (default: a PortSocket)
      */
-    constructor(link: Link, rented: import("../protocol.js").Rented, files: Files, onRelease: (activity: Activity) => void);
+    constructor(link: Link, rented: import("../protocol.js").Rented, files: Files, onRelease: (activity: Activity) => void, ports?: import("./ports.js").Ports);
     /**
      * Bytes its commands may write (`/golem` and `/tmp`): the storage it rented, or the default
      * a rent that named none is given; what {@link Activity#downloadFile} takes at most by default.
@@ -239,6 +245,50 @@ export declare class Activity {
     downloadFile(path: string, dest: LocalDestination, options?: SignalOption & {
         maxBytes?: number;
     }): Promise<string | WritableStream<Uint8Array>>;
+    /**
+     * Open a TCP connection to `127.0.0.1:port` inside the container (its own loopback, which
+     * exists though it has no network), carried through the hub with flow control both ways.
+     * Resolves once the port answered: in Node to a `stream.Duplex` (writes wait for credit,
+     * `end()` half-closes, `'end'` when the service closed its side, `destroy(err)` resets), in
+     * a browser to a {@link import("./ports.js").PortSocket} (a WebSocket's surface, plus
+     * `read()`/`write()` promises).
+     *
+     * Rejects with ConnectionRefusedError when nothing listens there, UnsupportedVersionError
+     * from a hub below 1.7 (before anything is sent), UsageError for a port outside 1-65535,
+     * and CancelledError when `signal` fires first.
+     * @param {number} port
+     * @param {import("./ports.js").PortOptions} [options]
+     * @returns {Promise<import("./ports.js").PortStream>}
+     */
+    connect(port: number, options?: import("./ports.js").PortOptions): Promise<import("./ports.js").PortStream>;
+    /**
+     * Listen on a local port (`localPort`, default 0: any free one; `host`, default
+     * 127.0.0.1) and carry each connection accepted to `port` in the container, each over a
+     * connect of its own with its own credit. Resolves once listening to `{port, host,
+     * close()}`. Node only (a UsageError in a browser, which cannot listen).
+     * @param {number} port
+     * @param {import("./ports.js").ForwardOptions} [options]
+     * @returns {Promise<import("./ports.js").Forward>}
+     */
+    forward(port: number, options?: import("./ports.js").ForwardOptions): Promise<import("./ports.js").Forward>;
+    /**
+     * Ask the hub to serve `port` as HTTP at an unguessable URL of its own (`…/s/<token>/`),
+     * for a browser: every request under it goes to the port, the prefix removed. Resolves to
+     * a {@link Publication} (`url`, `token`, `revoke()`); the URL serves until it is revoked
+     * or the activity ends. Anyone who knows the URL reaches the port: keep it as a secret.
+     * UnsupportedVersionError from a hub below 1.7.
+     * @param {number} port
+     * @param {SignalOption} [options]
+     * @returns {Promise<Publication>}
+     */
+    publish(port: number, options?: SignalOption): Promise<Publication>;
+    /**
+     * The published URL of `token` serves nothing from now on (404), and the connections it
+     * carries close. Rejects with an ActivityError (`not_published`) for a token that is not
+     * one of this requestor's publications.
+     * @param {string} token
+     */
+    unpublish(token: string): Promise<void>;
     /** Destroy the container and free its capacity. Safe to call twice. */
     release(): Promise<void>;
 }

@@ -4,6 +4,7 @@
  */
 export { Activity, Result, containerPath } from "./activity.js";
 export { Job, JobSummary, Redundant, SpotCheck } from "./executor.js";
+export { PortSocket, Publication } from "./ports.js";
 export { Requestor, demandMessage } from "./requestor.js";
 export { Http, Service, ServiceFailedError, Tcp } from "./service.js";
 export { parseSize } from "./units.js";

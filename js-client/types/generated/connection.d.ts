@@ -11,8 +11,9 @@
  *
  * Use: `const conn = await Connection.open(openSocket, url, {name, token})`, then
  * {@link Connection#request}, or {@link Connection#openUpload} /
- * {@link Connection#openDownload} / {@link Connection#openExec} for streams (a
- * `push_image` sends like an upload; an exec may have one stream each way). {@link Connection#close} ends it.
+ * {@link Connection#openDownload} / {@link Connection#openExec} / {@link Connection#openConnect}
+ * for streams (a `push_image` sends like an upload; an exec and a connect may have one stream
+ * each way). {@link Connection#close} ends it.
  * @module
  */
 import { Deferred } from "./deferred.js";
@@ -123,6 +124,12 @@ export declare class Incoming {
  */
 export declare class Outgoing {
     stream: number;
+    /**
+     * Settles with the receiver's first credit (for a connect, the sign that the port
+     * answered), or fails with the stream; a request that ended first settles it too.
+     * @type {Deferred<void>}
+     */
+    ready: Deferred<void>;
     /** @param {Connection} conn @param {number} stream */
     constructor(conn: Connection, stream: number);
     /** Whether the request ended with its reply while the stream was open: what is left is not sent. */
@@ -247,6 +254,21 @@ export declare class Connection {
     }): {
         sender: Outgoing | null;
         receiver: Incoming | null;
+        reply: Deferred<import("../protocol.generated.js").Message>;
+    };
+    /**
+     * Start a connect (1.7): its sending end toward the container's port (the provider's
+     * first credit, {@link Outgoing#ready}, says the port answered), its receiving end for
+     * what the service writes (`window` is the first credit), and its final reply (`done`
+     * once both ways ended). Throws at once (nothing sent) if the session refuses it, e.g.
+     * UnsupportedVersionError from a hub below 1.7.
+     * @param {RequestMessage & {window: number}} message
+     */
+    openConnect(message: RequestMessage & {
+        window: number;
+    }): {
+        sender: Outgoing;
+        receiver: Incoming;
         reply: Deferred<import("../protocol.generated.js").Message>;
     };
     /**

@@ -59,6 +59,11 @@ export type Platform = {
     openSocket: import("./connection.js").OpenSocket;
     files: import("./activity.js").Files;
     /**
+     * how a connection to a container's port is presented
+     * (Node: a Duplex, and forwarding; default: a PortSocket)
+     */
+    ports?: import("./ports.js").Ports;
+    /**
      * opens a `docker save`
      * archive (Node: a path; a browser: a Blob or File); close it with `archive.file.close()`
      */

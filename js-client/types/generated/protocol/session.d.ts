@@ -11,7 +11,8 @@
  *   instead (or anything else) ends the session before it began.
  * - A request this side sends carries an id unique among its open requests. It stays open
  *   until exactly one final reply (`done`, `error`, `rented`, `market_info`,
- *   `exec_result`, `image_pushed`, `image_list`, `activity_list`) names it in `re`, and
+ *   `exec_result`, `image_pushed`, `image_list`, `activity_list`, `balance_info`, `ledger_list`,
+ *   `published`) names it in `re`, and
  *   the reply must fit the request's kind. Interim replies come before it: `download_info` once for a
  *   download before its data, `want` once for a `push_image` before its data (and from a
  *   provider once for a `create`), `rent_progress` any number of times for a `rent`.
@@ -19,14 +20,17 @@
  *   is sent only to a hub that welcomed at 1.6 or later.
  * - Requests, and fields, of a later minor version than the hub's `welcome` (the image
  *   store's, 1.1; an exec's streams and root, 1.2; `activities`, 1.3; the market's prices, caps,
- *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5) are refused here,
+ *   budgets and strategies in a rent, `balance`, `ledger`, `verdict`, 1.5; `connect`, `publish`,
+ *   `unpublish` and a demand's or an offer's `outbound`, 1.7) are refused here,
  *   before they are sent (UnsupportedVersionError).
  * - A request the hub sends a provider stays open until the provider sends exactly one
  *   final reply to it; replying to anything else is this side's misuse.
  * - An `upload`, `download` or `push_image` opens a stream under the request's id, closed
  *   with the request; a provider's `want` opens one under the `create`'s id, to receive on.
  *   An `exec` (1.2) opens one each way: its `stdin` toward the provider, its output
- *   (`stream`) toward the requestor. A request holds at most one stream in each direction,
+ *   (`stream`) toward the requestor. A `connect` (1.7) opens one each way too: toward the
+ *   provider, waiting for its first credit (the sign that the port answered), and back, with
+ *   `window` as its first credit. A request holds at most one stream in each direction,
  *   so frames and credit are told apart by their direction.
  *   The sender spends one credit per DATA frame and never more than it holds; the
  *   receiver grants credit and never lets what is outstanding exceed `max_window`. Data
@@ -56,7 +60,7 @@ export type Reply = import("../../protocol.js").Reply;
 export type Outbound = import("../../protocol.js").Outbound;
 export type SessionEvent = import("../../protocol.js").SessionEvent;
 export type Interim = import("../../protocol.js").Interim;
-export type HubReply = Reply | Interim | import("../../protocol.js").Rented | import("../../protocol.js").MarketInfo | import("../../protocol.js").ImagePushed | import("../../protocol.js").ImageList | import("../../protocol.js").ActivityList | import("../../protocol.js").BalanceInfo | import("../../protocol.js").LedgerList;
+export type HubReply = Reply | Interim | import("../../protocol.js").Rented | import("../../protocol.js").MarketInfo | import("../../protocol.js").ImagePushed | import("../../protocol.js").ImageList | import("../../protocol.js").ActivityList | import("../../protocol.js").BalanceInfo | import("../../protocol.js").LedgerList | import("../../protocol.js").Published;
 /** The states of a session. */
 export declare const State: Readonly<{
     HELLO_SENT: "hello_sent";
@@ -132,10 +136,10 @@ export declare class Session {
     /**
      * Send a request; it stays open until its final reply.
      *
-     * An upload's, a push's or an exec's `stdin` stream waits for the receiver's credit
-     * (wait for a `credited` event); a download's or an exec's output (`stream`) has its
-     * `window` as its first credit (an exec's default: {@link OUTPUT_WINDOW}, or
-     * `max_window` if less). Throws LocalProtocolError for an invalid message (checked
+     * An upload's, a push's, an exec's `stdin` or a connect's stream waits for the receiver's
+     * credit (wait for a `credited` event); a download's, an exec's output (`stream`) or the
+     * bytes a connect brings back have `window` as their first credit (an exec's or a
+     * connect's default: {@link OUTPUT_WINDOW}, or `max_window` if less). Throws LocalProtocolError for an invalid message (checked
      * first), a request this role may not send, an id in use, too many open requests or
      * streams, or a window over `max_window`; UnsupportedVersionError for a request or
      * field of a later minor version than the hub welcomed us at; the session's end reason
