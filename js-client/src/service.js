@@ -29,7 +29,7 @@
  */
 
 import { sleep } from "./deferred.js";
-import { ActivityError, KilnError, ProviderLostError, UsageError } from "./errors.js";
+import { ActivityError, ConnectionRefusedError, KilnError, ProviderLostError, UsageError } from "./errors.js";
 
 /** Restarts in place without a passing check between, after which the replica is replaced. */
 export const MAX_RESTARTS = 3;
@@ -589,36 +589,23 @@ export class Service {
 
   /**
    * (Node) Listen on `host:localPort` (0: a free port) and carry each connection accepted
-   * there to `port` of a healthy replica, the next in turn (one that refuses: the next after it).
+   * there to `port` of a healthy replica, the next in turn (one that refuses: the next after
+   * it). Resolves once listening to `{port, host, close()}`; `stop()` closes it too.
    * @param {number} port
-   * @param {{localPort?: number, host?: string}} [options]
-   * @returns {Promise<{host: string, port: number, close: () => Promise<void>}>}
+   * @param {import("./ports.js").ForwardOptions} [options]
+   * @returns {Promise<import("./ports.js").Forward>}
    */
   async forward(port, options = {}) {
     if (!this.ports.includes(port)) throw new UsageError(`port ${port} is not one of the service's ports ${this.ports}`);
-    const { localPort = 0, host = "127.0.0.1" } = options;
-    const net = await import("node:net");
-    /** @type {Set<any>} the accepted sockets (their type is Node's, which a browser's types lack) */
-    const sockets = new Set();
-    const server = net.createServer((socket) => {
-      sockets.add(socket);
-      socket.on("close", () => sockets.delete(socket));
-      socket.on("error", () => {});
-      void this._carry(socket, port);
-    });
-    await new Promise((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(localPort, host, () => resolve(undefined));
-    });
-    const address = /** @type {{address: string, port: number}} */ (server.address());
+    const listen = this._requestor._platform.ports?.forward ?? null;
+    if (listen === null) throw new UsageError("forward listens on a local port: Node only (in a browser, use connect)");
+    const carried = await listen(() => this._open(port), options);
     const forward = {
-      host: address.address,
-      port: address.port,
+      port: carried.port,
+      host: carried.host,
       close: async () => {
-        if (!this._forwards.delete(forward)) return;
-        const closed = new Promise((resolve) => server.close(() => resolve(undefined)));
-        for (const socket of sockets) socket.destroy();
-        await closed;
+        this._forwards.delete(forward);
+        await carried.close();
       },
     };
     this._forwards.add(forward);
@@ -626,33 +613,21 @@ export class Service {
   }
 
   /**
-   * Carry one accepted connection to a healthy replica's `port`.
-   * @param {any} socket a Node socket @param {number} port
+   * A connection to `port` of the next healthy replica that takes it.
+   * @param {number} port
+   * @returns {Promise<import("./ports.js").PortChannel>}
    */
-  async _carry(socket, port) {
-    socket.pause();
+  async _open(port) {
+    let why = "no replica is healthy";
     for (const act of this.pick()) {
-      let far;
       try {
-        far = await /** @type {any} */ (act).connect(port);
+        return await act._channel(port, undefined);
       } catch (e) {
-        if (e instanceof KilnError) continue; // that replica refuses or just went: the next
-        throw e;
+        if (!(e instanceof KilnError)) throw e;
+        why = `${act.provider}: ${e.message}`; // that replica refuses or just went: the next
       }
-      if (socket.destroyed) {
-        far.destroy();
-        return;
-      }
-      far.on("error", () => socket.destroy());
-      socket.on("error", () => far.destroy());
-      socket.on("close", () => far.destroy());
-      far.on("close", () => socket.destroy());
-      socket.pipe(far);
-      far.pipe(socket);
-      socket.resume();
-      return;
     }
-    socket.destroy();
+    throw new ConnectionRefusedError(`no replica of the service took a connection to port ${port} (${why})`);
   }
 }
 
@@ -682,7 +657,7 @@ export async function probe(act, health) {
     timer = setTimeout(() => resolve([false, `no answer within ${health.timeoutMs / 1000} s`]), health.timeoutMs);
   });
   const attempt = (async () => {
-    sock = await /** @type {any} */ (act).connect(health.port);
+    sock = await act.connect(health.port);
     if (health.kind === "tcp") return [true, ""];
     const head = `GET ${health.path} HTTP/1.0\r\nHost: 127.0.0.1:${health.port}\r\nConnection: close\r\n\r\n`;
     await sock.write(new TextEncoder().encode(head));

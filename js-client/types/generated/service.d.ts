@@ -242,19 +242,13 @@ export declare class Service {
     stop(): Promise<void>;
     /**
      * (Node) Listen on `host:localPort` (0: a free port) and carry each connection accepted
-     * there to `port` of a healthy replica, the next in turn (one that refuses: the next after it).
+     * there to `port` of a healthy replica, the next in turn (one that refuses: the next after
+     * it). Resolves once listening to `{port, host, close()}`; `stop()` closes it too.
      * @param {number} port
-     * @param {{localPort?: number, host?: string}} [options]
-     * @returns {Promise<{host: string, port: number, close: () => Promise<void>}>}
+     * @param {import("./ports.js").ForwardOptions} [options]
+     * @returns {Promise<import("./ports.js").Forward>}
      */
-    forward(port: number, options?: {
-        localPort?: number;
-        host?: string;
-    }): Promise<{
-        host: string;
-        port: number;
-        close: () => Promise<void>;
-    }>;
+    forward(port: number, options?: import("./ports.js").ForwardOptions): Promise<import("./ports.js").Forward>;
 }
 /**
  * Check `health` once on `act`: whether it passed, and if not why. Works with Node's Duplex
