@@ -84,7 +84,7 @@ if TYPE_CHECKING:
     from kiln.requestor.progress import ProgressView
     from kiln.requestor.report import Attempt
     from kiln.requestor.scheduling import Redundant, SpotCheck
-    from kiln.requestor.service import Http, Service, ServiceEvent, Tcp
+    from kiln.requestor.service import Http, Service, ServiceEvent, ServiceFailed, Tcp
 
 _HOMES = {
     "kiln.protocol.codes": ["ErrorCode"],
@@ -143,7 +143,7 @@ _HOMES = {
     "kiln.requestor.progress": ["ProgressView"],
     "kiln.requestor.report": ["Attempt"],
     "kiln.requestor.scheduling": ["Redundant", "SpotCheck"],
-    "kiln.requestor.service": ["Http", "Service", "ServiceEvent", "Tcp"],
+    "kiln.requestor.service": ["Http", "Service", "ServiceEvent", "ServiceFailed", "Tcp"],
 }
 _MODULE_OF = {name: module for module, names in _HOMES.items() for name in names}
 
@@ -201,6 +201,7 @@ __all__ = [
     "RetryTask",
     "Service",
     "ServiceEvent",
+    "ServiceFailed",
     "SpotCheck",
     "StoreFull",
     "StreamEvent",
