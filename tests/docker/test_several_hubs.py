@@ -1,6 +1,7 @@
 """Several hub processes on one PostgreSQL are one market, with real providers and containers: a
-requestor on hub a rents a provider connected to hub b, runs commands and moves 50 MiB each way
-through the two hubs (the latency and throughput printed beside those through hub b alone), and a
+requestor on hub a rents a provider connected to hub b, runs commands, moves 50 MiB each way
+through the two hubs and 50 MiB out of a connection to a port of the container, opens a URL the
+hub published for that port (the latency and throughput printed beside those through hub b alone), and a
 job whose hub is SIGKILLed mid-job, while its providers sit on the two other hubs, ends with every
 result right and each told once. The same over simulated providers and in-process hubs:
 tests/service/test_hub_links.py; a hub killed every 15 s: tests/hostile/test_chaos_hubs.py."""
@@ -16,6 +17,7 @@ import secrets
 import signal
 import statistics
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +70,26 @@ def taken(path: Path) -> str:
     return digest
 
 
+async def served_through_ports(act: kiln.Activity, digest: str) -> None:
+    """busybox httpd in the container serves the big file through ``act.connect`` (every byte checked),
+    and a small one at a URL the requestor's hub publishes (1.7)."""
+    await act.send_bytes(b"published\n", "/golem/input/small.txt")
+    await act.run(["httpd", "-p", "8080", "-h", "/golem/input"], check=True)
+    reader, writer = await act.connect(8080)
+    writer.write(b"GET /big.bin HTTP/1.0\r\n\r\n")
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head[:200]
+    assert hashlib.sha256(body).hexdigest() == digest
+    publication = await act.publish(8080)
+    url = publication.url + "small.txt"
+    page = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=30).read())
+    assert page == b"published\n"
+    await publication.revoke()
+
+
 async def measured(url: str, source: Path, digest: str, back: Path) -> tuple[float, float, float, str]:
     """Rent the one provider through the hub at ``url``; run :data:`COMMANDS` commands and send
     ``source`` there and back, checking every byte. The median command's seconds, the upload's and
@@ -90,6 +112,7 @@ async def measured(url: str, source: Path, digest: str, back: Path) -> tuple[flo
         started = time.perf_counter()
         await act.download_file("/golem/input/big.bin", back)
         down = time.perf_counter() - started
+        await served_through_ports(act, digest)
         provider = act.provider
     assert await asyncio.to_thread(taken, back) == digest
     return statistics.median(took), SIZE / up / MiB, SIZE / down / MiB, provider
