@@ -3,7 +3,8 @@ proxy listens on a port of this machine's loopback instead of the container's, a
 map to 127.0.0.1 through the operator's hosts file. What is allowed reaches a real HTTP server
 (CONNECT and absolute form); a name outside the rent's rules, outside the provider's policy, an
 address that is private, a name rebound to one, a bad request and an oversized head are refused
-as the spec says, and counted."""
+as the spec says, and counted; a container flooding its proxy with silent connections meets its
+bound (503) and the head timeout (408)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from prometheus_client import generate_latest
 
 from kiln_provider.metrics import MetricsSource, Snapshot, Tallies, registry_of
 from kiln_provider.outbound import MAX_HEAD, OutboundPolicy, parse_hosts
-from kiln_provider.proxy import OutboundProxy
+from kiln_provider.proxy import MAX_CONNECTIONS, OutboundProxy
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -134,3 +135,23 @@ async def test_bad_requests_and_unreachable_sites(setup: Setup) -> None:
     status, body = await refusal(setup, b"CONNECT dead.test:%d HTTP/1.1\r\n\r\n" % setup.closed_port)
     assert status.startswith(b"HTTP/1.1 502 ") and b"cannot connect" in body
     assert sum(setup.tallies.outbound_refused.values()) == 0  # counted are the 403s
+
+
+async def test_a_container_that_floods_its_proxy_holds_only_its_own_bound(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Silent connections take the proxy's 64 places and no more: the next is 503 at once, each
+    silent one is 408 once the head timeout passes, and then the proxy serves again."""
+    monkeypatch.setattr("kiln_provider.proxy.HEAD_TIMEOUT", 1.0)
+    silent = [await asyncio.open_connection("127.0.0.1", setup.proxy_port) for _ in range(MAX_CONNECTIONS)]
+    await asyncio.sleep(0.2)  # every one accepted
+    status, body = await refusal(setup, b"CONNECT site.test:%d HTTP/1.1\r\n\r\n" % setup.site_port)
+    assert status.startswith(b"HTTP/1.1 503 ") and b"connections at once" in body
+    answers = await asyncio.gather(*(reader.read() for reader, _ in silent))
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:20] for a in answers}
+    for _, writer in silent:
+        writer.close()
+    assert setup.tallies.outbound_refused["busy"] == 1
+    status, _, writer = await ask(setup, b"CONNECT site.test:%d HTTP/1.1\r\n\r\n" % setup.site_port)
+    assert status == b"HTTP/1.1 200 Connection established\r\n"
+    writer.close()
