@@ -1,6 +1,6 @@
 """A priced market through a real hub process: simulated providers at three prices are listed with
 them, a capped cheapest rent lands on the cheapest that fits, a cap below every price finds none,
-and ``kiln market`` shows the PRICE and REPUTATION columns; a bad ``--price`` stops a provider at start."""
+and ``kiln market`` shows the PRICE, REPUTATION and OUTBOUND columns; a bad ``--price`` stops a provider at start."""
 
 from __future__ import annotations
 
@@ -56,7 +56,16 @@ async def test_priced_providers_are_listed_capped_and_the_cheapest_chosen(tmp_pa
                 check=False,
             )
             header, *rows = shown.stdout.splitlines()
-            assert header.split()[:7] == ["NAME", "CPUS", "MEMORY", "ACTIVITIES", "PRICE", "REPUTATION", "IMAGES"]
+            assert header.split()[:8] == [
+                "NAME",
+                "CPUS",
+                "MEMORY",
+                "ACTIVITIES",
+                "PRICE",
+                "REPUTATION",
+                "OUTBOUND",
+                "IMAGES",
+            ]
             row = next(line for line in rows if line.startswith(names[1]))
             assert "start=0.01,cpu-hour=0.2,env-hour=0.05" in row and "0.6" in row, row  # one started: 3/5
 

@@ -50,17 +50,26 @@ async def market(settings: DialSettings, args: argparse.Namespace) -> int:
     else:
         from kiln.protocol.money import format_price
 
-        rows = [("NAME", "CPUS", "MEMORY", "ACTIVITIES", "PRICE", "REPUTATION", "IMAGES")]
+        rows = [("NAME", "CPUS", "MEMORY", "ACTIVITIES", "PRICE", "REPUTATION", "OUTBOUND", "IMAGES")]
         for p in providers:
             memory = f"{format_size(p.free.memory)}/{format_size(p.offered.memory)}"
             reputation = "-" if p.reputation is None else f"{p.reputation:.2f}"  # a hub before 1.5 tells none
             cpus = f"{p.free.cpus:g}/{p.offered.cpus:g}"
             images = ", ".join(p.images) or "-"
-            rows.append((p.name, cpus, memory, str(p.activities), format_price(p.price), reputation, images))
+            row = (p.name, cpus, memory, str(p.activities), format_price(p.price), reputation, _outbound(p.outbound))
+            rows.append((*row, images))
         print_table(rows)
     if len(providers) == args.limit:
         print(f"(the first {args.limit} by name; --limit shows more, --image and --label fewer)")
     return 0
+
+
+def _outbound(policy: str | list[str] | None) -> str:
+    """A provider's outbound policy in a column: ``-`` (none), ``any``, or its first rules."""
+    if policy is None or isinstance(policy, str):
+        return policy or "-"
+    shown = ",".join(policy[:2])
+    return shown if len(policy) <= 2 else f"{shown},+{len(policy) - 2}"
 
 
 async def activities(settings: DialSettings, args: argparse.Namespace) -> int:
