@@ -1,6 +1,7 @@
 """A service (kiln.Requestor.service) end to end: a hub process, three provider processes, real
 containers running busybox httpd. Two replicas answer through ``svc.forward``; one replica's
-provider is SIGKILLed; requests keep answering, and the replica comes back on the third provider."""
+provider is SIGKILLed; requests keep answering, and the replica comes back on the third provider.
+And the requestor's own connection cut: the replicas start again in place once it is back."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 import kiln
 from tests.conftest import IMAGE, Cluster
+from tests.service.test_reconnect import Proxy
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -88,3 +90,38 @@ async def test_a_service_keeps_answering_while_a_replicas_provider_is_killed(clu
     assert ("replace", victim.provider) in mine
     assert mine[-3:] == [("start", spare), ("healthy", spare), ("stop", spare)]
     assert [e.kind for e in events if e.replica == 1][-1] == "stop"
+
+
+async def test_a_requestor_cut_off_from_the_hub_restarts_its_replicas_in_place(cluster: Cluster) -> None:
+    names = [cluster.start_provider(name, cpus=1, memory="1GiB", wait=False) for name in ("p1", "p2")]
+    await asyncio.to_thread(cluster.wait_for_providers, set(names))
+    events: list[kiln.ServiceEvent] = []
+    async with (
+        Proxy(cluster.url).serving() as proxy,
+        kiln.connect(proxy.url) as requestor,
+        await requestor.service(
+            IMAGE, SMALL, command=HTTPD, health=kiln.Http(8080, "/"), replicas=2, setup=setup, on_event=events.append
+        ) as svc,
+        await svc.forward(8080) as fwd,
+    ):
+        before = [(r.activity, r.provider) for r in svc.replicas]
+        seen = len(events)
+        proxy.cut(1)
+        cut = time.monotonic()
+        while not all(r.state == "healthy" and r.restarts == 1 for r in svc.replicas):
+            assert time.monotonic() - cut < 60, svc.events
+            await asyncio.sleep(0.05)
+        print(f"both replicas healthy again in place {time.monotonic() - cut:.2f} s after the cut")
+        assert requestor.gone is None
+        assert [(r.activity, r.provider) for r in svc.replicas] == before
+        assert all(r.replacements == 0 for r in svc.replicas), svc.events
+        assert {await get(fwd.host, fwd.port) for _ in range(4)} == {f"served by {p}\n" for _, p in before}
+        since = events[seen:]
+        assert {e.kind for e in since} == {"failure", "start", "healthy"}, since
+        for replica in (0, 1):
+            kinds = [(e.kind, e.reason.split(":")[0]) for e in since if e.replica == replica]
+            assert kinds == [
+                ("failure", "interrupted, restarted in place"),
+                ("start", "interrupted, restarted in place"),
+                ("healthy", ""),
+            ], since

@@ -116,6 +116,22 @@ def test_a_command_that_keeps_ending_without_a_passing_check_is_replaced() -> No
     assert f"after {MAX_RESTARTS} restarts in place" in events[1].reason
 
 
+def test_a_command_the_requestors_lost_connection_ended_restarts_in_place_without_counting() -> None:
+    m = replica("no", retries=2)
+    healthy(m)
+    m.checked(False, "HTTP 500", 104.0)
+    for n in range(MAX_RESTARTS + 2):  # however often: neither the restart limit nor the policy applies
+        action, [event] = m.interrupted("the connection dropped", 105.0 + n)
+        assert (action, event.kind, event.activity, event.provider) == ("restart", "failure", "a1", "p1")
+        assert event.reason == "interrupted, restarted in place: the connection dropped"
+        [start] = m.started("a1", "p1", 105.5 + n, event.reason)
+        assert (start.kind, start.reason) == ("start", event.reason)
+    assert (m.restarts, m.exits, m.replacements, m.failures) == (MAX_RESTARTS + 2, 0, 0, 0)
+    assert m.checked(True, "", 120.0)[1][0].kind == "healthy"
+    m.stop("the service stopped", 121.0)
+    assert m.interrupted("the connection dropped", 122.0) == ("keep", [])
+
+
 def test_a_replica_that_never_becomes_healthy_gives_up_and_one_that_was_never_does() -> None:
     m = replica()
     for n in range(START_ATTEMPTS):

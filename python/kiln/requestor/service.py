@@ -31,6 +31,12 @@ provider (rented excluding the one it leaves, set up again, started) when
 - its command ends and the ``restart`` policy restarts it in place more than
   :data:`MAX_RESTARTS` times without a passing check between (the provider may be at fault).
 
+When the requestor's own connection to the hub drops, the hub ends the commands it runs
+(their output had nowhere to go). A replica whose command or check failed for that waits
+for the requestor to reconnect (up to :data:`REJOIN_TIMEOUT` seconds): if the hub kept its
+activity, its command starts again in place, counted neither as a failed check nor against
+:data:`MAX_RESTARTS`; if not, it is replaced as above.
+
 ``restart`` says what a command that ends does: ``"on-failure"`` (default) restarts it in
 place (same activity, no new setup) when its exit code is not 0, and stops the replica
 (released, not replaced) when it is 0; ``"always"`` restarts it whatever the code; ``"no"``
@@ -53,13 +59,22 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 
-from kiln.protocol.errors import ActivityError, ConnectionRefused, KilnError, ProviderLost, UsageError
+from kiln.protocol.errors import (
+    ActivityError,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionRefused,
+    KilnError,
+    ProviderLost,
+    UsageError,
+)
 from kiln.protocol.messages import Demand
 from kiln.requestor.activity import Activity
 from kiln.requestor.ports import Forward, Streams, check_port
 from kiln.requestor.ports import forward as forward_port
 
 if TYPE_CHECKING:
+    from kiln.connection import Connection
     from kiln.requestor.client import Requestor
 
 Restart: TypeAlias = Literal["no", "on-failure", "always"]
@@ -81,6 +96,11 @@ REASON_CHARS: Final = 300
 """The most of a reason an event carries (an exception's text, a command's last output)."""
 FIRST_PROBES: Final = 0.2
 """Seconds between checks of a replica not yet healthy: it is let in as soon as it answers."""
+REJOIN_TIMEOUT: Final = 60.0
+"""Seconds a replica whose command or check failed because the requestor's connection dropped waits
+for it to be back (the SDK itself gives up after the hub's grace period), before it is replaced."""
+REJOIN_POLL: Final = 0.05
+"""Seconds between two looks at a connection that dropped but that the SDK has not begun to dial again."""
 RENT_RETRY_FIRST: Final = 0.5
 RENT_RETRY_MOST: Final = 10.0
 """Seconds between failed rents of a replica: from the first, doubling up to the most."""
@@ -137,11 +157,12 @@ def _check_health(port: int, interval: float, timeout: float, retries: int) -> N
 class ServiceEvent:
     """Something that happened to replica ``replica`` (its index, 0 to N-1) at ``time`` (Unix seconds).
 
-    ``start``: its command started on ``activity`` of ``provider`` (again, after a restart in
-    place: ``reason`` says why). ``healthy``: its first check passed. ``failure``: a check
-    failed, its command ended, its provider was lost, or a rent failed (``reason``).
-    ``replace``: it leaves ``activity`` on ``provider`` for another provider. ``stop``: it
-    stopped for good (the service stopped, or its command ended and ``restart`` says no more).
+        ``start``: its command started on ``activity`` of ``provider`` (again, after a restart in
+        place: ``reason`` says why). ``healthy``: its first check passed. ``failure``: a check
+        failed, its command ended, its provider was lost, a rent failed, or the requestor's connection
+    to the hub dropped and its command is started again in place (``reason``).
+        ``replace``: it leaves ``activity`` on ``provider`` for another provider. ``stop``: it
+        stopped for good (the service stopped, or its command ended and ``restart`` says no more).
     """
 
     kind: EventKind
@@ -255,6 +276,15 @@ class Replica:
         self.restarts += 1
         self.state = "renting"
         return "restart", [failure]
+
+    def interrupted(self, reason: str, now: float) -> tuple[Action, list[ServiceEvent]]:
+        """Its command ended because the requestor's connection to the hub dropped, and the hub kept its
+        activity: it starts again in place, neither a failed check nor a restart towards :data:`MAX_RESTARTS`."""
+        if self.state not in ("starting", "healthy"):
+            return "keep", []
+        self.restarts += 1
+        self.state = "renting"
+        return "restart", [self._event("failure", now, f"interrupted, restarted in place: {reason}")]
 
     def lost(self, reason: str, now: float) -> tuple[Action, list[ServiceEvent]]:
         """Its activity is gone (the provider was lost), or setting it up or starting its command failed."""
@@ -542,13 +572,19 @@ class Service:
                 if error is None:
                     exit_code, last = command.result()
                     action, events = m.exited(exit_code, last, now)
+                elif isinstance(error, ConnectionLost) and await self._rejoin(act):
+                    why = f"the requestor's connection to the hub dropped: {error.message}"
+                    action, events = m.interrupted(why, time.monotonic())
                 elif isinstance(error, KilnError):
-                    action, events = m.lost(_lost_reason(act, error), now)
+                    action, events = m.lost(_lost_reason(act, error), time.monotonic())
                 else:
                     raise error
                 self._note(events)
                 return action
+            conn = self._requestor.connection
             ok, reason = await probe(act, self._health)
+            if not ok and self._dropped(conn) and await self._rejoin(act):
+                continue  # the requestor's connection failed the check, not the replica
             if act.lost is not None:
                 action, events = m.lost(_lost_reason(act, act.lost), time.monotonic())
             else:
@@ -556,6 +592,25 @@ class Service:
             self._note(events)
             if action != "keep":
                 return action
+
+    def _dropped(self, conn: Connection) -> bool:
+        """Whether the requestor's connection ``conn`` (the one of the moment a while ago) dropped since."""
+        now = self._requestor.connection
+        return now is not conn or now.session.closed is not None or self._requestor.reconnecting
+
+    async def _rejoin(self, act: Activity) -> bool:
+        """Wait until the requestor is connected to the hub again (up to :data:`REJOIN_TIMEOUT` s):
+        whether it is and the hub kept ``act``."""
+        try:
+            async with asyncio.timeout(REJOIN_TIMEOUT):
+                while True:
+                    conn = await self._requestor.connected()
+                    if conn.session.closed is None or act.lost is not None:
+                        break
+                    await asyncio.sleep(REJOIN_POLL)  # dropped, and the SDK has not begun to dial again yet
+        except (TimeoutError, ConnectionClosed):
+            return False
+        return act.lost is None
 
     async def _run(self, act: Activity) -> tuple[int | None, str]:
         """Run the command until it ends: its exit code and the end of its output (for the reason)."""
