@@ -22,6 +22,9 @@
  * `restart`: "on-failure" (default) restarts a command that exits non-zero in place and stops
  * the replica when it exits 0; "always" restarts it whatever the code; "no" stops the replica.
  * A replica restarted in place {@link MAX_RESTARTS} times without a passing check is replaced.
+ * A command or check that failed because the requestor's own connection to the hub dropped
+ * waits for it to be back (up to {@link REJOIN_TIMEOUT_MS}) and restarts in place, not counted,
+ * if the hub kept the activity; it is replaced if not.
  *
  * {@link Replica} is the state machine, pure (times are the caller's); {@link Service} does
  * the I/O around it.
@@ -29,7 +32,9 @@
  */
 
 import { sleep } from "./deferred.js";
-import { ActivityError, ConnectionRefusedError, KilnError, ProviderLostError, UsageError } from "./errors.js";
+import {
+  ActivityError, ConnectionLostError, ConnectionRefusedError, KilnError, ProviderLostError, UsageError,
+} from "./errors.js";
 
 /** Restarts in place without a passing check between, after which the replica is replaced. */
 export const MAX_RESTARTS = 3;
@@ -41,6 +46,11 @@ export const EVENTS_KEPT = 1000;
 export const REASON_CHARS = 300;
 /** Milliseconds between checks of a replica not yet healthy. */
 export const FIRST_PROBES_MS = 200;
+/** Milliseconds a replica whose command or check failed because the requestor's connection dropped
+ * waits for it to be back (the SDK itself gives up after the hub's grace period), before it is replaced. */
+export const REJOIN_TIMEOUT_MS = 60_000;
+/** Milliseconds between two looks at the requestor's connection while it is away. */
+const REJOIN_POLL_MS = 50;
 const RENT_RETRY_FIRST_MS = 500;
 const RENT_RETRY_MOST_MS = 10_000;
 /** The most of an HTTP answer's first line a health check reads. */
@@ -232,6 +242,19 @@ export class Replica {
     this.restarts += 1;
     this.state = "renting";
     return ["restart", [failure]];
+  }
+
+  /**
+   * Its command ended because the requestor's connection to the hub dropped, and the hub kept its
+   * activity: it starts again in place, neither a failed check nor a restart towards {@link MAX_RESTARTS}.
+   * @param {string} reason @param {number} now
+   * @returns {[Action, ServiceEvent[]]}
+   */
+  interrupted(reason, now) {
+    if (this.state !== "starting" && this.state !== "healthy") return ["keep", []];
+    this.restarts += 1;
+    this.state = "renting";
+    return ["restart", [this._event("failure", now, `interrupted, restarted in place: ${reason}`)]];
   }
 
   /**
@@ -557,17 +580,46 @@ export class Service {
         const { ended, error } = /** @type {{ended: {exitCode: number | null, last: string} | null, error: unknown}} */ (over);
         let outcome;
         if (ended !== null) outcome = m.exited(ended.exitCode, ended.last, monotonic());
-        else if (error instanceof KilnError) outcome = m.lost(lostReason(act, error), monotonic());
+        else if (error instanceof ConnectionLostError && (await this._rejoin(act))) {
+          outcome = m.interrupted(`the requestor's connection to the hub dropped: ${error.message}`, monotonic());
+        } else if (error instanceof KilnError) outcome = m.lost(lostReason(act, error), monotonic());
         else throw error;
         this._note(outcome[1]);
         return outcome[0];
       }
+      const conn = this._requestor.connection;
       const [ok, reason] = await probe(act, this._health);
+      if (!ok && this._dropped(conn) && (await this._rejoin(act))) continue; // the connection failed it, not the replica
       const [action, events] =
         act.lost !== null ? m.lost(lostReason(act, act.lost), monotonic()) : m.checked(ok, reason, monotonic());
       this._note(events);
       if (action !== "keep") return action;
     }
+  }
+
+  /**
+   * Whether the requestor's connection `conn` (the one of the moment a while ago) dropped since.
+   * @param {import("./connection.js").Connection} conn
+   */
+  _dropped(conn) {
+    const now = this._requestor.connection;
+    return now !== conn || now.session.closed !== null || this._requestor.reconnecting;
+  }
+
+  /**
+   * Wait until the requestor is connected to the hub again (up to {@link REJOIN_TIMEOUT_MS}):
+   * whether it is and the hub kept `act`. It looks every {@link REJOIN_POLL_MS}, as a connection
+   * may have dropped before the requestor begins to dial again.
+   * @param {import("./activity.js").Activity} act
+   * @returns {Promise<boolean>}
+   */
+  async _rejoin(act) {
+    const deadline = monotonic() + REJOIN_TIMEOUT_MS;
+    while (!this._stopping && act.lost === null && this._requestor.gone === null && monotonic() < deadline) {
+      if (!this._requestor.reconnecting && this._requestor.connection.session.closed === null) return true;
+      await this._pause(REJOIN_POLL_MS);
+    }
+    return false;
   }
 
   /**

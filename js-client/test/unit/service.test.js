@@ -86,6 +86,23 @@ test("a command that ends is restarted in place or stopped by the policy", () =>
   assert.equal(m.exited(1, "", 120_000)[0], "replace");
 });
 
+test("a command the requestor's lost connection ended restarts in place, not counted", () => {
+  const m = replica({ restart: "no", retries: 2 });
+  healthy(m);
+  m.checked(false, "HTTP 500", 104_000);
+  for (let n = 0; n < MAX_RESTARTS + 2; n++) { // however often: neither the restart limit nor the policy applies
+    const [action, [event]] = m.interrupted("the connection dropped", 105_000 + n * 1000);
+    assert.deepEqual([action, event.kind, event.activity, event.provider], ["restart", "failure", "a1", "p1"]);
+    assert.equal(event.reason, "interrupted, restarted in place: the connection dropped");
+    const [start] = m.started("a1", "p1", 105_500 + n * 1000, event.reason);
+    assert.deepEqual([start.kind, start.reason], ["start", event.reason]);
+  }
+  assert.deepEqual([m.restarts, m.exits, m.replacements, m.failures], [MAX_RESTARTS + 2, 0, 0, 0]);
+  assert.equal(m.checked(true, "", 120_000)[1][0].kind, "healthy");
+  m.stop("the service stopped", 121_000);
+  assert.deepEqual(m.interrupted("the connection dropped", 122_000), ["keep", []]);
+});
+
 test("a replica never healthy gives up; stop is for good", () => {
   const m = replica();
   for (let n = 0; n < START_ATTEMPTS; n++) {
