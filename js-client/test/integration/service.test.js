@@ -1,9 +1,11 @@
 // A service on real providers (src/service.js): two replicas of busybox httpd answer through
 // svc.forward; one replica's provider is SIGKILLed; requests keep answering and the replica
-// comes back on the third provider. (test/unit/service.test.js holds the replica machine.)
+// comes back on the third provider. And the requestor's own connection cut: the replicas start
+// again in place once it is back. (test/unit/service.test.js holds the replica machine.)
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { request } from "node:http";
+import { createServer, connect as dial } from "node:net";
 
 import { Http, connect } from "../../src/node/index.js";
 import { IMAGE, startCluster } from "../support/harness.js";
@@ -13,6 +15,45 @@ let cluster;
 after(async () => {
   await cluster?.stop();
 });
+
+/**
+ * Relays TCP to `url`'s port; `cut(ms)` resets every connection (no close frame, no FIN) and
+ * refuses new ones for `ms`.
+ * @param {string} url
+ */
+async function proxy(url) {
+  const port = Number(new URL(url).port);
+  /** @type {Set<import("node:net").Socket>} */
+  const sockets = new Set();
+  let refusingUntil = 0;
+  const server = createServer((down) => {
+    if (performance.now() < refusingUntil) return void down.resetAndDestroy();
+    const up = dial(port, "127.0.0.1");
+    for (const [from, to] of [[down, up], [up, down]]) {
+      sockets.add(from);
+      from.pipe(to);
+      from.on("error", () => to.destroy());
+      from.on("close", () => {
+        sockets.delete(from);
+        to.destroy();
+      });
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(undefined)));
+  const address = /** @type {import("node:net").AddressInfo} */ (server.address());
+  return {
+    url: `ws://127.0.0.1:${address.port}`,
+    /** @param {number} ms */
+    cut(ms) {
+      refusingUntil = performance.now() + ms;
+      for (const socket of sockets) socket.resetAndDestroy();
+    },
+    close() {
+      for (const socket of sockets) socket.destroy();
+      return new Promise((resolve) => server.close(() => resolve(undefined)));
+    },
+  };
+}
 
 /** GET / through the forward: the page, or rejects when no answer comes whole. */
 function get(port) {
@@ -81,5 +122,55 @@ test("a service keeps answering while a replica's provider is SIGKILLed", { time
     assert.deepEqual(svc.replicas.map((r) => [r.state, r.activity]), [["stopped", null], ["stopped", null]]);
   } finally {
     await requestor.close();
+  }
+});
+
+test("a requestor cut off from the hub restarts its replicas in place", { timeout: 120_000 }, async () => {
+  const own = await startCluster(["c1", "c2"].map((name) => ({ name, cpus: 1, memory: "1GiB" })));
+  const relay = await proxy(own.url);
+  const requestor = await connect(relay.url, { name: "js-service-cut" });
+  const events = [];
+  try {
+    const svc = await requestor.service({
+      image: IMAGE,
+      demand: { cpus: 0.5, memory: "64MiB" },
+      command: ["busybox", "httpd", "-f", "-p", "8080", "-h", "/golem/www"],
+      health: Http(8080, "/"),
+      replicas: 2,
+      setup: (act) => act.sendBytes(new TextEncoder().encode(`served by ${act.provider}\n`), "/golem/www/index.html"),
+      onEvent: (event) => events.push(event),
+    });
+    try {
+      const fwd = await svc.forward(8080, { localPort: 0 });
+      const before = svc.replicas.map((r) => [r.activity?.id, r.provider]);
+      const seen = events.length;
+      relay.cut(1000);
+      const cut = performance.now();
+      while (!svc.replicas.every((r) => r.state === "healthy" && r.restarts === 1)) {
+        assert.ok(performance.now() - cut < 60_000, JSON.stringify(svc.events));
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      console.log(`both replicas healthy again in place ${((performance.now() - cut) / 1000).toFixed(2)} s after the cut`);
+      assert.equal(requestor.gone, null);
+      assert.deepEqual(svc.replicas.map((r) => [r.activity?.id, r.provider]), before);
+      assert.ok(svc.replicas.every((r) => r.replacements === 0), JSON.stringify(svc.events));
+      const answers = new Set();
+      for (let i = 0; i < 4; i++) answers.add(await get(fwd.port));
+      assert.deepEqual(answers, new Set(before.map(([, p]) => `served by ${p}\n`)));
+      for (const replica of [0, 1]) {
+        const mine = events.slice(seen).filter((e) => e.replica === replica).map((e) => [e.kind, e.reason.split(":")[0]]);
+        assert.deepEqual(mine, [
+          ["failure", "interrupted, restarted in place"],
+          ["start", "interrupted, restarted in place"],
+          ["healthy", ""],
+        ]);
+      }
+    } finally {
+      await svc.stop();
+    }
+  } finally {
+    await requestor.close();
+    await relay.close();
+    await own.stop();
   }
 });
