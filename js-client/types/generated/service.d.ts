@@ -22,6 +22,9 @@
  * `restart`: "on-failure" (default) restarts a command that exits non-zero in place and stops
  * the replica when it exits 0; "always" restarts it whatever the code; "no" stops the replica.
  * A replica restarted in place {@link MAX_RESTARTS} times without a passing check is replaced.
+ * A command or check that failed because the requestor's own connection to the hub dropped
+ * waits for it to be back (up to {@link REJOIN_TIMEOUT_MS}) and restarts in place, not counted,
+ * if the hub kept the activity; it is replaced if not.
  *
  * {@link Replica} is the state machine, pure (times are the caller's); {@link Service} does
  * the I/O around it.
@@ -38,6 +41,9 @@ export declare const EVENTS_KEPT = 1000;
 export declare const REASON_CHARS = 300;
 /** Milliseconds between checks of a replica not yet healthy. */
 export declare const FIRST_PROBES_MS = 200;
+/** Milliseconds a replica whose command or check failed because the requestor's connection dropped
+ * waits for it to be back (the SDK itself gives up after the hub's grace period), before it is replaced. */
+export declare const REJOIN_TIMEOUT_MS = 60000;
 export type Restart = "no" | "on-failure" | "always";
 export type EventKind = "start" | "healthy" | "failure" | "replace" | "stop";
 export type ReplicaState = "renting" | "starting" | "healthy" | "stopped";
@@ -140,6 +146,13 @@ export declare class Replica {
      * @returns {[Action, ServiceEvent[]]}
      */
     exited(exitCode: number | null, reason: string, now: number): [Action, ServiceEvent[]];
+    /**
+     * Its command ended because the requestor's connection to the hub dropped, and the hub kept its
+     * activity: it starts again in place, neither a failed check nor a restart towards {@link MAX_RESTARTS}.
+     * @param {string} reason @param {number} now
+     * @returns {[Action, ServiceEvent[]]}
+     */
+    interrupted(reason: string, now: number): [Action, ServiceEvent[]];
     /**
      * Its activity is gone (provider lost), or setting it up or starting its command failed.
      * @param {string} reason @param {number} now
