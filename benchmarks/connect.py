@@ -21,23 +21,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import kiln
-from kiln.testing import LocalCluster
+from kiln.testing import LocalCluster, listening
 
 HTTP_PORT = 8080
 ECHO_PORT = 9000
-
-
-async def listening(act: kiln.Activity, port: int) -> None:
-    """Until something listens on ``port`` in the container."""
-    async with asyncio.timeout(10):
-        while True:
-            try:
-                _, writer = await act.connect(port)
-            except kiln.ConnectionRefused:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 import kiln
+from kiln.testing import listening
 from tests.conftest import IMAGE, Cluster
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
@@ -24,19 +25,6 @@ def get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert answer.status == 200
         return bytes(answer.read())
-
-
-async def listening(act: kiln.Activity, port: int, within: float = 10.0) -> None:
-    """Until something listens on ``port`` in the container (a server takes a moment to start)."""
-    async with asyncio.timeout(within):
-        while True:
-            try:
-                _, writer = await act.connect(port)
-            except kiln.ConnectionRefused:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return
 
 
 @pytest.fixture
