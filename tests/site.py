@@ -1,18 +1,28 @@
 """A web server on loopback for the browser tests: a few fixed pages, and js-client's sources
-under ``/kiln-client/`` (as a page imports the browser entry). Nothing else is served."""
+under ``/kiln-client/`` (as a page imports the browser entry). Nothing else is served. And
+:func:`page_run`: such a page opened in Chromium until it says it is done."""
 
 from __future__ import annotations
 
 import contextlib
 import mimetypes
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
 CLIENT = Path(__file__).resolve().parent.parent / "js-client" / "src"
+CHROMIUM = Path("/usr/bin/chromium")
+"""Debian's Chromium, which Playwright drives (its own browser download is impossible here)."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 Page = tuple[bytes, str]
 """A page's body and its content type."""
@@ -57,3 +67,31 @@ def serve(pages: Mapping[str, Page]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def page_run(url: str, ids: Sequence[str], *, timeout_ms: int = 60_000) -> tuple[dict[str, str], list[str]]:
+    """Open ``url`` in Chromium, wait until the page's ``#status`` starts with ``done`` or ``failed``,
+    and return the text of ``#status`` and of each element of ``ids`` (``""`` when empty), with
+    the console's messages (``type: text``) for the failure messages."""
+    from playwright.sync_api import ConsoleMessage, sync_playwright
+
+    if not CHROMIUM.exists():
+        raise AssertionError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    console: list[str] = []
+
+    def keep(message: ConsoleMessage) -> None:
+        console.append(f"{message.type}: {message.text}")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("console", keep)
+            page.goto(url)
+            page.wait_for_function(
+                "() => /^(done|failed)/.test(document.getElementById('status').textContent)", timeout=timeout_ms
+            )
+            texts = {name: page.text_content(f"#{name}") or "" for name in ("status", *ids)}
+        finally:
+            browser.close()
+    return texts, console

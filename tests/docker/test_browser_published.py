@@ -12,18 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
 from playwright.async_api import async_playwright
-from playwright.sync_api import ConsoleMessage, sync_playwright
 
 import kiln
 from kiln.requestor.activity import Activity
+from kiln.testing import listening
 from tests.conftest import IMAGE, Cluster, containers_of
-from tests.docker.test_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.site import serve
+from tests.site import CHROMIUM, CHROMIUM_ARGS, page_run, serve
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -110,46 +108,19 @@ def site() -> Iterator[str]:
 
 
 @pytest.fixture
-def chromium_path() -> Path:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    return CHROMIUM
-
-
-@pytest.fixture
 def provider(cluster: Cluster) -> str:
     return cluster.start_provider("pport", cpus=1, memory="1GiB")
 
 
-def test_a_page_talks_to_a_port_of_its_container(
-    cluster: Cluster, provider: str, site: str, chromium_path: Path
-) -> None:
+def test_a_page_talks_to_a_port_of_its_container(cluster: Cluster, provider: str, site: str) -> None:
     query = urlencode({"hub": cluster.url, "image": IMAGE, "page": SERVED})
-    console: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page()
-
-            def keep(message: ConsoleMessage) -> None:
-                console.append(f"{message.type}: {message.text}")
-
-            page.on("console", keep)
-            page.goto(f"{site}/?{query}")
-            page.wait_for_function(
-                "() => /^(done|failed)/.test(document.getElementById('status').textContent)", timeout=60_000
-            )
-            status = page.text_content("#status")
-            by_events = page.text_content("#events") or ""
-            by_promises = page.text_content("#promises") or ""
-            shown_provider = page.text_content("#provider")
-        finally:
-            browser.close()
-    assert status == "done", f"{status}\nconsole: {console}"
+    shown, console = page_run(f"{site}/?{query}", ["events", "promises", "provider"])
+    assert shown["status"] == "done", f"{shown['status']}\nconsole: {console}"
+    by_events, by_promises = shown["events"], shown["promises"]
     assert by_events.startswith("HTTP/1.0 200") or by_events.startswith("HTTP/1.1 200"), by_events
     assert by_events.endswith(f"{SERVED}[close 1000 clean=true]"), by_events
     assert by_promises.split(" ", 1)[1].startswith("200") and by_promises.endswith(SERVED), by_promises
-    assert shown_provider == provider
+    assert shown["provider"] == provider
     assert containers_of(provider) == [], "the page released its container"
 
 
@@ -159,14 +130,7 @@ async def serving(act: Activity) -> AsyncIterator[None]:
     await act.send_bytes(SERVED.encode(), "/golem/work/index.html")
     server = asyncio.create_task(act.run(HTTPD))
     try:
-        for _ in range(100):
-            try:
-                _, writer = await act.connect(8080)
-            except kiln.ConnectionRefused:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            break
+        await listening(act, 8080, within=5.0)
         yield
     finally:
         server.cancel()
@@ -174,9 +138,7 @@ async def serving(act: Activity) -> AsyncIterator[None]:
             await server
 
 
-async def test_chromium_opens_a_port_published_from_python(
-    cluster: Cluster, provider: str, chromium_path: Path
-) -> None:
+async def test_chromium_opens_a_port_published_from_python(cluster: Cluster, provider: str) -> None:
     async with (
         kiln.connect(cluster.url) as requestor,
         requestor.rent(IMAGE, kiln.Demand(cpus=0.5, memory="128MiB")) as act,
@@ -185,7 +147,7 @@ async def test_chromium_opens_a_port_published_from_python(
         pub = await act.publish(8080)
         assert pub.url.endswith(f"/s/{pub.token}/")
         async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_ARGS)
+            browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page()
                 shown = await page.goto(pub.url)

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import kiln
 from tests.conftest import IMAGE, Cluster, started
-from tests.docker.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.site import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 

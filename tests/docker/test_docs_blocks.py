@@ -70,8 +70,7 @@ import("/block.js").then(() => { window.docsTest = "done"; },
 def test_the_block_runs_in_chromium(block: Block, docs_cluster: str) -> None:
     from playwright.sync_api import ConsoleMessage, sync_playwright
 
-    from tests.docker.test_browser import CHROMIUM, CHROMIUM_ARGS
-    from tests.site import serve
+    from tests.site import CHROMIUM, CHROMIUM_ARGS, serve
 
     pages = {
         "/": (HARNESS.encode(), "text/html"),
