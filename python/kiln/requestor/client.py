@@ -96,7 +96,6 @@ from kiln.requestor.images import PushedImage, PushProgress, push_archive, push_
 from kiln.requestor.progress import ProgressView
 from kiln.requestor.service import EventHandler as ServiceEventHandler
 from kiln.requestor.service import Health, Restart, Service, Setup
-from kiln.requestor.service import start as start_service
 from kiln.requestor.terms import Terms, market_terms
 
 T = TypeVar("T")
@@ -467,12 +466,12 @@ class Requestor:
         :class:`~kiln.requestor.service.ServiceFailed` when a replica is not healthy on
         three activities in a row (``start_timeout`` seconds each). See :mod:`kiln.requestor.service`.
         """
-        return await start_service(
+        service = Service(
             self,
             image,
-            demand,
+            demand or Demand(),
             command=command,
-            ports=ports,
+            ports=[*ports] or [health.port],
             health=health,
             replicas=replicas,
             restart=restart,
@@ -481,6 +480,7 @@ class Requestor:
             on_event=on_event,
             start_timeout=start_timeout,
         )
+        return await service.start()
 
     async def push_image(
         self,

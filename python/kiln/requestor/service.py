@@ -662,36 +662,3 @@ def _status_ok(line: bytes) -> tuple[bool, str]:
     if 200 <= status < 400:
         return True, ""
     return False, f"HTTP {status}"
-
-
-async def start(
-    requestor: Requestor,
-    image: str,
-    demand: Demand | None = None,
-    *,
-    command: Sequence[str],
-    ports: Sequence[int] = (),
-    health: Health,
-    replicas: int = 1,
-    restart: Restart = "on-failure",
-    setup: Setup | None = None,
-    env: Mapping[str, str] | None = None,
-    on_event: EventHandler | None = None,
-    start_timeout: float = 60.0,
-) -> Service:
-    """Start a :class:`Service` and wait until every replica is healthy (see :meth:`kiln.Requestor.service`)."""
-    service = Service(
-        requestor,
-        image,
-        demand or Demand(),
-        command=command,
-        ports=[*ports] or [health.port],
-        health=health,
-        replicas=replicas,
-        restart=restart,
-        setup=setup,
-        env=env,
-        on_event=on_event,
-        start_timeout=start_timeout,
-    )
-    return await service.start()
