@@ -44,6 +44,8 @@ from collections import Counter
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from measure import describe, rss
+
 import kiln
 from kiln.protocol.messages import Demand, Release, Rent, Rented
 from kiln.testing import LocalCluster
@@ -57,20 +59,6 @@ SOLD_TIMEOUT = 300.0
 """Seconds for every hub to sell every provider (its own and the others', read from the database)."""
 BACK_TIMEOUT = 180.0
 """Seconds for the providers of a killed hub to be connected again before the benchmark gives up."""
-
-
-def describe(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"median {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms (n={len(ordered)})"
-
-
-def rss(pid: int) -> int:
-    """The resident memory of process ``pid``, in bytes (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def metrics(url: str) -> dict[str, float]:

@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
+from measure import describe, rss
 from prometheus_client import generate_latest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -47,20 +48,6 @@ IMAGE = "kiln-busybox:latest"
 TOKEN = "observe-t0ken"
 BATCH = 1000
 ATTEMPTS = 5
-
-
-def describe(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"median {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms (n={len(ordered)})"
-
-
-def rss(pid: int) -> int:
-    """The resident memory of process ``pid``, in bytes (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def scrape(base: str, ready: Event, stop: Event, every: float, results: Connection) -> None:

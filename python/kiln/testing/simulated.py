@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, Literal
+from typing import Final, Literal, TypedDict, Unpack
 
 from websockets.client import backoff
 
@@ -343,6 +343,26 @@ def order(urls: Sequence[str], i: int) -> list[str]:
     return [urls[(first + step * k) % n] for k in range(n)]
 
 
+class SimulatedOptions(TypedDict, total=False):
+    """The keyword options of :func:`simulated` (and :func:`simulated_providers`), its defaults there."""
+
+    images: tuple[str, ...]
+    cpus: float
+    memory: int
+    storage: int
+    prefix: str
+    files: dict[str, Served] | None
+    stuck: bool
+    hoard: bool
+    lie: bool
+    uploads: bool
+    labels: Callable[[int], dict[str, str]]
+    token: str | None
+    price: Price | Callable[[int], Price | None] | None
+    cpu_per_second: float
+    outbound: Policy | None
+
+
 @contextlib.asynccontextmanager
 async def simulated(
     url: str | Sequence[str],
@@ -425,24 +445,7 @@ async def simulated(
 
 @contextlib.asynccontextmanager
 async def simulated_providers(
-    url: str | Sequence[str],
-    count: int,
-    *,
-    images: tuple[str, ...] = ("kiln-busybox:latest",),
-    cpus: float = 4,
-    memory: int = 8 * 2**30,
-    storage: int = 2**40,
-    prefix: str = "sim",
-    files: dict[str, Served] | None = None,
-    stuck: bool = False,
-    hoard: bool = False,
-    lie: bool = False,
-    uploads: bool = False,
-    labels: Callable[[int], dict[str, str]] = lambda i: {},
-    token: str | None = None,
-    price: Price | Callable[[int], Price | None] | None = None,
-    cpu_per_second: float = 0.0,
-    outbound: Policy | None = None,
+    url: str | Sequence[str], count: int, **options: Unpack[SimulatedOptions]
 ) -> AsyncIterator[list[str]]:
     """Connect ``count`` simulated providers to the hub at ``url`` (the ``i``-th offering
     ``labels(i)``, at ``price`` or ``price(i)``: none is free), with ``token`` in their hello;
@@ -453,23 +456,5 @@ async def simulated_providers(
     ``url`` may be several hubs' (one database): each provider then stays connected to one of
     them (:meth:`SimulatedProvider.stay`), dialling them in :func:`order`, so that they spread
     over the hubs. :func:`simulated` yields the providers themselves."""
-    async with simulated(
-        url,
-        count,
-        images=images,
-        cpus=cpus,
-        memory=memory,
-        storage=storage,
-        prefix=prefix,
-        files=files,
-        stuck=stuck,
-        hoard=hoard,
-        lie=lie,
-        uploads=uploads,
-        labels=labels,
-        token=token,
-        price=price,
-        cpu_per_second=cpu_per_second,
-        outbound=outbound,
-    ) as providers:
+    async with simulated(url, count, **options) as providers:
         yield [p.name for p in providers]
